@@ -1,0 +1,26 @@
+"""skquant: adaptive quantization of neural-network weights and activations.
+
+Quantizers follow scikit-learn's ``fit``/``transform`` contract over weight matrices of
+shape ``(n_in, n_out)`` (one column per output channel) and activation matrices of
+shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
+:mod:`skquant.torch` adapter (never imported here) brings PyTorch models.
+"""
+
+from ._activation import ActivationQuantizer
+from ._functional import quantize
+from ._packing import QuantizedTensor, pack_codes, unpack_codes
+from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ActivationQuantizer",
+    "BinaryQuantizer",
+    "QuantizedTensor",
+    "TernaryQuantizer",
+    "UniformQuantizer",
+    "__version__",
+    "pack_codes",
+    "quantize",
+    "unpack_codes",
+]

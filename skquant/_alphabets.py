@@ -1,0 +1,107 @@
+"""Alphabets, their integer ranges, and the rules that pick a scale per channel.
+
+Every rule takes a 2-D array ``Wc`` whose columns are the channels (one column per
+output channel for ``granularity="per_channel"``, a single column holding the whole
+tensor for ``"per_tensor"``) and returns one positive scale per column in ``Wc``'s
+dtype. The numerics run in :mod:`skquant._kernels._msq`.
+"""
+
+import numpy as np
+
+from ._kernels import _msq
+from ._kernels._threads import effective_n_jobs, numba_threads
+
+_CODE_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+
+
+def uniform_range(n_bits):
+    """Signed symmetric range ``[-K, K]``, ``K = 2**(n_bits - 1) - 1``, of a b-bit grid."""
+    k = 2 ** (n_bits - 1) - 1
+    return -k, k
+
+
+def code_dtype(qmin, qmax):
+    """The smallest integer dtype that holds every code in ``[qmin, qmax]``."""
+    for dtype in _CODE_DTYPES:
+        info = np.iinfo(dtype)
+        if info.min <= qmin and qmax <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def channel_view(W, granularity):
+    """``W`` itself per channel, or one column holding every entry per tensor."""
+    if granularity == "per_tensor":
+        return W.reshape(-1, 1)
+    return W
+
+
+def _kernel(module, name, n_jobs):
+    """The serial kernel ``name`` of ``module``, or its ``_parallel`` twin."""
+    if effective_n_jobs(n_jobs) > 1:
+        return getattr(module, name + "_parallel")
+    return getattr(module, name)
+
+
+def safe_scale(scale, dtype):
+    """Replace zero scales (all-zero channels) by ``finfo(dtype).eps``."""
+    scale = np.asarray(scale, dtype=dtype)
+    return np.where(scale > 0, scale, np.finfo(dtype).eps).astype(dtype, copy=False)
+
+
+def absmax(Wc):
+    """Per-column ``max |w|``."""
+    out = np.empty(Wc.shape[1], dtype=Wc.dtype)
+    _msq.column_abs_max(Wc, out)
+    return out
+
+
+def absmean(Wc):
+    """Per-column ``mean |w|``: the L2-optimal level of the binary alphabet."""
+    out = np.empty(Wc.shape[1], dtype=Wc.dtype)
+    _msq.column_abs_mean(Wc, out)
+    return out
+
+
+def percentile_absmax(Wc, percentile):
+    """Per-column ``percentile``-th percentile of ``|w|``."""
+    return np.percentile(np.abs(Wc), percentile, axis=0).astype(Wc.dtype)
+
+
+def mse_optimal_step(Wc, qmin, qmax, *, n_grid=100, n_jobs=None):
+    """Step of the grid ``step * [qmin, qmax]`` minimising each column's squared error.
+
+    Searches the clipping ratios ``rho = 1/n_grid, 2/n_grid, ..., 1`` of the max-abs
+    step (a resolution of 1% of it by default) with the same rounding as the
+    transform. Since ``rho = 1`` (max-abs) is a candidate, the result is never worse
+    in squared error than max-abs.
+    """
+    dtype = Wc.dtype.type
+    base = safe_scale(absmax(Wc) / qmax, Wc.dtype)
+    ratios = (np.arange(1, n_grid + 1) / n_grid).astype(Wc.dtype)
+    err = np.empty((n_grid, Wc.shape[1]))
+    with numba_threads(n_jobs):
+        _kernel(_msq, "grid_mse_errors", n_jobs)(
+            Wc, base, ratios, dtype(qmin), dtype(qmax), err
+        )
+    # argmin takes the first minimum; prefer max-abs (the last ratio) on exact ties
+    best = n_grid - 1 - np.argmin(err[::-1], axis=0)
+    return (base * ratios[best]).astype(Wc.dtype)
+
+
+def ternary_optimal_level(Wc, n_jobs=None):
+    """Per-column level ``a`` minimising ``||w - a t||`` over ternary ``t``."""
+    out = np.empty(Wc.shape[1], dtype=Wc.dtype)
+    with numba_threads(n_jobs):
+        _kernel(_msq, "ternary_optimal_scale", n_jobs)(Wc, out)
+    return out
+
+
+def ternary_twn_level(Wc):
+    """Ternary-weight-networks rule: ``a = mean{|w| : |w| > 0.7 mean|w|}`` per column."""
+    A = np.abs(Wc)
+    delta = 0.7 * A.mean(axis=0)
+    mask = A > delta
+    count = mask.sum(axis=0)
+    total = np.where(mask, A, 0).sum(axis=0)
+    return (total / np.maximum(count, 1)).astype(Wc.dtype)

@@ -1,0 +1,277 @@
+"""Shared machinery of skquant's weight quantizers."""
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from . import _alphabets
+from ._alphabets import channel_view, code_dtype, safe_scale
+from ._kernels import _msq
+from ._kernels._threads import numba_threads
+from ._packing import QuantizedTensor, unpack_codes
+
+FLOAT_DTYPES = (np.float64, np.float32)
+
+
+def check_user_scale(scale, n_channels, name, cls_name, dtype):
+    """Validate a scale given by the user: positive, finite, scalar or per channel."""
+    arr = np.asarray(scale, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(n_channels, float(arr))
+    if arr.ndim != 1 or arr.shape[0] != n_channels:
+        raise ValueError(
+            f"{name} of {cls_name} must be a string, a float or an array of shape "
+            f"({n_channels},), got {name} of shape {np.shape(scale)} instead."
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(
+            f"{name} of {cls_name} must be positive and finite, got {name}={scale!r} "
+            "instead."
+        )
+    return arr.astype(dtype)
+
+
+class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
+    """Base of the memoryless scalar quantizers of weight matrices.
+
+    A weight matrix ``W`` has shape ``(n_in, n_out)``: one **column per output
+    channel**, scikit-learn's ``coefs_`` layout, so a layer computes ``X @ W``. In
+    scikit-learn's vocabulary the rows of ``W`` are the samples and its columns the
+    features: ``n_features_in_`` is the number of output channels.
+
+    Subclasses set ``_scale_rules`` and implement ``_code_range`` and ``_fit_scale``.
+    """
+
+    _parameter_constraints: dict = {
+        "granularity": [StrOptions({"per_channel", "per_tensor"})],
+        "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
+    }
+    _alphabet = "uniform"
+
+    def _validate_W(self, W, reset):
+        # validate_data names every input "X"; check W under its own name first
+        # (with the same checks), then let validate_data do the feature bookkeeping.
+        W = check_array(W, dtype=list(FLOAT_DTYPES), input_name="W")
+        return validate_data(self, W, reset=reset, skip_check_array=True)
+
+    def _fit_common(self, W):
+        """Validate ``W`` and store the scales and the code range; return ``W``."""
+        W = self._validate_W(W, reset=True)
+        qmin, qmax, n_bits = self._code_range()
+        Wc = channel_view(W, self.granularity)
+        scale = self.scale
+        if isinstance(scale, str):
+            level = self._fit_scale(Wc, scale, qmin, qmax)
+        else:
+            level = check_user_scale(
+                scale, Wc.shape[1], "scale", type(self).__name__, W.dtype
+            )
+        self.scale_ = safe_scale(level, W.dtype)
+        self.qmin_, self.qmax_, self.n_bits_ = int(qmin), int(qmax), int(n_bits)
+        return W
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, W, y=None):
+        """Learn the scale of every channel of ``W``.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix, one column per output channel.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            Fitted quantizer.
+        """
+        self._fit(W)
+        return self
+
+    def _fit(self, W):
+        return self._fit_common(W)
+
+    def _levels(self, dtype):
+        """Per-column level (scale) broadcast to ``n_features_in_`` in ``dtype``."""
+        return np.broadcast_to(
+            self.scale_.astype(dtype), (self.n_features_in_,)
+        ).copy()
+
+    def transform(self, W):
+        """Quantize ``W`` and return the dequantized weights.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix with the fitted number of columns.
+
+        Returns
+        -------
+        W_q : ndarray of shape (n_in, n_out)
+            Every entry rounded to its channel's alphabet, in ``W``'s float dtype.
+        """
+        check_is_fitted(self)
+        W = self._validate_W(W, reset=False)
+        out = np.empty_like(W)
+        level = self._levels(W.dtype)
+        with numba_threads(self.n_jobs):
+            self._fake_quantize(W, level, out)
+        return out
+
+    def _fake_quantize(self, W, level, out):
+        dtype = W.dtype.type
+        inv = (dtype(1) / level).astype(W.dtype)
+        zero = np.zeros_like(level)
+        _alphabets._kernel(_msq, "fake_quantize", self.n_jobs)(
+            W, inv, level, zero, dtype(self.qmin_), dtype(self.qmax_), out
+        )
+
+    def encode(self, W):
+        """Integer codes of ``W``: ``transform(W) == decode(encode(W))``.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix with the fitted number of columns.
+
+        Returns
+        -------
+        codes : ndarray of shape (n_in, n_out)
+            Codes in ``[qmin_, qmax_]``, in the smallest integer dtype that holds them.
+        """
+        check_is_fitted(self)
+        return self._encode(self._validate_W(W, reset=False))
+
+    def _encode(self, W):
+        out = np.empty(W.shape, dtype=code_dtype(self.qmin_, self.qmax_))
+        level = self._levels(W.dtype)
+        with numba_threads(self.n_jobs):
+            self._quantize(W, level, out)
+        return out
+
+    def _quantize(self, W, level, out):
+        dtype = W.dtype.type
+        inv = (dtype(1) / level).astype(W.dtype)
+        zero = np.zeros_like(level)
+        _alphabets._kernel(_msq, "quantize", self.n_jobs)(
+            W, inv, zero, dtype(self.qmin_), dtype(self.qmax_), out
+        )
+
+    def decode(self, codes, dtype=None):
+        """Dequantize integer codes.
+
+        Parameters
+        ----------
+        codes : array-like of int of shape (n_in, n_out)
+            Codes as returned by :meth:`encode`.
+        dtype : {np.float32, np.float64}, default=None
+            Output dtype; ``None`` takes the dtype of ``scale_`` (that of the data
+            seen in :meth:`fit`).
+
+        Returns
+        -------
+        W_q : ndarray of shape (n_in, n_out)
+            The dequantized weights.
+        """
+        check_is_fitted(self)
+        codes = self._check_codes(codes)
+        return self._tensor(codes, dtype).dequantize()
+
+    def _check_codes(self, codes):
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            raise TypeError(
+                f"codes of {type(self).__name__}.decode must be integers, got "
+                f"codes.dtype={codes.dtype!s} instead."
+            )
+        if codes.ndim != 2 or codes.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"codes must have shape (n_in, {self.n_features_in_}), got "
+                f"codes.shape={codes.shape} instead."
+            )
+        if self._alphabet == "binary" and np.any(codes == 0):
+            raise ValueError(
+                "codes of BinaryQuantizer must be -1 or +1, got a 0 code instead."
+            )
+        if codes.size and (codes.min() < self.qmin_ or codes.max() > self.qmax_):
+            raise ValueError(
+                f"codes must lie in [{self.qmin_}, {self.qmax_}], got values in "
+                f"[{codes.min()}, {codes.max()}] instead."
+            )
+        return codes
+
+    def _tensor(self, codes, dtype=None):
+        return QuantizedTensor(
+            codes=codes,
+            scale=self.scale_,
+            n_bits=self.n_bits_,
+            qmin=self.qmin_,
+            qmax=self.qmax_,
+            alphabet=self._alphabet,
+            float_dtype=np.dtype(dtype) if dtype is not None else None,
+        )
+
+    def compress(self, W):
+        """Quantize ``W`` into a :class:`~skquant.QuantizedTensor`.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix with the fitted number of columns.
+
+        Returns
+        -------
+        qt : QuantizedTensor
+            Codes, scales and honest size accounting; ``qt.dequantize()`` equals
+            ``transform(W)``.
+        """
+        check_is_fitted(self)
+        W = self._validate_W(W, reset=False)
+        return self._tensor(self._encode(W), W.dtype)
+
+    def pack(self, W):
+        """Bit-packed codes of ``W``: ``n_bits_`` bits per weight.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix with the fitted number of columns.
+
+        Returns
+        -------
+        packed : ndarray of uint8
+            The bit stream (see :func:`skquant.pack_codes`).
+        """
+        return self.compress(W).pack()
+
+    def unpack(self, packed, n_rows):
+        """Codes from the bytes of :meth:`pack`: ``unpack(pack(W), n) == encode(W)``.
+
+        Parameters
+        ----------
+        packed : ndarray of uint8
+            Bytes from :meth:`pack`.
+        n_rows : int
+            Number of rows (``n_in``) of the packed matrix.
+
+        Returns
+        -------
+        codes : ndarray of shape (n_rows, n_out)
+            The codes, as :meth:`encode` returns them.
+        """
+        check_is_fitted(self)
+        dtype = code_dtype(self.qmin_, self.qmax_)
+        shape = (int(n_rows), self.n_features_in_)
+        if self._alphabet == "binary":
+            bits = unpack_codes(packed, 1, 0, shape, dtype)
+            return (2 * bits - 1).astype(dtype)
+        return unpack_codes(packed, self.n_bits_, self.qmin_, shape, dtype)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

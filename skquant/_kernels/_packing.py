@@ -1,0 +1,93 @@
+"""Kernels that pack signed integer codes into a little-endian bit stream and back.
+
+Codes ``c`` in ``[qmin, qmax]`` are stored as the unsigned ``u = c - qmin`` in
+``n_bits`` bits each (``1 <= n_bits <= 16``), least significant bit first. Eight codes
+always fill exactly ``n_bits`` bytes, so the stream is cut into independent blocks of
+eight codes, which the ``*_parallel`` kernels handle concurrently. The last block is
+padded with zero bits.
+"""
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(nogil=True)
+def _pack_block(codes, start, n_bits, qmin, out):  # pragma: no cover
+    buf = np.uint64(0)
+    filled = 0
+    pos = (start // 8) * n_bits
+    mask = np.uint64((1 << n_bits) - 1)
+    for t in range(8):
+        idx = start + t
+        u = np.uint64(0)
+        if idx < codes.shape[0]:
+            u = np.uint64(np.int64(codes[idx]) - qmin) & mask
+        buf |= u << np.uint64(filled)
+        filled += n_bits
+        while filled >= 8:
+            out[pos] = np.uint8(buf & np.uint64(0xFF))
+            buf >>= np.uint64(8)
+            filled -= 8
+            pos += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def pack_bits(codes, n_bits, qmin, out):  # pragma: no cover
+    """Pack the 1-D integer ``codes`` into ``out``.
+
+    Parameters
+    ----------
+    codes : 1-D signed integer ndarray, values in ``[qmin, qmin + 2**n_bits - 1]``
+    n_bits : int, 1 to 16
+    qmin : int
+    out : uint8 ndarray of length ``ceil(len(codes) / 8) * n_bits``.
+    """
+    for b in range((codes.shape[0] + 7) // 8):
+        _pack_block(codes, 8 * b, n_bits, qmin, out)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def pack_bits_parallel(codes, n_bits, qmin, out):  # pragma: no cover
+    """Block-parallel :func:`pack_bits` (same arguments, same result)."""
+    for b in nb.prange((codes.shape[0] + 7) // 8):
+        _pack_block(codes, 8 * b, n_bits, qmin, out)
+
+
+@nb.njit(nogil=True)
+def _unpack_block(packed, start, n_bits, qmin, out):  # pragma: no cover
+    buf = np.uint64(0)
+    filled = 0
+    pos = (start // 8) * n_bits
+    mask = np.uint64((1 << n_bits) - 1)
+    for t in range(8):
+        while filled < n_bits:
+            buf |= np.uint64(packed[pos]) << np.uint64(filled)
+            filled += 8
+            pos += 1
+        idx = start + t
+        if idx < out.shape[0]:
+            out[idx] = np.int64(buf & mask) + qmin
+        buf >>= np.uint64(n_bits)
+        filled -= n_bits
+
+
+@nb.njit(cache=True, nogil=True)
+def unpack_bits(packed, n_bits, qmin, out):  # pragma: no cover
+    """Inverse of :func:`pack_bits`: fill the 1-D integer ``out`` from ``packed``.
+
+    Parameters
+    ----------
+    packed : uint8 ndarray of length ``ceil(len(out) / 8) * n_bits``
+    n_bits : int, 1 to 16
+    qmin : int
+    out : 1-D signed integer ndarray.
+    """
+    for b in range((out.shape[0] + 7) // 8):
+        _unpack_block(packed, 8 * b, n_bits, qmin, out)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def unpack_bits_parallel(packed, n_bits, qmin, out):  # pragma: no cover
+    """Block-parallel :func:`unpack_bits` (same arguments, same result)."""
+    for b in nb.prange((out.shape[0] + 7) // 8):
+        _unpack_block(packed, 8 * b, n_bits, qmin, out)

@@ -1,0 +1,53 @@
+"""Mapping of scikit-learn's ``n_jobs`` onto numba's thread pool."""
+
+import contextlib
+import os
+
+import numba
+
+
+def effective_n_jobs(n_jobs):
+    """Number of threads ``n_jobs`` asks for, clipped to numba's pool.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+        ``None`` means 1, ``-1`` means every thread numba has, ``-2`` all but one.
+
+    Returns
+    -------
+    n_threads : int
+        A count in ``[1, numba.config.NUMBA_NUM_THREADS]``.
+    """
+    max_threads = numba.config.NUMBA_NUM_THREADS
+    if n_jobs is None:
+        return 1
+    if n_jobs < 0:
+        n_jobs = max_threads + 1 + n_jobs
+    return int(min(max(n_jobs, 1), max_threads))
+
+
+@contextlib.contextmanager
+def numba_threads(n_jobs):
+    """Run the body with numba's thread count set from ``n_jobs``; restore it after.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+        As in :func:`effective_n_jobs`.
+
+    Yields
+    ------
+    n_threads : int
+        The thread count in force inside the block.
+    """
+    n_threads = effective_n_jobs(n_jobs)
+    if os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+        yield n_threads
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n_threads)
+    try:
+        yield n_threads
+    finally:
+        numba.set_num_threads(previous)
