@@ -161,11 +161,14 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
             zero_point = np.clip(zero_point, self.qmin_, self.qmax_).astype(np.int64)
         degenerate = np.flatnonzero(scale == 0)
         if degenerate.size:
+            where = (
+                f"features {degenerate.tolist()}"
+                if self.granularity == "per_feature"
+                else "the whole tensor"
+            )
             warnings.warn(
-                f"ActivationQuantizer found a calibrated range of [0, 0] for "
-                f"{'features' if Xc.shape[1] > 1 else 'the tensor'} "
-                f"{degenerate.tolist() if Xc.shape[1] > 1 else ''}; their scale is "
-                "set to finfo(dtype).eps.",
+                f"ActivationQuantizer found a calibrated range of [0, 0] for {where}; "
+                "its scale is set to finfo(dtype).eps.",
                 UserWarning,
             )
         scale = np.where(scale > 0, scale, np.finfo(X.dtype).eps)

@@ -1,0 +1,1 @@
+"""Utilities for users and tests of skquant."""

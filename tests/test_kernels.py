@@ -1,0 +1,163 @@
+"""Each numba kernel against a short NumPy reference: dtype x order x read-only x variant."""
+
+import os
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from skquant._kernels import _msq, _packing
+from skquant._kernels._threads import effective_n_jobs, numba_threads
+
+DTYPES = [np.float32, np.float64]
+ORDERS = ["C", "F"]
+READONLY = [False, True]
+VARIANTS = ["", "_parallel"]
+
+
+def _make(dtype, order, readonly, shape=(33, 7), seed=0):
+    X = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    X[0, 0] = 0.0
+    X = np.asarray(X, order=order)
+    if readonly:
+        X.flags.writeable = False
+    return X
+
+
+def _kernel(name, variant):
+    return getattr(_msq, name + variant)
+
+
+params = pytest.mark.parametrize(
+    "dtype, order, readonly, variant",
+    [(d, o, r, v) for d in DTYPES for o in ORDERS for r in READONLY for v in VARIANTS],
+)
+
+
+def _grid(X):
+    dt = X.dtype.type
+    level = (np.abs(X).max(axis=0) / 7).astype(X.dtype)
+    inv = (dt(1) / level).astype(X.dtype)
+    zp = np.arange(X.shape[1]).astype(X.dtype) - 3
+    return inv, level, zp, dt(-7), dt(7)
+
+
+@params
+def test_fake_quantize_matches_numpy(dtype, order, readonly, variant):
+    X = _make(dtype, order, readonly)
+    inv, level, zp, qmin, qmax = _grid(X)
+    out = np.empty_like(X)
+    with numba_threads(2 if variant else 1):
+        _kernel("fake_quantize", variant)(X, inv, level, zp, qmin, qmax, out)
+    ref = (np.clip(np.rint(X * inv) + zp, qmin, qmax) - zp) * level
+    assert ref.dtype == dtype
+    assert_array_equal(out, ref)
+
+
+@params
+def test_quantize_matches_numpy(dtype, order, readonly, variant):
+    X = _make(dtype, order, readonly)
+    inv, _, zp, qmin, qmax = _grid(X)
+    out = np.empty(X.shape, dtype=np.int16)
+    _kernel("quantize", variant)(X, inv, zp, qmin, qmax, out)
+    assert_array_equal(out, np.clip(np.rint(X * inv) + zp, qmin, qmax))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dequantize_matches_numpy(dtype):
+    codes = np.random.default_rng(1).integers(-7, 8, size=(9, 4)).astype(np.int8)
+    level = np.array([0.1, 0.2, 0.3, 0.4], dtype=dtype)
+    zp = np.array([0, 1, -1, 2], dtype=dtype)
+    out = np.empty(codes.shape, dtype=dtype)
+    _msq.dequantize(codes, level, zp, out)
+    assert_array_equal(out, (codes - zp) * level)
+
+
+@params
+def test_sign_fake_quantize_matches_numpy(dtype, order, readonly, variant):
+    X = _make(dtype, order, readonly)
+    level = np.abs(X).mean(axis=0).astype(dtype)
+    out = np.empty_like(X)
+    _kernel("sign_fake_quantize", variant)(X, level, out)
+    assert_array_equal(out, np.where(X >= 0, level, -level))
+    assert np.all(out[0, 0] == level[0])  # sign(0) = +1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("readonly", READONLY)
+def test_column_statistics(dtype, order, readonly):
+    X = _make(dtype, order, readonly)
+    out = np.empty(X.shape[1], dtype=dtype)
+    _msq.column_abs_max(X, out)
+    assert_array_equal(out, np.abs(X).max(axis=0))
+    _msq.column_abs_mean(X, out)
+    ref = np.abs(X.astype(np.float64)).mean(axis=0)
+    np.testing.assert_allclose(out, ref, rtol=4 * np.finfo(dtype).eps)
+
+
+@params
+def test_grid_mse_errors_matches_numpy(dtype, order, readonly, variant):
+    X = _make(dtype, order, readonly)
+    dt = X.dtype.type
+    base = (np.abs(X).max(axis=0) / 3).astype(dtype)
+    ratios = np.array([0.25, 0.5, 1.0], dtype=dtype)
+    out = np.empty((3, X.shape[1]))
+    _kernel("grid_mse_errors", variant)(X, base, ratios, dt(-3), dt(3), out)
+    for k, r in enumerate(ratios):
+        step = (r * base).astype(dtype)
+        inv = (dt(1) / step).astype(dtype)
+        Q = np.clip(np.rint(X * inv), -3, 3) * step
+        ref = ((X - Q).astype(np.float64) ** 2).sum(axis=0)
+        np.testing.assert_allclose(out[k], ref, rtol=1e-12)
+
+
+@params
+def test_ternary_optimal_scale_matches_numpy(dtype, order, readonly, variant):
+    X = _make(dtype, order, readonly)
+    out = np.empty(X.shape[1], dtype=dtype)
+    _kernel("ternary_optimal_scale", variant)(X, out)
+    for j in range(X.shape[1]):
+        a = np.sort(np.abs(X[:, j].astype(np.float64)))[::-1]
+        S = np.cumsum(a)
+        k = np.argmax(S**2 / np.arange(1, a.size + 1))
+        np.testing.assert_allclose(out[j], S[k] / (k + 1), rtol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("n_bits", [1, 2, 3, 4, 5, 7, 8, 11, 16])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 100])
+def test_pack_bits_matches_numpy_bitstream(n_bits, variant, n):
+    rng = np.random.default_rng(n_bits)
+    qmin = -(2 ** (n_bits - 1))
+    codes = rng.integers(qmin, qmin + 2**n_bits, size=n).astype(np.int32)
+    out = np.empty(-(-n // 8) * n_bits, dtype=np.uint8)
+    getattr(_packing, "pack_bits" + variant)(codes, n_bits, qmin, out)
+    # reference: every code's bits, least significant first, padded to whole blocks
+    u = (codes.astype(np.int64) - qmin).astype(np.uint64)
+    bits = ((u[:, None] >> np.arange(n_bits, dtype=np.uint64)) & 1).astype(np.uint8)
+    bits = np.concatenate([bits.ravel(), np.zeros(out.size * 8 - bits.size, np.uint8)])
+    assert_array_equal(out, np.packbits(bits, bitorder="little"))
+    back = np.empty(n, dtype=np.int32)
+    getattr(_packing, "unpack_bits" + variant)(out, n_bits, qmin, back)
+    assert_array_equal(back, codes)
+
+
+def test_effective_n_jobs():
+    import numba
+
+    top = numba.config.NUMBA_NUM_THREADS
+    assert effective_n_jobs(None) == 1
+    assert effective_n_jobs(1) == 1
+    assert effective_n_jobs(-1) == top
+    assert effective_n_jobs(10**6) == top
+    assert effective_n_jobs(-(10**6)) == 1
+
+
+@pytest.mark.skipif("NUMBA_DISABLE_JIT" in os.environ, reason="checks compiled code")
+def test_parallel_kernels_have_their_own_cache_entries():
+    # numba's cache key ignores parallel=True: the two variants must be distinct
+    # functions (STYLE.md, facts 1), or one would load the other's machine code.
+    assert _msq.fake_quantize.py_func is not _msq.fake_quantize_parallel.py_func
+    assert _msq.fake_quantize_parallel.targetoptions.get("parallel")
+    assert not _msq.fake_quantize.targetoptions.get("parallel")

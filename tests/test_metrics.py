@@ -1,0 +1,42 @@
+"""Metrics: relative error, SQNR, model size."""
+
+import numpy as np
+import pytest
+
+from skquant import quantize
+from skquant.metrics import compression_ratio, model_size_bits, relative_error, sqnr
+
+
+def test_relative_error_by_hand():
+    W = np.array([[3.0], [4.0]])
+    assert relative_error(W, np.array([[3.0], [3.0]])) == pytest.approx(0.2)
+    X = np.array([[1.0, 0.0], [0.0, 2.0]])
+    # X W = [3, 8], X Q = [3, 6]: error 2 / sqrt(73)
+    assert relative_error(W, np.array([[3.0], [3.0]]), X) == pytest.approx(2 / np.sqrt(73))
+    assert relative_error(np.zeros((2, 1)), np.zeros((2, 1))) == 0.0
+    assert relative_error(np.zeros((2, 1)), np.ones((2, 1))) == np.inf
+
+
+def test_sqnr_by_hand():
+    assert sqnr(np.array([[10.0]]), np.array([[9.0]])) == pytest.approx(20.0)
+    assert sqnr(np.ones((2, 2)), np.ones((2, 2))) == np.inf
+
+
+def test_metric_errors():
+    with pytest.raises(ValueError, match=r"same shape, got W.shape=\(2, 1\) and Q.shape=\(1, 2\)"):
+        relative_error(np.ones((2, 1)), np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"X must have W.shape\[0\]=2 columns"):
+        relative_error(np.ones((2, 1)), np.ones((2, 1)), X=np.ones((4, 3)))
+    with pytest.raises(ValueError, match="Input W contains NaN"):
+        sqnr(np.array([[np.nan]]), np.array([[1.0]]))
+
+
+def test_model_size_and_compression_with_biases():
+    W = np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32)
+    b = np.zeros(10, np.float32)
+    qt = quantize(W, n_bits=2)
+    bits = model_size_bits([qt, b])
+    assert bits == 64 * 10 * 2 + 10 * 32 + 10 * 32
+    assert compression_ratio([qt, b]) == pytest.approx(32 * 650 / bits)
+    assert model_size_bits(b, float_bits=16) == 160
+    assert compression_ratio(b) == 1.0

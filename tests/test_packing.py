@@ -1,0 +1,94 @@
+"""Bit-packing and size accounting."""
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from numpy.testing import assert_array_equal
+
+from skquant import QuantizedTensor, pack_codes, quantize, unpack_codes
+
+
+@st.composite
+def codes_and_bits(draw):
+    n_bits = draw(st.integers(1, 16))
+    qmin = draw(st.integers(-(2**16), 2**16))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=12))
+    codes = draw(hnp.arrays(np.int64, shape, elements=st.integers(qmin, qmin + 2**n_bits - 1)))
+    return codes, n_bits, qmin
+
+
+@given(codes_and_bits(), st.sampled_from([None, 2]))
+def test_unpack_pack_is_identity(case, n_jobs):
+    codes, n_bits, qmin = case
+    packed = pack_codes(codes, n_bits, qmin, n_jobs=n_jobs)
+    assert packed.size == -(-codes.size // 8) * n_bits
+    back = unpack_codes(packed, n_bits, qmin, codes.shape, dtype=np.int64, n_jobs=n_jobs)
+    assert_array_equal(back, codes)
+
+
+def test_exact_bytes_by_hand():
+    # 2-bit codes 0,1,2,3 -> 0b11_10_01_00 = 228; the rest of the block is padding
+    assert_array_equal(pack_codes(np.array([0, 1, 2, 3]), 2, 0), [228, 0])
+    # 1-bit codes, LSB first
+    assert_array_equal(pack_codes(np.array([1, 0, 0, 0, 0, 0, 0, 1]), 1, 0), [129])
+    # qmin offsets: -7..-4 as 4-bit -> 0,1,2,3 -> bytes 0x10, 0x32
+    assert_array_equal(pack_codes(np.array([-7, -6, -5, -4]), 4, -7), [16, 50, 0, 0])
+
+
+def test_pack_errors():
+    with pytest.raises(ValueError, match=re.escape("[0, 3]")):
+        pack_codes(np.array([0, 4]), 2, 0)
+    with pytest.raises(TypeError, match="codes must be an integer array"):
+        pack_codes(np.array([0.5]), 2, 0)
+    with pytest.raises(ValueError, match="n_bits must be an int in \\[1, 16\\], got n_bits=17"):
+        pack_codes(np.array([0]), 17, 0)
+    with pytest.raises(ValueError, match="must hold 4 bytes"):
+        unpack_codes(np.zeros(3, np.uint8), 4, 0, (5,))
+    with pytest.raises(TypeError, match="packed must be a 1-D uint8 array"):
+        unpack_codes(np.zeros(4, np.int8), 4, 0, (5,))
+
+
+def test_pack_does_not_modify_input():
+    codes = np.array([[1, 2], [3, 0]], dtype=np.int8)
+    c0 = codes.copy()
+    pack_codes(codes, 2)
+    assert_array_equal(codes, c0)
+
+
+@pytest.mark.parametrize(
+    "alphabet, n_bits, bits_per_code",
+    [("uniform", 2, 2), ("uniform", 4, 4), ("uniform", 8, 8), ("ternary", 4, 2),
+     ("binary", 4, 1)],
+)
+def test_size_bits_counts_codes_and_scales(alphabet, n_bits, bits_per_code):
+    W = np.random.default_rng(0).standard_normal((100, 10)).astype(np.float32)
+    qt = quantize(W, n_bits=n_bits, alphabet=alphabet)
+    expected = -(-1000 // 8) * bits_per_code * 8 + 10 * 32
+    assert qt.size_bits == expected
+    assert qt.pack().nbytes * 8 + 10 * 32 == expected
+    assert qt.compression_ratio == pytest.approx(32 * 1000 / expected)
+    per_tensor = quantize(W, n_bits=n_bits, alphabet=alphabet, granularity="per_tensor")
+    assert per_tensor.size_bits == expected - 9 * 32
+
+
+def test_float64_scales_count_64_bits():
+    W = np.random.default_rng(0).standard_normal((16, 4))
+    assert quantize(W, n_bits=4).size_bits == 16 * 4 * 4 + 4 * 64
+
+
+def test_quantized_tensor_affine_counts_zero_points():
+    qt = QuantizedTensor(
+        codes=np.zeros((8, 2), np.uint8), scale=np.ones(2, np.float32), n_bits=8,
+        qmin=0, qmax=255, alphabet="affine", zero_point=np.array([3, 4]),
+    )
+    assert qt.size_bits == 8 * 2 * 8 + 2 * 32 + 2 * 8
+    assert_array_equal(qt.dequantize(), np.tile([-3.0, -4.0], (8, 1)))
+
+
+def test_quantize_rejects_unknown_alphabet():
+    with pytest.raises(ValueError, match="got alphabet='quaternary'"):
+        quantize(np.ones((2, 2)), alphabet="quaternary")
