@@ -104,6 +104,25 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
 }
 
+# -- autodoc hooks ---------------------------------------------------------------------------
+
+
+def _skip_metadata_request_methods(app, what, name, obj, skip, options):
+    """Leave out scikit-learn's generated ``set_{method}_request`` methods.
+
+    scikit-learn adds them to every estimator whose ``fit`` or ``transform`` takes an
+    argument other than ``X`` and ``y``; their docstrings refer to scikit-learn's
+    glossary and user guide, which cannot be resolved offline.
+    """
+    if what == "class" and name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_request_methods)
+
+
 # -- HTML ---------------------------------------------------------------------------------
 
 html_theme = "pydata_sphinx_theme"

@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both create the virtual
+# environment on first use (torch's CPU wheel first, then the package with its extras).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.skquant-installed
+export SKQUANT_DOCS_OFFLINE ?= 1
+
+.PHONY: demo test docs lint bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[torch,tests,docs,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m skquant demo --plot demo.png
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check skquant tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_msq_speed.py
+
+clean:
+	rm -rf $(VENV) docs/_build docs/generated docs/auto_examples docs/gen_modules

@@ -1,0 +1,1 @@
+"""airspeed velocity (asv) benchmarks of skquant; configured by ../asv.conf.json."""

@@ -1,0 +1,206 @@
+"""The main job: train a small MLP, quantize it with every method, print a table."""
+
+import copy
+import sys
+import time
+
+import numpy as np
+
+from ._packing import QuantizedTensor
+from ._progress import progress
+from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from .metrics import compression_ratio, model_size_bits, relative_error
+
+
+def demo_settings():
+    """The rows of the demo table: ``(label, series, unfitted quantizer)``.
+
+    ``series`` groups rows into one line of the plot.
+    """
+    rows = []
+    for b in (8, 4, 3, 2):
+        rows.append((f"MSQ {b}-bit", "MSQ max-abs", UniformQuantizer(n_bits=b)))
+    for b in (4, 3, 2):
+        rows.append((f"MSQ {b}-bit mse", "MSQ mse clip",
+                     UniformQuantizer(n_bits=b, scale="mse")))
+    rows.append(("MSQ ternary", "MSQ ternary/binary", TernaryQuantizer()))
+    rows.append(("MSQ binary", "MSQ ternary/binary", BinaryQuantizer()))
+    return rows
+
+
+def load_demo_data(dataset, random_state=0):
+    """Train/test split of the demo's data set, features scaled to [0, 1]."""
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        X, y = load_digits(return_X_y=True)
+        X = (X / 16.0).astype(np.float32)
+        return train_test_split(X, y, test_size=0.3, stratify=y, random_state=random_state)
+    from .datasets import load_mnist
+
+    Xtr, ytr = load_mnist("train", dataset=dataset, return_X_y=True)
+    Xte, yte = load_mnist("test", dataset=dataset, return_X_y=True)
+    return Xtr, Xte, ytr, yte
+
+
+def _hidden_activations(mlp, X):
+    """Inputs of every layer of a fitted MLPClassifier (the float network's)."""
+    from sklearn.neural_network._base import ACTIVATIONS
+
+    acts = [X]
+    for W, b in zip(mlp.coefs_[:-1], mlp.intercepts_[:-1]):
+        Z = acts[-1] @ W + b
+        ACTIVATIONS[mlp.activation](Z)
+        acts.append(Z)
+    return acts
+
+
+def quantize_mlp(mlp, quantizer, X_eval=None):
+    """Quantize every weight matrix of a fitted MLP with a clone of ``quantizer``.
+
+    Returns the quantized copy, the list of :class:`QuantizedTensor` and float
+    biases (for size accounting), and the mean relative output error of the layers
+    on ``X_eval`` (each layer fed the float network's activations).
+    """
+    from sklearn.base import clone
+
+    qmlp = copy.deepcopy(mlp)
+    tensors, errors = [], []
+    acts = _hidden_activations(mlp, X_eval) if X_eval is not None else None
+    for k, W in enumerate(mlp.coefs_):
+        q = clone(quantizer).fit(W)
+        qt = q.compress(W)
+        qmlp.coefs_[k] = qt.dequantize()
+        tensors += [qt, mlp.intercepts_[k]]
+        if acts is not None:
+            errors.append(relative_error(W, qmlp.coefs_[k], acts[k]))
+    return qmlp, tensors, float(np.mean(errors)) if errors else float("nan")
+
+
+def run_demo(dataset="digits", hidden=None, plot=None, random_state=0, verbose=True,
+             stream=None):
+    """Train, quantize with every setting, and return (and print) the result table.
+
+    Parameters
+    ----------
+    dataset : {"digits", "mnist", "fashion-mnist"}, default="digits"
+        The digits ship with scikit-learn; MNIST files come from
+        ``bash benchmarks/get_data.sh``.
+    hidden : tuple of int, default=None
+        Hidden layer sizes; ``(64,)`` on digits, ``(256,)`` on MNIST.
+    plot : str, default=None
+        Path of a PNG of accuracy against bits per weight.
+    random_state : int, default=0
+        Seed of the split and the training.
+    verbose : bool, default=True
+        Print the table and progress bars.
+    stream : file, default=None
+        Where to print; ``sys.stdout`` when ``None``.
+
+    Returns
+    -------
+    rows : list of dict
+        One dict per setting: label, series, bits_per_weight, compression,
+        accuracy, rel_error.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    import warnings
+
+    out = stream if stream is not None else sys.stdout
+    Xtr, Xte, ytr, yte = load_demo_data(dataset, random_state)
+    if hidden is None:
+        hidden = (64,) if dataset == "digits" else (256,)
+    max_iter = 300 if dataset == "digits" else 15
+    mlp = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter,
+                        random_state=random_state)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(Xtr, ytr)
+    # store the trained network in float32, the baseline the compression refers to
+    mlp.coefs_ = [W.astype(np.float32) for W in mlp.coefs_]
+    mlp.intercepts_ = [b.astype(np.float32) for b in mlp.intercepts_]
+    if verbose:
+        print(
+            f"{dataset}: {len(Xtr)} train / {len(Xte)} test samples, MLP "
+            f"{Xtr.shape[1]}-{'-'.join(map(str, hidden))}-{len(mlp.classes_)} trained in "
+            f"{time.perf_counter() - t0:.1f}s",
+            file=out,
+        )
+    n_weights = sum(W.size for W in mlp.coefs_)
+    float_tensors = list(mlp.coefs_) + list(mlp.intercepts_)
+    rows = [{
+        "series": "float", "label": "float32", "bits_per_weight": 32.0,
+        "compression": compression_ratio(float_tensors),
+        "accuracy": mlp.score(Xte, yte), "rel_error": 0.0,
+    }]
+    X_eval = Xte[:2000]
+    for label, series, quantizer in progress(demo_settings(), desc="quantizing",
+                                             enabled=verbose):
+        qmlp, tensors, err = quantize_mlp(mlp, quantizer, X_eval)
+        weight_bits = sum(t.size_bits for t in tensors if isinstance(t, QuantizedTensor))
+        rows.append({
+            "series": series, "label": label,
+            "bits_per_weight": weight_bits / n_weights,
+            "compression": compression_ratio(tensors),
+            "model_bits": model_size_bits(tensors),
+            "accuracy": qmlp.score(Xte, yte), "rel_error": err,
+        })
+    if verbose:
+        print(format_table(rows), file=out)
+        print(
+            "bits/weight: packed codes + scales over the weights; compression: the "
+            "whole model (biases in float32) against float32; rel. error: mean over "
+            "layers of ||X(W-Q)||/||XW|| on test inputs.",
+            file=out,
+        )
+    if plot:
+        plot_rows(rows, plot, title=f"{dataset}: accuracy vs bits per weight")
+        if verbose:
+            print(f"plot written to {plot}", file=out)
+    return rows
+
+
+def format_table(rows):
+    """The demo's rows as a fixed-width text table."""
+    head = f"{'setting':<18}{'bits/weight':>12}{'compression':>13}{'accuracy':>10}" \
+           f"{'rel. error':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['label']:<18}{r['bits_per_weight']:>12.3f}{r['compression']:>12.1f}x"
+            f"{r['accuracy']:>10.4f}{r['rel_error']:>12.4f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_rows(rows, path, title=""):
+    """Accuracy against bits per weight, one line per series of settings."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "--plot requires matplotlib; install it with `pip install matplotlib`."
+        ) from exc
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    float_acc = rows[0]["accuracy"]
+    ax.axhline(float_acc, color="gray", ls="--", label=f"float32 ({float_acc:.3f})")
+    markers = iter("osD^vP*X")
+    for series in dict.fromkeys(r["series"] for r in rows[1:]):
+        sub = sorted((r for r in rows[1:] if r["series"] == series),
+                     key=lambda r: r["bits_per_weight"])
+        ax.plot([r["bits_per_weight"] for r in sub], [r["accuracy"] for r in sub],
+                marker=next(markers, "o"), label=series)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bits per weight (codes + scales)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

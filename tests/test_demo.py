@@ -1,0 +1,63 @@
+"""The main job (`python -m skquant demo`) on scikit-learn's digits."""
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from skquant._demo import run_demo
+from skquant.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {r["label"]: r for r in run_demo(verbose=False)}
+
+
+def test_table_has_every_setting(rows):
+    for b in (8, 4, 3, 2):
+        assert f"MSQ {b}-bit" in rows
+    assert {"float32", "MSQ ternary", "MSQ binary"} <= set(rows)
+
+
+def test_accuracy_and_sizes_are_sensible(rows):
+    float_acc = rows["float32"]["accuracy"]
+    assert float_acc > 0.9
+    assert rows["MSQ 8-bit"]["accuracy"] >= float_acc - 0.01
+    assert rows["MSQ 8-bit"]["rel_error"] < rows["MSQ 4-bit"]["rel_error"] < \
+        rows["MSQ 2-bit"]["rel_error"]
+    # bits per weight: codes plus float32 scales (64x64 and 64x10 layers)
+    scale_bits = 32 * (64 + 10) / (64 * 64 + 64 * 10)
+    for label, bits in [("MSQ 4-bit", 4), ("MSQ ternary", 2), ("MSQ binary", 1)]:
+        assert rows[label]["bits_per_weight"] == pytest.approx(bits + scale_bits)
+    assert rows["MSQ binary"]["compression"] > rows["MSQ 2-bit"]["compression"] > 1
+    # the MSE-optimal clipping helps most where the grid is coarsest
+    assert rows["MSQ 2-bit mse"]["accuracy"] > rows["MSQ 2-bit"]["accuracy"]
+
+
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "demo.png"
+    run_demo(plot=str(path), verbose=False)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_prints_table():
+    res = subprocess.run([sys.executable, "-m", "skquant", "demo"], capture_output=True,
+                         text=True, check=False, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "MSQ 4-bit" in res.stdout and "accuracy" in res.stdout
+
+
+def test_cli_mnist_missing_says_how_to_fetch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SKQUANT_DATA", str(tmp_path))
+    assert main(["demo", "--dataset", "mnist"]) == 2
+    assert "get_data.sh" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_hidden(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--hidden", "a,b"])
+    assert "--hidden must be comma-separated ints" in capsys.readouterr().err
