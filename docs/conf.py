@@ -1,8 +1,10 @@
 """Sphinx configuration of the skquant documentation.
 
-Build (from the repository root)::
+Build from the repository root, with the package importable (``pip install -e .``
+or ``PYTHONPATH=.``)::
 
-    SKQUANT_DOCS_OFFLINE=1 python -m sphinx -W --keep-going -b html docs docs/_build/html
+    export SKQUANT_DOCS_OFFLINE=1
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 ``SKQUANT_DOCS_OFFLINE=1`` empties ``intersphinx_mapping``, so the build needs no
 network (CI has none, and intersphinx would otherwise warn, failing ``-W``).
@@ -19,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import skquant  # noqa: E402
 
-# -- Project information -------------------------------------------------------
+# -- Project information ---------------------------------------------------------------
 
 project = "skquant"
 author = "The skquant developers"
@@ -27,7 +29,7 @@ copyright = "the skquant developers"  # noqa: A001
 version = skquant.__version__
 release = skquant.__version__
 
-# -- General configuration -------------------------------------------------------
+# -- General configuration -------------------------------------------------------------
 
 extensions = [
     "sphinx.ext.autodoc",
@@ -40,24 +42,12 @@ extensions = [
 ]
 
 templates_path = ["_templates"]
-exclude_patterns = [
-    "_build",
-    "Thumbs.db",
-    ".DS_Store",
-    # sphinx-gallery writes these next to the sources; they are not pages of their own
-    "auto_examples/*.ipynb",
-    "auto_examples/*.py",
-    "auto_examples/*.zip",
-    "auto_examples/*.md5",
-    "auto_examples/*.pickle",
-    "auto_examples/*.json",
-    "auto_examples/*.codeobj.json",
-]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
-# ``code`` in reST means inline code, as in NumPy's and scikit-learn's docs.
+# Single backticks (`name`) render as inline code, as in scikit-learn's docs.
 default_role = "literal"
 
-# -- autodoc / autosummary / numpydoc ----------------------------------------------
+# -- autodoc / autosummary / numpydoc --------------------------------------------------
 
 autosummary_generate = True
 autodoc_default_options = {"members": True}
@@ -69,7 +59,7 @@ numpydoc_class_members_toctree = False
 # word of them would make a warning of each one intersphinx cannot resolve offline.
 numpydoc_xref_param_type = False
 
-# -- intersphinx ----------------------------------------------------------------------
+# -- intersphinx -----------------------------------------------------------------------
 
 intersphinx_mapping = {
     "python": ("https://docs.python.org/3", None),
@@ -78,11 +68,13 @@ intersphinx_mapping = {
     "sklearn": ("https://scikit-learn.org/stable", None),
     "torch": ("https://docs.pytorch.org/docs/stable", None),
 }
+intersphinx_timeout = 10
 if os.environ.get("SKQUANT_DOCS_OFFLINE", "0") not in ("", "0"):
     intersphinx_mapping = {}
 
-# Cross-references to other projects' objects become links when intersphinx is on
-# and plain text when it is off; only these targets may stay unresolved.
+# References to other projects' objects (``:class:`~sklearn.pipeline.Pipeline```) are
+# links when intersphinx is on and plain text when it is off; not nitpicky, so an
+# unresolved Python reference is not a warning.
 nitpicky = False
 
 # -- doctest ---------------------------------------------------------------------------
@@ -104,7 +96,7 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
 }
 
-# -- autodoc hooks ---------------------------------------------------------------------------
+# -- autodoc hooks ---------------------------------------------------------------------
 
 
 def _skip_metadata_request_methods(app, what, name, obj, skip, options):
@@ -123,7 +115,7 @@ def setup(app):
     app.connect("autodoc-skip-member", _skip_metadata_request_methods)
 
 
-# -- HTML ---------------------------------------------------------------------------------
+# -- HTML ------------------------------------------------------------------------------
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"skquant {release}"

@@ -9,12 +9,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m skquant")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a small MLP, quantize it, print a table")
-    demo.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"],
-                      default="digits")
-    demo.add_argument("--hidden", default=None,
-                      help="hidden layer sizes, comma separated (e.g. 500,300)")
-    demo.add_argument("--plot", default=None, metavar="PNG",
-                      help="write accuracy against bits per weight to this file")
+    demo.add_argument(
+        "--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits"
+    )
+    demo.add_argument(
+        "--hidden",
+        default=None,
+        help="hidden layer sizes, comma separated (e.g. 500,300)",
+    )
+    demo.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="write accuracy against bits per weight to this file",
+    )
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -24,9 +32,10 @@ def main(argv=None):
 
         if args.dataset != "digits" and not mnist_available(args.dataset):
             print(
-                f"{args.dataset} files not found under {get_data_home()}/{args.dataset}. "
-                "Fetch them with `bash benchmarks/get_data.sh` (or point SKQUANT_DATA at "
-                "a folder holding them).",
+                f"{args.dataset} files not found under "
+                f"{get_data_home()}/{args.dataset}. Fetch them with "
+                "`bash benchmarks/get_data.sh` (or point SKQUANT_DATA at a folder "
+                "holding them).",
                 file=sys.stderr,
             )
             return 2
@@ -35,9 +44,12 @@ def main(argv=None):
             try:
                 hidden = tuple(int(h) for h in args.hidden.split(","))
             except ValueError:
-                parser.error(f"--hidden must be comma-separated ints, got {args.hidden!r}")
-        run_demo(dataset=args.dataset, hidden=hidden, plot=args.plot,
-                 random_state=args.seed)
+                parser.error(
+                    f"--hidden must be comma-separated ints, got {args.hidden!r}"
+                )
+        run_demo(
+            dataset=args.dataset, hidden=hidden, plot=args.plot, random_state=args.seed
+        )
     return 0
 
 

@@ -48,7 +48,7 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
     percentile : float, default=99.99
         Upper percentile used by ``calibration="percentile"``.
     n_jobs : int, default=None
-        numba threads used by :meth:`transform`; ``None`` means 1, ``-1`` all.
+        Number of numba threads used by :meth:`transform`; ``None`` means 1, ``-1`` all.
 
     Attributes
     ----------
@@ -138,7 +138,9 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
             Fitted quantizer.
         """
         X = validate_data(self, X, dtype=list(FLOAT_DTYPES))
-        granularity = "per_channel" if self.granularity == "per_feature" else "per_tensor"
+        granularity = (
+            "per_channel" if self.granularity == "per_feature" else "per_tensor"
+        )
         Xc = channel_view(X, granularity)
         if self.calibration == "minmax":
             lo, hi = Xc.min(axis=0), Xc.max(axis=0)
@@ -232,7 +234,7 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         return out
 
     def decode(self, codes):
-        """Values of integer codes: ``decode(encode(X)) == transform(X)``.
+        """Dequantize integer codes: ``decode(encode(X)) == transform(X)``.
 
         Parameters
         ----------

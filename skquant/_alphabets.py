@@ -15,7 +15,7 @@ _CODE_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
 
 
 def uniform_range(n_bits):
-    """Signed symmetric range ``[-K, K]``, ``K = 2**(n_bits - 1) - 1``, of a b-bit grid."""
+    """Signed symmetric range ``[-K, K]``, ``K = 2**(n_bits - 1) - 1``, of b bits."""
     k = 2 ** (n_bits - 1) - 1
     return -k, k
 
@@ -98,7 +98,7 @@ def ternary_optimal_level(Wc, n_jobs=None):
 
 
 def ternary_twn_level(Wc):
-    """Ternary-weight-networks rule: ``a = mean{|w| : |w| > 0.7 mean|w|}`` per column."""
+    """Ternary weight networks' level ``a = mean{|w| : |w| > 0.7 mean|w|}``."""
     A = np.abs(Wc)
     delta = 0.7 * A.mean(axis=0)
     mask = A > delta

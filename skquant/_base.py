@@ -97,9 +97,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
 
     def _levels(self, dtype):
         """Per-column level (scale) broadcast to ``n_features_in_`` in ``dtype``."""
-        return np.broadcast_to(
-            self.scale_.astype(dtype), (self.n_features_in_,)
-        ).copy()
+        return np.broadcast_to(self.scale_.astype(dtype), (self.n_features_in_,)).copy()
 
     def transform(self, W):
         """Quantize ``W`` and return the dequantized weights.
@@ -249,7 +247,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         return self.compress(W).pack()
 
     def unpack(self, packed, n_rows):
-        """Codes from the bytes of :meth:`pack`: ``unpack(pack(W), n) == encode(W)``.
+        """Recover the codes from :meth:`pack`: ``unpack(pack(W), n) == encode(W)``.
 
         Parameters
         ----------

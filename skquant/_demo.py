@@ -21,8 +21,13 @@ def demo_settings():
     for b in (8, 4, 3, 2):
         rows.append((f"MSQ {b}-bit", "MSQ max-abs", UniformQuantizer(n_bits=b)))
     for b in (4, 3, 2):
-        rows.append((f"MSQ {b}-bit mse", "MSQ mse clip",
-                     UniformQuantizer(n_bits=b, scale="mse")))
+        rows.append(
+            (
+                f"MSQ {b}-bit mse",
+                "MSQ mse clip",
+                UniformQuantizer(n_bits=b, scale="mse"),
+            )
+        )
     rows.append(("MSQ ternary", "MSQ ternary/binary", TernaryQuantizer()))
     rows.append(("MSQ binary", "MSQ ternary/binary", BinaryQuantizer()))
     return rows
@@ -36,7 +41,9 @@ def load_demo_data(dataset, random_state=0):
 
         X, y = load_digits(return_X_y=True)
         X = (X / 16.0).astype(np.float32)
-        return train_test_split(X, y, test_size=0.3, stratify=y, random_state=random_state)
+        return train_test_split(
+            X, y, test_size=0.3, stratify=y, random_state=random_state
+        )
     from .datasets import load_mnist
 
     Xtr, ytr = load_mnist("train", dataset=dataset, return_X_y=True)
@@ -78,8 +85,9 @@ def quantize_mlp(mlp, quantizer, X_eval=None):
     return qmlp, tensors, float(np.mean(errors)) if errors else float("nan")
 
 
-def run_demo(dataset="digits", hidden=None, plot=None, random_state=0, verbose=True,
-             stream=None):
+def run_demo(
+    dataset="digits", hidden=None, plot=None, random_state=0, verbose=True, stream=None
+):
     """Train, quantize with every setting, and return (and print) the result table.
 
     Parameters
@@ -104,17 +112,19 @@ def run_demo(dataset="digits", hidden=None, plot=None, random_state=0, verbose=T
         One dict per setting: label, series, bits_per_weight, compression,
         accuracy, rel_error.
     """
+    import warnings
+
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
-    import warnings
 
     out = stream if stream is not None else sys.stdout
     Xtr, Xte, ytr, yte = load_demo_data(dataset, random_state)
     if hidden is None:
         hidden = (64,) if dataset == "digits" else (256,)
     max_iter = 300 if dataset == "digits" else 15
-    mlp = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter,
-                        random_state=random_state)
+    mlp = MLPClassifier(
+        hidden_layer_sizes=hidden, max_iter=max_iter, random_state=random_state
+    )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -125,29 +135,42 @@ def run_demo(dataset="digits", hidden=None, plot=None, random_state=0, verbose=T
     if verbose:
         print(
             f"{dataset}: {len(Xtr)} train / {len(Xte)} test samples, MLP "
-            f"{Xtr.shape[1]}-{'-'.join(map(str, hidden))}-{len(mlp.classes_)} trained in "
+            f"{Xtr.shape[1]}-{'-'.join(map(str, hidden))}-{len(mlp.classes_)} "
+            "trained in "
             f"{time.perf_counter() - t0:.1f}s",
             file=out,
         )
     n_weights = sum(W.size for W in mlp.coefs_)
     float_tensors = list(mlp.coefs_) + list(mlp.intercepts_)
-    rows = [{
-        "series": "float", "label": "float32", "bits_per_weight": 32.0,
-        "compression": compression_ratio(float_tensors),
-        "accuracy": mlp.score(Xte, yte), "rel_error": 0.0,
-    }]
+    rows = [
+        {
+            "series": "float",
+            "label": "float32",
+            "bits_per_weight": 32.0,
+            "compression": compression_ratio(float_tensors),
+            "accuracy": mlp.score(Xte, yte),
+            "rel_error": 0.0,
+        }
+    ]
     X_eval = Xte[:2000]
-    for label, series, quantizer in progress(demo_settings(), desc="quantizing",
-                                             enabled=verbose):
+    for label, series, quantizer in progress(
+        demo_settings(), desc="quantizing", enabled=verbose
+    ):
         qmlp, tensors, err = quantize_mlp(mlp, quantizer, X_eval)
-        weight_bits = sum(t.size_bits for t in tensors if isinstance(t, QuantizedTensor))
-        rows.append({
-            "series": series, "label": label,
-            "bits_per_weight": weight_bits / n_weights,
-            "compression": compression_ratio(tensors),
-            "model_bits": model_size_bits(tensors),
-            "accuracy": qmlp.score(Xte, yte), "rel_error": err,
-        })
+        weight_bits = sum(
+            t.size_bits for t in tensors if isinstance(t, QuantizedTensor)
+        )
+        rows.append(
+            {
+                "series": series,
+                "label": label,
+                "bits_per_weight": weight_bits / n_weights,
+                "compression": compression_ratio(tensors),
+                "model_bits": model_size_bits(tensors),
+                "accuracy": qmlp.score(Xte, yte),
+                "rel_error": err,
+            }
+        )
     if verbose:
         print(format_table(rows), file=out)
         print(
@@ -165,8 +188,10 @@ def run_demo(dataset="digits", hidden=None, plot=None, random_state=0, verbose=T
 
 def format_table(rows):
     """The demo's rows as a fixed-width text table."""
-    head = f"{'setting':<18}{'bits/weight':>12}{'compression':>13}{'accuracy':>10}" \
-           f"{'rel. error':>12}"
+    head = (
+        f"{'setting':<18}{'bits/weight':>12}{'compression':>13}{'accuracy':>10}"
+        f"{'rel. error':>12}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
@@ -192,10 +217,16 @@ def plot_rows(rows, path, title=""):
     ax.axhline(float_acc, color="gray", ls="--", label=f"float32 ({float_acc:.3f})")
     markers = iter("osD^vP*X")
     for series in dict.fromkeys(r["series"] for r in rows[1:]):
-        sub = sorted((r for r in rows[1:] if r["series"] == series),
-                     key=lambda r: r["bits_per_weight"])
-        ax.plot([r["bits_per_weight"] for r in sub], [r["accuracy"] for r in sub],
-                marker=next(markers, "o"), label=series)
+        sub = sorted(
+            (r for r in rows[1:] if r["series"] == series),
+            key=lambda r: r["bits_per_weight"],
+        )
+        ax.plot(
+            [r["bits_per_weight"] for r in sub],
+            [r["accuracy"] for r in sub],
+            marker=next(markers, "o"),
+            label=series,
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bits per weight (codes + scales)")
     ax.set_ylabel("test accuracy")

@@ -6,7 +6,13 @@ __all__ = ["quantize"]
 
 
 def quantize(
-    W, n_bits=4, *, alphabet="uniform", granularity="per_channel", scale=None, n_jobs=None
+    W,
+    n_bits=4,
+    *,
+    alphabet="uniform",
+    granularity="per_channel",
+    scale=None,
+    n_jobs=None,
 ):
     """Quantize a weight matrix in one call.
 
@@ -24,7 +30,7 @@ def quantize(
     scale : str, float or array-like, default=None
         The quantizer's ``scale`` parameter; ``None`` takes its default.
     n_jobs : int, default=None
-        numba threads.
+        Number of numba threads.
 
     Returns
     -------

@@ -17,7 +17,9 @@ def _check_n_bits(n_bits):
         or isinstance(n_bits, bool)
         or not 1 <= n_bits <= 16
     ):
-        raise ValueError(f"n_bits must be an int in [1, 16], got n_bits={n_bits!r} instead.")
+        raise ValueError(
+            f"n_bits must be an int in [1, 16], got n_bits={n_bits!r} instead."
+        )
     return int(n_bits)
 
 
@@ -43,7 +45,7 @@ def pack_codes(codes, n_bits, qmin=None, *, n_jobs=None):
         Smallest representable code; ``None`` takes ``codes.min()`` (0 when empty).
         Every code must lie in ``[qmin, qmin + 2**n_bits - 1]``.
     n_jobs : int, default=None
-        numba threads; ``None`` means 1, ``-1`` all.
+        Number of numba threads; ``None`` means 1, ``-1`` all.
 
     Returns
     -------
@@ -109,7 +111,7 @@ def unpack_codes(packed, n_bits, qmin, shape, dtype=None, *, n_jobs=None):
         Integer dtype of the result; ``None`` takes the smallest that holds
         ``[qmin, qmin + 2**n_bits - 1]``.
     n_jobs : int, default=None
-        numba threads; ``None`` means 1, ``-1`` all.
+        Number of numba threads; ``None`` means 1, ``-1`` all.
 
     Returns
     -------
@@ -180,7 +182,7 @@ class QuantizedTensor:
     zero_point : ndarray of shape (n_scales,), default=None
         Affine zero points (``None`` for symmetric grids).
     float_dtype : dtype, default=None
-        dtype of the dequantized values; ``None`` takes ``scale.dtype``.
+        Float dtype of the dequantized values; ``None`` takes ``scale.dtype``.
 
     Attributes
     ----------
@@ -264,7 +266,7 @@ class QuantizedTensor:
         return 32 * self.n_params / self.size_bits
 
     def dequantize(self):
-        """Floats the codes stand for, equal to the quantizer's ``transform``.
+        """Return the floats the codes stand for, equal to ``transform``.
 
         Returns
         -------

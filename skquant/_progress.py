@@ -27,7 +27,9 @@ class progress:
     def __init__(self, iterable, desc="", total=None, enabled=True, stream=None):
         self.iterable = iterable
         self.desc = desc
-        self.total = len(iterable) if total is None and hasattr(iterable, "__len__") else total
+        self.total = (
+            len(iterable) if total is None and hasattr(iterable, "__len__") else total
+        )
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.postfix = ""

@@ -40,8 +40,8 @@ class UniformQuantizer(BaseWeightQuantizer):
     percentile : float, default=99.9
         Percentile of ``|w|`` used by ``scale="percentile"``.
     n_jobs : int, default=None
-        numba threads used by :meth:`fit` and :meth:`transform`; ``None`` means 1,
-        ``-1`` means all. The previous thread count is restored afterwards.
+        Number of numba threads used by :meth:`fit` and :meth:`transform`; ``None``
+        means 1, ``-1`` means all. The previous thread count is restored afterwards.
 
     Attributes
     ----------
@@ -140,8 +140,8 @@ class TernaryQuantizer(BaseWeightQuantizer):
         ``a`` is the mean of the ``|w|`` above ``0.7 * mean|w|``. A positive float
         or an array with one level per channel fixes it.
     n_jobs : int, default=None
-        numba threads used by :meth:`fit` and :meth:`transform`; ``None`` means 1,
-        ``-1`` means all.
+        Number of numba threads used by :meth:`fit` and :meth:`transform`; ``None``
+        means 1, ``-1`` means all.
 
     Attributes
     ----------
@@ -158,7 +158,7 @@ class TernaryQuantizer(BaseWeightQuantizer):
 
     See Also
     --------
-    UniformQuantizer : b-bit grids; ``n_bits=2`` has the same alphabet with the
+    UniformQuantizer : Grids of b bits; ``n_bits=2`` has the same alphabet with the
         max-abs level.
     BinaryQuantizer : One bit per weight.
 
@@ -221,7 +221,8 @@ class BinaryQuantizer(BaseWeightQuantizer):
         ``||w - a sign(w)||_2`` (XNOR-Net's rule). A positive float or an array with
         one level per channel fixes it.
     n_jobs : int, default=None
-        numba threads used by :meth:`transform`; ``None`` means 1, ``-1`` means all.
+        Number of numba threads used by :meth:`transform`; ``None`` means 1, ``-1``
+        means all.
 
     Attributes
     ----------
@@ -239,7 +240,7 @@ class BinaryQuantizer(BaseWeightQuantizer):
     See Also
     --------
     TernaryQuantizer : ``{-a, 0, +a}``, two bits per weight.
-    UniformQuantizer : b-bit grids.
+    UniformQuantizer : Grids of b bits.
 
     Examples
     --------
@@ -270,7 +271,6 @@ class BinaryQuantizer(BaseWeightQuantizer):
 
     def _fit_scale(self, Wc, rule, qmin, qmax):
         return _alphabets.absmean(Wc)
-
 
     def _fake_quantize(self, W, level, out):
         _alphabets._kernel(_msq, "sign_fake_quantize", self.n_jobs)(W, level, out)

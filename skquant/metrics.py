@@ -121,7 +121,7 @@ def _items(tensors):
 
 
 def model_size_bits(tensors, *, float_bits=32):
-    """Bits to store a model: packed codes, scales and zero points, and float tensors.
+    """Count the bits that store a model: codes, scales, zero points, float arrays.
 
     Parameters
     ----------

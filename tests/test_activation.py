@@ -12,9 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from strategies import weight_matrices
 
 from skquant import ActivationQuantizer
-from strategies import weight_matrices
 
 
 def test_codes_by_hand():
@@ -50,8 +50,13 @@ def test_percentile_calibration_clips():
     assert q.transform(X).max() <= q.data_max_[0] + q.scale_[0]
 
 
-@given(weight_matrices(max_rows=30, max_cols=5), st.integers(2, 16), st.booleans(),
-       st.sampled_from(["per_tensor", "per_feature"]))
+@pytest.mark.filterwarnings("ignore:ActivationQuantizer found a calibrated range")
+@given(
+    weight_matrices(max_rows=30, max_cols=5),
+    st.integers(2, 16),
+    st.booleans(),
+    st.sampled_from(["per_tensor", "per_feature"]),
+)
 def test_oracles(X, n_bits, symmetric, granularity):
     q = ActivationQuantizer(n_bits=n_bits, symmetric=symmetric, granularity=granularity)
     q.fit(X)
@@ -70,8 +75,11 @@ def test_oracles(X, n_bits, symmetric, granularity):
 
 def test_in_a_pipeline_and_grid_search():
     X, y = load_digits(return_X_y=True)
-    pipe = make_pipeline(StandardScaler(), ActivationQuantizer(n_bits=4),
-                         LogisticRegression(max_iter=300))
+    pipe = make_pipeline(
+        StandardScaler(),
+        ActivationQuantizer(n_bits=4),
+        LogisticRegression(max_iter=300),
+    )
     search = GridSearchCV(pipe, {"activationquantizer__n_bits": [2, 8]}, cv=2)
     search.fit(X, y)
     scores = search.cv_results_["mean_test_score"]
@@ -94,7 +102,9 @@ def test_bad_input():
         q.transform(np.ones((3, 3)))
     with pytest.raises(ValueError, match="Input X contains NaN"):
         q.transform(np.array([[np.nan, 1.0]]))
-    with pytest.raises(ValueError, match="The 'n_bits' parameter of ActivationQuantizer"):
+    with pytest.raises(
+        ValueError, match="The 'n_bits' parameter of ActivationQuantizer"
+    ):
         ActivationQuantizer(n_bits=1).fit(np.ones((3, 2)))
     with pytest.raises(TypeError, match="2-D integer array"):
         q.decode(np.ones((3, 2)))

@@ -1,14 +1,12 @@
 """The main job (`python -m skquant demo`) on scikit-learn's digits."""
 
-import io
-import os
 import subprocess
 import sys
 
 import pytest
 
-from skquant._demo import run_demo
 from skquant.__main__ import main
+from skquant._demo import run_demo
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +24,11 @@ def test_accuracy_and_sizes_are_sensible(rows):
     float_acc = rows["float32"]["accuracy"]
     assert float_acc > 0.9
     assert rows["MSQ 8-bit"]["accuracy"] >= float_acc - 0.01
-    assert rows["MSQ 8-bit"]["rel_error"] < rows["MSQ 4-bit"]["rel_error"] < \
-        rows["MSQ 2-bit"]["rel_error"]
+    assert (
+        rows["MSQ 8-bit"]["rel_error"]
+        < rows["MSQ 4-bit"]["rel_error"]
+        < rows["MSQ 2-bit"]["rel_error"]
+    )
     # bits per weight: codes plus float32 scales (64x64 and 64x10 layers)
     scale_bits = 32 * (64 + 10) / (64 * 64 + 64 * 10)
     for label, bits in [("MSQ 4-bit", 4), ("MSQ ternary", 2), ("MSQ binary", 1)]:
@@ -45,8 +46,13 @@ def test_plot_is_written(tmp_path):
 
 
 def test_cli_prints_table():
-    res = subprocess.run([sys.executable, "-m", "skquant", "demo"], capture_output=True,
-                         text=True, check=False, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "skquant", "demo"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert "MSQ 4-bit" in res.stdout and "accuracy" in res.stdout
 

@@ -1,4 +1,4 @@
-"""Each numba kernel against a short NumPy reference: dtype x order x read-only x variant."""
+"""Each numba kernel against a NumPy reference: dtype x order x read-only x variant."""
 
 import os
 

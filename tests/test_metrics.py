@@ -12,7 +12,9 @@ def test_relative_error_by_hand():
     assert relative_error(W, np.array([[3.0], [3.0]])) == pytest.approx(0.2)
     X = np.array([[1.0, 0.0], [0.0, 2.0]])
     # X W = [3, 8], X Q = [3, 6]: error 2 / sqrt(73)
-    assert relative_error(W, np.array([[3.0], [3.0]]), X) == pytest.approx(2 / np.sqrt(73))
+    assert relative_error(W, np.array([[3.0], [3.0]]), X) == pytest.approx(
+        2 / np.sqrt(73)
+    )
     assert relative_error(np.zeros((2, 1)), np.zeros((2, 1))) == 0.0
     assert relative_error(np.zeros((2, 1)), np.ones((2, 1))) == np.inf
 
@@ -23,7 +25,9 @@ def test_sqnr_by_hand():
 
 
 def test_metric_errors():
-    with pytest.raises(ValueError, match=r"same shape, got W.shape=\(2, 1\) and Q.shape=\(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"same shape, got W.shape=\(2, 1\) and Q.shape=\(1, 2\)"
+    ):
         relative_error(np.ones((2, 1)), np.ones((1, 2)))
     with pytest.raises(ValueError, match=r"X must have W.shape\[0\]=2 columns"):
         relative_error(np.ones((2, 1)), np.ones((2, 1)), X=np.ones((4, 3)))

@@ -17,7 +17,9 @@ def codes_and_bits(draw):
     n_bits = draw(st.integers(1, 16))
     qmin = draw(st.integers(-(2**16), 2**16))
     shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=12))
-    codes = draw(hnp.arrays(np.int64, shape, elements=st.integers(qmin, qmin + 2**n_bits - 1)))
+    codes = draw(
+        hnp.arrays(np.int64, shape, elements=st.integers(qmin, qmin + 2**n_bits - 1))
+    )
     return codes, n_bits, qmin
 
 
@@ -26,7 +28,9 @@ def test_unpack_pack_is_identity(case, n_jobs):
     codes, n_bits, qmin = case
     packed = pack_codes(codes, n_bits, qmin, n_jobs=n_jobs)
     assert packed.size == -(-codes.size // 8) * n_bits
-    back = unpack_codes(packed, n_bits, qmin, codes.shape, dtype=np.int64, n_jobs=n_jobs)
+    back = unpack_codes(
+        packed, n_bits, qmin, codes.shape, dtype=np.int64, n_jobs=n_jobs
+    )
     assert_array_equal(back, codes)
 
 
@@ -44,7 +48,9 @@ def test_pack_errors():
         pack_codes(np.array([0, 4]), 2, 0)
     with pytest.raises(TypeError, match="codes must be an integer array"):
         pack_codes(np.array([0.5]), 2, 0)
-    with pytest.raises(ValueError, match="n_bits must be an int in \\[1, 16\\], got n_bits=17"):
+    with pytest.raises(
+        ValueError, match="n_bits must be an int in \\[1, 16\\], got n_bits=17"
+    ):
         pack_codes(np.array([0]), 17, 0)
     with pytest.raises(ValueError, match="must hold 4 bytes"):
         unpack_codes(np.zeros(3, np.uint8), 4, 0, (5,))
@@ -61,8 +67,13 @@ def test_pack_does_not_modify_input():
 
 @pytest.mark.parametrize(
     "alphabet, n_bits, bits_per_code",
-    [("uniform", 2, 2), ("uniform", 4, 4), ("uniform", 8, 8), ("ternary", 4, 2),
-     ("binary", 4, 1)],
+    [
+        ("uniform", 2, 2),
+        ("uniform", 4, 4),
+        ("uniform", 8, 8),
+        ("ternary", 4, 2),
+        ("binary", 4, 1),
+    ],
 )
 def test_size_bits_counts_codes_and_scales(alphabet, n_bits, bits_per_code):
     W = np.random.default_rng(0).standard_normal((100, 10)).astype(np.float32)
@@ -82,8 +93,13 @@ def test_float64_scales_count_64_bits():
 
 def test_quantized_tensor_affine_counts_zero_points():
     qt = QuantizedTensor(
-        codes=np.zeros((8, 2), np.uint8), scale=np.ones(2, np.float32), n_bits=8,
-        qmin=0, qmax=255, alphabet="affine", zero_point=np.array([3, 4]),
+        codes=np.zeros((8, 2), np.uint8),
+        scale=np.ones(2, np.float32),
+        n_bits=8,
+        qmin=0,
+        qmax=255,
+        alphabet="affine",
+        zero_point=np.array([3, 4]),
     )
     assert qt.size_bits == 8 * 2 * 8 + 2 * 32 + 2 * 8
     assert_array_equal(qt.dequantize(), np.tile([-3.0, -4.0], (8, 1)))

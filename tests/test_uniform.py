@@ -1,8 +1,9 @@
-"""Tests of the MSQ weight quantizers: METHODS.md section 0 oracles, exact cases, bad input."""
+"""MSQ weight quantizers: METHODS.md section 0 oracles, exact cases, bad input."""
 
 import itertools
 import re
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -10,12 +11,10 @@ from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from strategies import weight_matrices
 
 from skquant import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 from skquant._kernels._threads import numba_threads
-from strategies import weight_matrices
-
-import numba
 
 ALL = [UniformQuantizer, TernaryQuantizer, BinaryQuantizer]
 
@@ -26,7 +25,7 @@ def ulp_tol(W, scale):
     return 4 * eps * (np.abs(W) + scale)
 
 
-# --------------------------------------------------------------------------- exact cases
+# ---------------------------------------------------------------------- exact cases
 
 
 def test_round_half_to_even_exact_codes():
@@ -45,8 +44,9 @@ def test_maxabs_step_and_codes_by_hand():
     assert_array_equal(q.encode(W), [[3, -2], [2, 0], [-1, 3]])
 
 
-@pytest.mark.parametrize("n_bits, dtype", [(2, np.int8), (8, np.int8), (9, np.int16),
-                                           (16, np.int16)])
+@pytest.mark.parametrize(
+    "n_bits, dtype", [(2, np.int8), (8, np.int8), (9, np.int16), (16, np.int16)]
+)
 def test_code_range_and_dtype(n_bits, dtype):
     W = np.random.default_rng(n_bits).standard_normal((50, 3))
     q = UniformQuantizer(n_bits=n_bits).fit(W)
@@ -145,8 +145,12 @@ def test_binary_level_is_l2_optimal(values):
 # ------------------------------------------------------- METHODS.md section 0 oracles
 
 
-@given(weight_matrices(), st.integers(2, 16), st.sampled_from(["maxabs", "mse"]),
-       st.sampled_from(["per_channel", "per_tensor"]))
+@given(
+    weight_matrices(),
+    st.integers(2, 16),
+    st.sampled_from(["maxabs", "mse"]),
+    st.sampled_from(["per_channel", "per_tensor"]),
+)
 def test_oracle_alphabet_error_idempotence_roundtrip(W, n_bits, scale, granularity):
     q = UniformQuantizer(n_bits=n_bits, scale=scale, granularity=granularity).fit(W)
     Q = q.transform(W)
@@ -168,8 +172,11 @@ def test_oracle_alphabet_error_idempotence_roundtrip(W, n_bits, scale, granulari
     assert_array_equal(q.transform(Q), Q)
 
 
-@given(weight_matrices(), st.sampled_from([TernaryQuantizer, BinaryQuantizer]),
-       st.sampled_from(["per_channel", "per_tensor"]))
+@given(
+    weight_matrices(),
+    st.sampled_from([TernaryQuantizer, BinaryQuantizer]),
+    st.sampled_from(["per_channel", "per_tensor"]),
+)
 def test_oracle_binary_ternary_alphabets(W, cls, granularity):
     q = cls(granularity=granularity).fit(W)
     Q = q.transform(W)
@@ -210,8 +217,9 @@ def test_per_channel_realised_max_error_can_exceed_per_tensor():
     assert np.abs(W - pc.transform(W)).max() > 0
 
 
-@given(weight_matrices(), st.integers(2, 8),
-       st.sampled_from(["per_channel", "per_tensor"]))
+@given(
+    weight_matrices(), st.integers(2, 8), st.sampled_from(["per_channel", "per_tensor"])
+)
 def test_oracle_mse_scale_never_worse_than_maxabs(W, n_bits, granularity):
     mse = UniformQuantizer(n_bits=n_bits, scale="mse", granularity=granularity).fit(W)
     mx = UniformQuantizer(n_bits=n_bits, granularity=granularity).fit(W)
@@ -298,9 +306,12 @@ def test_all_zero_channel_gets_eps_scale():
     for cls in ALL:
         q = cls().fit(W)
         assert q.scale_[0] == np.finfo(np.float32).eps
-        assert_array_equal(q.transform(W)[:, 0] if cls is not BinaryQuantizer
-                           else np.abs(q.transform(W)[:, 0]) <= q.scale_[0],
-                           [0, 0] if cls is not BinaryQuantizer else [True, True])
+        assert_array_equal(
+            q.transform(W)[:, 0]
+            if cls is not BinaryQuantizer
+            else np.abs(q.transform(W)[:, 0]) <= q.scale_[0],
+            [0, 0] if cls is not BinaryQuantizer else [True, True],
+        )
 
 
 def test_compress_summary_and_sizes(rng):

@@ -67,7 +67,8 @@ for name, granularity, bits, q in configs:
 # %%
 # The table
 # ---------
-print(f"{'method':<18} {'granularity':<12} {'n_bits':>8} {'bits/weight':>11} {'SQNR dB':>8}")
+header = ("method", "granularity", "n_bits", "bits/weight", "SQNR dB")
+print("{:<18} {:<12} {:>8} {:>11} {:>8}".format(*header))
 for name, granularity, bits, bpp, db in rows:
     print(f"{name:<18} {granularity:<12} {bits!s:>8} {bpp:>11.3f} {db:>8.2f}")
 

@@ -1,9 +1,9 @@
 """Kernels of memoryless scalar quantization (MSQ).
 
 Every kernel takes a 2-D array ``X`` of shape ``(n_rows, n_cols)`` (C- or F-ordered,
-writable or read-only, float32 or float64) whose **columns are channels**, and per-column
-parameters as 1-D arrays of length ``n_cols`` in ``X``'s dtype. Per-tensor quantization
-passes the same value in every column. Scalars (``qmin``, ``qmax``) arrive in ``X``'s
+writable or read-only, float32 or float64) whose **columns are channels**, and
+per-column parameters as 1-D arrays of length ``n_cols`` in ``X``'s dtype. Per-tensor
+quantization passes the same value in every column. Scalars (``qmin``, ``qmax``) arrive in ``X``'s
 dtype. Outputs are written to a caller-allocated ``out`` that must not alias ``X``.
 
 The grid is ``code = clip(rint(x * inv_step) + zero_point, qmin, qmax)`` and the
@@ -24,7 +24,9 @@ def _code(x, inv_step, zero_point, qmin, qmax):  # pragma: no cover
 
 
 @nb.njit(nogil=True)
-def _fake_quantize_row(x, inv_step, level, zero_point, qmin, qmax, out):  # pragma: no cover
+def _fake_quantize_row(
+    x, inv_step, level, zero_point, qmin, qmax, out
+):  # pragma: no cover
     for j in range(x.shape[0]):
         q = _code(x[j], inv_step[j], zero_point[j], qmin, qmax)
         out[j] = (q - zero_point[j]) * level[j]
@@ -46,7 +48,9 @@ def fake_quantize(X, inv_step, level, zero_point, qmin, qmax, out):  # pragma: n
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def fake_quantize_parallel(X, inv_step, level, zero_point, qmin, qmax, out):  # pragma: no cover
+def fake_quantize_parallel(
+    X, inv_step, level, zero_point, qmin, qmax, out
+):  # pragma: no cover
     """Row-parallel :func:`fake_quantize` (same arguments, same result)."""
     for i in nb.prange(X.shape[0]):
         _fake_quantize_row(X[i], inv_step, level, zero_point, qmin, qmax, out[i])
