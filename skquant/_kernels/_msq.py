@@ -3,8 +3,9 @@
 Every kernel takes a 2-D array ``X`` of shape ``(n_rows, n_cols)`` (C- or F-ordered,
 writable or read-only, float32 or float64) whose **columns are channels**, and
 per-column parameters as 1-D arrays of length ``n_cols`` in ``X``'s dtype. Per-tensor
-quantization passes the same value in every column. Scalars (``qmin``, ``qmax``) arrive in ``X``'s
-dtype. Outputs are written to a caller-allocated ``out`` that must not alias ``X``.
+quantization passes the same value in every column. Scalars (``qmin``, ``qmax``)
+arrive in ``X``'s dtype. Outputs are written to a caller-allocated ``out`` that
+must not alias ``X``.
 
 The grid is ``code = clip(rint(x * inv_step) + zero_point, qmin, qmax)`` and the
 dequantized value ``(code - zero_point) * level``. ``np.rint`` rounds half to even, as
