@@ -49,10 +49,19 @@ def _n_cores():
         return os.cpu_count() or 1
 
 
+def _loadavg():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not on Unix
+        return float("nan")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size", type=int, default=4096, help="matrix is size x size")
-    parser.add_argument("--repeat", type=int, default=30, help="timed calls per candidate")
+    parser.add_argument(
+        "--repeat", type=int, default=30, help="timed calls per candidate"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -126,7 +135,7 @@ def build_candidates(W, q, threads):
         est = transform()
     assert ref.dtype == np.float32 and ref.flags.c_contiguous
     assert np.array_equal(serial, ref), "serial and parallel kernels differ"
-    assert np.array_equal(est, ref), "UniformQuantizer.transform differs from the kernel"
+    assert np.array_equal(est, ref), "transform differs from the kernel"
     np_out = numpy_expr()
     assert np_out.dtype == np.float32
     # Same float32 inv = 1/scale, same half-to-even rounding: bit-for-bit equal.
@@ -200,7 +209,9 @@ def main(argv=None):
     q = UniformQuantizer(n_bits=4, n_jobs=args.threads).fit(W)
 
     candidates, checks = build_candidates(W, q, args.threads)
+    load_before = _loadavg()
     times = time_round_robin(candidates, args.repeat, args.threads)
+    load_after = _loadavg()
     med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
     ref = "numba kernel (parallel)"
 
@@ -209,7 +220,8 @@ def main(argv=None):
         f"per-channel 4-bit MSQ of a {args.size}x{args.size} float32 matrix "
         f"({mib:.0f} MiB in, {mib:.0f} MiB out); threads={args.threads}, "
         f"repeat={args.repeat}, numba {numba.__version__} "
-        f"({numba.threading_layer()}), numpy {np.__version__}, torch {torch.__version__}"
+        f"({numba.threading_layer()}), numpy {np.__version__}, "
+        f"torch {torch.__version__}"
     )
     w = max(len(n) for n in med) + 2
     print(f"{'candidate':<{w}}{'median ms':>10}{'min ms':>9}{'x kernel':>10}")
@@ -228,6 +240,10 @@ def main(argv=None):
         f"{checks['torch_max_abs_diff']:.3g} "
         f"({checks['torch_n_differing']} entries differ); torch scale must be float32"
     )
+    print(
+        f"1-min load average before/after timing: {load_before:.2f}/{load_after:.2f} "
+        f"on {_n_cores()} cores (others' work on the machine inflates the medians)"
+    )
     est = med["UniformQuantizer.transform"] / med["(c') W.copy()"]
     print(f"estimator path: transform / W.copy() = {est:.2f}x (informational)")
     results = verdicts(med, ref)
@@ -241,6 +257,7 @@ def main(argv=None):
             "platform": platform.platform(),
             "processor": platform.processor(),
             "n_cores": _n_cores(),
+            "loadavg_1min_before_after": [load_before, load_after],
             "versions": {
                 "python": platform.python_version(),
                 "numpy": np.__version__,

@@ -4,6 +4,7 @@ import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils import metadata_routing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
@@ -50,6 +51,10 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
     }
     _alphabet = "uniform"
+    # W is the data, not metadata: stops scikit-learn from generating
+    # set_fit_request(W=...) and set_transform_request(W=...)
+    __metadata_request__fit = {"W": metadata_routing.UNUSED}
+    __metadata_request__transform = {"W": metadata_routing.UNUSED}
 
     def _validate_W(self, W, reset):
         # validate_data names every input "X"; check W under its own name first
