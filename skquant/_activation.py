@@ -13,7 +13,7 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._alphabets import _kernel, channel_view, code_dtype, uniform_range
+from ._alphabets import _kernel, channel_view, code_dtype, safe_scale, uniform_range
 from ._base import FLOAT_DTYPES
 from ._kernels import _msq
 from ._kernels._threads import numba_threads
@@ -173,14 +173,13 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
                 "its scale is set to finfo(dtype).eps.",
                 UserWarning,
             )
-        scale = np.where(scale > 0, scale, np.finfo(X.dtype).eps)
-        self.scale_ = scale.astype(X.dtype)
+        self.scale_ = safe_scale(scale, X.dtype)
         self.zero_point_ = zero_point
         return self
 
     def _columns(self, dtype):
         n = self.n_features_in_
-        level = np.broadcast_to(self.scale_.astype(dtype), (n,)).copy()
+        level = np.broadcast_to(safe_scale(self.scale_, dtype), (n,)).copy()
         zp = np.broadcast_to(self.zero_point_.astype(dtype), (n,)).copy()
         inv = (dtype.type(1) / level).astype(dtype)
         return inv, level, zp

@@ -44,9 +44,14 @@ def _kernel(module, name, n_jobs):
 
 
 def safe_scale(scale, dtype):
-    """Replace zero scales (all-zero channels) by ``finfo(dtype).eps``."""
+    """Scales in ``dtype``, with ``finfo(dtype).eps`` for unusable ones.
+
+    A scale is unusable when it is zero (an all-zero channel) or below the smallest
+    normal number of ``dtype`` (its inverse would overflow, and ``0 * inf`` is NaN).
+    """
+    info = np.finfo(dtype)
     scale = np.asarray(scale, dtype=dtype)
-    return np.where(scale > 0, scale, np.finfo(dtype).eps).astype(dtype, copy=False)
+    return np.where(scale >= info.tiny, scale, info.eps).astype(dtype, copy=False)
 
 
 def absmax(Wc):

@@ -102,7 +102,8 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
 
     def _levels(self, dtype):
         """Per-column level (scale) broadcast to ``n_features_in_`` in ``dtype``."""
-        return np.broadcast_to(self.scale_.astype(dtype), (self.n_features_in_,)).copy()
+        level = safe_scale(self.scale_, dtype)
+        return np.broadcast_to(level, (self.n_features_in_,)).copy()
 
     def transform(self, W):
         """Quantize ``W`` and return the dequantized weights.

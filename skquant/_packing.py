@@ -273,11 +273,12 @@ class QuantizedTensor:
         W : ndarray of shape (n_rows, n_cols)
             Dequantized values.
         """
+        from ._alphabets import safe_scale
         from ._kernels import _msq
 
         dtype = np.dtype(self.float_dtype or self.scale.dtype)
         n_cols = self.codes.shape[1]
-        level = np.broadcast_to(self.scale.astype(dtype), (n_cols,)).copy()
+        level = np.broadcast_to(safe_scale(self.scale, dtype), (n_cols,)).copy()
         zp = np.zeros(n_cols, dtype=dtype)
         if self.zero_point is not None:
             zp[:] = np.broadcast_to(np.asarray(self.zero_point, dtype=dtype), (n_cols,))

@@ -67,7 +67,8 @@ class UniformQuantizer(BaseWeightQuantizer):
     Rounding is half to even (``np.rint``, the same as ``torch.round``), computed as
     ``rint(w * (1 / scale))`` in ``W``'s dtype; codes are clipped to ``[-K, K]``.
     Inside the range ``|w - Q(w)| <= scale / 2`` up to one rounding of the
-    product. An all-zero channel gets the scale ``finfo(dtype).eps``.
+    product. An all-zero channel (or one whose step would be below the dtype's
+    smallest normal number) gets the step ``finfo(dtype).eps``.
 
     Examples
     --------

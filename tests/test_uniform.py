@@ -413,3 +413,24 @@ def test_clone_and_pickle_roundtrip(rng):
     q2 = pickle.loads(pickle.dumps(q))
     assert_array_equal(q2.transform(W), q.transform(W))
     assert clone(q).get_params() == q.get_params()
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_subnormal_channel_gives_no_nan(cls, dtype):
+    # a scale below the smallest normal number would have an infinite inverse and
+    # turn 0 * inf into NaN (found by hypothesis)
+    tiny = np.finfo(dtype).smallest_subnormal
+    W = np.array([[tiny, 1.0], [0.0, -1.0]], dtype=dtype)
+    q = cls().fit(W)
+    Q = q.transform(W)
+    assert np.all(np.isfinite(Q))
+    assert q.scale_[0] == np.finfo(dtype).eps
+    assert_array_equal(q.decode(q.encode(W)), Q)
+
+
+def test_float64_fit_float32_transform_tiny_scale():
+    W64 = np.array([[1e-300, 1.0], [0.0, 2.0]])
+    q = UniformQuantizer().fit(W64)
+    Q = q.transform(W64.astype(np.float32))
+    assert Q.dtype == np.float32 and np.all(np.isfinite(Q))

@@ -183,3 +183,81 @@ def nullspace_walk_parallel(V, W, lo, hi, basis0, order, Z, basis):  # pragma: n
         Z[:, c] = z
         basis[:, c] = b
     return pivots
+
+
+@nb.njit(nogil=True)
+def _greedy_column(
+    XqT, XfT, w, idx, u, inv_step, qmin, qmax, codes
+):  # pragma: no cover
+    m = XqT.shape[1]
+    for t in idx:
+        if t < 0:
+            break
+        num = 0.0
+        den = 0.0
+        wt = w[t]
+        for i in range(m):
+            xq = XqT[t, i]
+            num += xq * (u[i] + wt * XfT[t, i])
+            den += xq * xq
+        target = num / den if den > 0 else wt
+        q = min(max(np.rint(target * inv_step), qmin), qmax)
+        codes[t] = q
+        qs = q / inv_step
+        for i in range(m):
+            u[i] += wt * XfT[t, i] - qs * XqT[t, i]
+
+
+@nb.njit(cache=True, nogil=True)
+def greedy_path(XqT, XfT, W, idx, U, inv_step, qmin, qmax, codes):  # pragma: no cover
+    """Greedy path following (GPFQ) over chosen coordinates of every column.
+
+    For each column ``c`` and each coordinate ``t`` in ``idx[:, c]`` (in order, ``-1``
+    ends the list) it picks the grid point ``q_t`` that best cancels the running
+    residual ``u`` of the layer's output, then updates it::
+
+        q_t = Q(<Xq_t, u + w_t Xf_t> / ||Xq_t||^2),   u += w_t Xf_t - q_t Xq_t
+
+    Parameters
+    ----------
+    XqT : float64 ndarray of shape (n, m), the inputs the quantized layer sees, by column
+    XfT : float64 ndarray of shape (n, m), the float network's inputs, by column
+    W : float64 ndarray of shape (n, n_out), the values to follow
+    idx : int64 ndarray of shape (n_idx, n_out), coordinates to round, ``-1`` padded
+    U : float64 ndarray of shape (n_out, m), initial residuals; updated in place to
+        the final residual ``Xf w - Xq q`` of every column
+    inv_step : float64 ndarray of shape (n_out,), ``1 / step`` per column
+    qmin, qmax : float64, the code range
+    codes : float64 ndarray of shape (n, n_out); entries at ``idx`` are written.
+    """
+    for c in range(W.shape[1]):
+        _greedy_column(
+            XqT,
+            XfT,
+            W[:, c].copy(),
+            idx[:, c].copy(),
+            U[c],
+            inv_step[c],
+            qmin,
+            qmax,
+            codes[:, c],
+        )
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def greedy_path_parallel(
+    XqT, XfT, W, idx, U, inv_step, qmin, qmax, codes
+):  # pragma: no cover
+    """Column-parallel :func:`greedy_path` (same arguments, same result)."""
+    for c in nb.prange(W.shape[1]):
+        _greedy_column(
+            XqT,
+            XfT,
+            W[:, c].copy(),
+            idx[:, c].copy(),
+            U[c],
+            inv_step[c],
+            qmin,
+            qmax,
+            codes[:, c],
+        )
