@@ -8,6 +8,7 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 
 from ._activation import ActivationQuantizer
 from ._functional import quantize
+from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
@@ -16,6 +17,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ActivationQuantizer",
     "BinaryQuantizer",
+    "GreedyPathQuantizer",
+    "NullSpaceQuantizer",
     "QuantizedTensor",
     "TernaryQuantizer",
     "UniformQuantizer",

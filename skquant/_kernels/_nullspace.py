@@ -186,9 +186,7 @@ def nullspace_walk_parallel(V, W, lo, hi, basis0, order, Z, basis):  # pragma: n
 
 
 @nb.njit(nogil=True)
-def _greedy_column(
-    XqT, XfT, w, idx, u, inv_step, qmin, qmax, codes
-):  # pragma: no cover
+def _greedy_column(XqT, XfT, w, idx, u, inv_step, zp, qmin, qmax, codes):  # pragma: no cover
     m = XqT.shape[1]
     for t in idx:
         if t < 0:
@@ -201,15 +199,15 @@ def _greedy_column(
             num += xq * (u[i] + wt * XfT[t, i])
             den += xq * xq
         target = num / den if den > 0 else wt
-        q = min(max(np.rint(target * inv_step), qmin), qmax)
+        q = min(max(np.rint(target * inv_step + zp), qmin), qmax)
         codes[t] = q
-        qs = q / inv_step
+        qs = (q - zp) / inv_step
         for i in range(m):
             u[i] += wt * XfT[t, i] - qs * XqT[t, i]
 
 
 @nb.njit(cache=True, nogil=True)
-def greedy_path(XqT, XfT, W, idx, U, inv_step, qmin, qmax, codes):  # pragma: no cover
+def greedy_path(XqT, XfT, W, idx, U, inv_step, zp, qmin, qmax, codes):  # pragma: no cover
     """Greedy path following (GPFQ) over chosen coordinates of every column.
 
     For each column ``c`` and each coordinate ``t`` in ``idx[:, c]`` (in order, ``-1``
@@ -218,46 +216,30 @@ def greedy_path(XqT, XfT, W, idx, U, inv_step, qmin, qmax, codes):  # pragma: no
 
         q_t = Q(<Xq_t, u + w_t Xf_t> / ||Xq_t||^2),   u += w_t Xf_t - q_t Xq_t
 
+    where ``Q`` rounds to ``(code - zp) * step`` with codes in ``[qmin, qmax]``
+    (``zp = 0.5``, codes ``{0, 1}`` and ``step = 2a`` give the binary ``{-a, +a}``).
+
     Parameters
     ----------
-    XqT : float64 ndarray of shape (n, m), the inputs the quantized layer sees, by column
+    XqT : float64 ndarray of shape (n, m), inputs the quantized layer sees, by column
     XfT : float64 ndarray of shape (n, m), the float network's inputs, by column
     W : float64 ndarray of shape (n, n_out), the values to follow
     idx : int64 ndarray of shape (n_idx, n_out), coordinates to round, ``-1`` padded
     U : float64 ndarray of shape (n_out, m), initial residuals; updated in place to
         the final residual ``Xf w - Xq q`` of every column
     inv_step : float64 ndarray of shape (n_out,), ``1 / step`` per column
+    zp : float64, the zero point in code units
     qmin, qmax : float64, the code range
     codes : float64 ndarray of shape (n, n_out); entries at ``idx`` are written.
     """
     for c in range(W.shape[1]):
-        _greedy_column(
-            XqT,
-            XfT,
-            W[:, c].copy(),
-            idx[:, c].copy(),
-            U[c],
-            inv_step[c],
-            qmin,
-            qmax,
-            codes[:, c],
-        )
+        _greedy_column(XqT, XfT, W[:, c].copy(), idx[:, c].copy(), U[c],
+                       inv_step[c], zp, qmin, qmax, codes[:, c])
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def greedy_path_parallel(
-    XqT, XfT, W, idx, U, inv_step, qmin, qmax, codes
-):  # pragma: no cover
+def greedy_path_parallel(XqT, XfT, W, idx, U, inv_step, zp, qmin, qmax, codes):  # pragma: no cover
     """Column-parallel :func:`greedy_path` (same arguments, same result)."""
     for c in nb.prange(W.shape[1]):
-        _greedy_column(
-            XqT,
-            XfT,
-            W[:, c].copy(),
-            idx[:, c].copy(),
-            U[c],
-            inv_step[c],
-            qmin,
-            qmax,
-            codes[:, c],
-        )
+        _greedy_column(XqT, XfT, W[:, c].copy(), idx[:, c].copy(), U[c],
+                       inv_step[c], zp, qmin, qmax, codes[:, c])

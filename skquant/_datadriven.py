@@ -1,0 +1,177 @@
+"""Shared machinery of the data-driven weight quantizers (null-space, GPFQ).
+
+They quantize a layer ``X @ W`` so that its output on calibration activations ``X``
+(shape ``(m, n_in)``) is preserved, instead of rounding every weight on its own.
+The alphabet and its scales come from the memoryless quantizers (one piece of code
+per idea): :class:`UniformQuantizer`, :class:`TernaryQuantizer`,
+:class:`BinaryQuantizer`.
+"""
+
+import numbers
+
+import numpy as np
+from sklearn.base import _fit_context
+from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import BaseWeightQuantizer
+from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+
+N_BITS_CONSTRAINT = [
+    Interval(numbers.Integral, 2, 16, closed="both"),
+    StrOptions({"ternary", "binary"}),
+]
+
+
+def check_activations(activations, n_in, cls_name, name="activations"):
+    """Validate calibration activations: 2-D, finite, ``n_in`` columns, ``m >= 1``."""
+    if activations is None:
+        raise ValueError(
+            f"{cls_name}.fit requires calibration data: pass {name}=X with X of shape "
+            f"(n_samples, {n_in}); got {name}=None instead."
+        )
+    X = check_array(activations, dtype=np.float64, input_name=name)
+    if X.shape[1] != n_in:
+        raise ValueError(
+            f"{name} must have W.shape[0]={n_in} columns (one per input of the "
+            f"layer), got {name}.shape={X.shape} instead."
+        )
+    return X
+
+
+class BaseDataQuantizer(BaseWeightQuantizer):
+    """Base of the quantizers fitted on a weight matrix and calibration activations.
+
+    ``fit(W, activations=X)`` learns the scales and keeps the calibration data;
+    ``transform(W)`` quantizes ``W`` (of the fitted shape) against it, and
+    ``fit_transform`` does both in one pass. Subclasses implement ``_codes``.
+    """
+
+    _parameter_constraints: dict = {
+        **BaseWeightQuantizer._parameter_constraints,
+        "n_bits": N_BITS_CONSTRAINT,
+    }
+
+    def _code_range(self):  # set from the alphabet quantizer in _fit_alphabet
+        raise NotImplementedError
+
+    def _fit_alphabet(self, W, scale="maxabs"):
+        """Scales, code range and alphabet of ``W`` from the memoryless quantizer."""
+        n_bits = self.n_bits
+        if n_bits in ("ternary", "binary"):
+            cls = TernaryQuantizer if n_bits == "ternary" else BinaryQuantizer
+            if scale == "maxabs":  # the level is the largest |w|: nothing is clipped
+                level = np.abs(W).max(axis=0)
+                msq = cls(scale=np.where(level > 0, level, 1.0))
+            else:  # the memoryless quantizer's own L2-optimal level
+                msq = cls(n_jobs=self.n_jobs)
+        else:
+            msq = UniformQuantizer(n_bits=n_bits, scale=scale, n_jobs=self.n_jobs)
+        msq.fit(W)
+        self.scale_ = msq.scale_
+        self.qmin_, self.qmax_, self.n_bits_ = msq.qmin_, msq.qmax_, msq.n_bits_
+        self._alphabet = msq._alphabet
+        return msq
+
+    def _validate_fit(self, W, activations, target_activations):
+        W = self._validate_W(W, reset=True)
+        name = type(self).__name__
+        Xq = check_activations(activations, W.shape[0], name)
+        if target_activations is None:
+            Xf = Xq
+        else:
+            Xf = check_activations(target_activations, W.shape[0], name,
+                                   "target_activations")
+            if Xf.shape != Xq.shape:
+                raise ValueError(
+                    "target_activations must have the shape of activations "
+                    f"{Xq.shape}, got target_activations.shape={Xf.shape} instead."
+                )
+        return W, Xq, Xf
+
+    def _check_n_in(self, W):
+        if W.shape[0] != self.n_in_:
+            raise ValueError(
+                f"W must have {self.n_in_} rows (the layer's inputs seen in fit), got "
+                f"W.shape={W.shape} instead."
+            )
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, W, y=None, *, activations=None, target_activations=None):
+        """Learn scales and keep the calibration data.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix, one column per output channel.
+        y : None
+            Ignored.
+        activations : array-like of shape (m, n_in)
+            Calibration inputs of the layer, as the quantized network computes them.
+        target_activations : array-like of shape (m, n_in), default=None
+            Inputs of the float network, whose output ``target_activations @ W`` the
+            quantized layer should reproduce; ``None`` means ``activations``.
+
+        Returns
+        -------
+        self : object
+            Fitted quantizer.
+        """
+        self._fit_quantize(W, activations, target_activations)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, W, y=None, *, activations=None, target_activations=None):
+        """Fit on ``W`` and the activations, and return the quantized ``W``.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix, one column per output channel.
+        y : None
+            Ignored.
+        activations : array-like of shape (m, n_in)
+            Calibration inputs of the layer.
+        target_activations : array-like of shape (m, n_in), default=None
+            Inputs of the float network; ``None`` means ``activations``.
+
+        Returns
+        -------
+        W_q : ndarray of shape (n_in, n_out)
+            The quantized weights, in ``W``'s dtype.
+        """
+        codes, dtype = self._fit_quantize(W, activations, target_activations)
+        return self._tensor(codes, dtype).dequantize()
+
+    def transform(self, W):
+        """Quantize ``W`` against the calibration data seen in :meth:`fit`.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weight matrix of the fitted shape.
+
+        Returns
+        -------
+        W_q : ndarray of shape (n_in, n_out)
+            The quantized weights, in ``W``'s dtype.
+        """
+        check_is_fitted(self)
+        W = self._validate_W(W, reset=False)
+        return self._tensor(self._encode(W), W.dtype).dequantize()
+
+    def _encode(self, W):
+        self._check_n_in(W)
+        Xq = self.activations_
+        Xf = Xq if self.target_activations_ is None else self.target_activations_
+        codes, _ = self._codes(W.astype(np.float64), Xq, Xf)
+        return codes
+
+    def _fit_quantize(self, W, activations, target_activations):
+        raise NotImplementedError
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,468 @@
+"""Data-driven pre-processing + MSQ (Maly & Saab) and greedy path following (GPFQ)."""
+
+import numbers
+import warnings
+
+import numpy as np
+import scipy.linalg
+from scipy import sparse
+from scipy.optimize import linprog
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._alphabets import _kernel, code_dtype
+from ._datadriven import BaseDataQuantizer
+from ._kernels import _nullspace
+from ._kernels._threads import numba_threads
+
+__all__ = ["GreedyPathQuantizer", "NullSpaceQuantizer"]
+
+
+def row_space(X, rank=None):
+    """Orthonormal basis of the row space of ``X`` kept by a rank rule.
+
+    Parameters
+    ----------
+    X : ndarray of shape (m, n)
+        Data.
+    rank : None, int or float in (0, 1)
+        ``None``: the numerical rank (singular values above
+        ``max(m, n) * eps * sigma_1``); int: at most that many directions; float:
+        the fewest directions holding that fraction of ``||X||_F^2``.
+
+    Returns
+    -------
+    V : ndarray of shape (n, k)
+        Orthonormal columns spanning the kept directions.
+    s : ndarray of shape (min(m, n),)
+        All singular values of ``X``.
+    k : int
+        Number of kept directions.
+    """
+    _, s, Vt = scipy.linalg.svd(X, full_matrices=False, lapack_driver="gesdd")
+    tol = max(X.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
+    numerical = int(np.sum(s > tol))
+    if rank is None:
+        k = numerical
+    elif isinstance(rank, numbers.Integral):
+        k = min(int(rank), numerical)
+    else:
+        energy = np.cumsum(s**2) / max(np.sum(s**2), np.finfo(float).tiny)
+        k = min(int(np.searchsorted(energy, rank) + 1), numerical)
+    return np.ascontiguousarray(Vt[:k].T), s, k
+
+
+def _grid_boxes(Z0, step, qmin, qmax, binary):
+    """Cells ``[lo, hi]`` of the grid around every entry of ``Z0`` (clipped to range)."""
+    top = qmax * step
+    bottom = qmin * step
+    if binary:
+        return np.broadcast_to(-step, Z0.shape).copy(), np.broadcast_to(step, Z0.shape).copy()
+    Zc = np.clip(Z0, bottom, top)
+    lo = np.floor(Zc / step) * step
+    lo = np.minimum(lo, top)
+    hi = np.minimum(lo + step, top)
+    # entries on a grid point get a degenerate cell: they are already quantized
+    on = np.isclose(Zc, lo, rtol=0, atol=0)
+    hi = np.where(on, lo, hi)
+    return lo, hi
+
+
+def on_alphabet(Z, step, binary, rtol=1e-9):
+    """Entries of ``Z`` within ``rtol * step`` of their column's alphabet."""
+    if binary:
+        return np.abs(np.abs(Z) - step) <= rtol * step
+    return np.abs(Z / step - np.rint(Z / step)) <= rtol
+
+
+class NullSpaceQuantizer(BaseDataQuantizer):
+    """Data-driven pre-processing + memoryless scalar quantization (Maly & Saab).
+
+    Moves every neuron ``w`` (a column of ``W``) inside the affine space
+    ``{z : X z = X w}``, which leaves the layer's output on the calibration data
+    ``X`` unchanged, to a point where all but at most ``k = rank(X)`` coordinates
+    already lie on the alphabet; only those ``<= k`` are then rounded. For a single
+    layer the relative error on the data decays with ``n_in`` when the data is well
+    behaved (Gaussian data: like ``sqrt(m / n_in)`` at fixed bits for the grid
+    variant, like ``1 / n_in`` up to a log for the scale-free ternary variant).
+
+    Read more in the :ref:`User Guide <user_guide>`.
+
+    Parameters
+    ----------
+    n_bits : int or {"ternary", "binary"}, default=4
+        The alphabet: a symmetric ``n_bits``-bit grid (2 to 16) as
+        :class:`UniformQuantizer`'s, ``{-a, 0, a}`` or ``{-a, a}``.
+    variant : {"grid", "lp"}, default="grid"
+        ``"grid"``: the step is the max-abs one and each coordinate is boxed in its
+        grid cell; a numba null-space walk finds a vertex of
+        ``{z : X z = X w, lo <= z <= hi}``, where every coordinate but ``<= k`` sits
+        on a cell bound. ``"lp"``: the scale-free variant; the linear program
+        ``min ||z||_inf s.t. X z = X w`` (scipy's HiGHS) gives a vertex ``z*`` and
+        ``c = ||z*||_inf``, the scale of ``c {-1, 0, 1}`` (``n_bits="ternary"``),
+        ``c {-1, 1}`` or the grid of step ``c / K``.
+    rank : int, float in (0, 1) or None, default=None
+        The complexity parameter: how many singular directions of ``X`` the
+        constraint keeps. ``None`` keeps the numerical rank; an int caps it; a
+        float keeps the fewest directions holding that fraction of the energy
+        ``||X||_F^2``. Dropping directions buys freedom (``n_in - k`` dimensions)
+        at the price of a term ``sigma_{k+1} ||w - z||`` in the error.
+    rounding : {"greedy", "nearest"}, default="greedy"
+        How the ``<= k`` coordinates left off the alphabet are rounded:
+        ``"nearest"`` is plain MSQ; ``"greedy"`` rounds them one by one feeding the
+        error forward (greedy path following restricted to them), which never
+        changes the guarantee (the a-posteriori bound holds for any rounding).
+    n_jobs : int, default=None
+        Number of numba threads for the walk and the rounding (over neurons);
+        ``None`` means 1, ``-1`` means all. The LP variant solves its programs one
+        after another.
+
+    Attributes
+    ----------
+    scale_ : ndarray of shape (n_out,)
+        Step (or level ``a``) of each neuron's alphabet.
+    qmin_ : int
+        Smallest code.
+    qmax_ : int
+        Largest code.
+    n_bits_ : int
+        Bits stored per weight.
+    components_ : ndarray of shape (n_in, rank_)
+        Orthonormal basis of the kept row space of the calibration activations.
+    singular_values_ : ndarray of shape (min(m, n_in),)
+        Singular values of the calibration activations.
+    rank_ : int
+        Number of kept directions ``k``.
+    n_in_ : int
+        Number of inputs of the layer (rows of ``W``).
+    activations_ : ndarray of shape (m, n_in)
+        The calibration activations (float64), used by :meth:`transform`.
+    target_activations_ : ndarray of shape (m, n_in) or None
+        The float network's activations when they differ from ``activations_``.
+    n_off_grid_ : ndarray of shape (n_out,)
+        Coordinates of each neuron left off the alphabet by the pre-processing.
+    preprocessing_residual_ : float
+        Largest relative violation ``||X z - X w|| / ||X w||`` of the equality
+        after the pre-processing (round-off without a rank cap).
+    calibration_error_ : ndarray of shape (n_out,)
+        Relative error ``||X w - X q|| / ||X w||`` of each neuron on the data.
+    bound_ : ndarray of shape (n_out,)
+        A-posteriori bound on ``calibration_error_`` (see Notes).
+    n_features_in_ : int
+        Number of output channels (columns of ``W``).
+
+    See Also
+    --------
+    GreedyPathQuantizer : Greedy path following (GPFQ), the same authors' method.
+    UniformQuantizer : Memoryless scalar quantization without data.
+
+    Notes
+    -----
+    With ``S`` the coordinates left off the alphabet (``|S| <= k``), ``z`` the
+    pre-processed neuron and ``q`` the quantized one,
+    ``||X w - X q|| <= ||X w - X z|| + ||X_S||_2 ||z_S - q_S||_2``; the first term
+    is round-off without a rank cap and at most ``sigma_{k+1} ||w - z||`` with one.
+    ``bound_`` is this bound divided by ``||X w||``, with ``||X_S||_2`` computed
+    exactly (from the Gram matrix). When ``k >= n_in`` there is no freedom: a
+    warning is issued and every coordinate is rounded (plain MSQ with
+    ``rounding="nearest"``, greedy path following with ``"greedy"``).
+
+    References
+    ----------
+    J. Maly and R. Saab, "A simple approach for quantizing neural networks",
+    arXiv:2209.03487 (2022).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant import NullSpaceQuantizer, UniformQuantizer
+    >>> from skquant.metrics import relative_error
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((16, 512))
+    >>> W = rng.standard_normal((512, 4)) / np.sqrt(512)
+    >>> q = NullSpaceQuantizer(n_bits=3).fit(W, activations=X)
+    >>> int(q.n_off_grid_.max()) <= 16
+    True
+    >>> msq = UniformQuantizer(n_bits=3).fit(W).transform(W)
+    >>> relative_error(W, q.transform(W), X) < relative_error(W, msq, X) / 3
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDataQuantizer._parameter_constraints,
+        "variant": [StrOptions({"grid", "lp"})],
+        "rank": [
+            None,
+            Interval(numbers.Integral, 1, None, closed="left"),
+            Interval(numbers.Real, 0, 1, closed="neither"),
+        ],
+        "rounding": [StrOptions({"greedy", "nearest"})],
+    }
+    _parameter_constraints.pop("granularity")
+
+    def __init__(self, n_bits=4, *, variant="grid", rank=None, rounding="greedy",
+                 n_jobs=None):
+        self.n_bits = n_bits
+        self.variant = variant
+        self.rank = rank
+        self.rounding = rounding
+        self.n_jobs = n_jobs
+
+    def _fit_quantize(self, W, activations, target_activations):
+        W, Xq, Xf = self._validate_fit(W, activations, target_activations)
+        self.n_in_ = W.shape[0]
+        V, s, k = row_space(Xq, self.rank)
+        self.components_, self.singular_values_, self.rank_ = V, s, k
+        self.activations_ = Xq
+        self.target_activations_ = None if Xf is Xq else Xf
+        if k >= W.shape[0]:
+            warnings.warn(
+                f"NullSpaceQuantizer: the calibration data leaves no freedom "
+                f"(rank {k} >= n_in={W.shape[0]}); every coordinate is rounded "
+                f"({'greedy path following' if self.rounding == 'greedy' else 'MSQ'})."
+                " Pass rank < n_in to keep only the main directions of the data.",
+                UserWarning,
+            )
+        W64 = W.astype(np.float64)
+        if self.variant == "grid":
+            self._fit_alphabet(W)
+            Z = None
+        else:
+            Z = self._lp_points(W64, Xq, Xf)
+            c = np.abs(Z).max(axis=0)
+            self._fit_alphabet(W)
+            K = 1 if self.n_bits in ("ternary", "binary") else self.qmax_
+            self.scale_ = np.where(c > 0, c / K, self.scale_).astype(W.dtype)
+        codes, Z = self._codes(W64, Xq, Xf, Z=Z)
+        self._diagnostics(W64, Z, codes, Xq, Xf)
+        return codes, W.dtype
+
+    def _start_points(self, W, Xq, Xf):
+        """Closest points to ``W`` (columns) with ``V^T Xq``-consistent outputs."""
+        if Xf is Xq:
+            return W.copy()
+        # least-squares correction in the kept directions: Xq z = Xf w
+        V = self.components_
+        R = Xf @ W - Xq @ W
+        coef, *_ = np.linalg.lstsq(Xq @ V, R, rcond=None)
+        return W + V @ coef
+
+    def _lp_points(self, W, Xq, Xf):
+        """Basic solutions of ``min ||z||_inf s.t. V^T z = V^T z0`` per column."""
+        V = self.components_
+        n, k = V.shape
+        Z0 = self._start_points(W, Xq, Xf)
+        Z = np.empty_like(Z0)
+        I = sparse.identity(n, format="csr")
+        one = sparse.csr_matrix(np.ones((n, 1)))
+        A_ub = sparse.vstack([sparse.hstack([I, -one]), sparse.hstack([-I, -one])])
+        A_eq = sparse.hstack([sparse.csr_matrix(V.T), sparse.csr_matrix((k, 1))])
+        cost = np.zeros(n + 1)
+        cost[-1] = 1.0
+        bounds = [(None, None)] * n + [(0, None)]
+        for j in range(Z0.shape[1]):
+            res = linprog(cost, A_ub=A_ub.tocsr(), b_ub=np.zeros(2 * n),
+                          A_eq=A_eq.tocsr(), b_eq=V.T @ Z0[:, j], bounds=bounds,
+                          method="highs")
+            if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
+                raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
+            Z[:, j] = res.x[:n]
+        return Z
+
+    def _codes(self, W, Xq, Xf, Z=None):
+        """Integer codes of ``W`` (float64 columns) and the pre-processed points."""
+        n, n_out = W.shape
+        step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
+        binary = self._alphabet == "binary"
+        qmin, qmax = float(self.qmin_), float(self.qmax_)
+        V = self.components_
+        k = V.shape[1]
+        if Z is None and self.variant == "lp":
+            Z = self._lp_points(W, Xq, Xf)
+        if Z is None:
+            Z0 = self._start_points(W, Xq, Xf)
+            lo, hi = _grid_boxes(Z0, step, qmin, qmax, binary)
+            Z0 = np.clip(Z0, lo, hi)
+            if k >= n:
+                Z, basis = Z0, np.tile(np.arange(n), (n_out, 1)).T.copy()
+            else:
+                energy = np.einsum("ij,ij->j", Xq, Xq)
+                order = np.argsort(-energy, kind="stable").astype(np.int64)
+                _, _, piv = scipy.linalg.qr(V.T, pivoting=True, mode="economic")
+                basis0 = piv[:k].astype(np.int64)
+                Z = np.empty_like(Z0)
+                basis = np.empty((k, n_out), dtype=np.int64)
+                with numba_threads(self.n_jobs):
+                    _kernel(_nullspace, "nullspace_walk", self.n_jobs)(
+                        V, np.ascontiguousarray(Z0), lo, hi, basis0, order, Z, basis
+                    )
+        else:
+            top = (qmax if not binary else 1.0) * step
+            Z = np.clip(Z, -top, top)
+            basis = None
+        on = on_alphabet(Z, step, binary)
+        if binary:
+            zp, inv = 0.5, 1.0 / (2.0 * step)
+            cmin, cmax = 0.0, 1.0
+        else:
+            zp, inv = 0.0, 1.0 / step
+            cmin, cmax = qmin, qmax
+        codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
+        if self.rounding == "greedy":
+            off = ~on
+            counts = off.sum(axis=0)
+            idx = np.full((max(int(counts.max()), 1), n_out), -1, dtype=np.int64)
+            for j in range(n_out):
+                rows = np.flatnonzero(off[:, j])
+                idx[: rows.size, j] = rows
+            # residual of the pre-processed points; rounding the off-grid entries
+            # one by one then follows it (greedy path following restricted to them)
+            U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
+            XqT = np.ascontiguousarray(Xq.T)
+            with numba_threads(self.n_jobs):
+                _kernel(_nullspace, "greedy_path", self.n_jobs)(
+                    XqT, XqT, np.ascontiguousarray(Z), idx, U, np.ascontiguousarray(inv),
+                    zp, cmin, cmax, codes
+                )
+        if binary:
+            codes = 2 * codes - 1
+        return codes.astype(code_dtype(self.qmin_, self.qmax_)), Z
+
+    def _diagnostics(self, W, Z, codes, Xq, Xf):
+        step = np.broadcast_to(self.scale_.astype(np.float64), (W.shape[1],))
+        Q = codes.astype(np.float64) * step
+        ref = Xf @ W
+        norm = np.linalg.norm(ref, axis=0)
+        safe = np.where(norm > 0, norm, 1.0)
+        drift = np.linalg.norm(ref - Xq @ Z, axis=0)
+        self.preprocessing_residual_ = float(np.max(drift / safe))
+        self.calibration_error_ = np.linalg.norm(ref - Xq @ Q, axis=0) / safe
+        off = ~on_alphabet(Z, step, self._alphabet == "binary")
+        self.n_off_grid_ = off.sum(axis=0)
+        G = Xq.T @ Xq
+        bound = np.empty(W.shape[1])
+        for j in range(W.shape[1]):
+            S = np.flatnonzero(off[:, j])
+            if S.size == 0:
+                bound[j] = drift[j]
+                continue
+            lam = scipy.linalg.eigvalsh(G[np.ix_(S, S)], subset_by_index=[S.size - 1,
+                                                                          S.size - 1])
+            bound[j] = drift[j] + np.sqrt(max(lam[-1], 0.0)) * np.linalg.norm(
+                Z[S, j] - Q[S, j])
+        self.bound_ = bound / safe
+
+
+class GreedyPathQuantizer(BaseDataQuantizer):
+    """Greedy path following quantization, GPFQ (Lybrand & Saab).
+
+    Quantizes each neuron's weights one coordinate at a time, choosing each value so
+    that the running error of the layer's output on the calibration data stays
+    small::
+
+        q_t = Q(<X_t, u_{t-1} + w_t X_t> / ||X_t||^2),   u_t = u_{t-1} + w_t X_t - q_t X_t
+
+    For Gaussian data the relative error decays like ``sqrt(m log n_in / n_in)``.
+    In a network, layer ``l`` sees the quantized prefix's activations ``Xq`` and
+    follows the float network's ``Xf`` (``target_activations``):
+    ``u_t = u_{t-1} + w_t Xf_t - q_t Xq_t``.
+
+    Read more in the :ref:`User Guide <user_guide>`.
+
+    Parameters
+    ----------
+    n_bits : int or {"ternary", "binary"}, default=4
+        The alphabet, as for :class:`NullSpaceQuantizer`.
+    scale : {"maxabs", "mse"}, default="maxabs"
+        The scale per neuron: the max-abs step (level) of the alphabet, or the
+        memoryless quantizer's squared-error optimum (MSE search for grids, the
+        L2-optimal level for ternary and binary).
+    n_jobs : int, default=None
+        Number of numba threads (over neurons); ``None`` means 1, ``-1`` all.
+
+    Attributes
+    ----------
+    scale_ : ndarray of shape (n_out,)
+        Step (or level) of each neuron's alphabet.
+    qmin_ : int
+        Smallest code.
+    qmax_ : int
+        Largest code.
+    n_bits_ : int
+        Bits stored per weight.
+    n_in_ : int
+        Number of inputs of the layer (rows of ``W``).
+    activations_ : ndarray of shape (m, n_in)
+        The calibration activations (float64), used by :meth:`transform`.
+    target_activations_ : ndarray of shape (m, n_in) or None
+        The float network's activations when they differ from ``activations_``.
+    calibration_error_ : ndarray of shape (n_out,)
+        Relative error ``||Xf w - Xq q|| / ||Xf w||`` of each neuron.
+    n_features_in_ : int
+        Number of output channels (columns of ``W``).
+
+    See Also
+    --------
+    NullSpaceQuantizer : Pre-processing in the data's null space, then MSQ.
+
+    References
+    ----------
+    E. Lybrand and R. Saab, "A greedy algorithm for quantizing neural networks",
+    JMLR 22 (2021).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant import GreedyPathQuantizer
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((64, 256))
+    >>> W = rng.standard_normal((256, 8)) / 16
+    >>> q = GreedyPathQuantizer(n_bits=4).fit(W, activations=X)
+    >>> bool(q.calibration_error_.max() < 0.1)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDataQuantizer._parameter_constraints,
+        "scale": [StrOptions({"maxabs", "mse"})],
+    }
+    _parameter_constraints.pop("granularity")
+
+    def __init__(self, n_bits=4, *, scale="maxabs", n_jobs=None):
+        self.n_bits = n_bits
+        self.scale = scale
+        self.n_jobs = n_jobs
+
+    def _fit_quantize(self, W, activations, target_activations):
+        W, Xq, Xf = self._validate_fit(W, activations, target_activations)
+        self.n_in_ = W.shape[0]
+        self.activations_ = Xq
+        self.target_activations_ = None if Xf is Xq else Xf
+        self._fit_alphabet(W, self.scale)
+        W64 = W.astype(np.float64)
+        codes, U = self._codes(W64, Xq, Xf)
+        norm = np.linalg.norm(Xf @ W64, axis=0)
+        self.calibration_error_ = np.linalg.norm(U, axis=1) / np.where(norm > 0, norm, 1)
+        return codes, W.dtype
+
+    def _codes(self, W, Xq, Xf):
+        n, n_out = W.shape
+        step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
+        binary = self._alphabet == "binary"
+        if binary:
+            zp, inv, cmin, cmax = 0.5, 1.0 / (2.0 * step), 0.0, 1.0
+        else:
+            zp, inv = 0.0, 1.0 / step
+            cmin, cmax = float(self.qmin_), float(self.qmax_)
+        idx = np.tile(np.arange(n, dtype=np.int64), (n_out, 1)).T.copy()
+        U = np.zeros((n_out, Xq.shape[0]))
+        codes = np.zeros((n, n_out))
+        XqT = np.ascontiguousarray(Xq.T)
+        XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
+        with numba_threads(self.n_jobs):
+            _kernel(_nullspace, "greedy_path", self.n_jobs)(
+                XqT, XfT, np.ascontiguousarray(W), idx, U, np.ascontiguousarray(inv),
+                zp, cmin, cmax, codes
+            )
+        if binary:
+            codes = 2 * codes - 1
+        return codes.astype(code_dtype(self.qmin_, self.qmax_)), U
