@@ -81,8 +81,9 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         if target_activations is None:
             Xf = Xq
         else:
-            Xf = check_activations(target_activations, W.shape[0], name,
-                                   "target_activations")
+            Xf = check_activations(
+                target_activations, W.shape[0], name, "target_activations"
+            )
             if Xf.shape != Xq.shape:
                 raise ValueError(
                     "target_activations must have the shape of activations "

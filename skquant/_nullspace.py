@@ -52,11 +52,13 @@ def row_space(X, rank=None):
 
 
 def _grid_boxes(Z0, step, qmin, qmax, binary):
-    """Cells ``[lo, hi]`` of the grid around every entry of ``Z0`` (clipped to range)."""
+    """Grid cells ``[lo, hi]`` around every entry of ``Z0``, clipped to the range."""
     top = qmax * step
     bottom = qmin * step
     if binary:
-        return np.broadcast_to(-step, Z0.shape).copy(), np.broadcast_to(step, Z0.shape).copy()
+        return np.broadcast_to(-step, Z0.shape).copy(), np.broadcast_to(
+            step, Z0.shape
+        ).copy()
     Zc = np.clip(Z0, bottom, top)
     lo = np.floor(Zc / step) * step
     lo = np.minimum(lo, top)
@@ -199,8 +201,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     }
     _parameter_constraints.pop("granularity")
 
-    def __init__(self, n_bits=4, *, variant="grid", rank=None, rounding="greedy",
-                 n_jobs=None):
+    def __init__(
+        self, n_bits=4, *, variant="grid", rank=None, rounding="greedy", n_jobs=None
+    ):
         self.n_bits = n_bits
         self.variant = variant
         self.rank = rank
@@ -252,17 +255,23 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         n, k = V.shape
         Z0 = self._start_points(W, Xq, Xf)
         Z = np.empty_like(Z0)
-        I = sparse.identity(n, format="csr")
+        eye = sparse.identity(n, format="csr")
         one = sparse.csr_matrix(np.ones((n, 1)))
-        A_ub = sparse.vstack([sparse.hstack([I, -one]), sparse.hstack([-I, -one])])
+        A_ub = sparse.vstack([sparse.hstack([eye, -one]), sparse.hstack([-eye, -one])])
         A_eq = sparse.hstack([sparse.csr_matrix(V.T), sparse.csr_matrix((k, 1))])
         cost = np.zeros(n + 1)
         cost[-1] = 1.0
         bounds = [(None, None)] * n + [(0, None)]
         for j in range(Z0.shape[1]):
-            res = linprog(cost, A_ub=A_ub.tocsr(), b_ub=np.zeros(2 * n),
-                          A_eq=A_eq.tocsr(), b_eq=V.T @ Z0[:, j], bounds=bounds,
-                          method="highs")
+            res = linprog(
+                cost,
+                A_ub=A_ub.tocsr(),
+                b_ub=np.zeros(2 * n),
+                A_eq=A_eq.tocsr(),
+                b_eq=V.T @ Z0[:, j],
+                bounds=bounds,
+                method="highs",
+            )
             if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
                 raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
             Z[:, j] = res.x[:n]
@@ -320,8 +329,16 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             XqT = np.ascontiguousarray(Xq.T)
             with numba_threads(self.n_jobs):
                 _kernel(_nullspace, "greedy_path", self.n_jobs)(
-                    XqT, XqT, np.ascontiguousarray(Z), idx, U, np.ascontiguousarray(inv),
-                    zp, cmin, cmax, codes
+                    XqT,
+                    XqT,
+                    np.ascontiguousarray(Z),
+                    idx,
+                    U,
+                    np.ascontiguousarray(inv),
+                    zp,
+                    cmin,
+                    cmax,
+                    codes,
                 )
         if binary:
             codes = 2 * codes - 1
@@ -345,10 +362,12 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             if S.size == 0:
                 bound[j] = drift[j]
                 continue
-            lam = scipy.linalg.eigvalsh(G[np.ix_(S, S)], subset_by_index=[S.size - 1,
-                                                                          S.size - 1])
+            lam = scipy.linalg.eigvalsh(
+                G[np.ix_(S, S)], subset_by_index=[S.size - 1, S.size - 1]
+            )
             bound[j] = drift[j] + np.sqrt(max(lam[-1], 0.0)) * np.linalg.norm(
-                Z[S, j] - Q[S, j])
+                Z[S, j] - Q[S, j]
+            )
         self.bound_ = bound / safe
 
 
@@ -359,7 +378,8 @@ class GreedyPathQuantizer(BaseDataQuantizer):
     that the running error of the layer's output on the calibration data stays
     small::
 
-        q_t = Q(<X_t, u_{t-1} + w_t X_t> / ||X_t||^2),   u_t = u_{t-1} + w_t X_t - q_t X_t
+        q_t = Q(<X_t, u_{t-1} + w_t X_t> / ||X_t||^2)
+        u_t = u_{t-1} + w_t X_t - q_t X_t
 
     For Gaussian data the relative error decays like ``sqrt(m log n_in / n_in)``.
     In a network, layer ``l`` sees the quantized prefix's activations ``Xq`` and
@@ -441,7 +461,9 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         W64 = W.astype(np.float64)
         codes, U = self._codes(W64, Xq, Xf)
         norm = np.linalg.norm(Xf @ W64, axis=0)
-        self.calibration_error_ = np.linalg.norm(U, axis=1) / np.where(norm > 0, norm, 1)
+        self.calibration_error_ = np.linalg.norm(U, axis=1) / np.where(
+            norm > 0, norm, 1
+        )
         return codes, W.dtype
 
     def _codes(self, W, Xq, Xf):
@@ -460,8 +482,16 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
         with numba_threads(self.n_jobs):
             _kernel(_nullspace, "greedy_path", self.n_jobs)(
-                XqT, XfT, np.ascontiguousarray(W), idx, U, np.ascontiguousarray(inv),
-                zp, cmin, cmax, codes
+                XqT,
+                XfT,
+                np.ascontiguousarray(W),
+                idx,
+                U,
+                np.ascontiguousarray(inv),
+                zp,
+                cmin,
+                cmax,
+                codes,
             )
         if binary:
             codes = 2 * codes - 1

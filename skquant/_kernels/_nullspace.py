@@ -186,7 +186,9 @@ def nullspace_walk_parallel(V, W, lo, hi, basis0, order, Z, basis):  # pragma: n
 
 
 @nb.njit(nogil=True)
-def _greedy_column(XqT, XfT, w, idx, u, inv_step, zp, qmin, qmax, codes):  # pragma: no cover
+def _greedy_column(
+    XqT, XfT, w, idx, u, inv_step, zp, qmin, qmax, codes
+):  # pragma: no cover
     m = XqT.shape[1]
     for t in idx:
         if t < 0:
@@ -207,7 +209,9 @@ def _greedy_column(XqT, XfT, w, idx, u, inv_step, zp, qmin, qmax, codes):  # pra
 
 
 @nb.njit(cache=True, nogil=True)
-def greedy_path(XqT, XfT, W, idx, U, inv_step, zp, qmin, qmax, codes):  # pragma: no cover
+def greedy_path(
+    XqT, XfT, W, idx, U, inv_step, zp, qmin, qmax, codes
+):  # pragma: no cover
     """Greedy path following (GPFQ) over chosen coordinates of every column.
 
     For each column ``c`` and each coordinate ``t`` in ``idx[:, c]`` (in order, ``-1``
@@ -233,13 +237,35 @@ def greedy_path(XqT, XfT, W, idx, U, inv_step, zp, qmin, qmax, codes):  # pragma
     codes : float64 ndarray of shape (n, n_out); entries at ``idx`` are written.
     """
     for c in range(W.shape[1]):
-        _greedy_column(XqT, XfT, W[:, c].copy(), idx[:, c].copy(), U[c],
-                       inv_step[c], zp, qmin, qmax, codes[:, c])
+        _greedy_column(
+            XqT,
+            XfT,
+            W[:, c].copy(),
+            idx[:, c].copy(),
+            U[c],
+            inv_step[c],
+            zp,
+            qmin,
+            qmax,
+            codes[:, c],
+        )
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def greedy_path_parallel(XqT, XfT, W, idx, U, inv_step, zp, qmin, qmax, codes):  # pragma: no cover
+def greedy_path_parallel(
+    XqT, XfT, W, idx, U, inv_step, zp, qmin, qmax, codes
+):  # pragma: no cover
     """Column-parallel :func:`greedy_path` (same arguments, same result)."""
     for c in nb.prange(W.shape[1]):
-        _greedy_column(XqT, XfT, W[:, c].copy(), idx[:, c].copy(), U[c],
-                       inv_step[c], zp, qmin, qmax, codes[:, c])
+        _greedy_column(
+            XqT,
+            XfT,
+            W[:, c].copy(),
+            idx[:, c].copy(),
+            U[c],
+            inv_step[c],
+            zp,
+            qmin,
+            qmax,
+            codes[:, c],
+        )

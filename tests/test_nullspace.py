@@ -1,0 +1,322 @@
+"""NullSpaceQuantizer and GreedyPathQuantizer: METHODS.md section 1 oracles."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
+from skquant._kernels import _nullspace
+from skquant._nullspace import row_space
+from skquant.datasets import make_gaussian_layer
+from skquant.metrics import relative_error
+
+ALPHABETS = [2, 3, 4, 8, "ternary", "binary"]
+
+
+def _layer(m=16, n_in=256, n_out=6, seed=0):
+    return make_gaussian_layer(m, n_in, n_out, random_state=seed)
+
+
+# ------------------------------------------------------------------------ the walk
+
+
+@pytest.mark.parametrize("variant", ["", "_parallel"])
+@pytest.mark.parametrize("m, n", [(8, 64), (32, 2048), (100, 3000)])
+def test_walk_preserves_data_and_reaches_a_vertex(variant, m, n):
+    rng = np.random.default_rng(m)
+    X = rng.standard_normal((m, n))
+    W = rng.standard_normal((n, 3)) / np.sqrt(n)
+    step = np.abs(W).max(axis=0) / 7
+    lo = np.floor(W / step) * step
+    hi = lo + step
+    V, _, k = row_space(X)
+    basis0 = np.arange(k, dtype=np.int64)  # any invertible start works
+    basis0 = np.asarray(
+        __import__("scipy.linalg").linalg.qr(V.T, pivoting=True)[2][:k], np.int64
+    )
+    Z = np.empty_like(W)
+    B = np.empty((k, 3), dtype=np.int64)
+    pivots = getattr(_nullspace, "nullspace_walk" + variant)(
+        V, W, lo, hi, basis0, np.arange(n, dtype=np.int64), Z, B
+    )
+    # X z = X w to relative 1e-9 after thousands of steps
+    assert np.linalg.norm(X @ Z - X @ W) <= 1e-9 * np.linalg.norm(X @ W)
+    assert pivots.max() > 0
+    # inside the box, and at most k coordinates strictly inside their cell
+    tol = 1e-9 * step
+    assert np.all(Z >= lo - tol) and np.all(Z <= hi + tol)
+    inside = (Z > lo + tol) & (Z < hi - tol)
+    assert inside.sum(axis=0).max() <= k
+    # the coordinates left inside are in the final basis
+    for c in range(3):
+        assert set(np.flatnonzero(inside[:, c])) <= set(B[:, c])
+
+
+# ----------------------------------------------------------------- section 1 oracles
+
+
+@pytest.mark.parametrize("n_bits", ALPHABETS)
+@pytest.mark.parametrize("rounding", ["nearest", "greedy"])
+def test_grid_variant_oracles(n_bits, rounding):
+    X, W = _layer()
+    q = NullSpaceQuantizer(n_bits=n_bits, rounding=rounding).fit(W, activations=X)
+    Q = q.transform(W)
+    codes = q.encode(W)
+    # alphabet membership and exact decode
+    assert_array_equal(q.decode(codes), Q)
+    if n_bits == "binary":
+        assert set(np.unique(codes)) <= {-1, 1}
+    assert codes.min() >= q.qmin_ and codes.max() <= q.qmax_
+    # pre-processing keeps X z == X w; at most r coordinates left off the alphabet
+    assert q.preprocessing_residual_ <= 1e-9
+    assert q.rank_ == 16
+    assert q.n_off_grid_.max() <= q.rank_
+    # measured calibration error never exceeds the a-posteriori bound
+    err = np.linalg.norm(X @ (W - Q), axis=0) / np.linalg.norm(X @ W, axis=0)
+    np.testing.assert_allclose(err, q.calibration_error_, rtol=1e-10)
+    assert np.all(err <= q.bound_ * (1 + 1e-9))
+    # fit_transform gives the same as fit then transform
+    assert_array_equal(
+        NullSpaceQuantizer(n_bits=n_bits, rounding=rounding).fit_transform(
+            W, activations=X
+        ),
+        Q,
+    )
+
+
+@pytest.mark.parametrize("n_bits", ["ternary", "binary", 4])
+def test_lp_variant_oracles(n_bits):
+    X, W = _layer(m=12, n_in=200, n_out=4)
+    q = NullSpaceQuantizer(n_bits=n_bits, variant="lp", rounding="nearest")
+    Q = q.fit_transform(W, activations=X)
+    c = q.scale_ * (q.qmax_ if isinstance(n_bits, int) else 1)
+    # c is ||z*||_inf of a basic solution: at most r - 1 entries strictly inside
+    assert q.n_off_grid_.max() <= 12 - 1 if n_bits != 4 else q.rank_
+    assert q.preprocessing_residual_ <= 1e-9
+    err = np.linalg.norm(X @ (W - Q), axis=0) / np.linalg.norm(X @ W, axis=0)
+    assert np.all(err <= q.bound_ * (1 + 1e-9))
+    # LP duality: c <= ||X w|| / min_{||v||=1} ||X^T v||_1 <= ||X w|| / sigma_min
+    smin = np.linalg.svd(X, compute_uv=False).min()
+    assert np.all(c <= np.linalg.norm(X @ W, axis=0) / smin + 1e-12)
+
+
+def test_lp_scale_is_the_linf_minimum():
+    X, W = _layer(m=6, n_in=40, n_out=2)
+    q = NullSpaceQuantizer(n_bits="ternary", variant="lp").fit(W, activations=X)
+    # any feasible point has ||z||_inf >= c: check the least-norm one and w itself
+    pinv_pt = np.linalg.pinv(X) @ (X @ W)
+    assert np.all(q.scale_ <= np.abs(pinv_pt).max(axis=0) + 1e-12)
+    assert np.all(q.scale_ <= np.abs(W).max(axis=0) + 1e-12)
+
+
+@pytest.mark.parametrize("n_bits", [2, 4])
+def test_beats_msq_by_far_when_n_in_much_larger_than_m(n_bits):
+    X, W = _layer(m=16, n_in=1024, n_out=8, seed=3)
+    msq = UniformQuantizer(n_bits=n_bits).fit_transform(W)
+    for rounding in ("nearest", "greedy"):
+        ns = NullSpaceQuantizer(n_bits=n_bits, rounding=rounding).fit_transform(
+            W, activations=X
+        )
+        assert relative_error(W, ns, X) < relative_error(W, msq, X) / 4
+
+
+def _slope(ns, errs):
+    return np.polyfit(np.log(ns), np.log(errs), 1)[0]
+
+
+@pytest.mark.slow
+def test_rates_on_gaussian_data():
+    # relative error on the data against n_in at m fixed: MSQ flat, grid and GPFQ
+    # near -1/2, the scale-free ternary LP variant near -1 (METHODS.md, "Rates")
+    m, sizes = 16, [128, 256, 512, 1024]
+    errs = {k: [] for k in ("msq", "grid", "gpfq", "lp")}
+    for n in sizes:
+        e = {k: [] for k in errs}
+        for seed in range(2):
+            X, W = make_gaussian_layer(m, n, 6, random_state=seed)
+            e["msq"].append(
+                relative_error(W, UniformQuantizer(n_bits=3).fit_transform(W), X)
+            )
+            e["grid"].append(
+                relative_error(
+                    W,
+                    NullSpaceQuantizer(n_bits=3, rounding="nearest").fit_transform(
+                        W, activations=X
+                    ),
+                    X,
+                )
+            )
+            e["gpfq"].append(
+                relative_error(
+                    W, GreedyPathQuantizer(n_bits=3).fit_transform(W, activations=X), X
+                )
+            )
+            e["lp"].append(
+                relative_error(
+                    W,
+                    NullSpaceQuantizer(
+                        n_bits="ternary", variant="lp", rounding="nearest"
+                    ).fit_transform(W, activations=X),
+                    X,
+                )
+            )
+        for k in errs:
+            errs[k].append(np.mean(e[k]))
+    # max-abs MSQ: no decay; it even creeps up, since max|w| / typical |w| grows
+    # like sqrt(2 log n_in) for Gaussian weights
+    assert -0.1 < _slope(sizes, errs["msq"]) < 0.3
+    assert -0.8 < _slope(sizes, errs["grid"]) < -0.3
+    assert -0.8 < _slope(sizes, errs["gpfq"]) < -0.3
+    assert -1.3 < _slope(sizes, errs["lp"]) < -0.75
+
+
+# --------------------------------------------------------------------------- rank cap
+
+
+def test_no_freedom_warns_and_rounds_everything():
+    X, W = _layer(m=300, n_in=64, n_out=3)
+    with pytest.warns(UserWarning, match="leaves no freedom"):
+        q = NullSpaceQuantizer(n_bits=4, rounding="nearest").fit(W, activations=X)
+    assert_array_equal(q.transform(W), UniformQuantizer(n_bits=4).fit_transform(W))
+    with pytest.warns(UserWarning, match="leaves no freedom"):
+        g = NullSpaceQuantizer(n_bits=4).fit(W, activations=X)
+    gp = GreedyPathQuantizer(n_bits=4).fit(W, activations=X)
+    # greedy over every coordinate is GPFQ up to the visiting order
+    assert relative_error(W, g.transform(W), X) < 1.5 * relative_error(
+        W, gp.transform(W), X
+    )
+
+
+@pytest.mark.parametrize("rank", [8, 0.9])
+def test_rank_cap_gives_freedom_and_keeps_bound(rank):
+    X, W = _layer(m=300, n_in=64, n_out=3)
+    q = NullSpaceQuantizer(n_bits=4, rank=rank).fit(W, activations=X)
+    assert q.rank_ < 64 and q.n_off_grid_.max() <= q.rank_
+    err = np.linalg.norm(X @ (W - q.transform(W)), axis=0) / np.linalg.norm(
+        X @ W, axis=0
+    )
+    assert np.all(err <= q.bound_ * (1 + 1e-9))
+    if rank == 0.9:
+        s2 = q.singular_values_**2
+        assert s2[: q.rank_].sum() >= 0.9 * s2.sum() > s2[: q.rank_ - 1].sum()
+
+
+# ----------------------------------------------------------------------- GPFQ
+
+
+@pytest.mark.parametrize("n_bits", ALPHABETS)
+def test_gpfq_residual_and_alphabet(n_bits):
+    X, W = _layer(m=32, n_in=300, n_out=5)
+    q = GreedyPathQuantizer(n_bits=n_bits).fit(W, activations=X)
+    Q = q.transform(W)
+    assert_array_equal(q.decode(q.encode(W)), Q)
+    err = np.linalg.norm(X @ (W - Q), axis=0) / np.linalg.norm(X @ W, axis=0)
+    np.testing.assert_allclose(err, q.calibration_error_, rtol=1e-9)
+
+
+def test_gpfq_matches_a_numpy_reference():
+    X, W = _layer(m=10, n_in=30, n_out=2)
+    q = GreedyPathQuantizer(n_bits=3).fit(W, activations=X)
+    step = q.scale_
+    for c in range(2):
+        u = np.zeros(10)
+        ref = []
+        for t in range(30):
+            x = X[:, t]
+            val = x @ (u + W[t, c] * x) / (x @ x)
+            code = np.clip(np.rint(val / step[c]), -3, 3)
+            ref.append(code)
+            u += W[t, c] * x - code * step[c] * x
+        assert_array_equal(q.encode(W)[:, c], ref)
+
+
+def test_network_style_targets():
+    # layer sees perturbed (quantized-prefix) inputs and follows the float ones
+    rng = np.random.default_rng(0)
+    Xf = rng.standard_normal((20, 100))
+    Xq = Xf + 0.05 * rng.standard_normal(Xf.shape)
+    W = rng.standard_normal((100, 4)) / 10
+    for est in (GreedyPathQuantizer(n_bits=4), NullSpaceQuantizer(n_bits=4)):
+        Q = est.fit_transform(W, activations=Xq, target_activations=Xf)
+        plain = UniformQuantizer(n_bits=4).fit_transform(W)
+        assert np.linalg.norm(Xq @ Q - Xf @ W) < np.linalg.norm(Xq @ plain - Xf @ W)
+
+
+# ------------------------------------------------------------------------ bad input
+
+EST = [NullSpaceQuantizer, GreedyPathQuantizer]
+
+
+@pytest.mark.parametrize("cls", EST)
+def test_bad_activations(cls):
+    X, W = _layer(m=8, n_in=20, n_out=2)
+    with pytest.raises(ValueError, match="requires calibration data: pass activations"):
+        cls().fit(W)
+    with pytest.raises(
+        ValueError, match=re.escape("activations must have W.shape[0]=20 columns")
+    ):
+        cls().fit(W, activations=X[:, :19])
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="Input activations contains NaN"):
+        cls().fit(W, activations=bad)
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="Input activations contains inf"):
+        cls().fit(W, activations=bad)
+    with pytest.raises(ValueError, match="0 sample"):
+        cls().fit(W, activations=np.zeros((0, 20)))
+    with pytest.raises(ValueError, match="target_activations must have the shape"):
+        cls().fit(W, activations=X, target_activations=X[:4])
+    q = cls().fit(W, activations=X)
+    with pytest.raises(ValueError, match="W must have 20 rows"):
+        q.transform(W[:10])
+    with pytest.raises(ValueError, match="The 'n_bits' parameter"):
+        cls(n_bits="quaternary").fit(W, activations=X)
+
+
+@pytest.mark.parametrize("cls", EST)
+def test_degenerate_activations(cls):
+    W = np.random.default_rng(0).standard_normal((30, 2))
+    # constant activations have rank 1; zero activations have rank 0
+    for X in (np.ones((10, 30)), np.zeros((10, 30))):
+        Q = cls(n_bits=4).fit_transform(W, activations=X)
+        assert np.all(np.isfinite(Q))
+    # a layer with one input: no freedom at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        Q = cls(n_bits=4).fit_transform(W[:1], activations=np.ones((5, 1)))
+    assert Q.shape == (1, 2)
+
+
+@pytest.mark.parametrize("cls", EST)
+def test_inputs_not_modified_and_dtype_kept(cls):
+    X, W = _layer(m=8, n_in=50, n_out=3)
+    W32 = W.astype(np.float32)
+    X0, W0 = X.copy(), W32.copy()
+    X.flags.writeable = False
+    Q = cls(n_bits=3).fit_transform(np.asfortranarray(W32), activations=X)
+    assert Q.dtype == np.float32
+    assert_array_equal(X, X0)
+    assert_array_equal(W32, W0)
+
+
+def test_n_jobs_gives_same_codes():
+    X, W = _layer(m=16, n_in=300, n_out=8)
+    for cls in EST:
+        a = cls(n_bits=3, n_jobs=None).fit(W, activations=X).encode(W)
+        b = cls(n_bits=3, n_jobs=-1).fit(W, activations=X).encode(W)
+        assert_array_equal(a, b)
+
+
+@given(st.integers(2, 6), st.integers(8, 40), st.integers(0, 10**6))
+def test_property_walk_oracles_random_layers(m, n_in, seed):
+    X, W = make_gaussian_layer(m, n_in, 2, random_state=seed)
+    q = NullSpaceQuantizer(n_bits=3, rounding="nearest").fit(W, activations=X)
+    assert q.preprocessing_residual_ <= 1e-9
+    assert q.n_off_grid_.max() <= q.rank_
+    assert np.all(q.calibration_error_ <= q.bound_ * (1 + 1e-9) + 1e-12)
