@@ -15,6 +15,7 @@ import pytest
 numpydoc_validate = pytest.importorskip("numpydoc.validate")
 
 PUBLIC_MODULES = [
+    "skquant.theory",
     "skquant",
     "skquant.metrics",
     "skquant.datasets",

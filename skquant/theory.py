@@ -1,0 +1,502 @@
+"""Single-layer quantization error: bounds, predicted rates, and decay experiments.
+
+Notation: a layer computes ``X @ w`` with calibration data ``X`` of shape
+``(m, n_in)``; ``w`` is one neuron (column of ``W``), ``q`` its quantized version and
+``step`` the grid step (for ternary ``{-a, 0, a}`` the step is ``a``). Every bound
+here is on the absolute error ``||X w - X q||_2`` unless its name says relative.
+
+A-priori bounds hold for any ``w`` before quantizing; a-posteriori bounds use what the
+quantizer did (which coordinates it left off the alphabet). Where an exact constant
+is intractable (a maximum over subsets of columns), the functions return a certified
+upper bound and say so.
+"""
+
+import numpy as np
+
+__all__ = [
+    "error_decay",
+    "gpfq_bound",
+    "lp_scale_bound",
+    "max_subset_norm_bound",
+    "msq_bound",
+    "nullspace_bound",
+    "plot_error_decay",
+    "posterior_nullspace_bound",
+    "predicted_rate",
+]
+
+
+def _as2d(X):
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.size == 0:
+        raise ValueError(
+            f"X must be a non-empty 2-D array of shape (m, n_in), got X.shape="
+            f"{X.shape} instead."
+        )
+    return X
+
+
+def msq_bound(X, step):
+    """A-priori bound for memoryless scalar quantization inside the range.
+
+    Every coordinate moves by at most ``step / 2``, so
+    ``||X (w - q)|| <= ||X||_2 * sqrt(n_in) * step / 2``.
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n_in)
+        Calibration data.
+    step : float
+        Grid step.
+
+    Returns
+    -------
+    bound : float
+        The bound on ``||X w - X q||_2``.
+
+    See Also
+    --------
+    nullspace_bound : The bound after the null-space pre-processing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant.theory import msq_bound
+    >>> float(msq_bound(np.eye(4), step=0.5))
+    0.5
+    """
+    X = _as2d(X)
+    return float(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * step / 2)
+
+
+def max_subset_norm_bound(X, r):
+    """Certified upper bound on ``max_{|S| <= r} ||X_S||_2`` (columns ``S`` of ``X``).
+
+    The exact maximum over subsets is intractable; both ``||X||_2`` and
+    ``sqrt(sum of the r largest ||X_i||^2)`` (``||X_S||_2 <= ||X_S||_F``) bound it,
+    and the smaller is returned.
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n_in)
+        Calibration data.
+    r : int
+        Largest subset size.
+
+    Returns
+    -------
+    bound : float
+        The certified upper bound.
+
+    See Also
+    --------
+    nullspace_bound : Uses it for the a-priori bound.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant.theory import max_subset_norm_bound
+    >>> float(max_subset_norm_bound(np.diag([3.0, 4.0, 1.0]), r=2))
+    4.0
+    """
+    X = _as2d(X)
+    col = np.sort(np.einsum("ij,ij->j", X, X))[::-1]
+    frob = np.sqrt(col[: max(int(r), 0)].sum())
+    return float(min(np.linalg.norm(X, 2), frob))
+
+
+def nullspace_bound(X, step, *, variant="grid", rank=None):
+    """A-priori bound for the null-space method (Maly & Saab) on the data ``X``.
+
+    At most ``r = rank(X)`` coordinates stay off the alphabet and each is rounded by
+    at most ``step / 2`` (grid and ternary) or ``step`` (binary), so
+    ``||X w - X q|| <= max_{|S|<=r} ||X_S||_2 * sqrt(r) * step / 2``; the maximum is
+    replaced by :func:`max_subset_norm_bound` (certified).
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n_in)
+        Calibration data.
+    step : float
+        Grid step, or the level ``c`` of ``c {-1, 0, 1}`` (LP variant).
+    variant : {"grid", "ternary", "binary"}, default="grid"
+        The rounding error per coordinate is ``step / 2``, except ``step`` for
+        binary.
+    rank : int, default=None
+        The ``r`` to use; ``None`` takes the numerical rank of ``X``.
+
+    Returns
+    -------
+    bound : float
+        The bound on ``||X w - X q||_2``.
+
+    See Also
+    --------
+    posterior_nullspace_bound : The a-posteriori version with the actual ``S``.
+    msq_bound : Without pre-processing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant.theory import msq_bound, nullspace_bound
+    >>> X = np.random.default_rng(0).standard_normal((8, 1000))
+    >>> bool(nullspace_bound(X, 0.1) < msq_bound(X, 0.1) / 5)
+    True
+    """
+    X = _as2d(X)
+    r = int(np.linalg.matrix_rank(X)) if rank is None else int(rank)
+    per = step if variant == "binary" else step / 2
+    return float(max_subset_norm_bound(X, r) * np.sqrt(r) * per)
+
+
+def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
+    """A-posteriori bound with the coordinates ``S`` left off the alphabet.
+
+    ``||X w - X q|| <= ||X w - X z|| + ||X_S||_2 ||z_S - q_S||_2``, where ``z`` is
+    the pre-processed neuron (``X z = X w`` up to round-off without a rank cap) and
+    ``drift = ||X w - X z||`` (at most ``sigma_{k+1} ||w - z||`` with a rank cap
+    ``k``). It holds for any rounding of ``z_S``.
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n_in)
+        Calibration data.
+    S : array-like of int
+        Coordinates left off the alphabet.
+    z_S : array-like
+        Their pre-processed values.
+    q_S : array-like
+        Their quantized values.
+    drift : float, default=0.0
+        ``||X w - X z||``.
+
+    Returns
+    -------
+    bound : float
+        The bound on ``||X w - X q||_2``.
+
+    See Also
+    --------
+    nullspace_bound : The a-priori version.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant.theory import posterior_nullspace_bound
+    >>> X = np.eye(3)
+    >>> float(posterior_nullspace_bound(X, [0], [0.4], [0.5]))
+    0.1
+    """
+    X = _as2d(X)
+    S = np.asarray(S, dtype=int)
+    if S.size == 0:
+        return float(drift)
+    d = np.asarray(z_S, dtype=float) - np.asarray(q_S, dtype=float)
+    return float(drift + np.linalg.norm(X[:, S], 2) * np.linalg.norm(d))
+
+
+def lp_scale_bound(X, w):
+    """Certified upper bound on the LP scale ``c = min ||z||_inf s.t. X z = X w``.
+
+    By LP duality ``c = max {<X w, v> : ||X^T v||_1 <= 1}``, hence
+    ``c <= ||X w||_2 / min_{||v||=1, v in range(X)} ||X^T v||_1``; since
+    ``||X^T v||_1 >= ||X^T v||_2 >= sigma_min`` on the range of ``X``, the returned
+    ``||X w|| / sigma_min`` is certified (the exact minimum is intractable).
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n_in)
+        Calibration data.
+    w : array-like of shape (n_in,)
+        The neuron.
+
+    Returns
+    -------
+    bound : float
+        Upper bound on ``c``.
+
+    See Also
+    --------
+    nullspace_bound : Turns ``c`` into an error bound.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant.theory import lp_scale_bound
+    >>> float(lp_scale_bound(np.eye(2), np.array([3.0, 4.0])))
+    5.0
+    """
+    X = _as2d(X)
+    s = np.linalg.svd(X, compute_uv=False)
+    s = s[s > max(X.shape) * np.finfo(float).eps * s[0]]
+    return float(np.linalg.norm(X @ np.asarray(w, dtype=float)) / s[-1])
+
+
+def gpfq_bound(X, step):
+    """A-priori bound for greedy path following (GPFQ) without clipping.
+
+    Each step picks the grid point nearest to the projection, so
+    ``||u_t||^2 <= ||u_{t-1}||^2 + (step / 2)^2 ||X_t||^2`` and
+    ``||X w - X q|| <= ||X||_F * step / 2``. (For Gaussian data the error is
+    much smaller, of order ``sqrt(m log n_in)`` steps: see :func:`predicted_rate`.)
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n_in)
+        Calibration data.
+    step : float
+        Grid step.
+
+    Returns
+    -------
+    bound : float
+        The bound on ``||X w - X q||_2``.
+
+    See Also
+    --------
+    msq_bound : The same order for memoryless rounding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant.theory import gpfq_bound
+    >>> float(gpfq_bound(np.ones((4, 4)), step=0.5))
+    1.0
+    """
+    X = _as2d(X)
+    return float(np.linalg.norm(X) * step / 2)
+
+
+def predicted_rate(method, m, n_in):
+    """Predicted relative error on Gaussian data, up to a constant.
+
+    With ``X`` of shape ``(m, n_in)`` i.i.d. Gaussian, ``m`` fixed and ``n_in``
+    growing (METHODS.md section 1, "Rates"): ``"msq"``: flat; ``"grid"`` (the
+    null-space grid variant at fixed bits): ``sqrt(m / n_in)``; ``"gpfq"``:
+    ``sqrt(m log n_in / n_in)``; ``"lp"`` (scale-free ternary):
+    ``m sqrt(log(n_in / m)) / n_in``.
+
+    Parameters
+    ----------
+    method : {"msq", "grid", "gpfq", "lp"}
+        The method.
+    m : int
+        Number of samples.
+    n_in : int or array-like of int
+        Input dimensions.
+
+    Returns
+    -------
+    rate : ndarray
+        The predicted error, up to a constant factor.
+
+    See Also
+    --------
+    error_decay : Measures the rates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant.theory import predicted_rate
+    >>> r = predicted_rate("grid", 16, np.array([100, 400]))
+    >>> float(r[0] / r[1])
+    2.0
+    """
+    n = np.asarray(n_in, dtype=float)
+    if method == "msq":
+        return np.ones_like(n)
+    if method == "grid":
+        return np.sqrt(m / n)
+    if method == "gpfq":
+        return np.sqrt(m * np.log(n) / n)
+    if method == "lp":
+        return m * np.sqrt(np.log(np.maximum(n / m, np.e))) / n
+    raise ValueError(
+        f"method must be one of 'msq', 'grid', 'gpfq', 'lp', got method={method!r} "
+        "instead."
+    )
+
+
+def _method_estimator(method, n_bits, rounding):
+    from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
+    from ._uniform import UniformQuantizer
+
+    if method == "msq":
+        return UniformQuantizer(n_bits=n_bits)
+    if method == "gpfq":
+        return GreedyPathQuantizer(n_bits=n_bits)
+    if method == "grid":
+        return NullSpaceQuantizer(n_bits=n_bits, rounding=rounding)
+    if method == "lp":
+        return NullSpaceQuantizer(n_bits="ternary", variant="lp", rounding=rounding)
+    raise ValueError(
+        f"methods must be among 'msq', 'gpfq', 'grid', 'lp', got {method!r} instead."
+    )
+
+
+def error_decay(
+    n_in_values=(64, 128, 256, 512, 1024, 2048, 4096),
+    *,
+    m=32,
+    n_bits=(2, 4),
+    methods=("msq", "gpfq", "grid", "lp"),
+    n_out=8,
+    n_test=1000,
+    rounding="nearest",
+    random_state=0,
+    verbose=False,
+):
+    """Measure single-layer relative error against ``n_in`` on Gaussian layers.
+
+    For each ``n_in``, draws ``X`` (``m x n_in``, i.i.d. N(0, 1)), held-out data of
+    ``n_test`` rows and ``W`` (``n_in x n_out``, N(0, 1/n_in)); quantizes with every
+    method at every bit-width (the LP variant is ternary, whatever ``n_bits``) and
+    records the relative error on the calibration and the held-out data, and the
+    relative a-priori bound. Fits log-log slopes of the calibration error.
+
+    Parameters
+    ----------
+    n_in_values : sequence of int, default=(64, ..., 4096)
+        Layer widths.
+    m : int, default=32
+        Calibration samples.
+    n_bits : sequence of int, default=(2, 4)
+        Bit-widths.
+    methods : sequence of str, default=("msq", "gpfq", "grid", "lp")
+        Among ``"msq"``, ``"gpfq"``, ``"grid"`` and ``"lp"``.
+    n_out : int, default=8
+        Neurons per layer.
+    n_test : int, default=1000
+        Held-out samples.
+    rounding : {"nearest", "greedy"}, default="nearest"
+        Rounding of the null-space methods' off-grid coordinates (``"nearest"`` is
+        the method as analysed).
+    random_state : int, default=0
+        Seed.
+    verbose : bool, default=False
+        Show a progress bar.
+
+    Returns
+    -------
+    result : dict
+        ``rows``: list of dicts (method, n_bits, n_in, error, test_error, bound);
+        ``slopes``: ``{(method, n_bits): slope}`` of log error against log n_in
+        (the LP variant's ``n_bits`` is ``"ternary"``).
+
+    See Also
+    --------
+    plot_error_decay : Draws the result.
+
+    Examples
+    --------
+    >>> from skquant.theory import error_decay
+    >>> res = error_decay([64, 256], m=8, n_bits=(4,), methods=("msq", "grid"),
+    ...                   n_out=4, n_test=50)
+    >>> bool(res["slopes"][("grid", 4)] < res["slopes"][("msq", 4)])
+    True
+    """
+    from ._progress import progress
+    from .datasets import make_gaussian_layer
+    from .metrics import relative_error
+
+    rng = np.random.default_rng(random_state)
+    rows = []
+    # the LP variant is ternary whatever n_bits: run it once per width
+    jobs = [
+        (n, b, meth)
+        for n in n_in_values
+        for b in n_bits
+        for meth in methods
+        if not (meth == "lp" and b != n_bits[0])
+    ]
+    layers = {}
+    for n, b, meth in progress(jobs, desc="error_decay", enabled=verbose):
+        if n not in layers:
+            seed = int(rng.integers(2**31))
+            X, W = make_gaussian_layer(m, n, n_out, random_state=seed)
+            Xt = np.random.default_rng(seed + 1).standard_normal((n_test, n))
+            layers[n] = (X, W, Xt)
+        X, W, Xt = layers[n]
+        est = _method_estimator(meth, b, rounding)
+        if meth == "msq":
+            Q = est.fit_transform(W)
+        else:
+            Q = est.fit_transform(W, activations=X)
+        step = float(np.max(est.scale_))
+        if meth == "msq":
+            bound = msq_bound(X, step)
+        elif meth == "gpfq":
+            bound = gpfq_bound(X, step)
+        else:
+            variant = "ternary" if meth == "lp" else "grid"
+            bound = nullspace_bound(X, step, variant=variant)
+        norm = np.linalg.norm(X @ W, axis=0).min()
+        rows.append(
+            {
+                "method": meth,
+                "n_bits": "ternary" if meth == "lp" else b,
+                "n_in": n,
+                "error": relative_error(W, Q, X),
+                "test_error": relative_error(W, Q, Xt),
+                "bound": bound / norm,
+            }
+        )
+    slopes = {}
+    for key in dict.fromkeys((r["method"], r["n_bits"]) for r in rows):
+        sub = [r for r in rows if (r["method"], r["n_bits"]) == key]
+        if len(sub) >= 2:
+            x = np.log([r["n_in"] for r in sub])
+            y = np.log([max(r["error"], 1e-300) for r in sub])
+            slopes[key] = float(np.polyfit(x, y, 1)[0])
+    return {"rows": rows, "slopes": slopes, "m": m}
+
+
+def plot_error_decay(result, ax=None, *, test=False):
+    """Log-log plot of an :func:`error_decay` result with the bounds dashed.
+
+    Parameters
+    ----------
+    result : dict
+        The output of :func:`error_decay`.
+    ax : matplotlib Axes, default=None
+        Where to draw; a new figure when ``None``.
+    test : bool, default=False
+        Draw the held-out error instead of the calibration error.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        The axes drawn on.
+
+    See Also
+    --------
+    error_decay : Produces the result.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 5))
+    rows = result["rows"]
+    keys = list(dict.fromkeys((r["method"], r["n_bits"]) for r in rows))
+    for i, (meth, b) in enumerate(keys):
+        sub = [r for r in rows if (r["method"], r["n_bits"]) == (meth, b)]
+        n = [r["n_in"] for r in sub]
+        color = f"C{i}"
+        slope = result["slopes"].get((meth, b))
+        label = f"{meth} {b}" + (f" (slope {slope:+.2f})" if slope is not None else "")
+        ax.loglog(
+            n,
+            [r["test_error" if test else "error"] for r in sub],
+            "o-",
+            color=color,
+            label=label,
+        )
+        if not test:
+            ax.loglog(n, [r["bound"] for r in sub], "--", color=color, alpha=0.5)
+    ax.set_xlabel("n_in")
+    ax.set_ylabel(
+        "relative error " + ("(held-out)" if test else "(calibration; bounds dashed)")
+    )
+    ax.set_title(f"Gaussian layer, m = {result['m']}")
+    ax.legend(fontsize=7)
+    return ax

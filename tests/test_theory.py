@@ -1,0 +1,110 @@
+"""skquant.theory: bounds hold on measured errors, rates match METHODS.md section 1."""
+
+import numpy as np
+import pytest
+
+from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
+from skquant.datasets import make_gaussian_layer
+from skquant.theory import (
+    error_decay,
+    gpfq_bound,
+    lp_scale_bound,
+    max_subset_norm_bound,
+    msq_bound,
+    nullspace_bound,
+    plot_error_decay,
+    posterior_nullspace_bound,
+    predicted_rate,
+)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bounds_hold_for_each_method(seed):
+    X, W = make_gaussian_layer(12, 300, 5, random_state=seed)
+    for n_bits in (2, 4):
+        msq = UniformQuantizer(n_bits=n_bits).fit(W)
+        Q = msq.transform(W)
+        for j in range(5):
+            err = np.linalg.norm(X @ (W[:, j] - Q[:, j]))
+            assert err <= msq_bound(X, msq.scale_[j])
+        gp = GreedyPathQuantizer(n_bits=n_bits).fit(W, activations=X)
+        Q = gp.transform(W)
+        for j in range(5):
+            # no clipping with max-abs steps on Gaussian data of this size
+            assert np.linalg.norm(X @ (W[:, j] - Q[:, j])) <= gpfq_bound(
+                X, gp.scale_[j]
+            )
+        ns = NullSpaceQuantizer(n_bits=n_bits, rounding="nearest").fit(W, activations=X)
+        Q = ns.transform(W)
+        for j in range(5):
+            err = np.linalg.norm(X @ (W[:, j] - Q[:, j]))
+            assert err <= nullspace_bound(X, ns.scale_[j]) * (1 + 1e-9)
+    lp = NullSpaceQuantizer(n_bits="ternary", variant="lp", rounding="nearest")
+    Q = lp.fit_transform(W, activations=X)
+    for j in range(5):
+        err = np.linalg.norm(X @ (W[:, j] - Q[:, j]))
+        assert err <= nullspace_bound(X, lp.scale_[j], variant="ternary") * (1 + 1e-9)
+        assert lp.scale_[j] <= lp_scale_bound(X, W[:, j]) * (1 + 1e-9)
+
+
+def test_max_subset_norm_bound_is_an_upper_bound_by_brute_force():
+    from itertools import combinations
+
+    X = np.random.default_rng(0).standard_normal((4, 8))
+    for r in (1, 2, 3):
+        exact = max(np.linalg.norm(X[:, list(S)], 2) for S in combinations(range(8), r))
+        assert exact <= max_subset_norm_bound(X, r) + 1e-12
+
+
+def test_posterior_bound_by_hand_and_against_measured():
+    X = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
+    # S = {0, 2}: X_S = [[1, 2], [0, 0]], ||X_S|| = sqrt(5); |z - q| = (0.1, 0.2)
+    b = posterior_nullspace_bound(X, [0, 2], [0.4, 0.3], [0.5, 0.5])
+    assert b == pytest.approx(np.sqrt(5) * np.sqrt(0.05))
+    assert np.linalg.norm(X[:, [0, 2]] @ np.array([-0.1, -0.2])) <= b
+
+
+def test_predicted_rate_slopes():
+    n = np.array([100.0, 10000.0])
+    slope = lambda r: np.log(r[1] / r[0]) / np.log(n[1] / n[0])  # noqa: E731
+    assert slope(predicted_rate("msq", 16, n)) == 0
+    assert slope(predicted_rate("grid", 16, n)) == pytest.approx(-0.5)
+    assert -0.5 < slope(predicted_rate("gpfq", 16, n)) < -0.4
+    assert -1.0 < slope(predicted_rate("lp", 16, n)) < -0.85
+    with pytest.raises(ValueError, match="got method='gptq'"):
+        predicted_rate("gptq", 16, n)
+
+
+def test_error_decay_table_slopes_and_bounds():
+    res = error_decay([64, 128, 256, 512], m=8, n_bits=(3,), n_out=4, n_test=200)
+    rows = res["rows"]
+    assert {r["method"] for r in rows} == {"msq", "gpfq", "grid", "lp"}
+    assert all(r["error"] <= r["bound"] for r in rows)
+    s = res["slopes"]
+    assert s[("lp", "ternary")] < s[("grid", 3)] < s[("msq", 3)]
+    assert s[("lp", "ternary")] < -0.7
+    # held-out data: the data-driven methods lose their edge (m << n_in)
+    big = {r["method"]: r for r in rows if r["n_in"] == 512}
+    assert big["lp"]["test_error"] > 0.9
+    assert big["grid"]["error"] < big["grid"]["test_error"]
+
+
+def test_plot_error_decay(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    res = error_decay(
+        [64, 128], m=8, n_bits=(4,), methods=("msq", "grid"), n_out=2, n_test=20
+    )
+    ax = plot_error_decay(res)
+    assert len(ax.get_lines()) == 4  # two methods, each with its bound
+    ax.figure.savefig(tmp_path / "decay.png")
+    assert (tmp_path / "decay.png").stat().st_size > 1000
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"X must be a non-empty 2-D array"):
+        msq_bound(np.ones(3), 0.1)
+    with pytest.raises(ValueError, match="methods must be among"):
+        error_decay([16], m=4, methods=("nope",), n_test=2)
