@@ -8,6 +8,7 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 
 from ._activation import ActivationQuantizer
 from ._functional import quantize
+from ._mlp import QuantizedMLP
 from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
@@ -19,6 +20,7 @@ __all__ = [
     "BinaryQuantizer",
     "GreedyPathQuantizer",
     "NullSpaceQuantizer",
+    "QuantizedMLP",
     "QuantizedTensor",
     "TernaryQuantizer",
     "UniformQuantizer",

@@ -1,0 +1,183 @@
+"""Layer-by-layer quantization of dense networks and QuantizedMLP."""
+
+import pickle
+import re
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+from sklearn.datasets import load_digits, make_regression
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MinMaxScaler
+
+from skquant import (
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    QuantizedMLP,
+    TernaryQuantizer,
+    UniformQuantizer,
+)
+from skquant._network import quantize_network
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    Xtr, Xte, ytr, yte = train_test_split(
+        X, y, test_size=0.3, random_state=0, stratify=y
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((48,), max_iter=300, random_state=0).fit(Xtr, ytr)
+    return mlp, Xtr, Xte, ytr, yte
+
+
+def _layers(rng, sizes=(20, 30, 3)):
+    return [
+        (
+            rng.standard_normal((a, b)) / np.sqrt(a),
+            rng.standard_normal(b) * 0.1,
+            "relu" if i < len(sizes) - 2 else "identity",
+        )
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
+    ]
+
+
+def test_network_layers_see_the_quantized_prefix():
+    rng = np.random.default_rng(0)
+    layers = _layers(rng)
+    X = rng.standard_normal((40, 20))
+    res = quantize_network(layers, GreedyPathQuantizer(n_bits=3), X)
+    q0, q1 = res.quantizers
+    # layer 2 was calibrated on relu(X Q0 + b0), aiming at relu(X W0 + b0)
+    assert_array_equal(
+        q1.activations_, np.maximum(X @ res.weights[0] + layers[0][1], 0)
+    )
+    assert_array_equal(
+        q1.target_activations_, np.maximum(X @ layers[0][0] + layers[0][1], 0)
+    )
+    for t, Q in zip(res.tensors, res.weights):
+        assert_array_equal(t.dequantize(), Q)
+    # data-driven beats memoryless on the network's output
+    plain = quantize_network(layers, UniformQuantizer(n_bits=3), X)
+    assert res.layer_errors[-1] < plain.layer_errors[-1]
+
+
+def test_network_one_quantizer_per_layer():
+    rng = np.random.default_rng(1)
+    layers = _layers(rng)
+    res = quantize_network(
+        layers,
+        [UniformQuantizer(n_bits=8), TernaryQuantizer()],
+        rng.standard_normal((10, 20)),
+    )
+    assert [t.alphabet for t in res.tensors] == ["uniform", "ternary"]
+
+
+def test_network_bad_input():
+    rng = np.random.default_rng(2)
+    layers = _layers(rng)
+    with pytest.raises(ValueError, match=re.escape("X must have shape (m, 20)")):
+        quantize_network(layers, UniformQuantizer(), np.ones((5, 21)))
+    with pytest.raises(ValueError, match=re.escape("layers[1] has activation='swish'")):
+        quantize_network(
+            [layers[0], (layers[1][0], layers[1][1], "swish")],
+            UniformQuantizer(),
+            np.ones((5, 20)),
+        )
+    with pytest.raises(
+        ValueError, match=re.escape("layers[1] takes 20 inputs but layers[0] gives 30")
+    ):
+        quantize_network([layers[0], layers[0]], UniformQuantizer(), np.ones((5, 20)))
+    with pytest.raises(
+        TypeError, match=re.escape("layers[0] must be a (W, b, activation)")
+    ):
+        quantize_network([layers[0][0]], UniformQuantizer(), np.ones((5, 20)))
+    with pytest.raises(ValueError, match="one per layer"):
+        quantize_network(layers, [UniformQuantizer()], np.ones((5, 20)))
+    with pytest.raises(ValueError, match="NaN"):
+        quantize_network(layers, UniformQuantizer(), np.full((5, 20), np.nan))
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        UniformQuantizer(n_bits=4),
+        GreedyPathQuantizer(n_bits=4),
+        NullSpaceQuantizer(n_bits=4, rank=32),
+    ],
+)
+def test_quantized_mlp_predicts_scores_pickles(digits, quantizer):
+    mlp, Xtr, Xte, ytr, yte = digits
+    q = QuantizedMLP(mlp, quantizer, n_calibration=512, random_state=0).fit(Xtr, ytr)
+    assert q.score(Xte, yte) > mlp.score(Xte, yte) - 0.03
+    assert q.predict_proba(Xte).shape == (len(Xte), 10)
+    assert_array_equal(q.classes_, mlp.classes_)
+    q2 = pickle.loads(pickle.dumps(q))
+    assert_array_equal(q2.predict(Xte), q.predict(Xte))
+    # the float network is untouched, the quantized copy holds alphabet values
+    assert mlp.coefs_[0] is not q.estimator_.coefs_[0]
+    for t, Q in zip(q.tensors_, q.estimator_.coefs_):
+        assert_array_equal(t.dequantize(), Q)
+    assert q.compression_ratio_ > 4
+
+
+def test_quantized_mlp_at_two_bits_data_driven_beats_msq(digits):
+    mlp, Xtr, Xte, ytr, yte = digits
+    msq = QuantizedMLP(mlp, UniformQuantizer(n_bits=2), random_state=0).fit(Xtr, ytr)
+    gp = QuantizedMLP(mlp, GreedyPathQuantizer(n_bits=2), random_state=0).fit(Xtr, ytr)
+    assert gp.score(Xte, yte) > msq.score(Xte, yte) + 0.05
+
+
+def test_quantized_mlp_grid_search_over_n_bits_in_a_pipeline():
+    X, y = load_digits(return_X_y=True)
+    pipe = make_pipeline(
+        MinMaxScaler(),
+        QuantizedMLP(
+            MLPClassifier((16,), max_iter=200, random_state=0),
+            UniformQuantizer(),
+            n_calibration=256,
+            random_state=0,
+        ),
+    )
+    search = GridSearchCV(pipe, {"quantizedmlp__quantizer__n_bits": [2, 8]}, cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search.fit(X, y)
+    scores = search.cv_results_["mean_test_score"]
+    assert scores[1] > scores[0] + 0.1
+    assert search.best_params_ == {"quantizedmlp__quantizer__n_bits": 8}
+
+
+def test_quantized_mlp_regressor_and_unfitted_estimator():
+    X, y = make_regression(200, 8, noise=0.1, random_state=0)
+    y = y / y.std()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = QuantizedMLP(
+            MLPRegressor(hidden_layer_sizes=(16,), max_iter=500, random_state=0),
+            UniformQuantizer(n_bits=8),
+            random_state=0,
+        ).fit(X, y)
+    float_r2 = q.float_estimator_.score(X, y)
+    assert float_r2 > 0.8
+    assert q.score(X, y) > float_r2 - 0.02
+    assert not hasattr(q, "classes_")
+    assert not hasattr(q, "predict_proba")
+
+
+def test_quantized_mlp_errors(digits):
+    mlp, Xtr, *_ = digits
+    with pytest.raises(ValueError, match="needs y to train the unfitted estimator"):
+        QuantizedMLP(MLPClassifier(), UniformQuantizer()).fit(Xtr)
+    with pytest.raises(ValueError, match=re.escape("X must have 64 features")):
+        QuantizedMLP(mlp, UniformQuantizer()).fit(Xtr[:, :10])
+    q = QuantizedMLP(mlp, UniformQuantizer()).fit(Xtr)
+    with pytest.raises(ValueError, match="64 features"):
+        q.predict(Xtr[:, :10])
+    with pytest.raises(ValueError, match="The 'quantizer' parameter"):
+        QuantizedMLP(mlp, "uniform").fit(Xtr)
