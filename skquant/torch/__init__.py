@@ -1,0 +1,26 @@
+"""PyTorch adapter: layouts, activation capture, model quantization, fake quantization.
+
+Importing it requires PyTorch; ``import skquant`` never imports this sub-package.
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "skquant.torch requires PyTorch; install it with `pip install skquant[torch]`."
+    ) from exc
+
+from ._fake import FakeQuantize, fake_quantize_ste
+from ._layout import matrix_to_weight, weight_to_matrix
+from ._model import QuantConv2d, QuantLinear, capture_inputs, quantize_model
+
+__all__ = [
+    "FakeQuantize",
+    "QuantConv2d",
+    "QuantLinear",
+    "capture_inputs",
+    "fake_quantize_ste",
+    "matrix_to_weight",
+    "quantize_model",
+    "weight_to_matrix",
+]

@@ -1,0 +1,147 @@
+"""Fake quantization in torch: the same math as skquant's numba kernels, with autograd.
+
+``fake_quantize_ste`` computes ``(clip(round(x * inv_step) + zp, qmin, qmax) - zp) *
+step`` on ordinary float tensors (torch's own quantized dtypes are deprecated);
+``torch.round`` rounds half to even like ``np.rint``, and with every buffer cast to
+``x.dtype`` the result equals the numba ``transform`` bit for bit. The gradient is the
+clipped straight-through estimator: 1 where the value is inside the grid, 0 outside.
+"""
+
+import torch
+from torch import nn
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, inv_step, step, zero_point, qmin, qmax):
+        q = torch.round(x * inv_step) + zero_point
+        inside = (q >= qmin) & (q <= qmax)
+        ctx.save_for_backward(inside)
+        return (torch.clamp(q, qmin, qmax) - zero_point) * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside.to(grad.dtype), None, None, None, None, None
+
+
+def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
+    """Fake-quantize ``x`` on the grid ``step * [qmin, qmax]`` with a clipped STE.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Values; the last dimension indexes channels when ``step`` is a vector.
+    step : torch.Tensor
+        Grid step, broadcast against ``x``.
+    qmin, qmax : float
+        Code range.
+    zero_point : torch.Tensor, default=None
+        Zero point in code units (``None``: 0).
+
+    Returns
+    -------
+    y : torch.Tensor
+        The dequantized values; its gradient is 1 inside the grid, 0 outside.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skquant.torch import fake_quantize_ste
+    >>> x = torch.tensor([0.4, 1.5, 2.5, 9.0], requires_grad=True)
+    >>> y = fake_quantize_ste(x, torch.tensor(1.0), -7, 7)
+    >>> y
+    tensor([0., 2., 2., 7.], grad_fn=<_RoundSTEBackward>)
+    >>> y.sum().backward()
+    >>> x.grad
+    tensor([1., 1., 1., 0.])
+    """
+    step = step.to(x.dtype)
+    inv = (torch.ones((), dtype=x.dtype, device=x.device) / step).to(x.dtype)
+    zp = (
+        torch.zeros((), dtype=x.dtype, device=x.device)
+        if zero_point is None
+        else zero_point.to(x.dtype)
+    )
+    return _RoundSTE.apply(x, inv, step, zp, float(qmin), float(qmax))
+
+
+class FakeQuantize(nn.Module):
+    """Apply a fitted skquant quantizer's grid in torch, per output channel.
+
+    Built with :meth:`from_estimator` from a fitted :class:`~skquant.UniformQuantizer`,
+    :class:`~skquant.TernaryQuantizer` or :class:`~skquant.ActivationQuantizer`: it
+    reads ``scale_``, ``qmin_``, ``qmax_`` (and ``zero_point_``) into buffers, which
+    follow ``.to(device)`` and ``state_dict()``. On a 2-D input of the layout the
+    estimator was fitted on (channels last), ``forward`` equals the estimator's
+    ``transform`` bit for bit.
+
+    Parameters
+    ----------
+    scale : torch.Tensor of shape (n_channels,) or (1,)
+        Grid steps.
+    qmin, qmax : int
+        Code range.
+    zero_point : torch.Tensor, default=None
+        Zero points (affine grids).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skquant import UniformQuantizer
+    >>> from skquant.torch import FakeQuantize
+    >>> W = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    >>> est = UniformQuantizer(n_bits=4).fit(W)
+    >>> fq = FakeQuantize.from_estimator(est)
+    >>> bool(np.array_equal(fq(torch.from_numpy(W)).numpy(), est.transform(W)))
+    True
+    """
+
+    def __init__(self, scale, qmin, qmax, zero_point=None):
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale))
+        zp = (
+            torch.zeros_like(self.scale)
+            if zero_point is None
+            else torch.as_tensor(zero_point)
+        )
+        self.register_buffer("zero_point", zp)
+        self.qmin = int(qmin)
+        self.qmax = int(qmax)
+
+    @classmethod
+    def from_estimator(cls, est):
+        """Build from a fitted skquant quantizer with a uniform (or affine) grid.
+
+        Parameters
+        ----------
+        est : UniformQuantizer, TernaryQuantizer or ActivationQuantizer
+            Fitted quantizer.
+
+        Returns
+        -------
+        module : FakeQuantize
+            The module.
+        """
+        from sklearn.utils.validation import check_is_fitted
+
+        from .._alphabets import safe_scale
+
+        check_is_fitted(est)
+        if getattr(est, "_alphabet", "uniform") == "binary":
+            raise ValueError(
+                "FakeQuantize supports grids (uniform, ternary, affine); got a "
+                "BinaryQuantizer instead."
+            )
+        scale = safe_scale(est.scale_, est.scale_.dtype)
+        zp = getattr(est, "zero_point_", None)
+        return cls(
+            torch.from_numpy(scale.copy()),
+            est.qmin_,
+            est.qmax_,
+            None if zp is None else torch.from_numpy(zp.astype(scale.dtype)),
+        )
+
+    def forward(self, x):
+        """Fake-quantize ``x`` (channels in the last dimension)."""
+        return fake_quantize_ste(x, self.scale, self.qmin, self.qmax, self.zero_point)

@@ -1,0 +1,129 @@
+"""The one place where torch weight layouts meet skquant's ``(n_in, n_out)`` matrices.
+
+``nn.Linear.weight`` is ``(out, in)``: its matrix is ``weight.T``. ``nn.Conv2d.weight``
+is ``(out, in, kh, kw)``: its matrix is ``weight.reshape(out, -1).T``, whose rows follow
+``torch.nn.functional.unfold``'s patch layout (channel, then kernel row, then column),
+so a convolution is ``unfold(x)ᵀ @ matrix``.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def check_supported(name, module):
+    """Raise a clear error for a layer with weights that skquant cannot quantize."""
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}) has groups={module.groups}; "
+            "quantize_model supports Conv2d with groups=1 only."
+        )
+    if isinstance(module, SUPPORTED):
+        return True
+    if isinstance(
+        module,
+        nn.modules.conv._ConvNd
+        | nn.Embedding
+        | nn.RNNBase
+        | nn.MultiheadAttention
+        | nn.Bilinear,
+    ):
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}) is not supported by "
+            "quantize_model: only nn.Linear and nn.Conv2d (groups=1) are; leave it "
+            "out with skip=[...] or replace it."
+        )
+    return False
+
+
+def to_numpy(t):
+    """``t.detach().cpu().numpy()``: the boundary conversion."""
+    return t.detach().cpu().numpy()
+
+
+def weight_to_matrix(module):
+    """The ``(n_in, n_out)`` weight matrix of a Linear or Conv2d layer.
+
+    Parameters
+    ----------
+    module : torch.nn.Linear or torch.nn.Conv2d
+        The layer.
+
+    Returns
+    -------
+    W : ndarray of shape (n_in, n_out)
+        ``n_in`` is ``in_features`` or ``in_channels * kh * kw``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skquant.torch import weight_to_matrix
+    >>> weight_to_matrix(torch.nn.Conv2d(3, 8, 5)).shape
+    (75, 8)
+    """
+    w = to_numpy(module.weight)
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+
+
+def matrix_to_weight(W, module):
+    """Inverse of :func:`weight_to_matrix`: a tensor shaped like ``module.weight``.
+
+    Parameters
+    ----------
+    W : ndarray of shape (n_in, n_out)
+        The matrix.
+    module : torch.nn.Linear or torch.nn.Conv2d
+        The layer whose weight shape, dtype and device to use.
+
+    Returns
+    -------
+    weight : torch.Tensor
+        Of ``module.weight``'s shape, dtype and device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skquant.torch import matrix_to_weight, weight_to_matrix
+    >>> conv = torch.nn.Conv2d(3, 8, 5)
+    >>> w = matrix_to_weight(weight_to_matrix(conv), conv)
+    >>> bool(torch.equal(w, conv.weight.detach()))
+    True
+    """
+    w = torch.from_numpy(np.ascontiguousarray(np.asarray(W).T))
+    return w.reshape(module.weight.shape).to(module.weight.device, module.weight.dtype)
+
+
+def layer_inputs_matrix(module, x):
+    """The rows a layer multiplies by its matrix: ``x`` itself or conv patches.
+
+    Parameters
+    ----------
+    module : torch.nn.Linear or torch.nn.Conv2d
+        The layer.
+    x : torch.Tensor
+        Its input batch.
+
+    Returns
+    -------
+    rows : torch.Tensor of shape (n_rows, n_in)
+        For Linear, ``x`` flattened to 2-D; for Conv2d, one row per output position
+        (im2col patches).
+    """
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    padding = module.padding
+    if module.padding_mode != "zeros" or isinstance(padding, str):
+        # explicit padding (torch's own amounts for "same"/"valid" and other modes)
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = nn.functional.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        padding = 0
+    cols = nn.functional.unfold(
+        x,
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=padding,
+        stride=module.stride,
+    )
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])

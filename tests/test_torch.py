@@ -1,0 +1,219 @@
+"""The torch adapter: parity with the numba path, layouts, quantize_model."""
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from skquant import (  # noqa: E402
+    ActivationQuantizer,
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    TernaryQuantizer,
+    UniformQuantizer,
+)
+from skquant.torch import (  # noqa: E402
+    FakeQuantize,
+    QuantConv2d,
+    QuantLinear,
+    capture_inputs,
+    fake_quantize_ste,
+    matrix_to_weight,
+    quantize_model,
+    weight_to_matrix,
+)
+from skquant.torch._layout import layer_inputs_matrix  # noqa: E402
+
+
+def lenet(n_classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, n_classes),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "est",
+    [
+        UniformQuantizer(n_bits=4),
+        UniformQuantizer(n_bits=3, scale="mse"),
+        TernaryQuantizer(),
+        ActivationQuantizer(n_bits=8, granularity="per_feature"),
+        UniformQuantizer(n_bits=8, granularity="per_tensor"),
+    ],
+)
+def test_fake_quantize_equals_numba_bit_for_bit(dtype, est):
+    W = np.random.default_rng(0).standard_normal((257, 13)).astype(dtype)
+    W[0, 0] = 0.0
+    est = est.fit(W)
+    fq = FakeQuantize.from_estimator(est)
+    out = fq(torch.from_numpy(W)).numpy()
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, est.transform(W))
+
+
+def test_fake_quantize_gradient_is_clipped_ste():
+    x = torch.tensor([-9.0, -0.4, 0.5, 3.2, 7.4, 7.6], requires_grad=True)
+    y = fake_quantize_ste(x, torch.tensor(1.0), -7, 7)
+    y.sum().backward()
+    # inside the grid (codes -7..7 before clipping) the gradient is 1, outside 0
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    assert y.tolist() == [-7.0, -0.0, 0.0, 3.0, 7.0, 7.0]
+
+
+def test_fake_quantize_rejects_binary_and_follows_device_and_state_dict():
+    from skquant import BinaryQuantizer
+
+    W = np.ones((4, 2))
+    with pytest.raises(ValueError, match="got a BinaryQuantizer"):
+        FakeQuantize.from_estimator(BinaryQuantizer().fit(W))
+    fq = FakeQuantize.from_estimator(UniformQuantizer().fit(W))
+    assert set(fq.state_dict()) == {"scale", "zero_point"}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Linear(7, 5),
+        nn.Conv2d(3, 4, (3, 2)),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, dilation=2),
+        nn.Conv2d(2, 3, 3, padding="same", padding_mode="reflect"),
+    ],
+)
+def test_layout_roundtrip_and_im2col_reproduce_the_layer(module):
+    W = weight_to_matrix(module)
+    assert torch.equal(matrix_to_weight(W, module), module.weight.detach())
+    x = (
+        torch.randn(2, 7)
+        if isinstance(module, nn.Linear)
+        else torch.randn(2, module.in_channels, 9, 8)
+    )
+    rows = layer_inputs_matrix(module, x)
+    out = rows @ torch.from_numpy(W) + module.bias
+    ref = module(x)
+    if isinstance(module, nn.Conv2d):  # rows are (sample, position)
+        ref = ref.permute(0, 2, 3, 1).reshape(-1, module.out_channels)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_capture_inputs_order_and_shapes():
+    net = lenet()
+    mods = {
+        n: m for n, m in net.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
+    }
+    got = capture_inputs(
+        net, dict(reversed(list(mods.items()))), torch.randn(3, 1, 28, 28)
+    )
+    assert list(got) == ["0", "3", "7", "9", "11"]  # forward order, not dict order
+    assert tuple(got["0"].shape) == (3 * 28 * 28, 25)
+    assert tuple(got["3"].shape) == (3 * 10 * 10, 150)
+    assert tuple(got["7"].shape) == (3, 400)
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        UniformQuantizer(n_bits=4),
+        GreedyPathQuantizer(n_bits=4),
+        NullSpaceQuantizer(n_bits=4, rank=64),
+    ],
+)
+def test_quantize_model_lenet(quantizer):
+    net = lenet()
+    x = torch.randn(64, 1, 28, 28)
+    qnet = quantize_model(net, quantizer, x, max_rows=512)
+    kinds = [type(m).__name__ for m in qnet if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert kinds == ["QuantConv2d"] * 2 + ["QuantLinear"] * 3
+    for m in qnet:
+        if isinstance(m, QuantLinear | QuantConv2d):
+            # weights are codes times per-output-channel scales
+            codes = m.weight_codes.reshape(m.weight.shape[0], -1).double()
+            scale = m.weight_scale.double().reshape(-1, 1)
+            torch.testing.assert_close(
+                m.weight.detach().reshape(codes.shape).double(),
+                codes * scale,
+                rtol=1e-6,
+                atol=0,
+            )
+            assert m.weight_codes.abs().max() <= 7
+    # the float model is untouched and the quantized one stays close
+    assert type(net[0]) is nn.Conv2d
+    with torch.no_grad():
+        ref, out = net(x), qnet(x)
+    assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 0.3
+
+
+def test_quantize_model_data_driven_beats_msq_at_low_bits():
+    net = lenet()
+    x = torch.randn(128, 1, 28, 28)
+    with torch.no_grad():
+        ref = net(x)
+    err = {}
+    for name, q in [
+        ("msq", UniformQuantizer(n_bits=3)),
+        ("gpfq", GreedyPathQuantizer(n_bits=3)),
+    ]:
+        with torch.no_grad():
+            out = quantize_model(net, q, x, max_rows=1024)(x)
+        err[name] = float(torch.linalg.norm(out - ref) / torch.linalg.norm(ref))
+    assert err["gpfq"] < err["msq"]
+
+
+def test_quantize_model_errors():
+    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 6, 2))
+    with pytest.raises(
+        ValueError, match=re.escape("layer '0' (Conv1d) is not supported")
+    ):
+        quantize_model(net, UniformQuantizer(), torch.randn(4, 2, 8))
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match=re.escape("layer '0' (Conv2d) has groups=2")):
+        quantize_model(net, UniformQuantizer(), torch.randn(4, 4, 8, 8))
+    net = nn.Sequential(nn.Linear(10, 3))
+    with pytest.raises(ValueError, match="does not fit the model"):
+        quantize_model(net, UniformQuantizer(), torch.randn(4, 11))
+    with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d"):
+        quantize_model(nn.Sequential(nn.ReLU()), UniformQuantizer(), torch.randn(4, 3))
+    # skip leaves a layer in float
+    net = nn.Sequential(nn.Linear(10, 3), nn.Linear(3, 2))
+    qnet = quantize_model(net, UniformQuantizer(), torch.randn(8, 10), skip=["1"])
+    assert type(qnet[0]) is QuantLinear and type(qnet[1]) is nn.Linear
+
+
+def test_calibration_from_a_data_loader():
+    net = nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2))
+    ds = torch.utils.data.TensorDataset(torch.randn(40, 10), torch.zeros(40))
+    loader = torch.utils.data.DataLoader(ds, batch_size=16)
+    qnet = quantize_model(net, GreedyPathQuantizer(n_bits=4), loader)
+    assert type(qnet[2]) is QuantLinear
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_parity():
+    W = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    est = UniformQuantizer(n_bits=4).fit(W)
+    fq = FakeQuantize.from_estimator(est).cuda()
+    out = fq(torch.from_numpy(W).cuda()).cpu().numpy()
+    np.testing.assert_array_equal(out, est.transform(W))
+    net = lenet().cuda()
+    qnet = quantize_model(
+        net,
+        GreedyPathQuantizer(n_bits=4),
+        torch.randn(32, 1, 28, 28).cuda(),
+        max_rows=256,
+    )
+    assert qnet[0].weight.device.type == "cuda"
