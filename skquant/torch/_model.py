@@ -37,7 +37,7 @@ class _QuantMixin:
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
-    """An ``nn.Linear`` holding dequantized weights plus ``weight_codes``/``weight_scale``.
+    """``nn.Linear`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
 
     Built by :func:`quantize_model`; it computes exactly what an ``nn.Linear`` with
     the dequantized weights computes.
@@ -62,7 +62,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
-    """An ``nn.Conv2d`` holding dequantized weights plus ``weight_codes``/``weight_scale``.
+    """``nn.Conv2d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
 
     Built by :func:`quantize_model`.
     """
