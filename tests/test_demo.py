@@ -18,6 +18,8 @@ def test_table_has_every_setting(rows):
     for b in (8, 4, 3, 2):
         assert f"MSQ {b}-bit" in rows
     assert {"float32", "MSQ ternary", "MSQ binary"} <= set(rows)
+    for b in ("4-bit", "3-bit", "2-bit", "ternary"):
+        assert f"GPFQ {b}" in rows and f"null-space {b}" in rows
 
 
 def test_accuracy_and_sizes_are_sensible(rows):
@@ -36,6 +38,15 @@ def test_accuracy_and_sizes_are_sensible(rows):
     assert rows["MSQ binary"]["compression"] > rows["MSQ 2-bit"]["compression"] > 1
     # the MSE-optimal clipping helps most where the grid is coarsest
     assert rows["MSQ 2-bit mse"]["accuracy"] > rows["MSQ 2-bit"]["accuracy"]
+    # data-driven methods: lower layer error than MSQ at the same bits
+    for b in ("4-bit", "3-bit", "2-bit"):
+        for method in ("GPFQ", "null-space"):
+            assert rows[f"{method} {b}"]["rel_error"] < rows[f"MSQ {b}"]["rel_error"]
+            assert (
+                rows[f"{method} {b}"]["bits_per_weight"]
+                == rows[f"MSQ {b}"]["bits_per_weight"]
+            )
+    assert rows["null-space 2-bit"]["accuracy"] > rows["MSQ 2-bit"]["accuracy"] + 0.2
 
 
 def test_plot_is_written(tmp_path):
