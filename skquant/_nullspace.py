@@ -8,6 +8,7 @@ import scipy.linalg
 from scipy import sparse
 from scipy.optimize import linprog
 from sklearn.utils._param_validation import Interval, StrOptions
+from threadpoolctl import threadpool_limits
 
 from ._alphabets import _kernel, code_dtype
 from ._datadriven import BaseDataQuantizer
@@ -300,7 +301,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 basis0 = piv[:k].astype(np.int64)
                 Z = np.empty_like(Z0)
                 basis = np.empty((k, n_out), dtype=np.int64)
-                with numba_threads(self.n_jobs):
+                # the walk calls LAPACK (inverse refreshes) from numba's threads: BLAS
+                # threads on top fight for the cores (measured: 3x to 8x slower)
+                with numba_threads(self.n_jobs), threadpool_limits(1, user_api="blas"):
                     _kernel(_nullspace, "nullspace_walk", self.n_jobs)(
                         V, np.ascontiguousarray(Z0), lo, hi, basis0, order, Z, basis
                     )

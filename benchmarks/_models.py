@@ -1,0 +1,105 @@
+"""Torch models and training shared by the MNIST benchmarks (cached on disk)."""
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from skquant.datasets import get_data_home, load_mnist
+
+
+def mlp(sizes=(784, 500, 300, 10)):
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def lenet5():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+
+
+def mnist_tensors(dataset="mnist", image=False):
+    out = []
+    for subset in ("train", "test"):
+        X, y = load_mnist(subset, dataset=dataset, return_X_y=True)
+        X = torch.from_numpy(X)
+        if image:
+            X = X.reshape(-1, 1, 28, 28)
+        out += [X, torch.from_numpy(y)]
+    return out  # Xtr, ytr, Xte, yte
+
+
+@torch.no_grad()
+def accuracy(model, X, y, batch=2000):
+    model.eval()
+    correct = 0
+    for i in range(0, len(X), batch):
+        correct += (model(X[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
+    return correct / len(X)
+
+
+def train(model, X, y, *, epochs, lr=1e-3, batch=128, seed=0, verbose=True):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        t = time.perf_counter()
+        perm = torch.randperm(len(X), generator=g)
+        total = 0.0
+        for i in range(0, len(X), batch):
+            idx = perm[i : i + batch]
+            opt.zero_grad()
+            loss = loss_fn(model(X[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        if verbose:
+            print(
+                f"  epoch {epoch + 1}/{epochs} loss {total / len(X):.4f} "
+                f"({time.perf_counter() - t:.1f}s)",
+                flush=True,
+            )
+    return model
+
+
+def trained(name, dataset="mnist", epochs=None, seed=0, verbose=True):
+    """A trained model, cached under <data home>/models/ (fixed seed)."""
+    make, image, default_epochs = {
+        "mlp": (mlp, False, 10),
+        "lenet5": (lenet5, True, 8),
+    }[name]
+    epochs = epochs or default_epochs
+    cache = Path(get_data_home()) / "models" / f"{dataset}-{name}-e{epochs}-s{seed}.pt"
+    torch.manual_seed(seed)
+    model = make()
+    Xtr, ytr, Xte, yte = mnist_tensors(dataset, image=image)
+    if cache.exists() and not os.environ.get("SKQUANT_RETRAIN"):
+        model.load_state_dict(torch.load(cache))
+    else:
+        if verbose:
+            print(f"training {name} on {dataset} ({epochs} epochs, seed {seed})")
+        train(model, Xtr, ytr, epochs=epochs, seed=seed, verbose=verbose)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), cache)
+    model.eval()
+    return model, (Xtr, ytr, Xte, yte)
