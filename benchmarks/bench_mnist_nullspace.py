@@ -5,7 +5,7 @@ a LeNet-5 with torch, then quantizes every Linear/Conv2d layer with
 ``skquant.torch.quantize_model`` at 2, 3, 4 bits and ternary, with calibration sets of
 256, 1024 and 4096 training images, and prints the test accuracy table.
 
-Run: python benchmarks/bench_mnist_nullspace.py [--models mlp lenet5] [--calib 256 1024 4096]
+Run: python benchmarks/bench_mnist_nullspace.py [--models mlp lenet5]
 Fetch MNIST first with: bash benchmarks/get_data.sh
 """
 

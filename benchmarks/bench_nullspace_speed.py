@@ -7,7 +7,7 @@ its files are present, else Gaussian) with m = 1024 calibration rows, times
 per layer and the ratio. Then sweeps n_in (m = 256, Gaussian, rank = m) and m
 (n_in = 2048) and fits log-log slopes; ``--plot`` draws them.
 
-Run: python benchmarks/bench_nullspace_speed.py [--threads 2] [--repeat 3] [--plot out.png]
+Run: python benchmarks/bench_nullspace_speed.py [--threads 2] [--plot out.png]
 """
 
 import argparse

@@ -14,6 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+# One BLAS thread for the whole build, set before NumPy is first imported (here):
+# OpenBLAS's threads, on a machine whose cores are busy with other work, slowed the
+# gallery's LAPACK-heavy examples (SVDs, the null-space walk's refactorisations)
+# ten-fold, and the printed numbers then depend on the thread count. Setting the
+# variable in the environment overrides this.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 # The package is imported from the checkout (PYTHONPATH or ``pip install -e .``);
 # put the repository root first so that the docs describe this very tree.
 ROOT = Path(__file__).resolve().parent.parent
