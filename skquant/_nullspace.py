@@ -129,8 +129,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Largest code.
     n_bits_ : int
         Bits stored per weight.
-    components_ : ndarray of shape (n_in, rank_)
-        Orthonormal basis of the kept row space of the calibration activations.
+    components_ : ndarray of shape (n_in, k)
+        Orthonormal basis of the kept row space of the calibration activations
+        (``k`` is ``rank_``).
     singular_values_ : ndarray of shape (min(m, n_in),)
         Singular values of the calibration activations.
     rank_ : int

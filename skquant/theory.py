@@ -184,8 +184,8 @@ def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
     >>> import numpy as np
     >>> from skquant.theory import posterior_nullspace_bound
     >>> X = np.eye(3)
-    >>> float(posterior_nullspace_bound(X, [0], [0.4], [0.5]))
-    0.1
+    >>> float(posterior_nullspace_bound(X, [0], [0.25], [0.5]))
+    0.25
     """
     X = _as2d(X)
     S = np.asarray(S, dtype=int)
@@ -196,7 +196,7 @@ def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
 
 
 def lp_scale_bound(X, w):
-    """Certified upper bound on the LP scale ``c = min ||z||_inf s.t. X z = X w``.
+    """Certified upper bound on the LP scale ``c = min {||z||_inf : X z = X w}``.
 
     By LP duality ``c = max {<X w, v> : ||X^T v||_1 <= 1}``, hence
     ``c <= ||X w||_2 / min_{||v||=1, v in range(X)} ||X^T v||_1``; since
