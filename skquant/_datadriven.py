@@ -15,7 +15,10 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._alphabets import _kernel, code_dtype
 from ._base import BaseWeightQuantizer
+from ._kernels import _nullspace
+from ._kernels._threads import numba_threads
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
 N_BITS_CONSTRAINT = [
@@ -73,6 +76,41 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         self.qmin_, self.qmax_, self.n_bits_ = msq.qmin_, msq.qmax_, msq.n_bits_
         self._alphabet = msq._alphabet
         return msq
+
+    def _code_grid(self, step):
+        """``(zp, inv_step, cmin, cmax)`` of the alphabet in code units.
+
+        Grids round ``w * inv_step`` in ``[qmin_, qmax_]``; the binary ``{-a, a}`` is
+        the grid of step ``2a`` with zero point 0.5 and codes ``{0, 1}`` (mapped
+        back to ``{-1, +1}`` by :meth:`_final_codes`).
+        """
+        if self._alphabet == "binary":
+            return 0.5, 1.0 / (2.0 * step), 0.0, 1.0
+        return 0.0, 1.0 / step, float(self.qmin_), float(self.qmax_)
+
+    def _final_codes(self, codes):
+        if self._alphabet == "binary":
+            codes = 2 * codes - 1
+        return codes.astype(code_dtype(self.qmin_, self.qmax_))
+
+    def _greedy_path(self, Xq, Xf, targets, idx, U, step, codes):
+        """Greedy path following over ``idx`` (the numba kernel), in place."""
+        zp, inv, cmin, cmax = self._code_grid(step)
+        XqT = np.ascontiguousarray(Xq.T)
+        XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
+        with numba_threads(self.n_jobs):
+            _kernel(_nullspace, "greedy_path", self.n_jobs)(
+                XqT,
+                XfT,
+                np.ascontiguousarray(targets),
+                idx,
+                U,
+                np.ascontiguousarray(inv),
+                zp,
+                cmin,
+                cmax,
+                codes,
+            )
 
     def _validate_fit(self, W, activations, target_activations):
         W = self._validate_W(W, reset=True)

@@ -10,7 +10,7 @@ from scipy.optimize import linprog
 from sklearn.utils._param_validation import Interval, StrOptions
 from threadpoolctl import threadpool_limits
 
-from ._alphabets import _kernel, code_dtype
+from ._alphabets import _kernel
 from ._datadriven import BaseDataQuantizer
 from ._kernels import _nullspace
 from ._kernels._threads import numba_threads
@@ -313,12 +313,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             Z = np.clip(Z, -top, top)
             basis = None
         on = on_alphabet(Z, step, binary)
-        if binary:
-            zp, inv = 0.5, 1.0 / (2.0 * step)
-            cmin, cmax = 0.0, 1.0
-        else:
-            zp, inv = 0.0, 1.0 / step
-            cmin, cmax = qmin, qmax
+        zp, inv, cmin, cmax = self._code_grid(step)
         codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
         if self.rounding == "greedy":
             off = ~on
@@ -330,23 +325,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             # residual of the pre-processed points; rounding the off-grid entries
             # one by one then follows it (greedy path following restricted to them)
             U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
-            XqT = np.ascontiguousarray(Xq.T)
-            with numba_threads(self.n_jobs):
-                _kernel(_nullspace, "greedy_path", self.n_jobs)(
-                    XqT,
-                    XqT,
-                    np.ascontiguousarray(Z),
-                    idx,
-                    U,
-                    np.ascontiguousarray(inv),
-                    zp,
-                    cmin,
-                    cmax,
-                    codes,
-                )
-        if binary:
-            codes = 2 * codes - 1
-        return codes.astype(code_dtype(self.qmin_, self.qmax_)), Z
+            self._greedy_path(Xq, Xq, Z, idx, U, step, codes)
+        return self._final_codes(codes), Z
 
     def _diagnostics(self, W, Z, codes, Xq, Xf):
         step = np.broadcast_to(self.scale_.astype(np.float64), (W.shape[1],))
@@ -473,30 +453,8 @@ class GreedyPathQuantizer(BaseDataQuantizer):
     def _codes(self, W, Xq, Xf):
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
-        binary = self._alphabet == "binary"
-        if binary:
-            zp, inv, cmin, cmax = 0.5, 1.0 / (2.0 * step), 0.0, 1.0
-        else:
-            zp, inv = 0.0, 1.0 / step
-            cmin, cmax = float(self.qmin_), float(self.qmax_)
         idx = np.tile(np.arange(n, dtype=np.int64), (n_out, 1)).T.copy()
         U = np.zeros((n_out, Xq.shape[0]))
         codes = np.zeros((n, n_out))
-        XqT = np.ascontiguousarray(Xq.T)
-        XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
-        with numba_threads(self.n_jobs):
-            _kernel(_nullspace, "greedy_path", self.n_jobs)(
-                XqT,
-                XfT,
-                np.ascontiguousarray(W),
-                idx,
-                U,
-                np.ascontiguousarray(inv),
-                zp,
-                cmin,
-                cmax,
-                codes,
-            )
-        if binary:
-            codes = 2 * codes - 1
-        return codes.astype(code_dtype(self.qmin_, self.qmax_)), U
+        self._greedy_path(Xq, Xf, W, idx, U, step, codes)
+        return self._final_codes(codes), U

@@ -21,7 +21,12 @@ from ._layout import (
 class _QuantMixin:
     """Buffers of a quantized layer: integer codes and per-channel scales."""
 
-    def _attach(self, tensor):
+    def _attach(self, module, tensor):
+        """Take ``module``'s bias, ``tensor``'s weights, codes and scales."""
+        with torch.no_grad():
+            self.weight.copy_(matrix_to_weight(tensor.dequantize(), module))
+            if module.bias is not None:
+                self.bias.copy_(module.bias)
         self.register_buffer(
             "weight_codes",
             torch.from_numpy(
@@ -34,6 +39,7 @@ class _QuantMixin:
         self.n_bits = tensor.n_bits
         self.alphabet = tensor.alphabet
         self.size_bits = tensor.size_bits
+        return self
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -53,12 +59,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
             device=module.weight.device,
             dtype=module.weight.dtype,
         )
-        with torch.no_grad():
-            new.weight.copy_(matrix_to_weight(tensor.dequantize(), module))
-            if module.bias is not None:
-                new.bias.copy_(module.bias)
-        new._attach(tensor)
-        return new
+        return new._attach(module, tensor)
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
@@ -83,12 +84,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
             device=module.weight.device,
             dtype=module.weight.dtype,
         )
-        with torch.no_grad():
-            new.weight.copy_(matrix_to_weight(tensor.dequantize(), module))
-            if module.bias is not None:
-                new.bias.copy_(module.bias)
-        new._attach(tensor)
-        return new
+        return new._attach(module, tensor)
 
 
 def _batches(data, batch_size):
