@@ -482,7 +482,7 @@ def plot_error_decay(result, ax=None, *, test=False):
         sub = [r for r in rows if (r["method"], r["n_bits"]) == (meth, b)]
         n = [r["n_in"] for r in sub]
         color = f"C{i}"
-        slope = result["slopes"].get((meth, b))
+        slope = None if test else result["slopes"].get((meth, b))
         label = f"{meth} {b}" + (f" (slope {slope:+.2f})" if slope is not None else "")
         ax.loglog(
             n,
