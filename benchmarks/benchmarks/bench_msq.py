@@ -7,12 +7,12 @@ asv way to point at another one; asv drops a plain ``PYTHONPATH``)::
 
     cd benchmarks
     # check that the suite imports and every benchmark is well formed
-    /tmp/venv/bin/asv check --python=same
+    ../.venv/bin/asv check --python=same
     # one quick pass (one sample per benchmark) over one class, nothing saved
-    /tmp/venv/bin/asv run --python=same --quick --show-stderr --bench UniformQuantizer
+    ../.venv/bin/asv run --python=same --quick --show-stderr --bench UniformQuantizer
     # the same, results saved under benchmarks/.asv/results for `asv publish`
     # (html under benchmarks/.asv/html); --set-commit-hash records HEAD
-    /tmp/venv/bin/asv run --environment existing:/tmp/venv/bin/python \
+    ../.venv/bin/asv run --environment existing:$(pwd)/../.venv/bin/python \
         --set-commit-hash $(git rev-parse HEAD) --quick --bench UniformQuantizer
 
 (``asv dev`` is ``asv run --python=same --quick --show-stderr --dry-run``.)
