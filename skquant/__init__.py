@@ -11,12 +11,14 @@ from ._functional import quantize
 from ._mlp import QuantizedMLP
 from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
+from ._precision import AdaptivePrecisionQuantizer
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ActivationQuantizer",
+    "AdaptivePrecisionQuantizer",
     "BinaryQuantizer",
     "GreedyPathQuantizer",
     "NullSpaceQuantizer",

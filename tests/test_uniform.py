@@ -200,7 +200,10 @@ def test_oracle_per_channel_within_per_tensor_bound(W, n_bits):
     err_pc = np.abs(W.astype(np.float64) - pc.transform(W)).max()
     # per-channel steps never exceed the per-tensor step, so neither does its
     # worst-case error bound; and the realised error stays within per-tensor's bound
-    assert np.all(pc.scale_ <= pt.scale_[0])
+    # (channels whose step underflows get eps instead, and quantize to exact zeros)
+    K = 2 ** (n_bits - 1) - 1
+    normal = np.abs(W).max(axis=0) / K >= np.finfo(W.dtype).tiny
+    assert np.all(pc.scale_[normal] <= pt.scale_[0])
     assert err_pc <= pt.scale_[0] / 2 + 4 * np.finfo(W.dtype).eps * np.abs(W).max()
     # the column holding the global max-abs is quantized identically
     j = np.unravel_index(np.argmax(np.abs(W)), W.shape)[1]

@@ -1,0 +1,339 @@
+"""Per-parameter adaptive precision from loss gradients (Khoram & Li, ICLR 2018)."""
+
+import math
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils import check_array, metadata_routing
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._alphabets import _kernel
+from ._kernels import _precision
+from ._kernels._threads import numba_threads
+
+__all__ = ["AdaptivePrecisionQuantizer", "allocate_precision", "precision_map_bits"]
+
+
+def power_of_two_scale(W):
+    """Smallest power of two strictly above ``max|W|`` (1 for an all-zero ``W``)."""
+    m = float(np.max(np.abs(W))) if np.size(W) else 0.0
+    if m == 0.0:
+        return 1.0
+    e = math.floor(math.log2(m)) + 1
+    return 2.0**e
+
+
+def water_fill(abs_gradient, budget, trust_region, *, n_jobs=None):
+    """Scalar ``kappa`` of the margins ``tau_i = min(trust_region, kappa / |g_i|)``.
+
+    Chosen so that ``sum_i |g_i| tau_i = budget`` (the linearised loss increase meets
+    the budget exactly), unless even ``tau_i = trust_region`` everywhere stays below
+    the budget, in which case every margin is clipped. ``O(n)``: see
+    :mod:`skquant._kernels._precision`.
+
+    Parameters
+    ----------
+    abs_gradient : ndarray of shape (n,)
+        ``|g_i|``, non-negative.
+    budget : float
+        Allowed linearised loss increase, positive.
+    trust_region : float
+        Largest margin, positive.
+    n_jobs : int, default=None
+        Number of numba threads.
+
+    Returns
+    -------
+    kappa : float
+        The water level (``inf`` when every gradient is 0).
+    """
+    a = np.ascontiguousarray(abs_gradient, dtype=np.float64).ravel()
+    with numba_threads(n_jobs):
+        return float(
+            _kernel(_precision, "water_fill", n_jobs)(
+                a, float(budget), float(trust_region)
+            )
+        )
+
+
+def allocate_precision(
+    weights, gradients, budget, trust_region, *, max_bits=24, n_jobs=None
+):
+    """Margins, per-parameter bits and fixed-point weights for a set of tensors.
+
+    Every tensor ``W`` is stored as ``s * F`` with ``s`` the smallest power of two
+    above ``max|W|`` and ``F`` in (-1, 1) in fixed point. One water level is shared by
+    all tensors (the budget is global), in the normalised units where the trust
+    region is a fraction of each tensor's range.
+
+    Parameters
+    ----------
+    weights : list of ndarray
+        The tensors (any shapes).
+    gradients : list of ndarray
+        Loss gradients, shaped like ``weights``.
+    budget : float
+        Allowed linearised loss increase ``sum_i |g_i| tau_i``.
+    trust_region : float
+        Largest margin, as a fraction of each tensor's power-of-two range ``s``.
+    max_bits : int, default=24
+        Largest number of fractional bits per parameter.
+    n_jobs : int, default=None
+        Number of numba threads.
+
+    Returns
+    -------
+    result : dict
+        ``quantized``, ``margins``, ``bits`` (lists like ``weights``; margins in the
+        weights' units, bits include the sign, 0 means pruned), ``scales`` (the
+        ``s`` of each tensor), ``kappa`` and ``predicted_increase``
+        (``sum_i |g_i| |w_i - q_i|``, at most ``budget``).
+    """
+    scales = [power_of_two_scale(W) for W in weights]
+    a = (
+        np.concatenate(
+            [
+                (np.abs(np.asarray(G, dtype=np.float64)) * s).ravel()
+                for G, s in zip(gradients, scales)
+            ]
+        )
+        if weights
+        else np.zeros(0)
+    )
+    kappa = water_fill(a, budget, trust_region, n_jobs=n_jobs) if a.size else np.inf
+    out = {
+        "quantized": [],
+        "margins": [],
+        "bits": [],
+        "scales": scales,
+        "kappa": kappa,
+        "predicted_increase": 0.0,
+    }
+    start = 0
+    for W, s in zip(weights, scales):
+        W = np.asarray(W, dtype=np.float64)
+        n = W.size
+        w = np.ascontiguousarray(W).ravel() / s
+        tau = np.empty(n)
+        bits = np.empty(n, dtype=np.int8)
+        q = np.empty(n)
+        with numba_threads(n_jobs):
+            _kernel(_precision, "fixed_point_quantize", n_jobs)(
+                w,
+                a[start : start + n],
+                kappa,
+                float(trust_region),
+                int(max_bits),
+                tau,
+                bits,
+                q,
+            )
+        out["quantized"].append((q * s).reshape(W.shape))
+        out["margins"].append((tau * s).reshape(W.shape))
+        out["bits"].append(bits.reshape(W.shape))
+        out["predicted_increase"] += float(np.sum(a[start : start + n] * np.abs(w - q)))
+        start += n
+    return out
+
+
+def precision_map_bits(bits):
+    """Bits to store which precision every parameter has, two ways.
+
+    Parameters
+    ----------
+    bits : array-like of int
+        Stored bits per parameter (0 for pruned ones).
+
+    Returns
+    -------
+    sizes : dict
+        ``fixed``: a fixed-width index per parameter, ``ceil(log2(#levels))`` bits
+        each plus a table of the levels (8 bits per level); ``entropy``: the
+        empirical entropy of the levels times their count (what an ideal entropy
+        coder needs, the table included).
+    """
+    bits = np.asarray(bits).ravel()
+    levels, counts = np.unique(bits, return_counts=True)
+    table = 8 * levels.size
+    width = math.ceil(math.log2(levels.size)) if levels.size > 1 else 0
+    p = counts / max(bits.size, 1)
+    entropy = float(-(p * np.log2(p)).sum()) if bits.size else 0.0
+    return {
+        "fixed": int(width * bits.size + table),
+        "entropy": int(math.ceil(entropy * bits.size)) + table,
+    }
+
+
+class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
+    """Per-parameter fixed-point precision from loss gradients (Khoram & Li).
+
+    Gives every weight its own number of fractional bits so that the total is small
+    while the linearised loss increase stays within a budget:
+    ``min -sum_i log2(tau_i)`` subject to ``sum_i |g_i| tau_i <= budget`` and
+    ``tau_i <= trust_region``, whose KKT solution is ``tau_i = min(delta, kappa /
+    |g_i|)`` (water filling, solved exactly in ``O(n)``). A weight then keeps the
+    fewest fractional bits ``N_i`` with ``2^-(N_i+1) <= tau_i``, and a weight smaller
+    than its margin is pruned (0 bits). The matrix is stored as ``s * F``, ``s`` a
+    power of two above ``max|W|`` and ``F`` in fixed point.
+
+    Read more in the :ref:`User Guide <user_guide>`.
+
+    Parameters
+    ----------
+    budget : float, default=1e-3
+        Allowed linearised loss increase (in the loss's units), positive.
+    trust_region : float, default=0.05
+        Largest margin, as a fraction of the power-of-two range ``s``: keeps the
+        linearisation honest.
+    max_bits : int, default=24
+        Largest number of fractional bits of a parameter.
+    n_jobs : int, default=None
+        Number of numba threads; ``None`` means 1, ``-1`` all.
+
+    Attributes
+    ----------
+    scale_ : float
+        The power of two ``s``.
+    margins_ : ndarray of shape (n_in, n_out)
+        Error margin of every weight, in the weights' units.
+    bits_ : ndarray of int8 of shape (n_in, n_out)
+        Stored bits of every weight (fractional bits + sign; 0 when pruned).
+    kappa_ : float
+        The water level.
+    predicted_loss_increase_ : float
+        ``sum_i |g_i| |w_i - q_i|``: the linearised loss increase of the rounding
+        actually done (at most ``budget``).
+    payload_bits_ : int
+        ``sum_i bits_i``.
+    precision_map_bits_ : dict
+        Bits to store the per-parameter precisions: ``fixed`` (fixed-width index)
+        and ``entropy`` (ideal entropy coder); see :func:`precision_map_bits`.
+    size_bits_ : int
+        ``payload_bits_ + precision_map_bits_["fixed"] + 8`` (the exponent of ``s``).
+    bits_per_param_ : float
+        ``size_bits_`` per weight.
+    n_features_in_ : int
+        Number of columns of ``W``.
+
+    See Also
+    --------
+    UniformQuantizer : One bit-width for every weight.
+
+    References
+    ----------
+    S. Khoram and J. Li, "Adaptive quantization of neural networks", ICLR 2018.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant import AdaptivePrecisionQuantizer
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.standard_normal((100, 10))
+    >>> G = rng.standard_normal((100, 10)) * 1e-2
+    >>> q = AdaptivePrecisionQuantizer(budget=1e-2).fit(W, gradient=G)
+    >>> bool(np.all(np.abs(W - q.transform(W)) <= q.margins_))
+    True
+    >>> bool(q.predicted_loss_increase_ <= 1e-2)
+    True
+    """
+
+    __metadata_request__fit = {"W": metadata_routing.UNUSED}
+    __metadata_request__transform = {"W": metadata_routing.UNUSED}
+    _parameter_constraints: dict = {
+        "budget": [Interval(numbers.Real, 0, None, closed="neither")],
+        "trust_region": [Interval(numbers.Real, 0, None, closed="neither")],
+        "max_bits": [Interval(numbers.Integral, 1, 52, closed="both")],
+        "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
+    }
+
+    def __init__(self, budget=1e-3, *, trust_region=0.05, max_bits=24, n_jobs=None):
+        self.budget = budget
+        self.trust_region = trust_region
+        self.max_bits = max_bits
+        self.n_jobs = n_jobs
+
+    def _validate_W(self, W, reset):
+        W = check_array(W, dtype=[np.float64, np.float32], input_name="W")
+        return validate_data(self, W, reset=reset, skip_check_array=True)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, W, y=None, *, gradient=None):
+        """Allocate a precision to every weight from the loss gradient.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weights.
+        y : None
+            Ignored.
+        gradient : array-like of shape (n_in, n_out)
+            Loss gradient with respect to ``W``.
+
+        Returns
+        -------
+        self : object
+            Fitted quantizer.
+        """
+        W = self._validate_W(W, reset=True)
+        if gradient is None:
+            raise ValueError(
+                "AdaptivePrecisionQuantizer.fit requires the loss gradient: pass "
+                f"gradient=G with G of shape {W.shape}; got gradient=None instead."
+            )
+        G = check_array(gradient, dtype=np.float64, input_name="gradient")
+        if G.shape != W.shape:
+            raise ValueError(
+                f"gradient must have the shape of W {W.shape}, got gradient.shape="
+                f"{G.shape} instead."
+            )
+        res = allocate_precision(
+            [W],
+            [G],
+            self.budget,
+            self.trust_region,
+            max_bits=self.max_bits,
+            n_jobs=self.n_jobs,
+        )
+        self.scale_ = res["scales"][0]
+        self.margins_ = res["margins"][0]
+        self.bits_ = res["bits"][0]
+        self.kappa_ = res["kappa"]
+        self.predicted_loss_increase_ = res["predicted_increase"]
+        self.payload_bits_ = int(self.bits_.sum(dtype=np.int64))
+        self.precision_map_bits_ = precision_map_bits(self.bits_)
+        self.size_bits_ = self.payload_bits_ + self.precision_map_bits_["fixed"] + 8
+        self.bits_per_param_ = self.size_bits_ / W.size
+        return self
+
+    def transform(self, W):
+        """Round ``W`` with the fitted per-parameter precisions.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weights of the fitted shape.
+
+        Returns
+        -------
+        W_q : ndarray of shape (n_in, n_out)
+            ``s * rint(2^N_i w_i / s) / 2^N_i``, 0 where pruned, in ``W``'s dtype.
+        """
+        check_is_fitted(self)
+        W = self._validate_W(W, reset=False)
+        if W.shape != self.bits_.shape:
+            raise ValueError(
+                f"W must have the fitted shape {self.bits_.shape}, got W.shape="
+                f"{W.shape} instead."
+            )
+        n_frac = np.maximum(self.bits_.astype(np.float64) - 1, 0)
+        p = np.exp2(n_frac)
+        Q = np.rint(W.astype(np.float64) / self.scale_ * p) / p * self.scale_
+        Q[self.bits_ == 0] = 0.0
+        return Q.astype(W.dtype)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

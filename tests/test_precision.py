@@ -1,0 +1,181 @@
+"""Per-parameter adaptive precision: METHODS.md section 2 oracles for the numba core."""
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from numpy.testing import assert_array_equal
+
+from skquant import AdaptivePrecisionQuantizer
+from skquant._kernels import _precision
+from skquant._precision import allocate_precision, precision_map_bits, water_fill
+
+
+def _reference_kappa(a, budget, delta):
+    """Sort-based water filling (the straightforward NumPy version)."""
+    b = np.sort(delta * a[a > 0])
+    if budget >= b.sum():
+        return b.max() if b.size else np.inf
+    below = np.concatenate([[0.0], np.cumsum(b)])
+    for t in range(b.size):
+        kappa = (budget - below[t]) / (b.size - t)
+        if (t == 0 or kappa >= b[t - 1]) and kappa <= b[t]:
+            return kappa
+    raise AssertionError("no root")
+
+
+gradients = hnp.arrays(
+    np.float64,
+    st.integers(1, 300),
+    elements=st.one_of(st.just(0.0), st.floats(1e-8, 1e3)),
+)
+
+
+@given(gradients, st.floats(1e-3, 0.999), st.floats(1e-3, 1.0))
+def test_budget_met_exactly_unless_all_clipped(a, frac, delta):
+    total = delta * a.sum()
+    if total == 0:
+        assert water_fill(a, 1.0, delta) == np.inf
+        return
+    budget = frac * total
+    for n_jobs in (None, 2):
+        kappa = water_fill(a, budget, delta, n_jobs=n_jobs)
+        tau = np.where(a * delta <= kappa, delta, kappa / np.where(a > 0, a, 1))
+        np.testing.assert_allclose((a * tau).sum(), budget, rtol=1e-9)
+        np.testing.assert_allclose(kappa, _reference_kappa(a, budget, delta), rtol=1e-9)
+        # margins inversely proportional to |g| where unclipped
+        free = a * delta > kappa
+        np.testing.assert_allclose(tau[free] * a[free], kappa, rtol=1e-12)
+        assert np.all(tau <= delta)
+    # a budget above delta * sum|g|: every margin is the trust region
+    kappa = water_fill(a, 2 * total, delta)
+    assert np.all(a * delta <= kappa)
+
+
+@given(gradients, st.floats(1e-3, 1.0))
+def test_kappa_monotone_in_the_budget(a, delta):
+    total = delta * a.sum()
+    if total == 0:
+        return
+    kappas = [water_fill(a, f * total, delta) for f in (0.01, 0.1, 0.5, 0.9)]
+    assert all(k1 <= k2 for k1, k2 in zip(kappas, kappas[1:]))
+
+
+@given(
+    hnp.arrays(np.float64, st.integers(1, 200), elements=st.floats(-0.999, 0.999)),
+    st.floats(1e-4, 0.5),
+    st.integers(0, 10**6),
+)
+def test_every_error_within_its_margin_and_fewest_bits(w, delta, seed):
+    a = np.abs(np.random.default_rng(seed).standard_normal(w.size))
+    budget = 0.3 * delta * a.sum()
+    kappa = water_fill(a, budget, delta)
+    tau, bits, q = np.empty(w.size), np.empty(w.size, np.int8), np.empty(w.size)
+    _precision.fixed_point_quantize(w, a, kappa, delta, 30, tau, bits, q)
+    assert np.all(np.abs(w - q) <= tau)
+    pruned = bits == 0
+    assert_array_equal(pruned, np.abs(w) <= tau)
+    assert np.all(q[pruned] == 0)
+    n = bits[~pruned].astype(int) - 1  # fractional bits
+    t = tau[~pruned]
+    assert np.all(2.0 ** -(n + 1) <= t)  # enough bits
+    assert np.all((n == 0) | (2.0**-n > t))  # and not one more than needed
+    # values are on their fixed-point grids
+    assert_array_equal(q[~pruned] * 2.0**n, np.rint(q[~pruned] * 2.0**n))
+
+
+def test_parallel_kernels_match_serial():
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.standard_normal(300_000)) * (rng.random(300_000) > 0.2)
+    w = rng.uniform(-0.99, 0.99, 300_000)
+    k1 = _precision.water_fill(a, 10.0, 0.05)
+    k2 = _precision.water_fill_parallel(a, 10.0, 0.05)
+    assert k1 == k2
+    outs = []
+    for f in (
+        _precision.fixed_point_quantize,
+        _precision.fixed_point_quantize_parallel,
+    ):
+        tau, bits, q = np.empty(a.size), np.empty(a.size, np.int8), np.empty(a.size)
+        f(w, a, k1, 0.05, 24, tau, bits, q)
+        outs.append((tau, bits, q))
+    for x, y in zip(*outs):
+        assert_array_equal(x, y)
+
+
+def test_estimator_oracles_and_accounting():
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((60, 8))
+    G = rng.standard_normal((60, 8)) * np.exp(rng.standard_normal((60, 8)))
+    G[0, 0] = 0.0
+    q = AdaptivePrecisionQuantizer(budget=0.05, trust_region=0.1).fit(W, gradient=G)
+    Q = q.transform(W)
+    assert np.all(np.abs(W - Q) <= q.margins_)
+    np.testing.assert_allclose((np.abs(G) * q.margins_).sum(), 0.05, rtol=1e-9)
+    assert q.predicted_loss_increase_ <= 0.05 + 1e-12
+    assert q.scale_ == 4.0  # max|W| in [2, 4)
+    assert q.margins_[0, 0] == pytest.approx(0.1 * q.scale_)  # zero gradient
+    # larger gradient -> smaller margin -> more bits (where unclipped)
+    free = np.abs(G) * q.margins_ > 0
+    i, j = np.unravel_index(np.argmax(np.abs(G)), G.shape)
+    assert q.bits_[i, j] >= np.median(q.bits_[free])
+    assert q.payload_bits_ == q.bits_.sum()
+    assert q.size_bits_ == q.payload_bits_ + q.precision_map_bits_["fixed"] + 8
+    # a larger budget never costs more bits
+    q2 = AdaptivePrecisionQuantizer(budget=0.5, trust_region=0.1).fit(W, gradient=G)
+    assert q2.payload_bits_ <= q.payload_bits_
+
+
+def test_precision_map_bits_by_hand():
+    bits = np.array([0, 0, 5, 5, 5, 5, 9, 9])
+    sizes = precision_map_bits(bits)
+    # 3 levels: 2-bit index x 8 + 3 x 8-bit table; entropy 1.5 bits x 8 = 12 + 24
+    assert sizes == {"fixed": 16 + 24, "entropy": 12 + 24}
+
+
+def test_all_zero_gradients_give_the_trust_region():
+    W = np.random.default_rng(2).standard_normal((10, 3))
+    q = AdaptivePrecisionQuantizer(trust_region=0.25).fit(W, gradient=np.zeros_like(W))
+    np.testing.assert_allclose(q.margins_, 0.25 * q.scale_)
+    assert q.kappa_ == np.inf
+
+
+def test_allocate_precision_shares_one_budget():
+    rng = np.random.default_rng(3)
+    Ws = [rng.standard_normal((20, 5)), rng.standard_normal(7) * 0.01]
+    Gs = [rng.standard_normal((20, 5)), rng.standard_normal(7)]
+    res = allocate_precision(Ws, Gs, 0.1, 0.05)
+    total = sum((np.abs(G) * m).sum() for G, m in zip(Gs, res["margins"]))
+    np.testing.assert_allclose(total, 0.1, rtol=1e-9)
+    assert res["scales"] == [4.0, 2.0 ** np.floor(np.log2(np.abs(Ws[1]).max()) + 1)]
+
+
+def test_bad_input():
+    W = np.ones((4, 3))
+    with pytest.raises(ValueError, match="requires the loss gradient"):
+        AdaptivePrecisionQuantizer().fit(W)
+    with pytest.raises(
+        ValueError, match=re.escape("gradient must have the shape of W (4, 3)")
+    ):
+        AdaptivePrecisionQuantizer().fit(W, gradient=np.ones((3, 4)))
+    with pytest.raises(ValueError, match="Input gradient contains NaN"):
+        AdaptivePrecisionQuantizer().fit(W, gradient=np.full((4, 3), np.nan))
+    for name, value in (("budget", 0.0), ("budget", -1.0), ("trust_region", 0.0)):
+        with pytest.raises(ValueError, match=f"The '{name}' parameter"):
+            AdaptivePrecisionQuantizer(**{name: value}).fit(W, gradient=W)
+    q = AdaptivePrecisionQuantizer().fit(W, gradient=W)
+    with pytest.raises(ValueError, match="fitted shape"):
+        q.transform(np.ones((5, 3)))
+
+
+def test_inputs_not_modified_dtype_kept():
+    W = np.random.default_rng(4).standard_normal((8, 2)).astype(np.float32)
+    G = np.ones((8, 2))
+    W0, G0 = W.copy(), G.copy()
+    Q = AdaptivePrecisionQuantizer().fit(W, gradient=G).transform(W)
+    assert Q.dtype == np.float32
+    assert_array_equal(W, W0)
+    assert_array_equal(G, G0)
