@@ -11,7 +11,7 @@ from ._functional import quantize
 from ._mlp import QuantizedMLP
 from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
-from ._precision import AdaptivePrecisionQuantizer
+from ._precision import AdaptivePrecisionQuantizer, adaptive_quantize_mlp
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
 __version__ = "0.1.0.dev0"
@@ -27,6 +27,7 @@ __all__ = [
     "TernaryQuantizer",
     "UniformQuantizer",
     "__version__",
+    "adaptive_quantize_mlp",
     "pack_codes",
     "quantize",
     "unpack_codes",

@@ -89,6 +89,9 @@ def mse_optimal_step(Wc, qmin, qmax, *, n_grid=100, n_jobs=None):
         _kernel(_msq, "grid_mse_errors", n_jobs)(
             Wc, base, ratios, dtype(qmin), dtype(qmax), err
         )
+    # steps below the smallest normal number are unusable (safe_scale replaces them)
+    steps = ratios[:, None].astype(Wc.dtype) * base[None, :]
+    err[(steps < np.finfo(Wc.dtype).tiny) | np.isnan(err)] = np.inf
     # argmin takes the first minimum; prefer max-abs (the last ratio) on exact ties
     best = n_grid - 1 - np.argmin(err[::-1], axis=0)
     return (base * ratios[best]).astype(Wc.dtype)

@@ -13,7 +13,15 @@ from ._alphabets import _kernel
 from ._kernels import _precision
 from ._kernels._threads import numba_threads
 
-__all__ = ["AdaptivePrecisionQuantizer", "allocate_precision", "precision_map_bits"]
+__all__ = [
+    "AdaptivePrecisionQuantizer",
+    "AdaptiveQuantizationResult",
+    "adaptive_precision_loop",
+    "adaptive_quantize_mlp",
+    "allocate_precision",
+    "mlp_loss_gradient",
+    "precision_map_bits",
+]
 
 
 def power_of_two_scale(W):
@@ -337,3 +345,372 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _act_grad(name, A):
+    """Derivative of scikit-learn's hidden activations, from their output ``A``."""
+    if name == "relu":
+        return (A > 0).astype(A.dtype)
+    if name == "tanh":
+        return 1.0 - A**2
+    if name == "logistic":
+        return A * (1.0 - A)
+    return np.ones_like(A)
+
+
+def mlp_loss_gradient(mlp, X, y):
+    """Mean log-loss of a fitted ``MLPClassifier`` and its gradient (NumPy).
+
+    The loss is the mean cross-entropy of the network's output (softmax for several
+    classes, logistic for two), without scikit-learn's L2 penalty ``alpha``.
+
+    Parameters
+    ----------
+    mlp : MLPClassifier
+        A fitted classifier.
+    X : array-like of shape (n_samples, n_features)
+        Inputs.
+    y : array-like of shape (n_samples,)
+        Labels.
+
+    Returns
+    -------
+    loss : float
+        The mean log-loss.
+    grads : list of ndarray
+        Gradients with respect to ``coefs_`` then ``intercepts_`` (same order and
+        shapes as ``mlp.coefs_ + mlp.intercepts_``).
+    """
+    from sklearn.neural_network._base import ACTIVATIONS
+
+    X = np.asarray(X, dtype=np.float64)
+    Y = mlp._label_binarizer.transform(y).astype(np.float64)
+    acts = [X]
+    n_layers = len(mlp.coefs_)
+    for i, (W, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
+        Z = acts[-1] @ W + b
+        if i < n_layers - 1:
+            ACTIVATIONS[mlp.activation](Z)
+        acts.append(Z)
+    Z = acts[-1]
+    n = X.shape[0]
+    eps = np.finfo(np.float64).eps
+    if mlp.out_activation_ == "softmax":
+        Z = Z - Z.max(axis=1, keepdims=True)
+        P = np.exp(Z)
+        P /= P.sum(axis=1, keepdims=True)
+        loss = float(-np.sum(Y * np.log(np.clip(P, eps, 1))) / n)
+    else:
+        P = 1.0 / (1.0 + np.exp(-Z))
+        Pc = np.clip(P, eps, 1 - eps)
+        loss = float(-np.sum(Y * np.log(Pc) + (1 - Y) * np.log(1 - Pc)) / n)
+    delta = (P - Y) / n
+    gW, gb = [None] * n_layers, [None] * n_layers
+    for i in range(n_layers - 1, -1, -1):
+        gW[i] = acts[i].T @ delta
+        gb[i] = delta.sum(axis=0)
+        if i:
+            delta = (delta @ mlp.coefs_[i].T) * _act_grad(mlp.activation, acts[i])
+    return loss, gW + gb
+
+
+class AdaptiveQuantizationResult:
+    """What the iterative adaptive-precision drivers return.
+
+    Attributes
+    ----------
+    model : object
+        A copy of the network with its parameters quantized.
+    history : list of dict
+        One entry per accepted iteration (the first is the float network):
+        ``loss``, ``accuracy`` (when evaluation data was given), ``payload_bits``,
+        ``map_bits_fixed``, ``map_bits_entropy``, ``total_bits`` (payload + fixed
+        map + 8 bits per tensor exponent), ``bits_per_param``,
+        ``predicted_increase`` and ``measured_increase`` of the step.
+    bits : list of ndarray
+        Stored bits of every parameter (0 = pruned), tensor by tensor.
+    n_params : int
+        Number of parameters.
+    stop_reason : str
+        Why the loop stopped.
+    """
+
+    def __init__(self, model, history, bits, n_params, stop_reason):
+        self.model = model
+        self.history = history
+        self.bits = bits
+        self.n_params = n_params
+        self.stop_reason = stop_reason
+
+    def plot_history(self, ax=None):
+        """Loss and total bits per parameter against the iteration.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, default=None
+            Where to draw the loss; the bits go on a twin axis.
+
+        Returns
+        -------
+        ax : matplotlib Axes
+            The loss axes.
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 4))
+        it = range(len(self.history))
+        ax.plot(it, [h["loss"] for h in self.history], "o-", color="C0")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss", color="C0")
+        ax2 = ax.twinx()
+        ax2.plot(it, [h["bits_per_param"] for h in self.history], "s--", color="C1")
+        ax2.set_ylabel("bits per parameter (payload + map)", color="C1")
+        return ax
+
+    def __repr__(self):
+        last = self.history[-1]
+        return (
+            f"AdaptiveQuantizationResult(iterations={len(self.history) - 1}, "
+            f"loss={last['loss']:.4g}, bits_per_param={last['bits_per_param']:.3f}, "
+            f"stop_reason={self.stop_reason!r})"
+        )
+
+
+def _check_bound(loss_bound, relative, loss0):
+    if not np.isfinite(loss_bound) or loss_bound <= 0:
+        raise ValueError(
+            f"loss_bound must be a positive finite number, got loss_bound="
+            f"{loss_bound!r} instead."
+        )
+    return loss0 * (1.0 + loss_bound) if relative else float(loss_bound)
+
+
+def adaptive_precision_loop(
+    params,
+    loss_and_grad,
+    set_params,
+    *,
+    loss_bound,
+    relative=True,
+    trust_region=0.05,
+    max_iter=10,
+    max_bits=24,
+    evaluate=None,
+    verbose=False,
+    n_jobs=None,
+):
+    """The iterative method of Khoram & Li, framework-free.
+
+    Alternates: loss and gradient at the current parameters; margins from the
+    remaining budget ``l_bar - L_k`` (one water level for all parameters); fixed-point
+    quantization; loss check. A step whose measured loss exceeds the bound is
+    retried with half the budget (up to 4 times). Stops when the total size stops
+    shrinking, the bound binds, or after ``max_iter`` steps.
+
+    Parameters
+    ----------
+    params : list of ndarray
+        The float parameters.
+    loss_and_grad : callable
+        ``loss_and_grad(params) -> (loss, grads)`` for a list of parameters.
+    set_params : callable
+        ``set_params(params) -> model``: a model holding these parameters.
+    loss_bound : float
+        ``l_bar`` as a fraction above the float loss (``relative=True``:
+        ``l_bar = L_0 (1 + loss_bound)``) or as an absolute loss.
+    relative : bool, default=True
+        How to read ``loss_bound``.
+    trust_region : float, default=0.05
+        Largest margin, as a fraction of each tensor's power-of-two range.
+    max_iter : int, default=10
+        Largest number of steps.
+    max_bits : int, default=24
+        Largest number of fractional bits.
+    evaluate : callable, default=None
+        ``evaluate(model) -> accuracy``, recorded in the history.
+    verbose : bool, default=False
+        Progress bar with the loss and the size.
+    n_jobs : int, default=None
+        Number of numba threads.
+
+    Returns
+    -------
+    result : AdaptiveQuantizationResult
+        The quantized model, the history and the per-parameter bits.
+    """
+    from ._progress import progress
+
+    params = [np.asarray(p, dtype=np.float64).copy() for p in params]
+    n_params = sum(p.size for p in params)
+    loss, grads = loss_and_grad(params)
+    l_bar = _check_bound(loss_bound, relative, loss)
+    if l_bar <= loss:
+        raise ValueError(
+            f"loss_bound gives l_bar={l_bar:.6g}, not above the current loss "
+            f"{loss:.6g}: there is no budget to spend. Pass a larger loss_bound."
+        )
+    float_bits = 32 * n_params
+    history = [
+        {
+            "loss": loss,
+            "payload_bits": float_bits,
+            "map_bits_fixed": 0,
+            "map_bits_entropy": 0,
+            "total_bits": float_bits,
+            "bits_per_param": 32.0,
+            "predicted_increase": 0.0,
+            "measured_increase": 0.0,
+        }
+    ]
+    if evaluate is not None:
+        history[0]["accuracy"] = evaluate(set_params(params))
+    best, best_bits, stop = None, None, f"max_iter={max_iter} reached"
+    bar = progress(range(max_iter), desc="adaptive precision", enabled=verbose)
+    for _ in bar:
+        budget = l_bar - loss
+        if budget <= 0:
+            stop = "loss bound binds"
+            break
+        for _retry in range(5):
+            res = allocate_precision(
+                params, grads, budget, trust_region, max_bits=max_bits, n_jobs=n_jobs
+            )
+            new_loss, new_grads = loss_and_grad(res["quantized"])
+            if new_loss <= l_bar:
+                break
+            budget /= 2
+        else:
+            stop = "no step kept the loss under the bound"
+            break
+        all_bits = np.concatenate([b.ravel() for b in res["bits"]])
+        payload = int(all_bits.sum(dtype=np.int64))
+        maps = precision_map_bits(all_bits)
+        total = payload + maps["fixed"] + 8 * len(params)
+        entry = {
+            "loss": new_loss,
+            "payload_bits": payload,
+            "map_bits_fixed": maps["fixed"],
+            "map_bits_entropy": maps["entropy"],
+            "total_bits": total,
+            "bits_per_param": total / n_params,
+            "predicted_increase": res["predicted_increase"],
+            "measured_increase": new_loss - loss,
+        }
+        if total >= history[-1]["total_bits"] and best is not None:
+            stop = "size stopped shrinking"
+            break
+        model = set_params(res["quantized"])
+        if evaluate is not None:
+            entry["accuracy"] = evaluate(model)
+        history.append(entry)
+        bar.set_postfix(f"loss {new_loss:.4g} bits/param {total / n_params:.2f}")
+        params, loss, grads = res["quantized"], new_loss, new_grads
+        best, best_bits = model, res["bits"]
+    if best is None:
+        best, best_bits = (
+            set_params(params),
+            [np.full(p.shape, 32, np.int8) for p in params],
+        )
+    return AdaptiveQuantizationResult(best, history, best_bits, n_params, stop)
+
+
+def adaptive_quantize_mlp(
+    mlp,
+    X,
+    y,
+    *,
+    loss_bound=0.1,
+    relative=True,
+    trust_region=0.05,
+    max_iter=10,
+    max_bits=24,
+    X_eval=None,
+    y_eval=None,
+    verbose=False,
+    n_jobs=None,
+):
+    """Khoram & Li's iterative adaptive precision on a fitted ``MLPClassifier``.
+
+    Every parameter (weights and biases) gets its own fixed-point precision; the loss
+    (mean log-loss on ``X, y``, gradient in NumPy by :func:`mlp_loss_gradient`) stays
+    within the bound.
+
+    Parameters
+    ----------
+    mlp : MLPClassifier
+        A fitted classifier (left unchanged).
+    X : array-like of shape (n_samples, n_features)
+        Data for the loss and its gradient.
+    y : array-like of shape (n_samples,)
+        Labels.
+    loss_bound : float, default=0.1
+        Allowed loss, relative to the float loss (``relative=True``: 10% above) or
+        absolute.
+    relative : bool, default=True
+        How to read ``loss_bound``.
+    trust_region : float, default=0.05
+        Largest margin, as a fraction of each tensor's power-of-two range.
+    max_iter : int, default=10
+        Largest number of steps.
+    max_bits : int, default=24
+        Largest number of fractional bits.
+    X_eval, y_eval : array-like, default=None
+        Data whose accuracy the history records.
+    verbose : bool, default=False
+        Progress bar.
+    n_jobs : int, default=None
+        Number of numba threads.
+
+    Returns
+    -------
+    result : AdaptiveQuantizationResult
+        ``result.model`` is the quantized copy of ``mlp``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.neural_network import MLPClassifier
+    >>> from skquant import adaptive_quantize_mlp
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X = X / 16
+    >>> mlp = MLPClassifier((32,), max_iter=300, random_state=0).fit(X, y)
+    >>> res = adaptive_quantize_mlp(mlp, X, y, loss_bound=0.5)
+    >>> res.history[-1]["bits_per_param"] < 16, res.model.score(X, y) > 0.95
+    (True, True)
+    """
+    import copy
+
+    check_is_fitted(mlp, "coefs_")
+    n_w = len(mlp.coefs_)
+
+    def set_params(params):
+        model = copy.deepcopy(mlp)
+        model.coefs_ = [p.astype(W.dtype) for p, W in zip(params[:n_w], mlp.coefs_)]
+        model.intercepts_ = [
+            p.astype(b.dtype) for p, b in zip(params[n_w:], mlp.intercepts_)
+        ]
+        return model
+
+    def loss_and_grad(params):
+        return mlp_loss_gradient(set_params(params), X, y)
+
+    evaluate = None
+    if X_eval is not None:
+
+        def evaluate(model):
+            return float(model.score(X_eval, y_eval))
+
+    return adaptive_precision_loop(
+        list(mlp.coefs_) + list(mlp.intercepts_),
+        loss_and_grad,
+        set_params,
+        loss_bound=loss_bound,
+        relative=relative,
+        trust_region=trust_region,
+        max_iter=max_iter,
+        max_bits=max_bits,
+        evaluate=evaluate,
+        verbose=verbose,
+        n_jobs=n_jobs,
+    )

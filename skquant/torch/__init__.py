@@ -11,11 +11,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._fake import FakeQuantize, fake_quantize_ste
+from ._gradients import adaptive_quantize_model, loss_gradients
 from ._layout import matrix_to_weight, weight_to_matrix
 from ._model import QuantConv2d, QuantLinear, capture_inputs, quantize_model
 
 __all__ = [
     "FakeQuantize",
+    "adaptive_quantize_model",
+    "loss_gradients",
     "QuantConv2d",
     "QuantLinear",
     "capture_inputs",

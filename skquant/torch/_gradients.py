@@ -1,0 +1,174 @@
+"""Loss gradients of torch models and the adaptive-precision driver on them."""
+
+import copy
+
+import numpy as np
+import torch
+
+from .._precision import adaptive_precision_loop
+from ._layout import to_numpy
+
+
+def loss_gradients(model, loss_fn, data, *, batch_size=256):
+    """Mean loss of ``model`` over ``data`` and its gradient for every parameter.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (its parameters' ``.grad`` are overwritten).
+    loss_fn : callable
+        ``loss_fn(output, target) -> scalar tensor``, a mean over the batch (as
+        ``torch.nn.CrossEntropyLoss()``).
+    data : tuple of (X, y) tensors, or iterable of (x, y) batches
+        The data.
+    batch_size : int, default=256
+        Batch size when ``data`` is a pair of tensors.
+
+    Returns
+    -------
+    loss : float
+        The mean loss over all samples.
+    grads : dict of {str: ndarray}
+        Gradient of that mean loss for every named parameter.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skquant.torch import loss_gradients
+    >>> net = torch.nn.Linear(3, 2)
+    >>> X, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    >>> loss, grads = loss_gradients(net, torch.nn.CrossEntropyLoss(), (X, y))
+    >>> sorted(grads), grads["weight"].shape
+    (['bias', 'weight'], (2, 3))
+    """
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        X, y = data
+        batches = (
+            (X[i : i + batch_size], y[i : i + batch_size])
+            for i in range(0, len(X), batch_size)
+        )
+    else:
+        batches = iter(data)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    total, n = 0.0, 0
+    try:
+        for xb, yb in batches:
+            xb, yb = xb.to(device), yb.to(device)
+            loss = loss_fn(model(xb), yb)
+            (loss * len(xb)).backward()
+            total += float(loss) * len(xb)
+            n += len(xb)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("data holds no batch: nothing to compute the loss on.")
+    grads = {
+        name: to_numpy(p.grad) / n
+        if p.grad is not None
+        else np.zeros(tuple(p.shape), dtype=np.float32)
+        for name, p in model.named_parameters()
+    }
+    model.zero_grad(set_to_none=True)
+    return total / n, grads
+
+
+def adaptive_quantize_model(
+    model,
+    loss_fn,
+    data,
+    *,
+    loss_bound=0.1,
+    relative=True,
+    trust_region=0.05,
+    max_iter=10,
+    max_bits=24,
+    evaluate=None,
+    batch_size=256,
+    verbose=False,
+    n_jobs=None,
+):
+    """Khoram & Li's iterative adaptive precision on a torch model.
+
+    Every parameter gets its own fixed-point precision while the loss on ``data``
+    stays within the bound; gradients come from :func:`loss_gradients`, the
+    allocation from skquant's numba core.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The float model (left unchanged).
+    loss_fn : callable
+        ``loss_fn(output, target)``, a mean over the batch.
+    data : tuple of (X, y) tensors, or iterable of (x, y) batches
+        Data for the loss and its gradient.
+    loss_bound : float, default=0.1
+        Allowed loss, relative to the float loss (10% above) or absolute.
+    relative : bool, default=True
+        How to read ``loss_bound``.
+    trust_region : float, default=0.05
+        Largest margin, as a fraction of each tensor's power-of-two range.
+    max_iter : int, default=10
+        Largest number of steps.
+    max_bits : int, default=24
+        Largest number of fractional bits.
+    evaluate : callable, default=None
+        ``evaluate(model) -> accuracy``, recorded in the history.
+    batch_size : int, default=256
+        Batch size when ``data`` is a pair of tensors.
+    verbose : bool, default=False
+        Progress bar with the loss and the size.
+    n_jobs : int, default=None
+        Number of numba threads.
+
+    Returns
+    -------
+    result : AdaptiveQuantizationResult
+        ``result.model`` is the quantized copy.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skquant.torch import adaptive_quantize_model
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(8, 3))
+    >>> X, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> res = adaptive_quantize_model(net, torch.nn.CrossEntropyLoss(), (X, y),
+    ...                               loss_bound=0.2)
+    >>> res.history[-1]["loss"] <= 1.2 * res.history[0]["loss"]
+    True
+    """
+    data = data if isinstance(data, tuple) else list(data)
+    names = [name for name, _ in model.named_parameters()]
+    work = copy.deepcopy(model)
+
+    def set_params(params, target=None):
+        target = copy.deepcopy(model) if target is None else target
+        with torch.no_grad():
+            for (_, p), v in zip(target.named_parameters(), params):
+                p.copy_(torch.from_numpy(np.asarray(v)).to(p.dtype))
+        return target
+
+    def loss_and_grad(params):
+        set_params(params, work)
+        loss, grads = loss_gradients(work, loss_fn, data, batch_size=batch_size)
+        return loss, [grads[n].astype(np.float64) for n in names]
+
+    params = [to_numpy(p).astype(np.float64) for p in model.parameters()]
+    return adaptive_precision_loop(
+        params,
+        loss_and_grad,
+        set_params,
+        loss_bound=loss_bound,
+        relative=relative,
+        trust_region=trust_region,
+        max_iter=max_iter,
+        max_bits=max_bits,
+        evaluate=evaluate,
+        verbose=verbose,
+        n_jobs=n_jobs,
+    )

@@ -1,0 +1,143 @@
+"""The iterative adaptive-precision drivers (scikit-learn MLP and torch)."""
+
+import copy
+import re
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.neural_network import MLPClassifier
+
+from skquant import QuantizedMLP, UniformQuantizer, adaptive_quantize_mlp
+from skquant._precision import mlp_loss_gradient
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((32,), max_iter=400, random_state=0).fit(X[:1200], y[:1200])
+    return mlp, X, y
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_mlp_gradient_matches_finite_differences(activation, n_classes):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 5))
+    y = rng.integers(0, n_classes, 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier(
+            (7, 6), activation=activation, max_iter=50, random_state=0
+        ).fit(X, y)
+    loss, grads = mlp_loss_gradient(mlp, X, y)
+    # the loss is scikit-learn's log-loss (without the L2 penalty)
+    from sklearn.metrics import log_loss
+
+    assert loss == pytest.approx(log_loss(y, mlp.predict_proba(X)), rel=1e-9)
+    params = mlp.coefs_ + mlp.intercepts_
+    for k, P in enumerate(params):
+        for idx in [tuple(rng.integers(0, s) for s in P.shape) for _ in range(3)]:
+            m2 = copy.deepcopy(mlp)
+            p2 = m2.coefs_ + m2.intercepts_
+            h = 1e-6
+            p2[k][idx] += h
+            up, _ = mlp_loss_gradient(m2, X, y)
+            p2[k][idx] -= 2 * h
+            down, _ = mlp_loss_gradient(m2, X, y)
+            assert grads[k][idx] == pytest.approx((up - down) / (2 * h), abs=1e-7)
+
+
+def test_driver_keeps_the_bound_and_shrinks_the_model(digits_mlp):
+    mlp, X, y = digits_mlp
+    res = adaptive_quantize_mlp(
+        mlp, X[:1200], y[:1200], loss_bound=0.3, X_eval=X[1200:], y_eval=y[1200:]
+    )
+    h = res.history
+    assert len(h) >= 2
+    assert all(e["loss"] <= 1.3 * h[0]["loss"] + 1e-12 for e in h)
+    assert h[-1]["total_bits"] < h[0]["total_bits"] / 3
+    assert all(b["total_bits"] < a["total_bits"] for a, b in zip(h, h[1:]))
+    assert h[-1]["accuracy"] > h[0]["accuracy"] - 0.02
+    # the model holds fixed-point values: pruned weights are exact zeros
+    bits = res.bits[0]
+    assert np.all(res.model.coefs_[0][bits == 0] == 0)
+    assert res.model.coefs_[0] is not mlp.coefs_[0]
+    assert "stop_reason" in repr(res)
+
+
+def test_predicted_increase_close_to_measured_for_small_budgets(digits_mlp):
+    mlp, X, y = digits_mlp
+    res = adaptive_quantize_mlp(
+        mlp, X[:1200], y[:1200], loss_bound=0.01, max_iter=1, trust_region=0.01
+    )
+    step = res.history[1]
+    # the linearisation |g|.|dw| bounds the first-order change; for a small budget
+    # the measured change is of the same order and below the prediction
+    assert 0 <= abs(step["measured_increase"]) <= step["predicted_increase"] * 1.5
+    assert step["predicted_increase"] <= 0.01 * res.history[0]["loss"] + 1e-12
+
+
+def test_fewer_bits_than_uniform_at_the_same_accuracy(digits_mlp):
+    mlp, X, y = digits_mlp
+    Xtr, ytr, Xte, yte = X[:1200], y[:1200], X[1200:], y[1200:]
+    # the float training loss of this network is tiny (0.018): a loose relative bound
+    # is still a small absolute one
+    res = adaptive_quantize_mlp(mlp, Xtr, ytr, loss_bound=3.0, X_eval=Xte, y_eval=yte)
+    acc = res.history[-1]["accuracy"]
+    assert acc >= mlp.score(Xte, yte) - 0.01
+    # the smallest uniform bit-width (per-channel MSQ) at least as accurate, sized
+    # honestly like the adaptive model (codes + scales + float32 biases)
+    for b in range(2, 17):
+        q = QuantizedMLP(mlp, UniformQuantizer(n_bits=b), random_state=0).fit(Xtr)
+        if q.score(Xte, yte) >= acc:
+            break
+    assert res.history[-1]["total_bits"] < q.size_bits_
+
+
+def test_loss_bound_errors(digits_mlp):
+    mlp, X, y = digits_mlp
+    with pytest.raises(ValueError, match="loss_bound must be a positive finite number"):
+        adaptive_quantize_mlp(mlp, X, y, loss_bound=0.0)
+    with pytest.raises(ValueError, match=re.escape("not above the current loss")):
+        adaptive_quantize_mlp(mlp, X, y, loss_bound=1e-6, relative=False)
+
+
+def test_torch_driver_and_gradients():
+    torch = pytest.importorskip("torch")
+    from skquant.torch import adaptive_quantize_model, loss_gradients
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 3)
+    )
+    X, y = torch.randn(100, 6, dtype=torch.float64), torch.randint(0, 3, (100,))
+    net = net.double()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    loss, grads = loss_gradients(net, loss_fn, (X, y), batch_size=32)
+    # batched mean equals the full-batch loss and gradient
+    net.zero_grad()
+    full = loss_fn(net(X), y)
+    full.backward()
+    assert loss == pytest.approx(float(full), rel=1e-12)
+    np.testing.assert_allclose(
+        grads["0.weight"], net[0].weight.grad.numpy(), rtol=1e-10
+    )
+    # finite differences on one weight
+    w = net[0].weight
+    with torch.no_grad():
+        w[2, 3] += 1e-6
+        up = float(loss_fn(net(X), y))
+        w[2, 3] -= 2e-6
+        down = float(loss_fn(net(X), y))
+        w[2, 3] += 1e-6
+    assert grads["0.weight"][2, 3] == pytest.approx((up - down) / 2e-6, abs=1e-8)
+    res = adaptive_quantize_model(net, loss_fn, (X, y), loss_bound=0.2)
+    assert res.history[-1]["loss"] <= 1.2 * res.history[0]["loss"] + 1e-12
+    assert res.history[-1]["bits_per_param"] < 32
+    assert type(res.model[0]) is torch.nn.Linear
+    assert not torch.equal(res.model[0].weight, net[0].weight)
