@@ -47,6 +47,11 @@ def test_accuracy_and_sizes_are_sensible(rows):
                 == rows[f"MSQ {b}"]["bits_per_weight"]
             )
     assert rows["null-space 2-bit"]["accuracy"] > rows["MSQ 2-bit"]["accuracy"] + 0.2
+    # adaptive precision: the same model counted with and without its precision map
+    ad, payload = rows["adaptive"], rows["adaptive, no map"]
+    assert ad["accuracy"] == payload["accuracy"] >= float_acc - 0.02
+    assert payload["bits_per_weight"] < ad["bits_per_weight"] < 32
+    assert ad["compression"] == pytest.approx(32 / ad["bits_per_weight"])
 
 
 def test_plot_is_written(tmp_path):
