@@ -141,3 +141,24 @@ def test_torch_driver_and_gradients():
     assert res.history[-1]["bits_per_param"] < 32
     assert type(res.model[0]) is torch.nn.Linear
     assert not torch.equal(res.model[0].weight, net[0].weight)
+
+
+def test_history_plot(digits_mlp, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    mlp, X, y = digits_mlp
+    res = adaptive_quantize_mlp(mlp, X[:600], y[:600], loss_bound=1.0, max_iter=2)
+    ax = res.plot_history()
+    assert len(ax.get_lines()) == 1 and len(ax.figure.axes) == 2  # loss + twin bits
+    ax.figure.savefig(tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_progress_bar_reports_loss_and_size(digits_mlp, capsys):
+    mlp, X, y = digits_mlp
+    adaptive_quantize_mlp(mlp, X[:600], y[:600], loss_bound=1.0, max_iter=2,
+                          verbose=True)
+    err = capsys.readouterr().err
+    assert "adaptive precision" in err and "bits/param" in err
