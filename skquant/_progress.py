@@ -56,13 +56,16 @@ class progress:
         if self.enabled and tty:
             self.stream.write("\r" + self._line(0, 0.0))
             self.stream.flush()
-        for item in self.iterable:
-            yield item
-            n += 1
-            if self.enabled and tty:
-                self.stream.write("\r" + self._line(n, time.perf_counter() - start))
+        try:
+            for item in self.iterable:
+                yield item
+                n += 1
+                if self.enabled and tty:
+                    line = self._line(n, time.perf_counter() - start)
+                    self.stream.write("\r" + line)
+                    self.stream.flush()
+        finally:  # also when the loop breaks early
+            if self.enabled:
+                line = self._line(n, time.perf_counter() - start)
+                self.stream.write(("\r" if tty else "") + line + "\n")
                 self.stream.flush()
-        if self.enabled:
-            line = self._line(n, time.perf_counter() - start)
-            self.stream.write(("\r" if tty else "") + line + "\n")
-            self.stream.flush()
