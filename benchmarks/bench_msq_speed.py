@@ -138,14 +138,25 @@ def build_candidates(W, q, threads):
     assert np.array_equal(est, ref), "transform differs from the kernel"
     np_out = numpy_expr()
     assert np_out.dtype == np.float32
-    # Same float32 inv = 1/scale, same half-to-even rounding: bit-for-bit equal.
+    # Same float32 inv = 1/scale, same half-to-even rounding: equal values. Not equal
+    # bits: the kernel adds the zero point (0) after rint, turning rint's -0.0 into
+    # +0.0, where the NumPy expression keeps -0.0.
     assert np.array_equal(np_out, ref), "NumPy expression differs from the kernel"
     torch_out = torch_op().numpy()
     diff = np.abs(torch_out.astype(np.float64) - ref.astype(np.float64))
     checks = {
         "numpy_equals_kernel": True,
+        "numpy_bit_equal": bool(
+            np.array_equal(np_out.view(np.uint32), ref.view(np.uint32))
+        ),
+        "numpy_negative_zeros": int(
+            np.count_nonzero((np_out == 0) & np.signbit(np_out))
+        ),
         "torch_max_abs_diff": float(diff.max()),
         "torch_n_differing": int(np.count_nonzero(diff)),
+        "torch_bit_equal": bool(
+            np.array_equal(torch_out.view(np.uint32), ref.view(np.uint32))
+        ),
         "torch_scale_dtype": "float32 required (float64 scale raises)",
         "torch_zero_point_dtype": "int32 (int64 raises)",
     }
@@ -235,10 +246,14 @@ def main(argv=None):
         f"{gb / (med['(c) np.copyto(dst, W)'] / 1e3):.1f} GB/s"
     )
     print(
-        "NumPy output == kernel output bit for bit: "
-        f"{checks['numpy_equals_kernel']}; torch max |diff| vs kernel = "
-        f"{checks['torch_max_abs_diff']:.3g} "
-        f"({checks['torch_n_differing']} entries differ); torch scale must be float32"
+        f"NumPy == kernel in value: {checks['numpy_equals_kernel']} (asserted); "
+        f"bit for bit: {checks['numpy_bit_equal']} "
+        f"({checks['numpy_negative_zeros']} entries -0.0 in NumPy, +0.0 in the kernel)"
+    )
+    print(
+        f"torch vs kernel: max |diff| = {checks['torch_max_abs_diff']:.3g}, "
+        f"{checks['torch_n_differing']} entries differ, bit for bit: "
+        f"{checks['torch_bit_equal']}; torch needs a float32 scale, int32 zero point"
     )
     print(
         f"1-min load average before/after timing: {load_before:.2f}/{load_after:.2f} "

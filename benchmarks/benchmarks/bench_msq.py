@@ -6,6 +6,8 @@ module falls back to this checkout, and ``ASV_PYTHONPATH=/abs/path/to/repo`` is 
 asv way to point at another one; asv drops a plain ``PYTHONPATH``)::
 
     cd benchmarks
+    # once per machine, before the first run (writes ~/.asv-machine.json)
+    ../.venv/bin/asv machine --yes
     # check that the suite imports and every benchmark is well formed
     ../.venv/bin/asv check --python=same
     # one quick pass (one sample per benchmark) over one class, nothing saved
