@@ -107,18 +107,18 @@ for delta, bound, step, signed in rows:
 # %%
 # The predicted increase takes every rounding error with the sign that hurts, so it
 # bounds the *first-order* term; the errors' signs are in fact mixed, and the signed
-# first-order term is 10 to 300 times smaller still. At a trained network the
-# gradient is small, and the loss increase is mostly second order (curvature),
+# first-order term is roughly 10 to 300 times smaller still. At a trained network
+# the gradient is small, and the loss increase is mostly second order (curvature),
 # which the linearisation ignores. With small margins (trust region 0.05) the
 # second-order term stays small and the measured increase lies about 15 times below
 # the prediction at every budget: the budget is spent very conservatively. With
 # large margins (trust region 1) parameters with small gradients are pruned
-# wholesale, the curvature term grows with the square of their size, and the
-# measured increase comes within a factor of 3 of the prediction, then *exceeds*
-# it at the largest budgets: the linearisation is no longer a bound there. (When
-# the measured loss passes the loss bound itself, the iterative driver halves the
-# budget and retries.) Steps whose loss went down could not be drawn on the log
-# scale and would be left out.
+# wholesale and the curvature term, which grows with the square of the errors,
+# catches up: the measured increase comes within a factor of 2 of the prediction
+# and *passes* it at the largest budgets (several times over), where the
+# linearisation is no longer a bound. (When the measured loss passes the loss bound
+# itself, the iterative driver halves the budget and retries.) A step whose loss
+# went down could not be drawn on the log scale and would be left out.
 fig, ax = plt.subplots(figsize=(5.5, 5))
 for i, delta in enumerate((0.05, 1.0)):
     pts = [

@@ -59,7 +59,7 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
             xb, yb = xb.to(device), yb.to(device)
             loss = loss_fn(model(xb), yb)
             (loss * len(xb)).backward()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
             n += len(xb)
     finally:
         model.train(was_training)
