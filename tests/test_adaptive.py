@@ -158,7 +158,8 @@ def test_history_plot(digits_mlp, tmp_path):
 
 def test_progress_bar_reports_loss_and_size(digits_mlp, capsys):
     mlp, X, y = digits_mlp
-    adaptive_quantize_mlp(mlp, X[:600], y[:600], loss_bound=1.0, max_iter=2,
-                          verbose=True)
+    adaptive_quantize_mlp(
+        mlp, X[:600], y[:600], loss_bound=1.0, max_iter=2, verbose=True
+    )
     err = capsys.readouterr().err
     assert "adaptive precision" in err and "bits/param" in err

@@ -77,14 +77,19 @@ def test_every_error_within_its_margin_and_fewest_bits(w, delta, seed):
     _precision.fixed_point_quantize(w, a, kappa, delta, 30, tau, bits, q)
     assert np.all(np.abs(w - q) <= tau)
     pruned = bits == 0
-    assert_array_equal(pruned, np.abs(w) <= tau)
+    assert_array_equal(pruned, (np.abs(w) <= tau) | (q == 0))
     assert np.all(q[pruned] == 0)
-    n = bits[~pruned].astype(int) - 1  # fractional bits
-    t = tau[~pruned]
-    assert np.all(2.0 ** -(n + 1) <= t)  # enough bits
-    assert np.all((n == 0) | (2.0**-n > t))  # and not one more than needed
-    # values are on their fixed-point grids
-    assert_array_equal(q[~pruned] * 2.0**n, np.rint(q[~pruned] * 2.0**n))
+    n = bits[~pruned].astype(int) - 1  # stored fractional bits
+    qk, t, wk = q[~pruned], tau[~pruned], w[~pruned]
+    # q holds exactly in n bits, not in n - 1
+    assert_array_equal(qk * 2.0**n, np.rint(qk * 2.0**n))
+    assert np.all((n == 0) | (qk * 2.0 ** (n - 1) != np.rint(qk * 2.0 ** (n - 1))))
+    # the margin's grid: N = fewest bits with 2^-(N+1) <= tau; never more stored
+    N = np.ceil(-np.log2(t) - 1).clip(0)
+    N = np.where(2.0 ** -(N + 1) > t, N + 1, N)
+    assert np.all(n <= N)
+    # re-rounding w on the stored grid gives q back (transform relies on it)
+    assert_array_equal(np.rint(wk * 2.0**n) / 2.0**n, qk)
 
 
 def test_parallel_kernels_match_serial():

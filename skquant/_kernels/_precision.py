@@ -165,8 +165,19 @@ def _precision_chunk(
         while n_frac < max_bits and 2.0 ** (-(n_frac + 1)) > t:
             n_frac += 1
         p = 2.0**n_frac
+        q = np.rint(x * p) / p
+        out[i] = q
+        if q == 0.0:
+            bits[i] = 0  # rounded to zero: nothing to store
+            continue
+        # store q with the fewest fractional bits that hold it exactly (a value
+        # already on a coarser grid, e.g. from an earlier iteration, keeps its width)
+        while n_frac > 0:
+            half = q * 2.0 ** (n_frac - 1)
+            if half != np.floor(half):
+                break
+            n_frac -= 1
         bits[i] = n_frac + 1  # fractional bits + sign
-        out[i] = np.rint(x * p) / p
 
 
 @nb.njit(cache=True, nogil=True)
@@ -176,9 +187,12 @@ def fixed_point_quantize(
     """Margins, per-parameter bits and fixed-point rounding in one pass.
 
     ``tau_i = min(delta, kappa / a_i)``; a weight with ``|w_i| <= tau_i`` is pruned
-    (0 bits, value 0); otherwise it keeps ``N_i`` fractional bits, the fewest with
-    ``2^-(N_i + 1) <= tau_i`` (capped at ``max_bits``), is rounded to
-    ``rint(2^N_i w_i) / 2^N_i`` and costs ``N_i + 1`` bits (with its sign).
+    (0 bits, value 0); otherwise it is rounded to ``q_i = rint(2^N_i w_i) / 2^N_i``
+    with ``N_i`` the fewest fractional bits with ``2^-(N_i + 1) <= tau_i`` (capped at
+    ``max_bits``), and costs ``M_i + 1`` bits (with its sign), ``M_i <= N_i`` the
+    fewest fractional bits that hold ``q_i`` exactly (0 bits when ``q_i = 0``).
+    Rounding ``w_i`` on the coarser grid of ``M_i`` bits gives ``q_i`` again, since
+    ``|w_i - q_i| <= 2^-(N_i+1)``.
 
     Parameters
     ----------
