@@ -2,8 +2,9 @@
 
 The numba path (``skquant._precision.allocate_precision``: the O(n) histogram water
 filling, then margins, bits and fixed-point rounding in one pass) against a
-straightforward NumPy version (sort, cumulative sums, then vectorised margins, bits
-and rounding), on the same weights and gradients, medians of --repeat runs.
+straightforward NumPy version (sort, cumulative sums, then vectorised margins,
+rounding and stored widths), on the same weights and gradients, medians of --repeat
+runs.
 
 Run: PYTHONPATH=. python benchmarks/bench_precision_speed.py [--n 10000000]
 """
@@ -32,9 +33,16 @@ def numpy_version(w, g, budget, delta):
     x = w / s
     n = np.clip(np.ceil(-np.log2(tau) - 1), 0, 24)
     p = np.exp2(n)
-    q = np.where(np.abs(x) <= tau, 0.0, np.rint(x * p) / p) * s
-    bits = np.where(np.abs(x) <= tau, 0, n + 1).astype(np.int8)
-    return q, bits, kappa
+    qn = np.where(np.abs(x) <= tau, 0.0, np.rint(x * p) / p)
+    # stored width: the fewest fractional bits that hold the value exactly
+    m = n.copy()
+    for _ in range(25):
+        fits = (m > 0) & (qn * np.exp2(m - 1) == np.rint(qn * np.exp2(m - 1)))
+        if not fits.any():
+            break
+        m = np.where(fits, m - 1, m)
+    bits = np.where(qn == 0, 0, m + 1).astype(np.int8)
+    return qn * s, bits, kappa
 
 
 def main(argv=None):
