@@ -17,7 +17,7 @@ measured over budgets (one step each), a histogram of per-parameter bits per ten
 and the time of one iteration split into the gradient (``loss_gradients``, torch)
 and the allocation (``allocate_precision``, numba).
 
-Run (3 minutes on 2 cores; half a minute more the first time, when it trains the
+Run (8 minutes on 2 cores; half a minute more the first time, when it trains the
 Fashion-MNIST MLP)::
 
     PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python -u benchmarks/bench_adaptive_mnist.py
