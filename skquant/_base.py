@@ -43,7 +43,8 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
     scikit-learn's vocabulary the rows of ``W`` are the samples and its columns the
     features: ``n_features_in_`` is the number of output channels.
 
-    Subclasses set ``_scale_rules`` and implement ``_code_range`` and ``_fit_scale``.
+    Subclasses implement ``_code_range`` (codes and bits of the alphabet) and
+    ``_fit_scale`` (the scale rules named by the ``scale`` parameter).
     """
 
     _parameter_constraints: dict = {
@@ -94,11 +95,8 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         self : object
             Fitted quantizer.
         """
-        self._fit(W)
+        self._fit_common(W)
         return self
-
-    def _fit(self, W):
-        return self._fit_common(W)
 
     def _levels(self, dtype):
         """Per-column level (scale) broadcast to ``n_features_in_`` in ``dtype``."""

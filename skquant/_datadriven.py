@@ -56,9 +56,6 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         "n_bits": N_BITS_CONSTRAINT,
     }
 
-    def _code_range(self):  # set from the alphabet quantizer in _fit_alphabet
-        raise NotImplementedError
-
     def _fit_alphabet(self, W, scale="maxabs"):
         """Scales, code range and alphabet of ``W`` from the memoryless quantizer."""
         n_bits = self.n_bits

@@ -15,24 +15,28 @@ from skquant._datadriven import BaseDataQuantizer
 from skquant.utils.discovery import all_estimators
 
 
-def _activations_for(W):
-    """Fixed activations (8 x n_in) matching ``W``, or None when W is not 2-D."""
+def _shape_2d(W):
+    """Shape of ``W`` when it is 2-D with at least one row, else None."""
     shape = getattr(W, "shape", None)
     if shape is None:
         shape = np.shape(np.asarray(W))
-    if len(shape) != 2 or shape[0] < 1:
-        return None
-    return np.random.default_rng(0).standard_normal((8, shape[0]))
+    return tuple(shape) if len(shape) == 2 and shape[0] >= 1 else None
+
+
+def _activations_for(W):
+    """Fixed activations (8 x n_in) matching ``W``, or None when W is not 2-D."""
+    shape = _shape_2d(W)
+    return (
+        None
+        if shape is None
+        else np.random.default_rng(0).standard_normal((8, shape[0]))
+    )
 
 
 def _gradient_for(W):
     """A fixed gradient shaped like ``W``, or None when W is not 2-D."""
-    shape = getattr(W, "shape", None)
-    if shape is None:
-        shape = np.shape(np.asarray(W))
-    if len(shape) != 2:
-        return None
-    return np.random.default_rng(0).standard_normal(shape)
+    shape = _shape_2d(W)
+    return None if shape is None else np.random.default_rng(0).standard_normal(shape)
 
 
 def _with_calibration(cls):
