@@ -8,6 +8,7 @@ import scipy.linalg
 from scipy import sparse
 from scipy.optimize import linprog
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from ._alphabets import _kernel
@@ -68,6 +69,73 @@ def _grid_boxes(Z0, step, qmin, qmax, binary):
     on = np.isclose(Zc, lo, rtol=0, atol=0)
     hi = np.where(on, lo, hi)
     return lo, hi
+
+
+def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
+    """Tableau chunk size of the null-space walk with the fewest flops (a model).
+
+    A chunk of ``C`` coordinates costs about ``k C^2 / 2`` (its eta updates) and,
+    except the first, which all neurons share, ``2/3 k^3 + 2 k^2 C`` (a fresh
+    factorisation and solve). Returns the ``C`` minimising the sum over the
+    ``ceil((n - k) / C)`` chunks.
+    """
+    free = n - k
+    if free <= 0 or k == 0:
+        return max(free, 1)
+    best, best_cost = free, None
+    for C in list(range(block, free, block)) + [free]:
+        c = -(-free // C)
+        cost = c * k * C * C / 2 + (c - 1) * (2 * k**3 / 3 + 2 * k * k * C)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = C, cost
+    return best
+
+
+def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None):
+    """Vertices of ``{z : V^T z = V^T z0, lo <= z <= hi}`` for every column ``z0``.
+
+    Parameters
+    ----------
+    V : ndarray of shape (n, k)
+        Orthonormal columns, ``k < n``.
+    Z0, lo, hi : ndarray of shape (n, n_out)
+        Start points and their boxes, ``lo <= Z0 <= hi``.
+    order : ndarray of shape (n,)
+        Order in which the walk visits the coordinates.
+    n_jobs : int, default=None
+        Numba threads (over columns).
+
+    Returns
+    -------
+    Z : ndarray of shape (n, n_out)
+        The vertices.
+    basis : ndarray of shape (k, n_out)
+        Each column's final basis: the only coordinates that may be off their box
+        bounds.
+    pivots : ndarray of shape (n_out,)
+        Pivots per column.
+    """
+    n, k = V.shape
+    # initial basis: a well-conditioned set of k coordinates (pivoted QR of V^T),
+    # shared by all columns with the first chunk of the tableau
+    _, _, piv = scipy.linalg.qr(V.T, pivoting=True, mode="economic")
+    basis0 = np.ascontiguousarray(piv[:k], dtype=np.int64)
+    in_basis = np.zeros(n, dtype=bool)
+    in_basis[basis0] = True
+    order = np.asarray(order, dtype=np.int64)
+    cols = np.ascontiguousarray(order[~in_basis[order]])
+    chunk = walk_chunk(n, k)
+    first = cols[:chunk]
+    T0 = np.ascontiguousarray(scipy.linalg.solve(V[basis0].T, V[first].T).T)
+    Z = np.empty_like(Z0)
+    basis = np.empty((k, Z0.shape[1]), dtype=np.int64)
+    # the walk calls LAPACK and BLAS from numba's threads: BLAS threads on top fight
+    # for the cores (measured: 3x to 8x slower)
+    with numba_threads(n_jobs), threadpool_limits(1, user_api="blas"):
+        pivots = _kernel(_nullspace, "nullspace_walk", n_jobs)(
+            V, T0, cols, chunk, np.ascontiguousarray(Z0), lo, hi, basis0, Z, basis
+        )
+    return Z, basis, pivots
 
 
 def on_alphabet(Z, step, binary, rtol=1e-9):
@@ -150,7 +218,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     calibration_error_ : ndarray of shape (n_out,)
         Relative error ``||X w - X q|| / ||X w||`` of each neuron on the data.
     bound_ : ndarray of shape (n_out,)
-        A-posteriori bound on ``calibration_error_`` (see Notes).
+        A-posteriori bound on ``calibration_error_`` (see Notes); computed on first
+        access (one eigenvalue problem per neuron), then kept.
     n_features_in_ : int
         Number of output channels (columns of ``W``).
 
@@ -297,17 +366,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 Z, basis = Z0, np.tile(np.arange(n), (n_out, 1)).T.copy()
             else:
                 energy = np.einsum("ij,ij->j", Xq, Xq)
-                order = np.argsort(-energy, kind="stable").astype(np.int64)
-                _, _, piv = scipy.linalg.qr(V.T, pivoting=True, mode="economic")
-                basis0 = piv[:k].astype(np.int64)
-                Z = np.empty_like(Z0)
-                basis = np.empty((k, n_out), dtype=np.int64)
-                # the walk calls LAPACK (inverse refreshes) from numba's threads: BLAS
-                # threads on top fight for the cores (measured: 3x to 8x slower)
-                with numba_threads(self.n_jobs), threadpool_limits(1, user_api="blas"):
-                    _kernel(_nullspace, "nullspace_walk", self.n_jobs)(
-                        V, np.ascontiguousarray(Z0), lo, hi, basis0, order, Z, basis
-                    )
+                order = np.argsort(-energy, kind="stable")
+                Z, basis, _ = walk_to_vertices(V, Z0, lo, hi, order, self.n_jobs)
         else:
             top = (qmax if not binary else 1.0) * step
             Z = np.clip(Z, -top, top)
@@ -334,25 +394,44 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         ref = Xf @ W
         norm = np.linalg.norm(ref, axis=0)
         safe = np.where(norm > 0, norm, 1.0)
-        drift = np.linalg.norm(ref - Xq @ Z, axis=0)
-        self.preprocessing_residual_ = float(np.max(drift / safe))
+        drift = np.linalg.norm(ref - Xq @ Z, axis=0) / safe
+        self.preprocessing_residual_ = float(np.max(drift))
         self.calibration_error_ = np.linalg.norm(ref - Xq @ Q, axis=0) / safe
         off = ~on_alphabet(Z, step, self._alphabet == "binary")
         self.n_off_grid_ = off.sum(axis=0)
-        G = Xq.T @ Xq
-        bound = np.empty(W.shape[1])
+        # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
+        # when bound_ is first read)
+        idx = np.full((max(int(self.n_off_grid_.max()), 1), W.shape[1]), -1, np.int64)
         for j in range(W.shape[1]):
             S = np.flatnonzero(off[:, j])
-            if S.size == 0:
-                bound[j] = drift[j]
-                continue
-            # ||X_S||_2^2 is the largest eigenvalue of the Gram block (LAPACK syevd
-            # on all of them is faster here than scipy's subset driver)
-            lam = np.linalg.eigvalsh(G[np.ix_(S, S)])
-            bound[j] = drift[j] + np.sqrt(max(lam[-1], 0.0)) * np.linalg.norm(
-                Z[S, j] - Q[S, j]
-            )
-        self.bound_ = bound / safe
+            idx[: S.size, j] = S
+        dist = np.linalg.norm(np.where(off, Z - Q, 0.0), axis=0) / safe
+        self._bound_terms = (drift, dist, idx)
+        self._bound = None
+
+    @property
+    def bound_(self):
+        """A-posteriori bound on ``calibration_error_``, per neuron.
+
+        ``(||X w - X z|| + ||X_S||_2 ||z_S - q_S||_2) / ||X w||`` with ``||X_S||_2``
+        exact (the largest eigenvalue of the Gram block of ``S``, one per neuron,
+        computed on first access with ``n_jobs`` threads, then kept).
+
+        Returns
+        -------
+        bound : ndarray of shape (n_out,)
+            The bound of each neuron.
+        """
+        check_is_fitted(self)
+        if self._bound is None:
+            drift, dist, idx = self._bound_terms
+            counts = (idx >= 0).sum(axis=0)
+            G = self.activations_.T @ self.activations_
+            norms = np.empty(counts.size)
+            with numba_threads(self.n_jobs), threadpool_limits(1, user_api="blas"):
+                _kernel(_nullspace, "subset_norms", self.n_jobs)(G, idx, counts, norms)
+            self._bound = drift + norms * dist
+        return self._bound
 
 
 class GreedyPathQuantizer(BaseDataQuantizer):

@@ -11,7 +11,7 @@ from numpy.testing import assert_array_equal
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
 from skquant._kernels import _nullspace
-from skquant._nullspace import row_space
+from skquant._nullspace import row_space, walk_chunk, walk_to_vertices
 from skquant.datasets import make_gaussian_layer
 from skquant.metrics import relative_error
 
@@ -25,9 +25,9 @@ def _layer(m=16, n_in=256, n_out=6, seed=0):
 # ------------------------------------------------------------------------ the walk
 
 
-@pytest.mark.parametrize("variant", ["", "_parallel"])
-@pytest.mark.parametrize("m, n", [(8, 64), (32, 2048), (100, 3000)])
-def test_walk_preserves_data_and_reaches_a_vertex(variant, m, n):
+@pytest.mark.parametrize("n_jobs", [None, 2])
+@pytest.mark.parametrize("m, n", [(8, 64), (32, 2048), (100, 3000), (300, 700)])
+def test_walk_preserves_data_and_reaches_a_vertex(n_jobs, m, n):
     rng = np.random.default_rng(m)
     X = rng.standard_normal((m, n))
     W = rng.standard_normal((n, 3)) / np.sqrt(n)
@@ -35,15 +35,7 @@ def test_walk_preserves_data_and_reaches_a_vertex(variant, m, n):
     lo = np.floor(W / step) * step
     hi = lo + step
     V, _, k = row_space(X)
-    basis0 = np.arange(k, dtype=np.int64)  # any invertible start works
-    basis0 = np.asarray(
-        __import__("scipy.linalg").linalg.qr(V.T, pivoting=True)[2][:k], np.int64
-    )
-    Z = np.empty_like(W)
-    B = np.empty((k, 3), dtype=np.int64)
-    pivots = getattr(_nullspace, "nullspace_walk" + variant)(
-        V, W, lo, hi, basis0, np.arange(n, dtype=np.int64), Z, B
-    )
+    Z, B, pivots = walk_to_vertices(V, W, lo, hi, np.arange(n), n_jobs=n_jobs)
     # X z = X w to relative 1e-9 after thousands of steps
     assert np.linalg.norm(X @ Z - X @ W) <= 1e-9 * np.linalg.norm(X @ W)
     assert pivots.max() > 0

@@ -5,170 +5,270 @@ The walk moves one neuron ``w`` (a column of ``W``) inside
 columns) spans the row space of the calibration data, until it reaches a vertex of
 ``P``: at most ``k`` coordinates stay strictly inside their box, every other one sits
 on a box bound (a grid point). It works like the simplex method on the equality
-system ``A z_B = c - V_N^T z_N``: a basis ``B`` of ``k`` free coordinates, the inverse
-of ``A = V_B^T`` kept up to date with rank-one (eta) updates, and one pass over the
-other coordinates. Each step costs ``O(k^2)``, so one neuron costs ``O(n k^2)``, and
-a layer ``O(n_out n k^2)`` after one ``O(m n k)`` SVD shared by all neurons.
+system ``A z_B = c - V_N^T z_N``: a basis ``B`` of ``k`` free coordinates
+(``A = V_B^T``), one pass over the other ``n - k`` coordinates in a fixed order, and
+at each one a move along the null-space direction ``d`` (``d_j = 1``,
+``d_B = -A^{-1} v_j``) until ``z_j`` or a basis coordinate reaches a bound; in the
+latter case that coordinate is frozen and ``j`` takes its place (a pivot).
 
-Numerics: the inverse is refactorised from scratch every ``k`` pivots and whenever a
-pivot is small relative to its column; at the end the basis coordinates are solved
-again (two rounds of iterative refinement) so that ``V^T z = V^T w`` holds to
-round-off whatever the number of steps.
+Cost. The directions ``A^{-1} v_j`` of the coordinates still to visit are kept as a
+simplex tableau (``k`` numbers per coordinate) in chunks of ``C`` coordinates. A
+pivot changes the tableau by a rank-one (eta) update; the updates are applied
+lazily to the next coordinate (``O(k)`` each) and, every ``L`` pivots, to the rest of
+the chunk at once as one rank-``L`` matrix product (BLAS-3). A new chunk solves its
+tableau afresh with the current basis (an LU factorisation, ``O(k^3 + k^2 C)``);
+the first chunk's tableau is shared by all neurons (they start from the same basis)
+and computed once per layer. Per neuron this is
+``O((n - k) k (k + C))`` with ``C`` near ``k``, i.e. ``O(n k^2)``; when ``n - k`` is
+below a few ``k`` a single shared chunk is cheaper, ``O(k (n - k)^2)`` with no
+factorisation per neuron. :func:`skquant._nullspace.walk_chunk` picks ``C`` from
+these counts.
+
+Numerics: a chunk also ends after a pivot that is small relative to its column, so
+that the next one starts from a fresh factorisation; at the end, when
+``V^T z`` has drifted from ``V^T w`` by more than ``1e-13`` relatively, the basis
+coordinates are solved again (two rounds of iterative refinement), so that the
+equality holds to round-off whatever the number of steps.
 """
 
 import numba as nb
 import numpy as np
 
+#: pivots whose eta updates are batched into one matrix product
+ETA_BLOCK = 32
+
 
 @nb.njit(nogil=True, fastmath=True)
-def _matvec(A, x, out):  # pragma: no cover
-    # A pure multiply-add leaf (it rounds, clips and divides nothing): fastmath only
-    # lets LLVM split the sums over SIMD lanes. Measured on a 784-input layer with
-    # k = 232 (MNIST, m = 1024): 0.049 -> 0.015 s per neuron. The sums differ from
-    # the serial order in the last bits, which can change which vertex is reached,
-    # never the equality (restored exactly at the end).
-    for p in range(A.shape[0]):
-        acc = 0.0
-        for r in range(A.shape[1]):
-            acc += A[p, r] * x[r]
-        out[p] = acc
+def _axpy(a, x, y):  # pragma: no cover
+    # y -= a * x: a pure multiply-add leaf, so fastmath only vectorises it
+    for p in range(y.shape[0]):
+        y[p] -= a * x[p]
 
 
 @nb.njit(nogil=True)
-def _eta_update(Ainv, y, row, leave):  # pragma: no cover
-    # rows p != leave of the new inverse: Ainv[p] -= y[p] * (new row `leave`)
-    k = Ainv.shape[0]
-    for p in range(k):
-        if p != leave:
-            f = y[p]
-            if f != 0.0:
-                a = Ainv[p]
-                for r in range(k):
-                    a[r] -= f * row[r]
+def _apply_etas(y, E, leave, t):  # pragma: no cover
+    # y <- E_t ... E_1 y: pivot s divides row leave[s] by the pivot E[s, leave[s]]
+    # and eliminates it from the other rows
+    for s in range(t):
+        lv = leave[s]
+        yl = y[lv] / E[s, lv]
+        _axpy(yl, E[s], y)
+        y[lv] = yl
 
 
 @nb.njit(nogil=True)
-def _refactor(V, B, Ainv):  # pragma: no cover
+def _flush_etas(rest, E, leave, t, k):  # pragma: no cover
+    # rest (rows = tableau columns) <- rest with the t pending pivots applied, as one
+    # product: M - I is zero outside the columns D of the leaving rows, so
+    # x' = x + (M - I)[:, D] x[D]
+    mark = np.full(k, -1, dtype=np.int64)
+    D = np.empty(t, dtype=np.int64)
+    nd = 0
+    for s in range(t):
+        if mark[leave[s]] < 0:
+            mark[leave[s]] = nd
+            D[nd] = leave[s]
+            nd += 1
+    H = np.zeros((nd, k))
+    for i in range(nd):
+        H[i, D[i]] = 1.0
+        _apply_etas(H[i], E, leave, t)
+        H[i, D[i]] -= 1.0
+    r = rest.shape[0]
+    tmp = np.empty((r, nd))
+    for c in range(r):
+        for i in range(nd):
+            tmp[c, i] = rest[c, D[i]]
+    rest += np.dot(tmp, H)
+
+
+@nb.njit(nogil=True)
+def _basis_matrix(V, B):  # pragma: no cover
     k = B.shape[0]
     A = np.empty((k, k))
     for p in range(k):
         for r in range(k):
             A[r, p] = V[B[p], r]
-    Ainv[:, :] = np.linalg.inv(A)
+    return A
 
 
 @nb.njit(nogil=True)
-def _resolve_basis(V, w, z, B, Ainv):  # pragma: no cover
-    # z_B += A^{-1} (V^T w - V^T z): restores the equality to round-off
+def _tableau(V, B, cols):  # pragma: no cover
+    # rows c: A^{-1} v_{cols[c]} with A = V_B^T
+    k = B.shape[0]
+    R = np.empty((k, cols.shape[0]))
+    for c in range(cols.shape[0]):
+        for r in range(k):
+            R[r, c] = V[cols[c], r]
+    return np.ascontiguousarray(np.linalg.solve(_basis_matrix(V, B), R).T)
+
+
+@nb.njit(nogil=True)
+def _drift(V, w, z):  # pragma: no cover
+    # V^T (w - z) and ||V^T w||
     n, k = V.shape
-    for _ in range(2):
-        res = np.zeros(k)
-        for i in range(n):
-            diff = w[i] - z[i]
-            if diff != 0.0:
-                for r in range(k):
-                    res[r] += V[i, r] * diff
-        for p in range(k):
-            acc = 0.0
-            for r in range(k):
-                acc += Ainv[p, r] * res[r]
-            z[B[p]] += acc
+    res = np.zeros(k)
+    ref = np.zeros(k)
+    for i in range(n):
+        diff = w[i] - z[i]
+        wi = w[i]
+        for r in range(k):
+            res[r] += V[i, r] * diff
+            ref[r] += V[i, r] * wi
+    return res, np.sqrt(np.sum(ref * ref))
 
 
 @nb.njit(nogil=True)
-def _walk_column(V, w, lo, hi, basis0, order, z, B):  # pragma: no cover
+def _resolve_basis(V, w, z, B):  # pragma: no cover
+    # z_B += A^{-1} V^T (w - z), twice, when the equality has drifted
+    res, scale = _drift(V, w, z)
+    if np.sqrt(np.sum(res * res)) <= 1e-13 * scale:
+        return
+    A = _basis_matrix(V, B)
+    for _ in range(2):
+        corr = np.linalg.solve(A, res)
+        for p in range(B.shape[0]):
+            z[B[p]] += corr[p]
+        res, scale = _drift(V, w, z)
+
+
+@nb.njit(nogil=True, fastmath=True)
+def _absmax(y):  # pragma: no cover
+    # max |y_p|: a pure max-reduction leaf (no NaN reaches the walk), vectorised
+    m = 0.0
+    for p in range(y.shape[0]):
+        m = max(m, abs(y[p]))
+    return m
+
+
+@nb.njit(nogil=True)
+def _ratio_test(y, zb, lob, hib, t_hi, t_lo, up, down):  # pragma: no cover
+    # how far the basis allows z_j to move up (t_hi) and down (t_lo) along
+    # d = (1, -y), and which basis position stops each (-1: z_j's own bound).
+    # Branch-free first pass (vectorised), then the first minimiser/maximiser.
+    k = y.shape[0]
+    tiny = 1e-12 * max(_absmax(y), 1.0)
+    for p in range(k):
+        d = -y[p]
+        moves = abs(d) > tiny
+        dd = d if moves else 1.0
+        r1 = (hib[p] - zb[p]) / dd
+        r2 = (lob[p] - zb[p]) / dd
+        up[p] = max(r1, r2) if moves else np.inf
+        down[p] = min(r1, r2) if moves else -np.inf
+    arg_hi = -1
+    arg_lo = -1
+    for p in range(k):
+        if up[p] < t_hi:
+            t_hi = up[p]
+            arg_hi = p
+        if down[p] > t_lo:
+            t_lo = down[p]
+            arg_lo = p
+    return max(t_hi, 0.0), arg_hi, min(t_lo, 0.0), arg_lo
+
+
+@nb.njit(nogil=True)
+def _walk_column(V, T0, cols, chunk, w, lo, hi, basis0, z, B):  # pragma: no cover
     n, k = V.shape
     z[:] = w
     B[:] = basis0
     if k == 0:
         return 0
-    Ainv = np.empty((k, k))
-    _refactor(V, B, Ainv)
-    in_basis = np.zeros(n, dtype=np.bool_)
+    # the basis coordinates' values and boxes, by basis position (contiguous)
+    zb = np.empty(k)
+    lob = np.empty(k)
+    hib = np.empty(k)
     for p in range(k):
-        in_basis[B[p]] = True
-    y = np.empty(k)
-    row = np.empty(k)
+        zb[p] = z[B[p]]
+        lob[p] = lo[B[p]]
+        hib[p] = hi[B[p]]
+    up = np.empty(k)
+    down = np.empty(k)
+    n_cols = cols.shape[0]
+    E = np.empty((ETA_BLOCK, k))
+    leave = np.empty(ETA_BLOCK, dtype=np.int64)
     pivots = 0
-    for j in order:
-        if in_basis[j]:
-            continue
-        if z[j] <= lo[j] or z[j] >= hi[j]:
-            continue  # already on a grid point
-        # direction d: d_j = 1, d_B = -y with y = A^{-1} v_j, so that V^T d = 0
-        _matvec(Ainv, V[j], y)
-        ymax = 0.0
-        for p in range(k):
-            ymax = max(ymax, abs(y[p]))
-        tiny = 1e-12 * max(ymax, 1.0)
-        t_hi = hi[j] - z[j]
-        t_lo = lo[j] - z[j]
-        arg_hi = -1
-        arg_lo = -1
-        for p in range(k):
-            d = -y[p]
-            b = B[p]
-            if d > tiny:
-                up = (hi[b] - z[b]) / d
-                down = (lo[b] - z[b]) / d
-            elif d < -tiny:
-                up = (lo[b] - z[b]) / d
-                down = (hi[b] - z[b]) / d
+    start = 0
+    while start < n_cols:
+        stop = min(start + chunk, n_cols)
+        # T holds the tableau of cols[first:stop]; the shared first chunk is only
+        # copied when a flush has to write to it
+        first = start
+        if start == 0:
+            T = T0
+            owned = False
+        else:
+            T = _tableau(V, B, cols[start:stop])
+            owned = True
+        y = np.empty(k)
+        t = 0
+        restart = stop
+        for c in range(start, stop):
+            j = cols[c]
+            if z[j] <= lo[j] or z[j] >= hi[j]:
+                continue  # already on a grid point
+            # y = A^{-1} v_j: the direction d_j = 1, d_B = -y keeps V^T z fixed
+            y[:] = T[c - first]
+            _apply_etas(y, E, leave, t)
+            t_hi, arg_hi, t_lo, arg_lo = _ratio_test(
+                y, zb, lob, hib, hi[j] - z[j], lo[j] - z[j], up, down
+            )
+            if t_hi <= -t_lo:
+                step, out, to_hi = t_hi, arg_hi, True
             else:
+                step, out, to_hi = t_lo, arg_lo, False
+            z[j] += step
+            _axpy(step, y, zb)
+            if out < 0:
+                z[j] = hi[j] if to_hi else lo[j]
                 continue
-            if up < t_hi:
-                t_hi = up
-                arg_hi = p
-            if down > t_lo:
-                t_lo = down
-                arg_lo = p
-        t_hi = max(t_hi, 0.0)
-        t_lo = min(t_lo, 0.0)
-        if t_hi <= -t_lo:
-            t, leave, to_hi = t_hi, arg_hi, True
-        else:
-            t, leave, to_hi = t_lo, arg_lo, False
-        z[j] += t
-        for p in range(k):
-            z[B[p]] -= t * y[p]
-        if leave < 0:
-            z[j] = hi[j] if to_hi else lo[j]
-            continue
-        # basis coordinate B[leave] reached its bound: snap it, pivot j in
-        b = B[leave]
-        d = -y[leave]
-        if (d > 0) == to_hi:
-            z[b] = hi[b]
-        else:
-            z[b] = lo[b]
-        in_basis[b] = False
-        in_basis[j] = True
-        B[leave] = j
-        pivots += 1
-        piv = y[leave]
-        if abs(piv) < 1e-7 * ymax or pivots % k == 0:
-            _refactor(V, B, Ainv)
-        else:
-            for r in range(k):
-                Ainv[leave, r] /= piv
-                row[r] = Ainv[leave, r]
-            _eta_update(Ainv, y, row, leave)
-    _refactor(V, B, Ainv)
-    _resolve_basis(V, w, z, B, Ainv)
+            # basis position `out` reached its bound: snap it, pivot j in
+            b = B[out]
+            z[b] = hib[out] if (-y[out] > 0) == to_hi else lob[out]
+            B[out] = j
+            zb[out] = z[j]
+            lob[out] = lo[j]
+            hib[out] = hi[j]
+            pivots += 1
+            E[t] = y
+            leave[t] = out
+            t += 1
+            if abs(y[out]) < 1e-7 * _absmax(y):
+                restart = c + 1  # refactorise from the next coordinate
+                break
+            if t == ETA_BLOCK and c + 1 < stop:
+                if owned:
+                    rest = T[c + 1 - first :]
+                else:
+                    rest = T0[c + 1 : stop].copy()
+                    owned = True
+                _flush_etas(rest, E, leave, t, k)
+                T = rest
+                first = c + 1
+                t = 0
+        start = restart
+    for p in range(k):
+        z[B[p]] = zb[p]
+    _resolve_basis(V, w, z, B)
     return pivots
 
 
 @nb.njit(cache=True, nogil=True)
-def nullspace_walk(V, W, lo, hi, basis0, order, Z, basis):  # pragma: no cover
+def nullspace_walk(V, T0, cols, chunk, W, lo, hi, basis0, Z, basis):  # pragma: no cover
     """Walk every column of ``W`` to a vertex of its polytope.
 
     Parameters
     ----------
     V : float64 ndarray of shape (n, k), orthonormal columns (row space of the data)
+    T0 : float64 ndarray of shape (c0, k), the tableau ``A^{-1} v_j`` of the first
+        ``c0 = min(chunk, n - k)`` coordinates of ``cols`` for the basis ``basis0``
+    cols : int64 ndarray of shape (n - k,), the coordinates outside ``basis0`` in
+        the order they are visited
+    chunk : int, coordinates per tableau chunk
     W : float64 ndarray of shape (n, n_out), the start points (columns)
     lo, hi : float64 ndarray of shape (n, n_out), the boxes, ``lo <= W <= hi``
     basis0 : int64 ndarray of shape (k,), initial basis with ``V[basis0]`` invertible
-    order : int64 ndarray of shape (n,), order in which coordinates are visited
     Z : float64 ndarray of shape (n, n_out), written: the vertices
     basis : int64 ndarray of shape (k, n_out), written: each column's final basis
         (the coordinates that may be off the grid).
@@ -183,7 +283,8 @@ def nullspace_walk(V, W, lo, hi, basis0, order, Z, basis):  # pragma: no cover
     b = np.empty(basis0.shape[0], dtype=np.int64)
     for c in range(n_out):
         pivots[c] = _walk_column(
-            V, W[:, c].copy(), lo[:, c].copy(), hi[:, c].copy(), basis0, order, z, b
+            V, T0, cols, chunk, W[:, c].copy(), lo[:, c].copy(), hi[:, c].copy(),
+            basis0, z, b,
         )
         Z[:, c] = z
         basis[:, c] = b
@@ -191,7 +292,9 @@ def nullspace_walk(V, W, lo, hi, basis0, order, Z, basis):  # pragma: no cover
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def nullspace_walk_parallel(V, W, lo, hi, basis0, order, Z, basis):  # pragma: no cover
+def nullspace_walk_parallel(
+    V, T0, cols, chunk, W, lo, hi, basis0, Z, basis
+):  # pragma: no cover
     """Column-parallel :func:`nullspace_walk` (same arguments, same result)."""
     n_out = W.shape[1]
     pivots = np.zeros(n_out, dtype=np.int64)
@@ -199,11 +302,44 @@ def nullspace_walk_parallel(V, W, lo, hi, basis0, order, Z, basis):  # pragma: n
         z = np.empty(W.shape[0])
         b = np.empty(basis0.shape[0], dtype=np.int64)
         pivots[c] = _walk_column(
-            V, W[:, c].copy(), lo[:, c].copy(), hi[:, c].copy(), basis0, order, z, b
+            V, T0, cols, chunk, W[:, c].copy(), lo[:, c].copy(), hi[:, c].copy(),
+            basis0, z, b,
         )
         Z[:, c] = z
         basis[:, c] = b
     return pivots
+
+
+@nb.njit(nogil=True)
+def _subset_norm(G, S):  # pragma: no cover
+    s = S.shape[0]
+    M = np.empty((s, s))
+    for a in range(s):
+        for b in range(s):
+            M[a, b] = G[S[a], S[b]]
+    return np.sqrt(max(np.linalg.eigvalsh(M)[-1], 0.0))
+
+
+@nb.njit(cache=True, nogil=True)
+def subset_norms(G, idx, counts, out):  # pragma: no cover
+    """Spectral norms ``||X_S||_2`` of column subsets, from the Gram matrix.
+
+    Parameters
+    ----------
+    G : float64 ndarray of shape (n, n), ``X^T X``
+    idx : int64 ndarray of shape (s, n_sets), the subsets by column, padded
+    counts : int64 ndarray of shape (n_sets,), the size of each subset
+    out : float64 ndarray of shape (n_sets,), written (0 for an empty subset)
+    """
+    for c in range(counts.shape[0]):
+        out[c] = _subset_norm(G, idx[: counts[c], c].copy()) if counts[c] else 0.0
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def subset_norms_parallel(G, idx, counts, out):  # pragma: no cover
+    """Subset-parallel :func:`subset_norms` (same arguments, same result)."""
+    for c in nb.prange(counts.shape[0]):
+        out[c] = _subset_norm(G, idx[: counts[c], c].copy()) if counts[c] else 0.0
 
 
 @nb.njit(nogil=True)
