@@ -45,7 +45,7 @@ def _axpy(a, x, y):  # pragma: no cover
         y[p] -= a * x[p]
 
 
-@nb.njit(nogil=True)
+@nb.njit(nogil=True, error_model="numpy")
 def _apply_etas(y, E, leave, t):  # pragma: no cover
     # y <- E_t ... E_1 y: pivot s divides row leave[s] by the pivot E[s, leave[s]]
     # and eliminates it from the other rows
@@ -57,29 +57,51 @@ def _apply_etas(y, E, leave, t):  # pragma: no cover
 
 
 @nb.njit(nogil=True)
-def _flush_etas(rest, E, leave, t, k):  # pragma: no cover
-    # rest (rows = tableau columns) <- rest with the t pending pivots applied, as one
+def _workspace(k, chunk):  # pragma: no cover
+    # buffers of one walking thread, allocated once: the chunk tableau, the gathered
+    # leaving rows and the product of a flush, the etas, and k-vectors
+    # (y, up, down, zb, lob, hib)
+    return (
+        np.empty((chunk, k)),
+        np.empty(chunk * ETA_BLOCK),
+        np.empty(chunk * k),
+        np.empty((ETA_BLOCK, k)),
+        np.empty((ETA_BLOCK, k)),
+        np.empty((6, k)),
+        np.empty(ETA_BLOCK, dtype=np.int64),
+        np.empty(ETA_BLOCK, dtype=np.int64),
+        np.full(k, -1, dtype=np.int64),
+    )
+
+
+@nb.njit(nogil=True, error_model="numpy")
+def _flush_etas(src, dst, E, leave, t, H, gbuf, pbuf, D, mark):  # pragma: no cover
+    # dst <- src with the t pending pivots applied (rows = tableau columns), as one
     # product: M - I is zero outside the columns D of the leaving rows, so
-    # x' = x + (M - I)[:, D] x[D]
-    mark = np.full(k, -1, dtype=np.int64)
-    D = np.empty(t, dtype=np.int64)
+    # x' = x + (M - I)[:, D] x[D]. src and dst may be the same rows.
+    r, k = src.shape
     nd = 0
     for s in range(t):
         if mark[leave[s]] < 0:
             mark[leave[s]] = nd
             D[nd] = leave[s]
             nd += 1
-    H = np.zeros((nd, k))
     for i in range(nd):
-        H[i, D[i]] = 1.0
-        _apply_etas(H[i], E, leave, t)
-        H[i, D[i]] -= 1.0
-    r = rest.shape[0]
-    tmp = np.empty((r, nd))
+        mark[D[i]] = -1
+        h = H[i]
+        h[:] = 0.0
+        h[D[i]] = 1.0
+        _apply_etas(h, E, leave, t)
+        h[D[i]] -= 1.0
+    tmp = gbuf[: r * nd].reshape((r, nd))
     for c in range(r):
         for i in range(nd):
-            tmp[c, i] = rest[c, D[i]]
-    rest += np.dot(tmp, H)
+            tmp[c, i] = src[c, D[i]]
+    prod = pbuf[: r * k].reshape((r, k))
+    np.dot(tmp, H[:nd], prod)
+    for c in range(r):
+        for p in range(k):
+            dst[c, p] = src[c, p] + prod[c, p]
 
 
 @nb.njit(nogil=True)
@@ -93,14 +115,14 @@ def _basis_matrix(V, B):  # pragma: no cover
 
 
 @nb.njit(nogil=True)
-def _tableau(V, B, cols):  # pragma: no cover
-    # rows c: A^{-1} v_{cols[c]} with A = V_B^T
+def _tableau(V, B, cols, out):  # pragma: no cover
+    # rows c of out: A^{-1} v_{cols[c]} with A = V_B^T
     k = B.shape[0]
     R = np.empty((k, cols.shape[0]))
     for c in range(cols.shape[0]):
         for r in range(k):
             R[r, c] = V[cols[c], r]
-    return np.ascontiguousarray(np.linalg.solve(_basis_matrix(V, B), R).T)
+    out[:] = np.linalg.solve(_basis_matrix(V, B), R).T
 
 
 @nb.njit(nogil=True)
@@ -141,7 +163,7 @@ def _absmax(y):  # pragma: no cover
     return m
 
 
-@nb.njit(nogil=True)
+@nb.njit(nogil=True, error_model="numpy")
 def _ratio_test(y, zb, lob, hib, t_hi, t_lo, up, down):  # pragma: no cover
     # how far the basis allows z_j to move up (t_hi) and down (t_lo) along
     # d = (1, -y), and which basis position stops each (-1: z_j's own bound).
@@ -168,40 +190,34 @@ def _ratio_test(y, zb, lob, hib, t_hi, t_lo, up, down):  # pragma: no cover
     return max(t_hi, 0.0), arg_hi, min(t_lo, 0.0), arg_lo
 
 
-@nb.njit(nogil=True)
-def _walk_column(V, T0, cols, chunk, w, lo, hi, basis0, z, B):  # pragma: no cover
+@nb.njit(nogil=True, error_model="numpy")
+def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
     n, k = V.shape
     z[:] = w
     B[:] = basis0
     if k == 0:
         return 0
+    Tbuf, gbuf, pbuf, E, H, vecs, leave, D, mark = ws
+    chunk = Tbuf.shape[0]
+    y, up, down, zb, lob, hib = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4], vecs[5]
     # the basis coordinates' values and boxes, by basis position (contiguous)
-    zb = np.empty(k)
-    lob = np.empty(k)
-    hib = np.empty(k)
     for p in range(k):
         zb[p] = z[B[p]]
         lob[p] = lo[B[p]]
         hib[p] = hi[B[p]]
-    up = np.empty(k)
-    down = np.empty(k)
     n_cols = cols.shape[0]
-    E = np.empty((ETA_BLOCK, k))
-    leave = np.empty(ETA_BLOCK, dtype=np.int64)
     pivots = 0
     start = 0
     while start < n_cols:
         stop = min(start + chunk, n_cols)
-        # T holds the tableau of cols[first:stop]; the shared first chunk is only
-        # copied when a flush has to write to it
+        # T: the tableau of cols[first:stop]. The first chunk's is shared (T0) and
+        # only written out to Tbuf by the first flush.
         first = start
         if start == 0:
-            T = T0
-            owned = False
+            T = T0[:stop]
         else:
-            T = _tableau(V, B, cols[start:stop])
-            owned = True
-        y = np.empty(k)
+            T = Tbuf[: stop - start]
+            _tableau(V, B, cols[start:stop], T)
         t = 0
         restart = stop
         for c in range(start, stop):
@@ -238,13 +254,10 @@ def _walk_column(V, T0, cols, chunk, w, lo, hi, basis0, z, B):  # pragma: no cov
                 restart = c + 1  # refactorise from the next coordinate
                 break
             if t == ETA_BLOCK and c + 1 < stop:
-                if owned:
-                    rest = T[c + 1 - first :]
-                else:
-                    rest = T0[c + 1 : stop].copy()
-                    owned = True
-                _flush_etas(rest, E, leave, t, k)
-                T = rest
+                src = T[c + 1 - first :]
+                dst = Tbuf[: src.shape[0]]  # in place, moved to the front
+                _flush_etas(src, dst, E, leave, t, H, gbuf, pbuf, D, mark)
+                T = dst
                 first = c + 1
                 t = 0
         start = restart
@@ -254,9 +267,24 @@ def _walk_column(V, T0, cols, chunk, w, lo, hi, basis0, z, B):  # pragma: no cov
     return pivots
 
 
+@nb.njit(nogil=True)
+def _walk_columns(
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, c0, c1, step
+):  # pragma: no cover
+    # columns c0, c0 + step, ... < c1 with one workspace
+    k = V.shape[1]
+    ws = _workspace(k, max(min(chunk, cols.shape[0]), 1))
+    for c in range(c0, c1, step):
+        pivots[c] = _walk_column(
+            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws
+        )
+
+
 @nb.njit(cache=True, nogil=True)
-def nullspace_walk(V, T0, cols, chunk, W, lo, hi, basis0, Z, basis):  # pragma: no cover
-    """Walk every column of ``W`` to a vertex of its polytope.
+def nullspace_walk(
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT
+):  # pragma: no cover
+    """Walk every neuron (a row of ``WT``) to a vertex of its polytope.
 
     Parameters
     ----------
@@ -266,47 +294,51 @@ def nullspace_walk(V, T0, cols, chunk, W, lo, hi, basis0, Z, basis):  # pragma: 
     cols : int64 ndarray of shape (n - k,), the coordinates outside ``basis0`` in
         the order they are visited
     chunk : int, coordinates per tableau chunk
-    W : float64 ndarray of shape (n, n_out), the start points (columns)
-    lo, hi : float64 ndarray of shape (n, n_out), the boxes, ``lo <= W <= hi``
+    WT : float64 ndarray of shape (n_out, n), the start points (rows)
+    loT, hiT : float64 ndarray of shape (n_out, n), the boxes, ``lo <= w <= hi``
     basis0 : int64 ndarray of shape (k,), initial basis with ``V[basis0]`` invertible
-    Z : float64 ndarray of shape (n, n_out), written: the vertices
-    basis : int64 ndarray of shape (k, n_out), written: each column's final basis
+    ZT : float64 ndarray of shape (n_out, n), written: the vertices
+    basisT : int64 ndarray of shape (n_out, k), written: each neuron's final basis
         (the coordinates that may be off the grid).
 
     Returns
     -------
-    pivots : int64 ndarray of shape (n_out,), pivots per column.
+    pivots : int64 ndarray of shape (n_out,), pivots per neuron.
     """
-    n_out = W.shape[1]
-    pivots = np.zeros(n_out, dtype=np.int64)
-    z = np.empty(W.shape[0])
-    b = np.empty(basis0.shape[0], dtype=np.int64)
-    for c in range(n_out):
-        pivots[c] = _walk_column(
-            V, T0, cols, chunk, W[:, c].copy(), lo[:, c].copy(), hi[:, c].copy(),
-            basis0, z, b,
-        )
-        Z[:, c] = z
-        basis[:, c] = b
+    pivots = np.zeros(WT.shape[0], dtype=np.int64)
+    _walk_columns(
+        V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, 0, WT.shape[0], 1
+    )
     return pivots
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def nullspace_walk_parallel(
-    V, T0, cols, chunk, W, lo, hi, basis0, Z, basis
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, n_threads
 ):  # pragma: no cover
-    """Column-parallel :func:`nullspace_walk` (same arguments, same result)."""
-    n_out = W.shape[1]
+    """Neuron-parallel :func:`nullspace_walk`: same arguments plus the thread
+    count (each thread walks every ``n_threads``-th neuron with one workspace),
+    same result."""
+    n_out = WT.shape[0]
     pivots = np.zeros(n_out, dtype=np.int64)
-    for c in nb.prange(n_out):
-        z = np.empty(W.shape[0])
-        b = np.empty(basis0.shape[0], dtype=np.int64)
-        pivots[c] = _walk_column(
-            V, T0, cols, chunk, W[:, c].copy(), lo[:, c].copy(), hi[:, c].copy(),
-            basis0, z, b,
+    n_threads = max(min(n_threads, n_out), 1)
+    for tid in nb.prange(n_threads):
+        _walk_columns(
+            V,
+            T0,
+            cols,
+            chunk,
+            WT,
+            loT,
+            hiT,
+            basis0,
+            ZT,
+            basisT,
+            pivots,
+            tid,
+            n_out,
+            n_threads,
         )
-        Z[:, c] = z
-        basis[:, c] = b
     return pivots
 
 
