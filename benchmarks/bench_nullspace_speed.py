@@ -1,11 +1,12 @@
 """Speed of the null-space pre-processing (Maly & Saab) against GPFQ, per layer.
 
-On one 784x500 layer (weights of a random MLP's first layer, inputs from MNIST when
-its files are present, else Gaussian) with m = 1024 calibration rows, times
-``NullSpaceQuantizer`` (walk + greedy rounding + diagnostics, several rank caps) and
-``GreedyPathQuantizer`` at 4 bits, with the same thread count, and prints seconds
-per layer and the ratio. Then sweeps n_in (m = 256, Gaussian, rank = m) and m
-(n_in = 2048) and fits log-log slopes; ``--plot`` draws them.
+On one 784x500 layer (random weights, inputs from MNIST when its files are present,
+else Gaussian) with m = 1024 calibration rows, times ``GreedyPathQuantizer`` and
+``NullSpaceQuantizer`` at 4 bits with the same thread count, for several rank caps:
+the whole ``fit``, the pre-processing alone (row space + walk), and the first read
+of ``bound_``; prints seconds per layer (medians) and the ratios to GPFQ. Then
+sweeps n_in (m = 256, Gaussian, rank = m) and m (n_in = 2048) and fits log-log
+slopes; ``--plot`` draws them.
 
 Run: python benchmarks/bench_nullspace_speed.py [--threads 2] [--plot out.png]
 """
@@ -17,6 +18,7 @@ import warnings
 import numpy as np
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
+from skquant._nullspace import _grid_boxes, row_space, walk_to_vertices
 from skquant.datasets import load_mnist, mnist_available
 
 
@@ -27,6 +29,15 @@ def best_of(fn, repeat):
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def preprocess(est, W, X, rank, threads):
+    """The pre-processing of a fitted ``est`` alone: row space, then the walk."""
+    V = row_space(X, rank)[0]
+    step = np.broadcast_to(est.scale_.astype(np.float64), (W.shape[1],))
+    lo, hi = _grid_boxes(W, step, float(est.qmin_), float(est.qmax_), False)
+    order = np.argsort(-np.einsum("ij,ij->j", X, X), kind="stable")
+    return walk_to_vertices(V, np.clip(W, lo, hi), lo, hi, order, threads)
 
 
 def layer(n_in, n_out, m, rng, mnist=False):
@@ -63,14 +74,27 @@ def main(argv=None):
         ),
         args.repeat,
     )
-    print(f"{'method':<34}{'s/layer':>9}{'x GPFQ':>8}{'rank':>6}")
-    print(f"{'GPFQ 4-bit':<34}{t_gpfq:>9.3f}{1.0:>8.2f}{'-':>6}")
-    for rank in (32, 64, 128, 0.99):
+    print(
+        "fit: what NullSpaceQuantizer.fit costs (row space, walk, greedy rounding, "
+        "diagnostics but the bound);\nwalk: the pre-processing alone (row space of "
+        "X + the walk of every neuron); bound: first read of bound_"
+    )
+    print(
+        f"{'method':<28}{'k':>5}{'fit s':>8}{'x GPFQ':>8}{'walk s':>8}{'x GPFQ':>8}"
+        f"{'bound s':>9}"
+    )
+    print(f"{'GPFQ 4-bit':<28}{'-':>5}{t_gpfq:>8.3f}{1.0:>8.2f}")
+    for rank in (32, 64, 128, 0.99, None):
         est = NullSpaceQuantizer(n_bits=4, rank=rank, n_jobs=args.threads)
-        t = best_of(lambda: est.fit(W, activations=X), args.repeat)
+        t_fit = best_of(lambda: est.fit(W, activations=X), args.repeat)
+        t_walk = best_of(lambda: preprocess(est, W, X, rank, args.threads), args.repeat)
+        t = time.perf_counter()
+        est.bound_
+        t_bound = time.perf_counter() - t
         print(
-            f"{'null-space 4-bit rank=' + str(rank):<34}{t:>9.3f}{t / t_gpfq:>8.2f}"
-            f"{est.rank_:>6}"
+            f"{'null-space 4-bit rank=' + str(rank):<28}{est.rank_:>5}{t_fit:>8.3f}"
+            f"{t_fit / t_gpfq:>8.2f}{t_walk:>8.3f}{t_walk / t_gpfq:>8.2f}"
+            f"{t_bound:>9.3f}"
         )
     # scaling
     sweep_n = [256, 512, 1024, 2048, 4096]
