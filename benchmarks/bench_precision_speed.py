@@ -63,7 +63,8 @@ def main(argv=None):
     cands = {
         "numba (serial)": lambda: allocate_precision([w], [g], budget, delta),
         f"numba ({args.threads} threads)": lambda: allocate_precision(
-            [w], [g], budget, delta, n_jobs=args.threads),
+            [w], [g], budget, delta, n_jobs=args.threads
+        ),
         "NumPy (sort + vectorised)": lambda: numpy_version(w, g, budget, delta),
     }
     times = {k: [] for k in cands}
@@ -80,12 +81,16 @@ def main(argv=None):
     print(f"{'candidate':<28}{'median s':>10}{'NumPy / this':>14}")
     for k, v in med.items():
         print(f"{k:<28}{v:>10.3f}{ref / v:>14.2f}")
-    print(f"kappa numba {res['kappa']:.12g} vs NumPy {kappa_np:.12g}; "
-          f"bits equal: {np.array_equal(res['bits'][0], bits_np)}; "
-          f"weights equal: {np.array_equal(res['quantized'][0], q_np)}")
+    print(
+        f"kappa numba {res['kappa']:.12g} vs NumPy {kappa_np:.12g}; "
+        f"bits equal: {np.array_equal(res['bits'][0], bits_np)}; "
+        f"weights equal: {np.array_equal(res['quantized'][0], q_np)}"
+    )
     best = max(ref / med[k] for k in med if k.startswith("numba"))
-    print(f"[{'PASS' if best >= 3 else 'MISS'}] numba >= 3x faster than NumPy: "
-          f"{best:.2f}x")
+    print(
+        f"[{'PASS' if best >= 3 else 'MISS'}] numba >= 3x faster than NumPy: "
+        f"{best:.2f}x"
+    )
 
 
 if __name__ == "__main__":

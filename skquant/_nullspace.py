@@ -107,7 +107,7 @@ def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
     return best
 
 
-def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None):
+def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
     """Vertices of ``{z : V^T z = V^T z0, lo <= z <= hi}`` for every column ``z0``.
 
     Parameters
@@ -120,6 +120,8 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None):
         Order in which the walk visits the coordinates.
     n_jobs : int, default=None
         Numba threads (over columns).
+    chunk : int, default=None
+        Coordinates per tableau chunk; ``None`` takes :func:`walk_chunk`'s.
 
     Returns
     -------
@@ -140,7 +142,7 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None):
     in_basis[basis0] = True
     order = np.asarray(order, dtype=np.int64)
     cols = np.ascontiguousarray(order[~in_basis[order]])
-    chunk = walk_chunk(n, k)
+    chunk = walk_chunk(n, k) if chunk is None else max(min(int(chunk), n - k), 1)
     first = cols[:chunk]
     T0 = np.ascontiguousarray(scipy.linalg.solve(V[basis0].T, V[first].T).T)
     # neurons as rows: each walk reads and writes contiguous memory

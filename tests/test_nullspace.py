@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
+from sklearn.exceptions import NotFittedError
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
-from skquant._kernels import _nullspace
 from skquant._nullspace import row_space, walk_chunk, walk_to_vertices
 from skquant.datasets import make_gaussian_layer
 from skquant.metrics import relative_error
@@ -47,6 +47,58 @@ def test_walk_preserves_data_and_reaches_a_vertex(n_jobs, m, n):
     # the coordinates left inside are in the final basis
     for c in range(3):
         assert set(np.flatnonzero(inside[:, c])) <= set(B[:, c])
+
+
+@given(
+    st.integers(1, 12),
+    st.integers(2, 80),
+    st.integers(1, 90),
+    st.integers(0, 10**6),
+)
+def test_property_walk_any_chunking_reaches_a_vertex(k, free, chunk, seed):
+    # every chunk size (shared first tableau, fresh ones after, eta flushes every
+    # 32 pivots) walks to a vertex that keeps V^T z = V^T w
+    rng = np.random.default_rng(seed)
+    n = k + free
+    V = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    W = rng.standard_normal((n, 2))
+    step = np.array([0.3, 0.05])
+    lo = np.floor(W / step) * step
+    hi = lo + step
+    Z, B, _ = walk_to_vertices(V, W, lo, hi, rng.permutation(n), chunk=chunk)
+    ref = np.linalg.norm(V.T @ W, axis=0)
+    assert np.all(np.linalg.norm(V.T @ (Z - W), axis=0) <= 1e-9 * np.maximum(ref, 1))
+    tol = 1e-9 * step
+    assert np.all(Z >= lo - tol) and np.all(Z <= hi + tol)
+    inside = (Z > lo + tol) & (Z < hi - tol)
+    for c in range(2):
+        assert set(np.flatnonzero(inside[:, c])) <= set(B[:, c])
+
+
+@pytest.mark.parametrize("chunk", [None, 7, 40, 10**6])
+def test_walk_serial_and_parallel_agree(chunk):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((24, 300))
+    W = rng.standard_normal((300, 9)) / 17
+    step = np.abs(W).max(axis=0) / 3
+    lo = np.floor(W / step) * step
+    hi = lo + step
+    V = row_space(X)[0]
+    order = np.argsort(-(X**2).sum(axis=0))
+    a = walk_to_vertices(V, W, lo, hi, order, n_jobs=None, chunk=chunk)
+    b = walk_to_vertices(V, W, lo, hi, order, n_jobs=2, chunk=chunk)
+    for x, y in zip(a, b):
+        assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "n, k, single", [(784, 232, True), (784, 591, True), (4096, 32, False)]
+)
+def test_walk_chunk_model(n, k, single):
+    C = walk_chunk(n, k)
+    assert 1 <= C <= n - k
+    assert (C == n - k) == single
+    assert walk_chunk(10, 10) == 1 and walk_chunk(10, 0) == 10
 
 
 # ----------------------------------------------------------------- section 1 oracles
@@ -303,6 +355,22 @@ def test_n_jobs_gives_same_codes():
         a = cls(n_bits=3, n_jobs=None).fit(W, activations=X).encode(W)
         b = cls(n_bits=3, n_jobs=-1).fit(W, activations=X).encode(W)
         assert_array_equal(a, b)
+
+
+def test_bound_is_read_lazily_and_matches_threads():
+    X, W = _layer(m=16, n_in=300, n_out=8)
+    q = NullSpaceQuantizer(n_bits=3)
+    with pytest.raises(NotFittedError):
+        q.bound_
+    q.fit(W, activations=X)
+    assert q._bound is None  # not computed by fit
+    serial = q.bound_
+    assert q.bound_ is serial  # kept
+    par = NullSpaceQuantizer(n_bits=3, n_jobs=2).fit(W, activations=X).bound_
+    np.testing.assert_allclose(serial, par, rtol=1e-12)
+    # refitting drops the kept bound
+    q.fit(W[:, :3], activations=X)
+    assert q.bound_.shape == (3,)
 
 
 @given(st.integers(2, 6), st.integers(8, 40), st.integers(0, 10**6))
