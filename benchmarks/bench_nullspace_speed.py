@@ -84,10 +84,12 @@ def main(argv=None):
         f"{'bound s':>9}"
     )
     print(f"{'GPFQ 4-bit':<28}{'-':>5}{t_gpfq:>8.3f}{1.0:>8.2f}")
+    by_rank = []  # (k, fit, walk)
     for rank in (32, 64, 128, 0.99, None):
         est = NullSpaceQuantizer(n_bits=4, rank=rank, n_jobs=args.threads)
         t_fit = best_of(lambda: est.fit(W, activations=X), args.repeat)
         t_walk = best_of(lambda: preprocess(est, W, X, rank, args.threads), args.repeat)
+        by_rank.append((est.rank_, t_fit, t_walk))
         t = time.perf_counter()
         est.bound_
         t_bound = time.perf_counter() - t
@@ -152,14 +154,32 @@ def main(argv=None):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, (axis, values) in zip(axes, (("n_in", sweep_n), ("m", sweep_m))):
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        ks, fits, walks = map(list, zip(*sorted(by_rank)))
+        ax = axes[0]
+        ax.plot(ks, fits, "o-", label="null-space fit")
+        ax.plot(ks, walks, "s-", label="null-space walk (row space + walk)")
+        ax.axhline(t_gpfq, color="C2", label="GPFQ fit")
+        ax.axhline(2 * t_gpfq, color="C2", ls="--", label="2 x GPFQ (target)")
+        ax.set_title("784x500 MNIST layer, m = 1024")
+        ax.set_xlabel("kept directions k (rank cap)")
+        ax.set_ylabel("seconds per layer")
+        ax.legend(fontsize=8)
+        for ax, (axis, values) in zip(axes[1:], (("n_in", sweep_n), ("m", sweep_m))):
             for meth, ts in res[axis].items():
                 ax.loglog(values, ts, "o-", label=meth)
+            ax.set_xticks(values)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(axis)
-            ax.set_ylabel("seconds per layer (64 neurons)")
-            ax.legend()
+            ax.set_title(
+                "Gaussian, 64 neurons, k = m, "
+                + ("m = 256" if axis == "n_in" else "n_in = 2048")
+            )
+            ax.set_ylabel("seconds per layer")
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"plot written to {args.plot}")
