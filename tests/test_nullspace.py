@@ -53,11 +53,13 @@ def test_walk_preserves_data_and_reaches_a_vertex(n_jobs, m, n):
     st.integers(1, 12),
     st.integers(2, 80),
     st.integers(1, 90),
+    st.floats(0, 0.5),
     st.integers(0, 10**6),
 )
-def test_property_walk_any_chunking_reaches_a_vertex(k, free, chunk, seed):
+def test_property_walk_any_chunking_reaches_a_vertex(k, free, chunk, on_grid, seed):
     # every chunk size (shared first tableau, fresh ones after, eta flushes every
-    # 32 pivots) walks to a vertex that keeps V^T z = V^T w
+    # 32 pivots) walks to a vertex that keeps V^T z = V^T w, also when a fraction
+    # of the coordinates start on a grid point (degenerate boxes lo = hi)
     rng = np.random.default_rng(seed)
     n = k + free
     V = np.linalg.qr(rng.standard_normal((n, k)))[0]
@@ -65,6 +67,9 @@ def test_property_walk_any_chunking_reaches_a_vertex(k, free, chunk, seed):
     step = np.array([0.3, 0.05])
     lo = np.floor(W / step) * step
     hi = lo + step
+    snap = rng.random((n, 2)) < on_grid
+    W = np.where(snap, lo, W)
+    hi = np.where(snap, lo, hi)
     Z, B, _ = walk_to_vertices(V, W, lo, hi, rng.permutation(n), chunk=chunk)
     ref = np.linalg.norm(V.T @ W, axis=0)
     assert np.all(np.linalg.norm(V.T @ (Z - W), axis=0) <= 1e-9 * np.maximum(ref, 1))
