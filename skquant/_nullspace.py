@@ -136,7 +136,10 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
     n, k = V.shape
     # initial basis: a well-conditioned set of k coordinates (pivoted QR of V^T),
     # shared by all columns with the first chunk of the tableau
-    _, _, piv = scipy.linalg.qr(V.T, pivoting=True, mode="economic")
+    if k:
+        piv = scipy.linalg.qr(V.T, pivoting=True, mode="r")[1]
+    else:  # no constraint: every coordinate walks to its nearer bound
+        piv = np.empty(0, dtype=np.int64)
     basis0 = np.ascontiguousarray(piv[:k], dtype=np.int64)
     in_basis = np.zeros(n, dtype=bool)
     in_basis[basis0] = True
@@ -144,7 +147,11 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
     cols = np.ascontiguousarray(order[~in_basis[order]])
     chunk = walk_chunk(n, k) if chunk is None else max(min(int(chunk), n - k), 1)
     first = cols[:chunk]
-    T0 = np.ascontiguousarray(scipy.linalg.solve(V[basis0].T, V[first].T).T)
+    T0 = (
+        np.ascontiguousarray(scipy.linalg.solve(V[basis0].T, V[first].T).T)
+        if k
+        else np.empty((first.size, 0))
+    )
     # neurons as rows: each walk reads and writes contiguous memory
     ZT = np.empty(Z0.shape[::-1])
     basisT = np.empty((Z0.shape[1], k), dtype=np.int64)
@@ -237,7 +244,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Coordinates of each neuron left off the alphabet by the pre-processing.
     preprocessing_residual_ : float
         Largest relative violation ``||X z - X w|| / ||X w||`` of the equality
-        after the pre-processing (round-off without a rank cap).
+        after the pre-processing (round-off without a rank cap; more on data with
+        nearly duplicate columns, whose bases can be nearly singular: the walk
+        then keeps every coordinate in its cell rather than restore the equality
+        exactly).
     calibration_error_ : ndarray of shape (n_out,)
         Relative error ``||X w - X q|| / ||X w||`` of each neuron on the data.
     bound_ : ndarray of shape (n_out,)

@@ -11,6 +11,7 @@ from numpy.testing import assert_array_equal
 from sklearn.exceptions import NotFittedError
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
+from skquant._kernels import _nullspace
 from skquant._nullspace import row_space, walk_chunk, walk_to_vertices
 from skquant.datasets import make_gaussian_layer
 from skquant.metrics import relative_error
@@ -94,6 +95,57 @@ def test_walk_serial_and_parallel_agree(chunk):
     b = walk_to_vertices(V, W, lo, hi, order, n_jobs=2, chunk=chunk)
     for x, y in zip(a, b):
         assert_array_equal(x, y)
+
+
+def test_final_refinement_restores_the_equality_but_never_leaves_the_box():
+    # one constraint v^T z = v^T w; basis = coordinate 0
+    v = np.array([[0.6], [0.8]])
+    w = np.array([0.5, 0.5])
+    lo, hi = np.zeros(2), np.ones(2)
+    B = np.array([0])
+    z = np.array([0.5, 0.4])  # drifted: v^T (w - z) = 0.08, fixed by z_0 += 0.08/0.6
+    _nullspace._resolve_basis(v, w, z, B, lo, hi)
+    assert abs(v[:, 0] @ (z - w)) <= 1e-15 and lo[0] <= z[0] <= hi[0]
+    # a nearly singular basis would need z_0 += 0.08 / 1e-9: refused, z kept
+    v = np.array([[1e-9], [1.0]]) / np.hypot(1e-9, 1.0)
+    z = np.array([0.5, 0.4])
+    _nullspace._resolve_basis(v, w, z, B, lo, hi)
+    assert_array_equal(z, [0.5, 0.4])
+
+
+def test_walk_without_constraints_rounds_to_the_nearer_bound():
+    # k = 0 (e.g. all-zero data): every coordinate moves to its nearer cell bound
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((20, 3))
+    lo = np.floor(W * 4) / 4
+    hi = lo + 0.25
+    Z, B, pivots = walk_to_vertices(np.empty((20, 0)), W, lo, hi, np.arange(20))
+    assert B.shape == (0, 3) and not pivots.any()
+    assert_array_equal(Z, np.where(hi - W <= W - lo, hi, lo))  # ties go up
+    q = NullSpaceQuantizer(n_bits=3).fit(W, activations=np.zeros((5, 20)))
+    assert q.rank_ == 0 and not q.n_off_grid_.any()
+
+
+def test_walk_on_near_duplicate_columns_stays_in_its_boxes():
+    # columns equal up to 1e-15..1e-6 and scales e^-4..e^4: nearly singular bases
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        n, k = 160, 70
+        X = rng.standard_normal((k, n))
+        src, dst = rng.integers(0, n, 60), rng.integers(0, n, 60)
+        X[:, dst] = X[:, src] * rng.uniform(0.5, 2, 60)
+        X[:, dst] += 10.0 ** rng.uniform(-15, -6, 60) * rng.standard_normal((k, 60))
+        X *= np.exp(rng.uniform(-4, 4, n))
+        V = row_space(X)[0]
+        W = rng.standard_normal((n, 3))
+        lo = np.floor(W / 0.3) * 0.3
+        hi = lo + 0.3
+        for chunk in (None, 1, 40):
+            Z = walk_to_vertices(V, W, lo, hi, rng.permutation(n), chunk=chunk)[0]
+            assert np.all(np.isfinite(Z))
+            assert np.all(Z >= lo - 1e-9 * 0.3) and np.all(Z <= hi + 1e-9 * 0.3)
+            ref = np.linalg.norm(V.T @ W, axis=0)
+            assert np.all(np.linalg.norm(V.T @ (Z - W), axis=0) <= 1e-6 * ref)
 
 
 @pytest.mark.parametrize(

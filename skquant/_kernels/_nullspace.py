@@ -29,8 +29,11 @@ thirds of it the batched updates, about 41 Mflop), 0.5 ms at k = 591.
 Numerics: a chunk also ends after a pivot that is small relative to its column, so
 that the next one starts from a fresh factorisation; at the end, when
 ``V^T z`` has drifted from ``V^T w`` by more than ``1e-13`` relatively, the basis
-coordinates are solved again (two rounds of iterative refinement), so that the
-equality holds to round-off whatever the number of steps.
+coordinates are solved again (up to two rounds of iterative refinement), so that the
+equality holds to round-off whatever the number of steps, unless the correction
+would push a basis coordinate out of its box (a nearly singular final basis, seen on
+data with near-duplicate columns): then the walk's own drift is kept, and reported
+by the estimator as ``preprocessing_residual_``.
 """
 
 import numba as nb
@@ -143,17 +146,28 @@ def _drift(V, w, z):  # pragma: no cover
 
 
 @nb.njit(nogil=True)
-def _resolve_basis(V, w, z, B):  # pragma: no cover
-    # z_B += A^{-1} V^T (w - z), twice, when the equality has drifted
+def _resolve_basis(V, w, z, B, lo, hi):  # pragma: no cover
+    # z_B += A^{-1} V^T (w - z), twice, when the equality has drifted, and only while
+    # the corrected basis coordinates stay in their boxes: on a nearly singular
+    # basis the correction can be huge, and a vertex that is off by round-off is
+    # better than one thrown out of its cells
     res, scale = _drift(V, w, z)
     if np.sqrt(np.sum(res * res)) <= 1e-13 * scale:
         return
+    k = B.shape[0]
     A = _basis_matrix(V, B)
     for _ in range(2):
         corr = np.linalg.solve(A, res)
-        for p in range(B.shape[0]):
+        for p in range(k):
+            b = B[p]
+            tol = 1e-9 * max(hi[b] - lo[b], abs(z[b]), 1e-300)
+            if not (lo[b] - tol <= z[b] + corr[p] <= hi[b] + tol):
+                return
+        for p in range(k):
             z[B[p]] += corr[p]
         res, scale = _drift(V, w, z)
+        if np.sqrt(np.sum(res * res)) <= 1e-13 * scale:
+            return
 
 
 @nb.njit(nogil=True, fastmath=True)
@@ -197,8 +211,6 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
     n, k = V.shape
     z[:] = w
     B[:] = basis0
-    if k == 0:
-        return 0
     Tbuf, gbuf, pbuf, E, H, vecs, leave, D, mark = ws
     chunk = Tbuf.shape[0]
     y, up, down, zb, lob, hib = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4], vecs[5]
@@ -265,7 +277,7 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
         start = restart
     for p in range(k):
         z[B[p]] = zb[p]
-    _resolve_basis(V, w, z, B)
+    _resolve_basis(V, w, z, B, lo, hi)
     return pivots
 
 
