@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
-from skquant._nullspace import _grid_boxes, row_space, walk_to_vertices
+from skquant._nullspace import row_space
 from skquant.datasets import load_mnist, mnist_available
 
 
@@ -31,13 +31,10 @@ def best_of(fn, repeat):
     return float(np.median(times))
 
 
-def preprocess(est, W, X, rank, threads):
+def preprocess(est, W, X, rank):
     """The pre-processing of a fitted ``est`` alone: row space, then the walk."""
-    V = row_space(X, rank)[0]
-    step = np.broadcast_to(est.scale_.astype(np.float64), (W.shape[1],))
-    lo, hi = _grid_boxes(W, step, float(est.qmin_), float(est.qmax_), False)
-    order = np.argsort(-np.einsum("ij,ij->j", X, X), kind="stable")
-    return walk_to_vertices(V, np.clip(W, lo, hi), lo, hi, order, threads)
+    est.components_ = row_space(X, rank)[0]
+    return est._preprocess(W, X, X)
 
 
 def layer(n_in, n_out, m, rng, mnist=False):
@@ -88,7 +85,7 @@ def main(argv=None):
     for rank in (32, 64, 128, 0.99, None):
         est = NullSpaceQuantizer(n_bits=4, rank=rank, n_jobs=args.threads)
         t_fit = best_of(lambda: est.fit(W, activations=X), args.repeat)
-        t_walk = best_of(lambda: preprocess(est, W, X, rank, args.threads), args.repeat)
+        t_walk = best_of(lambda: preprocess(est, W, X, rank), args.repeat)
         by_rank.append((est.rank_, t_fit, t_walk))
         t = time.perf_counter()
         est.bound_

@@ -168,6 +168,16 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
     return ZT.T, basisT.T, pivots
 
 
+def _padded_rows(mask):
+    """Row indices of the True entries of each column of ``mask``, ``-1`` padded."""
+    counts = mask.sum(axis=0)
+    idx = np.full((max(int(counts.max(initial=0)), 1), mask.shape[1]), -1, np.int64)
+    for j in range(mask.shape[1]):
+        rows = np.flatnonzero(mask[:, j])
+        idx[: rows.size, j] = rows
+    return idx
+
+
 def on_alphabet(Z, step, binary, rtol=1e-9):
     """Entries of ``Z`` within ``rtol * step`` of their column's alphabet."""
     if binary:
@@ -381,39 +391,39 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             Z[:, j] = res.x[:n]
         return Z
 
-    def _codes(self, W, Xq, Xf, Z=None):
-        """Integer codes of ``W`` (float64 columns) and the pre-processed points."""
+    def _preprocess(self, W, Xq, Xf):
+        """The grid variant's pre-processed points: each column of ``W`` walked to
+        a vertex of its polytope (coordinates in order of decreasing energy)."""
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
-        binary = self._alphabet == "binary"
-        qmin, qmax = float(self.qmin_), float(self.qmax_)
+        Z0 = self._start_points(W, Xq, Xf)
+        lo, hi = _grid_boxes(
+            Z0, step, float(self.qmin_), float(self.qmax_), self._alphabet == "binary"
+        )
+        Z0 = np.clip(Z0, lo, hi)
         V = self.components_
-        k = V.shape[1]
+        if V.shape[1] >= n:
+            return Z0
+        order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
+        return walk_to_vertices(V, Z0, lo, hi, order, self.n_jobs)[0]
+
+    def _codes(self, W, Xq, Xf, Z=None):
+        """Integer codes of ``W`` (float64 columns) and the pre-processed points."""
+        n_out = W.shape[1]
+        step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
+        binary = self._alphabet == "binary"
         if Z is None and self.variant == "lp":
             Z = self._lp_points(W, Xq, Xf)
         if Z is None:
-            Z0 = self._start_points(W, Xq, Xf)
-            lo, hi = _grid_boxes(Z0, step, qmin, qmax, binary)
-            Z0 = np.clip(Z0, lo, hi)
-            if k >= n:
-                Z = Z0
-            else:
-                energy = np.einsum("ij,ij->j", Xq, Xq)
-                order = np.argsort(-energy, kind="stable")
-                Z = walk_to_vertices(V, Z0, lo, hi, order, self.n_jobs)[0]
+            Z = self._preprocess(W, Xq, Xf)
         else:
-            top = (qmax if not binary else 1.0) * step
+            top = (float(self.qmax_) if not binary else 1.0) * step
             Z = np.clip(Z, -top, top)
         on = on_alphabet(Z, step, binary)
         zp, inv, cmin, cmax = self._code_grid(step)
         codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
         if self.rounding == "greedy":
-            off = ~on
-            counts = off.sum(axis=0)
-            idx = np.full((max(int(counts.max()), 1), n_out), -1, dtype=np.int64)
-            for j in range(n_out):
-                rows = np.flatnonzero(off[:, j])
-                idx[: rows.size, j] = rows
+            idx = _padded_rows(~on)
             # residual of the pre-processed points; rounding the off-grid entries
             # one by one then follows it (greedy path following restricted to them)
             U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
@@ -433,12 +443,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         self.n_off_grid_ = off.sum(axis=0)
         # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
         # when bound_ is first read)
-        idx = np.full((max(int(self.n_off_grid_.max()), 1), W.shape[1]), -1, np.int64)
-        for j in range(W.shape[1]):
-            S = np.flatnonzero(off[:, j])
-            idx[: S.size, j] = S
         dist = np.linalg.norm(np.where(off, Z - Q, 0.0), axis=0) / safe
-        self._bound_terms = (drift, dist, idx)
+        self._bound_terms = (drift, dist, _padded_rows(off))
         self._bound = None
 
     @property
@@ -457,7 +463,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         check_is_fitted(self)
         if self._bound is None:
             drift, dist, idx = self._bound_terms
-            counts = (idx >= 0).sum(axis=0)
+            counts = self.n_off_grid_.astype(np.int64)
             G = self.activations_.T @ self.activations_
             norms = np.empty(counts.size)
             with numba_threads(self.n_jobs), threadpool_limits(1, user_api="blas"):
