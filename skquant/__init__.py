@@ -9,7 +9,8 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 from ._activation import ActivationQuantizer
 from ._functional import quantize
 from ._mlp import QuantizedMLP
-from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
+from ._gpfq import GreedyPathQuantizer
+from ._nullspace import NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
 from ._precision import AdaptivePrecisionQuantizer, adaptive_quantize_mlp
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer

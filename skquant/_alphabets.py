@@ -6,6 +6,8 @@ tensor for ``"per_tensor"``) and returns one positive scale per column in ``Wc``
 dtype. The numerics run in :mod:`skquant._kernels._msq`.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ._kernels import _msq
@@ -27,6 +29,109 @@ def code_dtype(qmin, qmax):
         if info.min <= qmin and qmax <= info.max:
             return np.dtype(dtype)
     return np.dtype(np.int64)
+
+
+@dataclass(frozen=True)
+class Alphabet:
+    """The one record of what a code means, shared by every quantizer and tensor.
+
+    ``kind`` is ``"uniform"`` (codes ``qmin..qmax`` times the step), ``"ternary"``
+    (codes ``-1, 0, 1`` times the level), ``"binary"`` (codes ``-1, +1`` times the
+    level, stored as one bit), ``"affine"`` (codes minus a zero point, times the
+    step) or ``"fixed_point"`` (per-parameter precision; the codes are integers on
+    the finest grid, see :class:`~skquant.AdaptivePrecisionQuantizer`).
+    Every special case of an alphabet lives here.
+    """
+
+    kind: str
+    qmin: int
+    qmax: int
+    n_bits: int
+
+    @property
+    def dtype(self):
+        """Smallest integer dtype of the codes."""
+        return code_dtype(self.qmin, self.qmax)
+
+    @property
+    def largest_code(self):
+        """``K``: the largest code magnitude (1 for ternary and binary)."""
+        return max(abs(int(self.qmin)), abs(int(self.qmax)))
+
+    def stored(self, codes):
+        """``(unsigned-able codes, their qmin)`` as packed: binary as bits {0, 1}."""
+        if self.kind == "binary":
+            return (np.asarray(codes) > 0).astype(np.int8), 0
+        return codes, self.qmin
+
+    def from_stored(self, stored, dtype=None):
+        """Inverse of :meth:`stored`."""
+        dtype = self.dtype if dtype is None else dtype
+        if self.kind == "binary":
+            return (2 * stored.astype(np.int64) - 1).astype(dtype)
+        return stored.astype(dtype, copy=False)
+
+    @property
+    def stored_qmin(self):
+        """The ``qmin`` the packed codes are offset by."""
+        return 0 if self.kind == "binary" else self.qmin
+
+    def code_grid(self, step):
+        """``(zp, inv_step, cmin, cmax)``: codes are ``clip(rint(w inv_step + zp))``.
+
+        The binary ``{-a, a}`` is the grid of step ``2a`` with zero point 0.5 and
+        codes ``{0, 1}`` (mapped back to ``{-1, +1}`` by :meth:`final_codes`).
+        """
+        if self.kind == "binary":
+            return 0.5, 1.0 / (2.0 * step), 0.0, 1.0
+        return 0.0, 1.0 / step, float(self.qmin), float(self.qmax)
+
+    def final_codes(self, codes):
+        """Codes from :meth:`code_grid`'s units, in :attr:`dtype`."""
+        if self.kind == "binary":
+            codes = 2 * codes - 1
+        return codes.astype(self.dtype)
+
+    def boxes(self, Z0, step):
+        """Cells ``[lo, hi]`` of the alphabet around every entry of ``Z0``.
+
+        Binary cells are the whole interval ``[-a, a]``; grid cells are clipped to
+        the range, and entries on a grid point get a degenerate cell.
+        """
+        if self.kind == "binary":
+            lo = np.broadcast_to(-step, Z0.shape).copy()
+            return lo, np.broadcast_to(step, Z0.shape).copy()
+        top, bottom = self.qmax * step, self.qmin * step
+        Zc = np.clip(Z0, bottom, top)
+        lo = np.minimum(np.floor(Zc / step) * step, top)
+        hi = np.minimum(lo + step, top)
+        on = np.isclose(Zc, lo, rtol=0, atol=0)
+        return lo, np.where(on, lo, hi)
+
+    def on_alphabet(self, Z, step, rtol=1e-9):
+        """Entries of ``Z`` within ``rtol * step`` of their column's alphabet."""
+        if self.kind == "binary":
+            return np.abs(np.abs(Z) - step) <= rtol * step
+        return np.abs(Z / step - np.rint(Z / step)) <= rtol
+
+    def check_codes(self, codes, owner):
+        """Raise when ``codes`` are not integers of this alphabet."""
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            raise TypeError(
+                f"codes of {owner} must be integers, got codes.dtype={codes.dtype!s} "
+                "instead."
+            )
+        if self.kind == "binary" and np.any(codes == 0):
+            raise ValueError(
+                f"codes of {owner} must be -1 or +1, got a 0 code instead."
+            )
+        if codes.size and (codes.min() < self.qmin or codes.max() > self.qmax):
+            raise ValueError(
+                f"codes must lie in [{self.qmin}, {self.qmax}], got values in "
+                f"[{codes.min()}, {codes.max()}] instead."
+            )
+        return codes
 
 
 def channel_view(W, granularity):

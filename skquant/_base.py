@@ -9,7 +9,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _alphabets
-from ._alphabets import channel_view, code_dtype, safe_scale
+from ._alphabets import Alphabet, channel_view, code_dtype, safe_scale
 from ._kernels import _msq
 from ._kernels._threads import numba_threads
 from ._packing import QuantizedTensor, unpack_codes
@@ -184,27 +184,19 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         return self._tensor(codes, dtype).dequantize()
 
     def _check_codes(self, codes):
-        codes = np.asarray(codes)
-        if codes.dtype.kind not in "iu":
-            raise TypeError(
-                f"codes of {type(self).__name__}.decode must be integers, got "
-                f"codes.dtype={codes.dtype!s} instead."
-            )
+        codes = self.alphabet_record_.check_codes(codes, type(self).__name__)
         if codes.ndim != 2 or codes.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"codes must have shape (n_in, {self.n_features_in_}), got "
                 f"codes.shape={codes.shape} instead."
             )
-        if self._alphabet == "binary" and np.any(codes == 0):
-            raise ValueError(
-                "codes of BinaryQuantizer must be -1 or +1, got a 0 code instead."
-            )
-        if codes.size and (codes.min() < self.qmin_ or codes.max() > self.qmax_):
-            raise ValueError(
-                f"codes must lie in [{self.qmin_}, {self.qmax_}], got values in "
-                f"[{codes.min()}, {codes.max()}] instead."
-            )
         return codes
+
+    @property
+    def alphabet_record_(self):
+        """The fitted :class:`~skquant._alphabets.Alphabet` (kind, code range, bits)."""
+        check_is_fitted(self)
+        return Alphabet(self._alphabet, self.qmin_, self.qmax_, self.n_bits_)
 
     def _tensor(self, codes, dtype=None):
         return QuantizedTensor(
@@ -271,13 +263,12 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         codes : ndarray of shape (n_rows, n_out)
             The codes, as :meth:`encode` returns them.
         """
-        check_is_fitted(self)
-        dtype = code_dtype(self.qmin_, self.qmax_)
+        alphabet = self.alphabet_record_
         shape = (int(n_rows), self.n_features_in_)
-        if self._alphabet == "binary":
-            bits = unpack_codes(packed, 1, 0, shape, dtype)
-            return (2 * bits - 1).astype(dtype)
-        return unpack_codes(packed, self.n_bits_, self.qmin_, shape, dtype)
+        stored = unpack_codes(
+            packed, self.n_bits_, alphabet.stored_qmin, shape, np.int64
+        )
+        return alphabet.from_stored(stored)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

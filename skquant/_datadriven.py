@@ -7,6 +7,7 @@ per idea): :class:`UniformQuantizer`, :class:`TernaryQuantizer`,
 :class:`BinaryQuantizer`.
 """
 
+import hashlib
 import numbers
 
 import numpy as np
@@ -15,7 +16,7 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._alphabets import _kernel, code_dtype
+from ._alphabets import _kernel
 from ._base import BaseWeightQuantizer
 from ._kernels import _nullspace
 from ._kernels._threads import numba_threads
@@ -43,12 +44,18 @@ def check_activations(activations, n_in, cls_name, name="activations"):
     return X
 
 
+def _fingerprint(W):
+    """Shape and digest of ``W``'s values (as float64): which weights were fitted."""
+    W64 = np.ascontiguousarray(W, dtype=np.float64)
+    return W64.shape, hashlib.blake2b(W64.tobytes(), digest_size=16).hexdigest()
+
+
 class BaseDataQuantizer(BaseWeightQuantizer):
     """Base of the quantizers fitted on a weight matrix and calibration activations.
 
-    ``fit(W, activations=X)`` learns the scales and keeps the calibration data;
-    ``transform(W)`` quantizes ``W`` (of the fitted shape) against it, and
-    ``fit_transform`` does both in one pass. Subclasses implement ``_codes``.
+    ``fit(W, activations=X)`` learns the scales and the codes of ``W`` and keeps
+    the codes, not the data; ``transform(W)`` of the fitted ``W`` returns them
+    dequantized. Subclasses implement ``_fit_quantize``.
     """
 
     _parameter_constraints: dict = {
@@ -74,25 +81,9 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         self._alphabet = msq._alphabet
         return msq
 
-    def _code_grid(self, step):
-        """``(zp, inv_step, cmin, cmax)`` of the alphabet in code units.
-
-        Grids round ``w * inv_step`` in ``[qmin_, qmax_]``; the binary ``{-a, a}`` is
-        the grid of step ``2a`` with zero point 0.5 and codes ``{0, 1}`` (mapped
-        back to ``{-1, +1}`` by :meth:`_final_codes`).
-        """
-        if self._alphabet == "binary":
-            return 0.5, 1.0 / (2.0 * step), 0.0, 1.0
-        return 0.0, 1.0 / step, float(self.qmin_), float(self.qmax_)
-
-    def _final_codes(self, codes):
-        if self._alphabet == "binary":
-            codes = 2 * codes - 1
-        return codes.astype(code_dtype(self.qmin_, self.qmax_))
-
     def _greedy_path(self, Xq, Xf, targets, idx, U, step, codes):
         """Greedy path following over ``idx`` (the numba kernel), in place."""
-        zp, inv, cmin, cmax = self._code_grid(step)
+        zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
         XqT = np.ascontiguousarray(Xq.T)
         XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
         with numba_threads(self.n_jobs):
@@ -135,7 +126,12 @@ class BaseDataQuantizer(BaseWeightQuantizer):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, W, y=None, *, activations=None, target_activations=None):
-        """Learn scales and keep the calibration data.
+        """Learn scales and codes of ``W`` from calibration activations.
+
+        The codes are kept (not the activations): :meth:`transform`,
+        :meth:`encode`, :meth:`compress` and :meth:`pack` of the fitted ``W`` reuse
+        them without redoing the work, and the fitted quantizer's size does not
+        grow with the number of calibration rows.
 
         Parameters
         ----------
@@ -154,7 +150,7 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         self : object
             Fitted quantizer.
         """
-        self._fit_quantize(W, activations, target_activations)
+        self._fit_and_keep(W, activations, target_activations)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -177,16 +173,26 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         W_q : ndarray of shape (n_in, n_out)
             The quantized weights, in ``W``'s dtype.
         """
-        codes, dtype = self._fit_quantize(W, activations, target_activations)
+        codes, dtype = self._fit_and_keep(W, activations, target_activations)
         return self._tensor(codes, dtype).dequantize()
 
+    def _fit_and_keep(self, W, activations, target_activations):
+        codes, dtype = self._fit_quantize(W, activations, target_activations)
+        self.codes_ = codes
+        self._fingerprint = _fingerprint(self._validate_W(W, reset=False))
+        return codes, dtype
+
     def transform(self, W):
-        """Quantize ``W`` against the calibration data seen in :meth:`fit`.
+        """The quantized weights of the ``W`` seen in :meth:`fit`.
+
+        A data-driven quantizer keeps the codes it computed, not its calibration
+        data, so it transforms the fitted weights only (use :meth:`fit_transform`
+        or refit for other weights).
 
         Parameters
         ----------
         W : array-like of shape (n_in, n_out)
-            Weight matrix of the fitted shape.
+            The fitted weight matrix.
 
         Returns
         -------
@@ -199,10 +205,13 @@ class BaseDataQuantizer(BaseWeightQuantizer):
 
     def _encode(self, W):
         self._check_n_in(W)
-        Xq = self.activations_
-        Xf = Xq if self.target_activations_ is None else self.target_activations_
-        codes, _ = self._codes(W.astype(np.float64), Xq, Xf)
-        return codes
+        if _fingerprint(W) != self._fingerprint:
+            raise ValueError(
+                f"{type(self).__name__} quantizes the W it was fitted on (it keeps "
+                "its codes, not its calibration data); got a W that differs from "
+                "the fitted one. Refit with fit(W, activations=X) instead."
+            )
+        return self.codes_.copy()
 
     def _fit_quantize(self, W, activations, target_activations):
         raise NotImplementedError

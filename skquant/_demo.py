@@ -1,14 +1,13 @@
 """The main job: train a small MLP, quantize it with every method, print a table."""
 
-import copy
 import sys
 import time
 
 import numpy as np
 
-from ._mlp import _mlp_layers
-from ._network import _activation, quantize_network
-from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
+from ._network import MLPNetwork, layer_errors, quantize_layers
+from ._gpfq import GreedyPathQuantizer
+from ._nullspace import NullSpaceQuantizer
 from ._packing import QuantizedTensor
 from ._progress import progress
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
@@ -74,10 +73,10 @@ def quantize_mlp(mlp, quantizer, X_calib, X_eval=None):
     :class:`QuantizedTensor` and float biases (for size accounting), and the mean
     relative output error of the layers on ``X_eval`` (``nan`` without it).
     """
-    res = quantize_network(_mlp_layers(mlp), quantizer, X_calib)
-    qmlp = copy.deepcopy(mlp)
-    qmlp.coefs_ = [Q.astype(W.dtype) for Q, W in zip(res.weights, mlp.coefs_)]
-    tensors = [t for pair in zip(res.tensors, mlp.intercepts_) for t in pair]
+    network = MLPNetwork(mlp)
+    res = quantize_layers(network, quantizer, X_calib)
+    qmlp = network.with_weights(res.weights).model
+    tensors = [t for pair in zip(res.tensors.values(), mlp.intercepts_) for t in pair]
     if X_eval is None:
         return qmlp, tensors, float("nan")
     errors = _layer_errors(mlp, qmlp, X_eval)
@@ -119,14 +118,9 @@ def adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval, loss_bound=3.0):
 
 def _layer_errors(mlp, qmlp, X):
     """Relative error of each layer's output, both networks fed their own prefix."""
-    errors = []
-    Xf = Xq = X.astype(np.float64)
-    for (W, b, act), Q in zip(_mlp_layers(mlp), qmlp.coefs_):
-        f = _activation(act, 0)
-        ref = Xf @ W
-        errors.append(float(np.linalg.norm(Xq @ Q - ref) / np.linalg.norm(ref)))
-        Xf, Xq = f(ref + b), f(Xq @ Q + b)
-    return errors
+    network = MLPNetwork(mlp)
+    quantized = dict(zip(network.layer_names, qmlp.coefs_))
+    return list(layer_errors(network, quantized, X).values())
 
 
 def run_demo(

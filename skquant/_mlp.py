@@ -12,26 +12,26 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._network import quantize_network
+from ._network import MLPNetwork, _check_mlp, quantize_layers
 from ._uniform import UniformQuantizer
 from .metrics import compression_ratio, model_size_bits
 
 __all__ = ["QuantizedMLP"]
 
 
-def _mlp_layers(mlp):
-    """The dense layers ``(W, b, activation)`` of a fitted MLP (logits last)."""
-    n = len(mlp.coefs_)
-    return [
-        (W, b, mlp.activation if i < n - 1 else "identity")
-        for i, (W, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_))
-    ]
+def _unwrap(estimator):
+    """The MLP inside ``estimator`` (``None``, a FrozenEstimator or the MLP)."""
+    if estimator is None:
+        return MLPClassifier()
+    inner = getattr(estimator, "estimator", None)
+    if type(estimator).__name__ == "FrozenEstimator" and inner is not None:
+        return inner
+    return estimator
 
 
 def _estimator_has(attr):
     def check(self):
-        est = MLPClassifier() if self.estimator is None else self.estimator
-        return hasattr(est, attr)
+        return hasattr(_unwrap(self.estimator), attr)
 
     return check
 
@@ -51,13 +51,17 @@ class QuantizedMLP(BaseEstimator):
 
     Parameters
     ----------
-    estimator : MLPClassifier or MLPRegressor, default=None
+    estimator : MLPClassifier, MLPRegressor or FrozenEstimator, default=None
         The network. If fitted, :meth:`fit` quantizes it as it is; otherwise a
-        clone is trained on ``(X, y)`` first. ``None`` means
+        clone is trained on ``(X, y)`` first. A ``FrozenEstimator`` around a fitted
+        MLP stays fitted through ``clone``. ``None`` means
         ``MLPClassifier(random_state=random_state)``.
-    quantizer : estimator, default=None
+    quantizer : estimator or dict, default=None
         An unfitted weight quantizer (e.g. :class:`UniformQuantizer`,
-        :class:`GreedyPathQuantizer`, :class:`NullSpaceQuantizer`). ``None`` means
+        :class:`GreedyPathQuantizer`, :class:`NullSpaceQuantizer`,
+        :class:`AdaptivePrecisionQuantizer`), cloned per layer, or a dict from
+        layer name (``"layer_0"``, ``"layer_1"``, ...) to quantizer: layers not
+        named stay float unless the key ``"*"`` gives a default. ``None`` means
         ``UniformQuantizer(n_bits=8)``.
     n_calibration : int, default=1024
         Rows of ``X`` (drawn without replacement) used as calibration data.
@@ -71,11 +75,14 @@ class QuantizedMLP(BaseEstimator):
     float_estimator_ : MLPClassifier or MLPRegressor
         The float network that was quantized.
     quantizers_ : list of estimators
-        The fitted quantizer of every layer.
+        The fitted quantizer of every quantized layer.
     tensors_ : list of QuantizedTensor
-        Codes and scales of every layer.
+        Codes and scales of every quantized layer.
     layer_errors_ : list of float
         Relative output error of every layer on the calibration data.
+    report_ : QuantizationReport
+        Per-layer rows (name, shape, method, bits, size, calibration error,
+        seconds); ``print(report_)`` shows a table.
     size_bits_ : int
         Bits to store the model: packed codes, scales, float32 biases.
     compression_ratio_ : float
@@ -108,7 +115,7 @@ class QuantizedMLP(BaseEstimator):
 
     _parameter_constraints: dict = {
         "estimator": [None, HasMethods(["fit", "predict"])],
-        "quantizer": [None, HasMethods(["fit", "transform"])],
+        "quantizer": [None, HasMethods(["fit", "transform"]), dict],
         "n_calibration": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
     }
@@ -137,8 +144,8 @@ class QuantizedMLP(BaseEstimator):
         self : object
             Fitted estimator.
         """
-        estimator = self.estimator
-        if estimator is None:
+        estimator = _check_mlp(_unwrap(self.estimator))
+        if self.estimator is None:
             estimator = MLPClassifier(random_state=self.random_state)
         quantizer = (
             UniformQuantizer(n_bits=8) if self.quantizer is None else self.quantizer
@@ -160,16 +167,38 @@ class QuantizedMLP(BaseEstimator):
                 f"inputs), got X.shape={X.shape} instead."
             )
         rng = check_random_state(self.random_state)
-        idx = rng.choice(X.shape[0], min(self.n_calibration, X.shape[0]), replace=False)
-        res = quantize_network(_mlp_layers(base), quantizer, X[np.sort(idx)])
-        qmlp = copy.deepcopy(base)
-        qmlp.coefs_ = [Q.astype(W.dtype) for Q, W in zip(res.weights, base.coefs_)]
+        idx = np.sort(
+            rng.choice(X.shape[0], min(self.n_calibration, X.shape[0]), replace=False)
+        )
+        network = MLPNetwork(base)
+
+        def gradients():
+            if y is None:
+                raise ValueError(
+                    "AdaptivePrecisionQuantizer needs the loss gradient: pass y to "
+                    "QuantizedMLP.fit; got y=None instead."
+                )
+            data = network.check_targets(X, y)
+            _, grads = network.loss_gradients(data)
+            return {n: grads[f"{n}.weight"] for n in network.layer_names}
+
+        res = quantize_layers(
+            network, quantizer, X[idx], gradients=gradients, calibrate=True
+        )
         self.float_estimator_ = base
-        self.estimator_ = qmlp
-        self.quantizers_ = res.quantizers
-        self.tensors_ = res.tensors
-        self.layer_errors_ = res.layer_errors
-        sizes = res.tensors + [b.astype(np.float32) for b in base.intercepts_]
+        self.estimator_ = network.with_weights(res.weights).model
+        self.quantizers_ = list(res.quantizers.values())
+        self.tensors_ = list(res.tensors.values())
+        self.report_ = res.report
+        self.layer_errors_ = [r["calibration_error"] for r in res.report.rows]
+        floats = [
+            W.astype(np.float32)
+            for n, W in zip(network.layer_names, base.coefs_)
+            if n not in res.tensors
+        ]
+        sizes = (
+            self.tensors_ + floats + [b.astype(np.float32) for b in base.intercepts_]
+        )
         self.size_bits_ = model_size_bits(sizes)
         self.compression_ratio_ = compression_ratio(sizes)
         if is_classifier(base):
@@ -235,7 +264,7 @@ class QuantizedMLP(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        est = MLPClassifier() if self.estimator is None else self.estimator
+        est = _unwrap(self.estimator)
         inner = est.__sklearn_tags__()
         tags.estimator_type = inner.estimator_type
         tags.classifier_tags = inner.classifier_tags

@@ -1,4 +1,4 @@
-"""Data-driven pre-processing + MSQ (Maly & Saab) and greedy path following (GPFQ)."""
+"""Data-driven pre-processing + MSQ (Maly & Saab)."""
 
 import numbers
 import warnings
@@ -16,7 +16,7 @@ from ._datadriven import BaseDataQuantizer
 from ._kernels import _nullspace
 from ._kernels._threads import numba_threads
 
-__all__ = ["GreedyPathQuantizer", "NullSpaceQuantizer"]
+__all__ = ["NullSpaceQuantizer"]
 
 
 def row_space(X, rank=None):
@@ -57,24 +57,6 @@ def row_space(X, rank=None):
         energy = np.cumsum(s**2) / max(np.sum(s**2), np.finfo(float).tiny)
         k = min(int(np.searchsorted(energy, rank) + 1), numerical)
     return np.ascontiguousarray(Vt[:k].T), s, k
-
-
-def _grid_boxes(Z0, step, qmin, qmax, binary):
-    """Grid cells ``[lo, hi]`` around every entry of ``Z0``, clipped to the range."""
-    top = qmax * step
-    bottom = qmin * step
-    if binary:
-        return np.broadcast_to(-step, Z0.shape).copy(), np.broadcast_to(
-            step, Z0.shape
-        ).copy()
-    Zc = np.clip(Z0, bottom, top)
-    lo = np.floor(Zc / step) * step
-    lo = np.minimum(lo, top)
-    hi = np.minimum(lo + step, top)
-    # entries on a grid point get a degenerate cell: they are already quantized
-    on = np.isclose(Zc, lo, rtol=0, atol=0)
-    hi = np.where(on, lo, hi)
-    return lo, hi
 
 
 #: how much slower a flop of a chunk's fresh factorisation and solve (LAPACK on
@@ -178,13 +160,6 @@ def _padded_rows(mask):
     return idx
 
 
-def on_alphabet(Z, step, binary, rtol=1e-9):
-    """Entries of ``Z`` within ``rtol * step`` of their column's alphabet."""
-    if binary:
-        return np.abs(np.abs(Z) - step) <= rtol * step
-    return np.abs(Z / step - np.rint(Z / step)) <= rtol
-
-
 class NullSpaceQuantizer(BaseDataQuantizer):
     """Data-driven pre-processing + memoryless scalar quantization (Maly & Saab).
 
@@ -246,10 +221,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Number of kept directions ``k``.
     n_in_ : int
         Number of inputs of the layer (rows of ``W``).
-    activations_ : ndarray of shape (m, n_in)
-        The calibration activations (float64), used by :meth:`transform`.
-    target_activations_ : ndarray of shape (m, n_in) or None
-        The float network's activations when they differ from ``activations_``.
+    codes_ : ndarray of int of shape (n_in, n_out)
+        Codes of the fitted weights (:meth:`transform` of them reuses these; the
+        calibration activations are not kept).
     n_off_grid_ : ndarray of shape (n_out,)
         Coordinates of each neuron left off the alphabet by the pre-processing.
     preprocessing_residual_ : float
@@ -329,8 +303,6 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         self.n_in_ = W.shape[0]
         V, s, k = row_space(Xq, self.rank)
         self.components_, self.singular_values_, self.rank_ = V, s, k
-        self.activations_ = Xq
-        self.target_activations_ = None if Xf is Xq else Xf
         if k >= W.shape[0]:
             warnings.warn(
                 f"NullSpaceQuantizer: the calibration data leaves no freedom "
@@ -347,7 +319,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             Z = self._lp_points(W64, Xq, Xf)
             c = np.abs(Z).max(axis=0)
             self._fit_alphabet(W)
-            K = 1 if self.n_bits in ("ternary", "binary") else self.qmax_
+            K = self.alphabet_record_.largest_code
             self.scale_ = np.where(c > 0, c / K, self.scale_).astype(W.dtype)
         codes, Z = self._codes(W64, Xq, Xf, Z=Z)
         self._diagnostics(W64, Z, codes, Xq, Xf)
@@ -397,9 +369,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
         Z0 = self._start_points(W, Xq, Xf)
-        lo, hi = _grid_boxes(
-            Z0, step, float(self.qmin_), float(self.qmax_), self._alphabet == "binary"
-        )
+        lo, hi = self.alphabet_record_.boxes(Z0, step)
         Z0 = np.clip(Z0, lo, hi)
         V = self.components_
         if V.shape[1] >= n:
@@ -411,16 +381,16 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         """Integer codes of ``W`` (float64 columns) and the pre-processed points."""
         n_out = W.shape[1]
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
-        binary = self._alphabet == "binary"
+        alphabet = self.alphabet_record_
         if Z is None and self.variant == "lp":
             Z = self._lp_points(W, Xq, Xf)
         if Z is None:
             Z = self._preprocess(W, Xq, Xf)
         else:
-            top = (float(self.qmax_) if not binary else 1.0) * step
+            top = float(alphabet.largest_code) * step
             Z = np.clip(Z, -top, top)
-        on = on_alphabet(Z, step, binary)
-        zp, inv, cmin, cmax = self._code_grid(step)
+        on = alphabet.on_alphabet(Z, step)
+        zp, inv, cmin, cmax = alphabet.code_grid(step)
         codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
         if self.rounding == "greedy":
             idx = _padded_rows(~on)
@@ -428,7 +398,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             # one by one then follows it (greedy path following restricted to them)
             U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
             self._greedy_path(Xq, Xq, Z, idx, U, step, codes)
-        return self._final_codes(codes), Z
+        return alphabet.final_codes(codes), Z
 
     def _diagnostics(self, W, Z, codes, Xq, Xf):
         step = np.broadcast_to(self.scale_.astype(np.float64), (W.shape[1],))
@@ -439,12 +409,14 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         drift = np.linalg.norm(ref - Xq @ Z, axis=0) / safe
         self.preprocessing_residual_ = float(np.max(drift))
         self.calibration_error_ = np.linalg.norm(ref - Xq @ Q, axis=0) / safe
-        off = ~on_alphabet(Z, step, self._alphabet == "binary")
+        off = ~self.alphabet_record_.on_alphabet(Z, step)
         self.n_off_grid_ = off.sum(axis=0)
         # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
         # when bound_ is first read)
         dist = np.linalg.norm(np.where(off, Z - Q, 0.0), axis=0) / safe
         self._bound_terms = (drift, dist, _padded_rows(off))
+        # the bound needs X only through its Gram matrix (n_in x n_in, whatever m)
+        self._gram = Xq.T @ Xq
         self._bound = None
 
     @property
@@ -464,114 +436,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if self._bound is None:
             drift, dist, idx = self._bound_terms
             counts = self.n_off_grid_.astype(np.int64)
-            G = self.activations_.T @ self.activations_
+            G = self._gram
             norms = np.empty(counts.size)
             with numba_threads(self.n_jobs), threadpool_limits(1, user_api="blas"):
                 _kernel(_nullspace, "subset_norms", self.n_jobs)(G, idx, counts, norms)
             self._bound = drift + norms * dist
         return self._bound
-
-
-class GreedyPathQuantizer(BaseDataQuantizer):
-    """Greedy path following quantization, GPFQ (Lybrand & Saab).
-
-    Quantizes each neuron's weights one coordinate at a time, choosing each value so
-    that the running error of the layer's output on the calibration data stays
-    small::
-
-        q_t = Q(<X_t, u_{t-1} + w_t X_t> / ||X_t||^2)
-        u_t = u_{t-1} + w_t X_t - q_t X_t
-
-    For Gaussian data the relative error decays like ``sqrt(m log n_in / n_in)``.
-    In a network, layer ``l`` sees the quantized prefix's activations ``Xq`` and
-    follows the float network's ``Xf`` (``target_activations``):
-    ``u_t = u_{t-1} + w_t Xf_t - q_t Xq_t``.
-
-    Read more in the :ref:`User Guide <user_guide>`.
-
-    Parameters
-    ----------
-    n_bits : int or {"ternary", "binary"}, default=4
-        The alphabet, as for :class:`NullSpaceQuantizer`.
-    scale : {"maxabs", "mse"}, default="maxabs"
-        The scale per neuron: the max-abs step (level) of the alphabet, or the
-        memoryless quantizer's squared-error optimum (MSE search for grids, the
-        L2-optimal level for ternary and binary).
-    n_jobs : int, default=None
-        Number of numba threads (over neurons); ``None`` means 1, ``-1`` all.
-
-    Attributes
-    ----------
-    scale_ : ndarray of shape (n_out,)
-        Step (or level) of each neuron's alphabet.
-    qmin_ : int
-        Smallest code.
-    qmax_ : int
-        Largest code.
-    n_bits_ : int
-        Bits stored per weight.
-    n_in_ : int
-        Number of inputs of the layer (rows of ``W``).
-    activations_ : ndarray of shape (m, n_in)
-        The calibration activations (float64), used by :meth:`transform`.
-    target_activations_ : ndarray of shape (m, n_in) or None
-        The float network's activations when they differ from ``activations_``.
-    calibration_error_ : ndarray of shape (n_out,)
-        Relative error ``||Xf w - Xq q|| / ||Xf w||`` of each neuron.
-    n_features_in_ : int
-        Number of output channels (columns of ``W``).
-
-    See Also
-    --------
-    NullSpaceQuantizer : Pre-processing in the data's null space, then MSQ.
-
-    References
-    ----------
-    E. Lybrand and R. Saab, "A greedy algorithm for quantizing neural networks",
-    JMLR 22 (2021).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skquant import GreedyPathQuantizer
-    >>> rng = np.random.default_rng(0)
-    >>> X = rng.standard_normal((64, 256))
-    >>> W = rng.standard_normal((256, 8)) / 16
-    >>> q = GreedyPathQuantizer(n_bits=4).fit(W, activations=X)
-    >>> bool(q.calibration_error_.max() < 0.1)
-    True
-    """
-
-    _parameter_constraints: dict = {
-        **BaseDataQuantizer._parameter_constraints,
-        "scale": [StrOptions({"maxabs", "mse"})],
-    }
-    _parameter_constraints.pop("granularity")
-
-    def __init__(self, n_bits=4, *, scale="maxabs", n_jobs=None):
-        self.n_bits = n_bits
-        self.scale = scale
-        self.n_jobs = n_jobs
-
-    def _fit_quantize(self, W, activations, target_activations):
-        W, Xq, Xf = self._validate_fit(W, activations, target_activations)
-        self.n_in_ = W.shape[0]
-        self.activations_ = Xq
-        self.target_activations_ = None if Xf is Xq else Xf
-        self._fit_alphabet(W, self.scale)
-        W64 = W.astype(np.float64)
-        codes, U = self._codes(W64, Xq, Xf)
-        norm = np.linalg.norm(Xf @ W64, axis=0)
-        self.calibration_error_ = np.linalg.norm(U, axis=1) / np.where(
-            norm > 0, norm, 1
-        )
-        return codes, W.dtype
-
-    def _codes(self, W, Xq, Xf):
-        n, n_out = W.shape
-        step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
-        idx = np.tile(np.arange(n, dtype=np.int64), (n_out, 1)).T.copy()
-        U = np.zeros((n_out, Xq.shape[0]))
-        codes = np.zeros((n, n_out))
-        self._greedy_path(Xq, Xf, W, idx, U, step, codes)
-        return self._final_codes(codes), U

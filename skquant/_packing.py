@@ -183,6 +183,10 @@ class QuantizedTensor:
         Affine zero points (``None`` for symmetric grids).
     float_dtype : dtype, default=None
         Float dtype of the dequantized values; ``None`` takes ``scale.dtype``.
+    precision_bits : ndarray of int of shape (n_rows, n_cols), default=None
+        Stored bits of every code (per-parameter precision, alphabet
+        ``"fixed_point"``; 0 = pruned). The size then counts these bits, the
+        fixed-width precision map and an 8-bit exponent per scale.
 
     Attributes
     ----------
@@ -217,6 +221,7 @@ class QuantizedTensor:
     alphabet: str = "uniform"
     zero_point: np.ndarray = field(default=None)
     float_dtype: np.dtype = field(default=None)
+    precision_bits: np.ndarray = field(default=None)
 
     @property
     def shape(self):
@@ -228,11 +233,15 @@ class QuantizedTensor:
         """Number of quantized entries."""
         return int(self.codes.size)
 
+    @property
+    def alphabet_record(self):
+        """The :class:`~skquant._alphabets.Alphabet` of the codes."""
+        from ._alphabets import Alphabet
+
+        return Alphabet(self.alphabet, self.qmin, self.qmax, self.n_bits)
+
     def _storage(self):
-        # binary codes are {-1, +1}; they are stored as one bit {0, 1}
-        if self.alphabet == "binary":
-            return (self.codes > 0).astype(np.int8), 0
-        return self.codes, self.qmin
+        return self.alphabet_record.stored(self.codes)
 
     def pack(self):
         """Bit-packed codes.
@@ -242,12 +251,24 @@ class QuantizedTensor:
         packed : ndarray of uint8
             ``n_bits`` bits per code, see :func:`pack_codes`.
         """
+        if self.precision_bits is not None:
+            raise ValueError(
+                "a QuantizedTensor with per-parameter precision (alphabet="
+                f"{self.alphabet!r}) has variable-width codes: pack() writes fixed "
+                "widths only; its size_bits counts the variable-width storage."
+            )
         codes, qmin = self._storage()
         return pack_codes(codes, self.n_bits, qmin)
 
     @property
     def size_bits(self):
         """Bits to store the packed codes, the scales and the zero points."""
+        if self.precision_bits is not None:
+            from ._precision import precision_map_bits
+
+            bits = np.asarray(self.precision_bits)
+            payload = int(bits.sum(dtype=np.int64))
+            return payload + precision_map_bits(bits)["fixed"] + 8 * self.scale.size
         bits = 8 * packed_size(self.n_params, self.n_bits)
         bits += self.scale.size * self.scale.dtype.itemsize * 8
         if self.zero_point is not None:

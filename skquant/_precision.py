@@ -9,7 +9,7 @@ from sklearn.utils import check_array, metadata_routing
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._alphabets import _kernel
+from ._alphabets import _kernel, code_dtype
 from ._kernels import _precision
 from ._kernels._threads import numba_threads
 
@@ -18,6 +18,7 @@ __all__ = [
     "AdaptiveQuantizationResult",
     "adaptive_precision_loop",
     "adaptive_quantize_mlp",
+    "adaptive_quantize_network",
     "allocate_precision",
     "mlp_loss_gradient",
     "precision_map_bits",
@@ -315,6 +316,21 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self.bits_per_param_ = self.size_bits_ / W.size
         return self
 
+    def _check_fitted_shape(self, W, name="W"):
+        if W.shape != self.bits_.shape:
+            raise ValueError(
+                f"{name} must have the fitted shape {self.bits_.shape}, got "
+                f"{name}.shape={W.shape} instead."
+            )
+
+    def _quantized64(self, W):
+        """The rounded weights in float64 (exact multiples of the finest step)."""
+        n_frac = np.maximum(self.bits_.astype(np.float64) - 1, 0)
+        p = np.exp2(n_frac)
+        Q = np.rint(W.astype(np.float64) / self.scale_ * p) / p * self.scale_
+        Q[self.bits_ == 0] = 0.0
+        return Q
+
     def transform(self, W):
         """Round ``W`` with the fitted per-parameter precisions.
 
@@ -330,16 +346,115 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         W = self._validate_W(W, reset=False)
-        if W.shape != self.bits_.shape:
-            raise ValueError(
-                f"W must have the fitted shape {self.bits_.shape}, got W.shape="
-                f"{W.shape} instead."
+        self._check_fitted_shape(W)
+        return self._quantized64(W).astype(W.dtype)
+
+    @property
+    def step_(self):
+        """The finest step ``s / 2^N_max``: every rounded weight is a multiple of it."""
+        check_is_fitted(self)
+        n_frac = max(int(self.bits_.max(initial=1)) - 1, 0)
+        return self.scale_ / 2.0**n_frac
+
+    def _code_range(self):
+        k = int(round(self.scale_ / self.step_))
+        return -k, k
+
+    def encode(self, W):
+        """Integer codes of ``W`` on the finest step: ``W_q = codes * step_``.
+
+        A weight with ``N_i`` fractional bits has a code that is a multiple of
+        ``2^(N_max - N_i)``; pruned weights have code 0.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weights of the fitted shape.
+
+        Returns
+        -------
+        codes : ndarray of int of shape (n_in, n_out)
+            The codes, in the smallest integer dtype that holds them.
+        """
+        check_is_fitted(self)
+        W = self._validate_W(W, reset=False)
+        self._check_fitted_shape(W)
+        qmin, qmax = self._code_range()
+        return np.rint(self._quantized64(W) / self.step_).astype(
+            code_dtype(qmin, qmax)
+        )
+
+    def decode(self, codes, dtype=np.float64):
+        """Weights of integer codes from :meth:`encode`.
+
+        Parameters
+        ----------
+        codes : array-like of int of shape (n_in, n_out)
+            Codes.
+        dtype : {np.float32, np.float64}, default=np.float64
+            Output dtype.
+
+        Returns
+        -------
+        W_q : ndarray of shape (n_in, n_out)
+            ``codes * step_``.
+        """
+        check_is_fitted(self)
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            raise TypeError(
+                "codes of AdaptivePrecisionQuantizer.decode must be integers, got "
+                f"codes.dtype={codes.dtype!s} instead."
             )
-        n_frac = np.maximum(self.bits_.astype(np.float64) - 1, 0)
-        p = np.exp2(n_frac)
-        Q = np.rint(W.astype(np.float64) / self.scale_ * p) / p * self.scale_
-        Q[self.bits_ == 0] = 0.0
-        return Q.astype(W.dtype)
+        self._check_fitted_shape(codes, "codes")
+        return self.compress_codes(codes, dtype).dequantize()
+
+    def compress_codes(self, codes, dtype=None):
+        """A :class:`~skquant.QuantizedTensor` of codes from :meth:`encode`.
+
+        Parameters
+        ----------
+        codes : ndarray of int of shape (n_in, n_out)
+            Codes.
+        dtype : dtype, default=None
+            Float dtype of the dequantized values (float64 when ``None``).
+
+        Returns
+        -------
+        qt : QuantizedTensor
+            Alphabet ``"fixed_point"``, one power-of-two scale (the finest step),
+            and the per-parameter bits as its precision map.
+        """
+        from ._packing import QuantizedTensor
+
+        qmin, qmax = self._code_range()
+        return QuantizedTensor(
+            codes=codes,
+            scale=np.array([self.step_]),
+            n_bits=int(self.bits_.max(initial=1)),
+            qmin=qmin,
+            qmax=qmax,
+            alphabet="fixed_point",
+            float_dtype=np.dtype(dtype) if dtype is not None else None,
+            precision_bits=self.bits_,
+        )
+
+    def compress(self, W):
+        """Quantize ``W`` into a :class:`~skquant.QuantizedTensor`.
+
+        Parameters
+        ----------
+        W : array-like of shape (n_in, n_out)
+            Weights of the fitted shape.
+
+        Returns
+        -------
+        qt : QuantizedTensor
+            ``qt.dequantize()`` equals ``transform(W)``; ``qt.size_bits`` equals
+            ``size_bits_`` (payload, fixed-width precision map, exponent).
+        """
+        W = self._validate_W(W, reset=False)
+        return self.compress_codes(self.encode(W), W.dtype)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -347,22 +462,12 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         return tags
 
 
-def _act_grad(name, A):
-    """Derivative of scikit-learn's hidden activations, from their output ``A``."""
-    if name == "relu":
-        return (A > 0).astype(A.dtype)
-    if name == "tanh":
-        return 1.0 - A**2
-    if name == "logistic":
-        return A * (1.0 - A)
-    return np.ones_like(A)
-
-
 def mlp_loss_gradient(mlp, X, y):
     """Mean log-loss of a fitted ``MLPClassifier`` and its gradient (NumPy).
 
     The loss is the mean cross-entropy of the network's output (softmax for several
-    classes, logistic for two), without scikit-learn's L2 penalty ``alpha``.
+    classes, logistic for two), without scikit-learn's L2 penalty ``alpha``
+    (:meth:`skquant._network.MLPNetwork.loss_gradients`).
 
     Parameters
     ----------
@@ -381,37 +486,11 @@ def mlp_loss_gradient(mlp, X, y):
         Gradients with respect to ``coefs_`` then ``intercepts_`` (same order and
         shapes as ``mlp.coefs_ + mlp.intercepts_``).
     """
-    from sklearn.neural_network._base import ACTIVATIONS
+    from ._network import MLPNetwork
 
-    X = np.asarray(X, dtype=np.float64)
-    Y = mlp._label_binarizer.transform(y).astype(np.float64)
-    acts = [X]
-    n_layers = len(mlp.coefs_)
-    for i, (W, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
-        Z = acts[-1] @ W + b
-        if i < n_layers - 1:
-            ACTIVATIONS[mlp.activation](Z)
-        acts.append(Z)
-    Z = acts[-1]
-    n = X.shape[0]
-    eps = np.finfo(np.float64).eps
-    if mlp.out_activation_ == "softmax":
-        Z = Z - Z.max(axis=1, keepdims=True)
-        P = np.exp(Z)
-        P /= P.sum(axis=1, keepdims=True)
-        loss = float(-np.sum(Y * np.log(np.clip(P, eps, 1))) / n)
-    else:
-        P = 1.0 / (1.0 + np.exp(-Z))
-        Pc = np.clip(P, eps, 1 - eps)
-        loss = float(-np.sum(Y * np.log(Pc) + (1 - Y) * np.log(1 - Pc)) / n)
-    delta = (P - Y) / n
-    gW, gb = [None] * n_layers, [None] * n_layers
-    for i in range(n_layers - 1, -1, -1):
-        gW[i] = acts[i].T @ delta
-        gb[i] = delta.sum(axis=0)
-        if i:
-            delta = (delta @ mlp.coefs_[i].T) * _act_grad(mlp.activation, acts[i])
-    return loss, gW + gb
+    network = MLPNetwork(mlp)
+    loss, grads = network.loss_gradients(network.check_targets(X, y))
+    return loss, list(grads.values())
 
 
 class AdaptiveQuantizationResult:
@@ -475,6 +554,17 @@ class AdaptiveQuantizationResult:
             f"loss={last['loss']:.4g}, bits_per_param={last['bits_per_param']:.3f}, "
             f"stop_reason={self.stop_reason!r})"
         )
+
+
+def _check_loop_params(trust_region, max_iter, max_bits):
+    from ._network import check_positive
+
+    check_positive(trust_region, "trust_region")
+    for name, value, low in (("max_iter", max_iter, 1), ("max_bits", max_bits, 1)):
+        if not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(
+                f"{name} must be an int >= {low}, got {name}={value!r} instead."
+            )
 
 
 def _check_bound(loss_bound, relative, loss0):
@@ -541,6 +631,7 @@ def adaptive_precision_loop(
     """
     from ._progress import progress
 
+    _check_loop_params(trust_region, max_iter, max_bits)
     params = [np.asarray(p, dtype=np.float64).copy() for p in params]
     n_params = sum(p.size for p in params)
     loss, grads = loss_and_grad(params)
@@ -679,32 +770,19 @@ def adaptive_quantize_mlp(
     >>> res.history[-1]["bits_per_param"] < 16, res.model.score(X, y) > 0.95
     (True, True)
     """
-    import copy
+    from ._network import MLPNetwork
 
-    check_is_fitted(mlp, "coefs_")
-    n_w = len(mlp.coefs_)
-
-    def set_params(params):
-        model = copy.deepcopy(mlp)
-        model.coefs_ = [p.astype(W.dtype) for p, W in zip(params[:n_w], mlp.coefs_)]
-        model.intercepts_ = [
-            p.astype(b.dtype) for p, b in zip(params[n_w:], mlp.intercepts_)
-        ]
-        return model
-
-    def loss_and_grad(params):
-        return mlp_loss_gradient(set_params(params), X, y)
-
+    network = MLPNetwork(mlp)
+    data = network.check_targets(X, y)
     evaluate = None
     if X_eval is not None:
 
         def evaluate(model):
             return float(model.score(X_eval, y_eval))
 
-    return adaptive_precision_loop(
-        list(mlp.coefs_) + list(mlp.intercepts_),
-        loss_and_grad,
-        set_params,
+    return adaptive_quantize_network(
+        network,
+        data,
         loss_bound=loss_bound,
         relative=relative,
         trust_region=trust_region,
@@ -713,4 +791,39 @@ def adaptive_quantize_mlp(
         evaluate=evaluate,
         verbose=verbose,
         n_jobs=n_jobs,
+    )
+
+
+def adaptive_quantize_network(network, data, **options):
+    """The adaptive-precision loop over any :class:`~skquant._network.Network`.
+
+    Every parameter of the network gets its own precision (the one driver behind
+    :func:`adaptive_quantize_mlp` and ``skquant.torch.adaptive_quantize_model``).
+
+    Parameters
+    ----------
+    network : Network
+        The float network (left unchanged).
+    data : object
+        Data for the loss, in the adapter's format.
+    **options : dict
+        Passed to :func:`adaptive_precision_loop` (``loss_bound``, ...).
+
+    Returns
+    -------
+    result : AdaptiveQuantizationResult
+        ``result.model`` is the quantized copy of ``network.model``.
+    """
+    start = network.parameters()
+    names = list(start)
+
+    def loss_and_grad(params):
+        loss, grads = network.loss_gradients(data, dict(zip(names, params)))
+        return loss, [np.asarray(grads[n], dtype=np.float64) for n in names]
+
+    def set_params(params):
+        return network.with_parameters(dict(zip(names, params))).model
+
+    return adaptive_precision_loop(
+        [start[n] for n in names], loss_and_grad, set_params, **options
     )

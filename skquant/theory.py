@@ -318,7 +318,8 @@ def predicted_rate(method, m, n_in):
 
 
 def _method_estimator(method, n_bits, rounding):
-    from ._nullspace import GreedyPathQuantizer, NullSpaceQuantizer
+    from ._gpfq import GreedyPathQuantizer
+    from ._nullspace import NullSpaceQuantizer
     from ._uniform import UniformQuantizer
 
     if method == "msq":

@@ -13,12 +13,21 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._fake import FakeQuantize, fake_quantize_ste
 from ._gradients import adaptive_quantize_model, loss_gradients
 from ._layout import matrix_to_weight, weight_to_matrix
-from ._model import QuantConv2d, QuantLinear, capture_inputs, quantize_model
+from ._model import (
+    QuantConv1d,
+    QuantConv2d,
+    QuantLinear,
+    capture_inputs,
+    quantize_model,
+)
+from ._network import TorchNetwork
 
 __all__ = [
     "FakeQuantize",
+    "TorchNetwork",
     "adaptive_quantize_model",
     "loss_gradients",
+    "QuantConv1d",
     "QuantConv2d",
     "QuantLinear",
     "capture_inputs",

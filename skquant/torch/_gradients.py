@@ -1,11 +1,8 @@
 """Loss gradients of torch models and the adaptive-precision driver on them."""
 
-import copy
-
 import numpy as np
 import torch
 
-from .._precision import adaptive_precision_loop
 from ._layout import to_numpy
 
 
@@ -142,27 +139,14 @@ def adaptive_quantize_model(
     >>> res.history[-1]["loss"] <= 1.2 * res.history[0]["loss"]
     True
     """
+    from .._precision import adaptive_quantize_network
+    from ._network import TorchNetwork
+
     data = data if isinstance(data, tuple) else list(data)
-    names = [name for name, _ in model.named_parameters()]
-    work = copy.deepcopy(model)
-
-    def set_params(params, target=None):
-        target = copy.deepcopy(model) if target is None else target
-        with torch.no_grad():
-            for (_, p), v in zip(target.named_parameters(), params):
-                p.copy_(torch.from_numpy(np.asarray(v)).to(p.dtype))
-        return target
-
-    def loss_and_grad(params):
-        set_params(params, work)
-        loss, grads = loss_gradients(work, loss_fn, data, batch_size=batch_size)
-        return loss, [grads[n].astype(np.float64) for n in names]
-
-    params = [to_numpy(p).astype(np.float64) for p in model.parameters()]
-    return adaptive_precision_loop(
-        params,
-        loss_and_grad,
-        set_params,
+    network = TorchNetwork(model, loss_fn=loss_fn, batch_size=batch_size)
+    return adaptive_quantize_network(
+        network,
+        data,
         loss_bound=loss_bound,
         relative=relative,
         trust_region=trust_region,

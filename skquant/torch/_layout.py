@@ -10,37 +10,46 @@ import numpy as np
 import torch
 from torch import nn
 
-SUPPORTED = (nn.Linear, nn.Conv2d)
+SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def check_supported(name, module):
-    """Raise a clear error for a layer with weights that skquant cannot quantize."""
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise ValueError(
-            f"layer {name!r} ({type(module).__name__}) has groups={module.groups}; "
-            "quantize_model supports Conv2d with groups=1 only."
-        )
-    if isinstance(module, SUPPORTED):
+    """Whether ``module`` is a weight layer skquant quantizes; raise for unsupported ones.
+
+    Linear, Conv1d and Conv2d (any stride, padding, dilation, groups) are
+    supported; layers without a weight matrix pass through (``False``); layers
+    with weights that skquant cannot quantize raise a clear error naming them.
+    """
+    if isinstance(module, SUPPORTED) and not getattr(module, "transposed", False):
         return True
     if isinstance(
         module,
         nn.modules.conv._ConvNd
         | nn.Embedding
+        | nn.EmbeddingBag
         | nn.RNNBase
         | nn.MultiheadAttention
         | nn.Bilinear,
     ):
         raise ValueError(
             f"layer {name!r} ({type(module).__name__}) is not supported by "
-            "quantize_model: only nn.Linear and nn.Conv2d (groups=1) are; leave it "
-            "out with skip=[...] or replace it."
+            "quantize_model: only nn.Linear, nn.Conv1d and nn.Conv2d are; leave it "
+            f"(and its children) float with skip=[{name!r}], or replace it."
         )
     return False
 
 
 def to_numpy(t):
-    """``t.detach().cpu().numpy()``: the boundary conversion."""
-    return t.detach().cpu().numpy()
+    """``t.detach().cpu().numpy()``: the boundary conversion.
+
+    bfloat16 and float16 tensors come out as float32 (NumPy has no bfloat16).
+    """
+    t = t.detach()
+    if t.dtype in _LOW_PRECISION:
+        t = t.float()
+    return t.cpu().numpy()
 
 
 def weight_to_matrix(module):
@@ -48,13 +57,13 @@ def weight_to_matrix(module):
 
     Parameters
     ----------
-    module : torch.nn.Linear or torch.nn.Conv2d
+    module : torch.nn.Linear, torch.nn.Conv1d or torch.nn.Conv2d
         The layer.
 
     Returns
     -------
     W : ndarray of shape (n_in, n_out)
-        ``n_in`` is ``in_features`` or ``in_channels * kh * kw``.
+        ``n_in`` is ``in_features`` or ``in_channels / groups * kernel size``.
 
     Examples
     --------
@@ -113,6 +122,11 @@ def layer_inputs_matrix(module, x):
     """
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv1d):
+        from ._network import gather_rows, rows_per_sample
+
+        n = x.shape[0] * rows_per_sample(module, x)
+        return gather_rows(module, x, torch.arange(n, device=x.device))
     padding = module.padding
     if module.padding_mode != "zeros" or isinstance(padding, str):
         # explicit padding (torch's own amounts for "same"/"valid" and other modes)

@@ -1,4 +1,4 @@
-"""Layer-by-layer quantization of torch models (Linear and Conv2d layers)."""
+"""Layer-by-layer quantization of torch models (Linear, Conv1d and Conv2d layers)."""
 
 import copy
 
@@ -7,15 +7,9 @@ import torch
 from sklearn.base import clone
 from torch import nn
 
-from .._datadriven import BaseDataQuantizer
-from .._progress import progress
-from ._layout import (
-    check_supported,
-    layer_inputs_matrix,
-    matrix_to_weight,
-    to_numpy,
-    weight_to_matrix,
-)
+from .._network import quantize_layers
+from ._layout import layer_inputs_matrix, matrix_to_weight
+from ._network import TorchNetwork
 
 
 class _QuantMixin:
@@ -62,12 +56,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return new._attach(module, tensor)
 
 
-class QuantConv2d(_QuantMixin, nn.Conv2d):
-    """``nn.Conv2d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
-
-    Built by :func:`quantize_model`.
-    """
-
+class _QuantConvMixin(_QuantMixin):
     @classmethod
     def from_float(cls, module, tensor):
         """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
@@ -85,6 +74,31 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
             dtype=module.weight.dtype,
         )
         return new._attach(module, tensor)
+
+
+class QuantConv1d(_QuantConvMixin, nn.Conv1d):
+    """``nn.Conv1d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
+
+    Built by :func:`quantize_model`.
+    """
+
+
+class QuantConv2d(_QuantConvMixin, nn.Conv2d):
+    """``nn.Conv2d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
+
+    Built by :func:`quantize_model`.
+    """
+
+
+_QUANT_CLASSES = ((nn.Linear, QuantLinear), (nn.Conv1d, QuantConv1d), (nn.Conv2d, QuantConv2d))
+
+
+def quantized_module(module, tensor):
+    """The quantized twin of a Linear/Conv1d/Conv2d layer holding ``tensor``."""
+    for float_cls, quant_cls in _QUANT_CLASSES:
+        if isinstance(module, float_cls):
+            return quant_cls.from_float(module, tensor)
+    raise TypeError(f"no quantized layer for {type(module).__name__}.")
 
 
 def _batches(data, batch_size):
@@ -170,52 +184,72 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
 def quantize_model(
     model,
     quantizer,
-    calibration_data,
+    calibration_data=None,
     *,
     max_rows=4096,
     skip=(),
     batch_size=256,
     random_state=0,
+    loss_fn=None,
+    targets=None,
+    return_report=False,
     verbose=False,
 ):
-    """Quantize the Linear and Conv2d layers of a torch model, in order.
+    """Quantize the Linear, Conv1d and Conv2d layers of a torch model, in order.
 
-    Each layer is quantized with a clone of ``quantizer``, on its inputs computed by
-    the already quantized layers before it (``activations``) and aiming at the float
-    model's (``target_activations``), as GPFQ does. Conv layers see im2col patches,
-    sub-sampled to at most ``max_rows`` rows (the same rows for both). Layers run in
-    the order of a forward pass.
+    Each layer is quantized with its quantizer. Data-driven quantizers
+    (:class:`~skquant.GreedyPathQuantizer`, :class:`~skquant.NullSpaceQuantizer`)
+    see the layer's inputs computed by the already quantized layers before it
+    (``activations``) and aim at the float model's (``target_activations``);
+    rows (samples, or conv output positions) are sampled to at most ``max_rows``
+    per layer as they are produced. Memoryless quantizers need no calibration
+    data and run no forward pass. Weightless layers (BatchNorm, pooling, ...)
+    pass through; grouped and depthwise convolutions are quantized group by group.
 
     Parameters
     ----------
     model : torch.nn.Module
         The float model (left unchanged).
-    quantizer : estimator
-        An unfitted skquant weight quantizer; data-driven ones get activations.
-    calibration_data : torch.Tensor, ndarray or iterable
-        Calibration inputs, or an iterable of batches (tensors or ``(x, y)``).
+    quantizer : estimator or dict
+        An unfitted skquant weight quantizer, cloned per layer, or a dict from
+        layer name (``model.named_modules()`` names) to quantizer: layers not
+        named stay float unless the key ``"*"`` gives a default.
+    calibration_data : torch.Tensor, ndarray or iterable, default=None
+        Calibration inputs (cast to the model's dtype and device), or an iterable
+        of batches (tensors or ``(x, y)`` pairs, as a ``DataLoader`` gives).
+        Needed by data-driven quantizers.
     max_rows : int, default=4096
         Largest number of rows (samples or patches) per layer.
     skip : sequence of str, default=()
-        Names of layers to leave in float.
+        Names of modules to leave float, with all their children.
     batch_size : int, default=256
         Batch size when ``calibration_data`` is a tensor or an array.
     random_state : int, default=0
         Seed of the row sub-sampling.
+    loss_fn : callable, default=None
+        Loss for :class:`~skquant.AdaptivePrecisionQuantizer`'s gradients
+        (``None``: cross-entropy).
+    targets : tensor or ndarray, default=None
+        Labels of ``calibration_data``, needed by
+        :class:`~skquant.AdaptivePrecisionQuantizer` only.
+    return_report : bool, default=False
+        Also return the per-layer :class:`~skquant._network.QuantizationReport`.
     verbose : bool, default=False
         Show a progress bar.
 
     Returns
     -------
     qmodel : torch.nn.Module
-        A copy of ``model`` whose layers are :class:`QuantLinear` /
-        :class:`QuantConv2d`, each with ``weight_codes``, ``weight_scale`` and
-        ``size_bits``.
+        A copy of ``model`` whose quantized layers are :class:`QuantLinear`,
+        :class:`QuantConv1d` or :class:`QuantConv2d`, each with ``weight_codes``,
+        ``weight_scale`` and ``size_bits``.
+    report : QuantizationReport
+        Only with ``return_report=True``.
 
     Examples
     --------
     >>> import torch
-    >>> from skquant import GreedyPathQuantizer
+    >>> from skquant import GreedyPathQuantizer, UniformQuantizer
     >>> from skquant.torch import quantize_model
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
@@ -224,52 +258,47 @@ def quantize_model(
     >>> qnet = quantize_model(net, GreedyPathQuantizer(n_bits=4), torch.randn(256, 20))
     >>> type(qnet[0]).__name__, qnet[0].weight_codes.dtype
     ('QuantLinear', torch.int8)
+    >>> qnet, report = quantize_model(net, {"2": UniformQuantizer(n_bits=8)},
+    ...                               return_report=True)
+    >>> [row["method"] for row in report.rows]
+    ['float', 'Uniform']
     """
-    layers = {}
-    for name, mod in model.named_modules():
-        if name in skip:
-            continue
-        if check_supported(name, mod):
-            layers[name] = mod
-    if not layers:
-        raise ValueError("model has no nn.Linear or nn.Conv2d layer to quantize.")
-    if not isinstance(calibration_data, torch.Tensor | np.ndarray):
-        calibration_data = list(calibration_data)  # iterated once per layer
-    float_inputs = capture_inputs(
-        model, layers, calibration_data, batch_size=batch_size
-    )
-    order = list(float_inputs)  # the order of a forward pass
-    rng = np.random.default_rng(random_state)
-    rows = {}
-    for name, X in float_inputs.items():
-        n = X.shape[0]
-        rows[name] = (
-            np.sort(rng.choice(n, max_rows, replace=False))
-            if n > max_rows
-            else np.arange(n)
+    network = TorchNetwork(model, skip=skip, loss_fn=loss_fn, batch_size=batch_size)
+
+    def gradients():
+        if calibration_data is None or targets is None:
+            raise ValueError(
+                "AdaptivePrecisionQuantizer needs loss gradients: pass "
+                "calibration_data and targets (and loss_fn) to quantize_model."
+            )
+        data = (
+            torch.as_tensor(calibration_data),
+            torch.as_tensor(targets),
         )
+        _, grads = network.loss_gradients(data)
+        out = {}
+        for name in network.layer_names:
+            g = grads[f"{name}.weight"]
+            out[name] = np.ascontiguousarray(g.reshape(g.shape[0], -1).T)
+        return out
+
+    res = quantize_layers(
+        network,
+        quantizer,
+        calibration_data,
+        max_rows=max_rows,
+        random_state=random_state,
+        gradients=gradients,
+        verbose=verbose,
+    )
     qmodel = copy.deepcopy(model)
     qlayers = dict(qmodel.named_modules())
-    for name in progress(order, desc="quantize_model", enabled=verbose):
-        module = qlayers[name]
-        Xf = to_numpy(float_inputs[name][rows[name]]).astype(np.float64)
-        Xq = to_numpy(
-            capture_inputs(
-                qmodel, {name: module}, calibration_data, batch_size=batch_size
-            )[name][rows[name]]
-        )
-        W = weight_to_matrix(module)
-        est = clone(quantizer)
-        if isinstance(est, BaseDataQuantizer):
-            Q = est.fit_transform(
-                W, activations=Xq.astype(np.float64), target_activations=Xf
-            )
-        else:
-            Q = est.fit(W).transform(W)
-        tensor = est._tensor_of(Q)
-        cls = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
-        new = cls.from_float(module, tensor)
+    replace = dict(res.tensors)
+    replace.update(
+        {t: res.tensors[first] for t, first in network.tied.items() if first in res.tensors}
+    )
+    for name, tensor in replace.items():
+        new = quantized_module(qlayers[name], tensor)
         parent, _, attr = name.rpartition(".")
         setattr(qlayers[parent] if parent else qmodel, attr, new)
-        qlayers[name] = new
-    return qmodel
+    return (qmodel, res.report) if return_report else qmodel

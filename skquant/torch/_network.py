@@ -1,0 +1,526 @@
+"""The torch adapter of skquant's network layer.
+
+:class:`TorchNetwork` wraps an ``nn.Module`` behind the protocol of
+:class:`skquant._network.Network`. Its :meth:`TorchNetwork.walk` yields each weight
+layer with its inputs on calibration data, as the float model computes them and as
+the already quantized prefix does, and is built to be cheap:
+
+* rows (samples, or output positions of a convolution) are sampled **at capture
+  time**, per batch, and conv patches are gathered only at the sampled positions
+  (all patches of all images are never materialised);
+* inside an ``nn.Sequential`` the activations of both models are carried from
+  child to child, so each child runs once per model (the quantized prefix's
+  output is reused by the next layer);
+* any other module runs once in float to capture all its layers' inputs, then
+  once per layer in the quantized copy, stopped at that layer.
+"""
+
+import copy
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._network import LayerStep, Network
+from ._layout import (
+    check_supported,
+    matrix_to_weight,
+    to_numpy,
+    weight_to_matrix,
+)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to stop a forward pass at a layer."""
+
+
+def _floating_dtype(model):
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def _device(model):
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def input_batches(data, batch_size, dtype, device):
+    """Input batches (tensors on ``device`` in ``dtype``) from any calibration data.
+
+    ``data`` is a tensor, a NumPy array, or an iterable of batches (tensors,
+    arrays or ``(x, y)`` pairs, as a ``DataLoader`` gives).
+    """
+    if isinstance(data, np.ndarray | torch.Tensor):
+        data = torch.as_tensor(data)
+        chunks = [data[i : i + batch_size] for i in range(0, data.shape[0], batch_size)]
+    else:
+        try:
+            items = list(data)
+        except TypeError as exc:
+            raise TypeError(
+                "calibration data must be a tensor, an array, or an iterable of "
+                f"batches (tensors or (x, y) pairs), got {type(data).__name__} "
+                "instead."
+            ) from exc
+        chunks = [b[0] if isinstance(b, tuple | list) else b for b in items]
+    out = []
+    for x in chunks:
+        x = torch.as_tensor(x)
+        out.append(x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device))
+    if not out or sum(x.shape[0] for x in out) == 0:
+        raise ValueError("calibration data holds no sample.")
+    return out
+
+
+def _padded(module, x):
+    """``x`` padded as ``module`` pads it (any padding mode), for a conv layer."""
+    pad = module._reversed_padding_repeated_twice
+    if not any(pad):
+        return x
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    return nn.functional.pad(x, pad, mode=mode)
+
+
+def gather_rows(module, x, rows):
+    """Rows ``rows`` of the matrix a layer multiplies by its weight matrix.
+
+    Parameters
+    ----------
+    module : nn.Linear, nn.Conv1d or nn.Conv2d
+        The layer.
+    x : torch.Tensor
+        Its input batch.
+    rows : torch.Tensor of int64
+        Row indices within the batch: for Linear, positions of the flattened
+        leading dimensions; for convolutions, ``image * n_positions + position``
+        (the row order of ``unfold``).
+
+    Returns
+    -------
+    X : torch.Tensor of shape (len(rows), n_in)
+        Conv patches are gathered at the given positions only, channel first then
+        kernel offsets (``unfold``'s layout), all input channels (every group).
+    """
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])[rows]
+    conv1d = isinstance(module, nn.Conv1d)
+    x = _padded(module, x)
+    if conv1d:
+        x = x.unsqueeze(2)
+        kh, kw = 1, module.kernel_size[0]
+        sh, sw = 1, module.stride[0]
+        dh, dw = 1, module.dilation[0]
+    else:
+        (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    H, W = x.shape[2], x.shape[3]
+    Ho = (H - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W - dw * (kw - 1) - 1) // sw + 1
+    n = rows // (Ho * Wo)
+    pos = rows % (Ho * Wo)
+    oy = (pos // Wo) * sh
+    ox = (pos % Wo) * sw
+    cols = [
+        x[n, :, oy + dy * dh, ox + dx * dw] for dy in range(kh) for dx in range(kw)
+    ]
+    return torch.stack(cols, dim=2).reshape(rows.shape[0], -1)
+
+
+def rows_per_sample(module, x):
+    """Rows one sample contributes to the layer's input matrix."""
+    if isinstance(module, nn.Linear):
+        return int(x[0].numel() // x.shape[-1]) if x.dim() > 1 else 1
+    spatial = x.shape[2:]
+    out = 1
+    conv1d = isinstance(module, nn.Conv1d)
+    pads = module._reversed_padding_repeated_twice
+    for i, size in enumerate(spatial):
+        # _reversed_padding_repeated_twice lists the last dimension first
+        j = len(spatial) - 1 - i
+        size = size + pads[2 * j] + pads[2 * j + 1]
+        k = module.kernel_size[0 if conv1d else i]
+        s = module.stride[0 if conv1d else i]
+        d = module.dilation[0 if conv1d else i]
+        out *= (size - d * (k - 1) - 1) // s + 1
+    return out
+
+
+class _RowSampler:
+    """The calibration rows kept per layer, drawn when the layer is first reached.
+
+    With ``n`` rows in all (samples times rows per sample), a layer keeps every
+    row when ``n <= max_rows``, else ``max_rows`` rows drawn without replacement
+    (sorted). One generator draws for all layers, in forward order.
+    """
+
+    def __init__(self, n_samples, max_rows, random_state):
+        self.n_samples = n_samples
+        self.max_rows = max_rows
+        self.rng = np.random.default_rng(random_state)
+        self.index = {}
+
+    def rows(self, name, module, x, sample_offset):
+        """Kept row indices within this batch (a tensor), or None for all."""
+        per = rows_per_sample(module, x)
+        if name not in self.index:
+            total = per * self.n_samples
+            if self.max_rows is not None and total > self.max_rows:
+                self.index[name] = np.sort(
+                    self.rng.choice(total, self.max_rows, replace=False)
+                )
+            else:
+                self.index[name] = None
+        idx = self.index[name]
+        lo = sample_offset * per
+        hi = lo + x.shape[0] * per
+        if idx is None:
+            return torch.arange(hi - lo, device=x.device)
+        sel = idx[np.searchsorted(idx, lo) : np.searchsorted(idx, hi)] - lo
+        return torch.from_numpy(sel).to(x.device)
+
+
+def _as_float64(chunks):
+    if not chunks:
+        return np.empty((0, 0))
+    return to_numpy(torch.cat(chunks).to(torch.float64))
+
+
+class TorchNetwork(Network):
+    """The torch adapter of the network layer.
+
+    Weight layers are ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (any stride,
+    padding, dilation and groups); other layers (BatchNorm, pooling,
+    activations, ...) pass through. A layer named in ``skip`` is left as it is,
+    and so are its children.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The float model (never modified; copies are made).
+    skip : sequence of str, default=()
+        Names of modules to leave float (with all their children).
+    loss_fn : callable, default=None
+        ``loss_fn(output, target)``, a mean over the batch, for
+        :meth:`loss_gradients`; ``None`` means ``nn.CrossEntropyLoss()``.
+    batch_size : int, default=256
+        Batch size when data is a tensor or an array.
+
+    Attributes
+    ----------
+    layer_names : list of str
+        The weight layers (module names), in the order of ``named_modules``
+        until a walk has run, then in forward order.
+    tied : dict of {str: str}
+        Layers whose weight is the same tensor as an earlier layer's: quantized
+        once (with the first), counted once.
+    """
+
+    def __init__(self, model, *, skip=(), loss_fn=None, batch_size=256):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module, got {type(model).__name__} instead."
+            )
+        if isinstance(skip, str):
+            skip = [skip]
+        names = {n for n, _ in model.named_modules()}
+        unknown = [s for s in skip if s not in names]
+        if unknown:
+            raise ValueError(
+                f"skip names modules {unknown} that the model does not have; its "
+                f"modules include {sorted(n for n in names if n)[:12]}."
+            )
+        self.model = model
+        self.skip = tuple(skip)
+        self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+        self.batch_size = batch_size
+        self._modules = {}
+        self.tied = {}
+        owner = {}
+        for name, mod in model.named_modules():
+            if any(name == s or name.startswith(s + ".") for s in self.skip):
+                continue
+            if not check_supported(name, mod):
+                continue
+            key = id(mod.weight)
+            if key in owner:
+                self.tied[name] = owner[key]
+                continue
+            owner[key] = name
+            self._modules[name] = mod
+        if not self._modules:
+            raise ValueError(
+                "model has no nn.Linear, nn.Conv1d or nn.Conv2d layer to quantize "
+                f"(skip={list(self.skip)})."
+            )
+        if self.tied:
+            warnings.warn(
+                f"layers {sorted(self.tied)} share their weight with "
+                f"{sorted(set(self.tied.values()))}: each shared weight is quantized "
+                "once (with its first layer) and counted once.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.layer_names = list(self._modules)
+
+    def module(self, name):
+        """The float module of layer ``name``."""
+        return self._modules[name]
+
+    def weight(self, name):
+        """The ``(n_in, n_out)`` weight matrix of layer ``name`` (NumPy)."""
+        return weight_to_matrix(self._modules[name])
+
+    def groups(self, name):
+        """Input groups of layer ``name``."""
+        return getattr(self._modules[name], "groups", 1)
+
+    # ------------------------------------------------------------------ walk
+    def walk(self, data, *, max_rows=4096, random_state=0):
+        """Yield each weight layer with its calibration inputs, in forward order.
+
+        Parameters
+        ----------
+        data : torch.Tensor, ndarray or iterable
+            Calibration inputs, or an iterable of batches (tensors or ``(x, y)``).
+        max_rows : int, default=4096
+            Largest number of rows (samples or conv positions) per layer.
+        random_state : int, default=0
+            Seed of the row sampling.
+
+        Yields
+        ------
+        step : LayerStep
+            Set ``step.quantized`` (an ``(n_in, n_out)`` matrix) before advancing;
+            the quantized copy then uses it for the layers that follow.
+        """
+        dtype, device = _floating_dtype(self.model), _device(self.model)
+        batches = input_batches(data, self.batch_size, dtype, device)
+        sampler = _RowSampler(sum(x.shape[0] for x in batches), max_rows, random_state)
+        qmodel = copy.deepcopy(self.model)
+        qmods = dict(qmodel.named_modules())
+        was_training = self.model.training
+        self.model.eval()
+        qmodel.eval()
+        order = []
+        try:
+            for step in self._walk_block(
+                self.model, qmodel, "", batches, batches, sampler, qmods
+            ):
+                order.append(step.name)
+                yield step
+        finally:
+            self.model.train(was_training)
+        missing = [n for n in self.layer_names if n not in order]
+        if missing:
+            raise ValueError(
+                f"layers {missing} did not run in the model's forward pass on the "
+                "calibration data; leave them out with skip=[...]."
+            )
+        self.layer_names = order
+
+    def _contains(self, prefix):
+        if prefix == "":
+            return bool(self._modules)
+        return any(n == prefix or n.startswith(prefix + ".") for n in self._modules)
+
+    def _apply(self, qmods, step):
+        """Put the step's quantized weights into the quantized copy."""
+        if step.quantized is None:
+            return
+        mod = qmods[step.name]
+        with torch.no_grad():
+            mod.weight.copy_(matrix_to_weight(step.quantized, mod))
+
+    def _step(self, name, inputs):
+        return LayerStep(name, self.weight(name), inputs, self.groups(name))
+
+    def _walk_block(self, fblock, qblock, prefix, fcache, qcache, sampler, qmods):
+        """Walk the layers inside one module, given its input batches in both models."""
+        if prefix in self._modules:  # a weight layer: its inputs are the caches
+            mod = self._modules[prefix]
+
+            def inputs():
+                Xf = self._rows_of(mod, prefix, fcache, sampler)
+                Xq = Xf if qcache is fcache else self._rows_of(mod, prefix, qcache, sampler)
+                return Xq, Xf
+
+            step = self._step(prefix, inputs)
+            step.inputs()
+            yield step
+            self._apply(qmods, step)
+            return
+        if isinstance(fblock, nn.Sequential):
+            for child_name, fchild in fblock.named_children():
+                full = f"{prefix}.{child_name}" if prefix else child_name
+                qchild = qblock._modules[child_name]
+                if self._contains(full):
+                    yield from self._walk_block(
+                        fchild, qchild, full, fcache, qcache, sampler, qmods
+                    )
+                with torch.no_grad():
+                    shared = qcache is fcache and not self._contains(full)
+                    fcache = [fchild(x) for x in fcache]
+                    qcache = fcache if shared else [qchild(x) for x in qcache]
+            return
+        yield from self._walk_generic(fblock, qblock, prefix, fcache, qcache, sampler, qmods)
+
+    def _walk_generic(self, fblock, qblock, prefix, fcache, qcache, sampler, qmods):
+        """Any module: one float pass for all its layers, one stopped pass per layer."""
+        inner = [
+            n for n in self._modules if n == prefix or n.startswith(prefix + ".") or not prefix
+        ]
+        fmods = {n: self._modules[n] for n in inner}
+        store, order = {}, []
+        state = {"offset": 0, "seen": set()}
+
+        def capture(name, module, x):
+            if name in state["seen"]:  # a module called twice: its first call
+                return
+            state["seen"].add(name)
+            if name not in store:
+                order.append(name)
+            rows = sampler.rows(name, module, x, state["offset"])
+            store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
+
+        hooks = [
+            m.register_forward_pre_hook(lambda m, a, n=n: capture(n, m, a[0]))
+            for n, m in fmods.items()
+        ]
+        try:
+            self._run(fblock, fcache, state)
+        finally:
+            for h in hooks:
+                h.remove()
+        float_inputs = {n: _as_float64(store[n]) for n in order}
+        store.clear()
+        first = True
+        for name in order:
+            Xf = float_inputs.pop(name)
+            if first and qcache is fcache:
+                Xq = Xf  # nothing before this layer is quantized yet
+            else:
+                Xq = self._stopped_rows(qblock, qmods[name], name, qcache, sampler)
+            first = False
+            step = self._step(name, lambda Xq=Xq, Xf=Xf: (Xq, Xf))
+            step.inputs()
+            yield step
+            self._apply(qmods, step)
+
+    def _run(self, block, cache, state):
+        with torch.no_grad():
+            offset = 0
+            for x in cache:
+                state["offset"] = offset
+                state["seen"] = set()
+                try:
+                    block(x)
+                except _StopForward:
+                    pass
+                except RuntimeError as exc:
+                    raise ValueError(
+                        f"calibration data of shape {tuple(x.shape)} (one batch) does "
+                        f"not fit the model: {exc}"
+                    ) from exc
+                offset += x.shape[0]
+
+    def _stopped_rows(self, qblock, qmod, name, qcache, sampler):
+        """The layer's sampled input rows in the quantized copy (stopped passes)."""
+        chunks = []
+        state = {"offset": 0, "seen": set()}
+
+        def hook(module, args):
+            rows = sampler.rows(name, module, args[0], state["offset"])
+            chunks.append(gather_rows(module, args[0], rows).cpu())
+            raise _StopForward
+
+        h = qmod.register_forward_pre_hook(hook)
+        try:
+            self._run(qblock, qcache, state)
+        finally:
+            h.remove()
+        return _as_float64(chunks)
+
+    def _rows_of(self, mod, name, cache, sampler):
+        chunks, offset = [], 0
+        with torch.no_grad():
+            for x in cache:
+                rows = sampler.rows(name, mod, x, offset)
+                chunks.append(gather_rows(mod, x, rows).cpu())
+                offset += x.shape[0]
+        return _as_float64(chunks)
+
+    # ------------------------------------------------------- copies, loss
+    def with_weights(self, weights):
+        """A :class:`TorchNetwork` of a copy with some ``(n_in, n_out)`` weights set."""
+        self.check_layer_names(list(weights), "weights")
+        model = copy.deepcopy(self.model)
+        mods = dict(model.named_modules())
+        with torch.no_grad():
+            for name, W in weights.items():
+                mods[name].weight.copy_(matrix_to_weight(W, mods[name]))
+        return TorchNetwork(
+            model, skip=self.skip, loss_fn=self.loss_fn, batch_size=self.batch_size
+        )
+
+    def parameters(self):
+        """Every named parameter as a float64 NumPy copy."""
+        return {
+            n: to_numpy(p).astype(np.float64) for n, p in self.model.named_parameters()
+        }
+
+    def _load(self, model, params):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in params:
+                    p.copy_(torch.from_numpy(np.asarray(params[name])).to(p.dtype))
+        return model
+
+    def with_parameters(self, params):
+        """A :class:`TorchNetwork` of a copy holding ``params`` (by name)."""
+        model = self._load(copy.deepcopy(self.model), params)
+        return TorchNetwork(
+            model, skip=self.skip, loss_fn=self.loss_fn, batch_size=self.batch_size
+        )
+
+    def loss_gradients(self, data, params=None):
+        """Mean loss on ``data`` and its gradient for every named parameter.
+
+        Parameters
+        ----------
+        data : tuple of (X, y) tensors, or iterable of (x, y) batches
+            The data.
+        params : dict of {str: ndarray}, default=None
+            Parameters to evaluate at; ``None`` takes the model's own. A scratch
+            copy of the model is reused between calls.
+
+        Returns
+        -------
+        loss : float
+            The mean loss.
+        grads : dict of {str: ndarray}
+            Gradient of that mean loss for every named parameter.
+        """
+        from ._gradients import loss_gradients
+
+        model = self.model
+        if params is not None:
+            if getattr(self, "_scratch", None) is None:
+                self._scratch = copy.deepcopy(self.model)
+            model = self._load(self._scratch, params)
+        return loss_gradients(model, self.loss_fn, data, batch_size=self.batch_size)
+
+    def predict(self, X):
+        """The model's outputs on ``X`` (a tensor or an array), as a tensor."""
+        dtype, device = _floating_dtype(self.model), _device(self.model)
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return torch.cat(
+                    [self.model(x) for x in input_batches(X, self.batch_size, dtype, device)]
+                )
+        finally:
+            self.model.train(was)
