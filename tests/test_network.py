@@ -21,6 +21,7 @@ from skquant import (
     UniformQuantizer,
 )
 from skquant._network import quantize_network
+from skquant._packing import packed_size
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +53,27 @@ def test_network_layers_see_the_quantized_prefix():
     layers = _layers(rng)
     X = rng.standard_normal((40, 20))
     res = quantize_network(layers, GreedyPathQuantizer(n_bits=3), X)
-    q0, q1 = res.quantizers
+    Q0, Q1 = res.weights["layer_0"], res.weights["layer_1"]
     # layer 2 was calibrated on relu(X Q0 + b0), aiming at relu(X W0 + b0)
-    assert_array_equal(
-        q1.activations_, np.maximum(X @ res.weights[0] + layers[0][1], 0)
+    Xq = np.maximum(X @ Q0 + layers[0][1], 0)
+    Xf = np.maximum(X @ layers[0][0] + layers[0][1], 0)
+    alone = GreedyPathQuantizer(n_bits=3).fit(
+        layers[1][0], activations=Xq, target_activations=Xf
     )
-    assert_array_equal(
-        q1.target_activations_, np.maximum(X @ layers[0][0] + layers[0][1], 0)
-    )
-    for t, Q in zip(res.tensors, res.weights):
+    assert_array_equal(alone.codes_, res.quantizers["layer_1"].codes_)
+    for t, Q in zip(res.tensors.values(), res.weights.values()):
         assert_array_equal(t.dequantize(), Q)
+    # the report's calibration error is the layer's relative output error
+    err = np.linalg.norm(Xq @ Q1 - Xf @ layers[1][0]) / np.linalg.norm(
+        Xf @ layers[1][0]
+    )
+    assert res.report.rows[1]["calibration_error"] == pytest.approx(err, rel=1e-12)
     # data-driven beats memoryless on the network's output
     plain = quantize_network(layers, UniformQuantizer(n_bits=3), X)
-    assert res.layer_errors[-1] < plain.layer_errors[-1]
+    assert (
+        res.report.rows[-1]["calibration_error"]
+        < plain.report.rows[-1]["calibration_error"]
+    )
 
 
 def test_network_one_quantizer_per_layer():
@@ -75,7 +84,49 @@ def test_network_one_quantizer_per_layer():
         [UniformQuantizer(n_bits=8), TernaryQuantizer()],
         rng.standard_normal((10, 20)),
     )
-    assert [t.alphabet for t in res.tensors] == ["uniform", "ternary"]
+    assert [t.alphabet for t in res.tensors.values()] == ["uniform", "ternary"]
+
+
+def test_network_per_layer_mapping_and_report():
+    rng = np.random.default_rng(3)
+    layers = _layers(rng, sizes=(20, 30, 10, 3))
+    X = rng.standard_normal((50, 20))
+    res = quantize_network(
+        layers,
+        {"layer_0": GreedyPathQuantizer(n_bits=4), "*": UniformQuantizer(n_bits=8)},
+        X,
+    )
+    methods = [r["method"] for r in res.report.rows]
+    assert methods == ["GreedyPath", "Uniform", "Uniform"]
+    assert [r["bits"] for r in res.report.rows][1] == pytest.approx(
+        (8 * packed_size(300, 8) + 64 * 10) / 300  # packed codes, float64 scales
+    )
+    # layers not named stay float without a default
+    res = quantize_network(layers, {"layer_1": UniformQuantizer(n_bits=2)}, X)
+    assert list(res.tensors) == ["layer_1"]
+    assert [r["method"] for r in res.report.rows] == ["float", "Uniform", "float"]
+    assert res.report.rows[0]["calibration_error"] == 0.0
+    assert res.report.size_bits == 32 * (20 * 30 + 10 * 3) + res.tensors[
+        "layer_1"
+    ].size_bits
+    text = str(res.report)
+    assert "layer_1" in text and "Uniform" in text and "total" in text
+
+
+def test_network_mapping_errors():
+    rng = np.random.default_rng(4)
+    layers = _layers(rng)
+    X = rng.standard_normal((10, 20))
+    with pytest.raises(ValueError, match=re.escape("names layers ['fc9']")):
+        quantize_network(layers, {"fc9": UniformQuantizer()}, X)
+    with pytest.raises(ValueError, match="empty mapping"):
+        quantize_network(layers, {}, X)
+    from skquant import ActivationQuantizer
+
+    with pytest.raises(TypeError, match="must be a skquant weight quantizer"):
+        quantize_network(layers, ActivationQuantizer(), X)
+    with pytest.raises(TypeError, match=re.escape("quantizer['layer_0'] must be")):
+        quantize_network(layers, {"layer_0": MinMaxScaler()}, X)
 
 
 def test_network_bad_input():
@@ -181,3 +232,72 @@ def test_quantized_mlp_errors(digits):
         q.predict(Xtr[:, :10])
     with pytest.raises(ValueError, match="The 'quantizer' parameter"):
         QuantizedMLP(mlp, "uniform").fit(Xtr)
+    from sklearn.linear_model import LogisticRegression
+
+    from skquant import ActivationQuantizer
+
+    with pytest.raises(TypeError, match="must be an MLPClassifier or MLPRegressor"):
+        QuantizedMLP(LogisticRegression(), UniformQuantizer()).fit(Xtr, ytr_of(mlp))
+    with pytest.raises(TypeError, match="must be an MLPClassifier or MLPRegressor"):
+        QuantizedMLP(make_pipeline(MinMaxScaler(), mlp)).fit(Xtr)
+    with pytest.raises(TypeError, match="must be a skquant weight quantizer"):
+        QuantizedMLP(mlp, ActivationQuantizer()).fit(Xtr)
+    with pytest.raises(ValueError, match=re.escape("names layers ['fc']")):
+        QuantizedMLP(mlp, {"fc": UniformQuantizer()}).fit(Xtr)
+
+
+def ytr_of(mlp):
+    return np.tile(mlp.classes_, 200)[:1257]
+
+
+def test_quantized_mlp_frozen_estimator_is_not_retrained(digits):
+    from sklearn.frozen import FrozenEstimator
+
+    mlp, Xtr, Xte, ytr, yte = digits
+    q = QuantizedMLP(FrozenEstimator(mlp), GreedyPathQuantizer(), random_state=0)
+    search = GridSearchCV(q, {"quantizer__n_bits": [2, 4]}, cv=2).fit(Xtr, ytr)
+    best = search.best_estimator_
+    # the float network of every fit is the given one, not a retrained one
+    for W, W0 in zip(best.float_estimator_.coefs_, mlp.coefs_):
+        assert_array_equal(W, W0)
+    assert search.best_params_ == {"quantizer__n_bits": 4}
+
+
+def test_quantized_mlp_adaptive_precision_and_report(digits):
+    from skquant import AdaptivePrecisionQuantizer
+
+    mlp, Xtr, Xte, ytr, yte = digits
+    q = QuantizedMLP(
+        mlp, AdaptivePrecisionQuantizer(budget=0.05), random_state=0
+    ).fit(Xtr, ytr)
+    assert [t.alphabet for t in q.tensors_] == ["fixed_point", "fixed_point"]
+    for t, est in zip(q.tensors_, q.quantizers_):
+        assert t.size_bits == est.size_bits_
+    assert q.score(Xte, yte) > mlp.score(Xte, yte) - 0.05
+    assert len(q.report_.rows) == 2 and "Adaptive" in str(q.report_)
+    with pytest.raises(ValueError, match="pass y"):
+        QuantizedMLP(mlp, AdaptivePrecisionQuantizer()).fit(Xtr)
+    with pytest.raises(ValueError, match=re.escape("one label per row of X")):
+        QuantizedMLP(mlp, AdaptivePrecisionQuantizer()).fit(Xtr, ytr[:10])
+
+
+@pytest.mark.parametrize("quantizer", [GreedyPathQuantizer(), NullSpaceQuantizer()])
+def test_pickled_quantized_mlp_does_not_grow_with_calibration_rows(quantizer):
+    X, y = load_digits(return_X_y=True)
+    X = np.vstack([X / 16] * 4)  # 7188 rows
+    y = np.tile(y, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((32,), max_iter=50, random_state=0).fit(X[:500], y[:500])
+        sizes = [
+            len(
+                pickle.dumps(
+                    QuantizedMLP(mlp, quantizer, n_calibration=m, random_state=0).fit(X)
+                )
+            )
+            for m in (1000, 6000)
+        ]
+    # keeping 5000 more rows of 64 + 32 inputs (twice: activations and targets)
+    # would add 7.7 MB in float64
+    assert abs(sizes[1] - sizes[0]) < 0.001 * 7.7e6, sizes
+

@@ -175,18 +175,15 @@ def test_quantize_model_data_driven_beats_msq_at_low_bits():
 
 
 def test_quantize_model_errors():
-    net = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 6, 2))
+    net = nn.Sequential(nn.Conv3d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 6, 2))
     with pytest.raises(
-        ValueError, match=re.escape("layer '0' (Conv1d) is not supported")
+        ValueError, match=re.escape("layer '0' (Conv3d) is not supported")
     ):
-        quantize_model(net, UniformQuantizer(), torch.randn(4, 2, 8))
-    net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(ValueError, match=re.escape("layer '0' (Conv2d) has groups=2")):
-        quantize_model(net, UniformQuantizer(), torch.randn(4, 4, 8, 8))
+        quantize_model(net, UniformQuantizer(), torch.randn(4, 2, 8, 8, 8))
     net = nn.Sequential(nn.Linear(10, 3))
     with pytest.raises(ValueError, match="does not fit the model"):
-        quantize_model(net, UniformQuantizer(), torch.randn(4, 11))
-    with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d"):
+        quantize_model(net, GreedyPathQuantizer(), torch.randn(4, 11))
+    with pytest.raises(ValueError, match="no nn.Linear, nn.Conv1d or nn.Conv2d"):
         quantize_model(nn.Sequential(nn.ReLU()), UniformQuantizer(), torch.randn(4, 3))
     # skip leaves a layer in float
     net = nn.Sequential(nn.Linear(10, 3), nn.Linear(3, 2))

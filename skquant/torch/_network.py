@@ -129,6 +129,24 @@ def gather_rows(module, x, rows):
     return torch.stack(cols, dim=2).reshape(rows.shape[0], -1)
 
 
+def check_layer_input(name, module, x):
+    """Raise a clear error when ``x`` cannot be the input of ``module``."""
+    if isinstance(module, nn.Linear):
+        ok, want = x.dim() >= 1 and x.shape[-1] == module.in_features, (
+            f"last dimension {module.in_features}"
+        )
+    else:
+        dims = 3 if isinstance(module, nn.Conv1d) else 4
+        ok = x.dim() == dims and x.shape[1] == module.in_channels
+        want = f"{dims}-D with {module.in_channels} channels"
+    if not ok:
+        raise ValueError(
+            f"calibration data does not fit the model: layer {name!r} "
+            f"({type(module).__name__}) expects input {want}, got shape "
+            f"{tuple(x.shape)} instead."
+        )
+
+
 def rows_per_sample(module, x):
     """Rows one sample contributes to the layer's input matrix."""
     if isinstance(module, nn.Linear):
@@ -447,6 +465,7 @@ class TorchNetwork(Network):
         chunks, offset = [], 0
         with torch.no_grad():
             for x in cache:
+                check_layer_input(name, mod, x)
                 rows = sampler.rows(name, mod, x, offset)
                 chunks.append(gather_rows(mod, x, rows).cpu())
                 offset += x.shape[0]
