@@ -1,0 +1,328 @@
+"""The torch adapter of the network layer: walks, capture, supported layers, errors."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
+from torch import nn  # noqa: E402
+
+from skquant import (  # noqa: E402
+    AdaptivePrecisionQuantizer,
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    UniformQuantizer,
+)
+from skquant._network import MLPNetwork, quantize_layers  # noqa: E402
+from skquant.torch import (  # noqa: E402
+    QuantConv1d,
+    QuantConv2d,
+    QuantLinear,
+    TorchNetwork,
+    quantize_model,
+)
+from skquant.torch._layout import layer_inputs_matrix  # noqa: E402
+from skquant.torch._network import gather_rows, rows_per_sample  # noqa: E402
+
+
+def cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        nn.Conv2d(8, 12, 3, stride=2, dilation=2, padding=2, padding_mode="reflect"),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(12 * 4 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    )
+
+
+class Generic(nn.Module):
+    """The same layers as :func:`cnn`, called from a forward that is not a Sequential."""
+
+    def __init__(self, seq):
+        super().__init__()
+        self.body = nn.ModuleDict({str(i): m for i, m in enumerate(seq)})
+
+    def forward(self, x):
+        for i in range(len(self.body)):
+            x = self.body[str(i)](x)
+        return x
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.Conv2d(3, 4, (3, 2), dilation=(2, 1), padding="same"),
+        nn.Conv2d(3, 4, 3, padding=2, padding_mode="circular"),
+        nn.Conv2d(4, 6, 3, groups=2, padding=1),
+        nn.Conv1d(3, 4, 5, stride=2, padding=2, padding_mode="replicate"),
+    ],
+    ids=["strided", "dilated-same", "circular", "groups", "conv1d"],
+)
+def test_gathered_rows_are_unfold_rows(conv):
+    torch.manual_seed(0)
+    shape = (2, conv.in_channels, 9, 11) if conv.weight.dim() == 4 else (2, 3, 13)
+    x = torch.randn(shape)
+    n = x.shape[0] * rows_per_sample(conv, x)
+    rows = torch.tensor([0, 3, n // 2, n - 1])
+    got = gather_rows(conv, x, rows)
+    if isinstance(conv, nn.Conv1d):
+        # the layer's output from the gathered rows is the convolution's
+        out = conv(x).transpose(1, 2).reshape(-1, conv.out_channels)
+        W = conv.weight.reshape(conv.out_channels, -1).T
+        assert_allclose(
+            (got @ W + conv.bias).detach(), out[rows].detach(), rtol=1e-5, atol=1e-6
+        )
+    else:
+        assert torch.equal(got, layer_inputs_matrix(conv, x)[rows])
+
+
+@pytest.mark.parametrize(
+    "quantizer", [GreedyPathQuantizer(n_bits=3), NullSpaceQuantizer(n_bits=3, rank=8)]
+)
+def test_generic_walk_equals_sequential_walk(quantizer):
+    seq = cnn()
+    x = torch.rand(64, 1, 16, 16)
+    a = quantize_model(seq, quantizer, x, max_rows=300)
+    b = quantize_model(Generic(cnn()), quantizer, x, max_rows=300)
+    for i, m in enumerate(a):
+        if hasattr(m, "weight_codes"):
+            assert torch.equal(m.weight, b.body[str(i)].weight)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_every_layer_kind_is_quantized_and_passes_through():
+    net = cnn()
+    x = torch.rand(32, 1, 16, 16)
+    qnet, report = quantize_model(
+        net, GreedyPathQuantizer(n_bits=4), x, return_report=True
+    )
+    assert [type(qnet[i]) for i in (0, 4, 5, 8, 10)] == [
+        QuantConv2d,
+        QuantConv2d,
+        QuantConv2d,
+        QuantLinear,
+        QuantLinear,
+    ]
+    assert type(qnet[1]) is nn.BatchNorm2d
+    assert [r["name"] for r in report.rows] == ["0", "4", "5", "8", "10"]
+    # depthwise: each channel's 9 weights on that channel's grid
+    codes = qnet[4].weight_codes.reshape(8, -1)
+    assert codes.abs().max() <= 7
+    with torch.no_grad():
+        ref, out = net.eval()(x), qnet.eval()(x)
+    assert float(torch.linalg.norm(out - ref) / torch.linalg.norm(ref)) < 0.2
+    assert all(np.isfinite(r["calibration_error"]) for r in report.rows if r["name"] != "4")
+
+
+def test_conv1d_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(2, 6, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 20, 3)
+    )
+    x = torch.randn(40, 2, 20)
+    qnet = quantize_model(net, GreedyPathQuantizer(n_bits=4), x)
+    assert type(qnet[0]) is QuantConv1d
+    with torch.no_grad():
+        err = torch.linalg.norm(qnet(x) - net(x)) / torch.linalg.norm(net(x))
+    assert float(err) < 0.15
+
+
+def test_memoryless_quantizers_run_no_calibration_pass():
+    calls = []
+    net = cnn()
+    net[0].register_forward_hook(lambda *a: calls.append(1))
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), torch.rand(8, 1, 16, 16))
+    assert calls == []
+    assert type(qnet[0]) is QuantConv2d
+    # and no data is needed at all
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4))
+    assert type(qnet[10]) is QuantLinear
+
+
+def test_data_driven_needs_data():
+    with pytest.raises(ValueError, match="need calibration data"):
+        quantize_model(cnn(), GreedyPathQuantizer())
+
+
+@pytest.mark.parametrize("kind", ["array64", "dataloader", "pairs", "list"])
+def test_calibration_data_formats_agree(kind):
+    net = cnn()
+    x = torch.rand(48, 1, 16, 16)
+    ref = quantize_model(net, GreedyPathQuantizer(n_bits=3), x, batch_size=16)
+    if kind == "array64":
+        data = x.numpy().astype(np.float64)  # cast to the model's float32
+    elif kind == "dataloader":
+        ds = torch.utils.data.TensorDataset(x, torch.zeros(48))
+        data = torch.utils.data.DataLoader(ds, batch_size=16)
+    elif kind == "pairs":
+        data = [(x[i : i + 16], torch.zeros(16)) for i in range(0, 48, 16)]
+    else:
+        data = [x[i : i + 16] for i in range(0, 48, 16)]
+    got = quantize_model(net, GreedyPathQuantizer(n_bits=3), data, batch_size=16)
+    for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_bfloat16_model():
+    net = cnn().to(torch.bfloat16)
+    x = torch.rand(32, 1, 16, 16)  # float32 data: cast to bfloat16
+    qnet = quantize_model(net, GreedyPathQuantizer(n_bits=4), x)
+    assert qnet[0].weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = qnet.eval()(x.to(torch.bfloat16))
+    assert torch.isfinite(out.float()).all()
+
+
+class WithAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h, _ = self.att(h, h, h)
+        return self.out(h)
+
+
+def test_skip_a_module_skips_its_children():
+    torch.manual_seed(0)
+    net = WithAttention()
+    x = torch.randn(16, 5, 4)
+    with pytest.raises(ValueError, match=re.escape("with skip=['att']")):
+        quantize_model(net, GreedyPathQuantizer(), x)
+    qnet = quantize_model(net, GreedyPathQuantizer(), x, skip=["att"])
+    assert type(qnet.inp) is QuantLinear and type(qnet.out) is QuantLinear
+    assert type(qnet.att.out_proj) is not QuantLinear
+    with pytest.raises(ValueError, match=re.escape("skip names modules ['atn']")):
+        quantize_model(net, GreedyPathQuantizer(), x, skip=["atn"])
+
+
+def test_layer_that_does_not_run():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(x)
+
+    with pytest.raises(ValueError, match=re.escape("layers ['b'] did not run")):
+        quantize_model(Unused(), GreedyPathQuantizer(), torch.randn(8, 4))
+
+
+def test_tied_weights_quantized_once_counted_once():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    net[2].weight = net[0].weight
+    with pytest.warns(UserWarning, match="share their weight"):
+        qnet, report = quantize_model(
+            net, UniformQuantizer(n_bits=4), return_report=True
+        )
+    assert [r["name"] for r in report.rows] == ["0"]
+    assert torch.equal(qnet[0].weight, qnet[2].weight)
+    assert type(qnet[2]) is QuantLinear
+
+
+def test_mapping_per_layer_and_unknown_names():
+    net = cnn()
+    x = torch.rand(16, 1, 16, 16)
+    qnet, report = quantize_model(
+        net,
+        {"0": GreedyPathQuantizer(n_bits=4), "10": UniformQuantizer(n_bits=8)},
+        x,
+        return_report=True,
+    )
+    assert [r["method"] for r in report.rows] == [
+        "GreedyPath",
+        "float",
+        "float",
+        "float",
+        "Uniform",
+    ]
+    assert type(qnet[5]) is nn.Conv2d
+    with pytest.raises(ValueError, match=re.escape("names layers ['fc']")):
+        quantize_model(net, {"fc": UniformQuantizer()}, x)
+
+
+def test_adaptive_precision_in_quantize_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    qnet, report = quantize_model(
+        net, AdaptivePrecisionQuantizer(budget=0.05), x, targets=y, return_report=True
+    )
+    assert type(qnet[0]) is QuantLinear
+    assert all(r["method"] == "AdaptivePrecision" for r in report.rows)
+    with pytest.raises(ValueError, match="pass calibration_data and targets"):
+        quantize_model(net, AdaptivePrecisionQuantizer(), x)
+
+
+def test_the_two_adapters_agree_in_float64():
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = X[:300] / 16
+    y = y[:300]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((12, 8), max_iter=30, random_state=0).fit(X, y)
+    layers = []
+    for i, (W, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
+        lin = nn.Linear(*W.shape, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W.T))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers += [lin, nn.ReLU()] if i < len(mlp.coefs_) - 1 else [lin]
+    tnet = TorchNetwork(nn.Sequential(*layers))
+    snet = MLPNetwork(mlp)
+    # the same layer inputs, in both models, along a quantizing walk
+    steps_t = tnet.walk(torch.from_numpy(X), max_rows=None)
+    steps_s = snet.walk(X)
+    for st, ss in zip(steps_t, steps_s):
+        for a, b in zip(st.inputs(), ss.inputs()):
+            assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert_array_equal(st.weight, ss.weight)
+        Q = UniformQuantizer(n_bits=3).fit(ss.weight).transform(ss.weight)
+        st.quantized = ss.quantized = Q
+    # the same loss and gradients
+    lt, gt = tnet.loss_gradients((torch.from_numpy(X), torch.from_numpy(y)))
+    ls, gs = snet.loss_gradients((X, y))
+    assert lt == pytest.approx(ls, rel=1e-12)
+    for i in range(len(mlp.coefs_)):
+        k = 2 * i
+        assert_allclose(gt[f"{k}.weight"].T, gs[f"layer_{i}.weight"], atol=1e-12)
+        assert_allclose(gt[f"{k}.bias"], gs[f"layer_{i}.bias"], atol=1e-12)
+
+
+def test_driver_report_is_a_table():
+    net = cnn()
+    res = quantize_layers(TorchNetwork(net), UniformQuantizer(n_bits=4))
+    text = str(res.report)
+    assert text.splitlines()[0].startswith("layer")
+    assert len(text.splitlines()) == 2 + 5 + 1
+    assert res.report.size_bits == sum(t.size_bits for t in res.tensors.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_on_a_cuda_device():
+    net = cnn().cuda()
+    qnet = quantize_model(net, GreedyPathQuantizer(n_bits=4), torch.rand(32, 1, 16, 16))
+    assert qnet[0].weight.device.type == "cuda"
+    cpu = quantize_model(cnn(), GreedyPathQuantizer(n_bits=4), torch.rand(32, 1, 16, 16))
+    assert qnet[10].weight_codes.shape == cpu[10].weight_codes.shape
