@@ -47,6 +47,15 @@ def main(argv=None):
                 parser.error(
                     f"--hidden must be comma-separated ints, got {args.hidden!r}"
                 )
+        from ._kernels import cache_is_warm
+
+        if not cache_is_warm():
+            print(
+                "Compiling skquant's numba kernels: once per install (about a "
+                "minute); later runs load them from numba's cache.",
+                file=sys.stderr,
+                flush=True,
+            )
         run_demo(
             dataset=args.dataset, hidden=hidden, plot=args.plot, random_state=args.seed
         )

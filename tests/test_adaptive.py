@@ -163,3 +163,32 @@ def test_progress_bar_reports_loss_and_size(digits_mlp, capsys):
     )
     err = capsys.readouterr().err
     assert "adaptive precision" in err and "bits/param" in err
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"trust_region": -1}, "trust_region must be a positive finite number"),
+        ({"trust_region": 0.0}, "trust_region must be a positive finite number"),
+        ({"max_iter": 0}, "max_iter must be an int >= 1"),
+    ],
+)
+def test_driver_parameter_errors(digits_mlp, kwargs, match):
+    mlp, X, y = digits_mlp
+    with pytest.raises(ValueError, match=match):
+        adaptive_quantize_mlp(mlp, X, y, **kwargs)
+    torch = pytest.importorskip("torch")
+    from skquant.torch import adaptive_quantize_model
+
+    net = torch.nn.Linear(4, 3)
+    data = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    with pytest.raises(ValueError, match=match):
+        adaptive_quantize_model(net, torch.nn.CrossEntropyLoss(), data, **kwargs)
+
+
+def test_driver_label_errors(digits_mlp):
+    mlp, X, y = digits_mlp
+    with pytest.raises(ValueError, match=re.escape("one label per row of X")):
+        adaptive_quantize_mlp(mlp, X, y[:-3])
+    with pytest.raises(ValueError, match=re.escape("labels [42] that the MLP was not")):
+        adaptive_quantize_mlp(mlp, X, np.where(np.arange(len(y)) == 0, 42, y))

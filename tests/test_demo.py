@@ -83,3 +83,20 @@ def test_cli_rejects_bad_hidden(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--hidden", "a,b"])
     assert "--hidden must be comma-separated ints" in capsys.readouterr().err
+
+
+def test_compile_notice_once_per_install(tmp_path, monkeypatch, capsys):
+    import skquant._demo
+    import skquant._kernels
+    from skquant.__main__ import main
+
+    assert not skquant._kernels.cache_is_warm(tmp_path)
+    for marker in skquant._kernels._MARKERS:
+        (tmp_path / f"{marker}10.py311.nbi").touch()
+    assert skquant._kernels.cache_is_warm(tmp_path)
+    monkeypatch.setattr(skquant._demo, "run_demo", lambda **kw: None)
+    for warm in (False, True):
+        monkeypatch.setattr(skquant._kernels, "cache_is_warm", lambda warm=warm: warm)
+        assert main(["demo"]) == 0
+        err = capsys.readouterr().err
+        assert ("Compiling skquant's numba kernels" in err) is (not warm)

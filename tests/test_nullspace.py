@@ -437,3 +437,26 @@ def test_property_walk_oracles_random_layers(m, n_in, seed):
     assert q.preprocessing_residual_ <= 1e-9
     assert q.n_off_grid_.max() <= q.rank_
     assert np.all(q.calibration_error_ <= q.bound_ * (1 + 1e-9) + 1e-12)
+
+
+@pytest.mark.parametrize(
+    "est", [GreedyPathQuantizer(n_bits=3), NullSpaceQuantizer(n_bits=3, rank=6)]
+)
+def test_fitted_codes_are_kept_not_the_data(est, monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 30))
+    W = rng.standard_normal((30, 5))
+    Q = est.fit_transform(W, activations=X)
+    assert not any(
+        isinstance(v, np.ndarray) and v.shape[0] == 40 for v in vars(est).values()
+    )
+    # transform / encode / compress / pack of the fitted W redo no work
+    monkeypatch.setattr(type(est), "_codes", lambda *a, **k: 1 / 0)
+    assert_array_equal(est.transform(W), Q)
+    assert_array_equal(est.decode(est.encode(W)), Q)
+    assert_array_equal(est.compress(W).dequantize(), Q)
+    assert_array_equal(est.unpack(est.pack(W), 30), est.encode(W))
+    W2 = W.copy()
+    W2[0, 0] += 1e-3
+    with pytest.raises(ValueError, match="quantizes the W it was fitted on"):
+        est.transform(W2)

@@ -184,3 +184,39 @@ def test_inputs_not_modified_dtype_kept():
     assert Q.dtype == np.float32
     assert_array_equal(W, W0)
     assert_array_equal(G, G0)
+
+
+@given(
+    W=hnp.arrays(
+        st.sampled_from([np.float32, np.float64]),
+        st.tuples(st.integers(1, 12), st.integers(1, 5)),
+        elements=st.floats(-100, 100, allow_nan=False, width=32),
+    ),
+    budget=st.floats(1e-4, 10),
+)
+def test_encode_compress_decode_equal_transform(W, budget):
+    G = np.random.default_rng(0).standard_normal(W.shape)
+    q = AdaptivePrecisionQuantizer(budget=budget).fit(W, gradient=G)
+    codes = q.encode(W)
+    assert codes.dtype.kind == "i"
+    assert_array_equal(q.decode(codes, dtype=W.dtype), q.transform(W))
+    qt = q.compress(W)
+    assert qt.alphabet == "fixed_point"
+    assert qt.dequantize().dtype == W.dtype
+    assert_array_equal(qt.dequantize(), q.transform(W))
+    assert qt.size_bits == q.size_bits_
+    # a weight with N fractional bits has a code that is a multiple of 2^(N_max - N)
+    n_frac = np.maximum(q.bits_.astype(np.int64) - 1, 0)
+    shift = int(n_frac.max()) - n_frac
+    assert np.all(codes.astype(np.int64) % (2**shift) == 0)
+
+
+def test_compress_errors():
+    W = np.ones((4, 3))
+    q = AdaptivePrecisionQuantizer().fit(W, gradient=W)
+    with pytest.raises(ValueError, match=re.escape("codes must have the fitted shape")):
+        q.decode(np.zeros((3, 3), dtype=np.int8))
+    with pytest.raises(TypeError, match="must be integers"):
+        q.decode(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="variable-width codes"):
+        q.compress(W).pack()
