@@ -385,7 +385,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         )
 
     def decode(self, codes, dtype=np.float64):
-        """Weights of integer codes from :meth:`encode`.
+        """Return the weights of integer codes from :meth:`encode`.
 
         Parameters
         ----------
