@@ -102,6 +102,7 @@ class BaseDataQuantizer(BaseWeightQuantizer):
 
     def _validate_fit(self, W, activations, target_activations):
         W = self._validate_W(W, reset=True)
+        self.n_in_ = W.shape[0]
         name = type(self).__name__
         Xq = check_activations(activations, W.shape[0], name)
         if target_activations is None:

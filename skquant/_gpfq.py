@@ -89,7 +89,6 @@ class GreedyPathQuantizer(BaseDataQuantizer):
 
     def _fit_quantize(self, W, activations, target_activations):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
-        self.n_in_ = W.shape[0]
         self._fit_alphabet(W, self.scale)
         W64 = W.astype(np.float64)
         codes, U = self._codes(W64, Xq, Xf)

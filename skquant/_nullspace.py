@@ -300,7 +300,6 @@ class NullSpaceQuantizer(BaseDataQuantizer):
 
     def _fit_quantize(self, W, activations, target_activations):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
-        self.n_in_ = W.shape[0]
         V, s, k = row_space(Xq, self.rank)
         self.components_, self.singular_values_, self.rank_ = V, s, k
         if k >= W.shape[0]:

@@ -326,3 +326,12 @@ def test_model_on_a_cuda_device():
     assert qnet[0].weight.device.type == "cuda"
     cpu = quantize_model(cnn(), GreedyPathQuantizer(n_bits=4), torch.rand(32, 1, 16, 16))
     assert qnet[10].weight_codes.shape == cpu[10].weight_codes.shape
+
+
+@pytest.mark.parametrize("quantizer", [UniformQuantizer(n_bits=4), GreedyPathQuantizer()])
+def test_a_single_layer_model(quantizer):
+    torch.manual_seed(0)
+    net = nn.Linear(6, 3)
+    qnet = quantize_model(net, quantizer, torch.randn(20, 6))
+    assert type(qnet) is QuantLinear
+    assert type(net) is nn.Linear

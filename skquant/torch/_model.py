@@ -299,6 +299,9 @@ def quantize_model(
     )
     for name, tensor in replace.items():
         new = quantized_module(qlayers[name], tensor)
+        if name == "":  # the model is itself one layer
+            qmodel = new
+            continue
         parent, _, attr = name.rpartition(".")
         setattr(qlayers[parent] if parent else qmodel, attr, new)
     return (qmodel, res.report) if return_report else qmodel

@@ -412,6 +412,12 @@ class TorchNetwork(Network):
         finally:
             for h in hooks:
                 h.remove()
+        missing = [n for n in inner if n not in store]
+        if missing:
+            raise ValueError(
+                f"layers {missing} did not run in the model's forward pass on the "
+                "calibration data; leave them out with skip=[...]."
+            )
         float_inputs = {n: _as_float64(store[n]) for n in order}
         store.clear()
         first = True
