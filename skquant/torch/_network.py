@@ -76,15 +76,6 @@ def input_batches(data, batch_size, dtype, device):
     return out
 
 
-def _padded(module, x):
-    """``x`` padded as ``module`` pads it (any padding mode), for a conv layer."""
-    pad = module._reversed_padding_repeated_twice
-    if not any(pad):
-        return x
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    return nn.functional.pad(x, pad, mode=mode)
-
-
 def gather_rows(module, x, rows):
     """Rows ``rows`` of the matrix a layer multiplies by its weight matrix.
 
@@ -104,29 +95,43 @@ def gather_rows(module, x, rows):
     X : torch.Tensor of shape (len(rows), n_in)
         Conv patches are gathered at the given positions only, channel first then
         kernel offsets (``unfold``'s layout), all input channels (every group).
+        Zero padding is not materialised: out-of-range taps read as 0.
     """
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])[rows]
-    conv1d = isinstance(module, nn.Conv1d)
-    x = _padded(module, x)
-    if conv1d:
+    pads = list(module._reversed_padding_repeated_twice)
+    if module.padding_mode != "zeros" and any(pads):
+        x = nn.functional.pad(x, pads, mode=module.padding_mode)
+        pads = [0] * len(pads)
+    if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
-        kh, kw = 1, module.kernel_size[0]
-        sh, sw = 1, module.stride[0]
-        dh, dw = 1, module.dilation[0]
+        (kw,), (sw,), (dw,) = module.kernel_size, module.stride, module.dilation
+        kh, sh, dh = 1, 1, 1
+        left, right, top, bottom = pads[0], pads[1], 0, 0
     else:
         (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-    H, W = x.shape[2], x.shape[3]
-    Ho = (H - dh * (kh - 1) - 1) // sh + 1
-    Wo = (W - dw * (kw - 1) - 1) // sw + 1
+        left, right, top, bottom = pads
+    N, C, H, W = x.shape
+    Ho = (H + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + left + right - dw * (kw - 1) - 1) // sw + 1
     n = rows // (Ho * Wo)
     pos = rows % (Ho * Wo)
-    oy = (pos // Wo) * sh
-    ox = (pos % Wo) * sw
-    cols = [
-        x[n, :, oy + dy * dh, ox + dx * dw] for dy in range(kh) for dx in range(kw)
-    ]
-    return torch.stack(cols, dim=2).reshape(rows.shape[0], -1)
+    dev = x.device
+    # (R, kh*kw) input coordinates of every tap of every kept output position
+    iy = ((pos // Wo) * sh - top)[:, None] + (
+        torch.arange(kh, device=dev) * dh
+    ).repeat_interleave(kw)[None, :]
+    ix = ((pos % Wo) * sw - left)[:, None] + (torch.arange(kw, device=dev) * dw).repeat(
+        kh
+    )[None, :]
+    inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+    flat = n[:, None] * (C * H * W) + iy.clamp(0, H - 1) * W + ix.clamp(0, W - 1)
+    # (R, C, kh*kw): channel first, then taps (unfold's layout)
+    idx = flat[:, None, :] + (torch.arange(C, device=dev) * (H * W))[None, :, None]
+    vals = x.reshape(-1)[idx]
+    if not bool(inside.all()):
+        vals = torch.where(inside[:, None, :], vals, torch.zeros((), dtype=x.dtype, device=dev))
+    return vals.reshape(rows.shape[0], -1)
 
 
 def check_layer_input(name, module, x):
@@ -323,9 +328,10 @@ class TorchNetwork(Network):
         self.model.eval()
         qmodel.eval()
         order = []
+        self._quantized = set()
         try:
             for step in self._walk_block(
-                self.model, qmodel, "", batches, batches, sampler, qmods
+                self.model, qmodel, "", batches, batches, sampler, qmods, False
             ):
                 order.append(step.name)
                 yield step
@@ -348,6 +354,7 @@ class TorchNetwork(Network):
         """Put the step's quantized weights into the quantized copy."""
         if step.quantized is None:
             return
+        self._quantized.add(step.name)
         mod = qmods[step.name]
         with torch.no_grad():
             mod.weight.copy_(matrix_to_weight(step.quantized, mod))
@@ -355,8 +362,14 @@ class TorchNetwork(Network):
     def _step(self, name, inputs):
         return LayerStep(name, self.weight(name), inputs, self.groups(name))
 
-    def _walk_block(self, fblock, qblock, prefix, fcache, qcache, sampler, qmods):
-        """Walk the layers inside one module, given its input batches in both models."""
+    def _walk_block(
+        self, fblock, qblock, prefix, fcache, qcache, sampler, qmods, need_output
+    ):
+        """Walk the layers inside one module, given its input batches in both models.
+
+        Returns the module's output batches ``(fcache, qcache)`` when it computed
+        them (sequences) and ``need_output`` asks for them, else ``None``.
+        """
         if prefix in self._modules:  # a weight layer: its inputs are the caches
             mod = self._modules[prefix]
 
@@ -369,21 +382,71 @@ class TorchNetwork(Network):
             step.inputs()
             yield step
             self._apply(qmods, step)
-            return
-        if isinstance(fblock, nn.Sequential):
-            for child_name, fchild in fblock.named_children():
-                full = f"{prefix}.{child_name}" if prefix else child_name
-                qchild = qblock._modules[child_name]
-                if self._contains(full):
-                    yield from self._walk_block(
-                        fchild, qchild, full, fcache, qcache, sampler, qmods
-                    )
-                with torch.no_grad():
-                    shared = qcache is fcache and not self._contains(full)
-                    fcache = [fchild(x) for x in fcache]
-                    qcache = fcache if shared else [qchild(x) for x in qcache]
-            return
-        yield from self._walk_generic(fblock, qblock, prefix, fcache, qcache, sampler, qmods)
+            return None
+        if not isinstance(fblock, nn.Sequential):
+            yield from self._walk_generic(
+                fblock, qblock, prefix, fcache, qcache, sampler, qmods
+            )
+            return None
+        children = list(fblock.named_children())
+        full = [f"{prefix}.{c}" if prefix else c for c, _ in children]
+        has = [self._contains(f) for f in full]
+        last = max((j for j, h in enumerate(has) if h), default=-1)
+        j = 0
+        while j < len(children) and (need_output or j <= last):
+            name, fchild = children[j]
+            qchild = qblock._modules[name]
+            if not has[j]:
+                fcache, qcache = self._forward_pair(fchild, qchild, fcache, qcache)
+                j += 1
+                continue
+            later = need_output or j < last
+            if full[j] in self._modules:
+                # a weight layer and the layer-free children after it, as one segment
+                end = j + 1
+                while end < len(children) and not has[end]:
+                    end += 1
+                segment = [(fc, qblock._modules[c]) for c, fc in children[j:end]]
+                shared = qcache is fcache
+                yield from self._walk_block(
+                    fchild, qchild, full[j], fcache, qcache, sampler, qmods, False
+                )
+                if not later:
+                    return None
+                fnext = self._forward_all([f for f, _ in segment], fcache)
+                quantized = full[j] in self._quantized
+                qcache = (
+                    fnext
+                    if shared and not quantized
+                    else self._forward_all([q for _, q in segment], qcache)
+                )
+                fcache = fnext
+                j = end
+                continue
+            out = yield from self._walk_block(
+                fchild, qchild, full[j], fcache, qcache, sampler, qmods, later
+            )
+            if out is not None:
+                fcache, qcache = out
+            elif later:
+                fcache, qcache = self._forward_pair(fchild, qchild, fcache, qcache, True)
+            j += 1
+        return (fcache, qcache) if need_output else None
+
+    @staticmethod
+    def _forward_all(modules, cache):
+        with torch.no_grad():
+            for m in modules:
+                cache = [m(x) for x in cache]
+        return cache
+
+    def _forward_pair(self, fchild, qchild, fcache, qcache, changed=False):
+        """Both models' batches through one child (once while they are shared)."""
+        with torch.no_grad():
+            shared = qcache is fcache and not changed
+            fcache = [fchild(x) for x in fcache]
+            qcache = fcache if shared else [qchild(x) for x in qcache]
+        return fcache, qcache
 
     def _walk_generic(self, fblock, qblock, prefix, fcache, qcache, sampler, qmods):
         """Any module: one float pass for all its layers, one stopped pass per layer."""
@@ -418,11 +481,9 @@ class TorchNetwork(Network):
                 f"layers {missing} did not run in the model's forward pass on the "
                 "calibration data; leave them out with skip=[...]."
             )
-        float_inputs = {n: _as_float64(store[n]) for n in order}
-        store.clear()
         first = True
         for name in order:
-            Xf = float_inputs.pop(name)
+            Xf = _as_float64(store.pop(name))  # one layer at a time in float64
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
             else:
