@@ -27,7 +27,10 @@ against a CUDA torch and its C++ ops do not load beside a CPU-only torch
 (``import torchvision`` then fails with 'operator torchvision::nms does not
 exist'); in that case the child imports ``torchvision.models`` without running
 ``torchvision/__init__.py`` (the C++ ops are not needed to build a ResNet) and
-says so.
+says so. Install it beside torch 2.13 without replacing torch (0.28.0 is the release
+that pins torch 2.13.0; it is a benchmark-only requirement, never a dependency):
+
+    .venv/bin/python -m pip install --no-deps torchvision==0.28.0
 
 Run:
     .venv/bin/python benchmarks/bench_network_memory.py                # both cases
