@@ -8,6 +8,7 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 
 from ._activation import ActivationQuantizer
 from ._functional import quantize
+from ._io import load, save
 from ._mlp import QuantizedMLP
 from ._gpfq import GreedyPathQuantizer
 from ._nullspace import NullSpaceQuantizer
@@ -29,7 +30,9 @@ __all__ = [
     "UniformQuantizer",
     "__version__",
     "adaptive_quantize_mlp",
+    "load",
     "pack_codes",
     "quantize",
+    "save",
     "unpack_codes",
 ]

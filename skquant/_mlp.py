@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context, clone, is_classifier
 from sklearn.exceptions import NotFittedError
-from sklearn.neural_network import MLPClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.metaestimators import available_if
@@ -17,6 +17,28 @@ from ._uniform import UniformQuantizer
 from .metrics import compression_ratio, model_size_bits
 
 __all__ = ["QuantizedMLP"]
+
+
+def _quantizer_from(spec):
+    """A quantizer (or a dict of them) from a file's ``[class name, params]``."""
+    import skquant
+
+    def one(item):
+        if item is None:
+            return None
+        name, params = item
+        cls = getattr(skquant, name, None) if name in skquant.__all__ else None
+        if cls is None or not hasattr(cls, "get_params"):
+            return None
+        valid = cls().get_params()
+        return cls(**{k: v for k, v in params.items() if k in valid})
+
+    try:
+        if isinstance(spec, dict):
+            return {k: one(v) for k, v in spec.items()}
+        return one(spec)
+    except (TypeError, ValueError):
+        return None
 
 
 def _unwrap(estimator):
@@ -96,6 +118,19 @@ class QuantizedMLP(BaseEstimator):
     --------
     UniformQuantizer : A memoryless weight quantizer to plug in.
     NullSpaceQuantizer : A data-driven one.
+
+    Notes
+    -----
+    Biases, and layers a quantizer mapping leaves float, are float32 values (what
+    ``size_bits_`` counts). :func:`skquant.save` writes a fitted model to a file
+    of ``size_bits_ / 8`` bytes plus a header; :func:`skquant.load` reads it back
+    with the same predictions, without ``float_estimator_`` and ``quantizers_``
+    (the file holds the quantized model only). Pickling goes through the same
+    file: a pickled fitted model holds packed codes, scales and float32 biases
+    (not its calibration data, not the float network), and an unpickled one has
+    no ``float_estimator_`` nor ``quantizers_``; an MLP given as ``estimator``
+    comes back unfitted, as after ``clone`` (a ``FrozenEstimator`` stays as it
+    is).
 
     Examples
     --------
@@ -186,7 +221,17 @@ class QuantizedMLP(BaseEstimator):
             network, quantizer, X[idx], gradients=gradients, calibrate=True
         )
         self.float_estimator_ = base
-        self.estimator_ = network.with_weights(res.weights).model
+        # what is counted is what predicts (and what a file stores): layers left
+        # float and the biases are float32 values
+        weights = {
+            n: res.weights.get(n, W.astype(np.float32).astype(W.dtype))
+            for n, W in zip(network.layer_names, base.coefs_)
+        }
+        qmlp = network.with_weights(weights).model
+        qmlp.intercepts_ = [
+            b.astype(np.float32).astype(b.dtype) for b in base.intercepts_
+        ]
+        self.estimator_ = qmlp
         self.quantizers_ = list(res.quantizers.values())
         self.tensors_ = list(res.tensors.values())
         self.report_ = res.report
@@ -204,6 +249,155 @@ class QuantizedMLP(BaseEstimator):
         if is_classifier(base):
             self.classes_ = base.classes_
         return self
+
+    # ------------------------------------------------------------ storage
+    def __getstate__(self):
+        """Pickle a fitted model as its skquant file (packed codes, no data)."""
+        from . import _io
+
+        state = {k: v for k, v in vars(self).items() if not k.endswith("_")}
+        if not hasattr(self, "estimator_"):
+            return state
+        if isinstance(self.estimator, MLPClassifier | MLPRegressor):
+            # the fitted float network is not part of the quantized model: the
+            # parameter comes back unfitted, as after clone
+            state["estimator"] = clone(self.estimator)
+        writer = _io._Writer()
+        model = self._to_file(writer)
+        state["_skquant_file"] = _io._serialize("QuantizedMLP", writer, model)
+        return state
+
+    def __setstate__(self, state):
+        """Rebuild from :meth:`__getstate__` (through skquant's file reader)."""
+        from . import _io
+
+        state = dict(state)
+        blob = state.pop("_skquant_file", None)
+        vars(self).update(state)
+        if blob is not None:
+            header, data = _io._parse(blob)
+            fitted = QuantizedMLP._from_file(
+                header["model"],
+                _io._tensors_from(header, data, "<pickle>"),
+                _io._arrays_from(header, data, "<pickle>"),
+                "<pickle>",
+            )
+            vars(self).update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+
+    def _to_file(self, writer):
+        """Put the fitted model into a skquant file writer; return its description."""
+        from ._io import json_params
+
+        check_is_fitted(self)
+        mlp = self.estimator_
+        names = [r["name"] for r in self.report_.rows]
+        quantized = [r["name"] for r in self.report_.rows if r["method"] != "float"]
+        tensors = dict(zip(quantized, self.tensors_))
+        for name, W, b in zip(names, mlp.coefs_, mlp.intercepts_):
+            if name in tensors:
+                writer.tensor(f"{name}.weight", tensors[name])
+            else:
+                writer.array(f"{name}.weight", W.astype(np.float32))
+            writer.array(f"{name}.bias", b.astype(np.float32))
+        quantizer = self.quantizer
+        if isinstance(quantizer, dict):
+            quantizer = {
+                k: None if q is None else [type(q).__name__, json_params(q.get_params())]
+                for k, q in quantizer.items()
+            }
+        elif quantizer is not None:
+            quantizer = [type(quantizer).__name__, json_params(quantizer.get_params())]
+        classes = getattr(mlp, "classes_", None)
+        return {
+            "estimator": [type(mlp).__name__, json_params(mlp.get_params())],
+            "quantizer": quantizer,
+            "params": json_params(
+                {"n_calibration": self.n_calibration, "random_state": self.random_state}
+            ),
+            "layers": names,
+            "coefs_dtype": mlp.coefs_[0].dtype.str,
+            "classes": None if classes is None else classes.tolist(),
+            "classes_dtype": None if classes is None else classes.dtype.str,
+            "out_activation": mlp.out_activation_,
+            "n_features_in": int(self.n_features_in_),
+            "report": [
+                {**r, "shape": list(r["shape"])} for r in self.report_.rows
+            ],
+            "size_bits": int(self.size_bits_),
+            "compression_ratio": float(self.compression_ratio_),
+        }
+
+    @classmethod
+    def _from_file(cls, model, tensors, arrays, path):
+        """Rebuild a fitted QuantizedMLP from a file's description and arrays."""
+        from sklearn.preprocessing import LabelBinarizer
+
+        from . import _io
+        from ._network import QuantizationReport
+
+        def bad(what):
+            return _io.FileFormatError(f"{path!s}: the QuantizedMLP {what}.")
+
+        try:
+            est_name, est_params = model["estimator"]
+            mlp_cls = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}[
+                est_name
+            ]
+            names = list(model["layers"])
+            dtype = np.dtype(model["coefs_dtype"])
+            params = dict(est_params)
+            if isinstance(params.get("hidden_layer_sizes"), list):
+                params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+            valid = mlp_cls().get_params()
+            mlp = mlp_cls(**{k: v for k, v in params.items() if k in valid})
+            coefs, intercepts = [], []
+            for name in names:
+                key = f"{name}.weight"
+                W = tensors[key].dequantize() if key in tensors else arrays[key]
+                coefs.append(np.asarray(W).astype(dtype))
+                intercepts.append(arrays[f"{name}.bias"].astype(dtype))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"description is incomplete or invalid ({exc!r})") from exc
+        for i, (W, b) in enumerate(zip(coefs, intercepts)):
+            if W.ndim != 2 or b.shape != (W.shape[1],) or (
+                i and coefs[i - 1].shape[1] != W.shape[0]
+            ):
+                raise bad(f"layer {names[i]!r} has inconsistent shapes")
+        if not coefs or model.get("n_features_in") != coefs[0].shape[0]:
+            raise bad("input size does not match its first layer")
+        mlp.coefs_, mlp.intercepts_ = coefs, intercepts
+        mlp.n_layers_ = len(coefs) + 1
+        mlp.n_outputs_ = coefs[-1].shape[1]
+        mlp.n_features_in_ = coefs[0].shape[0]
+        mlp.out_activation_ = model.get("out_activation")
+        if mlp.out_activation_ not in ("softmax", "logistic", "identity"):
+            raise bad(f"output activation {mlp.out_activation_!r} is unknown")
+        if mlp.activation not in ("identity", "logistic", "tanh", "relu"):
+            raise bad(f"activation {mlp.activation!r} is unknown")
+        if est_name == "MLPClassifier":
+            classes = np.asarray(model.get("classes"), dtype=model.get("classes_dtype"))
+            n_cls = classes.size if classes.size > 2 else 1
+            if classes.ndim != 1 or n_cls != mlp.n_outputs_:
+                raise bad("classes do not match its output layer")
+            mlp.classes_ = classes
+            mlp._label_binarizer = LabelBinarizer().fit(classes)
+        out = cls(mlp_cls(**{k: v for k, v in params.items() if k in valid}))
+        out.set_params(
+            **{k: v for k, v in model.get("params", {}).items() if k in out.get_params()}
+        )
+        out.quantizer = _quantizer_from(model.get("quantizer"))
+        quantized = [n for n in names if f"{n}.weight" in tensors]
+        out.estimator_ = mlp
+        out.tensors_ = [tensors[f"{n}.weight"] for n in quantized]
+        rows = [dict(r, shape=tuple(r["shape"])) for r in model.get("report", [])]
+        out.report_ = QuantizationReport(rows)
+        out.layer_errors_ = [r["calibration_error"] for r in rows]
+        out.size_bits_ = model.get("size_bits")
+        out.compression_ratio_ = model.get("compression_ratio")
+        out.n_features_in_ = mlp.n_features_in_
+        if est_name == "MLPClassifier":
+            out.classes_ = mlp.classes_
+        return out
 
     def _check_X(self, X):
         check_is_fitted(self)

@@ -1,0 +1,422 @@
+"""skquant's file format: quantized tensors and models as safetensors files.
+
+A file is a `safetensors <https://github.com/huggingface/safetensors>`_ file (an
+8-byte little-endian header length, a JSON header, then the raw tensor bytes;
+nothing in it is code, and loading runs none). skquant puts two strings in the
+header's ``__metadata__``:
+
+``skquant``
+    A JSON document: ``{"format": "skquant", "version": 1, "kind": ...,
+    "tensors": {...}, "arrays": {...}, "model": {...}}``. ``tensors`` describes
+    each quantized tensor stored under the prefix ``<name>/`` (shape, alphabet,
+    ``n_bits``, ``qmin``, ``qmax``, float dtype, whether a zero point is stored);
+    ``arrays`` lists plain float arrays (biases, layers left float) and their
+    dtypes; ``model`` holds what rebuilds a model (see :func:`save`).
+``skquant_digest``
+    The BLAKE2b digest (32 bytes, hex) of the ``skquant`` JSON text followed by
+    every stored tensor's bytes in name order: a flipped byte anywhere in the
+    description or the data is detected on load.
+
+Each quantized tensor ``<name>`` stores ``<name>/codes`` (the bit-packed codes of
+:meth:`QuantizedTensor.pack`, ``uint8``), ``<name>/scale`` (its scales, at their
+dtype) and, for affine grids, ``<name>/zero_point`` (at the codes' integer dtype):
+exactly the bytes that :attr:`QuantizedTensor.size_bits` counts, so a file is its
+counted size plus the header.
+"""
+
+import hashlib
+import json
+import numbers
+import os
+import struct
+import tempfile
+
+import numpy as np
+
+from ._packing import QuantizedTensor, unpack_codes
+
+__all__ = ["load", "save"]
+
+FORMAT = "skquant"
+VERSION = 1
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+class FileFormatError(ValueError):
+    """A file that is not a valid skquant file (truncated, corrupted, foreign)."""
+
+
+# ----------------------------------------------------------------- tensors
+def _tensor_entry(qt):
+    if qt.precision_bits is not None:
+        raise ValueError(
+            f"a QuantizedTensor with per-parameter precision (alphabet="
+            f"{qt.alphabet!r}) cannot be saved yet: its variable-width codes have no "
+            "stored form (its size_bits is a count)."
+        )
+    meta = {
+        "shape": [int(s) for s in qt.shape],
+        "alphabet": qt.alphabet,
+        "n_bits": int(qt.n_bits),
+        "qmin": int(qt.qmin),
+        "qmax": int(qt.qmax),
+        "float_dtype": None if qt.float_dtype is None else np.dtype(qt.float_dtype).str,
+        "codes_dtype": qt.codes.dtype.str,
+        "zero_point": qt.zero_point is not None,
+    }
+    arrays = {"codes": qt.pack(), "scale": np.ascontiguousarray(qt.scale)}
+    if qt.zero_point is not None:
+        from ._alphabets import code_dtype
+
+        arrays["zero_point"] = np.asarray(qt.zero_point).astype(
+            code_dtype(qt.qmin, qt.qmax)
+        )
+    return meta, arrays
+
+
+def _field(meta, key, kind, where):
+    value = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise FileFormatError(
+            f"{where} lacks a valid {key!r} field (got {value!r}); the file is "
+            "corrupted or not written by skquant."
+        )
+    return value
+
+
+def _tensor_from(meta, arrays, where):
+    from ._alphabets import Alphabet
+
+    shape = tuple(_field(meta, "shape", list, where))
+    if len(shape) != 2 or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise FileFormatError(f"{where} has an invalid shape {shape!r}.")
+    n_bits = _field(meta, "n_bits", int, where)
+    qmin = _field(meta, "qmin", int, where)
+    qmax = _field(meta, "qmax", int, where)
+    alphabet = _field(meta, "alphabet", str, where)
+    if alphabet not in ("uniform", "ternary", "binary", "affine") or not (
+        1 <= n_bits <= 16 and qmin <= qmax
+    ):
+        raise FileFormatError(
+            f"{where} describes an impossible alphabet ({alphabet!r}, n_bits={n_bits}, "
+            f"[{qmin}, {qmax}])."
+        )
+    record = Alphabet(alphabet, qmin, qmax, n_bits)
+    try:
+        codes_dtype = np.dtype(_field(meta, "codes_dtype", str, where))
+        stored = unpack_codes(
+            arrays["codes"], n_bits, record.stored_qmin, shape, np.int64
+        )
+        scale = arrays["scale"]
+        zp = arrays.get("zero_point") if meta.get("zero_point") else None
+        float_dtype = meta.get("float_dtype")
+        float_dtype = None if float_dtype is None else np.dtype(float_dtype)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"{where} does not match its stored arrays: {exc}") from exc
+    if codes_dtype.kind not in "iu" or scale.dtype.kind != "f" or scale.ndim != 1:
+        raise FileFormatError(f"{where} has invalid dtypes.")
+    if scale.size not in (1, shape[1]):
+        raise FileFormatError(
+            f"{where} has {scale.size} scales for {shape[1]} columns."
+        )
+    codes = record.from_stored(stored, codes_dtype)
+    return QuantizedTensor(
+        codes=codes,
+        scale=scale,
+        n_bits=n_bits,
+        qmin=qmin,
+        qmax=qmax,
+        alphabet=alphabet,
+        zero_point=zp,
+        float_dtype=float_dtype,
+    )
+
+
+# ------------------------------------------------------------- containers
+class _Writer:
+    """Collects tensors and arrays under unique names, with their descriptions."""
+
+    def __init__(self):
+        self.tensors, self.arrays, self.data = {}, {}, {}
+
+    def tensor(self, name, qt):
+        meta, arrays = _tensor_entry(qt)
+        self.tensors[name] = meta
+        for k, a in arrays.items():
+            self.data[f"{name}/{k}"] = a
+
+    def array(self, name, a):
+        a = np.ascontiguousarray(a)
+        if a.dtype.kind not in "fiub":
+            raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
+        self.arrays[name] = {"dtype": a.dtype.str, "shape": list(a.shape)}
+        self.data[name] = a
+
+
+def _digest(text, data):
+    h = hashlib.blake2b(digest_size=32)
+    h.update(text.encode())
+    for name in sorted(data):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(data[name]).tobytes())
+    return h.hexdigest()
+
+
+def _serialize(kind, writer, model=None):
+    """The bytes of a skquant file."""
+    from safetensors.numpy import save
+
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "tensors": writer.tensors,
+        "arrays": writer.arrays,
+        "model": model or {},
+    }
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    return save(
+        writer.data,
+        metadata={"skquant": text, "skquant_digest": _digest(text, writer.data)},
+    )
+
+
+def _write(path, kind, writer, model=None):
+    blob = _serialize(kind, writer, model)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".skquant-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read(path):
+    """``(header, arrays)`` of a file, checked end to end."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    return _parse(blob, path)
+
+
+def _parse(blob, path="<bytes>"):
+    """``(header, arrays)`` of a file's bytes, checked end to end."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
+    if len(blob) < 8:
+        raise FileFormatError(f"{path!s} is not a skquant file: it has {len(blob)} bytes.")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > min(_MAX_HEADER, len(blob) - 8):
+        raise FileFormatError(
+            f"{path!s} is truncated or not a skquant file (header of {n} bytes in a "
+            f"file of {len(blob)})."
+        )
+    try:
+        raw = json.loads(blob[8 : 8 + n].decode("utf-8"))
+        meta = raw.get("__metadata__") or {}
+        text = meta["skquant"]
+        digest = meta["skquant_digest"]
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise FileFormatError(
+            f"{path!s} is not a skquant file (no readable skquant header): {exc!r}"
+        ) from exc
+    try:
+        data = st_load(blob)
+    except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
+        raise FileFormatError(f"{path!s} is truncated or corrupted: {exc}") from exc
+    if not isinstance(text, str) or _digest(text, data) != digest:
+        raise FileFormatError(
+            f"{path!s} is corrupted: its contents do not match the digest written "
+            "with them."
+        )
+    try:
+        header = json.loads(text)
+    except json.JSONDecodeError as exc:  # pragma: no cover - the digest caught it
+        raise FileFormatError(f"{path!s} has an unreadable skquant header.") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise FileFormatError(f"{path!s} is not a skquant file.")
+    version = header.get("version")
+    if not isinstance(version, int) or version > VERSION or version < 1:
+        raise FileFormatError(
+            f"{path!s} has format version {version!r}; this skquant reads version "
+            f"{VERSION} and older. Upgrade skquant to read it."
+        )
+    for key in ("tensors", "arrays", "model"):
+        if not isinstance(header.get(key), dict):
+            raise FileFormatError(f"{path!s} has no valid {key!r} section.")
+    return header, data
+
+
+def _tensors_from(header, data, path):
+    out = {}
+    for name, meta in header["tensors"].items():
+        if not isinstance(meta, dict):
+            raise FileFormatError(f"{path!s}: tensor {name!r} has no description.")
+        arrays = {
+            k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(name + "/")
+        }
+        out[name] = _tensor_from(meta, arrays, f"{path!s}: tensor {name!r}")
+    return out
+
+
+def _arrays_from(header, data, path):
+    out = {}
+    for name, meta in header["arrays"].items():
+        if name not in data:
+            raise FileFormatError(f"{path!s}: array {name!r} is missing.")
+        out[name] = data[name]
+    return out
+
+
+# ------------------------------------------------------------------- public
+def save(obj, path):
+    """Write a quantized tensor, a dict of them, or a fitted ``QuantizedMLP``.
+
+    The file is a safetensors file (no code runs when it is read) whose bytes are
+    the counted size (:attr:`QuantizedTensor.size_bits`, ``QuantizedMLP.size_bits_``)
+    plus a header; see :mod:`skquant._io` for the layout. torch models are saved
+    by :func:`skquant.torch.save_model`.
+
+    Parameters
+    ----------
+    obj : QuantizedTensor, dict of {str: QuantizedTensor or ndarray} or QuantizedMLP
+        What to store. A dict may mix quantized tensors and plain arrays.
+    path : str or path-like
+        The file to write (replaced atomically).
+
+    See Also
+    --------
+    load : Read it back.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import skquant
+    >>> W = np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32)
+    >>> qt = skquant.quantize(W, n_bits=4)
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.skq")
+    >>> skquant.save(qt, path)
+    >>> back = skquant.load(path)
+    >>> bool(np.array_equal(back.dequantize(), qt.dequantize()))
+    True
+    >>> os.path.getsize(path) - qt.size_bits // 8 < 1024   # bytes of header
+    True
+    """
+    from ._mlp import QuantizedMLP
+
+    writer = _Writer()
+    model = None
+    if isinstance(obj, QuantizedTensor):
+        kind = "tensor"
+        writer.tensor("tensor", obj)
+    elif isinstance(obj, dict):
+        kind = "dict"
+        for name, value in obj.items():
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(
+                    f"dict keys must be non-empty strings without '/', got {name!r} "
+                    "instead."
+                )
+            if isinstance(value, QuantizedTensor):
+                writer.tensor(name, value)
+            elif isinstance(value, np.ndarray):
+                writer.array(name, value)
+            else:
+                raise TypeError(
+                    f"dict values must be QuantizedTensor or ndarray, got "
+                    f"{type(value).__name__} for {name!r} instead."
+                )
+    elif isinstance(obj, QuantizedMLP):
+        kind = "QuantizedMLP"
+        model = obj._to_file(writer)
+    else:
+        raise TypeError(
+            "skquant.save stores a QuantizedTensor, a dict of them or a fitted "
+            f"QuantizedMLP, got {type(obj).__name__} instead (torch models: "
+            "skquant.torch.save_model)."
+        )
+    _write(path, kind, writer, model)
+
+
+def load(path):
+    """Read what :func:`save` wrote; no code from the file runs.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by :func:`save`.
+
+    Returns
+    -------
+    obj : QuantizedTensor, dict or QuantizedMLP
+        What was saved: codes, scales and predictions are bit for bit the same.
+
+    Raises
+    ------
+    ValueError
+        When the file is truncated, corrupted (the digest does not match), of a
+        newer format version, or not a skquant file.
+
+    See Also
+    --------
+    save : Write one.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import skquant
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.skq")
+    >>> skquant.save({"w": skquant.quantize(np.eye(4), n_bits=2),
+    ...               "b": np.zeros(4)}, path)
+    >>> sorted(skquant.load(path))
+    ['b', 'w']
+    """
+    header, data = _read(path)
+    kind = header.get("kind")
+    if kind == "tensor":
+        return _tensors_from(header, data, path)["tensor"]
+    if kind == "dict":
+        out = _arrays_from(header, data, path)
+        out.update(_tensors_from(header, data, path))
+        return out
+    if kind == "QuantizedMLP":
+        from ._mlp import QuantizedMLP
+
+        return QuantizedMLP._from_file(
+            header["model"],
+            _tensors_from(header, data, path),
+            _arrays_from(header, data, path),
+            path,
+        )
+    if kind == "torch":
+        raise FileFormatError(
+            f"{path!s} holds a torch model: read it with "
+            "skquant.torch.load_into(model, path)."
+        )
+    raise FileFormatError(f"{path!s} holds an unknown kind {kind!r}.")
+
+
+def json_params(params):
+    """The parameters that are JSON values (numbers, strings, None, lists of them).
+
+    Others (estimator objects, random generators) are left out: a loaded model
+    predicts without them.
+    """
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        if isinstance(v, tuple):
+            v = list(v)
+        if v is None or isinstance(v, str | bool | numbers.Real | list):
+            out[k] = v
+    return out
