@@ -1,0 +1,293 @@
+"""skquant's file format: round trips, sizes, and bad files."""
+
+import json
+import os
+import pickle
+import re
+import struct
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+from sklearn.datasets import load_digits
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+import skquant
+from skquant import (
+    ActivationQuantizer,
+    BinaryQuantizer,
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    QuantizedMLP,
+    TernaryQuantizer,
+    UniformQuantizer,
+)
+from skquant._io import FileFormatError
+
+from strategies import weight_matrices
+
+
+def _data_bytes(path):
+    """Bytes of the file after its header (the stored tensors)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    return len(blob) - 8 - n
+
+
+def _same_tensor(a, b):
+    assert a.alphabet == b.alphabet and a.n_bits == b.n_bits
+    assert (a.qmin, a.qmax) == (b.qmin, b.qmax)
+    assert a.codes.dtype == b.codes.dtype
+    assert_array_equal(a.codes, b.codes)
+    assert a.scale.dtype == b.scale.dtype
+    assert_array_equal(a.scale, b.scale)
+    da, db = a.dequantize(), b.dequantize()
+    assert da.dtype == db.dtype
+    assert_array_equal(da.view(np.uint8), db.view(np.uint8))  # bit for bit
+
+
+QUANTIZERS = [
+    UniformQuantizer(n_bits=2),
+    UniformQuantizer(n_bits=5, granularity="per_tensor"),
+    UniformQuantizer(n_bits=16),
+    TernaryQuantizer(),
+    BinaryQuantizer(),
+]
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(W=weight_matrices(), which=st.integers(0, len(QUANTIZERS) - 1))
+def test_tensor_round_trip_and_size(tmp_path, W, which):
+    qt = QUANTIZERS[which].fit(W).compress(W)
+    path = tmp_path / "t.skq"
+    skquant.save(qt, path)
+    back = skquant.load(path)
+    _same_tensor(qt, back)
+    # the stored bytes are exactly the counted size
+    assert _data_bytes(path) * 8 == qt.size_bits
+    assert os.path.getsize(path) - qt.size_bits // 8 < 1024
+
+
+def test_affine_and_data_driven_tensors(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 12)) + 1
+    aq = ActivationQuantizer(n_bits=4).fit(X)
+    from skquant._packing import QuantizedTensor
+
+    codes = aq.encode(X)
+    W = rng.standard_normal((12, 6))
+    tensors = {
+        "gpfq": GreedyPathQuantizer(n_bits=3).fit(W, activations=X).compress(W),
+        "ns": NullSpaceQuantizer(n_bits="binary").fit(W, activations=X).compress(W),
+        "bias": np.arange(6, dtype=np.float32),
+    }
+    if codes is not None:
+        tensors["affine"] = QuantizedTensor(
+            codes=codes,
+            scale=aq.scale_,
+            n_bits=4,
+            qmin=aq.qmin_,
+            qmax=aq.qmax_,
+            alphabet="affine",
+            zero_point=aq.zero_point_,
+        )
+    skquant.save(tensors, tmp_path / "d.skq")
+    back = skquant.load(tmp_path / "d.skq")
+    assert sorted(back) == sorted(tensors)
+    for k, v in tensors.items():
+        if isinstance(v, np.ndarray):
+            assert_array_equal(back[k], v)
+            assert back[k].dtype == v.dtype
+        else:
+            _same_tensor(v, back[k])
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((40,), max_iter=200, random_state=0).fit(X, y)
+    return mlp, X, y
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        UniformQuantizer(n_bits=3),
+        GreedyPathQuantizer(n_bits=2),
+        NullSpaceQuantizer(n_bits="ternary", rank=0.99),
+        BinaryQuantizer(),
+        {"layer_1": UniformQuantizer(n_bits=4)},
+    ],
+    ids=["msq", "gpfq", "nullspace", "binary", "mapping"],
+)
+def test_quantized_mlp_round_trip(tmp_path, digits_mlp, quantizer):
+    mlp, X, y = digits_mlp
+    q = QuantizedMLP(mlp, quantizer, random_state=0).fit(X, y)
+    path = tmp_path / "m.skq"
+    skquant.save(q, path)
+    assert _data_bytes(path) * 8 == q.size_bits_
+    back = skquant.load(path)
+    assert_array_equal(back.predict_proba(X), q.predict_proba(X))
+    assert_array_equal(back.predict(X), q.predict(X))
+    assert back.score(X, y) == q.score(X, y)
+    for a, b in zip(q.tensors_, back.tensors_):
+        _same_tensor(a, b)
+    assert str(back.report_) == str(q.report_)
+    assert back.size_bits_ == q.size_bits_
+    # pickling goes through the same file
+    p = pickle.loads(pickle.dumps(q))
+    assert_array_equal(p.predict_proba(X), q.predict_proba(X))
+    assert len(pickle.dumps(q)) < _data_bytes(path) + 8192
+
+
+def test_quantized_mlp_regressor_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    y = X @ rng.standard_normal((5, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = QuantizedMLP(
+            MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0),
+            GreedyPathQuantizer(n_bits=4),
+            random_state=0,
+        ).fit(X, y)
+    skquant.save(q, tmp_path / "r.skq")
+    back = skquant.load(tmp_path / "r.skq")
+    assert_array_equal(back.predict(X), q.predict(X))
+    assert not hasattr(back, "classes_")
+
+
+def test_pickle_does_not_keep_the_float_network(digits_mlp):
+    mlp, X, y = digits_mlp
+    q = QuantizedMLP(mlp, GreedyPathQuantizer(n_bits=2), random_state=0).fit(X, y)
+    size = len(pickle.dumps(q))
+    assert size < len(pickle.dumps(mlp)) / 10
+    back = pickle.loads(pickle.dumps(q))
+    assert not hasattr(back, "float_estimator_")
+    assert not hasattr(back.estimator, "coefs_")  # the parameter comes back unfitted
+
+
+def test_save_errors(tmp_path):
+    with pytest.raises(TypeError, match="skquant.save stores a QuantizedTensor"):
+        skquant.save(np.ones(3), tmp_path / "x")
+    with pytest.raises(ValueError, match="without '/'"):
+        skquant.save({"a/b": np.ones(3)}, tmp_path / "x")
+    with pytest.raises(TypeError, match="must be QuantizedTensor or ndarray"):
+        skquant.save({"a": [1, 2]}, tmp_path / "x")
+    from skquant import AdaptivePrecisionQuantizer
+
+    W = np.ones((4, 3))
+    qt = AdaptivePrecisionQuantizer().fit(W, gradient=W).compress(W)
+    with pytest.raises(ValueError, match="per-parameter precision"):
+        skquant.save(qt, tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, digits_mlp):
+    mlp, X, y = digits_mlp
+    q = QuantizedMLP(mlp, UniformQuantizer(n_bits=3), random_state=0).fit(X, y)
+    path = tmp_path_factory.mktemp("files") / "m.skq"
+    skquant.save(q, path)
+    return q, path.read_bytes()
+
+
+def test_truncated_and_foreign_files(tmp_path, saved_model):
+    _, blob = saved_model
+    path = tmp_path / "bad.skq"
+    for cut in (0, 5, 8, 100, len(blob) // 2, len(blob) - 1):
+        path.write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match="truncated|not a skquant file"):
+            skquant.load(path)
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="not a skquant file|truncated"):
+        skquant.load(path)
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.ones(3)}, str(path))
+    with pytest.raises(ValueError, match="no readable skquant header"):
+        skquant.load(path)
+
+
+def test_newer_version_is_refused(tmp_path):
+    from skquant import _io
+
+    writer = _io._Writer()
+    writer.array("a", np.ones(3))
+    blob = _io._serialize("dict", writer)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = header["__metadata__"]["skquant"].replace('"version":1', '"version":99')
+    from safetensors.numpy import save
+
+    data = {"a": np.ones(3)}
+    path = tmp_path / "v.skq"
+    path.write_bytes(
+        save(data, metadata={"skquant": text, "skquant_digest": _io._digest(text, data)})
+    )
+    with pytest.raises(ValueError, match=re.escape("format version 99")):
+        skquant.load(path)
+
+
+def test_file_of_another_kind(tmp_path, saved_model):
+    q, blob = saved_model
+    path = tmp_path / "m.skq"
+    path.write_bytes(blob)
+    assert isinstance(skquant.load(path), QuantizedMLP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_flipped_bytes_never_give_a_wrong_model(tmp_path_factory, data):
+    """Fuzz: flip bytes anywhere; the loader raises, or returns the same model."""
+    import skquant._io as io
+
+    q = test_flipped_bytes_never_give_a_wrong_model.q
+    blob = bytearray(test_flipped_bytes_never_give_a_wrong_model.blob)
+    n_flips = data.draw(st.integers(1, 3))
+    for _ in range(n_flips):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] ^= data.draw(st.integers(1, 255))
+    try:
+        header, arrays = io._parse(bytes(blob))
+        back = QuantizedMLP._from_file(
+            header["model"],
+            io._tensors_from(header, arrays, "x"),
+            io._arrays_from(header, arrays, "x"),
+            "x",
+        )
+    except ValueError:
+        return
+    X = test_flipped_bytes_never_give_a_wrong_model.X
+    assert_array_equal(back.predict_proba(X), q.predict_proba(X))
+
+
+def _fuzz_setup():
+    X, y = load_digits(return_X_y=True)
+    X = X[:300] / 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((8,), max_iter=50, random_state=0).fit(X, y[:300])
+    q = QuantizedMLP(mlp, UniformQuantizer(n_bits=3), random_state=0).fit(X)
+    from skquant import _io
+
+    writer = _io._Writer()
+    model = q._to_file(writer)
+    test_flipped_bytes_never_give_a_wrong_model.q = q
+    test_flipped_bytes_never_give_a_wrong_model.X = X
+    test_flipped_bytes_never_give_a_wrong_model.blob = _io._serialize(
+        "QuantizedMLP", writer, model
+    )
+
+
+_fuzz_setup()
+
+
+def test_load_errors_are_value_errors():
+    assert issubclass(FileFormatError, ValueError)
