@@ -146,7 +146,9 @@ class _Writer:
             self.data[f"{name}/{k}"] = a
 
     def array(self, name, a):
-        a = np.ascontiguousarray(a)
+        a = np.asarray(a)
+        if not a.flags.c_contiguous:  # (ascontiguousarray would make 0-d arrays 1-d)
+            a = a.copy(order="C")
         if a.dtype.kind not in "fiub":
             raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
         self.arrays[name] = {"dtype": a.dtype.str, "shape": list(a.shape)}

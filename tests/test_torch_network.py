@@ -172,7 +172,7 @@ def test_calibration_data_formats_agree(kind):
         data = [x[i : i + 16] for i in range(0, 48, 16)]
     got = quantize_model(net, GreedyPathQuantizer(n_bits=3), data, batch_size=16)
     for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
-        assert torch.equal(a, b)
+        assert a == b if isinstance(a, dict) else torch.equal(a, b)
 
 
 def test_bfloat16_model():
@@ -335,3 +335,108 @@ def test_a_single_layer_model(quantizer):
     qnet = quantize_model(net, quantizer, torch.randn(20, 6))
     assert type(qnet) is QuantLinear
     assert type(net) is nn.Linear
+
+
+def _model_bytes_are_counted(path, qnet):
+    import struct
+
+    blob = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    counted = sum(
+        m.size_bits for m in qnet.modules() if hasattr(m, "weight_packed")
+    ) // 8 + sum(
+        v.numel() * v.element_size()
+        for k, v in qnet.state_dict().items()
+        if not any(s in k for s in ("weight_packed", "weight_scale", "_extra_state"))
+    )
+    return len(blob) - 8 - n, counted
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        UniformQuantizer(n_bits=2),
+        UniformQuantizer(n_bits=8, granularity="per_tensor"),
+        GreedyPathQuantizer(n_bits=3),
+        NullSpaceQuantizer(n_bits="ternary", rank=8),
+        GreedyPathQuantizer(n_bits="binary"),
+    ],
+    ids=["msq2", "msq8-tensor", "gpfq3", "nullspace-ternary", "gpfq-binary"],
+)
+def test_save_model_load_into_round_trip(tmp_path, quantizer):
+    from skquant.torch import load_into, save_model
+
+    net = cnn()
+    x = torch.rand(32, 1, 16, 16)
+    with torch.no_grad():
+        net(x)  # BatchNorm statistics stay at their init in eval; fine either way
+    qnet = quantize_model(net, {"0": quantizer, "5": quantizer, "10": quantizer}, x)
+    path = tmp_path / "net.skq"
+    save_model(qnet, path)
+    stored, counted = _model_bytes_are_counted(path, qnet)
+    assert stored == counted
+    loaded = load_into(cnn(), path)
+    qnet.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qnet(x))
+    for i in (0, 5, 10):
+        assert type(loaded[i]) is type(qnet[i])
+        assert torch.equal(loaded[i].weight_codes, qnet[i].weight_codes)
+        assert torch.equal(loaded[i].weight, qnet[i].weight)
+    assert type(loaded[4]) is nn.Conv2d  # left float, as saved
+
+
+def test_state_dict_is_compact_and_loads_into_a_fresh_layer():
+    import io
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
+    qnet = quantize_model(net, UniformQuantizer(n_bits=2))
+    buf, ref = io.BytesIO(), io.BytesIO()
+    torch.save(qnet.state_dict(), buf)
+    torch.save(net.state_dict(), ref)
+    # 2-bit codes: about 1/16 of the float weights, plus float biases and scales
+    assert buf.tell() < ref.tell() / 10
+    assert "0.weight" not in qnet.state_dict()
+    buf.seek(0)
+    fresh = nn.Sequential(QuantLinear(784, 512), nn.ReLU(), QuantLinear(512, 10))
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(5, 784)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), qnet(x))
+    assert torch.equal(fresh[2].weight_codes, qnet[2].weight_codes)
+
+
+def test_load_into_errors(tmp_path):
+    import skquant
+    from skquant.torch import load_into, save_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4))
+    path = tmp_path / "n.skq"
+    save_model(qnet, path)
+    with pytest.raises(ValueError, match="weight shape"):
+        load_into(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)), path)
+    with pytest.raises(ValueError, match="not a file of this model"):
+        load_into(nn.Sequential(nn.Conv1d(6, 4, 1)), path)
+    with pytest.raises(ValueError, match="holds a torch model"):
+        skquant.load(path)
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0x55
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_into(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)), path)
+
+
+def test_bfloat16_model_file(tmp_path):
+    from skquant.torch import load_into, save_model
+
+    net = cnn().to(torch.bfloat16)
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4))
+    save_model(qnet, tmp_path / "b.skq")
+    loaded = load_into(cnn().to(torch.bfloat16), tmp_path / "b.skq")
+    x = torch.rand(4, 1, 16, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), qnet.eval()(x))

@@ -20,6 +20,7 @@ from ._model import (
     capture_inputs,
     quantize_model,
 )
+from ._io import load_into, save_model
 from ._network import TorchNetwork
 
 __all__ = [
@@ -32,7 +33,9 @@ __all__ = [
     "QuantLinear",
     "capture_inputs",
     "fake_quantize_ste",
+    "load_into",
     "matrix_to_weight",
     "quantize_model",
+    "save_model",
     "weight_to_matrix",
 ]

@@ -13,27 +13,134 @@ from ._network import TorchNetwork
 
 
 class _QuantMixin:
-    """Buffers of a quantized layer: integer codes and per-channel scales."""
+    """What a quantized layer stores: packed codes and scales.
+
+    Persistent state (``state_dict``): ``weight_packed`` (the bit-packed codes,
+    ``uint8``), ``weight_scale`` (one scale per output channel, or one),
+    ``weight_zero_point`` for affine grids, and the alphabet as extra state. The
+    float ``weight`` that ``forward`` uses and the unpacked ``weight_codes`` are
+    derived buffers, rebuilt when the state is loaded (a cached dequantized weight
+    is faster on CPU than dequantizing in every forward; see the docs'
+    performance page).
+    """
 
     def _attach(self, module, tensor):
-        """Take ``module``'s bias, ``tensor``'s weights, codes and scales."""
-        with torch.no_grad():
-            self.weight.copy_(matrix_to_weight(tensor.dequantize(), module))
-            if module.bias is not None:
+        """Take ``module``'s bias and ``tensor``'s codes and scales."""
+        if module.bias is not None:
+            with torch.no_grad():
                 self.bias.copy_(module.bias)
+        self._set_tensor(tensor)
+        return self
+
+    def _set_tensor(self, tensor):
+        W = matrix_to_weight(tensor.dequantize(), self)
+        device = W.device
+        if "weight" in self._parameters:
+            del self._parameters["weight"]
+        self.register_buffer("weight", W, persistent=False)
+        codes = np.ascontiguousarray(tensor.codes.T).reshape(tuple(W.shape))
+        variable = tensor.precision_bits is not None
+        # per-parameter precision has no fixed-width packing: its codes and bits
+        # are the stored state (as int arrays)
         self.register_buffer(
-            "weight_codes",
-            torch.from_numpy(
-                np.ascontiguousarray(tensor.codes.T).reshape(self.weight.shape)
-            ),
+            "weight_codes", torch.from_numpy(codes).to(device), persistent=variable
         )
+        if variable:
+            bits = np.ascontiguousarray(tensor.precision_bits.T).reshape(codes.shape)
+            self.register_buffer("weight_bits", torch.from_numpy(bits).to(device))
+        else:
+            self.register_buffer(
+                "weight_packed", torch.from_numpy(tensor.pack()).to(device)
+            )
         self.register_buffer(
-            "weight_scale", torch.from_numpy(np.ascontiguousarray(tensor.scale))
+            "weight_scale", torch.from_numpy(np.ascontiguousarray(tensor.scale)).to(device)
         )
+        if tensor.zero_point is not None:
+            self.register_buffer(
+                "weight_zero_point",
+                torch.from_numpy(np.ascontiguousarray(tensor.zero_point)).to(device),
+            )
+        self._qmeta = {
+            "alphabet": tensor.alphabet,
+            "n_bits": int(tensor.n_bits),
+            "qmin": int(tensor.qmin),
+            "qmax": int(tensor.qmax),
+            "codes_dtype": tensor.codes.dtype.str,
+            "float_dtype": None
+            if tensor.float_dtype is None
+            else np.dtype(tensor.float_dtype).str,
+        }
         self.n_bits = tensor.n_bits
         self.alphabet = tensor.alphabet
         self.size_bits = tensor.size_bits
-        return self
+
+    def quantized_tensor(self):
+        """The layer's :class:`~skquant.QuantizedTensor` (``(n_in, n_out)`` layout).
+
+        Returns
+        -------
+        qt : QuantizedTensor
+            Codes unpacked from ``weight_packed``, with ``weight_scale``.
+        """
+        from .._io import _tensor_from
+        from ._layout import to_numpy
+
+        shape = tuple(self.weight.shape)
+        if "weight_bits" in self._buffers:
+            from .._packing import QuantizedTensor
+
+            n_out = shape[0]
+            return QuantizedTensor(
+                codes=np.ascontiguousarray(to_numpy(self.weight_codes).reshape(n_out, -1).T),
+                scale=to_numpy(self.weight_scale),
+                n_bits=self._qmeta["n_bits"],
+                qmin=self._qmeta["qmin"],
+                qmax=self._qmeta["qmax"],
+                alphabet=self._qmeta["alphabet"],
+                precision_bits=np.ascontiguousarray(
+                    to_numpy(self.weight_bits).reshape(n_out, -1).T
+                ),
+            )
+        meta = dict(self._qmeta, shape=[int(np.prod(shape[1:])), shape[0]])
+        meta["zero_point"] = "weight_zero_point" in self._buffers
+        arrays = {
+            "codes": to_numpy(self.weight_packed),
+            "scale": to_numpy(self.weight_scale),
+        }
+        if meta["zero_point"]:
+            arrays["zero_point"] = to_numpy(self.weight_zero_point)
+        return _tensor_from(meta, arrays, f"{type(self).__name__}")
+
+    def get_extra_state(self):
+        """The alphabet (plain values: loads with ``weights_only=True``)."""
+        return dict(self._qmeta)
+
+    def set_extra_state(self, state):
+        """Take the alphabet and rebuild ``weight`` and ``weight_codes``."""
+        self._qmeta = dict(state)
+        self._set_tensor(self.quantized_tensor())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the stored buffers may differ in size from this module's (another
+        # n_bits), and a fresh module still has a float weight parameter
+        if any(prefix + k in state_dict for k in ("weight_packed", "weight_bits")):
+            for key in (
+                "weight_packed",
+                "weight_scale",
+                "weight_zero_point",
+                "weight_codes",
+                "weight_bits",
+            ):
+                value = state_dict.get(prefix + key)
+                if value is not None:
+                    self.register_buffer(
+                        key, torch.empty_like(value, device=self.weight.device)
+                    )
+            if "weight" in self._parameters:
+                w = self._parameters.pop("weight")
+                self.register_buffer("weight", w.detach(), persistent=False)
+                self._qmeta = {}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class QuantLinear(_QuantMixin, nn.Linear):

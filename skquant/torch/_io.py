@@ -1,0 +1,185 @@
+"""Quantized torch models in skquant's file format (see :mod:`skquant._io`)."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _io
+from ._layout import to_numpy
+
+
+def _quant_classes():
+    from ._model import QuantConv1d, QuantConv2d, QuantLinear
+
+    return {
+        "Linear": (nn.Linear, QuantLinear),
+        "Conv1d": (nn.Conv1d, QuantConv1d),
+        "Conv2d": (nn.Conv2d, QuantConv2d),
+    }
+
+
+def _kind_of(module):
+    for kind, (float_cls, _) in _quant_classes().items():
+        if isinstance(module, float_cls):
+            return kind
+    raise TypeError(f"no quantized layer for {type(module).__name__}.")  # pragma: no cover
+
+
+def save_model(model, path):
+    """Write a quantized torch model to a skquant file (no pickle, no code).
+
+    Quantized layers (:class:`QuantLinear`, :class:`QuantConv1d`,
+    :class:`QuantConv2d`) are stored as their packed codes and scales; every other
+    entry of the ``state_dict`` (biases, layers left float, BatchNorm statistics)
+    at its own dtype. The file is that many bytes plus a header.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model returned by :func:`quantize_model` (or any module).
+    path : str or path-like
+        The file to write.
+
+    See Also
+    --------
+    load_into : Read it into a float model of the same architecture.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from skquant import UniformQuantizer
+    >>> from skquant.torch import load_into, quantize_model, save_model
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(4, 2))
+    >>> qnet = quantize_model(net, UniformQuantizer(n_bits=3))
+    >>> path = os.path.join(tempfile.mkdtemp(), "net.skq")
+    >>> save_model(qnet, path)
+    >>> skeleton = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(),
+    ...                                torch.nn.Linear(4, 2))
+    >>> loaded = load_into(skeleton, path)
+    >>> x = torch.randn(3, 8)
+    >>> bool(torch.equal(loaded(x), qnet(x)))
+    True
+    """
+    from ._model import _QuantMixin
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__} instead."
+        )
+    writer = _io._Writer()
+    layers = {}
+    quantized = {
+        name: m for name, m in model.named_modules() if isinstance(m, _QuantMixin)
+    }
+    for name, m in quantized.items():
+        writer.tensor(name or "<root>", m.quantized_tensor())
+        layers[name] = {"kind": _kind_of(m), "shape": list(m.weight.shape)}
+    skip = {f"{n}.{k}" if n else k for n in quantized for k in ("weight_packed", "weight_scale", "weight_zero_point", "_extra_state")}
+    dtypes = {}
+    for key, value in model.state_dict().items():
+        if key in skip:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict entry {key!r} is not a tensor.")
+        dtypes[key] = str(value.dtype).replace("torch.", "")
+        if value.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits
+            writer.array(key, to_numpy(value.view(torch.int16)))
+        else:
+            writer.array(key, to_numpy(value))
+    _io._write(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
+
+
+def load_into(model, path):
+    """Load a file from :func:`save_model` into a float model of the same layers.
+
+    The layers quantized in the file become :class:`QuantLinear` /
+    :class:`QuantConv1d` / :class:`QuantConv2d` (codes, scales and bit-identical
+    weights); every other state entry is copied in. Nothing from the file is
+    executed.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model of the saved architecture (e.g. ``Net()``, float weights).
+    path : str or path-like
+        A file written by :func:`save_model`.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The model, quantized layers swapped in (the same object, unless the model
+        is itself one quantized layer).
+
+    Raises
+    ------
+    ValueError
+        For a corrupted or foreign file, or a file of another model (layer names,
+        kinds or shapes that do not match).
+
+    See Also
+    --------
+    save_model : Write one.
+    """
+    from ._model import quantized_module
+
+    header, data = _io._read(path)
+    if header.get("kind") != "torch":
+        raise _io.FileFormatError(
+            f"{path!s} holds a {header.get('kind')!r}, not a torch model: read it "
+            "with skquant.load(path)."
+        )
+    meta = header["model"]
+    layers, dtypes = meta.get("layers"), meta.get("dtypes")
+    if not isinstance(layers, dict) or not isinstance(dtypes, dict):
+        raise _io.FileFormatError(f"{path!s} has no valid model description.")
+    mods = dict(model.named_modules())
+    tensors = _io._tensors_from(header, data, path)
+    classes = _quant_classes()
+    for name, info in layers.items():
+        module = mods.get(name)
+        kind = info.get("kind") if isinstance(info, dict) else None
+        if kind not in classes or module is None or not isinstance(
+            module, classes[kind][0]
+        ):
+            raise ValueError(
+                f"{path!s} is not a file of this model: it has a quantized {kind} "
+                f"layer {name!r}, the model has "
+                f"{type(module).__name__ if module is not None else 'no such layer'}."
+            )
+        if list(module.weight.shape) != info.get("shape"):
+            raise ValueError(
+                f"{path!s} is not a file of this model: layer {name!r} has weight "
+                f"shape {info.get('shape')} in the file and "
+                f"{list(module.weight.shape)} in the model."
+            )
+        new = quantized_module(module, tensors[name or "<root>"])
+        if name == "":
+            model = new
+            mods = dict(model.named_modules())
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(mods[parent] if parent else model, attr, new)
+        mods[name] = new
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, dtype in dtypes.items():
+            if key not in state or key not in data:
+                raise ValueError(
+                    f"{path!s} is not a file of this model: its entry {key!r} has no "
+                    "place in the model."
+                )
+            arr = data[key]
+            target = state[key]
+            value = torch.from_numpy(np.require(arr, requirements="C"))
+            if dtype == "bfloat16":
+                value = value.view(torch.bfloat16)
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{path!s} is not a file of this model: {key!r} has shape "
+                    f"{tuple(value.shape)} in the file and {tuple(target.shape)} in "
+                    "the model."
+                )
+            target.copy_(value.to(target.dtype))
+    return model
