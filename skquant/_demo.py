@@ -83,6 +83,29 @@ def quantize_mlp(mlp, quantizer, X_calib, X_eval=None):
     return qmlp, tensors, float(np.mean(errors))
 
 
+def file_bytes(tensors):
+    """Bytes of the skquant file holding ``tensors`` (weights and biases, in order).
+
+    ``None`` when a tensor has no stored form yet (per-parameter precision).
+    """
+    import os
+    import tempfile
+
+    from ._io import save
+
+    named = {
+        f"layer_{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": t
+        for i, t in enumerate(tensors)
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.skq")
+        try:
+            save(named, path)
+        except ValueError:
+            return None
+        return os.path.getsize(path)
+
+
 def adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval, loss_bound=3.0):
     """Rows of Khoram & Li's per-parameter precision, with and without the map.
 
@@ -188,6 +211,9 @@ def run_demo(
             "compression": compression_ratio(float_tensors),
             "accuracy": mlp.score(Xte, yte),
             "rel_error": 0.0,
+            "file_bytes": file_bytes(
+                [t for pair in zip(mlp.coefs_, mlp.intercepts_) for t in pair]
+            ),
         }
     ]
     X_eval = Xte[:2000]
@@ -209,6 +235,7 @@ def run_demo(
                 "model_bits": model_size_bits(tensors),
                 "accuracy": qmlp.score(Xte, yte),
                 "rel_error": err,
+                "file_bytes": file_bytes(tensors),
             }
         )
     rows += adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval)
@@ -221,7 +248,9 @@ def run_demo(
             "network's input to the layer). Data-driven methods calibrate on 1024 "
             "training rows. Adaptive (Khoram & Li): per-parameter precision of "
             "weights and biases, training loss allowed 4x the float one; its bits "
-            "are per parameter, with and without the fixed-width precision map.",
+            "are per parameter, with and without the fixed-width precision map. "
+            "file: bytes of the model written by skquant.save (codes, scales, "
+            "float32 biases and a header; '-': no stored form yet).",
             file=out,
         )
     if plot:
@@ -235,13 +264,14 @@ def format_table(rows):
     """The demo's rows as a fixed-width text table."""
     head = (
         f"{'setting':<18}{'bits/weight':>12}{'compression':>13}{'accuracy':>10}"
-        f"{'rel. error':>12}"
+        f"{'rel. error':>12}{'file (B)':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['label']:<18}{r['bits_per_weight']:>12.3f}{r['compression']:>12.1f}x"
             f"{r['accuracy']:>10.4f}{r['rel_error']:>12.4f}"
+            + (f"{r['file_bytes']:>10d}" if r.get("file_bytes") else f"{'-':>10}")
         )
     return "\n".join(lines)
 

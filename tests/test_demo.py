@@ -100,3 +100,12 @@ def test_compile_notice_once_per_install(tmp_path, monkeypatch, capsys):
         assert main(["demo"]) == 0
         err = capsys.readouterr().err
         assert ("Compiling skquant's numba kernels" in err) is (not warm)
+
+
+def test_file_sizes_are_the_counted_sizes_plus_a_header(rows):
+    for label, r in rows.items():
+        if label.startswith("adaptive"):
+            assert r.get("file_bytes") is None  # no stored form yet
+            continue
+        counted = r["model_bits"] / 8 if "model_bits" in r else (64 * 64 + 64 * 10 + 74) * 4
+        assert counted <= r["file_bytes"] < counted + 2048, label
