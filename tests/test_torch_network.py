@@ -440,3 +440,17 @@ def test_bfloat16_model_file(tmp_path):
     x = torch.rand(4, 1, 16, 16, dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), qnet.eval()(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_load_into_a_model_on_cuda(tmp_path):
+    from skquant.torch import load_into, save_model
+
+    qnet = quantize_model(cnn(), GreedyPathQuantizer(n_bits=3), torch.rand(32, 1, 16, 16))
+    save_model(qnet, tmp_path / "g.skq")
+    loaded = load_into(cnn().cuda(), tmp_path / "g.skq")
+    assert loaded[0].weight.device.type == "cuda"
+    assert torch.equal(loaded[0].weight.cpu(), qnet[0].weight)
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x.cuda()).cpu(), qnet.eval()(x))
