@@ -7,6 +7,7 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 """
 
 from ._activation import ActivationQuantizer
+from ._allocation import allocate_bits, closed_form_bits
 from ._functional import quantize
 from ._io import load, save
 from ._mlp import QuantizedMLP
@@ -30,6 +31,8 @@ __all__ = [
     "UniformQuantizer",
     "__version__",
     "adaptive_quantize_mlp",
+    "allocate_bits",
+    "closed_form_bits",
     "load",
     "pack_codes",
     "quantize",

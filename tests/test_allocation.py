@@ -1,0 +1,141 @@
+"""Per-layer bit allocation: the exact integer program and the closed form."""
+
+import itertools
+import math
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from skquant import allocate_bits, closed_form_bits
+
+
+@st.composite
+def tables(draw):
+    n = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 4))
+    elems = st.floats(0, 100, allow_nan=False, width=32)
+    cost = draw(hnp.arrays(np.float64, (n, k), elements=elems))
+    size = draw(hnp.arrays(np.float64, (n, k), elements=elems))
+    return cost, size
+
+
+def _brute(cost, size, limit, by_budget):
+    best = None
+    for pick in itertools.product(range(cost.shape[1]), repeat=cost.shape[0]):
+        c = sum(cost[i, j] for i, j in enumerate(pick))
+        s = sum(size[i, j] for i, j in enumerate(pick))
+        if (s if by_budget else c) <= limit + 1e-9:
+            value = c if by_budget else s
+            if best is None or value < best:
+                best = value
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), by_budget=st.booleans())
+def test_exact_allocation_equals_brute_force(data, by_budget):
+    cost, size = data.draw(tables())
+    if by_budget:
+        lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
+        if hi - lo < 1e-6:
+            return
+        limit = data.draw(st.floats(lo, hi, exclude_max=True))
+        choice = allocate_bits(cost, size, budget=limit)
+        got_limit = size[np.arange(len(choice)), choice].sum()
+        got = cost[np.arange(len(choice)), choice].sum()
+    else:
+        lo = cost.min(axis=1).sum()
+        limit = data.draw(st.floats(lo, lo + 200))
+        choice = allocate_bits(cost, size, max_cost=limit)
+        got_limit = cost[np.arange(len(choice)), choice].sum()
+        got = size[np.arange(len(choice)), choice].sum()
+    assert got_limit <= limit + 1e-6 * max(1.0, abs(limit))
+    best = _brute(cost, size, limit, by_budget)
+    assert got == pytest.approx(best, rel=1e-6, abs=1e-6)
+
+
+def test_monotone_in_the_budget():
+    rng = np.random.default_rng(0)
+    bits = np.arange(2, 9)
+    n_params = rng.integers(100, 10000, size=(8, 1))
+    p = rng.uniform(0.5, 2, size=(8, 1))
+    cost = p * 4.0 ** -bits
+    size = n_params * bits
+    budgets = np.linspace(size.min(axis=1).sum(), size.max(axis=1).sum() - 1, 12)
+    totals = [
+        cost[np.arange(8), allocate_bits(cost, size, budget=b)].sum() for b in budgets
+    ]
+    assert all(a >= b - 1e-15 for a, b in zip(totals, totals[1:]))
+    assert totals[-1] < totals[0]
+
+
+def test_one_layer_is_the_best_equal_bit_width():
+    bits = np.array([2, 3, 4, 8])
+    cost = (4.0 ** -bits)[None, :]
+    size = (1000 * bits)[None, :]
+    # the largest width that fits the budget
+    assert allocate_bits(cost, size, budget=4500).tolist() == [2]
+    # the smallest width that meets the noise target
+    assert allocate_bits(cost, size, max_cost=4.0**-3).tolist() == [1]
+
+
+def test_beats_equal_bit_width_when_layers_differ():
+    bits = np.array([2, 3, 4, 5, 6])
+    n_params = np.array([[100000], [1000]])
+    p = np.array([[0.1], [10.0]])  # the large layer tolerates more noise
+    cost, size = p * 4.0 ** -bits, n_params * bits
+    equal = 10.1 * 4.0**-4  # both layers at 4 bits: the best equal width
+    choice = allocate_bits(cost, size, max_cost=equal)
+    assert cost[[0, 1], choice].sum() <= equal
+    assert size[[0, 1], choice].sum() < 0.6 * size[:, 2].sum()
+
+
+def test_closed_form_meets_the_lagrange_condition():
+    rng = np.random.default_rng(1)
+    p, t = rng.uniform(0.1, 3, 6), rng.uniform(0.5, 2, 6)
+    n = rng.integers(100, 5000, 6).astype(float)
+    alpha = math.log(4)
+    b = closed_form_bits(p, t, n, target=0.05, alpha=alpha)
+    noise = (p / t) * np.exp(-alpha * b)
+    assert noise.sum() == pytest.approx(0.05)
+    # n_i / (alpha (p_i / t_i) exp(-alpha b_i)) is the same multiplier for every layer
+    lam = n / (alpha * noise)
+    assert np.allclose(lam, lam[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"budget": 10.0}, "below the smallest possible total size"),
+        ({"budget": 1e9}, "constrains nothing"),
+        ({"max_cost": -1.0}, "below the lowest possible total cost"),
+        ({}, "exactly one of budget and max_cost"),
+        ({"budget": 100.0, "max_cost": 1.0}, "exactly one of budget and max_cost"),
+        ({"budget": float("nan")}, "budget must be a finite number"),
+    ],
+)
+def test_allocation_errors(kwargs, match):
+    cost = np.array([[1.0, 0.5], [1.0, 0.25]])
+    size = np.array([[100.0, 200.0], [50.0, 100.0]])
+    with pytest.raises(ValueError, match=re.escape(match)):
+        allocate_bits(cost, size, **kwargs)
+
+
+def test_table_errors():
+    good = np.ones((2, 3))
+    with pytest.raises(ValueError, match="cost must be finite"):
+        allocate_bits(np.full((2, 3), np.nan), good, budget=4)
+    with pytest.raises(ValueError, match="cost must be non-negative"):
+        allocate_bits(-good, good, budget=4)
+    with pytest.raises(ValueError, match=re.escape("size must have shape (n_layers")):
+        allocate_bits(good, np.ones(3), budget=4)
+    with pytest.raises(ValueError, match="same shape"):
+        allocate_bits(good, np.ones((3, 2)), budget=4)
+    with pytest.raises(ValueError, match="at least one layer"):
+        allocate_bits(np.ones((0, 3)), np.ones((0, 3)), budget=4)
+    with pytest.raises(ValueError, match="p must be positive"):
+        closed_form_bits([0.0, 1.0], [1.0, 1.0], [1, 1], target=1.0)
