@@ -7,8 +7,11 @@ differ in size; :func:`allocate_bits` solves it exactly as a small integer progr
 (scipy's HiGHS through :func:`scipy.optimize.milp`). Pure NumPy/SciPy.
 """
 
+import contextlib
 import math
 import numbers
+import os
+import sys
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -47,6 +50,24 @@ def _check_limit(value, name):
     ):
         raise ValueError(f"{name} must be a finite number, got {name}={value!r} instead.")
     return float(value)
+
+
+@contextlib.contextmanager
+def _quiet_c_stdout():
+    """Silence writes to file descriptor 1 (HiGHS' MIP solver prints debug lines)."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real stdout: nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def allocate_bits(cost, size, *, budget=None, max_cost=None):
@@ -135,19 +156,41 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
         objective, limit_row, limit = size, cost, max_cost
     rows = np.repeat(np.arange(n), k)
     one_each = coo_matrix((np.ones(n * k), (rows, np.arange(n * k))), shape=(n, n * k))
-    constraints = [
-        LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n)),
-        LinearConstraint(limit_row.reshape(1, -1), ub=np.array([limit])),
-    ]
-    res = milp(
+    # HiGHS accepts violations within an absolute tolerance (1e-6): scale the limit
+    # row so that differences far below its values still count
+    top = max(float(np.abs(limit_row).max()), abs(limit))
+    scale = 1e6 / top if top > 0 else 1.0
+    flat = limit_row.ravel() * scale
+    bound = limit * scale
+    floor = limit_row.min(axis=1).sum() * scale
+    for _ in range(8):
+        constraints = [
+            LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n)),
+            LinearConstraint(flat.reshape(1, -1), ub=np.array([bound])),
+        ]
+        with _quiet_c_stdout():
+            res = _solve(objective, constraints, n * k)
+        if res.status != 0 or res.x is None:  # pragma: no cover - checked above
+            raise ValueError(f"the allocation has no solution: {res.message}")
+        choice = np.argmax(res.x.reshape(n, k), axis=1)
+        used = limit_row[np.arange(n), choice].sum()
+        if used <= limit:
+            return choice
+        # HiGHS accepts constraint violations within its feasibility tolerance
+        # (1e-6): tighten the bound by what was exceeded and solve again
+        bound = max(floor, bound - 2 * scale * (used - limit) - 1e-9)
+    # pragma: no cover - the cheapest-limit choice is always feasible
+    return np.argmin(limit_row, axis=1)
+
+
+def _solve(objective, constraints, n_vars):
+    return milp(
         objective.ravel(),
         constraints=constraints,
-        integrality=np.ones(n * k),
+        integrality=np.ones(n_vars),
         bounds=Bounds(0, 1),
+        options={"mip_rel_gap": 0.0},  # exact, not within HiGHS' default 0.01%
     )
-    if res.status != 0 or res.x is None:  # pragma: no cover - checked above
-        raise ValueError(f"the allocation has no solution: {res.message}")
-    return np.argmax(res.x.reshape(n, k), axis=1)
 
 
 def closed_form_bits(p, t, n_params, target, *, alpha=math.log(4)):
