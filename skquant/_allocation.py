@@ -159,7 +159,7 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     # HiGHS accepts violations within an absolute tolerance (1e-6): scale the limit
     # row so that differences far below its values still count
     top = max(float(np.abs(limit_row).max()), abs(limit))
-    scale = 1e6 / top if top > 0 else 1.0
+    scale = min(1e6 / top, 1e300) if top > 0 else 1.0  # (subnormal tops: no inf)
     flat = limit_row.ravel() * scale
     bound = limit * scale
     floor = limit_row.min(axis=1).sum() * scale
