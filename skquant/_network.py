@@ -160,6 +160,10 @@ class Network:
         """Mean loss on ``data`` and its gradient for every parameter, by name."""
         raise NotImplementedError
 
+    def outputs(self, data, weights=None):
+        """The network's raw outputs (logits) on ``data``, some weights replaced."""
+        raise NotImplementedError
+
     def check_layer_names(self, names, what):
         """Raise a clear error for names that are not layers of this network."""
         unknown = [n for n in names if n not in self.layer_names]
@@ -554,6 +558,12 @@ class DenseNetwork(Network):
             ref = Xf @ W
             Xf = act(ref + b)
             Xq = Xf if (Xq is pair[1] and Q is W) else act(Xq @ Q + b)
+
+    def outputs(self, data, weights=None):
+        """The last layer's output (logits) on ``data``, some weights replaced."""
+        if weights:
+            self.check_layer_names(list(weights), "weights")
+        return self.forward(self._check_X(data), weights)[-1]
 
     def forward(self, X, weights=None):
         """Activations of every layer (the input first, the output last)."""

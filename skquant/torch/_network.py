@@ -598,6 +598,11 @@ class TorchNetwork(Network):
             model = self._load(self._scratch, params)
         return loss_gradients(model, self.loss_fn, data, batch_size=self.batch_size)
 
+    def outputs(self, data, weights=None):
+        """The model's outputs on ``data`` as a NumPy array, some weights replaced."""
+        net = self.with_weights(weights) if weights else self
+        return to_numpy(net.predict(data)).astype(np.float64)
+
     def predict(self, X):
         """The model's outputs on ``X`` (a tensor or an array), as a tensor."""
         dtype, device = _floating_dtype(self.model), _device(self.model)
