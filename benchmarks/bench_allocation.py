@@ -49,7 +49,7 @@ def main():
     times_b, times_c, ratios = [], [], []
     for _ in range(args.repeats):
         n_params = rng.integers(1000, 1_000_000, size=(100, 1))
-        noise = rng.uniform(0.01, 10, size=(100, 1)) * 4.0 ** -bits
+        noise = rng.uniform(0.01, 10, size=(100, 1)) * 4.0**-bits
         size = n_params * bits
         budget = (size.min(axis=1).sum() + size.max(axis=1).sum()) / 2
         t = time.perf_counter()

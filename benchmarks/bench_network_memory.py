@@ -86,7 +86,11 @@ class RSSSampler(threading.Thread):
                 self.peak = rss
                 if rss - last > 64 * 1024:
                     self.timeline.append(
-                        (time.perf_counter() - self.t0, rss, self.where.get("name", "-"))
+                        (
+                            time.perf_counter() - self.t0,
+                            rss,
+                            self.where.get("name", "-"),
+                        )
                     )
                     last = rss
             self.stop.wait(self.interval)
@@ -96,12 +100,13 @@ def _import_resnet18():
     """``(resnet18, note)`` from torchvision, bypassing its C++ ops if they fail."""
     try:
         import torchvision  # noqa: F401
-
         from torchvision.models import resnet18
 
         return resnet18, "torchvision imported normally"
     except Exception as exc:  # CUDA wheel beside a CPU torch: RuntimeError
-        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        for mod in [
+            m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")
+        ]:
             del sys.modules[mod]
         import importlib.util
         import types
@@ -158,7 +163,9 @@ def child(case, threads, interval, trace_tm):
     out["rss_after_import_kb"] = _status_kb("VmRSS")
     # compile numba's kernels outside the measurement
     rng = np.random.default_rng(0)
-    GreedyPathQuantizer(n_bits=4).fit(rng.standard_normal((8, 4)), activations=rng.random((16, 8)))
+    GreedyPathQuantizer(n_bits=4).fit(
+        rng.standard_normal((8, 4)), activations=rng.random((16, 8))
+    )
     model, X, kwargs, note = _build(case)
     model.eval()
     out["note"] = note
@@ -189,7 +196,7 @@ def child(case, threads, interval, trace_tm):
         _, report = quantize_model(
             model, GreedyPathQuantizer(n_bits=4), X, return_report=True, **kwargs
         )
-    except BaseException as exc:  # report, then re-raise in the parent's view
+    except BaseException:  # report, then re-raise in the parent's view
         import traceback
 
         err = traceback.format_exc()
@@ -222,8 +229,16 @@ def _gb(kb):
 
 
 def run_case(case, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", case, "--threads",
-           str(args.threads), "--interval", str(args.interval)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        case,
+        "--threads",
+        str(args.threads),
+        "--interval",
+        str(args.interval),
+    ]
     if args.tracemalloc:
         cmd.append("--tracemalloc")
     t = time.perf_counter()
@@ -232,7 +247,7 @@ def run_case(case, args):
     res = None
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            res = json.loads(line[len("RESULT "):])
+            res = json.loads(line[len("RESULT ") :])
     print(f"\n=== {case} (child wall {wall:.1f} s, exit {proc.returncode}) ===")
     if res is None:
         print("child gave no result; its stderr:")
@@ -245,23 +260,32 @@ def run_case(case, args):
     build = _gb(res["hwm_after_build_kb"])
     print(
         f"{res['n_weights']} weights, data {res['data_mb']:.0f} MB, "
-        f"{res['threads']} torch threads, load at start {res['load'][0]:.2f}; {res['note']}"
+        f"{res['threads']} torch threads, load at start {res['load'][0]:.2f}; "
+        f"{res['note']}"
     )
     print(f"RSS after imports           {_gb(res['rss_after_import_kb']):7.3f} GB")
-    print(f"peak after build (VmHWM)    {build:7.3f} GB   (ru_maxrss {_gb(res['maxrss_after_build_kb']):.3f} GB)")
+    print(
+        f"peak after build (VmHWM)    {build:7.3f} GB   (ru_maxrss "
+        f"{_gb(res['maxrss_after_build_kb']):.3f} GB)"
+    )
     print(
         f"peak total (VmHWM)          {_gb(res['hwm_total_kb']):7.3f} GB   (ru_maxrss "
-        f"{_gb(res['maxrss_total_kb']):.3f} GB, sampled {_gb(res['sampled_peak_kb']):.3f} GB)"
+        f"{_gb(res['maxrss_total_kb']):.3f} GB, sampled "
+        f"{_gb(res['sampled_peak_kb']):.3f} GB)"
     )
     print(f"increase by quantize_model  {peak - build:7.3f} GB")
     if res["kernel_seconds"] is not None:
         print(
-            f"quantize_model {res['seconds']:.1f} s, layer kernels {res['kernel_seconds']:.1f} s "
+            f"quantize_model {res['seconds']:.1f} s, layer kernels "
+            f"{res['kernel_seconds']:.1f} s "
             f"(overhead x{res['seconds'] / max(res['kernel_seconds'], 1e-9):.2f})"
         )
     else:
         print(f"quantize_model failed after {res['seconds']:.1f} s")
-    print(f"target peak < {target} GB: {'MET' if peak < target else 'NOT MET'} ({peak:.3f} GB)")
+    print(
+        f"target peak < {target} GB: {'MET' if peak < target else 'NOT MET'} "
+        f"({peak:.3f} GB)"
+    )
     if res["error"]:
         print("traceback:\n" + res["error"])
     if args.trace and res["timeline"]:
@@ -269,7 +293,10 @@ def run_case(case, args):
         for tt, rss, name in res["timeline"]:
             print(f"  {tt:8.1f} {_gb(rss):7.3f}  {name}")
     if res.get("tracemalloc_top"):
-        print(f"tracemalloc peak (Python/NumPy allocations) {res['tracemalloc_peak_mb']:.0f} MB; top:")
+        print(
+            "tracemalloc peak (Python/NumPy allocations) "
+            f"{res['tracemalloc_peak_mb']:.0f} MB; top:"
+        )
         for s in res["tracemalloc_top"]:
             print("  " + s)
     if args.report and res["report"]:
@@ -281,10 +308,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--interval", type=float, default=0.05, help="RSS sampling period (s)")
+    p.add_argument(
+        "--interval", type=float, default=0.05, help="RSS sampling period (s)"
+    )
     p.add_argument("--trace", action="store_true", help="print the RSS growth timeline")
     p.add_argument("--report", action="store_true", help="print the per-layer report")
-    p.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations")
+    p.add_argument(
+        "--tracemalloc", action="store_true", help="also trace Python allocations"
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:

@@ -71,7 +71,9 @@ def calibration_images(n=1024, seed=0):
         X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         return X.reshape(-1, 1, 28, 28), "MNIST training images"
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 28, 28, generator=g), "random uniform[0,1] images (no MNIST)"
+    return torch.rand(
+        n, 1, 28, 28, generator=g
+    ), "random uniform[0,1] images (no MNIST)"
 
 
 def run_once(model, quantizer, data, max_rows):
@@ -142,7 +144,10 @@ def main(argv=None):
         t = time.perf_counter()
         run_once(model, q, data, args.max_rows)
         warm[label] = time.perf_counter() - t
-    print("warm-up (compilation included): " + ", ".join(f"{k} {v:.2f} s" for k, v in warm.items()))
+    print(
+        "warm-up (compilation included): "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in warm.items())
+    )
 
     results, gpfq_report = {}, None
     for label, q, data in cases:
@@ -160,7 +165,10 @@ def main(argv=None):
             gpfq_report = report
 
     print(f"\nmedians over --repeats={args.repeats} runs (unless noted)")
-    head = f"{'quantizer':<28}{'runs':>5}{'whole s':>10}{'kernels s':>11}{'overhead x':>12}  target"
+    head = (
+        f"{'quantizer':<28}{'runs':>5}{'whole s':>10}{'kernels s':>11}"
+        f"{'overhead x':>12}  target"
+    )
     print(head)
     print("-" * (len(head) + 30))
     for label, (wall, kern, repeats, note, walls) in results.items():
@@ -176,7 +184,8 @@ def main(argv=None):
                 f"< 3 s ({'MET' if wall < 3.0 else 'NOT MET'})"
             )
         print(
-            f"{label:<28}{repeats:>5}{wall:>10.3f}{kern:>11.3f}{ratio:>12.2f}  {target}{note}"
+            f"{label:<28}{repeats:>5}{wall:>10.3f}{kern:>11.3f}{ratio:>12.2f}  "
+            f"{target}{note}"
         )
         print(f"{'':<28}{'':>5}  runs: " + " ".join(f"{w:.3f}" for w in walls))
 

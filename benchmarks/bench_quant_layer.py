@@ -37,8 +37,11 @@ def main():
     torch.manual_seed(0)
     cases = [
         ("Linear 784x512", nn.Linear(784, 512), lambda b: torch.randn(b, 784)),
-        ("Conv2d 64->128 3x3, 14x14", nn.Conv2d(64, 128, 3, padding=1),
-         lambda b: torch.randn(b, 64, 14, 14)),
+        (
+            "Conv2d 64->128 3x3, 14x14",
+            nn.Conv2d(64, 128, 3, padding=1),
+            lambda b: torch.randn(b, 64, 14, 14),
+        ),
     ]
     print(f"{'layer':<28}{'batch':>6}{'cached ms':>11}{'per-call ms':>13}{'ratio':>8}")
     for name, layer, make in cases:

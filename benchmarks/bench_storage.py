@@ -45,8 +45,14 @@ def main():
     save_model(qnet, path)
     counted = sum(m.size_bits for m in qnet.modules() if hasattr(m, "size_bits")) // 8
     print("784-512-10 nn.Sequential, UniformQuantizer(n_bits=2):")
-    print(f"  float state_dict (torch.save)       {nbytes_torch(net.state_dict()):>10,d} B")
-    print(f"  quantized state_dict (torch.save)   {nbytes_torch(qnet.state_dict()):>10,d} B")
+    print(
+        "  float state_dict (torch.save)       "
+        f"{nbytes_torch(net.state_dict()):>10,d} B"
+    )
+    print(
+        "  quantized state_dict (torch.save)   "
+        f"{nbytes_torch(qnet.state_dict()):>10,d} B"
+    )
     print(f"  skquant.torch.save_model file       {os.path.getsize(path):>10,d} B")
     print(f"  counted: weights {counted:,d} B + float32 biases {4 * 522:,d} B")
 
@@ -58,13 +64,16 @@ def main():
     print("\ndigits 64-256-10 MLPClassifier, GreedyPathQuantizer(n_bits=2):")
     print(f"  float MLPClassifier pickle          {len(pickle.dumps(mlp)):>10,d} B")
     for m in (256, 1500):
-        q = QuantizedMLP(mlp, GreedyPathQuantizer(n_bits=2), n_calibration=m,
-                         random_state=0).fit(X, y)
+        q = QuantizedMLP(
+            mlp, GreedyPathQuantizer(n_bits=2), n_calibration=m, random_state=0
+        ).fit(X, y)
         path = os.path.join(folder, "mlp.skq")
         skquant.save(q, path)
-        print(f"  m={m:<5d} QuantizedMLP pickle         {len(pickle.dumps(q)):>10,d} B;"
-              f" skquant.save file {os.path.getsize(path):,d} B; counted"
-              f" size_bits_/8 {q.size_bits_ // 8:,d} B")
+        print(
+            f"  m={m:<5d} QuantizedMLP pickle         {len(pickle.dumps(q)):>10,d} B;"
+            f" skquant.save file {os.path.getsize(path):,d} B; counted"
+            f" size_bits_/8 {q.size_bits_ // 8:,d} B"
+        )
         back = skquant.load(path)
         assert np.array_equal(back.predict_proba(X), q.predict_proba(X))
 

@@ -9,9 +9,9 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 from ._activation import ActivationQuantizer
 from ._allocation import allocate_bits, closed_form_bits
 from ._functional import quantize
+from ._gpfq import GreedyPathQuantizer
 from ._io import load, save
 from ._mlp import QuantizedMLP
-from ._gpfq import GreedyPathQuantizer
 from ._nullspace import NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
 from ._precision import AdaptivePrecisionQuantizer, adaptive_quantize_mlp

@@ -48,7 +48,9 @@ def _check_limit(value, name):
         or isinstance(value, bool)
         or not math.isfinite(value)
     ):
-        raise ValueError(f"{name} must be a finite number, got {name}={value!r} instead.")
+        raise ValueError(
+            f"{name} must be a finite number, got {name}={value!r} instead."
+        )
     return float(value)
 
 

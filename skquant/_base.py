@@ -209,12 +209,6 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
             float_dtype=np.dtype(dtype) if dtype is not None else None,
         )
 
-    def _tensor_of(self, W_q):
-        """QuantizedTensor of already quantized weights (codes recovered exactly)."""
-        level = self._levels(W_q.dtype)
-        codes = np.rint(W_q / level).astype(code_dtype(self.qmin_, self.qmax_))
-        return self._tensor(codes, W_q.dtype)
-
     def compress(self, W):
         """Quantize ``W`` into a :class:`~skquant.QuantizedTensor`.
 

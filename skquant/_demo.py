@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from ._network import MLPNetwork, layer_errors, quantize_layers
 from ._gpfq import GreedyPathQuantizer
+from ._network import MLPNetwork, layer_errors, quantize_layers
 from ._nullspace import NullSpaceQuantizer
 from ._packing import QuantizedTensor
 from ._progress import progress

@@ -112,7 +112,9 @@ def _tensor_from(meta, arrays, where):
         float_dtype = meta.get("float_dtype")
         float_dtype = None if float_dtype is None else np.dtype(float_dtype)
     except (KeyError, TypeError, ValueError) as exc:
-        raise FileFormatError(f"{where} does not match its stored arrays: {exc}") from exc
+        raise FileFormatError(
+            f"{where} does not match its stored arrays: {exc}"
+        ) from exc
     if codes_dtype.kind not in "iu" or scale.dtype.kind != "f" or scale.ndim != 1:
         raise FileFormatError(f"{where} has invalid dtypes.")
     if scale.size not in (1, shape[1]):
@@ -211,7 +213,9 @@ def _parse(blob, path="<bytes>"):
     from safetensors.numpy import load as st_load
 
     if len(blob) < 8:
-        raise FileFormatError(f"{path!s} is not a skquant file: it has {len(blob)} bytes.")
+        raise FileFormatError(
+            f"{path!s} is not a skquant file: it has {len(blob)} bytes."
+        )
     (n,) = struct.unpack("<Q", blob[:8])
     if n > min(_MAX_HEADER, len(blob) - 8):
         raise FileFormatError(
@@ -223,7 +227,13 @@ def _parse(blob, path="<bytes>"):
         meta = raw.get("__metadata__") or {}
         text = meta["skquant"]
         digest = meta["skquant_digest"]
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        AttributeError,
+        KeyError,
+        TypeError,
+    ) as exc:
         raise FileFormatError(
             f"{path!s} is not a skquant file (no readable skquant header): {exc!r}"
         ) from exc

@@ -282,7 +282,9 @@ class QuantizedMLP(BaseEstimator):
                 _io._arrays_from(header, data, "<pickle>"),
                 "<pickle>",
             )
-            vars(self).update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
+            vars(self).update(
+                {k: v for k, v in vars(fitted).items() if k.endswith("_")}
+            )
 
     def _to_file(self, writer):
         """Put the fitted model into a skquant file writer; return its description."""
@@ -302,7 +304,9 @@ class QuantizedMLP(BaseEstimator):
         quantizer = self.quantizer
         if isinstance(quantizer, dict):
             quantizer = {
-                k: None if q is None else [type(q).__name__, json_params(q.get_params())]
+                k: None
+                if q is None
+                else [type(q).__name__, json_params(q.get_params())]
                 for k, q in quantizer.items()
             }
         elif quantizer is not None:
@@ -320,9 +324,7 @@ class QuantizedMLP(BaseEstimator):
             "classes_dtype": None if classes is None else classes.dtype.str,
             "out_activation": mlp.out_activation_,
             "n_features_in": int(self.n_features_in_),
-            "report": [
-                {**r, "shape": list(r["shape"])} for r in self.report_.rows
-            ],
+            "report": [{**r, "shape": list(r["shape"])} for r in self.report_.rows],
             "size_bits": int(self.size_bits_),
             "compression_ratio": float(self.compression_ratio_),
         }
@@ -359,8 +361,10 @@ class QuantizedMLP(BaseEstimator):
         except (KeyError, TypeError, ValueError) as exc:
             raise bad(f"description is incomplete or invalid ({exc!r})") from exc
         for i, (W, b) in enumerate(zip(coefs, intercepts)):
-            if W.ndim != 2 or b.shape != (W.shape[1],) or (
-                i and coefs[i - 1].shape[1] != W.shape[0]
+            if (
+                W.ndim != 2
+                or b.shape != (W.shape[1],)
+                or (i and coefs[i - 1].shape[1] != W.shape[0])
             ):
                 raise bad(f"layer {names[i]!r} has inconsistent shapes")
         if not coefs or model.get("n_features_in") != coefs[0].shape[0]:
@@ -383,7 +387,11 @@ class QuantizedMLP(BaseEstimator):
             mlp._label_binarizer = LabelBinarizer().fit(classes)
         out = cls(mlp_cls(**{k: v for k, v in params.items() if k in valid}))
         out.set_params(
-            **{k: v for k, v in model.get("params", {}).items() if k in out.get_params()}
+            **{
+                k: v
+                for k, v in model.get("params", {}).items()
+                if k in out.get_params()
+            }
         )
         out.quantizer = _quantizer_from(model.get("quantizer"))
         quantized = [n for n in names if f"{n}.weight" in tensors]

@@ -11,7 +11,6 @@ it: :class:`DenseNetwork` / :class:`MLPNetwork` here (NumPy only) and
 """
 
 import copy
-import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -221,7 +220,9 @@ def resolve_quantizers(layer_names, quantizer):
         for name in layer_names:
             est = quantizer.get(name, default)
             plan[name] = (
-                None if est is None else clone(_check_quantizer(est, f"quantizer[{name!r}]"))
+                None
+                if est is None
+                else clone(_check_quantizer(est, f"quantizer[{name!r}]"))
             )
         return plan
     if isinstance(quantizer, list | tuple):
@@ -315,7 +316,9 @@ def _concat_tensors(tensors):
     first = tensors[0]
     return QuantizedTensor(
         codes=np.hstack([t.codes for t in tensors]),
-        scale=np.concatenate([np.broadcast_to(t.scale, (t.shape[1],)) for t in tensors]),
+        scale=np.concatenate(
+            [np.broadcast_to(t.scale, (t.shape[1],)) for t in tensors]
+        ),
         n_bits=first.n_bits,
         qmin=first.qmin,
         qmax=first.qmax,
@@ -334,7 +337,9 @@ def _fit_data_driven(est, W, Xq, Xf, groups):
     for g in range(groups):
         cols = slice(g * n_out, (g + 1) * n_out)
         rows = slice(g * n_in, (g + 1) * n_in)
-        e = clone(est).fit(W[:, cols], activations=Xq[:, rows], target_activations=Xf[:, rows])
+        e = clone(est).fit(
+            W[:, cols], activations=Xq[:, rows], target_activations=Xf[:, rows]
+        )
         fitted.append(e)
         tensors.append(e.compress(W[:, cols]))
     return fitted, _concat_tensors(tensors)
@@ -416,7 +421,9 @@ def quantize_layers(
         else _plain_steps(network, names)
     )
     result = LayerQuantization()
-    for step in progress(steps, desc="quantize layers", total=len(names), enabled=verbose):
+    for step in progress(
+        steps, desc="quantize layers", total=len(names), enabled=verbose
+    ):
         est = plan[step.name]
         W = step.weight
         row = {
@@ -555,9 +562,9 @@ class DenseNetwork(Network):
             step.inputs()  # free: already computed
             yield step
             Q = W if step.quantized is None else step.quantized
-            ref = Xf @ W
-            Xf = act(ref + b)
-            Xq = Xf if (Xq is pair[1] and Q is W) else act(Xq @ Q + b)
+            shared = Xq is Xf and Q is W  # nothing quantized so far
+            Xf = act(Xf @ W + b)
+            Xq = Xf if shared else act(Xq @ Q + b)
 
     def outputs(self, data, weights=None):
         """The last layer's output (logits) on ``data``, some weights replaced."""
@@ -817,17 +824,3 @@ def quantize_network(layers, quantizer, X, *, verbose=False):
     return quantize_layers(
         DenseNetwork(layers), quantizer, X, calibrate=True, verbose=verbose
     )
-
-
-def check_positive(value, name):
-    """A positive finite number, or a ValueError naming ``name``."""
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"{name} must be a positive finite number, got {name}={value!r} instead."
-        )
-    return float(value)

@@ -380,9 +380,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         W = self._validate_W(W, reset=False)
         self._check_fitted_shape(W)
         qmin, qmax = self._code_range()
-        return np.rint(self._quantized64(W) / self.step_).astype(
-            code_dtype(qmin, qmax)
-        )
+        return np.rint(self._quantized64(W) / self.step_).astype(code_dtype(qmin, qmax))
 
     def decode(self, codes, dtype=np.float64):
         """Return the weights of integer codes from :meth:`encode`.
@@ -556,10 +554,22 @@ class AdaptiveQuantizationResult:
         )
 
 
-def _check_loop_params(trust_region, max_iter, max_bits):
-    from ._network import check_positive
+def _check_positive(value, name):
+    """A positive finite number, or a ValueError naming ``name``."""
+    if (
+        not isinstance(value, numbers.Real)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"{name} must be a positive finite number, got {name}={value!r} instead."
+        )
+    return float(value)
 
-    check_positive(trust_region, "trust_region")
+
+def _check_loop_params(trust_region, max_iter, max_bits):
+    _check_positive(trust_region, "trust_region")
     for name, value, low in (("max_iter", max_iter, 1), ("max_bits", max_bits, 1)):
         if not isinstance(value, numbers.Integral) or value < low:
             raise ValueError(
@@ -568,12 +578,8 @@ def _check_loop_params(trust_region, max_iter, max_bits):
 
 
 def _check_bound(loss_bound, relative, loss0):
-    if not np.isfinite(loss_bound) or loss_bound <= 0:
-        raise ValueError(
-            f"loss_bound must be a positive finite number, got loss_bound="
-            f"{loss_bound!r} instead."
-        )
-    return loss0 * (1.0 + loss_bound) if relative else float(loss_bound)
+    loss_bound = _check_positive(loss_bound, "loss_bound")
+    return loss0 * (1.0 + loss_bound) if relative else loss_bound
 
 
 def adaptive_precision_loop(

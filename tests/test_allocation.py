@@ -65,7 +65,7 @@ def test_monotone_in_the_budget():
     bits = np.arange(2, 9)
     n_params = rng.integers(100, 10000, size=(8, 1))
     p = rng.uniform(0.5, 2, size=(8, 1))
-    cost = p * 4.0 ** -bits
+    cost = p * 4.0**-bits
     size = n_params * bits
     budgets = np.linspace(size.min(axis=1).sum(), size.max(axis=1).sum() - 1, 12)
     totals = [
@@ -77,7 +77,7 @@ def test_monotone_in_the_budget():
 
 def test_one_layer_is_the_best_equal_bit_width():
     bits = np.array([2, 3, 4, 8])
-    cost = (4.0 ** -bits)[None, :]
+    cost = (4.0**-bits)[None, :]
     size = (1000 * bits)[None, :]
     # the largest width that fits the budget
     assert allocate_bits(cost, size, budget=4500).tolist() == [2]
@@ -89,7 +89,7 @@ def test_beats_equal_bit_width_when_layers_differ():
     bits = np.array([2, 3, 4, 5, 6])
     n_params = np.array([[100000], [1000]])
     p = np.array([[0.1], [10.0]])  # the large layer tolerates more noise
-    cost, size = p * 4.0 ** -bits, n_params * bits
+    cost, size = p * 4.0**-bits, n_params * bits
     equal = 10.1 * 4.0**-4  # both layers at 4 bits: the best equal width
     choice = allocate_bits(cost, size, max_cost=equal)
     assert cost[[0, 1], choice].sum() <= equal

@@ -107,5 +107,7 @@ def test_file_sizes_are_the_counted_sizes_plus_a_header(rows):
         if label.startswith("adaptive"):
             assert r.get("file_bytes") is None  # no stored form yet
             continue
-        counted = r["model_bits"] / 8 if "model_bits" in r else (64 * 64 + 64 * 10 + 74) * 4
+        counted = (
+            r["model_bits"] / 8 if "model_bits" in r else (64 * 64 + 64 * 10 + 74) * 4
+        )
         assert counted <= r["file_bytes"] < counted + 2048, label

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier, MLPRegressor
+from strategies import weight_matrices
 
 import skquant
 from skquant import (
@@ -26,8 +27,6 @@ from skquant import (
     UniformQuantizer,
 )
 from skquant._io import FileFormatError
-
-from strategies import weight_matrices
 
 
 def _data_bytes(path):
@@ -229,7 +228,9 @@ def test_newer_version_is_refused(tmp_path):
     data = {"a": np.ones(3)}
     path = tmp_path / "v.skq"
     path.write_bytes(
-        save(data, metadata={"skquant": text, "skquant_digest": _io._digest(text, data)})
+        save(
+            data, metadata={"skquant": text, "skquant_digest": _io._digest(text, data)}
+        )
     )
     with pytest.raises(ValueError, match=re.escape("format version 99")):
         skquant.load(path)

@@ -106,9 +106,10 @@ def test_network_per_layer_mapping_and_report():
     assert list(res.tensors) == ["layer_1"]
     assert [r["method"] for r in res.report.rows] == ["float", "Uniform", "float"]
     assert res.report.rows[0]["calibration_error"] == 0.0
-    assert res.report.size_bits == 32 * (20 * 30 + 10 * 3) + res.tensors[
-        "layer_1"
-    ].size_bits
+    assert (
+        res.report.size_bits
+        == 32 * (20 * 30 + 10 * 3) + res.tensors["layer_1"].size_bits
+    )
     text = str(res.report)
     assert "layer_1" in text and "Uniform" in text and "total" in text
 
@@ -267,9 +268,9 @@ def test_quantized_mlp_adaptive_precision_and_report(digits):
     from skquant import AdaptivePrecisionQuantizer
 
     mlp, Xtr, Xte, ytr, yte = digits
-    q = QuantizedMLP(
-        mlp, AdaptivePrecisionQuantizer(budget=0.05), random_state=0
-    ).fit(Xtr, ytr)
+    q = QuantizedMLP(mlp, AdaptivePrecisionQuantizer(budget=0.05), random_state=0).fit(
+        Xtr, ytr
+    )
     assert [t.alphabet for t in q.tensors_] == ["fixed_point", "fixed_point"]
     for t, est in zip(q.tensors_, q.quantizers_):
         assert t.size_bits == est.size_bits_
@@ -300,4 +301,3 @@ def test_pickled_quantized_mlp_does_not_grow_with_calibration_rows(quantizer):
     # keeping 5000 more rows of 64 + 32 inputs (twice: activations and targets)
     # would add 7.7 MB in float64
     assert abs(sizes[1] - sizes[0]) < 0.001 * 7.7e6, sizes
-

@@ -46,7 +46,7 @@ def cnn():
 
 
 class Generic(nn.Module):
-    """The same layers as :func:`cnn`, called from a forward that is not a Sequential."""
+    """The layers of :func:`cnn`, called from a forward that is not a Sequential."""
 
     def __init__(self, seq):
         super().__init__()
@@ -123,7 +123,9 @@ def test_every_layer_kind_is_quantized_and_passes_through():
     with torch.no_grad():
         ref, out = net.eval()(x), qnet.eval()(x)
     assert float(torch.linalg.norm(out - ref) / torch.linalg.norm(ref)) < 0.2
-    assert all(np.isfinite(r["calibration_error"]) for r in report.rows if r["name"] != "4")
+    assert all(
+        np.isfinite(r["calibration_error"]) for r in report.rows if r["name"] != "4"
+    )
 
 
 def test_conv1d_model():
@@ -324,11 +326,15 @@ def test_model_on_a_cuda_device():
     net = cnn().cuda()
     qnet = quantize_model(net, GreedyPathQuantizer(n_bits=4), torch.rand(32, 1, 16, 16))
     assert qnet[0].weight.device.type == "cuda"
-    cpu = quantize_model(cnn(), GreedyPathQuantizer(n_bits=4), torch.rand(32, 1, 16, 16))
+    cpu = quantize_model(
+        cnn(), GreedyPathQuantizer(n_bits=4), torch.rand(32, 1, 16, 16)
+    )
     assert qnet[10].weight_codes.shape == cpu[10].weight_codes.shape
 
 
-@pytest.mark.parametrize("quantizer", [UniformQuantizer(n_bits=4), GreedyPathQuantizer()])
+@pytest.mark.parametrize(
+    "quantizer", [UniformQuantizer(n_bits=4), GreedyPathQuantizer()]
+)
 def test_a_single_layer_model(quantizer):
     torch.manual_seed(0)
     net = nn.Linear(6, 3)
@@ -369,7 +375,7 @@ def test_save_model_load_into_round_trip(tmp_path, quantizer):
     net = cnn()
     x = torch.rand(32, 1, 16, 16)
     with torch.no_grad():
-        net(x)  # BatchNorm statistics stay at their init in eval; fine either way
+        net(x)  # a training-mode pass: BatchNorm statistics to store and restore
     qnet = quantize_model(net, {"0": quantizer, "5": quantizer, "10": quantizer}, x)
     path = tmp_path / "net.skq"
     save_model(qnet, path)
@@ -446,7 +452,9 @@ def test_bfloat16_model_file(tmp_path):
 def test_load_into_a_model_on_cuda(tmp_path):
     from skquant.torch import load_into, save_model
 
-    qnet = quantize_model(cnn(), GreedyPathQuantizer(n_bits=3), torch.rand(32, 1, 16, 16))
+    qnet = quantize_model(
+        cnn(), GreedyPathQuantizer(n_bits=3), torch.rand(32, 1, 16, 16)
+    )
     save_model(qnet, tmp_path / "g.skq")
     loaded = load_into(cnn().cuda(), tmp_path / "g.skq")
     assert loaded[0].weight.device.type == "cuda"

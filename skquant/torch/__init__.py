@@ -12,6 +12,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._fake import FakeQuantize, fake_quantize_ste
 from ._gradients import adaptive_quantize_model, loss_gradients
+from ._io import load_into, save_model
 from ._layout import matrix_to_weight, weight_to_matrix
 from ._model import (
     QuantConv1d,
@@ -20,7 +21,6 @@ from ._model import (
     capture_inputs,
     quantize_model,
 )
-from ._io import load_into, save_model
 from ._network import TorchNetwork
 
 __all__ = [

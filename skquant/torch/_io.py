@@ -22,7 +22,9 @@ def _kind_of(module):
     for kind, (float_cls, _) in _quant_classes().items():
         if isinstance(module, float_cls):
             return kind
-    raise TypeError(f"no quantized layer for {type(module).__name__}.")  # pragma: no cover
+    raise TypeError(
+        f"no quantized layer for {type(module).__name__}."
+    )  # pragma: no cover
 
 
 def save_model(model, path):
@@ -76,7 +78,11 @@ def save_model(model, path):
     for name, m in quantized.items():
         writer.tensor(name or "<root>", m.quantized_tensor())
         layers[name] = {"kind": _kind_of(m), "shape": list(m.weight.shape)}
-    skip = {f"{n}.{k}" if n else k for n in quantized for k in ("weight_packed", "weight_scale", "weight_zero_point", "_extra_state")}
+    skip = {
+        f"{n}.{k}" if n else k
+        for n in quantized
+        for k in ("weight_packed", "weight_scale", "weight_zero_point", "_extra_state")
+    }
     dtypes = {}
     for key, value in model.state_dict().items():
         if key in skip:
@@ -140,8 +146,10 @@ def load_into(model, path):
     for name, info in layers.items():
         module = mods.get(name)
         kind = info.get("kind") if isinstance(info, dict) else None
-        if kind not in classes or module is None or not isinstance(
-            module, classes[kind][0]
+        if (
+            kind not in classes
+            or module is None
+            or not isinstance(module, classes[kind][0])
         ):
             raise ValueError(
                 f"{path!s} is not a file of this model: it has a quantized {kind} "

@@ -16,7 +16,7 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def check_supported(name, module):
-    """Whether ``module`` is a weight layer skquant quantizes; raise for unsupported ones.
+    """Whether ``module`` is a weight layer skquant quantizes; raise if unsupported.
 
     Linear, Conv1d and Conv2d (any stride, padding, dilation, groups) are
     supported; layers without a weight matrix pass through (``False``); layers

@@ -4,12 +4,11 @@ import copy
 
 import numpy as np
 import torch
-from sklearn.base import clone
 from torch import nn
 
 from .._network import quantize_layers
 from ._layout import layer_inputs_matrix, matrix_to_weight
-from ._network import TorchNetwork
+from ._network import TorchNetwork, _device, _floating_dtype, input_batches
 
 
 class _QuantMixin:
@@ -53,7 +52,8 @@ class _QuantMixin:
                 "weight_packed", torch.from_numpy(tensor.pack()).to(device)
             )
         self.register_buffer(
-            "weight_scale", torch.from_numpy(np.ascontiguousarray(tensor.scale)).to(device)
+            "weight_scale",
+            torch.from_numpy(np.ascontiguousarray(tensor.scale)).to(device),
         )
         if tensor.zero_point is not None:
             self.register_buffer(
@@ -91,7 +91,9 @@ class _QuantMixin:
 
             n_out = shape[0]
             return QuantizedTensor(
-                codes=np.ascontiguousarray(to_numpy(self.weight_codes).reshape(n_out, -1).T),
+                codes=np.ascontiguousarray(
+                    to_numpy(self.weight_codes).reshape(n_out, -1).T
+                ),
                 scale=to_numpy(self.weight_scale),
                 n_bits=self._qmeta["n_bits"],
                 qmin=self._qmeta["qmin"],
@@ -197,7 +199,11 @@ class QuantConv2d(_QuantConvMixin, nn.Conv2d):
     """
 
 
-_QUANT_CLASSES = ((nn.Linear, QuantLinear), (nn.Conv1d, QuantConv1d), (nn.Conv2d, QuantConv2d))
+_QUANT_CLASSES = (
+    (nn.Linear, QuantLinear),
+    (nn.Conv1d, QuantConv1d),
+    (nn.Conv2d, QuantConv2d),
+)
 
 
 def quantized_module(module, tensor):
@@ -206,18 +212,6 @@ def quantized_module(module, tensor):
         if isinstance(module, float_cls):
             return quant_cls.from_float(module, tensor)
     raise TypeError(f"no quantized layer for {type(module).__name__}.")
-
-
-def _batches(data, batch_size):
-    """Input batches from a tensor, an array, or an iterable of batches/(x, y)."""
-    if isinstance(data, np.ndarray):
-        data = torch.from_numpy(data)
-    if isinstance(data, torch.Tensor):
-        for i in range(0, data.shape[0], batch_size):
-            yield data[i : i + batch_size]
-        return
-    for batch in data:
-        yield batch[0] if isinstance(batch, tuple | list) else batch
 
 
 @torch.no_grad()
@@ -253,7 +247,8 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
     >>> tuple(got["0"].shape), tuple(got["2"].shape)
     ((180, 9), (5, 144))
     """
-    device = device or next(model.parameters()).device
+    device = device or _device(model)
+    batches = input_batches(data, batch_size, _floating_dtype(model), device)
     store = {}  # filled in the order the layers run
 
     def hook(module, args, name):
@@ -266,10 +261,9 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
     was_training = model.training
     try:
         model.eval()
-        for x in _batches(data, batch_size):
-            x = torch.as_tensor(x)
+        for x in batches:
             try:
-                model(x.to(device))
+                model(x)
             except RuntimeError as exc:
                 raise ValueError(
                     f"calibration data of shape {tuple(x.shape)} (one batch) does not "
@@ -402,7 +396,11 @@ def quantize_model(
     qlayers = dict(qmodel.named_modules())
     replace = dict(res.tensors)
     replace.update(
-        {t: res.tensors[first] for t, first in network.tied.items() if first in res.tensors}
+        {
+            t: res.tensors[first]
+            for t, first in network.tied.items()
+            if first in res.tensors
+        }
     )
     for name, tensor in replace.items():
         new = quantized_module(qlayers[name], tensor)

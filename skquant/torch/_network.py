@@ -70,7 +70,9 @@ def input_batches(data, batch_size, dtype, device):
     out = []
     for x in chunks:
         x = torch.as_tensor(x)
-        out.append(x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device))
+        out.append(
+            x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+        )
     if not out or sum(x.shape[0] for x in out) == 0:
         raise ValueError("calibration data holds no sample.")
     return out
@@ -109,7 +111,11 @@ def gather_rows(module, x, rows):
         kh, sh, dh = 1, 1, 1
         left, right, top, bottom = pads[0], pads[1], 0, 0
     else:
-        (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+        (kh, kw), (sh, sw), (dh, dw) = (
+            module.kernel_size,
+            module.stride,
+            module.dilation,
+        )
         left, right, top, bottom = pads
     N, C, H, W = x.shape
     Ho = (H + top + bottom - dh * (kh - 1) - 1) // sh + 1
@@ -130,15 +136,18 @@ def gather_rows(module, x, rows):
     idx = flat[:, None, :] + (torch.arange(C, device=dev) * (H * W))[None, :, None]
     vals = x.reshape(-1)[idx]
     if not bool(inside.all()):
-        vals = torch.where(inside[:, None, :], vals, torch.zeros((), dtype=x.dtype, device=dev))
+        vals = torch.where(
+            inside[:, None, :], vals, torch.zeros((), dtype=x.dtype, device=dev)
+        )
     return vals.reshape(rows.shape[0], -1)
 
 
 def check_layer_input(name, module, x):
     """Raise a clear error when ``x`` cannot be the input of ``module``."""
     if isinstance(module, nn.Linear):
-        ok, want = x.dim() >= 1 and x.shape[-1] == module.in_features, (
-            f"last dimension {module.in_features}"
+        ok, want = (
+            x.dim() >= 1 and x.shape[-1] == module.in_features,
+            (f"last dimension {module.in_features}"),
         )
     else:
         dims = 3 if isinstance(module, nn.Conv1d) else 4
@@ -375,7 +384,11 @@ class TorchNetwork(Network):
 
             def inputs():
                 Xf = self._rows_of(mod, prefix, fcache, sampler)
-                Xq = Xf if qcache is fcache else self._rows_of(mod, prefix, qcache, sampler)
+                Xq = (
+                    Xf
+                    if qcache is fcache
+                    else self._rows_of(mod, prefix, qcache, sampler)
+                )
                 return Xq, Xf
 
             step = self._step(prefix, inputs)
@@ -429,7 +442,9 @@ class TorchNetwork(Network):
             if out is not None:
                 fcache, qcache = out
             elif later:
-                fcache, qcache = self._forward_pair(fchild, qchild, fcache, qcache, True)
+                fcache, qcache = self._forward_pair(
+                    fchild, qchild, fcache, qcache, True
+                )
             j += 1
         return (fcache, qcache) if need_output else None
 
@@ -451,7 +466,9 @@ class TorchNetwork(Network):
     def _walk_generic(self, fblock, qblock, prefix, fcache, qcache, sampler, qmods):
         """Any module: one float pass for all its layers, one stopped pass per layer."""
         inner = [
-            n for n in self._modules if n == prefix or n.startswith(prefix + ".") or not prefix
+            n
+            for n in self._modules
+            if n == prefix or n.startswith(prefix + ".") or not prefix
         ]
         fmods = {n: self._modules[n] for n in inner}
         store, order = {}, []
@@ -611,7 +628,10 @@ class TorchNetwork(Network):
         try:
             with torch.no_grad():
                 return torch.cat(
-                    [self.model(x) for x in input_batches(X, self.batch_size, dtype, device)]
+                    [
+                        self.model(x)
+                        for x in input_batches(X, self.batch_size, dtype, device)
+                    ]
                 )
         finally:
             self.model.train(was)
