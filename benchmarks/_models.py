@@ -36,6 +36,47 @@ def lenet5():
     )
 
 
+def fashion_cnn():
+    """Two conv layers and two linear ones; the first linear layer holds 95% of
+    the weights (the allocation has a big, insensitive layer to squeeze)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3136, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+
+
+def vgg8():
+    """A small VGG-style net: six 3x3 conv layers (with BatchNorm) in three stages
+    and two linear layers, 8 weight layers from 144 to 74k weights."""
+    layers, c_in = [], 1
+    for c_out, pool in (
+        (16, False),
+        (16, True),
+        (32, False),
+        (32, True),
+        (64, False),
+        (64, True),
+    ):
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+        ]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        c_in = c_out
+    layers += [nn.Flatten(), nn.Linear(64 * 3 * 3, 128), nn.ReLU(), nn.Linear(128, 10)]
+    return nn.Sequential(*layers)
+
+
 def mnist_tensors(dataset="mnist", image=False):
     out = []
     for subset in ("train", "test"):
@@ -87,6 +128,8 @@ def trained(name, dataset="mnist", epochs=None, seed=0, verbose=True):
     make, image, default_epochs = {
         "mlp": (mlp, False, 10),
         "lenet5": (lenet5, True, 8),
+        "cnn": (fashion_cnn, True, 8),
+        "vgg8": (vgg8, True, 5),
     }[name]
     epochs = epochs or default_epochs
     cache = Path(get_data_home()) / "models" / f"{dataset}-{name}-e{epochs}-s{seed}.pt"

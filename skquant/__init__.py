@@ -11,10 +11,12 @@ from ._allocation import allocate_bits, closed_form_bits
 from ._functional import quantize
 from ._gpfq import GreedyPathQuantizer
 from ._io import load, save
+from ._layerbits import LayerBitAllocator
 from ._mlp import QuantizedMLP
 from ._nullspace import NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
 from ._precision import AdaptivePrecisionQuantizer, adaptive_quantize_mlp
+from ._sensitivity import SensitivityResult, measure_sensitivity
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
 __version__ = "0.1.0.dev0"
@@ -24,9 +26,11 @@ __all__ = [
     "AdaptivePrecisionQuantizer",
     "BinaryQuantizer",
     "GreedyPathQuantizer",
+    "LayerBitAllocator",
     "NullSpaceQuantizer",
     "QuantizedMLP",
     "QuantizedTensor",
+    "SensitivityResult",
     "TernaryQuantizer",
     "UniformQuantizer",
     "__version__",
@@ -34,6 +38,7 @@ __all__ = [
     "allocate_bits",
     "closed_form_bits",
     "load",
+    "measure_sensitivity",
     "pack_codes",
     "quantize",
     "save",

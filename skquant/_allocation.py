@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-__all__ = ["allocate_bits", "closed_form_bits"]
+__all__ = ["allocate_bits", "closed_form_bits", "greedy_bits"]
 
 
 def _check_table(table, name):
@@ -183,6 +183,86 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
         bound = max(floor, bound - 2 * scale * (used - limit) - 1e-9)
     # pragma: no cover - the cheapest-limit choice is always feasible
     return np.argmin(limit_row, axis=1)
+
+
+def greedy_bits(cost, size, *, budget=None, max_cost=None):
+    """Greedy marginal allocation: the comparison for :func:`allocate_bits`.
+
+    Under a size ``budget``, every layer starts at its smallest choice and the
+    upgrade with the largest cost drop per added bit is taken while it fits. Under
+    a cost target ``max_cost`` (the accuracy-sweep allocators, such as automatic
+    mixed precision, work this way), every layer starts at its cheapest choice and
+    the downgrade with the smallest cost increase per saved bit is taken while the
+    total cost stays within ``max_cost``. Choices are visited in order of size.
+    Not exact when layers differ in size.
+
+    Parameters
+    ----------
+    cost, size : array-like of shape (n_layers, n_choices)
+        As for :func:`allocate_bits`.
+    budget : float, default=None
+        Largest total size. Give exactly one of ``budget`` and ``max_cost``.
+    max_cost : float, default=None
+        Largest total cost.
+
+    Returns
+    -------
+    choice : ndarray of int of shape (n_layers,)
+        The chosen column of every layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant._allocation import greedy_bits
+    >>> bits = np.array([2, 4, 8])
+    >>> noise = np.array([[1.0], [1.0]]) * 4.0 ** -bits
+    >>> greedy_bits(noise, np.array([[1000], [10]]) * bits, budget=2080)
+    array([0, 2])
+    """
+    cost = _check_table(cost, "cost")
+    size = _check_table(size, "size")
+    if cost.shape != size.shape or (budget is None) == (max_cost is None):
+        raise ValueError(
+            "cost and size must have the same shape and exactly one of budget and "
+            f"max_cost be given, got shapes {cost.shape}, {size.shape}, "
+            f"budget={budget!r}, max_cost={max_cost!r} instead."
+        )
+    n = cost.shape[0]
+    rows = np.arange(n)
+    order = np.argsort(size, axis=1, kind="stable")
+    up = budget is not None
+    limit = _check_limit(budget if up else max_cost, "budget" if up else "max_cost")
+    # walk each layer's choices by size: up from the smallest, or down from the
+    # cheapest (the largest choice at or below it in size is dropped from the path)
+    start = np.zeros(n, dtype=int) if up else np.argmin(cost[rows[:, None], order], 1)
+    pos = start.copy()
+    used = (size if up else cost)[rows, order[rows, pos]].sum()
+    if used > limit:
+        raise ValueError(
+            f"{'budget' if up else 'max_cost'}={limit!r} is below the smallest "
+            f"possible total {used!r}: no choice fits."
+        )
+    while True:
+        best, best_ratio = None, None
+        for i in range(n):
+            nxt = pos[i] + 1 if up else pos[i] - 1
+            if not 0 <= nxt < size.shape[1]:
+                continue
+            a, b = order[i, pos[i]], order[i, nxt]
+            d_size = abs(size[i, b] - size[i, a])
+            d_cost = cost[i, a] - cost[i, b] if up else cost[i, b] - cost[i, a]
+            extra = d_size if up else d_cost
+            if used + extra > limit or d_size <= 0:
+                continue
+            ratio = d_cost / d_size  # drop per bit (up) / increase per bit (down)
+            if best is None or (ratio > best_ratio if up else ratio < best_ratio):
+                best, best_ratio = i, ratio
+        if best is None or (up and best_ratio <= 0):
+            return order[rows, pos]
+        nxt = pos[best] + 1 if up else pos[best] - 1
+        a, b = order[best, pos[best]], order[best, nxt]
+        used += (size if up else cost)[best, b] - (size if up else cost)[best, a]
+        pos[best] = nxt
 
 
 def _solve(objective, constraints, n_vars):

@@ -11,6 +11,7 @@ it: :class:`DenseNetwork` / :class:`MLPNetwork` here (NumPy only) and
 """
 
 import copy
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -162,6 +163,51 @@ class Network:
     def outputs(self, data, weights=None):
         """The network's raw outputs (logits) on ``data``, some weights replaced."""
         raise NotImplementedError
+
+    def hessian_vector(self, data, vector):
+        """The loss Hessian times ``vector`` (a dict of parameter arrays by name).
+
+        Central differences of :meth:`loss_gradients` (float64); adapters with
+        automatic differentiation override it with the exact product.
+        """
+        params = self.parameters()
+        norm = math.sqrt(sum(float(np.sum(v**2)) for v in vector.values()))
+        size = math.sqrt(sum(float(np.sum(params[k] ** 2)) for k in vector))
+        eps = 1e-4 * max(size, 1.0) / max(norm, 1e-300)
+        plus = {k: params[k] + eps * v for k, v in vector.items()}
+        minus = {k: params[k] - eps * v for k, v in vector.items()}
+        g_plus = self.loss_gradients(data, {**params, **plus})[1]
+        g_minus = self.loss_gradients(data, {**params, **minus})[1]
+        return {k: (g_plus[k] - g_minus[k]) / (2 * eps) for k in vector}
+
+    def hessian_traces(self, data, *, n_probes=16, random_state=0):
+        """Hutchinson estimate of the trace of each layer's loss Hessian block.
+
+        With Rademacher probes ``v`` over all layers' weights at once,
+        ``trace(H_i) = E[v_i . (H v)_i]`` (HAWQ's sensitivity).
+
+        Parameters
+        ----------
+        data : object
+            ``(X, y)`` in the adapter's format.
+        n_probes : int, default=16
+            Probes averaged.
+        random_state : int, default=0
+            Seed of the probes.
+
+        Returns
+        -------
+        traces : ndarray of shape (n_layers,)
+        """
+        rng = np.random.default_rng(random_state)
+        params = self.parameters()
+        keys = [f"{name}.weight" for name in self.layer_names]
+        traces = np.zeros(len(keys))
+        for _ in range(n_probes):
+            v = {k: rng.choice([-1.0, 1.0], size=params[k].shape) for k in keys}
+            hv = self.hessian_vector(data, v)
+            traces += [float(np.sum(v[k] * hv[k])) for k in keys]
+        return traces / n_probes
 
     def check_layer_names(self, names, what):
         """Raise a clear error for names that are not layers of this network."""

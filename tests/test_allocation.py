@@ -141,3 +141,52 @@ def test_table_errors():
         allocate_bits(np.ones((0, 3)), np.ones((0, 3)), budget=4)
     with pytest.raises(ValueError, match="p must be positive"):
         closed_form_bits([0.0, 1.0], [1.0, 1.0], [1, 1], target=1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), by_budget=st.booleans())
+def test_greedy_is_feasible_and_never_beats_the_exact_allocation(data, by_budget):
+    from skquant._allocation import greedy_bits
+
+    cost, size = data.draw(tables())
+    rows = np.arange(cost.shape[0])
+    if by_budget:
+        lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
+        if hi - lo < 1e-6:
+            return
+        limit = data.draw(st.floats(lo, hi, exclude_max=True))
+        g = greedy_bits(cost, size, budget=limit)
+        e = allocate_bits(cost, size, budget=limit)
+        assert size[rows, g].sum() <= limit * (1 + 1e-12)
+        assert cost[rows, e].sum() <= cost[rows, g].sum() + 1e-6
+    else:
+        lo = cost.min(axis=1).sum()
+        limit = data.draw(st.floats(lo, lo + 200))
+        g = greedy_bits(cost, size, max_cost=limit)
+        e = allocate_bits(cost, size, max_cost=limit)
+        assert cost[rows, g].sum() <= limit * (1 + 1e-12) + 1e-9
+        assert size[rows, e].sum() <= size[rows, g].sum() + 1e-6
+
+
+def test_greedy_misses_the_optimum_when_layers_differ_in_size():
+    from skquant._allocation import greedy_bits
+
+    # layer 0 (100 weights) buys a large drop with a large upgrade; layer 1 (1
+    # weight) a slightly better drop per bit; greedy takes layer 1 first and then
+    # cannot afford layer 0's upgrade
+    cost = np.array([[10.0, 0.0], [1.0, 0.0]])
+    size = np.array([[100.0, 200.0], [1.0, 10.0]])
+    g = greedy_bits(cost, size, budget=201.0)
+    e = allocate_bits(cost, size, budget=201.0)
+    assert e.tolist() == [1, 0] and g.tolist() == [0, 1]
+
+
+def test_greedy_errors():
+    from skquant._allocation import greedy_bits
+
+    with pytest.raises(ValueError, match="exactly one of budget and max_cost"):
+        greedy_bits([[1.0]], [[1.0]])
+    with pytest.raises(ValueError, match="below the smallest possible total"):
+        greedy_bits([[1.0, 0.0]], [[1.0, 2.0]], budget=0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        greedy_bits([[np.nan]], [[1.0]], budget=1.0)

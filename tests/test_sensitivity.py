@@ -1,4 +1,4 @@
-"""Per-layer output noise and Zhou's fit (the measurement of the bit allocation)."""
+"""Per-layer sensitivity (Zhou et al.): output noise, its law, t, additivity."""
 
 import math
 import re
@@ -7,42 +7,68 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
-from sklearn.neural_network import MLPClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-from skquant import GreedyPathQuantizer, TernaryQuantizer, UniformQuantizer
+from skquant import (
+    GreedyPathQuantizer,
+    TernaryQuantizer,
+    UniformQuantizer,
+    measure_sensitivity,
+)
 from skquant._network import MLPNetwork
-from skquant._sensitivity import _fit, measure_layer_noise
+from skquant._sensitivity import _fit, flip_rate, margin_threshold
 
 
 @pytest.fixture(scope="module")
-def network():
+def digits_mlp():
     X, y = load_digits(return_X_y=True)
     X = X / 16
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mlp = MLPClassifier((64, 32), max_iter=300, random_state=0).fit(X, y)
-    return MLPNetwork(mlp), X[:500]
+        mlp = MLPClassifier((64, 32), max_iter=300, random_state=0).fit(
+            X[:1200], y[:1200]
+        )
+    return mlp, X[1200:], y[1200:]
 
 
-def test_noise_decays_like_zhous_law(network):
-    net, X = network
-    res = measure_layer_noise(net, X, bits=(4, 5, 6, 7, 8))
-    assert [r["name"] for r in res.rows] == net.layer_names
+@pytest.fixture(scope="module")
+def measured(digits_mlp):
+    mlp, X, y = digits_mlp
+    return measure_sensitivity(
+        mlp, X, y, bits=(3, 4, 5, 6, 7, 8), threshold="both", hessian=True
+    )
+
+
+def test_noise_decays_like_zhous_law(measured):
+    res = measured
+    assert res.layer_names == ["layer_0", "layer_1", "layer_2"]
     for r in res.rows:
         # each extra bit divides the noise power by about 4 (slope near -ln 4)
         assert r["slope"] == pytest.approx(-math.log(4), rel=0.25)
         assert r["r2"] > 0.9
         assert all(a > b for a, b in zip(r["noise"], r["noise"][1:]))
-    assert "slope" in str(res)
+    text = str(res)
+    assert "slope" in text and "additivity" in text
 
 
-def test_noise_is_measured_on_the_logits(network):
-    net, X = network
-    res = measure_layer_noise(net, X, bits=(3, 8))
+def test_noise_is_measured_on_the_logits(digits_mlp, measured):
+    mlp, X, _ = digits_mlp
+    net = MLPNetwork(mlp)
     W = net.weight("layer_2")
     Q = UniformQuantizer(n_bits=3).fit(W).transform(W)
     diff = net.outputs(X, {"layer_2": Q}) - net.outputs(X)
-    assert res.rows[2]["noise"][0] == pytest.approx(np.mean(np.sum(diff**2, axis=1)))
+    assert measured.noise[2, 0] == pytest.approx(np.mean(np.sum(diff**2, axis=1)))
+    assert measured.weight_error[2, 0] == pytest.approx(np.sum((W - Q) ** 2))
+    # the size is the stored tensor's: 3-bit codes and one float64 scale a column
+    assert measured.size[2, 0] == 3 * W.size + 64 * W.shape[1]
+
+
+def test_noise_adds_up_across_layers(measured):
+    # METHODS.md section 3: noise from several layers together is close to the sum
+    ratios = [a["ratio"] for a in measured.additivity]
+    assert len(ratios) == 6 + 3
+    assert all(0.5 < r < 2.0 for r in ratios)
+    assert np.median(ratios) == pytest.approx(1.0, abs=0.25)
 
 
 def test_the_fit_recovers_a_known_law():
@@ -51,24 +77,113 @@ def test_the_fit_recovers_a_known_law():
     assert p0 == pytest.approx(5.0) and slope == pytest.approx(-1.3) and r2 == 1.0
 
 
-def test_measurement_errors(network):
-    net, X = network
-    with pytest.raises(TypeError, match="memoryless skquant weight quantizer"):
-        measure_layer_noise(net, X, quantizer=GreedyPathQuantizer())
-    with pytest.raises(TypeError, match="n_bits parameter"):
-        measure_layer_noise(net, X, quantizer=TernaryQuantizer())
-    with pytest.raises(ValueError, match=re.escape("at least two different")):
-        measure_layer_noise(net, X, bits=(4, 4))
-    with pytest.raises(ValueError, match="at least one row"):
-        measure_layer_noise(net, X[:0])
+def test_margin_threshold_matches_gaussian_noise_on_the_logits():
+    # the estimate's own model, simulated: isotropic Gaussian noise of power t on
+    # the logits flips about `tolerance` of the decisions
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((4000, 5)) * 2
+    K = Z.shape[1]
+    spread = np.full(Z.shape, 1.0 / K)  # unit power spread evenly over K logits
+    counted = np.ones(len(Z), dtype=bool)
+    t = margin_threshold(Z, spread, 0.05, counted)
+    assert flip_rate(Z, spread, t, counted) == pytest.approx(0.05, rel=1e-6)
+    flips = []
+    for _ in range(20):
+        R = rng.standard_normal(Z.shape) * math.sqrt(t / K)
+        flips.append(np.mean(np.argmax(Z + R, 1) != np.argmax(Z, 1)))
+    # the union bound overestimates slightly: the simulated rate is at most 5%
+    assert 0.035 < np.mean(flips) <= 0.052
 
 
-def test_torch_adapter_gives_the_same_noise(network):
+def test_thresholds_grow_with_the_tolerance(digits_mlp, measured):
+    mlp, X, y = digits_mlp
+    loose = measure_sensitivity(
+        mlp,
+        X,
+        y,
+        bits=(3, 4, 5, 6, 7, 8),
+        threshold="both",
+        tolerance=0.03,
+        additivity=False,
+    )
+    assert np.all(loose.t_margin > measured.t_margin)
+    assert np.all(loose.t_empirical >= measured.t_empirical)
+    assert np.all(np.isfinite(measured.t_empirical) & (measured.t_empirical > 0))
+
+
+def test_empirical_threshold_is_where_accuracy_drops(digits_mlp, measured):
+    # quantizing a layer to noise far below its t costs at most about the
+    # tolerance; far above it, clearly more
+    res = measured
+    drop = res.cost("accuracy")
+    for i in range(len(res.layer_names)):
+        low = res.noise[i] < res.t_empirical[i] / 8
+        high = res.noise[i] > res.t_empirical[i] * 8
+        assert np.all(drop[i, low] <= 2 * res.tolerance + 1e-12)
+        assert np.all(drop[i, high] > res.tolerance)
+
+
+def test_costs_of_the_criteria(measured):
+    res = measured
+    assert np.allclose(res.cost("noise", "margin"), res.noise / res.t_margin[:, None])
+    assert np.allclose(res.cost("sqnr"), res.weight_error / res.weight_norm[:, None])
+    h = res.hessian_trace / res.n_params
+    assert np.allclose(res.cost("hessian"), h[:, None] * res.weight_error)
+    assert np.all(res.cost("accuracy") >= 0)
+    assert np.all(res.hessian_trace > 0)  # a trained classifier's loss is convex-ish
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        res.cost("bogus")
+
+
+def test_hessian_vector_by_differences_matches_autograd(digits_mlp):
     torch = pytest.importorskip("torch")
     from skquant.torch import TorchNetwork
 
-    net, X = network
-    mlp = net.model
+    mlp, X, y = digits_mlp
+    net = MLPNetwork(mlp)
+    tnet = TorchNetwork(_torch_copy(torch, mlp))
+    rng = np.random.default_rng(0)
+    v = {
+        f"layer_{i}.weight": rng.standard_normal(W.shape)
+        for i, W in enumerate(mlp.coefs_)
+    }
+    hv = net.hessian_vector((X[:200], y[:200]), v)
+    tv = {f"{2 * i}.weight": a.T for i, a in enumerate(v.values())}
+    thv = tnet.hessian_vector(
+        (torch.from_numpy(X[:200]), torch.from_numpy(y[:200])), tv
+    )
+    for i, k in enumerate(v):
+        np.testing.assert_allclose(
+            hv[k], thv[f"{2 * i}.weight"].T, rtol=1e-4, atol=1e-6 * np.abs(hv[k]).max()
+        )
+
+
+def test_hutchinson_trace_matches_the_exact_trace():
+    torch = pytest.importorskip("torch")
+    from skquant.torch import TorchNetwork
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)
+    ).double()
+    X, y = torch.randn(64, 4, dtype=torch.float64), torch.randint(0, 3, (64,))
+    tnet = TorchNetwork(model)
+    est = tnet.hessian_traces((X, y), n_probes=400, random_state=0)
+    params = dict(model.named_parameters())
+    exact = []
+    for name in ("0.weight", "2.weight"):
+        p0 = params[name].detach().clone()
+
+        def loss(w, name=name):
+            out = torch.func.functional_call(model, {name: w}, (X,))
+            return torch.nn.functional.cross_entropy(out, y)
+
+        H = torch.autograd.functional.hessian(loss, p0)
+        exact.append(float(H.reshape(p0.numel(), p0.numel()).trace()))
+    np.testing.assert_allclose(est, exact, rtol=0.15)
+
+
+def _torch_copy(torch, mlp):
     layers = []
     for i, (W, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_)):
         lin = torch.nn.Linear(*W.shape, dtype=torch.float64)
@@ -76,8 +191,91 @@ def test_torch_adapter_gives_the_same_noise(network):
             lin.weight.copy_(torch.from_numpy(W.T))
             lin.bias.copy_(torch.from_numpy(b))
         layers += [lin, torch.nn.ReLU()] if i < len(mlp.coefs_) - 1 else [lin]
-    tnet = TorchNetwork(torch.nn.Sequential(*layers))
-    a = measure_layer_noise(net, X, bits=(3, 6))
-    b = measure_layer_noise(tnet, torch.from_numpy(X), bits=(3, 6))
-    for ra, rb in zip(a.rows, b.rows):
-        np.testing.assert_allclose(ra["noise"], rb["noise"], rtol=1e-9)
+    return torch.nn.Sequential(*layers)
+
+
+def test_torch_adapter_gives_the_same_measurement(digits_mlp):
+    torch = pytest.importorskip("torch")
+    from skquant.torch import measure_sensitivity as measure_torch
+
+    mlp, X, y = digits_mlp
+    a = measure_sensitivity(mlp, X, y, bits=(3, 6), threshold="both")
+    b = measure_torch(_torch_copy(torch, mlp), X, y, bits=(3, 6), threshold="both")
+    np.testing.assert_allclose(a.noise, b.noise, rtol=1e-9)
+    np.testing.assert_allclose(a.t_margin, b.t_margin, rtol=1e-6)
+    np.testing.assert_allclose(a.t_empirical, b.t_empirical, rtol=1e-6)
+    np.testing.assert_allclose(a.accuracy, b.accuracy)
+
+
+def test_data_driven_quantizers_and_alphabets(digits_mlp):
+    mlp, X, y = digits_mlp
+    res = measure_sensitivity(
+        mlp,
+        X,
+        y,
+        quantizer=GreedyPathQuantizer(),
+        bits=("binary", "ternary", 3, 4),
+        threshold=None,
+    )
+    assert res.choices == ["binary", "ternary", 3, 4]
+    assert res.code_bits[0].tolist() == [1, 2, 3, 4]
+    rounding = measure_sensitivity(
+        mlp, X, y, bits=(3, 4), threshold=None, additivity=False
+    )
+    # GPFQ uses the layer's inputs: less output noise than rounding, same size
+    assert np.all(res.noise[:, 2:] < rounding.noise)
+    np.testing.assert_array_equal(res.size[:, 2:], rounding.size)
+    assert np.all(res.noise[:, 0] > res.noise[:, 1])  # binary worse than ternary
+
+
+def test_regressor_outputs_are_the_measured_noise():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 6))
+    y = X @ rng.standard_normal(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = MLPRegressor(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(
+            X, y
+        )
+    res = measure_sensitivity(reg, X, bits=(3, 5, 7))
+    assert res.accuracy is None and res.t_margin is None
+    np.testing.assert_array_equal(res.cost("noise"), res.noise)
+    with pytest.raises(ValueError, match="needs a classifier"):
+        res.cost("accuracy")
+    with pytest.raises(ValueError, match="needs a classifier and its labels"):
+        measure_sensitivity(reg, X, y, hessian=True)
+
+
+def test_measurement_errors(digits_mlp):
+    mlp, X, y = digits_mlp
+    with pytest.raises(TypeError, match="n_bits parameter"):
+        measure_sensitivity(mlp, X, quantizer=TernaryQuantizer())
+    with pytest.raises(ValueError, match=re.escape("at least two different")):
+        measure_sensitivity(mlp, X, bits=(4, 4))
+    with pytest.raises(ValueError, match="bits must hold bit-widths from 2 to 16"):
+        measure_sensitivity(mlp, X, bits=(1, 4))
+    with pytest.raises(ValueError, match="at least one row"):
+        measure_sensitivity(mlp, X[:0])
+    with pytest.raises(ValueError, match=re.escape("one label per row of X (597)")):
+        measure_sensitivity(mlp, X, y[:10])
+    with pytest.raises(ValueError, match="labels"):
+        measure_sensitivity(mlp, X, np.full(len(X), 42))
+    with pytest.raises(ValueError, match="tolerance must be an accuracy drop"):
+        measure_sensitivity(mlp, X, tolerance=2.0)
+    with pytest.raises(ValueError, match="threshold must be"):
+        measure_sensitivity(mlp, X, threshold="fast")
+    with pytest.raises(ValueError, match="hessian=True needs"):
+        measure_sensitivity(mlp, X, hessian=True)
+    with pytest.raises(ValueError, match="max_samples must be a positive integer"):
+        measure_sensitivity(mlp, X, max_samples=0)
+    with pytest.raises(ValueError, match="features|shape"):
+        measure_sensitivity(mlp, X[:, :10])
+    with pytest.raises(ValueError, match="NaN"):
+        measure_sensitivity(mlp, np.full_like(X, np.nan))
+    with pytest.raises(TypeError, match="MLPClassifier or MLPRegressor"):
+        measure_sensitivity(UniformQuantizer(), X)
+    res = measure_sensitivity(mlp, X, bits=(3, 4), threshold=None, additivity=False)
+    with pytest.raises(ValueError, match="was not measured"):
+        res.threshold("margin")
+    with pytest.raises(ValueError, match="hessian=True"):
+        res.cost("hessian")

@@ -22,6 +22,7 @@ from ._model import (
     quantize_model,
 )
 from ._network import TorchNetwork
+from ._sensitivity import measure_sensitivity
 
 __all__ = [
     "FakeQuantize",
@@ -35,6 +36,7 @@ __all__ = [
     "fake_quantize_ste",
     "load_into",
     "matrix_to_weight",
+    "measure_sensitivity",
     "quantize_model",
     "save_model",
     "weight_to_matrix",

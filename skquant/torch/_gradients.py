@@ -6,6 +6,17 @@ import torch
 from ._layout import to_numpy
 
 
+def labelled_batches(data, batch_size):
+    """``(x, y)`` batches of a pair of tensors, or the batches of an iterable."""
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        X, y = data
+        return (
+            (X[i : i + batch_size], y[i : i + batch_size])
+            for i in range(0, len(X), batch_size)
+        )
+    return iter(data)
+
+
 def loss_gradients(model, loss_fn, data, *, batch_size=256):
     """Mean loss of ``model`` over ``data`` and its gradient for every parameter.
 
@@ -38,14 +49,7 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
     >>> sorted(grads), grads["weight"].shape
     (['bias', 'weight'], (2, 3))
     """
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        X, y = data
-        batches = (
-            (X[i : i + batch_size], y[i : i + batch_size])
-            for i in range(0, len(X), batch_size)
-        )
-    else:
-        batches = iter(data)
+    batches = labelled_batches(data, batch_size)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

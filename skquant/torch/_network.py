@@ -615,6 +615,38 @@ class TorchNetwork(Network):
             model = self._load(self._scratch, params)
         return loss_gradients(model, self.loss_fn, data, batch_size=self.batch_size)
 
+    def hessian_vector(self, data, vector):
+        """The loss Hessian times ``vector`` (by parameter name), by autograd.
+
+        Double backward over the batches of ``data`` (``(X, y)`` tensors or an
+        iterable of batches), the model in eval mode.
+        """
+        from ._gradients import labelled_batches
+
+        model = self.model
+        params = dict(model.named_parameters())
+        keys = list(vector)
+        ps = [params[k] for k in keys]
+        vs = [torch.as_tensor(np.asarray(vector[k])).to(p) for k, p in zip(keys, ps)]
+        out = [torch.zeros_like(p) for p in ps]
+        n = 0
+        was = model.training
+        model.eval()
+        try:
+            for xb, yb in labelled_batches(data, self.batch_size):
+                xb, yb = xb.to(ps[0].device), yb.to(ps[0].device)
+                loss = self.loss_fn(model(xb.to(ps[0].dtype)), yb)
+                grads = torch.autograd.grad(loss, ps, create_graph=True)
+                dot = sum((g * v).sum() for g, v in zip(grads, vs))
+                for o, h in zip(out, torch.autograd.grad(dot, ps)):
+                    o += h.detach() * len(xb)
+                n += len(xb)
+        finally:
+            model.train(was)
+        if n == 0:
+            raise ValueError("data holds no batch: nothing to compute the loss on.")
+        return {k: to_numpy(o / n).astype(np.float64) for k, o in zip(keys, out)}
+
     def outputs(self, data, weights=None):
         """The model's outputs on ``data`` as a NumPy array, some weights replaced."""
         net = self.with_weights(weights) if weights else self

@@ -1,0 +1,358 @@
+"""Per-layer bit-widths as an estimator: measure the sensitivity, allocate exactly."""
+
+import numbers
+
+import numpy as np
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._allocation import allocate_bits, greedy_bits
+from ._sensitivity import CRITERIA, choice_quantizer, measure_sensitivity
+
+__all__ = ["LayerBitAllocator"]
+
+
+def _is_torch_module(obj):
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+class LayerBitAllocator(BaseEstimator):
+    """One bit-width per layer from a measured sensitivity, exactly allocated.
+
+    :meth:`fit` measures how each layer's quantization reaches the network's
+    outputs (:func:`~skquant.measure_sensitivity`, or
+    :func:`skquant.torch.measure_sensitivity` for a torch model), then picks one
+    choice of ``bits`` per layer: the smallest total size whose cost is at most
+    ``max_cost``, or the lowest cost within ``budget`` bits. The choice is an
+    integer program solved exactly (:func:`~skquant.allocate_bits`), or greedily
+    (``solver="greedy"``) for comparison. :meth:`quantizers` turns the table into
+    the per-layer quantizer mapping that :class:`~skquant.QuantizedMLP` and
+    :func:`skquant.torch.quantize_model` take.
+
+    Parameters
+    ----------
+    estimator : MLPClassifier, MLPRegressor, FrozenEstimator or torch.nn.Module
+        The fitted float network (not modified).
+    quantizer : estimator, default=None
+        The quantizer every layer will use, with an ``n_bits`` parameter
+        (``None``: per-channel :class:`~skquant.UniformQuantizer`).
+    bits : sequence, default=(2, 3, 4, 5, 6, 8)
+        The choices per layer: bit-widths and the alphabets ``"binary"`` and
+        ``"ternary"``.
+    criterion : {"noise", "sqnr", "hessian", "accuracy"}, default="noise"
+        The cost (see :meth:`SensitivityResult.cost`): Zhou et al.'s normalised
+        output noise ``noise / t``; Lin et al.'s inverse SQNR; HAWQ's Hessian
+        trace times the weight error; the measured accuracy drop per layer.
+    budget : float, default=None
+        Largest total size in bits (codes + scales) of the quantized layers.
+    max_cost : float, default=None
+        Largest total cost. When neither is given: 1.0 for ``"noise"`` (Zhou's
+        condition ``sum_i p_i(b_i) / t_i <= 1``: an expected drop of about
+        ``tolerance``) and ``tolerance`` for ``"accuracy"``; ``"sqnr"``,
+        ``"hessian"`` and regression models need one of them.
+    threshold : {"margin", "empirical"}, default="margin"
+        How the tolerated noise ``t`` of the ``"noise"`` criterion is measured.
+    tolerance : float, default=0.005
+        The accuracy drop that defines ``t``.
+    solver : {"exact", "greedy"}, default="exact"
+        The integer program, or the greedy marginal allocation.
+    max_samples : int or None, default=2000
+        Rows of ``X`` measured on.
+    skip : sequence of str, default=()
+        Torch modules left float.
+    batch_size : int, default=256
+        Torch batch size.
+    random_state : int, default=0
+        Seed of the measurement.
+    verbose : bool, default=False
+        Progress bar.
+
+    Attributes
+    ----------
+    sensitivity_ : SensitivityResult
+        The measurement.
+    cost_ : ndarray of shape (n_layers, n_choices)
+        The cost table allocated on.
+    layer_names_ : list of str
+        The layers.
+    choice_index_ : ndarray of int of shape (n_layers,)
+        The chosen column per layer.
+    bits_ : dict of {str: int or str}
+        The chosen bit-width (or alphabet) by layer name.
+    predicted_cost_ : float
+        The total cost of the choice.
+    size_bits_ : float
+        Total size in bits of the quantized layers (codes + scales).
+    float_size_bits_ : int
+        Their size as float32.
+
+    See Also
+    --------
+    allocate_bits : The exact allocation on given tables.
+    measure_sensitivity : The measurement alone.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.neural_network import MLPClassifier
+    >>> from skquant import LayerBitAllocator, QuantizedMLP
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X = X / 16
+    >>> mlp = MLPClassifier((64, 32), max_iter=400, random_state=0).fit(X[:1200],
+    ...                                                                 y[:1200])
+    >>> alloc = LayerBitAllocator(mlp).fit(X[1200:], y[1200:])
+    >>> sorted(alloc.bits_)
+    ['layer_0', 'layer_1', 'layer_2']
+    >>> qmlp = QuantizedMLP(mlp, alloc.quantizers()).fit(X[:1200])
+    >>> bool(qmlp.size_bits_ < 0.2 * 32 * sum(w.size for w in mlp.coefs_))
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "estimator": "no_validation",
+        "quantizer": [None, HasMethods(["fit", "transform"])],
+        "bits": ["array-like"],
+        "criterion": [StrOptions(set(CRITERIA))],
+        "budget": [None, Interval(numbers.Real, 0, None, closed="left")],
+        "max_cost": [None, Interval(numbers.Real, 0, None, closed="left")],
+        "threshold": [StrOptions({"margin", "empirical"})],
+        "tolerance": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "solver": [StrOptions({"exact", "greedy"})],
+        "max_samples": [None, Interval(numbers.Integral, 1, None, closed="left")],
+        "skip": ["array-like", str],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        estimator=None,
+        quantizer=None,
+        *,
+        bits=(2, 3, 4, 5, 6, 8),
+        criterion="noise",
+        budget=None,
+        max_cost=None,
+        threshold="margin",
+        tolerance=0.005,
+        solver="exact",
+        max_samples=2000,
+        skip=(),
+        batch_size=256,
+        random_state=0,
+        verbose=False,
+    ):
+        self.estimator = estimator
+        self.quantizer = quantizer
+        self.bits = bits
+        self.criterion = criterion
+        self.budget = budget
+        self.max_cost = max_cost
+        self.threshold = threshold
+        self.tolerance = tolerance
+        self.solver = solver
+        self.max_samples = max_samples
+        self.skip = skip
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Measure every layer's sensitivity on ``X`` and allocate the bit-widths.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor
+            Data to measure on (held-out data: the choice is made on it).
+        y : array-like, default=None
+            Labels (class indices for torch models); needed by
+            ``criterion="hessian"``. Without them, accuracy is the agreement with
+            the float model's decisions.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        if self.estimator is None:
+            raise ValueError(
+                "estimator must be a fitted MLPClassifier/MLPRegressor or a torch "
+                "model, got estimator=None instead."
+            )
+        if self.budget is not None and self.max_cost is not None:
+            raise ValueError(
+                "give at most one of budget and max_cost, got "
+                f"budget={self.budget!r}, max_cost={self.max_cost!r} instead."
+            )
+        kwargs = dict(
+            quantizer=self.quantizer,
+            bits=self.bits,
+            tolerance=self.tolerance,
+            threshold=self.threshold if self.criterion == "noise" else None,
+            additivity=False,
+            hessian=self.criterion == "hessian",
+            max_samples=self.max_samples,
+            random_state=self.random_state,
+            verbose=self.verbose,
+        )
+        if _is_torch_module(self.estimator):
+            from .torch import measure_sensitivity as measure_torch
+
+            self.sensitivity_ = measure_torch(
+                self.estimator,
+                X,
+                y,
+                skip=self.skip,
+                batch_size=self.batch_size,
+                **kwargs,
+            )
+        else:
+            self.sensitivity_ = measure_sensitivity(self.estimator, X, y, **kwargs)
+        res = self.sensitivity_
+        self.layer_names_ = list(res.layer_names)
+        self.cost_ = res.cost(self.criterion, self.threshold)
+        self.float_size_bits_ = int(32 * res.n_params.sum())
+        self._set_choice(self._choose(self.budget, self._default_max_cost()))
+        return self
+
+    def _default_max_cost(self):
+        if self.budget is not None or self.max_cost is not None:
+            return self.max_cost
+        res = self.sensitivity_
+        measured_t = res.t_margin is not None or res.t_empirical is not None
+        if self.criterion == "noise" and measured_t:
+            return 1.0
+        if self.criterion == "accuracy":
+            return self.tolerance
+        raise ValueError(
+            f"criterion={self.criterion!r} has no natural cost scale"
+            f"{' for a regression model' if res.accuracy is None else ''}: give "
+            "budget (total bits) or max_cost."
+        )
+
+    def _choose(self, budget, max_cost):
+        solve = allocate_bits if self.solver == "exact" else greedy_bits
+        cost = np.nan_to_num(self.cost_, posinf=np.finfo(np.float64).max / 1e6)
+        return solve(cost, self.sensitivity_.size, budget=budget, max_cost=max_cost)
+
+    def _set_choice(self, choice):
+        res = self.sensitivity_
+        rows = np.arange(len(choice))
+        self.choice_index_ = np.asarray(choice)
+        self.bits_ = {
+            name: res.choices[j] for name, j in zip(self.layer_names_, choice)
+        }
+        self.predicted_cost_ = float(self.cost_[rows, choice].sum())
+        self.size_bits_ = float(res.size[rows, choice].sum())
+
+    def allocate(self, *, budget=None, max_cost=None):
+        """Re-allocate on the measured tables (no new measurement).
+
+        Parameters
+        ----------
+        budget : float, default=None
+            Largest total size in bits. Give exactly one of the two.
+        max_cost : float, default=None
+            Largest total cost.
+
+        Returns
+        -------
+        bits : dict of {str: int or str}
+            The chosen bit-width (or alphabet) by layer name; the fitted
+            attributes are updated to it.
+        """
+        check_is_fitted(self, "sensitivity_")
+        self._set_choice(self._choose(budget, max_cost))
+        return dict(self.bits_)
+
+    def quantizers(self, bits=None):
+        """The per-layer quantizer mapping of an allocation.
+
+        Parameters
+        ----------
+        bits : dict of {str: int or str}, default=None
+            An allocation by layer name; ``None`` takes ``bits_``.
+
+        Returns
+        -------
+        quantizers : dict of {str: estimator}
+            An unfitted quantizer per layer at its choice (``"binary"`` and
+            ``"ternary"`` of a memoryless quantizer are :class:`BinaryQuantizer`
+            and :class:`TernaryQuantizer`), for ``QuantizedMLP(quantizer=...)``
+            and ``skquant.torch.quantize_model``.
+        """
+        check_is_fitted(self, "sensitivity_")
+        from ._sensitivity import check_quantizer
+
+        bits = self.bits_ if bits is None else bits
+        base = check_quantizer(self.quantizer)
+        return {name: choice_quantizer(base, b) for name, b in bits.items()}
+
+    def pareto_front(self, n_points=30):
+        """Size against cost of the allocation over a sweep of budgets.
+
+        Parameters
+        ----------
+        n_points : int, default=30
+            Budgets, spaced evenly between the smallest and the largest total
+            size; repeated allocations are kept once.
+
+        Returns
+        -------
+        front : dict
+            ``size`` (bits), ``cost`` (predicted) and ``bits`` (one allocation by
+            layer name per point), by increasing size.
+        """
+        check_is_fitted(self, "sensitivity_")
+        size = self.sensitivity_.size
+        lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
+        rows = np.arange(size.shape[0])
+        seen, points = set(), []
+        for budget in np.linspace(lo, hi, n_points)[:-1]:
+            choice = self._choose(float(budget), None)
+            key = tuple(choice)
+            if key in seen:
+                continue
+            seen.add(key)
+            points.append(
+                (
+                    float(size[rows, choice].sum()),
+                    float(self.cost_[rows, choice].sum()),
+                    {
+                        n: self.sensitivity_.choices[j]
+                        for n, j in zip(self.layer_names_, choice)
+                    },
+                )
+            )
+        points.sort(key=lambda p: p[0])
+        return {
+            "size": np.array([p[0] for p in points]),
+            "cost": np.array([p[1] for p in points]),
+            "bits": [p[2] for p in points],
+        }
+
+    def plot_pareto(self, ax=None, n_points=30):
+        """Plot the predicted cost against the size (in bits per weight).
+
+        Returns the matplotlib axes; the fitted allocation is marked.
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.5))
+        front = self.pareto_front(n_points)
+        n = self.sensitivity_.n_params.sum()
+        ax.semilogy(front["size"] / n, front["cost"], "o-", ms=3, label="front")
+        ax.semilogy(
+            [self.size_bits_ / n], [self.predicted_cost_], "r*", ms=10, label="fitted"
+        )
+        ax.set_xlabel("bits per weight (codes + scales)")
+        ax.set_ylabel(f"predicted cost ({self.criterion})")
+        ax.legend()
+        return ax

@@ -1,0 +1,134 @@
+"""Per-layer sensitivity of torch models (the front end of the shared driver)."""
+
+import numpy as np
+import torch
+
+from .._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
+from ._network import TorchNetwork
+
+
+def measure_sensitivity(
+    model,
+    X,
+    y=None,
+    *,
+    quantizer=None,
+    bits=(2, 3, 4, 5, 6, 8),
+    tolerance=0.005,
+    threshold="margin",
+    additivity=True,
+    hessian=False,
+    n_probes=16,
+    max_samples=2000,
+    classifier=None,
+    skip=(),
+    loss_fn=None,
+    batch_size=256,
+    max_rows=4096,
+    random_state=0,
+    verbose=False,
+):
+    """Per-layer sensitivity of a torch model (Zhou et al.).
+
+    Every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` layer is quantized alone at
+    every choice of ``bits`` and the noise power on the model's outputs (the
+    logits) is measured on ``X``; Zhou's law is fitted per layer, the tolerated
+    noise ``t`` measured and the additivity checked. The parameters shared with
+    :func:`skquant.measure_sensitivity` mean the same.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The float model (not modified).
+    X : torch.Tensor or ndarray
+        Inputs (a batch dimension first).
+    y : torch.Tensor or ndarray of int, default=None
+        Class indices (needed by ``hessian=True``); without them accuracy is the
+        agreement with the float model's decisions.
+    quantizer : estimator, default=None
+        A skquant weight quantizer with ``n_bits``; ``None`` means per-channel
+        :class:`~skquant.UniformQuantizer`. Data-driven quantizers are fitted on
+        at most ``max_rows`` of each layer's float input rows.
+    bits : sequence, default=(2, 3, 4, 5, 6, 8)
+        Bit-widths and the alphabets ``"binary"`` and ``"ternary"``.
+    tolerance : float, default=0.005
+        The accuracy drop that defines ``t``.
+    threshold : {"margin", "empirical", "both"} or None, default="margin"
+        How ``t`` is measured.
+    additivity : bool, default=True
+        Measure the noise of all layers together against the sum of the singles.
+    hessian : bool, default=False
+        Hutchinson estimate of each layer's Hessian trace (by autograd; needs
+        ``y``).
+    n_probes : int, default=16
+        Hutchinson probes.
+    max_samples : int or None, default=2000
+        Largest number of samples of ``X`` measured on.
+    classifier : bool, default=None
+        Whether the outputs are a classifier's logits; ``None``: when they have
+        at least two columns.
+    skip : sequence of str, default=()
+        Modules left out (with their children).
+    loss_fn : callable, default=None
+        Loss of the Hessian; ``None`` means ``nn.CrossEntropyLoss()``.
+    batch_size : int, default=256
+        Batch size of the forward passes.
+    max_rows : int, default=4096
+        Calibration rows per layer for data-driven quantizers.
+    random_state : int, default=0
+        Seed of the subset, the noise and the probes.
+    verbose : bool, default=False
+        Progress bar over the layers.
+
+    Returns
+    -------
+    result : SensitivityResult
+
+    See Also
+    --------
+    skquant.measure_sensitivity : The same for scikit-learn MLPs.
+    skquant.LayerBitAllocator : Measures and allocates bit-widths.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skquant.torch import measure_sensitivity
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(16, 3))
+    >>> res = measure_sensitivity(model, torch.randn(256, 8), bits=(3, 5, 7))
+    >>> res.layer_names, res.noise.shape
+    (['0', '2'], (2, 3))
+    """
+    network = TorchNetwork(model, skip=skip, loss_fn=loss_fn, batch_size=batch_size)
+    if not isinstance(X, torch.Tensor):
+        X = torch.as_tensor(np.asarray(X))
+    if y is not None and not isinstance(y, torch.Tensor):
+        y = torch.as_tensor(np.asarray(y))
+    Xs, ys = subsample(X, y, max_samples, random_state)
+    if classifier is None:
+        out = network.outputs(Xs[:1])
+        classifier = out.ndim == 2 and out.shape[1] >= 2
+    if hessian and ys is None:
+        raise ValueError("hessian=True needs the labels y for the loss.")
+    return sensitivity(
+        network,
+        Xs,
+        None if ys is None or not classifier else ys.cpu().numpy().astype(np.int64),
+        quantizer=quantizer,
+        bits=bits,
+        classifier=classifier,
+        tolerance=tolerance,
+        threshold=threshold,
+        additivity=additivity,
+        hessian=hessian,
+        hessian_data=(
+            Xs[:HESSIAN_SAMPLES],
+            None if ys is None else ys[:HESSIAN_SAMPLES],
+        ),
+        n_probes=n_probes,
+        max_rows=max_rows,
+        random_state=random_state,
+        verbose=verbose,
+    )

@@ -1,0 +1,168 @@
+"""LayerBitAllocator: measured sensitivity, exact per-layer bit-widths, mapping."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.neural_network import MLPClassifier
+
+from skquant import (
+    GreedyPathQuantizer,
+    LayerBitAllocator,
+    QuantizedMLP,
+    UniformQuantizer,
+)
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((64, 32), max_iter=300, random_state=0).fit(
+            X[:1200], y[:1200]
+        )
+    return mlp, X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(digits_mlp):
+    mlp, X, y = digits_mlp
+    return LayerBitAllocator(mlp, bits=("ternary", 3, 4, 5, 6, 8)).fit(
+        X[1200:], y[1200:]
+    )
+
+
+def test_allocation_meets_zhous_condition_at_least_size(fitted):
+    res = fitted.sensitivity_
+    rows = np.arange(3)
+    cost = res.noise / res.t_margin[:, None]
+    assert fitted.predicted_cost_ <= 1.0
+    assert fitted.predicted_cost_ == pytest.approx(
+        cost[rows, fitted.choice_index_].sum()
+    )
+    # no allocation with cost <= 1 is smaller (brute force over 6^3 choices)
+    sizes = []
+    for c in np.ndindex(6, 6, 6):
+        c = list(c)
+        if cost[rows, c].sum() <= 1.0:
+            sizes.append(res.size[rows, c].sum())
+    best = min(sizes)
+    assert fitted.size_bits_ == best
+    assert set(fitted.bits_) == {"layer_0", "layer_1", "layer_2"}
+
+
+def test_the_mapping_drives_quantized_mlp_with_the_predicted_size(digits_mlp, fitted):
+    mlp, X, y = digits_mlp
+    qmlp = QuantizedMLP(mlp, fitted.quantizers()).fit(X[:1200])
+    weights = sum(r["size_bits"] for r in qmlp.report_.rows)
+    assert weights == fitted.size_bits_
+    assert [t.n_bits for t in qmlp.tensors_] == [
+        2 if b == "ternary" else b for b in fitted.bits_.values()
+    ]
+    # Zhou's condition aims at a drop of about `tolerance` (0.5 point)
+    assert qmlp.score(X[1200:], y[1200:]) >= mlp.score(X[1200:], y[1200:]) - 0.02
+
+
+def test_reallocation_is_monotone_in_the_budget(fitted):
+    a = clone(fitted)  # unfitted copy keeps the parameters only
+    assert not hasattr(a, "bits_")
+    res = fitted.sensitivity_
+    lo, hi = res.size.min(axis=1).sum(), res.size.max(axis=1).sum()
+    costs, sizes = [], []
+    for budget in np.linspace(lo, hi, 12)[:-1]:
+        fitted.allocate(budget=budget)
+        assert fitted.size_bits_ <= budget
+        costs.append(fitted.predicted_cost_)
+        sizes.append(fitted.size_bits_)
+    assert all(a >= b - 1e-12 for a, b in zip(costs, costs[1:]))
+    front = fitted.pareto_front(20)
+    assert np.all(np.diff(front["size"]) > 0)
+    assert np.all(np.diff(front["cost"]) <= 1e-12)
+    assert len(front["bits"]) == len(front["size"])
+    fitted.allocate(max_cost=1.0)  # back to the fitted condition
+
+
+def test_one_layer_network_gets_the_best_equal_bit_width():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(20, 4)
+    X = torch.randn(500, 20)
+    alloc = LayerBitAllocator(model, bits=(2, 3, 4, 6, 8), criterion="noise").fit(X)
+    cost = alloc.cost_[0]
+    ok = [j for j in range(5) if cost[j] <= 1.0]
+    expect = min(ok, key=lambda j: alloc.sensitivity_.size[0, j])
+    assert alloc.choice_index_.tolist() == [expect]
+
+
+def test_torch_models_with_data_driven_quantizers():
+    torch = pytest.importorskip("torch")
+    from skquant.torch import quantize_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 5),
+    )
+    X = torch.randn(200, 1, 8, 8)
+    alloc = LayerBitAllocator(
+        model,
+        GreedyPathQuantizer(),
+        bits=("ternary", 3, 4, 8),
+        criterion="sqnr",
+        budget=3.5 * 36 + 3.5 * 720 + 32 * 9,
+    ).fit(X)
+    q, report = quantize_model(model, alloc.quantizers(), X, return_report=True)
+    assert report.size_bits == alloc.size_bits_
+    assert [r["method"] for r in report.rows] == ["GreedyPath", "GreedyPath"]
+
+
+def test_greedy_solver_and_accuracy_criterion(digits_mlp):
+    mlp, X, y = digits_mlp
+    exact = LayerBitAllocator(mlp, criterion="accuracy", tolerance=0.01).fit(
+        X[1200:], y[1200:]
+    )
+    from sklearn.exceptions import NotFittedError
+    from sklearn.frozen import FrozenEstimator
+
+    with pytest.raises(NotFittedError, match="FrozenEstimator"):
+        clone(exact).fit(X[1200:], y[1200:])  # clone unfits the MLP
+    frozen = exact.set_params(estimator=FrozenEstimator(mlp))
+    greedy = clone(frozen).set_params(solver="greedy").fit(X[1200:], y[1200:])
+    for a in (exact, greedy):
+        assert a.predicted_cost_ <= 0.01 + 1e-12
+    assert exact.size_bits_ <= greedy.size_bits_
+
+
+def test_allocator_errors(digits_mlp, fitted):
+    mlp, X, y = digits_mlp
+    with pytest.raises(ValueError, match="estimator must be a fitted"):
+        LayerBitAllocator().fit(X, y)
+    with pytest.raises(ValueError, match="at most one of budget and max_cost"):
+        LayerBitAllocator(mlp, budget=1e4, max_cost=1.0).fit(X, y)
+    with pytest.raises(ValueError, match="give budget"):
+        LayerBitAllocator(mlp, criterion="sqnr").fit(X, y)
+    with pytest.raises(ValueError, match="hessian=True needs"):
+        LayerBitAllocator(mlp, criterion="hessian", budget=1e5).fit(X)
+    with pytest.raises(ValueError, match="below the smallest possible total size"):
+        LayerBitAllocator(mlp, budget=10.0).fit(X, y)
+    with pytest.raises(ValueError, match="constrains nothing"):
+        LayerBitAllocator(mlp, budget=1e9).fit(X, y)
+    with pytest.raises(ValueError, match="max_cost=1e-09 is below"):
+        LayerBitAllocator(mlp, max_cost=1e-9).fit(X, y)
+    with pytest.raises(ValueError, match=re.escape("criterion")):
+        LayerBitAllocator(mlp, criterion="fast").fit(X, y)
+    with pytest.raises(ValueError, match="at least one row"):
+        LayerBitAllocator(mlp).fit(X[:0], y[:0])
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        LayerBitAllocator(mlp).quantizers()
+    with pytest.raises(ValueError, match="layers"):
+        QuantizedMLP(mlp, {"layer_7": UniformQuantizer()}).fit(X)
