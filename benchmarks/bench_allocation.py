@@ -15,29 +15,7 @@ import time
 import numpy as np
 
 from skquant import allocate_bits
-
-
-def greedy(cost, size, budget):
-    """Start at the smallest choice; upgrade by the best noise drop per bit."""
-    n = cost.shape[0]
-    order = np.argsort(size, axis=1)
-    pos = np.zeros(n, dtype=int)
-    total = size[np.arange(n), order[:, 0]].sum()
-    while True:
-        best, gain = None, 0.0
-        for i in range(n):
-            if pos[i] + 1 >= size.shape[1]:
-                continue
-            a, b = order[i, pos[i]], order[i, pos[i] + 1]
-            extra = size[i, b] - size[i, a]
-            drop = cost[i, a] - cost[i, b]
-            if total + extra <= budget and extra > 0 and drop / extra > gain:
-                best, gain = i, drop / extra
-        if best is None:
-            return order[np.arange(n), pos]
-        a, b = order[best, pos[best]], order[best, pos[best] + 1]
-        total += size[best, b] - size[best, a]
-        pos[best] += 1
+from skquant._allocation import greedy_bits
 
 
 def main():
@@ -55,7 +33,7 @@ def main():
         t = time.perf_counter()
         c = allocate_bits(noise, size, budget=budget)
         times_b.append(time.perf_counter() - t)
-        g = greedy(noise, size, budget)
+        g = greedy_bits(noise, size, budget=budget)
         rows = np.arange(100)
         ratios.append(noise[rows, g].sum() / noise[rows, c].sum())
         target = noise[rows, 5].sum()  # what 6 bits everywhere gives

@@ -4,7 +4,9 @@ On four networks (MNIST MLP and LeNet-5, a Fashion-MNIST CNN and an 8-layer
 VGG-style CNN), one per-channel uniform quantizer (MSQ) and one size accounting
 (codes + scales, as stored), compares the allocations:
 
-* ``equal``: the same bit-width for every layer (2, 3, 4, 5, 6, 8);
+* ``equal``: the same choice for every layer (binary, ternary, 2, 3, 4, 5, 6 or 8
+  bits; ternary is :class:`TernaryQuantizer`'s optimal scale, 2 bits the max-abs
+  grid, both stored in 2-bit codes);
 * ``zhou-margin`` / ``zhou-empirical``: Zhou's normalised noise ``p_i(b) / t_i``
   with ``t`` from the logit margins or from the noise-injection search, exact
   allocation (:func:`skquant.allocate_bits`);
@@ -37,7 +39,7 @@ import torch
 from _models import trained
 
 from skquant import UniformQuantizer
-from skquant._allocation import allocate_bits, greedy_bits
+from skquant._allocation import allocate_bits, closed_form_bits, greedy_bits
 from skquant._sensitivity import choice_quantizer, decisions
 from skquant.torch import TorchNetwork, measure_sensitivity
 
@@ -47,7 +49,7 @@ NETWORKS = [
     ("Fashion CNN", "cnn", "fashion-mnist"),
     ("Fashion VGG-8", "vgg8", "fashion-mnist"),
 ]
-BITS = (2, 3, 4, 5, 6, 8)
+BITS = ("binary", "ternary", 2, 3, 4, 5, 6, 8)
 ALLOCATORS = ("zhou-margin", "zhou-empirical", "sqnr", "hessian", "accuracy-greedy")
 
 
@@ -85,7 +87,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--points", type=int, default=30)
+    p.add_argument("--points", type=int, default=20)
     p.add_argument("--networks", default="mlp,lenet5,cnn,vgg8")
     p.add_argument("--plot", default=None)
     p.add_argument("--json", default=None)
@@ -165,15 +167,18 @@ def main():
                 t_alloc[a] = (time.perf_counter() - t1) / len(sweeps[a])
             for a, allocs in sweeps.items():
                 ok = [c for c in allocs if val_accuracy(c) >= target]
-                best = min(ok, key=lambda c: size[rows_i, c].sum())
-                rows[a].append(
-                    {
-                        "size": float(size[rows_i, best].sum()),
-                        "test": test_accuracy(best),
-                        "val": val_accuracy(best),
-                        "bits": [BITS[j] for j in best],
-                    }
-                )
+                if not ok:  # no point of the sweep reaches the target
+                    rows[a].append(None)
+                else:
+                    best = min(ok, key=lambda c: size[rows_i, c].sum())
+                    rows[a].append(
+                        {
+                            "size": float(size[rows_i, best].sum()),
+                            "test": test_accuracy(best),
+                            "val": val_accuracy(best),
+                            "bits": [BITS[j] for j in best],
+                        }
+                    )
                 if seed == 0:
                     pts = sorted(
                         (size[rows_i, c].sum() / n_params.sum(), test_accuracy(c))
@@ -181,6 +186,16 @@ def main():
                     )
                     fig_data.setdefault(title, {})[a] = pts
             if seed == 0:
+                t = res.threshold("margin")
+                real = closed_form_bits(
+                    res.p, t, res.n_params, 1.0, alpha=float(-np.mean(res.slope))
+                )
+                exact = allocate_bits(res.cost("noise", "margin"), size, max_cost=1.0)
+                print(
+                    "Zhou's condition sum p_i(b_i)/t_i <= 1 (margin t): closed "
+                    f"form {np.round(real, 2).tolist()}, exact "
+                    f"{[BITS[j] for j in exact]}"
+                )
                 print(
                     "allocation time per solve (ms): "
                     + ", ".join(f"{a} {1e3 * t:.1f}" for a, t in t_alloc.items())
@@ -196,6 +211,14 @@ def main():
         base = np.array([r["size"] for r in rows["equal"]])
         summary[title] = {}
         for a, rs in rows.items():
+            if any(r is None for r in rs):
+                missed = sum(r is None for r in rs)
+                print(
+                    f"{a:<17}  no point of the sweep within 0.1 point on "
+                    f"validation ({missed} of {len(rs)} seeds)"
+                )
+                summary[title][a] = None
+                continue
             s = np.array([r["size"] for r in rs])
             acc = np.array([r["test"] for r in rs])
             saving = 1 - s / base

@@ -191,9 +191,10 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
     Under a size ``budget``, every layer starts at its smallest choice and the
     upgrade with the largest cost drop per added bit is taken while it fits. Under
     a cost target ``max_cost`` (the accuracy-sweep allocators, such as automatic
-    mixed precision, work this way), every layer starts at its cheapest choice and
-    the downgrade with the smallest cost increase per saved bit is taken while the
-    total cost stays within ``max_cost``. Choices are visited in order of size.
+    mixed precision, work this way), every layer starts at its cheapest choice (the
+    largest of equally cheap ones) and the downgrade with the smallest cost
+    increase per saved bit is taken while the total cost stays within
+    ``max_cost``. Choices are visited in order of size.
     Not exact when layers differ in size.
 
     Parameters
@@ -233,8 +234,14 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
     up = budget is not None
     limit = _check_limit(budget if up else max_cost, "budget" if up else "max_cost")
     # walk each layer's choices by size: up from the smallest, or down from the
-    # cheapest (the largest choice at or below it in size is dropped from the path)
-    start = np.zeros(n, dtype=int) if up else np.argmin(cost[rows[:, None], order], 1)
+    # cheapest (of equally cheap choices, the largest: measured costs often tie at
+    # zero, and the downgrade path should start from the most accurate)
+    if up:
+        start = np.zeros(n, dtype=int)
+    else:
+        by_size = cost[rows[:, None], order]
+        cheapest = by_size == by_size.min(axis=1, keepdims=True)
+        start = size.shape[1] - 1 - np.argmax(cheapest[:, ::-1], axis=1)
     pos = start.copy()
     used = (size if up else cost)[rows, order[rows, pos]].sum()
     if used > limit:

@@ -291,6 +291,12 @@ class LayerBitAllocator(BaseEstimator):
         from ._sensitivity import check_quantizer
 
         bits = self.bits_ if bits is None else bits
+        unknown = [name for name in bits if name not in self.layer_names_]
+        if unknown:
+            raise ValueError(
+                f"bits names layers {unknown} that the network does not have; its "
+                f"layers are {self.layer_names_}."
+            )
         base = check_quantizer(self.quantizer)
         return {name: choice_quantizer(base, b) for name, b in bits.items()}
 

@@ -47,6 +47,14 @@ def test_accuracy_and_sizes_are_sensible(rows):
                 == rows[f"MSQ {b}"]["bits_per_weight"]
             )
     assert rows["null-space 2-bit"]["accuracy"] > rows["MSQ 2-bit"]["accuracy"] + 0.2
+    # per-layer bit-widths (Zhou): one choice per layer, within a point of float
+    (zhou,) = [r for k, r in rows.items() if k.startswith("MSQ per-layer ")]
+    assert len(zhou["bits"]) == 2 and zhou["accuracy"] >= float_acc - 0.02
+    assert zhou["label"].endswith(
+        "/".join(
+            str(b)[0] if isinstance(b, str) else str(b) for b in zhou["bits"].values()
+        )
+    )
     # adaptive precision: the same model counted with and without its precision map
     ad, payload = rows["adaptive"], rows["adaptive, no map"]
     assert ad["accuracy"] == payload["accuracy"] >= float_acc - 0.02

@@ -12,6 +12,7 @@ from sklearn.neural_network import MLPClassifier
 from skquant import (
     GreedyPathQuantizer,
     LayerBitAllocator,
+    NullSpaceQuantizer,
     QuantizedMLP,
     UniformQuantizer,
 )
@@ -99,7 +100,10 @@ def test_one_layer_network_gets_the_best_equal_bit_width():
     assert alloc.choice_index_.tolist() == [expect]
 
 
-def test_torch_models_with_data_driven_quantizers():
+@pytest.mark.parametrize(
+    "quantizer", [GreedyPathQuantizer(), NullSpaceQuantizer(rank=0.9)]
+)
+def test_torch_models_with_data_driven_quantizers(quantizer):
     torch = pytest.importorskip("torch")
     from skquant.torch import quantize_model
 
@@ -113,14 +117,15 @@ def test_torch_models_with_data_driven_quantizers():
     X = torch.randn(200, 1, 8, 8)
     alloc = LayerBitAllocator(
         model,
-        GreedyPathQuantizer(),
+        quantizer,
         bits=("ternary", 3, 4, 8),
         criterion="sqnr",
         budget=3.5 * 36 + 3.5 * 720 + 32 * 9,
     ).fit(X)
     q, report = quantize_model(model, alloc.quantizers(), X, return_report=True)
     assert report.size_bits == alloc.size_bits_
-    assert [r["method"] for r in report.rows] == ["GreedyPath", "GreedyPath"]
+    method = type(quantizer).__name__.replace("Quantizer", "")
+    assert [r["method"] for r in report.rows] == [method, method]
 
 
 def test_greedy_solver_and_accuracy_criterion(digits_mlp):
@@ -166,3 +171,5 @@ def test_allocator_errors(digits_mlp, fitted):
         LayerBitAllocator(mlp).quantizers()
     with pytest.raises(ValueError, match="layers"):
         QuantizedMLP(mlp, {"layer_7": UniformQuantizer()}).fit(X)
+    with pytest.raises(ValueError, match=re.escape("names layers ['layer_7']")):
+        fitted.quantizers({"layer_7": 4})
