@@ -23,9 +23,12 @@ from ._model import (
 )
 from ._network import TorchNetwork
 from ._sensitivity import measure_sensitivity
+from ._sq import SQRegularizer, SQResult, train_sq
 
 __all__ = [
     "FakeQuantize",
+    "SQRegularizer",
+    "SQResult",
     "TorchNetwork",
     "adaptive_quantize_model",
     "loss_gradients",
@@ -39,5 +42,6 @@ __all__ = [
     "measure_sensitivity",
     "quantize_model",
     "save_model",
+    "train_sq",
     "weight_to_matrix",
 ]

@@ -1,0 +1,207 @@
+"""Smart Quantization (Razani et al.): the regulariser's oracles and the trainer."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sklearn.datasets import load_digits  # noqa: E402
+
+from skquant.torch import SQRegularizer, train_sq  # noqa: E402
+from skquant.torch._sq import BETA_HIGH, BETA_LOW, lambda_schedule  # noqa: E402
+
+
+def _net(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    ).to(dtype)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return torch.tensor(X / 16, dtype=torch.float32), torch.tensor(y)
+
+
+def _with_beta(reg, beta):
+    s = (beta - BETA_LOW) / (BETA_HIGH - BETA_LOW)
+    with torch.no_grad():
+        reg.theta.fill_(math.log(s / (1 - s)))
+    return reg
+
+
+def test_ternary_wells_at_pi_over_4():
+    reg = SQRegularizer(_net(torch.float64))
+    a = torch.tensor(0.7, dtype=torch.float64)
+    beta = torch.tensor(BETA_LOW, dtype=torch.float64)
+    w = torch.linspace(-2, 2, 40001, dtype=torch.float64)
+    r = reg.wells(w, a, beta)
+    zeros = w[r < 1e-12].numpy()
+    # the minima (value 0) are exactly -a, 0 and a
+    assert np.allclose(sorted(set(np.round(zeros, 6))), [-0.7, 0.0, 0.7])
+    # the zero well wins below a/2
+    inner = torch.tan(beta) * w.abs() ** 2
+    assert torch.all((r == inner)[w.abs() < 0.35 - 1e-9])
+    assert torch.all((r < inner)[w.abs() > 0.35 + 1e-9])
+
+
+@pytest.mark.parametrize("p", [1.5, 2.0, 3.0])
+@pytest.mark.parametrize("beta", [BETA_LOW + 0.01, 1.0, 1.3, 1.5])
+def test_zero_well_edge_formula(p, beta):
+    reg = _with_beta(SQRegularizer(_net(torch.float64), p=p), beta)
+    a = float(reg.scale()[0].detach())
+    edge = float(reg.zero_well()[0])
+    assert edge == pytest.approx(a / (1 + math.tan(beta) ** (1 / p)), rel=1e-9)
+    # numerically: the two wells cross at the edge
+    w = torch.tensor([edge * (1 - 1e-6), edge * (1 + 1e-6)], dtype=torch.float64)
+    outer = (w - a).abs() ** p
+    inner = math.tan(beta) * w**p
+    assert inner[0] < outer[0] and inner[1] > outer[1]
+
+
+def test_zero_well_closes_toward_pi_over_2():
+    reg = SQRegularizer(_net(torch.float64))
+    widths = []
+    for theta in (0.0, 4.0, 8.0, 12.0):
+        with torch.no_grad():
+            reg.theta.fill_(theta)
+        assert float(reg.beta()[0]) < math.pi / 2
+        widths.append(float(reg.zero_well()[0] / reg.scale()[0]))
+    assert all(a > b for a, b in zip(widths, widths[1:]))
+    assert widths[-1] < 0.01
+
+
+def test_gradients_reach_weights_scale_and_switch():
+    net = _net(torch.float64)
+    reg = SQRegularizer(net, gamma=0.1, lam=0.5, p=2.0)
+    w = net[0].weight
+
+    def penalty(weight, log_a, theta):
+        a = torch.exp(log_a)
+        beta = BETA_LOW + (BETA_HIGH - BETA_LOW) * torch.sigmoid(theta)
+        return reg.wells(weight, a[0], beta[0]).sum() + 0.1 / torch.tan(beta[0])
+
+    ok = torch.autograd.gradcheck(
+        penalty,
+        (
+            w.detach().clone().requires_grad_(),
+            reg.log_a.detach().clone().requires_grad_(),
+            reg.theta.detach().clone().requires_grad_(),
+        ),
+    )
+    assert ok
+    reg().backward()
+    for t in (w, net[2].weight, reg.log_a, reg.theta):
+        assert t.grad is not None and torch.all(torch.isfinite(t.grad))
+        assert float(t.grad.abs().sum()) > 0
+
+
+def test_gamma_pushes_beta_up_when_nothing_else_is_at_stake():
+    reg = SQRegularizer(_net(), gamma=1.0, lam=0.0)
+    opt = torch.optim.Adam([reg.theta], lr=0.05)
+    start = reg.beta().detach().clone()
+    for _ in range(100):
+        opt.zero_grad()
+        reg().backward()
+        opt.step()
+    assert torch.all(reg.beta() > start + 0.1)
+
+
+def test_training_ends_on_the_layer_alphabets(digits):
+    X, y = digits
+    res = train_sq(_net(), (X, y), epochs=3, finetune_epochs=1, lr=1e-2, verbose=False)
+    for name, alphabet in res.alphabets.items():
+        layer = res.model.get_submodule(name)
+        values = torch.unique(layer.weight)
+        assert len(values) <= (2 if alphabet == "binary" else 3)
+        assert torch.allclose(
+            values.abs().max(),
+            torch.tensor(
+                res.regularizer.scale()[res.regularizer.layer_names.index(name)].item()
+            ),
+            rtol=1e-5,
+        )
+    # honest size: 1 or 2 bits per weight plus one float32 scale per layer
+    bits = {"binary": 1, "ternary": 2}
+    expect = sum(
+        bits[a] * res.model.get_submodule(n).weight.numel() + 32
+        for n, a in res.alphabets.items()
+    )
+    assert res.size_bits == expect
+    assert [h["phase"] for h in res.history] == ["train"] * 3 + ["finetune"]
+    assert set(res.history[0]["beta"]) == set(res.alphabets)
+
+
+def test_training_is_deterministic_with_a_seed(digits):
+    X, y = digits
+    a = train_sq(
+        _net(), (X, y), epochs=2, finetune_epochs=0, verbose=False, random_state=3
+    )
+    b = train_sq(
+        _net(), (X, y), epochs=2, finetune_epochs=0, verbose=False, random_state=3
+    )
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert a.history[-1]["beta"] == b.history[-1]["beta"]
+
+
+def test_more_gamma_never_more_ternary_layers(digits):
+    X, y = digits
+    for seed in (0, 1):
+        counts = []
+        for gamma in (0.0, 1e-2, 1.0):
+            res = train_sq(
+                _net(seed=seed),
+                (X, y),
+                gamma=gamma,
+                epochs=4,
+                finetune_epochs=0,
+                lr=1e-2,
+                verbose=False,
+                random_state=seed,
+            )
+            counts.append(sum(a == "ternary" for a in res.alphabets.values()))
+        assert counts == sorted(counts, reverse=True)
+        assert counts[0] > counts[-1]
+
+
+def test_lambda_schedule():
+    assert lambda_schedule(1.0, 4) == [0.5, 1.0, 1.0, 1.0]
+    assert lambda_schedule([0.1, 0.2, 0.2], 3) == [0.1, 0.2, 0.2]
+    with pytest.raises(ValueError, match="annealed up"):
+        lambda_schedule([0.2, 0.1], 2)
+    with pytest.raises(ValueError, match="one value per epoch"):
+        lambda_schedule([0.2, 0.3], 3)
+
+
+def test_bad_input(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
+        SQRegularizer(_net(), gamma=-1.0)
+    with pytest.raises(ValueError, match="p must be a finite number > 0"):
+        SQRegularizer(_net(), p=0)
+    with pytest.raises(ValueError, match="beta_init must be in"):
+        SQRegularizer(_net(), beta_init=2.0)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        SQRegularizer(torch.nn.Sequential(torch.nn.ReLU()))
+    with pytest.raises(ValueError, match="names layers"):
+        SQRegularizer(_net(), layers=["7"])
+    with pytest.raises(ValueError, match="annealed up"):
+        train_sq(_net(), (X, y), lam=[0.2, 0.1], epochs=2, verbose=False)
+    with pytest.raises(ValueError, match="below the model's 10 outputs"):
+        train_sq(_net(), (X, y + 5), epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        train_sq(_net(), (X, y), epochs=0, verbose=False)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        train_sq(np.eye(3), (X, y), verbose=False)
+    net = _net()
+    with torch.no_grad():
+        before = [p.clone() for p in net.parameters()]
+    bad = X.clone()
+    bad[5, 3] = float("nan")
+    with pytest.raises(ValueError, match="in epoch 1 .*last good epoch"):
+        train_sq(net, (bad, y), epochs=2, verbose=False)
+    for p, q in zip(net.parameters(), before):
+        assert torch.equal(p, q)  # the weights before the bad epoch
