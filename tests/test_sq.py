@@ -205,3 +205,57 @@ def test_bad_input(digits):
         train_sq(net, (bad, y), epochs=2, verbose=False)
     for p, q in zip(net.parameters(), before):
         assert torch.equal(p, q)  # the weights before the bad epoch
+
+
+# ------------------------------------------------------------- SQClassifier
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from skquant.torch import SQClassifier  # noqa: E402
+
+_MODULE_PARAMS = (
+    "module__<name> parameters (skorch's convention) arrive through **module_params; "
+    "the check passes 'module_params' itself as a parameter name to set_params"
+)
+
+
+@parametrize_with_checks(
+    [SQClassifier(max_epochs=20, finetune_epochs=2, random_state=0)],
+    expected_failed_checks=lambda est: {
+        "check_do_not_raise_errors_in_init_or_set_params": _MODULE_PARAMS,
+    },
+)
+def test_sq_classifier_sklearn_checks(estimator, check):
+    check(estimator)
+
+
+def test_sq_classifier_pickles_clones_and_grid_searches(tmp_path):
+    import pickle
+
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    clf = SQClassifier(max_epochs=8, module__hidden=(32,), random_state=0)
+    assert clone(clf).get_params()["module__hidden"] == (32,)
+    clf.fit(X[:1000], y[:1000])
+    assert clf.score(X[1000:], y[1000:]) > 0.8
+    assert clf.model_[0].weight.shape == (32, 64)
+    back = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(back.predict(X), clf.predict(X))
+    assert clf.size_bits_ == sum(
+        {"binary": 1, "ternary": 2}[a] * clf.model_.get_submodule(n).weight.numel() + 32
+        for n, a in clf.layer_alphabets_.items()
+    )
+    gs = GridSearchCV(
+        SQClassifier(max_epochs=3, module__hidden=(16,), random_state=0),
+        {"gamma": [0.0, 1.0]},
+        cv=2,
+    ).fit(X, y)
+    assert gs.best_params_["gamma"] in (0.0, 1.0)
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
+        SQClassifier(gamma=-1).fit(X, y)
+    with pytest.raises(ValueError, match="3 outputs but y holds 10 classes"):
+        SQClassifier(module=torch.nn.Linear(64, 3), max_epochs=1).fit(X, y)
+    with pytest.raises(TypeError, match="module__<name>"):
+        SQClassifier(hidden=3).fit(X, y)

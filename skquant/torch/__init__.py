@@ -24,9 +24,11 @@ from ._model import (
 from ._network import TorchNetwork
 from ._sensitivity import measure_sensitivity
 from ._sq import SQRegularizer, SQResult, train_sq
+from ._sqestimator import SQClassifier
 
 __all__ = [
     "FakeQuantize",
+    "SQClassifier",
     "SQRegularizer",
     "SQResult",
     "TorchNetwork",
