@@ -346,7 +346,17 @@ class LayerBitAllocator(BaseEstimator):
     def plot_pareto(self, ax=None, n_points=30):
         """Plot the predicted cost against the size (in bits per weight).
 
-        Returns the matplotlib axes; the fitted allocation is marked.
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, default=None
+            Where to draw; a new figure when ``None``.
+        n_points : int, default=30
+            Budgets of the front (see :meth:`pareto_front`).
+
+        Returns
+        -------
+        ax : matplotlib.axes.Axes
+            The axes drawn on; the fitted allocation is marked.
         """
         import matplotlib.pyplot as plt
 

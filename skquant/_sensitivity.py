@@ -205,7 +205,10 @@ def margin_threshold(Z, spread, tolerance, counted):
 class SensitivityResult:
     """Measured sensitivity of every layer; prints as a table, plots noise vs bits.
 
-    Attributes
+    Made by :func:`measure_sensitivity` (its fields are its parameters and
+    attributes).
+
+    Parameters
     ----------
     layer_names : list of str
         The layers, in forward order.
@@ -272,7 +275,18 @@ class SensitivityResult:
     total_seconds: float = 0.0
 
     def threshold(self, which="margin"):
-        """The tolerated noise per layer (``"margin"`` or ``"empirical"``)."""
+        """The tolerated noise per layer.
+
+        Parameters
+        ----------
+        which : {"margin", "empirical"}, default="margin"
+            The estimate from the logit margins or the noise-injection search.
+
+        Returns
+        -------
+        t : ndarray of shape (n_layers,)
+            Tolerated noise power on the outputs.
+        """
         t = {"margin": self.t_margin, "empirical": self.t_empirical}.get(which)
         if which not in ("margin", "empirical"):
             raise ValueError(
@@ -303,6 +317,7 @@ class SensitivityResult:
         Returns
         -------
         cost : ndarray of shape (n_layers, n_choices)
+            Cost of every layer at every choice.
         """
         if criterion == "noise":
             if self.t_margin is None and self.t_empirical is None:
@@ -391,7 +406,17 @@ class SensitivityResult:
         """Noise power against bits per layer (log scale), with Zhou's fit.
 
         Dashed horizontal lines mark each layer's tolerated noise (margin
-        estimate) when measured. Returns the matplotlib axes.
+        estimate) when measured.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, default=None
+            Where to draw; a new figure when ``None``.
+
+        Returns
+        -------
+        ax : matplotlib.axes.Axes
+            The axes drawn on.
         """
         import matplotlib.pyplot as plt
 

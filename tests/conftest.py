@@ -22,3 +22,25 @@ settings.load_profile(
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def digits_mlp():
+    """A (64, 32) MLPClassifier fitted on the first 1200 digits, and all digits.
+
+    Returns ``(mlp, X, y)`` with ``X`` scaled to [0, 1]; rows from 1200 on are
+    held out.
+    """
+    import warnings
+
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((64, 32), max_iter=300, random_state=0).fit(
+            X[:1200], y[:1200]
+        )
+    return mlp, X, y

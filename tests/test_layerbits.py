@@ -1,13 +1,10 @@
 """LayerBitAllocator: measured sensitivity, exact per-layer bit-widths, mapping."""
 
 import re
-import warnings
 
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.datasets import load_digits
-from sklearn.neural_network import MLPClassifier
 
 from skquant import (
     GreedyPathQuantizer,
@@ -16,18 +13,6 @@ from skquant import (
     QuantizedMLP,
     UniformQuantizer,
 )
-
-
-@pytest.fixture(scope="module")
-def digits_mlp():
-    X, y = load_digits(return_X_y=True)
-    X = X / 16
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mlp = MLPClassifier((64, 32), max_iter=300, random_state=0).fit(
-            X[:1200], y[:1200]
-        )
-    return mlp, X, y
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
-from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.neural_network import MLPRegressor
 
 from skquant import (
     GreedyPathQuantizer,
@@ -20,20 +19,14 @@ from skquant._sensitivity import _fit, flip_rate, margin_threshold
 
 
 @pytest.fixture(scope="module")
-def digits_mlp():
-    X, y = load_digits(return_X_y=True)
-    X = X / 16
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mlp = MLPClassifier((64, 32), max_iter=300, random_state=0).fit(
-            X[:1200], y[:1200]
-        )
+def held_out(digits_mlp):
+    mlp, X, y = digits_mlp
     return mlp, X[1200:], y[1200:]
 
 
 @pytest.fixture(scope="module")
-def measured(digits_mlp):
-    mlp, X, y = digits_mlp
+def measured(held_out):
+    mlp, X, y = held_out
     return measure_sensitivity(
         mlp, X, y, bits=(3, 4, 5, 6, 7, 8), threshold="both", hessian=True
     )
@@ -51,8 +44,8 @@ def test_noise_decays_like_zhous_law(measured):
     assert "slope" in text and "additivity" in text
 
 
-def test_noise_is_measured_on_the_logits(digits_mlp, measured):
-    mlp, X, _ = digits_mlp
+def test_noise_is_measured_on_the_logits(held_out, measured):
+    mlp, X, _ = held_out
     net = MLPNetwork(mlp)
     W = net.weight("layer_2")
     Q = UniformQuantizer(n_bits=3).fit(W).transform(W)
@@ -95,8 +88,8 @@ def test_margin_threshold_matches_gaussian_noise_on_the_logits():
     assert 0.035 < np.mean(flips) <= 0.052
 
 
-def test_thresholds_grow_with_the_tolerance(digits_mlp, measured):
-    mlp, X, y = digits_mlp
+def test_thresholds_grow_with_the_tolerance(held_out, measured):
+    mlp, X, y = held_out
     loose = measure_sensitivity(
         mlp,
         X,
@@ -111,7 +104,7 @@ def test_thresholds_grow_with_the_tolerance(digits_mlp, measured):
     assert np.all(np.isfinite(measured.t_empirical) & (measured.t_empirical > 0))
 
 
-def test_empirical_threshold_is_where_accuracy_drops(digits_mlp, measured):
+def test_empirical_threshold_is_where_accuracy_drops(held_out, measured):
     # quantizing a layer to noise far below its t costs at most about the
     # tolerance; far above it, clearly more
     res = measured
@@ -135,11 +128,11 @@ def test_costs_of_the_criteria(measured):
         res.cost("bogus")
 
 
-def test_hessian_vector_by_differences_matches_autograd(digits_mlp):
+def test_hessian_vector_by_differences_matches_autograd(held_out):
     torch = pytest.importorskip("torch")
     from skquant.torch import TorchNetwork
 
-    mlp, X, y = digits_mlp
+    mlp, X, y = held_out
     net = MLPNetwork(mlp)
     tnet = TorchNetwork(_torch_copy(torch, mlp))
     rng = np.random.default_rng(0)
@@ -194,11 +187,11 @@ def _torch_copy(torch, mlp):
     return torch.nn.Sequential(*layers)
 
 
-def test_torch_adapter_gives_the_same_measurement(digits_mlp):
+def test_torch_adapter_gives_the_same_measurement(held_out):
     torch = pytest.importorskip("torch")
     from skquant.torch import measure_sensitivity as measure_torch
 
-    mlp, X, y = digits_mlp
+    mlp, X, y = held_out
     a = measure_sensitivity(mlp, X, y, bits=(3, 6), threshold="both")
     b = measure_torch(_torch_copy(torch, mlp), X, y, bits=(3, 6), threshold="both")
     np.testing.assert_allclose(a.noise, b.noise, rtol=1e-9)
@@ -207,8 +200,8 @@ def test_torch_adapter_gives_the_same_measurement(digits_mlp):
     np.testing.assert_allclose(a.accuracy, b.accuracy)
 
 
-def test_data_driven_quantizers_and_alphabets(digits_mlp):
-    mlp, X, y = digits_mlp
+def test_data_driven_quantizers_and_alphabets(held_out):
+    mlp, X, y = held_out
     res = measure_sensitivity(
         mlp,
         X,
@@ -246,8 +239,8 @@ def test_regressor_outputs_are_the_measured_noise():
         measure_sensitivity(reg, X, y, hessian=True)
 
 
-def test_measurement_errors(digits_mlp):
-    mlp, X, y = digits_mlp
+def test_measurement_errors(held_out):
+    mlp, X, y = held_out
     with pytest.raises(TypeError, match="n_bits parameter"):
         measure_sensitivity(mlp, X, quantizer=TernaryQuantizer())
     with pytest.raises(ValueError, match=re.escape("at least two different")):

@@ -83,6 +83,7 @@ def measure_sensitivity(
     Returns
     -------
     result : SensitivityResult
+        Tables by layer and choice (see :func:`skquant.measure_sensitivity`).
 
     See Also
     --------

@@ -199,10 +199,18 @@ class SQRegularizer(nn.Module):
     def quantizers(self, threshold=3 * math.pi / 8):
         """Per-layer quantizers projecting onto ``{-a, a}`` or ``{-a, 0, a}``.
 
-        The mapping for :func:`skquant.torch.quantize_model`: a
-        :class:`~skquant.BinaryQuantizer` or :class:`~skquant.TernaryQuantizer`
-        with the layer's trained scale ``a`` (one per tensor); ternary rounds to
-        the nearest of the three values (zero for ``|w| < a/2``).
+        Parameters
+        ----------
+        threshold : float, default=3*pi/8
+            Layers with ``beta >= threshold`` are binary.
+
+        Returns
+        -------
+        quantizers : dict of {str: estimator}
+            The mapping for :func:`skquant.torch.quantize_model`: a
+            :class:`~skquant.BinaryQuantizer` or :class:`~skquant.TernaryQuantizer`
+            with the layer's trained scale ``a`` (one per tensor); ternary rounds
+            to the nearest of the three values (zero for ``|w| < a/2``).
         """
         a = self.scale().detach().cpu().numpy()
         out = {}
@@ -223,7 +231,7 @@ class SQRegularizer(nn.Module):
 class SQResult:
     """What :func:`train_sq` returns.
 
-    Attributes
+    Parameters
     ----------
     model : torch.nn.Module
         The quantized model: ``QuantLinear``/``QuantConv2d`` layers holding 1- or
@@ -241,6 +249,9 @@ class SQResult:
         ``zero_fraction``.
     report : QuantizationReport
         Per-layer rows of the final quantization (bits, sizes).
+
+    Attributes
+    ----------
     size_bits : int
         Bits of the quantized layers (codes + scales).
     """
@@ -262,7 +273,18 @@ class SQResult:
         return sum(a == "binary" for a in self.alphabets.values()) / len(self.alphabets)
 
     def plot_beta(self, ax=None):
-        """Each layer's ``beta`` over the training epochs (matplotlib axes)."""
+        """Each layer's ``beta`` over the training epochs.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, default=None
+            Where to draw; a new figure when ``None``.
+
+        Returns
+        -------
+        ax : matplotlib.axes.Axes
+            The axes drawn on.
+        """
         import matplotlib.pyplot as plt
 
         if ax is None:
@@ -414,8 +436,11 @@ def train_sq(
     freeze_beta : bool, default=False
         Keep ``beta`` at ``beta_init`` (the ablations: near ``pi/4`` all ternary,
         near ``pi/2`` all binary).
-    layers, skip :
-        The layers regularised and quantized (see :class:`SQRegularizer`).
+    layers : sequence of str, default=None
+        The layers regularised and quantized (``None``: all; see
+        :class:`SQRegularizer`).
+    skip : sequence of str, default=()
+        Modules left out, with their children.
     validation_data : tuple of (X, y), default=None
         Accuracy on it is recorded per epoch.
     device : str or torch.device, default="cpu"
@@ -428,6 +453,8 @@ def train_sq(
     Returns
     -------
     result : SQResult
+        The quantized model, the trained one, the regulariser, the alphabets and
+        the history.
 
     Examples
     --------
@@ -441,7 +468,7 @@ def train_sq(
     >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
     ...                           torch.nn.Linear(32, 10))
     >>> res = train_sq(net, (X, y), epochs=4, lr=1e-2, verbose=False)
-    >>> sorted(set(res.alphabets.values())) <= ["binary", "ternary"]
+    >>> set(res.alphabets.values()) <= {"binary", "ternary"}
     True
     >>> type(res.model[0]).__name__, res.size_bits < 32 * (64 * 32 + 32 * 10) / 10
     ('QuantLinear', True)

@@ -92,7 +92,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
     ...                                                      y[:1200])
     >>> bool(clf.score(X[1200:] / 16, y[1200:]) > 0.8)
     True
-    >>> sorted(set(clf.layer_alphabets_.values())) <= ["binary", "ternary"]
+    >>> set(clf.layer_alphabets_.values()) <= {"binary", "ternary"}
     True
     """
 
@@ -246,13 +246,35 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
             return self.model_(torch.from_numpy(X)).numpy()
 
     def predict_proba(self, X):
-        """Class probabilities (softmax of the quantized network's logits)."""
+        """Class probabilities (softmax of the quantized network's logits).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Probabilities, columns in the order of ``classes_``.
+        """
         Z = self._logits(X)
         Z = Z - Z.max(axis=1, keepdims=True)
         P = np.exp(Z)
         return P / P.sum(axis=1, keepdims=True)
 
     def predict(self, X):
-        """Predicted class labels."""
+        """Predicted class labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
         Z = self._logits(X)
         return self.classes_[np.argmax(Z, axis=1)]
