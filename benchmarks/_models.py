@@ -38,7 +38,7 @@ def lenet5():
 
 def fashion_cnn():
     """Two conv layers and two linear ones; the first linear layer holds 95% of
-    the weights (the allocation has a big, insensitive layer to squeeze)."""
+    the weights."""
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
         nn.ReLU(),
