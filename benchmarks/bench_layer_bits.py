@@ -42,7 +42,7 @@ import torch
 from _models import trained
 
 from skquant import UniformQuantizer
-from skquant._allocation import allocate_bits, closed_form_bits, greedy_bits
+from skquant._allocation import allocate_bits, closed_form_bits, pareto_choices
 from skquant._sensitivity import choice_quantizer, decisions
 from skquant.torch import TorchNetwork, measure_sensitivity
 
@@ -64,27 +64,20 @@ def sweep(res, name, n_points):
     choices (each point is on the allocator's Pareto front); the greedy one takes
     accuracy-drop targets from the lowest possible total to 30 points above it.
     """
-    size = res.size
     if name == "accuracy-greedy":
         cost = res.cost("accuracy")
         low = cost.min(axis=1).sum()  # what the most accurate choices cost
         targets = low + np.concatenate([[0.0], np.geomspace(1e-4, 0.3, n_points)])
-        return [greedy_bits(cost, size, max_cost=float(m)) for m in targets]
+        return pareto_choices(cost, res.size, targets=targets, solver="greedy")
     cost = {
         "zhou-margin": lambda: res.cost("noise", "margin"),
         "zhou-empirical": lambda: res.cost("noise", "empirical"),
         "sqnr": lambda: res.cost("sqnr"),
         "hessian": lambda: res.cost("hessian"),
     }[name]()
-    cost = np.nan_to_num(cost, posinf=1e300)
-    rows = np.arange(len(cost))
-    low = cost.min(axis=1).sum()
-    high = cost[rows, np.argmin(size, axis=1)].sum()
-    low = max(low, high * 1e-12)
-    return [
-        allocate_bits(cost, size, max_cost=float(m) * (1 + 1e-9))
-        for m in np.geomspace(low, high, n_points)
-    ]
+    return pareto_choices(
+        np.nan_to_num(cost, posinf=1e300), res.size, n_points=n_points
+    )
 
 
 def smallest_reaching(front, accuracy, target):
@@ -174,13 +167,24 @@ def main():
             t_measure = time.perf_counter() - t0
             if args.timing:
                 t1 = time.perf_counter()
-                allocate_bits(res.cost("noise", "margin"), res.size, max_cost=1.0)
+                default = allocate_bits(
+                    res.cost("noise", "margin"), res.size, max_cost=1.0
+                )
+                t_solve = time.perf_counter() - t1
+                bpw = res.size[np.arange(len(names)), default].sum() / n_params.sum()
+                print(
+                    "LayerBitAllocator's default (max_cost=1, margin t, tolerance "
+                    f"0.5 point): bits {[BITS[j] for j in default]}, "
+                    f"{bpw:.2f} bits/weight, test accuracy "
+                    f"{100 * test_accuracy(default):.2f}% "
+                    f"(float {100 * float_test:.2f}%)"
+                )
                 print(
                     f"measurement: {res.forward_passes} forward passes on "
                     f"{args.samples} samples, {t_measure:.1f} s (threshold both, "
                     f"Hessian, additivity; {n_params.sum()} weights, "
                     f"{len(names)} layers x {len(BITS)} choices); exact allocation "
-                    f"{1e3 * (time.perf_counter() - t1):.1f} ms"
+                    f"{1e3 * t_solve:.1f} ms"
                 )
                 break
             size = res.size

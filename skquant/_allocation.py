@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-__all__ = ["allocate_bits", "closed_form_bits", "greedy_bits"]
+__all__ = ["allocate_bits", "closed_form_bits", "greedy_bits", "pareto_choices"]
 
 
 def _check_table(table, name):
@@ -270,6 +270,57 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
         a, b = order[best, pos[best]], order[best, nxt]
         used += (size if up else cost)[best, b] - (size if up else cost)[best, a]
         pos[best] = nxt
+
+
+def pareto_choices(cost, size, *, n_points=30, targets=None, solver="exact"):
+    """Allocations along the size-cost trade-off, by increasing size.
+
+    The smallest allocation under each of a sweep of cost targets: ``n_points``
+    targets spaced geometrically from the lowest possible total cost to the cost
+    of every layer's smallest choice (each exact solve is then a point of the
+    Pareto front), or the given ``targets``. Repeated allocations are kept once.
+
+    Parameters
+    ----------
+    cost, size : array-like of shape (n_layers, n_choices)
+        As for :func:`allocate_bits`.
+    n_points : int, default=30
+        Targets of the geometric sweep.
+    targets : sequence of float, default=None
+        Cost targets to use instead.
+    solver : {"exact", "greedy"}, default="exact"
+        :func:`allocate_bits` or :func:`greedy_bits`.
+
+    Returns
+    -------
+    choices : list of ndarray of int
+        One chosen column per layer for each distinct allocation, by increasing
+        total size.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant._allocation import pareto_choices
+    >>> bits = np.array([2, 4, 8])
+    >>> noise = np.array([[1.0], [1.0]]) * 4.0 ** -bits
+    >>> [c.tolist() for c in pareto_choices(noise, np.array([[1000], [10]]) * bits)]
+    [[0, 0], [0, 1], [1, 1], [1, 2], [2, 2]]
+    """
+    solve = allocate_bits if solver == "exact" else greedy_bits
+    cost = _check_table(cost, "cost")
+    size = _check_table(size, "size")
+    if targets is None:
+        rows = np.arange(cost.shape[0])
+        high = cost[rows, np.argmin(size, axis=1)].sum()
+        low = max(cost.min(axis=1).sum(), high * 1e-12)
+        # (1 + 1e-9): the lowest target stays feasible under rounding
+        targets = np.geomspace(low, max(high, low), n_points) * (1 + 1e-9)
+    seen = {}
+    for m in targets:
+        choice = solve(cost, size, max_cost=float(m))
+        seen.setdefault(tuple(int(c) for c in choice), choice)
+    rows = np.arange(cost.shape[0])
+    return sorted(seen.values(), key=lambda c: size[rows, c].sum())
 
 
 def _solve(objective, constraints, n_vars):

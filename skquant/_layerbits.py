@@ -7,8 +7,13 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._allocation import allocate_bits, greedy_bits
-from ._sensitivity import CRITERIA, choice_quantizer, measure_sensitivity
+from ._allocation import allocate_bits, greedy_bits, pareto_choices
+from ._sensitivity import (
+    CRITERIA,
+    check_quantizer,
+    choice_quantizer,
+    measure_sensitivity,
+)
 
 __all__ = ["LayerBitAllocator"]
 
@@ -236,10 +241,18 @@ class LayerBitAllocator(BaseEstimator):
             "budget (total bits) or max_cost."
         )
 
+    def _finite_cost(self):
+        """``cost_`` with infinite costs (a layer tolerating no noise) made huge."""
+        return np.nan_to_num(self.cost_, posinf=np.finfo(np.float64).max / 1e6)
+
     def _choose(self, budget, max_cost):
         solve = allocate_bits if self.solver == "exact" else greedy_bits
-        cost = np.nan_to_num(self.cost_, posinf=np.finfo(np.float64).max / 1e6)
-        return solve(cost, self.sensitivity_.size, budget=budget, max_cost=max_cost)
+        return solve(
+            self._finite_cost(),
+            self.sensitivity_.size,
+            budget=budget,
+            max_cost=max_cost,
+        )
 
     def _set_choice(self, choice):
         res = self.sensitivity_
@@ -288,8 +301,6 @@ class LayerBitAllocator(BaseEstimator):
             and ``skquant.torch.quantize_model``.
         """
         check_is_fitted(self, "sensitivity_")
-        from ._sensitivity import check_quantizer
-
         bits = self.bits_ if bits is None else bits
         unknown = [name for name in bits if name not in self.layer_names_]
         if unknown:
@@ -301,42 +312,34 @@ class LayerBitAllocator(BaseEstimator):
         return {name: choice_quantizer(base, b) for name, b in bits.items()}
 
     def pareto_front(self, n_points=30):
-        """Size against cost of the allocation over a sweep of budgets.
+        """Size against predicted cost over a sweep of cost targets.
 
         Parameters
         ----------
         n_points : int, default=30
-            Budgets, spaced evenly between the smallest and the largest total
-            size; repeated allocations are kept once.
+            Cost targets, spaced geometrically (see
+            :func:`skquant._allocation.pareto_choices`); of allocations of equal
+            size, and of those no cheaper than a smaller one, none is kept.
 
         Returns
         -------
         front : dict
             ``size`` (bits), ``cost`` (predicted) and ``bits`` (one allocation by
-            layer name per point), by increasing size.
+            layer name per point), by increasing size and decreasing cost.
         """
         check_is_fitted(self, "sensitivity_")
-        size = self.sensitivity_.size
-        lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
-        rows = np.arange(size.shape[0])
-        seen, points = set(), []
-        for budget in np.linspace(lo, hi, n_points)[:-1]:
-            choice = self._choose(float(budget), None)
-            key = tuple(choice)
-            if key in seen:
-                continue
-            seen.add(key)
-            points.append(
-                (
-                    float(size[rows, choice].sum()),
-                    float(self.cost_[rows, choice].sum()),
-                    {
-                        n: self.sensitivity_.choices[j]
-                        for n, j in zip(self.layer_names_, choice)
-                    },
-                )
-            )
-        points.sort(key=lambda p: p[0])
+        res = self.sensitivity_
+        rows = np.arange(len(self.layer_names_))
+        points = []
+        for choice in pareto_choices(
+            self._finite_cost(), res.size, n_points=n_points, solver=self.solver
+        ):
+            size = float(res.size[rows, choice].sum())
+            cost = float(self.cost_[rows, choice].sum())
+            if points and (size <= points[-1][0] or cost >= points[-1][1]):
+                continue  # dominated by the previous point
+            names = zip(self.layer_names_, choice)
+            points.append((size, cost, {n: res.choices[j] for n, j in names}))
         return {
             "size": np.array([p[0] for p in points]),
             "cost": np.array([p[1] for p in points]),

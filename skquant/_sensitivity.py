@@ -35,7 +35,7 @@ from sklearn.base import clone
 
 from ._base import BaseWeightQuantizer
 from ._datadriven import BaseDataQuantizer
-from ._network import _fit_data_driven
+from ._network import _fit_data_driven, _plain_steps
 from ._progress import progress
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
@@ -137,6 +137,12 @@ def decisions(Z):
     return np.argmax(Z, axis=1)
 
 
+def _power(R):
+    """Mean squared norm of the rows of ``R``: ``mean_n ||R_n||^2``."""
+    R = np.asarray(R, dtype=np.float64)
+    return float(np.mean(np.sum(R.reshape(len(R), -1) ** 2, axis=1)))
+
+
 def _two_columns(Z):
     """Logits with at least two columns (a single logit ``z`` becomes ``[0, z]``)."""
     Z = np.asarray(Z, dtype=np.float64).reshape(len(Z), -1)
@@ -179,15 +185,15 @@ def noise_spread(Z, diffs):
     parts = []
     for R in diffs:
         R = _two_columns(R)
-        power = float(np.mean(np.sum(R**2, axis=1)))
-        if power > 0:
-            parts.append((R - R[n, c][:, None]) ** 2 / (2 * power))
+        p = _power(R)
+        if p > 0:
+            parts.append((R - R[n, c][:, None]) ** 2 / (2 * p))
     return np.mean(parts, axis=0) if parts else None
 
 
 def margin_threshold(Z, spread, tolerance, counted):
     """The noise power on ``Z`` at which :func:`flip_rate` reaches ``tolerance``."""
-    scale = float(np.mean(np.sum(_two_columns(Z) ** 2, axis=1))) or 1.0
+    scale = _power(Z) or 1.0
     lo, hi = math.log(scale) - 40, math.log(scale) + 20
     if flip_rate(Z, spread, math.exp(hi), counted) < tolerance:
         return math.inf
@@ -465,8 +471,7 @@ def _empirical_threshold(
     def measure(log_sigma):
         Z = network.outputs(X, {name: W + math.exp(log_sigma) * E})
         count[0] += 1
-        power = float(np.mean(np.sum((Z - ref).reshape(len(Z), -1) ** 2, axis=1)))
-        return power, base - _accuracy(Z, labels)
+        return _power(Z.reshape(len(Z), -1) - ref), base - _accuracy(Z, labels)
 
     p1, _ = measure(0.0)  # sigma = 1: noise as large as the weights
     if p1 == 0:
@@ -590,17 +595,15 @@ def sensitivity(
     )
     seconds = np.zeros(L)
     keep = {} if additivity else None
-    if isinstance(quantizer, BaseDataQuantizer):
-        steps = network.walk(X, max_rows=max_rows, random_state=random_state)
-    else:
-        steps = ((name, None) for name in names)
+    data_driven = isinstance(quantizer, BaseDataQuantizer)
+    steps = (
+        network.walk(X, max_rows=max_rows, random_state=random_state)
+        if data_driven
+        else _plain_steps(network, names)
+    )
     for step in progress(steps, desc="sensitivity", total=L, enabled=verbose):
-        if isinstance(step, tuple):
-            name, Xin, groups = step[0], None, network.groups(step[0])
-            W = network.weight(name)
-        else:
-            name, W, groups = step.name, step.weight, step.groups
-            Xin = step.inputs()[1]
+        name, W, groups = step.name, step.weight, step.groups
+        Xin = step.inputs()[1] if data_driven else None  # the float network's
         i = names.index(name)
         t0 = time.perf_counter()
         W = np.asarray(W)  # its own dtype: the scales are stored in it
@@ -613,7 +616,7 @@ def sensitivity(
             count[0] += 1
             R = Z.reshape(n, -1) - ref
             diffs.append(R)
-            noise[i, j] = float(np.mean(np.sum(R**2, axis=1)))
+            noise[i, j] = _power(R)
             size[i, j] = tensor.size_bits
             code_bits[i, j] = tensor.n_bits
             werr[i, j] = float(np.sum((W - Q) ** 2))  # (Q is float64)
@@ -666,7 +669,7 @@ def sensitivity(
                 dtype=np.float64,
             ).reshape(n, -1)
             count[0] += 1
-            measured = float(np.mean(np.sum((Z - ref) ** 2, axis=1)))
+            measured = _power(Z - ref)
             total = float(sum(noise[i, pick[i]] for i in range(L)))
             result.additivity.append(
                 {

@@ -67,9 +67,16 @@ def test_reallocation_is_monotone_in_the_budget(fitted):
         sizes.append(fitted.size_bits_)
     assert all(a >= b - 1e-12 for a, b in zip(costs, costs[1:]))
     front = fitted.pareto_front(20)
-    assert np.all(np.diff(front["size"]) > 0)
-    assert np.all(np.diff(front["cost"]) <= 1e-12)
-    assert len(front["bits"]) == len(front["size"])
+    assert len(front["size"]) >= 4 and len(front["bits"]) == len(front["size"])
+    # every point is Pareto-optimal: nothing within its size is cheaper
+    hi = res.size.max(axis=1).sum()
+    for size, cost, bits in zip(front["size"], front["cost"], front["bits"]):
+        rows = np.arange(3)
+        picked = [res.choices.index(bits[n]) for n in fitted.layer_names_]
+        assert res.size[rows, picked].sum() == size
+        if size < hi:
+            fitted.allocate(budget=size)
+            assert fitted.predicted_cost_ == pytest.approx(cost, rel=1e-9)
     fitted.allocate(max_cost=1.0)  # back to the fitted condition
 
 

@@ -7,6 +7,7 @@ import numbers
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
@@ -258,10 +259,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
             Probabilities, columns in the order of ``classes_``.
         """
-        Z = self._logits(X)
-        Z = Z - Z.max(axis=1, keepdims=True)
-        P = np.exp(Z)
-        return P / P.sum(axis=1, keepdims=True)
+        return softmax(self._logits(X), axis=1)
 
     def predict(self, X):
         """Predicted class labels.
