@@ -209,6 +209,8 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         Error margin of every weight, in the weights' units.
     bits_ : ndarray of int8 of shape (n_in, n_out)
         Stored bits of every weight (fractional bits + sign; 0 when pruned).
+        Fractional bits whose step would fall below the dtype's smallest normal
+        number are not kept (a tensor of subnormal weights is pruned).
     kappa_ : float
         The water level.
     predicted_loss_increase_ : float
@@ -307,7 +309,16 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         )
         self.scale_ = res["scales"][0]
         self.margins_ = res["margins"][0]
-        self.bits_ = res["bits"][0]
+        # steps below the dtype's smallest normal number are unusable (the rule of
+        # every scale, _alphabets.safe_scale): fewer fractional bits, or pruned
+        tiny = np.finfo(W.dtype).tiny
+        max_frac = np.floor(np.log2(self.scale_ / tiny)) if self.scale_ > 0 else -1
+        bits = res["bits"][0]
+        self.bits_ = (
+            np.zeros_like(bits)
+            if max_frac < 0
+            else np.minimum(bits, int(min(max_frac, 126)) + 1).astype(bits.dtype)
+        )
         self.kappa_ = res["kappa"]
         self.predicted_loss_increase_ = res["predicted_increase"]
         self.payload_bits_ = int(self.bits_.sum(dtype=np.int64))

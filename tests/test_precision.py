@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
@@ -194,6 +194,8 @@ def test_inputs_not_modified_dtype_kept():
     ),
     budget=st.floats(1e-4, 10),
 )
+# a subnormal float32 weight: its step would be below the smallest normal number
+@example(W=np.array([[1e-45]], dtype=np.float32), budget=1.0)
 def test_encode_compress_decode_equal_transform(W, budget):
     G = np.random.default_rng(0).standard_normal(W.shape)
     q = AdaptivePrecisionQuantizer(budget=budget).fit(W, gradient=G)
