@@ -10,6 +10,7 @@ from ._activation import ActivationQuantizer
 from ._allocation import allocate_bits, closed_form_bits
 from ._functional import quantize
 from ._gpfq import GreedyPathQuantizer
+from ._gptq import GPTQQuantizer
 from ._io import load, save
 from ._layerbits import LayerBitAllocator
 from ._mlp import QuantizedMLP
@@ -26,6 +27,7 @@ __all__ = [
     "AdaptivePrecisionQuantizer",
     "BinaryQuantizer",
     "GreedyPathQuantizer",
+    "GPTQQuantizer",
     "LayerBitAllocator",
     "NullSpaceQuantizer",
     "QuantizedMLP",

@@ -1,6 +1,8 @@
 """The main job: train a small MLP, quantize it with every method, print a table."""
 
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -88,9 +90,6 @@ def file_bytes(tensors):
 
     ``None`` when a tensor has no stored form yet (per-parameter precision).
     """
-    import os
-    import tempfile
-
     from ._io import save
 
     named = {
@@ -169,6 +168,39 @@ def layer_bits_rows(mlp, X_calib, y_calib, Xte, yte, X_eval):
             "rel_error": err,
             "file_bytes": file_bytes(tensors),
             "bits": alloc.bits_,
+        }
+    ]
+
+
+def sq_rows(Xtr, ytr, Xte, yte, hidden, random_state=0):
+    """The row of Smart Quantization (Razani et al.): an MLP of the same shape
+    trained once in torch with the SQ penalty (:class:`skquant.torch.SQClassifier`,
+    its defaults), each layer ending binary or ternary. A separately trained
+    network: it has no float reference, so no layer error. Empty without torch."""
+    try:
+        from .torch import SQClassifier, save_model
+    except ImportError:  # pragma: no cover - depends on the environment
+        return []
+    clf = SQClassifier(module__hidden=tuple(hidden), random_state=random_state)
+    clf.fit(Xtr, ytr)
+    n_weights = sum(m.weight.numel() for m in clf.model_ if hasattr(m, "weight"))
+    n_bias = sum(m.bias.numel() for m in clf.model_ if hasattr(m, "bias"))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "sq.skq")
+        save_model(clf.model_, path)
+        size = os.path.getsize(path)
+    return [
+        {
+            "series": "SQ training (Razani)",
+            "label": "SQ trained "
+            + "/".join(a[0] for a in clf.layer_alphabets_.values()),
+            "bits_per_weight": clf.size_bits_ / n_weights,
+            "compression": 32 * (n_weights + n_bias) / (clf.size_bits_ + 32 * n_bias),
+            "model_bits": clf.size_bits_ + 32 * n_bias,
+            "accuracy": clf.score(Xte, yte),
+            "rel_error": float("nan"),
+            "file_bytes": size,
+            "alphabets": clf.layer_alphabets_,
         }
     ]
 
@@ -275,6 +307,7 @@ def run_demo(
         )
     rows += layer_bits_rows(mlp, X_calib, ytr[calib], Xte, yte, X_eval)
     rows += adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval)
+    rows += sq_rows(Xtr, ytr, Xte, yte, hidden, random_state)
     if verbose:
         print(format_table(rows), file=out)
         print(
@@ -287,7 +320,10 @@ def run_demo(
             "are per parameter, with and without the fixed-width precision map. "
             "MSQ per-layer: one bit-width per layer from the measured sensitivity "
             "(Zhou et al.; LayerBitAllocator on the calibration rows, expected "
-            "accuracy drop about 0.5 point). "
+            "accuracy drop about 0.5 point). SQ trained: an MLP of the same "
+            "shape trained once with the Smart Quantization penalty (Razani et "
+            "al.; SQClassifier's defaults), its layers binary (b) or ternary (t); "
+            "no float reference, so no layer error. "
             "file: bytes of the model written by skquant.save (codes, scales, "
             "float32 biases and a header; '-': no stored form yet).",
             file=out,
@@ -309,7 +345,12 @@ def format_table(rows):
     for r in rows:
         lines.append(
             f"{r['label']:<18}{r['bits_per_weight']:>12.3f}{r['compression']:>12.1f}x"
-            f"{r['accuracy']:>10.4f}{r['rel_error']:>12.4f}"
+            f"{r['accuracy']:>10.4f}"
+            + (
+                f"{r['rel_error']:>12.4f}"
+                if np.isfinite(r["rel_error"])
+                else f"{'-':>12}"
+            )
             + (f"{r['file_bytes']:>10d}" if r.get("file_bytes") else f"{'-':>10}")
         )
     return "\n".join(lines)

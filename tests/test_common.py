@@ -1,6 +1,7 @@
 """scikit-learn's estimator checks over every public estimator of skquant.
 
-The data-driven quantizers (``NullSpaceQuantizer``, ``GreedyPathQuantizer``) need
+The data-driven quantizers (``NullSpaceQuantizer``, ``GreedyPathQuantizer``,
+``GPTQQuantizer``) need
 calibration activations as a fit parameter, which scikit-learn's checks never pass.
 They are checked through a subclass defined here that draws fixed activations of the
 right width when ``fit`` gets none; everything else is the estimator's own code.
@@ -112,6 +113,7 @@ EXTRA_PARAMS = {
         {"scale": "percentile", "percentile": 99.0},
     ],
     "TernaryQuantizer": [{"scale": "twn", "granularity": "per_tensor"}],
+    "GPTQQuantizer": [{"n_bits": "binary", "act_order": True, "block_size": 3}],
     "BinaryQuantizer": [{"granularity": "per_tensor", "n_jobs": -1}],
     "ActivationQuantizer": [
         {"granularity": "per_feature", "symmetric": True},
@@ -127,6 +129,7 @@ _PER_PARAMETER = (
 EXPECTED_FAILED_CHECKS: dict = {
     "NullSpaceQuantizer": _DATA_DRIVEN_FAILS,
     "GreedyPathQuantizer": _DATA_DRIVEN_FAILS,
+    "GPTQQuantizer": _DATA_DRIVEN_FAILS,
     "AdaptivePrecisionQuantizer": {
         "check_methods_sample_order_invariance": _PER_PARAMETER,
         "check_methods_subset_invariance": _PER_PARAMETER,

@@ -24,3 +24,7 @@ def test_readme_examples_run(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "QuantizedTensor(shape=(784, 256)" in out
     assert namespace["qmlp"].score(namespace["Xd"] / 16, namespace["yd"]) > 0.9
+    # Smart Quantization: every layer on its alphabet, under two bits per weight
+    assert set(namespace["res"].alphabets.values()) <= {"binary", "ternary"}
+    assert namespace["res"].bits_per_weight < 2.1
+    assert namespace["clf"].score(namespace["Xd"] / 16, namespace["yd"]) > 0.9

@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 
 from sklearn.datasets import load_digits  # noqa: E402
 
-from skquant.torch import SQRegularizer, train_sq  # noqa: E402
+from skquant import BinaryQuantizer, TernaryQuantizer  # noqa: E402
+from skquant.torch import SQRegularizer, train_baseline, train_sq  # noqa: E402
 from skquant.torch._sq import BETA_HIGH, BETA_LOW, lambda_schedule  # noqa: E402
 
 
@@ -97,6 +98,37 @@ def test_gradients_reach_weights_scale_and_switch():
     for t in (w, net[2].weight, reg.log_a, reg.theta):
         assert t.grad is not None and torch.all(torch.isfinite(t.grad))
         assert float(t.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("p", [1.5, 2.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_penalty_equals_autograd_of_the_wells(p, dtype, parallel, monkeypatch):
+    """The compiled one-pass sum (CPU) against autograd through ``wells``."""
+    from skquant._kernels import _sq as kernels
+
+    if parallel:  # the chunked kernel on these small layers
+        monkeypatch.setattr(kernels, "PARALLEL_MIN_SIZE", 1)
+    net = _net(dtype)
+    with torch.no_grad():  # weights in both wells, one exactly at zero
+        net[0].weight[0, 0] = 0.0
+    reg = _with_beta(SQRegularizer(net, p=p, lam=0.7, gamma=0.2), 1.1)
+    fused = reg.layer_penalties()
+    a, beta = reg.scale(), reg.beta()
+    ref = torch.stack(
+        [reg.wells(m.weight, a[i], beta[i]).sum() for i, m in enumerate(reg._layers)]
+    )
+    tol = (
+        dict(rtol=1e-5, atol=1e-6)
+        if dtype == torch.float32
+        else dict(rtol=1e-10, atol=1e-12)
+    )
+    torch.testing.assert_close(fused, ref, **tol)
+    params = [net[0].weight, net[2].weight, reg.log_a, reg.theta]
+    g_fused = torch.autograd.grad(fused.sum(), params)
+    g_ref = torch.autograd.grad(ref.sum(), params)
+    for gf, gr in zip(g_fused, g_ref):
+        torch.testing.assert_close(gf, gr, **tol)
 
 
 def test_gamma_pushes_beta_up_when_nothing_else_is_at_stake():
@@ -205,6 +237,112 @@ def test_bad_input(digits):
         train_sq(net, (bad, y), epochs=2, verbose=False)
     for p, q in zip(net.parameters(), before):
         assert torch.equal(p, q)  # the weights before the bad epoch
+
+
+# ------------------------------------------------------------- baselines
+@pytest.mark.parametrize("alphabet", ["binary", "ternary"])
+def test_baseline_ends_on_its_rule_and_matches_its_training_forward(digits, alphabet):
+    X, y = digits
+    res = train_baseline(
+        _net(), (X, y), alphabet=alphabet, epochs=3, lr=1e-2, verbose=False
+    )
+    assert res.regularizer is None and set(res.alphabets.values()) == {alphabet}
+    assert res.binary_fraction == (1.0 if alphabet == "binary" else 0.0)
+    cls, rule = {
+        "binary": (BinaryQuantizer, "mean"),
+        "ternary": (TernaryQuantizer, "twn"),
+    }[alphabet]
+    for name in res.alphabets:
+        latent = res.trained.get_submodule(name).weight.detach().numpy()
+        q = cls(granularity="per_tensor", scale=rule).fit(latent.T)
+        stored = res.model.get_submodule(name).weight.detach().numpy()
+        # the stored layer is the documented rule on the latent weights
+        np.testing.assert_allclose(stored, q.transform(latent.T).T, rtol=1e-6)
+        assert len(np.unique(stored)) <= (2 if alphabet == "binary" else 3)
+        # and the level recorded in the last epoch is that rule's level
+        assert res.history[-1]["a"][name] == pytest.approx(float(q.scale_[0]), rel=1e-5)
+    bits = {"binary": 1, "ternary": 2}[alphabet]
+    n = sum(res.model.get_submodule(k).weight.numel() for k in res.alphabets)
+    assert res.n_weights == n
+    assert res.size_bits == bits * n + 32 * len(res.alphabets)
+    # the model that was trained (straight-through forward) is the one stored
+    with torch.no_grad():
+        Zq = res.model(X)
+    assert (Zq.argmax(1) == y).float().mean() > 0.5
+
+
+def test_float_baseline_counts_32_bits_and_training_helps(digits):
+    X, y = digits
+    net = _net()
+    with torch.no_grad():
+        before = (net(X).argmax(1) == y).float().mean()
+    res = train_baseline(net, (X, y), alphabet="float", epochs=3, verbose=False)
+    assert res.model is net and res.report is None
+    assert res.size_bits == 32 * (64 * 32 + 32 * 10)
+    assert res.bits_per_weight == 32.0
+    with torch.no_grad():
+        assert (net(X).argmax(1) == y).float().mean() > before + 0.3
+    with pytest.raises(ValueError, match="needs a result of train_sq"):
+        res.plot_beta()
+
+
+def test_baseline_is_deterministic_and_cosine_schedule(digits):
+    X, y = digits
+    runs = [
+        train_baseline(
+            _net(),
+            (X, y),
+            alphabet="ternary",
+            epochs=4,
+            lr=4e-3,
+            lr_schedule="cosine",
+            verbose=False,
+            random_state=5,
+        )
+        for _ in range(2)
+    ]
+    assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
+    lrs = [h["lr"] for h in runs[0].history]
+    assert lrs[0] == pytest.approx(4e-3) and lrs[-1] == pytest.approx(4e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    # train_sq: one cosine over the training epochs, restarted for the fine-tune
+    res = train_sq(
+        _net(),
+        (X, y),
+        epochs=3,
+        finetune_epochs=2,
+        lr=1e-2,
+        lr_schedule="cosine",
+        finetune_lr=1e-3,
+        verbose=False,
+    )
+    assert [h["lr"] for h in res.history] == pytest.approx(
+        [1e-2, 5.05e-3, 1e-4, 1e-3, 1e-5]
+    )
+    assert [h["phase"] for h in res.history] == ["train"] * 3 + ["finetune"] * 2
+    with pytest.raises(ValueError, match="finetune_lr must be a finite number > 0"):
+        train_sq(_net(), (X, y), finetune_lr=0.0, verbose=False)
+
+
+def test_baseline_bad_input(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="alphabet must be 'float', 'binary' or"):
+        train_baseline(_net(), (X, y), alphabet="ternay", verbose=False)
+    with pytest.raises(ValueError, match="lr_schedule must be 'constant' or 'cosine'"):
+        train_baseline(_net(), (X, y), lr_schedule="step", verbose=False)
+    with pytest.raises(ValueError, match="below the model's 10 outputs"):
+        train_baseline(_net(), (X, y + 5), epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        train_baseline(torch.nn.Sequential(torch.nn.ReLU()), (X, y), verbose=False)
+    net = _net()
+    with torch.no_grad():
+        before = [p.clone() for p in net.parameters()]
+    bad = X.clone()
+    bad[7, 1] = float("inf")
+    with pytest.raises(ValueError, match="in epoch 1 .*last good epoch"):
+        train_baseline(net, (bad, y), alphabet="binary", epochs=2, verbose=False)
+    for p, q in zip(net.parameters(), before):
+        assert torch.equal(p, q)
 
 
 # ------------------------------------------------------------- SQClassifier

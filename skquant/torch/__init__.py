@@ -23,7 +23,7 @@ from ._model import (
 )
 from ._network import TorchNetwork
 from ._sensitivity import measure_sensitivity
-from ._sq import SQRegularizer, SQResult, train_sq
+from ._sq import SQRegularizer, SQResult, train_baseline, train_sq
 from ._sqestimator import SQClassifier
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "measure_sensitivity",
     "quantize_model",
     "save_model",
+    "train_baseline",
     "train_sq",
     "weight_to_matrix",
 ]

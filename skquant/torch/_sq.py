@@ -16,12 +16,14 @@ import time
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
+from .._kernels import _sq as _sq_kernels
 from .._progress import progress
 from .._uniform import BinaryQuantizer, TernaryQuantizer
 from ._network import TorchNetwork
 
-__all__ = ["SQRegularizer", "SQResult", "train_sq"]
+__all__ = ["SQRegularizer", "SQResult", "train_baseline", "train_sq"]
 
 BETA_LOW, BETA_HIGH = math.pi / 4, math.pi / 2
 
@@ -35,6 +37,58 @@ def _positive(value, name, allow_zero=False):
             f"{name} must be a finite number {bound}, got {name}={value!r}."
         )
     return float(value)
+
+
+def _covered_layers(model, layers, skip):
+    """The model's weight layers chosen as in ``quantize_model`` (``layers``,
+    ``skip``): the walk's adapter and the names, in forward order."""
+    network = TorchNetwork(model, skip=skip)
+    names = list(network.layer_names)
+    if layers is not None:
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        network.check_layer_names(layers, "layers")
+        names = [n for n in names if n in layers]
+    return network, names
+
+
+def _project(w, a, alphabet):
+    """``w`` on ``a * {-1, 1}`` (``sign(0) = +1``) or on the nearest of
+    ``a * {-1, 0, 1}`` (ties at ``a/2`` to 0), as :class:`~skquant.BinaryQuantizer`
+    and :class:`~skquant.TernaryQuantizer` round."""
+    if alphabet == "binary":
+        return a * torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+    return a * torch.where(w.abs() > a / 2, torch.sign(w), 0.0).to(w.dtype)
+
+
+def _fusable(w):
+    return w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64)
+
+
+class _FusedWells(torch.autograd.Function):
+    """``scale * sum_w min(|(|w| - a)|^p, t |w|^p)`` and its gradients in one
+    compiled pass (first derivatives only). ``scale`` (a float) is folded into
+    the kernel's gradient so that the backward pass is no extra pass over ``w``."""
+
+    @staticmethod
+    def forward(ctx, w, a, t, p, scale):
+        flat = w.detach().reshape(-1).contiguous().numpy()
+        total, grad, d_a, d_t = _sq_kernels.wells_sum(
+            flat, float(a), float(t), p, scale
+        )
+        ctx.save_for_backward(
+            torch.from_numpy(grad).view(w.shape),
+            torch.tensor(d_a, dtype=a.dtype),
+            torch.tensor(d_t, dtype=t.dtype),
+        )
+        return torch.tensor(total, dtype=w.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        grad_w, d_a, d_t = ctx.saved_tensors
+        if float(g) != 1.0:
+            grad_w = g * grad_w
+        return grad_w, g * d_a, g * d_t, None, None
 
 
 class SQRegularizer(nn.Module):
@@ -106,12 +160,7 @@ class SQRegularizer(nn.Module):
         beta_init=3 * math.pi / 8,
     ):
         super().__init__()
-        network = TorchNetwork(model, skip=skip)
-        names = list(network.layer_names)
-        if layers is not None:
-            layers = [layers] if isinstance(layers, str) else list(layers)
-            network.check_layer_names(layers, "layers")
-            names = [n for n in names if n in layers]
+        network, names = _covered_layers(model, layers, skip)
         self.p = _positive(p, "p")
         self.gamma = _positive(gamma, "gamma", allow_zero=True)
         self.lam = _positive(lam, "lam", allow_zero=True)
@@ -159,11 +208,22 @@ class SQRegularizer(nn.Module):
         return torch.minimum(outer, inner)
 
     def layer_penalties(self):
-        """``sum_w r(w)`` per layer (a tensor of shape ``(n_layers,)``)."""
+        """``sum_w r(w)`` per layer (a tensor of shape ``(n_layers,)``).
+
+        On the CPU each layer's sum and its gradients come from one compiled pass
+        over the weights (:mod:`skquant._kernels._sq`); elsewhere from
+        :meth:`wells` through autograd. Both give the same values and gradients.
+        """
+        return self._penalties(1.0)
+
+    def _penalties(self, scale):
         a, beta = self.scale(), self.beta()
+        t = torch.tan(beta)
         return torch.stack(
             [
-                self.wells(m.weight, a[i], beta[i]).sum()
+                _FusedWells.apply(m.weight, a[i], t[i], self.p, scale)
+                if _fusable(m.weight)
+                else scale * self.wells(m.weight, a[i], beta[i]).sum()
                 for i, m in enumerate(self._layers)
             ]
         )
@@ -171,7 +231,7 @@ class SQRegularizer(nn.Module):
     def forward(self):
         """The penalty ``R`` (a scalar tensor)."""
         beta = self.beta()
-        wells = self.layer_penalties().sum() * (self.lam / len(self._layers))
+        wells = self._penalties(self.lam / len(self._layers)).sum()
         return wells + self.gamma * (1.0 / torch.tan(beta)).abs().sum()
 
     def zero_well(self):
@@ -221,39 +281,42 @@ class SQRegularizer(nn.Module):
 
     def project(self, w, i, alphabet):
         """Layer ``i``'s weights on its alphabet (for the straight-through pass)."""
-        a = self.scale()[i].detach()
-        if alphabet == "binary":
-            return a * torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
-        return a * torch.where(w.abs() >= a / 2, torch.sign(w), 0.0).to(w.dtype)
+        return _project(w, self.scale()[i].detach(), alphabet)
 
 
 # --------------------------------------------------------------------- trainer
 class SQResult:
-    """What :func:`train_sq` returns.
+    """What :func:`train_sq` and :func:`train_baseline` return.
 
     Parameters
     ----------
     model : torch.nn.Module
         The quantized model: ``QuantLinear``/``QuantConv2d`` layers holding 1- or
-        2-bit codes and one scale each.
+        2-bit codes and one scale each (the float model for a float baseline).
     trained : torch.nn.Module
         The trained float model (latent weights).
-    regularizer : SQRegularizer
-        The trained regulariser (``beta``, ``a``).
+    regularizer : SQRegularizer or None
+        The trained regulariser (``beta``, ``a``); ``None`` for a baseline.
     alphabets : dict of {str: str}
-        ``"binary"`` or ``"ternary"`` by layer.
+        ``"binary"``, ``"ternary"`` (or ``"float"``) by layer.
     history : list of dict
         One row per epoch (fine-tune epochs included, ``phase="finetune"``):
         ``loss``, ``penalty``, ``accuracy`` (training batches), ``val_accuracy``
-        (with validation data), ``lam``, and by layer ``beta``, ``a`` and
-        ``zero_fraction``.
-    report : QuantizationReport
-        Per-layer rows of the final quantization (bits, sizes).
+        (with validation data; of the projected weights in the fine-tune),
+        ``lr``, ``seconds``; for SQ also ``val_accuracy_projected`` (the
+        weights projected on the alphabets of that epoch), ``lam`` and by layer
+        ``beta``, ``a`` and ``zero_fraction``; for a baseline by layer ``a``.
+    report : QuantizationReport or None
+        Per-layer rows of the final quantization (bits, sizes); ``None`` for a
+        float baseline.
 
     Attributes
     ----------
     size_bits : int
-        Bits of the quantized layers (codes + scales).
+        Bits of the covered layers' weights: codes + scales, or 32 per weight for
+        a float layer.
+    n_weights : int
+        Number of weights in the covered layers.
     """
 
     def __init__(self, model, trained, regularizer, alphabets, history, report):
@@ -263,14 +326,24 @@ class SQResult:
         self.alphabets = alphabets
         self.history = history
         self.report = report
-        self.size_bits = int(
-            sum(r["size_bits"] for r in report.rows if r["method"] != "float")
-        )
+        modules = dict(trained.named_modules())
+        self.n_weights = int(sum(modules[n].weight.numel() for n in alphabets))
+        if report is None:
+            self.size_bits = 32 * self.n_weights
+        else:
+            self.size_bits = int(
+                sum(r["size_bits"] for r in report.rows if r["name"] in alphabets)
+            )
 
     @property
     def binary_fraction(self):
-        """Fraction of the regularised layers that ended binary."""
+        """Fraction of the covered layers that ended binary."""
         return sum(a == "binary" for a in self.alphabets.values()) / len(self.alphabets)
+
+    @property
+    def bits_per_weight(self):
+        """Stored bits per weight of the covered layers, scales included."""
+        return self.size_bits / self.n_weights
 
     def plot_beta(self, ax=None):
         """Each layer's ``beta`` over the training epochs.
@@ -287,6 +360,10 @@ class SQResult:
         """
         import matplotlib.pyplot as plt
 
+        if self.regularizer is None:
+            raise ValueError(
+                "plot_beta needs a result of train_sq (a baseline has no beta)."
+            )
         if ax is None:
             _, ax = plt.subplots(figsize=(5, 3.5))
         rows = [h for h in self.history if h["phase"] == "train"]
@@ -367,6 +444,166 @@ def _accuracy(model, data, device, weights=None):
     return correct / len(X)
 
 
+def _straight_through(names, modules, project):
+    """Weights for ``functional_call``: ``project(i, w)`` forward, the gradient to
+    the latent ``w`` unchanged (the straight-through estimator)."""
+    return {
+        f"{n}.weight": m.weight + (project(i, m.weight) - m.weight).detach()
+        for i, (n, m) in enumerate(zip(names, modules))
+    }
+
+
+class _Loop:
+    """The training loop :func:`train_sq` and :func:`train_baseline` share.
+
+    Checks the arguments, seeds torch, moves the model, runs epochs (shuffled
+    batches, the loss plus an optional penalty, label checks, the NaN stop that
+    restores the last good state) and records one history row per epoch.
+    """
+
+    def __init__(
+        self,
+        model,
+        data,
+        *,
+        loss_fn,
+        epochs,
+        finetune_epochs,
+        lr,
+        lr_schedule,
+        batch_size,
+        validation_data,
+        finetune_lr=None,
+        device,
+        random_state,
+        layers,
+        skip,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module, got {type(model).__name__} instead."
+            )
+        _, self.names = _covered_layers(model, layers, skip)
+        for name, value in (
+            ("epochs", epochs),
+            ("finetune_epochs", finetune_epochs),
+            ("batch_size", batch_size),
+        ):
+            if not isinstance(value, numbers.Integral) or value < (
+                name != "finetune_epochs"
+            ):
+                raise ValueError(
+                    f"{name} must be a positive integer, got {name}={value!r}."
+                )
+        self.lr = _positive(lr, "lr")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                "lr_schedule must be 'constant' or 'cosine', got "
+                f"lr_schedule={lr_schedule!r}."
+            )
+        self.lr_schedule, self.epochs, self.finetune_epochs = (
+            lr_schedule,
+            epochs,
+            finetune_epochs,
+        )
+        self.finetune_lr = (
+            self.lr if finetune_lr is None else _positive(finetune_lr, "finetune_lr")
+        )
+        self.model, self.data, self.batch_size = model, data, batch_size
+        self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+        self.validation_data = validation_data
+        self.device = torch.device(device)
+        torch.manual_seed(random_state)
+        self.generator = torch.Generator().manual_seed(random_state)
+        model.to(self.device)
+        self.dtype = next(model.parameters()).dtype
+        self.history = []
+        self.keep = [model]  # modules whose state the NaN stop restores
+
+    def snapshot(self):
+        self.last_good = [copy.deepcopy(m.state_dict()) for m in self.keep]
+
+    def epoch_lr(self, epoch, phase):
+        """Learning rate of epoch ``epoch`` (1-based, counted over both phases):
+        ``lr``, or cosine decay from ``lr`` to ``lr / 100`` over the training
+        epochs, restarted from ``finetune_lr`` over the fine-tune epochs."""
+        start, count = (
+            (0, self.epochs)
+            if phase == "train"
+            else (self.epochs, self.finetune_epochs)
+        )
+        base = self.lr if phase == "train" else self.finetune_lr
+        if self.lr_schedule == "constant":
+            return base
+        frac = (epoch - 1 - start) / max(1, count - 1)
+        return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def epoch(self, epoch, phase, opt, weights=None, penalty=None):
+        """One epoch; ``weights()`` gives ``functional_call`` weights (None: the
+        model's own), ``penalty()`` a scalar added to the loss."""
+        model, device = self.model, self.device
+        lr = self.epoch_lr(epoch, phase)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        total = penalty_total = 0.0
+        correct = seen = 0
+        start = time.perf_counter()
+        for xb, yb in _batches(self.data, self.batch_size, self.generator, device):
+            xb = xb.to(self.dtype)
+            opt.zero_grad()
+            out = (
+                model(xb)
+                if weights is None
+                else torch.func.functional_call(model, weights(), (xb,))
+            )
+            if out.ndim != 2 or yb.max() >= out.shape[1] or yb.min() < 0:
+                raise ValueError(
+                    f"labels must be class indices below the model's {out.shape[-1]} "
+                    f"outputs, got labels from {int(yb.min())} to {int(yb.max())}."
+                )
+            loss = self.loss_fn(out, yb)
+            pen = (
+                torch.zeros((), dtype=self.dtype, device=device)
+                if penalty is None
+                else penalty()
+            )
+            objective = loss + pen
+            if not torch.isfinite(objective):
+                for m, state in zip(self.keep, self.last_good):
+                    m.load_state_dict(state)
+                raise ValueError(
+                    f"the loss became {float(objective.detach())} in epoch {epoch} "
+                    f"({phase}); training stopped and the model keeps the weights "
+                    "of the last good epoch. Lower lr or lam."
+                )
+            objective.backward()
+            opt.step()
+            total += float(loss.detach()) * len(xb)
+            penalty_total += float(pen.detach()) * len(xb)
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(xb)
+        row = {
+            "epoch": epoch,
+            "phase": phase,
+            "loss": total / seen,
+            "penalty": penalty_total / seen,
+            "accuracy": correct / seen,
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
+        if self.validation_data is not None:
+            row["val_accuracy"] = _accuracy(
+                model,
+                self.validation_data,
+                device,
+                None if weights is None else weights(),
+            )
+        self.history.append(row)
+        self.snapshot()
+        return row
+
+
 def train_sq(
     model,
     data,
@@ -378,6 +615,8 @@ def train_sq(
     epochs=10,
     finetune_epochs=2,
     lr=1e-3,
+    lr_schedule="cosine",
+    finetune_lr=None,
     batch_size=128,
     beta_threshold=3 * math.pi / 8,
     beta_init=3 * math.pi / 8,
@@ -427,6 +666,12 @@ def train_sq(
         Straight-through epochs after the projection (0: none).
     lr : float, default=1e-3
         Adam's learning rate.
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        ``"cosine"`` decays the learning rate per epoch from ``lr`` to
+        ``lr / 100`` over the training epochs, and again from ``finetune_lr``
+        over the fine-tune epochs.
+    finetune_lr : float, default=None
+        Learning rate of the fine-tune (``None``: ``lr``).
     batch_size : int, default=128
         Batch size for tensors or arrays.
     beta_threshold : float, default=3*pi/8
@@ -456,6 +701,11 @@ def train_sq(
         The quantized model, the trained one, the regulariser, the alphabets and
         the history.
 
+    See Also
+    --------
+    train_baseline : The same loop without the penalty: float, all-binary or
+        all-ternary training.
+
     Examples
     --------
     >>> import torch
@@ -475,28 +725,23 @@ def train_sq(
     """
     from ._model import quantize_model
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"model must be a torch.nn.Module, got {type(model).__name__} instead."
-        )
-    for name, value in (
-        ("epochs", epochs),
-        ("finetune_epochs", finetune_epochs),
-        ("batch_size", batch_size),
-    ):
-        if not isinstance(value, numbers.Integral) or value < (
-            name != "finetune_epochs"
-        ):
-            raise ValueError(
-                f"{name} must be a positive integer, got {name}={value!r}."
-            )
-    lr = _positive(lr, "lr")
+    loop = _Loop(
+        model,
+        data,
+        loss_fn=loss_fn,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        finetune_lr=finetune_lr,
+        batch_size=batch_size,
+        validation_data=validation_data,
+        device=device,
+        random_state=random_state,
+        layers=layers,
+        skip=skip,
+    )
     schedule = lambda_schedule(lam, epochs)
-    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-    device = torch.device(device)
-    torch.manual_seed(random_state)
-    generator = torch.Generator().manual_seed(random_state)
-    model.to(device)
     reg = SQRegularizer(
         model,
         layers=layers,
@@ -505,95 +750,53 @@ def train_sq(
         gamma=gamma,
         lam=schedule[0],
         beta_init=beta_init,
-    ).to(device)
+    ).to(loop.device)
     if freeze_beta:
         reg.theta.requires_grad_(False)
+    loop.keep.append(reg)
+    loop.snapshot()
     params = list(model.parameters()) + [q for q in reg.parameters() if q.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    history = []
-    last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(reg.state_dict()))
+    opt = torch.optim.Adam(params, lr=loop.lr)
     names = reg.layer_names
-    dtype = next(model.parameters()).dtype
-
-    def projected_weights(alphabets):
-        """Projected weights whose gradient flows to the latent ones (STE)."""
-        return {
-            f"{n}.weight": m.weight
-            + (reg.project(m.weight, i, alphabets[n]) - m.weight).detach()
-            for i, (n, m) in enumerate(zip(names, reg._layers))
-        }
-
-    def run_epoch(epoch, phase, alphabets=None):
-        model.train()
-        total = penalty_total = 0.0
-        correct = seen = 0
-        start = time.perf_counter()
-        for xb, yb in _batches(data, batch_size, generator, device):
-            xb = xb.to(dtype)
-            opt.zero_grad()
-            if phase == "train":
-                out = model(xb)
-                penalty = reg()
-            else:  # straight-through: forward on the projected weights
-                out = torch.func.functional_call(
-                    model, projected_weights(alphabets), (xb,)
-                )
-                penalty = torch.zeros((), dtype=dtype, device=device)
-            if out.ndim != 2 or yb.max() >= out.shape[1] or yb.min() < 0:
-                raise ValueError(
-                    f"labels must be class indices below the model's {out.shape[-1]} "
-                    f"outputs, got labels from {int(yb.min())} to {int(yb.max())}."
-                )
-            loss = loss_fn(out, yb)
-            objective = loss + penalty
-            if not torch.isfinite(objective):
-                model.load_state_dict(last_good[0])
-                reg.load_state_dict(last_good[1])
-                raise ValueError(
-                    f"the loss became {float(objective.detach())} in epoch {epoch} "
-                    f"({phase}); training stopped and the model keeps the weights "
-                    "of the last good epoch. Lower lr or lam."
-                )
-            objective.backward()
-            opt.step()
-            total += float(loss.detach()) * len(xb)
-            penalty_total += float(penalty.detach()) * len(xb)
-            correct += int((out.argmax(1) == yb).sum())
-            seen += len(xb)
-        row = {
-            "epoch": epoch,
-            "phase": phase,
-            "loss": total / seen,
-            "penalty": penalty_total / seen,
-            "accuracy": correct / seen,
-            "lam": reg.lam,
-            "beta": dict(zip(names, reg.beta().tolist())),
-            "a": dict(zip(names, reg.scale().tolist())),
-            "zero_fraction": dict(zip(names, reg.zero_fraction())),
-            "seconds": time.perf_counter() - start,
-        }
-        if validation_data is not None:
-            row["val_accuracy"] = _accuracy(
-                model,
-                validation_data,
-                device,
-                None if alphabets is None else projected_weights(alphabets),
-            )
-        history.append(row)
-        return row
 
     bar = progress(range(epochs + finetune_epochs), desc="train_sq", enabled=verbose)
-    alphabets = None
+    alphabets = weights = None
     for epoch in bar:
         if epoch < epochs:
             reg.lam = schedule[epoch]
-            row = run_epoch(epoch + 1, "train")
+            row = loop.epoch(epoch + 1, "train", opt, penalty=reg)
+            if validation_data is not None:
+                row["val_accuracy_projected"] = _accuracy(
+                    model,
+                    validation_data,
+                    loop.device,
+                    _straight_through(
+                        names,
+                        reg._layers,
+                        lambda i, w, now=reg.alphabets(beta_threshold): reg.project(
+                            w, i, now[names[i]]
+                        ),
+                    ),
+                )
         else:
             if alphabets is None:
                 alphabets = reg.alphabets(beta_threshold)
-                opt = torch.optim.Adam(model.parameters(), lr=lr)
-            row = run_epoch(epoch + 1, "finetune", alphabets)
-        last_good = (copy.deepcopy(model.state_dict()), copy.deepcopy(reg.state_dict()))
+                opt = torch.optim.Adam(model.parameters(), lr=loop.finetune_lr)
+
+                def weights():
+                    return _straight_through(
+                        names,
+                        reg._layers,
+                        lambda i, w: reg.project(w, i, alphabets[names[i]]),
+                    )
+
+            row = loop.epoch(epoch + 1, "finetune", opt, weights=weights)
+        row.update(
+            lam=reg.lam,
+            beta=dict(zip(names, reg.beta().tolist())),
+            a=dict(zip(names, reg.scale().tolist())),
+            zero_fraction=dict(zip(names, reg.zero_fraction())),
+        )
         bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
     if alphabets is None:
         alphabets = reg.alphabets(beta_threshold)
@@ -601,4 +804,167 @@ def train_sq(
     qmodel, report = quantize_model(
         model, reg.quantizers(beta_threshold), skip=skip, return_report=True
     )
-    return SQResult(qmodel, model, reg, alphabets, history, report)
+    return SQResult(qmodel, model, reg, alphabets, loop.history, report)
+
+
+def _baseline_scale(w, alphabet):
+    """The per-tensor level of a baseline: ``mean|w|`` for binary (XNOR-Net's
+    rule), ternary weight networks' ``mean{|w| : |w| > 0.7 mean|w|}``."""
+    A = w.detach().abs()
+    if alphabet == "binary":
+        return A.mean()
+    kept = A[A > 0.7 * A.mean()]
+    return kept.mean() if kept.numel() else A.mean()
+
+
+def train_baseline(
+    model,
+    data,
+    *,
+    alphabet="ternary",
+    loss_fn=None,
+    epochs=12,
+    lr=1e-3,
+    lr_schedule="cosine",
+    batch_size=128,
+    layers=None,
+    skip=(),
+    validation_data=None,
+    device="cpu",
+    random_state=0,
+    verbose=True,
+):
+    """Train a model the way :func:`train_sq` does, without the penalty: the
+    baselines that Smart Quantization is measured against.
+
+    * ``alphabet="float"``: plain training (Adam, the same batches and seed).
+    * ``alphabet="binary"``: BinaryConnect-style training with a per-layer scale:
+      every step the forward pass uses ``a * sign(w)`` with ``a = mean|w|`` of
+      the layer's latent weights (XNOR-Net's level), and the gradient goes to the
+      latent weights unchanged (straight-through estimator).
+    * ``alphabet="ternary"``: TWN-style training: ``a`` is the mean of the
+      ``|w| > 0.7 mean|w|`` (ternary weight networks' level) and each weight is
+      rounded to the nearest of ``{-a, 0, a}``, with the same estimator.
+
+    At the end the layers are projected for good with the same rule through
+    :func:`skquant.torch.quantize_model` (per-tensor
+    :class:`~skquant.BinaryQuantizer` ``scale="mean"`` or
+    :class:`~skquant.TernaryQuantizer` ``scale="twn"``). The arguments, the NaN
+    stop and the history are those of :func:`train_sq`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier (outputs: logits), trained in place.
+    data : tuple of (X, y) or iterable of (x, y) batches
+        Training data.
+    alphabet : {"float", "binary", "ternary"}, default="ternary"
+        The baseline.
+    loss_fn : callable, default=None
+        ``nn.CrossEntropyLoss()`` when ``None``.
+    epochs : int, default=12
+        Training epochs (give ``train_sq``'s ``epochs + finetune_epochs`` for
+        the same budget).
+    lr : float, default=1e-3
+        Adam's learning rate.
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        As in :func:`train_sq`: cosine decay from ``lr`` to ``lr / 100``.
+    batch_size : int, default=128
+        Batch size for tensors or arrays.
+    layers : sequence of str, default=None
+        The layers quantized (``None``: all weight layers).
+    skip : sequence of str, default=()
+        Modules left out, with their children.
+    validation_data : tuple of (X, y), default=None
+        Accuracy on it (of the projected weights) is recorded per epoch.
+    device : str or torch.device, default="cpu"
+        Where to train.
+    random_state : int, default=0
+        Seed of the shuffling (and of torch's generator).
+    verbose : bool, default=True
+        Progress bar over the epochs.
+
+    Returns
+    -------
+    result : SQResult
+        ``regularizer`` is ``None``; ``history`` rows hold each layer's level
+        ``a`` (binary and ternary); for ``"float"``, ``model`` is the trained
+        model and ``size_bits`` counts 32 bits per weight.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.datasets import load_digits
+    >>> from skquant.torch import train_baseline
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X, y = torch.tensor(X / 16, dtype=torch.float32), torch.tensor(y)
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(32, 10))
+    >>> res = train_baseline(net, (X, y), alphabet="binary", epochs=4, lr=1e-2,
+    ...                      verbose=False)
+    >>> res.alphabets
+    {'0': 'binary', '2': 'binary'}
+    >>> res.bits_per_weight < 1.02
+    True
+    """
+    from ._model import quantize_model
+
+    if alphabet not in ("float", "binary", "ternary"):
+        raise ValueError(
+            "alphabet must be 'float', 'binary' or 'ternary', got "
+            f"alphabet={alphabet!r}."
+        )
+    loop = _Loop(
+        model,
+        data,
+        loss_fn=loss_fn,
+        epochs=epochs,
+        finetune_epochs=0,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        batch_size=batch_size,
+        validation_data=validation_data,
+        device=device,
+        random_state=random_state,
+        layers=layers,
+        skip=skip,
+    )
+    names = loop.names
+    modules = [dict(model.named_modules())[n] for n in names]
+    loop.snapshot()
+    opt = torch.optim.Adam(model.parameters(), lr=loop.lr)
+    weights = None
+    if alphabet != "float":
+
+        def weights():
+            return _straight_through(
+                names,
+                modules,
+                lambda i, w: _project(w, _baseline_scale(w, alphabet), alphabet),
+            )
+
+    bar = progress(range(epochs), desc=f"train {alphabet}", enabled=verbose)
+    for epoch in bar:
+        row = loop.epoch(epoch + 1, "train", opt, weights=weights)
+        if alphabet != "float":
+            row["a"] = {
+                n: float(_baseline_scale(m.weight, alphabet))
+                for n, m in zip(names, modules)
+            }
+        bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
+    model.eval()
+    alphabets = dict.fromkeys(names, alphabet)
+    if alphabet == "float":
+        return SQResult(model, model, None, alphabets, loop.history, None)
+    cls, rule = (
+        (BinaryQuantizer, "mean") if alphabet == "binary" else (TernaryQuantizer, "twn")
+    )
+    qmodel, report = quantize_model(
+        model,
+        {n: cls(granularity="per_tensor", scale=rule) for n in names},
+        skip=skip,
+        return_report=True,
+    )
+    return SQResult(qmodel, model, None, alphabets, loop.history, report)

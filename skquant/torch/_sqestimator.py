@@ -59,7 +59,10 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
     batch_size : int, default=64
         Batch size.
     lr : float, default=1e-2
-        Adam's learning rate.
+        Adam's learning rate (also the fine-tune's).
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        Cosine decay from ``lr`` to ``lr / 100`` over the training epochs,
+        restarted over the fine-tune epochs (see :func:`~skquant.torch.train_sq`).
     device : str, default="cpu"
         Where to train.
     random_state : int or None, default=None
@@ -108,6 +111,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
         finetune_epochs=3,
         batch_size=64,
         lr=1e-2,
+        lr_schedule="cosine",
         device="cpu",
         random_state=None,
         verbose=0,
@@ -121,6 +125,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
         self.finetune_epochs = finetune_epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -229,6 +234,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
             epochs=self.max_epochs,
             finetune_epochs=self.finetune_epochs,
             lr=self.lr,
+            lr_schedule=self.lr_schedule,
             batch_size=self.batch_size,
             device=self.device,
             random_state=seed,
