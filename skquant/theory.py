@@ -11,6 +11,8 @@ is intractable (a maximum over subsets of columns), the functions return a certi
 upper bound and say so.
 """
 
+import numbers
+
 import numpy as np
 
 __all__ = [
@@ -33,7 +35,30 @@ def _as2d(X):
             f"X must be a non-empty 2-D array of shape (m, n_in), got X.shape="
             f"{X.shape} instead."
         )
+    if not np.all(np.isfinite(X)):
+        raise ValueError(
+            f"X must be finite, got {int(np.sum(~np.isfinite(X)))} NaN or infinite "
+            "entries."
+        )
     return X
+
+
+def _step(step, name="step"):
+    """A grid step: a finite number > 0 (a negative one would give a negative
+    bound)."""
+    ok = isinstance(step, numbers.Real) and not isinstance(step, bool)
+    if not ok or not np.isfinite(step) or step <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {name}={step!r}.")
+    return float(step)
+
+
+def _subset_size(r, X, name):
+    """An integer number of columns in ``[0, n_in]``."""
+    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {name}={r!r}.")
+    if not 0 <= r <= X.shape[1]:
+        raise ValueError(f"{name} must be in [0, n_in={X.shape[1]}], got {name}={r!r}.")
+    return int(r)
 
 
 def msq_bound(X, step):
@@ -66,6 +91,7 @@ def msq_bound(X, step):
     0.5
     """
     X = _as2d(X)
+    step = _step(step)
     return float(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * step / 2)
 
 
@@ -100,8 +126,9 @@ def max_subset_norm_bound(X, r):
     4.0
     """
     X = _as2d(X)
+    r = _subset_size(r, X, "r")
     col = np.sort(np.einsum("ij,ij->j", X, X))[::-1]
-    frob = np.sqrt(col[: max(int(r), 0)].sum())
+    frob = np.sqrt(col[:r].sum())
     return float(min(np.linalg.norm(X, 2), frob))
 
 
@@ -144,7 +171,21 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     True
     """
     X = _as2d(X)
-    r = int(np.linalg.matrix_rank(X)) if rank is None else int(rank)
+    step = _step(step)
+    if variant not in ("grid", "ternary", "binary"):
+        raise ValueError(
+            "variant must be 'grid', 'ternary' or 'binary', got "
+            f"variant={variant!r} instead."
+        )
+    if rank is None:
+        r = int(np.linalg.matrix_rank(X))
+    else:
+        r = _subset_size(rank, X, "rank")
+        if r > min(X.shape):
+            raise ValueError(
+                f"rank must be at most min(m, n_in)={min(X.shape)} (the rank of X "
+                f"cannot exceed it), got rank={rank!r}."
+            )
     per = step if variant == "binary" else step / 2
     return float(max_subset_norm_bound(X, r) * np.sqrt(r) * per)
 
@@ -188,10 +229,27 @@ def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
     0.25
     """
     X = _as2d(X)
-    S = np.asarray(S, dtype=int)
+    if not (np.isscalar(drift) and np.isfinite(drift) and drift >= 0):
+        raise ValueError(f"drift must be a finite number >= 0, got drift={drift!r}.")
+    S = np.asarray(S)
+    if S.size and S.dtype.kind not in "iu":
+        raise TypeError(f"S must hold integer column indices, got dtype {S.dtype}.")
+    S = S.astype(int).ravel()
+    if S.size and (S.min() < 0 or S.max() >= X.shape[1]):
+        raise ValueError(
+            f"S must index columns of X in [0, {X.shape[1] - 1}], got indices from "
+            f"{S.min()} to {S.max()}."
+        )
+    z_S = np.asarray(z_S, dtype=float).ravel()
+    q_S = np.asarray(q_S, dtype=float).ravel()
+    if z_S.shape != S.shape or q_S.shape != S.shape:
+        raise ValueError(
+            f"z_S and q_S must have one value per index of S ({S.size}), got "
+            f"{z_S.size} and {q_S.size}."
+        )
     if S.size == 0:
         return float(drift)
-    d = np.asarray(z_S, dtype=float) - np.asarray(q_S, dtype=float)
+    d = z_S - q_S
     return float(drift + np.linalg.norm(X[:, S], 2) * np.linalg.norm(d))
 
 
@@ -227,9 +285,19 @@ def lp_scale_bound(X, w):
     5.0
     """
     X = _as2d(X)
+    w = np.asarray(w, dtype=float)
+    if w.shape != (X.shape[1],) or not np.all(np.isfinite(w)):
+        raise ValueError(
+            f"w must be a finite vector of length n_in={X.shape[1]}, got "
+            f"w.shape={w.shape}."
+        )
     s = np.linalg.svd(X, compute_uv=False)
+    if s[0] == 0:
+        raise ValueError(
+            "X is all zeros: it has no range, so the LP scale is not defined."
+        )
     s = s[s > max(X.shape) * np.finfo(float).eps * s[0]]
-    return float(np.linalg.norm(X @ np.asarray(w, dtype=float)) / s[-1])
+    return float(np.linalg.norm(X @ w) / s[-1])
 
 
 def gpfq_bound(X, step):
@@ -264,6 +332,7 @@ def gpfq_bound(X, step):
     1.0
     """
     X = _as2d(X)
+    step = _step(step)
     return float(np.linalg.norm(X) * step / 2)
 
 
@@ -303,6 +372,10 @@ def predicted_rate(method, m, n_in):
     2.0
     """
     n = np.asarray(n_in, dtype=float)
+    if not (np.isscalar(m) and np.isfinite(m) and m >= 1):
+        raise ValueError(f"m must be a number >= 1, got m={m!r}.")
+    if n.size == 0 or not np.all(np.isfinite(n)) or np.any(n < 1):
+        raise ValueError(f"n_in must be numbers >= 1, got n_in={n_in!r}.")
     if method == "msq":
         return np.ones_like(n)
     if method == "grid":

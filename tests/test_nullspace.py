@@ -336,6 +336,28 @@ def test_gpfq_matches_a_numpy_reference():
         assert_array_equal(q.encode(W)[:, c], ref)
 
 
+@pytest.mark.parametrize("n_bits", ALPHABETS)
+@pytest.mark.parametrize("block_size", [1, 7, 128])
+def test_gpfq_gram_form_equals_the_path(n_bits, block_size):
+    """All neurons at once from Gram matrices: the per-neuron path's codes."""
+    rng = np.random.default_rng(4)
+    Xq = rng.standard_normal((200, 60)) @ rng.standard_normal((60, 60))
+    Xq[:, 3] = 0.0  # a dead input: rounded on its own
+    Xf = Xq @ (np.eye(60) + 0.05 * rng.standard_normal((60, 60)))
+    W = rng.standard_normal((60, 9)) / 8
+    for X_target in (Xq, Xf):
+        q = GreedyPathQuantizer(n_bits=n_bits)
+        q._fit_alphabet(W, "maxabs")
+        codes, residual = q._codes(W, Xq, X_target)
+        codes_g, residual_g = q._codes_gram(W, Xq, X_target, block_size=block_size)
+        assert_array_equal(codes_g, codes)
+        np.testing.assert_allclose(residual_g, residual, rtol=1e-9)
+    # the public fit picks the form by its cost
+    from skquant._gpfq import _use_gram
+
+    assert _use_gram(1024, 4096, 4096) and not _use_gram(8, 4096, 4)
+
+
 def test_network_style_targets():
     # layer sees perturbed (quantized-prefix) inputs and follows the float ones
     rng = np.random.default_rng(0)

@@ -108,3 +108,51 @@ def test_bad_input():
         msq_bound(np.ones(3), 0.1)
     with pytest.raises(ValueError, match="methods must be among"):
         error_decay([16], m=4, methods=("nope",), n_test=2)
+
+
+def test_bad_input_names_the_parameter():
+    from skquant.theory import (
+        gpfq_bound,
+        lp_scale_bound,
+        max_subset_norm_bound,
+        nullspace_bound,
+        posterior_nullspace_bound,
+        predicted_rate,
+    )
+
+    X = np.random.default_rng(0).standard_normal((6, 10))
+    for fn in (msq_bound, gpfq_bound, nullspace_bound):
+        for step in (-0.1, 0.0, np.nan, np.inf, "a"):
+            with pytest.raises(ValueError, match="step must be a finite number > 0"):
+                fn(X, step)
+    bad = X.copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="X must be finite, got 1 NaN"):
+        msq_bound(bad, 0.1)
+    with pytest.raises(ValueError, match="variant must be 'grid', 'ternary' or"):
+        nullspace_bound(X, 0.1, variant="lp")
+    with pytest.raises(ValueError, match=r"rank must be at most min\(m, n_in\)=6"):
+        nullspace_bound(X, 0.1, rank=8)
+    with pytest.raises(ValueError, match=r"rank must be in \[0, n_in=10\]"):
+        nullspace_bound(X, 0.1, rank=-1)
+    with pytest.raises(TypeError, match="rank must be an integer"):
+        nullspace_bound(X, 0.1, rank=2.5)
+    with pytest.raises(ValueError, match=r"r must be in \[0, n_in=10\]"):
+        max_subset_norm_bound(X, 11)
+    with pytest.raises(ValueError, match="X is all zeros"):
+        lp_scale_bound(np.zeros((3, 4)), np.ones(4))
+    with pytest.raises(ValueError, match="w must be a finite vector of length"):
+        lp_scale_bound(X, np.ones(3))
+    with pytest.raises(ValueError, match=r"S must index columns of X in \[0, 9\]"):
+        posterior_nullspace_bound(X, [12], [0.1], [0.0])
+    with pytest.raises(ValueError, match="one value per index of S"):
+        posterior_nullspace_bound(X, [1, 2], [0.1], [0.0])
+    with pytest.raises(ValueError, match="drift must be a finite number >= 0"):
+        posterior_nullspace_bound(X, [1], [0.1], [0.0], drift=-1.0)
+    with pytest.raises(ValueError, match="m must be a number >= 1"):
+        predicted_rate("grid", 0, 100)
+    with pytest.raises(ValueError, match="n_in must be numbers >= 1"):
+        predicted_rate("grid", 4, [100, 0])
+    # the edges that stay valid: no data signal gives a zero bound, not an error
+    assert msq_bound(np.zeros((3, 4)), 0.1) == 0.0
+    assert nullspace_bound(X, 0.1, rank=0) == 0.0
