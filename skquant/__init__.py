@@ -14,7 +14,7 @@ from ._gptq import GPTQQuantizer
 from ._io import load, save
 from ._layerbits import LayerBitAllocator
 from ._mlp import QuantizedMLP
-from ._nullspace import NullSpaceQuantizer
+from ._nullspace import NoFreedomWarning, NullSpaceQuantizer
 from ._packing import QuantizedTensor, pack_codes, unpack_codes
 from ._precision import AdaptivePrecisionQuantizer, adaptive_quantize_mlp
 from ._sensitivity import SensitivityResult, measure_sensitivity
@@ -29,6 +29,7 @@ __all__ = [
     "GreedyPathQuantizer",
     "GPTQQuantizer",
     "LayerBitAllocator",
+    "NoFreedomWarning",
     "NullSpaceQuantizer",
     "QuantizedMLP",
     "QuantizedTensor",

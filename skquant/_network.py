@@ -13,6 +13,7 @@ it: :class:`DenseNetwork` / :class:`MLPNetwork` here (NumPy only) and
 import copy
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -443,10 +444,22 @@ def quantize_layers(
         ``quantizers``, ``tensors`` and ``weights`` (dequantized, ``(n_in,
         n_out)``) by layer name, for the quantized layers, and the ``report``.
     """
+    from ._nullspace import NoFreedomWarning, NullSpaceQuantizer
     from ._precision import AdaptivePrecisionQuantizer
 
     names = network.layer_names
     plan = resolve_quantizers(names, quantizer)
+    for name, est in plan.items():
+        if isinstance(est, NullSpaceQuantizer) and est.variant == "lp":
+            raise ValueError(
+                f"NullSpaceQuantizer(variant='lp') is for single layers, not networks "
+                f"(layer {name!r}): its vertex keeps the calibration output but moves "
+                "the weights in the calibration data's null space, which other inputs "
+                "do not share (measured on a digits CNN: weights 6x the float norm, "
+                "chance accuracy), and a layer with as many calibration rows as "
+                "inputs leaves it no freedom. Use variant='grid' (the weights stay in "
+                "their grid cells) or GreedyPathQuantizer."
+            )
     needs_data = any(isinstance(e, BaseDataQuantizer) for e in plan.values())
     walk = needs_data if calibrate is None else (bool(calibrate) or needs_data)
     if walk and data is None:
@@ -467,6 +480,7 @@ def quantize_layers(
         else _plain_steps(network, names)
     )
     result = LayerQuantization()
+    no_freedom = []
     for step in progress(
         steps, desc="quantize layers", total=len(names), enabled=verbose
     ):
@@ -485,7 +499,16 @@ def quantize_layers(
             start = time.perf_counter()
             if isinstance(est, BaseDataQuantizer):
                 Xq, Xf = step.inputs()
-                est, tensor = _fit_data_driven(est, W, Xq, Xf, step.groups)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", NoFreedomWarning)
+                    est, tensor = _fit_data_driven(est, W, Xq, Xf, step.groups)
+                for w in caught:  # gathered below; others pass on as they came
+                    if issubclass(w.category, NoFreedomWarning):
+                        no_freedom.append(f"{step.name} ({W.shape[0]} inputs)")
+                    else:
+                        warnings.warn_explicit(
+                            w.message, w.category, w.filename, w.lineno
+                        )
             elif isinstance(est, AdaptivePrecisionQuantizer):
                 tensor = est.fit(W, gradient=grads[step.name]).compress(W)
             else:
@@ -506,6 +529,16 @@ def quantize_layers(
             Q = W if step.quantized is None else step.quantized
             row["calibration_error"] = _output_error(Xq, Q, Xf, W)
         result.report.rows.append(row)
+    if no_freedom:
+        warnings.warn(
+            f"NullSpaceQuantizer: the calibration data leaves no freedom in "
+            f"{len(no_freedom)} of {len(names)} layers ({', '.join(no_freedom)}): "
+            "their rank reaches the number of inputs, so every coordinate was "
+            "rounded (greedy path following, or MSQ with rounding='nearest'). Pass "
+            "rank < n_in, or rank='auto', to keep only the main directions.",
+            NoFreedomWarning,
+            stacklevel=2,
+        )
     return result
 
 

@@ -16,7 +16,16 @@ from ._datadriven import BaseDataQuantizer
 from ._kernels import _nullspace
 from ._kernels._threads import numba_threads
 
-__all__ = ["NullSpaceQuantizer"]
+__all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
+
+
+class NoFreedomWarning(UserWarning):
+    """The calibration data leaves a layer no freedom (``rank >= n_in``).
+
+    The null-space method then rounds every coordinate (greedy path following,
+    or MSQ with ``rounding="nearest"``). The network drivers gather these into one
+    warning per model, naming the layers.
+    """
 
 
 def row_space(X, rank=None):
@@ -65,6 +74,9 @@ def row_space(X, rank=None):
 #: Gaussian (n, k) = (4096, 256), (2048, 32); with 3 the chosen chunk was the
 #: fastest measured or within 15% of it in each case (one chunk for k = 64, 128).
 REFACTOR_WEIGHT = 3
+
+#: the smallest rank cap ``rank="auto"`` tries
+MIN_AUTO_RANK = 8
 
 
 def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
@@ -186,11 +198,16 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         ``min ||z||_inf s.t. X z = X w`` (scipy's HiGHS) gives a vertex ``z*`` and
         ``c = ||z*||_inf``, the scale of ``c {-1, 0, 1}`` (``n_bits="ternary"``),
         ``c {-1, 1}`` or the grid of step ``c / K``.
-    rank : int, float in (0, 1) or None, default=None
+    rank : "auto", int, float in (0, 1) or None, default=None
         The complexity parameter: how many singular directions of ``X`` the
         constraint keeps. ``None`` keeps the numerical rank; an int caps it; a
         float keeps the fewest directions holding that fraction of the energy
-        ``||X||_F^2``. Dropping directions buys freedom (``n_in - k`` dimensions)
+        ``||X||_F^2``; ``"auto"`` picks the cap from the data: every fifth
+        calibration row is held out, a quantizer is fitted on the others at each
+        cap of a ladder (their numerical rank, halved down to 8), and the cap
+        whose output on the held-out rows is closest to the float output is used
+        for the fit on all rows (``rank_scores_`` holds the ladder's errors).
+        Dropping directions buys freedom (``n_in - k`` dimensions)
         at the price of a term ``sigma_{k+1} ||w - z||`` in the error.
     rounding : {"greedy", "nearest"}, default="greedy"
         How the ``<= k`` coordinates left off the alphabet are rounded:
@@ -219,6 +236,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Singular values of the calibration activations.
     rank_ : int
         Number of kept directions ``k``.
+    rank_scores_ : dict of {int: float}
+        With ``rank="auto"``: the held-out output error ``||Xf_h W - Xq_h Q||_F``
+        of each cap tried (empty otherwise).
     n_in_ : int
         Number of inputs of the layer (rows of ``W``).
     codes_ : ndarray of int of shape (n_in, n_out)
@@ -282,6 +302,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         "variant": [StrOptions({"grid", "lp"})],
         "rank": [
             None,
+            StrOptions({"auto"}),
             Interval(numbers.Integral, 1, None, closed="left"),
             Interval(numbers.Real, 0, 1, closed="neither"),
         ],
@@ -300,7 +321,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
 
     def _fit_quantize(self, W, activations, target_activations):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
-        V, s, k = row_space(Xq, self.rank)
+        rank, self.rank_scores_ = self.rank, {}
+        if rank == "auto":
+            rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf)
+        V, s, k = row_space(Xq, rank)
         self.components_, self.singular_values_, self.rank_ = V, s, k
         if k >= W.shape[0]:
             warnings.warn(
@@ -308,7 +332,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 f"(rank {k} >= n_in={W.shape[0]}); every coordinate is rounded "
                 f"({'greedy path following' if self.rounding == 'greedy' else 'MSQ'})."
                 " Pass rank < n_in to keep only the main directions of the data.",
-                UserWarning,
+                NoFreedomWarning,
             )
         W64 = W.astype(np.float64)
         if self.variant == "grid":
@@ -323,6 +347,40 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         codes, Z = self._codes(W64, Xq, Xf, Z=Z)
         self._diagnostics(W64, Z, codes, Xq, Xf)
         return codes, W.dtype
+
+    def _held_out_rank(self, W, Xq, Xf):
+        """The rank cap with the smallest output error on held-out calibration
+        rows: every fifth row is held out, the rest fit a quantizer at each cap of
+        a ladder (the numerical rank of the fitting rows, then halved down to
+        :data:`MIN_AUTO_RANK`), and the cap whose quantized layer reproduces the
+        held-out rows' float output best is returned (ties: the larger cap).
+        With fewer than 10 rows nothing is held out: the numerical rank."""
+        m = Xq.shape[0]
+        if m < 10:
+            return None, {}
+        held = np.zeros(m, dtype=bool)
+        held[4::5] = True
+        Xq_fit, Xf_fit = Xq[~held], Xf[~held]
+        top = row_space(Xq_fit)[2]
+        ladder, k = [], top
+        while k >= MIN_AUTO_RANK or not ladder:
+            ladder.append(k)
+            k //= 2
+        params = {**self.get_params(), "rank": None}
+        ref = Xf[held] @ W.astype(np.float64)
+        scores = {}
+        for k in ladder:
+            est = type(self)(**{**params, "rank": k if k < top else None})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                Q = est.fit_transform(
+                    W,
+                    activations=Xq_fit,
+                    target_activations=None if Xf is Xq else Xf_fit,
+                )
+            scores[k] = float(np.linalg.norm(ref - Xq[held] @ Q.astype(np.float64)))
+        best = min(scores, key=lambda k: (scores[k], -k))
+        return (None if best >= top else best), scores
 
     def _start_points(self, W, Xq, Xf):
         """Closest points to ``W`` (columns) with ``V^T Xq``-consistent outputs."""
@@ -339,6 +397,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         V = self.components_
         n, k = V.shape
         Z0 = self._start_points(W, Xq, Xf)
+        if k >= n:  # the equality fixes z: nothing to optimise
+            return Z0
         Z = np.empty_like(Z0)
         eye = sparse.identity(n, format="csr")
         one = sparse.csr_matrix(np.ones((n, 1)))

@@ -301,3 +301,43 @@ def test_pickled_quantized_mlp_does_not_grow_with_calibration_rows(quantizer):
     # keeping 5000 more rows of 64 + 32 inputs (twice: activations and targets)
     # would add 7.7 MB in float64
     assert abs(sizes[1] - sizes[0]) < 0.001 * 7.7e6, sizes
+
+
+def test_no_freedom_warnings_are_one_per_model():
+    """Layers whose calibration rank reaches their inputs: one warning naming them."""
+    rng = np.random.default_rng(0)
+    layers = _layers(rng, sizes=(20, 30, 3))
+    X = rng.standard_normal((200, 20))  # 200 rows: rank 20 = n_in and 30 = n_in
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_network(layers, NullSpaceQuantizer(n_bits=3), X)
+    from skquant import NoFreedomWarning
+
+    mine = [w for w in caught if issubclass(w.category, NoFreedomWarning)]
+    assert len(mine) == 1
+    msg = str(mine[0].message)
+    assert "2 of 2 layers" in msg and "layer_0 (20 inputs)" in msg
+    assert "layer_1 (30 inputs)" in msg
+    # with freedom left (few rows), nothing to say
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_network(layers, NullSpaceQuantizer(n_bits=3), X[:8])
+    assert not [w for w in caught if issubclass(w.category, NoFreedomWarning)]
+
+
+def test_lp_variant_is_refused_in_networks(digits):
+    mlp, Xtr, *_ = digits
+    lp = NullSpaceQuantizer(n_bits="ternary", variant="lp")
+    with pytest.raises(ValueError, match="variant='lp'.* is for single layers"):
+        QuantizedMLP(mlp, lp).fit(Xtr[:100])
+    with pytest.raises(ValueError, match="layer 'layer_1'"):
+        QuantizedMLP(mlp, {"layer_1": lp, "*": UniformQuantizer()}).fit(Xtr[:100])
+    # a single layer still takes it
+    W = mlp.coefs_[0]
+    assert (
+        NullSpaceQuantizer(n_bits="ternary", variant="lp")
+        .fit(W, activations=Xtr[:16])
+        .transform(W)
+        .shape
+        == W.shape
+    )

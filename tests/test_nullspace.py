@@ -293,6 +293,46 @@ def test_no_freedom_warns_and_rounds_everything():
     )
 
 
+def test_lp_without_freedom_skips_the_programs(monkeypatch):
+    """rank >= n_in fixes z by the equality: no LP is solved."""
+    import skquant._nullspace as ns
+
+    def no_lp(*args, **kwargs):
+        raise AssertionError("an LP was solved")
+
+    monkeypatch.setattr(ns, "linprog", no_lp)
+    X, W = _layer(m=300, n_in=40, n_out=3)
+    with pytest.warns(UserWarning, match="leaves no freedom"):
+        q = NullSpaceQuantizer(n_bits="ternary", variant="lp").fit(W, activations=X)
+    np.testing.assert_allclose(q.scale_, np.abs(W).max(axis=0))
+
+
+def test_auto_rank_picks_the_held_out_best_cap():
+    rng = np.random.default_rng(3)
+    n, m = 120, 100
+    # the data's energy lies in 10 directions; the rest is small and noisy, so
+    # the calibration rows' weak directions are not the test rows'
+    basis = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    scales = np.r_[np.full(10, 10.0), np.full(n - 10, 0.05)]
+    X = rng.standard_normal((m, n)) * scales @ basis.T
+    W = rng.standard_normal((n, 6)) / np.sqrt(n)
+    q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
+    scores = q.rank_scores_
+    assert min(scores) >= 8 and max(scores) == 80  # numerical rank of 80 rows
+    best = min(scores, key=scores.get)
+    assert q.rank_ == min(best, q.singular_values_.size)
+    assert scores[best] < scores[max(scores)]  # a cap beats the full rank here
+    # the held-out rows were left out of each candidate's fit: rerun one by hand
+    held = np.zeros(m, dtype=bool)
+    held[4::5] = True
+    k = min(scores)
+    Q = NullSpaceQuantizer(n_bits=3, rank=k).fit_transform(W, activations=X[~held])
+    assert scores[k] == pytest.approx(np.linalg.norm(X[held] @ (W - Q)))
+    # too few rows to hold any out: the numerical rank, no scores
+    q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X[:9])
+    assert q.rank_ == 9 and q.rank_scores_ == {}
+
+
 @pytest.mark.parametrize("rank", [8, 0.9])
 def test_rank_cap_gives_freedom_and_keeps_bound(rank):
     X, W = _layer(m=300, n_in=64, n_out=3)

@@ -1,0 +1,153 @@
+"""Data-driven weight quantization of whole networks: RTN, GPFQ, GPTQ, null-space.
+
+Every conv and linear weight of the network is quantized per output channel
+through :func:`skquant.torch.quantize_model` (each layer sees the quantized
+prefix's inputs and aims at the float model's), at ``--bits`` (2 bits is the
+ternary grid ``{-a, 0, a}`` with the max-abs level), with ``--calib``
+calibration images drawn from the training set (one draw per ``--seeds`` seed;
+at most 4096 rows per layer, conv patches sampled), and scored on the test set:
+
+* ``rtn``: round to nearest (:class:`~skquant.UniformQuantizer`, no data);
+* ``gpfq``: :class:`~skquant.GreedyPathQuantizer`;
+* ``gptq``: :class:`~skquant.GPTQQuantizer` (damping 0.01, blocks of 128);
+* ``ns-none``: :class:`~skquant.NullSpaceQuantizer` with ``rank=None``;
+* ``ns-auto``: the same with ``rank="auto"`` (held-out rows pick the cap);
+* ``ns-64``: the same with ``rank=64``.
+
+Prints test accuracy (mean and spread over the seeds) and whole-model seconds per
+setting; raw rows go to ``--json`` (re-read and extended on the next run).
+
+Run: ``python benchmarks/bench_datadriven_networks.py`` (needs the MNIST and
+Fashion-MNIST files: ``bash benchmarks/get_data.sh``); a subset with ``--nets
+lenet5 --bits 3 2 --calib 1024 --seeds 0``.
+"""
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from _models import accuracy, trained
+
+from skquant import (
+    GPTQQuantizer,
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    UniformQuantizer,
+)
+from skquant.torch import quantize_model
+
+NETS = {
+    "lenet5": ("MNIST LeNet-5", "mnist"),
+    "mlp": ("MNIST MLP", "mnist"),
+    "cnn": ("Fashion-MNIST CNN", "fashion-mnist"),
+    "vgg8": ("Fashion-MNIST VGG-8", "fashion-mnist"),
+}
+METHODS = {
+    "rtn": lambda b: UniformQuantizer(n_bits=b),
+    "gpfq": lambda b: GreedyPathQuantizer(n_bits=b),
+    "gptq": lambda b: GPTQQuantizer(n_bits=b),
+    "ns-none": lambda b: NullSpaceQuantizer(n_bits=b, rank=None),
+    "ns-auto": lambda b: NullSpaceQuantizer(n_bits=b, rank="auto"),
+    "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    p.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
+    p.add_argument("--calib", nargs="+", type=int, default=[256, 1024])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--json", type=Path, default=Path("bench_datadriven.json"))
+    args = p.parse_args()
+    rows = json.loads(args.json.read_text()) if args.json.exists() else []
+    done = {(r["net"], r["method"], r["bits"], r["calib"], r["seed"]) for r in rows}
+    for net in args.nets:
+        label, dataset = NETS[net]
+        model, (Xtr, _, Xte, yte) = trained(net, dataset, verbose=False)
+        float_acc = accuracy(model, Xte, yte)
+        print(f"{label}: float test accuracy {100 * float_acc:.2f}%", flush=True)
+        for bits in args.bits:
+            for calib in args.calib:
+                for seed in args.seeds:
+                    g = torch.Generator().manual_seed(seed)
+                    X = Xtr[torch.randperm(len(Xtr), generator=g)[:calib]]
+                    for method in args.methods:
+                        key = (net, method, bits, calib, seed)
+                        if key in done or (method == "rtn" and calib != args.calib[0]):
+                            continue
+                        start = time.perf_counter()
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
+                            q = quantize_model(
+                                model,
+                                METHODS[method](bits),
+                                None if method == "rtn" else X,
+                                random_state=seed,
+                            )
+                        row = {
+                            "net": net,
+                            "method": method,
+                            "bits": bits,
+                            "calib": calib,
+                            "seed": seed,
+                            "float": float_acc,
+                            "accuracy": accuracy(q, Xte, yte),
+                            "seconds": time.perf_counter() - start,
+                            "warnings": len(caught),
+                        }
+                        rows.append(row)
+                        args.json.write_text(json.dumps(rows))
+                        print(
+                            f"  {bits} bits, {calib:>4} images, seed {seed}: "
+                            f"{method:<8} {100 * row['accuracy']:6.2f}%  "
+                            f"{row['seconds']:6.1f}s",
+                            flush=True,
+                        )
+    print_table(rows, args)
+
+
+def print_table(rows, args):
+    for net in args.nets:
+        sel = [r for r in rows if r["net"] == net]
+        if not sel:
+            continue
+        print(
+            f"\n{NETS[net][0]} (float {100 * sel[0]['float']:.2f}%): test accuracy "
+            "%, mean (min-max) over seeds; seconds per model"
+        )
+        for bits in args.bits:
+            for calib in args.calib:
+                cells = []
+                for method in args.methods:
+                    c = calib if method != "rtn" else args.calib[0]
+                    acc = [
+                        100 * r["accuracy"]
+                        for r in sel
+                        if r["method"] == method
+                        and r["bits"] == bits
+                        and r["calib"] == c
+                    ]
+                    sec = [
+                        r["seconds"]
+                        for r in sel
+                        if r["method"] == method
+                        and r["bits"] == bits
+                        and r["calib"] == c
+                    ]
+                    if acc:
+                        cells.append(
+                            f"{method} {statistics.mean(acc):.2f} "
+                            f"({min(acc):.2f}-{max(acc):.2f}) "
+                            f"{statistics.median(sec):.1f}s"
+                        )
+                print(f"  {bits} bits, {calib} images: " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
