@@ -15,6 +15,7 @@ from ._alphabets import _kernel
 from ._datadriven import BaseDataQuantizer
 from ._kernels import _nullspace
 from ._kernels._threads import numba_threads
+from ._progress import run_in_batches
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
 
@@ -147,18 +148,25 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
         else np.empty((first.size, 0))
     )
     # neurons as rows: each walk reads and writes contiguous memory
+    n_out = Z0.shape[1]
     ZT = np.empty(Z0.shape[::-1])
-    basisT = np.empty((Z0.shape[1], k), dtype=np.int64)
+    basisT = np.empty((n_out, k), dtype=np.int64)
+    pivots = np.empty(n_out, dtype=np.int64)
+    Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
     # the walk calls LAPACK and BLAS from numba's threads: BLAS threads on top fight
     # for the cores (measured: 3x to 8x slower)
-    args = (V, T0, cols, chunk, *(np.ascontiguousarray(a.T) for a in (Z0, lo, hi)))
     with numba_threads(n_jobs) as n_threads, threadpool_limits(1, user_api="blas"):
-        if n_threads > 1:
-            pivots = _nullspace.nullspace_walk_parallel(
-                *args, basis0, ZT, basisT, n_threads
-            )
-        else:
-            pivots = _nullspace.nullspace_walk(*args, basis0, ZT, basisT)
+
+        def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
+            args = (V, T0, cols, chunk, Z0T[a:b], loT[a:b], hiT[a:b], basis0)
+            if n_threads > 1:
+                pivots[a:b] = _nullspace.nullspace_walk_parallel(
+                    *args, ZT[a:b], basisT[a:b], n_threads
+                )
+            else:
+                pivots[a:b] = _nullspace.nullspace_walk(*args, ZT[a:b], basisT[a:b])
+
+        run_in_batches(run, n_out, "null-space walk (neurons)", first=n_threads)
     return ZT.T, basisT.T, pivots
 
 
@@ -256,7 +264,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Relative error ``||X w - X q|| / ||X w||`` of each neuron on the data.
     bound_ : ndarray of shape (n_out,)
         A-posteriori bound on ``calibration_error_`` (see Notes); computed on first
-        access (one eigenvalue problem per neuron), then kept.
+        access (one eigenvalue problem per neuron, with a progress bar when it
+        takes more than a second), then kept.
     n_features_in_ : int
         Number of output channels (columns of ``W``).
 
@@ -407,19 +416,24 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         cost = np.zeros(n + 1)
         cost[-1] = 1.0
         bounds = [(None, None)] * n + [(0, None)]
-        for j in range(Z0.shape[1]):
-            res = linprog(
-                cost,
-                A_ub=A_ub.tocsr(),
-                b_ub=np.zeros(2 * n),
-                A_eq=A_eq.tocsr(),
-                b_eq=V.T @ Z0[:, j],
-                bounds=bounds,
-                method="highs",
-            )
-            if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
-                raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
-            Z[:, j] = res.x[:n]
+        A_ub, A_eq = A_ub.tocsr(), A_eq.tocsr()
+
+        def solve(a, b):
+            for j in range(a, b):
+                res = linprog(
+                    cost,
+                    A_ub=A_ub,
+                    b_ub=np.zeros(2 * n),
+                    A_eq=A_eq,
+                    b_eq=V.T @ Z0[:, j],
+                    bounds=bounds,
+                    method="highs",
+                )
+                if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
+                    raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
+                Z[:, j] = res.x[:n]
+
+        run_in_batches(solve, Z0.shape[1], "null-space LPs (neurons)")
         return Z
 
     def _preprocess(self, W, Xq, Xf):
@@ -497,7 +511,18 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             counts = self.n_off_grid_.astype(np.int64)
             G = self._gram
             norms = np.empty(counts.size)
-            with numba_threads(self.n_jobs), threadpool_limits(1, user_api="blas"):
-                _kernel(_nullspace, "subset_norms", self.n_jobs)(G, idx, counts, norms)
+            kernel = _kernel(_nullspace, "subset_norms", self.n_jobs)
+            with (
+                numba_threads(self.n_jobs) as n_threads,
+                threadpool_limits(1, user_api="blas"),
+            ):
+                run_in_batches(
+                    lambda a, b: kernel(
+                        G, np.ascontiguousarray(idx[:, a:b]), counts[a:b], norms[a:b]
+                    ),
+                    counts.size,
+                    "null-space bound_ (neurons)",
+                    first=n_threads,
+                )
             self._bound = drift + norms * dist
         return self._bound

@@ -69,3 +69,42 @@ class progress:
                 line = self._line(n, time.perf_counter() - start)
                 self.stream.write(("\r" if tty else "") + line + "\n")
                 self.stream.flush()
+
+
+def run_in_batches(run, n, desc, *, first=1, target_seconds=0.25, announce_after=1.0):
+    """Call ``run(start, stop)`` over ``[0, n)`` in batches, with a progress bar
+    when the work is long.
+
+    The first batch (``first`` items) is timed; the rest go in batches of about
+    ``target_seconds`` each, and a progress bar is drawn when they are projected to
+    take more than ``announce_after`` seconds. For numba kernels that cannot
+    report progress themselves (one call per batch of neurons).
+
+    Parameters
+    ----------
+    run : callable
+        ``run(start, stop)`` does the items ``start`` to ``stop - 1``.
+    n : int
+        Number of items.
+    desc : str
+        Label of the bar.
+    first : int, default=1
+        Size of the timed first batch (and the smallest batch).
+    target_seconds : float, default=0.25
+        Aimed duration of a batch.
+    announce_after : float, default=1.0
+        Projected seconds above which the bar is drawn.
+    """
+    first = max(1, min(int(first), n))
+    if n == 0:
+        return
+    start = time.perf_counter()
+    run(0, first)
+    per_item = (time.perf_counter() - start) / first
+    rest = n - first
+    if rest <= 0:
+        return
+    batch = max(first, int(target_seconds / max(per_item, 1e-9)))
+    starts = range(first, n, batch)
+    for a in progress(starts, desc=desc, enabled=per_item * rest > announce_after):
+        run(a, min(a + batch, n))
