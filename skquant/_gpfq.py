@@ -116,34 +116,74 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         With ``u_{t-1} = sum_{s<t} (w_s Xf_s - q_s Xq_s)``, the rounded value is
         ``(sum_{s<=t} Gqf[t, s] w_s - sum_{s<t} Gqq[t, s] q_s) / Gqq[t, t]`` with
         ``Gqf = Xq^T Xf`` and ``Gqq = Xq^T Xq``: the ``w`` part is one product
-        (``tril(Gqf) @ W``) and the ``q`` part is subtracted block by block, as
-        GPTQ's lazy updates, a matrix product over every neuron per block. After
-        the two Gram matrices (``m n_in^2``), nothing depends on ``m``.
+        (``tril(Gqf) @ W``) and the ``q`` part is subtracted block by block (see
+        :func:`greedy_path_gram`). After the two Gram matrices (``m n_in^2``),
+        nothing depends on ``m``.
         """
-        n, n_out = W.shape
-        step = self.scale_.astype(np.float64)
-        zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
-        inv = np.broadcast_to(inv, (n_out,))
         Gqq = Xq.T @ Xq
         Gqf = Gqq if Xf is Xq else Xq.T @ Xf
-        A = np.tril(Gqf) @ W
-        den = np.diag(Gqq).copy()
-        codes = np.empty_like(W)
-        values = np.empty_like(W)
-        for s0 in range(0, n, block_size):
-            s1 = min(n, s0 + block_size)
-            for t in range(s0, s1):
-                if t > s0:
-                    A[t] -= Gqq[t, s0:t] @ values[s0:t]
-                target = A[t] / den[t] if den[t] > 0 else W[t]
-                c = np.clip(np.rint(target * inv + zp), cmin, cmax)
-                codes[t] = c
-                values[t] = (c - zp) / inv
-            if s1 < n:
-                A[s1:] -= Gqq[s1:, s0:s1] @ values[s0:s1]
-        Q = self._tensor(self.alphabet_record_.final_codes(codes)).dequantize()
-        residual = np.linalg.norm(Xf @ W - Xq @ Q, axis=0)
-        return self.alphabet_record_.final_codes(codes), residual
+        codes = greedy_path_gram(
+            np.tril(Gqf) @ W, Gqq, W, self.alphabet_record_, self.scale_, block_size
+        )
+        Q = self._tensor(codes).dequantize()
+        return codes, np.linalg.norm(Xf @ W - Xq @ Q, axis=0)
+
+
+def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None):
+    """Greedy path following of every neuron at once, from a Gram matrix.
+
+    Coordinate ``t`` of every neuron is rounded to the alphabet at
+    ``(A[t] - sum_{s<t} G[t, s] q_s) / G[t, t]`` (``fallback[t]`` where
+    ``G[t, t] = 0``: an input that is always zero), in order ``t = 0, 1, ...``.
+    ``A[t]`` holds what the path follows (for GPFQ, ``sum_{s<=t} (Xq^T Xf)[t, s]
+    w_s``). The ``q`` part is subtracted lazily: inside a block of
+    ``block_size`` coordinates one row at a time, and from the rest of ``A`` as
+    one matrix product per block (BLAS-3 over all neurons, as GPTQ's updates).
+
+    Parameters
+    ----------
+    A : ndarray of shape (n, n_out)
+        The followed part (overwritten).
+    G : ndarray of shape (n, n)
+        ``Xq^T Xq``.
+    fallback : ndarray of shape (n, n_out)
+        Values rounded where ``G[t, t] = 0``.
+    alphabet : Alphabet
+        The fitted alphabet.
+    scale : ndarray of shape (n_out,)
+        Step (or level) per neuron.
+    block_size : int, default=128
+        Coordinates per block.
+    keep : ndarray of bool of shape (n, n_out), default=None
+        Entries already on the alphabet: kept as ``fallback`` (their error is 0,
+        so they change nothing downstream), as the per-neuron path skips them.
+
+    Returns
+    -------
+    codes : ndarray of int of shape (n, n_out)
+        The codes, in the alphabet's dtype.
+    """
+    n, n_out = A.shape
+    step = np.asarray(scale, dtype=np.float64)
+    zp, inv, cmin, cmax = alphabet.code_grid(step)
+    inv = np.broadcast_to(inv, (n_out,))
+    den = np.diag(G).copy()
+    codes = np.empty_like(A)
+    values = np.empty_like(A)
+    for s0 in range(0, n, block_size):
+        s1 = min(n, s0 + block_size)
+        for t in range(s0, s1):
+            if t > s0:
+                A[t] -= G[t, s0:t] @ values[s0:t]
+            target = A[t] / den[t] if den[t] > 0 else fallback[t]
+            if keep is not None:
+                target = np.where(keep[t], fallback[t], target)
+            c = np.clip(np.rint(target * inv + zp), cmin, cmax)
+            codes[t] = c
+            values[t] = (c - zp) / inv
+        if s1 < n:
+            A[s1:] -= G[s1:, s0:s1] @ values[s0:s1]
+    return alphabet.final_codes(codes)
 
 
 def _use_gram(m, n_in, n_out):

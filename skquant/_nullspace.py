@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from ._alphabets import _kernel
 from ._datadriven import BaseDataQuantizer
+from ._gpfq import _use_gram, greedy_path_gram
 from ._kernels import _nullspace
 from ._kernels._threads import numba_threads
 from ._progress import run_in_batches
@@ -466,11 +467,20 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         zp, inv, cmin, cmax = alphabet.code_grid(step)
         codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
         if self.rounding == "greedy":
-            idx = _padded_rows(~on)
-            # residual of the pre-processed points; rounding the off-grid entries
-            # one by one then follows it (greedy path following restricted to them)
-            U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
-            self._greedy_path(Xq, Xq, Z, idx, U, step, codes)
+            no_freedom = self.components_.shape[1] >= W.shape[0]
+            if not (no_freedom and _use_gram(*Xq.shape, n_out)):
+                idx = _padded_rows(~on)
+                # residual of the pre-processed points; rounding the off-grid
+                # entries one by one then follows it (greedy path following
+                # restricted to them)
+                U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
+                self._greedy_path(Xq, Xq, Z, idx, U, step, codes)
+            else:  # every coordinate off the grid (no freedom): GPFQ's Gram form
+                G = Xq.T @ Xq
+                # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z
+                Gqf = G if Xf is Xq else Xq.T @ Xf
+                A = Gqf @ W - G @ Z + np.tril(G) @ Z
+                return greedy_path_gram(A, G, Z, alphabet, step, keep=on), Z
         return alphabet.final_codes(codes), Z
 
     def _diagnostics(self, W, Z, codes, Xq, Xf):

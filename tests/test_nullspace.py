@@ -398,6 +398,33 @@ def test_gpfq_gram_form_equals_the_path(n_bits, block_size):
     assert _use_gram(1024, 4096, 4096) and not _use_gram(8, 4096, 4)
 
 
+@pytest.mark.parametrize("n_bits", ALPHABETS)
+@pytest.mark.parametrize("targets", [False, True])
+def test_no_freedom_gram_form_equals_the_path(n_bits, targets, monkeypatch):
+    """Without freedom every coordinate is rounded greedily; the Gram form over
+    all neurons gives the per-neuron path's codes (on-grid entries kept)."""
+    import skquant._nullspace as ns
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 50))
+    W = rng.standard_normal((50, 7)) / 7
+    Xf = X @ (np.eye(50) + 0.05 * rng.standard_normal((50, 50))) if targets else None
+    fits = []
+    for gram in (True, False):
+        monkeypatch.setattr(ns, "_use_gram", lambda *a, g=gram: g)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fits.append(
+                NullSpaceQuantizer(n_bits=n_bits).fit(
+                    W, activations=X, target_activations=Xf
+                )
+            )
+    assert_array_equal(fits[0].codes_, fits[1].codes_)
+    np.testing.assert_allclose(
+        fits[0].calibration_error_, fits[1].calibration_error_, rtol=1e-9
+    )
+
+
 def test_network_style_targets():
     # layer sees perturbed (quantized-prefix) inputs and follows the float ones
     rng = np.random.default_rng(0)
