@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
@@ -120,7 +121,8 @@ def allocate_precision(
         "kappa": kappa,
         "predicted_increase": 0.0,
     }
-    start = 0
+    start = capped = 0
+    worst = 0.0
     for W, s in zip(weights, scales):
         W = np.asarray(W, dtype=np.float64)
         n = W.size
@@ -143,7 +145,20 @@ def allocate_precision(
         out["margins"].append((tau * s).reshape(W.shape))
         out["bits"].append(bits.reshape(W.shape))
         out["predicted_increase"] += float(np.sum(a[start : start + n] * np.abs(w - q)))
+        over = np.abs(w - q) > tau
+        capped += int(over.sum())
+        if over.any():
+            worst = max(worst, float(np.max(np.abs(w - q)[over] / tau[over])))
         start += n
+    if capped:
+        warnings.warn(
+            f"max_bits={max_bits} caps {capped} parameter(s) below the precision "
+            f"their margin asks: their error exceeds the margin (up to {worst:.3g} "
+            "times; a large gradient asks for a tiny margin), so the loss may grow "
+            "by more than the budget. Raise max_bits to honour every margin.",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
 
 
@@ -312,7 +327,9 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         # steps below the dtype's smallest normal number are unusable (the rule of
         # every scale, _alphabets.safe_scale): fewer fractional bits, or pruned
         tiny = np.finfo(W.dtype).tiny
-        max_frac = np.floor(np.log2(self.scale_ / tiny)) if self.scale_ > 0 else -1
+        max_frac = (
+            np.floor(np.log2(self.scale_) - np.log2(tiny)) if self.scale_ > 0 else -1
+        )
         bits = res["bits"][0]
         self.bits_ = (
             np.zeros_like(bits)

@@ -222,3 +222,21 @@ def test_compress_errors():
         q.decode(np.zeros((4, 3)))
     with pytest.raises(ValueError, match="variable-width codes"):
         q.compress(W).pack()
+
+
+def test_max_bits_cap_below_a_margin_warns():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((20, 5))
+    G = rng.standard_normal((20, 5)) * 1e-3
+    G[3, 2] = 1e9  # one parameter asks for a margin far below 2^-max_bits
+    with pytest.warns(UserWarning, match=r"max_bits=8 caps 1 parameter\(s\)"):
+        res = allocate_precision([W], [G], 1e-2, 0.05, max_bits=8)
+    err = np.abs(res["quantized"][0] - W)
+    assert err[3, 2] > res["margins"][0][3, 2]  # what the warning says
+    # every margin honoured: nothing to say
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = allocate_precision([W], [G * 0 + 1e-3], 1e-2, 0.05, max_bits=24)
+    assert np.all(np.abs(res["quantized"][0] - W) <= res["margins"][0])
