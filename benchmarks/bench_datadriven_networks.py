@@ -12,7 +12,12 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
 * ``gptq``: :class:`~skquant.GPTQQuantizer` (damping 0.01, blocks of 128);
 * ``ns-none``: :class:`~skquant.NullSpaceQuantizer` with ``rank=None``;
 * ``ns-auto``: the same with ``rank="auto"`` (held-out rows pick the cap);
-* ``ns-64``: the same with ``rank=64``.
+* ``ns-64``: the same with ``rank=64``;
+* ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
+  is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
+  ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
+  run on the same calibration images; its weights are checked to lie on that grid
+  (a model off the grid is reported, not compared).
 
 Prints test accuracy (mean and spread over the seeds) and whole-model seconds per
 setting; raw rows go to ``--json`` (re-read and extended on the next run).
@@ -40,6 +45,11 @@ from skquant import (
 )
 from skquant.torch import quantize_model
 
+try:
+    import _peer_brevitas as peer
+except ImportError:  # pragma: no cover - the adapter ships with the benchmarks
+    peer = None
+
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -54,6 +64,21 @@ METHODS = {
     "ns-auto": lambda b: NullSpaceQuantizer(n_bits=b, rank="auto"),
     "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),
 }
+PEER = ("brevitas-gptq", "brevitas-gpfq")
+
+
+def peer_model(model, method, bits, X, batch=256):
+    """Brevitas' GPTQ or GPFQ on the same grid, checked to lie on it."""
+    q = peer.brevitas_quantize(
+        model,
+        method.split("-")[1],
+        bits,
+        [X[i : i + batch] for i in range(0, len(X), batch)],
+    )
+    off = peer.on_grid(q, model, bits)
+    if off > 1e-3:
+        raise RuntimeError(f"{method}: weights {off:.3g} steps off the grid")
+    return q
 
 
 def main():
@@ -62,7 +87,12 @@ def main():
     p.add_argument("--bits", nargs="+", type=int, default=[4, 3, 2])
     p.add_argument("--calib", nargs="+", type=int, default=[256, 1024])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS) + list(PEER),
+        choices=list(METHODS) + list(PEER),
+    )
     p.add_argument("--json", type=Path, default=Path("bench_datadriven.json"))
     args = p.parse_args()
     rows = json.loads(args.json.read_text()) if args.json.exists() else []
@@ -81,15 +111,20 @@ def main():
                         key = (net, method, bits, calib, seed)
                         if key in done or (method == "rtn" and calib != args.calib[0]):
                             continue
+                        if method in PEER and not (peer and peer.available()):
+                            continue
                         start = time.perf_counter()
                         with warnings.catch_warnings(record=True) as caught:
                             warnings.simplefilter("always")
-                            q = quantize_model(
-                                model,
-                                METHODS[method](bits),
-                                None if method == "rtn" else X,
-                                random_state=seed,
-                            )
+                            if method in PEER:
+                                q = peer_model(model, method, bits, X)
+                            else:
+                                q = quantize_model(
+                                    model,
+                                    METHODS[method](bits),
+                                    None if method == "rtn" else X,
+                                    random_state=seed,
+                                )
                         row = {
                             "net": net,
                             "method": method,
