@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from skquant.__main__ import main
@@ -60,6 +61,19 @@ def test_accuracy_and_sizes_are_sensible(rows):
     assert ad["accuracy"] == payload["accuracy"] >= float_acc - 0.02
     assert payload["bits_per_weight"] < ad["bits_per_weight"] < 32
     assert ad["compression"] == pytest.approx(32 / ad["bits_per_weight"])
+
+
+def test_smart_quantization_row(rows):
+    pytest.importorskip("torch")
+    (sq,) = [r for k, r in rows.items() if k.startswith("SQ trained ")]
+    assert set(sq["alphabets"].values()) <= {"binary", "ternary"}
+    # 1 or 2 bits per weight plus one float32 scale per layer (64x64, 64x10)
+    bits = {"binary": 1, "ternary": 2}
+    n = {"0": 64 * 64, "2": 64 * 10}
+    expect = sum(bits[a] * n[k] + 32 for k, a in sq["alphabets"].items())
+    assert sq["bits_per_weight"] == pytest.approx(expect / sum(n.values()))
+    assert sq["label"].endswith("/".join(a[0] for a in sq["alphabets"].values()))
+    assert sq["accuracy"] > 0.9 and not np.isfinite(sq["rel_error"])
 
 
 def test_plot_is_written(tmp_path):
