@@ -122,28 +122,59 @@ def summarise(rows, net, label):
     }
 
 
-def print_table(rows, nets, labels):
+def _alphabets(rows, net, label):
+    """The alphabets of each seed, as b/t strings (one when all seeds agree)."""
+    seen = [
+        "/".join(a[0] for a in r["alphabets"].values())
+        for r in sorted(rows, key=lambda r: r["seed"])
+        if r["net"] == net and r["setting"] == label
+    ]
+    return seen[0] if len(set(seen)) == 1 else ", ".join(seen)
+
+
+def print_table(rows, nets, labels, rst=False):
     for net in nets:
-        print(
-            f"\n{LABELS[net]} ({len({r['seed'] for r in rows if r['net'] == net})} "
-            "seeds, mean +- sd)"
-        )
-        print(
-            f"{'setting':<16}{'accuracy %':>16}{'binary layers':>16}"
-            f"{'bits/weight':>13}{'size kB':>10}"
-        )
+        n_seeds = len({r["seed"] for r in rows if r["net"] == net})
+        cells = []
         for label in labels:
             s = summarise(rows, net, label)
             if not s["n"]:
                 continue
+            accs = [
+                100 * r["accuracy"]
+                for r in rows
+                if r["net"] == net and r["setting"] == label
+            ]
             a, b, w, k = (
                 s[key]
                 for key in ("accuracy", "binary_fraction", "bits_per_weight", "size_kb")
             )
-            print(
-                f"{label:<16}{a[0]:>10.2f} +-{a[1]:.2f}{b[0]:>11.2f} +-{b[1]:.2f}"
-                f"{w[0]:>13.3f}{k[0]:>10.1f}"
+            cells.append(
+                (
+                    label,
+                    f"{a[0]:.2f} +- {a[1]:.2f}",
+                    f"{min(accs):.2f}",
+                    f"{b[0]:.2f}",
+                    f"{w[0]:.3f}",
+                    f"{k[0]:.1f}",
+                    _alphabets(rows, net, label) if label != "float" else "float",
+                )
             )
+        head = ("setting", "accuracy %", "min %", "binary", "bits/w", "kB", "layers")
+        widths = [max(len(str(c[i])) for c in cells + [head]) for i in range(7)]
+        line = "  ".join("=" * w for w in widths)
+        print(
+            f"\n{LABELS[net]} ({n_seeds} seeds; accuracy mean +- sd, the lowest; "
+            "binary: fraction of binary layers; kB: stored weights)"
+        )
+        if rst:
+            print(line)
+        print("  ".join(f"{h:<{w}}" for h, w in zip(head, widths)))
+        print(line if rst else "-" * len(line))
+        for c in cells:
+            print("  ".join(f"{v:<{w}}" for v, w in zip(c, widths)))
+        if rst:
+            print(line)
 
 
 def net_gammas(rows, net):
@@ -231,6 +262,7 @@ def main():
     p.add_argument("--json", type=Path, default=Path("bench_sq.json"))
     p.add_argument("--plots", type=Path, default=None)
     p.add_argument("--replot", action="store_true", help="plot --json, run nothing")
+    p.add_argument("--rst", action="store_true", help="tables as reStructuredText")
     args = p.parse_args()
     if args.replot:
         rows = json.loads(args.json.read_text())
@@ -267,7 +299,7 @@ def main():
         (s for s in seen if s.startswith("sq g=")), key=lambda s: float(s[5:])
     )
     order += [s for s in seen if s not in order]
-    print_table(rows, nets, order)
+    print_table(rows, nets, order, rst=args.rst)
     if args.plots:
         plot(rows, nets, args.plots)
 

@@ -4,7 +4,9 @@ One training step (forward, loss, backward, Adam step) of MNIST LeNet-5 and the
 MNIST MLP on batches of ``--batch`` images, plain against with the penalty of
 :class:`skquant.torch.SQRegularizer` added to the loss; both measured in the same
 run on the same batches, interleaved, median over ``--steps`` steps after a
-warm-up. Prints the medians and their ratio.
+warm-up. Prints the medians and their ratio, then the penalty alone (forward and
+backward of ``SQRegularizer()`` on the MLP's 545k weights): the compiled one-pass
+kernel against the elementwise formula through autograd.
 
 Run: ``python benchmarks/bench_sq_overhead.py`` (MNIST files: ``bash
 benchmarks/get_data.sh``; without them, random images of the same shape).
@@ -75,6 +77,36 @@ def main():
             f"  {name:<8} plain {1e3 * mp:7.2f} ms   with SQ penalty {1e3 * ms:7.2f} ms"
             f"   ratio {ms / mp:.2f}x"
         )
+    penalty_alone(args.steps)
+
+
+def penalty_alone(steps):
+    """Forward + backward of the penalty alone on the MLP: kernel vs autograd."""
+    torch.manual_seed(0)
+    reg = SQRegularizer(mlp(), gamma=1e-3, lam=1e-3)
+
+    def fused():
+        reg().backward()
+
+    def autograd():
+        a, beta = reg.scale(), reg.beta()
+        total = sum(
+            reg.wells(m.weight, a[i], beta[i]).sum() for i, m in enumerate(reg._layers)
+        )
+        total.backward()
+
+    times = {"kernel": [], "autograd": []}
+    for i in range(steps + 20):
+        for name, fn in (("kernel", fused), ("autograd", autograd)):
+            start = time.perf_counter()
+            fn()
+            if i >= 20:
+                times[name].append(time.perf_counter() - start)
+    k, a = (statistics.median(times[n]) for n in ("kernel", "autograd"))
+    print(
+        f"penalty alone, MLP (545k weights): kernel {1e3 * k:.2f} ms, autograd "
+        f"formula {1e3 * a:.2f} ms ({a / k:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
