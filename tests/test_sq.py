@@ -276,7 +276,9 @@ def test_float_baseline_counts_32_bits_and_training_helps(digits):
     net = _net()
     with torch.no_grad():
         before = (net(X).argmax(1) == y).float().mean()
-    res = train_baseline(net, (X, y), alphabet="float", epochs=3, verbose=False)
+    res = train_baseline(
+        net, (X, y), alphabet="float", epochs=3, lr=1e-2, verbose=False
+    )
     assert res.model is net and res.report is None
     assert res.size_bits == 32 * (64 * 32 + 32 * 10)
     assert res.bits_per_weight == 32.0
