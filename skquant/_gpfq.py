@@ -91,12 +91,14 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
         self._fit_alphabet(W, self.scale)
         W64 = W.astype(np.float64)
-        codes, residual = (
-            self._codes_gram(W64, Xq, Xf)
-            if _use_gram(*Xq.shape, W.shape[1])
-            else self._codes(W64, Xq, Xf)
-        )
-        norm = np.linalg.norm(Xf @ W64, axis=0)
+        ref = Xf @ W64
+        if _use_gram(*Xq.shape, W.shape[1]):
+            codes = self._codes_gram(W64, Xq, Xf)
+            Q = self._tensor(codes).dequantize()
+            residual = np.linalg.norm(ref - Xq @ Q, axis=0)
+        else:
+            codes, residual = self._codes(W64, Xq, Xf)
+        norm = np.linalg.norm(ref, axis=0)
         self.calibration_error_ = residual / np.where(norm > 0, norm, 1)
         return codes, W.dtype
 
@@ -111,7 +113,7 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         return self.alphabet_record_.final_codes(codes), np.linalg.norm(U, axis=1)
 
     def _codes_gram(self, W, Xq, Xf, block_size=128):
-        """The same path for all neurons at once, from Gram matrices of the inputs.
+        """Codes of the same path for all neurons at once, from Gram matrices.
 
         With ``u_{t-1} = sum_{s<t} (w_s Xf_s - q_s Xq_s)``, the rounded value is
         ``(sum_{s<=t} Gqf[t, s] w_s - sum_{s<t} Gqq[t, s] q_s) / Gqq[t, t]`` with
@@ -122,11 +124,9 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         """
         Gqq = Xq.T @ Xq
         Gqf = Gqq if Xf is Xq else Xq.T @ Xf
-        codes = greedy_path_gram(
+        return greedy_path_gram(
             np.tril(Gqf) @ W, Gqq, W, self.alphabet_record_, self.scale_, block_size
         )
-        Q = self._tensor(codes).dequantize()
-        return codes, np.linalg.norm(Xf @ W - Xq @ Q, axis=0)
 
 
 def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None):

@@ -144,14 +144,15 @@ class GPTQQuantizer(BaseDataQuantizer):
         )
         codes = np.empty(W.shape)
         codes[order] = self._quantize_rows(target[order], H[np.ix_(order, order)])
+        codes = self.alphabet_record_.final_codes(codes)
         self.order_ = order
-        Q = self._tensor(self.alphabet_record_.final_codes(codes)).dequantize()
+        Q = self._tensor(codes).dequantize()
         ref = Xf @ W64
         norm = np.linalg.norm(ref, axis=0)
         self.calibration_error_ = np.linalg.norm(ref - Xq @ Q, axis=0) / np.where(
             norm > 0, norm, 1
         )
-        return self.alphabet_record_.final_codes(codes), W.dtype
+        return codes, W.dtype
 
     def _quantize_rows(self, W, H):
         """Codes (in :meth:`Alphabet.code_grid` units) of ``W``'s rows, in order."""

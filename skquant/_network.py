@@ -455,8 +455,8 @@ def quantize_layers(
                 f"NullSpaceQuantizer(variant='lp') is for single layers, not networks "
                 f"(layer {name!r}): its vertex keeps the calibration output but moves "
                 "the weights in the calibration data's null space, which other inputs "
-                "do not share (measured on a digits CNN: weights 6x the float norm, "
-                "chance accuracy), and a layer with as many calibration rows as "
+                "do not share, unbounded by any grid cell (the weights grow far past "
+                "the float ones), and a layer with as many calibration rows as "
                 "inputs leaves it no freedom. Use variant='grid' (the weights stay in "
                 "their grid cells) or GreedyPathQuantizer."
             )

@@ -354,6 +354,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             self._fit_alphabet(W)
             K = self.alphabet_record_.largest_code
             self.scale_ = np.where(c > 0, c / K, self.scale_).astype(W.dtype)
+        # the bound needs X only through its Gram matrix (n_in x n_in, whatever m)
+        self._gram = Xq.T @ Xq
         codes, Z = self._codes(W64, Xq, Xf, Z=Z)
         self._diagnostics(W64, Z, codes, Xq, Xf)
         return codes, W.dtype
@@ -476,10 +478,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
                 self._greedy_path(Xq, Xq, Z, idx, U, step, codes)
             else:  # every coordinate off the grid (no freedom): GPFQ's Gram form
-                G = Xq.T @ Xq
+                G = self._gram
                 # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z
                 Gqf = G if Xf is Xq else Xq.T @ Xf
-                A = Gqf @ W - G @ Z + np.tril(G) @ Z
+                A = Gqf @ W - np.triu(G, 1) @ Z
                 return greedy_path_gram(A, G, Z, alphabet, step, keep=on), Z
         return alphabet.final_codes(codes), Z
 
@@ -498,8 +500,6 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         # when bound_ is first read)
         dist = np.linalg.norm(np.where(off, Z - Q, 0.0), axis=0) / safe
         self._bound_terms = (drift, dist, _padded_rows(off))
-        # the bound needs X only through its Gram matrix (n_in x n_in, whatever m)
-        self._gram = Xq.T @ Xq
         self._bound = None
 
     @property

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skquant import (
+    BinaryQuantizer,
     GPTQQuantizer,
     GreedyPathQuantizer,
     QuantizedMLP,
@@ -24,8 +25,6 @@ def _rtn(W, n_bits, scale="maxabs"):
         level = np.abs(W).max(axis=0)
         return TernaryQuantizer(scale=np.where(level > 0, level, 1.0)).fit(W)
     if n_bits == "binary":
-        from skquant import BinaryQuantizer
-
         level = np.abs(W).max(axis=0)
         return BinaryQuantizer(scale=np.where(level > 0, level, 1.0)).fit(W)
     return UniformQuantizer(n_bits=n_bits, scale=scale).fit(W)
