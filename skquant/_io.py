@@ -38,7 +38,7 @@ from ._packing import QuantizedTensor, unpack_codes
 __all__ = ["load", "save"]
 
 FORMAT = "skquant"
-VERSION = 1
+VERSION = 2  # 2: fixed-point tensors (payload, coded precision map)
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 
@@ -49,11 +49,19 @@ class FileFormatError(ValueError):
 # ----------------------------------------------------------------- tensors
 def _tensor_entry(qt):
     if qt.precision_bits is not None:
-        raise ValueError(
-            f"a QuantizedTensor with per-parameter precision (alphabet="
-            f"{qt.alphabet!r}) cannot be saved yet: its variable-width codes have no "
-            "stored form (its size_bits is a count)."
-        )
+        coded, arrays = qt.encoded()
+        meta = {
+            "shape": [int(s) for s in qt.shape],
+            "alphabet": "fixed_point",
+            "n_max": qt.n_max,
+            "group_size": qt.group_size,
+            "map_coder": coded["map_coder"],
+            "float_dtype": None
+            if qt.float_dtype is None
+            else np.dtype(qt.float_dtype).str,
+            "codes_dtype": qt.codes.dtype.str,
+        }
+        return meta, arrays
     meta = {
         "shape": [int(s) for s in qt.shape],
         "alphabet": qt.alphabet,
@@ -84,12 +92,51 @@ def _field(meta, key, kind, where):
     return value
 
 
+def _fixed_point_from(meta, arrays, shape, where):
+    from . import _fixedpoint
+
+    n_max = _field(meta, "n_max", int, where)
+    group_size = meta.get("group_size")
+    coder = _field(meta, "map_coder", str, where)
+    try:
+        if not 0 <= n_max < _fixedpoint.MAX_WIDTH:
+            raise ValueError(f"n_max={n_max} is out of range")
+        _fixedpoint.check_group_size(group_size)
+        if coder == "auto":
+            raise ValueError("the stored coder cannot be 'auto'")
+        _fixedpoint.check_map_coder(coder)
+        codes, widths, step = _fixedpoint.decode(
+            {"map_coder": coder}, arrays, shape, n_max, group_size
+        )
+        codes_dtype = np.dtype(_field(meta, "codes_dtype", str, where))
+        float_dtype = meta.get("float_dtype")
+        float_dtype = None if float_dtype is None else np.dtype(float_dtype)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise FileFormatError(f"{where} does not decode: {exc}") from exc
+    if codes_dtype.kind not in "iu":
+        raise FileFormatError(f"{where} has invalid dtypes.")
+    return QuantizedTensor(
+        codes=codes.astype(codes_dtype),
+        scale=np.array([step]),
+        n_bits=max(int(widths.max(initial=1)), 1),
+        qmin=-(2**n_max),
+        qmax=2**n_max,
+        alphabet="fixed_point",
+        float_dtype=float_dtype,
+        precision_bits=widths,
+        group_size=group_size,
+        map_coder=coder,
+    )
+
+
 def _tensor_from(meta, arrays, where):
     from ._alphabets import Alphabet
 
     shape = tuple(_field(meta, "shape", list, where))
     if len(shape) != 2 or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise FileFormatError(f"{where} has an invalid shape {shape!r}.")
+    if meta.get("alphabet") == "fixed_point":
+        return _fixed_point_from(meta, arrays, shape, where)
     n_bits = _field(meta, "n_bits", int, where)
     qmin = _field(meta, "qmin", int, where)
     qmax = _field(meta, "qmax", int, where)

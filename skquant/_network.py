@@ -157,6 +157,10 @@ class Network:
         """A new network whose parameters are ``params`` (a dict by name)."""
         raise NotImplementedError
 
+    def output_axis(self, name):
+        """The output-channel axis of parameter ``name`` in :meth:`parameters`."""
+        return 0
+
     def loss_gradients(self, data, params=None):
         """Mean loss on ``data`` and its gradient for every parameter, by name."""
         raise NotImplementedError
@@ -765,6 +769,10 @@ class MLPNetwork(DenseNetwork):
             {f"{n}.bias": b for n, b in zip(self.layer_names, self.mlp.intercepts_)}
         )
         return {k: np.asarray(v, dtype=np.float64).copy() for k, v in params.items()}
+
+    def output_axis(self, name):
+        """1 for a weight (``(n_in, n_out)``), 0 for a bias."""
+        return 1 if name.endswith(".weight") else 0
 
     def with_parameters(self, params):
         """A copy of the MLP with its weights and biases replaced."""

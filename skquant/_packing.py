@@ -184,9 +184,15 @@ class QuantizedTensor:
     float_dtype : dtype, default=None
         Float dtype of the dequantized values; ``None`` takes ``scale.dtype``.
     precision_bits : ndarray of int of shape (n_rows, n_cols), default=None
-        Stored bits of every code (per-parameter precision, alphabet
-        ``"fixed_point"``; 0 = pruned). The size then counts these bits, the
-        fixed-width precision map and an 8-bit exponent per scale.
+        Precision of every code (alphabet ``"fixed_point"``: fractional bits plus
+        the sign, 0 = pruned). The tensor is then stored as a variable-width
+        payload, an entropy-coded precision map and the exponent of its step (see
+        :mod:`skquant._fixedpoint`), and its size is those bytes.
+    group_size : None, "channel" or int, default=None
+        With ``precision_bits``: one precision per entry (``None``), per column, or
+        per ``group_size`` consecutive rows of a column.
+    map_coder : {"auto", "range", "fixed", "lzma", "zlib"}, default="auto"
+        With ``precision_bits``: how the precision map is coded.
 
     Attributes
     ----------
@@ -222,6 +228,8 @@ class QuantizedTensor:
     zero_point: np.ndarray = field(default=None)
     float_dtype: np.dtype = field(default=None)
     precision_bits: np.ndarray = field(default=None)
+    group_size: object = field(default=None)
+    map_coder: str = field(default="auto")
 
     @property
     def shape(self):
@@ -255,20 +263,57 @@ class QuantizedTensor:
             raise ValueError(
                 "a QuantizedTensor with per-parameter precision (alphabet="
                 f"{self.alphabet!r}) has variable-width codes: pack() writes fixed "
-                "widths only; its size_bits counts the variable-width storage."
+                "widths only; encoded() gives its stored arrays."
             )
         codes, qmin = self._storage()
         return pack_codes(codes, self.n_bits, qmin)
 
     @property
+    def n_max(self):
+        """Fractional bits of the finest step (alphabet ``"fixed_point"``)."""
+        return int(self.qmax).bit_length() - 1
+
+    def encoded(self):
+        """The stored arrays of a tensor with ``precision_bits``, and their header.
+
+        Returns
+        -------
+        meta : dict
+            ``map_coder`` (the coder used) and ``payload_bits``.
+        arrays : dict of ndarray
+            Payload, precision map and exponent (see :mod:`skquant._fixedpoint`):
+            what :func:`skquant.save` writes.
+        """
+        from . import _fixedpoint
+
+        if self.precision_bits is None:
+            raise ValueError(
+                "encoded() is for tensors with precision_bits (alphabet "
+                "'fixed_point'); use pack() for fixed-width codes."
+            )
+        cached = self.__dict__.get("_encoded")
+        if cached is None:
+            if self.scale.size != 1:
+                raise ValueError(
+                    "a fixed-point tensor has one scale (its finest step), got "
+                    f"{self.scale.size}."
+                )
+            cached = _fixedpoint.encode(
+                self.codes,
+                self.precision_bits,
+                self.n_max,
+                float(self.scale[0]),
+                _fixedpoint.check_group_size(self.group_size),
+                _fixedpoint.check_map_coder(self.map_coder),
+            )
+            object.__setattr__(self, "_encoded", cached)
+        return cached[0], dict(cached[1])
+
+    @property
     def size_bits(self):
         """Bits to store the packed codes, the scales and the zero points."""
         if self.precision_bits is not None:
-            from ._precision import precision_map_bits
-
-            bits = np.asarray(self.precision_bits)
-            payload = int(bits.sum(dtype=np.int64))
-            return payload + precision_map_bits(bits)["fixed"] + 8 * self.scale.size
+            return 8 * sum(a.nbytes for a in self.encoded()[1].values())
         bits = 8 * packed_size(self.n_params, self.n_bits)
         bits += self.scale.size * self.scale.dtype.itemsize * 8
         if self.zero_point is not None:

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_array, metadata_routing
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._alphabets import _kernel, code_dtype
@@ -68,8 +68,119 @@ def water_fill(abs_gradient, budget, trust_region, *, n_jobs=None):
         )
 
 
+def _matrix(a, axis):
+    """The ``(n_rows, n_channels)`` view of a tensor, its channels along ``axis``."""
+    a = np.asarray(a)
+    if a.ndim == 0:
+        return a.reshape(1, 1)
+    return np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis])
+
+
+def _from_matrix(m, shape, axis):
+    """Inverse of :func:`_matrix`."""
+    if len(shape) == 0:
+        return m.reshape(())
+    moved = list(shape)
+    moved.append(moved.pop(axis))
+    return np.moveaxis(m.reshape(moved), -1, axis)
+
+
+def _round_fixed(x, n_frac, clip):
+    """``x`` rounded to ``n_frac`` fractional bits (0 where ``n_frac < 0``).
+
+    With ``clip`` the integer is kept in ``[-2^N, 2^N - 1]`` (two's complement in
+    ``N + 1`` bits: the per-group storage).
+    """
+    p = np.exp2(np.maximum(n_frac, 0))
+    k = np.rint(x * p)
+    if clip:
+        k = np.clip(k, -p, p - 1)
+    return np.where(n_frac < 0, 0.0, k / p)
+
+
+def _round_groups(x, tau, bits, group_size, max_frac):
+    """One precision per group: the fewest bits that keep every member in margin.
+
+    ``x``, ``tau`` and ``bits`` are ``(n_rows, n_cols)`` matrices in units of the
+    tensor's range (``bits`` the per-parameter precisions). A group starts at the
+    largest precision of its members (a finer grid only brings a member closer), is
+    pruned when every member is, and gains a bit while the clipping of the top
+    code (``+s`` is not representable) pushes a member out of its margin.
+    """
+    from ._fixedpoint import _group_lengths, group_starts
+
+    n_rows, n_cols = x.shape
+    xf, tf, bf = (np.ascontiguousarray(a.T).ravel() for a in (x, tau, bits))
+    starts = group_starts(n_rows, n_cols, group_size)
+    if starts.size == 0:
+        return np.zeros_like(x), np.zeros(x.shape, np.int8)
+    lengths = _group_lengths(starts, xf.size)
+    n_group = np.maximum.reduceat(np.where(bf > 0, bf.astype(np.int64) - 1, -1), starts)
+    while True:
+        n_el = np.repeat(n_group, lengths)
+        q = _round_fixed(xf, n_el, clip=True)
+        bad = np.logical_or.reduceat(np.abs(xf - q) > tf, starts)
+        grow = bad & (n_group >= 0) & (n_group < max_frac)
+        if not grow.any():
+            break
+        n_group[grow] += 1
+    widths = np.where(n_el >= 0, n_el + 1, 0).astype(np.int8)
+    return q.reshape(n_cols, n_rows).T, widths.reshape(n_cols, n_rows).T
+
+
+def fixed_point_tensor(q, scale, widths, group_size=None, map_coder="auto"):
+    """The :class:`~skquant.QuantizedTensor` of a rounded matrix (units of ``scale``).
+
+    Parameters
+    ----------
+    q : ndarray of shape (n_rows, n_cols)
+        Rounded values in ``[-1, 1]``, in units of the power of two ``scale``.
+    scale : float
+        The tensor's power-of-two range ``s``.
+    widths : ndarray of int of shape (n_rows, n_cols)
+        Precision of every entry (0 = pruned).
+    group_size : None, "channel" or int, default=None
+        The groups of ``widths``.
+    map_coder : str, default="auto"
+        Coder of the precision map.
+
+    Returns
+    -------
+    qt : QuantizedTensor
+        Alphabet ``"fixed_point"``, one scale (the finest step).
+    """
+    from ._packing import QuantizedTensor
+
+    n_max = max(int(np.max(widths, initial=1)) - 1, 0)
+    codes = np.rint(q * 2.0**n_max).astype(np.int64)
+    if group_size is None:  # stored with the fewest bits that hold each code
+        from ._fixedpoint import widths_from_codes
+
+        widths = widths_from_codes(codes, n_max)
+    return QuantizedTensor(
+        codes=codes.astype(code_dtype(-(2**n_max), 2**n_max)),
+        scale=np.array([scale / 2.0**n_max]),
+        n_bits=max(int(np.max(widths, initial=1)), 1),
+        qmin=-(2**n_max),
+        qmax=2**n_max,
+        alphabet="fixed_point",
+        precision_bits=np.asarray(widths, dtype=np.int8),
+        group_size=group_size,
+        map_coder=map_coder,
+    )
+
+
 def allocate_precision(
-    weights, gradients, budget, trust_region, *, max_bits=24, n_jobs=None
+    weights,
+    gradients,
+    budget,
+    trust_region,
+    *,
+    max_bits=24,
+    group_size=None,
+    channel_axes=None,
+    map_coder="auto",
+    n_jobs=None,
 ):
     """Margins, per-parameter bits and fixed-point weights for a set of tensors.
 
@@ -90,6 +201,16 @@ def allocate_precision(
         Largest margin, as a fraction of each tensor's power-of-two range ``s``.
     max_bits : int, default=24
         Largest number of fractional bits per parameter.
+    group_size : None, "channel" or int, default=None
+        ``None``: one precision per parameter. Otherwise one per output channel
+        (``"channel"``) or per ``group_size`` consecutive weights of a channel
+        (the last group of a channel is shorter when ``group_size`` does not
+        divide it), the fewest bits that keep every member within its margin.
+    channel_axes : list of int, default=None
+        The output-channel axis of every tensor (default 0; a 1-D tensor's
+        entries are its channels).
+    map_coder : str, default="auto"
+        Coder of the stored precision maps (see :mod:`skquant._fixedpoint`).
     n_jobs : int, default=None
         Number of numba threads.
 
@@ -98,10 +219,13 @@ def allocate_precision(
     result : dict
         ``quantized``, ``margins``, ``bits`` (lists like ``weights``; margins in the
         weights' units, bits include the sign, 0 means pruned), ``scales`` (the
-        ``s`` of each tensor), ``kappa`` and ``predicted_increase``
-        (``sum_i |g_i| |w_i - q_i|``, at most ``budget``).
+        ``s`` of each tensor), ``tensors`` (the stored
+        :class:`~skquant.QuantizedTensor` of each, in its ``(n_rows, n_channels)``
+        view), ``size_bits`` (their stored size, in bits), ``kappa`` and
+        ``predicted_increase`` (``sum_i |g_i| |w_i - q_i|``, at most ``budget``).
     """
     scales = [power_of_two_scale(W) for W in weights]
+    axes = list(channel_axes) if channel_axes is not None else [0] * len(weights)
     a = (
         np.concatenate(
             [
@@ -117,13 +241,14 @@ def allocate_precision(
         "quantized": [],
         "margins": [],
         "bits": [],
+        "tensors": [],
         "scales": scales,
         "kappa": kappa,
         "predicted_increase": 0.0,
     }
     start = capped = 0
     worst = 0.0
-    for W, s in zip(weights, scales):
+    for W, s, axis in zip(weights, scales, axes):
         W = np.asarray(W, dtype=np.float64)
         n = W.size
         w = np.ascontiguousarray(W).ravel() / s
@@ -141,15 +266,31 @@ def allocate_precision(
                 bits,
                 q,
             )
+        if group_size is not None:
+            view = [_matrix(v.reshape(W.shape), axis) for v in (w, tau, bits)]
+            qm, bm = _round_groups(*view, group_size, int(max_bits))
+            q = np.ascontiguousarray(_from_matrix(qm, W.shape, axis)).ravel()
+            bits = np.ascontiguousarray(_from_matrix(bm, W.shape, axis)).ravel()
+        qt = fixed_point_tensor(
+            _matrix(q.reshape(W.shape), axis),
+            s,
+            _matrix(bits.reshape(W.shape), axis),
+            group_size,
+            map_coder,
+        )
+        out["tensors"].append(qt)
         out["quantized"].append((q * s).reshape(W.shape))
         out["margins"].append((tau * s).reshape(W.shape))
-        out["bits"].append(bits.reshape(W.shape))
+        out["bits"].append(
+            np.ascontiguousarray(_from_matrix(qt.precision_bits, W.shape, axis))
+        )
         out["predicted_increase"] += float(np.sum(a[start : start + n] * np.abs(w - q)))
         over = np.abs(w - q) > tau
         capped += int(over.sum())
         if over.any():
             worst = max(worst, float(np.max(np.abs(w - q)[over] / tau[over])))
         start += n
+    out["size_bits"] = sum(t.size_bits for t in out["tensors"])
     if capped:
         warnings.warn(
             f"max_bits={max_bits} caps {capped} parameter(s) below the precision "
@@ -212,7 +353,19 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         Largest margin, as a fraction of the power-of-two range ``s``: keeps the
         linearisation honest.
     max_bits : int, default=24
-        Largest number of fractional bits of a parameter.
+        Largest number of fractional bits of a parameter (at most 46).
+    group_size : None, "channel" or int, default=None
+        ``None``: one precision per weight. ``"channel"``: one per output channel
+        (column); an int ``g``: one per ``g`` consecutive weights of a column (the
+        last group of a column is shorter when ``g`` does not divide ``n_in``).
+        A group takes the fewest bits that keep every member within its margin
+        (the precision of its smallest margin, one more bit when the clipped top
+        code needs it), so the map costs bits per group, not per weight.
+    map_coder : {"auto", "range", "fixed", "lzma", "zlib"}, default="auto"
+        How the stored precision map is coded: ``"range"`` (range coder,
+        near the map's empirical entropy), ``"fixed"`` (fixed-width index into
+        the levels present), ``"lzma"``/``"zlib"`` (standard-library
+        compressors); ``"auto"`` keeps the smaller of ``"fixed"`` and ``"range"``.
     n_jobs : int, default=None
         Number of numba threads; ``None`` means 1, ``-1`` all.
 
@@ -232,12 +385,20 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         ``sum_i |g_i| |w_i - q_i|``: the linearised loss increase of the rounding
         actually done (at most ``budget``).
     payload_bits_ : int
-        ``sum_i bits_i``.
+        Bits of the stored payload: ``sum_i (bits_i - 1)`` over the weights with
+        two or more bits plus one per one-bit weight (per weight, a code is stored
+        with the fewest bits that hold it, so its last bit is implied), or
+        ``sum_i bits_i`` with groups.
     precision_map_bits_ : dict
-        Bits to store the per-parameter precisions: ``fixed`` (fixed-width index)
-        and ``entropy`` (ideal entropy coder); see :func:`precision_map_bits`.
+        Bits of the precision map: ``stored`` (the coded map as written, tables
+        included), and for comparison ``fixed`` (fixed-width index) and ``entropy``
+        (an ideal entropy coder), see :func:`precision_map_bits`.
+    map_coder_ : str
+        The coder the map was written with (``"auto"`` resolved).
     size_bits_ : int
-        ``payload_bits_ + precision_map_bits_["fixed"] + 8`` (the exponent of ``s``).
+        The stored size: the bytes of the payload, the map and the step's 16-bit
+        exponent, times 8. :func:`skquant.save` of :meth:`compress` writes exactly
+        these bytes plus a header.
     bits_per_param_ : float
         ``size_bits_`` per weight.
     n_features_in_ : int
@@ -270,14 +431,31 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "budget": [Interval(numbers.Real, 0, None, closed="neither")],
         "trust_region": [Interval(numbers.Real, 0, None, closed="neither")],
-        "max_bits": [Interval(numbers.Integral, 1, 52, closed="both")],
+        "max_bits": [Interval(numbers.Integral, 1, 46, closed="both")],
+        "group_size": [
+            None,
+            StrOptions({"channel"}),
+            Interval(numbers.Integral, 1, None, closed="left"),
+        ],
+        "map_coder": [StrOptions({"auto", "range", "fixed", "lzma", "zlib"})],
         "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
     }
 
-    def __init__(self, budget=1e-3, *, trust_region=0.05, max_bits=24, n_jobs=None):
+    def __init__(
+        self,
+        budget=1e-3,
+        *,
+        trust_region=0.05,
+        max_bits=24,
+        group_size=None,
+        map_coder="auto",
+        n_jobs=None,
+    ):
         self.budget = budget
         self.trust_region = trust_region
         self.max_bits = max_bits
+        self.group_size = group_size
+        self.map_coder = map_coder
         self.n_jobs = n_jobs
 
     def _validate_W(self, W, reset):
@@ -314,35 +492,49 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
                 f"gradient must have the shape of W {W.shape}, got gradient.shape="
                 f"{G.shape} instead."
             )
+        # steps below the dtype's smallest normal number are unusable (the rule of
+        # every scale, _alphabets.safe_scale): fewer fractional bits, or pruned
+        scale = power_of_two_scale(W)
+        tiny = np.finfo(W.dtype).tiny
+        max_frac = int(min(np.floor(np.log2(scale) - np.log2(tiny)), 126))
         res = allocate_precision(
             [W],
             [G],
             self.budget,
             self.trust_region,
-            max_bits=self.max_bits,
+            max_bits=max(min(self.max_bits, max_frac), 0),
+            group_size=self.group_size,
+            channel_axes=[1],
+            map_coder=self.map_coder,
             n_jobs=self.n_jobs,
         )
         self.scale_ = res["scales"][0]
         self.margins_ = res["margins"][0]
-        # steps below the dtype's smallest normal number are unusable (the rule of
-        # every scale, _alphabets.safe_scale): fewer fractional bits, or pruned
-        tiny = np.finfo(W.dtype).tiny
-        max_frac = (
-            np.floor(np.log2(self.scale_) - np.log2(tiny)) if self.scale_ > 0 else -1
-        )
-        bits = res["bits"][0]
-        self.bits_ = (
-            np.zeros_like(bits)
-            if max_frac < 0
-            else np.minimum(bits, int(min(max_frac, 126)) + 1).astype(bits.dtype)
-        )
+        self.bits_ = res["bits"][0]
+        if max_frac < 0:  # even one fractional bit is subnormal: all pruned
+            self.bits_ = np.zeros_like(self.bits_)
         self.kappa_ = res["kappa"]
-        self.predicted_loss_increase_ = res["predicted_increase"]
-        self.payload_bits_ = int(self.bits_.sum(dtype=np.int64))
-        self.precision_map_bits_ = precision_map_bits(self.bits_)
-        self.size_bits_ = self.payload_bits_ + self.precision_map_bits_["fixed"] + 8
+        tensor = self.compress_codes(self._codes(W))
+        meta = tensor.encoded()[0]
+        self.map_coder_ = meta["map_coder"]
+        self.predicted_loss_increase_ = float(
+            np.sum(np.abs(G) * np.abs(W.astype(np.float64) - self._quantized64(W)))
+        )
+        self.payload_bits_ = meta["payload_bits"]
+        self.size_bits_ = tensor.size_bits
+        self.precision_map_bits_ = dict(
+            precision_map_bits(self._map_symbols()),
+            stored=self.size_bits_ - 8 * ((self.payload_bits_ + 7) // 8) - 16,
+        )
         self.bits_per_param_ = self.size_bits_ / W.size
         return self
+
+    def _map_symbols(self):
+        """The precisions the map stores: one per parameter, or one per group."""
+        from ._fixedpoint import group_starts
+
+        starts = group_starts(*self.bits_.shape, self.group_size)
+        return np.ascontiguousarray(self.bits_.T).ravel()[starts]
 
     def _check_fitted_shape(self, W, name="W"):
         if W.shape != self.bits_.shape:
@@ -353,11 +545,13 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
 
     def _quantized64(self, W):
         """The rounded weights in float64 (exact multiples of the finest step)."""
-        n_frac = np.maximum(self.bits_.astype(np.float64) - 1, 0)
-        p = np.exp2(n_frac)
-        Q = np.rint(W.astype(np.float64) / self.scale_ * p) / p * self.scale_
-        Q[self.bits_ == 0] = 0.0
-        return Q
+        n_frac = self.bits_.astype(np.int64) - 1
+        x = W.astype(np.float64) / self.scale_
+        return _round_fixed(x, n_frac, clip=self.group_size is not None) * self.scale_
+
+    def _codes(self, W):
+        n_max = max(int(self.bits_.max(initial=1)) - 1, 0)
+        return np.rint(self._quantized64(W) / self.scale_ * 2.0**n_max).astype(np.int64)
 
     def transform(self, W):
         """Round ``W`` with the fitted per-parameter precisions.
@@ -408,7 +602,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         W = self._validate_W(W, reset=False)
         self._check_fitted_shape(W)
         qmin, qmax = self._code_range()
-        return np.rint(self._quantized64(W) / self.step_).astype(code_dtype(qmin, qmax))
+        return self._codes(W).astype(code_dtype(qmin, qmax))
 
     def decode(self, codes, dtype=np.float64):
         """Return the weights of integer codes from :meth:`encode`.
@@ -457,12 +651,14 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         return QuantizedTensor(
             codes=codes,
             scale=np.array([self.step_]),
-            n_bits=int(self.bits_.max(initial=1)),
+            n_bits=max(int(self.bits_.max(initial=1)), 1),
             qmin=qmin,
             qmax=qmax,
             alphabet="fixed_point",
             float_dtype=np.dtype(dtype) if dtype is not None else None,
             precision_bits=self.bits_,
+            group_size=self.group_size,
+            map_coder=self.map_coder,
         )
 
     def compress(self, W):
@@ -477,7 +673,25 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         -------
         qt : QuantizedTensor
             ``qt.dequantize()`` equals ``transform(W)``; ``qt.size_bits`` equals
-            ``size_bits_`` (payload, fixed-width precision map, exponent).
+            ``size_bits_`` (payload, coded precision map, exponent), and
+            :func:`skquant.save` writes those bytes plus a header.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> import skquant
+        >>> rng = np.random.default_rng(0)
+        >>> W = rng.standard_normal((300, 20))
+        >>> G = rng.standard_normal((300, 20)) * 1e-2
+        >>> q = skquant.AdaptivePrecisionQuantizer(budget=0.05).fit(W, gradient=G)
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.skq")
+        >>> skquant.save(q.compress(W), path)
+        >>> back = skquant.load(path)
+        >>> bool(np.array_equal(back.dequantize(), q.transform(W)))
+        True
+        >>> back.size_bits == q.size_bits_
+        True
         """
         W = self._validate_W(W, reset=False)
         return self.compress_codes(self.encode(W), W.dtype)
@@ -528,24 +742,53 @@ class AdaptiveQuantizationResult:
         A copy of the network with its parameters quantized.
     history : list of dict
         One entry per accepted iteration (the first is the float network):
-        ``loss``, ``accuracy`` (when evaluation data was given), ``payload_bits``,
-        ``map_bits_fixed``, ``map_bits_entropy``, ``total_bits`` (payload + fixed
-        map + 8 bits per tensor exponent), ``bits_per_param``,
-        ``predicted_increase`` and ``measured_increase`` of the step.
+        ``loss``, ``accuracy`` (when evaluation data was given), ``payload_bits``
+        and ``map_bits`` (as stored), ``map_bits_fixed`` and ``map_bits_entropy``
+        (the map by formula, for comparison), ``total_bits`` (the stored bytes of
+        every tensor, times 8), ``bits_per_param``, ``predicted_increase`` and
+        ``measured_increase`` of the step.
     bits : list of ndarray
         Stored bits of every parameter (0 = pruned), tensor by tensor.
     n_params : int
         Number of parameters.
     stop_reason : str
         Why the loop stopped.
+    tensors : list of QuantizedTensor or None
+        The stored form of every parameter (``(n_rows, n_channels)`` views),
+        ``None`` when no step was accepted; :meth:`save` writes them.
     """
 
-    def __init__(self, model, history, bits, n_params, stop_reason):
+    def __init__(self, model, history, bits, n_params, stop_reason, tensors=None):
         self.model = model
         self.history = history
         self.bits = bits
         self.n_params = n_params
         self.stop_reason = stop_reason
+        self.tensors = tensors
+
+    def save(self, path, names=None):
+        """Write the stored tensors of the quantized parameters to a skquant file.
+
+        The file's length is ``history[-1]["total_bits"] / 8`` plus a header:
+        :func:`skquant.load` reads back the tensors, in their ``(n_rows,
+        n_channels)`` views, whose ``dequantize()`` gives the model's parameters.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file.
+        names : list of str, default=None
+            A name per parameter (``"p0"``, ``"p1"``, ... by default).
+        """
+        from ._io import save
+
+        if self.tensors is None:
+            raise ValueError(
+                "no step was accepted: the result holds the float parameters, "
+                "which have no fixed-point stored form."
+            )
+        names = names or [f"p{i}" for i in range(len(self.tensors))]
+        save(dict(zip(names, self.tensors)), path)
 
     def plot_history(self, ax=None):
         """Loss and total bits per parameter against the iteration.
@@ -620,6 +863,12 @@ def adaptive_precision_loop(
     trust_region=0.05,
     max_iter=10,
     max_bits=24,
+    group_size=None,
+    channel_axes=None,
+    map_coder="auto",
+    retrain=None,
+    retrain_steps=50,
+    retrain_lr=1e-3,
     evaluate=None,
     verbose=False,
     n_jobs=None,
@@ -631,6 +880,15 @@ def adaptive_precision_loop(
     quantization; loss check. A step whose measured loss exceeds the bound is
     retried with half the budget (up to 4 times). Stops when the total size stops
     shrinking, the bound binds, or after ``max_iter`` steps.
+
+    With ``retrain``, every accepted step is followed by ``retrain_steps`` full-batch
+    Adam steps on the loss before the next allocation (the next step then starts
+    from a lower loss, so with a larger budget): ``"ste"`` keeps every parameter on
+    its current fixed-point grid (the gradient at the rounded parameters updates
+    float latent copies, a straight-through estimator; the result is on the grid,
+    so no size is lost), ``"pruned"`` trains the kept parameters in float with the
+    pruned ones held at zero (the next step rounds them again). Deterministic: no
+    randomness is drawn.
 
     Parameters
     ----------
@@ -651,6 +909,19 @@ def adaptive_precision_loop(
         Largest number of steps.
     max_bits : int, default=24
         Largest number of fractional bits.
+    group_size : None, "channel" or int, default=None
+        One precision per parameter, per output channel, or per ``group_size``
+        consecutive weights of a channel (see :func:`allocate_precision`).
+    channel_axes : list of int, default=None
+        The output-channel axis of every parameter (default 0).
+    map_coder : str, default="auto"
+        Coder of the stored precision maps (see :mod:`skquant._fixedpoint`).
+    retrain : {None, "ste", "pruned"}, default=None
+        Fine-tuning between steps (off by default).
+    retrain_steps : int, default=50
+        Adam steps of each fine-tune.
+    retrain_lr : float, default=1e-3
+        Adam's learning rate, as a fraction of each tensor's power-of-two range.
     evaluate : callable, default=None
         ``evaluate(model) -> accuracy``, recorded in the history.
     verbose : bool, default=False
@@ -661,11 +932,22 @@ def adaptive_precision_loop(
     Returns
     -------
     result : AdaptiveQuantizationResult
-        The quantized model, the history and the per-parameter bits.
+        The quantized model, the history, the per-parameter bits and the stored
+        tensors.
     """
+    from ._fixedpoint import check_group_size, check_map_coder
     from ._progress import progress
 
     _check_loop_params(trust_region, max_iter, max_bits)
+    check_group_size(group_size)
+    check_map_coder(map_coder)
+    if retrain not in (None, "ste", "pruned"):
+        raise ValueError(
+            f"retrain must be None, 'ste' or 'pruned', got retrain={retrain!r} instead."
+        )
+    if retrain is not None:
+        _check_loop_params(trust_region, retrain_steps, max_bits)
+        _check_positive(retrain_lr, "retrain_lr")
     params = [np.asarray(p, dtype=np.float64).copy() for p in params]
     n_params = sum(p.size for p in params)
     loss, grads = loss_and_grad(params)
@@ -680,6 +962,7 @@ def adaptive_precision_loop(
         {
             "loss": loss,
             "payload_bits": float_bits,
+            "map_bits": 0,
             "map_bits_fixed": 0,
             "map_bits_entropy": 0,
             "total_bits": float_bits,
@@ -690,16 +973,37 @@ def adaptive_precision_loop(
     ]
     if evaluate is not None:
         history[0]["accuracy"] = evaluate(set_params(params))
-    best, best_bits, stop = None, None, f"max_iter={max_iter} reached"
+    best, best_bits, best_tensors, grid_scales = None, None, None, None
+    stop = f"max_iter={max_iter} reached"
     bar = progress(range(max_iter), desc="adaptive precision", enabled=verbose)
     for _ in bar:
+        if retrain is not None and best is not None:
+            params = _retrain(
+                params,
+                best_bits,
+                grid_scales,
+                loss_and_grad,
+                retrain,
+                retrain_steps,
+                retrain_lr,
+                group_size is not None,
+            )
+            loss, grads = loss_and_grad(params)
         budget = l_bar - loss
         if budget <= 0:
             stop = "loss bound binds"
             break
         for _retry in range(5):
             res = allocate_precision(
-                params, grads, budget, trust_region, max_bits=max_bits, n_jobs=n_jobs
+                params,
+                grads,
+                budget,
+                trust_region,
+                max_bits=max_bits,
+                group_size=group_size,
+                channel_axes=channel_axes,
+                map_coder=map_coder,
+                n_jobs=n_jobs,
             )
             new_loss, new_grads = loss_and_grad(res["quantized"])
             if new_loss <= l_bar:
@@ -708,13 +1012,17 @@ def adaptive_precision_loop(
         else:
             stop = "no step kept the loss under the bound"
             break
-        all_bits = np.concatenate([b.ravel() for b in res["bits"]])
-        payload = int(all_bits.sum(dtype=np.int64))
-        maps = precision_map_bits(all_bits)
-        total = payload + maps["fixed"] + 8 * len(params)
+        metas = [t.encoded()[0] for t in res["tensors"]]
+        payload = sum(m["payload_bits"] for m in metas)
+        total = res["size_bits"]
+        maps = precision_map_bits(
+            np.concatenate([b.ravel() for b in res["bits"]])
+        )  # formulas, for comparison with the stored map
         entry = {
             "loss": new_loss,
             "payload_bits": payload,
+            "map_bits": total
+            - sum(8 * t.encoded()[1]["payload"].nbytes + 16 for t in res["tensors"]),
             "map_bits_fixed": maps["fixed"],
             "map_bits_entropy": maps["entropy"],
             "total_bits": total,
@@ -731,13 +1039,49 @@ def adaptive_precision_loop(
         history.append(entry)
         bar.set_postfix(f"loss {new_loss:.4g} bits/param {total / n_params:.2f}")
         params, loss, grads = res["quantized"], new_loss, new_grads
-        best, best_bits = model, res["bits"]
+        best, best_bits, best_tensors = model, res["bits"], res["tensors"]
+        grid_scales = res["scales"]
     if best is None:
         best, best_bits = (
             set_params(params),
             [np.full(p.shape, 32, np.int8) for p in params],
         )
-    return AdaptiveQuantizationResult(best, history, best_bits, n_params, stop)
+    return AdaptiveQuantizationResult(
+        best, history, best_bits, n_params, stop, tensors=best_tensors
+    )
+
+
+def _retrain(params, bits, scales, loss_and_grad, mode, steps, lr, grouped):
+    """Full-batch Adam on the loss between two steps of the loop.
+
+    ``"ste"``: the loss and gradient are taken at the latent parameters rounded
+    to their fixed-point grids (``bits``, ``scales``), and the result is rounded;
+    ``"pruned"``: float parameters, the pruned ones (0 bits) held at zero.
+    """
+    n_frac = [b.astype(np.int64) - 1 for b in bits]
+    keep = [b > 0 for b in bits]
+
+    def snap(z):
+        if mode == "pruned":
+            return [np.where(k, v, 0.0) for v, k in zip(z, keep)]
+        return [
+            _round_fixed(np.clip(v / s, -1.0, 1.0), n, clip=grouped) * s
+            for v, s, n in zip(z, scales, n_frac)
+        ]
+
+    z = [np.array(p, dtype=np.float64) for p in params]
+    m = [np.zeros_like(v) for v in z]
+    v2 = [np.zeros_like(v) for v in z]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, steps + 1):
+        _, grads = loss_and_grad(snap(z))
+        for i, g in enumerate(grads):
+            g = np.where(keep[i], g, 0.0)
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v2[i] = b2 * v2[i] + (1 - b2) * g * g
+            step = lr * scales[i] * (m[i] / (1 - b1**t))
+            z[i] = z[i] - step / (np.sqrt(v2[i] / (1 - b2**t)) + eps)
+    return snap(z)
 
 
 def adaptive_quantize_mlp(
@@ -750,6 +1094,11 @@ def adaptive_quantize_mlp(
     trust_region=0.05,
     max_iter=10,
     max_bits=24,
+    group_size=None,
+    map_coder="auto",
+    retrain=None,
+    retrain_steps=50,
+    retrain_lr=1e-3,
     X_eval=None,
     y_eval=None,
     verbose=False,
@@ -780,6 +1129,17 @@ def adaptive_quantize_mlp(
         Largest number of steps.
     max_bits : int, default=24
         Largest number of fractional bits.
+    group_size : None, "channel" or int, default=None
+        One precision per parameter, per output neuron (``"channel"``) or per
+        ``group_size`` consecutive weights of a neuron.
+    map_coder : str, default="auto"
+        Coder of the stored precision maps.
+    retrain : {None, "ste", "pruned"}, default=None
+        Fine-tune between steps (see :func:`adaptive_precision_loop`).
+    retrain_steps : int, default=50
+        Full-batch Adam steps of each fine-tune.
+    retrain_lr : float, default=1e-3
+        Adam's learning rate, relative to each tensor's range.
     X_eval, y_eval : array-like, default=None
         Data whose accuracy the history records.
     verbose : bool, default=False
@@ -822,6 +1182,11 @@ def adaptive_quantize_mlp(
         trust_region=trust_region,
         max_iter=max_iter,
         max_bits=max_bits,
+        group_size=group_size,
+        map_coder=map_coder,
+        retrain=retrain,
+        retrain_steps=retrain_steps,
+        retrain_lr=retrain_lr,
         evaluate=evaluate,
         verbose=verbose,
         n_jobs=n_jobs,
@@ -846,7 +1211,9 @@ def adaptive_quantize_network(network, data, **options):
     Returns
     -------
     result : AdaptiveQuantizationResult
-        ``result.model`` is the quantized copy of ``network.model``.
+        ``result.model`` is the quantized copy of ``network.model``;
+        ``result.names`` the parameters' names, in the order of
+        ``result.tensors``.
     """
     start = network.parameters()
     names = list(start)
@@ -858,6 +1225,9 @@ def adaptive_quantize_network(network, data, **options):
     def set_params(params):
         return network.with_parameters(dict(zip(names, params))).model
 
-    return adaptive_precision_loop(
+    options.setdefault("channel_axes", [network.output_axis(n) for n in names])
+    result = adaptive_precision_loop(
         [start[n] for n in names], loss_and_grad, set_params, **options
     )
+    result.names = names
+    return result

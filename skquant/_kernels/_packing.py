@@ -91,3 +91,58 @@ def unpack_bits_parallel(packed, n_bits, qmin, out):  # pragma: no cover
     """Block-parallel :func:`unpack_bits` (same arguments, same result)."""
     for b in nb.prange((out.shape[0] + 7) // 8):
         _unpack_block(packed, 8 * b, n_bits, qmin, out)
+
+
+@nb.njit(cache=True, nogil=True)
+def pack_fields(fields, lengths, out):  # pragma: no cover
+    """Pack unsigned fields of varying widths into one bit stream, LSB first.
+
+    Parameters
+    ----------
+    fields : 1-D int64 ndarray, ``0 <= fields[i] < 2**lengths[i]``
+    lengths : 1-D integer ndarray, widths 0 to 48 (0 writes nothing)
+    out : uint8 ndarray of length ``ceil(sum(lengths) / 8)``, zero-padded at the end.
+    """
+    buf = 0
+    filled = 0
+    pos = 0
+    for i in range(fields.shape[0]):
+        n = np.int64(lengths[i])
+        if n == 0:
+            continue
+        buf |= np.int64(fields[i]) << filled  # filled < 8, n <= 56: fits in 56 bits
+        filled += n
+        while filled >= 8:
+            out[pos] = np.uint8(buf & 0xFF)
+            buf >>= 8
+            filled -= 8
+            pos += 1
+    if filled > 0:
+        out[pos] = np.uint8(buf & 0xFF)
+
+
+@nb.njit(cache=True, nogil=True)
+def unpack_fields(packed, lengths, out):  # pragma: no cover
+    """Inverse of :func:`pack_fields`: fill the int64 ``out`` from ``packed``.
+
+    Parameters
+    ----------
+    packed : uint8 ndarray of length ``ceil(sum(lengths) / 8)``
+    lengths : 1-D integer ndarray, widths 0 to 48
+    out : 1-D int64 ndarray like ``lengths``.
+    """
+    buf = 0
+    filled = 0
+    pos = 0
+    for i in range(lengths.shape[0]):
+        n = np.int64(lengths[i])
+        if n == 0:
+            out[i] = 0
+            continue
+        while filled < n:
+            buf |= np.int64(packed[pos]) << filled  # filled < n <= 48: fits in 55 bits
+            filled += 8
+            pos += 1
+        out[i] = buf & ((np.int64(1) << n) - 1)
+        buf >>= n
+        filled -= n

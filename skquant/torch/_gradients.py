@@ -86,6 +86,11 @@ def adaptive_quantize_model(
     trust_region=0.05,
     max_iter=10,
     max_bits=24,
+    group_size=None,
+    map_coder="auto",
+    retrain=None,
+    retrain_steps=50,
+    retrain_lr=1e-3,
     evaluate=None,
     batch_size=256,
     verbose=False,
@@ -115,6 +120,18 @@ def adaptive_quantize_model(
         Largest number of steps.
     max_bits : int, default=24
         Largest number of fractional bits.
+    group_size : None, "channel" or int, default=None
+        One precision per parameter, per output channel (``"channel"``) or per
+        ``group_size`` consecutive weights of a channel.
+    map_coder : str, default="auto"
+        Coder of the stored precision maps.
+    retrain : {None, "ste", "pruned"}, default=None
+        Fine-tune between steps: ``"ste"`` on the current fixed-point grids
+        (straight-through), ``"pruned"`` in float with pruned weights at zero.
+    retrain_steps : int, default=50
+        Full-batch Adam steps of each fine-tune (one pass over ``data`` each).
+    retrain_lr : float, default=1e-3
+        Adam's learning rate, relative to each tensor's range.
     evaluate : callable, default=None
         ``evaluate(model) -> accuracy``, recorded in the history.
     batch_size : int, default=256
@@ -156,6 +173,11 @@ def adaptive_quantize_model(
         trust_region=trust_region,
         max_iter=max_iter,
         max_bits=max_bits,
+        group_size=group_size,
+        map_coder=map_coder,
+        retrain=retrain,
+        retrain_steps=retrain_steps,
+        retrain_lr=retrain_lr,
         evaluate=evaluate,
         verbose=verbose,
         n_jobs=n_jobs,

@@ -70,6 +70,9 @@ class _QuantMixin:
             if tensor.float_dtype is None
             else np.dtype(tensor.float_dtype).str,
         }
+        if variable:
+            self._qmeta["group_size"] = tensor.group_size
+            self._qmeta["map_coder"] = tensor.map_coder
         self.n_bits = tensor.n_bits
         self.alphabet = tensor.alphabet
         self.size_bits = tensor.size_bits
@@ -102,6 +105,8 @@ class _QuantMixin:
                 precision_bits=np.ascontiguousarray(
                     to_numpy(self.weight_bits).reshape(n_out, -1).T
                 ),
+                group_size=self._qmeta.get("group_size"),
+                map_coder=self._qmeta.get("map_coder", "auto"),
             )
         meta = dict(self._qmeta, shape=[int(np.prod(shape[1:])), shape[0]])
         meta["zero_point"] = "weight_zero_point" in self._buffers

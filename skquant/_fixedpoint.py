@@ -1,0 +1,314 @@
+"""The stored form of fixed-point tensors with per-parameter or per-group precision.
+
+A fixed-point tensor (:class:`~skquant.AdaptivePrecisionQuantizer`) is a matrix of
+shape ``(n_rows, n_cols)`` whose entries are integer codes on the finest step
+``2^-N_max s``. Each entry, or each *group* of entries, has a precision: ``b``
+stored bits (``N = b - 1`` fractional bits plus the sign; ``b = 0`` means pruned).
+Groups run down each column (one output channel), ``group_size`` consecutive rows
+at a time; the last group of a column is shorter when ``group_size`` does not
+divide ``n_rows``.
+
+What is written, column after column:
+
+``payload``
+    One bit stream (least significant bit first, zero-padded to a byte). With
+    per-parameter precision the codes are stored with the fewest bits that hold them
+    exactly, so a code with ``N >= 1`` fractional bits is odd: ``k = 2j + 1`` with
+    its sign and ``j`` in ``N - 1`` bits, ``b - 1`` bits in all (a code with ``N =
+    0`` is ``+-1``: its sign alone). With per-group precision every member of a
+    group is stored in ``b`` bits, two's complement, ``k`` in ``[-2^N, 2^N - 1]``.
+``map``
+    The precisions (one per entry, or one per group), by one of the coders of
+    :data:`MAP_CODERS`: ``"fixed"`` (a table of the levels present and a
+    fixed-width index per symbol), ``"range"`` (the levels, their counts and a
+    range-coded stream from ``constriction``, within a few bits of the empirical
+    entropy), ``"lzma"`` or ``"zlib"`` (the standard library's compressors on one
+    byte per symbol, a floor to compare against); ``"auto"`` keeps the smaller of
+    ``"fixed"`` and ``"range"``.
+``exponent``
+    ``log2`` of the finest step, as an int16.
+
+The counted size of the tensor is exactly these arrays' bytes.
+"""
+
+import lzma
+import math
+import zlib
+
+import numpy as np
+
+from ._kernels import _packing
+
+__all__ = ["MAP_CODERS", "decode", "encode", "group_starts", "widths_from_codes"]
+
+#: the coders of the precision map
+MAP_CODERS = ("auto", "range", "fixed", "lzma", "zlib")
+#: the widest field the bit packer takes (so the largest precision is 48 bits)
+MAX_WIDTH = 48
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def check_group_size(group_size):
+    """``None`` (per parameter), ``"channel"`` or a positive int, else ValueError."""
+    if group_size is None or group_size == "channel":
+        return group_size
+    if (
+        isinstance(group_size, bool)
+        or not isinstance(group_size, int | np.integer)
+        or group_size < 1
+    ):
+        raise ValueError(
+            "group_size must be None (one precision per parameter), 'channel' or a "
+            f"positive int, got group_size={group_size!r} instead."
+        )
+    return int(group_size)
+
+
+def check_map_coder(map_coder):
+    """One of :data:`MAP_CODERS`, else ValueError."""
+    if map_coder not in MAP_CODERS:
+        raise ValueError(
+            f"map_coder must be one of {MAP_CODERS}, got map_coder={map_coder!r} "
+            "instead."
+        )
+    return map_coder
+
+
+def group_starts(n_rows, n_cols, group_size):
+    """Start of every group in the column-major order of an ``(n_rows, n_cols)`` matrix.
+
+    ``group_size=None`` makes every entry a group, ``"channel"`` every column; an
+    int ``g`` cuts each column into ``ceil(n_rows / g)`` groups (the last one
+    shorter when ``g`` does not divide ``n_rows``).
+    """
+    if group_size is None:
+        return np.arange(n_rows * n_cols, dtype=np.int64)
+    g = n_rows if group_size == "channel" else min(int(group_size), max(n_rows, 1))
+    if n_rows == 0 or n_cols == 0:
+        return np.zeros(0, dtype=np.int64)
+    within = np.arange(0, n_rows, g, dtype=np.int64)
+    return (np.arange(n_cols, dtype=np.int64)[:, None] * n_rows + within).ravel()
+
+
+def _group_lengths(starts, n):
+    return np.diff(np.append(starts, n))
+
+
+def widths_from_codes(codes, n_max):
+    """Fewest stored bits of every code (0 for a zero code; sign included).
+
+    A code ``c`` on the finest step ``2^-n_max`` with ``t`` trailing zero bits has
+    ``n_max - t`` fractional bits; ``|c| = 2^n_max`` (the value ``+-s``) has none.
+    """
+    c = np.abs(np.asarray(codes, dtype=np.int64))
+    if c.size and int(c.max()) > 2**n_max:
+        raise ValueError(
+            f"codes must lie in [-2**n_max, 2**n_max] = [-{2**n_max}, {2**n_max}], "
+            f"got a code of magnitude {int(c.max())} instead."
+        )
+    low = c & -c  # lowest set bit (0 for a zero code)
+    tz = np.frexp(low.astype(np.float64))[1] - 1  # exact: powers of two
+    width = np.where(c == 0, 0, n_max - np.minimum(tz, n_max) + 1)
+    return width.astype(np.int8)
+
+
+# ------------------------------------------------------------------ the map
+def _encode_map(symbols, coder):
+    """The map's arrays for ``coder`` (never ``"auto"``)."""
+    symbols = np.ascontiguousarray(symbols, dtype=np.uint8)
+    if coder in ("lzma", "zlib"):
+        raw = symbols.tobytes()
+        blob = (
+            lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+            if coder == "lzma"
+            else zlib.compress(raw, 9)
+        )
+        return {"map": np.frombuffer(blob, dtype=np.uint8).copy()}
+    levels, index, counts = np.unique(symbols, return_inverse=True, return_counts=True)
+    arrays = {"map_levels": levels.astype(np.uint8)}
+    if levels.size <= 1:  # one level: the table says it all
+        return arrays
+    if coder == "fixed":
+        width = math.ceil(math.log2(levels.size))
+        arrays["map"] = _packing_codes(index, width)
+        return arrays
+    import constriction
+
+    model = constriction.stream.model.Categorical(
+        counts.astype(np.float64), perfect=False
+    )
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(index.astype(np.int32), model)
+    arrays["map_counts"] = counts.astype(np.uint32)
+    arrays["map"] = np.asarray(encoder.get_compressed(), dtype=np.uint32)
+    return arrays
+
+
+def _packing_codes(index, width):
+    from ._packing import pack_codes
+
+    return pack_codes(index.astype(np.int64), width, 0)
+
+
+def _decode_map(coder, arrays, n):
+    """The ``n`` symbols of the map (ValueError when they do not decode)."""
+    if coder in ("lzma", "zlib"):
+        blob = arrays["map"].tobytes()
+        try:
+            raw = (
+                lzma.decompress(blob, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+                if coder == "lzma"
+                else zlib.decompress(blob)
+            )
+        except (lzma.LZMAError, zlib.error) as exc:
+            raise ValueError(f"the precision map does not decode: {exc}") from exc
+        symbols = np.frombuffer(raw, dtype=np.uint8)
+        if symbols.size != n:
+            raise ValueError(
+                f"the precision map holds {symbols.size} symbols, expected {n}."
+            )
+        return symbols.copy()
+    levels = arrays["map_levels"]
+    if levels.size == 0 and n == 0:
+        return np.zeros(0, dtype=np.uint8)
+    if levels.size == 1:
+        return np.full(n, levels[0], dtype=np.uint8)
+    if coder == "fixed":
+        from ._packing import unpack_codes
+
+        width = math.ceil(math.log2(levels.size))
+        index = unpack_codes(arrays["map"], width, 0, (n,), np.int64)
+    else:
+        import constriction
+
+        counts = arrays["map_counts"]
+        if counts.size != levels.size or not np.all(counts > 0):
+            raise ValueError("the precision map's counts do not match its levels.")
+        model = constriction.stream.model.Categorical(
+            counts.astype(np.float64), perfect=False
+        )
+        words = np.ascontiguousarray(arrays["map"], dtype=np.uint32)
+        try:
+            index = constriction.stream.queue.RangeDecoder(words).decode(model, n)
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"the precision map does not decode: {exc}") from exc
+        index = np.asarray(index, dtype=np.int64)
+        if not np.array_equal(np.bincount(index, minlength=levels.size), counts):
+            raise ValueError("the decoded precision map does not match its counts.")
+    if index.size and int(index.max()) >= levels.size:
+        raise ValueError("the precision map indexes a level it does not have.")
+    return levels[index]
+
+
+# -------------------------------------------------------------- the tensor
+def encode(codes, widths, n_max, step, group_size, map_coder):
+    """Arrays (payload, map, exponent, ...) and the header fields of one tensor.
+
+    Parameters
+    ----------
+    codes : ndarray of int of shape (n_rows, n_cols)
+        Codes on the finest step.
+    widths : ndarray of int of shape (n_rows, n_cols)
+        Stored bits of every entry: the fewest that hold it
+        (:func:`widths_from_codes`) with ``group_size=None``, one value per group
+        otherwise.
+    n_max : int
+        Fractional bits of the finest step.
+    step : float
+        The finest step, a power of two.
+    group_size : None, "channel" or int
+        The groups.
+    map_coder : str
+        One of :data:`MAP_CODERS`.
+
+    Returns
+    -------
+    meta : dict
+        ``map_coder`` (the one used) and ``payload_bits``.
+    arrays : dict of ndarray
+        What is stored; its bytes are the tensor's size.
+    """
+    n_rows, n_cols = codes.shape
+    c = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).T).ravel()
+    w = np.ascontiguousarray(np.asarray(widths, dtype=np.int64).T).ravel()
+    if w.size and int(w.max()) > MAX_WIDTH:
+        raise ValueError(
+            f"precisions above {MAX_WIDTH} bits cannot be stored, got {int(w.max())}."
+        )
+    frac = np.maximum(w - 1, 0)
+    k = np.where(w > 0, c >> (n_max - frac), 0)
+    if not np.array_equal(np.where(w > 0, k << (n_max - frac), 0), c):
+        raise ValueError("the codes do not lie on the grids of their precisions.")
+    starts = group_starts(n_rows, n_cols, group_size)
+    if group_size is None:
+        lengths = np.where(w >= 2, w - 1, w)
+        mag = np.abs(k)
+        if np.any(((w >= 2) & (mag % 2 == 0)) | ((w == 1) & (mag != 1))):
+            raise ValueError("the widths are not the fewest that hold the codes.")
+        fields = (k < 0).astype(np.int64) | (np.maximum(mag - 1, 0) >> 1 << 1)
+        symbols = w
+    else:
+        symbols = w[starts] if starts.size else w[:0]
+        if not np.array_equal(np.repeat(symbols, _group_lengths(starts, w.size)), w):
+            raise ValueError("the precisions are not constant within each group.")
+        lengths = w
+        if np.any((k < -(2**frac)) | ((k >= 2**frac) & (w > 0))):
+            raise ValueError("a code does not fit its group's precision.")
+        fields = np.where(w > 0, k & ((np.int64(1) << w) - 1), 0)
+    payload_bits = int(lengths.sum())
+    payload = np.zeros((payload_bits + 7) // 8, dtype=np.uint8)
+    _packing.pack_fields(fields, lengths, payload)
+    mantissa, e = math.frexp(float(step))
+    if mantissa != 0.5 or not -16000 < e < 16000:
+        raise ValueError(f"step must be a power of two, got step={step!r} instead.")
+    exponent = np.array([e - 1], dtype=np.int16)
+    if map_coder == "auto":
+        options = [_encode_map(symbols, "fixed"), _encode_map(symbols, "range")]
+        sizes = [sum(a.nbytes for a in o.values()) for o in options]
+        coder = ("fixed", "range")[int(sizes[1] < sizes[0])]
+        arrays = options[int(sizes[1] < sizes[0])]
+    else:
+        coder, arrays = map_coder, _encode_map(symbols, map_coder)
+    arrays = {"payload": payload, **arrays, "exponent": exponent}
+    return {"map_coder": coder, "payload_bits": payload_bits}, arrays
+
+
+def decode(meta, arrays, shape, n_max, group_size):
+    """Inverse of :func:`encode`: the codes, the per-entry widths and the step.
+
+    Raises ValueError when the arrays do not decode to a tensor of ``shape``.
+    """
+    n_rows, n_cols = shape
+    n = n_rows * n_cols
+    starts = group_starts(n_rows, n_cols, group_size)
+    symbols = _decode_map(meta["map_coder"], arrays, starts.size).astype(np.int64)
+    if symbols.size and int(symbols.max()) > min(n_max + 1, MAX_WIDTH):
+        raise ValueError(
+            f"the precision map holds {int(symbols.max())} bits, above the "
+            f"finest step's {n_max + 1}."
+        )
+    w = symbols if group_size is None else np.repeat(symbols, _group_lengths(starts, n))
+    lengths = np.where(w >= 2, w - 1, w) if group_size is None else w
+    payload = arrays["payload"]
+    if payload.size != (int(lengths.sum()) + 7) // 8:
+        raise ValueError(
+            f"the payload holds {payload.size} bytes, its map asks for "
+            f"{(int(lengths.sum()) + 7) // 8}."
+        )
+    fields = np.empty(n, dtype=np.int64)
+    _packing.unpack_fields(payload, lengths, fields)
+    frac = np.maximum(w - 1, 0)
+    if group_size is None:
+        mag = np.where(w >= 2, (fields >> 1 << 1) + 1, 1)
+        k = np.where(fields & 1, -mag, mag)
+    else:
+        top = np.int64(1) << np.maximum(w - 1, 0)
+        k = np.where(fields >= top, fields - 2 * top, fields)
+    c = np.where(w > 0, k << (n_max - frac), 0)
+    exponent = arrays["exponent"]
+    if exponent.dtype != np.int16 or exponent.size != 1:
+        raise ValueError("the tensor's exponent is not one int16.")
+    step = math.ldexp(1.0, int(exponent[0]))
+    codes = np.ascontiguousarray(c.reshape(n_cols, n_rows).T)
+    widths = np.ascontiguousarray(w.reshape(n_cols, n_rows).T.astype(np.int8))
+    return codes, widths, step

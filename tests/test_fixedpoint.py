@@ -1,0 +1,277 @@
+"""The stored form of adaptive precision: bytes, coded maps, groups, retraining."""
+
+import struct
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import skquant
+from skquant import AdaptivePrecisionQuantizer, adaptive_quantize_mlp
+from skquant import _fixedpoint as fp
+from skquant._kernels import _packing
+
+CODERS = ["auto", "range", "fixed", "lzma", "zlib"]
+
+
+def _data_bytes(path):
+    """Bytes of a safetensors file after its 8-byte length and JSON header."""
+    blob = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    return len(blob) - 8 - n
+
+
+def _round_trip(tmp_path, q, W, name="w.skq"):
+    path = tmp_path / name
+    skquant.save(q.compress(W), path)
+    back = skquant.load(path)
+    return path, back
+
+
+@st.composite
+def layers(draw):
+    n_in = draw(st.integers(1, 40))
+    n_out = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31 - 1))
+    kind = draw(st.sampled_from(["normal", "zero", "single", "wide", "float32"]))
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((n_in, n_out))
+    if kind == "zero":
+        W[:] = 0.0
+    elif kind == "single":
+        W[:] = 0.37
+    elif kind == "wide":
+        W *= np.exp(3 * rng.standard_normal((n_in, n_out)))
+    elif kind == "float32":
+        W = W.astype(np.float32)
+    G = rng.standard_normal((n_in, n_out)) * 10.0 ** draw(st.integers(-4, 1))
+    group = draw(st.sampled_from([None, "channel", 1, 3, 7, 64]))
+    coder = draw(st.sampled_from(CODERS))
+    budget = 10.0 ** draw(st.integers(-4, 0))
+    return W, G, group, coder, budget
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(layers())
+def test_bytes_decode_to_transform_bit_for_bit(tmp_path, case):
+    W, G, group, coder, budget = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # max_bits caps
+        q = AdaptivePrecisionQuantizer(
+            budget=budget, group_size=group, map_coder=coder
+        ).fit(W, gradient=G)
+    path, back = _round_trip(tmp_path, q, W)
+    Q = q.transform(W)
+    out = back.dequantize()
+    assert out.dtype == Q.dtype
+    assert np.array_equal(out, Q)
+    # the file is the counted size plus its header
+    assert 8 * _data_bytes(path) == q.size_bits_ == back.size_bits
+    # every weight within its margin (where max_bits does not cap it)
+    capped = q.margins_ < q.scale_ * 2.0 ** -(q.max_bits + 1)
+    assert np.all((np.abs(W.astype(np.float64) - Q) <= q.margins_) | capped)
+    # groups share one precision
+    if group is not None:
+        starts = fp.group_starts(*W.shape, group)
+        flat = np.ascontiguousarray(q.bits_.T).ravel()
+        lengths = np.diff(np.append(starts, flat.size))
+        assert np.array_equal(np.repeat(flat[starts], lengths), flat)
+        assert np.array_equal(back.precision_bits, q.bits_)
+
+
+def test_huge_tensor_round_trip_and_size(tmp_path):
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((1024, 1024)).astype(np.float32)
+    G = rng.standard_normal((1024, 1024)).astype(np.float32) * 1e-3
+    q = AdaptivePrecisionQuantizer(budget=1.0).fit(W, gradient=G)
+    path, back = _round_trip(tmp_path, q, W)
+    assert np.array_equal(back.dequantize(), q.transform(W))
+    assert 8 * _data_bytes(path) == q.size_bits_
+    # the range-coded map is near the empirical entropy of the precisions
+    maps = q.precision_map_bits_
+    assert maps["stored"] <= 1.01 * maps["entropy"] + 1024
+    assert maps["stored"] < maps["fixed"]
+
+
+def test_widths_from_codes_by_hand():
+    codes = np.array([0, 1, -1, 2, 4, 8, -8, 6, 3])
+    # n_max = 3: 8 = s (no fractional bit), 4 = 0.5 (one), 2 and 6 (two), odd (three)
+    assert fp.widths_from_codes(codes, 3).tolist() == [0, 4, 4, 3, 2, 1, 1, 3, 4]
+    with pytest.raises(ValueError, match=r"= \[-8, 8\]"):
+        fp.widths_from_codes(np.array([9]), 3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 48), min_size=0, max_size=60), st.integers(0, 2**31))
+def test_pack_fields_round_trip(lengths, seed):
+    rng = np.random.default_rng(seed)
+    lengths = np.array(lengths, dtype=np.int64)
+    fields = np.array(
+        [int(rng.integers(0, 2**n)) if n else 0 for n in lengths], dtype=np.int64
+    )
+    out = np.zeros((int(lengths.sum()) + 7) // 8, dtype=np.uint8)
+    _packing.pack_fields(fields, lengths, out)
+    back = np.empty_like(fields)
+    _packing.unpack_fields(out, lengths, back)
+    assert np.array_equal(back, fields)
+
+
+def test_per_parameter_payload_drops_the_implied_bit():
+    # q = 3/4 has 2 fractional bits (3 stored bits): sign + j = 1 in one bit
+    codes = np.array([[3], [-1], [4], [0]])  # n_max = 2: 0.75, -0.25, 1 (= s), 0
+    widths = fp.widths_from_codes(codes, 2)
+    assert widths.ravel().tolist() == [3, 3, 1, 0]
+    meta, arrays = fp.encode(codes, widths, 2, 0.25, None, "fixed")
+    assert meta["payload_bits"] == 2 + 2 + 1
+    back, w, step = fp.decode(meta, arrays, (4, 1), 2, None)
+    assert np.array_equal(back, codes) and np.array_equal(w, widths)
+    assert step == 0.25
+    with pytest.raises(ValueError, match="not the fewest"):
+        fp.encode(codes, np.array([[3], [3], [3], [0]]), 2, 0.25, None, "fixed")
+
+
+def test_group_size_not_dividing_the_layer():
+    rng = np.random.default_rng(3)
+    W, G = rng.standard_normal((10, 2)), rng.standard_normal((10, 2))
+    q = AdaptivePrecisionQuantizer(budget=0.1, group_size=4).fit(W, gradient=G)
+    # groups of rows 0-3, 4-7 and a short one 8-9 in every column
+    assert fp.group_starts(10, 2, 4).tolist() == [0, 4, 8, 10, 14, 18]
+    for c in range(2):
+        for rows in (slice(0, 4), slice(4, 8), slice(8, 10)):
+            assert np.unique(q.bits_[rows, c]).size == 1
+    # a group larger than the column is the column
+    assert (
+        fp.group_starts(10, 2, 99).tolist()
+        == fp.group_starts(10, 2, "channel").tolist()
+    )
+
+
+def test_channel_groups_make_the_map_nearly_free():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((500, 8))
+    G = rng.standard_normal((500, 8)) * 1e-2
+    per = AdaptivePrecisionQuantizer(budget=0.1).fit(W, gradient=G)
+    chan = AdaptivePrecisionQuantizer(budget=0.1, group_size="channel").fit(
+        W, gradient=G
+    )
+    assert chan.precision_map_bits_["stored"] <= 8 * 8 + 64  # 8 symbols + table
+    assert per.precision_map_bits_["stored"] > 1000
+    # but every weight of a channel pays its smallest margin's precision
+    assert chan.payload_bits_ > per.payload_bits_
+
+
+def test_top_code_clipping_costs_one_more_bit():
+    # 0.999 s rounds to s at 2 fractional bits, which groups cannot store
+    W = np.array([[0.999, 0.26]])
+    W = W.T  # one column, two rows
+    G = np.array([[1e-9], [1.0]])  # the first has a large margin, the second not
+    q = AdaptivePrecisionQuantizer(budget=0.05, trust_region=0.1, group_size=2)
+    q.fit(W, gradient=G)
+    Q = q.transform(W)
+    assert np.all(np.abs(W - Q) <= q.margins_)
+    assert Q[0, 0] < q.scale_
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"group_size": 0}, "group_size"),
+        ({"group_size": "row"}, "group_size"),
+        ({"group_size": 2.5}, "group_size"),
+        ({"map_coder": "huffman"}, "map_coder"),
+        ({"max_bits": 47}, "max_bits"),
+    ],
+)
+def test_bad_parameters(params, match):
+    W = np.ones((4, 2))
+    with pytest.raises(ValueError, match=match):
+        AdaptivePrecisionQuantizer(**params).fit(W, gradient=W)
+
+
+@pytest.fixture(scope="module")
+def saved_blob(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((200, 6))
+    G = rng.standard_normal((200, 6)) * 1e-2
+    q = AdaptivePrecisionQuantizer(budget=0.05, map_coder="range").fit(W, gradient=G)
+    path = tmp_path_factory.mktemp("fp") / "w.skq"
+    skquant.save(q.compress(W), path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("where", [0.5, 0.8, 0.95, 0.999])
+def test_flipped_bytes_are_refused(tmp_path, saved_blob, where):
+    blob = bytearray(saved_blob)
+    i = int(where * (len(blob) - 1))
+    blob[i] ^= 0x5A
+    path = tmp_path / "bad.skq"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="corrupted|truncated|not a skquant"):
+        skquant.load(path)
+
+
+def test_truncated_file_is_refused(tmp_path, saved_blob):
+    path = tmp_path / "short.skq"
+    path.write_bytes(saved_blob[:-7])
+    with pytest.raises(ValueError, match="truncated|corrupted"):
+        skquant.load(path)
+
+
+def test_inconsistent_arrays_are_refused():
+    """Arrays that pass the digest but do not decode (a writer's bug) raise."""
+    codes = np.array([[3, 1], [-1, 0], [2, 4]])
+    widths = fp.widths_from_codes(codes, 2)
+    for coder in ("range", "fixed", "lzma", "zlib"):
+        meta, arrays = fp.encode(codes, widths, 2, 0.25, None, coder)
+        short = dict(arrays, payload=arrays["payload"][:-1])
+        with pytest.raises(ValueError, match="payload holds"):
+            fp.decode(meta, short, (3, 2), 2, None)
+        bad_map = dict(arrays, map=arrays["map"][:1] * 0 + 7)
+        with pytest.raises(ValueError):
+            fp.decode(meta, bad_map, (3, 2), 2, None)
+
+
+def test_network_loop_file_and_retraining(tmp_path, digits_mlp):
+    mlp, X, y = digits_mlp
+    res = adaptive_quantize_mlp(mlp, X, y, loss_bound=0.5, max_iter=3)
+    path = tmp_path / "net.skq"
+    res.save(path, res.names)
+    assert 8 * _data_bytes(path) == res.history[-1]["total_bits"]
+    back = skquant.load(path)
+    for name, W in zip(res.names, res.model.coefs_ + res.model.intercepts_):
+        Q = back[name].dequantize()
+        assert np.array_equal(Q.reshape(-1) if W.ndim == 1 else Q, W)
+
+    ste = adaptive_quantize_mlp(
+        mlp, X, y, loss_bound=0.5, max_iter=3, retrain="ste", retrain_steps=20
+    )
+    again = adaptive_quantize_mlp(
+        mlp, X, y, loss_bound=0.5, max_iter=3, retrain="ste", retrain_steps=20
+    )
+    assert [h["total_bits"] for h in ste.history] == [
+        h["total_bits"] for h in again.history
+    ]
+    for a, b in zip(ste.model.coefs_, again.model.coefs_):
+        assert np.array_equal(a, b)
+    # retraining lowers the loss between steps, so the loop compresses further
+    assert ste.history[-1]["total_bits"] < res.history[-1]["total_bits"]
+    path2 = tmp_path / "ste.skq"
+    ste.save(path2, ste.names)
+    assert 8 * _data_bytes(path2) == ste.history[-1]["total_bits"]
+
+
+def test_network_loop_groups_per_neuron(digits_mlp):
+    mlp, X, y = digits_mlp
+    res = adaptive_quantize_mlp(
+        mlp, X, y, loss_bound=0.5, max_iter=2, group_size="channel"
+    )
+    for bits in res.bits[: len(mlp.coefs_)]:  # (n_in, n_out): one precision a column
+        assert all(np.unique(bits[:, j]).size == 1 for j in range(bits.shape[1]))
+    with pytest.raises(ValueError, match="retrain must be"):
+        adaptive_quantize_mlp(mlp, X, y, retrain="yes")
