@@ -1,12 +1,13 @@
 """Real MNIST and Fashion-MNIST: Khoram & Li's adaptive precision against uniform MSQ.
 
 For the torch LeNet-5 and 784-500-300-10 MLP trained on MNIST and the same MLP trained
-on Fashion-MNIST (trained once by ``benchmarks/_models.py``, cached under
-~/skquant_data/models, fixed seed), runs ``skquant.torch.adaptive_quantize_model``
-with the loss and its gradient on 10 000 training images, for several relative loss
-bounds and trust regions, and prints for each run: the float and quantized test
-errors, the total size (payload + fixed-width precision map + one 8-bit exponent per
-tensor), the payload alone, the total with an entropy-coded map, the compression
+on Fashion-MNIST (trained once by ``benchmarks/_models.py`` with its ``"cosine"``
+recipe, cached under ~/skquant_data/models, fixed seed), runs
+``skquant.torch.adaptive_quantize_model`` with the loss and its gradient on 10 000
+training images, for several relative loss bounds and trust regions, and prints for
+each run: the float and quantized test errors, the stored size (the bytes of the
+payload, the coded precision map and one 16-bit exponent per tensor, as
+``result.save`` writes them), the payload alone, the map alone, the compression
 ratios against float32 (``32 * n_params / bits``), the iterations and the stop
 reason. Beside each run: the smallest uniform bit-width ``b`` (per-channel max-abs
 ``UniformQuantizer`` through ``skquant.torch.quantize_model``, biases kept in
@@ -17,8 +18,7 @@ measured over budgets (one step each), a histogram of per-parameter bits per ten
 and the time of one iteration split into the gradient (``loss_gradients``, torch)
 and the allocation (``allocate_precision``, numba).
 
-Run (8 minutes on 2 cores; half a minute more the first time, when it trains the
-Fashion-MNIST MLP)::
+Run (about 10 minutes on 2 cores; more the first time, when it trains the models)::
 
     PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python -u benchmarks/bench_adaptive_mnist.py
 
@@ -79,7 +79,7 @@ def msq_sweep(model, Xcal, Xte, yte, bits):
 
 
 def run_model(name, dataset, args, loss_fn):
-    model, (Xtr, ytr, Xte, yte) = trained(name, dataset)
+    model, (Xtr, ytr, Xte, yte) = trained(name, dataset, recipe="cosine")
     n = sum(p.numel() for p in model.parameters())
     float_acc = accuracy(model, Xte, yte)
     Xcal, ycal = calibration(Xtr, ytr, args.n_cal)
@@ -101,13 +101,13 @@ def run_model(name, dataset, args, loss_fn):
 
     print(
         "adaptive precision (bound: relative; delta: trust region; err: test error %;"
-        " kbit: total = payload + fixed map + exponents; x32: 32 n / bits; "
-        "ent: payload + entropy-coded map + exponents; MSQ: smallest b with test "
+        " kbit: stored = payload + coded map + exponents; x32: 32 n / bits; "
+        "map: the coded map alone, kbit; MSQ: smallest b with test "
         "accuracy >= the adaptive model's):"
     )
     head = (
         f"{'bound':>6} {'delta':>5} {'it':>3} {'stop':>8} {'err':>5} "
-        f"{'kbit':>7} {'x32':>6} {'payload':>7} {'x32':>6} {'ent':>7} {'x32':>6} "
+        f"{'kbit':>7} {'x32':>6} {'payload':>7} {'x32':>6} {'map':>7} "
         f"{'pruned':>6} {'MSQ b':>5} {'kbit':>7} {'x32':>6} {'s':>5}"
     )
     print(head)
@@ -128,8 +128,6 @@ def run_model(name, dataset, args, loss_fn):
             dt = time.perf_counter() - t
             h = res.history[-1]
             acc = h["accuracy"]
-            exps = h["total_bits"] - h["payload_bits"] - h["map_bits_fixed"]
-            ent = h["payload_bits"] + h["map_bits_entropy"] + exps
             pruned = np.mean(np.concatenate([b.ravel() for b in res.bits]) == 0)
             ok = [b for b, (a, _) in msq.items() if a >= acc]
             msq_txt = (
@@ -142,7 +140,7 @@ def run_model(name, dataset, args, loss_fn):
                 f"{STOP.get(res.stop_reason, 'max_iter'):>8} {100 * (1 - acc):>5.2f} "
                 f"{h['total_bits'] / 1e3:>7.1f} {32 * n / h['total_bits']:>6.2f} "
                 f"{h['payload_bits'] / 1e3:>7.1f} {32 * n / h['payload_bits']:>6.2f} "
-                f"{ent / 1e3:>7.1f} {32 * n / ent:>6.2f} {100 * pruned:>5.1f}% "
+                f"{h['map_bits'] / 1e3:>7.1f} {100 * pruned:>5.1f}% "
                 f"{msq_txt} {dt:>5.1f}",
                 flush=True,
             )
@@ -179,7 +177,7 @@ def linearisation(model, data, loss_fn, args):
             loss1, _ = loss_gradients(qmodel, loss_fn, data, batch_size=args.batch_size)
             meas = loss1 - loss0
             ratio = f"{r['predicted_increase'] / meas:.1f}" if meas > 0 else "-"
-            payload = sum(int(b.sum(dtype=np.int64)) for b in r["bits"])
+            payload = sum(t.encoded()[0]["payload_bits"] for t in r["tensors"])
             print(
                 f"{delta:>5g} {budget:>9.2e} {r['predicted_increase']:>9.2e} "
                 f"{signed:>10.2e} {meas:>9.2e} "

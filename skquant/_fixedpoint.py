@@ -39,7 +39,15 @@ import numpy as np
 
 from ._kernels import _packing
 
-__all__ = ["MAP_CODERS", "decode", "encode", "group_starts", "widths_from_codes"]
+__all__ = [
+    "MAP_CODERS",
+    "decode",
+    "decode_symbols",
+    "encode",
+    "encode_symbols",
+    "group_starts",
+    "widths_from_codes",
+]
 
 #: the coders of the precision map
 MAP_CODERS = ("auto", "range", "fixed", "lzma", "zlib")
@@ -113,8 +121,11 @@ def widths_from_codes(codes, n_max):
 
 
 # ------------------------------------------------------------------ the map
-def _encode_map(symbols, coder):
-    """The map's arrays for ``coder`` (never ``"auto"``)."""
+def encode_symbols(symbols, coder):
+    """The arrays that store the symbols (0 to 255) by ``coder`` (not ``"auto"``).
+
+    Used for the precision map, and by the benchmarks for uniform codes.
+    """
     symbols = np.ascontiguousarray(symbols, dtype=np.uint8)
     if coder in ("lzma", "zlib"):
         raw = symbols.tobytes()
@@ -150,8 +161,9 @@ def _packing_codes(index, width):
     return pack_codes(index.astype(np.int64), width, 0)
 
 
-def _decode_map(coder, arrays, n):
-    """The ``n`` symbols of the map (ValueError when they do not decode)."""
+def decode_symbols(coder, arrays, n):
+    """The ``n`` symbols of :func:`encode_symbols` (ValueError when they do not
+    decode)."""
     if coder in ("lzma", "zlib"):
         blob = arrays["map"].tobytes()
         try:
@@ -263,12 +275,12 @@ def encode(codes, widths, n_max, step, group_size, map_coder):
         raise ValueError(f"step must be a power of two, got step={step!r} instead.")
     exponent = np.array([e - 1], dtype=np.int16)
     if map_coder == "auto":
-        options = [_encode_map(symbols, "fixed"), _encode_map(symbols, "range")]
+        options = [encode_symbols(symbols, "fixed"), encode_symbols(symbols, "range")]
         sizes = [sum(a.nbytes for a in o.values()) for o in options]
         coder = ("fixed", "range")[int(sizes[1] < sizes[0])]
         arrays = options[int(sizes[1] < sizes[0])]
     else:
-        coder, arrays = map_coder, _encode_map(symbols, map_coder)
+        coder, arrays = map_coder, encode_symbols(symbols, map_coder)
     arrays = {"payload": payload, **arrays, "exponent": exponent}
     return {"map_coder": coder, "payload_bits": payload_bits}, arrays
 
@@ -281,7 +293,7 @@ def decode(meta, arrays, shape, n_max, group_size):
     n_rows, n_cols = shape
     n = n_rows * n_cols
     starts = group_starts(n_rows, n_cols, group_size)
-    symbols = _decode_map(meta["map_coder"], arrays, starts.size).astype(np.int64)
+    symbols = decode_symbols(meta["map_coder"], arrays, starts.size).astype(np.int64)
     if symbols.size and int(symbols.max()) > min(n_max + 1, MAX_WIDTH):
         raise ValueError(
             f"the precision map holds {int(symbols.max())} bits, above the "

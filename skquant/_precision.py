@@ -869,6 +869,7 @@ def adaptive_precision_loop(
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
+    retrain_gradient=None,
     evaluate=None,
     verbose=False,
     n_jobs=None,
@@ -922,6 +923,9 @@ def adaptive_precision_loop(
         Adam steps of each fine-tune.
     retrain_lr : float, default=1e-3
         Adam's learning rate, as a fraction of each tensor's power-of-two range.
+    retrain_gradient : callable, default=None
+        ``retrain_gradient(params, t) -> (loss, grads)`` for the ``t``-th Adam
+        step (a minibatch, say); ``None`` uses ``loss_and_grad`` (full batch).
     evaluate : callable, default=None
         ``evaluate(model) -> accuracy``, recorded in the history.
     verbose : bool, default=False
@@ -982,7 +986,7 @@ def adaptive_precision_loop(
                 params,
                 best_bits,
                 grid_scales,
-                loss_and_grad,
+                retrain_gradient or (lambda p, t: loss_and_grad(p)),
                 retrain,
                 retrain_steps,
                 retrain_lr,
@@ -1051,7 +1055,7 @@ def adaptive_precision_loop(
     )
 
 
-def _retrain(params, bits, scales, loss_and_grad, mode, steps, lr, grouped):
+def _retrain(params, bits, scales, gradient, mode, steps, lr, grouped):
     """Full-batch Adam on the loss between two steps of the loop.
 
     ``"ste"``: the loss and gradient are taken at the latent parameters rounded
@@ -1074,7 +1078,7 @@ def _retrain(params, bits, scales, loss_and_grad, mode, steps, lr, grouped):
     v2 = [np.zeros_like(v) for v in z]
     b1, b2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
-        _, grads = loss_and_grad(snap(z))
+        _, grads = gradient(snap(z), t - 1)
         for i, g in enumerate(grads):
             g = np.where(keep[i], g, 0.0)
             m[i] = b1 * m[i] + (1 - b1) * g
@@ -1099,6 +1103,9 @@ def adaptive_quantize_mlp(
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
+    retrain_batch_size=None,
+    retrain_data=None,
+    random_state=None,
     X_eval=None,
     y_eval=None,
     verbose=False,
@@ -1140,6 +1147,13 @@ def adaptive_quantize_mlp(
         Full-batch Adam steps of each fine-tune.
     retrain_lr : float, default=1e-3
         Adam's learning rate, relative to each tensor's range.
+    retrain_batch_size : int, default=None
+        Rows per fine-tune step (shuffled minibatches); ``None``: all of ``X``.
+    retrain_data : tuple of (X, y), default=None
+        Data of the fine-tune (the training set, say); ``None``: ``(X, y)``,
+        the loss's data.
+    random_state : int, default=None
+        Seed of the minibatches' order.
     X_eval, y_eval : array-like, default=None
         Data whose accuracy the history records.
     verbose : bool, default=False
@@ -1187,10 +1201,63 @@ def adaptive_quantize_mlp(
         retrain=retrain,
         retrain_steps=retrain_steps,
         retrain_lr=retrain_lr,
+        retrain_batch_size=retrain_batch_size,
+        retrain_data=None
+        if retrain_data is None
+        else network.check_targets(*retrain_data),
+        random_state=random_state,
         evaluate=evaluate,
         verbose=verbose,
         n_jobs=n_jobs,
     )
+
+
+def _minibatch_gradient(network, names, data, batch_size, seed):
+    """``(params, t) -> (loss, grads)`` on the ``t``-th minibatch of ``data``.
+
+    A pair ``(X, y)`` is cut into shuffled batches of ``batch_size`` rows, one new
+    permutation per pass (``np.random.default_rng(seed)``); a list of batches is
+    cycled through in order.
+    """
+    if batch_size is None:  # full batches of the retraining data
+
+        def gradient(params, t):
+            loss, grads = network.loss_gradients(data, dict(zip(names, params)))
+            return loss, [np.asarray(grads[k], dtype=np.float64) for k in names]
+
+        return gradient
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            "retrain_batch_size must be a positive int or None, got "
+            f"retrain_batch_size={batch_size!r} instead."
+        )
+    if isinstance(data, tuple) and len(data) == 2:
+        X, y = data
+        n = len(X)
+        rng = np.random.default_rng(seed)
+        order, pos = rng.permutation(n), 0
+        batches = None
+    else:
+        batches = list(data)
+
+    def gradient(params, t):
+        nonlocal order, pos
+        if batches is not None:
+            batch = batches[t % len(batches)]
+        else:
+            if pos >= n:
+                order, pos = rng.permutation(n), 0
+            idx = np.sort(order[pos : pos + batch_size])
+            pos += batch_size
+            batch = (X[idx], y[idx])
+        loss, grads = network.loss_gradients(batch, dict(zip(names, params)))
+        return loss, [np.asarray(grads[k], dtype=np.float64) for k in names]
+
+    return gradient
 
 
 def adaptive_quantize_network(network, data, **options):
@@ -1217,6 +1284,19 @@ def adaptive_quantize_network(network, data, **options):
     """
     start = network.parameters()
     names = list(start)
+    batch_size = options.pop("retrain_batch_size", None)
+    seed = options.pop("random_state", None)
+    retrain_data = options.pop("retrain_data", None)
+    if options.get("retrain") is not None and (
+        batch_size is not None or retrain_data is not None
+    ):
+        options["retrain_gradient"] = _minibatch_gradient(
+            network,
+            names,
+            data if retrain_data is None else retrain_data,
+            batch_size,
+            seed,
+        )
 
     def loss_and_grad(params):
         loss, grads = network.loss_gradients(data, dict(zip(names, params)))

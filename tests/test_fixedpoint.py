@@ -248,12 +248,16 @@ def test_network_loop_file_and_retraining(tmp_path, digits_mlp):
         Q = back[name].dequantize()
         assert np.array_equal(Q.reshape(-1) if W.ndim == 1 else Q, W)
 
-    ste = adaptive_quantize_mlp(
-        mlp, X, y, loss_bound=0.5, max_iter=3, retrain="ste", retrain_steps=20
+    options = dict(
+        loss_bound=0.5,
+        max_iter=3,
+        retrain="ste",
+        retrain_steps=20,
+        retrain_batch_size=128,
+        random_state=0,
     )
-    again = adaptive_quantize_mlp(
-        mlp, X, y, loss_bound=0.5, max_iter=3, retrain="ste", retrain_steps=20
-    )
+    ste = adaptive_quantize_mlp(mlp, X, y, **options)
+    again = adaptive_quantize_mlp(mlp, X, y, **options)
     assert [h["total_bits"] for h in ste.history] == [
         h["total_bits"] for h in again.history
     ]
@@ -261,6 +265,14 @@ def test_network_loop_file_and_retraining(tmp_path, digits_mlp):
         assert np.array_equal(a, b)
     # retraining lowers the loss between steps, so the loop compresses further
     assert ste.history[-1]["total_bits"] < res.history[-1]["total_bits"]
+    # every parameter the STE fine-tune returns lies on its grid: the stored
+    # tensors decode to the model's parameters
+    for t, W in zip(ste.tensors, ste.model.coefs_):
+        assert np.array_equal(t.dequantize(), W)
+    pruned = adaptive_quantize_mlp(
+        mlp, X, y, **dict(options, retrain="pruned", retrain_batch_size=None)
+    )
+    assert pruned.history[-1]["loss"] <= 1.5 * pruned.history[0]["loss"]
     path2 = tmp_path / "ste.skq"
     ste.save(path2, ste.names)
     assert 8 * _data_bytes(path2) == ste.history[-1]["total_bits"]
@@ -275,3 +287,46 @@ def test_network_loop_groups_per_neuron(digits_mlp):
         assert all(np.unique(bits[:, j]).size == 1 for j in range(bits.shape[1]))
     with pytest.raises(ValueError, match="retrain must be"):
         adaptive_quantize_mlp(mlp, X, y, retrain="yes")
+    with pytest.raises(ValueError, match="retrain_batch_size"):
+        adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_batch_size=0)
+    with pytest.raises(ValueError, match="retrain_lr"):
+        adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_lr=-1.0)
+
+
+def test_torch_driver_retrains_on_minibatches(tmp_path):
+    torch = pytest.importorskip("torch")
+    from skquant.torch import adaptive_quantize_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+    X, y = torch.randn(300, 6), torch.randint(0, 3, (300,))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(X), y).backward()
+        opt.step()
+    runs = [
+        adaptive_quantize_model(
+            net,
+            torch.nn.CrossEntropyLoss(),
+            (X, y),
+            loss_bound=0.3,
+            max_iter=3,
+            group_size=4,
+            retrain="ste",
+            retrain_steps=10,
+            retrain_batch_size=64,
+            random_state=1,
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].history == runs[1].history
+    path = tmp_path / "torch.skq"
+    runs[0].save(path, runs[0].names)
+    assert 8 * _data_bytes(path) == runs[0].history[-1]["total_bits"]
+    back = skquant.load(path)
+    # torch layout (out, in): channels along axis 0, stored as (in, out) views
+    W = dict(runs[0].model.named_parameters())["0.weight"].detach().numpy()
+    assert np.array_equal(back["0.weight"].dequantize().T, W.astype(np.float64))

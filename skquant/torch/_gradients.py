@@ -91,6 +91,9 @@ def adaptive_quantize_model(
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
+    retrain_batch_size=None,
+    retrain_data=None,
+    random_state=None,
     evaluate=None,
     batch_size=256,
     verbose=False,
@@ -132,6 +135,13 @@ def adaptive_quantize_model(
         Full-batch Adam steps of each fine-tune (one pass over ``data`` each).
     retrain_lr : float, default=1e-3
         Adam's learning rate, relative to each tensor's range.
+    retrain_batch_size : int, default=None
+        Rows per fine-tune step, shuffled minibatches of a pair ``(X, y)`` (a list
+        of batches is cycled through); ``None``: all of ``data`` every step.
+    retrain_data : tuple of (X, y) tensors, or iterable of batches, default=None
+        Data of the fine-tune (the training set, say); ``None``: ``data``.
+    random_state : int, default=None
+        Seed of the minibatches' order.
     evaluate : callable, default=None
         ``evaluate(model) -> accuracy``, recorded in the history.
     batch_size : int, default=256
@@ -178,6 +188,9 @@ def adaptive_quantize_model(
         retrain=retrain,
         retrain_steps=retrain_steps,
         retrain_lr=retrain_lr,
+        retrain_batch_size=retrain_batch_size,
+        retrain_data=retrain_data,
+        random_state=random_state,
         evaluate=evaluate,
         verbose=verbose,
         n_jobs=n_jobs,
