@@ -9,7 +9,11 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
 
 * ``rtn``: round to nearest (:class:`~skquant.UniformQuantizer`, no data);
 * ``gpfq``: :class:`~skquant.GreedyPathQuantizer`;
-* ``gptq``: :class:`~skquant.GPTQQuantizer` (damping 0.01, blocks of 128);
+* ``gptq``: :class:`~skquant.GPTQQuantizer` (damping 0.01, blocks of 128) with
+  ``target="float_output"`` (the least-squares weights that aim at the float
+  output);
+* ``gptq-w``: the same with ``target="weights"`` (the paper's: ``W`` itself on the
+  quantized inputs' Hessian, the default);
 * ``ns-none``: :class:`~skquant.NullSpaceQuantizer` with ``rank=None``;
 * ``ns-auto``: the same with ``rank="auto"`` (held-out rows pick the cap);
 * ``ns-64``: the same with ``rank=64``;
@@ -59,7 +63,8 @@ NETS = {
 METHODS = {
     "rtn": lambda b: UniformQuantizer(n_bits=b),
     "gpfq": lambda b: GreedyPathQuantizer(n_bits=b),
-    "gptq": lambda b: GPTQQuantizer(n_bits=b),
+    "gptq": lambda b: GPTQQuantizer(n_bits=b, target="float_output"),
+    "gptq-w": lambda b: GPTQQuantizer(n_bits=b),
     "ns-none": lambda b: NullSpaceQuantizer(n_bits=b, rank=None),
     "ns-auto": lambda b: NullSpaceQuantizer(n_bits=b, rank="auto"),
     "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),

@@ -28,9 +28,13 @@ class GPTQQuantizer(BaseDataQuantizer):
     :class:`GreedyPathQuantizer` and :class:`NullSpaceQuantizer`), so every
     data-driven method of skquant stores the same codes and sizes. In a network,
     layer ``l`` sees the quantized prefix's inputs ``Xq`` while the float network
-    computes ``Xf @ W`` (``target_activations``); GPTQ then quantizes the
-    least-squares weights ``W* = (Xq^T Xq + lambda I)^-1 Xq^T Xf W`` on ``H``, which
-    minimises the same objective ``||Xf W - Xq Q||`` up to a constant.
+    computes ``Xf @ W`` (``target_activations``). With ``target="weights"`` (the
+    paper's sequential GPTQ) the weights ``W`` themselves are quantized on the
+    quantized inputs' ``H``; with ``target="float_output"`` GPTQ quantizes the
+    ridge least-squares weights ``W* = (Xq^T Xq + lambda I)^-1 Xq^T Xf W`` instead,
+    which aim at ``||Xf W - Xq Q||`` (when ``Xq`` has fewer rows than inputs the
+    ridge solution leaves the weights' range in directions the rows do not sample,
+    and the grid, set from ``W``, clips them).
 
     Read more in the :ref:`User Guide <user_guide>`.
 
@@ -49,6 +53,9 @@ class GPTQQuantizer(BaseDataQuantizer):
         Coordinates per block of lazy updates.
     act_order : bool, default=False
         Visit the coordinates in decreasing ``diag(H)`` (the largest inputs first).
+    target : {"weights", "float_output"}, default="weights"
+        With ``target_activations``: quantize ``W`` (the paper) or the
+        least-squares weights ``W*`` that aim at the float output.
     n_jobs : int, default=None
         Accepted for the common interface of skquant's quantizers; the work runs
         in BLAS (its own threads).
@@ -104,6 +111,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         "damp": [Interval(numbers.Real, 0, None, closed="neither")],
         "block_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "act_order": ["boolean"],
+        "target": [StrOptions({"weights", "float_output"})],
     }
     _parameter_constraints.pop("granularity")
 
@@ -115,6 +123,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         damp=0.01,
         block_size=128,
         act_order=False,
+        target="weights",
         n_jobs=None,
     ):
         self.n_bits = n_bits
@@ -122,6 +131,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         self.damp = damp
         self.block_size = block_size
         self.act_order = act_order
+        self.target = target
         self.n_jobs = n_jobs
 
     def _fit_quantize(self, W, activations, target_activations):
@@ -135,7 +145,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         else:  # no signal at all: every error is as good as any other
             H = np.eye(H.shape[0])
         target = W64
-        if Xf is not Xq:
+        if Xf is not Xq and self.target == "float_output":
             target = linalg.solve(H, Xq.T @ (Xf @ W64), assume_a="pos")
         order = (
             np.argsort(-np.diag(H), kind="stable")

@@ -125,7 +125,7 @@ def test_codes_sizes_and_calibration_error_are_honest():
 
 
 def test_float_targets_pull_toward_the_float_output():
-    """With target activations, GPTQ aims at Xf @ W (not at Xq @ W)."""
+    """With target="float_output", GPTQ aims at Xf @ W (not at Xq @ W)."""
     gains = []
     for seed in range(10):
         X, W = _layer(seed)
@@ -134,10 +134,17 @@ def test_float_targets_pull_toward_the_float_output():
         Xq = X @ (np.eye(48) + 0.1 * R)
         plain = GPTQQuantizer(n_bits=3).fit(W, activations=Xq).transform(W)
         aimed = (
+            GPTQQuantizer(n_bits=3, target="float_output")
+            .fit(W, activations=Xq, target_activations=X)
+            .transform(W)
+        )
+        # the paper's GPTQ quantizes W itself: the float targets change nothing
+        same = (
             GPTQQuantizer(n_bits=3)
             .fit(W, activations=Xq, target_activations=X)
             .transform(W)
         )
+        assert np.array_equal(same, plain)
         e = lambda Q: np.linalg.norm(X @ W - Xq @ Q)  # noqa: E731
         gains.append(e(aimed) / e(plain))
     assert np.mean(gains) < 0.95 and np.mean(np.array(gains) < 1) >= 0.9
