@@ -11,7 +11,11 @@ divide ``n_rows``.
 What is written, column after column:
 
 ``payload``
-    One bit stream (least significant bit first, zero-padded to a byte). With
+    One bit stream (least significant bit first, zero-padded to a byte), and with
+    ``payload_coder="range"`` a range-coded stream: the fields of each length up
+    to :data:`MAX_CODED_FIELD` bits are coded with one categorical model per
+    length (a table of ``2**L`` uint16 counts) where that is smaller than their raw
+    bits, and the rest stay in the bit stream. With
     per-parameter precision the codes are stored with the fewest bits that hold them
     exactly, so a code with ``N >= 1`` fractional bits is odd: ``k = 2j + 1`` with
     its sign and ``j`` in ``N - 1`` bits, ``b - 1`` bits in all (a code with ``N =
@@ -53,6 +57,10 @@ __all__ = [
 MAP_CODERS = ("auto", "range", "fixed", "lzma", "zlib")
 #: the widest field the bit packer takes (so the largest precision is 48 bits)
 MAX_WIDTH = 48
+#: the coders of the payload
+PAYLOAD_CODERS = ("range", "raw")
+#: payload fields up to this many bits can be range-coded (a table of 2**L counts)
+MAX_CODED_FIELD = 12
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
@@ -70,6 +78,16 @@ def check_group_size(group_size):
             f"positive int, got group_size={group_size!r} instead."
         )
     return int(group_size)
+
+
+def check_payload_coder(payload_coder):
+    """One of :data:`PAYLOAD_CODERS`, else ValueError."""
+    if payload_coder not in PAYLOAD_CODERS:
+        raise ValueError(
+            f"payload_coder must be one of {PAYLOAD_CODERS}, got "
+            f"payload_coder={payload_coder!r} instead."
+        )
+    return payload_coder
 
 
 def check_map_coder(map_coder):
@@ -212,8 +230,103 @@ def decode_symbols(coder, arrays, n):
     return levels[index]
 
 
+# ------------------------------------------------------------- the payload
+def _table(counts):
+    """Counts as uint16 (scaled down when larger, every nonzero count kept >= 1)."""
+    top = int(counts.max(initial=0))
+    if top > 65535:
+        counts = np.where(counts > 0, np.maximum(counts * 65535 // top, 1), 0)
+    return counts.astype(np.uint16)
+
+
+def _range_model(table):
+    import constriction
+
+    return constriction.stream.model.Categorical(
+        table.astype(np.float64), perfect=False
+    )
+
+
+def _encode_payload(fields, lengths, coder):
+    """Arrays of the payload: raw fields, and range-coded classes of fields.
+
+    With ``coder="range"``, the fields of every length ``L <= MAX_CODED_FIELD``
+    whose range-coded size (a table of ``2**L`` uint16 counts included) is below
+    their raw ``L`` bits each are coded with one categorical model per length, in
+    one stream; the rest stay raw.
+    """
+    coded = np.zeros(lengths.size, dtype=bool)
+    classes, tables = [], []
+    if coder == "range":
+        for L in range(1, MAX_CODED_FIELD + 1):
+            sel = lengths == L
+            n_L = int(sel.sum())
+            if n_L < 2**L:  # the table alone would cost more than it saves
+                continue
+            counts = np.bincount(fields[sel], minlength=2**L)
+            table = _table(counts)
+            p = table / table.sum()
+            cost = -float(np.sum(counts[counts > 0] * np.log2(p[counts > 0])))
+            if cost + 16 * 2**L + 64 < n_L * L:
+                classes.append(L)
+                tables.append(table)
+                coded |= sel
+    raw = np.where(coded, 0, lengths)
+    payload = np.zeros((int(raw.sum()) + 7) // 8, dtype=np.uint8)
+    _packing.pack_fields(fields, raw, payload)
+    arrays = {"payload": payload}
+    if classes:
+        import constriction
+
+        encoder = constriction.stream.queue.RangeEncoder()
+        for L, table in zip(classes, tables):
+            encoder.encode(fields[lengths == L].astype(np.int32), _range_model(table))
+        arrays["payload_classes"] = np.array(classes, dtype=np.uint8)
+        arrays["payload_counts"] = np.concatenate(tables)
+        arrays["payload_words"] = np.asarray(encoder.get_compressed(), dtype=np.uint32)
+    return arrays
+
+
+def _decode_payload(arrays, lengths):
+    """Inverse of :func:`_encode_payload` (ValueError when it does not decode)."""
+    classes = arrays.get("payload_classes", np.zeros(0, np.uint8)).astype(np.int64)
+    if classes.size and (
+        np.any(np.diff(classes) <= 0) or classes[0] < 1 or classes[-1] > MAX_CODED_FIELD
+    ):
+        raise ValueError(f"the payload's coded classes {classes.tolist()} are invalid.")
+    coded = np.isin(lengths, classes)
+    raw = np.where(coded, 0, lengths)
+    payload = arrays["payload"]
+    if payload.size != (int(raw.sum()) + 7) // 8:
+        raise ValueError(
+            f"the payload holds {payload.size} bytes, its map asks for "
+            f"{(int(raw.sum()) + 7) // 8}."
+        )
+    fields = np.empty(lengths.size, dtype=np.int64)
+    _packing.unpack_fields(payload, raw, fields)
+    if classes.size:
+        import constriction
+
+        tables = arrays["payload_counts"]
+        if tables.dtype != np.uint16 or tables.size != int(np.sum(2**classes)):
+            raise ValueError("the payload's count tables do not match its classes.")
+        words = np.ascontiguousarray(arrays["payload_words"], dtype=np.uint32)
+        decoder = constriction.stream.queue.RangeDecoder(words)
+        start = 0
+        for L in classes:
+            table = tables[start : start + 2**L]
+            start += 2**L
+            sel = lengths == L
+            try:
+                values = decoder.decode(_range_model(table), int(sel.sum()))
+            except (AssertionError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"the payload does not decode: {exc}") from exc
+            fields[sel] = np.asarray(values, dtype=np.int64)
+    return fields
+
+
 # -------------------------------------------------------------- the tensor
-def encode(codes, widths, n_max, step, group_size, map_coder):
+def encode(codes, widths, n_max, step, group_size, map_coder, payload_coder="range"):
     """Arrays (payload, map, exponent, ...) and the header fields of one tensor.
 
     Parameters
@@ -232,11 +345,14 @@ def encode(codes, widths, n_max, step, group_size, map_coder):
         The groups.
     map_coder : str
         One of :data:`MAP_CODERS`.
+    payload_coder : str, default="range"
+        One of :data:`PAYLOAD_CODERS`.
 
     Returns
     -------
     meta : dict
-        ``map_coder`` (the one used) and ``payload_bits``.
+        ``map_coder`` (the one used), ``payload_coder`` and ``payload_bits`` (the
+        bits of the payload's arrays).
     arrays : dict of ndarray
         What is stored; its bytes are the tensor's size.
     """
@@ -267,9 +383,8 @@ def encode(codes, widths, n_max, step, group_size, map_coder):
         if np.any((k < -(2**frac)) | ((k >= 2**frac) & (w > 0))):
             raise ValueError("a code does not fit its group's precision.")
         fields = np.where(w > 0, k & ((np.int64(1) << w) - 1), 0)
-    payload_bits = int(lengths.sum())
-    payload = np.zeros((payload_bits + 7) // 8, dtype=np.uint8)
-    _packing.pack_fields(fields, lengths, payload)
+    payload = _encode_payload(fields, lengths, payload_coder)
+    payload_bits = 8 * sum(a.nbytes for a in payload.values())
     mantissa, e = math.frexp(float(step))
     if mantissa != 0.5 or not -16000 < e < 16000:
         raise ValueError(f"step must be a power of two, got step={step!r} instead.")
@@ -281,8 +396,13 @@ def encode(codes, widths, n_max, step, group_size, map_coder):
         arrays = options[int(sizes[1] < sizes[0])]
     else:
         coder, arrays = map_coder, encode_symbols(symbols, map_coder)
-    arrays = {"payload": payload, **arrays, "exponent": exponent}
-    return {"map_coder": coder, "payload_bits": payload_bits}, arrays
+    arrays = {**payload, **arrays, "exponent": exponent}
+    meta = {
+        "map_coder": coder,
+        "payload_coder": payload_coder,
+        "payload_bits": payload_bits,
+    }
+    return meta, arrays
 
 
 def decode(meta, arrays, shape, n_max, group_size):
@@ -301,14 +421,7 @@ def decode(meta, arrays, shape, n_max, group_size):
         )
     w = symbols if group_size is None else np.repeat(symbols, _group_lengths(starts, n))
     lengths = np.where(w >= 2, w - 1, w) if group_size is None else w
-    payload = arrays["payload"]
-    if payload.size != (int(lengths.sum()) + 7) // 8:
-        raise ValueError(
-            f"the payload holds {payload.size} bytes, its map asks for "
-            f"{(int(lengths.sum()) + 7) // 8}."
-        )
-    fields = np.empty(n, dtype=np.int64)
-    _packing.unpack_fields(payload, lengths, fields)
+    fields = _decode_payload(arrays, lengths)
     frac = np.maximum(w - 1, 0)
     if group_size is None:
         mag = np.where(w >= 2, (fields >> 1 << 1) + 1, 1)

@@ -56,6 +56,7 @@ def _tensor_entry(qt):
             "n_max": qt.n_max,
             "group_size": qt.group_size,
             "map_coder": coded["map_coder"],
+            "payload_coder": coded["payload_coder"],
             "float_dtype": None
             if qt.float_dtype is None
             else np.dtype(qt.float_dtype).str,
@@ -105,6 +106,7 @@ def _fixed_point_from(meta, arrays, shape, where):
         if coder == "auto":
             raise ValueError("the stored coder cannot be 'auto'")
         _fixedpoint.check_map_coder(coder)
+        payload_coder = _fixedpoint.check_payload_coder(meta.get("payload_coder"))
         codes, widths, step = _fixedpoint.decode(
             {"map_coder": coder}, arrays, shape, n_max, group_size
         )
@@ -126,6 +128,7 @@ def _fixed_point_from(meta, arrays, shape, where):
         precision_bits=widths,
         group_size=group_size,
         map_coder=coder,
+        payload_coder=payload_coder,
     )
 
 

@@ -193,6 +193,8 @@ class QuantizedTensor:
         per ``group_size`` consecutive rows of a column.
     map_coder : {"auto", "range", "fixed", "lzma", "zlib"}, default="auto"
         With ``precision_bits``: how the precision map is coded.
+    payload_coder : {"range", "raw"}, default="range"
+        With ``precision_bits``: whether short payload fields are range-coded.
 
     Attributes
     ----------
@@ -230,6 +232,7 @@ class QuantizedTensor:
     precision_bits: np.ndarray = field(default=None)
     group_size: object = field(default=None)
     map_coder: str = field(default="auto")
+    payload_coder: str = field(default="range")
 
     @property
     def shape(self):
@@ -305,6 +308,7 @@ class QuantizedTensor:
                 float(self.scale[0]),
                 _fixedpoint.check_group_size(self.group_size),
                 _fixedpoint.check_map_coder(self.map_coder),
+                _fixedpoint.check_payload_coder(self.payload_coder),
             )
             object.__setattr__(self, "_encoded", cached)
         return cached[0], dict(cached[1])

@@ -128,7 +128,9 @@ def _round_groups(x, tau, bits, group_size, max_frac):
     return q.reshape(n_cols, n_rows).T, widths.reshape(n_cols, n_rows).T
 
 
-def fixed_point_tensor(q, scale, widths, group_size=None, map_coder="auto"):
+def fixed_point_tensor(
+    q, scale, widths, group_size=None, map_coder="auto", payload_coder="range"
+):
     """The :class:`~skquant.QuantizedTensor` of a rounded matrix (units of ``scale``).
 
     Parameters
@@ -143,6 +145,8 @@ def fixed_point_tensor(q, scale, widths, group_size=None, map_coder="auto"):
         The groups of ``widths``.
     map_coder : str, default="auto"
         Coder of the precision map.
+    payload_coder : str, default="range"
+        Coder of the payload.
 
     Returns
     -------
@@ -167,6 +171,7 @@ def fixed_point_tensor(q, scale, widths, group_size=None, map_coder="auto"):
         precision_bits=np.asarray(widths, dtype=np.int8),
         group_size=group_size,
         map_coder=map_coder,
+        payload_coder=payload_coder,
     )
 
 
@@ -180,6 +185,7 @@ def allocate_precision(
     group_size=None,
     channel_axes=None,
     map_coder="auto",
+    payload_coder="range",
     n_jobs=None,
 ):
     """Margins, per-parameter bits and fixed-point weights for a set of tensors.
@@ -211,6 +217,8 @@ def allocate_precision(
         entries are its channels).
     map_coder : str, default="auto"
         Coder of the stored precision maps (see :mod:`skquant._fixedpoint`).
+    payload_coder : str, default="range"
+        Coder of the stored payloads.
     n_jobs : int, default=None
         Number of numba threads.
 
@@ -277,6 +285,7 @@ def allocate_precision(
             _matrix(bits.reshape(W.shape), axis),
             group_size,
             map_coder,
+            payload_coder,
         )
         out["tensors"].append(qt)
         out["quantized"].append((q * s).reshape(W.shape))
@@ -366,6 +375,10 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         near the map's empirical entropy), ``"fixed"`` (fixed-width index into
         the levels present), ``"lzma"``/``"zlib"`` (standard-library
         compressors); ``"auto"`` keeps the smaller of ``"fixed"`` and ``"range"``.
+    payload_coder : {"range", "raw"}, default="range"
+        ``"range"``: the payload fields of each length up to 12 bits are
+        range-coded (one model per length) where that is smaller than their raw
+        bits; ``"raw"``: every field in its bits.
     n_jobs : int, default=None
         Number of numba threads; ``None`` means 1, ``-1`` all.
 
@@ -385,10 +398,10 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         ``sum_i |g_i| |w_i - q_i|``: the linearised loss increase of the rounding
         actually done (at most ``budget``).
     payload_bits_ : int
-        Bits of the stored payload: ``sum_i (bits_i - 1)`` over the weights with
-        two or more bits plus one per one-bit weight (per weight, a code is stored
-        with the fewest bits that hold it, so its last bit is implied), or
-        ``sum_i bits_i`` with groups.
+        Bits of the stored payload. Raw, a weight takes ``bits_i - 1`` bits when
+        ``bits_i >= 2`` and one otherwise (a code is stored with the fewest bits
+        that hold it, so its last bit is implied), or ``bits_i`` with groups;
+        ``payload_coder="range"`` codes the short fields below that.
     precision_map_bits_ : dict
         Bits of the precision map: ``stored`` (the coded map as written, tables
         included), and for comparison ``fixed`` (fixed-width index) and ``entropy``
@@ -438,6 +451,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             Interval(numbers.Integral, 1, None, closed="left"),
         ],
         "map_coder": [StrOptions({"auto", "range", "fixed", "lzma", "zlib"})],
+        "payload_coder": [StrOptions({"range", "raw"})],
         "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
     }
 
@@ -449,6 +463,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         max_bits=24,
         group_size=None,
         map_coder="auto",
+        payload_coder="range",
         n_jobs=None,
     ):
         self.budget = budget
@@ -456,6 +471,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self.max_bits = max_bits
         self.group_size = group_size
         self.map_coder = map_coder
+        self.payload_coder = payload_coder
         self.n_jobs = n_jobs
 
     def _validate_W(self, W, reset):
@@ -506,6 +522,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             group_size=self.group_size,
             channel_axes=[1],
             map_coder=self.map_coder,
+            payload_coder=self.payload_coder,
             n_jobs=self.n_jobs,
         )
         self.scale_ = res["scales"][0]
@@ -524,7 +541,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self.size_bits_ = tensor.size_bits
         self.precision_map_bits_ = dict(
             precision_map_bits(self._map_symbols()),
-            stored=self.size_bits_ - 8 * ((self.payload_bits_ + 7) // 8) - 16,
+            stored=self.size_bits_ - self.payload_bits_ - 16,
         )
         self.bits_per_param_ = self.size_bits_ / W.size
         return self
@@ -659,6 +676,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             precision_bits=self.bits_,
             group_size=self.group_size,
             map_coder=self.map_coder,
+            payload_coder=self.payload_coder,
         )
 
     def compress(self, W):
@@ -866,6 +884,7 @@ def adaptive_precision_loop(
     group_size=None,
     channel_axes=None,
     map_coder="auto",
+    payload_coder="range",
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
@@ -917,6 +936,8 @@ def adaptive_precision_loop(
         The output-channel axis of every parameter (default 0).
     map_coder : str, default="auto"
         Coder of the stored precision maps (see :mod:`skquant._fixedpoint`).
+    payload_coder : str, default="range"
+        Coder of the stored payloads.
     retrain : {None, "ste", "pruned"}, default=None
         Fine-tuning between steps (off by default).
     retrain_steps : int, default=50
@@ -939,12 +960,13 @@ def adaptive_precision_loop(
         The quantized model, the history, the per-parameter bits and the stored
         tensors.
     """
-    from ._fixedpoint import check_group_size, check_map_coder
+    from ._fixedpoint import check_group_size, check_map_coder, check_payload_coder
     from ._progress import progress
 
     _check_loop_params(trust_region, max_iter, max_bits)
     check_group_size(group_size)
     check_map_coder(map_coder)
+    check_payload_coder(payload_coder)
     if retrain not in (None, "ste", "pruned"):
         raise ValueError(
             f"retrain must be None, 'ste' or 'pruned', got retrain={retrain!r} instead."
@@ -1007,6 +1029,7 @@ def adaptive_precision_loop(
                 group_size=group_size,
                 channel_axes=channel_axes,
                 map_coder=map_coder,
+                payload_coder=payload_coder,
                 n_jobs=n_jobs,
             )
             new_loss, new_grads = loss_and_grad(res["quantized"])
@@ -1025,8 +1048,7 @@ def adaptive_precision_loop(
         entry = {
             "loss": new_loss,
             "payload_bits": payload,
-            "map_bits": total
-            - sum(8 * t.encoded()[1]["payload"].nbytes + 16 for t in res["tensors"]),
+            "map_bits": total - payload - 16 * len(res["tensors"]),
             "map_bits_fixed": maps["fixed"],
             "map_bits_entropy": maps["entropy"],
             "total_bits": total,
@@ -1100,6 +1122,7 @@ def adaptive_quantize_mlp(
     max_bits=24,
     group_size=None,
     map_coder="auto",
+    payload_coder="range",
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
@@ -1141,6 +1164,8 @@ def adaptive_quantize_mlp(
         ``group_size`` consecutive weights of a neuron.
     map_coder : str, default="auto"
         Coder of the stored precision maps.
+    payload_coder : str, default="range"
+        Coder of the stored payloads.
     retrain : {None, "ste", "pruned"}, default=None
         Fine-tune between steps (see :func:`adaptive_precision_loop`).
     retrain_steps : int, default=50
@@ -1198,6 +1223,7 @@ def adaptive_quantize_mlp(
         max_bits=max_bits,
         group_size=group_size,
         map_coder=map_coder,
+        payload_coder=payload_coder,
         retrain=retrain,
         retrain_steps=retrain_steps,
         retrain_lr=retrain_lr,

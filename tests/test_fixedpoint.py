@@ -49,8 +49,9 @@ def layers(draw):
     G = rng.standard_normal((n_in, n_out)) * 10.0 ** draw(st.integers(-4, 1))
     group = draw(st.sampled_from([None, "channel", 1, 3, 7, 64]))
     coder = draw(st.sampled_from(CODERS))
+    payload = draw(st.sampled_from(["range", "raw"]))
     budget = 10.0 ** draw(st.integers(-4, 0))
-    return W, G, group, coder, budget
+    return W, G, group, (coder, payload), budget
 
 
 @settings(
@@ -60,11 +61,11 @@ def layers(draw):
 )
 @given(layers())
 def test_bytes_decode_to_transform_bit_for_bit(tmp_path, case):
-    W, G, group, coder, budget = case
+    W, G, group, (coder, payload), budget = case
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # max_bits caps
         q = AdaptivePrecisionQuantizer(
-            budget=budget, group_size=group, map_coder=coder
+            budget=budget, group_size=group, map_coder=coder, payload_coder=payload
         ).fit(W, gradient=G)
     path, back = _round_trip(tmp_path, q, W)
     Q = q.transform(W)
@@ -128,12 +129,37 @@ def test_per_parameter_payload_drops_the_implied_bit():
     widths = fp.widths_from_codes(codes, 2)
     assert widths.ravel().tolist() == [3, 3, 1, 0]
     meta, arrays = fp.encode(codes, widths, 2, 0.25, None, "fixed")
-    assert meta["payload_bits"] == 2 + 2 + 1
+    assert meta["payload_bits"] == 8  # 2 + 2 + 1 bits, one byte
+    assert sorted(arrays) == ["exponent", "map", "map_levels", "payload"]
     back, w, step = fp.decode(meta, arrays, (4, 1), 2, None)
     assert np.array_equal(back, codes) and np.array_equal(w, widths)
     assert step == 0.25
     with pytest.raises(ValueError, match="not the fewest"):
         fp.encode(codes, np.array([[3], [3], [3], [0]]), 2, 0.25, None, "fixed")
+
+
+def test_payload_range_coding_of_skewed_fields():
+    """Many short fields with a skewed distribution are range-coded, and decode."""
+    rng = np.random.default_rng(7)
+    n_max = 5
+    # per-group precision 4 bits (N = 3): k in [-8, 7], mostly near 0
+    k = np.clip(np.rint(rng.laplace(0, 1.0, size=(4000, 3))), -8, 7).astype(np.int64)
+    codes = k * 2 ** (n_max - 3)
+    widths = np.full(codes.shape, 4)
+    meta, arrays = fp.encode(codes, widths, n_max, 2.0**-5, "channel", "fixed")
+    assert "payload_words" in arrays and arrays["payload_classes"].tolist() == [4]
+    raw = fp.encode(codes, widths, n_max, 2.0**-5, "channel", "fixed", "raw")[0]
+    assert raw["payload_bits"] == 4 * codes.size
+    assert meta["payload_bits"] < 0.75 * raw["payload_bits"]
+    back, w, _ = fp.decode(meta, arrays, codes.shape, n_max, "channel")
+    assert np.array_equal(back, codes) and np.array_equal(w, widths)
+    # (a truncated or flipped stream is caught by the file's digest, see above)
+    bad = dict(arrays, payload_counts=arrays["payload_counts"][:-1])
+    with pytest.raises(ValueError, match="count tables"):
+        fp.decode(meta, bad, codes.shape, n_max, "channel")
+    bad = dict(arrays, payload_classes=np.array([4, 4], np.uint8))
+    with pytest.raises(ValueError, match="classes"):
+        fp.decode(meta, bad, codes.shape, n_max, "channel")
 
 
 def test_group_size_not_dividing_the_layer():
@@ -185,6 +211,7 @@ def test_top_code_clipping_costs_one_more_bit():
         ({"group_size": "row"}, "group_size"),
         ({"group_size": 2.5}, "group_size"),
         ({"map_coder": "huffman"}, "map_coder"),
+        ({"payload_coder": "lzma"}, "payload_coder"),
         ({"max_bits": 47}, "max_bits"),
     ],
 )

@@ -88,6 +88,7 @@ def adaptive_quantize_model(
     max_bits=24,
     group_size=None,
     map_coder="auto",
+    payload_coder="range",
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
@@ -128,6 +129,8 @@ def adaptive_quantize_model(
         ``group_size`` consecutive weights of a channel.
     map_coder : str, default="auto"
         Coder of the stored precision maps.
+    payload_coder : str, default="range"
+        Coder of the stored payloads.
     retrain : {None, "ste", "pruned"}, default=None
         Fine-tune between steps: ``"ste"`` on the current fixed-point grids
         (straight-through), ``"pruned"`` in float with pruned weights at zero.
@@ -185,6 +188,7 @@ def adaptive_quantize_model(
         max_bits=max_bits,
         group_size=group_size,
         map_coder=map_coder,
+        payload_coder=payload_coder,
         retrain=retrain,
         retrain_steps=retrain_steps,
         retrain_lr=retrain_lr,

@@ -73,6 +73,7 @@ class _QuantMixin:
         if variable:
             self._qmeta["group_size"] = tensor.group_size
             self._qmeta["map_coder"] = tensor.map_coder
+            self._qmeta["payload_coder"] = tensor.payload_coder
         self.n_bits = tensor.n_bits
         self.alphabet = tensor.alphabet
         self.size_bits = tensor.size_bits
@@ -107,6 +108,7 @@ class _QuantMixin:
                 ),
                 group_size=self._qmeta.get("group_size"),
                 map_coder=self._qmeta.get("map_coder", "auto"),
+                payload_coder=self._qmeta.get("payload_coder", "range"),
             )
         meta = dict(self._qmeta, shape=[int(np.prod(shape[1:])), shape[0]])
         meta["zero_point"] = "weight_zero_point" in self._buffers
