@@ -99,8 +99,16 @@ def main():
         choices=list(METHODS) + list(PEER),
     )
     p.add_argument("--json", type=Path, default=Path("bench_datadriven.json"))
+    p.add_argument(
+        "--rst",
+        action="store_true",
+        help="print the tables of the rows in --json as reST and run nothing",
+    )
     args = p.parse_args()
     rows = json.loads(args.json.read_text()) if args.json.exists() else []
+    if args.rst:
+        print_rst(rows, args)
+        return
     done = {(r["net"], r["method"], r["bits"], r["calib"], r["seed"]) for r in rows}
     for net in args.nets:
         label, dataset = NETS[net]
@@ -150,6 +158,84 @@ def main():
                             flush=True,
                         )
     print_table(rows, args)
+
+
+def _cells(sel, method, bits, calib):
+    acc = [
+        100 * r["accuracy"]
+        for r in sel
+        if r["method"] == method and r["bits"] == bits and r["calib"] == calib
+    ]
+    sec = [
+        r["seconds"]
+        for r in sel
+        if r["method"] == method and r["bits"] == bits and r["calib"] == calib
+    ]
+    return acc, sec
+
+
+def _rst_table(rows):
+    """A reST simple table of rows of strings (the first row the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = " ".join("=" * w for w in widths)
+    lines = [rule]
+    for i, r in enumerate(rows):
+        lines.append(" ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            lines.append(rule)
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def print_rst(rows, args):
+    """Per network: mean accuracy +- sd per method and setting, then seconds."""
+    methods = [m for m in args.methods if any(r["method"] == m for r in rows)]
+    for net in args.nets:
+        sel = [r for r in rows if r["net"] == net]
+        if not sel:
+            continue
+        seeds = sorted({r["seed"] for r in sel})
+        print(
+            f"\n**{NETS[net][0]}** (float {100 * sel[0]['float']:.2f}%): test "
+            f"accuracy %, mean ± sd over {len(seeds)} calibration seeds; the best "
+            "mean of each row in bold.\n"
+        )
+        table = [["bits", "images"] + methods]
+        for bits in args.bits:
+            for calib in args.calib:
+                cells = []
+                for m in methods:
+                    acc, _ = _cells(
+                        sel, m, bits, args.calib[0] if m == "rtn" else calib
+                    )
+                    cells.append(acc)
+                best = max(statistics.mean(a) for a in cells if a)
+                row = [str(bits), str(calib)]
+                for a in cells:
+                    if not a:
+                        row.append("-")
+                        continue
+                    sd = statistics.stdev(a) if len(a) > 1 else 0.0
+                    txt = f"{statistics.mean(a):.2f} ± {sd:.2f}"
+                    row.append(
+                        f"**{txt}**" if statistics.mean(a) >= best - 1e-9 else txt
+                    )
+                table.append(row)
+        print(_rst_table(table))
+        print("\nSeconds per model, median over seeds and bit-widths:\n")
+        table = [["images"] + methods]
+        for calib in args.calib:
+            row = [str(calib)]
+            for m in methods:
+                sec = [
+                    r["seconds"]
+                    for r in sel
+                    if r["method"] == m
+                    and r["calib"] == (args.calib[0] if m == "rtn" else calib)
+                ]
+                row.append(f"{statistics.median(sec):.1f}" if sec else "-")
+            table.append(row)
+        print(_rst_table(table))
 
 
 def print_table(rows, args):
