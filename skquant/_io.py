@@ -61,8 +61,13 @@ def _tensor_entry(qt):
             if qt.float_dtype is None
             else np.dtype(qt.float_dtype).str,
             "codes_dtype": qt.codes.dtype.str,
+            # the arrays go into one byte blob (one header entry, not one each)
+            "parts": [[k, a.dtype.str, int(a.size)] for k, a in arrays.items()],
         }
-        return meta, arrays
+        blob = np.concatenate(
+            [np.ascontiguousarray(a).view(np.uint8).ravel() for a in arrays.values()]
+        )
+        return meta, {"data": blob}
     meta = {
         "shape": [int(s) for s in qt.shape],
         "alphabet": qt.alphabet,
@@ -99,7 +104,23 @@ def _fixed_point_from(meta, arrays, shape, where):
     n_max = _field(meta, "n_max", int, where)
     group_size = meta.get("group_size")
     coder = _field(meta, "map_coder", str, where)
+    parts = _field(meta, "parts", list, where)
     try:
+        blob = arrays["data"]
+        if blob.dtype != np.uint8 or blob.ndim != 1:
+            raise ValueError("its data is not a byte array")
+        arrays, start = {}, 0
+        for key, dtype, count in parts:
+            dtype = np.dtype(dtype)
+            if dtype.kind not in "iu" or not isinstance(count, int) or count < 0:
+                raise ValueError(f"part {key!r} has dtype {dtype} and count {count!r}")
+            stop = start + count * dtype.itemsize
+            if stop > blob.size:
+                raise ValueError("its parts run past its data")
+            arrays[str(key)] = blob[start:stop].view(dtype).copy()
+            start = stop
+        if start != blob.size:
+            raise ValueError("its data is longer than its parts")
         if not 0 <= n_max < _fixedpoint.MAX_WIDTH:
             raise ValueError(f"n_max={n_max} is out of range")
         _fixedpoint.check_group_size(group_size)
