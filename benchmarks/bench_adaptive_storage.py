@@ -15,7 +15,9 @@ checked against the model):
   training images, same storage;
 * ``adaptive``: :func:`skquant.torch.adaptive_quantize_model` (every weight and
   bias, loss on ``--n-cal`` training images) at several relative loss bounds,
-  per parameter, per output channel and per block of ``--group`` weights, with and
+  per parameter, per output channel and per block of 16 weights (each group the
+  smallest margin of its members; ``channelp``/``16p``: one margin per group from
+  the budget solved over groups, ``group_margin="pooled"``), with and
   without retraining between steps (``retrain="ste"``: minibatch Adam on the
   fixed-point grids, ``--retrain-steps`` steps of 128 images from the whole
   training set); the file of ``result.save``, and the same tensors' size with
@@ -161,7 +163,8 @@ def run_net(key, args, rows, done, folder):
     loss_fn = torch.nn.CrossEntropyLoss()
     for retrain in args.retrain:
         for group in args.groups:
-            gs = None if group == "param" else group
+            pooled = group.endswith("p")  # one margin per group, pooled budget
+            gs = None if group == "param" else group.rstrip("p")
             gs = int(gs) if gs not in (None, "channel") else gs
             for bound in args.bounds:
                 method = f"adaptive {group} {retrain} {bound:g}"
@@ -178,6 +181,7 @@ def run_net(key, args, rows, done, folder):
                         trust_region=args.trust,
                         max_iter=args.max_iter,
                         group_size=gs,
+                        group_margin="pooled" if pooled else "smallest",
                         retrain=None if retrain == "none" else retrain,
                         retrain_steps=args.retrain_steps,
                         retrain_batch_size=128,
@@ -262,7 +266,12 @@ def main(argv=None):
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--msq-bits", nargs="+", type=int, default=list(range(2, 9)))
     p.add_argument("--bounds", nargs="+", type=float, default=[0.5, 2.0, 5.0, 10.0])
-    p.add_argument("--groups", nargs="+", default=["param", "channel", "16"])
+    p.add_argument(
+        "--groups",
+        nargs="+",
+        default=["param", "channel", "16", "channelp", "16p"],
+        help="param, channel or a block size; a trailing p pools the budget",
+    )
     p.add_argument("--retrain", nargs="+", default=["none", "ste"])
     p.add_argument("--trust", type=float, default=0.25)
     p.add_argument("--n-cal", type=int, default=5000)

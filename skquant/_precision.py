@@ -175,6 +175,34 @@ def fixed_point_tensor(
     )
 
 
+def _pooled_gradients(a, weights, axes, group_size):
+    """Every entry's ``a_i`` replaced by the mean over its group.
+
+    Water filling on these solves the budget per group: ``sum_G a_G tau_G = B``
+    with one margin ``tau_G`` per group and ``a_G`` the sum of its members' ``a_i``.
+    """
+    from ._fixedpoint import _group_lengths, group_starts
+
+    out = np.empty_like(a)
+    start = 0
+    for W, axis in zip(weights, axes):
+        shape = np.shape(W)
+        n = int(np.prod(shape))
+        m = _matrix(a[start : start + n].reshape(shape), axis)
+        flat = np.ascontiguousarray(m.T).ravel()
+        starts = group_starts(*m.shape, group_size)
+        if starts.size:
+            lengths = _group_lengths(starts, flat.size)
+            mean = np.add.reduceat(flat, starts) / lengths
+            flat = np.repeat(mean, lengths)
+        pooled = flat.reshape(m.shape[1], m.shape[0]).T
+        out[start : start + n] = np.ascontiguousarray(
+            _from_matrix(pooled, shape, axis)
+        ).ravel()
+        start += n
+    return out
+
+
 def allocate_precision(
     weights,
     gradients,
@@ -183,6 +211,7 @@ def allocate_precision(
     *,
     max_bits=24,
     group_size=None,
+    group_margin="smallest",
     channel_axes=None,
     map_coder="auto",
     payload_coder="range",
@@ -212,6 +241,11 @@ def allocate_precision(
         (``"channel"``) or per ``group_size`` consecutive weights of a channel
         (the last group of a channel is shorter when ``group_size`` does not
         divide it), the fewest bits that keep every member within its margin.
+    group_margin : {"smallest", "pooled"}, default="smallest"
+        With groups: every member keeps its own margin and the group takes the
+        smallest (``"smallest"``), or the budget is solved per group, one margin
+        for all members from the group's summed gradient (``"pooled"``; the
+        linearised increase stays within the budget).
     channel_axes : list of int, default=None
         The output-channel axis of every tensor (default 0; a 1-D tensor's
         entries are its channels).
@@ -244,6 +278,14 @@ def allocate_precision(
         if weights
         else np.zeros(0)
     )
+    a_true = a
+    if group_margin not in ("smallest", "pooled"):
+        raise ValueError(
+            "group_margin must be 'smallest' or 'pooled', got "
+            f"group_margin={group_margin!r} instead."
+        )
+    if group_size is not None and group_margin == "pooled":
+        a = _pooled_gradients(a, weights, axes, group_size)
     kappa = water_fill(a, budget, trust_region, n_jobs=n_jobs) if a.size else np.inf
     out = {
         "quantized": [],
@@ -293,7 +335,9 @@ def allocate_precision(
         out["bits"].append(
             np.ascontiguousarray(_from_matrix(qt.precision_bits, W.shape, axis))
         )
-        out["predicted_increase"] += float(np.sum(a[start : start + n] * np.abs(w - q)))
+        out["predicted_increase"] += float(
+            np.sum(a_true[start : start + n] * np.abs(w - q))
+        )
         over = np.abs(w - q) > tau
         capped += int(over.sum())
         if over.any():
@@ -370,6 +414,10 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         A group takes the fewest bits that keep every member within its margin
         (the precision of its smallest margin, one more bit when the clipped top
         code needs it), so the map costs bits per group, not per weight.
+    group_margin : {"smallest", "pooled"}, default="smallest"
+        With groups: the group takes its members' smallest margin
+        (``"smallest"``), or the budget is solved per group, one margin from the
+        group's summed gradient (``"pooled"``).
     map_coder : {"auto", "range", "fixed", "lzma", "zlib"}, default="auto"
         How the stored precision map is coded: ``"range"`` (range coder,
         near the map's empirical entropy), ``"fixed"`` (fixed-width index into
@@ -452,6 +500,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         ],
         "map_coder": [StrOptions({"auto", "range", "fixed", "lzma", "zlib"})],
         "payload_coder": [StrOptions({"range", "raw"})],
+        "group_margin": [StrOptions({"smallest", "pooled"})],
         "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
     }
 
@@ -462,6 +511,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         trust_region=0.05,
         max_bits=24,
         group_size=None,
+        group_margin="smallest",
         map_coder="auto",
         payload_coder="range",
         n_jobs=None,
@@ -470,6 +520,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self.trust_region = trust_region
         self.max_bits = max_bits
         self.group_size = group_size
+        self.group_margin = group_margin
         self.map_coder = map_coder
         self.payload_coder = payload_coder
         self.n_jobs = n_jobs
@@ -520,6 +571,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             self.trust_region,
             max_bits=max(min(self.max_bits, max_frac), 0),
             group_size=self.group_size,
+            group_margin=self.group_margin,
             channel_axes=[1],
             map_coder=self.map_coder,
             payload_coder=self.payload_coder,
@@ -882,6 +934,7 @@ def adaptive_precision_loop(
     max_iter=10,
     max_bits=24,
     group_size=None,
+    group_margin="smallest",
     channel_axes=None,
     map_coder="auto",
     payload_coder="range",
@@ -932,6 +985,8 @@ def adaptive_precision_loop(
     group_size : None, "channel" or int, default=None
         One precision per parameter, per output channel, or per ``group_size``
         consecutive weights of a channel (see :func:`allocate_precision`).
+    group_margin : {"smallest", "pooled"}, default="smallest"
+        How a group's margin is chosen (see :func:`allocate_precision`).
     channel_axes : list of int, default=None
         The output-channel axis of every parameter (default 0).
     map_coder : str, default="auto"
@@ -1027,6 +1082,7 @@ def adaptive_precision_loop(
                 trust_region,
                 max_bits=max_bits,
                 group_size=group_size,
+                group_margin=group_margin,
                 channel_axes=channel_axes,
                 map_coder=map_coder,
                 payload_coder=payload_coder,
@@ -1121,6 +1177,7 @@ def adaptive_quantize_mlp(
     max_iter=10,
     max_bits=24,
     group_size=None,
+    group_margin="smallest",
     map_coder="auto",
     payload_coder="range",
     retrain=None,
@@ -1162,6 +1219,8 @@ def adaptive_quantize_mlp(
     group_size : None, "channel" or int, default=None
         One precision per parameter, per output neuron (``"channel"``) or per
         ``group_size`` consecutive weights of a neuron.
+    group_margin : {"smallest", "pooled"}, default="smallest"
+        How a group's margin is chosen (see :func:`allocate_precision`).
     map_coder : str, default="auto"
         Coder of the stored precision maps.
     payload_coder : str, default="range"
@@ -1222,6 +1281,7 @@ def adaptive_quantize_mlp(
         max_iter=max_iter,
         max_bits=max_bits,
         group_size=group_size,
+        group_margin=group_margin,
         map_coder=map_coder,
         payload_coder=payload_coder,
         retrain=retrain,

@@ -192,6 +192,34 @@ def test_channel_groups_make_the_map_nearly_free():
     assert chan.payload_bits_ > per.payload_bits_
 
 
+@pytest.mark.parametrize("group", ["channel", 5])
+def test_pooled_group_margins_solve_the_budget_per_group(group):
+    rng = np.random.default_rng(8)
+    W = rng.standard_normal((40, 6))
+    G = rng.standard_normal((40, 6)) * np.exp(rng.standard_normal((40, 6)))
+    q = AdaptivePrecisionQuantizer(
+        budget=0.2, trust_region=0.25, group_size=group, group_margin="pooled"
+    ).fit(W, gradient=G)
+    Q = q.transform(W)
+    assert np.all(np.abs(W - Q) <= q.margins_)
+    # one margin per group, and the summed gradients spend the budget
+    starts = fp.group_starts(40, 6, group)
+    flat = np.ascontiguousarray(q.margins_.T).ravel()
+    lengths = np.diff(np.append(starts, flat.size))
+    assert np.allclose(np.repeat(flat[starts], lengths), flat)
+    assert np.sum(np.abs(G) * q.margins_) <= 0.2 * (1 + 1e-9)
+    assert q.predicted_loss_increase_ == pytest.approx(
+        np.sum(np.abs(G) * np.abs(W - Q))
+    )
+    assert q.predicted_loss_increase_ <= 0.2 * (1 + 1e-9)
+    smallest = AdaptivePrecisionQuantizer(
+        budget=0.2, trust_region=0.25, group_size=group
+    ).fit(W, gradient=G)
+    assert q.payload_bits_ <= smallest.payload_bits_
+    with pytest.raises(ValueError, match="group_margin"):
+        AdaptivePrecisionQuantizer(group_margin="mean").fit(W, gradient=G)
+
+
 def test_top_code_clipping_costs_one_more_bit():
     # 0.999 s rounds to s at 2 fractional bits, which groups cannot store
     W = np.array([[0.999, 0.26]])

@@ -87,6 +87,7 @@ def adaptive_quantize_model(
     max_iter=10,
     max_bits=24,
     group_size=None,
+    group_margin="smallest",
     map_coder="auto",
     payload_coder="range",
     retrain=None,
@@ -127,6 +128,9 @@ def adaptive_quantize_model(
     group_size : None, "channel" or int, default=None
         One precision per parameter, per output channel (``"channel"``) or per
         ``group_size`` consecutive weights of a channel.
+    group_margin : {"smallest", "pooled"}, default="smallest"
+        With groups: the smallest member margin, or one margin per group from
+        the budget solved over groups (see ``skquant._precision.allocate_precision``).
     map_coder : str, default="auto"
         Coder of the stored precision maps.
     payload_coder : str, default="range"
@@ -187,6 +191,7 @@ def adaptive_quantize_model(
         max_iter=max_iter,
         max_bits=max_bits,
         group_size=group_size,
+        group_margin=group_margin,
         map_coder=map_coder,
         payload_coder=payload_coder,
         retrain=retrain,
