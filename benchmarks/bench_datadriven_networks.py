@@ -209,6 +209,8 @@ def print_rst(rows, args):
                         sel, m, bits, args.calib[0] if m == "rtn" else calib
                     )
                     cells.append(acc)
+                if not any(cells):
+                    continue
                 best = max(statistics.mean(a) for a in cells if a)
                 row = [str(bits), str(calib)]
                 for a in cells:
