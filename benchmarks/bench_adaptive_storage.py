@@ -225,6 +225,12 @@ def run_net(key, args, rows, done, folder):
 
 
 def summary(rows, nets):
+    # the payload alone (a part of each adaptive file) as a family of its own
+    rows = rows + [
+        dict(r, family=r["family"] + " (payload)", bits=r["payload_bits"])
+        for r in rows
+        if "payload_bits" in r
+    ]
     for key in nets:
         sel = [r for r in rows if r["net"] == key]
         if not sel:

@@ -62,7 +62,7 @@ def methods(with_ns):
         "gpfq-path": lambda: GreedyPathQuantizer(n_bits=3, n_jobs=2),
     }
     if with_ns:
-        out["ns"] = lambda: NullSpaceQuantizer(n_bits=3, n_jobs=2)
+        out["ns"] = lambda: NullSpaceQuantizer(n_bits=3, rank=None, n_jobs=2)
         out["ns-64"] = lambda: NullSpaceQuantizer(n_bits=3, rank=64, n_jobs=2)
     return out
 

@@ -103,9 +103,9 @@ def main(argv=None):
         X, W = layer(n, 64, 256, rng)
         res["n_in"]["null-space"].append(
             best_of(
-                lambda: NullSpaceQuantizer(n_bits=4, n_jobs=args.threads).fit(
-                    W, activations=X
-                ),
+                lambda: NullSpaceQuantizer(
+                    n_bits=4, rank=None, n_jobs=args.threads
+                ).fit(W, activations=X),
                 1,
             )
         )
@@ -121,9 +121,9 @@ def main(argv=None):
         X, W = layer(2048, 64, m, rng)
         res["m"]["null-space"].append(
             best_of(
-                lambda: NullSpaceQuantizer(n_bits=4, n_jobs=args.threads).fit(
-                    W, activations=X
-                ),
+                lambda: NullSpaceQuantizer(
+                    n_bits=4, rank=None, n_jobs=args.threads
+                ).fit(W, activations=X),
                 1,
             )
         )

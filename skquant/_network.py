@@ -539,7 +539,7 @@ def quantize_layers(
             f"{len(no_freedom)} of {len(names)} layers ({', '.join(no_freedom)}): "
             "their rank reaches the number of inputs, so every coordinate was "
             "rounded (greedy path following, or MSQ with rounding='nearest'). Pass "
-            "rank < n_in, or rank='auto', to keep only the main directions.",
+            "a rank cap below n_in to keep only the main directions.",
             NoFreedomWarning,
             stacklevel=2,
         )

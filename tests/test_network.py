@@ -310,7 +310,7 @@ def test_no_freedom_warnings_are_one_per_model():
     X = rng.standard_normal((200, 20))  # 200 rows: rank 20 = n_in and 30 = n_in
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        quantize_network(layers, NullSpaceQuantizer(n_bits=3), X)
+        quantize_network(layers, NullSpaceQuantizer(n_bits=3, rank=None), X)
     from skquant import NoFreedomWarning
 
     mine = [w for w in caught if issubclass(w.category, NoFreedomWarning)]

@@ -282,10 +282,12 @@ def test_rates_on_gaussian_data():
 def test_no_freedom_warns_and_rounds_everything():
     X, W = _layer(m=300, n_in=64, n_out=3)
     with pytest.warns(UserWarning, match="leaves no freedom"):
-        q = NullSpaceQuantizer(n_bits=4, rounding="nearest").fit(W, activations=X)
+        q = NullSpaceQuantizer(n_bits=4, rank=None, rounding="nearest").fit(
+            W, activations=X
+        )
     assert_array_equal(q.transform(W), UniformQuantizer(n_bits=4).fit_transform(W))
     with pytest.warns(UserWarning, match="leaves no freedom"):
-        g = NullSpaceQuantizer(n_bits=4).fit(W, activations=X)
+        g = NullSpaceQuantizer(n_bits=4, rank=None).fit(W, activations=X)
     gp = GreedyPathQuantizer(n_bits=4).fit(W, activations=X)
     # greedy over every coordinate is GPFQ up to the visiting order
     assert relative_error(W, g.transform(W), X) < 1.5 * relative_error(
