@@ -224,6 +224,68 @@ def run_net(key, args, rows, done, folder):
                 )
 
 
+FAMILY_ORDER = [
+    "msq",
+    "msq+range",
+    "gpfq",
+    "gpfq+range",
+    "adaptive param",
+    "adaptive param +retrain",
+    "adaptive channel",
+    "adaptive channel +retrain",
+    "adaptive 16",
+    "adaptive 16 +retrain",
+    "adaptive channelp",
+    "adaptive channelp +retrain",
+    "adaptive 16p",
+    "adaptive 16p +retrain",
+    "adaptive param (payload)",
+    "adaptive param +retrain (payload)",
+]
+
+
+def summary_rst(rows, nets):
+    """The summary as reST tables: one per network, a row per family."""
+    for key in nets:
+        sel = [r for r in rows if r["net"] == key]
+        if not sel:
+            continue
+        f, n = sel[0]["float"], sel[0]["n_params"]
+        payload = [
+            dict(r, family=r["family"] + " (payload)", bits=r["payload_bits"])
+            for r in sel
+            if "payload_bits" in r
+        ]
+        sel = sel + payload
+        table = [["family", "within 0.1: x32", "run", "within 0.25: x32", "run"]]
+        for fam in FAMILY_ORDER:
+            row = [fam.replace("+range", " + range")]
+            for tol in (0.001, 0.0025):
+                ok = [
+                    r
+                    for r in sel
+                    if r["family"] == fam and r["accuracy"] >= f - tol - 1e-12
+                ]
+                if ok:
+                    r = min(ok, key=lambda r: r["bits"])
+                    row += [
+                        f"{32 * n / r['bits']:.2f}",
+                        f"{r['method']}: {100 * r['accuracy']:.2f}%, "
+                        f"{r['bits'] / 1e3:.1f} kbit",
+                    ]
+                else:
+                    row += ["-", "-"]
+            table.append(row)
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        rule = " ".join("=" * w for w in widths)
+        print(f"\n**{NETS[key][2]}** ({n} parameters, float {100 * f:.2f}%)\n\n{rule}")
+        for i, r in enumerate(table):
+            print(" ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            if i == 0:
+                print(rule)
+        print(rule)
+
+
 def summary(rows, nets):
     # the payload alone (a part of each adaptive file) as a family of its own
     rows = rows + [
@@ -285,7 +347,13 @@ def main(argv=None):
     p.add_argument("--retrain-steps", type=int, default=100)
     p.add_argument("--json", type=Path, default=Path("bench_adaptive_storage.json"))
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--rst", action="store_true", help="print the stored rows as reST, run nothing"
+    )
     args = p.parse_args(argv)
+    if args.rst:
+        summary_rst(json.loads(args.json.read_text()), args.nets)
+        return 0
     torch.set_num_threads(args.threads)
     if not mnist_available():
         print("MNIST not found: run `bash benchmarks/get_data.sh` first.")
