@@ -59,11 +59,15 @@ def main(argv=None):
     budget = 0.1 * delta * (np.abs(g) * s).sum()
     small = slice(0, 1000)
     for n_jobs in (None, args.threads):  # compile outside the timings
-        allocate_precision([w[small]], [g[small]], 1e-3, delta, n_jobs=n_jobs)
+        allocate_precision(
+            [w[small]], [g[small]], 1e-3, delta, stored=False, n_jobs=n_jobs
+        )
     cands = {
-        "numba (serial)": lambda: allocate_precision([w], [g], budget, delta),
+        "numba (serial)": lambda: allocate_precision(
+            [w], [g], budget, delta, stored=False
+        ),
         f"numba ({args.threads} threads)": lambda: allocate_precision(
-            [w], [g], budget, delta, n_jobs=args.threads
+            [w], [g], budget, delta, stored=False, n_jobs=args.threads
         ),
         "NumPy (sort + vectorised)": lambda: numpy_version(w, g, budget, delta),
     }

@@ -215,6 +215,7 @@ def allocate_precision(
     channel_axes=None,
     map_coder="auto",
     payload_coder="range",
+    stored=True,
     n_jobs=None,
 ):
     """Margins, per-parameter bits and fixed-point weights for a set of tensors.
@@ -253,6 +254,9 @@ def allocate_precision(
         Coder of the stored precision maps (see :mod:`skquant._fixedpoint`).
     payload_coder : str, default="range"
         Coder of the stored payloads.
+    stored : bool, default=True
+        Also write every tensor's stored form (``tensors``, ``size_bits``);
+        ``False`` keeps the numerics alone (``bits`` are then the kernel's).
     n_jobs : int, default=None
         Number of numba threads.
 
@@ -321,20 +325,20 @@ def allocate_precision(
             qm, bm = _round_groups(*view, group_size, int(max_bits))
             q = np.ascontiguousarray(_from_matrix(qm, W.shape, axis)).ravel()
             bits = np.ascontiguousarray(_from_matrix(bm, W.shape, axis)).ravel()
-        qt = fixed_point_tensor(
-            _matrix(q.reshape(W.shape), axis),
-            s,
-            _matrix(bits.reshape(W.shape), axis),
-            group_size,
-            map_coder,
-            payload_coder,
-        )
-        out["tensors"].append(qt)
         out["quantized"].append((q * s).reshape(W.shape))
         out["margins"].append((tau * s).reshape(W.shape))
-        out["bits"].append(
-            np.ascontiguousarray(_from_matrix(qt.precision_bits, W.shape, axis))
-        )
+        if stored:
+            qt = fixed_point_tensor(
+                _matrix(q.reshape(W.shape), axis),
+                s,
+                _matrix(bits.reshape(W.shape), axis),
+                group_size,
+                map_coder,
+                payload_coder,
+            )
+            out["tensors"].append(qt)
+            bits = _from_matrix(qt.precision_bits, W.shape, axis)
+        out["bits"].append(np.ascontiguousarray(bits.reshape(W.shape)))
         out["predicted_increase"] += float(
             np.sum(a_true[start : start + n] * np.abs(w - q))
         )
@@ -343,7 +347,10 @@ def allocate_precision(
         if over.any():
             worst = max(worst, float(np.max(np.abs(w - q)[over] / tau[over])))
         start += n
-    out["size_bits"] = sum(t.size_bits for t in out["tensors"])
+    if stored:
+        out["size_bits"] = sum(t.size_bits for t in out["tensors"])
+    else:
+        del out["tensors"]
     if capped:
         warnings.warn(
             f"max_bits={max_bits} caps {capped} parameter(s) below the precision "

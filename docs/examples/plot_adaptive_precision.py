@@ -163,9 +163,9 @@ last = res.history[-1]
 print(res)
 print(
     f"test accuracy {res.history[0]['accuracy']:.4f} -> {last['accuracy']:.4f}; "
-    f"bits per parameter: payload {last['payload_bits'] / n_params:.2f}, "
-    f"fixed-width map {last['map_bits_fixed'] / n_params:.2f}, "
-    f"entropy-coded map {last['map_bits_entropy'] / n_params:.2f}, "
+    f"stored bits per parameter: payload {last['payload_bits'] / n_params:.2f}, "
+    f"coded map {last['map_bits'] / n_params:.2f} (a fixed-width map would take "
+    f"{last['map_bits_fixed'] / n_params:.2f}), "
     f"total {last['bits_per_param']:.2f} ({32 / last['bits_per_param']:.1f}x)"
 )
 print(f"{'tensor':<15} {'n':>6} {'pruned':>7} {'mean bits':>9} {'max':>4}")
