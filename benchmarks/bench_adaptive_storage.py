@@ -193,7 +193,7 @@ def run_net(key, args, rows, done, folder):
                 path = Path(folder) / f"{key}-adaptive.skq"
                 if res.tensors is None:
                     continue
-                res.save(path, res.names)
+                res.save(path)
                 bits = 8 * data_bytes(path)
                 assert bits == res.history[-1]["total_bits"]
                 back = skquant.load(path)
@@ -244,37 +244,53 @@ FAMILY_ORDER = [
 ]
 
 
+TOLERANCES = (0.001, 0.0025)  # within 0.1 and 0.25 point of float
+
+
+def _by_net(rows, key):
+    """The rows of one network, with the payload alone (a part of each adaptive
+    file) as a family of its own; ``(rows, float accuracy, n_params)``."""
+    sel = [r for r in rows if r["net"] == key]
+    if not sel:
+        return [], None, None
+    sel += [
+        dict(r, family=r["family"] + " (payload)", bits=r["payload_bits"])
+        for r in sel
+        if "payload_bits" in r
+    ]
+    return sel, sel[0]["float"], sel[0]["n_params"]
+
+
+def _smallest(sel, family, float_acc, tol):
+    """The smallest run of ``family`` within ``tol`` of the float accuracy."""
+    ok = [
+        r
+        for r in sel
+        if r["family"] == family and r["accuracy"] >= float_acc - tol - 1e-12
+    ]
+    return min(ok, key=lambda r: r["bits"]) if ok else None
+
+
 def summary_rst(rows, nets):
     """The summary as reST tables: one per network, a row per family."""
     for key in nets:
-        sel = [r for r in rows if r["net"] == key]
+        sel, f, n = _by_net(rows, key)
         if not sel:
             continue
-        f, n = sel[0]["float"], sel[0]["n_params"]
-        payload = [
-            dict(r, family=r["family"] + " (payload)", bits=r["payload_bits"])
-            for r in sel
-            if "payload_bits" in r
-        ]
-        sel = sel + payload
         table = [["family", "within 0.1: x32", "run", "within 0.25: x32", "run"]]
         for fam in FAMILY_ORDER:
             row = [fam.replace("+range", " + range")]
-            for tol in (0.001, 0.0025):
-                ok = [
-                    r
-                    for r in sel
-                    if r["family"] == fam and r["accuracy"] >= f - tol - 1e-12
-                ]
-                if ok:
-                    r = min(ok, key=lambda r: r["bits"])
-                    row += [
+            for tol in TOLERANCES:
+                r = _smallest(sel, fam, f, tol)
+                row += (
+                    [
                         f"{32 * n / r['bits']:.2f}",
                         f"{r['method']}: {100 * r['accuracy']:.2f}%, "
                         f"{r['bits'] / 1e3:.1f} kbit",
                     ]
-                else:
-                    row += ["-", "-"]
+                    if r
+                    else ["-", "-"]
+                )
             table.append(row)
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         rule = " ".join("=" * w for w in widths)
@@ -287,37 +303,24 @@ def summary_rst(rows, nets):
 
 
 def summary(rows, nets):
-    # the payload alone (a part of each adaptive file) as a family of its own
-    rows = rows + [
-        dict(r, family=r["family"] + " (payload)", bits=r["payload_bits"])
-        for r in rows
-        if "payload_bits" in r
-    ]
     for key in nets:
-        sel = [r for r in rows if r["net"] == key]
+        sel, f, n = _by_net(rows, key)
         if not sel:
             continue
-        f, n = sel[0]["float"], sel[0]["n_params"]
         print(
             f"\n{NETS[key][2]} (float {100 * f:.2f}%): smallest stored size within "
             "0.1 / 0.25 point of float (kbit, x32, accuracy %, run)"
         )
         for fam in sorted({r["family"] for r in sel}):
             cells = []
-            for tol in (0.001, 0.0025):
-                ok = [
-                    r
-                    for r in sel
-                    if r["family"] == fam and r["accuracy"] >= f - tol - 1e-12
-                ]
-                if ok:
-                    r = min(ok, key=lambda r: r["bits"])
-                    cells.append(
-                        f"{r['bits'] / 1e3:7.1f} {32 * n / r['bits']:6.2f}x "
-                        f"{100 * r['accuracy']:.2f} ({r['method']})"
-                    )
-                else:
-                    cells.append(f"{'-':>7} {'-':>7}")
+            for tol in TOLERANCES:
+                r = _smallest(sel, fam, f, tol)
+                cells.append(
+                    f"{r['bits'] / 1e3:7.1f} {32 * n / r['bits']:6.2f}x "
+                    f"{100 * r['accuracy']:.2f} ({r['method']})"
+                    if r
+                    else f"{'-':>7} {'-':>7}"
+                )
             print(f"  {fam:<28} " + " | ".join(cells))
         coded = [r for r in sel if "coders" in r and r["family"] == "adaptive param"]
         if coded:

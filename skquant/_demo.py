@@ -118,7 +118,7 @@ def adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval, loss_bound=3.0):
     if res.tensors is not None:
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "adaptive.skq")
-            res.save(path, res.names)
+            res.save(path)
             size = os.path.getsize(path)
     rows = []
     for label, bits, stored in (

@@ -159,7 +159,9 @@ def encode_symbols(symbols, coder):
         return arrays
     if coder == "fixed":
         width = math.ceil(math.log2(levels.size))
-        arrays["map"] = _packing_codes(index, width)
+        from ._packing import pack_codes
+
+        arrays["map"] = pack_codes(index.astype(np.int64), width, 0)
         return arrays
     import constriction
 
@@ -171,12 +173,6 @@ def encode_symbols(symbols, coder):
     arrays["map_counts"] = counts.astype(np.uint32)
     arrays["map"] = np.asarray(encoder.get_compressed(), dtype=np.uint32)
     return arrays
-
-
-def _packing_codes(index, width):
-    from ._packing import pack_codes
-
-    return pack_codes(index.astype(np.int64), width, 0)
 
 
 def decode_symbols(coder, arrays, n):

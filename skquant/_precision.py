@@ -295,7 +295,6 @@ def allocate_precision(
         "quantized": [],
         "margins": [],
         "bits": [],
-        "tensors": [],
         "scales": scales,
         "kappa": kappa,
         "predicted_increase": 0.0,
@@ -336,7 +335,7 @@ def allocate_precision(
                 map_coder,
                 payload_coder,
             )
-            out["tensors"].append(qt)
+            out.setdefault("tensors", []).append(qt)
             bits = _from_matrix(qt.precision_bits, W.shape, axis)
         out["bits"].append(np.ascontiguousarray(bits.reshape(W.shape)))
         out["predicted_increase"] += float(
@@ -348,9 +347,8 @@ def allocate_precision(
             worst = max(worst, float(np.max(np.abs(w - q)[over] / tau[over])))
         start += n
     if stored:
+        out.setdefault("tensors", [])
         out["size_bits"] = sum(t.size_bits for t in out["tensors"])
-    else:
-        del out["tensors"]
     if capped:
         warnings.warn(
             f"max_bits={max_bits} caps {capped} parameter(s) below the precision "
@@ -582,6 +580,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             channel_axes=[1],
             map_coder=self.map_coder,
             payload_coder=self.payload_coder,
+            stored=False,  # the stored form is written below, once
             n_jobs=self.n_jobs,
         )
         self.scale_ = res["scales"][0]
@@ -833,15 +832,21 @@ class AdaptiveQuantizationResult:
     tensors : list of QuantizedTensor or None
         The stored form of every parameter (``(n_rows, n_channels)`` views),
         ``None`` when no step was accepted; :meth:`save` writes them.
+    names : list of str or None
+        The parameters' names (set by the network drivers), in the order of
+        ``bits`` and ``tensors``; :meth:`save` uses them by default.
     """
 
-    def __init__(self, model, history, bits, n_params, stop_reason, tensors=None):
+    def __init__(
+        self, model, history, bits, n_params, stop_reason, tensors=None, names=None
+    ):
         self.model = model
         self.history = history
         self.bits = bits
         self.n_params = n_params
         self.stop_reason = stop_reason
         self.tensors = tensors
+        self.names = names
 
     def save(self, path, names=None):
         """Write the stored tensors of the quantized parameters to a skquant file.
@@ -855,7 +860,8 @@ class AdaptiveQuantizationResult:
         path : str or path-like
             The file.
         names : list of str, default=None
-            A name per parameter (``"p0"``, ``"p1"``, ... by default).
+            A name per parameter; ``None`` takes :attr:`names`, or ``"p0"``,
+            ``"p1"``, ... when the result has none.
         """
         from ._io import save
 
@@ -864,7 +870,7 @@ class AdaptiveQuantizationResult:
                 "no step was accepted: the result holds the float parameters, "
                 "which have no fixed-point stored form."
             )
-        names = names or [f"p{i}" for i in range(len(self.tensors))]
+        names = names or self.names or [f"p{i}" for i in range(len(self.tensors))]
         save(dict(zip(names, self.tensors)), path)
 
     def plot_history(self, ax=None):
@@ -1034,7 +1040,13 @@ def adaptive_precision_loop(
             f"retrain must be None, 'ste' or 'pruned', got retrain={retrain!r} instead."
         )
     if retrain is not None:
-        _check_loop_params(trust_region, retrain_steps, max_bits)
+        if isinstance(retrain_steps, bool) or not (
+            isinstance(retrain_steps, numbers.Integral) and retrain_steps >= 1
+        ):
+            raise ValueError(
+                "retrain_steps must be an int >= 1, got "
+                f"retrain_steps={retrain_steps!r} instead."
+            )
         _check_positive(retrain_lr, "retrain_lr")
     params = [np.asarray(p, dtype=np.float64).copy() for p in params]
     n_params = sum(p.size for p in params)
@@ -1305,6 +1317,12 @@ def adaptive_quantize_mlp(
     )
 
 
+def _gradient_on(network, names, data, params):
+    """Loss on ``data`` and its gradient, as a list in the order of ``names``."""
+    loss, grads = network.loss_gradients(data, dict(zip(names, params)))
+    return loss, [np.asarray(grads[k], dtype=np.float64) for k in names]
+
+
 def _minibatch_gradient(network, names, data, batch_size, seed):
     """``(params, t) -> (loss, grads)`` on the ``t``-th minibatch of ``data``.
 
@@ -1313,12 +1331,7 @@ def _minibatch_gradient(network, names, data, batch_size, seed):
     cycled through in order.
     """
     if batch_size is None:  # full batches of the retraining data
-
-        def gradient(params, t):
-            loss, grads = network.loss_gradients(data, dict(zip(names, params)))
-            return loss, [np.asarray(grads[k], dtype=np.float64) for k in names]
-
-        return gradient
+        return lambda params, t: _gradient_on(network, names, data, params)
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, numbers.Integral)
@@ -1347,8 +1360,7 @@ def _minibatch_gradient(network, names, data, batch_size, seed):
             idx = np.sort(order[pos : pos + batch_size])
             pos += batch_size
             batch = (X[idx], y[idx])
-        loss, grads = network.loss_gradients(batch, dict(zip(names, params)))
-        return loss, [np.asarray(grads[k], dtype=np.float64) for k in names]
+        return _gradient_on(network, names, batch, params)
 
     return gradient
 
@@ -1392,8 +1404,7 @@ def adaptive_quantize_network(network, data, **options):
         )
 
     def loss_and_grad(params):
-        loss, grads = network.loss_gradients(data, dict(zip(names, params)))
-        return loss, [np.asarray(grads[n], dtype=np.float64) for n in names]
+        return _gradient_on(network, names, data, params)
 
     def set_params(params):
         return network.with_parameters(dict(zip(names, params))).model
@@ -1402,5 +1413,5 @@ def adaptive_quantize_network(network, data, **options):
     result = adaptive_precision_loop(
         [start[n] for n in names], loss_and_grad, set_params, **options
     )
-    result.names = names
+    result.names = list(names)
     return result

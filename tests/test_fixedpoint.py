@@ -296,7 +296,7 @@ def test_network_loop_file_and_retraining(tmp_path, digits_mlp):
     mlp, X, y = digits_mlp
     res = adaptive_quantize_mlp(mlp, X, y, loss_bound=0.5, max_iter=3)
     path = tmp_path / "net.skq"
-    res.save(path, res.names)
+    res.save(path)
     assert 8 * _data_bytes(path) == res.history[-1]["total_bits"]
     back = skquant.load(path)
     for name, W in zip(res.names, res.model.coefs_ + res.model.intercepts_):
@@ -324,13 +324,33 @@ def test_network_loop_file_and_retraining(tmp_path, digits_mlp):
     # tensors decode to the model's parameters
     for t, W in zip(ste.tensors, ste.model.coefs_):
         assert np.array_equal(t.dequantize(), W)
-    pruned = adaptive_quantize_mlp(
-        mlp, X, y, **dict(options, retrain="pruned", retrain_batch_size=None)
-    )
-    assert pruned.history[-1]["loss"] <= 1.5 * pruned.history[0]["loss"]
     path2 = tmp_path / "ste.skq"
     ste.save(path2, ste.names)
     assert 8 * _data_bytes(path2) == ste.history[-1]["total_bits"]
+
+
+def test_retraining_keeps_the_grids_and_the_pruned_zeros():
+    """The fine-tune between steps, on a quadratic loss with a known minimum."""
+    from skquant._precision import _retrain
+
+    target = np.array([0.3, -0.7, 0.05, 0.9])
+    start = [np.array([0.25, -0.5, 0.0, 0.75])]
+    bits = [np.array([3, 2, 0, 3], dtype=np.int8)]  # 2, 1, pruned, 2 fractional bits
+
+    def gradient(params, t):
+        d = params[0] - target
+        return 0.5 * float(d @ d), [d]
+
+    ste = _retrain(start, bits, [1.0], gradient, "ste", 300, 0.01, False)[0]
+    steps = np.array([0.25, 0.5, 1.0, 0.25])
+    assert ste[2] == 0.0  # pruned stays pruned
+    assert np.array_equal(ste / steps, np.rint(ste / steps))  # on the grids
+    kept = [0, 1, 3]
+    assert np.all(np.abs(ste - target)[kept] <= steps[kept])  # near the minimum
+    pruned = _retrain(start, bits, [1.0], gradient, "pruned", 500, 0.01, False)[0]
+    assert pruned[2] == 0.0
+    np.testing.assert_allclose(pruned[kept], target[kept], atol=0.02)  # float
+    assert start[0].tolist() == [0.25, -0.5, 0.0, 0.75]  # input left alone
 
 
 def test_network_loop_groups_per_neuron(digits_mlp):
@@ -346,6 +366,8 @@ def test_network_loop_groups_per_neuron(digits_mlp):
         adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_batch_size=0)
     with pytest.raises(ValueError, match="retrain_lr"):
         adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_lr=-1.0)
+    with pytest.raises(ValueError, match="retrain_steps=0"):
+        adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_steps=0)
 
 
 def test_torch_driver_retrains_on_minibatches(tmp_path):
