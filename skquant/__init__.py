@@ -8,6 +8,7 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 
 from ._activation import ActivationQuantizer
 from ._allocation import allocate_bits, closed_form_bits
+from ._config import config_context, get_config, set_config
 from ._functional import quantize
 from ._gpfq import GreedyPathQuantizer
 from ._gptq import GPTQQuantizer
@@ -40,10 +41,13 @@ __all__ = [
     "adaptive_quantize_mlp",
     "allocate_bits",
     "closed_form_bits",
+    "config_context",
+    "get_config",
     "load",
     "measure_sensitivity",
     "pack_codes",
     "quantize",
     "save",
+    "set_config",
     "unpack_codes",
 ]

@@ -28,8 +28,9 @@ import hashlib
 import json
 import numbers
 import os
+import secrets
+import stat
 import struct
-import tempfile
 
 import numpy as np
 
@@ -256,13 +257,45 @@ def _serialize(kind, writer, model=None):
     )
 
 
+def _create_temp(folder):
+    """``(fd, path)`` of a new empty file in ``folder``, with the mode a new file
+    gets: ``0o666`` less the umask (the OS applies it, and default ACLs)."""
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_BINARY", 0)
+        | getattr(os, "O_NOFOLLOW", 0)
+    )
+    for _ in range(100):
+        tmp = os.path.join(folder, f".skquant-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 2**64 names
+            continue
+    raise FileExistsError(  # pragma: no cover
+        f"no unused temporary file name in {folder!s}."
+    )
+
+
 def _write(path, kind, writer, model=None):
+    """Write atomically: a temporary file in the same folder, then ``os.replace``.
+
+    A new file gets the permissions of any new file (``0o666`` less the umask,
+    e.g. ``0o644``); a file that is replaced keeps its permission bits.
+    """
     blob = _serialize(kind, writer, model)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".skquant-", suffix=".tmp")
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:  # no file there yet (or none we may read): umask applies
+        mode = None
+    fd, tmp = _create_temp(folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.chmod(tmp, mode)
             f.write(blob)
         os.replace(tmp, path)
     except BaseException:
@@ -278,6 +311,91 @@ def _read(path):
     return _parse(blob, path)
 
 
+_TORCH_ADVICE = (
+    "Load it with torch.load (model.load_state_dict(torch.load(path))), quantize "
+    "the model with skquant.torch.quantize_model and write the result with "
+    "skquant.torch.save_model."
+)
+# the pickled magic number that starts torch.save's legacy (non-zip) format
+_TORCH_LEGACY = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _zip_names(blob):
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return []
+
+
+def _foreign(blob, path, n):
+    """The error for a file that is not a skquant (safetensors) file: what it
+    looks like from its first bytes, and what to do with it."""
+    what = None
+    if blob[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        names = _zip_names(blob)
+        if any(name.endswith("data.pkl") for name in names):
+            what = (
+                "it is a PyTorch checkpoint (a zip archive written by torch.save, as "
+                "a .pt or .pth file is). " + _TORCH_ADVICE
+            )
+        elif names and all(name.endswith(".npy") for name in names):
+            what = (
+                "it is a NumPy .npz archive (numpy.savez). Read it with numpy.load, "
+                "quantize its arrays with skquant.quantize and write them with "
+                "skquant.save."
+            )
+        else:
+            what = (
+                "it is a zip archive, as a PyTorch checkpoint (torch.save, .pt or "
+                ".pth) is. If it is one: "
+                + _TORCH_ADVICE[0].lower()
+                + _TORCH_ADVICE[1:]
+            )
+    elif blob.startswith(_TORCH_LEGACY):
+        what = (
+            "it is a PyTorch checkpoint in torch.save's legacy (pickle) format. "
+            + _TORCH_ADVICE
+        )
+    elif blob[:1] == b"\x80" and 2 <= blob[1] <= 5:
+        what = (
+            f"it is a Python pickle (protocol {blob[1]}: pickle, joblib or an old "
+            "torch.save). skquant files hold no pickle and no code. If it is a "
+            "PyTorch checkpoint: " + _TORCH_ADVICE[0].lower() + _TORCH_ADVICE[1:]
+        )
+    elif blob.startswith(b"\x93NUMPY"):
+        what = (
+            "it is a NumPy .npy file. Read it with numpy.load, quantize it with "
+            "skquant.quantize and write that with skquant.save."
+        )
+    elif blob.startswith(b"\x89HDF\r\n\x1a\n"):
+        what = "it is an HDF5 file (a Keras .h5 model is one)."
+    if what is not None:
+        return FileFormatError(f"{path!s} is not a skquant file: {what}")
+    fits = n <= len(blob) - 8
+    if blob[8:9] == b"{" and n <= _MAX_HEADER:  # a safetensors header
+        if fits:
+            return FileFormatError(f"{path!s} is corrupted: its header is not JSON.")
+        return FileFormatError(
+            f"{path!s} is truncated: its header says {n} bytes, and the file has "
+            f"{len(blob)} bytes in all."
+        )
+    found = (
+        "this one's has no JSON header after them"
+        if fits
+        else f"this one's give {n} bytes, and the file has {len(blob)} bytes"
+    )
+    return FileFormatError(
+        f"{path!s} is not a skquant file: skquant.load reads files written by "
+        "skquant.save (and skquant.torch.load_into those of "
+        "skquant.torch.save_model), whose first 8 bytes are the length of the JSON "
+        f"header that follows; {found}."
+    )
+
+
 def _parse(blob, path="<bytes>"):
     """``(header, arrays)`` of a file's bytes, checked end to end."""
     from safetensors import SafetensorError
@@ -289,24 +407,22 @@ def _parse(blob, path="<bytes>"):
         )
     (n,) = struct.unpack("<Q", blob[:8])
     if n > min(_MAX_HEADER, len(blob) - 8):
-        raise FileFormatError(
-            f"{path!s} is truncated or not a skquant file (header of {n} bytes in a "
-            f"file of {len(blob)})."
-        )
+        raise _foreign(blob, path, n)
     try:
         raw = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _foreign(blob, path, n) from exc
+    try:
         meta = raw.get("__metadata__") or {}
         text = meta["skquant"]
         digest = meta["skquant_digest"]
-    except (
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-        AttributeError,
-        KeyError,
-        TypeError,
-    ) as exc:
+    except (AttributeError, KeyError, TypeError) as exc:
         raise FileFormatError(
-            f"{path!s} is not a skquant file (no readable skquant header): {exc!r}"
+            f"{path!s} is a safetensors file but not a skquant file (no readable "
+            f"skquant header: {exc!r}). Read it with safetensors "
+            "(safetensors.torch.load_file or safetensors.numpy.load_file); to "
+            "quantize the weights in it, load them into their model and use "
+            "skquant.torch.quantize_model, or quantize arrays with skquant.quantize."
         ) from exc
     try:
         data = st_load(blob)
@@ -370,7 +486,9 @@ def save(obj, path):
     obj : QuantizedTensor, dict of {str: QuantizedTensor or ndarray} or QuantizedMLP
         What to store. A dict may mix quantized tensors and plain arrays.
     path : str or path-like
-        The file to write (replaced atomically).
+        The file to write, replaced atomically. A new file gets the permissions
+        of any new file (``0o666`` less the umask, e.g. ``0o644``); a file that
+        is replaced keeps its permission bits.
 
     See Also
     --------
@@ -444,7 +562,9 @@ def load(path):
     ------
     ValueError
         When the file is truncated, corrupted (the digest does not match), of a
-        newer format version, or not a skquant file.
+        newer format version, or not a skquant file; the message names the path
+        and, for a PyTorch checkpoint, a pickle or a NumPy file, says so and what
+        to do with it.
 
     See Also
     --------

@@ -204,8 +204,143 @@ def test_truncated_and_foreign_files(tmp_path, saved_model):
     from safetensors.numpy import save_file
 
     save_file({"a": np.ones(3)}, str(path))
-    with pytest.raises(ValueError, match="no readable skquant header"):
+    with pytest.raises(ValueError, match="a safetensors file but not a skquant file"):
         skquant.load(path)
+
+
+def _load_error(path):
+    with pytest.raises(FileFormatError) as info:
+        skquant.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path!s} ")  # names the path
+    assert "header of" not in message
+    return message
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_checkpoint_is_recognised(tmp_path, legacy):
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    path = tmp_path / "model.pt"
+    torch.save(net.state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    message = _load_error(path)
+    assert "is not a skquant file: it is a PyTorch checkpoint" in message
+    assert "torch.load" in message and "skquant.torch.quantize_model" in message
+    from skquant.torch import load_into
+
+    with pytest.raises(ValueError, match="it is a PyTorch checkpoint"):
+        load_into(net, path)
+    # what the advice says works
+    net.load_state_dict(torch.load(path))
+    from skquant.torch import quantize_model, save_model
+
+    save_model(quantize_model(net, UniformQuantizer(n_bits=3)), path)
+    load_into(net, path)
+
+
+def test_pickle_and_numpy_files_are_recognised(tmp_path):
+    path = tmp_path / "x.pkl"
+    for protocol in (2, 4, 5):
+        path.write_bytes(pickle.dumps({"W": np.ones(3)}, protocol=protocol))
+        message = _load_error(path)
+        assert f"it is a Python pickle (protocol {protocol}" in message
+        assert "torch.load" in message
+    np.savez(tmp_path / "x.npz", W=np.ones(3))
+    message = _load_error(tmp_path / "x.npz")
+    assert "NumPy .npz archive" in message and "numpy.load" in message
+    np.save(tmp_path / "x.npy", np.ones(3))
+    assert "NumPy .npy file" in _load_error(tmp_path / "x.npy")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "x.zip", "w") as z:
+        z.writestr("readme.txt", "hello")
+    assert "it is a zip archive" in _load_error(tmp_path / "x.zip")
+
+
+def test_random_bytes_say_the_file_size(tmp_path):
+    path = tmp_path / "random.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(1000))
+    message = _load_error(path)
+    assert "is not a skquant file" in message
+    assert "the file has 1000 bytes" in message
+    # a header length that fits but no JSON after it
+    path.write_bytes(struct.pack("<Q", 4) + b"abcd" + bytes(20))
+    assert "has no JSON header" in _load_error(path)
+
+
+def test_truncated_and_corrupted_headers_are_told_apart(tmp_path, saved_model):
+    _, blob = saved_model
+    path = tmp_path / "cut.skq"
+    path.write_bytes(blob[:200])
+    assert re.search(r"is truncated: its header says \d+ bytes", _load_error(path))
+    (n,) = struct.unpack("<Q", blob[:8])
+    path.write_bytes(blob[: 8 + n - 1] + b"!" + blob[8 + n :])
+    assert "is corrupted: its header is not JSON" in _load_error(path)
+
+
+@pytest.fixture
+def umask():
+    """Set the umask for one test (restored after)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_get_the_umask_permissions(tmp_path, umask, mask, mode):
+    qt = skquant.quantize(np.eye(4), n_bits=2)
+    umask(mask)
+    path = tmp_path / "w.skq"
+    skquant.save(qt, path)
+    assert _mode(path) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["w.skq"]  # no temporary left
+    _same_tensor(skquant.load(path), qt)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_replaced_files_keep_their_permissions(tmp_path, umask):
+    qt = skquant.quantize(np.eye(4), n_bits=2)
+    umask(0o022)
+    path = tmp_path / "w.skq"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o640)
+    skquant.save(qt, path)
+    assert _mode(path) == 0o640
+    os.chmod(path, 0o444)  # read-only: replaced, still read-only
+    skquant.save(qt, path)
+    assert _mode(path) == 0o444
+    _same_tensor(skquant.load(path), qt)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_torch_save_model_gets_the_umask_permissions(tmp_path, umask):
+    torch = pytest.importorskip("torch")
+    from skquant.torch import quantize_model, save_model
+
+    net = quantize_model(torch.nn.Linear(4, 3), UniformQuantizer(n_bits=3))
+    for mask, mode in [(0o022, 0o644), (0o077, 0o600)]:
+        umask(mask)
+        path = tmp_path / f"{mask:o}.skq"
+        save_model(net, path)
+        assert _mode(path) == mode
+
+
+def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
+    from skquant import _io
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        skquant.save(skquant.quantize(np.eye(4), n_bits=2), tmp_path / "w.skq")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_newer_version_is_refused(tmp_path):

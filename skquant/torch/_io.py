@@ -40,7 +40,9 @@ def save_model(model, path):
     model : torch.nn.Module
         A model returned by :func:`quantize_model` (or any module).
     path : str or path-like
-        The file to write.
+        The file to write, replaced atomically. A new file gets the permissions
+        of any new file (``0o666`` less the umask, e.g. ``0o644``); a file that
+        is replaced keeps its permission bits.
 
     See Also
     --------

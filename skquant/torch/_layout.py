@@ -33,8 +33,18 @@ def check_supported(name, module):
         | nn.MultiheadAttention
         | nn.Bilinear,
     ):
+        kind = type(module).__name__
+        if name == "":  # the model itself: skip=[''] would leave nothing
+            raise ValueError(
+                f"the model itself ({kind}) is a layer type that skquant cannot "
+                "quantize: quantize_model quantizes nn.Linear, nn.Conv1d and "
+                "nn.Conv2d layers, alone or inside a model. Pass a model that "
+                f"contains such layers (a {kind} layer inside it can stay float "
+                "with skip=['<its name>']), or quantize its weight tensors as "
+                "arrays with skquant.quantize."
+            )
         raise ValueError(
-            f"layer {name!r} ({type(module).__name__}) is not supported by "
+            f"layer {name!r} ({kind}) is not supported by "
             "quantize_model: only nn.Linear, nn.Conv1d and nn.Conv2d are; leave it "
             f"(and its children) float with skip=[{name!r}], or replace it."
         )

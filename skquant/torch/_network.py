@@ -284,8 +284,8 @@ class TorchNetwork(Network):
             self._modules[name] = mod
         if not self._modules:
             raise ValueError(
-                "model has no nn.Linear, nn.Conv1d or nn.Conv2d layer to quantize "
-                f"(skip={list(self.skip)})."
+                f"model ({type(model).__name__}) has no nn.Linear, nn.Conv1d or "
+                f"nn.Conv2d layer to quantize (skip={list(self.skip)})."
             )
         if self.tied:
             warnings.warn(
