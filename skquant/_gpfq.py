@@ -4,6 +4,7 @@ import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
 from ._datadriven import BaseDataQuantizer
+from ._gram import gram, triangle_product
 
 __all__ = ["GreedyPathQuantizer"]
 
@@ -119,15 +120,19 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         ``(sum_{s<=t} Gqf[t, s] w_s - sum_{s<t} Gqq[t, s] q_s) / Gqq[t, t]`` with
         ``Gqf = Xq^T Xf`` and ``Gqq = Xq^T Xq``: the ``w`` part is one product
         (``tril(Gqf) @ W``) and the ``q`` part is subtracted block by block (see
-        :func:`greedy_path_gram`). After the two Gram matrices (``m n_in^2``),
-        nothing depends on ``m``.
+        :func:`greedy_path_gram`). ``tril(Gqf) @ W`` comes from the data by a
+        running sum (:func:`~skquant._gram.triangle_product`), so ``Gqq`` is the
+        one ``n_in x n_in`` matrix held. After it (``m n_in^2``), nothing depends
+        on ``m``.
         """
-        Gqq = Xq.T @ Xq
-        Gqf = Gqq if Xf is Xq else Xq.T @ Xf
         return greedy_path_gram(
-            np.tril(Gqf) @ W, Gqq, W, self.alphabet_record_, self.scale_, block_size
+            triangle_product(Xq, Xf, W, "lower"),
+            gram(Xq),
+            W,
+            self.alphabet_record_,
+            self.scale_,
+            block_size,
         )
-
 
 def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None):
     """Greedy path following of every neuron at once, from a Gram matrix.

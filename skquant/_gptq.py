@@ -7,6 +7,8 @@ from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._datadriven import BaseDataQuantizer
+from ._gram import gram, inverse_upper_cholesky
+from ._kernels import _gptq
 
 __all__ = ["GPTQQuantizer"]
 
@@ -138,22 +140,38 @@ class GPTQQuantizer(BaseDataQuantizer):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
         self._fit_alphabet(W, self.scale)
         W64 = W.astype(np.float64)
-        H = Xq.T @ Xq
-        mean_diag = float(np.mean(np.diag(H)))
-        if mean_diag > 0:
-            H[np.diag_indices_from(H)] += self.damp * mean_diag
-        else:  # no signal at all: every error is as good as any other
-            H = np.eye(H.shape[0])
+        m, n = Xq.shape
+        energy = np.einsum("ij,ij->j", Xq, Xq)  # diag(X^T X)
+        mean_diag = float(energy.mean())
+        # no signal at all: H = I, every error is as good as any other (round to
+        # nearest)
+        lam = self.damp * mean_diag if mean_diag > 0 else 1.0
+        order = (
+            np.argsort(-energy, kind="stable") if self.act_order else np.arange(n)
+        )
+        lowrank = _use_lowrank(m, n)
         target = W64
         if Xf is not Xq and self.target == "float_output":
-            target = linalg.solve(H, Xq.T @ (Xf @ W64), assume_a="pos")
-        order = (
-            np.argsort(-np.diag(H), kind="stable")
-            if self.act_order
-            else np.arange(W.shape[0])
-        )
+            c = Xq.T @ (Xf @ W64)
+            if lowrank:  # Woodbury: (lam I + X^T X)^-1 c through an m x m solve
+                K = gram(Xq.T)
+                K.flat[:: m + 1] += lam
+                target = (c - Xq.T @ linalg.solve(K, Xq @ c, assume_a="pos")) / lam
+            else:
+                H = _damped_gram(Xq, lam)
+                target = linalg.solve(H, c, assume_a="pos", overwrite_a=True)
         codes = np.empty(W.shape)
-        codes[order] = self._quantize_rows(target[order], H[np.ix_(order, order)])
+        if lowrank:
+            codes[order] = self._quantize_rows_lowrank(target[order], Xq[:, order], lam)
+        else:
+            # one n x n float64 matrix throughout (H, then U in its memory), a
+            # second one only while act_order permutes it
+            H = _damped_gram(Xq, lam)
+            if self.act_order:
+                H = H[np.ix_(order, order)]
+            U = inverse_upper_cholesky(H, overwrite=True)
+            del H
+            codes[order] = self._quantize_rows(target[order], U)
         codes = self.alphabet_record_.final_codes(codes)
         self.order_ = order
         Q = self._tensor(codes).dequantize()
@@ -164,13 +182,24 @@ class GPTQQuantizer(BaseDataQuantizer):
         )
         return codes, W.dtype
 
-    def _quantize_rows(self, W, H):
-        """Codes (in :meth:`Alphabet.code_grid` units) of ``W``'s rows, in order."""
-        n = W.shape[0]
+    def _rounder(self):
+        """``round(w) -> (codes, values)`` on the fitted grid, for one row."""
         step = self.scale_.astype(np.float64)
         zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
         inv = np.broadcast_to(inv, step.shape)
-        U = _inverse_upper_cholesky(H)
+
+        def round_row(w):
+            c = np.clip(np.rint(w * inv + zp), cmin, cmax)
+            return c, (c - zp) / inv
+
+        return round_row
+
+    def _quantize_rows(self, W, U):
+        """Codes (in :meth:`Alphabet.code_grid` units) of ``W``'s rows, in order,
+        with ``U`` the upper Cholesky factor of ``H^-1`` (its upper triangle is
+        all that is read)."""
+        n = W.shape[0]
+        round_row = self._rounder()
         W = W.copy()
         codes = np.empty_like(W)
         B = self.block_size
@@ -178,26 +207,56 @@ class GPTQQuantizer(BaseDataQuantizer):
             stop = min(start + B, n)
             Err = np.empty((stop - start, W.shape[1]))
             for i in range(start, stop):
-                c = np.clip(np.rint(W[i] * inv + zp), cmin, cmax)
-                codes[i] = c
-                err = (W[i] - (c - zp) / inv) / U[i, i]
+                codes[i], value = round_row(W[i])
+                err = (W[i] - value) / U[i, i]
                 W[i + 1 : stop] -= np.outer(U[i, i + 1 : stop], err)
                 Err[i - start] = err
             if stop < n:
                 W[stop:] -= U[start:stop, stop:].T @ Err
         return codes
 
+    def _quantize_rows_lowrank(self, W, X, lam):
+        """The codes of :meth:`_quantize_rows` from the data ``X`` (``m`` rows,
+        fewer than ``W``'s) instead of ``H``'s factor: row ``t`` is rounded at
+        ``w_t - v_t^T r_t`` with ``r_t = sum_{s<t} x_s (q_s - w_s)`` and the
+        directions ``v_t`` of :func:`~skquant._kernels._gptq.lowrank_directions`
+        (``O(n m^2)`` flops, ``n x m`` numbers held). Blocks of ``block_size`` rows
+        update ``r`` as one matrix product."""
+        n, m = X.shape[1], X.shape[0]
+        V = np.empty((n, m))
+        _gptq.lowrank_directions(np.ascontiguousarray(X.T), float(lam), V)
+        round_row = self._rounder()
+        R = np.zeros((m, W.shape[1]))
+        codes = np.empty_like(W)
+        B = self.block_size
+        for start in range(0, n, B):
+            stop = min(start + B, n)
+            A = W[start:stop] - V[start:stop] @ R
+            C = V[start:stop] @ X[:, start:stop]
+            D = np.empty_like(A)  # q - w of the block's rows
+            for i in range(stop - start):
+                codes[start + i], value = round_row(A[i] - C[i, :i] @ D[:i])
+                D[i] = value - W[start + i]
+            R += X[:, start:stop] @ D
+        return codes
 
-def _inverse_upper_cholesky(H):
-    """Upper triangular ``U`` with ``H^-1 = U^T U``, without forming ``H^-1``.
 
-    With ``P`` the reversal permutation and ``P H P = L L^T`` (Cholesky),
-    ``H^-1 = P L^-T L^-1 P = U^T U`` for ``U = P L^-1 P``, which is upper
-    triangular: one Cholesky and one triangular inverse (``2 n^3 / 3`` flops in
-    all, against ``n^3`` more for an explicit inverse and a second factorisation).
+def _damped_gram(X, lam):
+    """``X^T X + lam I`` (float64, one n x n matrix)."""
+    H = gram(X)
+    H.flat[:: H.shape[0] + 1] += lam
+    return H
+
+
+def _use_lowrank(m, n):
+    """Whether GPTQ's low-rank form is cheaper than the Cholesky of ``H``.
+
+    The low-rank form costs about ``5 n m^2`` flops in a compiled serial loop; the
+    Cholesky form ``m n^2 + 2 n^3 / 3`` in BLAS, many times faster per flop.
     """
-    L = linalg.cholesky(H[::-1, ::-1], lower=True)
-    Linv, info = linalg.lapack.dtrtri(L, lower=1)
-    if info != 0:  # pragma: no cover - H is positive definite after damping
-        raise np.linalg.LinAlgError(f"triangular inverse failed (info={info}).")
-    return np.ascontiguousarray(Linv[::-1, ::-1])
+    return LOWRANK_FLOP_RATIO * 5 * m * m < m * n + 2 * n * n / 3
+
+
+#: How many times slower a flop of the low-rank kernel is than one of the BLAS
+#: factorisations (measured in ``benchmarks/bench_gram_memory.py``).
+LOWRANK_FLOP_RATIO = 2

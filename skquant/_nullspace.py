@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 from ._alphabets import _kernel
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import _use_gram, greedy_path_gram
+from ._gram import gram, triangle_product
 from ._kernels import _nullspace
 from ._kernels._threads import numba_threads
 from ._progress import run_in_batches
@@ -271,7 +272,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     bound_ : ndarray of shape (n_out,)
         A-posteriori bound on ``calibration_error_`` (see Notes); computed on first
         access (one eigenvalue problem per neuron, with a progress bar when it
-        takes more than a second), then kept.
+        is projected to take more than about two seconds; silenced by
+        ``skquant.set_config(progress=False)``), then kept.
     n_features_in_ : int
         Number of output channels (columns of ``W``).
 
@@ -361,8 +363,6 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             self._fit_alphabet(W)
             K = self.alphabet_record_.largest_code
             self.scale_ = np.where(c > 0, c / K, self.scale_).astype(W.dtype)
-        # the bound needs X only through its Gram matrix (n_in x n_in, whatever m)
-        self._gram = Xq.T @ Xq
         codes, Z = self._codes(W64, Xq, Xf, Z=Z)
         self._diagnostics(W64, Z, codes, Xq, Xf)
         return codes, W.dtype
@@ -485,11 +485,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
                 self._greedy_path(Xq, Xq, Z, idx, U, step, codes)
             else:  # every coordinate off the grid (no freedom): GPFQ's Gram form
-                G = self._gram
-                # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z
-                Gqf = G if Xf is Xq else Xq.T @ Xf
-                A = Gqf @ W - np.triu(G, 1) @ Z
-                return greedy_path_gram(A, G, Z, alphabet, step, keep=on), Z
+                # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z, i.e.
+                # Xq^T Xf w - triu(G, 1) z (from the data: G is the one n x n)
+                A = Xq.T @ (Xf @ W) - triangle_product(Xq, Xq, Z, "strict_upper")
+                codes = greedy_path_gram(A, gram(Xq), Z, alphabet, step, keep=on)
+                return codes, Z
         return alphabet.final_codes(codes), Z
 
     def _diagnostics(self, W, Z, codes, Xq, Xf):
@@ -504,9 +504,16 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         off = ~self.alphabet_record_.on_alphabet(Z, step)
         self.n_off_grid_ = off.sum(axis=0)
         # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
-        # when bound_ is first read)
+        # when bound_ is first read); it needs X only through the Gram matrix of
+        # the coordinates off the grid in some neuron (at most n_out * rank_ of
+        # them), indexed by their position in that union
         dist = np.linalg.norm(np.where(off, Z - Q, 0.0), axis=0) / safe
-        self._bound_terms = (drift, dist, _padded_rows(off))
+        union = np.flatnonzero(off.any(axis=1))
+        position = np.full(off.shape[0], -1, dtype=np.int64)
+        position[union] = np.arange(union.size)
+        idx = _padded_rows(off)
+        idx = np.where(idx >= 0, position[idx], -1)
+        self._bound_terms = (drift, dist, idx, gram(Xq[:, union]))
         self._bound = None
 
     @property
@@ -524,9 +531,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         """
         check_is_fitted(self)
         if self._bound is None:
-            drift, dist, idx = self._bound_terms
+            drift, dist, idx, G = self._bound_terms
             counts = self.n_off_grid_.astype(np.int64)
-            G = self._gram
             norms = np.empty(counts.size)
             kernel = _kernel(_nullspace, "subset_norms", self.n_jobs)
             with (
