@@ -51,7 +51,9 @@ class LayerBitAllocator(BaseEstimator):
     criterion : {"noise", "sqnr", "hessian", "accuracy"}, default="noise"
         The cost (see :meth:`SensitivityResult.cost`): Zhou et al.'s normalised
         output noise ``noise / t``; Lin et al.'s inverse SQNR; HAWQ's Hessian
-        trace times the weight error; the measured accuracy drop per layer.
+        trace times the weight error (for a torch model by autograd, also on a
+        frozen one; not inside ``torch.inference_mode()``); the measured
+        accuracy drop per layer.
     budget : float, default=None
         Largest total size in bits (codes + scales) of the quantized layers.
     max_cost : float, default=None
@@ -208,7 +210,10 @@ class LayerBitAllocator(BaseEstimator):
         )
         if _is_torch_module(self.estimator):
             from .torch import measure_sensitivity as measure_torch
+            from .torch._gradients import check_autograd
 
+            if self.criterion == "hessian":  # the error names this entry point
+                check_autograd(self.estimator, "LayerBitAllocator(criterion='hessian')")
             self.sensitivity_ = measure_torch(
                 self.estimator,
                 X,

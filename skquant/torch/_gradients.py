@@ -1,4 +1,12 @@
-"""Loss gradients of torch models and the adaptive-precision driver on them."""
+"""Loss gradients of torch models and the adaptive-precision driver on them.
+
+Also the one place that makes gradients possible on a user's model:
+:func:`gradients_enabled` (grad mode on, chosen parameters made to require
+grad, the model restored after by :func:`kept_state`) and
+:func:`check_autograd` (the clear error under ``torch.inference_mode()``).
+"""
+
+import contextlib
 
 import numpy as np
 import torch
@@ -6,15 +14,119 @@ import torch
 from ._layout import to_numpy
 
 
+def check_autograd(model, where):
+    """Raise a clear error when autograd cannot run on ``model`` here.
+
+    ``torch.enable_grad()`` cannot undo ``torch.inference_mode()``, and inference
+    tensors (parameters of a model built or loaded inside it) never take part in
+    autograd.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The user's model.
+    where : str
+        The entry point named in the message.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{where} needs gradients, which torch.inference_mode() disables "
+            "(torch.enable_grad() cannot turn them back on): call it outside "
+            "torch.inference_mode(); under torch.no_grad() it works, as it turns "
+            "gradients on where it needs them."
+        )
+    if any(p.is_inference() for p in model.parameters()):
+        raise RuntimeError(
+            f"{where} needs gradients, but the model's parameters are inference "
+            "tensors (the model was built or loaded inside torch.inference_mode()), "
+            "which cannot take part in autograd: build or load the model outside "
+            "torch.inference_mode() (under torch.no_grad() is fine), or pass "
+            "copy.deepcopy(model), whose parameters are normal tensors."
+        )
+
+
+@contextlib.contextmanager
+def kept_state(model):
+    """Give ``model`` back as it was on leaving the block, also by an exception.
+
+    Every parameter gets back its ``requires_grad`` flag and its ``.grad``, and
+    every module its ``training`` flag (``model.train(was)`` would flatten mixed
+    modes). Parameter values are not saved: the training loops change them on
+    purpose.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The user's model.
+
+    Yields
+    ------
+    model : torch.nn.Module
+        The same model.
+    """
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag, grad in saved:
+            p.requires_grad_(flag)
+            # a grad saved before the model moved (train's device=) follows it
+            p.grad = grad if grad is None else grad.to(p)
+
+
+@contextlib.contextmanager
+def gradients_enabled(model, where, params=None):
+    """Make ``params`` take gradients for a block, the model restored after.
+
+    Whatever their ``requires_grad`` flags and the caller's grad mode: inside the
+    block grad mode is on (``torch.enable_grad()``) and every tensor of
+    ``params`` requires grad; on leaving it the model is as it was
+    (:func:`kept_state`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The user's model.
+    where : str
+        The entry point, named by the error of :func:`check_autograd`.
+    params : iterable of torch.nn.Parameter, default=None
+        The parameters that need gradients; ``None``: all of ``model``'s.
+
+    Yields
+    ------
+    model : torch.nn.Module
+        The same model.
+    """
+    check_autograd(model, where)
+    with kept_state(model), torch.enable_grad():
+        for p in model.parameters() if params is None else params:
+            p.requires_grad_(True)
+        yield model
+
+
+def autograd_tensor(t):
+    """``t``, or a normal copy of it when it is an inference tensor."""
+    return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
+
+
 def labelled_batches(data, batch_size):
-    """``(x, y)`` batches of a pair of tensors, or the batches of an iterable."""
+    """``(x, y)`` batches of a pair of tensors, or the batches of an iterable.
+
+    Inference tensors (data made inside ``torch.inference_mode()``) are copied
+    into normal ones, which autograd accepts.
+    """
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         X, y = data
-        return (
+        batches = (
             (X[i : i + batch_size], y[i : i + batch_size])
             for i in range(0, len(X), batch_size)
         )
-    return iter(data)
+    else:
+        batches = iter(data)
+    return ((autograd_tensor(x), autograd_tensor(y)) for x, y in batches)
 
 
 def loss_gradients(model, loss_fn, data, *, batch_size=256):
@@ -23,7 +135,8 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
     Parameters
     ----------
     model : torch.nn.Module
-        The model (its parameters' ``.grad`` are overwritten).
+        The model, left as it was (``requires_grad`` flags, ``.grad``,
+        ``training`` modes).
     loss_fn : callable
         ``loss_fn(output, target) -> scalar tensor``, a mean over the batch (as
         ``torch.nn.CrossEntropyLoss()``).
@@ -39,6 +152,13 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
     grads : dict of {str: ndarray}
         Gradient of that mean loss for every named parameter.
 
+    Notes
+    -----
+    The gradients are taken in eval mode with respect to every parameter,
+    whatever its ``requires_grad`` flag, also under ``torch.no_grad()``: a frozen
+    model loaded for inference works. Under ``torch.inference_mode()`` it raises
+    a ``RuntimeError``: call it outside.
+
     Examples
     --------
     >>> import torch
@@ -51,28 +171,24 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
     """
     batches = labelled_batches(data, batch_size)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    model.zero_grad(set_to_none=True)
     total, n = 0.0, 0
-    try:
+    with gradients_enabled(model, "skquant.torch.loss_gradients"):
+        model.eval()
+        model.zero_grad(set_to_none=True)
         for xb, yb in batches:
             xb, yb = xb.to(device), yb.to(device)
             loss = loss_fn(model(xb), yb)
             (loss * len(xb)).backward()
             total += float(loss.detach()) * len(xb)
             n += len(xb)
-    finally:
-        model.train(was_training)
-    if n == 0:
-        raise ValueError("data holds no batch: nothing to compute the loss on.")
-    grads = {
-        name: to_numpy(p.grad) / n
-        if p.grad is not None
-        else np.zeros(tuple(p.shape), dtype=np.float32)
-        for name, p in model.named_parameters()
-    }
-    model.zero_grad(set_to_none=True)
+        if n == 0:
+            raise ValueError("data holds no batch: nothing to compute the loss on.")
+        grads = {
+            name: to_numpy(p.grad) / n
+            if p.grad is not None
+            else np.zeros(tuple(p.shape), dtype=np.float32)
+            for name, p in model.named_parameters()
+        }
     return total / n, grads
 
 
@@ -110,7 +226,7 @@ def adaptive_quantize_model(
     Parameters
     ----------
     model : torch.nn.Module
-        The float model (left unchanged).
+        The float model (left unchanged; it may be frozen, see Notes).
     loss_fn : callable
         ``loss_fn(output, target)``, a mean over the batch.
     data : tuple of (X, y) tensors, or iterable of (x, y) batches
@@ -163,6 +279,14 @@ def adaptive_quantize_model(
     result : AdaptiveQuantizationResult
         ``result.model`` is the quantized copy.
 
+    Notes
+    -----
+    The gradients are taken with respect to every parameter whatever its
+    ``requires_grad`` flag, also under ``torch.no_grad()``, so a frozen model
+    loaded for inference works; its flags, ``.grad`` and modes are left as they
+    were. Under ``torch.inference_mode()`` it raises a ``RuntimeError``: call it
+    outside.
+
     Examples
     --------
     >>> import torch
@@ -182,25 +306,29 @@ def adaptive_quantize_model(
 
     data = data if isinstance(data, tuple) else list(data)
     network = TorchNetwork(model, loss_fn=loss_fn, batch_size=batch_size)
-    return adaptive_quantize_network(
-        network,
-        data,
-        loss_bound=loss_bound,
-        relative=relative,
-        trust_region=trust_region,
-        max_iter=max_iter,
-        max_bits=max_bits,
-        group_size=group_size,
-        group_margin=group_margin,
-        map_coder=map_coder,
-        payload_coder=payload_coder,
-        retrain=retrain,
-        retrain_steps=retrain_steps,
-        retrain_lr=retrain_lr,
-        retrain_batch_size=retrain_batch_size,
-        retrain_data=retrain_data,
-        random_state=random_state,
-        evaluate=evaluate,
-        verbose=verbose,
-        n_jobs=n_jobs,
-    )
+    # the gradients are taken on copies (loss_gradients on the network's scratch
+    # model): nothing of the user's model needs grad, but the checks and the
+    # restored state hold for the whole run
+    with gradients_enabled(model, "skquant.torch.adaptive_quantize_model", ()):
+        return adaptive_quantize_network(
+            network,
+            data,
+            loss_bound=loss_bound,
+            relative=relative,
+            trust_region=trust_region,
+            max_iter=max_iter,
+            max_bits=max_bits,
+            group_size=group_size,
+            group_margin=group_margin,
+            map_coder=map_coder,
+            payload_coder=payload_coder,
+            retrain=retrain,
+            retrain_steps=retrain_steps,
+            retrain_lr=retrain_lr,
+            retrain_batch_size=retrain_batch_size,
+            retrain_data=retrain_data,
+            random_state=random_state,
+            evaluate=evaluate,
+            verbose=verbose,
+            n_jobs=n_jobs,
+        )

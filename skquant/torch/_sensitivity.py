@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from .._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
+from ._gradients import gradients_enabled, kept_state
 from ._network import TorchNetwork
 
 
@@ -59,7 +60,9 @@ def measure_sensitivity(
         Measure the noise of all layers together against the sum of the singles.
     hessian : bool, default=False
         Hutchinson estimate of each layer's Hessian trace (by autograd; needs
-        ``y``).
+        ``y``). Frozen models work, also under ``torch.no_grad()`` (the layers'
+        weights require grad for the call only); inside
+        ``torch.inference_mode()`` it raises a ``RuntimeError``.
     n_probes : int, default=16
         Hutchinson probes.
     max_samples : int or None, default=2000
@@ -108,28 +111,37 @@ def measure_sensitivity(
     if y is not None and not isinstance(y, torch.Tensor):
         y = torch.as_tensor(np.asarray(y))
     Xs, ys = subsample(X, y, max_samples, random_state)
-    if classifier is None:
-        out = network.outputs(Xs[:1])
-        classifier = out.ndim == 2 and out.shape[1] >= 2
     if hessian and ys is None:
         raise ValueError("hessian=True needs the labels y for the loss.")
-    return sensitivity(
-        network,
-        Xs,
-        None if ys is None or not classifier else ys.cpu().numpy().astype(np.int64),
-        quantizer=quantizer,
-        bits=bits,
-        classifier=classifier,
-        tolerance=tolerance,
-        threshold=threshold,
-        additivity=additivity,
-        hessian=hessian,
-        hessian_data=(
-            Xs[:HESSIAN_SAMPLES],
-            None if ys is None else ys[:HESSIAN_SAMPLES],
-        ),
-        n_probes=n_probes,
-        max_rows=max_rows,
-        random_state=random_state,
-        verbose=verbose,
-    )
+    weights = [network.module(name).weight for name in network.layer_names]
+    with (
+        gradients_enabled(
+            model, "skquant.torch.measure_sensitivity(hessian=True)", weights
+        )
+        if hessian
+        else kept_state(model)
+    ):
+        if classifier is None:
+            out = network.outputs(Xs[:1])
+            classifier = out.ndim == 2 and out.shape[1] >= 2
+        labels = None if ys is None or not classifier else ys.cpu().numpy()
+        return sensitivity(
+            network,
+            Xs,
+            None if labels is None else labels.astype(np.int64),
+            quantizer=quantizer,
+            bits=bits,
+            classifier=classifier,
+            tolerance=tolerance,
+            threshold=threshold,
+            additivity=additivity,
+            hessian=hessian,
+            hessian_data=(
+                Xs[:HESSIAN_SAMPLES],
+                None if ys is None else ys[:HESSIAN_SAMPLES],
+            ),
+            n_probes=n_probes,
+            max_rows=max_rows,
+            random_state=random_state,
+            verbose=verbose,
+        )

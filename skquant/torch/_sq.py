@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 from .._kernels import _sq as _sq_kernels
 from .._progress import progress
 from .._uniform import BinaryQuantizer, TernaryQuantizer
+from ._gradients import autograd_tensor, gradients_enabled
 from ._network import TorchNetwork
 
 __all__ = ["SQRegularizer", "SQResult", "train_baseline", "train_sq"]
@@ -419,7 +420,7 @@ def _batches(data, batch_size, generator, device):
             yield X[idx].to(device), y[idx].to(device)
     else:
         for xb, yb in data:
-            yield xb.to(device), yb.to(device)
+            yield autograd_tensor(xb).to(device), autograd_tensor(yb).to(device)
 
 
 @torch.no_grad()
@@ -522,6 +523,17 @@ class _Loop:
 
     def snapshot(self):
         self.last_good = [copy.deepcopy(m.state_dict()) for m in self.keep]
+
+    def gradients(self, where):
+        """The context of the training: grad mode on, the covered layers' weights
+        and biases trainable whatever their flags; on leaving it (also by an
+        exception), the flags, ``.grad`` and modes are the user's again."""
+        modules = dict(self.model.named_modules())
+        return gradients_enabled(
+            self.model,
+            where,
+            [p for n in self.names for p in modules[n].parameters(recurse=False)],
+        )
 
     def epoch_lr(self, epoch, phase):
         """Learning rate of epoch ``epoch`` (1-based, counted over both phases):
@@ -639,9 +651,9 @@ def train_sq(
     are projected for good through :func:`skquant.torch.quantize_model`.
 
     The model is trained in place (as a torch training loop does; pass a copy to
-    keep the original). If the loss becomes NaN or infinite, training stops with
-    a ``ValueError`` naming the epoch and the model keeps the weights of the last
-    good epoch.
+    keep the original) and left in eval mode. If the loss becomes NaN or
+    infinite, training stops with a ``ValueError`` naming the epoch and the model
+    keeps the weights of the last good epoch.
 
     Parameters
     ----------
@@ -706,6 +718,16 @@ def train_sq(
     train_baseline : The same loop without the penalty: float, all-binary or
         all-ternary training.
 
+    Notes
+    -----
+    A frozen model (``requires_grad=False``, as loaded for inference) is trained
+    too, also under ``torch.no_grad()``: the weights and biases of the layers it
+    quantizes are trained whatever their ``requires_grad`` flags, the other
+    parameters (BatchNorm, skipped layers) only where their flags allow. The
+    flags and the ``.grad`` are restored after training, also when it stops with
+    an error. Inside ``torch.inference_mode()`` it raises a ``RuntimeError``:
+    call it outside.
+
     Examples
     --------
     >>> import torch
@@ -753,51 +775,56 @@ def train_sq(
     ).to(loop.device)
     if freeze_beta:
         reg.theta.requires_grad_(False)
-    loop.keep.append(reg)
-    loop.snapshot()
-    params = list(model.parameters()) + [q for q in reg.parameters() if q.requires_grad]
-    opt = torch.optim.Adam(params, lr=loop.lr)
-    names = reg.layer_names
+    with loop.gradients("skquant.torch.train_sq"):
+        loop.keep.append(reg)
+        loop.snapshot()
+        params = list(model.parameters()) + [
+            q for q in reg.parameters() if q.requires_grad
+        ]
+        opt = torch.optim.Adam(params, lr=loop.lr)
+        names = reg.layer_names
 
-    bar = progress(range(epochs + finetune_epochs), desc="train_sq", enabled=verbose)
-    alphabets = weights = None
-    for epoch in bar:
-        if epoch < epochs:
-            reg.lam = schedule[epoch]
-            row = loop.epoch(epoch + 1, "train", opt, penalty=reg)
-            if validation_data is not None:
-                row["val_accuracy_projected"] = _accuracy(
-                    model,
-                    validation_data,
-                    loop.device,
-                    _straight_through(
-                        names,
-                        reg._layers,
-                        lambda i, w, now=reg.alphabets(beta_threshold): reg.project(
-                            w, i, now[names[i]]
-                        ),
-                    ),
-                )
-        else:
-            if alphabets is None:
-                alphabets = reg.alphabets(beta_threshold)
-                opt = torch.optim.Adam(model.parameters(), lr=loop.finetune_lr)
-
-                def weights():
-                    return _straight_through(
-                        names,
-                        reg._layers,
-                        lambda i, w: reg.project(w, i, alphabets[names[i]]),
-                    )
-
-            row = loop.epoch(epoch + 1, "finetune", opt, weights=weights)
-        row.update(
-            lam=reg.lam,
-            beta=dict(zip(names, reg.beta().tolist())),
-            a=dict(zip(names, reg.scale().tolist())),
-            zero_fraction=dict(zip(names, reg.zero_fraction())),
+        bar = progress(
+            range(epochs + finetune_epochs), desc="train_sq", enabled=verbose
         )
-        bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
+        alphabets = weights = None
+        for epoch in bar:
+            if epoch < epochs:
+                reg.lam = schedule[epoch]
+                row = loop.epoch(epoch + 1, "train", opt, penalty=reg)
+                if validation_data is not None:
+                    row["val_accuracy_projected"] = _accuracy(
+                        model,
+                        validation_data,
+                        loop.device,
+                        _straight_through(
+                            names,
+                            reg._layers,
+                            lambda i, w, now=reg.alphabets(beta_threshold): reg.project(
+                                w, i, now[names[i]]
+                            ),
+                        ),
+                    )
+            else:
+                if alphabets is None:
+                    alphabets = reg.alphabets(beta_threshold)
+                    opt = torch.optim.Adam(model.parameters(), lr=loop.finetune_lr)
+
+                    def weights():
+                        return _straight_through(
+                            names,
+                            reg._layers,
+                            lambda i, w: reg.project(w, i, alphabets[names[i]]),
+                        )
+
+                row = loop.epoch(epoch + 1, "finetune", opt, weights=weights)
+            row.update(
+                lam=reg.lam,
+                beta=dict(zip(names, reg.beta().tolist())),
+                a=dict(zip(names, reg.scale().tolist())),
+                zero_fraction=dict(zip(names, reg.zero_fraction())),
+            )
+            bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
     if alphabets is None:
         alphabets = reg.alphabets(beta_threshold)
     model.eval()
@@ -850,7 +877,8 @@ def train_baseline(
     :func:`skquant.torch.quantize_model` (per-tensor
     :class:`~skquant.BinaryQuantizer` ``scale="mean"`` or
     :class:`~skquant.TernaryQuantizer` ``scale="twn"``). The arguments, the NaN
-    stop and the history are those of :func:`train_sq`.
+    stop, the history and the handling of frozen models (its Notes) are those of
+    :func:`train_sq`.
 
     Parameters
     ----------
@@ -945,15 +973,16 @@ def train_baseline(
                 lambda i, w: _project(w, _baseline_scale(w, alphabet), alphabet),
             )
 
-    bar = progress(range(epochs), desc=f"train {alphabet}", enabled=verbose)
-    for epoch in bar:
-        row = loop.epoch(epoch + 1, "train", opt, weights=weights)
-        if alphabet != "float":
-            row["a"] = {
-                n: float(_baseline_scale(m.weight, alphabet))
-                for n, m in zip(names, modules)
-            }
-        bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
+    with loop.gradients("skquant.torch.train_baseline"):
+        bar = progress(range(epochs), desc=f"train {alphabet}", enabled=verbose)
+        for epoch in bar:
+            row = loop.epoch(epoch + 1, "train", opt, weights=weights)
+            if alphabet != "float":
+                row["a"] = {
+                    n: float(_baseline_scale(m.weight, alphabet))
+                    for n, m in zip(names, modules)
+                }
+            bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
     model.eval()
     alphabets = dict.fromkeys(names, alphabet)
     if alphabet == "float":
