@@ -359,3 +359,19 @@ def test_gradients_enabled_restores_on_error():
             assert model[0].weight.grad is not None
             raise _Boom
     _assert_state(model, before)
+
+
+def test_paths_without_gradients_keep_mixed_modes():
+    """quantize_model's walk and TorchNetwork.predict leave every module's mode
+    as it was (``model.train(was)`` would flatten a mixed model)."""
+    from skquant import UniformQuantizer
+    from skquant.torch import quantize_model
+    from skquant.torch._network import TorchNetwork
+
+    model, _ = _prepare("no_grad")
+    before = _state(model)
+    X, _ = _data()
+    quantize_model(model, UniformQuantizer(n_bits=4), X)
+    TorchNetwork(model).predict(X)
+    _assert_state(model, before)
+    assert [m.training for m in model.modules()] == [True, True, False, True, True]

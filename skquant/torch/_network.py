@@ -29,6 +29,7 @@ from ._layout import (
     to_numpy,
     weight_to_matrix,
 )
+from ._state import kept_state
 
 
 class _StopForward(Exception):
@@ -333,19 +334,16 @@ class TorchNetwork(Network):
         sampler = _RowSampler(sum(x.shape[0] for x in batches), max_rows, random_state)
         qmodel = copy.deepcopy(self.model)
         qmods = dict(qmodel.named_modules())
-        was_training = self.model.training
-        self.model.eval()
         qmodel.eval()
         order = []
         self._quantized = set()
-        try:
+        with kept_state(self.model):
+            self.model.eval()
             for step in self._walk_block(
                 self.model, qmodel, "", batches, batches, sampler, qmods, False
             ):
                 order.append(step.name)
                 yield step
-        finally:
-            self.model.train(was_training)
         missing = [n for n in self.layer_names if n not in order]
         if missing:
             raise ValueError(
@@ -630,9 +628,8 @@ class TorchNetwork(Network):
         vs = [torch.as_tensor(np.asarray(vector[k])).to(p) for k, p in zip(keys, ps)]
         out = [torch.zeros_like(p) for p in ps]
         n = 0
-        was = model.training
-        model.eval()
-        try:
+        with kept_state(model):
+            model.eval()
             for xb, yb in labelled_batches(data, self.batch_size):
                 xb, yb = xb.to(ps[0].device), yb.to(ps[0].device)
                 loss = self.loss_fn(model(xb.to(ps[0].dtype)), yb)
@@ -641,8 +638,6 @@ class TorchNetwork(Network):
                 for o, h in zip(out, torch.autograd.grad(dot, ps)):
                     o += h.detach() * len(xb)
                 n += len(xb)
-        finally:
-            model.train(was)
         if n == 0:
             raise ValueError("data holds no batch: nothing to compute the loss on.")
         return {k: to_numpy(o / n).astype(np.float64) for k, o in zip(keys, out)}
@@ -655,15 +650,7 @@ class TorchNetwork(Network):
     def predict(self, X):
         """The model's outputs on ``X`` (a tensor or an array), as a tensor."""
         dtype, device = _floating_dtype(self.model), _device(self.model)
-        was = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return torch.cat(
-                    [
-                        self.model(x)
-                        for x in input_batches(X, self.batch_size, dtype, device)
-                    ]
-                )
-        finally:
-            self.model.train(was)
+        with kept_state(self.model), torch.no_grad():
+            self.model.eval()
+            batches = input_batches(X, self.batch_size, dtype, device)
+            return torch.cat([self.model(x) for x in batches])

@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from .._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
-from ._gradients import gradients_enabled, kept_state
+from ._gradients import gradients_enabled
 from ._network import TorchNetwork
+from ._state import kept_state
 
 
 def measure_sensitivity(

@@ -1,0 +1,35 @@
+"""A user's model given back as it was: flags, gradients and modes."""
+
+import contextlib
+
+
+@contextlib.contextmanager
+def kept_state(model):
+    """Give ``model`` back as it was on leaving the block, also by an exception.
+
+    Every parameter gets back its ``requires_grad`` flag and its ``.grad``, and
+    every module its ``training`` flag (``model.train(was)`` would flatten mixed
+    modes). Parameter values are not saved: the training loops change them on
+    purpose.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The user's model.
+
+    Yields
+    ------
+    model : torch.nn.Module
+        The same model.
+    """
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag, grad in saved:
+            p.requires_grad_(flag)
+            # a grad saved before the model moved (train's device=) follows it
+            p.grad = grad if grad is None else grad.to(p)
