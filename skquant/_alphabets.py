@@ -3,7 +3,8 @@
 Every rule takes a 2-D array ``Wc`` whose columns are the channels (one column per
 output channel for ``granularity="per_channel"``, a single column holding the whole
 tensor for ``"per_tensor"``) and returns one positive scale per column in ``Wc``'s
-dtype. The numerics run in :mod:`skquant._kernels._msq`.
+dtype; :func:`stored_scale` then rounds them to the stored dtype,
+:data:`SCALE_DTYPE`. The numerics run in :mod:`skquant._kernels._msq`.
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,12 @@ from ._kernels import _msq
 from ._kernels._threads import effective_n_jobs, numba_threads
 
 _CODE_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+
+#: The dtype of every stored weight scale (``scale_`` of the weight quantizers),
+#: whatever the dtype of the weights: a float32 step is within a relative 1.2e-7 of
+#: the float64 one, far below the error of any grid it spaces, and costs 32 bits
+#: instead of 64 per channel in the stored size.
+SCALE_DTYPE = np.dtype(np.float32)
 
 
 def uniform_range(n_bits):
@@ -159,6 +166,28 @@ def safe_scale(scale, dtype):
     return np.where(scale >= info.tiny, scale, info.eps).astype(dtype, copy=False)
 
 
+def stored_scale(level):
+    """Scales as stored: in :data:`SCALE_DTYPE`, every one a usable step.
+
+    ``level`` (in the weights' dtype) is rounded up to the nearest float32, so a
+    grid never shrinks: max-abs steps still clip nothing. A step above float32's
+    largest number becomes that number (the weights beyond ``K`` times it are
+    clipped), and an unusable one (zero, or below float32's smallest normal
+    number: see :func:`safe_scale`) becomes ``finfo(float32).eps``. Every
+    computation with the scale (codes, dequantized values, the data-driven
+    methods, the torch layers) then uses this stored value, converted exactly to
+    the weights' dtype.
+    """
+    level = np.asarray(level)
+    top = np.finfo(SCALE_DTYPE).max
+    with np.errstate(over="ignore", invalid="ignore"):
+        level = np.where(level > top, top, level)
+        out = level.astype(SCALE_DTYPE)
+        below = out.astype(level.dtype) < level
+        out = np.where(below, np.nextafter(out, SCALE_DTYPE.type(np.inf)), out)
+    return safe_scale(out, SCALE_DTYPE)
+
+
 def absmax(Wc):
     """Per-column ``max |w|``."""
     out = np.empty(Wc.shape[1], dtype=Wc.dtype)
@@ -183,8 +212,10 @@ def mse_optimal_step(Wc, qmin, qmax, *, n_grid=100, n_jobs=None):
 
     Searches the clipping ratios ``rho = 1/n_grid, 2/n_grid, ..., 1`` of the max-abs
     step (a resolution of 1% of it by default) with the same rounding as the
-    transform. Since ``rho = 1`` (max-abs) is a candidate, the result is never worse
-    in squared error than max-abs.
+    transform. Since ``rho = 1`` (max-abs) is a candidate, and the best step is
+    compared with max-abs again once both are rounded to :data:`SCALE_DTYPE` (the
+    step that is stored), the stored result is never worse in squared error than
+    the stored max-abs step.
     """
     dtype = Wc.dtype.type
     base = safe_scale(absmax(Wc) / qmax, Wc.dtype)
@@ -199,7 +230,21 @@ def mse_optimal_step(Wc, qmin, qmax, *, n_grid=100, n_jobs=None):
     err[(steps < np.finfo(Wc.dtype).tiny) | np.isnan(err)] = np.inf
     # argmin takes the first minimum; prefer max-abs (the last ratio) on exact ties
     best = n_grid - 1 - np.argmin(err[::-1], axis=0)
-    return (base * ratios[best]).astype(Wc.dtype)
+    found = stored_scale(base * ratios[best]).astype(Wc.dtype)
+    maxabs = stored_scale(base).astype(Wc.dtype)
+    # rounding to the stored dtype may reorder near-ties: keep max-abs where the
+    # rounded search result is worse than the rounded max-abs step
+    worse = _sq_errors(Wc, found, qmin, qmax) > _sq_errors(Wc, maxabs, qmin, qmax)
+    return np.where(worse, maxabs, found)
+
+
+def _sq_errors(Wc, step, qmin, qmax):
+    """Per-column squared error of the grid ``step * [qmin, qmax]`` (as transform)."""
+    dtype = Wc.dtype.type
+    one = np.ones(1, dtype=Wc.dtype)
+    err = np.empty((1, Wc.shape[1]))
+    _msq.grid_mse_errors(Wc, step, one, dtype(qmin), dtype(qmax), err)
+    return err[0]
 
 
 def ternary_optimal_level(Wc, n_jobs=None):

@@ -9,7 +9,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _alphabets
-from ._alphabets import Alphabet, channel_view, code_dtype, safe_scale
+from ._alphabets import Alphabet, channel_view, code_dtype, safe_scale, stored_scale
 from ._kernels import _msq
 from ._kernels._threads import numba_threads
 from ._packing import QuantizedTensor, unpack_codes
@@ -75,7 +75,8 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
             level = check_user_scale(
                 scale, Wc.shape[1], "scale", type(self).__name__, W.dtype
             )
-        self.scale_ = safe_scale(level, W.dtype)
+        self.scale_ = stored_scale(level)
+        self._fit_dtype = W.dtype
         self.qmin_, self.qmax_, self.n_bits_ = int(qmin), int(qmax), int(n_bits)
         return W
 
@@ -171,8 +172,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         codes : array-like of int of shape (n_in, n_out)
             Codes as returned by :meth:`encode`.
         dtype : {np.float32, np.float64}, default=None
-            Output dtype; ``None`` takes the dtype of ``scale_`` (that of the data
-            seen in :meth:`fit`).
+            Output dtype; ``None`` takes the dtype of the data seen in :meth:`fit`.
 
         Returns
         -------
@@ -199,6 +199,8 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         return Alphabet(self._alphabet, self.qmin_, self.qmax_, self.n_bits_)
 
     def _tensor(self, codes, dtype=None):
+        if dtype is None:  # the dtype of the fitted W (scale_ is float32 whatever it)
+            dtype = getattr(self, "_fit_dtype", None)
         return QuantizedTensor(
             codes=codes,
             scale=self.scale_,

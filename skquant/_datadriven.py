@@ -76,7 +76,9 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         else:
             msq = UniformQuantizer(n_bits=n_bits, scale=scale, n_jobs=self.n_jobs)
         msq.fit(W)
+        # the stored (float32) scales: every code below is computed against them
         self.scale_ = msq.scale_
+        self._fit_dtype = msq._fit_dtype
         self.qmin_, self.qmax_, self.n_bits_ = msq.qmin_, msq.qmax_, msq.n_bits_
         self._alphabet = msq._alphabet
         return msq

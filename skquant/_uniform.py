@@ -47,7 +47,8 @@ class UniformQuantizer(BaseWeightQuantizer):
     ----------
     scale_ : ndarray of shape (n_out,) or (1,)
         Step of each channel's grid (one entry with ``granularity="per_tensor"``),
-        in the dtype of the data seen in :meth:`fit`.
+        in float32 whatever the dtype of ``W`` (the stored scale: codes and
+        dequantized values are computed against it).
     qmin_ : int
         Smallest code, ``-K``.
     qmax_ : int
@@ -67,25 +68,29 @@ class UniformQuantizer(BaseWeightQuantizer):
     Rounding is half to even (``np.rint``, the same as ``torch.round``), computed as
     ``rint(w * (1 / scale))`` in ``W``'s dtype; codes are clipped to ``[-K, K]``.
     Inside the range ``|w - Q(w)| <= scale / 2`` up to one rounding of the
-    product. An all-zero channel (or one whose step would be below the dtype's
-    smallest normal number) gets the step ``finfo(dtype).eps``.
+    product. The step is stored in float32 whatever ``W``'s dtype, rounded up (a
+    relative change below ``2**-23``; max-abs still clips nothing), and every code
+    and dequantized value is computed against the stored step, converted exactly
+    to ``W``'s dtype. An all-zero
+    channel (or one whose step would be below float32's smallest normal number)
+    gets the step ``finfo(float32).eps``.
 
     Examples
     --------
     >>> import numpy as np
     >>> from skquant import UniformQuantizer
-    >>> W = np.array([[0.5, -1.0], [0.25, 0.3], [-0.1, 2.0]])
+    >>> W = np.array([[0.75, -1.5], [0.375, 0.3], [-0.1, 3.0]])
     >>> q = UniformQuantizer(n_bits=3).fit(W)
     >>> q.scale_
-    array([0.16666667, 0.66666667])
-    >>> q.encode(W)
+    array([0.25, 1.  ], dtype=float32)
+    >>> q.encode(W)  # 0.375 / 0.25 = 1.5 and -1.5 / 1 round to the even code
     array([[ 3, -2],
            [ 2,  0],
-           [-1,  3]], dtype=int8)
+           [ 0,  3]], dtype=int8)
     >>> q.transform(W)
-    array([[ 0.5       , -1.33333333],
-           [ 0.33333333,  0.        ],
-           [-0.16666667,  2.        ]])
+    array([[ 0.75, -2.  ],
+           [ 0.5 ,  0.  ],
+           [ 0.  ,  3.  ]])
     """
 
     _parameter_constraints: dict = {
@@ -147,7 +152,7 @@ class TernaryQuantizer(BaseWeightQuantizer):
     Attributes
     ----------
     scale_ : ndarray of shape (n_out,) or (1,)
-        The level ``a`` of each channel.
+        The level ``a`` of each channel, in float32 (the stored scale).
     qmin_ : int
         Smallest code, -1.
     qmax_ : int
@@ -180,7 +185,7 @@ class TernaryQuantizer(BaseWeightQuantizer):
     >>> W = np.array([[1.0], [0.9], [0.1], [-1.1]])
     >>> q = TernaryQuantizer().fit(W)
     >>> q.scale_
-    array([1.])
+    array([1.], dtype=float32)
     >>> q.transform(W).ravel()
     array([ 1.,  1.,  0., -1.])
     """
@@ -228,7 +233,7 @@ class BinaryQuantizer(BaseWeightQuantizer):
     Attributes
     ----------
     scale_ : ndarray of shape (n_out,) or (1,)
-        The level ``a`` of each channel.
+        The level ``a`` of each channel, in float32 (the stored scale).
     qmin_ : int
         Smallest code, -1.
     qmax_ : int
@@ -250,7 +255,7 @@ class BinaryQuantizer(BaseWeightQuantizer):
     >>> W = np.array([[0.5, -2.0], [-1.5, 0.0]])
     >>> q = BinaryQuantizer().fit(W)
     >>> q.scale_
-    array([1., 1.])
+    array([1., 1.], dtype=float32)
     >>> q.transform(W)
     array([[ 1., -1.],
            [-1.,  1.]])

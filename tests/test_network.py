@@ -99,7 +99,7 @@ def test_network_per_layer_mapping_and_report():
     methods = [r["method"] for r in res.report.rows]
     assert methods == ["GreedyPath", "Uniform", "Uniform"]
     assert [r["bits"] for r in res.report.rows][1] == pytest.approx(
-        (8 * packed_size(300, 8) + 64 * 10) / 300  # packed codes, float64 scales
+        (8 * packed_size(300, 8) + 32 * 10) / 300  # packed codes, float32 scales
     )
     # layers not named stay float without a default
     res = quantize_network(layers, {"layer_1": UniformQuantizer(n_bits=2)}, X)

@@ -86,9 +86,23 @@ def test_size_bits_counts_codes_and_scales(alphabet, n_bits, bits_per_code):
     assert per_tensor.size_bits == expected - 9 * 32
 
 
-def test_float64_scales_count_64_bits():
+def test_size_counts_the_scales_real_dtype():
+    # quantizers store float32 scales whatever W's dtype; a tensor built with
+    # float64 scales is counted at 64 bits a scale
     W = np.random.default_rng(0).standard_normal((16, 4))
-    assert quantize(W, n_bits=4).size_bits == 16 * 4 * 4 + 4 * 64
+    qt = quantize(W, n_bits=4)
+    assert qt.scale.dtype == np.float32
+    assert qt.size_bits == 16 * 4 * 4 + 4 * 32
+    wide = QuantizedTensor(
+        codes=qt.codes,
+        scale=qt.scale.astype(np.float64),
+        n_bits=4,
+        qmin=qt.qmin,
+        qmax=qt.qmax,
+        float_dtype=np.float64,
+    )
+    assert wide.size_bits == 16 * 4 * 4 + 4 * 64
+    assert_array_equal(wide.dequantize(), qt.dequantize())
 
 
 def test_quantized_tensor_affine_counts_zero_points():
