@@ -19,7 +19,9 @@ already quantized layers before it):
 The test accuracy is plotted against the stored bits per parameter, counted by
 ``size_bits_`` (packed codes, one float32 scale per neuron, float32 biases). MNIST
 is read from disk with :func:`skquant.datasets.load_mnist` (nothing is downloaded);
-where it is absent the example falls back to scikit-learn's bundled 8x8 digits.
+where its files are absent the example falls back to scikit-learn's bundled 8x8
+digits. The first lines printed below, and the plot's title, say which data set this
+page was built with: after a fallback its numbers are the digits', not MNIST's.
 """
 
 # %%
@@ -55,8 +57,13 @@ else:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    dataset, max_iter = "digits (MNIST not found)", 300
-    print("MNIST is not available; falling back to scikit-learn's digits.")
+    dataset, max_iter = "digits (fallback: MNIST files absent)", 300
+    print(
+        "FALLBACK: the MNIST files were not found (in $SKQUANT_DATA or "
+        "~/skquant_data),\nso this run uses scikit-learn's 8x8 digits instead: "
+        "every number and plot below is\nfor the digits, not MNIST. Fetch MNIST "
+        "with `bash benchmarks/get_data.sh` and rerun."
+    )
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(
         X / 16, y, test_size=0.3, random_state=0
@@ -67,7 +74,10 @@ with warnings.catch_warnings():
     mlp = MLPClassifier((128,), max_iter=max_iter, random_state=0).fit(X_train, y_train)
 float_acc = mlp.score(X_test, y_test)
 n_params = sum(W.size + b.size for W, b in zip(mlp.coefs_, mlp.intercepts_))
-print(f"{dataset}: {X_train.shape[0]} training images, {X_test.shape[0]} test images")
+print(
+    f"data: {dataset}, {X_train.shape[0]} training images, "
+    f"{X_test.shape[0]} test images"
+)
 print(f"float network: test accuracy {float_acc:.4f}, {n_params} parameters")
 
 # %%
