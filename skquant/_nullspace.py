@@ -362,6 +362,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             c = np.abs(Z).max(axis=0)
             self._fit_alphabet(W)
             K = self.alphabet_record_.largest_code
+            # in W's dtype: the basic solution's entries at +-c lie on the grid
+            # only with the exact c / K (a float32 step rounded up would leave
+            # them inside their cells)
             self.scale_ = np.where(c > 0, c / K, self.scale_).astype(W.dtype)
         codes, Z = self._codes(W64, Xq, Xf, Z=Z)
         self._diagnostics(W64, Z, codes, Xq, Xf)

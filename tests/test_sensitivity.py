@@ -53,7 +53,7 @@ def test_noise_is_measured_on_the_logits(held_out, measured):
     assert measured.noise[2, 0] == pytest.approx(np.mean(np.sum(diff**2, axis=1)))
     assert measured.weight_error[2, 0] == pytest.approx(np.sum((W - Q) ** 2))
     # the size is the stored tensor's: 3-bit codes and one float64 scale a column
-    assert measured.size[2, 0] == 3 * W.size + 64 * W.shape[1]
+    assert measured.size[2, 0] == 3 * W.size + 32 * W.shape[1]
 
 
 def test_noise_adds_up_across_layers(measured):
