@@ -5,8 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.skquant-installed
 export SKQUANT_DOCS_OFFLINE ?= 1
+# `make test` (and CI) draws the same hypothesis examples every run, so a red run
+# always means a change broke something; `make explore` draws new ones.
+export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: demo test docs lint bench clean
+.PHONY: demo test explore docs lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+explore: $(STAMP)
+	HYPOTHESIS_PROFILE=skquant $(PY) -m pytest -n 2 -q
 
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
