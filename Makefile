@@ -9,7 +9,7 @@ export SKQUANT_DOCS_OFFLINE ?= 1
 # always means a change broke something; `make explore` draws new ones.
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: demo test explore docs lint bench clean
+.PHONY: demo test explore docs lint bench snapshot clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ docs: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check skquant tests benchmarks
+
+# A refactor changes no number: fingerprint of every quantizer's and driver's results
+# against the one recorded before it (one thread; recorded on the development machine).
+snapshot: $(STAMP)
+	$(PY) benchmarks/snapshot.py --check benchmarks/results/snapshot.json
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_msq_speed.py
