@@ -9,7 +9,7 @@ checked against the model):
 * ``msq b``: :class:`~skquant.UniformQuantizer` per output channel at ``b`` =
   2..8 bits (biases kept in float32): packed codes, float32 scales, biases;
 * ``msq b + range``: the same codes with the precision map's range coder
-  (``skquant._fixedpoint.encode_symbols``: levels, counts and a range-coded
+  (``skquant._tensor._fixedpoint.encode_symbols``: levels, counts and a range-coded
   stream per tensor) instead of fixed-width packing;
 * ``gpfq b`` (and ``+ range``): :class:`~skquant.GreedyPathQuantizer` on 1024
   training images, same storage;
@@ -51,7 +51,7 @@ from _models import accuracy, trained  # noqa: E402
 
 import skquant  # noqa: E402
 from skquant import GreedyPathQuantizer, UniformQuantizer  # noqa: E402
-from skquant._fixedpoint import (  # noqa: E402
+from skquant._tensor._fixedpoint import (  # noqa: E402
     MAP_CODERS,
     decode_symbols,
     encode_symbols,

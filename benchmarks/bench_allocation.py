@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from skquant import allocate_bits
-from skquant._allocation import greedy_bits
+from skquant._layerbits._allocation import greedy_bits
 
 
 def main():

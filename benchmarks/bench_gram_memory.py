@@ -12,7 +12,7 @@ the Cholesky form forced.
 
 Part 2 (``--crossover``): one layer, GPTQ's Cholesky form against its low-rank
 form at several (m, n_in), median of ``--repeat`` fits each, in this process; the
-ratio picks ``skquant._gptq.LOWRANK_FLOP_RATIO``.
+ratio picks ``skquant._quantizers._gptq.LOWRANK_FLOP_RATIO``.
 
 Run (threads as the machine has):
     .venv/bin/python benchmarks/bench_gram_memory.py            # both parts
@@ -43,7 +43,7 @@ def child(method):
     import numpy as np
     import torch
 
-    import skquant._gptq as gptq
+    import skquant._quantizers._gptq as gptq
     from skquant import GPTQQuantizer, GreedyPathQuantizer, NullSpaceQuantizer
     from skquant.torch import quantize_model
 
@@ -75,40 +75,70 @@ def child(method):
     quantize_model(net, quantizer, x)
     seconds = time.perf_counter() - t0
     after = _hwm_gb()
-    print(json.dumps({"method": method, "seconds": seconds, "hwm_before_gb": before,
-                      "hwm_after_gb": after}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "seconds": seconds,
+                "hwm_before_gb": before,
+                "hwm_after_gb": after,
+            }
+        )
+    )
 
 
 def wide():
     matrix_gb = 8 * N_IN**2 / 1e9
-    print(f"Linear({N_IN}->10) after two convs, 256 images, 4 bits; one float64 "
-          f"n_in x n_in matrix = {matrix_gb:.2f} GB")
-    print(f"{'method':<15} {'seconds':>8} {'peak before':>12} {'peak after':>11} "
-          f"{'added':>7} {'added / matrix':>15}")
+    print(
+        f"Linear({N_IN}->10) after two convs, 256 images, 4 bits; one float64 "
+        f"n_in x n_in matrix = {matrix_gb:.2f} GB"
+    )
+    print(
+        f"{'method':<15} {'seconds':>8} {'peak before':>12} {'peak after':>11} "
+        f"{'added':>7} {'added / matrix':>15}"
+    )
     for method in METHODS:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", method],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, __file__, "--child", method],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         r = json.loads(out)
         added = r["hwm_after_gb"] - r["hwm_before_gb"]
-        print(f"{method:<15} {r['seconds']:8.1f} {r['hwm_before_gb']:10.2f}GB "
-              f"{r['hwm_after_gb']:9.2f}GB {added:6.2f}GB {added / matrix_gb:14.2f}x")
+        print(
+            f"{method:<15} {r['seconds']:8.1f} {r['hwm_before_gb']:10.2f}GB "
+            f"{r['hwm_after_gb']:9.2f}GB {added:6.2f}GB {added / matrix_gb:14.2f}x"
+        )
 
 
 def crossover(repeat):
     import numpy as np
 
-    import skquant._gptq as gptq
+    import skquant._quantizers._gptq as gptq
     from skquant import GPTQQuantizer
 
     rng = np.random.default_rng(0)
-    shapes = [(256, 784), (256, 1600), (256, 3136), (512, 3136), (1024, 3136),
-              (256, 4608), (512, 8192)]
-    GPTQQuantizer(n_bits=4).fit(rng.standard_normal((64, 4)),
-                                activations=rng.standard_normal((16, 64)))
-    print(f"{'m':>5} {'n_in':>6} {'cholesky s':>11} {'low-rank s':>11} "
-          f"{'ratio':>6} {'auto picks':>11}")
+    shapes = [
+        (256, 784),
+        (256, 1600),
+        (256, 3136),
+        (512, 3136),
+        (1024, 3136),
+        (256, 4608),
+        (512, 8192),
+    ]
+    GPTQQuantizer(n_bits=4).fit(
+        rng.standard_normal((64, 4)), activations=rng.standard_normal((16, 64))
+    )
+    print(
+        f"{'m':>5} {'n_in':>6} {'cholesky s':>11} {'low-rank s':>11} "
+        f"{'ratio':>6} {'auto picks':>11}"
+    )
     original = gptq._use_lowrank
     for m, n in shapes:
         X = rng.standard_normal((m, n))
@@ -124,8 +154,10 @@ def crossover(repeat):
             times[lowrank] = statistics.median(runs)
         gptq._use_lowrank = original
         pick = "low-rank" if original(m, n) else "cholesky"
-        print(f"{m:5d} {n:6d} {times[False]:11.3f} {times[True]:11.3f} "
-              f"{times[False] / times[True]:6.2f} {pick:>11}")
+        print(
+            f"{m:5d} {n:6d} {times[False]:11.3f} {times[True]:11.3f} "
+            f"{times[False] / times[True]:6.2f} {pick:>11}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ import torch
 from _models import trained
 
 from skquant import UniformQuantizer
-from skquant._allocation import allocate_bits, closed_form_bits, pareto_choices
-from skquant._sensitivity import choice_quantizer, decisions
+from skquant._layerbits._allocation import (
+    allocate_bits,
+    closed_form_bits,
+    pareto_choices,
+)
+from skquant._layerbits._sensitivity import choice_quantizer, decisions
 from skquant.torch import TorchNetwork, measure_sensitivity
 
 NETWORKS = [

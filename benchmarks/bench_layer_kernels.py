@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-import skquant._gpfq as gpfq_module
+import skquant._quantizers._gpfq as gpfq_module
 from skquant import GPTQQuantizer, GreedyPathQuantizer, NullSpaceQuantizer
 
 LAYERS = {

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
-from skquant._nullspace import row_space
+from skquant._quantizers._nullspace import row_space
 from skquant.datasets import load_mnist, mnist_available
 
 

@@ -7,12 +7,12 @@ import time
 
 import numpy as np
 
-from ._gpfq import GreedyPathQuantizer
-from ._network import MLPNetwork, layer_errors, quantize_layers
-from ._nullspace import NullSpaceQuantizer
-from ._packing import QuantizedTensor
-from ._progress import progress
-from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from ._common._progress import progress
+from ._network._drivers import MLPNetwork, layer_errors, quantize_layers
+from ._quantizers._gpfq import GreedyPathQuantizer
+from ._quantizers._nullspace import NullSpaceQuantizer
+from ._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from ._tensor._packing import QuantizedTensor
 from .metrics import compression_ratio, model_size_bits
 
 
@@ -87,7 +87,7 @@ def quantize_mlp(mlp, quantizer, X_calib, X_eval=None):
 
 def file_bytes(tensors):
     """Bytes of the skquant file holding ``tensors`` (weights and biases, in order)."""
-    from ._io import save
+    from ._tensor._io import save
 
     named = {
         f"layer_{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": t
@@ -107,7 +107,7 @@ def adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval, loss_bound=3.0):
     stored tensors (coded payload, coded precision map, exponents), as
     ``result.save`` writes them, then the coded payload alone (a part of that file).
     """
-    from ._precision import adaptive_quantize_mlp
+    from ._precision._adaptive import adaptive_quantize_mlp
 
     res = adaptive_quantize_mlp(mlp, Xtr, ytr, loss_bound=loss_bound)
     h = res.history[-1]
@@ -148,7 +148,7 @@ def layer_bits_rows(mlp, X_calib, y_calib, Xte, yte, X_eval):
     at most 1 (an expected accuracy drop of about half a point), over MSQ at
     ternary and 2 to 8 bits.
     """
-    from ._layerbits import LayerBitAllocator
+    from ._layerbits._estimator import LayerBitAllocator
 
     alloc = LayerBitAllocator(mlp, bits=("ternary", 2, 3, 4, 5, 6, 8))
     alloc.fit(X_calib, y_calib)

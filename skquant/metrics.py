@@ -7,7 +7,7 @@ Weights have shape ``(n_in, n_out)`` and activations ``(m, n_in)``; a layer comp
 import numpy as np
 from sklearn.utils import check_array
 
-from ._packing import QuantizedTensor
+from ._tensor._packing import QuantizedTensor
 
 __all__ = [
     "compression_ratio",

@@ -391,9 +391,9 @@ def predicted_rate(method, m, n_in):
 
 
 def _method_estimator(method, n_bits, rounding):
-    from ._gpfq import GreedyPathQuantizer
-    from ._nullspace import NullSpaceQuantizer
-    from ._uniform import UniformQuantizer
+    from ._quantizers._gpfq import GreedyPathQuantizer
+    from ._quantizers._nullspace import NullSpaceQuantizer
+    from ._quantizers._uniform import UniformQuantizer
 
     if method == "msq":
         return UniformQuantizer(n_bits=n_bits)
@@ -469,7 +469,7 @@ def error_decay(
     >>> bool(res["slopes"][("grid", 4)] < res["slopes"][("msq", 4)])
     True
     """
-    from ._progress import progress
+    from ._common._progress import progress
     from .datasets import make_gaussian_layer
     from .metrics import relative_error
 

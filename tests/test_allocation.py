@@ -146,7 +146,7 @@ def test_table_errors():
 @settings(max_examples=100, deadline=None)
 @given(data=st.data(), by_budget=st.booleans())
 def test_greedy_is_feasible_and_never_beats_the_exact_allocation(data, by_budget):
-    from skquant._allocation import greedy_bits
+    from skquant._layerbits._allocation import greedy_bits
 
     cost, size = data.draw(tables())
     rows = np.arange(cost.shape[0])
@@ -169,7 +169,7 @@ def test_greedy_is_feasible_and_never_beats_the_exact_allocation(data, by_budget
 
 
 def test_greedy_misses_the_optimum_when_layers_differ_in_size():
-    from skquant._allocation import greedy_bits
+    from skquant._layerbits._allocation import greedy_bits
 
     # layer 0 (100 weights) buys a large drop with a large upgrade; layer 1 (1
     # weight) a slightly better drop per bit; greedy takes layer 1 first and then
@@ -182,7 +182,7 @@ def test_greedy_misses_the_optimum_when_layers_differ_in_size():
 
 
 def test_greedy_errors():
-    from skquant._allocation import greedy_bits
+    from skquant._layerbits._allocation import greedy_bits
 
     with pytest.raises(ValueError, match="exactly one of budget and max_cost"):
         greedy_bits([[1.0]], [[1.0]])

@@ -12,7 +12,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skquant import AdaptivePrecisionQuantizer
-from skquant._datadriven import BaseDataQuantizer
+from skquant._quantizers._datadriven import BaseDataQuantizer
 from skquant.utils.discovery import all_estimators
 
 

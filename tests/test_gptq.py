@@ -14,7 +14,7 @@ from skquant import (
     TernaryQuantizer,
     UniformQuantizer,
 )
-from skquant._gram import inverse_upper_cholesky as _inverse_upper_cholesky
+from skquant._quantizers._gram import inverse_upper_cholesky as _inverse_upper_cholesky
 
 BITS = [2, 3, 4, 8, "ternary", "binary"]
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import skquant._gptq as gptq_module
+import skquant._quantizers._gptq as gptq_module
 from skquant import GPTQQuantizer
-from skquant._gram import gram, inverse_upper_cholesky, triangle_product
+from skquant._quantizers._gram import gram, inverse_upper_cholesky, triangle_product
 
 shapes = st.tuples(st.integers(1, 12), st.integers(1, 30), st.integers(1, 5))
 
@@ -96,8 +96,9 @@ def test_gptq_lowrank_form_gives_the_cholesky_codes(
     X = rng.standard_normal((m, n)) * rng.uniform(0.1, 2.0, n)
     Xf = X + 0.1 * rng.standard_normal((m, n))
     W = rng.standard_normal((n, n_out)) / np.sqrt(n)
-    params = dict(n_bits=n_bits, act_order=act_order, target=target,
-                  block_size=block_size)
+    params = dict(
+        n_bits=n_bits, act_order=act_order, target=target, block_size=block_size
+    )
     fits = {}
     original = gptq_module._use_lowrank
     try:
@@ -127,7 +128,7 @@ WIDE = textwrap.dedent(
     import json, sys
     import numpy as np
     from skquant import GPTQQuantizer, NullSpaceQuantizer
-    from skquant._gram import gram
+    from skquant._quantizers._gram import gram
     rng = np.random.default_rng(0)
     X = np.maximum(rng.standard_normal((256, 18432)), 0)
     W = rng.standard_normal((18432, 10)) / 100
@@ -151,7 +152,10 @@ def test_wide_layer_finishes_in_a_subprocess(threads, work):
     this machine has cores, and GPTQ and the null-space method fit the layer."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
     proc = subprocess.run(
-        [sys.executable, "-c", WIDE, work], capture_output=True, text=True, env=env,
+        [sys.executable, "-c", WIDE, work],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

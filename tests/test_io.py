@@ -26,7 +26,7 @@ from skquant import (
     TernaryQuantizer,
     UniformQuantizer,
 )
-from skquant._io import FileFormatError
+from skquant._tensor._io import FileFormatError
 
 
 def _data_bytes(path):
@@ -75,7 +75,7 @@ def test_affine_and_data_driven_tensors(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 12)) + 1
     aq = ActivationQuantizer(n_bits=4).fit(X)
-    from skquant._packing import QuantizedTensor
+    from skquant._tensor._packing import QuantizedTensor
 
     codes = aq.encode(X)
     W = rng.standard_normal((12, 6))
@@ -332,7 +332,7 @@ def test_torch_save_model_gets_the_umask_permissions(tmp_path, umask):
 
 
 def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
-    from skquant import _io
+    from skquant._tensor import _io
 
     def fail(*args):
         raise OSError("disk full")
@@ -344,7 +344,7 @@ def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
 
 
 def test_newer_version_is_refused(tmp_path):
-    from skquant import _io
+    from skquant._tensor import _io
 
     writer = _io._Writer()
     writer.array("a", np.ones(3))
@@ -378,7 +378,7 @@ def test_file_of_another_kind(tmp_path, saved_model):
 @given(data=st.data())
 def test_flipped_bytes_never_give_a_wrong_model(tmp_path_factory, data):
     """Fuzz: flip bytes anywhere; the loader raises, or returns the same model."""
-    import skquant._io as io
+    import skquant._tensor._io as io
 
     q = test_flipped_bytes_never_give_a_wrong_model.q
     blob = bytearray(test_flipped_bytes_never_give_a_wrong_model.blob)
@@ -407,7 +407,7 @@ def _fuzz_setup():
         warnings.simplefilter("ignore")
         mlp = MLPClassifier((8,), max_iter=50, random_state=0).fit(X, y[:300])
     q = QuantizedMLP(mlp, UniformQuantizer(n_bits=3), random_state=0).fit(X)
-    from skquant import _io
+    from skquant._tensor import _io
 
     writer = _io._Writer()
     model = q._to_file(writer)

@@ -20,8 +20,8 @@ from skquant import (
     TernaryQuantizer,
     UniformQuantizer,
 )
-from skquant._network import quantize_network
-from skquant._packing import packed_size
+from skquant._network._drivers import quantize_network
+from skquant._tensor._packing import packed_size
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from sklearn.exceptions import NotFittedError
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
 from skquant._kernels import _nullspace
-from skquant._nullspace import row_space, walk_chunk, walk_to_vertices
+from skquant._quantizers._nullspace import row_space, walk_chunk, walk_to_vertices
 from skquant.datasets import make_gaussian_layer
 from skquant.metrics import relative_error
 
@@ -297,7 +297,7 @@ def test_no_freedom_warns_and_rounds_everything():
 
 def test_lp_without_freedom_skips_the_programs(monkeypatch):
     """rank >= n_in fixes z by the equality: no LP is solved."""
-    import skquant._nullspace as ns
+    import skquant._quantizers._nullspace as ns
 
     def no_lp(*args, **kwargs):
         raise AssertionError("an LP was solved")
@@ -398,7 +398,7 @@ def test_gpfq_gram_form_equals_the_path(n_bits, block_size):
             np.linalg.norm(X_target @ W - Xq @ Q, axis=0), residual, rtol=1e-9
         )
     # the public fit picks the form by its cost
-    from skquant._gpfq import _use_gram
+    from skquant._quantizers._gpfq import _use_gram
 
     assert _use_gram(1024, 4096, 4096) and not _use_gram(8, 4096, 4)
 
@@ -408,7 +408,7 @@ def test_gpfq_gram_form_equals_the_path(n_bits, block_size):
 def test_no_freedom_gram_form_equals_the_path(n_bits, targets, monkeypatch):
     """Without freedom every coordinate is rounded greedily; the Gram form over
     all neurons gives the per-neuron path's codes (on-grid entries kept)."""
-    import skquant._nullspace as ns
+    import skquant._quantizers._nullspace as ns
 
     rng = np.random.default_rng(1)
     X = rng.standard_normal((400, 50))

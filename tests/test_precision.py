@@ -11,7 +11,11 @@ from numpy.testing import assert_array_equal
 
 from skquant import AdaptivePrecisionQuantizer
 from skquant._kernels import _precision
-from skquant._precision import allocate_precision, precision_map_bits, water_fill
+from skquant._precision._adaptive import (
+    allocate_precision,
+    precision_map_bits,
+    water_fill,
+)
 
 
 def _reference_kappa(a, budget, delta):

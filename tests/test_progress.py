@@ -11,8 +11,8 @@ import time
 import pytest
 
 import skquant
-from skquant import _progress
-from skquant._progress import progress, run_in_batches
+from skquant._common import _progress
+from skquant._common._progress import progress, run_in_batches
 
 
 class FakeClock:

@@ -27,7 +27,7 @@ from skquant import (
     TernaryQuantizer,
     UniformQuantizer,
 )
-from skquant._alphabets import SCALE_DTYPE, stored_scale
+from skquant._tensor._alphabets import SCALE_DTYPE, stored_scale
 
 MEMORYLESS = [
     UniformQuantizer(n_bits=4),

@@ -14,8 +14,8 @@ from skquant import (
     UniformQuantizer,
     measure_sensitivity,
 )
-from skquant._network import MLPNetwork
-from skquant._sensitivity import _fit, flip_rate, margin_threshold
+from skquant._layerbits._sensitivity import _fit, flip_rate, margin_threshold
+from skquant._network._drivers import MLPNetwork
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ class FakeQuantize(nn.Module):
         """
         from sklearn.utils.validation import check_is_fitted
 
-        from .._alphabets import safe_scale
+        from .._tensor._alphabets import safe_scale
 
         check_is_fitted(est)
         if getattr(est, "_alphabet", "uniform") == "binary":

@@ -270,7 +270,7 @@ def adaptive_quantize_model(
     >>> res.history[-1]["loss"] <= 1.2 * res.history[0]["loss"]
     True
     """
-    from .._precision import adaptive_quantize_network
+    from .._precision._adaptive import adaptive_quantize_network
     from ._network import TorchNetwork
 
     data = data if isinstance(data, tuple) else list(data)

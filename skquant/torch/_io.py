@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _io
+from .._tensor import _io
 from ._layout import to_numpy
 
 

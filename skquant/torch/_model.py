@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._network import quantize_layers
+from .._network._drivers import quantize_layers
 from ._layout import layer_inputs_matrix, matrix_to_weight
 from ._network import TorchNetwork, _device, _floating_dtype, input_batches
 
@@ -86,12 +86,12 @@ class _QuantMixin:
         qt : QuantizedTensor
             Codes unpacked from ``weight_packed``, with ``weight_scale``.
         """
-        from .._io import _tensor_from
+        from .._tensor._io import _tensor_from
         from ._layout import to_numpy
 
         shape = tuple(self.weight.shape)
         if "weight_bits" in self._buffers:
-            from .._packing import QuantizedTensor
+            from .._tensor._packing import QuantizedTensor
 
             n_out = shape[0]
             return QuantizedTensor(

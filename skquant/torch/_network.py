@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._network import LayerStep, Network
+from .._network._drivers import LayerStep, Network
 from ._layout import (
     check_supported,
     matrix_to_weight,

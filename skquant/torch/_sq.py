@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .._common._progress import progress
 from .._kernels import _sq as _sq_kernels
-from .._progress import progress
-from .._uniform import BinaryQuantizer, TernaryQuantizer
+from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer
 from ._gradients import autograd_tensor, gradients_enabled
 from ._network import TorchNetwork
 

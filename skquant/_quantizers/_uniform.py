@@ -5,9 +5,9 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from . import _alphabets
+from .._kernels import _msq
+from .._tensor import _alphabets
 from ._base import BaseWeightQuantizer
-from ._kernels import _msq
 
 __all__ = ["BinaryQuantizer", "TernaryQuantizer", "UniformQuantizer"]
 

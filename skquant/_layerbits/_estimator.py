@@ -209,8 +209,8 @@ class LayerBitAllocator(BaseEstimator):
             verbose=self.verbose,
         )
         if _is_torch_module(self.estimator):
-            from .torch import measure_sensitivity as measure_torch
-            from .torch._gradients import check_autograd
+            from ..torch import measure_sensitivity as measure_torch
+            from ..torch._gradients import check_autograd
 
             if self.criterion == "hessian":  # the error names this entry point
                 check_autograd(self.estimator, "LayerBitAllocator(criterion='hessian')")

@@ -41,7 +41,7 @@ import zlib
 
 import numpy as np
 
-from ._kernels import _packing
+from .._kernels import _packing
 
 __all__ = [
     "MAP_CODERS",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._kernels import _msq
-from ._kernels._threads import effective_n_jobs, numba_threads
+from .._kernels import _msq
+from .._kernels._threads import effective_n_jobs, numba_threads
 
 _CODE_DTYPES = (np.int8, np.uint8, np.int16, np.uint16, np.int32)
 

@@ -6,9 +6,9 @@ import numpy as np
 from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._kernels import _gptq
 from ._datadriven import BaseDataQuantizer
 from ._gram import gram, inverse_upper_cholesky
-from ._kernels import _gptq
 
 __all__ = ["GPTQQuantizer"]
 
@@ -154,9 +154,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         # no signal at all: H = I, every error is as good as any other (round to
         # nearest)
         lam = self.damp * mean_diag if mean_diag > 0 else 1.0
-        order = (
-            np.argsort(-energy, kind="stable") if self.act_order else np.arange(n)
-        )
+        order = np.argsort(-energy, kind="stable") if self.act_order else np.arange(n)
         lowrank = _use_lowrank(m, n)
         target = W64
         if Xf is not Xq and self.target == "float_output":

@@ -33,11 +33,11 @@ import numpy as np
 from scipy.special import ndtr
 from sklearn.base import clone
 
-from ._base import BaseWeightQuantizer
-from ._datadriven import BaseDataQuantizer
-from ._network import _fit_data_driven, _plain_steps
-from ._progress import progress
-from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from .._common._progress import progress
+from .._network._drivers import _fit_data_driven, _plain_steps
+from .._quantizers._base import BaseWeightQuantizer
+from .._quantizers._datadriven import BaseDataQuantizer
+from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
 __all__ = ["SensitivityResult", "measure_sensitivity", "sensitivity"]
 
@@ -812,8 +812,8 @@ def measure_sensitivity(
     from sklearn.exceptions import NotFittedError
     from sklearn.neural_network import MLPClassifier
 
-    from ._mlp import _unwrap
-    from ._network import MLPNetwork, _check_mlp
+    from .._network._drivers import MLPNetwork, _check_mlp
+    from .._sklearn._mlp import _unwrap
 
     mlp = _check_mlp(_unwrap(estimator))
     try:

@@ -13,10 +13,16 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._alphabets import _kernel, channel_view, code_dtype, safe_scale, uniform_range
+from .._kernels import _msq
+from .._kernels._threads import numba_threads
+from .._tensor._alphabets import (
+    _kernel,
+    channel_view,
+    code_dtype,
+    safe_scale,
+    uniform_range,
+)
 from ._base import FLOAT_DTYPES
-from ._kernels import _msq
-from ._kernels._threads import numba_threads
 
 __all__ = ["ActivationQuantizer"]
 

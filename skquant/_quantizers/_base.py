@@ -8,11 +8,17 @@ from sklearn.utils import metadata_routing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from . import _alphabets
-from ._alphabets import Alphabet, channel_view, code_dtype, safe_scale, stored_scale
-from ._kernels import _msq
-from ._kernels._threads import numba_threads
-from ._packing import QuantizedTensor, unpack_codes
+from .._kernels import _msq
+from .._kernels._threads import numba_threads
+from .._tensor import _alphabets
+from .._tensor._alphabets import (
+    Alphabet,
+    channel_view,
+    code_dtype,
+    safe_scale,
+    stored_scale,
+)
+from .._tensor._packing import QuantizedTensor, unpack_codes
 
 FLOAT_DTYPES = (np.float64, np.float32)
 

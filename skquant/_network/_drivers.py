@@ -21,10 +21,10 @@ import numpy as np
 from scipy.special import expit
 from sklearn.base import clone
 
-from ._base import BaseWeightQuantizer
-from ._datadriven import BaseDataQuantizer
-from ._packing import QuantizedTensor
-from ._progress import progress
+from .._common._progress import progress
+from .._quantizers._base import BaseWeightQuantizer
+from .._quantizers._datadriven import BaseDataQuantizer
+from .._tensor._packing import QuantizedTensor
 
 __all__ = [
     "DenseNetwork",
@@ -225,7 +225,7 @@ class Network:
 
 
 def _check_quantizer(est, where):
-    from ._precision import AdaptivePrecisionQuantizer
+    from .._precision._adaptive import AdaptivePrecisionQuantizer
 
     if not isinstance(est, BaseWeightQuantizer | AdaptivePrecisionQuantizer):
         raise TypeError(
@@ -448,8 +448,8 @@ def quantize_layers(
         ``quantizers``, ``tensors`` and ``weights`` (dequantized, ``(n_in,
         n_out)``) by layer name, for the quantized layers, and the ``report``.
     """
-    from ._nullspace import NoFreedomWarning, NullSpaceQuantizer
-    from ._precision import AdaptivePrecisionQuantizer
+    from .._precision._adaptive import AdaptivePrecisionQuantizer
+    from .._quantizers._nullspace import NoFreedomWarning, NullSpaceQuantizer
 
     names = network.layer_names
     plan = resolve_quantizers(names, quantizer)

@@ -16,10 +16,10 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._alphabets import _kernel
+from .._kernels import _nullspace
+from .._kernels._threads import numba_threads
+from .._tensor._alphabets import _kernel
 from ._base import BaseWeightQuantizer
-from ._kernels import _nullspace
-from ._kernels._threads import numba_threads
 from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 
 N_BITS_CONSTRAINT = [

@@ -12,9 +12,9 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._network import MLPNetwork, _check_mlp, quantize_layers
-from ._uniform import UniformQuantizer
-from .metrics import compression_ratio, model_size_bits
+from .._network._drivers import MLPNetwork, _check_mlp, quantize_layers
+from .._quantizers._uniform import UniformQuantizer
+from ..metrics import compression_ratio, model_size_bits
 
 __all__ = ["QuantizedMLP"]
 
@@ -253,7 +253,7 @@ class QuantizedMLP(BaseEstimator):
     # ------------------------------------------------------------ storage
     def __getstate__(self):
         """Pickle a fitted model as its skquant file (packed codes, no data)."""
-        from . import _io
+        from .._tensor import _io
 
         state = {k: v for k, v in vars(self).items() if not k.endswith("_")}
         if not hasattr(self, "estimator_"):
@@ -269,7 +269,7 @@ class QuantizedMLP(BaseEstimator):
 
     def __setstate__(self, state):
         """Rebuild from :meth:`__getstate__` (through skquant's file reader)."""
-        from . import _io
+        from .._tensor import _io
 
         state = dict(state)
         blob = state.pop("_skquant_file", None)
@@ -288,7 +288,7 @@ class QuantizedMLP(BaseEstimator):
 
     def _to_file(self, writer):
         """Put the fitted model into a skquant file writer; return its description."""
-        from ._io import json_params
+        from .._tensor._io import json_params
 
         check_is_fitted(self)
         mlp = self.estimator_
@@ -334,8 +334,8 @@ class QuantizedMLP(BaseEstimator):
         """Rebuild a fitted QuantizedMLP from a file's description and arrays."""
         from sklearn.preprocessing import LabelBinarizer
 
-        from . import _io
-        from ._network import QuantizationReport
+        from .._network._drivers import QuantizationReport
+        from .._tensor import _io
 
         def bad(what):
             return _io.FileFormatError(f"{path!s}: the QuantizedMLP {what}.")

@@ -11,13 +11,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from ._alphabets import _kernel
+from .._common._progress import run_in_batches
+from .._kernels import _nullspace
+from .._kernels._threads import numba_threads
+from .._tensor._alphabets import _kernel
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import _use_gram, greedy_path_gram
 from ._gram import gram, triangle_product
-from ._kernels import _nullspace
-from ._kernels._threads import numba_threads
-from ._progress import run_in_batches
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
 

@@ -509,7 +509,7 @@ def save(obj, path):
     >>> os.path.getsize(path) - qt.size_bits // 8 < 1024   # bytes of header
     True
     """
-    from ._mlp import QuantizedMLP
+    from .._sklearn._mlp import QuantizedMLP
 
     writer = _Writer()
     model = None
@@ -590,7 +590,7 @@ def load(path):
         out.update(_tensors_from(header, data, path))
         return out
     if kind == "QuantizedMLP":
-        from ._mlp import QuantizedMLP
+        from .._sklearn._mlp import QuantizedMLP
 
         return QuantizedMLP._from_file(
             header["model"],

@@ -134,6 +134,7 @@ class GreedyPathQuantizer(BaseDataQuantizer):
             block_size,
         )
 
+
 def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None):
     """Greedy path following of every neuron at once, from a Gram matrix.
 

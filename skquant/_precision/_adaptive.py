@@ -10,9 +10,9 @@ from sklearn.utils import check_array, metadata_routing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._alphabets import _kernel, code_dtype
-from ._kernels import _precision
-from ._kernels._threads import numba_threads
+from .._kernels import _precision
+from .._kernels._threads import numba_threads
+from .._tensor._alphabets import _kernel, code_dtype
 
 __all__ = [
     "AdaptivePrecisionQuantizer",
@@ -107,7 +107,7 @@ def _round_groups(x, tau, bits, group_size, max_frac):
     pruned when every member is, and gains a bit while the clipping of the top
     code (``+s`` is not representable) pushes a member out of its margin.
     """
-    from ._fixedpoint import _group_lengths, group_starts
+    from .._tensor._fixedpoint import _group_lengths, group_starts
 
     n_rows, n_cols = x.shape
     xf, tf, bf = (np.ascontiguousarray(a.T).ravel() for a in (x, tau, bits))
@@ -153,12 +153,12 @@ def fixed_point_tensor(
     qt : QuantizedTensor
         Alphabet ``"fixed_point"``, one scale (the finest step).
     """
-    from ._packing import QuantizedTensor
+    from .._tensor._packing import QuantizedTensor
 
     n_max = max(int(np.max(widths, initial=1)) - 1, 0)
     codes = np.rint(q * 2.0**n_max).astype(np.int64)
     if group_size is None:  # stored with the fewest bits that hold each code
-        from ._fixedpoint import widths_from_codes
+        from .._tensor._fixedpoint import widths_from_codes
 
         widths = widths_from_codes(codes, n_max)
     return QuantizedTensor(
@@ -181,7 +181,7 @@ def _pooled_gradients(a, weights, axes, group_size):
     Water filling on these solves the budget per group: ``sum_G a_G tau_G = B``
     with one margin ``tau_G`` per group and ``a_G`` the sum of its members' ``a_i``.
     """
-    from ._fixedpoint import _group_lengths, group_starts
+    from .._tensor._fixedpoint import _group_lengths, group_starts
 
     out = np.empty_like(a)
     start = 0
@@ -606,7 +606,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
 
     def _map_symbols(self):
         """The precisions the map stores: one per parameter, or one per group."""
-        from ._fixedpoint import group_starts
+        from .._tensor._fixedpoint import group_starts
 
         starts = group_starts(*self.bits_.shape, self.group_size)
         return np.ascontiguousarray(self.bits_.T).ravel()[starts]
@@ -720,7 +720,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             Alphabet ``"fixed_point"``, one power-of-two scale (the finest step),
             and the per-parameter bits as its precision map.
         """
-        from ._packing import QuantizedTensor
+        from .._tensor._packing import QuantizedTensor
 
         qmin, qmax = self._code_range()
         return QuantizedTensor(
@@ -802,7 +802,7 @@ def mlp_loss_gradient(mlp, X, y):
         Gradients with respect to ``coefs_`` then ``intercepts_`` (same order and
         shapes as ``mlp.coefs_ + mlp.intercepts_``).
     """
-    from ._network import MLPNetwork
+    from .._network._drivers import MLPNetwork
 
     network = MLPNetwork(mlp)
     loss, grads = network.loss_gradients(network.check_targets(X, y))
@@ -863,7 +863,7 @@ class AdaptiveQuantizationResult:
             A name per parameter; ``None`` takes :attr:`names`, or ``"p0"``,
             ``"p1"``, ... when the result has none.
         """
-        from ._io import save
+        from .._tensor._io import save
 
         if self.tensors is None:
             raise ValueError(
@@ -1028,8 +1028,12 @@ def adaptive_precision_loop(
         The quantized model, the history, the per-parameter bits and the stored
         tensors.
     """
-    from ._fixedpoint import check_group_size, check_map_coder, check_payload_coder
-    from ._progress import progress
+    from .._common._progress import progress
+    from .._tensor._fixedpoint import (
+        check_group_size,
+        check_map_coder,
+        check_payload_coder,
+    )
 
     _check_loop_params(trust_region, max_iter, max_bits)
     check_group_size(group_size)
@@ -1281,7 +1285,7 @@ def adaptive_quantize_mlp(
     >>> res.history[-1]["bits_per_param"] < 16, res.model.score(X, y) > 0.95
     (True, True)
     """
-    from ._network import MLPNetwork
+    from .._network._drivers import MLPNetwork
 
     network = MLPNetwork(mlp)
     data = network.check_targets(X, y)

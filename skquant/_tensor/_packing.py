@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._kernels import _packing
-from ._kernels._threads import numba_threads
+from .._kernels import _packing
+from .._kernels._threads import numba_threads
 
 __all__ = ["QuantizedTensor", "pack_codes", "unpack_codes"]
 
@@ -343,8 +343,8 @@ class QuantizedTensor:
         W : ndarray of shape (n_rows, n_cols)
             Dequantized values.
         """
+        from .._kernels import _msq
         from ._alphabets import safe_scale
-        from ._kernels import _msq
 
         dtype = np.dtype(self.float_dtype or self.scale.dtype)
         n_cols = self.codes.shape[1]
@@ -372,7 +372,7 @@ class QuantizedTensor:
             ``shape``, ``alphabet``, ``n_bits``, ``size_bits``, ``bits_per_param``,
             ``compression_ratio`` and, with ``W``, ``relative_error`` and ``sqnr_db``.
         """
-        from .metrics import relative_error, sqnr
+        from ..metrics import relative_error, sqnr
 
         out = {
             "shape": self.shape,

@@ -1,0 +1,1 @@
+"""Shared settings and plumbing: the global configuration and progress bars."""

@@ -1,0 +1,1 @@
+"""Layer bit-widths (Zhou et al.): sensitivity, exact allocation, the estimator."""

@@ -1,0 +1,1 @@
+"""Adaptive precision (Khoram & Li): per-parameter bits from the loss gradient."""

@@ -1,0 +1,3 @@
+"""The weight and activation quantizers: memoryless (uniform, binary, ternary) and
+data-driven (GPFQ, GPTQ, null-space).
+"""

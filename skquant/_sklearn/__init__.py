@@ -1,0 +1,2 @@
+"""The scikit-learn wrappers: a quantized MLP that predicts, pickles and grid-searches.
+"""

@@ -1,0 +1,3 @@
+"""The quantized-tensor core: alphabets, bit packing, the fixed-point codec, the file
+format.
+"""
