@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _models import accuracy, trained  # noqa: E402
 
 from skquant import UniformQuantizer  # noqa: E402
-from skquant._precision._adaptive import allocate_precision  # noqa: E402
+from skquant._precision._allocate import allocate_precision
 from skquant.datasets import mnist_available  # noqa: E402
 from skquant.torch import (  # noqa: E402
     QuantConv2d,

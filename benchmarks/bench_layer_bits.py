@@ -47,7 +47,8 @@ from skquant._layerbits._allocation import (
     closed_form_bits,
     pareto_choices,
 )
-from skquant._layerbits._sensitivity import choice_quantizer, decisions
+from skquant._layerbits._choices import choice_quantizer
+from skquant._layerbits._law import decisions
 from skquant.torch import TorchNetwork, measure_sensitivity
 
 NETWORKS = [

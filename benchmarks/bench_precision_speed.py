@@ -1,7 +1,7 @@
 """Water filling + per-parameter bits on 10^7 parameters: numba against NumPy.
 
-The numba path (``skquant._precision._adaptive.allocate_precision``: the O(n) histogram water
-filling, then margins, bits and fixed-point rounding in one pass) against a
+The numba path (``skquant._precision._allocate.allocate_precision``: the O(n)
+histogram water filling, then margins, bits and fixed-point rounding in one pass) against a
 straightforward NumPy version (sort, cumulative sums, then vectorised margins,
 rounding and stored widths), on the same weights and gradients, medians of --repeat
 runs.
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from skquant._precision._adaptive import allocate_precision
+from skquant._precision._allocate import allocate_precision
 
 
 def numpy_version(w, g, budget, delta):

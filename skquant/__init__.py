@@ -8,18 +8,21 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 
 from ._common._config import config_context, get_config, set_config
 from ._layerbits._allocation import allocate_bits, closed_form_bits
-from ._layerbits._estimator import LayerBitAllocator
-from ._layerbits._sensitivity import SensitivityResult, measure_sensitivity
-from ._precision._adaptive import AdaptivePrecisionQuantizer, adaptive_quantize_mlp
+from ._layerbits._law import SensitivityResult
+from ._precision._estimator import AdaptivePrecisionQuantizer
 from ._quantizers._activation import ActivationQuantizer
 from ._quantizers._functional import quantize
 from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._gptq import GPTQQuantizer
 from ._quantizers._nullspace import NoFreedomWarning, NullSpaceQuantizer
 from ._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from ._sklearn._adaptive import adaptive_quantize_mlp
+from ._sklearn._layerbits import LayerBitAllocator
 from ._sklearn._mlp import QuantizedMLP
+from ._sklearn._sensitivity import measure_sensitivity
+from ._tensor._bits import pack_codes, unpack_codes
 from ._tensor._io import load, save
-from ._tensor._packing import QuantizedTensor, pack_codes, unpack_codes
+from ._tensor._qtensor import QuantizedTensor
 
 __version__ = "0.1.0.dev0"
 

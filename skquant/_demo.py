@@ -8,11 +8,12 @@ import time
 import numpy as np
 
 from ._common._progress import progress
-from ._network._drivers import MLPNetwork, layer_errors, quantize_layers
+from ._network._dense import MLPNetwork
+from ._network._layers import layer_errors, quantize_layers
 from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._nullspace import NullSpaceQuantizer
 from ._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
-from ._tensor._packing import QuantizedTensor
+from ._tensor._qtensor import QuantizedTensor
 from .metrics import compression_ratio, model_size_bits
 
 
@@ -107,7 +108,7 @@ def adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval, loss_bound=3.0):
     stored tensors (coded payload, coded precision map, exponents), as
     ``result.save`` writes them, then the coded payload alone (a part of that file).
     """
-    from ._precision._adaptive import adaptive_quantize_mlp
+    from ._sklearn._adaptive import adaptive_quantize_mlp
 
     res = adaptive_quantize_mlp(mlp, Xtr, ytr, loss_bound=loss_bound)
     h = res.history[-1]
@@ -148,7 +149,7 @@ def layer_bits_rows(mlp, X_calib, y_calib, Xte, yte, X_eval):
     at most 1 (an expected accuracy drop of about half a point), over MSQ at
     ternary and 2 to 8 bits.
     """
-    from ._layerbits._estimator import LayerBitAllocator
+    from ._sklearn._layerbits import LayerBitAllocator
 
     alloc = LayerBitAllocator(mlp, bits=("ternary", 2, 3, 4, 5, 6, 8))
     alloc.fit(X_calib, y_calib)

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
 
 from skquant import QuantizedMLP, UniformQuantizer, adaptive_quantize_mlp
-from skquant._precision._adaptive import mlp_loss_gradient
+from skquant._network._dense import mlp_loss_gradient
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import skquant
 from skquant import AdaptivePrecisionQuantizer, adaptive_quantize_mlp
-from skquant._tensor import _fixedpoint as fp
 from skquant._kernels import _packing
+from skquant._tensor import _fixedpoint as fp
 
 CODERS = ["auto", "range", "fixed", "lzma", "zlib"]
 
@@ -331,7 +331,7 @@ def test_network_loop_file_and_retraining(tmp_path, digits_mlp):
 
 def test_retraining_keeps_the_grids_and_the_pruned_zeros():
     """The fine-tune between steps, on a quadratic loss with a known minimum."""
-    from skquant._precision._adaptive import _retrain
+    from skquant._network._adaptive import _retrain
 
     target = np.array([0.3, -0.7, 0.05, 0.9])
     start = [np.array([0.25, -0.5, 0.0, 0.75])]

@@ -75,7 +75,7 @@ def test_affine_and_data_driven_tensors(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((50, 12)) + 1
     aq = ActivationQuantizer(n_bits=4).fit(X)
-    from skquant._tensor._packing import QuantizedTensor
+    from skquant._tensor._qtensor import QuantizedTensor
 
     codes = aq.encode(X)
     W = rng.standard_normal((12, 6))

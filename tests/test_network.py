@@ -20,8 +20,8 @@ from skquant import (
     TernaryQuantizer,
     UniformQuantizer,
 )
-from skquant._network._drivers import quantize_network
-from skquant._tensor._packing import packed_size
+from skquant._network._layers import quantize_network
+from skquant._tensor._bits import packed_size
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from numpy.testing import assert_array_equal
 
 from skquant import AdaptivePrecisionQuantizer
 from skquant._kernels import _precision
-from skquant._precision._adaptive import (
+from skquant._precision._allocate import (
     allocate_precision,
     precision_map_bits,
     water_fill,

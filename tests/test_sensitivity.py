@@ -14,8 +14,8 @@ from skquant import (
     UniformQuantizer,
     measure_sensitivity,
 )
-from skquant._layerbits._sensitivity import _fit, flip_rate, margin_threshold
-from skquant._network._drivers import MLPNetwork
+from skquant._layerbits._law import _fit, flip_rate, margin_threshold
+from skquant._network._dense import MLPNetwork
 
 
 @pytest.fixture(scope="module")

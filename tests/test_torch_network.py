@@ -16,7 +16,8 @@ from skquant import (  # noqa: E402
     NullSpaceQuantizer,
     UniformQuantizer,
 )
-from skquant._network._drivers import MLPNetwork, quantize_layers  # noqa: E402
+from skquant._network._dense import MLPNetwork  # noqa: E402
+from skquant._network._layers import quantize_layers  # noqa: E402
 from skquant.torch import (  # noqa: E402
     QuantConv1d,
     QuantConv2d,

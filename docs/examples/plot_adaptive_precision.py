@@ -28,7 +28,8 @@ digits. Run it alone with
 # --------------------------
 # A 10 000-image training subset and one hidden layer of 64 ReLU units keep the
 # example fast. The loss and its gradient (mean log-loss, without scikit-learn's L2
-# penalty, computed in NumPy by :func:`skquant._precision._adaptive.mlp_loss_gradient`) are
+# penalty, computed in NumPy by
+# :func:`skquant._network._dense.mlp_loss_gradient`) are
 # taken on the training images; accuracies are on the test images.
 import time
 import warnings
@@ -39,7 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from skquant import adaptive_quantize_mlp
-from skquant._precision._adaptive import mlp_loss_gradient
+from skquant._network._dense import mlp_loss_gradient
 from skquant.datasets import load_mnist, mnist_available
 
 tic = time.perf_counter()

@@ -22,7 +22,6 @@ and size with the same bit-width for every layer, over a sweep of budgets.
 import warnings
 
 import matplotlib.pyplot as plt
-import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier

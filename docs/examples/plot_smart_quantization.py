@@ -62,7 +62,10 @@ EPOCHS, FINETUNE = 12, 3
 # penalty, then 3 straight-through epochs on the projected weights).
 baselines = {
     alphabet: train_baseline(
-        network(), (X_train, y_train), alphabet=alphabet, epochs=EPOCHS + FINETUNE,
+        network(),
+        (X_train, y_train),
+        alphabet=alphabet,
+        epochs=EPOCHS + FINETUNE,
         **common,
     )
     for alphabet in ("float", "binary", "ternary")
@@ -70,8 +73,12 @@ baselines = {
 gammas = [0.0, 1e-3, 3e-3, 1e-2]
 runs = {
     g: train_sq(
-        network(), (X_train, y_train), gamma=g, epochs=EPOCHS,
-        finetune_epochs=FINETUNE, **common,
+        network(),
+        (X_train, y_train),
+        gamma=g,
+        epochs=EPOCHS,
+        finetune_epochs=FINETUNE,
+        **common,
     )
     for g in gammas
 }
@@ -90,8 +97,9 @@ x = [max(g, 1e-4) for g in gammas]
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
 ax1.plot(x, [test_accuracy(runs[g].model) for g in gammas], "o-", label="SQ")
 for name, style in (("float", "-"), ("ternary", "--"), ("binary", ":")):
-    ax1.axhline(test_accuracy(baselines[name].model), color="gray", ls=style,
-                label=name)
+    ax1.axhline(
+        test_accuracy(baselines[name].model), color="gray", ls=style, label=name
+    )
 ax1.set_xscale("log")
 ax1.set_xlabel("gamma")
 ax1.set_ylabel("test accuracy")

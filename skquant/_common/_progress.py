@@ -112,7 +112,7 @@ def run_in_batches(run, n, desc, *, first=1, target_seconds=0.25, announce_after
 
     Examples
     --------
-    >>> from skquant._progress import run_in_batches
+    >>> from skquant._common._progress import run_in_batches
     >>> seen = []
     >>> run_in_batches(lambda a, b: seen.extend(range(a, b)), 5, "demo")
     >>> seen

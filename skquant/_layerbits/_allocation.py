@@ -214,7 +214,7 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from skquant._allocation import greedy_bits
+    >>> from skquant._layerbits._allocation import greedy_bits
     >>> bits = np.array([2, 4, 8])
     >>> noise = np.array([[1.0], [1.0]]) * 4.0 ** -bits
     >>> greedy_bits(noise, np.array([[1000], [10]]) * bits, budget=2080)
@@ -300,7 +300,7 @@ def pareto_choices(cost, size, *, n_points=30, targets=None, solver="exact"):
     Examples
     --------
     >>> import numpy as np
-    >>> from skquant._allocation import pareto_choices
+    >>> from skquant._layerbits._allocation import pareto_choices
     >>> bits = np.array([2, 4, 8])
     >>> noise = np.array([[1.0], [1.0]]) * 4.0 ** -bits
     >>> [c.tolist() for c in pareto_choices(noise, np.array([[1000], [10]]) * bits)]

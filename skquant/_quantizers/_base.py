@@ -18,7 +18,8 @@ from .._tensor._alphabets import (
     safe_scale,
     stored_scale,
 )
-from .._tensor._packing import QuantizedTensor, unpack_codes
+from .._tensor._bits import unpack_codes
+from .._tensor._qtensor import QuantizedTensor
 
 FLOAT_DTYPES = (np.float64, np.float32)
 
@@ -52,6 +53,15 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
     Subclasses implement ``_code_range`` (codes and bits of the alphabet) and
     ``_fit_scale`` (the scale rules named by the ``scale`` parameter).
     """
+
+    #: What ``fit`` needs besides ``W`` (the network layer reads it, never the class):
+    #: ``"weights"`` nothing, ``"data"`` the layer's inputs (``activations=`` and
+    #: ``target_activations=``), ``"gradient"`` the loss gradient (``gradient=``).
+    _fit_requires = "weights"
+
+    def _network_error(self):
+        """Why this quantizer cannot quantize a layer of a network, or ``None``."""
+        return None
 
     _parameter_constraints: dict = {
         "granularity": [StrOptions({"per_channel", "per_tensor"})],
@@ -200,7 +210,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
 
     @property
     def alphabet_record_(self):
-        """The fitted :class:`~skquant._alphabets.Alphabet` (kind, code range, bits)."""
+        """The fitted :class:`~skquant._tensor._alphabets.Alphabet` (kind, code range, bits)."""
         check_is_fitted(self)
         return Alphabet(self._alphabet, self.qmin_, self.qmax_, self.n_bits_)
 

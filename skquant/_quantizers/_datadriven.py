@@ -58,6 +58,8 @@ class BaseDataQuantizer(BaseWeightQuantizer):
     dequantized. Subclasses implement ``_fit_quantize``.
     """
 
+    _fit_requires = "data"
+
     _parameter_constraints: dict = {
         **BaseWeightQuantizer._parameter_constraints,
         "n_bits": N_BITS_CONSTRAINT,

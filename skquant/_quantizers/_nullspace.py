@@ -327,6 +327,19 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     }
     _parameter_constraints.pop("granularity")
 
+    def _network_error(self):
+        if self.variant != "lp":
+            return None
+        return (
+            "NullSpaceQuantizer(variant='lp') is for single layers, not networks: "
+            "its vertex keeps the calibration output but moves the weights in the "
+            "calibration data's null space, which other inputs do not share, "
+            "unbounded by any grid cell (the weights grow far past the float ones), "
+            "and a layer with as many calibration rows as inputs leaves it no "
+            "freedom. Use variant='grid' (the weights stay in their grid cells) or "
+            "GreedyPathQuantizer."
+        )
+
     def __init__(
         self, n_bits=4, *, variant="grid", rank="auto", rounding="greedy", n_jobs=None
     ):

@@ -1,2 +1,2 @@
-"""The scikit-learn wrappers: a quantized MLP that predicts, pickles and grid-searches.
-"""
+"""Front ends over whole scikit-learn models: the quantized MLP, the adaptive loop
+and the sensitivity of an MLP, and the per-layer bit allocator."""

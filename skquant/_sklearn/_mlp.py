@@ -12,22 +12,45 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._network._drivers import MLPNetwork, _check_mlp, quantize_layers
-from .._quantizers._uniform import UniformQuantizer
+from .._network._dense import MLPNetwork, _check_mlp
+from .._network._layers import quantize_layers
+from .._network._report import QuantizationReport
+from .._precision._estimator import AdaptivePrecisionQuantizer
+from .._quantizers._activation import ActivationQuantizer
+from .._quantizers._gpfq import GreedyPathQuantizer
+from .._quantizers._gptq import GPTQQuantizer
+from .._quantizers._nullspace import NullSpaceQuantizer
+from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from .._tensor import _io
+from .._tensor._io import json_params, register_model
 from ..metrics import compression_ratio, model_size_bits
 
 __all__ = ["QuantizedMLP"]
 
+#: the quantizers a saved model names and a loaded one rebuilds, by class name
+QUANTIZERS = {
+    cls.__name__: cls
+    for cls in (
+        ActivationQuantizer,
+        AdaptivePrecisionQuantizer,
+        BinaryQuantizer,
+        GPTQQuantizer,
+        GreedyPathQuantizer,
+        NullSpaceQuantizer,
+        TernaryQuantizer,
+        UniformQuantizer,
+    )
+}
+
 
 def _quantizer_from(spec):
     """A quantizer (or a dict of them) from a file's ``[class name, params]``."""
-    import skquant
 
     def one(item):
         if item is None:
             return None
         name, params = item
-        cls = getattr(skquant, name, None) if name in skquant.__all__ else None
+        cls = QUANTIZERS.get(name)
         if cls is None or not hasattr(cls, "get_params"):
             return None
         valid = cls().get_params()
@@ -58,6 +81,7 @@ def _estimator_has(attr):
     return check
 
 
+@register_model
 class QuantizedMLP(BaseEstimator):
     """A scikit-learn MLP whose weight matrices are quantized layer by layer.
 
@@ -253,8 +277,6 @@ class QuantizedMLP(BaseEstimator):
     # ------------------------------------------------------------ storage
     def __getstate__(self):
         """Pickle a fitted model as its skquant file (packed codes, no data)."""
-        from .._tensor import _io
-
         state = {k: v for k, v in vars(self).items() if not k.endswith("_")}
         if not hasattr(self, "estimator_"):
             return state
@@ -269,8 +291,6 @@ class QuantizedMLP(BaseEstimator):
 
     def __setstate__(self, state):
         """Rebuild from :meth:`__getstate__` (through skquant's file reader)."""
-        from .._tensor import _io
-
         state = dict(state)
         blob = state.pop("_skquant_file", None)
         vars(self).update(state)
@@ -288,8 +308,6 @@ class QuantizedMLP(BaseEstimator):
 
     def _to_file(self, writer):
         """Put the fitted model into a skquant file writer; return its description."""
-        from .._tensor._io import json_params
-
         check_is_fitted(self)
         mlp = self.estimator_
         names = [r["name"] for r in self.report_.rows]
@@ -333,9 +351,6 @@ class QuantizedMLP(BaseEstimator):
     def _from_file(cls, model, tensors, arrays, path):
         """Rebuild a fitted QuantizedMLP from a file's description and arrays."""
         from sklearn.preprocessing import LabelBinarizer
-
-        from .._network._drivers import QuantizationReport
-        from .._tensor import _io
 
         def bad(what):
             return _io.FileFormatError(f"{path!s}: the QuantizedMLP {what}.")

@@ -42,6 +42,7 @@ import zlib
 import numpy as np
 
 from .._kernels import _packing
+from ._bits import pack_codes, unpack_codes
 
 __all__ = [
     "MAP_CODERS",
@@ -159,8 +160,6 @@ def encode_symbols(symbols, coder):
         return arrays
     if coder == "fixed":
         width = math.ceil(math.log2(levels.size))
-        from ._packing import pack_codes
-
         arrays["map"] = pack_codes(index.astype(np.int64), width, 0)
         return arrays
     import constriction
@@ -200,8 +199,6 @@ def decode_symbols(coder, arrays, n):
     if levels.size == 1:
         return np.full(n, levels[0], dtype=np.uint8)
     if coder == "fixed":
-        from ._packing import unpack_codes
-
         width = math.ceil(math.log2(levels.size))
         index = unpack_codes(arrays["map"], width, 0, (n,), np.int64)
     else:

@@ -34,7 +34,10 @@ import struct
 
 import numpy as np
 
-from ._packing import QuantizedTensor, unpack_codes
+from . import _fixedpoint
+from ._alphabets import Alphabet, code_dtype
+from ._bits import unpack_codes
+from ._qtensor import QuantizedTensor
 
 __all__ = ["load", "save"]
 
@@ -45,6 +48,22 @@ _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 class FileFormatError(ValueError):
     """A file that is not a valid skquant file (truncated, corrupted, foreign)."""
+
+
+#: the model classes a file can hold, by the ``kind`` written in the file (filled by
+#: :func:`register_model`; the file format knows no model class itself)
+_MODELS = {}
+
+
+def register_model(cls):
+    """Class decorator: files of ``kind == cls.__name__`` hold instances of ``cls``.
+
+    ``cls`` writes itself with ``obj._to_file(writer)`` (returning the JSON
+    description of the model) and is rebuilt by
+    ``cls._from_file(model, tensors, arrays, path)``.
+    """
+    _MODELS[cls.__name__] = cls
+    return cls
 
 
 # ----------------------------------------------------------------- tensors
@@ -81,8 +100,6 @@ def _tensor_entry(qt):
     }
     arrays = {"codes": qt.pack(), "scale": np.ascontiguousarray(qt.scale)}
     if qt.zero_point is not None:
-        from ._alphabets import code_dtype
-
         arrays["zero_point"] = np.asarray(qt.zero_point).astype(
             code_dtype(qt.qmin, qt.qmax)
         )
@@ -100,8 +117,6 @@ def _field(meta, key, kind, where):
 
 
 def _fixed_point_from(meta, arrays, shape, where):
-    from . import _fixedpoint
-
     n_max = _field(meta, "n_max", int, where)
     group_size = meta.get("group_size")
     coder = _field(meta, "map_coder", str, where)
@@ -155,8 +170,6 @@ def _fixed_point_from(meta, arrays, shape, where):
 
 
 def _tensor_from(meta, arrays, where):
-    from ._alphabets import Alphabet
-
     shape = tuple(_field(meta, "shape", list, where))
     if len(shape) != 2 or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise FileFormatError(f"{where} has an invalid shape {shape!r}.")
@@ -478,7 +491,7 @@ def save(obj, path):
 
     The file is a safetensors file (no code runs when it is read) whose bytes are
     the counted size (:attr:`QuantizedTensor.size_bits`, ``QuantizedMLP.size_bits_``)
-    plus a header; see :mod:`skquant._io` for the layout. torch models are saved
+    plus a header; see :mod:`skquant._tensor._io` for the layout. torch models are saved
     by :func:`skquant.torch.save_model`.
 
     Parameters
@@ -509,8 +522,6 @@ def save(obj, path):
     >>> os.path.getsize(path) - qt.size_bits // 8 < 1024   # bytes of header
     True
     """
-    from .._sklearn._mlp import QuantizedMLP
-
     writer = _Writer()
     model = None
     if isinstance(obj, QuantizedTensor):
@@ -533,8 +544,8 @@ def save(obj, path):
                     f"dict values must be QuantizedTensor or ndarray, got "
                     f"{type(value).__name__} for {name!r} instead."
                 )
-    elif isinstance(obj, QuantizedMLP):
-        kind = "QuantizedMLP"
+    elif isinstance(obj, tuple(_MODELS.values())):
+        kind = type(obj).__name__
         model = obj._to_file(writer)
     else:
         raise TypeError(
@@ -589,10 +600,8 @@ def load(path):
         out = _arrays_from(header, data, path)
         out.update(_tensors_from(header, data, path))
         return out
-    if kind == "QuantizedMLP":
-        from .._sklearn._mlp import QuantizedMLP
-
-        return QuantizedMLP._from_file(
+    if kind in _MODELS:
+        return _MODELS[kind]._from_file(
             header["model"],
             _tensors_from(header, data, path),
             _arrays_from(header, data, path),

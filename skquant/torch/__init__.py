@@ -10,8 +10,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "skquant.torch requires PyTorch; install it with `pip install skquant[torch]`."
     ) from exc
 
+from .._network._adapters import register_adapter
 from ._fake import FakeQuantize, fake_quantize_ste
-from ._gradients import adaptive_quantize_model, loss_gradients
+from ._gradients import adaptive_quantize_model, check_autograd, loss_gradients
 from ._io import load_into, save_model
 from ._layout import matrix_to_weight, weight_to_matrix
 from ._model import (
@@ -48,3 +49,10 @@ __all__ = [
     "train_sq",
     "weight_to_matrix",
 ]
+
+# the network layer finds the torch front ends through this, never by importing us
+register_adapter(
+    lambda model: isinstance(model, torch.nn.Module),
+    measure_sensitivity=measure_sensitivity,
+    check_autograd=check_autograd,
+)

@@ -215,7 +215,7 @@ def adaptive_quantize_model(
         ``group_size`` consecutive weights of a channel.
     group_margin : {"smallest", "pooled"}, default="smallest"
         With groups: the smallest member margin, or one margin per group from
-        the budget solved over groups (see ``skquant._precision.allocate_precision``).
+        the budget solved over groups (see ``skquant._precision._allocate.allocate_precision``).
     map_coder : str, default="auto"
         Coder of the stored precision maps.
     payload_coder : str, default="range"
@@ -270,7 +270,7 @@ def adaptive_quantize_model(
     >>> res.history[-1]["loss"] <= 1.2 * res.history[0]["loss"]
     True
     """
-    from .._precision._adaptive import adaptive_quantize_network
+    from .._network._adaptive import adaptive_quantize_network
     from ._network import TorchNetwork
 
     data = data if isinstance(data, tuple) else list(data)

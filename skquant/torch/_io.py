@@ -1,4 +1,4 @@
-"""Quantized torch models in skquant's file format (see :mod:`skquant._io`)."""
+"""Quantized torch models in skquant's file format (see :mod:`skquant._tensor._io`)."""
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._network._drivers import quantize_layers
+from .._network._layers import quantize_layers
 from ._layout import layer_inputs_matrix, matrix_to_weight
 from ._network import TorchNetwork, _device, _floating_dtype, input_batches
 
@@ -91,7 +91,7 @@ class _QuantMixin:
 
         shape = tuple(self.weight.shape)
         if "weight_bits" in self._buffers:
-            from .._tensor._packing import QuantizedTensor
+            from .._tensor._qtensor import QuantizedTensor
 
             n_out = shape[0]
             return QuantizedTensor(
@@ -341,7 +341,7 @@ def quantize_model(
         Labels of ``calibration_data``, needed by
         :class:`~skquant.AdaptivePrecisionQuantizer` only.
     return_report : bool, default=False
-        Also return the per-layer :class:`~skquant._network.QuantizationReport`.
+        Also return the per-layer :class:`~skquant._network._report.QuantizationReport`.
     verbose : bool, default=False
         Show a progress bar.
 

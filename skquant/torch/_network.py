@@ -1,7 +1,7 @@
 """The torch adapter of skquant's network layer.
 
 :class:`TorchNetwork` wraps an ``nn.Module`` behind the protocol of
-:class:`skquant._network.Network`. Its :meth:`TorchNetwork.walk` yields each weight
+:class:`skquant._network._protocol.Network`. Its :meth:`TorchNetwork.walk` yields each weight
 layer with its inputs on calibration data, as the float model computes them and as
 the already quantized prefix does, and is built to be cheap:
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._network._drivers import LayerStep, Network
+from .._network._protocol import LayerStep, Network
 from ._layout import (
     check_supported,
     matrix_to_weight,

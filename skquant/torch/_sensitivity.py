@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from .._layerbits._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
+from .._network._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
 from ._state import kept_state

@@ -1,14 +1,25 @@
 """Discovery of skquant's public estimators (used by the common tests)."""
 
+import importlib
 import inspect
+import pkgutil
+from pathlib import Path
 
 from sklearn.base import BaseEstimator
 
 __all__ = ["all_estimators"]
 
+#: sub-packages left out of the search: the torch adapter (it imports torch) and
+#: this one
+_SKIPPED = ("skquant.torch", "skquant.utils", "skquant.__main__")
+
 
 def all_estimators():
-    """Every public estimator class exported by :mod:`skquant`.
+    """Every public estimator class of :mod:`skquant` (the NumPy package).
+
+    Walks skquant's modules (not the torch adapter) and keeps the concrete
+    :class:`~sklearn.base.BaseEstimator` classes whose names are public, the way
+    scikit-learn's own ``all_estimators`` finds its estimators.
 
     Returns
     -------
@@ -21,16 +32,18 @@ def all_estimators():
     >>> "UniformQuantizer" in dict(all_estimators())
     True
     """
-    import skquant
-
-    found = []
-    for name in skquant.__all__:
-        obj = getattr(skquant, name)
-        if (
-            inspect.isclass(obj)
-            and issubclass(obj, BaseEstimator)
-            and not inspect.isabstract(obj)
-            and not name.startswith("Base")
-        ):
-            found.append((name, obj))
-    return sorted(found)
+    root = Path(__file__).resolve().parent.parent
+    found = {}
+    for info in pkgutil.walk_packages([str(root)], prefix="skquant."):
+        if info.name.startswith(_SKIPPED):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(obj, BaseEstimator)
+                and obj.__module__.startswith("skquant.")
+                and not name.startswith(("_", "Base"))
+                and not inspect.isabstract(obj)
+            ):
+                found[name] = obj
+    return sorted(found.items())

@@ -7,22 +7,12 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._allocation import allocate_bits, greedy_bits, pareto_choices
-from ._sensitivity import (
-    CRITERIA,
-    check_quantizer,
-    choice_quantizer,
-    measure_sensitivity,
-)
+from .._layerbits._allocation import allocate_bits, greedy_bits, pareto_choices
+from .._layerbits._choices import CRITERIA, check_quantizer, choice_quantizer
+from .._network._adapters import adapter_for
+from ._sensitivity import measure_sensitivity
 
 __all__ = ["LayerBitAllocator"]
-
-
-def _is_torch_module(obj):
-    import sys
-
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 class LayerBitAllocator(BaseEstimator):
@@ -208,13 +198,13 @@ class LayerBitAllocator(BaseEstimator):
             random_state=self.random_state,
             verbose=self.verbose,
         )
-        if _is_torch_module(self.estimator):
-            from ..torch import measure_sensitivity as measure_torch
-            from ..torch._gradients import check_autograd
-
+        adapter = adapter_for(self.estimator)
+        if adapter is not None:
             if self.criterion == "hessian":  # the error names this entry point
-                check_autograd(self.estimator, "LayerBitAllocator(criterion='hessian')")
-            self.sensitivity_ = measure_torch(
+                adapter["check_autograd"](
+                    self.estimator, "LayerBitAllocator(criterion='hessian')"
+                )
+            self.sensitivity_ = adapter["measure_sensitivity"](
                 self.estimator,
                 X,
                 y,
@@ -323,7 +313,7 @@ class LayerBitAllocator(BaseEstimator):
         ----------
         n_points : int, default=30
             Cost targets, spaced geometrically (see
-            :func:`skquant._allocation.pareto_choices`); of allocations of equal
+            :func:`skquant._layerbits._allocation.pareto_choices`); of allocations of equal
             size, and of those no cheaper than a smaller one, none is kept.
 
         Returns

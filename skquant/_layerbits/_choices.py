@@ -1,0 +1,77 @@
+"""The measured choices of a layer (bit-widths, the binary and ternary alphabets) and
+the quantizer at each.
+"""
+
+import numbers
+
+from sklearn.base import clone
+
+from .._quantizers._base import BaseWeightQuantizer
+from .._quantizers._datadriven import BaseDataQuantizer
+from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+
+__all__ = ["check_choices", "check_quantizer", "choice_quantizer"]
+
+
+ALPHABETS = ("binary", "ternary")
+
+
+CRITERIA = ("noise", "sqnr", "hessian", "accuracy")
+
+
+# ---------------------------------------------------------------- choices
+def check_choices(bits):
+    """The measured choices: distinct bit-widths (2-16), ``"binary"``, ``"ternary"``."""
+    if isinstance(bits, str | numbers.Number):
+        bits = [bits]
+    choices = []
+    for b in bits:
+        if isinstance(b, str) and b in ALPHABETS:
+            choices.append(b)
+        elif (
+            isinstance(b, numbers.Integral) and not isinstance(b, bool) and 2 <= b <= 16
+        ):
+            choices.append(int(b))
+        else:
+            raise ValueError(
+                "bits must hold bit-widths from 2 to 16 and the alphabets 'binary' "
+                f"and 'ternary', got {b!r} in bits={list(bits)!r} instead."
+            )
+    if len(choices) < 2 or len(set(choices)) != len(choices):
+        raise ValueError(
+            f"bits must hold at least two different choices, got bits={choices!r} "
+            "instead."
+        )
+    return choices
+
+
+def check_quantizer(quantizer):
+    """The quantizer the choices are applied to (``None``: per-channel rounding)."""
+    quantizer = UniformQuantizer() if quantizer is None else quantizer
+    if not isinstance(quantizer, BaseWeightQuantizer) or (
+        "n_bits" not in quantizer.get_params()
+    ):
+        raise TypeError(
+            "quantizer must be a skquant weight quantizer with an n_bits parameter "
+            "(UniformQuantizer, GreedyPathQuantizer or NullSpaceQuantizer), got "
+            f"{quantizer!r:.80} instead."
+        )
+    return quantizer
+
+
+def choice_quantizer(quantizer, choice):
+    """An unfitted clone of ``quantizer`` at ``choice`` (a bit-width or an alphabet).
+
+    Data-driven quantizers take the alphabets through ``n_bits``; for a memoryless
+    quantizer, ``"binary"`` and ``"ternary"`` mean :class:`BinaryQuantizer` and
+    :class:`TernaryQuantizer` with its granularity.
+    """
+    if isinstance(choice, str) and not isinstance(quantizer, BaseDataQuantizer):
+        cls = BinaryQuantizer if choice == "binary" else TernaryQuantizer
+        params = {
+            k: v
+            for k, v in quantizer.get_params().items()
+            if k in ("granularity", "n_jobs")
+        }
+        return cls(**params)
+    return clone(quantizer).set_params(n_bits=choice)

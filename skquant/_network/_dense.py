@@ -1,0 +1,362 @@
+"""The NumPy adapters of the Network protocol: dense layer lists, scikit-learn MLPs."""
+
+import copy
+
+import numpy as np
+from scipy.special import expit
+
+from ._protocol import LayerStep, Network
+
+__all__ = ["mlp_loss_gradient", "DenseNetwork", "MLPNetwork"]
+
+
+def _relu(Z):
+    return np.maximum(Z, 0)
+
+
+#: the hidden activations of dense networks (scikit-learn's definitions)
+ACTIVATIONS = {
+    "identity": lambda Z: Z,
+    "relu": _relu,
+    "tanh": np.tanh,
+    "logistic": expit,
+    None: lambda Z: Z,
+}
+
+
+def _activation(act, index):
+    if callable(act):
+        return act
+    if act in ACTIVATIONS:
+        return ACTIVATIONS[act]
+    raise ValueError(
+        f"layers[{index}] has activation={act!r}; expected a callable or one of "
+        f"{sorted(k for k in ACTIVATIONS if k)} instead."
+    )
+
+
+def _act_grad(name, A):
+    """Derivative of a hidden activation, from its output ``A``."""
+    if name == "relu":
+        return (A > 0).astype(A.dtype)
+    if name == "tanh":
+        return 1.0 - A**2
+    if name == "logistic":
+        return A * (1.0 - A)
+    return np.ones_like(A)
+
+
+class DenseNetwork(Network):
+    """A framework-free sequence of dense layers ``(W, b, activation)``.
+
+    Parameters
+    ----------
+    layers : list of (W, b, activation)
+        ``W`` of shape ``(n_in, n_out)``, bias of shape ``(n_out,)`` (or ``None``)
+        and the activation after the layer: a callable or one of ``"identity"``,
+        ``"relu"``, ``"tanh"``, ``"logistic"``.
+    """
+
+    def __init__(self, layers):
+        self._layers = _check_layers(layers)
+        self.layer_names = [f"layer_{i}" for i in range(len(self._layers))]
+        self._index = {n: i for i, n in enumerate(self.layer_names)}
+
+    @property
+    def model(self):
+        """The layers ``(W, b, activation)``."""
+        return self._layers
+
+    def weight(self, name):
+        """The ``(n_in, n_out)`` weight matrix of layer ``name``."""
+        return self._layers[self._index[name]][0]
+
+    def _check_X(self, X):
+        n_in = self._layers[0][0].shape[0]
+        Xf = np.asarray(X, dtype=np.float64)
+        if Xf.ndim != 2 or Xf.shape[1] != n_in:
+            raise ValueError(
+                f"X must have shape (m, {n_in}) for the first layer, got "
+                f"X.shape={Xf.shape} instead."
+            )
+        if Xf.shape[0] == 0:
+            raise ValueError("X must hold at least one row, got X.shape[0]=0 instead.")
+        if not np.all(np.isfinite(Xf)):
+            raise ValueError("X contains NaN or infinity.")
+        return Xf
+
+    def walk(self, data, *, max_rows=None, random_state=0):
+        """Yield each layer with its inputs (the quantized prefix's and the float's).
+
+        Parameters
+        ----------
+        data : array-like of shape (m, n_in)
+            Calibration inputs of the first layer.
+        max_rows : int, default=None
+            Largest number of rows (sampled once; each row is one input).
+        random_state : int, default=0
+            Seed of the sampling.
+
+        Yields
+        ------
+        step : LayerStep
+            Set ``step.quantized`` before advancing.
+        """
+        Xf = self._check_X(data)
+        if max_rows is not None and Xf.shape[0] > max_rows:
+            rng = np.random.default_rng(random_state)
+            Xf = Xf[np.sort(rng.choice(Xf.shape[0], max_rows, replace=False))]
+        Xq = Xf
+        for name, (W, b, act) in zip(self.layer_names, self._layers):
+            pair = (Xq, Xf)
+            step = LayerStep(name, W, lambda pair=pair: pair)
+            step.inputs()  # free: already computed
+            yield step
+            Q = W if step.quantized is None else step.quantized
+            shared = Xq is Xf and Q is W  # nothing quantized so far
+            Xf = act(Xf @ W + b)
+            Xq = Xf if shared else act(Xq @ Q + b)
+
+    def outputs(self, data, weights=None):
+        """The last layer's output (logits) on ``data``, some weights replaced."""
+        if weights:
+            self.check_layer_names(list(weights), "weights")
+        return self.forward(self._check_X(data), weights)[-1]
+
+    def forward(self, X, weights=None):
+        """Activations of every layer (the input first, the output last)."""
+        acts = [np.asarray(X, dtype=np.float64)]
+        for name, (W, b, act) in zip(self.layer_names, self._layers):
+            W = W if weights is None else weights.get(name, W)
+            acts.append(act(acts[-1] @ W + b))
+        return acts
+
+
+def _check_layers(layers):
+    if len(layers) == 0:
+        raise ValueError("layers must hold at least one (W, b, activation) triple.")
+    checked = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, tuple | list) or len(layer) != 3:
+            raise TypeError(
+                f"layers[{i}] must be a (W, b, activation) triple, got {layer!r:.80} "
+                "instead."
+            )
+        W, b, act = layer
+        W = np.asarray(W)
+        if W.ndim != 2:
+            raise ValueError(
+                f"layers[{i}] must have a 2-D weight matrix (n_in, n_out), got "
+                f"W.shape={W.shape} instead."
+            )
+        b = np.zeros(W.shape[1], W.dtype) if b is None else np.asarray(b)
+        if b.shape != (W.shape[1],):
+            raise ValueError(
+                f"layers[{i}] has a bias of shape {b.shape}; expected ({W.shape[1]},) "
+                "instead."
+            )
+        if i and checked[-1][0].shape[1] != W.shape[0]:
+            raise ValueError(
+                f"layers[{i}] takes {W.shape[0]} inputs but layers[{i - 1}] gives "
+                f"{checked[-1][0].shape[1]} outputs."
+            )
+        checked.append((W, b, _activation(act, i)))
+    return checked
+
+
+def _check_mlp(mlp, name="estimator"):
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    if not isinstance(mlp, MLPClassifier | MLPRegressor):
+        raise TypeError(
+            f"{name} must be an MLPClassifier or MLPRegressor (fitted or not, or "
+            f"wrapped in sklearn.frozen.FrozenEstimator), got {mlp!r:.80} instead."
+        )
+    return mlp
+
+
+class MLPNetwork(DenseNetwork):
+    """The network adapter of a fitted scikit-learn ``MLPClassifier``/``MLPRegressor``.
+
+    Layers are named ``layer_0``, ``layer_1``, ... (``coefs_[i]``); parameters
+    ``layer_i.weight`` then ``layer_i.bias``. NumPy only.
+
+    Parameters
+    ----------
+    mlp : MLPClassifier or MLPRegressor
+        A fitted network (not modified: copies are made).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.neural_network import MLPClassifier
+    >>> from skquant._network._dense import MLPNetwork
+    >>> X, y = load_digits(return_X_y=True)
+    >>> mlp = MLPClassifier((16,), max_iter=300, random_state=0).fit(X / 16, y)
+    >>> net = MLPNetwork(mlp)
+    >>> net.layer_names, net.weight("layer_0").shape
+    (['layer_0', 'layer_1'], (64, 16))
+    >>> loss, grads = net.loss_gradients((X / 16, y))
+    >>> list(grads)
+    ['layer_0.weight', 'layer_1.weight', 'layer_0.bias', 'layer_1.bias']
+    """
+
+    def __init__(self, mlp):
+        from sklearn.utils.validation import check_is_fitted
+
+        _check_mlp(mlp)
+        check_is_fitted(mlp, "coefs_")
+        self.mlp = mlp
+        n = len(mlp.coefs_)
+        super().__init__(
+            [
+                (W, b, mlp.activation if i < n - 1 else "identity")
+                for i, (W, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_))
+            ]
+        )
+
+    @property
+    def model(self):
+        """The scikit-learn estimator."""
+        return self.mlp
+
+    def with_weights(self, weights):
+        """A copy of the MLP (as a network) with some ``coefs_`` replaced."""
+        self.check_layer_names(list(weights), "weights")
+        mlp = copy.deepcopy(self.mlp)
+        mlp.coefs_ = [
+            np.asarray(weights.get(n, W)).astype(W.dtype)
+            for n, W in zip(self.layer_names, self.mlp.coefs_)
+        ]
+        return MLPNetwork(mlp)
+
+    def parameters(self):
+        """``layer_i.weight`` for every layer, then ``layer_i.bias``."""
+        params = {f"{n}.weight": W for n, W in zip(self.layer_names, self.mlp.coefs_)}
+        params.update(
+            {f"{n}.bias": b for n, b in zip(self.layer_names, self.mlp.intercepts_)}
+        )
+        return {k: np.asarray(v, dtype=np.float64).copy() for k, v in params.items()}
+
+    def output_axis(self, name):
+        """1 for a weight (``(n_in, n_out)``), 0 for a bias."""
+        return 1 if name.endswith(".weight") else 0
+
+    def with_parameters(self, params):
+        """A copy of the MLP with its weights and biases replaced."""
+        mlp = copy.deepcopy(self.mlp)
+        mlp.coefs_ = [
+            np.asarray(params.get(f"{n}.weight", W)).astype(W.dtype)
+            for n, W in zip(self.layer_names, self.mlp.coefs_)
+        ]
+        mlp.intercepts_ = [
+            np.asarray(params.get(f"{n}.bias", b)).astype(b.dtype)
+            for n, b in zip(self.layer_names, self.mlp.intercepts_)
+        ]
+        return MLPNetwork(mlp)
+
+    def predict(self, X):
+        """The MLP's predictions."""
+        return self.mlp.predict(X)
+
+    def check_targets(self, X, y):
+        """Validate ``(X, y)`` for the loss: same length, labels the MLP knows."""
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.utils import check_consistent_length
+
+        X = self._check_X(X)
+        y = np.asarray(y)
+        try:
+            check_consistent_length(X, y)
+        except ValueError as exc:
+            raise ValueError(
+                f"y must have one label per row of X ({X.shape[0]}), got "
+                f"len(y)={y.shape[0] if y.ndim else 0} instead."
+            ) from exc
+        if isinstance(self.mlp, MLPClassifier):
+            unseen = np.setdiff1d(np.unique(y), self.mlp.classes_)
+            if unseen.size:
+                raise ValueError(
+                    f"y holds labels {unseen.tolist()[:10]} that the MLP was not "
+                    f"trained on (its classes_ are {self.mlp.classes_.tolist()[:10]}"
+                    f"{'...' if self.mlp.classes_.size > 10 else ''}) instead."
+                )
+        return X, y
+
+    def loss_gradients(self, data, params=None):
+        """Mean log-loss of an ``MLPClassifier`` and its gradient (NumPy).
+
+        The loss is the mean cross-entropy of the output (softmax for several
+        classes, logistic for two), without scikit-learn's L2 penalty ``alpha``.
+
+        Parameters
+        ----------
+        data : tuple of (X, y)
+            Inputs and labels.
+        params : dict of {str: ndarray}, default=None
+            Parameters to evaluate at (by name); ``None`` takes the MLP's own.
+
+        Returns
+        -------
+        loss : float
+            The mean log-loss.
+        grads : dict of {str: ndarray}
+            Gradient of every parameter, by name (as :meth:`parameters`).
+        """
+        net = self if params is None else self.with_parameters(params)
+        X, y = data
+        mlp = net.mlp
+        Y = mlp._label_binarizer.transform(y).astype(np.float64)
+        acts = net.forward(X)
+        n_layers = len(mlp.coefs_)
+        Z = acts[-1]
+        n = Z.shape[0]
+        eps = np.finfo(np.float64).eps
+        if mlp.out_activation_ == "softmax":
+            Z = Z - Z.max(axis=1, keepdims=True)
+            P = np.exp(Z)
+            P /= P.sum(axis=1, keepdims=True)
+            loss = float(-np.sum(Y * np.log(np.clip(P, eps, 1))) / n)
+        else:
+            P = 1.0 / (1.0 + np.exp(-Z))
+            Pc = np.clip(P, eps, 1 - eps)
+            loss = float(-np.sum(Y * np.log(Pc) + (1 - Y) * np.log(1 - Pc)) / n)
+        delta = (P - Y) / n
+        grads = {}
+        for i in range(n_layers - 1, -1, -1):
+            name = self.layer_names[i]
+            grads[f"{name}.weight"] = acts[i].T @ delta
+            grads[f"{name}.bias"] = delta.sum(axis=0)
+            if i:
+                delta = (delta @ mlp.coefs_[i].T) * _act_grad(mlp.activation, acts[i])
+        order = list(self.parameters())
+        return loss, {k: grads[k] for k in order}
+
+
+def mlp_loss_gradient(mlp, X, y):
+    """Mean log-loss of a fitted ``MLPClassifier`` and its gradient (NumPy).
+
+    The loss is the mean cross-entropy of the network's output (softmax for several
+    classes, logistic for two), without scikit-learn's L2 penalty ``alpha``
+    (:meth:`skquant._network._dense.MLPNetwork.loss_gradients`).
+
+    Parameters
+    ----------
+    mlp : MLPClassifier
+        A fitted classifier.
+    X : array-like of shape (n_samples, n_features)
+        Inputs.
+    y : array-like of shape (n_samples,)
+        Labels.
+
+    Returns
+    -------
+    loss : float
+        The mean log-loss.
+    grads : list of ndarray
+        Gradients with respect to ``coefs_`` then ``intercepts_`` (same order and
+        shapes as ``mlp.coefs_ + mlp.intercepts_``).
+    """
+    network = MLPNetwork(mlp)
+    loss, grads = network.loss_gradients(network.check_targets(X, y))
+    return loss, list(grads.values())

@@ -1,0 +1,234 @@
+"""The layer-by-layer drivers: quantize every layer of a network, measure each layer's
+error.
+"""
+
+import time
+import warnings
+
+import numpy as np
+
+from .._common._progress import progress
+from .._quantizers._nullspace import NoFreedomWarning
+from ._dense import DenseNetwork
+from ._plan import _method_name, fit_layer, layer_steps, requires, resolve_quantizers
+from ._report import LayerQuantization
+
+__all__ = ["layer_errors", "quantize_layers", "quantize_network"]
+
+
+def _output_error(Xq, Q, Xf, W):
+    """``||Xq Q - Xf W|| / ||Xf W||`` (0 when the reference is 0)."""
+    ref = Xf @ W
+    den = np.linalg.norm(ref)
+    return float(np.linalg.norm(Xq @ Q - ref) / den) if den > 0 else 0.0
+
+
+def quantize_layers(
+    network,
+    quantizer,
+    data=None,
+    *,
+    max_rows=None,
+    random_state=0,
+    gradients=None,
+    calibrate=None,
+    verbose=False,
+):
+    """Quantize a network layer by layer: the one driver every front end calls.
+
+    Layer ``l`` is quantized by its quantizer; data-driven quantizers see the
+    layer's inputs computed by the already quantized prefix (``activations``) and
+    aim at the float network's (``target_activations``). Memoryless quantizers
+    need no calibration pass, and none is run unless one is asked for.
+
+    Parameters
+    ----------
+    network : Network
+        The network adapter.
+    quantizer : estimator, mapping or sequence
+        See :func:`resolve_quantizers`.
+    data : object, default=None
+        Calibration data in the adapter's format (needed by data-driven
+        quantizers and by ``calibrate=True``).
+    max_rows : int, default=None
+        Largest number of calibration rows per layer (sampled at capture time).
+    random_state : int, default=0
+        Seed of the row sampling.
+    gradients : callable, default=None
+        ``gradients() -> {layer name: (n_in, n_out) gradient}``, called once when
+        a layer's quantizer is an :class:`~skquant.AdaptivePrecisionQuantizer`.
+    calibrate : bool, default=None
+        Walk the calibration data (and report each layer's calibration error)
+        even when no quantizer needs it; ``None`` walks only when one does.
+    verbose : bool, default=False
+        Progress bar over the layers.
+
+    Returns
+    -------
+    result : LayerQuantization
+        ``quantizers``, ``tensors`` and ``weights`` (dequantized, ``(n_in,
+        n_out)``) by layer name, for the quantized layers, and the ``report``.
+    """
+    names = network.layer_names
+    plan = resolve_quantizers(names, quantizer)
+    for name, est in plan.items():
+        reason = None if est is None else est._network_error()
+        if reason is not None:
+            raise ValueError(f"layer {name!r}: {reason}")
+    needs_data = any(requires(e, "data") for e in plan.values())
+    walk = needs_data if calibrate is None else (bool(calibrate) or needs_data)
+    if walk and data is None:
+        raise ValueError(
+            "data-driven quantizers need calibration data; got data=None instead."
+        )
+    grads = None
+    needy = [e for e in plan.values() if requires(e, "gradient")]
+    if needy:
+        if gradients is None:
+            raise ValueError(
+                f"{type(needy[0]).__name__} needs loss gradients, which this driver "
+                "cannot compute here: pass the labels (and loss) it asks for."
+            )
+        grads = gradients()
+    steps = layer_steps(
+        network, data if walk else None, max_rows=max_rows, random_state=random_state
+    )
+    result = LayerQuantization()
+    no_freedom = []
+    for step in progress(
+        steps, desc="quantize layers", total=len(names), enabled=verbose
+    ):
+        est = plan[step.name]
+        W = step.weight
+        row = {
+            "name": step.name,
+            "shape": tuple(W.shape),
+            "method": _method_name(est),
+            "bits": 32.0,
+            "size_bits": 32 * W.size,
+            "calibration_error": float("nan"),
+            "seconds": 0.0,
+        }
+        if est is not None:
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NoFreedomWarning)
+                est, tensor = fit_layer(
+                    est,
+                    W,
+                    inputs=step.inputs() if requires(est, "data") else None,
+                    gradient=None if grads is None else grads.get(step.name),
+                    groups=step.groups,
+                )
+            for w in caught:  # gathered below; others pass on as they came
+                if issubclass(w.category, NoFreedomWarning):
+                    no_freedom.append(f"{step.name} ({W.shape[0]} inputs)")
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            Q = tensor.dequantize()
+            row["seconds"] = time.perf_counter() - start
+            row.update(
+                bits=tensor.bits_per_param,
+                size_bits=tensor.size_bits,
+                n_bits=tensor.n_bits,
+            )
+            result.quantizers[step.name] = est
+            result.tensors[step.name] = tensor
+            result.weights[step.name] = Q
+            step.quantized = Q
+        if step.has_inputs and step.groups == 1:
+            Xq, Xf = step.inputs()
+            Q = W if step.quantized is None else step.quantized
+            row["calibration_error"] = _output_error(Xq, Q, Xf, W)
+        result.report.rows.append(row)
+    if no_freedom:
+        warnings.warn(
+            f"NullSpaceQuantizer: the calibration data leaves no freedom in "
+            f"{len(no_freedom)} of {len(names)} layers ({', '.join(no_freedom)}): "
+            "their rank reaches the number of inputs, so every coordinate was "
+            "rounded (greedy path following, or MSQ with rounding='nearest'). Pass "
+            "a rank cap below n_in to keep only the main directions.",
+            NoFreedomWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def layer_errors(network, weights, data, *, max_rows=None, random_state=0):
+    """Relative error of each layer's output, both networks fed their own prefix.
+
+    Parameters
+    ----------
+    network : Network
+        The float network.
+    weights : dict of {str: ndarray}
+        Quantized ``(n_in, n_out)`` weights by layer name (layers not named stay
+        float).
+    data : object
+        Data in the adapter's format.
+    max_rows : int, default=None
+        Largest number of rows per layer.
+    random_state : int, default=0
+        Seed of the row sampling.
+
+    Returns
+    -------
+    errors : dict of {str: float}
+        ``||Xq Q - Xf W|| / ||Xf W||`` per layer.
+    """
+    network.check_layer_names(list(weights), "weights")
+    errors = {}
+    for step in network.walk(data, max_rows=max_rows, random_state=random_state):
+        Q = weights.get(step.name, step.weight)
+        Xq, Xf = step.inputs()
+        errors[step.name] = _output_error(Xq, Q, Xf, step.weight)
+        step.quantized = Q
+    return errors
+
+
+def quantize_network(layers, quantizer, X, *, verbose=False):
+    """Quantize dense layers in order, each on the quantized prefix's activations.
+
+    The framework-free entry of the network layer (:class:`DenseNetwork` and
+    :func:`quantize_layers`).
+
+    Parameters
+    ----------
+    layers : list of (W, b, activation)
+        ``W`` of shape ``(n_in, n_out)``, bias ``b`` of shape ``(n_out,)`` (or
+        ``None``), and the activation applied after the layer: a callable or one of
+        ``"identity"``, ``"relu"``, ``"tanh"``, ``"logistic"``.
+    quantizer : estimator, mapping or list
+        An unfitted weight quantizer, cloned for every layer; a mapping from layer
+        name (``"layer_0"``, ...) to quantizer; or one per layer.
+    X : array-like of shape (m, n_in)
+        Calibration inputs of the first layer.
+    verbose : bool, default=False
+        Show a progress bar.
+
+    Returns
+    -------
+    result : LayerQuantization
+        Fitted quantizers, quantized tensors and dequantized weights by layer
+        name, and the per-layer report.
+
+    See Also
+    --------
+    QuantizedMLP : The same for scikit-learn's MLPs, as an estimator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant import GreedyPathQuantizer
+    >>> from skquant._network._layers import quantize_network
+    >>> rng = np.random.default_rng(0)
+    >>> layers = [(rng.standard_normal((20, 30)) / 5, np.zeros(30), "relu"),
+    ...           (rng.standard_normal((30, 3)) / 5, np.zeros(3), "identity")]
+    >>> res = quantize_network(layers, GreedyPathQuantizer(n_bits=4),
+    ...                        rng.standard_normal((64, 20)))
+    >>> [w.shape for w in res.weights.values()]
+    [(20, 30), (30, 3)]
+    """
+    return quantize_layers(
+        DenseNetwork(layers), quantizer, X, calibrate=True, verbose=verbose
+    )

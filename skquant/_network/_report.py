@@ -1,0 +1,68 @@
+"""What a whole-network quantization returns: the per-layer report and the result
+record.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["LayerQuantization", "QuantizationReport"]
+
+
+@dataclass
+class QuantizationReport:
+    """Per-layer rows of a whole-network quantization; prints as a table.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per layer: ``name``, ``shape``, ``method``, ``bits`` (stored bits per
+        weight, scales included), ``size_bits``, ``calibration_error`` (relative
+        error of the layer's output on the calibration data, its input from the
+        quantized prefix; ``nan`` when no calibration pass was needed) and
+        ``seconds``.
+    """
+
+    rows: list = field(default_factory=list)
+
+    @property
+    def size_bits(self):
+        """Bits of every layer's weights (float layers at 32 bits per weight)."""
+        return int(sum(r["size_bits"] for r in self.rows))
+
+    @property
+    def seconds(self):
+        """Time spent in the quantizers, summed over the layers."""
+        return float(sum(r["seconds"] for r in self.rows))
+
+    def __str__(self):
+        head = f"{'layer':<24}{'shape':>14}  {'method':<14}{'bits':>7}{'size (B)':>12}"
+        head += f"{'calib err':>11}{'s':>8}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            shape = "x".join(str(s) for s in r["shape"])
+            err = r["calibration_error"]
+            lines.append(
+                f"{r['name']:<24.24}{shape:>14}  {r['method']:<14.14}"
+                f"{r['bits']:>7.3f}{r['size_bits'] / 8:>12.0f}"
+                + (f"{err:>11.4f}" if np.isfinite(err) else f"{'-':>11}")
+                + f"{r['seconds']:>8.3f}"
+            )
+        lines.append(
+            f"{'total':<24}{'':>14}  {'':<14}{'':>7}{self.size_bits / 8:>12.0f}"
+            f"{'':>11}{self.seconds:>8.3f}"
+        )
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"QuantizationReport({len(self.rows)} layers)\n{self}"
+
+
+@dataclass
+class LayerQuantization:
+    """What :func:`quantize_layers` returns (by layer name, forward order)."""
+
+    quantizers: dict = field(default_factory=dict)
+    tensors: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+    report: QuantizationReport = field(default_factory=QuantizationReport)

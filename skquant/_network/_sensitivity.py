@@ -1,0 +1,290 @@
+"""The sensitivity driver (Zhou et al.): every layer quantized alone at every choice,
+over any Network.
+"""
+
+import math
+import numbers
+import time
+
+import numpy as np
+
+from .._common._progress import progress
+from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
+from .._layerbits._law import (
+    SensitivityResult,
+    _accuracy,
+    _fit,
+    _label,
+    _power,
+    decisions,
+    margin_threshold,
+    noise_spread,
+)
+from ._plan import fit_layer, layer_steps, requires
+
+__all__ = ["sensitivity", "subsample"]
+
+
+HESSIAN_SAMPLES = 512  # samples of the measured subset the Hessian traces use
+
+
+def _fit_choice(quantizer, choice, W, X, groups):
+    """The quantized tensor of ``W`` at ``choice`` (data-driven: inputs ``X``)."""
+    est = choice_quantizer(quantizer, choice)
+    inputs = (X, X) if requires(est, "data") else None
+    return fit_layer(est, W, inputs=inputs, groups=groups)[1]
+
+
+def _empirical_threshold(
+    network, X, name, W, ref, labels, base, tolerance, guess, rng, count
+):
+    """Noise power on the outputs at which injected weight noise costs ``tolerance``.
+
+    Uniform noise ``sigma * maxabs_j * U(-1/2, 1/2)`` per output channel ``j`` (the
+    error of rounding to a grid of step ``sigma * maxabs_j``); ``sigma`` is searched
+    on a log scale (bracketing from ``guess``, then 8 bisections).
+    """
+    E = rng.uniform(-0.5, 0.5, W.shape) * np.abs(W).max(axis=0, keepdims=True)
+
+    def measure(log_sigma):
+        Z = network.outputs(X, {name: W + math.exp(log_sigma) * E})
+        count[0] += 1
+        return _power(Z.reshape(len(Z), -1) - ref), base - _accuracy(Z, labels)
+
+    p1, _ = measure(0.0)  # sigma = 1: noise as large as the weights
+    if p1 == 0:
+        return math.inf
+    start = 0.5 * math.log(guess / p1) if math.isfinite(guess) and guess > 0 else -3.0
+    lo = hi = None
+    x = min(start, 3.0)
+    cache = {}
+    for _ in range(10):
+        cache[x] = measure(x)
+        if cache[x][1] >= tolerance:
+            hi = x
+            if lo is not None:
+                break
+            x -= math.log(4)
+        else:
+            lo = x
+            if hi is not None:
+                break
+            if x >= 3.0:  # noise 20x the weights and still within tolerance
+                return math.inf
+            x = min(x + math.log(4), 3.0)
+    if hi is None:
+        return math.inf
+    if lo is None:
+        return cache[hi][0]
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        cache[mid] = measure(mid)
+        if cache[mid][1] >= tolerance:
+            hi = mid
+        else:
+            lo = mid
+    return math.sqrt(cache[lo][0] * cache[hi][0])
+
+
+def sensitivity(
+    network,
+    X,
+    labels=None,
+    *,
+    quantizer=None,
+    bits=(2, 3, 4, 5, 6, 8),
+    classifier=True,
+    tolerance=0.005,
+    threshold="margin",
+    additivity=True,
+    hessian=False,
+    hessian_data=None,
+    n_probes=16,
+    max_rows=2048,
+    random_state=0,
+    verbose=False,
+):
+    """Measure every layer's sensitivity: the one driver behind the front ends.
+
+    Parameters
+    ----------
+    network : Network
+        The float network adapter.
+    X : object
+        Inputs in the adapter's format (already subsampled).
+    labels : ndarray of int, default=None
+        Class index per row of ``X``; ``None`` measures accuracy as agreement
+        with the float model's decisions.
+    quantizer, bits, tolerance, threshold, additivity, hessian, n_probes,
+    max_rows, random_state, verbose :
+        See :func:`measure_sensitivity`.
+    classifier : bool, default=True
+        Whether the outputs are logits of a classifier (regression models have
+        no accuracy and no ``t``).
+    hessian_data : object, default=None
+        ``(X, y)`` in the adapter's format for the Hessian traces.
+
+    Returns
+    -------
+    result : SensitivityResult
+    """
+    quantizer = check_quantizer(quantizer)
+    choices = check_choices(bits)
+    if threshold not in ("margin", "empirical", "both", None):
+        raise ValueError(
+            "threshold must be 'margin', 'empirical', 'both' or None, got "
+            f"threshold={threshold!r} instead."
+        )
+    if not (isinstance(tolerance, numbers.Real) and 0 < tolerance < 1):
+        raise ValueError(
+            "tolerance must be an accuracy drop in (0, 1), got "
+            f"tolerance={tolerance!r} instead."
+        )
+    rng = np.random.default_rng(random_state)
+    start_all = time.perf_counter()
+    count = [1]
+    ref = np.asarray(network.outputs(X), dtype=np.float64)
+    if ref.shape[0] == 0:
+        raise ValueError("X holds no sample: the measurement needs at least one row.")
+    ref = ref.reshape(ref.shape[0], -1)
+    n = ref.shape[0]
+    if labels is not None and len(labels) != n:
+        raise ValueError(
+            f"y must have one label per sample ({n}), got len(y)={len(labels)} instead."
+        )
+    base = None
+    if classifier:
+        labels = decisions(ref) if labels is None else np.asarray(labels)
+        base = _accuracy(ref, labels)
+        counted = decisions(ref) == labels
+    names = network.layer_names
+    L, C = len(names), len(choices)
+    noise = np.zeros((L, C))
+    size = np.zeros((L, C))
+    code_bits = np.zeros((L, C))
+    werr = np.zeros((L, C))
+    wnorm = np.zeros(L)
+    acc = np.zeros((L, C)) if classifier else None
+    t_m = np.full(L, np.nan) if classifier and threshold in ("margin", "both") else None
+    t_e = (
+        np.full(L, np.nan)
+        if classifier and threshold in ("empirical", "both")
+        else None
+    )
+    seconds = np.zeros(L)
+    keep = {} if additivity else None
+    data = X if requires(quantizer, "data") else None
+    steps = layer_steps(network, data, max_rows=max_rows, random_state=random_state)
+    for step in progress(steps, desc="sensitivity", total=L, enabled=verbose):
+        name, W, groups = step.name, step.weight, step.groups
+        Xin = step.inputs()[1] if data is not None else None  # the float network's
+        i = names.index(name)
+        t0 = time.perf_counter()
+        W = np.asarray(W)  # its own dtype: the scales are stored in it
+        wnorm[i] = float(np.sum(W.astype(np.float64) ** 2))
+        diffs = []
+        for j, choice in enumerate(choices):
+            tensor = _fit_choice(quantizer, choice, W, Xin, groups)
+            Q = tensor.dequantize().astype(np.float64)
+            Z = np.asarray(network.outputs(X, {name: Q}), dtype=np.float64)
+            count[0] += 1
+            R = Z.reshape(n, -1) - ref
+            diffs.append(R)
+            noise[i, j] = _power(R)
+            size[i, j] = tensor.size_bits
+            code_bits[i, j] = tensor.n_bits
+            werr[i, j] = float(np.sum((W - Q) ** 2))  # (Q is float64)
+            if classifier:
+                acc[i, j] = _accuracy(Z, labels)
+            if keep is not None:
+                keep[(i, j)] = Q
+        if t_m is not None:
+            spread = noise_spread(ref, diffs)
+            t_m[i] = (
+                math.inf
+                if spread is None
+                else margin_threshold(ref, spread, tolerance, counted)
+            )
+        if t_e is not None:
+            guess = t_m[i] if t_m is not None else float(np.median(noise[i]))
+            t_e[i] = _empirical_threshold(
+                network, X, name, W, ref, labels, base, tolerance, guess, rng, count
+            )
+        seconds[i] = time.perf_counter() - t0
+    fits = [_fit(code_bits[i], noise[i]) for i in range(L)]
+    result = SensitivityResult(
+        layer_names=list(names),
+        choices=choices,
+        n_params=np.array([network.n_params(nm) for nm in names], dtype=np.int64),
+        code_bits=code_bits,
+        noise=noise,
+        size=size,
+        weight_error=werr,
+        weight_norm=wnorm,
+        p=np.array([f[0] for f in fits]),
+        slope=np.array([f[1] for f in fits]),
+        r2=np.array([f[2] for f in fits]),
+        accuracy=acc,
+        reference_accuracy=base,
+        t_margin=t_m,
+        t_empirical=t_e,
+        tolerance=float(tolerance) if classifier else None,
+        seconds=seconds,
+    )
+    if keep is not None and L > 1:
+        configs = [(f"all {_label(c)}", [j] * L) for j, c in enumerate(choices)]
+        for k in range(3):
+            configs.append((f"mixed #{k + 1}", list(rng.integers(0, C, size=L))))
+        for label, pick in configs:
+            Z = np.asarray(
+                network.outputs(
+                    X, {nm: keep[(i, pick[i])] for i, nm in enumerate(names)}
+                ),
+                dtype=np.float64,
+            ).reshape(n, -1)
+            count[0] += 1
+            measured = _power(Z - ref)
+            total = float(sum(noise[i, pick[i]] for i in range(L)))
+            result.additivity.append(
+                {
+                    "label": label,
+                    "choices": {nm: choices[pick[i]] for i, nm in enumerate(names)},
+                    "measured": measured,
+                    "sum": total,
+                    "ratio": measured / total if total > 0 else float("nan"),
+                }
+            )
+    if hessian:
+        if hessian_data is None:
+            raise ValueError("hessian=True needs labels y for the loss.")
+        result.hessian_trace = np.asarray(
+            network.hessian_traces(
+                hessian_data, n_probes=n_probes, random_state=random_state
+            ),
+            dtype=np.float64,
+        )
+    result.forward_passes = count[0]
+    result.total_seconds = time.perf_counter() - start_all
+    return result
+
+
+def subsample(X, y, max_samples, random_state):
+    """At most ``max_samples`` rows of ``X`` (and ``y``), drawn without replacement."""
+    if max_samples is not None and (
+        not isinstance(max_samples, numbers.Integral) or max_samples < 1
+    ):
+        raise ValueError(
+            f"max_samples must be a positive integer or None, got "
+            f"max_samples={max_samples!r} instead."
+        )
+    n = len(X)
+    if n == 0:
+        raise ValueError("X holds no sample: the measurement needs at least one row.")
+    if y is not None and len(y) != n:
+        raise ValueError(
+            f"y must have one label per row of X ({n}), got len(y)={len(y)} instead."
+        )
+    if max_samples is None or n <= max_samples:
+        return X, y
+    rows = np.sort(np.random.default_rng(random_state).choice(n, max_samples, False))
+    return X[rows], None if y is None else y[rows]

@@ -1,0 +1,137 @@
+"""adaptive_quantize_mlp: the adaptive-precision loop on a fitted scikit-learn MLP."""
+
+from .._network._adaptive import adaptive_quantize_network
+
+__all__ = ["adaptive_quantize_mlp"]
+
+
+def adaptive_quantize_mlp(
+    mlp,
+    X,
+    y,
+    *,
+    loss_bound=0.1,
+    relative=True,
+    trust_region=0.05,
+    max_iter=10,
+    max_bits=24,
+    group_size=None,
+    group_margin="smallest",
+    map_coder="auto",
+    payload_coder="range",
+    retrain=None,
+    retrain_steps=50,
+    retrain_lr=1e-3,
+    retrain_batch_size=None,
+    retrain_data=None,
+    random_state=None,
+    X_eval=None,
+    y_eval=None,
+    verbose=False,
+    n_jobs=None,
+):
+    """Khoram & Li's iterative adaptive precision on a fitted ``MLPClassifier``.
+
+    Every parameter (weights and biases) gets its own fixed-point precision; the loss
+    (mean log-loss on ``X, y``, gradient in NumPy by :func:`mlp_loss_gradient`) stays
+    within the bound.
+
+    Parameters
+    ----------
+    mlp : MLPClassifier
+        A fitted classifier (left unchanged).
+    X : array-like of shape (n_samples, n_features)
+        Data for the loss and its gradient.
+    y : array-like of shape (n_samples,)
+        Labels.
+    loss_bound : float, default=0.1
+        Allowed loss, relative to the float loss (``relative=True``: 10% above) or
+        absolute.
+    relative : bool, default=True
+        How to read ``loss_bound``.
+    trust_region : float, default=0.05
+        Largest margin, as a fraction of each tensor's power-of-two range.
+    max_iter : int, default=10
+        Largest number of steps.
+    max_bits : int, default=24
+        Largest number of fractional bits.
+    group_size : None, "channel" or int, default=None
+        One precision per parameter, per output neuron (``"channel"``) or per
+        ``group_size`` consecutive weights of a neuron.
+    group_margin : {"smallest", "pooled"}, default="smallest"
+        How a group's margin is chosen (see :func:`allocate_precision`).
+    map_coder : str, default="auto"
+        Coder of the stored precision maps.
+    payload_coder : str, default="range"
+        Coder of the stored payloads.
+    retrain : {None, "ste", "pruned"}, default=None
+        Fine-tune between steps (see :func:`adaptive_precision_loop`).
+    retrain_steps : int, default=50
+        Full-batch Adam steps of each fine-tune.
+    retrain_lr : float, default=1e-3
+        Adam's learning rate, relative to each tensor's range.
+    retrain_batch_size : int, default=None
+        Rows per fine-tune step (shuffled minibatches); ``None``: all of ``X``.
+    retrain_data : tuple of (X, y), default=None
+        Data of the fine-tune (the training set, say); ``None``: ``(X, y)``,
+        the loss's data.
+    random_state : int, default=None
+        Seed of the minibatches' order.
+    X_eval, y_eval : array-like, default=None
+        Data whose accuracy the history records.
+    verbose : bool, default=False
+        Progress bar.
+    n_jobs : int, default=None
+        Number of numba threads.
+
+    Returns
+    -------
+    result : AdaptiveQuantizationResult
+        ``result.model`` is the quantized copy of ``mlp``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.neural_network import MLPClassifier
+    >>> from skquant import adaptive_quantize_mlp
+    >>> X, y = load_digits(return_X_y=True)
+    >>> X = X / 16
+    >>> mlp = MLPClassifier((32,), max_iter=300, random_state=0).fit(X, y)
+    >>> res = adaptive_quantize_mlp(mlp, X, y, loss_bound=0.5)
+    >>> res.history[-1]["bits_per_param"] < 16, res.model.score(X, y) > 0.95
+    (True, True)
+    """
+    from .._network._dense import MLPNetwork
+
+    network = MLPNetwork(mlp)
+    data = network.check_targets(X, y)
+    evaluate = None
+    if X_eval is not None:
+
+        def evaluate(model):
+            return float(model.score(X_eval, y_eval))
+
+    return adaptive_quantize_network(
+        network,
+        data,
+        loss_bound=loss_bound,
+        relative=relative,
+        trust_region=trust_region,
+        max_iter=max_iter,
+        max_bits=max_bits,
+        group_size=group_size,
+        group_margin=group_margin,
+        map_coder=map_coder,
+        payload_coder=payload_coder,
+        retrain=retrain,
+        retrain_steps=retrain_steps,
+        retrain_lr=retrain_lr,
+        retrain_batch_size=retrain_batch_size,
+        retrain_data=None
+        if retrain_data is None
+        else network.check_targets(*retrain_data),
+        random_state=random_state,
+        evaluate=evaluate,
+        verbose=verbose,
+        n_jobs=n_jobs,
+    )
