@@ -315,7 +315,9 @@ def _minibatch_gradient(network, names, data, batch_size, seed):
 
 
 def adaptive_quantize_network(network, data, **options):
-    """The adaptive-precision loop over any :class:`~skquant._network._protocol.Network`.
+    """The adaptive-precision loop over any network adapter.
+
+    The network is a :class:`~skquant._network._protocol.Network`.
 
     Every parameter of the network gets its own precision (the one driver behind
     :func:`adaptive_quantize_mlp` and ``skquant.torch.adaptive_quantize_model``).

@@ -210,7 +210,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
 
     @property
     def alphabet_record_(self):
-        """The fitted :class:`~skquant._tensor._alphabets.Alphabet` (kind, code range, bits)."""
+        """The fitted :class:`~skquant._tensor._alphabets.Alphabet` of the codes."""
         check_is_fitted(self)
         return Alphabet(self._alphabet, self.qmin_, self.qmax_, self.n_bits_)
 

@@ -121,8 +121,8 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         ``Gqf = Xq^T Xf`` and ``Gqq = Xq^T Xq``: the ``w`` part is one product
         (``tril(Gqf) @ W``) and the ``q`` part is subtracted block by block (see
         :func:`greedy_path_gram`). ``tril(Gqf) @ W`` comes from the data by a
-        running sum (:func:`~skquant._quantizers._gram.triangle_product`), so ``Gqq`` is the
-        one ``n_in x n_in`` matrix held. After it (``m n_in^2``), nothing depends
+        running sum (:func:`~skquant._quantizers._gram.triangle_product`), so ``Gqq`` is
+        the one ``n_in x n_in`` matrix held. After it (``m n_in^2``), nothing depends
         on ``m``.
         """
         return greedy_path_gram(

@@ -1,6 +1,8 @@
 """adaptive_quantize_mlp: the adaptive-precision loop on a fitted scikit-learn MLP."""
 
 from .._network._adaptive import adaptive_quantize_network
+from .._network._dense import MLPNetwork
+from .._precision._options import loop_options
 
 __all__ = ["adaptive_quantize_mlp"]
 
@@ -101,8 +103,6 @@ def adaptive_quantize_mlp(
     >>> res.history[-1]["bits_per_param"] < 16, res.model.score(X, y) > 0.95
     (True, True)
     """
-    from .._network._dense import MLPNetwork
-
     network = MLPNetwork(mlp)
     data = network.check_targets(X, y)
     evaluate = None
@@ -111,27 +111,9 @@ def adaptive_quantize_mlp(
         def evaluate(model):
             return float(model.score(X_eval, y_eval))
 
+    options = loop_options(locals())
+    if retrain_data is not None:
+        options["retrain_data"] = network.check_targets(*retrain_data)
     return adaptive_quantize_network(
-        network,
-        data,
-        loss_bound=loss_bound,
-        relative=relative,
-        trust_region=trust_region,
-        max_iter=max_iter,
-        max_bits=max_bits,
-        group_size=group_size,
-        group_margin=group_margin,
-        map_coder=map_coder,
-        payload_coder=payload_coder,
-        retrain=retrain,
-        retrain_steps=retrain_steps,
-        retrain_lr=retrain_lr,
-        retrain_batch_size=retrain_batch_size,
-        retrain_data=None
-        if retrain_data is None
-        else network.check_targets(*retrain_data),
-        random_state=random_state,
-        evaluate=evaluate,
-        verbose=verbose,
-        n_jobs=n_jobs,
+        network, data, **options, evaluate=evaluate, verbose=verbose, n_jobs=n_jobs
     )

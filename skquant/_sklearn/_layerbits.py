@@ -313,8 +313,8 @@ class LayerBitAllocator(BaseEstimator):
         ----------
         n_points : int, default=30
             Cost targets, spaced geometrically (see
-            :func:`skquant._layerbits._allocation.pareto_choices`); of allocations of equal
-            size, and of those no cheaper than a smaller one, none is kept.
+            :func:`skquant._layerbits._allocation.pareto_choices`); of allocations of
+            equal size, and of those no cheaper than a smaller one, none is kept.
 
         Returns
         -------

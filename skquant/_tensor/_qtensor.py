@@ -137,8 +137,8 @@ class QuantizedTensor:
         meta : dict
             ``map_coder`` (the coder used) and ``payload_bits``.
         arrays : dict of ndarray
-            Payload, precision map and exponent (see :mod:`skquant._tensor._fixedpoint`):
-            what :func:`skquant.save` writes.
+            Payload, precision map and exponent (see
+            :mod:`skquant._tensor._fixedpoint`): what :func:`skquant.save` writes.
         """
         if self.precision_bits is None:
             raise ValueError(

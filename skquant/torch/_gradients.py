@@ -215,7 +215,8 @@ def adaptive_quantize_model(
         ``group_size`` consecutive weights of a channel.
     group_margin : {"smallest", "pooled"}, default="smallest"
         With groups: the smallest member margin, or one margin per group from
-        the budget solved over groups (see ``skquant._precision._allocate.allocate_precision``).
+        the budget solved over groups (see
+        ``skquant._precision._allocate.allocate_precision``).
     map_coder : str, default="auto"
         Coder of the stored precision maps.
     payload_coder : str, default="range"

@@ -1,9 +1,9 @@
 """The torch adapter of skquant's network layer.
 
 :class:`TorchNetwork` wraps an ``nn.Module`` behind the protocol of
-:class:`skquant._network._protocol.Network`. Its :meth:`TorchNetwork.walk` yields each weight
-layer with its inputs on calibration data, as the float model computes them and as
-the already quantized prefix does, and is built to be cheap:
+:class:`skquant._network._protocol.Network`. Its :meth:`TorchNetwork.walk` yields
+each weight layer with its inputs on calibration data, as the float model computes
+them and as the already quantized prefix does, and is built to be cheap:
 
 * rows (samples, or output positions of a convolution) are sampled **at capture
   time**, per batch, and conv patches are gathered only at the sampled positions
