@@ -140,6 +140,21 @@ class Alphabet:
             )
         return codes
 
+    @property
+    def is_binary(self):
+        """Whether this is ``{-a, +a}``: no zero code, one bit per weight."""
+        return self.kind == "binary"
+
+    @property
+    def level_rule(self):
+        """The data-free rule of the level ``a`` (the quantizers' ``scale=``).
+
+        ``"mean"`` (``mean|w|``, XNOR-Net's) for binary, ``"twn"`` (ternary weight
+        networks' ``mean{|w| : |w| > 0.7 mean|w|}``) for ternary, ``None`` for a
+        grid of steps.
+        """
+        return _LEVEL_RULES.get(self.kind)
+
 
 def channel_view(W, granularity):
     """``W`` itself per channel, or one column holding every entry per tensor."""
@@ -263,3 +278,30 @@ def ternary_twn_level(Wc):
     count = mask.sum(axis=0)
     total = np.where(mask, A, 0).sum(axis=0)
     return (total / np.maximum(count, 1)).astype(Wc.dtype)
+
+
+_LEVEL_RULES = {"binary": "mean", "ternary": "twn"}
+
+#: ``{-a, +a}``: codes -1 and +1, stored as one bit.
+BINARY = Alphabet("binary", -1, 1, 1)
+
+#: ``{-a, 0, +a}``: codes -1, 0 and 1 in two bits.
+TERNARY = Alphabet("ternary", -1, 1, 2)
+
+_NAMED = {"binary": BINARY, "ternary": TERNARY}
+
+
+def alphabet_from(name, *, allow_float=False):
+    """The :class:`Alphabet` of a user-facing name, ``"binary"`` or ``"ternary"``.
+
+    With ``allow_float``, ``"float"`` (no alphabet: the weights stay float) gives
+    ``None``; any other name raises a ``ValueError`` naming the accepted ones.
+    """
+    if isinstance(name, str) and name in _NAMED:
+        return _NAMED[name]
+    if allow_float and isinstance(name, str) and name == "float":
+        return None
+    accepted = (
+        "'float', 'binary' or 'ternary'" if allow_float else "'binary' or 'ternary'"
+    )
+    raise ValueError(f"alphabet must be {accepted}, got alphabet={name!r}.")

@@ -128,7 +128,8 @@ class FakeQuantize(nn.Module):
         from .._tensor._alphabets import safe_scale
 
         check_is_fitted(est)
-        if getattr(est, "_alphabet", "uniform") == "binary":
+        alphabet = getattr(est, "alphabet_record_", None)
+        if alphabet is not None and alphabet.is_binary:
             raise ValueError(
                 "FakeQuantize supports grids (uniform, ternary, affine); got a "
                 "BinaryQuantizer instead."

@@ -19,6 +19,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .._common._progress import progress
+from .._tensor._alphabets import BINARY, TERNARY, Alphabet, alphabet_from
 from .._kernels import _sq as _sq_kernels
 from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer
 from ._gradients import autograd_tensor, gradients_enabled
@@ -52,11 +53,30 @@ def _covered_layers(model, layers, skip):
     return network, names
 
 
+_QUANTIZER_CLASSES = {BINARY: BinaryQuantizer, TERNARY: TernaryQuantizer}
+
+
+def quantizer_class(alphabet):
+    """The skquant quantizer that stores ``alphabet`` (binary or ternary)."""
+    try:
+        return _QUANTIZER_CLASSES[alphabet]
+    except KeyError:
+        raise ValueError(
+            f"no binary or ternary quantizer for the alphabet {alphabet!r}."
+        ) from None
+
+
+def as_alphabet(alphabet):
+    """An :class:`~skquant._alphabets.Alphabet`, or the one its name gives."""
+    return alphabet if isinstance(alphabet, Alphabet) else alphabet_from(alphabet)
+
+
 def _project(w, a, alphabet):
     """``w`` on ``a * {-1, 1}`` (``sign(0) = +1``) or on the nearest of
     ``a * {-1, 0, 1}`` (ties at ``a/2`` to 0), as :class:`~skquant.BinaryQuantizer`
-    and :class:`~skquant.TernaryQuantizer` round."""
-    if alphabet == "binary":
+    and :class:`~skquant.TernaryQuantizer` round; ``alphabet`` is
+    :data:`~skquant._alphabets.BINARY` or :data:`~skquant._alphabets.TERNARY`."""
+    if alphabet.is_binary:
         return a * torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
     return a * torch.where(w.abs() > a / 2, torch.sign(w), 0.0).to(w.dtype)
 
@@ -251,9 +271,13 @@ class SQRegularizer(nn.Module):
 
     def alphabets(self, threshold=3 * math.pi / 8):
         """``"binary"`` for layers with ``beta >= threshold``, else ``"ternary"``."""
+        return {n: a.kind for n, a in self._alphabets(threshold).items()}
+
+    def _alphabets(self, threshold):
+        """:data:`BINARY` or :data:`TERNARY` by layer, as :meth:`alphabets` says."""
         beta = self.beta().detach().cpu().numpy()
         return {
-            n: "binary" if b >= threshold else "ternary"
+            n: BINARY if b >= threshold else TERNARY
             for n, b in zip(self.layer_names, beta)
         }
 
@@ -275,14 +299,18 @@ class SQRegularizer(nn.Module):
         """
         a = self.scale().detach().cpu().numpy()
         out = {}
-        for (name, alphabet), scale in zip(self.alphabets(threshold).items(), a):
-            cls = BinaryQuantizer if alphabet == "binary" else TernaryQuantizer
+        for (name, alphabet), scale in zip(self._alphabets(threshold).items(), a):
+            cls = quantizer_class(alphabet)
             out[name] = cls(granularity="per_tensor", scale=float(scale))
         return out
 
     def project(self, w, i, alphabet):
-        """Layer ``i``'s weights on its alphabet (for the straight-through pass)."""
-        return _project(w, self.scale()[i].detach(), alphabet)
+        """Layer ``i``'s weights on its alphabet (for the straight-through pass).
+
+        ``alphabet`` is ``"binary"`` or ``"ternary"``, or its
+        :class:`~skquant._alphabets.Alphabet`.
+        """
+        return _project(w, self.scale()[i].detach(), as_alphabet(alphabet))
 
 
 # --------------------------------------------------------------------- trainer
@@ -339,7 +367,11 @@ class SQResult:
     @property
     def binary_fraction(self):
         """Fraction of the covered layers that ended binary."""
-        return sum(a == "binary" for a in self.alphabets.values()) / len(self.alphabets)
+        binary = [
+            alphabet_from(a, allow_float=True) is BINARY
+            for a in self.alphabets.values()
+        ]
+        return sum(binary) / len(self.alphabets)
 
     @property
     def bits_per_weight(self):
@@ -800,14 +832,14 @@ def train_sq(
                         _straight_through(
                             names,
                             reg._layers,
-                            lambda i, w, now=reg.alphabets(beta_threshold): reg.project(
-                                w, i, now[names[i]]
+                            lambda i, w, now=reg._alphabets(beta_threshold): (
+                                reg.project(w, i, now[names[i]])
                             ),
                         ),
                     )
             else:
                 if alphabets is None:
-                    alphabets = reg.alphabets(beta_threshold)
+                    alphabets = reg._alphabets(beta_threshold)
                     opt = torch.optim.Adam(model.parameters(), lr=loop.finetune_lr)
 
                     def weights():
@@ -826,7 +858,8 @@ def train_sq(
             )
             bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
     if alphabets is None:
-        alphabets = reg.alphabets(beta_threshold)
+        alphabets = reg._alphabets(beta_threshold)
+    alphabets = {n: a.kind for n, a in alphabets.items()}
     model.eval()
     qmodel, report = quantize_model(
         model, reg.quantizers(beta_threshold), skip=skip, return_report=True
@@ -838,7 +871,7 @@ def _baseline_scale(w, alphabet):
     """The per-tensor level of a baseline: ``mean|w|`` for binary (XNOR-Net's
     rule), ternary weight networks' ``mean{|w| : |w| > 0.7 mean|w|}``."""
     A = w.detach().abs()
-    if alphabet == "binary":
+    if alphabet.is_binary:
         return A.mean()
     kept = A[A > 0.7 * A.mean()]
     return kept.mean() if kept.numel() else A.mean()
@@ -939,11 +972,7 @@ def train_baseline(
     """
     from ._model import quantize_model
 
-    if alphabet not in ("float", "binary", "ternary"):
-        raise ValueError(
-            "alphabet must be 'float', 'binary' or 'ternary', got "
-            f"alphabet={alphabet!r}."
-        )
+    record = alphabet_from(alphabet, allow_float=True)  # None: float
     loop = _Loop(
         model,
         data,
@@ -964,32 +993,30 @@ def train_baseline(
     loop.snapshot()
     opt = torch.optim.Adam(model.parameters(), lr=loop.lr)
     weights = None
-    if alphabet != "float":
+    if record is not None:
 
         def weights():
             return _straight_through(
                 names,
                 modules,
-                lambda i, w: _project(w, _baseline_scale(w, alphabet), alphabet),
+                lambda i, w: _project(w, _baseline_scale(w, record), record),
             )
 
     with loop.gradients("skquant.torch.train_baseline"):
         bar = progress(range(epochs), desc=f"train {alphabet}", enabled=verbose)
         for epoch in bar:
             row = loop.epoch(epoch + 1, "train", opt, weights=weights)
-            if alphabet != "float":
+            if record is not None:
                 row["a"] = {
-                    n: float(_baseline_scale(m.weight, alphabet))
+                    n: float(_baseline_scale(m.weight, record))
                     for n, m in zip(names, modules)
                 }
             bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
     model.eval()
     alphabets = dict.fromkeys(names, alphabet)
-    if alphabet == "float":
+    if record is None:
         return SQResult(model, model, None, alphabets, loop.history, None)
-    cls, rule = (
-        (BinaryQuantizer, "mean") if alphabet == "binary" else (TernaryQuantizer, "twn")
-    )
+    cls, rule = quantizer_class(record), record.level_rule
     qmodel, report = quantize_model(
         model,
         {n: cls(granularity="per_tensor", scale=rule) for n in names},
