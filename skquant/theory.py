@@ -15,6 +15,14 @@ import numbers
 
 import numpy as np
 
+from ._common._progress import progress
+from ._quantizers._gpfq import GreedyPathQuantizer
+from ._quantizers._nullspace import NullSpaceQuantizer
+from ._quantizers._uniform import UniformQuantizer
+from ._tensor._alphabets import alphabet_from
+from .datasets import make_gaussian_layer
+from .metrics import relative_error
+
 __all__ = [
     "error_decay",
     "gpfq_bound",
@@ -172,11 +180,16 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     """
     X = _as2d(X)
     step = _step(step)
-    if variant not in ("grid", "ternary", "binary"):
-        raise ValueError(
-            "variant must be 'grid', 'ternary' or 'binary', got "
-            f"variant={variant!r} instead."
-        )
+    if variant == "grid":
+        alphabet = None
+    else:
+        try:
+            alphabet = alphabet_from(variant)
+        except ValueError:
+            raise ValueError(
+                "variant must be 'grid', 'ternary' or 'binary', got "
+                f"variant={variant!r} instead."
+            ) from None
     if rank is None:
         r = int(np.linalg.matrix_rank(X))
     else:
@@ -186,7 +199,7 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
                 f"rank must be at most min(m, n_in)={min(X.shape)} (the rank of X "
                 f"cannot exceed it), got rank={rank!r}."
             )
-    per = step if variant == "binary" else step / 2
+    per = step if alphabet is not None and alphabet.is_binary else step / 2
     return float(max_subset_norm_bound(X, r) * np.sqrt(r) * per)
 
 
@@ -391,9 +404,6 @@ def predicted_rate(method, m, n_in):
 
 
 def _method_estimator(method, n_bits, rounding):
-    from ._quantizers._gpfq import GreedyPathQuantizer
-    from ._quantizers._nullspace import NullSpaceQuantizer
-    from ._quantizers._uniform import UniformQuantizer
 
     if method == "msq":
         return UniformQuantizer(n_bits=n_bits)
@@ -469,9 +479,6 @@ def error_decay(
     >>> bool(res["slopes"][("grid", 4)] < res["slopes"][("msq", 4)])
     True
     """
-    from ._common._progress import progress
-    from .datasets import make_gaussian_layer
-    from .metrics import relative_error
 
     rng = np.random.default_rng(random_state)
     rows = []

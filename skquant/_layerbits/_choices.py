@@ -8,7 +8,7 @@ from sklearn.base import clone
 
 from .._quantizers._base import BaseWeightQuantizer
 from .._quantizers._datadriven import BaseDataQuantizer
-from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from .._quantizers._uniform import UniformQuantizer, level_quantizer
 
 __all__ = ["check_choices", "check_quantizer", "choice_quantizer"]
 
@@ -67,7 +67,7 @@ def choice_quantizer(quantizer, choice):
     :class:`TernaryQuantizer` with its granularity.
     """
     if isinstance(choice, str) and not isinstance(quantizer, BaseDataQuantizer):
-        cls = BinaryQuantizer if choice == "binary" else TernaryQuantizer
+        cls = level_quantizer(choice)
         params = {
             k: v
             for k, v in quantizer.get_params().items()

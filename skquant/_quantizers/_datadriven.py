@@ -20,7 +20,7 @@ from .._kernels import _nullspace
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import _kernel
 from ._base import BaseWeightQuantizer
-from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from ._uniform import UniformQuantizer, level_quantizer
 
 N_BITS_CONSTRAINT = [
     Interval(numbers.Integral, 2, 16, closed="both"),
@@ -68,8 +68,8 @@ class BaseDataQuantizer(BaseWeightQuantizer):
     def _fit_alphabet(self, W, scale="maxabs"):
         """Scales, code range and alphabet of ``W`` from the memoryless quantizer."""
         n_bits = self.n_bits
-        if n_bits in ("ternary", "binary"):
-            cls = TernaryQuantizer if n_bits == "ternary" else BinaryQuantizer
+        if isinstance(n_bits, str):  # an alphabet's name (the constraint checked it)
+            cls = level_quantizer(n_bits)
             if scale == "maxabs":  # the level is the largest |w|: nothing is clipped
                 level = np.abs(W).max(axis=0)
                 msq = cls(scale=np.where(level > 0, level, 1.0))

@@ -284,3 +284,21 @@ class BinaryQuantizer(BaseWeightQuantizer):
     def _quantize(self, W, level, out):
         ones = np.ones_like(level)
         _alphabets._kernel(_msq, "sign_fake_quantize", self.n_jobs)(W, ones, out)
+
+
+def level_quantizer(alphabet):
+    """The memoryless quantizer class of a two- or three-level alphabet.
+
+    Parameters
+    ----------
+    alphabet : Alphabet or {"binary", "ternary"}
+        The alphabet record, or its user-facing name.
+
+    Returns
+    -------
+    cls : type
+        :class:`BinaryQuantizer` or :class:`TernaryQuantizer`.
+    """
+    if not isinstance(alphabet, _alphabets.Alphabet):
+        alphabet = _alphabets.alphabet_from(alphabet)
+    return BinaryQuantizer if alphabet.is_binary else TernaryQuantizer

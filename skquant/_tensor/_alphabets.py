@@ -38,6 +38,11 @@ def code_dtype(qmin, qmax):
     return np.dtype(np.int64)
 
 
+#: the kinds of alphabet with fixed-width codes (the fixed-point kind stores a
+#: precision per code instead)
+GRID_KINDS = ("uniform", "ternary", "binary", "affine")
+
+
 @dataclass(frozen=True)
 class Alphabet:
     """The one record of what a code means, shared by every quantizer and tensor.

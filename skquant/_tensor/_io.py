@@ -35,7 +35,7 @@ import struct
 import numpy as np
 
 from . import _fixedpoint
-from ._alphabets import Alphabet, code_dtype
+from ._alphabets import GRID_KINDS, Alphabet, code_dtype
 from ._bits import unpack_codes
 from ._qtensor import QuantizedTensor
 
@@ -179,9 +179,7 @@ def _tensor_from(meta, arrays, where):
     qmin = _field(meta, "qmin", int, where)
     qmax = _field(meta, "qmax", int, where)
     alphabet = _field(meta, "alphabet", str, where)
-    if alphabet not in ("uniform", "ternary", "binary", "affine") or not (
-        1 <= n_bits <= 16 and qmin <= qmax
-    ):
+    if alphabet not in GRID_KINDS or not (1 <= n_bits <= 16 and qmin <= qmax):
         raise FileFormatError(
             f"{where} describes an impossible alphabet ({alphabet!r}, n_bits={n_bits}, "
             f"[{qmin}, {qmax}])."

@@ -19,9 +19,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .._common._progress import progress
-from .._tensor._alphabets import BINARY, TERNARY, Alphabet, alphabet_from
 from .._kernels import _sq as _sq_kernels
 from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer
+from .._tensor._alphabets import BINARY, TERNARY, Alphabet, alphabet_from
 from ._gradients import autograd_tensor, gradients_enabled
 from ._network import TorchNetwork
 
