@@ -6,9 +6,11 @@ import numbers
 
 import numpy as np
 
+from .._common._progress import progress
 from .._precision._allocate import _round_fixed, allocate_precision, precision_map_bits
 from .._precision._options import _check_bound, _check_loop_params, _check_positive
 from .._precision._result import AdaptiveQuantizationResult
+from .._tensor._fixedpoint import check_group_size, check_map_coder, check_payload_coder
 
 __all__ = ["adaptive_precision_loop", "adaptive_quantize_network"]
 
@@ -105,12 +107,6 @@ def adaptive_precision_loop(
         The quantized model, the history, the per-parameter bits and the stored
         tensors.
     """
-    from .._common._progress import progress
-    from .._tensor._fixedpoint import (
-        check_group_size,
-        check_map_coder,
-        check_payload_coder,
-    )
 
     _check_loop_params(trust_region, max_iter, max_bits)
     check_group_size(group_size)

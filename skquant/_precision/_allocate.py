@@ -10,6 +10,8 @@ import numpy as np
 from .._kernels import _precision
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import _kernel, code_dtype
+from .._tensor._fixedpoint import _group_lengths, group_starts, widths_from_codes
+from .._tensor._qtensor import QuantizedTensor
 
 __all__ = [
     "allocate_precision",
@@ -101,7 +103,6 @@ def _round_groups(x, tau, bits, group_size, max_frac):
     pruned when every member is, and gains a bit while the clipping of the top
     code (``+s`` is not representable) pushes a member out of its margin.
     """
-    from .._tensor._fixedpoint import _group_lengths, group_starts
 
     n_rows, n_cols = x.shape
     xf, tf, bf = (np.ascontiguousarray(a.T).ravel() for a in (x, tau, bits))
@@ -147,13 +148,10 @@ def fixed_point_tensor(
     qt : QuantizedTensor
         Alphabet ``"fixed_point"``, one scale (the finest step).
     """
-    from .._tensor._qtensor import QuantizedTensor
 
     n_max = max(int(np.max(widths, initial=1)) - 1, 0)
     codes = np.rint(q * 2.0**n_max).astype(np.int64)
     if group_size is None:  # stored with the fewest bits that hold each code
-        from .._tensor._fixedpoint import widths_from_codes
-
         widths = widths_from_codes(codes, n_max)
     return QuantizedTensor(
         codes=codes.astype(code_dtype(-(2**n_max), 2**n_max)),
@@ -175,7 +173,6 @@ def _pooled_gradients(a, weights, axes, group_size):
     Water filling on these solves the budget per group: ``sum_G a_G tau_G = B``
     with one margin ``tau_G`` per group and ``a_G`` the sum of its members' ``a_i``.
     """
-    from .._tensor._fixedpoint import _group_lengths, group_starts
 
     out = np.empty_like(a)
     start = 0

@@ -11,6 +11,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._tensor._alphabets import code_dtype
+from .._tensor._fixedpoint import group_starts
+from .._tensor._qtensor import QuantizedTensor
 from ._allocate import (
     _round_fixed,
     allocate_precision,
@@ -244,7 +246,6 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
 
     def _map_symbols(self):
         """The precisions the map stores: one per parameter, or one per group."""
-        from .._tensor._fixedpoint import group_starts
 
         starts = group_starts(*self.bits_.shape, self.group_size)
         return np.ascontiguousarray(self.bits_.T).ravel()[starts]
@@ -358,7 +359,6 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             Alphabet ``"fixed_point"``, one power-of-two scale (the finest step),
             and the per-parameter bits as its precision map.
         """
-        from .._tensor._qtensor import QuantizedTensor
 
         qmin, qmax = self._code_range()
         return QuantizedTensor(

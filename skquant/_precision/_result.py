@@ -1,3 +1,5 @@
+from .._tensor._io import save
+
 """The record of an adaptive-precision run: history, bits, tensors; saving and
 plotting.
 """
@@ -59,7 +61,6 @@ class AdaptiveQuantizationResult:
             A name per parameter; ``None`` takes :attr:`names`, or ``"p0"``,
             ``"p1"``, ... when the result has none.
         """
-        from .._tensor._io import save
 
         if self.tensors is None:
             raise ValueError(

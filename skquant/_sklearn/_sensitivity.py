@@ -2,7 +2,9 @@
 
 import numpy as np
 
+from .._network._dense import MLPNetwork, _check_mlp
 from .._network._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
+from ._mlp import _unwrap
 
 __all__ = ["measure_sensitivity"]
 
@@ -102,9 +104,6 @@ def measure_sensitivity(
     """
     from sklearn.exceptions import NotFittedError
     from sklearn.neural_network import MLPClassifier
-
-    from .._network._dense import MLPNetwork, _check_mlp
-    from .._sklearn._mlp import _unwrap
 
     mlp = _check_mlp(_unwrap(estimator))
     try:

@@ -131,7 +131,6 @@ def unpack_codes(packed, n_bits, qmin, shape, dtype=None, *, n_jobs=None):
     >>> bool(np.array_equal(restored, codes))
     True
     """
-    from ._alphabets import code_dtype
 
     n_bits = _check_n_bits(n_bits)
     packed = np.ascontiguousarray(packed)
