@@ -10,17 +10,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "skquant.torch requires PyTorch; install it with `pip install skquant[torch]`."
     ) from exc
 
+from ._adaptive import adaptive_quantize_model
+from ._capture import capture_inputs
 from ._fake import FakeQuantize, fake_quantize_ste
-from ._gradients import adaptive_quantize_model, loss_gradients
+from ._gradients import loss_gradients
 from ._io import load_into, save_model
 from ._layout import matrix_to_weight, weight_to_matrix
-from ._model import (
-    QuantConv1d,
-    QuantConv2d,
-    QuantLinear,
-    capture_inputs,
-    quantize_model,
-)
+from ._model import QuantConv1d, QuantConv2d, QuantLinear, quantize_model
 from ._network import TorchNetwork
 from ._sensitivity import measure_sensitivity
 from ._sq import SQRegularizer, SQResult, train_baseline, train_sq

@@ -22,7 +22,8 @@ from .._alphabets import BINARY, TERNARY, Alphabet, alphabet_from
 from .._kernels import _sq as _sq_kernels
 from .._progress import progress
 from .._uniform import BinaryQuantizer, TernaryQuantizer
-from ._gradients import autograd_tensor, gradients_enabled
+from ._data import batches
+from ._gradients import gradients_enabled
 from ._network import TorchNetwork
 
 __all__ = ["SQRegularizer", "SQResult", "train_baseline", "train_sq"]
@@ -435,46 +436,25 @@ def lambda_schedule(lam, epochs):
     return values
 
 
-def _batches(data, batch_size, generator, device):
-    if isinstance(data, tuple) and len(data) == 2:
-        X, y = data
-        X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-        y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
-        if len(X) != len(y):
-            raise ValueError(
-                f"X and y must have the same length, got {len(X)} and {len(y)}."
-            )
-        if len(X) == 0:
-            raise ValueError("data holds no sample.")
-        order = torch.randperm(len(X), generator=generator)
-        for i in range(0, len(X), batch_size):
-            idx = order[i : i + batch_size]
-            yield X[idx].to(device), y[idx].to(device)
-    else:
-        for xb, yb in data:
-            yield autograd_tensor(xb).to(device), autograd_tensor(yb).to(device)
-
-
 @torch.no_grad()
 def _accuracy(model, data, device, weights=None):
     """Accuracy of ``model`` (some weights replaced) on ``(X, y)``."""
     X, y = data
-    X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
     was = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
-    correct = 0
-    for i in range(0, len(X), 1024):
-        xb = X[i : i + 1024].to(device, dtype)
+    correct = seen = 0
+    for xb, yb in batches((X, y), 1024):
+        xb = xb.to(device, dtype)
         out = (
             model(xb)
             if weights is None
             else torch.func.functional_call(model, weights, (xb,))
         )
-        correct += int((out.argmax(1).cpu() == y[i : i + 1024]).sum())
+        correct += int((out.argmax(1).cpu() == yb).sum())
+        seen += len(yb)
     model.train(was)
-    return correct / len(X)
+    return correct / seen
 
 
 def _straight_through(names, modules, project):
@@ -593,8 +573,8 @@ class _Loop:
         total = penalty_total = 0.0
         correct = seen = 0
         start = time.perf_counter()
-        for xb, yb in _batches(self.data, self.batch_size, self.generator, device):
-            xb = xb.to(self.dtype)
+        for xb, yb in batches(self.data, self.batch_size, generator=self.generator):
+            xb, yb = xb.to(device, self.dtype), yb.to(device)
             opt.zero_grad()
             out = (
                 model(xb)
