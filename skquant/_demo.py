@@ -181,7 +181,8 @@ def sq_rows(Xtr, ytr, Xte, yte, hidden, random_state=0):
     its defaults), each layer ending binary or ternary. A separately trained
     network: it has no float reference, so no layer error. Empty without torch."""
     try:
-        from .torch import SQClassifier, save_model
+        from .torch._io import save_model
+        from .torch._sqestimator import SQClassifier
     except ImportError:  # pragma: no cover - depends on the environment
         return []
     clf = SQClassifier(module__hidden=tuple(hidden), random_state=random_state)

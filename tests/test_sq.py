@@ -11,7 +11,8 @@ from sklearn.datasets import load_digits  # noqa: E402
 
 from skquant import BinaryQuantizer, TernaryQuantizer  # noqa: E402
 from skquant.torch import SQRegularizer, train_baseline, train_sq  # noqa: E402
-from skquant.torch._sq import BETA_HIGH, BETA_LOW, lambda_schedule  # noqa: E402
+from skquant.torch._sq._regularizer import BETA_HIGH, BETA_LOW  # noqa: E402
+from skquant.torch._sq._train import lambda_schedule  # noqa: E402
 
 
 def _net(dtype=torch.float32, seed=0):

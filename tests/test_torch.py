@@ -25,7 +25,7 @@ from skquant.torch import (  # noqa: E402
     quantize_model,
     weight_to_matrix,
 )
-from skquant.torch._layout import layer_inputs_matrix  # noqa: E402
+from skquant.torch._rows import layer_inputs_matrix  # noqa: E402
 
 
 def lenet(n_classes=10):

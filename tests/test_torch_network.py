@@ -25,8 +25,7 @@ from skquant.torch import (  # noqa: E402
     TorchNetwork,
     quantize_model,
 )
-from skquant.torch._layout import layer_inputs_matrix  # noqa: E402
-from skquant.torch._network import gather_rows, rows_per_sample  # noqa: E402
+from skquant.torch._rows import gather_rows, rows_per_sample  # noqa: E402
 
 
 def cnn():
@@ -85,7 +84,20 @@ def test_gathered_rows_are_unfold_rows(conv):
             (got @ W + conv.bias).detach(), out[rows].detach(), rtol=1e-5, atol=1e-6
         )
     else:
-        assert torch.equal(got, layer_inputs_matrix(conv, x)[rows])
+        assert torch.equal(got, _unfold_rows(conv, x)[rows])
+
+
+def _unfold_rows(conv, x):
+    """A Conv2d's patch rows by ``torch.nn.functional.unfold`` (the reference)."""
+    padding = conv.padding
+    if conv.padding_mode != "zeros" or isinstance(padding, str):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = nn.functional.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+        padding = 0
+    cols = nn.functional.unfold(
+        x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride
+    )
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,23 @@
 """PyTorch adapter: layouts, activation capture, model quantization, fake quantization.
 
 Importing it requires PyTorch; ``import skquant`` never imports this sub-package.
+
+Its modules import one way, down this list (a module imports only modules of the
+lines above it, or of its own line's left, never this package or ``skquant``):
+
+1. ``_state`` (a model given back as it was), ``_layout`` (weight tensors as
+   ``(n_in, n_out)`` matrices), ``_data`` (data as mini-batches), ``_fake`` (fake
+   quantization with autograd);
+2. ``_rows`` (a layer's input rows: conv patches, sampled), ``_gradients`` (loss
+   gradients on a model, grad mode and flags);
+3. ``_capture`` (forward passes handing layers' inputs to a callback);
+4. ``_network`` (:class:`TorchNetwork`: the adapter and its walk);
+5. ``_model`` (quantized layers, :func:`quantize_model`), ``_adaptive``
+   (:func:`adaptive_quantize_model`), ``_sensitivity``
+   (:func:`measure_sensitivity`);
+6. ``_io`` (quantized models in skquant files);
+7. ``_sq/`` (Smart Quantization: the regulariser and the trainers);
+8. ``_sqestimator`` (:class:`SQClassifier`).
 """
 
 try:
@@ -11,20 +28,19 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._network._adapters import register_adapter
+from ._adaptive import adaptive_quantize_model
+from ._capture import capture_inputs
 from ._fake import FakeQuantize, fake_quantize_ste
-from ._gradients import adaptive_quantize_model, check_autograd, loss_gradients
+from ._gradients import check_autograd, loss_gradients
 from ._io import load_into, save_model
 from ._layout import matrix_to_weight, weight_to_matrix
-from ._model import (
-    QuantConv1d,
-    QuantConv2d,
-    QuantLinear,
-    capture_inputs,
-    quantize_model,
-)
+from ._model import QuantConv1d, QuantConv2d, QuantLinear, quantize_model
 from ._network import TorchNetwork
 from ._sensitivity import measure_sensitivity
-from ._sq import SQRegularizer, SQResult, train_baseline, train_sq
+from ._sq._baseline import train_baseline
+from ._sq._regularizer import SQRegularizer
+from ._sq._result import SQResult
+from ._sq._train import train_sq
 from ._sqestimator import SQClassifier
 
 __all__ = [

@@ -8,7 +8,10 @@ clipped straight-through estimator: 1 where the value is inside the grid, 0 outs
 """
 
 import torch
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
+
+from .._tensor._alphabets import safe_scale
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -123,10 +126,6 @@ class FakeQuantize(nn.Module):
         module : FakeQuantize
             The module.
         """
-        from sklearn.utils.validation import check_is_fitted
-
-        from .._tensor._alphabets import safe_scale
-
         check_is_fitted(est)
         alphabet = getattr(est, "alphabet_record_", None)
         if alphabet is not None and alphabet.is_binary:

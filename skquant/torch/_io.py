@@ -6,11 +6,16 @@ from torch import nn
 
 from .._tensor import _io
 from ._layout import to_numpy
+from ._model import (
+    QuantConv1d,
+    QuantConv2d,
+    QuantLinear,
+    _QuantMixin,
+    quantized_module,
+)
 
 
 def _quant_classes():
-    from ._model import QuantConv1d, QuantConv2d, QuantLinear
-
     return {
         "Linear": (nn.Linear, QuantLinear),
         "Conv1d": (nn.Conv1d, QuantConv1d),
@@ -66,8 +71,6 @@ def save_model(model, path):
     >>> bool(torch.equal(loaded(x), qnet(x)))
     True
     """
-    from ._model import _QuantMixin
-
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
@@ -130,8 +133,6 @@ def load_into(model, path):
     --------
     save_model : Write one.
     """
-    from ._model import quantized_module
-
     header, data = _io._read(path)
     if header.get("kind") != "torch":
         raise _io.FileFormatError(

@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from .._network._layers import quantize_layers
-from ._layout import layer_inputs_matrix, matrix_to_weight
-from ._network import TorchNetwork, _device, _floating_dtype, input_batches
+from .._tensor._io import _tensor_from
+from .._tensor._qtensor import QuantizedTensor
+from ._layout import matrix_to_weight, to_numpy
+from ._network import TorchNetwork
 
 
 class _QuantMixin:
@@ -86,13 +88,8 @@ class _QuantMixin:
         qt : QuantizedTensor
             Codes unpacked from ``weight_packed``, with ``weight_scale``.
         """
-        from .._tensor._io import _tensor_from
-        from ._layout import to_numpy
-
         shape = tuple(self.weight.shape)
         if "weight_bits" in self._buffers:
-            from .._tensor._qtensor import QuantizedTensor
-
             n_out = shape[0]
             return QuantizedTensor(
                 codes=np.ascontiguousarray(
@@ -221,74 +218,6 @@ def quantized_module(module, tensor):
     raise TypeError(f"no quantized layer for {type(module).__name__}.")
 
 
-@torch.no_grad()
-def capture_inputs(model, modules, data, *, batch_size=256, device=None):
-    """Inputs of the given layers (as matrices, conv patches as rows) on ``data``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The model to run.
-    modules : dict of {str: torch.nn.Module}
-        Layers (Linear or Conv2d) of ``model`` whose inputs to capture, by name.
-    data : torch.Tensor, ndarray or iterable
-        Inputs, or an iterable of batches (tensors or ``(x, y)`` pairs).
-    batch_size : int, default=256
-        Batch size when ``data`` is a tensor or an array.
-    device : torch.device, default=None
-        Where to run; the model's device when ``None``.
-
-    Returns
-    -------
-    inputs : dict of {str: torch.Tensor}
-        For each name, a ``(n_rows, n_in)`` tensor on the CPU: one row per sample
-        (Linear) or per output position (Conv2d).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from skquant.torch import capture_inputs
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
-    ...                           torch.nn.Linear(4 * 6 * 6, 2))
-    >>> got = capture_inputs(net, {"0": net[0], "2": net[2]}, torch.ones(5, 1, 8, 8))
-    >>> tuple(got["0"].shape), tuple(got["2"].shape)
-    ((180, 9), (5, 144))
-    """
-    device = device or _device(model)
-    batches = input_batches(data, batch_size, _floating_dtype(model), device)
-    store = {}  # filled in the order the layers run
-
-    def hook(module, args, name):
-        store.setdefault(name, []).append(layer_inputs_matrix(module, args[0]).cpu())
-
-    hooks = [
-        mod.register_forward_pre_hook(lambda m, args, name=name: hook(m, args, name))
-        for name, mod in modules.items()
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        for x in batches:
-            try:
-                model(x)
-            except RuntimeError as exc:
-                raise ValueError(
-                    f"calibration data of shape {tuple(x.shape)} (one batch) does not "
-                    f"fit the model: {exc}"
-                ) from exc
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    missing = [name for name in modules if name not in store]
-    if missing:
-        raise ValueError(
-            f"layers {missing} did not run on the calibration data; quantize_model "
-            "needs every Linear/Conv2d layer to run in forward (or name it in skip)."
-        )
-    return {name: torch.cat(rows) for name, rows in store.items()}
-
-
 def quantize_model(
     model,
     quantizer,
@@ -341,7 +270,7 @@ def quantize_model(
         Labels of ``calibration_data``, needed by
         :class:`~skquant.AdaptivePrecisionQuantizer` only.
     return_report : bool, default=False
-        Also return the per-layer :class:`~skquant._network._report.QuantizationReport`.
+        Also return the per-layer :class:`~skquant._network.QuantizationReport`.
     verbose : bool, default=False
         Show a progress bar.
 

@@ -23,202 +23,12 @@ import torch
 from torch import nn
 
 from .._network._protocol import LayerStep, Network
-from ._layout import (
-    check_supported,
-    matrix_to_weight,
-    to_numpy,
-    weight_to_matrix,
-)
+from ._capture import capture
+from ._data import batches, input_batches, model_device, model_dtype
+from ._gradients import loss_gradients
+from ._layout import check_supported, matrix_to_weight, to_numpy, weight_to_matrix
+from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
 from ._state import kept_state
-
-
-class _StopForward(Exception):
-    """Raised by a hook to stop a forward pass at a layer."""
-
-
-def _floating_dtype(model):
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
-
-
-def _device(model):
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def input_batches(data, batch_size, dtype, device):
-    """Input batches (tensors on ``device`` in ``dtype``) from any calibration data.
-
-    ``data`` is a tensor, a NumPy array, or an iterable of batches (tensors,
-    arrays or ``(x, y)`` pairs, as a ``DataLoader`` gives).
-    """
-    if isinstance(data, np.ndarray | torch.Tensor):
-        data = torch.as_tensor(data)
-        chunks = [data[i : i + batch_size] for i in range(0, data.shape[0], batch_size)]
-    else:
-        try:
-            items = list(data)
-        except TypeError as exc:
-            raise TypeError(
-                "calibration data must be a tensor, an array, or an iterable of "
-                f"batches (tensors or (x, y) pairs), got {type(data).__name__} "
-                "instead."
-            ) from exc
-        chunks = [b[0] if isinstance(b, tuple | list) else b for b in items]
-    out = []
-    for x in chunks:
-        x = torch.as_tensor(x)
-        out.append(
-            x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
-        )
-    if not out or sum(x.shape[0] for x in out) == 0:
-        raise ValueError("calibration data holds no sample.")
-    return out
-
-
-def gather_rows(module, x, rows):
-    """Rows ``rows`` of the matrix a layer multiplies by its weight matrix.
-
-    Parameters
-    ----------
-    module : nn.Linear, nn.Conv1d or nn.Conv2d
-        The layer.
-    x : torch.Tensor
-        Its input batch.
-    rows : torch.Tensor of int64
-        Row indices within the batch: for Linear, positions of the flattened
-        leading dimensions; for convolutions, ``image * n_positions + position``
-        (the row order of ``unfold``).
-
-    Returns
-    -------
-    X : torch.Tensor of shape (len(rows), n_in)
-        Conv patches are gathered at the given positions only, channel first then
-        kernel offsets (``unfold``'s layout), all input channels (every group).
-        Zero padding is not materialised: out-of-range taps read as 0.
-    """
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])[rows]
-    pads = list(module._reversed_padding_repeated_twice)
-    if module.padding_mode != "zeros" and any(pads):
-        x = nn.functional.pad(x, pads, mode=module.padding_mode)
-        pads = [0] * len(pads)
-    if isinstance(module, nn.Conv1d):
-        x = x.unsqueeze(2)
-        (kw,), (sw,), (dw,) = module.kernel_size, module.stride, module.dilation
-        kh, sh, dh = 1, 1, 1
-        left, right, top, bottom = pads[0], pads[1], 0, 0
-    else:
-        (kh, kw), (sh, sw), (dh, dw) = (
-            module.kernel_size,
-            module.stride,
-            module.dilation,
-        )
-        left, right, top, bottom = pads
-    N, C, H, W = x.shape
-    Ho = (H + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    Wo = (W + left + right - dw * (kw - 1) - 1) // sw + 1
-    n = rows // (Ho * Wo)
-    pos = rows % (Ho * Wo)
-    dev = x.device
-    # (R, kh*kw) input coordinates of every tap of every kept output position
-    iy = ((pos // Wo) * sh - top)[:, None] + (
-        torch.arange(kh, device=dev) * dh
-    ).repeat_interleave(kw)[None, :]
-    ix = ((pos % Wo) * sw - left)[:, None] + (torch.arange(kw, device=dev) * dw).repeat(
-        kh
-    )[None, :]
-    inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-    flat = n[:, None] * (C * H * W) + iy.clamp(0, H - 1) * W + ix.clamp(0, W - 1)
-    # (R, C, kh*kw): channel first, then taps (unfold's layout)
-    idx = flat[:, None, :] + (torch.arange(C, device=dev) * (H * W))[None, :, None]
-    vals = x.reshape(-1)[idx]
-    if not bool(inside.all()):
-        vals = torch.where(
-            inside[:, None, :], vals, torch.zeros((), dtype=x.dtype, device=dev)
-        )
-    return vals.reshape(rows.shape[0], -1)
-
-
-def check_layer_input(name, module, x):
-    """Raise a clear error when ``x`` cannot be the input of ``module``."""
-    if isinstance(module, nn.Linear):
-        ok, want = (
-            x.dim() >= 1 and x.shape[-1] == module.in_features,
-            (f"last dimension {module.in_features}"),
-        )
-    else:
-        dims = 3 if isinstance(module, nn.Conv1d) else 4
-        ok = x.dim() == dims and x.shape[1] == module.in_channels
-        want = f"{dims}-D with {module.in_channels} channels"
-    if not ok:
-        raise ValueError(
-            f"calibration data does not fit the model: layer {name!r} "
-            f"({type(module).__name__}) expects input {want}, got shape "
-            f"{tuple(x.shape)} instead."
-        )
-
-
-def rows_per_sample(module, x):
-    """Rows one sample contributes to the layer's input matrix."""
-    if isinstance(module, nn.Linear):
-        return int(x[0].numel() // x.shape[-1]) if x.dim() > 1 else 1
-    spatial = x.shape[2:]
-    out = 1
-    conv1d = isinstance(module, nn.Conv1d)
-    pads = module._reversed_padding_repeated_twice
-    for i, size in enumerate(spatial):
-        # _reversed_padding_repeated_twice lists the last dimension first
-        j = len(spatial) - 1 - i
-        size = size + pads[2 * j] + pads[2 * j + 1]
-        k = module.kernel_size[0 if conv1d else i]
-        s = module.stride[0 if conv1d else i]
-        d = module.dilation[0 if conv1d else i]
-        out *= (size - d * (k - 1) - 1) // s + 1
-    return out
-
-
-class _RowSampler:
-    """The calibration rows kept per layer, drawn when the layer is first reached.
-
-    With ``n`` rows in all (samples times rows per sample), a layer keeps every
-    row when ``n <= max_rows``, else ``max_rows`` rows drawn without replacement
-    (sorted). One generator draws for all layers, in forward order.
-    """
-
-    def __init__(self, n_samples, max_rows, random_state):
-        self.n_samples = n_samples
-        self.max_rows = max_rows
-        self.rng = np.random.default_rng(random_state)
-        self.index = {}
-
-    def rows(self, name, module, x, sample_offset):
-        """Kept row indices within this batch (a tensor), or None for all."""
-        per = rows_per_sample(module, x)
-        if name not in self.index:
-            total = per * self.n_samples
-            if self.max_rows is not None and total > self.max_rows:
-                self.index[name] = np.sort(
-                    self.rng.choice(total, self.max_rows, replace=False)
-                )
-            else:
-                self.index[name] = None
-        idx = self.index[name]
-        lo = sample_offset * per
-        hi = lo + x.shape[0] * per
-        if idx is None:
-            return torch.arange(hi - lo, device=x.device)
-        sel = idx[np.searchsorted(idx, lo) : np.searchsorted(idx, hi)] - lo
-        return torch.from_numpy(sel).to(x.device)
-
-
-def _as_float64(chunks):
-    if not chunks:
-        return np.empty((0, 0))
-    return to_numpy(torch.cat(chunks).to(torch.float64))
 
 
 class TorchNetwork(Network):
@@ -329,9 +139,9 @@ class TorchNetwork(Network):
             Set ``step.quantized`` (an ``(n_in, n_out)`` matrix) before advancing;
             the quantized copy then uses it for the layers that follow.
         """
-        dtype, device = _floating_dtype(self.model), _device(self.model)
-        batches = input_batches(data, self.batch_size, dtype, device)
-        sampler = _RowSampler(sum(x.shape[0] for x in batches), max_rows, random_state)
+        dtype, device = model_dtype(self.model), model_device(self.model)
+        inputs = input_batches(data, self.batch_size, dtype, device)
+        sampler = RowSampler(sum(x.shape[0] for x in inputs), max_rows, random_state)
         qmodel = copy.deepcopy(self.model)
         qmods = dict(qmodel.named_modules())
         qmodel.eval()
@@ -340,7 +150,7 @@ class TorchNetwork(Network):
         with kept_state(self.model):
             self.model.eval()
             for step in self._walk_block(
-                self.model, qmodel, "", batches, batches, sampler, qmods, False
+                self.model, qmodel, "", inputs, inputs, sampler, qmods, False
             ):
                 order.append(step.name)
                 yield step
@@ -470,26 +280,14 @@ class TorchNetwork(Network):
         ]
         fmods = {n: self._modules[n] for n in inner}
         store, order = {}, []
-        state = {"offset": 0, "seen": set()}
 
-        def capture(name, module, x):
-            if name in state["seen"]:  # a module called twice: its first call
-                return
-            state["seen"].add(name)
+        def take(name, module, x, offset):
             if name not in store:
                 order.append(name)
-            rows = sampler.rows(name, module, x, state["offset"])
+            rows = sampler.rows(name, module, x, offset)
             store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
 
-        hooks = [
-            m.register_forward_pre_hook(lambda m, a, n=n: capture(n, m, a[0]))
-            for n, m in fmods.items()
-        ]
-        try:
-            self._run(fblock, fcache, state)
-        finally:
-            for h in hooks:
-                h.remove()
+        capture(fblock, fmods, fcache, take)
         missing = [n for n in inner if n not in store]
         if missing:
             raise ValueError(
@@ -498,7 +296,7 @@ class TorchNetwork(Network):
             )
         first = True
         for name in order:
-            Xf = _as_float64(store.pop(name))  # one layer at a time in float64
+            Xf = as_float64(store.pop(name))  # one layer at a time in float64
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
             else:
@@ -509,39 +307,17 @@ class TorchNetwork(Network):
             yield step
             self._apply(qmods, step)
 
-    def _run(self, block, cache, state):
-        with torch.no_grad():
-            offset = 0
-            for x in cache:
-                state["offset"] = offset
-                state["seen"] = set()
-                try:
-                    block(x)
-                except _StopForward:
-                    pass
-                except RuntimeError as exc:
-                    raise ValueError(
-                        f"calibration data of shape {tuple(x.shape)} (one batch) does "
-                        f"not fit the model: {exc}"
-                    ) from exc
-                offset += x.shape[0]
-
     def _stopped_rows(self, qblock, qmod, name, qcache, sampler):
         """The layer's sampled input rows in the quantized copy (stopped passes)."""
         chunks = []
-        state = {"offset": 0, "seen": set()}
 
-        def hook(module, args):
-            rows = sampler.rows(name, module, args[0], state["offset"])
-            chunks.append(gather_rows(module, args[0], rows).cpu())
-            raise _StopForward
+        def take(name, module, x, offset):
+            chunks.append(
+                gather_rows(module, x, sampler.rows(name, module, x, offset)).cpu()
+            )
 
-        h = qmod.register_forward_pre_hook(hook)
-        try:
-            self._run(qblock, qcache, state)
-        finally:
-            h.remove()
-        return _as_float64(chunks)
+        capture(qblock, {name: qmod}, qcache, take, stop=True)
+        return as_float64(chunks)
 
     def _rows_of(self, mod, name, cache, sampler):
         chunks, offset = [], 0
@@ -551,7 +327,7 @@ class TorchNetwork(Network):
                 rows = sampler.rows(name, mod, x, offset)
                 chunks.append(gather_rows(mod, x, rows).cpu())
                 offset += x.shape[0]
-        return _as_float64(chunks)
+        return as_float64(chunks)
 
     # ------------------------------------------------------- copies, loss
     def with_weights(self, weights):
@@ -604,8 +380,6 @@ class TorchNetwork(Network):
         grads : dict of {str: ndarray}
             Gradient of that mean loss for every named parameter.
         """
-        from ._gradients import loss_gradients
-
         model = self.model
         if params is not None:
             if getattr(self, "_scratch", None) is None:
@@ -619,8 +393,6 @@ class TorchNetwork(Network):
         Double backward over the batches of ``data`` (``(X, y)`` tensors or an
         iterable of batches), the model in eval mode.
         """
-        from ._gradients import labelled_batches
-
         model = self.model
         params = dict(model.named_parameters())
         keys = list(vector)
@@ -630,7 +402,7 @@ class TorchNetwork(Network):
         n = 0
         with kept_state(model):
             model.eval()
-            for xb, yb in labelled_batches(data, self.batch_size):
+            for xb, yb in batches(data, self.batch_size):
                 xb, yb = xb.to(ps[0].device), yb.to(ps[0].device)
                 loss = self.loss_fn(model(xb.to(ps[0].dtype)), yb)
                 grads = torch.autograd.grad(loss, ps, create_graph=True)
@@ -649,8 +421,8 @@ class TorchNetwork(Network):
 
     def predict(self, X):
         """The model's outputs on ``X`` (a tensor or an array), as a tensor."""
-        dtype, device = _floating_dtype(self.model), _device(self.model)
+        dtype, device = model_dtype(self.model), model_device(self.model)
         with kept_state(self.model), torch.no_grad():
             self.model.eval()
-            batches = input_batches(X, self.batch_size, dtype, device)
-            return torch.cat([self.model(x) for x in batches])
+            inputs = input_batches(X, self.batch_size, dtype, device)
+            return torch.cat([self.model(x) for x in inputs])

@@ -14,7 +14,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ._sq import train_sq
+from ._sq._train import train_sq
 
 __all__ = ["SQClassifier"]
 

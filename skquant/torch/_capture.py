@@ -1,0 +1,115 @@
+"""Forward passes that hand chosen layers' inputs to a callback: the one capture."""
+
+import torch
+
+from ._data import input_batches, model_device, model_dtype
+from ._rows import layer_inputs_matrix
+from ._state import kept_state
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to stop a forward pass at a layer."""
+
+
+def capture(block, modules, batches, take, *, stop=False):
+    """Run ``block`` on each batch and hand ``modules``' inputs to ``take``.
+
+    Without gradients, ``block(x)`` runs for every ``x`` of ``batches``; the input
+    of each module of ``modules`` (a dict name -> module) goes to ``take(name,
+    module, x, offset)``, ``offset`` being the index of the batch's first sample.
+    A module called more than once in a pass gives its first call's input. With
+    ``stop``, a pass ends at the first input captured (what follows does not
+    run).
+
+    Raises
+    ------
+    ValueError
+        When a batch does not fit the model (a ``RuntimeError`` in the forward).
+    """
+    state = {"offset": 0, "seen": set()}
+
+    def hook(name, module, args):
+        if name in state["seen"]:  # a module called twice: its first call
+            return
+        state["seen"].add(name)
+        take(name, module, args[0], state["offset"])
+        if stop:
+            raise StopForward
+
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, n=n: hook(n, m, args))
+        for n, m in modules.items()
+    ]
+    try:
+        with torch.no_grad():
+            offset = 0
+            for x in batches:
+                state["offset"] = offset
+                state["seen"] = set()
+                try:
+                    block(x)
+                except StopForward:
+                    pass
+                except RuntimeError as exc:
+                    raise ValueError(
+                        f"calibration data of shape {tuple(x.shape)} (one batch) "
+                        f"does not fit the model: {exc}"
+                    ) from exc
+                offset += x.shape[0]
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def capture_inputs(model, modules, data, *, batch_size=256, device=None):
+    """Inputs of the given layers (as matrices, conv patches as rows) on ``data``.
+
+    The model runs in eval mode and is given back in its modes; a layer called
+    more than once in a forward pass gives the input of its first call.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to run.
+    modules : dict of {str: torch.nn.Module}
+        Layers (Linear or Conv2d) of ``model`` whose inputs to capture, by name.
+    data : torch.Tensor, ndarray or iterable
+        Inputs, or an iterable of batches (tensors or ``(x, y)`` pairs).
+    batch_size : int, default=256
+        Batch size when ``data`` is a tensor or an array.
+    device : torch.device, default=None
+        Where to run; the model's device when ``None``.
+
+    Returns
+    -------
+    inputs : dict of {str: torch.Tensor}
+        For each name, a ``(n_rows, n_in)`` tensor on the CPU: one row per sample
+        (Linear) or per output position (Conv2d).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skquant.torch import capture_inputs
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(4 * 6 * 6, 2))
+    >>> got = capture_inputs(net, {"0": net[0], "2": net[2]}, torch.ones(5, 1, 8, 8))
+    >>> tuple(got["0"].shape), tuple(got["2"].shape)
+    ((180, 9), (5, 144))
+    """
+    device = device or model_device(model)
+    batches = input_batches(data, batch_size, model_dtype(model), device)
+    store = {}  # filled in the order the layers run
+
+    def take(name, module, x, offset):
+        store.setdefault(name, []).append(layer_inputs_matrix(module, x).cpu())
+
+    with kept_state(model):
+        model.eval()
+        capture(model, modules, batches, take)
+    missing = [name for name in modules if name not in store]
+    if missing:
+        raise ValueError(
+            f"layers {missing} did not run on the calibration data; quantize_model "
+            "needs every Linear/Conv2d layer to run in forward (or name it in skip)."
+        )
+    return {name: torch.cat(rows) for name, rows in store.items()}

@@ -1,0 +1,115 @@
+"""Data as mini-batches of tensors: the one batching helper of the torch drivers."""
+
+import numpy as np
+import torch
+
+
+def as_tensor(a):
+    """``a`` itself when it is a tensor, else ``a`` through NumPy as a tensor."""
+    return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+
+
+def autograd_tensor(t):
+    """``t``, or a normal copy of it when it is an inference tensor."""
+    return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
+
+
+def model_dtype(model):
+    """The dtype of the model's first floating parameter (default: torch's)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def model_device(model):
+    """The device of the model's first parameter (default: the CPU)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _is_pair(data):
+    """Whether ``data`` is one pair ``(X, y)`` rather than a tuple of batches."""
+    return isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple)
+
+
+def batches(data, batch_size, *, labelled=True, generator=None):
+    """Mini-batches of ``data`` as tensors.
+
+    ``data`` is a pair ``(X, y)`` (``labelled``) or a tensor or array ``X``
+    (unlabelled) of tensors or arrays, cut into slices of ``batch_size`` rows, in
+    the order of ``torch.randperm(len(X), generator=generator)`` when a generator
+    is given; or any other iterable, whose batches come as they are (unlabelled:
+    the ``x`` of ``(x, y)`` pairs). Inference tensors (made inside
+    ``torch.inference_mode()``) are copied into normal ones, which autograd
+    accepts.
+
+    Yields
+    ------
+    batch : torch.Tensor or tuple of (torch.Tensor, torch.Tensor)
+        ``x`` (unlabelled) or ``(x, y)`` (labelled).
+    """
+    if labelled and _is_pair(data):
+        arrays = [as_tensor(a) for a in data]
+        if len(arrays[0]) != len(arrays[1]):
+            raise ValueError(
+                f"X and y must have the same length, got {len(arrays[0])} and "
+                f"{len(arrays[1])}."
+            )
+        if len(arrays[0]) == 0:
+            raise ValueError("data holds no sample.")
+    elif not labelled and isinstance(data, np.ndarray | torch.Tensor):
+        arrays = [torch.as_tensor(data)]
+    else:
+        yield from _iterated(data, labelled)
+        return
+    n = len(arrays[0])
+    order = None if generator is None else torch.randperm(n, generator=generator)
+    for i in range(0, n, batch_size):
+        if order is None:
+            batch = [autograd_tensor(a[i : i + batch_size]) for a in arrays]
+        else:
+            idx = order[i : i + batch_size]
+            batch = [autograd_tensor(a[idx]) for a in arrays]
+        yield tuple(batch) if labelled else batch[0]
+
+
+def _iterated(data, labelled):
+    """The batches of an iterable, as :func:`batches` gives them."""
+    try:
+        items = iter(data)
+    except TypeError as exc:
+        raise TypeError(
+            (
+                "data must be a pair (X, y) of tensors or arrays, or an iterable of "
+                "(x, y) batches"
+                if labelled
+                else "calibration data must be a tensor, an array, or an iterable "
+                "of batches (tensors or (x, y) pairs)"
+            )
+            + f", got {type(data).__name__} instead."
+        ) from exc
+    for b in items:
+        if labelled:
+            x, y = b
+            yield autograd_tensor(as_tensor(x)), autograd_tensor(as_tensor(y))
+        else:
+            x = b[0] if isinstance(b, tuple | list) else b
+            yield autograd_tensor(torch.as_tensor(x))
+
+
+def input_batches(data, batch_size, dtype, device):
+    """Input batches (tensors on ``device`` in ``dtype``) from any calibration data.
+
+    ``data`` is a tensor, a NumPy array, or an iterable of batches (tensors,
+    arrays or ``(x, y)`` pairs, as a ``DataLoader`` gives); see :func:`batches`.
+    """
+    out = []
+    for x in batches(data, batch_size, labelled=False):
+        out.append(
+            x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+        )
+    if not out or sum(x.shape[0] for x in out) == 0:
+        raise ValueError("calibration data holds no sample.")
+    return out

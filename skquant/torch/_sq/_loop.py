@@ -1,0 +1,205 @@
+"""The training loop train_sq and train_baseline share (epochs, history, NaN stop)."""
+
+import copy
+import math
+import numbers
+import time
+
+import torch
+from torch import nn
+
+from .._data import batches
+from .._gradients import gradients_enabled
+from ._checks import covered_layers, positive
+
+
+@torch.no_grad()
+def accuracy(model, data, device, weights=None):
+    """Accuracy of ``model`` (some weights replaced) on ``(X, y)``."""
+    X, y = data
+    was = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    correct = seen = 0
+    for xb, yb in batches((X, y), 1024):
+        xb = xb.to(device, dtype)
+        out = (
+            model(xb)
+            if weights is None
+            else torch.func.functional_call(model, weights, (xb,))
+        )
+        correct += int((out.argmax(1).cpu() == yb).sum())
+        seen += len(yb)
+    model.train(was)
+    return correct / seen
+
+
+def straight_through(names, modules, project):
+    """Weights for ``functional_call``: ``project(i, w)`` forward, the gradient to
+    the latent ``w`` unchanged (the straight-through estimator)."""
+    return {
+        f"{n}.weight": m.weight + (project(i, m.weight) - m.weight).detach()
+        for i, (n, m) in enumerate(zip(names, modules))
+    }
+
+
+class Loop:
+    """The training loop :func:`train_sq` and :func:`train_baseline` share.
+
+    Checks the arguments, seeds torch, moves the model, runs epochs (shuffled
+    batches, the loss plus an optional penalty, label checks, the NaN stop that
+    restores the last good state) and records one history row per epoch.
+    """
+
+    def __init__(
+        self,
+        model,
+        data,
+        *,
+        loss_fn,
+        epochs,
+        finetune_epochs,
+        lr,
+        lr_schedule,
+        batch_size,
+        validation_data,
+        finetune_lr=None,
+        device,
+        random_state,
+        layers,
+        skip,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model must be a torch.nn.Module, got {type(model).__name__} instead."
+            )
+        _, self.names = covered_layers(model, layers, skip)
+        for name, value in (
+            ("epochs", epochs),
+            ("finetune_epochs", finetune_epochs),
+            ("batch_size", batch_size),
+        ):
+            if not isinstance(value, numbers.Integral) or value < (
+                name != "finetune_epochs"
+            ):
+                raise ValueError(
+                    f"{name} must be a positive integer, got {name}={value!r}."
+                )
+        self.lr = positive(lr, "lr")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                "lr_schedule must be 'constant' or 'cosine', got "
+                f"lr_schedule={lr_schedule!r}."
+            )
+        self.lr_schedule, self.epochs, self.finetune_epochs = (
+            lr_schedule,
+            epochs,
+            finetune_epochs,
+        )
+        self.finetune_lr = (
+            self.lr if finetune_lr is None else positive(finetune_lr, "finetune_lr")
+        )
+        self.model, self.data, self.batch_size = model, data, batch_size
+        self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+        self.validation_data = validation_data
+        self.device = torch.device(device)
+        torch.manual_seed(random_state)
+        self.generator = torch.Generator().manual_seed(random_state)
+        model.to(self.device)
+        self.dtype = next(model.parameters()).dtype
+        self.history = []
+        self.keep = [model]  # modules whose state the NaN stop restores
+
+    def snapshot(self):
+        self.last_good = [copy.deepcopy(m.state_dict()) for m in self.keep]
+
+    def gradients(self, where):
+        """The context of the training: grad mode on, the covered layers' weights
+        and biases trainable whatever their flags; on leaving it (also by an
+        exception), the flags, ``.grad`` and modes are the user's again."""
+        modules = dict(self.model.named_modules())
+        return gradients_enabled(
+            self.model,
+            where,
+            [p for n in self.names for p in modules[n].parameters(recurse=False)],
+        )
+
+    def epoch_lr(self, epoch, phase):
+        """Learning rate of epoch ``epoch`` (1-based, counted over both phases):
+        ``lr``, or cosine decay from ``lr`` to ``lr / 100`` over the training
+        epochs, restarted from ``finetune_lr`` over the fine-tune epochs."""
+        start, count = (
+            (0, self.epochs)
+            if phase == "train"
+            else (self.epochs, self.finetune_epochs)
+        )
+        base = self.lr if phase == "train" else self.finetune_lr
+        if self.lr_schedule == "constant":
+            return base
+        frac = (epoch - 1 - start) / max(1, count - 1)
+        return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def epoch(self, epoch, phase, opt, weights=None, penalty=None):
+        """One epoch; ``weights()`` gives ``functional_call`` weights (None: the
+        model's own), ``penalty()`` a scalar added to the loss."""
+        model, device = self.model, self.device
+        lr = self.epoch_lr(epoch, phase)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        total = penalty_total = 0.0
+        correct = seen = 0
+        start = time.perf_counter()
+        for xb, yb in batches(self.data, self.batch_size, generator=self.generator):
+            xb, yb = xb.to(device, self.dtype), yb.to(device)
+            opt.zero_grad()
+            out = (
+                model(xb)
+                if weights is None
+                else torch.func.functional_call(model, weights(), (xb,))
+            )
+            if out.ndim != 2 or yb.max() >= out.shape[1] or yb.min() < 0:
+                raise ValueError(
+                    f"labels must be class indices below the model's {out.shape[-1]} "
+                    f"outputs, got labels from {int(yb.min())} to {int(yb.max())}."
+                )
+            loss = self.loss_fn(out, yb)
+            pen = (
+                torch.zeros((), dtype=self.dtype, device=device)
+                if penalty is None
+                else penalty()
+            )
+            objective = loss + pen
+            if not torch.isfinite(objective):
+                for m, state in zip(self.keep, self.last_good):
+                    m.load_state_dict(state)
+                raise ValueError(
+                    f"the loss became {float(objective.detach())} in epoch {epoch} "
+                    f"({phase}); training stopped and the model keeps the weights "
+                    "of the last good epoch. Lower lr or lam."
+                )
+            objective.backward()
+            opt.step()
+            total += float(loss.detach()) * len(xb)
+            penalty_total += float(pen.detach()) * len(xb)
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(xb)
+        row = {
+            "epoch": epoch,
+            "phase": phase,
+            "loss": total / seen,
+            "penalty": penalty_total / seen,
+            "accuracy": correct / seen,
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
+        if self.validation_data is not None:
+            row["val_accuracy"] = accuracy(
+                model,
+                self.validation_data,
+                device,
+                None if weights is None else weights(),
+            )
+        self.history.append(row)
+        self.snapshot()
+        return row
