@@ -140,3 +140,27 @@ def test_alphabet_pattern_catches_comparisons():
     ]
     assert all(compares_alphabet(h) for h in hits)
     assert not any(compares_alphabet(m) for m in misses)
+
+
+def _front_ends():
+    import skquant
+
+    fronts = [skquant.adaptive_quantize_mlp]
+    try:
+        import skquant.torch
+    except ImportError:
+        return fronts
+    return fronts + [skquant.torch.adaptive_quantize_model]
+
+
+@pytest.mark.parametrize("front", _front_ends(), ids=lambda f: f.__name__)
+def test_loop_options_are_defined_once(front):
+    import inspect
+
+    from skquant._precision._options import LOOP_OPTIONS, LOOP_OPTIONS_DOC
+
+    params = inspect.signature(front).parameters
+    taken = {n: params[n].default for n in LOOP_OPTIONS if n in params}
+    assert taken == LOOP_OPTIONS  # every option, with the one default
+    assert "{loop_options}" not in front.__doc__
+    assert LOOP_OPTIONS_DOC in front.__doc__

@@ -3,7 +3,7 @@
 import math
 import numbers
 
-__all__ = ["LOOP_OPTIONS", "loop_options"]
+__all__ = ["LOOP_OPTIONS", "LOOP_OPTIONS_DOC", "loop_options", "shared_loop_docs"]
 
 #: The options of the adaptive-precision loop that every front end takes, with their
 #: defaults: the one definition. ``adaptive_quantize_mlp`` and
@@ -23,10 +23,53 @@ LOOP_OPTIONS = {
     "retrain": None,
     "retrain_steps": 50,
     "retrain_lr": 1e-3,
+    "random_state": None,
     "retrain_batch_size": None,
     "retrain_data": None,
-    "random_state": None,
 }
+
+
+#: The parameter entries of the options that read the same in every front end
+#: (numpydoc, indented for a function's docstring); :func:`shared_loop_docs` puts
+#: them where a front end's docstring says ``{loop_options}``.
+LOOP_OPTIONS_DOC = """\
+    loss_bound : float, default=0.1
+        Allowed loss, relative to the float loss (``relative=True``: 10% above) or
+        absolute.
+    relative : bool, default=True
+        How to read ``loss_bound``.
+    trust_region : float, default=0.05
+        Largest margin, as a fraction of each tensor's power-of-two range.
+    max_iter : int, default=10
+        Largest number of steps.
+    max_bits : int, default=24
+        Largest number of fractional bits.
+    group_size : None, "channel" or int, default=None
+        One precision per parameter, per output channel (``"channel"``) or per
+        ``group_size`` consecutive weights of a channel.
+    group_margin : {"smallest", "pooled"}, default="smallest"
+        With groups: the smallest member margin, or one margin per group from
+        the budget solved over groups (see
+        ``skquant._precision._allocate.allocate_precision``).
+    map_coder : str, default="auto"
+        Coder of the stored precision maps.
+    payload_coder : str, default="range"
+        Coder of the stored payloads.
+    retrain : {None, "ste", "pruned"}, default=None
+        Fine-tune between steps: ``"ste"`` on the current fixed-point grids
+        (straight-through), ``"pruned"`` in float with pruned weights at zero.
+    retrain_steps : int, default=50
+        Adam steps of each fine-tune.
+    retrain_lr : float, default=1e-3
+        Adam's learning rate, relative to each tensor's range.
+    random_state : int, default=None
+        Seed of the fine-tune minibatches' order."""
+
+
+def shared_loop_docs(func):
+    """Decorator: ``{loop_options}`` in ``func``'s docstring becomes the entries."""
+    func.__doc__ = func.__doc__.replace("    {loop_options}", LOOP_OPTIONS_DOC)
+    return func
 
 
 def loop_options(values):

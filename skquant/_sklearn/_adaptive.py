@@ -2,11 +2,12 @@
 
 from .._network._adaptive import adaptive_quantize_network
 from .._network._dense import MLPNetwork
-from .._precision._options import loop_options
+from .._precision._options import loop_options, shared_loop_docs
 
 __all__ = ["adaptive_quantize_mlp"]
 
 
+@shared_loop_docs
 def adaptive_quantize_mlp(
     mlp,
     X,
@@ -24,9 +25,9 @@ def adaptive_quantize_mlp(
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
+    random_state=None,
     retrain_batch_size=None,
     retrain_data=None,
-    random_state=None,
     X_eval=None,
     y_eval=None,
     verbose=False,
@@ -46,39 +47,12 @@ def adaptive_quantize_mlp(
         Data for the loss and its gradient.
     y : array-like of shape (n_samples,)
         Labels.
-    loss_bound : float, default=0.1
-        Allowed loss, relative to the float loss (``relative=True``: 10% above) or
-        absolute.
-    relative : bool, default=True
-        How to read ``loss_bound``.
-    trust_region : float, default=0.05
-        Largest margin, as a fraction of each tensor's power-of-two range.
-    max_iter : int, default=10
-        Largest number of steps.
-    max_bits : int, default=24
-        Largest number of fractional bits.
-    group_size : None, "channel" or int, default=None
-        One precision per parameter, per output neuron (``"channel"``) or per
-        ``group_size`` consecutive weights of a neuron.
-    group_margin : {"smallest", "pooled"}, default="smallest"
-        How a group's margin is chosen (see :func:`allocate_precision`).
-    map_coder : str, default="auto"
-        Coder of the stored precision maps.
-    payload_coder : str, default="range"
-        Coder of the stored payloads.
-    retrain : {None, "ste", "pruned"}, default=None
-        Fine-tune between steps (see :func:`adaptive_precision_loop`).
-    retrain_steps : int, default=50
-        Full-batch Adam steps of each fine-tune.
-    retrain_lr : float, default=1e-3
-        Adam's learning rate, relative to each tensor's range.
+    {loop_options}
     retrain_batch_size : int, default=None
         Rows per fine-tune step (shuffled minibatches); ``None``: all of ``X``.
     retrain_data : tuple of (X, y), default=None
         Data of the fine-tune (the training set, say); ``None``: ``(X, y)``,
         the loss's data.
-    random_state : int, default=None
-        Seed of the minibatches' order.
     X_eval, y_eval : array-like, default=None
         Data whose accuracy the history records.
     verbose : bool, default=False

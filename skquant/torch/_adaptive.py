@@ -1,10 +1,12 @@
 """Khoram & Li's adaptive precision on torch models (the front end of the driver)."""
 
 from .._network._adaptive import adaptive_quantize_network
+from .._precision._options import loop_options, shared_loop_docs
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
 
 
+@shared_loop_docs
 def adaptive_quantize_model(
     model,
     loss_fn,
@@ -22,9 +24,9 @@ def adaptive_quantize_model(
     retrain=None,
     retrain_steps=50,
     retrain_lr=1e-3,
+    random_state=None,
     retrain_batch_size=None,
     retrain_data=None,
-    random_state=None,
     evaluate=None,
     batch_size=256,
     verbose=False,
@@ -44,41 +46,12 @@ def adaptive_quantize_model(
         ``loss_fn(output, target)``, a mean over the batch.
     data : tuple of (X, y) tensors, or iterable of (x, y) batches
         Data for the loss and its gradient.
-    loss_bound : float, default=0.1
-        Allowed loss, relative to the float loss (10% above) or absolute.
-    relative : bool, default=True
-        How to read ``loss_bound``.
-    trust_region : float, default=0.05
-        Largest margin, as a fraction of each tensor's power-of-two range.
-    max_iter : int, default=10
-        Largest number of steps.
-    max_bits : int, default=24
-        Largest number of fractional bits.
-    group_size : None, "channel" or int, default=None
-        One precision per parameter, per output channel (``"channel"``) or per
-        ``group_size`` consecutive weights of a channel.
-    group_margin : {"smallest", "pooled"}, default="smallest"
-        With groups: the smallest member margin, or one margin per group from
-        the budget solved over groups (see
-        ``skquant._precision._allocate.allocate_precision``).
-    map_coder : str, default="auto"
-        Coder of the stored precision maps.
-    payload_coder : str, default="range"
-        Coder of the stored payloads.
-    retrain : {None, "ste", "pruned"}, default=None
-        Fine-tune between steps: ``"ste"`` on the current fixed-point grids
-        (straight-through), ``"pruned"`` in float with pruned weights at zero.
-    retrain_steps : int, default=50
-        Full-batch Adam steps of each fine-tune (one pass over ``data`` each).
-    retrain_lr : float, default=1e-3
-        Adam's learning rate, relative to each tensor's range.
+    {loop_options}
     retrain_batch_size : int, default=None
         Rows per fine-tune step, shuffled minibatches of a pair ``(X, y)`` (a list
         of batches is cycled through); ``None``: all of ``data`` every step.
     retrain_data : tuple of (X, y) tensors, or iterable of batches, default=None
         Data of the fine-tune (the training set, say); ``None``: ``data``.
-    random_state : int, default=None
-        Seed of the minibatches' order.
     evaluate : callable, default=None
         ``evaluate(model) -> accuracy``, recorded in the history.
     batch_size : int, default=256
@@ -116,6 +89,7 @@ def adaptive_quantize_model(
     True
     """
     data = data if isinstance(data, tuple) else list(data)
+    options = loop_options(locals())
     network = TorchNetwork(model, loss_fn=loss_fn, batch_size=batch_size)
     # the gradients are taken on copies (loss_gradients on the network's scratch
     # model): nothing of the user's model needs grad, but the checks and the
@@ -124,21 +98,7 @@ def adaptive_quantize_model(
         return adaptive_quantize_network(
             network,
             data,
-            loss_bound=loss_bound,
-            relative=relative,
-            trust_region=trust_region,
-            max_iter=max_iter,
-            max_bits=max_bits,
-            group_size=group_size,
-            group_margin=group_margin,
-            map_coder=map_coder,
-            payload_coder=payload_coder,
-            retrain=retrain,
-            retrain_steps=retrain_steps,
-            retrain_lr=retrain_lr,
-            retrain_batch_size=retrain_batch_size,
-            retrain_data=retrain_data,
-            random_state=random_state,
+            **options,
             evaluate=evaluate,
             verbose=verbose,
             n_jobs=n_jobs,
