@@ -180,3 +180,29 @@ def test_sklearn_compatible_estimator(estimator, check):
 def test_docstring_has_example(name_cls):
     _, cls = name_cls
     assert ">>> " in (cls.__doc__ or ""), f"{cls.__name__} has no doctest example"
+
+
+WEIGHT_QUANTIZERS = [
+    cls
+    for name, cls in all_estimators()
+    if name.endswith("Quantizer") and name != "ActivationQuantizer"
+]
+
+
+@pytest.mark.parametrize("cls", WEIGHT_QUANTIZERS, ids=lambda c: c.__name__)
+def test_scale_is_the_grid_step(cls):
+    # one name per quantity: every weight quantizer's scale_ multiplies its codes
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((40, 6)) / 4
+    needs = cls._fit_requires != "weights"
+    q = _with_calibration(cls)() if needs else cls()
+    if "n_bits" in q.get_params():
+        q.set_params(n_bits=3)
+    q.fit(W)
+    codes = q.encode(W)
+    assert codes.dtype.kind in "iu"
+    # data-driven quantizers round with their float64 step; scale_ is that step
+    # stored in float32 (rounded up), hence the float32 tolerance
+    np.testing.assert_allclose(
+        q.transform(W), codes * np.broadcast_to(q.scale_, (W.shape[1],)), rtol=1e-6
+    )

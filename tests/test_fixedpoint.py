@@ -75,7 +75,7 @@ def test_bytes_decode_to_transform_bit_for_bit(tmp_path, case):
     # the file is the counted size plus its header
     assert 8 * _data_bytes(path) == q.size_bits_ == back.size_bits
     # every weight within its margin (where max_bits does not cap it)
-    capped = q.margins_ < q.scale_ * 2.0 ** -(q.max_bits + 1)
+    capped = q.margins_ < q.range_ * 2.0 ** -(q.max_bits + 1)
     assert np.all((np.abs(W.astype(np.float64) - Q) <= q.margins_) | capped)
     # groups share one precision
     if group is not None:
@@ -229,7 +229,7 @@ def test_top_code_clipping_costs_one_more_bit():
     q.fit(W, gradient=G)
     Q = q.transform(W)
     assert np.all(np.abs(W - Q) <= q.margins_)
-    assert Q[0, 0] < q.scale_
+    assert Q[0, 0] < q.range_
 
 
 @pytest.mark.parametrize(

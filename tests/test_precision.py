@@ -125,8 +125,8 @@ def test_estimator_oracles_and_accounting():
     assert np.all(np.abs(W - Q) <= q.margins_)
     np.testing.assert_allclose((np.abs(G) * q.margins_).sum(), 0.05, rtol=1e-9)
     assert q.predicted_loss_increase_ <= 0.05 + 1e-12
-    assert q.scale_ == 4.0  # max|W| in [2, 4)
-    assert q.margins_[0, 0] == pytest.approx(0.1 * q.scale_)  # zero gradient
+    assert q.range_ == 4.0  # max|W| in [2, 4)
+    assert q.margins_[0, 0] == pytest.approx(0.1 * q.range_)  # zero gradient
     # larger gradient -> smaller margin -> more bits (where unclipped)
     free = np.abs(G) * q.margins_ > 0
     i, j = np.unravel_index(np.argmax(np.abs(G)), G.shape)
@@ -159,7 +159,7 @@ def test_precision_map_bits_by_hand():
 def test_all_zero_gradients_give_the_trust_region():
     W = np.random.default_rng(2).standard_normal((10, 3))
     q = AdaptivePrecisionQuantizer(trust_region=0.25).fit(W, gradient=np.zeros_like(W))
-    np.testing.assert_allclose(q.margins_, 0.25 * q.scale_)
+    np.testing.assert_allclose(q.margins_, 0.25 * q.range_)
     assert q.kappa_ == np.inf
 
 

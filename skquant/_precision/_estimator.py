@@ -71,8 +71,13 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
+    range_ : float
+        The power of two ``s`` at or above ``max|W|``: the range the precisions
+        are counted in.
     scale_ : float
-        The power of two ``s``.
+        The grid step of the codes (the finest step ``s / 2^N_max``): every
+        rounded weight is ``code * scale_`` (the convention of every quantizer,
+        and of torch and ONNX).
     margins_ : ndarray of shape (n_in, n_out)
         Error margin of every weight, in the weights' units.
     bits_ : ndarray of int8 of shape (n_in, n_out)
@@ -223,11 +228,13 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             stored=False,  # the stored form is written below, once
             n_jobs=self.n_jobs,
         )
-        self.scale_ = res["scales"][0]
+        self.range_ = res["scales"][0]
         self.margins_ = res["margins"][0]
         self.bits_ = res["bits"][0]
         if max_frac < 0:  # even one fractional bit is subnormal: all pruned
             self.bits_ = np.zeros_like(self.bits_)
+        n_frac = max(int(self.bits_.max(initial=1)) - 1, 0)
+        self.scale_ = self.range_ / 2.0**n_frac
         self.kappa_ = res["kappa"]
         tensor = self.compress_codes(self._codes(W))
         meta = tensor.encoded()[0]
@@ -260,12 +267,12 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
     def _quantized64(self, W):
         """The rounded weights in float64 (exact multiples of the finest step)."""
         n_frac = self.bits_.astype(np.int64) - 1
-        x = W.astype(np.float64) / self.scale_
-        return _round_fixed(x, n_frac, clip=self.group_size is not None) * self.scale_
+        x = W.astype(np.float64) / self.range_
+        return _round_fixed(x, n_frac, clip=self.group_size is not None) * self.range_
 
     def _codes(self, W):
         n_max = max(int(self.bits_.max(initial=1)) - 1, 0)
-        return np.rint(self._quantized64(W) / self.scale_ * 2.0**n_max).astype(np.int64)
+        return np.rint(self._quantized64(W) / self.range_ * 2.0**n_max).astype(np.int64)
 
     def transform(self, W):
         """Round ``W`` with the fitted per-parameter precisions.
@@ -285,19 +292,12 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self._check_fitted_shape(W)
         return self._quantized64(W).astype(W.dtype)
 
-    @property
-    def step_(self):
-        """The finest step ``s / 2^N_max``: every rounded weight is a multiple of it."""
-        check_is_fitted(self)
-        n_frac = max(int(self.bits_.max(initial=1)) - 1, 0)
-        return self.scale_ / 2.0**n_frac
-
     def _code_range(self):
-        k = int(round(self.scale_ / self.step_))
+        k = int(round(self.range_ / self.scale_))
         return -k, k
 
     def encode(self, W):
-        """Integer codes of ``W`` on the finest step: ``W_q = codes * step_``.
+        """Integer codes of ``W`` on the finest step: ``W_q = codes * scale_``.
 
         A weight with ``N_i`` fractional bits has a code that is a multiple of
         ``2^(N_max - N_i)``; pruned weights have code 0.
@@ -331,7 +331,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         Returns
         -------
         W_q : ndarray of shape (n_in, n_out)
-            ``codes * step_``.
+            ``codes * scale_``.
         """
         check_is_fitted(self)
         codes = np.asarray(codes)
@@ -363,7 +363,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         qmin, qmax = self._code_range()
         return QuantizedTensor(
             codes=codes,
-            scale=np.array([self.step_]),
+            scale=np.array([self.scale_]),
             n_bits=max(int(self.bits_.max(initial=1)), 1),
             qmin=qmin,
             qmax=qmax,
