@@ -1,6 +1,6 @@
 """numba kernels: all of skquant's compiled numerics live in this sub-package.
 
-Contract shared by every kernel here (see STYLE.md):
+Contract shared by every kernel here (see the Contributing page of the docs):
 
 * arrays in, arrays out: the caller validates, allocates ``out`` and passes every
   scalar already in the data's dtype;
