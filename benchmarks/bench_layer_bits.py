@@ -25,7 +25,7 @@ point of the 8-bit equal allocation's (found by bisection along the front, sorte
 by size), against the smallest equal bit-width that is. The plot shows test
 accuracy for about a dozen points of each front (seed 0).
 
-Prints the oracles of METHODS.md section 3 (slopes, additivity, ``t`` margin vs
+Prints the oracles of Zhou et al.'s method (slopes, additivity, ``t`` margin vs
 empirical), timings, the size table, and writes the Pareto plot (test accuracy
 against bits per weight) with ``--plot``.
 

@@ -1,8 +1,8 @@
 """Water filling + per-parameter bits on 10^7 parameters: numba against NumPy.
 
 The numba path (``skquant._precision._allocate.allocate_precision``: the O(n)
-histogram water filling, then margins, bits and fixed-point rounding in one pass) against a
-straightforward NumPy version (sort, cumulative sums, then vectorised margins,
+histogram water filling, then margins, bits and fixed-point rounding in one pass)
+against a straightforward NumPy version (sort, cumulative sums, then vectorised margins,
 rounding and stored widths), on the same weights and gradients, medians of --repeat
 runs.
 

@@ -353,7 +353,7 @@ def predicted_rate(method, m, n_in):
     """Predicted relative error on Gaussian data, up to a constant.
 
     With ``X`` of shape ``(m, n_in)`` i.i.d. Gaussian, ``m`` fixed and ``n_in``
-    growing (METHODS.md section 1, "Rates"): ``"msq"``: flat; ``"grid"`` (the
+    growing (the rates of Maly & Saab's analysis): ``"msq"``: flat; ``"grid"`` (the
     null-space grid variant at fixed bits): ``sqrt(m / n_in)``; ``"gpfq"``:
     ``sqrt(m log n_in / n_in)``; ``"lp"`` (scale-free ternary):
     ``m sqrt(log(n_in / m)) / n_in``.

@@ -164,3 +164,23 @@ def test_loop_options_are_defined_once(front):
     assert taken == LOOP_OPTIONS  # every option, with the one default
     assert "{loop_options}" not in front.__doc__
     assert LOOP_OPTIONS_DOC in front.__doc__
+
+
+def test_the_project_cites_no_guide_outside_it():
+    # the conventions live in docs/contributing.rst and docs/architecture.rst
+    outside = re.compile(r"\b(STYLE|METHODS|ARCHITECTURE)\.md\b|shared/spec")
+    found = []
+    for folder in ("skquant", "tests", "benchmarks", "docs"):
+        for p in (ROOT / folder).rglob("*"):
+            if p.suffix not in {".py", ".rst", ".md"} or "_build" in p.parts:
+                continue
+            if p.parts[-2:] == ("tests", "test_architecture.py"):
+                continue
+            if "auto_examples" in p.parts or "generated" in p.parts:
+                continue
+            text = p.read_text(errors="replace")
+            found += [f"{p.relative_to(ROOT)}" for _ in outside.findall(text)[:1]]
+    for name in ("README.md", "CONTRIBUTING.md"):
+        if outside.search((ROOT / name).read_text()):
+            found.append(name)
+    assert found == []

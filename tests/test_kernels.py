@@ -157,7 +157,8 @@ def test_effective_n_jobs():
 @pytest.mark.skipif("NUMBA_DISABLE_JIT" in os.environ, reason="checks compiled code")
 def test_parallel_kernels_have_their_own_cache_entries():
     # numba's cache key ignores parallel=True: the two variants must be distinct
-    # functions (STYLE.md, facts 1), or one would load the other's machine code.
+    # functions (see docs/contributing.rst, numba kernels), or one would load the
+    # other's machine code.
     assert _msq.fake_quantize.py_func is not _msq.fake_quantize_parallel.py_func
     assert _msq.fake_quantize_parallel.targetoptions.get("parallel")
     assert not _msq.fake_quantize.targetoptions.get("parallel")

@@ -1,4 +1,4 @@
-"""NullSpaceQuantizer and GreedyPathQuantizer: METHODS.md section 1 oracles."""
+"""NullSpaceQuantizer and GreedyPathQuantizer: the oracles of Maly & Saab's method."""
 
 import re
 import warnings
@@ -233,7 +233,7 @@ def _slope(ns, errs):
 @pytest.mark.slow
 def test_rates_on_gaussian_data():
     # relative error on the data against n_in at m fixed: MSQ flat, grid and GPFQ
-    # near -1/2, the scale-free ternary LP variant near -1 (METHODS.md, "Rates")
+    # near -1/2, the scale-free ternary LP variant near -1 (docs/nullspace.rst)
     m, sizes = 16, [128, 256, 512, 1024]
     errs = {k: [] for k in ("msq", "grid", "gpfq", "lp")}
     for n in sizes:

@@ -1,4 +1,4 @@
-"""Per-parameter adaptive precision: METHODS.md section 2 oracles for the numba core."""
+"""Per-parameter adaptive precision: the method's oracles for the numba core."""
 
 import re
 

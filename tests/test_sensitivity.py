@@ -57,7 +57,8 @@ def test_noise_is_measured_on_the_logits(held_out, measured):
 
 
 def test_noise_adds_up_across_layers(measured):
-    # METHODS.md section 3: noise from several layers together is close to the sum
+    # Zhou et al.'s additivity (docs/layer_bits.rst): noise from several layers
+    # together is close to the sum
     ratios = [a["ratio"] for a in measured.additivity]
     assert len(ratios) == 6 + 3
     assert all(0.5 < r < 2.0 for r in ratios)

@@ -1,4 +1,4 @@
-"""skquant.theory: bounds hold on measured errors, rates match METHODS.md section 1."""
+"""skquant.theory: bounds hold on measured errors, rates as docs/nullspace.rst says."""
 
 import numpy as np
 import pytest

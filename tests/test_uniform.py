@@ -1,4 +1,4 @@
-"""MSQ weight quantizers: METHODS.md section 0 oracles, exact cases, bad input."""
+"""MSQ weight quantizers: rounding invariants (oracles), exact cases, bad input."""
 
 import itertools
 import re
@@ -147,7 +147,7 @@ def test_binary_level_is_l2_optimal(values):
         assert err <= np.sum((w - a * s) ** 2) + 1e-9 * (1 + np.sum(w**2))
 
 
-# ------------------------------------------------------- METHODS.md section 0 oracles
+# ------------------------------------------------------ oracles of memoryless rounding
 
 
 @given(
