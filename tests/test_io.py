@@ -346,9 +346,9 @@ def test_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
 def test_newer_version_is_refused(tmp_path):
     from skquant._tensor import _io
 
-    writer = _io._Writer()
+    writer = _io.Writer()
     writer.array("a", np.ones(3))
-    blob = _io._serialize("dict", writer)
+    blob = _io.serialize("dict", writer)
     (n,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8 : 8 + n])
     text = header["__metadata__"]["skquant"].replace(
@@ -387,11 +387,11 @@ def test_flipped_bytes_never_give_a_wrong_model(tmp_path_factory, data):
         i = data.draw(st.integers(0, len(blob) - 1))
         blob[i] ^= data.draw(st.integers(1, 255))
     try:
-        header, arrays = io._parse(bytes(blob))
+        header, arrays = io.parse(bytes(blob))
         back = QuantizedMLP._from_file(
             header["model"],
-            io._tensors_from(header, arrays, "x"),
-            io._arrays_from(header, arrays, "x"),
+            io.tensors_from(header, arrays, "x"),
+            io.arrays_from(header, arrays, "x"),
             "x",
         )
     except ValueError:
@@ -409,11 +409,11 @@ def _fuzz_setup():
     q = QuantizedMLP(mlp, UniformQuantizer(n_bits=3), random_state=0).fit(X)
     from skquant._tensor import _io
 
-    writer = _io._Writer()
+    writer = _io.Writer()
     model = q._to_file(writer)
     test_flipped_bytes_never_give_a_wrong_model.q = q
     test_flipped_bytes_never_give_a_wrong_model.X = X
-    test_flipped_bytes_never_give_a_wrong_model.blob = _io._serialize(
+    test_flipped_bytes_never_give_a_wrong_model.blob = _io.serialize(
         "QuantizedMLP", writer, model
     )
 

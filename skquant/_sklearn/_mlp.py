@@ -284,9 +284,9 @@ class QuantizedMLP(BaseEstimator):
             # the fitted float network is not part of the quantized model: the
             # parameter comes back unfitted, as after clone
             state["estimator"] = clone(self.estimator)
-        writer = _io._Writer()
+        writer = _io.Writer()
         model = self._to_file(writer)
-        state["_skquant_file"] = _io._serialize("QuantizedMLP", writer, model)
+        state["_skquant_file"] = _io.serialize("QuantizedMLP", writer, model)
         return state
 
     def __setstate__(self, state):
@@ -295,11 +295,11 @@ class QuantizedMLP(BaseEstimator):
         blob = state.pop("_skquant_file", None)
         vars(self).update(state)
         if blob is not None:
-            header, data = _io._parse(blob)
+            header, data = _io.parse(blob)
             fitted = QuantizedMLP._from_file(
                 header["model"],
-                _io._tensors_from(header, data, "<pickle>"),
-                _io._arrays_from(header, data, "<pickle>"),
+                _io.tensors_from(header, data, "<pickle>"),
+                _io.arrays_from(header, data, "<pickle>"),
                 "<pickle>",
             )
             vars(self).update(

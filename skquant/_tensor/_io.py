@@ -169,7 +169,7 @@ def _fixed_point_from(meta, arrays, shape, where):
     )
 
 
-def _tensor_from(meta, arrays, where):
+def tensor_from(meta, arrays, where):
     shape = tuple(_field(meta, "shape", list, where))
     if len(shape) != 2 or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise FileFormatError(f"{where} has an invalid shape {shape!r}.")
@@ -218,7 +218,7 @@ def _tensor_from(meta, arrays, where):
 
 
 # ------------------------------------------------------------- containers
-class _Writer:
+class Writer:
     """Collects tensors and arrays under unique names, with their descriptions."""
 
     def __init__(self):
@@ -249,7 +249,7 @@ def _digest(text, data):
     return h.hexdigest()
 
 
-def _serialize(kind, writer, model=None):
+def serialize(kind, writer, model=None):
     """The bytes of a skquant file."""
     from safetensors.numpy import save
 
@@ -289,13 +289,13 @@ def _create_temp(folder):
     )
 
 
-def _write(path, kind, writer, model=None):
+def write_file(path, kind, writer, model=None):
     """Write atomically: a temporary file in the same folder, then ``os.replace``.
 
     A new file gets the permissions of any new file (``0o666`` less the umask,
     e.g. ``0o644``); a file that is replaced keeps its permission bits.
     """
-    blob = _serialize(kind, writer, model)
+    blob = serialize(kind, writer, model)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -315,11 +315,11 @@ def _write(path, kind, writer, model=None):
         raise
 
 
-def _read(path):
+def read_file(path):
     """``(header, arrays)`` of a file, checked end to end."""
     with open(path, "rb") as f:
         blob = f.read()
-    return _parse(blob, path)
+    return parse(blob, path)
 
 
 _TORCH_ADVICE = (
@@ -407,7 +407,7 @@ def _foreign(blob, path, n):
     )
 
 
-def _parse(blob, path="<bytes>"):
+def parse(blob, path="<bytes>"):
     """``(header, arrays)`` of a file's bytes, checked end to end."""
     from safetensors import SafetensorError
     from safetensors.numpy import load as st_load
@@ -462,7 +462,7 @@ def _parse(blob, path="<bytes>"):
     return header, data
 
 
-def _tensors_from(header, data, path):
+def tensors_from(header, data, path):
     out = {}
     for name, meta in header["tensors"].items():
         if not isinstance(meta, dict):
@@ -470,11 +470,11 @@ def _tensors_from(header, data, path):
         arrays = {
             k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(name + "/")
         }
-        out[name] = _tensor_from(meta, arrays, f"{path!s}: tensor {name!r}")
+        out[name] = tensor_from(meta, arrays, f"{path!s}: tensor {name!r}")
     return out
 
 
-def _arrays_from(header, data, path):
+def arrays_from(header, data, path):
     out = {}
     for name, meta in header["arrays"].items():
         if name not in data:
@@ -520,7 +520,7 @@ def save(obj, path):
     >>> os.path.getsize(path) - qt.size_bits // 8 < 1024   # bytes of header
     True
     """
-    writer = _Writer()
+    writer = Writer()
     model = None
     if isinstance(obj, QuantizedTensor):
         kind = "tensor"
@@ -551,7 +551,7 @@ def save(obj, path):
             f"QuantizedMLP, got {type(obj).__name__} instead (torch models: "
             "skquant.torch.save_model)."
         )
-    _write(path, kind, writer, model)
+    write_file(path, kind, writer, model)
 
 
 def load(path):
@@ -590,19 +590,19 @@ def load(path):
     >>> sorted(skquant.load(path))
     ['b', 'w']
     """
-    header, data = _read(path)
+    header, data = read_file(path)
     kind = header.get("kind")
     if kind == "tensor":
-        return _tensors_from(header, data, path)["tensor"]
+        return tensors_from(header, data, path)["tensor"]
     if kind == "dict":
-        out = _arrays_from(header, data, path)
-        out.update(_tensors_from(header, data, path))
+        out = arrays_from(header, data, path)
+        out.update(tensors_from(header, data, path))
         return out
     if kind in _MODELS:
         return _MODELS[kind]._from_file(
             header["model"],
-            _tensors_from(header, data, path),
-            _arrays_from(header, data, path),
+            tensors_from(header, data, path),
+            arrays_from(header, data, path),
             path,
         )
     if kind == "torch":

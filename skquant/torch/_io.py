@@ -75,7 +75,7 @@ def save_model(model, path):
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
         )
-    writer = _io._Writer()
+    writer = _io.Writer()
     layers = {}
     quantized = {
         name: m for name, m in model.named_modules() if isinstance(m, _QuantMixin)
@@ -99,7 +99,7 @@ def save_model(model, path):
             writer.array(key, to_numpy(value.view(torch.int16)))
         else:
             writer.array(key, to_numpy(value))
-    _io._write(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
+    _io.write_file(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
 
 
 def load_into(model, path):
@@ -133,7 +133,7 @@ def load_into(model, path):
     --------
     save_model : Write one.
     """
-    header, data = _io._read(path)
+    header, data = _io.read_file(path)
     if header.get("kind") != "torch":
         raise _io.FileFormatError(
             f"{path!s} holds a {header.get('kind')!r}, not a torch model: read it "
@@ -144,7 +144,7 @@ def load_into(model, path):
     if not isinstance(layers, dict) or not isinstance(dtypes, dict):
         raise _io.FileFormatError(f"{path!s} has no valid model description.")
     mods = dict(model.named_modules())
-    tensors = _io._tensors_from(header, data, path)
+    tensors = _io.tensors_from(header, data, path)
     classes = _quant_classes()
     for name, info in layers.items():
         module = mods.get(name)

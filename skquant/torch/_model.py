@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .._network._layers import quantize_layers
-from .._tensor._io import _tensor_from
+from .._tensor._io import tensor_from
 from .._tensor._qtensor import QuantizedTensor
 from ._layout import matrix_to_weight, to_numpy
 from ._network import TorchNetwork
@@ -115,7 +115,7 @@ class _QuantMixin:
         }
         if meta["zero_point"]:
             arrays["zero_point"] = to_numpy(self.weight_zero_point)
-        return _tensor_from(meta, arrays, f"{type(self).__name__}")
+        return tensor_from(meta, arrays, f"{type(self).__name__}")
 
     def get_extra_state(self):
         """The alphabet (plain values: loads with ``weights_only=True``)."""
