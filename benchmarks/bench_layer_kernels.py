@@ -7,7 +7,7 @@ one) and for a 4096 x 4096 projection with m = 4096 rows, times ``fit`` of
 
 * ``gptq``: :class:`~skquant.GPTQQuantizer` (blocks of 128), the reference;
 * ``gpfq``: :class:`~skquant.GreedyPathQuantizer` as it runs (the Gram form over
-  all neurons when it is cheaper, see ``_use_gram``);
+  all neurons when it is cheaper, see ``use_gram``);
 * ``gpfq-path``: the per-neuron numba path forced (the former implementation);
 * ``ns``: :class:`~skquant.NullSpaceQuantizer` (``rank=None``) and ``ns-64``
   (``rank=64``), 3 bits.
@@ -68,9 +68,9 @@ def methods(with_ns):
 
 
 def time_fit(make, W, X, forced_path):
-    original = gpfq_module._use_gram
+    original = gpfq_module.use_gram
     if forced_path:
-        gpfq_module._use_gram = lambda *a: False
+        gpfq_module.use_gram = lambda *a: False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -78,7 +78,7 @@ def time_fit(make, W, X, forced_path):
             make().fit(W, activations=X)
             return time.perf_counter() - start
     finally:
-        gpfq_module._use_gram = original
+        gpfq_module.use_gram = original
 
 
 def main():

@@ -24,7 +24,7 @@ def _make(dtype, order, readonly, shape=(33, 7), seed=0):
     return X
 
 
-def _kernel(name, variant):
+def kernel_for(name, variant):
     return getattr(_msq, name + variant)
 
 
@@ -48,7 +48,7 @@ def test_fake_quantize_matches_numpy(dtype, order, readonly, variant):
     inv, level, zp, qmin, qmax = _grid(X)
     out = np.empty_like(X)
     with numba_threads(2 if variant else 1):
-        _kernel("fake_quantize", variant)(X, inv, level, zp, qmin, qmax, out)
+        kernel_for("fake_quantize", variant)(X, inv, level, zp, qmin, qmax, out)
     ref = (np.clip(np.rint(X * inv) + zp, qmin, qmax) - zp) * level
     assert ref.dtype == dtype
     assert_array_equal(out, ref)
@@ -59,7 +59,7 @@ def test_quantize_matches_numpy(dtype, order, readonly, variant):
     X = _make(dtype, order, readonly)
     inv, _, zp, qmin, qmax = _grid(X)
     out = np.empty(X.shape, dtype=np.int16)
-    _kernel("quantize", variant)(X, inv, zp, qmin, qmax, out)
+    kernel_for("quantize", variant)(X, inv, zp, qmin, qmax, out)
     assert_array_equal(out, np.clip(np.rint(X * inv) + zp, qmin, qmax))
 
 
@@ -78,7 +78,7 @@ def test_sign_fake_quantize_matches_numpy(dtype, order, readonly, variant):
     X = _make(dtype, order, readonly)
     level = np.abs(X).mean(axis=0).astype(dtype)
     out = np.empty_like(X)
-    _kernel("sign_fake_quantize", variant)(X, level, out)
+    kernel_for("sign_fake_quantize", variant)(X, level, out)
     assert_array_equal(out, np.where(X >= 0, level, -level))
     assert np.all(out[0, 0] == level[0])  # sign(0) = +1
 
@@ -103,7 +103,7 @@ def test_grid_mse_errors_matches_numpy(dtype, order, readonly, variant):
     base = (np.abs(X).max(axis=0) / 3).astype(dtype)
     ratios = np.array([0.25, 0.5, 1.0], dtype=dtype)
     out = np.empty((3, X.shape[1]))
-    _kernel("grid_mse_errors", variant)(X, base, ratios, dt(-3), dt(3), out)
+    kernel_for("grid_mse_errors", variant)(X, base, ratios, dt(-3), dt(3), out)
     for k, r in enumerate(ratios):
         step = (r * base).astype(dtype)
         inv = (dt(1) / step).astype(dtype)
@@ -116,7 +116,7 @@ def test_grid_mse_errors_matches_numpy(dtype, order, readonly, variant):
 def test_ternary_optimal_scale_matches_numpy(dtype, order, readonly, variant):
     X = _make(dtype, order, readonly)
     out = np.empty(X.shape[1], dtype=dtype)
-    _kernel("ternary_optimal_scale", variant)(X, out)
+    kernel_for("ternary_optimal_scale", variant)(X, out)
     for j in range(X.shape[1]):
         a = np.sort(np.abs(X[:, j].astype(np.float64)))[::-1]
         S = np.cumsum(a)

@@ -398,9 +398,9 @@ def test_gpfq_gram_form_equals_the_path(n_bits, block_size):
             np.linalg.norm(X_target @ W - Xq @ Q, axis=0), residual, rtol=1e-9
         )
     # the public fit picks the form by its cost
-    from skquant._quantizers._gpfq import _use_gram
+    from skquant._quantizers._gpfq import use_gram
 
-    assert _use_gram(1024, 4096, 4096) and not _use_gram(8, 4096, 4)
+    assert use_gram(1024, 4096, 4096) and not use_gram(8, 4096, 4)
 
 
 @pytest.mark.parametrize("n_bits", ALPHABETS)
@@ -416,7 +416,7 @@ def test_no_freedom_gram_form_equals_the_path(n_bits, targets, monkeypatch):
     Xf = X @ (np.eye(50) + 0.05 * rng.standard_normal((50, 50))) if targets else None
     fits = []
     for gram in (True, False):
-        monkeypatch.setattr(ns, "_use_gram", lambda *a, g=gram: g)
+        monkeypatch.setattr(ns, "use_gram", lambda *a, g=gram: g)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             fits.append(

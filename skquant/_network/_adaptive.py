@@ -7,8 +7,8 @@ import numbers
 import numpy as np
 
 from .._common._progress import progress
-from .._precision._allocate import _round_fixed, allocate_precision, precision_map_bits
-from .._precision._options import _check_bound, _check_loop_params, _check_positive
+from .._precision._allocate import allocate_precision, precision_map_bits, round_fixed
+from .._precision._options import check_bound, check_loop_params, check_positive
 from .._precision._result import AdaptiveQuantizationResult
 from .._tensor._fixedpoint import check_group_size, check_map_coder, check_payload_coder
 
@@ -108,7 +108,7 @@ def adaptive_precision_loop(
         tensors.
     """
 
-    _check_loop_params(trust_region, max_iter, max_bits)
+    check_loop_params(trust_region, max_iter, max_bits)
     check_group_size(group_size)
     check_map_coder(map_coder)
     check_payload_coder(payload_coder)
@@ -124,11 +124,11 @@ def adaptive_precision_loop(
                 "retrain_steps must be an int >= 1, got "
                 f"retrain_steps={retrain_steps!r} instead."
             )
-        _check_positive(retrain_lr, "retrain_lr")
+        check_positive(retrain_lr, "retrain_lr")
     params = [np.asarray(p, dtype=np.float64).copy() for p in params]
     n_params = sum(p.size for p in params)
     loss, grads = loss_and_grad(params)
-    l_bar = _check_bound(loss_bound, relative, loss)
+    l_bar = check_bound(loss_bound, relative, loss)
     if l_bar <= loss:
         raise ValueError(
             f"loss_bound gives l_bar={l_bar:.6g}, not above the current loss "
@@ -243,7 +243,7 @@ def _retrain(params, bits, scales, gradient, mode, steps, lr, grouped):
         if mode == "pruned":
             return [np.where(k, v, 0.0) for v, k in zip(z, keep)]
         return [
-            _round_fixed(np.clip(v / s, -1.0, 1.0), n, clip=grouped) * s
+            round_fixed(np.clip(v / s, -1.0, 1.0), n, clip=grouped) * s
             for v, s, n in zip(z, scales, n_frac)
         ]
 

@@ -164,7 +164,7 @@ def _check_layers(layers):
     return checked
 
 
-def _check_mlp(mlp, name="estimator"):
+def check_mlp(mlp, name="estimator"):
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
     if not isinstance(mlp, MLPClassifier | MLPRegressor):
@@ -204,7 +204,7 @@ class MLPNetwork(DenseNetwork):
     def __init__(self, mlp):
         from sklearn.utils.validation import check_is_fitted
 
-        _check_mlp(mlp)
+        check_mlp(mlp)
         check_is_fitted(mlp, "coefs_")
         self.mlp = mlp
         n = len(mlp.coefs_)

@@ -10,7 +10,7 @@ import numpy as np
 from .._common._progress import progress
 from .._quantizers._nullspace import NoFreedomWarning
 from ._dense import DenseNetwork
-from ._plan import _method_name, fit_layer, layer_steps, requires, resolve_quantizers
+from ._plan import fit_layer, layer_steps, method_name, requires, resolve_quantizers
 from ._report import LayerQuantization
 
 __all__ = ["layer_errors", "quantize_layers", "quantize_network"]
@@ -103,7 +103,7 @@ def quantize_layers(
         row = {
             "name": step.name,
             "shape": tuple(W.shape),
-            "method": _method_name(est),
+            "method": method_name(est),
             "bits": 32.0,
             "size_bits": 32 * W.size,
             "calibration_error": float("nan"),

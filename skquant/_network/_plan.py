@@ -90,7 +90,7 @@ def resolve_quantizers(layer_names, quantizer):
     return {name: clone(quantizer) for name in layer_names}
 
 
-def _method_name(est):
+def method_name(est):
     if est is None:
         return "float"
     return type(est).__name__.replace("Quantizer", "")

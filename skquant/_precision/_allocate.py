@@ -9,8 +9,8 @@ import numpy as np
 
 from .._kernels import _precision
 from .._kernels._threads import numba_threads
-from .._tensor._alphabets import _kernel, code_dtype
-from .._tensor._fixedpoint import _group_lengths, group_starts, widths_from_codes
+from .._tensor._alphabets import code_dtype, kernel_for
+from .._tensor._fixedpoint import group_lengths, group_starts, widths_from_codes
 from .._tensor._qtensor import QuantizedTensor
 
 __all__ = [
@@ -58,7 +58,7 @@ def water_fill(abs_gradient, budget, trust_region, *, n_jobs=None):
     a = np.ascontiguousarray(abs_gradient, dtype=np.float64).ravel()
     with numba_threads(n_jobs):
         return float(
-            _kernel(_precision, "water_fill", n_jobs)(
+            kernel_for(_precision, "water_fill", n_jobs)(
                 a, float(budget), float(trust_region)
             )
         )
@@ -81,7 +81,7 @@ def _from_matrix(m, shape, axis):
     return np.moveaxis(m.reshape(moved), -1, axis)
 
 
-def _round_fixed(x, n_frac, clip):
+def round_fixed(x, n_frac, clip):
     """``x`` rounded to ``n_frac`` fractional bits (0 where ``n_frac < 0``).
 
     With ``clip`` the integer is kept in ``[-2^N, 2^N - 1]`` (two's complement in
@@ -109,11 +109,11 @@ def _round_groups(x, tau, bits, group_size, max_frac):
     starts = group_starts(n_rows, n_cols, group_size)
     if starts.size == 0:
         return np.zeros_like(x), np.zeros(x.shape, np.int8)
-    lengths = _group_lengths(starts, xf.size)
+    lengths = group_lengths(starts, xf.size)
     n_group = np.maximum.reduceat(np.where(bf > 0, bf.astype(np.int64) - 1, -1), starts)
     while True:
         n_el = np.repeat(n_group, lengths)
-        q = _round_fixed(xf, n_el, clip=True)
+        q = round_fixed(xf, n_el, clip=True)
         bad = np.logical_or.reduceat(np.abs(xf - q) > tf, starts)
         grow = bad & (n_group >= 0) & (n_group < max_frac)
         if not grow.any():
@@ -183,7 +183,7 @@ def _pooled_gradients(a, weights, axes, group_size):
         flat = np.ascontiguousarray(m.T).ravel()
         starts = group_starts(*m.shape, group_size)
         if starts.size:
-            lengths = _group_lengths(starts, flat.size)
+            lengths = group_lengths(starts, flat.size)
             mean = np.add.reduceat(flat, starts) / lengths
             flat = np.repeat(mean, lengths)
         pooled = flat.reshape(m.shape[1], m.shape[0]).T
@@ -300,7 +300,7 @@ def allocate_precision(
         bits = np.empty(n, dtype=np.int8)
         q = np.empty(n)
         with numba_threads(n_jobs):
-            _kernel(_precision, "fixed_point_quantize", n_jobs)(
+            kernel_for(_precision, "fixed_point_quantize", n_jobs)(
                 w,
                 a[start : start + n],
                 kappa,

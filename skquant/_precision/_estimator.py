@@ -14,10 +14,10 @@ from .._tensor._alphabets import code_dtype
 from .._tensor._fixedpoint import group_starts
 from .._tensor._qtensor import QuantizedTensor
 from ._allocate import (
-    _round_fixed,
     allocate_precision,
     power_of_two_scale,
     precision_map_bits,
+    round_fixed,
 )
 
 __all__ = ["AdaptivePrecisionQuantizer"]
@@ -268,7 +268,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         """The rounded weights in float64 (exact multiples of the finest step)."""
         n_frac = self.bits_.astype(np.int64) - 1
         x = W.astype(np.float64) / self.range_
-        return _round_fixed(x, n_frac, clip=self.group_size is not None) * self.range_
+        return round_fixed(x, n_frac, clip=self.group_size is not None) * self.range_
 
     def _codes(self, W):
         n_max = max(int(self.bits_.max(initial=1)) - 1, 0)

@@ -77,7 +77,7 @@ def loop_options(values):
     return {name: values[name] for name in LOOP_OPTIONS}
 
 
-def _check_positive(value, name):
+def check_positive(value, name):
     """A positive finite number, or a ValueError naming ``name``."""
     if (
         not isinstance(value, numbers.Real)
@@ -91,8 +91,8 @@ def _check_positive(value, name):
     return float(value)
 
 
-def _check_loop_params(trust_region, max_iter, max_bits):
-    _check_positive(trust_region, "trust_region")
+def check_loop_params(trust_region, max_iter, max_bits):
+    check_positive(trust_region, "trust_region")
     for name, value, low in (("max_iter", max_iter, 1), ("max_bits", max_bits, 1)):
         if not isinstance(value, numbers.Integral) or value < low:
             raise ValueError(
@@ -100,6 +100,6 @@ def _check_loop_params(trust_region, max_iter, max_bits):
             )
 
 
-def _check_bound(loss_bound, relative, loss0):
-    loss_bound = _check_positive(loss_bound, "loss_bound")
+def check_bound(loss_bound, relative, loss0):
+    loss_bound = check_positive(loss_bound, "loss_bound")
     return loss0 * (1.0 + loss_bound) if relative else loss_bound

@@ -16,9 +16,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .._kernels import _msq
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import (
-    _kernel,
     channel_view,
     code_dtype,
+    kernel_for,
     safe_scale,
     uniform_range,
 )
@@ -209,7 +209,7 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         out = np.empty_like(X)
         dt = X.dtype.type
         with numba_threads(self.n_jobs):
-            _kernel(_msq, "fake_quantize", self.n_jobs)(
+            kernel_for(_msq, "fake_quantize", self.n_jobs)(
                 X, inv, level, zp, dt(self.qmin_), dt(self.qmax_), out
             )
         return out
@@ -233,7 +233,7 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         out = np.empty(X.shape, dtype=code_dtype(self.qmin_, self.qmax_))
         dt = X.dtype.type
         with numba_threads(self.n_jobs):
-            _kernel(_msq, "quantize", self.n_jobs)(
+            kernel_for(_msq, "quantize", self.n_jobs)(
                 X, inv, zp, dt(self.qmin_), dt(self.qmax_), out
             )
         return out

@@ -145,7 +145,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         dtype = W.dtype.type
         inv = (dtype(1) / level).astype(W.dtype)
         zero = np.zeros_like(level)
-        _alphabets._kernel(_msq, "fake_quantize", self.n_jobs)(
+        _alphabets.kernel_for(_msq, "fake_quantize", self.n_jobs)(
             W, inv, level, zero, dtype(self.qmin_), dtype(self.qmax_), out
         )
 
@@ -176,7 +176,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         dtype = W.dtype.type
         inv = (dtype(1) / level).astype(W.dtype)
         zero = np.zeros_like(level)
-        _alphabets._kernel(_msq, "quantize", self.n_jobs)(
+        _alphabets.kernel_for(_msq, "quantize", self.n_jobs)(
             W, inv, zero, dtype(self.qmin_), dtype(self.qmax_), out
         )
 

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._kernels import _nullspace
 from .._kernels._threads import numba_threads
-from .._tensor._alphabets import _kernel
+from .._tensor._alphabets import kernel_for
 from ._base import BaseWeightQuantizer
 from ._uniform import UniformQuantizer, level_quantizer
 
@@ -91,7 +91,7 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         XqT = np.ascontiguousarray(Xq.T)
         XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
         with numba_threads(self.n_jobs):
-            _kernel(_nullspace, "greedy_path", self.n_jobs)(
+            kernel_for(_nullspace, "greedy_path", self.n_jobs)(
                 XqT,
                 XfT,
                 np.ascontiguousarray(targets),

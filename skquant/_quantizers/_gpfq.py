@@ -93,7 +93,7 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         self._fit_alphabet(W, self.scale)
         W64 = W.astype(np.float64)
         ref = Xf @ W64
-        if _use_gram(*Xq.shape, W.shape[1]):
+        if use_gram(*Xq.shape, W.shape[1]):
             codes = self._codes_gram(W64, Xq, Xf)
             Q = self._tensor(codes).dequantize()
             residual = np.linalg.norm(ref - Xq @ Q, axis=0)
@@ -192,7 +192,7 @@ def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None)
     return alphabet.final_codes(codes)
 
 
-def _use_gram(m, n_in, n_out):
+def use_gram(m, n_in, n_out):
     """Whether the Gram form is cheaper than the per-neuron path.
 
     The path costs about ``4 m n_in n_out`` flops in a serial loop per neuron; the

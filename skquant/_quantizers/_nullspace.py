@@ -14,9 +14,9 @@ from threadpoolctl import threadpool_limits
 from .._common._progress import run_in_batches
 from .._kernels import _nullspace
 from .._kernels._threads import numba_threads
-from .._tensor._alphabets import _kernel
+from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
-from ._gpfq import _use_gram, greedy_path_gram
+from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
@@ -493,7 +493,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
         if self.rounding == "greedy":
             no_freedom = self.components_.shape[1] >= W.shape[0]
-            if not (no_freedom and _use_gram(*Xq.shape, n_out)):
+            if not (no_freedom and use_gram(*Xq.shape, n_out)):
                 idx = _padded_rows(~on)
                 # residual of the pre-processed points; rounding the off-grid
                 # entries one by one then follows it (greedy path following
@@ -550,7 +550,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             drift, dist, idx, G = self._bound_terms
             counts = self.n_off_grid_.astype(np.int64)
             norms = np.empty(counts.size)
-            kernel = _kernel(_nullspace, "subset_norms", self.n_jobs)
+            kernel = kernel_for(_nullspace, "subset_norms", self.n_jobs)
             with (
                 numba_threads(self.n_jobs) as n_threads,
                 threadpool_limits(1, user_api="blas"),

@@ -279,11 +279,11 @@ class BinaryQuantizer(BaseWeightQuantizer):
         return _alphabets.absmean(Wc)
 
     def _fake_quantize(self, W, level, out):
-        _alphabets._kernel(_msq, "sign_fake_quantize", self.n_jobs)(W, level, out)
+        _alphabets.kernel_for(_msq, "sign_fake_quantize", self.n_jobs)(W, level, out)
 
     def _quantize(self, W, level, out):
         ones = np.ones_like(level)
-        _alphabets._kernel(_msq, "sign_fake_quantize", self.n_jobs)(W, ones, out)
+        _alphabets.kernel_for(_msq, "sign_fake_quantize", self.n_jobs)(W, ones, out)
 
 
 def level_quantizer(alphabet):

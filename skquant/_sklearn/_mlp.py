@@ -12,7 +12,7 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._network._dense import MLPNetwork, _check_mlp
+from .._network._dense import MLPNetwork, check_mlp
 from .._network._layers import quantize_layers
 from .._network._report import QuantizationReport
 from .._precision._estimator import AdaptivePrecisionQuantizer
@@ -64,7 +64,7 @@ def _quantizer_from(spec):
         return None
 
 
-def _unwrap(estimator):
+def unwrap_mlp(estimator):
     """The MLP inside ``estimator`` (``None``, a FrozenEstimator or the MLP)."""
     if estimator is None:
         return MLPClassifier()
@@ -76,7 +76,7 @@ def _unwrap(estimator):
 
 def _estimator_has(attr):
     def check(self):
-        return hasattr(_unwrap(self.estimator), attr)
+        return hasattr(unwrap_mlp(self.estimator), attr)
 
     return check
 
@@ -203,7 +203,7 @@ class QuantizedMLP(BaseEstimator):
         self : object
             Fitted estimator.
         """
-        estimator = _check_mlp(_unwrap(self.estimator))
+        estimator = check_mlp(unwrap_mlp(self.estimator))
         if self.estimator is None:
             estimator = MLPClassifier(random_state=self.random_state)
         quantizer = (
@@ -481,7 +481,7 @@ class QuantizedMLP(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        est = _unwrap(self.estimator)
+        est = unwrap_mlp(self.estimator)
         inner = est.__sklearn_tags__()
         tags.estimator_type = inner.estimator_type
         tags.classifier_tags = inner.classifier_tags

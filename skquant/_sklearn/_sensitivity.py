@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from .._network._dense import MLPNetwork, _check_mlp
+from .._network._dense import MLPNetwork, check_mlp
 from .._network._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
-from ._mlp import _unwrap
+from ._mlp import unwrap_mlp
 
 __all__ = ["measure_sensitivity"]
 
@@ -105,7 +105,7 @@ def measure_sensitivity(
     from sklearn.exceptions import NotFittedError
     from sklearn.neural_network import MLPClassifier
 
-    mlp = _check_mlp(_unwrap(estimator))
+    mlp = check_mlp(unwrap_mlp(estimator))
     try:
         network = MLPNetwork(mlp)
     except NotFittedError as exc:

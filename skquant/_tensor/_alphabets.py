@@ -168,7 +168,7 @@ def channel_view(W, granularity):
     return W
 
 
-def _kernel(module, name, n_jobs):
+def kernel_for(module, name, n_jobs):
     """The serial kernel ``name`` of ``module``, or its ``_parallel`` twin."""
     if effective_n_jobs(n_jobs) > 1:
         return getattr(module, name + "_parallel")
@@ -242,7 +242,7 @@ def mse_optimal_step(Wc, qmin, qmax, *, n_grid=100, n_jobs=None):
     ratios = (np.arange(1, n_grid + 1) / n_grid).astype(Wc.dtype)
     err = np.empty((n_grid, Wc.shape[1]))
     with numba_threads(n_jobs):
-        _kernel(_msq, "grid_mse_errors", n_jobs)(
+        kernel_for(_msq, "grid_mse_errors", n_jobs)(
             Wc, base, ratios, dtype(qmin), dtype(qmax), err
         )
     # steps below the smallest normal number are unusable (safe_scale replaces them)
@@ -271,7 +271,7 @@ def ternary_optimal_level(Wc, n_jobs=None):
     """Per-column level ``a`` minimising ``||w - a t||`` over ternary ``t``."""
     out = np.empty(Wc.shape[1], dtype=Wc.dtype)
     with numba_threads(n_jobs):
-        _kernel(_msq, "ternary_optimal_scale", n_jobs)(Wc, out)
+        kernel_for(_msq, "ternary_optimal_scale", n_jobs)(Wc, out)
     return out
 
 

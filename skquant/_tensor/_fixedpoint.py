@@ -117,7 +117,7 @@ def group_starts(n_rows, n_cols, group_size):
     return (np.arange(n_cols, dtype=np.int64)[:, None] * n_rows + within).ravel()
 
 
-def _group_lengths(starts, n):
+def group_lengths(starts, n):
     return np.diff(np.append(starts, n))
 
 
@@ -370,7 +370,7 @@ def encode(codes, widths, n_max, step, group_size, map_coder, payload_coder="ran
         symbols = w
     else:
         symbols = w[starts] if starts.size else w[:0]
-        if not np.array_equal(np.repeat(symbols, _group_lengths(starts, w.size)), w):
+        if not np.array_equal(np.repeat(symbols, group_lengths(starts, w.size)), w):
             raise ValueError("the precisions are not constant within each group.")
         lengths = w
         if np.any((k < -(2**frac)) | ((k >= 2**frac) & (w > 0))):
@@ -412,7 +412,7 @@ def decode(meta, arrays, shape, n_max, group_size):
             f"the precision map holds {int(symbols.max())} bits, above the "
             f"finest step's {n_max + 1}."
         )
-    w = symbols if group_size is None else np.repeat(symbols, _group_lengths(starts, n))
+    w = symbols if group_size is None else np.repeat(symbols, group_lengths(starts, n))
     lengths = np.where(w >= 2, w - 1, w) if group_size is None else w
     fields = _decode_payload(arrays, lengths)
     frac = np.maximum(w - 1, 0)
