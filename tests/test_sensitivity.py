@@ -14,7 +14,7 @@ from skquant import (
     UniformQuantizer,
     measure_sensitivity,
 )
-from skquant._layerbits._law import _fit, flip_rate, margin_threshold
+from skquant._layerbits._law import fit_law, flip_rate, margin_threshold
 from skquant._network._dense import MLPNetwork
 
 
@@ -67,7 +67,7 @@ def test_noise_adds_up_across_layers(measured):
 
 def test_the_fit_recovers_a_known_law():
     bits = [2, 3, 4, 6]
-    p0, slope, r2 = _fit(bits, [5.0 * math.exp(-1.3 * b) for b in bits])
+    p0, slope, r2 = fit_law(bits, [5.0 * math.exp(-1.3 * b) for b in bits])
     assert p0 == pytest.approx(5.0) and slope == pytest.approx(-1.3) and r2 == 1.0
 
 

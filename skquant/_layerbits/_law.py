@@ -20,7 +20,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------- fitting
-def _fit(bits, noise):
+def fit_law(bits, noise):
     """Least squares of ``log p = log p0 + slope b`` over the positive noises."""
     b = np.asarray(bits, dtype=np.float64)
     p = np.asarray(noise, dtype=np.float64)
@@ -44,7 +44,7 @@ def decisions(Z):
     return np.argmax(Z, axis=1)
 
 
-def _power(R):
+def noise_power(R):
     """Mean squared norm of the rows of ``R``: ``mean_n ||R_n||^2``."""
     R = np.asarray(R, dtype=np.float64)
     return float(np.mean(np.sum(R.reshape(len(R), -1) ** 2, axis=1)))
@@ -92,7 +92,7 @@ def noise_spread(Z, diffs):
     parts = []
     for R in diffs:
         R = _two_columns(R)
-        p = _power(R)
+        p = noise_power(R)
         if p > 0:
             parts.append((R - R[n, c][:, None]) ** 2 / (2 * p))
     return np.mean(parts, axis=0) if parts else None
@@ -100,7 +100,7 @@ def noise_spread(Z, diffs):
 
 def margin_threshold(Z, spread, tolerance, counted):
     """The noise power on ``Z`` at which :func:`flip_rate` reaches ``tolerance``."""
-    scale = _power(Z) or 1.0
+    scale = noise_power(Z) or 1.0
     lo, hi = math.log(scale) - 40, math.log(scale) + 20
     if flip_rate(Z, spread, math.exp(hi), counted) < tolerance:
         return math.inf
@@ -299,7 +299,7 @@ class SensitivityResult:
                 f"{self.seconds[i]:>6.1f}"
             )
         lines.append("")
-        labels = [_label(c) for c in self.choices]
+        labels = [choice_label(c) for c in self.choices]
         lines.append(f"{'noise power':<18}" + "".join(f"{c:>10}" for c in labels))
         for i, name in enumerate(self.layer_names):
             lines.append(
@@ -355,10 +355,10 @@ class SensitivityResult:
         return ax
 
 
-def _label(choice):
+def choice_label(choice):
     return choice if isinstance(choice, str) else f"{choice} b"
 
 
 # ------------------------------------------------------------------ driver
-def _accuracy(Z, labels):
+def accuracy_of(Z, labels):
     return float(np.mean(decisions(Z) == labels))

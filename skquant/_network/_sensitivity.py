@@ -12,12 +12,12 @@ from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
 from .._layerbits._law import (
     SensitivityResult,
-    _accuracy,
-    _fit,
-    _label,
-    _power,
+    accuracy_of,
+    choice_label,
     decisions,
+    fit_law,
     margin_threshold,
+    noise_power,
     noise_spread,
 )
 from ._plan import fit_layer, layer_steps, requires
@@ -49,7 +49,7 @@ def _empirical_threshold(
     def measure(log_sigma):
         Z = network.outputs(X, {name: W + math.exp(log_sigma) * E})
         count[0] += 1
-        return _power(Z.reshape(len(Z), -1) - ref), base - _accuracy(Z, labels)
+        return noise_power(Z.reshape(len(Z), -1) - ref), base - accuracy_of(Z, labels)
 
     p1, _ = measure(0.0)  # sigma = 1: noise as large as the weights
     if p1 == 0:
@@ -155,7 +155,7 @@ def sensitivity(
     base = None
     if classifier:
         labels = decisions(ref) if labels is None else np.asarray(labels)
-        base = _accuracy(ref, labels)
+        base = accuracy_of(ref, labels)
         counted = decisions(ref) == labels
     names = network.layer_names
     L, C = len(names), len(choices)
@@ -190,12 +190,12 @@ def sensitivity(
             count[0] += 1
             R = Z.reshape(n, -1) - ref
             diffs.append(R)
-            noise[i, j] = _power(R)
+            noise[i, j] = noise_power(R)
             size[i, j] = tensor.size_bits
             code_bits[i, j] = tensor.n_bits
             werr[i, j] = float(np.sum((W - Q) ** 2))  # (Q is float64)
             if classifier:
-                acc[i, j] = _accuracy(Z, labels)
+                acc[i, j] = accuracy_of(Z, labels)
             if keep is not None:
                 keep[(i, j)] = Q
         if t_m is not None:
@@ -211,7 +211,7 @@ def sensitivity(
                 network, X, name, W, ref, labels, base, tolerance, guess, rng, count
             )
         seconds[i] = time.perf_counter() - t0
-    fits = [_fit(code_bits[i], noise[i]) for i in range(L)]
+    fits = [fit_law(code_bits[i], noise[i]) for i in range(L)]
     result = SensitivityResult(
         layer_names=list(names),
         choices=choices,
@@ -232,7 +232,7 @@ def sensitivity(
         seconds=seconds,
     )
     if keep is not None and L > 1:
-        configs = [(f"all {_label(c)}", [j] * L) for j, c in enumerate(choices)]
+        configs = [(f"all {choice_label(c)}", [j] * L) for j, c in enumerate(choices)]
         for k in range(3):
             configs.append((f"mixed #{k + 1}", list(rng.integers(0, C, size=L))))
         for label, pick in configs:
@@ -243,7 +243,7 @@ def sensitivity(
                 dtype=np.float64,
             ).reshape(n, -1)
             count[0] += 1
-            measured = _power(Z - ref)
+            measured = noise_power(Z - ref)
             total = float(sum(noise[i, pick[i]] for i in range(L)))
             result.additivity.append(
                 {

@@ -10,7 +10,7 @@ from ._model import (
     QuantConv1d,
     QuantConv2d,
     QuantLinear,
-    _QuantMixin,
+    QuantMixin,
     quantized_module,
 )
 
@@ -78,7 +78,7 @@ def save_model(model, path):
     writer = _io.Writer()
     layers = {}
     quantized = {
-        name: m for name, m in model.named_modules() if isinstance(m, _QuantMixin)
+        name: m for name, m in model.named_modules() if isinstance(m, QuantMixin)
     }
     for name, m in quantized.items():
         writer.tensor(name or "<root>", m.quantized_tensor())

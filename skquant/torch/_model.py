@@ -13,7 +13,7 @@ from ._layout import matrix_to_weight, to_numpy
 from ._network import TorchNetwork
 
 
-class _QuantMixin:
+class QuantMixin:
     """What a quantized layer stores: packed codes and scales.
 
     Persistent state (``state_dict``): ``weight_packed`` (the bit-packed codes,
@@ -149,7 +149,7 @@ class _QuantMixin:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class QuantLinear(_QuantMixin, nn.Linear):
+class QuantLinear(QuantMixin, nn.Linear):
     """``nn.Linear`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
 
     Built by :func:`quantize_model`; it computes exactly what an ``nn.Linear`` with
@@ -169,7 +169,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return new._attach(module, tensor)
 
 
-class _QuantConvMixin(_QuantMixin):
+class QuantConvMixin(QuantMixin):
     @classmethod
     def from_float(cls, module, tensor):
         """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
@@ -189,14 +189,14 @@ class _QuantConvMixin(_QuantMixin):
         return new._attach(module, tensor)
 
 
-class QuantConv1d(_QuantConvMixin, nn.Conv1d):
+class QuantConv1d(QuantConvMixin, nn.Conv1d):
     """``nn.Conv1d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
 
     Built by :func:`quantize_model`.
     """
 
 
-class QuantConv2d(_QuantConvMixin, nn.Conv2d):
+class QuantConv2d(QuantConvMixin, nn.Conv2d):
     """``nn.Conv2d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
 
     Built by :func:`quantize_model`.
