@@ -1,6 +1,6 @@
 """Functional shortcuts for scripting; they call the estimators and add no math."""
 
-from ._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from ._uniform import UniformQuantizer, level_quantizer
 
 __all__ = ["quantize"]
 
@@ -50,19 +50,18 @@ def quantize(
     >>> qt.codes.dtype, qt.codes.min() >= -3, qt.codes.max() <= 3
     (dtype('int8'), np.True_, np.True_)
     """
-    classes = {
-        "uniform": UniformQuantizer,
-        "ternary": TernaryQuantizer,
-        "binary": BinaryQuantizer,
-    }
-    if alphabet not in classes:
-        raise ValueError(
-            f"alphabet must be one of {sorted(classes)}, got alphabet={alphabet!r} "
-            "instead."
-        )
     params = {"granularity": granularity, "n_jobs": n_jobs}
-    if alphabet == "uniform":
+    if isinstance(alphabet, str) and alphabet == "uniform":
+        cls = UniformQuantizer
         params["n_bits"] = n_bits
+    else:
+        try:
+            cls = level_quantizer(alphabet)
+        except ValueError:
+            raise ValueError(
+                "alphabet must be one of ['binary', 'ternary', 'uniform'], got "
+                f"alphabet={alphabet!r} instead."
+            ) from None
     if scale is not None:
         params["scale"] = scale
-    return classes[alphabet](**params).fit(W).compress(W)
+    return cls(**params).fit(W).compress(W)
