@@ -13,7 +13,11 @@ from ._network._layers import layer_errors, quantize_layers
 from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._nullspace import NullSpaceQuantizer
 from ._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
+from ._sklearn._adaptive import adaptive_quantize_mlp
+from ._sklearn._layerbits import LayerBitAllocator
+from ._tensor._io import save
 from ._tensor._qtensor import QuantizedTensor
+from .datasets import load_mnist
 from .metrics import compression_ratio, model_size_bits
 
 
@@ -61,7 +65,6 @@ def load_demo_data(dataset, random_state=0):
         return train_test_split(
             X, y, test_size=0.3, stratify=y, random_state=random_state
         )
-    from .datasets import load_mnist
 
     Xtr, ytr = load_mnist("train", dataset=dataset, return_X_y=True)
     Xte, yte = load_mnist("test", dataset=dataset, return_X_y=True)
@@ -88,7 +91,6 @@ def quantize_mlp(mlp, quantizer, X_calib, X_eval=None):
 
 def file_bytes(tensors):
     """Bytes of the skquant file holding ``tensors`` (weights and biases, in order)."""
-    from ._tensor._io import save
 
     named = {
         f"layer_{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": t
@@ -108,7 +110,6 @@ def adaptive_rows(mlp, Xtr, ytr, Xte, yte, X_eval, loss_bound=3.0):
     stored tensors (coded payload, coded precision map, exponents), as
     ``result.save`` writes them, then the coded payload alone (a part of that file).
     """
-    from ._sklearn._adaptive import adaptive_quantize_mlp
 
     res = adaptive_quantize_mlp(mlp, Xtr, ytr, loss_bound=loss_bound)
     h = res.history[-1]
@@ -149,7 +150,6 @@ def layer_bits_rows(mlp, X_calib, y_calib, Xte, yte, X_eval):
     at most 1 (an expected accuracy drop of about half a point), over MSQ at
     ternary and 2 to 8 bits.
     """
-    from ._sklearn._layerbits import LayerBitAllocator
 
     alloc = LayerBitAllocator(mlp, bits=("ternary", 2, 3, 4, 5, 6, 8))
     alloc.fit(X_calib, y_calib)
