@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+#: fixtures and the scripts that wrote them, not tests
+collect_ignore = ["data"]
+
 settings.register_profile(
     "skquant",
     max_examples=60,
