@@ -7,6 +7,7 @@ shape ``(n_samples, n_features)``. numba kernels do the numerics; the optional
 """
 
 from ._common._config import config_context, get_config, set_config
+from ._compat import install as _install_old_paths
 from ._layerbits._allocation import allocate_bits, closed_form_bits
 from ._layerbits._law import SensitivityResult
 from ._precision._estimator import AdaptivePrecisionQuantizer
@@ -23,6 +24,8 @@ from ._sklearn._sensitivity import measure_sensitivity
 from ._tensor._bits import pack_codes, unpack_codes
 from ._tensor._io import load, save
 from ._tensor._qtensor import QuantizedTensor
+
+_install_old_paths()  # pickles made before the sub-packages name the old paths
 
 __version__ = "0.1.0.dev0"
 

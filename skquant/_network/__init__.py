@@ -1,3 +1,10 @@
 """The network layer: the Network protocol, its NumPy adapters, and every whole-model
 driver.
 """
+
+
+def __getattr__(name):
+    # names this path had before it was a package, for old pickles
+    from .._compat import moved_name
+
+    return moved_name(__name__, name)

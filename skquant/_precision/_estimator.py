@@ -251,6 +251,16 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self.bits_per_param_ = self.size_bits_ / W.size
         return self
 
+    def __setstate__(self, state):
+        # fitted before scale_ became the grid step, scale_ held the power-of-two
+        # range (now range_): give an old pickle today's names
+        if "range_" not in state and "scale_" in state and "bits_" in state:
+            state = dict(state)
+            state["range_"] = state["scale_"]
+            n_frac = max(int(state["bits_"].max(initial=1)) - 1, 0)
+            state["scale_"] = state["range_"] / 2.0**n_frac
+        super().__setstate__(state)
+
     def _map_symbols(self):
         """The precisions the map stores: one per parameter, or one per group."""
 
