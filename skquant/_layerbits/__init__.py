@@ -1,4 +1,5 @@
-"""Layer bit-widths (Zhou et al.): sensitivity, exact allocation, the estimator."""
+"""Layer bit-widths (Zhou et al.) without a network: the measured choices, the noise
+law and the tolerated noise, the exact allocation."""
 
 
 def __getattr__(name):

@@ -1,5 +1,27 @@
-"""The sensitivity driver (Zhou et al.): every layer quantized alone at every choice,
-over any Network.
+"""The sensitivity driver (Zhou et al.): every layer quantized alone at every choice.
+
+For every weight layer ``i`` and choice ``j`` (a bit-width, or the binary and ternary
+alphabets), the layer alone is quantized and the network's outputs (its logits ``Z``)
+are compared with the float network's on a data sample:
+
+* ``noise[i, j] = mean_n ||Z_n(Q) - Z_n(W)||^2``, the noise power Zhou's law
+  ``p_i exp(-alpha_i b)`` is fitted to (least squares on ``log p``; the slope
+  ``-alpha_i`` is near ``-ln 4`` per bit for rounding);
+* ``size[i, j]``: the bits of the quantized tensor (codes + scales), as stored;
+* ``weight_error[i, j] = ||W - Q||^2`` (the SQNR allocation of Lin et al. and the
+  Hessian-trace criterion of HAWQ use it);
+* ``accuracy[i, j]``: the accuracy with that layer alone quantized (classifiers; on
+  the labels, or against the float model's decisions without labels).
+
+The tolerated noise ``t_i`` (the noise power on ``Z`` from layer ``i`` at which the
+accuracy drops by ``tolerance``) comes from two measurements: ``"margin"``, a fast
+estimate from the logit margins and the direction of the layer's measured noise
+(no extra forward pass), and ``"empirical"``, a search over the strength of random
+noise injected into the layer's weights. The additivity of the noise is checked on
+several configurations (all layers quantized together against the sum of the
+singles). One driver over the :class:`~skquant._network._protocol.Network` protocol; the
+public front ends are :func:`skquant.measure_sensitivity` (scikit-learn MLPs) and
+:func:`skquant.torch.measure_sensitivity`.
 """
 
 import math
