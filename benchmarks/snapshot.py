@@ -204,11 +204,7 @@ def _clone(q):
 
 
 def _needs_data(q):
-    return type(q).__name__ in {
-        "GreedyPathQuantizer",
-        "GPTQQuantizer",
-        "NullSpaceQuantizer",
-    }
+    return q._fit_requires == "data"
 
 
 def cnn_cases(out):

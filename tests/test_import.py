@@ -64,3 +64,13 @@ def test_public_names_import_from_where_they_did():
             if n not in mod.__all__
         ]
     assert missing == []
+
+
+def test_estimator_discovery_does_not_import_torch():
+    res = _run(
+        "import sys\n"
+        "from skquant.utils.discovery import all_estimators\n"
+        "assert len(all_estimators()) >= 10\n"
+        "assert 'torch' not in sys.modules, 'torch loaded'"
+    )
+    assert res.returncode == 0, res.stderr

@@ -7,7 +7,6 @@ import numbers
 from sklearn.base import clone
 
 from .._quantizers._base import BaseWeightQuantizer
-from .._quantizers._datadriven import BaseDataQuantizer
 from .._quantizers._uniform import UniformQuantizer, level_quantizer
 
 __all__ = ["check_choices", "check_quantizer", "choice_quantizer"]
@@ -66,7 +65,7 @@ def choice_quantizer(quantizer, choice):
     quantizer, ``"binary"`` and ``"ternary"`` mean :class:`BinaryQuantizer` and
     :class:`TernaryQuantizer` with its granularity.
     """
-    if isinstance(choice, str) and not isinstance(quantizer, BaseDataQuantizer):
+    if isinstance(choice, str) and quantizer._fit_requires != "data":
         cls = level_quantizer(choice)
         params = {
             k: v

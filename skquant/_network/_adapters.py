@@ -48,17 +48,9 @@ def adapter_for(model):
     functions : dict or None
         The front ends its adapter registered.
     """
-    for _ in range(2):
-        for accepts, functions in _REGISTERED:
-            if accepts(model):
-                return functions
-        packages = [
-            ADAPTER_PACKAGES[lib]
-            for lib in _libraries(model)
-            if lib in ADAPTER_PACKAGES
-        ]
-        if not packages:
-            return None
-        for package in packages:
-            importlib.import_module(package)
+    for lib in _libraries(model) & ADAPTER_PACKAGES.keys():
+        importlib.import_module(ADAPTER_PACKAGES[lib])  # registers on first import
+    for accepts, functions in _REGISTERED:
+        if accepts(model):
+            return functions
     return None

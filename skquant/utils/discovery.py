@@ -14,6 +14,18 @@ __all__ = ["all_estimators"]
 _SKIPPED = ("skquant.torch", "skquant.utils", "skquant.__main__")
 
 
+def _modules(path, prefix):
+    """Import and yield every module under ``path`` but the skipped sub-packages
+    (walked by hand: ``pkgutil.walk_packages`` imports every package it meets)."""
+    for info in pkgutil.iter_modules(path, prefix):
+        if info.name.startswith(_SKIPPED):
+            continue
+        module = importlib.import_module(info.name)
+        yield module
+        if info.ispkg:
+            yield from _modules(module.__path__, info.name + ".")
+
+
 def all_estimators():
     """Every public estimator class of :mod:`skquant` (the NumPy package).
 
@@ -34,10 +46,7 @@ def all_estimators():
     """
     root = Path(__file__).resolve().parent.parent
     found = {}
-    for info in pkgutil.walk_packages([str(root)], prefix="skquant."):
-        if info.name.startswith(_SKIPPED):
-            continue
-        module = importlib.import_module(info.name)
+    for module in _modules([str(root)], "skquant."):
         for name, obj in inspect.getmembers(module, inspect.isclass):
             if (
                 issubclass(obj, BaseEstimator)
