@@ -50,4 +50,9 @@ def test_torch_model_loads_and_runs_as_before(expected):
     model = sqt.load_into(net, DATA / "cnn_uniform4.skq")
     with torch.no_grad():
         out = model(torch.as_tensor(expected["x"])).numpy()
+    # the packed kernel sums in another order than the float product of then
+    np.testing.assert_allclose(out, expected["cnn_out"], rtol=1e-5, atol=1e-7)
+    floated = sqt.load_into(net, DATA / "cnn_uniform4.skq", runtime="float")
+    with torch.no_grad():
+        out = floated(torch.as_tensor(expected["x"])).numpy()
     np.testing.assert_array_equal(out, expected["cnn_out"])

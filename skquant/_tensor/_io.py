@@ -42,7 +42,7 @@ from ._qtensor import QuantizedTensor
 __all__ = ["load", "save"]
 
 FORMAT = "skquant"
-VERSION = 2  # 2: fixed-point tensors (payload, coded precision map)
+VERSION = 3  # 2: fixed-point tensors; 3: activation grids of torch layers
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 

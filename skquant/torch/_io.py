@@ -6,7 +6,7 @@ from torch import nn
 
 from .._tensor import _io
 from ._layout import to_numpy
-from ._model import (
+from ._qlayers import (
     QuantConv1d,
     QuantConv2d,
     QuantLinear,
@@ -82,7 +82,13 @@ def save_model(model, path):
     }
     for name, m in quantized.items():
         writer.tensor(name or "<root>", m.quantized_tensor())
-        layers[name] = {"kind": _kind_of(m), "shape": list(m.weight.shape)}
+        layers[name] = {"kind": _kind_of(m), "shape": list(m._wshape)}
+        act = m.get_extra_state()["activations"]
+        if act is not None:
+            act["n_scales"] = (
+                int(m.input_scale.numel()) if "input_scale" in m._buffers else 1
+            )
+            layers[name]["activations"] = act
     skip = {
         f"{n}.{k}" if n else k
         for n in quantized
@@ -102,7 +108,7 @@ def save_model(model, path):
     _io.write_file(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
 
 
-def load_into(model, path):
+def load_into(model, path, *, runtime="auto"):
     """Load a file from :func:`save_model` into a float model of the same layers.
 
     The layers quantized in the file become :class:`QuantLinear` /
@@ -116,6 +122,9 @@ def load_into(model, path):
         A model of the saved architecture (e.g. ``Net()``, float weights).
     path : str or path-like
         A file written by :func:`save_model`.
+    runtime : {"auto", "packed", "int8", "float"}, default="auto"
+        What the quantized layers hold and how they compute, as in
+        :func:`quantize_model`.
 
     Returns
     -------
@@ -165,7 +174,13 @@ def load_into(model, path):
                 f"shape {info.get('shape')} in the file and "
                 f"{list(module.weight.shape)} in the model."
             )
-        new = quantized_module(module, tensors[name or "<root>"])
+        new = quantized_module(module, tensors[name or "<root>"], runtime)
+        act = info.get("activations")
+        if act is not None:
+            act = dict(act)
+            mode = act.pop("mode", None)
+            n = act.pop("n_scales", 1)
+            new._set_activations(mode, act, np.ones(n), np.zeros(n))
         if name == "":
             model = new
             mods = dict(model.named_modules())

@@ -4,218 +4,32 @@ import copy
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from torch import nn
 
 from .._network._layers import quantize_layers
-from .._tensor._io import tensor_from
-from .._tensor._qtensor import QuantizedTensor
-from ._layout import matrix_to_weight, to_numpy
+from .._quantizers._activation import ActivationQuantizer
+from ._capture import capture
+from ._data import input_batches, model_device, model_dtype
 from ._network import TorchNetwork
-
-
-class QuantMixin:
-    """What a quantized layer stores: packed codes and scales.
-
-    Persistent state (``state_dict``): ``weight_packed`` (the bit-packed codes,
-    ``uint8``), ``weight_scale`` (one scale per output channel, or one),
-    ``weight_zero_point`` for affine grids, and the alphabet as extra state. The
-    float ``weight`` that ``forward`` uses and the unpacked ``weight_codes`` are
-    derived buffers, rebuilt when the state is loaded (a cached dequantized weight
-    is faster on CPU than dequantizing in every forward; see the docs'
-    performance page).
-    """
-
-    def _attach(self, module, tensor):
-        """Take ``module``'s bias and ``tensor``'s codes and scales."""
-        if module.bias is not None:
-            with torch.no_grad():
-                self.bias.copy_(module.bias)
-        self._set_tensor(tensor)
-        return self
-
-    def _set_tensor(self, tensor):
-        W = matrix_to_weight(tensor.dequantize(), self)
-        device = W.device
-        if "weight" in self._parameters:
-            del self._parameters["weight"]
-        self.register_buffer("weight", W, persistent=False)
-        codes = np.ascontiguousarray(tensor.codes.T).reshape(tuple(W.shape))
-        variable = tensor.precision_bits is not None
-        # per-parameter precision has no fixed-width packing: its codes and bits
-        # are the stored state (as int arrays)
-        self.register_buffer(
-            "weight_codes", torch.from_numpy(codes).to(device), persistent=variable
-        )
-        if variable:
-            bits = np.ascontiguousarray(tensor.precision_bits.T).reshape(codes.shape)
-            self.register_buffer("weight_bits", torch.from_numpy(bits).to(device))
-        else:
-            self.register_buffer(
-                "weight_packed", torch.from_numpy(tensor.pack()).to(device)
-            )
-        self.register_buffer(
-            "weight_scale",
-            torch.from_numpy(np.ascontiguousarray(tensor.scale)).to(device),
-        )
-        if tensor.zero_point is not None:
-            self.register_buffer(
-                "weight_zero_point",
-                torch.from_numpy(np.ascontiguousarray(tensor.zero_point)).to(device),
-            )
-        self._qmeta = {
-            "alphabet": tensor.alphabet,
-            "n_bits": int(tensor.n_bits),
-            "qmin": int(tensor.qmin),
-            "qmax": int(tensor.qmax),
-            "codes_dtype": tensor.codes.dtype.str,
-            "float_dtype": None
-            if tensor.float_dtype is None
-            else np.dtype(tensor.float_dtype).str,
-        }
-        if variable:
-            self._qmeta["group_size"] = tensor.group_size
-            self._qmeta["map_coder"] = tensor.map_coder
-            self._qmeta["payload_coder"] = tensor.payload_coder
-        self.n_bits = tensor.n_bits
-        self.alphabet = tensor.alphabet
-        self.size_bits = tensor.size_bits
-
-    def quantized_tensor(self):
-        """The layer's :class:`~skquant.QuantizedTensor` (``(n_in, n_out)`` layout).
-
-        Returns
-        -------
-        qt : QuantizedTensor
-            Codes unpacked from ``weight_packed``, with ``weight_scale``.
-        """
-        shape = tuple(self.weight.shape)
-        if "weight_bits" in self._buffers:
-            n_out = shape[0]
-            return QuantizedTensor(
-                codes=np.ascontiguousarray(
-                    to_numpy(self.weight_codes).reshape(n_out, -1).T
-                ),
-                scale=to_numpy(self.weight_scale),
-                n_bits=self._qmeta["n_bits"],
-                qmin=self._qmeta["qmin"],
-                qmax=self._qmeta["qmax"],
-                alphabet=self._qmeta["alphabet"],
-                precision_bits=np.ascontiguousarray(
-                    to_numpy(self.weight_bits).reshape(n_out, -1).T
-                ),
-                group_size=self._qmeta.get("group_size"),
-                map_coder=self._qmeta.get("map_coder", "auto"),
-                payload_coder=self._qmeta.get("payload_coder", "range"),
-            )
-        meta = dict(self._qmeta, shape=[int(np.prod(shape[1:])), shape[0]])
-        meta["zero_point"] = "weight_zero_point" in self._buffers
-        arrays = {
-            "codes": to_numpy(self.weight_packed),
-            "scale": to_numpy(self.weight_scale),
-        }
-        if meta["zero_point"]:
-            arrays["zero_point"] = to_numpy(self.weight_zero_point)
-        return tensor_from(meta, arrays, f"{type(self).__name__}")
-
-    def get_extra_state(self):
-        """The alphabet (plain values: loads with ``weights_only=True``)."""
-        return dict(self._qmeta)
-
-    def set_extra_state(self, state):
-        """Take the alphabet and rebuild ``weight`` and ``weight_codes``."""
-        self._qmeta = dict(state)
-        self._set_tensor(self.quantized_tensor())
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the stored buffers may differ in size from this module's (another
-        # n_bits), and a fresh module still has a float weight parameter
-        if any(prefix + k in state_dict for k in ("weight_packed", "weight_bits")):
-            for key in (
-                "weight_packed",
-                "weight_scale",
-                "weight_zero_point",
-                "weight_codes",
-                "weight_bits",
-            ):
-                value = state_dict.get(prefix + key)
-                if value is not None:
-                    self.register_buffer(
-                        key, torch.empty_like(value, device=self.weight.device)
-                    )
-            if "weight" in self._parameters:
-                w = self._parameters.pop("weight")
-                self.register_buffer("weight", w.detach(), persistent=False)
-                self._qmeta = {}
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-class QuantLinear(QuantMixin, nn.Linear):
-    """``nn.Linear`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
-
-    Built by :func:`quantize_model`; it computes exactly what an ``nn.Linear`` with
-    the dequantized weights computes.
-    """
-
-    @classmethod
-    def from_float(cls, module, tensor):
-        """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
-        new = cls(
-            module.in_features,
-            module.out_features,
-            bias=module.bias is not None,
-            device=module.weight.device,
-            dtype=module.weight.dtype,
-        )
-        return new._attach(module, tensor)
-
-
-class QuantConvMixin(QuantMixin):
-    @classmethod
-    def from_float(cls, module, tensor):
-        """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
-        new = cls(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=module.groups,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-            device=module.weight.device,
-            dtype=module.weight.dtype,
-        )
-        return new._attach(module, tensor)
-
-
-class QuantConv1d(QuantConvMixin, nn.Conv1d):
-    """``nn.Conv1d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
-
-    Built by :func:`quantize_model`.
-    """
-
-
-class QuantConv2d(QuantConvMixin, nn.Conv2d):
-    """``nn.Conv2d`` with dequantized weights, ``weight_codes`` and ``weight_scale``.
-
-    Built by :func:`quantize_model`.
-    """
-
-
-_QUANT_CLASSES = (
-    (nn.Linear, QuantLinear),
-    (nn.Conv1d, QuantConv1d),
-    (nn.Conv2d, QuantConv2d),
+from ._qlayers import (
+    QuantConv1d,
+    QuantConv2d,
+    QuantLinear,
+    QuantMixin,
+    check_runtime,
+    quantized_module,
 )
+from ._state import kept_state
 
-
-def quantized_module(module, tensor):
-    """The quantized twin of a Linear/Conv1d/Conv2d layer holding ``tensor``."""
-    for float_cls, quant_cls in _QUANT_CLASSES:
-        if isinstance(module, float_cls):
-            return quant_cls.from_float(module, tensor)
-    raise TypeError(f"no quantized layer for {type(module).__name__}.")
+__all__ = [
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantMixin",
+    "quantize_model",
+    "quantized_module",
+]
 
 
 def quantize_model(
@@ -231,6 +45,8 @@ def quantize_model(
     targets=None,
     return_report=False,
     verbose=False,
+    activations=None,
+    runtime="auto",
 ):
     """Quantize the Linear, Conv1d and Conv2d layers of a torch model, in order.
 
@@ -273,6 +89,19 @@ def quantize_model(
         Also return the per-layer :class:`~skquant._network.QuantizationReport`.
     verbose : bool, default=False
         Show a progress bar.
+    activations : None, "dynamic" or ActivationQuantizer, default=None
+        How the quantized layers' inputs are quantized. ``None``: weight-only (float
+        inputs). ``"dynamic"``: 8-bit, the grid computed from each batch at run
+        time (one scale per call), as torch's dynamic quantization. An unfitted
+        :class:`~skquant.ActivationQuantizer`: static grids, one per layer, fitted
+        on ``calibration_data`` at each quantized layer's input as the quantized
+        prefix (weights and activations) produces it.
+    runtime : {"auto", "packed", "int8", "float"}, default="auto"
+        What the quantized layers hold and how they compute (see
+        :mod:`skquant.torch._qlayers`): ``"packed"`` bit-packed codes (at most 4
+        bits), ``"int8"`` one byte per code (integer GEMM with quantized
+        activations), ``"float"`` codes dequantized in every forward. ``"auto"``
+        takes the smallest form the kernels run.
 
     Returns
     -------
@@ -300,6 +129,8 @@ def quantize_model(
     >>> [row["method"] for row in report.rows]
     ['float', 'Uniform']
     """
+    check_runtime(runtime)
+    act_quantizer = check_activations(activations, calibration_data)
     network = TorchNetwork(model, skip=skip, loss_fn=loss_fn, batch_size=batch_size)
 
     def gradients():
@@ -339,10 +170,91 @@ def quantize_model(
         }
     )
     for name, tensor in replace.items():
-        new = quantized_module(qlayers[name], tensor)
+        new = quantized_module(qlayers[name], tensor, runtime)
         if name == "":  # the model is itself one layer
             qmodel = new
             continue
         parent, _, attr = name.rpartition(".")
         setattr(qlayers[parent] if parent else qmodel, attr, new)
+    if activations is not None:
+        names = [n for n in res.tensors if n in replace]
+        if act_quantizer is None:
+            qlayers = dict(qmodel.named_modules())
+            for name in names:
+                qlayers[name]._set_activations("dynamic")
+        else:
+            calibrate_activations(
+                qmodel, names, act_quantizer, calibration_data, batch_size
+            )
+    qlayers = dict(qmodel.named_modules())
+    for row in res.report.rows:
+        layer = qlayers.get(row["name"])
+        if isinstance(layer, QuantMixin):
+            row["activation_bits"] = layer.activation_bits
+            row["bytes_held"] = layer.nbytes_held
     return (qmodel, res.report) if return_report else qmodel
+
+
+def check_activations(activations, calibration_data):
+    """The :class:`~skquant.ActivationQuantizer` of ``activations`` (``None``
+    for weight-only or dynamic); raise for anything else."""
+    if activations is None or (
+        isinstance(activations, str) and activations == "dynamic"
+    ):
+        return None
+    if not isinstance(activations, ActivationQuantizer):
+        raise TypeError(
+            "activations must be None, 'dynamic' or an ActivationQuantizer, got "
+            f"activations={activations!r} instead."
+        )
+    if calibration_data is None:
+        raise ValueError(
+            "activations=ActivationQuantizer(...) calibrates static scales at each "
+            "layer's input: pass calibration_data (for scales computed at run "
+            "time, use activations='dynamic')."
+        )
+    return activations
+
+
+#: the most input values one layer's static calibration keeps (rows are sampled)
+MAX_CALIBRATION_VALUES = 1 << 24
+
+
+def calibrate_activations(qmodel, names, quantizer, data, batch_size):
+    """Fit a clone of ``quantizer`` at the input of each layer of ``names``, in order.
+
+    Each layer's grid is set before the next layer is calibrated, so a layer sees
+    the input the quantized prefix (weights and activations) gives it.
+    """
+    mods = dict(qmodel.named_modules())
+    batches = input_batches(data, batch_size, model_dtype(qmodel), model_device(qmodel))
+    rng = np.random.default_rng(0)
+    with kept_state(qmodel):
+        qmodel.eval()
+        for name in names:
+            layer = mods[name]
+            got = []
+
+            def take(n, module, x, offset, got=got):
+                if not isinstance(module, nn.Linear):  # one column per channel
+                    x = x.movedim(1, -1)
+                got.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
+
+            capture(qmodel, {name: layer}, batches, take, stop=True)
+            X = torch.cat(got).numpy()
+            if not np.isfinite(X).all():
+                raise ValueError(
+                    f"the input of layer {name!r} on the calibration data holds NaN "
+                    "or inf: activation scales cannot be calibrated on it."
+                )
+            if X.size > MAX_CALIBRATION_VALUES:
+                keep = MAX_CALIBRATION_VALUES // X.shape[1]
+                X = X[np.sort(rng.choice(X.shape[0], keep, replace=False))]
+            q = clone(quantizer).fit(X)
+            meta = {
+                "n_bits": int(q.n_bits),
+                "qmin": int(q.qmin_),
+                "qmax": int(q.qmax_),
+                "per_channel": bool(np.size(q.scale_) > 1),
+            }
+            layer._set_activations("static", meta, q.scale_, q.zero_point_)

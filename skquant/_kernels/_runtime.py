@@ -1,0 +1,116 @@
+"""Kernels of the runtime form: weight rows held as codes of 1, 2, 4 or 8 bits.
+
+A weight row ``j`` (one output channel) holds the unsigned codes ``u[j, k]`` of its
+``n_in`` inputs in ``bits`` bits each, in blocks of :data:`BLOCK` bytes: byte ``t`` of
+block ``b`` holds, in its bit slot ``s`` (bits ``s * bits`` up), the code of input
+``k = b * BLOCK * per + s * BLOCK + t`` with ``per = 8 // bits``. A slot of a block
+thus covers :data:`BLOCK` consecutive inputs, so unpacking a slot gives a contiguous
+run that multiplies a contiguous run of the input: the inner loops vectorise. Rows
+are padded to whole blocks with code 0 (the input is padded with zeros to match).
+
+:func:`packed_dot` fuses the unpacking with the dot products (for small batches,
+where the weights' bytes are the cost); :func:`unpack_float_rows` dequantizes a tile
+of rows into a float buffer for a BLAS product (large batches). The affine parts
+(scale, offset of the codes) are applied by the caller.
+"""
+
+import numba as nb
+import numpy as np
+
+#: bytes per block of a row (one 256-bit vector)
+BLOCK = 32
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def pack_rows(u, bits, out):  # pragma: no cover
+    """Pack unsigned codes ``u`` (n_out, n_in) into ``out`` (n_out, n_bytes)."""
+    per = 8 // bits
+    n_in = u.shape[1]
+    for j in nb.prange(u.shape[0]):
+        for i in range(out.shape[1]):
+            blk = i // BLOCK
+            t = i - blk * BLOCK
+            byte = 0
+            for s in range(per):
+                k = blk * BLOCK * per + s * BLOCK + t
+                if k < n_in:
+                    byte |= np.int64(u[j, k]) << (s * bits)
+            out[j, i] = np.uint8(byte)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def unpack_rows(packed, bits, n_in, out):  # pragma: no cover
+    """Inverse of :func:`pack_rows`: the unsigned codes (n_out, n_in) into ``out``."""
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    for j in nb.prange(packed.shape[0]):
+        for i in range(packed.shape[1]):
+            blk = i // BLOCK
+            t = i - blk * BLOCK
+            byte = np.int64(packed[j, i])
+            for s in range(per):
+                k = blk * BLOCK * per + s * BLOCK + t
+                if k < n_in:
+                    out[j, k] = (byte >> (s * bits)) & mask
+
+
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def packed_dot(x, packed, bits, mult, offset, out):  # pragma: no cover
+    """``out[i, j] = sum_k (mult u[j, k] + offset[j]) x[i, k]`` from the packed rows.
+
+    The signed codes are formed inside the product (no large sums that cancel).
+    ``x`` is float32 (m, n_pad) with ``n_pad = n_bytes * 8 // bits`` (zero padded),
+    ``offset`` float32 (n_out,), ``out`` float32 (m, n_out); accumulation is in
+    float32, per lane of a block.
+    """
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    n_blocks = packed.shape[1] // BLOCK
+    m = x.shape[0]
+    fm = np.float32(mult)
+    for j in nb.prange(packed.shape[0]):
+        row = packed[j]
+        off_j = offset[j]
+        acc = np.zeros(BLOCK, dtype=np.float32)
+        for i in range(m):
+            xi = x[i]
+            acc[:] = 0
+            for b in range(n_blocks):
+                base = b * BLOCK * per
+                off = b * BLOCK
+                for s in range(per):
+                    shift = s * bits
+                    xo = base + s * BLOCK
+                    for t in range(BLOCK):
+                        code = np.float32((row[off + t] >> shift) & mask) * fm + off_j
+                        acc[t] += code * xi[xo + t]
+            out[i, j] = acc.sum()
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def unpack_float_rows(
+    packed, bits, start, mult, offset, scale, out
+):  # pragma: no cover
+    """Rows ``start ..`` dequantized: ``(mult u[j, k] + offset[j]) scale[j]``.
+
+    ``out`` is (n_rows, n_pad); ``scale`` and ``offset`` have one entry per row of
+    ``packed`` (``j = start + r``); padded inputs get ``offset * scale`` (their input
+    is zero).
+    """
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    n_blocks = packed.shape[1] // BLOCK
+    for r in nb.prange(out.shape[0]):
+        j = start + r
+        row = packed[j]
+        sj = scale[j]
+        oj = offset[j]
+        dst = out[r]
+        for b in range(n_blocks):
+            base = b * BLOCK * per
+            off = b * BLOCK
+            for s in range(per):
+                shift = s * bits
+                xo = base + s * BLOCK
+                for t in range(BLOCK):
+                    dst[xo + t] = (mult * ((row[off + t] >> shift) & mask) + oj) * sj

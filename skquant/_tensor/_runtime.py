@@ -1,0 +1,247 @@
+"""The runtime form of a quantized weight matrix: its codes, held to compute with.
+
+A :class:`~skquant.QuantizedTensor` is the exchange form (codes as integers of their
+dtype, in the ``(n_in, n_out)`` matrix layout). :class:`RuntimeWeights` is what a
+quantized layer holds while it runs: one row per output, the unsigned codes at 1, 2,
+4 or 8 bits each (see :mod:`skquant._kernels._runtime`), one float32 scale and one
+offset per output. Nothing else: no float copy of the weights. Its products with
+float inputs are computed from the codes, and :meth:`RuntimeWeights.tensor` gives the
+:class:`~skquant.QuantizedTensor` back, code for code.
+"""
+
+import numpy as np
+
+from .._kernels import _runtime as _k
+from .._kernels._threads import numba_threads
+from ._alphabets import SCALE_DTYPE, Alphabet, safe_scale
+from ._bits import pack_codes
+from ._io import _tensor_entry, tensor_from
+
+__all__ = ["RUNTIME_BITS", "RuntimeWeights", "runtime_bits"]
+
+#: the code widths the kernels hold (sub-byte widths are bit-packed)
+RUNTIME_BITS = (1, 2, 4, 8)
+
+#: batches of at most this many rows use the fused unpack-and-dot kernel; larger
+#: ones dequantize tiles of rows into a small buffer and call BLAS
+SMALL_BATCH = 8
+
+#: float entries of a dequantized tile (4 MiB of float32)
+TILE_ENTRIES = 1 << 20
+
+
+def _levels(qt):
+    """``(n_levels - 1, mult, base)``: codes are ``mult * u + base``, ``u >= 0``."""
+    if qt.precision_bits is not None:
+        return int(qt.qmax) - int(qt.qmin), 1, int(qt.qmin)
+    record = qt.alphabet_record
+    if record.is_binary:
+        return 1, 2, -1
+    return int(qt.qmax) - int(qt.qmin), 1, int(qt.qmin)
+
+
+def runtime_bits(qt):
+    """The narrowest runtime width that holds every code of ``qt``, or ``None``.
+
+    Parameters
+    ----------
+    qt : QuantizedTensor
+        The tensor.
+
+    Returns
+    -------
+    bits : int or None
+        1, 2, 4 or 8; ``None`` when its codes span more than 256 values (a
+        per-parameter precision finer than 8 bits, or a grid of 9+ bits).
+    """
+    span = _levels(qt)[0]
+    for bits in RUNTIME_BITS:
+        if span < (1 << bits):
+            return bits
+    return None
+
+
+class RuntimeWeights:
+    """A weight matrix held as its codes, with products computed from them.
+
+    Parameters
+    ----------
+    qt : QuantizedTensor
+        The quantized matrix, ``(n_in, n_out)``.
+    bits : {1, 2, 4, 8}, default=None
+        Bits held per code; ``None`` takes :func:`runtime_bits`.
+
+    Attributes
+    ----------
+    bits : int
+        Bits held per code.
+    n_in, n_out : int
+        Shape of the matrix.
+    packed : ndarray of uint8 of shape (n_out, n_bytes)
+        The codes, rows padded to whole 32-byte blocks.
+    nbytes : int
+        Bytes held: the codes, the per-output scales and offsets and, for a tensor
+        with per-parameter precision, its encoded form (what :meth:`tensor` gives
+        back).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skquant import quantize
+    >>> from skquant._tensor._runtime import RuntimeWeights
+    >>> W = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
+    >>> qt = quantize(W, n_bits=4)
+    >>> rt = RuntimeWeights(qt)
+    >>> rt.bits, rt.packed.shape
+    (4, (64, 160))
+    >>> x = np.ones((2, 300), dtype=np.float32)
+    >>> bool(np.allclose(rt.matmul(x), x @ qt.dequantize(), rtol=1e-5))
+    True
+    """
+
+    def __init__(self, qt, bits=None):
+        span, mult, base = _levels(qt)
+        if bits is None:
+            bits = runtime_bits(qt)
+            if bits is None:
+                raise ValueError(
+                    f"codes in [{qt.qmin}, {qt.qmax}] span more than 256 values: the "
+                    "integer kernels hold at most 8 bits per code."
+                )
+        if bits not in RUNTIME_BITS or span >= (1 << bits):
+            raise ValueError(
+                f"bits must be one of {RUNTIME_BITS} and hold {span + 1} code values, "
+                f"got bits={bits!r} instead."
+            )
+        self.bits = int(bits)
+        self.n_in, self.n_out = (int(s) for s in qt.shape)
+        self.mult = mult
+        self._base = base
+        dtype = np.dtype(qt.float_dtype or qt.scale.dtype)
+        self.float_dtype = dtype
+        scale = np.broadcast_to(safe_scale(qt.scale, dtype), (self.n_out,))
+        self.scale = np.ascontiguousarray(scale, dtype=SCALE_DTYPE)
+        zp = np.zeros(self.n_out)
+        if qt.zero_point is not None:
+            zp[:] = np.broadcast_to(np.asarray(qt.zero_point, np.float64), zp.shape)
+        self.offset = (base - zp).astype(np.float32)
+        per = 8 // self.bits
+        width = -(-self.n_in // (_k.BLOCK * per)) * _k.BLOCK
+        u = np.ascontiguousarray((qt.codes.T.astype(np.int64) - base) // mult)
+        self.packed = np.empty((self.n_out, width), dtype=np.uint8)
+        with numba_threads(-1):
+            _k.pack_rows(u.astype(np.uint8), self.bits, self.packed)
+        meta, arrays = (
+            _tensor_entry(qt) if qt.precision_bits is not None else (_grid_meta(qt))
+        )
+        self._meta, self._arrays = meta, arrays
+
+    @property
+    def n_pad(self):
+        """Inputs per row including the padding to whole blocks."""
+        return self.packed.shape[1] * 8 // self.bits
+
+    @property
+    def nbytes(self):
+        """Bytes held (codes, scales, offsets, stored arrays)."""
+        extra = sum(a.nbytes for a in self._arrays.values())
+        return int(self.packed.nbytes + self.scale.nbytes + self.offset.nbytes + extra)
+
+    def codes(self):
+        """The integer codes, ``(n_in, n_out)``, as a QuantizedTensor holds them."""
+        u = np.empty((self.n_out, self.n_in), dtype=np.int64)
+        with numba_threads(-1):
+            _k.unpack_rows(self.packed, self.bits, self.n_in, u)
+        return np.ascontiguousarray((self.mult * u + self._base).T)
+
+    def tensor(self):
+        """The :class:`~skquant.QuantizedTensor` these codes came from."""
+        if self._meta.get("alphabet") == "fixed_point":
+            return tensor_from(self._meta, self._arrays, "a runtime weight")
+        record = Alphabet(
+            self._meta["alphabet"],
+            self._meta["qmin"],
+            self._meta["qmax"],
+            self._meta["n_bits"],
+        )
+        stored, qmin = record.stored(self.codes())
+        arrays = dict(self._arrays)
+        arrays["codes"] = pack_codes(stored, record.n_bits, qmin)
+        return tensor_from(self._meta, arrays, "a runtime weight")
+
+    def dequantize_rows(self, start, stop, dtype=np.float32, out=None):
+        """Rows ``start:stop`` of the float matrix, ``(stop - start, n_pad)``.
+
+        Entries past ``n_in`` (the padding) are not weights: they meet zero inputs.
+        """
+        if out is None:
+            out = np.empty((stop - start, self.n_pad), dtype=dtype)
+        with numba_threads(-1):
+            _k.unpack_float_rows(
+                self.packed,
+                self.bits,
+                start,
+                np.float64(self.mult),
+                self.offset.astype(dtype),
+                self.scale.astype(dtype),
+                out,
+            )
+        return out
+
+    def dequantize(self, dtype=None):
+        """The float matrix ``(n_in, n_out)``, equal to ``tensor().dequantize()``."""
+        dtype = self.float_dtype if dtype is None else np.dtype(dtype)
+        rows = self.dequantize_rows(0, self.n_out, dtype)
+        return np.ascontiguousarray(rows[:, : self.n_in].T)
+
+    def matmul(self, x, out=None, gemm=np.matmul):
+        """``x @ W`` for ``x`` of shape ``(m, n_in)``, computed from the codes.
+
+        float32 batches of at most :data:`SMALL_BATCH` rows run the fused kernel;
+        others dequantize tiles of at most 4 MiB and multiply them with BLAS (in
+        ``x``'s dtype).
+
+        Parameters
+        ----------
+        x : ndarray of float32 or float64 of shape (m, n_in)
+            Inputs.
+        out : ndarray of shape (m, n_out), default=None
+            Where to write.
+        gemm : callable, default=np.matmul
+            ``gemm(a, b)`` returns ``a @ b`` (the float product of the tiles; the
+            torch layers pass torch's, so that their results do not depend on
+            NumPy's BLAS).
+
+        Returns
+        -------
+        y : ndarray of shape (m, n_out), in ``x``'s dtype
+        """
+        x = np.asarray(x)
+        m = x.shape[0]
+        if out is None:
+            out = np.empty((m, self.n_out), dtype=x.dtype)
+        if self.n_pad != self.n_in:
+            padded = np.zeros((m, self.n_pad), dtype=x.dtype)
+            padded[:, : self.n_in] = x
+            x = padded
+        else:
+            x = np.ascontiguousarray(x)
+        if x.dtype == np.float32 and m <= SMALL_BATCH:
+            with numba_threads(-1):
+                _k.packed_dot(x, self.packed, self.bits, self.mult, self.offset, out)
+            out *= self.scale
+            return out
+        tile = max(1, min(self.n_out, TILE_ENTRIES // self.n_pad))
+        buf = np.empty((tile, self.n_pad), dtype=x.dtype)
+        for start in range(0, self.n_out, tile):
+            stop = min(start + tile, self.n_out)
+            rows = self.dequantize_rows(start, stop, x.dtype, buf[: stop - start])
+            out[:, start:stop] = gemm(x, rows.T)
+        return out
+
+
+def _grid_meta(qt):
+    """The header and small arrays of a fixed-width tensor (codes are re-packed)."""
+    meta, arrays = _tensor_entry(qt)
+    del arrays["codes"]
+    return meta, arrays

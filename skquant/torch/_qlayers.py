@@ -1,0 +1,718 @@
+"""Quantized Linear/Conv layers that hold their codes and compute from them.
+
+A quantized layer keeps no float copy of its weight. What it holds, and how its
+forward computes, is its *runtime*, chosen per layer:
+
+``"packed"``
+    codes of at most 4 bits, bit-packed (1, 2 or 4 bits each); products are
+    computed from the packed codes (:class:`~skquant._tensor._runtime.RuntimeWeights`:
+    a fused unpack-and-dot kernel for small batches, tiles dequantized into a 4 MiB
+    buffer and BLAS for large ones).
+``"int8"``
+    codes of any grid of at most 8 bits, one byte each. Weight-only, the products
+    are computed as for ``"packed"``; with quantized activations (Linear layers)
+    they are torch's integer GEMM (``int8 x int8 -> int32``, then rescaled).
+``"float"``
+    the codes as an integer tensor on the layer's device, dequantized in every
+    forward (any device, any float dtype, every layer).
+
+``"auto"`` (the default) takes ``"packed"`` for codes of at most 4 bits, ``"int8"``
+otherwise, and ``"float"`` where the integer kernels cannot run (another device,
+bfloat16 or float16, codes wider than 8 bits); a layer that falls back to
+``"float"`` says so once (:class:`RuntimeFallbackWarning`).
+
+Inputs that need gradients always take the float path (the kernels are inference
+kernels); the result is the same function.
+"""
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._tensor._alphabets import Alphabet, safe_scale
+from .._tensor._bits import pack_codes
+from .._tensor._io import tensor_from
+from .._tensor._qtensor import QuantizedTensor
+from .._tensor._runtime import RuntimeWeights, runtime_bits
+from ._layout import to_numpy
+
+__all__ = [
+    "RUNTIMES",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantMixin",
+    "RuntimeFallbackWarning",
+    "quantized_module",
+]
+
+#: the runtimes a quantized layer can run
+RUNTIMES = ("auto", "packed", "int8", "float")
+
+#: the activation modes a quantized layer can run
+ACTIVATION_MODES = (None, "dynamic", "static")
+
+
+class RuntimeFallbackWarning(UserWarning):
+    """A quantized layer runs a slower path than asked for (said once per reason)."""
+
+
+_ANNOUNCED = set()
+
+
+def announce(key, message):
+    """Warn ``message`` once per process and ``key``."""
+    if key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
+    warnings.warn(message, RuntimeFallbackWarning, stacklevel=3)
+
+
+def check_runtime(runtime):
+    """Raise unless ``runtime`` is one of :data:`RUNTIMES`."""
+    if runtime not in RUNTIMES:
+        raise ValueError(
+            f"runtime must be one of {RUNTIMES}, got runtime={runtime!r} instead."
+        )
+    return runtime
+
+
+def _int8_gemm_available():
+    return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(
+        torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
+    )
+
+
+class _Int8Linear:
+    """Weights in torch's prepacked int8 form, for ``int8 x int8`` products.
+
+    Holds the prepacked weights (one byte per weight, inside torch) and what
+    rebuilds the :class:`QuantizedTensor`; pickles as that tensor.
+    """
+
+    def __init__(self, qt, bias):
+        self._set(qt, bias)
+
+    def _set(self, qt, bias):
+        codes = np.ascontiguousarray(qt.codes.T).astype(np.int64)
+        zp = np.zeros(codes.shape[0])
+        if qt.zero_point is not None:
+            zp[:] = np.broadcast_to(np.asarray(qt.zero_point, np.float64), zp.shape)
+        shift = 0
+        if codes.size and (codes.max() > 127 or codes.min() < -128):
+            shift = 128  # an unsigned 8-bit grid: codes and zero points move down
+        scale = np.broadcast_to(
+            safe_scale(qt.scale, np.float64), (codes.shape[0],)
+        ).copy()
+        with warnings.catch_warnings():
+            # quantized tensors are the only door to torch's int8 GEMM on CPU
+            warnings.simplefilter("ignore")
+            q = torch._make_per_channel_quantized_tensor(
+                torch.from_numpy((codes - shift).astype(np.int8)),
+                torch.from_numpy(scale),
+                torch.from_numpy((zp - shift).astype(np.int64)),
+                0,
+            )
+            self.params = torch.ops.quantized.linear_prepack(q, bias)
+        self.largest_code = int(np.abs(codes - shift - (zp - shift)[:, None]).max())
+        self._meta = {
+            "alphabet": qt.alphabet,
+            "n_bits": int(qt.n_bits),
+            "qmin": int(qt.qmin),
+            "qmax": int(qt.qmax),
+            "scale": np.array(qt.scale, copy=True),
+            "zero_point": None if qt.zero_point is None else np.array(qt.zero_point),
+            "float_dtype": qt.float_dtype,
+            "codes_dtype": qt.codes.dtype,
+            "shift": shift,
+        }
+        self.nbytes = int(codes.size + 12 * codes.shape[0])
+
+    def tensor(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q, _ = torch.ops.quantized.linear_unpack(self.params)
+            codes = q.int_repr().numpy().astype(np.int64) + self._meta["shift"]
+        m = self._meta
+        return QuantizedTensor(
+            codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
+            scale=m["scale"],
+            n_bits=m["n_bits"],
+            qmin=m["qmin"],
+            qmax=m["qmax"],
+            alphabet=m["alphabet"],
+            zero_point=m["zero_point"],
+            float_dtype=m["float_dtype"],
+        )
+
+    def __getstate__(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, bias = torch.ops.quantized.linear_unpack(self.params)
+        return {"tensor": self.tensor(), "bias": bias}
+
+    def __setstate__(self, state):
+        self._set(state["tensor"], state["bias"])
+
+
+def dynamic_reduce_range(largest_code):
+    """Whether dynamic int8 activations use 7 bits (codes above 64 in magnitude).
+
+    x86's ``uint8 x int8`` pair products are summed in int16: with 8-bit inputs
+    and weights above 64 in magnitude the sums could saturate, so the inputs then
+    take 7 bits, as torch's own dynamic quantization does.
+    """
+    return largest_code > 64
+
+
+def fake_dynamic(x, reduce_range):
+    """``x`` on the per-call (per-tensor) 8-bit grid of the dynamic int8 kernel."""
+    top = 127 if reduce_range else 255
+    lo = torch.clamp(x.min().detach(), max=0.0)
+    hi = torch.clamp(x.max().detach(), min=0.0)
+    scale = (hi - lo) / top
+    if float(scale) == 0.0:
+        return x
+    zp = torch.clamp(torch.round(-lo / scale), 0, top)
+    return (torch.clamp(torch.round(x / scale) + zp, 0, top) - zp) * scale
+
+
+def _torch_gemm(a, b):
+    """``a @ b`` of two arrays by torch's CPU matmul (the one ``F.linear`` uses)."""
+    return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
+
+
+class QuantMixin:
+    """What a quantized layer holds: its codes in a runtime form, and scales.
+
+    ``state_dict`` entries (as before this runtime): ``weight_packed`` (the
+    bit-packed codes, ``uint8``; per-parameter precision: ``weight_codes`` and
+    ``weight_bits``), ``weight_scale``, ``weight_zero_point`` for affine grids, the
+    activation scales of a layer with static activations (``input_scale``,
+    ``input_zero_point``), and the alphabet as extra state. ``weight`` and
+    ``weight_codes`` are computed when read; nothing float is held.
+    """
+
+    _runtime_request = "auto"
+    _float_tensor = None
+    _rt = None
+    _int8 = None
+
+    def _attach(self, module, tensor, runtime="auto"):
+        """Take ``module``'s bias and ``tensor``'s codes and scales."""
+        if module.bias is not None:
+            with torch.no_grad():
+                self.bias.copy_(module.bias)
+        self._runtime_request = check_runtime(runtime)
+        self._set_tensor(tensor)
+        return self
+
+    # -- what is held ---------------------------------------------------------
+
+    def _set_tensor(self, tensor):
+        device = self.bias.device if self.bias is not None else None
+        if "weight" in self._parameters:
+            w = self._parameters.pop("weight")
+            device = w.device
+            self._wdtype = w.dtype
+        self._device = device if device is not None else getattr(self, "_device", None)
+        self._wshape = tuple(self._weight_shape())
+        self.register_buffer(
+            "weight_scale",
+            torch.from_numpy(np.ascontiguousarray(tensor.scale)).to(self._device),
+        )
+        if tensor.zero_point is not None:
+            self.register_buffer(
+                "weight_zero_point",
+                torch.from_numpy(np.ascontiguousarray(tensor.zero_point)).to(
+                    self._device
+                ),
+            )
+        elif "weight_zero_point" in self._buffers:
+            del self._buffers["weight_zero_point"]
+        self._qmeta = {
+            "alphabet": tensor.alphabet,
+            "n_bits": int(tensor.n_bits),
+            "qmin": int(tensor.qmin),
+            "qmax": int(tensor.qmax),
+            "codes_dtype": tensor.codes.dtype.str,
+            "float_dtype": None
+            if tensor.float_dtype is None
+            else np.dtype(tensor.float_dtype).str,
+        }
+        if tensor.precision_bits is not None:
+            self._qmeta["group_size"] = tensor.group_size
+            self._qmeta["map_coder"] = tensor.map_coder
+            self._qmeta["payload_coder"] = tensor.payload_coder
+        self.n_bits = tensor.n_bits
+        self.alphabet = tensor.alphabet
+        self.size_bits = tensor.size_bits
+        self._hold(tensor)
+
+    def _hold(self, tensor):
+        """Choose the runtime and hold the codes in its form (and nothing else)."""
+        self._rt = self._int8 = None
+        if "_codes" in self._buffers:
+            del self._buffers["_codes"]
+        self.runtime, reason = self._choose(tensor)
+        if reason:
+            announce(reason, f"{type(self).__name__}: {reason}")
+        if self.runtime == "packed":
+            self._rt = RuntimeWeights(tensor)
+        elif self.runtime == "int8" and self._int8_gemm():
+            self._int8 = _Int8Linear(tensor, self._bias_or_none())
+        elif self.runtime == "int8":
+            self._rt = RuntimeWeights(tensor, bits=8)
+        else:
+            codes = np.ascontiguousarray(tensor.codes.T)
+            self.register_buffer(
+                "_codes", torch.from_numpy(codes).to(self._device), persistent=False
+            )
+            self._float_tensor = tensor if tensor.precision_bits is not None else None
+
+    def _choose(self, tensor):
+        """``(runtime, reason for a fallback or None)``."""
+        asked = self._runtime_request
+        bits = runtime_bits(tensor)
+        where = self._device.type if self._device is not None else "cpu"
+        dtype = getattr(self, "_wdtype", torch.float32)
+        if asked == "float":
+            return "float", None
+        if bits is None:
+            why = (
+                f"codes in [{tensor.qmin}, {tensor.qmax}] need more than 8 bits; "
+                "the layer dequantizes its codes in every forward (runtime 'float')."
+            )
+            return "float", why
+        if where != "cpu" or dtype not in (torch.float32, torch.float64):
+            why = (
+                f"no integer kernel for {dtype} on {where}; the layer dequantizes "
+                "its codes in every forward (runtime 'float')."
+            )
+            return "float", why
+        if asked == "packed" and bits > 4:
+            raise ValueError(
+                f"runtime='packed' holds codes of at most 4 bits; this layer's "
+                f"codes span [{tensor.qmin}, {tensor.qmax}] ({bits} bits): use "
+                "runtime='int8' or 'auto'."
+            )
+        if asked == "auto":
+            if self._act_mode is not None:
+                return "int8", None
+            return ("packed" if bits <= 4 else "int8"), None
+        return asked, None
+
+    def _int8_gemm(self):
+        """Whether this layer runs torch's int8 GEMM (quantized activations)."""
+        if self._act_mode is None or not isinstance(self, nn.Linear):
+            return False
+        if self._act_mode == "static" and (
+            self._act_meta["n_bits"] > 8 or self._act_meta["per_channel"]
+        ):
+            return False
+        return _int8_gemm_available() and getattr(self, "_wdtype", None) in (
+            None,
+            torch.float32,
+        )
+
+    def _bias_or_none(self):
+        return None if self.bias is None else self.bias.detach().float().cpu()
+
+    @property
+    def nbytes_held(self):
+        """Bytes this layer holds: codes in their runtime form, scales, bias."""
+        total = sum(b.numel() * b.element_size() for b in self._buffers.values())
+        if self.bias is not None:
+            total += self.bias.numel() * self.bias.element_size()
+        if self._rt is not None:
+            total += self._rt.nbytes
+        if self._int8 is not None:
+            total += self._int8.nbytes
+        return int(total)
+
+    # -- views computed on reading --------------------------------------------
+
+    def _codes_rows(self):
+        """Integer codes, one row per output, ``(n_out, n_in)`` (NumPy)."""
+        return np.ascontiguousarray(self.quantized_tensor().codes.T)
+
+    @property
+    def weight_codes(self):
+        """The integer codes, shaped like ``weight`` (computed when read)."""
+        return torch.from_numpy(self._codes_rows()).reshape(self._wshape)
+
+    @property
+    def weight_packed(self):
+        """The bit-packed codes as stored in files (computed when read)."""
+        qt = self.quantized_tensor()
+        return torch.from_numpy(qt.pack())
+
+    @property
+    def weight(self):
+        """The dequantized weight (computed when read, not held)."""
+        if "weight" in self._parameters:  # while nn.Linear.__init__ runs
+            return self._parameters["weight"]
+        return self._dequantized(self._wdtype, self._device)
+
+    def _dequantized(self, dtype, device):
+        if self._rt is not None:
+            W = self._rt.dequantize()
+        elif self._int8 is not None:
+            W = self._int8.tensor().dequantize()
+        elif self._float_tensor is not None:
+            W = self._float_tensor.dequantize()
+        else:
+            return self._dequantize_codes().to(device=device, dtype=dtype)
+        w = torch.from_numpy(np.ascontiguousarray(W.T)).reshape(self._wshape)
+        return w.to(device=device, dtype=dtype)
+
+    def quantized_tensor(self):
+        """The layer's :class:`~skquant.QuantizedTensor` (``(n_in, n_out)`` layout).
+
+        Returns
+        -------
+        qt : QuantizedTensor
+            The codes this layer holds, with ``weight_scale``.
+        """
+        if self._rt is not None:
+            return self._rt.tensor()
+        if self._int8 is not None:
+            return self._int8.tensor()
+        if self._float_tensor is not None:
+            return self._float_tensor
+        meta = dict(
+            self._qmeta, shape=[int(np.prod(self._wshape[1:])), self._wshape[0]]
+        )
+        meta["zero_point"] = "weight_zero_point" in self._buffers
+        codes = to_numpy(self._codes).astype(np.int64)
+        record = Alphabet(meta["alphabet"], meta["qmin"], meta["qmax"], meta["n_bits"])
+        stored, qmin = record.stored(np.ascontiguousarray(codes.T))
+        arrays = {
+            "codes": pack_codes(stored, meta["n_bits"], qmin),
+            "scale": to_numpy(self.weight_scale),
+        }
+        if meta["zero_point"]:
+            arrays["zero_point"] = to_numpy(self.weight_zero_point)
+        return tensor_from(meta, arrays, type(self).__name__)
+
+    def _dequantize_codes(self):
+        """The float runtime's weight: ``(codes - zero_point) * scale`` on its device.
+
+        Computed in the tensor's float dtype, as :meth:`QuantizedTensor.dequantize`.
+        """
+        name = self._qmeta.get("float_dtype")
+        tdtype = (
+            self.weight_scale.dtype
+            if name is None
+            else torch.from_numpy(np.empty(0, np.dtype(name))).dtype
+        )
+        info = torch.finfo(tdtype)
+        level = self.weight_scale.to(tdtype)
+        level = torch.where(level >= info.tiny, level, torch.full_like(level, info.eps))
+        codes = self._codes.to(tdtype)
+        if "weight_zero_point" in self._buffers:
+            codes = codes - self.weight_zero_point.to(tdtype).reshape(-1, 1)
+        return (codes * level.reshape(-1, 1)).reshape(self._wshape)
+
+    # -- state ----------------------------------------------------------------
+
+    _STORED = ("weight_packed", "weight_codes", "weight_bits")
+    _SIZED = ("weight_scale", "weight_zero_point", "input_scale", "input_zero_point")
+
+    def get_extra_state(self):
+        """The alphabet and the activation mode (plain values: ``weights_only``)."""
+        state = dict(self._qmeta)
+        state["activations"] = None
+        if self._act_mode is not None:
+            state["activations"] = dict(self._act_meta or {}, mode=self._act_mode)
+        return state
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        qt = self.quantized_tensor()
+        if qt.precision_bits is not None:
+            for key, a in (
+                ("weight_codes", qt.codes),
+                ("weight_bits", qt.precision_bits),
+            ):
+                rows = np.ascontiguousarray(a.T).reshape(self._wshape)
+                destination[prefix + key] = torch.from_numpy(rows)
+        else:
+            destination[prefix + "weight_packed"] = torch.from_numpy(qt.pack())
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+    ):
+        stored = {
+            k: state_dict[prefix + k] for k in self._STORED if prefix + k in state_dict
+        }
+        if stored:
+            self._pending = stored
+            if "weight" in self._parameters:  # a fresh layer: its float weight goes
+                w = self._parameters.pop("weight")
+                self._wdtype, self._device = w.dtype, w.device
+                self._wshape = tuple(self._weight_shape())
+            for key in self._SIZED:
+                value = state_dict.get(prefix + key)
+                self._buffers.pop(key, None)
+                if value is not None:
+                    self.register_buffer(
+                        key, torch.empty_like(value, device=self._device)
+                    )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+        )
+        for k in stored:
+            if prefix + k in unexpected:
+                unexpected.remove(prefix + k)
+
+    def set_extra_state(self, state):
+        """Take the alphabet, activation mode and codes of a loaded state."""
+        state = dict(state)
+        act = state.pop("activations", None)
+        self._qmeta = state
+        stored = self.__dict__.pop("_pending", {})
+        shape = [int(np.prod(self._wshape[1:])), self._wshape[0]]
+        scale = to_numpy(self.weight_scale)
+        if "weight_bits" in stored:
+            rows = [
+                to_numpy(stored[k]).reshape(shape[1], -1).T
+                for k in ("weight_codes", "weight_bits")
+            ]
+            qt = QuantizedTensor(
+                codes=np.ascontiguousarray(rows[0]),
+                scale=scale,
+                n_bits=state["n_bits"],
+                qmin=state["qmin"],
+                qmax=state["qmax"],
+                alphabet=state["alphabet"],
+                precision_bits=np.ascontiguousarray(rows[1]),
+                group_size=state.get("group_size"),
+                map_coder=state.get("map_coder", "auto"),
+                payload_coder=state.get("payload_coder", "range"),
+            )
+        else:
+            meta = dict(state, shape=shape)
+            meta["zero_point"] = "weight_zero_point" in self._buffers
+            arrays = {"codes": to_numpy(stored["weight_packed"]), "scale": scale}
+            if meta["zero_point"]:
+                arrays["zero_point"] = to_numpy(self.weight_zero_point)
+            qt = tensor_from(meta, arrays, type(self).__name__)
+        if act is None:
+            self._act_mode, self._act_meta = None, None
+        else:
+            act = dict(act)
+            self._act_mode = act.pop("mode")
+            self._act_meta = act or None
+        self._set_tensor(qt)
+
+    # -- activations ----------------------------------------------------------
+
+    _act_mode = None
+    _act_meta = None
+
+    def _set_activations(self, mode, meta=None, scale=None, zero_point=None):
+        """Quantize this layer's input: ``None``, ``"dynamic"`` or ``"static"``.
+
+        A static grid has ``meta`` (``n_bits``, ``qmin``, ``qmax``, ``per_channel``),
+        ``scale`` and ``zero_point`` (one, or one per input channel).
+        """
+        if mode not in ACTIVATION_MODES:
+            raise ValueError(
+                f"activations must be None, 'dynamic' or 'static', got {mode!r}."
+            )
+        for key in ("input_scale", "input_zero_point"):
+            self._buffers.pop(key, None)
+        self._act_mode = mode
+        self._act_meta = None
+        if mode == "static":
+            self._act_meta = dict(meta)
+            self.register_buffer(
+                "input_scale",
+                torch.as_tensor(np.asarray(scale, np.float32).reshape(-1).copy()).to(
+                    self._device
+                ),
+            )
+            self.register_buffer(
+                "input_zero_point",
+                torch.as_tensor(np.asarray(zero_point, np.int32).reshape(-1).copy()).to(
+                    self._device
+                ),
+            )
+        # the runtime depends on the activations: hold the codes again
+        self._hold(self.quantized_tensor())
+
+    @property
+    def activation_bits(self):
+        """Bits of the quantized input (``None``: float input)."""
+        if self._act_mode is None:
+            return None
+        if self._act_mode == "dynamic":
+            return 8
+        return self._act_meta["n_bits"]
+
+    def _fake_input(self, x):
+        """``x`` on the input grid (the simulated form of the integer kernels)."""
+        if self._act_mode == "dynamic":
+            largest = self._int8.largest_code if self._int8 is not None else 0
+            return fake_dynamic(x, dynamic_reduce_range(largest))
+        scale = self.input_scale.to(x.dtype)
+        zp = self.input_zero_point.to(x.dtype)
+        if self._act_meta["per_channel"] and not isinstance(self, nn.Linear):
+            shape = (1, -1) + (1,) * (x.dim() - 2)  # one per input channel
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        q = torch.clamp(
+            torch.round(x / scale) + zp, self._act_meta["qmin"], self._act_meta["qmax"]
+        )
+        return (q - zp) * scale
+
+    # -- forward --------------------------------------------------------------
+
+    def _kernel_input(self, x):
+        return (
+            x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and not (x.requires_grad and torch.is_grad_enabled())
+        )
+
+    def _float_weight_for(self, x):
+        if self.runtime != "float" and not (
+            x.requires_grad and torch.is_grad_enabled()
+        ):
+            announce(
+                ("input", type(self).__name__, str(x.dtype), x.device.type),
+                f"{type(self).__name__}: no integer kernel for {x.dtype} inputs on "
+                f"{x.device.type}; the layer dequantizes its codes in every forward.",
+            )
+        return self._dequantized(x.dtype, x.device)
+
+
+class QuantLinear(QuantMixin, nn.Linear):
+    """``nn.Linear`` that holds its weight as codes and computes from them.
+
+    Built by :func:`~skquant.torch.quantize_model`; weight-only it computes the
+    function of an ``nn.Linear`` with the dequantized weights (to float32
+    rounding); see :mod:`skquant.torch._qlayers` for the runtimes.
+    """
+
+    def _weight_shape(self):
+        return (self.out_features, self.in_features)
+
+    @classmethod
+    def from_float(cls, module, tensor, runtime="auto"):
+        """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
+        new = cls(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+        )
+        return new._attach(module, tensor, runtime)
+
+    def forward(self, x):
+        if (
+            self._int8 is not None
+            and x.dtype == torch.float32
+            and self._kernel_input(x)
+        ):
+            return self._int8_forward(x)
+        if self._act_mode is not None:
+            x = self._fake_input(x)
+        if self._rt is not None and self._kernel_input(x):
+            flat = x.detach().reshape(-1, self.in_features)
+            y = torch.from_numpy(self._rt.matmul(flat.numpy(), gemm=_torch_gemm))
+            if self.bias is not None:
+                y += self.bias.detach().to(y.dtype)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, self._float_weight_for(x), self.bias)
+
+    def _int8_forward(self, x):
+        flat = x.detach().reshape(-1, self.in_features).contiguous()
+        params = self._int8.params
+        if self._act_mode == "dynamic":
+            y = torch.ops.quantized.linear_dynamic(
+                flat, params, dynamic_reduce_range(self._int8.largest_code)
+            )
+        else:
+            m = self._act_meta
+            flat = self._fake_input(flat)
+            # the kernel's input grid is unsigned 8-bit: a signed grid moves up
+            shift = -m["qmin"] if m["qmin"] < 0 else 0
+            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                flat,
+                float(self.input_scale[0]),
+                int(self.input_zero_point[0]) + shift,
+                params,
+            )
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class QuantConvMixin(QuantMixin):
+    def _weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    @classmethod
+    def from_float(cls, module, tensor, runtime="auto"):
+        """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
+        new = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+        )
+        return new._attach(module, tensor, runtime)
+
+    def forward(self, x):
+        if self._act_mode is not None:
+            announce(
+                ("conv-activations", type(self).__name__),
+                f"{type(self).__name__}: no integer convolution kernel; quantized "
+                "activations are applied to the input (simulated) and the "
+                "convolution runs on the dequantized weight.",
+            )
+            x = self._fake_input(x)
+        if self._kernel_input(x) and self.runtime != "float":
+            w = self._dequantized(x.dtype, x.device)
+        else:
+            w = self._float_weight_for(x)
+        return self._conv_forward(x, w, self.bias)
+
+
+class QuantConv1d(QuantConvMixin, nn.Conv1d):
+    """``nn.Conv1d`` that holds its weight as codes (dequantized per call).
+
+    Built by :func:`~skquant.torch.quantize_model`.
+    """
+
+
+class QuantConv2d(QuantConvMixin, nn.Conv2d):
+    """``nn.Conv2d`` that holds its weight as codes (dequantized per call).
+
+    Built by :func:`~skquant.torch.quantize_model`.
+    """
+
+
+_QUANT_CLASSES = (
+    (nn.Linear, QuantLinear),
+    (nn.Conv1d, QuantConv1d),
+    (nn.Conv2d, QuantConv2d),
+)
+
+
+def quantized_module(module, tensor, runtime="auto"):
+    """The quantized twin of a Linear/Conv1d/Conv2d layer holding ``tensor``."""
+    for float_cls, quant_cls in _QUANT_CLASSES:
+        if isinstance(module, float_cls):
+            return quant_cls.from_float(module, tensor, runtime)
+    raise TypeError(f"no quantized layer for {type(module).__name__}.")
