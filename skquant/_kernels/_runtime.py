@@ -54,37 +54,85 @@ def unpack_rows(packed, bits, n_in, out):  # pragma: no cover
                     out[j, k] = (byte >> (s * bits)) & mask
 
 
+@nb.njit(inline="always", fastmath=True)
+def _dot_row(x, row, j, per, bits, mult, off_j, acc, out):  # pragma: no cover
+    """``out[:, j]`` from row ``row``: its codes are peeled off each byte in float.
+
+    A byte ``f`` holds ``per`` codes: ``q = floor(f / 2**bits)`` leaves the lowest
+    code ``f - q 2**bits`` (exact in float32), and ``q`` holds the others. Float
+    arithmetic keeps every step in 32-bit vector lanes (no integer widening).
+    """
+    radix = np.float32(1 << bits)
+    inv = np.float32(1.0 / (1 << bits))
+    n_blocks = row.shape[0] // BLOCK
+    for i in range(x.shape[0]):
+        xi = x[i]
+        acc[:] = 0
+        for b in range(n_blocks):
+            base = b * BLOCK * per
+            off = b * BLOCK
+            for t in range(BLOCK):
+                f = np.float32(row[off + t])
+                for s in range(per):
+                    q = np.floor(f * inv)
+                    code = (f - q * radix) * mult + off_j
+                    f = q
+                    acc[t] += code * xi[base + s * BLOCK + t]
+        out[i, j] = acc.sum()
+
+
+# one kernel per width: the width is a constant in each, so the slot loop unrolls
+
+
 @nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def packed_dot(x, packed, bits, mult, offset, out):  # pragma: no cover
+def packed_dot1(x, packed, mult, offset, out):  # pragma: no cover
+    """:func:`packed_dot` for 1-bit codes."""
+    fm = np.float32(mult)
+    for j in nb.prange(packed.shape[0]):
+        acc = np.zeros(BLOCK, dtype=np.float32)
+        _dot_row(x, packed[j], j, 8, 1, fm, offset[j], acc, out)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def packed_dot2(x, packed, mult, offset, out):  # pragma: no cover
+    """:func:`packed_dot` for 2-bit codes."""
+    fm = np.float32(mult)
+    for j in nb.prange(packed.shape[0]):
+        acc = np.zeros(BLOCK, dtype=np.float32)
+        _dot_row(x, packed[j], j, 4, 2, fm, offset[j], acc, out)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def packed_dot4(x, packed, mult, offset, out):  # pragma: no cover
+    """:func:`packed_dot` for 4-bit codes."""
+    fm = np.float32(mult)
+    for j in nb.prange(packed.shape[0]):
+        acc = np.zeros(BLOCK, dtype=np.float32)
+        _dot_row(x, packed[j], j, 2, 4, fm, offset[j], acc, out)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def packed_dot8(x, packed, mult, offset, out):  # pragma: no cover
+    """:func:`packed_dot` for 8-bit codes."""
+    fm = np.float32(mult)
+    for j in nb.prange(packed.shape[0]):
+        acc = np.zeros(BLOCK, dtype=np.float32)
+        _dot_row(x, packed[j], j, 1, 8, fm, offset[j], acc, out)
+
+
+_PACKED_DOT = {1: packed_dot1, 2: packed_dot2, 4: packed_dot4, 8: packed_dot8}
+
+
+def packed_dot(x, packed, bits, mult, offset, out):
     """``out[i, j] = sum_k (mult u[j, k] + offset[j]) x[i, k]`` from the packed rows.
 
     The signed codes are formed inside the product (no large sums that cancel).
     ``x`` is float32 (m, n_pad) with ``n_pad = n_bytes * 8 // bits`` (zero padded),
     ``offset`` float32 (n_out,), ``out`` float32 (m, n_out); accumulation is in
-    float32, per lane of a block.
+    float32, per lane of a block. Each input row re-reads the packed rows: it
+    pays for a few rows (a batch of one to a few), not for large batches.
     """
-    per = 8 // bits
-    mask = (1 << bits) - 1
-    n_blocks = packed.shape[1] // BLOCK
-    m = x.shape[0]
-    fm = np.float32(mult)
-    for j in nb.prange(packed.shape[0]):
-        row = packed[j]
-        off_j = offset[j]
-        acc = np.zeros(BLOCK, dtype=np.float32)
-        for i in range(m):
-            xi = x[i]
-            acc[:] = 0
-            for b in range(n_blocks):
-                base = b * BLOCK * per
-                off = b * BLOCK
-                for s in range(per):
-                    shift = s * bits
-                    xo = base + s * BLOCK
-                    for t in range(BLOCK):
-                        code = np.float32((row[off + t] >> shift) & mask) * fm + off_j
-                        acc[t] += code * xi[xo + t]
-            out[i, j] = acc.sum()
+    _PACKED_DOT[bits](x, packed, mult, offset, out)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
@@ -95,7 +143,8 @@ def unpack_float_rows(
 
     ``out`` is (n_rows, n_pad); ``scale`` and ``offset`` have one entry per row of
     ``packed`` (``j = start + r``); padded inputs get ``offset * scale`` (their input
-    is zero).
+    is zero). No fast-math: the value is the very product of
+    :meth:`QuantizedTensor.dequantize` (an exact integer times the scale).
     """
     per = 8 // bits
     mask = (1 << bits) - 1

@@ -23,7 +23,8 @@ __all__ = ["RUNTIME_BITS", "RuntimeWeights", "runtime_bits"]
 RUNTIME_BITS = (1, 2, 4, 8)
 
 #: batches of at most this many rows use the fused unpack-and-dot kernel; larger
-#: ones dequantize tiles of rows into a small buffer and call BLAS
+#: ones dequantize tiles of rows into a small buffer and call BLAS (on a 4096 x
+#: 4096 layer, 2 threads, the fused kernel is ahead of float BLAS up to 8 rows)
 SMALL_BATCH = 8
 
 #: float entries of a dequantized tile (4 MiB of float32)
