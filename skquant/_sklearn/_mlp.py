@@ -2,13 +2,15 @@
 
 import copy
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context, clone, is_classifier
 from sklearn.exceptions import NotFittedError
 from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.neural_network._base import ACTIVATIONS
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -22,6 +24,7 @@ from .._quantizers._gptq import GPTQQuantizer
 from .._quantizers._nullspace import NullSpaceQuantizer
 from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 from .._tensor import _io
+from .._tensor._runtime import CodeMatrix, InputGrid
 from .._tensor._io import json_params, register_model
 from ..metrics import compression_ratio, model_size_bits
 
@@ -113,11 +116,22 @@ class QuantizedMLP(BaseEstimator):
         Rows of ``X`` (drawn without replacement) used as calibration data.
     random_state : int, RandomState instance or None, default=None
         Draws the calibration rows.
+    activations : None, "dynamic" or ActivationQuantizer, default=None
+        How the quantized layers' inputs are quantized. ``None``: float inputs
+        (weight-only). ``"dynamic"``: 8 bits, one scale per row computed at
+        prediction time. An unfitted :class:`ActivationQuantizer`: a static grid
+        per layer, fitted on the calibration rows at the layer's input as the
+        quantized prefix gives it. Quantized inputs are multiplied with the codes
+        on integers (int32 accumulation); a per-feature grid is applied to the
+        inputs in float instead (no integer product factors per-feature scales).
 
     Attributes
     ----------
     estimator_ : MLPClassifier or MLPRegressor
-        A fitted copy of the network whose ``coefs_`` hold the quantized weights.
+        A fitted copy of the network whose ``coefs_`` hold the quantized weights:
+        quantized layers as :class:`~skquant._tensor._runtime.CodeMatrix` (the
+        codes; ``x @ W`` is computed from them, ``np.asarray(W)`` gives the
+        floats), layers left float as arrays.
     float_estimator_ : MLPClassifier or MLPRegressor
         The float network that was quantized.
     quantizers_ : list of estimators
@@ -177,15 +191,23 @@ class QuantizedMLP(BaseEstimator):
         "quantizer": [None, HasMethods(["fit", "transform"]), dict],
         "n_calibration": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
+        "activations": [None, StrOptions({"dynamic"}), ActivationQuantizer],
     }
 
     def __init__(
-        self, estimator=None, quantizer=None, *, n_calibration=1024, random_state=None
+        self,
+        estimator=None,
+        quantizer=None,
+        *,
+        n_calibration=1024,
+        random_state=None,
+        activations=None,
     ):
         self.estimator = estimator
         self.quantizer = quantizer
         self.n_calibration = n_calibration
         self.random_state = random_state
+        self.activations = activations
 
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None):
@@ -255,10 +277,17 @@ class QuantizedMLP(BaseEstimator):
         qmlp.intercepts_ = [
             b.astype(np.float32).astype(b.dtype) for b in base.intercepts_
         ]
+        self._hold_codes(qmlp, network.layer_names, res.tensors, X[idx])
         self.estimator_ = qmlp
         self.quantizers_ = list(res.quantizers.values())
         self.tensors_ = list(res.tensors.values())
         self.report_ = res.report
+        for row, W in zip(res.report.rows, qmlp.coefs_):
+            coded = isinstance(W, CodeMatrix)
+            row["activation_bits"] = (
+                W.grid.n_bits if coded and W.grid is not None else None
+            )
+            row["bytes_held"] = W.nbytes
         self.layer_errors_ = [r["calibration_error"] for r in res.report.rows]
         floats = [
             W.astype(np.float32)
@@ -273,6 +302,36 @@ class QuantizedMLP(BaseEstimator):
         if is_classifier(base):
             self.classes_ = base.classes_
         return self
+
+    def _hold_codes(self, mlp, names, tensors, X):
+        """Swap the quantized layers' floats for their codes (and input grids).
+
+        Static grids are fitted layer by layer on ``X`` as the quantized prefix
+        (weights and input grids) transforms it.
+        """
+        hidden = ACTIVATIONS[mlp.activation]
+        h = X
+        for i, name in enumerate(names):
+            qt = tensors.get(name)
+            if qt is not None:
+                grid = None
+                if isinstance(self.activations, str):
+                    grid = InputGrid()
+                elif self.activations is not None:
+                    q = clone(self.activations).fit(h)
+                    grid = InputGrid(q.scale_, q.zero_point_, q.qmin_, q.qmax_)
+                    if not grid.integer:
+                        warnings.warn(
+                            f"layer {name!r}: a per-feature input grid has no "
+                            "integer product; the inputs are put on their grid "
+                            "and multiplied in float.",
+                            UserWarning,
+                            stacklevel=3,
+                        )
+                mlp.coefs_[i] = CodeMatrix(qt, grid, dtype=mlp.coefs_[i].dtype)
+            if i < len(names) - 1:
+                h = h @ mlp.coefs_[i] + mlp.intercepts_[i]
+                hidden(h)
 
     # ------------------------------------------------------------ storage
     def __getstate__(self):
@@ -313,12 +372,23 @@ class QuantizedMLP(BaseEstimator):
         names = [r["name"] for r in self.report_.rows]
         quantized = [r["name"] for r in self.report_.rows if r["method"] != "float"]
         tensors = dict(zip(quantized, self.tensors_))
+        grids = {}
         for name, W, b in zip(names, mlp.coefs_, mlp.intercepts_):
             if name in tensors:
                 writer.tensor(f"{name}.weight", tensors[name])
             else:
-                writer.array(f"{name}.weight", W.astype(np.float32))
+                writer.array(f"{name}.weight", np.asarray(W, dtype=np.float32))
             writer.array(f"{name}.bias", b.astype(np.float32))
+            grid = getattr(W, "grid", None)
+            if grid is not None:
+                grids[name] = {
+                    "dynamic": grid.dynamic,
+                    "qmin": grid.qmin,
+                    "qmax": grid.qmax,
+                }
+                if not grid.dynamic:
+                    writer.array(f"{name}.input_scale", grid.scale)
+                    writer.array(f"{name}.input_zero_point", grid.zero_point)
         quantizer = self.quantizer
         if isinstance(quantizer, dict):
             quantizer = {
@@ -330,7 +400,15 @@ class QuantizedMLP(BaseEstimator):
         elif quantizer is not None:
             quantizer = [type(quantizer).__name__, json_params(quantizer.get_params())]
         classes = getattr(mlp, "classes_", None)
+        activations = self.activations
+        if activations is not None and not isinstance(activations, str):
+            activations = [
+                type(activations).__name__,
+                json_params(activations.get_params()),
+            ]
         return {
+            "activations": activations,
+            "input_grids": grids,
             "estimator": [type(mlp).__name__, json_params(mlp.get_params())],
             "quantizer": quantizer,
             "params": json_params(
@@ -368,10 +446,22 @@ class QuantizedMLP(BaseEstimator):
             valid = mlp_cls().get_params()
             mlp = mlp_cls(**{k: v for k, v in params.items() if k in valid})
             coefs, intercepts = [], []
+            grids = model.get("input_grids", {})
             for name in names:
                 key = f"{name}.weight"
-                W = tensors[key].dequantize() if key in tensors else arrays[key]
-                coefs.append(np.asarray(W).astype(dtype))
+                if key in tensors:
+                    grid = grids.get(name)
+                    if grid is not None:
+                        static = not grid["dynamic"]
+                        grid = InputGrid(
+                            arrays[f"{name}.input_scale"] if static else None,
+                            arrays[f"{name}.input_zero_point"] if static else None,
+                            grid["qmin"],
+                            grid["qmax"],
+                        )
+                    coefs.append(CodeMatrix(tensors[key], grid, dtype=dtype))
+                else:
+                    coefs.append(np.asarray(arrays[key]).astype(dtype))
                 intercepts.append(arrays[f"{name}.bias"].astype(dtype))
         except (KeyError, TypeError, ValueError) as exc:
             raise bad(f"description is incomplete or invalid ({exc!r})") from exc
@@ -409,6 +499,12 @@ class QuantizedMLP(BaseEstimator):
             }
         )
         out.quantizer = _quantizer_from(model.get("quantizer"))
+        activations = model.get("activations")
+        out.activations = (
+            activations
+            if activations is None or isinstance(activations, str)
+            else _quantizer_from(activations)
+        )
         quantized = [n for n in names if f"{n}.weight" in tensors]
         out.estimator_ = mlp
         out.tensors_ = [tensors[f"{n}.weight"] for n in quantized]

@@ -17,7 +17,7 @@ from ._alphabets import SCALE_DTYPE, Alphabet, safe_scale
 from ._bits import pack_codes
 from ._io import _tensor_entry, tensor_from
 
-__all__ = ["RUNTIME_BITS", "RuntimeWeights", "runtime_bits"]
+__all__ = ["RUNTIME_BITS", "CodeMatrix", "InputGrid", "RuntimeWeights", "runtime_bits"]
 
 #: the code widths the kernels hold (sub-byte widths are bit-packed)
 RUNTIME_BITS = (1, 2, 4, 8)
@@ -96,7 +96,9 @@ class RuntimeWeights:
     >>> rt.bits, rt.packed.shape
     (4, (64, 160))
     >>> x = np.ones((2, 300), dtype=np.float32)
-    >>> bool(np.allclose(rt.matmul(x), x @ qt.dequantize(), rtol=1e-5))
+    >>> bool(np.allclose(rt.matmul(x), x @ qt.dequantize(), rtol=1e-5, atol=1e-4))
+    True
+    >>> bool(np.array_equal(rt.tensor().codes, qt.codes))
     True
     """
 
@@ -233,11 +235,35 @@ class RuntimeWeights:
             out *= self.scale
             return out
         tile = max(1, min(self.n_out, TILE_ENTRIES // self.n_pad))
-        buf = np.empty((tile, self.n_pad), dtype=x.dtype)
+        # the weights are those of dequantize(), in the tensor's float dtype
+        buf = np.empty((tile, self.n_pad), dtype=self.float_dtype)
         for start in range(0, self.n_out, tile):
             stop = min(start + tile, self.n_out)
-            rows = self.dequantize_rows(start, stop, x.dtype, buf[: stop - start])
-            out[:, start:stop] = gemm(x, rows.T)
+            rows = self.dequantize_rows(
+                start, stop, self.float_dtype, buf[: stop - start]
+            )
+            out[:, start:stop] = gemm(x, rows.T.astype(x.dtype, copy=False))
+        return out
+
+    def int_matmul(self, a):
+        """``a @ (codes - zero_point)`` for integer ``a`` ``(m, n_in)``, exactly.
+
+        Accumulates in int32 (int64 when ``n_in`` times the largest products
+        could pass 2**31); the code rows are unpacked a tile at a time.
+        """
+        a = np.asarray(a)
+        bound = int(np.abs(a).max(initial=0)) * 255 * max(self.n_in, 1)
+        acc = np.int32 if bound < 2**31 else np.int64
+        a = np.ascontiguousarray(a, dtype=acc)
+        out = np.empty((a.shape[0], self.n_out), dtype=acc)
+        tile = max(1, min(self.n_out, TILE_ENTRIES // max(self.n_in, 1)))
+        u = np.empty((tile, self.n_in), dtype=np.int64)
+        with numba_threads(-1):
+            for start in range(0, self.n_out, tile):
+                stop = min(start + tile, self.n_out)
+                _k.unpack_rows(self.packed[start:stop], self.bits, self.n_in, u)
+                d = self.mult * u[: stop - start] + self.offset[start:stop, None]
+                out[:, start:stop] = a @ d.astype(acc).T
         return out
 
 
@@ -246,3 +272,119 @@ def _grid_meta(qt):
     meta, arrays = _tensor_entry(qt)
     del arrays["codes"]
     return meta, arrays
+
+
+class InputGrid:
+    """The grid a layer's input is put on before an integer product.
+
+    ``InputGrid.dynamic()``: 8 bits, unsigned, one scale per row computed at run
+    time from the row's range (widened to contain 0). ``InputGrid(scale,
+    zero_point, qmin, qmax)``: a static grid (a fitted
+    :class:`~skquant.ActivationQuantizer`'s ``scale_``, ``zero_point_``, ``qmin_``
+    and ``qmax_``; one scale, or one per feature).
+
+    Parameters
+    ----------
+    scale, zero_point : ndarray of shape (1,) or (n_features,), default=None
+        The static grid (``None``: dynamic).
+    qmin, qmax : int, default=0, 255
+        Range of the codes.
+    """
+
+    def __init__(self, scale=None, zero_point=None, qmin=0, qmax=255):
+        self.dynamic = scale is None
+        self.scale = None if scale is None else np.asarray(scale, np.float64).ravel()
+        self.zero_point = (
+            None if zero_point is None else np.asarray(zero_point, np.int64).ravel()
+        )
+        self.qmin, self.qmax = int(qmin), int(qmax)
+
+    @property
+    def n_bits(self):
+        """Bits of the codes."""
+        return int(self.qmax - self.qmin).bit_length()
+
+    @property
+    def integer(self):
+        """Whether the product can run on integers (one scale per row)."""
+        return self.dynamic or self.scale.size == 1
+
+    def encode(self, x):
+        """``(a, s)``: integers ``a = q - zero_point`` and scales, ``x ~ s a``.
+
+        ``s`` is ``(m, 1)`` (dynamic: per row) or a scalar (static).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if self.dynamic:
+            lo = np.minimum(x.min(axis=1, keepdims=True), 0.0)
+            hi = np.maximum(x.max(axis=1, keepdims=True), 0.0)
+            s = (hi - lo) / (self.qmax - self.qmin)
+            s = np.where(s > 0, s, 1.0)
+            zp = np.clip(np.rint(self.qmin - lo / s), self.qmin, self.qmax)
+        else:
+            s, zp = self.scale, self.zero_point
+        q = np.clip(np.rint(x / s) + zp, self.qmin, self.qmax)
+        return (q - zp).astype(np.int32), s
+
+    def fake(self, x):
+        """``x`` put on the grid, as floats."""
+        a, s = self.encode(x)
+        return a * s
+
+
+class CodeMatrix:
+    """A weight matrix that stands in for an ndarray in ``x @ W``, computed from codes.
+
+    It holds a :class:`RuntimeWeights` (no float copy). ``x @ W`` is the float
+    product from the codes, or, with an :class:`InputGrid`, the integer product:
+    ``x`` on its grid as integers, times the integer codes, accumulated in int32,
+    then scaled. ``np.asarray(W)`` gives the dequantized floats.
+
+    Parameters
+    ----------
+    qt : QuantizedTensor
+        The quantized matrix, ``(n_in, n_out)``.
+    grid : InputGrid, default=None
+        The input's grid (``None``: float inputs).
+    dtype : dtype, default=np.float64
+        Dtype of the products (and of ``np.asarray(W)``).
+    """
+
+    __array_ufunc__ = None  # ndarray @ CodeMatrix defers to __rmatmul__
+    ndim = 2
+
+    def __init__(self, qt, grid=None, dtype=np.float64):
+        self.runtime = RuntimeWeights(qt)
+        self.grid = grid
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def shape(self):
+        """``(n_in, n_out)``."""
+        return (self.runtime.n_in, self.runtime.n_out)
+
+    @property
+    def nbytes(self):
+        """Bytes held (see :attr:`RuntimeWeights.nbytes`)."""
+        return self.runtime.nbytes
+
+    def __array__(self, dtype=None, copy=None):
+        # the floats of QuantizedTensor.dequantize(), then cast
+        return self.runtime.dequantize().astype(dtype or self.dtype)
+
+    def __rmatmul__(self, x):
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.shape[0]:
+            raise ValueError(
+                f"x must have shape (n_samples, {self.shape[0]}), got {x.shape}."
+            )
+        rt = self.runtime
+        if self.grid is None:
+            return rt.matmul(x.astype(self.dtype, copy=False))
+        if not self.grid.integer:  # one scale per feature: no integer product
+            return rt.matmul(self.grid.fake(x).astype(self.dtype))
+        a, s = self.grid.encode(x)
+        y = rt.int_matmul(a).astype(np.float64)
+        y *= s
+        y *= rt.scale
+        return y.astype(self.dtype, copy=False)

@@ -117,7 +117,6 @@ class _Int8Linear:
                 0,
             )
             self.params = torch.ops.quantized.linear_prepack(q, bias)
-        self.largest_code = int(np.abs(codes - shift - (zp - shift)[:, None]).max())
         self._meta = {
             "alphabet": qt.alphabet,
             "n_bits": int(qt.n_bits),
@@ -156,6 +155,17 @@ class _Int8Linear:
 
     def __setstate__(self, state):
         self._set(state["tensor"], state["bias"])
+
+
+def largest_code(qt):
+    """Largest ``|code - zero_point|`` of ``qt`` (what the integer products see)."""
+    codes = np.asarray(qt.codes, dtype=np.int64)
+    if codes.size == 0:
+        return 0
+    if qt.zero_point is None:
+        return int(np.abs(codes).max())
+    zp = np.broadcast_to(np.asarray(qt.zero_point, np.int64), (codes.shape[1],))
+    return int(np.abs(codes - zp).max())
 
 
 def dynamic_reduce_range(largest_code):
@@ -250,6 +260,7 @@ class QuantMixin:
         self.n_bits = tensor.n_bits
         self.alphabet = tensor.alphabet
         self.size_bits = tensor.size_bits
+        self._largest_code = largest_code(tensor)
         self._hold(tensor)
 
     def _hold(self, tensor):
@@ -260,9 +271,13 @@ class QuantMixin:
         self.runtime, reason = self._choose(tensor)
         if reason:
             announce(reason, f"{type(self).__name__}: {reason}")
+        asked = self._runtime_request
+        gemm, why = self._int8_gemm(tensor, "int8" if asked == "auto" else asked)
+        if why is not None and self.runtime != "float":
+            announce(why, f"{type(self).__name__}: {why}")
         if self.runtime == "packed":
             self._rt = RuntimeWeights(tensor)
-        elif self.runtime == "int8" and self._int8_gemm():
+        elif self.runtime == "int8" and gemm:
             self._int8 = _Int8Linear(tensor, self._bias_or_none())
         elif self.runtime == "int8":
             self._rt = RuntimeWeights(tensor, bits=8)
@@ -300,23 +315,55 @@ class QuantMixin:
                 "runtime='int8' or 'auto'."
             )
         if asked == "auto":
-            if self._act_mode is not None:
+            if self._act_mode is not None and self._int8_gemm(tensor, "int8")[0]:
                 return "int8", None
             return ("packed" if bits <= 4 else "int8"), None
         return asked, None
 
-    def _int8_gemm(self):
-        """Whether this layer runs torch's int8 GEMM (quantized activations)."""
-        if self._act_mode is None or not isinstance(self, nn.Linear):
-            return False
-        if self._act_mode == "static" and (
-            self._act_meta["n_bits"] > 8 or self._act_meta["per_channel"]
-        ):
-            return False
-        return _int8_gemm_available() and getattr(self, "_wdtype", None) in (
-            None,
-            torch.float32,
-        )
+    def _int8_gemm(self, tensor, runtime):
+        """``(whether this layer runs torch's int8 GEMM, why not)``.
+
+        The GEMM runs quantized activations of Linear layers: a per-tensor input
+        grid of at most 8 bits, a fixed-width weight grid, float32. Otherwise the
+        input is put on its grid (simulated) before a weight-only product, and the
+        reason is given (``None`` when activations are float).
+        """
+        if self._act_mode is None:
+            return False, None
+        simulated = "; its quantized input is simulated (put on its grid in float)."
+        if not isinstance(self, nn.Linear):
+            return False, None  # convolutions say so when they run
+        if runtime == "packed":
+            return False, "runtime='packed' runs weight-only kernels" + simulated
+        meta = self._act_meta or {}
+        if meta.get("n_bits", 8) > 8:
+            return False, (
+                f"the integer GEMM takes inputs of at most 8 bits, not "
+                f"{meta['n_bits']}-bit ones" + simulated
+            )
+        if meta.get("n_bits", 7) == 8 and self._largest_code > 64:
+            return False, (
+                "8-bit inputs with weight codes above 64 in magnitude could saturate "
+                "the x86 integer GEMM (it sums pairs of uint8 x int8 products in "
+                "int16); inputs of at most 7 bits, or activations='dynamic' (7-bit "
+                "for such weights), run on it" + simulated
+            )
+        if meta.get("per_channel"):
+            return (
+                False,
+                "the integer GEMM takes one input scale, not per-feature ones"
+                + simulated,
+            )
+        if tensor.precision_bits is not None:
+            return False, "per-parameter precision has no integer GEMM" + simulated
+        if getattr(self, "_wdtype", torch.float32) != torch.float32:
+            return (
+                False,
+                f"the integer GEMM runs float32, not {self._wdtype}" + simulated,
+            )
+        if not _int8_gemm_available():
+            return False, "this torch has no quantized int8 linear operator" + simulated
+        return True, None
 
     def _bias_or_none(self):
         return None if self.bias is None else self.bias.detach().float().cpu()
@@ -557,8 +604,7 @@ class QuantMixin:
     def _fake_input(self, x):
         """``x`` on the input grid (the simulated form of the integer kernels)."""
         if self._act_mode == "dynamic":
-            largest = self._int8.largest_code if self._int8 is not None else 0
-            return fake_dynamic(x, dynamic_reduce_range(largest))
+            return fake_dynamic(x, dynamic_reduce_range(self._largest_code))
         scale = self.input_scale.to(x.dtype)
         zp = self.input_zero_point.to(x.dtype)
         if self._act_meta["per_channel"] and not isinstance(self, nn.Linear):
@@ -628,14 +674,15 @@ class QuantLinear(QuantMixin, nn.Linear):
             if self.bias is not None:
                 y += self.bias.detach().to(y.dtype)
             return y.reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, self._float_weight_for(x), self.bias)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self._float_weight_for(x), bias)
 
     def _int8_forward(self, x):
         flat = x.detach().reshape(-1, self.in_features).contiguous()
         params = self._int8.params
         if self._act_mode == "dynamic":
             y = torch.ops.quantized.linear_dynamic(
-                flat, params, dynamic_reduce_range(self._int8.largest_code)
+                flat, params, dynamic_reduce_range(self._largest_code)
             )
         else:
             m = self._act_meta
@@ -686,7 +733,8 @@ class QuantConvMixin(QuantMixin):
             w = self._dequantized(x.dtype, x.device)
         else:
             w = self._float_weight_for(x)
-        return self._conv_forward(x, w, self.bias)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv_forward(x, w, bias)
 
 
 class QuantConv1d(QuantConvMixin, nn.Conv1d):

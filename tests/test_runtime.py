@@ -1,0 +1,468 @@
+"""The runtime form: codes held packed or as bytes, products computed from them."""
+
+import copy
+import io
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from skquant import (
+    ActivationQuantizer,
+    AdaptivePrecisionQuantizer,
+    BinaryQuantizer,
+    GPTQQuantizer,
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    QuantizedTensor,
+    TernaryQuantizer,
+    UniformQuantizer,
+    quantize,
+)
+from skquant._kernels import _runtime as kernels
+from skquant._tensor._runtime import RuntimeWeights, runtime_bits
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from skquant.torch import (  # noqa: E402
+    QuantConv1d,
+    QuantConv2d,
+    QuantLinear,
+    load_into,
+    quantize_model,
+    save_model,
+)
+from skquant.torch._qlayers import (  # noqa: E402
+    _ANNOUNCED,
+    RuntimeFallbackWarning,
+    fake_dynamic,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_announcements():
+    """Each test sees the once-per-process announcements afresh."""
+    _ANNOUNCED.clear()
+    yield
+    _ANNOUNCED.clear()
+
+
+# -- the NumPy runtime form -----------------------------------------------------
+
+
+def affine_tensor(rng, n_in, n_out, n_bits=4):
+    """An affine grid: unsigned codes, per-column zero points."""
+    top = 2**n_bits - 1
+    return QuantizedTensor(
+        codes=rng.integers(0, top + 1, (n_in, n_out)).astype(np.uint8),
+        scale=rng.uniform(0.01, 0.1, n_out).astype(np.float32),
+        n_bits=n_bits,
+        qmin=0,
+        qmax=top,
+        alphabet="affine",
+        zero_point=rng.integers(0, top + 1, n_out).astype(np.uint8),
+    )
+
+
+def tensors(rng, n_in, n_out):
+    W = rng.standard_normal((n_in, n_out)).astype(np.float32)
+    return {
+        "uniform1": quantize(W, n_bits=2),  # codes -1..1 (2 bits, ternary grid)
+        "uniform3": quantize(W, n_bits=3),
+        "uniform4": quantize(W, n_bits=4),
+        "uniform8": quantize(W, n_bits=8),
+        "binary": BinaryQuantizer().fit(W).compress(W),
+        "ternary": TernaryQuantizer().fit(W).compress(W),
+        "affine": affine_tensor(rng, n_in, n_out),
+        "affine8": affine_tensor(rng, n_in, n_out, 8),
+        "per_tensor": quantize(W, n_bits=4, granularity="per_tensor"),
+    }
+
+
+@given(
+    n_in=st.integers(1, 140),
+    n_out=st.integers(1, 9),
+    m=st.sampled_from([1, 2, 5, 9, 33]),
+    seed=st.integers(0, 2**16),
+)
+def test_runtime_matmul_is_the_dequantized_product(n_in, n_out, m, seed):
+    """Oracle: from the codes, ``x @ W`` equals the product with ``dequantize()``."""
+    rng = np.random.default_rng(seed)
+    x = np.abs(rng.standard_normal((m, n_in))).astype(np.float32)  # ReLU-like
+    for name, qt in tensors(rng, n_in, n_out).items():
+        rt = RuntimeWeights(qt)
+        ref = x.astype(np.float64) @ qt.dequantize().astype(np.float64)
+        got = rt.matmul(x)
+        assert got.dtype == np.float32
+        # float32 sums: within 1e-5 of the size of the terms summed
+        tol = 1e-5 * (np.abs(x) @ np.abs(qt.dequantize().astype(np.float64)))
+        assert np.all(np.abs(got - ref) <= tol), name
+        # the weights are the very floats of dequantize(), and the codes come back
+        np.testing.assert_array_equal(rt.dequantize(), qt.dequantize())
+        back = rt.tensor()
+        np.testing.assert_array_equal(back.codes, qt.codes)
+        assert back.codes.dtype == qt.codes.dtype
+        assert back.size_bits == qt.size_bits
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_pack_rows_round_trip_and_padding(bits):
+    rng = np.random.default_rng(bits)
+    u = rng.integers(0, 2**bits, (3, 70)).astype(np.uint8)
+    width = -(-70 // (kernels.BLOCK * (8 // bits))) * kernels.BLOCK
+    packed = np.empty((3, width), np.uint8)
+    kernels.pack_rows(u, bits, packed)
+    back = np.empty((3, 70), np.int64)
+    kernels.unpack_rows(packed, bits, 70, back)
+    np.testing.assert_array_equal(back, u)
+    # padding codes are 0: a row of ones times the padded input gives the sum
+    x = np.zeros((1, width * 8 // bits), np.float32)
+    x[0, :70] = 1.0
+    out = np.empty((1, 3), np.float32)
+    kernels.packed_dot(x, packed, bits, 1.0, np.zeros(3, np.float32), out)
+    np.testing.assert_allclose(out[0], u.sum(axis=1), rtol=1e-6)
+
+
+def test_runtime_bits_and_sizes():
+    rng = np.random.default_rng(0)
+    ts = tensors(rng, 256, 16)
+    assert runtime_bits(ts["binary"]) == 1
+    assert runtime_bits(ts["ternary"]) == 2
+    assert runtime_bits(ts["uniform3"]) == 4
+    assert runtime_bits(ts["uniform8"]) == 8
+    rt = RuntimeWeights(ts["uniform4"])
+    # codes held: 4 bits each, plus three float32 per output channel
+    assert rt.packed.nbytes == 256 * 16 // 2
+    assert rt.nbytes <= ts["uniform4"].size_bits // 8 + 12 * 16
+    with pytest.raises(ValueError, match="bits must be one of"):
+        RuntimeWeights(ts["uniform8"], bits=4)
+    wide = quantize(rng.standard_normal((8, 2)), n_bits=12)
+    assert runtime_bits(wide) is None
+    with pytest.raises(ValueError, match="at most 8 bits"):
+        RuntimeWeights(wide)
+
+
+def test_runtime_float64_input_and_large_batch():
+    rng = np.random.default_rng(1)
+    qt = quantize(rng.standard_normal((300, 40)).astype(np.float32), n_bits=4)
+    x = rng.standard_normal((700, 300))
+    got = RuntimeWeights(qt).matmul(x)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, x @ qt.dequantize().astype(np.float64), rtol=1e-10)
+
+
+# -- torch layers ---------------------------------------------------------------
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(37, 24), nn.ReLU(), nn.Linear(24, 5)).eval()
+
+
+def cnn(groups=1):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=groups),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 1, groups=8),  # depthwise
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 1),  # one output channel
+    ).eval()
+
+
+def quantizers():
+    return {
+        "msq4": UniformQuantizer(n_bits=4),
+        "msq8": UniformQuantizer(n_bits=8),
+        "gpfq3": GreedyPathQuantizer(n_bits=3),
+        "gptq4": GPTQQuantizer(n_bits=4),
+        "nullspace4": NullSpaceQuantizer(n_bits=4),
+        "binary": BinaryQuantizer(),
+        "ternary": TernaryQuantizer(),
+    }
+
+
+def no_float_weight(layer):
+    """No float tensor of the weight's size is held by the layer."""
+    assert [name for name, _ in layer.named_parameters()] == ["bias"]
+    small = {"weight_scale", "weight_zero_point", "input_scale", "input_zero_point"}
+    for name, t in layer.named_buffers():
+        assert name in small or (name == "_codes" and not t.is_floating_point())
+        if name in small:
+            assert t.numel() <= layer._wshape[0] or name.startswith("input")
+
+
+@pytest.mark.parametrize("name", list(quantizers()))
+@pytest.mark.parametrize("runtime", ["auto", "int8", "float"])
+def test_every_alphabet_runs_the_dequantized_function(name, runtime):
+    """Weight-only kernels compute the float model with the dequantized weights."""
+    net = mlp()
+    X = torch.randn(300, 37)
+    q = quantizers()[name]
+    qnet = quantize_model(net, q, X, runtime=runtime)
+    ref = copy.deepcopy(net)
+    with torch.no_grad():
+        for i in (0, 2):
+            ref[i].weight.copy_(
+                torch.from_numpy(qnet[i].quantized_tensor().dequantize().T.copy())
+            )
+        for m in (1, 3, 300):
+            got, want = qnet(X[:m]), ref(X[:m])
+            assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    for i in (0, 2):
+        no_float_weight(qnet[i])
+        assert qnet[i].runtime == (
+            runtime if runtime != "auto" else ("int8" if name == "msq8" else "packed")
+        )
+
+
+def test_runtime_packed_refuses_wide_codes():
+    with pytest.raises(ValueError, match="runtime='packed' holds codes of at most 4"):
+        quantize_model(mlp(), UniformQuantizer(n_bits=6), runtime="packed")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        quantize_model(mlp(), UniformQuantizer(n_bits=4), runtime="gpu")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("runtime", ["auto", "int8", "float"])
+def test_convolutions_odd_shapes(groups, runtime):
+    net = cnn(groups)
+    X = torch.randn(16, 3, 8, 8)
+    qnet = quantize_model(net, GreedyPathQuantizer(n_bits=4), X, runtime=runtime)
+    floated = quantize_model(net, GreedyPathQuantizer(n_bits=4), X, runtime="float")
+    with torch.no_grad():
+        got, want = qnet(X), floated(X)
+    assert isinstance(qnet[2], QuantConv2d) and qnet[2].groups == groups
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max()) + 1e-7
+    for layer in (qnet[0], qnet[2], qnet[4], qnet[6]):
+        no_float_weight(layer)
+
+
+def test_conv1d_and_float64_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 9, 3)
+    ).double()
+    X = torch.randn(20, 2, 9, dtype=torch.float64)
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), X)
+    assert isinstance(qnet[0], QuantConv1d) and qnet[0].runtime == "packed"
+    ref = quantize_model(net, UniformQuantizer(n_bits=4), X, runtime="float")
+    with torch.no_grad():
+        got, want = qnet(X), ref(X)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_bfloat16_input_falls_back_once_and_says_so():
+    qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
+    x = torch.randn(4, 37)
+    with pytest.warns(RuntimeFallbackWarning, match="no integer kernel"):
+        y = qnet(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    with torch.no_grad():
+        torch.testing.assert_close(y.float(), qnet(x), rtol=0.05, atol=0.05)
+
+
+def test_gradients_flow_to_the_input():
+    qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
+    x = torch.randn(3, 37, requires_grad=True)
+    qnet(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_per_parameter_precision_runs_from_codes():
+    net = mlp()
+    X = torch.randn(64, 37)
+    y = torch.randint(0, 5, (64,))
+    qnet = quantize_model(net, AdaptivePrecisionQuantizer(max_bits=6), X, targets=y)
+    layer = qnet[0]
+    qt = layer.quantized_tensor()
+    assert qt.precision_bits is not None
+    ref = copy.deepcopy(net)
+    with torch.no_grad():
+        for i in (0, 2):
+            W = qnet[i].quantized_tensor().dequantize()
+            ref[i].weight.copy_(torch.from_numpy(W.T.copy()))
+        torch.testing.assert_close(qnet(X), ref(X), rtol=1e-5, atol=1e-6)
+    sd = qnet.state_dict()
+    fresh = quantize_model(mlp(), UniformQuantizer(n_bits=2))
+    fresh.load_state_dict(sd)
+    np.testing.assert_array_equal(fresh[0].quantized_tensor().codes, qt.codes)
+
+
+# -- quantized activations ------------------------------------------------------
+
+
+def _relative(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("n_bits", [2, 4, 8])
+@pytest.mark.parametrize(
+    "activations",
+    ["dynamic", ActivationQuantizer(n_bits=8), ActivationQuantizer(4, symmetric=True)],
+)
+def test_int8_kernels_match_their_simulation(n_bits, activations):
+    net = mlp()
+    X = torch.randn(512, 37)
+    q = UniformQuantizer(n_bits=n_bits)
+    saturates = n_bits == 8 and activations != "dynamic" and activations.n_bits == 8
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        qnet = quantize_model(net, q, X, activations=activations)
+    said = [str(w.message) for w in seen if w.category is RuntimeFallbackWarning]
+    sim = quantize_model(net, q, X, activations=activations, runtime="float")
+    assert qnet[0].runtime == "int8" and sim[0].runtime == "float"
+    # 8-bit inputs and 8-bit weights could saturate x86's int16 pair sums: said
+    assert (qnet[0]._int8 is None) == saturates
+    assert any("saturate" in m for m in said) == saturates
+    with torch.no_grad():
+        for m in (1, 7, 512):
+            assert _relative(qnet(X[:m]), sim(X[:m])) <= 0.01
+    bits = 8 if activations == "dynamic" else activations.n_bits
+    assert qnet[0].activation_bits == bits
+
+
+def test_static_scales_are_calibrated_on_the_quantized_prefix():
+    net = mlp()
+    X = torch.randn(256, 37)
+    qnet = quantize_model(
+        net, UniformQuantizer(n_bits=2), X, activations=ActivationQuantizer(n_bits=8)
+    )
+    # the second layer's grid covers what the quantized first layer gives it
+    with torch.no_grad():
+        h = torch.relu(qnet[0](X))
+    top = float(qnet[2].input_scale[0]) * (255 - int(qnet[2].input_zero_point[0]))
+    assert top == pytest.approx(float(h.max()), rel=1e-5)
+    # and differs from the float model's (2 bits change the first layer a lot)
+    with torch.no_grad():
+        hf = torch.relu(net[0](X))
+    assert abs(float(hf.max()) - top) > 1e-3
+
+
+def test_activation_errors_are_clear():
+    net = mlp()
+    with pytest.raises(ValueError, match="pass calibration_data"):
+        quantize_model(net, UniformQuantizer(), activations=ActivationQuantizer())
+    with pytest.raises(TypeError, match="activations must be None, 'dynamic'"):
+        quantize_model(net, UniformQuantizer(), activations="static")
+    X = torch.randn(32, 37)
+    X[3, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantize_model(net, UniformQuantizer(), X, activations=ActivationQuantizer())
+
+
+def test_activation_bits_the_kernels_cannot_run_are_announced():
+    net = mlp()
+    X = torch.randn(64, 37)
+    with pytest.warns(RuntimeFallbackWarning, match="16-bit"):
+        qnet = quantize_model(
+            net, UniformQuantizer(n_bits=4), X, activations=ActivationQuantizer(16)
+        )
+    assert qnet[0]._int8 is None and qnet[0].activation_bits == 16
+    with pytest.warns(RuntimeFallbackWarning, match="per-feature"):
+        quantize_model(
+            net,
+            UniformQuantizer(n_bits=4),
+            X,
+            activations=ActivationQuantizer(8, granularity="per_feature"),
+        )
+
+
+def test_conv_activations_are_simulated_and_announced():
+    net = cnn()
+    X = torch.randn(16, 3, 8, 8)
+    with pytest.warns(RuntimeFallbackWarning, match="no integer convolution"):
+        qnet = quantize_model(
+            net, UniformQuantizer(n_bits=4), X, activations=ActivationQuantizer(8)
+        )
+        with torch.no_grad():
+            qnet(X)
+
+
+def test_fake_dynamic_grid():
+    x = torch.tensor([[-1.0, 0.0, 0.5, 3.0]])
+    y = fake_dynamic(x, reduce_range=False)
+    step = 4.0 / 255
+    assert float((y - x).abs().max()) <= step / 2 + 1e-7
+    assert float(y[0, 1]) == 0.0  # zero is on the grid
+
+
+# -- state, files, copies ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "activations", [None, "dynamic", ActivationQuantizer(6, symmetric=True)]
+)
+def test_state_dict_file_pickle_round_trips(tmp_path, activations):
+    net = mlp()
+    X = torch.randn(128, 37)
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), X, activations=activations)
+    with torch.no_grad():
+        want = qnet(X)
+    fresh = quantize_model(mlp(), UniformQuantizer(n_bits=2))
+    fresh.load_state_dict(qnet.state_dict())
+    path = tmp_path / "m.skq"
+    save_model(qnet, path)
+    loaded = load_into(mlp(), path)
+    buf = io.BytesIO()
+    torch.save(qnet, buf)
+    buf.seek(0)
+    copies = [
+        fresh,
+        loaded,
+        copy.deepcopy(qnet),
+        pickle.loads(pickle.dumps(qnet)),
+        torch.load(buf, weights_only=False),
+    ]
+    for other in copies:
+        assert isinstance(other[0], QuantLinear)
+        assert other[0].activation_bits == qnet[0].activation_bits
+        with torch.no_grad():
+            assert torch.equal(other(X), want)
+
+
+def test_state_dict_is_the_stored_form():
+    qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
+    sd = qnet.state_dict()
+    assert set(sd) == {
+        f"{i}.{k}"
+        for i in (0, 2)
+        for k in ("bias", "weight_scale", "weight_packed", "_extra_state")
+    }
+    assert sd["0.weight_packed"].dtype == torch.uint8
+    assert sd["0.weight_packed"].numel() == 37 * 24 // 2 + (37 * 24 % 2)
+
+
+def test_bytes_held_are_the_codes():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 256))
+    for q, per_weight in (
+        (UniformQuantizer(n_bits=4), 0.5),
+        (TernaryQuantizer(), 0.25),
+    ):
+        qnet = quantize_model(net, q)
+        for i in (0, 2):
+            layer = qnet[i]
+            n = layer.in_features * layer.out_features
+            # codes; per output: the scale (as stored, as buffer and as used by the
+            # kernels), the offset of the codes and the bias: 5 float32
+            assert layer.nbytes_held <= n * per_weight + 20 * layer.out_features
+            assert layer.nbytes_held >= n * per_weight
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is announced on the fast paths
+        qnet = quantize_model(
+            net,
+            UniformQuantizer(n_bits=8),
+            activations="dynamic",
+            calibration_data=None,
+        )
+        with torch.no_grad():
+            qnet(torch.randn(2, 1024))
+    assert qnet[0].nbytes_held <= 1024 * 512 * 1.05
