@@ -24,8 +24,8 @@ from .._quantizers._gptq import GPTQQuantizer
 from .._quantizers._nullspace import NullSpaceQuantizer
 from .._quantizers._uniform import BinaryQuantizer, TernaryQuantizer, UniformQuantizer
 from .._tensor import _io
-from .._tensor._runtime import CodeMatrix, InputGrid
 from .._tensor._io import json_params, register_model
+from .._tensor._runtime import CodeMatrix, InputGrid
 from ..metrics import compression_ratio, model_size_bits
 
 __all__ = ["QuantizedMLP"]
