@@ -466,3 +466,118 @@ def test_bytes_held_are_the_codes():
         with torch.no_grad():
             qnet(torch.randn(2, 1024))
     assert qnet[0].nbytes_held <= 1024 * 512 * 1.05
+
+
+# -- the NumPy side: integer products and QuantizedMLP ---------------------------------
+
+
+@given(
+    n_in=st.integers(1, 90),
+    n_out=st.integers(1, 7),
+    m=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    static=st.booleans(),
+)
+def test_integer_product_is_the_grid_times_the_codes(n_in, n_out, m, seed, static):
+    """Oracle: the int32 product, scaled, equals the float product of the input on
+    its grid and the dequantized weights (float64 rounding only)."""
+    from skquant._tensor._runtime import CodeMatrix, InputGrid
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, n_in)) * rng.uniform(0.1, 10)
+    grid = (
+        InputGrid(np.array([0.05]), np.array([128]), 0, 255) if static else InputGrid()
+    )
+    for name, qt in tensors(rng, n_in, n_out).items():
+        W = CodeMatrix(qt, grid)
+        got = x @ W
+        # the weights exactly, in float64: (code - zero point) * float32 scale
+        zp = 0.0 if qt.zero_point is None else qt.zero_point.astype(np.float64)
+        exact = (qt.codes.astype(np.float64) - zp) * qt.scale.astype(np.float64)
+        want = grid.fake(x) @ exact
+        scale = np.abs(grid.fake(x)) @ np.abs(exact)
+        assert np.all(np.abs(got - want) <= 1e-12 * scale + 1e-300), name
+        a, _ = grid.encode(x)
+        assert a.dtype == np.int32
+
+
+def test_dynamic_grid_is_per_row():
+    from skquant._tensor._runtime import InputGrid
+
+    x = np.array([[0.0, 1.0, 2.0], [-100.0, 0.0, 100.0]])
+    fake = InputGrid().fake(x)
+    # each row on its own 256-level grid over [min(row, 0), max(row, 0)]
+    assert np.abs(fake[0] - x[0]).max() <= 2.0 / 255 / 2 + 1e-12
+    assert np.abs(fake[1] - x[1]).max() <= 200.0 / 255 / 2 + 1e-12
+    assert fake[0, 0] == 0.0 and fake[1, 1] == 0.0
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((48,), max_iter=150, random_state=0).fit(X[:1200], y[:1200])
+    return mlp, X, y
+
+
+@pytest.mark.parametrize(
+    "activations",
+    [None, "dynamic", ActivationQuantizer(8), ActivationQuantizer(4, symmetric=True)],
+)
+def test_quantized_mlp_runs_from_codes(digits_mlp, activations, tmp_path):
+    import skquant
+    from skquant import QuantizedMLP
+    from skquant._tensor._runtime import CodeMatrix
+
+    mlp, X, y = digits_mlp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = QuantizedMLP(
+            mlp, GreedyPathQuantizer(n_bits=4), random_state=0, activations=activations
+        ).fit(X[:1200], y[:1200])
+    coefs = q.estimator_.coefs_
+    assert all(isinstance(W, CodeMatrix) for W in coefs)
+    # the same function as the float network with the dequantized weights, its
+    # quantized layers' inputs put on their grids
+    h = X[1200:]
+    for i, (W, b) in enumerate(zip(coefs, q.estimator_.intercepts_)):
+        if W.grid is not None:
+            h = W.grid.fake(h)
+        h = h @ np.asarray(W) + b
+        if i < len(coefs) - 1:
+            h = np.maximum(h, 0)
+    want = np.exp(h - h.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(q.predict_proba(X[1200:]), want, rtol=1e-9, atol=1e-12)
+    assert q.score(X[1200:], y[1200:]) > 0.85
+    bits = (
+        None
+        if activations is None
+        else (8 if activations == "dynamic" else activations.n_bits)
+    )
+    assert [r["activation_bits"] for r in q.report_.rows] == [bits, bits]
+    # held: the codes at 4 bits, not a float matrix
+    assert coefs[0].nbytes < coefs[0].shape[0] * coefs[0].shape[1]
+    skquant.save(q, tmp_path / "m.skq")
+    back = skquant.load(tmp_path / "m.skq")
+    np.testing.assert_array_equal(back.predict_proba(X), q.predict_proba(X))
+    assert back.activations == activations or (
+        back.activations.get_params() == activations.get_params()
+    )
+
+
+def test_quantized_mlp_per_feature_grid_is_announced(digits_mlp):
+    from skquant import QuantizedMLP
+
+    mlp, X, y = digits_mlp
+    with pytest.warns(UserWarning, match="per-feature input grid has no integer"):
+        QuantizedMLP(
+            mlp,
+            UniformQuantizer(n_bits=4),
+            activations=ActivationQuantizer(8, granularity="per_feature"),
+        ).fit(X[:300])

@@ -20,7 +20,9 @@ class QuantizationReport:
         weight, scales included), ``size_bits``, ``calibration_error`` (relative
         error of the layer's output on the calibration data, its input from the
         quantized prefix; ``nan`` when no calibration pass was needed) and
-        ``seconds``.
+        ``seconds``; for the models that run from codes also ``activation_bits``
+        (bits of the layer's quantized input, ``None`` for float inputs) and
+        ``bytes_held`` (what the layer holds in memory while it runs).
     """
 
     rows: list = field(default_factory=list)
@@ -36,22 +38,33 @@ class QuantizationReport:
         return float(sum(r["seconds"] for r in self.rows))
 
     def __str__(self):
+        held = any("bytes_held" in r for r in self.rows)
         head = f"{'layer':<24}{'shape':>14}  {'method':<14}{'bits':>7}{'size (B)':>12}"
         head += f"{'calib err':>11}{'s':>8}"
+        if held:
+            head += f"{'act bits':>9}{'held (B)':>12}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             shape = "x".join(str(s) for s in r["shape"])
             err = r["calibration_error"]
-            lines.append(
+            line = (
                 f"{r['name']:<24.24}{shape:>14}  {r['method']:<14.14}"
                 f"{r['bits']:>7.3f}{r['size_bits'] / 8:>12.0f}"
                 + (f"{err:>11.4f}" if np.isfinite(err) else f"{'-':>11}")
                 + f"{r['seconds']:>8.3f}"
             )
-        lines.append(
+            if held:
+                act = r.get("activation_bits")
+                line += f"{'-' if act is None else act:>9}"
+                line += f"{r.get('bytes_held', 0):>12.0f}"
+            lines.append(line)
+        total = (
             f"{'total':<24}{'':>14}  {'':<14}{'':>7}{self.size_bits / 8:>12.0f}"
             f"{'':>11}{self.seconds:>8.3f}"
         )
+        if held:
+            total += f"{'':>9}{sum(r.get('bytes_held', 0) for r in self.rows):>12.0f}"
+        lines.append(total)
         return "\n".join(lines)
 
     def __repr__(self):

@@ -192,6 +192,11 @@ def quantize_model(
         if isinstance(layer, QuantMixin):
             row["activation_bits"] = layer.activation_bits
             row["bytes_held"] = layer.nbytes_held
+        elif layer is not None:  # left float: its weight and bias
+            row["activation_bits"] = None
+            row["bytes_held"] = sum(
+                p.numel() * p.element_size() for p in layer.parameters(recurse=False)
+            )
     return (qmodel, res.report) if return_report else qmodel
 
 
