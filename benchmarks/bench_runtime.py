@@ -24,9 +24,11 @@ networks they are GPFQ's (``GreedyPathQuantizer``, 1024 training images).
 Measured, all in one run:
 
 * ``held``: bytes the process holds for the model: the resident-set growth from
-  building it (in a child process, float model freed, glibc's mmap threshold
-  fixed so that freed blocks go back), and ``counted``: the layers' stored sizes
-  (codes and scales) plus the float parameters left;
+  loading it (in a child process: skquant's models ``load_into`` a fresh float
+  model from their file, as deployed; torch's are built from a fresh float model;
+  the float weights freed, glibc's mmap threshold fixed so that freed blocks go
+  back), and ``counted``: the layers' stored sizes (codes and scales) plus the
+  float parameters left;
 * ``peak fwd``: the resident-set peak above ``held`` during one forward at batch
   256 (``/proc/self/clear_refs``);
 * latency at batch 1 and 256: medians over interleaved rounds (every variant once
@@ -45,6 +47,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -179,7 +182,15 @@ def fresh(net, state):
     return model.eval()
 
 
-def child(net, variant):
+def child(net, variant, path):
+    """Print the bytes held by ``variant`` and the peak of one forward (JSON).
+
+    skquant's variants are loaded from their file (``load_into`` a fresh float
+    model, as a deployed model is), torch's are built from a fresh float model: no
+    calibration pass runs in this process.
+    """
+    from skquant.torch import load_into
+
     torch.set_num_threads(2)
     model, calib, _, _ = load_net(net)
     state = None if net == "mlp" else copy.deepcopy(model.state_dict())
@@ -193,13 +204,18 @@ def child(net, variant):
             t = build("mlp", v, tiny, torch.randn(64, 64))
             t(torch.randn(1, 64))
             t(torch.randn(256, 64))
-    del model, tiny, t
+    if path:  # a first load warms every code path of loading and running
+        with torch.no_grad():
+            load_into(fresh(net, state), path)(x256[:2])
+    del model, tiny, t, calib
     gc.collect()
     rss0 = _status("VmRSS")
     model = fresh(net, state)
-    m = build(net, variant, model, calib)
-    if variant != "float":
-        del model
+    if path:
+        m = load_into(model, path)
+    else:
+        m = build(net, variant, model, None)
+    del model
     gc.collect()
     held = _status("VmRSS") - rss0
     Path("/proc/self/clear_refs").write_text("5")
@@ -210,10 +226,20 @@ def child(net, variant):
     print(json.dumps({"held": held, "peak_fwd": peak}))
 
 
-def memory(net, variant):
+def memory(net, variant, model):
+    """Bytes held and forward peak of ``variant``, measured in a child process."""
+    from skquant.torch import save_model
+
+    path = ""
+    if isinstance(
+        next((m for m in model.modules() if isinstance(m, QuantMixin)), None),
+        QuantMixin,
+    ):
+        path = str(Path(tempfile.mkdtemp()) / f"{net}.skq")
+        save_model(model, path)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONWARNINGS="ignore")
     out = subprocess.run(
-        [sys.executable, __file__, "--child", net, variant],
+        [sys.executable, __file__, "--child", net, variant, path],
         capture_output=True,
         text=True,
         env=env,
@@ -268,7 +294,7 @@ def run_net(net, rounds):
     t1, t256 = latencies(models, x1, x256, rounds)
     rows = []
     for v in variants:
-        mem = memory(net, v)
+        mem = memory(net, v, models[v])
         row = {
             "net": net,
             "variant": v,
@@ -338,11 +364,10 @@ def main():
     )
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--child", nargs=2, metavar=("NET", "VARIANT"))
+    p.add_argument("--child", nargs=3, metavar=("NET", "VARIANT", "PATH"))
     args = p.parse_args()
     if args.child:
-        net, variant = args.child
-        child(net, variant)
+        child(*args.child)
         return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, engine "

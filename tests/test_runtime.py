@@ -375,15 +375,42 @@ def test_activation_bits_the_kernels_cannot_run_are_announced():
         )
 
 
-def test_conv_activations_are_simulated_and_announced():
-    net = cnn()
-    X = torch.randn(16, 3, 8, 8)
-    with pytest.warns(RuntimeFallbackWarning, match="no integer convolution"):
-        qnet = quantize_model(
-            net, UniformQuantizer(n_bits=4), X, activations=ActivationQuantizer(8)
-        )
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("activations", ["dynamic", ActivationQuantizer(8)])
+def test_convolutions_run_int8_gemms_over_patches(groups, activations):
+    net = cnn(groups)
+    X = torch.randn(32, 3, 8, 8)
+    q = GreedyPathQuantizer(n_bits=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeFallbackWarning)
+        qnet = quantize_model(net, q, X, activations=activations)
         with torch.no_grad():
-            qnet(X)
+            got = qnet(X)
+    sim = quantize_model(net, q, X, activations=activations, runtime="float")
+    assert all(qnet[i]._int8 is not None for i in (0, 2, 4, 6))
+    assert len(qnet[4]._int8.params) == 8  # depthwise: one GEMM per group
+    with torch.no_grad():
+        assert _relative(got, sim(X)) <= 0.01
+        assert _relative(qnet(X[:1]), sim(X[:1])) <= 0.01
+
+
+def test_conv1d_int8_and_padding_modes():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=2, dilation=2, stride=2),
+        nn.ReLU(),
+        nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect"),
+    ).eval()
+    X = torch.randn(16, 2, 11)
+    acts = ActivationQuantizer(8)
+    with pytest.warns(RuntimeFallbackWarning, match="padding_mode='reflect'"):
+        qnet = quantize_model(net, UniformQuantizer(n_bits=4), X, activations=acts)
+    assert qnet[0]._int8 is not None and qnet[2]._int8 is None
+    sim = quantize_model(
+        net, UniformQuantizer(n_bits=4), X, activations=acts, runtime="float"
+    )
+    with torch.no_grad():
+        assert _relative(qnet(X), sim(X)) <= 0.01
 
 
 def test_fake_dynamic_grid():

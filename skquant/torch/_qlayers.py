@@ -10,8 +10,9 @@ forward computes, is its *runtime*, chosen per layer:
     buffer and BLAS for large ones).
 ``"int8"``
     codes of any grid of at most 8 bits, one byte each. Weight-only, the products
-    are computed as for ``"packed"``; with quantized activations (Linear layers)
-    they are torch's integer GEMM (``int8 x int8 -> int32``, then rescaled).
+    are computed as for ``"packed"``; with quantized activations they are torch's
+    integer GEMM (``int8 x int8 -> int32``, then rescaled): a convolution's over its
+    patches (``unfold``), one GEMM per group.
 ``"float"``
     the codes as an integer tensor on the layer's device, dequantized in every
     forward (any device, any float dtype, every layer).
@@ -89,34 +90,39 @@ def _int8_gemm_available():
 class _Int8Linear:
     """Weights in torch's prepacked int8 form, for ``int8 x int8`` products.
 
-    Holds the prepacked weights (one byte per weight, inside torch) and what
-    rebuilds the :class:`QuantizedTensor`; pickles as that tensor.
+    Holds the prepacked weights (one byte per weight, inside torch), one block of
+    output columns per group (a grouped convolution), and what rebuilds the
+    :class:`QuantizedTensor`; pickles as that tensor.
     """
 
-    def __init__(self, qt, bias):
-        self._set(qt, bias)
+    def __init__(self, qt, bias, groups=1):
+        self._set(qt, bias, groups)
 
-    def _set(self, qt, bias):
+    def _set(self, qt, bias, groups):
         codes = np.ascontiguousarray(qt.codes.T).astype(np.int64)
-        zp = np.zeros(codes.shape[0])
+        n_out = codes.shape[0]
+        zp = np.zeros(n_out)
         if qt.zero_point is not None:
             zp[:] = np.broadcast_to(np.asarray(qt.zero_point, np.float64), zp.shape)
         shift = 0
         if codes.size and (codes.max() > 127 or codes.min() < -128):
             shift = 128  # an unsigned 8-bit grid: codes and zero points move down
-        scale = np.broadcast_to(
-            safe_scale(qt.scale, np.float64), (codes.shape[0],)
-        ).copy()
+        scale = np.broadcast_to(safe_scale(qt.scale, np.float64), (n_out,)).copy()
+        per = n_out // groups
+        self.params = []
         with warnings.catch_warnings():
             # quantized tensors are the only door to torch's int8 GEMM on CPU
             warnings.simplefilter("ignore")
-            q = torch._make_per_channel_quantized_tensor(
-                torch.from_numpy((codes - shift).astype(np.int8)),
-                torch.from_numpy(scale),
-                torch.from_numpy((zp - shift).astype(np.int64)),
-                0,
-            )
-            self.params = torch.ops.quantized.linear_prepack(q, bias)
+            for g in range(groups):
+                rows = slice(g * per, (g + 1) * per)
+                q = torch._make_per_channel_quantized_tensor(
+                    torch.from_numpy((codes[rows] - shift).astype(np.int8)),
+                    torch.from_numpy(scale[rows].copy()),
+                    torch.from_numpy((zp[rows] - shift).astype(np.int64)),
+                    0,
+                )
+                b = None if bias is None else bias[rows].contiguous()
+                self.params.append(torch.ops.quantized.linear_prepack(q, b))
         self._meta = {
             "alphabet": qt.alphabet,
             "n_bits": int(qt.n_bits),
@@ -128,13 +134,19 @@ class _Int8Linear:
             "codes_dtype": qt.codes.dtype,
             "shift": shift,
         }
-        self.nbytes = int(codes.size + 12 * codes.shape[0])
+        self.nbytes = int(codes.size + 12 * n_out)
 
-    def tensor(self):
+    def _unpacked(self):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q, _ = torch.ops.quantized.linear_unpack(self.params)
-            codes = q.int_repr().numpy().astype(np.int64) + self._meta["shift"]
+            parts = [torch.ops.quantized.linear_unpack(p) for p in self.params]
+        codes = np.concatenate([q.int_repr().numpy() for q, _ in parts])
+        biases = [b for _, b in parts]
+        bias = None if biases[0] is None else torch.cat(biases)
+        return codes.astype(np.int64) + self._meta["shift"], bias
+
+    def tensor(self):
+        codes, _ = self._unpacked()
         m = self._meta
         return QuantizedTensor(
             codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
@@ -148,13 +160,14 @@ class _Int8Linear:
         )
 
     def __getstate__(self):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _, bias = torch.ops.quantized.linear_unpack(self.params)
-        return {"tensor": self.tensor(), "bias": bias}
+        return {
+            "tensor": self.tensor(),
+            "bias": self._unpacked()[1],
+            "groups": len(self.params),
+        }
 
     def __setstate__(self, state):
-        self._set(state["tensor"], state["bias"])
+        self._set(state["tensor"], state["bias"], state.get("groups", 1))
 
 
 def largest_code(qt):
@@ -278,7 +291,9 @@ class QuantMixin:
         if self.runtime == "packed":
             self._rt = RuntimeWeights(tensor)
         elif self.runtime == "int8" and gemm:
-            self._int8 = _Int8Linear(tensor, self._bias_or_none())
+            self._int8 = _Int8Linear(
+                tensor, self._bias_or_none(), getattr(self, "groups", 1)
+            )
         elif self.runtime == "int8":
             self._rt = RuntimeWeights(tensor, bits=8)
         else:
@@ -331,8 +346,16 @@ class QuantMixin:
         if self._act_mode is None:
             return False, None
         simulated = "; its quantized input is simulated (put on its grid in float)."
-        if not isinstance(self, nn.Linear):
-            return False, None  # convolutions say so when they run
+        if getattr(self, "padding_mode", "zeros") != "zeros":
+            return False, (
+                f"padding_mode={self.padding_mode!r} pads with values off the input "
+                "grid" + simulated
+            )
+        if isinstance(getattr(self, "padding", 0), str):
+            return False, (
+                f"padding={self.padding!r}: the patches are formed with explicit "
+                "padding only" + simulated
+            )
         if runtime == "packed":
             return False, "runtime='packed' runs weight-only kernels" + simulated
         meta = self._act_meta or {}
@@ -615,6 +638,23 @@ class QuantMixin:
         )
         return (q - zp) * scale
 
+    def _input_qparams(self, x):
+        """``(scale, zero point)`` of the input grid on the kernel's unsigned 8 bits.
+
+        Static: the layer's grid (a signed one moved up by ``-qmin``). Dynamic: the
+        grid :func:`fake_dynamic` puts ``x`` on (one per call).
+        """
+        if self._act_mode == "static":
+            shift = max(-self._act_meta["qmin"], 0)
+            return float(self.input_scale[0]), int(self.input_zero_point[0]) + shift
+        top = 127 if dynamic_reduce_range(self._largest_code) else 255
+        lo = min(float(x.min()), 0.0)
+        hi = max(float(x.max()), 0.0)
+        scale = (hi - lo) / top
+        if scale == 0.0:
+            return 1.0, 0
+        return scale, int(min(max(round(-lo / scale), 0), top))
+
     # -- forward --------------------------------------------------------------
 
     def _kernel_input(self, x):
@@ -679,21 +719,15 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def _int8_forward(self, x):
         flat = x.detach().reshape(-1, self.in_features).contiguous()
-        params = self._int8.params
+        params = self._int8.params[0]
         if self._act_mode == "dynamic":
             y = torch.ops.quantized.linear_dynamic(
                 flat, params, dynamic_reduce_range(self._largest_code)
             )
         else:
-            m = self._act_meta
-            flat = self._fake_input(flat)
-            # the kernel's input grid is unsigned 8-bit: a signed grid moves up
-            shift = -m["qmin"] if m["qmin"] < 0 else 0
+            scale, zp = self._input_qparams(flat)
             y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                flat,
-                float(self.input_scale[0]),
-                int(self.input_zero_point[0]) + shift,
-                params,
+                self._fake_input(flat), scale, zp, params
             )
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -721,13 +755,13 @@ class QuantConvMixin(QuantMixin):
         return new._attach(module, tensor, runtime)
 
     def forward(self, x):
+        if (
+            self._int8 is not None
+            and x.dtype == torch.float32
+            and self._kernel_input(x)
+        ):
+            return self._int8_forward(x)
         if self._act_mode is not None:
-            announce(
-                ("conv-activations", type(self).__name__),
-                f"{type(self).__name__}: no integer convolution kernel; quantized "
-                "activations are applied to the input (simulated) and the "
-                "convolution runs on the dequantized weight.",
-            )
             x = self._fake_input(x)
         if self._kernel_input(x) and self.runtime != "float":
             w = self._dequantized(x.dtype, x.device)
@@ -736,16 +770,50 @@ class QuantConvMixin(QuantMixin):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return self._conv_forward(x, w, bias)
 
+    def _int8_forward(self, x):
+        """The convolution as int8 GEMMs over its patches (one per group)."""
+        x = x.detach()
+        scale, zp = self._input_qparams(x)
+        if self._act_mode == "static":
+            x = self._fake_input(x)
+        one_d = x.dim() == 3
+        if one_d:  # a Conv1d is a Conv2d of height 1
+            x = x.unsqueeze(2)
+        def pair(v, unit):
+            return (unit, v[0]) if one_d else tuple(v)
+
+        kernel, stride = pair(self.kernel_size, 1), pair(self.stride, 1)
+        padding, dilation = pair(self.padding, 0), pair(self.dilation, 1)
+        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        n, _, n_pos = cols.shape
+        per = cols.shape[1] // self.groups
+        outs = []
+        for g, params in enumerate(self._int8.params):
+            a = cols[:, g * per : (g + 1) * per, :].transpose(1, 2).reshape(-1, per)
+            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                a.contiguous(), scale, zp, params
+            )
+            outs.append(y.reshape(n, n_pos, -1))
+        y = torch.cat(outs, dim=2).transpose(1, 2)
+        size = [
+            (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1)
+            // stride[i]
+            + 1
+            for i in range(2)
+        ]
+        y = y.reshape(n, self.out_channels, *size)
+        return y.squeeze(2) if one_d else y
+
 
 class QuantConv1d(QuantConvMixin, nn.Conv1d):
-    """``nn.Conv1d`` that holds its weight as codes (dequantized per call).
+    """``nn.Conv1d`` that holds its weight as codes.
 
     Built by :func:`~skquant.torch.quantize_model`.
     """
 
 
 class QuantConv2d(QuantConvMixin, nn.Conv2d):
-    """``nn.Conv2d`` that holds its weight as codes (dequantized per call).
+    """``nn.Conv2d`` that holds its weight as codes.
 
     Built by :func:`~skquant.torch.quantize_model`.
     """
