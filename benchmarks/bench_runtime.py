@@ -357,6 +357,68 @@ def targets(rows):
     return lines
 
 
+@torch.no_grad()
+def check_kernels(nets):
+    """The kernels against the dequantized float forward (runtime="float", the
+    forward of the float-weight layers before this runtime) on the test set."""
+    for net in nets:
+        model, calib, Xte, yte = load_net(net)
+        X = Xte if Xte is not None else calib
+        for bits in (8, 4, 2):
+            q = weights(net, bits)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fast = quantize_model(model, q, calib)
+                slow = quantize_model(model, q, calib, runtime="float")
+            a = torch.cat([fast(X[i : i + 1000]) for i in range(0, len(X), 1000)])
+            b = torch.cat([slow(X[i : i + 1000]) for i in range(0, len(X), 1000)])
+            dev = float((a - b).abs().max() / b.abs().max())
+            flips = int((a.argmax(1) != b.argmax(1)).sum())
+            line = f"{net:<7} W{bits}: max |kernels - float| / max |float| = {dev:.1e}"
+            line += f", predictions that differ: {flips} of {len(X)}"
+            if yte is not None:
+                acc_a = 100 * float((a.argmax(1) == yte).float().mean())
+                acc_b = 100 * float((b.argmax(1) == yte).float().mean())
+                line += f", accuracy {acc_a:.2f}% / {acc_b:.2f}%"
+            print(line, flush=True)
+
+
+def print_rst(rows):
+    """The rows as a reST table per network (the docs' tables)."""
+    for net in dict.fromkeys(r["net"] for r in rows):
+        sub = [r for r in rows if r["net"] == net]
+        acc = "accuracy" in sub[0]
+        cols = [
+            "variant",
+            "counted MB",
+            "held MB",
+            "peak fwd MB",
+            "batch 1 ms",
+            "batch 256 ms",
+        ] + (["accuracy"] if acc else [])
+        lines = []
+        for r in sub:
+            cells = [
+                r["variant"],
+                "-" if r["counted"] is None else f"{r['counted'] / 1e6:.2f}",
+                f"{r['held'] / 1e6:.2f}",
+                f"{r['peak_fwd'] / 1e6:.1f}",
+                f"{r['batch1_ms']:.3f}",
+                f"{r['batch256_ms']:.1f}",
+            ] + ([f"{100 * r['accuracy']:.2f}%"] if acc else [])
+            lines.append(cells)
+        widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
+        rule = "  ".join("=" * w for w in widths)
+        print(f"\n{net}:\n\n{rule}")
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        print(rule)
+        for x in lines:
+            print("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip())
+        print(rule)
+    print()
+    print("\n".join(targets(rows)))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -364,10 +426,26 @@ def main():
     )
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--check-kernels",
+        action="store_true",
+        help="only compare the kernels with the float forward on --nets",
+    )
+    p.add_argument(
+        "--rst",
+        action="store_true",
+        help="print --json's rows as reST tables, run nothing",
+    )
     p.add_argument("--child", nargs=3, metavar=("NET", "VARIANT", "PATH"))
     args = p.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.rst:
+        print_rst(json.loads(args.json.read_text()))
+        return
+    if args.check_kernels:
+        check_kernels(args.nets)
         return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, engine "

@@ -63,6 +63,9 @@ def flatten(obj, prefix, out, depth=0, seen=None):
     if isinstance(obj, torch.Tensor):
         out[prefix] = "torch:" + _array_digest(obj.detach().cpu().numpy())
         return
+    if type(obj).__name__ == "CodeMatrix":  # a weight held as codes: its floats
+        out[prefix] = _array_digest(np.asarray(obj))
+        return
     if isinstance(obj, (bytes, bytearray)):
         out[prefix] = "bytes:" + _digest_bytes(bytes(obj))
         return

@@ -120,3 +120,30 @@ def test_input_not_modified_and_layouts():
     out = q.transform(X)
     assert_array_equal(X, X0)
     assert_array_equal(out, q.transform(np.ascontiguousarray(X)))
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    n_bits=st.integers(2, 8),
+    symmetric=st.booleans(),
+    per_feature=st.booleans(),
+)
+def test_mse_calibration_never_loses_to_minmax(seed, n_bits, symmetric, per_feature):
+    """Oracle: the MSE range is chosen among shrinks that include the min-max one,
+    so its squared error on the calibration data is at most min-max's."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_t(3, size=(300, 4))  # heavy tails: outliers worth clipping
+    kw = dict(
+        n_bits=n_bits,
+        symmetric=symmetric,
+        granularity="per_feature" if per_feature else "per_tensor",
+    )
+    mse = ActivationQuantizer(calibration="mse", **kw).fit(X)
+    mm = ActivationQuantizer(calibration="minmax", **kw).fit(X)
+    err_mse = ((mse.transform(X) - X) ** 2).sum(axis=0)
+    err_mm = ((mm.transform(X) - X) ** 2).sum(axis=0)
+    if per_feature:
+        assert np.all(err_mse <= err_mm * (1 + 1e-9))
+    else:
+        assert err_mse.sum() <= err_mm.sum() * (1 + 1e-9)
+    assert np.all(mse.data_max_ <= mm.data_max_ + 1e-12)

@@ -608,3 +608,28 @@ def test_quantized_mlp_per_feature_grid_is_announced(digits_mlp):
             UniformQuantizer(n_bits=4),
             activations=ActivationQuantizer(8, granularity="per_feature"),
         ).fit(X[:300])
+
+
+def test_runtime_per_layer(tmp_path):
+    net = cnn()
+    X = torch.randn(16, 3, 8, 8)
+    acts = ActivationQuantizer(8)
+    runtime = {"*": "auto", "0": "packed", "6": "float"}
+    with pytest.warns(
+        RuntimeFallbackWarning, match="runtime='packed' runs weight-only"
+    ):
+        qnet = quantize_model(
+            net, UniformQuantizer(4), X, activations=acts, runtime=runtime
+        )
+    assert [qnet[i].runtime for i in (0, 2, 4, 6)] == [
+        "packed",
+        "int8",
+        "int8",
+        "float",
+    ]
+    assert qnet[0]._int8 is None and qnet[2]._int8 is not None
+    save_model(qnet, tmp_path / "m.skq")
+    back = load_into(cnn(), tmp_path / "m.skq", runtime={"2": "float"})
+    assert [back[i].runtime for i in (0, 2)] == ["int8", "float"]
+    with pytest.raises(ValueError, match="a dict from layer name"):
+        quantize_model(net, UniformQuantizer(4), runtime={"0": "fast"})

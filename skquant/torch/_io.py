@@ -12,6 +12,7 @@ from ._qlayers import (
     QuantLinear,
     QuantMixin,
     quantized_module,
+    runtime_of,
 )
 
 
@@ -122,7 +123,7 @@ def load_into(model, path, *, runtime="auto"):
         A model of the saved architecture (e.g. ``Net()``, float weights).
     path : str or path-like
         A file written by :func:`save_model`.
-    runtime : {"auto", "packed", "int8", "float"}, default="auto"
+    runtime : {"auto", "packed", "int8", "float"} or dict, default="auto"
         What the quantized layers hold and how they compute, as in
         :func:`quantize_model`.
 
@@ -174,7 +175,9 @@ def load_into(model, path, *, runtime="auto"):
                 f"shape {info.get('shape')} in the file and "
                 f"{list(module.weight.shape)} in the model."
             )
-        new = quantized_module(module, tensors[name or "<root>"], runtime)
+        new = quantized_module(
+            module, tensors[name or "<root>"], runtime_of(runtime, name)
+        )
         act = info.get("activations")
         if act is not None:
             act = dict(act)

@@ -19,6 +19,7 @@ from ._qlayers import (
     QuantMixin,
     check_runtime,
     quantized_module,
+    runtime_of,
 )
 from ._state import kept_state
 
@@ -96,12 +97,13 @@ def quantize_model(
         :class:`~skquant.ActivationQuantizer`: static grids, one per layer, fitted
         on ``calibration_data`` at each quantized layer's input as the quantized
         prefix (weights and activations) produces it.
-    runtime : {"auto", "packed", "int8", "float"}, default="auto"
+    runtime : {"auto", "packed", "int8", "float"} or dict, default="auto"
         What the quantized layers hold and how they compute (see
         :mod:`skquant.torch._qlayers`): ``"packed"`` bit-packed codes (at most 4
         bits), ``"int8"`` one byte per code (integer GEMM with quantized
         activations), ``"float"`` codes dequantized in every forward. ``"auto"``
-        takes the smallest form the kernels run.
+        takes the smallest form the kernels run. A dict maps layer names to
+        runtimes (``"*"``: the layers not named; ``"auto"`` without it).
 
     Returns
     -------
@@ -170,7 +172,7 @@ def quantize_model(
         }
     )
     for name, tensor in replace.items():
-        new = quantized_module(qlayers[name], tensor, runtime)
+        new = quantized_module(qlayers[name], tensor, runtime_of(runtime, name))
         if name == "":  # the model is itself one layer
             qmodel = new
             continue

@@ -73,11 +73,22 @@ def announce(key, message):
 
 
 def check_runtime(runtime):
-    """Raise unless ``runtime`` is one of :data:`RUNTIMES`."""
-    if runtime not in RUNTIMES:
-        raise ValueError(
-            f"runtime must be one of {RUNTIMES}, got runtime={runtime!r} instead."
-        )
+    """Raise unless ``runtime`` is one of :data:`RUNTIMES`, or a dict of them."""
+    values = runtime.values() if isinstance(runtime, dict) else [runtime]
+    for value in values:
+        if not isinstance(value, str) or value not in RUNTIMES:
+            raise ValueError(
+                f"runtime must be one of {RUNTIMES} or a dict from layer name to one "
+                f"of them, got runtime={runtime!r} instead."
+            )
+    return runtime
+
+
+def runtime_of(runtime, name):
+    """The runtime of layer ``name``: ``runtime`` itself, or its dict's entry
+    (the key ``"*"`` for layers not named, ``"auto"`` without it)."""
+    if isinstance(runtime, dict):
+        return runtime.get(name, runtime.get("*", "auto"))
     return runtime
 
 
@@ -779,6 +790,7 @@ class QuantConvMixin(QuantMixin):
         one_d = x.dim() == 3
         if one_d:  # a Conv1d is a Conv2d of height 1
             x = x.unsqueeze(2)
+
         def pair(v, unit):
             return (unit, v[0]) if one_d else tuple(v)
 
@@ -827,7 +839,10 @@ _QUANT_CLASSES = (
 
 
 def quantized_module(module, tensor, runtime="auto"):
-    """The quantized twin of a Linear/Conv1d/Conv2d layer holding ``tensor``."""
+    """The quantized twin of a Linear/Conv1d/Conv2d layer holding ``tensor``.
+
+    ``runtime`` is one of :data:`RUNTIMES` (a dict is resolved by the caller).
+    """
     for float_cls, quant_cls in _QUANT_CLASSES:
         if isinstance(module, float_cls):
             return quant_cls.from_float(module, tensor, runtime)
