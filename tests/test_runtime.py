@@ -36,10 +36,10 @@ from skquant.torch import (  # noqa: E402
     quantize_model,
     save_model,
 )
+from skquant.torch._int8 import fake_dynamic  # noqa: E402
 from skquant.torch._qlayers import (  # noqa: E402
     _ANNOUNCED,
     RuntimeFallbackWarning,
-    fake_dynamic,
 )
 
 
@@ -539,19 +539,6 @@ def test_dynamic_grid_is_per_row():
     assert fake[0, 0] == 0.0 and fake[1, 1] == 0.0
 
 
-@pytest.fixture(scope="module")
-def digits_mlp():
-    from sklearn.datasets import load_digits
-    from sklearn.neural_network import MLPClassifier
-
-    X, y = load_digits(return_X_y=True)
-    X = X / 16
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mlp = MLPClassifier((48,), max_iter=150, random_state=0).fit(X[:1200], y[:1200])
-    return mlp, X, y
-
-
 @pytest.mark.parametrize(
     "activations",
     [None, "dynamic", ActivationQuantizer(8), ActivationQuantizer(4, symmetric=True)],
@@ -587,7 +574,7 @@ def test_quantized_mlp_runs_from_codes(digits_mlp, activations, tmp_path):
         if activations is None
         else (8 if activations == "dynamic" else activations.n_bits)
     )
-    assert [r["activation_bits"] for r in q.report_.rows] == [bits, bits]
+    assert [r["activation_bits"] for r in q.report_.rows] == [bits] * len(coefs)
     # held: the codes at 4 bits, not a float matrix
     assert coefs[0].nbytes < coefs[0].shape[0] * coefs[0].shape[1]
     skquant.save(q, tmp_path / "m.skq")
@@ -633,3 +620,15 @@ def test_runtime_per_layer(tmp_path):
     assert [back[i].runtime for i in (0, 2)] == ["int8", "float"]
     with pytest.raises(ValueError, match="a dict from layer name"):
         quantize_model(net, UniformQuantizer(4), runtime={"0": "fast"})
+
+
+def test_a_per_layer_bit_table_runs_each_layer_at_its_width():
+    net = mlp()
+    X = torch.randn(200, 37)
+    table = {"0": UniformQuantizer(n_bits=2), "2": UniformQuantizer(n_bits=7)}
+    qnet = quantize_model(net, table, X)
+    assert (qnet[0].runtime, qnet[0]._rt.bits) == ("packed", 2)
+    assert (qnet[2].runtime, qnet[2]._rt.bits) == ("int8", 8)
+    floated = quantize_model(net, table, X, runtime="float")
+    with torch.no_grad():
+        assert _relative(qnet(X), floated(X)) <= 1e-5

@@ -36,6 +36,7 @@ from ._io import load_into, save_model
 from ._layout import matrix_to_weight, weight_to_matrix
 from ._model import QuantConv1d, QuantConv2d, QuantLinear, quantize_model
 from ._network import TorchNetwork
+from ._qlayers import RuntimeFallbackWarning
 from ._sensitivity import measure_sensitivity
 from ._sq._baseline import train_baseline
 from ._sq._regularizer import SQRegularizer
@@ -54,6 +55,7 @@ __all__ = [
     "QuantConv1d",
     "QuantConv2d",
     "QuantLinear",
+    "RuntimeFallbackWarning",
     "capture_inputs",
     "fake_quantize_ste",
     "load_into",

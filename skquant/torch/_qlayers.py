@@ -33,11 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._tensor._alphabets import Alphabet, safe_scale
+from .._tensor._alphabets import Alphabet
 from .._tensor._bits import pack_codes
 from .._tensor._io import tensor_from
 from .._tensor._qtensor import QuantizedTensor
 from .._tensor._runtime import RuntimeWeights, runtime_bits
+from ._int8 import (
+    Int8Weights,
+    dynamic_reduce_range,
+    fake_dynamic,
+    int8_gemm_available,
+    largest_code,
+)
 from ._layout import to_numpy
 
 __all__ = [
@@ -90,128 +97,6 @@ def runtime_of(runtime, name):
     if isinstance(runtime, dict):
         return runtime.get(name, runtime.get("*", "auto"))
     return runtime
-
-
-def _int8_gemm_available():
-    return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(
-        torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
-    )
-
-
-class _Int8Linear:
-    """Weights in torch's prepacked int8 form, for ``int8 x int8`` products.
-
-    Holds the prepacked weights (one byte per weight, inside torch), one block of
-    output columns per group (a grouped convolution), and what rebuilds the
-    :class:`QuantizedTensor`; pickles as that tensor.
-    """
-
-    def __init__(self, qt, bias, groups=1):
-        self._set(qt, bias, groups)
-
-    def _set(self, qt, bias, groups):
-        codes = np.ascontiguousarray(qt.codes.T).astype(np.int64)
-        n_out = codes.shape[0]
-        zp = np.zeros(n_out)
-        if qt.zero_point is not None:
-            zp[:] = np.broadcast_to(np.asarray(qt.zero_point, np.float64), zp.shape)
-        shift = 0
-        if codes.size and (codes.max() > 127 or codes.min() < -128):
-            shift = 128  # an unsigned 8-bit grid: codes and zero points move down
-        scale = np.broadcast_to(safe_scale(qt.scale, np.float64), (n_out,)).copy()
-        per = n_out // groups
-        self.params = []
-        with warnings.catch_warnings():
-            # quantized tensors are the only door to torch's int8 GEMM on CPU
-            warnings.simplefilter("ignore")
-            for g in range(groups):
-                rows = slice(g * per, (g + 1) * per)
-                q = torch._make_per_channel_quantized_tensor(
-                    torch.from_numpy((codes[rows] - shift).astype(np.int8)),
-                    torch.from_numpy(scale[rows].copy()),
-                    torch.from_numpy((zp[rows] - shift).astype(np.int64)),
-                    0,
-                )
-                b = None if bias is None else bias[rows].contiguous()
-                self.params.append(torch.ops.quantized.linear_prepack(q, b))
-        self._meta = {
-            "alphabet": qt.alphabet,
-            "n_bits": int(qt.n_bits),
-            "qmin": int(qt.qmin),
-            "qmax": int(qt.qmax),
-            "scale": np.array(qt.scale, copy=True),
-            "zero_point": None if qt.zero_point is None else np.array(qt.zero_point),
-            "float_dtype": qt.float_dtype,
-            "codes_dtype": qt.codes.dtype,
-            "shift": shift,
-        }
-        self.nbytes = int(codes.size + 12 * n_out)
-
-    def _unpacked(self):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parts = [torch.ops.quantized.linear_unpack(p) for p in self.params]
-        codes = np.concatenate([q.int_repr().numpy() for q, _ in parts])
-        biases = [b for _, b in parts]
-        bias = None if biases[0] is None else torch.cat(biases)
-        return codes.astype(np.int64) + self._meta["shift"], bias
-
-    def tensor(self):
-        codes, _ = self._unpacked()
-        m = self._meta
-        return QuantizedTensor(
-            codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
-            scale=m["scale"],
-            n_bits=m["n_bits"],
-            qmin=m["qmin"],
-            qmax=m["qmax"],
-            alphabet=m["alphabet"],
-            zero_point=m["zero_point"],
-            float_dtype=m["float_dtype"],
-        )
-
-    def __getstate__(self):
-        return {
-            "tensor": self.tensor(),
-            "bias": self._unpacked()[1],
-            "groups": len(self.params),
-        }
-
-    def __setstate__(self, state):
-        self._set(state["tensor"], state["bias"], state.get("groups", 1))
-
-
-def largest_code(qt):
-    """Largest ``|code - zero_point|`` of ``qt`` (what the integer products see)."""
-    codes = np.asarray(qt.codes, dtype=np.int64)
-    if codes.size == 0:
-        return 0
-    if qt.zero_point is None:
-        return int(np.abs(codes).max())
-    zp = np.broadcast_to(np.asarray(qt.zero_point, np.int64), (codes.shape[1],))
-    return int(np.abs(codes - zp).max())
-
-
-def dynamic_reduce_range(largest_code):
-    """Whether dynamic int8 activations use 7 bits (codes above 64 in magnitude).
-
-    x86's ``uint8 x int8`` pair products are summed in int16: with 8-bit inputs
-    and weights above 64 in magnitude the sums could saturate, so the inputs then
-    take 7 bits, as torch's own dynamic quantization does.
-    """
-    return largest_code > 64
-
-
-def fake_dynamic(x, reduce_range):
-    """``x`` on the per-call (per-tensor) 8-bit grid of the dynamic int8 kernel."""
-    top = 127 if reduce_range else 255
-    lo = torch.clamp(x.min().detach(), max=0.0)
-    hi = torch.clamp(x.max().detach(), min=0.0)
-    scale = (hi - lo) / top
-    if float(scale) == 0.0:
-        return x
-    zp = torch.clamp(torch.round(-lo / scale), 0, top)
-    return (torch.clamp(torch.round(x / scale) + zp, 0, top) - zp) * scale
 
 
 def _torch_gemm(a, b):
@@ -302,7 +187,7 @@ class QuantMixin:
         if self.runtime == "packed":
             self._rt = RuntimeWeights(tensor)
         elif self.runtime == "int8" and gemm:
-            self._int8 = _Int8Linear(
+            self._int8 = Int8Weights(
                 tensor, self._bias_or_none(), getattr(self, "groups", 1)
             )
         elif self.runtime == "int8":
@@ -395,7 +280,7 @@ class QuantMixin:
                 False,
                 f"the integer GEMM runs float32, not {self._wdtype}" + simulated,
             )
-        if not _int8_gemm_available():
+        if not int8_gemm_available():
             return False, "this torch has no quantized int8 linear operator" + simulated
         return True, None
 
@@ -675,6 +560,14 @@ class QuantMixin:
             and not (x.requires_grad and torch.is_grad_enabled())
         )
 
+    def _runs_int8(self, x):
+        """Whether ``x`` goes through the integer GEMM (float32 CPU, no gradient)."""
+        return (
+            self._int8 is not None
+            and x.dtype == torch.float32
+            and self._kernel_input(x)
+        )
+
     def _float_weight_for(self, x):
         if self.runtime != "float" and not (
             x.requires_grad and torch.is_grad_enabled()
@@ -711,11 +604,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         return new._attach(module, tensor, runtime)
 
     def forward(self, x):
-        if (
-            self._int8 is not None
-            and x.dtype == torch.float32
-            and self._kernel_input(x)
-        ):
+        if self._runs_int8(x):
             return self._int8_forward(x)
         if self._act_mode is not None:
             x = self._fake_input(x)
@@ -766,11 +655,7 @@ class QuantConvMixin(QuantMixin):
         return new._attach(module, tensor, runtime)
 
     def forward(self, x):
-        if (
-            self._int8 is not None
-            and x.dtype == torch.float32
-            and self._kernel_input(x)
-        ):
+        if self._runs_int8(x):
             return self._int8_forward(x)
         if self._act_mode is not None:
             x = self._fake_input(x)

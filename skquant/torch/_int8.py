@@ -1,0 +1,148 @@
+"""torch's int8 GEMM for quantized layers: prepacked weights and input grids.
+
+The CPU's fastest integer product in torch is the quantized linear operator
+(fbgemm / x86): ``uint8`` inputs times ``int8`` weights, accumulated in int32,
+rescaled to float. Its weights live in a prepacked object; :class:`Int8Weights`
+holds them (one per group of a grouped convolution) and gives the
+:class:`~skquant.QuantizedTensor` back. The dynamic input grid
+(:func:`fake_dynamic`) is the one the operator computes.
+"""
+
+import warnings
+
+import numpy as np
+import torch
+
+from .._tensor._alphabets import safe_scale
+from .._tensor._qtensor import QuantizedTensor
+
+__all__ = [
+    "Int8Weights",
+    "dynamic_reduce_range",
+    "fake_dynamic",
+    "int8_gemm_available",
+    "largest_code",
+]
+
+
+def int8_gemm_available():
+    """Whether this torch has the quantized linear operators."""
+    return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(
+        torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
+    )
+
+
+class Int8Weights:
+    """Weights in torch's prepacked int8 form, for ``int8 x int8`` products.
+
+    Holds the prepacked weights (one byte per weight, inside torch), one block of
+    output columns per group (a grouped convolution), and what rebuilds the
+    :class:`QuantizedTensor`; pickles as that tensor.
+    """
+
+    def __init__(self, qt, bias, groups=1):
+        self._set(qt, bias, groups)
+
+    def _set(self, qt, bias, groups):
+        codes = np.ascontiguousarray(qt.codes.T).astype(np.int64)
+        n_out = codes.shape[0]
+        zp = np.zeros(n_out)
+        if qt.zero_point is not None:
+            zp[:] = np.broadcast_to(np.asarray(qt.zero_point, np.float64), zp.shape)
+        shift = 0
+        if codes.size and (codes.max() > 127 or codes.min() < -128):
+            shift = 128  # an unsigned 8-bit grid: codes and zero points move down
+        scale = np.broadcast_to(safe_scale(qt.scale, np.float64), (n_out,)).copy()
+        per = n_out // groups
+        self.params = []
+        with warnings.catch_warnings():
+            # quantized tensors are the only door to torch's int8 GEMM on CPU
+            warnings.simplefilter("ignore")
+            for g in range(groups):
+                rows = slice(g * per, (g + 1) * per)
+                q = torch._make_per_channel_quantized_tensor(
+                    torch.from_numpy((codes[rows] - shift).astype(np.int8)),
+                    torch.from_numpy(scale[rows].copy()),
+                    torch.from_numpy((zp[rows] - shift).astype(np.int64)),
+                    0,
+                )
+                b = None if bias is None else bias[rows].contiguous()
+                self.params.append(torch.ops.quantized.linear_prepack(q, b))
+        self._meta = {
+            "alphabet": qt.alphabet,
+            "n_bits": int(qt.n_bits),
+            "qmin": int(qt.qmin),
+            "qmax": int(qt.qmax),
+            "scale": np.array(qt.scale, copy=True),
+            "zero_point": None if qt.zero_point is None else np.array(qt.zero_point),
+            "float_dtype": qt.float_dtype,
+            "codes_dtype": qt.codes.dtype,
+            "shift": shift,
+        }
+        self.nbytes = int(codes.size + 12 * n_out)
+
+    def _unpacked(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parts = [torch.ops.quantized.linear_unpack(p) for p in self.params]
+        codes = np.concatenate([q.int_repr().numpy() for q, _ in parts])
+        biases = [b for _, b in parts]
+        bias = None if biases[0] is None else torch.cat(biases)
+        return codes.astype(np.int64) + self._meta["shift"], bias
+
+    def tensor(self):
+        codes, _ = self._unpacked()
+        m = self._meta
+        return QuantizedTensor(
+            codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
+            scale=m["scale"],
+            n_bits=m["n_bits"],
+            qmin=m["qmin"],
+            qmax=m["qmax"],
+            alphabet=m["alphabet"],
+            zero_point=m["zero_point"],
+            float_dtype=m["float_dtype"],
+        )
+
+    def __getstate__(self):
+        return {
+            "tensor": self.tensor(),
+            "bias": self._unpacked()[1],
+            "groups": len(self.params),
+        }
+
+    def __setstate__(self, state):
+        self._set(state["tensor"], state["bias"], state.get("groups", 1))
+
+
+def largest_code(qt):
+    """Largest ``|code - zero_point|`` of ``qt`` (what the integer products see)."""
+    codes = np.asarray(qt.codes, dtype=np.int64)
+    if codes.size == 0:
+        return 0
+    if qt.zero_point is None:
+        return int(np.abs(codes).max())
+    zp = np.broadcast_to(np.asarray(qt.zero_point, np.int64), (codes.shape[1],))
+    return int(np.abs(codes - zp).max())
+
+
+def dynamic_reduce_range(largest_code):
+    """Whether dynamic int8 activations use 7 bits (codes above 64 in magnitude).
+
+    x86's ``uint8 x int8`` pair products are summed in int16: with 8-bit inputs
+    and weights above 64 in magnitude the sums could saturate, so the inputs then
+    take 7 bits, as torch's own dynamic quantization does.
+    """
+    return largest_code > 64
+
+
+def fake_dynamic(x, reduce_range):
+    """``x`` on the per-call (per-tensor) 8-bit grid of the dynamic int8 kernel."""
+    top = 127 if reduce_range else 255
+    lo = torch.clamp(x.min().detach(), max=0.0)
+    hi = torch.clamp(x.max().detach(), min=0.0)
+    scale = (hi - lo) / top
+    if float(scale) == 0.0:
+        return x
+    zp = torch.clamp(torch.round(-lo / scale), 0, top)
+    return (torch.clamp(torch.round(x / scale) + zp, 0, top) - zp) * scale
