@@ -632,3 +632,10 @@ def test_a_per_layer_bit_table_runs_each_layer_at_its_width():
     floated = quantize_model(net, table, X, runtime="float")
     with torch.no_grad():
         assert _relative(qnet(X), floated(X)) <= 1e-5
+
+
+def test_repr_says_bits_runtime_and_activations():
+    qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
+    assert "n_bits=4, runtime='packed'" in repr(qnet[0])
+    qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4), activations="dynamic")
+    assert "runtime='int8', activation_bits=8" in repr(qnet[2])

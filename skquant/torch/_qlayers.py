@@ -511,6 +511,14 @@ class QuantMixin:
         # the runtime depends on the activations: hold the codes again
         self._hold(self.quantized_tensor())
 
+    def extra_repr(self):
+        """torch's description, plus the bits, runtime and activation bits."""
+        act = self.activation_bits
+        return (
+            f"{super().extra_repr()}, n_bits={self.n_bits}, runtime={self.runtime!r}"
+            + ("" if act is None else f", activation_bits={act}")
+        )
+
     @property
     def activation_bits(self):
         """Bits of the quantized input (``None``: float input)."""
