@@ -36,6 +36,7 @@ from ._io import load_into, save_model
 from ._layout import matrix_to_weight, weight_to_matrix
 from ._model import QuantConv1d, QuantConv2d, QuantLinear, quantize_model
 from ._network import TorchNetwork
+from ._onnx import export_onnx
 from ._qlayers import RuntimeFallbackWarning
 from ._sensitivity import measure_sensitivity
 from ._sq._baseline import train_baseline
@@ -57,6 +58,7 @@ __all__ = [
     "QuantLinear",
     "RuntimeFallbackWarning",
     "capture_inputs",
+    "export_onnx",
     "fake_quantize_ste",
     "load_into",
     "matrix_to_weight",

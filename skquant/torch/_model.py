@@ -114,6 +114,11 @@ def quantize_model(
     report : QuantizationReport
         Only with ``return_report=True``.
 
+    See Also
+    --------
+    export_onnx : Write the result to an ONNX file with integer weights.
+    save_model : Write it to a skquant file.
+
     Examples
     --------
     >>> import torch
