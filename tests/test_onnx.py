@@ -140,3 +140,25 @@ def test_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     with pytest.raises(ImportError, match=r"pip install 'skquant\[onnx\]'"):
         export_onnx(qnet, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
+
+
+def test_opset_too_old_is_refused(tmp_path):
+    qnet = quantize_model(cnn(), TernaryQuantizer())
+    with pytest.raises(ValueError, match=r"opset=21 is too old .*\(INT2 needs"):
+        export_onnx(qnet, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx", opset=21)
+    report = export_onnx(qnet, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx", opset=25)
+    assert report["opset"] == 25
+
+
+def test_per_parameter_precision_exports_exact_values(tmp_path):
+    from skquant import AdaptivePrecisionQuantizer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 3))
+    X, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qnet = quantize_model(net, AdaptivePrecisionQuantizer(max_bits=6), X, targets=y)
+    report = export_onnx(qnet, X, tmp_path / "m.onnx")
+    assert set(report["layers"].values()) <= {"int4", "int8"}
+    assert report["max_rel_deviation"] <= 1e-4

@@ -34,6 +34,9 @@ _TYPES = {
 }
 
 
+_TYPES_OPSET = {name: op for name, op in _TYPES.values()}
+
+
 def _require():
     try:
         import ml_dtypes  # noqa: F401
@@ -87,7 +90,7 @@ def _float_twin(layer):
     return twin.eval()
 
 
-def export_onnx(model, example_input, path, *, check=True, rtol=None):
+def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None):
     """Write a model from :func:`quantize_model` to an ONNX file with integer weights.
 
     Every quantized layer's weight is stored as its codes, in the narrowest ONNX
@@ -108,6 +111,10 @@ def export_onnx(model, example_input, path, *, check=True, rtol=None):
         dynamic); the export traces the model on it and checks the file on it.
     path : str or path-like
         The ``.onnx`` file to write.
+    opset : int, default=None
+        The ONNX opset of the file; ``None`` takes the lowest that every layer's
+        integer type needs (21 for INT4 and INT16, 25 for INT2) and at least the
+        exporter's. An opset too old for a layer's type is refused with the reason.
     check : bool, default=True
         Check the file with ``onnx.checker`` and run it in ONNX Runtime (graph
         optimisations off) on ``example_input`` against the torch model.
@@ -188,19 +195,26 @@ def export_onnx(model, example_input, path, *, check=True, rtol=None):
         # the exporter's own deprecation notices are not the caller's business
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            stand, (x,), dynamo=True, dynamic_shapes=shapes, verbose=False
+            stand,
+            (x,),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            verbose=False,
+            opset_version=opset,
         )
     proto = program.model_proto
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
-    opset = max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx"))
+    version = max(
+        op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")
+    )
     layers = {}
     new_nodes = []
     for name, layer in entries.items():
         qt = layer.quantized_tensor()
         codes = np.ascontiguousarray(qt.codes.T).reshape(layer._wshape)
         kind, need = onnx_type(codes)
-        opset = max(opset, need)
+        version = max(version, need)
         layers[name] = kind
         key = _find_weight(f"{name}.weight", layer, inits, numpy_helper)
         axis = 0
@@ -233,14 +247,25 @@ def export_onnx(model, example_input, path, *, check=True, rtol=None):
         )
         if layer._act_mode == "static":
             _quantize_input(graph, key, name, layer, helper, numpy_helper)
+    if opset is not None:
+        need = max((_TYPES_OPSET[k] for k in layers.values()), default=0)
+        if opset < need:
+            worst = [n for n, k in layers.items() if _TYPES_OPSET[k] == need]
+            raise ValueError(
+                f"opset={opset} is too old for the integer types of layers {worst} "
+                f"({layers[worst[0]].upper()} needs DequantizeLinear of opset {need}); "
+                f"pass opset>={need}, or None."
+            )
     for node in reversed(new_nodes):
         graph.node.insert(0, node)
     for op in proto.opset_import:
         if op.domain in ("", "ai.onnx"):
-            op.version = opset
-    proto.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+            op.version = version
+    proto.ir_version = helper.find_min_ir_version_for(
+        [helper.make_opsetid("", version)]
+    )
     onnx.save(proto, str(path))
-    report = {"opset": opset, "layers": layers}
+    report = {"opset": version, "layers": layers}
     report["file_bytes"] = int(len(proto.SerializeToString()))
     if check:
         onnx.checker.check_model(str(path), full_check=True)
