@@ -162,3 +162,24 @@ def test_per_parameter_precision_exports_exact_values(tmp_path):
     report = export_onnx(qnet, X, tmp_path / "m.onnx")
     assert set(report["layers"].values()) <= {"int4", "int8"}
     assert report["max_rel_deviation"] <= 1e-4
+
+
+def test_batchnorm_after_a_quantized_conv_is_kept(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    )
+    with torch.no_grad():
+        net[1].running_mean.uniform_()
+        net[1].running_var.uniform_(0.5, 2)
+        net[1].weight.uniform_(0.5, 2)
+    net.eval()
+    qnet = quantize_model(net, UniformQuantizer(n_bits=8))
+    report = export_onnx(qnet, torch.randn(8, 1, 8, 8), tmp_path / "m.onnx")
+    assert report["max_rel_deviation"] <= 1e-4
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert "BatchNormalization" in ops

@@ -201,6 +201,9 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
             dynamic_shapes=shapes,
             verbose=False,
             opset_version=opset,
+            # the exporter's optimiser folds BatchNorm into the weights before it:
+            # the weights in the graph must stay the layers' own
+            optimize=False,
         )
     proto = program.model_proto
     graph = proto.graph
