@@ -261,6 +261,12 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
             )
     for node in reversed(new_nodes):
         graph.node.insert(0, node)
+    # the exporter's notes (source locations, module paths) and intermediate
+    # shapes: not needed to run, and tens of kB on a small network
+    for node in graph.node:
+        node.ClearField("metadata_props")
+        node.doc_string = ""
+    graph.ClearField("value_info")
     for op in proto.opset_import:
         if op.domain in ("", "ai.onnx"):
             op.version = version
