@@ -205,6 +205,34 @@ def targets(rows):
     return lines
 
 
+def print_rst(rows):
+    """File sizes and accuracies as a reST table per network."""
+    for net in dict.fromkeys(r["net"] for r in rows):
+        cols = ["variant", "type", "file B", "counted B", "ORT acc", "skquant acc"]
+        lines = []
+        for r in rows:
+            if r["net"] != net:
+                continue
+            lines.append(
+                [
+                    r["variant"],
+                    ",".join(r["types"]) or "float",
+                    f"{r['file_bytes']:,}",
+                    "-" if r["counted_bytes"] is None else f"{r['counted_bytes']:,}",
+                    f"{100 * r['onnx_acc']:.2f}%" if "onnx_acc" in r else "-",
+                    f"{100 * r['skquant_acc']:.2f}%" if "skquant_acc" in r else "-",
+                ]
+            )
+        widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
+        rule = "  ".join("=" * w for w in widths)
+        print(f"\n{net}:\n\n{rule}")
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        print(rule)
+        for x in lines:
+            print("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip())
+        print(rule)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -215,7 +243,13 @@ def main():
     )
     p.add_argument("--variants", nargs="+", default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--rst", action="store_true", help="print --json's rows as reST, run nothing"
+    )
     args = p.parse_args()
+    if args.rst:
+        print_rst(json.loads(args.json.read_text()))
+        return
     print(
         f"{'net':<7}{'variant':<15}{'types':<11}{'file B':>12}{'counted B':>12}"
         f"{'ort b1':>9}{'own b1':>9}{'ort b256':>9}{'own b256':>9}"
