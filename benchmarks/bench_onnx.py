@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_runtime import load_net  # noqa: E402
+from bench_runtime import latencies, load_net  # noqa: E402
 
 from skquant import (  # noqa: E402
     ActivationQuantizer,
@@ -87,26 +86,6 @@ def counted_bytes(qnet, report):
     return total
 
 
-def latency(fns, x1, x256, rounds=7, inner=10):
-    t1 = {k: [] for k in fns}
-    t256 = {k: [] for k in fns}
-    for f in fns.values():
-        f(x1)
-        f(x256)
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                f(x1)
-            t1[k].append((time.perf_counter() - t) / inner)
-            t = time.perf_counter()
-            f(x256)
-            t256[k].append(time.perf_counter() - t)
-    return {k: 1e3 * float(np.median(v)) for k, v in t1.items()}, {
-        k: 1e3 * float(np.median(v)) for k, v in t256.items()
-    }
-
-
 def run_net(net, names, tmp):
     torch.set_num_threads(2)
     model, calib, Xte, yte = load_net(net)
@@ -141,7 +120,10 @@ def run_net(net, names, tmp):
                     return qnet(x).numpy()
 
             fns["skquant"] = own
-        t1, t256 = latency(fns, x1, x256)
+        t1, t256 = (
+            {k: 1e3 * v for k, v in t.items()}
+            for t in latencies(fns, x1, x256, rounds=7)
+        )
         row = {
             "net": net,
             "variant": name,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._qlayers import QuantMixin
+from ._qlayers import QuantMixin, conv_args, conv_kwargs
 
 __all__ = ["export_onnx"]
 
@@ -72,17 +72,7 @@ def _float_twin(layer):
         twin = nn.Linear(layer.in_features, layer.out_features, bias=bias)
     else:
         cls = nn.Conv1d if isinstance(layer, nn.Conv1d) else nn.Conv2d
-        twin = cls(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=bias,
-            padding_mode=layer.padding_mode,
-        )
+        twin = cls(*conv_args(layer), **conv_kwargs(layer))
     with torch.no_grad():
         twin.weight.copy_(layer.weight.detach().float().cpu())
         if bias:

@@ -640,6 +640,23 @@ class QuantLinear(QuantMixin, nn.Linear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
+def conv_args(module):
+    """The positional arguments that rebuild a convolution like ``module``."""
+    return module.in_channels, module.out_channels, module.kernel_size
+
+
+def conv_kwargs(module):
+    """The keyword arguments (but device and dtype) that rebuild ``module``."""
+    return {
+        "stride": module.stride,
+        "padding": module.padding,
+        "dilation": module.dilation,
+        "groups": module.groups,
+        "bias": module.bias is not None,
+        "padding_mode": module.padding_mode,
+    }
+
+
 class QuantConvMixin(QuantMixin):
     def _weight_shape(self):
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
@@ -648,17 +665,10 @@ class QuantConvMixin(QuantMixin):
     def from_float(cls, module, tensor, runtime="auto"):
         """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
         new = cls(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=module.groups,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
+            *conv_args(module),
             device=module.weight.device,
             dtype=module.weight.dtype,
+            **conv_kwargs(module),
         )
         return new._attach(module, tensor, runtime)
 
