@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
+import skquant.torch._onnx as export_module
+
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -127,9 +129,19 @@ def test_clear_errors(tmp_path, monkeypatch):
         export_onnx(net, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         export_onnx("net", torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
-    qnet = quantize_model(net, UniformQuantizer(n_bits=8), activations="dynamic")
-    with pytest.raises(ValueError, match="dynamic activation grids"):
-        export_onnx(qnet, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
+    qnet = quantize_model(net, UniformQuantizer(n_bits=8))
+    with pytest.raises(ValueError, match="matmul_nbits must be None, 'float' or"):
+        export_onnx(qnet, torch.randn(2, 1, 8, 8), "m.onnx", matmul_nbits="int4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant features; simulated inputs
+        per_feature = quantize_model(
+            net,
+            UniformQuantizer(n_bits=8),
+            torch.randn(32, 1, 8, 8),
+            activations=ActivationQuantizer(8, granularity="per_feature"),
+        )
+    with pytest.raises(ValueError, match=r"layers \['2', '5'\] have per-feature"):
+        export_onnx(per_feature, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
     real_import = builtins.__import__
 
     def no_onnx(name, *args, **kwargs):
@@ -183,3 +195,195 @@ def test_batchnorm_after_a_quantized_conv_is_kept(tmp_path):
     assert report["max_rel_deviation"] <= 1e-4
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     assert "BatchNormalization" in ops
+
+
+def mlp(n_in=40):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(n_in, 30), nn.ReLU(), nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5)
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    "quantizer, op",
+    # 4-bit weights: 8-bit inputs (DynamicQuantizeLinear); 8-bit weights with codes
+    # above 64: 7-bit inputs, from the input's range, as the torch runtime does
+    [
+        (UniformQuantizer(n_bits=4), "DynamicQuantizeLinear"),
+        (UniformQuantizer(n_bits=8), "ReduceMin"),
+    ],
+)
+@pytest.mark.parametrize("make, shape", [(cnn, (16, 1, 8, 8)), (mlp, (6, 3, 40))])
+def test_dynamic_activation_grids_are_computed_in_the_graph(
+    tmp_path, quantizer, op, make, shape
+):
+    qnet = quantize_model(make(), quantizer, activations="dynamic")
+    report = export_onnx(qnet, torch.randn(*shape), tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count(op) == 3
+    assert report["max_rel_deviation"] <= 1e-2
+    # the grid is per call: another batch, another grid, the same as the model's
+    x = 3 * torch.randn(5, *shape[1:])
+    with torch.no_grad():
+        want = qnet(x).numpy()
+        simulated = [m._fake_input(x) for m in [qnet[0]]][0]
+    got = run(tmp_path / "m.onnx", x)
+    assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()
+    # the first layer's input grid has 2**8 - 1 or 2**7 - 1 steps over the range
+    levels = len(np.unique(simulated.numpy()))
+    assert levels <= (256 if op == "DynamicQuantizeLinear" else 128)
+
+
+def affine_mlp(n_in):
+    """An MLP whose layers have affine grids: unsigned codes, per-output zero points."""
+    from skquant import QuantizedTensor
+    from skquant.torch import QuantLinear
+
+    rng = np.random.default_rng(0)
+    net = mlp(n_in)
+    for i in (0, 2, 4):
+        n_out, n_in_i = net[i].weight.shape
+        qt = QuantizedTensor(
+            codes=rng.integers(0, 16, (n_in_i, n_out)).astype(np.uint8),
+            scale=rng.uniform(0.01, 0.1, n_out).astype(np.float32),
+            n_bits=4,
+            qmin=0,
+            qmax=15,
+            alphabet="affine",
+            zero_point=rng.integers(0, 16, n_out).astype(np.uint8),
+        )
+        net[i] = QuantLinear.from_float(net[i], qt)
+    return net
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        UniformQuantizer(n_bits=8),
+        UniformQuantizer(n_bits=4),
+        GPTQQuantizer(n_bits=3),
+        TernaryQuantizer(),
+        BinaryQuantizer(),
+        "affine",  # unsigned codes, zero points
+    ],
+)
+@pytest.mark.parametrize("n_in", [40, 300])  # one block of 64; 3 blocks of 128
+def test_matmul_nbits_runs_the_same_products(tmp_path, quantizer, n_in):
+    X = torch.randn(64, n_in)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if quantizer == "affine":
+            qnet = affine_mlp(n_in)
+        else:
+            qnet = quantize_model(mlp(n_in), quantizer, X)
+    report = export_onnx(qnet, X, tmp_path / "m.onnx", matmul_nbits="float")
+    assert set(report["nodes"].values()) == {"MatMulNBits"}
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert {n.op_type for n in graph.node} == {"MatMulNBits", "Add", "Relu"}
+    assert not [
+        i
+        for i in graph.initializer
+        if i.data_type == onnx.TensorProto.FLOAT and i.name.endswith("weight")
+    ]
+    assert report["max_rel_deviation"] <= 1e-5
+    x = torch.randn(4, 7, n_in)  # 3-D inputs: Transpose -> MatMul in the graph
+    report = export_onnx(qnet, x, tmp_path / "m3.onnx", matmul_nbits="float")
+    graph = onnx.load(str(tmp_path / "m3.onnx")).graph
+    assert {n.op_type for n in graph.node} == {"MatMulNBits", "Add", "Relu"}
+    assert report["max_rel_deviation"] <= 1e-5
+    # integer products: the inputs on 8-bit grids, a deviation of about 1e-2
+    report = export_onnx(qnet, X, tmp_path / "m8.onnx", matmul_nbits="int8")
+    assert 1e-6 < report["max_rel_deviation"] <= 3e-2
+
+
+def test_matmul_nbits_leaves_convolutions_and_wide_codes_to_dequantize(tmp_path):
+    from skquant import AdaptivePrecisionQuantizer
+
+    X = torch.randn(32, 1, 8, 8)
+    qnet = quantize_model(cnn(), UniformQuantizer(n_bits=4), X)
+    report = export_onnx(qnet, X, tmp_path / "m.onnx", matmul_nbits="float")
+    assert report["nodes"] == {
+        "0": "DequantizeLinear",
+        "2": "DequantizeLinear",
+        "5": "MatMulNBits",
+    }
+    net = nn.Sequential(nn.Linear(20, 12), nn.ReLU(), nn.Linear(12, 3))
+    X, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qnet = quantize_model(
+            net, AdaptivePrecisionQuantizer(max_bits=12), X, targets=y
+        )
+    report = export_onnx(qnet, X, tmp_path / "m.onnx", matmul_nbits="float")
+    for name, kind in report["layers"].items():
+        want = "MatMulNBits" if kind[-1] in "248" else "DequantizeLinear"
+        assert report["nodes"][name] == want
+
+
+def test_a_deviation_names_the_first_layer_that_differs(tmp_path, monkeypatch):
+    twin = export_module._float_twin
+
+    def off_bias(layer):  # the graph's layer '2' gets another bias
+        out = twin(layer)
+        if out.out_features == 20:
+            with torch.no_grad():
+                out.bias += 1.0
+        return out
+
+    monkeypatch.setattr(export_module, "_float_twin", off_bias)
+    qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
+    with pytest.raises(
+        ValueError,
+        match=r"first quantized layer whose output differs is '2' \(the input of '4'",
+    ):
+        export_onnx(qnet, torch.randn(8, 40), tmp_path / "m.onnx")
+
+    # the last layer: what follows the last quantized input
+    def off_last(layer):
+        out = twin(layer)
+        if out.out_features == 5:
+            with torch.no_grad():
+                out.bias += 1.0
+        return out
+
+    monkeypatch.setattr(export_module, "_float_twin", off_last)
+    with pytest.raises(ValueError, match=r"the last one, '4', or what follows"):
+        export_onnx(qnet, torch.randn(8, 40), tmp_path / "m.onnx")
+
+
+def test_optimised_sessions_that_deviate_are_warned_about(tmp_path, monkeypatch):
+    session = export_module._session
+
+    class Off:
+        def __init__(self, s):
+            self.s = s
+
+        def run(self, names, feed):
+            return [y + 1.0 for y in self.s.run(names, feed)]
+
+    def fused(ort_, data, optimise):
+        s = session(ort_, data, optimise)
+        return Off(s) if optimise else s
+
+    monkeypatch.setattr(export_module, "_session", fused)
+    qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
+    with pytest.warns(UserWarning, match="session.disable_quant_qdq"):
+        report = export_onnx(qnet, torch.randn(8, 40), tmp_path / "m.onnx")
+    assert report["optimized_max_rel_deviation"] > 1e-2
+    assert report["max_rel_deviation"] <= 1e-4
+
+
+def test_ternary_convolutions_with_static_inputs_load_in_optimised_sessions(tmp_path):
+    X = torch.randn(64, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qnet = quantize_model(
+            cnn(), TernaryQuantizer(), X, activations=ActivationQuantizer(8)
+        )
+        report = export_onnx(qnet, X, tmp_path / "m.onnx")
+    # ONNX Runtime fuses the convolutions into QLinearConv, which takes no INT2
+    assert report["layers"] == {"0": "int4", "2": "int4", "5": "int2"}
+    got = run(tmp_path / "m.onnx", X, optimise=True)
+    with torch.no_grad():
+        want = qnet(X).numpy()
+    assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()

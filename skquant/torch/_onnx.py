@@ -6,8 +6,11 @@ codes, stored as the narrowest ONNX integer type that holds them (INT2, INT4, IN
 INT16; UINT types for affine grids), followed by a ``DequantizeLinear`` with the
 per-channel scales. Layers with static activation grids get a
 ``QuantizeLinear -> DequantizeLinear`` pair on their input (with a ``Clip`` first for
-grids narrower than 8 bits). The file is then checked: ``onnx.checker`` and ONNX
-Runtime on the example input against the torch model.
+grids narrower than 8 bits); dynamic grids are computed in the graph
+(``DynamicQuantizeLinear``, or its 7-bit form from reductions). Linear layers may
+instead run ONNX Runtime's ``MatMulNBits`` (``matmul_nbits=``). The file is then
+checked: ``onnx.checker`` and ONNX Runtime on the example input against the torch
+model; a deviation names the first layer that differs.
 """
 
 import copy
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._int8 import dynamic_reduce_range
 from ._qlayers import QuantMixin, conv_args, conv_kwargs
 
 __all__ = ["export_onnx"]
@@ -35,6 +39,13 @@ _TYPES = {
 
 
 _TYPES_OPSET = {name: op for name, op in _TYPES.values()}
+
+#: ``matmul_nbits`` values and the accuracy level of ONNX Runtime's MatMulNBits
+#: (0: float32 products; 4: the inputs on an 8-bit grid per block, integer products)
+_NBITS_LEVELS = {"float": 0, "int8": 4}
+
+#: columns per scale block of MatMulNBits (its CPU kernels' sweet spot)
+_NBITS_BLOCK = 128
 
 
 def _require():
@@ -80,7 +91,16 @@ def _float_twin(layer):
     return twin.eval()
 
 
-def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None):
+def export_onnx(
+    model,
+    example_input,
+    path,
+    *,
+    opset=None,
+    check=True,
+    rtol=None,
+    matmul_nbits=None,
+):
     """Write a model from :func:`quantize_model` to an ONNX file with integer weights.
 
     Every quantized layer's weight is stored as its codes, in the narrowest ONNX
@@ -89,8 +109,11 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
     with its per-channel float32 scales, and dequantized by a ``DequantizeLinear``.
     ONNX has no 1-, 3- or 5- to 7-bit types: such grids take the next type's bits.
     Static activation grids become ``QuantizeLinear``/``DequantizeLinear`` pairs on the
-    layers' inputs. Layers left float and every other module are exported as
-    ``torch.onnx.export`` writes them. The batch dimension is dynamic.
+    layers' inputs; dynamic ones a ``DynamicQuantizeLinear`` (8 bits) or the same
+    grid computed from ``ReduceMin``/``ReduceMax`` (7 bits, for weights whose codes
+    exceed 64 in magnitude, as the torch runtime does). Layers left float and every
+    other module are exported as ``torch.onnx.export`` writes them. The batch
+    dimension is dynamic.
 
     Parameters
     ----------
@@ -107,26 +130,41 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
         exporter's. An opset too old for a layer's type is refused with the reason.
     check : bool, default=True
         Check the file with ``onnx.checker`` and run it in ONNX Runtime (graph
-        optimisations off) on ``example_input`` against the torch model.
+        optimisations off) on ``example_input`` against the torch model; a
+        deviation above ``rtol`` raises, naming the first quantized layer whose
+        output differs. The run with ONNX Runtime's default optimisations (which
+        fuse some patterns into integer kernels) is reported, and warned about
+        when it deviates beyond ``rtol``.
     rtol : float, default=None
         Largest deviation of ONNX Runtime's output from the torch model's, relative
         to the largest output; ``None``: 1e-4 for weight-only models, 1e-2 with
-        quantized activations (a value at a rounding tie can fall on either side).
+        quantized activations (a value at a rounding tie can fall on either side)
+        and 3e-2 with ``matmul_nbits="int8"``.
+    matmul_nbits : {None, "float", "int8"}, default=None
+        Write Linear layers whose codes fit 2, 4 or 8 bits as ONNX Runtime's
+        ``MatMulNBits`` (domain ``com.microsoft``; the file then runs in ONNX
+        Runtime only): ``"float"`` multiplies in float32 (accuracy level 0),
+        ``"int8"`` puts the inputs on an 8-bit grid per block of 128 and multiplies
+        in integers (accuracy level 4; faster at small batches, about 1e-2 off).
+        The codes are packed in the operator's unsigned layout with one scale per
+        block of 128 columns (the channel's scale, repeated). ``None`` writes
+        ``DequantizeLinear`` for every layer.
 
     Returns
     -------
     report : dict
-        ``opset``, ``file_bytes`` and, per quantized layer, the ONNX type of its
-        codes (``layers``); with ``check``, ``max_rel_deviation``.
+        ``opset``, ``file_bytes``, per quantized layer the ONNX type of its codes
+        (``layers``) and the node that uses them (``nodes``: ``DequantizeLinear``
+        or ``MatMulNBits``); with ``check``, ``max_rel_deviation`` and
+        ``optimized_max_rel_deviation`` (ONNX Runtime's default optimisations).
 
     Raises
     ------
     ImportError
         Without onnx, onnxruntime and onnxscript (``pip install 'skquant[onnx]'``).
     ValueError
-        For a model without quantized layers, layers with dynamic activation grids
-        (not exported yet), or a file that ONNX Runtime runs differently from the
-        model.
+        For a model without quantized layers, an opset too old for a layer's
+        integer type, or a file that ONNX Runtime runs differently from the model.
 
     Examples
     --------
@@ -150,6 +188,10 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
         )
+    if matmul_nbits is not None and matmul_nbits not in _NBITS_LEVELS:
+        raise ValueError(
+            f"matmul_nbits must be None, 'float' or 'int8', got {matmul_nbits!r}."
+        )
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantMixin)}
     if not quantized:
         raise ValueError(
@@ -162,22 +204,22 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
             "the model is itself one quantized layer: wrap it, e.g. "
             "torch.nn.Sequential(layer), to export it."
         )
-    dynamic = [n for n, m in quantized.items() if m._act_mode == "dynamic"]
-    if dynamic:
+    per_feature = [
+        n
+        for n, m in quantized.items()
+        if m._act_mode == "static" and m._act_meta["per_channel"]
+    ]
+    if per_feature:
         raise ValueError(
-            f"layers {dynamic} quantize their inputs dynamically: export_onnx does "
-            "not export dynamic activation grids yet (static ones, from an "
-            "ActivationQuantizer, it does)."
+            f"layers {per_feature} have per-feature input grids: export_onnx writes "
+            "one input scale per layer (ActivationQuantizer(granularity='per_tensor'))."
         )
     x = torch.as_tensor(example_input)
     stand = copy.deepcopy(model).eval()
     mods = dict(stand.named_modules())
-    entries = {}
-    for name, layer in quantized.items():
+    for name in quantized:
         parent, _, attr = name.rpartition(".")
-        twin = _float_twin(mods[name])
-        setattr(mods[parent] if parent else stand, attr, twin)
-        entries[name] = layer
+        setattr(mods[parent] if parent else stand, attr, _float_twin(mods[name]))
     shapes = None
     if x.dim() > 0 and x.shape[0] > 1:
         shapes = ({0: torch.export.Dim("batch")},)
@@ -201,25 +243,51 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
     version = max(
         op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")
     )
-    layers = {}
+    layers, nodes, probes = {}, {}, {}
     new_nodes = []
-    for name, layer in entries.items():
+    for name, layer in quantized.items():
         qt = layer.quantized_tensor()
         codes = np.ascontiguousarray(qt.codes.T).reshape(layer._wshape)
         kind, need = onnx_type(codes)
-        version = max(version, need)
+        if kind.endswith("int2") and layer._act_mode == "static" and codes.ndim > 2:
+            # ONNX Runtime's optimiser fuses the static pattern of a convolution
+            # into QLinearConv, which rejects INT2 weights: the next type
+            kind, need = _TYPES[kind == "int2", 4]
         layers[name] = kind
-        key = _find_weight(f"{name}.weight", layer, inits, numpy_helper)
-        axis = 0
-        if key is None:
+        found = _find_weight(f"{name}.weight", layer, inits, numpy_helper)
+        if found is None:
             raise ValueError(
                 f"layer {name!r}: its weight is not an initializer of the exported "
                 "graph; it cannot be stored as integers."
             )
-        key, transposed = key
+        key, transposed = found
+        site = _consumer(graph, key)
+        probes[name] = site[1].input[0]
+        if layer._act_mode is not None:
+            _quantize_input(graph, key, layer, helper, numpy_helper)
+        graph.initializer.remove(inits.pop(key))
+        if (
+            matmul_nbits is not None
+            and isinstance(layer, nn.Linear)
+            and kind[-1] in "248"
+            and _matmul_nbits(
+                graph,
+                key,
+                codes,
+                qt,
+                kind,
+                _NBITS_LEVELS[matmul_nbits],
+                helper,
+                numpy_helper,
+            )
+        ):
+            nodes[name] = "MatMulNBits"
+            continue
+        nodes[name] = "DequantizeLinear"
+        version = max(version, need)
+        axis = 0
         if transposed:
             codes, axis = np.ascontiguousarray(codes.T), 1
-        graph.initializer.remove(inits.pop(key))
         typed = codes.astype(getattr(ml_dtypes, kind) if kind[-1] in "24" else kind)
         graph.initializer.append(numpy_helper.from_array(typed, f"{key}_q"))
         scale = np.asarray(qt.scale, np.float32).reshape(-1)
@@ -238,12 +306,15 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
                 "DequantizeLinear", inputs, [key], name=f"{key}_dq", **attrs
             )
         )
-        if layer._act_mode == "static":
-            _quantize_input(graph, key, name, layer, helper, numpy_helper)
     if opset is not None:
-        need = max((_TYPES_OPSET[k] for k in layers.values()), default=0)
+        needs = {
+            n: _TYPES_OPSET[k]
+            for n, k in layers.items()
+            if nodes[n] == "DequantizeLinear"
+        }
+        need = max(needs.values(), default=0)
         if opset < need:
-            worst = [n for n, k in layers.items() if _TYPES_OPSET[k] == need]
+            worst = [n for n, v in needs.items() if v == need]
             raise ValueError(
                 f"opset={opset} is too old for the integer types of layers {worst} "
                 f"({layers[worst[0]].upper()} needs DequantizeLinear of opset {need}); "
@@ -260,32 +331,111 @@ def export_onnx(model, example_input, path, *, opset=None, check=True, rtol=None
     for op in proto.opset_import:
         if op.domain in ("", "ai.onnx"):
             op.version = version
+    if "MatMulNBits" in nodes.values():
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     proto.ir_version = helper.find_min_ir_version_for(
         [helper.make_opsetid("", version)]
     )
     onnx.save(proto, str(path))
-    report = {"opset": version, "layers": layers}
+    report = {"opset": version, "layers": layers, "nodes": nodes}
     report["file_bytes"] = int(len(proto.SerializeToString()))
     if check:
-        onnx.checker.check_model(str(path), full_check=True)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        with torch.no_grad():
-            want = model(x).detach().float().numpy()
-        dev = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        acts = any(m._act_mode is not None for m in quantized.values())
-        tol = rtol if rtol is not None else (1e-2 if acts else 1e-4)
-        report["max_rel_deviation"] = dev
-        if not dev <= tol:
-            raise ValueError(
-                f"ONNX Runtime runs {path!s} differently from the model: relative "
-                f"deviation {dev:.2e} on example_input, above rtol={tol}."
-            )
+        if matmul_nbits is None:
+            onnx.checker.check_model(str(path), full_check=True)
+        else:  # the checker knows no contrib operators' shapes
+            onnx.checker.check_model(str(path))
+        if rtol is None:
+            acts = any(m._act_mode is not None for m in quantized.values())
+            rtol = 3e-2 if matmul_nbits == "int8" else (1e-2 if acts else 1e-4)
+        report.update(_check(model, x, path, proto, probes, rtol, ort, helper))
     return report
+
+
+def _session(ort, model_bytes, optimise):
+    options = ort.SessionOptions()
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(
+        model_bytes, options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _deviation(got, want):
+    """Largest ``|got - want|`` relative to the largest ``|want|``."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def _check(model, x, path, proto, probes, rtol, ort, helper):
+    """Run the file in ONNX Runtime against ``model``; name the first layer off."""
+    feed = {proto.graph.input[0].name: x.numpy()}
+    with torch.no_grad():
+        want = model(x).detach().float().numpy()
+    data = proto.SerializeToString()
+    dev = _deviation(_session(ort, data, False).run(None, feed)[0], want)
+    opt = _deviation(_session(ort, data, True).run(None, feed)[0], want)
+    if dev > rtol:
+        raise ValueError(
+            f"ONNX Runtime runs {path!s} differently from the model: relative "
+            f"deviation {dev:.2e} on example_input, above rtol={rtol}; "
+            + _first_off(model, x, proto, probes, rtol, ort, helper)
+        )
+    if opt > rtol:
+        warnings.warn(
+            f"with its default graph optimisations ONNX Runtime runs {path!s} with "
+            f"a relative deviation of {opt:.2e} from the model (above rtol={rtol}; "
+            f"{dev:.2e} without them): it fuses some patterns into integer "
+            "kernels. Check accuracy in the session you deploy; the session config "
+            "entry 'session.disable_quant_qdq' = '1' keeps the float products.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {"max_rel_deviation": dev, "optimized_max_rel_deviation": opt}
+
+
+def _first_off(model, x, proto, probes, rtol, ort, helper):
+    """Which quantized layer's output first deviates, from the layers' inputs."""
+    seen = {}
+
+    def keep(name):
+        def hook(module, args):
+            seen.setdefault(name, args[0].detach().float().numpy())
+
+        return hook
+
+    hooks = [
+        m.register_forward_pre_hook(keep(name))
+        for name, m in model.named_modules()
+        if name in probes
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    order = list(seen)  # the order the layers run in
+    graph_inputs = {i.name for i in proto.graph.input}
+    wanted = [n for n in order if probes[n] not in graph_inputs]
+    probe = copy.deepcopy(proto)
+    for n in wanted:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(probes[n]))
+    outs = _session(ort, probe.SerializeToString(), False).run(
+        [probes[n] for n in wanted], {proto.graph.input[0].name: x.numpy()}
+    )
+    got = dict(zip(wanted, outs))
+    for before, name in zip(order, order[1:]):
+        if name in got and _deviation(got[name], seen[name]) > rtol:
+            return (
+                f"the first quantized layer whose output differs is {before!r} (the "
+                f"input of {name!r} deviates by "
+                f"{_deviation(got[name], seen[name]):.2e}; the earlier layers' "
+                "inputs agree)."
+            )
+    return (
+        f"the inputs of all quantized layers agree: the last one, {order[-1]!r}, "
+        "or what follows it differs."
+    )
 
 
 def _find_weight(name, layer, inits, numpy_helper):
@@ -302,49 +452,173 @@ def _find_weight(name, layer, inits, numpy_helper):
     return None
 
 
-def _quantize_input(graph, key, name, layer, helper, numpy_helper):
-    """Put the input of the node using weight ``key`` on the layer's static grid."""
-    meta = layer._act_meta
-    if meta["per_channel"]:
-        raise ValueError(
-            f"layer {name!r} has a per-feature input grid: export_onnx writes one "
-            "input scale per layer."
-        )
-    index = next(i for i, n in enumerate(graph.node) if key in n.input)
-    node = graph.node[index]
+def _consumer(graph, key):
+    """``(index, node)`` of the node that multiplies by weight ``key``.
+
+    The exporter writes a Linear as ``Gemm`` or as ``Transpose -> MatMul``, a
+    convolution as ``Conv``; the data input is the node's first.
+    """
+    for i, node in enumerate(graph.node):
+        if key in node.input:
+            if node.op_type == "Transpose":
+                return _consumer(graph, node.output[0])
+            return i, node
+    raise ValueError(f"no node of the exported graph uses {key!r}.")
+
+
+def _quantize_input(graph, key, layer, helper, numpy_helper):
+    """Put the input of the node using weight ``key`` on the layer's grid.
+
+    Static: ``Clip -> QuantizeLinear -> DequantizeLinear`` with the calibrated
+    grid. Dynamic: the grid of :func:`~skquant.torch._int8.fake_dynamic`, per call,
+    as ``DynamicQuantizeLinear`` (8 bits) or from reductions (7 bits).
+    """
+    index, node = _consumer(graph, key)
     x_name = node.input[0]
-    scale = float(layer.input_scale[0])
-    zp = int(layer.input_zero_point[0])
-    qmin, qmax = meta["qmin"], meta["qmax"]
-    signed = qmin < 0
-    dtype = np.int8 if signed else np.uint8
     prefix = f"{key}_input"
-    init = [
-        numpy_helper.from_array(np.array(scale, np.float32), f"{prefix}_scale"),
-        numpy_helper.from_array(np.array(zp, dtype), f"{prefix}_zero_point"),
-        numpy_helper.from_array(
-            np.array((qmin - zp) * scale, np.float32), f"{prefix}_lo"
-        ),
-        numpy_helper.from_array(
-            np.array((qmax - zp) * scale, np.float32), f"{prefix}_hi"
-        ),
-    ]
-    graph.initializer.extend(init)
-    nodes = [
-        helper.make_node(
-            "Clip", [x_name, f"{prefix}_lo", f"{prefix}_hi"], [f"{prefix}_clip"]
-        ),
-        helper.make_node(
-            "QuantizeLinear",
-            [f"{prefix}_clip", f"{prefix}_scale", f"{prefix}_zero_point"],
-            [f"{prefix}_q"],
-        ),
-        helper.make_node(
-            "DequantizeLinear",
-            [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero_point"],
-            [f"{prefix}_dq"],
-        ),
-    ]
+
+    def const(value, dtype, suffix):
+        name = f"{prefix}_{suffix}"
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), name))
+        return name
+
+    def op(kind, inputs, suffix, n_out=1, **attrs):
+        outs = [f"{prefix}_{suffix}"] + [
+            f"{prefix}_{suffix}{k}" for k in range(1, n_out)
+        ]
+        nodes.append(helper.make_node(kind, inputs, outs, **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    nodes = []
+    if layer._act_mode == "static":
+        meta = layer._act_meta
+        scale = float(layer.input_scale[0])
+        zp = int(layer.input_zero_point[0])
+        dtype = np.int8 if meta["qmin"] < 0 else np.uint8
+        s, z = const(scale, np.float32, "scale"), const(zp, dtype, "zero_point")
+        lo = const((meta["qmin"] - zp) * scale, np.float32, "lo")
+        hi = const((meta["qmax"] - zp) * scale, np.float32, "hi")
+        q = op("QuantizeLinear", [op("Clip", [x_name, lo, hi], "clip"), s, z], "q")
+    elif not dynamic_reduce_range(layer._largest_code):
+        q, s, z = op("DynamicQuantizeLinear", [x_name], "q", n_out=3)
+    else:
+        # 7 bits: the range of x (with 0), (hi - lo) / 127 a step
+        zero = const(0.0, np.float32, "zero")
+        lo = op("Min", [op("ReduceMin", [x_name], "min", keepdims=0), zero], "lo")
+        hi = op("Max", [op("ReduceMax", [x_name], "max", keepdims=0), zero], "hi")
+        step = op(
+            "Div",
+            [op("Sub", [hi, lo], "range"), const(127.0, np.float32, "top")],
+            "step",
+        )
+        s = op(
+            "Max", [step, const(np.finfo(np.float32).tiny, np.float32, "tiny")], "scale"
+        )
+        zf = op(
+            "Clip",
+            [
+                op("Round", [op("Div", [op("Neg", [lo], "neg"), s], "zf0")], "zf1"),
+                zero,
+                const(127.0, np.float32, "zmax"),
+            ],
+            "zf",
+        )
+        z = op("Cast", [zf], "zero_point", to=2)  # uint8
+        q8 = op("QuantizeLinear", [x_name, s, z], "q8")
+        q = op(
+            "Clip", [q8, const(0, np.uint8, "qmin"), const(127, np.uint8, "qmax")], "q"
+        )
+    op("DequantizeLinear", [q, s, z], "dq")
     node.input[0] = f"{prefix}_dq"
     for n in reversed(nodes):
         graph.node.insert(index, n)
+
+
+def _pack(u, bits):
+    """Unsigned codes ``u`` (rows, n) packed little-end first, ``8 // bits`` a byte."""
+    per = 8 // bits
+    rows, n = u.shape
+    width = -(-n // per) * per
+    padded = np.zeros((rows, width), np.uint8)
+    padded[:, :n] = u
+    out = np.zeros((rows, width // per), np.uint8)
+    for j in range(per):
+        out |= (padded[:, j::per] << (bits * j)).astype(np.uint8)
+    return out
+
+
+def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
+    """Replace the product by weight ``key`` with ONNX Runtime's MatMulNBits.
+
+    ``codes`` are the layer's (n_out, n_in). Returns False (nothing changed) when
+    the exporter wrote the product in a form this does not rewrite.
+    """
+    index, node = _consumer(graph, key)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm":
+        if (
+            attrs.get("transA", 0)
+            or not attrs.get("transB", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
+            return False
+    elif node.op_type != "MatMul":
+        return False
+    bits = int(kind.removeprefix("u").removeprefix("int"))
+    n_out, n_in = codes.shape
+    block = min(_NBITS_BLOCK, max(16, 1 << (n_in - 1).bit_length()))
+    n_blocks = -(-n_in // block)
+    signed = kind.startswith("int")
+    offset = 2 ** (bits - 1) if signed else 0
+    zp = None
+    if not signed:
+        zp = np.zeros(n_out, np.int64)
+        if qt.zero_point is not None:
+            zp[:] = np.broadcast_to(np.asarray(qt.zero_point, np.int64), (n_out,))
+    u = np.empty((n_out, n_blocks * block), np.uint8)
+    u[:] = offset if zp is None else zp[:, None]  # padding: value 0
+    u[:, :n_in] = codes.astype(np.int64) + offset
+    packed = _pack(u.reshape(n_out * n_blocks, block), bits).reshape(
+        n_out, n_blocks, -1
+    )
+    scale = np.broadcast_to(np.asarray(qt.scale, np.float32).reshape(-1), (n_out,))
+    inputs = [node.input[0], f"{key}_nbits", f"{key}_scale"]
+    graph.initializer.append(numpy_helper.from_array(packed, f"{key}_nbits"))
+    graph.initializer.append(
+        numpy_helper.from_array(
+            np.repeat(scale[:, None], n_blocks, axis=1).reshape(-1), f"{key}_scale"
+        )
+    )
+    if zp is not None:
+        zps = _pack(np.repeat(zp[:, None], n_blocks, axis=1).astype(np.uint8), bits)
+        graph.initializer.append(
+            numpy_helper.from_array(zps.reshape(-1), f"{key}_zero_point")
+        )
+        inputs.append(f"{key}_zero_point")
+    out = node.output[0]
+    product = f"{out}_nbits" if node.op_type == "Gemm" and len(node.input) > 2 else out
+    new = [
+        helper.make_node(
+            "MatMulNBits",
+            inputs,
+            [product],
+            name=f"{key}_matmul_nbits",
+            domain="com.microsoft",
+            K=n_in,
+            N=n_out,
+            bits=bits,
+            block_size=block,
+            accuracy_level=level,
+        )
+    ]
+    if product != out:
+        new.append(helper.make_node("Add", [product, node.input[2]], [out]))
+    transposes = [n for n in graph.node if n.op_type == "Transpose" and key in n.input]
+    del graph.node[index]
+    for n in reversed(new):
+        graph.node.insert(index, n)
+    for t in transposes:
+        if not any(t.output[0] in n.input for n in graph.node):
+            graph.node.remove(t)
+    return True
