@@ -2,18 +2,23 @@
 Runtime against skquant's own runtime and the float ONNX model.
 
 For each network (``lenet5``, ``cnn``, ``vgg8`` as in ``_models.py``, and the
-4096-4096-4096-1000 ``mlp`` of ``bench_runtime.py``) and each variant (GPFQ and GPTQ
-weights at 8, 4, 3, 2 bits and ternary, weight-only; W8A8 and W4A8 with static
-8-bit grids on 1024 training images), the model is quantized, exported with
-``skquant.torch.export_onnx`` and run in ONNX Runtime (default graph optimisations,
-2 threads): test accuracy against skquant's, file bytes against the counted size
-(codes at the ONNX type's width, scales, biases), and latency at batch 1 and 256
-(medians of interleaved rounds) against skquant's runtime and the float model
-exported by ``torch.onnx.export``.
+4096-4096-4096-1000 ``mlp`` of ``bench_runtime.py``) and each variant, the model is
+quantized, exported with ``skquant.torch.export_onnx`` and run in ONNX Runtime
+(default graph optimisations, 2 threads): test accuracy against skquant's, file
+bytes against the counted size (codes at the ONNX type's width, scales, biases), and
+latency at batch 1 and 256 (medians of interleaved rounds) against skquant's runtime
+and the float model exported by ``torch.onnx.export``.
+
+Variants on the trained networks: GPFQ and GPTQ weights at 8, 4, 3, 2 bits and
+ternary, weight-only; GPFQ W4 with the Linear layers as MatMulNBits (float or
+integer products, ``nbits`` / ``nbits-int8``); W8A8 and W4A8 with static 8-bit
+grids on 1024 training images, W8A7 with 7-bit ones, W8 with dynamic 8-bit inputs.
+On the MLP (random weights): round-to-nearest weights with the same activation
+variants and MatMulNBits.
 
 Run (needs ``pip install -e .[onnx]`` and the data of ``get_data.sh``):
     .venv/bin/python benchmarks/bench_onnx.py --nets lenet5 cnn vgg8
-    .venv/bin/python benchmarks/bench_onnx.py --nets mlp --variants float W8A8 W4
+    .venv/bin/python benchmarks/bench_onnx.py --nets mlp
 """
 
 import argparse
@@ -36,6 +41,7 @@ from skquant import (  # noqa: E402
     GPTQQuantizer,
     GreedyPathQuantizer,
     TernaryQuantizer,
+    UniformQuantizer,
 )
 from skquant.torch import export_onnx, quantize_model  # noqa: E402
 from skquant.torch._qlayers import QuantMixin  # noqa: E402
@@ -44,13 +50,27 @@ TYPE_BITS = {"int2": 2, "int4": 4, "int8": 8, "int16": 16}
 
 
 def variants(net):
+    """name -> (weight quantizer, activations, matmul_nbits); ``None``: float."""
     out = {"float": None}
+    if net == "mlp":  # random weights: round to nearest, as bench_runtime.py
+        out["W8A8"] = (UniformQuantizer(n_bits=8), ActivationQuantizer(n_bits=8), None)
+        out["W8A7"] = (UniformQuantizer(n_bits=8), ActivationQuantizer(n_bits=7), None)
+        out["W8 dynA8"] = (UniformQuantizer(n_bits=8), "dynamic", None)
+        out["W4A8"] = (UniformQuantizer(n_bits=4), ActivationQuantizer(n_bits=8), None)
+        out["W4"] = (UniformQuantizer(n_bits=4), None, None)
+        out["W4 nbits"] = (UniformQuantizer(n_bits=4), None, "float")
+        out["W4 nbits-int8"] = (UniformQuantizer(n_bits=4), None, "int8")
+        return out
     for name, cls in (("GPFQ", GreedyPathQuantizer), ("GPTQ", GPTQQuantizer)):
         for bits in (8, 4, 3, 2):
-            out[f"{name} W{bits}"] = (cls(n_bits=bits), None)
-        out[f"{name} ternary"] = (TernaryQuantizer(), None)
-    out["W8A8"] = (GreedyPathQuantizer(n_bits=8), ActivationQuantizer(n_bits=8))
-    out["W4A8"] = (GreedyPathQuantizer(n_bits=4), ActivationQuantizer(n_bits=8))
+            out[f"{name} W{bits}"] = (cls(n_bits=bits), None, None)
+        out[f"{name} ternary"] = (TernaryQuantizer(), None, None)
+    out["GPFQ W4 nbits"] = (GreedyPathQuantizer(n_bits=4), None, "float")
+    out["GPFQ W4 nbits-int8"] = (GreedyPathQuantizer(n_bits=4), None, "int8")
+    out["W8A8"] = (GreedyPathQuantizer(n_bits=8), ActivationQuantizer(n_bits=8), None)
+    out["W8A7"] = (GreedyPathQuantizer(n_bits=8), ActivationQuantizer(n_bits=7), None)
+    out["W8 dynA8"] = (GreedyPathQuantizer(n_bits=8), "dynamic", None)
+    out["W4A8"] = (GreedyPathQuantizer(n_bits=4), ActivationQuantizer(n_bits=8), None)
     return out
 
 
@@ -108,9 +128,9 @@ def run_net(net, names, tmp):
                 )
                 qnet, report = model, {"layers": {}}
             else:
-                q, acts = spec
+                q, acts, nbits = spec
                 qnet = quantize_model(model, q, calib, activations=acts)
-                report = export_onnx(qnet, calib[:256], path)
+                report = export_onnx(qnet, calib[:256], path, matmul_nbits=nbits)
         s = session(path)
         fns = {"onnx": lambda x, s=s: ort_run(s, x)}
         if spec is not None:
@@ -128,8 +148,14 @@ def run_net(net, names, tmp):
             "net": net,
             "variant": name,
             "types": sorted(set(report["layers"].values())),
+            "nodes": sorted(set(report.get("nodes", {}).values())),
             "file_bytes": path.stat().st_size,
-            "counted_bytes": None if spec is None else counted_bytes(qnet, report),
+            # MatMulNBits repeats each scale per block of 128: not the counted form
+            "counted_bytes": None
+            if spec is None or spec[2] is not None
+            else counted_bytes(qnet, report),
+            "max_rel_deviation": report.get("max_rel_deviation"),
+            "optimized_max_rel_deviation": report.get("optimized_max_rel_deviation"),
             "onnx_b1_ms": t1["onnx"],
             "onnx_b256_ms": t256["onnx"],
             "skquant_b1_ms": t1.get("skquant"),
@@ -165,7 +191,7 @@ def targets(rows):
     for r in rows:
         if "skquant_acc" in r:
             gap = 100 * abs(r["onnx_acc"] - r["skquant_acc"])
-            limit = 0.1 if "A8" in r["variant"] else 0.05
+            limit = 0.1 if "A" in r["variant"] else 0.05
             ok = "MET" if gap <= limit else "MISSED"
             lines.append(
                 f"  {r['net']} {r['variant']}: |ONNX - skquant| accuracy "
@@ -184,13 +210,26 @@ def targets(rows):
         lines.append(
             f"  mlp W8A8 / float ONNX, batch 256 time: {ratio:.3f} (target <= 1)  {ok}"
         )
+    for r in rows:
+        f = by.get((r["net"], "float"))
+        if f is not None and r is not f:
+            lines.append(
+                f"  {r['net']} {r['variant']} / float ONNX time: batch 1 "
+                f"{r['onnx_b1_ms'] / f['onnx_b1_ms']:.2f}, batch 256 "
+                f"{r['onnx_b256_ms'] / f['onnx_b256_ms']:.2f}"
+            )
     return lines
 
 
 def print_rst(rows):
-    """File sizes and accuracies as a reST table per network."""
+    """File sizes, accuracies and latencies as a reST table per network."""
+
+    def ms(v, digits):
+        return "-" if v is None else f"{v:.{digits}f}"
+
     for net in dict.fromkeys(r["net"] for r in rows):
         cols = ["variant", "type", "file B", "counted B", "ORT acc", "skquant acc"]
+        cols += ["ORT b1 ms", "skquant b1", "ORT b256 ms", "skquant b256"]
         lines = []
         for r in rows:
             if r["net"] != net:
@@ -203,6 +242,10 @@ def print_rst(rows):
                     "-" if r["counted_bytes"] is None else f"{r['counted_bytes']:,}",
                     f"{100 * r['onnx_acc']:.2f}%" if "onnx_acc" in r else "-",
                     f"{100 * r['skquant_acc']:.2f}%" if "skquant_acc" in r else "-",
+                    ms(r["onnx_b1_ms"], 3),
+                    ms(r["skquant_b1_ms"], 3),
+                    ms(r["onnx_b256_ms"], 1),
+                    ms(r["skquant_b256_ms"], 1),
                 ]
             )
         widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]

@@ -94,10 +94,17 @@ def test_static_activation_grids_are_quantize_dequantize_pairs(tmp_path, activat
         qnet = quantize_model(
             net, UniformQuantizer(n_bits=4), X, activations=activations
         )
-        export_onnx(qnet, X, tmp_path / "m.onnx")
+        report = export_onnx(qnet, X, tmp_path / "m.onnx")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     assert ops.count("QuantizeLinear") == 3 and ops.count("Clip") == 3
-    assert ops.count("DequantizeLinear") == 6
+    # the convolutions: their weights and inputs dequantized; the Linear layer
+    # multiplies the integer codes
+    assert report["nodes"] == {
+        "0": "DequantizeLinear",
+        "2": "DequantizeLinear",
+        "5": "MatMulInteger",
+    }
+    assert ops.count("DequantizeLinear") == 4 and ops.count("MatMulInteger") == 1
     with torch.no_grad():
         want = qnet(X).numpy()
     got = run(tmp_path / "m.onnx", X)
@@ -387,3 +394,45 @@ def test_ternary_convolutions_with_static_inputs_load_in_optimised_sessions(tmp_
     with torch.no_grad():
         want = qnet(X).numpy()
     assert np.abs(got - want).max() <= 5e-2 * np.abs(want).max()
+
+
+@pytest.mark.parametrize(
+    "bits, act_bits, node",
+    [
+        (4, 8, "MatMulInteger"),
+        (2, 8, "MatMulInteger"),
+        (8, 7, "MatMulInteger"),
+        # 8-bit inputs times codes above 64 saturate x86's integer kernels: the
+        # weights are dequantized instead, as the torch runtime simulates them
+        (8, 8, "DequantizeLinear"),
+    ],
+)
+def test_linear_layers_with_static_inputs_multiply_integers(
+    tmp_path, bits, act_bits, node
+):
+    X = torch.randn(128, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qnet = quantize_model(
+            mlp(),
+            UniformQuantizer(n_bits=bits),
+            X,
+            activations=ActivationQuantizer(act_bits, symmetric=True),
+        )
+    report = export_onnx(qnet, X, tmp_path / "m.onnx")
+    assert set(report["nodes"].values()) == {node}
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    types = weight_types(tmp_path / "m.onnx")
+    want = {2: "INT2", 4: "INT4", 8: "INT8"}[bits]
+    assert set(types.values()) == {f"TensorProto.{want}"}
+    if node == "MatMulInteger":
+        # unsigned input codes (a signed grid moved up to 0) for the fast kernels
+        zps = [
+            i for i in model.graph.initializer if i.name.endswith("_input_zero_point")
+        ]
+        assert zps and {z.data_type for z in zps} == {onnx.TensorProto.UINT8}
+    # integer products on both sides: the same values up to float32 rounding,
+    # in both sessions
+    assert report["max_rel_deviation"] <= 1e-5
+    if node == "MatMulInteger":
+        assert report["optimized_max_rel_deviation"] <= 1e-5
