@@ -436,3 +436,25 @@ def test_linear_layers_with_static_inputs_multiply_integers(
     assert report["max_rel_deviation"] <= 1e-5
     if node == "MatMulInteger":
         assert report["optimized_max_rel_deviation"] <= 1e-5
+
+
+def test_integer_products_can_be_asked_for_or_refused(tmp_path):
+    X = torch.randn(128, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qnet = quantize_model(
+            mlp(), UniformQuantizer(n_bits=8), X, activations=ActivationQuantizer(8)
+        )
+    path = tmp_path / "m.onnx"
+    assert set(export_onnx(qnet, X, path)["nodes"].values()) == {"DequantizeLinear"}
+    report = export_onnx(qnet, X, path, integer_products="always", rtol=1.0)
+    assert set(report["nodes"].values()) == {"MatMulInteger"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qnet4 = quantize_model(
+            mlp(), UniformQuantizer(n_bits=4), X, activations=ActivationQuantizer(8)
+        )
+    report = export_onnx(qnet4, X, path, integer_products="never")
+    assert set(report["nodes"].values()) == {"DequantizeLinear"}
+    with pytest.raises(ValueError, match="integer_products must be 'exact', 'always'"):
+        export_onnx(qnet4, X, path, integer_products=True)

@@ -100,6 +100,7 @@ def export_onnx(
     check=True,
     rtol=None,
     matmul_nbits=None,
+    integer_products="exact",
 ):
     """Write a model from :func:`quantize_model` to an ONNX file with integer weights.
 
@@ -152,12 +153,22 @@ def export_onnx(
         block of 128 columns (the channel's scale, repeated). ``None`` writes
         ``DequantizeLinear`` for every layer.
 
+    integer_products : {"exact", "always", "never"}, default="exact"
+        How Linear layers with quantized inputs (static or dynamic) multiply:
+        ``QuantizeLinear -> MatMulInteger`` on the codes, then the scales
+        (``"exact"``: where x86's integer kernels compute exactly, the rule of the
+        torch runtime: not for 8-bit inputs with weight codes above 64 in
+        magnitude, whose pair sums can saturate int16 on CPUs without VNNI;
+        ``"always"``: for every such layer with signed codes of at most 8 bits,
+        faster but possibly off on those CPUs; ``"never"``: the dequantized
+        weights, ``DequantizeLinear``, for all).
+
     Returns
     -------
     report : dict
         ``opset``, ``file_bytes``, per quantized layer the ONNX type of its codes
-        (``layers``) and the node that uses them (``nodes``: ``DequantizeLinear``
-        or ``MatMulNBits``); with ``check``, ``max_rel_deviation`` and
+        (``layers``) and the node that uses them (``nodes``: ``DequantizeLinear``,
+        ``MatMulInteger`` or ``MatMulNBits``); with ``check``, ``max_rel_deviation`` and
         ``optimized_max_rel_deviation`` (ONNX Runtime's default optimisations).
 
     Raises
@@ -188,6 +199,11 @@ def export_onnx(
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
+        )
+    if integer_products not in ("exact", "always", "never"):
+        raise ValueError(
+            "integer_products must be 'exact', 'always' or 'never', got "
+            f"{integer_products!r}."
         )
     if matmul_nbits is not None and matmul_nbits not in _NBITS_LEVELS:
         raise ValueError(
@@ -266,11 +282,21 @@ def export_onnx(
         probes[name] = site[1].input[0]
         integer = (
             matmul_nbits is None
+            and integer_products != "never"
             and layer._act_mode is not None
             and isinstance(layer, nn.Linear)
             and kind in ("int2", "int4", "int8")
             and qt.zero_point is None
-            and layer._int8_gemm(qt, "int8")[0]
+            and (
+                layer._int8_gemm(qt, "int8")[0]
+                or (
+                    # also where only int16 saturation keeps the torch runtime off
+                    integer_products == "always"
+                    and layer._act_mode == "static"
+                    and layer._act_meta["n_bits"] <= 8
+                    and qt.precision_bits is None
+                )
+            )
             and (site[1].op_type == "MatMul" or _plain_gemm(site[1], helper))
         )
         if layer._act_mode == "static" and layer._act_meta["n_bits"] > 8:
