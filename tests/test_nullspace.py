@@ -309,7 +309,9 @@ def test_lp_without_freedom_skips_the_programs(monkeypatch):
     np.testing.assert_allclose(q.scale_, np.abs(W).max(axis=0))
 
 
-def test_auto_rank_picks_the_held_out_best_cap():
+def test_auto_rank_picks_the_held_out_best_cap(monkeypatch):
+    import skquant._quantizers._nullspace as ns
+
     rng = np.random.default_rng(3)
     n, m = 120, 100
     # the data's energy lies in 10 directions; the rest is small and noisy, so
@@ -318,18 +320,43 @@ def test_auto_rank_picks_the_held_out_best_cap():
     scales = np.r_[np.full(10, 10.0), np.full(n - 10, 0.05)]
     X = rng.standard_normal((m, n)) * scales @ basis.T
     W = rng.standard_normal((n, 6)) / np.sqrt(n)
-    q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
-    scores = q.rank_scores_
-    assert min(scores) >= 8 and max(scores) == 80  # numerical rank of 80 rows
-    best = min(scores, key=scores.get)
-    assert q.rank_ == min(best, q.singular_values_.size)
-    assert scores[best] < scores[max(scores)]  # a cap beats the full rank here
-    # the held-out rows were left out of each candidate's fit: rerun one by hand
     held = np.zeros(m, dtype=bool)
     held[4::5] = True
-    k = min(scores)
-    Q = NullSpaceQuantizer(n_bits=3, rank=k).fit_transform(W, activations=X[~held])
-    assert scores[k] == pytest.approx(np.linalg.norm(X[held] @ (W - Q)))
+    ladder = [10, 20, 40, 80]  # the numerical rank of 80 rows, halved down to 8
+
+    def by_hand(k):  # the held-out error of a fit on the other rows at cap k
+        Q = NullSpaceQuantizer(n_bits=3, rank=k if k < 80 else None).fit_transform(
+            W, activations=X[~held]
+        )
+        return np.linalg.norm(X[held] @ (W - Q))
+
+    # the whole ladder (patience beyond its length): every cap tried
+    monkeypatch.setattr(ns, "AUTO_PATIENCE", 10)
+    full = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
+    assert sorted(full.rank_scores_) == ladder
+    best = min(full.rank_scores_, key=full.rank_scores_.get)
+    assert full.rank_ == min(best, full.singular_values_.size)
+    assert full.rank_scores_[best] < full.rank_scores_[80]  # a cap beats full rank
+    for k in ladder:
+        assert full.rank_scores_[k] == pytest.approx(by_hand(k))
+    # the default climbs from the smallest cap and stops after AUTO_PATIENCE caps
+    # in a row that do no better than the best so far
+    monkeypatch.undo()
+    q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
+    tried = sorted(q.rank_scores_)
+    assert tried == ladder[: len(tried)]
+    for k in tried:
+        assert q.rank_scores_[k] == full.rank_scores_[k]
+    streak = 0
+    for i, k in enumerate(tried[1:], 1):
+        better = q.rank_scores_[k] < min(q.rank_scores_[j] for j in tried[:i])
+        streak = 0 if better else streak + 1
+        assert streak < ns.AUTO_PATIENCE or k == tried[-1]
+    assert len(tried) == len(ladder) or streak == ns.AUTO_PATIENCE
+    assert q.rank_ == min(
+        min(q.rank_scores_, key=lambda k: (q.rank_scores_[k], -k)),
+        q.singular_values_.size,
+    )
     # too few rows to hold any out: the numerical rank, no scores
     q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X[:9])
     assert q.rank_ == 9 and q.rank_scores_ == {}
