@@ -12,8 +12,7 @@ and the float model exported by ``torch.onnx.export``.
 Variants on the trained networks: GPFQ and GPTQ weights at 8, 4, 3, 2 bits and
 ternary, weight-only; GPFQ W4 with the Linear layers as MatMulNBits (float or
 integer products, ``nbits`` / ``nbits-int8``); W8A8 and W4A8 with static 8-bit
-grids on 1024 training images (W8A8 always: integer products even where x86
-kernels may saturate), W8A7 with 7-bit ones, W8 with dynamic 8-bit inputs.
+grids on 1024 training images, W8A7 with 7-bit ones, W8 with dynamic 8-bit inputs.
 On the MLP (random weights): round-to-nearest weights with the same activation
 variants and MatMulNBits.
 
@@ -53,17 +52,12 @@ TYPE_BITS = {"int2": 2, "int4": 4, "int8": 8, "int16": 16}
 def variants(net):
     """name -> (weights, activations, form); ``None``: float.
 
-    ``form``: ``None`` (the default export), ``"float"`` / ``"int8"`` (MatMulNBits)
-    or ``"always"`` (``integer_products="always"``).
+    ``form``: ``None`` (the default export) or ``"float"`` / ``"int8"``
+    (``matmul_nbits``).
     """
     out = {"float": None}
     if net == "mlp":  # random weights: round to nearest, as bench_runtime.py
         out["W8A8"] = (UniformQuantizer(n_bits=8), ActivationQuantizer(n_bits=8), None)
-        out["W8A8 always"] = (
-            UniformQuantizer(n_bits=8),
-            ActivationQuantizer(n_bits=8),
-            "always",
-        )
         out["W8A7"] = (UniformQuantizer(n_bits=8), ActivationQuantizer(n_bits=7), None)
         out["W8 dynA8"] = (UniformQuantizer(n_bits=8), "dynamic", None)
         out["W4A8"] = (UniformQuantizer(n_bits=4), ActivationQuantizer(n_bits=8), None)
@@ -78,11 +72,6 @@ def variants(net):
     out["GPFQ W4 nbits"] = (GreedyPathQuantizer(n_bits=4), None, "float")
     out["GPFQ W4 nbits-int8"] = (GreedyPathQuantizer(n_bits=4), None, "int8")
     out["W8A8"] = (GreedyPathQuantizer(n_bits=8), ActivationQuantizer(n_bits=8), None)
-    out["W8A8 always"] = (
-        GreedyPathQuantizer(n_bits=8),
-        ActivationQuantizer(n_bits=8),
-        "always",
-    )
     out["W8A7"] = (GreedyPathQuantizer(n_bits=8), ActivationQuantizer(n_bits=7), None)
     out["W8 dynA8"] = (GreedyPathQuantizer(n_bits=8), "dynamic", None)
     out["W4A8"] = (GreedyPathQuantizer(n_bits=4), ActivationQuantizer(n_bits=8), None)
@@ -145,10 +134,7 @@ def run_net(net, names, tmp):
             else:
                 q, acts, form = spec
                 qnet = quantize_model(model, q, calib, activations=acts)
-                kwargs = {"matmul_nbits": form}
-                if form == "always":  # may saturate here: measured, not checked
-                    kwargs = {"integer_products": "always", "rtol": 1.0}
-                report = export_onnx(qnet, calib[:256], path, **kwargs)
+                report = export_onnx(qnet, calib[:256], path, matmul_nbits=form)
         s = session(path)
         fns = {"onnx": lambda x, s=s: ort_run(s, x)}
         if spec is not None:
@@ -170,7 +156,7 @@ def run_net(net, names, tmp):
             "file_bytes": path.stat().st_size,
             # MatMulNBits repeats each scale per block of 128: not the counted form
             "counted_bytes": None
-            if spec is None or spec[2] in ("float", "int8")
+            if spec is None or spec[2] is not None
             else counted_bytes(qnet, report),
             "max_rel_deviation": report.get("max_rel_deviation"),
             "optimized_max_rel_deviation": report.get("optimized_max_rel_deviation"),
@@ -228,13 +214,6 @@ def targets(rows):
         lines.append(
             f"  mlp W8A8 / float ONNX, batch 256 time: {ratio:.3f} (target <= 1)  {ok}"
         )
-    for r in rows:
-        if "always" in r["variant"] and r.get("max_rel_deviation") is not None:
-            lines.append(
-                f"  {r['net']} {r['variant']}: ONNX Runtime against skquant, relative "
-                f"deviation {r['max_rel_deviation']:.2e} (optimised session "
-                f"{r['optimized_max_rel_deviation']:.2e}) on 256 calibration inputs"
-            )
     for r in rows:
         f = by.get((r["net"], "float"))
         if f is not None and r is not f:

@@ -330,30 +330,25 @@ def test_matmul_nbits_leaves_convolutions_and_wide_codes_to_dequantize(tmp_path)
 def test_a_deviation_names_the_first_layer_that_differs(tmp_path, monkeypatch):
     twin = export_module._float_twin
 
-    def off_bias(layer):  # the graph's layer '2' gets another bias
-        out = twin(layer)
-        if out.out_features == 20:
-            with torch.no_grad():
-                out.bias += 1.0
-        return out
+    def off_bias(n_out):  # the graph's layer with n_out outputs gets another bias
+        def make(layer):
+            out = twin(layer)
+            if out.out_features == n_out:
+                with torch.no_grad():
+                    out.bias += 1.0
+            return out
 
-    monkeypatch.setattr(export_module, "_float_twin", off_bias)
+        return make
+
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
+    monkeypatch.setattr(export_module, "_float_twin", off_bias(20))  # layer '2'
     with pytest.raises(
         ValueError,
         match=r"first quantized layer whose output differs is '2' \(the input of '4'",
     ):
         export_onnx(qnet, torch.randn(8, 40), tmp_path / "m.onnx")
-
     # the last layer: what follows the last quantized input
-    def off_last(layer):
-        out = twin(layer)
-        if out.out_features == 5:
-            with torch.no_grad():
-                out.bias += 1.0
-        return out
-
-    monkeypatch.setattr(export_module, "_float_twin", off_last)
+    monkeypatch.setattr(export_module, "_float_twin", off_bias(5))
     with pytest.raises(ValueError, match=r"the last one, '4', or what follows"):
         export_onnx(qnet, torch.randn(8, 40), tmp_path / "m.onnx")
 
@@ -397,18 +392,18 @@ def test_ternary_convolutions_with_static_inputs_load_in_optimised_sessions(tmp_
 
 
 @pytest.mark.parametrize(
-    "bits, act_bits, node",
+    "bits, act_bits, want",
     [
-        (4, 8, "MatMulInteger"),
-        (2, 8, "MatMulInteger"),
-        (8, 7, "MatMulInteger"),
-        # 8-bit inputs times codes above 64 saturate x86's integer kernels: the
-        # weights are dequantized instead, as the torch runtime simulates them
-        (8, 8, "DequantizeLinear"),
+        (4, 8, "INT4"),
+        (2, 8, "INT2"),
+        (8, 7, "INT8"),
+        # 8-bit inputs times signed codes beyond 64 saturate x86's int16 pair sums:
+        # the codes move up by 128 (zero point 128), an exact uint8 x uint8 product
+        (8, 8, "UINT8"),
     ],
 )
 def test_linear_layers_with_static_inputs_multiply_integers(
-    tmp_path, bits, act_bits, node
+    tmp_path, bits, act_bits, want
 ):
     X = torch.randn(128, 40)
     with warnings.catch_warnings():
@@ -420,41 +415,31 @@ def test_linear_layers_with_static_inputs_multiply_integers(
             activations=ActivationQuantizer(act_bits, symmetric=True),
         )
     report = export_onnx(qnet, X, tmp_path / "m.onnx")
-    assert set(report["nodes"].values()) == {node}
+    assert set(report["nodes"].values()) == {"MatMulInteger"}
+    assert set(report["layers"].values()) == {want.lower()}
     model = onnx.load(str(tmp_path / "m.onnx"))
     types = weight_types(tmp_path / "m.onnx")
-    want = {2: "INT2", 4: "INT4", 8: "INT8"}[bits]
     assert set(types.values()) == {f"TensorProto.{want}"}
-    if node == "MatMulInteger":
-        # unsigned input codes (a signed grid moved up to 0) for the fast kernels
-        zps = [
-            i for i in model.graph.initializer if i.name.endswith("_input_zero_point")
-        ]
-        assert zps and {z.data_type for z in zps} == {onnx.TensorProto.UINT8}
+    # unsigned input codes (a signed grid moved up to 0) for the fast kernels
+    zps = [i for i in model.graph.initializer if i.name.endswith("_input_zero_point")]
+    assert zps and {z.data_type for z in zps} == {onnx.TensorProto.UINT8}
     # integer products on both sides: the same values up to float32 rounding,
     # in both sessions
     assert report["max_rel_deviation"] <= 1e-5
-    if node == "MatMulInteger":
-        assert report["optimized_max_rel_deviation"] <= 1e-5
+    assert report["optimized_max_rel_deviation"] <= 1e-5
 
 
-def test_integer_products_can_be_asked_for_or_refused(tmp_path):
+def test_integer_products_can_be_refused(tmp_path):
     X = torch.randn(128, 40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qnet = quantize_model(
-            mlp(), UniformQuantizer(n_bits=8), X, activations=ActivationQuantizer(8)
-        )
-    path = tmp_path / "m.onnx"
-    assert set(export_onnx(qnet, X, path)["nodes"].values()) == {"DequantizeLinear"}
-    report = export_onnx(qnet, X, path, integer_products="always", rtol=1.0)
-    assert set(report["nodes"].values()) == {"MatMulInteger"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        qnet4 = quantize_model(
             mlp(), UniformQuantizer(n_bits=4), X, activations=ActivationQuantizer(8)
         )
-    report = export_onnx(qnet4, X, path, integer_products="never")
+    path = tmp_path / "m.onnx"
+    assert set(export_onnx(qnet, X, path)["nodes"].values()) == {"MatMulInteger"}
+    report = export_onnx(qnet, X, path, integer_products=False)
     assert set(report["nodes"].values()) == {"DequantizeLinear"}
-    with pytest.raises(ValueError, match="integer_products must be 'exact', 'always'"):
-        export_onnx(qnet4, X, path, integer_products=True)
+    assert report["max_rel_deviation"] <= 1e-2
+    with pytest.raises(TypeError, match="integer_products must be True or False"):
+        export_onnx(qnet, X, path, integer_products="always")

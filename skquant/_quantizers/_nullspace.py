@@ -227,10 +227,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         two caps in a row do no better than the best so far, and the cap whose
         output on the held-out rows is closest to the float output is used for
         the fit on all rows (``rank_scores_`` holds the errors of the caps tried;
-        it costs one walk per cap tried, at most ``log2 k`` of them). With ``variant="lp"``, ``"auto"`` keeps the
-        numerical rank. The default was ``None`` until whole-network measurements
-        (docs, "Data-driven methods on real networks") showed it losing to round
-        to nearest on LeNet-5 at 3 bits.
+        it costs one walk per cap tried, at most ``log2 k`` of them). With
+        ``variant="lp"``, ``"auto"`` keeps the numerical rank. The default was
+        ``None`` until whole-network measurements (docs, "Data-driven methods on
+        real networks") showed it losing to round to nearest on LeNet-5 at 3
+        bits.
         Dropping directions buys freedom (``n_in - k`` dimensions)
         at the price of a term ``sigma_{k+1} ||w - z||`` in the error.
     rounding : {"greedy", "nearest"}, default="greedy"

@@ -100,7 +100,7 @@ def export_onnx(
     check=True,
     rtol=None,
     matmul_nbits=None,
-    integer_products="exact",
+    integer_products=True,
 ):
     """Write a model from :func:`quantize_model` to an ONNX file with integer weights.
 
@@ -153,15 +153,15 @@ def export_onnx(
         block of 128 columns (the channel's scale, repeated). ``None`` writes
         ``DequantizeLinear`` for every layer.
 
-    integer_products : {"exact", "always", "never"}, default="exact"
-        How Linear layers with quantized inputs (static or dynamic) multiply:
-        ``QuantizeLinear -> MatMulInteger`` on the codes, then the scales
-        (``"exact"``: where x86's integer kernels compute exactly, the rule of the
-        torch runtime: not for 8-bit inputs with weight codes above 64 in
-        magnitude, whose pair sums can saturate int16 on CPUs without VNNI;
-        ``"always"``: for every such layer with signed codes of at most 8 bits,
-        faster but possibly off on those CPUs; ``"never"``: the dequantized
-        weights, ``DequantizeLinear``, for all).
+    integer_products : bool, default=True
+        Linear layers with quantized inputs (static grids of at most 8 bits, or
+        dynamic ones) multiply the integer codes: ``QuantizeLinear ->
+        MatMulInteger``, then the scales. The input codes are unsigned; weights
+        are signed, except for 8-bit input grids with weight codes beyond +-64,
+        whose ``uint8 x int8`` pair sums x86 CPUs without VNNI saturate in int16:
+        those weights are stored as ``UINT8`` with zero point 128 (the same
+        values, an exact ``uint8 x uint8`` product). ``False`` writes dequantized
+        weights (``DequantizeLinear``) for every layer.
 
     Returns
     -------
@@ -200,10 +200,9 @@ def export_onnx(
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
         )
-    if integer_products not in ("exact", "always", "never"):
-        raise ValueError(
-            "integer_products must be 'exact', 'always' or 'never', got "
-            f"{integer_products!r}."
+    if not isinstance(integer_products, bool | np.bool_):
+        raise TypeError(
+            f"integer_products must be True or False, got {integer_products!r} instead."
         )
     if matmul_nbits is not None and matmul_nbits not in _NBITS_LEVELS:
         raise ValueError(
@@ -282,23 +281,24 @@ def export_onnx(
         probes[name] = site[1].input[0]
         integer = (
             matmul_nbits is None
-            and integer_products != "never"
+            and integer_products
             and layer._act_mode is not None
             and isinstance(layer, nn.Linear)
             and kind in ("int2", "int4", "int8")
             and qt.zero_point is None
-            and (
-                layer._int8_gemm(qt, "int8")[0]
-                or (
-                    # also where only int16 saturation keeps the torch runtime off
-                    integer_products == "always"
-                    and layer._act_mode == "static"
-                    and layer._act_meta["n_bits"] <= 8
-                    and qt.precision_bits is None
-                )
-            )
+            and qt.precision_bits is None
+            and (layer._act_mode == "dynamic" or layer._act_meta["n_bits"] <= 8)
             and (site[1].op_type == "MatMul" or _plain_gemm(site[1], helper))
         )
+        # 8-bit input codes times weight codes beyond +-64: an unsigned product
+        wide = (
+            integer
+            and layer._act_mode == "static"
+            and layer._act_meta["n_bits"] == 8
+            and dynamic_reduce_range(layer._largest_code)
+        )
+        if wide:
+            kind = layers[name] = "uint8"
         if layer._act_mode == "static" and layer._act_meta["n_bits"] > 8:
             version = max(version, 21)  # 16-bit QuantizeLinear
         graph.initializer.remove(inits.pop(key))
@@ -624,13 +624,21 @@ def _integer_linear(
     scales (one, or one per output); ``quantized_input`` the names of the input's
     codes, scale and zero point. Writes ``MatMulInteger -> Cast -> Mul (input
     scale x weight scales) [-> Add bias]``; codes narrower than INT8 are stored as
-    their type and cast to INT8 in the graph (ONNX Runtime folds the cast at load).
+    their type and cast to INT8 in the graph (ONNX Runtime folds the cast at load);
+    ``kind="uint8"`` stores them moved up by 128 with zero point 128.
     The node must be a ``MatMul`` or a plain ``Gemm`` (:func:`_plain_gemm`).
     """
     index, node = _consumer(graph, key)
     q, s, z = quantized_input
     prefix = f"{key}_integer"
-    weights = np.ascontiguousarray(codes.T)  # (n_in, n_out), as MatMul takes them
+    weights = np.ascontiguousarray(codes.T).astype(np.int16)  # (n_in, n_out)
+    weight_inputs = [f"{key}_q"]
+    if kind == "uint8":  # signed codes moved up by 128, zero point 128
+        weights += 128
+        graph.initializer.append(
+            numpy_helper.from_array(np.array(128, np.uint8), f"{key}_zero_point")
+        )
+        weight_inputs.append(f"{key}_zero_point")
     graph.initializer.append(
         numpy_helper.from_array(weights.astype(_numpy_type(kind)), f"{key}_q")
     )
@@ -639,14 +647,18 @@ def _integer_linear(
             np.asarray(scale, np.float32).reshape(-1), f"{key}_scale"
         )
     )
-    new, w = [], f"{key}_q"
-    if kind != "int8":
-        w = f"{prefix}_int8"
-        new.append(helper.make_node("Cast", [f"{key}_q"], [w], to=3))  # INT8
+    new = []
+    if kind not in ("int8", "uint8"):
+        weight_inputs[0] = f"{prefix}_int8"
+        new.append(helper.make_node("Cast", [f"{key}_q"], [f"{prefix}_int8"], to=3))
     out = node.output[0]
     biased = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
     new += [
-        helper.make_node("MatMulInteger", [q, w, z], [f"{prefix}_int32"]),
+        helper.make_node(
+            "MatMulInteger",
+            [q, weight_inputs[0], z, *weight_inputs[1:]],
+            [f"{prefix}_int32"],
+        ),
         helper.make_node("Cast", [f"{prefix}_int32"], [f"{prefix}_float"], to=1),
         helper.make_node("Mul", [s, f"{key}_scale"], [f"{prefix}_scale"]),
         helper.make_node(
