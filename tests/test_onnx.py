@@ -443,3 +443,22 @@ def test_integer_products_can_be_refused(tmp_path):
     assert report["max_rel_deviation"] <= 1e-2
     with pytest.raises(TypeError, match="integer_products must be True or False"):
         export_onnx(qnet, X, path, integer_products="always")
+
+
+def test_a_smart_quantization_model_exports_its_binary_and_ternary_layers(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from skquant.torch import train_sq
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.as_tensor(X / 16.0, dtype=torch.float32)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    res = train_sq(net, (X, torch.as_tensor(y)), epochs=2, lr=1e-2, verbose=False)
+    report = export_onnx(res.model, X[:64], tmp_path / "sq.onnx")
+    assert set(report["layers"].values()) == {"int2"}  # 1- or 2-bit codes
+    assert report["max_rel_deviation"] <= 1e-4
+    got = run(tmp_path / "sq.onnx", X)
+    with torch.no_grad():
+        want = res.model(X).numpy()
+    assert (got.argmax(1) == want.argmax(1)).mean() == 1.0
