@@ -8,7 +8,14 @@ of ``bound_``; prints seconds per layer (medians) and the ratios to GPFQ. Then
 sweeps n_in (m = 256, Gaussian, rank = m) and m (n_in = 2048) and fits log-log
 slopes; ``--plot`` draws them.
 
+``--flops`` instead measures the walk's arithmetic rate: the floating-point
+operations the walk counts as it does them (``walk_to_vertices(flops=...)``) over its
+time, on the 784x500 layer (m = 1024) and on a 3136x128 layer (Gaussian inputs, m =
+1024: the Fashion CNN's first linear layer), at several caps, against a float64 BLAS
+GEMM (2048 x 2048, numpy) on the same thread count.
+
 Run: python benchmarks/bench_nullspace_speed.py [--threads 2] [--plot out.png]
+     python benchmarks/bench_nullspace_speed.py --flops [--threads 1]
 """
 
 import argparse
@@ -16,6 +23,7 @@ import time
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
 from skquant._quantizers._nullspace import row_space
@@ -46,15 +54,67 @@ def layer(n_in, n_out, m, rng, mnist=False):
     return X, W
 
 
+def gemm_rate(threads, n=2048, repeat=3):
+    """Gflop/s of a float64 BLAS GEMM (n x n) on ``threads`` threads."""
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((n, n)), rng.standard_normal((n, n))
+    with threadpool_limits(threads, user_api="blas"):
+        A @ B
+        return 2 * n**3 / best_of(lambda: A @ B, repeat) / 1e9
+
+
+def flop_rates(threads, repeat, use_mnist, rng):
+    """The walk's counted flops over its time, against the BLAS GEMM's rate."""
+    blas = gemm_rate(threads)
+    print(
+        f"float64 GEMM 2048x2048 on {threads} thread(s): {blas:.1f} Gflop/s "
+        f"(median of {repeat})"
+    )
+    print(f"{'layer':<22}{'k':>5}{'walk s':>9}{'Gflop':>9}{'Gflop/s':>9}{'x GEMM':>8}")
+    cases = [
+        (
+            "784x500 " + ("MNIST" if use_mnist else "Gauss"),
+            784,
+            500,
+            use_mnist,
+            (32, 64, 128, 0.99),
+        ),
+        ("3136x128 Gauss", 3136, 128, False, (102, 205, 410)),
+    ]
+    for label, n_in, n_out, mnist, ranks in cases:
+        X, W = layer(n_in, n_out, 1024, rng, mnist=mnist)
+        for rank in ranks:
+            # compiled outside the timing
+            NullSpaceQuantizer(n_bits=4, rank=8, n_jobs=threads).fit(
+                W[:, :2], activations=X
+            )
+            est = NullSpaceQuantizer(n_bits=4, rank=rank, n_jobs=threads)
+            est._fit_alphabet(W)
+            est.components_ = row_space(X, rank)[0]
+            flops = np.zeros(n_out)
+            t = best_of(lambda: est._preprocess(W, X, X, flops=flops), repeat)
+            rate = flops.sum() / t / 1e9
+            print(
+                f"{label:<22}{est.components_.shape[1]:>5}{t:>9.3f}"
+                f"{flops.sum() / 1e9:>9.2f}{rate:>9.2f}{rate / blas:>8.2f}"
+            )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--plot", default=None)
+    p.add_argument(
+        "--flops", action="store_true", help="the walk's flop rate against BLAS"
+    )
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
     warnings.simplefilter("ignore", UserWarning)
     use_mnist = mnist_available()
+    if args.flops:
+        flop_rates(args.threads, args.repeat, use_mnist, rng)
+        return
     X, W = layer(784, 500, 1024, rng, mnist=use_mnist)
     # compile once, outside the timings
     NullSpaceQuantizer(n_bits=4, rank=8, n_jobs=args.threads).fit(

@@ -91,10 +91,19 @@ def test_walk_serial_and_parallel_agree(chunk):
     hi = lo + step
     V = row_space(X)[0]
     order = np.argsort(-(X**2).sum(axis=0))
-    a = walk_to_vertices(V, W, lo, hi, order, n_jobs=None, chunk=chunk)
-    b = walk_to_vertices(V, W, lo, hi, order, n_jobs=2, chunk=chunk)
+    fa, fb = np.zeros(9), np.zeros(9)
+    a = walk_to_vertices(V, W, lo, hi, order, n_jobs=None, chunk=chunk, flops=fa)
+    b = walk_to_vertices(V, W, lo, hi, order, n_jobs=2, chunk=chunk, flops=fb)
     for x, y in zip(a, b):
         assert_array_equal(x, y)
+    # the counted arithmetic: the same walk, the same count; at least the final
+    # drift check (4 n k) and 6 k per coordinate moved off its start (those not
+    # on a bound already)
+    assert_array_equal(fa, fb)
+    n, k = V.shape
+    moved = ((W > lo) & (W < hi)).sum(axis=0) - k
+    assert np.all(fa >= 4 * n * k + 6 * k * np.maximum(moved, 0))
+    assert_array_equal(walk_to_vertices(V, W, lo, hi, order, chunk=chunk)[0], a[0])
 
 
 def test_final_refinement_restores_the_equality_but_never_leaves_the_box():
@@ -119,8 +128,12 @@ def test_walk_without_constraints_rounds_to_the_nearer_bound():
     W = rng.standard_normal((20, 3))
     lo = np.floor(W * 4) / 4
     hi = lo + 0.25
-    Z, B, pivots = walk_to_vertices(np.empty((20, 0)), W, lo, hi, np.arange(20))
+    flops = np.full(3, -1.0)
+    Z, B, pivots = walk_to_vertices(
+        np.empty((20, 0)), W, lo, hi, np.arange(20), flops=flops
+    )
     assert B.shape == (0, 3) and not pivots.any()
+    assert_array_equal(flops, 0.0)  # no constraint: no arithmetic
     assert_array_equal(Z, np.where(hi - W <= W - lo, hi, lo))  # ties go up
     q = NullSpaceQuantizer(n_bits=3).fit(W, activations=np.zeros((5, 20)))
     assert q.rank_ == 0 and not q.n_off_grid_.any()

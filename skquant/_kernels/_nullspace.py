@@ -107,6 +107,7 @@ def _flush_etas(src, dst, E, leave, t, H, gbuf, pbuf, D, mark):  # pragma: no co
     for c in range(r):
         for p in range(k):
             dst[c, p] = src[c, p] + prod[c, p]
+    return nd
 
 
 @nb.njit(nogil=True)
@@ -221,6 +222,7 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
         hib[p] = hi[B[p]]
     n_cols = cols.shape[0]
     pivots = 0
+    flops = 0.0  # floating-point operations, counted as the steps below do them
     start = 0
     while start < n_cols:
         stop = min(start + chunk, n_cols)
@@ -232,6 +234,8 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
         else:
             T = Tbuf[: stop - start]
             _tableau(V, B, cols[start:stop], T)
+            # an LU factorisation and stop - start solves with it
+            flops += 2.0 * k**3 / 3.0 + 2.0 * k * k * (stop - start)
         t = 0
         restart = stop
         for c in range(start, stop):
@@ -244,6 +248,8 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
             t_hi, arg_hi, t_lo, arg_lo = _ratio_test(
                 y, zb, lob, hib, hi[j] - z[j], lo[j] - z[j], up, down
             )
+            # the etas (2k each), the ratio test (4k) and the move (2k)
+            flops += 2.0 * k * t + 6.0 * k
             if t_hi <= -t_lo:
                 step, out, to_hi = t_hi, arg_hi, True
             else:
@@ -270,7 +276,11 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
             if t == ETA_BLOCK and c + 1 < stop:
                 src = T[c + 1 - first :]
                 dst = Tbuf[: src.shape[0]]  # in place, moved to the front
-                _flush_etas(src, dst, E, leave, t, H, gbuf, pbuf, D, mark)
+                nd = _flush_etas(src, dst, E, leave, t, H, gbuf, pbuf, D, mark)
+                # nd leaving rows: their (nd x k) update matrix (t etas each), then
+                # one (r x nd) @ (nd x k) product and the sum
+                r = src.shape[0]
+                flops += 2.0 * nd * t * k + 2.0 * r * nd * k + r * k
                 T = dst
                 first = c + 1
                 t = 0
@@ -278,25 +288,26 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
     for p in range(k):
         z[B[p]] = zb[p]
     _resolve_basis(V, w, z, B, lo, hi)
-    return pivots
+    flops += 4.0 * n * k  # the drift check (a refinement, when needed, uncounted)
+    return pivots, flops
 
 
 @nb.njit(nogil=True)
 def _walk_columns(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, c0, c1, step
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, flops, c0, c1, step
 ):  # pragma: no cover
     # columns c0, c0 + step, ... < c1 with one workspace
     k = V.shape[1]
     ws = _workspace(k, max(min(chunk, cols.shape[0]), 1))
     for c in range(c0, c1, step):
-        pivots[c] = _walk_column(
+        pivots[c], flops[c] = _walk_column(
             V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws
         )
 
 
 @nb.njit(cache=True, nogil=True)
 def nullspace_walk(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops
 ):  # pragma: no cover
     """Walk every neuron (a row of ``WT``) to a vertex of its polytope.
 
@@ -314,6 +325,9 @@ def nullspace_walk(
     ZT : float64 ndarray of shape (n_out, n), written: the vertices
     basisT : int64 ndarray of shape (n_out, k), written: each neuron's final basis
         (the coordinates that may be off the grid).
+    flops : float64 ndarray of shape (n_out,), written: the floating-point
+        operations of each neuron's walk, counted step by step (the shared first
+        tableau, computed outside, is not included).
 
     Returns
     -------
@@ -321,14 +335,28 @@ def nullspace_walk(
     """
     pivots = np.zeros(WT.shape[0], dtype=np.int64)
     _walk_columns(
-        V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, 0, WT.shape[0], 1
+        V,
+        T0,
+        cols,
+        chunk,
+        WT,
+        loT,
+        hiT,
+        basis0,
+        ZT,
+        basisT,
+        pivots,
+        flops,
+        0,
+        WT.shape[0],
+        1,
     )
     return pivots
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def nullspace_walk_parallel(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, n_threads
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, n_threads
 ):  # pragma: no cover
     """Neuron-parallel :func:`nullspace_walk`: same arguments plus the thread
     count (each thread walks every ``n_threads``-th neuron with one workspace),
@@ -349,6 +377,7 @@ def nullspace_walk_parallel(
             ZT,
             basisT,
             pivots,
+            flops,
             tid,
             n_out,
             n_threads,

@@ -112,7 +112,7 @@ def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
     return best
 
 
-def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
+def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
     """Vertices of ``{z : V^T z = V^T z0, lo <= z <= hi}`` for every column ``z0``.
 
     Parameters
@@ -127,6 +127,10 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
         Numba threads (over columns).
     chunk : int, default=None
         Coordinates per tableau chunk; ``None`` takes :func:`walk_chunk`'s.
+    flops : ndarray of shape (n_out,), default=None
+        Written, when given: each column's floating-point operations, counted by
+        the walk as it does them (``benchmarks/bench_nullspace_speed.py --flops``
+        turns them into a rate).
 
     Returns
     -------
@@ -163,18 +167,18 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None):
     basisT = np.empty((n_out, k), dtype=np.int64)
     pivots = np.empty(n_out, dtype=np.int64)
     Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
+    counted = np.zeros(n_out) if flops is None else flops
     # the walk calls LAPACK and BLAS from numba's threads: BLAS threads on top fight
     # for the cores (measured: 3x to 8x slower)
     with numba_threads(n_jobs) as n_threads, threadpool_limits(1, user_api="blas"):
 
         def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
             args = (V, T0, cols, chunk, Z0T[a:b], loT[a:b], hiT[a:b], basis0)
+            out = (ZT[a:b], basisT[a:b], counted[a:b])
             if n_threads > 1:
-                pivots[a:b] = _nullspace.nullspace_walk_parallel(
-                    *args, ZT[a:b], basisT[a:b], n_threads
-                )
+                pivots[a:b] = _nullspace.nullspace_walk_parallel(*args, *out, n_threads)
             else:
-                pivots[a:b] = _nullspace.nullspace_walk(*args, ZT[a:b], basisT[a:b])
+                pivots[a:b] = _nullspace.nullspace_walk(*args, *out)
 
         run_in_batches(run, n_out, "null-space walk (neurons)", first=n_threads)
     return ZT.T, basisT.T, pivots
@@ -480,9 +484,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         run_in_batches(solve, Z0.shape[1], "null-space LPs (neurons)")
         return Z
 
-    def _preprocess(self, W, Xq, Xf):
+    def _preprocess(self, W, Xq, Xf, flops=None):
         """The grid variant's pre-processed points: each column of ``W`` walked to
-        a vertex of its polytope (coordinates in order of decreasing energy)."""
+        a vertex of its polytope (coordinates in order of decreasing energy);
+        ``flops`` as :func:`walk_to_vertices`'s."""
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
         Z0 = self._start_points(W, Xq, Xf)
@@ -492,7 +497,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if V.shape[1] >= n:
             return Z0
         order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
-        return walk_to_vertices(V, Z0, lo, hi, order, self.n_jobs)[0]
+        return walk_to_vertices(V, Z0, lo, hi, order, self.n_jobs, flops=flops)[0]
 
     def _codes(self, W, Xq, Xf, Z=None):
         """Integer codes of ``W`` (float64 columns) and the pre-processed points."""
