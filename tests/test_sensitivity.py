@@ -273,3 +273,37 @@ def test_measurement_errors(held_out):
         res.threshold("margin")
     with pytest.raises(ValueError, match="hessian=True"):
         res.cost("hessian")
+
+
+def _same_tables(a, b, rtol):
+    for field in ("noise", "size", "code_bits", "accuracy", "t_margin"):
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=rtol)
+    np.testing.assert_allclose(a.p, b.p, rtol=1e-6)
+
+
+def test_parallel_sweeps_give_the_serial_tables(held_out):
+    from skquant import LayerBitAllocator
+
+    mlp, X, y = held_out
+    kwargs = dict(quantizer=GreedyPathQuantizer(), bits=(2, 4, 6), additivity=False)
+    serial = measure_sensitivity(mlp, X, y, **kwargs)
+    parallel = measure_sensitivity(mlp, X, y, n_jobs=2, **kwargs)
+    _same_tables(serial, parallel, rtol=1e-9)
+    # the estimator: the same measurement, the same choice of bits
+    a = LayerBitAllocator(mlp, bits=(2, 4, 6)).fit(X, y)
+    b = LayerBitAllocator(mlp, bits=(2, 4, 6), n_jobs=2).fit(X, y)
+    assert a.bits_ == b.bits_ and a.size_bits_ == b.size_bits_
+    with pytest.raises(ValueError, match="n_jobs must be None or a non-zero int"):
+        measure_sensitivity(mlp, X, y, bits=(2, 4), n_jobs=0)
+
+
+def test_parallel_sweeps_of_torch_models_give_the_serial_tables(held_out):
+    torch = pytest.importorskip("torch")
+    from skquant.torch import measure_sensitivity as measure_torch
+
+    mlp, X, y = held_out
+    model = _torch_copy(torch, mlp)
+    serial = measure_torch(model, X, y, bits=(3, 6), additivity=False)
+    parallel = measure_torch(model, X, y, bits=(3, 6), additivity=False, n_jobs=2)
+    # a worker's thread count may change float32 summation order, nothing more
+    _same_tables(serial, parallel, rtol=1e-5)

@@ -29,6 +29,7 @@ import numbers
 import time
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
@@ -55,6 +56,17 @@ def _fit_choice(quantizer, choice, W, X, groups):
     est = choice_quantizer(quantizer, choice)
     inputs = (X, X) if requires(est, "data") else None
     return fit_layer(est, W, inputs=inputs, groups=groups)[1]
+
+
+def _measure_choice(network, X, name, quantizer, choice, W, Xin, groups):
+    """Layer ``name`` alone at ``choice``: the quantized tensor's stored bits and
+    code bits, its dequantized weight and the network's outputs on ``X`` with it
+    (one independent task of the sweep; it runs in a joblib worker with
+    ``n_jobs``)."""
+    tensor = _fit_choice(quantizer, choice, W, Xin, groups)
+    Q = tensor.dequantize().astype(np.float64)
+    Z = np.asarray(network.outputs(X, {name: Q}), dtype=np.float64)
+    return tensor.size_bits, tensor.n_bits, Q, Z
 
 
 def _empirical_threshold(
@@ -125,6 +137,7 @@ def sensitivity(
     max_rows=2048,
     random_state=0,
     verbose=False,
+    n_jobs=None,
 ):
     """Measure every layer's sensitivity: the one driver behind the front ends.
 
@@ -145,6 +158,8 @@ def sensitivity(
         no accuracy and no ``t``).
     hessian_data : object, default=None
         ``(X, y)`` in the adapter's format for the Hessian traces.
+    n_jobs : int, default=None
+        See :func:`measure_sensitivity`.
 
     Returns
     -------
@@ -152,6 +167,14 @@ def sensitivity(
     """
     quantizer = check_quantizer(quantizer)
     choices = check_choices(bits)
+    if n_jobs is not None and (
+        not isinstance(n_jobs, numbers.Integral)
+        or isinstance(n_jobs, bool)
+        or n_jobs == 0
+    ):
+        raise ValueError(
+            f"n_jobs must be None or a non-zero int, got n_jobs={n_jobs!r} instead."
+        )
     if threshold not in ("margin", "empirical", "both", None):
         raise ValueError(
             "threshold must be 'margin', 'empirical', 'both' or None, got "
@@ -205,16 +228,21 @@ def sensitivity(
         W = np.asarray(W)  # its own dtype: the scales are stored in it
         wnorm[i] = float(np.sum(W.astype(np.float64) ** 2))
         diffs = []
-        for j, choice in enumerate(choices):
-            tensor = _fit_choice(quantizer, choice, W, Xin, groups)
-            Q = tensor.dequantize().astype(np.float64)
-            Z = np.asarray(network.outputs(X, {name: Q}), dtype=np.float64)
+        tasks = (
+            delayed(_measure_choice)(network, X, name, quantizer, c, W, Xin, groups)
+            for c in choices
+        )
+        if n_jobs is None or n_jobs == 1:
+            runs = [task(*args, **kw) for task, args, kw in tasks]
+        else:  # the choices are independent: joblib's workers (or its Dask backend)
+            runs = Parallel(n_jobs=n_jobs)(tasks)
+        for j, (size_bits, n_bits, Q, Z) in enumerate(runs):
             count[0] += 1
             R = Z.reshape(n, -1) - ref
             diffs.append(R)
             noise[i, j] = noise_power(R)
-            size[i, j] = tensor.size_bits
-            code_bits[i, j] = tensor.n_bits
+            size[i, j] = size_bits
+            code_bits[i, j] = n_bits
             werr[i, j] = float(np.sum((W - Q) ** 2))  # (Q is float64)
             if classifier:
                 acc[i, j] = accuracy_of(Z, labels)

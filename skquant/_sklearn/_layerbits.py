@@ -67,6 +67,9 @@ class LayerBitAllocator(BaseEstimator):
         Seed of the measurement.
     verbose : bool, default=False
         Progress bar.
+    n_jobs : int, default=None
+        Parallel workers (joblib) for the sensitivity sweep (see
+        :func:`~skquant.measure_sensitivity`); ``None`` runs it in this process.
 
     Attributes
     ----------
@@ -124,6 +127,7 @@ class LayerBitAllocator(BaseEstimator):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["boolean"],
+        "n_jobs": [None, numbers.Integral],
     }
 
     def __init__(
@@ -143,6 +147,7 @@ class LayerBitAllocator(BaseEstimator):
         batch_size=256,
         random_state=0,
         verbose=False,
+        n_jobs=None,
     ):
         self.estimator = estimator
         self.quantizer = quantizer
@@ -158,6 +163,7 @@ class LayerBitAllocator(BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
+        self.n_jobs = n_jobs
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -197,6 +203,7 @@ class LayerBitAllocator(BaseEstimator):
             max_samples=self.max_samples,
             random_state=self.random_state,
             verbose=self.verbose,
+            n_jobs=self.n_jobs,
         )
         adapter = adapter_for(self.estimator)
         if adapter is not None:

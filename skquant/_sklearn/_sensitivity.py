@@ -24,6 +24,7 @@ def measure_sensitivity(
     max_samples=2000,
     random_state=0,
     verbose=False,
+    n_jobs=None,
 ):
     """Per-layer sensitivity of a fitted scikit-learn MLP (Zhou et al.).
 
@@ -76,6 +77,15 @@ def measure_sensitivity(
         Seed of the subset, the noise and the probes.
     verbose : bool, default=False
         Progress bar over the layers.
+    n_jobs : int, default=None
+        Parallel workers (joblib) for the choices of each layer, which are
+        independent fits and passes: ``None`` runs them in this process, ``-1``
+        uses every core. The workers follow joblib's backend, so under
+        ``joblib.parallel_config(backend="dask")`` they run on a Dask cluster.
+        The results are the serial run's (to floating-point summation order,
+        which a worker's thread count can change). Workers pay off where each has
+        cores of its own: on one machine whose cores every pass already uses
+        (BLAS's and torch's threads), they can be slower than the serial run.
 
     Returns
     -------
@@ -146,4 +156,5 @@ def measure_sensitivity(
         max_rows=None,
         random_state=random_state,
         verbose=verbose,
+        n_jobs=n_jobs,
     )
