@@ -1,0 +1,71 @@
+"""Zhou sensitivity of VGG-8: serial, joblib workers, and a Dask LocalCluster.
+
+``skquant.torch.measure_sensitivity`` of the Fashion-MNIST VGG-8 (``_models.py``) on
+2000 test images at bits (2, 3, 4, 5, 6, 8): serial, with ``n_jobs=2`` (joblib's
+process workers), and with ``n_jobs=2`` under ``joblib.parallel_config(
+backend="dask")`` on a ``distributed.LocalCluster`` of 2 worker processes; prints
+the medians of ``--rounds`` interleaved rounds, the ratios to the serial time, and
+whether the tables agree.
+
+Run (needs the data of ``get_data.sh`` and ``pip install -e .[dask]``):
+    .venv/bin/python benchmarks/bench_sweeps.py --rounds 3
+"""
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+from _models import trained
+from joblib import parallel_config
+
+from skquant.torch import measure_sensitivity
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    from distributed import Client, LocalCluster
+
+    warnings.simplefilter("ignore")
+    model, (_, _, Xte, yte) = trained("vgg8", "fashion-mnist", verbose=False)
+    X, y = Xte[:2000], yte[:2000]
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = Client(cluster)
+
+    def serial():
+        return measure_sensitivity(model, X, y)
+
+    def workers():
+        return measure_sensitivity(model, X, y, n_jobs=2)
+
+    def dask():
+        with parallel_config(backend="dask"):
+            return measure_sensitivity(model, X, y, n_jobs=2)
+
+    runs = {"serial": serial, "n_jobs=2": workers, "dask, 2 workers": dask}
+    times = {name: [] for name in runs}
+    tables = {}
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            tables[name] = run()
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["serial"])
+    for name in runs:
+        t = statistics.median(times[name])
+        same = np.allclose(tables[name].noise, tables["serial"].noise, rtol=1e-5)
+        print(
+            f"{name:<18}{t:8.1f} s  {t / base:5.2f}x serial  "
+            f"noise table {'the same' if same else 'DIFFERENT'}"
+        )
+    client.close()
+    cluster.close()
+
+
+if __name__ == "__main__":
+    main()
