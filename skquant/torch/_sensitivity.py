@@ -85,14 +85,8 @@ def measure_sensitivity(
     verbose : bool, default=False
         Progress bar over the layers.
     n_jobs : int, default=None
-        Parallel workers (joblib) for the choices of each layer, which are
-        independent fits and passes: ``None`` runs them in this process, ``-1``
-        uses every core. The workers follow joblib's backend, so under
-        ``joblib.parallel_config(backend="dask")`` they run on a Dask cluster.
-        The results are the serial run's (to floating-point summation order,
-        which a worker's thread count can change). Workers pay off where each has
-        cores of its own: on one machine whose cores every pass already uses
-        (BLAS's and torch's threads), they can be slower than the serial run.
+        Joblib workers for the choices of each layer, as in
+        :func:`skquant.measure_sensitivity` (the model travels to them).
 
     Returns
     -------
