@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_runtime import latencies, load_net  # noqa: E402
+from bench_runtime import latencies, load_net, print_rst_table  # noqa: E402
 
 from skquant import (  # noqa: E402
     ActivationQuantizer,
@@ -252,14 +252,7 @@ def print_rst(rows):
                     ms(r["skquant_b256_ms"], 1),
                 ]
             )
-        widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
-        rule = "  ".join("=" * w for w in widths)
-        print(f"\n{net}:\n\n{rule}")
-        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-        print(rule)
-        for x in lines:
-            print("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip())
-        print(rule)
+        print_rst_table(net, cols, lines)
 
 
 def main():

@@ -383,6 +383,18 @@ def check_kernels(nets):
             print(line, flush=True)
 
 
+def print_rst_table(title, cols, lines):
+    """Print ``title:`` and a reST simple table of ``cols`` over ``lines`` (strings)."""
+    widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
+    rule = "  ".join("=" * w for w in widths)
+    print(f"\n{title}:\n\n{rule}")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    print(rule)
+    for x in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip())
+    print(rule)
+
+
 def print_rst(rows):
     """The rows as a reST table per network (the docs' tables)."""
     for net in dict.fromkeys(r["net"] for r in rows):
@@ -407,14 +419,7 @@ def print_rst(rows):
                 f"{r['batch256_ms']:.1f}",
             ] + ([f"{100 * r['accuracy']:.2f}%"] if acc else [])
             lines.append(cells)
-        widths = [max(len(c), *(len(x[i]) for x in lines)) for i, c in enumerate(cols)]
-        rule = "  ".join("=" * w for w in widths)
-        print(f"\n{net}:\n\n{rule}")
-        print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-        print(rule)
-        for x in lines:
-            print("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip())
-        print(rule)
+        print_rst_table(net, cols, lines)
     print()
     print("\n".join(targets(rows)))
 

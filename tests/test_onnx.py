@@ -163,10 +163,19 @@ def test_clear_errors(tmp_path, monkeypatch):
 
 def test_opset_too_old_is_refused(tmp_path):
     qnet = quantize_model(cnn(), TernaryQuantizer())
-    with pytest.raises(ValueError, match=r"opset=21 is too old .*\(INT2 needs"):
+    with pytest.raises(ValueError, match=r"opset=21 is too old .*\(INT2 tensors need"):
         export_onnx(qnet, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx", opset=21)
     report = export_onnx(qnet, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx", opset=25)
     assert report["opset"] == 25
+    # INT4 codes multiplied as integers are INT4 tensors too
+    X = torch.randn(64, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w4a8 = quantize_model(
+            mlp(), UniformQuantizer(n_bits=4), X, activations=ActivationQuantizer(8)
+        )
+    with pytest.raises(ValueError, match=r"opset=20 is too old .*\(INT4 tensors need"):
+        export_onnx(w4a8, X, tmp_path / "m.onnx", opset=20)
 
 
 def test_per_parameter_precision_exports_exact_values(tmp_path):
