@@ -15,6 +15,16 @@ Run (one thread, about 10 minutes; needs the data of ``get_data.sh``):
     # the replay only, from the stored ladders:
     .venv/bin/python benchmarks/bench_auto_rank.py \\
         --json benchmarks/results/bench_auto_rank.json --replay
+    # and caps limited to a multiple of GPFQ's arithmetic (--budget):
+    .venv/bin/python benchmarks/bench_auto_rank.py \\
+        --json benchmarks/results/bench_auto_rank.json --replay --budget 1 2 4 16
+
+With ``--budget B``, the replay only tries caps whose walk costs at most ``B``
+times GPFQ's kernel on the layer, in a cost model of time: the walk's counted
+flops (about ``5 n_in k^2`` per neuron, ``bench_nullspace_speed.py --flops``) at
+0.4 of a GEMM's rate, against GPFQ's ``min(4 m n_in n_out, 2 (m + n_out) n_in^2)``
+at a GEMM's rate (``m``: the layer's calibration rows, 4096 sampled patches for a
+convolution); the smallest cap is always tried.
 """
 
 import argparse
@@ -36,6 +46,9 @@ NETS = {
     "cnn": "fashion-mnist",
     "vgg8": "fashion-mnist",
 }
+
+#: convolutions at the front of each network (their layers see 4096 patches)
+N_CONV = {"lenet5": 2, "mlp": 0, "cnn": 2, "vgg8": 6}
 
 
 def ladders(nets):
@@ -82,10 +95,12 @@ def ladders(nets):
     return rows
 
 
-def climb(scores, patience):
-    """The caps tried and the cap chosen when climbing with ``patience``."""
+def climb(scores, patience, allowed=None):
+    """The caps tried and the cap chosen when climbing with ``patience`` (over the
+    caps ``allowed`` accepts, the smallest always)."""
     tried, worse = {}, 0
-    for k in sorted(scores):
+    caps = sorted(scores)
+    for k in caps[:1] + [k for k in caps[1:] if allowed is None or allowed(k)]:
         worse = worse + 1 if tried and scores[k] >= min(tried.values()) else 0
         tried[k] = scores[k]
         if worse >= patience:
@@ -125,11 +140,72 @@ def replay(rows):
             print(f"    {line}")
 
 
+def walk_cost(n, k, n_out):
+    """Modelled time of the walks at cap ``k`` (GEMM-flop units)."""
+    return 5 * n * k * k * n_out / 0.4
+
+
+def gpfq_cost(m, n, n_out):
+    """Modelled time of GPFQ's kernel (GEMM-flop units)."""
+    return min(4 * m * n * n_out, 2 * (m + n_out) * n * n)
+
+
+def replay_budget(rows, budgets):
+    """Caps limited to ``budget`` times GPFQ's modelled time, patience 2."""
+    for budget in budgets:
+        same = total = 0
+        cost = cost_gpfq = 0.0
+        worst = []
+        for r in rows:
+            for i, layer in enumerate(r["layers"]):
+                scores = {int(k): v for k, v in layer["scores"].items()}
+                if not scores:
+                    continue
+                n, n_out = layer["shape"]
+                m = 4096 if i < N_CONV[r["net"]] else r["calib"]
+                g = gpfq_cost(m, n, n_out)
+                full = min(scores, key=lambda k: (scores[k], -k))
+                got, tried = climb(
+                    scores, 2, lambda k, n=n, n_out=n_out, g=g: (
+                        walk_cost(n, k, n_out) <= budget * g
+                    )
+                )
+                total += 1
+                same += got == full
+                # the ladder's walks, then the final fit at the chosen cap
+                cost += sum(walk_cost(n, k, n_out) for k in tried)
+                cost += walk_cost(n, got, n_out)
+                cost_gpfq += g
+                if got != full:
+                    worst.append(
+                        (scores[got] / scores[full] - 1, r, (n, n_out), got, full)
+                    )
+        worst.sort(key=lambda w: -w[0])
+        print(
+            f"budget {budget:g}: {same} of {total} layers pick the whole ladder's "
+            f"cap; modelled time {cost / cost_gpfq:.1f}x GPFQ's; most held-out "
+            "error lost:"
+        )
+        for more, r, shape, got, full in worst[:4]:
+            print(
+                f"    {r['net']} {r['bits']} bits {r['calib']} images, layer "
+                f"{shape[0]}x{shape[1]}: cap {got} for {full}, "
+                f"+{100 * more:.1f}% held-out error"
+            )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--json", type=Path, default=Path("bench_auto_rank.json"))
     p.add_argument("--replay", action="store_true", help="replay --json, run nothing")
+    p.add_argument(
+        "--budget",
+        nargs="+",
+        type=float,
+        default=[],
+        help="also replay with caps limited to these multiples of GPFQ's time",
+    )
     args = p.parse_args()
     if args.replay:
         rows = json.loads(args.json.read_text())
@@ -137,6 +213,7 @@ def main():
         rows = ladders(args.nets)
         args.json.write_text(json.dumps(rows))
     replay(rows)
+    replay_budget(rows, args.budget)
 
 
 if __name__ == "__main__":
