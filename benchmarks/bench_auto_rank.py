@@ -166,9 +166,11 @@ def replay_budget(rows, budgets):
                 g = gpfq_cost(m, n, n_out)
                 full = min(scores, key=lambda k: (scores[k], -k))
                 got, tried = climb(
-                    scores, 2, lambda k, n=n, n_out=n_out, g=g: (
+                    scores,
+                    2,
+                    lambda k, n=n, n_out=n_out, g=g: (
                         walk_cost(n, k, n_out) <= budget * g
-                    )
+                    ),
                 )
                 total += 1
                 same += got == full
