@@ -430,7 +430,12 @@ def test_gpfq_gram_form_equals_the_path(n_bits, block_size):
     for X_target in (Xq, Xf):
         q = GreedyPathQuantizer(n_bits=n_bits)
         q._fit_alphabet(W, "maxabs")
-        codes, residual = q._codes(W, Xq, X_target)
+        codes, residual, norm = q._codes(W, Xq, X_target)
+        # neurons in blocks (a partial last block too): the same path
+        blocked = q._codes(W, Xq, X_target, block=4)
+        assert_array_equal(blocked[0], codes)
+        np.testing.assert_allclose(blocked[1], residual, rtol=1e-12)
+        np.testing.assert_allclose(norm, np.linalg.norm(X_target @ W, axis=0))
         codes_g = q._codes_gram(W, Xq, X_target, block_size=block_size)
         assert_array_equal(codes_g, codes)
         Q = q._tensor(codes_g).dequantize()

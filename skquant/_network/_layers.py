@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from .._common._heap import release_heap
 from .._common._progress import progress
 from .._quantizers._nullspace import NoFreedomWarning
 from ._dense import DenseNetwork
@@ -16,11 +17,16 @@ from ._report import LayerQuantization
 __all__ = ["layer_errors", "quantize_layers", "quantize_network"]
 
 
-def _output_error(Xq, Q, Xf, W):
-    """``||Xq Q - Xf W|| / ||Xf W||`` (0 when the reference is 0)."""
-    ref = Xf @ W
-    den = np.linalg.norm(ref)
-    return float(np.linalg.norm(Xq @ Q - ref) / den) if den > 0 else 0.0
+def _output_error(Xq, Q, Xf, W, block=512):
+    """``||Xq Q - Xf W|| / ||Xf W||`` (0 when the reference is 0), ``block``
+    output columns at a time (a float32 ``W`` is not copied whole to float64)."""
+    num = den = 0.0
+    for a in range(0, W.shape[1], block):
+        ref = Xf @ W[:, a : a + block]
+        den += float(np.sum(ref * ref))
+        diff = Xq @ Q[:, a : a + block] - ref
+        num += float(np.sum(diff * diff))
+    return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
 def quantize_layers(
@@ -33,6 +39,7 @@ def quantize_layers(
     gradients=None,
     calibrate=None,
     verbose=False,
+    sink=None,
 ):
     """Quantize a network layer by layer: the one driver every front end calls.
 
@@ -62,12 +69,17 @@ def quantize_layers(
         even when no quantizer needs it; ``None`` walks only when one does.
     verbose : bool, default=False
         Progress bar over the layers.
+    sink : callable, default=None
+        ``sink(name, tensor)`` receives each quantized layer's tensor as soon as
+        it is fitted, and the result keeps none of it (no quantizer, tensor or
+        weights): the walk then holds one layer at a time.
 
     Returns
     -------
     result : LayerQuantization
         ``quantizers``, ``tensors`` and ``weights`` (dequantized, ``(n_in,
-        n_out)``) by layer name, for the quantized layers, and the ``report``.
+        n_out)``) by layer name, for the quantized layers (empty with a
+        ``sink``), and the ``report``.
     """
     names = network.layer_names
     plan = resolve_quantizers(names, quantizer)
@@ -125,22 +137,38 @@ def quantize_layers(
                     no_freedom.append(f"{step.name} ({W.shape[0]} inputs)")
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            Q = tensor.dequantize()
             row["seconds"] = time.perf_counter() - start
             row.update(
                 bits=tensor.bits_per_param,
                 size_bits=tensor.size_bits,
                 n_bits=tensor.n_bits,
             )
-            result.quantizers[step.name] = est
-            result.tensors[step.name] = tensor
-            result.weights[step.name] = Q
-            step.quantized = Q
+            step.tensor = tensor
+            if sink is None:
+                step.quantized = tensor.dequantize()
+                result.quantizers[step.name] = est
+                result.tensors[step.name] = tensor
+                result.weights[step.name] = step.quantized
+            else:  # the walk takes the tensor; nothing of the layer is kept
+                sink(step.name, tensor)
+                plan[step.name] = None  # the fitted quantizer holds its codes
+            est = tensor = None
         if step.has_inputs and step.groups == 1:
             Xq, Xf = step.inputs()
-            Q = W if step.quantized is None else step.quantized
+            if step.tensor is None:
+                Q = W
+            else:
+                Q = (
+                    step.tensor.dequantize()
+                    if step.quantized is None
+                    else step.quantized
+                )
             row["calibration_error"] = _output_error(Xq, Q, Xf, W)
+            Q = Xq = Xf = None
         result.report.rows.append(row)
+        if sink is not None:  # hold no layer while the walk makes the next one
+            step.weight = W = None
+            release_heap()
     if no_freedom:
         warnings.warn(
             f"NullSpaceQuantizer: the calibration data leaves no freedom in "

@@ -14,7 +14,8 @@ class LayerStep:
 
     The driver reads :meth:`inputs` if it needs them, then sets ``quantized`` to
     the weights the quantized network should use from now on (``None`` keeps the
-    float weights) before asking the walk for the next layer.
+    float weights), and ``tensor`` to their QuantizedTensor, before asking the
+    walk for the next layer.
 
     Parameters
     ----------
@@ -37,6 +38,7 @@ class LayerStep:
         self._inputs = None
         self.groups = groups
         self.quantized = None
+        self.tensor = None
 
     @property
     def has_inputs(self):

@@ -44,10 +44,18 @@ def check_activations(activations, n_in, cls_name, name="activations"):
     return X
 
 
-def _fingerprint(W):
-    """Shape and digest of ``W``'s values (as float64): which weights were fitted."""
-    W64 = np.ascontiguousarray(W, dtype=np.float64)
-    return W64.shape, hashlib.blake2b(W64.tobytes(), digest_size=16).hexdigest()
+def _fingerprint(W, rows=1 << 20):
+    """Shape and digest of ``W``'s values (as float64): which weights were fitted.
+
+    The values are hashed in slices of about ``rows`` entries (float64 copies of
+    a slice at a time, not of the whole matrix); the digest is that of the whole
+    C-ordered float64 array."""
+    W = np.asarray(W)
+    h = hashlib.blake2b(digest_size=16)
+    step = max(1, rows // max(1, W.shape[1])) if W.ndim == 2 else max(1, W.shape[0])
+    for a in range(0, W.shape[0], step):
+        h.update(np.ascontiguousarray(W[a : a + step], dtype=np.float64).data)
+    return W.shape, h.hexdigest()
 
 
 class BaseDataQuantizer(BaseWeightQuantizer):

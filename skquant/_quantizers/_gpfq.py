@@ -3,6 +3,7 @@
 import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
+from .._common._backends import check_device, kernels
 from ._datadriven import BaseDataQuantizer
 from ._gram import gram, triangle_product
 
@@ -36,6 +37,14 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         L2-optimal level for ternary and binary).
     n_jobs : int, default=None
         Number of numba threads (over neurons); ``None`` means 1, ``-1`` all.
+    device : None, str or torch.device, default=None
+        Where the layer's kernel runs: ``None``, the NumPy/numba kernels; a
+        torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``), the same algorithm
+        (the Gram form, float64) in torch operations on it (needs PyTorch). The
+        codes are the numba kernels' up to summation order: a value within
+        rounding error of a decision boundary may round the other way (see
+        :ref:`devices`). :func:`skquant.torch.quantize_model` sets it for a
+        model on a CUDA device.
 
     Attributes
     ----------
@@ -81,37 +90,71 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         **BaseDataQuantizer._parameter_constraints,
         "scale": [StrOptions({"maxabs", "mse"})],
     }
+    _parameter_constraints["device"] = "no_validation"
     _parameter_constraints.pop("granularity")
 
-    def __init__(self, n_bits=4, *, scale="maxabs", n_jobs=None):
+    #: for instances pickled before the parameter existed
+    device = None
+
+    def __init__(self, n_bits=4, *, scale="maxabs", n_jobs=None, device=None):
         self.n_bits = n_bits
         self.scale = scale
         self.n_jobs = n_jobs
+        self.device = device
 
     def _fit_quantize(self, W, activations, target_activations):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
         self._fit_alphabet(W, self.scale)
-        W64 = W.astype(np.float64)
-        ref = Xf @ W64
-        if use_gram(*Xq.shape, W.shape[1]):
-            codes = self._codes_gram(W64, Xq, Xf)
+        device = check_device(self.device, type(self).__name__)
+        if device is not None or use_gram(*Xq.shape, W.shape[1]):
+            W64 = W.astype(np.float64)
+            ref = Xf @ W64
+            if device is None:
+                codes = self._codes_gram(W64, Xq, Xf)
+            else:  # the Gram form in torch on that device
+                step = self.scale_.astype(np.float64)
+                codes = self.alphabet_record_.final_codes(
+                    kernels("torch")["gpfq_codes"](
+                        Xq,
+                        Xf,
+                        W64,
+                        W64,
+                        self.alphabet_record_.code_grid(step),
+                        128,
+                        device,
+                    )
+                )
             Q = self._tensor(codes).dequantize()
             residual = np.linalg.norm(ref - Xq @ Q, axis=0)
+            norm = np.linalg.norm(ref, axis=0)
         else:
-            codes, residual = self._codes(W64, Xq, Xf)
-        norm = np.linalg.norm(ref, axis=0)
+            codes, residual, norm = self._codes(W, Xq, Xf)
         self.calibration_error_ = residual / np.where(norm > 0, norm, 1)
         return codes, W.dtype
 
-    def _codes(self, W, Xq, Xf):
-        """Codes and residual norms from the per-neuron path (numba kernel)."""
+    def _codes(self, W, Xq, Xf, block=256):
+        """Codes, residual norms and reference norms from the per-neuron path
+        (numba kernel), ``block`` neurons at a time: the float64 copies and the
+        kernel's buffers are a block's, not the layer's (the neurons are
+        independent, so the codes are the same)."""
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
-        idx = np.tile(np.arange(n, dtype=np.int64), (n_out, 1)).T.copy()
-        U = np.zeros((n_out, Xq.shape[0]))
-        codes = np.zeros((n, n_out))
-        self._greedy_path(Xq, Xf, W, idx, U, step, codes)
-        return self.alphabet_record_.final_codes(codes), np.linalg.norm(U, axis=1)
+        codes = np.empty((n, n_out), dtype=self.alphabet_record_.dtype)
+        residual, norm = np.empty(n_out), np.empty(n_out)
+        idx = np.tile(np.arange(n, dtype=np.int64), (min(block, n_out), 1)).T.copy()
+        for a in range(0, n_out, block):
+            b = min(n_out, a + block)
+            Wb = W[:, a:b].astype(np.float64)
+            norm[a:b] = np.linalg.norm(Xf @ Wb, axis=0)
+            U = np.zeros((b - a, Xq.shape[0]))
+            out = np.zeros((n, b - a))
+            ids = (
+                idx if b - a == idx.shape[1] else np.ascontiguousarray(idx[:, : b - a])
+            )
+            self._greedy_path(Xq, Xf, Wb, ids, U, step[a:b], out)
+            codes[:, a:b] = self.alphabet_record_.final_codes(out)
+            residual[a:b] = np.linalg.norm(U, axis=1)
+        return codes, residual, norm
 
     def _codes_gram(self, W, Xq, Xf, block_size=128):
         """Codes of the same path for all neurons at once, from Gram matrices.

@@ -6,6 +6,7 @@ import numpy as np
 from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._common._backends import check_device, kernels
 from .._kernels import _gptq
 from ._datadriven import BaseDataQuantizer
 from ._gram import gram, inverse_upper_cholesky
@@ -69,6 +70,14 @@ class GPTQQuantizer(BaseDataQuantizer):
     n_jobs : int, default=None
         Accepted for the common interface of skquant's quantizers; the work runs
         in BLAS (its own threads).
+    device : None, str or torch.device, default=None
+        Where the layer's kernel runs: ``None``, the NumPy/numba kernels; a
+        torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``), the same algorithm
+        (the Cholesky form, float64) in torch operations on it (needs PyTorch). The
+        codes are the numba kernels' up to summation order: a value within
+        rounding error of a decision boundary may round the other way (see
+        :ref:`devices`). :func:`skquant.torch.quantize_model` sets it for a
+        model on a CUDA device.
 
     Attributes
     ----------
@@ -123,7 +132,11 @@ class GPTQQuantizer(BaseDataQuantizer):
         "act_order": ["boolean"],
         "target": [StrOptions({"weights", "float_output"})],
     }
+    _parameter_constraints["device"] = "no_validation"
     _parameter_constraints.pop("granularity")
+
+    #: for instances pickled before the parameter existed
+    device = None
 
     def __init__(
         self,
@@ -135,6 +148,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         act_order=False,
         target="weights",
         n_jobs=None,
+        device=None,
     ):
         self.n_bits = n_bits
         self.scale = scale
@@ -143,6 +157,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         self.act_order = act_order
         self.target = target
         self.n_jobs = n_jobs
+        self.device = device
 
     def _fit_quantize(self, W, activations, target_activations):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
@@ -157,7 +172,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         order = np.argsort(-energy, kind="stable") if self.act_order else np.arange(n)
         lowrank = _use_lowrank(m, n)
         target = W64
-        if Xf is not Xq and self.target == "float_output":
+        if Xf is not Xq and self.target == "float_output" and self.device is None:
             c = Xq.T @ (Xf @ W64)
             if lowrank:  # Woodbury: (lam I + X^T X)^-1 c through an m x m solve
                 K = gram(Xq.T)
@@ -167,7 +182,21 @@ class GPTQQuantizer(BaseDataQuantizer):
                 H = _damped_gram(Xq, lam)
                 target = linalg.solve(H, c, assume_a="pos", overwrite_a=True)
         codes = np.empty(W.shape)
-        if lowrank:
+        device = check_device(self.device, type(self).__name__)
+        if device is not None:  # torch's kernel on that device (Cholesky form)
+            codes = kernels("torch")["gptq_codes"](
+                W64,
+                Xq,
+                lam,
+                self.alphabet_record_.code_grid(self.scale_.astype(np.float64)),
+                order,
+                self.block_size,
+                device,
+                target=(Xq, Xf)
+                if Xf is not Xq and self.target == "float_output"
+                else None,
+            )
+        elif lowrank:
             codes[order] = self._quantize_rows_lowrank(target[order], Xq[:, order], lam)
         else:
             # one n x n float64 matrix throughout (H, then U in its memory), a

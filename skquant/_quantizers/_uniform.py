@@ -5,6 +5,7 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._common._backends import check_device, kernels
 from .._kernels import _msq
 from .._tensor import _alphabets
 from ._base import BaseWeightQuantizer
@@ -42,6 +43,12 @@ class UniformQuantizer(BaseWeightQuantizer):
     n_jobs : int, default=None
         Number of numba threads used by :meth:`fit` and :meth:`transform`; ``None``
         means 1, ``-1`` means all. The previous thread count is restored afterwards.
+    device : None, str or torch.device, default=None
+        Where the rounding of :meth:`encode` and :meth:`transform` runs: ``None``,
+        the numba kernels; a torch device (``"cuda"``, ``"cpu"``), torch
+        operations on it (needs PyTorch), bit for bit the same codes (the same
+        product, rounding half to even and clip in ``W``'s dtype). The scales are
+        fitted by NumPy either way.
 
     Attributes
     ----------
@@ -98,7 +105,11 @@ class UniformQuantizer(BaseWeightQuantizer):
         "n_bits": [Interval(numbers.Integral, 2, 16, closed="both")],
         "scale": [StrOptions({"maxabs", "percentile", "mse"}), *_SCALE_CONSTRAINT],
         "percentile": [Interval(numbers.Real, 0, 100, closed="right")],
+        "device": "no_validation",
     }
+
+    #: for instances pickled before the parameter existed
+    device = None
 
     def __init__(
         self,
@@ -108,12 +119,37 @@ class UniformQuantizer(BaseWeightQuantizer):
         scale="maxabs",
         percentile=99.9,
         n_jobs=None,
+        device=None,
     ):
         self.n_bits = n_bits
         self.granularity = granularity
         self.scale = scale
         self.percentile = percentile
         self.n_jobs = n_jobs
+        self.device = device
+
+    def _device_codes(self, W, level):
+        """The codes from torch on ``device``, in ``W``'s dtype (or None)."""
+        device = check_device(self.device, type(self).__name__)
+        if device is None:
+            return None
+        dtype = W.dtype.type
+        inv = (dtype(1) / level).astype(W.dtype)
+        return kernels("torch")["msq_codes"](
+            W, inv, np.zeros_like(level), self.qmin_, self.qmax_, device
+        )
+
+    def _fake_quantize(self, W, level, out):
+        q = self._device_codes(W, level)
+        if q is None:
+            return super()._fake_quantize(W, level, out)
+        np.multiply(q, level, out=out)
+
+    def _quantize(self, W, level, out):
+        q = self._device_codes(W, level)
+        if q is None:
+            return super()._quantize(W, level, out)
+        out[...] = q
 
     def _code_range(self):
         qmin, qmax = _alphabets.uniform_range(self.n_bits)

@@ -228,7 +228,7 @@ class Writer:
         meta, arrays = _tensor_entry(qt)
         self.tensors[name] = meta
         for k, a in arrays.items():
-            self.data[f"{name}/{k}"] = a
+            self._store(f"{name}/{k}", np.asarray(a))
 
     def array(self, name, a):
         a = np.asarray(a)
@@ -237,7 +237,115 @@ class Writer:
         if a.dtype.kind not in "fiub":
             raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
         self.arrays[name] = {"dtype": a.dtype.str, "shape": list(a.shape)}
+        self._store(name, a)
+
+    def _store(self, name, a):
         self.data[name] = a
+
+
+#: safetensors' names of the NumPy dtypes a file holds
+_ST_DTYPES = {
+    "b1": "BOOL",
+    "u1": "U8",
+    "i1": "I8",
+    "u2": "U16",
+    "i2": "I16",
+    "f2": "F16",
+    "u4": "U32",
+    "i4": "I32",
+    "f4": "F32",
+    "u8": "U64",
+    "i8": "I64",
+    "f8": "F64",
+}
+
+#: bytes read or copied at a time when a spooled file is finished
+_CHUNK = 16 * 2**20
+
+
+class SpooledWriter(Writer):
+    """A :class:`Writer` whose arrays go to disk as they come, not to memory.
+
+    The bytes are appended to a temporary file next to ``path``;
+    :meth:`write` then writes the file ``path`` (the same bytes as
+    :func:`write_file` would for the same entries, up to their order) by
+    copying them behind the header, a chunk at a time, and replaces ``path``
+    atomically. Memory holds the descriptions only. Use it as a context manager
+    (the temporary file is removed on leaving, written or not).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, self._spool_path = _create_temp(folder, readable=True)
+        self._spool = os.fdopen(fd, "w+b")
+        self._entries = {}  # name -> (offset, nbytes, dtype, shape)
+        self._size = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Remove the temporary file."""
+        if not self._spool.closed:
+            self._spool.close()
+        if os.path.exists(self._spool_path):
+            os.unlink(self._spool_path)
+
+    def _store(self, name, a):
+        if name in self._entries:
+            raise ValueError(f"{name!r} is written twice.")
+        if not a.flags.c_contiguous:
+            a = a.copy(order="C")
+        key = a.dtype.newbyteorder("<").str[1:]
+        if key not in _ST_DTYPES or a.dtype.byteorder == ">":
+            raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
+        self._spool.write(memoryview(a.reshape(-1).view(np.uint8)))
+        self._entries[name] = (self._size, a.nbytes, _ST_DTYPES[key], list(a.shape))
+        self._size += a.nbytes
+
+    def _chunks(self, offset, nbytes):
+        self._spool.seek(offset)
+        while nbytes > 0:
+            block = self._spool.read(min(_CHUNK, nbytes))
+            if not block:  # pragma: no cover - the spool is ours
+                raise OSError(f"{self._spool_path} is shorter than written.")
+            nbytes -= len(block)
+            yield block
+
+    def write(self, kind, model=None):
+        """Write the file: the header, then the spooled bytes."""
+        text = _header_text(kind, self, model)
+        h = hashlib.blake2b(digest_size=32)
+        h.update(text.encode())
+        for name in sorted(self._entries):
+            h.update(name.encode())
+            for block in self._chunks(*self._entries[name][:2]):
+                h.update(block)
+        head = {
+            name: {"dtype": dt, "shape": shape, "data_offsets": [off, off + nbytes]}
+            for name, (off, nbytes, dt, shape) in self._entries.items()
+        }
+        head["__metadata__"] = {"skquant": text, "skquant_digest": h.hexdigest()}
+        raw = json.dumps(head, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data start 8-byte aligned
+
+        def emit(f):
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for block in self._chunks(0, self._size):
+                f.write(block)
+
+        _replace_file(self.path, emit)
 
 
 def _digest(text, data):
@@ -249,10 +357,7 @@ def _digest(text, data):
     return h.hexdigest()
 
 
-def serialize(kind, writer, model=None):
-    """The bytes of a skquant file."""
-    from safetensors.numpy import save
-
+def _header_text(kind, writer, model):
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -261,18 +366,25 @@ def serialize(kind, writer, model=None):
         "arrays": writer.arrays,
         "model": model or {},
     }
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    return json.dumps(header, sort_keys=True, separators=(",", ":"))
+
+
+def serialize(kind, writer, model=None):
+    """The bytes of a skquant file."""
+    from safetensors.numpy import save
+
+    text = _header_text(kind, writer, model)
     return save(
         writer.data,
         metadata={"skquant": text, "skquant_digest": _digest(text, writer.data)},
     )
 
 
-def _create_temp(folder):
+def _create_temp(folder, readable=False):
     """``(fd, path)`` of a new empty file in ``folder``, with the mode a new file
     gets: ``0o666`` less the umask (the OS applies it, and default ACLs)."""
     flags = (
-        os.O_WRONLY
+        (os.O_RDWR if readable else os.O_WRONLY)
         | os.O_CREAT
         | os.O_EXCL
         | getattr(os, "O_BINARY", 0)
@@ -296,6 +408,11 @@ def write_file(path, kind, writer, model=None):
     e.g. ``0o644``); a file that is replaced keeps its permission bits.
     """
     blob = serialize(kind, writer, model)
+    _replace_file(path, lambda f: f.write(blob))
+
+
+def _replace_file(path, emit):
+    """``emit(f)`` into a temporary file next to ``path``, then move it there."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -307,7 +424,7 @@ def write_file(path, kind, writer, model=None):
         with os.fdopen(fd, "wb") as f:
             if mode is not None:
                 os.chmod(tmp, mode)
-            f.write(blob)
+            emit(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -318,8 +435,9 @@ def write_file(path, kind, writer, model=None):
 def read_file(path):
     """``(header, arrays)`` of a file, checked end to end."""
     with open(path, "rb") as f:
-        blob = f.read()
-    return parse(blob, path)
+        blob = bytearray(os.fstat(f.fileno()).st_size)
+        n = f.readinto(blob)
+    return parse(memoryview(blob)[:n], path)
 
 
 _TORCH_ADVICE = (
@@ -407,22 +525,58 @@ def _foreign(blob, path, n):
     )
 
 
-def parse(blob, path="<bytes>"):
-    """``(header, arrays)`` of a file's bytes, checked end to end."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load as st_load
+def _views(raw, blob, start, path):
+    """The arrays of a safetensors file as views of its bytes (``start``: where
+    its data begin), checked as safetensors checks them: known dtypes, sizes
+    that match the shapes, and entries that tile the data with no gap."""
+    bad = FileFormatError
+    dtypes = {v: np.dtype(k).newbyteorder("<") for k, v in _ST_DTYPES.items()}
+    spans, out = [], {}
+    for name, info in raw.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = dtypes[info["dtype"]]
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(v) for v in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"{path!s} is corrupted: entry {name!r} is malformed.") from exc
+        count = int(np.prod(shape, dtype=np.int64))
+        if min(shape, default=0) < 0 or end - begin != count * dtype.itemsize:
+            raise bad(f"{path!s} is corrupted: entry {name!r} has the wrong size.")
+        spans.append((begin, end, name))
+        out[name] = (dtype, shape, count, begin)
+    spans.sort()
+    at = 0
+    for begin, end, name in spans:
+        if begin != at:
+            raise bad(f"{path!s} is corrupted: entry {name!r} starts at {begin}.")
+        at = end
+    if start + at != len(blob):
+        raise bad(
+            f"{path!s} is truncated or corrupted: its entries end at byte "
+            f"{start + at}, the file has {len(blob)} bytes."
+        )
+    return {
+        name: np.frombuffer(blob, dtype, count, start + begin).reshape(shape)
+        for name, (dtype, shape, count, begin) in out.items()
+    }
 
+
+def parse(blob, path="<bytes>"):
+    """``(header, arrays)`` of a file's bytes, checked end to end; the arrays are
+    views of ``blob`` (writable when it is a ``bytearray``)."""
     if len(blob) < 8:
         raise FileFormatError(
             f"{path!s} is not a skquant file: it has {len(blob)} bytes."
         )
     (n,) = struct.unpack("<Q", blob[:8])
     if n > min(_MAX_HEADER, len(blob) - 8):
-        raise _foreign(blob, path, n)
+        raise _foreign(bytes(blob), path, n)
     try:
-        raw = json.loads(blob[8 : 8 + n].decode("utf-8"))
+        raw = json.loads(bytes(blob[8 : 8 + n]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _foreign(blob, path, n) from exc
+        raise _foreign(bytes(blob), path, n) from exc
     try:
         meta = raw.get("__metadata__") or {}
         text = meta["skquant"]
@@ -435,10 +589,9 @@ def parse(blob, path="<bytes>"):
             "quantize the weights in it, load them into their model and use "
             "skquant.torch.quantize_model, or quantize arrays with skquant.quantize."
         ) from exc
-    try:
-        data = st_load(blob)
-    except (SafetensorError, ValueError, TypeError, OverflowError) as exc:
-        raise FileFormatError(f"{path!s} is truncated or corrupted: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise FileFormatError(f"{path!s} is corrupted: its header is not a table.")
+    data = _views(raw, blob, 8 + n, path)
     if not isinstance(text, str) or _digest(text, data) != digest:
         raise FileFormatError(
             f"{path!s} is corrupted: its contents do not match the digest written "
@@ -463,15 +616,18 @@ def parse(blob, path="<bytes>"):
 
 
 def tensors_from(header, data, path):
-    out = {}
-    for name, meta in header["tensors"].items():
-        if not isinstance(meta, dict):
-            raise FileFormatError(f"{path!s}: tensor {name!r} has no description.")
-        arrays = {
-            k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(name + "/")
-        }
-        out[name] = tensor_from(meta, arrays, f"{path!s}: tensor {name!r}")
-    return out
+    return {name: tensor_named(header, data, path, name) for name in header["tensors"]}
+
+
+def tensor_named(header, data, path, name):
+    """The quantized tensor ``name`` of a parsed file."""
+    meta = header["tensors"].get(name)
+    if not isinstance(meta, dict):
+        raise FileFormatError(f"{path!s}: tensor {name!r} has no description.")
+    arrays = {
+        k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(name + "/")
+    }
+    return tensor_from(meta, arrays, f"{path!s}: tensor {name!r}")
 
 
 def arrays_from(header, data, path):

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from .._tensor import _io
-from ._layout import to_numpy
+from ._checkpoint import is_meta, owner, put, store_entry
+from ._layout import layer_kind
 from ._qlayers import (
     QuantConv1d,
     QuantConv2d,
@@ -22,15 +23,6 @@ def _quant_classes():
         "Conv1d": (nn.Conv1d, QuantConv1d),
         "Conv2d": (nn.Conv2d, QuantConv2d),
     }
-
-
-def _kind_of(module):
-    for kind, (float_cls, _) in _quant_classes().items():
-        if isinstance(module, float_cls):
-            return kind
-    raise TypeError(
-        f"no quantized layer for {type(module).__name__}."
-    )  # pragma: no cover
 
 
 def save_model(model, path):
@@ -83,7 +75,7 @@ def save_model(model, path):
     }
     for name, m in quantized.items():
         writer.tensor(name or "<root>", m.quantized_tensor())
-        layers[name] = {"kind": _kind_of(m), "shape": list(m._wshape)}
+        layers[name] = {"kind": layer_kind(m), "shape": list(m._wshape)}
         act = m.get_extra_state()["activations"]
         if act is not None:
             act["n_scales"] = (
@@ -97,15 +89,8 @@ def save_model(model, path):
     }
     dtypes = {}
     for key, value in model.state_dict().items():
-        if key in skip:
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"state_dict entry {key!r} is not a tensor.")
-        dtypes[key] = str(value.dtype).replace("torch.", "")
-        if value.dtype == torch.bfloat16:  # NumPy has no bfloat16: its bits
-            writer.array(key, to_numpy(value.view(torch.int16)))
-        else:
-            writer.array(key, to_numpy(value))
+        if key not in skip:
+            store_entry(writer, dtypes, key, value)
     _io.write_file(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
 
 
@@ -120,9 +105,14 @@ def load_into(model, path, *, runtime="auto"):
     Parameters
     ----------
     model : torch.nn.Module
-        A model of the saved architecture (e.g. ``Net()``, float weights).
+        A model of the saved architecture (e.g. ``Net()``, float weights), or one
+        built on the meta device (``with torch.device("meta"): Net()``), which
+        then holds only what the file gives it: no float weight of a quantized
+        layer is ever materialised, and each layer's tensor is decoded when its
+        turn comes.
     path : str or path-like
-        A file written by :func:`save_model`.
+        A file written by :func:`save_model` (or by :func:`quantize_model` with
+        ``output=``).
     runtime : {"auto", "packed", "int8", "float"} or dict, default="auto"
         What the quantized layers hold and how they compute, as in
         :func:`quantize_model`.
@@ -153,8 +143,12 @@ def load_into(model, path, *, runtime="auto"):
     layers, dtypes = meta.get("layers"), meta.get("dtypes")
     if not isinstance(layers, dict) or not isinstance(dtypes, dict):
         raise _io.FileFormatError(f"{path!s} has no valid model description.")
+    empty = []
+    for key, value in model.state_dict(keep_vars=True).items():
+        if is_meta(value):  # a model built on the meta device: room for the file's
+            put(*owner(model, key), torch.empty(value.shape, dtype=value.dtype))
+            empty.append(key)
     mods = dict(model.named_modules())
-    tensors = _io.tensors_from(header, data, path)
     classes = _quant_classes()
     for name, info in layers.items():
         module = mods.get(name)
@@ -175,9 +169,9 @@ def load_into(model, path, *, runtime="auto"):
                 f"shape {info.get('shape')} in the file and "
                 f"{list(module.weight.shape)} in the model."
             )
-        new = quantized_module(
-            module, tensors[name or "<root>"], runtime_of(runtime, name)
-        )
+        tensor = _io.tensor_named(header, data, path, name or "<root>")
+        new = quantized_module(module, tensor, runtime_of(runtime, name))
+        del tensor
         act = info.get("activations")
         if act is not None:
             act = dict(act)
@@ -211,4 +205,10 @@ def load_into(model, path, *, runtime="auto"):
                     "the model."
                 )
             target.copy_(value.to(target.dtype))
+    unfilled = [k for k in empty if k in state and k not in dtypes]
+    if unfilled:
+        raise ValueError(
+            f"{path!s} is not a file of this model: the model's entries {unfilled[:8]} "
+            "are on the meta device and the file has no value for them."
+        )
     return model

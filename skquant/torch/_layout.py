@@ -62,13 +62,16 @@ def to_numpy(t):
     return t.cpu().numpy()
 
 
-def weight_to_matrix(module):
+def weight_to_matrix(module, weight=None):
     """The ``(n_in, n_out)`` weight matrix of a Linear or Conv2d layer.
 
     Parameters
     ----------
     module : torch.nn.Linear, torch.nn.Conv1d or torch.nn.Conv2d
         The layer.
+    weight : torch.Tensor, default=None
+        A weight tensor of the layer's shape to use instead of ``module.weight``
+        (a weight read from a checkpoint while the layer's is on the meta device).
 
     Returns
     -------
@@ -82,11 +85,11 @@ def weight_to_matrix(module):
     >>> weight_to_matrix(torch.nn.Conv2d(3, 8, 5)).shape
     (75, 8)
     """
-    w = to_numpy(module.weight)
+    w = to_numpy(module.weight if weight is None else weight)
     return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
 
 
-def matrix_to_weight(W, module):
+def matrix_to_weight(W, module, device=None):
     """Inverse of :func:`weight_to_matrix`: a tensor shaped like ``module.weight``.
 
     Parameters
@@ -95,6 +98,8 @@ def matrix_to_weight(W, module):
         The matrix.
     module : torch.nn.Linear or torch.nn.Conv2d
         The layer whose weight shape, dtype and device to use.
+    device : torch.device, default=None
+        Another device than the weight's (the weight may be on the meta device).
 
     Returns
     -------
@@ -111,4 +116,14 @@ def matrix_to_weight(W, module):
     True
     """
     w = torch.from_numpy(np.ascontiguousarray(np.asarray(W).T))
-    return w.reshape(module.weight.shape).to(module.weight.device, module.weight.dtype)
+    device = module.weight.device if device is None else device
+    return w.reshape(module.weight.shape).to(device, module.weight.dtype)
+
+
+def layer_kind(module):
+    """``"Linear"``, ``"Conv1d"`` or ``"Conv2d"``: the kind of weight layer a file
+    records (a quantized layer is an instance of its float class)."""
+    for cls in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        if isinstance(module, cls):
+            return cls.__name__
+    raise TypeError(f"no quantized layer for {type(module).__name__}.")

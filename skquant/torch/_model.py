@@ -1,5 +1,6 @@
 """Layer-by-layer quantization of torch models (Linear, Conv1d and Conv2d layers)."""
 
+import contextlib
 import copy
 
 import numpy as np
@@ -9,8 +10,11 @@ from torch import nn
 
 from .._network._layers import quantize_layers
 from .._quantizers._activation import ActivationQuantizer
+from .._tensor import _io
 from ._capture import capture
+from ._checkpoint import Checkpoint, is_meta, owner, put, store_entry
 from ._data import input_batches, model_device, model_dtype
+from ._layout import layer_kind
 from ._network import TorchNetwork
 from ._qlayers import (
     QuantConv1d,
@@ -48,6 +52,8 @@ def quantize_model(
     verbose=False,
     activations=None,
     runtime="auto",
+    checkpoint=None,
+    output=None,
 ):
     """Quantize the Linear, Conv1d and Conv2d layers of a torch model, in order.
 
@@ -104,13 +110,29 @@ def quantize_model(
         activations), ``"float"`` codes dequantized in every forward. ``"auto"``
         takes the smallest form the kernels run. A dict maps layer names to
         runtimes (``"*"``: the layers not named; ``"auto"`` without it).
+    checkpoint : str, path-like or Checkpoint, default=None
+        Read the model's state from this safetensors checkpoint (a file, or a
+        directory of shards with their ``*.safetensors.index.json``), for a model
+        too large for memory: build ``model`` on the meta device (``with
+        torch.device("meta"): model = Net()``); every state entry but the weight
+        layers' weights is read at the start, and each weight layer's weight when
+        the walk reaches it, then dropped. The walk holds one layer at a time
+        (:class:`TorchNetwork`'s ``lean`` mode).
+    output : str or path-like, default=None
+        Write the quantized model to this skquant file as the walk goes (each
+        layer's codes when it is quantized, the other state at the end; the
+        same file as :func:`save_model` of the returned model would write) and
+        keep nothing: the function returns ``None`` for the model. Read it back
+        with :func:`load_into` (into a meta-built model too). With
+        ``checkpoint`` or ``output``, ``activations`` must be ``None`` and no
+        quantizer may need loss gradients.
 
     Returns
     -------
-    qmodel : torch.nn.Module
+    qmodel : torch.nn.Module or None
         A copy of ``model`` whose quantized layers are :class:`QuantLinear`,
         :class:`QuantConv1d` or :class:`QuantConv2d`, each with ``weight_codes``,
-        ``weight_scale`` and ``size_bits``.
+        ``weight_scale`` and ``size_bits``; ``None`` with ``output``.
     report : QuantizationReport
         Only with ``return_report=True``.
 
@@ -138,9 +160,30 @@ def quantize_model(
     """
     check_runtime(runtime)
     act_quantizer = check_activations(activations, calibration_data)
-    network = TorchNetwork(model, skip=skip, loss_fn=loss_fn, batch_size=batch_size)
+    lean = checkpoint is not None or output is not None
+    if lean and activations is not None:
+        raise ValueError(
+            f"activations={activations!r} cannot be combined with checkpoint= or "
+            "output=: input grids are fitted on the whole quantized model. Quantize "
+            "the weights to a file, load it with load_into, then quantize the "
+            "activations of the loaded model with quantize_model(..., "
+            "activations=...) and a dict of quantizers leaving its layers as they are."
+        )
+    network = TorchNetwork(
+        model,
+        skip=skip,
+        loss_fn=loss_fn,
+        batch_size=batch_size,
+        checkpoint=None if checkpoint is None else Checkpoint(checkpoint),
+        lean=lean,
+    )
 
     def gradients():
+        if lean:
+            raise ValueError(
+                "AdaptivePrecisionQuantizer needs loss gradients of the whole model, "
+                "which quantize_model does not compute with checkpoint= or output=."
+            )
         if calibration_data is None or targets is None:
             raise ValueError(
                 "AdaptivePrecisionQuantizer needs loss gradients: pass "
@@ -157,25 +200,40 @@ def quantize_model(
             out[name] = np.ascontiguousarray(g.reshape(g.shape[0], -1).T)
         return out
 
-    res = quantize_layers(
-        network,
-        quantizer,
-        calibration_data,
-        max_rows=max_rows,
-        random_state=random_state,
-        gradients=gradients,
-        verbose=verbose,
-    )
-    qmodel = copy.deepcopy(model)
+    held, layers = {}, {}
+    writer = None if output is None else _io.SpooledWriter(output)
+
+    def sink(name, tensor):  # lean walks: each layer's tensor as it comes
+        for n in [name, *(t for t, first in network.tied.items() if first == name)]:
+            if writer is None:
+                held[n] = tensor
+            else:
+                _write_layer(writer, layers, network.module(name), n, tensor)
+
+    with writer if writer is not None else contextlib.nullcontext():
+        res = quantize_layers(
+            network,
+            quantizer,
+            calibration_data,
+            max_rows=max_rows,
+            random_state=random_state,
+            gradients=gradients,
+            verbose=verbose,
+            sink=sink if lean else None,
+        )
+        if writer is not None:
+            _write_rest(writer, network, layers)
+            return (None, res.report) if return_report else None
+    if lean:  # the walk's copy, its weights on the meta device
+        replace, qmodel = held, network.model
+        _materialize(network, replace)
+    else:
+        replace = dict(res.tensors)
+        replace.update(
+            {t: replace[f] for t, f in network.tied.items() if f in res.tensors}
+        )
+        qmodel = copy.deepcopy(model)
     qlayers = dict(qmodel.named_modules())
-    replace = dict(res.tensors)
-    replace.update(
-        {
-            t: res.tensors[first]
-            for t, first in network.tied.items()
-            if first in res.tensors
-        }
-    )
     for name, tensor in replace.items():
         new = quantized_module(qlayers[name], tensor, runtime_of(runtime, name))
         if name == "":  # the model is itself one layer
@@ -205,6 +263,46 @@ def quantize_model(
                 p.numel() * p.element_size() for p in layer.parameters(recurse=False)
             )
     return (qmodel, res.report) if return_report else qmodel
+
+
+def _weight_key(name):
+    return f"{name}.weight" if name else "weight"
+
+
+def _write_layer(writer, layers, module, name, tensor):
+    """Write a quantized layer's tensor as :func:`save_model` does."""
+    writer.tensor(name or "<root>", tensor)
+    layers[name] = {"kind": layer_kind(module), "shape": list(module.weight.shape)}
+
+
+def _write_rest(writer, network, layers):
+    """Finish a lean walk's file: every state entry of the model but the
+    quantized weights (a float weight layer's weight read when its turn comes),
+    then the description."""
+    dtypes, written = {}, {_weight_key(n) for n in layers}
+    for key, value in network.model.state_dict().items():
+        if key in written:
+            continue
+        if is_meta(value):  # a weight layer left float
+            name = key.rpartition(".")[0]
+            value = network.float_weight(network.tied.get(name, name))
+        store_entry(writer, dtypes, key, value)
+    writer.write("torch", {"layers": layers, "dtypes": dtypes})
+
+
+def _materialize(network, tensors):
+    """Give the lean walk's model its weights back: an empty (untouched, so not
+    resident) weight where a quantized layer takes the place of the float one,
+    the float weight read where a layer stays float."""
+    for key, value in network.model.state_dict(keep_vars=True).items():
+        if not is_meta(value):
+            continue
+        mod, attr = owner(network.model, key)
+        name = key.rpartition(".")[0]
+        if name in tensors:
+            put(mod, attr, torch.empty(value.shape, dtype=value.dtype))
+        else:
+            put(mod, attr, network.float_weight(network.tied.get(name, name)))
 
 
 def check_activations(activations, calibration_data):

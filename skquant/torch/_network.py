@@ -24,6 +24,7 @@ from torch import nn
 
 from .._network._protocol import LayerStep, Network
 from ._capture import capture
+from ._checkpoint import drop, is_meta, owner, put
 from ._data import batches, input_batches, model_device, model_dtype
 from ._gradients import loss_gradients
 from ._layout import check_supported, matrix_to_weight, to_numpy, weight_to_matrix
@@ -50,6 +51,15 @@ class TorchNetwork(Network):
         :meth:`loss_gradients`; ``None`` means ``nn.CrossEntropyLoss()``.
     batch_size : int, default=256
         Batch size when data is a tensor or an array.
+    checkpoint : Checkpoint, default=None
+        Where the model's state comes from (the model may be built on the meta
+        device): every entry is read from it, the weight layers' weights one at a
+        time when the walk needs them (implies ``lean``).
+    lean : bool, default=False
+        Hold one weight layer at a time in the walk (the walk's quantized copy
+        keeps no float weights: each quantized layer its compact tensor, until
+        the walk is past it), for :func:`quantize_model`'s ``output=`` and
+        ``checkpoint=``. Only :meth:`walk` and :meth:`weight` serve then.
 
     Attributes
     ----------
@@ -61,7 +71,16 @@ class TorchNetwork(Network):
         once (with the first), counted once.
     """
 
-    def __init__(self, model, *, skip=(), loss_fn=None, batch_size=256):
+    def __init__(
+        self,
+        model,
+        *,
+        skip=(),
+        loss_fn=None,
+        batch_size=256,
+        checkpoint=None,
+        lean=False,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"model must be a torch.nn.Module, got {type(model).__name__} instead."
@@ -107,6 +126,99 @@ class TorchNetwork(Network):
                 stacklevel=3,
             )
         self.layer_names = list(self._modules)
+        self._checkpoint = checkpoint
+        self._lean = lean or checkpoint is not None
+        self._held = {}
+        if self._lean:
+            self._lean_copy()
+
+    # ------------------------------------------------------------- lean walks
+    def _lean_copy(self):
+        """Work on a copy of the model whose weight layers' weights are on the meta
+        device (the source: the model's own weights, or the checkpoint's), with
+        every other state entry read from the checkpoint, if any."""
+        source = self.model
+        memo = {}
+        for mod in self._modules.values():
+            w = mod.weight
+            memo[id(w)] = nn.Parameter(
+                torch.empty_like(w, device="meta"), requires_grad=w.requires_grad
+            )
+        self.model = copy.deepcopy(source, memo)
+        work = dict(self.model.named_modules())
+        self._source = {name: self._modules[name] for name in self._modules}
+        self._modules = {name: work[name] for name in self._modules}
+        ckpt = self._checkpoint
+        if ckpt is None:
+            return
+        lazy = {f"{name}.weight" if name else "weight" for name in self._modules}
+        lazy |= {f"{t}.weight" if t else "weight" for t in self.tied}
+        keys = [k for k in self.model.state_dict(keep_vars=True) if k not in lazy]
+        missing = [k for k in sorted(lazy | set(keys)) if k not in ckpt]
+        if missing:
+            raise ValueError(
+                f"checkpoint={str(ckpt.path)!r} lacks {len(missing)} of the model's "
+                f"state entries: {missing[:8]} (its tensors include "
+                f"{sorted(ckpt.keys())[:8]})."
+            )
+        for key in keys:
+            mod, attr = owner(self.model, key)
+            old = getattr(mod, attr)
+            put(mod, attr, self._read(key, old))
+
+    def _read(self, key, like):
+        """Checkpoint entry ``key`` as ``like``'s dtype, its shape checked."""
+        shape = self._checkpoint.shape(key)
+        if tuple(shape) != tuple(like.shape):
+            raise ValueError(
+                f"checkpoint={str(self._checkpoint.path)!r}: {key!r} has shape "
+                f"{tuple(shape)}, the model's {tuple(like.shape)}."
+            )
+        return self._checkpoint.read(key, like.dtype)
+
+    def float_weight(self, name):
+        """The float weight tensor of layer ``name`` (read from the checkpoint
+        when the model holds it on the meta device)."""
+        mod = self._modules[name]
+        if self._lean and self._checkpoint is None:
+            return self._source[name].weight.detach()
+        if is_meta(mod.weight):
+            return self._read(f"{name}.weight" if name else "weight", mod.weight)
+        return mod.weight.detach()
+
+    def _lean_hooks(self, qmods):
+        """Forward hooks that give each weight layer its weights for one call and
+        take them back after: the float layers read theirs (checkpoint), the
+        quantized copy's layers dequantize what the walk holds for them (or read
+        the float weights of a layer left float)."""
+        handles = []
+
+        def load(weight):
+            def pre(mod, args):
+                put(mod, "weight", weight(mod))
+
+            def post(mod, args, out):
+                drop(mod, "weight")
+
+            return pre, post
+
+        for name, mod in self._modules.items():
+            pairs = [(qmods[name], lambda m, n=name: self._quantized_weight(n, m))]
+            if is_meta(mod.weight):
+                pairs.append((mod, lambda m, n=name: self.float_weight(n)))
+            for m, weight in pairs:
+                pre, post = load(weight)
+                handles.append(m.register_forward_pre_hook(pre))
+                handles.append(m.register_forward_hook(post))
+        return handles
+
+    def _quantized_weight(self, name, qmod):
+        held = self._held.get(name)
+        if held is None:
+            return self.float_weight(name).to(qmod.weight.dtype)
+        if not isinstance(held, np.ndarray):
+            held = held.dequantize()
+        return matrix_to_weight(held, qmod, device=self._device)
 
     def module(self, name):
         """The float module of layer ``name``."""
@@ -114,6 +226,8 @@ class TorchNetwork(Network):
 
     def weight(self, name):
         """The ``(n_in, n_out)`` weight matrix of layer ``name`` (NumPy)."""
+        if self._lean:
+            return weight_to_matrix(self._modules[name], self.float_weight(name))
         return weight_to_matrix(self._modules[name])
 
     def groups(self, name):
@@ -140,6 +254,12 @@ class TorchNetwork(Network):
             the quantized copy then uses it for the layers that follow.
         """
         dtype, device = model_dtype(self.model), model_device(self.model)
+        if device.type == "meta":  # a model built there, its state read as needed
+            device = next(
+                (t.device for t in self.model.state_dict().values() if not is_meta(t)),
+                torch.device("cpu"),
+            )
+        self._device = device
         inputs = input_batches(data, self.batch_size, dtype, device)
         sampler = RowSampler(sum(x.shape[0] for x in inputs), max_rows, random_state)
         qmodel = copy.deepcopy(self.model)
@@ -147,13 +267,19 @@ class TorchNetwork(Network):
         qmodel.eval()
         order = []
         self._quantized = set()
-        with kept_state(self.model):
-            self.model.eval()
-            for step in self._walk_block(
-                self.model, qmodel, "", inputs, inputs, sampler, qmods, False
-            ):
-                order.append(step.name)
-                yield step
+        handles = self._lean_hooks(qmods) if self._lean else []
+        try:
+            with kept_state(self.model):
+                self.model.eval()
+                for step in self._walk_block(
+                    self.model, qmodel, "", inputs, inputs, sampler, qmods, False
+                ):
+                    order.append(step.name)
+                    yield step
+        finally:
+            for h in handles:
+                h.remove()
+            self._held.clear()
         missing = [n for n in self.layer_names if n not in order]
         if missing:
             raise ValueError(
@@ -169,9 +295,14 @@ class TorchNetwork(Network):
 
     def _apply(self, qmods, step):
         """Put the step's quantized weights into the quantized copy."""
-        if step.quantized is None:
+        if step.quantized is None and step.tensor is None:
             return
         self._quantized.add(step.name)
+        if self._lean:  # compact until the quantized copy runs the layer
+            self._held[step.name] = (
+                step.quantized if step.tensor is None else step.tensor
+            )
+            return
         mod = qmods[step.name]
         with torch.no_grad():
             mod.weight.copy_(matrix_to_weight(step.quantized, mod))
@@ -241,6 +372,7 @@ class TorchNetwork(Network):
                     if shared and not quantized
                     else self._forward_all([q for _, q in segment], qcache)
                 )
+                self._held.pop(full[j], None)  # the walk is past this layer
                 fcache = fnext
                 j = end
                 continue

@@ -1,0 +1,244 @@
+"""Quantizing a checkpoint larger than what the process may hold.
+
+A 24-layer MLP of 4096x4096 Linear layers (ReLU between, biases; 1.6 GB in
+float32) is saved as one safetensors file and as a sharded copy (4 shards and
+their ``model.safetensors.index.json``). Each run, in a fresh process, builds the
+model on the meta device, imports and warms up torch and skquant (a small
+quantization), resets the peak resident memory (``/proc/self/clear_refs``) and
+runs ``quantize_model(meta_model, quantizer, X, checkpoint=..., output=...)`` on
+256 rows; it reports the peak resident memory above the warmed-up footprint
+(``VmHWM`` against ``VmRSS`` before the call) and the seconds. Then the same
+model is quantized in memory (loaded whole) and every layer's codes are compared
+with those of the file, read back into a meta-built model with ``load_into``.
+
+Run (about 15 minutes; 5 GB of disk in a temporary folder):
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py \\
+        --json benchmarks/results/bench_checkpoint.json
+    # the docs' table, from the stored rows:
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py \\
+        --json benchmarks/results/bench_checkpoint.json --rst
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+N_LAYERS, WIDTH, ROWS = 24, 4096, 256
+QUANTIZERS = {
+    "uniform-4": "UniformQuantizer(n_bits=4)",
+    "gpfq-4": "GreedyPathQuantizer(n_bits=4)",
+}
+
+
+def build(n_layers=N_LAYERS, width=WIDTH):
+    import torch
+
+    layers = []
+    for i in range(n_layers):
+        layers.append(torch.nn.Linear(width, width))
+        if i < n_layers - 1:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def calibration(width=WIDTH, rows=ROWS):
+    import torch
+
+    return torch.randn(rows, width, generator=torch.Generator().manual_seed(0))
+
+
+def write_checkpoints(folder, n_layers):
+    """The float model as one file and as 4 shards with their index."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = build(n_layers)
+    with torch.no_grad():  # weights at a scale that keeps activations alive
+        for m in model:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(1.7)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    single = folder / "model.safetensors"
+    save_file(state, single)
+    shards = folder / "sharded"
+    shards.mkdir()
+    keys = list(state)
+    per = -(-len(keys) // 4)
+    weight_map = {}
+    for i in range(4):
+        name = f"model-{i + 1:05d}-of-00004.safetensors"
+        part = {k: state[k] for k in keys[i * per : (i + 1) * per]}
+        save_file(part, shards / name)
+        weight_map.update({k: name for k in part})
+    index = {"metadata": {}, "weight_map": weight_map}
+    (shards / "model.safetensors.index.json").write_text(json.dumps(index))
+    return single, shards, single.stat().st_size
+
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(field)  # pragma: no cover
+
+
+def child(args):
+    """One measured run (in its own process)."""
+    import torch
+
+    import skquant
+    from skquant.torch import quantize_model
+
+    quantizer = eval(QUANTIZERS[args.quantizer], vars(skquant))
+    # warm up: the kernels this run will use, on a small model
+    small = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
+    quantize_model(small, quantizer, torch.randn(32, 64))
+    with torch.device("meta"):
+        model = build(args.layers)
+    X = calibration()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = status("VmRSS")
+    start = time.perf_counter()
+    quantize_model(model, quantizer, X, checkpoint=args.checkpoint, output=args.out)
+    seconds = time.perf_counter() - start
+    peak = status("VmHWM")
+    print(json.dumps({"base": base, "peak": peak, "seconds": seconds}))
+
+
+def in_memory_codes(single, quantizer_name, out, n_layers):
+    """Every layer's codes quantized in memory, and those of the file."""
+    import torch
+    from safetensors.torch import load_file
+
+    import skquant
+    from skquant.torch import load_into, quantize_model
+
+    quantizer = eval(QUANTIZERS[quantizer_name], vars(skquant))
+    model = build(n_layers)
+    model.load_state_dict(load_file(single))
+    start = time.perf_counter()
+    ref = quantize_model(model, quantizer, calibration())
+    seconds = time.perf_counter() - start
+    del model
+    with torch.device("meta"):
+        skeleton = build(n_layers)
+    got = load_into(skeleton, out)
+    same = all(
+        torch.equal(ref[i].weight_codes, got[i].weight_codes)
+        and torch.equal(ref[i].weight_scale, got[i].weight_scale)
+        for i in range(0, 2 * n_layers - 1, 2)
+    )
+    x = calibration()[:8]
+    outputs = torch.equal(ref(x), got(x))
+    return same, outputs, seconds
+
+
+def print_rst(rows):
+    from bench_runtime import print_rst_table
+
+    cols = [
+        "quantizer",
+        "checkpoint",
+        "peak above footprint",
+        "of the checkpoint",
+        "seconds",
+        "in memory s",
+        "file MB",
+        "codes as in memory",
+    ]
+    lines = [
+        [
+            r["quantizer"],
+            r["checkpoint"],
+            f"{r['above_bytes'] / 1e9:.2f} GB",
+            f"{r['above_bytes'] / r['checkpoint_bytes']:.2f}",
+            f"{r['seconds']:.0f}",
+            f"{r['in_memory_seconds']:.0f}",
+            f"{r['file_bytes'] / 1e6:.0f}",
+            "yes" if r["same_codes"] and r["same_outputs"] else "no",
+        ]
+        for r in rows
+    ]
+    size = rows[0]["checkpoint_bytes"] / 1e9
+    foot = max(r["footprint_bytes"] for r in rows) / 1e9
+    print_rst_table(
+        f"{size:.2f} GB float32 checkpoint, footprint at most {foot:.2f} GB",
+        cols,
+        lines,
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", type=Path, default=Path("bench_checkpoint.json"))
+    p.add_argument("--quantizers", nargs="+", default=list(QUANTIZERS))
+    p.add_argument("--layers", type=int, default=N_LAYERS)
+    p.add_argument("--rst", action="store_true", help="print --json's rows as reST")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quantizer", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.rst:
+        print_rst(json.loads(args.json.read_text()))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        single, shards, size = write_checkpoints(folder, args.layers)
+        print(f"checkpoint: {size / 1e9:.2f} GB float32", flush=True)
+        for qname in args.quantizers:
+            for form, ckpt in (("file", single), ("shards", shards)):
+                out = folder / f"{qname}-{form}.skq"
+                res = subprocess.run(
+                    [sys.executable, __file__, "--child", "--quantizer", qname]
+                    + ["--layers", str(args.layers)]
+                    + ["--checkpoint", str(ckpt), "--out", str(out)],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": os.getcwd()},
+                )
+                if res.returncode:
+                    raise RuntimeError(res.stderr)
+                run = json.loads(res.stdout.strip().splitlines()[-1])
+                same, outputs, mem_seconds = in_memory_codes(
+                    single, qname, out, args.layers
+                )
+                row = {
+                    "quantizer": qname,
+                    "checkpoint": form,
+                    "checkpoint_bytes": size,
+                    "file_bytes": out.stat().st_size,
+                    "footprint_bytes": run["base"],
+                    "peak_bytes": run["peak"],
+                    "above_bytes": run["peak"] - run["base"],
+                    "seconds": run["seconds"],
+                    "in_memory_seconds": mem_seconds,
+                    "same_codes": same,
+                    "same_outputs": outputs,
+                }
+                rows.append(row)
+                print(
+                    f"{qname:<10} {form:<7} footprint {run['base'] / 1e9:.2f} GB, "
+                    f"peak +{row['above_bytes'] / 1e9:.2f} GB "
+                    f"({row['above_bytes'] / size:.2f} of the checkpoint), "
+                    f"{run['seconds']:.0f} s (in memory {mem_seconds:.0f} s), "
+                    f"file {row['file_bytes'] / 1e6:.0f} MB, codes "
+                    f"{'equal' if same else 'DIFFERENT'}, outputs "
+                    f"{'equal' if outputs else 'DIFFERENT'}",
+                    flush=True,
+                )
+    args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Checkpoints read one tensor at a time, and models whose weights are not in memory.
+
+:class:`Checkpoint` reads safetensors checkpoints (one file, or a directory of
+shards with its index, as published checkpoints are) by plain file reads: a
+tensor read is a seek and a read into a new tensor, with no memory map, so the
+pages of a checkpoint larger than memory are never held by the process.
+
+The helpers below put a tensor in a module's parameter or buffer slot, or take it
+out (back to the meta device), which is how a walk over a model built on the meta
+device holds one layer's weights at a time.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: torch dtypes of safetensors' dtype names
+DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+def _read_header(file):
+    """``{key: (begin, end, dtype name, shape)}`` of one safetensors file, offsets
+    from the start of the file, checked against its size."""
+    size = os.path.getsize(file)
+    with open(file, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > min(_MAX_HEADER, size - 8):
+            raise ValueError(
+                f"checkpoint file {str(file)!r} is not a safetensors file (its "
+                "first 8 bytes are not the length of a header it holds)."
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"checkpoint file {str(file)!r} has an unreadable safetensors header."
+            ) from exc
+    start = 8 + n
+    entries = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            begin, end = (int(v) for v in info["data_offsets"])
+            dtype, shape = str(info["dtype"]), [int(s) for s in info["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"checkpoint file {str(file)!r}: entry {key!r} is malformed."
+            ) from exc
+        if not 0 <= begin <= end <= size - start:
+            raise ValueError(
+                f"checkpoint file {str(file)!r} is truncated: entry {key!r} ends "
+                f"at byte {start + end} of {size}."
+            )
+        if dtype in DTYPES:
+            numel = 1
+            for s in shape:
+                numel *= s
+            if numel * DTYPES[dtype].itemsize != end - begin:
+                raise ValueError(
+                    f"checkpoint file {str(file)!r}: entry {key!r} has "
+                    f"{end - begin} bytes for shape {shape} of {dtype}."
+                )
+        entries[key] = (start + begin, start + end, dtype, shape)
+    return entries
+
+
+class Checkpoint:
+    """The tensors of a safetensors checkpoint, read one at a time from disk.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.safetensors`` file, or a directory holding a sharded checkpoint: an
+        index (``*.safetensors.index.json``, whose ``weight_map`` names each
+        tensor's shard) and its shards, or, without an index, ``*.safetensors``
+        files whose tensors are taken together.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> from skquant.torch import Checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+    >>> save_file({"0.weight": torch.ones(3, 2), "0.bias": torch.zeros(3)}, path)
+    >>> ckpt = Checkpoint(path)
+    >>> sorted(ckpt.keys()), ckpt.read("0.weight").shape
+    (['0.bias', '0.weight'], torch.Size([3, 2]))
+    """
+
+    def __init__(self, path):
+        if isinstance(path, Checkpoint):
+            path = path.path
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ValueError(f"checkpoint={str(path)!r} does not exist.")
+        self._where = {}
+        if self.path.is_file():
+            self._add(self.path, _read_header(self.path))
+            return
+        indexes = sorted(self.path.glob("*.safetensors.index.json"))
+        if len(indexes) > 1:
+            raise ValueError(
+                f"checkpoint={str(path)!r} holds {len(indexes)} indexes "
+                f"({[i.name for i in indexes]}); pass the folder of one checkpoint."
+            )
+        if indexes:
+            self._from_index(indexes[0])
+            return
+        shards = sorted(self.path.glob("*.safetensors"))
+        if not shards:
+            raise ValueError(
+                f"checkpoint={str(path)!r} is a folder with no *.safetensors file "
+                "and no *.safetensors.index.json."
+            )
+        for shard in shards:
+            self._add(shard, _read_header(shard))
+
+    def _from_index(self, index):
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"checkpoint index {str(index)!r} has no readable weight_map."
+            ) from exc
+        files = {}
+        for key, name in weight_map.items():
+            files.setdefault(str(name), []).append(key)
+        for name, keys in files.items():
+            shard = self.path / name
+            if not shard.is_file():
+                raise ValueError(
+                    f"checkpoint index {str(index)!r} names shard {name!r}, which "
+                    "is missing."
+                )
+            entries = _read_header(shard)
+            missing = [k for k in keys if k not in entries]
+            if missing:
+                raise ValueError(
+                    f"checkpoint shard {str(shard)!r} lacks {missing[:5]}, which "
+                    "its index puts there."
+                )
+            self._add(shard, {k: entries[k] for k in keys})
+
+    def _add(self, file, entries):
+        for key, entry in entries.items():
+            if key in self._where:
+                raise ValueError(
+                    f"checkpoint={str(self.path)!r}: tensor {key!r} is in both "
+                    f"{self._where[key][0].name!r} and {file.name!r}."
+                )
+            self._where[key] = (file, *entry)
+
+    def keys(self):
+        """The names of the tensors."""
+        return self._where.keys()
+
+    def __contains__(self, key):
+        return key in self._where
+
+    def shape(self, key):
+        """The shape of tensor ``key``, from the header (nothing is read)."""
+        return tuple(self._where[key][4])
+
+    def read(self, key, dtype=None):
+        """Tensor ``key`` from disk, as a new CPU tensor (cast to ``dtype``)."""
+        if key not in self._where:
+            raise KeyError(f"checkpoint={str(self.path)!r} has no tensor {key!r}.")
+        file, begin, end, name, shape = self._where[key]
+        if name not in DTYPES:
+            raise ValueError(
+                f"checkpoint={str(self.path)!r}: tensor {key!r} has dtype {name}, "
+                f"which skquant does not read (it reads {sorted(DTYPES)})."
+            )
+        t = torch.empty(shape, dtype=DTYPES[name])
+        if end > begin:
+            buf = t.reshape(-1).view(torch.uint8).numpy()
+            with open(file, "rb") as f:
+                f.seek(begin)
+                if f.readinto(memoryview(buf)) != end - begin:
+                    raise ValueError(
+                        f"checkpoint file {str(file)!r} ended inside {key!r}."
+                    )
+        return t if dtype is None or dtype == t.dtype else t.to(dtype)
+
+
+def owner(model, key):
+    """``(module, attribute)`` holding the state entry ``key`` of ``model``."""
+    prefix, _, attr = key.rpartition(".")
+    return (model.get_submodule(prefix) if prefix else model), attr
+
+
+def put(module, attr, value):
+    """Set parameter or buffer ``attr`` of ``module`` to the tensor ``value``."""
+    if attr in module._parameters:
+        old = module._parameters[attr]
+        module._parameters[attr] = nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        module._buffers[attr] = value
+
+
+def drop(module, attr):
+    """Put a meta tensor of the same shape and dtype in ``module``'s ``attr``."""
+    old = getattr(module, attr)
+    put(module, attr, torch.empty_like(old, device="meta"))
+
+
+def is_meta(t):
+    """Whether ``t`` is a tensor on the meta device."""
+    return isinstance(t, torch.Tensor) and t.device.type == "meta"
+
+
+def store_entry(writer, dtypes, key, value):
+    """Write the state entry ``key`` (a tensor) to a file writer at its own dtype,
+    recording the dtype's name in ``dtypes`` (bfloat16 as its bits: NumPy has no
+    bfloat16)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"state_dict entry {key!r} is not a tensor.")
+    dtypes[key] = str(value.dtype).replace("torch.", "")
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        value = value.view(torch.int16)
+    writer.array(key, value.numpy())

@@ -1,0 +1,335 @@
+"""Checkpoints larger than memory: quantize_model(checkpoint=..., output=...)."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+from torch import nn  # noqa: E402
+
+from skquant import (  # noqa: E402
+    AdaptivePrecisionQuantizer,
+    GPTQQuantizer,
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    UniformQuantizer,
+)
+from skquant._tensor._io import FileFormatError, SpooledWriter  # noqa: E402
+from skquant.torch import (  # noqa: E402
+    Checkpoint,
+    TorchNetwork,
+    load_into,
+    quantize_model,
+    save_model,
+)
+
+
+def mlp():
+    return nn.Sequential(
+        nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4)
+    )
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 6 * 6, 5),
+    )
+
+
+class Residual(nn.Module):
+    """A forward that is not a Sequential: the walk's generic path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(10, 10)
+        self.b = nn.Linear(10, 10)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.head(h + torch.relu(self.b(h)))
+
+
+MODELS = {"mlp": (mlp, (12,)), "cnn": (cnn, (1, 8, 8)), "residual": (Residual, (10,))}
+
+
+def trained(kind, seed=0):
+    torch.manual_seed(seed)
+    make, shape = MODELS[kind]
+    model = make()
+    with torch.no_grad():  # BatchNorm statistics that are not the defaults
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    X = torch.randn(96, *shape, generator=torch.Generator().manual_seed(seed + 1))
+    return model.eval(), X
+
+
+def meta(kind):
+    with torch.device("meta"):
+        return MODELS[kind][0]().eval()
+
+
+def codes_of(qmodel):
+    return {
+        n: (m.weight_codes, m.weight_scale)
+        for n, m in qmodel.named_modules()
+        if hasattr(m, "weight_codes")
+    }
+
+
+def assert_same_codes(a, b):
+    ca, cb = codes_of(a), codes_of(b)
+    assert ca.keys() == cb.keys() and ca
+    for name in ca:
+        assert torch.equal(ca[name][0], cb[name][0]), name
+        assert torch.equal(ca[name][1], cb[name][1]), name
+
+
+@pytest.fixture
+def saved(tmp_path):
+    def save(kind, sharded=False):
+        model, X = trained(kind)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if not sharded:
+            path = tmp_path / f"{kind}.safetensors"
+            safetensors_torch.save_file(state, path)
+            return model, X, path
+        folder = tmp_path / f"{kind}-shards"
+        folder.mkdir()
+        keys = sorted(state)
+        weight_map = {}
+        for i, part in enumerate((keys[::2], keys[1::2])):
+            name = f"model-{i + 1:05d}-of-00002.safetensors"
+            safetensors_torch.save_file({k: state[k] for k in part}, folder / name)
+            weight_map.update(dict.fromkeys(part, name))
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map})
+        )
+        return model, X, folder
+
+    return save
+
+
+QUANTIZERS = [
+    UniformQuantizer(n_bits=4),
+    GreedyPathQuantizer(n_bits=3),
+    GPTQQuantizer(n_bits=3),
+    NullSpaceQuantizer(n_bits=3, rank=6),
+]
+
+
+# ------------------------------------------------------------------ the reader
+def test_checkpoint_reads_files_shards_and_dtypes(tmp_path, saved):
+    state = {
+        "f32": torch.randn(3, 4),
+        "bf16": torch.randn(5).to(torch.bfloat16),
+        "f16": torch.randn(2, 2).half(),
+        "i8": torch.arange(-4, 4, dtype=torch.int8),
+        "empty": torch.zeros(0, 3),
+    }
+    path = tmp_path / "one.safetensors"
+    safetensors_torch.save_file(state, path)
+    ckpt = Checkpoint(path)
+    assert sorted(ckpt.keys()) == sorted(state)
+    for key, value in state.items():
+        got = ckpt.read(key)
+        assert got.dtype == value.dtype and torch.equal(got, value)
+    assert ckpt.read("bf16", torch.float32).dtype == torch.float32
+    assert ckpt.shape("f32") == (3, 4)
+    model, _, folder = saved("mlp", sharded=True)
+    shards = Checkpoint(folder)
+    for key, value in model.state_dict().items():
+        assert torch.equal(shards.read(key), value)
+    # a folder of shards without an index: their tensors together
+    (folder / "model.safetensors.index.json").unlink()
+    assert sorted(Checkpoint(folder).keys()) == sorted(model.state_dict())
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        Checkpoint(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x01" * 64)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        Checkpoint(bad)
+    good = tmp_path / "good.safetensors"
+    safetensors_torch.save_file({"w": torch.randn(100)}, good)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="truncated"):
+        Checkpoint(cut)
+    with pytest.raises(KeyError, match="no tensor 'x'"):
+        Checkpoint(good).read("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no \\*.safetensors file"):
+        Checkpoint(empty)
+    (empty / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "missing.safetensors"}})
+    )
+    with pytest.raises(ValueError, match="missing"):
+        Checkpoint(empty)
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    for name in ("a", "b"):
+        safetensors_torch.save_file({"w": torch.ones(2)}, dup / f"{name}.safetensors")
+    with pytest.raises(ValueError, match="in both"):
+        Checkpoint(dup)
+
+
+# ----------------------------------------------------- quantizing from a checkpoint
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("quantizer", QUANTIZERS, ids=lambda q: type(q).__name__)
+def test_checkpoint_gives_the_in_memory_codes(saved, kind, quantizer):
+    model, X, path = saved(kind)
+    ref = quantize_model(model, quantizer, X)
+    skeleton = meta(kind)
+    got = quantize_model(skeleton, quantizer, X, checkpoint=path)
+    assert_same_codes(ref, got)
+    assert torch.equal(ref(X[:5]), got(X[:5]))
+    # the meta model is left as it was: nothing materialised in it
+    assert all(p.device.type == "meta" for p in skeleton.parameters())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "residual"])
+def test_output_file_loads_into_a_meta_model(saved, tmp_path, kind):
+    model, X, path = saved(kind, sharded=kind == "cnn")
+    q = GreedyPathQuantizer(n_bits=3)
+    ref = quantize_model(model, q, X)
+    out = tmp_path / "q.skq"
+    result = quantize_model(meta(kind), q, X, checkpoint=path, output=out)
+    assert result is None
+    loaded = load_into(meta(kind), out)
+    assert_same_codes(ref, loaded)
+    state = loaded.state_dict().values()
+    assert all(p.device.type != "meta" for p in state if torch.is_tensor(p))
+    assert torch.equal(ref(X[:5]), loaded(X[:5]))
+    # the file holds what save_model writes for the in-memory result
+    save_model(ref, tmp_path / "ref.skq")
+    other = load_into(MODELS[kind][0]().eval(), tmp_path / "ref.skq")
+    assert torch.equal(other(X[:5]), loaded(X[:5]))
+
+
+def test_output_from_a_model_in_memory_leaves_it_unchanged(saved, tmp_path):
+    model, X, _ = saved("cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = UniformQuantizer(n_bits=4)
+    out = tmp_path / "q.skq"
+    qm, report = quantize_model(model, q, X, output=out, return_report=True)
+    assert qm is None and [r["name"] for r in report.rows] == ["0", "3", "6"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    loaded = load_into(cnn().eval(), out)
+    assert_same_codes(quantize_model(model, q), loaded)
+
+
+def test_layers_left_float_come_from_the_checkpoint(saved, tmp_path):
+    model, X, path = saved("mlp")
+    plan = {"0": GreedyPathQuantizer(n_bits=3)}  # "2" and "4" stay float
+    got = quantize_model(meta("mlp"), plan, X, checkpoint=path, skip=["4"])
+    ref = quantize_model(model, plan, X, skip=["4"])
+    assert type(got[2]) is nn.Linear and torch.equal(got[2].weight, model[2].weight)
+    assert torch.equal(got[4].weight, model[4].weight)
+    assert torch.equal(ref(X[:4]), got(X[:4]))
+    out = tmp_path / "q.skq"
+    quantize_model(meta("mlp"), plan, X, checkpoint=path, skip=["4"], output=out)
+    assert torch.equal(load_into(meta("mlp"), out)(X[:4]), ref(X[:4]))
+
+
+def test_the_walk_holds_one_quantized_layer_at_a_time(saved, monkeypatch):
+    model, X, path = saved("mlp")
+    held = []
+    apply = TorchNetwork._apply
+
+    def spy(self, qmods, step):
+        apply(self, qmods, step)
+        held.append(len(self._held))
+        # the quantized copy keeps no float weight of its weight layers
+        assert all(qmods[n].weight.device.type == "meta" for n in self._modules)
+
+    monkeypatch.setattr(TorchNetwork, "_apply", spy)
+    quantize_model(meta("mlp"), GreedyPathQuantizer(n_bits=3), X, checkpoint=path)
+    assert held == [1, 1, 1]
+
+
+def test_checkpoint_refusals(saved, tmp_path):
+    model, X, path = saved("mlp")
+    with pytest.raises(ValueError, match="activations='dynamic' cannot"):
+        quantize_model(
+            meta("mlp"), UniformQuantizer(), X, checkpoint=path, activations="dynamic"
+        )
+    with pytest.raises(ValueError, match="loss gradients of the whole model"):
+        quantize_model(
+            meta("mlp"),
+            AdaptivePrecisionQuantizer(),
+            X,
+            targets=torch.zeros(len(X), dtype=torch.long),
+            checkpoint=path,
+        )
+    with torch.device("meta"):
+        deeper = nn.Sequential(*mlp(), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"lacks 2 .*\['6.bias', '6.weight'\]"):
+        quantize_model(deeper, UniformQuantizer(), checkpoint=path)
+    with torch.device("meta"):
+        other = nn.Sequential(
+            nn.Linear(12, 20), nn.ReLU(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 4)
+        )
+    with pytest.raises(
+        ValueError, match=r"'0.bias' has shape \(24,\), the model's \(20,\)"
+    ):
+        quantize_model(other, UniformQuantizer(), checkpoint=path)
+    with pytest.raises(ValueError, match="checkpoint=.* does not exist"):
+        quantize_model(meta("mlp"), UniformQuantizer(), checkpoint=tmp_path / "x")
+
+
+def test_load_into_a_meta_model_refuses_a_file_missing_its_entries(saved, tmp_path):
+    model, X, _ = saved("mlp")
+    out = tmp_path / "q.skq"
+    save_model(quantize_model(model, UniformQuantizer()), out)
+    with torch.device("meta"):
+        bigger = mlp()
+        bigger.register_buffer("extra", torch.zeros(3))
+    with pytest.raises(ValueError, match="no value for them"):
+        load_into(bigger, out)
+
+
+# ------------------------------------------------------------ the spooled writer
+def test_spooled_file_is_checked_like_any_other(tmp_path):
+    from skquant import load, quantize
+
+    qt = quantize(np.random.default_rng(0).standard_normal((40, 6)), n_bits=3)
+    path = tmp_path / "s.skq"
+    with SpooledWriter(path) as w:
+        w.tensor("t", qt)
+        w.array("b", np.arange(4.0))
+        w.array("zero_d", np.float32(2.5))
+        w.array("fortran", np.asfortranarray(np.arange(6.0).reshape(2, 3)))
+        with pytest.raises(ValueError, match="written twice"):
+            w.array("b", np.zeros(1))
+        w.write("dict")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.skq"]  # no spool left
+    back = load(path)
+    assert np.array_equal(back["t"].dequantize(), qt.dequantize())
+    assert back["zero_d"].shape == () and back["zero_d"] == np.float32(2.5)
+    assert np.array_equal(back["fortran"], np.arange(6.0).reshape(2, 3))
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(FileFormatError, match="corrupted"):
+        load(path)
+    # a writer left without write() leaves nothing behind
+    with SpooledWriter(tmp_path / "never.skq") as w:
+        w.array("a", np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.skq"]
