@@ -190,3 +190,18 @@ def test_greedy_errors():
         greedy_bits([[1.0, 0.0]], [[1.0, 2.0]], budget=0.5)
     with pytest.raises(ValueError, match="NaN"):
         greedy_bits([[np.nan]], [[1.0]], budget=1.0)
+
+
+def test_pareto_sweep_on_workers_is_the_serial_sweep():
+    from skquant._layerbits._allocation import pareto_choices
+
+    rng = np.random.default_rng(3)
+    bits = np.array([2, 3, 4, 6, 8])
+    cost = rng.uniform(0.5, 2.0, (6, 1)) * 4.0 ** -bits
+    size = rng.integers(100, 5000, (6, 1)) * bits
+    serial = pareto_choices(cost, size, n_points=15)
+    parallel = pareto_choices(cost, size, n_points=15, n_jobs=2)
+    assert len(serial) > 3
+    assert [c.tolist() for c in parallel] == [c.tolist() for c in serial]
+    with pytest.raises(ValueError, match="n_jobs must be None or a non-zero int"):
+        pareto_choices(cost, size, n_jobs=0)

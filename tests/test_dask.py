@@ -43,6 +43,7 @@ def test_sweeps_on_dask_workers_make_the_serial_choices(client, digits_mlp):
     with parallel_config(backend="dask"):
         on_dask = measure_sensitivity(mlp, Xte, yte, n_jobs=2, **kwargs)
         alloc_dask = LayerBitAllocator(mlp, bits=(2, 4, 6), n_jobs=2).fit(Xte, yte)
+        front_dask = alloc_dask.pareto_front(12)  # its solves on the workers too
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             search_dask = GridSearchCV(q, grid, cv=2, n_jobs=2).fit(Xtr, ytr)
@@ -50,6 +51,9 @@ def test_sweeps_on_dask_workers_make_the_serial_choices(client, digits_mlp):
     np.testing.assert_allclose(on_dask.noise, serial.noise, rtol=1e-9)
     np.testing.assert_allclose(on_dask.t_margin, serial.t_margin, rtol=1e-9)
     assert alloc_dask.bits_ == alloc.bits_
+    front = alloc.pareto_front(12)
+    assert front_dask["bits"] == front["bits"] and len(front["bits"]) > 2
+    np.testing.assert_array_equal(front_dask["size"], front["size"])
     assert search_dask.best_params_ == search.best_params_
     np.testing.assert_allclose(
         search_dask.cv_results_["mean_test_score"],

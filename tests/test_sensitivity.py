@@ -293,6 +293,10 @@ def test_parallel_sweeps_give_the_serial_tables(held_out):
     a = LayerBitAllocator(mlp, bits=(2, 4, 6)).fit(X, y)
     b = LayerBitAllocator(mlp, bits=(2, 4, 6), n_jobs=2).fit(X, y)
     assert a.bits_ == b.bits_ and a.size_bits_ == b.size_bits_
+    # the Pareto sweep's solves on the workers: the same front
+    fa, fb = a.pareto_front(10), b.pareto_front(10)
+    assert fa["bits"] == fb["bits"] and len(fa["bits"]) > 1
+    np.testing.assert_array_equal(fa["cost"], fb["cost"])
     with pytest.raises(ValueError, match="n_jobs must be None or a non-zero int"):
         measure_sensitivity(mlp, X, y, bits=(2, 4), n_jobs=0)
 

@@ -14,8 +14,11 @@ import os
 import sys
 
 import numpy as np
+from joblib import delayed
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
+
+from .._common._jobs import check_n_jobs, run_tasks
 
 __all__ = ["allocate_bits", "closed_form_bits", "greedy_bits", "pareto_choices"]
 
@@ -272,7 +275,9 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
         pos[best] = nxt
 
 
-def pareto_choices(cost, size, *, n_points=30, targets=None, solver="exact"):
+def pareto_choices(
+    cost, size, *, n_points=30, targets=None, solver="exact", n_jobs=None
+):
     """Allocations along the size-cost trade-off, by increasing size.
 
     The smallest allocation under each of a sweep of cost targets: ``n_points``
@@ -290,6 +295,10 @@ def pareto_choices(cost, size, *, n_points=30, targets=None, solver="exact"):
         Cost targets to use instead.
     solver : {"exact", "greedy"}, default="exact"
         :func:`allocate_bits` or :func:`greedy_bits`.
+    n_jobs : int, default=None
+        Solve the targets as joblib tasks on this many workers (any joblib
+        backend, Dask's included); ``None`` solves them here, one after another.
+        The allocations are the same.
 
     Returns
     -------
@@ -315,9 +324,10 @@ def pareto_choices(cost, size, *, n_points=30, targets=None, solver="exact"):
         low = max(cost.min(axis=1).sum(), high * 1e-12)
         # (1 + 1e-9): the lowest target stays feasible under rounding
         targets = np.geomspace(low, max(high, low), n_points) * (1 + 1e-9)
+    check_n_jobs(n_jobs)
+    tasks = (delayed(solve)(cost, size, max_cost=float(m)) for m in targets)
     seen = {}
-    for m in targets:
-        choice = solve(cost, size, max_cost=float(m))
+    for choice in run_tasks(tasks, n_jobs):
         seen.setdefault(tuple(int(c) for c in choice), choice)
     rows = np.arange(cost.shape[0])
     return sorted(seen.values(), key=lambda c: size[rows, c].sum())

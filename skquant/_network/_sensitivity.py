@@ -29,8 +29,9 @@ import numbers
 import time
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import delayed
 
+from .._common._jobs import check_n_jobs, run_tasks
 from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
 from .._layerbits._law import (
@@ -167,14 +168,7 @@ def sensitivity(
     """
     quantizer = check_quantizer(quantizer)
     choices = check_choices(bits)
-    if n_jobs is not None and (
-        not isinstance(n_jobs, numbers.Integral)
-        or isinstance(n_jobs, bool)
-        or n_jobs == 0
-    ):
-        raise ValueError(
-            f"n_jobs must be None or a non-zero int, got n_jobs={n_jobs!r} instead."
-        )
+    check_n_jobs(n_jobs)
     if threshold not in ("margin", "empirical", "both", None):
         raise ValueError(
             "threshold must be 'margin', 'empirical', 'both' or None, got "
@@ -232,10 +226,7 @@ def sensitivity(
             delayed(_measure_choice)(network, X, name, quantizer, c, W, Xin, groups)
             for c in choices
         )
-        if n_jobs is None or n_jobs == 1:
-            runs = [task(*args, **kw) for task, args, kw in tasks]
-        else:  # the choices are independent: joblib's workers (or its Dask backend)
-            runs = Parallel(n_jobs=n_jobs)(tasks)
+        runs = run_tasks(tasks, n_jobs)  # the choices are independent
         for j, (size_bits, n_bits, Q, Z) in enumerate(runs):
             count[0] += 1
             R = Z.reshape(n, -1) - ref

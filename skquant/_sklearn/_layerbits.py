@@ -69,7 +69,8 @@ class LayerBitAllocator(BaseEstimator):
         Progress bar.
     n_jobs : int, default=None
         Parallel workers (joblib) for the sensitivity sweep (see
-        :func:`~skquant.measure_sensitivity`); ``None`` runs it in this process.
+        :func:`~skquant.measure_sensitivity`) and the solves of
+        :meth:`pareto_front`; ``None`` runs them in this process.
 
     Attributes
     ----------
@@ -316,6 +317,9 @@ class LayerBitAllocator(BaseEstimator):
     def pareto_front(self, n_points=30):
         """Size against predicted cost over a sweep of cost targets.
 
+        The targets' allocations are solved on ``n_jobs`` joblib workers (as the
+        sensitivity sweep), with the same result.
+
         Parameters
         ----------
         n_points : int, default=30
@@ -334,7 +338,11 @@ class LayerBitAllocator(BaseEstimator):
         rows = np.arange(len(self.layer_names_))
         points = []
         for choice in pareto_choices(
-            self._finite_cost(), res.size, n_points=n_points, solver=self.solver
+            self._finite_cost(),
+            res.size,
+            n_points=n_points,
+            solver=self.solver,
+            n_jobs=self.n_jobs,
         ):
             size = float(res.size[rows, choice].sum())
             cost = float(self.cost_[rows, choice].sum())

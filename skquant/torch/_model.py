@@ -169,6 +169,9 @@ def quantize_model(
             "activations of the loaded model with quantize_model(..., "
             "activations=...) and a dict of quantizers leaving its layers as they are."
         )
+    device = model_device(model)
+    if device.type == "cuda":  # the layer kernels where the model lives
+        quantizer = on_device(quantizer, device)
     network = TorchNetwork(
         model,
         skip=skip,
@@ -263,6 +266,25 @@ def quantize_model(
                 p.numel() * p.element_size() for p in layer.parameters(recurse=False)
             )
     return (qmodel, res.report) if return_report else qmodel
+
+
+def on_device(quantizer, device):
+    """``quantizer`` (an estimator, or a dict or sequence of them) with ``device``
+    set in every estimator that takes one and has none: their kernels then run in
+    torch on the model's device (see :ref:`devices`)."""
+
+    def one(est):
+        if est is None or not hasattr(est, "get_params"):
+            return est
+        if "device" not in est.get_params() or est.get_params()["device"] is not None:
+            return est
+        return clone(est).set_params(device=str(device))
+
+    if isinstance(quantizer, dict):
+        return {name: one(est) for name, est in quantizer.items()}
+    if isinstance(quantizer, (list, tuple)):
+        return type(quantizer)(one(est) for est in quantizer)
+    return one(quantizer)
 
 
 def _weight_key(name):
