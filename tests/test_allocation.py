@@ -197,7 +197,7 @@ def test_pareto_sweep_on_workers_is_the_serial_sweep():
 
     rng = np.random.default_rng(3)
     bits = np.array([2, 3, 4, 6, 8])
-    cost = rng.uniform(0.5, 2.0, (6, 1)) * 4.0 ** -bits
+    cost = rng.uniform(0.5, 2.0, (6, 1)) * 4.0**-bits
     size = rng.integers(100, 5000, (6, 1)) * bits
     serial = pareto_choices(cost, size, n_points=15)
     parallel = pareto_choices(cost, size, n_points=15, n_jobs=2)
