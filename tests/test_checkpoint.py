@@ -333,3 +333,59 @@ def test_spooled_file_is_checked_like_any_other(tmp_path):
     with SpooledWriter(tmp_path / "never.skq") as w:
         w.array("a", np.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["s.skq"]
+
+
+class Tied(nn.Module):
+    """Two layers sharing one weight (a checkpoint may store it once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+@pytest.mark.filterwarnings("ignore:layers .* share their weight")
+def test_tied_weights_stored_once(tmp_path):
+    torch.manual_seed(0)
+    model = Tied().eval()
+    X = torch.randn(64, 8)
+    state = {k: v for k, v in model.state_dict().items() if k != "b.weight"}
+    path = tmp_path / "tied.safetensors"
+    safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
+    q = GreedyPathQuantizer(n_bits=3)
+    ref = quantize_model(model, q, X)
+    with torch.device("meta"):
+        skeleton = Tied().eval()
+    got = quantize_model(skeleton, q, X, checkpoint=path)
+    assert_same_codes(ref, got)
+    assert torch.equal(ref(X[:4]), got(X[:4]))
+    out = tmp_path / "q.skq"
+    with torch.device("meta"):
+        skeleton = Tied().eval()
+    quantize_model(skeleton, q, X, checkpoint=path, output=out)
+    with torch.device("meta"):
+        skeleton = Tied().eval()
+        with pytest.raises(RuntimeError, match="inside `with torch.device"):
+            load_into(skeleton, out)
+        with pytest.raises(RuntimeError, match="call quantize_model after"):
+            quantize_model(skeleton, q, X, checkpoint=path)
+    loaded = load_into(skeleton, out)
+    assert torch.equal(ref(X[:4]), loaded(X[:4]))
+
+
+def test_bfloat16_checkpoint_into_a_float32_model(tmp_path):
+    model, X = trained("mlp")
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    path = tmp_path / "bf16.safetensors"
+    safetensors_torch.save_file(state, path)
+    rounded = mlp().eval()
+    rounded.load_state_dict({k: v.float() for k, v in state.items()})
+    q = GPTQQuantizer(n_bits=4)
+    got = quantize_model(meta("mlp"), q, X, checkpoint=path)
+    assert_same_codes(quantize_model(rounded, q, X), got)
+    assert got[0].bias.dtype == torch.float32

@@ -240,3 +240,15 @@ def store_entry(writer, dtypes, key, value):
     if value.dtype == torch.bfloat16:
         value = value.view(torch.int16)
     writer.array(key, value.numpy())
+
+
+def check_default_device(owner):
+    """Raise when tensors are created on the meta device by default (a call made
+    inside ``with torch.device("meta"):``): what ``owner`` builds would hold no
+    data."""
+    if torch.empty(0).device.type == "meta":
+        raise RuntimeError(
+            f"{owner} was called inside `with torch.device('meta'):`, where every "
+            "new tensor is a meta tensor without data. Build the model there, and "
+            f"call {owner} after the block."
+        )

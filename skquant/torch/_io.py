@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .._tensor import _io
-from ._checkpoint import is_meta, owner, put, store_entry
+from ._checkpoint import check_default_device, is_meta, owner, put, store_entry
 from ._layout import layer_kind
 from ._qlayers import (
     QuantConv1d,
@@ -133,6 +133,7 @@ def load_into(model, path, *, runtime="auto"):
     --------
     save_model : Write one.
     """
+    check_default_device("load_into")
     header, data = _io.read_file(path)
     if header.get("kind") != "torch":
         raise _io.FileFormatError(

@@ -12,7 +12,14 @@ from .._network._layers import quantize_layers
 from .._quantizers._activation import ActivationQuantizer
 from .._tensor import _io
 from ._capture import capture
-from ._checkpoint import Checkpoint, is_meta, owner, put, store_entry
+from ._checkpoint import (
+    Checkpoint,
+    check_default_device,
+    is_meta,
+    owner,
+    put,
+    store_entry,
+)
 from ._data import input_batches, model_device, model_dtype
 from ._layout import layer_kind
 from ._network import TorchNetwork
@@ -161,6 +168,8 @@ def quantize_model(
     check_runtime(runtime)
     act_quantizer = check_activations(activations, calibration_data)
     lean = checkpoint is not None or output is not None
+    if lean:
+        check_default_device("quantize_model")
     if lean and activations is not None:
         raise ValueError(
             f"activations={activations!r} cannot be combined with checkpoint= or "

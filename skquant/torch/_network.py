@@ -152,8 +152,12 @@ class TorchNetwork(Network):
         if ckpt is None:
             return
         lazy = {f"{name}.weight" if name else "weight" for name in self._modules}
-        lazy |= {f"{t}.weight" if t else "weight" for t in self.tied}
-        keys = [k for k in self.model.state_dict(keep_vars=True) if k not in lazy]
+        tied = {f"{t}.weight" for t in self.tied}  # read as their first layer's
+        keys = [
+            k
+            for k in self.model.state_dict(keep_vars=True)
+            if k not in lazy and k not in tied
+        ]
         missing = [k for k in sorted(lazy | set(keys)) if k not in ckpt]
         if missing:
             raise ValueError(
@@ -202,10 +206,13 @@ class TorchNetwork(Network):
 
             return pre, post
 
-        for name, mod in self._modules.items():
-            pairs = [(qmods[name], lambda m, n=name: self._quantized_weight(n, m))]
-            if is_meta(mod.weight):
-                pairs.append((mod, lambda m, n=name: self.float_weight(n)))
+        fmods = dict(self.model.named_modules())
+        # a layer tied to an earlier one's weight takes that layer's weights
+        owners = {name: name for name in self._modules} | self.tied
+        for name, src in owners.items():
+            pairs = [(qmods[name], lambda m, n=src: self._quantized_weight(n, m))]
+            if is_meta(fmods[name].weight):
+                pairs.append((fmods[name], lambda m, n=src: self.float_weight(n)))
             for m, weight in pairs:
                 pre, post = load(weight)
                 handles.append(m.register_forward_pre_hook(pre))
@@ -372,7 +379,8 @@ class TorchNetwork(Network):
                     if shared and not quantized
                     else self._forward_all([q for _, q in segment], qcache)
                 )
-                self._held.pop(full[j], None)  # the walk is past this layer
+                if full[j] not in self.tied.values():  # the walk is past it
+                    self._held.pop(full[j], None)
                 fcache = fnext
                 j = end
                 continue
