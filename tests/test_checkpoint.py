@@ -11,6 +11,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from torch import nn  # noqa: E402
 
 from skquant import (  # noqa: E402
+    ActivationQuantizer,
     AdaptivePrecisionQuantizer,
     GPTQQuantizer,
     GreedyPathQuantizer,
@@ -266,9 +267,13 @@ def test_the_walk_holds_one_quantized_layer_at_a_time(saved, monkeypatch):
 
 def test_checkpoint_refusals(saved, tmp_path):
     model, X, path = saved("mlp")
-    with pytest.raises(ValueError, match="activations='dynamic' cannot"):
+    with pytest.raises(ValueError, match="ActivationQuantizer.* cannot be combined"):
         quantize_model(
-            meta("mlp"), UniformQuantizer(), X, checkpoint=path, activations="dynamic"
+            meta("mlp"),
+            UniformQuantizer(),
+            X,
+            checkpoint=path,
+            activations=ActivationQuantizer(),
         )
     with pytest.raises(ValueError, match="loss gradients of the whole model"):
         quantize_model(
@@ -389,3 +394,26 @@ def test_bfloat16_checkpoint_into_a_float32_model(tmp_path):
     got = quantize_model(meta("mlp"), q, X, checkpoint=path)
     assert_same_codes(quantize_model(rounded, q, X), got)
     assert got[0].bias.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_dynamic_activations_from_a_checkpoint(saved, tmp_path, kind):
+    """8-bit inputs with a grid per call need nothing fitted: they combine with
+    checkpoint= and output=, and run as the in-memory model does."""
+    model, X, path = saved(kind)
+    q = UniformQuantizer(n_bits=8)
+    ref = quantize_model(model, q, X, activations="dynamic")
+    got = quantize_model(meta(kind), q, X, checkpoint=path, activations="dynamic")
+    assert_same_codes(ref, got)
+    assert {m.activation_bits for m in codes_layers(got)} == {8}
+    assert torch.equal(ref(X[:6]), got(X[:6]))
+    out = tmp_path / "q.skq"
+    quantize_model(meta(kind), q, X, checkpoint=path, activations="dynamic", output=out)
+    loaded = load_into(meta(kind), out)
+    assert torch.equal(ref(X[:6]), loaded(X[:6]))
+    save_model(ref, tmp_path / "ref.skq")  # the file save_model writes, read the same
+    assert torch.equal(load_into(meta(kind), tmp_path / "ref.skq")(X[:6]), ref(X[:6]))
+
+
+def codes_layers(qmodel):
+    return [m for m in qmodel.modules() if hasattr(m, "weight_codes")]

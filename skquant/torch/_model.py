@@ -131,8 +131,9 @@ def quantize_model(
         same file as :func:`save_model` of the returned model would write) and
         keep nothing: the function returns ``None`` for the model. Read it back
         with :func:`load_into` (into a meta-built model too). With
-        ``checkpoint`` or ``output``, ``activations`` must be ``None`` and no
-        quantizer may need loss gradients.
+        ``checkpoint`` or ``output``, ``activations`` is ``None`` or
+        ``"dynamic"`` (static grids are fitted on the whole model in memory) and
+        no quantizer may need loss gradients.
 
     Returns
     -------
@@ -170,13 +171,12 @@ def quantize_model(
     lean = checkpoint is not None or output is not None
     if lean:
         check_default_device("quantize_model")
-    if lean and activations is not None:
+    if lean and act_quantizer is not None:
         raise ValueError(
-            f"activations={activations!r} cannot be combined with checkpoint= or "
-            "output=: input grids are fitted on the whole quantized model. Quantize "
-            "the weights to a file, load it with load_into, then quantize the "
-            "activations of the loaded model with quantize_model(..., "
-            "activations=...) and a dict of quantizers leaving its layers as they are."
+            "activations=ActivationQuantizer(...) cannot be combined with "
+            "checkpoint= or output=: static input grids are fitted on the whole "
+            "quantized model, held in memory. Use activations='dynamic' (a grid per "
+            "call, nothing to fit), or quantize a model that fits in memory."
         )
     device = model_device(model)
     if device.type == "cuda":  # the layer kernels where the model lives
@@ -221,6 +221,8 @@ def quantize_model(
                 held[n] = tensor
             else:
                 _write_layer(writer, layers, network.module(name), n, tensor)
+                if activations is not None:  # "dynamic": as save_model records it
+                    layers[n]["activations"] = {"mode": "dynamic", "n_scales": 1}
 
     with writer if writer is not None else contextlib.nullcontext():
         res = quantize_layers(
@@ -254,7 +256,8 @@ def quantize_model(
         parent, _, attr = name.rpartition(".")
         setattr(qlayers[parent] if parent else qmodel, attr, new)
     if activations is not None:
-        names = [n for n in res.tensors if n in replace]
+        fitted = [n for n in held if n not in network.tied] if lean else res.tensors
+        names = [n for n in fitted if n in replace]
         if act_quantizer is None:
             qlayers = dict(qmodel.named_modules())
             for name in names:
