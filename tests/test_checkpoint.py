@@ -417,3 +417,21 @@ def test_dynamic_activations_from_a_checkpoint(saved, tmp_path, kind):
 
 def codes_layers(qmodel):
     return [m for m in qmodel.modules() if hasattr(m, "weight_codes")]
+
+
+def test_checkpoint_names_with_a_prefix(saved, tmp_path):
+    """A checkpoint saved from a wrapper: its names start with "model."."""
+    model, X, _ = saved("mlp")
+    state = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    state["lm_extra.weight"] = torch.ones(2)  # not the model's: not seen
+    path = tmp_path / "wrapped.safetensors"
+    safetensors_torch.save_file(state, path)
+    ckpt = Checkpoint(path, prefix="model.")
+    assert sorted(ckpt.keys()) == sorted(model.state_dict())
+    q = GreedyPathQuantizer(n_bits=3)
+    got = quantize_model(meta("mlp"), q, X, checkpoint=ckpt)
+    assert_same_codes(quantize_model(model, q, X), got)
+    with pytest.raises(ValueError, match="lacks 6 of the model's state entries"):
+        quantize_model(meta("mlp"), q, X, checkpoint=path)
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        Checkpoint(path, prefix=1)

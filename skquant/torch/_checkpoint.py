@@ -92,6 +92,11 @@ class Checkpoint:
         index (``*.safetensors.index.json``, whose ``weight_map`` names each
         tensor's shard) and its shards, or, without an index, ``*.safetensors``
         files whose tensors are taken together.
+    prefix : str, default=""
+        Leading part of the checkpoint's names that the model's ``state_dict``
+        names lack (``"model."`` when the checkpoint was saved from a wrapper of
+        the model): tensor ``key`` is read from ``prefix + key``, and the other
+        tensors are not seen.
 
     Examples
     --------
@@ -105,10 +110,11 @@ class Checkpoint:
     (['0.bias', '0.weight'], torch.Size([3, 2]))
     """
 
-    def __init__(self, path):
-        if isinstance(path, Checkpoint):
-            path = path.path
+    def __init__(self, path, *, prefix=""):
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}.")
         self.path = Path(path)
+        self.prefix = prefix
         if not self.path.exists():
             raise ValueError(f"checkpoint={str(path)!r} does not exist.")
         self._where = {}
@@ -163,6 +169,9 @@ class Checkpoint:
 
     def _add(self, file, entries):
         for key, entry in entries.items():
+            if not key.startswith(self.prefix):
+                continue
+            key = key[len(self.prefix) :]
             if key in self._where:
                 raise ValueError(
                     f"checkpoint={str(self.path)!r}: tensor {key!r} is in both "

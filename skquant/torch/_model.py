@@ -119,7 +119,8 @@ def quantize_model(
         runtimes (``"*"``: the layers not named; ``"auto"`` without it).
     checkpoint : str, path-like or Checkpoint, default=None
         Read the model's state from this safetensors checkpoint (a file, or a
-        directory of shards with their ``*.safetensors.index.json``), for a model
+        directory of shards with their ``*.safetensors.index.json``; a
+        :class:`Checkpoint` for names with a prefix the model's lack), for a model
         too large for memory: build ``model`` on the meta device (``with
         torch.device("meta"): model = Net()``); every state entry but the weight
         layers' weights is read at the start, and each weight layer's weight when
@@ -186,7 +187,9 @@ def quantize_model(
         skip=skip,
         loss_fn=loss_fn,
         batch_size=batch_size,
-        checkpoint=None if checkpoint is None else Checkpoint(checkpoint),
+        checkpoint=checkpoint
+        if checkpoint is None or isinstance(checkpoint, Checkpoint)
+        else Checkpoint(checkpoint),
         lean=lean,
     )
 
