@@ -28,10 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from skquant import GreedyPathQuantizer, UniformQuantizer
+
 N_LAYERS, WIDTH, ROWS = 24, 4096, 256
 QUANTIZERS = {
-    "uniform-4": "UniformQuantizer(n_bits=4)",
-    "gpfq-4": "GreedyPathQuantizer(n_bits=4)",
+    "uniform-4": lambda: UniformQuantizer(n_bits=4),
+    "gpfq-4": lambda: GreedyPathQuantizer(n_bits=4),
 }
 
 
@@ -92,10 +94,9 @@ def child(args):
     """One measured run (in its own process)."""
     import torch
 
-    import skquant
     from skquant.torch import quantize_model
 
-    quantizer = eval(QUANTIZERS[args.quantizer], vars(skquant))
+    quantizer = QUANTIZERS[args.quantizer]()
     # warm up: the kernels this run will use, on a small model
     small = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
     quantize_model(small, quantizer, torch.randn(32, 64))
@@ -116,10 +117,9 @@ def in_memory_codes(single, quantizer_name, out, n_layers):
     import torch
     from safetensors.torch import load_file
 
-    import skquant
     from skquant.torch import load_into, quantize_model
 
-    quantizer = eval(QUANTIZERS[quantizer_name], vars(skquant))
+    quantizer = QUANTIZERS[quantizer_name]()
     model = build(n_layers)
     model.load_state_dict(load_file(single))
     start = time.perf_counter()

@@ -157,6 +157,27 @@ def test_checkpoint_reads_files_shards_and_dtypes(tmp_path, saved):
     assert sorted(Checkpoint(folder).keys()) == sorted(model.state_dict())
 
 
+def test_checkpoint_with_a_dtype_skquant_does_not_read(tmp_path):
+    """A float8 tensor: the others read, that one refused by name."""
+    path = tmp_path / "f8.safetensors"
+    state = {"w": torch.randn(4, 3), "w8": torch.randn(5).to(torch.float8_e4m3fn)}
+    safetensors_torch.save_file(state, path)
+    ckpt = Checkpoint(path)
+    assert torch.equal(ckpt.read("w"), state["w"])
+    with pytest.raises(ValueError, match="'w8' has dtype F8_E4M3"):
+        ckpt.read("w8")
+    # a header whose entries leave a gap in the data: refused on opening
+    raw = bytearray(path.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    head = json.loads(raw[8 : 8 + n])
+    head["w8"]["data_offsets"] = [o + 1 for o in head["w8"]["data_offsets"]]
+    text = json.dumps(head).encode()
+    gap = tmp_path / "gap.safetensors"
+    gap.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :] + b"\0")
+    with pytest.raises(ValueError, match="corrupted: entry .* starts at"):
+        Checkpoint(gap)
+
+
 def test_checkpoint_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         Checkpoint(tmp_path / "nope.safetensors")

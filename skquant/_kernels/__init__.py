@@ -8,6 +8,10 @@ Contract shared by every kernel here (see the Contributing page of the docs):
   or divides;
 * a ``*_parallel`` kernel is a separately named function sharing its per-row helper
   with the serial kernel, because numba's disk cache ignores compile flags.
+
+The same algorithms in torch operations (a quantizer's ``device=``) are in
+:mod:`._torch`, imported by :func:`torch_kernels` when one is asked for: PyTorch
+is optional, and ``import skquant`` never imports it.
 """
 
 from pathlib import Path
@@ -28,3 +32,28 @@ def cache_is_warm(cache=None):
     except OSError:
         return False
     return all(any(n.startswith(m) for n in names) for m in _MARKERS)
+
+
+def check_device(device, owner):
+    """``device`` as a string (``None`` stays ``None``): a torch device name such as
+    ``"cpu"``, ``"cuda"`` or ``"cuda:1"``, or a ``torch.device``."""
+    if device is None:
+        return None
+    if not isinstance(device, str) and type(device).__name__ != "device":
+        raise TypeError(
+            f"{owner}: device must be None, a torch device or its name, got "
+            f"{type(device).__name__} instead."
+        )
+    return str(device)
+
+
+def torch_kernels():
+    """The torch layer kernels (:mod:`._torch`), imported on first use."""
+    try:
+        from . import _torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "a device for the layer kernels needs PyTorch: install it with `pip "
+            "install skquant[torch]`, or leave device=None (numba)."
+        ) from exc
+    return _torch

@@ -52,7 +52,7 @@ def _fingerprint(W, rows=1 << 20):
     C-ordered float64 array."""
     W = np.asarray(W)
     h = hashlib.blake2b(digest_size=16)
-    step = max(1, rows // max(1, W.shape[1])) if W.ndim == 2 else max(1, W.shape[0])
+    step = max(1, rows // max(1, W.shape[1]))  # W is 2-D: validated
     for a in range(0, W.shape[0], step):
         h.update(np.ascontiguousarray(W[a : a + step], dtype=np.float64).data)
     return W.shape, h.hexdigest()

@@ -3,7 +3,7 @@
 import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
-from .._common._backends import check_device, kernels
+from .._kernels import check_device, torch_kernels
 from ._datadriven import BaseDataQuantizer
 from ._gram import gram, triangle_product
 
@@ -114,7 +114,7 @@ class GreedyPathQuantizer(BaseDataQuantizer):
             else:  # the Gram form in torch on that device
                 step = self.scale_.astype(np.float64)
                 codes = self.alphabet_record_.final_codes(
-                    kernels("torch")["gpfq_codes"](
+                    torch_kernels().gpfq_codes(
                         Xq,
                         Xf,
                         W64,

@@ -6,8 +6,7 @@ import numpy as np
 from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .._common._backends import check_device, kernels
-from .._kernels import _gptq
+from .._kernels import _gptq, check_device, torch_kernels
 from ._datadriven import BaseDataQuantizer
 from ._gram import gram, inverse_upper_cholesky
 
@@ -184,7 +183,7 @@ class GPTQQuantizer(BaseDataQuantizer):
         codes = np.empty(W.shape)
         device = check_device(self.device, type(self).__name__)
         if device is not None:  # torch's kernel on that device (Cholesky form)
-            codes = kernels("torch")["gptq_codes"](
+            codes = torch_kernels().gptq_codes(
                 W64,
                 Xq,
                 lam,

@@ -5,8 +5,7 @@ import numbers
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .._common._backends import check_device, kernels
-from .._kernels import _msq
+from .._kernels import _msq, check_device, torch_kernels
 from .._tensor import _alphabets
 from ._base import BaseWeightQuantizer
 
@@ -135,7 +134,7 @@ class UniformQuantizer(BaseWeightQuantizer):
             return None
         dtype = W.dtype.type
         inv = (dtype(1) / level).astype(W.dtype)
-        return kernels("torch")["msq_codes"](
+        return torch_kernels().msq_codes(
             W, inv, np.zeros_like(level), self.qmin_, self.qmax_, device
         )
 

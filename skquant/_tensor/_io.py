@@ -34,20 +34,16 @@ import struct
 
 import numpy as np
 
-from . import _fixedpoint
+from . import _fixedpoint, _safetensors
 from ._alphabets import GRID_KINDS, Alphabet, code_dtype
 from ._bits import unpack_codes
 from ._qtensor import QuantizedTensor
+from ._safetensors import MAX_HEADER, ST_DTYPES, FileFormatError
 
 __all__ = ["load", "save"]
 
 FORMAT = "skquant"
 VERSION = 3  # 2: fixed-point tensors; 3: activation grids of torch layers
-_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
-
-
-class FileFormatError(ValueError):
-    """A file that is not a valid skquant file (truncated, corrupted, foreign)."""
 
 
 #: the model classes a file can hold, by the ``kind`` written in the file (filled by
@@ -243,22 +239,6 @@ class Writer:
         self.data[name] = a
 
 
-#: safetensors' names of the NumPy dtypes a file holds
-_ST_DTYPES = {
-    "b1": "BOOL",
-    "u1": "U8",
-    "i1": "I8",
-    "u2": "U16",
-    "i2": "I16",
-    "f2": "F16",
-    "u4": "U32",
-    "i4": "I32",
-    "f4": "F32",
-    "u8": "U64",
-    "i8": "I64",
-    "f8": "F64",
-}
-
 #: bytes read or copied at a time when a spooled file is finished
 _CHUNK = 16 * 2**20
 
@@ -307,10 +287,10 @@ class SpooledWriter(Writer):
         if not a.flags.c_contiguous:
             a = a.copy(order="C")
         key = a.dtype.newbyteorder("<").str[1:]
-        if key not in _ST_DTYPES or a.dtype.byteorder == ">":
+        if key not in ST_DTYPES or a.dtype.byteorder == ">":
             raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
         self._spool.write(memoryview(a.reshape(-1).view(np.uint8)))
-        self._entries[name] = (self._size, a.nbytes, _ST_DTYPES[key], list(a.shape))
+        self._entries[name] = (self._size, a.nbytes, ST_DTYPES[key], list(a.shape))
         self._size += a.nbytes
 
     def _chunks(self, offset, nbytes):
@@ -505,7 +485,7 @@ def _foreign(blob, path, n):
     if what is not None:
         return FileFormatError(f"{path!s} is not a skquant file: {what}")
     fits = n <= len(blob) - 8
-    if blob[8:9] == b"{" and n <= _MAX_HEADER:  # a safetensors header
+    if blob[8:9] == b"{" and n <= MAX_HEADER:  # a safetensors header
         if fits:
             return FileFormatError(f"{path!s} is corrupted: its header is not JSON.")
         return FileFormatError(
@@ -526,41 +506,18 @@ def _foreign(blob, path, n):
 
 
 def _views(raw, blob, start, path):
-    """The arrays of a safetensors file as views of its bytes (``start``: where
-    its data begin), checked as safetensors checks them: known dtypes, sizes
-    that match the shapes, and entries that tile the data with no gap."""
-    bad = FileFormatError
-    dtypes = {v: np.dtype(k).newbyteorder("<") for k, v in _ST_DTYPES.items()}
-    spans, out = [], {}
-    for name, info in raw.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = dtypes[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(v) for v in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"{path!s} is corrupted: entry {name!r} is malformed.") from exc
+    """The arrays of a skquant file as views of its bytes (``start``: where its
+    data begin), laid out as :func:`._safetensors.layout` checks."""
+    dtypes = {v: np.dtype(k).newbyteorder("<") for k, v in ST_DTYPES.items()}
+    out = {}
+    for name, (dt, shape, begin, _) in _safetensors.layout(
+        raw, len(blob) - start, f"{path!s}"
+    ).items():
+        if dt not in dtypes:
+            raise FileFormatError(f"{path!s}: entry {name!r} has dtype {dt}.")
         count = int(np.prod(shape, dtype=np.int64))
-        if min(shape, default=0) < 0 or end - begin != count * dtype.itemsize:
-            raise bad(f"{path!s} is corrupted: entry {name!r} has the wrong size.")
-        spans.append((begin, end, name))
-        out[name] = (dtype, shape, count, begin)
-    spans.sort()
-    at = 0
-    for begin, end, name in spans:
-        if begin != at:
-            raise bad(f"{path!s} is corrupted: entry {name!r} starts at {begin}.")
-        at = end
-    if start + at != len(blob):
-        raise bad(
-            f"{path!s} is truncated or corrupted: its entries end at byte "
-            f"{start + at}, the file has {len(blob)} bytes."
-        )
-    return {
-        name: np.frombuffer(blob, dtype, count, start + begin).reshape(shape)
-        for name, (dtype, shape, count, begin) in out.items()
-    }
+        out[name] = np.frombuffer(blob, dtypes[dt], count, start + begin).reshape(shape)
+    return out
 
 
 def parse(blob, path="<bytes>"):
@@ -571,7 +528,7 @@ def parse(blob, path="<bytes>"):
             f"{path!s} is not a skquant file: it has {len(blob)} bytes."
         )
     (n,) = struct.unpack("<Q", blob[:8])
-    if n > min(_MAX_HEADER, len(blob) - 8):
+    if n > min(MAX_HEADER, len(blob) - 8):
         raise _foreign(bytes(blob), path, n)
     try:
         raw = json.loads(bytes(blob[8 : 8 + n]).decode("utf-8"))

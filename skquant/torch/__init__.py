@@ -8,8 +8,7 @@ lines above it, or of its own line's left, never this package or ``skquant``):
 1. ``_state`` (a model given back as it was), ``_layout`` (weight tensors as
    ``(n_in, n_out)`` matrices), ``_data`` (data as mini-batches), ``_fake`` (fake
    quantization with autograd), ``_checkpoint`` (safetensors checkpoints read a
-   tensor at a time, state slots filled and emptied), ``_kernels`` (MSQ, GPTQ
-   and GPFQ's layer kernels in torch operations);
+   tensor at a time, state slots filled and emptied);
 2. ``_rows`` (a layer's input rows: conv patches, sampled), ``_gradients`` (loss
    gradients on a model, grad mode and flags);
 3. ``_capture`` (forward passes handing layers' inputs to a callback);
@@ -29,7 +28,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "skquant.torch requires PyTorch; install it with `pip install skquant[torch]`."
     ) from exc
 
-from .._common._backends import register_kernels
 from .._network._adapters import register_adapter
 from ._adaptive import adaptive_quantize_model
 from ._capture import capture_inputs
@@ -37,7 +35,6 @@ from ._checkpoint import Checkpoint
 from ._fake import FakeQuantize, fake_quantize_ste
 from ._gradients import check_autograd, loss_gradients
 from ._io import load_into, save_model
-from ._kernels import gpfq_codes, gptq_codes, msq_codes
 from ._layout import matrix_to_weight, weight_to_matrix
 from ._model import QuantConv1d, QuantConv2d, QuantLinear, quantize_model
 from ._network import TorchNetwork
@@ -75,11 +72,6 @@ __all__ = [
     "train_sq",
     "weight_to_matrix",
 ]
-
-# the quantizers find the torch kernels (their device=) through this
-register_kernels(
-    "torch", msq_codes=msq_codes, gptq_codes=gptq_codes, gpfq_codes=gpfq_codes
-)
 
 # the network layer finds the torch front ends through this, never by importing us
 register_adapter(

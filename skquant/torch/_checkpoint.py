@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._tensor import _safetensors
+
 #: torch dtypes of safetensors' dtype names
 DTYPES = {
     "BOOL": torch.bool,
@@ -31,8 +33,6 @@ DTYPES = {
     "F64": torch.float64,
 }
 
-_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
-
 
 def _read_header(file):
     """``{key: (begin, end, dtype name, shape)}`` of one safetensors file, offsets
@@ -41,7 +41,7 @@ def _read_header(file):
     with open(file, "rb") as f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or n > min(_MAX_HEADER, size - 8):
+        if n < 2 or n > min(_safetensors.MAX_HEADER, size - 8):
             raise ValueError(
                 f"checkpoint file {str(file)!r} is not a safetensors file (its "
                 "first 8 bytes are not the length of a header it holds)."
@@ -53,33 +53,11 @@ def _read_header(file):
                 f"checkpoint file {str(file)!r} has an unreadable safetensors header."
             ) from exc
     start = 8 + n
-    entries = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            begin, end = (int(v) for v in info["data_offsets"])
-            dtype, shape = str(info["dtype"]), [int(s) for s in info["shape"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                f"checkpoint file {str(file)!r}: entry {key!r} is malformed."
-            ) from exc
-        if not 0 <= begin <= end <= size - start:
-            raise ValueError(
-                f"checkpoint file {str(file)!r} is truncated: entry {key!r} ends "
-                f"at byte {start + end} of {size}."
-            )
-        if dtype in DTYPES:
-            numel = 1
-            for s in shape:
-                numel *= s
-            if numel * DTYPES[dtype].itemsize != end - begin:
-                raise ValueError(
-                    f"checkpoint file {str(file)!r}: entry {key!r} has "
-                    f"{end - begin} bytes for shape {shape} of {dtype}."
-                )
-        entries[key] = (start + begin, start + end, dtype, shape)
-    return entries
+    layout = _safetensors.layout(header, size - start, f"checkpoint file {str(file)!r}")
+    return {
+        key: (start + begin, start + end, dtype, list(shape))
+        for key, (dtype, shape, begin, end) in layout.items()
+    }
 
 
 class Checkpoint:

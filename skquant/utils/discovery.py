@@ -9,9 +9,14 @@ from sklearn.base import BaseEstimator
 
 __all__ = ["all_estimators"]
 
-#: sub-packages left out of the search: the torch adapter (it imports torch) and
-#: this one
-_SKIPPED = ("skquant.torch", "skquant.utils", "skquant.__main__")
+#: modules left out of the search: the torch adapter and the torch kernels (they
+#: import torch) and this sub-package
+_SKIPPED = (
+    "skquant.torch",
+    "skquant._kernels._torch",
+    "skquant.utils",
+    "skquant.__main__",
+)
 
 
 def _modules(path, prefix):

@@ -11,7 +11,7 @@ Cholesky factors and GPFQ's divisions need it, as in :mod:`skquant._quantizers._
   GPUs), so a value that lands within rounding error of a decision boundary may
   round the other way. The tests compare codes on random and real layers.
 
-The quantizers call them through :func:`skquant._common._backends.kernels` when
+The quantizers call them through :func:`skquant._kernels.torch_kernels` when
 their ``device`` is set (the arrays come in as NumPy and go back as NumPy; what
 the kernels compute stays on the device).
 """
