@@ -2,8 +2,9 @@
 
 Quantizes LeNet-5, the MNIST MLP, the Fashion-MNIST CNN and VGG-8 (``_models.py``)
 with ``NullSpaceQuantizer(n_bits=b)`` at 4, 3 and 2 bits on 256 and 1024 training
-images (seed 0), with the whole ladder evaluated (``AUTO_PATIENCE`` beyond its
-length), and records each layer's held-out error at every cap. It then replays the
+images (seed 0), with the whole ladder evaluated on every neuron
+(``AUTO_PATIENCE`` beyond its length), and records each layer's held-out error at
+every cap, per neuron. It then replays the
 climb from the smallest cap with patience 1 and 2: how many layers pick the cap the
 whole ladder picks, how much more held-out error the others have, and the walks'
 cost (``n_in * k**2 * n_out`` per cap tried) against the whole ladder's.
@@ -18,6 +19,9 @@ Run (one thread, about 10 minutes; needs the data of ``get_data.sh``):
     # and caps limited to a multiple of GPFQ's arithmetic (--budget):
     .venv/bin/python benchmarks/bench_auto_rank.py \\
         --json benchmarks/results/bench_auto_rank.json --replay --budget 1 2 4 16
+    # and the ladder fitted on at most 8, 16, 32, 64 neurons (--neurons):
+    .venv/bin/python benchmarks/bench_auto_rank.py \\
+        --json benchmarks/results/bench_auto_rank.json --replay --neurons 8 16 32 64
 
 With ``--budget B``, the replay only tries caps whose walk costs at most ``B``
 times GPFQ's kernel on the layer, in a cost model of time: the walk's counted
@@ -33,6 +37,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from _models import accuracy, trained
 
@@ -52,16 +57,29 @@ N_CONV = {"lenet5": 2, "mlp": 0, "cnn": 2, "vgg8": 6}
 
 
 def ladders(nets):
-    """Whole-model fits with the whole ladder; each layer's held-out errors."""
+    """Whole-model fits with the whole ladder on every neuron; each layer's
+    held-out errors per cap and neuron, and its neurons' held-out output norms."""
     found = []
-    held_out_rank = _nullspace.NullSpaceQuantizer._held_out_rank
+    ladder_errors = _nullspace.NullSpaceQuantizer._ladder_errors
 
-    def logged(self, W, Xq, Xf):
-        best, scores = held_out_rank(self, W, Xq, Xf)
-        found.append({"shape": list(W.shape), "scores": scores})
-        return best, scores
+    def logged(self, W, Xq, Xf, neurons=None):
+        errors, top = ladder_errors(self, W, Xq, Xf, np.arange(W.shape[1]))
+        if errors is not None:
+            held = np.zeros(Xq.shape[0], dtype=bool)
+            held[4::5] = True
+            norms = np.linalg.norm(Xf[held] @ W.astype(np.float64), axis=0)
+            found.append(
+                {
+                    "shape": list(W.shape),
+                    "top": top,
+                    "norms": norms.tolist(),
+                    "errors": {k: e.tolist() for k, e in errors.items()},
+                    "scores": {k: float(np.linalg.norm(e)) for k, e in errors.items()},
+                }
+            )
+        return errors, top
 
-    _nullspace.NullSpaceQuantizer._held_out_rank = logged
+    _nullspace.NullSpaceQuantizer._ladder_errors = logged
     _nullspace.AUTO_PATIENCE = 10**6
     rows = []
     for net in nets:
@@ -140,6 +158,48 @@ def replay(rows):
             print(f"    {line}")
 
 
+def replay_neurons(rows, counts):
+    """The ladder on at most ``count`` neurons (``ladder_neurons``), patience 2:
+    the cap chosen against the whole ladder's on all neurons, and the modelled
+    walks (ladder + the final fit at the chosen cap) against the climb's on all
+    neurons (today's ``AUTO_NEURONS`` beyond every layer's width)."""
+    for count in counts:
+        same = total = 0
+        cost = cost_all = 0.0
+        worst = []
+        for r in rows:
+            for layer in r["layers"]:
+                if "errors" not in layer:
+                    raise SystemExit("--neurons needs a --json written by this version")
+                n, n_out = layer["shape"]
+                errors = {int(k): np.asarray(e) for k, e in layer["errors"].items()}
+                full = {k: float(np.linalg.norm(e)) for k, e in errors.items()}
+                pick = _nullspace.ladder_neurons(np.asarray(layer["norms"]), count)
+                sampled = {k: float(np.linalg.norm(e[pick])) for k, e in errors.items()}
+                best = min(full, key=lambda k: (full[k], -k))
+                got, tried = climb(sampled, 2)
+                _, tried_all = climb(full, 2)
+                total += 1
+                same += got == best
+                cost += sum(n * k * k * pick.size for k in tried) + n * got**2 * n_out
+                cost_all += sum(n * k * k * n_out for k in tried_all)
+                cost_all += n * best**2 * n_out
+                if got != best:
+                    worst.append((full[got] / full[best] - 1, r, (n, n_out), got, best))
+        worst.sort(key=lambda w: -w[0])
+        print(
+            f"ladder on {count} neurons: {same} of {total} layers pick the whole "
+            f"ladder's cap; walks {cost / cost_all:.2f} of the ladder on all "
+            "neurons; most held-out error lost:"
+        )
+        for more, r, shape, got, best in worst[:5]:
+            print(
+                f"    {r['net']} {r['bits']} bits {r['calib']} images, layer "
+                f"{shape[0]}x{shape[1]}: cap {got} for {best}, "
+                f"+{100 * more:.1f}% held-out error"
+            )
+
+
 def walk_cost(n, k, n_out):
     """Modelled time of the walks at cap ``k`` (GEMM-flop units)."""
     return 5 * n * k * k * n_out / 0.4
@@ -208,6 +268,13 @@ def main():
         default=[],
         help="also replay with caps limited to these multiples of GPFQ's time",
     )
+    p.add_argument(
+        "--neurons",
+        nargs="+",
+        type=int,
+        default=[],
+        help="also replay the ladder fitted on at most this many neurons",
+    )
     args = p.parse_args()
     if args.replay:
         rows = json.loads(args.json.read_text())
@@ -216,6 +283,7 @@ def main():
         args.json.write_text(json.dumps(rows))
     replay(rows)
     replay_budget(rows, args.budget)
+    replay_neurons(rows, args.neurons)
 
 
 if __name__ == "__main__":

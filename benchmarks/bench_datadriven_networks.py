@@ -15,7 +15,10 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
 * ``gptq-w``: the same with ``target="weights"`` (the paper's: ``W`` itself on the
   quantized inputs' Hessian, the default);
 * ``ns-none``: :class:`~skquant.NullSpaceQuantizer` with ``rank=None``;
-* ``ns-auto``: the same with ``rank="auto"`` (held-out rows pick the cap);
+* ``ns-auto``: the same with ``rank="auto"`` (held-out rows pick the cap, the
+  ladder fitted on at most ``AUTO_NEURONS`` neurons of each layer);
+* ``ns-auto-all``: ``rank="auto"`` with the ladder fitted on every neuron (the
+  default before ``AUTO_NEURONS``);
 * ``ns-64``: the same with ``rank=64``;
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
@@ -31,7 +34,9 @@ extended on the next run).
 
 Run: ``python benchmarks/bench_datadriven_networks.py`` (needs the MNIST and
 Fashion-MNIST files: ``bash benchmarks/get_data.sh``); a subset with ``--nets
-lenet5 --bits 3 2 --calib 1024 --seeds 0``.
+lenet5 --bits 3 2 --calib 1024 --seeds 0``. ``--quantize-seconds`` prints the
+seconds tables from ``quantize_seconds`` (quantization alone) and each method's
+median ratio to ``gpfq``'s in the same run.
 """
 
 import argparse
@@ -41,6 +46,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from _models import accuracy, trained
 
@@ -57,6 +63,15 @@ try:
 except ImportError:  # pragma: no cover - the adapter ships with the benchmarks
     peer = None
 
+
+class AllNeuronsLadder(NullSpaceQuantizer):
+    """``rank="auto"`` with its ladder fitted on every neuron (the default before
+    the ladder took at most ``AUTO_NEURONS`` of them)."""
+
+    def _ladder_errors(self, W, Xq, Xf, neurons=None):
+        return super()._ladder_errors(W, Xq, Xf, np.arange(W.shape[1]))
+
+
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -70,6 +85,7 @@ METHODS = {
     "gptq-w": lambda b: GPTQQuantizer(n_bits=b),
     "ns-none": lambda b: NullSpaceQuantizer(n_bits=b, rank=None),
     "ns-auto": lambda b: NullSpaceQuantizer(n_bits=b, rank="auto"),
+    "ns-auto-all": lambda b: AllNeuronsLadder(n_bits=b, rank="auto"),
     "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
@@ -103,12 +119,29 @@ def main():
     )
     p.add_argument("--json", type=Path, default=Path("bench_datadriven.json"))
     p.add_argument(
+        "--quantize-seconds",
+        action="store_true",
+        help="print quantization seconds and ratios to gpfq from --json, run nothing",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("NEW", "OLD"),
+        help="compare two methods' accuracies setting by setting, run nothing",
+    )
+    p.add_argument(
         "--rst",
         action="store_true",
         help="print the tables of the rows in --json as reST and run nothing",
     )
     args = p.parse_args()
     rows = json.loads(args.json.read_text()) if args.json.exists() else []
+    if args.compare:
+        print_compare(rows, args, *args.compare)
+        return
+    if args.quantize_seconds:
+        print_quantize_seconds(rows, args)
+        return
     if args.rst:
         print_rst(rows, args)
         return
@@ -244,6 +277,89 @@ def print_rst(rows, args):
                 row.append(f"{statistics.median(sec):.1f}" if sec else "-")
             table.append(row)
         print(_rst_table(table))
+
+
+def print_quantize_seconds(rows, args):
+    """Per network, bit-width and calibration size: each method's median
+    quantization seconds over the seeds and its median ratio to ``gpfq``'s (the
+    rows of one seed and setting come from the same process, one after another)."""
+    methods = [m for m in args.methods if any(r["method"] == m for r in rows)]
+    methods = [m for m in methods if m != "rtn"]
+    for net in args.nets:
+        sel = [r for r in rows if r["net"] == net and "quantize_seconds" in r]
+        if not sel:
+            continue
+        print(
+            f"\n**{NETS[net][0]}**: quantization seconds (median over seeds) and "
+            "ratio to ``gpfq`` (median of the per-seed ratios)\n"
+        )
+        table = [["bits", "images"] + methods]
+        for bits in args.bits:
+            for calib in args.calib:
+                row = [str(bits), str(calib)]
+                base = {
+                    r["seed"]: r["quantize_seconds"]
+                    for r in sel
+                    if r["method"] == "gpfq"
+                    and (r["bits"], r["calib"]) == (bits, calib)
+                }
+                for m in methods:
+                    got = {
+                        r["seed"]: r["quantize_seconds"]
+                        for r in sel
+                        if r["method"] == m and (r["bits"], r["calib"]) == (bits, calib)
+                    }
+                    if not got:
+                        row.append("-")
+                        continue
+                    ratios = [got[k] / base[k] for k in got if k in base]
+                    txt = f"{statistics.median(got.values()):.1f}"
+                    if ratios and m != "gpfq":
+                        txt += f" ({statistics.median(ratios):.1f}x)"
+                    row.append(txt)
+                if len(row) > 2:
+                    table.append(row)
+        print(_rst_table(table))
+
+
+def print_compare(rows, args, new, old):
+    """Setting by setting: ``new`` against ``old`` (mean and seed-to-seed sd of
+    ``old``) and against round to nearest."""
+    table = [["net", "bits", "images", new, old, "difference", "within sd", ">= rtn"]]
+    short = sum_within = sum_rtn = 0
+    for net in args.nets:
+        sel = [r for r in rows if r["net"] == net]
+        for bits in args.bits:
+            for calib in args.calib:
+                a, _ = _cells(sel, new, bits, calib)
+                b, _ = _cells(sel, old, bits, calib)
+                rtn, _ = _cells(sel, "rtn", bits, args.calib[0])
+                if not (a and b and rtn):
+                    continue
+                sd = statistics.stdev(b) if len(b) > 1 else 0.0
+                diff = statistics.mean(a) - statistics.mean(b)
+                within = diff >= -sd - 1e-9
+                above = statistics.mean(a) >= statistics.mean(rtn) - 1e-9
+                short += 1
+                sum_within += within
+                sum_rtn += above
+                table.append(
+                    [
+                        net,
+                        str(bits),
+                        str(calib),
+                        f"{statistics.mean(a):.2f}",
+                        f"{statistics.mean(b):.2f} ± {sd:.2f}",
+                        f"{diff:+.2f}",
+                        "yes" if within else "**no**",
+                        "yes" if above else "**no**",
+                    ]
+                )
+    print(_rst_table(table))
+    print(
+        f"\n{new}: within one sd of {old} (or above) in {sum_within} of {short} "
+        f"settings; at or above round to nearest in {sum_rtn} of {short}"
+    )
 
 
 def print_table(rows, args):

@@ -12,7 +12,12 @@ from sklearn.exceptions import NotFittedError
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
 from skquant._kernels import _nullspace
-from skquant._quantizers._nullspace import row_space, walk_chunk, walk_to_vertices
+from skquant._quantizers._nullspace import (
+    ladder_neurons,
+    row_space,
+    walk_chunk,
+    walk_to_vertices,
+)
 from skquant.datasets import make_gaussian_layer
 from skquant.metrics import relative_error
 
@@ -373,6 +378,53 @@ def test_auto_rank_picks_the_held_out_best_cap(monkeypatch):
     # too few rows to hold any out: the numerical rank, no scores
     q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X[:9])
     assert q.rank_ == 9 and q.rank_scores_ == {}
+
+
+@given(
+    n_out=st.integers(1, 200),
+    count=st.integers(2, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_ladder_neurons_spread_over_the_norms(n_out, count, seed):
+    norms = np.random.default_rng(seed).random(n_out)
+    pick = ladder_neurons(norms, count)
+    if n_out <= count:
+        assert_array_equal(pick, np.arange(n_out))
+        return
+    assert pick.size == min(count, n_out)  # distinct picks, sorted
+    assert np.all(np.diff(pick) > 0)
+    assert pick[np.argmax(norms[pick])] == np.argmax(norms)
+    assert pick[np.argmin(norms[pick])] == np.argmin(norms)
+    # spread: every gap between picked norm ranks is at most the even one
+    ranks = np.sort(np.argsort(np.argsort(norms))[pick])
+    assert np.max(np.diff(ranks)) <= int(np.ceil((n_out - 1) / (count - 1))) + 1
+
+
+def test_auto_rank_ladder_on_sampled_neurons(monkeypatch):
+    """On a layer wider than AUTO_NEURONS the ladder's scores are the held-out
+    errors of the picked neurons only; the final fit covers every neuron."""
+    import skquant._quantizers._nullspace as ns
+
+    rng = np.random.default_rng(5)
+    n, m, n_out = 96, 60, 40
+    X = rng.standard_normal((m, n)) * np.r_[np.full(8, 5.0), np.full(n - 8, 0.2)]
+    W = rng.standard_normal((n, n_out)) / np.sqrt(n) * rng.uniform(0.2, 2, n_out)
+    held = np.zeros(m, dtype=bool)
+    held[4::5] = True
+    monkeypatch.setattr(ns, "AUTO_NEURONS", 9)
+    monkeypatch.setattr(ns, "AUTO_PATIENCE", 10)  # every cap of the ladder
+    pick = ladder_neurons(np.linalg.norm(X[held] @ W, axis=0), 9)
+    assert pick.size == 9
+    q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
+    assert sorted(q.rank_scores_) == [12, 24, 48]  # 48 fitting rows, halved
+    for k, score in q.rank_scores_.items():
+        Q = NullSpaceQuantizer(n_bits=3, rank=k if k < 48 else None).fit_transform(
+            W[:, pick], activations=X[~held]
+        )
+        assert score == pytest.approx(np.linalg.norm(X[held] @ (W[:, pick] - Q)))
+    best = min(q.rank_scores_, key=lambda k: (q.rank_scores_[k], -k))
+    assert q.rank_ == best and q.codes_.shape == W.shape
+    assert np.all(q.n_off_grid_ <= best)
 
 
 @pytest.mark.parametrize("rank", [8, 0.9])
