@@ -72,8 +72,10 @@ def ladders(nets):
                 {
                     "shape": list(W.shape),
                     "top": top,
-                    "norms": norms.tolist(),
-                    "errors": {k: e.tolist() for k, e in errors.items()},
+                    "norms": [float(f"{v:.6g}") for v in norms],
+                    "errors": {
+                        k: [float(f"{v:.6g}") for v in e] for k, e in errors.items()
+                    },
                     "scores": {k: float(np.linalg.norm(e)) for k, e in errors.items()},
                 }
             )

@@ -651,3 +651,19 @@ def test_fitted_codes_are_kept_not_the_data(est, monkeypatch):
     W2[0, 0] += 1e-3
     with pytest.raises(ValueError, match="quantizes the W it was fitted on"):
         est.transform(W2)
+
+
+@pytest.mark.parametrize("rank", [None, 5, 0.8])
+def test_start_points_are_the_least_squares_correction(rank):
+    """With inputs Xq != Xf the walk starts from W + V c, c the least-squares
+    solution of (Xq V) c = (Xf - Xq) W (here against numpy's lstsq)."""
+    rng = np.random.default_rng(7)
+    Xf = rng.standard_normal((30, 12)) @ rng.standard_normal((12, 40))
+    Xq = Xf + 0.1 * rng.standard_normal(Xf.shape)
+    W = rng.standard_normal((40, 3))
+    q = NullSpaceQuantizer(n_bits=3, rank=rank)
+    q.components_, q.singular_values_, _ = row_space(Xq, rank)
+    V = q.components_
+    coef = np.linalg.lstsq(Xq @ V, Xf @ W - Xq @ W, rcond=None)[0]
+    np.testing.assert_allclose(q._start_points(W, Xq, Xf), W + V @ coef, atol=1e-10)
+    assert_array_equal(q._start_points(W, Xq, Xq), W)
