@@ -160,6 +160,17 @@ def replay(rows):
             print(f"    {line}")
 
 
+def print_worst(worst, limit):
+    """The ``limit`` layers whose cap lost the most held-out error; ``worst``
+    holds ``(fraction lost, row, shape, cap got, cap of the whole ladder)``."""
+    for more, r, shape, got, full in sorted(worst, key=lambda w: -w[0])[:limit]:
+        print(
+            f"    {r['net']} {r['bits']} bits {r['calib']} images, layer "
+            f"{shape[0]}x{shape[1]}: cap {got} for {full}, "
+            f"+{100 * more:.1f}% held-out error"
+        )
+
+
 def replay_neurons(rows, counts):
     """The ladder on at most ``count`` neurons (``ladder_neurons``), patience 2:
     the cap chosen against the whole ladder's on all neurons, and the modelled
@@ -188,18 +199,12 @@ def replay_neurons(rows, counts):
                 cost_all += n * best**2 * n_out
                 if got != best:
                     worst.append((full[got] / full[best] - 1, r, (n, n_out), got, best))
-        worst.sort(key=lambda w: -w[0])
         print(
             f"ladder on {count} neurons: {same} of {total} layers pick the whole "
             f"ladder's cap; walks {cost / cost_all:.2f} of the ladder on all "
             "neurons; most held-out error lost:"
         )
-        for more, r, shape, got, best in worst[:5]:
-            print(
-                f"    {r['net']} {r['bits']} bits {r['calib']} images, layer "
-                f"{shape[0]}x{shape[1]}: cap {got} for {best}, "
-                f"+{100 * more:.1f}% held-out error"
-            )
+        print_worst(worst, 5)
 
 
 def walk_cost(n, k, n_out):
@@ -244,18 +249,12 @@ def replay_budget(rows, budgets):
                     worst.append(
                         (scores[got] / scores[full] - 1, r, (n, n_out), got, full)
                     )
-        worst.sort(key=lambda w: -w[0])
         print(
             f"budget {budget:g}: {same} of {total} layers pick the whole ladder's "
             f"cap; modelled time {cost / cost_gpfq:.1f}x GPFQ's; most held-out "
             "error lost:"
         )
-        for more, r, shape, got, full in worst[:4]:
-            print(
-                f"    {r['net']} {r['bits']} bits {r['calib']} images, layer "
-                f"{shape[0]}x{shape[1]}: cap {got} for {full}, "
-                f"+{100 * more:.1f}% held-out error"
-            )
+        print_worst(worst, 4)
 
 
 def main():
