@@ -26,7 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
-from skquant._quantizers._nullspace import row_space
+from skquant._quantizers._nullspace import _Products, row_space
 from skquant.datasets import load_mnist, mnist_available
 
 
@@ -42,7 +42,7 @@ def best_of(fn, repeat):
 def preprocess(est, W, X, rank):
     """The pre-processing of a fitted ``est`` alone: row space, then the walk."""
     est.components_ = row_space(X, rank)[0]
-    return est._preprocess(W, X, X)
+    return est._preprocess(W, X, X, _Products(W, X, X, est.components_))
 
 
 def layer(n_in, n_out, m, rng, mnist=False):
@@ -91,8 +91,9 @@ def flop_rates(threads, repeat, use_mnist, rng):
             est = NullSpaceQuantizer(n_bits=4, rank=rank, n_jobs=threads)
             est._fit_alphabet(W)
             est.components_ = row_space(X, rank)[0]
+            pre = _Products(W, X, X, est.components_)
             flops = np.zeros(n_out)
-            t = best_of(lambda: est._preprocess(W, X, X, flops=flops), repeat)
+            t = best_of(lambda: est._preprocess(W, X, X, pre, flops=flops), repeat)
             rate = flops.sum() / t / 1e9
             print(
                 f"{label:<22}{est.components_.shape[1]:>5}{t:>9.3f}"

@@ -13,6 +13,7 @@ from sklearn.exceptions import NotFittedError
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
 from skquant._kernels import _nullspace
 from skquant._quantizers._nullspace import (
+    _Products,
     ladder_neurons,
     row_space,
     walk_chunk,
@@ -665,5 +666,6 @@ def test_start_points_are_the_least_squares_correction(rank):
     q.components_, q.singular_values_, _ = row_space(Xq, rank)
     V = q.components_
     coef = np.linalg.lstsq(Xq @ V, Xf @ W - Xq @ W, rcond=None)[0]
-    np.testing.assert_allclose(q._start_points(W, Xq, Xf), W + V @ coef, atol=1e-10)
-    assert_array_equal(q._start_points(W, Xq, Xq), W)
+    Z0 = q._start_points(W, Xq, Xf, _Products(W, Xq, Xf, V))
+    np.testing.assert_allclose(Z0, W + V @ coef, atol=1e-10)
+    assert_array_equal(q._start_points(W, Xq, Xq, _Products(W, Xq, Xq, V)), W)

@@ -93,10 +93,11 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         self._alphabet = msq._alphabet
         return msq
 
-    def _greedy_path(self, Xq, Xf, targets, idx, U, step, codes):
-        """Greedy path following over ``idx`` (the numba kernel), in place."""
+    def _greedy_path(self, Xq, Xf, targets, idx, U, step, codes, XqT=None):
+        """Greedy path following over ``idx`` (the numba kernel), in place
+        (``XqT``: ``Xq.T`` contiguous, when the caller holds it already)."""
         zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
-        XqT = np.ascontiguousarray(Xq.T)
+        XqT = np.ascontiguousarray(Xq.T) if XqT is None else XqT
         XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
         with numba_threads(self.n_jobs):
             kernel_for(_nullspace, "greedy_path", self.n_jobs)(

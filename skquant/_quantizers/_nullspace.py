@@ -214,6 +214,30 @@ def _padded_rows(mask):
     return idx
 
 
+class _Products:
+    """The products of one layer's data that every fit of it at some rank cap
+    needs (the ladder's caps and the final fit share them): ``Xf W``, the start
+    points' residual ``(Xf - Xq) W``, the walk's order, ``Xq^T`` for the greedy
+    rounding and ``Xq V`` for the leading columns of ``V`` (grown as larger
+    caps ask for them)."""
+
+    def __init__(self, W, Xq, Xf, V):
+        self.Xq, self.V = Xq, V
+        self.XfW = Xf @ W
+        self.R = None if Xf is Xq else (Xf - Xq) @ W
+        self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
+        self.XqT = np.ascontiguousarray(Xq.T)
+        self._XqV = np.empty((Xq.shape[0], 0))
+        self.drift = None  # Xf W - Xq Z, once the points Z are known
+
+    def XqV(self, k):
+        """``Xq @ V[:, :k]`` (the columns not computed yet, computed now)."""
+        done = self._XqV.shape[1]
+        if k > done:
+            self._XqV = np.hstack([self._XqV, self.Xq @ self.V[:, done:k]])
+        return self._XqV[:, :k]
+
+
 class NullSpaceQuantizer(BaseDataQuantizer):
     """Data-driven pre-processing + memoryless scalar quantization (Maly & Saab).
 
@@ -404,11 +428,12 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 NoFreedomWarning,
             )
         W64 = W.astype(np.float64)
+        pre = _Products(W64, Xq, Xf, V)
         if self.variant == "grid":
             self._fit_alphabet(W)
             Z = None
         else:
-            Z = self._lp_points(W64, Xq, Xf)
+            Z = self._lp_points(W64, Xq, Xf, pre)
             c = np.abs(Z).max(axis=0)
             self._fit_alphabet(W)
             K = self.alphabet_record_.largest_code
@@ -416,8 +441,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             # only with the exact c / K (a float32 step rounded up would leave
             # them inside their cells)
             self.scale_ = np.where(c > 0, c / K, self.scale_).astype(W.dtype)
-        codes, Z = self._codes(W64, Xq, Xf, Z=Z)
-        self._diagnostics(W64, Z, codes, Xq, Xf)
+        codes, Z = self._codes(W64, Xq, Xf, Z=Z, pre=pre)
+        self._diagnostics(W64, Z, codes, Xq, pre)
         return codes, W.dtype
 
     def _held_out_rank(self, W, Xq, Xf):
@@ -467,10 +492,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         probe = type(self)(**{**self.get_params(), "rank": None})
         probe._fit_alphabet(W_s)
         probe.singular_values_ = probe_s
+        pre = _Products(W64, Xq_fit, Xf_fit, V_all)
         errors, best, worse = {}, np.inf, 0
         for k in reversed(ladder):
             probe.components_ = V_all[:, :k]
-            codes, _ = probe._codes(W64, Xq_fit, Xf_fit)
+            codes, _ = probe._codes(W64, Xq_fit, Xf_fit, pre=pre)
             Q = probe._tensor(codes, W.dtype).dequantize().astype(np.float64)
             errors[k] = np.linalg.norm(ref - Xq[held] @ Q, axis=0)
             score = float(np.linalg.norm(errors[k]))
@@ -480,8 +506,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 break
         return errors, top
 
-    def _start_points(self, W, Xq, Xf):
-        """Closest points to ``W`` (columns) with ``V^T Xq``-consistent outputs."""
+    def _start_points(self, W, Xq, Xf, pre):
+        """Closest points to ``W`` (columns) with ``V^T Xq``-consistent outputs
+        (``pre``: the layer's :class:`_Products`, ``V`` its leading columns)."""
         if Xf is Xq:
             return W.copy()
         # least-squares correction in the kept directions: Xq z = Xf w. V holds
@@ -489,15 +516,14 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         # of norms s_k and the least-squares coefficients are (Xq V)^T R / s_k^2
         V = self.components_
         s = self.singular_values_[: V.shape[1]]
-        R = (Xf - Xq) @ W
-        coef = ((Xq @ V).T @ R) / (s * s)[:, None]
+        coef = (pre.XqV(V.shape[1]).T @ pre.R) / (s * s)[:, None]
         return W + V @ coef
 
-    def _lp_points(self, W, Xq, Xf):
+    def _lp_points(self, W, Xq, Xf, pre):
         """Basic solutions of ``min ||z||_inf s.t. V^T z = V^T z0`` per column."""
         V = self.components_
         n, k = V.shape
-        Z0 = self._start_points(W, Xq, Xf)
+        Z0 = self._start_points(W, Xq, Xf, pre)
         if k >= n:  # the equality fixes z: nothing to optimise
             return Z0
         Z = np.empty_like(Z0)
@@ -528,30 +554,30 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         run_in_batches(solve, Z0.shape[1], "null-space LPs (neurons)")
         return Z
 
-    def _preprocess(self, W, Xq, Xf, flops=None):
+    def _preprocess(self, W, Xq, Xf, pre, flops=None):
         """The grid variant's pre-processed points: each column of ``W`` walked to
         a vertex of its polytope (coordinates in order of decreasing energy);
         ``flops`` as :func:`walk_to_vertices`'s."""
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
-        Z0 = self._start_points(W, Xq, Xf)
+        Z0 = self._start_points(W, Xq, Xf, pre)
         lo, hi = self.alphabet_record_.boxes(Z0, step)
         Z0 = np.clip(Z0, lo, hi)
         V = self.components_
         if V.shape[1] >= n:
             return Z0
-        order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
-        return walk_to_vertices(V, Z0, lo, hi, order, self.n_jobs, flops=flops)[0]
+        return walk_to_vertices(V, Z0, lo, hi, pre.order, self.n_jobs, flops=flops)[0]
 
-    def _codes(self, W, Xq, Xf, Z=None):
-        """Integer codes of ``W`` (float64 columns) and the pre-processed points."""
+    def _codes(self, W, Xq, Xf, pre, Z=None):
+        """Integer codes of ``W`` (float64 columns) and the pre-processed points
+        (``pre``: the layer's :class:`_Products`; its ``drift`` is set)."""
         n_out = W.shape[1]
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
         alphabet = self.alphabet_record_
         if Z is None and self.variant == "lp":
-            Z = self._lp_points(W, Xq, Xf)
+            Z = self._lp_points(W, Xq, Xf, pre)
         if Z is None:
-            Z = self._preprocess(W, Xq, Xf)
+            Z = self._preprocess(W, Xq, Xf, pre)
         else:
             top = float(alphabet.largest_code) * step
             Z = np.clip(Z, -top, top)
@@ -565,23 +591,25 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 # residual of the pre-processed points; rounding the off-grid
                 # entries one by one then follows it (greedy path following
                 # restricted to them)
-                U = np.ascontiguousarray((Xf @ W - Xq @ Z).T)
-                self._greedy_path(Xq, Xq, Z, idx, U, step, codes)
+                pre.drift = pre.XfW - Xq @ Z
+                U = np.ascontiguousarray(pre.drift.T)
+                self._greedy_path(Xq, Xq, Z, idx, U, step, codes, pre.XqT)
             else:  # every coordinate off the grid (no freedom): GPFQ's Gram form
                 # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z, i.e.
                 # Xq^T Xf w - triu(G, 1) z (from the data: G is the one n x n)
-                A = Xq.T @ (Xf @ W) - triangle_product(Xq, Xq, Z, "strict_upper")
+                A = Xq.T @ pre.XfW - triangle_product(Xq, Xq, Z, "strict_upper")
                 codes = greedy_path_gram(A, gram(Xq), Z, alphabet, step, keep=on)
                 return codes, Z
         return alphabet.final_codes(codes), Z
 
-    def _diagnostics(self, W, Z, codes, Xq, Xf):
+    def _diagnostics(self, W, Z, codes, Xq, pre):
         step = np.broadcast_to(self.scale_.astype(np.float64), (W.shape[1],))
         Q = codes.astype(np.float64) * step
-        ref = Xf @ W
+        ref = pre.XfW
         norm = np.linalg.norm(ref, axis=0)
         safe = np.where(norm > 0, norm, 1.0)
-        drift = np.linalg.norm(ref - Xq @ Z, axis=0) / safe
+        R = ref - Xq @ Z if pre.drift is None else pre.drift
+        drift = np.linalg.norm(R, axis=0) / safe
         self.preprocessing_residual_ = float(np.max(drift))
         self.calibration_error_ = np.linalg.norm(ref - Xq @ Q, axis=0) / safe
         off = ~self.alphabet_record_.on_alphabet(Z, step)
