@@ -62,8 +62,8 @@ def ladders(nets):
     found = []
     ladder_errors = _nullspace.NullSpaceQuantizer._ladder_errors
 
-    def logged(self, W, Xq, Xf, neurons=None):
-        errors, top = ladder_errors(self, W, Xq, Xf, np.arange(W.shape[1]))
+    def logged(self, W, Xq, Xf, neurons=None, G=None):
+        errors, top = ladder_errors(self, W, Xq, Xf, np.arange(W.shape[1]), G)
         if errors is not None:
             held = np.zeros(Xq.shape[0], dtype=bool)
             held[4::5] = True

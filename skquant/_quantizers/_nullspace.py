@@ -18,6 +18,7 @@ from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
+from ._spectrum import GramSpectrum
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
 
@@ -97,6 +98,14 @@ AUTO_PATIENCE = 2
 #: held-out error (16: up to 15.8%; 64: 109 layers, up to 1.6%), for 0.31 of the
 #: modelled walks (ladder and final fit; 0.47 with 64)
 AUTO_NEURONS = 32
+
+#: ``rank="auto"`` on calibration data with at least this many rows and inputs
+#: takes its spectra from the Gram matrix (:class:`GramSpectrum`: one tridiagonal
+#: reduction, then only the leading singular vectors the caps use) in place of
+#: full SVDs, which on a 4096 x 4096 layer took 42 of the fit's 67 s
+#: (``benchmarks/bench_nullspace_default.py``); a cap at the numerical rank still
+#: takes the SVD
+GRAM_SPECTRUM = 2048
 
 
 def ladder_neurons(norms, count):
@@ -218,11 +227,13 @@ class _Products:
     """The products of one layer's data that every fit of it at some rank cap
     needs (the ladder's caps and the final fit share them): ``Xf W``, the start
     points' residual ``(Xf - Xq) W``, the walk's order, ``Xq^T`` for the greedy
-    rounding and ``Xq V`` for the leading columns of ``V`` (grown as larger
-    caps ask for them)."""
+    rounding, ``Xq V`` for the leading columns of ``V`` (grown as larger caps
+    ask for them; ``V`` an array or a function of the number of columns) and
+    the Gram matrix ``G`` of ``Xq`` when the caller holds it."""
 
-    def __init__(self, W, Xq, Xf, V):
-        self.Xq, self.V = Xq, V
+    def __init__(self, W, Xq, Xf, V, G=None):
+        self.Xq, self.G = Xq, G
+        self.V = V if callable(V) else (lambda k: V[:, :k])
         self.XfW = Xf @ W
         self.R = None if Xf is Xq else (Xf - Xq) @ W
         self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
@@ -234,7 +245,7 @@ class _Products:
         """``Xq @ V[:, :k]`` (the columns not computed yet, computed now)."""
         done = self._XqV.shape[1]
         if k > done:
-            self._XqV = np.hstack([self._XqV, self.Xq @ self.V[:, done:k]])
+            self._XqV = np.hstack([self._XqV, self.Xq @ self.V(k)[:, done:]])
         return self._XqV[:, :k]
 
 
@@ -415,9 +426,17 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         rank, self.rank_scores_ = self.rank, {}
         if rank == "auto" and self.variant == "lp":
             rank = None  # the LP variant keeps the numerical rank (one LP a neuron)
+        G = None
+        if rank == "auto" and min(Xq.shape) >= GRAM_SPECTRUM:
+            G = gram(Xq)
         if rank == "auto":
-            rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf)
-        V, s, k = row_space(Xq, rank)
+            rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf, G)
+        if G is not None and rank is not None:  # a cap: its leading vectors
+            spectrum = GramSpectrum(G, Xq.shape[0])
+            k = min(rank, spectrum.rank)
+            V, s = spectrum.vectors(k), spectrum.singular_values
+        else:
+            V, s, k = row_space(Xq, rank)
         self.components_, self.singular_values_, self.rank_ = V, s, k
         if k >= W.shape[0]:
             warnings.warn(
@@ -428,7 +447,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 NoFreedomWarning,
             )
         W64 = W.astype(np.float64)
-        pre = _Products(W64, Xq, Xf, V)
+        pre = _Products(W64, Xq, Xf, V, G)
         if self.variant == "grid":
             self._fit_alphabet(W)
             Z = None
@@ -445,7 +464,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         self._diagnostics(W64, Z, codes, Xq, pre)
         return codes, W.dtype
 
-    def _held_out_rank(self, W, Xq, Xf):
+    def _held_out_rank(self, W, Xq, Xf, G=None):
         """The rank cap with the smallest output error on held-out calibration
         rows: every fifth row is held out, the rest fit a quantizer at the caps of
         a ladder (the numerical rank of the fitting rows, halved down to
@@ -458,20 +477,23 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         (the walk's cost grows like the cap squared: the large caps are the
         expensive ones). The fitting rows' singular vectors are computed once;
         each cap walks with its leading columns. With fewer than 10 rows nothing
-        is held out: the numerical rank."""
-        errors, top = self._ladder_errors(W, Xq, Xf)
+        is held out: the numerical rank. ``G``: the Gram matrix of ``Xq``, when
+        the spectra come from it (:data:`GRAM_SPECTRUM`)."""
+        errors, top = self._ladder_errors(W, Xq, Xf, G=G)
         if errors is None:
             return None, {}
         scores = {k: float(np.linalg.norm(e)) for k, e in errors.items()}
         best = min(scores, key=lambda k: (scores[k], -k))
         return (None if best >= top else best), scores
 
-    def _ladder_errors(self, W, Xq, Xf, neurons=None):
+    def _ladder_errors(self, W, Xq, Xf, neurons=None, G=None):
         """Held-out output errors of the climbed ladder, per neuron.
 
         Returns ``({cap: errors of the ladder's neurons}, top)`` (``top``: the
         fitting rows' numerical rank), or ``(None, None)`` with fewer than 10
-        rows. ``neurons`` (indices) overrides :func:`ladder_neurons`."""
+        rows. ``neurons`` (indices) overrides :func:`ladder_neurons`; with ``G``
+        (the Gram matrix of ``Xq``) the fitting rows' spectrum comes from
+        ``G`` less the held-out rows' Gram matrix."""
         m = Xq.shape[0]
         if m < 10:
             return None, None
@@ -479,7 +501,13 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         held[4::5] = True
         Xq_fit = Xq[~held]
         Xf_fit = Xq_fit if Xf is Xq else Xf[~held]
-        V_all, probe_s, top = row_space(Xq_fit)
+        G_fit = None if G is None else G - gram(Xq[held])
+        if G is None:
+            V_all, probe_s, top = row_space(Xq_fit)
+        else:
+            spectrum = GramSpectrum(G_fit, Xq_fit.shape[0])
+            V_all, probe_s = spectrum.vectors, spectrum.singular_values
+            top = spectrum.rank
         ladder, k = [], top
         while k >= MIN_AUTO_RANK or not ladder:
             ladder.append(k)
@@ -492,10 +520,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         probe = type(self)(**{**self.get_params(), "rank": None})
         probe._fit_alphabet(W_s)
         probe.singular_values_ = probe_s
-        pre = _Products(W64, Xq_fit, Xf_fit, V_all)
+        pre = _Products(W64, Xq_fit, Xf_fit, V_all, G_fit)
         errors, best, worse = {}, np.inf, 0
         for k in reversed(ladder):
-            probe.components_ = V_all[:, :k]
+            probe.components_ = pre.V(k)
             codes, _ = probe._codes(W64, Xq_fit, Xf_fit, pre=pre)
             Q = probe._tensor(codes, W.dtype).dequantize().astype(np.float64)
             errors[k] = np.linalg.norm(ref - Xq[held] @ Q, axis=0)
@@ -598,7 +626,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z, i.e.
                 # Xq^T Xf w - triu(G, 1) z (from the data: G is the one n x n)
                 A = Xq.T @ pre.XfW - triangle_product(Xq, Xq, Z, "strict_upper")
-                codes = greedy_path_gram(A, gram(Xq), Z, alphabet, step, keep=on)
+                G = gram(Xq) if pre.G is None else pre.G
+                codes = greedy_path_gram(A, G, Z, alphabet, step, keep=on)
                 return codes, Z
         return alphabet.final_codes(codes), Z
 
@@ -611,7 +640,16 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         R = ref - Xq @ Z if pre.drift is None else pre.drift
         drift = np.linalg.norm(R, axis=0) / safe
         self.preprocessing_residual_ = float(np.max(drift))
-        self.calibration_error_ = np.linalg.norm(ref - Xq @ Q, axis=0) / safe
+        # Xf w - Xq q = R - Xq (q - z): q - z is zero but for the <= k coordinates
+        # rounded off the grid (and round-off of the others, below 1e-12 of a
+        # step, left out), a sparse product on a wide layer
+        D = np.where(np.abs(Z - Q) > 1e-12 * step, Q - Z, 0.0)
+        nnz = np.count_nonzero(D)
+        if 8 * nnz < D.size:
+            R = R - (sparse.csc_matrix(D).T @ Xq.T).T
+        else:
+            R = ref - Xq @ Q
+        self.calibration_error_ = np.linalg.norm(R, axis=0) / safe
         off = ~self.alphabet_record_.on_alphabet(Z, step)
         self.n_off_grid_ = off.sum(axis=0)
         # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
@@ -624,7 +662,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         position[union] = np.arange(union.size)
         idx = _padded_rows(off)
         idx = np.where(idx >= 0, position[idx], -1)
-        self._bound_terms = (drift, dist, idx, gram(Xq[:, union]))
+        G = gram(Xq[:, union]) if pre.G is None else pre.G[np.ix_(union, union)]
+        self._bound_terms = (drift, dist, idx, G)
         self._bound = None
 
     @property

@@ -117,8 +117,7 @@ class Alphabet:
         Zc = np.clip(Z0, bottom, top)
         lo = np.minimum(np.floor(Zc / step) * step, top)
         hi = np.minimum(lo + step, top)
-        on = np.isclose(Zc, lo, rtol=0, atol=0)
-        return lo, np.where(on, lo, hi)
+        return lo, np.where(Zc == lo, lo, hi)
 
     def on_alphabet(self, Z, step, rtol=1e-9):
         """Entries of ``Z`` within ``rtol * step`` of their column's alphabet."""

@@ -1,0 +1,90 @@
+"""GramSpectrum (singular values and leading vectors from X^T X) and the
+null-space default's Gram path on large calibration data."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skquant import NullSpaceQuantizer
+from skquant._quantizers import _nullspace as ns
+from skquant._quantizers._spectrum import GramSpectrum
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 30),
+    st.integers(0, 5),
+    st.integers(0, 10**6),
+)
+def test_spectrum_matches_the_svd(m, n, deficit, seed):
+    """The singular values are the SVD's (to round-off of the Gram matrix), the
+    rank is the true rank of a product of low-rank factors, and the leading
+    vectors are orthonormal and span the SVD's leading subspace wherever the
+    spectrum has a gap."""
+    rng = np.random.default_rng(seed)
+    r = max(min(m, n) - deficit, 1)
+    # singular values 1 .. 100 on a geometric scale: gaps between all of them
+    U = np.linalg.qr(rng.standard_normal((m, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    s = np.geomspace(100, 1, r)
+    X = (U * s) @ V.T
+    spec = GramSpectrum(X.T @ X, m)
+    ref = np.linalg.svd(X, compute_uv=False)
+    assert spec.singular_values.shape == (n,)
+    assert np.all(np.diff(spec.singular_values) <= 1e-9)
+    np.testing.assert_allclose(spec.singular_values[:r], ref[:r], rtol=1e-8)
+    assert np.all(spec.singular_values[r:] <= 1e-6 * ref[0])
+    assert spec.rank == r
+    for k in sorted({1, max(r // 2, 1), r}):
+        Vk = spec.vectors(k)
+        assert Vk.shape == (n, k)
+        np.testing.assert_allclose(Vk.T @ Vk, np.eye(k), atol=1e-10)
+        # the same subspace as the SVD's leading k right vectors
+        cos = np.linalg.svd(V[:, :k].T @ Vk, compute_uv=False)
+        np.testing.assert_allclose(cos, 1.0, atol=1e-8)
+
+
+def test_spectrum_vectors_grow_and_keep_the_first_ones():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 20)) * np.geomspace(10, 1, 20)
+    spec = GramSpectrum(X.T @ X, 50)
+    first = spec.vectors(3).copy()
+    more = spec.vectors(7)
+    np.testing.assert_array_equal(more[:, :3], first)
+    fresh = GramSpectrum(X.T @ X, 50).vectors(7)
+    np.testing.assert_allclose(np.abs(np.sum(fresh * more, axis=0)), 1, atol=1e-10)
+
+
+def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch):
+    """With GRAM_SPECTRUM lowered, rank="auto" takes its spectra from the Gram
+    matrix: the same caps, scores and codes as with full SVDs (to round-off),
+    and the bound still holds."""
+    rng = np.random.default_rng(3)
+    n, m, n_out = 120, 200, 6
+    X = rng.standard_normal((m, n)) * np.geomspace(8, 0.5, n)
+    Xq = X + 0.05 * rng.standard_normal(X.shape)
+    W = rng.standard_normal((n, n_out)) / np.sqrt(n)
+    fits = {}
+    for name, size in (("svd", 10**9), ("gram", 100)):
+        monkeypatch.setattr(ns, "GRAM_SPECTRUM", size)
+        calls = []
+        monkeypatch.setattr(
+            ns, "GramSpectrum", lambda *a, _c=calls: _c.append(1) or GramSpectrum(*a)
+        )
+        q = NullSpaceQuantizer(n_bits=3).fit(W, activations=Xq, target_activations=X)
+        fits[name] = (q, len(calls))
+    (svd, n_svd), (grm, n_gram) = fits["svd"], fits["gram"]
+    assert n_svd == 0 and n_gram == (2 if grm.rank_ < grm.singular_values_.size else 1)
+    assert grm.rank_ == svd.rank_ < n
+    assert sorted(grm.rank_scores_) == sorted(svd.rank_scores_)
+    for k in svd.rank_scores_:
+        assert grm.rank_scores_[k] == pytest.approx(svd.rank_scores_[k], rel=1e-6)
+    np.testing.assert_allclose(grm.singular_values_, svd.singular_values_, rtol=1e-7)
+    assert np.mean(grm.codes_ == svd.codes_) > 0.99
+    err = np.linalg.norm(X @ W - Xq @ grm.transform(W), axis=0)
+    np.testing.assert_allclose(
+        err / np.linalg.norm(X @ W, axis=0), grm.calibration_error_, rtol=1e-9
+    )
+    assert np.all(grm.calibration_error_ <= grm.bound_ * (1 + 1e-9))
