@@ -162,3 +162,27 @@ def test_parallel_kernels_have_their_own_cache_entries():
     assert _msq.fake_quantize.py_func is not _msq.fake_quantize_parallel.py_func
     assert _msq.fake_quantize_parallel.targetoptions.get("parallel")
     assert not _msq.fake_quantize.targetoptions.get("parallel")
+
+
+def test_one_blas_thread_limits_and_restores():
+    """Inside the block every BLAS library runs one thread; after it, the
+    previous counts are back; the library scan is reused between calls."""
+    from threadpoolctl import threadpool_info
+
+    from skquant._kernels import _threads
+
+    def counts():
+        return [
+            (d["filepath"], d["num_threads"])
+            for d in threadpool_info()
+            if d["user_api"] == "blas"
+        ]
+
+    before = counts()
+    with _threads.one_blas_thread():
+        inside = counts()
+        scan = _threads._BLAS[0]
+    assert inside and all(n == 1 for _, n in inside)
+    assert counts() == before
+    with _threads.one_blas_thread():
+        assert _threads._BLAS[0] is scan

@@ -9,11 +9,10 @@ from scipy import sparse
 from scipy.optimize import linprog
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
 from .._common._progress import run_in_batches
 from .._kernels import _nullspace
-from .._kernels._threads import numba_threads
+from .._kernels._threads import numba_threads, one_blas_thread
 from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
@@ -197,9 +196,7 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
     pivots = np.empty(n_out, dtype=np.int64)
     Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
     counted = np.zeros(n_out) if flops is None else flops
-    # the walk calls LAPACK and BLAS from numba's threads: BLAS threads on top fight
-    # for the cores (measured: 3x to 8x slower)
-    with numba_threads(n_jobs) as n_threads, threadpool_limits(1, user_api="blas"):
+    with numba_threads(n_jobs) as n_threads, one_blas_thread():
 
         def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
             args = (V, T0, cols, chunk, Z0T[a:b], loT[a:b], hiT[a:b], basis0)
@@ -706,7 +703,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             kernel = kernel_for(_nullspace, "subset_norms", self.n_jobs)
             with (
                 numba_threads(self.n_jobs) as n_threads,
-                threadpool_limits(1, user_api="blas"),
+                one_blas_thread(),
             ):
                 run_in_batches(
                     lambda a, b: kernel(
