@@ -1,13 +1,21 @@
-"""The null-space default against GPFQ on a 4096 x 4096 layer with m = 4096 rows.
+"""The null-space default against GPFQ: the issue's four whole-model targets.
 
 ``NullSpaceQuantizer()`` (``rank="auto"``) and ``GreedyPathQuantizer`` at 3 and 2
-bits on one layer: ``X = Z (I + G / 64)`` with ``Z`` and ``G`` standard normal
-4096 x 4096 (seed 0, correlated inputs), ``W`` from ``N(0, 1/4096)`` in float32.
-Prints each fit's seconds, the ratio to GPFQ's, the cap chosen, the caps the
-ladder tried, and the seconds the null-space fit spent in LAPACK's SVD (the row
-spaces), in the walk and in the diagnostics (from a profile of the fit).
+bits (``--bits``):
 
-Run (one thread, about 4 minutes):
+* on one layer (``--layer``): ``X = Z (I + G / 64)`` with ``Z`` and ``G`` standard
+  normal 4096 x 4096 (seed 0, correlated inputs), ``W`` from ``N(0, 1/4096)`` in
+  float32. Prints each fit's seconds, the ratio to GPFQ's, the cap chosen, the
+  caps the ladder tried, and the seconds the null-space fit spent in LAPACK's SVD
+  and tridiagonal reduction (the spectra), in the walk and in the diagnostics
+  (from a profile of the fit);
+* on whole networks (``--nets``, default LeNet-5, the Fashion CNN and VGG-8 of
+  ``_models.py``): :func:`skquant.torch.quantize_model` on 1024 training images
+  (seed 0), GPFQ and the default one after the other, ``--repeat`` times after
+  one warm-up of each; prints the median seconds and the median of the
+  per-round ratios.
+
+Run (one thread, about 8 minutes; the networks need ``get_data.sh``'s data):
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \\
         .venv/bin/python benchmarks/bench_nullspace_default.py
 """
@@ -15,6 +23,7 @@ Run (one thread, about 4 minutes):
 import argparse
 import cProfile
 import pstats
+import statistics
 import time
 import warnings
 
@@ -34,12 +43,15 @@ def layer(n=4096, seed=0):
 
 
 def phases(profile):
-    """Seconds of the fit inside the SVD, the walk and the diagnostics."""
+    """Seconds of the fit in the spectra (SVDs, the Gram matrix's tridiagonal
+    reduction and Lanczos iterations), the walk and the diagnostics."""
     stats = pstats.Stats(profile).stats
-    out = {"svd": 0.0, "walk": 0.0, "diagnostics": 0.0}
-    for (_, _, name), (_, _, tottime, cumtime, _) in stats.items():
-        if name == "svd":
-            out["svd"] += tottime
+    out = {"spectra": 0.0, "walk": 0.0, "diagnostics": 0.0}
+    for (path, _, name), (_, _, tottime, cumtime, _) in stats.items():
+        if name == "svd" or path.endswith("_spectrum.py"):  # (LAPACK inside)
+            out["spectra"] += tottime
+        elif name == "eigsh":  # Lanczos iterations
+            out["spectra"] += cumtime
         elif name in ("nullspace_walk", "nullspace_walk_parallel"):
             out["walk"] += tottime
         elif name == "_diagnostics":
@@ -47,15 +59,9 @@ def phases(profile):
     return out
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--bits", nargs="+", default=["3", "2"])
-    p.add_argument("--n", type=int, default=4096)
-    args = p.parse_args()
-    skquant.set_config(progress=False)
-    warnings.simplefilter("ignore")
-    X, W = layer(args.n)
-    for b in args.bits:
+def one_layer(bits_list, n):
+    X, W = layer(n)
+    for b in bits_list:
         bits = int(b) if b.isdigit() else b
         start = time.perf_counter()
         GreedyPathQuantizer(n_bits=bits).fit(W, activations=X)
@@ -68,12 +74,63 @@ def main():
         t_ns = time.perf_counter() - start
         ph = phases(profile)
         print(
-            f"{b} bits: GPFQ {t_gpfq:.1f} s, NullSpaceQuantizer() {t_ns:.1f} s "
-            f"({t_ns / t_gpfq:.1f}x GPFQ); cap {q.rank_}, caps tried "
-            f"{sorted(q.rank_scores_)}; SVD {ph['svd']:.1f} s, walk "
+            f"{n}x{n} layer, {b} bits: GPFQ {t_gpfq:.1f} s, NullSpaceQuantizer() "
+            f"{t_ns:.1f} s ({t_ns / t_gpfq:.2f}x GPFQ); cap {q.rank_}, caps tried "
+            f"{sorted(q.rank_scores_)}; spectra {ph['spectra']:.1f} s, walk "
             f"{ph['walk']:.1f} s, diagnostics {ph['diagnostics']:.1f} s",
             flush=True,
         )
+
+
+def networks(nets, bits_list, repeat):
+    import torch
+    from _models import trained
+
+    from skquant.torch import quantize_model
+
+    for net in nets:
+        dataset = "mnist" if net in ("lenet5", "mlp") else "fashion-mnist"
+        model, (Xtr, _, _, _) = trained(net, dataset, verbose=False)
+        g = torch.Generator().manual_seed(0)
+        X = Xtr[torch.randperm(len(Xtr), generator=g)[:1024]]
+        for b in bits_list:
+            bits = int(b) if b.isdigit() else b
+            runs = {"gpfq": [], "ns": []}
+            for i in range(repeat + 1):  # the first round warms up
+                for name, q in (
+                    ("gpfq", GreedyPathQuantizer(n_bits=bits)),
+                    ("ns", NullSpaceQuantizer(n_bits=bits)),
+                ):
+                    start = time.perf_counter()
+                    quantize_model(model, q, X, random_state=0)
+                    if i:
+                        runs[name].append(time.perf_counter() - start)
+            ratio = statistics.median(
+                a / g for a, g in zip(runs["ns"], runs["gpfq"], strict=True)
+            )
+            print(
+                f"{net}, {b} bits, 1024 images: GPFQ "
+                f"{statistics.median(runs['gpfq']):.2f} s, NullSpaceQuantizer() "
+                f"{statistics.median(runs['ns']):.2f} s ({ratio:.2f}x GPFQ, median "
+                f"of {repeat})",
+                flush=True,
+            )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bits", nargs="+", default=["3", "2"])
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--nets", nargs="*", default=["lenet5", "cnn", "vgg8"])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-layer", action="store_true", help="skip the 4096 layer")
+    args = p.parse_args()
+    skquant.set_config(progress=False)
+    warnings.simplefilter("ignore")
+    if args.nets:
+        networks(args.nets, args.bits, args.repeat)
+    if not args.no_layer:
+        one_layer(args.bits, args.n)
 
 
 if __name__ == "__main__":

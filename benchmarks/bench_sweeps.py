@@ -5,7 +5,9 @@
 process workers), and with ``n_jobs=2`` under ``joblib.parallel_config(
 backend="dask")`` on a ``distributed.LocalCluster`` of 2 worker processes; prints
 the medians of ``--rounds`` interleaved rounds, the ratios to the serial time, and
-whether the tables agree.
+whether the tables agree. First it times one pass of the network on those images
+(a task's work) on one thread and on torch's thread count: what a one-thread
+worker gives up against the serial run, whose passes use every thread.
 
 Run (needs the data of ``get_data.sh`` and ``pip install -e .[dask]``):
     .venv/bin/python benchmarks/bench_sweeps.py --rounds 3
@@ -17,10 +19,17 @@ import time
 import warnings
 
 import numpy as np
+import torch
 from _models import trained
 from joblib import parallel_config
 
 from skquant.torch import measure_sensitivity
+
+
+def _seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main():
@@ -46,6 +55,26 @@ def main():
     def dask():
         with parallel_config(backend="dask"):
             return measure_sensitivity(model, X, y, n_jobs=2)
+
+    # what a worker can gain at best: one pass of the network (a task's work)
+    # on one thread against the serial run's two
+    from skquant.torch import TorchNetwork
+
+    network = TorchNetwork(model)
+    threads = torch.get_num_threads()
+    per_pass = {}
+    for n_threads in (1, threads):
+        torch.set_num_threads(n_threads)
+        network.outputs(X)
+        per_pass[n_threads] = statistics.median(
+            _seconds(lambda: network.outputs(X)) for _ in range(5)
+        )
+    torch.set_num_threads(threads)
+    one, many = per_pass[1], per_pass[threads]
+    print(
+        f"one pass on {len(X)} images: {one:.3f} s on 1 thread, {many:.3f} s on "
+        f"{threads} (x{one / many:.2f})"
+    )
 
     runs = {"serial": serial, "n_jobs=2": workers, "dask, 2 workers": dask}
     times = {name: [] for name in runs}

@@ -301,7 +301,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         the fit on all rows (``rank_scores_`` holds the errors of the caps tried).
         The ladder is fitted on at most 32 neurons, spread over the range of
         their held-out output norms: on a wide layer it costs a fraction of the
-        final walk. With
+        final walk. On data of at least 2048 rows and inputs the spectra come
+        from the Gram matrix ``X^T X`` (one tridiagonal reduction and Lanczos
+        iterations in place of two SVDs; the numerical rank is then the one
+        the Gram matrix resolves, see the User Guide). With
         ``variant="lp"``, ``"auto"`` keeps the numerical rank. The default was
         ``None`` until whole-network measurements (docs, "Data-driven methods on
         real networks") showed it losing to round to nearest on LeNet-5 at 3
@@ -332,7 +335,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Orthonormal basis of the kept row space of the calibration activations
         (``k`` is ``rank_``).
     singular_values_ : ndarray of shape (min(m, n_in),)
-        Singular values of the calibration activations.
+        Singular values of the calibration activations (when ``rank="auto"``
+        took them from the Gram matrix, on data of at least 2048 rows and
+        inputs, those below about ``sqrt(max(m, n_in) * eps)`` times the
+        largest are round-off).
     rank_ : int
         Number of kept directions ``k``.
     rank_scores_ : dict of {int: float}

@@ -34,9 +34,9 @@ class GramSpectrum:
 
     Attributes
     ----------
-    singular_values : ndarray of shape (n,)
-        ``sqrt`` of the eigenvalues of ``G`` (negative round-off read as 0), in
-        decreasing order. Those below about ``sqrt(n * eps) * s[0]`` are round-off
+    singular_values : ndarray of shape (min(m, n),)
+        ``sqrt`` of the largest eigenvalues of ``G`` (negative round-off read
+        as 0), in decreasing order. Those below about ``sqrt(n * eps) * s[0]`` are round-off
         of the Gram matrix, not of ``X``.
     rank : int
         Eigenvalues above ``max(m, n) * eps * lambda_max``: the numerical rank as
@@ -61,7 +61,7 @@ class GramSpectrum:
         n = G.shape[0]
         self._n = n
         if n < 2:  # nothing to reduce (and LAPACK's tridiagonal wants n >= 2)
-            lam = np.maximum(np.diag(G).astype(np.float64), 0.0)
+            lam = np.maximum(np.diag(G).astype(np.float64), 0.0)[: min(m, n)]
             self.singular_values, self.rank = np.sqrt(lam), int(np.sum(lam > 0))
             self._V = np.eye(n)
             return
@@ -71,7 +71,7 @@ class GramSpectrum:
             raise RuntimeError(f"dsytrd failed (info={info})")
         self._c, self._d, self._e, self._tau = c, d, e, tau
         lam = lapack.dsterf(d, e)[0][::-1]
-        lam = np.maximum(lam, 0.0)
+        lam = np.maximum(lam[: min(m, n)], 0.0)  # (X has at most m of them)
         self.singular_values = np.sqrt(lam)
         tol = max(m, n) * np.finfo(np.float64).eps * lam[0]
         self.rank = int(np.sum(lam > tol))
