@@ -22,6 +22,9 @@ Run (one thread, about 10 minutes; needs the data of ``get_data.sh``):
     # and the ladder fitted on at most 8, 16, 32, 64 neurons (--neurons):
     .venv/bin/python benchmarks/bench_auto_rank.py \\
         --json benchmarks/results/bench_auto_rank.json --replay --neurons 8 16 32 64
+    # and every cap's held-out error over the best's, on the 3136-input layers:
+    .venv/bin/python benchmarks/bench_auto_rank.py \\
+        --json benchmarks/results/bench_auto_rank.json --replay --scores 3136
 
 With ``--budget B``, the replay only tries caps whose walk costs at most ``B``
 times GPFQ's kernel on the layer, in a cost model of time: the walk's counted
@@ -276,6 +279,13 @@ def main():
         default=[],
         help="also replay the ladder fitted on at most this many neurons",
     )
+    p.add_argument(
+        "--scores",
+        metavar="N_IN",
+        type=int,
+        help="also print, for the layers with N_IN inputs, each cap's held-out "
+        "error relative to the best cap's",
+    )
     args = p.parse_args()
     if args.replay:
         rows = json.loads(args.json.read_text())
@@ -285,6 +295,23 @@ def main():
     replay(rows)
     replay_budget(rows, args.budget)
     replay_neurons(rows, args.neurons)
+    if args.scores:
+        print_scores(rows, args.scores)
+
+
+def print_scores(rows, n_in):
+    """Each cap's held-out error over the best cap's, layers of ``n_in`` inputs."""
+    for row in rows:
+        for layer in row["layers"]:
+            if layer["shape"][0] != n_in:
+                continue
+            scores = {int(k): v for k, v in layer["scores"].items()}
+            best = min(scores.values())
+            cells = "  ".join(f"{k}: {v / best:.3f}" for k, v in sorted(scores.items()))
+            print(
+                f"{row['net']} {row['bits']} bits {row['calib']} images, layer "
+                f"{layer['shape'][0]}x{layer['shape'][1]}: {cells}"
+            )
 
 
 if __name__ == "__main__":

@@ -41,21 +41,6 @@ def main():
     warnings.simplefilter("ignore")
     model, (_, _, Xte, yte) = trained("vgg8", "fashion-mnist", verbose=False)
     X, y = Xte[:2000], yte[:2000]
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    client = Client(cluster)
-
-    def serial():
-        return measure_sensitivity(model, X, y)
-
-    def workers():
-        return measure_sensitivity(model, X, y, n_jobs=2)
-
-    def dask():
-        with parallel_config(backend="dask"):
-            return measure_sensitivity(model, X, y, n_jobs=2)
-
     # what a worker can gain at best: one pass of the network (a task's work)
     # on one thread against the serial run's two
     from skquant.torch import TorchNetwork
@@ -75,6 +60,21 @@ def main():
         f"one pass on {len(X)} images: {one:.3f} s on 1 thread, {many:.3f} s on "
         f"{threads} (x{one / many:.2f})"
     )
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = Client(cluster)
+
+    def serial():
+        return measure_sensitivity(model, X, y)
+
+    def workers():
+        return measure_sensitivity(model, X, y, n_jobs=2)
+
+    def dask():
+        with parallel_config(backend="dask"):
+            return measure_sensitivity(model, X, y, n_jobs=2)
 
     runs = {"serial": serial, "n_jobs=2": workers, "dask, 2 workers": dask}
     times = {name: [] for name in runs}

@@ -312,3 +312,25 @@ def test_parallel_sweeps_of_torch_models_give_the_serial_tables(held_out):
     parallel = measure_torch(model, X, y, bits=(3, 6), additivity=False, n_jobs=2)
     # a worker's thread count may change float32 summation order, nothing more
     _same_tables(serial, parallel, rtol=1e-5)
+
+
+def test_tasks_carry_compact_inputs():
+    """What the sweep's tasks carry: a tensor sliced from a larger one is cloned
+    into storage of its own (a tensor pickles its whole storage); other inputs
+    are left as they are."""
+    import pickle
+
+    torch = pytest.importorskip("torch")
+    from skquant._common._jobs import shippable
+
+    big = torch.randn(1000, 64)
+    part = big[:100]
+    shipped = shippable(part)
+    assert isinstance(shipped, torch.Tensor)
+    assert torch.equal(shipped, part) and shipped.data_ptr() != part.data_ptr()
+    size = len(pickle.dumps(shipped))
+    assert size < 2 * part.numel() * 4 < 5 * part.numel() * 4 < len(pickle.dumps(part))
+    A = np.arange(12.0).reshape(3, 4)
+    assert shippable(A) is A
+    batches = [np.zeros((2, 3)), np.ones((2, 3))]
+    assert shippable(batches) is batches

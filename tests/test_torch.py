@@ -214,3 +214,19 @@ def test_cuda_parity():
         max_rows=256,
     )
     assert qnet[0].weight.device.type == "cuda"
+
+
+def test_read_only_inputs_are_read_without_a_warning():
+    """A read-only array (a memory-mapped file, joblib's workers' inputs) is
+    used as it is, without torch's warning about non-writable arrays."""
+    import warnings
+
+    from skquant.torch._data import as_tensor
+
+    A = np.arange(6.0).reshape(2, 3)
+    A.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        T = as_tensor(A)
+    assert T.data_ptr() == A.ctypes.data
+    np.testing.assert_array_equal(T.numpy(), A)

@@ -4,7 +4,7 @@ import numbers
 
 from joblib import Parallel
 
-__all__ = ["check_n_jobs", "run_tasks"]
+__all__ = ["check_n_jobs", "run_tasks", "shippable"]
 
 
 def check_n_jobs(n_jobs):
@@ -27,3 +27,17 @@ def run_tasks(tasks, n_jobs):
     if n_jobs is None or n_jobs == 1:
         return [task(*args, **kw) for task, args, kw in tasks]
     return Parallel(n_jobs=n_jobs)(tasks)
+
+
+def shippable(X):
+    """What the tasks of a sweep should carry for the inputs ``X``: a torch
+    tensor cloned into storage of its own, anything else as it is.
+
+    A torch tensor pickles its whole storage: 2000 images sliced from the
+    10 000 of Fashion-MNIST's test set travelled as 31 MB in each task of a
+    sweep, 6 MB once cloned (what a cluster's network carries).
+    """
+    clone = getattr(X, "clone", None)
+    if clone is None or not hasattr(X, "untyped_storage"):
+        return X
+    return clone()

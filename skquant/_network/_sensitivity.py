@@ -31,7 +31,7 @@ import time
 import numpy as np
 from joblib import delayed
 
-from .._common._jobs import check_n_jobs, run_tasks
+from .._common._jobs import check_n_jobs, run_tasks, shippable
 from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
 from .._layerbits._law import (
@@ -214,6 +214,7 @@ def sensitivity(
     keep = {} if additivity else None
     data = X if requires(quantizer, "data") else None
     steps = layer_steps(network, data, max_rows=max_rows, random_state=random_state)
+    X_task = X if n_jobs is None or n_jobs == 1 else shippable(X)
     for step in progress(steps, desc="sensitivity", total=L, enabled=verbose):
         name, W, groups = step.name, step.weight, step.groups
         Xin = step.inputs()[1] if data is not None else None  # the float network's
@@ -222,8 +223,9 @@ def sensitivity(
         W = np.asarray(W)  # its own dtype: the scales are stored in it
         wnorm[i] = float(np.sum(W.astype(np.float64) ** 2))
         diffs = []
+        measure = delayed(_measure_choice)
         tasks = (
-            delayed(_measure_choice)(network, X, name, quantizer, c, W, Xin, groups)
+            measure(network, X_task, name, quantizer, c, W, Xin, groups)
             for c in choices
         )
         runs = run_tasks(tasks, n_jobs)  # the choices are independent

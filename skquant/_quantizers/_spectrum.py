@@ -36,8 +36,8 @@ class GramSpectrum:
     ----------
     singular_values : ndarray of shape (min(m, n),)
         ``sqrt`` of the largest eigenvalues of ``G`` (negative round-off read
-        as 0), in decreasing order. Those below about ``sqrt(n * eps) * s[0]`` are round-off
-        of the Gram matrix, not of ``X``.
+        as 0), in decreasing order. Those below about ``sqrt(n * eps) * s[0]``
+        are round-off of the Gram matrix, not of ``X``.
     rank : int
         Eigenvalues above ``max(m, n) * eps * lambda_max``: the numerical rank as
         the Gram matrix can tell it (an SVD of ``X`` resolves singular values down

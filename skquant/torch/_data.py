@@ -1,12 +1,24 @@
 """Data as mini-batches of tensors: the one batching helper of the torch drivers."""
 
+import warnings
+
 import numpy as np
 import torch
 
 
 def as_tensor(a):
-    """``a`` itself when it is a tensor, else ``a`` through NumPy as a tensor."""
-    return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    """``a`` itself when it is a tensor, else ``a`` through NumPy as a tensor
+    (sharing its memory; a read-only array, such as the memory-mapped inputs
+    of joblib's workers, is read without torch's warning: skquant never writes
+    to its inputs)."""
+    if isinstance(a, torch.Tensor):
+        return a
+    a = np.asarray(a)
+    if a.flags.writeable:
+        return torch.as_tensor(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not")
+        return torch.as_tensor(a)
 
 
 def autograd_tensor(t):
@@ -60,7 +72,7 @@ def batches(data, batch_size, *, labelled=True, generator=None):
         if len(arrays[0]) == 0:
             raise ValueError("data holds no sample.")
     elif not labelled and isinstance(data, np.ndarray | torch.Tensor):
-        arrays = [torch.as_tensor(data)]
+        arrays = [as_tensor(data)]
     else:
         yield from _iterated(data, labelled)
         return
