@@ -75,7 +75,9 @@ def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch, n
         calls = []
         for cls in (GramSpectrum, LeadingSpectrum):
             monkeypatch.setattr(
-                ns, cls.__name__, lambda *a, _c=calls, _k=cls: _c.append(_k) or _k(*a)
+                ns,
+                cls.__name__,
+                lambda *a, _c=calls, _k=cls, **kw: _c.append(_k) or _k(*a, **kw),
             )
         q = NullSpaceQuantizer(n_bits=3).fit(W, activations=Xq, target_activations=X)
         fits[name] = (q, calls)
@@ -112,3 +114,18 @@ def test_leading_spectrum_lanczos_then_the_reduction(monkeypatch):
         np.testing.assert_allclose(np.abs(np.sum(V * Vt[:k].T, axis=0)), 1, atol=1e-8)
         np.testing.assert_allclose(pre.XqV(k), X @ V, atol=1e-9)
     assert lead._full is not None
+
+
+def test_gram_path_on_data_of_low_rank(monkeypatch):
+    """Data of rank 5 on the Gram path: the ladder's caps stop at the rank (no
+    Lanczos iterations on the zero eigenvalues), as on the SVD path."""
+    rng = np.random.default_rng(4)
+    m, n, r = 300, 150, 5
+    X = rng.standard_normal((m, r)) @ rng.standard_normal((r, n))
+    W = rng.standard_normal((n, 4)) / np.sqrt(n)
+    fits = {}
+    for name, size in (("svd", 10**9), ("gram", 100)):
+        monkeypatch.setattr(ns, "GRAM_SPECTRUM", size)
+        fits[name] = NullSpaceQuantizer(n_bits=3).fit(W, activations=X)
+    assert fits["gram"].rank_ == fits["svd"].rank_ <= r
+    assert sorted(fits["gram"].rank_scores_) == sorted(fits["svd"].rank_scores_)

@@ -527,9 +527,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if G is None:
             V_all, probe_s, top = row_space(Xq_fit)
         else:
-            lead = LeadingSpectrum(G_fit, Xq_fit.shape[0])
-            V_all, probe_s = lead.vectors, _LazyValues(lead)
             top = min(Xq_fit.shape[0], spectrum.rank)
+            lead = LeadingSpectrum(G_fit, Xq_fit.shape[0], rank=top)
+            V_all, probe_s = lead.vectors, _LazyValues(lead)
         ladder, k = [], top
         while k >= MIN_AUTO_RANK or not ladder:
             ladder.append(k)

@@ -11,7 +11,7 @@ right singular vectors the eigenvectors.
 
 import numpy as np
 from scipy.linalg import lapack
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 __all__ = ["GramSpectrum", "LeadingSpectrum"]
 
@@ -111,6 +111,9 @@ class LeadingSpectrum:
         ``X^T X``.
     m : int
         Rows of ``X``.
+    rank : int, default=None
+        An upper bound on the rank of ``X`` known to the caller: Lanczos then
+        solves for no more vectors than that (the others' eigenvalues are 0).
 
     Examples
     --------
@@ -124,17 +127,22 @@ class LeadingSpectrum:
     True
     """
 
-    def __init__(self, G, m):
+    def __init__(self, G, m, rank=None):
         self._G, self._m = G, m
-        self._V, self._s = np.empty((G.shape[0], 0)), np.empty(0)
+        n = G.shape[0]
+        self._count = min(LANCZOS_VECTORS, n - 1, n if rank is None else rank)
+        self._V, self._s = np.empty((n, 0)), np.empty(0)
         self._full = None
 
     def _solve(self, k):
         n = self._G.shape[0]
-        if self._full is None and k <= min(LANCZOS_VECTORS, n - 1):
-            count = min(LANCZOS_VECTORS, n - 1)
+        if self._full is None and 0 < k <= self._count:
             v0 = np.random.default_rng(0).standard_normal(n)
-            lam, V = eigsh(self._G, k=count, which="LA", v0=v0, tol=0)
+            try:
+                lam, V = eigsh(self._G, k=self._count, which="LA", v0=v0, tol=0)
+            except ArpackNoConvergence:  # pragma: no cover - not seen on layers
+                self._count = 0
+                return self._solve(k)
             order = np.argsort(-lam, kind="stable")
             self._s = np.sqrt(np.maximum(lam[order], 0.0))
             self._V = np.ascontiguousarray(V[:, order])
