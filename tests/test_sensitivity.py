@@ -334,3 +334,25 @@ def test_tasks_carry_compact_inputs():
     assert shippable(A) is A
     batches = [np.zeros((2, 3)), np.ones((2, 3))]
     assert shippable(batches) is batches
+
+
+def _held_in_worker():
+    import multiprocessing
+
+    from skquant._common import _jobs
+
+    _jobs.hold_freed_memory()
+    return bool(_jobs._HELD), multiprocessing.current_process().name
+
+
+def test_workers_hold_freed_memory_and_the_main_process_does_not():
+    """Sweep tasks keep freed memory in worker processes only (glibc's
+    thresholds raised once per worker); the main process is left alone."""
+    from joblib import Parallel, delayed
+
+    from skquant._common import _jobs
+
+    _jobs.hold_freed_memory()
+    assert _jobs._HELD == []
+    out = Parallel(n_jobs=2)(delayed(_held_in_worker)() for _ in range(2))
+    assert all(held and name != "MainProcess" for held, name in out)

@@ -1,10 +1,17 @@
 """Independent tasks in this process or on joblib's workers (any joblib backend)."""
 
+import ctypes
+import multiprocessing
 import numbers
+import sys
 
 from joblib import Parallel
 
-__all__ = ["check_n_jobs", "run_tasks", "shippable"]
+__all__ = ["check_n_jobs", "hold_freed_memory", "run_tasks", "shippable"]
+
+#: glibc's mallopt parameters, and the threshold given to both (1 GiB)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _HOLD = -1, -3, 1 << 30
+_HELD = []
 
 
 def check_n_jobs(n_jobs):
@@ -41,3 +48,27 @@ def shippable(X):
     if clone is None or not hasattr(X, "untyped_storage"):
         return X
     return clone()
+
+
+def hold_freed_memory():
+    """In a worker process on glibc, keep freed memory for reuse instead of
+    giving it back to the system (once per process; nothing elsewhere).
+
+    A pass of a network allocates and frees buffers of tens of MB per batch. A
+    fresh worker process handed them back to the system and paid for new pages
+    on every batch: VGG-8's pass on 2000 images took 0.45 to 0.85 s in joblib's
+    workers against 0.35 s in the main process, and 0.35 s in the workers with
+    glibc's mmap and trim thresholds raised to 1 GiB (``mallopt``). The main
+    process (a serial run, joblib's threading backend) is left alone.
+    """
+    if _HELD or multiprocessing.current_process().name == "MainProcess":
+        return
+    _HELD.append(True)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _HOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _HOLD)
+    except (OSError, AttributeError):  # not glibc
+        pass

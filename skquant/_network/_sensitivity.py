@@ -31,7 +31,7 @@ import time
 import numpy as np
 from joblib import delayed
 
-from .._common._jobs import check_n_jobs, run_tasks, shippable
+from .._common._jobs import check_n_jobs, hold_freed_memory, run_tasks, shippable
 from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
 from .._layerbits._law import (
@@ -64,6 +64,7 @@ def _measure_choice(network, X, name, quantizer, choice, W, Xin, groups):
     code bits, its dequantized weight and the network's outputs on ``X`` with it
     (one independent task of the sweep; it runs in a joblib worker with
     ``n_jobs``)."""
+    hold_freed_memory()
     tensor = _fit_choice(quantizer, choice, W, Xin, groups)
     Q = tensor.dequantize().astype(np.float64)
     Z = np.asarray(network.outputs(X, {name: Q}), dtype=np.float64)
