@@ -98,12 +98,13 @@ AUTO_PATIENCE = 2
 #: modelled walks (ladder and final fit; 0.47 with 64)
 AUTO_NEURONS = 32
 
-#: ``rank="auto"`` on calibration data with at least this many rows and inputs
-#: takes its spectra from the Gram matrix (:class:`GramSpectrum`: one tridiagonal
-#: reduction, then only the leading singular vectors the caps use) in place of
-#: full SVDs, which on a 4096 x 4096 layer took 42 of the fit's 67 s
-#: (``benchmarks/bench_nullspace_default.py``); a cap at the numerical rank still
-#: takes the SVD
+#: ``rank="auto"`` on calibration data with at least this many inputs, and at
+#: least as many rows as inputs (so that the n_in x n_in Gram matrix is no larger
+#: than the data), takes its spectra from the Gram matrix (:class:`GramSpectrum`:
+#: one tridiagonal reduction, then only the leading singular vectors the caps
+#: use) in place of full SVDs, which on a 4096 x 4096 layer took 42 of the fit's
+#: 67 s (``benchmarks/bench_nullspace_default.py``); a cap at the numerical rank
+#: still takes the SVD
 GRAM_SPECTRUM = 2048
 
 
@@ -301,10 +302,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         the fit on all rows (``rank_scores_`` holds the errors of the caps tried).
         The ladder is fitted on at most 32 neurons, spread over the range of
         their held-out output norms: on a wide layer it costs a fraction of the
-        final walk. On data of at least 2048 rows and inputs the spectra come
-        from the Gram matrix ``X^T X`` (one tridiagonal reduction and Lanczos
-        iterations in place of two SVDs; the numerical rank is then the one
-        the Gram matrix resolves, see the User Guide). With
+        final walk. On data of at least 2048 inputs and as many rows the
+        spectra come from the Gram matrix ``X^T X`` (one tridiagonal reduction
+        and Lanczos iterations in place of two SVDs; the numerical rank is
+        then the one the Gram matrix resolves, see the User Guide). With
         ``variant="lp"``, ``"auto"`` keeps the numerical rank. The default was
         ``None`` until whole-network measurements (docs, "Data-driven methods on
         real networks") showed it losing to round to nearest on LeNet-5 at 3
@@ -336,8 +337,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         (``k`` is ``rank_``).
     singular_values_ : ndarray of shape (min(m, n_in),)
         Singular values of the calibration activations (when ``rank="auto"``
-        took them from the Gram matrix, on data of at least 2048 rows and
-        inputs, those below about ``sqrt(max(m, n_in) * eps)`` times the
+        took them from the Gram matrix, on data of at least 2048 inputs and as
+        many rows, those below about ``sqrt(max(m, n_in) * eps)`` times the
         largest are round-off).
     rank_ : int
         Number of kept directions ``k``.
@@ -446,7 +447,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if rank == "auto" and self.variant == "lp":
             rank = None  # the LP variant keeps the numerical rank (one LP a neuron)
         G = spectrum = None
-        if rank == "auto" and min(Xq.shape) >= GRAM_SPECTRUM:
+        if rank == "auto" and GRAM_SPECTRUM <= Xq.shape[1] <= Xq.shape[0]:
             G = gram(Xq)
             spectrum = GramSpectrum(G, Xq.shape[0])
         if rank == "auto":
