@@ -56,10 +56,11 @@ def hold_freed_memory():
 
     A pass of a network allocates and frees buffers of tens of MB per batch. A
     fresh worker process handed them back to the system and paid for new pages
-    on every batch: VGG-8's pass on 2000 images took 0.45 to 0.85 s in joblib's
-    workers against 0.35 s in the main process, and 0.35 s in the workers with
-    glibc's mmap and trim thresholds raised to 1 GiB (``mallopt``). The main
-    process (a serial run, joblib's threading backend) is left alone.
+    on every batch, which made VGG-8's passes in joblib's workers much slower
+    than the same pass on one thread in the main process; with glibc's mmap and
+    trim thresholds raised to 1 GiB (``mallopt``) they ran at that speed
+    (``benchmarks/bench_sweeps.py`` shows the sweep). The main process (a serial
+    run, joblib's threading backend) is left alone.
     """
     if _HELD or multiprocessing.current_process().name == "MainProcess":
         return
