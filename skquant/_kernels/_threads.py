@@ -66,9 +66,9 @@ def one_blas_thread():
 
     For kernels that call LAPACK and BLAS from numba's threads: BLAS threads on
     top of them fight for the cores (measured: 3x to 8x slower). The libraries
-    are found once (threadpoolctl reads the process's memory map, about 2.5 ms:
-    a fifth of LeNet-5's null-space fits when done on every call) and again
-    only after new modules were imported.
+    are found once (threadpoolctl reads the process's memory map, milliseconds
+    that added up over a network's many small fits) and again only after new
+    modules were imported.
     """
     if _BLAS[0] is None or _BLAS[1] != len(sys.modules):
         _BLAS[:] = [ThreadpoolController(), len(sys.modules)]
