@@ -15,6 +15,12 @@ bits (``--bits``):
   one warm-up of each; prints the median seconds and the median of the
   per-round ratios.
 
+With ``--check-gram N`` it runs nothing of the above: it quantizes each network
+with the default twice, once with its spectra from SVDs and once from the Gram
+matrix on every layer of at least ``N`` inputs and as many rows (``GRAM_SPECTRUM``
+lowered to ``N``), and prints both test accuracies and whether every layer chose
+the same cap.
+
 Run (one thread, about 8 minutes; the networks need ``get_data.sh``'s data):
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \\
         .venv/bin/python benchmarks/bench_nullspace_default.py
@@ -117,6 +123,45 @@ def networks(nets, bits_list, repeat):
             )
 
 
+def check_gram(nets, bits_list, size):
+    import torch
+    from _models import accuracy, trained
+
+    from skquant._quantizers import _nullspace
+    from skquant.torch import quantize_model
+
+    chosen = []
+    fit = NullSpaceQuantizer._fit_quantize
+
+    def logged(self, W, activations, target_activations):
+        out = fit(self, W, activations, target_activations)
+        chosen.append((W.shape[0], self.rank_))
+        return out
+
+    NullSpaceQuantizer._fit_quantize = logged
+    for net in nets:
+        dataset = "mnist" if net in ("lenet5", "mlp") else "fashion-mnist"
+        model, (Xtr, _, Xte, yte) = trained(net, dataset, verbose=False)
+        g = torch.Generator().manual_seed(0)
+        X = Xtr[torch.randperm(len(Xtr), generator=g)[:1024]]
+        for b in bits_list:
+            bits = int(b) if b.isdigit() else b
+            acc, caps = {}, {}
+            for name, threshold in (("SVD", 10**9), ("Gram", size)):
+                _nullspace.GRAM_SPECTRUM = threshold
+                chosen.clear()
+                q = quantize_model(model, NullSpaceQuantizer(n_bits=bits), X)
+                acc[name], caps[name] = 100 * accuracy(q, Xte, yte), list(chosen)
+            print(
+                f"{net}, {b} bits: accuracy {acc['SVD']:.2f}% (SVDs), "
+                f"{acc['Gram']:.2f}% (Gram matrix on layers of >= {size} inputs); "
+                f"caps {'the same' if caps['SVD'] == caps['Gram'] else 'DIFFERENT'}: "
+                f"{caps['Gram']}",
+                flush=True,
+            )
+    NullSpaceQuantizer._fit_quantize = fit
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bits", nargs="+", default=["3", "2"])
@@ -124,9 +169,13 @@ def main():
     p.add_argument("--nets", nargs="*", default=["lenet5", "cnn", "vgg8"])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-layer", action="store_true", help="skip the 4096 layer")
+    p.add_argument("--check-gram", type=int, metavar="N", help="see the docstring")
     args = p.parse_args()
     skquant.set_config(progress=False)
     warnings.simplefilter("ignore")
+    if args.check_gram:
+        check_gram(args.nets, args.bits, args.check_gram)
+        return
     if args.nets:
         networks(args.nets, args.bits, args.repeat)
     if not args.no_layer:

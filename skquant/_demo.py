@@ -246,9 +246,9 @@ def run_demo(
         One dict per setting: label, series, bits_per_weight, compression,
         accuracy, rel_error.
     """
-    from threadpoolctl import threadpool_limits
+    from ._kernels._threads import one_blas_thread
 
-    with threadpool_limits(1, user_api="blas"):
+    with one_blas_thread():
         return _run_demo(dataset, hidden, plot, random_state, verbose, stream)
 
 
