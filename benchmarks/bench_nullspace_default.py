@@ -88,17 +88,22 @@ def one_layer(bits_list, n):
         )
 
 
-def networks(nets, bits_list, repeat):
+def network_and_images(net):
+    """The trained network, 1024 of its training images (seed 0) and its test set."""
     import torch
     from _models import trained
 
+    dataset = "mnist" if net in ("lenet5", "mlp") else "fashion-mnist"
+    model, (Xtr, _, Xte, yte) = trained(net, dataset, verbose=False)
+    g = torch.Generator().manual_seed(0)
+    return model, Xtr[torch.randperm(len(Xtr), generator=g)[:1024]], Xte, yte
+
+
+def networks(nets, bits_list, repeat):
     from skquant.torch import quantize_model
 
     for net in nets:
-        dataset = "mnist" if net in ("lenet5", "mlp") else "fashion-mnist"
-        model, (Xtr, _, _, _) = trained(net, dataset, verbose=False)
-        g = torch.Generator().manual_seed(0)
-        X = Xtr[torch.randperm(len(Xtr), generator=g)[:1024]]
+        model, X, _, _ = network_and_images(net)
         for b in bits_list:
             bits = int(b) if b.isdigit() else b
             runs = {"gpfq": [], "ns": []}
@@ -124,8 +129,7 @@ def networks(nets, bits_list, repeat):
 
 
 def check_gram(nets, bits_list, size):
-    import torch
-    from _models import accuracy, trained
+    from _models import accuracy
 
     from skquant._quantizers import _nullspace
     from skquant.torch import quantize_model
@@ -140,10 +144,7 @@ def check_gram(nets, bits_list, size):
 
     NullSpaceQuantizer._fit_quantize = logged
     for net in nets:
-        dataset = "mnist" if net in ("lenet5", "mlp") else "fashion-mnist"
-        model, (Xtr, _, Xte, yte) = trained(net, dataset, verbose=False)
-        g = torch.Generator().manual_seed(0)
-        X = Xtr[torch.randperm(len(Xtr), generator=g)[:1024]]
+        model, X, Xte, yte = network_and_images(net)
         for b in bits_list:
             bits = int(b) if b.isdigit() else b
             acc, caps = {}, {}
