@@ -3,8 +3,11 @@
 ``skquant.torch.measure_sensitivity`` of the Fashion-MNIST VGG-8 (``_models.py``) on
 2000 test images at bits (2, 3, 4, 5, 6, 8): serial, with ``n_jobs=2`` (joblib's
 process workers), and with ``n_jobs=2`` under ``joblib.parallel_config(
-backend="dask")`` on a ``distributed.LocalCluster`` of 2 worker processes; prints
-the medians of ``--rounds`` interleaved rounds, the ratios to the serial time, and
+backend="dask")`` on a ``distributed.LocalCluster`` of 2 worker processes
+(``--workers`` changes both counts; each worker's thread count is the cores
+divided among the workers, as joblib gives its own); prints
+the medians of ``--rounds`` interleaved rounds (after ``--warmup`` untimed
+ones), the ratios to the serial time, and
 whether the tables agree. First it times one pass of the network on those images
 (a task's work) on one thread and on torch's thread count: what a one-thread
 worker gives up against the serial run, whose passes use every thread.
@@ -25,6 +28,8 @@ from joblib import parallel_config
 
 from skquant.torch import measure_sensitivity
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
 
 def _seconds(fn):
     start = time.perf_counter()
@@ -35,8 +40,28 @@ def _seconds(fn):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed rounds first (the workers start, import torch and compile "
+        "their kernels in them)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes (n_jobs) for joblib and Dask; each gets the "
+        "machine's cores divided among them as its thread count, as joblib does",
+    )
     args = p.parse_args()
+    import os
+
+    import dask
     from distributed import Client, LocalCluster
+
+    workers = args.workers
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
 
     warnings.simplefilter("ignore")
     model, (_, _, Xte, yte) = trained("vgg8", "fashion-mnist", verbose=False)
@@ -61,29 +86,39 @@ def main():
         f"{threads} (x{one / many:.2f})"
     )
 
+    # Dask's nanny starts workers with one BLAS/OpenMP thread; give each the
+    # same share of the cores as joblib gives its workers
+    dask.config.set(
+        {f"distributed.nanny.pre-spawn-environ.{v}": share for v in THREAD_VARS}
+    )
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
     )
     client = Client(cluster)
 
     def serial():
         return measure_sensitivity(model, X, y)
 
-    def workers():
-        return measure_sensitivity(model, X, y, n_jobs=2)
+    def on_workers():
+        return measure_sensitivity(model, X, y, n_jobs=workers)
 
-    def dask():
+    def on_dask():
         with parallel_config(backend="dask"):
-            return measure_sensitivity(model, X, y, n_jobs=2)
+            return measure_sensitivity(model, X, y, n_jobs=workers)
 
-    runs = {"serial": serial, "n_jobs=2": workers, "dask, 2 workers": dask}
+    runs = {
+        "serial": serial,
+        f"n_jobs={workers}": on_workers,
+        f"dask, {workers} workers": on_dask,
+    }
     times = {name: [] for name in runs}
     tables = {}
-    for _ in range(args.rounds):
+    for r in range(args.warmup + args.rounds):
         for name, run in runs.items():
             start = time.perf_counter()
             tables[name] = run()
-            times[name].append(time.perf_counter() - start)
+            if r >= args.warmup:
+                times[name].append(time.perf_counter() - start)
     base = statistics.median(times["serial"])
     for name in runs:
         t = statistics.median(times[name])

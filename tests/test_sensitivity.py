@@ -356,3 +356,29 @@ def test_workers_hold_freed_memory_and_the_main_process_does_not():
     assert _jobs._HELD == []
     out = Parallel(n_jobs=2)(delayed(_held_in_worker)() for _ in range(2))
     assert all(held and name != "MainProcess" for held, name in out)
+
+
+def test_run_tasks_streams_results_in_order_on_every_backend():
+    """The sweeps' one runner: results in the tasks' order from any iterable of
+    tasks, serially one task per result asked for, and on joblib's backends
+    (the ones that cannot stream hand back a list's iterator)."""
+    from joblib import delayed, parallel_config
+
+    from skquant._common._jobs import run_tasks
+
+    ran = []
+
+    def tasks():
+        for i in range(7):
+            ran.append(i)
+            yield delayed(pow)(i, 2)
+
+    serial = run_tasks(tasks(), None)
+    assert ran == []  # nothing runs before a result is asked for
+    assert next(serial) == 0 and ran == [0]
+    assert list(serial) == [i * i for i in range(1, 7)]
+    for backend in ("loky", "threading", "multiprocessing"):
+        with parallel_config(backend=backend):
+            out = run_tasks(tasks(), 2)
+            assert iter(out) is out
+            assert list(out) == [i * i for i in range(7)]

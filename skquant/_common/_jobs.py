@@ -28,12 +28,19 @@ def check_n_jobs(n_jobs):
 
 
 def run_tasks(tasks, n_jobs):
-    """The results of ``tasks`` (``joblib.delayed`` calls), in order: in this
-    process for ``n_jobs`` None or 1, else on ``joblib.Parallel(n_jobs)``'s
-    workers (a ``parallel_config`` backend, Dask's included, decides where)."""
+    """The results of ``tasks`` (``joblib.delayed`` calls, any iterable), in
+    order, as an iterator: in this process for ``n_jobs`` None or 1 (each task
+    runs when its result is asked for), else on ``joblib.Parallel(n_jobs)``'s
+    workers (a ``parallel_config`` backend, Dask's included, decides where),
+    which take the tasks as they come and hand back each result as soon as it
+    and those before it are done (all at the end on a backend that cannot)."""
     if n_jobs is None or n_jobs == 1:
-        return [task(*args, **kw) for task, args, kw in tasks]
-    return Parallel(n_jobs=n_jobs)(tasks)
+        return (task(*args, **kw) for task, args, kw in tasks)
+    try:
+        parallel = Parallel(n_jobs=n_jobs, return_as="generator")
+    except ValueError:  # e.g. the "multiprocessing" backend
+        return iter(Parallel(n_jobs=n_jobs)(tasks))
+    return parallel(tasks)
 
 
 def shippable(X):

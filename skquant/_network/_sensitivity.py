@@ -216,21 +216,29 @@ def sensitivity(
     data = X if requires(quantizer, "data") else None
     steps = layer_steps(network, data, max_rows=max_rows, random_state=random_state)
     X_task = X if n_jobs is None or n_jobs == 1 else shippable(X)
-    for step in progress(steps, desc="sensitivity", total=L, enabled=verbose):
-        name, W, groups = step.name, step.weight, step.groups
-        Xin = step.inputs()[1] if data is not None else None  # the float network's
-        i = names.index(name)
-        t0 = time.perf_counter()
-        W = np.asarray(W)  # its own dtype: the scales are stored in it
-        wnorm[i] = float(np.sum(W.astype(np.float64) ** 2))
+    layers = []  # (name, weight) of each layer, in the order its tasks go out
+    measure = delayed(_measure_choice)
+
+    def tasks():  # every layer's choices, one stream: workers never wait on a layer
+        for step in steps:
+            name, W, groups = step.name, step.weight, step.groups
+            Xin = step.inputs()[1] if data is not None else None  # the float network's
+            W = np.asarray(W)  # its own dtype: the scales are stored in it
+            layers.append((name, W))
+            for c in choices:
+                yield measure(network, X_task, name, quantizer, c, W, Xin, groups)
+
+    runs = run_tasks(tasks(), n_jobs)  # the choices are independent
+    t0 = time.perf_counter()
+    for k in progress(range(L), desc="sensitivity", total=L, enabled=verbose):
         diffs = []
-        measure = delayed(_measure_choice)
-        tasks = (
-            measure(network, X_task, name, quantizer, c, W, Xin, groups)
-            for c in choices
-        )
-        runs = run_tasks(tasks, n_jobs)  # the choices are independent
-        for j, (size_bits, n_bits, Q, Z) in enumerate(runs):
+        for j in range(C):
+            size_bits, n_bits, Q, Z = next(runs)
+            if j == 0:  # the stream has handed out this layer's tasks by now
+                name, W = layers[k]
+                layers[k] = None
+                i = names.index(name)
+                wnorm[i] = float(np.sum(W.astype(np.float64) ** 2))
             count[0] += 1
             R = Z.reshape(n, -1) - ref
             diffs.append(R)
@@ -255,6 +263,7 @@ def sensitivity(
                 network, X, name, W, ref, labels, base, tolerance, guess, rng, count
             )
         seconds[i] = time.perf_counter() - t0
+        t0 += seconds[i]
     fits = [fit_law(code_bits[i], noise[i]) for i in range(L)]
     result = SensitivityResult(
         layer_names=list(names),
