@@ -11,6 +11,11 @@ Cholesky factors and GPFQ's divisions need it, as in :mod:`skquant._quantizers._
   GPUs), so a value that lands within rounding error of a decision boundary may
   round the other way. The tests compare codes on random and real layers.
 
+GPTQ and GPFQ round row by row inside blocks of rows, a few small operations a
+row; on a CUDA device each block's loop is captured once as a CUDA graph and
+replayed for every block (:func:`_replayed`), so a row costs the GPU's time
+for its operations rather than Python's and the launches' for each.
+
 The quantizers call them through :func:`skquant._kernels.torch_kernels` when
 their ``device`` is set (the arrays come in as NumPy and go back as NumPy; what
 the kernels compute stays on the device).
@@ -45,6 +50,30 @@ def _round_rows(inv, zp, cmin, cmax):
         return c, (c - zp) / inv
 
     return round_row
+
+
+def _replayed(block, buffers, device):
+    """``block(*buffers)`` as a function of no arguments that reruns it on the
+    buffers' current contents: on a CUDA device one CUDA graph of its many small
+    operations, captured once and replayed (a row-by-row loop otherwise pays
+    Python's and the launch's overhead on every operation of every row), directly
+    elsewhere. ``block`` must only read and write ``buffers`` in place."""
+    if torch.device(device).type != "cuda":
+        return lambda: block(*buffers)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up, as capture needs
+        block(*buffers)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        block(*buffers)
+    return graph.replay
+
+
+def _blocks(n, size):
+    """``(start, stop)`` of the blocks of ``size`` rows covering ``n``."""
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
 def gptq_codes(W, X, lam, grid, order, block_size, device, target=None):
@@ -104,14 +133,28 @@ def gptq_codes(W, X, lam, grid, order, block_size, device, target=None):
     )
     Wt = Wt[idx].clone()
     codes = torch.empty_like(Wt)
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        Err = torch.empty((stop - start, Wt.shape[1]), dtype=Wt.dtype, device=device)
-        for i in range(start, stop):
-            codes[i], value = round_row(Wt[i])
-            err = (Wt[i] - value) / U[i, i]
-            Wt[i + 1 : stop] -= torch.outer(U[i, i + 1 : stop], err)
-            Err[i - start] = err
+
+    def block(Wb, Ub, Cb, Err):
+        # rows of one block: each rounded, its error spread over the block's rows
+        # below it (the rest of W gets the block's errors at once, after)
+        for i in range(Wb.shape[0]):
+            Cb[i], value = round_row(Wb[i])
+            Err[i] = (Wb[i] - value) / Ub[i, i]
+            Wb[i + 1 :] -= torch.outer(Ub[i, i + 1 :], Err[i])
+
+    runs = {}
+    for start, stop in _blocks(n, block_size):
+        size = stop - start
+        if size not in runs:  # a full block, and the last one if shorter
+            bufs = [torch.zeros((size, Wt.shape[1]), dtype=Wt.dtype, device=device)]
+            bufs.insert(1, torch.eye(size, dtype=Wt.dtype, device=device))
+            bufs += [torch.zeros_like(bufs[0]), torch.zeros_like(bufs[0])]
+            runs[size] = (bufs, _replayed(block, bufs, device))
+        (Wb, Ub, Cb, Err), run = runs[size]
+        Wb.copy_(Wt[start:stop])
+        Ub.copy_(U[start:stop, start:stop])
+        run()
+        codes[start:stop] = Cb
         if stop < n:
             Wt[stop:] -= U[start:stop, stop:].T @ Err
     out = torch.empty_like(codes)
@@ -138,19 +181,55 @@ def gpfq_codes(Xq, Xf, W, fallback, grid, block_size, device):
     inv = _on(np.broadcast_to(inv, (n_out,)), device)
     zp = float(zp)
     den = torch.diagonal(G).clone()
-    live = (den > 0).cpu().numpy()  # one transfer, not one per coordinate
+    live = den > 0
+    den = torch.where(live, den, 1.0)  # (a dead coordinate takes its fallback)
     cmin, cmax = float(cmin), float(cmax)
     codes = torch.empty_like(A)
-    values = torch.empty_like(A)
-    for s0 in range(0, n, block_size):
-        s1 = min(n, s0 + block_size)
-        for t in range(s0, s1):
-            if t > s0:
-                A[t] -= G[t, s0:t] @ values[s0:t]
-            target = A[t] / den[t] if live[t] else back[t]
-            c = torch.clamp(torch.round(target * inv + zp), cmin, cmax)
-            codes[t] = c
-            values[t] = (c - zp) / inv
+
+    def block(Ab, Gb, db, lb, bb, Cb, Vb):
+        # coordinates of one block, each less the rounded ones before it in the
+        # block (the blocks before were subtracted from A at once)
+        for t in range(Ab.shape[0]):
+            if t:
+                Ab[t] -= Gb[t, :t] @ Vb[:t]
+            target = torch.where(lb[t], Ab[t] / db[t], bb[t])
+            Cb[t] = torch.clamp(torch.round(target * inv + zp), cmin, cmax)
+            Vb[t] = (Cb[t] - zp) / inv
+
+    runs = {}
+    for s0, s1 in _blocks(n, block_size):
+        size = s1 - s0
+        if size not in runs:
+            like = torch.zeros((size, n_out), dtype=A.dtype, device=device)
+            bufs = [
+                like,
+                torch.eye(size, dtype=A.dtype, device=device),
+                torch.ones(size, dtype=A.dtype, device=device),
+                torch.ones(size, dtype=torch.bool, device=device),
+                torch.zeros_like(like),
+                torch.zeros_like(like),
+                torch.zeros_like(like),
+            ]
+            runs[size] = (bufs, _replayed(block, bufs, device))
+        (Ab, Gb, db, lb, bb, Cb, Vb), run = runs[size]
+        for buf, src in zip(
+            (Ab, Gb, db, lb, bb),
+            (A[s0:s1], G[s0:s1, s0:s1], den[s0:s1], live[s0:s1], back[s0:s1]),
+            strict=True,
+        ):
+            buf.copy_(src)
+        run()
+        codes[s0:s1] = Cb
         if s1 < n:
-            A[s1:] -= G[s1:, s0:s1] @ values[s0:s1]
+            A[s1:] -= G[s1:, s0:s1] @ Vb
     return codes.cpu().numpy()
+
+
+def output_errors(Xq, Xf, W, Q, device):
+    """``(||Xf w - Xq q||, ||Xf w||)`` per column of ``W`` and ``Q``, computed
+    on ``device`` in float64 (the two products a calibration error needs, where
+    the kernel ran, rather than on the CPU)."""
+    ref = _on(Xf, device) @ _on(W, device)
+    norm = torch.linalg.vector_norm(ref, dim=0)
+    ref -= _on(Xq, device) @ _on(Q, device)
+    return torch.linalg.vector_norm(ref, dim=0).cpu().numpy(), norm.cpu().numpy()

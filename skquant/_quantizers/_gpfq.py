@@ -108,7 +108,6 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         device = check_device(self.device, type(self).__name__)
         if device is not None or use_gram(*Xq.shape, W.shape[1]):
             W64 = W.astype(np.float64)
-            ref = Xf @ W64
             if device is None:
                 codes = self._codes_gram(W64, Xq, Xf)
             else:  # the Gram form in torch on that device
@@ -125,8 +124,12 @@ class GreedyPathQuantizer(BaseDataQuantizer):
                     )
                 )
             Q = self._tensor(codes).dequantize()
-            residual = np.linalg.norm(ref - Xq @ Q, axis=0)
-            norm = np.linalg.norm(ref, axis=0)
+            if device is None:
+                ref = Xf @ W64
+                residual = np.linalg.norm(ref - Xq @ Q, axis=0)
+                norm = np.linalg.norm(ref, axis=0)
+            else:
+                residual, norm = torch_kernels().output_errors(Xq, Xf, W64, Q, device)
         else:
             codes, residual, norm = self._codes(W, Xq, Xf)
         self.calibration_error_ = residual / np.where(norm > 0, norm, 1)

@@ -209,11 +209,13 @@ class GPTQQuantizer(BaseDataQuantizer):
         codes = self.alphabet_record_.final_codes(codes)
         self.order_ = order
         Q = self._tensor(codes).dequantize()
-        ref = Xf @ W64
-        norm = np.linalg.norm(ref, axis=0)
-        self.calibration_error_ = np.linalg.norm(ref - Xq @ Q, axis=0) / np.where(
-            norm > 0, norm, 1
-        )
+        if device is None:
+            ref = Xf @ W64
+            norm = np.linalg.norm(ref, axis=0)
+            residual = np.linalg.norm(ref - Xq @ Q, axis=0)
+        else:  # the two products where the kernel ran
+            residual, norm = torch_kernels().output_errors(Xq, Xf, W64, Q, device)
+        self.calibration_error_ = residual / np.where(norm > 0, norm, 1)
         return codes, W.dtype
 
     def _rounder(self):
