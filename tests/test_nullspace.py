@@ -654,6 +654,36 @@ def test_fitted_codes_are_kept_not_the_data(est, monkeypatch):
         est.transform(W2)
 
 
+def test_the_fitted_weights_are_known_by_their_values_in_any_dtype():
+    """The fingerprint hashes W in its own dtype; the same values in another
+    dtype are the fitted weights, other values are not (a float32 rounding of
+    float64 weights included), and an estimator fitted before the dtype was
+    recorded (a float64 digest) still knows its weights."""
+    from skquant._quantizers._datadriven import _fingerprint
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((40, 30))
+    W32 = rng.standard_normal((30, 5)).astype(np.float32)
+    est = GreedyPathQuantizer(n_bits=3).fit(W32, activations=X)
+    codes = est.encode(W32)
+    assert_array_equal(est.encode(W32.astype(np.float64)), codes)
+    with pytest.raises(ValueError, match="quantizes the W it was fitted on"):
+        est.encode(W32.astype(np.float64) * 1e300)  # beyond float32's range
+    W64 = rng.standard_normal((30, 5))
+    est64 = GreedyPathQuantizer(n_bits=3).fit(W64, activations=X)
+    for other in (W64.astype(np.float32), W64 * 1e300):
+        with pytest.raises(ValueError, match="quantizes the W it was fitted on"):
+            est64.encode(other)
+    shape, _, digest = _fingerprint(W32, np.float64)
+    est._fingerprint = (shape, digest)  # as an older version pickled it
+    assert_array_equal(est.encode(W32), codes)
+    assert_array_equal(est.encode(W32.astype(np.float64)), codes)
+    W2 = W32.copy()
+    W2[3, 1] += 1
+    with pytest.raises(ValueError, match="quantizes the W it was fitted on"):
+        est.encode(W2)
+
+
 @pytest.mark.parametrize("rank", [None, 5, 0.8])
 def test_start_points_are_the_least_squares_correction(rank):
     """With inputs Xq != Xf the walk starts from W + V c, c the least-squares

@@ -44,18 +44,41 @@ def check_activations(activations, n_in, cls_name, name="activations"):
     return X
 
 
-def _fingerprint(W, rows=1 << 20):
-    """Shape and digest of ``W``'s values (as float64): which weights were fitted.
+def _fingerprint(W, dtype=None, rows=1 << 20):
+    """Shape, dtype and digest of ``W``'s values: which weights were fitted.
 
-    The values are hashed in slices of about ``rows`` entries (float64 copies of
-    a slice at a time, not of the whole matrix); the digest is that of the whole
-    C-ordered float64 array."""
+    The values are hashed in ``W``'s own dtype (``dtype``: converted to that one
+    first), in slices of about ``rows`` entries (a converted copy of a slice at a
+    time, not of the whole matrix), the digest being that of the whole C-ordered
+    array. Estimators fitted before the dtype was recorded hold
+    ``(shape, digest)`` of the float64 values: ``dtype=np.float64`` and the last
+    two entries dropped give that one (see :func:`_same_weights`).
+    """
     W = np.asarray(W)
+    dtype = W.dtype if dtype is None else np.dtype(dtype)
     h = hashlib.blake2b(digest_size=16)
     step = max(1, rows // max(1, W.shape[1]))  # W is 2-D: validated
     for a in range(0, W.shape[0], step):
-        h.update(np.ascontiguousarray(W[a : a + step], dtype=np.float64).data)
-    return W.shape, h.hexdigest()
+        h.update(np.ascontiguousarray(W[a : a + step], dtype=dtype).data)
+    return W.shape, dtype.str, h.hexdigest()
+
+
+def _same_weights(W, fingerprint):
+    """Whether ``W`` holds the values of the fitted weights of ``fingerprint``
+    (:func:`_fingerprint`'s), whatever the dtype it holds them in."""
+    if len(fingerprint) == 2:  # (shape, float64 digest): an older estimator's
+        shape, dtype, digest = _fingerprint(W, np.float64)
+        return (shape, digest) == tuple(fingerprint)
+    shape, dtype, _ = fingerprint
+    if W.shape != tuple(shape):
+        return False
+    if W.dtype.str != dtype:  # the same values in another dtype, or not
+        with np.errstate(over="ignore"):  # (a value out of range: not the same)
+            cast = W.astype(dtype)
+        if not np.array_equal(cast.astype(W.dtype), W):
+            return False
+        W = cast
+    return _fingerprint(W) == tuple(fingerprint)
 
 
 class BaseDataQuantizer(BaseWeightQuantizer):
@@ -219,7 +242,7 @@ class BaseDataQuantizer(BaseWeightQuantizer):
 
     def _encode(self, W):
         self._check_n_in(W)
-        if _fingerprint(W) != self._fingerprint:
+        if not _same_weights(W, self._fingerprint):
             raise ValueError(
                 f"{type(self).__name__} quantizes the W it was fitted on (it keeps "
                 "its codes, not its calibration data); got a W that differs from "
