@@ -12,8 +12,9 @@ bits (``--bits``):
 * on whole networks (``--nets``, default LeNet-5, the Fashion CNN and VGG-8 of
   ``_models.py``): :func:`skquant.torch.quantize_model` on 1024 training images
   (seed 0), GPFQ and the default one after the other, ``--repeat`` times after
-  one warm-up of each; prints the median seconds and the median of the
-  per-round ratios.
+  one warm-up of each; prints the median seconds, the median of the
+  per-round ratios and each quantized network's test accuracy (``--variants
+  grid path`` adds ``NullSpaceQuantizer(variant="path")``).
 
 With ``--check-gram N`` it runs nothing of the above: it quantizes each network
 with the default twice, once with its spectra from SVDs and once from the Gram
@@ -99,31 +100,44 @@ def network_and_images(net):
     return model, Xtr[torch.randperm(len(Xtr), generator=g)[:1024]], Xte, yte
 
 
-def networks(nets, bits_list, repeat):
+def networks(nets, bits_list, repeat, variants=("grid",)):
+    from _models import accuracy
+
     from skquant.torch import quantize_model
 
     for net in nets:
-        model, X, _, _ = network_and_images(net)
+        model, X, Xte, yte = network_and_images(net)
         for b in bits_list:
             bits = int(b) if b.isdigit() else b
-            runs = {"gpfq": [], "ns": []}
+            makers = {"gpfq": lambda bits=bits: GreedyPathQuantizer(n_bits=bits)}
+            for v in variants:
+                makers[v] = lambda v=v, bits=bits: NullSpaceQuantizer(
+                    n_bits=bits, variant=v
+                )
+            runs = {name: [] for name in makers}
+            acc = {}
             for i in range(repeat + 1):  # the first round warms up
-                for name, q in (
-                    ("gpfq", GreedyPathQuantizer(n_bits=bits)),
-                    ("ns", NullSpaceQuantizer(n_bits=bits)),
-                ):
+                for name, make in makers.items():
                     start = time.perf_counter()
-                    quantize_model(model, q, X, random_state=0)
+                    quantized = quantize_model(model, make(), X, random_state=0)
                     if i:
                         runs[name].append(time.perf_counter() - start)
-            ratio = statistics.median(
-                a / g for a, g in zip(runs["ns"], runs["gpfq"], strict=True)
-            )
+                    else:
+                        acc[name] = 100 * accuracy(quantized, Xte, yte)
+            cells = [f"GPFQ {statistics.median(runs['gpfq']):.2f} s"]
+            for v in variants:
+                ratio = statistics.median(
+                    a / g for a, g in zip(runs[v], runs["gpfq"], strict=True)
+                )
+                label = "NullSpaceQuantizer()" if v == "grid" else f"variant={v!r}"
+                cells.append(
+                    f"{label} {statistics.median(runs[v]):.2f} s ({ratio:.2f}x GPFQ)"
+                )
             print(
-                f"{net}, {b} bits, 1024 images: GPFQ "
-                f"{statistics.median(runs['gpfq']):.2f} s, NullSpaceQuantizer() "
-                f"{statistics.median(runs['ns']):.2f} s ({ratio:.2f}x GPFQ, median "
-                f"of {repeat})",
+                f"{net}, {b} bits, 1024 images, median of {repeat}: "
+                + ", ".join(cells)
+                + "; test accuracy "
+                + ", ".join(f"{n} {a:.2f}%" for n, a in acc.items()),
                 flush=True,
             )
 
@@ -171,6 +185,13 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-layer", action="store_true", help="skip the 4096 layer")
     p.add_argument("--check-gram", type=int, metavar="N", help="see the docstring")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["grid"],
+        choices=["grid", "path"],
+        help="the null-space variants timed on the networks (rank 'auto')",
+    )
     args = p.parse_args()
     skquant.set_config(progress=False)
     warnings.simplefilter("ignore")
@@ -178,7 +199,7 @@ def main():
         check_gram(args.nets, args.bits, args.check_gram)
         return
     if args.nets:
-        networks(args.nets, args.bits, args.repeat)
+        networks(args.nets, args.bits, args.repeat, args.variants)
     if not args.no_layer:
         one_layer(args.bits, args.n)
 

@@ -1,10 +1,12 @@
 """Cheaper variants of the null-space default, layer by layer, on held-out rows.
 
-A negative result kept so that it is not tried again blind: can a walk at a
-small rank cap, followed by greedy path following over *every* coordinate
-(GPFQ started from the walked point ``z`` with the residual ``Xf w - Xq z``;
-``Hybrid`` below), reach the held-out error of the default's cap, at about GPFQ's
-cost? Each weight layer of a network is captured as the default sees it in
+Beside GPFQ and the default: ``NullSpaceQuantizer(variant="path")`` (with
+``rank="auto"`` and at the fixed caps of ``--path-caps``), and a negative result
+kept so that it is not tried again blind: can a walk at a small rank cap,
+followed by greedy path following over *every* coordinate (GPFQ started from the
+walked point ``z`` with the residual ``Xf w - Xq z``; ``Hybrid`` below, at the
+caps of ``--caps``), reach the held-out error of the default's cap, at about
+GPFQ's cost? Each weight layer of a network is captured as the default sees it in
 :func:`skquant.torch.quantize_model` (1024 training images, seed 0; conv
 patches sampled to 4096 rows), every fifth row is held out, and each method is
 fitted on the other rows; printed: the held-out relative output error
@@ -13,6 +15,8 @@ fitted on the other rows; printed: the held-out relative output error
 Run (one thread; about 2 minutes for the CNN at 2 bits):
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \\
         .venv/bin/python benchmarks/bench_nullspace_variants.py --net cnn --bits 2
+    # the default, GPFQ and the path variant only:
+    ... bench_nullspace_variants.py --net cnn --bits 2 --caps
 """
 
 import argparse
@@ -62,13 +66,23 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--net", default="cnn", choices=["lenet5", "mlp", "cnn", "vgg8"])
     p.add_argument("--bits", type=int, default=2)
-    p.add_argument("--caps", nargs="+", type=int, default=[16, 32, 64, 128])
+    p.add_argument("--caps", nargs="*", type=int, default=[16, 32, 64, 128])
+    p.add_argument("--path-caps", nargs="*", type=int, default=[10])
     args = p.parse_args()
     skquant.set_config(progress=False)
     warnings.simplefilter("ignore")
     methods = {
         "gpfq": lambda: GreedyPathQuantizer(n_bits=args.bits),
         "default": lambda: NullSpaceQuantizer(n_bits=args.bits),
+        "path": lambda: NullSpaceQuantizer(n_bits=args.bits, variant="path"),
+        **{
+            f"path-{k}": (
+                lambda k: (
+                    lambda: NullSpaceQuantizer(n_bits=args.bits, variant="path", rank=k)
+                )
+            )(k)
+            for k in args.path_caps
+        },
         **{
             f"hybrid-{k}": (lambda k: lambda: Hybrid(n_bits=args.bits, rank=k))(k)
             for k in args.caps

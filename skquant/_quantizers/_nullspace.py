@@ -141,6 +141,17 @@ def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
     return best
 
 
+def first_basis(V):
+    """A well-conditioned set of ``k`` coordinates for the constraint
+    ``V^T z = c`` (``V``: ``n x k``): the first ``k`` pivots of a pivoted QR of
+    ``V^T``, whose rows of ``V`` form an invertible ``k x k`` block."""
+    k = V.shape[1]
+    if not k:
+        return np.empty(0, dtype=np.int64)
+    piv = scipy.linalg.qr(V.T, pivoting=True, mode="r")[1]
+    return np.ascontiguousarray(piv[:k], dtype=np.int64)
+
+
 def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
     """Vertices of ``{z : V^T z = V^T z0, lo <= z <= hi}`` for every column ``z0``.
 
@@ -172,13 +183,9 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
         Pivots per column.
     """
     n, k = V.shape
-    # initial basis: a well-conditioned set of k coordinates (pivoted QR of V^T),
-    # shared by all columns with the first chunk of the tableau
-    if k:
-        piv = scipy.linalg.qr(V.T, pivoting=True, mode="r")[1]
-    else:  # no constraint: every coordinate walks to its nearer bound
-        piv = np.empty(0, dtype=np.int64)
-    basis0 = np.ascontiguousarray(piv[:k], dtype=np.int64)
+    # initial basis, shared by all columns with the first chunk of the tableau
+    # (none without constraint: every coordinate walks to its nearer bound)
+    basis0 = first_basis(V)
     in_basis = np.zeros(n, dtype=bool)
     in_basis[basis0] = True
     order = np.asarray(order, dtype=np.int64)
@@ -288,7 +295,14 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         on a cell bound. ``"lp"``: the scale-free variant; the linear program
         ``min ||z||_inf s.t. X z = X w`` (scipy's HiGHS) gives a vertex ``z*`` and
         ``c = ||z*||_inf``, the scale of ``c {-1, 0, 1}`` (``n_bits="ternary"``),
-        ``c {-1, 1}`` or the grid of step ``c / K``.
+        ``c {-1, 1}`` or the grid of step ``c / K``. ``"path"``: the grid's
+        step, and no walk: ``k`` well-conditioned coordinates (a basis, shared
+        by the neurons) absorb the change of the others in the kept directions
+        exactly, and the others are rounded by greedy path following (GPFQ's
+        rule) on the data's part outside the kept directions; the basis is
+        then rounded as ``rounding`` says. The same constraint, at most ``k``
+        coordinates off the alphabet and the same ``bound_``, at about GPFQ's
+        cost per cap, but the basis may leave its grid cells (no vertex).
     rank : "auto", int, float in (0, 1) or None, default="auto"
         The complexity parameter: how many singular directions of ``X`` the
         constraint keeps. ``None`` keeps the numerical rank (the method as
@@ -408,7 +422,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
 
     _parameter_constraints: dict = {
         **BaseDataQuantizer._parameter_constraints,
-        "variant": [StrOptions({"grid", "lp"})],
+        "variant": [StrOptions({"grid", "lp", "path"})],
         "rank": [
             None,
             StrOptions({"auto"}),
@@ -468,7 +482,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             )
         W64 = W.astype(np.float64)
         pre = _Products(W64, Xq, Xf, V, G)
-        if self.variant == "grid":
+        if self.variant != "lp":
             self._fit_alphabet(W)
             Z = None
         else:
@@ -609,6 +623,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         """The grid variant's pre-processed points: each column of ``W`` walked to
         a vertex of its polytope (coordinates in order of decreasing energy);
         ``flops`` as :func:`walk_to_vertices`'s."""
+        if self.variant == "path":
+            return self._path_points(W, Xq, Xf, pre)
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
         Z0 = self._start_points(W, Xq, Xf, pre)
@@ -618,6 +634,46 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if V.shape[1] >= n:
             return Z0
         return walk_to_vertices(V, Z0, lo, hi, pre.order, self.n_jobs, flops=flops)[0]
+
+    def _path_points(self, W, Xq, Xf, pre):
+        """The path variant's pre-processed points.
+
+        With ``B`` the coordinates of :func:`first_basis` and ``N`` the others (in
+        the walk's order), ``T = V_B^{-T} V_N^T`` carries a change ``d`` of ``z_N``
+        into the change ``-T d`` of ``z_B`` that keeps ``V^T z`` fixed, and the
+        data's response to that pair is ``M d`` with ``M = Xq_N - Xq_B T`` (the
+        data outside the kept directions). ``z_N`` is rounded by greedy path
+        following on ``M`` (GPFQ's rule: its output error outside the kept
+        directions, fed forward), and ``z_B`` absorbs the rest exactly."""
+        n, n_out = W.shape
+        step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
+        Z0 = self._start_points(W, Xq, Xf, pre)
+        V = self.components_
+        if V.shape[1] >= n:
+            return Z0
+        basis = first_basis(V)
+        free = np.ones(n, dtype=bool)
+        free[basis] = False
+        order = np.asarray(pre.order)
+        N = order[free[order]]
+        T = scipy.linalg.solve(V[basis].T, V[N].T)
+        M = Xq[:, N] - Xq[:, basis] @ T
+        WN = np.ascontiguousarray(Z0[N])
+        alphabet = self.alphabet_record_
+        if use_gram(M.shape[0], N.size, n_out):
+            A = triangle_product(M, M, WN, "lower")
+            values = greedy_path_gram(A, gram(M), WN, alphabet, step) * step
+        else:
+            codes = np.empty_like(WN)
+            idx = np.tile(np.arange(N.size, dtype=np.int64), (n_out, 1)).T.copy()
+            U = np.zeros((n_out, M.shape[0]))
+            self._greedy_path(M, M, WN, idx, U, step, codes)
+            zp, inv, _, _ = alphabet.code_grid(step)
+            values = (codes - zp) / inv
+        Z = Z0.copy()
+        Z[N] = values
+        Z[basis] += T @ (WN - values)
+        return Z
 
     def _codes(self, W, Xq, Xf, pre, Z=None):
         """Integer codes of ``W`` (float64 columns) and the pre-processed points
