@@ -20,6 +20,7 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
 * ``ns-auto-all``: ``rank="auto"`` with the ladder fitted on every neuron (the
   default before ``AUTO_NEURONS``);
 * ``ns-64``: the same with ``rank=64``;
+* ``ns-path``: ``NullSpaceQuantizer(variant="path")`` (``rank="auto"``);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -87,6 +88,7 @@ METHODS = {
     "ns-auto": lambda b: NullSpaceQuantizer(n_bits=b, rank="auto"),
     "ns-auto-all": lambda b: AllNeuronsLadder(n_bits=b, rank="auto"),
     "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),
+    "ns-path": lambda b: NullSpaceQuantizer(n_bits=b, variant="path"),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 
