@@ -21,6 +21,8 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
   default before ``AUTO_NEURONS``);
 * ``ns-64``: the same with ``rank=64``;
 * ``ns-path``: ``NullSpaceQuantizer(variant="path")`` (``rank="auto"``);
+* ``ns-walk-or-path``: per layer the better of the path variant's ladder and the
+  walk's, the walk's caps limited by cost (``WalkOrPath`` below, a prototype);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -73,6 +75,40 @@ class AllNeuronsLadder(NullSpaceQuantizer):
         return super()._ladder_errors(W, Xq, Xf, np.arange(W.shape[1]), G, spectrum)
 
 
+class WalkOrPath(NullSpaceQuantizer):
+    """``rank="auto"`` over both variants, per layer: the path variant's ladder,
+    and the walk's up to the caps whose walk costs at most ``WALK_BUDGET`` times
+    GPFQ's path (a flop model per neuron: ``5 n_in k^2`` against ``4 m n_in``);
+    the variant and cap with the smallest held-out error are fitted. (A
+    prototype: each ladder computes its own spectra.)"""
+
+    WALK_BUDGET = 4.0
+
+    def _fit_quantize(self, W, activations, target_activations):
+        W_, Xq, Xf = self._validate_fit(W, activations, target_activations)
+        params = {**self.get_params(), "rank": "auto"}
+        max_cap = int(np.sqrt(self.WALK_BUDGET * 4 * Xq.shape[0] / 5))
+        scores = {}
+        for variant in ("path", "grid"):
+            est = NullSpaceQuantizer(**{**params, "variant": variant})
+            cap = None if variant == "path" else max_cap
+            errors, top = est._ladder_errors(W_, Xq, Xf, max_cap=cap)
+            for k, e in (errors or {}).items():
+                scores[(variant, None if k >= top else k)] = float(np.linalg.norm(e))
+        variant, rank = (
+            min(scores, key=lambda c: (scores[c], c[0] != "grid"))
+            if scores
+            else ("grid", None)
+        )
+        chosen = NullSpaceQuantizer(**{**params, "variant": variant, "rank": rank})
+        out = chosen._fit_quantize(W, activations, target_activations)
+        for key, value in vars(chosen).items():
+            if key not in params:
+                setattr(self, key, value)
+        self.rank_scores_ = scores
+        return out
+
+
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -89,6 +125,7 @@ METHODS = {
     "ns-auto-all": lambda b: AllNeuronsLadder(n_bits=b, rank="auto"),
     "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),
     "ns-path": lambda b: NullSpaceQuantizer(n_bits=b, variant="path"),
+    "ns-walk-or-path": lambda b: WalkOrPath(n_bits=b),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 

@@ -126,3 +126,15 @@ def test_path_variant_is_checked():
     with pytest.warns(_nullspace.NoFreedomWarning):
         q.fit(W[:10], activations=X[:, :10])
     assert q.rank_ == 10
+
+
+def test_the_ladder_stops_at_max_cap():
+    """``max_cap`` (the walk's caps limited by cost, for a caller choosing
+    between variants): the caps below it are the full ladder's, none above."""
+    X, W = _correlated(m=300, n_in=120)
+    est = NullSpaceQuantizer(n_bits=3)
+    full, top = est._ladder_errors(W, X, X)
+    capped, top_capped = est._ladder_errors(W, X, X, max_cap=20)
+    assert top_capped == top and max(capped) <= 20 < max(full)
+    for k, errors in capped.items():
+        np.testing.assert_array_equal(errors, full[k])

@@ -521,7 +521,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         best = min(scores, key=lambda k: (scores[k], -k))
         return (None if best >= top else best), scores
 
-    def _ladder_errors(self, W, Xq, Xf, neurons=None, G=None, spectrum=None):
+    def _ladder_errors(
+        self, W, Xq, Xf, neurons=None, G=None, spectrum=None, max_cap=None
+    ):
         """Held-out output errors of the climbed ladder, per neuron.
 
         Returns ``({cap: errors of the ladder's neurons}, top)`` (``top``: the
@@ -530,7 +532,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         (the Gram matrix of ``Xq``) and ``spectrum`` (its :class:`GramSpectrum`)
         the fitting rows' leading vectors come from ``G`` less the held-out
         rows' Gram matrix (:class:`LeadingSpectrum`) and their numerical rank is
-        taken as the smaller of their count and the rank of all rows."""
+        taken as the smaller of their count and the rank of all rows. Caps above
+        ``max_cap`` are not tried."""
         m = Xq.shape[0]
         if m < 10:
             return None, None
@@ -560,6 +563,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         pre = _Products(W64, Xq_fit, Xf_fit, V_all, G_fit)
         errors, best, worse = {}, np.inf, 0
         for k in reversed(ladder):
+            if max_cap is not None and k > max_cap:  # (climbing: all above too)
+                break
             probe.components_ = pre.V(k)
             codes, _ = probe._codes(W64, Xq_fit, Xf_fit, pre=pre)
             Q = probe._tensor(codes, W.dtype).dequantize().astype(np.float64)
