@@ -77,22 +77,29 @@ class AllNeuronsLadder(NullSpaceQuantizer):
 
 class WalkOrPath(NullSpaceQuantizer):
     """``rank="auto"`` over both variants, per layer: the path variant's ladder,
-    and the walk's up to the caps whose walk costs at most ``WALK_BUDGET`` times
-    GPFQ's path (a flop model per neuron: ``5 n_in k^2`` against ``4 m n_in``);
-    the variant and cap with the smallest held-out error are fitted. (A
-    prototype: each ladder computes its own spectra.)"""
+    and the walk's at the caps whose walk costs at most ``WALK_BUDGET`` times
+    GPFQ's path (a flop model per neuron: ``5 k^2 (n_in - k)`` against
+    ``4 m n_in``; a cap at the rank has no walk); the variant and cap with the
+    smallest held-out error are fitted. (A prototype: each ladder computes its
+    own spectra.)"""
 
     WALK_BUDGET = 4.0
 
     def _fit_quantize(self, W, activations, target_activations):
         W_, Xq, Xf = self._validate_fit(W, activations, target_activations)
         params = {**self.get_params(), "rank": "auto"}
-        max_cap = int(np.sqrt(self.WALK_BUDGET * 4 * Xq.shape[0] / 5))
+        m, n = Xq.shape
+
+        def cheap(k, top):
+            return (
+                k >= min(top, n) or 5 * k * k * (n - k) <= self.WALK_BUDGET * 4 * m * n
+            )
+
         scores = {}
         for variant in ("path", "grid"):
             est = NullSpaceQuantizer(**{**params, "variant": variant})
-            cap = None if variant == "path" else max_cap
-            errors, top = est._ladder_errors(W_, Xq, Xf, max_cap=cap)
+            allow = None if variant == "path" else cheap
+            errors, top = est._ladder_errors(W_, Xq, Xf, allow=allow)
             for k, e in (errors or {}).items():
                 scores[(variant, None if k >= top else k)] = float(np.linalg.norm(e))
         variant, rank = (

@@ -128,13 +128,13 @@ def test_path_variant_is_checked():
     assert q.rank_ == 10
 
 
-def test_the_ladder_stops_at_max_cap():
-    """``max_cap`` (the walk's caps limited by cost, for a caller choosing
-    between variants): the caps below it are the full ladder's, none above."""
+def test_the_ladder_tries_the_allowed_caps():
+    """``allow`` (for a caller choosing between variants, skipping the walks it
+    finds too costly): the caps it allows are the full ladder's, no others."""
     X, W = _correlated(m=300, n_in=120)
     est = NullSpaceQuantizer(n_bits=3)
     full, top = est._ladder_errors(W, X, X)
-    capped, top_capped = est._ladder_errors(W, X, X, max_cap=20)
-    assert top_capped == top and max(capped) <= 20 < max(full)
-    for k, errors in capped.items():
+    some, top_some = est._ladder_errors(W, X, X, allow=lambda k, top: k <= 20)
+    assert top_some == top and max(some) <= 20 < max(full)
+    for k, errors in some.items():
         np.testing.assert_array_equal(errors, full[k])

@@ -522,7 +522,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         return (None if best >= top else best), scores
 
     def _ladder_errors(
-        self, W, Xq, Xf, neurons=None, G=None, spectrum=None, max_cap=None
+        self, W, Xq, Xf, neurons=None, G=None, spectrum=None, allow=None
     ):
         """Held-out output errors of the climbed ladder, per neuron.
 
@@ -532,8 +532,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         (the Gram matrix of ``Xq``) and ``spectrum`` (its :class:`GramSpectrum`)
         the fitting rows' leading vectors come from ``G`` less the held-out
         rows' Gram matrix (:class:`LeadingSpectrum`) and their numerical rank is
-        taken as the smaller of their count and the rank of all rows. Caps above
-        ``max_cap`` are not tried."""
+        taken as the smaller of their count and the rank of all rows.
+        ``allow(k, top)``, when given, says which caps are tried (a caller
+        choosing between variants skips the walks it finds too costly)."""
         m = Xq.shape[0]
         if m < 10:
             return None, None
@@ -563,8 +564,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         pre = _Products(W64, Xq_fit, Xf_fit, V_all, G_fit)
         errors, best, worse = {}, np.inf, 0
         for k in reversed(ladder):
-            if max_cap is not None and k > max_cap:  # (climbing: all above too)
-                break
+            if allow is not None and not allow(k, top):
+                continue
             probe.components_ = pre.V(k)
             codes, _ = probe._codes(W64, Xq_fit, Xf_fit, pre=pre)
             Q = probe._tensor(codes, W.dtype).dequantize().astype(np.float64)
