@@ -27,6 +27,7 @@ public front ends are :func:`skquant.measure_sensitivity` (scikit-learn MLPs) an
 import math
 import numbers
 import time
+from itertools import chain
 
 import numpy as np
 from joblib import delayed
@@ -219,16 +220,26 @@ def sensitivity(
     layers = []  # (name, weight) of each layer, in the order its tasks go out
     measure = delayed(_measure_choice)
 
-    def tasks():  # every layer's choices, one stream: workers never wait on a layer
-        for step in steps:
-            name, W, groups = step.name, step.weight, step.groups
-            Xin = step.inputs()[1] if data is not None else None  # the float network's
-            W = np.asarray(W)  # its own dtype: the scales are stored in it
-            layers.append((name, W))
-            for c in choices:
-                yield measure(network, X_task, name, quantizer, c, W, Xin, groups)
+    def layer_tasks(step):
+        name, W, groups = step.name, step.weight, step.groups
+        Xin = step.inputs()[1] if data is not None else None  # the float network's
+        W = np.asarray(W)  # its own dtype: the scales are stored in it
+        layers.append((name, W))
+        return [
+            measure(network, X_task, name, quantizer, c, W, Xin, groups)
+            for c in choices
+        ]
 
-    runs = run_tasks(tasks(), n_jobs)  # the choices are independent
+    # the choices are independent. Without layer inputs, every layer's choices
+    # go out as one stream (workers never wait on a layer; joblib may draw the
+    # stream from its own thread). Inputs take passes of the network, which stay
+    # in this thread: one layer at a time, each when its results are asked for.
+    if data is None:
+        runs = run_tasks((t for step in steps for t in layer_tasks(step)), n_jobs)
+    else:
+        runs = chain.from_iterable(
+            run_tasks(layer_tasks(step), n_jobs) for step in steps
+        )
     t0 = time.perf_counter()
     for k in progress(range(L), desc="sensitivity", total=L, enabled=verbose):
         diffs = []
