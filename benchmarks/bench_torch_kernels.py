@@ -5,7 +5,10 @@ For each layer shape, fits ``UniformQuantizer``, ``GPTQQuantizer`` and
 and with ``device=DEVICE`` (torch operations there), on the same random
 correlated data; prints the median seconds of ``--repeats`` fits, their ratio and
 the share of codes that agree. On a machine with a GPU, ``--device cuda`` gives
-the GPU's figures (the docs record them when one was available).
+the GPU's figures (the docs record them when one was available). With
+``--profile`` it then prints a profile (cProfile, by own time) of one more fit
+of GPTQ and of GPFQ on the last shape, after the timed ones: where a fit's time
+goes around the kernel.
 
 Run (CPU torch, 2 threads, a few minutes):
     PYTHONPATH=. .venv/bin/python benchmarks/bench_torch_kernels.py --device cpu
@@ -44,6 +47,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--shapes", nargs="+", type=int, help="m n_in n_out triples")
+    p.add_argument("--profile", action="store_true", help="see the docstring")
     args = p.parse_args()
     shapes = SHAPES
     if args.shapes:
@@ -68,6 +72,26 @@ def main():
                 f"{t_dev:>9.3f}{t_dev / t_ref:>7.2f}{(got == ref).mean():>12.5f}",
                 flush=True,
             )
+    if args.profile:
+        profile(X, W, args.device)
+
+
+def profile(X, W, device):
+    """One warm fit of GPTQ and of GPFQ on ``device`` under cProfile."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    for cls in (GPTQQuantizer, GreedyPathQuantizer):
+        prof = cProfile.Profile()
+        prof.enable()
+        cls(n_bits=4, device=device).fit(W, activations=X)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        prof.disable()
+        print(f"\n{cls.__name__} on {device}, {X.shape[0]}x{W.shape[0]}x{W.shape[1]}:")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
 if __name__ == "__main__":

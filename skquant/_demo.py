@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from ._common._progress import progress
+from ._kernels._threads import one_blas_thread
 from ._network._dense import MLPNetwork
 from ._network._layers import layer_errors, quantize_layers
 from ._quantizers._gpfq import GreedyPathQuantizer
@@ -246,8 +247,6 @@ def run_demo(
         One dict per setting: label, series, bits_per_weight, compression,
         accuracy, rel_error.
     """
-    from ._kernels._threads import one_blas_thread
-
     with one_blas_thread():
         return _run_demo(dataset, hidden, plot, random_state, verbose, stream)
 

@@ -146,9 +146,9 @@ def gptq_codes(W, X, lam, grid, order, block_size, device, target=None):
     for start, stop in _blocks(n, block_size):
         size = stop - start
         if size not in runs:  # a full block, and the last one if shorter
-            bufs = [torch.zeros((size, Wt.shape[1]), dtype=Wt.dtype, device=device)]
-            bufs.insert(1, torch.eye(size, dtype=Wt.dtype, device=device))
-            bufs += [torch.zeros_like(bufs[0]), torch.zeros_like(bufs[0])]
+            like = torch.zeros((size, Wt.shape[1]), dtype=Wt.dtype, device=device)
+            eye = torch.eye(size, dtype=Wt.dtype, device=device)
+            bufs = [like, eye, torch.zeros_like(like), torch.zeros_like(like)]
             runs[size] = (bufs, _replayed(block, bufs, device))
         (Wb, Ub, Cb, Err), run = runs[size]
         Wb.copy_(Wt[start:stop])

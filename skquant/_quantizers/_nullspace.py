@@ -301,8 +301,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         exactly, and the others are rounded by greedy path following (GPFQ's
         rule) on the data's part outside the kept directions; the basis is
         then rounded as ``rounding`` says. The same constraint, at most ``k``
-        coordinates off the alphabet and the same ``bound_``, at about GPFQ's
-        cost per cap, but the basis may leave its grid cells (no vertex).
+        coordinates off the alphabet and the same ``bound_``, for a small
+        multiple of GPFQ's work per cap where the walk's grows like ``k^2``, but
+        the basis may leave its grid cells (no vertex).
     rank : "auto", int, float in (0, 1) or None, default="auto"
         The complexity parameter: how many singular directions of ``X`` the
         constraint keeps. ``None`` keeps the numerical rank (the method as
@@ -626,9 +627,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         return Z
 
     def _preprocess(self, W, Xq, Xf, pre, flops=None):
-        """The grid variant's pre-processed points: each column of ``W`` walked to
-        a vertex of its polytope (coordinates in order of decreasing energy);
-        ``flops`` as :func:`walk_to_vertices`'s."""
+        """The pre-processed points: for the grid variant each column of ``W``
+        walked to a vertex of its polytope (coordinates in order of decreasing
+        energy; ``flops`` as :func:`walk_to_vertices`'s), for the path variant
+        :meth:`_path_points`."""
         if self.variant == "path":
             return self._path_points(W, Xq, Xf, pre)
         n, n_out = W.shape
@@ -666,16 +668,16 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         M = Xq[:, N] - Xq[:, basis] @ T
         WN = np.ascontiguousarray(Z0[N])
         alphabet = self.alphabet_record_
-        if use_gram(M.shape[0], N.size, n_out):
+        if use_gram(M.shape[0], N.size, n_out):  # GPFQ's two forms, as it picks
             A = triangle_product(M, M, WN, "lower")
-            values = greedy_path_gram(A, gram(M), WN, alphabet, step) * step
+            codes = greedy_path_gram(A, gram(M), WN, alphabet, step)
         else:
             codes = np.empty_like(WN)
             idx = np.tile(np.arange(N.size, dtype=np.int64), (n_out, 1)).T.copy()
             U = np.zeros((n_out, M.shape[0]))
             self._greedy_path(M, M, WN, idx, U, step, codes)
-            zp, inv, _, _ = alphabet.code_grid(step)
-            values = (codes - zp) / inv
+            codes = alphabet.final_codes(codes)
+        values = codes * step
         Z = Z0.copy()
         Z[N] = values
         Z[basis] += T @ (WN - values)
