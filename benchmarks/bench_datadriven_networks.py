@@ -23,6 +23,8 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
 * ``ns-path``: ``NullSpaceQuantizer(variant="path")`` (``rank="auto"``);
 * ``ns-walk-or-path``: per layer the better of the path variant's ladder and the
   walk's, the walk's caps limited by cost (``WalkOrPath`` below, a prototype);
+* ``ns-walk-else-path``: the default where its walk is cheap, ``ns-walk-or-path``
+  elsewhere (``WalkElsePath`` below, a prototype);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -85,15 +87,17 @@ class WalkOrPath(NullSpaceQuantizer):
 
     WALK_BUDGET = 4.0
 
+    def _cheap(self, m, n):
+        return lambda k, top: (
+            k >= min(top, n) or 5 * k * k * (n - k) <= self.WALK_BUDGET * 4 * m * n
+        )
+
     def _fit_quantize(self, W, activations, target_activations):
         W_, Xq, Xf = self._validate_fit(W, activations, target_activations)
         params = {**self.get_params(), "rank": "auto"}
         m, n = Xq.shape
 
-        def cheap(k, top):
-            return (
-                k >= min(top, n) or 5 * k * k * (n - k) <= self.WALK_BUDGET * 4 * m * n
-            )
+        cheap = self._cheap(m, n)
 
         scores = {}
         for variant in ("path", "grid"):
@@ -116,6 +120,31 @@ class WalkOrPath(NullSpaceQuantizer):
         return out
 
 
+class WalkElsePath(WalkOrPath):
+    """The default (the walk's ladder) on every layer whose walk at the top cap
+    costs at most ``WALK_BUDGET`` times GPFQ's path in ``WalkOrPath``'s flop model
+    (``k >= n_in``: no walk); elsewhere ``WalkOrPath``'s choice, with the walk's
+    caps limited by that model alone. (A prototype.)"""
+
+    def _fit_quantize(self, W, activations, target_activations):
+        _, Xq, _ = self._validate_fit(W, activations, target_activations)
+        m, n = Xq.shape
+        top = min(m - (m + 1) // 5, n)  # the fitting rows bound the top cap
+        if self._cheap(m, n)(top, top):
+            est = NullSpaceQuantizer(**{**self.get_params(), "rank": "auto"})
+            out = est._fit_quantize(W, activations, target_activations)
+            for key, value in vars(est).items():
+                if key not in est.get_params():
+                    setattr(self, key, value)
+            return out
+        return super()._fit_quantize(W, activations, target_activations)
+
+    def _cheap(self, m, n):
+        return lambda k, top: (
+            k >= n or 5 * k * k * (n - k) <= self.WALK_BUDGET * 4 * m * n
+        )
+
+
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -133,6 +162,7 @@ METHODS = {
     "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),
     "ns-path": lambda b: NullSpaceQuantizer(n_bits=b, variant="path"),
     "ns-walk-or-path": lambda b: WalkOrPath(n_bits=b),
+    "ns-walk-else-path": lambda b: WalkElsePath(n_bits=b),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 

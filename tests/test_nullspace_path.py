@@ -138,3 +138,25 @@ def test_the_ladder_tries_the_allowed_caps():
     assert top_some == top and max(some) <= 20 < max(full)
     for k, errors in some.items():
         np.testing.assert_array_equal(errors, full[k])
+
+
+def test_the_path_ladder_tries_no_freedom_whatever_the_climb(monkeypatch):
+    """The path's held-out error is not monotone in the cap: with the rank at
+    ``n_in`` (no freedom, GPFQ from the start points) it can be lowest after
+    the small caps got worse. So its ladder tries that cap even when the climb
+    stops at the first cap; the walk's does not, and neither does the path's
+    when the rank is below ``n_in`` (its kept directions then hold all the
+    data)."""
+    monkeypatch.setattr(_nullspace, "AUTO_PATIENCE", 0)  # stop after one cap
+    X, W = _correlated(m=400, n_in=64)
+    path = NullSpaceQuantizer(n_bits=2, variant="path")
+    errors, top = path._ladder_errors(W, X, X)
+    walk, _ = NullSpaceQuantizer(n_bits=2)._ladder_errors(W, X, X)
+    assert top == 64
+    assert sorted(errors) == [8, 64] and sorted(walk) == [8]
+    q = path.fit(W, activations=X)
+    assert sorted(q.rank_scores_) == [8, 64]
+    assert q.rank_ == (64 if q.rank_scores_[64] <= q.rank_scores_[8] else 8)
+    X, W = _correlated(m=60, n_in=64)  # 48 fitting rows: the rank is below n_in
+    wide, top = path._ladder_errors(W, X, X)
+    assert top < 64 and len(wide) == 1

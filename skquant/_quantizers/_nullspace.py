@@ -321,7 +321,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         spectra come from the Gram matrix ``X^T X`` (one tridiagonal reduction
         and Lanczos iterations in place of two SVDs; the numerical rank is
         then the one the Gram matrix resolves, see the User Guide). With
-        ``variant="lp"``, ``"auto"`` keeps the numerical rank. The default was
+        ``variant="lp"``, ``"auto"`` keeps the numerical rank; with
+        ``variant="path"`` the ladder also tries the cap at ``n_in`` whatever
+        the climb, when the fitting rows' rank reaches it (no freedom: GPFQ
+        from the start points, one GPFQ's cost), as the path's error is not
+        monotone in the cap. The default was
         ``None`` until whole-network measurements (docs, "Data-driven methods on
         real networks") showed it losing to round to nearest on LeNet-5 at 3
         bits.
@@ -563,19 +567,26 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         probe._fit_alphabet(W_s)
         probe.singular_values_ = probe_s
         pre = _Products(W64, Xq_fit, Xf_fit, V_all, G_fit)
-        errors, best, worse = {}, np.inf, 0
-        for k in reversed(ladder):
-            if allow is not None and not allow(k, top):
-                continue
+
+        def held_out(k):
             probe.components_ = pre.V(k)
             codes, _ = probe._codes(W64, Xq_fit, Xf_fit, pre=pre)
             Q = probe._tensor(codes, W.dtype).dequantize().astype(np.float64)
             errors[k] = np.linalg.norm(ref - Xq[held] @ Q, axis=0)
-            score = float(np.linalg.norm(errors[k]))
+            return float(np.linalg.norm(errors[k]))
+
+        errors, best, worse = {}, np.inf, 0
+        for k in reversed(ladder):
+            if allow is not None and not allow(k, top):
+                continue
+            score = held_out(k)
             worse = worse + 1 if score >= best else 0
             best = min(best, score)
             if worse >= AUTO_PATIENCE:
                 break
+        if self.variant == "path" and top >= W.shape[0] and top not in errors:
+            # no freedom: GPFQ from the start points (see ``rank`` in the docs)
+            held_out(top)
         return errors, top
 
     def _start_points(self, W, Xq, Xf, pre):
