@@ -21,7 +21,7 @@ the first chunk's tableau is shared by all neurons (they start from the same bas
 and computed once per layer. Per neuron this is
 ``O((n - k) k (k + C))`` with ``C`` near ``k``, i.e. ``O(n k^2)``; when ``n - k`` is
 below a few ``k`` a single shared chunk is cheaper, ``O(k (n - k)^2)`` with no
-factorisation per neuron. :func:`skquant._quantizers._nullspace.walk_chunk` picks
+factorisation per neuron. :func:`skquant._quantizers._walk.walk_chunk` picks
 ``C`` from these counts (``L`` is :data:`ETA_BLOCK`). Measured on the 784-input MNIST
 layer with m = 1024, one thread: 0.9 ms per neuron at k = 64, 2.2 ms at k = 232 (two
 thirds of it the batched updates, about 41 Mflop), 0.5 ms at k = 591.

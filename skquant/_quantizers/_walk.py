@@ -1,0 +1,116 @@
+"""The null-space walk's driver: the shared first basis, the tableau's chunk
+size, and the walk of every neuron to a vertex of its polytope (the numba kernel
+is :mod:`skquant._kernels._nullspace`)."""
+
+import numpy as np
+import scipy.linalg
+
+from .._common._progress import run_in_batches
+from .._kernels import _nullspace
+from .._kernels._threads import numba_threads, one_blas_thread
+
+#: how much slower a flop of a chunk's fresh factorisation and solve (LAPACK on
+#: k x k, per neuron) runs than one of the batched eta updates (one large product).
+#: Fitted to single-thread walks: MNIST 784-input layer with k = 32, 64, 128 and
+#: Gaussian (n, k) = (4096, 256), (2048, 32); with 3 the chosen chunk was the
+#: fastest measured or within 15% of it in each case (one chunk for k = 64, 128).
+REFACTOR_WEIGHT = 3
+
+
+def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
+    """Tableau chunk size of the null-space walk with the fewest flops (a model).
+
+    A chunk of ``C`` coordinates costs about ``k C^2 / 2`` (its eta updates) and,
+    except the first, which all neurons share, ``2/3 k^3 + 2 k^2 C`` (a fresh
+    factorisation and solve, weighted by :data:`REFACTOR_WEIGHT`). Returns the
+    ``C`` minimising the sum over the ``ceil((n - k) / C)`` chunks.
+    """
+    free = n - k
+    if free <= 0 or k == 0:
+        return max(free, 1)
+    best, best_cost = free, None
+    for C in list(range(block, free, block)) + [free]:
+        c = -(-free // C)
+        cost = c * k * C * C / 2 + (c - 1) * REFACTOR_WEIGHT * (
+            2 * k**3 / 3 + 2 * k * k * C
+        )
+        if best_cost is None or cost < best_cost:
+            best, best_cost = C, cost
+    return best
+
+
+def first_basis(V):
+    """A well-conditioned set of ``k`` coordinates for the constraint
+    ``V^T z = c`` (``V``: ``n x k``): the first ``k`` pivots of a pivoted QR of
+    ``V^T``, whose rows of ``V`` form an invertible ``k x k`` block."""
+    k = V.shape[1]
+    if not k:
+        return np.empty(0, dtype=np.int64)
+    piv = scipy.linalg.qr(V.T, pivoting=True, mode="r")[1]
+    return np.ascontiguousarray(piv[:k], dtype=np.int64)
+
+
+def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
+    """Vertices of ``{z : V^T z = V^T z0, lo <= z <= hi}`` for every column ``z0``.
+
+    Parameters
+    ----------
+    V : ndarray of shape (n, k)
+        Orthonormal columns, ``k < n``.
+    Z0, lo, hi : ndarray of shape (n, n_out)
+        Start points and their boxes, ``lo <= Z0 <= hi``.
+    order : ndarray of shape (n,)
+        Order in which the walk visits the coordinates.
+    n_jobs : int, default=None
+        Numba threads (over columns).
+    chunk : int, default=None
+        Coordinates per tableau chunk; ``None`` takes :func:`walk_chunk`'s.
+    flops : ndarray of shape (n_out,), default=None
+        Written, when given: each column's floating-point operations, counted by
+        the walk as it does them (``benchmarks/bench_nullspace_speed.py --flops``
+        turns them into a rate).
+
+    Returns
+    -------
+    Z : ndarray of shape (n, n_out)
+        The vertices.
+    basis : ndarray of shape (k, n_out)
+        Each column's final basis: the only coordinates that may be off their box
+        bounds.
+    pivots : ndarray of shape (n_out,)
+        Pivots per column.
+    """
+    n, k = V.shape
+    # initial basis, shared by all columns with the first chunk of the tableau
+    # (none without constraint: every coordinate walks to its nearer bound)
+    basis0 = first_basis(V)
+    in_basis = np.zeros(n, dtype=bool)
+    in_basis[basis0] = True
+    order = np.asarray(order, dtype=np.int64)
+    cols = np.ascontiguousarray(order[~in_basis[order]])
+    chunk = walk_chunk(n, k) if chunk is None else max(min(int(chunk), n - k), 1)
+    first = cols[:chunk]
+    T0 = (
+        np.ascontiguousarray(scipy.linalg.solve(V[basis0].T, V[first].T).T)
+        if k
+        else np.empty((first.size, 0))
+    )
+    # neurons as rows: each walk reads and writes contiguous memory
+    n_out = Z0.shape[1]
+    ZT = np.empty(Z0.shape[::-1])
+    basisT = np.empty((n_out, k), dtype=np.int64)
+    pivots = np.empty(n_out, dtype=np.int64)
+    Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
+    counted = np.zeros(n_out) if flops is None else flops
+    with numba_threads(n_jobs) as n_threads, one_blas_thread():
+
+        def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
+            args = (V, T0, cols, chunk, Z0T[a:b], loT[a:b], hiT[a:b], basis0)
+            out = (ZT[a:b], basisT[a:b], counted[a:b])
+            if n_threads > 1:
+                pivots[a:b] = _nullspace.nullspace_walk_parallel(*args, *out, n_threads)
+            else:
+                pivots[a:b] = _nullspace.nullspace_walk(*args, *out)
+
+        run_in_batches(run, n_out, "null-space walk (neurons)", first=n_threads)
+    return ZT.T, basisT.T, pivots
