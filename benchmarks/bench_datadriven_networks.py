@@ -25,6 +25,10 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
   walk's, the walk's caps limited by cost (``WalkOrPath`` below, a prototype);
 * ``ns-walk-else-path``: the default where its walk is cheap, ``ns-walk-or-path``
   elsewhere (``WalkElsePath`` below, a prototype);
+* ``ns-guided``: ``rank="auto"`` with the walk guided by the data outside the kept
+  directions (``GuidedWalk`` below, a prototype);
+* ``ns-guided-else-default``: the default where its walk is cheap, the guided
+  walk at caps of limited cost elsewhere (``GuidedElseDefault``, a prototype);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -145,6 +149,44 @@ class WalkElsePath(WalkOrPath):
         )
 
 
+class GuidedWalk(NullSpaceQuantizer):
+    """``rank="auto"`` with the walk guided by the data outside the kept
+    directions (``walk_to_vertices(X=...)``). (A prototype.)"""
+
+    _guided = True
+
+
+class GuidedElseDefault(WalkElsePath):
+    """The default on every layer whose walk at the top cap is cheap (as
+    ``WalkElsePath``); elsewhere the guided walk, its ladder limited to the
+    caps whose walk costs at most ``GUIDED_BUDGET`` times GPFQ's path in that
+    flop model. (A prototype.)"""
+
+    GUIDED_BUDGET = 16.0
+
+    def _fit_quantize(self, W, activations, target_activations):
+        _, Xq, _ = self._validate_fit(W, activations, target_activations)
+        m, n = Xq.shape
+        top = min(m - (m + 1) // 5, n)
+        est = NullSpaceQuantizer(**{**self.get_params(), "rank": "auto"})
+        if not self._cheap(m, n)(top, top):
+            est = GuidedWalk(**est.get_params())
+            budget = self.GUIDED_BUDGET * 4 * m * n
+            ladder = est._ladder_errors
+
+            def limited(*args, **kwargs):
+                return ladder(
+                    *args, allow=lambda k, t: 5 * k * k * (n - k) <= budget, **kwargs
+                )
+
+            est._ladder_errors = limited
+        out = est._fit_quantize(W, activations, target_activations)
+        for key, value in vars(est).items():
+            if key not in est.get_params() and key != "_ladder_errors":
+                setattr(self, key, value)
+        return out
+
+
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -163,6 +205,8 @@ METHODS = {
     "ns-path": lambda b: NullSpaceQuantizer(n_bits=b, variant="path"),
     "ns-walk-or-path": lambda b: WalkOrPath(n_bits=b),
     "ns-walk-else-path": lambda b: WalkElsePath(n_bits=b),
+    "ns-guided": lambda b: GuidedWalk(n_bits=b),
+    "ns-guided-else-default": lambda b: GuidedElseDefault(n_bits=b),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 

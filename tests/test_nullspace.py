@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.linalg
 from hypothesis import given
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
@@ -49,6 +50,71 @@ def test_walk_preserves_data_and_reaches_a_vertex(n_jobs, m, n):
     # the coordinates left inside are in the final basis
     for c in range(3):
         assert set(np.flatnonzero(inside[:, c])) <= set(B[:, c])
+
+
+def _guided_reference(V, X, w, lo, hi, order):
+    """The guided walk of one neuron by a plain loop: each step's tableau column
+    solved afresh, the move toward the bound nearer GPFQ's target on the data
+    outside the kept directions (with the first basis)."""
+    n, k = V.shape
+    B = list(scipy.linalg.qr(V.T, pivoting=True, mode="r")[1][:k])
+    cols = [j for j in order if j not in set(B)]
+    M = X[:, cols] - X[:, B] @ np.linalg.solve(V[B].T, V[cols].T)
+    z, u = w.astype(np.float64).copy(), np.zeros(X.shape[0])
+    for c, j in enumerate(cols):
+        if z[j] <= lo[j] or z[j] >= hi[j]:
+            continue
+        y = np.linalg.solve(V[B].T, V[j])
+        t_hi, a_hi, t_lo, a_lo = hi[j] - z[j], -1, lo[j] - z[j], -1
+        for p, b in enumerate(B):
+            if abs(y[p]) <= 1e-12 * max(np.abs(y).max(), 1.0):
+                continue
+            r = sorted([(hi[b] - z[b]) / -y[p], (lo[b] - z[b]) / -y[p]])
+            if r[1] < t_hi:
+                t_hi, a_hi = r[1], p
+            if r[0] > t_lo:
+                t_lo, a_lo = r[0], p
+        e = M[:, c] @ M[:, c]
+        ahead = M[:, c] @ u / e if e > 0 else 0.0
+        to_hi = z[j] + ahead >= 0.5 * (lo[j] + hi[j])
+        step, out = (max(t_hi, 0.0), a_hi) if to_hi else (min(t_lo, 0.0), a_lo)
+        z[j] += step
+        z[B] -= step * y
+        u -= step * M[:, c]
+        if out < 0:
+            z[j] = hi[j] if to_hi else lo[j]
+        else:
+            b = B[out]
+            z[b] = hi[b] if (-y[out] > 0) == to_hi else lo[b]
+            B[out] = j
+    return z
+
+
+def test_guided_walk_matches_a_plain_loop_and_reaches_a_vertex():
+    """``walk_to_vertices(X=...)``: each coordinate heads for the bound nearer
+    greedy path following's target on the data outside the kept directions;
+    still a vertex of the same polytope (the constraint, the boxes, at most k
+    coordinates inside their cells), and the same points as a plain loop."""
+    rng = np.random.default_rng(3)
+    m, n, k = 40, 60, 8
+    X = rng.standard_normal((m, 12)) @ rng.standard_normal((12, n))
+    X += 0.1 * rng.standard_normal((m, n))
+    W = rng.standard_normal((n, 4)) / np.sqrt(n)
+    step = np.abs(W).max(axis=0) / 3
+    lo = np.floor(W / step) * step
+    hi = lo + step
+    V = row_space(X, k)[0]
+    order = rng.permutation(n)
+    Z, _, pivots = walk_to_vertices(V, W, lo, hi, order, X=X)
+    plain = walk_to_vertices(V, W, lo, hi, order)[0]
+    assert pivots.max() > 0 and not np.allclose(Z, plain)
+    assert np.linalg.norm(V.T @ (Z - W)) <= 1e-10 * np.linalg.norm(V.T @ W)
+    tol = 1e-9 * step
+    assert np.all(Z >= lo - tol) and np.all(Z <= hi + tol)
+    assert ((Z > lo + tol) & (Z < hi - tol)).sum(axis=0).max() <= k
+    for c in range(W.shape[1]):
+        ref = _guided_reference(V, X, W[:, c], lo[:, c], hi[:, c], order)
+        np.testing.assert_allclose(Z[:, c], ref, atol=1e-9 * step[c])
 
 
 @given(

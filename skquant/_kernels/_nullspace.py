@@ -50,6 +50,15 @@ def _axpy(a, x, y):  # pragma: no cover
         y[p] -= a * x[p]
 
 
+@nb.njit(nogil=True, fastmath=True)
+def _dot(x, y):  # pragma: no cover
+    # x . y: a pure multiply-add reduction leaf, vectorised
+    acc = 0.0
+    for p in range(x.shape[0]):
+        acc += x[p] * y[p]
+    return acc
+
+
 @nb.njit(nogil=True, error_model="numpy")
 def _apply_etas(y, E, leave, t):  # pragma: no cover
     # y <- E_t ... E_1 y: pivot s divides row leave[s] by the pivot E[s, leave[s]]
@@ -208,8 +217,11 @@ def _ratio_test(y, zb, lob, hib, t_hi, t_lo, up, down):  # pragma: no cover
 
 
 @nb.njit(nogil=True, error_model="numpy")
-def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
+def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws, MT, u):  # pragma: no cover
     n, k = V.shape
+    guided = MT.shape[0] > 0
+    if guided:
+        u[:] = 0.0
     z[:] = w
     B[:] = basis0
     Tbuf, gbuf, pbuf, E, H, vecs, leave, D, mark = ws
@@ -250,12 +262,27 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
             )
             # the etas (2k each), the ratio test (4k) and the move (2k)
             flops += 2.0 * k * t + 6.0 * k
-            if t_hi <= -t_lo:
+            if guided:
+                # toward the bound nearer GPFQ's target z_j + <M_c, u> / |M_c|^2
+                # (M_c: the move's image in the data outside the kept
+                # directions, with the first basis)
+                mc = MT[c]
+                ip = _dot(mc, u)
+                nn = _dot(mc, mc)
+                ahead = ip / nn if nn > 0.0 else 0.0
+                up_ = z[j] + ahead >= 0.5 * (lo[j] + hi[j])
+                flops += 4.0 * u.shape[0]
+            else:  # the shorter move
+                up_ = t_hi <= -t_lo
+            if up_:
                 step, out, to_hi = t_hi, arg_hi, True
             else:
                 step, out, to_hi = t_lo, arg_lo, False
             z[j] += step
             _axpy(step, y, zb)
+            if guided:
+                _axpy(step, mc, u)
+                flops += 2.0 * u.shape[0]
             if out < 0:
                 z[j] = hi[j] if to_hi else lo[j]
                 continue
@@ -294,20 +321,21 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws):  # pragma: no cover
 
 @nb.njit(nogil=True)
 def _walk_columns(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, flops, c0, c1, step
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, flops, MT, c0, c1, s
 ):  # pragma: no cover
-    # columns c0, c0 + step, ... < c1 with one workspace
+    # columns c0, c0 + s, ... < c1 with one workspace
     k = V.shape[1]
     ws = _workspace(k, max(min(chunk, cols.shape[0]), 1))
-    for c in range(c0, c1, step):
+    u = np.empty(MT.shape[1])
+    for c in range(c0, c1, s):
         pivots[c], flops[c] = _walk_column(
-            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws
+            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws, MT, u
         )
 
 
 @nb.njit(cache=True, nogil=True)
 def nullspace_walk(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, MT
 ):  # pragma: no cover
     """Walk every neuron (a row of ``WT``) to a vertex of its polytope.
 
@@ -328,6 +356,13 @@ def nullspace_walk(
     flops : float64 ndarray of shape (n_out,), written: the floating-point
         operations of each neuron's walk, counted step by step (the shared first
         tableau, computed outside, is not included).
+    MT : float64 ndarray of shape (n - k, m) or (0, 0), the guide: row ``c``
+        is the data's response ``X_j - X_B A^{-1} v_j`` to the move of
+        ``j = cols[c]`` with the basis ``basis0`` (the data outside the kept
+        directions). With rows, each coordinate moves toward the bound nearer
+        greedy path following's target on that data (its error fed forward,
+        ignoring the pivots' change of the responses) instead of the nearer
+        bound; empty: unguided.
 
     Returns
     -------
@@ -347,6 +382,7 @@ def nullspace_walk(
         basisT,
         pivots,
         flops,
+        MT,
         0,
         WT.shape[0],
         1,
@@ -356,7 +392,7 @@ def nullspace_walk(
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def nullspace_walk_parallel(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, n_threads
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, MT, n_threads
 ):  # pragma: no cover
     """Neuron-parallel :func:`nullspace_walk`: same arguments plus the thread
     count (each thread walks every ``n_threads``-th neuron with one workspace),
@@ -378,6 +414,7 @@ def nullspace_walk_parallel(
             basisT,
             pivots,
             flops,
+            MT,
             tid,
             n_out,
             n_threads,

@@ -18,7 +18,7 @@ from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
 from ._spectrum import GramSpectrum, LeadingSpectrum
-from ._walk import first_basis, walk_to_vertices
+from ._walk import first_basis, outside_data, walk_to_vertices
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
 
@@ -332,6 +332,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         "rounding": [StrOptions({"greedy", "nearest"})],
     }
     _parameter_constraints.pop("granularity")
+    #: a prototype for benchmarks: the walk guided by the data outside the kept
+    #: directions (``walk_to_vertices(X=...)``)
+    _guided = False
 
     def _network_error(self):
         if self.variant != "lp":
@@ -547,7 +550,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         V = self.components_
         if V.shape[1] >= n:
             return Z0
-        return walk_to_vertices(V, Z0, lo, hi, pre.order, self.n_jobs, flops=flops)[0]
+        X = Xq if self._guided else None
+        return walk_to_vertices(
+            V, Z0, lo, hi, pre.order, self.n_jobs, flops=flops, X=X
+        )[0]
 
     def _path_points(self, W, Xq, Xf, pre):
         """The path variant's pre-processed points.
@@ -570,8 +576,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         free[basis] = False
         order = np.asarray(pre.order)
         N = order[free[order]]
-        T = scipy.linalg.solve(V[basis].T, V[N].T)
-        M = Xq[:, N] - Xq[:, basis] @ T
+        T, M = outside_data(Xq, V, basis, N)
         WN = np.ascontiguousarray(Z0[N])
         alphabet = self.alphabet_record_
         if use_gram(M.shape[0], N.size, n_out):  # GPFQ's two forms, as it picks

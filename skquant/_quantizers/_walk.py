@@ -50,7 +50,18 @@ def first_basis(V):
     return np.ascontiguousarray(piv[:k], dtype=np.int64)
 
 
-def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
+def outside_data(X, V, basis, cols):
+    """The change of the basis and the data's response to a move of the others.
+
+    With ``T = V_B^{-T} V_N^T`` (``B = basis``, ``N = cols``), a change ``d`` of
+    ``z_N`` keeps ``V^T z`` fixed with the change ``-T d`` of ``z_B``, and the
+    data ``X`` respond with ``M d``, ``M = X_N - X_B T``: the data outside the
+    kept directions. Returns ``(T, M)``."""
+    T = scipy.linalg.solve(V[basis].T, V[cols].T)
+    return T, X[:, cols] - X[:, basis] @ T
+
+
+def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, X=None):
     """Vertices of ``{z : V^T z = V^T z0, lo <= z <= hi}`` for every column ``z0``.
 
     Parameters
@@ -69,6 +80,11 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
         Written, when given: each column's floating-point operations, counted by
         the walk as it does them (``benchmarks/bench_nullspace_speed.py --flops``
         turns them into a rate).
+    X : ndarray of shape (m, n), default=None
+        The data, to guide the walk (a prototype, for benchmarks): each
+        coordinate then moves toward the bound nearer greedy path following's
+        target on the data outside the kept directions (:func:`outside_data`
+        with the first basis), not to the nearer bound.
 
     Returns
     -------
@@ -95,6 +111,11 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
         if k
         else np.empty((first.size, 0))
     )
+    MT = (
+        np.empty((0, 0))
+        if X is None or not k
+        else np.ascontiguousarray(outside_data(X, V, basis0, cols)[1].T)
+    )
     # neurons as rows: each walk reads and writes contiguous memory
     n_out = Z0.shape[1]
     ZT = np.empty(Z0.shape[::-1])
@@ -106,7 +127,7 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None):
 
         def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
             args = (V, T0, cols, chunk, Z0T[a:b], loT[a:b], hiT[a:b], basis0)
-            out = (ZT[a:b], basisT[a:b], counted[a:b])
+            out = (ZT[a:b], basisT[a:b], counted[a:b], MT)
             if n_threads > 1:
                 pivots[a:b] = _nullspace.nullspace_walk_parallel(*args, *out, n_threads)
             else:
