@@ -10,7 +10,7 @@ from skquant import NullSpaceQuantizer
 from skquant._quantizers import _nullspace as ns
 from skquant._quantizers import _spectrum
 from skquant._quantizers._nullspace import _Products
-from skquant._quantizers._spectrum import GramSpectrum, LeadingSpectrum
+from skquant._quantizers._spectrum import GramSpectrum, LeadingSpectrum, RowSpectrum
 
 
 @settings(deadline=None, max_examples=40)
@@ -62,9 +62,9 @@ def test_spectrum_vectors_grow_and_keep_the_first_ones():
 @pytest.mark.parametrize("n, m", [(120, 200), (150, 150), (150, 120)])
 def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch, n, m):
     """With GRAM_SPECTRUM lowered, rank="auto" takes its spectra from the Gram
-    matrix when there are at least as many rows as inputs (else the SVDs): the
-    same caps, scores and codes as with full SVDs (to round-off), and the bound
-    still holds."""
+    matrix ``X^T X`` when there are at least as many rows as inputs, else from
+    ``X X^T``: the same caps, scores and codes as with full SVDs (to
+    round-off), and the bound still holds."""
     rng = np.random.default_rng(3)
     n_out = 6
     X = rng.standard_normal((m, n)) * np.geomspace(8, 0.5, n)
@@ -74,17 +74,23 @@ def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch, n
     for name, size in (("svd", 10**9), ("gram", 100)):
         monkeypatch.setattr(ns, "GRAM_SPECTRUM", size)
         calls = []
-        for cls in (GramSpectrum, LeadingSpectrum):
-            monkeypatch.setattr(
-                ns,
+        for cls in (GramSpectrum, LeadingSpectrum, RowSpectrum):
+            recorded = type(
                 cls.__name__,
-                lambda *a, _c=calls, _k=cls, **kw: _c.append(_k) or _k(*a, **kw),
+                (cls,),
+                {
+                    "__init__": lambda self, *a, _c=cls, **kw: (
+                        calls.append(_c) or _c.__init__(self, *a, **kw)
+                    )
+                },
             )
+            monkeypatch.setattr(ns, cls.__name__, recorded)
         q = NullSpaceQuantizer(n_bits=3).fit(W, activations=Xq, target_activations=X)
         fits[name] = (q, calls)
     (svd, calls_svd), (grm, calls_gram) = fits["svd"], fits["gram"]
-    # all rows: one tridiagonal reduction; the fitting rows: Lanczos
-    expected = [GramSpectrum, LeadingSpectrum] if m >= n else []
+    # all rows: one tridiagonal reduction; the fitting rows: Lanczos (or a
+    # block of the rows' Gram matrix)
+    expected = [GramSpectrum, LeadingSpectrum] if m >= n else [RowSpectrum]
     assert calls_svd == [] and calls_gram == expected
     assert grm.rank_ == svd.rank_ < n
     assert sorted(grm.rank_scores_) == sorted(svd.rank_scores_)
@@ -131,3 +137,32 @@ def test_gram_path_on_data_of_low_rank(monkeypatch):
         fits[name] = NullSpaceQuantizer(n_bits=3).fit(W, activations=X)
     assert fits["gram"].rank_ == fits["svd"].rank_ <= r
     assert sorted(fits["gram"].rank_scores_) == sorted(fits["svd"].rank_scores_)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(2, 30), st.integers(0, 5), st.integers(0, 10**6))
+def test_row_spectrum_matches_the_svd(m, deficit, seed):
+    """Wide data from ``X X^T``: the SVD's singular values and rank, leading
+    right vectors orthonormal and spanning the SVD's, and a block of rows
+    gives the spectrum of those rows."""
+    rng = np.random.default_rng(seed)
+    n, r = m + 7, max(m - deficit, 1)
+    U = np.linalg.qr(rng.standard_normal((m, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    X = (U * np.geomspace(100, 1, r)) @ V.T
+    spec = RowSpectrum(X @ X.T, X)
+    ref = np.linalg.svd(X, compute_uv=False)
+    np.testing.assert_allclose(spec.singular_values[:r], ref[:r], rtol=1e-8)
+    assert spec.rank == r
+    for k in sorted({1, max(r // 2, 1), r}):
+        Vk = spec.vectors(k)
+        np.testing.assert_allclose(Vk.T @ Vk, np.eye(k), atol=1e-9)
+        cos = np.linalg.svd(V[:, :k].T @ Vk, compute_uv=False)
+        np.testing.assert_allclose(cos, 1.0, atol=1e-8)
+    assert spec.vectors(r + 3).shape == (n, r)  # no more than the rank
+    rows = rng.random(m) < 0.7
+    if rows.any():  # (the values the Gram matrix resolves: above 1e-3 of s[0])
+        want = np.linalg.svd(X[rows], compute_uv=False)[: min(rows.sum(), r)]
+        got = spec.rows(rows).singular_values[: want.size]
+        big = want > 1e-3 * ref[0]
+        np.testing.assert_allclose(got[big], want[big], rtol=1e-7)

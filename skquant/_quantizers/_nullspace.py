@@ -17,7 +17,7 @@ from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
-from ._spectrum import GramSpectrum, LeadingSpectrum
+from ._spectrum import GramSpectrum, LeadingSpectrum, RowSpectrum
 from ._walk import first_basis, outside_data, walk_to_vertices
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
@@ -215,7 +215,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         final walk. On data of at least 2048 inputs and as many rows the
         spectra come from the Gram matrix ``X^T X`` (one tridiagonal reduction
         and Lanczos iterations in place of two SVDs; the numerical rank is
-        then the one the Gram matrix resolves, see the User Guide). With
+        then the one the Gram matrix resolves, see the User Guide), and on
+        data of at least 2048 inputs and fewer rows from ``X X^T``. With
         ``variant="lp"``, ``"auto"`` keeps the numerical rank; with
         ``variant="path"`` the ladder also tries the cap at ``n_in`` whatever
         the climb, when the fitting rows' rank reaches it (no freedom: GPFQ
@@ -251,9 +252,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         (``k`` is ``rank_``).
     singular_values_ : ndarray of shape (min(m, n_in),)
         Singular values of the calibration activations (when ``rank="auto"``
-        took them from the Gram matrix, on data of at least 2048 inputs and as
-        many rows, those below about ``sqrt(max(m, n_in) * eps)`` times the
-        largest are round-off).
+        took them from a Gram matrix, on data of at least 2048 inputs, those
+        below about ``sqrt(max(m, n_in) * eps)`` times the largest are
+        round-off).
     rank_ : int
         Number of kept directions ``k``.
     rank_scores_ : dict of {int: float}
@@ -367,9 +368,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if rank == "auto" and GRAM_SPECTRUM <= Xq.shape[1] <= Xq.shape[0]:
             G = gram(Xq)
             spectrum = GramSpectrum(G, Xq.shape[0])
+        elif rank == "auto" and GRAM_SPECTRUM <= Xq.shape[1]:  # fewer rows
+            spectrum = RowSpectrum(gram(Xq.T), Xq)
         if rank == "auto":
             rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf, G, spectrum)
-        if G is not None and rank is not None:  # a cap: its leading vectors
+        if spectrum is not None and rank is not None:  # a cap: its leading vectors
             k = min(rank, spectrum.rank)
             V, s = spectrum.vectors(k), spectrum.singular_values
         else:
@@ -435,8 +438,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         (the Gram matrix of ``Xq``) and ``spectrum`` (its :class:`GramSpectrum`)
         the fitting rows' leading vectors come from ``G`` less the held-out
         rows' Gram matrix (:class:`LeadingSpectrum`) and their numerical rank is
-        taken as the smaller of their count and the rank of all rows.
-        ``allow(k, top)``, when given, says which caps are tried (a caller
+        taken as the smaller of their count and the rank of all rows; with a
+        :class:`RowSpectrum` (wide data) they come from its block of the
+        fitting rows. ``allow(k, top)``, when given, says which caps are tried (a caller
         choosing between variants skips the walks it finds too costly)."""
         m = Xq.shape[0]
         if m < 10:
@@ -446,7 +450,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Xq_fit = Xq[~held]
         Xf_fit = Xq_fit if Xf is Xq else Xf[~held]
         G_fit = None if G is None else G - gram(Xq[held])
-        if G is None:
+        if isinstance(spectrum, RowSpectrum):
+            lead = spectrum.rows(~held)
+            V_all, probe_s, top = lead.vectors, lead.singular_values, lead.rank
+        elif G is None:
             V_all, probe_s, top = row_space(Xq_fit)
         else:
             top = min(Xq_fit.shape[0], spectrum.rank)

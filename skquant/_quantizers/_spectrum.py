@@ -13,7 +13,7 @@ import numpy as np
 from scipy.linalg import lapack
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
-__all__ = ["GramSpectrum", "LeadingSpectrum"]
+__all__ = ["GramSpectrum", "LeadingSpectrum", "RowSpectrum"]
 
 #: :class:`LeadingSpectrum` solves for at most this many leading vectors by
 #: Lanczos iterations (ARPACK), and for more by :class:`GramSpectrum`'s
@@ -163,3 +163,63 @@ class LeadingSpectrum:
         if k > self._s.size:
             self._solve(k)
         return self._s[:k]
+
+
+class RowSpectrum:
+    """The spectrum of wide data ``X`` (``m < n``) from ``K = X X^T``.
+
+    The singular values and left vectors ``U`` are the eigenpairs of the
+    ``m x m`` matrix ``K`` (a :class:`GramSpectrum` of ``X^T``); the right
+    vectors are ``X^T U / s``, computed for the leading ones asked for. On the
+    Fashion CNN's 3136-input layer with 1024 rows this replaces two SVDs of
+    the data (about 0.5 s each on one core) for the null-space default and its
+    path variant. As with ``X^T X``, singular values below about
+    ``sqrt(m * eps) * s[0]`` are round-off, and the right vectors of those are
+    not resolved (the caps use the leading ones).
+
+    Parameters
+    ----------
+    K : ndarray of shape (m, m)
+        ``X X^T``.
+    X : ndarray of shape (m, n)
+        The data.
+
+    Attributes
+    ----------
+    singular_values : ndarray of shape (m,)
+        As :class:`GramSpectrum`'s.
+    rank : int
+        As :class:`GramSpectrum`'s (its tolerance uses ``max(m, n)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((8, 50))
+    >>> spec = RowSpectrum(X @ X.T, X)
+    >>> bool(np.allclose(spec.singular_values, np.linalg.svd(X)[1]))
+    True
+    >>> V = spec.vectors(3)
+    >>> bool(np.allclose(np.abs(V.T @ np.linalg.svd(X)[2][:3].T), np.eye(3)))
+    True
+    """
+
+    def __init__(self, K, X):
+        self._K, self._X = K, X
+        self._inner = GramSpectrum(K, X.shape[1])
+        self.singular_values, self.rank = self._inner.singular_values, self._inner.rank
+        self._V = np.empty((X.shape[1], 0))
+
+    def rows(self, mask):
+        """The :class:`RowSpectrum` of the rows ``mask`` selects (their ``K``
+        is a block of this one's)."""
+        return RowSpectrum(self._K[np.ix_(mask, mask)], self._X[mask])
+
+    def vectors(self, k):
+        """The ``k`` leading right singular vectors (at most :attr:`rank`)."""
+        k = min(int(k), self.rank)
+        done = self._V.shape[1]
+        if k > done:
+            U = self._inner.vectors(k)[:, done:]
+            new = (self._X.T @ U) / self.singular_values[done:k]
+            self._V = np.hstack([self._V, new])
+        return self._V[:, :k]
