@@ -14,7 +14,8 @@ bits (``--bits``):
   (seed 0), GPFQ and the default one after the other, ``--repeat`` times after
   one warm-up of each; prints the median seconds, the median of the
   per-round ratios and each quantized network's test accuracy (``--variants
-  grid path`` adds ``NullSpaceQuantizer(variant="path")``).
+  grid path`` adds ``NullSpaceQuantizer(variant="path")``; ``PROTOTYPES`` of
+  ``bench_datadriven_networks.py`` may be named there too).
 
 With ``--check-gram N`` it runs nothing of the above: it quantizes each network
 with the default twice, once with its spectra from SVDs and once from the Gram
@@ -38,6 +39,15 @@ import numpy as np
 
 import skquant
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
+
+#: prototypes of bench_datadriven_networks.py that --variants may also name
+PROTOTYPES = ("ns-walk-else-path", "ns-guided-else-default")
+
+
+def prototype(name, bits):
+    from bench_datadriven_networks import METHODS
+
+    return METHODS[name](bits)
 
 
 def layer(n=4096, seed=0):
@@ -111,6 +121,9 @@ def networks(nets, bits_list, repeat, variants=("grid",)):
             bits = int(b) if b.isdigit() else b
             makers = {"gpfq": lambda bits=bits: GreedyPathQuantizer(n_bits=bits)}
             for v in variants:
+                if v in PROTOTYPES:
+                    makers[v] = lambda v=v, bits=bits: prototype(v, bits)
+                    continue
                 makers[v] = lambda v=v, bits=bits: NullSpaceQuantizer(
                     n_bits=bits, variant=v
                 )
@@ -129,7 +142,13 @@ def networks(nets, bits_list, repeat, variants=("grid",)):
                 ratio = statistics.median(
                     a / g for a, g in zip(runs[v], runs["gpfq"], strict=True)
                 )
-                label = "NullSpaceQuantizer()" if v == "grid" else f"variant={v!r}"
+                label = (
+                    v
+                    if v in PROTOTYPES
+                    else "NullSpaceQuantizer()"
+                    if v == "grid"
+                    else f"variant={v!r}"
+                )
                 cells.append(
                     f"{label} {statistics.median(runs[v]):.2f} s ({ratio:.2f}x GPFQ)"
                 )
@@ -189,8 +208,9 @@ def main():
         "--variants",
         nargs="+",
         default=["grid"],
-        choices=["grid", "path"],
-        help="the null-space variants timed on the networks (rank 'auto')",
+        choices=["grid", "path", *PROTOTYPES],
+        help="the null-space variants timed on the networks (rank 'auto'), or "
+        "prototypes of bench_datadriven_networks.py",
     )
     args = p.parse_args()
     skquant.set_config(progress=False)
