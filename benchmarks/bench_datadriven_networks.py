@@ -81,32 +81,42 @@ class AllNeuronsLadder(NullSpaceQuantizer):
         return super()._ladder_errors(W, Xq, Xf, np.arange(W.shape[1]), G, spectrum)
 
 
-class WalkOrPath(NullSpaceQuantizer):
+def walk_fits(k, m, n, budget):
+    """Whether the walk at cap ``k`` costs at most ``budget`` times GPFQ's path
+    on a layer of ``n`` inputs and ``m`` rows, in a flop model per neuron
+    (``5 k^2 (n - k)`` against ``4 m n``; ``k >= n``: no walk)."""
+    return k >= n or 5 * k * k * (n - k) <= budget * 4 * m * n
+
+
+class _Prototype(NullSpaceQuantizer):
+    def _adopt(self, est, W, activations, target_activations):
+        """``est`` fitted in this one's place, its fitted attributes taken."""
+        out = est._fit_quantize(W, activations, target_activations)
+        for key, value in vars(est).items():
+            if key not in est.get_params():
+                setattr(self, key, value)
+        return out
+
+
+class WalkOrPath(_Prototype):
     """``rank="auto"`` over both variants, per layer: the path variant's ladder,
     and the walk's at the caps whose walk costs at most ``WALK_BUDGET`` times
-    GPFQ's path (a flop model per neuron: ``5 k^2 (n_in - k)`` against
-    ``4 m n_in``; a cap at the rank has no walk); the variant and cap with the
-    smallest held-out error are fitted. (A prototype: each ladder computes its
-    own spectra.)"""
+    GPFQ's path (:func:`walk_fits`; a cap at the rank counted as no walk); the
+    variant and cap with the smallest held-out error are fitted. (A prototype:
+    each ladder computes its own spectra.)"""
 
     WALK_BUDGET = 4.0
 
-    def _cheap(self, m, n):
-        return lambda k, top: (
-            k >= min(top, n) or 5 * k * k * (n - k) <= self.WALK_BUDGET * 4 * m * n
-        )
+    def _allow(self, m, n):
+        return lambda k, top: k >= top or walk_fits(k, m, n, self.WALK_BUDGET)
 
     def _fit_quantize(self, W, activations, target_activations):
         W_, Xq, Xf = self._validate_fit(W, activations, target_activations)
         params = {**self.get_params(), "rank": "auto"}
-        m, n = Xq.shape
-
-        cheap = self._cheap(m, n)
-
         scores = {}
         for variant in ("path", "grid"):
             est = NullSpaceQuantizer(**{**params, "variant": variant})
-            allow = None if variant == "path" else cheap
+            allow = None if variant == "path" else self._allow(*Xq.shape)
             errors, top = est._ladder_errors(W_, Xq, Xf, allow=allow)
             for k, e in (errors or {}).items():
                 scores[(variant, None if k >= top else k)] = float(np.linalg.norm(e))
@@ -116,37 +126,30 @@ class WalkOrPath(NullSpaceQuantizer):
             else ("grid", None)
         )
         chosen = NullSpaceQuantizer(**{**params, "variant": variant, "rank": rank})
-        out = chosen._fit_quantize(W, activations, target_activations)
-        for key, value in vars(chosen).items():
-            if key not in params:
-                setattr(self, key, value)
+        out = self._adopt(chosen, W, activations, target_activations)
         self.rank_scores_ = scores
         return out
 
 
 class WalkElsePath(WalkOrPath):
     """The default (the walk's ladder) on every layer whose walk at the top cap
-    costs at most ``WALK_BUDGET`` times GPFQ's path in ``WalkOrPath``'s flop model
-    (``k >= n_in``: no walk); elsewhere ``WalkOrPath``'s choice, with the walk's
-    caps limited by that model alone. (A prototype.)"""
+    fits ``WALK_BUDGET`` (:func:`walk_fits`); elsewhere ``WalkOrPath``'s
+    choice, with the walk's caps limited by that model alone. (A prototype.)"""
+
+    def _allow(self, m, n):
+        return lambda k, top: walk_fits(k, m, n, self.WALK_BUDGET)
 
     def _fit_quantize(self, W, activations, target_activations):
         _, Xq, _ = self._validate_fit(W, activations, target_activations)
         m, n = Xq.shape
         top = min(m - (m + 1) // 5, n)  # the fitting rows bound the top cap
-        if self._cheap(m, n)(top, top):
+        if walk_fits(top, m, n, self.WALK_BUDGET):
             est = NullSpaceQuantizer(**{**self.get_params(), "rank": "auto"})
-            out = est._fit_quantize(W, activations, target_activations)
-            for key, value in vars(est).items():
-                if key not in est.get_params():
-                    setattr(self, key, value)
-            return out
-        return super()._fit_quantize(W, activations, target_activations)
+            return self._adopt(est, W, activations, target_activations)
+        return self._elsewhere(W, activations, target_activations)
 
-    def _cheap(self, m, n):
-        return lambda k, top: (
-            k >= n or 5 * k * k * (n - k) <= self.WALK_BUDGET * 4 * m * n
-        )
+    def _elsewhere(self, W, activations, target_activations):
+        return super()._fit_quantize(W, activations, target_activations)
 
 
 class GuidedWalk(NullSpaceQuantizer):
@@ -156,35 +159,25 @@ class GuidedWalk(NullSpaceQuantizer):
     _guided = True
 
 
+class BudgetedGuidedWalk(GuidedWalk):
+    """:class:`GuidedWalk` whose ladder tries only the caps that fit
+    ``BUDGET`` (:func:`walk_fits`). (A prototype.)"""
+
+    BUDGET = 16.0
+
+    def _ladder_errors(self, W, Xq, Xf, *args, **kwargs):
+        m, n = Xq.shape
+        kwargs["allow"] = lambda k, top: walk_fits(k, m, n, self.BUDGET)
+        return super()._ladder_errors(W, Xq, Xf, *args, **kwargs)
+
+
 class GuidedElseDefault(WalkElsePath):
     """The default on every layer whose walk at the top cap is cheap (as
-    ``WalkElsePath``); elsewhere the guided walk, its ladder limited to the
-    caps whose walk costs at most ``GUIDED_BUDGET`` times GPFQ's path in that
-    flop model. (A prototype.)"""
+    ``WalkElsePath``); elsewhere :class:`BudgetedGuidedWalk`. (A prototype.)"""
 
-    GUIDED_BUDGET = 16.0
-
-    def _fit_quantize(self, W, activations, target_activations):
-        _, Xq, _ = self._validate_fit(W, activations, target_activations)
-        m, n = Xq.shape
-        top = min(m - (m + 1) // 5, n)
-        est = NullSpaceQuantizer(**{**self.get_params(), "rank": "auto"})
-        if not self._cheap(m, n)(top, top):
-            est = GuidedWalk(**est.get_params())
-            budget = self.GUIDED_BUDGET * 4 * m * n
-            ladder = est._ladder_errors
-
-            def limited(*args, **kwargs):
-                return ladder(
-                    *args, allow=lambda k, t: 5 * k * k * (n - k) <= budget, **kwargs
-                )
-
-            est._ladder_errors = limited
-        out = est._fit_quantize(W, activations, target_activations)
-        for key, value in vars(est).items():
-            if key not in est.get_params() and key != "_ladder_errors":
-                setattr(self, key, value)
-        return out
+    def _elsewhere(self, W, activations, target_activations):
+        est = BudgetedGuidedWalk(**{**self.get_params(), "rank": "auto"})
+        return self._adopt(est, W, activations, target_activations)
 
 
 NETS = {

@@ -18,7 +18,7 @@ from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
 from ._spectrum import GramSpectrum, LeadingSpectrum, RowSpectrum
-from ._walk import first_basis, outside_data, walk_to_vertices
+from ._walk import basis_and_rest, outside_data, walk_to_vertices
 
 __all__ = ["NoFreedomWarning", "NullSpaceQuantizer"]
 
@@ -440,8 +440,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         rows' Gram matrix (:class:`LeadingSpectrum`) and their numerical rank is
         taken as the smaller of their count and the rank of all rows; with a
         :class:`RowSpectrum` (wide data) they come from its block of the
-        fitting rows. ``allow(k, top)``, when given, says which caps are tried (a caller
-        choosing between variants skips the walks it finds too costly)."""
+        fitting rows. ``allow(k, top)``, when given, says which caps are tried
+        (a caller choosing between variants skips the walks it finds too
+        costly)."""
         m = Xq.shape[0]
         if m < 10:
             return None, None
@@ -578,11 +579,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         V = self.components_
         if V.shape[1] >= n:
             return Z0
-        basis = first_basis(V)
-        free = np.ones(n, dtype=bool)
-        free[basis] = False
-        order = np.asarray(pre.order)
-        N = order[free[order]]
+        basis, N = basis_and_rest(V, pre.order)
         T, M = outside_data(Xq, V, basis, N)
         WN = np.ascontiguousarray(Z0[N])
         alphabet = self.alphabet_record_

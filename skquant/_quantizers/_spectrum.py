@@ -170,10 +170,10 @@ class RowSpectrum:
 
     The singular values and left vectors ``U`` are the eigenpairs of the
     ``m x m`` matrix ``K`` (a :class:`GramSpectrum` of ``X^T``); the right
-    vectors are ``X^T U / s``, computed for the leading ones asked for. On the
-    Fashion CNN's 3136-input layer with 1024 rows this replaces two SVDs of
-    the data (about 0.5 s each on one core) for the null-space default and its
-    path variant. As with ``X^T X``, singular values below about
+    vectors are ``X^T U / s``, computed for the leading ones asked for: in
+    place of SVDs of the data, for the null-space quantizer's ``rank="auto"``
+    on wide layers (the User Guide gives its effect on the Fashion CNN). As
+    with ``X^T X``, singular values below about
     ``sqrt(m * eps) * s[0]`` are round-off, and the right vectors of those are
     not resolved (the caps use the leading ones).
 

@@ -50,6 +50,15 @@ def first_basis(V):
     return np.ascontiguousarray(piv[:k], dtype=np.int64)
 
 
+def basis_and_rest(V, order):
+    """:func:`first_basis` of ``V`` and the other coordinates, in ``order``."""
+    basis = first_basis(V)
+    in_basis = np.zeros(V.shape[0], dtype=bool)
+    in_basis[basis] = True
+    order = np.asarray(order, dtype=np.int64)
+    return basis, np.ascontiguousarray(order[~in_basis[order]])
+
+
 def outside_data(X, V, basis, cols):
     """The change of the basis and the data's response to a move of the others.
 
@@ -99,23 +108,18 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     n, k = V.shape
     # initial basis, shared by all columns with the first chunk of the tableau
     # (none without constraint: every coordinate walks to its nearer bound)
-    basis0 = first_basis(V)
-    in_basis = np.zeros(n, dtype=bool)
-    in_basis[basis0] = True
-    order = np.asarray(order, dtype=np.int64)
-    cols = np.ascontiguousarray(order[~in_basis[order]])
+    basis0, cols = basis_and_rest(V, order)
     chunk = walk_chunk(n, k) if chunk is None else max(min(int(chunk), n - k), 1)
     first = cols[:chunk]
-    T0 = (
-        np.ascontiguousarray(scipy.linalg.solve(V[basis0].T, V[first].T).T)
-        if k
-        else np.empty((first.size, 0))
-    )
-    MT = (
-        np.empty((0, 0))
-        if X is None or not k
-        else np.ascontiguousarray(outside_data(X, V, basis0, cols)[1].T)
-    )
+    MT = np.empty((0, 0))  # the guide (none)
+    if not k:
+        T0 = np.empty((first.size, 0))
+    elif X is None:
+        T0 = scipy.linalg.solve(V[basis0].T, V[first].T).T
+    else:  # the whole tableau with the guide; the walk starts from its chunk
+        T, M = outside_data(X, V, basis0, cols)
+        T0, MT = T[:, :chunk].T, np.ascontiguousarray(M.T)
+    T0 = np.ascontiguousarray(T0)
     # neurons as rows: each walk reads and writes contiguous memory
     n_out = Z0.shape[1]
     ZT = np.empty(Z0.shape[::-1])
@@ -127,11 +131,13 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
 
         def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
             args = (V, T0, cols, chunk, Z0T[a:b], loT[a:b], hiT[a:b], basis0)
-            out = (ZT[a:b], basisT[a:b], counted[a:b], MT)
+            out = (ZT[a:b], basisT[a:b], counted[a:b])
             if n_threads > 1:
-                pivots[a:b] = _nullspace.nullspace_walk_parallel(*args, *out, n_threads)
+                pivots[a:b] = _nullspace.nullspace_walk_parallel(
+                    *args, *out, MT, n_threads
+                )
             else:
-                pivots[a:b] = _nullspace.nullspace_walk(*args, *out)
+                pivots[a:b] = _nullspace.nullspace_walk(*args, *out, MT)
 
         run_in_batches(run, n_out, "null-space walk (neurons)", first=n_threads)
     return ZT.T, basisT.T, pivots
