@@ -15,8 +15,12 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
 * ``gptq-w``: the same with ``target="weights"`` (the paper's: ``W`` itself on the
   quantized inputs' Hessian, the default);
 * ``ns-none``: :class:`~skquant.NullSpaceQuantizer` with ``rank=None``;
-* ``ns-auto``: the same with ``rank="auto"`` (held-out rows pick the cap, the
-  ladder fitted on at most ``AUTO_NEURONS`` neurons of each layer);
+* ``ns-auto``: the same with ``rank="auto"`` and ``walk_budget=None`` (held-out
+  rows pick the cap among all the ladder's, the ladder fitted on at most
+  ``AUTO_NEURONS`` neurons of each layer; the default before ``walk_budget``);
+* ``ns-default``: ``NullSpaceQuantizer()``, the default (``rank="auto"``,
+  ``walk_budget=16``: on layers whose top cap's walk is out of budget, the
+  guided walk at the caps within it);
 * ``ns-auto-all``: ``rank="auto"`` with the ladder fitted on every neuron (the
   default before ``AUTO_NEURONS``);
 * ``ns-64``: the same with ``rank=64``;
@@ -25,10 +29,6 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
   walk's, the walk's caps limited by cost (``WalkOrPath`` below, a prototype);
 * ``ns-walk-else-path``: the default where its walk is cheap, ``ns-walk-or-path``
   elsewhere (``WalkElsePath`` below, a prototype);
-* ``ns-guided``: ``rank="auto"`` with the walk guided by the data outside the kept
-  directions (``GuidedWalk`` below, a prototype);
-* ``ns-guided-else-default``: the default where its walk is cheap, the guided
-  walk at caps of limited cost elsewhere (``GuidedElseDefault``, a prototype);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -152,34 +152,6 @@ class WalkElsePath(WalkOrPath):
         return super()._fit_quantize(W, activations, target_activations)
 
 
-class GuidedWalk(NullSpaceQuantizer):
-    """``rank="auto"`` with the walk guided by the data outside the kept
-    directions (``walk_to_vertices(X=...)``). (A prototype.)"""
-
-    _guided = True
-
-
-class BudgetedGuidedWalk(GuidedWalk):
-    """:class:`GuidedWalk` whose ladder tries only the caps that fit
-    ``BUDGET`` (:func:`walk_fits`). (A prototype.)"""
-
-    BUDGET = 16.0
-
-    def _ladder_errors(self, W, Xq, Xf, *args, **kwargs):
-        m, n = Xq.shape
-        kwargs["allow"] = lambda k, top: walk_fits(k, m, n, self.BUDGET)
-        return super()._ladder_errors(W, Xq, Xf, *args, **kwargs)
-
-
-class GuidedElseDefault(WalkElsePath):
-    """The default on every layer whose walk at the top cap is cheap (as
-    ``WalkElsePath``); elsewhere :class:`BudgetedGuidedWalk`. (A prototype.)"""
-
-    def _elsewhere(self, W, activations, target_activations):
-        est = BudgetedGuidedWalk(**{**self.get_params(), "rank": "auto"})
-        return self._adopt(est, W, activations, target_activations)
-
-
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -192,14 +164,13 @@ METHODS = {
     "gptq": lambda b: GPTQQuantizer(n_bits=b, target="float_output"),
     "gptq-w": lambda b: GPTQQuantizer(n_bits=b),
     "ns-none": lambda b: NullSpaceQuantizer(n_bits=b, rank=None),
-    "ns-auto": lambda b: NullSpaceQuantizer(n_bits=b, rank="auto"),
-    "ns-auto-all": lambda b: AllNeuronsLadder(n_bits=b, rank="auto"),
+    "ns-auto": lambda b: NullSpaceQuantizer(n_bits=b, rank="auto", walk_budget=None),
+    "ns-default": lambda b: NullSpaceQuantizer(n_bits=b),
+    "ns-auto-all": lambda b: AllNeuronsLadder(n_bits=b, rank="auto", walk_budget=None),
     "ns-64": lambda b: NullSpaceQuantizer(n_bits=b, rank=64),
     "ns-path": lambda b: NullSpaceQuantizer(n_bits=b, variant="path"),
-    "ns-walk-or-path": lambda b: WalkOrPath(n_bits=b),
-    "ns-walk-else-path": lambda b: WalkElsePath(n_bits=b),
-    "ns-guided": lambda b: GuidedWalk(n_bits=b),
-    "ns-guided-else-default": lambda b: GuidedElseDefault(n_bits=b),
+    "ns-walk-or-path": lambda b: WalkOrPath(n_bits=b, walk_budget=None),
+    "ns-walk-else-path": lambda b: WalkElsePath(n_bits=b, walk_budget=None),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 

@@ -41,7 +41,7 @@ import skquant
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
 
 #: prototypes of bench_datadriven_networks.py that --variants may also name
-PROTOTYPES = ("ns-walk-else-path", "ns-guided-else-default")
+PROTOTYPES = ("ns-walk-else-path",)
 
 
 def prototype(name, bits):

@@ -1,15 +1,17 @@
 """Cheaper variants of the null-space default, layer by layer, on held-out rows.
 
-Beside GPFQ and the default: ``NullSpaceQuantizer(variant="path")`` (with
+Beside GPFQ, the default and the default without its walk budget
+(``walk_budget=None``, the default before it):
+``NullSpaceQuantizer(variant="path")`` (with
 ``rank="auto"`` and at the fixed caps of ``--path-caps``), and a negative result
 kept so that it is not tried again blind: can a walk at a small rank cap,
 followed by greedy path following over *every* coordinate (GPFQ started from the
 walked point ``z`` with the residual ``Xf w - Xq z``; ``Hybrid`` below, at the
 caps of ``--caps``), reach the held-out error of the default's cap, at about
 GPFQ's cost? Each weight layer of a network is captured as the default sees it in
-:func:`skquant.torch.quantize_model` (1024 training images, seed 0; conv
-patches sampled to 4096 rows), every fifth row is held out, and each method is
-fitted on the other rows; printed: the held-out relative output error
+:func:`skquant.torch.quantize_model` (``--calib`` training images, 1024 unless
+told, seed 0; conv patches sampled to 4096 rows), every fifth row is held out,
+and each method is fitted on the other rows; printed: the held-out relative output error
 ``||Xf_h W - Xq_h Q|| / ||Xf_h W||`` and the fit's seconds, per layer.
 
 Run (one thread; about 2 minutes for the CNN at 2 bits):
@@ -44,12 +46,12 @@ class Hybrid(NullSpaceQuantizer):
         return greedy_path_gram(A, gram(Xq), Z, self.alphabet_record_, step), Z
 
 
-def capture(net, bits):
+def capture(net, bits, calib=1024):
     """``(W, Xq, Xf)`` of every weight layer, as the default is fitted on them."""
     dataset = "mnist" if net in ("lenet5", "mlp") else "fashion-mnist"
     model, (Xtr, _, _, _) = trained(net, dataset, verbose=False)
     g = torch.Generator().manual_seed(0)
-    X = Xtr[torch.randperm(len(Xtr), generator=g)[:1024]]
+    X = Xtr[torch.randperm(len(Xtr), generator=g)[:calib]]
     found = []
 
     class Capture(NullSpaceQuantizer):
@@ -68,12 +70,14 @@ def main():
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--caps", nargs="*", type=int, default=[16, 32, 64, 128])
     p.add_argument("--path-caps", nargs="*", type=int, default=[10])
+    p.add_argument("--calib", type=int, default=1024, help="calibration images")
     args = p.parse_args()
     skquant.set_config(progress=False)
     warnings.simplefilter("ignore")
     methods = {
         "gpfq": lambda: GreedyPathQuantizer(n_bits=args.bits),
         "default": lambda: NullSpaceQuantizer(n_bits=args.bits),
+        "no-budget": lambda: NullSpaceQuantizer(n_bits=args.bits, walk_budget=None),
         "path": lambda: NullSpaceQuantizer(n_bits=args.bits, variant="path"),
         **{
             f"path-{k}": (
@@ -88,7 +92,7 @@ def main():
             for k in args.caps
         },
     }
-    for W, Xq, Xf in capture(args.net, args.bits):
+    for W, Xq, Xf in capture(args.net, args.bits, args.calib):
         if W.shape[0] < 20:
             continue
         held = np.zeros(Xq.shape[0], dtype=bool)
@@ -101,7 +105,8 @@ def main():
             seconds = time.perf_counter() - start
             Q = q.transform(W).astype(np.float64)
             err = np.linalg.norm(ref - Xq[held] @ Q) / np.linalg.norm(ref)
-            cells.append(f"{name} {err:.4f} ({seconds:.2f} s)")
+            cap = f", k {q.rank_}" if hasattr(q, "rank_") else ""
+            cells.append(f"{name} {err:.4f} ({seconds:.2f} s{cap})")
         print(
             f"{args.net} {args.bits} bits, layer {W.shape[0]}x{W.shape[1]}, "
             f"{Xq.shape[0]} rows: " + " | ".join(cells),

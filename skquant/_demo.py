@@ -48,8 +48,8 @@ def demo_settings():
         rows.append(
             (
                 f"null-space {name}",
-                "null-space (rank 0.99)",
-                NullSpaceQuantizer(n_bits=b, rank=0.99),
+                "null-space",
+                NullSpaceQuantizer(n_bits=b),
             )
         )
     return rows

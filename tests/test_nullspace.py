@@ -54,14 +54,13 @@ def test_walk_preserves_data_and_reaches_a_vertex(n_jobs, m, n):
 
 def _guided_reference(V, X, w, lo, hi, order):
     """The guided walk of one neuron by a plain loop: each step's tableau column
-    solved afresh, the move toward the bound nearer GPFQ's target on the data
-    outside the kept directions (with the first basis)."""
+    solved afresh, the move toward the bound nearer GPFQ's target on the data's
+    response to it with the current basis (outside the kept directions)."""
     n, k = V.shape
     B = list(scipy.linalg.qr(V.T, pivoting=True, mode="r")[1][:k])
     cols = [j for j in order if j not in set(B)]
-    M = X[:, cols] - X[:, B] @ np.linalg.solve(V[B].T, V[cols].T)
     z, u = w.astype(np.float64).copy(), np.zeros(X.shape[0])
-    for c, j in enumerate(cols):
+    for j in cols:
         if z[j] <= lo[j] or z[j] >= hi[j]:
             continue
         y = np.linalg.solve(V[B].T, V[j])
@@ -74,13 +73,14 @@ def _guided_reference(V, X, w, lo, hi, order):
                 t_hi, a_hi = r[1], p
             if r[0] > t_lo:
                 t_lo, a_lo = r[0], p
-        e = M[:, c] @ M[:, c]
-        ahead = M[:, c] @ u / e if e > 0 else 0.0
+        r = X[:, j] - X[:, B] @ y
+        e = r @ r
+        ahead = r @ u / e if e > 0 else 0.0
         to_hi = z[j] + ahead >= 0.5 * (lo[j] + hi[j])
         step, out = (max(t_hi, 0.0), a_hi) if to_hi else (min(t_lo, 0.0), a_lo)
         z[j] += step
         z[B] -= step * y
-        u -= step * M[:, c]
+        u -= step * r
         if out < 0:
             z[j] = hi[j] if to_hi else lo[j]
         else:
@@ -92,7 +92,7 @@ def _guided_reference(V, X, w, lo, hi, order):
 
 def test_guided_walk_matches_a_plain_loop_and_reaches_a_vertex():
     """``walk_to_vertices(X=...)``: each coordinate heads for the bound nearer
-    greedy path following's target on the data outside the kept directions;
+    greedy path following's target on the data's response to its move;
     still a vertex of the same polytope (the constraint, the boxes, at most k
     coordinates inside their cells), and the same points as a plain loop."""
     rng = np.random.default_rng(3)
@@ -411,8 +411,9 @@ def test_auto_rank_picks_the_held_out_best_cap(monkeypatch):
         return np.linalg.norm(X[held] @ (W - Q))
 
     # the whole ladder (patience beyond its length): every cap tried
+    # (walk_budget=None: every cap; the budget is tested in test_nullspace_budget)
     monkeypatch.setattr(ns, "AUTO_PATIENCE", 10)
-    full = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
+    full = NullSpaceQuantizer(n_bits=3, walk_budget=None).fit(W, activations=X)
     assert sorted(full.rank_scores_) == ladder
     best = min(full.rank_scores_, key=full.rank_scores_.get)
     assert full.rank_ == min(best, full.singular_values_.size)
@@ -422,7 +423,7 @@ def test_auto_rank_picks_the_held_out_best_cap(monkeypatch):
     # the default climbs from the smallest cap and stops after AUTO_PATIENCE caps
     # in a row that do no better than the best so far
     monkeypatch.undo()
-    q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
+    q = NullSpaceQuantizer(n_bits=3, walk_budget=None).fit(W, activations=X)
     tried = sorted(q.rank_scores_)
     assert tried == ladder[: len(tried)]
     for k in tried:
@@ -477,7 +478,7 @@ def test_auto_rank_ladder_on_sampled_neurons(monkeypatch):
     monkeypatch.setattr(ns, "AUTO_PATIENCE", 10)  # every cap of the ladder
     pick = ladder_neurons(np.linalg.norm(X[held] @ W, axis=0), 9)
     assert pick.size == 9
-    q = NullSpaceQuantizer(n_bits=3, rank="auto").fit(W, activations=X)
+    q = NullSpaceQuantizer(n_bits=3, walk_budget=None).fit(W, activations=X)
     assert sorted(q.rank_scores_) == [12, 24, 48]  # 48 fitting rows, halved
     for k, score in q.rank_scores_.items():
         Q = NullSpaceQuantizer(n_bits=3, rank=k if k < 48 else None).fit_transform(

@@ -217,9 +217,12 @@ def _ratio_test(y, zb, lob, hib, t_hi, t_lo, up, down):  # pragma: no cover
 
 
 @nb.njit(nogil=True, error_model="numpy")
-def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws, MT, u):  # pragma: no cover
+def _walk_column(
+    V, T0, cols, w, lo, hi, basis0, z, B, ws, XT, u, col
+):  # pragma: no cover
     n, k = V.shape
-    guided = MT.shape[0] > 0
+    m = XT.shape[1]
+    guided = m > 0  # (a guide with no directions: no response, unguided)
     if guided:
         u[:] = 0.0
     z[:] = w
@@ -263,15 +266,17 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws, MT, u):  # pragma: no
             # the etas (2k each), the ratio test (4k) and the move (2k)
             flops += 2.0 * k * t + 6.0 * k
             if guided:
-                # toward the bound nearer GPFQ's target z_j + <M_c, u> / |M_c|^2
-                # (M_c: the move's image in the data outside the kept
-                # directions, with the first basis)
-                mc = MT[c]
-                ip = _dot(mc, u)
-                nn = _dot(mc, mc)
+                # toward the bound nearer GPFQ's target z_j + <r, u> / |r|^2,
+                # r = X_j - X_B y the data's response to the move with the
+                # current basis (it lies outside the kept directions)
+                col[:] = XT[j]
+                for p in range(k):
+                    _axpy(y[p], XT[B[p]], col)
+                ip = _dot(col, u)
+                nn = _dot(col, col)
                 ahead = ip / nn if nn > 0.0 else 0.0
                 up_ = z[j] + ahead >= 0.5 * (lo[j] + hi[j])
-                flops += 4.0 * u.shape[0]
+                flops += 2.0 * m * k + 4.0 * m
             else:  # the shorter move
                 up_ = t_hi <= -t_lo
             if up_:
@@ -281,8 +286,8 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws, MT, u):  # pragma: no
             z[j] += step
             _axpy(step, y, zb)
             if guided:
-                _axpy(step, mc, u)
-                flops += 2.0 * u.shape[0]
+                _axpy(step, col, u)
+                flops += 2.0 * m
             if out < 0:
                 z[j] = hi[j] if to_hi else lo[j]
                 continue
@@ -321,21 +326,22 @@ def _walk_column(V, T0, cols, w, lo, hi, basis0, z, B, ws, MT, u):  # pragma: no
 
 @nb.njit(nogil=True)
 def _walk_columns(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, flops, MT, c0, c1, s
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, flops, XT, c0, c1, s
 ):  # pragma: no cover
     # columns c0, c0 + s, ... < c1 with one workspace
     k = V.shape[1]
     ws = _workspace(k, max(min(chunk, cols.shape[0]), 1))
-    u = np.empty(MT.shape[1])
+    u = np.empty(XT.shape[1])
+    col = np.empty(XT.shape[1])
     for c in range(c0, c1, s):
         pivots[c], flops[c] = _walk_column(
-            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws, MT, u
+            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws, XT, u, col
         )
 
 
 @nb.njit(cache=True, nogil=True)
 def nullspace_walk(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, MT
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, XT
 ):  # pragma: no cover
     """Walk every neuron (a row of ``WT``) to a vertex of its polytope.
 
@@ -356,13 +362,12 @@ def nullspace_walk(
     flops : float64 ndarray of shape (n_out,), written: the floating-point
         operations of each neuron's walk, counted step by step (the shared first
         tableau, computed outside, is not included).
-    MT : float64 ndarray of shape (n - k, m) or (0, 0), the guide: row ``c``
-        is the data's response ``X_j - X_B A^{-1} v_j`` to the move of
-        ``j = cols[c]`` with the basis ``basis0`` (the data outside the kept
-        directions). With rows, each coordinate moves toward the bound nearer
-        greedy path following's target on that data (its error fed forward,
-        ignoring the pivots' change of the responses) instead of the nearer
-        bound; empty: unguided.
+    XT : float64 ndarray of shape (n, m) or (0, 0), the guide: the data's
+        columns (``X.T``). With rows, each coordinate ``j`` moves toward the
+        bound nearer greedy path following's target on the data's response to
+        its move, ``X_j - X_B A^{-1} v_j`` with the current basis ``B`` (which
+        lies outside the kept directions; its error fed forward), instead of
+        to the nearer bound: ``2 m k`` more flops a step. Empty: unguided.
 
     Returns
     -------
@@ -382,7 +387,7 @@ def nullspace_walk(
         basisT,
         pivots,
         flops,
-        MT,
+        XT,
         0,
         WT.shape[0],
         1,
@@ -392,7 +397,7 @@ def nullspace_walk(
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def nullspace_walk_parallel(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, MT, n_threads
+    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, XT, n_threads
 ):  # pragma: no cover
     """Neuron-parallel :func:`nullspace_walk`: same arguments plus the thread
     count (each thread walks every ``n_threads``-th neuron with one workspace),
@@ -414,7 +419,7 @@ def nullspace_walk_parallel(
             basisT,
             pivots,
             flops,
-            MT,
+            XT,
             tid,
             n_out,
             n_threads,

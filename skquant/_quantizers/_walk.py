@@ -39,6 +39,52 @@ def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
     return best
 
 
+#: the guided walk (``NullSpaceQuantizer(walk_budget=...)``) takes the data's
+#: responses to its moves in the data's leading directions after the ``k`` kept
+#: ones, at most this many (all of them on data of lower rank): each step costs
+#: ``2 k`` flops a direction
+GUIDE_DIRECTIONS = 256
+
+#: ``walk_budget`` guides the walk only where those directions hold at least this
+#: share of the data's energy outside the smallest cap (:func:`guide_share`): on
+#: the Fashion CNN's 3136-input layer with 1024 images they hold 0.84 of it, on
+#: the 4096 x 4096 Gaussian test layer (a nearly flat spectrum) 0.31
+GUIDE_SHARE = 0.5
+
+
+def walk_cost(k, m, n, guided=False):
+    """The walk's modelled arithmetic at cap ``k`` over GPFQ's, per neuron, on a
+    layer of ``n`` inputs and ``m`` calibration rows: ``5 k^2 (n - k)`` flops
+    (the tableau updates; see the User Guide's performance page), plus ``2 r k
+    (n - k)`` for the guide's responses (``r = min(m, GUIDE_DIRECTIONS)``),
+    against GPFQ's ``4 m n``. A cap at ``n`` or above has no walk."""
+    if k >= n:
+        return 0.0
+    guide = 2 * min(m, GUIDE_DIRECTIONS) * k if guided else 0
+    return (5 * k * k + guide) * (n - k) / (4 * m * n)
+
+
+def guide_share(s, k, directions=None):
+    """``sum(s[k:k+d]^2) / sum(s[k:]^2)`` for the singular values ``s`` (``d``:
+    ``directions``, :data:`GUIDE_DIRECTIONS` unless given); 1 when nothing is
+    left."""
+    d = GUIDE_DIRECTIONS if directions is None else directions
+    s2 = np.asarray(s, dtype=np.float64)[k:] ** 2
+    total = float(s2.sum())
+    return float(s2[:d].sum()) / total if total > 0 else 1.0
+
+
+def guide_rows(V, s, k):
+    """The guided walk's data at cap ``k``: rows ``s_i v_i^T`` for the data's
+    directions ``i = k + 1 .. k + GUIDE_DIRECTIONS`` (``V``: its leading right
+    singular vectors, ``s`` its singular values; as many as both hold). A move
+    that keeps the ``k`` leading directions' products has no response in them,
+    so these rows carry its response (all of it when the data has no more
+    directions), with the data's inner products."""
+    s = np.asarray(s, dtype=np.float64)[: k + GUIDE_DIRECTIONS]
+    return s[k:, None] * V[:, k : s.size].T
+
+
 def first_basis(V):
     """A well-conditioned set of ``k`` coordinates for the constraint
     ``V^T z = c`` (``V``: ``n x k``): the first ``k`` pivots of a pivoted QR of
@@ -89,11 +135,13 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
         Written, when given: each column's floating-point operations, counted by
         the walk as it does them (``benchmarks/bench_nullspace_speed.py --flops``
         turns them into a rate).
-    X : ndarray of shape (m, n), default=None
-        The data, to guide the walk (a prototype, for benchmarks): each
-        coordinate then moves toward the bound nearer greedy path following's
-        target on the data outside the kept directions (:func:`outside_data`
-        with the first basis), not to the nearer bound.
+    X : ndarray of shape (r, n), default=None
+        The data (or any ``r`` rows with the same inner products between the
+        responses below), to guide the walk: each coordinate then moves toward
+        the bound nearer greedy path following's target on the data's response
+        to its move with the current basis (outside the kept directions; the
+        error fed forward), not to the nearer bound: ``2 r k`` more flops a
+        step.
 
     Returns
     -------
@@ -111,15 +159,13 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     basis0, cols = basis_and_rest(V, order)
     chunk = walk_chunk(n, k) if chunk is None else max(min(int(chunk), n - k), 1)
     first = cols[:chunk]
-    MT = np.empty((0, 0))  # the guide (none)
     if not k:
         T0 = np.empty((first.size, 0))
-    elif X is None:
+    else:
         T0 = scipy.linalg.solve(V[basis0].T, V[first].T).T
-    else:  # the whole tableau with the guide; the walk starts from its chunk
-        T, M = outside_data(X, V, basis0, cols)
-        T0, MT = T[:, :chunk].T, np.ascontiguousarray(M.T)
     T0 = np.ascontiguousarray(T0)
+    # the guide: the data's columns as rows (none: empty)
+    XT = np.empty((0, 0)) if X is None else np.ascontiguousarray(X.T, np.float64)
     # neurons as rows: each walk reads and writes contiguous memory
     n_out = Z0.shape[1]
     ZT = np.empty(Z0.shape[::-1])
@@ -134,10 +180,10 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
             out = (ZT[a:b], basisT[a:b], counted[a:b])
             if n_threads > 1:
                 pivots[a:b] = _nullspace.nullspace_walk_parallel(
-                    *args, *out, MT, n_threads
+                    *args, *out, XT, n_threads
                 )
             else:
-                pivots[a:b] = _nullspace.nullspace_walk(*args, *out, MT)
+                pivots[a:b] = _nullspace.nullspace_walk(*args, *out, XT)
 
         run_in_batches(run, n_out, "null-space walk (neurons)", first=n_threads)
     return ZT.T, basisT.T, pivots
