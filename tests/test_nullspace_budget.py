@@ -65,6 +65,12 @@ def test_the_budget_limits_the_ladder_and_guides_the_walk(monkeypatch):
     assert_array_equal(
         q.codes_, Guided(n_bits=3, rank=best).fit(W, activations=X).codes_
     )
+    # the guide reaches the walk: the unguided walk at that cap differs
+    plain = NullSpaceQuantizer(n_bits=3, rank=best).fit(W, activations=X)
+    assert not plain.guided_ and np.mean(plain.codes_ != q.codes_) > 0.05
+    # a float rank or the numerical rank with the guide (no direction left)
+    assert Guided(n_bits=3, rank=0.9).fit(W, activations=X).guided_
+    assert not Guided(n_bits=3, rank=None).fit(W, activations=X).guided_
     # the guided walk's point is still a vertex: at most k coordinates off the
     # alphabet, and the a-posteriori bound holds
     assert np.all(q.n_off_grid_ <= q.rank_)
@@ -180,3 +186,47 @@ def test_a_flat_spectrum_is_not_guided(monkeypatch):
     s = np.linalg.svd(Xs[~held], compute_uv=False)
     assert _walk.guide_share(s, 10) >= _walk.GUIDE_SHARE
     assert NullSpaceQuantizer(n_bits=3).fit(Ws, activations=Xs).guided_
+
+
+def test_the_budget_leaves_out_middle_caps_of_an_unguided_ladder(monkeypatch):
+    """With more fitting rows than inputs the top cap is n_in (no walk, in any
+    budget): the walk stays unguided, but the middle caps whose walk is out
+    of budget are left out of the ladder."""
+    monkeypatch.setattr(_nullspace, "AUTO_PATIENCE", 10)
+    rng = np.random.default_rng(6)
+    m, n = 260, 200
+    X = rng.standard_normal((m, 30)) @ rng.standard_normal((30, n))
+    X += 0.1 * rng.standard_normal((m, n))
+    W = rng.standard_normal((n, 4)) / np.sqrt(n)
+    q = NullSpaceQuantizer(n_bits=3).fit(W, activations=X)
+    full = NullSpaceQuantizer(n_bits=3, walk_budget=None).fit(W, activations=X)
+    assert not q.guided_ and not full.guided_
+    assert sorted(full.rank_scores_) == [12, 25, 50, 100, 200]
+    assert sorted(q.rank_scores_) == [
+        k for k in sorted(full.rank_scores_) if _modelled(k, m, n) <= 16
+    ]
+    assert 100 not in q.rank_scores_ and 200 in q.rank_scores_
+    for k in q.rank_scores_:
+        assert q.rank_scores_[k] == full.rank_scores_[k]
+
+
+@pytest.mark.parametrize("m, n", [(100, 600), (300, 280)])
+def test_the_guide_from_the_gram_spectra(m, n, monkeypatch):
+    """With the spectra from X X^T (fewer rows than inputs) or X^T X (the
+    Lanczos vectors of the fitting rows), the guided fit is the SVD path's:
+    the same caps and scores (to round-off) and nearly all the same codes."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((m, 40)) @ rng.standard_normal((40, n))
+    X += 0.1 * rng.standard_normal((m, n))
+    W = rng.standard_normal((n, 6)) / np.sqrt(n)
+    fits = []
+    for size in (10**9, 64):
+        monkeypatch.setattr(_nullspace, "GRAM_SPECTRUM", size)
+        fits.append(NullSpaceQuantizer(n_bits=3).fit(W, activations=X))
+    svd, gram = fits
+    assert svd.guided_ and gram.guided_
+    assert sorted(gram.rank_scores_) == sorted(svd.rank_scores_)
+    for k, score in svd.rank_scores_.items():
+        assert gram.rank_scores_[k] == pytest.approx(score, rel=1e-6)
+    assert gram.rank_ == svd.rank_
+    assert np.mean(gram.codes_ == svd.codes_) > 0.99

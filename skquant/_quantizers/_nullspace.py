@@ -41,7 +41,7 @@ class NoFreedomWarning(UserWarning):
     """
 
 
-def row_space(X, rank=None):
+def row_space(X, rank=None, every=False):
     """Orthonormal basis of the row space of ``X`` kept by a rank rule.
 
     Parameters
@@ -52,11 +52,15 @@ def row_space(X, rank=None):
         ``None``: the numerical rank (singular values above
         ``max(m, n) * eps * sigma_1``); int: at most that many directions; float:
         the fewest directions holding that fraction of ``||X||_F^2``.
+    every : bool, default=False
+        Return the vectors of every direction of the numerical rank (the kept
+        ones first), not only the kept ones.
 
     Returns
     -------
     V : ndarray of shape (n, k)
-        Orthonormal columns spanning the kept directions.
+        Orthonormal columns spanning the kept directions (with ``every``, the
+        numerical rank's columns).
     s : ndarray of shape (min(m, n),)
         All singular values of ``X``.
     k : int
@@ -78,7 +82,7 @@ def row_space(X, rank=None):
     else:
         energy = np.cumsum(s**2) / max(np.sum(s**2), np.finfo(float).tiny)
         k = min(int(np.searchsorted(energy, rank) + 1), numerical)
-    return np.ascontiguousarray(Vt[:k].T), s, k
+    return np.ascontiguousarray(Vt[: numerical if every else k].T), s, k
 
 
 #: the smallest rank cap ``rank="auto"`` tries
@@ -250,26 +254,24 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         changes the guarantee (the a-posteriori bound holds for any rounding).
     walk_budget : float > 0 or None, default=16.0
         With ``rank="auto"`` and the grid variant: the most arithmetic a cap's
-        walk may cost, in multiples of GPFQ's on the layer. The walk's cost
-        grows like ``k^2`` where GPFQ's grows like ``m``; on a wide layer whose
-        largest cap (the fitting rows' count or ``n_in``) is out of budget,
-        the top caps would cost tens to hundreds of GPFQs. On such a layer the
+        walk may cost, in multiples of GPFQ's on the layer (per neuron, ``5 k^2
+        (n_in - k)`` flops for the walk at cap ``k``, ``2 r k (n_in - k)`` more
+        when guided, against ``4 m n_in`` for GPFQ on ``m`` rows). The ladder
+        tries only the caps within it (at least its smallest). On a layer whose
+        largest cap (the fitting rows' count or ``n_in``) is out of budget, the
         walk is *guided*: each coordinate heads for the cell bound that GPFQ's
         rule picks on the data's response to its move (``X_j - X_B y`` with the
         current basis ``B``, outside the kept directions; the error fed
-        forward) instead of the nearer bound, and the ladder tries only the
-        caps whose guided walk fits the budget (at least its smallest cap).
-        The guided walk's point is a vertex of the same polytope, with the same
-        ``bound_``; at small caps it reproduces the held-out output better
-        than the unguided walk at the largest ones (see the User Guide). The
-        model, per neuron: ``5 k^2 (n_in - k)`` flops for the walk at cap ``k``
-        plus ``2 r k (n_in - k)`` for the guide, against ``4 m n_in`` for
-        GPFQ's path on ``m`` rows, where the guide's ``r = min(m, 256)``: the
-        responses are taken in the data's 256 leading directions after the
-        ``k`` kept ones (exact on data of lower rank). On layers within budget
-        the fit is the
-        whole ladder's, unguided. ``None``: every cap, never guided (the
-        default before ``walk_budget``). Explicit ranks are not limited.
+        forward) instead of the nearer bound. The responses are taken in the
+        data's ``r = min(m, 256)`` leading directions after the ``k`` kept ones
+        (exact on data of lower rank), and only where those hold at least half
+        of its energy outside the smallest cap (on a flat spectrum the walk
+        stays unguided). The point is a vertex of the same polytope, with the
+        same ``bound_``; at small caps it reproduces held-out outputs better
+        than the unguided walk at the largest ones (see the User Guide). Where
+        every cap is in budget the fit is the whole ladder's. ``None``: every
+        cap, never guided (the default before ``walk_budget``). Explicit ranks
+        are not limited.
     n_jobs : int, default=None
         Number of numba threads for the walk and the rounding (over neurons);
         ``None`` means 1, ``-1`` means all. The LP variant solves its programs one
@@ -297,7 +299,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Number of kept directions ``k``.
     guided_ : bool
         Whether the walk was guided (``rank="auto"`` on a layer whose largest
-        cap is out of ``walk_budget``).
+        cap is out of ``walk_budget``, where the guide's directions hold at
+        least half of the data's energy outside the smallest cap, and at a cap
+        below the numerical rank).
     rank_scores_ : dict of {int: float}
         With ``rank="auto"``: the held-out output error ``||Xf_h W - Xq_h Q||_F``
         of each cap tried, smallest first, over the ladder's neurons (all of them
@@ -423,14 +427,15 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             spectrum = RowSpectrum(gram(Xq.T), Xq)
         if rank == "auto":
             rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf, G, spectrum)
+        if rank is None:  # the numerical rank: no direction is left to guide by
+            self.guided_ = False
         lead = None  # the guide's source of further directions
         if spectrum is not None and rank is not None:  # a cap: its leading vectors
             k = min(rank, spectrum.rank)
             V, s = spectrum.vectors(k), spectrum.singular_values
             lead = spectrum.vectors
         elif self.guided_ and rank is not None:
-            lead, s, k = row_space(Xq)
-            k = min(rank, k)
+            lead, s, k = row_space(Xq, rank, every=True)
             V = np.ascontiguousarray(lead[:, :k])
         else:
             V, s, k = row_space(Xq, rank)
@@ -520,7 +525,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         n = W.shape[0]
         guided = self._guided_walk(Xq_fit.shape[0], m, n)
         if guided and not self._guided:
-            # only where the guide's directions hold most of the response
+            # only where the guide's directions hold most of the response (on
+            # the Gram path, all rows' spectrum: only the fitting rows' leading
+            # part is computed)
             s_all = spectrum.singular_values if G is not None else probe_s
             k0 = self._ladder_caps(top, m, n)[-1]
             guided = guide_share(s_all, k0) >= GUIDE_SHARE
