@@ -29,6 +29,8 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
   walk's, the walk's caps limited by cost (``WalkOrPath`` below, a prototype);
 * ``ns-walk-else-path``: the default where its walk is cheap, ``ns-walk-or-path``
   elsewhere (``WalkElsePath`` below, a prototype);
+* ``ns-nearest-ladder``: the default with its ladder scored with
+  ``rounding="nearest"`` (``NearestLadder``, a prototype);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -152,6 +154,17 @@ class WalkElsePath(WalkOrPath):
         return super()._fit_quantize(W, activations, target_activations)
 
 
+class NearestLadder(NullSpaceQuantizer):
+    """The default with its ladder's caps scored with ``rounding="nearest"``
+    (the final fit rounds as ``rounding`` says). (A prototype.)"""
+
+    def _ladder_errors(self, W, Xq, Xf, *args, **kwargs):
+        est = NullSpaceQuantizer(**{**self.get_params(), "rounding": "nearest"})
+        out = est._ladder_errors(W, Xq, Xf, *args, **kwargs)
+        self.guided_ = est.guided_
+        return out
+
+
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -171,6 +184,7 @@ METHODS = {
     "ns-path": lambda b: NullSpaceQuantizer(n_bits=b, variant="path"),
     "ns-walk-or-path": lambda b: WalkOrPath(n_bits=b, walk_budget=None),
     "ns-walk-else-path": lambda b: WalkElsePath(n_bits=b, walk_budget=None),
+    "ns-nearest-ladder": lambda b: NearestLadder(n_bits=b),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 

@@ -41,7 +41,7 @@ import skquant
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
 
 #: prototypes of bench_datadriven_networks.py that --variants may also name
-PROTOTYPES = ("ns-walk-else-path",)
+PROTOTYPES = ("ns-walk-else-path", "ns-nearest-ladder")
 
 
 def prototype(name, bits):
