@@ -36,9 +36,12 @@ import time
 import warnings
 
 import numpy as np
+import scipy.linalg
 
 import skquant
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
+from skquant._quantizers._nullspace import MIN_AUTO_RANK
+from skquant._quantizers._walk import guide_share, halved
 
 #: prototypes of bench_datadriven_networks.py that --variants may also name
 PROTOTYPES = ("ns-walk-else-path", "ns-nearest-ladder")
@@ -48,6 +51,19 @@ def prototype(name, bits):
     from bench_datadriven_networks import METHODS
 
     return METHODS[name](bits)
+
+
+def guide_share_of(X):
+    """What ``rank="auto"`` compares with ``GUIDE_SHARE`` on data ``X``: the
+    share of the fitting rows' energy outside the ladder's smallest cap that the
+    guide's directions hold (every fifth row held out, the ladder halved from
+    the fitting rows' numerical rank). On data of at least ``GRAM_SPECTRUM``
+    inputs and as many rows the library takes all rows' spectrum instead."""
+    held = np.zeros(X.shape[0], dtype=bool)
+    held[4::5] = True
+    s = scipy.linalg.svdvals(X[~held])
+    top = int(np.sum(s > max(X.shape) * np.finfo(np.float64).eps * s[0]))
+    return guide_share(s, halved(top, MIN_AUTO_RANK)[-1])
 
 
 def layer(n=4096, seed=0):
@@ -78,6 +94,7 @@ def phases(profile):
 
 def one_layer(bits_list, n):
     X, W = layer(n)
+    share = guide_share_of(X)
     for b in bits_list:
         bits = int(b) if b.isdigit() else b
         start = time.perf_counter()
@@ -93,7 +110,8 @@ def one_layer(bits_list, n):
         print(
             f"{n}x{n} layer, {b} bits: GPFQ {t_gpfq:.1f} s, NullSpaceQuantizer() "
             f"{t_ns:.1f} s ({t_ns / t_gpfq:.2f}x GPFQ); cap {q.rank_}, caps tried "
-            f"{sorted(q.rank_scores_)}; spectra {ph['spectra']:.1f} s, walk "
+            f"{sorted(q.rank_scores_)}; guided {q.guided_} (guide share "
+            f"{share:.2f}); spectra {ph['spectra']:.1f} s, walk "
             f"{ph['walk']:.1f} s, diagnostics {ph['diagnostics']:.1f} s",
             flush=True,
         )

@@ -12,7 +12,9 @@ GPFQ's cost? Each weight layer of a network is captured as the default sees it i
 :func:`skquant.torch.quantize_model` (``--calib`` training images, 1024 unless
 told, seed 0; conv patches sampled to 4096 rows), every fifth row is held out,
 and each method is fitted on the other rows; printed: the held-out relative output error
-``||Xf_h W - Xq_h Q|| / ||Xf_h W||`` and the fit's seconds, per layer.
+``||Xf_h W - Xq_h Q|| / ||Xf_h W||`` and the fit's seconds (with the cap and
+whether the walk was guided), per layer, and the layer's guide share
+(``guide_share_of`` of ``bench_nullspace_default.py``, on the fitting rows).
 
 Run (one thread; about 2 minutes for the CNN at 2 bits):
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \\
@@ -28,6 +30,7 @@ import warnings
 import numpy as np
 import torch
 from _models import trained
+from bench_nullspace_default import guide_share_of
 
 import skquant
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
@@ -106,10 +109,13 @@ def main():
             Q = q.transform(W).astype(np.float64)
             err = np.linalg.norm(ref - Xq[held] @ Q) / np.linalg.norm(ref)
             cap = f", k {q.rank_}" if hasattr(q, "rank_") else ""
+            if getattr(q, "guided_", False):
+                cap += ", guided"
             cells.append(f"{name} {err:.4f} ({seconds:.2f} s{cap})")
+        share = guide_share_of(Xq[~held])  # (the rows the methods fit on)
         print(
             f"{args.net} {args.bits} bits, layer {W.shape[0]}x{W.shape[1]}, "
-            f"{Xq.shape[0]} rows: " + " | ".join(cells),
+            f"{Xq.shape[0]} rows, guide share {share:.2f}: " + " | ".join(cells),
             flush=True,
         )
 

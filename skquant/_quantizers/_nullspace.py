@@ -14,7 +14,6 @@ from .._common._progress import run_in_batches
 from .._kernels import _nullspace
 from .._kernels._threads import numba_threads, one_blas_thread
 from .._tensor._alphabets import kernel_for
-from . import _walk
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
@@ -24,6 +23,7 @@ from ._walk import (
     basis_and_rest,
     guide_rows,
     guide_share,
+    halved,
     outside_data,
     walk_cost,
     walk_to_vertices,
@@ -168,8 +168,7 @@ class _Products:
     def guide(self, k):
         """The guided walk's data at cap ``k`` (:func:`guide_rows` of ``Xq``'s
         leading vectors ``V`` and singular values ``s``)."""
-        V = self.V(k + _walk.GUIDE_DIRECTIONS)
-        return guide_rows(V, self.s[: V.shape[1]], k)
+        return guide_rows(self.V, self.s, k)
 
     def XqV(self, k):
         """``Xq @ V[:, :k]`` (the columns not computed yet, computed now; all
@@ -434,7 +433,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             k = min(rank, spectrum.rank)
             V, s = spectrum.vectors(k), spectrum.singular_values
             lead = spectrum.vectors
-        elif self.guided_ and rank is not None:
+        elif self.guided_:
             lead, s, k = row_space(Xq, rank, every=True)
             V = np.ascontiguousarray(lead[:, :k])
         else:
@@ -529,7 +528,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             # the Gram path, all rows' spectrum: only the fitting rows' leading
             # part is computed)
             s_all = spectrum.singular_values if G is not None else probe_s
-            k0 = self._ladder_caps(top, m, n)[-1]
+            k0 = halved(top, MIN_AUTO_RANK)[-1]  # the smallest cap
             guided = guide_share(s_all, k0) >= GUIDE_SHARE
         ladder = self._ladder_caps(top, m, n, guided)
         self.guided_ = guided
@@ -570,10 +569,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         :data:`MIN_AUTO_RANK`, less those whose walk exceeds ``walk_budget``
         (:func:`walk_cost`; the smallest is kept if none fits). ``m``, ``n``:
         the layer's calibration rows and inputs."""
-        ladder, k = [], top
-        while k >= MIN_AUTO_RANK or not ladder:
-            ladder.append(k)
-            k //= 2
+        ladder = halved(top, MIN_AUTO_RANK)
         if self.walk_budget is None or self.variant != "grid":
             return ladder
         fits = [k for k in ladder if walk_cost(k, m, n, guided) <= self.walk_budget]

@@ -39,6 +39,15 @@ def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
     return best
 
 
+def halved(top, smallest):
+    """``top``, ``top // 2``, ... down to ``smallest`` (``top`` at least)."""
+    caps, k = [], top
+    while k >= smallest or not caps:
+        caps.append(k)
+        k //= 2
+    return caps
+
+
 #: the guided walk (``NullSpaceQuantizer(walk_budget=...)``) takes the data's
 #: responses to its moves in the data's leading directions after the ``k`` kept
 #: ones, at most this many (all of them on data of lower rank): each step costs
@@ -46,9 +55,9 @@ def walk_chunk(n, k, block=_nullspace.ETA_BLOCK):
 GUIDE_DIRECTIONS = 256
 
 #: ``walk_budget`` guides the walk only where those directions hold at least this
-#: share of the data's energy outside the smallest cap (:func:`guide_share`): on
-#: the Fashion CNN's 3136-input layer with 1024 images they hold 0.84 of it, on
-#: the 4096 x 4096 Gaussian test layer (a nearly flat spectrum) 0.31
+#: share of the data's energy outside the smallest cap (:func:`guide_share`; the
+#: shares of the benchmark layers are printed by ``bench_nullspace_variants.py``
+#: and ``bench_nullspace_default.py``, and quoted in the User Guide)
 GUIDE_SHARE = 0.5
 
 
@@ -74,14 +83,15 @@ def guide_share(s, k, directions=None):
     return float(s2[:d].sum()) / total if total > 0 else 1.0
 
 
-def guide_rows(V, s, k):
+def guide_rows(vectors, s, k):
     """The guided walk's data at cap ``k``: rows ``s_i v_i^T`` for the data's
-    directions ``i = k + 1 .. k + GUIDE_DIRECTIONS`` (``V``: its leading right
-    singular vectors, ``s`` its singular values; as many as both hold). A move
-    that keeps the ``k`` leading directions' products has no response in them,
-    so these rows carry its response (all of it when the data has no more
-    directions), with the data's inner products."""
-    s = np.asarray(s, dtype=np.float64)[: k + GUIDE_DIRECTIONS]
+    directions ``i = k + 1 .. k + GUIDE_DIRECTIONS`` (``vectors(c)``: its ``c``
+    leading right singular vectors, or as many as it has; ``s`` its singular
+    values, sliceable from 0). A move that keeps the ``k`` leading directions'
+    products has no response in them, so these rows carry its response (all of
+    it when the data has no more directions), with the data's inner products."""
+    V = vectors(k + GUIDE_DIRECTIONS)
+    s = np.asarray(s[: V.shape[1]], dtype=np.float64)
     return s[k:, None] * V[:, k : s.size].T
 
 
