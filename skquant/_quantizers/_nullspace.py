@@ -4,7 +4,6 @@ import numbers
 import warnings
 
 import numpy as np
-import scipy.linalg
 from scipy import sparse
 from scipy.optimize import linprog
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -17,7 +16,14 @@ from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
-from ._spectrum import GramSpectrum, LeadingSpectrum, RowSpectrum
+from ._spectrum import (
+    GramSpectrum,
+    LeadingSpectrum,
+    RowSpectrum,
+    _Factors,
+    row_space,
+    triangular_factor,
+)
 from ._walk import (
     GUIDE_SHARE,
     basis_and_rest,
@@ -39,50 +45,6 @@ class NoFreedomWarning(UserWarning):
     or MSQ with ``rounding="nearest"``). The network drivers gather these into one
     warning per model, naming the layers.
     """
-
-
-def row_space(X, rank=None, every=False):
-    """Orthonormal basis of the row space of ``X`` kept by a rank rule.
-
-    Parameters
-    ----------
-    X : ndarray of shape (m, n)
-        Data.
-    rank : None, int or float in (0, 1)
-        ``None``: the numerical rank (singular values above
-        ``max(m, n) * eps * sigma_1``); int: at most that many directions; float:
-        the fewest directions holding that fraction of ``||X||_F^2``.
-    every : bool, default=False
-        Return the vectors of every direction of the numerical rank (the kept
-        ones first), not only the kept ones.
-
-    Returns
-    -------
-    V : ndarray of shape (n, k)
-        Orthonormal columns spanning the kept directions (with ``every``, the
-        numerical rank's columns).
-    s : ndarray of shape (min(m, n),)
-        All singular values of ``X``.
-    k : int
-        Number of kept directions.
-    """
-    if X.shape[0] > X.shape[1]:
-        # tall data: X = Q R has the singular values and right vectors of R
-        # (measured on 1024 x 784 MNIST rows: 0.14 s against 0.22 s)
-        X = scipy.linalg.qr(X, mode="r", check_finite=False)[0][: X.shape[1]]
-    _, s, Vt = scipy.linalg.svd(
-        X, full_matrices=False, lapack_driver="gesdd", check_finite=False
-    )
-    tol = max(X.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
-    numerical = int(np.sum(s > tol))
-    if rank is None:
-        k = numerical
-    elif isinstance(rank, numbers.Integral):
-        k = min(int(rank), numerical)
-    else:
-        energy = np.cumsum(s**2) / max(np.sum(s**2), np.finfo(float).tiny)
-        k = min(int(np.searchsorted(energy, rank) + 1), numerical)
-    return np.ascontiguousarray(Vt[: numerical if every else k].T), s, k
 
 
 #: the smallest rank cap ``rank="auto"`` tries
@@ -149,38 +111,36 @@ class _LazyValues:
 class _Products:
     """The products of one layer's data that every fit of it at some rank cap
     needs (the ladder's caps and the final fit share them): ``Xf W``, the start
-    points' residual ``(Xf - Xq) W``, the walk's order, ``Xq^T`` for the greedy
-    rounding, ``Xq V`` for the leading columns of ``V`` (grown as larger caps
-    ask for them; ``V`` an array or a function of the number of columns) and
-    the Gram matrix ``G`` of ``Xq`` when the caller holds it."""
+    points' residual ``(Xf - Xq) W`` and its products ``Xq^T (Xf - Xq) W`` with
+    the data, the walk's order, ``Xq^T`` for the greedy rounding, the leading
+    columns of ``V`` (an array or a function of the number of columns) and the
+    Gram matrix ``G`` of ``Xq`` or its :func:`triangular_factor` when the caller
+    holds them."""
 
-    def __init__(self, W, Xq, Xf, V, G=None, s=None):
-        self.Xq, self.G, self.s = Xq, G, s
+    def __init__(self, W, Xq, Xf, V, G=None, s=None, factor=None):
+        self.Xq, self.G, self.s, self.factor = Xq, G, s, factor
         self.V = V if callable(V) else (lambda k: V[:, :k])
         self.XfW = Xf @ W
-        self.R = None if Xf is Xq else (Xf - Xq) @ W
+        R = None if Xf is Xq else (Xf - Xq) @ W
+        self.XqTR = None if R is None else Xq.T @ R
         self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
         self.XqT = np.ascontiguousarray(Xq.T)
-        self._XqV = np.empty((Xq.shape[0], 0))
-        self._Vdone = np.empty((Xq.shape[1], 0))
         self.drift = None  # Xf W - Xq Z, once the points Z are known
+
+    def gram(self, cols=None):
+        """The Gram matrix of ``Xq``'s columns ``cols`` (all by default): a block
+        of ``G``, or from the triangular factor when it has fewer rows."""
+        if self.G is not None:
+            return self.G if cols is None else self.G[np.ix_(cols, cols)]
+        F = self.Xq
+        if self.factor is not None and self.factor.shape[0] < F.shape[0]:
+            F = self.factor
+        return gram(F if cols is None else F[:, cols])
 
     def guide(self, k):
         """The guided walk's data at cap ``k`` (:func:`guide_rows` of ``Xq``'s
         leading vectors ``V`` and singular values ``s``)."""
         return guide_rows(self.V, self.s, k)
-
-    def XqV(self, k):
-        """``Xq @ V[:, :k]`` (the columns not computed yet, computed now; all
-        of them again if the basis's leading columns have changed)."""
-        V = self.V(k)
-        done = self._XqV.shape[1]
-        if done and not np.array_equal(V[:, : min(k, done)], self._Vdone[:, :k]):
-            done = 0
-        if k > done:
-            self._XqV = np.hstack([self._XqV[:, :done], self.Xq @ V[:, done:]])
-            self._Vdone = V.copy()
-        return self._XqV[:, :k]
 
 
 class NullSpaceQuantizer(BaseDataQuantizer):
@@ -424,8 +384,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             spectrum = GramSpectrum(G, Xq.shape[0])
         elif rank == "auto" and GRAM_SPECTRUM <= Xq.shape[1]:  # fewer rows
             spectrum = RowSpectrum(gram(Xq.T), Xq)
+        factors, pre_factor = _Factors(Xq), None
         if rank == "auto":
-            rank, self.rank_scores_ = self._held_out_rank(W, Xq, Xf, G, spectrum)
+            rank, self.rank_scores_ = self._held_out_rank(
+                W, Xq, Xf, G, spectrum, factors
+            )
         if rank is None:  # the numerical rank: no direction is left to guide by
             self.guided_ = False
         lead = None  # the guide's source of further directions
@@ -433,11 +396,12 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             k = min(rank, spectrum.rank)
             V, s = spectrum.vectors(k), spectrum.singular_values
             lead = spectrum.vectors
-        elif self.guided_:
-            lead, s, k = row_space(Xq, rank, every=True)
+        else:  # the SVD (of the triangular factor, for tall data)
+            F = factors.all()
+            lead, s, k = row_space(F, rank, every=self.guided_)
             V = np.ascontiguousarray(lead[:, :k])
-        else:
-            V, s, k = row_space(Xq, rank)
+            lead = lead if self.guided_ else None
+            pre_factor = F
         self.components_, self.singular_values_, self.rank_ = V, s, k
         if k >= W.shape[0]:
             warnings.warn(
@@ -448,7 +412,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 NoFreedomWarning,
             )
         W64 = W.astype(np.float64)
-        pre = _Products(W64, Xq, Xf, V if lead is None else lead, G, s)
+        pre = _Products(W64, Xq, Xf, V if lead is None else lead, G, s, pre_factor)
         if self.variant != "lp":
             self._fit_alphabet(W)
             Z = None
@@ -465,7 +429,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         self._diagnostics(W64, Z, codes, Xq, pre)
         return codes, W.dtype
 
-    def _held_out_rank(self, W, Xq, Xf, G=None, spectrum=None):
+    def _held_out_rank(self, W, Xq, Xf, G=None, spectrum=None, factors=None):
         """The rank cap with the smallest output error on held-out calibration
         rows: every fifth row is held out, the rest fit a quantizer at the caps of
         a ladder (the numerical rank of the fitting rows, halved down to
@@ -480,8 +444,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         each cap walks with its leading columns. With fewer than 10 rows nothing
         is held out: the numerical rank. ``G`` and ``spectrum``: the Gram matrix
         of ``Xq`` and its :class:`GramSpectrum`, when the spectra come from it
-        (:data:`GRAM_SPECTRUM`)."""
-        errors, top = self._ladder_errors(W, Xq, Xf, G=G, spectrum=spectrum)
+        (:data:`GRAM_SPECTRUM`); ``factors``: the data's :class:`_Factors`."""
+        errors, top = self._ladder_errors(
+            W, Xq, Xf, G=G, spectrum=spectrum, factors=factors
+        )
         if errors is None:
             return None, {}
         scores = {k: float(np.linalg.norm(e)) for k, e in errors.items()}
@@ -489,7 +455,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         return (None if best >= top else best), scores
 
     def _ladder_errors(
-        self, W, Xq, Xf, neurons=None, G=None, spectrum=None, allow=None
+        self, W, Xq, Xf, neurons=None, G=None, spectrum=None, allow=None, factors=None
     ):
         """Held-out output errors of the climbed ladder, per neuron.
 
@@ -503,7 +469,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         :class:`RowSpectrum` (wide data) they come from its block of the
         fitting rows. ``allow(k, top)``, when given, says which caps are tried
         (a caller choosing between variants skips the walks it finds too
-        costly)."""
+        costly); ``factors`` (:class:`_Factors` of ``Xq``), when given, keeps
+        the fitting rows' triangular factor for the final fit."""
         m = Xq.shape[0]
         if m < 10:
             return None, None
@@ -516,7 +483,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             lead = spectrum.rows(~held)
             V_all, probe_s, top = lead.vectors, lead.singular_values, lead.rank
         elif G is None:
-            V_all, probe_s, top = row_space(Xq_fit)
+            F = triangular_factor(Xq_fit) if factors is None else factors.fitting(held)
+            V_all, probe_s, top = row_space(F)
         else:
             top = min(Xq_fit.shape[0], spectrum.rank)
             lead = LeadingSpectrum(G_fit, Xq_fit.shape[0], rank=top)
@@ -591,10 +559,12 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             return W.copy()
         # least-squares correction in the kept directions: Xq z = Xf w. V holds
         # right singular vectors of Xq, so Xq V = U_k S_k has orthogonal columns
-        # of norms s_k and the least-squares coefficients are (Xq V)^T R / s_k^2
+        # of norms s_k and the least-squares coefficients are (Xq V)^T R / s_k^2,
+        # that is V^T (Xq^T R) / s_k^2 (R = (Xf - Xq) W: n_in x n_out products
+        # per cap, not the m x n_in x k of Xq V)
         V = self.components_
         s = self.singular_values_[: V.shape[1]]
-        coef = (pre.XqV(V.shape[1]).T @ pre.R) / (s * s)[:, None]
+        coef = (V.T @ pre.XqTR) / (s * s)[:, None]
         return W + V @ coef
 
     def _lp_points(self, W, Xq, Xf, pre):
@@ -717,7 +687,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z, i.e.
                 # Xq^T Xf w - triu(G, 1) z (from the data: G is the one n x n)
                 A = Xq.T @ pre.XfW - triangle_product(Xq, Xq, Z, "strict_upper")
-                G = gram(Xq) if pre.G is None else pre.G
+                G = pre.gram()
                 codes = greedy_path_gram(A, G, Z, alphabet, step, keep=on)
                 return codes, Z
         return alphabet.final_codes(codes), Z
@@ -753,7 +723,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         position[union] = np.arange(union.size)
         idx = _padded_rows(off)
         idx = np.where(idx >= 0, position[idx], -1)
-        G = gram(Xq[:, union]) if pre.G is None else pre.G[np.ix_(union, union)]
+        G = pre.gram(union)
         self._bound_terms = (drift, dist, idx, G)
         self._bound = None
 

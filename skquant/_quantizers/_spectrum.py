@@ -1,4 +1,6 @@
-"""Singular values and leading right singular vectors from a Gram matrix.
+"""Singular values and leading right singular vectors: of the data
+(:func:`row_space`, an SVD, of the triangular factor for tall data), and from a
+Gram matrix.
 
 A full SVD of a large calibration matrix (4096 x 4096: about 21 s on one core)
 is most of a null-space fit whose rank cap is small. :class:`GramSpectrum` reduces
@@ -9,11 +11,14 @@ back): the singular values of ``X`` are the eigenvalues' square roots and its
 right singular vectors the eigenvectors.
 """
 
+import numbers
+
 import numpy as np
+import scipy.linalg
 from scipy.linalg import lapack
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
-__all__ = ["GramSpectrum", "LeadingSpectrum", "RowSpectrum"]
+__all__ = ["GramSpectrum", "LeadingSpectrum", "RowSpectrum", "row_space"]
 
 #: :class:`LeadingSpectrum` solves for at most this many leading vectors by
 #: Lanczos iterations (ARPACK), and for more by :class:`GramSpectrum`'s
@@ -223,3 +228,73 @@ class RowSpectrum:
             new = (self._X.T @ U) / self.singular_values[done:k]
             self._V = np.hstack([self._V, new])
         return self._V[:, :k]
+
+
+def row_space(X, rank=None, every=False):
+    """Orthonormal basis of the row space of ``X`` kept by a rank rule.
+
+    Parameters
+    ----------
+    X : ndarray of shape (m, n)
+        Data.
+    rank : None, int or float in (0, 1)
+        ``None``: the numerical rank (singular values above
+        ``max(m, n) * eps * sigma_1``); int: at most that many directions; float:
+        the fewest directions holding that fraction of ``||X||_F^2``.
+    every : bool, default=False
+        Return the vectors of every direction of the numerical rank (the kept
+        ones first), not only the kept ones.
+
+    Returns
+    -------
+    V : ndarray of shape (n, k)
+        Orthonormal columns spanning the kept directions (with ``every``, the
+        numerical rank's columns).
+    s : ndarray of shape (min(m, n),)
+        All singular values of ``X``.
+    k : int
+        Number of kept directions.
+    """
+    X = triangular_factor(X)
+    _, s, Vt = scipy.linalg.svd(
+        X, full_matrices=False, lapack_driver="gesdd", check_finite=False
+    )
+    tol = max(X.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 0.0)
+    numerical = int(np.sum(s > tol))
+    if rank is None:
+        k = numerical
+    elif isinstance(rank, numbers.Integral):
+        k = min(int(rank), numerical)
+    else:
+        energy = np.cumsum(s**2) / max(np.sum(s**2), np.finfo(float).tiny)
+        k = min(int(np.searchsorted(energy, rank) + 1), numerical)
+    return np.ascontiguousarray(Vt[: numerical if every else k].T), s, k
+
+
+def triangular_factor(X):
+    """``R`` of ``X = Q R`` (``n x n``) for tall ``X``, ``X`` itself otherwise:
+    the same singular values, right singular vectors and Gram matrix, from
+    fewer rows (the SVD of tall MNIST rows, 1024 x 784, took 0.14 s through
+    ``R`` against 0.22 s)."""
+    if X.shape[0] > X.shape[1]:
+        return scipy.linalg.qr(X, mode="r", check_finite=False)[0][: X.shape[1]]
+    return X
+
+
+class _Factors:
+    """The triangular factors of one layer's data ``X``: the fitting rows' (the
+    ladder's, rows ``~held``) and then all rows', from the fitting rows' stacked
+    on the held-out rows (``2 (n + m / 5) n^2`` flops in place of ``2 m n^2``)."""
+
+    def __init__(self, X):
+        self.X, self._fit, self._held = X, None, None
+
+    def fitting(self, held):
+        self._held = held
+        self._fit = triangular_factor(self.X[~held])
+        return self._fit
+
+    def all(self):
+        if self._fit is None:
+            return triangular_factor(self.X)
+        return triangular_factor(np.vstack([self._fit, self.X[self._held]]))
