@@ -59,6 +59,15 @@ def _dot(x, y):  # pragma: no cover
     return acc
 
 
+@nb.njit(nogil=True, fastmath=True)
+def _dot32(x, y):  # pragma: no cover
+    # _dot in float32 (the guide's arrays), at float32's vector width
+    acc = np.float32(0.0)
+    for p in range(x.shape[0]):
+        acc += x[p] * y[p]
+    return acc
+
+
 @nb.njit(nogil=True, error_model="numpy")
 def _apply_etas(y, E, leave, t):  # pragma: no cover
     # y <- E_t ... E_1 y: pivot s divides row leave[s] by the pivot E[s, leave[s]]
@@ -271,9 +280,9 @@ def _walk_column(
                 # current basis (it lies outside the kept directions)
                 col[:] = XT[j]
                 for p in range(k):
-                    _axpy(y[p], XT[B[p]], col)
-                ip = _dot(col, u)
-                nn = _dot(col, col)
+                    _axpy(np.float32(y[p]), XT[B[p]], col)
+                ip = _dot32(col, u)
+                nn = _dot32(col, col)
                 ahead = ip / nn if nn > 0.0 else 0.0
                 up_ = z[j] + ahead >= 0.5 * (lo[j] + hi[j])
                 flops += 2.0 * m * k + 4.0 * m
@@ -286,7 +295,7 @@ def _walk_column(
             z[j] += step
             _axpy(step, y, zb)
             if guided:
-                _axpy(step, col, u)
+                _axpy(np.float32(step), col, u)
                 flops += 2.0 * m
             if out < 0:
                 z[j] = hi[j] if to_hi else lo[j]
@@ -331,8 +340,8 @@ def _walk_columns(
     # columns c0, c0 + s, ... < c1 with one workspace
     k = V.shape[1]
     ws = _workspace(k, max(min(chunk, cols.shape[0]), 1))
-    u = np.empty(XT.shape[1])
-    col = np.empty(XT.shape[1])
+    u = np.empty(XT.shape[1], dtype=np.float32)
+    col = np.empty(XT.shape[1], dtype=np.float32)
     for c in range(c0, c1, s):
         pivots[c], flops[c] = _walk_column(
             V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws, XT, u, col
@@ -362,7 +371,7 @@ def nullspace_walk(
     flops : float64 ndarray of shape (n_out,), written: the floating-point
         operations of each neuron's walk, counted step by step (the shared first
         tableau, computed outside, is not included).
-    XT : float64 ndarray of shape (n, m) or (0, 0), the guide: the data's
+    XT : float32 ndarray of shape (n, m) or (0, 0), the guide: the data's
         columns (``X.T``). With rows, each coordinate ``j`` moves toward the
         bound nearer greedy path following's target on the data's response to
         its move, ``X_j - X_B A^{-1} v_j`` with the current basis ``B`` (which

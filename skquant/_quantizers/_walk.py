@@ -174,8 +174,11 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     else:
         T0 = scipy.linalg.solve(V[basis0].T, V[first].T).T
     T0 = np.ascontiguousarray(T0)
-    # the guide: the data's columns as rows (none: empty)
-    XT = np.empty((0, 0)) if X is None else np.ascontiguousarray(X.T, np.float64)
+    # the guide: the data's columns as rows (none: empty), in float32: it only
+    # picks each move's side (twice float64's vector width on its products)
+    XT = np.empty((0, 0), np.float32)
+    if X is not None:
+        XT = np.ascontiguousarray(X.T, np.float32)
     # neurons as rows: each walk reads and writes contiguous memory
     n_out = Z0.shape[1]
     ZT = np.empty(Z0.shape[::-1])
