@@ -247,3 +247,50 @@ def ternary_optimal_scale_parallel(X, out):  # pragma: no cover
     """Column-parallel :func:`ternary_optimal_scale` (same arguments, same result)."""
     for j in nb.prange(X.shape[1]):
         out[j] = _ternary_scale_column(X[:, j])
+
+
+@nb.njit(cache=True, nogil=True)
+def grid_cells(X, step, qmin, qmax, lo, hi):  # pragma: no cover
+    """Cells ``[lo, hi]`` of the grid around every entry of ``X`` (one pass).
+
+    With ``x`` clipped to ``[qmin step, qmax step]``: ``lo = min(floor(x / step)
+    step, qmax step)``, ``hi = min(lo + step, qmax step)``, and ``hi = lo`` for
+    an entry on a grid point (the numpy expressions of
+    :meth:`skquant._tensor._alphabets.Alphabet.boxes`, in the same order).
+    Column by column: fastest on F-ordered arrays.
+
+    Parameters
+    ----------
+    X : float64 ndarray of shape (n_rows, n_cols)
+    step : float64 ndarray of shape (n_cols,), the grid step per column
+    qmin, qmax : float, the code range
+    lo, hi : float64 ndarray like X, written.
+    """
+    for j in range(X.shape[1]):
+        s = step[j]
+        top = qmax * s
+        bottom = qmin * s
+        for i in range(X.shape[0]):
+            x = min(max(X[i, j], bottom), top)
+            low = min(np.floor(x / s) * s, top)
+            lo[i, j] = low
+            hi[i, j] = low if x == low else min(low + s, top)
+
+
+@nb.njit(cache=True, nogil=True)
+def on_grid(X, step, rtol, out):  # pragma: no cover
+    """``|x / step - rint(x / step)| <= rtol`` for every entry (one pass, column by
+    column as :func:`grid_cells`).
+
+    Parameters
+    ----------
+    X : float64 ndarray of shape (n_rows, n_cols)
+    step : float64 ndarray of shape (n_cols,)
+    rtol : float
+    out : bool ndarray like X, written.
+    """
+    for j in range(X.shape[1]):
+        s = step[j]
+        for i in range(X.shape[0]):
+            r = X[i, j] / s
+            out[i, j] = abs(r - np.rint(r)) <= rtol

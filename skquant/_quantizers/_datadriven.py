@@ -122,11 +122,13 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
         XqT = np.ascontiguousarray(Xq.T) if XqT is None else XqT
         XfT = XqT if Xf is Xq else np.ascontiguousarray(Xf.T)
+        if not targets.flags.f_contiguous:  # (F order: each column read in place)
+            targets = np.ascontiguousarray(targets)
         with numba_threads(self.n_jobs):
             kernel_for(_nullspace, "greedy_path", self.n_jobs)(
                 XqT,
                 XfT,
-                np.ascontiguousarray(targets),
+                targets,
                 idx,
                 U,
                 np.ascontiguousarray(inv),

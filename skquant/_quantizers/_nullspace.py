@@ -126,6 +126,7 @@ class _Products:
         self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
         self.XqT = np.ascontiguousarray(Xq.T)
         self.drift = None  # Xf W - Xq Z, once the points Z are known
+        self.on = None  # which entries of Z are on the grid, once known
 
     def gram(self, cols=None):
         """The Gram matrix of ``Xq``'s columns ``cols`` (all by default): a block
@@ -611,9 +612,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             return self._path_points(W, Xq, Xf, pre)
         n, n_out = W.shape
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
-        Z0 = self._start_points(W, Xq, Xf, pre)
+        # neurons contiguous (F order): the cells' kernel and the walk read
+        # them so, with no copies of these n x n_out arrays
+        Z0 = np.asfortranarray(self._start_points(W, Xq, Xf, pre))
         lo, hi = self.alphabet_record_.boxes(Z0, step)
-        Z0 = np.clip(Z0, lo, hi)
+        Z0 = np.clip(Z0, lo, hi, order="F")
         V = self.components_
         if V.shape[1] >= n:
             return Z0
@@ -670,7 +673,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         else:
             top = float(alphabet.largest_code) * step
             Z = np.clip(Z, -top, top)
-        on = alphabet.on_alphabet(Z, step)
+        on = pre.on = alphabet.on_alphabet(Z, step)
         zp, inv, cmin, cmax = alphabet.code_grid(step)
         codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
         if self.rounding == "greedy":
@@ -711,7 +714,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         else:
             R = ref - Xq @ Q
         self.calibration_error_ = np.linalg.norm(R, axis=0) / safe
-        off = ~self.alphabet_record_.on_alphabet(Z, step)
+        off = ~pre.on
         self.n_off_grid_ = off.sum(axis=0)
         # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
         # when bound_ is first read); it needs X only through the Gram matrix of

@@ -113,17 +113,14 @@ class Alphabet:
         if self.kind == "binary":
             lo = np.broadcast_to(-step, Z0.shape).copy()
             return lo, np.broadcast_to(step, Z0.shape).copy()
-        top, bottom = self.qmax * step, self.qmin * step
-        Zc = np.clip(Z0, bottom, top)
-        lo = np.minimum(np.floor(Zc / step) * step, top)
-        hi = np.minimum(lo + step, top)
-        return lo, np.where(Zc == lo, lo, hi)
+        bounds = (float(self.qmin), float(self.qmax))
+        return _grid_kernel(_msq.grid_cells, Z0, step, bounds, (np.float64,) * 2)
 
     def on_alphabet(self, Z, step, rtol=1e-9):
         """Entries of ``Z`` within ``rtol * step`` of their column's alphabet."""
         if self.kind == "binary":
             return np.abs(np.abs(Z) - step) <= rtol * step
-        return np.abs(Z / step - np.rint(Z / step)) <= rtol
+        return _grid_kernel(_msq.on_grid, Z, step, (float(rtol),), (bool,))[0]
 
     def check_codes(self, codes, owner):
         """Raise when ``codes`` are not integers of this alphabet."""
@@ -158,6 +155,19 @@ class Alphabet:
         grid of steps.
         """
         return _LEVEL_RULES.get(self.kind)
+
+
+def _grid_kernel(kernel, Z, step, args, dtypes):
+    """``kernel(Z, step, *args, *outs)`` of :mod:`skquant._kernels._msq` on a float64
+    ``Z`` (columns: channels) with one step per column, and its outputs, one per
+    dtype of ``dtypes``, in ``Z``'s layout (F-ordered ``Z`` is read in place)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    order = "F" if Z.flags.f_contiguous and not Z.flags.c_contiguous else "C"
+    Z = np.asarray(Z, order=order)
+    step = np.ascontiguousarray(np.broadcast_to(step, Z.shape[1:]), np.float64)
+    outs = tuple(np.empty(Z.shape, dtype=d, order=order) for d in dtypes)
+    kernel(Z, step, *args, *outs)
+    return outs
 
 
 def channel_view(W, granularity):
