@@ -26,7 +26,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
-from skquant._quantizers._nullspace import _Products, row_space
+from skquant._quantizers._nullspace import _Products
+from skquant._quantizers._spectrum import row_space
 from skquant.datasets import load_mnist, mnist_available
 
 

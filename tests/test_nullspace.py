@@ -13,7 +13,8 @@ from sklearn.exceptions import NotFittedError
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
 from skquant._kernels import _nullspace
-from skquant._quantizers._nullspace import _Products, ladder_neurons, row_space
+from skquant._quantizers._nullspace import _Products, ladder_neurons
+from skquant._quantizers._spectrum import row_space
 from skquant._quantizers._walk import walk_chunk, walk_to_vertices
 from skquant.datasets import make_gaussian_layer
 from skquant.metrics import relative_error

@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from skquant import NullSpaceQuantizer
-from skquant._quantizers import _nullspace, _walk
+from skquant._quantizers import _nullspace, _spectrum, _walk
 
 
 def _wide(m=100, n_in=600, n_out=6, seed=0):
@@ -134,7 +134,7 @@ def test_the_guide_carries_the_responses_of_moves_that_keep_the_constraint(
     if directions is not None:
         monkeypatch.setattr(_walk, "GUIDE_DIRECTIONS", directions)
     X, W = _wide(m=60, n_in=200, n_out=3)
-    V_all, s, rank = _nullspace.row_space(X)
+    V_all, s, rank = _spectrum.row_space(X)
     k = 12
     C = _Products(W, X, X, V_all, s=s).guide(k)
     assert C.shape == (min(rank, k + _walk.GUIDE_DIRECTIONS) - k, 200)

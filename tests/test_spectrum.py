@@ -162,3 +162,74 @@ def test_row_spectrum_matches_the_svd(m, deficit, seed):
         got = spec.rows(rows).singular_values[: want.size]
         big = want > 1e-3 * ref[0]
         np.testing.assert_allclose(got[big], want[big], rtol=1e-7)
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    st.integers(2, 30),
+    st.integers(1, 40),
+    st.sampled_from([None, 3, 0.9]),
+    st.integers(0, 10**6),
+)
+def test_gram_row_space_is_the_svds_on_well_conditioned_data(n, extra, rank, seed):
+    """On tall data whose singular values span less than GRAM_CONDITION allows,
+    ``gram_row_space`` gives ``row_space``'s singular values, kept count and
+    subspace; on data of lower rank it declines (None), and the SVD serves."""
+    rng = np.random.default_rng(seed)
+    m = n + extra
+    U = np.linalg.qr(rng.standard_normal((m, n)))[0]
+    V = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    X = (U * np.geomspace(50, 1, n)) @ V.T
+    got = _spectrum.gram_row_space(X.T @ X, rank, every=True)
+    V_ref, s_ref, k_ref = _spectrum.row_space(X, rank, every=True)
+    assert got is not None
+    V_got, s_got, k_got = got
+    assert k_got == k_ref and V_got.shape == V_ref.shape
+    np.testing.assert_allclose(s_got, s_ref, rtol=1e-8)
+    # the same kept subspace (projectors), and orthonormal columns
+    P_got, P_ref = (
+        V_got[:, :k_got] @ V_got[:, :k_got].T,
+        V_ref[:, :k_ref] @ V_ref[:, :k_ref].T,
+    )
+    np.testing.assert_allclose(P_got, P_ref, atol=1e-8)
+    np.testing.assert_allclose(V_got.T @ V_got, np.eye(n), atol=1e-10)
+    low = X[:, :-1] @ rng.standard_normal((n - 1, n))  # rank n - 1
+    assert _spectrum.gram_row_space(low.T @ low) is None
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_the_fit_from_gram_matrices_is_the_fit_from_svds(monkeypatch, target):
+    """``rank="auto"`` on tall, well-conditioned data takes its spectra from Gram
+    matrices (the fitting rows', then all rows' as theirs plus the held-out
+    rows'); with the condition made impossible it takes QRs and SVDs. Both pick
+    the same cap and give the same codes but for round-off ties, the same
+    calibration error, and ``bound_`` holds."""
+    rng = np.random.default_rng(5)
+    m, n = 300, 60  # a decaying, well-conditioned spectrum: a cap below n wins
+    U = np.linalg.qr(rng.standard_normal((m, n)))[0]
+    X = (U * np.geomspace(30, 0.3, n)) @ np.linalg.qr(rng.standard_normal((n, n)))[0]
+    Xf = X + 0.05 * rng.standard_normal(X.shape) if target else None
+    W = rng.standard_normal((n, 24)) / np.sqrt(n)
+    calls = []
+    real = _spectrum.gram_row_space
+
+    def counted(G, *args, **kwargs):
+        out = real(G, *args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_spectrum, "gram_row_space", counted)
+    grm = NullSpaceQuantizer(n_bits=2).fit(W, activations=X, target_activations=Xf)
+    assert calls == [True, True]  # the ladder's rows, then all rows
+    monkeypatch.setattr(_spectrum, "GRAM_CONDITION", 2.0)  # (no matrix meets it)
+    calls.clear()
+    svd = NullSpaceQuantizer(n_bits=2).fit(W, activations=X, target_activations=Xf)
+    assert calls == [False]  # (all rows: a QR update of the fitting rows' factor)
+    assert grm.rank_ == svd.rank_ < n
+    assert grm.rank_scores_.keys() == svd.rank_scores_.keys()
+    np.testing.assert_allclose(grm.singular_values_, svd.singular_values_, rtol=1e-8)
+    assert np.mean(grm.codes_ == svd.codes_) > 0.99
+    np.testing.assert_allclose(
+        grm.calibration_error_, svd.calibration_error_, rtol=1e-3
+    )
+    assert np.all(grm.calibration_error_ <= grm.bound_ * (1 + 1e-9))

@@ -21,8 +21,6 @@ from ._spectrum import (
     LeadingSpectrum,
     RowSpectrum,
     _Factors,
-    row_space,
-    triangular_factor,
 )
 from ._walk import (
     GUIDE_SHARE,
@@ -114,7 +112,7 @@ class _Products:
     points' residual ``(Xf - Xq) W`` and its products ``Xq^T (Xf - Xq) W`` with
     the data, the walk's order, ``Xq^T`` for the greedy rounding, the leading
     columns of ``V`` (an array or a function of the number of columns) and the
-    Gram matrix ``G`` of ``Xq`` or its :func:`triangular_factor` when the caller
+    Gram matrix ``G`` of ``Xq`` or its triangular factor when the caller
     holds them."""
 
     def __init__(self, W, Xq, Xf, V, G=None, s=None, factor=None):
@@ -397,12 +395,12 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             k = min(rank, spectrum.rank)
             V, s = spectrum.vectors(k), spectrum.singular_values
             lead = spectrum.vectors
-        else:  # the SVD (of the triangular factor, for tall data)
-            F = factors.all()
-            lead, s, k = row_space(F, rank, every=self.guided_)
+        else:  # (from the fitting rows' Gram matrix or factor, after a ladder)
+            lead, s, k = factors.all(rank, every=self.guided_)
             V = np.ascontiguousarray(lead[:, :k])
             lead = lead if self.guided_ else None
-            pre_factor = F
+            G = G if G is not None else factors.G
+            pre_factor = factors.factor
         self.components_, self.singular_values_, self.rank_ = V, s, k
         if k >= W.shape[0]:
             warnings.warn(
@@ -484,8 +482,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             lead = spectrum.rows(~held)
             V_all, probe_s, top = lead.vectors, lead.singular_values, lead.rank
         elif G is None:
-            F = triangular_factor(Xq_fit) if factors is None else factors.fitting(held)
-            V_all, probe_s, top = row_space(F)
+            factors = _Factors(Xq) if factors is None else factors
+            V_all, probe_s, top = factors.fitting(held)
         else:
             top = min(Xq_fit.shape[0], spectrum.rank)
             lead = LeadingSpectrum(G_fit, Xq_fit.shape[0], rank=top)
