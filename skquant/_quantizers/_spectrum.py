@@ -282,9 +282,9 @@ def _kept(V, s, numerical, rank, every):
 #: eigenvalue at least this fraction of its largest (singular values at least
 #: 1e-4 of the largest): there the eigenvalues are the squared singular values
 #: to a relative 1e-5 or better (round-off of ``n eps lambda_max``) and the
-#: numerical rank is ``n`` either way. The convolutions of the benchmark networks
-#: (LeNet-5, the Fashion CNN, VGG-8) are at 3e-6 and above; their fully connected
-#: layers, whose inputs include dead units, are rank deficient and take the SVD.
+#: numerical rank is ``n`` either way. Convolutions over many patches are
+#: usually well above it; layers whose inputs include dead units are rank
+#: deficient and take the SVD.
 GRAM_CONDITION = 1e-8
 
 
