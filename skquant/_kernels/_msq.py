@@ -250,21 +250,21 @@ def ternary_optimal_scale_parallel(X, out):  # pragma: no cover
 
 
 @nb.njit(cache=True, nogil=True)
-def grid_cells(X, step, qmin, qmax, lo, hi):  # pragma: no cover
-    """Cells ``[lo, hi]`` of the grid around every entry of ``X`` (one pass).
+def grid_cells(X, step, qmin, qmax, lo, hi, inside):  # pragma: no cover
+    """Cells ``[lo, hi]`` of the grid around every entry of ``X``, and the entry
+    put inside its cell (one pass).
 
     With ``x`` clipped to ``[qmin step, qmax step]``: ``lo = min(floor(x / step)
-    step, qmax step)``, ``hi = min(lo + step, qmax step)``, and ``hi = lo`` for
-    an entry on a grid point (the numpy expressions of
-    :meth:`skquant._tensor._alphabets.Alphabet.boxes`, in the same order).
-    Column by column: fastest on F-ordered arrays.
+    step, qmax step)``, ``hi = min(lo + step, qmax step)``, ``hi = lo`` for an
+    entry on a grid point, and ``inside = min(max(X, lo), hi)``. Column by
+    column: fastest on F-ordered arrays.
 
     Parameters
     ----------
     X : float64 ndarray of shape (n_rows, n_cols)
     step : float64 ndarray of shape (n_cols,), the grid step per column
     qmin, qmax : float, the code range
-    lo, hi : float64 ndarray like X, written.
+    lo, hi, inside : float64 ndarray like X, written.
     """
     for j in range(X.shape[1]):
         s = step[j]
@@ -273,8 +273,10 @@ def grid_cells(X, step, qmin, qmax, lo, hi):  # pragma: no cover
         for i in range(X.shape[0]):
             x = min(max(X[i, j], bottom), top)
             low = min(np.floor(x / s) * s, top)
+            high = low if x == low else min(low + s, top)
             lo[i, j] = low
-            hi[i, j] = low if x == low else min(low + s, top)
+            hi[i, j] = high
+            inside[i, j] = min(max(X[i, j], low), high)
 
 
 @nb.njit(cache=True, nogil=True)

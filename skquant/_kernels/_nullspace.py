@@ -468,6 +468,53 @@ def subset_norms_parallel(G, idx, counts, out):  # pragma: no cover
         out[c] = _subset_norm(G, idx[: counts[c], c].copy()) if counts[c] else 0.0
 
 
+@nb.njit(cache=True, nogil=True)
+def rounding_moves(Z, codes, step, off, tol):  # pragma: no cover
+    """The moves ``q - z`` of the rounding, as a CSC matrix, in two passes.
+
+    Parameters
+    ----------
+    Z : float64 ndarray of shape (n, n_out), the pre-processed points
+    codes : ndarray of shape (n, n_out), their codes (``q = codes * step``)
+    step : float64 ndarray of shape (n_out,)
+    off : bool ndarray of shape (n, n_out), the entries off the grid
+    tol : float, moves of at most ``tol * step`` (round-off) are left out
+
+    Returns
+    -------
+    indptr, indices, data : the CSC arrays of the moves ``q - z`` kept (column by
+        column, rows increasing)
+    dist2 : float64 ndarray of shape (n_out,), ``sum (z - q)^2`` over ``off``
+    """
+    n, n_out = Z.shape
+    indptr = np.zeros(n_out + 1, dtype=np.int64)
+    dist2 = np.zeros(n_out)
+    for c in range(n_out):
+        s = step[c]
+        count = 0
+        acc = 0.0
+        for i in range(n):
+            d = Z[i, c] - codes[i, c] * s
+            if abs(d) > tol * s:
+                count += 1
+            if off[i, c]:
+                acc += d * d
+        indptr[c + 1] = indptr[c] + count
+        dist2[c] = acc
+    indices = np.empty(indptr[n_out], dtype=np.int64)
+    data = np.empty(indptr[n_out])
+    for c in range(n_out):
+        s = step[c]
+        p = indptr[c]
+        for i in range(n):
+            q = codes[i, c] * s
+            if abs(Z[i, c] - q) > tol * s:
+                indices[p] = i
+                data[p] = q - Z[i, c]
+                p += 1
+    return indptr, indices, data, dist2
+
+
 @nb.njit(nogil=True)
 def _greedy_column(
     XqT, XfT, w, idx, u, inv_step, zp, qmin, qmax, codes

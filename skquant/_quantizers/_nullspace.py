@@ -123,8 +123,11 @@ class _Products:
         self.XqTR = None if R is None else Xq.T @ R
         self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
         self.XqT = np.ascontiguousarray(Xq.T)
-        self.drift = None  # Xf W - Xq Z, once the points Z are known
+        # once the points Z and the codes are known (the greedy rounding's
+        # residuals): ||Xf w - Xq z|| per neuron, and Xf W - Xq Q
+        self.drift_norms = self.residual = None
         self.on = None  # which entries of Z are on the grid, once known
+        self.off_rows = None  # the others' rows per neuron (_padded_rows)
 
     def gram(self, cols=None):
         """The Gram matrix of ``Xq``'s columns ``cols`` (all by default): a block
@@ -555,7 +558,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         """Closest points to ``W`` (columns) with ``V^T Xq``-consistent outputs
         (``pre``: the layer's :class:`_Products`, ``V`` its leading columns)."""
         if Xf is Xq:
-            return W.copy()
+            return W  # (the callers do not write to it)
         # least-squares correction in the kept directions: Xq z = Xf w. V holds
         # right singular vectors of Xq, so Xq V = U_k S_k has orthogonal columns
         # of norms s_k and the least-squares coefficients are (Xq V)^T R / s_k^2,
@@ -612,9 +615,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
         # neurons contiguous (F order): the cells' kernel and the walk read
         # them so, with no copies of these n x n_out arrays
-        Z0 = np.asfortranarray(self._start_points(W, Xq, Xf, pre))
-        lo, hi = self.alphabet_record_.boxes(Z0, step)
-        Z0 = np.clip(Z0, lo, hi, order="F")
+        Z0 = np.array(self._start_points(W, Xq, Xf, pre), order="F")  # (a copy)
+        lo, hi, Z0 = self.alphabet_record_.boxes(Z0, step, out=Z0)
         V = self.components_
         if V.shape[1] >= n:
             return Z0
@@ -660,7 +662,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
 
     def _codes(self, W, Xq, Xf, pre, Z=None):
         """Integer codes of ``W`` (float64 columns) and the pre-processed points
-        (``pre``: the layer's :class:`_Products`; its ``drift`` is set)."""
+        (``pre``: the layer's :class:`_Products`; its residuals are set)."""
         n_out = W.shape[1]
         step = np.broadcast_to(self.scale_.astype(np.float64), (n_out,))
         alphabet = self.alphabet_record_
@@ -673,17 +675,23 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             Z = np.clip(Z, -top, top)
         on = pre.on = alphabet.on_alphabet(Z, step)
         zp, inv, cmin, cmax = alphabet.code_grid(step)
-        codes = np.clip(np.rint(Z * inv + zp), cmin, cmax)
+        codes = Z * inv  # clip(rint(Z inv + zp)), in one array
+        codes += zp
+        np.rint(codes, out=codes)
+        np.clip(codes, cmin, cmax, out=codes)
         if self.rounding == "greedy":
             no_freedom = self.components_.shape[1] >= W.shape[0]
             if not (no_freedom and use_gram(*Xq.shape, n_out)):
-                idx = _padded_rows(~on)
-                # residual of the pre-processed points; rounding the off-grid
-                # entries one by one then follows it (greedy path following
-                # restricted to them)
-                pre.drift = pre.XfW - Xq @ Z
-                U = np.ascontiguousarray(pre.drift.T)
+                idx = pre.off_rows = _padded_rows(~on)
+                # residual of the pre-processed points (neurons as rows);
+                # rounding the off-grid entries one by one then follows it
+                # (greedy path following restricted to them), leaving in it the
+                # residual of the codes, Xf w - Xq q
+                U = Z.T @ pre.XqT
+                np.subtract(pre.XfW.T, U, out=U)
+                pre.drift_norms = np.sqrt(np.einsum("ij,ij->i", U, U))
                 self._greedy_path(Xq, Xq, Z, idx, U, step, codes, pre.XqT)
+                pre.residual = U.T
             else:  # every coordinate off the grid (no freedom): GPFQ's Gram form
                 # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z, i.e.
                 # Xq^T Xf w - triu(G, 1) z (from the data: G is the one n x n)
@@ -694,35 +702,44 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         return alphabet.final_codes(codes), Z
 
     def _diagnostics(self, W, Z, codes, Xq, pre):
-        step = np.broadcast_to(self.scale_.astype(np.float64), (W.shape[1],))
-        Q = codes.astype(np.float64) * step
+        step = np.ascontiguousarray(
+            np.broadcast_to(self.scale_.astype(np.float64), (W.shape[1],))
+        )
+        off = ~pre.on
         ref = pre.XfW
-        norm = np.linalg.norm(ref, axis=0)
+        norm = np.sqrt(np.einsum("ij,ij->j", ref, ref))  # (no n x n_out temporary)
         safe = np.where(norm > 0, norm, 1.0)
-        R = ref - Xq @ Z if pre.drift is None else pre.drift
-        drift = np.linalg.norm(R, axis=0) / safe
+        if pre.drift_norms is None:
+            R = ref - Xq @ Z
+            drift = np.linalg.norm(R, axis=0) / safe
+        else:
+            drift = pre.drift_norms / safe
         self.preprocessing_residual_ = float(np.max(drift))
         # Xf w - Xq q = R - Xq (q - z): q - z is zero but for the <= k coordinates
         # rounded off the grid (and round-off of the others, below 1e-12 of a
-        # step, left out), a sparse product on a wide layer
-        D = np.where(np.abs(Z - Q) > 1e-12 * step, Q - Z, 0.0)
-        nnz = np.count_nonzero(D)
-        if 8 * nnz < D.size:
-            R = R - (sparse.csc_matrix(D).T @ Xq.T).T
+        # step, left out), a sparse product on a wide layer; the greedy
+        # rounding's residual is that already
+        indptr, rows, moves, dist2 = _nullspace.rounding_moves(
+            Z, codes, step, off, 1e-12
+        )
+        if pre.residual is not None:
+            R = pre.residual
+        elif 8 * moves.size < Z.size:
+            D = sparse.csc_matrix((moves, rows, indptr), shape=Z.shape)
+            R = R - (D.T @ Xq.T).T
         else:
-            R = ref - Xq @ Q
-        self.calibration_error_ = np.linalg.norm(R, axis=0) / safe
-        off = ~pre.on
+            R = ref - Xq @ (codes.astype(np.float64) * step)
+        self.calibration_error_ = np.sqrt(np.einsum("ij,ij->j", R, R)) / safe
         self.n_off_grid_ = off.sum(axis=0)
         # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
         # when bound_ is first read); it needs X only through the Gram matrix of
         # the coordinates off the grid in some neuron (at most n_out * rank_ of
         # them), indexed by their position in that union
-        dist = np.linalg.norm(np.where(off, Z - Q, 0.0), axis=0) / safe
+        dist = np.sqrt(dist2) / safe
         union = np.flatnonzero(off.any(axis=1))
         position = np.full(off.shape[0], -1, dtype=np.int64)
         position[union] = np.arange(union.size)
-        idx = _padded_rows(off)
+        idx = pre.off_rows if pre.off_rows is not None else _padded_rows(off)
         idx = np.where(idx >= 0, position[idx], -1)
         G = pre.gram(union)
         self._bound_terms = (drift, dist, idx, G)

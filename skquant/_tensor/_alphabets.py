@@ -104,17 +104,23 @@ class Alphabet:
             codes = 2 * codes - 1
         return codes.astype(self.dtype)
 
-    def boxes(self, Z0, step):
-        """Cells ``[lo, hi]`` of the alphabet around every entry of ``Z0``.
+    def boxes(self, Z0, step, out=None):
+        """Cells ``[lo, hi]`` of the alphabet around every entry of ``Z0``, and
+        ``Z0`` put inside them: ``(lo, hi, clip(Z0, lo, hi))``, the last written
+        to ``out`` when given (a float64 array like ``Z0``, with its layout;
+        ``Z0`` itself may be passed).
 
         Binary cells are the whole interval ``[-a, a]``; grid cells are clipped to
         the range, and entries on a grid point get a degenerate cell.
         """
         if self.kind == "binary":
             lo = np.broadcast_to(-step, Z0.shape).copy()
-            return lo, np.broadcast_to(step, Z0.shape).copy()
+            hi = np.broadcast_to(step, Z0.shape).copy()
+            return lo, hi, np.clip(Z0, lo, hi, out=out)
         bounds = (float(self.qmin), float(self.qmax))
-        return _grid_kernel(_msq.grid_cells, Z0, step, bounds, (np.float64,) * 2)
+        dtypes = (np.float64,) * (2 if out is not None else 3)
+        given = () if out is None else (out,)
+        return _grid_kernel(_msq.grid_cells, Z0, step, bounds, dtypes, given)
 
     def on_alphabet(self, Z, step, rtol=1e-9):
         """Entries of ``Z`` within ``rtol * step`` of their column's alphabet."""
@@ -157,15 +163,16 @@ class Alphabet:
         return _LEVEL_RULES.get(self.kind)
 
 
-def _grid_kernel(kernel, Z, step, args, dtypes):
+def _grid_kernel(kernel, Z, step, args, dtypes, given=()):
     """``kernel(Z, step, *args, *outs)`` of :mod:`skquant._kernels._msq` on a float64
-    ``Z`` (columns: channels) with one step per column, and its outputs, one per
-    dtype of ``dtypes``, in ``Z``'s layout (F-ordered ``Z`` is read in place)."""
+    ``Z`` (columns: channels) with one step per column, and its outputs: new
+    ones, one per dtype of ``dtypes``, in ``Z``'s layout (F-ordered ``Z`` is
+    read in place), then the ``given`` ones."""
     Z = np.asarray(Z, dtype=np.float64)
     order = "F" if Z.flags.f_contiguous and not Z.flags.c_contiguous else "C"
     Z = np.asarray(Z, order=order)
     step = np.ascontiguousarray(np.broadcast_to(step, Z.shape[1:]), np.float64)
-    outs = tuple(np.empty(Z.shape, dtype=d, order=order) for d in dtypes)
+    outs = tuple(np.empty(Z.shape, dtype=d, order=order) for d in dtypes) + given
     kernel(Z, step, *args, *outs)
     return outs
 
