@@ -31,6 +31,7 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
   elsewhere (``WalkElsePath`` below, a prototype);
 * ``ns-nearest-ladder``: the default with its ladder scored with
   ``rounding="nearest"`` (``NearestLadder``, a prototype);
+* ``ns-budget-8``: the default with ``walk_budget=8`` (measured, not taken);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -185,6 +186,7 @@ METHODS = {
     "ns-walk-or-path": lambda b: WalkOrPath(n_bits=b, walk_budget=None),
     "ns-walk-else-path": lambda b: WalkElsePath(n_bits=b, walk_budget=None),
     "ns-nearest-ladder": lambda b: NearestLadder(n_bits=b),
+    "ns-budget-8": lambda b: NullSpaceQuantizer(n_bits=b, walk_budget=8.0),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 

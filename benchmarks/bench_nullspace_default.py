@@ -44,7 +44,7 @@ from skquant._quantizers._nullspace import MIN_AUTO_RANK
 from skquant._quantizers._walk import guide_share, halved
 
 #: prototypes of bench_datadriven_networks.py that --variants may also name
-PROTOTYPES = ("ns-walk-else-path", "ns-nearest-ladder")
+PROTOTYPES = ("ns-walk-else-path", "ns-nearest-ladder", "ns-budget-8")
 
 
 def prototype(name, bits):
