@@ -17,6 +17,10 @@ bits (``--bits``):
   grid path`` adds ``NullSpaceQuantizer(variant="path")``; ``PROTOTYPES`` of
   ``bench_datadriven_networks.py`` may be named there too).
 
+Without the thread variables below it runs on the BLAS libraries' and numba's
+own threads, as users do; ``--blas-threads-everywhere`` then lifts the
+null-space fits' one-BLAS-thread rule for small layers (``SMALL_FIT``).
+
 With ``--check-gram N`` it runs nothing of the above: it quantizes each network
 with the default twice, once with its spectra from SVDs and once from the Gram
 matrix on every layer of at least ``N`` inputs and as many rows (``GRAM_SPECTRUM``
@@ -40,6 +44,7 @@ import scipy.linalg
 
 import skquant
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
+from skquant._kernels import _threads
 from skquant._quantizers._nullspace import MIN_AUTO_RANK
 from skquant._quantizers._walk import guide_share, halved
 
@@ -230,9 +235,17 @@ def main():
         help="the null-space variants timed on the networks (rank 'auto'), or "
         "prototypes of bench_datadriven_networks.py",
     )
+    p.add_argument(
+        "--blas-threads-everywhere",
+        action="store_true",
+        help="let small null-space fits use the BLAS libraries' own threads "
+        "(SMALL_FIT = 0), as before the one-thread rule",
+    )
     args = p.parse_args()
     skquant.set_config(progress=False)
     warnings.simplefilter("ignore")
+    if args.blas_threads_everywhere:
+        _threads.SMALL_FIT = 0
     if args.check_gram:
         check_gram(args.nets, args.bits, args.check_gram)
         return

@@ -762,3 +762,37 @@ def test_start_points_are_the_least_squares_correction(rank):
     Z0 = q._start_points(W, Xq, Xf, _Products(W, Xq, Xf, V))
     np.testing.assert_allclose(Z0, W + V @ coef, atol=1e-10)
     assert_array_equal(q._start_points(W, Xq, Xq, _Products(W, Xq, Xq, V)), W)
+
+
+def test_small_null_space_fits_run_blas_on_one_thread(monkeypatch):
+    """Below SMALL_FIT (m n_in n_out) the null-space fit runs its BLAS calls on
+    one thread; at or above it, and in GPFQ's fits, on the libraries' own."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from skquant._kernels import _threads
+
+    seen = []
+
+    def spy(real):
+        def wrapped(self, *args, **kwargs):
+            blas = [
+                d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"
+            ]
+            seen.append(max(blas))
+            return real(self, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(
+        NullSpaceQuantizer, "_fit_validated", spy(NullSpaceQuantizer._fit_validated)
+    )
+    monkeypatch.setattr(
+        GreedyPathQuantizer, "_fit_quantize", spy(GreedyPathQuantizer._fit_quantize)
+    )
+    X, W = _layer(m=60, n_in=30, n_out=4)
+    with threadpool_limits(2, user_api="blas"):
+        NullSpaceQuantizer(n_bits=3, rank=5).fit(W, activations=X)
+        GreedyPathQuantizer(n_bits=3).fit(W, activations=X)
+        monkeypatch.setattr(_threads, "SMALL_FIT", 60 * 30 * 4)  # (not below it)
+        NullSpaceQuantizer(n_bits=3, rank=5).fit(W, activations=X)
+    assert seen == [1, 2, 2]

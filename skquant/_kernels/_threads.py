@@ -74,3 +74,27 @@ def one_blas_thread():
         _BLAS[:] = [ThreadpoolController(), len(sys.modules)]
     with _BLAS[0].limit(limits=1, user_api="blas"):
         yield
+
+
+#: A null-space fit whose layer does fewer multiply-adds than this in one product
+#: of its calibration data with its weights (``m * n_in * n_out``) runs its BLAS
+#: calls on one thread (:func:`blas_threads_for`): its ladder's products are too
+#: small to share out, and the threads of two BLAS libraries (numpy's and
+#: scipy's wheels each carry one) spin against each other between its calls.
+#: Measured on 2 cores (``benchmarks/bench_blas_threads.py``, one run): VGG-8's
+#: layers 1.6x to 4.6x faster on one thread (but the 9-input one, the same), a
+#: 1024 x 1024 layer with 1024 rows 1.05x, a 2048 x 2048 one 0.88x (slower).
+#: GPFQ's fits keep the libraries' threads, with which they ran up to 1.8x
+#: faster there.
+SMALL_FIT = 2**31
+
+
+@contextlib.contextmanager
+def blas_threads_for(work):
+    """:func:`one_blas_thread` when ``work`` (a fit's ``m * n_in * n_out``) is
+    below :data:`SMALL_FIT`; the BLAS libraries as they are otherwise."""
+    if work < SMALL_FIT:
+        with one_blas_thread():
+            yield
+    else:
+        yield
