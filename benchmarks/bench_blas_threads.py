@@ -20,30 +20,12 @@ import time
 import warnings
 
 import numpy as np
+from bench_nullspace_variants import capture
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import skquant
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer
 from skquant._kernels import _threads
-
-
-def vgg_layers(bits):
-    """(W, Xq, Xf) of each layer of VGG-8 as ``quantize_model`` fits it."""
-    from bench_nullspace_default import network_and_images
-
-    from skquant.torch import quantize_model
-
-    found = []
-
-    class Capture(NullSpaceQuantizer):
-        def _fit_quantize(self, W, activations, target_activations):
-            Xf = activations if target_activations is None else target_activations
-            found.append((np.array(W), np.array(activations), np.array(Xf)))
-            return super()._fit_quantize(W, activations, target_activations)
-
-    model, X, _, _ = network_and_images("vgg8")
-    quantize_model(model, Capture(n_bits=bits), X, random_state=0)
-    return found
 
 
 def gaussian(n, seed=0):
@@ -77,7 +59,7 @@ def main():
     warnings.simplefilter("ignore")
     threads = sorted({d["num_threads"] for d in threadpool_info()})
     print(f"BLAS libraries' threads: {threads}", flush=True)
-    layers = [] if args.no_vgg else [("vgg8", *t) for t in vgg_layers(args.bits)]
+    layers = [] if args.no_vgg else [("vgg8", *t) for t in capture("vgg8", args.bits)]
     layers += [("gaussian", *gaussian(n)) for n in args.sizes]
     makers = {
         "null-space": lambda: NullSpaceQuantizer(n_bits=args.bits),
