@@ -236,7 +236,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     n_jobs : int, default=None
         Number of numba threads for the walk and the rounding (over neurons);
         ``None`` means 1, ``-1`` means all. The LP variant solves its programs one
-        after another.
+        after another. The BLAS libraries keep their own thread counts, but on
+        a layer with ``m * n_in * n_out`` below ``2**31`` the fit runs its BLAS
+        calls on one thread (its many small products ran slower on more:
+        :ref:`performance`).
 
     Attributes
     ----------
