@@ -230,3 +230,18 @@ def test_the_guide_from_the_gram_spectra(m, n, monkeypatch):
         assert gram.rank_scores_[k] == pytest.approx(score, rel=1e-6)
     assert gram.rank_ == svd.rank_
     assert np.mean(gram.codes_ == svd.codes_) > 0.99
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e18, 1e22])
+def test_the_guided_fit_does_not_depend_on_the_activations_scale(scale):
+    """The guide runs in float32; scaled to magnitude ~1 first, it neither
+    overflows nor underflows, and a guided fit gives the same codes whatever
+    the activations' scale."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((80, 20)) @ rng.standard_normal((20, 120))
+    X += 0.1 * rng.standard_normal(X.shape)
+    W = rng.standard_normal((120, 4)) / np.sqrt(120)
+    ref = NullSpaceQuantizer(n_bits=2, walk_budget=0.05).fit(W, activations=X)
+    got = NullSpaceQuantizer(n_bits=2, walk_budget=0.05).fit(W, activations=X * scale)
+    assert ref.guided_ and got.guided_
+    assert_array_equal(got.codes_, ref.codes_)

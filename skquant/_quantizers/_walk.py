@@ -178,7 +178,12 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     # picks each move's side (twice float64's vector width on its products)
     XT = np.empty((0, 0), np.float32)
     if X is not None:
-        XT = np.ascontiguousarray(X.T, np.float32)
+        # scaled by a power of two to largest magnitude ~1 (exact; the side each
+        # move takes does not depend on the scale), so float32 neither overflows
+        # nor underflows on activations of extreme magnitude
+        top = float(np.abs(X).max()) if X.size else 0.0
+        scale = np.ldexp(1.0, -int(np.frexp(top)[1])) if top > 0 else 1.0
+        XT = np.ascontiguousarray((X * scale).T, np.float32)
     # neurons as rows: each walk reads and writes contiguous memory
     n_out = Z0.shape[1]
     ZT = np.empty(Z0.shape[::-1])
