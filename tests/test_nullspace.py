@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.linalg
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 from sklearn.exceptions import NotFittedError
@@ -121,14 +121,15 @@ def test_guided_walk_matches_a_plain_loop_and_reaches_a_vertex():
 @given(
     st.integers(1, 12),
     st.integers(2, 80),
-    st.integers(1, 90),
+    st.integers(0, 90),
     st.floats(0, 0.5),
     st.integers(0, 10**6),
 )
 def test_property_walk_any_chunking_reaches_a_vertex(k, free, chunk, on_grid, seed):
     # every chunk size (shared first tableau, fresh ones after, eta flushes every
-    # 32 pivots) walks to a vertex that keeps V^T z = V^T w, also when a fraction
-    # of the coordinates start on a grid point (degenerate boxes lo = hi)
+    # 32 pivots), and the inverse form (chunk 0), walks to a vertex that keeps
+    # V^T z = V^T w, also when a fraction of the coordinates start on a grid
+    # point (degenerate boxes lo = hi)
     rng = np.random.default_rng(seed)
     n = k + free
     V = np.linalg.qr(rng.standard_normal((n, k)))[0]
@@ -149,7 +150,41 @@ def test_property_walk_any_chunking_reaches_a_vertex(k, free, chunk, on_grid, se
         assert set(np.flatnonzero(inside[:, c])) <= set(B[:, c])
 
 
-@pytest.mark.parametrize("chunk", [None, 7, 40, 10**6])
+@settings(deadline=None, max_examples=40)
+@given(
+    st.integers(1, 40),
+    st.integers(2, 120),
+    st.integers(1, 90),
+    st.booleans(),
+    st.integers(0, 10**6),
+)
+def test_property_inverse_and_tableau_forms_reach_the_same_vertices(
+    k, free, chunk, guided, seed
+):
+    # the same moves in the same order: the same vertices up to round-off,
+    # guided or not, whichever chunk the tableau uses; more than REFRESH pivots
+    # for the larger cases, so the inverse is also computed afresh on the way
+    rng = np.random.default_rng(seed)
+    n = k + free
+    X = rng.standard_normal((k + 20, 6)) @ rng.standard_normal((6, n))
+    X += 0.3 * rng.standard_normal((k + 20, n))
+    V = row_space(X, k)[0]
+    W = rng.standard_normal((n, 3)) / np.sqrt(n)
+    step = np.abs(W).max(axis=0) / 3
+    lo = np.floor(W / step) * step
+    hi = lo + step
+    order = rng.permutation(n)
+    guide = X if guided else None
+    a, Ba, pa = walk_to_vertices(V, W, lo, hi, order, chunk=0, X=guide)
+    b, Bb, pb = walk_to_vertices(V, W, lo, hi, order, chunk=chunk, X=guide)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 * step.max())
+    assert_array_equal(pa, pb)
+    assert_array_equal(np.sort(Ba, axis=0), np.sort(Bb, axis=0))
+    # the default form is the inverse one at these k
+    assert_array_equal(walk_to_vertices(V, W, lo, hi, order, X=guide)[0], a)
+
+
+@pytest.mark.parametrize("chunk", [None, 0, 7, 40, 10**6])
 def test_walk_serial_and_parallel_agree(chunk):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((24, 300))
@@ -221,7 +256,7 @@ def test_walk_on_near_duplicate_columns_stays_in_its_boxes():
         W = rng.standard_normal((n, 3))
         lo = np.floor(W / 0.3) * 0.3
         hi = lo + 0.3
-        for chunk in (None, 1, 40):
+        for chunk in (None, 0, 1, 40):
             Z = walk_to_vertices(V, W, lo, hi, rng.permutation(n), chunk=chunk)[0]
             assert np.all(np.isfinite(Z))
             assert np.all(Z >= lo - 1e-9 * 0.3) and np.all(Z <= hi + 1e-9 * 0.3)

@@ -26,6 +26,20 @@ factorisation per neuron. :func:`skquant._quantizers._walk.walk_chunk` picks
 layer with m = 1024, one thread: 0.9 ms per neuron at k = 64, 2.2 ms at k = 232 (two
 thirds of it the batched updates, about 41 Mflop), 0.5 ms at k = 591.
 
+The inverse form keeps ``A^{-1}`` itself (``k x k``) instead: each step is one
+product ``A^{-1} v_j`` and each pivot one rank-one update of it (``2 k^2`` flops
+each, ``O(n k^2)`` per neuron like the tableau's), computed afresh every
+:data:`REFRESH` pivots and after a small pivot. Its loops are plain, contiguous and
+branch-free, where the tableau's etas are a chain of short dependent updates, so
+for small ``k`` it is the faster one: measured on LeNet-5's, the Fashion CNN's and
+VGG-8's layers (one thread), 2x to 3x faster for ``k <= 25``, 1.3x to 1.6x at
+``k`` near 50, about even near 64-72 and slower above, where ``A^{-1}`` no longer
+fits the first-level cache (``benchmarks/bench_nullspace_speed.py --forms``).
+:func:`skquant._quantizers._walk.walk_to_vertices` takes it for ``k <=``
+:data:`skquant._quantizers._walk.INVERSE_RANK`. Both forms visit the coordinates
+in the same order and make the same moves: they reach the same vertices up to
+round-off.
+
 Numerics: a chunk also ends after a pivot that is small relative to its column, so
 that the next one starts from a fresh factorisation; at the end, when
 ``V^T z`` has drifted from ``V^T w`` by more than ``1e-13`` relatively, the basis
@@ -42,12 +56,22 @@ import numpy as np
 #: pivots whose eta updates are batched into one matrix product
 ETA_BLOCK = 32
 
+#: the inverse form computes the basis inverse afresh after this many pivots
+REFRESH = 128
+
 
 @nb.njit(nogil=True, fastmath=True)
 def _axpy(a, x, y):  # pragma: no cover
     # y -= a * x: a pure multiply-add leaf, so fastmath only vectorises it
     for p in range(y.shape[0]):
         y[p] -= a * x[p]
+
+
+@nb.njit(nogil=True, fastmath=True)
+def _sub_from(x, y):  # pragma: no cover
+    # y <- x - y: a pure leaf, vectorised
+    for p in range(y.shape[0]):
+        y[p] = x[p] - y[p]
 
 
 @nb.njit(nogil=True, fastmath=True)
@@ -226,24 +250,98 @@ def _ratio_test(y, zb, lob, hib, t_hi, t_lo, up, down):  # pragma: no cover
 
 
 @nb.njit(nogil=True, error_model="numpy")
-def _walk_column(
-    V, T0, cols, w, lo, hi, basis0, z, B, ws, XT, u, col
-):  # pragma: no cover
-    n, k = V.shape
+def _step(j, y, z, lo, hi, B, zb, lob, hib, up, down, XT, guide):  # pragma: no cover
+    # One coordinate's move along d (d_j = 1, d_B = -y): the ratio test, the
+    # side (the shorter move, or the guide's), the move, and, when a basis
+    # coordinate stops it, that coordinate snapped to its bound and j pivoted in
+    # at its position. Returns that position (-1: no pivot) and the flops.
+    k = y.shape[0]
     m = XT.shape[1]
-    guided = m > 0  # (a guide with no directions: no response, unguided)
-    if guided:
-        u[:] = 0.0
+    u, col, XB, y32 = guide
+    t_hi, arg_hi, t_lo, arg_lo = _ratio_test(
+        y, zb, lob, hib, hi[j] - z[j], lo[j] - z[j], up, down
+    )
+    flops = 6.0 * k  # the ratio test (4k) and the move (2k)
+    if m > 0:
+        # toward the bound nearer GPFQ's target z_j + <r, u> / |r|^2,
+        # r = X_j - X_B y the data's response to the move with the
+        # current basis (it lies outside the kept directions)
+        if k:
+            for p in range(k):
+                y32[p] = y[p]
+            np.dot(y32, XB, col)  # X_B y (the basis rows, contiguous)
+            _sub_from(XT[j], col)
+        else:
+            col[:] = XT[j]
+        ip = _dot32(col, u)
+        nn = _dot32(col, col)
+        ahead = ip / nn if nn > 0.0 else 0.0
+        up_ = z[j] + ahead >= 0.5 * (lo[j] + hi[j])
+        flops += 2.0 * m * k + 6.0 * m
+    else:  # the shorter move
+        up_ = t_hi <= -t_lo
+    if up_:
+        step, out, to_hi = t_hi, arg_hi, True
+    else:
+        step, out, to_hi = t_lo, arg_lo, False
+    z[j] += step
+    _axpy(step, y, zb)
+    if m > 0:
+        _axpy(np.float32(step), col, u)
+    if out < 0:
+        z[j] = hi[j] if to_hi else lo[j]
+        return out, flops
+    # basis position `out` reached its bound: snap it, pivot j in
+    b = B[out]
+    z[b] = hib[out] if (-y[out] > 0) == to_hi else lob[out]
+    B[out] = j
+    if m > 0:
+        XB[out] = XT[j]
+    zb[out] = z[j]
+    lob[out] = lo[j]
+    hib[out] = hi[j]
+    return out, flops
+
+
+@nb.njit(nogil=True)
+def _start(w, lo, hi, basis0, z, B, vecs, XT, guide):  # pragma: no cover
+    # a walk's first state: z = w, the shared first basis, the basis
+    # coordinates' values and boxes by basis position (contiguous), the guide's
+    # response zero and its basis rows
     z[:] = w
     B[:] = basis0
-    Tbuf, gbuf, pbuf, E, H, vecs, leave, D, mark = ws
-    chunk = Tbuf.shape[0]
-    y, up, down, zb, lob, hib = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4], vecs[5]
-    # the basis coordinates' values and boxes, by basis position (contiguous)
-    for p in range(k):
+    zb, lob, hib = vecs[3], vecs[4], vecs[5]
+    for p in range(B.shape[0]):
         zb[p] = z[B[p]]
         lob[p] = lo[B[p]]
         hib[p] = hi[B[p]]
+    if XT.shape[1] > 0:
+        u, _, XB, _ = guide
+        u[:] = 0.0
+        for p in range(B.shape[0]):
+            XB[p] = XT[B[p]]
+
+
+@nb.njit(nogil=True)
+def _finish(V, w, z, B, lo, hi, zb):  # pragma: no cover
+    # the basis coordinates written back, the equality re-solved if it drifted
+    n, k = V.shape
+    for p in range(k):
+        z[B[p]] = zb[p]
+    _resolve_basis(V, w, z, B, lo, hi)
+    return 4.0 * n * k  # the drift check (a refinement, when needed, uncounted)
+
+
+@nb.njit(nogil=True, error_model="numpy")
+def _walk_column(
+    V, T0, cols, w, lo, hi, basis0, z, B, ws, XT, guide
+):  # pragma: no cover
+    # the tableau form (see the module's docstring)
+    k = V.shape[1]
+    Tbuf, gbuf, pbuf, E, H, vecs, leave, D, mark = ws
+    _start(w, lo, hi, basis0, z, B, vecs, XT, guide)
+    chunk = Tbuf.shape[0]
+    y, up, down, zb, lob, hib = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4], vecs[5]
     n_cols = cols.shape[0]
     pivots = 0
     flops = 0.0  # floating-point operations, counted as the steps below do them
@@ -269,44 +367,11 @@ def _walk_column(
             # y = A^{-1} v_j: the direction d_j = 1, d_B = -y keeps V^T z fixed
             y[:] = T[c - first]
             _apply_etas(y, E, leave, t)
-            t_hi, arg_hi, t_lo, arg_lo = _ratio_test(
-                y, zb, lob, hib, hi[j] - z[j], lo[j] - z[j], up, down
-            )
-            # the etas (2k each), the ratio test (4k) and the move (2k)
-            flops += 2.0 * k * t + 6.0 * k
-            if guided:
-                # toward the bound nearer GPFQ's target z_j + <r, u> / |r|^2,
-                # r = X_j - X_B y the data's response to the move with the
-                # current basis (it lies outside the kept directions)
-                col[:] = XT[j]
-                for p in range(k):
-                    _axpy(np.float32(y[p]), XT[B[p]], col)
-                ip = _dot32(col, u)
-                nn = _dot32(col, col)
-                ahead = ip / nn if nn > 0.0 else 0.0
-                up_ = z[j] + ahead >= 0.5 * (lo[j] + hi[j])
-                flops += 2.0 * m * k + 4.0 * m
-            else:  # the shorter move
-                up_ = t_hi <= -t_lo
-            if up_:
-                step, out, to_hi = t_hi, arg_hi, True
-            else:
-                step, out, to_hi = t_lo, arg_lo, False
-            z[j] += step
-            _axpy(step, y, zb)
-            if guided:
-                _axpy(np.float32(step), col, u)
-                flops += 2.0 * m
+            flops += 2.0 * k * t  # the etas (2k each)
+            out, f = _step(j, y, z, lo, hi, B, zb, lob, hib, up, down, XT, guide)
+            flops += f
             if out < 0:
-                z[j] = hi[j] if to_hi else lo[j]
                 continue
-            # basis position `out` reached its bound: snap it, pivot j in
-            b = B[out]
-            z[b] = hib[out] if (-y[out] > 0) == to_hi else lob[out]
-            B[out] = j
-            zb[out] = z[j]
-            lob[out] = lo[j]
-            hib[out] = hi[j]
             pivots += 1
             E[t] = y
             leave[t] = out
@@ -326,11 +391,73 @@ def _walk_column(
                 first = c + 1
                 t = 0
         start = restart
-    for p in range(k):
-        z[B[p]] = zb[p]
-    _resolve_basis(V, w, z, B, lo, hi)
-    flops += 4.0 * n * k  # the drift check (a refinement, when needed, uncounted)
-    return pivots, flops
+    return pivots, flops + _finish(V, w, z, B, lo, hi, zb)
+
+
+@nb.njit(nogil=True, fastmath=True)
+def _inverse_times(AT, v, y):  # pragma: no cover
+    # y = A^{-1} v from AT = A^{-T} (its rows: A^{-1}'s columns), four rows a pass
+    k = y.shape[0]
+    y[:] = 0.0
+    r = 0
+    while r + 4 <= k:
+        a0, a1, a2, a3 = v[r], v[r + 1], v[r + 2], v[r + 3]
+        x0, x1, x2, x3 = AT[r], AT[r + 1], AT[r + 2], AT[r + 3]
+        for p in range(k):
+            y[p] += (a0 * x0[p] + a1 * x1[p]) + (a2 * x2[p] + a3 * x3[p])
+        r += 4
+    while r < k:
+        a0 = v[r]
+        x0 = AT[r]
+        for p in range(k):
+            y[p] += a0 * x0[p]
+        r += 1
+
+
+@nb.njit(nogil=True, fastmath=True)
+def _pivot_inverse(AT, y, out):  # pragma: no cover
+    # A^{-1} after column `out` of A became v_j = A y: row `out` divided by
+    # y[out], y[p] times the new row taken from the others; on AT = A^{-T}
+    k = y.shape[0]
+    inv = 1.0 / y[out]
+    for r in range(k):
+        a = AT[r, out] * inv
+        for p in range(k):
+            AT[r, p] -= a * y[p]
+        AT[r, out] = a
+
+
+@nb.njit(nogil=True, error_model="numpy")
+def _walk_column_inverse(
+    V, AT0, cols, w, lo, hi, basis0, z, B, AT, vecs, XT, guide
+):  # pragma: no cover
+    # the inverse form (see the module's docstring)
+    k = V.shape[1]
+    _start(w, lo, hi, basis0, z, B, vecs, XT, guide)
+    AT[:] = AT0
+    y, up, down, zb, lob, hib = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4], vecs[5]
+    pivots = 0
+    since = 0  # pivots since the inverse was last computed afresh
+    flops = 0.0
+    for c in range(cols.shape[0]):
+        j = cols[c]
+        if z[j] <= lo[j] or z[j] >= hi[j]:
+            continue  # already on a grid point
+        _inverse_times(AT, V[j], y)
+        out, f = _step(j, y, z, lo, hi, B, zb, lob, hib, up, down, XT, guide)
+        flops += 2.0 * k * k + f
+        if out < 0:
+            continue
+        pivots += 1
+        since += 1
+        if since >= REFRESH or abs(y[out]) < 1e-7 * _absmax(y):
+            AT[:] = np.linalg.inv(_basis_matrix(V, B)).T
+            flops += 2.0 * k**3
+            since = 0
+        else:
+            _pivot_inverse(AT, y, out)
+            flops += 2.0 * k * k
+    return pivots, flops + _finish(V, w, z, B, lo, hi, zb)
 
 
 @nb.njit(nogil=True)
@@ -339,13 +466,51 @@ def _walk_columns(
 ):  # pragma: no cover
     # columns c0, c0 + s, ... < c1 with one workspace
     k = V.shape[1]
-    ws = _workspace(k, max(min(chunk, cols.shape[0]), 1))
-    u = np.empty(XT.shape[1], dtype=np.float32)
-    col = np.empty(XT.shape[1], dtype=np.float32)
+    inverse = chunk == 0
+    ws = _workspace(k, 1 if inverse else max(min(chunk, cols.shape[0]), 1))
+    AT = np.empty((k, k) if inverse else (0, 0))
+    # the guide's buffers: its response u, a move's response col, the basis
+    # coordinates' rows of XT (contiguous, by basis position: one BLAS product
+    # gives X_B y) and y in float32
+    r = XT.shape[1]
+    guide = (
+        np.empty(r, dtype=np.float32),
+        np.empty(r, dtype=np.float32),
+        np.empty((k if r else 0, r), dtype=np.float32),
+        np.empty(k, dtype=np.float32),
+    )
     for c in range(c0, c1, s):
-        pivots[c], flops[c] = _walk_column(
-            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws, XT, u, col
-        )
+        if inverse:
+            pivots[c], flops[c] = _walk_column_inverse(
+                V,
+                T0,
+                cols,
+                WT[c],
+                loT[c],
+                hiT[c],
+                basis0,
+                ZT[c],
+                basisT[c],
+                AT,
+                ws[5],
+                XT,
+                guide,
+            )
+        else:
+            pivots[c], flops[c] = _walk_column(
+                V,
+                T0,
+                cols,
+                WT[c],
+                loT[c],
+                hiT[c],
+                basis0,
+                ZT[c],
+                basisT[c],
+                ws,
+                XT,
+                guide,
+            )
 
 
 @nb.njit(cache=True, nogil=True)
@@ -358,10 +523,11 @@ def nullspace_walk(
     ----------
     V : float64 ndarray of shape (n, k), orthonormal columns (row space of the data)
     T0 : float64 ndarray of shape (c0, k), the tableau ``A^{-1} v_j`` of the first
-        ``c0 = min(chunk, n - k)`` coordinates of ``cols`` for the basis ``basis0``
+        ``c0 = min(chunk, n - k)`` coordinates of ``cols`` for the basis ``basis0``;
+        in the inverse form (``chunk=0``), ``A^{-T}`` (k x k) for ``basis0``
     cols : int64 ndarray of shape (n - k,), the coordinates outside ``basis0`` in
         the order they are visited
-    chunk : int, coordinates per tableau chunk
+    chunk : int, coordinates per tableau chunk; 0: the inverse form
     WT : float64 ndarray of shape (n_out, n), the start points (rows)
     loT, hiT : float64 ndarray of shape (n_out, n), the boxes, ``lo <= w <= hi``
     basis0 : int64 ndarray of shape (k,), initial basis with ``V[basis0]`` invertible

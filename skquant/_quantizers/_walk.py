@@ -48,6 +48,12 @@ def halved(top, smallest):
     return caps
 
 
+#: the walk keeps the basis inverse (the kernels' inverse form) up to this many
+#: kept directions and a tableau above: measured on the benchmark networks'
+#: layers, the inverse form is 2x to 3x faster for ``k <= 25`` and even with
+#: the tableau near 64-72 (``benchmarks/bench_nullspace_speed.py --forms``)
+INVERSE_RANK = 64
+
 #: the guided walk (``NullSpaceQuantizer(walk_budget=...)``) takes the data's
 #: responses to its moves in the data's leading directions after the ``k`` kept
 #: ones, at most this many (all of them on data of lower rank): each step costs
@@ -140,7 +146,10 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     n_jobs : int, default=None
         Numba threads (over columns).
     chunk : int, default=None
-        Coordinates per tableau chunk; ``None`` takes :func:`walk_chunk`'s.
+        Coordinates per tableau chunk; 0: the inverse form (the basis inverse
+        kept and updated, see :mod:`skquant._kernels._nullspace`); ``None``: the
+        inverse form for ``k <=`` :data:`INVERSE_RANK`, else the tableau with
+        :func:`walk_chunk`'s chunk.
     flops : ndarray of shape (n_out,), default=None
         Written, when given: each column's floating-point operations, counted by
         the walk as it does them (``benchmarks/bench_nullspace_speed.py --flops``
@@ -167,12 +176,16 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     # initial basis, shared by all columns with the first chunk of the tableau
     # (none without constraint: every coordinate walks to its nearer bound)
     basis0, cols = basis_and_rest(V, order)
-    chunk = walk_chunk(n, k) if chunk is None else max(min(int(chunk), n - k), 1)
-    first = cols[:chunk]
-    if not k:
-        T0 = np.empty((first.size, 0))
+    if chunk is None:
+        chunk = 0 if k <= INVERSE_RANK else walk_chunk(n, k)
+    elif chunk:
+        chunk = max(min(int(chunk), n - k), 1)
+    if not chunk:  # the inverse form: A^{-T} of the first basis, shared
+        T0 = scipy.linalg.inv(V[basis0].T).T if k else np.empty((0, 0))
+    elif not k:
+        T0 = np.empty((chunk, 0))
     else:
-        T0 = scipy.linalg.solve(V[basis0].T, V[first].T).T
+        T0 = scipy.linalg.solve(V[basis0].T, V[cols[:chunk]].T).T
     T0 = np.ascontiguousarray(T0)
     # the guide: the data's columns as rows (none: empty), in float32: it only
     # picks each move's side (twice float64's vector width on its products)
