@@ -626,6 +626,72 @@ def test_no_freedom_gram_form_equals_the_path(n_bits, targets, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("n_bits", ALPHABETS)
+@pytest.mark.parametrize("targets", [False, True])
+@pytest.mark.parametrize("rank", ["auto", 12])
+@pytest.mark.filterwarnings("ignore::UserWarning")  # (no freedom at some caps)
+def test_rounding_on_the_triangular_factor_equals_rounding_on_the_rows(
+    n_bits, targets, rank, monkeypatch
+):
+    """Tall, well-conditioned data: the greedy rounding of the off-grid entries
+    runs on the data's triangular factor (n rows, not m); the same codes and
+    calibration errors as on the data's rows, and the errors are the direct
+    ones (with targets, the residual's part outside the data's range counts)."""
+    from skquant._quantizers._products import _Products
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((600, 40)) @ (
+        np.eye(40) + 0.3 * rng.standard_normal((40, 40))
+    )
+    W = rng.standard_normal((40, 9)) / 7
+    Xf = X + 0.1 * rng.standard_normal(X.shape) if targets else X
+    used = []
+    rows = _Products.rounding_rows
+
+    def spy(self):
+        out = rows(self)
+        used.append(out is not None)
+        return out
+
+    fits = []
+    for factor in (True, False):
+        monkeypatch.setattr(
+            _Products, "rounding_rows", spy if factor else (lambda self: None)
+        )
+        fits.append(
+            NullSpaceQuantizer(n_bits=n_bits, rank=rank).fit(
+                W, activations=X, target_activations=Xf if targets else None
+            )
+        )
+    assert used and all(used)  # the factor served every rounding of the first
+    assert_array_equal(fits[0].codes_, fits[1].codes_)
+    np.testing.assert_allclose(
+        fits[0].calibration_error_, fits[1].calibration_error_, rtol=1e-8
+    )
+    Q = fits[0].transform(W)
+    err = np.linalg.norm(Xf @ W - X @ Q, axis=0) / np.linalg.norm(Xf @ W, axis=0)
+    np.testing.assert_allclose(fits[0].calibration_error_, err, rtol=1e-8)
+
+
+def test_rounding_rows_need_tall_well_conditioned_data():
+    from skquant._quantizers._products import _Products
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((100, 40))
+    W = rng.standard_normal((40, 3))
+    G, s = X.T @ X, np.linalg.svd(X, compute_uv=False)
+    F = _Products(W, X, X, np.eye(40), G=G, s=s).rounding_rows()
+    np.testing.assert_allclose(F @ F.T, G, rtol=1e-10, atol=1e-9)
+    assert np.all(np.triu(F, 1) == 0)
+    # too few rows, no Gram matrix or factor, rank deficiency: the rows themselves
+    assert _Products(W, X[:70], X[:70], np.eye(40), G=G, s=s).rounding_rows() is None
+    assert _Products(W, X, X, np.eye(40), s=s).rounding_rows() is None
+    Xd = X.copy()
+    Xd[:, 5] = Xd[:, 6]
+    sd = np.linalg.svd(Xd, compute_uv=False)
+    assert _Products(W, Xd, Xd, np.eye(40), G=Xd.T @ Xd, s=sd).rounding_rows() is None
+
+
 def test_network_style_targets():
     # layer sees perturbed (quantized-prefix) inputs and follows the float ones
     rng = np.random.default_rng(0)

@@ -16,6 +16,7 @@ from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
+from ._products import _LazyValues, _Products
 from ._spectrum import (
     GramSpectrum,
     LeadingSpectrum,
@@ -25,7 +26,6 @@ from ._spectrum import (
 from ._walk import (
     GUIDE_SHARE,
     basis_and_rest,
-    guide_rows,
     guide_share,
     halved,
     outside_data,
@@ -94,55 +94,6 @@ def _padded_rows(mask):
         rows = np.flatnonzero(mask[:, j])
         idx[: rows.size, j] = rows
     return idx
-
-
-class _LazyValues:
-    """``values[:k]`` of a :class:`LeadingSpectrum`'s singular values."""
-
-    def __init__(self, lead):
-        self._lead = lead
-
-    def __getitem__(self, key):
-        return self._lead.singular_values(key.stop)
-
-
-class _Products:
-    """The products of one layer's data that every fit of it at some rank cap
-    needs (the ladder's caps and the final fit share them): ``Xf W``, the start
-    points' residual ``(Xf - Xq) W`` and its products ``Xq^T (Xf - Xq) W`` with
-    the data, the walk's order, ``Xq^T`` for the greedy rounding, the leading
-    columns of ``V`` (an array or a function of the number of columns) and the
-    Gram matrix ``G`` of ``Xq`` or its triangular factor when the caller
-    holds them."""
-
-    def __init__(self, W, Xq, Xf, V, G=None, s=None, factor=None):
-        self.Xq, self.G, self.s, self.factor = Xq, G, s, factor
-        self.V = V if callable(V) else (lambda k: V[:, :k])
-        self.XfW = Xf @ W
-        R = None if Xf is Xq else (Xf - Xq) @ W
-        self.XqTR = None if R is None else Xq.T @ R
-        self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
-        self.XqT = np.ascontiguousarray(Xq.T)
-        # once the points Z and the codes are known (the greedy rounding's
-        # residuals): ||Xf w - Xq z|| per neuron, and Xf W - Xq Q
-        self.drift_norms = self.residual = None
-        self.on = None  # which entries of Z are on the grid, once known
-        self.off_rows = None  # the others' rows per neuron (_padded_rows)
-
-    def gram(self, cols=None):
-        """The Gram matrix of ``Xq``'s columns ``cols`` (all by default): a block
-        of ``G``, or from the triangular factor when it has fewer rows."""
-        if self.G is not None:
-            return self.G if cols is None else self.G[np.ix_(cols, cols)]
-        F = self.Xq
-        if self.factor is not None and self.factor.shape[0] < F.shape[0]:
-            F = self.factor
-        return gram(F if cols is None else F[:, cols])
-
-    def guide(self, k):
-        """The guided walk's data at cap ``k`` (:func:`guide_rows` of ``Xq``'s
-        leading vectors ``V`` and singular values ``s``)."""
-        return guide_rows(self.V, self.s, k)
 
 
 class NullSpaceQuantizer(BaseDataQuantizer):
@@ -490,12 +441,14 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Xq_fit = Xq[~held]
         Xf_fit = Xq_fit if Xf is Xq else Xf[~held]
         G_fit = None if G is None else G - gram(Xq[held])
+        fit_factor = None
         if isinstance(spectrum, RowSpectrum):
             lead = spectrum.rows(~held)
             V_all, probe_s, top = lead.vectors, lead.singular_values, lead.rank
         elif G is None:
             factors = _Factors(Xq) if factors is None else factors
             V_all, probe_s, top = factors.fitting(held)
+            G_fit, fit_factor = factors.fitting_products()
         else:
             top = min(Xq_fit.shape[0], spectrum.rank)
             lead = LeadingSpectrum(G_fit, Xq_fit.shape[0], rank=top)
@@ -520,7 +473,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         probe._fit_alphabet(W_s)
         probe.guided_ = guided
         probe.singular_values_ = probe_s
-        pre = _Products(W64, Xq_fit, Xf_fit, V_all, G_fit, probe_s)
+        pre = _Products(W64, Xq_fit, Xf_fit, V_all, G_fit, probe_s, fit_factor)
 
         def held_out(k):
             probe.components_ = pre.V(k)
@@ -698,9 +651,19 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 # residual of the codes, Xf w - Xq q
                 U = Z.T @ pre.XqT
                 np.subtract(pre.XfW.T, U, out=U)
-                pre.drift_norms = np.sqrt(np.einsum("ij,ij->i", U, U))
-                self._greedy_path(Xq, Xq, Z, idx, U, step, codes, pre.XqT)
-                pre.residual = U.T
+                drift2 = np.einsum("ij,ij->i", U, U)
+                pre.drift_norms = np.sqrt(drift2)
+                rows = pre.rounding_rows()
+                if rows is None:
+                    self._greedy_path(Xq, Xq, Z, idx, U, step, codes, pre.XqT)
+                    pre.residual = U.T
+                else:  # the same steps on n rows: the residual's part in range
+                    Ur = pre.in_range(U, rows)
+                    outside = np.maximum(drift2 - np.einsum("ij,ij->i", Ur, Ur), 0)
+                    self._greedy_path(rows, rows, Z, idx, Ur, step, codes, rows)
+                    pre.residual_norms = np.sqrt(
+                        np.einsum("ij,ij->i", Ur, Ur) + outside
+                    )
             else:  # every coordinate off the grid (no freedom): GPFQ's Gram form
                 # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z, i.e.
                 # Xq^T Xf w - triu(G, 1) z (from the data: G is the one n x n)
@@ -731,14 +694,18 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         indptr, rows, moves, dist2 = _nullspace.rounding_moves(
             Z, codes, step, off, 1e-12
         )
-        if pre.residual is not None:
+        if pre.residual_norms is not None:
+            R = None
+        elif pre.residual is not None:
             R = pre.residual
         elif 8 * moves.size < Z.size:
             D = sparse.csc_matrix((moves, rows, indptr), shape=Z.shape)
             R = R - (D.T @ Xq.T).T
         else:
             R = ref - Xq @ (codes.astype(np.float64) * step)
-        self.calibration_error_ = np.sqrt(np.einsum("ij,ij->j", R, R)) / safe
+        self.calibration_error_ = (
+            pre.residual_norms if R is None else np.sqrt(np.einsum("ij,ij->j", R, R))
+        ) / safe
         self.n_off_grid_ = off.sum(axis=0)
         # the bound's terms but ||X_S||_2 (one eigenvalue problem per neuron, solved
         # when bound_ is first read); it needs X only through the Gram matrix of

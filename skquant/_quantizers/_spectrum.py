@@ -292,7 +292,9 @@ def gram_row_space(G, rank=None, every=False):
     """:func:`row_space` of data ``X`` from its Gram matrix ``G = X^T X`` (one
     symmetric eigendecomposition), or ``None`` when ``G`` is worse conditioned
     than :data:`GRAM_CONDITION` allows (then the SVD is needed)."""
-    lam, U = scipy.linalg.eigh(G, check_finite=False)
+    # divide and conquer: every eigenpair is wanted, 1.3x-1.5x faster than the
+    # default (MRRR) driver on 150-1152 inputs, one thread
+    lam, U = scipy.linalg.eigh(G, check_finite=False, driver="evd")
     if not lam.size or not lam[0] >= GRAM_CONDITION * lam[-1] > 0:
         return None
     return _kept(U[:, ::-1], np.sqrt(lam[::-1]), lam.size, rank, every)
@@ -335,6 +337,12 @@ class _Factors:
         F = triangular_factor(X)
         self._fit = ("factor", F)
         return row_space(F)
+
+    def fitting_products(self):
+        """The fitting rows' ``(Gram matrix, triangular factor)`` after
+        :meth:`fitting`, whichever it computed (the other ``None``)."""
+        kind, A = self._fit
+        return (A, None) if kind == "gram" else (None, A)
 
     def all(self, rank=None, every=False):
         """``row_space(X, rank, every)`` of all rows."""

@@ -1,0 +1,101 @@
+"""The products of one layer's data that the null-space fits at every rank cap
+share (the ladder's and the final fit)."""
+
+import numpy as np
+import scipy.linalg
+
+from ._gram import gram
+from ._walk import guide_rows
+
+#: the greedy rounding runs on the data's triangular factor ``F`` (``n x n``,
+#: ``F^T F = Xq^T Xq``) in place of its ``m`` rows when there are at least twice
+#: as many rows as inputs, the factor or the Gram matrix is at hand, and the
+#: data's smallest singular value is at least this fraction of its largest (the
+#: residual's part in the data's range is solved through ``F^T``)
+ROUNDING_CONDITION = 1e-6
+
+
+class _LazyValues:
+    """``values[:k]`` of a :class:`LeadingSpectrum`'s singular values."""
+
+    def __init__(self, lead):
+        self._lead = lead
+
+    def __getitem__(self, key):
+        return self._lead.singular_values(key.stop)
+
+
+class _Products:
+    """The products of one layer's data that every fit of it at some rank cap
+    needs (the ladder's caps and the final fit share them): ``Xf W``, the start
+    points' residual ``(Xf - Xq) W`` and its products ``Xq^T (Xf - Xq) W`` with
+    the data, the walk's order, ``Xq^T`` for the greedy rounding, the leading
+    columns of ``V`` (an array or a function of the number of columns) and the
+    Gram matrix ``G`` of ``Xq`` or its triangular factor when the caller
+    holds them."""
+
+    def __init__(self, W, Xq, Xf, V, G=None, s=None, factor=None):
+        self.Xq, self.G, self.s, self.factor = Xq, G, s, factor
+        self.V = V if callable(V) else (lambda k: V[:, :k])
+        self.XfW = Xf @ W
+        R = None if Xf is Xq else (Xf - Xq) @ W
+        self.XqTR = None if R is None else Xq.T @ R
+        self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
+        self.XqT = np.ascontiguousarray(Xq.T)
+        # once the points Z and the codes are known (the greedy rounding's
+        # residuals): ||Xf w - Xq z|| per neuron, and Xf W - Xq Q
+        self.drift_norms = self.residual = self.residual_norms = None
+        self._rows = None  # rounding_rows, once asked for
+        self.on = None  # which entries of Z are on the grid, once known
+        self.off_rows = None  # the others' rows per neuron (_padded_rows)
+
+    def gram(self, cols=None):
+        """The Gram matrix of ``Xq``'s columns ``cols`` (all by default): a block
+        of ``G``, or from the triangular factor when it has fewer rows."""
+        if self.G is not None:
+            return self.G if cols is None else self.G[np.ix_(cols, cols)]
+        F = self.Xq
+        if self.factor is not None and self.factor.shape[0] < F.shape[0]:
+            F = self.factor
+        return gram(F if cols is None else F[:, cols])
+
+    def rounding_rows(self):
+        """Rows with ``Xq``'s inner products between its columns, fewer than
+        ``Xq``'s: ``F^T`` (``n x n``, its rows the columns of the triangular
+        factor ``F``, ``F^T F = Xq^T Xq``), when ``Xq`` has at least ``2 n``
+        rows, its Gram matrix or factor is at hand and its singular values
+        ``s`` are within :data:`ROUNDING_CONDITION` of each other; else
+        ``None``. Greedy rounding on them costs ``n``, not ``m``, a step."""
+        if self._rows is None:
+            self._rows = False
+            m, n = self.Xq.shape
+            s = self.s
+            if (
+                2 * n <= m
+                and isinstance(s, np.ndarray)
+                and s.size == n
+                and s[-1] >= ROUNDING_CONDITION * s[0] > 0
+            ):
+                F = self.factor
+                if (F is None or F.shape[0] != n) and self.G is not None:
+                    try:
+                        F = scipy.linalg.cholesky(self.G, check_finite=False)
+                    except np.linalg.LinAlgError:  # pragma: no cover - s says PD
+                        F = None
+                if F is not None and F.shape[0] == n:
+                    self._rows = np.ascontiguousarray(F.T)
+        return None if self._rows is False else self._rows
+
+    def in_range(self, U, rows):
+        """``U`` (residuals as rows, ``n_out x m``) carried to the coordinates
+        of :meth:`rounding_rows` ``rows = F^T``: ``F^{-T} Xq^T u`` for each, the
+        residual's part in the data's range (``n_out x n``)."""
+        XqTU = self.XqT @ U.T
+        return np.ascontiguousarray(
+            scipy.linalg.solve_triangular(rows, XqTU, lower=True, check_finite=False).T
+        )
+
+    def guide(self, k):
+        """The guided walk's data at cap ``k`` (:func:`guide_rows` of ``Xq``'s
+        leading vectors ``V`` and singular values ``s``)."""
+        return guide_rows(self.V, self.s, k)
