@@ -133,13 +133,30 @@ def _flush_etas(src, dst, E, leave, t, H, gbuf, pbuf, D, mark):  # pragma: no co
             mark[leave[s]] = nd
             D[nd] = leave[s]
             nd += 1
+    # the columns D of M = E_t ... E_1, all etas at once: row i (column D[i]) is
+    # the unit vector until the first eta that leaves D[i] (an eta changes a
+    # vector only through its entry at its leaving row), so at eta s only the
+    # rows of the leaving rows seen so far are updated (D is in order of first
+    # leaving), each by one independent short update
+    for i in range(nd):
+        H[i, :] = 0.0
+        H[i, D[i]] = 1.0
+    active = 0
+    for s in range(t):
+        lv = leave[s]
+        if mark[lv] >= active:
+            active = mark[lv] + 1
+        e = E[s]
+        inv = 1.0 / e[lv]
+        for i in range(active):
+            h = H[i]
+            a = h[lv] * inv
+            if a != 0.0:
+                _axpy(a, e, h)
+                h[lv] = a
     for i in range(nd):
         mark[D[i]] = -1
-        h = H[i]
-        h[:] = 0.0
-        h[D[i]] = 1.0
-        _apply_etas(h, E, leave, t)
-        h[D[i]] -= 1.0
+        H[i, D[i]] -= 1.0
     tmp = gbuf[: r * nd].reshape((r, nd))
     for c in range(r):
         for i in range(nd):
