@@ -14,8 +14,18 @@ time, on the 784x500 layer (m = 1024) and on a 3136x128 layer (Gaussian inputs, 
 1024: the Fashion CNN's first linear layer), at several caps, against a float64 BLAS
 GEMM (2048 x 2048, numpy) on the same thread count.
 
+``--forms`` instead times the walk's two forms (the basis inverse kept, the
+tableau; :mod:`skquant._kernels._nullspace`) on the same starts, one thread: on
+the layers of LeNet-5, the Fashion CNN and VGG-8 as the default fits them (3 bits,
+1024 images; ``get_data.sh``'s data), the data's leading right singular vectors
+at caps from 8 to 200, the first 64 neurons, unguided, median of ``--repeat``;
+prints both times, their ratio and how many neurons reach the same vertex (up to
+1e-9 of a step; a move taken on the other side after round-off sends the rest of
+a walk elsewhere).
+
 Run: python benchmarks/bench_nullspace_speed.py [--threads 2] [--plot out.png]
      python benchmarks/bench_nullspace_speed.py --flops [--threads 1]
+     python benchmarks/bench_nullspace_speed.py --forms
 """
 
 import argparse
@@ -102,6 +112,48 @@ def flop_rates(threads, repeat, use_mnist, rng):
             )
 
 
+def forms(repeat):
+    """The inverse form against the tableau on the benchmark networks' layers."""
+    from bench_nullspace_variants import capture
+
+    from skquant._quantizers._walk import INVERSE_RANK, walk_chunk, walk_to_vertices
+
+    print(f"inverse form up to k = {INVERSE_RANK} by default; one thread")
+    head = f"{'layer':<22}{'k':>5}{'tableau s':>11}{'inverse s':>11}"
+    print(f"{head}{'ratio':>7}{'same':>8}")
+    with threadpool_limits(1):
+        for net in ("lenet5", "cnn", "vgg8"):
+            for i, (W, Xq, _) in enumerate(capture(net, 3)):
+                n, n_out = W.shape[0], min(W.shape[1], 64)
+                if n < 64:
+                    continue
+                Vt = np.linalg.svd(Xq, full_matrices=False)[2]
+                Z0 = np.asfortranarray(W[:, :n_out], dtype=np.float64)
+                step = np.abs(Z0).max(axis=0) / 3
+                lo = np.floor(Z0 / step) * step
+                hi = lo + step
+                order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
+                for k in (8, 16, 32, 64, 100, 200):
+                    if k >= min(n, Vt.shape[0]):
+                        continue
+                    V = np.ascontiguousarray(Vt[:k].T)
+
+                    def run(chunk):
+                        return walk_to_vertices(V, Z0, lo, hi, order, chunk=chunk)[0]
+
+                    times, points = [], []
+                    for chunk in (walk_chunk(n, k), 0):  # the tableau, the inverse
+                        points.append(run(chunk))  # (compiled outside the timing)
+                        times.append(best_of(lambda c=chunk: run(c), repeat))
+                    diff = np.abs(points[0] - points[1])
+                    same = np.all(diff <= 1e-9 * step, axis=0).sum()
+                    label = f"{net} {i} ({n}x{W.shape[1]})"
+                    print(
+                        f"{label:<22}{k:>5}{times[0]:>11.4f}{times[1]:>11.4f}"
+                        f"{times[1] / times[0]:>7.2f}{same:>5}/{n_out}"
+                    )
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -110,7 +162,17 @@ def main(argv=None):
     p.add_argument(
         "--flops", action="store_true", help="the walk's flop rate against BLAS"
     )
+    p.add_argument(
+        "--forms", action="store_true", help="the walk's inverse form vs its tableau"
+    )
     args = p.parse_args(argv)
+    if args.forms:
+        import skquant
+
+        skquant.set_config(progress=False)
+        warnings.simplefilter("ignore")
+        forms(args.repeat)
+        return
     rng = np.random.default_rng(0)
     warnings.simplefilter("ignore", UserWarning)
     use_mnist = mnist_available()

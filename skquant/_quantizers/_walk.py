@@ -50,8 +50,9 @@ def halved(top, smallest):
 
 #: the walk keeps the basis inverse (the kernels' inverse form) up to this many
 #: kept directions and a tableau above: measured on the benchmark networks'
-#: layers, the inverse form is 2x to 3x faster for ``k <= 25`` and even with
-#: the tableau near 64-72 (``benchmarks/bench_nullspace_speed.py --forms``)
+#: layers (one thread), the inverse form is 1.4x to 1.9x faster for ``k <= 32``,
+#: 0.6x to 1.2x the tableau's time at 64 (faster on 11 of 14 layers) and slower
+#: above (``benchmarks/bench_nullspace_speed.py --forms``)
 INVERSE_RANK = 64
 
 #: the guided walk (``NullSpaceQuantizer(walk_budget=...)``) takes the data's
