@@ -107,8 +107,9 @@ def _apply_etas(y, E, leave, t):  # pragma: no cover
 @nb.njit(nogil=True)
 def _workspace(k, chunk):  # pragma: no cover
     # buffers of one walking thread, allocated once: the chunk tableau, the gathered
-    # leaving rows and the product of a flush, the etas, and k-vectors
-    # (y, up, down, zb, lob, hib)
+    # leaving rows and the product of a flush, the etas, k-vectors
+    # (y, up, down, zb, lob, hib), and the inverse form's A^{-T}. chunk 0: the
+    # inverse form (no tableau)
     return (
         np.empty((chunk, k)),
         np.empty(chunk * ETA_BLOCK),
@@ -119,6 +120,7 @@ def _workspace(k, chunk):  # pragma: no cover
         np.empty(ETA_BLOCK, dtype=np.int64),
         np.empty(ETA_BLOCK, dtype=np.int64),
         np.full(k, -1, dtype=np.int64),
+        np.empty((k, k) if chunk == 0 else (0, 0)),
     )
 
 
@@ -354,9 +356,12 @@ def _finish(V, w, z, B, lo, hi, zb):  # pragma: no cover
 def _walk_column(
     V, T0, cols, w, lo, hi, basis0, z, B, ws, XT, guide
 ):  # pragma: no cover
-    # the tableau form (see the module's docstring)
+    # the tableau form (see the module's docstring), or the inverse form for a
+    # workspace without tableau
+    if ws[0].shape[0] == 0:
+        return _walk_column_inverse(V, T0, cols, w, lo, hi, basis0, z, B, ws, XT, guide)
     k = V.shape[1]
-    Tbuf, gbuf, pbuf, E, H, vecs, leave, D, mark = ws
+    Tbuf, gbuf, pbuf, E, H, vecs, leave, D, mark, _ = ws
     _start(w, lo, hi, basis0, z, B, vecs, XT, guide)
     chunk = Tbuf.shape[0]
     y, up, down, zb, lob, hib = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4], vecs[5]
@@ -447,10 +452,11 @@ def _pivot_inverse(AT, y, out):  # pragma: no cover
 
 @nb.njit(nogil=True, error_model="numpy")
 def _walk_column_inverse(
-    V, AT0, cols, w, lo, hi, basis0, z, B, AT, vecs, XT, guide
+    V, AT0, cols, w, lo, hi, basis0, z, B, ws, XT, guide
 ):  # pragma: no cover
     # the inverse form (see the module's docstring)
     k = V.shape[1]
+    vecs, AT = ws[5], ws[9]
     _start(w, lo, hi, basis0, z, B, vecs, XT, guide)
     AT[:] = AT0
     y, up, down, zb, lob, hib = vecs[0], vecs[1], vecs[2], vecs[3], vecs[4], vecs[5]
@@ -484,9 +490,7 @@ def _walk_columns(
 ):  # pragma: no cover
     # columns c0, c0 + s, ... < c1 with one workspace
     k = V.shape[1]
-    inverse = chunk == 0
-    ws = _workspace(k, 1 if inverse else max(min(chunk, cols.shape[0]), 1))
-    AT = np.empty((k, k) if inverse else (0, 0))
+    ws = _workspace(k, max(min(chunk, cols.shape[0]), 1) if chunk else 0)
     # the guide's buffers: its response u, a move's response col, the basis
     # coordinates' rows of XT (contiguous, by basis position: one BLAS product
     # gives X_B y) and y in float32
@@ -498,37 +502,9 @@ def _walk_columns(
         np.empty(k, dtype=np.float32),
     )
     for c in range(c0, c1, s):
-        if inverse:
-            pivots[c], flops[c] = _walk_column_inverse(
-                V,
-                T0,
-                cols,
-                WT[c],
-                loT[c],
-                hiT[c],
-                basis0,
-                ZT[c],
-                basisT[c],
-                AT,
-                ws[5],
-                XT,
-                guide,
-            )
-        else:
-            pivots[c], flops[c] = _walk_column(
-                V,
-                T0,
-                cols,
-                WT[c],
-                loT[c],
-                hiT[c],
-                basis0,
-                ZT[c],
-                basisT[c],
-                ws,
-                XT,
-                guide,
-            )
+        pivots[c], flops[c] = _walk_column(
+            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws, XT, guide
+        )
 
 
 @nb.njit(cache=True, nogil=True)
