@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
 from skquant._kernels import _nullspace
-from skquant._quantizers._nullspace import _Products, ladder_neurons
+from skquant._quantizers._nullspace import _padded_rows, _Products, ladder_neurons
 from skquant._quantizers._spectrum import row_space
 from skquant._quantizers._walk import walk_chunk, walk_to_vertices
 from skquant.datasets import make_gaussian_layer
@@ -182,6 +182,18 @@ def test_property_inverse_and_tableau_forms_reach_the_same_vertices(
     assert_array_equal(np.sort(Ba, axis=0), np.sort(Bb, axis=0))
     # the default form is the inverse one at these k
     assert_array_equal(walk_to_vertices(V, W, lo, hi, order, X=guide)[0], a)
+
+
+@given(st.integers(1, 40), st.integers(1, 12), st.floats(0, 1), st.integers(0, 10**6))
+def test_property_padded_rows_lists_each_columns_rows(n, n_out, density, seed):
+    # each column's True rows, increasing, then -1 (at least one row)
+    mask = np.random.default_rng(seed).random((n, n_out)) < density
+    idx = _padded_rows(mask)
+    assert idx.shape == (max(int(mask.sum(axis=0).max()), 1), n_out)
+    for j in range(n_out):
+        rows = np.flatnonzero(mask[:, j])
+        assert_array_equal(idx[: rows.size, j], rows)
+        assert np.all(idx[rows.size :, j] == -1)
 
 
 @pytest.mark.parametrize("chunk", [None, 0, 7, 40, 10**6])

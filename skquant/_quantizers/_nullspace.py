@@ -90,9 +90,9 @@ def _padded_rows(mask):
     """Row indices of the True entries of each column of ``mask``, ``-1`` padded."""
     counts = mask.sum(axis=0)
     idx = np.full((max(int(counts.max(initial=0)), 1), mask.shape[1]), -1, np.int64)
-    for j in range(mask.shape[1]):
-        rows = np.flatnonzero(mask[:, j])
-        idx[: rows.size, j] = rows
+    cols, rows = np.nonzero(mask.T)  # by column, rows increasing
+    first = np.cumsum(counts) - counts  # each column's first entry among them
+    idx[np.arange(rows.size) - first[cols], cols] = rows
     return idx
 
 
