@@ -197,6 +197,22 @@ def test_gram_row_space_is_the_svds_on_well_conditioned_data(n, extra, rank, see
     assert _spectrum.gram_row_space(low.T @ low) is None
 
 
+def test_gram_row_space_refuses_a_dead_input_without_eigendecomposing(monkeypatch):
+    # a zero column (a dead unit): its diagonal entry bounds lambda_min, so the
+    # Gram matrix is refused before any eigendecomposition; a well-conditioned
+    # one with the same other columns is not
+    X = np.random.default_rng(0).standard_normal((40, 6))
+    dead = X.copy()
+    dead[:, 2] = 0.0
+    real = _spectrum.scipy.linalg.eigh
+    calls = []
+    monkeypatch.setattr(
+        _spectrum.scipy.linalg, "eigh", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    assert _spectrum.gram_row_space(dead.T @ dead) is None and not calls
+    assert _spectrum.gram_row_space(X.T @ X) is not None and calls
+
+
 @pytest.mark.parametrize("target", [False, True])
 def test_the_fit_from_gram_matrices_is_the_fit_from_svds(monkeypatch, target):
     """``rank="auto"`` on tall, well-conditioned data takes its spectra from Gram
@@ -224,7 +240,9 @@ def test_the_fit_from_gram_matrices_is_the_fit_from_svds(monkeypatch, target):
     monkeypatch.setattr(_spectrum, "GRAM_CONDITION", 2.0)  # (no matrix meets it)
     calls.clear()
     svd = NullSpaceQuantizer(n_bits=2).fit(W, activations=X, target_activations=Xf)
-    assert calls == [False]  # (all rows: a QR update of the fitting rows' factor)
+    # no Gram matrix is formed (its diagonal fails the condition already); all
+    # rows: a QR update of the fitting rows' factor
+    assert calls == []
     assert grm.rank_ == svd.rank_ < n
     assert grm.rank_scores_.keys() == svd.rank_scores_.keys()
     np.testing.assert_allclose(grm.singular_values_, svd.singular_values_, rtol=1e-8)
