@@ -702,6 +702,14 @@ def test_rounding_rows_need_tall_well_conditioned_data():
     Xd[:, 5] = Xd[:, 6]
     sd = np.linalg.svd(Xd, compute_uv=False)
     assert _Products(W, Xd, Xd, np.eye(40), G=Xd.T @ Xd, s=sd).rounding_rows() is None
+    # full rank but worse conditioned than the Gram row spaces allow (s ratio
+    # 2e-6 < 1e-4): the Cholesky factor would lose the residual's small part
+    U = np.linalg.qr(rng.standard_normal((100, 40)))[0]
+    for ratio, usable in ((2e-6, False), (2e-4, True)):
+        s_c = np.geomspace(1, ratio, 40)
+        Xc = (U * s_c) @ np.linalg.qr(rng.standard_normal((40, 40)))[0]
+        rows = _Products(W, Xc, Xc, np.eye(40), G=Xc.T @ Xc, s=s_c).rounding_rows()
+        assert (rows is not None) == usable
 
 
 def test_network_style_targets():
