@@ -23,9 +23,19 @@ prints both times, their ratio and how many neurons reach the same vertex (up to
 1e-9 of a step; a move taken on the other side after round-off sends the rest of
 a walk elsewhere).
 
+``--walks NET [NET ...]`` instead replays the default's own walks, one thread:
+each network is quantized by ``NullSpaceQuantizer(n_bits=--bits)`` on 1024
+training images (seed 0), every call of the walk on its layers of at least 256
+inputs is recorded (the ladder's caps on its neurons, the final fit; guided or
+not, as the default walks them) and timed again ``--repeat`` times (median);
+then each layer's whole fit is timed the same way and summed over the network.
+The script uses only the library's functions, so that it runs on an earlier
+commit unchanged (to compare kernels: copy it there).
+
 Run: python benchmarks/bench_nullspace_speed.py [--threads 2] [--plot out.png]
      python benchmarks/bench_nullspace_speed.py --flops [--threads 1]
      python benchmarks/bench_nullspace_speed.py --forms
+     python benchmarks/bench_nullspace_speed.py --walks lenet5 cnn --repeat 5
 """
 
 import argparse
@@ -154,6 +164,51 @@ def forms(repeat):
                     )
 
 
+def replay_walks(nets, bits, repeat):
+    """The default's walks and layer fits on whole networks, replayed."""
+    from bench_nullspace_variants import capture
+
+    import skquant._quantizers._nullspace as ns
+
+    recorded, walk = [], ns.walk_to_vertices
+
+    def record(*args, **kwargs):
+        recorded.append((args, kwargs))
+        return walk(*args, **kwargs)
+
+    with threadpool_limits(1):
+        for net in nets:
+            layers = capture(net, bits)
+            fits = 0.0
+            for W, Xq, Xf in layers:
+                target = None if Xf is Xq or np.array_equal(Xf, Xq) else Xf
+                recorded.clear()
+                ns.walk_to_vertices = record
+                try:
+                    NullSpaceQuantizer(n_bits=bits)._fit_quantize(W, Xq, target)
+                finally:
+                    ns.walk_to_vertices = walk
+                fits += best_of(
+                    lambda W=W, Xq=Xq, target=target: NullSpaceQuantizer(
+                        n_bits=bits
+                    )._fit_quantize(W, Xq, target),
+                    repeat,
+                )
+                if W.shape[0] < 256:
+                    continue
+                for args, kwargs in recorded:
+                    V, Z0 = args[0], args[1]
+                    t = best_of(lambda a=args, k=kwargs: walk(*a, **k), repeat)
+                    guided = "guided" if kwargs.get("X") is not None else "unguided"
+                    print(
+                        f"{net} {W.shape[0]}x{W.shape[1]}, {bits} bits: walk at "
+                        f"k = {V.shape[1]}, {Z0.shape[1]} neurons, {guided}: "
+                        f"{1e3 * t:.1f} ms",
+                        flush=True,
+                    )
+            print(f"{net}, {bits} bits: layer fits {fits:.3f} s in all", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -165,7 +220,16 @@ def main(argv=None):
     p.add_argument(
         "--forms", action="store_true", help="the walk's inverse form vs its tableau"
     )
+    p.add_argument("--walks", nargs="+", metavar="NET", help="see the docstring")
+    p.add_argument("--bits", type=int, default=3, help="with --walks")
     args = p.parse_args(argv)
+    if args.walks:
+        import skquant
+
+        skquant.set_config(progress=False)
+        warnings.simplefilter("ignore")
+        replay_walks(args.walks, args.bits, args.repeat)
+        return
     if args.forms:
         import skquant
 

@@ -186,3 +186,51 @@ def test_one_blas_thread_limits_and_restores():
     assert counts() == before
     with _threads.one_blas_thread():
         assert _threads._BLAS[0] is scan
+
+
+_LEAK_CHECK = """
+import numpy as np
+from numba.core.runtime import rtsys
+from skquant._kernels._nullspace import REFRESH
+from skquant._quantizers._walk import walk_to_vertices
+
+rng = np.random.default_rng(0)
+n, k, n_out = 400, 16, 3
+V = np.linalg.qr(rng.standard_normal((n, k)))[0]
+W = rng.standard_normal((n, n_out))
+lo, hi = np.floor(W), np.floor(W) + 1
+X = rng.standard_normal((24, n))
+for chunk in (0, 40):  # the inverse form, the tableau in chunks
+    for guide in (None, X):
+        args = (V, W, lo, hi, np.arange(n))
+        walk_to_vertices(*args, chunk=chunk, X=guide)  # compiled, warm
+        before = rtsys.get_allocation_stats()
+        pivots = walk_to_vertices(*args, chunk=chunk, X=guide)[2]
+        after = rtsys.get_allocation_stats()
+        assert pivots.min() > REFRESH, pivots  # the inverse computed afresh
+        assert after.alloc - before.alloc > 0
+        assert after.alloc - before.alloc == after.free - before.free
+        assert after.mi_alloc - before.mi_alloc == after.mi_free - before.mi_free
+print("balanced")
+"""
+
+
+def test_the_walk_frees_what_it_allocates():
+    """The walk's per-step code runs without numba's reference counting
+    (``_nrt=False``): an array handed back to it by a helper would never be
+    freed. numba's allocation counts (``NUMBA_NRT_STATS``, read at start-up,
+    hence a fresh interpreter) balance over walks in both forms, guided or
+    not, long enough to refresh the basis inverse."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_NRT_STATS": "1", "NUMBA_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LEAK_CHECK],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "balanced"

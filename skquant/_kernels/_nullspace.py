@@ -65,8 +65,9 @@ REFRESH = 128
 #: view costs no atomic increment and decrement. With the runtime on, those
 #: atomics held three quarters of ``perf``'s samples in the walk at k = 12 on
 #: LeNet-5's 400-input layer; without, its ladder's walks (32 neurons, one
-#: thread) went from 4.5, 5.5, 9.0 and 14.0 ms to 1.8, 3.1, 7.5 and 11.2 ms at
-#: k = 12, 25, 50 and 100, with the same vertices. What allocates (a
+#: thread) went from 4.9, 5.8, 9.5 and 13.8 ms to 1.6, 3.1, 7.0 and 11.0 ms at
+#: k = 12, 25, 50 and 100, with the same vertices
+#: (``benchmarks/bench_nullspace_speed.py --walks lenet5``). What allocates (a
 #: factorisation, a solve) stays in functions that set ``_nrt=True`` (a callee
 #: otherwise inherits its caller's setting) and return no array.
 _unref = nb.njit(nogil=True, error_model="numpy", _nrt=False)
@@ -98,6 +99,7 @@ def _dot(x, y):  # pragma: no cover
 @nb.njit(nogil=True, fastmath=True)
 def _rows_times(a, M, out):  # pragma: no cover
     # out = a @ M (float32, M's rows contiguous): a pure multiply-add leaf
+    # (a BLAS call needs numba's runtime, which the step runs without)
     out[:] = 0.0
     for p in range(M.shape[0]):
         ap = a[p]
@@ -526,8 +528,8 @@ def _walk_columns(
     k = V.shape[1]
     ws = _workspace(k, max(min(chunk, cols.shape[0]), 1) if chunk else 0)
     # the guide's buffers: its response u, a move's response col, the basis
-    # coordinates' rows of XT (contiguous, by basis position: one BLAS product
-    # gives X_B y) and y in float32
+    # coordinates' rows of XT (contiguous, by basis position: one pass of
+    # vectorised row updates gives X_B y, _rows_times) and y in float32
     r = XT.shape[1]
     guide = (
         np.empty(r, dtype=np.float32),
