@@ -32,6 +32,9 @@ at most 4096 rows per layer, conv patches sampled), and scored on the test set:
 * ``ns-nearest-ladder``: the default with its ladder scored with
   ``rounding="nearest"`` (``NearestLadder``, a prototype);
 * ``ns-budget-8``: the default with ``walk_budget=8`` (measured, not taken);
+* ``ns-one-se``: the default taking the smallest of the ladder's caps within one
+  standard error of the best (``OneStandardError``, a prototype; measured, not
+  taken);
 * ``brevitas-gptq`` / ``brevitas-gpfq``: the peer library Brevitas 0.13.4 where it
   is installed (``pip install brevitas==0.13.4``, a benchmark extra; see
   ``_peer_brevitas.py``), on the same per-channel narrow max-abs grid, in the same
@@ -166,6 +169,32 @@ class NearestLadder(NullSpaceQuantizer):
         return out
 
 
+class OneStandardError(NullSpaceQuantizer):
+    """The default taking, among the ladder's caps, the smallest whose summed
+    squared held-out error exceeds the best cap's by at most one standard error
+    of that excess (over the ladder's neurons, paired). (A prototype: measured,
+    not taken.)"""
+
+    def _held_out_rank(self, W, Xq, Xf, G=None, spectrum=None, factors=None):
+        errors, top = self._ladder_errors(
+            W, Xq, Xf, G=G, spectrum=spectrum, factors=factors
+        )
+        if errors is None:
+            return None, {}
+        squares = {k: np.square(e, dtype=np.float64) for k, e in errors.items()}
+        best = min(squares, key=lambda k: (squares[k].sum(), -k))
+        for k in sorted(squares):
+            if k >= best:
+                break
+            excess = squares[k] - squares[best]
+            spread = np.sqrt(excess.size) * excess.std(ddof=1) if excess.size > 1 else 0
+            if excess.sum() <= spread:
+                best = k
+                break
+        scores = {k: float(np.linalg.norm(e)) for k, e in errors.items()}
+        return (None if best >= top else best), scores
+
+
 NETS = {
     "lenet5": ("MNIST LeNet-5", "mnist"),
     "mlp": ("MNIST MLP", "mnist"),
@@ -187,6 +216,7 @@ METHODS = {
     "ns-walk-else-path": lambda b: WalkElsePath(n_bits=b, walk_budget=None),
     "ns-nearest-ladder": lambda b: NearestLadder(n_bits=b),
     "ns-budget-8": lambda b: NullSpaceQuantizer(n_bits=b, walk_budget=8.0),
+    "ns-one-se": lambda b: OneStandardError(n_bits=b),
 }
 PEER = ("brevitas-gptq", "brevitas-gpfq")
 

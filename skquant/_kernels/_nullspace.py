@@ -32,9 +32,9 @@ each, ``O(n k^2)`` per neuron like the tableau's), computed afresh every
 :data:`REFRESH` pivots and after a small pivot. Its loops are plain, contiguous and
 branch-free, where the tableau's etas are a chain of short dependent updates, so
 for small ``k`` it is the faster one: measured on LeNet-5's, the Fashion CNN's and
-VGG-8's layers (one thread, 64 neurons), 1.4x to 1.9x faster for ``k <= 32``,
-from 1.7x faster to 1.2x slower at ``k = 64``, and slower above (1.1x to 4x at
-``k = 100`` to ``200``), where ``A^{-1}`` outgrows the first-level cache
+VGG-8's layers (one thread, 64 neurons), 1.2x to 2.2x faster for ``k <= 32``,
+from 1.8x faster to 1.2x slower at ``k = 64``, and slower above (up to 5x at
+``k = 200``), where ``A^{-1}`` outgrows the first-level cache
 (``benchmarks/bench_nullspace_speed.py --forms``).
 :func:`skquant._quantizers._walk.walk_to_vertices` takes it for ``k <=``
 :data:`skquant._quantizers._walk.INVERSE_RANK`. Both forms visit the coordinates
