@@ -62,14 +62,14 @@ REFRESH = 128
 
 #: numba's decorator for the walk's per-step code, which allocates nothing: no
 #: reference counting (numba's runtime off), so that an array argument or row
-#: view costs no atomic increment and decrement. With the runtime on, those
-#: atomics held three quarters of ``perf``'s samples in the walk at k = 12 on
-#: LeNet-5's 400-input layer; without, its ladder's walks (32 neurons, one
-#: thread) went from 4.9, 5.8, 9.5 and 13.8 ms to 1.6, 3.1, 7.0 and 11.0 ms at
-#: k = 12, 25, 50 and 100, with the same vertices
-#: (``benchmarks/bench_nullspace_speed.py --walks lenet5``). What allocates (a
-#: factorisation, a solve) stays in functions that set ``_nrt=True`` (a callee
-#: otherwise inherits its caller's setting) and return no array.
+#: view costs no atomic increment and decrement, which at small caps cost more
+#: than the step's arithmetic: LeNet-5's 400-input layer's ladder walks (32
+#: neurons, one thread, unguided) went from 4.9, 5.8, 9.5 and 13.8 ms to 1.6,
+#: 3.1, 7.0 and 11.0 ms at k = 12, 25, 50 and 100, to the same vertices
+#: (``benchmarks/bench_nullspace_speed.py --walks lenet5``). The leaves called
+#: from it (``_axpy``, ``_inverse_times``, ...) inherit the setting; what
+#: allocates (a factorisation, a solve) stays in functions that set
+#: ``_nrt=True`` and return no array.
 _unref = nb.njit(nogil=True, error_model="numpy", _nrt=False)
 
 
@@ -446,22 +446,20 @@ def _walk_column(
 @nb.njit(nogil=True, fastmath=True)
 def _inverse_times(AT, v, y):  # pragma: no cover
     # y = A^{-1} v from AT = A^{-T} (its rows: A^{-1}'s columns), four rows a pass
-    # (AT indexed in two dimensions: a row view per pass would cost an atomic
-    # reference count increment and decrement, more than the row's arithmetic)
     k = y.shape[0]
     y[:] = 0.0
     r = 0
     while r + 4 <= k:
         a0, a1, a2, a3 = v[r], v[r + 1], v[r + 2], v[r + 3]
+        x0, x1, x2, x3 = AT[r], AT[r + 1], AT[r + 2], AT[r + 3]
         for p in range(k):
-            y[p] += (a0 * AT[r, p] + a1 * AT[r + 1, p]) + (
-                a2 * AT[r + 2, p] + a3 * AT[r + 3, p]
-            )
+            y[p] += (a0 * x0[p] + a1 * x1[p]) + (a2 * x2[p] + a3 * x3[p])
         r += 4
     while r < k:
         a0 = v[r]
+        x0 = AT[r]
         for p in range(k):
-            y[p] += a0 * AT[r, p]
+            y[p] += a0 * x0[p]
         r += 1
 
 
