@@ -188,6 +188,26 @@ def test_one_blas_thread_limits_and_restores():
         assert _threads._BLAS[0] is scan
 
 
+def test_blas_n_jobs_follows_the_blas_limit_and_the_main_thread():
+    """A kernel following BLAS runs on the libraries' current thread count:
+    the limit in force, and one from a thread other than the main one."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from skquant._kernels._threads import blas_n_jobs
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert blas_n_jobs() == 1
+    with threadpool_limits(limits=3, user_api="blas"):
+        assert blas_n_jobs() == 3
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(blas_n_jobs()))
+        worker.start()
+        worker.join()
+        assert seen == [1]
+
+
 _LEAK_CHECK = """
 import numpy as np
 from numba.core.runtime import rtsys

@@ -790,6 +790,38 @@ def test_n_jobs_gives_same_codes():
         assert_array_equal(a, b)
 
 
+def test_default_n_jobs_walks_on_the_blas_threads(monkeypatch):
+    """n_jobs=None: the walk (ladder and final fit) and bound_ take the BLAS
+    libraries' thread count at the fit's start, though the fit itself runs
+    BLAS on one thread on small layers; the codes are those of one thread."""
+    from threadpoolctl import threadpool_limits
+
+    from skquant._quantizers import _nullspace as mod
+
+    X, W = _layer(m=64, n_in=120, n_out=6)
+    seen = []
+    walk = mod.walk_to_vertices
+
+    def spy(V, Z0, lo, hi, order, n_jobs=None, **kw):
+        seen.append(n_jobs)
+        return walk(V, Z0, lo, hi, order, n_jobs, **kw)
+
+    monkeypatch.setattr(mod, "walk_to_vertices", spy)
+    with threadpool_limits(limits=2, user_api="blas"):
+        q = NullSpaceQuantizer(n_bits=3).fit(W, activations=X)
+    assert len(seen) > 1 and set(seen) == {2}  # the ladder's walks and the last
+    assert q._walk_jobs() == 2
+    seen.clear()
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = NullSpaceQuantizer(n_bits=3).fit(W, activations=X)
+    assert seen and set(seen) == {1}
+    assert_array_equal(q.encode(W), one.encode(W))
+    np.testing.assert_allclose(q.bound_, one.bound_, rtol=1e-12)
+    seen.clear()
+    NullSpaceQuantizer(n_bits=3, n_jobs=1).fit(W, activations=X)
+    assert set(seen) == {1}  # given: as given
+
+
 def test_bound_is_read_lazily_and_matches_threads():
     X, W = _layer(m=16, n_in=300, n_out=8)
     q = NullSpaceQuantizer(n_bits=3)

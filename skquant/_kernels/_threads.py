@@ -3,6 +3,7 @@
 import contextlib
 import os
 import sys
+import threading
 
 import numba
 from threadpoolctl import ThreadpoolController
@@ -70,10 +71,39 @@ def one_blas_thread():
     that added up over a network's many small fits) and again only after new
     modules were imported.
     """
-    if _BLAS[0] is None or _BLAS[1] != len(sys.modules):
-        _BLAS[:] = [ThreadpoolController(), len(sys.modules)]
-    with _BLAS[0].limit(limits=1, user_api="blas"):
+    with _blas().limit(limits=1, user_api="blas"):
         yield
+
+
+def _blas():
+    """threadpoolctl's controller of the loaded BLAS libraries (cached, see
+    :func:`one_blas_thread`)."""
+    if _BLAS[0] is None or _BLAS[1] != len(sys.modules):
+        _BLAS[:] = [ThreadpoolController().select(user_api="blas"), len(sys.modules)]
+    return _BLAS[0]
+
+
+def blas_n_jobs():
+    """The ``n_jobs`` of a kernel that follows the BLAS libraries' threads.
+
+    As many threads as the loaded BLAS libraries run on now (the largest count:
+    their defaults, the ``*_NUM_THREADS`` variables or a
+    ``threadpoolctl.threadpool_limits`` block in force), so that a numba kernel
+    doing a fit's main work takes the cores the BLAS products of the other
+    quantizers take, and no more. One off the main thread: fits run from a
+    thread pool (joblib's threading backend, Dask's threads) share the cores
+    already, and numba's ``workqueue`` threading layer aborts the process on
+    parallel launches from two threads at once.
+
+    Returns
+    -------
+    n_jobs : int
+        At least 1 (clipped to numba's pool by :func:`effective_n_jobs`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return 1
+    counts = [lib.num_threads for lib in _blas().lib_controllers]
+    return max(counts, default=1)
 
 
 #: A null-space fit whose layer does fewer multiply-adds than this in one product

@@ -11,7 +11,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._common._progress import run_in_batches
 from .._kernels import _nullspace
-from .._kernels._threads import blas_threads_for, numba_threads, one_blas_thread
+from .._kernels._threads import (
+    blas_n_jobs,
+    blas_threads_for,
+    numba_threads,
+    one_blas_thread,
+)
 from .._tensor._alphabets import kernel_for
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
@@ -186,9 +191,13 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         are not limited.
     n_jobs : int, default=None
         Number of numba threads for the walk and the rounding (over neurons);
-        ``None`` means 1, ``-1`` means all. The LP variant solves its programs one
-        after another. The BLAS libraries keep their own thread counts, but on
-        a layer with ``m * n_in * n_out`` below ``2**31`` the fit runs its BLAS
+        ``-1`` means all. ``None``: the walk (the fit's main work, as BLAS
+        products are GPFQ's and GPTQ's) on as many threads as the BLAS
+        libraries run on when the fit begins (one under ``OMP_NUM_THREADS=1``
+        or ``threadpoolctl.threadpool_limits(1)``, and one off the main
+        thread), the rounding on one. The codes do not depend on the thread
+        count. The LP variant solves its programs one after another. On a
+        layer with ``m * n_in * n_out`` below ``2**31`` the fit runs its BLAS
         calls on one thread (its many small products ran slower on more:
         :ref:`performance`).
 
@@ -330,6 +339,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
 
     def _fit_quantize(self, W, activations, target_activations):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
+        # n_jobs=None: the walk on the BLAS libraries' threads, read before the
+        # small fits' one-thread rule below
+        self._n_jobs = blas_n_jobs() if self.n_jobs is None else self.n_jobs
         # the ladder makes many small products, alternating numpy's and scipy's
         # BLAS: on one thread below SMALL_FIT (GPFQ gains from the threads)
         with blas_threads_for(Xq.shape[0] * W.size):
@@ -470,6 +482,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         W_s, ref = W[:, neurons], ref[:, neurons]
         W64 = W_s.astype(np.float64)
         probe = type(self)(**{**self.get_params(), "rank": None})
+        probe._n_jobs = self._walk_jobs()
         probe._fit_alphabet(W_s)
         probe.guided_ = guided
         probe.singular_values_ = probe_s
@@ -515,6 +528,13 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if self.walk_budget is None or self.variant != "grid":
             return False
         return walk_cost(min(m_fit, n), m, n) > self.walk_budget
+
+    def _walk_jobs(self):
+        """``n_jobs`` of the walk and ``bound_``: as given, or with ``None`` the
+        BLAS libraries' thread count when the fit began (one before a fit)."""
+        if self.n_jobs is not None:
+            return self.n_jobs
+        return getattr(self, "_n_jobs", 1)
 
     def _start_points(self, W, Xq, Xf, pre):
         """Closest points to ``W`` (columns) with ``V^T Xq``-consistent outputs
@@ -584,7 +604,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             return Z0
         X = pre.guide(V.shape[1]) if getattr(self, "guided_", self._guided) else None
         return walk_to_vertices(
-            V, Z0, lo, hi, pre.order, self.n_jobs, flops=flops, X=X
+            V, Z0, lo, hi, pre.order, self._walk_jobs(), flops=flops, X=X
         )[0]
 
     def _path_points(self, W, Xq, Xf, pre):
@@ -739,9 +759,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             drift, dist, idx, G = self._bound_terms
             counts = self.n_off_grid_.astype(np.int64)
             norms = np.empty(counts.size)
-            kernel = kernel_for(_nullspace, "subset_norms", self.n_jobs)
+            kernel = kernel_for(_nullspace, "subset_norms", self._walk_jobs())
             with (
-                numba_threads(self.n_jobs) as n_threads,
+                numba_threads(self._walk_jobs()) as n_threads,
                 one_blas_thread(),
             ):
                 run_in_batches(
