@@ -17,7 +17,7 @@ is optional, and ``import skquant`` never imports it.
 from pathlib import Path
 
 #: a kernel of each family that the demo compiles: their cache files mark a warm cache
-_MARKERS = ("_msq.fake_quantize-", "_nullspace.greedy_path-", "_precision.water_fill-")
+_MARKERS = ("_msq.fake_quantize-", "_rounding.greedy_path-", "_precision.water_fill-")
 
 
 def cache_is_warm(cache=None):

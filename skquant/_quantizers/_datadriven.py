@@ -16,7 +16,7 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .._kernels import _nullspace
+from .._kernels import _rounding
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import kernel_for
 from ._base import BaseWeightQuantizer
@@ -125,7 +125,7 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         if not targets.flags.f_contiguous:  # (F order: each column read in place)
             targets = np.ascontiguousarray(targets)
         with numba_threads(self.n_jobs):
-            kernel_for(_nullspace, "greedy_path", self.n_jobs)(
+            kernel_for(_rounding, "greedy_path", self.n_jobs)(
                 XqT,
                 XfT,
                 targets,

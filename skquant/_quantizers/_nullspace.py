@@ -10,7 +10,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._common._progress import run_in_batches
-from .._kernels import _nullspace
+from .._kernels import _rounding
 from .._kernels._threads import (
     blas_n_jobs,
     blas_threads_for,
@@ -711,7 +711,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         # rounded off the grid (and round-off of the others, below 1e-12 of a
         # step, left out), a sparse product on a wide layer; the greedy
         # rounding's residual is that already
-        indptr, rows, moves, dist2 = _nullspace.rounding_moves(
+        indptr, rows, moves, dist2 = _rounding.rounding_moves(
             Z, codes, step, off, 1e-12
         )
         if pre.residual_norms is not None:
@@ -759,7 +759,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             drift, dist, idx, G = self._bound_terms
             counts = self.n_off_grid_.astype(np.int64)
             norms = np.empty(counts.size)
-            kernel = kernel_for(_nullspace, "subset_norms", self._walk_jobs())
+            kernel = kernel_for(_rounding, "subset_norms", self._walk_jobs())
             with (
                 numba_threads(self._walk_jobs()) as n_threads,
                 one_blas_thread(),
