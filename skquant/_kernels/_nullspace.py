@@ -520,10 +520,13 @@ def _walk_column_inverse(
 
 @nb.njit(nogil=True)
 def _walk_columns(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, pivots, flops, XT, c0, c1, s
+    V, T0, cols, chunk, WT, loT, hiT, perm, basis0, ZT, basisT, pivots, flops, XT, run
 ):  # pragma: no cover
-    # columns c0, c0 + s, ... < c1 with one workspace
-    k = V.shape[1]
+    # columns c0, c0 + s, ... < c1 with one workspace; each one's start point
+    # and boxes gathered into the walk's order (perm) and its vertex scattered
+    # back, through buffers of this thread
+    c0, c1, s = run  # (first, stop, stride)
+    n, k = V.shape
     ws = _workspace(k, max(min(chunk, cols.shape[0]), 1) if chunk else 0)
     # the guide's buffers: its response u, a move's response col, the basis
     # coordinates' rows of XT (contiguous, by basis position: one pass of
@@ -535,15 +538,24 @@ def _walk_columns(
         np.empty((k if r else 0, r), dtype=np.float32),
         np.empty(k, dtype=np.float32),
     )
+    w, lo, hi, z = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     for c in range(c0, c1, s):
+        wc, loc, hic, zc = WT[c], loT[c], hiT[c], ZT[c]
+        for i in range(n):
+            p = perm[i]
+            w[i] = wc[p]
+            lo[i] = loc[p]
+            hi[i] = hic[p]
         pivots[c], flops[c] = _walk_column(
-            V, T0, cols, WT[c], loT[c], hiT[c], basis0, ZT[c], basisT[c], ws, XT, guide
+            V, T0, cols, w, lo, hi, basis0, z, basisT[c], ws, XT, guide
         )
+        for i in range(n):
+            zc[perm[i]] = z[i]
 
 
 @nb.njit(cache=True, nogil=True)
 def nullspace_walk(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, XT
+    V, T0, cols, chunk, WT, loT, hiT, perm, basis0, ZT, basisT, flops, XT
 ):  # pragma: no cover
     """Walk every neuron (a row of ``WT``) to a vertex of its polytope.
 
@@ -558,10 +570,15 @@ def nullspace_walk(
     chunk : int, coordinates per tableau chunk; 0: the inverse form
     WT : float64 ndarray of shape (n_out, n), the start points (rows)
     loT, hiT : float64 ndarray of shape (n_out, n), the boxes, ``lo <= w <= hi``
+    perm : int64 ndarray of shape (n,), the walk's labels of the coordinates:
+        label ``i`` is ``WT``'s, ``loT``'s, ``hiT``'s and ``ZT``'s column
+        ``perm[i]``; ``V``, ``T0``, ``cols``, ``basis0``, ``XT`` and ``basisT``
+        are in labels (each neuron's vectors are gathered into them and its
+        vertex scattered back by the walking thread)
     basis0 : int64 ndarray of shape (k,), initial basis with ``V[basis0]`` invertible
     ZT : float64 ndarray of shape (n_out, n), written: the vertices
     basisT : int64 ndarray of shape (n_out, k), written: each neuron's final basis
-        (the coordinates that may be off the grid).
+        (the labels of the coordinates that may be off the grid).
     flops : float64 ndarray of shape (n_out,), written: the floating-point
         operations of each neuron's walk, counted step by step (the shared first
         tableau, computed outside, is not included).
@@ -585,22 +602,21 @@ def nullspace_walk(
         WT,
         loT,
         hiT,
+        perm,
         basis0,
         ZT,
         basisT,
         pivots,
         flops,
         XT,
-        0,
-        WT.shape[0],
-        1,
+        (0, WT.shape[0], 1),
     )
     return pivots
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def nullspace_walk_parallel(
-    V, T0, cols, chunk, WT, loT, hiT, basis0, ZT, basisT, flops, XT, n_threads
+    V, T0, cols, chunk, WT, loT, hiT, perm, basis0, ZT, basisT, flops, XT, n_threads
 ):  # pragma: no cover
     """Neuron-parallel :func:`nullspace_walk`: same arguments plus the thread
     count (each thread walks every ``n_threads``-th neuron with one workspace),
@@ -617,14 +633,13 @@ def nullspace_walk_parallel(
             WT,
             loT,
             hiT,
+            perm,
             basis0,
             ZT,
             basisT,
             pivots,
             flops,
             XT,
-            tid,
-            n_out,
-            n_threads,
+            (tid, n_out, n_threads),
         )
     return pivots

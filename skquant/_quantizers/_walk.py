@@ -191,8 +191,9 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     # the coordinates relabelled in the walk's order (the first basis, then
     # the others as visited): the kernel then reads V's, the guide's and the
     # boxes' rows one after the other, not scattered over arrays larger than
-    # the caches (the same arithmetic; mapped back at the end)
-    perm = np.concatenate([basis0, cols])
+    # the caches (the same arithmetic; each neuron's own rows are gathered
+    # into this order and back by the kernel)
+    perm = np.concatenate([basis0, cols]).astype(np.int64)
     Vp = np.ascontiguousarray(V[perm])
     first = np.arange(k, dtype=np.int64)
     seq = np.arange(k, n, dtype=np.int64)
@@ -206,17 +207,20 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
         top = float(np.abs(X).max()) if X.size else 0.0
         scale = np.ldexp(1.0, -int(np.frexp(top)[1])) if top > 0 else 1.0
         XT = np.ascontiguousarray((X[:, perm] * scale).T, np.float32)
-    # neurons as rows: each walk reads and writes contiguous memory
+    # neurons as rows (views of neuron-contiguous arrays, copies otherwise),
+    # in the caller's coordinates: each walking thread gathers a neuron's rows
+    # into its labels and scatters the vertex back, so no n x n_out array is
+    # permuted or transposed here
     n_out = Z0.shape[1]
     ZT = np.empty(Z0.shape[::-1])
     basisT = np.empty((n_out, k), dtype=np.int64)
     pivots = np.empty(n_out, dtype=np.int64)
-    Z0T, loT, hiT = (np.ascontiguousarray(a[perm].T) for a in (Z0, lo, hi))
+    Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
     counted = np.zeros(n_out) if flops is None else flops
     with numba_threads(n_jobs) as n_threads, one_blas_thread():
 
         def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
-            args = (Vp, T0, seq, chunk, Z0T[a:b], loT[a:b], hiT[a:b], first)
+            args = (Vp, T0, seq, chunk, Z0T[a:b], loT[a:b], hiT[a:b], perm, first)
             out = (ZT[a:b], basisT[a:b], counted[a:b])
             if n_threads > 1:
                 pivots[a:b] = _nullspace.nullspace_walk_parallel(
@@ -226,6 +230,4 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
                 pivots[a:b] = _nullspace.nullspace_walk(*args, *out, XT)
 
         run_in_batches(run, n_out, "null-space walk (neurons)", first=n_threads)
-    Z = np.empty_like(ZT.T)
-    Z[perm] = ZT.T
-    return Z, perm[basisT.T], pivots
+    return ZT.T, perm[basisT.T], pivots
