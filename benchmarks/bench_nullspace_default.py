@@ -17,9 +17,10 @@ bits (``--bits``):
   grid path`` adds ``NullSpaceQuantizer(variant="path")``; ``PROTOTYPES`` of
   ``bench_datadriven_networks.py`` may be named there too).
 
-Without the thread variables below it runs on the BLAS libraries' and numba's
-own threads, as users do; ``--blas-threads-everywhere`` then lifts the
-null-space fits' one-BLAS-thread rule for small layers (``SMALL_FIT``).
+Without the thread variables below it runs on the BLAS libraries' own threads,
+as users do (and the default's walk on as many of numba's: ``n_jobs=None``);
+``--blas-threads-everywhere`` then lifts the null-space fits' one-BLAS-thread
+rule for small layers (``SMALL_FIT``).
 
 With ``--check-gram N`` it runs nothing of the above: it quantizes each network
 with the default twice, once with its spectra from SVDs and once from the Gram
