@@ -340,8 +340,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     def _fit_quantize(self, W, activations, target_activations):
         W, Xq, Xf = self._validate_fit(W, activations, target_activations)
         # n_jobs=None: the walk on the BLAS libraries' threads, read before the
-        # small fits' one-thread rule below
-        self._n_jobs = blas_n_jobs() if self.n_jobs is None else self.n_jobs
+        # small fits' one-thread rule below (_walk_jobs)
+        self._n_jobs = blas_n_jobs()
         # the ladder makes many small products, alternating numpy's and scipy's
         # BLAS: on one thread below SMALL_FIT (GPFQ gains from the threads)
         with blas_threads_for(Xq.shape[0] * W.size):
@@ -531,7 +531,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
 
     def _walk_jobs(self):
         """``n_jobs`` of the walk and ``bound_``: as given, or with ``None`` the
-        BLAS libraries' thread count when the fit began (one before a fit)."""
+        BLAS libraries' thread count when the last fit began (one before)."""
         if self.n_jobs is not None:
             return self.n_jobs
         return getattr(self, "_n_jobs", 1)

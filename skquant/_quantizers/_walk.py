@@ -193,7 +193,7 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     # boxes' rows one after the other, not scattered over arrays larger than
     # the caches (the same arithmetic; each neuron's own rows are gathered
     # into this order and back by the kernel)
-    perm = np.concatenate([basis0, cols]).astype(np.int64)
+    perm = np.concatenate([basis0, cols])
     Vp = np.ascontiguousarray(V[perm])
     first = np.arange(k, dtype=np.int64)
     seq = np.arange(k, n, dtype=np.int64)
