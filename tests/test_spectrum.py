@@ -58,12 +58,13 @@ def test_spectrum_vectors_grow_and_keep_the_first_ones():
     np.testing.assert_allclose(np.abs(np.sum(fresh * more, axis=0)), 1, atol=1e-10)
 
 
-@pytest.mark.parametrize("n, m", [(120, 200), (150, 150), (150, 120)])
+@pytest.mark.parametrize("n, m", [(120, 200), (150, 150), (150, 170), (150, 120)])
 def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch, n, m):
     """With GRAM_SPECTRUM lowered, rank="auto" takes its spectra from the Gram
     matrix ``X^T X`` when there are at least as many rows as inputs, else from
-    ``X X^T``: the same caps, scores and codes as with full SVDs (to
-    round-off), and the bound still holds."""
+    ``X X^T`` (the fitting rows' too, when they are fewer than the inputs): the
+    same caps, scores and codes as with full SVDs (to round-off), and the bound
+    still holds."""
     rng = np.random.default_rng(3)
     n_out = 6
     X = rng.standard_normal((m, n)) * np.geomspace(8, 0.5, n)
@@ -87,9 +88,12 @@ def test_auto_rank_on_the_gram_path_picks_what_the_svd_path_picks(monkeypatch, n
         q = NullSpaceQuantizer(n_bits=3).fit(W, activations=Xq, target_activations=X)
         fits[name] = (q, calls)
     (svd, calls_svd), (grm, calls_gram) = fits["svd"], fits["gram"]
-    # all rows: one tridiagonal reduction; the fitting rows: Lanczos (or a
-    # block of the rows' Gram matrix)
-    expected = [GramSpectrum, LeadingSpectrum] if m >= n else [RowSpectrum]
+    # all rows: one tridiagonal reduction; the fitting rows (every fifth row
+    # held out): Lanczos, or their own rows' Gram matrix when they are wide (or
+    # a block of all rows' one)
+    m_fit = m - m // 5
+    expected = [GramSpectrum, LeadingSpectrum if m_fit >= n else RowSpectrum]
+    expected = expected if m >= n else [RowSpectrum]
     assert calls_svd == [] and calls_gram == expected
     assert grm.rank_ == svd.rank_ < n
     assert sorted(grm.rank_scores_) == sorted(svd.rank_scores_)
