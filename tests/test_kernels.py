@@ -211,8 +211,13 @@ def test_blas_n_jobs_follows_the_blas_limit_and_the_main_thread():
 _LEAK_CHECK = """
 import numpy as np
 from numba.core.runtime import rtsys
+from skquant._kernels import _nullspace
 from skquant._kernels._nullspace import REFRESH
 from skquant._quantizers._walk import walk_to_vertices
+
+# every check of the basis inverse fails: it is computed afresh (compiled with
+# this value: a fresh NUMBA_CACHE_DIR)
+_nullspace.INVERSE_TOL = -1.0
 
 rng = np.random.default_rng(0)
 n, k, n_out = 400, 16, 3
@@ -235,7 +240,7 @@ print("balanced")
 """
 
 
-def test_the_walk_frees_what_it_allocates():
+def test_the_walk_frees_what_it_allocates(tmp_path):
     """The walk's per-step code runs without numba's reference counting
     (``_nrt=False``): an array handed back to it by a helper would never be
     freed. numba's allocation counts (``NUMBA_NRT_STATS``, read at start-up,
@@ -244,7 +249,12 @@ def test_the_walk_frees_what_it_allocates():
     import subprocess
     import sys
 
-    env = {**os.environ, "NUMBA_NRT_STATS": "1", "NUMBA_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "NUMBA_NRT_STATS": "1",
+        "NUMBA_NUM_THREADS": "1",
+        "NUMBA_CACHE_DIR": str(tmp_path),
+    }
     proc = subprocess.run(
         [sys.executable, "-c", _LEAK_CHECK],
         env=env,
@@ -254,3 +264,29 @@ def test_the_walk_frees_what_it_allocates():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "balanced"
+
+
+def test_inverse_check_finds_a_drifted_inverse():
+    """The inverse form keeps ``A^{-1}`` through rank-one updates and checks it
+    every REFRESH pivots: ``A^{-1} (A 1)`` against the ones. A fresh inverse of
+    a well-conditioned basis passes; one whose entries drifted by 1e-8 fails;
+    the error is the largest entry's, whatever the basis order."""
+    from skquant._kernels._nullspace import INVERSE_TOL, _basis_matrix, _inverse_error
+
+    rng = np.random.default_rng(0)
+    n, k = 60, 12
+    V = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    B = rng.choice(n, size=k, replace=False).astype(np.int64)
+    A = V[B].T
+    assert_array_equal(_basis_matrix(V, B), A)
+    AT = np.ascontiguousarray(np.linalg.inv(A).T)
+    ones, y = np.empty(k), np.empty(k)
+    fresh = _inverse_error(V, B, AT, ones, y)
+    assert fresh <= 1e3 * np.finfo(float).eps * np.linalg.cond(A)
+    assert fresh <= INVERSE_TOL
+    np.testing.assert_allclose(y, 1.0, atol=1e-12)  # A^{-1} (A 1)
+    drifted = AT + 1e-8 * rng.standard_normal(AT.shape)
+    err = _inverse_error(V, B, drifted, ones, y)
+    expected = np.abs(drifted.T @ A.sum(axis=1) - 1).max()
+    assert err == pytest.approx(expected, rel=1e-6)
+    assert err > INVERSE_TOL

@@ -681,17 +681,16 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 # rounding the off-grid entries one by one then follows it
                 # (greedy path following restricted to them), leaving in it the
                 # residual of the codes, Xf w - Xq q
-                U = Z.T @ pre.XqT
-                np.subtract(pre.XfW.T, U, out=U)
-                drift2 = np.einsum("ij,ij->i", U, U)
-                pre.drift_norms = np.sqrt(drift2)
                 rows = pre.rounding_rows()
                 if rows is None:
+                    U = Z.T @ pre.XqT
+                    np.subtract(pre.XfW.T, U, out=U)
+                    pre.drift_norms = np.sqrt(np.einsum("ij,ij->i", U, U))
                     self._greedy_path(Xq, Xq, Z, idx, U, step, codes, pre.XqT)
                     pre.residual = U.T
                 else:  # the same steps on n rows: the residual's part in range
-                    Ur = pre.in_range(U, rows)
-                    outside = np.maximum(drift2 - np.einsum("ij,ij->i", Ur, Ur), 0)
+                    Ur, outside = pre.in_range(Z, rows)
+                    pre.drift_norms = np.sqrt(np.einsum("ij,ij->i", Ur, Ur) + outside)
                     self._greedy_path(rows, rows, Z, idx, Ur, step, codes, rows)
                     pre.residual_norms = np.sqrt(
                         np.einsum("ij,ij->i", Ur, Ur) + outside
