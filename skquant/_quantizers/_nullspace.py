@@ -500,11 +500,13 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         probe.singular_values_ = probe_s
         pre = _Products(W64, Xq_fit, Xf_fit, V_all, G_fit, probe_s, fit_factor)
 
+        Xq_held = Xq[held]
+
         def held_out(k):
             probe.components_ = pre.V(k)
             codes, _ = probe._codes(W64, Xq_fit, Xf_fit, pre=pre)
             Q = probe._tensor(codes, W.dtype).dequantize().astype(np.float64)
-            errors[k] = np.linalg.norm(ref - Xq[held] @ Q, axis=0)
+            errors[k] = np.linalg.norm(ref - Xq_held @ Q, axis=0)
             return float(np.linalg.norm(errors[k]))
 
         errors, best, worse = {}, np.inf, 0

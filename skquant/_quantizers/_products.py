@@ -33,10 +33,10 @@ class _Products:
     """The products of one layer's data that every fit of it at some rank cap
     needs (the ladder's caps and the final fit share them): ``Xf W``, the start
     points' residual ``(Xf - Xq) W`` and its products ``Xq^T (Xf - Xq) W`` with
-    the data, the walk's order, ``Xq^T`` for the greedy rounding, the leading
-    columns of ``V`` (an array or a function of the number of columns) and the
-    Gram matrix ``G`` of ``Xq`` or its triangular factor when the caller
-    holds them."""
+    the data, the walk's order, ``Xq^T`` for the greedy rounding (when asked
+    for), the leading columns of ``V`` (an array or a function of the number of
+    columns) and the Gram matrix ``G`` of ``Xq`` or its triangular factor when
+    the caller holds them."""
 
     def __init__(self, W, Xq, Xf, V, G=None, s=None, factor=None):
         self.W, self.Xq, self.G, self.s, self.factor = W, Xq, G, s, factor
@@ -45,7 +45,7 @@ class _Products:
         R = None if Xf is Xq else (Xf - Xq) @ W
         self.XqTR = None if R is None else Xq.T @ R
         self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
-        self.XqT = np.ascontiguousarray(Xq.T)
+        self._XqT = None  # Xq.T contiguous, once asked for (XqT)
         # once the points Z and the codes are known (the greedy rounding's
         # residuals): ||Xf w - Xq z|| per neuron, and Xf W - Xq Q
         self.drift_norms = self.residual = self.residual_norms = None
@@ -53,6 +53,14 @@ class _Products:
         self.on = None  # which entries of Z are on the grid, once known
         self._in_range = None  # (F^{-T} Xq^T Xf W, outside parts), once asked for
         self.off_rows = None  # the others' rows per neuron (_padded_rows)
+
+    @property
+    def XqT(self):
+        """``Xq.T``, contiguous (for the greedy rounding on the rows; the
+        rounding on :meth:`rounding_rows` does without it)."""
+        if self._XqT is None:
+            self._XqT = np.ascontiguousarray(self.Xq.T)
+        return self._XqT
 
     def gram(self, cols=None):
         """The Gram matrix of ``Xq``'s columns ``cols`` (all by default): a block
