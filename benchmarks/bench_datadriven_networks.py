@@ -83,8 +83,8 @@ class AllNeuronsLadder(NullSpaceQuantizer):
     """``rank="auto"`` with its ladder fitted on every neuron (the default before
     the ladder took at most ``AUTO_NEURONS`` of them)."""
 
-    def _ladder_errors(self, W, Xq, Xf, neurons=None, G=None, spectrum=None):
-        return super()._ladder_errors(W, Xq, Xf, np.arange(W.shape[1]), G, spectrum)
+    def _ladder_errors(self, W, Xq, Xf, neurons=None, **kw):
+        return super()._ladder_errors(W, Xq, Xf, np.arange(W.shape[1]), **kw)
 
 
 def walk_fits(k, m, n, budget):

@@ -25,7 +25,9 @@ __all__ = ["GramSpectrum", "LeadingSpectrum", "RowSpectrum", "row_space"]
 #: :class:`LeadingSpectrum` solves for at most this many leading vectors by
 #: Lanczos iterations (ARPACK), and for more by :class:`GramSpectrum`'s
 #: tridiagonal reduction. On the 4096-input test layer (a nearly flat spectrum)
-#: Lanczos took 0.8 s for 12 vectors and 1.9 s for 64, the reduction 4.4 s.
+#: Lanczos took 0.8 s for 12 vectors and 1.9 s for 64, the reduction 4.4 s (with
+#: 4096 rows its fitting rows now take :class:`RowSpectrum`: they are fewer than
+#: its inputs).
 LANCZOS_VECTORS = 64
 
 
