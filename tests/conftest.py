@@ -22,6 +22,17 @@ settings.load_profile(
 )
 
 
+@pytest.fixture(autouse=True)
+def _walks_on_the_threads_given(monkeypatch):
+    """The library walks short walks on one thread whatever ``n_jobs`` says
+    (``PARALLEL_WALK``); the tests' walks are short, so here they run on the
+    threads given and the thread-count tests compare the parallel kernel with
+    the serial one. ``test_nullspace.py`` checks the rule itself."""
+    from skquant._quantizers import _walk
+
+    monkeypatch.setattr(_walk, "PARALLEL_WALK", 0.0)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -822,6 +822,46 @@ def test_default_n_jobs_walks_on_the_blas_threads(monkeypatch):
     assert set(seen) == {1}  # given: as given
 
 
+def test_short_walks_run_on_one_thread(monkeypatch):
+    """walk_to_vertices takes the serial kernel, whatever n_jobs says, when the
+    walk's modelled arithmetic ((5 k^2 + 2 r k)(n - k) flops a neuron, r the
+    guide's rows) is below PARALLEL_WALK, and the parallel one from there on;
+    the same vertices either way."""
+    from skquant._kernels import _nullspace as kernels
+    from skquant._quantizers import _walk
+
+    calls = []
+    for name in ("nullspace_walk", "nullspace_walk_parallel"):
+        kernel = getattr(kernels, name)
+        monkeypatch.setattr(
+            kernels,
+            name,
+            lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a),
+        )
+    rng = np.random.default_rng(5)
+    n, k, n_out = 60, 8, 4
+    X = rng.standard_normal((k + 4, n))
+    V = row_space(X, k)[0]
+    W = rng.standard_normal((n, n_out))
+    lo, hi = np.floor(W), np.floor(W) + 1
+    for guide in (None, X):
+        r = 0 if guide is None else guide.shape[0]
+        work = (5.0 * k * k + 2.0 * r * k) * (n - k) * n_out
+        out = {}
+        for threshold in (work + 1, work):
+            monkeypatch.setattr(_walk, "PARALLEL_WALK", threshold)
+            calls.clear()
+            out[threshold] = walk_to_vertices(
+                V, W, lo, hi, np.arange(n), n_jobs=2, X=guide
+            )
+            expected = (
+                "nullspace_walk" if threshold > work else "nullspace_walk_parallel"
+            )
+            assert calls and set(calls) == {expected}  # (in batches)
+        assert_array_equal(out[work + 1][0], out[work][0])
+        assert_array_equal(out[work + 1][1], out[work][1])
+
+
 def test_bound_is_read_lazily_and_matches_threads():
     X, W = _layer(m=16, n_in=300, n_out=8)
     q = NullSpaceQuantizer(n_bits=3)

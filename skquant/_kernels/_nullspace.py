@@ -33,13 +33,14 @@ small pivot, and every :data:`REFRESH` pivots when a check (``A^{-1} (A 1)``
 against the ones, ``3 k^2`` flops) finds it off by more than
 :data:`INVERSE_TOL`. Computing it afresh every :data:`REFRESH` pivots
 unchecked (``2 k^3`` flops each) took a quarter of the walk at ``k = 50``
-(LeNet-5's 400-input layer, 120 neurons: 40.2 ms against 31.3 ms, to the same
+(LeNet-5's 400-input layer, 120 neurons: 39.1 ms against 31.8 ms, to the same
 vertices). Its loops are plain, contiguous and
 branch-free, where the tableau's etas are a chain of short dependent updates, so
 for small ``k`` it is the faster one: measured on LeNet-5's, the Fashion CNN's and
-VGG-8's layers (one thread, 64 neurons), 1.2x to 2.2x faster for ``k <= 32``,
-from 1.8x faster to 1.2x slower at ``k = 64``, and slower above (up to 5x at
-``k = 200``), where ``A^{-1}`` outgrows the first-level cache
+VGG-8's layers (one thread, 64 neurons), 1.3x to 3.1x faster for ``k <= 32``,
+from 2.1x faster to 1.5x slower at ``k = 64``, and slower above but on the
+3136-input layer (up to 4.1x at ``k = 200``), where ``A^{-1}`` outgrows the
+first-level cache
 (``benchmarks/bench_nullspace_speed.py --forms``).
 :func:`skquant._quantizers._walk.walk_to_vertices` takes it for ``k <=``
 :data:`skquant._quantizers._walk.INVERSE_RANK`. Both forms visit the coordinates

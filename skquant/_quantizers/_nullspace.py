@@ -444,8 +444,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         fitting rows, and from their own :class:`RowSpectrum` where only the
         fitting rows are wide (fewer than ``n``: a tridiagonal reduction of
         their ``m_fit x m_fit`` Gram matrix in place of Lanczos iterations on
-        the ``n x n`` one; 2.7 s against 5.5 s on the 4096 x 4096 layer of
-        ``bench_nullspace_default.py``, 3277 fitting rows, two threads).
+        the ``n x n`` one; on the 4096 x 4096 layer of
+        ``bench_nullspace_default.py``, 3277 fitting rows, the fit's spectra
+        took 4.8 s in place of 7.4 s on two threads).
         ``allow(k, top)``, when given, says which caps are tried (a caller
         choosing between variants skips the walks it finds too costly);
         ``factors`` (:class:`_Factors` of ``Xq``), when given, keeps

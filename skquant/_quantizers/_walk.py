@@ -68,6 +68,16 @@ GUIDE_DIRECTIONS = 256
 GUIDE_SHARE = 0.5
 
 
+#: :func:`walk_to_vertices` runs its neurons on several threads only when the
+#: walk's modelled arithmetic (:func:`walk_cost`'s, ``(5 k^2 + 2 r k) (n - k)``
+#: flops a neuron, ``r`` the guide's rows) is at least this many flops in all,
+#: a few milliseconds on one thread: below it, waking the threads (and their
+#: spinning after, on as many cores as threads) cost about what they save (the
+#: User Guide's performance page has its effect on LeNet-5). The vertices are
+#: the same on any thread count.
+PARALLEL_WALK = 1e8
+
+
 def walk_cost(k, m, n, guided=False):
     """The walk's modelled arithmetic at cap ``k`` over GPFQ's, per neuron, on a
     layer of ``n`` inputs and ``m`` calibration rows: ``5 k^2 (n - k)`` flops
@@ -145,7 +155,8 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     order : ndarray of shape (n,)
         Order in which the walk visits the coordinates.
     n_jobs : int, default=None
-        Numba threads (over columns).
+        Numba threads (over columns); one for a walk whose modelled arithmetic
+        is below :data:`PARALLEL_WALK`.
     chunk : int, default=None
         Coordinates per tableau chunk; 0: the inverse form (the basis inverse
         kept and updated, see :mod:`skquant._kernels._nullspace`); ``None``: the
@@ -217,6 +228,9 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     pivots = np.empty(n_out, dtype=np.int64)
     Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
     counted = np.zeros(n_out) if flops is None else flops
+    r = 0 if X is None else X.shape[0]
+    if (5.0 * k * k + 2.0 * r * k) * (n - k) * n_out < PARALLEL_WALK:
+        n_jobs = 1  # a short walk (the same vertices on any thread count)
     with numba_threads(n_jobs) as n_threads, one_blas_thread():
 
         def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
