@@ -65,8 +65,8 @@ def ladders(nets):
     found = []
     ladder_errors = _nullspace.NullSpaceQuantizer._ladder_errors
 
-    def logged(self, W, Xq, Xf, neurons=None, G=None, spectrum=None):
-        errors, top = ladder_errors(self, W, Xq, Xf, np.arange(W.shape[1]), G, spectrum)
+    def logged(self, W, Xq, Xf, neurons=None, **kw):
+        errors, top = ladder_errors(self, W, Xq, Xf, np.arange(W.shape[1]), **kw)
         if errors is not None:
             held = np.zeros(Xq.shape[0], dtype=bool)
             held[4::5] = True

@@ -209,6 +209,8 @@ def test_blas_n_jobs_follows_the_blas_limit_and_the_main_thread():
 
 
 _LEAK_CHECK = """
+import json
+
 import numpy as np
 from numba.core.runtime import rtsys
 from skquant._kernels import _nullspace
@@ -229,9 +231,12 @@ for chunk in (0, 40):  # the inverse form, the tableau in chunks
     for guide in (None, X):
         args = (V, W, lo, hi, np.arange(n))
         walk_to_vertices(*args, chunk=chunk, X=guide)  # compiled, warm
+        flops = np.zeros(n_out)
         before = rtsys.get_allocation_stats()
-        pivots = walk_to_vertices(*args, chunk=chunk, X=guide)[2]
+        pivots = walk_to_vertices(*args, chunk=chunk, X=guide, flops=flops)[2]
         after = rtsys.get_allocation_stats()
+        if chunk == 0 and guide is None:
+            print("flops", json.dumps(flops.tolist()))
         assert pivots.min() > REFRESH, pivots  # the inverse computed afresh
         assert after.alloc - before.alloc > 0
         assert after.alloc - before.alloc == after.free - before.free
@@ -246,6 +251,7 @@ def test_the_walk_frees_what_it_allocates(tmp_path):
     freed. numba's allocation counts (``NUMBA_NRT_STATS``, read at start-up,
     hence a fresh interpreter) balance over walks in both forms, guided or
     not, long enough to refresh the basis inverse."""
+    import json
     import subprocess
     import sys
 
@@ -263,7 +269,22 @@ def test_the_walk_frees_what_it_allocates(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "balanced"
+    out = proc.stdout.strip().splitlines()
+    assert out[-1] == "balanced"
+    # the forced refreshes did happen: the same walk here, its checks passing,
+    # counts at least one fresh inverse (2 k^3 flops) less per neuron
+    forced = np.array(json.loads(out[0].removeprefix("flops ")))
+    from skquant._quantizers._walk import walk_to_vertices
+
+    rng = np.random.default_rng(0)
+    n, k, n_out = 400, 16, 3
+    V = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    W = rng.standard_normal((n, n_out))
+    flops = np.zeros(n_out)
+    walk_to_vertices(
+        V, W, np.floor(W), np.floor(W) + 1, np.arange(n), chunk=0, flops=flops
+    )
+    assert np.all(forced - flops >= 2 * k**3)
 
 
 def test_inverse_check_finds_a_drifted_inverse():

@@ -822,6 +822,41 @@ def test_default_n_jobs_walks_on_the_blas_threads(monkeypatch):
     assert set(seen) == {1}  # given: as given
 
 
+@pytest.mark.parametrize("targets", [False, True])
+def test_rounding_on_the_factor_keeps_the_error_to_round_off(monkeypatch, targets):
+    """On tall well-conditioned data the greedy rounding runs on the triangular
+    factor, its residual's part in range from ``F (w - z) + D w`` and the part
+    outside from ``(Xf - Xq) w``: calibration_error_ is the direct
+    ``||Xf W - Xq Q|| / ||Xf W||`` to round-off even at 16 bits, where the
+    error is 1e-5 of the output, and without targets the walk's vertex keeps
+    the output exactly (preprocessing_residual_ 0 at the numerical rank)."""
+    calls = []
+    in_range = _Products.in_range
+    monkeypatch.setattr(
+        _Products, "in_range", lambda self, *a: calls.append(1) or in_range(self, *a)
+    )
+    rng = np.random.default_rng(1)
+    m, n, n_out = 600, 100, 8
+    X = rng.standard_normal((m, n)) * np.geomspace(1, 0.05, n) * 30
+    W = rng.standard_normal((n, n_out)) / 10
+    Xf = X + 0.01 * rng.standard_normal(X.shape) if targets else X
+    for bits in (4, 16):
+        for rank in (20, None):
+            q = NullSpaceQuantizer(n_bits=bits, rank=rank).fit(
+                W, activations=X, target_activations=Xf if targets else None
+            )
+            Q = q.transform(W).astype(np.float64)
+            direct = np.linalg.norm(Xf @ W - X @ Q, axis=0)
+            direct /= np.linalg.norm(Xf @ W, axis=0)
+            np.testing.assert_allclose(q.calibration_error_, direct, rtol=1e-9)
+            if rank is None and not targets:
+                assert q.preprocessing_residual_ <= 1e-12
+    assert calls  # (the factor's path)
+
+
+@pytest.mark.skipif(
+    __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads"
+)
 def test_short_walks_run_on_one_thread(monkeypatch):
     """walk_to_vertices takes the serial kernel, whatever n_jobs says, when the
     walk's modelled arithmetic ((5 k^2 + 2 r k)(n - k) flops a neuron, r the

@@ -509,7 +509,9 @@ def _inverse_error(V, B, AT, ones, y):  # pragma: no cover
     _inverse_times(AT, ones, y)
     err = 0.0
     for p in range(k):
-        err = max(err, abs(y[p] - 1.0))
+        d = abs(y[p] - 1.0)
+        if not d <= err:  # (a NaN too)
+            err = d
     return err
 
 
@@ -549,7 +551,7 @@ def _walk_column_inverse(
             if since >= REFRESH:
                 # y, up: free until the next step
                 flops += 3.0 * k * k
-                if _inverse_error(V, B, AT, up, y) > INVERSE_TOL:
+                if not _inverse_error(V, B, AT, up, y) <= INVERSE_TOL:
                     _refresh_inverse(V, B, AT)
                     flops += 2.0 * k**3
                 since = 0

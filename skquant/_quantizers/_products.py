@@ -44,6 +44,8 @@ class _Products:
         self.XfW = Xf @ W
         R = None if Xf is Xq else (Xf - Xq) @ W
         self.XqTR = None if R is None else Xq.T @ R
+        # ||(Xf - Xq) w||^2 per neuron (in_range's parts outside the range)
+        self._R2 = None if R is None else np.einsum("ij,ij->j", R, R)
         self.order = np.argsort(-np.einsum("ij,ij->j", Xq, Xq), kind="stable")
         self._XqT = None  # Xq.T contiguous, once asked for (XqT)
         # once the points Z and the codes are known (the greedy rounding's
@@ -51,7 +53,8 @@ class _Products:
         self.drift_norms = self.residual = self.residual_norms = None
         self._rows = None  # rounding_rows, once asked for
         self.on = None  # which entries of Z are on the grid, once known
-        self._in_range = None  # (F^{-T} Xq^T Xf W, outside parts), once asked for
+        # (F^{-T} Xq^T (Xf - Xq) W, the parts outside the range), once asked for
+        self._in_range = None
         self.off_rows = None  # the others' rows per neuron (_padded_rows)
 
     @property
@@ -111,20 +114,19 @@ class _Products:
         computed once for all the caps that share these products (from
         ``Xq^T (Xf - Xq) W``, which the start points use too): ``2 n^2`` flops
         a neuron per cap in place of the ``4 m n`` of forming ``u`` from the
-        ``m`` rows and multiplying it by ``Xq^T``."""
+        ``m`` rows and multiplying it by ``Xq^T``. The part outside the range
+        is ``(Xf - Xq) w``'s: ``||(Xf - Xq) w||^2 - ||D w||^2`` (from the
+        target's difference, not from ``||Xf w||^2``, whose round-off would
+        swamp a small residual)."""
         W = self.W
         if self._in_range is None:
-            D = None  # (D W)^T
+            D, outside = None, np.zeros(W.shape[1])
             if self.XqTR is not None:
                 D = scipy.linalg.solve_triangular(
                     rows, self.XqTR, lower=True, check_finite=False
-                ).T
-            C = W.T @ rows  # the range part of Xf w: (F W + D W)^T
-            if D is not None:
-                C += D
-            outside = np.einsum("ij,ij->j", self.XfW, self.XfW)
-            outside -= np.einsum("ij,ij->i", C, C)
-            self._in_range = (D, np.maximum(outside, 0.0))
+                ).T  # (D W)^T
+                outside = np.maximum(self._R2 - np.einsum("ij,ij->i", D, D), 0.0)
+            self._in_range = (D, outside)
         D, outside = self._in_range
         Ur = (W - Z).T @ rows  # (F (W - Z))^T
         if D is not None:
