@@ -8,6 +8,7 @@ from numpy.testing import assert_array_equal
 
 from skquant._kernels import _msq, _packing
 from skquant._kernels._threads import effective_n_jobs, numba_threads
+from skquant._quantizers._walk import walk_to_vertices
 
 DTYPES = [np.float32, np.float64]
 ORDERS = ["C", "F"]
@@ -274,8 +275,6 @@ def test_the_walk_frees_what_it_allocates(tmp_path):
     # the forced refreshes did happen: the same walk here, its checks passing,
     # counts at least one fresh inverse (2 k^3 flops) less per neuron
     forced = np.array(json.loads(out[0].removeprefix("flops ")))
-    from skquant._quantizers._walk import walk_to_vertices
-
     rng = np.random.default_rng(0)
     n, k, n_out = 400, 16, 3
     V = np.linalg.qr(rng.standard_normal((n, k)))[0]

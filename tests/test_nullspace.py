@@ -3,6 +3,7 @@
 import re
 import warnings
 
+import numba
 import numpy as np
 import pytest
 import scipy.linalg
@@ -855,7 +856,7 @@ def test_rounding_on_the_factor_keeps_the_error_to_round_off(monkeypatch, target
 
 
 @pytest.mark.skipif(
-    __import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads"
+    numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads"
 )
 def test_short_walks_run_on_one_thread(monkeypatch):
     """walk_to_vertices takes the serial kernel, whatever n_jobs says, when the

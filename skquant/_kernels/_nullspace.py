@@ -32,7 +32,7 @@ each, ``O(n k^2)`` per neuron like the tableau's), computed afresh after a
 small pivot, and every :data:`REFRESH` pivots when a check (``A^{-1} (A 1)``
 against the ones, ``3 k^2`` flops) finds it off by more than
 :data:`INVERSE_TOL`. Computing it afresh every :data:`REFRESH` pivots
-unchecked (``2 k^3`` flops each) took a quarter of the walk at ``k = 50``
+unchecked (``2 k^3`` flops each) took a fifth of the walk at ``k = 50``
 (LeNet-5's 400-input layer, 120 neurons: 39.1 ms against 31.8 ms, to the same
 vertices). Its loops are plain, contiguous and
 branch-free, where the tableau's etas are a chain of short dependent updates, so

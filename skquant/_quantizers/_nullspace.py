@@ -693,11 +693,13 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                     pre.residual = U.T
                 else:  # the same steps on n rows: the residual's part in range
                     Ur, outside = pre.in_range(Z, rows)
-                    pre.drift_norms = np.sqrt(np.einsum("ij,ij->i", Ur, Ur) + outside)
+
+                    def norms():  # ||Xf w - Xq z|| per neuron, from Ur as it is
+                        return np.sqrt(np.einsum("ij,ij->i", Ur, Ur) + outside)
+
+                    pre.drift_norms = norms()
                     self._greedy_path(rows, rows, Z, idx, Ur, step, codes, rows)
-                    pre.residual_norms = np.sqrt(
-                        np.einsum("ij,ij->i", Ur, Ur) + outside
-                    )
+                    pre.residual_norms = norms()  # (Ur now the codes')
             else:  # every coordinate off the grid (no freedom): GPFQ's Gram form
                 # followed part: Xq^T u0 + tril(G) z with u0 = Xf w - Xq z, i.e.
                 # Xq^T Xf w - triu(G, 1) z (from the data: G is the one n x n)

@@ -69,8 +69,8 @@ GUIDE_SHARE = 0.5
 
 
 #: :func:`walk_to_vertices` runs its neurons on several threads only when the
-#: walk's modelled arithmetic (:func:`walk_cost`'s, ``(5 k^2 + 2 r k) (n - k)``
-#: flops a neuron, ``r`` the guide's rows) is at least this many flops in all,
+#: walk's modelled arithmetic (:func:`walk_flops` a neuron, ``r`` the guide's
+#: rows) is at least this many flops in all,
 #: a few milliseconds on one thread: below it, waking the threads (and their
 #: spinning after, on as many cores as threads) cost about what they save (the
 #: User Guide's performance page has its effect on LeNet-5). The vertices are
@@ -78,16 +78,20 @@ GUIDE_SHARE = 0.5
 PARALLEL_WALK = 1e8
 
 
+def walk_flops(k, n, r=0):
+    """The walk's modelled arithmetic per neuron at cap ``k`` on ``n`` inputs:
+    ``5 k^2 (n - k)`` flops (the tableau updates; see the User Guide's
+    performance page), plus ``2 r k (n - k)`` for a guide of ``r`` rows. A cap
+    at ``n`` or above has no walk."""
+    return 0.0 if k >= n else float(5 * k * k + 2 * r * k) * (n - k)
+
+
 def walk_cost(k, m, n, guided=False):
     """The walk's modelled arithmetic at cap ``k`` over GPFQ's, per neuron, on a
-    layer of ``n`` inputs and ``m`` calibration rows: ``5 k^2 (n - k)`` flops
-    (the tableau updates; see the User Guide's performance page), plus ``2 r k
-    (n - k)`` for the guide's responses (``r = min(m, GUIDE_DIRECTIONS)``),
-    against GPFQ's ``4 m n``. A cap at ``n`` or above has no walk."""
-    if k >= n:
-        return 0.0
-    guide = 2 * min(m, GUIDE_DIRECTIONS) * k if guided else 0
-    return (5 * k * k + guide) * (n - k) / (4 * m * n)
+    layer of ``n`` inputs and ``m`` calibration rows: :func:`walk_flops` (the
+    guide's ``r = min(m, GUIDE_DIRECTIONS)`` when ``guided``) against GPFQ's
+    ``4 m n``."""
+    return walk_flops(k, n, min(m, GUIDE_DIRECTIONS) if guided else 0) / (4 * m * n)
 
 
 def guide_share(s, k, directions=None):
@@ -228,8 +232,7 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     pivots = np.empty(n_out, dtype=np.int64)
     Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
     counted = np.zeros(n_out) if flops is None else flops
-    r = 0 if X is None else X.shape[0]
-    if (5.0 * k * k + 2.0 * r * k) * (n - k) * n_out < PARALLEL_WALK:
+    if walk_flops(k, n, 0 if X is None else X.shape[0]) * n_out < PARALLEL_WALK:
         n_jobs = 1  # a short walk (the same vertices on any thread count)
     with numba_threads(n_jobs) as n_threads, one_blas_thread():
 
