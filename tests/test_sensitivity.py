@@ -382,3 +382,18 @@ def test_run_tasks_streams_results_in_order_on_every_backend():
             out = run_tasks(tasks(), 2)
             assert iter(out) is out
             assert list(out) == [i * i for i in range(7)]
+
+
+def test_each_layer_goes_out_as_enough_tasks():
+    """A layer's choices go out as one task in this process (its float prefix runs
+    once), and with workers in groups for about two tasks a worker over the
+    layers; always all the choices, in order."""
+    from skquant._network._sensitivity import _task_choices
+
+    choices = [2, 3, 4, 5, 6, "binary"]
+    assert _task_choices(choices, 8, None) == [choices]
+    assert _task_choices(choices, 8, 1) == [choices]
+    assert _task_choices(choices, 8, 2) == [choices]
+    assert _task_choices(choices, 8, 8) == [[2, 3, 4], [5, 6, "binary"]]
+    assert _task_choices(choices, 3, 4) == [[2, 3], [4, 5], [6, "binary"]]
+    assert _task_choices(choices, 1, 16) == [[c] for c in choices]

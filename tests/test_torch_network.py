@@ -475,3 +475,100 @@ def test_load_into_a_model_on_cuda(tmp_path):
     x = torch.rand(4, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x.cuda()).cpu(), qnet.eval()(x))
+
+
+def _nested():
+    """:func:`cnn`'s layers in two nested containers, the ReLUs in place."""
+    seq = cnn()
+    layers = [nn.ReLU(inplace=True) if isinstance(m, nn.ReLU) else m for m in seq]
+    return nn.Sequential(
+        nn.Sequential(*layers[:4]),
+        nn.Sequential(nn.Sequential(*layers[4:7]), layers[7]),
+        nn.Sequential(*layers[8:]),
+    ).eval()
+
+
+@pytest.mark.parametrize("make", [cnn, _nested, lambda: Generic(cnn())])
+def test_layer_outputs_are_the_outputs_with_that_weight(make):
+    """Running a model from a layer on (the float prefix computed once) gives
+    what the whole model gives with the layer's weight replaced, call after call
+    (in-place activations after the layer leave the kept batches alone), and the
+    model keeps its weights."""
+    torch.manual_seed(1)
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    net = TorchNetwork(model, batch_size=7)  # batches of unequal size
+    x = torch.rand(20, 1, 16, 16)
+    rng = np.random.default_rng(0)
+    for name in net.layer_names:
+        run = net.layer_outputs(x, name)
+        W = net.weight(name)
+        for _ in range(2):
+            V = W + 0.3 * rng.standard_normal(W.shape)
+            assert_array_equal(run(V), net.outputs(x, {name: V}))
+        assert_array_equal(run(W), net.outputs(x))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match=re.escape("names layers ['nope']")):
+        net.layer_outputs(x, "nope")
+
+
+def test_layer_outputs_run_the_layers_before_once():
+    """The prefix runs once for all calls; the layer and what follows, each call.
+    A container with hooks of its own, or a weight shared with an earlier
+    module, makes the whole model run each call (what outputs() runs)."""
+    model = _nested()
+    calls = {"first": 0, "last": 0}
+    model[0][0].register_forward_hook(
+        lambda *a: calls.__setitem__("first", calls["first"] + 1)
+    )
+    model[2][2].register_forward_hook(
+        lambda *a: calls.__setitem__("last", calls["last"] + 1)
+    )
+    net = TorchNetwork(model, batch_size=8)
+    x = torch.rand(16, 1, 16, 16)  # two batches
+    run = net.layer_outputs(x, "2.2")
+    W = net.weight("2.2")
+    for _ in range(3):
+        run(W)
+    assert calls == {"first": 2, "last": 6}
+    # a container with a hook runs whole, so the hook sees every call: the
+    # layer's block (the modules before it still run once), or the model
+    seen = []
+    for hooked, first in ((model[2], 2), (model, 6)):
+        hooked.register_forward_hook(lambda *a: seen.append(1))
+        calls.update(first=0, last=0)
+        seen.clear()
+        run = TorchNetwork(model, batch_size=8).layer_outputs(x, "2.2")
+        for _ in range(3):
+            run(W)
+        assert calls == {"first": first, "last": 6}
+        assert len(seen) == 6 * (1 if hooked is model[2] else 2)
+    # a weight tied to an earlier layer's
+    torch.manual_seed(0)
+    tied = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    tied[2].weight = tied[0].weight
+    with pytest.warns(UserWarning, match="share their weight"):
+        net = TorchNetwork(tied)
+    x = torch.randn(5, 6)
+    V = np.full((6, 6), 0.1)
+    assert_array_equal(net.layer_outputs(x, "0")(V), net.outputs(x, {"0": V}))
+
+
+def test_mlp_layer_outputs_are_the_outputs_with_that_weight():
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((12, 8), max_iter=20, random_state=0).fit(X[:200], y[:200])
+    net = MLPNetwork(mlp)
+    rng = np.random.default_rng(0)
+    for name in net.layer_names:
+        W = net.weight(name)
+        V = W + rng.standard_normal(W.shape)
+        run = net.layer_outputs(X[:50], name)
+        assert_array_equal(run(V), net.outputs(X[:50], {name: V}))
+        assert_array_equal(run(W), net.outputs(X[:50]))
+    assert_array_equal(mlp.coefs_[0], net.weight("layer_0"))

@@ -160,7 +160,8 @@ class SensitivityResult:
     seconds : ndarray of shape (n_layers,)
         Measurement time per layer (quantization, forward passes, threshold).
     forward_passes : int
-        Forward passes over the sample, all measurements together.
+        Forward passes over the sample, all measurements together (a single
+        layer's measurement counts its pass from that layer on as one).
     total_seconds : float
         Wall time of the whole measurement.
     """

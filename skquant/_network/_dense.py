@@ -123,10 +123,20 @@ class DenseNetwork(Network):
             self.check_layer_names(list(weights), "weights")
         return self.forward(self._check_X(data), weights)[-1]
 
-    def forward(self, X, weights=None):
-        """Activations of every layer (the input first, the output last)."""
+    def layer_outputs(self, data, name):
+        """``outputs(W)``: the logits with layer ``name``'s weight set to ``W``;
+        the float layers before it run on ``data`` once, here."""
+        self.check_layer_names([name], "name")
+        start = self._index[name]
+        A = self.forward(self._check_X(data), stop=start)[-1]
+        return lambda W: self.forward(A, {name: W}, start=start)[-1]
+
+    def forward(self, X, weights=None, *, start=0, stop=None):
+        """Activations of every layer (the input first, the output last); with
+        ``start``/``stop``, of layers ``start`` to ``stop - 1`` only, ``X`` being
+        layer ``start``'s input."""
         acts = [np.asarray(X, dtype=np.float64)]
-        for name, (W, b, act) in zip(self.layer_names, self._layers):
+        for name, (W, b, act) in list(zip(self.layer_names, self._layers))[start:stop]:
             W = W if weights is None else weights.get(name, W)
             acts.append(act(acts[-1] @ W + b))
         return acts

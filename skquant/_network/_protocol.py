@@ -102,6 +102,19 @@ class Network:
         """The network's raw outputs (logits) on ``data``, some weights replaced."""
         raise NotImplementedError
 
+    def layer_outputs(self, data, name):
+        """``outputs(W)``: the raw outputs on ``data`` with layer ``name``'s weight
+        set to ``W`` (an ``(n_in, n_out)`` matrix), the same as
+        ``self.outputs(data, {name: W})``.
+
+        For many weights of one layer (a sensitivity sweep's choices, a search
+        over injected noise): adapters that can run their model from a layer on
+        compute the float layers before it once here, and every call runs only
+        the rest. This default runs the whole network each call.
+        """
+        self.check_layer_names([name], "name")
+        return lambda W: self.outputs(data, {name: W})
+
     def hessian_vector(self, data, vector):
         """The loss Hessian times ``vector`` (a dict of parameter arrays by name).
 

@@ -30,7 +30,7 @@ import time
 from itertools import chain
 
 import numpy as np
-from joblib import delayed
+from joblib import delayed, effective_n_jobs
 
 from .._common._jobs import check_n_jobs, hold_freed_memory, run_tasks, shippable
 from .._common._progress import progress
@@ -60,21 +60,35 @@ def _fit_choice(quantizer, choice, W, X, groups):
     return fit_layer(est, W, inputs=inputs, groups=groups)[1]
 
 
-def _measure_choice(network, X, name, quantizer, choice, W, Xin, groups):
-    """Layer ``name`` alone at ``choice``: the quantized tensor's stored bits and
-    code bits, its dequantized weight and the network's outputs on ``X`` with it
-    (one independent task of the sweep; it runs in a joblib worker with
-    ``n_jobs``)."""
+def _measure_choices(network, X, name, quantizer, choices, W, Xin, groups):
+    """Layer ``name`` alone at each of ``choices``: per choice, the quantized
+    tensor's stored bits and code bits, its dequantized weight and the network's
+    outputs on ``X`` with it (one independent task of the sweep; it runs in a
+    joblib worker with ``n_jobs``). The layers before ``name`` run once for all
+    the choices (:meth:`~skquant._network._protocol.Network.layer_outputs`)."""
     hold_freed_memory()
-    tensor = _fit_choice(quantizer, choice, W, Xin, groups)
-    Q = tensor.dequantize().astype(np.float64)
-    Z = np.asarray(network.outputs(X, {name: Q}), dtype=np.float64)
-    return tensor.size_bits, tensor.n_bits, Q, Z
+    outputs = network.layer_outputs(X, name)
+    results = []
+    for choice in choices:
+        tensor = _fit_choice(quantizer, choice, W, Xin, groups)
+        Q = tensor.dequantize().astype(np.float64)
+        Z = np.asarray(outputs(Q), dtype=np.float64)
+        results.append((tensor.size_bits, tensor.n_bits, Q, Z))
+    return results
 
 
-def _empirical_threshold(
-    network, X, name, W, ref, labels, base, tolerance, guess, rng, count
-):
+def _task_choices(choices, n_layers, n_jobs):
+    """The choices of a layer cut into the groups that go out as tasks: one
+    group in this process (the layers before it run once per layer); with
+    workers, enough groups for about two tasks a worker over the layers."""
+    if n_jobs is None or n_jobs == 1:
+        return [list(choices)]
+    C = len(choices)
+    k = min(C, -(-2 * effective_n_jobs(n_jobs) // n_layers))
+    return [list(choices[i * C // k : (i + 1) * C // k]) for i in range(k)]
+
+
+def _empirical_threshold(outputs, W, ref, labels, base, tolerance, guess, rng, count):
     """Noise power on the outputs at which injected weight noise costs ``tolerance``.
 
     Uniform noise ``sigma * maxabs_j * U(-1/2, 1/2)`` per output channel ``j`` (the
@@ -84,7 +98,7 @@ def _empirical_threshold(
     E = rng.uniform(-0.5, 0.5, W.shape) * np.abs(W).max(axis=0, keepdims=True)
 
     def measure(log_sigma):
-        Z = network.outputs(X, {name: W + math.exp(log_sigma) * E})
+        Z = outputs(W + math.exp(log_sigma) * E)
         count[0] += 1
         return noise_power(Z.reshape(len(Z), -1) - ref), base - accuracy_of(Z, labels)
 
@@ -218,7 +232,8 @@ def sensitivity(
     steps = layer_steps(network, data, max_rows=max_rows, random_state=random_state)
     X_task = X if n_jobs is None or n_jobs == 1 else shippable(X)
     layers = []  # (name, weight) of each layer, in the order its tasks go out
-    measure = delayed(_measure_choice)
+    measure = delayed(_measure_choices)
+    parts = _task_choices(choices, L, n_jobs)
 
     def layer_tasks(step):
         name, W, groups = step.name, step.weight, step.groups
@@ -226,8 +241,8 @@ def sensitivity(
         W = np.asarray(W)  # its own dtype: the scales are stored in it
         layers.append((name, W))
         return [
-            measure(network, X_task, name, quantizer, c, W, Xin, groups)
-            for c in choices
+            measure(network, X_task, name, quantizer, part, W, Xin, groups)
+            for part in parts
         ]
 
     # the choices are independent. Without layer inputs, every layer's choices
@@ -240,6 +255,7 @@ def sensitivity(
         runs = chain.from_iterable(
             run_tasks(layer_tasks(step), n_jobs) for step in steps
         )
+    runs = chain.from_iterable(runs)  # each task's choices, in order
     t0 = time.perf_counter()
     for k in progress(range(L), desc="sensitivity", total=L, enabled=verbose):
         diffs = []
@@ -271,7 +287,15 @@ def sensitivity(
         if t_e is not None:
             guess = t_m[i] if t_m is not None else float(np.median(noise[i]))
             t_e[i] = _empirical_threshold(
-                network, X, name, W, ref, labels, base, tolerance, guess, rng, count
+                network.layer_outputs(X, name),
+                W,
+                ref,
+                labels,
+                base,
+                tolerance,
+                guess,
+                rng,
+                count,
             )
         seconds[i] = time.perf_counter() - t0
         t0 += seconds[i]

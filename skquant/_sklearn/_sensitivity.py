@@ -34,6 +34,10 @@ def measure_sensitivity(
     checked. The result feeds :class:`~skquant.LayerBitAllocator` and
     :func:`~skquant.allocate_bits`.
 
+    The network runs from the measured layer on: the float layers before it run
+    once per layer, and each choice (and each noise level of the empirical
+    threshold) runs the layer and those after it.
+
     Parameters
     ----------
     estimator : MLPClassifier or MLPRegressor
@@ -79,8 +83,10 @@ def measure_sensitivity(
         Progress bar over the layers.
     n_jobs : int, default=None
         Parallel workers (joblib) for the choices of each layer, which are
-        independent fits and passes: ``None`` runs them in this process, ``-1``
-        uses every core. The workers follow joblib's backend, so under
+        independent fits and passes (a layer's choices go out as one task, or
+        as a few where there are more workers than about half the layers; each
+        task runs the layers before it once): ``None`` runs them in this
+        process, ``-1`` uses every core. The workers follow joblib's backend, so under
         ``joblib.parallel_config(backend="dask")`` they run on a Dask cluster.
         The results are the serial run's (to floating-point summation order,
         which a worker's thread count can change). Workers pay off where each has

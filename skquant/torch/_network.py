@@ -32,6 +32,26 @@ from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
 from ._state import kept_state
 
 
+def _split_at(model, name):
+    """The modules that run before the one holding layer ``name`` and those from
+    it on, in forward order, through the ``nn.Sequential`` containers (without
+    hooks of their own) that hold the layer; ``([], [model])`` when the model is
+    no such container."""
+    before, tails = [], []
+    block, parts = model, name.split(".") if name else []
+    while (
+        parts
+        and isinstance(block, nn.Sequential)
+        and not (block._forward_hooks or block._forward_pre_hooks)
+    ):
+        children = list(block.named_children())
+        j = next(i for i, (c, _) in enumerate(children) if c == parts[0])
+        before += [m for _, m in children[:j]]
+        tails.append([m for _, m in children[j + 1 :]])
+        block, parts = children[j][1], parts[1:]
+    return before, [block] + [m for tail in reversed(tails) for m in tail]
+
+
 class TorchNetwork(Network):
     """The torch adapter of the network layer.
 
@@ -553,6 +573,40 @@ class TorchNetwork(Network):
         if n == 0:
             raise ValueError("data holds no batch: nothing to compute the loss on.")
         return {k: to_numpy(o / n).astype(np.float64) for k, o in zip(keys, out)}
+
+    def layer_outputs(self, data, name):
+        """``outputs(W)``: the model's outputs on ``data`` (a NumPy array) with
+        layer ``name``'s weight set to ``W``, an ``(n_in, n_out)`` matrix.
+
+        The model is copied once. Through the ``nn.Sequential`` containers that
+        hold the layer (the model itself, ``features``, ...), the children before
+        the one that holds it run on ``data`` once, here, and their output
+        batches are kept; each call runs the rest, giving what
+        ``outputs(data, {name: W})`` gives. A container with hooks of its own,
+        or a layer whose weight a module before it shares, runs whole.
+        """
+        self.check_layer_names([name], "name")
+        model = copy.deepcopy(self.model)
+        model.eval()
+        mod = model.get_submodule(name)
+        before, after = _split_at(model, name)
+        if any(p is mod.weight for m in before for p in m.parameters()):
+            before, after = [], [model]
+        dtype, device = model_dtype(model), model_device(model)
+        cache = self._forward_all(
+            before, input_batches(data, self.batch_size, dtype, device)
+        )
+        fresh = after[0] is not mod  # a module that may write to its input
+
+        def outputs(W):
+            with torch.no_grad():
+                mod.weight.copy_(matrix_to_weight(W, mod))
+                out = self._forward_all(
+                    after, [x.clone() for x in cache] if fresh else cache
+                )
+                return to_numpy(torch.cat(out)).astype(np.float64)
+
+        return outputs
 
     def outputs(self, data, weights=None):
         """The model's outputs on ``data`` as a NumPy array, some weights replaced."""

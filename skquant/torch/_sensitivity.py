@@ -39,6 +39,11 @@ def measure_sensitivity(
     noise ``t`` measured and the additivity checked. The parameters shared with
     :func:`skquant.measure_sensitivity` mean the same.
 
+    Through the ``nn.Sequential`` containers that hold a layer, the modules before
+    it run once per layer (their outputs on ``X`` kept while the layer is
+    measured), and each choice runs the layer and what follows; a model whose
+    ``forward`` is not a sequence runs whole for every choice.
+
     Parameters
     ----------
     model : torch.nn.Module
