@@ -1,6 +1,7 @@
 """MSQ weight quantizers: rounding invariants (oracles), exact cases, bad input."""
 
 import itertools
+import os
 import re
 
 import numba
@@ -308,6 +309,33 @@ def test_numba_threads_restores_on_error():
     with pytest.raises(RuntimeError), numba_threads(1):
         raise RuntimeError("boom")
     assert numba.get_num_threads() == before
+
+
+def test_fits_leave_torch_threads_alone():
+    """A fit (numba's thread pool starting in it) leaves torch's thread count as
+    the user set it: in a fresh process, where the pool starts; it used to come
+    back at numba's count, and workers of one thread each ran their passes on
+    every core."""
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from skquant import UniformQuantizer\n"
+        "torch.set_num_threads(1)\n"
+        "assert torch.get_num_threads() == 1\n"
+        "W = np.random.default_rng(0).standard_normal((300, 20))\n"
+        "UniformQuantizer(n_bits=4).fit(W).transform(W)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
 
 
 def test_all_zero_channel_gets_eps_scale():

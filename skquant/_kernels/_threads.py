@@ -48,12 +48,19 @@ def numba_threads(n_jobs):
     if os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
         yield n_threads
         return
+    # numba's OpenMP pool, started by the first call, can leave the calling
+    # thread's OpenMP thread count at numba's, which torch reads as its own: a
+    # worker limited to one thread then ran its passes on every core
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
     previous = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
         yield n_threads
     finally:
         numba.set_num_threads(previous)
+        if torch_threads is not None and torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 #: threadpoolctl's view of the loaded BLAS libraries, and ``len(sys.modules)``

@@ -598,12 +598,15 @@ class TorchNetwork(Network):
         )
         fresh = after[0] is not mod  # a module that may write to its input
 
+        def run(x):  # one batch through the rest, as the model's forward does
+            for m in after:
+                x = m(x)
+            return x
+
         def outputs(W):
             with torch.no_grad():
                 mod.weight.copy_(matrix_to_weight(W, mod))
-                out = self._forward_all(
-                    after, [x.clone() for x in cache] if fresh else cache
-                )
+                out = [run(x.clone() if fresh else x) for x in cache]
                 return to_numpy(torch.cat(out)).astype(np.float64)
 
         return outputs
