@@ -8,9 +8,12 @@ backend="dask")`` on a ``distributed.LocalCluster`` of 2 worker processes
 divided among the workers, as joblib gives its own); prints
 the medians of ``--rounds`` interleaved rounds (after ``--warmup`` untimed
 ones), the ratios to the serial time, and
-whether the tables agree. First it times one pass of the network on those images
-(a task's work) on one thread and on torch's thread count: what a one-thread
-worker gives up against the serial run, whose passes use every thread.
+whether the tables agree, and the CPU seconds each run took in this process
+and in its worker processes (medians; ``psutil``, which ``distributed``
+brings): workers that run on more threads than their share of the cores spend
+more CPU time on the same work. First it times one pass of the network on those
+images on one thread and on torch's thread count: what a one-thread worker gives
+up against the serial run, whose passes use every thread.
 
 Run (needs the data of ``get_data.sh`` and ``pip install -e .[dask]``):
     .venv/bin/python benchmarks/bench_sweeps.py --rounds 3
@@ -35,6 +38,21 @@ def _seconds(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _cpu_seconds():
+    """User + system CPU seconds of this process ("main") and of each of its
+    descendants, by process id."""
+    import psutil
+
+    me = psutil.Process()
+    out = {"main": sum(me.cpu_times()[:2])}
+    for child in me.children(recursive=True):
+        try:
+            out[child.pid] = sum(child.cpu_times()[:2])
+        except psutil.Error:  # gone meanwhile
+            pass
+    return out
 
 
 def main():
@@ -112,19 +130,32 @@ def main():
         f"dask, {workers} workers": on_dask,
     }
     times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     tables = {}
     for r in range(args.warmup + args.rounds):
         for name, run in runs.items():
+            before = _cpu_seconds()
             start = time.perf_counter()
             tables[name] = run()
             if r >= args.warmup:
                 times[name].append(time.perf_counter() - start)
+                after = _cpu_seconds()
+                cpu[name].append(
+                    (
+                        after["main"] - before["main"],
+                        sum(v - before.get(k, 0.0) for k, v in after.items())
+                        - (after["main"] - before["main"]),
+                    )
+                )
     base = statistics.median(times["serial"])
     for name in runs:
         t = statistics.median(times[name])
         same = np.allclose(tables[name].noise, tables["serial"].noise, rtol=1e-5)
+        main_cpu = statistics.median(c[0] for c in cpu[name])
+        workers_cpu = statistics.median(c[1] for c in cpu[name])
         print(
             f"{name:<18}{t:8.1f} s  {t / base:5.2f}x serial  "
+            f"CPU {main_cpu:5.1f} s here + {workers_cpu:5.1f} s in workers  "
             f"noise table {'the same' if same else 'DIFFERENT'}"
         )
     client.close()
