@@ -25,6 +25,7 @@ from skquant.torch import (  # noqa: E402
     TorchNetwork,
     quantize_model,
 )
+from skquant.torch import _network as network_module  # noqa: E402
 from skquant.torch._rows import gather_rows, rows_per_sample  # noqa: E402
 
 
@@ -513,7 +514,7 @@ def test_layer_outputs_are_the_outputs_with_that_weight(make):
         net.layer_outputs(x, "nope")
 
 
-def test_layer_outputs_run_the_layers_before_once():
+def test_layer_outputs_run_the_layers_before_once(monkeypatch):
     """The prefix runs once for all calls; the layer and what follows, each call.
     A container with hooks of its own, or a weight shared with an earlier
     module, makes the whole model run each call (what outputs() runs)."""
@@ -544,6 +545,20 @@ def test_layer_outputs_run_the_layers_before_once():
             run(W)
         assert calls == {"first": first, "last": 6}
         assert len(seen) == 6 * (1 if hooked is model[2] else 2)
+    # kept batches over the budget: it runs whole (outputs still the model's)
+    model = _nested()
+    model[0][0].register_forward_hook(
+        lambda *a: calls.__setitem__("first", calls["first"] + 1)
+    )
+    calls.update(first=0)
+    one_batch = 8 * 16 * 4  # the input of "2.2": 8 rows of 16 float32 features
+    monkeypatch.setattr(network_module, "PREFIX_BYTES", one_batch)
+    net = TorchNetwork(model, batch_size=8)
+    run = net.layer_outputs(x, "2.2")  # the first batch fits, not the second
+    for _ in range(3):
+        run(W)
+    assert calls["first"] == 2 + 6  # the two batches it tried to keep, then whole
+    assert_array_equal(run(W + 1.0), net.outputs(x, {"2.2": W + 1.0}))
     # a weight tied to an earlier layer's
     torch.manual_seed(0)
     tied = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))

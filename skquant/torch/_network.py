@@ -16,6 +16,7 @@ them and as the already quantized prefix does, and is built to be cheap:
 """
 
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -30,6 +31,10 @@ from ._gradients import loss_gradients
 from ._layout import check_supported, matrix_to_weight, to_numpy, weight_to_matrix
 from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
 from ._state import kept_state
+
+#: Most bytes :meth:`TorchNetwork.layer_outputs` keeps of the layers before the
+#: measured one (their output on all the rows); past it the model runs whole.
+PREFIX_BYTES = 1 << 30
 
 
 def _split_at(model, name):
@@ -583,7 +588,9 @@ class TorchNetwork(Network):
         the one that holds it run on ``data`` once, here, and their output
         batches are kept; each call runs the rest, giving what
         ``outputs(data, {name: W})`` gives. A container with hooks of its own,
-        or a layer whose weight a module before it shares, runs whole.
+        a layer whose weight a module before it shares, or kept batches that
+        would pass ``PREFIX_BYTES`` (1 GiB: an image model's early activations
+        on thousands of rows) make the whole model run each call.
         """
         self.check_layer_names([name], "name")
         model = copy.deepcopy(self.model)
@@ -593,9 +600,19 @@ class TorchNetwork(Network):
         if any(p is mod.weight for m in before for p in m.parameters()):
             before, after = [], [model]
         dtype, device = model_dtype(model), model_device(model)
-        cache = self._forward_all(
-            before, input_batches(data, self.batch_size, dtype, device)
-        )
+        inputs = input_batches(data, self.batch_size, dtype, device)
+        cache, held = [], 0
+        with torch.no_grad():
+            for x in inputs if before else ():
+                for m in before:
+                    x = m(x)
+                held += x.nbytes if isinstance(x, torch.Tensor) else math.inf
+                if held > PREFIX_BYTES:  # too large to keep: run it all each call
+                    before, after = [], [model]
+                    break
+                cache.append(x)
+        if not before:
+            cache = inputs
         fresh = after[0] is not mod  # a module that may write to its input
 
         def run(x):  # one batch through the rest, as the model's forward does

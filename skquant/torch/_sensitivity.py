@@ -41,8 +41,8 @@ def measure_sensitivity(
 
     Through the ``nn.Sequential`` containers that hold a layer, the modules before
     it run once per layer (their outputs on ``X`` kept while the layer is
-    measured), and each choice runs the layer and what follows; a model whose
-    ``forward`` is not a sequence runs whole for every choice.
+    measured, up to 1 GiB), and each choice runs the layer and what follows; a
+    model whose ``forward`` is not a sequence runs whole for every choice.
 
     Parameters
     ----------
