@@ -489,7 +489,60 @@ def _nested():
     ).eval()
 
 
-@pytest.mark.parametrize("make", [cnn, _nested, lambda: Generic(cnn())])
+COUNTED = [0]
+
+
+def counted(x):
+    """The identity, counting its calls (a leaf of torch.fx's graphs)."""
+    COUNTED[0] += 1
+    return x
+
+
+torch.fx.wrap("counted")
+
+
+class Block(nn.Module):
+    """A residual block whose sum is taken in place on its input."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        x += self.bn2(self.conv2(out))
+        return torch.relu(x)
+
+
+class Residual(nn.Module):
+    """A small ResNet: its forward is not a sequence, torch.fx traces it."""
+
+    def __init__(self, branch=False):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.blocks = nn.Sequential(Block(8), Block(8))
+        self.fc = nn.Linear(8, 10)
+        self.branch = branch
+
+    def forward(self, x):
+        x = counted(x)
+        if self.branch and float(x.sum()) > 0:  # data-dependent: fx cannot trace
+            x = x * 1.0
+        x = torch.relu(self.stem(x))
+        return self.fc(self.blocks(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        cnn,
+        _nested,
+        lambda: Generic(cnn()),
+        lambda: Residual().eval(),
+        lambda: Residual(branch=True).eval(),
+    ],
+)
 def test_layer_outputs_are_the_outputs_with_that_weight(make):
     """Running a model from a layer on (the float prefix computed once) gives
     what the whole model gives with the layer's weight replaced, call after call
@@ -512,6 +565,66 @@ def test_layer_outputs_are_the_outputs_with_that_weight(make):
         assert torch.equal(v, before[k]), k
     with pytest.raises(ValueError, match=re.escape("names layers ['nope']")):
         net.layer_outputs(x, "nope")
+
+
+class SkipSequence(nn.Sequential):
+    """A sequence with a forward of its own: its children are not run in order."""
+
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+def test_layer_outputs_of_unusual_sequences(monkeypatch):
+    """Each as the whole forward gives it, call after call: a module used twice
+    in a sequence, a Sequential subclass with its own forward, a pre-hook that
+    writes to the layer's input, and an in-place module before the layer when
+    the kept batches pass the budget (the model then runs whole)."""
+    torch.manual_seed(0)
+    act = nn.Tanh()
+    twice = nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2))
+    skip = nn.Sequential(
+        nn.Linear(4, 4),
+        SkipSequence(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)),
+        nn.Linear(4, 2),
+    )
+    hooked = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    def double(module, args):
+        args[0].mul_(2.0)
+
+    hooked[2].register_forward_pre_hook(double)
+    inplace = nn.Sequential(
+        nn.Linear(4, 4), nn.LeakyReLU(0.1, inplace=True), nn.Linear(4, 2)
+    )
+    x = torch.randn(10, 4)
+    rng = np.random.default_rng(0)
+    cases = [(twice, "2"), (twice, "4"), (skip, "1.0"), (skip, "1.2"), (hooked, "2")]
+    cases += [(inplace, "2")]
+    for model, name in cases:
+        if model is inplace:
+            monkeypatch.setattr(network_module, "PREFIX_BYTES", 1)
+        net = TorchNetwork(model.eval(), batch_size=4)
+        run = net.layer_outputs(x, name)
+        for _ in range(2):
+            V = net.weight(name) + rng.standard_normal(net.weight(name).shape)
+            assert_array_equal(run(V), net.outputs(x, {name: V}), err_msg=name)
+
+
+def test_layer_outputs_of_a_traced_model_run_what_the_layer_changes():
+    """In a model torch.fx traces, what does not depend on the layer runs once
+    (the counted input: once per batch), and calls run the rest; a model it
+    cannot trace runs whole each call."""
+    torch.manual_seed(0)
+    x = torch.rand(12, 1, 8, 8)
+    for branch, per_call in ((False, 0), (True, 2)):
+        net = TorchNetwork(Residual(branch).eval(), batch_size=6)
+        for name in ("blocks.1.conv2", "fc"):
+            COUNTED[0] = 0
+            run = net.layer_outputs(x, name)
+            W = net.weight(name)
+            for _ in range(3):
+                run(W)
+            assert COUNTED[0] == (0 if branch else 2) + 3 * per_call
 
 
 def test_layer_outputs_run_the_layers_before_once(monkeypatch):

@@ -52,7 +52,7 @@ def numba_threads(n_jobs):
     # thread's OpenMP thread count at numba's, which torch reads as its own: a
     # worker limited to one thread then ran its passes on every core
     torch = sys.modules.get("torch")
-    torch_threads = torch.get_num_threads() if torch is not None else None
+    torch_threads = getattr(torch, "get_num_threads", lambda: None)()
     previous = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:

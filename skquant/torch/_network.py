@@ -16,7 +16,6 @@ them and as the already quantized prefix does, and is built to be cheap:
 """
 
 import copy
-import math
 import warnings
 
 import numpy as np
@@ -37,24 +36,158 @@ from ._state import kept_state
 PREFIX_BYTES = 1 << 30
 
 
-def _split_at(model, name):
-    """The modules that run before the one holding layer ``name`` and those from
-    it on, in forward order, through the ``nn.Sequential`` containers (without
-    hooks of their own) that hold the layer; ``([], [model])`` when the model is
-    no such container."""
+def _nbytes(value):
+    """Bytes of the tensors in ``value`` (nested in tuples, lists and dicts)."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, tuple | list):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+def _cloned(value):
+    """``value`` with each tensor in it cloned (a kept value stays as it was
+    whatever the operations that read it do to their inputs)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple | list):
+        return type(value)(_cloned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    return value
+
+
+def _sequence_split(model, name, mod):
+    """``(start, rest)`` for :meth:`TorchNetwork.layer_outputs` through the
+    ``nn.Sequential`` containers (without hooks of their own) that hold layer
+    ``name``: ``start(x)`` runs the children before the one holding it,
+    ``rest(kept)`` the rest, in forward order. ``(None, None)`` when no module
+    runs before it this way, or one of those shares the layer's weight."""
     before, tails = [], []
     block, parts = model, name.split(".") if name else []
+    if _global_hooks():
+        return None, None
     while (
         parts
         and isinstance(block, nn.Sequential)
+        and type(block).forward is nn.Sequential.forward
         and not (block._forward_hooks or block._forward_pre_hooks)
     ):
-        children = list(block.named_children())
+        children = list(block._modules.items())  # a module twice runs twice
         j = next(i for i, (c, _) in enumerate(children) if c == parts[0])
         before += [m for _, m in children[:j]]
         tails.append([m for _, m in children[j + 1 :]])
         block, parts = children[j][1], parts[1:]
-    return before, [block] + [m for tail in reversed(tails) for m in tail]
+    after = [block] + [m for tail in reversed(tails) for m in tail]
+    if not before or any(p is mod.weight for m in before for p in m.parameters()):
+        return None, None
+
+    def run(modules, x):
+        for m in modules:
+            x = m(x)
+        return x
+
+    return lambda x: run(before, x), lambda kept: run(after, kept.clone())
+
+
+def _graph_split(model, name, mod):
+    """``(start, rest)`` for :meth:`TorchNetwork.layer_outputs` from the model's
+    ``torch.fx`` graph: ``start(x)`` runs the operations that do not depend on
+    layer ``name`` and keeps the values that those which do read, ``rest(kept)``
+    runs those (on copies of the kept values). ``(None, None)`` when the model
+    cannot be traced, has hooks, takes more than one input, or calls the layer
+    (or reads its weight) anywhere else."""
+    if _global_hooks() or any(
+        m._forward_hooks or m._forward_pre_hooks for m in model.modules()
+    ):
+        return None, None
+    try:
+        graph = torch.fx.symbolic_trace(model)
+    except Exception:  # any model fx cannot trace runs whole, as before
+        return None, None
+    nodes = list(graph.graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == name]
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    if len(calls) != 1 or len(inputs) != 1:
+        return None, None
+    for n in nodes:
+        if n.op == "get_attr":
+            try:
+                shared = graph.get_parameter(n.target) is mod.weight
+            except AttributeError:  # a buffer or a constant
+                shared = False
+        elif n.op == "call_module" and n is not calls[0]:
+            shared = any(
+                p is mod.weight for p in graph.get_submodule(n.target).parameters()
+            )
+        else:
+            shared = False
+        if shared:
+            return None, None
+    depends = _reached(calls, lambda n: n.users)
+    output = next((n for n in nodes if n.op == "output" and n in depends), None)
+    if output is None:
+        return None, None
+    frontier = [
+        a
+        for a in dict.fromkeys(
+            a for n in nodes if n in depends for a in n.all_input_nodes
+        )
+        if a not in depends
+    ]
+    needed = _reached(frontier, lambda n: n.all_input_nodes)
+    first = [n for n in nodes if n in needed and n.op != "placeholder"]
+    then = [n for n in nodes if n in depends]
+    interpreter = torch.fx.Interpreter(graph)
+
+    def run(order, env, keep):
+        """Evaluate ``order`` on ``env``, each value dropped after its last
+        reader unless in ``keep``."""
+        last = {}
+        for i, n in enumerate(order):
+            for a in n.all_input_nodes:
+                last[a] = i
+        interpreter.env = env
+        for i, n in enumerate(order):
+            env[n] = interpreter.run_node(n)
+            for a in n.all_input_nodes:
+                if last[a] == i and a not in keep:
+                    del env[a]
+        return env
+
+    def start(x):
+        env = run(first, {inputs[0]: x}, set(frontier))
+        return {n: env[n] for n in frontier}
+
+    def rest(kept):
+        env = run(then, {n: _cloned(v) for n, v in kept.items()}, {output})
+        return env[output]
+
+    return start, rest
+
+
+def _global_hooks():
+    """Whether forward hooks registered for every module are in force (they
+    would see the containers that a split run does not call)."""
+    from torch.nn.modules import module
+
+    return bool(
+        getattr(module, "_global_forward_hooks", None)
+        or getattr(module, "_global_forward_pre_hooks", None)
+    )
+
+
+def _reached(starts, step):
+    """The nodes reached from ``starts`` (included) by ``step(node)``."""
+    seen, stack = set(), list(starts)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(step(n))
+    return seen
 
 
 class TorchNetwork(Network):
@@ -583,47 +716,43 @@ class TorchNetwork(Network):
         """``outputs(W)``: the model's outputs on ``data`` (a NumPy array) with
         layer ``name``'s weight set to ``W``, an ``(n_in, n_out)`` matrix.
 
-        The model is copied once. Through the ``nn.Sequential`` containers that
-        hold the layer (the model itself, ``features``, ...), the children before
-        the one that holds it run on ``data`` once, here, and their output
-        batches are kept; each call runs the rest, giving what
-        ``outputs(data, {name: W})`` gives. A container with hooks of its own,
-        a layer whose weight a module before it shares, or kept batches that
-        would pass ``PREFIX_BYTES`` (1 GiB: an image model's early activations
-        on thousands of rows) make the whole model run each call.
+        The model is copied once. What does not depend on the layer runs on
+        ``data`` once, here, and what the rest needs of it is kept; each call
+        runs the rest, giving what ``outputs(data, {name: W})`` gives. Through
+        the ``nn.Sequential`` containers that hold the layer (the model itself,
+        ``features``, ...), that is the children before the one that holds it;
+        in a model with its own ``forward`` that ``torch.fx`` can trace (a
+        ResNet), the operations of its graph that do not depend on the layer.
+        A container with hooks of its own, a layer whose weight runs elsewhere
+        too, a model ``torch.fx`` cannot trace, or kept values that would pass
+        ``PREFIX_BYTES`` (1 GiB: an image model's early activations on thousands
+        of rows) make the whole model run each call.
         """
         self.check_layer_names([name], "name")
         model = copy.deepcopy(self.model)
         model.eval()
         mod = model.get_submodule(name)
-        before, after = _split_at(model, name)
-        if any(p is mod.weight for m in before for p in m.parameters()):
-            before, after = [], [model]
+        start, rest = _sequence_split(model, name, mod)
+        if start is None:
+            start, rest = _graph_split(model, name, mod)
         dtype, device = model_dtype(model), model_device(model)
         inputs = input_batches(data, self.batch_size, dtype, device)
         cache, held = [], 0
         with torch.no_grad():
-            for x in inputs if before else ():
-                for m in before:
-                    x = m(x)
-                held += x.nbytes if isinstance(x, torch.Tensor) else math.inf
+            for x in inputs if start is not None else ():
+                kept = start(x.clone())  # the batches stay as they were
+                held += _nbytes(kept)
                 if held > PREFIX_BYTES:  # too large to keep: run it all each call
-                    before, after = [], [model]
+                    start = None
                     break
-                cache.append(x)
-        if not before:
-            cache = inputs
-        fresh = after[0] is not mod  # a module that may write to its input
-
-        def run(x):  # one batch through the rest, as the model's forward does
-            for m in after:
-                x = m(x)
-            return x
+                cache.append(kept)
+        if start is None:
+            cache, rest = inputs, lambda x: model(x.clone())
 
         def outputs(W):
             with torch.no_grad():
                 mod.weight.copy_(matrix_to_weight(W, mod))
-                out = [run(x.clone() if fresh else x) for x in cache]
+                out = [rest(kept) for kept in cache]
                 return to_numpy(torch.cat(out)).astype(np.float64)
 
         return outputs
