@@ -39,10 +39,12 @@ def measure_sensitivity(
     noise ``t`` measured and the additivity checked. The parameters shared with
     :func:`skquant.measure_sensitivity` mean the same.
 
-    Through the ``nn.Sequential`` containers that hold a layer, the modules before
-    it run once per layer (their outputs on ``X`` kept while the layer is
-    measured, up to 1 GiB), and each choice runs the layer and what follows; a
-    model whose ``forward`` is not a sequence runs whole for every choice.
+    What does not depend on a layer runs once per layer (through the
+    ``nn.Sequential`` containers that hold it, or on the model's ``torch.fx``
+    graph; the values the rest reads kept while the layer is measured, up to
+    1 GiB), and each choice runs the layer and what depends on it; a model
+    ``torch.fx`` cannot trace runs whole for every choice (see
+    :meth:`TorchNetwork.layer_outputs`).
 
     Parameters
     ----------
