@@ -77,6 +77,56 @@ def vgg8():
     return nn.Sequential(*layers)
 
 
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and a skip (a 1x1 conv where the shape
+    changes), as in ResNet."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.down = (
+            nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+            if stride != 1 or c_in != c_out
+            else None
+        )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + (x if self.down is None else self.down(x)))
+
+
+class ResNetStyle(nn.Module):
+    """A small ResNet for 1-channel images: a stem and three stages of two
+    residual blocks (16, 32, 64 channels, stride 2 between stages); its
+    ``forward`` is not a sequence."""
+
+    def __init__(self, widths=(16, 32, 64), classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+        )
+        blocks, c = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks += [ResidualBlock(c, w, 1 if i == 0 else 2), ResidualBlock(w, w, 1)]
+            c = w
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def mnist_tensors(dataset="mnist", image=False):
     out = []
     for subset in ("train", "test"):

@@ -24,54 +24,10 @@ import warnings
 
 import numpy as np
 import torch
-from _models import mnist_tensors, trained
-from torch import nn
+from _models import ResNetStyle, mnist_tensors, trained
 
 from skquant._network._protocol import Network
 from skquant.torch import TorchNetwork, measure_sensitivity
-
-
-class Block(nn.Module):
-    def __init__(self, c_in, c_out, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.down = (
-            nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-            if stride != 1 or c_in != c_out
-            else None
-        )
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + (x if self.down is None else self.down(x)))
-
-
-class ResNet(nn.Module):
-    def __init__(self, widths=(16, 32, 64), classes=10):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(),
-        )
-        blocks, c = [], widths[0]
-        for i, w in enumerate(widths):
-            blocks += [Block(c, w, 1 if i == 0 else 2), Block(w, w, 1)]
-            c = w
-        self.blocks = nn.ModuleList(blocks)
-        self.fc = nn.Linear(c, classes)
-
-    def forward(self, x):
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 def _networks(names):
@@ -81,7 +37,7 @@ def _networks(names):
             _, _, Xte, yte = mnist_tensors("fashion-mnist", image=True)
             yield (
                 "ResNet-style (random weights)",
-                ResNet().eval(),
+                ResNetStyle().eval(),
                 Xte[:2000],
                 yte[:2000],
             )

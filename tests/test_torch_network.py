@@ -627,6 +627,33 @@ def test_layer_outputs_of_a_traced_model_run_what_the_layer_changes():
             assert COUNTED[0] == (0 if branch else 2) + 3 * per_call
 
 
+def test_walk_of_a_traced_model_runs_it_once(monkeypatch):
+    """The walk of a model whose forward is not a sequence carries its quantized
+    copy layer to layer on torch.fx's graph (one float pass and one quantized
+    pass, the counted input once each per batch) instead of a pass stopped at
+    each layer, and gives the codes those passes give."""
+    torch.manual_seed(0)
+    model = Residual().eval()
+    x = torch.rand(12, 1, 8, 8)
+    quantizer = GreedyPathQuantizer(n_bits=3)
+    COUNTED[0] = 0
+    qnet = quantize_model(model, quantizer, x, batch_size=6)
+    assert COUNTED[0] == 2 * 2
+    monkeypatch.setattr(network_module, "_trace", lambda block: None)
+    COUNTED[0] = 0
+    stopped = quantize_model(model, quantizer, x, batch_size=6)
+    assert COUNTED[0] == 2 * 6  # the float pass, then one per later layer
+
+    def same(a, b):
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+    assert same(qnet.state_dict(), stopped.state_dict())
+    with torch.no_grad():
+        assert torch.equal(qnet(x), stopped(x))
+
+
 def test_layer_outputs_run_the_layers_before_once(monkeypatch):
     """The prefix runs once for all calls; the layer and what follows, each call.
     A container with hooks of its own, or a weight shared with an earlier

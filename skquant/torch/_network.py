@@ -11,8 +11,10 @@ them and as the already quantized prefix does, and is built to be cheap:
 * inside an ``nn.Sequential`` the activations of both models are carried from
   child to child, so each child runs once per model (the quantized prefix's
   output is reused by the next layer);
-* any other module runs once in float to capture all its layers' inputs, then
-  once per layer in the quantized copy, stopped at that layer.
+* any other module runs once in float to capture all its layers' inputs; its
+  quantized copy, when ``torch.fx`` traces it, is carried from layer to layer on
+  the graph (each operation once, each value dropped once read), else run once
+  per layer, stopped at that layer.
 """
 
 import copy
@@ -99,18 +101,16 @@ def _graph_split(model, name, mod):
     runs those (on copies of the kept values). ``(None, None)`` when the model
     cannot be traced, has hooks, takes more than one input, or calls the layer
     (or reads its weight) anywhere else."""
-    if _global_hooks() or any(
-        m._forward_hooks or m._forward_pre_hooks for m in model.modules()
-    ):
+    traced = None
+    if not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        traced = _trace(model)
+    if traced is None:
         return None, None
-    try:
-        graph = torch.fx.symbolic_trace(model)
-    except Exception:  # any model fx cannot trace runs whole, as before
-        return None, None
+    graph, placeholder = traced
+    inputs = [placeholder]
     nodes = list(graph.graph.nodes)
     calls = [n for n in nodes if n.op == "call_module" and n.target == name]
-    inputs = [n for n in nodes if n.op == "placeholder"]
-    if len(calls) != 1 or len(inputs) != 1:
+    if len(calls) != 1:
         return None, None
     for n in nodes:
         if n.op == "get_attr":
@@ -140,32 +140,92 @@ def _graph_split(model, name, mod):
     needed = _reached(frontier, lambda n: n.all_input_nodes)
     first = [n for n in nodes if n in needed and n.op != "placeholder"]
     then = [n for n in nodes if n in depends]
-    interpreter = torch.fx.Interpreter(graph)
-
-    def run(order, env, keep):
-        """Evaluate ``order`` on ``env``, each value dropped after its last
-        reader unless in ``keep``."""
-        last = {}
-        for i, n in enumerate(order):
-            for a in n.all_input_nodes:
-                last[a] = i
-        interpreter.env = env
-        for i, n in enumerate(order):
-            env[n] = interpreter.run_node(n)
-            for a in n.all_input_nodes:
-                if last[a] == i and a not in keep:
-                    del env[a]
-        return env
+    outside = [n for n in nodes if n not in depends]
 
     def start(x):
-        env = run(first, {inputs[0]: x}, set(frontier))
-        return {n: env[n] for n in frontier}
+        run = _GraphRun(graph, [{inputs[0]: x}], done=inputs)
+        run.advance(first, keep=frontier)
+        return {n: run.envs[0][n] for n in frontier}
 
     def rest(kept):
-        env = run(then, {n: _cloned(v) for n, v in kept.items()}, {output})
+        env = {n: _cloned(v) for n, v in kept.items()}
+        _GraphRun(graph, [env], done=outside).advance(then, keep=[output])
         return env[output]
 
     return start, rest
+
+
+def _trace(block):
+    """``block``'s ``torch.fx`` graph and its one input node, or ``None`` when it
+    cannot be traced, takes more than one input or has hooks (of its own or on
+    every module) that a run of the graph would skip."""
+    if _global_hooks() or block._forward_hooks or block._forward_pre_hooks:
+        return None
+    try:
+        graph = torch.fx.symbolic_trace(block)
+    except Exception:  # any model fx cannot trace runs as before
+        return None
+    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    return (graph, inputs[0]) if len(inputs) == 1 else None
+
+
+class _GraphRun:
+    """Nodes of a ``torch.fx`` graph evaluated on one environment per batch (node
+    -> value), each value dropped as soon as every node that reads it has run
+    (the nodes in ``done`` count as run)."""
+
+    def __init__(self, graph, envs, done=()):
+        self.interpreter = torch.fx.Interpreter(graph)
+        self.envs = envs
+        self.done = set(done)
+
+    def advance(self, nodes, keep=()):
+        """Evaluate ``nodes`` (in graph order) on every batch; values in ``keep``
+        stay."""
+        now = set(nodes)
+        last = {}
+        for i, n in enumerate(nodes):
+            for a in n.all_input_nodes:
+                last[a] = i
+        drop = {}
+        for a, i in last.items():
+            if a not in keep and all(u in self.done or u in now for u in a.users):
+                drop.setdefault(i, []).append(a)
+        with torch.no_grad():
+            for env in self.envs:
+                self.interpreter.env = env
+                for i, n in enumerate(nodes):
+                    env[n] = self.interpreter.run_node(n)
+                    for a in drop.get(i, ()):
+                        env.pop(a, None)
+        self.done |= now
+
+
+class _GraphWalk:
+    """The quantized copy of a traced block evaluated layer by layer: each layer's
+    input batches computed from what the previous layers' computed (one pass of
+    the block over the walk, not one stopped pass per layer)."""
+
+    def __init__(self, traced, batches):
+        self.graph, placeholder = traced
+        self.nodes = list(self.graph.graph.nodes)
+        self.run = _GraphRun(
+            self.graph, [{placeholder: x} for x in batches], done=[placeholder]
+        )
+
+    def inputs(self, target):
+        """The input batches of the first call of submodule ``target``, or
+        ``None`` when the graph does not call it."""
+        call = next(
+            (n for n in self.nodes if n.op == "call_module" and n.target == target),
+            None,
+        )
+        if call is None or not call.args or not isinstance(call.args[0], torch.fx.Node):
+            return None
+        source = call.args[0]
+        need = _reached([source], lambda n: n.all_input_nodes) - self.run.done
+        self.run.advance([n for n in self.nodes if n in need])
+        return [env[source] for env in self.run.envs]
 
 
 def _global_hooks():
@@ -593,10 +653,17 @@ class TorchNetwork(Network):
                 "calibration data; leave them out with skip=[...]."
             )
         first = True
+        traced = _trace(qblock)
+        walk = None if traced is None else _GraphWalk(traced, qcache)
         for name in order:
             Xf = as_float64(store.pop(name))  # one layer at a time in float64
+            batches = None
+            if not (first and qcache is fcache) and walk is not None:
+                batches = walk.inputs(name[len(prefix) + 1 :] if prefix else name)
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
+            elif batches is not None:  # the traced graph, carried layer to layer
+                Xq = self._rows_of(qmods[name], name, batches, sampler)
             else:
                 Xq = self._stopped_rows(qblock, qmods[name], name, qcache, sampler)
             first = False
