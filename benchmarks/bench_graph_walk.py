@@ -25,7 +25,7 @@ from _models import ResNetStyle
 
 from skquant import GreedyPathQuantizer
 from skquant.datasets import mnist_available
-from skquant.torch import _network, quantize_model
+from skquant.torch import _graph, quantize_model
 
 
 def _images(n):
@@ -51,19 +51,19 @@ def main():
     torch.manual_seed(0)
     model = ResNetStyle().eval()
     X = _images(args.n_samples)
-    trace = _network._trace
+    trace = _graph.trace
     times = {"graph": [], "stopped": []}
     models = {}
     for r in range(args.rounds + 1):
         for how in times:
-            _network._trace = trace if how == "graph" else (lambda block: None)
+            _graph.trace = trace if how == "graph" else (lambda block: None)
             try:
                 start = time.perf_counter()
                 models[how] = quantize_model(model, GreedyPathQuantizer(n_bits=4), X)
                 if r:
                     times[how].append(time.perf_counter() - start)
             finally:
-                _network._trace = trace
+                _graph.trace = trace
     a, b = (statistics.median(times[h]) for h in ("graph", "stopped"))
     same = _same(models["graph"].state_dict(), models["stopped"].state_dict())
     print(

@@ -23,9 +23,9 @@ from skquant.torch import (  # noqa: E402
     QuantConv2d,
     QuantLinear,
     TorchNetwork,
+    _graph,  # noqa: E402
     quantize_model,
 )
-from skquant.torch import _network as network_module  # noqa: E402
 from skquant.torch._rows import gather_rows, rows_per_sample  # noqa: E402
 
 
@@ -602,7 +602,7 @@ def test_layer_outputs_of_unusual_sequences(monkeypatch):
     cases += [(inplace, "2")]
     for model, name in cases:
         if model is inplace:
-            monkeypatch.setattr(network_module, "PREFIX_BYTES", 1)
+            monkeypatch.setattr(_graph, "PREFIX_BYTES", 1)
         net = TorchNetwork(model.eval(), batch_size=4)
         run = net.layer_outputs(x, name)
         for _ in range(2):
@@ -639,7 +639,7 @@ def test_walk_of_a_traced_model_runs_it_once(monkeypatch):
     COUNTED[0] = 0
     qnet = quantize_model(model, quantizer, x, batch_size=6)
     assert COUNTED[0] == 2 * 2
-    monkeypatch.setattr(network_module, "_trace", lambda block: None)
+    monkeypatch.setattr(_graph, "trace", lambda block: None)
     COUNTED[0] = 0
     stopped = quantize_model(model, quantizer, x, batch_size=6)
     assert COUNTED[0] == 2 * 6  # the float pass, then one per later layer
@@ -692,7 +692,7 @@ def test_layer_outputs_run_the_layers_before_once(monkeypatch):
     )
     calls.update(first=0)
     one_batch = 8 * 16 * 4  # the input of "2.2": 8 rows of 16 float32 features
-    monkeypatch.setattr(network_module, "PREFIX_BYTES", one_batch)
+    monkeypatch.setattr(_graph, "PREFIX_BYTES", one_batch)
     net = TorchNetwork(model, batch_size=8)
     run = net.layer_outputs(x, "2.2")  # the first batch fits, not the second
     for _ in range(3):

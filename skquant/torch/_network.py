@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .._network._protocol import LayerStep, Network
+from . import _graph
 from ._capture import capture
 from ._checkpoint import drop, is_meta, owner, put
 from ._data import batches, input_batches, model_device, model_dtype
@@ -32,222 +33,6 @@ from ._gradients import loss_gradients
 from ._layout import check_supported, matrix_to_weight, to_numpy, weight_to_matrix
 from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
 from ._state import kept_state
-
-#: Most bytes :meth:`TorchNetwork.layer_outputs` keeps of the layers before the
-#: measured one (their output on all the rows); past it the model runs whole.
-PREFIX_BYTES = 1 << 30
-
-
-def _nbytes(value):
-    """Bytes of the tensors in ``value`` (nested in tuples, lists and dicts)."""
-    if isinstance(value, torch.Tensor):
-        return value.nbytes
-    if isinstance(value, tuple | list):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
-
-
-def _cloned(value):
-    """``value`` with each tensor in it cloned (a kept value stays as it was
-    whatever the operations that read it do to their inputs)."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple | list):
-        return type(value)(_cloned(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _cloned(v) for k, v in value.items()}
-    return value
-
-
-def _sequence_split(model, name, mod):
-    """``(start, rest)`` for :meth:`TorchNetwork.layer_outputs` through the
-    ``nn.Sequential`` containers (without hooks of their own) that hold layer
-    ``name``: ``start(x)`` runs the children before the one holding it,
-    ``rest(kept)`` the rest, in forward order. ``(None, None)`` when no module
-    runs before it this way, or one of those shares the layer's weight."""
-    before, tails = [], []
-    block, parts = model, name.split(".") if name else []
-    if _global_hooks():
-        return None, None
-    while (
-        parts
-        and isinstance(block, nn.Sequential)
-        and type(block).forward is nn.Sequential.forward
-        and not (block._forward_hooks or block._forward_pre_hooks)
-    ):
-        children = list(block._modules.items())  # a module twice runs twice
-        j = next(i for i, (c, _) in enumerate(children) if c == parts[0])
-        before += [m for _, m in children[:j]]
-        tails.append([m for _, m in children[j + 1 :]])
-        block, parts = children[j][1], parts[1:]
-    after = [block] + [m for tail in reversed(tails) for m in tail]
-    if not before or any(p is mod.weight for m in before for p in m.parameters()):
-        return None, None
-
-    def run(modules, x):
-        for m in modules:
-            x = m(x)
-        return x
-
-    return lambda x: run(before, x), lambda kept: run(after, kept.clone())
-
-
-def _graph_split(model, name, mod):
-    """``(start, rest)`` for :meth:`TorchNetwork.layer_outputs` from the model's
-    ``torch.fx`` graph: ``start(x)`` runs the operations that do not depend on
-    layer ``name`` and keeps the values that those which do read, ``rest(kept)``
-    runs those (on copies of the kept values). ``(None, None)`` when the model
-    cannot be traced, has hooks, takes more than one input, or calls the layer
-    (or reads its weight) anywhere else."""
-    traced = None
-    if not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        traced = _trace(model)
-    if traced is None:
-        return None, None
-    graph, placeholder = traced
-    inputs = [placeholder]
-    nodes = list(graph.graph.nodes)
-    calls = [n for n in nodes if n.op == "call_module" and n.target == name]
-    if len(calls) != 1:
-        return None, None
-    for n in nodes:
-        if n.op == "get_attr":
-            try:
-                shared = graph.get_parameter(n.target) is mod.weight
-            except AttributeError:  # a buffer or a constant
-                shared = False
-        elif n.op == "call_module" and n is not calls[0]:
-            shared = any(
-                p is mod.weight for p in graph.get_submodule(n.target).parameters()
-            )
-        else:
-            shared = False
-        if shared:
-            return None, None
-    depends = _reached(calls, lambda n: n.users)
-    output = next((n for n in nodes if n.op == "output" and n in depends), None)
-    if output is None:
-        return None, None
-    frontier = [
-        a
-        for a in dict.fromkeys(
-            a for n in nodes if n in depends for a in n.all_input_nodes
-        )
-        if a not in depends
-    ]
-    needed = _reached(frontier, lambda n: n.all_input_nodes)
-    first = [n for n in nodes if n in needed and n.op != "placeholder"]
-    then = [n for n in nodes if n in depends]
-    outside = [n for n in nodes if n not in depends]
-
-    def start(x):
-        run = _GraphRun(graph, [{inputs[0]: x}], done=inputs)
-        run.advance(first, keep=frontier)
-        return {n: run.envs[0][n] for n in frontier}
-
-    def rest(kept):
-        env = {n: _cloned(v) for n, v in kept.items()}
-        _GraphRun(graph, [env], done=outside).advance(then, keep=[output])
-        return env[output]
-
-    return start, rest
-
-
-def _trace(block):
-    """``block``'s ``torch.fx`` graph and its one input node, or ``None`` when it
-    cannot be traced, takes more than one input or has hooks (of its own or on
-    every module) that a run of the graph would skip."""
-    if _global_hooks() or block._forward_hooks or block._forward_pre_hooks:
-        return None
-    try:
-        graph = torch.fx.symbolic_trace(block)
-    except Exception:  # any model fx cannot trace runs as before
-        return None
-    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
-    return (graph, inputs[0]) if len(inputs) == 1 else None
-
-
-class _GraphRun:
-    """Nodes of a ``torch.fx`` graph evaluated on one environment per batch (node
-    -> value), each value dropped as soon as every node that reads it has run
-    (the nodes in ``done`` count as run)."""
-
-    def __init__(self, graph, envs, done=()):
-        self.interpreter = torch.fx.Interpreter(graph)
-        self.envs = envs
-        self.done = set(done)
-
-    def advance(self, nodes, keep=()):
-        """Evaluate ``nodes`` (in graph order) on every batch; values in ``keep``
-        stay."""
-        now = set(nodes)
-        last = {}
-        for i, n in enumerate(nodes):
-            for a in n.all_input_nodes:
-                last[a] = i
-        drop = {}
-        for a, i in last.items():
-            if a not in keep and all(u in self.done or u in now for u in a.users):
-                drop.setdefault(i, []).append(a)
-        with torch.no_grad():
-            for env in self.envs:
-                self.interpreter.env = env
-                for i, n in enumerate(nodes):
-                    env[n] = self.interpreter.run_node(n)
-                    for a in drop.get(i, ()):
-                        env.pop(a, None)
-        self.done |= now
-
-
-class _GraphWalk:
-    """The quantized copy of a traced block evaluated layer by layer: each layer's
-    input batches computed from what the previous layers' computed (one pass of
-    the block over the walk, not one stopped pass per layer)."""
-
-    def __init__(self, traced, batches):
-        self.graph, placeholder = traced
-        self.nodes = list(self.graph.graph.nodes)
-        self.run = _GraphRun(
-            self.graph, [{placeholder: x} for x in batches], done=[placeholder]
-        )
-
-    def inputs(self, target):
-        """The input batches of the first call of submodule ``target``, or
-        ``None`` when the graph does not call it."""
-        call = next(
-            (n for n in self.nodes if n.op == "call_module" and n.target == target),
-            None,
-        )
-        if call is None or not call.args or not isinstance(call.args[0], torch.fx.Node):
-            return None
-        source = call.args[0]
-        need = _reached([source], lambda n: n.all_input_nodes) - self.run.done
-        self.run.advance([n for n in self.nodes if n in need])
-        return [env[source] for env in self.run.envs]
-
-
-def _global_hooks():
-    """Whether forward hooks registered for every module are in force (they
-    would see the containers that a split run does not call)."""
-    from torch.nn.modules import module
-
-    return bool(
-        getattr(module, "_global_forward_hooks", None)
-        or getattr(module, "_global_forward_pre_hooks", None)
-    )
-
-
-def _reached(starts, step):
-    """The nodes reached from ``starts`` (included) by ``step(node)``."""
-    seen, stack = set(), list(starts)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(step(n))
-    return seen
 
 
 class TorchNetwork(Network):
@@ -653,8 +438,8 @@ class TorchNetwork(Network):
                 "calibration data; leave them out with skip=[...]."
             )
         first = True
-        traced = _trace(qblock)
-        walk = None if traced is None else _GraphWalk(traced, qcache)
+        traced = _graph.trace(qblock)
+        walk = None if traced is None else _graph.GraphWalk(traced, qcache)
         for name in order:
             Xf = as_float64(store.pop(name))  # one layer at a time in float64
             batches = None
@@ -798,31 +583,9 @@ class TorchNetwork(Network):
         self.check_layer_names([name], "name")
         model = copy.deepcopy(self.model)
         model.eval()
-        mod = model.get_submodule(name)
-        start, rest = _sequence_split(model, name, mod)
-        if start is None:
-            start, rest = _graph_split(model, name, mod)
         dtype, device = model_dtype(model), model_device(model)
         inputs = input_batches(data, self.batch_size, dtype, device)
-        cache, held = [], 0
-        with torch.no_grad():
-            for x in inputs if start is not None else ():
-                kept = start(x.clone())  # the batches stay as they were
-                held += _nbytes(kept)
-                if held > PREFIX_BYTES:  # too large to keep: run it all each call
-                    start = None
-                    break
-                cache.append(kept)
-        if start is None:
-            cache, rest = inputs, lambda x: model(x.clone())
-
-        def outputs(W):
-            with torch.no_grad():
-                mod.weight.copy_(matrix_to_weight(W, mod))
-                out = [rest(kept) for kept in cache]
-                return to_numpy(torch.cat(out)).astype(np.float64)
-
-        return outputs
+        return _graph.layer_outputs(model, name, inputs)
 
     def outputs(self, data, weights=None):
         """The model's outputs on ``data`` as a NumPy array, some weights replaced."""

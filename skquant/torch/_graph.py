@@ -1,0 +1,264 @@
+"""Running a torch model in parts, for the network adapter.
+
+* From a layer on (:func:`layer_outputs`, the sensitivity sweep): what does not
+  depend on the layer runs once, through the ``nn.Sequential`` containers that
+  hold it (:func:`sequence_split`) or on the model's ``torch.fx`` graph
+  (:func:`graph_split`), and each call runs the rest.
+* Layer to layer on a ``torch.fx`` graph (:class:`GraphWalk`, the walk's
+  quantized copy of a module that is not a sequence): each operation once, each
+  value dropped once read (:class:`GraphRun`).
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._layout import matrix_to_weight, to_numpy
+
+__all__ = ["GraphWalk", "layer_outputs", "trace"]
+
+
+#: Most bytes :func:`layer_outputs` keeps of what does not depend on the
+#: measured layer (on all the rows); past it the model runs whole.
+PREFIX_BYTES = 1 << 30
+
+
+def nbytes(value):
+    """Bytes of the tensors in ``value`` (nested in tuples, lists and dicts)."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, tuple | list):
+        return sum(nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(nbytes(v) for v in value.values())
+    return 0
+
+
+def cloned(value):
+    """``value`` with each tensor in it cloned (a kept value stays as it was
+    whatever the operations that read it do to their inputs)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple | list):
+        return type(value)(cloned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: cloned(v) for k, v in value.items()}
+    return value
+
+
+def sequence_split(model, name, mod):
+    """``(start, rest)`` for :func:`layer_outputs` through the ``nn.Sequential``
+    containers (without hooks of their own) that hold layer ``name``:
+    ``start(x)`` runs the children before the one holding it, ``rest(kept)`` the
+    rest, in forward order. ``(None, None)`` when no module
+    runs before it this way, or one of those shares the layer's weight."""
+    before, tails = [], []
+    block, parts = model, name.split(".") if name else []
+    if global_hooks():
+        return None, None
+    while (
+        parts
+        and isinstance(block, nn.Sequential)
+        and type(block).forward is nn.Sequential.forward
+        and not (block._forward_hooks or block._forward_pre_hooks)
+    ):
+        children = list(block._modules.items())  # a module twice runs twice
+        j = next(i for i, (c, _) in enumerate(children) if c == parts[0])
+        before += [m for _, m in children[:j]]
+        tails.append([m for _, m in children[j + 1 :]])
+        block, parts = children[j][1], parts[1:]
+    after = [block] + [m for tail in reversed(tails) for m in tail]
+    if not before or any(p is mod.weight for m in before for p in m.parameters()):
+        return None, None
+
+    def run(modules, x):
+        for m in modules:
+            x = m(x)
+        return x
+
+    return lambda x: run(before, x), lambda kept: run(after, kept.clone())
+
+
+def graph_split(model, name, mod):
+    """``(start, rest)`` for :func:`layer_outputs` from the model's ``torch.fx``
+    graph: ``start(x)`` runs the operations that do not depend on
+    layer ``name`` and keeps the values that those which do read, ``rest(kept)``
+    runs those (on copies of the kept values). ``(None, None)`` when the model
+    cannot be traced, has hooks, takes more than one input, or calls the layer
+    (or reads its weight) anywhere else."""
+    traced = None
+    if not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        traced = trace(model)
+    if traced is None:
+        return None, None
+    graph, placeholder = traced
+    inputs = [placeholder]
+    nodes = list(graph.graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == name]
+    if len(calls) != 1:
+        return None, None
+    for n in nodes:
+        if n.op == "get_attr":
+            try:
+                shared = graph.get_parameter(n.target) is mod.weight
+            except AttributeError:  # a buffer or a constant
+                shared = False
+        elif n.op == "call_module" and n is not calls[0]:
+            shared = any(
+                p is mod.weight for p in graph.get_submodule(n.target).parameters()
+            )
+        else:
+            shared = False
+        if shared:
+            return None, None
+    depends = reached(calls, lambda n: n.users)
+    output = next((n for n in nodes if n.op == "output" and n in depends), None)
+    if output is None:
+        return None, None
+    frontier = [
+        a
+        for a in dict.fromkeys(
+            a for n in nodes if n in depends for a in n.all_input_nodes
+        )
+        if a not in depends
+    ]
+    needed = reached(frontier, lambda n: n.all_input_nodes)
+    first = [n for n in nodes if n in needed and n.op != "placeholder"]
+    then = [n for n in nodes if n in depends]
+    outside = [n for n in nodes if n not in depends]
+
+    def start(x):
+        run = GraphRun(graph, [{inputs[0]: x}], done=inputs)
+        run.advance(first, keep=frontier)
+        return {n: run.envs[0][n] for n in frontier}
+
+    def rest(kept):
+        env = {n: cloned(v) for n, v in kept.items()}
+        GraphRun(graph, [env], done=outside).advance(then, keep=[output])
+        return env[output]
+
+    return start, rest
+
+
+def trace(block):
+    """``block``'s ``torch.fx`` graph and its one input node, or ``None`` when it
+    cannot be traced, takes more than one input or has hooks (of its own or on
+    every module) that a run of the graph would skip."""
+    if global_hooks() or block._forward_hooks or block._forward_pre_hooks:
+        return None
+    try:
+        graph = torch.fx.symbolic_trace(block)
+    except Exception:  # any model fx cannot trace runs as before
+        return None
+    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    return (graph, inputs[0]) if len(inputs) == 1 else None
+
+
+class GraphRun:
+    """Nodes of a ``torch.fx`` graph evaluated on one environment per batch (node
+    -> value), each value dropped as soon as every node that reads it has run
+    (the nodes in ``done`` count as run)."""
+
+    def __init__(self, graph, envs, done=()):
+        self.interpreter = torch.fx.Interpreter(graph)
+        self.envs = envs
+        self.done = set(done)
+
+    def advance(self, nodes, keep=()):
+        """Evaluate ``nodes`` (in graph order) on every batch; values in ``keep``
+        stay."""
+        now = set(nodes)
+        last = {}
+        for i, n in enumerate(nodes):
+            for a in n.all_input_nodes:
+                last[a] = i
+        drop = {}
+        for a, i in last.items():
+            if a not in keep and all(u in self.done or u in now for u in a.users):
+                drop.setdefault(i, []).append(a)
+        with torch.no_grad():
+            for env in self.envs:
+                self.interpreter.env = env
+                for i, n in enumerate(nodes):
+                    env[n] = self.interpreter.run_node(n)
+                    for a in drop.get(i, ()):
+                        env.pop(a, None)
+        self.done |= now
+
+
+class GraphWalk:
+    """The quantized copy of a traced block evaluated layer by layer: each layer's
+    input batches computed from what the previous layers' computed (one pass of
+    the block over the walk, not one stopped pass per layer)."""
+
+    def __init__(self, traced, batches):
+        self.graph, placeholder = traced
+        self.nodes = list(self.graph.graph.nodes)
+        self.run = GraphRun(
+            self.graph, [{placeholder: x} for x in batches], done=[placeholder]
+        )
+
+    def inputs(self, target):
+        """The input batches of the first call of submodule ``target``, or
+        ``None`` when the graph does not call it."""
+        call = next(
+            (n for n in self.nodes if n.op == "call_module" and n.target == target),
+            None,
+        )
+        if call is None or not call.args or not isinstance(call.args[0], torch.fx.Node):
+            return None
+        source = call.args[0]
+        need = reached([source], lambda n: n.all_input_nodes) - self.run.done
+        self.run.advance([n for n in self.nodes if n in need])
+        return [env[source] for env in self.run.envs]
+
+
+def global_hooks():
+    """Whether forward hooks registered for every module are in force (they
+    would see the containers that a split run does not call)."""
+    from torch.nn.modules import module
+
+    return bool(
+        getattr(module, "_global_forward_hooks", None)
+        or getattr(module, "_global_forward_pre_hooks", None)
+    )
+
+
+def reached(starts, step):
+    """The nodes reached from ``starts`` (included) by ``step(node)``."""
+    seen, stack = set(), list(starts)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(step(n))
+    return seen
+
+
+def layer_outputs(model, name, inputs):
+    """``outputs(W)`` of :meth:`TorchNetwork.layer_outputs
+    <skquant.torch.TorchNetwork.layer_outputs>` for ``model`` (a copy in eval
+    mode, whose layer ``name`` the calls write to) on the batches ``inputs``."""
+    mod = model.get_submodule(name)
+    start, rest = sequence_split(model, name, mod)
+    if start is None:
+        start, rest = graph_split(model, name, mod)
+    cache, held = [], 0
+    with torch.no_grad():
+        for x in inputs if start is not None else ():
+            kept = start(x.clone())  # the batches stay as they were
+            held += nbytes(kept)
+            if held > PREFIX_BYTES:  # too large to keep: run it all each call
+                start = None
+                break
+            cache.append(kept)
+    if start is None:
+        cache, rest = inputs, lambda x: model(x.clone())
+
+    def outputs(W):
+        with torch.no_grad():
+            mod.weight.copy_(matrix_to_weight(W, mod))
+            out = [rest(kept) for kept in cache]
+            return to_numpy(torch.cat(out)).astype(np.float64)
+
+    return outputs
