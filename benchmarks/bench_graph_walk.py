@@ -56,7 +56,7 @@ def main():
     models = {}
     for r in range(args.rounds + 1):
         for how in times:
-            _graph.trace = trace if how == "graph" else (lambda block: None)
+            _graph.trace = trace if how == "graph" else (lambda block, sample: None)
             try:
                 start = time.perf_counter()
                 models[how] = quantize_model(model, GreedyPathQuantizer(n_bits=4), X)

@@ -624,22 +624,25 @@ def test_layer_outputs_of_a_traced_model_run_what_the_layer_changes():
             W = net.weight(name)
             for _ in range(3):
                 run(W)
-            assert COUNTED[0] == (0 if branch else 2) + 3 * per_call
+            # traced: the check of the graph against the forward on one batch
+            # (graph and forward: 2), then what does not depend on the layer
+            assert COUNTED[0] == (0 if branch else 2 + 2) + 3 * per_call
 
 
 def test_walk_of_a_traced_model_runs_it_once(monkeypatch):
     """The walk of a model whose forward is not a sequence carries its quantized
     copy layer to layer on torch.fx's graph (one float pass and one quantized
-    pass, the counted input once each per batch) instead of a pass stopped at
-    each layer, and gives the codes those passes give."""
+    pass, the counted input once each per batch, and the graph checked against
+    the forward on one batch) instead of a pass stopped at each layer, and gives
+    the codes those passes give."""
     torch.manual_seed(0)
     model = Residual().eval()
     x = torch.rand(12, 1, 8, 8)
     quantizer = GreedyPathQuantizer(n_bits=3)
     COUNTED[0] = 0
     qnet = quantize_model(model, quantizer, x, batch_size=6)
-    assert COUNTED[0] == 2 * 2
-    monkeypatch.setattr(_graph, "trace", lambda block: None)
+    assert COUNTED[0] == 2 + 2 + 2  # float pass, the graph's check, quantized pass
+    monkeypatch.setattr(_graph, "trace", lambda block, sample: None)
     COUNTED[0] = 0
     stopped = quantize_model(model, quantizer, x, batch_size=6)
     assert COUNTED[0] == 2 * 6  # the float pass, then one per later layer
@@ -652,6 +655,90 @@ def test_walk_of_a_traced_model_runs_it_once(monkeypatch):
     assert same(qnet.state_dict(), stopped.state_dict())
     with torch.no_grad():
         assert torch.equal(qnet(x), stopped(x))
+
+
+class AddInPlace(nn.Module):
+    """A residual added in place by a statement whose result nothing reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        a = self.fc1(x)
+        out = self.fc2(a)
+        out.add_(a)
+        return self.fc3(torch.relu(out))
+
+
+class ReluAfterBranch(nn.Module):
+    """A shortcut that reads a tensor before an in-place ReLU writes to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.down = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.relu, self.fc2 = nn.ReLU(inplace=True), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.fc1(x)
+        shortcut = self.down(x)
+        x = self.relu(x)
+        return self.fc2(x + shortcut)
+
+
+class AliasedAdd(nn.Module):
+    """``a += ...`` where ``a`` has another name: fx records an out-of-place add."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.fc3, self.fc4 = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        a = self.fc1(x)
+        skip = a
+        a += self.fc2(a)
+        return self.fc3(a) + self.fc4(skip)
+
+
+def _hooked_in_place():
+    model = AddInPlace()
+
+    def clamp(module, args, out):
+        out.clamp_(-0.1, 0.1)
+
+    model.fc2.register_forward_hook(clamp)
+    return model
+
+
+def _pre_hooked():
+    model = AddInPlace()
+    model.fc2.register_forward_pre_hook(lambda m, args: (args[0] * 3,))
+    return model
+
+
+@pytest.mark.parametrize(
+    "make", [AddInPlace, ReluAfterBranch, AliasedAdd, _hooked_in_place, _pre_hooked]
+)
+def test_in_place_writes_and_hooks_as_the_forward_runs_them(make, monkeypatch):
+    """Models that write in place, alias tensors, or hook their layers: the walk
+    gives the codes of passes stopped at each layer, and running from a layer on
+    gives the whole forward's outputs."""
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(24, 8)
+    quantizer = GreedyPathQuantizer(n_bits=3)
+    walked = quantize_model(model, quantizer, x, batch_size=8)
+    net = TorchNetwork(model, batch_size=8)
+    for name in net.layer_names:
+        V = net.weight(name) + 0.5
+        run = net.layer_outputs(x, name)
+        for _ in range(2):
+            assert_array_equal(run(V), net.outputs(x, {name: V}), err_msg=name)
+    monkeypatch.setattr(_graph, "trace", lambda block, sample: None)
+    stopped = quantize_model(model, quantizer, x, batch_size=8)
+    with torch.no_grad():
+        assert torch.equal(walked(x), stopped(x))
 
 
 def test_layer_outputs_run_the_layers_before_once(monkeypatch):

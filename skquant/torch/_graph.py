@@ -9,10 +9,13 @@
   value dropped once read (:class:`GraphRun`).
 """
 
+import operator
+
 import numpy as np
 import torch
 from torch import nn
 
+from ._capture import StopForward
 from ._layout import matrix_to_weight, to_numpy
 
 __all__ = ["GraphWalk", "layer_outputs", "trace"]
@@ -79,17 +82,18 @@ def sequence_split(model, name, mod):
     return lambda x: run(before, x), lambda kept: run(after, kept.clone())
 
 
-def graph_split(model, name, mod):
+def graph_split(model, name, mod, sample):
     """``(start, rest)`` for :func:`layer_outputs` from the model's ``torch.fx``
     graph: ``start(x)`` runs the operations that do not depend on
     layer ``name`` and keeps the values that those which do read, ``rest(kept)``
     runs those (on copies of the kept values). ``(None, None)`` when the model
-    cannot be traced, has hooks, takes more than one input, or calls the layer
-    (or reads its weight) anywhere else."""
+    cannot be traced (see :func:`trace`; ``sample``: a batch), has hooks, writes
+    to a tensor in place, or calls the layer (or reads its weight) anywhere
+    else."""
     traced = None
     if not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
-        traced = trace(model)
-    if traced is None:
+        traced = trace(model, sample)
+    if traced is None or writes_in_place(traced[0]):
         return None, None
     graph, placeholder = traced
     inputs = [placeholder]
@@ -140,18 +144,75 @@ def graph_split(model, name, mod):
     return start, rest
 
 
-def trace(block):
+def trace(block, sample):
     """``block``'s ``torch.fx`` graph and its one input node, or ``None`` when it
-    cannot be traced, takes more than one input or has hooks (of its own or on
-    every module) that a run of the graph would skip."""
+    cannot be traced, takes more than one input, has hooks (of its own or on
+    every module) that a run of the graph would skip, or gives on the batch
+    ``sample`` other outputs than ``block`` itself (bit for bit: fx records
+    ``a += b`` as ``a = a + b``, which differs where ``a`` has another name)."""
     if global_hooks() or block._forward_hooks or block._forward_pre_hooks:
         return None
     try:
         graph = torch.fx.symbolic_trace(block)
-    except Exception:  # any model fx cannot trace runs as before
+        inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
+        if len(inputs) != 1:
+            return None
+        with torch.no_grad():
+            if not same(graph(sample.clone()), block(sample.clone())):
+                return None
+    except Exception:  # any block fx cannot trace or run runs as before
         return None
-    inputs = [n for n in graph.graph.nodes if n.op == "placeholder"]
-    return (graph, inputs[0]) if len(inputs) == 1 else None
+    return graph, inputs[0]
+
+
+def same(a, b):
+    """Whether two outputs (tensors, nested in tuples, lists and dicts) are
+    equal, bit for bit (a NaN never equals: such outputs count as different)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        both = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        return both and a.shape == b.shape and bool(torch.equal(a, b))
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def writes_in_place(graph):
+    """Whether an operation of ``graph`` may write to a tensor it reads
+    (``x.add_``, ``inplace=True``, an in-place module): keeping values across
+    calls is then unsafe."""
+    for n in graph.graph.nodes:
+        if n.op == "call_method" and n.target.endswith("_"):
+            return True
+        if n.op == "call_function" and (
+            n.kwargs.get("inplace")
+            or getattr(n.target, "__name__", "").endswith("_")
+            or getattr(n.target, "__name__", "").startswith("__i")
+            or n.target in _IN_PLACE
+        ):
+            return True
+        if n.op == "call_module" and getattr(
+            graph.get_submodule(n.target), "inplace", False
+        ):
+            return True
+    return False
+
+
+_IN_PLACE = {
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ifloordiv,
+    operator.imod,
+    operator.ipow,
+    operator.iand,
+    operator.ior,
+    operator.ixor,
+    operator.imatmul,
+    operator.setitem,
+}
 
 
 class GraphRun:
@@ -198,19 +259,41 @@ class GraphWalk:
             self.graph, [{placeholder: x} for x in batches], done=[placeholder]
         )
 
-    def inputs(self, target):
-        """The input batches of the first call of submodule ``target``, or
-        ``None`` when the graph does not call it."""
-        call = next(
-            (n for n in self.nodes if n.op == "call_module" and n.target == target),
+    def inputs(self, target, module):
+        """The input batches of the first call of submodule ``target`` (the
+        layer ``module``), as the layer gets them (after its pre-hooks), or
+        ``None`` when the graph does not call it. Every operation before that
+        call runs first, in the graph's order (as the forward runs them: an
+        in-place write before the call is seen)."""
+        at = next(
+            (
+                i
+                for i, n in enumerate(self.nodes)
+                if n.op == "call_module" and n.target == target
+            ),
             None,
         )
-        if call is None or not call.args or not isinstance(call.args[0], torch.fx.Node):
+        if at is None:
             return None
-        source = call.args[0]
-        need = reached([source], lambda n: n.all_input_nodes) - self.run.done
-        self.run.advance([n for n in self.nodes if n in need])
-        return [env[source] for env in self.run.envs]
+        self.run.advance([n for n in self.nodes[:at] if n not in self.run.done])
+        got = []
+
+        def grab(mod, args):
+            got.append(args[0])
+            raise StopForward
+
+        handle = module.register_forward_pre_hook(grab)
+        try:
+            with torch.no_grad():
+                for env in self.run.envs:
+                    self.run.interpreter.env = env
+                    try:
+                        self.run.interpreter.run_node(self.nodes[at])
+                    except StopForward:
+                        pass
+        finally:
+            handle.remove()
+        return got if len(got) == len(self.run.envs) else None
 
 
 def global_hooks():
@@ -242,7 +325,7 @@ def layer_outputs(model, name, inputs):
     mod = model.get_submodule(name)
     start, rest = sequence_split(model, name, mod)
     if start is None:
-        start, rest = graph_split(model, name, mod)
+        start, rest = graph_split(model, name, mod, inputs[0])
     cache, held = [], 0
     with torch.no_grad():
         for x in inputs if start is not None else ():

@@ -438,13 +438,15 @@ class TorchNetwork(Network):
                 "calibration data; leave them out with skip=[...]."
             )
         first = True
-        traced = _graph.trace(qblock)
+        traced = _graph.trace(qblock, qcache[0])
         walk = None if traced is None else _graph.GraphWalk(traced, qcache)
         for name in order:
             Xf = as_float64(store.pop(name))  # one layer at a time in float64
             batches = None
             if not (first and qcache is fcache) and walk is not None:
-                batches = walk.inputs(name[len(prefix) + 1 :] if prefix else name)
+                batches = walk.inputs(
+                    name[len(prefix) + 1 :] if prefix else name, qmods[name]
+                )
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
             elif batches is not None:  # the traced graph, carried layer to layer
