@@ -12,9 +12,10 @@ them and as the already quantized prefix does, and is built to be cheap:
   child to child, so each child runs once per model (the quantized prefix's
   output is reused by the next layer);
 * any other module runs once in float to capture all its layers' inputs; its
-  quantized copy, when ``torch.fx`` traces it, is carried from layer to layer on
-  the graph (each operation once, each value dropped once read), else run once
-  per layer, stopped at that layer.
+  quantized copy, when ``torch.fx`` traces it into a graph that gives its
+  outputs on a batch, is carried from layer to layer on the graph (each
+  operation once, in the graph's order; each value dropped once read), else run
+  once per layer, stopped at that layer.
 """
 
 import copy
@@ -578,9 +579,11 @@ class TorchNetwork(Network):
         in a model with its own ``forward`` that ``torch.fx`` can trace (a
         ResNet), the operations of its graph that do not depend on the layer.
         A container with hooks of its own, a layer whose weight runs elsewhere
-        too, a model ``torch.fx`` cannot trace, or kept values that would pass
-        ``PREFIX_BYTES`` (1 GiB: an image model's early activations on thousands
-        of rows) make the whole model run each call.
+        too, a model ``torch.fx`` cannot trace (or whose graph writes to a
+        tensor in place, or does not give the model's outputs on the first
+        batch bit for bit), or kept values that would pass ``PREFIX_BYTES``
+        (1 GiB: an image model's early activations on thousands of rows) make
+        the whole model run each call.
         """
         self.check_layer_names([name], "name")
         model = copy.deepcopy(self.model)
