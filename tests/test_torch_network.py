@@ -241,6 +241,27 @@ def test_layer_that_does_not_run():
         quantize_model(Unused(), GreedyPathQuantizer(), torch.randn(8, 4))
 
 
+def test_few_rows_leave_some_batches_without_a_row():
+    """With fewer sampled rows than batches, a conv layer's batch may give none:
+    the walk goes on (it crashed reshaping the empty gather)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
+    ).eval()
+    x = torch.randn(10, 3, 8, 8)
+    qnet, report = quantize_model(
+        model,
+        GreedyPathQuantizer(n_bits=3),
+        x,
+        max_rows=2,
+        batch_size=2,
+        return_report=True,
+    )
+    assert type(qnet[0]) is QuantConv2d and type(qnet[3]) is QuantLinear
+    rows = gather_rows(model[0], x[:2], torch.zeros(0, dtype=torch.int64))
+    assert rows.shape == (0, 3 * 3 * 3)
+
+
 def test_tied_weights_quantized_once_counted_once():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))

@@ -94,7 +94,7 @@ def gather_rows(module, x, rows):
         vals = torch.where(
             inside[:, None, :], vals, torch.zeros((), dtype=x.dtype, device=dev)
         )
-    return vals.reshape(rows.shape[0], -1)
+    return vals.reshape(rows.shape[0], C * kh * kw)  # (a batch may give no row)
 
 
 def layer_inputs_matrix(module, x):
