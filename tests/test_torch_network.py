@@ -241,6 +241,30 @@ def test_layer_that_does_not_run():
         quantize_model(Unused(), GreedyPathQuantizer(), torch.randn(8, 4))
 
 
+class KeywordCall(nn.Module):
+    """A layer called as ``layer(input=x)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(input=torch.relu(self.fc1(x)))
+
+
+def test_a_layer_called_with_a_keyword(monkeypatch):
+    """``layer(input=x)``: its input is captured (it crashed on ``args[0]``), on
+    the traced graph and by stopped passes alike."""
+    torch.manual_seed(0)
+    model, x = KeywordCall().eval(), torch.randn(16, 6)
+    walked = quantize_model(model, GreedyPathQuantizer(n_bits=3), x, batch_size=8)
+    monkeypatch.setattr(_graph, "trace", lambda block, sample: None)
+    stopped = quantize_model(model, GreedyPathQuantizer(n_bits=3), x, batch_size=8)
+    assert type(walked.fc2) is QuantLinear
+    with torch.no_grad():
+        assert torch.equal(walked(x), stopped(x))
+
+
 def test_few_rows_leave_some_batches_without_a_row():
     """With fewer sampled rows than batches, a conv layer's batch may give none:
     the walk goes on (it crashed reshaping the empty gather)."""

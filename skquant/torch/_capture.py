@@ -11,6 +11,12 @@ class StopForward(Exception):
     """Raised by a capture hook to stop a forward pass at a layer."""
 
 
+def layer_input(args, kwargs):
+    """The input tensor of a layer's call, given as ``layer(x)`` or
+    ``layer(input=x)``."""
+    return args[0] if args else kwargs.get("input", next(iter(kwargs.values()), None))
+
+
 def capture(block, modules, batches, take, *, stop=False):
     """Run ``block`` on each batch and hand ``modules``' inputs to ``take``.
 
@@ -28,16 +34,18 @@ def capture(block, modules, batches, take, *, stop=False):
     """
     state = {"offset": 0, "seen": set()}
 
-    def hook(name, module, args):
+    def hook(name, module, args, kwargs):
         if name in state["seen"]:  # a module called twice: its first call
             return
         state["seen"].add(name)
-        take(name, module, args[0], state["offset"])
+        take(name, module, layer_input(args, kwargs), state["offset"])
         if stop:
             raise StopForward
 
     hooks = [
-        m.register_forward_pre_hook(lambda m, args, n=n: hook(n, m, args))
+        m.register_forward_pre_hook(
+            lambda m, args, kwargs, n=n: hook(n, m, args, kwargs), with_kwargs=True
+        )
         for n, m in modules.items()
     ]
     try:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._capture import StopForward
+from ._capture import StopForward, layer_input
 from ._layout import matrix_to_weight, to_numpy
 
 __all__ = ["GraphWalk", "layer_outputs", "trace"]
@@ -278,11 +278,11 @@ class GraphWalk:
         self.run.advance([n for n in self.nodes[:at] if n not in self.run.done])
         got = []
 
-        def grab(mod, args):
-            got.append(args[0])
+        def grab(mod, args, kwargs):
+            got.append(layer_input(args, kwargs))
             raise StopForward
 
-        handle = module.register_forward_pre_hook(grab)
+        handle = module.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with torch.no_grad():
                 for env in self.run.envs:

@@ -611,7 +611,8 @@ class QuantLinear(QuantMixin, nn.Linear):
         )
         return new._attach(module, tensor, runtime)
 
-    def forward(self, x):
+    def forward(self, input):
+        x = input  # torch's layers name it so: ``layer(input=x)`` works
         if self._runs_int8(x):
             return self._int8_forward(x)
         if self._act_mode is not None:
@@ -672,7 +673,8 @@ class QuantConvMixin(QuantMixin):
         )
         return new._attach(module, tensor, runtime)
 
-    def forward(self, x):
+    def forward(self, input):
+        x = input  # torch's layers name it so: ``layer(input=x)`` works
         if self._runs_int8(x):
             return self._int8_forward(x)
         if self._act_mode is not None:
