@@ -36,12 +36,6 @@ def _images(n):
     return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
-def _same(a, b):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -65,7 +59,7 @@ def main():
             finally:
                 _graph.trace = trace
     a, b = (statistics.median(times[h]) for h in ("graph", "stopped"))
-    same = _same(models["graph"].state_dict(), models["stopped"].state_dict())
+    same = _graph.same(models["graph"].state_dict(), models["stopped"].state_dict())
     print(
         f"{len(X)} images: graph walk {a:.2f} s, stopped passes {b:.2f} s, "
         f"ratio {a / b:.2f}; codes {'the same' if same else 'DIFFERENT'}"

@@ -692,14 +692,21 @@ def test_walk_of_a_traced_model_runs_it_once(monkeypatch):
     stopped = quantize_model(model, quantizer, x, batch_size=6)
     assert COUNTED[0] == 2 * 6  # the float pass, then one per later layer
 
-    def same(a, b):
-        if isinstance(a, dict):
-            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-
-    assert same(qnet.state_dict(), stopped.state_dict())
+    assert _graph.same(qnet.state_dict(), stopped.state_dict())
     with torch.no_grad():
         assert torch.equal(qnet(x), stopped(x))
+
+
+def test_outputs_compared_bit_for_bit():
+    """The comparison behind the graph's check (and the walk tests above)."""
+    t = torch.randn(3, 2)
+    assert _graph.same({"w": (t, 2)}, {"w": (t.clone(), 2)})
+    assert not _graph.same({"w": (t, 2)}, {"w": (t + 1e-7, 2)})
+    assert not _graph.same([t], (t,)) and not _graph.same(t, t.reshape(2, 3))
+    assert not _graph.same({"w": t}, {"v": t}) and not _graph.same(t, 1.0)
+    assert not _graph.same(
+        t.new_full((1,), float("nan")), t.new_full((1,), float("nan"))
+    )
 
 
 class AddInPlace(nn.Module):

@@ -14,6 +14,7 @@ import operator
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 from ._capture import StopForward, layer_input
 from ._layout import matrix_to_weight, to_numpy
@@ -53,8 +54,8 @@ def sequence_split(model, name, mod):
     """``(start, rest)`` for :func:`layer_outputs` through the ``nn.Sequential``
     containers (without hooks of their own) that hold layer ``name``:
     ``start(x)`` runs the children before the one holding it, ``rest(kept)`` the
-    rest, in forward order. ``(None, None)`` when no module
-    runs before it this way, or one of those shares the layer's weight."""
+    rest, in forward order. ``(None, None)`` when no module runs before it
+    this way, or one of those shares the layer's weight."""
     before, tails = [], []
     block, parts = model, name.split(".") if name else []
     if global_hooks():
@@ -71,7 +72,7 @@ def sequence_split(model, name, mod):
         tails.append([m for _, m in children[j + 1 :]])
         block, parts = children[j][1], parts[1:]
     after = [block] + [m for tail in reversed(tails) for m in tail]
-    if not before or any(p is mod.weight for m in before for p in m.parameters()):
+    if not before or holds(before, mod.weight):
         return None, None
 
     def run(modules, x):
@@ -108,9 +109,7 @@ def graph_split(model, name, mod, sample):
             except AttributeError:  # a buffer or a constant
                 shared = False
         elif n.op == "call_module" and n is not calls[0]:
-            shared = any(
-                p is mod.weight for p in graph.get_submodule(n.target).parameters()
-            )
+            shared = holds([graph.get_submodule(n.target)], mod.weight)
         else:
             shared = False
         if shared:
@@ -142,6 +141,11 @@ def graph_split(model, name, mod, sample):
         return env[output]
 
     return start, rest
+
+
+def holds(modules, weight):
+    """Whether one of ``modules`` has ``weight`` among its parameters."""
+    return any(p is weight for m in modules for p in m.parameters())
 
 
 def trace(block, sample):
@@ -188,7 +192,6 @@ def writes_in_place(graph):
         if n.op == "call_function" and (
             n.kwargs.get("inplace")
             or getattr(n.target, "__name__", "").endswith("_")
-            or getattr(n.target, "__name__", "").startswith("__i")
             or n.target in _IN_PLACE
         ):
             return True
@@ -299,11 +302,9 @@ class GraphWalk:
 def global_hooks():
     """Whether forward hooks registered for every module are in force (they
     would see the containers that a split run does not call)."""
-    from torch.nn.modules import module
-
     return bool(
-        getattr(module, "_global_forward_hooks", None)
-        or getattr(module, "_global_forward_pre_hooks", None)
+        getattr(_module, "_global_forward_hooks", None)
+        or getattr(_module, "_global_forward_pre_hooks", None)
     )
 
 

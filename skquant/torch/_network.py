@@ -438,22 +438,22 @@ class TorchNetwork(Network):
                 f"layers {missing} did not run in the model's forward pass on the "
                 "calibration data; leave them out with skip=[...]."
             )
-        first = True
-        traced = _graph.trace(qblock, qcache[0])
-        walk = None if traced is None else _graph.GraphWalk(traced, qcache)
+        first, walk = True, None  # the traced graph, when a layer first needs it
         for name in order:
             Xf = as_float64(store.pop(name))  # one layer at a time in float64
-            batches = None
-            if not (first and qcache is fcache) and walk is not None:
-                batches = walk.inputs(
-                    name[len(prefix) + 1 :] if prefix else name, qmods[name]
-                )
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
-            elif batches is not None:  # the traced graph, carried layer to layer
-                Xq = self._rows_of(qmods[name], name, batches, sampler)
             else:
-                Xq = self._stopped_rows(qblock, qmods[name], name, qcache, sampler)
+                if walk is None:  # once: a graph walk, or False (stopped passes)
+                    traced = _graph.trace(qblock, qcache[0])
+                    walk = _graph.GraphWalk(traced, qcache) if traced else False
+                local = name[len(prefix) + 1 :] if prefix else name
+                batches = walk.inputs(local, qmods[name]) if walk else None
+                Xq = (
+                    self._rows_of(qmods[name], name, batches, sampler)
+                    if batches is not None  # the graph, carried layer to layer
+                    else self._stopped_rows(qblock, qmods[name], name, qcache, sampler)
+                )
             first = False
             step = self._step(name, lambda Xq=Xq, Xf=Xf: (Xq, Xf))
             step.inputs()
