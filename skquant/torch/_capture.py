@@ -2,7 +2,7 @@
 
 import torch
 
-from ._data import input_batches, model_device, model_dtype
+from ._data import cloned, input_batches, model_device, model_dtype
 from ._rows import layer_inputs_matrix
 from ._state import kept_state
 
@@ -20,9 +20,11 @@ def layer_input(args, kwargs):
 def capture(block, modules, batches, take, *, stop=False):
     """Run ``block`` on each batch and hand ``modules``' inputs to ``take``.
 
-    Without gradients, ``block(x)`` runs for every ``x`` of ``batches``; the input
-    of each module of ``modules`` (a dict name -> module) goes to ``take(name,
-    module, x, offset)``, ``offset`` being the index of the batch's first sample.
+    Without gradients, ``block(x)`` runs for a copy of every ``x`` of ``batches``
+    (the batches stay as they were for the passes that follow, whatever the
+    forward writes to its input); the input of each module of ``modules`` (a
+    dict name -> module) goes to ``take(name, module, x, offset)``, ``offset``
+    being the index of the batch's first sample.
     A module called more than once in a pass gives its first call's input. With
     ``stop``, a pass ends at the first input captured (what follows does not
     run).
@@ -55,7 +57,7 @@ def capture(block, modules, batches, take, *, stop=False):
                 state["offset"] = offset
                 state["seen"] = set()
                 try:
-                    block(x)
+                    block(cloned(x))
                 except StopForward:
                     pass
                 except RuntimeError as exc:

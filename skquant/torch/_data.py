@@ -26,6 +26,20 @@ def autograd_tensor(t):
     return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
 
 
+def cloned(value):
+    """``value`` with each tensor in it cloned (nested in tuples, lists and
+    dicts): what a forward pass gets when the value must stay as it was whatever
+    the operations that read it do to their inputs (``x.sub_(mean)``,
+    ``nn.ReLU(inplace=True)``)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple | list):
+        return type(value)(cloned(v) for v in value)
+    if isinstance(value, dict):
+        return {k: cloned(v) for k, v in value.items()}
+    return value
+
+
 def model_dtype(model):
     """The dtype of the model's first floating parameter (default: torch's)."""
     for p in model.parameters():
@@ -55,7 +69,8 @@ def batches(data, batch_size, *, labelled=True, generator=None):
     is given; or any other iterable, whose batches come as they are (unlabelled:
     the ``x`` of ``(x, y)`` pairs). Inference tensors (made inside
     ``torch.inference_mode()``) are copied into normal ones, which autograd
-    accepts.
+    accepts. Each ``x`` holds memory of its own (a copy of the caller's), so a
+    model whose forward writes to its input leaves the caller's data as it was.
 
     Yields
     ------
@@ -80,7 +95,7 @@ def batches(data, batch_size, *, labelled=True, generator=None):
     order = None if generator is None else torch.randperm(n, generator=generator)
     for i in range(0, n, batch_size):
         if order is None:
-            batch = [autograd_tensor(a[i : i + batch_size]) for a in arrays]
+            batch = [a[i : i + batch_size].clone() for a in arrays]  # not views
         else:
             idx = order[i : i + batch_size]
             batch = [autograd_tensor(a[idx]) for a in arrays]
@@ -105,10 +120,10 @@ def _iterated(data, labelled):
     for b in items:
         if labelled:
             x, y = b
-            yield autograd_tensor(as_tensor(x)), autograd_tensor(as_tensor(y))
+            yield as_tensor(x).clone(), autograd_tensor(as_tensor(y))
         else:
             x = b[0] if isinstance(b, tuple | list) else b
-            yield autograd_tensor(torch.as_tensor(x))
+            yield torch.as_tensor(x).clone()
 
 
 def input_batches(data, batch_size, dtype, device):

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from ._capture import StopForward, layer_input
+from ._data import cloned
 from ._layout import matrix_to_weight, to_numpy
 
 __all__ = ["GraphWalk", "layer_outputs", "trace"]
@@ -36,18 +37,6 @@ def nbytes(value):
     if isinstance(value, dict):
         return sum(nbytes(v) for v in value.values())
     return 0
-
-
-def cloned(value):
-    """``value`` with each tensor in it cloned (a kept value stays as it was
-    whatever the operations that read it do to their inputs)."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple | list):
-        return type(value)(cloned(v) for v in value)
-    if isinstance(value, dict):
-        return {k: cloned(v) for k, v in value.items()}
-    return value
 
 
 def sequence_split(model, name, mod):
@@ -258,8 +247,9 @@ class GraphWalk:
     def __init__(self, traced, batches):
         self.graph, placeholder = traced
         self.nodes = list(self.graph.graph.nodes)
-        self.run = GraphRun(
-            self.graph, [{placeholder: x} for x in batches], done=[placeholder]
+        copy = cloned if writes_in_place(self.graph) else (lambda x: x)
+        self.run = GraphRun(  # the batches stay as they were for later passes
+            self.graph, [{placeholder: copy(x)} for x in batches], done=[placeholder]
         )
 
     def inputs(self, target, module):

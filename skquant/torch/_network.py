@@ -29,7 +29,7 @@ from .._network._protocol import LayerStep, Network
 from . import _graph
 from ._capture import capture
 from ._checkpoint import drop, is_meta, owner, put
-from ._data import batches, input_batches, model_device, model_dtype
+from ._data import batches, cloned, input_batches, model_device, model_dtype
 from ._gradients import loss_gradients
 from ._layout import check_supported, matrix_to_weight, to_numpy, weight_to_matrix
 from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
@@ -410,7 +410,11 @@ class TorchNetwork(Network):
     def _forward_pair(self, fchild, qchild, fcache, qcache, changed=False):
         """Both models' batches through one child (once while they are shared)."""
         with torch.no_grad():
-            shared = qcache is fcache and not changed
+            if qcache is fcache and changed:  # both run on them: keep them as they are
+                fcache = [fchild(cloned(x)) for x in fcache]
+                qcache = [qchild(x) for x in qcache]
+                return fcache, qcache
+            shared = qcache is fcache
             fcache = [fchild(x) for x in fcache]
             qcache = fcache if shared else [qchild(x) for x in qcache]
         return fcache, qcache

@@ -1,0 +1,136 @@
+"""The caller's data stays as it was, and each pass sees the batches as given, for
+models whose forward writes to its input (``x.sub_(mean)``, an in-place first
+module)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from skquant import (  # noqa: E402
+    ActivationQuantizer,
+    GreedyPathQuantizer,
+    UniformQuantizer,
+)
+from skquant.torch import (  # noqa: E402
+    TorchNetwork,
+    capture_inputs,
+    loss_gradients,
+    measure_sensitivity,
+    quantize_model,
+    train_baseline,
+)
+
+
+class Shift(nn.Module):
+    """``x - 0.5``, written into ``x`` when ``inplace``."""
+
+    def __init__(self, inplace):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x):
+        return x.sub_(0.5) if self.inplace else x - 0.5
+
+
+class Traced(nn.Module):
+    """Not a sequence: walked on its ``torch.fx`` graph."""
+
+    def __init__(self, inplace):
+        super().__init__()
+        self.shift, self.fc1, self.fc2 = (
+            Shift(inplace),
+            nn.Linear(8, 16),
+            nn.Linear(16, 3),
+        )
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(self.shift(x))))
+
+
+class Untraced(Traced):
+    """A branch on a value: fx cannot trace it, so the walk stops passes."""
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(self.shift(x)))
+        if h.sum() > -1e30:
+            h = h * 1.0
+        return self.fc2(h)
+
+
+def _sequence(inplace):
+    return nn.Sequential(Shift(inplace), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _nested(inplace):  # the shift inside a container the walk runs both copies of
+    return nn.Sequential(
+        nn.Sequential(Shift(inplace), nn.Linear(8, 16)), nn.ReLU(), nn.Linear(16, 3)
+    )
+
+
+MODELS = {"sequence": _sequence, "nested": _nested, "traced": Traced}
+MODELS["untraced"] = Untraced
+
+
+def _model(make, inplace):
+    torch.manual_seed(0)
+    return make(inplace)
+
+
+def _data(kind, n=300):
+    X = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    return torch.from_numpy(X) if kind == "tensor" else X
+
+
+@pytest.mark.parametrize("kind", ["tensor", "array"])
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS)
+def test_walk_gives_the_codes_of_the_out_of_place_model(make, kind):
+    X = _data(kind)
+    before = X.clone() if kind == "tensor" else X.copy()
+    q = GreedyPathQuantizer(n_bits=3)
+    got = quantize_model(_model(make, True), q, X, batch_size=100)
+    assert (X == before).all()  # the caller's data is as it was
+    want = quantize_model(_model(make, False), q, before, batch_size=100)
+    for a, b in zip(got.parameters(), want.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "array"])
+def test_every_entry_leaves_the_callers_data_alone(kind):
+    X = _data(kind, 64)
+    y = torch.arange(64) % 3 if kind == "tensor" else np.arange(64) % 3
+    before = X.clone() if kind == "tensor" else X.copy()
+    model = _model(_sequence, True)
+    loss = nn.CrossEntropyLoss()
+    runs = {
+        "quantize_model": lambda: quantize_model(
+            model,
+            UniformQuantizer(n_bits=4),
+            X,
+            activations=ActivationQuantizer(n_bits=8),
+        ),
+        "capture_inputs": lambda: capture_inputs(model, {"1": model[1]}, X),
+        "outputs": lambda: TorchNetwork(model).outputs(X),
+        "loss_gradients": lambda: loss_gradients(model, loss, (X, y)),
+        "measure_sensitivity": lambda: measure_sensitivity(
+            model, X, y, bits=(2, 4), max_samples=64
+        ),
+        "train_baseline": lambda: train_baseline(model, (X, y), epochs=1),
+    }
+    for name, run in runs.items():
+        run()
+        assert (X == before).all(), name
+
+
+def test_batches_hold_memory_of_their_own():
+    from skquant.torch._data import batches
+
+    X = torch.zeros(10, 3)
+    for data in (X, X.numpy(), [X[:5], X[5:]], [X[:5].numpy()]):
+        for x in batches(data, 4, labelled=False):
+            x.add_(1.0)
+        assert (X == 0).all()
+    for x, _ in batches((X, torch.zeros(10)), 4):
+        x.add_(1.0)
+    assert (X == 0).all()
