@@ -456,3 +456,27 @@ def test_checkpoint_names_with_a_prefix(saved, tmp_path):
         quantize_model(meta("mlp"), q, X, checkpoint=path)
     with pytest.raises(TypeError, match="prefix must be a str"):
         Checkpoint(path, prefix=1)
+
+
+class ReadsAWeight(nn.Module):
+    """A forward that reads ``fc1``'s weight outside ``fc1``'s call."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)) * self.fc1.weight.abs().mean())
+
+
+def test_a_weight_read_outside_its_layer_is_named(tmp_path):
+    torch.manual_seed(0)
+    model, X = ReadsAWeight(), torch.randn(40, 12)
+    out = tmp_path / "q.skq"
+    with pytest.raises(ValueError, match=r"reads one outside it.*F\.linear") as err:
+        quantize_model(model, GreedyPathQuantizer(n_bits=4), X, output=out)
+    assert "meta" in str(err.value.__cause__)
+    assert not out.exists()
+    # in memory, the same model quantizes
+    q = quantize_model(model, GreedyPathQuantizer(n_bits=4), X)
+    assert torch.isfinite(q(X)).all()

@@ -282,9 +282,10 @@ class TorchNetwork(Network):
         try:
             with kept_state(self.model):
                 self.model.eval()
-                for step in self._walk_block(
+                steps = self._walk_block(
                     self.model, qmodel, "", inputs, inputs, sampler, qmods, False
-                ):
+                )
+                while (step := self._next_step(steps)) is not None:
                     order.append(step.name)
                     yield step
         finally:
@@ -298,6 +299,23 @@ class TorchNetwork(Network):
                 "calibration data; leave them out with skip=[...]."
             )
         self.layer_names = order
+
+    def _next_step(self, steps):
+        """The walk's next step (``None`` at its end); in a lean walk, a forward
+        that meets a weight on the meta device gets an error that says why."""
+        try:
+            return next(steps, None)
+        except (RuntimeError, ValueError) as exc:
+            if not self._lean or "meta" not in str(exc):
+                raise
+            raise ValueError(
+                "with checkpoint= or output=, a weight layer holds its weight only "
+                "during its own call, and the model's forward reads one outside "
+                "it, where it is an empty meta tensor (as F.linear(x, "
+                "self.fc.weight) or a use of self.fc.weight.norm() do). Call the "
+                "layer as a module there, or quantize the model in memory (without "
+                f"checkpoint= and output=). The forward raised: {exc}"
+            ) from exc
 
     def _contains(self, prefix):
         if prefix == "":
