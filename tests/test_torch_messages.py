@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from skquant import UniformQuantizer  # noqa: E402
+from skquant import GreedyPathQuantizer, UniformQuantizer  # noqa: E402
 from skquant.torch import quantize_model  # noqa: E402
 
 
@@ -45,3 +45,51 @@ def test_root_without_weight_layers_names_its_type():
         ValueError, match=re.escape("model (LayerNorm) has no nn.Linear")
     ):
         quantize_model(nn.LayerNorm(4), UniformQuantizer(n_bits=3))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+class _Branchy(nn.Module):  # walked by stopped passes (fx cannot trace it)
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(h if h.sum() > -1e30 else -h)
+
+
+@pytest.mark.parametrize("make", [_mlp, _Branchy], ids=["sequence", "module"])
+@pytest.mark.parametrize(
+    "data, error, match",
+    [
+        ([{"x": torch.ones(4, 8)}], TypeError, "a batch of the data is a dict"),
+        ("abc", TypeError, "calibration data must be a tensor.*got str"),
+        (
+            torch.ones(20, 8, dtype=torch.long),
+            ValueError,
+            "calibration data.* does not fit the model.*(floating dtype|Long)",
+        ),
+        (
+            torch.full((20, 8), float("nan")),
+            ValueError,
+            "layer 'fc1'|layer '0'",
+        ),
+    ],
+    ids=["dict", "str", "integer", "nan"],
+)
+def test_calibration_data_errors_name_the_problem(make, data, error, match):
+    with pytest.raises(error, match=match):
+        quantize_model(make(), GreedyPathQuantizer(n_bits=4), data)
+
+
+def test_a_list_of_rows_is_an_array():
+    X = torch.randn(30, 8, dtype=torch.float64)
+    q = GreedyPathQuantizer(n_bits=4)
+    got = quantize_model(_mlp(), q, X.tolist())
+    want = quantize_model(_mlp(), q, X.numpy())
+    for a, b in zip(got.parameters(), want.parameters()):
+        assert torch.equal(a, b)

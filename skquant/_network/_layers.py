@@ -123,12 +123,18 @@ def quantize_layers(
         }
         if est is not None:
             start = time.perf_counter()
+            inputs = step.inputs() if requires(est, "data") else None
+            if inputs is not None and not all(np.isfinite(X).all() for X in inputs):
+                raise ValueError(
+                    f"layer {step.name!r}: its input on the calibration data holds "
+                    "NaN or inf (from the data, or from an earlier layer's output)."
+                )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NoFreedomWarning)
                 est, tensor = fit_layer(
                     est,
                     W,
-                    inputs=step.inputs() if requires(est, "data") else None,
+                    inputs=inputs,
                     gradient=None if grads is None else grads.get(step.name),
                     groups=step.groups,
                 )

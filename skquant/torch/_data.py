@@ -1,6 +1,7 @@
 """Data as mini-batches of tensors: the one batching helper of the torch drivers."""
 
 import warnings
+from numbers import Number
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def batches(data, batch_size, *, labelled=True, generator=None):
             )
         if len(arrays[0]) == 0:
             raise ValueError("data holds no sample.")
-    elif not labelled and isinstance(data, np.ndarray | torch.Tensor):
+    elif not labelled and (isinstance(data, np.ndarray | torch.Tensor) or _rows(data)):
         arrays = [as_tensor(data)]
     else:
         yield from _iterated(data, labelled)
@@ -102,9 +103,18 @@ def batches(data, batch_size, *, labelled=True, generator=None):
         yield tuple(batch) if labelled else batch[0]
 
 
+def _rows(data):
+    """Whether ``data`` is a list of rows of numbers (an array-like ``X``, as
+    scikit-learn takes), not a list of batches."""
+    first = data[0] if isinstance(data, list) and data else None
+    return isinstance(first, list) and bool(first) and isinstance(first[0], Number)
+
+
 def _iterated(data, labelled):
     """The batches of an iterable, as :func:`batches` gives them."""
     try:
+        if isinstance(data, str | bytes | dict):
+            raise TypeError
         items = iter(data)
     except TypeError as exc:
         raise TypeError(
@@ -118,11 +128,17 @@ def _iterated(data, labelled):
             + f", got {type(data).__name__} instead."
         ) from exc
     for b in items:
+        x = b[0] if isinstance(b, tuple | list) and b else b
+        if isinstance(x, dict):
+            raise TypeError(
+                "a batch of the data is a dict: skquant calls model(x) with one "
+                "tensor x (or takes x from (x, y) pairs); pass the inputs as "
+                "tensors, or wrap the model so that its forward takes one tensor."
+            )
         if labelled:
             x, y = b
             yield as_tensor(x).clone(), autograd_tensor(as_tensor(y))
         else:
-            x = b[0] if isinstance(b, tuple | list) else b
             yield torch.as_tensor(x).clone()
 
 

@@ -82,9 +82,11 @@ def quantize_model(
         layer name (``model.named_modules()`` names) to quantizer: layers not
         named stay float unless the key ``"*"`` gives a default.
     calibration_data : torch.Tensor, ndarray or iterable, default=None
-        Calibration inputs (cast to the model's dtype and device), or an iterable
-        of batches (tensors or ``(x, y)`` pairs, as a ``DataLoader`` gives).
-        Needed by data-driven quantizers.
+        Calibration inputs (cast to the model's dtype and device; a list of rows
+        of numbers counts as one array), or an iterable of batches (tensors or
+        ``(x, y)`` pairs, as a ``DataLoader`` gives). Needed by data-driven
+        quantizers. Never written to, whatever the model's forward does to its
+        input.
     max_rows : int, default=4096
         Largest number of rows (samples or patches) per layer.
     skip : sequence of str, default=()

@@ -301,12 +301,18 @@ class TorchNetwork(Network):
         self.layer_names = order
 
     def _next_step(self, steps):
-        """The walk's next step (``None`` at its end); in a lean walk, a forward
-        that meets a weight on the meta device gets an error that says why."""
+        """The walk's next step (``None`` at its end). A forward's error
+        (``RuntimeError``) says that the calibration data does not fit the model;
+        in a lean walk, a forward that meets a weight on the meta device gets an
+        error that says why."""
         try:
             return next(steps, None)
         except (RuntimeError, ValueError) as exc:
             if not self._lean or "meta" not in str(exc):
+                if isinstance(exc, RuntimeError):
+                    raise ValueError(
+                        f"calibration data does not fit the model: {exc}"
+                    ) from exc
                 raise
             raise ValueError(
                 "with checkpoint= or output=, a weight layer holds its weight only "

@@ -130,6 +130,8 @@ def check_layer_input(name, module, x):
         dims = 3 if isinstance(module, nn.Conv1d) else 4
         ok = x.dim() == dims and x.shape[1] == module.in_channels
         want = f"{dims}-D with {module.in_channels} channels"
+    if ok and not x.is_floating_point():
+        ok, want = False, f"of a floating dtype (not {x.dtype}), {want}"
     if not ok:
         raise ValueError(
             f"calibration data does not fit the model: layer {name!r} "
