@@ -539,11 +539,23 @@ def test_dynamic_grid_is_per_row():
     assert fake[0, 0] == 0.0 and fake[1, 1] == 0.0
 
 
+# codes the integer kernels hold (4 bits), and codes wider than 8 bits (a 9-bit
+# grid, per-parameter precision), which are dequantized in every product
+QUANTIZERS = {
+    "gpfq4": (GreedyPathQuantizer(n_bits=4), 1),
+    "uniform9": (UniformQuantizer(n_bits=9), 4),
+    "adaptive": (AdaptivePrecisionQuantizer(), 4),
+}
+
+
+@pytest.mark.parametrize("quantizer, held", QUANTIZERS.values(), ids=QUANTIZERS)
 @pytest.mark.parametrize(
     "activations",
     [None, "dynamic", ActivationQuantizer(8), ActivationQuantizer(4, symmetric=True)],
 )
-def test_quantized_mlp_runs_from_codes(digits_mlp, activations, tmp_path):
+def test_quantized_mlp_runs_from_codes(
+    digits_mlp, activations, quantizer, held, tmp_path
+):
     import skquant
     from skquant import QuantizedMLP
     from skquant._tensor._runtime import CodeMatrix
@@ -551,9 +563,9 @@ def test_quantized_mlp_runs_from_codes(digits_mlp, activations, tmp_path):
     mlp, X, y = digits_mlp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = QuantizedMLP(
-            mlp, GreedyPathQuantizer(n_bits=4), random_state=0, activations=activations
-        ).fit(X[:1200], y[:1200])
+        q = QuantizedMLP(mlp, quantizer, random_state=0, activations=activations).fit(
+            X[:1200], y[:1200]
+        )
     coefs = q.estimator_.coefs_
     assert all(isinstance(W, CodeMatrix) for W in coefs)
     # the same function as the float network with the dequantized weights, its
@@ -575,8 +587,8 @@ def test_quantized_mlp_runs_from_codes(digits_mlp, activations, tmp_path):
         else (8 if activations == "dynamic" else activations.n_bits)
     )
     assert [r["activation_bits"] for r in q.report_.rows] == [bits] * len(coefs)
-    # held: the codes at 4 bits, not a float matrix
-    assert coefs[0].nbytes < coefs[0].shape[0] * coefs[0].shape[1]
+    # held: the codes (at 4 bits: under a byte each), not a float matrix
+    assert coefs[0].nbytes < held * coefs[0].shape[0] * coefs[0].shape[1]
     skquant.save(q, tmp_path / "m.skq")
     back = skquant.load(tmp_path / "m.skq")
     np.testing.assert_array_equal(back.predict_proba(X), q.predict_proba(X))

@@ -17,7 +17,14 @@ from ._alphabets import SCALE_DTYPE, Alphabet, safe_scale
 from ._bits import pack_codes
 from ._io import _tensor_entry, tensor_from
 
-__all__ = ["RUNTIME_BITS", "CodeMatrix", "InputGrid", "RuntimeWeights", "runtime_bits"]
+__all__ = [
+    "RUNTIME_BITS",
+    "CodeMatrix",
+    "InputGrid",
+    "RuntimeWeights",
+    "WideWeights",
+    "runtime_bits",
+]
 
 #: the code widths the kernels hold (sub-byte widths are bit-packed)
 RUNTIME_BITS = (1, 2, 4, 8)
@@ -267,6 +274,46 @@ class RuntimeWeights:
         return out
 
 
+class WideWeights:
+    """A weight matrix whose codes span more than 256 values (a grid of 9+ bits,
+    or a per-parameter precision finer than 8 bits): the integer kernels do not
+    hold it, so it keeps the :class:`~skquant.QuantizedTensor` (its codes in
+    their own integer dtype) and dequantizes them in every product.
+
+    Parameters
+    ----------
+    qt : QuantizedTensor
+        The quantized matrix, ``(n_in, n_out)``.
+    """
+
+    bits = None
+
+    def __init__(self, qt):
+        self.qt = qt
+        self.n_in, self.n_out = (int(s) for s in qt.shape)
+
+    @property
+    def nbytes(self):
+        """Bytes held: the codes, scales, zero points and precisions."""
+        arrays = (
+            self.qt.codes,
+            self.qt.scale,
+            self.qt.zero_point,
+            self.qt.precision_bits,
+        )
+        return int(sum(np.asarray(a).nbytes for a in arrays if a is not None))
+
+    def dequantize(self, dtype=None):
+        """The float matrix ``(n_in, n_out)``, equal to ``qt.dequantize()``."""
+        W = self.qt.dequantize()
+        return W if dtype is None else W.astype(dtype, copy=False)
+
+    def matmul(self, x):
+        """``x @ W`` in ``x``'s dtype, from the codes dequantized for the call."""
+        x = np.asarray(x)
+        return x @ self.dequantize(x.dtype)
+
+
 def _grid_meta(qt):
     """The header and small arrays of a fixed-width tensor (codes are re-packed)."""
     meta, arrays = _tensor_entry(qt)
@@ -338,7 +385,9 @@ class CodeMatrix:
     It holds a :class:`RuntimeWeights` (no float copy). ``x @ W`` is the float
     product from the codes, or, with an :class:`InputGrid`, the integer product:
     ``x`` on its grid as integers, times the integer codes, accumulated in int32,
-    then scaled. ``np.asarray(W)`` gives the dequantized floats.
+    then scaled. ``np.asarray(W)`` gives the dequantized floats. Codes that span
+    more than 256 values are held as a :class:`WideWeights` instead: dequantized
+    in every product, the inputs put on their grid in float.
 
     Parameters
     ----------
@@ -354,7 +403,8 @@ class CodeMatrix:
     ndim = 2
 
     def __init__(self, qt, grid=None, dtype=np.float64):
-        self.runtime = RuntimeWeights(qt)
+        wide = runtime_bits(qt) is None
+        self.runtime = WideWeights(qt) if wide else RuntimeWeights(qt)
         self.grid = grid
         self.dtype = np.dtype(dtype)
 
@@ -381,7 +431,7 @@ class CodeMatrix:
         rt = self.runtime
         if self.grid is None:
             return rt.matmul(x.astype(self.dtype, copy=False))
-        if not self.grid.integer:  # one scale per feature: no integer product
+        if not self.grid.integer or rt.bits is None:  # no integer product
             return rt.matmul(self.grid.fake(x).astype(self.dtype))
         a, s = self.grid.encode(x)
         y = rt.int_matmul(a).astype(np.float64)
