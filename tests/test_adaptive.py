@@ -9,7 +9,12 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
 
-from skquant import QuantizedMLP, UniformQuantizer, adaptive_quantize_mlp
+from skquant import (
+    AdaptivePrecisionQuantizer,
+    QuantizedMLP,
+    UniformQuantizer,
+    adaptive_quantize_mlp,
+)
 from skquant._network._dense import mlp_loss_gradient
 
 
@@ -50,6 +55,47 @@ def test_mlp_gradient_matches_finite_differences(activation, n_classes):
             p2[k][idx] -= 2 * h
             down, _ = mlp_loss_gradient(m2, X, y)
             assert grads[k][idx] == pytest.approx((up - down) / (2 * h), abs=1e-7)
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+@pytest.mark.parametrize("loss_name", ["squared_error", "poisson"])
+def test_regressor_gradient_matches_finite_differences(n_outputs, loss_name):
+    from scipy.special import xlogy
+    from sklearn.neural_network import MLPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 5))
+    y = np.abs(X[:, :n_outputs] @ rng.standard_normal((n_outputs, n_outputs)))
+    y = y.ravel() if n_outputs == 1 else y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPRegressor(
+            loss=loss_name, hidden_layer_sizes=(7,), max_iter=50, random_state=0
+        ).fit(X, y)
+    loss, grads = mlp_loss_gradient(mlp, X, y)
+    P, Y = mlp.predict(X).reshape(60, -1), y.reshape(60, -1)
+    want = (
+        ((P - Y) ** 2).sum() / 120
+        if loss_name == "squared_error"
+        else (xlogy(Y, Y / P) - Y + P).sum() / 60
+    )
+    assert loss == pytest.approx(want, rel=1e-9)
+    params = mlp.coefs_ + mlp.intercepts_
+    for k, P in enumerate(params):
+        for idx in [tuple(rng.integers(0, s) for s in P.shape) for _ in range(3)]:
+            m2 = copy.deepcopy(mlp)
+            p2 = m2.coefs_ + m2.intercepts_
+            h = 1e-6
+            p2[k][idx] += h
+            up, _ = mlp_loss_gradient(m2, X, y)
+            p2[k][idx] -= 2 * h
+            down, _ = mlp_loss_gradient(m2, X, y)
+            assert grads[k][idx] == pytest.approx((up - down) / (2 * h), abs=1e-6)
+    # and the driver runs on it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = QuantizedMLP(mlp, AdaptivePrecisionQuantizer(budget=0.05)).fit(X, y)
+    assert q.predict(X).shape == mlp.predict(X).shape
 
 
 def test_driver_keeps_the_bound_and_shrinks_the_model(digits_mlp):

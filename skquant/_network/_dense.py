@@ -3,7 +3,7 @@
 import copy
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, xlogy
 
 from ._protocol import LayerStep, Network
 
@@ -294,10 +294,13 @@ class MLPNetwork(DenseNetwork):
         return X, y
 
     def loss_gradients(self, data, params=None):
-        """Mean log-loss of an ``MLPClassifier`` and its gradient (NumPy).
+        """Mean loss of the MLP and its gradient (NumPy).
 
-        The loss is the mean cross-entropy of the output (softmax for several
-        classes, logistic for two), without scikit-learn's L2 penalty ``alpha``.
+        For an ``MLPClassifier``, the mean cross-entropy of the output (softmax for
+        several classes, logistic for two); for an ``MLPRegressor``, the mean over
+        samples of half the squared error (or, with ``loss="poisson"``, half the
+        Poisson deviance) summed over outputs: the loss whose gradient
+        scikit-learn trains it with. Without scikit-learn's L2 penalty ``alpha``.
 
         Parameters
         ----------
@@ -316,18 +319,27 @@ class MLPNetwork(DenseNetwork):
         net = self if params is None else self.with_parameters(params)
         X, y = data
         mlp = net.mlp
-        Y = mlp._label_binarizer.transform(y).astype(np.float64)
         acts = net.forward(X)
         n_layers = len(mlp.coefs_)
         Z = acts[-1]
         n = Z.shape[0]
         eps = np.finfo(np.float64).eps
-        if mlp.out_activation_ == "softmax":
+        if mlp.out_activation_ in ("identity", "exp"):  # a regressor
+            Y = np.asarray(y, dtype=np.float64).reshape(n, -1)
+            if mlp.out_activation_ == "identity":  # half the squared error
+                P = Z
+                loss = float(np.sum((P - Y) ** 2) / (2 * n))
+            else:  # half the Poisson deviance, log link
+                P = np.exp(Z)
+                loss = float(np.sum(xlogy(Y, Y) - Y * Z - Y + P) / n)
+        elif mlp.out_activation_ == "softmax":
+            Y = mlp._label_binarizer.transform(y).astype(np.float64)
             Z = Z - Z.max(axis=1, keepdims=True)
             P = np.exp(Z)
             P /= P.sum(axis=1, keepdims=True)
             loss = float(-np.sum(Y * np.log(np.clip(P, eps, 1))) / n)
         else:
+            Y = mlp._label_binarizer.transform(y).astype(np.float64)
             P = 1.0 / (1.0 + np.exp(-Z))
             Pc = np.clip(P, eps, 1 - eps)
             loss = float(-np.sum(Y * np.log(Pc) + (1 - Y) * np.log(1 - Pc)) / n)
@@ -344,25 +356,26 @@ class MLPNetwork(DenseNetwork):
 
 
 def mlp_loss_gradient(mlp, X, y):
-    """Mean log-loss of a fitted ``MLPClassifier`` and its gradient (NumPy).
+    """Mean loss of a fitted ``MLPClassifier`` or ``MLPRegressor`` and its gradient.
 
-    The loss is the mean cross-entropy of the network's output (softmax for several
-    classes, logistic for two), without scikit-learn's L2 penalty ``alpha``
+    The loss is the mean cross-entropy of a classifier's output (softmax for
+    several classes, logistic for two), or half the mean squared error of a
+    regressor's (summed over outputs), without scikit-learn's L2 penalty ``alpha``
     (:meth:`skquant._network._dense.MLPNetwork.loss_gradients`).
 
     Parameters
     ----------
-    mlp : MLPClassifier
-        A fitted classifier.
+    mlp : MLPClassifier or MLPRegressor
+        A fitted network.
     X : array-like of shape (n_samples, n_features)
         Inputs.
-    y : array-like of shape (n_samples,)
-        Labels.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        Labels or targets.
 
     Returns
     -------
     loss : float
-        The mean log-loss.
+        The mean loss.
     grads : list of ndarray
         Gradients with respect to ``coefs_`` then ``intercepts_`` (same order and
         shapes as ``mlp.coefs_ + mlp.intercepts_``).

@@ -33,20 +33,21 @@ def adaptive_quantize_mlp(
     verbose=False,
     n_jobs=None,
 ):
-    """Khoram & Li's iterative adaptive precision on a fitted ``MLPClassifier``.
+    """Khoram & Li's iterative adaptive precision on a fitted scikit-learn MLP.
 
     Every parameter (weights and biases) gets its own fixed-point precision; the loss
-    (mean log-loss on ``X, y``, gradient in NumPy by :func:`mlp_loss_gradient`) stays
-    within the bound.
+    (on ``X, y``: the mean log-loss of an ``MLPClassifier``, half the mean squared
+    error or Poisson deviance of an ``MLPRegressor``; gradient in NumPy by
+    :func:`mlp_loss_gradient`) stays within the bound.
 
     Parameters
     ----------
-    mlp : MLPClassifier
-        A fitted classifier (left unchanged).
+    mlp : MLPClassifier or MLPRegressor
+        A fitted network (left unchanged).
     X : array-like of shape (n_samples, n_features)
         Data for the loss and its gradient.
-    y : array-like of shape (n_samples,)
-        Labels.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        Labels, or a regressor's targets.
     {loop_options}
     retrain_batch_size : int, default=None
         Rows per fine-tune step (shuffled minibatches); ``None``: all of ``X``.
@@ -54,7 +55,8 @@ def adaptive_quantize_mlp(
         Data of the fine-tune (the training set, say); ``None``: ``(X, y)``,
         the loss's data.
     X_eval, y_eval : array-like, default=None
-        Data whose accuracy the history records.
+        Data whose score (``model.score``: accuracy, or a regressor's R^2) the
+        history records.
     verbose : bool, default=False
         Progress bar.
     n_jobs : int, default=None
