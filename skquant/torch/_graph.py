@@ -39,6 +39,18 @@ def nbytes(value):
     return 0
 
 
+def plain_sequence(block):
+    """Whether ``block`` runs as its children one after another: an
+    ``nn.Sequential`` whose ``forward`` is ``nn.Sequential``'s, without hooks of
+    its own (nor hooks on every module)."""
+    return (
+        isinstance(block, nn.Sequential)
+        and type(block).forward is nn.Sequential.forward
+        and not (block._forward_hooks or block._forward_pre_hooks)
+        and not global_hooks()
+    )
+
+
 def sequence_split(model, name, mod):
     """``(start, rest)`` for :func:`layer_outputs` through the ``nn.Sequential``
     containers (without hooks of their own) that hold layer ``name``:
@@ -49,12 +61,7 @@ def sequence_split(model, name, mod):
     block, parts = model, name.split(".") if name else []
     if global_hooks():
         return None, None
-    while (
-        parts
-        and isinstance(block, nn.Sequential)
-        and type(block).forward is nn.Sequential.forward
-        and not (block._forward_hooks or block._forward_pre_hooks)
-    ):
+    while parts and plain_sequence(block):
         children = list(block._modules.items())  # a module twice runs twice
         j = next(i for i, (c, _) in enumerate(children) if c == parts[0])
         before += [m for _, m in children[:j]]

@@ -82,9 +82,10 @@ def save_model(model, path):
                 int(m.input_scale.numel()) if "input_scale" in m._buffers else 1
             )
             layers[name]["activations"] = act
-    skip = {
+    skip = {  # under every name of a module registered under several
         f"{n}.{k}" if n else k
-        for n in quantized
+        for n, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, QuantMixin)
         for k in ("weight_packed", "weight_scale", "weight_zero_point", "_extra_state")
     }
     dtypes = {}
@@ -150,6 +151,11 @@ def load_into(model, path, *, runtime="auto"):
             put(*owner(model, key), torch.empty(value.shape, dtype=value.dtype))
             empty.append(key)
     mods = dict(model.named_modules())
+    every = dict(model.named_modules(remove_duplicate=False))
+    aliases = {}  # a module registered under several names: the other names
+    for n, m in every.items():
+        if n not in mods:
+            aliases.setdefault(id(m), []).append(n)
     classes = _quant_classes()
     for name, info in layers.items():
         module = mods.get(name)
@@ -183,8 +189,9 @@ def load_into(model, path, *, runtime="auto"):
             model = new
             mods = dict(model.named_modules())
             continue
-        parent, _, attr = name.rpartition(".")
-        setattr(mods[parent] if parent else model, attr, new)
+        for n in [name, *aliases.get(id(module), [])]:
+            parent, _, attr = n.rpartition(".")
+            setattr(every[parent] if parent else model, attr, new)
         mods[name] = new
     state = model.state_dict()
     with torch.no_grad():

@@ -252,26 +252,29 @@ def quantize_model(
             {t: replace[f] for t, f in network.tied.items() if f in res.tensors}
         )
         qmodel = copy.deepcopy(model)
-    qlayers = dict(qmodel.named_modules())
+    qlayers = dict(qmodel.named_modules(remove_duplicate=False))
+    made = {}  # a module under several names: one quantized module for all
     for name, tensor in replace.items():
-        new = quantized_module(qlayers[name], tensor, runtime_of(runtime, name))
+        old = qlayers[name]
+        if id(old) not in made:
+            made[id(old)] = quantized_module(old, tensor, runtime_of(runtime, name))
+        new = made[id(old)]
         if name == "":  # the model is itself one layer
             qmodel = new
             continue
         parent, _, attr = name.rpartition(".")
         setattr(qlayers[parent] if parent else qmodel, attr, new)
     if activations is not None:
-        fitted = [n for n in held if n not in network.tied] if lean else res.tensors
-        names = [n for n in fitted if n in replace]
+        names = list(replace)  # a tied layer's input gets its own grid too
         if act_quantizer is None:
-            qlayers = dict(qmodel.named_modules())
+            qlayers = dict(qmodel.named_modules(remove_duplicate=False))
             for name in names:
                 qlayers[name]._set_activations("dynamic")
         else:
             calibrate_activations(
                 qmodel, names, act_quantizer, calibration_data, batch_size
             )
-    qlayers = dict(qmodel.named_modules())
+    qlayers = dict(qmodel.named_modules(remove_duplicate=False))
     for row in res.report.rows:
         layer = qlayers.get(row["name"])
         if isinstance(layer, QuantMixin):
@@ -375,7 +378,7 @@ def calibrate_activations(qmodel, names, quantizer, data, batch_size):
     Each layer's grid is set before the next layer is calibrated, so a layer sees
     the input the quantized prefix (weights and activations) gives it.
     """
-    mods = dict(qmodel.named_modules())
+    mods = dict(qmodel.named_modules(remove_duplicate=False))
     batches = input_batches(data, batch_size, model_dtype(qmodel), model_device(qmodel))
     rng = np.random.default_rng(0)
     with kept_state(qmodel):

@@ -91,7 +91,7 @@ class TorchNetwork(Network):
             )
         if isinstance(skip, str):
             skip = [skip]
-        names = {n for n, _ in model.named_modules()}
+        names = {n for n, _ in model.named_modules(remove_duplicate=False)}
         unknown = [s for s in skip if s not in names]
         if unknown:
             raise ValueError(
@@ -105,7 +105,7 @@ class TorchNetwork(Network):
         self._modules = {}
         self.tied = {}
         owner = {}
-        for name, mod in model.named_modules():
+        for name, mod in model.named_modules(remove_duplicate=False):
             if any(name == s or name.startswith(s + ".") for s in self.skip):
                 continue
             if not check_supported(name, mod):
@@ -149,7 +149,7 @@ class TorchNetwork(Network):
                 torch.empty_like(w, device="meta"), requires_grad=w.requires_grad
             )
         self.model = copy.deepcopy(source, memo)
-        work = dict(self.model.named_modules())
+        work = dict(self.model.named_modules(remove_duplicate=False))
         self._source = {name: self._modules[name] for name in self._modules}
         self._modules = {name: work[name] for name in self._modules}
         ckpt = self._checkpoint
@@ -210,7 +210,7 @@ class TorchNetwork(Network):
 
             return pre, post
 
-        fmods = dict(self.model.named_modules())
+        fmods = dict(self.model.named_modules(remove_duplicate=False))
         # a layer tied to an earlier one's weight takes that layer's weights
         owners = {name: name for name in self._modules} | self.tied
         for name, src in owners.items():
@@ -274,7 +274,7 @@ class TorchNetwork(Network):
         inputs = input_batches(data, self.batch_size, dtype, device)
         sampler = RowSampler(sum(x.shape[0] for x in inputs), max_rows, random_state)
         qmodel = copy.deepcopy(self.model)
-        qmods = dict(qmodel.named_modules())
+        qmods = dict(qmodel.named_modules(remove_duplicate=False))
         qmodel.eval()
         order = []
         self._quantized = set()
@@ -370,12 +370,12 @@ class TorchNetwork(Network):
             yield step
             self._apply(qmods, step)
             return None
-        if not isinstance(fblock, nn.Sequential):
+        if not _graph.plain_sequence(fblock):
             yield from self._walk_generic(
                 fblock, qblock, prefix, fcache, qcache, sampler, qmods
             )
             return None
-        children = list(fblock.named_children())
+        children = list(fblock._modules.items())  # a module twice runs twice
         full = [f"{prefix}.{c}" if prefix else c for c, _ in children]
         has = [self._contains(f) for f in full]
         last = max((j for j, h in enumerate(has) if h), default=-1)
@@ -515,7 +515,7 @@ class TorchNetwork(Network):
         """A :class:`TorchNetwork` of a copy with some ``(n_in, n_out)`` weights set."""
         self.check_layer_names(list(weights), "weights")
         model = copy.deepcopy(self.model)
-        mods = dict(model.named_modules())
+        mods = dict(model.named_modules(remove_duplicate=False))
         with torch.no_grad():
             for name, W in weights.items():
                 mods[name].weight.copy_(matrix_to_weight(W, mods[name]))

@@ -1,0 +1,115 @@
+"""The walk on containers that are not plain sequences, modules under two names,
+and tied layers: each layer gets the inputs its forward really gives it."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from skquant import (  # noqa: E402
+    ActivationQuantizer,
+    GreedyPathQuantizer,
+    UniformQuantizer,
+)
+from skquant.torch import TorchNetwork, capture_inputs, quantize_model  # noqa: E402
+
+
+class Residual(nn.Sequential):
+    """A Sequential with its own forward: ``x + children(x)``."""
+
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+def _hooked():
+    block = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    block.register_forward_hook(lambda m, args, out: 5.0 * out)
+    return block
+
+
+def _twice():
+    lin = nn.Linear(8, 8)
+    return nn.Sequential(lin, nn.ReLU(), lin, nn.ReLU(), nn.Linear(8, 3))
+
+
+MODELS = {
+    "sequential_subclass": lambda: nn.Sequential(
+        nn.Linear(8, 8), Residual(nn.Linear(8, 8), nn.ReLU()), nn.Linear(8, 3)
+    ),
+    "hooked_container": lambda: nn.Sequential(
+        nn.Linear(8, 8), _hooked(), nn.Linear(8, 3)
+    ),
+    "module_twice": _twice,
+}
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS)
+def test_walk_inputs_are_the_forwards_inputs(make):
+    torch.manual_seed(0)
+    model, x = make().eval(), torch.randn(64, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # module_twice: a shared weight
+        net = TorchNetwork(model)
+        real = capture_inputs(model, dict(net._modules), x)
+        seen = []
+        for step in net.walk(x):
+            Xq, Xf = step.inputs()
+            np.testing.assert_allclose(Xf, real[step.name].double().numpy(), atol=1e-6)
+            np.testing.assert_array_equal(Xq, Xf)  # nothing quantized
+            step.quantized = step.weight
+            seen.append(step.name)
+    assert seen == list(net._modules)
+
+
+def test_a_module_under_two_names_is_quantized_at_both():
+    torch.manual_seed(0)
+    model, x = _twice().eval(), torch.randn(64, 8)
+    with pytest.warns(UserWarning, match="share their weight"):
+        q = quantize_model(model, GreedyPathQuantizer(n_bits=4), x)
+    assert q[0] is q[2] and type(q[0]).__name__ == "QuantLinear"
+    # the function: the quantized layer at both places
+    W0 = q[0].weight.detach()
+    h = torch.relu(x @ W0.T + q[0].bias)
+    h = torch.relu(h @ W0.T + q[0].bias)
+    want = h @ q[4].weight.detach().T + q[4].bias
+    torch.testing.assert_close(q(x).detach(), want.detach(), rtol=1e-5, atol=1e-5)
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("activations", ["dynamic", ActivationQuantizer(n_bits=8)])
+def test_a_tied_layer_gets_its_input_grid(activations):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="share their weight"):
+        q = quantize_model(
+            Tied(),
+            UniformQuantizer(n_bits=4),
+            torch.randn(64, 6),
+            activations=activations,
+        )
+    assert q.a.activation_bits == 8 and q.b.activation_bits == 8
+
+
+def test_a_module_under_two_names_saves_and_loads(tmp_path):
+    from skquant.torch import load_into, save_model
+
+    torch.manual_seed(0)
+    model, x = _twice().eval(), torch.randn(16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_model(model, UniformQuantizer(n_bits=4))
+    save_model(q, tmp_path / "m.skq")
+    back = load_into(_twice(), tmp_path / "m.skq")
+    assert back[0] is back[2] and type(back[2]).__name__ == "QuantLinear"
+    torch.testing.assert_close(back(x), q(x), rtol=0, atol=0)
