@@ -263,7 +263,8 @@ def test_bfloat16_input_falls_back_once_and_says_so():
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
     x = torch.randn(4, 37)
     with pytest.warns(RuntimeFallbackWarning, match="no integer kernel"):
-        y = qnet(x.bfloat16())
+        with torch.no_grad():  # in grad mode, the float path is the one to take
+            y = qnet(x.bfloat16())
     assert y.dtype == torch.bfloat16
     with torch.no_grad():
         torch.testing.assert_close(y.float(), qnet(x), rtol=0.05, atol=0.05)
@@ -274,6 +275,48 @@ def test_gradients_flow_to_the_input():
     x = torch.randn(3, 37, requires_grad=True)
     qnet(x).sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("runtime", ["packed", "int8", "auto"])
+@pytest.mark.parametrize("activations", [None, "dynamic"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_gradients_flow_to_the_biases(kind, runtime, activations):
+    torch.manual_seed(0)
+    if kind == "conv":
+        net = nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 3)
+        )
+        x, names = torch.randn(8, 3, 6, 6), ("0", "3")
+    else:
+        net, x, names = mlp(), torch.randn(8, 37), ("0", "2")
+    q = quantize_model(
+        net, UniformQuantizer(n_bits=4), runtime=runtime, activations=activations
+    )
+    want = quantize_model(
+        net, UniformQuantizer(n_bits=4), runtime="float", activations=activations
+    )
+    q(x).sum().backward()
+    want(x).sum().backward()
+    for name in names:
+        got, ref = q.get_submodule(name).bias.grad, want.get_submodule(name).bias.grad
+        assert got is not None
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_layers_stay_frozen_and_run_the_kernels(monkeypatch):
+    net = mlp().eval().requires_grad_(False)
+    q = quantize_model(net, UniformQuantizer(n_bits=4))
+    assert not any(p.requires_grad for p in q.parameters())
+    assert not any(m.training for m in q.modules())
+    calls = []
+    real = RuntimeWeights.matmul
+    monkeypatch.setattr(
+        RuntimeWeights,
+        "matmul",
+        lambda self, *a, **k: calls.append(1) or real(self, *a, **k),
+    )
+    q(torch.randn(2, 37))  # grad mode, nothing needs a gradient: the kernels run
+    assert calls
 
 
 def test_per_parameter_precision_runs_from_codes():

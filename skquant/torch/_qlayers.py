@@ -22,8 +22,10 @@ otherwise, and ``"float"`` where the integer kernels cannot run (another device,
 bfloat16 or float16, codes wider than 8 bits); a layer that falls back to
 ``"float"`` says so once (:class:`RuntimeFallbackWarning`).
 
-Inputs that need gradients always take the float path (the kernels are inference
-kernels); the result is the same function.
+Inputs that need gradients, and a bias that needs them (a model in grad mode whose
+biases are not frozen), take the float path (the kernels are inference kernels); the
+result is the same function. Under ``torch.no_grad()`` or
+``torch.inference_mode()``, or with frozen biases, the kernels run.
 """
 
 import warnings
@@ -125,6 +127,8 @@ class QuantMixin:
         if module.bias is not None:
             with torch.no_grad():
                 self.bias.copy_(module.bias)
+            self.bias.requires_grad_(module.bias.requires_grad)  # frozen stays so
+        self.train(module.training)
         self._runtime_request = check_runtime(runtime)
         self._set_tensor(tensor)
         return self
@@ -561,11 +565,18 @@ class QuantMixin:
 
     # -- forward --------------------------------------------------------------
 
+    def _wants_grad(self, x):
+        """Whether the forward must record gradients: grad mode, and the input or
+        the bias requires them (the kernels are inference kernels)."""
+        return torch.is_grad_enabled() and (
+            x.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        )
+
     def _kernel_input(self, x):
         return (
             x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
-            and not (x.requires_grad and torch.is_grad_enabled())
+            and not self._wants_grad(x)
         )
 
     def _runs_int8(self, x):
@@ -577,9 +588,7 @@ class QuantMixin:
         )
 
     def _float_weight_for(self, x):
-        if self.runtime != "float" and not (
-            x.requires_grad and torch.is_grad_enabled()
-        ):
+        if self.runtime != "float" and not self._wants_grad(x):
             announce(
                 ("input", type(self).__name__, str(x.dtype), x.device.type),
                 f"{type(self).__name__}: no integer kernel for {x.dtype} inputs on "
