@@ -456,6 +456,21 @@ def test_conv1d_int8_and_padding_modes():
         assert _relative(qnet(X), sim(X)) <= 0.01
 
 
+@pytest.mark.parametrize("activations", [None, "dynamic", ActivationQuantizer(8)])
+@pytest.mark.parametrize("conv", ["1d", "2d"])
+def test_unbatched_convolution_inputs(conv, activations):
+    torch.manual_seed(0)
+    layer = nn.Conv1d(3, 4, 3) if conv == "1d" else nn.Conv2d(3, 4, 3)
+    x = torch.randn(8, 3, 10) if conv == "1d" else torch.randn(8, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_model(
+            nn.Sequential(layer), UniformQuantizer(n_bits=8), x, activations=activations
+        )
+    with torch.no_grad():
+        torch.testing.assert_close(q(x[:1])[0], q(x[0]), rtol=1e-5, atol=1e-5)
+
+
 def test_fake_dynamic_grid():
     x = torch.tensor([[-1.0, 0.0, 0.5, 3.0]])
     y = fake_dynamic(x, reduce_range=False)

@@ -134,3 +134,46 @@ def test_batches_hold_memory_of_their_own():
     for x, _ in batches((X, torch.zeros(10)), 4):
         x.add_(1.0)
     assert (X == 0).all()
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+def _same_models(a, b):
+    for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        if isinstance(p, torch.Tensor):
+            assert torch.equal(p, q), n
+
+
+def test_a_generator_is_read_once_for_the_walk_and_the_grids():
+    X = torch.randn(64, 8)
+    kw = {"activations": ActivationQuantizer(n_bits=8), "batch_size": 16}
+    got = quantize_model(
+        _mlp(), GreedyPathQuantizer(n_bits=4), (b for b in X.split(16)), **kw
+    )
+    want = quantize_model(
+        _mlp(), GreedyPathQuantizer(n_bits=4), list(X.split(16)), **kw
+    )
+    _same_models(got, want)
+
+
+def test_loss_gradients_take_the_models_dtype_and_labelled_batches():
+    from skquant import AdaptivePrecisionQuantizer
+
+    X, y = torch.randn(64, 8), torch.arange(64) % 3
+    q = AdaptivePrecisionQuantizer(budget=0.05)
+    # float32 data into a float64 model: cast as the walk casts it
+    got = quantize_model(_mlp().double(), q, X, targets=y)
+    want = quantize_model(_mlp().double(), q, X.double(), targets=y)
+    _same_models(got, want)
+    # (x, y) batches (a DataLoader) carry their own targets
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y), batch_size=16
+    )
+    got = quantize_model(_mlp(), q, loader, batch_size=16)
+    want = quantize_model(_mlp(), q, X, targets=y, batch_size=16)
+    _same_models(got, want)
+    with pytest.raises(TypeError, match="targets= goes with calibration_data"):
+        quantize_model(_mlp(), q, loader, targets=y)

@@ -87,7 +87,9 @@ def batches(data, batch_size, *, labelled=True, generator=None):
             )
         if len(arrays[0]) == 0:
             raise ValueError("data holds no sample.")
-    elif not labelled and (isinstance(data, np.ndarray | torch.Tensor) or _rows(data)):
+    elif not labelled and (
+        isinstance(data, np.ndarray | torch.Tensor) or is_rows(data)
+    ):
         arrays = [as_tensor(data)]
     else:
         yield from _iterated(data, labelled)
@@ -103,7 +105,7 @@ def batches(data, batch_size, *, labelled=True, generator=None):
         yield tuple(batch) if labelled else batch[0]
 
 
-def _rows(data):
+def is_rows(data):
     """Whether ``data`` is a list of rows of numbers (an array-like ``X``, as
     scikit-learn takes), not a list of batches."""
     first = data[0] if isinstance(data, list) and data else None
@@ -140,6 +142,17 @@ def _iterated(data, labelled):
             yield as_tensor(x).clone(), autograd_tensor(as_tensor(y))
         else:
             yield torch.as_tensor(x).clone()
+
+
+def replayable(data):
+    """``data``, or its items in a list when it is a one-shot iterator (a
+    generator): the drivers that read calibration data more than once (a walk,
+    then loss gradients or static input grids) read the same batches each time."""
+    try:
+        once = iter(data) is data
+    except TypeError:
+        return data
+    return list(data) if once else data
 
 
 def input_batches(data, batch_size, dtype, device):

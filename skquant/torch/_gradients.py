@@ -11,7 +11,7 @@ import contextlib
 import numpy as np
 import torch
 
-from ._data import batches
+from ._data import batches, model_device, model_dtype
 from ._layout import to_numpy
 from ._state import kept_state
 
@@ -117,13 +117,16 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
     >>> sorted(grads), grads["weight"].shape
     (['bias', 'weight'], (2, 3))
     """
-    device = next(model.parameters()).device
+    device, dtype = model_device(model), model_dtype(model)
     total, n = 0.0, 0
     with gradients_enabled(model, "skquant.torch.loss_gradients"):
         model.eval()
         model.zero_grad(set_to_none=True)
         for xb, yb in batches(data, batch_size):
-            xb, yb = xb.to(device), yb.to(device)
+            xb, yb = (  # floats in the model's dtype, as the walk gives them
+                t.to(device, dtype) if t.is_floating_point() else t.to(device)
+                for t in (xb, yb)
+            )
             loss = loss_fn(model(xb), yb)
             (loss * len(xb)).backward()
             total += float(loss.detach()) * len(xb)

@@ -20,7 +20,7 @@ from ._checkpoint import (
     put,
     store_entry,
 )
-from ._data import input_batches, model_device, model_dtype
+from ._data import input_batches, is_rows, model_device, model_dtype, replayable
 from ._layout import layer_kind
 from ._network import TorchNetwork
 from ._qlayers import (
@@ -170,6 +170,7 @@ def quantize_model(
     ['float', 'Uniform']
     """
     check_runtime(runtime)
+    calibration_data = replayable(calibration_data)
     act_quantizer = check_activations(activations, calibration_data)
     lean = checkpoint is not None or output is not None
     if lean:
@@ -201,15 +202,22 @@ def quantize_model(
                 "AdaptivePrecisionQuantizer needs loss gradients of the whole model, "
                 "which quantize_model does not compute with checkpoint= or output=."
             )
-        if calibration_data is None or targets is None:
+        whole = isinstance(calibration_data, torch.Tensor | np.ndarray) or is_rows(
+            calibration_data
+        )
+        if calibration_data is None or (targets is None and whole):
             raise ValueError(
                 "AdaptivePrecisionQuantizer needs loss gradients: pass "
-                "calibration_data and targets (and loss_fn) to quantize_model."
+                "calibration_data and targets (and loss_fn) to quantize_model, or "
+                "calibration_data as (x, y) batches (a DataLoader)."
             )
-        data = (
-            torch.as_tensor(calibration_data),
-            torch.as_tensor(targets),
-        )
+        if targets is not None and not whole:
+            raise TypeError(
+                "targets= goes with calibration_data as one tensor or array; got "
+                f"calibration_data of type {type(calibration_data).__name__}: pass "
+                "its batches as (x, y) pairs (a DataLoader) and targets=None."
+            )
+        data = calibration_data if targets is None else (calibration_data, targets)
         _, grads = network.loss_gradients(data)
         out = {}
         for name in network.layer_names:

@@ -684,6 +684,8 @@ class QuantConvMixin(QuantMixin):
 
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
+        if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._runs_int8(x):
             return self._int8_forward(x)
         if self._act_mode is not None:
@@ -701,7 +703,7 @@ class QuantConvMixin(QuantMixin):
         scale, zp = self._input_qparams(x)
         if self._act_mode == "static":
             x = self._fake_input(x)
-        one_d = x.dim() == 3
+        one_d = len(self.kernel_size) == 1
         if one_d:  # a Conv1d is a Conv2d of height 1
             x = x.unsqueeze(2)
 
