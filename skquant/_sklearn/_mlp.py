@@ -301,6 +301,10 @@ class QuantizedMLP(BaseEstimator):
         self.compression_ratio_ = compression_ratio(sizes)
         if is_classifier(base):
             self.classes_ = base.classes_
+        elif hasattr(self, "classes_"):  # refitted as a regressor
+            del self.classes_
+        # the quantized network gets arrays: this estimator checks the names
+        vars(qmlp).pop("feature_names_in_", None)
         return self
 
     def _hold_codes(self, mlp, names, tensors, X):
@@ -418,6 +422,14 @@ class QuantizedMLP(BaseEstimator):
             "coefs_dtype": mlp.coefs_[0].dtype.str,
             "classes": None if classes is None else classes.tolist(),
             "classes_dtype": None if classes is None else classes.dtype.str,
+            "label_type": getattr(
+                getattr(mlp, "_label_binarizer", None), "y_type_", None
+            ),
+            "feature_names": (
+                self.feature_names_in_.tolist()
+                if hasattr(self, "feature_names_in_")
+                else None
+            ),
             "out_activation": mlp.out_activation_,
             "n_features_in": int(self.n_features_in_),
             "report": [{**r, "shape": list(r["shape"])} for r in self.report_.rows],
@@ -485,11 +497,14 @@ class QuantizedMLP(BaseEstimator):
             raise bad(f"activation {mlp.activation!r} is unknown")
         if est_name == "MLPClassifier":
             classes = np.asarray(model.get("classes"), dtype=model.get("classes_dtype"))
-            n_cls = classes.size if classes.size > 2 else 1
+            multilabel = model.get("label_type") == "multilabel-indicator"
+            n_cls = classes.size if classes.size > 2 or multilabel else 1
             if classes.ndim != 1 or n_cls != mlp.n_outputs_:
                 raise bad("classes do not match its output layer")
             mlp.classes_ = classes
-            mlp._label_binarizer = LabelBinarizer().fit(classes)
+            mlp._label_binarizer = LabelBinarizer().fit(
+                np.eye(classes.size, dtype=int) if multilabel else classes
+            )
         out = cls(mlp_cls(**{k: v for k, v in params.items() if k in valid}))
         out.set_params(
             **{
@@ -514,6 +529,11 @@ class QuantizedMLP(BaseEstimator):
         out.size_bits_ = model.get("size_bits")
         out.compression_ratio_ = model.get("compression_ratio")
         out.n_features_in_ = mlp.n_features_in_
+        names_in = model.get("feature_names")
+        if names_in is not None:
+            if len(names_in) != out.n_features_in_:
+                raise bad("feature names do not match its first layer")
+            out.feature_names_in_ = np.asarray(names_in, dtype=object)
         if est_name == "MLPClassifier":
             out.classes_ = mlp.classes_
         return out
