@@ -423,3 +423,30 @@ _fuzz_setup()
 
 def test_load_errors_are_value_errors():
     assert issubclass(FileFormatError, ValueError)
+
+
+def test_big_endian_arrays_are_stored_little_endian(tmp_path):
+    from skquant._tensor._io import SpooledWriter
+
+    arrays = {
+        "f": np.arange(3, dtype=">f8") / 3,
+        "i": np.arange(-2, 4, dtype=">i4").reshape(2, 3)[:, ::2],  # strided too
+    }
+    skquant.save(arrays, tmp_path / "d.skq")
+    back = skquant.load(tmp_path / "d.skq")
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(back[k], a)
+        assert back[k].dtype == a.dtype.newbyteorder("<")
+    with SpooledWriter(tmp_path / "s.skq") as w:  # it refused them
+        w.array("f", arrays["f"])
+        w.write("dict")
+    np.testing.assert_array_equal(skquant.load(tmp_path / "s.skq")["f"], arrays["f"])
+
+
+def test_pack_codes_takes_big_endian_codes():
+    from skquant._tensor._bits import pack_codes, unpack_codes
+
+    codes = np.arange(-3, 5, dtype=">i4")
+    packed = pack_codes(codes, 3, -3)
+    assert packed.tolist() == pack_codes(codes.astype("<i4"), 3, -3).tolist()
+    np.testing.assert_array_equal(unpack_codes(packed, 3, -3, (8,)), codes)

@@ -73,7 +73,7 @@ def pack_codes(codes, n_bits, qmin=None, *, n_jobs=None):
         raise TypeError(
             f"codes must be an integer array, got codes.dtype={codes.dtype!s} instead."
         )
-    flat = np.ascontiguousarray(codes).reshape(-1)
+    flat = np.ascontiguousarray(codes, dtype=codes.dtype.newbyteorder("=")).reshape(-1)
     if qmin is None:
         qmin = int(flat.min()) if flat.size else 0
     qmin = int(qmin)

@@ -227,16 +227,24 @@ class Writer:
             self._store(f"{name}/{k}", np.asarray(a))
 
     def array(self, name, a):
-        a = np.asarray(a)
-        if not a.flags.c_contiguous:  # (ascontiguousarray would make 0-d arrays 1-d)
-            a = a.copy(order="C")
+        a = _storable(np.asarray(a))
         if a.dtype.kind not in "fiub":
             raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
         self.arrays[name] = {"dtype": a.dtype.str, "shape": list(a.shape)}
         self._store(name, a)
 
     def _store(self, name, a):
-        self.data[name] = a
+        self.data[name] = _storable(a)
+
+
+def _storable(a):
+    """``a`` C-contiguous and little-endian, as files hold arrays (a copy where
+    it is not: a big-endian array's bytes are swapped)."""
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    if not a.flags.c_contiguous:  # (ascontiguousarray would make 0-d arrays 1-d)
+        a = a.copy(order="C")
+    return a
 
 
 #: bytes read or copied at a time when a spooled file is finished
@@ -284,10 +292,9 @@ class SpooledWriter(Writer):
     def _store(self, name, a):
         if name in self._entries:
             raise ValueError(f"{name!r} is written twice.")
-        if not a.flags.c_contiguous:
-            a = a.copy(order="C")
+        a = _storable(a)
         key = a.dtype.newbyteorder("<").str[1:]
-        if key not in ST_DTYPES or a.dtype.byteorder == ">":
+        if key not in ST_DTYPES:
             raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
         self._spool.write(memoryview(a.reshape(-1).view(np.uint8)))
         self._entries[name] = (self._size, a.nbytes, ST_DTYPES[key], list(a.shape))
