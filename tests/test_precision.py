@@ -239,6 +239,19 @@ def test_compress_errors():
         q.compress(W).pack()
 
 
+def test_other_weights_get_an_error_not_wrapped_codes():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((30, 5)) / 4
+    q = AdaptivePrecisionQuantizer(budget=0.05).fit(W, gradient=W * 1e-2)
+    with pytest.raises(ValueError, match="beyond the fitted range"):
+        q.encode(10 * W)  # its codes wrapped around in int8
+    with pytest.raises(ValueError, match="Compress the W that was fitted"):
+        q.compress(W + 0.01)
+    # the fitted W, and any W inside the range, encode as before
+    np.testing.assert_array_equal(q.decode(q.encode(W)), q.transform(W))
+    np.testing.assert_array_equal(q.decode(q.encode(W / 2)), q.transform(W / 2))
+
+
 def test_max_bits_cap_below_a_margin_warns():
     rng = np.random.default_rng(0)
     W = rng.standard_normal((20, 5))

@@ -326,7 +326,14 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         W = self._validate_W(W, reset=False)
         self._check_fitted_shape(W)
         qmin, qmax = self._code_range()
-        return self._codes(W).astype(code_dtype(qmin, qmax))
+        codes = self._codes(W)
+        if codes.size and (codes.min() < qmin or codes.max() > qmax):
+            raise ValueError(
+                f"W has values beyond the fitted range +-{self.range_:g} (its "
+                f"largest |w| is {float(np.abs(W).max()):g}): their codes do not fit "
+                "the fitted grid. Fit on this W instead."
+            )
+        return codes.astype(code_dtype(qmin, qmax))
 
     def decode(self, codes, dtype=np.float64):
         """Return the weights of integer codes from :meth:`encode`.
@@ -418,7 +425,16 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         True
         """
         W = self._validate_W(W, reset=False)
-        return self.compress_codes(self.encode(W), W.dtype)
+        qt = self.compress_codes(self.encode(W), W.dtype)
+        try:
+            qt.encoded()  # (kept by the tensor: its size and file need it)
+        except ValueError as exc:
+            raise ValueError(
+                "the fitted precision map gives each weight of the fitted W the "
+                "fewest bits that hold its code, and this W's codes do not match "
+                f"it ({exc}). Compress the W that was fitted, or fit on this W."
+            ) from exc
+        return qt
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
