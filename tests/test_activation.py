@@ -147,3 +147,12 @@ def test_mse_calibration_never_loses_to_minmax(seed, n_bits, symmetric, per_feat
     else:
         assert err_mse.sum() <= err_mm.sum() * (1 + 1e-9)
     assert np.all(mse.data_max_ <= mm.data_max_ + 1e-12)
+
+
+def test_a_range_wider_than_the_largest_float():
+    X = np.array([[-1.5e308, 1.5e308], [0.0, 1.0], [1e307, -1e307]])
+    q = ActivationQuantizer().fit(X)
+    assert np.isfinite(q.scale_).all()
+    Xq = q.transform(X)
+    assert np.isfinite(Xq).all()
+    assert np.abs(Xq - X).max() <= q.scale_.max() / 2 * (1 + 1e-12)

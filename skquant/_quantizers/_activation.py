@@ -41,7 +41,10 @@ def _grid(lo, hi, n_bits, symmetric):
         qmin, qmax = uniform_range(n_bits)
         return np.maximum(-lo, hi) / qmax, np.zeros(lo.shape), qmin, qmax
     qmin, qmax = 0, 2**n_bits - 1
-    scale = (hi - lo) / (qmax - qmin)
+    with np.errstate(over="ignore"):
+        scale = (hi - lo) / (qmax - qmin)
+    # a range wider than the largest float (hi - lo overflows): the same step, in parts
+    scale = np.where(np.isfinite(scale), scale, hi / (qmax - qmin) - lo / (qmax - qmin))
     with np.errstate(divide="ignore", invalid="ignore"):
         zp = np.where(scale > 0, np.rint(qmin - lo / scale), 0)
     return scale, np.clip(zp, qmin, qmax), qmin, qmax
