@@ -397,3 +397,23 @@ def test_each_layer_goes_out_as_enough_tasks():
     assert _task_choices(choices, 8, 8) == [[2, 3, 4], [5, 6, "binary"]]
     assert _task_choices(choices, 3, 4) == [[2, 3], [4, 5], [6, "binary"]]
     assert _task_choices(choices, 1, 16) == [[c] for c in choices]
+
+
+def test_multilabel_classifiers_are_refused_clearly():
+    import warnings
+
+    from sklearn.neural_network import MLPClassifier
+
+    from skquant import LayerBitAllocator, measure_sensitivity
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 10))
+    Y = (X[:, :3] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((8,), max_iter=300, random_state=0).fit(X, Y)
+    for y in (Y, None):
+        with pytest.raises(ValueError, match="multilabel classifier"):
+            measure_sensitivity(mlp, X, y, bits=(2, 8))
+    with pytest.raises(ValueError, match="multilabel classifier"):
+        LayerBitAllocator(mlp, bits=(2, 8)).fit(X, Y)

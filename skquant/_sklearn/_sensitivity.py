@@ -130,10 +130,17 @@ def measure_sensitivity(
             "(sklearn.base.clone unfits MLPs: wrap a fitted one in "
             "sklearn.frozen.FrozenEstimator to keep it through clone and grid search)."
         ) from exc
+    classifier = isinstance(mlp, MLPClassifier)
+    binarizer = getattr(mlp, "_label_binarizer", None)
+    if classifier and getattr(binarizer, "y_type_", None) == "multilabel-indicator":
+        raise ValueError(
+            f"estimator is a multilabel classifier ({mlp.n_outputs_} labels per "
+            "sample), which the sensitivity does not support: it measures the "
+            "margin between the classes of one label per sample."
+        )
     X = network._check_X(X)
     y = None if y is None else np.asarray(y)
     Xs, ys = subsample(X, y, max_samples, random_state)
-    classifier = isinstance(mlp, MLPClassifier)
     labels = None
     if classifier and ys is not None:
         Xs, ys = network.check_targets(Xs, ys)
