@@ -11,7 +11,6 @@ Nothing here downloads anything: the IDX files are fetched once with
 
 import gzip
 import math
-import numbers
 import os
 import struct
 import zlib
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.utils import Bunch, check_random_state
+
+from ._common._checks import check_int
 
 __all__ = [
     "get_data_home",
@@ -458,18 +459,6 @@ def load_mnist(
     )
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
-        raise ValueError(
-            f"{name} must be an integer >= 1, got {name}={value!r} instead."
-        )
-    if value < 1:
-        raise ValueError(
-            f"{name} must be an integer >= 1, got {name}={value!r} instead."
-        )
-    return int(value)
-
-
 def make_gaussian_layer(
     m,
     n_in,
@@ -517,9 +506,9 @@ def make_gaussian_layer(
     >>> (X @ W).shape
     (100, 3)
     """
-    m = _check_positive_int("m", m)
-    n_in = _check_positive_int("n_in", n_in)
-    n_out = _check_positive_int("n_out", n_out)
+    m = check_int(m, "m")
+    n_in = check_int(n_in, "n_in")
+    n_out = check_int(n_out, "n_out")
     _check_choice("weights", weights, ("gaussian", "uniform"))
     try:
         np_dtype = np.dtype(dtype)

@@ -93,3 +93,30 @@ def test_a_list_of_rows_is_an_array():
     want = quantize_model(_mlp(), q, X.numpy())
     for a, b in zip(got.parameters(), want.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            {"batch_size": 0},
+            ValueError,
+            "batch_size must be an int >= 1, got batch_size=0",
+        ),
+        ({"max_rows": -1}, ValueError, "max_rows must be an int >= 1 or None"),
+        ({"runtime": {"7": "float"}}, ValueError, r"runtime names layers \['7'\]"),
+    ],
+    ids=["batch_size", "max_rows", "runtime"],
+)
+def test_arguments_are_checked_by_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        quantize_model(
+            _mlp(), GreedyPathQuantizer(n_bits=4), torch.randn(8, 8), **kwargs
+        )
+
+
+def test_a_model_that_is_not_a_module():
+    with pytest.raises(
+        TypeError, match="model must be a torch.nn.Module, got function"
+    ):
+        quantize_model(lambda x: x, UniformQuantizer(n_bits=4))

@@ -1,1 +1,2 @@
-"""Shared settings and plumbing: the global configuration and progress bars."""
+"""Shared settings and plumbing: the global configuration, progress bars, joblib
+tasks and argument checks."""

@@ -8,6 +8,7 @@ import torch
 from sklearn.base import clone
 from torch import nn
 
+from .._common._checks import check_int
 from .._network._layers import quantize_layers
 from .._quantizers._activation import ActivationQuantizer
 from .._tensor import _io
@@ -169,7 +170,13 @@ def quantize_model(
     >>> [row["method"] for row in report.rows]
     ['float', 'Uniform']
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__} instead."
+        )
     check_runtime(runtime)
+    check_int(batch_size, "batch_size")
+    check_int(max_rows, "max_rows", none=True)
     calibration_data = replayable(calibration_data)
     act_quantizer = check_activations(activations, calibration_data)
     lean = checkpoint is not None or output is not None
@@ -195,6 +202,15 @@ def quantize_model(
         else Checkpoint(checkpoint),
         lean=lean,
     )
+    if isinstance(runtime, dict):
+        known = set(network.layer_names) | set(network.tied) | {"*"}
+        unknown = [k for k in runtime if k not in known]
+        if unknown:
+            raise ValueError(
+                f"runtime names layers {unknown} that are not quantized layers of "
+                f"the model; its layers are {network.layer_names[:12]} (and '*' "
+                "for the others)."
+            )
 
     def gradients():
         if lean:

@@ -1,0 +1,35 @@
+"""Checks of plain arguments, with errors that name the argument and its value."""
+
+import numbers
+
+import numpy as np
+
+__all__ = ["check_int"]
+
+
+def check_int(value, name, *, low=1, none=False):
+    """``value`` as an int ``>= low`` (or ``None`` when ``none``), else a
+    ``ValueError`` naming ``name`` and the value.
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_int
+    >>> check_int(3, "batch_size")
+    3
+    >>> check_int(0, "batch_size")
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size must be an int >= 1, got batch_size=0 instead.
+    """
+    if value is None and none:
+        return None
+    if (
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool | np.bool_)
+        or value < low
+    ):
+        raise ValueError(
+            f"{name} must be an int >= {low}{' or None' if none else ''}, got "
+            f"{name}={value!r} instead."
+        )
+    return int(value)
