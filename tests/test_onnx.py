@@ -471,3 +471,35 @@ def test_a_smart_quantization_model_exports_its_binary_and_ternary_layers(tmp_pa
     with torch.no_grad():
         want = res.model(X).numpy()
     assert (got.argmax(1) == want.argmax(1)).mean() == 1.0
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), h
+
+
+def test_a_model_with_several_outputs_is_checked_on_each(tmp_path):
+    torch.manual_seed(0)
+    q = quantize_model(TwoOutputs().eval(), UniformQuantizer(n_bits=4))
+    x = torch.randn(4, 6)
+    export_onnx(q, x, tmp_path / "m.onnx")
+    s = ort.InferenceSession(
+        str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]
+    )
+    got = s.run(None, {s.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = q(x)
+    assert len(got) == 2
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_float64_model_is_refused_with_the_way_out(tmp_path):
+    q = quantize_model(mlp().double(), UniformQuantizer(n_bits=4))
+    with pytest.raises(ValueError, match=r"float64.*float32 copy"):
+        export_onnx(q, torch.randn(2, 40, dtype=torch.float64), tmp_path / "m.onnx")

@@ -220,6 +220,15 @@ def export_onnx(
             "the model is itself one quantized layer: wrap it, e.g. "
             "torch.nn.Sequential(layer), to export it."
         )
+    wide = sorted(
+        {str(p.dtype) for p in model.parameters() if p.dtype != torch.float32}
+    )
+    if wide:
+        raise ValueError(
+            f"model has {wide} parameters: export_onnx writes float32 graphs "
+            "(ONNX's DequantizeLinear gives float32 weights). Export a float32 copy: "
+            "copy.deepcopy(model).float()."
+        )
     per_feature = [
         n
         for n, m in quantized.items()
@@ -421,10 +430,14 @@ def _check(model, x, path, proto, probes, rtol, ort, helper):
     """Run the file in ONNX Runtime against ``model``; name the first layer off."""
     feed = {proto.graph.input[0].name: x.numpy()}
     with torch.no_grad():
-        want = model(x).detach().float().numpy()
+        want = [t.detach().float().numpy() for t in _outputs(model(x))]
     data = proto.SerializeToString()
-    dev = _deviation(_session(ort, data, False).run(None, feed)[0], want)
-    opt = _deviation(_session(ort, data, True).run(None, feed)[0], want)
+
+    def deviation(optimized):
+        got = _session(ort, data, optimized).run(None, feed)
+        return max(_deviation(g, w) for g, w in zip(got, want, strict=True))
+
+    dev, opt = deviation(False), deviation(True)
     if dev > rtol:
         raise ValueError(
             f"ONNX Runtime runs {path!s} differently from the model: relative "
@@ -442,6 +455,16 @@ def _check(model, x, path, proto, probes, rtol, ort, helper):
             stacklevel=3,
         )
     return {"max_rel_deviation": dev, "optimized_max_rel_deviation": opt}
+
+
+def _outputs(out):
+    """The tensors of a model's output (a tensor, or nested tuples, lists and
+    dicts of them), in the order the exported graph lists its outputs."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in _outputs(o)]
 
 
 def _first_off(model, x, proto, probes, rtol, ort, helper):
