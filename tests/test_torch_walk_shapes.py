@@ -113,3 +113,16 @@ def test_a_module_under_two_names_saves_and_loads(tmp_path):
     back = load_into(_twice(), tmp_path / "m.skq")
     assert back[0] is back[2] and type(back[2]).__name__ == "QuantLinear"
     torch.testing.assert_close(back(x), q(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("short_first", [True, False])
+def test_max_rows_holds_for_sequences_of_several_lengths(short_first):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    short, long = torch.randn(4, 3, 6), torch.randn(4, 500, 6)
+    data = [short, long] if short_first else [long, short]
+    for step in TorchNetwork(net).walk(data, max_rows=100):
+        Xq, Xf = step.inputs()
+        assert 0 < Xf.shape[0] <= 100
+        np.testing.assert_array_equal(Xq, Xf)  # the same rows in both
+        step.quantized = step.weight

@@ -89,7 +89,9 @@ def quantize_model(
         quantizers. Never written to, whatever the model's forward does to its
         input.
     max_rows : int, default=4096
-        Largest number of rows (samples or patches) per layer.
+        Largest number of rows (samples or patches) per layer, drawn without
+        replacement (uniformly when every batch has the same rows per sample;
+        batches of sequences of several lengths are cut to ``max_rows`` too).
     skip : sequence of str, default=()
         Names of modules to leave float, with all their children.
     batch_size : int, default=256

@@ -468,7 +468,7 @@ class TorchNetwork(Network):
             )
         first, walk = True, None  # the traced graph, when a layer first needs it
         for name in order:
-            Xf = as_float64(store.pop(name))  # one layer at a time in float64
+            Xf = sampler.trimmed(name, as_float64(store.pop(name)))  # in float64
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
             else:
@@ -498,7 +498,7 @@ class TorchNetwork(Network):
             )
 
         capture(qblock, {name: qmod}, qcache, take, stop=True)
-        return as_float64(chunks)
+        return sampler.trimmed(name, as_float64(chunks))
 
     def _rows_of(self, mod, name, cache, sampler):
         chunks, offset = [], 0
@@ -508,7 +508,7 @@ class TorchNetwork(Network):
                 rows = sampler.rows(name, mod, x, offset)
                 chunks.append(gather_rows(mod, x, rows).cpu())
                 offset += x.shape[0]
-        return as_float64(chunks)
+        return sampler.trimmed(name, as_float64(chunks))
 
     # ------------------------------------------------------- copies, loss
     def with_weights(self, weights):

@@ -153,6 +153,21 @@ class RowSampler:
         self.max_rows = max_rows
         self.rng = np.random.default_rng(random_state)
         self.index = {}
+        self.kept = {}
+
+    def trimmed(self, name, X):
+        """``X`` (a layer's gathered rows) cut to ``max_rows`` rows drawn without
+        replacement, the same rows for every call of the layer (its float and its
+        quantized inputs). Only batches whose rows per sample differ (sequences
+        of several lengths) gather more than ``max_rows`` rows: the draw made at
+        the first batch counts its rows per sample for every batch."""
+        if self.max_rows is None or X.shape[0] <= self.max_rows:
+            return X
+        keep = self.kept.get(name)
+        if keep is None or keep[0] != X.shape[0]:
+            rows = np.sort(self.rng.choice(X.shape[0], self.max_rows, replace=False))
+            keep = self.kept[name] = (X.shape[0], rows)
+        return X[keep[1]]
 
     def rows(self, name, module, x, sample_offset):
         """Kept row indices within this batch (a tensor), or None for all."""
