@@ -28,6 +28,21 @@ def digits_mlp():
     return mlp, X, y
 
 
+def _check_against_finite_differences(mlp, X, y, grads, rng, tol):
+    """Three entries of every parameter: the gradient against central differences."""
+    params = mlp.coefs_ + mlp.intercepts_
+    for k, P in enumerate(params):
+        for idx in [tuple(rng.integers(0, s) for s in P.shape) for _ in range(3)]:
+            m2 = copy.deepcopy(mlp)
+            p2 = m2.coefs_ + m2.intercepts_
+            h = 1e-6
+            p2[k][idx] += h
+            up, _ = mlp_loss_gradient(m2, X, y)
+            p2[k][idx] -= 2 * h
+            down, _ = mlp_loss_gradient(m2, X, y)
+            assert grads[k][idx] == pytest.approx((up - down) / (2 * h), abs=tol)
+
+
 @pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
 @pytest.mark.parametrize("n_classes", [2, 4])
 def test_mlp_gradient_matches_finite_differences(activation, n_classes):
@@ -44,17 +59,7 @@ def test_mlp_gradient_matches_finite_differences(activation, n_classes):
     from sklearn.metrics import log_loss
 
     assert loss == pytest.approx(log_loss(y, mlp.predict_proba(X)), rel=1e-9)
-    params = mlp.coefs_ + mlp.intercepts_
-    for k, P in enumerate(params):
-        for idx in [tuple(rng.integers(0, s) for s in P.shape) for _ in range(3)]:
-            m2 = copy.deepcopy(mlp)
-            p2 = m2.coefs_ + m2.intercepts_
-            h = 1e-6
-            p2[k][idx] += h
-            up, _ = mlp_loss_gradient(m2, X, y)
-            p2[k][idx] -= 2 * h
-            down, _ = mlp_loss_gradient(m2, X, y)
-            assert grads[k][idx] == pytest.approx((up - down) / (2 * h), abs=1e-7)
+    _check_against_finite_differences(mlp, X, y, grads, rng, 1e-7)
 
 
 @pytest.mark.parametrize("n_outputs", [1, 2])
@@ -80,17 +85,7 @@ def test_regressor_gradient_matches_finite_differences(n_outputs, loss_name):
         else (xlogy(Y, Y / P) - Y + P).sum() / 60
     )
     assert loss == pytest.approx(want, rel=1e-9)
-    params = mlp.coefs_ + mlp.intercepts_
-    for k, P in enumerate(params):
-        for idx in [tuple(rng.integers(0, s) for s in P.shape) for _ in range(3)]:
-            m2 = copy.deepcopy(mlp)
-            p2 = m2.coefs_ + m2.intercepts_
-            h = 1e-6
-            p2[k][idx] += h
-            up, _ = mlp_loss_gradient(m2, X, y)
-            p2[k][idx] -= 2 * h
-            down, _ = mlp_loss_gradient(m2, X, y)
-            assert grads[k][idx] == pytest.approx((up - down) / (2 * h), abs=1e-6)
+    _check_against_finite_differences(mlp, X, y, grads, rng, 1e-6)
     # and the driver runs on it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
