@@ -503,9 +503,7 @@ def test_make_gaussian_layer_distributions():
 def test_make_gaussian_layer_bad_sizes(name, value):
     kwargs = {"m": 3, "n_in": 2, "n_out": 1}
     kwargs[name] = value
-    with pytest.raises(
-        ValueError, match=f"{name} must be an int >= 1, got {name}="
-    ):
+    with pytest.raises(ValueError, match=f"{name} must be an int >= 1, got {name}="):
         make_gaussian_layer(**kwargs)
 
 

@@ -471,6 +471,27 @@ def test_unbatched_convolution_inputs(conv, activations):
         torch.testing.assert_close(q(x[:1])[0], q(x[0]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("activations", ["dynamic", ActivationQuantizer(8)])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_empty_and_non_finite_batches_give_what_the_float_model_gives(
+    kind, activations
+):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3)) if kind == "conv" else mlp()
+    x = torch.randn(8, 3, 6, 6) if kind == "conv" else torch.randn(8, 37)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_model(net, UniformQuantizer(n_bits=8), x, activations=activations)
+    with torch.no_grad():
+        assert q(x[:0]).shape == net(x[:0]).shape
+        bad = x.clone()
+        bad[0].view(-1)[0] = float("nan")
+        got = q(bad)
+        assert torch.isnan(got[0]).any()  # as in the float model, not a number
+        if activations != "dynamic":  # (a dynamic grid is the whole batch's)
+            torch.testing.assert_close(got[1:], q(x[1:]), rtol=1e-5, atol=1e-5)
+
+
 def test_fake_dynamic_grid():
     x = torch.tensor([[-1.0, 0.0, 0.5, 3.0]])
     y = fake_dynamic(x, reduce_range=False)

@@ -120,3 +120,44 @@ def test_a_model_that_is_not_a_module():
         TypeError, match="model must be a torch.nn.Module, got function"
     ):
         quantize_model(lambda x: x, UniformQuantizer(n_bits=4))
+
+
+def test_meta_state_without_a_source_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match=r"'0.weight'.*meta device.*checkpoint="):
+        quantize_model(meta, UniformQuantizer(n_bits=4))
+
+    class Table(nn.Module):  # a buffer no checkpoint holds
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+            self.register_buffer("table", torch.arange(8.0), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x + self.table)
+
+    path = tmp_path / "t.safetensors"
+    save_file({k: v.contiguous() for k, v in Table().state_dict().items()}, path)
+    with torch.device("meta"):
+        meta = Table()
+    with pytest.raises(ValueError, match=r"buffers \['table'\].*persistent=False"):
+        quantize_model(meta, UniformQuantizer(n_bits=4), checkpoint=path)
+
+
+def test_a_model_with_several_outputs_in_the_sensitivity():
+    from skquant.torch import measure_sensitivity
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(x), x
+
+    X, y = torch.randn(32, 8), torch.arange(32) % 3
+    with pytest.raises(TypeError, match="returns a tuple.*one output tensor"):
+        measure_sensitivity(Pair(), X, y, bits=(2, 8))

@@ -144,6 +144,18 @@ def _iterated(data, labelled):
             yield torch.as_tensor(x).clone()
 
 
+def output_tensor(out):
+    """``out``, the model's output, when it is one tensor; else a ``TypeError``
+    (the sensitivity and the losses read one output: the logits)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"the model's forward returns a {type(out).__name__}, and this needs "
+            "one output tensor (the logits): wrap the model in a module whose "
+            "forward returns that tensor."
+        )
+    return out
+
+
 def replayable(data):
     """``data``, or its items in a list when it is a one-shot iterator (a
     generator): the drivers that read calibration data more than once (a walk,

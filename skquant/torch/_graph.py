@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from ._capture import StopForward, layer_input
-from ._data import cloned
+from ._data import cloned, output_tensor
 from ._layout import matrix_to_weight, to_numpy
 
 __all__ = ["GraphWalk", "layer_outputs", "trace"]
@@ -339,7 +339,7 @@ def layer_outputs(model, name, inputs):
     def outputs(W):
         with torch.no_grad():
             mod.weight.copy_(matrix_to_weight(W, mod))
-            out = [rest(kept) for kept in cache]
+            out = [output_tensor(rest(kept)) for kept in cache]
             return to_numpy(torch.cat(out)).astype(np.float64)
 
     return outputs

@@ -139,6 +139,8 @@ def dynamic_reduce_range(largest_code):
 def fake_dynamic(x, reduce_range):
     """``x`` on the per-call (per-tensor) 8-bit grid of the dynamic int8 kernel."""
     top = 127 if reduce_range else 255
+    if x.numel() == 0:  # no value, no grid
+        return x
     lo = torch.clamp(x.min().detach(), max=0.0)
     hi = torch.clamp(x.max().detach(), min=0.0)
     scale = (hi - lo) / top

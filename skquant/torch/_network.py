@@ -29,11 +29,43 @@ from .._network._protocol import LayerStep, Network
 from . import _graph
 from ._capture import capture
 from ._checkpoint import drop, is_meta, owner, put
-from ._data import batches, cloned, input_batches, model_device, model_dtype
+from ._data import (
+    batches,
+    cloned,
+    input_batches,
+    model_device,
+    model_dtype,
+    output_tensor,
+)
 from ._gradients import loss_gradients
 from ._layout import check_supported, matrix_to_weight, to_numpy, weight_to_matrix
 from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
 from ._state import kept_state
+
+
+def _check_meta(model, checkpoint):
+    """Raise when state on the meta device (no data) has nowhere to come from:
+    any of it without a checkpoint, and buffers a checkpoint does not hold
+    (``persistent=False``) with one."""
+    state = model.state_dict(keep_vars=True)
+    if checkpoint is None:
+        empty = [k for k, v in state.items() if is_meta(v)]
+        if empty:
+            raise ValueError(
+                f"the model's {empty[:5]}{' ...' if len(empty) > 5 else ''} are on "
+                "the meta device (built inside `with torch.device('meta'):`, so they "
+                "hold no data): pass checkpoint= to read them, or build the model "
+                "with its weights."
+            )
+    names = {id(v) for v in state.values()}
+    lost = [n for n, b in model.named_buffers() if is_meta(b) and id(b) not in names]
+    if lost:
+        raise ValueError(
+            f"the model's buffers {lost[:5]} are on the meta device and are not "
+            "part of its state_dict (persistent=False), so no checkpoint holds them: "
+            "compute them after building the model on the meta device (e.g. with "
+            "model.to_empty(device='cpu') and the module's own initialisation)."
+        )
 
 
 class TorchNetwork(Network):
@@ -130,6 +162,7 @@ class TorchNetwork(Network):
                 stacklevel=3,
             )
         self.layer_names = list(self._modules)
+        _check_meta(model, checkpoint)
         self._checkpoint = checkpoint
         self._lean = lean or checkpoint is not None
         self._held = {}
@@ -631,4 +664,4 @@ class TorchNetwork(Network):
         with kept_state(self.model), torch.no_grad():
             self.model.eval()
             inputs = input_batches(X, self.batch_size, dtype, device)
-            return torch.cat([self.model(x) for x in inputs])
+            return torch.cat([output_tensor(self.model(x)) for x in inputs])

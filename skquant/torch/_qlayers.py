@@ -580,11 +580,15 @@ class QuantMixin:
         )
 
     def _runs_int8(self, x):
-        """Whether ``x`` goes through the integer GEMM (float32 CPU, no gradient)."""
+        """Whether ``x`` goes through the integer GEMM (float32 CPU, no gradient;
+        an empty batch, or one with NaN or inf, takes the simulated path, which
+        gives what the float model gives: an empty output, NaN)."""
         return (
             self._int8 is not None
             and x.dtype == torch.float32
             and self._kernel_input(x)
+            and x.numel() > 0
+            and bool(torch.isfinite(x).all())
         )
 
     def _float_weight_for(self, x):
