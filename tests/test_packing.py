@@ -122,3 +122,16 @@ def test_quantized_tensor_affine_counts_zero_points():
 def test_quantize_rejects_unknown_alphabet():
     with pytest.raises(ValueError, match="got alphabet='quaternary'"):
         quantize(np.ones((2, 2)), alphabet="quaternary")
+
+
+def test_unpack_refuses_a_dtype_that_cannot_hold_the_codes():
+    from skquant._tensor._bits import pack_codes, unpack_codes
+
+    packed = pack_codes(np.arange(0, 256, dtype=np.int64), 8, 0)
+    with pytest.raises(ValueError, match=r"holds every code in \[0, 255\].*int8"):
+        unpack_codes(packed, 8, 0, (256,), dtype=np.int8)  # 200 became -56
+    with pytest.raises(ValueError, match="integer dtype"):
+        unpack_codes(packed, 8, 0, (256,), dtype=np.float32)
+    np.testing.assert_array_equal(
+        unpack_codes(packed, 8, 0, (256,), dtype=np.int16), np.arange(256)
+    )

@@ -147,7 +147,15 @@ def unpack_codes(packed, n_bits, qmin, shape, dtype=None, *, n_jobs=None):
             f"n_bits={n_bits}, got {packed.size} bytes instead."
         )
     qmin = int(qmin)
-    dtype = code_dtype(qmin, qmin + 2**n_bits - 1) if dtype is None else np.dtype(dtype)
+    qmax = qmin + 2**n_bits - 1
+    dtype = code_dtype(qmin, qmax) if dtype is None else np.dtype(dtype)
+    if dtype.kind not in "iu" or not (
+        np.iinfo(dtype).min <= qmin and qmax <= np.iinfo(dtype).max
+    ):
+        raise ValueError(
+            f"dtype must be an integer dtype that holds every code in [{qmin}, "
+            f"{qmax}], got dtype={dtype} instead."
+        )
     out = np.empty(n, dtype=dtype)
     if n_jobs in (None, 1):
         _packing.unpack_bits(packed, n_bits, qmin, out)
