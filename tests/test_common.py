@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import skquant
 from skquant import AdaptivePrecisionQuantizer
 from skquant._quantizers._datadriven import BaseDataQuantizer
 from skquant.utils.discovery import all_estimators
@@ -206,3 +207,24 @@ def test_scale_is_the_grid_step(cls):
     np.testing.assert_allclose(
         q.transform(W), codes * np.broadcast_to(q.scale_, (W.shape[1],)), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: skquant.UniformQuantizer(n_jobs=0),
+        lambda: skquant.ActivationQuantizer(n_jobs=0),
+        lambda: skquant.AdaptivePrecisionQuantizer(n_jobs=0),
+    ],
+    ids=["uniform", "activation", "adaptive"],
+)
+def test_n_jobs_zero_is_refused_by_name(make):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    W = np.random.default_rng(0).standard_normal((8, 3))
+    est = make()
+    with pytest.raises(InvalidParameterError, match="n_jobs"):
+        if isinstance(est, skquant.AdaptivePrecisionQuantizer):
+            est.fit(W, gradient=W)
+        else:
+            est.fit(W)

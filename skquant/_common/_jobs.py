@@ -6,12 +6,22 @@ import numbers
 import sys
 
 from joblib import Parallel
+from sklearn.utils._param_validation import Interval
 
-__all__ = ["check_n_jobs", "hold_freed_memory", "run_tasks", "shippable"]
+__all__ = ["N_JOBS", "check_n_jobs", "hold_freed_memory", "run_tasks", "shippable"]
 
 #: glibc's mallopt parameters, and the threshold given to both (1 GiB)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _HOLD = -1, -3, 1 << 30
 _HELD = []
+
+
+#: the parameter constraint of ``n_jobs`` (scikit-learn's validation): ``None``
+#: or a non-zero int, as :func:`check_n_jobs` checks it
+N_JOBS = [
+    None,
+    Interval(numbers.Integral, None, -1, closed="right"),
+    Interval(numbers.Integral, 1, None, closed="left"),
+]
 
 
 def check_n_jobs(n_jobs):

@@ -10,6 +10,7 @@ from sklearn.utils import check_array, metadata_routing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._common._jobs import N_JOBS
 from .._tensor._alphabets import code_dtype
 from .._tensor._fixedpoint import group_starts
 from .._tensor._qtensor import QuantizedTensor
@@ -151,7 +152,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         "map_coder": [StrOptions({"auto", "range", "fixed", "lzma", "zlib"})],
         "payload_coder": [StrOptions({"range", "raw"})],
         "group_margin": [StrOptions({"smallest", "pooled"})],
-        "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
+        "n_jobs": N_JOBS,
     }
 
     def __init__(

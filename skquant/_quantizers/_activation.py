@@ -13,6 +13,7 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._common._jobs import N_JOBS
 from .._kernels import _msq
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import (
@@ -150,7 +151,7 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         "symmetric": ["boolean"],
         "calibration": [StrOptions({"minmax", "percentile", "mse"})],
         "percentile": [Interval(numbers.Real, 50, 100, closed="both")],
-        "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
+        "n_jobs": N_JOBS,
     }
 
     def __init__(

@@ -1,13 +1,12 @@
 """Shared machinery of skquant's weight quantizers."""
 
-import numbers
-
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import metadata_routing
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from .._common._jobs import N_JOBS
 from .._kernels import _msq
 from .._kernels._threads import numba_threads
 from .._tensor import _alphabets
@@ -65,7 +64,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "granularity": [StrOptions({"per_channel", "per_tensor"})],
-        "n_jobs": [None, Interval(numbers.Integral, None, None, closed="neither")],
+        "n_jobs": N_JOBS,
     }
     _alphabet = "uniform"
     # W is the data, not metadata: stops scikit-learn from generating

@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._common._jobs import N_JOBS
 from .._layerbits._allocation import allocate_bits, greedy_bits, pareto_choices
 from .._layerbits._choices import CRITERIA, check_quantizer, choice_quantizer
 from .._network._adapters import adapter_for
@@ -128,7 +129,7 @@ class LayerBitAllocator(BaseEstimator):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["boolean"],
-        "n_jobs": [None, numbers.Integral],
+        "n_jobs": N_JOBS,
     }
 
     def __init__(
