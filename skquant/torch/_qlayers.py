@@ -581,15 +581,25 @@ class QuantMixin:
 
     def _runs_int8(self, x):
         """Whether ``x`` goes through the integer GEMM (float32 CPU, no gradient;
-        an empty batch, or one with NaN or inf, takes the simulated path, which
-        gives what the float model gives: an empty output, NaN)."""
+        an empty batch takes the simulated path)."""
         return (
             self._int8 is not None
             and x.dtype == torch.float32
             and self._kernel_input(x)
             and x.numel() > 0
-            and bool(torch.isfinite(x).all())
         )
+
+    def _try_int8(self, x):
+        """The integer GEMM's output, or ``None`` when a dynamic grid cannot be
+        made because ``x`` holds NaN or inf (the simulated path then gives what
+        the float model gives). A static grid puts such values on its ends, as
+        torch's quantized kernels do."""
+        try:
+            return self._int8_forward(x)
+        except (RuntimeError, ValueError):
+            if bool(torch.isfinite(x).all()):
+                raise
+            return None
 
     def _float_weight_for(self, x):
         if self.runtime != "float" and not self._wants_grad(x):
@@ -626,8 +636,8 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
-        if self._runs_int8(x):
-            return self._int8_forward(x)
+        if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
+            return y
         if self._act_mode is not None:
             x = self._fake_input(x)
         if self._rt is not None and self._kernel_input(x):
@@ -690,8 +700,8 @@ class QuantConvMixin(QuantMixin):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        if self._runs_int8(x):
-            return self._int8_forward(x)
+        if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
+            return y
         if self._act_mode is not None:
             x = self._fake_input(x)
         if self._kernel_input(x) and self.runtime != "float":
