@@ -303,10 +303,11 @@ def test_gradients_flow_to_the_biases(kind, runtime, activations):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_frozen_layers_stay_frozen_and_run_the_kernels(monkeypatch):
-    net = mlp().eval().requires_grad_(False)
+@pytest.mark.parametrize("frozen", [True, False])
+def test_grad_mode_runs_the_kernels(monkeypatch, frozen):
+    net = mlp().eval().requires_grad_(not frozen)
     q = quantize_model(net, UniformQuantizer(n_bits=4))
-    assert not any(p.requires_grad for p in q.parameters())
+    assert all(p.requires_grad != frozen for p in q.parameters())
     assert not any(m.training for m in q.modules())
     calls = []
     real = RuntimeWeights.matmul
@@ -315,8 +316,9 @@ def test_frozen_layers_stay_frozen_and_run_the_kernels(monkeypatch):
         "matmul",
         lambda self, *a, **k: calls.append(1) or real(self, *a, **k),
     )
-    q(torch.randn(2, 37))  # grad mode, nothing needs a gradient: the kernels run
-    assert calls
+    y = q(torch.randn(2, 37))  # grad mode, the input needs no gradient
+    assert calls  # the kernels ran
+    assert y.requires_grad != frozen  # and the biases' gradients flow
 
 
 def test_per_parameter_precision_runs_from_codes():

@@ -22,10 +22,9 @@ otherwise, and ``"float"`` where the integer kernels cannot run (another device,
 bfloat16 or float16, codes wider than 8 bits); a layer that falls back to
 ``"float"`` says so once (:class:`RuntimeFallbackWarning`).
 
-Inputs that need gradients, and a bias that needs them (a model in grad mode whose
-biases are not frozen), take the float path (the kernels are inference kernels); the
-result is the same function. Under ``torch.no_grad()`` or
-``torch.inference_mode()``, or with frozen biases, the kernels run.
+Inputs that need gradients take the float path (the kernels are inference kernels);
+the result is the same function. A bias that needs gradients gets them through the
+kernels too (added to their output as ``bias - bias.detach()``, a zero).
 """
 
 import warnings
@@ -566,11 +565,21 @@ class QuantMixin:
     # -- forward --------------------------------------------------------------
 
     def _wants_grad(self, x):
-        """Whether the forward must record gradients: grad mode, and the input or
-        the bias requires them (the kernels are inference kernels)."""
-        return torch.is_grad_enabled() and (
-            x.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        )
+        """Whether the input needs gradients in this call (the kernels are
+        inference kernels: such inputs take the float path)."""
+        return x.requires_grad and torch.is_grad_enabled()
+
+    def _bias_grad(self, y):
+        """``y``, a kernel's output (the bias added as a constant), with the
+        bias's gradient in the graph when grad mode asks for it: ``bias -
+        bias.detach()`` is zero, so the values stay those of the kernel."""
+        b = self.bias
+        if b is None or not (b.requires_grad and torch.is_grad_enabled()):
+            return y
+        zero = (b - b.detach()).to(y.dtype)
+        if not isinstance(self, nn.Linear):  # channels first
+            zero = zero.reshape((-1,) + (1,) * (y.dim() - 2))
+        return y + zero
 
     def _kernel_input(self, x):
         return (
@@ -637,7 +646,7 @@ class QuantLinear(QuantMixin, nn.Linear):
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
         if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
-            return y
+            return self._bias_grad(y)
         if self._act_mode is not None:
             x = self._fake_input(x)
         if self._rt is not None and self._kernel_input(x):
@@ -645,7 +654,7 @@ class QuantLinear(QuantMixin, nn.Linear):
             y = torch.from_numpy(self._rt.matmul(flat.numpy(), gemm=_torch_gemm))
             if self.bias is not None:
                 y += self.bias.detach().to(y.dtype)
-            return y.reshape(*x.shape[:-1], self.out_features)
+            return self._bias_grad(y.reshape(*x.shape[:-1], self.out_features))
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self._float_weight_for(x), bias)
 
@@ -701,7 +710,7 @@ class QuantConvMixin(QuantMixin):
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
-            return y
+            return self._bias_grad(y)
         if self._act_mode is not None:
             x = self._fake_input(x)
         if self._kernel_input(x) and self.runtime != "float":
