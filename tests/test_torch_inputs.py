@@ -177,3 +177,17 @@ def test_loss_gradients_take_the_models_dtype_and_labelled_batches():
     _same_models(got, want)
     with pytest.raises(TypeError, match="targets= goes with calibration_data"):
         quantize_model(_mlp(), q, loader, targets=y)
+
+
+def test_a_generator_is_read_only_when_the_data_is_needed():
+    pulled = []
+
+    def stream():
+        for b in torch.randn(64, 8).split(16):
+            pulled.append(1)
+            yield b
+
+    quantize_model(_mlp(), UniformQuantizer(n_bits=4), stream())  # memoryless
+    assert pulled == []
+    quantize_model(_mlp(), GreedyPathQuantizer(n_bits=4), stream())
+    assert len(pulled) == 4

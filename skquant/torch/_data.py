@@ -156,15 +156,37 @@ def output_tensor(out):
     return out
 
 
+class _Replay:
+    """A one-shot iterator read once, lazily: each batch is kept as it comes, and
+    every later pass gives the kept batches, then reads on where the first
+    stopped."""
+
+    def __init__(self, items):
+        self._items, self._kept = items, []
+
+    def __iter__(self):
+        i = 0
+        while True:
+            if i == len(self._kept):
+                try:
+                    self._kept.append(next(self._items))
+                except StopIteration:
+                    return
+            yield self._kept[i]
+            i += 1
+
+
 def replayable(data):
-    """``data``, or its items in a list when it is a one-shot iterator (a
-    generator): the drivers that read calibration data more than once (a walk,
-    then loss gradients or static input grids) read the same batches each time."""
+    """``data``, or, when it is a one-shot iterator (a generator), an iterable
+    that reads it once and gives its batches on every pass: the drivers that
+    read calibration data more than once (a walk, then loss gradients or static
+    input grids) read the same batches each time, and nothing is read when
+    nothing needs the data."""
     try:
         once = iter(data) is data
     except TypeError:
         return data
-    return list(data) if once else data
+    return _Replay(data) if once else data
 
 
 def input_batches(data, batch_size, dtype, device):
