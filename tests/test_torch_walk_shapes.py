@@ -126,3 +126,19 @@ def test_max_rows_holds_for_sequences_of_several_lengths(short_first):
         assert 0 < Xf.shape[0] <= 100
         np.testing.assert_array_equal(Xq, Xf)  # the same rows in both
         step.quantized = step.weight
+
+
+def test_a_module_under_two_names_through_output(tmp_path):
+    from skquant.torch import load_into
+
+    torch.manual_seed(0)
+    model, x = _twice().eval(), torch.randn(16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = quantize_model(model, GreedyPathQuantizer(n_bits=4), x)
+        quantize_model(
+            model, GreedyPathQuantizer(n_bits=4), x, output=tmp_path / "m.skq"
+        )
+    back = load_into(_twice(), tmp_path / "m.skq")
+    assert back[0] is back[2] and type(back[0]).__name__ == "QuantLinear"
+    torch.testing.assert_close(back(x), want(x), rtol=0, atol=0)

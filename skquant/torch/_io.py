@@ -158,6 +158,8 @@ def load_into(model, path, *, runtime="auto"):
             aliases.setdefault(id(m), []).append(n)
     classes = _quant_classes()
     for name, info in layers.items():
+        if name not in mods and name in every:  # another name of a module
+            continue  # loaded under its first name, and set under all of them
         module = mods.get(name)
         kind = info.get("kind") if isinstance(info, dict) else None
         if (
