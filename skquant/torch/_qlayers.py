@@ -599,10 +599,11 @@ class QuantMixin:
         )
 
     def _try_int8(self, x):
-        """The integer GEMM's output, or ``None`` when a dynamic grid cannot be
-        made because ``x`` holds NaN or inf (the simulated path then gives what
-        the float model gives). A static grid puts such values on its ends, as
-        torch's quantized kernels do."""
+        """The integer GEMM's output, or ``None`` when the kernel cannot run
+        because ``x`` holds NaN or inf (a convolution's dynamic grid: the
+        simulated path then gives what the float model gives). Otherwise such
+        values are put on the grid as torch's own int8 kernels put them (no
+        check costs a pass over every input)."""
         try:
             return self._int8_forward(x)
         except (RuntimeError, ValueError):
