@@ -177,6 +177,10 @@ def test_loss_gradients_take_the_models_dtype_and_labelled_batches():
     _same_models(got, want)
     with pytest.raises(TypeError, match="targets= goes with calibration_data"):
         quantize_model(_mlp(), q, loader, targets=y)
+    # batches of inputs alone carry no targets (a (2, n) batch is not a pair)
+    for unlabelled in (list(X.split(16)), list(X.split(2))):
+        with pytest.raises(TypeError, match=r"batches of \(x, y\) pairs"):
+            quantize_model(_mlp(), q, unlabelled)
 
 
 def test_a_generator_is_read_only_when_the_data_is_needed():

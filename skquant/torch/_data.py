@@ -138,6 +138,13 @@ def _iterated(data, labelled):
                 "tensors, or wrap the model so that its forward takes one tensor."
             )
         if labelled:
+            if not (isinstance(b, tuple | list) and len(b) == 2):
+                raise TypeError(
+                    "data must be a pair (X, y), or batches of (x, y) pairs (a "
+                    f"DataLoader), got a batch of type {type(b).__name__} instead "
+                    "(with batches of inputs alone, pass X and its targets as one "
+                    "pair)."
+                )
             x, y = b
             yield as_tensor(x).clone(), autograd_tensor(as_tensor(y))
         else:
