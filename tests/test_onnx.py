@@ -499,7 +499,12 @@ def test_a_model_with_several_outputs_is_checked_on_each(tmp_path):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_a_float64_model_is_refused_with_the_way_out(tmp_path):
-    q = quantize_model(mlp().double(), UniformQuantizer(n_bits=4))
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_float64_model_is_refused_with_the_way_out(tmp_path, bias):
+    net = nn.Sequential(
+        nn.Linear(40, 8, bias=bias), nn.ReLU(), nn.Linear(8, 3, bias=bias)
+    )
+    q = quantize_model(net.double(), UniformQuantizer(n_bits=4))
     with pytest.raises(ValueError, match=r"float64.*float32 copy"):
         export_onnx(q, torch.randn(2, 40, dtype=torch.float64), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -220,12 +220,13 @@ def export_onnx(
             "the model is itself one quantized layer: wrap it, e.g. "
             "torch.nn.Sequential(layer), to export it."
         )
-    wide = sorted(
-        {str(p.dtype) for p in model.parameters() if p.dtype != torch.float32}
-    )
+    floats = [*model.parameters(), *model.buffers()]
+    floats = [t.dtype for t in floats if t.is_floating_point()]
+    floats += [m._wdtype for m in quantized.values() if hasattr(m, "_wdtype")]
+    wide = sorted({str(d) for d in floats if d != torch.float32})
     if wide:
         raise ValueError(
-            f"model has {wide} parameters: export_onnx writes float32 graphs "
+            f"model computes in {wide}: export_onnx writes float32 graphs "
             "(ONNX's DequantizeLinear gives float32 weights). Export a float32 copy: "
             "copy.deepcopy(model).float()."
         )
