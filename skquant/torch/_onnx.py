@@ -220,8 +220,7 @@ def export_onnx(
             "the model is itself one quantized layer: wrap it, e.g. "
             "torch.nn.Sequential(layer), to export it."
         )
-    floats = [*model.parameters(), *model.buffers()]
-    floats = [t.dtype for t in floats if t.is_floating_point()]
+    floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
     floats += [m._wdtype for m in quantized.values() if hasattr(m, "_wdtype")]
     wide = sorted({str(d) for d in floats if d != torch.float32})
     if wide:
