@@ -86,6 +86,9 @@ def test_regressor_gradient_matches_finite_differences(n_outputs, loss_name):
     )
     assert loss == pytest.approx(want, rel=1e-9)
     _check_against_finite_differences(mlp, X, y, grads, rng, 1e-6)
+    if n_outputs == 2:  # one target per sample for two outputs: refused
+        with pytest.raises(ValueError, match="y must have 2 target"):
+            mlp_loss_gradient(mlp, X, y[:, 0])
     # and the driver runs on it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

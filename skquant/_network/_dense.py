@@ -326,6 +326,11 @@ class MLPNetwork(DenseNetwork):
         eps = np.finfo(np.float64).eps
         if mlp.out_activation_ in ("identity", "exp"):  # a regressor
             Y = np.asarray(y, dtype=np.float64).reshape(n, -1)
+            if Y.shape[1] != Z.shape[1]:
+                raise ValueError(
+                    f"y must have {Z.shape[1]} target(s) per sample (the network's "
+                    f"outputs), got y.shape={np.shape(y)} instead."
+                )
             if mlp.out_activation_ == "identity":  # half the squared error
                 P = Z
                 loss = float(np.sum((P - Y) ** 2) / (2 * n))
