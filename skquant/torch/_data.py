@@ -61,7 +61,7 @@ def _is_pair(data):
     return isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple)
 
 
-def batches(data, batch_size, *, labelled=True, generator=None):
+def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
     """Mini-batches of ``data`` as tensors.
 
     ``data`` is a pair ``(X, y)`` (``labelled``) or a tensor or array ``X``
@@ -70,8 +70,9 @@ def batches(data, batch_size, *, labelled=True, generator=None):
     is given; or any other iterable, whose batches come as they are (unlabelled:
     the ``x`` of ``(x, y)`` pairs). Inference tensors (made inside
     ``torch.inference_mode()``) are copied into normal ones, which autograd
-    accepts. Each ``x`` holds memory of its own (a copy of the caller's), so a
-    model whose forward writes to its input leaves the caller's data as it was.
+    accepts. With ``copy``, each ``x`` holds memory of its own (a copy of the
+    caller's), so a model whose forward writes to its input leaves the caller's
+    data as it was; without, ``x`` may be a view of the caller's data.
 
     Yields
     ------
@@ -92,13 +93,14 @@ def batches(data, batch_size, *, labelled=True, generator=None):
     ):
         arrays = [as_tensor(data)]
     else:
-        yield from _iterated(data, labelled)
+        yield from _iterated(data, labelled, copy)
         return
     n = len(arrays[0])
     order = None if generator is None else torch.randperm(n, generator=generator)
     for i in range(0, n, batch_size):
         if order is None:
-            batch = [a[i : i + batch_size].clone() for a in arrays]  # not views
+            batch = [a[i : i + batch_size] for a in arrays]
+            batch = [t.clone() if copy else autograd_tensor(t) for t in batch]
         else:
             idx = order[i : i + batch_size]
             batch = [autograd_tensor(a[idx]) for a in arrays]
@@ -112,7 +114,7 @@ def is_rows(data):
     return isinstance(first, list) and bool(first) and isinstance(first[0], Number)
 
 
-def _iterated(data, labelled):
+def _iterated(data, labelled, copy=True):
     """The batches of an iterable, as :func:`batches` gives them."""
     try:
         if isinstance(data, str | bytes | dict):
@@ -146,9 +148,14 @@ def _iterated(data, labelled):
                     "pair)."
                 )
             x, y = b
-            yield as_tensor(x).clone(), autograd_tensor(as_tensor(y))
+            x = as_tensor(x)
+            yield (
+                x.clone() if copy else autograd_tensor(x),
+                autograd_tensor(as_tensor(y)),
+            )
         else:
-            yield torch.as_tensor(x).clone()
+            x = torch.as_tensor(x)
+            yield x.clone() if copy else autograd_tensor(x)
 
 
 def output_tensor(out):
@@ -196,14 +203,22 @@ def replayable(data):
     return _Replay(data) if once else data
 
 
+class CallerBatches(list):
+    """Input batches that may share the caller's memory (views of ``X`` where
+    its dtype and device are the model's): a forward that may write to its
+    input runs on a copy of each (:func:`cloned`), one batch at a time, so that
+    the caller's data stays as it was without a second copy held of it all."""
+
+
 def input_batches(data, batch_size, dtype, device):
     """Input batches (tensors on ``device`` in ``dtype``) from any calibration data.
 
     ``data`` is a tensor, a NumPy array, or an iterable of batches (tensors,
     arrays or ``(x, y)`` pairs, as a ``DataLoader`` gives); see :func:`batches`.
+    The batches come as :class:`CallerBatches`.
     """
-    out = []
-    for x in batches(data, batch_size, labelled=False):
+    out = CallerBatches()
+    for x in batches(data, batch_size, labelled=False, copy=False):
         out.append(
             x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
         )
