@@ -260,7 +260,7 @@ def test_measurement_errors(held_out):
         measure_sensitivity(mlp, X, threshold="fast")
     with pytest.raises(ValueError, match="hessian=True needs"):
         measure_sensitivity(mlp, X, hessian=True)
-    with pytest.raises(ValueError, match="max_samples must be a positive integer"):
+    with pytest.raises(ValueError, match="max_samples must be an int >= 1 or None"):
         measure_sensitivity(mlp, X, max_samples=0)
     with pytest.raises(ValueError, match="features|shape"):
         measure_sensitivity(mlp, X[:, :10])

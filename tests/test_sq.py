@@ -225,7 +225,7 @@ def test_bad_input(digits):
         train_sq(_net(), (X, y), lam=[0.2, 0.1], epochs=2, verbose=False)
     with pytest.raises(ValueError, match="below the model's 10 outputs"):
         train_sq(_net(), (X, y + 5), epochs=1, verbose=False)
-    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+    with pytest.raises(ValueError, match="epochs must be an int >= 1"):
         train_sq(_net(), (X, y), epochs=0, verbose=False)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         train_sq(np.eye(3), (X, y), verbose=False)

@@ -6,6 +6,7 @@ import numbers
 
 import numpy as np
 
+from .._common._checks import check_int
 from .._common._progress import progress
 from .._precision._allocate import allocate_precision, precision_map_bits, round_fixed
 from .._precision._options import check_bound, check_loop_params, check_positive
@@ -117,13 +118,7 @@ def adaptive_precision_loop(
             f"retrain must be None, 'ste' or 'pruned', got retrain={retrain!r} instead."
         )
     if retrain is not None:
-        if isinstance(retrain_steps, bool) or not (
-            isinstance(retrain_steps, numbers.Integral) and retrain_steps >= 1
-        ):
-            raise ValueError(
-                "retrain_steps must be an int >= 1, got "
-                f"retrain_steps={retrain_steps!r} instead."
-            )
+        check_int(retrain_steps, "retrain_steps")
         check_positive(retrain_lr, "retrain_lr")
     params = [np.asarray(p, dtype=np.float64).copy() for p in params]
     n_params = sum(p.size for p in params)

@@ -32,6 +32,7 @@ from itertools import chain
 import numpy as np
 from joblib import delayed, effective_n_jobs
 
+from .._common._checks import check_int
 from .._common._jobs import check_n_jobs, hold_freed_memory, run_tasks, shippable
 from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
@@ -358,13 +359,7 @@ def sensitivity(
 
 def subsample(X, y, max_samples, random_state):
     """At most ``max_samples`` rows of ``X`` (and ``y``), drawn without replacement."""
-    if max_samples is not None and (
-        not isinstance(max_samples, numbers.Integral) or max_samples < 1
-    ):
-        raise ValueError(
-            f"max_samples must be a positive integer or None, got "
-            f"max_samples={max_samples!r} instead."
-        )
+    check_int(max_samples, "max_samples", none=True)
     n = len(X)
     if n == 0:
         raise ValueError("X holds no sample: the measurement needs at least one row.")

@@ -3,6 +3,8 @@
 import math
 import numbers
 
+from .._common._checks import check_int
+
 __all__ = ["LOOP_OPTIONS", "LOOP_OPTIONS_DOC", "loop_options", "shared_loop_docs"]
 
 #: The options of the adaptive-precision loop that every front end takes, with their
@@ -93,11 +95,8 @@ def check_positive(value, name):
 
 def check_loop_params(trust_region, max_iter, max_bits):
     check_positive(trust_region, "trust_region")
-    for name, value, low in (("max_iter", max_iter, 1), ("max_bits", max_bits, 1)):
-        if not isinstance(value, numbers.Integral) or value < low:
-            raise ValueError(
-                f"{name} must be an int >= {low}, got {name}={value!r} instead."
-            )
+    check_int(max_iter, "max_iter")
+    check_int(max_bits, "max_bits")
 
 
 def check_bound(loss_bound, relative, loss0):

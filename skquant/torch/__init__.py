@@ -2,8 +2,9 @@
 
 Importing it requires PyTorch; ``import skquant`` never imports this sub-package.
 
-Its modules import one way, down this list (a module imports only modules of the
-lines above it, or of its own line's left, never this package or ``skquant``):
+Its modules import one way, up this list (a module imports only modules of the
+lines before its own, never a module of its own line, this package or
+``skquant``); ``pyproject.toml``'s import-linter contract holds the same list:
 
 1. ``_state`` (a model given back as it was), ``_layout`` (weight tensors as
    ``(n_in, n_out)`` matrices), ``_data`` (data as mini-batches), ``_fake`` (fake
@@ -12,13 +13,16 @@ lines above it, or of its own line's left, never this package or ``skquant``):
 2. ``_rows`` (a layer's input rows: conv patches, sampled), ``_gradients`` (loss
    gradients on a model, grad mode and flags);
 3. ``_capture`` (forward passes handing layers' inputs to a callback);
-4. ``_network`` (:class:`TorchNetwork`: the adapter and its walk);
-5. ``_model`` (quantized layers, :func:`quantize_model`), ``_adaptive``
+4. ``_int8`` (torch's int8 kernels), ``_graph`` (runs on a model's ``torch.fx``
+   graph: a layer's outputs from it on, the walk of a traced module);
+5. ``_network`` (:class:`TorchNetwork`: the adapter and its walk), ``_qlayers``
+   (the quantized layers and their runtimes);
+6. ``_model`` (:func:`quantize_model`), ``_adaptive``
    (:func:`adaptive_quantize_model`), ``_sensitivity``
    (:func:`measure_sensitivity`);
-6. ``_io`` (quantized models in skquant files);
-7. ``_sq/`` (Smart Quantization: the regulariser and the trainers);
-8. ``_sqestimator`` (:class:`SQClassifier`).
+7. ``_io`` (quantized models in skquant files), ``_onnx`` (:func:`export_onnx`);
+8. ``_sq/`` (Smart Quantization: the regulariser and the trainers);
+9. ``_sqestimator`` (:class:`SQClassifier`).
 """
 
 try:

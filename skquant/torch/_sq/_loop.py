@@ -2,12 +2,12 @@
 
 import copy
 import math
-import numbers
 import time
 
 import torch
 from torch import nn
 
+from ..._common._checks import check_int
 from .._data import batches
 from .._gradients import gradients_enabled
 from ._checks import covered_layers, positive
@@ -74,17 +74,9 @@ class Loop:
                 f"model must be a torch.nn.Module, got {type(model).__name__} instead."
             )
         _, self.names = covered_layers(model, layers, skip)
-        for name, value in (
-            ("epochs", epochs),
-            ("finetune_epochs", finetune_epochs),
-            ("batch_size", batch_size),
-        ):
-            if not isinstance(value, numbers.Integral) or value < (
-                name != "finetune_epochs"
-            ):
-                raise ValueError(
-                    f"{name} must be a positive integer, got {name}={value!r}."
-                )
+        check_int(epochs, "epochs")
+        check_int(finetune_epochs, "finetune_epochs", low=0)
+        check_int(batch_size, "batch_size")
         self.lr = positive(lr, "lr")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(
