@@ -115,17 +115,59 @@ def test_a_module_under_two_names_saves_and_loads(tmp_path):
     torch.testing.assert_close(back(x), q(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("short_first", [True, False])
-def test_max_rows_holds_for_sequences_of_several_lengths(short_first):
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
-    short, long = torch.randn(4, 3, 6), torch.randn(4, 500, 6)
-    data = [short, long] if short_first else [long, short]
-    for step in TorchNetwork(net).walk(data, max_rows=100):
+class _Chain(nn.Module):
+    """Not a Sequential: its layers' inputs are met in a pass, batch by batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _sequences(short_first, seed=0):
+    """Two batches of 4 sequences, of 3 and of 500 positions; feature 0 numbers
+    the 2012 rows in their order."""
+    g = torch.Generator().manual_seed(seed)
+    short, long = torch.randn(4, 3, 6, generator=g), torch.randn(4, 500, 6, generator=g)
+    batches = [short, long] if short_first else [long, short]
+    at = 0
+    for x in batches:
+        x[..., 0] = torch.arange(at, at + x.shape[0] * x.shape[1]).reshape(x.shape[:2])
+        at += x.shape[0] * x.shape[1]
+    return batches
+
+
+def _first_rows(net, data, max_rows, seed):
+    steps = TorchNetwork(net).walk(data, max_rows=max_rows, random_state=seed)
+    shapes = []
+    for i, step in enumerate(steps):
         Xq, Xf = step.inputs()
-        assert 0 < Xf.shape[0] <= 100
         np.testing.assert_array_equal(Xq, Xf)  # the same rows in both
+        shapes.append(Xf.shape[0])
+        if i == 0:
+            ids = Xf[:, 0].copy()
         step.quantized = step.weight
+    return ids, shapes
+
+
+@pytest.mark.parametrize("short_first", [True, False])
+@pytest.mark.parametrize("make", [_Chain, lambda: nn.Sequential(*_Chain().children())])
+def test_max_rows_draws_from_sequences_of_several_lengths(short_first, make):
+    torch.manual_seed(0)
+    net = make().eval()
+    ids, shapes = _first_rows(net, _sequences(short_first), 100, 0)
+    assert shapes == [100, 100]  # max_rows of the 2012 rows, in every layer
+    assert len(np.unique(ids)) == 100 and np.all(np.diff(ids) > 0)
+    # uniform over all rows: the 12 short-sequence rows hold 100 * 12 / 2012 of
+    # the draw on average, the 2000 others the rest (with the first batch's
+    # rows per sample taken for all, the long-first draw kept about 50 rows)
+    short = 0
+    for seed in range(150):
+        ids, _ = _first_rows(net, _sequences(short_first, seed), 100, seed)
+        short += np.sum(ids < 12) if short_first else np.sum(ids >= 2000)
+    assert 50 <= short <= 150, short  # 89.5 expected, sd about 9.4
 
 
 def test_a_module_under_two_names_through_output(tmp_path):

@@ -89,9 +89,9 @@ def quantize_model(
         quantizers. Never written to, whatever the model's forward does to its
         input.
     max_rows : int, default=4096
-        Largest number of rows (samples or patches) per layer, drawn without
-        replacement (uniformly when every batch has the same rows per sample;
-        batches of sequences of several lengths are cut to ``max_rows`` too).
+        Largest number of rows (samples, sequence positions or patches) per
+        layer, drawn uniformly without replacement from all the rows its input
+        batches give (batches of sequences of several lengths too).
     skip : sequence of str, default=()
         Names of modules to leave float, with all their children.
     batch_size : int, default=256

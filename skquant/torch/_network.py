@@ -514,9 +514,15 @@ class TorchNetwork(Network):
                 f"layers {missing} did not run in the model's forward pass on the "
                 "calibration data; leave them out with skip=[...]."
             )
+        again = sampler.unsettled()  # sequences of several lengths: counted now
+        if again:
+            for name in again:
+                sampler.settle(name)
+                store[name] = []
+            capture(fblock, {n: fmods[n] for n in again}, fcache, take)
         first, walk = True, None  # the traced graph, when a layer first needs it
         for name in order:
-            Xf = sampler.trimmed(name, as_float64(store.pop(name)))  # in float64
+            Xf = as_float64(store.pop(name))  # in float64
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
             else:
@@ -546,17 +552,19 @@ class TorchNetwork(Network):
             )
 
         capture(qblock, {name: qmod}, qcache, take, stop=True)
-        return sampler.trimmed(name, as_float64(chunks))
+        return as_float64(chunks)
 
     def _rows_of(self, mod, name, cache, sampler):
         chunks, offset = [], 0
+        for x in cache:
+            check_layer_input(name, mod, x)
+        sampler.plan(name, mod, cache)
         with torch.no_grad():
             for x in cache:
-                check_layer_input(name, mod, x)
                 rows = sampler.rows(name, mod, x, offset)
                 chunks.append(gather_rows(mod, x, rows).cpu())
                 offset += x.shape[0]
-        return sampler.trimmed(name, as_float64(chunks))
+        return as_float64(chunks)
 
     # ------------------------------------------------------- copies, loss
     def with_weights(self, weights):

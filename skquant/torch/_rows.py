@@ -141,51 +141,83 @@ def check_layer_input(name, module, x):
 
 
 class RowSampler:
-    """The calibration rows kept per layer, drawn when the layer is first reached.
+    """The calibration rows kept per layer: at most ``max_rows`` of them.
 
-    With ``n`` rows in all (samples times rows per sample), a layer keeps every
-    row when ``n <= max_rows``, else ``max_rows`` rows drawn without replacement
-    (sorted). One generator draws for all layers, in forward order.
+    A layer's rows are those of all its input batches (samples times rows per
+    sample, batch after batch). With ``n`` of them, the layer keeps every row
+    when ``n <= max_rows``, else ``max_rows`` rows drawn uniformly without
+    replacement (in their order); the same rows in every pass over the batches
+    (the layer's float and quantized inputs). One generator draws for all
+    layers, in the order their draws are made.
+
+    A draw needs ``n``. :meth:`plan` counts it when a layer's input batches are
+    all at hand. A pass that meets them one at a time (:meth:`rows` before any
+    plan) takes the first batch's rows per sample for all; a batch that has
+    another number (sequences of several lengths) leaves the layer in
+    :meth:`unsettled`: its rows from that pass are not to be kept, and after
+    :meth:`settle` (a draw from the counts that pass saw) the caller runs it
+    again.
     """
 
     def __init__(self, n_samples, max_rows, random_state):
         self.n_samples = n_samples
         self.max_rows = max_rows
         self.rng = np.random.default_rng(random_state)
-        self.index = {}
-        self.kept = {}
+        self._plans = {}  # name -> (starts by offset or rows per sample, draw)
+        self._seen = {}  # name -> {sample offset: rows}, while the plan assumes
+        self._unsettled = set()
 
-    def trimmed(self, name, X):
-        """``X`` (a layer's gathered rows) cut to ``max_rows`` rows drawn without
-        replacement, the same rows for every call of the layer (its float and its
-        quantized inputs). Only batches whose rows per sample differ (sequences
-        of several lengths) gather more than ``max_rows`` rows: the draw made at
-        the first batch counts its rows per sample for every batch."""
-        if self.max_rows is None or X.shape[0] <= self.max_rows:
-            return X
-        keep = self.kept.get(name)
-        if keep is None or keep[0] != X.shape[0]:
-            rows = np.sort(self.rng.choice(X.shape[0], self.max_rows, replace=False))
-            keep = self.kept[name] = (X.shape[0], rows)
-        return X[keep[1]]
+    def _draw(self, total):
+        if self.max_rows is not None and total > self.max_rows:
+            return np.sort(self.rng.choice(total, self.max_rows, replace=False))
+        return None
+
+    def _counted(self, name, counts):
+        starts, total = {}, 0
+        for offset, n in counts.items():
+            starts[offset], total = total, total + n
+        self._plans[name] = (starts, self._draw(total))
+
+    def plan(self, name, module, batches):
+        """Draw ``name``'s rows from the row counts of all its input ``batches``
+        (nothing when it has a plan already)."""
+        if name in self._plans:
+            return
+        counts, offset = {}, 0
+        for x in batches:
+            counts[offset] = x.shape[0] * rows_per_sample(module, x)
+            offset += x.shape[0]
+        self._counted(name, counts)
+
+    def unsettled(self):
+        """Layers whose last pass met batches of several rows per sample."""
+        return sorted(self._unsettled)
+
+    def settle(self, name):
+        """Draw ``name``'s rows from the counts its last pass saw."""
+        self._unsettled.discard(name)
+        self._counted(name, self._seen.pop(name))
 
     def rows(self, name, module, x, sample_offset):
-        """Kept row indices within this batch (a tensor), or None for all."""
-        per = rows_per_sample(module, x)
-        if name not in self.index:
-            total = per * self.n_samples
-            if self.max_rows is not None and total > self.max_rows:
-                self.index[name] = np.sort(
-                    self.rng.choice(total, self.max_rows, replace=False)
-                )
-            else:
-                self.index[name] = None
-        idx = self.index[name]
-        lo = sample_offset * per
-        hi = lo + x.shape[0] * per
+        """Kept row indices within this batch (a tensor)."""
+        n = x.shape[0] * rows_per_sample(module, x)
+        if name not in self._plans:  # the first batch's rows per sample for all
+            per = rows_per_sample(module, x)
+            self._plans[name] = (per, self._draw(per * self.n_samples))
+            self._seen[name] = {}
+        starts, idx = self._plans[name]
+        if isinstance(starts, dict):
+            lo = starts[sample_offset]
+        else:
+            self._seen[name][sample_offset] = n
+            if n != starts * x.shape[0]:
+                self._unsettled.add(name)
+            if name in self._unsettled:  # gathered again once settled
+                return torch.zeros(0, dtype=torch.int64, device=x.device)
+            lo = sample_offset * starts
         if idx is None:
-            return torch.arange(hi - lo, device=x.device)
-        sel = idx[np.searchsorted(idx, lo) : np.searchsorted(idx, hi)] - lo
+            return torch.arange(n, device=x.device)
+        sel = idx[np.searchsorted(idx, lo) : np.searchsorted(idx, lo + n)] - lo
         return torch.from_numpy(sel).to(x.device)
 
 
