@@ -195,3 +195,40 @@ def test_a_generator_is_read_only_when_the_data_is_needed():
     assert pulled == []
     quantize_model(_mlp(), GreedyPathQuantizer(n_bits=4), stream())
     assert len(pulled) == 4
+
+
+def test_samples_are_batched_as_rows():
+    """A torch Dataset, a list of 1-D float rows and a list of tuples of numbers
+    are samples, not batches: the same model as the array of them."""
+    from skquant import AdaptivePrecisionQuantizer
+
+    X, y = torch.randn(40, 8), torch.arange(40) % 3
+    gpfq, kw = GreedyPathQuantizer(n_bits=4), {"batch_size": 16}
+    want = quantize_model(_mlp(), gpfq, X, **kw)
+    for data in (
+        torch.utils.data.TensorDataset(X),
+        torch.utils.data.TensorDataset(X, y),
+        list(X),
+        list(X.numpy()),
+        [tuple(r) for r in X.tolist()],
+    ):
+        _same_models(quantize_model(_mlp(), gpfq, data, **kw), want)
+    # a labelled Dataset carries its targets, as its DataLoader would
+    q = AdaptivePrecisionQuantizer(budget=0.05)
+    got = quantize_model(_mlp(), q, torch.utils.data.TensorDataset(X, y), **kw)
+    _same_models(got, quantize_model(_mlp(), q, X, targets=y, **kw))
+    # rows of several lengths: named, not stacked
+    with pytest.raises(ValueError, match="list of rows"):
+        quantize_model(_mlp(), gpfq, [torch.randn(8), torch.randn(7)])
+
+
+def test_integer_vectors_stay_batches():
+    """A list of 1-D integer tensors is a list of batches (token ids)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 3)).eval()
+    ids = [torch.randint(0, 10, (16,)) for _ in range(3)]
+    got = quantize_model(net, GreedyPathQuantizer(n_bits=4), ids, skip=["0"])
+    want = quantize_model(
+        net, GreedyPathQuantizer(n_bits=4), torch.cat(ids), skip=["0"]
+    )
+    _same_models(got, want)

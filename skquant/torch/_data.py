@@ -67,8 +67,10 @@ def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
     ``data`` is a pair ``(X, y)`` (``labelled``) or a tensor or array ``X``
     (unlabelled) of tensors or arrays, cut into slices of ``batch_size`` rows, in
     the order of ``torch.randperm(len(X), generator=generator)`` when a generator
-    is given; or any other iterable, whose batches come as they are (unlabelled:
-    the ``x`` of ``(x, y)`` pairs). Inference tensors (made inside
+    is given; a list of rows (:func:`is_rows`) as such an ``X``; a torch
+    ``Dataset`` (samples) in batches of ``batch_size`` samples, as a
+    ``DataLoader`` gives them; or any other iterable, whose batches come as they
+    are (unlabelled: the ``x`` of ``(x, y)`` pairs). Inference tensors (made inside
     ``torch.inference_mode()``) are copied into normal ones, which autograd
     accepts. With ``copy``, each ``x`` holds memory of its own (a copy of the
     caller's), so a model whose forward writes to its input leaves the caller's
@@ -88,10 +90,13 @@ def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
             )
         if len(arrays[0]) == 0:
             raise ValueError("data holds no sample.")
-    elif not labelled and (
-        isinstance(data, np.ndarray | torch.Tensor) or is_rows(data)
-    ):
+    elif not labelled and isinstance(data, np.ndarray | torch.Tensor):
         arrays = [as_tensor(data)]
+    elif not labelled and is_rows(data):
+        arrays = [_rows(data)]
+    elif isinstance(data, torch.utils.data.Dataset):  # samples: batch them
+        yield from _iterated(_loader(data, batch_size, generator), labelled, copy)
+        return
     else:
         yield from _iterated(data, labelled, copy)
         return
@@ -108,10 +113,48 @@ def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
 
 
 def is_rows(data):
-    """Whether ``data`` is a list of rows of numbers (an array-like ``X``, as
-    scikit-learn takes), not a list of batches."""
+    """Whether ``data`` is a list of rows (an array-like ``X``, as scikit-learn
+    takes), not a list of batches: its first item a list or tuple of numbers, or
+    a 1-D floating array or tensor (one sample of a Linear input; a 1-D batch
+    would be one number per sample, as token ids are, which stay batches)."""
     first = data[0] if isinstance(data, list) and data else None
-    return isinstance(first, list) and bool(first) and isinstance(first[0], Number)
+    if isinstance(first, list | tuple):
+        return bool(first) and isinstance(first[0], Number)
+    return (
+        isinstance(first, np.ndarray | torch.Tensor)
+        and first.ndim == 1
+        and (
+            first.dtype.kind == "f"
+            if isinstance(first, np.ndarray)
+            else first.is_floating_point()
+        )
+    )
+
+
+def _rows(data):
+    """The tensor of a list of rows (:func:`is_rows`)."""
+    try:
+        if isinstance(data[0], torch.Tensor):
+            return torch.stack([torch.as_tensor(r) for r in data])
+        return as_tensor(np.asarray(data))
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ValueError(
+            "calibration data is a list of rows (samples) of different lengths or "
+            f"kinds ({exc}); pass one array or tensor of shape (n_samples, "
+            "n_features), or a list of batches."
+        ) from None
+
+
+def _loader(data, batch_size, generator):
+    """A torch ``Dataset`` (samples, not batches) as a ``DataLoader`` of
+    ``batch_size`` samples, shuffled by ``generator`` when given."""
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=generator is not None
+        and not isinstance(data, torch.utils.data.IterableDataset),
+        generator=generator,
+    )
 
 
 def _iterated(data, labelled, copy=True):

@@ -83,9 +83,10 @@ def quantize_model(
         layer name (``model.named_modules()`` names) to quantizer: layers not
         named stay float unless the key ``"*"`` gives a default.
     calibration_data : torch.Tensor, ndarray or iterable, default=None
-        Calibration inputs (cast to the model's dtype and device; a list of rows
-        of numbers counts as one array), or an iterable of batches (tensors or
-        ``(x, y)`` pairs, as a ``DataLoader`` gives). Needed by data-driven
+        Calibration inputs (cast to the model's dtype and device; a list of rows,
+        of numbers or 1-D float arrays, counts as one array), a torch ``Dataset``
+        of samples (read ``batch_size`` at a time), or an iterable of batches
+        (tensors or ``(x, y)`` pairs, as a ``DataLoader`` gives). Needed by data-driven
         quantizers. Never written to, whatever the model's forward does to its
         input.
     max_rows : int, default=4096
