@@ -146,7 +146,12 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     At most ``r = rank(X)`` coordinates stay off the alphabet and each is rounded by
     at most ``step / 2`` (grid and ternary) or ``step`` (binary), so
     ``||X w - X q|| <= max_{|S|<=r} ||X_S||_2 * sqrt(r) * step / 2``; the maximum is
-    replaced by :func:`max_subset_norm_bound` (certified).
+    replaced by :func:`max_subset_norm_bound` (certified). With a ``rank`` cap ``k``
+    below the rank of ``X`` (the quantizer's ``rank=k``), the pre-processing keeps
+    only the top ``k`` directions of the data and the bound gains its drift,
+    ``sigma_{k+1} * ||w - z||_2 <= sigma_{k+1} * sqrt(n_in) * cell``, ``cell``
+    being how far ``z`` may move within a coordinate's cell (``step``, or ``2 *
+    step`` for binary).
 
     Parameters
     ----------
@@ -158,7 +163,9 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
         The rounding error per coordinate is ``step / 2``, except ``step`` for
         binary.
     rank : int, default=None
-        The ``r`` to use; ``None`` takes the numerical rank of ``X``.
+        The rank cap ``k`` of the quantizer (``r = k`` coordinates off the
+        alphabet, and the drift term when ``k`` is below the rank of ``X``);
+        ``None`` takes the numerical rank of ``X``.
 
     Returns
     -------
@@ -190,8 +197,9 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
                 "variant must be 'grid', 'ternary' or 'binary', got "
                 f"variant={variant!r} instead."
             ) from None
+    full = int(np.linalg.matrix_rank(X))
     if rank is None:
-        r = int(np.linalg.matrix_rank(X))
+        r = full
     else:
         r = _subset_size(rank, X, "rank")
         if r > min(X.shape):
@@ -199,8 +207,13 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
                 f"rank must be at most min(m, n_in)={min(X.shape)} (the rank of X "
                 f"cannot exceed it), got rank={rank!r}."
             )
-    per = step if alphabet is not None and alphabet.is_binary else step / 2
-    return float(max_subset_norm_bound(X, r) * np.sqrt(r) * per)
+    binary = alphabet is not None and alphabet.is_binary
+    per = step if binary else step / 2
+    bound = max_subset_norm_bound(X, r) * np.sqrt(r) * per
+    if r < full:  # the directions left out drift: sigma_{r+1} ||w - z||
+        sigma = np.linalg.svd(X, compute_uv=False)[r]
+        bound += sigma * np.sqrt(X.shape[1]) * (2 * step if binary else step)
+    return float(bound)
 
 
 def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
@@ -510,7 +523,8 @@ def error_decay(
             bound = gpfq_bound(X, step)
         else:
             variant = "ternary" if meth == "lp" else "grid"
-            bound = nullspace_bound(X, step, variant=variant)
+            # at the cap the fit chose (rank="auto"), its drift term included
+            bound = nullspace_bound(X, step, variant=variant, rank=int(est.rank_))
         norm = np.linalg.norm(X @ W, axis=0).min()
         rows.append(
             {

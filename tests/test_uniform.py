@@ -47,6 +47,17 @@ def test_maxabs_step_and_codes_by_hand():
     assert_array_equal(q.encode(W), [[3, -2], [2, 0], [0, 3]])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maxabs_step_clips_nothing(dtype):
+    """K times the stored step reaches every column's largest weight, exactly
+    (float32 weights too: their quotient is not rounded down first)."""
+    W = np.random.default_rng(0).standard_normal((64, 2000)).astype(dtype)
+    for n_bits in (2, 4, 8):
+        q = UniformQuantizer(n_bits=n_bits).fit(W)
+        reach = q.qmax_ * q.scale_.astype(np.float64)  # exact: 2**7 * float32
+        assert np.all(reach >= np.abs(W).max(axis=0).astype(np.float64))
+
+
 @pytest.mark.parametrize(
     "n_bits, dtype", [(2, np.int8), (8, np.int8), (9, np.int16), (16, np.int16)]
 )

@@ -101,6 +101,30 @@ def _padded_rows(mask):
     return idx
 
 
+def _exact_vertex(z, V, b):
+    """The basic solution ``z`` of ``min ||z||_inf s.t. V^T z = b`` (as the LP
+    solver gives it, to its tolerance), solved exactly on its basis: the
+    entries at ``+-||z||_inf`` (to 1e-6 of it) share one magnitude ``t``, and
+    with the others (fewer than ``k``) they meet the ``k`` equalities to
+    round-off. Without that, entries a few 1e-9 short of ``+-t`` read as off the
+    grid. ``z`` as it is when its basis does not pin it down."""
+    t = np.abs(z).max()
+    if t == 0:
+        return z
+    top = np.abs(z) >= t * (1 - 1e-6)
+    sign = np.sign(z[top])
+    inner = np.flatnonzero(~top)
+    if inner.size >= V.shape[1]:
+        return z
+    A = np.column_stack([V[inner].T, V[top].T @ sign])
+    x, *_ = np.linalg.lstsq(A, b, rcond=None)
+    out = z.copy()
+    out[inner], out[top] = x[:-1], sign * x[-1]
+    if x[-1] <= 0 or np.abs(out[inner]).max(initial=0) > x[-1] * (1 + 1e-9):
+        return z
+    return out
+
+
 class NullSpaceQuantizer(BaseDataQuantizer):
     """Data-driven pre-processing + memoryless scalar quantization (Maly & Saab).
 
@@ -395,10 +419,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             c = np.abs(Z).max(axis=0)
             self._fit_alphabet(W)
             K = self.alphabet_record_.largest_code
-            # in W's dtype: the basic solution's entries at +-c lie on the grid
-            # only with the exact c / K (a float32 step rounded up would leave
-            # them inside their cells)
-            self.scale_ = np.where(c > 0, c / K, self.scale_).astype(W.dtype)
+            # in float64 whatever W's dtype: the basic solution's entries at +-c
+            # lie on the grid only with the exact c / K (a float32 step, rounded
+            # either way, would leave them inside their cells)
+            self.scale_ = np.where(c > 0, c / K, self.scale_).astype(np.float64)
         codes, Z = self._codes(W64, Xq, Xf, Z=Z, pre=pre)
         self._diagnostics(W64, Z, codes, Xq, pre)
         return codes, W.dtype
@@ -596,7 +620,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                 )
                 if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
                     raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
-                Z[:, j] = res.x[:n]
+                Z[:, j] = _exact_vertex(res.x[:n], V, V.T @ Z0[:, j])
 
         run_in_batches(solve, Z0.shape[1], "null-space LPs (neurons)")
         return Z

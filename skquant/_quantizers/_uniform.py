@@ -156,7 +156,7 @@ class UniformQuantizer(BaseWeightQuantizer):
 
     def _fit_scale(self, Wc, rule, qmin, qmax):
         if rule == "maxabs":
-            return _alphabets.absmax(Wc) / Wc.dtype.type(qmax)
+            return _alphabets.maxabs_step(Wc, qmax)
         if rule == "percentile":
             return _alphabets.percentile_absmax(Wc, self.percentile) / qmax
         return _alphabets.mse_optimal_step(Wc, qmin, qmax, n_jobs=self.n_jobs)

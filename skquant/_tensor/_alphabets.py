@@ -224,6 +224,13 @@ def stored_scale(level):
     return safe_scale(out, SCALE_DTYPE)
 
 
+def maxabs_step(Wc, qmax):
+    """Per-column max-abs step ``max |w| / qmax``, in float64: a float32 quotient
+    rounded down would leave :func:`stored_scale`'s step (rounded up from it)
+    one ulp short of reaching ``max |w|``."""
+    return absmax(Wc).astype(np.float64) / qmax
+
+
 def absmax(Wc):
     """Per-column ``max |w|``."""
     out = np.empty(Wc.shape[1], dtype=Wc.dtype)
@@ -267,7 +274,7 @@ def mse_optimal_step(Wc, qmin, qmax, *, n_grid=100, n_jobs=None):
     # argmin takes the first minimum; prefer max-abs (the last ratio) on exact ties
     best = n_grid - 1 - np.argmin(err[::-1], axis=0)
     found = stored_scale(base * ratios[best]).astype(Wc.dtype)
-    maxabs = stored_scale(base).astype(Wc.dtype)
+    maxabs = stored_scale(maxabs_step(Wc, qmax)).astype(Wc.dtype)
     # rounding to the stored dtype may reorder near-ties: keep max-abs where the
     # rounded search result is worse than the rounded max-abs step
     worse = _sq_errors(Wc, found, qmin, qmax) > _sq_errors(Wc, maxabs, qmin, qmax)
