@@ -7,6 +7,7 @@ from torch import nn
 from .._tensor import _io
 from ._checkpoint import check_default_device, is_meta, owner, put, store_entry
 from ._layout import layer_kind
+from ._model import keep_own_forwards
 from ._qlayers import (
     QuantConv1d,
     QuantConv2d,
@@ -195,6 +196,7 @@ def load_into(model, path, *, runtime="auto"):
             parent, _, attr = n.rpartition(".")
             setattr(every[parent] if parent else model, attr, new)
         mods[name] = new
+    keep_own_forwards(model)
     state = model.state_dict()
     with torch.no_grad():
         for key, dtype in dtypes.items():

@@ -45,6 +45,33 @@ __all__ = [
 ]
 
 
+def _own_forwards(module, args):
+    """A forward pre-hook that does nothing: torch's fused transformer path is
+    not taken by a module with hooks (see :func:`keep_own_forwards`)."""
+
+
+def keep_own_forwards(model):
+    """Keep torch's fused transformer paths off where quantized layers live.
+
+    In eval mode without gradients, ``nn.TransformerEncoderLayer`` runs one
+    fused kernel that reads ``linear1.weight`` and ``linear2.weight`` and calls
+    no layer's forward: a quantized layer's input grid and integer kernel would
+    be skipped, silently. Such a layer holding a quantized layer gets a pre-hook
+    that does nothing (torch takes its own path when hooks are attached), and an
+    ``nn.TransformerEncoder`` stops packing its batches as nested tensors. The
+    model is changed in place.
+    """
+    for module in model.modules():
+        if not any(isinstance(m, QuantMixin) for m in module.modules()):
+            continue
+        if isinstance(module, nn.TransformerEncoderLayer):
+            if _own_forwards not in module._forward_pre_hooks.values():
+                module.register_forward_pre_hook(_own_forwards)
+        elif isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
+    return model
+
+
 def quantize_model(
     model,
     quantizer,
@@ -291,6 +318,7 @@ def quantize_model(
             continue
         parent, _, attr = name.rpartition(".")
         setattr(qlayers[parent] if parent else qmodel, attr, new)
+    keep_own_forwards(qmodel)
     if activations is not None:
         names = list(replace)  # a tied layer's input gets its own grid too
         if act_quantizer is None:
