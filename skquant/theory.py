@@ -15,6 +15,7 @@ import numbers
 
 import numpy as np
 
+from ._common._checks import check_positive
 from ._common._progress import progress
 from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._nullspace import NullSpaceQuantizer
@@ -54,10 +55,7 @@ def _as2d(X):
 def _step(step, name="step"):
     """A grid step: a finite number > 0 (a negative one would give a negative
     bound)."""
-    ok = isinstance(step, numbers.Real) and not isinstance(step, bool)
-    if not ok or not np.isfinite(step) or step <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {name}={step!r}.")
-    return float(step)
+    return check_positive(step, name)
 
 
 def _subset_size(r, X, name):
@@ -255,8 +253,7 @@ def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
     0.25
     """
     X = _as2d(X)
-    if not (np.isscalar(drift) and np.isfinite(drift) and drift >= 0):
-        raise ValueError(f"drift must be a finite number >= 0, got drift={drift!r}.")
+    drift = check_positive(drift, "drift", zero=True)
     S = np.asarray(S)
     if S.size and S.dtype.kind not in "iu":
         raise TypeError(f"S must hold integer column indices, got dtype {S.dtype}.")

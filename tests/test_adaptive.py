@@ -145,7 +145,7 @@ def test_fewer_bits_than_uniform_at_the_same_accuracy(digits_mlp):
 
 def test_loss_bound_errors(digits_mlp):
     mlp, X, y = digits_mlp
-    with pytest.raises(ValueError, match="loss_bound must be a positive finite number"):
+    with pytest.raises(ValueError, match="loss_bound must be a finite number > 0"):
         adaptive_quantize_mlp(mlp, X, y, loss_bound=0.0)
     with pytest.raises(ValueError, match=re.escape("not above the current loss")):
         adaptive_quantize_mlp(mlp, X, y, loss_bound=1e-6, relative=False)
@@ -212,8 +212,8 @@ def test_progress_bar_reports_loss_and_size(digits_mlp, capsys):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"trust_region": -1}, "trust_region must be a positive finite number"),
-        ({"trust_region": 0.0}, "trust_region must be a positive finite number"),
+        ({"trust_region": -1}, "trust_region must be a finite number > 0"),
+        ({"trust_region": 0.0}, "trust_region must be a finite number > 0"),
         ({"max_iter": 0}, "max_iter must be an int >= 1"),
     ],
 )

@@ -430,7 +430,7 @@ def test_no_freedom_warns_and_rounds_everything():
 
 def test_lp_without_freedom_skips_the_programs(monkeypatch):
     """rank >= n_in fixes z by the equality: no LP is solved."""
-    import skquant._quantizers._nullspace as ns
+    import skquant._quantizers._lp as ns
 
     def no_lp(*args, **kwargs):
         raise AssertionError("an LP was solved")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import skquant.torch._onnx as export_module
+import skquant.torch._onnxcheck as check_module
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -139,6 +140,14 @@ def test_clear_errors(tmp_path, monkeypatch):
     qnet = quantize_model(net, UniformQuantizer(n_bits=8))
     with pytest.raises(ValueError, match="matmul_nbits must be None, 'float' or"):
         export_onnx(qnet, torch.randn(2, 1, 8, 8), "m.onnx", matmul_nbits="int4")
+    x = torch.randn(2, 1, 8, 8)
+    for bad in ((x,), None, [x, x]):
+        with pytest.raises(TypeError, match="example_input must be one tensor"):
+            export_onnx(qnet, bad, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="opset must be an int >= 1 or None, got"):
+        export_onnx(qnet, x, tmp_path / "m.onnx", opset="x")
+    with pytest.raises(ValueError, match="rtol must be a finite number > 0, got rtol"):
+        export_onnx(qnet, x, tmp_path / "m.onnx", rtol=-1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant features; simulated inputs
         per_feature = quantize_model(
@@ -363,7 +372,7 @@ def test_a_deviation_names_the_first_layer_that_differs(tmp_path, monkeypatch):
 
 
 def test_optimised_sessions_that_deviate_are_warned_about(tmp_path, monkeypatch):
-    session = export_module._session
+    session = check_module.session
 
     class Off:
         def __init__(self, s):
@@ -376,7 +385,7 @@ def test_optimised_sessions_that_deviate_are_warned_about(tmp_path, monkeypatch)
         s = session(ort_, data, optimise)
         return Off(s) if optimise else s
 
-    monkeypatch.setattr(export_module, "_session", fused)
+    monkeypatch.setattr(check_module, "session", fused)
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
     with pytest.warns(UserWarning, match="session.disable_quant_qdq"):
         report = export_onnx(qnet, torch.randn(8, 40), tmp_path / "m.onnx")
@@ -508,3 +517,67 @@ def test_a_float64_model_is_refused_with_the_way_out(tmp_path, bias):
     with pytest.raises(ValueError, match=r"float64.*float32 copy"):
         export_onnx(q, torch.randn(2, 40, dtype=torch.float64), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _Doubles(nn.Module):
+    """A forward that writes to its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(20, 4)
+
+    def forward(self, x):
+        return self.a(x.mul_(2))
+
+
+class _VarArgs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(20, 4)
+
+    def forward(self, *xs):
+        return self.a(xs[0])
+
+
+def test_the_example_input_stays_as_it_was_and_the_check_runs_on_it(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(8, 20)
+    before = x.clone()
+    qnet = quantize_model(_Doubles().eval(), UniformQuantizer(n_bits=8))
+    report = export_onnx(qnet, x, tmp_path / "m.onnx")
+    assert torch.equal(x, before)  # the forward ran on a copy
+    assert report["max_rel_deviation"] <= 1e-4
+    np.testing.assert_allclose(
+        run(tmp_path / "m.onnx", x), qnet(x.clone()).detach(), rtol=0, atol=1e-5
+    )
+
+
+def test_a_model_in_train_mode_is_exported_and_checked_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    net(torch.randn(16, 1, 8, 8))  # running statistics away from their start
+    qnet = quantize_model(net.eval(), UniformQuantizer(n_bits=8)).train()
+    x = torch.randn(4, 1, 8, 8)
+    report = export_onnx(qnet, x, tmp_path / "m.onnx")
+    assert report["max_rel_deviation"] <= 1e-4
+    assert qnet.training and qnet[1].training  # given back in its modes
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [nn.DataParallel, lambda m: _VarArgs(), torch.compile],
+    ids=["DataParallel", "varargs", "compile"],
+)
+def test_wrapped_and_varargs_models_export_with_a_dynamic_batch(tmp_path, wrap):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        # torch.compile's own notices (torch.jit's deprecation) on this torch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        qnet = quantize_model(
+            wrap(nn.Sequential(nn.Linear(20, 4))), UniformQuantizer(8)
+        )
+        export_onnx(qnet, torch.randn(8, 20), tmp_path / "m.onnx")
+    x = torch.randn(3, 20)  # another batch size
+    np.testing.assert_allclose(
+        run(tmp_path / "m.onnx", x), qnet(x).detach(), rtol=0, atol=1e-5
+    )

@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_int"]
+__all__ = ["check_int", "check_positive"]
 
 
 def check_int(value, name, *, low=1, none=False):
@@ -33,3 +33,27 @@ def check_int(value, name, *, low=1, none=False):
             f"{name}={value!r} instead."
         )
     return int(value)
+
+
+def check_positive(value, name, *, zero=False):
+    """``value`` as a float, finite and ``> 0`` (``>= 0`` with ``zero``), else a
+    ``ValueError`` naming ``name`` and the value.
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_positive
+    >>> check_positive(0.5, "rtol")
+    0.5
+    >>> check_positive(float("nan"), "rtol")
+    Traceback (most recent call last):
+    ...
+    ValueError: rtol must be a finite number > 0, got rtol=nan instead.
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    ok = ok and bool(np.isfinite(value)) and (value >= 0 if zero else value > 0)
+    if not ok:
+        raise ValueError(
+            f"{name} must be a finite number {'>= 0' if zero else '> 0'}, got "
+            f"{name}={value!r} instead."
+        )
+    return float(value)

@@ -6,10 +6,10 @@ import numbers
 
 import numpy as np
 
-from .._common._checks import check_int
+from .._common._checks import check_int, check_positive
 from .._common._progress import progress
 from .._precision._allocate import allocate_precision, precision_map_bits, round_fixed
-from .._precision._options import check_bound, check_loop_params, check_positive
+from .._precision._options import check_bound, check_loop_params
 from .._precision._result import AdaptiveQuantizationResult
 from .._tensor._fixedpoint import check_group_size, check_map_coder, check_payload_coder
 

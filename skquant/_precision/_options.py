@@ -1,9 +1,6 @@
 """The options of the adaptive-precision loop, checked once for every front end."""
 
-import math
-import numbers
-
-from .._common._checks import check_int
+from .._common._checks import check_int, check_positive
 
 __all__ = ["LOOP_OPTIONS", "LOOP_OPTIONS_DOC", "loop_options", "shared_loop_docs"]
 
@@ -77,20 +74,6 @@ def shared_loop_docs(func):
 def loop_options(values):
     """The loop options out of a front end's arguments (``locals()``), by name."""
     return {name: values[name] for name in LOOP_OPTIONS}
-
-
-def check_positive(value, name):
-    """A positive finite number, or a ValueError naming ``name``."""
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"{name} must be a positive finite number, got {name}={value!r} instead."
-        )
-    return float(value)
 
 
 def check_loop_params(trust_region, max_iter, max_bits):

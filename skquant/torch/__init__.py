@@ -19,7 +19,8 @@ lines before its own, never a module of its own line, this package or
    (the quantized layers and their runtimes);
 6. ``_model`` (:func:`quantize_model`), ``_adaptive``
    (:func:`adaptive_quantize_model`), ``_sensitivity``
-   (:func:`measure_sensitivity`);
+   (:func:`measure_sensitivity`), ``_onnxcheck`` (an exported file run in ONNX
+   Runtime against the model);
 7. ``_io`` (quantized models in skquant files), ``_onnx`` (:func:`export_onnx`);
 8. ``_sq/`` (Smart Quantization: the regulariser and the trainers);
 9. ``_sqestimator`` (:class:`SQClassifier`).

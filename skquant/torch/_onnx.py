@@ -14,14 +14,18 @@ model; a deviation names the first layer that differs.
 """
 
 import copy
+import inspect
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._common._checks import check_int, check_positive
 from ._int8 import dynamic_reduce_range
+from ._onnxcheck import check_file
 from ._qlayers import QuantMixin, conv_args, conv_kwargs
+from ._state import kept_state
 
 __all__ = ["export_onnx"]
 
@@ -113,16 +117,19 @@ def export_onnx(
     layers' inputs; dynamic ones a ``DynamicQuantizeLinear`` (8 bits) or the same
     grid computed from ``ReduceMin``/``ReduceMax`` (7 bits, for weights whose codes
     exceed 64 in magnitude, as the torch runtime does). Layers left float and every
-    other module are exported as ``torch.onnx.export`` writes them. The batch
-    dimension is dynamic.
+    other module are exported as ``torch.onnx.export`` writes them, in eval mode
+    (a model in train mode is exported and checked as ``model.eval()`` runs, and
+    given back in its modes). The batch dimension is dynamic, also for a forward
+    that takes ``*args`` (``nn.DataParallel``, ``torch.compile``'s wrapper).
 
     Parameters
     ----------
     model : torch.nn.Module
         A model returned by :func:`quantize_model` (or :func:`load_into`).
-    example_input : torch.Tensor
-        An input of the model (a batch of at least 2 samples keeps the batch size
-        dynamic); the export traces the model on it and checks the file on it.
+    example_input : torch.Tensor or ndarray
+        One input batch of the model (a batch of at least 2 samples keeps the batch
+        size dynamic); the export traces the model on it and checks the file on
+        it. Never written to, whatever the forward does to its input.
     path : str or path-like
         The ``.onnx`` file to write.
     opset : int, default=None
@@ -239,7 +246,20 @@ def export_onnx(
             f"layers {per_feature} have per-feature input grids: export_onnx writes "
             "one input scale per layer (ActivationQuantizer(granularity='per_tensor'))."
         )
-    x = torch.as_tensor(example_input)
+    if isinstance(example_input, np.ndarray):
+        example_input = torch.from_numpy(example_input)
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(
+            "example_input must be one tensor, an input batch of the model (the "
+            "exported graph takes one input), got "
+            f"{type(example_input).__name__} instead."
+        )
+    check_int(opset, "opset", none=True)
+    if rtol is not None:
+        rtol = check_positive(rtol, "rtol")
+    # the graph is the model in eval mode; the caller's tensor is never run on
+    # (a forward may write to its input)
+    x = example_input.detach().clone()
     stand = copy.deepcopy(model).eval()
     mods = dict(stand.named_modules())
     for name in quantized:
@@ -248,12 +268,14 @@ def export_onnx(
     shapes = None
     if x.dim() > 0 and x.shape[0] > 1:
         shapes = ({0: torch.export.Dim("batch")},)
+        if _takes_varargs(stand):  # forward(*xs), as DataParallel's: one tuple
+            shapes = (shapes,)
     with torch.no_grad(), warnings.catch_warnings():
         # the exporter's own deprecation notices are not the caller's business
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             stand,
-            (x,),
+            (x.clone(),),
             dynamo=True,
             dynamic_shapes=shapes,
             verbose=False,
@@ -407,109 +429,19 @@ def export_onnx(
             if matmul_nbits == "int8":
                 rtol = 3e-2
 
-        report.update(_check(model, x, path, proto, probes, rtol, ort, helper))
+        with kept_state(model):  # checked as exported: in eval mode
+            model.eval()
+            report.update(check_file(model, x, path, proto, probes, rtol, ort, helper))
     return report
 
 
-def _session(ort, model_bytes, optimise):
-    options = ort.SessionOptions()
-    if not optimise:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(
-        model_bytes, options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _deviation(got, want):
-    """Largest ``|got - want|`` relative to the largest ``|want|``."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-
-
-def _check(model, x, path, proto, probes, rtol, ort, helper):
-    """Run the file in ONNX Runtime against ``model``; name the first layer off."""
-    feed = {proto.graph.input[0].name: x.numpy()}
-    with torch.no_grad():
-        want = [t.detach().float().numpy() for t in _outputs(model(x))]
-    data = proto.SerializeToString()
-
-    def deviation(optimized):
-        got = _session(ort, data, optimized).run(None, feed)
-        return max(_deviation(g, w) for g, w in zip(got, want, strict=True))
-
-    dev, opt = deviation(False), deviation(True)
-    if dev > rtol:
-        raise ValueError(
-            f"ONNX Runtime runs {path!s} differently from the model: relative "
-            f"deviation {dev:.2e} on example_input, above rtol={rtol}; "
-            + _first_off(model, x, proto, probes, rtol, ort, helper)
-        )
-    if opt > rtol:
-        warnings.warn(
-            f"with its default graph optimisations ONNX Runtime runs {path!s} with "
-            f"a relative deviation of {opt:.2e} from the model (above rtol={rtol}; "
-            f"{dev:.2e} without them): it fuses some patterns into integer "
-            "kernels. Check accuracy in the session you deploy; the session config "
-            "entry 'session.disable_quant_qdq' = '1' keeps the float products.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return {"max_rel_deviation": dev, "optimized_max_rel_deviation": opt}
-
-
-def _outputs(out):
-    """The tensors of a model's output (a tensor, or nested tuples, lists and
-    dicts of them), in the order the exported graph lists its outputs."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in out for t in _outputs(o)]
-
-
-def _first_off(model, x, proto, probes, rtol, ort, helper):
-    """Which quantized layer's output first deviates, from the layers' inputs."""
-    seen = {}
-
-    def keep(name):
-        def hook(module, args):
-            seen.setdefault(name, args[0].detach().float().numpy())
-
-        return hook
-
-    hooks = [
-        m.register_forward_pre_hook(keep(name))
-        for name, m in model.named_modules()
-        if name in probes
-    ]
+def _takes_varargs(model):
+    """Whether the model's forward takes its inputs as ``*args``."""
     try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    order = list(seen)  # the order the layers run in
-    graph_inputs = {i.name for i in proto.graph.input}
-    wanted = [n for n in order if probes[n] not in graph_inputs]
-    probe = copy.deepcopy(proto)
-    for n in wanted:
-        probe.graph.output.append(helper.make_empty_tensor_value_info(probes[n]))
-    outs = _session(ort, probe.SerializeToString(), False).run(
-        [probes[n] for n in wanted], {proto.graph.input[0].name: x.numpy()}
-    )
-    got = dict(zip(wanted, outs))
-    for before, name in zip(order, order[1:]):
-        if name in got and _deviation(got[name], seen[name]) > rtol:
-            return (
-                f"the first quantized layer whose output differs is {before!r} (the "
-                f"input of {name!r} deviates by "
-                f"{_deviation(got[name], seen[name]):.2e}; the earlier layers' "
-                "inputs agree)."
-            )
-    return (
-        f"the inputs of all quantized layers agree: the last one, {order[-1]!r}, "
-        "or what follows it differs."
-    )
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - a forward with no signature
+        return False
+    return bool(params) and params[0].kind is inspect.Parameter.VAR_POSITIONAL
 
 
 def _find_weight(name, layer, inits, numpy_helper):

@@ -2,8 +2,6 @@
 
 import copy
 import inspect
-import math
-import numbers
 
 import numpy as np
 import torch
@@ -14,6 +12,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .._common._checks import check_positive
 from ._sq._train import train_sq
 
 __all__ = ["SQClassifier"]
@@ -184,15 +183,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
                 "are passed as module__<name>."
             )
         for name in ("gamma", "lam"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, numbers.Real)
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ValueError(
-                    f"{name} must be a finite number >= 0, got {name}={value!r}."
-                )
+            check_positive(getattr(self, name), name, zero=True)
 
     def fit(self, X, y):
         """Train the network with the SQ penalty and quantize it.

@@ -1,22 +1,6 @@
 """Argument checks and the covered layers, shared by the regulariser and the loop."""
 
-import math
-import numbers
-
 from .._network import TorchNetwork
-
-
-def positive(value, name, allow_zero=False):
-    """``value`` as a float, or a ``ValueError`` unless finite and ``> 0``
-    (``>= 0`` with ``allow_zero``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(
-            f"{name} must be a finite number {bound}, got {name}={value!r}."
-        )
-    return float(value)
 
 
 def covered_layers(model, layers, skip):

@@ -7,10 +7,10 @@ import time
 import torch
 from torch import nn
 
-from ..._common._checks import check_int
+from ..._common._checks import check_int, check_positive
 from .._data import batches
 from .._gradients import gradients_enabled
-from ._checks import covered_layers, positive
+from ._checks import covered_layers
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ class Loop:
         check_int(epochs, "epochs")
         check_int(finetune_epochs, "finetune_epochs", low=0)
         check_int(batch_size, "batch_size")
-        self.lr = positive(lr, "lr")
+        self.lr = check_positive(lr, "lr")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(
                 "lr_schedule must be 'constant' or 'cosine', got "
@@ -88,9 +88,9 @@ class Loop:
             epochs,
             finetune_epochs,
         )
-        self.finetune_lr = (
-            self.lr if finetune_lr is None else positive(finetune_lr, "finetune_lr")
-        )
+        self.finetune_lr = self.lr
+        if finetune_lr is not None:
+            self.finetune_lr = check_positive(finetune_lr, "finetune_lr")
         self.model, self.data, self.batch_size = model, data, batch_size
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
         self.validation_data = validation_data

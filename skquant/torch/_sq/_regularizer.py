@@ -8,11 +8,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..._common._checks import check_positive
 from ..._kernels import _sq as _sq_kernels
 from ..._quantizers._uniform import TernaryQuantizer, level_quantizer
 from ..._tensor._alphabets import BINARY, TERNARY
 from ._alphabet import as_alphabet, project_onto
-from ._checks import covered_layers, positive
+from ._checks import covered_layers
 
 BETA_LOW, BETA_HIGH = math.pi / 4, math.pi / 2
 
@@ -118,9 +119,9 @@ class SQRegularizer(nn.Module):
     ):
         super().__init__()
         network, names = covered_layers(model, layers, skip)
-        self.p = positive(p, "p")
-        self.gamma = positive(gamma, "gamma", allow_zero=True)
-        self.lam = positive(lam, "lam", allow_zero=True)
+        self.p = check_positive(p, "p")
+        self.gamma = check_positive(gamma, "gamma", zero=True)
+        self.lam = check_positive(lam, "lam", zero=True)
         if not (
             isinstance(beta_init, numbers.Real) and BETA_LOW < beta_init < BETA_HIGH
         ):

@@ -5,9 +5,9 @@ import numbers
 
 import torch
 
+from ..._common._checks import check_positive
 from ..._common._progress import progress
 from .._model import quantize_model
-from ._checks import positive
 from ._loop import Loop, accuracy, straight_through
 from ._regularizer import SQRegularizer
 from ._result import SQResult
@@ -18,7 +18,7 @@ def lambda_schedule(lam, epochs):
     ``lam`` over the first half of the epochs, then stays; a sequence is taken as
     it is (one value per epoch, never decreasing)."""
     if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
-        lam = positive(lam, "lam", allow_zero=True)
+        lam = check_positive(lam, "lam", zero=True)
         half = max(1, math.ceil(epochs / 2))
         return [lam * min(1.0, (e + 1) / half) for e in range(epochs)]
     values = [float(v) for v in lam]
