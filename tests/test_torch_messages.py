@@ -78,8 +78,9 @@ class _Branchy(nn.Module):  # walked by stopped passes (fx cannot trace it)
             ValueError,
             "layer 'fc1'|layer '0'",
         ),
+        (torch.randn(8), ValueError, r"a batch \(2-D or more\).*got shape \(8,\)"),
     ],
-    ids=["dict", "str", "integer", "nan"],
+    ids=["dict", "str", "integer", "nan", "one-sample"],
 )
 def test_calibration_data_errors_name_the_problem(make, data, error, match):
     with pytest.raises(error, match=match):
@@ -105,8 +106,10 @@ def test_a_list_of_rows_is_an_array():
         ),
         ({"max_rows": -1}, ValueError, "max_rows must be an int >= 1 or None"),
         ({"runtime": {"7": "float"}}, ValueError, r"runtime names layers \['7'\]"),
+        ({"skip": 5}, TypeError, "skip must be a module name or a sequence of them"),
+        ({"random_state": "a"}, ValueError, "random_state must be an int >= 0 or"),
     ],
-    ids=["batch_size", "max_rows", "runtime"],
+    ids=["batch_size", "max_rows", "runtime", "skip", "random_state"],
 )
 def test_arguments_are_checked_by_name(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -161,3 +164,33 @@ def test_a_model_with_several_outputs_in_the_sensitivity():
     X, y = torch.randn(32, 8), torch.arange(32) % 3
     with pytest.raises(TypeError, match="returns a tuple.*one output tensor"):
         measure_sensitivity(Pair(), X, y, bits=(2, 8))
+
+
+def test_an_inputs_and_labels_pair_is_read_as_its_inputs():
+    """(X, y) as calibration data: X (y was read as a second batch)."""
+    X, y = torch.randn(30, 8), torch.arange(30) % 3
+    q = GreedyPathQuantizer(n_bits=4)
+    want = quantize_model(_mlp(), q, X)
+    for pair in ((X, y), (X.numpy(), y.numpy()), (X, torch.randn(30))):
+        got = quantize_model(_mlp(), q, pair)
+        for a, b in zip(got.parameters(), want.parameters()):
+            assert torch.equal(a, b)
+    # two batches alike stay two batches
+    two = quantize_model(_mlp(), q, (X[:15], X[15:]), batch_size=15)
+    for a, b in zip(
+        two.parameters(), quantize_model(_mlp(), q, X, batch_size=15).parameters()
+    ):
+        assert torch.equal(a, b)
+
+
+def test_load_into_and_the_sensitivity_check_their_arguments(tmp_path):
+    from skquant.torch import load_into, measure_sensitivity, save_model
+
+    save_model(quantize_model(_mlp(), UniformQuantizer(n_bits=4)), tmp_path / "m.skq")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .*got str"):
+        load_into("m", tmp_path / "m.skq")
+    X, y = torch.randn(30, 8), torch.arange(30) % 3
+    with pytest.raises(
+        ValueError, match="n_probes must be an int >= 1, got n_probes=0"
+    ):
+        measure_sensitivity(_mlp(), X, y, bits=(2, 4), hessian=True, n_probes=0)

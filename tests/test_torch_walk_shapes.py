@@ -184,3 +184,30 @@ def test_a_module_under_two_names_through_output(tmp_path):
     back = load_into(_twice(), tmp_path / "m.skq")
     assert back[0] is back[2] and type(back[0]).__name__ == "QuantLinear"
     torch.testing.assert_close(back(x), want(x), rtol=0, atol=0)
+
+
+def test_grouped_convolutions_report_their_error_and_one_warning_each():
+    from skquant import NoFreedomWarning, NullSpaceQuantizer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(8, 16, 3, groups=4, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, groups=16, padding=1),
+    ).eval()
+    x = torch.randn(8, 8, 8, 8)  # 512 rows a layer: all kept
+    with pytest.warns(NoFreedomWarning) as caught:
+        q, report = quantize_model(
+            net, NullSpaceQuantizer(n_bits=4), x, return_report=True
+        )
+    [w] = [w for w in caught if issubclass(w.category, NoFreedomWarning)]
+    assert "in 2 of 2 layers (0 (18 inputs), 2 (9 inputs))" in str(w.message)
+    # the first layer's error on its input, from the convolutions themselves
+    conv = nn.functional.conv2d
+    with torch.no_grad():
+        want = conv(x, net[0].weight, padding=1, groups=4)
+        got = conv(x, q[0].weight, padding=1, groups=4)
+    err = float((got - want).norm() / want.norm())
+    row = {r["name"]: r for r in report.rows}
+    np.testing.assert_allclose(row["0"]["calibration_error"], err, rtol=1e-5)
+    assert np.isfinite(row["2"]["calibration_error"])

@@ -11,21 +11,31 @@ from .._common._heap import release_heap
 from .._common._progress import progress
 from .._quantizers._nullspace import NoFreedomWarning
 from ._dense import DenseNetwork
-from ._plan import fit_layer, layer_steps, method_name, requires, resolve_quantizers
+from ._plan import (
+    fit_layer,
+    group_slices,
+    layer_steps,
+    method_name,
+    requires,
+    resolve_quantizers,
+)
 from ._report import LayerQuantization
 
 __all__ = ["layer_errors", "quantize_layers", "quantize_network"]
 
 
-def _output_error(Xq, Q, Xf, W, block=512):
+def _output_error(Xq, Q, Xf, W, groups=1, block=512):
     """``||Xq Q - Xf W|| / ||Xf W||`` (0 when the reference is 0), ``block``
-    output columns at a time (a float32 ``W`` is not copied whole to float64)."""
+    output columns at a time (a float32 ``W`` is not copied whole to float64);
+    a grouped layer's groups each on their own inputs."""
     num = den = 0.0
-    for a in range(0, W.shape[1], block):
-        ref = Xf @ W[:, a : a + block]
-        den += float(np.sum(ref * ref))
-        diff = Xq @ Q[:, a : a + block] - ref
-        num += float(np.sum(diff * diff))
+    for rows, cols in group_slices(W, groups):
+        Wg, Qg, Xfg, Xqg = W[:, cols], Q[:, cols], Xf[:, rows], Xq[:, rows]
+        for a in range(0, Wg.shape[1], block):
+            ref = Xfg @ Wg[:, a : a + block]
+            den += float(np.sum(ref * ref))
+            diff = Xqg @ Qg[:, a : a + block] - ref
+            num += float(np.sum(diff * diff))
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
@@ -139,10 +149,10 @@ def quantize_layers(
                     groups=step.groups,
                 )
             for w in caught:  # gathered below; others pass on as they came
-                if issubclass(w.category, NoFreedomWarning):
-                    no_freedom.append(f"{step.name} ({W.shape[0]} inputs)")
-                else:
+                if not issubclass(w.category, NoFreedomWarning):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if any(issubclass(w.category, NoFreedomWarning) for w in caught):
+                no_freedom.append(f"{step.name} ({W.shape[0]} inputs)")  # once
             row["seconds"] = time.perf_counter() - start
             row.update(
                 bits=tensor.bits_per_param,
@@ -159,7 +169,7 @@ def quantize_layers(
                 sink(step.name, tensor)
                 plan[step.name] = None  # the fitted quantizer holds its codes
             est = tensor = None
-        if step.has_inputs and step.groups == 1:
+        if step.has_inputs:
             Xq, Xf = step.inputs()
             if step.tensor is None:
                 Q = W
@@ -169,7 +179,7 @@ def quantize_layers(
                     if step.quantized is None
                     else step.quantized
                 )
-            row["calibration_error"] = _output_error(Xq, Q, Xf, W)
+            row["calibration_error"] = _output_error(Xq, Q, Xf, W, step.groups)
             Q = Xq = Xf = None
         result.report.rows.append(row)
         if sink is not None:  # hold no layer while the walk makes the next one
@@ -215,7 +225,7 @@ def layer_errors(network, weights, data, *, max_rows=None, random_state=0):
     for step in network.walk(data, max_rows=max_rows, random_state=random_state):
         Q = weights.get(step.name, step.weight)
         Xq, Xf = step.inputs()
-        errors[step.name] = _output_error(Xq, Q, Xf, step.weight)
+        errors[step.name] = _output_error(Xq, Q, Xf, step.weight, step.groups)
         step.quantized = Q
     return errors
 

@@ -30,7 +30,7 @@ def _check_quantizer(est, where):
     ):
         raise TypeError(
             f"{where} must be a skquant weight quantizer (UniformQuantizer, "
-            "TernaryQuantizer, BinaryQuantizer, GreedyPathQuantizer, "
+            "TernaryQuantizer, BinaryQuantizer, GreedyPathQuantizer, GPTQQuantizer, "
             "NullSpaceQuantizer or AdaptivePrecisionQuantizer), got "
             f"{est!r:.80} instead."
         )
@@ -112,16 +112,24 @@ def _concat_tensors(tensors):
     )
 
 
+def group_slices(W, groups):
+    """``(inputs, outputs)`` slices of each group of a grouped layer: its
+    columns of the layer's input rows and of ``W`` (``(n_in, n_out)``, the
+    group's own inputs)."""
+    n_in, n_out = W.shape[0], W.shape[1] // groups
+    return [
+        (slice(g * n_in, (g + 1) * n_in), slice(g * n_out, (g + 1) * n_out))
+        for g in range(groups)
+    ]
+
+
 def _fit_data_driven(est, W, Xq, Xf, groups):
     """Fit a data-driven quantizer (per input group) and return its tensor."""
     if groups == 1:
         est.fit(W, activations=Xq, target_activations=Xf)
         return est, est.compress(W)
-    n_in, n_out = W.shape[0], W.shape[1] // groups
     fitted, tensors = [], []
-    for g in range(groups):
-        cols = slice(g * n_out, (g + 1) * n_out)
-        rows = slice(g * n_in, (g + 1) * n_in)
+    for rows, cols in group_slices(W, groups):
         e = clone(est).fit(
             W[:, cols], activations=Xq[:, rows], target_activations=Xf[:, rows]
         )

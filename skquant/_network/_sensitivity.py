@@ -186,6 +186,7 @@ def sensitivity(
     quantizer = check_quantizer(quantizer)
     choices = check_choices(bits)
     check_n_jobs(n_jobs)
+    check_int(n_probes, "n_probes")
     if threshold not in ("margin", "empirical", "both", None):
         raise ValueError(
             "threshold must be 'margin', 'empirical', 'both' or None, got "

@@ -61,6 +61,28 @@ def _is_pair(data):
     return isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple)
 
 
+def _inputs_of_pair(data):
+    """``X`` of a pair ``(X, y)`` given where inputs alone are read, else None.
+
+    A tuple of two tensors or arrays of one length is ``(X, y)`` when ``y`` has
+    fewer dimensions than ``X``, or integer entries where ``X`` has floating
+    ones (labels, targets); two batches alike (a tuple of batches) stay batches.
+    """
+    if not _is_pair(data) or not all(
+        isinstance(a, torch.Tensor | np.ndarray) for a in data
+    ):
+        return None
+    x, y = data
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        return None
+    floats = [
+        a.is_floating_point() if isinstance(a, torch.Tensor) else a.dtype.kind == "f"
+        for a in data
+    ]
+    labels = y.ndim < x.ndim or (floats[0] and not floats[1])
+    return x if labels else None
+
+
 def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
     """Mini-batches of ``data`` as tensors.
 
@@ -81,6 +103,8 @@ def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
     batch : torch.Tensor or tuple of (torch.Tensor, torch.Tensor)
         ``x`` (unlabelled) or ``(x, y)`` (labelled).
     """
+    if not labelled and (x := _inputs_of_pair(data)) is not None:
+        data = x  # the inputs of (X, y), as a labelled reader takes them
     if labelled and _is_pair(data):
         arrays = [as_tensor(a) for a in data]
         if len(arrays[0]) != len(arrays[1]):

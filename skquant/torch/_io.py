@@ -135,6 +135,11 @@ def load_into(model, path, *, runtime="auto"):
     --------
     save_model : Write one.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module (the architecture to load into), got "
+            f"{type(model).__name__} instead."
+        )
     check_default_device("load_into")
     header, data = _io.read_file(path)
     if header.get("kind") != "torch":

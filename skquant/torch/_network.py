@@ -137,6 +137,13 @@ class TorchNetwork(Network):
             )
         if isinstance(skip, str):
             skip = [skip]
+        if not isinstance(skip, list | tuple | set | frozenset) or not all(
+            isinstance(s, str) for s in skip
+        ):
+            raise TypeError(
+                f"skip must be a module name or a sequence of them, got skip={skip!r}"
+                " instead."
+            )
         names = {n for n, _ in model.named_modules(remove_duplicate=False)}
         unknown = [s for s in skip if s not in names]
         if unknown:
@@ -504,6 +511,7 @@ class TorchNetwork(Network):
         def take(name, module, x, offset):
             if name not in store:
                 order.append(name)
+                check_layer_input(name, module, x)
             rows = sampler.rows(name, module, x, offset)
             store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
 

@@ -123,8 +123,8 @@ def check_layer_input(name, module, x):
     """Raise a clear error when ``x`` cannot be the input of ``module``."""
     if isinstance(module, nn.Linear):
         ok, want = (
-            x.dim() >= 1 and x.shape[-1] == module.in_features,
-            (f"last dimension {module.in_features}"),
+            x.dim() >= 2 and x.shape[-1] == module.in_features,
+            (f"a batch (2-D or more) with last dimension {module.in_features}"),
         )
     else:
         dims = 3 if isinstance(module, nn.Conv1d) else 4
@@ -162,7 +162,13 @@ class RowSampler:
     def __init__(self, n_samples, max_rows, random_state):
         self.n_samples = n_samples
         self.max_rows = max_rows
-        self.rng = np.random.default_rng(random_state)
+        try:
+            self.rng = np.random.default_rng(random_state)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "random_state must be an int >= 0 or None, got "
+                f"random_state={random_state!r} instead."
+            ) from None
         self._plans = {}  # name -> (starts by offset or rows per sample, draw)
         self._seen = {}  # name -> {sample offset: rows}, while the plan assumes
         self._unsettled = set()
