@@ -111,7 +111,8 @@ def quantize_model(
         named stay float unless the key ``"*"`` gives a default.
     calibration_data : torch.Tensor, ndarray or iterable, default=None
         Calibration inputs (cast to the model's dtype and device; a list of rows,
-        of numbers or 1-D float arrays, counts as one array), a torch ``Dataset``
+        of numbers or 1-D float arrays, counts as one array; so does the ``X``
+        of an ``(X, y)`` pair), a torch ``Dataset``
         of samples (read ``batch_size`` at a time), or an iterable of batches
         (tensors or ``(x, y)`` pairs, as a ``DataLoader`` gives). Needed by data-driven
         quantizers. Never written to, whatever the model's forward does to its
