@@ -732,3 +732,36 @@ def test_repr_says_bits_runtime_and_activations():
     assert "n_bits=4, runtime='packed'" in repr(qnet[0])
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4), activations="dynamic")
     assert "runtime='int8', activation_bits=8" in repr(qnet[2])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda W: quantize(W, n_bits=4),
+        lambda W: quantize(W, n_bits=8),
+        lambda W: BinaryQuantizer().fit(W).compress(W),
+        lambda W: QuantizedTensor(
+            codes=np.clip(np.rint(W * 40 + 128), 0, 255).astype(np.uint8),
+            scale=np.float32(1 / 40),
+            n_bits=8,
+            qmin=0,
+            qmax=255,
+            alphabet="affine",
+            zero_point=np.full(W.shape[1], 128, dtype=np.uint8),
+        ),
+    ],
+    ids=["4-bit", "8-bit", "binary", "affine"],
+)
+def test_codes_come_back_in_their_own_dtype(make, tmp_path):
+    """The runtime form and a file give the codes back exactly, in their dtype,
+    through the narrow unpacking (int16 work arrays, not int64)."""
+    from skquant import load, save
+    from skquant._tensor._runtime import RuntimeWeights
+
+    W = np.random.default_rng(0).standard_normal((300, 20)).astype(np.float32)
+    qt = make(W)
+    back = RuntimeWeights(qt).tensor().codes
+    assert back.dtype == qt.codes.dtype and np.array_equal(back, qt.codes)
+    save(qt, tmp_path / "t.skq")
+    loaded = load(tmp_path / "t.skq").codes
+    assert loaded.dtype == qt.codes.dtype and np.array_equal(loaded, qt.codes)

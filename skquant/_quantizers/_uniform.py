@@ -80,9 +80,9 @@ class UniformQuantizer(BaseWeightQuantizer):
     to ``W``'s dtype. An all-zero
     channel (or one whose step would be below float32's smallest normal number)
     gets the step ``finfo(float32).eps``: weights below about ``1e-38`` quantize
-    to 0 (to ``+-eps`` under the binary alphabet, which has no 0). A step beyond float32's largest number (float64
-    weights above about ``3e38 * K``) is that number, and the weights beyond
-    ``K`` times it are clipped.
+    to 0 (to ``+-eps`` under the binary alphabet, which has no 0). A step beyond
+    float32's largest number (float64 weights above about ``3e38 * K``) is that
+    number, and the weights beyond ``K`` times it are clipped.
 
     Examples
     --------

@@ -79,8 +79,8 @@ class Alphabet:
     def from_stored(self, stored, dtype=None):
         """Inverse of :meth:`stored`."""
         dtype = self.dtype if dtype is None else dtype
-        if self.kind == "binary":
-            return (2 * stored.astype(np.int64) - 1).astype(dtype)
+        if self.kind == "binary":  # stored {0, 1}: an int16 twice them, less 1
+            return (2 * stored.astype(np.int16) - 1).astype(dtype)
         return stored.astype(dtype, copy=False)
 
     @property

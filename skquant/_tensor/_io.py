@@ -183,9 +183,8 @@ def tensor_from(meta, arrays, where):
     record = Alphabet(alphabet, qmin, qmax, n_bits)
     try:
         codes_dtype = np.dtype(_field(meta, "codes_dtype", str, where))
-        stored = unpack_codes(
-            arrays["codes"], n_bits, record.stored_qmin, shape, np.int64
-        )
+        # in the smallest dtype of the packed range (not int64: 8 bytes a code)
+        stored = unpack_codes(arrays["codes"], n_bits, record.stored_qmin, shape)
         scale = arrays["scale"]
         zp = arrays.get("zero_point") if meta.get("zero_point") else None
         float_dtype = meta.get("float_dtype")

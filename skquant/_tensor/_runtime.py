@@ -13,7 +13,7 @@ import numpy as np
 
 from .._kernels import _runtime as _k
 from .._kernels._threads import numba_threads
-from ._alphabets import SCALE_DTYPE, Alphabet, safe_scale
+from ._alphabets import SCALE_DTYPE, Alphabet, code_dtype, safe_scale
 from ._bits import pack_codes
 from ._io import _tensor_entry, tensor_from
 
@@ -46,6 +46,12 @@ def _levels(qt):
     if record.is_binary:
         return 1, 2, -1
     return int(qt.qmax) - int(qt.qmin), 1, int(qt.qmin)
+
+
+def _work_dtype(low, high):
+    """A signed dtype of at least 16 bits holding ``[low, high]`` (and the
+    unsigned codes, up to 255)."""
+    return np.promote_types(code_dtype(min(low, -1), max(high, 255)), np.int16)
 
 
 def runtime_bits(qt):
@@ -137,7 +143,11 @@ class RuntimeWeights:
         self.offset = (base - zp).astype(np.float32)
         per = 8 // self.bits
         width = -(-self.n_in // (_k.BLOCK * per)) * _k.BLOCK
-        u = np.ascontiguousarray((qt.codes.T.astype(np.int64) - base) // mult)
+        # the unsigned codes, worked out in a dtype that holds the codes and 255
+        work = _work_dtype(base, base + mult * span)
+        u = np.ascontiguousarray(qt.codes.T, dtype=work)
+        u -= work.type(base)
+        u //= work.type(mult)
         self.packed = np.empty((self.n_out, width), dtype=np.uint8)
         with numba_threads(-1):
             _k.pack_rows(u.astype(np.uint8), self.bits, self.packed)
@@ -158,11 +168,17 @@ class RuntimeWeights:
         return int(self.packed.nbytes + self.scale.nbytes + self.offset.nbytes + extra)
 
     def codes(self):
-        """The integer codes, ``(n_in, n_out)``, as a QuantizedTensor holds them."""
-        u = np.empty((self.n_out, self.n_in), dtype=np.int64)
+        """The integer codes, ``(n_in, n_out)``, as a QuantizedTensor holds them:
+        in the smallest dtype of their range (3 bytes a code at the peak, not the
+        24 of int64 temporaries)."""
+        top = self._base + self.mult * ((1 << self.bits) - 1)
+        work = _work_dtype(self._base, top)
+        u = np.empty((self.n_out, self.n_in), dtype=work)
         with numba_threads(-1):
             _k.unpack_rows(self.packed, self.bits, self.n_in, u)
-        return np.ascontiguousarray((self.mult * u + self._base).T)
+        u *= work.type(self.mult)
+        u += work.type(self._base)
+        return np.ascontiguousarray(u.T, dtype=code_dtype(self._base, top))
 
     def tensor(self):
         """The :class:`~skquant.QuantizedTensor` these codes came from."""

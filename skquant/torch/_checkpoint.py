@@ -216,6 +216,23 @@ def is_meta(t):
     return isinstance(t, torch.Tensor) and t.device.type == "meta"
 
 
+def plain_state(model):
+    """The model's parameters and persistent buffers by ``state_dict`` key
+    (under every name of a module registered under several), without calling
+    any module's ``_save_to_state_dict``: a quantized layer's stored codes are
+    not packed for it (they are not among these)."""
+    out = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        for name, p in module._parameters.items():
+            if p is not None:
+                out[dot + name] = p.detach()
+        for name, b in module._buffers.items():
+            if b is not None and name not in module._non_persistent_buffers_set:
+                out[dot + name] = b.detach()
+    return out
+
+
 def store_entry(writer, dtypes, key, value):
     """Write the state entry ``key`` (a tensor) to a file writer at its own dtype,
     recording the dtype's name in ``dtypes`` (bfloat16 as its bits: NumPy has no

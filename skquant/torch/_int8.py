@@ -117,13 +117,15 @@ class Int8Weights:
 
 def largest_code(qt):
     """Largest ``|code - zero_point|`` of ``qt`` (what the integer products see)."""
-    codes = np.asarray(qt.codes, dtype=np.int64)
+    codes = np.asarray(qt.codes)
     if codes.size == 0:
         return 0
-    if qt.zero_point is None:
-        return int(np.abs(codes).max())
-    zp = np.broadcast_to(np.asarray(qt.zero_point, np.int64), (codes.shape[1],))
-    return int(np.abs(codes - zp).max())
+    # per column, in the codes' own dtype: no copy of them
+    hi, lo = codes.max(axis=0).astype(np.int64), codes.min(axis=0).astype(np.int64)
+    if qt.zero_point is not None:
+        zp = np.broadcast_to(np.asarray(qt.zero_point, np.int64), hi.shape)
+        hi, lo = hi - zp, lo - zp
+    return int(max(np.abs(hi).max(), np.abs(lo).max()))
 
 
 def dynamic_reduce_range(largest_code):

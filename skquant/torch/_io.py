@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from .._tensor import _io
-from ._checkpoint import check_default_device, is_meta, owner, put, store_entry
+from ._checkpoint import (
+    check_default_device,
+    is_meta,
+    owner,
+    plain_state,
+    put,
+    store_entry,
+)
 from ._layout import layer_kind
 from ._model import keep_own_forwards
 from ._qlayers import (
@@ -90,7 +97,7 @@ def save_model(model, path):
         for k in ("weight_packed", "weight_scale", "weight_zero_point", "_extra_state")
     }
     dtypes = {}
-    for key, value in model.state_dict().items():
+    for key, value in plain_state(model).items():  # the codes are written above
         if key not in skip:
             store_entry(writer, dtypes, key, value)
     _io.write_file(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
@@ -202,7 +209,7 @@ def load_into(model, path, *, runtime="auto"):
             setattr(every[parent] if parent else model, attr, new)
         mods[name] = new
     keep_own_forwards(model)
-    state = model.state_dict()
+    state = plain_state(model)
     with torch.no_grad():
         for key, dtype in dtypes.items():
             if key not in state or key not in data:

@@ -1,0 +1,140 @@
+"""Peak resident memory that quantize_model, save_model and load_into add, per phase.
+
+The model is ``Sequential(Linear(n, n), ReLU, Linear(n, 10))`` in float32 (``n = 8192``:
+256 MiB of weights), quantized by ``UniformQuantizer(n_bits=4)`` (no calibration
+data), written with ``save_model`` and read back with ``load_into`` into a fresh float
+model. Each phase's figure is the growth of the process's peak resident set during
+it: the peak is reset (``/proc/self/clear_refs``) just before the phase and read
+from ``VmHWM`` after it. What a phase must hold: ``quantize_model`` the quantized
+copy (codes, 4 bits a weight) next to the float model; ``save_model`` the file's
+bytes; ``load_into`` the file's bytes and the codes.
+
+Each checkout runs in a child process of its own, one thread; ``--base DIR`` runs a
+checkout of an earlier commit in the same way, after this one, and prints the
+ratios (``git worktree add /tmp/base <commit>``)::
+
+    .venv/bin/python benchmarks/bench_torch_io_memory.py --base /tmp/base
+"""
+
+import argparse
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+MiB = 2**20
+PHASES = ("quantize_model", "save_model", "load_into")
+
+
+def _status():
+    with open("/proc/self/status") as f:
+        d = {
+            line.split(":")[0]: int(line.split()[1]) * 1024
+            for line in f
+            if line.startswith(("VmRSS", "VmHWM"))
+        }
+    return d["VmRSS"], d["VmHWM"]
+
+
+def _phase(fn):
+    """``(result, seconds, peak growth in bytes)`` of ``fn()``."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:  # VmHWM back to VmRSS
+        f.write("5")
+    base, _ = _status()
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    return out, seconds, _status()[1] - base
+
+
+def child(n):
+    import warnings
+
+    import torch
+
+    from skquant import UniformQuantizer
+    from skquant.torch import load_into, quantize_model, save_model
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(n, n), torch.nn.ReLU(), torch.nn.Linear(n, 10)
+        ).eval()
+
+    small = torch.nn.Sequential(torch.nn.Linear(8, 8))  # kernels compiled first
+    load_into(small, _save(save_model, quantize_model(small, UniformQuantizer(4))))
+    model = make()
+    q, *fig = _phase(lambda: quantize_model(model, UniformQuantizer(n_bits=4)))
+    rows = [("quantize_model", *fig)]
+    path = os.path.join(tempfile.mkdtemp(), "m.skq")
+    _, *fig = _phase(lambda: save_model(q, path))
+    rows.append(("save_model", *fig))
+    fresh = make()
+    _, *fig = _phase(lambda: load_into(fresh, path))
+    rows.append(("load_into", *fig))
+    size = os.path.getsize(path)
+    for name, seconds, grew in rows:
+        print(f"ROW {name} {seconds:.3f} {grew} {size}", flush=True)
+
+
+def _save(save_model, q):
+    path = os.path.join(tempfile.mkdtemp(), "w.skq")
+    save_model(q, path)
+    return path
+
+
+def run(tree, n):
+    env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = {}
+    for line in out.splitlines():
+        if line.startswith("ROW "):
+            _, name, seconds, grew, size = line.split()
+            rows[name] = (float(seconds), int(grew), int(size))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--base", help="a checkout of an earlier commit")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    now = run(here, args.n)
+    base = run(args.base, args.n) if args.base else None
+    size = next(iter(now.values()))[2]
+    print(
+        f"Linear {args.n}x{args.n} float32 ({args.n * args.n * 4 / MiB:.0f} MiB), "
+        f"4 bits; file {size / MiB:.1f} MiB"
+    )
+    head = f"{'phase':<16}{'peak +MiB':>10}{'s':>8}"
+    if base:
+        head += f"{'base +MiB':>11}{'base s':>8}{'ratio':>7}"
+    print(head)
+    for name in PHASES:
+        s, grew, _ = now[name]
+        line = f"{name:<16}{grew / MiB:>10.0f}{s:>8.2f}"
+        if base:
+            bs, bgrew, _ = base[name]
+            line += f"{bgrew / MiB:>11.0f}{bs:>8.2f}{grew / max(bgrew, 1):>7.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
