@@ -604,12 +604,19 @@ def test_gpfq_gram_form_equals_the_path(n_bits, block_size):
         assert_array_equal(blocked[0], codes)
         np.testing.assert_allclose(blocked[1], residual, rtol=1e-12)
         np.testing.assert_allclose(norm, np.linalg.norm(X_target @ W, axis=0))
-        codes_g = q._codes_gram(W, Xq, X_target, block_size=block_size)
+        # (with Xf is Xq, tril(G) @ W comes from the Gram matrix itself)
+        codes_g, G = q._codes_gram(W, Xq, X_target, block_size=block_size)
         assert_array_equal(codes_g, codes)
         Q = q._tensor(codes_g).dequantize()
         np.testing.assert_allclose(
             np.linalg.norm(X_target @ W - Xq @ Q, axis=0), residual, rtol=1e-9
         )
+        # the errors from G where one data set serves both, by blocks otherwise
+        from skquant._quantizers._gram import output_errors
+
+        got = output_errors(Xq, X_target, W, Q, G, block=4)
+        np.testing.assert_allclose(got[0], residual, rtol=1e-9)
+        np.testing.assert_allclose(got[1], norm, rtol=1e-9)
     # the public fit picks the form by its cost
     from skquant._quantizers._gpfq import use_gram
 

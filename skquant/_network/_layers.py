@@ -9,6 +9,7 @@ import numpy as np
 
 from .._common._heap import release_heap
 from .._common._progress import progress
+from .._quantizers._gram import output_errors
 from .._quantizers._nullspace import NoFreedomWarning
 from ._dense import DenseNetwork
 from ._plan import (
@@ -30,12 +31,10 @@ def _output_error(Xq, Q, Xf, W, groups=1, block=512):
     a grouped layer's groups each on their own inputs."""
     num = den = 0.0
     for rows, cols in group_slices(W, groups):
-        Wg, Qg, Xfg, Xqg = W[:, cols], Q[:, cols], Xf[:, rows], Xq[:, rows]
-        for a in range(0, Wg.shape[1], block):
-            ref = Xfg @ Wg[:, a : a + block]
-            den += float(np.sum(ref * ref))
-            diff = Xqg @ Qg[:, a : a + block] - ref
-            num += float(np.sum(diff * diff))
+        res, ref = output_errors(
+            Xq[:, rows], Xf[:, rows], W[:, cols], Q[:, cols], block=block
+        )
+        num, den = num + float(res @ res), den + float(ref @ ref)
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 

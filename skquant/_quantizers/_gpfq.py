@@ -5,7 +5,7 @@ from sklearn.utils._param_validation import StrOptions
 
 from .._kernels import check_device, torch_kernels
 from ._datadriven import BaseDataQuantizer
-from ._gram import gram, triangle_product
+from ._gram import gram, lower_product, output_errors, triangle_product
 
 __all__ = ["GreedyPathQuantizer"]
 
@@ -108,8 +108,9 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         device = check_device(self.device, type(self).__name__)
         if device is not None or use_gram(*Xq.shape, W.shape[1]):
             W64 = W.astype(np.float64)
+            G = None
             if device is None:
-                codes = self._codes_gram(W64, Xq, Xf)
+                codes, G = self._codes_gram(W64, Xq, Xf)
             else:  # the Gram form in torch on that device
                 step = self.scale_.astype(np.float64)
                 codes = self.alphabet_record_.final_codes(
@@ -125,9 +126,7 @@ class GreedyPathQuantizer(BaseDataQuantizer):
                 )
             Q = self._tensor(codes).dequantize()
             if device is None:
-                ref = Xf @ W64
-                residual = np.linalg.norm(ref - Xq @ Q, axis=0)
-                norm = np.linalg.norm(ref, axis=0)
+                residual, norm = output_errors(Xq, Xf, W64, Q, G)
             else:
                 residual, norm = torch_kernels().output_errors(Xq, Xf, W64, Q, device)
         else:
@@ -169,16 +168,16 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         :func:`greedy_path_gram`). ``tril(Gqf) @ W`` comes from the data by a
         running sum (:func:`~skquant._quantizers._gram.triangle_product`), so ``Gqq`` is
         the one ``n_in x n_in`` matrix held. After it (``m n_in^2``), nothing depends
-        on ``m``.
+        on ``m``; with one data set (``Xf is Xq``) ``tril(Gqq) @ W`` comes from
+        ``Gqq`` itself (:func:`~skquant._quantizers._gram.lower_product`). Returns
+        the codes and ``Gqq`` (the output errors are read from it).
         """
-        return greedy_path_gram(
-            triangle_product(Xq, Xf, W, "lower"),
-            gram(Xq),
-            W,
-            self.alphabet_record_,
-            self.scale_,
-            block_size,
+        G = gram(Xq)
+        A = lower_product(G, W) if Xf is Xq else triangle_product(Xq, Xf, W, "lower")
+        codes = greedy_path_gram(
+            A, G, W, self.alphabet_record_, self.scale_, block_size
         )
+        return codes, G
 
 
 def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None):

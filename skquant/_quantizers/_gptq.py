@@ -8,7 +8,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels import _gptq, check_device, torch_kernels
 from ._datadriven import BaseDataQuantizer
-from ._gram import gram, inverse_upper_cholesky
+from ._gram import gram, inverse_upper_cholesky, output_errors
 
 __all__ = ["GPTQQuantizer"]
 
@@ -209,10 +209,8 @@ class GPTQQuantizer(BaseDataQuantizer):
         codes = self.alphabet_record_.final_codes(codes)
         self.order_ = order
         Q = self._tensor(codes).dequantize()
-        if device is None:
-            ref = Xf @ W64
-            norm = np.linalg.norm(ref, axis=0)
-            residual = np.linalg.norm(ref - Xq @ Q, axis=0)
+        if device is None:  # a block of columns at a time
+            residual, norm = output_errors(Xq, Xf, W64, Q)
         else:  # the two products where the kernel ran
             residual, norm = torch_kernels().output_errors(Xq, Xf, W64, Q, device)
         self.calibration_error_ = residual / np.where(norm > 0, norm, 1)

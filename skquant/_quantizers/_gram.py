@@ -22,7 +22,14 @@ rounding decisions divide by ``G[t, t]``.
 import numpy as np
 from scipy.linalg import lapack
 
-__all__ = ["gram", "triangle_product", "inverse_upper_cholesky", "GRAM_BLOCK"]
+__all__ = [
+    "gram",
+    "triangle_product",
+    "lower_product",
+    "output_errors",
+    "inverse_upper_cholesky",
+    "GRAM_BLOCK",
+]
 
 #: Columns per block of output rows (a 2048-column ``syrk`` at most).
 GRAM_BLOCK = 2048
@@ -131,6 +138,44 @@ def triangle_product(X, Y, W, part, *, block=GRAM_BLOCK):
         out[a:b] = X[:, a:b].T @ running + tri @ W[a:b]
         running += Y[:, a:b] @ W[a:b]
     return out
+
+
+def lower_product(G, W, *, block=GRAM_BLOCK):
+    """``tril(G) @ W`` from a held ``n x n`` matrix ``G``, ``block`` rows at a
+    time (``n^2 n_out`` flops, no ``n x n`` copy): what :func:`triangle_product`
+    gives from the data, once the Gram matrix is formed anyway."""
+    n = G.shape[0]
+    out = np.empty((n, W.shape[1]))
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        out[a:b] = np.tril(G[a:b, a:b]) @ W[a:b]
+        if a:
+            out[a:b] += G[a:b, :a] @ W[:a]
+    return out
+
+
+def output_errors(Xq, Xf, W, Q, G=None, *, block=512):
+    """Per column, ``||Xf w - Xq q||`` and ``||Xf w||`` (float64).
+
+    With ``G = Xq^T Xq`` at hand and ``Xf is Xq``, from it: ``(w - q)^T G (w -
+    q)`` and ``w^T G w`` (``n^2 n_out`` flops, nothing of ``m`` rows). Otherwise
+    from the data, ``block`` columns at a time (a block's ``m x block`` products,
+    not the layer's).
+    """
+    n_out = W.shape[1]
+    if G is not None and Xf is Xq:
+        D = W - Q
+        res2 = np.einsum("ij,ij->j", D, G @ D)
+        ref2 = np.einsum("ij,ij->j", W, G @ W)
+        return np.sqrt(np.maximum(res2, 0)), np.sqrt(np.maximum(ref2, 0))
+    residual, norm = np.empty(n_out), np.empty(n_out)
+    for a in range(0, n_out, block):
+        b = min(n_out, a + block)
+        ref = Xf @ W[:, a:b]
+        norm[a:b] = np.sqrt(np.einsum("ij,ij->j", ref, ref))
+        ref -= Xq @ Q[:, a:b]
+        residual[a:b] = np.sqrt(np.einsum("ij,ij->j", ref, ref))
+    return residual, norm
 
 
 def _reverse_inplace(a, block=1 << 20):
