@@ -170,7 +170,8 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         The codes are kept (not the activations): :meth:`transform`,
         :meth:`encode`, :meth:`compress` and :meth:`pack` of the fitted ``W`` reuse
         them without redoing the work, and the fitted quantizer's size does not
-        grow with the number of calibration rows.
+        grow with the number of calibration rows (but for the null-space
+        quantizer's ``components_``: see its attributes).
 
         Parameters
         ----------

@@ -213,7 +213,10 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         Bits stored per weight.
     components_ : ndarray of shape (n_in, k)
         Orthonormal basis of the kept row space of the calibration activations
-        (``k`` is ``rank_``).
+        (``k`` is ``rank_``, at most the number of calibration rows: with this
+        basis, and until :attr:`bound_` is first read the Gram block of the
+        coordinates left off the alphabet, a fitted null-space quantizer grows
+        with the calibration rows, up to ``min(m, n_in)`` columns).
     singular_values_ : ndarray of shape (min(m, n_in),)
         Singular values of the calibration activations (when ``rank="auto"``
         took them from a Gram matrix, on data of at least 2048 inputs, those
@@ -763,4 +766,5 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                     first=n_threads,
                 )
             self._bound = drift + norms * dist
+            self._bound_terms = None  # the Gram block is not needed again
         return self._bound
