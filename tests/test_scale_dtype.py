@@ -132,6 +132,22 @@ def test_quantized_mlp_on_float64_counts_float32_scales(digits_mlp):
     assert qmlp.estimator_.coefs_[0].dtype == np.float64
 
 
+@pytest.mark.parametrize(
+    "quantizer", [GreedyPathQuantizer(n_bits=4), UniformQuantizer(n_bits=4)]
+)
+def test_quantized_mlp_takes_float32_rows_as_the_float64_ones(digits_mlp, quantizer):
+    """float32 data is not copied whole to float64 (only the calibration rows
+    are): the same model and the same predictions as its float64 twin."""
+    mlp, X, y = digits_mlp
+    X32 = X.astype(np.float32)
+    X64 = X32.astype(np.float64)  # the same values
+    a = QuantizedMLP(mlp, quantizer, random_state=0).fit(X32[1200:])
+    b = QuantizedMLP(mlp, quantizer, random_state=0).fit(X64[1200:])
+    for ta, tb in zip(a.tensors_, b.tensors_):
+        assert_array_equal(ta.codes, tb.codes)
+    assert_array_equal(a.predict_proba(X32), b.predict_proba(X64))
+
+
 @given(weight_matrices(max_rows=20, max_cols=5), st.sampled_from(MEMORYLESS))
 def test_save_load_round_trip_is_bit_exact(tmp_path_factory, W, est):
     from sklearn.base import clone

@@ -241,7 +241,9 @@ class QuantizedMLP(BaseEstimator):
                     "y=None instead."
                 ) from None
             base = clone(estimator).fit(X, y)
-        X = validate_data(self, X, dtype=np.float64, reset=True)
+        # float32 rows stay as they are: only the calibration rows are copied
+        # to float64 (a wide X is not copied whole)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=True)
         if X.shape[1] != base.coefs_[0].shape[0]:
             raise ValueError(
                 f"X must have {base.coefs_[0].shape[0]} features (the network's "
@@ -252,6 +254,7 @@ class QuantizedMLP(BaseEstimator):
             rng.choice(X.shape[0], min(self.n_calibration, X.shape[0]), replace=False)
         )
         network = MLPNetwork(base)
+        calibration = np.asarray(X[idx], dtype=np.float64)
 
         def gradients():
             if y is None:
@@ -259,12 +262,12 @@ class QuantizedMLP(BaseEstimator):
                     "AdaptivePrecisionQuantizer needs the loss gradient: pass y to "
                     "QuantizedMLP.fit; got y=None instead."
                 )
-            data = network.check_targets(X, y)
+            data = network.check_targets(np.asarray(X, dtype=np.float64), y)
             _, grads = network.loss_gradients(data)
             return {n: grads[f"{n}.weight"] for n in network.layer_names}
 
         res = quantize_layers(
-            network, quantizer, X[idx], gradients=gradients, calibrate=True
+            network, quantizer, calibration, gradients=gradients, calibrate=True
         )
         self.float_estimator_ = base
         # what is counted is what predicts (and what a file stores): layers left
@@ -277,7 +280,7 @@ class QuantizedMLP(BaseEstimator):
         qmlp.intercepts_ = [
             b.astype(np.float32).astype(b.dtype) for b in base.intercepts_
         ]
-        self._hold_codes(qmlp, network.layer_names, res.tensors, X[idx])
+        self._hold_codes(qmlp, network.layer_names, res.tensors, calibration)
         self.estimator_ = qmlp
         self.quantizers_ = list(res.quantizers.values())
         self.tensors_ = list(res.tensors.values())
@@ -540,7 +543,9 @@ class QuantizedMLP(BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, dtype=np.float64, reset=False)
+        # float32 inputs are not copied to float64: the quantized layers compute
+        # in float32, and a float layer's product upcasts them exactly
+        return validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
 
     def predict(self, X):
         """Predict with the quantized network.
