@@ -51,21 +51,24 @@ def _grid(lo, hi, n_bits, symmetric):
     return scale, np.clip(zp, qmin, qmax), qmin, qmax
 
 
-def _mse_shrink(Xc, lo, hi, n_bits, symmetric):
-    """Per column, the factor of :data:`MSE_SHRINKS` with the least squared error."""
+def _mse_shrink(Xc, lo, hi, n_bits, symmetric, block=1 << 21):
+    """Per column, the factor of :data:`MSE_SHRINKS` with the least squared error
+    (the first, largest, of equal ones). The rows are read ``block`` values at a
+    time, in float64: the temporaries are a block's, not the data's."""
     if Xc.shape[0] > MSE_ROWS:
         Xc = Xc[:: -(-Xc.shape[0] // MSE_ROWS)]
-    X = Xc.astype(np.float64)
-    best = np.full(X.shape[1], np.inf)
-    shrink = np.ones(X.shape[1])
+    grids = []
     for a in MSE_SHRINKS:
         scale, zp, qmin, qmax = _grid(lo * a, hi * a, n_bits, symmetric)
-        safe = np.where(scale > 0, scale, 1.0)
-        q = np.clip(np.rint(X / safe) + zp, qmin, qmax)
-        err = (((q - zp) * safe - X) ** 2).sum(axis=0)
-        better = err < best
-        best[better], shrink[better] = err[better], a
-    return shrink
+        grids.append((np.where(scale > 0, scale, 1.0), zp, qmin, qmax))
+    err = np.zeros((len(MSE_SHRINKS), Xc.shape[1]))
+    rows = max(1, block // max(Xc.shape[1], 1))
+    for r in range(0, Xc.shape[0], rows):
+        X = Xc[r : r + rows].astype(np.float64)
+        for i, (safe, zp, qmin, qmax) in enumerate(grids):
+            q = np.clip(np.rint(X / safe) + zp, qmin, qmax)
+            err[i] += (((q - zp) * safe - X) ** 2).sum(axis=0)
+    return MSE_SHRINKS[np.argmin(err, axis=0)]
 
 
 class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
