@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._common._heap import release_heap
 from .._tensor import _io
 from ._checkpoint import (
     check_default_device,
@@ -235,4 +236,6 @@ def load_into(model, path, *, runtime="auto"):
             f"{path!s} is not a file of this model: the model's entries {unfilled[:8]} "
             "are on the meta device and the file has no value for them."
         )
+    del data
+    release_heap()  # the layers' work arrays (tens of MB) back to the system
     return model

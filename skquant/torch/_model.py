@@ -9,6 +9,7 @@ from sklearn.base import clone
 from torch import nn
 
 from .._common._checks import check_int
+from .._common._heap import release_heap
 from .._network._layers import quantize_layers
 from .._quantizers._activation import ActivationQuantizer
 from .._tensor import _io
@@ -341,6 +342,7 @@ def quantize_model(
             row["bytes_held"] = sum(
                 p.numel() * p.element_size() for p in layer.parameters(recurse=False)
             )
+    release_heap()  # the walk's and the layers' work arrays back to the system
     return (qmodel, res.report) if return_report else qmodel
 
 
