@@ -69,10 +69,12 @@ def main():
         ).fit(X, y)
         path = os.path.join(folder, "mlp.skq")
         skquant.save(q, path)
+        with open(path, "rb") as f:  # safetensors: 8 bytes of length, the header
+            header = int.from_bytes(f.read(8), "little")
         print(
             f"  m={m:<5d} QuantizedMLP pickle         {len(pickle.dumps(q)):>10,d} B;"
-            f" skquant.save file {os.path.getsize(path):,d} B; counted"
-            f" size_bits_/8 {q.size_bits_ // 8:,d} B"
+            f" skquant.save file {os.path.getsize(path):,d} B (header {header:,d} B);"
+            f" counted size_bits_/8 {q.size_bits_ // 8:,d} B"
         )
         back = skquant.load(path)
         assert np.array_equal(back.predict_proba(X), q.predict_proba(X))
