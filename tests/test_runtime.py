@@ -763,5 +763,12 @@ def test_codes_come_back_in_their_own_dtype(make, tmp_path):
     back = RuntimeWeights(qt).tensor().codes
     assert back.dtype == qt.codes.dtype and np.array_equal(back, qt.codes)
     save(qt, tmp_path / "t.skq")
-    loaded = load(tmp_path / "t.skq").codes
+    back = load(tmp_path / "t.skq")
+    loaded = back.codes
     assert loaded.dtype == qt.codes.dtype and np.array_equal(loaded, qt.codes)
+    # nothing of the loaded tensor is a view of the file's bytes (which such a
+    # view would keep alive whole: a loaded 4096 MLP held twice its codes)
+    for a in (back.codes, back.scale, back.zero_point):
+        assert a is None or a.base is None or a.base.base is None
+    save({"b": np.arange(3.0)}, tmp_path / "a.skq")
+    assert load(tmp_path / "a.skq")["b"].flags.owndata

@@ -185,8 +185,9 @@ def tensor_from(meta, arrays, where):
         codes_dtype = np.dtype(_field(meta, "codes_dtype", str, where))
         # in the smallest dtype of the packed range (not int64: 8 bytes a code)
         stored = unpack_codes(arrays["codes"], n_bits, record.stored_qmin, shape)
-        scale = arrays["scale"]
-        zp = arrays.get("zero_point") if meta.get("zero_point") else None
+        # copies: views would keep the whole file's bytes alive with the tensor
+        scale = np.array(arrays["scale"])
+        zp = np.array(arrays["zero_point"]) if meta.get("zero_point") else None
         float_dtype = meta.get("float_dtype")
         float_dtype = None if float_dtype is None else np.dtype(float_dtype)
     except (KeyError, TypeError, ValueError) as exc:
@@ -598,7 +599,7 @@ def arrays_from(header, data, path):
     for name, meta in header["arrays"].items():
         if name not in data:
             raise FileFormatError(f"{path!s}: array {name!r} is missing.")
-        out[name] = data[name]
+        out[name] = np.array(data[name])  # its own memory, not the file's
     return out
 
 
