@@ -52,12 +52,6 @@ def _as2d(X):
     return X
 
 
-def _step(step, name="step"):
-    """A grid step: a finite number > 0 (a negative one would give a negative
-    bound)."""
-    return check_positive(step, name)
-
-
 def _subset_size(r, X, name):
     """An integer number of columns in ``[0, n_in]``."""
     if isinstance(r, bool) or not isinstance(r, numbers.Integral):
@@ -97,7 +91,7 @@ def msq_bound(X, step):
     0.5
     """
     X = _as2d(X)
-    step = _step(step)
+    step = check_positive(step, "step")
     return float(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * step / 2)
 
 
@@ -184,7 +178,7 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     True
     """
     X = _as2d(X)
-    step = _step(step)
+    step = check_positive(step, "step")
     if variant == "grid":
         alphabet = None
     else:
@@ -195,7 +189,9 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
                 "variant must be 'grid', 'ternary' or 'binary', got "
                 f"variant={variant!r} instead."
             ) from None
-    full = int(np.linalg.matrix_rank(X))
+    s = np.linalg.svd(X, compute_uv=False)  # once: the rank and sigma_{k+1}
+    tol = s.max(initial=0.0) * max(X.shape) * np.finfo(s.dtype).eps
+    full = int(np.sum(s > tol))  # numpy's matrix_rank
     if rank is None:
         r = full
     else:
@@ -209,8 +205,7 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     per = step if binary else step / 2
     bound = max_subset_norm_bound(X, r) * np.sqrt(r) * per
     if r < full:  # the directions left out drift: sigma_{r+1} ||w - z||
-        sigma = np.linalg.svd(X, compute_uv=False)[r]
-        bound += sigma * np.sqrt(X.shape[1]) * (2 * step if binary else step)
+        bound += s[r] * np.sqrt(X.shape[1]) * (2 * step if binary else step)
     return float(bound)
 
 
@@ -355,7 +350,7 @@ def gpfq_bound(X, step):
     1.0
     """
     X = _as2d(X)
-    step = _step(step)
+    step = check_positive(step, "step")
     return float(np.linalg.norm(X) * step / 2)
 
 

@@ -760,8 +760,8 @@ def test_codes_come_back_in_their_own_dtype(make, tmp_path):
 
     W = np.random.default_rng(0).standard_normal((300, 20)).astype(np.float32)
     qt = make(W)
-    back = RuntimeWeights(qt).tensor().codes
-    assert back.dtype == qt.codes.dtype and np.array_equal(back, qt.codes)
+    for back in (RuntimeWeights(qt).codes(), RuntimeWeights(qt).tensor().codes):
+        assert back.dtype == qt.codes.dtype and np.array_equal(back, qt.codes)
     save(qt, tmp_path / "t.skq")
     back = load(tmp_path / "t.skq")
     loaded = back.codes

@@ -25,18 +25,19 @@ def basic_solutions(V, Z0):
 
     def solve(a, b):
         for j in range(a, b):
+            b_eq = V.T @ Z0[:, j]
             res = linprog(
                 cost,
                 A_ub=A_ub,
                 b_ub=np.zeros(2 * n),
                 A_eq=A_eq,
-                b_eq=V.T @ Z0[:, j],
+                b_eq=b_eq,
                 bounds=bounds,
                 method="highs",
             )
             if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
                 raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
-            Z[:, j] = _exact_vertex(res.x[:n], V, V.T @ Z0[:, j])
+            Z[:, j] = _exact_vertex(res.x[:n], V, b_eq)
 
     run_in_batches(solve, Z0.shape[1], "null-space LPs (neurons)")
     return Z

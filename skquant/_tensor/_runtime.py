@@ -168,17 +168,16 @@ class RuntimeWeights:
         return int(self.packed.nbytes + self.scale.nbytes + self.offset.nbytes + extra)
 
     def codes(self):
-        """The integer codes, ``(n_in, n_out)``, as a QuantizedTensor holds them:
-        in the smallest dtype of their range (3 bytes a code at the peak, not the
-        24 of int64 temporaries)."""
-        top = self._base + self.mult * ((1 << self.bits) - 1)
-        work = _work_dtype(self._base, top)
+        """The integer codes, ``(n_in, n_out)``, as a QuantizedTensor holds them
+        (a fixed-width grid's, in their dtype: 3 bytes a code at the peak, not
+        the 24 of int64 temporaries)."""
+        work = _work_dtype(self._meta["qmin"], self._meta["qmax"])
         u = np.empty((self.n_out, self.n_in), dtype=work)
         with numba_threads(-1):
             _k.unpack_rows(self.packed, self.bits, self.n_in, u)
         u *= work.type(self.mult)
         u += work.type(self._base)
-        return np.ascontiguousarray(u.T, dtype=code_dtype(self._base, top))
+        return np.ascontiguousarray(u.T, dtype=np.dtype(self._meta["codes_dtype"]))
 
     def tensor(self):
         """The :class:`~skquant.QuantizedTensor` these codes came from."""

@@ -75,11 +75,7 @@ def _inputs_of_pair(data):
     x, y = data
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         return None
-    floats = [
-        a.is_floating_point() if isinstance(a, torch.Tensor) else a.dtype.kind == "f"
-        for a in data
-    ]
-    labels = y.ndim < x.ndim or (floats[0] and not floats[1])
+    labels = y.ndim < x.ndim or (_floating(x) and not _floating(y))
     return x if labels else None
 
 
@@ -147,12 +143,13 @@ def is_rows(data):
     return (
         isinstance(first, np.ndarray | torch.Tensor)
         and first.ndim == 1
-        and (
-            first.dtype.kind == "f"
-            if isinstance(first, np.ndarray)
-            else first.is_floating_point()
-        )
+        and _floating(first)
     )
+
+
+def _floating(a):
+    """Whether a tensor or an array holds floating-point numbers."""
+    return a.is_floating_point() if isinstance(a, torch.Tensor) else a.dtype.kind == "f"
 
 
 def _rows(data):

@@ -63,7 +63,9 @@ def keep_own_forwards(model):
     model is changed in place.
     """
     for module in model.modules():
-        if not any(isinstance(m, QuantMixin) for m in module.modules()):
+        if not isinstance(
+            module, nn.TransformerEncoderLayer | nn.TransformerEncoder
+        ) or not any(isinstance(m, QuantMixin) for m in module.modules()):
             continue
         if isinstance(module, nn.TransformerEncoderLayer):
             if _own_forwards not in module._forward_pre_hooks.values():
