@@ -245,17 +245,18 @@ class RuntimeWeights:
         m = x.shape[0]
         if out is None:
             out = np.empty((m, self.n_out), dtype=x.dtype)
-        if self.n_pad != self.n_in:
+        if x.dtype == np.float32 and m <= SMALL_BATCH:
+            # the fused kernel reads whole blocks: a few rows padded with zeros
             padded = np.zeros((m, self.n_pad), dtype=x.dtype)
             padded[:, : self.n_in] = x
-            x = padded
-        else:
-            x = np.ascontiguousarray(x)
-        if x.dtype == np.float32 and m <= SMALL_BATCH:
             with numba_threads(-1):
-                _k.packed_dot(x, self.packed, self.bits, self.mult, self.offset, out)
+                _k.packed_dot(
+                    padded, self.packed, self.bits, self.mult, self.offset, out
+                )
             out *= self.scale
             return out
+        # large batches are read in place: the tiles drop their padding columns
+        x = np.ascontiguousarray(x)
         tile = max(1, min(self.n_out, TILE_ENTRIES // self.n_pad))
         # the weights are those of dequantize(), in the tensor's float dtype
         buf = np.empty((tile, self.n_pad), dtype=self.float_dtype)
@@ -264,7 +265,8 @@ class RuntimeWeights:
             rows = self.dequantize_rows(
                 start, stop, self.float_dtype, buf[: stop - start]
             )
-            out[:, start:stop] = gemm(x, rows.T.astype(x.dtype, copy=False))
+            w = rows[:, : self.n_in].T.astype(x.dtype, copy=False)
+            out[:, start:stop] = gemm(x, w)
         return out
 
     def int_matmul(self, a):
