@@ -26,6 +26,7 @@ from skquant.torch import (  # noqa: E402
     _graph,  # noqa: E402
     quantize_model,
 )
+from skquant.torch._model import _copy_but  # noqa: E402
 from skquant.torch._rows import gather_rows, rows_per_sample  # noqa: E402
 
 
@@ -297,6 +298,30 @@ def test_tied_weights_quantized_once_counted_once():
     assert [r["name"] for r in report.rows] == ["0"]
     assert torch.equal(qnet[0].weight, qnet[2].weight)
     assert type(qnet[2]) is QuantLinear
+
+
+def test_quantized_copy_shares_no_tensor_with_the_float_model():
+    """The quantized model is built from a copy that does not copy the weights it
+    drops (a second float model, held through the build), and keeps none of the
+    float model's tensors: a weight tied to a layer left float is copied."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.Embedding(6, 6))
+    net[3].weight = net[2].weight  # an embedding (left float) tied to a Linear
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    copied = _copy_but(net, {"0", "2"})
+    assert copied[0].weight is net[0].weight  # dropped: shared, not copied
+    assert copied[0].bias is not net[0].bias
+    assert copied[2].weight is not net[2].weight  # the embedding keeps it
+    assert copied[3].weight is copied[2].weight  # tied in the copy too
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), skip=["3"])
+    assert type(qnet[0]) is QuantLinear and type(qnet[2]) is QuantLinear
+    ours = {id(t) for t in [*net.parameters(), *net.buffers()]}
+    assert not ours & {id(t) for t in [*qnet.parameters(), *qnet.buffers()]}
+    with torch.no_grad():
+        qnet[3].weight.add_(1.0)
+        qnet[0].bias.add_(1.0)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_mapping_per_layer_and_unknown_names():

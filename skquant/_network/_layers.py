@@ -160,10 +160,10 @@ def quantize_layers(
             )
             step.tensor = tensor
             if sink is None:
-                step.quantized = tensor.dequantize()
+                if walk:  # the walk runs the quantized prefix on it
+                    step.quantized = tensor.dequantize()
                 result.quantizers[step.name] = est
                 result.tensors[step.name] = tensor
-                result.weights[step.name] = step.quantized
             else:  # the walk takes the tensor; nothing of the layer is kept
                 sink(step.name, tensor)
                 plan[step.name] = None  # the fitted quantizer holds its codes

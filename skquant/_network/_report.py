@@ -2,6 +2,7 @@
 record.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,11 +72,34 @@ class QuantizationReport:
         return f"QuantizationReport({len(self.rows)} layers)\n{self}"
 
 
+class DequantizedWeights(Mapping):
+    """The quantized layers' float weights ``(n_in, n_out)`` by name, dequantized
+    from their tensors when read: not held beside the codes (a whole model's
+    worth of floats)."""
+
+    def __init__(self, tensors):
+        self._tensors = tensors
+
+    def __getitem__(self, name):
+        return self._tensors[name].dequantize()
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self):
+        return len(self._tensors)
+
+
 @dataclass
 class LayerQuantization:
-    """What :func:`quantize_layers` returns (by layer name, forward order)."""
+    """What :func:`quantize_layers` returns (by layer name, forward order):
+    the fitted ``quantizers``, the quantized ``tensors``, their dequantized
+    ``weights`` (computed when read) and the ``report``."""
 
     quantizers: dict = field(default_factory=dict)
     tensors: dict = field(default_factory=dict)
-    weights: dict = field(default_factory=dict)
     report: QuantizationReport = field(default_factory=QuantizationReport)
+
+    @property
+    def weights(self):
+        return DequantizedWeights(self.tensors)

@@ -143,14 +143,18 @@ class RuntimeWeights:
         self.offset = (base - zp).astype(np.float32)
         per = 8 // self.bits
         width = -(-self.n_in // (_k.BLOCK * per)) * _k.BLOCK
-        # the unsigned codes, worked out in a dtype that holds the codes and 255
+        # the unsigned codes, worked out in a dtype that holds the codes and 255,
+        # a tile of outputs at a time (not three work copies of the whole matrix)
         work = _work_dtype(base, base + mult * span)
-        u = np.ascontiguousarray(qt.codes.T, dtype=work)
-        u -= work.type(base)
-        u //= work.type(mult)
         self.packed = np.empty((self.n_out, width), dtype=np.uint8)
+        tile = max(1, min(self.n_out, TILE_ENTRIES // max(self.n_in, 1)))
         with numba_threads(-1):
-            _k.pack_rows(u.astype(np.uint8), self.bits, self.packed)
+            for start in range(0, self.n_out, tile):
+                stop = min(start + tile, self.n_out)
+                u = np.ascontiguousarray(qt.codes[:, start:stop].T, dtype=work)
+                u -= work.type(base)
+                u //= work.type(mult)
+                _k.pack_rows(u.astype(np.uint8), self.bits, self.packed[start:stop])
         meta, arrays = (
             _tensor_entry(qt) if qt.precision_bits is not None else (_grid_meta(qt))
         )
@@ -169,15 +173,21 @@ class RuntimeWeights:
 
     def codes(self):
         """The integer codes, ``(n_in, n_out)``, as a QuantizedTensor holds them
-        (a fixed-width grid's, in their dtype: 3 bytes a code at the peak, not
-        the 24 of int64 temporaries)."""
+        (a fixed-width grid's, in their dtype; worked out a tile of outputs at a
+        time)."""
         work = _work_dtype(self._meta["qmin"], self._meta["qmax"])
-        u = np.empty((self.n_out, self.n_in), dtype=work)
+        out = np.empty((self.n_in, self.n_out), np.dtype(self._meta["codes_dtype"]))
+        tile = max(1, min(self.n_out, TILE_ENTRIES // max(self.n_in, 1)))
+        u = np.empty((tile, self.n_in), dtype=work)
         with numba_threads(-1):
-            _k.unpack_rows(self.packed, self.bits, self.n_in, u)
-        u *= work.type(self.mult)
-        u += work.type(self._base)
-        return np.ascontiguousarray(u.T, dtype=np.dtype(self._meta["codes_dtype"]))
+            for start in range(0, self.n_out, tile):
+                stop = min(start + tile, self.n_out)
+                t = u[: stop - start]
+                _k.unpack_rows(self.packed[start:stop], self.bits, self.n_in, t)
+                t *= work.type(self.mult)
+                t += work.type(self._base)
+                out[:, start:stop] = t.T
+        return out
 
     def tensor(self):
         """The :class:`~skquant.QuantizedTensor` these codes came from."""

@@ -62,7 +62,7 @@ def to_numpy(t):
     return t.cpu().numpy()
 
 
-def weight_to_matrix(module, weight=None):
+def weight_to_matrix(module, weight=None, *, copy=True):
     """The ``(n_in, n_out)`` weight matrix of a Linear or Conv2d layer.
 
     Parameters
@@ -72,6 +72,9 @@ def weight_to_matrix(module, weight=None):
     weight : torch.Tensor, default=None
         A weight tensor of the layer's shape to use instead of ``module.weight``
         (a weight read from a checkpoint while the layer's is on the meta device).
+    copy : bool, default=True
+        ``False`` gives a read-only view of a CPU weight where one is possible
+        (Fortran-ordered: the transpose of the weight's rows), not a copy.
 
     Returns
     -------
@@ -86,7 +89,12 @@ def weight_to_matrix(module, weight=None):
     (75, 8)
     """
     w = to_numpy(module.weight if weight is None else weight)
-    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+    W = w.reshape(w.shape[0], -1).T
+    if copy:
+        return np.ascontiguousarray(W)
+    W = W.view()
+    W.flags.writeable = False
+    return W
 
 
 def matrix_to_weight(W, module, device=None):
@@ -115,7 +123,11 @@ def matrix_to_weight(W, module, device=None):
     >>> bool(torch.equal(w, conv.weight.detach()))
     True
     """
-    w = torch.from_numpy(np.ascontiguousarray(np.asarray(W).T))
+    Wt = np.asarray(W).T
+    # a read-only matrix may be a view of a model's weight: never alias it
+    w = torch.from_numpy(
+        np.ascontiguousarray(Wt) if Wt.flags.writeable else np.array(Wt, order="C")
+    )
     device = module.weight.device if device is None else device
     return w.reshape(module.weight.shape).to(device, module.weight.dtype)
 

@@ -309,7 +309,7 @@ def quantize_model(
         replace.update(
             {t: replace[f] for t, f in network.tied.items() if f in res.tensors}
         )
-        qmodel = copy.deepcopy(model)
+        qmodel = _copy_but(model, replace)
     qlayers = dict(qmodel.named_modules(remove_duplicate=False))
     made = {}  # a module under several names: one quantized module for all
     for name, tensor in replace.items():
@@ -346,6 +346,26 @@ def quantize_model(
             )
     release_heap()  # the walk's and the layers' work arrays back to the system
     return (qmodel, res.report) if return_report else qmodel
+
+
+def _copy_but(model, names):
+    """``copy.deepcopy(model)`` but for the weights of layers ``names`` (about to
+    be replaced by quantized layers): the copy shares those with ``model`` rather
+    than holding a second float copy of every weight it drops. A weight another
+    module of the copy keeps (tied to a layer left float) is copied as usual."""
+    mods = dict(model.named_modules(remove_duplicate=False))
+    kept = {
+        id(p)
+        for name, mod in mods.items()
+        if name not in names
+        for p in mod.parameters(recurse=False)
+    }
+    memo = {}
+    for name in names:
+        w = mods[name]._parameters.get("weight")
+        if w is not None and id(w) not in kept:
+            memo[id(w)] = w
+    return copy.deepcopy(model, memo)
 
 
 def on_device(quantizer, device):

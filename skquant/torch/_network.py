@@ -292,8 +292,10 @@ class TorchNetwork(Network):
     def weight(self, name):
         """The ``(n_in, n_out)`` weight matrix of layer ``name`` (NumPy)."""
         if self._lean:
-            return weight_to_matrix(self._modules[name], self.float_weight(name))
-        return weight_to_matrix(self._modules[name])
+            return weight_to_matrix(
+                self._modules[name], self.float_weight(name), copy=False
+            )
+        return weight_to_matrix(self._modules[name], copy=False)
 
     def groups(self, name):
         """Input groups of layer ``name``."""

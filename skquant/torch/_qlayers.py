@@ -635,7 +635,8 @@ class QuantLinear(QuantMixin, nn.Linear):
     @classmethod
     def from_float(cls, module, tensor, runtime="auto"):
         """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
-        new = cls(
+        new = nn.utils.skip_init(  # no float weight made, only to be dropped
+            cls,
             module.in_features,
             module.out_features,
             bias=module.bias is not None,
@@ -698,7 +699,8 @@ class QuantConvMixin(QuantMixin):
     @classmethod
     def from_float(cls, module, tensor, runtime="auto"):
         """Copy ``module`` with the weights of ``tensor`` (a QuantizedTensor)."""
-        new = cls(
+        new = nn.utils.skip_init(  # no float weight made, only to be dropped
+            cls,
             *conv_args(module),
             device=module.weight.device,
             dtype=module.weight.dtype,
