@@ -14,6 +14,14 @@ checkout of an earlier commit in the same way, after this one, and prints the
 ratios (``git worktree add /tmp/base <commit>``)::
 
     .venv/bin/python benchmarks/bench_torch_io_memory.py --base /tmp/base
+
+``--case adaptive`` measures ``AdaptivePrecisionQuantizer(budget=0.01)`` on an
+``n x n`` float32 weight matrix and gradient (``--n 4096``: 16.8 million weights)
+in the same way: ``fit``, ``compress``, ``transform``, ``skquant.save`` and
+``skquant.load``::
+
+    .venv/bin/python benchmarks/bench_torch_io_memory.py --case adaptive --n 4096 \
+        --base /tmp/base
 """
 
 import argparse
@@ -25,7 +33,10 @@ import tempfile
 import time
 
 MiB = 2**20
-PHASES = ("quantize_model", "save_model", "load_into")
+PHASES = {
+    "torch-io": ("quantize_model", "save_model", "load_into"),
+    "adaptive": ("fit", "compress", "transform", "save", "load"),
+}
 
 
 def _status():
@@ -50,7 +61,44 @@ def _phase(fn):
     return out, seconds, _status()[1] - base
 
 
-def child(n):
+def child_adaptive(n):
+    import numpy as np
+
+    import skquant
+    from skquant import AdaptivePrecisionQuantizer
+
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((n, n), dtype=np.float32) * 0.05).astype(np.float32)
+    G = (rng.standard_normal((n, n), dtype=np.float32) * 1e-3).astype(np.float32)
+    small = AdaptivePrecisionQuantizer(budget=1e-2)  # kernels compiled first
+    skquant.load(
+        _save(
+            skquant.save,
+            small.fit(W[:64, :64], gradient=G[:64, :64]).compress(W[:64, :64]),
+        )
+    )
+    q, *fig = _phase(lambda: AdaptivePrecisionQuantizer(budget=1e-2).fit(W, gradient=G))
+    rows = [("fit", *fig)]
+    qt, *fig = _phase(lambda: q.compress(W))
+    rows.append(("compress", *fig))
+    _, *fig = _phase(lambda: q.transform(W))
+    rows.append(("transform", *fig))
+    path = os.path.join(tempfile.mkdtemp(), "w.skq")
+    _, *fig = _phase(lambda: skquant.save(qt, path))
+    rows.append(("save", *fig))
+    _, *fig = _phase(lambda: skquant.load(path))
+    rows.append(("load", *fig))
+    return rows, path
+
+
+def child(case, n):
+    rows, path = (child_torch_io if case == "torch-io" else child_adaptive)(n)
+    size = os.path.getsize(path)
+    for name, seconds, grew in rows:
+        print(f"ROW {name} {seconds:.3f} {grew} {size}", flush=True)
+
+
+def child_torch_io(n):
     import warnings
 
     import torch
@@ -78,9 +126,7 @@ def child(n):
     fresh = make()
     _, *fig = _phase(lambda: load_into(fresh, path))
     rows.append(("load_into", *fig))
-    size = os.path.getsize(path)
-    for name, seconds, grew in rows:
-        print(f"ROW {name} {seconds:.3f} {grew} {size}", flush=True)
+    return rows, path
 
 
 def _save(save_model, q):
@@ -89,10 +135,10 @@ def _save(save_model, q):
     return path
 
 
-def run(tree, n):
+def run(tree, case, n):
     env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(n)],
+        [sys.executable, __file__, "--case", case, "--n", str(n), "--child"],
         env=env,
         capture_output=True,
         text=True,
@@ -108,26 +154,30 @@ def run(tree, n):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=8192)
+    parser.add_argument("--case", choices=sorted(PHASES), default="torch-io")
+    parser.add_argument("--n", type=int, default=None, help="8192 (torch-io), 4096")
     parser.add_argument("--base", help="a checkout of an earlier commit")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    n = args.n or (8192 if args.case == "torch-io" else 4096)
     if args.child:
-        child(args.child)
+        child(args.case, n)
         return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    now = run(here, args.n)
-    base = run(args.base, args.n) if args.base else None
+    now = run(here, args.case, n)
+    base = run(args.base, args.case, n) if args.base else None
     size = next(iter(now.values()))[2]
+    what = "Linear" if args.case == "torch-io" else "AdaptivePrecisionQuantizer on"
+    bits = "4 bits" if args.case == "torch-io" else "budget 0.01"
     print(
-        f"Linear {args.n}x{args.n} float32 ({args.n * args.n * 4 / MiB:.0f} MiB), "
-        f"4 bits; file {size / MiB:.1f} MiB"
+        f"{what} {n}x{n} float32 ({n * n * 4 / MiB:.0f} MiB), {bits}; file "
+        f"{size / MiB:.1f} MiB"
     )
     head = f"{'phase':<16}{'peak +MiB':>10}{'s':>8}"
     if base:
         head += f"{'base +MiB':>11}{'base s':>8}{'ratio':>7}"
     print(head)
-    for name in PHASES:
+    for name in PHASES[args.case]:
         s, grew, _ = now[name]
         line = f"{name:<16}{grew / MiB:>10.0f}{s:>8.2f}"
         if base:

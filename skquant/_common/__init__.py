@@ -1,2 +1,2 @@
 """Shared settings and plumbing: the global configuration, progress bars, joblib
-tasks and argument checks."""
+tasks, argument checks and blocks of rows."""

@@ -122,6 +122,108 @@ def pack_fields(fields, lengths, out):  # pragma: no cover
 
 
 @nb.njit(cache=True, nogil=True)
+def fixed_point_fields(
+    codes, widths, n_max, group, max_width, fields, lengths, symbols
+):  # pragma: no cover
+    """The stored fields of fixed-point codes, column after column, in one pass.
+
+    Parameters
+    ----------
+    codes : 2-D integer ndarray (n_rows, n_cols), codes on the step ``2^-n_max``
+    widths : 2-D integer ndarray like ``codes``, stored bits of every entry
+    n_max : int, fractional bits of the finest step
+    group : int, rows per group (0: one precision per entry, the fewest bits)
+    max_width : int, the widest precision stored
+    fields : 1-D int64 ndarray of ``codes.size`` (written)
+    lengths : 1-D int8 ndarray of ``codes.size`` (written): bits of every field
+    symbols : 1-D uint8 ndarray (written): the widths, one per entry (``group=0``)
+        or one per group
+
+    Returns
+    -------
+    status : int
+        0, or what is wrong: 1 a width above ``max_width``, 2 a code off the grid
+        of its precision, 3 widths not the fewest that hold the codes, 4 widths
+        not constant within a group, 5 a code that does not fit its group's
+        precision.
+    """
+    n_rows, n_cols = codes.shape
+    p = 0
+    s = 0
+    for j in range(n_cols):
+        for i in range(n_rows):
+            c = np.int64(codes[i, j])
+            w = np.int64(widths[i, j])
+            if w < 0 or w > max_width:
+                return 1
+            k = np.int64(0)
+            if w > 0:
+                shift = n_max - (w - 1)
+                if shift < 0:
+                    return 2
+                k = c >> shift
+                if (k << shift) != c:
+                    return 2
+            elif c != 0:
+                return 2
+            if group == 0:
+                mag = abs(k)
+                if (w >= 2 and mag % 2 == 0) or (w == 1 and mag != 1):
+                    return 3
+                fields[p] = np.int64(k < 0) | ((max(mag - 1, 0) >> 1) << 1)
+                lengths[p] = w - 1 if w >= 2 else w
+                symbols[p] = w
+            else:
+                if i % group == 0:
+                    symbols[s] = w
+                    s += 1
+                elif w != symbols[s - 1]:
+                    return 4
+                if w > 0:
+                    top = np.int64(1) << (w - 1)
+                    if k < -top or k >= top:
+                        return 5
+                    fields[p] = k & ((np.int64(1) << w) - 1)
+                else:
+                    fields[p] = 0
+                lengths[p] = w
+            p += 1
+    return 0
+
+
+@nb.njit(cache=True, nogil=True)
+def fixed_point_codes(fields, symbols, n_max, group, codes, widths):  # pragma: no cover
+    """Inverse of :func:`fixed_point_fields`: ``codes`` and ``widths``
+    (``(n_rows, n_cols)``, written) from the column-major ``fields`` and the
+    ``symbols`` (one width per entry with ``group=0``, else one per group of
+    ``group`` rows)."""
+    n_rows, n_cols = codes.shape
+    p = 0
+    s = -1
+    for j in range(n_cols):
+        for i in range(n_rows):
+            if group == 0:
+                w = np.int64(symbols[p])
+            else:
+                if i % group == 0:
+                    s += 1
+                w = np.int64(symbols[s])
+            f = np.int64(fields[p])
+            c = np.int64(0)
+            if w > 0:
+                if group == 0:
+                    mag = ((f >> 1) << 1) + 1 if w >= 2 else np.int64(1)
+                    k = -mag if f & 1 else mag
+                else:
+                    top = np.int64(1) << (w - 1)
+                    k = f - 2 * top if f >= top else f
+                c = k << (n_max - (w - 1))
+            codes[i, j] = c
+            widths[i, j] = w
+            p += 1
+
+
+@nb.njit(cache=True, nogil=True)
 def unpack_fields(packed, lengths, out):  # pragma: no cover
     """Inverse of :func:`pack_fields`: fill the int64 ``out`` from ``packed``.
 

@@ -293,9 +293,9 @@ def allocate_precision(
     start = capped = 0
     worst = 0.0
     for W, s, axis in zip(weights, scales, axes):
-        W = np.asarray(W, dtype=np.float64)
+        W = np.asarray(W)
         n = W.size
-        w = np.ascontiguousarray(W).ravel() / s
+        w = np.divide(W.ravel(), s, dtype=np.float64)  # no float64 copy of W first
         tau = np.empty(n)
         bits = np.empty(n, dtype=np.int8)
         q = np.empty(n)
@@ -315,8 +315,14 @@ def allocate_precision(
             qm, bm = _round_groups(*view, group_size, int(max_bits))
             q = np.ascontiguousarray(_from_matrix(qm, W.shape, axis)).ravel()
             bits = np.ascontiguousarray(_from_matrix(bm, W.shape, axis)).ravel()
-        out["quantized"].append((q * s).reshape(W.shape))
-        out["margins"].append((tau * s).reshape(W.shape))
+        err = np.abs(np.subtract(w, q, out=w), out=w)  # w is not needed again
+        del w
+        out["predicted_increase"] += float(np.sum(a_true[start : start + n] * err))
+        over = err > tau
+        capped += int(over.sum())
+        if over.any():
+            worst = max(worst, float(np.max(err[over] / tau[over])))
+        del err, over
         if stored:
             qt = fixed_point_tensor(
                 _matrix(q.reshape(W.shape), axis),
@@ -329,13 +335,10 @@ def allocate_precision(
             out.setdefault("tensors", []).append(qt)
             bits = _from_matrix(qt.precision_bits, W.shape, axis)
         out["bits"].append(np.ascontiguousarray(bits.reshape(W.shape)))
-        out["predicted_increase"] += float(
-            np.sum(a_true[start : start + n] * np.abs(w - q))
-        )
-        over = np.abs(w - q) > tau
-        capped += int(over.sum())
-        if over.any():
-            worst = max(worst, float(np.max(np.abs(w - q)[over] / tau[over])))
+        q *= s  # in place: the weights' units
+        tau *= s
+        out["quantized"].append(q.reshape(W.shape))
+        out["margins"].append(tau.reshape(W.shape))
         start += n
     if stored:
         out.setdefault("tensors", [])

@@ -10,6 +10,7 @@ from sklearn.utils import check_array, metadata_routing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._common._blocks import row_blocks
 from .._common._jobs import N_JOBS
 from .._tensor._alphabets import code_dtype
 from .._tensor._fixedpoint import group_starts
@@ -22,6 +23,10 @@ from ._allocate import (
 )
 
 __all__ = ["AdaptivePrecisionQuantizer"]
+
+
+#: entries per block of rows in the elementwise passes
+BLOCK_ENTRIES = 1 << 16
 
 
 class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
@@ -237,12 +242,18 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         n_frac = max(int(self.bits_.max(initial=1)) - 1, 0)
         self.scale_ = self.range_ / 2.0**n_frac
         self.kappa_ = res["kappa"]
-        tensor = self.compress_codes(self._codes(W))
+        res = None  # its rounded weights are not needed: the codes are
+        # the fitted W's codes lie in the fitted range: their own dtype holds them
+        tensor = self.compress_codes(self._codes(W, code_dtype(*self._code_range())))
         meta = tensor.encoded()[0]
         self.map_coder_ = meta["map_coder"]
-        self.predicted_loss_increase_ = float(
-            np.sum(np.abs(G) * np.abs(W.astype(np.float64) - self._quantized64(W)))
-        )
+        terms = np.empty(W.shape)  # one array summed as a whole: the same sum
+        for rows in row_blocks(W.shape, BLOCK_ENTRIES):
+            terms[rows] = np.abs(G[rows]) * np.abs(
+                W[rows].astype(np.float64) - self._quantized64(W, rows)
+            )
+        self.predicted_loss_increase_ = float(np.sum(terms))
+        del terms
         self.payload_bits_ = meta["payload_bits"]
         self.size_bits_ = tensor.size_bits
         self.precision_map_bits_ = dict(
@@ -275,15 +286,19 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
                 f"{name}.shape={W.shape} instead."
             )
 
-    def _quantized64(self, W):
-        """The rounded weights in float64 (exact multiples of the finest step)."""
-        n_frac = self.bits_.astype(np.int64) - 1
-        x = W.astype(np.float64) / self.range_
+    def _quantized64(self, W, rows=slice(None)):
+        """Rows ``rows`` of the rounded weights in float64 (exact multiples of the
+        finest step)."""
+        n_frac = self.bits_[rows].astype(np.int64) - 1
+        x = W[rows].astype(np.float64) / self.range_
         return round_fixed(x, n_frac, clip=self.group_size is not None) * self.range_
 
-    def _codes(self, W):
+    def _codes(self, W, dtype=np.int64):
         n_max = max(int(self.bits_.max(initial=1)) - 1, 0)
-        return np.rint(self._quantized64(W) / self.range_ * 2.0**n_max).astype(np.int64)
+        codes = np.empty(W.shape, dtype=dtype)
+        for rows in row_blocks(W.shape, BLOCK_ENTRIES):
+            codes[rows] = np.rint(self._quantized64(W, rows) / self.range_ * 2.0**n_max)
+        return codes
 
     def transform(self, W):
         """Round ``W`` with the fitted per-parameter precisions.
@@ -301,7 +316,10 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         W = self._validate_W(W, reset=False)
         self._check_fitted_shape(W)
-        return self._quantized64(W).astype(W.dtype)
+        out = np.empty(W.shape, dtype=W.dtype)
+        for rows in row_blocks(W.shape, BLOCK_ENTRIES):
+            out[rows] = self._quantized64(W, rows)
+        return out
 
     def _code_range(self):
         k = int(round(self.range_ / self.scale_))

@@ -16,6 +16,7 @@ from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._common._blocks import row_blocks
 from .._kernels import _rounding
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import kernel_for
@@ -57,9 +58,8 @@ def _fingerprint(W, dtype=None, rows=1 << 20):
     W = np.asarray(W)
     dtype = W.dtype if dtype is None else np.dtype(dtype)
     h = hashlib.blake2b(digest_size=16)
-    step = max(1, rows // max(1, W.shape[1]))  # W is 2-D: validated
-    for a in range(0, W.shape[0], step):
-        h.update(np.ascontiguousarray(W[a : a + step], dtype=dtype).data)
+    for block in row_blocks(W.shape, rows):  # W is 2-D: validated
+        h.update(np.ascontiguousarray(W[block], dtype=dtype).data)
     return W.shape, dtype.str, h.hexdigest()
 
 

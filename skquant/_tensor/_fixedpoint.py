@@ -154,13 +154,22 @@ def encode_symbols(symbols, coder):
             else zlib.compress(raw, 9)
         )
         return {"map": np.frombuffer(blob, dtype=np.uint8).copy()}
-    levels, index, counts = np.unique(symbols, return_inverse=True, return_counts=True)
-    arrays = {"map_levels": levels.astype(np.uint8)}
+    # the levels present, their counts, and each symbol's index among them (one
+    # byte a symbol: np.unique's inverse would take eight and a sort)
+    every = np.zeros(256, dtype=np.int64)
+    for start in range(0, symbols.size, 1 << 20):  # bincount counts in int64s
+        every += np.bincount(symbols[start : start + (1 << 20)], minlength=256)
+    levels = np.flatnonzero(every).astype(np.uint8)
+    counts = every[levels]
+    arrays = {"map_levels": levels}
     if levels.size <= 1:  # one level: the table says it all
         return arrays
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[levels] = np.arange(levels.size, dtype=np.uint8)
+    index = lookup[symbols]
     if coder == "fixed":
         width = math.ceil(math.log2(levels.size))
-        arrays["map"] = pack_codes(index.astype(np.int64), width, 0)
+        arrays["map"] = pack_codes(index, width, 0)
         return arrays
     import constriction
 
@@ -200,7 +209,7 @@ def decode_symbols(coder, arrays, n):
         return np.full(n, levels[0], dtype=np.uint8)
     if coder == "fixed":
         width = math.ceil(math.log2(levels.size))
-        index = unpack_codes(arrays["map"], width, 0, (n,), np.int64)
+        index = unpack_codes(arrays["map"], width, 0, (n,), np.uint8)
     else:
         import constriction
 
@@ -215,7 +224,7 @@ def decode_symbols(coder, arrays, n):
             index = constriction.stream.queue.RangeDecoder(words).decode(model, n)
         except (AssertionError, ValueError, RuntimeError) as exc:
             raise ValueError(f"the precision map does not decode: {exc}") from exc
-        index = np.asarray(index, dtype=np.int64)
+        index = np.asarray(index)
         if not np.array_equal(np.bincount(index, minlength=levels.size), counts):
             raise ValueError("the decoded precision map does not match its counts.")
     if index.size and int(index.max()) >= levels.size:
@@ -349,33 +358,31 @@ def encode(codes, widths, n_max, step, group_size, map_coder, payload_coder="ran
     arrays : dict of ndarray
         What is stored; its bytes are the tensor's size.
     """
+    codes, widths = np.asarray(codes), np.asarray(widths)
     n_rows, n_cols = codes.shape
-    c = np.ascontiguousarray(np.asarray(codes, dtype=np.int64).T).ravel()
-    w = np.ascontiguousarray(np.asarray(widths, dtype=np.int64).T).ravel()
-    if w.size and int(w.max()) > MAX_WIDTH:
-        raise ValueError(
-            f"precisions above {MAX_WIDTH} bits cannot be stored, got {int(w.max())}."
-        )
-    frac = np.maximum(w - 1, 0)
-    k = np.where(w > 0, c >> (n_max - frac), 0)
-    if not np.array_equal(np.where(w > 0, k << (n_max - frac), 0), c):
-        raise ValueError("the codes do not lie on the grids of their precisions.")
-    starts = group_starts(n_rows, n_cols, group_size)
     if group_size is None:
-        lengths = np.where(w >= 2, w - 1, w)
-        mag = np.abs(k)
-        if np.any(((w >= 2) & (mag % 2 == 0)) | ((w == 1) & (mag != 1))):
-            raise ValueError("the widths are not the fewest that hold the codes.")
-        fields = (k < 0).astype(np.int64) | (np.maximum(mag - 1, 0) >> 1 << 1)
-        symbols = w
+        group, n_symbols = 0, codes.size
     else:
-        symbols = w[starts] if starts.size else w[:0]
-        if not np.array_equal(np.repeat(symbols, group_lengths(starts, w.size)), w):
-            raise ValueError("the precisions are not constant within each group.")
-        lengths = w
-        if np.any((k < -(2**frac)) | ((k >= 2**frac) & (w > 0))):
-            raise ValueError("a code does not fit its group's precision.")
-        fields = np.where(w > 0, k & ((np.int64(1) << w) - 1), 0)
+        group = n_rows if group_size == "channel" else min(group_size, max(n_rows, 1))
+        n_symbols = n_cols * -(-n_rows // group) if n_rows else 0
+    # one pass, column after column, in narrow arrays: 10 bytes an entry
+    fields = np.empty(codes.size, dtype=np.int64)
+    lengths = np.empty(codes.size, dtype=np.int8)
+    symbols = np.empty(n_symbols, dtype=np.uint8)
+    status = _packing.fixed_point_fields(
+        codes, widths, n_max, group, MAX_WIDTH, fields, lengths, symbols
+    )
+    if status:
+        raise ValueError(
+            {
+                1: f"precisions above {MAX_WIDTH} bits cannot be stored, got "
+                f"{int(widths.max())}.",
+                2: "the codes do not lie on the grids of their precisions.",
+                3: "the widths are not the fewest that hold the codes.",
+                4: "the precisions are not constant within each group.",
+                5: "a code does not fit its group's precision.",
+            }[status]
+        )
     payload = _encode_payload(fields, lengths, payload_coder)
     payload_bits = 8 * sum(a.nbytes for a in payload.values())
     mantissa, e = math.frexp(float(step))
@@ -398,35 +405,34 @@ def encode(codes, widths, n_max, step, group_size, map_coder, payload_coder="ran
     return meta, arrays
 
 
-def decode(meta, arrays, shape, n_max, group_size):
-    """Inverse of :func:`encode`: the codes, the per-entry widths and the step.
+def decode(meta, arrays, shape, n_max, group_size, dtype=np.int64):
+    """Inverse of :func:`encode`: the codes (in ``dtype``, which must hold
+    ``[-2**n_max, 2**n_max]``), the per-entry widths and the step.
 
     Raises ValueError when the arrays do not decode to a tensor of ``shape``.
     """
     n_rows, n_cols = shape
     n = n_rows * n_cols
     starts = group_starts(n_rows, n_cols, group_size)
-    symbols = decode_symbols(meta["map_coder"], arrays, starts.size).astype(np.int64)
+    symbols = decode_symbols(meta["map_coder"], arrays, starts.size)
     if symbols.size and int(symbols.max()) > min(n_max + 1, MAX_WIDTH):
         raise ValueError(
             f"the precision map holds {int(symbols.max())} bits, above the "
             f"finest step's {n_max + 1}."
         )
-    w = symbols if group_size is None else np.repeat(symbols, group_lengths(starts, n))
-    lengths = np.where(w >= 2, w - 1, w) if group_size is None else w
-    fields = _decode_payload(arrays, lengths)
-    frac = np.maximum(w - 1, 0)
     if group_size is None:
-        mag = np.where(w >= 2, (fields >> 1 << 1) + 1, 1)
-        k = np.where(fields & 1, -mag, mag)
+        group = 0
+        lengths = np.where(symbols >= 2, symbols - 1, symbols)
     else:
-        top = np.int64(1) << np.maximum(w - 1, 0)
-        k = np.where(fields >= top, fields - 2 * top, fields)
-    c = np.where(w > 0, k << (n_max - frac), 0)
+        group = n_rows if group_size == "channel" else min(group_size, max(n_rows, 1))
+        lengths = np.repeat(symbols, group_lengths(starts, n))
+    fields = _decode_payload(arrays, lengths)
+    del lengths
     exponent = arrays["exponent"]
     if exponent.dtype != np.int16 or exponent.size != 1:
         raise ValueError("the tensor's exponent is not one int16.")
     step = math.ldexp(1.0, int(exponent[0]))
-    codes = np.ascontiguousarray(c.reshape(n_cols, n_rows).T)
-    widths = np.ascontiguousarray(w.reshape(n_cols, n_rows).T.astype(np.int8))
+    codes = np.empty(shape, dtype=dtype)
+    widths = np.empty(shape, dtype=np.int8)
+    _packing.fixed_point_codes(fields, symbols, n_max, group, codes, widths)
     return codes, widths, step

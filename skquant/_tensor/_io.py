@@ -140,18 +140,25 @@ def _fixed_point_from(meta, arrays, shape, where):
             raise ValueError("the stored coder cannot be 'auto'")
         _fixedpoint.check_map_coder(coder)
         payload_coder = _fixedpoint.check_payload_coder(meta.get("payload_coder"))
-        codes, widths, step = _fixedpoint.decode(
-            {"map_coder": coder}, arrays, shape, n_max, group_size
-        )
         codes_dtype = np.dtype(_field(meta, "codes_dtype", str, where))
+        if codes_dtype.kind not in "iu":
+            raise FileFormatError(f"{where} has invalid dtypes.")
+        info = np.iinfo(codes_dtype)
+        holds = info.min <= -(2**n_max) and 2**n_max <= info.max
+        codes, widths, step = _fixedpoint.decode(
+            {"map_coder": coder},
+            arrays,
+            shape,
+            n_max,
+            group_size,
+            codes_dtype if holds else np.int64,  # decoded in place where it can be
+        )
         float_dtype = meta.get("float_dtype")
         float_dtype = None if float_dtype is None else np.dtype(float_dtype)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FileFormatError(f"{where} does not decode: {exc}") from exc
-    if codes_dtype.kind not in "iu":
-        raise FileFormatError(f"{where} has invalid dtypes.")
     return QuantizedTensor(
-        codes=codes.astype(codes_dtype),
+        codes=codes.astype(codes_dtype, copy=False),
         scale=np.array([step]),
         n_bits=max(int(widths.max(initial=1)), 1),
         qmin=-(2**n_max),

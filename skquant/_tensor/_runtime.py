@@ -11,6 +11,7 @@ float inputs are computed from the codes, and :meth:`RuntimeWeights.tensor` give
 
 import numpy as np
 
+from .._common._blocks import row_blocks
 from .._kernels import _runtime as _k
 from .._kernels._threads import numba_threads
 from ._alphabets import SCALE_DTYPE, Alphabet, code_dtype, safe_scale
@@ -147,14 +148,12 @@ class RuntimeWeights:
         # a tile of outputs at a time (not three work copies of the whole matrix)
         work = _work_dtype(base, base + mult * span)
         self.packed = np.empty((self.n_out, width), dtype=np.uint8)
-        tile = max(1, min(self.n_out, TILE_ENTRIES // max(self.n_in, 1)))
         with numba_threads(-1):
-            for start in range(0, self.n_out, tile):
-                stop = min(start + tile, self.n_out)
-                u = np.ascontiguousarray(qt.codes[:, start:stop].T, dtype=work)
+            for rows in row_blocks((self.n_out, self.n_in), TILE_ENTRIES):
+                u = np.ascontiguousarray(qt.codes[:, rows].T, dtype=work)
                 u -= work.type(base)
                 u //= work.type(mult)
-                _k.pack_rows(u.astype(np.uint8), self.bits, self.packed[start:stop])
+                _k.pack_rows(u.astype(np.uint8), self.bits, self.packed[rows])
         meta, arrays = (
             _tensor_entry(qt) if qt.precision_bits is not None else (_grid_meta(qt))
         )
