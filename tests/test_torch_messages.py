@@ -194,3 +194,53 @@ def test_load_into_and_the_sensitivity_check_their_arguments(tmp_path):
         ValueError, match="n_probes must be an int >= 1, got n_probes=0"
     ):
         measure_sensitivity(_mlp(), X, y, bits=(2, 4), hessian=True, n_probes=0)
+
+
+def test_a_load_that_does_not_fit_leaves_the_model_as_it_was(tmp_path):
+    """load_into checks the whole file against the model before it changes it: a
+    last layer of another shape used to raise after the first layer was swapped
+    for a quantized one and its weights replaced."""
+    from skquant.torch import load_into, save_model
+
+    torch.manual_seed(0)
+    saved = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    save_model(quantize_model(saved, UniformQuantizer(n_bits=4)), tmp_path / "m.skq")
+    other = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layer '2' has weight shape \[3, 8\]"):
+        load_into(other, tmp_path / "m.skq")
+    assert [type(m) for m in other] == [nn.Linear, nn.ReLU, nn.Linear]
+    for k, v in other.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # a plain entry of another shape (a bias) is found before anything changes too
+    bias = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    save_model(bias, tmp_path / "float.skq")
+    wider = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    wider[0].bias = nn.Parameter(torch.zeros(9))
+    with pytest.raises(ValueError, match=r"'0.bias' has shape \(8,\) in the file"):
+        load_into(wider, tmp_path / "float.skq")
+    assert torch.equal(wider[0].bias, torch.zeros(9))
+
+
+def test_a_model_with_entries_the_file_lacks_is_refused_unless_not_strict(tmp_path):
+    """A model with more layers than the file loaded without a word, its extra
+    layers keeping their random weights; as load_state_dict, strict=False keeps
+    them on purpose."""
+    from skquant.torch import load_into, save_model
+
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    save_model(quantize_model(small, UniformQuantizer(n_bits=4)), tmp_path / "m.skq")
+    bigger = nn.Sequential(
+        nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 2)
+    )
+    with pytest.raises(ValueError, match=r"entries \['3.weight', '3.bias'\] have no"):
+        load_into(bigger, tmp_path / "m.skq")
+    assert type(bigger[0]) is nn.Linear
+    kept = bigger[3].weight.detach().clone()
+    load_into(bigger, tmp_path / "m.skq", strict=False)
+    assert type(bigger[0]).__name__ == "QuantLinear"
+    assert torch.equal(bigger[3].weight, kept)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        assert torch.equal(bigger[:3](x), load_into(small, tmp_path / "m.skq")(x))

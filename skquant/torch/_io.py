@@ -104,7 +104,7 @@ def save_model(model, path):
     _io.write_file(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
 
 
-def load_into(model, path, *, runtime="auto"):
+def load_into(model, path, *, runtime="auto", strict=True):
     """Load a file from :func:`save_model` into a float model of the same layers.
 
     The layers quantized in the file become :class:`QuantLinear` /
@@ -126,6 +126,11 @@ def load_into(model, path, *, runtime="auto"):
     runtime : {"auto", "packed", "int8", "float"} or dict, default="auto"
         What the quantized layers hold and how they compute, as in
         :func:`quantize_model`.
+    strict : bool, default=True
+        Whether every parameter and buffer of the model must get its value from
+        the file (as ``load_state_dict(strict=True)``); ``False`` keeps the
+        model's own values for entries the file does not hold. Entries of the
+        file that have no place in the model are refused either way.
 
     Returns
     -------
@@ -137,7 +142,7 @@ def load_into(model, path, *, runtime="auto"):
     ------
     ValueError
         For a corrupted or foreign file, or a file of another model (layer names,
-        kinds or shapes that do not match).
+        kinds or shapes that do not match); the model is then left as it was.
 
     See Also
     --------
@@ -159,17 +164,31 @@ def load_into(model, path, *, runtime="auto"):
     layers, dtypes = meta.get("layers"), meta.get("dtypes")
     if not isinstance(layers, dict) or not isinstance(dtypes, dict):
         raise _io.FileFormatError(f"{path!s} has no valid model description.")
-    empty = []
-    for key, value in model.state_dict(keep_vars=True).items():
-        if is_meta(value):  # a model built on the meta device: room for the file's
-            put(*owner(model, key), torch.empty(value.shape, dtype=value.dtype))
-            empty.append(key)
+    # everything is checked before the model is touched: a file that does not fit
+    # leaves it as it was
     mods = dict(model.named_modules())
     every = dict(model.named_modules(remove_duplicate=False))
-    aliases = {}  # a module registered under several names: the other names
-    for n, m in every.items():
-        if n not in mods:
-            aliases.setdefault(id(m), []).append(n)
+    _check_layers(path, layers, mods, every)
+    before = plain_state(model)
+    swapped = {id(mods[n]) for n in layers if n in mods}
+    replaced = {n for n, m in every.items() if id(m) in swapped}  # every name
+    _check_entries(path, dtypes, data, before, strict, replaced)
+    undo = []
+    try:
+        model = _swap_layers(path, model, header, data, layers, runtime, undo)
+        _copy_entries(path, model, dtypes, data, before)
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
+    del data
+    release_heap()  # the layers' work arrays (tens of MB) back to the system
+    return model
+
+
+def _check_layers(path, layers, mods, every):
+    """ValueError unless every quantized layer of the file is a layer of the model
+    of the same kind and weight shape."""
     classes = _quant_classes()
     for name, info in layers.items():
         if name not in mods and name in every:  # another name of a module
@@ -192,6 +211,67 @@ def load_into(model, path, *, runtime="auto"):
                 f"shape {info.get('shape')} in the file and "
                 f"{list(module.weight.shape)} in the model."
             )
+
+
+def _check_entries(path, dtypes, data, before, strict, replaced):
+    """ValueError unless every plain entry of the file has a place of its shape in
+    the model (a quantized layer's activation scales come with the layer), and,
+    with ``strict``, every entry of the model a value in the file, but those of
+    the modules the file's quantized layers replace (named ``replaced``)."""
+    for key in dtypes:
+        if key not in data:
+            raise ValueError(f"{path!s} is not a file of this model: it lacks {key!r}.")
+        target = before.get(key)
+        if target is None:
+            if key.rpartition(".")[0] in replaced:  # made with the quantized layer
+                continue
+            raise ValueError(
+                f"{path!s} is not a file of this model: its entry {key!r} has no "
+                "place in the model."
+            )
+        shape = tuple(data[key].shape)
+        if shape != tuple(target.shape):
+            raise ValueError(
+                f"{path!s} is not a file of this model: {key!r} has shape {shape} in "
+                f"the file and {tuple(target.shape)} in the model."
+            )
+    missing = [
+        k for k in before if k not in dtypes and k.rpartition(".")[0] not in replaced
+    ]
+    meta = [k for k in missing if is_meta(before[k])]
+    if meta:
+        raise ValueError(
+            f"{path!s} is not a file of this model: the model's entries {meta[:8]} "
+            "are on the meta device and the file has no value for them."
+        )
+    if missing and strict:
+        raise ValueError(
+            f"{path!s} is not a file of this model: the model's entries "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''} have no value in the "
+            "file (pass strict=False to keep the model's own values for them)."
+        )
+
+
+def _swap_layers(path, model, header, data, layers, runtime, undo):
+    """Give the model room for the file's values (meta entries materialised) and
+    its quantized layers, logging in ``undo`` how to take each change back."""
+    for key, value in model.state_dict(keep_vars=True).items():
+        if is_meta(value):  # a model built on the meta device: room for the file's
+            mod, attr = owner(model, key)
+            table = mod._parameters if attr in mod._parameters else mod._buffers
+            undo.append(lambda t=table, a=attr, v=value: t.__setitem__(a, v))
+            put(mod, attr, torch.empty(value.shape, dtype=value.dtype))
+    mods = dict(model.named_modules())
+    every = dict(model.named_modules(remove_duplicate=False))
+    aliases = {}  # a module registered under several names: the other names
+    for n, m in every.items():
+        if n not in mods:
+            aliases.setdefault(id(m), []).append(n)
+    root = model
+    for name, info in layers.items():
+        if name not in mods and name in every:
+            continue
+        module = mods[name]
         tensor = _io.tensor_named(header, data, path, name or "<root>")
         new = quantized_module(module, tensor, runtime_of(runtime, name))
         del tensor
@@ -207,19 +287,23 @@ def load_into(model, path, *, runtime="auto"):
             continue
         for n in [name, *aliases.get(id(module), [])]:
             parent, _, attr = n.rpartition(".")
-            setattr(every[parent] if parent else model, attr, new)
+            holder = every[parent] if parent else root
+            undo.append(lambda h=holder, a=attr, m=module: setattr(h, a, m))
+            setattr(holder, attr, new)
         mods[name] = new
     keep_own_forwards(model)
+    return model
+
+
+def _copy_entries(path, model, dtypes, data, before):
+    """Copy the file's plain entries into the model (checked by
+    :func:`_check_entries`; the new layers' own entries first, so that a failure
+    there changes nothing the model had)."""
     state = plain_state(model)
+    order = sorted(dtypes, key=lambda k: k in before)
     with torch.no_grad():
-        for key, dtype in dtypes.items():
-            if key not in state or key not in data:
-                raise ValueError(
-                    f"{path!s} is not a file of this model: its entry {key!r} has no "
-                    "place in the model."
-                )
-            arr = data[key]
-            target = state[key]
+        for key in order:
+            dtype, arr, target = dtypes[key], data[key], state[key]
             value = torch.from_numpy(np.require(arr, requirements="C"))
             if dtype == "bfloat16":
                 value = value.view(torch.bfloat16)
@@ -230,12 +314,3 @@ def load_into(model, path, *, runtime="auto"):
                     "the model."
                 )
             target.copy_(value.to(target.dtype))
-    unfilled = [k for k in empty if k in state and k not in dtypes]
-    if unfilled:
-        raise ValueError(
-            f"{path!s} is not a file of this model: the model's entries {unfilled[:8]} "
-            "are on the meta device and the file has no value for them."
-        )
-    del data
-    release_heap()  # the layers' work arrays (tens of MB) back to the system
-    return model
