@@ -244,3 +244,95 @@ def test_a_model_with_entries_the_file_lacks_is_refused_unless_not_strict(tmp_pa
     x = torch.randn(5, 16)
     with torch.no_grad():
         assert torch.equal(bigger[:3](x), load_into(small, tmp_path / "m.skq")(x))
+
+
+def test_sensitivity_labels_are_checked_against_the_outputs():
+    """Labels outside the model's outputs made every accuracy 0 and every
+    tolerated noise inf (each layer would get its smallest bit-width); a column
+    of labels is raveled, as scikit-learn does."""
+    from sklearn.exceptions import DataConversionWarning
+
+    from skquant.torch import measure_sensitivity
+
+    X, y = torch.randn(60, 8), torch.arange(60) % 3
+    with pytest.raises(ValueError, match=r"y holds labels \[10, 11, 12\] outside"):
+        measure_sensitivity(_mlp(), X, y + 10, bits=(2, 4))
+    with pytest.raises(ValueError, match="fractional values"):
+        measure_sensitivity(_mlp(), X, y + 0.5, bits=(2, 4))
+    with pytest.raises(ValueError, match=r"y should be a 1d array.*\(60, 3\)"):
+        measure_sensitivity(_mlp(), X, nn.functional.one_hot(y), bits=(2, 4))
+    flat = measure_sensitivity(_mlp(), X, y, bits=(2, 4))
+    with pytest.warns(DataConversionWarning):
+        column = measure_sensitivity(_mlp(), X, y[:, None], bits=(2, 4))
+    assert (column.accuracy == flat.accuracy).all()
+
+
+def test_a_quantized_layer_refuses_integer_inputs():
+    """An int64 input dequantized the weights into int64 (all zeros) and gave
+    zeros, with a warning only; the float layer raises."""
+    qnet = quantize_model(_mlp(), UniformQuantizer(n_bits=4))
+    with pytest.raises(TypeError, match="QuantLinear takes floating-point inputs"):
+        qnet(torch.randint(0, 3, (2, 8)))
+
+
+def test_layout_helpers_check_the_layer_and_the_shape():
+    from skquant.torch import TorchNetwork, matrix_to_weight, weight_to_matrix
+
+    lin = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"of shape \(3, 2\).*got W of shape \(2, 3\)"):
+        matrix_to_weight(torch.arange(6.0).reshape(2, 3).numpy(), lin)
+    with pytest.raises(ValueError, match=r"\(n_in, n_out\) matrix"):
+        TorchNetwork(nn.Sequential(nn.Linear(20, 16))).with_weights(
+            {"0": torch.zeros(16, 20).numpy()}
+        )
+    with pytest.raises(TypeError, match="got ConvTranspose2d instead"):
+        weight_to_matrix(nn.ConvTranspose2d(2, 3, 2))
+    with pytest.raises(ValueError, match=r"got weight of shape \(5,\)"):
+        weight_to_matrix(lin, torch.ones(5))
+    W = weight_to_matrix(lin)
+    assert torch.equal(matrix_to_weight(W, lin), lin.weight.detach())
+
+
+def test_quantize_model_names_targets_loss_fn_and_the_layer():
+    from skquant import AdaptivePrecisionQuantizer
+
+    X, y = torch.randn(64, 8), torch.arange(64) % 3
+    apq = AdaptivePrecisionQuantizer(budget=0.01)
+    with pytest.raises(ValueError, match=r"did not take the targets .*\(64, 1\)"):
+        quantize_model(_mlp(), apq, X, targets=y[:, None])
+    with pytest.raises(ValueError, match="did not take the targets"):
+        quantize_model(_mlp(), apq, X, targets=y + 5)
+    with pytest.raises(TypeError, match="loss_fn must be a callable"):
+        quantize_model(_mlp(), apq, X, targets=y, loss_fn="mse")
+    net = _mlp()
+    with torch.no_grad():
+        net[2].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer '2': .*NaN"):
+        quantize_model(net, UniformQuantizer(n_bits=4))
+    with pytest.raises(ValueError, match=r"no nn.Linear.*skip=\[''\]"):
+        quantize_model(_mlp(), UniformQuantizer(n_bits=4), skip=[""])
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["capture_inputs", "loss_gradients", "measure_sensitivity", "TorchNetwork"],
+)
+def test_batch_size_zero_is_named(call):
+    """``range() arg 3 must not be zero`` came out of five entry points."""
+    import skquant.torch as sqt
+
+    X, y = torch.randn(8, 8), torch.arange(8) % 3
+    calls = {
+        "capture_inputs": lambda: sqt.capture_inputs(
+            _mlp(), {"0": _mlp()[0]}, X, batch_size=0
+        ),
+        "loss_gradients": lambda: sqt.loss_gradients(
+            _mlp(), nn.CrossEntropyLoss(), (X, y), batch_size=0
+        ),
+        "measure_sensitivity": lambda: sqt.measure_sensitivity(
+            _mlp(), X, y, bits=(2, 4), batch_size=0
+        ),
+        "TorchNetwork": lambda: sqt.TorchNetwork(_mlp(), batch_size=0).outputs(X),
+    }
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        calls[call]()

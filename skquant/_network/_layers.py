@@ -140,13 +140,16 @@ def quantize_layers(
                 )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NoFreedomWarning)
-                est, tensor = fit_layer(
-                    est,
-                    W,
-                    inputs=inputs,
-                    gradient=None if grads is None else grads.get(step.name),
-                    groups=step.groups,
-                )
+                try:
+                    est, tensor = fit_layer(
+                        est,
+                        W,
+                        inputs=inputs,
+                        gradient=None if grads is None else grads.get(step.name),
+                        groups=step.groups,
+                    )
+                except ValueError as exc:  # e.g. a NaN weight: say which layer
+                    raise _naming(exc, step.name) from exc
             for w in caught:  # gathered below; others pass on as they came
                 if not issubclass(w.category, NoFreedomWarning):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -195,6 +198,14 @@ def quantize_layers(
             stacklevel=2,
         )
     return result
+
+
+def _naming(exc, name):
+    """``exc`` again, of its own type, its message led by the layer's name."""
+    try:
+        return type(exc)(f"layer {name!r}: {exc}")
+    except TypeError:  # an exception class that takes other arguments
+        return ValueError(f"layer {name!r}: {exc}")
 
 
 def layer_errors(network, weights, data, *, max_rows=None, random_state=0):

@@ -6,6 +6,8 @@ from numbers import Number
 import numpy as np
 import torch
 
+from .._common._checks import check_int
+
 
 def as_tensor(a):
     """``a`` itself when it is a tensor, else ``a`` through NumPy as a tensor
@@ -99,6 +101,7 @@ def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
     batch : torch.Tensor or tuple of (torch.Tensor, torch.Tensor)
         ``x`` (unlabelled) or ``(x, y)`` (labelled).
     """
+    batch_size = check_int(batch_size, "batch_size")
     if not labelled and (x := _inputs_of_pair(data)) is not None:
         data = x  # the inputs of (X, y), as a labelled reader takes them
     if labelled and _is_pair(data):

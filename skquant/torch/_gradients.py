@@ -117,6 +117,11 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
     >>> sorted(grads), grads["weight"].shape
     (['bias', 'weight'], (2, 3))
     """
+    if not callable(loss_fn):
+        raise TypeError(
+            "loss_fn must be a callable loss_fn(outputs, targets) -> scalar tensor "
+            f"(e.g. torch.nn.CrossEntropyLoss()), got loss_fn={loss_fn!r} instead."
+        )
     device, dtype = model_device(model), model_dtype(model)
     total, n = 0.0, 0
     with gradients_enabled(model, "skquant.torch.loss_gradients"):
@@ -127,7 +132,19 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
                 t.to(device, dtype) if t.is_floating_point() else t.to(device)
                 for t in (xb, yb)
             )
-            loss = loss_fn(model(xb), yb)
+            out = model(xb)
+            try:
+                loss = loss_fn(out, yb)
+            except (IndexError, RuntimeError, ValueError) as exc:
+                raise ValueError(
+                    f"loss_fn ({getattr(loss_fn, '__name__', type(loss_fn).__name__)})"
+                    f" did not take the targets (y, or quantize_model's targets: shape "
+                    f"{tuple(yb.shape)}, dtype "
+                    f"{yb.dtype}) with the outputs (shape {tuple(out.shape)}): the "
+                    "default nn.CrossEntropyLoss takes class indices in [0, "
+                    "n_outputs) of shape (n,). It raised: "
+                    f"{exc}"
+                ) from exc
             (loss * len(xb)).backward()
             total += float(loss.detach()) * len(xb)
             n += len(xb)

@@ -15,6 +15,15 @@ SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+def _check_layer(module, name):
+    """TypeError unless ``module`` is a Linear, Conv1d or Conv2d layer."""
+    if not isinstance(module, SUPPORTED) or getattr(module, "transposed", False):
+        raise TypeError(
+            f"{name} must be an nn.Linear, nn.Conv1d or nn.Conv2d layer, got "
+            f"{type(module).__name__} instead."
+        )
+
+
 def check_supported(name, module):
     """Whether ``module`` is a weight layer skquant quantizes; raise if unsupported.
 
@@ -88,6 +97,12 @@ def weight_to_matrix(module, weight=None, *, copy=True):
     >>> weight_to_matrix(torch.nn.Conv2d(3, 8, 5)).shape
     (75, 8)
     """
+    _check_layer(module, "module")
+    if weight is not None and tuple(weight.shape) != tuple(module.weight.shape):
+        raise ValueError(
+            f"weight must have the layer's weight shape {tuple(module.weight.shape)}, "
+            f"got weight of shape {tuple(weight.shape)} instead."
+        )
     w = to_numpy(module.weight if weight is None else weight)
     W = w.reshape(w.shape[0], -1).T
     if copy:
@@ -123,7 +138,16 @@ def matrix_to_weight(W, module, device=None):
     >>> bool(torch.equal(w, conv.weight.detach()))
     True
     """
-    Wt = np.asarray(W).T
+    _check_layer(module, "module")
+    W = np.asarray(W)
+    shape = tuple(module.weight.shape)
+    expected = (int(np.prod(shape[1:], dtype=np.int64)), shape[0])
+    if W.shape != expected:
+        raise ValueError(
+            f"W must be the layer's (n_in, n_out) matrix, of shape {expected} (its "
+            f"weight {shape} is (n_out, ...)), got W of shape {W.shape} instead."
+        )
+    Wt = W.T
     # a read-only matrix may be a view of a model's weight: never alias it
     w = torch.from_numpy(
         np.ascontiguousarray(Wt) if Wt.flags.writeable else np.array(Wt, order="C")

@@ -151,6 +151,12 @@ class TorchNetwork(Network):
                 f"skip names modules {unknown} that the model does not have; its "
                 f"modules include {sorted(n for n in names if n)[:12]}."
             )
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(
+                "loss_fn must be a callable loss_fn(outputs, targets) -> scalar "
+                "tensor (e.g. torch.nn.MSELoss()) or None (cross-entropy), got "
+                f"loss_fn={loss_fn!r} instead."
+            )
         self.model = model
         self.skip = tuple(skip)
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
@@ -159,7 +165,9 @@ class TorchNetwork(Network):
         self.tied = {}
         owner = {}
         for name, mod in model.named_modules(remove_duplicate=False):
-            if any(name == s or name.startswith(s + ".") for s in self.skip):
+            if any(
+                s == "" or name == s or name.startswith(s + ".") for s in self.skip
+            ):  # '' is the model itself, with all its children
                 continue
             if not check_supported(name, mod):
                 continue

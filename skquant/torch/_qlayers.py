@@ -612,6 +612,11 @@ class QuantMixin:
             return None
 
     def _float_weight_for(self, x):
+        if not x.dtype.is_floating_point:  # the weights would round to integers
+            raise TypeError(
+                f"{type(self).__name__} takes floating-point inputs (as the float "
+                f"layer does), got an input of dtype {x.dtype}."
+            )
         if self.runtime != "float" and not self._wants_grad(x):
             announce(
                 ("input", type(self).__name__, str(x.dtype), x.device.type),

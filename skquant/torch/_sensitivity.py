@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from sklearn.utils.validation import column_or_1d
 
 from .._network._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
 from ._gradients import gradients_enabled
@@ -133,14 +134,16 @@ def measure_sensitivity(
         if hessian
         else kept_state(model)
     ):
+        out = network.outputs(Xs[:1])
         if classifier is None:
-            out = network.outputs(Xs[:1])
             classifier = out.ndim == 2 and out.shape[1] >= 2
-        labels = None if ys is None or not classifier else ys.cpu().numpy()
+        if classifier and ys is not None:
+            ys = class_labels(ys, out.shape[1] if out.ndim == 2 else 1)
+        labels = None if ys is None or not classifier else ys.numpy()
         return sensitivity(
             network,
             Xs,
-            None if labels is None else labels.astype(np.int64),
+            labels,
             quantizer=quantizer,
             bits=bits,
             classifier=classifier,
@@ -158,3 +161,28 @@ def measure_sensitivity(
             verbose=verbose,
             n_jobs=n_jobs,
         )
+
+
+def class_labels(y, n_classes):
+    """Labels ``y`` of a classifier with ``n_classes`` outputs as an int64 tensor
+    of shape ``(n,)`` (a column ``(n, 1)`` raveled, with scikit-learn's
+    DataConversionWarning), else a ValueError naming ``y``: labels outside
+    ``[0, n_classes)`` made every accuracy 0 and every layer look insensitive."""
+    arr = column_or_1d(np.asarray(y.detach().cpu()), warn=True)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"y must hold class labels (ints), got y of dtype {arr.dtype} instead."
+        )
+    labels = arr.astype(np.int64)
+    if arr.dtype.kind == "f" and not np.array_equal(labels, arr):
+        raise ValueError(
+            "y must hold class labels (ints), got y with fractional values, e.g. "
+            f"{arr[labels != arr][0]!r}."
+        )
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        raise ValueError(
+            f"y holds labels {np.unique(labels[bad])[:8].tolist()} outside the "
+            f"model's {n_classes} outputs [0, {n_classes - 1}]."
+        )
+    return torch.from_numpy(labels)
