@@ -336,3 +336,27 @@ def test_batch_size_zero_is_named(call):
     }
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         calls[call]()
+
+
+def test_fake_quantization_refuses_impossible_grids():
+    """A zero step gave zeros, a negative one was taken, qmin > qmax clamped
+    everything to qmin; a number as the step raised AttributeError."""
+    import numpy as np
+
+    from skquant import AdaptivePrecisionQuantizer
+    from skquant.torch import FakeQuantize, fake_quantize_ste
+
+    x = torch.tensor([0.4, 1.5, -2.5])
+    for step in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="step must hold finite steps > 0"):
+            fake_quantize_ste(x, torch.tensor(step), -7, 7)
+    with pytest.raises(ValueError, match="qmin must be <= qmax, got qmin=7"):
+        fake_quantize_ste(x, torch.tensor(1.0), 7, -7)
+    assert torch.equal(fake_quantize_ste(x, 0.5, -7, 7), torch.tensor([0.5, 1.5, -2.5]))
+    with pytest.raises(ValueError, match="scale must hold finite steps > 0"):
+        FakeQuantize(torch.tensor([0.1, 0.0]), -7, 7)
+    rng = np.random.default_rng(0)
+    W, G = rng.standard_normal((8, 4)), rng.standard_normal((8, 4))
+    apq = AdaptivePrecisionQuantizer().fit(W, gradient=G)
+    with pytest.raises(TypeError, match="got AdaptivePrecisionQuantizer instead"):
+        FakeQuantize.from_estimator(apq)

@@ -7,11 +7,22 @@ step`` on ordinary float tensors (torch's own quantized dtypes are deprecated);
 clipped straight-through estimator: 1 where the value is inside the grid, 0 outside.
 """
 
+import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .._tensor._alphabets import safe_scale
+
+
+def _check_steps(step, name):
+    """ValueError unless every entry of the tensor ``step`` is finite and > 0."""
+    ok = torch.isfinite(step) & (step > 0)
+    if not bool(torch.all(ok)):
+        bad = step.detach()[~ok].flatten()[0].item()
+        raise ValueError(
+            f"{name} must hold finite steps > 0, got a step of {bad!r} in {name}."
+        )
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -35,10 +46,12 @@ def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
     ----------
     x : torch.Tensor
         Values; the last dimension indexes channels when ``step`` is a vector.
-    step : torch.Tensor
-        Grid step, broadcast against ``x``.
+    step : torch.Tensor or float
+        Grid step, finite and ``> 0`` (checked for a step on the CPU; on a GPU the
+        check would synchronise the device in every training step), broadcast
+        against ``x``.
     qmin, qmax : float
-        Code range.
+        Code range, ``qmin <= qmax``.
     zero_point : torch.Tensor, default=None
         Zero point in code units (``None``: 0).
 
@@ -59,7 +72,16 @@ def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
     >>> x.grad
     tensor([1., 1., 1., 0.])
     """
-    step = step.to(x.dtype)
+    if float(qmin) > float(qmax):
+        raise ValueError(
+            f"qmin must be <= qmax, got qmin={qmin!r} and qmax={qmax!r} instead."
+        )
+    step = torch.as_tensor(step)
+    # checked where it costs no device synchronisation (every training step
+    # calls this); FakeQuantize checks its scales once, on any device
+    if step.device.type == "cpu":
+        _check_steps(step, "step")
+    step = step.to(x.device, x.dtype)
     inv = (torch.ones((), dtype=x.dtype, device=x.device) / step).to(x.dtype)
     zp = (
         torch.zeros((), dtype=x.dtype, device=x.device)
@@ -102,7 +124,13 @@ class FakeQuantize(nn.Module):
 
     def __init__(self, scale, qmin, qmax, zero_point=None):
         super().__init__()
-        self.register_buffer("scale", torch.as_tensor(scale))
+        scale = torch.as_tensor(scale)
+        _check_steps(scale, "scale")
+        if int(qmin) > int(qmax):
+            raise ValueError(
+                f"qmin must be <= qmax, got qmin={qmin!r} and qmax={qmax!r} instead."
+            )
+        self.register_buffer("scale", scale)
         zp = (
             torch.zeros_like(self.scale)
             if zero_point is None
@@ -127,6 +155,13 @@ class FakeQuantize(nn.Module):
             The module.
         """
         check_is_fitted(est)
+        grid = ("scale_", "qmin_", "qmax_")
+        if not all(hasattr(est, a) for a in grid) or np.ndim(est.scale_) == 0:
+            raise TypeError(
+                "est must be a fitted quantizer with a uniform grid per channel "
+                "(UniformQuantizer, TernaryQuantizer, ActivationQuantizer), got "
+                f"{type(est).__name__} instead."
+            )
         alphabet = getattr(est, "alphabet_record_", None)
         if alphabet is not None and alphabet.is_binary:
             raise ValueError(
