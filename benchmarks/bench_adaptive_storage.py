@@ -24,13 +24,19 @@ checked against the model):
   each map coder (range, fixed, lzma, zlib).
 
 Prints every run, then, per network, the smallest size of each family within 0.1
-and within 0.25 point of the float test accuracy; raw rows go to ``--json``
-(re-read and extended, so an interrupted run resumes).
+and within 0.25 point of the float test accuracy (``--tolerances``, in points);
+raw rows go to ``--json`` (re-read and extended, so an interrupted run resumes).
+From the stored rows, running nothing: ``--rst`` prints the summary as the docs'
+reST tables, ``--summary`` as the run prints it (every family, the payload of
+every adaptive one included).
 
 Run::
 
     bash benchmarks/get_data.sh
     PYTHONPATH=. python -u benchmarks/bench_adaptive_storage.py
+    # from the stored rows, within 0.15 and 0.2 point:
+    python benchmarks/bench_adaptive_storage.py --nets lenet5 --summary \
+        --json benchmarks/results/bench_adaptive_storage.json --tolerances 0.15 0.2
 """
 
 import argparse
@@ -244,7 +250,7 @@ FAMILY_ORDER = [
 ]
 
 
-TOLERANCES = (0.001, 0.0025)  # within 0.1 and 0.25 point of float
+TOLERANCES = (0.001, 0.0025)  # within 0.1 and 0.25 point of float (the default)
 
 
 def _by_net(rows, key):
@@ -271,16 +277,23 @@ def _smallest(sel, family, float_acc, tol):
     return min(ok, key=lambda r: r["bits"]) if ok else None
 
 
-def summary_rst(rows, nets):
+def _points(tol):
+    """A tolerance (a fraction of accuracy) in points: 0.001 -> "0.1"."""
+    return f"{100 * tol:g}"
+
+
+def summary_rst(rows, nets, tolerances=TOLERANCES):
     """The summary as reST tables: one per network, a row per family."""
     for key in nets:
         sel, f, n = _by_net(rows, key)
         if not sel:
             continue
-        table = [["family", "within 0.1: x32", "run", "within 0.25: x32", "run"]]
+        table = [["family"]]
+        for tol in tolerances:
+            table[0] += [f"within {_points(tol)}: x32", "run"]
         for fam in FAMILY_ORDER:
             row = [fam.replace("+range", " + range")]
-            for tol in TOLERANCES:
+            for tol in tolerances:
                 r = _smallest(sel, fam, f, tol)
                 row += (
                     [
@@ -302,18 +315,19 @@ def summary_rst(rows, nets):
         print(rule)
 
 
-def summary(rows, nets):
+def summary(rows, nets, tolerances=TOLERANCES):
     for key in nets:
         sel, f, n = _by_net(rows, key)
         if not sel:
             continue
+        within = " / ".join(_points(tol) for tol in tolerances)
         print(
             f"\n{NETS[key][2]} (float {100 * f:.2f}%): smallest stored size within "
-            "0.1 / 0.25 point of float (kbit, x32, accuracy %, run)"
+            f"{within} point of float (kbit, x32, accuracy %, run)"
         )
         for fam in sorted({r["family"] for r in sel}):
             cells = []
-            for tol in TOLERANCES:
+            for tol in tolerances:
                 r = _smallest(sel, fam, f, tol)
                 cells.append(
                     f"{r['bits'] / 1e3:7.1f} {32 * n / r['bits']:6.2f}x "
@@ -351,11 +365,29 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=Path("bench_adaptive_storage.json"))
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument(
+        "--tolerances",
+        nargs="+",
+        type=float,
+        default=[float(_points(t)) for t in TOLERANCES],
+        metavar="POINTS",
+        help="the summaries' distances to the float accuracy, in points",
+    )
+    p.add_argument(
         "--rst", action="store_true", help="print the stored rows as reST, run nothing"
     )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="print the stored rows' summary as a run ends, run nothing",
+    )
     args = p.parse_args(argv)
-    if args.rst:
-        summary_rst(json.loads(args.json.read_text()), args.nets)
+    tolerances = [t / 100 for t in args.tolerances]
+    if args.rst or args.summary:
+        rows = json.loads(args.json.read_text())
+        if args.rst:
+            summary_rst(rows, args.nets, tolerances)
+        else:
+            summary(rows, args.nets, tolerances)
         return 0
     torch.set_num_threads(args.threads)
     if not mnist_available():
@@ -366,7 +398,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         for key in args.nets:
             run_net(key, args, rows, done, folder)
-    summary(rows, args.nets)
+    summary(rows, args.nets, tolerances)
     return 0
 
 

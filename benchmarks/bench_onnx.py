@@ -19,6 +19,8 @@ variants and MatMulNBits.
 Run (needs ``pip install -e .[onnx]`` and the data of ``get_data.sh``):
     .venv/bin/python benchmarks/bench_onnx.py --nets lenet5 cnn vgg8
     .venv/bin/python benchmarks/bench_onnx.py --nets mlp
+From the stored rows (``--json``), running nothing, ``--rst`` prints the tables
+with each file's deviation from torch in the check (``max rel dev``).
 """
 
 import argparse
@@ -226,14 +228,23 @@ def targets(rows):
 
 
 def print_rst(rows):
-    """File sizes, accuracies and latencies as a reST table per network."""
+    """File sizes, accuracies, latencies and the check's deviation (ONNX Runtime
+    against torch, largest ``|ORT - torch|`` over the largest output, graph
+    optimisations off: ``report["max_rel_deviation"]``) as a reST table per
+    network."""
 
     def ms(v, digits):
         return "-" if v is None else f"{v:.{digits}f}"
 
+    def dev(v):  # 1.0e-02 -> 1.0e-2
+        return (
+            "-" if v is None else f"{v:.1e}".replace("e-0", "e-").replace("e+0", "e+")
+        )
+
     for net in dict.fromkeys(r["net"] for r in rows):
         cols = ["variant", "type", "file B", "counted B", "ORT acc", "skquant acc"]
         cols += ["ORT b1 ms", "skquant b1", "ORT b256 ms", "skquant b256"]
+        cols += ["max rel dev"]
         lines = []
         for r in rows:
             if r["net"] != net:
@@ -250,6 +261,7 @@ def print_rst(rows):
                     ms(r["skquant_b1_ms"], 3),
                     ms(r["onnx_b256_ms"], 1),
                     ms(r["skquant_b256_ms"], 1),
+                    dev(r.get("max_rel_deviation")),
                 ]
             )
         print_rst_table(net, cols, lines)
