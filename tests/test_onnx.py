@@ -148,6 +148,14 @@ def test_clear_errors(tmp_path, monkeypatch):
         export_onnx(qnet, x, tmp_path / "m.onnx", opset="x")
     with pytest.raises(ValueError, match="rtol must be a finite number > 0, got rtol"):
         export_onnx(qnet, x, tmp_path / "m.onnx", rtol=-1)
+    with pytest.raises(TypeError, match="check must be True or False, got check='x'"):
+        export_onnx(qnet, x, tmp_path / "m.onnx", check="x")
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")  # the check's deviation would be NaN
+    with pytest.raises(ValueError, match="example_input holds NaN or inf"):
+        export_onnx(qnet, nan, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="opset=1000 is above what torch's exporter"):
+        export_onnx(qnet, x, tmp_path / "m.onnx", opset=1000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant features; simulated inputs
         per_feature = quantize_model(

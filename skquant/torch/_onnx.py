@@ -255,6 +255,15 @@ def export_onnx(
             f"{type(example_input).__name__} instead."
         )
     check_int(opset, "opset", none=True)
+    if not isinstance(check, bool | np.bool_):
+        raise TypeError(f"check must be True or False, got check={check!r} instead.")
+    if check and example_input.is_floating_point() and not bool(
+        torch.isfinite(example_input).all()
+    ):
+        raise ValueError(
+            "example_input holds NaN or inf: the ONNX Runtime check compares the "
+            "outputs on it (a NaN deviation proves nothing); pass finite inputs."
+        )
     if rtol is not None:
         rtol = check_positive(rtol, "rtol")
     # the graph is the model in eval mode; the caller's tensor is never run on
@@ -290,6 +299,11 @@ def export_onnx(
     version = max(
         op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")
     )
+    if opset is not None and version < opset:
+        raise ValueError(
+            f"opset={opset} is above what torch's exporter writes (it wrote opset "
+            f"{version}): pass opset<={version}, or None."
+        )
     layers, nodes, probes = {}, {}, {}
     new_nodes = []
     for name, layer in quantized.items():
