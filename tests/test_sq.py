@@ -400,3 +400,20 @@ def test_sq_classifier_pickles_clones_and_grid_searches(tmp_path):
         SQClassifier(module=torch.nn.Linear(64, 3), max_epochs=1).fit(X, y)
     with pytest.raises(TypeError, match="module__<name>"):
         SQClassifier(hidden=3).fit(X, y)
+
+
+def test_train_sq_names_its_bad_arguments_and_a_collapsed_level(digits):
+    """validation_data=X failed in unpacking, beta_threshold=nan made every layer
+    ternary, and a learning rate that drove a level to 0 ended in the internal
+    BinaryQuantizer's 'scale' error, a parameter the user never set."""
+    X, y = digits[0][:200], digits[1][:200]
+    with pytest.raises(TypeError, match="validation_data must be a pair"):
+        train_sq(_net(), (X, y), epochs=1, finetune_epochs=0, validation_data=X)
+    with pytest.raises(ValueError, match="beta_threshold must be a number in"):
+        train_sq(_net(), (X, y), epochs=1, finetune_epochs=0, beta_threshold=math.nan)
+    with pytest.raises(ValueError, match=r"collapsed to 0.0 .*lr=1000.0"):
+        train_sq(_net(), (X, y), epochs=2, finetune_epochs=0, lr=1e3)
+    with pytest.raises(ValueError, match="max_epochs must be an int >= 1"):
+        SQClassifier(max_epochs=1.5).fit(X.numpy(), y.numpy())
+    with pytest.raises(ValueError, match="random_state must be an int >= 0 or None"):
+        SQClassifier(random_state="x").fit(X.numpy(), y.numpy())

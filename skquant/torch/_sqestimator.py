@@ -12,7 +12,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from .._common._checks import check_positive
+from .._common._checks import check_int, check_positive
 from ._sq._train import train_sq
 
 __all__ = ["SQClassifier"]
@@ -184,6 +184,8 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
             )
         for name in ("gamma", "lam"):
             check_positive(getattr(self, name), name, zero=True)
+        check_int(self.max_epochs, "max_epochs")  # train_sq names it "epochs"
+        check_int(self.random_state, "random_state", low=0, none=True)
 
     def fit(self, X, y):
         """Train the network with the SQ penalty and quantize it.

@@ -9,7 +9,7 @@ from ..._common._checks import check_positive
 from ..._common._progress import progress
 from .._model import quantize_model
 from ._loop import Loop, accuracy, straight_through
-from ._regularizer import SQRegularizer
+from ._regularizer import BETA_HIGH, BETA_LOW, SQRegularizer
 from ._result import SQResult
 
 
@@ -166,6 +166,14 @@ def train_sq(
     >>> type(res.model[0]).__name__, res.size_bits < 32 * (64 * 32 + 32 * 10) / 10
     ('QuantLinear', True)
     """
+    if not (
+        isinstance(beta_threshold, numbers.Real)
+        and BETA_LOW <= beta_threshold <= BETA_HIGH
+    ):
+        raise ValueError(
+            "beta_threshold must be a number in [pi/4, pi/2] (the range of beta), "
+            f"got beta_threshold={beta_threshold!r} instead."
+        )
     loop = Loop(
         model,
         data,
@@ -244,6 +252,16 @@ def train_sq(
                 zero_fraction=dict(zip(names, reg.zero_fraction())),
             )
             bar.set_postfix(f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}")
+    levels = reg.scale().detach()
+    collapsed = [
+        n for n, a in zip(names, levels.tolist()) if not math.isfinite(a) or a <= 0
+    ]
+    if collapsed:  # the projection has no grid: say so, not the quantizer's scale
+        raise ValueError(
+            f"train_sq: the learned level of layers {collapsed} collapsed to "
+            f"{levels[names.index(collapsed[0])].item()!r} during training (lr={lr!r} "
+            "is too large for this model): lower lr."
+        )
     if alphabets is None:
         alphabets = reg._alphabets(beta_threshold)
     alphabets = {n: a.kind for n, a in alphabets.items()}
