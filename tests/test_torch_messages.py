@@ -360,3 +360,26 @@ def test_fake_quantization_refuses_impossible_grids():
     apq = AdaptivePrecisionQuantizer().fit(W, gradient=G)
     with pytest.raises(TypeError, match="got AdaptivePrecisionQuantizer instead"):
         FakeQuantize.from_estimator(apq)
+
+
+def test_small_helpers_name_their_arguments(tmp_path):
+    from safetensors.torch import save_file
+
+    import skquant.torch as sqt
+
+    m = _mlp()
+    X = torch.randn(4, 8)
+    with pytest.raises(TypeError, match="modules must be a dict .*got a list"):
+        sqt.capture_inputs(m, [m[0]], X)
+    with pytest.raises(TypeError, match=r"got layers \{'1': 'ReLU'\}"):
+        sqt.capture_inputs(m, {"1": m[1]}, X)
+    save_file({"0.weight": torch.ones(3, 2)}, tmp_path / "c.safetensors")
+    ck = sqt.Checkpoint(tmp_path / "c.safetensors")
+    with pytest.raises(KeyError, match="has no tensor 'nope'"):
+        ck.shape("nope")
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype or None"):
+        ck.read("0.weight", dtype="float64")
+    with pytest.raises(ValueError, match=r"names layers \['9'\]"):
+        sqt.TorchNetwork(m).weight("9")
+    with pytest.raises(TypeError, match="loss_fn must be a callable"):
+        sqt.loss_gradients(m, None, (X, torch.zeros(4, dtype=torch.int64)))

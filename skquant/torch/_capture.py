@@ -1,6 +1,7 @@
 """Forward passes that hand chosen layers' inputs to a callback: the one capture."""
 
 import torch
+from torch import nn
 
 from ._data import cloned, input_batches, model_device, model_dtype
 from ._rows import layer_inputs_matrix
@@ -106,6 +107,13 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
     >>> tuple(got["0"].shape), tuple(got["2"].shape)
     ((180, 9), (5, 144))
     """
+    if not isinstance(modules, dict) or not all(
+        isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) for m in modules.values()
+    ):
+        raise TypeError(
+            "modules must be a dict {name: layer} of nn.Linear, nn.Conv1d or "
+            f"nn.Conv2d layers of the model, got {_describe(modules)} instead."
+        )
     device = device or model_device(model)
     batches = input_batches(data, batch_size, model_dtype(model), device)
     store = {}  # filled in the order the layers run
@@ -123,3 +131,10 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
             "needs every Linear/Conv2d layer to run in forward (or name it in skip)."
         )
     return {name: torch.cat(rows) for name, rows in store.items()}
+
+
+def _describe(modules):
+    if not isinstance(modules, dict):
+        return f"a {type(modules).__name__}"
+    kinds = {n: type(m).__name__ for n, m in modules.items()}
+    return f"layers {kinds}"

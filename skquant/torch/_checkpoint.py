@@ -166,12 +166,18 @@ class Checkpoint:
 
     def shape(self, key):
         """The shape of tensor ``key``, from the header (nothing is read)."""
+        if key not in self._where:
+            raise KeyError(f"checkpoint={str(self.path)!r} has no tensor {key!r}.")
         return tuple(self._where[key][4])
 
     def read(self, key, dtype=None):
         """Tensor ``key`` from disk, as a new CPU tensor (cast to ``dtype``)."""
         if key not in self._where:
             raise KeyError(f"checkpoint={str(self.path)!r} has no tensor {key!r}.")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(
+                f"dtype must be a torch.dtype or None, got dtype={dtype!r} instead."
+            )
         file, begin, end, name, shape = self._where[key]
         if name not in DTYPES:
             raise ValueError(

@@ -295,10 +295,13 @@ class TorchNetwork(Network):
 
     def module(self, name):
         """The float module of layer ``name``."""
+        if name not in self._modules:
+            self.check_layer_names([name], "name")
         return self._modules[name]
 
     def weight(self, name):
         """The ``(n_in, n_out)`` weight matrix of layer ``name`` (NumPy)."""
+        self.module(name)  # a clear error for an unknown name
         if self._lean:
             return weight_to_matrix(
                 self._modules[name], self.float_weight(name), copy=False
