@@ -1,7 +1,50 @@
 """Command line: ``python -m skquant demo [--dataset mnist] [--plot out.png]``."""
 
 import argparse
+import os
 import sys
+
+
+def _hidden_sizes(text):
+    """``--hidden``: comma-separated layer sizes, each an int >= 1 (none: the
+    dataset's default)."""
+    if not text:
+        return None
+    try:
+        sizes = tuple(int(h) for h in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--hidden must be comma-separated ints >= 1, got {text!r}"
+        )
+    return sizes
+
+
+def _seed(text):
+    """``--seed``: an int >= 0."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be an int >= 0, got {text!r}")
+    return seed
+
+
+def _plot_path(path):
+    """``--plot``: a file in a folder that exists and can be written to (checked
+    before the demo runs, not after)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(
+            f"--plot's folder {folder!r} does not exist, got {path!r}"
+        )
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(
+            f"--plot's folder {folder!r} cannot be written to, got {path!r}"
+        )
+    return path
 
 
 def main(argv=None):
@@ -14,16 +57,18 @@ def main(argv=None):
     )
     demo.add_argument(
         "--hidden",
+        type=_hidden_sizes,
         default=None,
         help="hidden layer sizes, comma separated (e.g. 500,300)",
     )
     demo.add_argument(
         "--plot",
+        type=_plot_path,
         default=None,
         metavar="PNG",
         help="write accuracy against bits per weight to this file",
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -39,14 +84,6 @@ def main(argv=None):
                 file=sys.stderr,
             )
             return 2
-        hidden = None
-        if args.hidden:
-            try:
-                hidden = tuple(int(h) for h in args.hidden.split(","))
-            except ValueError:
-                parser.error(
-                    f"--hidden must be comma-separated ints, got {args.hidden!r}"
-                )
         from ._kernels import cache_is_warm
 
         if not cache_is_warm():
@@ -57,7 +94,10 @@ def main(argv=None):
                 flush=True,
             )
         run_demo(
-            dataset=args.dataset, hidden=hidden, plot=args.plot, random_state=args.seed
+            dataset=args.dataset,
+            hidden=args.hidden,
+            plot=args.plot,
+            random_state=args.seed,
         )
     return 0
 

@@ -4,8 +4,11 @@ Weights have shape ``(n_in, n_out)`` and activations ``(m, n_in)``; a layer comp
 ``X @ W``.
 """
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from ._common._checks import check_int
 from ._tensor._errors import relative_error, sqnr
 from ._tensor._qtensor import QuantizedTensor
 
@@ -20,6 +23,8 @@ __all__ = [
 def _items(tensors):
     if isinstance(tensors, QuantizedTensor | np.ndarray):
         return [tensors]
+    if isinstance(tensors, Mapping):  # a state dict: its tensors, not its names
+        return list(tensors.values())
     return list(tensors)
 
 
@@ -28,11 +33,11 @@ def model_size_bits(tensors, *, float_bits=32):
 
     Parameters
     ----------
-    tensors : QuantizedTensor, ndarray, or iterable of them
+    tensors : QuantizedTensor, ndarray, or iterable or dict of them
         Quantized tensors count their :attr:`~skquant.QuantizedTensor.size_bits`
         (codes packed at ``n_bits`` each, padded to whole bytes, plus every scale at
         its dtype's width and every zero point); plain arrays (biases, unquantized
-        layers) count ``float_bits`` per entry.
+        layers) count ``float_bits`` per entry. A dict counts its values.
     float_bits : int, default=32
         Bits per entry of a plain array.
 
@@ -54,12 +59,13 @@ def model_size_bits(tensors, *, float_bits=32):
     >>> model_size_bits([quantize(W, n_bits=4), np.zeros(10)])
     4640
     """
+    float_bits = check_int(float_bits, "float_bits")
     total = 0
     for t in _items(tensors):
         if isinstance(t, QuantizedTensor):
             total += t.size_bits
         else:
-            total += int(np.asarray(t).size) * int(float_bits)
+            total += int(np.asarray(t).size) * float_bits
     return total
 
 
@@ -71,8 +77,8 @@ def compression_ratio(tensors, *, float_bits=32):
 
     Parameters
     ----------
-    tensors : QuantizedTensor, ndarray, or iterable of them
-        As in :func:`model_size_bits`.
+    tensors : QuantizedTensor, ndarray, or iterable or dict of them
+        As in :func:`model_size_bits`; at least one entry.
     float_bits : int, default=32
         Bits per entry of a plain array.
 
@@ -99,4 +105,9 @@ def compression_ratio(tensors, *, float_bits=32):
         t.n_params if isinstance(t, QuantizedTensor) else np.asarray(t).size
         for t in items
     )
+    if n_params == 0:
+        raise ValueError(
+            "tensors must hold at least one entry, got tensors="
+            f"{tensors!r:.80} instead."
+        )
     return 32 * n_params / model_size_bits(items, float_bits=float_bits)

@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from ._common._checks import check_positive
+from ._common._checks import check_int, check_positive, check_rng
 from ._common._progress import progress
 from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._nullspace import NullSpaceQuantizer
@@ -265,6 +265,12 @@ def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
             f"z_S and q_S must have one value per index of S ({S.size}), got "
             f"{z_S.size} and {q_S.size}."
         )
+    for name, v in (("z_S", z_S), ("q_S", q_S)):
+        if not np.all(np.isfinite(v)):
+            raise ValueError(
+                f"{name} must be finite, got {int(np.sum(~np.isfinite(v)))} NaN or "
+                "infinite entries."
+            )
     if S.size == 0:
         return float(drift)
     d = z_S - q_S
@@ -409,18 +415,25 @@ def predicted_rate(method, m, n_in):
 
 
 def _method_estimator(method, n_bits, rounding):
-
     if method == "msq":
         return UniformQuantizer(n_bits=n_bits)
     if method == "gpfq":
         return GreedyPathQuantizer(n_bits=n_bits)
     if method == "grid":
         return NullSpaceQuantizer(n_bits=n_bits, rounding=rounding)
-    if method == "lp":
-        return NullSpaceQuantizer(n_bits="ternary", variant="lp", rounding=rounding)
-    raise ValueError(
-        f"methods must be among 'msq', 'gpfq', 'grid', 'lp', got {method!r} instead."
-    )
+    return NullSpaceQuantizer(n_bits="ternary", variant="lp", rounding=rounding)
+
+
+def _sequence(values, name, what):
+    """``values`` as a non-empty list (a lone value or a string is refused)."""
+    if isinstance(values, str | numbers.Number) or not hasattr(values, "__iter__"):
+        raise TypeError(
+            f"{name} must be a sequence of {what}, got {name}={values!r} instead."
+        )
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must not be empty, got {name}={values!r} instead.")
+    return values
 
 
 def error_decay(
@@ -484,8 +497,24 @@ def error_decay(
     >>> bool(res["slopes"][("grid", 4)] < res["slopes"][("msq", 4)])
     True
     """
-
-    rng = np.random.default_rng(random_state)
+    n_in_values = _sequence(n_in_values, "n_in_values", "ints >= 1")
+    for n in n_in_values:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(
+                "n_in_values must hold ints >= 1, got n_in_values="
+                f"{n_in_values!r} instead."
+            )
+    n_bits = _sequence(n_bits, "n_bits", "bit-widths")
+    methods = _sequence(methods, "methods", "'msq', 'gpfq', 'grid', 'lp'")
+    for meth in methods:
+        if meth not in ("msq", "gpfq", "grid", "lp"):
+            raise ValueError(
+                "methods must be among 'msq', 'gpfq', 'grid', 'lp', got "
+                f"{meth!r} in methods={methods!r} instead."
+            )
+    for value, name in ((m, "m"), (n_out, "n_out"), (n_test, "n_test")):
+        check_int(value, name)
+    rng = check_rng(random_state)
     rows = []
     # the LP variant is ternary whatever n_bits: run it once per width
     jobs = [

@@ -156,3 +156,13 @@ def test_a_range_wider_than_the_largest_float():
     Xq = q.transform(X)
     assert np.isfinite(Xq).all()
     assert np.abs(Xq - X).max() <= q.scale_.max() / 2 * (1 + 1e-12)
+
+
+def test_decode_rejects_codes_off_the_calibrated_grid():
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    q = ActivationQuantizer(n_bits=4).fit(X)
+    assert (q.qmin_, q.qmax_) == (0, 15)
+    for code in (1000, 16, -1):
+        with pytest.raises(ValueError, match=re.escape("codes must lie in [0, 15]")):
+            q.decode(np.full((1, 3), code))
+    assert_array_equal(q.decode(q.encode(X)), q.transform(X))

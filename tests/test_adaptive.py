@@ -215,6 +215,11 @@ def test_progress_bar_reports_loss_and_size(digits_mlp, capsys):
         ({"trust_region": -1}, "trust_region must be a finite number > 0"),
         ({"trust_region": 0.0}, "trust_region must be a finite number > 0"),
         ({"max_iter": 0}, "max_iter must be an int >= 1"),
+        ({"random_state": "x"}, "random_state must be an int >= 0 or None"),
+        (
+            {"random_state": -1, "retrain": "ste", "retrain_batch_size": 4},
+            "got random_state=-1 instead",
+        ),
     ],
 )
 def test_driver_parameter_errors(digits_mlp, kwargs, match):

@@ -205,3 +205,17 @@ def test_pareto_sweep_on_workers_is_the_serial_sweep():
     assert [c.tolist() for c in parallel] == [c.tolist() for c in serial]
     with pytest.raises(ValueError, match="n_jobs must be None or a non-zero int"):
         pareto_choices(cost, size, n_jobs=0)
+
+
+@pytest.mark.parametrize("alpha", [np.nan, np.inf, 0.0, -1.0, "x", None])
+def test_closed_form_bits_checks_alpha(alpha):
+    with pytest.raises(
+        ValueError, match=r"alpha must be a finite number > 0, got alpha="
+    ):
+        closed_form_bits([1, 1], [1, 1], [10, 100], 0.1, alpha=alpha)
+
+
+@pytest.mark.parametrize("target", [np.nan, 0.0, -1.0, "x"])
+def test_closed_form_bits_checks_target(target):
+    with pytest.raises(ValueError, match=r"target must be a finite number > 0, got"):
+        closed_form_bits([1, 1], [1, 1], [10, 100], target)

@@ -135,3 +135,39 @@ def test_file_sizes_are_the_counted_sizes_plus_a_header(rows):
         # the header describes every tensor (4 fixed-point ones: about 2 kB)
         header = 3072 if label == "adaptive" else 2048
         assert counted <= r["file_bytes"] < counted + header, label
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--hidden", "0"], "--hidden must be comma-separated ints >= 1, got '0'"),
+        (["--hidden", "64,-3"], "--hidden must be comma-separated ints >= 1"),
+        (["--seed", "-1"], "--seed must be an int >= 0, got '-1'"),
+        (["--seed", "x"], "--seed must be an int >= 0, got 'x'"),
+        (
+            ["--plot", "/nonexistent/dir/x.png"],
+            "--plot's folder '/nonexistent/dir' does",
+        ),
+    ],
+)
+def test_cli_checks_arguments_before_the_demo_runs(args, message, monkeypatch, capsys):
+    import skquant._demo
+
+    ran = []
+    monkeypatch.setattr(skquant._demo, "run_demo", lambda **kw: ran.append(kw))
+    with pytest.raises(SystemExit):
+        main(["demo", *args])
+    assert message in capsys.readouterr().err
+    assert not ran
+
+
+def test_cli_passes_checked_arguments(tmp_path, monkeypatch):
+    import skquant._demo
+
+    ran = []
+    monkeypatch.setattr(skquant._demo, "run_demo", lambda **kw: ran.append(kw))
+    plot = str(tmp_path / "x.png")
+    assert main(["demo", "--hidden", "8,4", "--seed", "3", "--plot", plot]) == 0
+    assert main(["demo", "--hidden", ""]) == 0
+    assert ran[0] == dict(dataset="digits", hidden=(8, 4), plot=plot, random_state=3)
+    assert ran[1]["hidden"] is None

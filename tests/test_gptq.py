@@ -185,3 +185,14 @@ def test_bad_input():
     GPTQQuantizer(act_order=True).fit(W, activations=X, target_activations=X * 1.1)
     np.testing.assert_array_equal(X, before[0])
     np.testing.assert_array_equal(W, before[1])
+
+
+@pytest.mark.parametrize("target", [False, True])
+def test_too_small_damp_is_named(target):
+    # 6 samples for 10 inputs: X^T X is singular, and damp=1e-300 adds nothing
+    rng = np.random.default_rng(0)
+    W, X = rng.standard_normal((10, 4)), rng.standard_normal((6, 10))
+    extra = {"target_activations": X + 0.1} if target else {}
+    with pytest.raises(ValueError, match=r"damp must be large enough .* damp=1e-300"):
+        GPTQQuantizer(damp=1e-300).fit(W, activations=X, **extra)
+    GPTQQuantizer(damp=1e-12).fit(W, activations=X, **extra)  # large enough

@@ -450,3 +450,45 @@ def test_pack_codes_takes_big_endian_codes():
     packed = pack_codes(codes, 3, -3)
     assert packed.tolist() == pack_codes(codes.astype("<i4"), 3, -3).tolist()
     np.testing.assert_array_equal(unpack_codes(packed, 3, -3, (8,)), codes)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    path = tmp_path / "x.skq"
+    qt = skquant.quantize(np.eye(4), n_bits=2)
+    for value in (np.zeros(3), qt):  # the safetensors header's own key
+        with pytest.raises(
+            ValueError, match="other than '__metadata__', got '__metadata__'"
+        ):
+            skquant.save({"__metadata__": value}, path)
+    if np.dtype(np.longdouble).itemsize > 8:  # no safetensors dtype holds it
+        with pytest.raises(TypeError, match="cannot store an array of dtype float"):
+            skquant.save({"a": np.zeros(3, np.longdouble)}, path)
+    with pytest.raises(
+        ValueError, match="got alphabet='foo'"
+    ):  # no such tensor is made
+        skquant.QuantizedTensor(
+            codes=np.zeros((2, 4), np.int8),
+            scale=np.ones(4, np.float32),
+            n_bits=4,
+            qmin=-7,
+            qmax=7,
+            alphabet="foo",
+        )
+    assert not path.exists()
+    skquant.save({"__metadata__x": np.zeros(3), "b": np.zeros(3, np.float16)}, path)
+    assert sorted(skquant.load(path)) == ["__metadata__x", "b"]
+
+
+def test_stored_codes_off_the_grid_are_a_file_format_error():
+    from skquant._tensor import _io
+
+    writer = _io.Writer()
+    writer.tensor("t", skquant.quantize(np.eye(8), n_bits=4))  # codes in [-7, 7]
+    writer.data["t/codes"][:] = 0xFF  # every packed code becomes -7 + 15 = 8
+    header, arrays = _io.parse(_io.serialize("dict", writer))
+    with pytest.raises(
+        FileFormatError,
+        match=r"'t' holds an invalid tensor: codes must lie in \[-7, 7\], got values "
+        r"in \[8, 8\]",
+    ):
+        _io.tensors_from(header, arrays, "f.skq")

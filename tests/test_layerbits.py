@@ -165,3 +165,40 @@ def test_allocator_errors(digits_mlp, fitted):
         QuantizedMLP(mlp, {"layer_7": UniformQuantizer()}).fit(X)
     with pytest.raises(ValueError, match=re.escape("names layers ['layer_7']")):
         fitted.quantizers({"layer_7": 4})
+
+
+def test_allocator_argument_errors_name_the_argument(digits_mlp, fitted):
+    mlp, X, y = digits_mlp
+    # skip leaves torch modules float: an MLP has none, so it is refused, not ignored
+    with pytest.raises(ValueError, match=r"got skip=\['layer_0'\] instead"):
+        LayerBitAllocator(mlp, skip=["layer_0"]).fit(X[1200:], y[1200:])
+    for n in (-1, 0, 2.5, "3"):
+        with pytest.raises(
+            ValueError, match=f"n_points must be an int >= 1, got n_points={n!r}"
+        ):
+            fitted.pareto_front(n)
+    for b in (99, 1, 4.0, "quaternary", None):
+        with pytest.raises(
+            ValueError, match=f"got {re.escape(repr(b))} for layer 'layer_0'"
+        ):
+            fitted.quantizers({"layer_0": b})
+    with pytest.raises(TypeError, match="bits must be a dict"):
+        fitted.quantizers(["layer_0"])
+    assert len(fitted.pareto_front(1)["size"]) == 1
+
+
+def test_column_vector_labels_are_raveled(digits_mlp):
+    from sklearn.exceptions import DataConversionWarning
+
+    mlp, X, y = digits_mlp
+
+    def alloc():  # (clone would unfit the MLP)
+        return LayerBitAllocator(mlp, bits=(4, 8), max_samples=200)
+
+    ref = alloc().fit(X[1200:], y[1200:])
+    with pytest.warns(DataConversionWarning, match="column-vector y"):
+        col = alloc().fit(X[1200:], y[1200:, None])
+    assert col.bits_ == ref.bits_
+    np.testing.assert_array_equal(col.cost_, ref.cost_)
+    with pytest.raises(ValueError, match=r"got y.shape=\(597, 10\) instead"):
+        alloc().fit(X[1200:], np.eye(10)[y[1200:]])

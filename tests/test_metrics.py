@@ -44,3 +44,25 @@ def test_model_size_and_compression_with_biases():
     assert compression_ratio([qt, b]) == pytest.approx(32 * 650 / bits)
     assert model_size_bits(b, float_bits=16) == 160
     assert compression_ratio(b) == 1.0
+
+
+def test_float_bits_is_checked_by_name():
+    for bad in (0, -1, 2.5, "32", True):
+        with pytest.raises(ValueError, match=r"float_bits must be an int >= 1"):
+            model_size_bits([np.zeros(10)], float_bits=bad)
+        with pytest.raises(ValueError, match=r"float_bits must be an int >= 1"):
+            compression_ratio([np.zeros(10)], float_bits=bad)
+
+
+def test_empty_model_has_no_compression_ratio():
+    for empty in ([], [np.zeros(0)], {}):
+        with pytest.raises(ValueError, match="tensors must hold at least one entry"):
+            compression_ratio(empty)
+
+
+def test_a_dict_counts_its_values_not_its_keys():
+    qt = quantize(np.random.default_rng(0).standard_normal((100, 10)), n_bits=4)
+    b = np.zeros(10)
+    state = {"w": qt, "b": b}
+    assert model_size_bits(state) == model_size_bits([qt, b]) == qt.size_bits + 320
+    assert compression_ratio(state) == compression_ratio([qt, b])

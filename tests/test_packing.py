@@ -135,3 +135,125 @@ def test_unpack_refuses_a_dtype_that_cannot_hold_the_codes():
     np.testing.assert_array_equal(
         unpack_codes(packed, 8, 0, (256,), dtype=np.int16), np.arange(256)
     )
+
+
+def _fields(**changes):
+    fields = dict(
+        codes=np.zeros((3, 4), np.int8), scale=np.ones(4, np.float32), n_bits=4
+    )
+    return {**fields, "qmin": -7, "qmax": 7, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes, error, match",
+    [
+        (
+            {"codes": np.full((3, 4), 0.3)},
+            TypeError,
+            "codes of QuantizedTensor must be integers",
+        ),
+        (
+            {"codes": np.full((3, 4), 100, np.int8)},
+            ValueError,
+            re.escape("codes must lie in [-7, 7], got values in [100, 100]"),
+        ),
+        (
+            {"codes": np.full((3, 4), -8)},
+            ValueError,
+            re.escape("codes must lie in [-7, 7]"),
+        ),
+        (
+            {"codes": np.zeros(4, np.int8)},
+            ValueError,
+            re.escape("codes must be a 2-D array of shape (n_rows, n_cols), got ")
+            + re.escape("codes.shape=(4,)"),
+        ),
+        (
+            {"scale": np.ones(3)},
+            ValueError,
+            re.escape("scale must hold 1 or n_cols=4 floats, got scale.dtype=float64, ")
+            + re.escape("scale.shape=(3,)"),
+        ),
+        (
+            {"scale": np.ones(4, int)},
+            ValueError,
+            "scale must hold 1 or n_cols=4 floats, got scale.dtype=int64",
+        ),
+        ({"scale": np.ones((1, 4))}, ValueError, re.escape("scale.shape=(1, 4)")),
+        (
+            {"alphabet": "foo"},
+            ValueError,
+            "alphabet must be one of 'uniform', .* got alphabet='foo'",
+        ),
+        (
+            {"alphabet": "fixed_point"},
+            ValueError,
+            "got alphabet='fixed_point' with no precision_bits",
+        ),
+        (
+            {"precision_bits": np.ones((3, 4), np.int8)},
+            ValueError,
+            "got alphabet='uniform' with precision_bits",
+        ),
+        ({"n_bits": 17}, ValueError, "n_bits must be at most 16, got n_bits=17"),
+        ({"n_bits": 4.0}, ValueError, "n_bits must be an int >= 1, got n_bits=4.0"),
+        ({"qmin": -7.5}, ValueError, "qmin must be an int, got qmin=-7.5"),
+        ({"qmin": 8}, ValueError, "qmin must be at most qmax, got qmin=8 and qmax=7"),
+        (
+            {"alphabet": "binary", "n_bits": 1, "qmin": -1, "qmax": 1},
+            ValueError,
+            "must be -1 or \\+1, got a 0 code",
+        ),
+    ],
+)
+def test_quantized_tensor_checks_its_fields(changes, error, match):
+    with pytest.raises(error, match=match):
+        QuantizedTensor(**_fields(**changes))
+
+
+def test_quantized_tensor_takes_array_likes_and_per_tensor_scales():
+    qt = QuantizedTensor(**_fields(codes=[[1, -2, 3, 7]], scale=[1.0, 2.0, 0.5, 1.0]))
+    assert isinstance(qt.codes, np.ndarray) and isinstance(qt.scale, np.ndarray)
+    assert_array_equal(qt.dequantize(), [[1.0, -4.0, 1.5, 7.0]])
+    for scale in (np.float32(0.5), np.array([0.5], np.float32)):  # one per tensor
+        qt = QuantizedTensor(**_fields(codes=np.full((2, 4), 2, np.int8), scale=scale))
+        assert_array_equal(qt.dequantize(), np.ones((2, 4)))
+
+
+def test_pack_and_unpack_check_their_ints_by_name():
+    codes = np.array([-1, 0, 1, 1, 0, -1], np.int8)
+    packed = pack_codes(codes, 2, qmin=-1)
+    for qmin in (-1.7, "x", -1.0):
+        with pytest.raises(
+            ValueError, match=f"qmin must be an int or None, got qmin={qmin!r}"
+        ):
+            pack_codes(codes, 2, qmin=qmin)
+        with pytest.raises(ValueError, match=f"qmin must be an int, got qmin={qmin!r}"):
+            unpack_codes(packed, 2, qmin, (6,))
+    for n_jobs in (0, "x", 1.5):
+        with pytest.raises(ValueError, match=f"got n_jobs={n_jobs!r}"):
+            pack_codes(codes, 2, -1, n_jobs=n_jobs)
+        with pytest.raises(ValueError, match=f"got n_jobs={n_jobs!r}"):
+            unpack_codes(packed, 2, -1, (6,), n_jobs=n_jobs)
+    for shape in ((6.5,), (-2, -3), None, "6"):
+        with pytest.raises(
+            ValueError,
+            match="shape must be a tuple of ints >= 0, got shape="
+            + re.escape(repr(shape)),
+        ):
+            unpack_codes(packed, 2, -1, shape)
+    for shape in (6, np.int64(6), (2, 3), np.array([3, 2])):
+        assert unpack_codes(packed, 2, -1, shape).size == 6
+
+
+def test_quantizer_unpack_checks_n_rows():
+    from skquant import UniformQuantizer
+
+    W = np.random.default_rng(0).standard_normal((8, 4))
+    q = UniformQuantizer(4).fit(W)
+    for n_rows in (8.5, -1, "8"):
+        with pytest.raises(
+            ValueError, match=f"n_rows must be an int >= 0, got n_rows={n_rows!r}"
+        ):
+            q.unpack(q.pack(W), n_rows)
+    assert_array_equal(q.unpack(q.pack(W), np.int64(8)), q.encode(W))

@@ -315,3 +315,44 @@ def test_memory_per_weight_of_fit_compress_transform_and_load(tmp_path):
     assert_array_equal(back.codes, qt.codes)
     assert_array_equal(back.precision_bits, qt.precision_bits)
     assert_array_equal(Wq, qt.dequantize().astype(np.float32))
+
+
+def test_compress_codes_and_decode_check_their_input():
+    from sklearn.exceptions import NotFittedError
+
+    rng = np.random.default_rng(0)
+    W, G = rng.standard_normal((10, 4)), rng.standard_normal((10, 4)) * 1e-2
+    with pytest.raises(NotFittedError):
+        AdaptivePrecisionQuantizer().compress_codes(np.zeros((2, 2), int))
+    q = AdaptivePrecisionQuantizer().fit(W, gradient=G)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "codes must have the fitted shape (10, 4), got codes.shape=(2, 2)"
+        ),
+    ):
+        q.compress_codes(np.zeros((2, 2), int))
+    with pytest.raises(
+        TypeError, match="codes of AdaptivePrecisionQuantizer must be integers"
+    ):
+        q.compress_codes(W)
+    qmin, qmax = q._code_range()
+    for code in (2**40, qmax + 1, qmin - 1):  # beyond the fitted range
+        with pytest.raises(
+            ValueError, match=re.escape(f"codes must lie in [{qmin}, {qmax}]")
+        ):
+            q.decode(np.full(W.shape, code))
+    assert_array_equal(q.decode(np.full(W.shape, qmax)), np.full(W.shape, q.range_))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float16, "float128", "nope", ">f8"])
+def test_decode_dtype_is_checked_by_name(dtype):
+    W = np.random.default_rng(0).standard_normal((8, 4))
+    q = AdaptivePrecisionQuantizer().fit(W, gradient=W)
+    with pytest.raises(
+        ValueError,
+        match="dtype must be float32, float64 or None, got dtype="
+        + re.escape(repr(dtype)),
+    ):
+        q.decode(q.encode(W), dtype=dtype)
+    assert q.decode(q.encode(W), dtype=np.float32).dtype == np.float32

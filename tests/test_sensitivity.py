@@ -417,3 +417,25 @@ def test_multilabel_classifiers_are_refused_clearly():
             measure_sensitivity(mlp, X, y, bits=(2, 8))
     with pytest.raises(ValueError, match="multilabel classifier"):
         LayerBitAllocator(mlp, bits=(2, 8)).fit(X, Y)
+
+
+def test_column_vector_labels_are_raveled_others_refused(held_out):
+    from sklearn.exceptions import DataConversionWarning
+
+    mlp, X, y = held_out
+    kw = dict(bits=(3, 4), additivity=False, max_samples=200)
+    ref = measure_sensitivity(mlp, X, y, **kw)
+    with pytest.warns(DataConversionWarning, match="column-vector y"):
+        col = measure_sensitivity(mlp, X, y[:, None], **kw)
+    for field in ("noise", "accuracy", "t_margin"):
+        np.testing.assert_array_equal(getattr(col, field), getattr(ref, field))
+    for bad in (np.eye(10)[y], y[:, None, None]):
+        with pytest.raises(ValueError, match=re.escape(f"y.shape={bad.shape}")):
+            measure_sensitivity(mlp, X, bad, **kw)
+
+
+@pytest.mark.parametrize("seed", ["x", -1, 1.5])
+def test_random_state_is_checked_by_name(held_out, seed):
+    mlp, X, y = held_out
+    with pytest.raises(ValueError, match=f"got random_state={re.escape(repr(seed))}"):
+        measure_sensitivity(mlp, X, y, bits=(3, 4), random_state=seed)

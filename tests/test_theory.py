@@ -174,3 +174,35 @@ def test_bad_input_names_the_parameter():
     # rank=0 keeps no direction: nothing is off the alphabet, all is drift
     top = np.linalg.svd(X, compute_uv=False)[0]
     assert np.isclose(nullspace_bound(X, 0.1, rank=0), top * np.sqrt(10) * 0.1)
+
+
+@pytest.mark.parametrize("name", ["z_S", "q_S"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_posterior_bound_needs_finite_values(name, bad):
+    values = {"z_S": [0.25], "q_S": [0.5], name: [bad]}
+    with pytest.raises(ValueError, match=f"{name} must be finite, got 1 NaN"):
+        posterior_nullspace_bound(np.eye(3), [0], values["z_S"], values["q_S"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"n_in_values": 16}, TypeError, "n_in_values must be a sequence of ints"),
+        ({"n_in_values": []}, ValueError, "n_in_values must not be empty"),
+        ({"n_in_values": [16, 0]}, ValueError, r"n_in_values must hold ints >= 1"),
+        ({"n_in_values": [16.5]}, ValueError, r"n_in_values must hold ints >= 1"),
+        ({"n_bits": 4}, TypeError, "n_bits must be a sequence of bit-widths"),
+        ({"n_bits": ()}, ValueError, "n_bits must not be empty"),
+        ({"methods": "msq"}, TypeError, "methods must be a sequence of"),
+        ({"methods": []}, ValueError, "methods must not be empty"),
+        ({"n_test": 0}, ValueError, "n_test must be an int >= 1, got n_test=0"),
+        ({"n_out": 1.5}, ValueError, "n_out must be an int >= 1, got n_out=1.5"),
+        ({"m": 0}, ValueError, "m must be an int >= 1, got m=0"),
+        ({"random_state": "x"}, ValueError, "random_state must be an int >= 0 or"),
+        ({"random_state": -1}, ValueError, "random_state=-1"),
+    ],
+)
+def test_error_decay_checks_its_arguments_by_name(kwargs, error, match):
+    args = dict(n_in_values=[16, 32], m=4, n_bits=(4,), methods=("msq",), n_out=2)
+    with pytest.raises(error, match=match):
+        error_decay(**{**args, "n_test": 5, **kwargs})

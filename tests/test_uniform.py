@@ -482,3 +482,16 @@ def test_float64_fit_float32_transform_tiny_scale():
     q = UniformQuantizer().fit(W64)
     Q = q.transform(W64.astype(np.float32))
     assert Q.dtype == np.float32 and np.all(np.isfinite(Q))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float16, "nope", ">f8"])
+def test_decode_dtype_is_checked_by_name(dtype):
+    W = np.random.default_rng(0).standard_normal((8, 4))
+    q = UniformQuantizer(n_bits=4).fit(W)
+    with pytest.raises(
+        ValueError,
+        match="dtype must be float32, float64 or None, got dtype="
+        + re.escape(repr(dtype)),
+    ):
+        q.decode(q.encode(W), dtype=dtype)
+    assert q.decode(q.encode(W), dtype="float32").dtype == np.float32

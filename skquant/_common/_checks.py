@@ -4,12 +4,12 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_int", "check_positive"]
+__all__ = ["check_float_dtype", "check_int", "check_positive", "check_rng"]
 
 
 def check_int(value, name, *, low=1, none=False):
-    """``value`` as an int ``>= low`` (or ``None`` when ``none``), else a
-    ``ValueError`` naming ``name`` and the value.
+    """``value`` as an int ``>= low`` (any int with ``low=None``; or ``None`` when
+    ``none``), else a ``ValueError`` naming ``name`` and the value.
 
     Examples
     --------
@@ -26,10 +26,11 @@ def check_int(value, name, *, low=1, none=False):
     if (
         not isinstance(value, numbers.Integral)
         or isinstance(value, bool | np.bool_)
-        or value < low
+        or (low is not None and value < low)
     ):
+        bound = "" if low is None else f" >= {low}"
         raise ValueError(
-            f"{name} must be an int >= {low}{' or None' if none else ''}, got "
+            f"{name} must be an int{bound}{' or None' if none else ''}, got "
             f"{name}={value!r} instead."
         )
     return int(value)
@@ -57,3 +58,52 @@ def check_positive(value, name, *, zero=False):
             f"{name}={value!r} instead."
         )
     return float(value)
+
+
+def check_rng(random_state, name="random_state"):
+    """``np.random.default_rng(random_state)``, else a ``ValueError`` naming
+    ``name`` and the value (NumPy's own error names neither).
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_rng
+    >>> float(check_rng(0).random()) == float(np.random.default_rng(0).random())
+    True
+    >>> check_rng("x")
+    Traceback (most recent call last):
+    ...
+    ValueError: random_state must be an int >= 0 or None, got random_state='x' instead.
+    """
+    try:
+        return np.random.default_rng(random_state)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be an int >= 0 or None, got {name}={random_state!r} instead."
+        ) from None
+
+
+def check_float_dtype(dtype, name="dtype"):
+    """``dtype`` as ``np.dtype`` float32 or float64 (``None`` stays ``None``), else
+    a ``ValueError`` naming ``name`` and the value.
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_float_dtype
+    >>> check_float_dtype(np.float32)
+    dtype('float32')
+    >>> check_float_dtype("int32")
+    Traceback (most recent call last):
+    ...
+    ValueError: dtype must be float32, float64 or None, got dtype='int32' instead.
+    """
+    if dtype is None:
+        return None
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out not in (np.float32, np.float64):
+        raise ValueError(
+            f"{name} must be float32, float64 or None, got {name}={dtype!r} instead."
+        )
+    return out

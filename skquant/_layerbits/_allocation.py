@@ -18,6 +18,7 @@ from joblib import delayed
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
+from .._common._checks import check_int, check_positive
 from .._common._jobs import check_n_jobs, run_tasks
 
 __all__ = ["allocate_bits", "closed_form_bits", "greedy_bits", "pareto_choices"]
@@ -319,6 +320,7 @@ def pareto_choices(
     cost = _check_table(cost, "cost")
     size = _check_table(size, "size")
     if targets is None:
+        n_points = check_int(n_points, "n_points")
         rows = np.arange(cost.shape[0])
         high = cost[rows, np.argmin(size, axis=1)].sum()
         low = max(cost.min(axis=1).sum(), high * 1e-12)
@@ -393,11 +395,7 @@ def closed_form_bits(p, t, n_params, target, *, alpha=math.log(4)):
             )
         if not np.all(np.isfinite(a)) or np.any(a <= 0):
             raise ValueError(f"{name} must be positive and finite, got {name}={a!r}.")
-    target = _check_limit(target, "target")
-    if target <= 0 or alpha <= 0:
-        raise ValueError(
-            f"target and alpha must be positive, got target={target!r}, "
-            f"alpha={alpha!r} instead."
-        )
+    target = check_positive(target, "target")
+    alpha = check_positive(alpha, "alpha")
     lam = s.sum() / (alpha * target)
     return np.log(alpha * lam * p / (t * s)) / alpha

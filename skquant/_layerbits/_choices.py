@@ -9,7 +9,7 @@ from sklearn.base import clone
 from .._quantizers._base import BaseWeightQuantizer
 from .._quantizers._uniform import UniformQuantizer, level_quantizer
 
-__all__ = ["check_choices", "check_quantizer", "choice_quantizer"]
+__all__ = ["as_choice", "check_choices", "check_quantizer", "choice_quantizer"]
 
 
 ALPHABETS = ("binary", "ternary")
@@ -19,23 +19,29 @@ CRITERIA = ("noise", "sqnr", "hessian", "accuracy")
 
 
 # ---------------------------------------------------------------- choices
+def as_choice(b):
+    """``b`` as a choice (an int bit-width from 2 to 16, ``"binary"`` or
+    ``"ternary"``), or ``None`` when it is none."""
+    if isinstance(b, str):
+        return b if b in ALPHABETS else None
+    if isinstance(b, numbers.Integral) and not isinstance(b, bool) and 2 <= b <= 16:
+        return int(b)
+    return None
+
+
 def check_choices(bits):
     """The measured choices: distinct bit-widths (2-16), ``"binary"``, ``"ternary"``."""
     if isinstance(bits, str | numbers.Number):
         bits = [bits]
     choices = []
     for b in bits:
-        if isinstance(b, str) and b in ALPHABETS:
-            choices.append(b)
-        elif (
-            isinstance(b, numbers.Integral) and not isinstance(b, bool) and 2 <= b <= 16
-        ):
-            choices.append(int(b))
-        else:
+        choice = as_choice(b)
+        if choice is None:
             raise ValueError(
                 "bits must hold bit-widths from 2 to 16 and the alphabets 'binary' "
                 f"and 'ternary', got {b!r} in bits={list(bits)!r} instead."
             )
+        choices.append(choice)
     if len(choices) < 2 or len(set(choices)) != len(choices):
         raise ValueError(
             f"bits must hold at least two different choices, got bits={choices!r} "

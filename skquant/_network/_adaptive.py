@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._common._checks import check_int, check_positive
+from .._common._checks import check_int, check_positive, check_rng
 from .._common._progress import progress
 from .._precision._allocate import allocate_precision, precision_map_bits, round_fixed
 from .._precision._options import check_bound, check_loop_params
@@ -263,11 +263,11 @@ def _gradient_on(network, names, data, params):
     return loss, [np.asarray(grads[k], dtype=np.float64) for k in names]
 
 
-def _minibatch_gradient(network, names, data, batch_size, seed):
+def _minibatch_gradient(network, names, data, batch_size, rng):
     """``(params, t) -> (loss, grads)`` on the ``t``-th minibatch of ``data``.
 
     A pair ``(X, y)`` is cut into shuffled batches of ``batch_size`` rows, one new
-    permutation per pass (``np.random.default_rng(seed)``); a list of batches is
+    permutation per pass (drawn from the generator ``rng``); a list of batches is
     cycled through in order.
     """
     if batch_size is None:  # full batches of the retraining data
@@ -284,7 +284,6 @@ def _minibatch_gradient(network, names, data, batch_size, seed):
     if isinstance(data, tuple) and len(data) == 2:
         X, y = data
         n = len(X)
-        rng = np.random.default_rng(seed)
         order, pos = rng.permutation(n), 0
         batches = None
     else:
@@ -332,7 +331,7 @@ def adaptive_quantize_network(network, data, **options):
     start = network.parameters()
     names = list(start)
     batch_size = options.pop("retrain_batch_size", None)
-    seed = options.pop("random_state", None)
+    rng = check_rng(options.pop("random_state", None))
     retrain_data = options.pop("retrain_data", None)
     if options.get("retrain") is not None and (
         batch_size is not None or retrain_data is not None
@@ -342,7 +341,7 @@ def adaptive_quantize_network(network, data, **options):
             names,
             data if retrain_data is None else retrain_data,
             batch_size,
-            seed,
+            rng,
         )
 
     def loss_and_grad(params):

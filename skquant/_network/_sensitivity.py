@@ -32,7 +32,7 @@ from itertools import chain
 import numpy as np
 from joblib import delayed, effective_n_jobs
 
-from .._common._checks import check_int
+from .._common._checks import check_int, check_rng
 from .._common._jobs import check_n_jobs, hold_freed_memory, run_tasks, shippable
 from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
@@ -197,7 +197,7 @@ def sensitivity(
             "tolerance must be an accuracy drop in (0, 1), got "
             f"tolerance={tolerance!r} instead."
         )
-    rng = np.random.default_rng(random_state)
+    rng = check_rng(random_state)
     start_all = time.perf_counter()
     count = [1]
     ref = np.asarray(network.outputs(X), dtype=np.float64)
@@ -361,6 +361,7 @@ def sensitivity(
 def subsample(X, y, max_samples, random_state):
     """At most ``max_samples`` rows of ``X`` (and ``y``), drawn without replacement."""
     check_int(max_samples, "max_samples", none=True)
+    rng = check_rng(random_state)
     n = len(X)
     if n == 0:
         raise ValueError("X holds no sample: the measurement needs at least one row.")
@@ -370,5 +371,5 @@ def subsample(X, y, max_samples, random_state):
         )
     if max_samples is None or n <= max_samples:
         return X, y
-    rows = np.sort(np.random.default_rng(random_state).choice(n, max_samples, False))
+    rows = np.sort(rng.choice(n, max_samples, False))
     return X[rows], None if y is None else y[rows]

@@ -11,6 +11,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._common._blocks import row_blocks
+from .._common._checks import check_float_dtype
 from .._common._jobs import N_JOBS
 from .._tensor._alphabets import code_dtype
 from .._tensor._fixedpoint import group_starts
@@ -369,14 +370,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         W_q : ndarray of shape (n_in, n_out)
             ``codes * scale_``.
         """
-        check_is_fitted(self)
-        codes = np.asarray(codes)
-        if codes.dtype.kind not in "iu":
-            raise TypeError(
-                "codes of AdaptivePrecisionQuantizer.decode must be integers, got "
-                f"codes.dtype={codes.dtype!s} instead."
-            )
-        self._check_fitted_shape(codes, "codes")
+        # (compress_codes checks the codes and dtype, the tensor their range)
         return self.compress_codes(codes, dtype).dequantize()
 
     def compress_codes(self, codes, dtype=None):
@@ -386,7 +380,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         ----------
         codes : ndarray of int of shape (n_in, n_out)
             Codes.
-        dtype : dtype, default=None
+        dtype : {np.float32, np.float64}, default=None
             Float dtype of the dequantized values (float64 when ``None``).
 
         Returns
@@ -395,16 +389,23 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
             Alphabet ``"fixed_point"``, one power-of-two scale (the finest step),
             and the per-parameter bits as its precision map.
         """
-
+        check_is_fitted(self)
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            raise TypeError(
+                "codes of AdaptivePrecisionQuantizer must be integers, got "
+                f"codes.dtype={codes.dtype!s} instead."
+            )
+        self._check_fitted_shape(codes, "codes")
         qmin, qmax = self._code_range()
-        return QuantizedTensor(
+        return QuantizedTensor(  # (which checks that the codes lie in [qmin, qmax])
             codes=codes,
             scale=np.array([self.scale_]),
             n_bits=max(int(self.bits_.max(initial=1)), 1),
             qmin=qmin,
             qmax=qmax,
             alphabet="fixed_point",
-            float_dtype=np.dtype(dtype) if dtype is not None else None,
+            float_dtype=check_float_dtype(dtype),
             precision_bits=self.bits_,
             group_size=self.group_size,
             map_coder=self.map_coder,

@@ -18,6 +18,7 @@ from .._kernels import _msq
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import (
     channel_view,
+    check_code_range,
     code_dtype,
     kernel_for,
     safe_scale,
@@ -305,6 +306,7 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
                 f"codes must have {self.n_features_in_} columns, got "
                 f"codes.shape={codes.shape} instead."
             )
+        check_code_range(codes, self.qmin_, self.qmax_)
         _, level, zp = self._columns(self.scale_.dtype)
         out = np.empty(codes.shape, dtype=self.scale_.dtype)
         _msq.dequantize(codes, level, zp, out)

@@ -6,6 +6,7 @@ from sklearn.utils import metadata_routing
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from .._common._checks import check_float_dtype, check_int
 from .._common._jobs import N_JOBS
 from .._kernels import _msq
 from .._kernels._threads import numba_threads
@@ -196,10 +197,12 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         codes = self._check_codes(codes)
-        return self._tensor(codes, dtype).dequantize()
+        # (the tensor checks the codes' values: one pass over them)
+        return self._tensor(codes, check_float_dtype(dtype)).dequantize()
 
     def _check_codes(self, codes):
-        codes = self.alphabet_record_.check_codes(codes, type(self).__name__)
+        name = type(self).__name__
+        codes = self.alphabet_record_.check_codes(codes, name, values=False)
         if codes.ndim != 2 or codes.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"codes must have shape (n_in, {self.n_features_in_}), got "
@@ -275,7 +278,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
             The codes, as :meth:`encode` returns them.
         """
         alphabet = self.alphabet_record_
-        shape = (int(n_rows), self.n_features_in_)
+        shape = (check_int(n_rows, "n_rows", low=0), self.n_features_in_)
         stored = unpack_codes(
             packed, self.n_bits_, alphabet.stored_qmin, shape, np.int64
         )

@@ -1,5 +1,6 @@
 """GPTQ (Frantar, Ashkboos, Hoefler & Alistarh): second-order layer quantization."""
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -176,10 +177,13 @@ class GPTQQuantizer(BaseDataQuantizer):
             if lowrank:  # Woodbury: (lam I + X^T X)^-1 c through an m x m solve
                 K = gram(Xq.T)
                 K.flat[:: m + 1] += lam
-                target = (c - Xq.T @ linalg.solve(K, Xq @ c, assume_a="pos")) / lam
+                with _explained_damp(self.damp):
+                    Kc = linalg.solve(K, Xq @ c, assume_a="pos")
+                target = (c - Xq.T @ Kc) / lam
             else:
                 H = _damped_gram(Xq, lam)
-                target = linalg.solve(H, c, assume_a="pos", overwrite_a=True)
+                with _explained_damp(self.damp):
+                    target = linalg.solve(H, c, assume_a="pos", overwrite_a=True)
         codes = np.empty(W.shape)
         device = check_device(self.device, type(self).__name__)
         if device is not None:  # torch's kernel on that device (Cholesky form)
@@ -203,7 +207,8 @@ class GPTQQuantizer(BaseDataQuantizer):
             H = _damped_gram(Xq, lam)
             if self.act_order:
                 H = H[np.ix_(order, order)]
-            U = inverse_upper_cholesky(H, overwrite=True)
+            with _explained_damp(self.damp):
+                U = inverse_upper_cholesky(H, overwrite=True)
             del H
             codes[order] = self._quantize_rows(target[order], U)
         codes = self.alphabet_record_.final_codes(codes)
@@ -273,6 +278,23 @@ class GPTQQuantizer(BaseDataQuantizer):
                 D[i] = value - W[start + i]
             R += X[:, start:stop] @ D
         return codes
+
+
+@contextlib.contextmanager
+def _explained_damp(damp):
+    """A failed factorisation of the damped ``H`` as a ``ValueError`` naming
+    ``damp`` (NumPy's error says neither why nor what to change)."""
+    try:
+        yield
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(
+            "damp must be large enough that H = X^T X + damp * mean(diag(X^T X)) I "
+            f"is positive definite in float64, got damp={damp!r} instead "
+            f"({str(exc).rstrip('.')}). "
+            "The activations' Gram matrix X^T X is singular (fewer samples than "
+            "inputs, dead or duplicate inputs): give a larger damp, such as the "
+            "default 0.01."
+        ) from exc
 
 
 def _damped_gram(X, lam):

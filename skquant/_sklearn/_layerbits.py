@@ -1,6 +1,7 @@
 """Per-layer bit-widths as an estimator: measure the sensitivity, allocate exactly."""
 
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
@@ -9,7 +10,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._common._jobs import N_JOBS
 from .._layerbits._allocation import allocate_bits, greedy_bits, pareto_choices
-from .._layerbits._choices import CRITERIA, check_quantizer, choice_quantizer
+from .._layerbits._choices import (
+    CRITERIA,
+    as_choice,
+    check_quantizer,
+    choice_quantizer,
+)
 from .._network._adapters import adapter_for
 from ._sensitivity import measure_sensitivity
 
@@ -61,7 +67,8 @@ class LayerBitAllocator(BaseEstimator):
     max_samples : int or None, default=2000
         Rows of ``X`` measured on.
     skip : sequence of str, default=()
-        Torch modules left float.
+        Torch modules left float (a scikit-learn MLP has no such modules: it
+        refuses a ``skip``).
     batch_size : int, default=256
         Torch batch size.
     random_state : int, default=0
@@ -222,6 +229,12 @@ class LayerBitAllocator(BaseEstimator):
                 **kwargs,
             )
         else:
+            if len(self.skip):
+                raise ValueError(
+                    "skip names torch modules left float; a scikit-learn MLP has "
+                    "none (every layer gets bits), got "
+                    f"skip={self.skip!r} instead."
+                )
             self.sensitivity_ = measure_sensitivity(self.estimator, X, y, **kwargs)
         res = self.sensitivity_
         self.layer_names_ = list(res.layer_names)
@@ -306,12 +319,24 @@ class LayerBitAllocator(BaseEstimator):
         """
         check_is_fitted(self, "sensitivity_")
         bits = self.bits_ if bits is None else bits
+        if not isinstance(bits, Mapping):
+            raise TypeError(
+                "bits must be a dict of {layer name: choice}, got "
+                f"bits={bits!r:.80} instead."
+            )
         unknown = [name for name in bits if name not in self.layer_names_]
         if unknown:
             raise ValueError(
                 f"bits names layers {unknown} that the network does not have; its "
                 f"layers are {self.layer_names_}."
             )
+        for name, b in bits.items():
+            if as_choice(b) is None:
+                raise ValueError(
+                    "bits must give each layer a bit-width from 2 to 16 or the "
+                    f"alphabet 'binary' or 'ternary', got {b!r} for layer {name!r} "
+                    "instead."
+                )
         base = check_quantizer(self.quantizer)
         return {name: choice_quantizer(base, b) for name, b in bits.items()}
 

@@ -47,7 +47,8 @@ def measure_sensitivity(
     X : array-like of shape (n_samples, n_features)
         Data to measure on (held out from training ideally).
     y : array-like of shape (n_samples,), default=None
-        Labels: accuracy is measured on them (and they are needed by
+        Labels (a column vector is raveled, with a ``DataConversionWarning``, as
+        scikit-learn does): accuracy is measured on them (and they are needed by
         ``hessian=True``); without them, accuracy is the agreement with the
         float model's decisions.
     quantizer : estimator, default=None
@@ -140,6 +141,8 @@ def measure_sensitivity(
         )
     X = network._check_X(X)
     y = None if y is None else np.asarray(y)
+    if classifier and y is not None:
+        y = _labels_1d(y)
     Xs, ys = subsample(X, y, max_samples, random_state)
     labels = None
     if classifier and ys is not None:
@@ -171,3 +174,16 @@ def measure_sensitivity(
         verbose=verbose,
         n_jobs=n_jobs,
     )
+
+
+def _labels_1d(y):
+    """A classifier's labels as a 1-D array: a column vector raveled (with
+    scikit-learn's ``DataConversionWarning``), any other 2-D ``y`` refused."""
+    from sklearn.utils.validation import column_or_1d
+
+    if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise ValueError(
+            "y must hold one label per sample, a 1-D array or a column vector, got "
+            f"y.shape={y.shape} instead."
+        )
+    return column_or_1d(y, warn=True)

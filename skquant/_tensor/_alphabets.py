@@ -43,6 +43,19 @@ def code_dtype(qmin, qmax):
 GRID_KINDS = ("uniform", "ternary", "binary", "affine")
 
 
+def check_code_range(codes, qmin, qmax):
+    """``codes``, else a ``ValueError`` when one lies outside ``[qmin, qmax]`` (one
+    ``min`` and one ``max`` over them: no temporary array)."""
+    if codes.size:
+        lo, hi = codes.min(), codes.max()
+        if lo < qmin or hi > qmax:
+            raise ValueError(
+                f"codes must lie in [{qmin}, {qmax}], got values in [{lo}, {hi}] "
+                "instead."
+            )
+    return codes
+
+
 @dataclass(frozen=True)
 class Alphabet:
     """The one record of what a code means, shared by every quantizer and tensor.
@@ -128,24 +141,23 @@ class Alphabet:
             return np.abs(np.abs(Z) - step) <= rtol * step
         return _grid_kernel(_msq.on_grid, Z, step, (float(rtol),), (bool,))[0]
 
-    def check_codes(self, codes, owner):
-        """Raise when ``codes`` are not integers of this alphabet."""
+    def check_codes(self, codes, owner, *, values=True):
+        """``codes`` as an array; raise when they are not integers of this alphabet
+        (with ``values=False``, when they are not integers: their values are left
+        to whoever checks them next, as ``QuantizedTensor`` does)."""
         codes = np.asarray(codes)
         if codes.dtype.kind not in "iu":
             raise TypeError(
                 f"codes of {owner} must be integers, got codes.dtype={codes.dtype!s} "
                 "instead."
             )
+        if not values:
+            return codes
         if self.kind == "binary" and np.any(codes == 0):
             raise ValueError(
                 f"codes of {owner} must be -1 or +1, got a 0 code instead."
             )
-        if codes.size and (codes.min() < self.qmin or codes.max() > self.qmax):
-            raise ValueError(
-                f"codes must lie in [{self.qmin}, {self.qmax}], got values in "
-                f"[{codes.min()}, {codes.max()}] instead."
-            )
-        return codes
+        return check_code_range(codes, self.qmin, self.qmax)
 
     @property
     def is_binary(self):

@@ -4,6 +4,8 @@ import numbers
 
 import numpy as np
 
+from .._common._checks import check_int
+from .._common._jobs import check_n_jobs
 from .._kernels import _packing
 from .._kernels._threads import numba_threads
 from ._alphabets import code_dtype
@@ -21,6 +23,23 @@ def _check_n_bits(n_bits):
             f"n_bits must be an int in [1, 16], got n_bits={n_bits!r} instead."
         )
     return int(n_bits)
+
+
+def _check_shape(shape):
+    """``shape`` (an int or a sequence of them, each ``>= 0``) as a tuple."""
+    dims = (shape,) if isinstance(shape, numbers.Integral) else shape
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        dims = None
+    if dims is None or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0
+        for s in dims
+    ):
+        raise ValueError(
+            f"shape must be a tuple of ints >= 0, got shape={shape!r} instead."
+        )
+    return tuple(int(s) for s in dims)
 
 
 def packed_size(n_codes, n_bits):
@@ -73,10 +92,11 @@ def pack_codes(codes, n_bits, qmin=None, *, n_jobs=None):
         raise TypeError(
             f"codes must be an integer array, got codes.dtype={codes.dtype!s} instead."
         )
+    qmin = check_int(qmin, "qmin", low=None, none=True)
+    check_n_jobs(n_jobs)
     flat = np.ascontiguousarray(codes, dtype=codes.dtype.newbyteorder("=")).reshape(-1)
     if qmin is None:
         qmin = int(flat.min()) if flat.size else 0
-    qmin = int(qmin)
     if flat.size:
         lo, hi = int(flat.min()), int(flat.max())
         if lo < qmin or hi > qmin + 2**n_bits - 1:
@@ -139,14 +159,15 @@ def unpack_codes(packed, n_bits, qmin, shape, dtype=None, *, n_jobs=None):
             "packed must be a 1-D uint8 array, got "
             f"packed.dtype={packed.dtype!s}, packed.ndim={packed.ndim} instead."
         )
-    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    shape = _check_shape(shape)
+    qmin = check_int(qmin, "qmin", low=None)
+    check_n_jobs(n_jobs)
     n = int(np.prod(shape))
     if packed.size != packed_size(n, n_bits):
         raise ValueError(
             f"packed must hold {packed_size(n, n_bits)} bytes for shape={shape} at "
             f"n_bits={n_bits}, got {packed.size} bytes instead."
         )
-    qmin = int(qmin)
     qmax = qmin + 2**n_bits - 1
     dtype = code_dtype(qmin, qmax) if dtype is None else np.dtype(dtype)
     if dtype.kind not in "iu" or not (

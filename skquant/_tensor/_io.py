@@ -157,7 +157,8 @@ def _fixed_point_from(meta, arrays, shape, where):
         float_dtype = None if float_dtype is None else np.dtype(float_dtype)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FileFormatError(f"{where} does not decode: {exc}") from exc
-    return QuantizedTensor(
+    return _tensor(
+        where,
         codes=codes.astype(codes_dtype, copy=False),
         scale=np.array([step]),
         n_bits=max(int(widths.max(initial=1)), 1),
@@ -170,6 +171,14 @@ def _fixed_point_from(meta, arrays, shape, where):
         map_coder=coder,
         payload_coder=payload_coder,
     )
+
+
+def _tensor(where, **fields):
+    """The stored tensor, its fields checked as any tensor's."""
+    try:
+        return QuantizedTensor(**fields)
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(f"{where} holds an invalid tensor: {exc}") from exc
 
 
 def tensor_from(meta, arrays, where):
@@ -201,14 +210,11 @@ def tensor_from(meta, arrays, where):
         raise FileFormatError(
             f"{where} does not match its stored arrays: {exc}"
         ) from exc
-    if codes_dtype.kind not in "iu" or scale.dtype.kind != "f" or scale.ndim != 1:
+    if codes_dtype.kind not in "iu":
         raise FileFormatError(f"{where} has invalid dtypes.")
-    if scale.size not in (1, shape[1]):
-        raise FileFormatError(
-            f"{where} has {scale.size} scales for {shape[1]} columns."
-        )
     codes = record.from_stored(stored, codes_dtype)
-    return QuantizedTensor(
+    return _tensor(  # (which checks the scales and the codes' range)
+        where,
         codes=codes,
         scale=scale,
         n_bits=n_bits,
@@ -235,7 +241,7 @@ class Writer:
 
     def array(self, name, a):
         a = _storable(np.asarray(a))
-        if a.dtype.kind not in "fiub":
+        if a.dtype.kind not in "fiub" or a.dtype.str[1:] not in ST_DTYPES:
             raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
         self.arrays[name] = {"dtype": a.dtype.str, "shape": list(a.shape)}
         self._store(name, a)
@@ -655,10 +661,15 @@ def save(obj, path):
     elif isinstance(obj, dict):
         kind = "dict"
         for name, value in obj.items():
-            if not isinstance(name, str) or not name or "/" in name:
+            if (
+                not isinstance(name, str)
+                or not name
+                or "/" in name
+                or name == "__metadata__"  # the safetensors header's own entry
+            ):
                 raise ValueError(
-                    f"dict keys must be non-empty strings without '/', got {name!r} "
-                    "instead."
+                    "dict keys must be non-empty strings without '/', other than "
+                    f"'__metadata__', got {name!r} instead."
                 )
             if isinstance(value, QuantizedTensor):
                 writer.tensor(name, value)

@@ -4,9 +4,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._common._checks import check_int
 from .._kernels import _msq
 from . import _fixedpoint
-from ._alphabets import Alphabet, safe_scale
+from ._alphabets import GRID_KINDS, Alphabet, safe_scale
 from ._bits import code_bits, pack_codes, packed_size
 from ._errors import relative_error, sqnr
 
@@ -22,18 +23,23 @@ class QuantizedTensor:
     :attr:`size_bits` counts what storing it really takes: the packed codes (padded
     to whole bytes) plus every scale (and zero point) at its dtype's width.
 
+    The fields are checked when the tensor is made (a ``ValueError`` or
+    ``TypeError`` names the field): integer 2-D codes within ``[qmin, qmax]``,
+    float scales of length 1 or ``n_cols``, a known alphabet.
+
     Parameters
     ----------
     codes : ndarray of int of shape (n_rows, n_cols)
-        Integer codes.
-    scale : ndarray of shape (n_scales,)
+        Integer codes, in ``[qmin, qmax]``.
+    scale : ndarray of float of shape (n_scales,)
         One scale per column (``n_scales = n_cols``) or per tensor (``n_scales = 1``).
     n_bits : int
-        Bits stored per code.
+        Bits stored per code, 1 to 16 (any int >= 1 for ``"fixed_point"``).
     qmin, qmax : int
         Range of the codes.
     alphabet : str
-        ``"uniform"``, ``"binary"``, ``"ternary"`` or ``"affine"``.
+        ``"uniform"``, ``"binary"``, ``"ternary"`` or ``"affine"`` (or
+        ``"fixed_point"``, with ``precision_bits``).
     zero_point : ndarray of shape (n_scales,), default=None
         Affine zero points (``None`` for symmetric grids).
     float_dtype : dtype, default=None
@@ -88,6 +94,48 @@ class QuantizedTensor:
     group_size: object = field(default=None)
     map_coder: str = field(default="auto")
     payload_coder: str = field(default="range")
+
+    def __post_init__(self):
+        # every way of making a tensor passes here (the quantizers, load, the
+        # torch layers): the O(1) checks first, then one min and one max of codes
+        for name in ("codes", "scale"):
+            if not isinstance(getattr(self, name), np.ndarray):
+                object.__setattr__(self, name, np.asarray(getattr(self, name)))
+        fixed = self.precision_bits is not None
+        if self.alphabet not in (*GRID_KINDS, "fixed_point") or fixed != (
+            self.alphabet == "fixed_point"
+        ):
+            raise ValueError(
+                f"alphabet must be one of {', '.join(map(repr, GRID_KINDS))} (or "
+                "'fixed_point', which goes with precision_bits), got "
+                f"alphabet={self.alphabet!r} with "
+                f"{'' if fixed else 'no '}precision_bits instead."
+            )
+        check_int(self.qmin, "qmin", low=None)
+        check_int(self.qmax, "qmax", low=None)
+        if check_int(self.n_bits, "n_bits") > 16 and not fixed:
+            raise ValueError(
+                f"n_bits must be at most 16, got n_bits={self.n_bits!r} instead."
+            )
+        if self.qmin > self.qmax:
+            raise ValueError(
+                f"qmin must be at most qmax, got qmin={self.qmin!r} and "
+                f"qmax={self.qmax!r} instead."
+            )
+        record, scale = self.alphabet_record, self.scale
+        codes = record.check_codes(self.codes, "QuantizedTensor", values=False)
+        if codes.ndim != 2:
+            raise ValueError(
+                "codes must be a 2-D array of shape (n_rows, n_cols), got "
+                f"codes.shape={codes.shape} instead."
+            )
+        n_cols = codes.shape[1]
+        if scale.dtype.kind != "f" or scale.ndim > 1 or scale.size not in (1, n_cols):
+            raise ValueError(
+                f"scale must hold 1 or n_cols={n_cols} floats, got "
+                f"scale.dtype={scale.dtype!s}, scale.shape={scale.shape} instead."
+            )
+        record.check_codes(codes, "QuantizedTensor")  # the one pass over the codes
 
     @property
     def shape(self):
