@@ -1,4 +1,5 @@
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -31,6 +32,23 @@ def _walks_on_the_threads_given(monkeypatch):
     from skquant._quantizers import _walk
 
     monkeypatch.setattr(_walk, "PARALLEL_WALK", 0.0)
+
+
+@pytest.fixture
+def traced_peak():
+    """``traced_peak(fn) -> (fn(), the peak bytes Python and NumPy allocated
+    during it)`` (tracemalloc: NumPy's arrays are counted, numba's and torch's
+    own allocations are not)."""
+
+    def run(fn):
+        tracemalloc.start()
+        try:
+            out = fn()
+            return out, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    return run
 
 
 @pytest.fixture

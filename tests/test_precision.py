@@ -1,7 +1,6 @@
 """Per-parameter adaptive precision: the method's oracles for the numba core."""
 
 import re
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -272,17 +271,7 @@ def test_max_bits_cap_below_a_margin_warns():
     assert np.all(np.abs(res["quantized"][0] - W) <= res["margins"][0])
 
 
-def _traced_peak(fn):
-    """``(fn(), the peak bytes NumPy and Python allocated during it)``."""
-    tracemalloc.start()
-    try:
-        out = fn()
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def test_memory_per_weight_of_fit_compress_transform_and_load(tmp_path):
+def test_memory_per_weight_of_fit_compress_transform_and_load(tmp_path, traced_peak):
     """Bytes allocated per weight at the peak (float32 weights and gradient):
     the fit held about 127 (whole-matrix int64 and float64 temporaries in the
     encoding and the rounding), compress 98, transform 49 and load 82; the
@@ -297,13 +286,13 @@ def test_memory_per_weight_of_fit_compress_transform_and_load(tmp_path):
         tmp_path / "small.skq",
     )
     skquant.load(tmp_path / "small.skq")
-    q, fit = _traced_peak(
+    q, fit = traced_peak(
         lambda: AdaptivePrecisionQuantizer(budget=1e-2).fit(W, gradient=G)
     )
-    qt, compress = _traced_peak(lambda: q.compress(W))
-    Wq, transform = _traced_peak(lambda: q.transform(W))
+    qt, compress = traced_peak(lambda: q.compress(W))
+    Wq, transform = traced_peak(lambda: q.transform(W))
     skquant.save(qt, tmp_path / "w.skq")
-    back, load = _traced_peak(lambda: skquant.load(tmp_path / "w.skq"))
+    back, load = traced_peak(lambda: skquant.load(tmp_path / "w.skq"))
     per = {
         k: v / W.size
         for k, v in dict(

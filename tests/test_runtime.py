@@ -3,7 +3,6 @@
 import copy
 import io
 import pickle
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -157,7 +156,7 @@ def test_runtime_float64_input_and_large_batch():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_runtime_large_batch_reads_its_input_in_place(dtype):
+def test_runtime_large_batch_reads_its_input_in_place(dtype, traced_peak):
     """A large batch is not copied to pad it to whole blocks: the product holds
     its output and one tile of weights, not a second input (it did: +1x the
     input for every layer whose inputs are not a multiple of the block)."""
@@ -168,12 +167,7 @@ def test_runtime_large_batch_reads_its_input_in_place(dtype):
     assert rt.n_pad != n_in
     x = rng.standard_normal((4000, n_in)).astype(dtype)
     rt.matmul(x[:16])  # compiled before measuring
-    tracemalloc.start()
-    try:
-        got = rt.matmul(x)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    got, peak = traced_peak(lambda: rt.matmul(x))
     assert peak < x.nbytes // 4, (peak, x.nbytes)
     ref = x.astype(np.float64) @ qt.dequantize().astype(np.float64)
     tol = 1e-5 * (np.abs(x) @ np.abs(qt.dequantize().astype(np.float64)))

@@ -29,14 +29,15 @@ N_BITS_CONSTRAINT = [
 ]
 
 
-def check_activations(activations, n_in, cls_name, name="activations"):
-    """Validate calibration activations: 2-D, finite, ``n_in`` columns, ``m >= 1``."""
+def check_activations(activations, n_in, cls_name, name="activations", order=None):
+    """Validate calibration activations: 2-D, finite, ``n_in`` columns, ``m >= 1``
+    (float64, in memory ``order`` when given: ``"F"`` for readers by column)."""
     if activations is None:
         raise ValueError(
             f"{cls_name}.fit requires calibration data: pass {name}=X with X of shape "
             f"(n_samples, {n_in}); got {name}=None instead."
         )
-    X = check_array(activations, dtype=np.float64, input_name=name)
+    X = check_array(activations, dtype=np.float64, order=order, input_name=name)
     if X.shape[1] != n_in:
         raise ValueError(
             f"{name} must have W.shape[0]={n_in} columns (one per input of the "
@@ -138,16 +139,16 @@ class BaseDataQuantizer(BaseWeightQuantizer):
                 codes,
             )
 
-    def _validate_fit(self, W, activations, target_activations):
+    def _validate_fit(self, W, activations, target_activations, order=None):
         W = self._validate_W(W, reset=True)
         self.n_in_ = W.shape[0]
         name = type(self).__name__
-        Xq = check_activations(activations, W.shape[0], name)
+        Xq = check_activations(activations, W.shape[0], name, order=order)
         if target_activations is None:
             Xf = Xq
         else:
             Xf = check_activations(
-                target_activations, W.shape[0], name, "target_activations"
+                target_activations, W.shape[0], name, "target_activations", order
             )
             if Xf.shape != Xq.shape:
                 raise ValueError(

@@ -103,9 +103,21 @@ class GreedyPathQuantizer(BaseDataQuantizer):
         self.device = device
 
     def _fit_quantize(self, W, activations, target_activations):
-        W, Xq, Xf = self._validate_fit(W, activations, target_activations)
-        self._fit_alphabet(W, self.scale)
         device = check_device(self.device, type(self).__name__)
+        # (the shapes an array holds: np.shape of an array-like may convert it)
+        shape = tuple(getattr(activations, "shape", ())) + tuple(
+            getattr(W, "shape", ())
+        )
+        # the per-neuron path reads the data by column: taken in that order at
+        # once (float32 data would otherwise be copied twice, to float64 then
+        # transposed)
+        by_column = (
+            device is None and len(shape) == 4 and not use_gram(*shape[:2], shape[3])
+        )
+        W, Xq, Xf = self._validate_fit(
+            W, activations, target_activations, "F" if by_column else None
+        )
+        self._fit_alphabet(W, self.scale)
         if device is not None or use_gram(*Xq.shape, W.shape[1]):
             W64 = W.astype(np.float64)
             G = None

@@ -474,7 +474,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             V_all, probe_s, top = lead.vectors, lead.singular_values, lead.rank
         elif G is None:
             factors = _Factors(Xq) if factors is None else factors
-            V_all, probe_s, top = factors.fitting(held)
+            V_all, probe_s, top = factors.fitting(held, Xq_fit)
             G_fit, fit_factor = factors.fitting_products()
         else:
             G_fit = G - gram(Xq[held])

@@ -336,10 +336,11 @@ class _Factors:
         self.X, self._held, self._fit = X, None, None
         self.G = self.factor = None
 
-    def fitting(self, held):
-        """``row_space`` of the fitting rows: ``(V, s, numerical rank)``."""
+    def fitting(self, held, rows=None):
+        """``row_space`` of the fitting rows: ``(V, s, numerical rank)``
+        (``rows``: ``X[~held]``, when the caller holds it already)."""
         self._held = held
-        X = self.X[~held]
+        X = self.X[~held] if rows is None else rows
         if X.shape[0] > X.shape[1] and _diagonal_passes(np.einsum("ij,ij->j", X, X)):
             G = gram(X)
             out = gram_row_space(G)

@@ -257,8 +257,10 @@ def export_onnx(
     check_int(opset, "opset", none=True)
     if not isinstance(check, bool | np.bool_):
         raise TypeError(f"check must be True or False, got check={check!r} instead.")
-    if check and example_input.is_floating_point() and not bool(
-        torch.isfinite(example_input).all()
+    if (
+        check
+        and example_input.is_floating_point()
+        and not bool(torch.isfinite(example_input).all())
     ):
         raise ValueError(
             "example_input holds NaN or inf: the ONNX Runtime check compares the "
