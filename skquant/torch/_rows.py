@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._common._checks import check_rng
 from ._layout import to_numpy
 
 
@@ -162,13 +163,7 @@ class RowSampler:
     def __init__(self, n_samples, max_rows, random_state):
         self.n_samples = n_samples
         self.max_rows = max_rows
-        try:
-            self.rng = np.random.default_rng(random_state)
-        except (TypeError, ValueError):
-            raise ValueError(
-                "random_state must be an int >= 0 or None, got "
-                f"random_state={random_state!r} instead."
-            ) from None
+        self.rng = check_rng(random_state)
         self._plans = {}  # name -> (starts by offset or rows per sample, draw)
         self._seen = {}  # name -> {sample offset: rows}, while the plan assumes
         self._unsettled = set()
