@@ -235,6 +235,45 @@ def test_driver_parameter_errors(digits_mlp, kwargs, match):
         adaptive_quantize_model(net, torch.nn.CrossEntropyLoss(), data, **kwargs)
 
 
+def test_targets_and_options_that_give_no_loss_are_refused(digits_mlp):
+    """NaN targets gave a result with loss=nan, negative Poisson targets a bare
+    ZeroDivisionError, y=None and X_eval alone errors from inside scikit-learn,
+    retrain_data=(X,) a signature error."""
+    from sklearn.neural_network import MLPRegressor
+
+    mlp, X, y = digits_mlp
+    with pytest.raises(ValueError, match="y must be given"):
+        adaptive_quantize_mlp(mlp, X, None)
+    with pytest.raises(ValueError, match="X_eval and y_eval go together"):
+        adaptive_quantize_mlp(mlp, X, y, X_eval=X)
+    with pytest.raises(TypeError, match="retrain_data must be a pair .*tuple of 1"):
+        adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_data=(X,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=20, random_state=0)
+        reg.fit(X, y * 1.0)
+        pois = MLPRegressor(
+            hidden_layer_sizes=(8,), max_iter=20, random_state=0, loss="poisson"
+        )
+        pois.fit(X, y + 1.0)
+    bad = y * 1.0
+    bad[0] = np.nan
+    with pytest.raises(ValueError, match="y contains NaN"):
+        adaptive_quantize_mlp(reg, X, bad)
+    with pytest.raises(ValueError, match="y must be >= 0 for an MLPRegressor"):
+        adaptive_quantize_mlp(pois, X, -(y + 1.0))
+    torch = pytest.importorskip("torch")
+    from skquant.torch import adaptive_quantize_model
+
+    Xt = torch.randn(16, 4)
+    Xt[0, 0] = float("nan")
+    data = (Xt, torch.randint(0, 3, (16,)))
+    with pytest.raises(ValueError, match="loss of the float model on the data is nan"):
+        adaptive_quantize_model(
+            torch.nn.Linear(4, 3), torch.nn.CrossEntropyLoss(), data
+        )
+
+
 def test_driver_label_errors(digits_mlp):
     mlp, X, y = digits_mlp
     with pytest.raises(ValueError, match=re.escape("one label per row of X")):

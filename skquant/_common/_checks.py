@@ -4,7 +4,13 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_float_dtype", "check_int", "check_positive", "check_rng"]
+__all__ = [
+    "check_float_dtype",
+    "check_int",
+    "check_pair",
+    "check_positive",
+    "check_rng",
+]
 
 
 def check_int(value, name, *, low=1, none=False):
@@ -107,3 +113,25 @@ def check_float_dtype(dtype, name="dtype"):
             f"{name} must be float32, float64 or None, got {name}={dtype!r} instead."
         )
     return out
+
+
+def check_pair(value, name):
+    """``value``, a pair ``(X, y)`` (a tuple or list of two) or ``None``, else a
+    ``TypeError`` naming ``name``.
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_pair
+    >>> check_pair(([1], [2]), "validation_data")
+    ([1], [2])
+    >>> check_pair("X", "validation_data")
+    Traceback (most recent call last):
+    ...
+    TypeError: validation_data must be a pair (X, y) or None, got str instead.
+    """
+    if value is not None and not (isinstance(value, tuple | list) and len(value) == 2):
+        kind = type(value).__name__
+        if isinstance(value, tuple | list):
+            kind = f"a {kind} of {len(value)}"
+        raise TypeError(f"{name} must be a pair (X, y) or None, got {kind} instead.")
+    return value

@@ -344,8 +344,18 @@ def adaptive_quantize_network(network, data, **options):
             rng,
         )
 
+    first = []
+
     def loss_and_grad(params):
-        return _gradient_on(network, names, data, params)
+        loss, grads = _gradient_on(network, names, data, params)
+        if not first and not np.isfinite(loss):  # the float model's own loss
+            raise ValueError(
+                f"the loss of the float model on the data is {loss}: the data "
+                "(X or y) or the model holds NaN or inf, or y lies outside the "
+                "loss's domain."
+            )
+        first.append(loss)
+        return loss, grads
 
     def set_params(params):
         return network.with_parameters(dict(zip(names, params))).model

@@ -4,6 +4,7 @@ import copy
 
 import numpy as np
 from scipy.special import expit, xlogy
+from sklearn.utils import check_array
 
 from ._protocol import LayerStep, Network
 
@@ -275,6 +276,8 @@ class MLPNetwork(DenseNetwork):
         from sklearn.utils import check_consistent_length
 
         X = self._check_X(X)
+        if y is None:
+            raise ValueError("y must be given (the loss needs the targets), got None.")
         y = np.asarray(y)
         try:
             check_consistent_length(X, y)
@@ -283,7 +286,16 @@ class MLPNetwork(DenseNetwork):
                 f"y must have one label per row of X ({X.shape[0]}), got "
                 f"len(y)={y.shape[0] if y.ndim else 0} instead."
             ) from exc
-        if isinstance(self.mlp, MLPClassifier):
+        if not isinstance(self.mlp, MLPClassifier):
+            y = check_array(
+                y, ensure_2d=False, dtype=np.float64, input_name="y"
+            )  # finite numbers
+            if getattr(self.mlp, "loss", None) == "poisson" and np.any(y < 0):
+                raise ValueError(
+                    "y must be >= 0 for an MLPRegressor with loss='poisson', got "
+                    f"min(y)={float(y.min())!r} instead."
+                )
+        else:
             unseen = np.setdiff1d(np.unique(y), self.mlp.classes_)
             if unseen.size:
                 raise ValueError(

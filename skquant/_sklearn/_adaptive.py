@@ -1,5 +1,6 @@
 """adaptive_quantize_mlp: the adaptive-precision loop on a fitted scikit-learn MLP."""
 
+from .._common._checks import check_pair
 from .._network._adaptive import adaptive_quantize_network
 from .._network._dense import MLPNetwork
 from .._precision._options import loop_options, shared_loop_docs
@@ -81,6 +82,12 @@ def adaptive_quantize_mlp(
     """
     network = MLPNetwork(mlp)
     data = network.check_targets(X, y)
+    if (X_eval is None) != (y_eval is None):
+        raise ValueError(
+            "X_eval and y_eval go together (the accuracy or score of each step), "
+            f"got {'X_eval' if y_eval is None else 'y_eval'} alone."
+        )
+    check_pair(retrain_data, "retrain_data")
     evaluate = None
     if X_eval is not None:
 

@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from ..._common._checks import check_int, check_positive
+from ..._common._checks import check_int, check_pair, check_positive
 from .._data import batches
 from .._gradients import gradients_enabled
 from ._checks import covered_layers
@@ -93,13 +93,7 @@ class Loop:
             self.finetune_lr = check_positive(finetune_lr, "finetune_lr")
         self.model, self.data, self.batch_size = model, data, batch_size
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
-        if validation_data is not None and not (
-            isinstance(validation_data, tuple | list) and len(validation_data) == 2
-        ):
-            raise TypeError(
-                "validation_data must be a pair (X, y) or None, got "
-                f"{type(validation_data).__name__} instead."
-            )
+        check_pair(validation_data, "validation_data")
         self.validation_data = validation_data
         self.device = torch.device(device)
         torch.manual_seed(random_state)
