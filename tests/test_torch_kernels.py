@@ -158,8 +158,6 @@ def test_device_is_checked():
         GPTQQuantizer(device=3).fit(W, activations=X)
     with pytest.raises(TypeError, match="device must be None"):
         UniformQuantizer(device=["cpu"]).fit(W).encode(W)
-    with pytest.raises(RuntimeError, match="nope"):
-        GreedyPathQuantizer(device="nope").fit(W, activations=X)
 
 
 def test_quantize_model_sets_the_device_of_a_cuda_model():
@@ -174,3 +172,17 @@ def test_quantize_model_sets_the_device_of_a_cuda_model():
     ns = NullSpaceQuantizer(rank=4)
     assert on_device(ns, "cuda") is ns
     assert [q.device for q in on_device([gptq, gptq], "cuda")] == ["cuda", "cuda"]
+
+
+@pytest.mark.parametrize("device", ["nope", "meta", "cuda:99"])
+def test_a_device_torch_cannot_compute_on_is_refused_at_fit(device):
+    """device= was only type-checked: an unknown name gave torch's RuntimeError,
+    'meta' a NotImplementedError, and UniformQuantizer fitted and failed only in
+    transform."""
+    W = np.random.default_rng(0).standard_normal((8, 4))
+    X = np.random.default_rng(1).standard_normal((6, 8))
+    with pytest.raises(ValueError, match=f"UniformQuantizer: device='{device}'"):
+        UniformQuantizer(device=device).fit(W)
+    for est in (GreedyPathQuantizer(device=device), GPTQQuantizer(device=device)):
+        with pytest.raises(ValueError, match=f"device='{device}'"):
+            est.fit(W, activations=X)

@@ -36,7 +36,8 @@ def cache_is_warm(cache=None):
 
 def check_device(device, owner):
     """``device`` as a string (``None`` stays ``None``): a torch device name such as
-    ``"cpu"``, ``"cuda"`` or ``"cuda:1"``, or a ``torch.device``."""
+    ``"cpu"``, ``"cuda"`` or ``"cuda:1"``, or a ``torch.device``, one that torch can
+    compute on here (else a ``ValueError`` naming ``device``)."""
     if device is None:
         return None
     if not isinstance(device, str) and type(device).__name__ != "device":
@@ -44,6 +45,7 @@ def check_device(device, owner):
             f"{owner}: device must be None, a torch device or its name, got "
             f"{type(device).__name__} instead."
         )
+    torch_kernels().check_available(str(device), owner)
     return str(device)
 
 

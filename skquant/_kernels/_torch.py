@@ -25,6 +25,32 @@ import numpy as np
 import torch
 
 
+def check_available(name, owner):
+    """ValueError unless torch computes on the device ``name`` here."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(
+            f"{owner}: device={name!r} is not a torch device ({exc})."
+        ) from None
+    if dev.type == "meta":
+        raise ValueError(
+            f"{owner}: device={name!r} holds no values; the kernels need a device "
+            "that computes ('cpu', 'cuda', ...)."
+        )
+    backends = {
+        "cuda": (torch.cuda.is_available, torch.cuda.device_count),
+        "mps": (torch.backends.mps.is_available, lambda: 1),
+    }
+    if dev.type in backends:
+        available, count = backends[dev.type]
+        if not available() or (dev.index is not None and dev.index >= count()):
+            raise ValueError(
+                f"{owner}: device={name!r} is not available to this torch "
+                f"({torch.__version__}); pass device=None (numba) or 'cpu'."
+            )
+
+
 def _on(a, device, dtype=torch.float64):
     """``a`` as a tensor on ``device`` (a copy of a read-only or strided array)."""
     a = np.asarray(a)

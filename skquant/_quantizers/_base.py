@@ -8,7 +8,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .._common._checks import check_float_dtype, check_int
 from .._common._jobs import N_JOBS
-from .._kernels import _msq
+from .._kernels import _msq, check_device
 from .._kernels._threads import numba_threads
 from .._tensor import _alphabets
 from .._tensor._alphabets import (
@@ -82,6 +82,8 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
     def _fit_common(self, W):
         """Validate ``W`` and store the scales and the code range; return ``W``."""
         W = self._validate_W(W, reset=True)
+        if getattr(self, "device", None) is not None:  # refused at fit, not later
+            check_device(self.device, type(self).__name__)
         qmin, qmax, n_bits = self._code_range()
         Wc = channel_view(W, self.granularity)
         scale = self.scale
