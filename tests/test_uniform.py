@@ -254,6 +254,30 @@ def test_oracle_mse_scale_never_worse_than_maxabs(W, n_bits, granularity):
     assert np.all(e_mse <= e_max * (1 + 1e-12))
 
 
+@given(
+    n_in=st.integers(40, 300),
+    n_out=st.integers(1, 9),
+    n_bits=st.integers(2, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_oracle_per_tensor_mse_is_the_best_candidate(n_in, n_out, n_bits, seed):
+    """Oracle on per-tensor grids of 40 to 2700 weights (a long column is summed
+    in 64 side-by-side columns): the chosen step's squared error is the smallest
+    of the search's candidates' (ratios 1/100 ... 1 of the max-abs step),
+    summed here in float64 by NumPy, to summation round-off."""
+    rng = np.random.default_rng(seed)
+    W = rng.laplace(size=(n_in, n_out))
+    q = UniformQuantizer(n_bits=n_bits, scale="mse", granularity="per_tensor").fit(W)
+    K = 2 ** (n_bits - 1) - 1
+    base = np.abs(W).max() / K
+
+    def sq_error(step):
+        return float(((W - np.clip(np.rint(W / step), -K, K) * step) ** 2).sum())
+
+    best = min(sq_error(base * k / 100) for k in range(1, 101))
+    assert sq_error(float(q.scale_[0])) <= best * (1 + 1e-6) + 1e-300
+
+
 @given(weight_matrices(), st.sampled_from(ALL))
 def test_pack_unpack_roundtrip_estimator(W, cls):
     q = cls().fit(W)
