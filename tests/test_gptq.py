@@ -196,3 +196,16 @@ def test_too_small_damp_is_named(target):
     with pytest.raises(ValueError, match=r"damp must be large enough .* damp=1e-300"):
         GPTQQuantizer(damp=1e-300).fit(W, activations=X, **extra)
     GPTQQuantizer(damp=1e-12).fit(W, activations=X, **extra)  # large enough
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_calibration_error_on_tall_data_matches_the_data(act_order):
+    """On tall data (rows >= 2 inputs) the errors come from the kept Gram matrix,
+    not from two products with the data: the same figures, to round-off."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 30)) @ rng.standard_normal((30, 30))
+    W = rng.standard_normal((30, 12))
+    q = GPTQQuantizer(n_bits=3, act_order=act_order).fit(W, activations=X)
+    Q = q.transform(W)
+    expect = np.linalg.norm(X @ (W - Q), axis=0) / np.linalg.norm(X @ W, axis=0)
+    np.testing.assert_allclose(q.calibration_error_, expect, rtol=1e-9)
