@@ -160,3 +160,19 @@ def test_the_path_ladder_tries_no_freedom_whatever_the_climb(monkeypatch):
     X, W = _correlated(m=60, n_in=64)  # 48 fitting rows: the rank is below n_in
     wide, top = path._ladder_errors(W, X, X)
     assert top < 64 and len(wide) == 1
+
+
+def test_the_path_makes_one_copy_of_the_data_outside_the_kept_directions(
+    traced_peak,
+):
+    """M = X_N - X_B T was formed from three data-sized temporaries and then
+    transposed for the per-neuron path; it is now made once, a block of rows at
+    a time, in the order that path reads it."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 30)) @ rng.standard_normal((30, 200))
+    W = rng.standard_normal((200, 8)) / 14
+    NullSpaceQuantizer(4, variant="path", rank=10).fit(W[:, :2], activations=X[:300])
+    _, peak = traced_peak(
+        lambda: NullSpaceQuantizer(4, variant="path", rank=10).fit(W, activations=X)
+    )
+    assert peak < 3.3 * X.nbytes, peak / X.nbytes  # 3.89 before

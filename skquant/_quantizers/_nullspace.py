@@ -616,10 +616,12 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if V.shape[1] >= n:
             return Z0
         basis, N = basis_and_rest(V, pre.order)
-        T, M = outside_data(Xq, V, basis, N)
+        gram_form = use_gram(Xq.shape[0], N.size, n_out)
+        # the per-neuron path reads M by column: made in that order
+        T, M = outside_data(Xq, V, basis, N, "C" if gram_form else "F")
         WN = np.ascontiguousarray(Z0[N])
         alphabet = self.alphabet_record_
-        if use_gram(M.shape[0], N.size, n_out):  # GPFQ's two forms, as it picks
+        if gram_form:  # GPFQ's two forms, as it picks
             A = triangle_product(M, M, WN, "lower")
             codes = greedy_path_gram(A, gram(M), WN, alphabet, step)
         else:

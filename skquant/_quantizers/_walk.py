@@ -5,6 +5,7 @@ is :mod:`skquant._kernels._nullspace`)."""
 import numpy as np
 import scipy.linalg
 
+from .._common._blocks import row_blocks
 from .._common._progress import run_in_batches
 from .._kernels import _nullspace
 from .._kernels._threads import numba_threads, one_blas_thread
@@ -136,15 +137,25 @@ def basis_and_rest(V, order):
     return basis, np.ascontiguousarray(order[~in_basis[order]])
 
 
-def outside_data(X, V, basis, cols):
+def outside_data(X, V, basis, cols, order="C"):
     """The change of the basis and the data's response to a move of the others.
 
     With ``T = V_B^{-T} V_N^T`` (``B = basis``, ``N = cols``), a change ``d`` of
     ``z_N`` keeps ``V^T z`` fixed with the change ``-T d`` of ``z_B``, and the
     data ``X`` respond with ``M d``, ``M = X_N - X_B T``: the data outside the
-    kept directions. Returns ``(T, M)``."""
+    kept directions. Returns ``(T, M)``, ``M`` in memory ``order`` (``"F"`` for
+    readers by column), made a block of rows at a time: its one copy of the data,
+    with a block's temporaries."""
     T = scipy.linalg.solve(V[basis].T, V[cols].T)
-    return T, X[:, cols] - X[:, basis] @ T
+    M = np.empty((X.shape[0], len(cols)), order=order)
+    for rows in row_blocks(X.shape, ROW_BLOCK_ENTRIES):
+        Xr = X[rows]
+        M[rows] = Xr[:, cols] - Xr[:, basis] @ T
+    return T, M
+
+
+#: entries of the data per block of rows in :func:`outside_data`
+ROW_BLOCK_ENTRIES = 1 << 20
 
 
 def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, X=None):
