@@ -590,13 +590,25 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         # neurons contiguous (F order): the cells' kernel and the walk read
         # them so, with no copies of these n x n_out arrays
         Z0 = np.array(self._start_points(W, Xq, Xf, pre), order="F")  # (a copy)
-        lo, hi, Z0 = self.alphabet_record_.boxes(Z0, step, out=Z0)
         V = self.components_
         if V.shape[1] >= n:
-            return Z0
+            return self.alphabet_record_.boxes(Z0, step, out=Z0)[2]
+
+        def cells(a, b):  # the boxes of a batch of neurons, as it is walked
+            box = self.alphabet_record_.boxes(Z0[:, a:b], step[a:b], out=Z0[:, a:b])
+            return box[:2]
+
         X = pre.guide(V.shape[1]) if getattr(self, "guided_", self._guided) else None
         return walk_to_vertices(
-            V, Z0, lo, hi, pre.order, self._walk_jobs(), flops=flops, X=X
+            V,
+            Z0,
+            None,
+            None,
+            pre.order,
+            self._walk_jobs(),
+            flops=flops,
+            X=X,
+            cells=cells,
         )[0]
 
     def _path_points(self, W, Xq, Xf, pre):

@@ -158,7 +158,9 @@ def outside_data(X, V, basis, cols, order="C"):
 ROW_BLOCK_ENTRIES = 1 << 20
 
 
-def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, X=None):
+def walk_to_vertices(
+    V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, X=None, cells=None
+):
     """Vertices of ``{z : V^T z = V^T z0, lo <= z <= hi}`` for every column ``z0``.
 
     Parameters
@@ -188,6 +190,11 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
         to its move with the current basis (outside the kept directions; the
         error fed forward), not to the nearer bound: ``2 r k`` more flops a
         step.
+    cells : callable, default=None
+        ``cells(a, b) -> (lo, hi)``: the boxes of columns ``a`` to ``b - 1``,
+        ``Z0``'s columns put inside them in place (``Z0`` neuron-contiguous, F
+        order), made as each batch of neurons is walked, not held for the whole
+        layer (``lo`` and ``hi`` are then ``None``).
 
     Returns
     -------
@@ -241,14 +248,23 @@ def walk_to_vertices(V, Z0, lo, hi, order, n_jobs=None, chunk=None, flops=None, 
     ZT = np.empty(Z0.shape[::-1])
     basisT = np.empty((n_out, k), dtype=np.int64)
     pivots = np.empty(n_out, dtype=np.int64)
-    Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
+    if cells is None:
+        Z0T, loT, hiT = (np.ascontiguousarray(a.T) for a in (Z0, lo, hi))
+    elif not Z0.flags.f_contiguous:  # cells() clips Z0 in place: Z0T must see it
+        raise ValueError("cells= needs Z0 in F order (neurons contiguous).")
+    else:
+        Z0T = Z0.T
     counted = np.zeros(n_out) if flops is None else flops
     if walk_flops(k, n, 0 if X is None else X.shape[0]) * n_out < PARALLEL_WALK:
         n_jobs = 1  # a short walk (the same vertices on any thread count)
     with numba_threads(n_jobs) as n_threads, one_blas_thread():
 
         def run(a, b):  # neurons a..b-1: one kernel call (the bar moves between)
-            args = (Vp, T0, seq, chunk, Z0T[a:b], loT[a:b], hiT[a:b], perm, first)
+            if cells is None:
+                lo_ab, hi_ab = loT[a:b], hiT[a:b]
+            else:
+                lo_ab, hi_ab = (np.ascontiguousarray(c.T) for c in cells(a, b))
+            args = (Vp, T0, seq, chunk, Z0T[a:b], lo_ab, hi_ab, perm, first)
             out = (ZT[a:b], basisT[a:b], counted[a:b])
             if n_threads > 1:
                 pivots[a:b] = _nullspace.nullspace_walk_parallel(
