@@ -1,4 +1,5 @@
-"""Peak resident memory that quantize_model, save_model and load_into add, per phase.
+"""Peak resident memory that quantize_model, save_model and load_into add, per phase
+(and the same for per-parameter precision and for the data-driven fits on tall data).
 
 The model is ``Sequential(Linear(n, n), ReLU, Linear(n, 10))`` in float32 (``n = 8192``:
 256 MiB of weights), quantized by ``UniformQuantizer(n_bits=4)`` (no calibration
@@ -13,15 +14,23 @@ Each checkout runs in a child process of its own, one thread; ``--base DIR`` run
 checkout of an earlier commit in the same way, after this one, and prints the
 ratios (``git worktree add /tmp/base <commit>``)::
 
-    .venv/bin/python benchmarks/bench_torch_io_memory.py --base /tmp/base
+    .venv/bin/python benchmarks/bench_memory.py --base /tmp/base
 
 ``--case adaptive`` measures ``AdaptivePrecisionQuantizer(budget=0.01)`` on an
 ``n x n`` float32 weight matrix and gradient (``--n 4096``: 16.8 million weights)
 in the same way: ``fit``, ``compress``, ``transform``, ``skquant.save`` and
 ``skquant.load``::
 
-    .venv/bin/python benchmarks/bench_torch_io_memory.py --case adaptive --n 4096 \
+    .venv/bin/python benchmarks/bench_memory.py --case adaptive --n 4096 \
         --base /tmp/base
+
+``--case tall`` fits the data-driven quantizers at 4 bits on one layer of 1,000
+inputs and ``n`` float32 calibration rows (``--n 100000``: 381 MiB; rows of 64
+random factors plus noise): ``GreedyPathQuantizer`` and ``NullSpaceQuantizer``
+(default and ``variant="path"``) with 64 outputs (GPFQ's per-neuron path),
+``GPTQQuantizer`` with 1,024::
+
+    .venv/bin/python benchmarks/bench_memory.py --case tall --n 100000 --base /tmp/base
 """
 
 import argparse
@@ -36,6 +45,7 @@ MiB = 2**20
 PHASES = {
     "torch-io": ("quantize_model", "save_model", "load_into"),
     "adaptive": ("fit", "compress", "transform", "save", "load"),
+    "tall": ("gpfq", "gptq", "nullspace", "nullspace-path"),
 }
 
 
@@ -91,9 +101,41 @@ def child_adaptive(n):
     return rows, path
 
 
+def child_tall(n):
+    import warnings
+
+    import numpy as np
+
+    from skquant import GPTQQuantizer, GreedyPathQuantizer, NullSpaceQuantizer
+
+    warnings.simplefilter("ignore")
+    rng = np.random.default_rng(0)
+    n_in, factors = 1000, 64
+    X = np.empty((n, n_in), dtype=np.float32)
+    F = rng.standard_normal((factors, n_in), dtype=np.float32)
+    for a in range(0, n, 8192):
+        b = min(n, a + 8192)
+        X[a:b] = rng.standard_normal((b - a, factors), dtype=np.float32) @ F
+        X[a:b] += 0.3 * rng.standard_normal((b - a, n_in), dtype=np.float32)
+    W = rng.standard_normal((n_in, 1024), dtype=np.float32) / np.sqrt(n_in)
+    fits = {
+        "gpfq": (GreedyPathQuantizer, {}, 64),
+        "gptq": (GPTQQuantizer, {}, 1024),
+        "nullspace": (NullSpaceQuantizer, {}, 64),
+        "nullspace-path": (NullSpaceQuantizer, {"variant": "path"}, 64),
+    }
+    rows = []
+    for name, (cls, kw, n_out) in fits.items():
+        cls(n_bits=4, **kw).fit(W[:200, :2], activations=X[:500, :200])  # compiled
+        _, *fig = _phase(lambda: cls(n_bits=4, **kw).fit(W[:, :n_out], activations=X))
+        rows.append((name, *fig))
+    return rows, None
+
+
 def child(case, n):
-    rows, path = (child_torch_io if case == "torch-io" else child_adaptive)(n)
-    size = os.path.getsize(path)
+    make = {"torch-io": child_torch_io, "adaptive": child_adaptive, "tall": child_tall}
+    rows, path = make[case](n)
+    size = 0 if path is None else os.path.getsize(path)
     for name, seconds, grew in rows:
         print(f"ROW {name} {seconds:.3f} {grew} {size}", flush=True)
 
@@ -155,11 +197,13 @@ def run(tree, case, n):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=sorted(PHASES), default="torch-io")
-    parser.add_argument("--n", type=int, default=None, help="8192 (torch-io), 4096")
+    parser.add_argument(
+        "--n", type=int, default=None, help="8192 (torch-io), 4096 (adaptive), 100000"
+    )
     parser.add_argument("--base", help="a checkout of an earlier commit")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    n = args.n or (8192 if args.case == "torch-io" else 4096)
+    n = args.n or {"torch-io": 8192, "adaptive": 4096, "tall": 100000}[args.case]
     if args.child:
         child(args.case, n)
         return
@@ -167,12 +211,15 @@ def main():
     now = run(here, args.case, n)
     base = run(args.base, args.case, n) if args.base else None
     size = next(iter(now.values()))[2]
-    what = "Linear" if args.case == "torch-io" else "AdaptivePrecisionQuantizer on"
-    bits = "4 bits" if args.case == "torch-io" else "budget 0.01"
-    print(
-        f"{what} {n}x{n} float32 ({n * n * 4 / MiB:.0f} MiB), {bits}; file "
-        f"{size / MiB:.1f} MiB"
-    )
+    if args.case == "tall":
+        print(f"data {n}x1000 float32 ({n * 1000 * 4 / MiB:.0f} MiB), 4 bits")
+    else:
+        what = "Linear" if args.case == "torch-io" else "AdaptivePrecisionQuantizer on"
+        bits = "4 bits" if args.case == "torch-io" else "budget 0.01"
+        print(
+            f"{what} {n}x{n} float32 ({n * n * 4 / MiB:.0f} MiB), {bits}; file "
+            f"{size / MiB:.1f} MiB"
+        )
     head = f"{'phase':<16}{'peak +MiB':>10}{'s':>8}"
     if base:
         head += f"{'base +MiB':>11}{'base s':>8}{'ratio':>7}"
