@@ -190,3 +190,17 @@ def test_float32_data_is_copied_once(traced_peak):
     NullSpaceQuantizer(n_bits=4).fit(W[:, :2], activations=X[:500])  # compiled
     _, peak = traced_peak(lambda: NullSpaceQuantizer(n_bits=4).fit(W, activations=X))
     assert peak < 4.0 * x64, peak / x64  # 4.31 before (3.72 now)
+
+
+def test_data_whose_squares_overflow_is_refused():
+    """Activations around 1e200 made GPFQ return all-zero codes and the
+    null-space fit NaN errors, with NumPy's overflow warnings only."""
+    from skquant import GreedyPathQuantizer, NullSpaceQuantizer
+
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((50, 8)) * 1e200, rng.standard_normal((8, 3))
+    for est in (GreedyPathQuantizer(4), NullSpaceQuantizer(4), GPTQQuantizer(4)):
+        with pytest.raises(ValueError, match="activations holds values up to "):
+            est.fit(W, activations=X)
+    fine = GreedyPathQuantizer(4).fit(W, activations=X * 1e-200)
+    assert np.all(np.isfinite(fine.calibration_error_))

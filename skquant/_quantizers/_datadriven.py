@@ -43,6 +43,15 @@ def check_activations(activations, n_in, cls_name, name="activations", order=Non
             f"{name} must have W.shape[0]={n_in} columns (one per input of the "
             f"layer), got {name}.shape={X.shape} instead."
         )
+    # sums of m squares must stay finite (Gram matrices, norms): beyond, the
+    # fits returned zero codes or NaN errors without a word
+    top = max(float(X.max()), -float(X.min()))
+    if top > np.sqrt(np.finfo(np.float64).max / (4.0 * X.shape[0] * n_in)):
+        raise ValueError(
+            f"{name} holds values up to {top:.3g}: sums of their squares overflow "
+            "float64; rescale them (activations and target_activations by the "
+            "same factor: the fits do not depend on a common scale of the data)."
+        )
     return X
 
 
