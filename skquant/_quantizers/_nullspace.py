@@ -119,7 +119,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     n_bits : int or {"ternary", "binary"}, default=4
         The alphabet: a symmetric ``n_bits``-bit grid (2 to 16) as
         :class:`UniformQuantizer`'s, ``{-a, 0, a}`` or ``{-a, a}``.
-    variant : {"grid", "lp"}, default="grid"
+    variant : {"grid", "lp", "path"}, default="grid"
         ``"grid"``: the step is the max-abs one and each coordinate is boxed in its
         grid cell; a numba null-space walk finds a vertex of
         ``{z : X z = X w, lo <= z <= hi}``, where every coordinate but ``<= k`` sits
