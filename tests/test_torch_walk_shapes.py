@@ -198,7 +198,7 @@ def test_grouped_convolutions_report_their_error_and_one_warning_each():
     x = torch.randn(8, 8, 8, 8)  # 512 rows a layer: all kept
     with pytest.warns(NoFreedomWarning) as caught:
         q, report = quantize_model(
-            net, NullSpaceQuantizer(n_bits=4), x, return_report=True
+            net, NullSpaceQuantizer(n_bits=4, rank=None), x, return_report=True
         )
     [w] = [w for w in caught if issubclass(w.category, NoFreedomWarning)]
     assert "in 2 of 2 layers (0 (18 inputs), 2 (9 inputs))" in str(w.message)
@@ -211,3 +211,8 @@ def test_grouped_convolutions_report_their_error_and_one_warning_each():
     row = {r["name"]: r for r in report.rows}
     np.testing.assert_allclose(row["0"]["calibration_error"], err, rtol=1e-5)
     assert np.isfinite(row["2"]["calibration_error"])
+    # the default rank="auto" chose every direction on held-out rows: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoFreedomWarning)
+        auto = quantize_model(net, NullSpaceQuantizer(n_bits=4), x)
+    assert type(auto[0]).__name__ == "QuantConv2d"

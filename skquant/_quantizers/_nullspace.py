@@ -45,8 +45,10 @@ class NoFreedomWarning(UserWarning):
     """The calibration data leaves a layer no freedom (``rank >= n_in``).
 
     The null-space method then rounds every coordinate (greedy path following,
-    or MSQ with ``rounding="nearest"``). The network drivers gather these into one
-    warning per model, naming the layers.
+    or MSQ with ``rounding="nearest"``). Raised for a rank given (``None`` or a
+    number, and the LP variant's ``"auto"``); where ``rank="auto"``'s held-out
+    ladder chose to keep every direction (``rank_`` says so), none is raised. The network drivers
+    gather these into one warning per model, naming the layers.
     """
 
 
@@ -380,7 +382,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             G = G if G is not None else factors.G
             pre_factor = factors.factor
         self.components_, self.singular_values_, self.rank_ = V, s, k
-        if k >= W.shape[0]:
+        laddered = self.rank == "auto" and self.variant != "lp"
+        if k >= W.shape[0] and not laddered:  # (a ladder chose it on held-out rows)
             warnings.warn(
                 f"NullSpaceQuantizer: the calibration data leaves no freedom "
                 f"(rank {k} >= n_in={W.shape[0]}); every coordinate is rounded "
