@@ -383,3 +383,8 @@ def test_small_helpers_name_their_arguments(tmp_path):
         sqt.TorchNetwork(m).weight("9")
     with pytest.raises(TypeError, match="loss_fn must be a callable"):
         sqt.loss_gradients(m, None, (X, torch.zeros(4, dtype=torch.int64)))
+
+
+def test_missing_calibration_data_is_named_as_quantize_model_names_it():
+    with pytest.raises(ValueError, match="got calibration_data=None instead"):
+        quantize_model(_mlp(), GreedyPathQuantizer(n_bits=4))

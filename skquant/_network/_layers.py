@@ -49,6 +49,7 @@ def quantize_layers(
     calibrate=None,
     verbose=False,
     sink=None,
+    data_name="data",
 ):
     """Quantize a network layer by layer: the one driver every front end calls.
 
@@ -82,6 +83,9 @@ def quantize_layers(
         ``sink(name, tensor)`` receives each quantized layer's tensor as soon as
         it is fitted, and the result keeps none of it (no quantizer, tensor or
         weights): the walk then holds one layer at a time.
+    data_name : str, default="data"
+        The caller's name for ``data``, in the error when data is needed and
+        missing.
 
     Returns
     -------
@@ -100,7 +104,8 @@ def quantize_layers(
     walk = needs_data if calibrate is None else (bool(calibrate) or needs_data)
     if walk and data is None:
         raise ValueError(
-            "data-driven quantizers need calibration data; got data=None instead."
+            f"data-driven quantizers need calibration data; got {data_name}=None "
+            "instead."
         )
     grads = None
     needy = [e for e in plan.values() if requires(e, "gradient")]

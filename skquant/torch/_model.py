@@ -297,6 +297,7 @@ def quantize_model(
             gradients=gradients,
             verbose=verbose,
             sink=sink if lean else None,
+            data_name="calibration_data",
         )
         if writer is not None:
             _write_rest(writer, network, layers)
