@@ -47,8 +47,8 @@ class NoFreedomWarning(UserWarning):
     The null-space method then rounds every coordinate (greedy path following,
     or MSQ with ``rounding="nearest"``). Raised for a rank given (``None`` or a
     number, and the LP variant's ``"auto"``); where ``rank="auto"``'s held-out
-    ladder chose to keep every direction (``rank_`` says so), none is raised. The network drivers
-    gather these into one warning per model, naming the layers.
+    ladder chose to keep every direction (``rank_`` says so), none is raised. The
+    network drivers gather these into one warning per model, naming the layers.
     """
 
 
