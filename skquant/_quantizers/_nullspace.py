@@ -768,6 +768,14 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         if self._bound is None:
             drift, dist, idx, G = self._bound_terms
             counts = self.n_off_grid_.astype(np.int64)
+            # neurons with the same set S share its norm (without freedom, every
+            # neuron's S is every input: one eigenvalue problem, not n_out)
+            first, which = np.unique(
+                [np.sort(idx[:c, j]).tobytes() for j, c in enumerate(counts)],
+                return_index=True,
+                return_inverse=True,
+            )[1:]
+            idx, counts = np.ascontiguousarray(idx[:, first]), counts[first]
             norms = np.empty(counts.size)
             kernel = kernel_for(_rounding, "subset_norms", self._walk_jobs())
             with (
@@ -782,6 +790,6 @@ class NullSpaceQuantizer(BaseDataQuantizer):
                     "null-space bound_ (neurons)",
                     first=n_threads,
                 )
-            self._bound = drift + norms * dist
+            self._bound = drift + norms[which] * dist
             self._bound_terms = None  # the Gram block is not needed again
         return self._bound
