@@ -519,3 +519,17 @@ def test_decode_dtype_is_checked_by_name(dtype):
     ):
         q.decode(q.encode(W), dtype=dtype)
     assert q.decode(q.encode(W), dtype="float32").dtype == np.float32
+
+
+def test_transform_keeps_float32_and_float64_and_promotes_the_rest():
+    """As the docstring says: float16 (torch checkpoints' dtype) and ints are
+    computed and returned in float64."""
+    W = np.random.default_rng(0).standard_normal((16, 4))
+    for dtype, out in [
+        (np.float32, np.float32),
+        (np.float64, np.float64),
+        (np.float16, np.float64),
+        (np.int32, np.float64),
+    ]:
+        Wd = W.astype(dtype)
+        assert UniformQuantizer(n_bits=4).fit(Wd).transform(Wd).dtype == out

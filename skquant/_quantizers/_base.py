@@ -133,7 +133,9 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         Returns
         -------
         W_q : ndarray of shape (n_in, n_out)
-            Every entry rounded to its channel's alphabet, in ``W``'s float dtype.
+            Every entry rounded to its channel's alphabet, in ``W``'s dtype for
+            float32 and float64 (other dtypes, float16 or ints, are computed and
+            returned in float64).
         """
         check_is_fitted(self)
         W = self._validate_W(W, reset=False)
