@@ -280,3 +280,14 @@ def test_driver_label_errors(digits_mlp):
         adaptive_quantize_mlp(mlp, X, y[:-3])
     with pytest.raises(ValueError, match=re.escape("labels [42] that the MLP was not")):
         adaptive_quantize_mlp(mlp, X, np.where(np.arange(len(y)) == 0, 42, y))
+
+
+def test_a_torch_model_is_pointed_to_the_torch_functions():
+    torch = pytest.importorskip("torch")
+    from skquant import measure_sensitivity
+
+    X, y = np.ones((4, 3)), np.zeros(4)
+    with pytest.raises(TypeError, match="use skquant.torch.adaptive_quantize_model"):
+        adaptive_quantize_mlp(torch.nn.Linear(3, 2), X, y)
+    with pytest.raises(TypeError, match="a fitted MLPClassifier.*measure_sensitivity"):
+        measure_sensitivity(torch.nn.Linear(3, 2), X, y)

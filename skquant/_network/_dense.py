@@ -175,13 +175,26 @@ def _check_layers(layers):
     return checked
 
 
-def check_mlp(mlp, name="estimator"):
+def check_mlp(mlp, name="estimator", *, fitted=False, torch_twin=None, frozen=True):
+    """``mlp``, else a TypeError naming ``name``: a scikit-learn MLP (``fitted``:
+    one that is trained; ``frozen``: the caller unwraps a FrozenEstimator), and
+    for a torch model the ``skquant.torch`` function that takes it
+    (``torch_twin``)."""
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
     if not isinstance(mlp, MLPClassifier | MLPRegressor):
+        which = "a fitted" if fitted else "an"
+        hint = (
+            f" For a torch model, use skquant.torch.{torch_twin}."
+            if torch_twin and type(mlp).__module__.startswith("torch")
+            else ""
+        )
+        notes = [] if fitted else ["fitted or not"]
+        notes += ["or wrapped in sklearn.frozen.FrozenEstimator"] if frozen else []
         raise TypeError(
-            f"{name} must be an MLPClassifier or MLPRegressor (fitted or not, or "
-            f"wrapped in sklearn.frozen.FrozenEstimator), got {mlp!r:.80} instead."
+            f"{name} must be {which} MLPClassifier or MLPRegressor"
+            f"{' (' + ', '.join(notes) + ')' if notes else ''}, got {mlp!r:.80} "
+            f"instead.{hint}"
         )
     return mlp
 
@@ -212,10 +225,10 @@ class MLPNetwork(DenseNetwork):
     ['layer_0.weight', 'layer_1.weight', 'layer_0.bias', 'layer_1.bias']
     """
 
-    def __init__(self, mlp):
+    def __init__(self, mlp, name="mlp", torch_twin=None):
         from sklearn.utils.validation import check_is_fitted
 
-        check_mlp(mlp)
+        check_mlp(mlp, name, fitted=True, torch_twin=torch_twin, frozen=False)
         check_is_fitted(mlp, "coefs_")
         self.mlp = mlp
         n = len(mlp.coefs_)

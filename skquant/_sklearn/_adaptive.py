@@ -80,7 +80,7 @@ def adaptive_quantize_mlp(
     >>> res.history[-1]["bits_per_param"] < 16, res.model.score(X, y) > 0.95
     (True, True)
     """
-    network = MLPNetwork(mlp)
+    network = MLPNetwork(mlp, torch_twin="adaptive_quantize_model")
     data = network.check_targets(X, y)
     if (X_eval is None) != (y_eval is None):
         raise ValueError(

@@ -122,7 +122,9 @@ def measure_sensitivity(
     from sklearn.exceptions import NotFittedError
     from sklearn.neural_network import MLPClassifier
 
-    mlp = check_mlp(unwrap_mlp(estimator))
+    mlp = check_mlp(
+        unwrap_mlp(estimator), fitted=True, torch_twin="measure_sensitivity"
+    )
     try:
         network = MLPNetwork(mlp)
     except NotFittedError as exc:
