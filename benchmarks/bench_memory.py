@@ -229,7 +229,8 @@ def main():
         line = f"{name:<16}{grew / MiB:>10.0f}{s:>8.2f}"
         if base:
             bs, bgrew, _ = base[name]
-            line += f"{bgrew / MiB:>11.0f}{bs:>8.2f}{grew / max(bgrew, 1):>7.2f}"
+            ratio = f"{grew / bgrew:.2f}" if bgrew > 0 else "-"  # (0 of 0: no ratio)
+            line += f"{bgrew / MiB:>11.0f}{bs:>8.2f}{ratio:>7}"
         print(line)
 
 

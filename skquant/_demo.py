@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from ._common._checks import check_rng
 from ._common._progress import progress
 from ._kernels._threads import one_blas_thread
 from ._network._dense import MLPNetwork
@@ -296,7 +297,7 @@ def _run_demo(dataset, hidden, plot, random_state, verbose, stream):
         }
     ]
     X_eval = Xte[:2000]
-    rng = np.random.default_rng(random_state)
+    rng = check_rng(random_state)
     calib = np.sort(rng.choice(len(Xtr), min(1024, len(Xtr)), replace=False))
     X_calib = Xtr[calib]
     for label, series, quantizer in progress(

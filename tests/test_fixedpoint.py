@@ -407,3 +407,21 @@ def test_torch_driver_retrains_on_minibatches(tmp_path):
     # torch layout (out, in): channels along axis 0, stored as (in, out) views
     W = dict(runs[0].model.named_parameters())["0.weight"].detach().numpy()
     assert np.array_equal(back["0.weight"].dequantize().T, W.astype(np.float64))
+
+
+def test_precision_bits_of_another_shape_are_refused():
+    """The one-pass encoder read past the end of a precision map of another
+    shape (a review's reproducer); the tensor now refuses it when made."""
+    from skquant import QuantizedTensor
+
+    codes = np.zeros((64, 8), dtype=np.int16)
+    with pytest.raises(ValueError, match=r"precision_bits must have the codes' shape"):
+        QuantizedTensor(
+            codes=codes,
+            scale=np.array([2.0**-4]),
+            n_bits=5,
+            qmin=-16,
+            qmax=16,
+            alphabet="fixed_point",
+            precision_bits=np.zeros((2, 8), dtype=np.int8),
+        )

@@ -270,9 +270,13 @@ def test_sensitivity_labels_are_checked_against_the_outputs():
 def test_a_quantized_layer_refuses_integer_inputs():
     """An int64 input dequantized the weights into int64 (all zeros) and gave
     zeros, with a warning only; the float layer raises."""
-    qnet = quantize_model(_mlp(), UniformQuantizer(n_bits=4))
-    with pytest.raises(TypeError, match="QuantLinear takes floating-point inputs"):
-        qnet(torch.randint(0, 3, (2, 8)))
+    x = torch.randint(0, 3, (2, 8))
+    for activations in (None, "dynamic"):  # the input grids ran first
+        qnet = quantize_model(
+            _mlp(), UniformQuantizer(n_bits=4), activations=activations
+        )
+        with pytest.raises(TypeError, match="QuantLinear takes floating-point"):
+            qnet(x)
 
 
 def test_layout_helpers_check_the_layer_and_the_shape():
@@ -388,3 +392,42 @@ def test_small_helpers_name_their_arguments(tmp_path):
 def test_missing_calibration_data_is_named_as_quantize_model_names_it():
     with pytest.raises(ValueError, match="got calibration_data=None instead"):
         quantize_model(_mlp(), GreedyPathQuantizer(n_bits=4))
+
+
+def test_a_quantized_layers_bias_must_match_the_file(tmp_path):
+    """A review found load_into taking a replaced layer's bias for granted: a
+    file without it kept the model's random (or, built on meta, uninitialised)
+    bias, and a file with it for a layer without one gave a bare KeyError."""
+    from skquant.torch import load_into, save_model
+
+    def net(bias):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8, bias=bias), nn.ReLU(), nn.Linear(8, 2))
+
+    for saved_bias in (False, True):
+        save_model(
+            quantize_model(net(saved_bias), UniformQuantizer(n_bits=4)),
+            tmp_path / f"{saved_bias}.skq",
+        )
+    with pytest.raises(ValueError, match=r"entries \['0.bias'\] have no value"):
+        load_into(net(True), tmp_path / "False.skq")
+    with pytest.raises(ValueError, match="'0.bias' has no place in the model"):
+        load_into(net(False), tmp_path / "True.skq")
+    with torch.device("meta"):
+        meta = net(True)
+    with pytest.raises(ValueError, match="on the meta device"):
+        load_into(meta, tmp_path / "False.skq")
+
+
+def test_fake_quantize_exports_and_takes_a_float64_step():
+    """The step check ran inside torch.export's trace (bool() of a traced
+    tensor); a number as the step went through float32."""
+    from skquant.torch import FakeQuantize, fake_quantize_ste
+
+    fq = FakeQuantize(torch.tensor([0.1, 0.2]), -7, 7)
+    program = torch.export.export(fq, (torch.randn(4, 2),))
+    x = torch.randn(4, 2)
+    assert torch.equal(program.module()(x), fq(x))
+    x64 = torch.linspace(-1, 1, 2001, dtype=torch.float64)
+    same = fake_quantize_ste(x64, torch.tensor(0.1, dtype=torch.float64), -7, 7)
+    assert torch.equal(fake_quantize_ste(x64, 0.1, -7, 7), same)

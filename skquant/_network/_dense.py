@@ -6,6 +6,7 @@ import numpy as np
 from scipy.special import expit, xlogy
 from sklearn.utils import check_array
 
+from .._common._checks import check_rng
 from ._protocol import LayerStep, Network
 
 __all__ = ["mlp_loss_gradient", "DenseNetwork", "MLPNetwork"]
@@ -105,7 +106,7 @@ class DenseNetwork(Network):
         """
         Xf = self._check_X(data)
         if max_rows is not None and Xf.shape[0] > max_rows:
-            rng = np.random.default_rng(random_state)
+            rng = check_rng(random_state)
             Xf = Xf[np.sort(rng.choice(Xf.shape[0], max_rows, replace=False))]
         Xq = Xf
         for name, (W, b, act) in zip(self.layer_names, self._layers):

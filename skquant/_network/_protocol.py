@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from .._common._checks import check_rng
+
 __all__ = ["LayerStep", "Network"]
 
 
@@ -150,7 +152,7 @@ class Network:
         -------
         traces : ndarray of shape (n_layers,)
         """
-        rng = np.random.default_rng(random_state)
+        rng = check_rng(random_state)
         params = self.parameters()
         keys = [f"{name}.weight" for name in self.layer_names]
         traces = np.zeros(len(keys))

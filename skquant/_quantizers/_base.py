@@ -206,7 +206,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
 
     def _check_codes(self, codes):
         name = type(self).__name__
-        codes = self.alphabet_record_.check_codes(codes, name, values=False)
+        codes = self.alphabet_record_.check_codes(codes, name)  # named as ours
         if codes.ndim != 2 or codes.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"codes must have shape (n_in, {self.n_features_in_}), got "

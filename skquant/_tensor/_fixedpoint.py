@@ -359,6 +359,11 @@ def encode(codes, widths, n_max, step, group_size, map_coder, payload_coder="ran
         What is stored; its bytes are the tensor's size.
     """
     codes, widths = np.asarray(codes), np.asarray(widths)
+    if widths.shape != codes.shape or codes.ndim != 2:
+        raise ValueError(
+            f"precision_bits must have the codes' shape {codes.shape}, got "
+            f"{widths.shape} instead."
+        )
     n_rows, n_cols = codes.shape
     if group_size is None:
         group, n_symbols = 0, codes.size
@@ -373,10 +378,10 @@ def encode(codes, widths, n_max, step, group_size, map_coder, payload_coder="ran
         codes, widths, n_max, group, MAX_WIDTH, fields, lengths, symbols
     )
     if status:
+        worst = int(widths.max()) if widths.max() > MAX_WIDTH else int(widths.min())
         raise ValueError(
             {
-                1: f"precisions above {MAX_WIDTH} bits cannot be stored, got "
-                f"{int(widths.max())}.",
+                1: f"precisions must lie in [0, {MAX_WIDTH}] bits, got {worst}.",
                 2: "the codes do not lie on the grids of their precisions.",
                 3: "the widths are not the fewest that hold the codes.",
                 4: "the precisions are not constant within each group.",

@@ -130,6 +130,11 @@ class QuantizedTensor:
                 f"codes.shape={codes.shape} instead."
             )
         n_cols = codes.shape[1]
+        if fixed and np.shape(self.precision_bits) != codes.shape:
+            raise ValueError(
+                f"precision_bits must have the codes' shape {codes.shape}, got "
+                f"precision_bits.shape={np.shape(self.precision_bits)} instead."
+            )
         if scale.dtype.kind != "f" or scale.ndim > 1 or scale.size not in (1, n_cols):
             raise ValueError(
                 f"scale must hold 1 or n_cols={n_cols} floats, got "

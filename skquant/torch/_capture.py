@@ -107,8 +107,8 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
     >>> tuple(got["0"].shape), tuple(got["2"].shape)
     ((180, 9), (5, 144))
     """
-    if not isinstance(modules, dict) or not all(
-        isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) for m in modules.values()
+    if not hasattr(modules, "items") or not all(  # a dict or an nn.ModuleDict
+        isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d) for _, m in modules.items()
     ):
         raise TypeError(
             "modules must be a dict {name: layer} of nn.Linear, nn.Conv1d or "
@@ -134,7 +134,7 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
 
 
 def _describe(modules):
-    if not isinstance(modules, dict):
+    if not hasattr(modules, "items"):
         return f"a {type(modules).__name__}"
     kinds = {n: type(m).__name__ for n, m in modules.items()}
     return f"layers {kinds}"

@@ -76,10 +76,17 @@ def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
         raise ValueError(
             f"qmin must be <= qmax, got qmin={qmin!r} and qmax={qmax!r} instead."
         )
-    step = torch.as_tensor(step)
+    if not isinstance(step, torch.Tensor):  # a number: in x's dtype, not float32
+        step = torch.as_tensor(step, dtype=x.dtype)
     # checked where it costs no device synchronisation (every training step
-    # calls this); FakeQuantize checks its scales once, on any device
-    if step.device.type == "cpu":
+    # calls this) and nothing traces the call (torch.export, torch.compile);
+    # FakeQuantize checks its scales once, on any device
+    if (
+        step.device.type == "cpu"
+        and type(step) in (torch.Tensor, nn.Parameter)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    ):
         _check_steps(step, "step")
     step = step.to(x.device, x.dtype)
     inv = (torch.ones((), dtype=x.dtype, device=x.device) / step).to(x.dtype)

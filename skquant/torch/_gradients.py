@@ -135,6 +135,8 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
             out = model(xb)
             try:
                 loss = loss_fn(out, yb)
+            except torch.OutOfMemoryError:
+                raise
             except (IndexError, RuntimeError, ValueError) as exc:
                 raise ValueError(
                     f"loss_fn ({getattr(loss_fn, '__name__', type(loss_fn).__name__)})"

@@ -186,6 +186,11 @@ def load_into(model, path, *, runtime="auto", strict=True):
     return model
 
 
+#: the state entries a quantized layer makes for its input grid (the file holds
+#: them; the float model has no place for them before the layer is swapped in)
+ACTIVATION_ENTRIES = ("input_scale", "input_zero_point")
+
+
 def _check_layers(path, layers, mods, every):
     """ValueError unless every quantized layer of the file is a layer of the model
     of the same kind and weight shape."""
@@ -222,9 +227,10 @@ def _check_entries(path, dtypes, data, before, strict, replaced):
         if key not in data:
             raise ValueError(f"{path!s} is not a file of this model: it lacks {key!r}.")
         target = before.get(key)
+        prefix, _, attr = key.rpartition(".")
         if target is None:
-            if key.rpartition(".")[0] in replaced:  # made with the quantized layer
-                continue
+            if prefix in replaced and attr in ACTIVATION_ENTRIES:  # made with the
+                continue  # quantized layer
             raise ValueError(
                 f"{path!s} is not a file of this model: its entry {key!r} has no "
                 "place in the model."
@@ -235,8 +241,11 @@ def _check_entries(path, dtypes, data, before, strict, replaced):
                 f"{path!s} is not a file of this model: {key!r} has shape {shape} in "
                 f"the file and {tuple(target.shape)} in the model."
             )
-    missing = [
-        k for k in before if k not in dtypes and k.rpartition(".")[0] not in replaced
+    missing = [  # a replaced layer's own entries go with it, but its bias
+        k
+        for k in before
+        if k not in dtypes
+        and (k.rpartition(".")[0] not in replaced or k.rpartition(".")[2] == "bias")
     ]
     meta = [k for k in missing if is_meta(before[k])]
     if meta:

@@ -611,12 +611,13 @@ class QuantMixin:
                 raise
             return None
 
+    def _check_input(self, x):
+        """TypeError for an integer input (weights rounded to ints, NaN grids)."""
+        if not x.dtype.is_floating_point:
+            kind = type(self).__name__
+            raise TypeError(f"{kind} takes floating-point inputs, got {x.dtype}.")
+
     def _float_weight_for(self, x):
-        if not x.dtype.is_floating_point:  # the weights would round to integers
-            raise TypeError(
-                f"{type(self).__name__} takes floating-point inputs (as the float "
-                f"layer does), got an input of dtype {x.dtype}."
-            )
         if self.runtime != "float" and not self._wants_grad(x):
             announce(
                 ("input", type(self).__name__, str(x.dtype), x.device.type),
@@ -652,6 +653,7 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
+        self._check_input(x)
         if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
             return self._bias_grad(y)
         if self._act_mode is not None:
@@ -715,6 +717,7 @@ class QuantConvMixin(QuantMixin):
 
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
+        self._check_input(x)
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._runs_int8(x) and (y := self._try_int8(x)) is not None:

@@ -138,7 +138,8 @@ def measure_sensitivity(
         if classifier is None:
             classifier = out.ndim == 2 and out.shape[1] >= 2
         if classifier and ys is not None:
-            ys = class_labels(ys, out.shape[1] if out.ndim == 2 else 1)
+            # (n, C) logits, or (n, C, 1, 1); one logit is a binary classifier
+            ys = class_labels(ys, max(out.shape[1], 2) if out.ndim >= 2 else 2)
         labels = None if ys is None or not classifier else ys.numpy()
         return sensitivity(
             network,
