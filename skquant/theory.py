@@ -61,6 +61,26 @@ def _subset_size(r, X, name):
     return int(r)
 
 
+def _steps(step):
+    """``step`` as a float, or a 1-D float64 array of per-column steps (a fitted
+    quantizer's ``scale_``), each finite and > 0; else a ValueError naming it."""
+    if np.ndim(step) == 0:
+        return check_positive(step, "step")
+    arr = np.asarray(step, dtype=np.float64)
+    if arr.ndim != 1 or not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ValueError(
+            "step must be a finite number > 0 or a 1-D array of them (one per "
+            f"column), got an array of shape {arr.shape} with values "
+            f"{arr.ravel()[:4].tolist()} instead."
+        )
+    return arr
+
+
+def _out(bound):
+    """A bound as a float, or an array for per-column steps."""
+    return float(bound) if np.ndim(bound) == 0 else np.asarray(bound, np.float64)
+
+
 def msq_bound(X, step):
     """A-priori bound for memoryless scalar quantization inside the range.
 
@@ -71,13 +91,13 @@ def msq_bound(X, step):
     ----------
     X : array-like of shape (m, n_in)
         Calibration data.
-    step : float
-        Grid step.
+    step : float or array-like of shape (n_out,)
+        Grid step, or one per column (a fitted quantizer's ``scale_``).
 
     Returns
     -------
-    bound : float
-        The bound on ``||X w - X q||_2``.
+    bound : float or ndarray of shape (n_out,)
+        The bound on ``||X w - X q||_2`` (per column for per-column steps).
 
     See Also
     --------
@@ -91,8 +111,8 @@ def msq_bound(X, step):
     0.5
     """
     X = _as2d(X)
-    step = check_positive(step, "step")
-    return float(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * step / 2)
+    step = _steps(step)
+    return _out(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * step / 2)
 
 
 def max_subset_norm_bound(X, r):
@@ -149,8 +169,9 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     ----------
     X : array-like of shape (m, n_in)
         Calibration data.
-    step : float
-        Grid step, or the level ``c`` of ``c {-1, 0, 1}`` (LP variant).
+    step : float or array-like of shape (n_out,)
+        Grid step, or the level ``c`` of ``c {-1, 0, 1}`` (LP variant); or one per
+        column (a fitted quantizer's ``scale_``).
     variant : {"grid", "ternary", "binary"}, default="grid"
         The rounding error per coordinate is ``step / 2``, except ``step`` for
         binary.
@@ -161,8 +182,8 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
 
     Returns
     -------
-    bound : float
-        The bound on ``||X w - X q||_2``.
+    bound : float or ndarray of shape (n_out,)
+        The bound on ``||X w - X q||_2`` (per column for per-column steps).
 
     See Also
     --------
@@ -178,7 +199,7 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     True
     """
     X = _as2d(X)
-    step = check_positive(step, "step")
+    step = _steps(step)
     if variant == "grid":
         alphabet = None
     else:
@@ -205,8 +226,8 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     per = step if binary else step / 2
     bound = max_subset_norm_bound(X, r) * np.sqrt(r) * per
     if r < full:  # the directions left out drift: sigma_{r+1} ||w - z||
-        bound += s[r] * np.sqrt(X.shape[1]) * (2 * step if binary else step)
-    return float(bound)
+        bound = bound + s[r] * np.sqrt(X.shape[1]) * (2 * step if binary else step)
+    return _out(bound)
 
 
 def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
@@ -336,13 +357,13 @@ def gpfq_bound(X, step):
     ----------
     X : array-like of shape (m, n_in)
         Calibration data.
-    step : float
-        Grid step.
+    step : float or array-like of shape (n_out,)
+        Grid step, or one per column (a fitted quantizer's ``scale_``).
 
     Returns
     -------
-    bound : float
-        The bound on ``||X w - X q||_2``.
+    bound : float or ndarray of shape (n_out,)
+        The bound on ``||X w - X q||_2`` (per column for per-column steps).
 
     See Also
     --------
@@ -356,8 +377,8 @@ def gpfq_bound(X, step):
     1.0
     """
     X = _as2d(X)
-    step = check_positive(step, "step")
-    return float(np.linalg.norm(X) * step / 2)
+    step = _steps(step)
+    return _out(np.linalg.norm(X) * step / 2)
 
 
 def predicted_rate(method, m, n_in):

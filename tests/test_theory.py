@@ -206,3 +206,24 @@ def test_error_decay_checks_its_arguments_by_name(kwargs, error, match):
     args = dict(n_in_values=[16, 32], m=4, n_bits=(4,), methods=("msq",), n_out=2)
     with pytest.raises(error, match=match):
         error_decay(**{**args, "n_test": 5, **kwargs})
+
+
+def test_bounds_take_a_fitted_quantizers_per_column_steps():
+    """Oracle: with ``scale_`` (one step per column) each bound is the scalar
+    bound of that column's step, and it holds for that column's measured error
+    (the bounds took one scalar step: a loop was needed)."""
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((50, 30)), rng.standard_normal((30, 6))
+    q = UniformQuantizer(n_bits=4).fit(W)
+    g = GreedyPathQuantizer(n_bits=4).fit(W, activations=X)
+    for bound, est in ((msq_bound, q), (gpfq_bound, g)):
+        b = bound(X, est.scale_)
+        assert b.shape == (6,)
+        for j, s in enumerate(est.scale_):
+            assert b[j] == bound(X, float(s))
+        err = np.linalg.norm(X @ (W - est.transform(W)), axis=0)
+        assert np.all(err <= b)
+    per = nullspace_bound(X, q.scale_, rank=10)
+    assert per[2] == nullspace_bound(X, float(q.scale_[2]), rank=10)
+    with pytest.raises(ValueError, match="step must be a finite number > 0 or a 1-D"):
+        msq_bound(X, np.array([0.1, -0.1]))
