@@ -259,7 +259,7 @@ def test_sensitivity_labels_are_checked_against_the_outputs():
         measure_sensitivity(_mlp(), X, y + 10, bits=(2, 4))
     with pytest.raises(ValueError, match="fractional values"):
         measure_sensitivity(_mlp(), X, y + 0.5, bits=(2, 4))
-    with pytest.raises(ValueError, match=r"y should be a 1d array.*\(60, 3\)"):
+    with pytest.raises(ValueError, match=r"one label per sample.*y.shape=\(60, 3\)"):
         measure_sensitivity(_mlp(), X, nn.functional.one_hot(y), bits=(2, 4))
     flat = measure_sensitivity(_mlp(), X, y, bits=(2, 4))
     with pytest.warns(DataConversionWarning):

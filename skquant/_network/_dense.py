@@ -4,7 +4,9 @@ import copy
 
 import numpy as np
 from scipy.special import expit, xlogy
-from sklearn.utils import check_array
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.utils import check_array, check_consistent_length
+from sklearn.utils.validation import check_is_fitted
 
 from .._common._checks import check_rng
 from ._protocol import LayerStep, Network
@@ -181,8 +183,6 @@ def check_mlp(mlp, name="estimator", *, fitted=False, torch_twin=None, frozen=Tr
     one that is trained; ``frozen``: the caller unwraps a FrozenEstimator), and
     for a torch model the ``skquant.torch`` function that takes it
     (``torch_twin``)."""
-    from sklearn.neural_network import MLPClassifier, MLPRegressor
-
     if not isinstance(mlp, MLPClassifier | MLPRegressor):
         which = "a fitted" if fitted else "an"
         hint = (
@@ -227,8 +227,6 @@ class MLPNetwork(DenseNetwork):
     """
 
     def __init__(self, mlp, name="mlp", torch_twin=None):
-        from sklearn.utils.validation import check_is_fitted
-
         check_mlp(mlp, name, fitted=True, torch_twin=torch_twin, frozen=False)
         check_is_fitted(mlp, "coefs_")
         self.mlp = mlp
@@ -286,9 +284,6 @@ class MLPNetwork(DenseNetwork):
 
     def check_targets(self, X, y):
         """Validate ``(X, y)`` for the loss: same length, labels the MLP knows."""
-        from sklearn.neural_network import MLPClassifier
-        from sklearn.utils import check_consistent_length
-
         X = self._check_X(X)
         if y is None:
             raise ValueError("y must be given (the loss needs the targets), got None.")

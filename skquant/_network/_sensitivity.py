@@ -31,6 +31,7 @@ from itertools import chain
 
 import numpy as np
 from joblib import delayed, effective_n_jobs
+from sklearn.utils.validation import column_or_1d
 
 from .._common._checks import check_int, check_rng
 from .._common._jobs import check_n_jobs, hold_freed_memory, run_tasks, shippable
@@ -356,6 +357,19 @@ def sensitivity(
     result.forward_passes = count[0]
     result.total_seconds = time.perf_counter() - start_all
     return result
+
+
+def labels_1d(y):
+    """A classifier's labels as a 1-D array: a column vector raveled (with
+    scikit-learn's ``DataConversionWarning``), any other 2-D ``y`` refused (it
+    crashed the measurement with an IndexError or a broadcast error)."""
+    y = np.asarray(y)
+    if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise ValueError(
+            "y must hold one label per sample, a 1-D array or a column vector, got "
+            f"y.shape={y.shape} instead."
+        )
+    return column_or_1d(y, warn=True)
 
 
 def subsample(X, y, max_samples, random_state):

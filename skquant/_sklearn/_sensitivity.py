@@ -3,7 +3,12 @@
 import numpy as np
 
 from .._network._dense import MLPNetwork, check_mlp
-from .._network._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
+from .._network._sensitivity import (
+    HESSIAN_SAMPLES,
+    labels_1d,
+    sensitivity,
+    subsample,
+)
 from ._mlp import unwrap_mlp
 
 __all__ = ["measure_sensitivity"]
@@ -144,7 +149,7 @@ def measure_sensitivity(
     X = network._check_X(X)
     y = None if y is None else np.asarray(y)
     if classifier and y is not None:
-        y = _labels_1d(y)
+        y = labels_1d(y)
     Xs, ys = subsample(X, y, max_samples, random_state)
     labels = None
     if classifier and ys is not None:
@@ -176,16 +181,3 @@ def measure_sensitivity(
         verbose=verbose,
         n_jobs=n_jobs,
     )
-
-
-def _labels_1d(y):
-    """A classifier's labels as a 1-D array: a column vector raveled (with
-    scikit-learn's ``DataConversionWarning``), any other 2-D ``y`` refused."""
-    from sklearn.utils.validation import column_or_1d
-
-    if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
-        raise ValueError(
-            "y must hold one label per sample, a 1-D array or a column vector, got "
-            f"y.shape={y.shape} instead."
-        )
-    return column_or_1d(y, warn=True)

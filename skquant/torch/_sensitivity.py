@@ -2,9 +2,13 @@
 
 import numpy as np
 import torch
-from sklearn.utils.validation import column_or_1d
 
-from .._network._sensitivity import HESSIAN_SAMPLES, sensitivity, subsample
+from .._network._sensitivity import (
+    HESSIAN_SAMPLES,
+    labels_1d,
+    sensitivity,
+    subsample,
+)
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
 from ._state import kept_state
@@ -169,7 +173,7 @@ def class_labels(y, n_classes):
     of shape ``(n,)`` (a column ``(n, 1)`` raveled, with scikit-learn's
     DataConversionWarning), else a ValueError naming ``y``: labels outside
     ``[0, n_classes)`` made every accuracy 0 and every layer look insensitive."""
-    arr = column_or_1d(np.asarray(y.detach().cpu()), warn=True)
+    arr = labels_1d(y.detach().cpu().numpy())
     if arr.dtype.kind not in "biuf":
         raise ValueError(
             f"y must hold class labels (ints), got y of dtype {arr.dtype} instead."
