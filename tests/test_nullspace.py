@@ -11,6 +11,7 @@ import scipy.linalg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
@@ -347,6 +348,53 @@ def test_lp_scale_is_the_linf_minimum():
     pinv_pt = np.linalg.pinv(X) @ (X @ W)
     assert np.all(q.scale_ <= np.abs(pinv_pt).max(axis=0) + 1e-12)
     assert np.all(q.scale_ <= np.abs(W).max(axis=0) + 1e-12)
+
+
+def test_lp_scale_is_the_textbook_programs_optimum():
+    """The scaled program skquant solves has the optimum of the program in
+    ``(z, t)`` (``min t s.t. -t <= z_i <= t, X z = X w``), solved here as written."""
+    from scipy.optimize import linprog
+
+    X, W = _layer(m=8, n_in=60, n_out=3, seed=5)
+    q = NullSpaceQuantizer(n_bits="ternary", variant="lp").fit(W, activations=X)
+    n = X.shape[1]
+    eye, one = np.eye(n), np.ones((n, 1))
+    for j in range(W.shape[1]):
+        res = linprog(
+            np.r_[np.zeros(n), 1.0],
+            A_ub=np.block([[eye, -one], [-eye, -one]]),
+            b_ub=np.zeros(2 * n),
+            A_eq=np.c_[X, np.zeros(X.shape[0])],
+            b_eq=X @ W[:, j],
+            bounds=[(None, None)] * n + [(0, None)],
+            method="highs",
+        )
+        np.testing.assert_allclose(q.scale_[j], res.fun, rtol=1e-9)
+
+
+@pytest.mark.parametrize("n_bits", ["ternary", "binary", 3])
+@pytest.mark.parametrize("rounding", ["nearest", "greedy"])
+def test_lp_inputs_no_row_sees_take_the_nearest_code(n_bits, rounding):
+    """An input that is zero on every calibration row is free in the programs:
+    it takes the code nearest its weight, and the others' codes and scales are
+    those of the layer without it."""
+    X, W = _layer(m=10, n_in=80, n_out=4, seed=6)
+    dead = np.zeros(80, dtype=bool)
+    dead[[0, 7, 8, 40, 79]] = True
+    X[:, dead] = 0.0
+    est = NullSpaceQuantizer(n_bits=n_bits, variant="lp", rounding=rounding)
+    q = clone(est).fit(W, activations=X)
+    live = clone(est).fit(W[~dead], activations=X[:, ~dead])
+    np.testing.assert_array_equal(q.codes_[~dead], live.codes_)
+    np.testing.assert_allclose(q.scale_, live.scale_, rtol=1e-12)
+    # the nearest code of each unseen weight, in the alphabet's units
+    Q, step = q.transform(W), q.scale_
+    if n_bits == "binary":
+        expected = np.where(W[dead] >= 0, step, -step)
+    else:
+        expected = np.clip(np.rint(W[dead] / step), q.qmin_, q.qmax_) * step
+    np.testing.assert_allclose(Q[dead], expected.astype(Q.dtype), rtol=1e-6)
+    assert q.n_off_grid_.max() <= 10 - 1
 
 
 @pytest.mark.parametrize("n_bits", [2, 4])

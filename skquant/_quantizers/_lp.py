@@ -1,8 +1,16 @@
 """The LP variant's points: per neuron, a basic solution of
-``min ||z||_inf s.t. V^T z = V^T z0`` (HiGHS), made exact on its basis."""
+``min ||z||_inf s.t. V^T z = V^T z0`` (HiGHS), made exact on its basis.
+
+The program is solved in its scaled form ``max s s.t. V^T u = s b, -1 <= u <= 1``
+(``b = V^T z0``, ``z = u / s``): ``k`` equality rows over the ``n + 1``
+variables, with the box as bounds, where the form in ``(z, t)`` needs ``2 n``
+inequality rows ``-t <= z_i <= t`` beside them. The map ``(u, s) -> (u / s,
+1 / s)`` takes the one's vertices to the other's (each active bound ``u_i = +-1``
+is an active ``z_i = +-t``), so a vertex has the same coordinates at ``+-t``;
+a 32 x 4096 layer's programs are 32x faster so (``benchmarks/bench_nullspace_lp.py``).
+"""
 
 import numpy as np
-from scipy import sparse
 from scipy.optimize import linprog
 
 from .._common._progress import run_in_batches
@@ -10,36 +18,40 @@ from .._common._progress import run_in_batches
 __all__ = ["basic_solutions"]
 
 
-def basic_solutions(V, Z0):
-    """One basic solution per column of ``Z0`` (``V``: ``(n, k)``, ``k < n``)."""
+def basic_solutions(V, Z0, seen):
+    """One basic solution per column of ``Z0`` over the rows ``seen`` (a mask of
+    the ``n`` rows of ``V``, ``(n, k)``); the other rows are ``Z0``'s. A copy."""
+    Z = np.array(Z0, dtype=np.float64)
+    V = V[seen]
     n, k = V.shape
-    Z = np.empty_like(Z0)
-    eye = sparse.identity(n, format="csr")
-    one = sparse.csr_matrix(np.ones((n, 1)))
-    A_ub = sparse.vstack([sparse.hstack([eye, -one]), sparse.hstack([-eye, -one])])
-    A_eq = sparse.hstack([sparse.csr_matrix(V.T), sparse.csr_matrix((k, 1))])
+    if k >= n:  # the equality fixes z: nothing to optimise
+        return Z
+    Z0 = Z[seen]
+    Zs = np.empty_like(Z0)
     cost = np.zeros(n + 1)
-    cost[-1] = 1.0
-    bounds = [(None, None)] * n + [(0, None)]
-    A_ub, A_eq = A_ub.tocsr(), A_eq.tocsr()
+    cost[-1] = -1.0  # maximise s
+    bounds = np.zeros((n + 1, 2))
+    bounds[:n] = -1.0, 1.0
+    bounds[n] = 0.0, np.inf
+    A_eq = np.empty((k, n + 1))
+    A_eq[:, :n] = V.T
+    zeros = np.zeros(k)
 
     def solve(a, b):
         for j in range(a, b):
             b_eq = V.T @ Z0[:, j]
-            res = linprog(
-                cost,
-                A_ub=A_ub,
-                b_ub=np.zeros(2 * n),
-                A_eq=A_eq,
-                b_eq=b_eq,
-                bounds=bounds,
-                method="highs",
-            )
+            if not b_eq.any():  # z0 in the null space: z = 0 is feasible
+                Zs[:, j] = 0.0
+                continue
+            A_eq[:, n] = -b_eq
+            res = linprog(cost, A_eq=A_eq, b_eq=zeros, bounds=bounds, method="highs")
             if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
                 raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
-            Z[:, j] = _exact_vertex(res.x[:n], V, b_eq)
+            u, s = res.x[:n], res.x[n]
+            Zs[:, j] = _exact_vertex(u / s, V, b_eq)
 
     run_in_batches(solve, Z0.shape[1], "null-space LPs (neurons)")
+    Z[seen] = Zs
     return Z
 
 

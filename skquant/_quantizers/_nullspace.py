@@ -397,14 +397,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             self._fit_alphabet(W)
             Z = None
         else:
-            Z = self._lp_points(W64, Xq, Xf, pre)
-            c = np.abs(Z).max(axis=0)
             self._fit_alphabet(W)
-            K = self.alphabet_record_.largest_code
-            # in float64 whatever W's dtype: the basic solution's entries at +-c
-            # lie on the grid only with the exact c / K (a float32 step, rounded
-            # either way, would leave them inside their cells)
-            self.scale_ = np.where(c > 0, c / K, self.scale_).astype(np.float64)
+            Z = self._lp_points(W64, Xq, Xf, pre)  # (and the scales)
         codes, Z = self._codes(W64, Xq, Xf, Z=Z, pre=pre)
         self._diagnostics(W64, Z, codes, Xq, pre)
         return codes, W.dtype
@@ -573,13 +567,24 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         return W + V @ coef
 
     def _lp_points(self, W, Xq, Xf, pre):
-        """Basic solutions of ``min ||z||_inf s.t. V^T z = V^T z0`` per column."""
-        V = self.components_
-        n, k = V.shape
-        Z0 = self._start_points(W, Xq, Xf, pre)
-        if k >= n:  # the equality fixes z: nothing to optimise
-            return Z0
-        return basic_solutions(V, Z0)
+        """Basic solutions of ``min ||z||_inf s.t. V^T z = V^T z0`` per column
+        over the inputs some calibration row sees, and ``scale_`` from their
+        ``c = ||z||_inf``. An input that is zero on every row is free in the
+        program (a vertex would put it at ``+-c``): it takes the alphabet's point
+        nearest its start point, as GPFQ rounds such an input."""
+        seen = np.any(Xq, axis=0)
+        Z = basic_solutions(self.components_, self._start_points(W, Xq, Xf, pre), seen)
+        c = np.abs(Z[seen]).max(axis=0, initial=0.0)
+        K = self.alphabet_record_.largest_code
+        # float64 whatever W's dtype: the entries at +-c lie on the grid only
+        # with the exact c / K (not with a float32 step, rounded either way)
+        self.scale_ = np.where(c > 0, c / K, self.scale_).astype(np.float64)
+        if not seen.all():
+            step = np.broadcast_to(self.scale_, (Z.shape[1],))
+            zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
+            codes = np.clip(np.rint(Z[~seen] * inv + zp), cmin, cmax)
+            Z[~seen] = (codes - zp) / inv
+        return Z
 
     def _preprocess(self, W, Xq, Xf, pre, flops=None):
         """The pre-processed points: for the grid variant each column of ``W``
