@@ -172,6 +172,8 @@ def test_allocator_argument_errors_name_the_argument(digits_mlp, fitted):
     # skip leaves torch modules float: an MLP has none, so it is refused, not ignored
     with pytest.raises(ValueError, match=r"got skip=\['layer_0'\] instead"):
         LayerBitAllocator(mlp, skip=["layer_0"]).fit(X[1200:], y[1200:])
+    with pytest.raises(ValueError, match=r"got skip=<class 'skquant\..*'> instead"):
+        LayerBitAllocator(mlp, skip=UniformQuantizer).fit(X[1200:], y[1200:])
     for n in (-1, 0, 2.5, "3"):
         with pytest.raises(
             ValueError, match=f"n_points must be an int >= 1, got n_points={n!r}"

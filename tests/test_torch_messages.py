@@ -106,7 +106,7 @@ def test_a_list_of_rows_is_an_array():
         ),
         ({"max_rows": -1}, ValueError, "max_rows must be an int >= 1 or None"),
         ({"runtime": {"7": "float"}}, ValueError, r"runtime names layers \['7'\]"),
-        ({"skip": 5}, TypeError, "skip must be a module name or a sequence of them"),
+        ({"skip": 5}, TypeError, "skip must be a module name, a module class"),
         ({"random_state": "a"}, ValueError, "random_state must be an int >= 0 or"),
     ],
     ids=["batch_size", "max_rows", "runtime", "skip", "random_state"],

@@ -228,6 +228,27 @@ def test_skip_a_module_skips_its_children():
         quantize_model(net, GreedyPathQuantizer(), x, skip=["atn"])
 
 
+def test_skip_by_class_skips_every_instance():
+    torch.manual_seed(0)
+    net = nn.Sequential(WithAttention(), nn.Linear(2, 3), WithAttention().att)
+    x = torch.randn(16, 5, 4)
+    message = re.escape("or every MultiheadAttention with skip=[nn.MultiheadAttention]")
+    with pytest.raises(ValueError, match=message):
+        quantize_model(net[:2], UniformQuantizer(), x)
+    by_class = quantize_model(net[:2], UniformQuantizer(), skip=[nn.MultiheadAttention])
+    by_name = quantize_model(net[:2], UniformQuantizer(), skip=["0.att"])
+    assert type(by_class[0].att.out_proj) is not QuantLinear
+    assert type(by_class[1]) is QuantLinear
+    with torch.no_grad():
+        torch.testing.assert_close(by_class(x), by_name(x), rtol=0, atol=0)
+    # a bare class, and a class no module is an instance of
+    network = TorchNetwork(net, skip=nn.MultiheadAttention)
+    assert network.skip == ("0.att", "2")
+    assert TorchNetwork(net[1:2], skip=[nn.Conv2d]).skip == ()
+    with pytest.raises(TypeError, match=re.escape("skip=[<class 'int'>]")):
+        TorchNetwork(net, skip=[int])
+
+
 def test_layer_that_does_not_run():
     class Unused(nn.Module):
         def __init__(self):

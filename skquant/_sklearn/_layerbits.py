@@ -66,9 +66,9 @@ class LayerBitAllocator(BaseEstimator):
         The integer program, or the greedy marginal allocation.
     max_samples : int or None, default=2000
         Rows of ``X`` measured on.
-    skip : sequence of str, default=()
-        Torch modules left float (a scikit-learn MLP has no such modules: it
-        refuses a ``skip``).
+    skip : sequence of str or module classes, default=()
+        Torch modules left float, by name or by class (a scikit-learn MLP has
+        no such modules: it refuses a ``skip``).
     batch_size : int, default=256
         Torch batch size.
     random_state : int, default=0
@@ -132,7 +132,7 @@ class LayerBitAllocator(BaseEstimator):
         "tolerance": [Interval(numbers.Real, 0, 1, closed="neither")],
         "solver": [StrOptions({"exact", "greedy"})],
         "max_samples": [None, Interval(numbers.Integral, 1, None, closed="left")],
-        "skip": ["array-like", str],
+        "skip": ["array-like", str, type],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["boolean"],
@@ -229,7 +229,7 @@ class LayerBitAllocator(BaseEstimator):
                 **kwargs,
             )
         else:
-            if len(self.skip):
+            if isinstance(self.skip, type) or len(self.skip):
                 raise ValueError(
                     "skip names torch modules left float; a scikit-learn MLP has "
                     "none (every layer gets bits), got "

@@ -55,7 +55,8 @@ def check_supported(name, module):
         raise ValueError(
             f"layer {name!r} ({kind}) is not supported by "
             "quantize_model: only nn.Linear, nn.Conv1d and nn.Conv2d are; leave it "
-            f"(and its children) float with skip=[{name!r}], or replace it."
+            f"(and its children) float with skip=[{name!r}] (or every {kind} with "
+            f"skip=[nn.{kind}]), or replace it."
         )
     return False
 

@@ -124,8 +124,9 @@ def quantize_model(
         Largest number of rows (samples, sequence positions or patches) per
         layer, drawn uniformly without replacement from all the rows its input
         batches give (batches of sequences of several lengths too).
-    skip : sequence of str, default=()
-        Names of modules to leave float, with all their children.
+    skip : sequence of str or module classes, default=()
+        Modules to leave float, with all their children: by name, or by class
+        (``skip=[nn.MultiheadAttention]`` leaves every attention block float).
     batch_size : int, default=256
         Batch size when ``calibration_data`` is a tensor or an array.
     random_state : int, default=0

@@ -82,6 +82,24 @@ def _check_meta(model, checkpoint):
         )
 
 
+def _skip_names(model, skip):
+    """``skip`` as module names: a name stays, a module class names the modules
+    of ``model`` that are instances of it (none, if it has none)."""
+    if isinstance(skip, str | type):
+        skip = [skip]
+    if not isinstance(skip, list | tuple | set | frozenset) or not all(
+        isinstance(s, str) or (isinstance(s, type) and issubclass(s, nn.Module))
+        for s in skip
+    ):
+        raise TypeError(
+            "skip must be a module name, a module class (e.g. nn.MultiheadAttention) "
+            f"or a sequence of them, got skip={skip!r} instead."
+        )
+    kinds = tuple(s for s in skip if isinstance(s, type))
+    found = [n for n, m in model.named_modules() if kinds and isinstance(m, kinds)]
+    return [s for s in skip if isinstance(s, str)] + found
+
+
 class TorchNetwork(Network):
     """The torch adapter of the network layer.
 
@@ -94,8 +112,9 @@ class TorchNetwork(Network):
     ----------
     model : torch.nn.Module
         The float model (never modified; copies are made).
-    skip : sequence of str, default=()
-        Names of modules to leave float (with all their children).
+    skip : sequence of str or module classes, default=()
+        Modules to leave float (with all their children), by name, or by class
+        (every module of the model that is an instance of it).
     loss_fn : callable, default=None
         ``loss_fn(output, target)``, a mean over the batch, for
         :meth:`loss_gradients`; ``None`` means ``nn.CrossEntropyLoss()``.
@@ -135,15 +154,7 @@ class TorchNetwork(Network):
             raise TypeError(
                 f"model must be a torch.nn.Module, got {type(model).__name__} instead."
             )
-        if isinstance(skip, str):
-            skip = [skip]
-        if not isinstance(skip, list | tuple | set | frozenset) or not all(
-            isinstance(s, str) for s in skip
-        ):
-            raise TypeError(
-                f"skip must be a module name or a sequence of them, got skip={skip!r}"
-                " instead."
-            )
+        skip = _skip_names(model, skip)
         names = {n for n, _ in model.named_modules(remove_duplicate=False)}
         unknown = [s for s in skip if s not in names]
         if unknown:

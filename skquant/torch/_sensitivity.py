@@ -84,8 +84,8 @@ def measure_sensitivity(
     classifier : bool, default=None
         Whether the outputs are a classifier's logits; ``None``: when they have
         at least two columns.
-    skip : sequence of str, default=()
-        Modules left out (with their children).
+    skip : sequence of str or module classes, default=()
+        Modules left out (with their children), by name or by class.
     loss_fn : callable, default=None
         Loss of the Hessian; ``None`` means ``nn.CrossEntropyLoss()``.
     batch_size : int, default=256

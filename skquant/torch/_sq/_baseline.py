@@ -68,8 +68,8 @@ def train_baseline(
         Batch size for tensors or arrays.
     layers : sequence of str, default=None
         The layers quantized (``None``: all weight layers).
-    skip : sequence of str, default=()
-        Modules left out, with their children.
+    skip : sequence of str or module classes, default=()
+        Modules left out, with their children, by name or by class.
     validation_data : tuple of (X, y), default=None
         Accuracy on it (of the projected weights) is recorded per epoch.
     device : str or torch.device, default="cpu"

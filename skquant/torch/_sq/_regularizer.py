@@ -68,7 +68,7 @@ class SQRegularizer(nn.Module):
         regularised (the regulariser holds references, not copies).
     layers : sequence of str, default=None
         The layers covered (``model.named_modules()`` names); ``None``: all.
-    skip : sequence of str, default=()
+    skip : sequence of str or module classes, default=()
         Modules left out, with their children (as in ``quantize_model``).
     p : float, default=2
         The power of the wells.

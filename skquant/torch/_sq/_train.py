@@ -117,8 +117,8 @@ def train_sq(
     layers : sequence of str, default=None
         The layers regularised and quantized (``None``: all; see
         :class:`SQRegularizer`).
-    skip : sequence of str, default=()
-        Modules left out, with their children.
+    skip : sequence of str or module classes, default=()
+        Modules left out, with their children, by name or by class.
     validation_data : tuple of (X, y), default=None
         Accuracy on it is recorded per epoch.
     device : str or torch.device, default="cpu"
