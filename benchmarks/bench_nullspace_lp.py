@@ -8,14 +8,19 @@ commit ``62a2698``); skquant now solves ``max s s.t. V^T u = s b, -1 <= u <= 1``
 (``z = u / s``), ``k`` rows with the box as bounds. Both go to scipy's HiGHS and
 through the same exact-on-its-basis step. Printed per layer (Gaussian ``X`` and
 ``W``, ``V`` the leading right singular vectors of ``X``): the median seconds of
-``--rounds`` interleaved rounds of each form over ``--n-out`` neurons, their
-ratio, the largest relative difference of the optima ``c``, and the largest
-difference of the points relative to ``c`` (0 where the two forms reach the same
-vertex; a layer whose programs have several optimal vertices, for instance one
-with an input that is zero on every calibration row, may reach different ones).
+``--rounds`` interleaved rounds over ``--n-out`` neurons of the form in
+``(z, t)`` (on layers of at most ``--reference-rows`` rows: it is slow), of the
+scaled form by HiGHS's dual simplex,
+and of skquant's choice (the dual simplex below ``IPM_ROWS`` equality rows, the
+interior point method with its crossover from there), skquant's ratios to both, the
+largest relative difference of the optima ``c``, and the largest difference of the
+points relative to ``c`` (0 where all reach the same vertex; a layer whose programs
+have several optimal vertices may reach different ones).
 
-Run (one thread):
+Run (one thread; about 3 minutes, the second about 4):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_nullspace_lp.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_nullspace_lp.py \\
+        --layers 1024x4096 --n-out 1 --rounds 1
 """
 
 import argparse
@@ -59,15 +64,21 @@ def main(argv=None):
     p.add_argument(
         "--layers",
         nargs="+",
-        default=["16x1024", "32x4096", "256x784"],
+        default=["16x1024", "32x4096", "256x784", "256x2048", "512x1024"],
         help="calibration rows x inputs",
     )
     p.add_argument("--n-out", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--reference-rows",
+        type=int,
+        default=256,
+        help="the (z, t) form only on layers with at most this many rows (slow)",
+    )
     args = p.parse_args(argv)
     print(
-        f"{'layer':>9} {'(z, t) s':>9} {'scaled s':>9} {'ratio':>6} "
-        f"{'max dc/c':>9} {'max dz/c':>9}"
+        f"{'layer':>9} {'(z, t) s':>9} {'simplex s':>9} {'skquant s':>9} "
+        f"{'vs (z, t)':>9} {'vs simplex':>10} {'max dc/c':>9} {'max dz/c':>9}"
     )
     for layer in args.layers:
         m, n = map(int, layer.split("x"))
@@ -75,20 +86,29 @@ def main(argv=None):
         X = rng.standard_normal((m, n))
         W = rng.standard_normal((n, args.n_out)) / np.sqrt(n)
         V = np.linalg.svd(X, full_matrices=False)[2][: min(m, n)].T.copy()
-        times = {"ref": [], "new": []}
+        seen = np.ones(n, dtype=bool)
+        runs = {
+            "skquant": lambda: basic_solutions(V, W, seen),
+            "simplex": lambda: basic_solutions(V, W, seen, method="highs"),
+        }
+        if V.shape[1] <= args.reference_rows:
+            runs["ref"] = lambda: reference_solutions(V, W)
+        times, Z = {k: [] for k in runs}, {}
         for _ in range(args.rounds):
-            tic = time.perf_counter()
-            Zr = reference_solutions(V, W)
-            times["ref"].append(time.perf_counter() - tic)
-            tic = time.perf_counter()
-            Zn = basic_solutions(V, W, np.ones(n, dtype=bool))
-            times["new"].append(time.perf_counter() - tic)
-        tr, tn = np.median(times["ref"]), np.median(times["new"])
-        c_r, c_n = np.abs(Zr).max(0), np.abs(Zn).max(0)
+            for key, run in runs.items():
+                tic = time.perf_counter()
+                Z[key] = run()
+                times[key].append(time.perf_counter() - tic)
+        t = {k: float(np.median(v)) for k, v in times.items()}
+        c = {k: np.abs(z).max(0) for k, z in Z.items()}
+        base = "ref" if "ref" in Z else "simplex"
+        dc = max(np.max(np.abs(c[k] - c[base]) / c[base]) for k in Z)
+        dz = max(np.max(np.abs(Z[k] - Z[base]) / c[base]) for k in Z)
+        ref = f"{t['ref']:9.2f}" if "ref" in t else f"{'-':>9}"
+        vs_ref = f"{t['ref'] / t['skquant']:8.1f}x" if "ref" in t else f"{'-':>9}"
         print(
-            f"{layer:>9} {tr:9.2f} {tn:9.2f} {tr / tn:5.1f}x "
-            f"{np.max(np.abs(c_r - c_n) / c_r):9.1e} "
-            f"{np.max(np.abs(Zr - Zn) / c_r):9.1e}"
+            f"{layer:>9} {ref} {t['simplex']:9.2f} {t['skquant']:9.2f} {vs_ref} "
+            f"{t['simplex'] / t['skquant']:9.1f}x {dc:9.1e} {dz:9.1e}"
         )
 
 

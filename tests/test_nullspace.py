@@ -372,6 +372,29 @@ def test_lp_scale_is_the_textbook_programs_optimum():
         np.testing.assert_allclose(q.scale_[j], res.fun, rtol=1e-9)
 
 
+def test_lp_interior_point_on_many_rows_reaches_the_simplex_vertex(monkeypatch):
+    import skquant._quantizers._lp as lp
+
+    methods = []
+
+    def recording(*args, method, **kwargs):
+        methods.append(method)
+        return linprog(*args, method=method, **kwargs)
+
+    linprog = lp.linprog
+    monkeypatch.setattr(lp, "linprog", recording)
+    X, W = _layer(m=lp.IPM_ROWS, n_in=lp.IPM_ROWS + 60, n_out=2, seed=8)
+    V = np.linalg.svd(X, full_matrices=False)[2].T
+    seen = np.ones(X.shape[1], dtype=bool)
+    Z = lp.basic_solutions(V, W, seen)
+    assert methods == ["highs-ipm"] * 2
+    Z_simplex = lp.basic_solutions(V, W, seen, method="highs")
+    np.testing.assert_allclose(Z, Z_simplex, rtol=0, atol=1e-12 * np.abs(Z).max())
+    # a vertex: all but at most k - 1 entries at +-||z||_inf
+    c = np.abs(Z).max(axis=0)
+    assert np.all((np.abs(Z) < c * (1 - 1e-9)).sum(axis=0) <= lp.IPM_ROWS - 1)
+
+
 @pytest.mark.parametrize("n_bits", ["ternary", "binary", 3])
 @pytest.mark.parametrize("rounding", ["nearest", "greedy"])
 def test_lp_inputs_no_row_sees_take_the_nearest_code(n_bits, rounding):

@@ -7,7 +7,7 @@ variables, with the box as bounds, where the form in ``(z, t)`` needs ``2 n``
 inequality rows ``-t <= z_i <= t`` beside them. The map ``(u, s) -> (u / s,
 1 / s)`` takes the one's vertices to the other's (each active bound ``u_i = +-1``
 is an active ``z_i = +-t``), so a vertex has the same coordinates at ``+-t``;
-a 32 x 4096 layer's programs are 32x faster so (``benchmarks/bench_nullspace_lp.py``).
+a 32 x 4096 layer's programs are 30x faster so (``benchmarks/bench_nullspace_lp.py``).
 """
 
 import numpy as np
@@ -17,10 +17,16 @@ from .._common._progress import run_in_batches
 
 __all__ = ["basic_solutions"]
 
+#: From this many equality rows on, HiGHS's interior point method (with its
+#: crossover to a vertex) is faster than its dual simplex: 1.6x at 256 x 2048,
+#: 6.5x at 1024 x 4096, the same vertices (``bench_nullspace_lp.py``).
+IPM_ROWS = 256
 
-def basic_solutions(V, Z0, seen):
+
+def basic_solutions(V, Z0, seen, method=None):
     """One basic solution per column of ``Z0`` over the rows ``seen`` (a mask of
-    the ``n`` rows of ``V``, ``(n, k)``); the other rows are ``Z0``'s. A copy."""
+    the ``n`` rows of ``V``, ``(n, k)``); the other rows are ``Z0``'s. A copy.
+    ``method``: HiGHS's (``None``: by :data:`IPM_ROWS`)."""
     Z = np.array(Z0, dtype=np.float64)
     V = V[seen]
     n, k = V.shape
@@ -36,6 +42,8 @@ def basic_solutions(V, Z0, seen):
     A_eq = np.empty((k, n + 1))
     A_eq[:, :n] = V.T
     zeros = np.zeros(k)
+    if method is None:
+        method = "highs-ipm" if k >= IPM_ROWS else "highs"
 
     def solve(a, b):
         for j in range(a, b):
@@ -44,7 +52,7 @@ def basic_solutions(V, Z0, seen):
                 Zs[:, j] = 0.0
                 continue
             A_eq[:, n] = -b_eq
-            res = linprog(cost, A_eq=A_eq, b_eq=zeros, bounds=bounds, method="highs")
+            res = linprog(cost, A_eq=A_eq, b_eq=zeros, bounds=bounds, method=method)
             if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
                 raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
             u, s = res.x[:n], res.x[n]
