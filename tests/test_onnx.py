@@ -589,3 +589,80 @@ def test_wrapped_and_varargs_models_export_with_a_dynamic_batch(tmp_path, wrap):
     np.testing.assert_allclose(
         run(tmp_path / "m.onnx", x), qnet(x).detach(), rtol=0, atol=1e-5
     )
+
+
+def _data_inputs(path, op_types):
+    """The data (first) inputs of the nodes of ``op_types`` and what makes them."""
+    graph = onnx.load(str(path)).graph
+    maker = {out: n.op_type for n in graph.node for out in n.output}
+    return [maker.get(n.input[0]) for n in graph.node if n.op_type in op_types]
+
+
+@pytest.mark.parametrize("activations", ["dynamic", ActivationQuantizer(n_bits=4)])
+def test_convolutions_without_bias_quantize_their_inputs(tmp_path, activations):
+    """The exporter reads a bias-free convolution's weight for its shape (a zero
+    bias): the input grid goes on the convolution's data, not on that read."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1, bias=False),
+    ).eval()
+    X = torch.randn(16, 3, 8, 8)
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), X, activations=activations)
+    report = export_onnx(qnet, X[:4], tmp_path / "m.onnx")
+    assert _data_inputs(tmp_path / "m.onnx", ("Conv",)) == ["DequantizeLinear"] * 2
+    assert report["max_rel_deviation"] < 1e-5
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.out = (
+            nn.Linear(6, 8),
+            nn.Linear(8, 8),
+            nn.Linear(8, 3),
+        )
+
+    def forward(self, x):
+        h = torch.relu(self.shared(torch.relu(self.inp(x))))
+        return self.out(torch.relu(self.shared(h)))
+
+
+@pytest.mark.parametrize("integer_products", [True, False])
+@pytest.mark.parametrize("activations", ["dynamic", ActivationQuantizer(n_bits=4)])
+def test_a_layer_called_twice_quantizes_both_inputs(
+    tmp_path, activations, integer_products
+):
+    torch.manual_seed(0)
+    X = torch.randn(32, 6)
+    qnet = quantize_model(
+        _CalledTwice().eval(), UniformQuantizer(n_bits=4), X, activations=activations
+    )
+    report = export_onnx(
+        qnet, X[:8], tmp_path / "m.onnx", integer_products=integer_products
+    )
+    if integer_products:
+        products = _data_inputs(tmp_path / "m.onnx", ("MatMulInteger",))
+        assert len(products) == 4 and None not in products
+    else:  # every product reads dequantized inputs
+        products = _data_inputs(tmp_path / "m.onnx", ("MatMul", "Gemm"))
+        assert products == ["DequantizeLinear"] * 4
+    assert report["max_rel_deviation"] < 1e-5
+
+
+def test_a_layer_under_two_names_exports(tmp_path):
+    class Alias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.out = nn.Linear(6, 6), nn.Linear(6, 3)
+            self.b = self.a
+
+        def forward(self, x):
+            return self.out(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    torch.manual_seed(0)
+    qnet = quantize_model(Alias().eval(), UniformQuantizer(n_bits=4))
+    report = export_onnx(qnet, torch.randn(8, 6), tmp_path / "m.onnx")
+    assert report["layers"] == {"a": "int4", "out": "int4"}
+    assert report["max_rel_deviation"] < 1e-5

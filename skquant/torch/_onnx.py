@@ -272,10 +272,13 @@ def export_onnx(
     # (a forward may write to its input)
     x = example_input.detach().clone()
     stand = copy.deepcopy(model).eval()
-    mods = dict(stand.named_modules())
-    for name in quantized:
-        parent, _, attr = name.rpartition(".")
-        setattr(mods[parent] if parent else stand, attr, _float_twin(mods[name]))
+    mods = dict(stand.named_modules(remove_duplicate=False))
+    twins = {}  # one twin a layer, under each of its names (self.b = self.a)
+    for name, mod in list(mods.items()):
+        if name and isinstance(mod, QuantMixin):
+            twin = twins.setdefault(id(mod), _float_twin(mod))
+            parent, _, attr = name.rpartition(".")
+            setattr(mods[parent] if parent else stand, attr, twin)
     shapes = None
     if x.dim() > 0 and x.shape[0] > 1:
         shapes = ({0: torch.export.Dim("batch")},)
@@ -324,8 +327,8 @@ def export_onnx(
                 "graph; it cannot be stored as integers."
             )
         key, transposed = found
-        site = _consumer(graph, key)
-        probes[name] = site[1].input[0]
+        sites = [node for _, node in _consumers(graph, key)]
+        probes[name] = sites[0].input[0]
         integer = (
             matmul_nbits is None
             and integer_products
@@ -335,7 +338,7 @@ def export_onnx(
             and qt.zero_point is None
             and qt.precision_bits is None
             and (layer._act_mode == "dynamic" or layer._act_meta["n_bits"] <= 8)
-            and (site[1].op_type == "MatMul" or _plain_gemm(site[1], helper))
+            and all(n.op_type == "MatMul" or _plain_gemm(n, helper) for n in sites)
         )
         # 8-bit input codes times weight codes beyond +-64: an unsigned product
         wide = (
@@ -474,18 +477,27 @@ def _find_weight(name, layer, inits, numpy_helper):
     return None
 
 
-def _consumer(graph, key):
-    """``(index, node)`` of the node that multiplies by weight ``key``.
+def _consumers(graph, key):
+    """``[(index, node)]`` of the nodes that multiply by weight ``key``, in order.
 
     The exporter writes a Linear as ``Gemm`` or as ``Transpose -> MatMul``, a
-    convolution as ``Conv``; the data input is the node's first.
+    convolution as ``Conv``: the weight is the node's second input, the data its
+    first. Other nodes may read the weight too (a convolution without a bias
+    reads its shape, for a zero bias), and a layer called twice has two products.
     """
-    for i, node in enumerate(graph.node):
-        if key in node.input:
-            if node.op_type == "Transpose":
-                return _consumer(graph, node.output[0])
-            return i, node
-    raise ValueError(f"no node of the exported graph uses {key!r}.")
+    names = {key} | {
+        n.output[0] for n in graph.node if n.op_type == "Transpose" and key in n.input
+    }
+    found = [
+        (i, node)
+        for i, node in enumerate(graph.node)
+        if node.op_type in ("Gemm", "MatMul", "Conv")
+        and len(node.input) > 1
+        and node.input[1] in names
+    ]
+    if not found:
+        raise ValueError(f"no node of the exported graph multiplies by {key!r}.")
+    return found
 
 
 def _plain_gemm(node, helper):
@@ -502,7 +514,7 @@ def _plain_gemm(node, helper):
 
 
 def _quantize_input(graph, key, layer, helper, numpy_helper, integer=False):
-    """Put the input of the node using weight ``key`` on the layer's grid.
+    """Put the input of each product by weight ``key`` on the layer's grid.
 
     Static: ``Clip -> QuantizeLinear -> DequantizeLinear`` with the calibrated
     grid. Dynamic: the grid of :func:`~skquant.torch._int8.fake_dynamic`, per call,
@@ -513,12 +525,26 @@ def _quantize_input(graph, key, layer, helper, numpy_helper, integer=False):
 
     Returns
     -------
-    (codes, scale, zero point) : tuple of str
-        The names of the quantized input.
+    list of (codes, scale, zero point)
+        The names of the quantized input, one triple per product by ``key`` (a
+        layer called twice has two), in graph order.
     """
-    index, node = _consumer(graph, key)
+    sites = _consumers(graph, key)
+    names = []
+    for k, (index, node) in reversed(list(enumerate(sites))):  # (indices stay)
+        prefix = f"{key}_input{k or ''}"
+        names.append(
+            _quantize_site(
+                graph, index, node, prefix, layer, helper, numpy_helper, integer
+            )
+        )
+    return names[::-1]
+
+
+def _quantize_site(graph, index, node, prefix, layer, helper, numpy_helper, integer):
+    """:func:`_quantize_input` at one product, ``node`` (``graph.node[index]``);
+    the new tensors' names start with ``prefix``."""
     x_name = node.input[0]
-    prefix = f"{key}_input"
 
     def const(value, dtype, suffix):
         name = f"{prefix}_{suffix}"
@@ -586,21 +612,19 @@ def _quantize_input(graph, key, layer, helper, numpy_helper, integer=False):
 
 
 def _integer_linear(
-    graph, key, codes, kind, scale, quantized_input, helper, numpy_helper
+    graph, key, codes, kind, scale, quantized_inputs, helper, numpy_helper
 ):
-    """Replace the product by weight ``key`` with ``MatMulInteger`` on the codes.
+    """Replace the products by weight ``key`` with ``MatMulInteger`` on the codes.
 
     ``codes`` (n_out, n_in) are signed and at most 8 bits, ``scale`` their float32
-    scales (one, or one per output); ``quantized_input`` the names of the input's
-    codes, scale and zero point. Writes ``MatMulInteger -> Cast -> Mul (input
-    scale x weight scales) [-> Add bias]``; codes narrower than INT8 are stored as
-    their type and cast to INT8 in the graph (ONNX Runtime folds the cast at load);
-    ``kind="uint8"`` stores them moved up by 128 with zero point 128.
-    The node must be a ``MatMul`` or a plain ``Gemm`` (:func:`_plain_gemm`).
+    scales (one, or one per output); ``quantized_inputs`` the names of each
+    product's input codes, scale and zero point (:func:`_quantize_input`). Writes
+    ``MatMulInteger -> Cast -> Mul (input scale x weight scales) [-> Add bias]``;
+    codes narrower than INT8 are stored as their type and cast to INT8 in the
+    graph (ONNX Runtime folds the cast at load); ``kind="uint8"`` stores them
+    moved up by 128 with zero point 128. The nodes must be ``MatMul`` or plain
+    ``Gemm`` (:func:`_plain_gemm`).
     """
-    index, node = _consumer(graph, key)
-    q, s, z = quantized_input
-    prefix = f"{key}_integer"
     weights = np.ascontiguousarray(codes.T).astype(np.int16)  # (n_in, n_out)
     weight_inputs = [f"{key}_q"]
     if kind == "uint8":  # signed codes moved up by 128, zero point 128
@@ -617,29 +641,37 @@ def _integer_linear(
             np.asarray(scale, np.float32).reshape(-1), f"{key}_scale"
         )
     )
-    new = []
-    if kind not in ("int8", "uint8"):
-        weight_inputs[0] = f"{prefix}_int8"
-        new.append(helper.make_node("Cast", [f"{key}_q"], [f"{prefix}_int8"], to=3))
-    out = node.output[0]
-    biased = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
-    new += [
-        helper.make_node(
-            "MatMulInteger",
-            [q, weight_inputs[0], z, *weight_inputs[1:]],
-            [f"{prefix}_int32"],
-        ),
-        helper.make_node("Cast", [f"{prefix}_int32"], [f"{prefix}_float"], to=1),
-        helper.make_node("Mul", [s, f"{key}_scale"], [f"{prefix}_scale"]),
-        helper.make_node(
-            "Mul",
-            [f"{prefix}_float", f"{prefix}_scale"],
-            [f"{prefix}_product" if biased else out],
-        ),
-    ]
-    if biased:
-        new.append(helper.make_node("Add", [f"{prefix}_product", node.input[2]], [out]))
-    _replace_product(graph, index, key, new)
+    cast = kind not in ("int8", "uint8")
+    if cast:  # (once, before the first product)
+        weight_inputs[0] = f"{key}_int8"
+        first = _consumers(graph, key)[0][0]
+        graph.node.insert(
+            first, helper.make_node("Cast", [f"{key}_q"], [f"{key}_int8"], to=3)
+        )
+    sites = list(zip(_consumers(graph, key), quantized_inputs, strict=True))
+    for k, ((index, node), (q, s, z)) in reversed(list(enumerate(sites))):
+        prefix = f"{key}_integer{k or ''}"
+        out = node.output[0]
+        biased = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
+        new = [
+            helper.make_node(
+                "MatMulInteger",
+                [q, weight_inputs[0], z, *weight_inputs[1:]],
+                [f"{prefix}_int32"],
+            ),
+            helper.make_node("Cast", [f"{prefix}_int32"], [f"{prefix}_float"], to=1),
+            helper.make_node("Mul", [s, f"{key}_scale"], [f"{prefix}_scale"]),
+            helper.make_node(
+                "Mul",
+                [f"{prefix}_float", f"{prefix}_scale"],
+                [f"{prefix}_product" if biased else out],
+            ),
+        ]
+        if biased:
+            new.append(
+                helper.make_node("Add", [f"{prefix}_product", node.input[2]], [out])
+            )
+        _replace_product(graph, index, key, new)
 
 
 def _replace_product(graph, index, key, nodes):
@@ -675,13 +707,13 @@ def _pack(u, bits):
 
 
 def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
-    """Replace the product by weight ``key`` with ONNX Runtime's MatMulNBits.
+    """Replace the products by weight ``key`` with ONNX Runtime's MatMulNBits.
 
     ``codes`` are the layer's (n_out, n_in). Returns False (nothing changed) when
     the exporter wrote the product in a form this does not rewrite.
     """
-    index, node = _consumer(graph, key)
-    if node.op_type != "MatMul" and not _plain_gemm(node, helper):
+    sites = _consumers(graph, key)
+    if not all(n.op_type == "MatMul" or _plain_gemm(n, helper) for _, n in sites):
         return False
     bits = int(kind.removeprefix("u").removeprefix("int"))
     n_out, n_in = codes.shape
@@ -701,7 +733,7 @@ def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
         n_out, n_blocks, -1
     )
     scale = np.broadcast_to(np.asarray(qt.scale, np.float32).reshape(-1), (n_out,))
-    inputs = [node.input[0], f"{key}_nbits", f"{key}_scale"]
+    inputs = [f"{key}_nbits", f"{key}_scale"]
     graph.initializer.append(numpy_helper.from_array(packed, f"{key}_nbits"))
     graph.initializer.append(
         numpy_helper.from_array(
@@ -714,23 +746,25 @@ def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
             numpy_helper.from_array(zps.reshape(-1), f"{key}_zero_point")
         )
         inputs.append(f"{key}_zero_point")
-    out = node.output[0]
-    product = f"{out}_nbits" if node.op_type == "Gemm" and len(node.input) > 2 else out
-    new = [
-        helper.make_node(
-            "MatMulNBits",
-            inputs,
-            [product],
-            name=f"{key}_matmul_nbits",
-            domain="com.microsoft",
-            K=n_in,
-            N=n_out,
-            bits=bits,
-            block_size=block,
-            accuracy_level=level,
-        )
-    ]
-    if product != out:
-        new.append(helper.make_node("Add", [product, node.input[2]], [out]))
-    _replace_product(graph, index, key, new)
+    for k, (index, node) in reversed(list(enumerate(sites))):
+        out = node.output[0]
+        biased = node.op_type == "Gemm" and len(node.input) > 2
+        product = f"{out}_nbits" if biased else out
+        new = [
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], *inputs],
+                [product],
+                name=f"{key}_matmul_nbits{k or ''}",
+                domain="com.microsoft",
+                K=n_in,
+                N=n_out,
+                bits=bits,
+                block_size=block,
+                accuracy_level=level,
+            )
+        ]
+        if product != out:
+            new.append(helper.make_node("Add", [product, node.input[2]], [out]))
+        _replace_product(graph, index, key, new)
     return True
