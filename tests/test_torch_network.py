@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
 from torch import nn  # noqa: E402
 
 from skquant import (  # noqa: E402
+    ActivationQuantizer,
     AdaptivePrecisionQuantizer,
     GreedyPathQuantizer,
     NullSpaceQuantizer,
@@ -247,6 +248,56 @@ def test_skip_by_class_skips_every_instance():
     assert TorchNetwork(net[1:2], skip=[nn.Conv2d]).skip == ()
     with pytest.raises(TypeError, match=re.escape("skip=[<class 'int'>]")):
         TorchNetwork(net, skip=[int])
+
+
+class _CalledTwice(nn.Module):
+    """``shared`` runs twice, its second call on inputs 10x the first's."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared, self.out = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.shared(x))
+        return self.out(torch.relu(self.shared(10 * h)))
+
+
+def test_a_layer_called_twice_has_a_static_grid_for_every_call():
+    torch.manual_seed(0)
+    net, X = _CalledTwice().eval(), torch.randn(64, 8)
+    seen = []
+    hook = net.shared.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        net(X)
+    hook.remove()
+    with warnings.catch_warnings():  # memoryless: no warning
+        warnings.filterwarnings("error", message=".*more than once")
+        qnet = quantize_model(
+            net, UniformQuantizer(n_bits=8), X, activations=ActivationQuantizer()
+        )
+    layer = qnet.shared
+    top = (layer._act_meta["qmax"] - layer.input_zero_point[0]) * layer.input_scale[0]
+    bottom = (layer._act_meta["qmin"] - layer.input_zero_point[0]) * layer.input_scale[
+        0
+    ]
+    assert float(top) >= float(seen[1].max()) * (1 - 1e-2)  # the second call's
+    assert float(bottom) <= float(seen[0].min())
+    with torch.no_grad():
+        want = net(X)
+        err = (qnet(X) - want).norm() / want.norm()
+    assert err < 0.05  # (0.59 with the first call's grid)
+
+
+def test_a_data_driven_layer_called_twice_is_warned_about():
+    torch.manual_seed(0)
+    net, X = _CalledTwice().eval(), torch.randn(64, 8)
+    with pytest.warns(
+        UserWarning, match=re.escape("layers {'shared': 2} (name: calls)")
+    ):
+        quantize_model(net, GreedyPathQuantizer(n_bits=4), X)
+    with warnings.catch_warnings():  # "shared" left float
+        warnings.filterwarnings("error", message=".*more than once")
+        quantize_model(net, {"out": GreedyPathQuantizer(n_bits=4)}, X)
 
 
 def test_layer_that_does_not_run():

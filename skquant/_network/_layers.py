@@ -120,7 +120,7 @@ def quantize_layers(
         network, data if walk else None, max_rows=max_rows, random_state=random_state
     )
     result = LayerQuantization()
-    no_freedom = []
+    no_freedom, first_calls = [], {}
     for step in progress(
         steps, desc="quantize layers", total=len(names), enabled=verbose
     ):
@@ -138,6 +138,8 @@ def quantize_layers(
         if est is not None:
             start = time.perf_counter()
             inputs = step.inputs() if requires(est, "data") else None
+            if inputs is not None and step.calls > 1:
+                first_calls[step.name] = step.calls
             if inputs is not None and not all(np.isfinite(X).all() for X in inputs):
                 raise ValueError(
                     f"layer {step.name!r}: its input on the calibration data holds "
@@ -192,6 +194,14 @@ def quantize_layers(
         if sink is not None:  # hold no layer while the walk makes the next one
             step.weight = W = None
             release_heap()
+    if first_calls:
+        warnings.warn(
+            f"layers {first_calls} (name: calls) run more than once in a forward "
+            "pass: their data-driven quantizers fitted them on their first call's "
+            "inputs only (static input grids are fitted on every call's).",
+            UserWarning,
+            stacklevel=2,
+        )
     if no_freedom:
         warnings.warn(
             f"NullSpaceQuantizer: the calibration data leaves no freedom in "

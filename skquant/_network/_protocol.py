@@ -31,14 +31,18 @@ class LayerStep:
     groups : int, default=1
         Input groups (grouped convolutions): group ``g``'s outputs see only the
         ``g``-th block of ``n_in`` input columns.
+    calls : int, default=1
+        How many times a forward pass runs the layer; ``inputs`` are those of
+        its first call.
     """
 
-    def __init__(self, name, weight, inputs, groups=1):
+    def __init__(self, name, weight, inputs, groups=1, calls=1):
         self.name = name
         self.weight = weight
         self._inputs_fn = inputs
         self._inputs = None
         self.groups = groups
+        self.calls = calls
         self.quantized = None
         self.tensor = None
 

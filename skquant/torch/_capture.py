@@ -18,7 +18,7 @@ def layer_input(args, kwargs):
     return args[0] if args else kwargs.get("input", next(iter(kwargs.values()), None))
 
 
-def capture(block, modules, batches, take, *, stop=False):
+def capture(block, modules, batches, take, *, stop=False, every=False):
     """Run ``block`` on each batch and hand ``modules``' inputs to ``take``.
 
     Without gradients, ``block(x)`` runs for a copy of every ``x`` of ``batches``
@@ -26,9 +26,9 @@ def capture(block, modules, batches, take, *, stop=False):
     forward writes to its input); the input of each module of ``modules`` (a
     dict name -> module) goes to ``take(name, module, x, offset)``, ``offset``
     being the index of the batch's first sample.
-    A module called more than once in a pass gives its first call's input. With
-    ``stop``, a pass ends at the first input captured (what follows does not
-    run).
+    A module called more than once in a pass gives its first call's input
+    (``every``: each call's). With ``stop``, a pass ends at the first input
+    captured (what follows does not run).
 
     Raises
     ------
@@ -38,7 +38,7 @@ def capture(block, modules, batches, take, *, stop=False):
     state = {"offset": 0, "seen": set()}
 
     def hook(name, module, args, kwargs):
-        if name in state["seen"]:  # a module called twice: its first call
+        if name in state["seen"] and not every:  # called twice: its first call
             return
         state["seen"].add(name)
         take(name, module, layer_input(args, kwargs), state["offset"])
@@ -70,6 +70,20 @@ def capture(block, modules, batches, take, *, stop=False):
     finally:
         for h in hooks:
             h.remove()
+
+
+def repeated_calls(model, modules, batch):
+    """``{name: calls}`` of the modules of ``modules`` that ``model`` (in eval
+    mode) calls more than once in its forward pass on ``batch``."""
+    counts = dict.fromkeys(modules, 0)
+
+    def take(name, module, x, offset):
+        counts[name] += 1
+
+    with kept_state(model):
+        model.eval()
+        capture(model, modules, [batch], take, every=True)
+    return {name: n for name, n in counts.items() if n > 1}
 
 
 def capture_inputs(model, modules, data, *, batch_size=256, device=None):

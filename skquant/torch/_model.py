@@ -13,7 +13,7 @@ from .._common._heap import release_heap
 from .._network._layers import quantize_layers
 from .._quantizers._activation import ActivationQuantizer
 from .._tensor import _io
-from ._capture import capture
+from ._capture import capture, repeated_calls
 from ._checkpoint import (
     Checkpoint,
     check_default_device,
@@ -237,6 +237,9 @@ def quantize_model(
         else Checkpoint(checkpoint),
         lean=lean,
     )
+    repeated = {}  # layers called more than once a pass: their calls' grid
+    if act_quantizer is not None:
+        repeated = _repeated_layers(network, calibration_data, batch_size)
     if isinstance(runtime, dict):
         known = set(network.layer_names) | set(network.tied) | {"*"}
         unknown = [k for k in runtime if k not in known]
@@ -333,7 +336,7 @@ def quantize_model(
                 qlayers[name]._set_activations("dynamic")
         else:
             calibrate_activations(
-                qmodel, names, act_quantizer, calibration_data, batch_size
+                qmodel, names, act_quantizer, calibration_data, batch_size, repeated
             )
     qlayers = dict(qmodel.named_modules(remove_duplicate=False))
     for row in res.report.rows:
@@ -429,6 +432,18 @@ def _materialize(network, tensors):
             put(mod, attr, network.float_weight(network.tied.get(name, name)))
 
 
+def _repeated_layers(network, data, batch_size):
+    """``{name: calls}`` of the layers the forward calls more than once (on the
+    first batch of ``data``)."""
+    model = network.model
+    batches = input_batches(data, batch_size, model_dtype(model), model_device(model))
+    first = next(iter(batches), None)
+    if first is None:
+        return {}
+    modules = {name: network.module(name) for name in network.layer_names}
+    return repeated_calls(model, modules, first)
+
+
 def check_activations(activations, calibration_data):
     """The :class:`~skquant.ActivationQuantizer` of ``activations`` (``None``
     for weight-only or dynamic); raise for anything else."""
@@ -454,11 +469,13 @@ def check_activations(activations, calibration_data):
 MAX_CALIBRATION_VALUES = 1 << 24
 
 
-def calibrate_activations(qmodel, names, quantizer, data, batch_size):
+def calibrate_activations(qmodel, names, quantizer, data, batch_size, every=()):
     """Fit a clone of ``quantizer`` at the input of each layer of ``names``, in order.
 
     Each layer's grid is set before the next layer is calibrated, so a layer sees
-    the input the quantized prefix (weights and activations) gives it.
+    the input the quantized prefix (weights and activations) gives it. A layer
+    of ``every`` (one the forward calls more than once) is fitted on the inputs
+    of all its calls, in whole passes.
     """
     mods = dict(qmodel.named_modules(remove_duplicate=False))
     batches = input_batches(data, batch_size, model_dtype(qmodel), model_device(qmodel))
@@ -474,7 +491,10 @@ def calibrate_activations(qmodel, names, quantizer, data, batch_size):
                     x = x.movedim(1, -1)
                 got.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
 
-            capture(qmodel, {name: layer}, batches, take, stop=True)
+            repeated = name in every
+            capture(
+                qmodel, {name: layer}, batches, take, stop=not repeated, every=repeated
+            )
             X = torch.cat(got).numpy()
             if not np.isfinite(X).all():
                 raise ValueError(

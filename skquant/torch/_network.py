@@ -530,16 +530,21 @@ class TorchNetwork(Network):
             if n == prefix or n.startswith(prefix + ".") or not prefix
         ]
         fmods = {n: self._modules[n] for n in inner}
-        store, order = {}, []
+        store, order, calls = {}, [], {}
 
         def take(name, module, x, offset):
+            calls[name, offset] = calls.get((name, offset), 0) + 1
+            if calls[name, offset] > 1:  # a layer called again: its first call's
+                return
             if name not in store:
                 order.append(name)
                 check_layer_input(name, module, x)
             rows = sampler.rows(name, module, x, offset)
             store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
 
-        capture(fblock, fmods, fcache, take)
+        capture(fblock, fmods, fcache, take, every=True)
+        repeated = {n: c for (n, _), c in calls.items() if c > 1}
+        calls.clear()
         missing = [n for n in inner if n not in store]
         if missing:
             raise ValueError(
@@ -570,6 +575,7 @@ class TorchNetwork(Network):
                 )
             first = False
             step = self._step(name, lambda Xq=Xq, Xf=Xf: (Xq, Xf))
+            step.calls = repeated.get(name, 1)
             step.inputs()
             yield step
             self._apply(qmods, step)
