@@ -383,7 +383,8 @@ def test_lp_interior_point_on_many_rows_reaches_the_simplex_vertex(monkeypatch):
 
     linprog = lp.linprog
     monkeypatch.setattr(lp, "linprog", recording)
-    X, W = _layer(m=lp.IPM_ROWS, n_in=lp.IPM_ROWS + 60, n_out=2, seed=8)
+    monkeypatch.setattr(lp, "IPM_ROWS", 40)  # (a small layer)
+    X, W = _layer(m=40, n_in=100, n_out=2, seed=8)
     V = np.linalg.svd(X, full_matrices=False)[2].T
     seen = np.ones(X.shape[1], dtype=bool)
     Z = lp.basic_solutions(V, W, seen)
@@ -392,7 +393,7 @@ def test_lp_interior_point_on_many_rows_reaches_the_simplex_vertex(monkeypatch):
     np.testing.assert_allclose(Z, Z_simplex, rtol=0, atol=1e-12 * np.abs(Z).max())
     # a vertex: all but at most k - 1 entries at +-||z||_inf
     c = np.abs(Z).max(axis=0)
-    assert np.all((np.abs(Z) < c * (1 - 1e-9)).sum(axis=0) <= lp.IPM_ROWS - 1)
+    assert np.all((np.abs(Z) < c * (1 - 1e-9)).sum(axis=0) <= 40 - 1)
 
 
 @pytest.mark.parametrize("n_bits", ["ternary", "binary", 3])

@@ -431,3 +431,43 @@ def test_fake_quantize_exports_and_takes_a_float64_step():
     x64 = torch.linspace(-1, 1, 2001, dtype=torch.float64)
     same = fake_quantize_ste(x64, torch.tensor(0.1, dtype=torch.float64), -7, 7)
     assert torch.equal(fake_quantize_ste(x64, 0.1, -7, 7), same)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(6, 8), nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x, y):
+        return self.head(torch.relu(self.a(x)) * torch.sigmoid(self.b(y)))
+
+
+def test_a_model_with_two_inputs_is_told_to_wrap_them():
+    pairs = [(torch.randn(8, 6), torch.randn(8, 4)) for _ in range(2)]
+    model = _TwoInputs().eval()
+    # (x, y) pairs are (input, target): the forward misses its second input
+    with pytest.raises(TypeError, match="wrap a model with several inputs"):
+        quantize_model(model, GreedyPathQuantizer(n_bits=4), pairs)
+    with pytest.raises(TypeError, match="a batch of the data is a sequence of tensors"):
+        quantize_model(model, GreedyPathQuantizer(n_bits=4), [(p,) for p in pairs])
+
+
+class _TiedEmbedding(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.dec = nn.Embedding(20, 8), nn.Linear(8, 20, bias=False)
+        self.dec.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.dec(torch.tanh(self.emb(t)))
+
+
+def test_a_weight_tied_to_a_float_module_is_named(tmp_path):
+    model = _TiedEmbedding().eval()
+    with pytest.warns(UserWarning, match=re.escape("['emb.weight'] are the weights")):
+        qnet = quantize_model(model, UniformQuantizer(n_bits=4), skip=["emb"])
+    assert torch.equal(qnet.emb.weight, model.emb.weight)  # left float there
+    with pytest.raises(ValueError, match="cannot keep a float and a quantized copy"):
+        quantize_model(
+            model, UniformQuantizer(n_bits=4), skip=["emb"], output=tmp_path / "m.skq"
+        )

@@ -7,7 +7,7 @@ variables, with the box as bounds, where the form in ``(z, t)`` needs ``2 n``
 inequality rows ``-t <= z_i <= t`` beside them. The map ``(u, s) -> (u / s,
 1 / s)`` takes the one's vertices to the other's (each active bound ``u_i = +-1``
 is an active ``z_i = +-t``), so a vertex has the same coordinates at ``+-t``;
-a 32 x 4096 layer's programs are 30x faster so (``benchmarks/bench_nullspace_lp.py``).
+a 32 x 4096 layer's programs are 33x faster so (``benchmarks/bench_nullspace_lp.py``).
 """
 
 import numpy as np
@@ -18,9 +18,11 @@ from .._common._progress import run_in_batches
 __all__ = ["basic_solutions"]
 
 #: From this many equality rows on, HiGHS's interior point method (with its
-#: crossover to a vertex) is faster than its dual simplex: 1.6x at 256 x 2048,
-#: 6.5x at 1024 x 4096, the same vertices (``bench_nullspace_lp.py``).
-IPM_ROWS = 256
+#: crossover to a vertex) is faster than its dual simplex on Gaussian layers:
+#: 1.6x at 512 x 1024, 6.5x at 1024 x 4096, the same vertices
+#: (``bench_nullspace_lp.py``). Below, the simplex is about as fast, or faster:
+#: 0.46 against 0.62 s a neuron on the MNIST layer of nullspace.rst (256 rows).
+IPM_ROWS = 512
 
 
 def basic_solutions(V, Z0, seen, method=None):

@@ -66,6 +66,15 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
                         f"calibration data of shape {tuple(x.shape)} (one batch) "
                         f"does not fit the model: {exc}"
                     ) from exc
+                except TypeError as exc:
+                    if "argument" not in str(exc):
+                        raise
+                    raise TypeError(
+                        f"the model's forward does not take one tensor ({exc}): "
+                        "skquant calls model(x) on each batch x (the x of (x, y) "
+                        "pairs); wrap a model with several inputs in a module "
+                        "whose forward takes one tensor."
+                    ) from exc
                 offset += x.shape[0]
     finally:
         for h in hooks:

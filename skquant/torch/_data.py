@@ -200,11 +200,15 @@ def _iterated(data, labelled, copy=True):
         ) from exc
     for b in items:
         x = b[0] if isinstance(b, tuple | list) and b else b
-        if isinstance(x, dict):
+        several = isinstance(x, tuple | list) and any(
+            isinstance(t, torch.Tensor) for t in x
+        )
+        if isinstance(x, dict) or several:
             raise TypeError(
-                "a batch of the data is a dict: skquant calls model(x) with one "
-                "tensor x (or takes x from (x, y) pairs); pass the inputs as "
-                "tensors, or wrap the model so that its forward takes one tensor."
+                f"a batch of the data is a {'dict' if not several else 'sequence'} "
+                "of tensors: skquant calls model(x) with one tensor x (or takes x "
+                "from (x, y) pairs); pass the inputs as tensors, or wrap the model "
+                "so that its forward takes one tensor."
             )
         if labelled:
             if not (isinstance(b, tuple | list) and len(b) == 2):

@@ -82,6 +82,35 @@ def _check_meta(model, checkpoint):
         )
 
 
+def _check_ties_outside(model, layers, tied, lean):
+    """Warn (raise, for a ``lean`` walk) when a weight layer's weight is also
+    the parameter of a module left float (an embedding tied to its decoder)."""
+    weights = {id(m.weight): n for n, m in layers.items()}
+    own = {f"{n}.weight" if n else "weight" for n in [*layers, *tied]}
+    outside = {
+        key: weights[id(p)]
+        for key, p in model.named_parameters(remove_duplicate=False)
+        if id(p) in weights and key not in own
+    }
+    if not outside:
+        return
+    what = (
+        f"{sorted(outside)} are the weights of layers {sorted(set(outside.values()))}"
+    )
+    if lean:
+        raise ValueError(
+            f"{what}, left float there: checkpoint= and output= hold one layer's "
+            "weights at a time and cannot keep a float and a quantized copy of one "
+            "tensor. Quantize the model in memory, or untie the weights."
+        )
+    warnings.warn(
+        f"{what}: they stay float there while those layers are quantized (the "
+        "quantized model no longer ties them).",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 def _skip_names(model, skip):
     """``skip`` as module names: a name stays, a module class names the modules
     of ``model`` that are instances of it (none, if it has none)."""
@@ -202,6 +231,7 @@ class TorchNetwork(Network):
                 stacklevel=3,
             )
         self.layer_names = list(self._modules)
+        _check_ties_outside(model, self._modules, self.tied, lean or checkpoint)
         _check_meta(model, checkpoint)
         self._checkpoint = checkpoint
         self._lean = lean or checkpoint is not None
