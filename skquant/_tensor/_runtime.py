@@ -176,16 +176,15 @@ class RuntimeWeights:
         time)."""
         work = _work_dtype(self._meta["qmin"], self._meta["qmax"])
         out = np.empty((self.n_in, self.n_out), np.dtype(self._meta["codes_dtype"]))
-        tile = max(1, min(self.n_out, TILE_ENTRIES // max(self.n_in, 1)))
+        blocks, tile = _output_tiles(self.n_out, self.n_in)
         u = np.empty((tile, self.n_in), dtype=work)
         with numba_threads(-1):
-            for start in range(0, self.n_out, tile):
-                stop = min(start + tile, self.n_out)
-                t = u[: stop - start]
-                _k.unpack_rows(self.packed[start:stop], self.bits, self.n_in, t)
+            for rows in blocks:
+                t = u[: rows.stop - rows.start]
+                _k.unpack_rows(self.packed[rows], self.bits, self.n_in, t)
                 t *= work.type(self.mult)
                 t += work.type(self._base)
-                out[:, start:stop] = t.T
+                out[:, rows] = t.T
         return out
 
     def tensor(self):
@@ -266,16 +265,14 @@ class RuntimeWeights:
             return out
         # large batches are read in place: the tiles drop their padding columns
         x = np.ascontiguousarray(x)
-        tile = max(1, min(self.n_out, TILE_ENTRIES // self.n_pad))
+        blocks, tile = _output_tiles(self.n_out, self.n_pad)
         # the weights are those of dequantize(), in the tensor's float dtype
         buf = np.empty((tile, self.n_pad), dtype=self.float_dtype)
-        for start in range(0, self.n_out, tile):
-            stop = min(start + tile, self.n_out)
-            rows = self.dequantize_rows(
-                start, stop, self.float_dtype, buf[: stop - start]
+        for rows in blocks:
+            w = self.dequantize_rows(
+                rows.start, rows.stop, self.float_dtype, buf[: rows.stop - rows.start]
             )
-            w = rows[:, : self.n_in].T.astype(x.dtype, copy=False)
-            out[:, start:stop] = gemm(x, w)
+            out[:, rows] = gemm(x, w[:, : self.n_in].T.astype(x.dtype, copy=False))
         return out
 
     def int_matmul(self, a):
@@ -289,15 +286,22 @@ class RuntimeWeights:
         acc = np.int32 if bound < 2**31 else np.int64
         a = np.ascontiguousarray(a, dtype=acc)
         out = np.empty((a.shape[0], self.n_out), dtype=acc)
-        tile = max(1, min(self.n_out, TILE_ENTRIES // max(self.n_in, 1)))
+        blocks, tile = _output_tiles(self.n_out, self.n_in)
         u = np.empty((tile, self.n_in), dtype=np.int64)
         with numba_threads(-1):
-            for start in range(0, self.n_out, tile):
-                stop = min(start + tile, self.n_out)
-                _k.unpack_rows(self.packed[start:stop], self.bits, self.n_in, u)
-                d = self.mult * u[: stop - start] + self.offset[start:stop, None]
-                out[:, start:stop] = a @ d.astype(acc).T
+            for rows in blocks:
+                t = u[: rows.stop - rows.start]
+                _k.unpack_rows(self.packed[rows], self.bits, self.n_in, t)
+                d = self.mult * t + self.offset[rows, None]
+                out[:, rows] = a @ d.astype(acc).T
         return out
+
+
+def _output_tiles(n_out, width):
+    """Slices of ``n_out`` outputs of ``width`` entries each, a tile of about
+    :data:`TILE_ENTRIES` entries each, and the longest tile's length."""
+    blocks = list(row_blocks((n_out, width), TILE_ENTRIES))
+    return blocks, (blocks[0].stop if blocks else 0)
 
 
 class WideWeights:
