@@ -750,7 +750,17 @@ def test_repr_says_bits_runtime_and_activations():
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
     assert "n_bits=4, runtime='packed'" in repr(qnet[0])
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4), activations="dynamic")
-    assert "runtime='int8', activation_bits=8" in repr(qnet[2])
+    assert repr(qnet[2]).endswith("runtime='int8', activation_bits=8)")
+    # 8-bit inputs with 8-bit weight codes: put on their grid in float, and said so
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeFallbackWarning)  # (once a process)
+        qnet = quantize_model(
+            mlp(),
+            UniformQuantizer(n_bits=8),
+            torch.randn(64, 37),
+            activations=ActivationQuantizer(),
+        )
+    assert repr(qnet[2]).endswith("runtime='int8', activation_bits=8, simulated)")
 
 
 @pytest.mark.parametrize(

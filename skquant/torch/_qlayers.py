@@ -515,12 +515,13 @@ class QuantMixin:
         self._hold(self.quantized_tensor())
 
     def extra_repr(self):
-        """torch's description, plus the bits, runtime and activation bits."""
+        """torch's description, plus the bits, runtime and activation bits (and
+        ``simulated``: the quantized input put on its grid in float)."""
         act = self.activation_bits
-        return (
-            f"{super().extra_repr()}, n_bits={self.n_bits}, runtime={self.runtime!r}"
-            + ("" if act is None else f", activation_bits={act}")
-        )
+        tail = "" if act is None else f", activation_bits={act}"
+        tail += ", simulated" if act is not None and self._int8 is None else ""
+        head = f"{super().extra_repr()}, n_bits={self.n_bits}"
+        return f"{head}, runtime={self.runtime!r}{tail}"
 
     @property
     def activation_bits(self):
