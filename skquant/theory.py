@@ -38,6 +38,8 @@ __all__ = [
 
 
 def _as2d(X):
+    if np.iscomplexobj(X):
+        raise TypeError("X must be real, got a complex array.")
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.size == 0:
         raise ValueError(
@@ -67,7 +69,7 @@ def _steps(step):
     if np.ndim(step) == 0:
         return check_positive(step, "step")
     arr = np.asarray(step, dtype=np.float64)
-    if arr.ndim != 1 or not np.all(np.isfinite(arr) & (arr > 0)):
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
         raise ValueError(
             "step must be a finite number > 0 or a 1-D array of them (one per "
             f"column), got an array of shape {arr.shape} with values "
@@ -77,15 +79,39 @@ def _steps(step):
 
 
 def _out(bound):
-    """A bound as a float, or an array for per-column steps."""
+    """A bound as a float, or an array for per-column steps (ValueError when it
+    overflows float64)."""
+    if not np.all(np.isfinite(bound)):
+        raise ValueError(
+            "the bound overflows float64: X's entries are too large (scale X and "
+            "step down together; the bound scales with their product)."
+        )
     return float(bound) if np.ndim(bound) == 0 else np.asarray(bound, np.float64)
 
 
-def msq_bound(X, step):
+def _is_binary(variant):
+    """Whether ``variant`` (``"grid"``, ``"ternary"`` or ``"binary"``) is the binary
+    alphabet ``{-a, a}``, whose coordinates move by up to ``step = a``."""
+    if variant == "grid":
+        return False
+    try:
+        return alphabet_from(variant).is_binary
+    except ValueError:
+        raise ValueError(
+            "variant must be 'grid', 'ternary' or 'binary', got "
+            f"variant={variant!r} instead."
+        ) from None
+
+
+def msq_bound(X, step, *, variant="grid"):
     """A-priori bound for memoryless scalar quantization inside the range.
 
-    Every coordinate moves by at most ``step / 2``, so
-    ``||X (w - q)|| <= ||X||_2 * sqrt(n_in) * step / 2``.
+    Every coordinate moves by at most ``step / 2`` (``step`` for the binary
+    ``{-a, a}``, ``step = a``), so
+    ``||X (w - q)|| <= ||X||_2 * sqrt(n_in) * step / 2``. It holds when no weight
+    is clipped (within the grid's range; ``|w| <= 2a`` for binary): max-abs scales
+    (``scale="maxabs"``); scales that clip the largest weights (``"mse"``,
+    ``"percentile"``) can exceed it.
 
     Parameters
     ----------
@@ -93,6 +119,9 @@ def msq_bound(X, step):
         Calibration data.
     step : float or array-like of shape (n_out,)
         Grid step, or one per column (a fitted quantizer's ``scale_``).
+    variant : {"grid", "ternary", "binary"}, default="grid"
+        The alphabet: the rounding error per coordinate is ``step / 2``, except
+        ``step`` for binary.
 
     Returns
     -------
@@ -112,7 +141,8 @@ def msq_bound(X, step):
     """
     X = _as2d(X)
     step = _steps(step)
-    return _out(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * step / 2)
+    per = step if _is_binary(variant) else step / 2
+    return _out(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * per)
 
 
 def max_subset_norm_bound(X, r):
@@ -163,18 +193,20 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     only the top ``k`` directions of the data and the bound gains its drift,
     ``sigma_{k+1} * ||w - z||_2 <= sigma_{k+1} * sqrt(n_in) * cell``, ``cell``
     being how far ``z`` may move within a coordinate's cell (``step``, or ``2 *
-    step`` for binary).
+    step`` for binary). That drift term is the grid variant's, whose point ``z``
+    stays in ``w``'s cells: the LP variant's ``z`` does not, and with a rank cap
+    the bound does not hold for it (its fitted ``bound_`` does).
 
     Parameters
     ----------
     X : array-like of shape (m, n_in)
         Calibration data.
     step : float or array-like of shape (n_out,)
-        Grid step, or the level ``c`` of ``c {-1, 0, 1}`` (LP variant); or one per
-        column (a fitted quantizer's ``scale_``).
+        Grid step, or the level ``c`` of ``c {-1, 0, 1}`` (LP variant, without a
+        rank cap); or one per column (a fitted quantizer's ``scale_``).
     variant : {"grid", "ternary", "binary"}, default="grid"
-        The rounding error per coordinate is ``step / 2``, except ``step`` for
-        binary.
+        The alphabet: the rounding error per coordinate is ``step / 2``, except
+        ``step`` for binary.
     rank : int, default=None
         The rank cap ``k`` of the quantizer (``r = k`` coordinates off the
         alphabet, and the drift term when ``k`` is below the rank of ``X``);
@@ -200,16 +232,7 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     """
     X = _as2d(X)
     step = _steps(step)
-    if variant == "grid":
-        alphabet = None
-    else:
-        try:
-            alphabet = alphabet_from(variant)
-        except ValueError:
-            raise ValueError(
-                "variant must be 'grid', 'ternary' or 'binary', got "
-                f"variant={variant!r} instead."
-            ) from None
+    binary = _is_binary(variant)
     s = np.linalg.svd(X, compute_uv=False)  # once: the rank and sigma_{k+1}
     tol = s.max(initial=0.0) * max(X.shape) * np.finfo(s.dtype).eps
     full = int(np.sum(s > tol))  # numpy's matrix_rank
@@ -222,7 +245,6 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
                 f"rank must be at most min(m, n_in)={min(X.shape)} (the rank of X "
                 f"cannot exceed it), got rank={rank!r}."
             )
-    binary = alphabet is not None and alphabet.is_binary
     per = step if binary else step / 2
     bound = max_subset_norm_bound(X, r) * np.sqrt(r) * per
     if r < full:  # the directions left out drift: sigma_{r+1} ||w - z||
@@ -345,13 +367,17 @@ def lp_scale_bound(X, w):
     return float(np.linalg.norm(X @ w) / s[-1])
 
 
-def gpfq_bound(X, step):
+def gpfq_bound(X, step, *, variant="grid"):
     """A-priori bound for greedy path following (GPFQ) without clipping.
 
     Each step picks the grid point nearest to the projection, so
     ``||u_t||^2 <= ||u_{t-1}||^2 + (step / 2)^2 ||X_t||^2`` and
-    ``||X w - X q|| <= ||X||_F * step / 2``. (For Gaussian data the error is
-    much smaller, of order ``sqrt(m log n_in)`` steps: see :func:`predicted_rate`.)
+    ``||X w - X q|| <= ||X||_F * step / 2`` (``step`` in place of ``step / 2`` for
+    the binary ``{-a, a}``). The argument assumes no projection is clipped (it
+    lies in the grid's range); scales that clip the largest weights
+    (``scale="mse"``, ``"percentile"``) can exceed it. (For Gaussian data the error
+    is much smaller, of order ``sqrt(m log n_in)`` steps: see
+    :func:`predicted_rate`.)
 
     Parameters
     ----------
@@ -359,6 +385,9 @@ def gpfq_bound(X, step):
         Calibration data.
     step : float or array-like of shape (n_out,)
         Grid step, or one per column (a fitted quantizer's ``scale_``).
+    variant : {"grid", "ternary", "binary"}, default="grid"
+        The alphabet: the rounding error per coordinate is ``step / 2``, except
+        ``step`` for binary.
 
     Returns
     -------
@@ -378,7 +407,8 @@ def gpfq_bound(X, step):
     """
     X = _as2d(X)
     step = _steps(step)
-    return _out(np.linalg.norm(X) * step / 2)
+    per = step if _is_binary(variant) else step / 2
+    return _out(np.linalg.norm(X) * per)
 
 
 def predicted_rate(method, m, n_in):
@@ -388,7 +418,8 @@ def predicted_rate(method, m, n_in):
     growing (the rates of Maly & Saab's analysis): ``"msq"``: flat; ``"grid"`` (the
     null-space grid variant at fixed bits): ``sqrt(m / n_in)``; ``"gpfq"``:
     ``sqrt(m log n_in / n_in)``; ``"lp"`` (scale-free ternary):
-    ``m sqrt(log(n_in / m)) / n_in``.
+    ``m sqrt(log(n_in / m)) / n_in``, the logarithm taken at least 1 (``n_in / m``
+    raised to ``e``: the rate is asymptotic, for ``n_in >> m``).
 
     Parameters
     ----------
@@ -416,9 +447,11 @@ def predicted_rate(method, m, n_in):
     >>> float(r[0] / r[1])
     2.0
     """
-    n = np.asarray(n_in, dtype=float)
-    if not (np.isscalar(m) and np.isfinite(m) and m >= 1):
+    if isinstance(m, bool) or not isinstance(m, numbers.Real):
+        raise TypeError(f"m must be a number >= 1, got m={m!r}.")
+    if not (np.isfinite(m) and m >= 1):
         raise ValueError(f"m must be a number >= 1, got m={m!r}.")
+    n = np.asarray(n_in, dtype=float)
     if n.size == 0 or not np.all(np.isfinite(n)) or np.any(n < 1):
         raise ValueError(f"n_in must be numbers >= 1, got n_in={n_in!r}.")
     if method == "msq":
@@ -611,6 +644,12 @@ def plot_error_decay(result, ax=None, *, test=False):
     """
     import matplotlib.pyplot as plt
 
+    if not isinstance(result, dict) or not {"rows", "slopes", "m"} <= set(result):
+        raise TypeError(
+            "result must be the dict error_decay returns (keys 'rows', 'slopes', "
+            f"'m', ...), got {type(result).__name__} with keys "
+            f"{sorted(result) if isinstance(result, dict) else None} instead."
+        )
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 5))
     rows = result["rows"]

@@ -396,6 +396,21 @@ def test_lp_interior_point_on_many_rows_reaches_the_simplex_vertex(monkeypatch):
     assert np.all((np.abs(Z) < c * (1 - 1e-9)).sum(axis=0) <= 40 - 1)
 
 
+def test_lp_programs_are_scale_free():
+    """A neuron of tiny weights (whose program the solver's absolute tolerances
+    read as unbounded) has the vertex of its scaled-up copy, scaled down; one in
+    the null space of the data has ``z = 0``."""
+    X, W = _layer(m=8, n_in=30, n_out=2, seed=9)
+    tiny = W * np.array([1.0, 1e-11])
+    q = NullSpaceQuantizer(n_bits="ternary", variant="lp").fit(tiny, activations=X)
+    ref = NullSpaceQuantizer(n_bits="ternary", variant="lp").fit(W, activations=X)
+    np.testing.assert_allclose(q.scale_, ref.scale_ * [1.0, 1e-11], rtol=1e-9)
+    np.testing.assert_array_equal(q.codes_, ref.codes_)
+    null = W - np.linalg.pinv(X) @ (X @ W)  # X w = 0 (to round-off), w != 0
+    q = NullSpaceQuantizer(n_bits="ternary", variant="lp").fit(null, activations=X)
+    np.testing.assert_array_equal(q.codes_, 0)
+
+
 @pytest.mark.parametrize("n_bits", ["ternary", "binary", 3])
 @pytest.mark.parametrize("rounding", ["nearest", "greedy"])
 def test_lp_inputs_no_row_sees_take_the_nearest_code(n_bits, rounding):

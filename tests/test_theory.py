@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from skquant import GreedyPathQuantizer, NullSpaceQuantizer, UniformQuantizer
+from skquant import (
+    BinaryQuantizer,
+    GreedyPathQuantizer,
+    NullSpaceQuantizer,
+    UniformQuantizer,
+)
 from skquant.datasets import make_gaussian_layer
 from skquant.theory import (
     error_decay,
@@ -169,6 +174,21 @@ def test_bad_input_names_the_parameter():
         predicted_rate("grid", 0, 100)
     with pytest.raises(ValueError, match="n_in must be numbers >= 1"):
         predicted_rate("grid", 4, [100, 0])
+    for fn in (msq_bound, gpfq_bound):
+        with pytest.raises(ValueError, match="variant must be 'grid', 'ternary' or"):
+            fn(X, 0.1, variant="lp")
+    for fn in (msq_bound, gpfq_bound, nullspace_bound):
+        with pytest.raises(ValueError, match=r"step must be .* shape \(0,\)"):
+            fn(X, [])
+        with pytest.raises(TypeError, match="X must be real"):
+            fn(X + 1j, 0.1)
+        with pytest.raises(ValueError, match="the bound overflows float64"):
+            fn(X * 1e200, 1e200)
+    for m in ("16", True, None):
+        with pytest.raises(TypeError, match=f"m must be a number >= 1, got m={m!r}"):
+            predicted_rate("grid", m, 100)
+    with pytest.raises(TypeError, match="result must be the dict error_decay returns"):
+        plot_error_decay({})
     # the edges that stay valid: no data signal gives a zero bound, not an error
     assert msq_bound(np.zeros((3, 4)), 0.1) == 0.0
     # rank=0 keeps no direction: nothing is off the alphabet, all is drift
@@ -227,3 +247,25 @@ def test_bounds_take_a_fitted_quantizers_per_column_steps():
     assert per[2] == nullspace_bound(X, float(q.scale_[2]), rank=10)
     with pytest.raises(ValueError, match="step must be a finite number > 0 or a 1-D"):
         msq_bound(X, np.array([0.1, -0.1]))
+
+
+def test_binary_bounds_allow_a_whole_step_a_coordinate():
+    """{-a, a} moves a coordinate by up to a (not a / 2): X = I, w = (a, 0) puts
+    the second coordinate at +-a, an error of a, above the grid's bound."""
+    X, w = np.eye(2), np.array([[1.0], [0.0]])
+    q = GreedyPathQuantizer(n_bits="binary").fit(w, activations=X)
+    err = np.linalg.norm(X @ (w - q.transform(w)), axis=0)
+    np.testing.assert_allclose(err, q.scale_)  # a whole step
+    assert np.all(err > gpfq_bound(X, q.scale_))  # the grid's bound fails
+    assert np.all(err <= gpfq_bound(X, q.scale_, variant="binary") * (1 + 1e-12))
+    # MSQ at the max-abs level a (every |w| <= 2a): each coordinate moves by <= a
+    rng = np.random.default_rng(1)
+    X, W = rng.standard_normal((20, 64)), rng.standard_normal((64, 8))
+    b = BinaryQuantizer(scale=np.abs(W).max(axis=0)).fit(W)
+    err = np.linalg.norm(X @ (W - b.transform(W)), axis=0)
+    assert np.all(err <= msq_bound(X, b.scale_, variant="binary") * (1 + 1e-12))
+    # the one-coordinate case is tight: w = (0, ...) at level a moves by a
+    X1, w1 = np.eye(1), np.array([[0.0]])
+    b1 = BinaryQuantizer(scale=1.0).fit(w1)
+    e1 = np.linalg.norm(X1 @ (w1 - b1.transform(w1)))
+    assert e1 > msq_bound(X1, 1.0) and e1 <= msq_bound(X1, 1.0, variant="binary")

@@ -44,21 +44,25 @@ def basic_solutions(V, Z0, seen, method=None):
     A_eq = np.empty((k, n + 1))
     A_eq[:, :n] = V.T
     zeros = np.zeros(k)
+    noise = 64 * np.sqrt(k) * np.finfo(np.float64).eps  # round-off of V^T z0
     if method is None:
         method = "highs-ipm" if k >= IPM_ROWS else "highs"
 
     def solve(a, b):
         for j in range(a, b):
             b_eq = V.T @ Z0[:, j]
-            if not b_eq.any():  # z0 in the null space: z = 0 is feasible
-                Zs[:, j] = 0.0
+            size = np.abs(b_eq).max()
+            if size <= noise * np.linalg.norm(Z0[:, j]):  # z0 in the null space
+                Zs[:, j] = 0.0  # (to round-off): z = 0 is feasible
                 continue
-            A_eq[:, n] = -b_eq
+            # b at unit size: the solver's tolerances are absolute (a neuron of
+            # weights near 1e-11 read as b = 0, an unbounded s)
+            A_eq[:, n] = -b_eq / size
             res = linprog(cost, A_eq=A_eq, b_eq=zeros, bounds=bounds, method=method)
             if res.status != 0:  # pragma: no cover - HiGHS solves these LPs
                 raise RuntimeError(f"linprog failed on neuron {j}: {res.message}")
             u, s = res.x[:n], res.x[n]
-            Zs[:, j] = _exact_vertex(u / s, V, b_eq)
+            Zs[:, j] = _exact_vertex(u * (size / s), V, b_eq)
 
     run_in_batches(solve, Z0.shape[1], "null-space LPs (neurons)")
     Z[seen] = Zs
