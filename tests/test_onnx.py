@@ -666,3 +666,28 @@ def test_a_layer_under_two_names_exports(tmp_path):
     report = export_onnx(qnet, torch.randn(8, 6), tmp_path / "m.onnx")
     assert report["layers"] == {"a": "int4", "out": "int4"}
     assert report["max_rel_deviation"] < 1e-5
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"matmul_nbits": "float"}, {"activations": "dynamic"}],
+    ids=["matmul_nbits", "integer_products"],
+)
+def test_a_weight_read_by_another_node_stays_defined(tmp_path, options):
+    class Reads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.l(x) * self.l.weight.abs().mean()
+
+    torch.manual_seed(0)
+    X = torch.randn(16, 6)
+    activations = options.pop("activations", None)
+    qnet = quantize_model(
+        Reads().eval(), UniformQuantizer(n_bits=4), X, activations=activations
+    )
+    report = export_onnx(qnet, X[:4], tmp_path / "m.onnx", **options)
+    assert report["nodes"] == {"l": "DequantizeLinear"}  # (not the fused product)
+    assert report["max_rel_deviation"] < 1e-5

@@ -7,7 +7,11 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from skquant import GreedyPathQuantizer, UniformQuantizer  # noqa: E402
+from skquant import (  # noqa: E402
+    ActivationQuantizer,
+    GreedyPathQuantizer,
+    UniformQuantizer,
+)
 from skquant.torch import quantize_model  # noqa: E402
 
 
@@ -450,6 +454,29 @@ def test_a_model_with_two_inputs_is_told_to_wrap_them():
         quantize_model(model, GreedyPathQuantizer(n_bits=4), pairs)
     with pytest.raises(TypeError, match="a batch of the data is a sequence of tensors"):
         quantize_model(model, GreedyPathQuantizer(n_bits=4), [(p,) for p in pairs])
+
+
+def test_a_type_error_inside_the_forward_is_the_forwards():
+    class Buggy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.cat(self.l(x), x)  # (cat takes a sequence)
+
+    with pytest.raises(TypeError, match=r"^cat\(\): argument 'tensors'"):
+        quantize_model(Buggy(), GreedyPathQuantizer(n_bits=4), torch.randn(16, 8))
+
+
+def test_static_grids_leave_the_input_check_to_the_walk():
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) expects input"):
+        quantize_model(
+            nn.Sequential(nn.Linear(9, 3)),
+            GreedyPathQuantizer(n_bits=4),
+            torch.randn(16, 8),
+            activations=ActivationQuantizer(),
+        )
 
 
 class _TiedEmbedding(nn.Module):

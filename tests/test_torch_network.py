@@ -242,6 +242,12 @@ def test_skip_by_class_skips_every_instance():
     assert type(by_class[1]) is QuantLinear
     with torch.no_grad():
         torch.testing.assert_close(by_class(x), by_name(x), rtol=0, atol=0)
+    # a module under two names is skipped under both
+    alias = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    alias.extra = alias[0]
+    assert TorchNetwork(alias, skip=[nn.ReLU, "2"]).skip == ("2", "1")
+    with pytest.raises(ValueError, match=re.escape("skip=['0', '2', 'extra']")):
+        TorchNetwork(alias, skip=[nn.Linear])
     # a bare class, and a class no module is an instance of
     network = TorchNetwork(net, skip=nn.MultiheadAttention)
     assert network.skip == ("0.att", "2")

@@ -1,11 +1,19 @@
 """Forward passes that hand chosen layers' inputs to a callback: the one capture."""
 
+import re
+
 import torch
 from torch import nn
 
 from ._data import cloned, input_batches, model_device, model_dtype
 from ._rows import layer_inputs_matrix
 from ._state import kept_state
+
+#: torch's message when ``model(x)`` does not match the forward's signature
+_CALL_MISMATCH = re.compile(
+    r"forward\(\) (missing \d+ required positional argument"
+    r"|takes \d+ positional arguments? but \d+ (was|were) given)"
+)
 
 
 class StopForward(Exception):
@@ -67,7 +75,7 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
                         f"does not fit the model: {exc}"
                     ) from exc
                 except TypeError as exc:
-                    if "argument" not in str(exc):
+                    if not _CALL_MISMATCH.search(str(exc)):  # (from inside it)
                         raise
                     raise TypeError(
                         f"the model's forward does not take one tensor ({exc}): "

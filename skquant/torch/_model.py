@@ -237,9 +237,6 @@ def quantize_model(
         else Checkpoint(checkpoint),
         lean=lean,
     )
-    repeated = {}  # layers called more than once a pass: their calls' grid
-    if act_quantizer is not None:
-        repeated = _repeated_layers(network, calibration_data, batch_size)
     if isinstance(runtime, dict):
         known = set(network.layer_names) | set(network.tied) | {"*"}
         unknown = [k for k in runtime if k not in known]
@@ -249,6 +246,10 @@ def quantize_model(
                 f"the model; its layers are {network.layer_names[:12]} (and '*' "
                 "for the others)."
             )
+
+    repeated = {}  # layers called more than once a pass: their calls' grid
+    if act_quantizer is not None:
+        repeated = _repeated_layers(network, calibration_data, batch_size)
 
     def gradients():
         if lean:
@@ -441,7 +442,10 @@ def _repeated_layers(network, data, batch_size):
     if first is None:
         return {}
     modules = {name: network.module(name) for name in network.layer_names}
-    return repeated_calls(model, modules, first)
+    try:
+        return repeated_calls(model, modules, first)
+    except (TypeError, ValueError):  # the walk says what does not fit, by layer
+        return {}
 
 
 def check_activations(activations, calibration_data):

@@ -125,7 +125,11 @@ def _skip_names(model, skip):
             f"or a sequence of them, got skip={skip!r} instead."
         )
     kinds = tuple(s for s in skip if isinstance(s, type))
-    found = [n for n, m in model.named_modules() if kinds and isinstance(m, kinds)]
+    found = [  # every name of a module held under several
+        n
+        for n, m in model.named_modules(remove_duplicate=False)
+        if kinds and isinstance(m, kinds)
+    ]
     return [s for s in skip if isinstance(s, str)] + found
 
 

@@ -329,6 +329,8 @@ def export_onnx(
         key, transposed = found
         sites = [node for _, node in _consumers(graph, key)]
         probes[name] = sites[0].input[0]
+        # a weight some other node reads too stays defined: dequantized
+        elsewhere = _read_elsewhere(graph, key)
         integer = (
             matmul_nbits is None
             and integer_products
@@ -339,6 +341,7 @@ def export_onnx(
             and qt.precision_bits is None
             and (layer._act_mode == "dynamic" or layer._act_meta["n_bits"] <= 8)
             and all(n.op_type == "MatMul" or _plain_gemm(n, helper) for n in sites)
+            and not elsewhere
         )
         # 8-bit input codes times weight codes beyond +-64: an unsigned product
         wide = (
@@ -363,6 +366,7 @@ def export_onnx(
                 continue
         if (
             matmul_nbits is not None
+            and not elsewhere
             and isinstance(layer, nn.Linear)
             and kind[-1] in "248"
             and _matmul_nbits(
@@ -498,6 +502,21 @@ def _consumers(graph, key):
     if not found:
         raise ValueError(f"no node of the exported graph multiplies by {key!r}.")
     return found
+
+
+def _read_elsewhere(graph, key):
+    """Whether a node other than the products by weight ``key`` (and the
+    ``Transpose`` that feeds them) reads it (``l(x) * l.weight.mean()``)."""
+    own = {i for i, _ in _consumers(graph, key)}
+    names = {key}
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Transpose" and key in node.input:
+            own.add(i)
+            names.add(node.output[0])
+    return any(
+        i not in own and names.intersection(node.input)
+        for i, node in enumerate(graph.node)
+    )
 
 
 def _plain_gemm(node, helper):
