@@ -51,6 +51,35 @@ def test_inverse_upper_cholesky():
     np.testing.assert_allclose(U.T @ U, np.linalg.inv(H), atol=1e-12)
 
 
+def test_large_choleskys_run_on_one_blas_thread(monkeypatch):
+    """OpenBLAS's threaded Cholesky segfaults on large matrices (16384 with 2
+    threads): above SAFE_THREADED_CHOLESKY the factorisation gets one thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from skquant._quantizers import _gram
+
+    seen, real = [], _gram.lapack.dpotrf
+
+    def spy(*args, **kwargs):
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        seen.append(max(blas))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_gram.lapack, "dpotrf", spy)
+    monkeypatch.setattr(_gram, "SAFE_THREADED_CHOLESKY", 20)
+    rng = np.random.default_rng(0)
+    for n in (20, 30):
+        A = rng.standard_normal((n, n))
+        H = A @ A.T + n * np.eye(n)
+        with threadpool_limits(limits=2, user_api="blas"):
+            U = _inverse_upper_cholesky(H)
+            given = max(
+                i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"
+            )
+        np.testing.assert_allclose(U.T @ U, np.linalg.inv(H), atol=1e-12)
+    assert seen == [given, 1]  # the small one as given, the large one on one
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n_bits=st.sampled_from(BITS),

@@ -19,8 +19,12 @@ positive definiteness on wide, nearly singular layers), and the Gram path's
 rounding decisions divide by ``G[t, t]``.
 """
 
+import contextlib
+
 import numpy as np
 from scipy.linalg import lapack
+
+from .._kernels._threads import one_blas_thread
 
 __all__ = [
     "gram",
@@ -33,6 +37,10 @@ __all__ = [
 
 #: Columns per block of output rows (a 2048-column ``syrk`` at most).
 GRAM_BLOCK = 2048
+
+#: The largest matrix OpenBLAS's threaded Cholesky factorises here without
+#: crashing (it segfaults at 16384 with 2 threads); larger ones use one thread.
+SAFE_THREADED_CHOLESKY = 8192
 
 
 def gram(X, Y=None, *, block=GRAM_BLOCK):
@@ -237,7 +245,11 @@ def inverse_upper_cholesky(H, *, overwrite=False, block=GRAM_BLOCK):
     _reverse_inplace(flat)  # P H P
     # H.T is the same memory in Fortran order (and the same symmetric matrix):
     # its upper factor R (P H P = R^T R) lies in H's lower triangle as R^T = L
-    R, info = lapack.dpotrf(H.T, lower=0, clean=0, overwrite_a=1)
+    # OpenBLAS's threaded Cholesky crashes (SIGSEGV) on large matrices: at 16384
+    # and 18432 with 2 threads here (scipy's OpenBLAS 0.3.31), fine at 8192
+    big = n > SAFE_THREADED_CHOLESKY
+    with one_blas_thread() if big else contextlib.nullcontext():
+        R, info = lapack.dpotrf(H.T, lower=0, clean=0, overwrite_a=1)
     if info != 0:
         raise np.linalg.LinAlgError(
             f"H is not positive definite (Cholesky failed at pivot {info})."
