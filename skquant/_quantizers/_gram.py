@@ -197,6 +197,16 @@ def _reverse_inplace(a, block=1 << 20):
         a[N - e : N - s] = head[::-1]
 
 
+def cholesky_threads(n):
+    """The BLAS threads for a Cholesky factorisation of order ``n``: OpenBLAS's
+    threaded one crashes (SIGSEGV) on large matrices (orders 16384 and 18432 with
+    2 threads, scipy's OpenBLAS 0.3.31; fine at 8192), so above
+    :data:`SAFE_THREADED_CHOLESKY` one thread (a context manager)."""
+    if n > SAFE_THREADED_CHOLESKY:
+        return one_blas_thread()
+    return contextlib.nullcontext()
+
+
 def inverse_upper_cholesky(H, *, overwrite=False, block=GRAM_BLOCK):
     """Upper triangular ``U`` with ``H^-1 = U^T U``, without forming ``H^-1``.
 
@@ -245,10 +255,7 @@ def inverse_upper_cholesky(H, *, overwrite=False, block=GRAM_BLOCK):
     _reverse_inplace(flat)  # P H P
     # H.T is the same memory in Fortran order (and the same symmetric matrix):
     # its upper factor R (P H P = R^T R) lies in H's lower triangle as R^T = L
-    # OpenBLAS's threaded Cholesky crashes (SIGSEGV) on large matrices: at 16384
-    # and 18432 with 2 threads here (scipy's OpenBLAS 0.3.31), fine at 8192
-    big = n > SAFE_THREADED_CHOLESKY
-    with one_blas_thread() if big else contextlib.nullcontext():
+    with cholesky_threads(n):
         R, info = lapack.dpotrf(H.T, lower=0, clean=0, overwrite_a=1)
     if info != 0:
         raise np.linalg.LinAlgError(

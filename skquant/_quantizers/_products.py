@@ -4,7 +4,7 @@ share (the ladder's and the final fit)."""
 import numpy as np
 import scipy.linalg
 
-from ._gram import gram
+from ._gram import cholesky_threads, gram
 from ._spectrum import GRAM_CONDITION
 from ._walk import guide_rows
 
@@ -95,7 +95,8 @@ class _Products:
                 F = self.factor
                 if (F is None or F.shape[0] != n) and self.G is not None:
                     try:
-                        F = scipy.linalg.cholesky(self.G, check_finite=False)
+                        with cholesky_threads(n):
+                            F = scipy.linalg.cholesky(self.G, check_finite=False)
                     except np.linalg.LinAlgError:  # pragma: no cover - s says PD
                         F = None
                 if F is not None and F.shape[0] == n:
