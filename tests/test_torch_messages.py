@@ -498,3 +498,23 @@ def test_a_weight_tied_to_a_float_module_is_named(tmp_path):
         quantize_model(
             model, UniformQuantizer(n_bits=4), skip=["emb"], output=tmp_path / "m.skq"
         )
+
+
+def test_an_empty_calibration_batch_is_left_out():
+    class Res(nn.Module):  # (the generic walk)
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)) + x)
+
+    torch.manual_seed(0)
+    net, X1, X2 = Res().eval(), torch.randn(16, 8), torch.randn(16, 8)
+    quantizer = GreedyPathQuantizer(n_bits=3)
+    got = quantize_model(net, quantizer, [X1, torch.zeros(0, 8), X2])
+    want = quantize_model(net, quantizer, [X1, X2])
+    for name in ("a", "b"):
+        assert torch.equal(getattr(got, name).weight, getattr(want, name).weight)
+    with pytest.raises(ValueError, match="calibration data holds no sample"):
+        quantize_model(net, quantizer, [torch.zeros(0, 8)])

@@ -286,10 +286,12 @@ def input_batches(data, batch_size, dtype, device):
 
     ``data`` is a tensor, a NumPy array, or an iterable of batches (tensors,
     arrays or ``(x, y)`` pairs, as a ``DataLoader`` gives); see :func:`batches`.
-    The batches come as :class:`CallerBatches`.
+    The batches come as :class:`CallerBatches`; empty ones are left out.
     """
     out = CallerBatches()
     for x in batches(data, batch_size, labelled=False, copy=False):
+        if x.dim() > 0 and x.shape[0] == 0:
+            continue
         out.append(
             x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
         )
