@@ -4,6 +4,7 @@ import numpy as np
 from sklearn.utils._param_validation import StrOptions
 
 from .._kernels import check_device, torch_kernels
+from .._tensor._alphabets import round_on_grid
 from ._datadriven import BaseDataQuantizer
 from ._gram import gram, lower_product, output_errors, triangle_product
 
@@ -229,7 +230,7 @@ def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None)
     n, n_out = A.shape
     step = np.asarray(scale, dtype=np.float64)
     zp, inv, cmin, cmax = alphabet.code_grid(step)
-    inv = np.broadcast_to(inv, (n_out,))
+    grid = (zp, np.broadcast_to(inv, (n_out,)), cmin, cmax)
     den = np.diag(G).copy()
     codes = np.empty_like(A)
     values = np.empty_like(A)
@@ -241,9 +242,7 @@ def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None)
             target = A[t] / den[t] if den[t] > 0 else fallback[t]
             if keep is not None:
                 target = np.where(keep[t], fallback[t], target)
-            c = np.clip(np.rint(target * inv + zp), cmin, cmax)
-            codes[t] = c
-            values[t] = (c - zp) / inv
+            codes[t], values[t] = round_on_grid(target, grid)
         if s1 < n:
             A[s1:] -= G[s1:, s0:s1] @ values[s0:s1]
     return alphabet.final_codes(codes)

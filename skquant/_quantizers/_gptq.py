@@ -8,6 +8,7 @@ from scipy import linalg
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._kernels import _gptq, check_device, torch_kernels
+from .._tensor._alphabets import round_on_grid
 from ._datadriven import BaseDataQuantizer
 from ._gram import gram, inverse_upper_cholesky, output_errors
 
@@ -234,13 +235,8 @@ class GPTQQuantizer(BaseDataQuantizer):
         """``round(w) -> (codes, values)`` on the fitted grid, for one row."""
         step = self.scale_.astype(np.float64)
         zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
-        inv = np.broadcast_to(inv, step.shape)
-
-        def round_row(w):
-            c = np.clip(np.rint(w * inv + zp), cmin, cmax)
-            return c, (c - zp) / inv
-
-        return round_row
+        grid = (zp, np.broadcast_to(inv, step.shape), cmin, cmax)
+        return lambda w: round_on_grid(w, grid)
 
     def _quantize_rows(self, W, U):
         """Codes (in :meth:`Alphabet.code_grid` units) of ``W``'s rows, in order,

@@ -21,7 +21,8 @@ __all__ = ["basic_solutions"]
 #: crossover to a vertex) is faster than its dual simplex on Gaussian layers:
 #: 1.6x at 512 x 1024, 6.5x at 1024 x 4096, the same vertices
 #: (``bench_nullspace_lp.py``). Below, the simplex is about as fast, or faster:
-#: 0.46 against 0.62 s a neuron on the MNIST layer of nullspace.rst (256 rows).
+#: 0.46 against 0.62 s a neuron on the MNIST layer of nullspace.rst (256 rows; a
+#: one-off measurement at commit 638ffa5, not kept as a script).
 IPM_ROWS = 512
 
 

@@ -16,7 +16,7 @@ from .._kernels._threads import (
     numba_threads,
     one_blas_thread,
 )
-from .._tensor._alphabets import kernel_for
+from .._tensor._alphabets import kernel_for, round_on_grid
 from ._datadriven import BaseDataQuantizer
 from ._gpfq import greedy_path_gram, use_gram
 from ._gram import gram, triangle_product
@@ -581,9 +581,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         self.scale_ = np.where(c > 0, c / K, self.scale_).astype(np.float64)
         if not seen.all():
             step = np.broadcast_to(self.scale_, (Z.shape[1],))
-            zp, inv, cmin, cmax = self.alphabet_record_.code_grid(step)
-            codes = np.clip(np.rint(Z[~seen] * inv + zp), cmin, cmax)
-            Z[~seen] = (codes - zp) / inv
+            grid = self.alphabet_record_.code_grid(step)
+            Z[~seen] = round_on_grid(Z[~seen], grid)[1]
         return Z
 
     def _preprocess(self, W, Xq, Xf, pre, flops=None):

@@ -175,6 +175,16 @@ class Alphabet:
         return _LEVEL_RULES.get(self.kind)
 
 
+def round_on_grid(values, grid):
+    """``(codes, values)``: the points of a :meth:`Alphabet.code_grid` grid
+    ``(zp, inv_step, cmin, cmax)`` nearest ``values``, as codes in the grid's
+    units (:meth:`Alphabet.final_codes` makes them the alphabet's) and as the
+    values they stand for."""
+    zp, inv, cmin, cmax = grid
+    codes = np.clip(np.rint(values * inv + zp), cmin, cmax)
+    return codes, (codes - zp) / inv
+
+
 def _grid_kernel(kernel, Z, step, args, dtypes, given=()):
     """``kernel(Z, step, *args, *outs)`` of :mod:`skquant._kernels._msq` on a float64
     ``Z`` (columns: channels) with one step per column, and its outputs: new

@@ -38,17 +38,25 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
     (``every``: each call's). With ``stop``, a pass ends at the first input
     captured (what follows does not run).
 
+    Returns
+    -------
+    calls : dict of {str: int}
+        The most times a pass called each module that ran.
+
     Raises
     ------
     ValueError
         When a batch does not fit the model (a ``RuntimeError`` in the forward).
     """
-    state = {"offset": 0, "seen": set()}
+    state = {"offset": 0, "seen": {}}
+    calls = {}
 
     def hook(name, module, args, kwargs):
-        if name in state["seen"] and not every:  # called twice: its first call
+        seen = state["seen"]
+        seen[name] = seen.get(name, 0) + 1
+        calls[name] = max(calls.get(name, 0), seen[name])
+        if seen[name] > 1 and not every:  # called again: its first call's
             return
-        state["seen"].add(name)
         take(name, module, layer_input(args, kwargs), state["offset"])
         if stop:
             raise StopForward
@@ -64,7 +72,7 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
             offset = 0
             for x in batches:
                 state["offset"] = offset
-                state["seen"] = set()
+                state["seen"] = {}
                 try:
                     block(cloned(x))
                 except StopForward:
@@ -87,20 +95,16 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
     finally:
         for h in hooks:
             h.remove()
+    return calls
 
 
 def repeated_calls(model, modules, batch):
     """``{name: calls}`` of the modules of ``modules`` that ``model`` (in eval
     mode) calls more than once in its forward pass on ``batch``."""
-    counts = dict.fromkeys(modules, 0)
-
-    def take(name, module, x, offset):
-        counts[name] += 1
-
     with kept_state(model):
         model.eval()
-        capture(model, modules, [batch], take, every=True)
-    return {name: n for name, n in counts.items() if n > 1}
+        calls = capture(model, modules, [batch], lambda *args: None)
+    return {name: n for name, n in calls.items() if n > 1}
 
 
 def capture_inputs(model, modules, data, *, batch_size=256, device=None):

@@ -235,10 +235,10 @@ class TorchNetwork(Network):
                 stacklevel=3,
             )
         self.layer_names = list(self._modules)
-        _check_ties_outside(model, self._modules, self.tied, lean or checkpoint)
+        self._lean = lean or checkpoint is not None
+        _check_ties_outside(model, self._modules, self.tied, self._lean)
         _check_meta(model, checkpoint)
         self._checkpoint = checkpoint
-        self._lean = lean or checkpoint is not None
         self._held = {}
         if self._lean:
             self._lean_copy()
@@ -564,21 +564,16 @@ class TorchNetwork(Network):
             if n == prefix or n.startswith(prefix + ".") or not prefix
         ]
         fmods = {n: self._modules[n] for n in inner}
-        store, order, calls = {}, [], {}
+        store, order = {}, []
 
         def take(name, module, x, offset):
-            calls[name, offset] = calls.get((name, offset), 0) + 1
-            if calls[name, offset] > 1:  # a layer called again: its first call's
-                return
             if name not in store:
                 order.append(name)
                 check_layer_input(name, module, x)
             rows = sampler.rows(name, module, x, offset)
             store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
 
-        capture(fblock, fmods, fcache, take, every=True)
-        repeated = {n: c for (n, _), c in calls.items() if c > 1}
-        calls.clear()
+        calls = capture(fblock, fmods, fcache, take)
         missing = [n for n in inner if n not in store]
         if missing:
             raise ValueError(
@@ -609,7 +604,7 @@ class TorchNetwork(Network):
                 )
             first = False
             step = self._step(name, lambda Xq=Xq, Xf=Xf: (Xq, Xf))
-            step.calls = repeated.get(name, 1)
+            step.calls = calls[name]
             step.inputs()
             yield step
             self._apply(qmods, step)

@@ -489,9 +489,7 @@ def _consumers(graph, key):
     first. Other nodes may read the weight too (a convolution without a bias
     reads its shape, for a zero bias), and a layer called twice has two products.
     """
-    names = {key} | {
-        n.output[0] for n in graph.node if n.op_type == "Transpose" and key in n.input
-    }
+    names = {key} | {graph.node[i].output[0] for i in _transposes(graph, key)}
     found = [
         (i, node)
         for i, node in enumerate(graph.node)
@@ -504,15 +502,21 @@ def _consumers(graph, key):
     return found
 
 
+def _transposes(graph, key):
+    """Indices of the ``Transpose`` nodes of weight ``key``."""
+    return [
+        i
+        for i, node in enumerate(graph.node)
+        if node.op_type == "Transpose" and key in node.input
+    ]
+
+
 def _read_elsewhere(graph, key):
     """Whether a node other than the products by weight ``key`` (and the
     ``Transpose`` that feeds them) reads it (``l(x) * l.weight.mean()``)."""
-    own = {i for i, _ in _consumers(graph, key)}
-    names = {key}
-    for i, node in enumerate(graph.node):
-        if node.op_type == "Transpose" and key in node.input:
-            own.add(i)
-            names.add(node.output[0])
+    transposes = _transposes(graph, key)
+    own = {i for i, _ in _consumers(graph, key)} | set(transposes)
+    names = {key} | {graph.node[i].output[0] for i in transposes}
     return any(
         i not in own and names.intersection(node.input)
         for i, node in enumerate(graph.node)
@@ -696,7 +700,7 @@ def _integer_linear(
 def _replace_product(graph, index, key, nodes):
     """Put ``nodes`` in place of node ``index`` (the product by weight ``key``),
     dropping the ``Transpose`` of ``key`` it leaves unused."""
-    transposes = [n for n in graph.node if n.op_type == "Transpose" and key in n.input]
+    transposes = [graph.node[i] for i in _transposes(graph, key)]
     del graph.node[index]
     for n in reversed(nodes):
         graph.node.insert(index, n)
