@@ -11,9 +11,18 @@ runs ``quantize_model(meta_model, quantizer, X, checkpoint=..., output=...)`` on
 model is quantized in memory (loaded whole) and every layer's codes are compared
 with those of the file, read back into a meta-built model with ``load_into``.
 
+``--model lm`` measures a language model's shape instead: an embedding of
+32000 x 2048 tied to its decoder (an ``nn.Linear(2048, 32000)``), 8 Linear layers
+of 2048 x 2048 with ReLU between, the checkpoint storing the tied weight once
+under the embedding's name (as published checkpoints do), ``skip=["emb"]``: the
+embedding stays float (read at the start and held once in the walk) while the
+decoder is quantized.
+
 Run (about 15 minutes; 5 GB of disk in a temporary folder):
     PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py \\
         --json benchmarks/results/bench_checkpoint.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py --model lm \\
+        --quantizers gpfq-4 --json benchmarks/results/bench_checkpoint_lm.json
     # the docs' table, from the stored rows:
     PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py \\
         --json benchmarks/results/bench_checkpoint.json --rst
@@ -37,6 +46,27 @@ QUANTIZERS = {
 }
 
 
+LM_VOCAB, LM_WIDTH, LM_LAYERS = 32000, 2048, 8
+
+
+def build_lm(n_layers=LM_LAYERS, width=LM_WIDTH, vocab=LM_VOCAB):
+    """An embedding tied to its decoder, Linear layers between."""
+    import torch
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(vocab, width)
+            self.body = build(n_layers, width)
+            self.dec = torch.nn.Linear(width, vocab, bias=False)
+            self.dec.weight = self.emb.weight
+
+        def forward(self, tokens):
+            return self.dec(torch.relu(self.body(self.emb(tokens))))
+
+    return LM()
+
+
 def build(n_layers=N_LAYERS, width=WIDTH):
     import torch
 
@@ -48,24 +78,36 @@ def build(n_layers=N_LAYERS, width=WIDTH):
     return torch.nn.Sequential(*layers)
 
 
-def calibration(width=WIDTH, rows=ROWS):
+MODELS = {"mlp": build, "lm": build_lm}
+SKIP = {"mlp": [], "lm": ["emb"]}
+
+
+def calibration(kind, width=WIDTH, rows=ROWS):
     import torch
 
-    return torch.randn(rows, width, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    if kind == "lm":  # rows tokens: 4 sequences of rows // 4
+        return torch.randint(0, LM_VOCAB, (4, rows // 4), generator=gen)
+    return torch.randn(rows, width, generator=gen)
 
 
-def write_checkpoints(folder, n_layers):
-    """The float model as one file and as 4 shards with their index."""
+def write_checkpoints(folder, kind, n_layers):
+    """The float model as one file and as 4 shards with their index (a tied
+    weight stored once, under its first name)."""
     import torch
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = build(n_layers)
+    model = MODELS[kind](n_layers)
     with torch.no_grad():  # weights at a scale that keeps activations alive
-        for m in model:
-            if isinstance(m, torch.nn.Linear):
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m.weight.shape[0] == m.in_features:
                 m.weight.mul_(1.7)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if not (kind == "lm" and k == "dec.weight")
+    }
     single = folder / "model.safetensors"
     save_file(state, single)
     shards = folder / "sharded"
@@ -101,18 +143,25 @@ def child(args):
     small = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
     quantize_model(small, quantizer, torch.randn(32, 64))
     with torch.device("meta"):
-        model = build(args.layers)
-    X = calibration()
+        model = MODELS[args.model](args.layers)
+    X = calibration(args.model)
     Path("/proc/self/clear_refs").write_text("5")
     base = status("VmRSS")
     start = time.perf_counter()
-    quantize_model(model, quantizer, X, checkpoint=args.checkpoint, output=args.out)
+    quantize_model(
+        model,
+        quantizer,
+        X,
+        checkpoint=args.checkpoint,
+        output=args.out,
+        skip=SKIP[args.model],
+    )
     seconds = time.perf_counter() - start
     peak = status("VmHWM")
     print(json.dumps({"base": base, "peak": peak, "seconds": seconds}))
 
 
-def in_memory_codes(single, quantizer_name, out, n_layers):
+def in_memory_codes(kind, single, quantizer_name, out, n_layers):
     """Every layer's codes quantized in memory, and those of the file."""
     import torch
     from safetensors.torch import load_file
@@ -120,21 +169,23 @@ def in_memory_codes(single, quantizer_name, out, n_layers):
     from skquant.torch import load_into, quantize_model
 
     quantizer = QUANTIZERS[quantizer_name]()
-    model = build(n_layers)
-    model.load_state_dict(load_file(single))
+    model = MODELS[kind](n_layers)
+    model.load_state_dict(load_file(single), strict=kind != "lm")  # (tie stored once)
     start = time.perf_counter()
-    ref = quantize_model(model, quantizer, calibration())
+    ref = quantize_model(model, quantizer, calibration(kind), skip=SKIP[kind])
     seconds = time.perf_counter() - start
     del model
     with torch.device("meta"):
-        skeleton = build(n_layers)
-    got = load_into(skeleton, out)
-    same = all(
-        torch.equal(ref[i].weight_codes, got[i].weight_codes)
-        and torch.equal(ref[i].weight_scale, got[i].weight_scale)
-        for i in range(0, 2 * n_layers - 1, 2)
+        skeleton = MODELS[kind](n_layers)
+    got = dict(load_into(skeleton, out).named_modules())
+    layers = {n: m for n, m in ref.named_modules() if hasattr(m, "weight_codes")}
+    same = len(layers) == n_layers + (kind == "lm") and all(
+        torch.equal(m.weight_codes, got[n].weight_codes)
+        and torch.equal(m.weight_scale, got[n].weight_scale)
+        for n, m in layers.items()
     )
-    x = calibration()[:8]
+    got = got[""]
+    x = calibration(kind)[:8]
     outputs = torch.equal(ref(x), got(x))
     return same, outputs, seconds
 
@@ -178,7 +229,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", type=Path, default=Path("bench_checkpoint.json"))
     p.add_argument("--quantizers", nargs="+", default=list(QUANTIZERS))
-    p.add_argument("--layers", type=int, default=N_LAYERS)
+    p.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    p.add_argument("--layers", type=int, default=None, help="default: the model's")
     p.add_argument("--rst", action="store_true", help="print --json's rows as reST")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--quantizer", help=argparse.SUPPRESS)
@@ -191,17 +243,19 @@ def main():
     if args.rst:
         print_rst(json.loads(args.json.read_text()))
         return
+    if args.layers is None:
+        args.layers = {"mlp": N_LAYERS, "lm": LM_LAYERS}[args.model]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        single, shards, size = write_checkpoints(folder, args.layers)
+        single, shards, size = write_checkpoints(folder, args.model, args.layers)
         print(f"checkpoint: {size / 1e9:.2f} GB float32", flush=True)
         for qname in args.quantizers:
             for form, ckpt in (("file", single), ("shards", shards)):
                 out = folder / f"{qname}-{form}.skq"
                 res = subprocess.run(
                     [sys.executable, __file__, "--child", "--quantizer", qname]
-                    + ["--layers", str(args.layers)]
+                    + ["--model", args.model, "--layers", str(args.layers)]
                     + ["--checkpoint", str(ckpt), "--out", str(out)],
                     capture_output=True,
                     text=True,
@@ -211,9 +265,10 @@ def main():
                     raise RuntimeError(res.stderr)
                 run = json.loads(res.stdout.strip().splitlines()[-1])
                 same, outputs, mem_seconds = in_memory_codes(
-                    single, qname, out, args.layers
+                    args.model, single, qname, out, args.layers
                 )
                 row = {
+                    "model": args.model,
                     "quantizer": qname,
                     "checkpoint": form,
                     "checkpoint_bytes": size,

@@ -21,11 +21,13 @@ from skquant import (  # noqa: E402
 from skquant._tensor._io import FileFormatError, SpooledWriter  # noqa: E402
 from skquant.torch import (  # noqa: E402
     Checkpoint,
+    QuantLinear,
     TorchNetwork,
     load_into,
     quantize_model,
     save_model,
 )
+from skquant.torch._checkpoint import is_meta  # noqa: E402
 
 
 def mlp():
@@ -286,6 +288,39 @@ def test_the_walk_holds_one_quantized_layer_at_a_time(saved, monkeypatch):
     assert held == [1, 1, 1]
 
 
+class Residual(nn.Module):
+    """Layers inside a forward of its own (the walk's stopped passes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)) + x
+        return self.c(torch.relu(self.b(h)) + h)
+
+
+def test_a_pass_stopped_at_a_layer_reads_not_its_weight(tmp_path, monkeypatch):
+    """The quantized copy's pass that stops at a layer to take its inputs does
+    not read the layer's float weight first (and leave it there)."""
+    torch.manual_seed(0)
+    path = tmp_path / "res.safetensors"
+    safetensors_torch.save_file(Residual().eval().state_dict(), path)
+    loaded = []
+    apply = TorchNetwork._apply
+
+    def spy(self, qmods, step):
+        loaded.append([n for n in self._modules if not is_meta(qmods[n].weight)])
+        apply(self, qmods, step)
+
+    monkeypatch.setattr(TorchNetwork, "_apply", spy)
+    with torch.device("meta"):
+        skeleton = Residual().eval()
+    X = torch.randn(64, 8)
+    quantize_model(skeleton, GreedyPathQuantizer(n_bits=3), X, checkpoint=path)
+    assert loaded == [[], [], []]
+
+
 def test_checkpoint_refusals(saved, tmp_path):
     model, X, path = saved("mlp")
     with pytest.raises(ValueError, match="ActivationQuantizer.* cannot be combined"):
@@ -376,11 +411,12 @@ class Tied(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:layers .* share their weight")
-def test_tied_weights_stored_once(tmp_path):
+@pytest.mark.parametrize("dropped", ["b.weight", "a.weight"])
+def test_tied_weights_stored_once(tmp_path, dropped):
     torch.manual_seed(0)
     model = Tied().eval()
     X = torch.randn(64, 8)
-    state = {k: v for k, v in model.state_dict().items() if k != "b.weight"}
+    state = {k: v for k, v in model.state_dict().items() if k != dropped}
     path = tmp_path / "tied.safetensors"
     safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
     q = GreedyPathQuantizer(n_bits=3)
@@ -402,6 +438,86 @@ def test_tied_weights_stored_once(tmp_path):
             quantize_model(skeleton, q, X, checkpoint=path)
     loaded = load_into(skeleton, out)
     assert torch.equal(ref(X[:4]), loaded(X[:4]))
+
+
+class TiedEmbedding(nn.Module):
+    """A language model's embedding tied to its decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mid = nn.Embedding(20, 8), nn.Linear(8, 8)
+        self.dec = nn.Linear(8, 20, bias=False)
+        self.dec.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.dec(torch.tanh(self.mid(self.emb(t))))
+
+
+@pytest.mark.parametrize("stored", ["both", "emb.weight", "dec.weight"])
+@pytest.mark.filterwarnings("ignore:.*are the weights of layers:UserWarning")
+def test_a_weight_tied_to_a_float_embedding(tmp_path, stored):
+    """Left float in the embedding, quantized in the decoder: from a checkpoint
+    that stores it under either name (or both), and to a file, as in memory."""
+    torch.manual_seed(0)
+    model = TiedEmbedding().eval()
+    X = torch.randint(0, 20, (64, 5))
+    q = GreedyPathQuantizer(n_bits=3)
+    ref = quantize_model(model, q, X, skip=["emb"])
+    assert type(ref.dec) is QuantLinear
+    state = {  # (clones: safetensors refuses two names of one tensor)
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if stored in ("both", k) or k.startswith("mid.")
+    }
+    path = tmp_path / "tied.safetensors"
+    safetensors_torch.save_file(state, path)
+
+    def skeleton():
+        with torch.device("meta"):
+            return TiedEmbedding().eval()
+
+    got = quantize_model(skeleton(), q, X, checkpoint=path, skip=["emb"])
+    assert_same_codes(ref, got)
+    assert torch.equal(got.emb.weight, model.emb.weight)
+    assert torch.equal(ref(X), got(X))
+    for source, ckpt in [(model, None), (skeleton(), path)]:
+        out = tmp_path / "q.skq"
+        quantize_model(source, q, X, checkpoint=ckpt, skip=["emb"], output=out)
+        loaded = load_into(skeleton(), out)
+        assert_same_codes(ref, loaded)
+        assert torch.equal(loaded.emb.weight, model.emb.weight)
+        assert torch.equal(ref(X), loaded(X))
+    if stored == "both":
+        del state["emb.weight"], state["dec.weight"]
+        safetensors_torch.save_file(state, path)
+        with pytest.raises(ValueError, match=r"lacks 1 .*\['dec.weight'\]"):
+            quantize_model(skeleton(), q, X, checkpoint=path, skip=["emb"])
+
+
+@pytest.mark.filterwarnings("ignore:.*are the weights of layers:UserWarning")
+def test_the_walk_holds_the_float_state_once(tmp_path, monkeypatch):
+    """The lean walk's quantized copy shares the float side's other state (an
+    embedding left float is held once), and nothing writes to it."""
+    torch.manual_seed(0)
+    model = TiedEmbedding().eval()
+    X = torch.randint(0, 20, (64, 5))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shared = []
+    apply = TorchNetwork._apply
+
+    def spy(self, qmods, step):
+        apply(self, qmods, step)
+        shared.append(
+            qmods["emb"].weight is self.model.emb.weight
+            and qmods["mid"].bias is self.model.mid.bias
+        )
+
+    monkeypatch.setattr(TorchNetwork, "_apply", spy)
+    out = tmp_path / "q.skq"
+    quantize_model(model, GreedyPathQuantizer(n_bits=3), X, skip=["emb"], output=out)
+    assert shared == [True, True]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_bfloat16_checkpoint_into_a_float32_model(tmp_path):

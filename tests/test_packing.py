@@ -119,6 +119,43 @@ def test_quantized_tensor_affine_counts_zero_points():
     assert_array_equal(qt.dequantize(), np.tile([-3.0, -4.0], (8, 1)))
 
 
+@st.composite
+def tensors_and_columns(draw):
+    n_rows, n_cols = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    affine = draw(st.booleans())
+    n_scales = draw(st.sampled_from([1, n_cols]))
+    codes = draw(hnp.arrays(np.uint8 if affine else np.int8, (n_rows, n_cols)))
+    steps = hnp.arrays(np.int64, n_scales, elements=st.integers(1, 10**6))
+    scale = (draw(steps) / 1000).astype(np.float32)
+    kind = {"alphabet": "affine", "qmin": 0, "qmax": 255} if affine else {}
+    zp = draw(hnp.arrays(np.int64, n_scales, elements=st.integers(0, 255)))
+    qt = QuantizedTensor(
+        codes=codes,
+        scale=scale,
+        n_bits=8,
+        **({"qmin": -128, "qmax": 127} | kind),
+        zero_point=zp if affine else None,
+    )
+    a = draw(st.integers(0, n_cols))
+    return qt, slice(a, draw(st.integers(a, n_cols)))
+
+
+@given(tensors_and_columns())
+def test_dequantize_columns_is_a_slice_of_the_whole(case):
+    qt, columns = case
+    whole = qt.dequantize()
+    got = qt.dequantize(columns)
+    assert got.dtype == whole.dtype
+    assert_array_equal(got, whole[:, columns])
+
+
+def test_dequantize_columns_refuses_what_is_not_a_slice():
+    qt = quantize(np.ones((4, 6)), n_bits=4)
+    for bad in ([1, 2], slice(0, 6, 2), 3):
+        with pytest.raises(TypeError, match=re.escape(f"got columns={bad!r}")):
+            qt.dequantize(bad)
+
+
 def test_quantize_rejects_unknown_alphabet():
     with pytest.raises(ValueError, match="got alphabet='quaternary'"):
         quantize(np.ones((2, 2)), alphabet="quaternary")

@@ -11,6 +11,7 @@ from .._common._heap import release_heap
 from .._common._progress import progress
 from .._quantizers._gram import output_errors
 from .._quantizers._nullspace import NoFreedomWarning
+from .._tensor._qtensor import QuantizedTensor
 from ._dense import DenseNetwork
 from ._plan import (
     fit_layer,
@@ -27,14 +28,21 @@ __all__ = ["layer_errors", "quantize_layers", "quantize_network"]
 
 def _output_error(Xq, Q, Xf, W, groups=1, block=512):
     """``||Xq Q - Xf W|| / ||Xf W||`` (0 when the reference is 0), ``block``
-    output columns at a time (a float32 ``W`` is not copied whole to float64);
-    a grouped layer's groups each on their own inputs."""
+    output columns at a time (a float32 ``W`` is not copied whole to float64,
+    and a :class:`QuantizedTensor` ``Q`` is dequantized a block at a time); a
+    grouped layer's groups each on their own inputs."""
     num = den = 0.0
     for rows, cols in group_slices(W, groups):
-        res, ref = output_errors(
-            Xq[:, rows], Xf[:, rows], W[:, cols], Q[:, cols], block=block
-        )
-        num, den = num + float(res @ res), den + float(ref @ ref)
+        for a in range(cols.start, cols.stop, block):
+            c = slice(a, min(cols.stop, a + block))
+            res, ref = output_errors(
+                Xq[:, rows],
+                Xf[:, rows],
+                W[:, c],
+                Q.dequantize(c) if isinstance(Q, QuantizedTensor) else Q[:, c],
+                block=block,
+            )
+            num, den = num + float(res @ res), den + float(ref @ ref)
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
@@ -182,12 +190,8 @@ def quantize_layers(
             Xq, Xf = step.inputs()
             if step.tensor is None:
                 Q = W
-            else:
-                Q = (
-                    step.tensor.dequantize()
-                    if step.quantized is None
-                    else step.quantized
-                )
+            else:  # (a lean walk holds the tensor only)
+                Q = step.tensor if step.quantized is None else step.quantized
             row["calibration_error"] = _output_error(Xq, Q, Xf, W, step.groups)
             Q = Xq = Xf = None
         result.report.rows.append(row)

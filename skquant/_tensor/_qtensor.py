@@ -239,22 +239,46 @@ class QuantizedTensor:
         """``32 * n_params / size_bits``."""
         return 32 * self.n_params / self.size_bits
 
-    def dequantize(self):
+    def dequantize(self, columns=None):
         """Return the floats the codes stand for, equal to ``transform``.
+
+        Parameters
+        ----------
+        columns : slice, default=None
+            Only these columns (``W[:, columns]``, without the whole float
+            matrix: a large tensor a block at a time).
 
         Returns
         -------
         W : ndarray of shape (n_rows, n_cols)
             Dequantized values.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skquant import quantize
+        >>> W = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+        >>> qt = quantize(W, n_bits=4)
+        >>> bool(np.array_equal(qt.dequantize(slice(2, 5)), qt.dequantize()[:, 2:5]))
+        True
         """
+        if columns is None:
+            columns = slice(None)
+        if not isinstance(columns, slice) or columns.step not in (None, 1):
+            raise TypeError(
+                "columns must be None or a slice of step 1, got "
+                f"columns={columns!r} instead."
+            )
         dtype = np.dtype(self.float_dtype or self.scale.dtype)
         n_cols = self.codes.shape[1]
-        level = np.broadcast_to(safe_scale(self.scale, dtype), (n_cols,)).copy()
+        level = np.broadcast_to(safe_scale(self.scale, dtype), (n_cols,))[columns]
         zp = np.zeros(n_cols, dtype=dtype)
         if self.zero_point is not None:
             zp[:] = np.broadcast_to(np.asarray(self.zero_point, dtype=dtype), (n_cols,))
-        out = np.empty(self.codes.shape, dtype=dtype)
-        _msq.dequantize(self.codes, level, zp, out)
+        zp = np.ascontiguousarray(zp[columns])
+        codes = self.codes[:, columns]
+        out = np.empty(codes.shape, dtype=dtype)
+        _msq.dequantize(codes, np.ascontiguousarray(level), zp, out)
         return out
 
     def summary(self, W=None, X=None):

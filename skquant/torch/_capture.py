@@ -61,9 +61,12 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
         if stop:
             raise StopForward
 
-    hooks = [
+    hooks = [  # first of the module's pre-hooks: a pass stopped here runs none
+        # of the others (a lean walk's, which would read the layer's weights)
         m.register_forward_pre_hook(
-            lambda m, args, kwargs, n=n: hook(n, m, args, kwargs), with_kwargs=True
+            lambda m, args, kwargs, n=n: hook(n, m, args, kwargs),
+            with_kwargs=True,
+            prepend=True,
         )
         for n, m in modules.items()
     ]

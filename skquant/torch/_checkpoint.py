@@ -196,6 +196,11 @@ class Checkpoint:
         return t if dtype is None or dtype == t.dtype else t.to(dtype)
 
 
+def weight_key(name):
+    """The ``state_dict`` key of layer ``name``'s weight."""
+    return f"{name}.weight" if name else "weight"
+
+
 def owner(model, key):
     """``(module, attribute)`` holding the state entry ``key`` of ``model``."""
     prefix, _, attr = key.rpartition(".")

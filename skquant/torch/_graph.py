@@ -282,7 +282,7 @@ class GraphWalk:
             got.append(layer_input(args, kwargs))
             raise StopForward
 
-        handle = module.register_forward_pre_hook(grab, with_kwargs=True)
+        handle = module.register_forward_pre_hook(grab, with_kwargs=True, prepend=True)
         try:
             with torch.no_grad():
                 for env in self.run.envs:

@@ -21,6 +21,7 @@ from ._checkpoint import (
     owner,
     put,
     store_entry,
+    weight_key,
 )
 from ._data import input_batches, is_rows, model_device, model_dtype, replayable
 from ._layout import layer_kind
@@ -393,10 +394,6 @@ def on_device(quantizer, device):
     return one(quantizer)
 
 
-def _weight_key(name):
-    return f"{name}.weight" if name else "weight"
-
-
 def _write_layer(writer, layers, module, name, tensor):
     """Write a quantized layer's tensor as :func:`save_model` does."""
     writer.tensor(name or "<root>", tensor)
@@ -407,7 +404,7 @@ def _write_rest(writer, network, layers):
     """Finish a lean walk's file: every state entry of the model but the
     quantized weights (a float weight layer's weight read when its turn comes),
     then the description."""
-    dtypes, written = {}, {_weight_key(n) for n in layers}
+    dtypes, written = {}, {weight_key(n) for n in layers}
     for key, value in network.model.state_dict().items():
         if key in written:
             continue

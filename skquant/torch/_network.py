@@ -28,7 +28,7 @@ from torch import nn
 from .._network._protocol import LayerStep, Network
 from . import _graph
 from ._capture import capture
-from ._checkpoint import drop, is_meta, owner, put
+from ._checkpoint import drop, is_meta, owner, put, weight_key
 from ._data import (
     CallerBatches,
     batches,
@@ -82,33 +82,26 @@ def _check_meta(model, checkpoint):
         )
 
 
-def _check_ties_outside(model, layers, tied, lean):
-    """Warn (raise, for a ``lean`` walk) when a weight layer's weight is also
-    the parameter of a module left float (an embedding tied to its decoder)."""
+def _ties_outside(model, layers, tied):
+    """``{state key: layer}`` of the weight layers' weights that are also the
+    parameter of a module left float (an embedding tied to its decoder), with a
+    warning that the quantized model unties them."""
     weights = {id(m.weight): n for n, m in layers.items()}
-    own = {f"{n}.weight" if n else "weight" for n in [*layers, *tied]}
+    own = {weight_key(n) for n in [*layers, *tied]}
     outside = {
         key: weights[id(p)]
         for key, p in model.named_parameters(remove_duplicate=False)
         if id(p) in weights and key not in own
     }
-    if not outside:
-        return
-    what = (
-        f"{sorted(outside)} are the weights of layers {sorted(set(outside.values()))}"
-    )
-    if lean:
-        raise ValueError(
-            f"{what}, left float there: checkpoint= and output= hold one layer's "
-            "weights at a time and cannot keep a float and a quantized copy of one "
-            "tensor. Quantize the model in memory, or untie the weights."
+    if outside:
+        warnings.warn(
+            f"{sorted(outside)} are the weights of layers "
+            f"{sorted(set(outside.values()))}: they stay float there while those "
+            "layers are quantized (the quantized model no longer ties them).",
+            UserWarning,
+            stacklevel=4,
         )
-    warnings.warn(
-        f"{what}: they stay float there while those layers are quantized (the "
-        "quantized model no longer ties them).",
-        UserWarning,
-        stacklevel=4,
-    )
+    return outside
 
 
 def _skip_names(model, skip):
@@ -236,7 +229,7 @@ class TorchNetwork(Network):
             )
         self.layer_names = list(self._modules)
         self._lean = lean or checkpoint is not None
-        _check_ties_outside(model, self._modules, self.tied, self._lean)
+        self._outside = _ties_outside(model, self._modules, self.tied)
         _check_meta(model, checkpoint)
         self._checkpoint = checkpoint
         self._held = {}
@@ -260,16 +253,33 @@ class TorchNetwork(Network):
         self._source = {name: self._modules[name] for name in self._modules}
         self._modules = {name: work[name] for name in self._modules}
         ckpt = self._checkpoint
-        if ckpt is None:
-            return
-        lazy = {f"{name}.weight" if name else "weight" for name in self._modules}
-        tied = {f"{t}.weight" for t in self.tied}  # read as their first layer's
-        keys = [
-            k
-            for k in self.model.state_dict(keep_vars=True)
-            if k not in lazy and k not in tied
-        ]
-        missing = [k for k in sorted(lazy | set(keys)) if k not in ckpt]
+        if ckpt is not None:
+            self._read_state(ckpt)
+        for key, name in self._outside.items():  # untied: the float module's own
+            mod, attr = owner(self.model, key)
+            w = self.float_weight(name)
+            put(mod, attr, w if ckpt is not None else w.clone())
+
+    def _read_state(self, ckpt):
+        """Read every state entry but the weight layers' weights from ``ckpt``,
+        after checking that it holds them all. A weight held under several names
+        (tied) may be stored under any one of them, as checkpoints that drop
+        tied copies store it: ``self._stored`` records which."""
+        names = {name: [weight_key(name)] for name in self._modules}
+        for t, first in self.tied.items():
+            names[first].append(weight_key(t))
+        for key, name in self._outside.items():
+            names[name].append(key)
+        self._stored = {
+            name: next((k for k in keys if k in ckpt), None)
+            for name, keys in names.items()
+        }
+        aliases = {k for keys in names.values() for k in keys}
+        keys = [k for k in self.model.state_dict(keep_vars=True) if k not in aliases]
+        missing = sorted(
+            [weight_key(n) for n, k in self._stored.items() if k is None]
+            + [k for k in keys if k not in ckpt]
+        )
         if missing:
             raise ValueError(
                 f"checkpoint={str(ckpt.path)!r} lacks {len(missing)} of the model's "
@@ -298,7 +308,7 @@ class TorchNetwork(Network):
         if self._lean and self._checkpoint is None:
             return self._source[name].weight.detach()
         if is_meta(mod.weight):
-            return self._read(f"{name}.weight" if name else "weight", mod.weight)
+            return self._read(self._stored[name], mod.weight)
         return mod.weight.detach()
 
     def _lean_hooks(self, qmods):
@@ -385,7 +395,14 @@ class TorchNetwork(Network):
         self._device = device
         inputs = input_batches(data, self.batch_size, dtype, device)
         sampler = RowSampler(sum(x.shape[0] for x in inputs), max_rows, random_state)
-        qmodel = copy.deepcopy(self.model)
+        # a lean walk's quantized copy shares the float model's other state (an
+        # embedding left float is held once): neither side writes to it
+        memo = {
+            id(t): t
+            for t in [*self.model.parameters(), *self.model.buffers()]
+            if self._lean and not is_meta(t)
+        }
+        qmodel = copy.deepcopy(self.model, memo)
         qmods = dict(qmodel.named_modules(remove_duplicate=False))
         qmodel.eval()
         order = []
