@@ -113,7 +113,6 @@ def test_closed_form_meets_the_lagrange_condition():
     "kwargs, match",
     [
         ({"budget": 10.0}, "below the smallest possible total size"),
-        ({"budget": 1e9}, "constrains nothing"),
         ({"max_cost": -1.0}, "below the lowest possible total cost"),
         ({}, "exactly one of budget and max_cost"),
         ({"budget": 100.0, "max_cost": 1.0}, "exactly one of budget and max_cost"),
@@ -125,6 +124,25 @@ def test_allocation_errors(kwargs, match):
     size = np.array([[100.0, 200.0], [50.0, 100.0]])
     with pytest.raises(ValueError, match=re.escape(match)):
         allocate_bits(cost, size, **kwargs)
+
+
+@given(
+    hnp.arrays(np.float64, (4, 3), elements=st.integers(0, 5).map(float)),
+    hnp.arrays(np.float64, (4, 3), elements=st.integers(1, 9).map(float)),
+)
+def test_a_budget_that_constrains_nothing_takes_the_cheapest_choices(cost, size):
+    """At or above the largest total size every layer takes its cheapest choice,
+    the smallest of equally cheap ones; no budget gives a lower total cost."""
+    largest = size.max(axis=1).sum()
+    choice = allocate_bits(cost, size, budget=largest)
+    assert np.array_equal(choice, allocate_bits(cost, size, budget=1e9))
+    rows = np.arange(4)
+    assert np.array_equal(cost[rows, choice], cost.min(axis=1))
+    for i in rows:
+        cheapest = cost[i] == cost[i].min()
+        assert size[i, choice[i]] == size[i, cheapest].min()
+    tight = allocate_bits(cost, size, budget=(largest + size.min(axis=1).sum()) / 2)
+    assert cost[rows, tight].sum() >= cost[rows, choice].sum()
 
 
 def test_table_errors():

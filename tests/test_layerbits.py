@@ -60,7 +60,7 @@ def test_reallocation_is_monotone_in_the_budget(fitted):
     res = fitted.sensitivity_
     lo, hi = res.size.min(axis=1).sum(), res.size.max(axis=1).sum()
     costs, sizes = [], []
-    for budget in np.linspace(lo, hi, 12)[:-1]:
+    for budget in [*np.linspace(lo, hi, 12), 10 * hi]:  # the last two bind not
         fitted.allocate(budget=budget)
         assert fitted.size_bits_ <= budget
         costs.append(fitted.predicted_cost_)
@@ -69,14 +69,12 @@ def test_reallocation_is_monotone_in_the_budget(fitted):
     front = fitted.pareto_front(20)
     assert len(front["size"]) >= 4 and len(front["bits"]) == len(front["size"])
     # every point is Pareto-optimal: nothing within its size is cheaper
-    hi = res.size.max(axis=1).sum()
     for size, cost, bits in zip(front["size"], front["cost"], front["bits"]):
         rows = np.arange(3)
         picked = [res.choices.index(bits[n]) for n in fitted.layer_names_]
         assert res.size[rows, picked].sum() == size
-        if size < hi:
-            fitted.allocate(budget=size)
-            assert fitted.predicted_cost_ == pytest.approx(cost, rel=1e-9)
+        fitted.allocate(budget=size)
+        assert fitted.predicted_cost_ == pytest.approx(cost, rel=1e-9)
     fitted.allocate(max_cost=1.0)  # back to the fitted condition
 
 
@@ -149,8 +147,6 @@ def test_allocator_errors(digits_mlp, fitted):
         LayerBitAllocator(mlp, criterion="hessian", budget=1e5).fit(X)
     with pytest.raises(ValueError, match="below the smallest possible total size"):
         LayerBitAllocator(mlp, budget=10.0).fit(X, y)
-    with pytest.raises(ValueError, match="constrains nothing"):
-        LayerBitAllocator(mlp, budget=1e9).fit(X, y)
     with pytest.raises(ValueError, match="max_cost=1e-09 is below"):
         LayerBitAllocator(mlp, max_cost=1e-9).fit(X, y)
     with pytest.raises(ValueError, match=re.escape("criterion")):

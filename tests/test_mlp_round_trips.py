@@ -63,3 +63,83 @@ def test_feature_names_are_checked_and_kept(tmp_path):
         np.testing.assert_array_equal(back.predict(df), want)
         with pytest.raises(ValueError, match="feature names"):
             back.predict(df[list("dcba")])
+
+
+def test_a_fitted_mlp_refuses_columns_in_another_order():
+    """Fitted on named columns, the MLP would see reordered ones in the wrong
+    inputs: QuantizedMLP.fit, the sensitivity, the bit allocator and the adaptive
+    loop refuse them by name."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.standard_normal((80, 4)), columns=list("abcd"))
+    y = (df["a"] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence
+        mlp = MLPClassifier((8,), max_iter=300, random_state=0).fit(df, y)
+    swapped = df[list("dcba")]
+    match = r"X's columns must be the features .*\['a', 'b', 'c', 'd'\].* \['d'"
+    calls = [
+        lambda X: QuantizedMLP(mlp, UniformQuantizer(n_bits=8)).fit(X, y),
+        lambda X: skquant.measure_sensitivity(mlp, X, y, bits=(4, 8)),
+        lambda X: skquant.LayerBitAllocator(mlp, bits=(4, 8)).fit(X, y),
+        lambda X: skquant.adaptive_quantize_mlp(mlp, X, y, loss_bound=0.5),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=match):
+            call(swapped)
+        call(df)  # the right order passes
+
+
+def test_a_fitted_mlp_checks_y_and_refuses_sample_weight():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((80, 4))
+    y = (X[:, 0] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((8,), max_iter=300, random_state=0).fit(X, y)
+        reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=300, random_state=0).fit(
+            X, X[:, :2]
+        )
+    q = QuantizedMLP(mlp, UniformQuantizer(n_bits=8))
+    with pytest.raises(ValueError, match=r"one label per row of X \(80\), got len"):
+        q.fit(X, y[:5])
+    with pytest.raises(ValueError, match=r"labels \[100, 101\] that the MLP"):
+        q.fit(X, y + 100)
+    with pytest.raises(ValueError, match="sample_weight weighs the network's"):
+        q.fit(X, y, sample_weight=np.ones(80))
+    with pytest.raises(ValueError, match=r"2 target\(s\) per row .*=\(80,\)"):
+        QuantizedMLP(reg, UniformQuantizer(n_bits=8)).fit(X, X[:, 0])
+    assert abs(q.fit(X, y).score(X, y) - mlp.score(X, y)) <= 0.05
+
+
+def test_sample_weight_trains_the_network(monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((80, 4))
+    y = (X[:, 0] > 0).astype(int)
+    w = rng.uniform(0.1, 2.0, 80)
+    mlp = MLPClassifier((8,), max_iter=50, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = QuantizedMLP(mlp, UniformQuantizer(n_bits=8)).fit(X, y, sample_weight=w)
+        direct = MLPClassifier((8,), max_iter=50, random_state=0)
+        direct.fit(X, y, sample_weight=w)
+        plain = QuantizedMLP(mlp, UniformQuantizer(n_bits=8)).fit(X, y)
+    for a, b in zip(q.float_estimator_.coefs_, direct.coefs_):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(
+        q.float_estimator_.coefs_[0], plain.float_estimator_.coefs_[0]
+    )
+
+
+def test_x_is_checked_before_the_network_trains(monkeypatch):
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+
+    def no_training(self, *args, **kwargs):
+        raise AssertionError("trained before X was checked")
+
+    monkeypatch.setattr(MLPClassifier, "fit", no_training)
+    X = scipy_sparse.random(20, 4, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match="Sparse data"):
+        QuantizedMLP(MLPClassifier((4,))).fit(X, np.arange(20) % 2)
+    with pytest.raises(ValueError, match="NaN"):
+        QuantizedMLP(MLPClassifier((4,))).fit(np.full((20, 4), np.nan), np.zeros(20))

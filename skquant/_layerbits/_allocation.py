@@ -105,9 +105,9 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     Raises
     ------
     ValueError
-        For invalid tables, a budget below the smallest possible total size or at
-        least the largest (it then constrains nothing), or a cost target that no
-        choice meets.
+        For invalid tables, a budget below the smallest possible total size, or a
+        cost target that no choice meets. (A budget of at least the largest total
+        size constrains nothing: every layer takes its cheapest choice.)
 
     See Also
     --------
@@ -138,22 +138,20 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     n, k = cost.shape
     if budget is not None:
         budget = _check_limit(budget, "budget")
-        smallest, largest = size.min(axis=1).sum(), size.max(axis=1).sum()
+        smallest = float(size.min(axis=1).sum())
+        largest = float(size.max(axis=1).sum())
         if budget < smallest:
             raise ValueError(
                 f"budget={budget!r} is below the smallest possible total size "
                 f"{smallest!r}: no choice fits."
             )
-        if budget >= largest:
-            raise ValueError(
-                f"budget={budget!r} is at least the largest possible total size "
-                f"{largest!r}: it constrains nothing (take the cheapest choice of "
-                "every layer)."
-            )
+        if budget >= largest:  # it constrains nothing: each layer's cheapest
+            # choice (the smallest of equally cheap ones)
+            return np.lexsort((size, cost), axis=1)[:, 0]
         objective, limit_row, limit = cost, size, budget
     else:
         max_cost = _check_limit(max_cost, "max_cost")
-        lowest = cost.min(axis=1).sum()
+        lowest = float(cost.min(axis=1).sum())
         if max_cost < lowest:
             raise ValueError(
                 f"max_cost={max_cost!r} is below the lowest possible total cost "
@@ -247,7 +245,7 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
         cheapest = by_size == by_size.min(axis=1, keepdims=True)
         start = size.shape[1] - 1 - np.argmax(cheapest[:, ::-1], axis=1)
     pos = start.copy()
-    used = (size if up else cost)[rows, order[rows, pos]].sum()
+    used = float((size if up else cost)[rows, order[rows, pos]].sum())
     if used > limit:
         raise ValueError(
             f"{'budget' if up else 'max_cost'}={limit!r} is below the smallest "

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 from scipy.special import expit, xlogy
 from sklearn.neural_network import MLPClassifier, MLPRegressor
-from sklearn.utils import check_array, check_consistent_length
+from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from .._common._checks import check_rng
@@ -200,6 +200,25 @@ def check_mlp(mlp, name="estimator", *, fitted=False, torch_twin=None, frozen=Tr
     return mlp
 
 
+def check_feature_names(mlp, X):
+    """Raise when ``X`` (a DataFrame) names its columns otherwise, or in another
+    order, than the features ``mlp`` was fitted on: the rows would reach the
+    wrong inputs."""
+    names = getattr(mlp, "feature_names_in_", None)
+    columns = getattr(X, "columns", None)
+    if names is None or columns is None:
+        return
+    got = [str(c) for c in columns]
+    if got != [str(n) for n in names]:
+        raise ValueError(
+            f"X's columns must be the features the {type(mlp).__name__} was fitted "
+            f"on, in its order (feature_names_in_={list(names)[:8]}"
+            f"{' ...' if len(names) > 8 else ''}), got columns {got[:8]}"
+            f"{' ...' if len(got) > 8 else ''} instead: pass "
+            "X[estimator.feature_names_in_]."
+        )
+
+
 class MLPNetwork(DenseNetwork):
     """The network adapter of a fitted scikit-learn ``MLPClassifier``/``MLPRegressor``.
 
@@ -282,23 +301,36 @@ class MLPNetwork(DenseNetwork):
         """The MLP's predictions."""
         return self.mlp.predict(X)
 
+    def _check_X(self, X):
+        check_feature_names(self.mlp, X)
+        return super()._check_X(X)
+
     def check_targets(self, X, y):
         """Validate ``(X, y)`` for the loss: same length, labels the MLP knows."""
         X = self._check_X(X)
+        return X, self.check_y(y, X.shape[0])
+
+    def check_y(self, y, n_rows):
+        """``y`` checked against ``n_rows`` rows of X and the MLP: one label per
+        row, labels it knows (a classifier), finite numbers (a regressor)."""
         if y is None:
             raise ValueError("y must be given (the loss needs the targets), got None.")
         y = np.asarray(y)
-        try:
-            check_consistent_length(X, y)
-        except ValueError as exc:
+        if y.ndim == 0 or y.shape[0] != n_rows:
             raise ValueError(
-                f"y must have one label per row of X ({X.shape[0]}), got "
+                f"y must have one label per row of X ({n_rows}), got "
                 f"len(y)={y.shape[0] if y.ndim else 0} instead."
-            ) from exc
+            )
         if not isinstance(self.mlp, MLPClassifier):
             y = check_array(
                 y, ensure_2d=False, dtype=np.float64, input_name="y"
             )  # finite numbers
+            n_out = getattr(self.mlp, "n_outputs_", None)
+            if n_out is not None and y.reshape(y.shape[0], -1).shape[1] != n_out:
+                raise ValueError(
+                    f"y must have {n_out} target(s) per row (the MLPRegressor's "
+                    f"outputs), got y.shape={y.shape} instead."
+                )
             if getattr(self.mlp, "loss", None) == "poisson" and np.any(y < 0):
                 raise ValueError(
                     "y must be >= 0 for an MLPRegressor with loss='poisson', got "
@@ -312,7 +344,7 @@ class MLPNetwork(DenseNetwork):
                     f"trained on (its classes_ are {self.mlp.classes_.tolist()[:10]}"
                     f"{'...' if self.mlp.classes_.size > 10 else ''}) instead."
                 )
-        return X, y
+        return y
 
     def loss_gradients(self, data, params=None):
         """Mean loss of the MLP and its gradient (NumPy).

@@ -77,6 +77,15 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
         # validate_data names every input "X"; check W under its own name first
         # (with the same checks), then let validate_data do the feature bookkeeping.
         W = check_array(W, dtype=list(FLOAT_DTYPES), input_name="W")
+        n = getattr(self, "n_features_in_", None)
+        if not reset and n is not None and W.shape[1] != n:
+            name = type(self).__name__
+            raise ValueError(
+                f"W must have the {n} columns (output channels) {name} was fitted "
+                f"on, got W.shape={W.shape} instead (in scikit-learn's words: X has "
+                f"{W.shape[1]} features, but {name} is expecting {n} features as "
+                "input)."
+            )
         return validate_data(self, W, reset=reset, skip_check_array=True)
 
     def _fit_common(self, W):

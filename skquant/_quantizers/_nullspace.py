@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 from scipy import sparse
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._common._progress import run_in_batches
@@ -302,7 +302,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             None,
             StrOptions({"auto"}),
             Interval(numbers.Integral, 1, None, closed="left"),
-            Interval(numbers.Real, 0, 1, closed="neither"),
+            Interval(RealNotInt, 0, 1, closed="neither"),
         ],
         "rounding": [StrOptions({"greedy", "nearest"})],
         "walk_budget": [None, Interval(numbers.Real, 0, None, closed="neither")],

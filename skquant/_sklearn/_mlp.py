@@ -14,7 +14,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._network._dense import MLPNetwork, check_mlp
+from .._network._dense import MLPNetwork, check_feature_names, check_mlp
 from .._network._layers import quantize_layers
 from .._network._report import QuantizationReport
 from .._precision._estimator import AdaptivePrecisionQuantizer
@@ -111,7 +111,8 @@ class QuantizedMLP(BaseEstimator):
         :class:`AdaptivePrecisionQuantizer`), cloned per layer, or a dict from
         layer name (``"layer_0"``, ``"layer_1"``, ...) to quantizer: layers not
         named stay float unless the key ``"*"`` gives a default. ``None`` means
-        ``UniformQuantizer(n_bits=8)``.
+        ``UniformQuantizer(n_bits=8)`` (give a quantizer to search over its
+        parameters: ``quantizer__n_bits`` needs one to set).
     n_calibration : int, default=1024
         Rows of ``X`` (drawn without replacement) used as calibration data.
     random_state : int, RandomState instance or None, default=None
@@ -210,15 +211,21 @@ class QuantizedMLP(BaseEstimator):
         self.activations = activations
 
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Train the network if needed, then quantize it on calibration rows of ``X``.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training (and calibration) inputs.
+            Training (and calibration) inputs. For a fitted network, a DataFrame's
+            columns must be the features it was fitted on, in its order.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
-            Targets, used only when the network has to be trained.
+            Targets: to train the network when it has to be, and the loss
+            gradient's (``AdaptivePrecisionQuantizer``); checked against a fitted
+            network (one per row, labels it knows).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the network's training (passed to its ``fit``); a fitted
+            network is not trained, so it does not take them.
 
         Returns
         -------
@@ -231,6 +238,9 @@ class QuantizedMLP(BaseEstimator):
         quantizer = (
             UniformQuantizer(n_bits=8) if self.quantizer is None else self.quantizer
         )
+        # float32 rows stay as they are: only the calibration rows are copied
+        # to float64 (a wide X is not copied whole). Checked before any training.
+        Xv = validate_data(self, X, dtype=(np.float64, np.float32), reset=True)
         try:
             check_is_fitted(estimator, "coefs_")
             base = copy.deepcopy(estimator)
@@ -240,10 +250,19 @@ class QuantizedMLP(BaseEstimator):
                     "QuantizedMLP.fit needs y to train the unfitted estimator; got "
                     "y=None instead."
                 ) from None
-            base = clone(estimator).fit(X, y)
-        # float32 rows stay as they are: only the calibration rows are copied
-        # to float64 (a wide X is not copied whole)
-        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=True)
+            weights = {} if sample_weight is None else {"sample_weight": sample_weight}
+            base = clone(estimator).fit(X, y, **weights)
+        else:
+            if sample_weight is not None:
+                raise ValueError(
+                    "sample_weight weighs the network's training, and the estimator "
+                    "is fitted already (it is not trained again): got sample_weight "
+                    "with a fitted estimator."
+                )
+            check_feature_names(base, X)
+            if y is not None:
+                MLPNetwork(base).check_y(y, Xv.shape[0])
+        X = Xv
         if X.shape[1] != base.coefs_[0].shape[0]:
             raise ValueError(
                 f"X must have {base.coefs_[0].shape[0]} features (the network's "
