@@ -9,7 +9,10 @@ right width when ``fit`` gets none; everything else is the estimator's own code.
 
 import numpy as np
 import pytest
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import (
+    check_param_validation,
+    parametrize_with_checks,
+)
 
 import skquant
 from skquant import AdaptivePrecisionQuantizer
@@ -175,6 +178,14 @@ def test_every_estimator_is_covered():
 )
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("name_cls", all_estimators(), ids=lambda p: p[0])
+def test_parameter_constraints_are_well_formed(name_cls):
+    """scikit-learn's own check of the declared constraints (each invalid value
+    refused by name), which check_estimator does not run."""
+    name, cls = name_cls
+    check_param_validation(name, cls())
 
 
 @pytest.mark.parametrize("name_cls", all_estimators(), ids=lambda p: p[0])
