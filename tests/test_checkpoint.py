@@ -1,6 +1,7 @@
 """Checkpoints larger than memory: quantize_model(checkpoint=..., output=...)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -596,3 +597,74 @@ def test_a_weight_read_outside_its_layer_is_named(tmp_path):
     # in memory, the same model quantizes
     q = quantize_model(model, GreedyPathQuantizer(n_bits=4), X)
     assert torch.isfinite(q(X)).all()
+
+
+# ------------------------------------------- what an LM user meets (a review)
+def test_a_checkpoint_of_a_larger_model_is_named(saved, tmp_path):
+    """Tensors the model has no place for (a checkpoint of another configuration)
+    are named in a warning, not taken silently."""
+    model, X, path = saved("mlp")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["6.weight"] = torch.zeros(2, 4)
+    bigger = tmp_path / "bigger.safetensors"
+    safetensors_torch.save_file(state, bigger)
+    with pytest.warns(UserWarning, match=r"holds 1 tensors .*\['6.weight'\]"):
+        quantize_model(meta("mlp"), UniformQuantizer(n_bits=4), X, checkpoint=bigger)
+
+
+def test_names_under_a_prefix_are_pointed_at(saved, tmp_path):
+    model, X, path = saved("mlp")
+    state = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    wrapped = tmp_path / "wrapped.safetensors"
+    safetensors_torch.save_file(state, wrapped)
+    q = UniformQuantizer(n_bits=4)
+    hint = re.escape("Checkpoint(path, prefix='model.')")
+    for ckpt in (wrapped, Checkpoint(wrapped, prefix="transformer.")):
+        with pytest.raises(ValueError, match=hint):
+            quantize_model(meta("mlp"), q, X, checkpoint=ckpt)
+    state["4.weight"] = state.pop("model.4.weight")  # one name outside the prefix
+    safetensors_torch.save_file(state, wrapped)
+    with pytest.raises(ValueError, match="'4.weight' is in the checkpoint without"):
+        quantize_model(
+            meta("mlp"), q, X, checkpoint=Checkpoint(wrapped, prefix="model.")
+        )
+
+
+def test_output_is_checked_before_the_walk(saved, tmp_path, monkeypatch):
+    model, X, path = saved("mlp")
+
+    def no_walk(*args, **kwargs):
+        raise AssertionError("the walk ran")
+
+    monkeypatch.setattr(TorchNetwork, "walk", no_walk)
+    q = GreedyPathQuantizer(n_bits=3)
+    with pytest.raises(ValueError, match=r"output='.*' is a folder"):
+        quantize_model(model, q, X, output=tmp_path)
+    with pytest.raises(ValueError, match=r"output='.*' is in a folder that does not"):
+        quantize_model(model, q, X, output=tmp_path / "no" / "q.skq")
+    with pytest.raises(ValueError, match=r"runtime='float' sets how the returned"):
+        quantize_model(model, q, X, output=tmp_path / "q.skq", runtime="float")
+    with pytest.raises(ValueError, match=r"path='.*' is a folder"):
+        save_model(model, tmp_path)
+
+
+def test_load_into_refuses_meta_buffers_no_file_holds(saved, tmp_path):
+    class Rotary(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 4)
+            self.register_buffer("inv_freq", torch.ones(3), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    out = tmp_path / "q.skq"
+    save_model(quantize_model(Rotary(), UniformQuantizer(n_bits=4)), out)
+    with torch.device("meta"):
+        skeleton = Rotary()
+    with pytest.raises(ValueError, match=r"\['inv_freq'\] are on the meta device"):
+        load_into(skeleton, out)
+    assert is_meta(skeleton.fc.weight)  # left as it was
+    skeleton.inv_freq = torch.ones(3)  # computed by the user: then it loads
+    assert type(load_into(skeleton, out).fc) is QuantLinear

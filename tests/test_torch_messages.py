@@ -514,3 +514,39 @@ def test_an_empty_calibration_batch_is_left_out():
         assert torch.equal(getattr(got, name).weight, getattr(want, name).weight)
     with pytest.raises(ValueError, match="calibration data holds no sample"):
         quantize_model(net, quantizer, [torch.zeros(0, 8)])
+
+
+def test_a_mapping_leaves_an_embedding_it_does_not_name_float():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 8), nn.Linear(8, 3))
+    X = torch.randint(0, 20, (16, 4))
+    qnet = quantize_model(model, {"2": UniformQuantizer(n_bits=4)}, X)
+    assert type(qnet[0]) is nn.Embedding and type(qnet[1]) is nn.Linear
+    assert type(qnet[2]).__name__ == "QuantLinear"
+    with pytest.raises(ValueError, match=r"layer '0' \(Embedding\) is not supported"):
+        quantize_model(model, {"0": UniformQuantizer(n_bits=4)}, X)
+    with pytest.raises(ValueError, match=r"layer '0' \(Embedding\) is not supported"):
+        quantize_model(model, {"*": UniformQuantizer(n_bits=4)}, X)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_token_ids_past_the_vocabulary_are_named(generic):
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(20, 8), nn.Linear(8, 3)
+
+        def forward(self, t):
+            return self.fc(torch.tanh(self.emb(t)))
+
+    model = LM() if generic else nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 3))
+    X = torch.randint(0, 25, (16, 4))
+    X[0, 0] = 24
+    with pytest.raises(ValueError, match="calibration data .*does not fit the model"):
+        quantize_model(model, GreedyPathQuantizer(n_bits=3), X, skip=[nn.Embedding])
+
+
+def test_a_runtime_error_names_the_layer():
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"layer '0': runtime='packed' holds codes"):
+        quantize_model(net, UniformQuantizer(n_bits=8), runtime="packed")

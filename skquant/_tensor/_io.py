@@ -278,12 +278,14 @@ class SpooledWriter(Writer):
     ----------
     path : str or path-like
         The file to write.
+    name : str, default="path"
+        The parameter an error about ``path`` names.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, name="path"):
         super().__init__()
         self.path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(self.path))
+        folder = _check_target(self.path, name)
         fd, self._spool_path = _create_temp(folder, readable=True)
         self._spool = os.fdopen(fd, "w+b")
         self._entries = {}  # name -> (offset, nbytes, dtype, shape)
@@ -380,6 +382,23 @@ def serialize(kind, writer, model=None):
     )
 
 
+def _check_target(path, name):
+    """The folder of the file ``path`` is to be written to (a ``ValueError``
+    naming parameter ``name`` when ``path`` is a folder or its folder is not
+    there: said before any work, not when the file is moved in place)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{name}={path!r} is a folder; give the path of the file to write."
+        )
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"{name}={path!r} is in a folder that does not exist ({folder!r})."
+        )
+    return folder
+
+
 def _create_temp(folder, readable=False):
     """``(fd, path)`` of a new empty file in ``folder``, with the mode a new file
     gets: ``0o666`` less the umask (the OS applies it, and default ACLs)."""
@@ -414,7 +433,7 @@ def write_file(path, kind, writer, model=None):
 def _replace_file(path, emit):
     """``emit(f)`` into a temporary file next to ``path``, then move it there."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = _check_target(path, "path")
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:  # no file there yet (or none we may read): umask applies

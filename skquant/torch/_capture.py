@@ -80,7 +80,8 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
                     block(cloned(x))
                 except StopForward:
                     pass
-                except RuntimeError as exc:
+                except (RuntimeError, IndexError) as exc:  # (IndexError: token ids
+                    # past an embedding's size)
                     raise ValueError(
                         f"calibration data of shape {tuple(x.shape)} (one batch) "
                         f"does not fit the model: {exc}"

@@ -96,6 +96,7 @@ class Checkpoint:
         if not self.path.exists():
             raise ValueError(f"checkpoint={str(path)!r} does not exist.")
         self._where = {}
+        self._outside = []  # the names without the prefix (for error messages)
         if self.path.is_file():
             self._add(self.path, _read_header(self.path))
             return
@@ -148,6 +149,7 @@ class Checkpoint:
     def _add(self, file, entries):
         for key, entry in entries.items():
             if not key.startswith(self.prefix):
+                self._outside.append(key)
                 continue
             key = key[len(self.prefix) :]
             if key in self._where:
@@ -160,6 +162,32 @@ class Checkpoint:
     def keys(self):
         """The names of the tensors."""
         return self._where.keys()
+
+    def hint(self, missing):
+        """What the checkpoint's names say about state entries it lacks (by the
+        model's names): a prefix to give, or to drop, or ``""``."""
+        names = [*self._where, *(self.prefix + k for k in self._where)]
+        names += self._outside
+        for key in missing:
+            for name in names:
+                lead = name[: -len(key)] if name.endswith("." + key) else None
+                if lead:  # e.g. 'model.' + key
+                    return (
+                        f" Its tensor {name!r} looks like {key!r} under the prefix "
+                        f"{lead!r}: pass checkpoint=Checkpoint(path, prefix={lead!r})."
+                    )
+            if self.prefix and key in self._outside:
+                return (
+                    f" {key!r} is in the checkpoint without the prefix "
+                    f"{self.prefix!r}, which Checkpoint(path, prefix=...) then "
+                    "does not see: the model's names must all be under one prefix."
+                )
+        if self.prefix and not self._where:
+            return (
+                f" No tensor name starts with prefix={self.prefix!r}; the names "
+                f"include {sorted(self._outside)[:5]}."
+            )
+        return ""
 
     def __contains__(self, key):
         return key in self._where
@@ -225,6 +253,21 @@ def drop(module, attr):
 def is_meta(t):
     """Whether ``t`` is a tensor on the meta device."""
     return isinstance(t, torch.Tensor) and t.device.type == "meta"
+
+
+def check_unsaved_buffers(model, what):
+    """Raise when buffers on the meta device (no data) are not part of the
+    model's ``state_dict`` (``persistent=False``): no ``what`` (a checkpoint,
+    a file) holds them."""
+    saved = {id(v) for v in model.state_dict(keep_vars=True).values()}
+    lost = [n for n, b in model.named_buffers() if is_meta(b) and id(b) not in saved]
+    if lost:
+        raise ValueError(
+            f"the model's buffers {lost[:5]} are on the meta device and are not "
+            f"part of its state_dict (persistent=False), so no {what} holds them: "
+            "compute them after building the model on the meta device (e.g. with "
+            "model.to_empty(device='cpu') and the module's own initialisation)."
+        )
 
 
 def plain_state(model):

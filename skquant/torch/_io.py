@@ -8,6 +8,7 @@ from .._common._heap import release_heap
 from .._tensor import _io
 from ._checkpoint import (
     check_default_device,
+    check_unsaved_buffers,
     is_meta,
     owner,
     plain_state,
@@ -22,8 +23,8 @@ from ._qlayers import (
     QuantLinear,
     QuantMixin,
     quantized_module,
-    runtime_of,
 )
+from ._runtimes import runtime_of
 
 
 def _quant_classes():
@@ -154,6 +155,7 @@ def load_into(model, path, *, runtime="auto", strict=True):
             f"{type(model).__name__} instead."
         )
     check_default_device("load_into")
+    check_unsaved_buffers(model, "file")
     header, data = _io.read_file(path)
     if header.get("kind") != "torch":
         raise _io.FileFormatError(
@@ -282,7 +284,7 @@ def _swap_layers(path, model, header, data, layers, runtime, undo):
             continue
         module = mods[name]
         tensor = _io.tensor_named(header, data, path, name or "<root>")
-        new = quantized_module(module, tensor, runtime_of(runtime, name))
+        new = quantized_module(module, tensor, runtime_of(runtime, name), name)
         del tensor
         act = info.get("activations")
         if act is not None:

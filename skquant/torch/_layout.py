@@ -24,6 +24,29 @@ def _check_layer(module, name):
         )
 
 
+def _refused(module):
+    """Whether ``module`` has weights skquant cannot quantize."""
+    if isinstance(module, SUPPORTED) and not getattr(module, "transposed", False):
+        return False
+    return isinstance(
+        module,
+        nn.modules.conv._ConvNd
+        | nn.Embedding
+        | nn.EmbeddingBag
+        | nn.RNNBase
+        | nn.MultiheadAttention
+        | nn.Bilinear,
+    )
+
+
+def refused_layers(model):
+    """Names of the modules inside ``model`` with weights skquant cannot quantize
+    (which :func:`check_supported` refuses unless skipped)."""
+    return [
+        n for n, m in model.named_modules(remove_duplicate=False) if n and _refused(m)
+    ]
+
+
 def check_supported(name, module):
     """Whether ``module`` is a weight layer skquant quantizes; raise if unsupported.
 
@@ -33,15 +56,7 @@ def check_supported(name, module):
     """
     if isinstance(module, SUPPORTED) and not getattr(module, "transposed", False):
         return True
-    if isinstance(
-        module,
-        nn.modules.conv._ConvNd
-        | nn.Embedding
-        | nn.EmbeddingBag
-        | nn.RNNBase
-        | nn.MultiheadAttention
-        | nn.Bilinear,
-    ):
+    if _refused(module):
         kind = type(module).__name__
         if name == "":  # the model itself: skip=[''] would leave nothing
             raise ValueError(

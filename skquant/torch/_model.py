@@ -24,17 +24,16 @@ from ._checkpoint import (
     weight_key,
 )
 from ._data import input_batches, is_rows, model_device, model_dtype, replayable
-from ._layout import layer_kind
+from ._layout import layer_kind, refused_layers
 from ._network import TorchNetwork
 from ._qlayers import (
     QuantConv1d,
     QuantConv2d,
     QuantLinear,
     QuantMixin,
-    check_runtime,
     quantized_module,
-    runtime_of,
 )
+from ._runtimes import check_runtime, runtime_of
 from ._state import kept_state
 
 __all__ = [
@@ -155,7 +154,8 @@ def quantize_model(
         bits), ``"int8"`` one byte per code (integer GEMM with quantized
         activations), ``"float"`` codes dequantized in every forward. ``"auto"``
         takes the smallest form the kernels run. A dict maps layer names to
-        runtimes (``"*"``: the layers not named; ``"auto"`` without it).
+        runtimes (``"*"``: the layers not named; ``"auto"`` without it). With
+        ``output``, only ``"auto"``: :func:`load_into` takes the runtime.
     checkpoint : str, path-like or Checkpoint, default=None
         Read the model's state from this safetensors checkpoint (a file, or a
         directory of shards with their ``*.safetensors.index.json``; a
@@ -216,6 +216,12 @@ def quantize_model(
     calibration_data = replayable(calibration_data)
     act_quantizer = check_activations(activations, calibration_data)
     lean = checkpoint is not None or output is not None
+    if output is not None and runtime != "auto":
+        raise ValueError(
+            f"runtime={runtime!r} sets how the returned model runs, and with output= "
+            "none is returned (the file holds the codes): pass runtime= to "
+            "load_into when reading the file."
+        )
     if lean:
         check_default_device("quantize_model")
     if lean and act_quantizer is not None:
@@ -228,6 +234,13 @@ def quantize_model(
     device = model_device(model)
     if device.type == "cuda":  # the layer kernels where the model lives
         quantizer = on_device(quantizer, device)
+    if (
+        isinstance(quantizer, dict)
+        and "*" not in quantizer
+        and isinstance(skip, list | tuple | set | frozenset | str | type)
+    ):  # layers a mapping does not name stay float, whatever their kind
+        skip = [skip] if isinstance(skip, str | type) else list(skip)
+        skip += [n for n in refused_layers(model) if n not in quantizer]
     network = TorchNetwork(
         model,
         skip=skip,
@@ -282,7 +295,7 @@ def quantize_model(
         return out
 
     held, layers = {}, {}
-    writer = None if output is None else _io.SpooledWriter(output)
+    writer = None if output is None else _io.SpooledWriter(output, "output")
 
     def sink(name, tensor):  # lean walks: each layer's tensor as it comes
         for n in [name, *(t for t, first in network.tied.items() if first == name)]:
@@ -322,7 +335,9 @@ def quantize_model(
     for name, tensor in replace.items():
         old = qlayers[name]
         if id(old) not in made:
-            made[id(old)] = quantized_module(old, tensor, runtime_of(runtime, name))
+            made[id(old)] = quantized_module(
+                old, tensor, runtime_of(runtime, name), name
+            )
         new = made[id(old)]
         if name == "":  # the model is itself one layer
             qmodel = new

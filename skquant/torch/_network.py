@@ -28,7 +28,14 @@ from torch import nn
 from .._network._protocol import LayerStep, Network
 from . import _graph
 from ._capture import capture
-from ._checkpoint import drop, is_meta, owner, put, weight_key
+from ._checkpoint import (
+    check_unsaved_buffers,
+    drop,
+    is_meta,
+    owner,
+    put,
+    weight_key,
+)
 from ._data import (
     CallerBatches,
     batches,
@@ -71,15 +78,7 @@ def _check_meta(model, checkpoint):
                 "hold no data): pass checkpoint= to read them, or build the model "
                 "with its weights."
             )
-    names = {id(v) for v in state.values()}
-    lost = [n for n, b in model.named_buffers() if is_meta(b) and id(b) not in names]
-    if lost:
-        raise ValueError(
-            f"the model's buffers {lost[:5]} are on the meta device and are not "
-            "part of its state_dict (persistent=False), so no checkpoint holds them: "
-            "compute them after building the model on the meta device (e.g. with "
-            "model.to_empty(device='cpu') and the module's own initialisation)."
-        )
+    check_unsaved_buffers(model, "checkpoint")
 
 
 def _ties_outside(model, layers, tied):
@@ -275,7 +274,8 @@ class TorchNetwork(Network):
             for name, keys in names.items()
         }
         aliases = {k for keys in names.values() for k in keys}
-        keys = [k for k in self.model.state_dict(keep_vars=True) if k not in aliases]
+        state = self.model.state_dict(keep_vars=True)
+        keys = [k for k in state if k not in aliases]
         missing = sorted(
             [weight_key(n) for n, k in self._stored.items() if k is None]
             + [k for k in keys if k not in ckpt]
@@ -284,7 +284,18 @@ class TorchNetwork(Network):
             raise ValueError(
                 f"checkpoint={str(ckpt.path)!r} lacks {len(missing)} of the model's "
                 f"state entries: {missing[:8]} (its tensors include "
-                f"{sorted(ckpt.keys())[:8]})."
+                f"{sorted(ckpt.keys())[:8]}).{ckpt.hint(missing)}"
+            )
+        unread = sorted(set(ckpt.keys()) - set(state) - aliases)
+        if unread:
+            warnings.warn(
+                f"checkpoint={str(ckpt.path)!r} holds {len(unread)} tensors the "
+                f"model has no place for: {unread[:8]}"
+                f"{' ...' if len(unread) > 8 else ''}; they are not read (a model "
+                "built from another configuration, or names under a prefix: "
+                "Checkpoint(path, prefix=...)).",
+                UserWarning,
+                stacklevel=5,
             )
         for key in keys:
             mod, attr = owner(self.model, key)
@@ -436,9 +447,10 @@ class TorchNetwork(Network):
         error that says why."""
         try:
             return next(steps, None)
-        except (RuntimeError, ValueError) as exc:
+        except (RuntimeError, IndexError, ValueError) as exc:
             if not self._lean or "meta" not in str(exc):
-                if isinstance(exc, RuntimeError):
+                if isinstance(exc, RuntimeError | IndexError):  # (IndexError: token
+                    # ids past an embedding's size)
                     raise ValueError(
                         f"calibration data does not fit the model: {exc}"
                     ) from exc

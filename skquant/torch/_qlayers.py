@@ -47,9 +47,9 @@ from ._int8 import (
     largest_code,
 )
 from ._layout import to_numpy
+from ._runtimes import check_runtime
 
 __all__ = [
-    "RUNTIMES",
     "QuantConv1d",
     "QuantConv2d",
     "QuantLinear",
@@ -57,9 +57,6 @@ __all__ = [
     "RuntimeFallbackWarning",
     "quantized_module",
 ]
-
-#: the runtimes a quantized layer can run
-RUNTIMES = ("auto", "packed", "int8", "float")
 
 #: the activation modes a quantized layer can run
 ACTIVATION_MODES = (None, "dynamic", "static")
@@ -78,26 +75,6 @@ def announce(key, message):
         return
     _ANNOUNCED.add(key)
     warnings.warn(message, RuntimeFallbackWarning, stacklevel=3)
-
-
-def check_runtime(runtime):
-    """Raise unless ``runtime`` is one of :data:`RUNTIMES`, or a dict of them."""
-    values = runtime.values() if isinstance(runtime, dict) else [runtime]
-    for value in values:
-        if not isinstance(value, str) or value not in RUNTIMES:
-            raise ValueError(
-                f"runtime must be one of {RUNTIMES} or a dict from layer name to one "
-                f"of them, got runtime={runtime!r} instead."
-            )
-    return runtime
-
-
-def runtime_of(runtime, name):
-    """The runtime of layer ``name``: ``runtime`` itself, or its dict's entry
-    (the key ``"*"`` for layers not named, ``"auto"`` without it)."""
-    if isinstance(runtime, dict):
-        return runtime.get(name, runtime.get("*", "auto"))
-    return runtime
 
 
 def _torch_gemm(a, b):
@@ -789,12 +766,18 @@ _QUANT_CLASSES = (
 )
 
 
-def quantized_module(module, tensor, runtime="auto"):
+def quantized_module(module, tensor, runtime="auto", name=None):
     """The quantized twin of a Linear/Conv1d/Conv2d layer holding ``tensor``.
 
-    ``runtime`` is one of :data:`RUNTIMES` (a dict is resolved by the caller).
+    ``runtime`` is one of :data:`~._runtimes.RUNTIMES` (a dict is resolved by
+    the caller); an error names the layer ``name``.
     """
     for float_cls, quant_cls in _QUANT_CLASSES:
         if isinstance(module, float_cls):
-            return quant_cls.from_float(module, tensor, runtime)
+            try:
+                return quant_cls.from_float(module, tensor, runtime)
+            except ValueError as exc:
+                if name is None:
+                    raise
+                raise ValueError(f"layer {name!r}: {exc}") from exc
     raise TypeError(f"no quantized layer for {type(module).__name__}.")

@@ -1,0 +1,25 @@
+"""The ``runtime=`` option of the quantized layers: its values, checked, and
+resolved per layer."""
+
+#: the runtimes a quantized layer can run
+RUNTIMES = ("auto", "packed", "int8", "float")
+
+
+def check_runtime(runtime):
+    """Raise unless ``runtime`` is one of :data:`RUNTIMES`, or a dict of them."""
+    values = runtime.values() if isinstance(runtime, dict) else [runtime]
+    for value in values:
+        if not isinstance(value, str) or value not in RUNTIMES:
+            raise ValueError(
+                f"runtime must be one of {RUNTIMES} or a dict from layer name to one "
+                f"of them, got runtime={runtime!r} instead."
+            )
+    return runtime
+
+
+def runtime_of(runtime, name):
+    """The runtime of layer ``name``: ``runtime`` itself, or its dict's entry
+    (the key ``"*"`` for layers not named, ``"auto"`` without it)."""
+    if isinstance(runtime, dict):
+        return runtime.get(name, runtime.get("*", "auto"))
+    return runtime
