@@ -24,6 +24,12 @@ from torch import nn
 from .._common._checks import check_int, check_positive
 from ._int8 import dynamic_reduce_range
 from ._onnxcheck import check_file
+from ._onnxgraph import (
+    consumers,
+    find_weight,
+    read_elsewhere,
+    replace_product,
+)
 from ._qlayers import QuantMixin, conv_args, conv_kwargs
 from ._state import kept_state
 
@@ -320,17 +326,17 @@ def export_onnx(
             # into QLinearConv, which rejects INT2 weights: the next type
             kind, need = _TYPES[kind == "int2", 4]
         layers[name] = kind
-        found = _find_weight(f"{name}.weight", layer, inits, numpy_helper)
+        found = find_weight(f"{name}.weight", layer, inits, numpy_helper)
         if found is None:
             raise ValueError(
                 f"layer {name!r}: its weight is not an initializer of the exported "
                 "graph; it cannot be stored as integers."
             )
         key, transposed = found
-        sites = [node for _, node in _consumers(graph, key)]
+        sites = [node for _, node in consumers(graph, key)]
         probes[name] = sites[0].input[0]
         # a weight some other node reads too stays defined: dequantized
-        elsewhere = _read_elsewhere(graph, key)
+        elsewhere = read_elsewhere(graph, key)
         integer = (
             matmul_nbits is None
             and integer_products
@@ -467,62 +473,6 @@ def _takes_varargs(model):
     return bool(params) and params[0].kind is inspect.Parameter.VAR_POSITIONAL
 
 
-def _find_weight(name, layer, inits, numpy_helper):
-    """``(initializer name, transposed)`` of a layer's float weight in the graph."""
-    if name in inits:
-        return name, False
-    W = layer.weight.detach().float().numpy()
-    for key, init in inits.items():
-        a = numpy_helper.to_array(init)
-        if a.shape == W.shape and np.array_equal(a, W):
-            return key, False
-        if W.ndim == 2 and a.shape == W.T.shape and np.array_equal(a, W.T):
-            return key, True
-    return None
-
-
-def _consumers(graph, key):
-    """``[(index, node)]`` of the nodes that multiply by weight ``key``, in order.
-
-    The exporter writes a Linear as ``Gemm`` or as ``Transpose -> MatMul``, a
-    convolution as ``Conv``: the weight is the node's second input, the data its
-    first. Other nodes may read the weight too (a convolution without a bias
-    reads its shape, for a zero bias), and a layer called twice has two products.
-    """
-    names = {key} | {graph.node[i].output[0] for i in _transposes(graph, key)}
-    found = [
-        (i, node)
-        for i, node in enumerate(graph.node)
-        if node.op_type in ("Gemm", "MatMul", "Conv")
-        and len(node.input) > 1
-        and node.input[1] in names
-    ]
-    if not found:
-        raise ValueError(f"no node of the exported graph multiplies by {key!r}.")
-    return found
-
-
-def _transposes(graph, key):
-    """Indices of the ``Transpose`` nodes of weight ``key``."""
-    return [
-        i
-        for i, node in enumerate(graph.node)
-        if node.op_type == "Transpose" and key in node.input
-    ]
-
-
-def _read_elsewhere(graph, key):
-    """Whether a node other than the products by weight ``key`` (and the
-    ``Transpose`` that feeds them) reads it (``l(x) * l.weight.mean()``)."""
-    transposes = _transposes(graph, key)
-    own = {i for i, _ in _consumers(graph, key)} | set(transposes)
-    names = {key} | {graph.node[i].output[0] for i in transposes}
-    return any(
-        i not in own and names.intersection(node.input)
-        for i, node in enumerate(graph.node)
-    )
-
-
 def _plain_gemm(node, helper):
     """Whether ``node`` is ``Gemm(x, W, b)`` computing ``x W^T + b``."""
     if node.op_type != "Gemm":
@@ -552,7 +502,7 @@ def _quantize_input(graph, key, layer, helper, numpy_helper, integer=False):
         The names of the quantized input, one triple per product by ``key`` (a
         layer called twice has two), in graph order.
     """
-    sites = _consumers(graph, key)
+    sites = consumers(graph, key)
     names = []
     for k, (index, node) in reversed(list(enumerate(sites))):  # (indices stay)
         prefix = f"{key}_input{k or ''}"
@@ -667,11 +617,11 @@ def _integer_linear(
     cast = kind not in ("int8", "uint8")
     if cast:  # (once, before the first product)
         weight_inputs[0] = f"{key}_int8"
-        first = _consumers(graph, key)[0][0]
+        first = consumers(graph, key)[0][0]
         graph.node.insert(
             first, helper.make_node("Cast", [f"{key}_q"], [f"{key}_int8"], to=3)
         )
-    sites = list(zip(_consumers(graph, key), quantized_inputs, strict=True))
+    sites = list(zip(consumers(graph, key), quantized_inputs, strict=True))
     for k, ((index, node), (q, s, z)) in reversed(list(enumerate(sites))):
         prefix = f"{key}_integer{k or ''}"
         out = node.output[0]
@@ -694,19 +644,7 @@ def _integer_linear(
             new.append(
                 helper.make_node("Add", [f"{prefix}_product", node.input[2]], [out])
             )
-        _replace_product(graph, index, key, new)
-
-
-def _replace_product(graph, index, key, nodes):
-    """Put ``nodes`` in place of node ``index`` (the product by weight ``key``),
-    dropping the ``Transpose`` of ``key`` it leaves unused."""
-    transposes = [graph.node[i] for i in _transposes(graph, key)]
-    del graph.node[index]
-    for n in reversed(nodes):
-        graph.node.insert(index, n)
-    for t in transposes:
-        if not any(t.output[0] in n.input for n in graph.node):
-            graph.node.remove(t)
+        replace_product(graph, index, key, new)
 
 
 def _numpy_type(kind):
@@ -735,7 +673,7 @@ def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
     ``codes`` are the layer's (n_out, n_in). Returns False (nothing changed) when
     the exporter wrote the product in a form this does not rewrite.
     """
-    sites = _consumers(graph, key)
+    sites = consumers(graph, key)
     if not all(n.op_type == "MatMul" or _plain_gemm(n, helper) for _, n in sites):
         return False
     bits = int(kind.removeprefix("u").removeprefix("int"))
@@ -789,5 +727,5 @@ def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
         ]
         if product != out:
             new.append(helper.make_node("Add", [product, node.input[2]], [out]))
-        _replace_product(graph, index, key, new)
+        replace_product(graph, index, key, new)
     return True

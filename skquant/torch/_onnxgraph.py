@@ -1,0 +1,73 @@
+"""Searches and edits of an exported ONNX graph around a layer's weight: where
+the weight is, which nodes multiply by it, what else reads it, and the
+replacement of a product."""
+
+import numpy as np
+
+
+def find_weight(name, layer, inits, numpy_helper):
+    """``(initializer name, transposed)`` of a layer's float weight in the graph."""
+    if name in inits:
+        return name, False
+    W = layer.weight.detach().float().numpy()
+    for key, init in inits.items():
+        a = numpy_helper.to_array(init)
+        if a.shape == W.shape and np.array_equal(a, W):
+            return key, False
+        if W.ndim == 2 and a.shape == W.T.shape and np.array_equal(a, W.T):
+            return key, True
+    return None
+
+
+def consumers(graph, key):
+    """``[(index, node)]`` of the nodes that multiply by weight ``key``, in order.
+
+    The exporter writes a Linear as ``Gemm`` or as ``Transpose -> MatMul``, a
+    convolution as ``Conv``: the weight is the node's second input, the data its
+    first. Other nodes may read the weight too (a convolution without a bias
+    reads its shape, for a zero bias), and a layer called twice has two products.
+    """
+    names = {key} | {graph.node[i].output[0] for i in transposes(graph, key)}
+    found = [
+        (i, node)
+        for i, node in enumerate(graph.node)
+        if node.op_type in ("Gemm", "MatMul", "Conv")
+        and len(node.input) > 1
+        and node.input[1] in names
+    ]
+    if not found:
+        raise ValueError(f"no node of the exported graph multiplies by {key!r}.")
+    return found
+
+
+def transposes(graph, key):
+    """Indices of the ``Transpose`` nodes of weight ``key``."""
+    return [
+        i
+        for i, node in enumerate(graph.node)
+        if node.op_type == "Transpose" and key in node.input
+    ]
+
+
+def read_elsewhere(graph, key):
+    """Whether a node other than the products by weight ``key`` (and the
+    ``Transpose`` that feeds them) reads it (``l(x) * l.weight.mean()``)."""
+    ts = transposes(graph, key)
+    own = {i for i, _ in consumers(graph, key)} | set(ts)
+    names = {key} | {graph.node[i].output[0] for i in ts}
+    return any(
+        i not in own and names.intersection(node.input)
+        for i, node in enumerate(graph.node)
+    )
+
+
+def replace_product(graph, index, key, nodes):
+    """Put ``nodes`` in place of node ``index`` (the product by weight ``key``),
+    dropping the ``Transpose`` of ``key`` it leaves unused."""
+    ts = [graph.node[i] for i in transposes(graph, key)]
+    del graph.node[index]
+    for n in reversed(nodes):
+        graph.node.insert(index, n)
+    for t in ts:
+        if not any(t.output[0] in n.input for n in graph.node):
+            graph.node.remove(t)
