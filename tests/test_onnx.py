@@ -691,3 +691,50 @@ def test_a_weight_read_by_another_node_stays_defined(tmp_path, options):
     report = export_onnx(qnet, X[:4], tmp_path / "m.onnx", **options)
     assert report["nodes"] == {"l": "DequantizeLinear"}  # (not the fused product)
     assert report["max_rel_deviation"] < 1e-5
+
+
+class _TokenLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(30, 8), nn.Linear(8, 30)
+
+    def forward(self, t):
+        h = torch.tanh(self.emb(t))
+        return self.fc(h + h.mean(dim=1, keepdim=True))  # mixes the positions
+
+
+def test_dynamic_axes_leave_the_sequence_length_free(tmp_path):
+    torch.manual_seed(0)
+    model = _TokenLM().eval()
+    tokens = torch.randint(0, 30, (4, 12))
+    qnet = quantize_model(model, UniformQuantizer(n_bits=4), tokens, skip=["emb"])
+    fixed, free = tmp_path / "fixed.onnx", tmp_path / "free.onnx"
+    export_onnx(qnet, tokens, fixed)
+    report = export_onnx(qnet, tokens, free, dynamic_axes={1: "sequence"})
+    assert report["max_rel_deviation"] < 1e-4
+    other = torch.randint(0, 30, (3, 7))
+    with torch.no_grad():
+        want = qnet(other).numpy()
+    np.testing.assert_allclose(run(free, other), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        run(fixed, other)
+
+
+@pytest.mark.parametrize(
+    "axes, error, match",
+    [
+        ([1], TypeError, "dynamic_axes must be a dict"),
+        ({1: 2}, TypeError, "dynamic_axes must be a dict"),
+        ({0: "b"}, ValueError, r"axis 0 \('b'\) must be an axis"),
+        ({2: "s"}, ValueError, r"axis 2 \('s'\) must be an axis .*\(4, 12\)"),
+        ({1: "not a name"}, ValueError, "named by an identifier"),
+        ({1: "batch"}, ValueError, "names two axes alike"),
+    ],
+)
+def test_dynamic_axes_errors(tmp_path, axes, error, match):
+    torch.manual_seed(0)
+    qnet = quantize_model(_TokenLM().eval(), UniformQuantizer(n_bits=4), skip=["emb"])
+    with pytest.raises(error, match=match):
+        export_onnx(
+            qnet, torch.randint(0, 30, (4, 12)), tmp_path / "m.onnx", dynamic_axes=axes
+        )

@@ -111,6 +111,7 @@ def export_onnx(
     rtol=None,
     matmul_nbits=None,
     integer_products=True,
+    dynamic_axes=None,
 ):
     """Write a model from :func:`quantize_model` to an ONNX file with integer weights.
 
@@ -175,6 +176,11 @@ def export_onnx(
         those weights are stored as ``UINT8`` with zero point 128 (the same
         values, an exact ``uint8 x uint8`` product). ``False`` writes dequantized
         weights (``DequantizeLinear``) for every layer.
+    dynamic_axes : dict of {int: str}, default=None
+        Axes of the input besides the batch that the file leaves free, by name
+        (``{1: "sequence"}`` for a language model's token ids). Each needs a size
+        of at least 2 in ``example_input``; with ``check``, the file is also run
+        on ``example_input`` cut by one along them.
 
     Returns
     -------
@@ -285,11 +291,12 @@ def export_onnx(
             twin = twins.setdefault(id(mod), _float_twin(mod))
             parent, _, attr = name.rpartition(".")
             setattr(mods[parent] if parent else stand, attr, twin)
-    shapes = None
+    free = _check_dynamic_axes(dynamic_axes, x)
     if x.dim() > 0 and x.shape[0] > 1:
-        shapes = ({0: torch.export.Dim("batch")},)
-        if _takes_varargs(stand):  # forward(*xs), as DataParallel's: one tuple
-            shapes = (shapes,)
+        free = {0: "batch", **free}
+    shapes = ({a: torch.export.Dim(n) for a, n in free.items()},) if free else None
+    if shapes and _takes_varargs(stand):  # forward(*xs), as DataParallel's: a tuple
+        shapes = (shapes,)
     with torch.no_grad(), warnings.catch_warnings():
         # the exporter's own deprecation notices are not the caller's business
         warnings.simplefilter("ignore")
@@ -461,7 +468,44 @@ def export_onnx(
         with kept_state(model):  # checked as exported: in eval mode
             model.eval()
             report.update(check_file(model, x, path, proto, probes, rtol, ort, helper))
+            if free.keys() - {0}:  # the free axes, on another size
+                cut = x[
+                    tuple(
+                        slice(0, n - 1) if a in free else slice(None)
+                        for a, n in enumerate(x.shape)
+                    )
+                ]
+                more = check_file(model, cut, path, proto, probes, rtol, ort, helper)
+                for k, v in more.items():
+                    report[k] = max(report[k], v)
     return report
+
+
+def _check_dynamic_axes(dynamic_axes, x):
+    """``dynamic_axes`` checked against the input ``x`` (``{}`` for ``None``)."""
+    if dynamic_axes is None:
+        return {}
+    if not isinstance(dynamic_axes, dict) or not all(
+        isinstance(a, int) and not isinstance(a, bool) and isinstance(n, str)
+        for a, n in dynamic_axes.items()
+    ):
+        raise TypeError(
+            "dynamic_axes must be a dict {axis: name} of ints to strs (e.g. "
+            f"{{1: 'sequence'}}), got dynamic_axes={dynamic_axes!r} instead."
+        )
+    for a, n in dynamic_axes.items():
+        if not 1 <= a < x.dim() or x.shape[a] < 2 or not n.isidentifier():
+            raise ValueError(
+                f"dynamic_axes={dynamic_axes!r}: axis {a} ({n!r}) must be an axis of "
+                f"example_input past the batch (1 to {x.dim() - 1}) of size at least "
+                f"2, named by an identifier; example_input has shape "
+                f"{tuple(x.shape)}."
+            )
+    if len(set(dynamic_axes.values()) | {"batch"}) != len(dynamic_axes) + 1:
+        raise ValueError(
+            f"dynamic_axes={dynamic_axes!r} names two axes alike (or one 'batch')."
+        )
+    return dict(dynamic_axes)
 
 
 def _takes_varargs(model):
