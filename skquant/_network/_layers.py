@@ -9,6 +9,7 @@ import numpy as np
 
 from .._common._heap import release_heap
 from .._common._progress import progress
+from .._common._warn import warn
 from .._quantizers._gram import output_errors
 from .._quantizers._nullspace import NoFreedomWarning
 from .._tensor._qtensor import QuantizedTensor
@@ -199,22 +200,20 @@ def quantize_layers(
             step.weight = W = None
             release_heap()
     if first_calls:
-        warnings.warn(
+        warn(
             f"layers {first_calls} (name: calls) run more than once in a forward "
             "pass: their data-driven quantizers fitted them on their first call's "
             "inputs only (static input grids are fitted on every call's).",
             UserWarning,
-            stacklevel=2,
         )
     if no_freedom:
-        warnings.warn(
+        warn(
             f"NullSpaceQuantizer: the calibration data leaves no freedom in "
             f"{len(no_freedom)} of {len(names)} layers ({', '.join(no_freedom)}): "
             "their rank reaches the number of inputs, so every coordinate was "
             "rounded (greedy path following, or MSQ with rounding='nearest'). Pass "
             "a rank cap below n_in to keep only the main directions.",
             NoFreedomWarning,
-            stacklevel=2,
         )
     return result
 

@@ -3,10 +3,10 @@ the fixed-point rounding.
 """
 
 import math
-import warnings
 
 import numpy as np
 
+from .._common._warn import warn
 from .._kernels import _precision
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import code_dtype, kernel_for
@@ -344,13 +344,12 @@ def allocate_precision(
         out.setdefault("tensors", [])
         out["size_bits"] = sum(t.size_bits for t in out["tensors"])
     if capped:
-        warnings.warn(
+        warn(
             f"max_bits={max_bits} caps {capped} parameter(s) below the precision "
             f"their margin asks: their error exceeds the margin (up to {worst:.3g} "
             "times; a large gradient asks for a tiny margin), so the loss may grow "
             "by more than the budget. Raise max_bits to honour every margin.",
             UserWarning,
-            stacklevel=2,
         )
     return out
 

@@ -1,7 +1,6 @@
 """Affine quantization of activations (features), calibrated on data."""
 
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.base import (
@@ -14,6 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._common._jobs import N_JOBS
+from .._common._warn import warn
 from .._kernels import _msq
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import (
@@ -217,7 +217,7 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
                 if self.granularity == "per_feature"
                 else "the whole tensor"
             )
-            warnings.warn(
+            warn(
                 f"ActivationQuantizer found a calibrated range of [0, 0] for {where}; "
                 "its scale is set to finfo(dtype).eps.",
                 UserWarning,

@@ -1,7 +1,6 @@
 """Data-driven pre-processing + MSQ (Maly & Saab)."""
 
 import numbers
-import warnings
 
 import numpy as np
 from scipy import sparse
@@ -9,6 +8,7 @@ from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._common._progress import run_in_batches
+from .._common._warn import warn
 from .._kernels import _rounding
 from .._kernels._threads import (
     blas_n_jobs,
@@ -384,7 +384,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         self.components_, self.singular_values_, self.rank_ = V, s, k
         laddered = self.rank == "auto" and self.variant != "lp"
         if k >= W.shape[0] and not laddered:  # (a ladder chose it on held-out rows)
-            warnings.warn(
+            warn(
                 f"NullSpaceQuantizer: the calibration data leaves no freedom "
                 f"(rank {k} >= n_in={W.shape[0]}); every coordinate is rounded "
                 f"({'greedy path following' if self.rounding == 'greedy' else 'MSQ'})."

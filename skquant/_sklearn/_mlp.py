@@ -2,7 +2,6 @@
 
 import copy
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context, clone, is_classifier
@@ -14,6 +13,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._common._warn import warn
 from .._network._dense import MLPNetwork, check_feature_names, check_mlp
 from .._network._layers import quantize_layers
 from .._network._report import QuantizationReport
@@ -347,12 +347,11 @@ class QuantizedMLP(BaseEstimator):
                     q = clone(self.activations).fit(h)
                     grid = InputGrid(q.scale_, q.zero_point_, q.qmin_, q.qmax_)
                     if not grid.integer:
-                        warnings.warn(
+                        warn(
                             f"layer {name!r}: a per-feature input grid has no "
                             "integer product; the inputs are put on their grid "
                             "and multiplied in float.",
                             UserWarning,
-                            stacklevel=3,
                         )
                 mlp.coefs_[i] = CodeMatrix(qt, grid, dtype=mlp.coefs_[i].dtype)
             if i < len(names) - 1:

@@ -19,12 +19,12 @@ them and as the already quantized prefix does, and is built to be cheap:
 """
 
 import copy
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._common._warn import warn
 from .._network._protocol import LayerStep, Network
 from . import _graph
 from ._capture import capture
@@ -93,12 +93,11 @@ def _ties_outside(model, layers, tied):
         if id(p) in weights and key not in own
     }
     if outside:
-        warnings.warn(
+        warn(
             f"{sorted(outside)} are the weights of layers "
             f"{sorted(set(outside.values()))}: they stay float there while those "
             "layers are quantized (the quantized model no longer ties them).",
             UserWarning,
-            stacklevel=4,
         )
     return outside
 
@@ -219,12 +218,11 @@ class TorchNetwork(Network):
                 f"nn.Conv2d layer to quantize (skip={list(self.skip)})."
             )
         if self.tied:
-            warnings.warn(
+            warn(
                 f"layers {sorted(self.tied)} share their weight with "
                 f"{sorted(set(self.tied.values()))}: each shared weight is quantized "
                 "once (with its first layer) and counted once.",
                 UserWarning,
-                stacklevel=3,
             )
         self.layer_names = list(self._modules)
         self._lean = lean or checkpoint is not None
@@ -288,14 +286,13 @@ class TorchNetwork(Network):
             )
         unread = sorted(set(ckpt.keys()) - set(state) - aliases)
         if unread:
-            warnings.warn(
+            warn(
                 f"checkpoint={str(ckpt.path)!r} holds {len(unread)} tensors the "
                 f"model has no place for: {unread[:8]}"
                 f"{' ...' if len(unread) > 8 else ''}; they are not read (a model "
                 "built from another configuration, or names under a prefix: "
                 "Checkpoint(path, prefix=...)).",
                 UserWarning,
-                stacklevel=5,
             )
         for key in keys:
             mod, attr = owner(self.model, key)

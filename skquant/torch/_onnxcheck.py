@@ -2,10 +2,11 @@
 first quantized layer whose output deviates."""
 
 import copy
-import warnings
 
 import numpy as np
 import torch
+
+from .._common._warn import warn
 
 __all__ = ["check_file", "session"]
 
@@ -44,14 +45,13 @@ def check_file(model, x, path, proto, probes, rtol, ort, helper):
             + _first_off(model, x, proto, probes, rtol, ort, helper)
         )
     if opt > rtol:
-        warnings.warn(
+        warn(
             f"with its default graph optimisations ONNX Runtime runs {path!s} with "
             f"a relative deviation of {opt:.2e} from the model (above rtol={rtol}; "
             f"{dev:.2e} without them): it fuses some patterns into integer "
             "kernels. Check accuracy in the session you deploy; the session config "
             "entry 'session.disable_quant_qdq' = '1' keeps the float products.",
             UserWarning,
-            stacklevel=3,
         )
     return {"max_rel_deviation": dev, "optimized_max_rel_deviation": opt}
 

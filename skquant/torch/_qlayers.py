@@ -27,13 +27,12 @@ the result is the same function. A bias that needs gradients gets them through t
 kernels too (added to their output as ``bias - bias.detach()``, a zero).
 """
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._common._warn import warn
 from .._tensor._alphabets import Alphabet
 from .._tensor._bits import pack_codes
 from .._tensor._io import tensor_from
@@ -74,7 +73,7 @@ def announce(key, message):
     if key in _ANNOUNCED:
         return
     _ANNOUNCED.add(key)
-    warnings.warn(message, RuntimeFallbackWarning, stacklevel=3)
+    warn(message, RuntimeFallbackWarning)
 
 
 def _torch_gemm(a, b):
