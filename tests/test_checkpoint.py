@@ -622,6 +622,15 @@ def test_names_under_a_prefix_are_pointed_at(saved, tmp_path):
     for ckpt in (wrapped, Checkpoint(wrapped, prefix="transformer.")):
         with pytest.raises(ValueError, match=hint):
             quantize_model(meta("mlp"), q, X, checkpoint=ckpt)
+    # no hint where the missing entry is under another layer's name only
+    other = dict(state)
+    other["model.x.4.bias"] = other.pop("model.4.bias")
+    safetensors_torch.save_file(other, wrapped)
+    with pytest.raises(ValueError, match=r"lacks 1 .*\['4.bias'\]") as info:
+        quantize_model(
+            meta("mlp"), q, X, checkpoint=Checkpoint(wrapped, prefix="model.")
+        )
+    assert "looks like" not in str(info.value)
     state["4.weight"] = state.pop("model.4.weight")  # one name outside the prefix
     safetensors_torch.save_file(state, wrapped)
     with pytest.raises(ValueError, match="'4.weight' is in the checkpoint without"):
@@ -638,9 +647,13 @@ def test_output_is_checked_before_the_walk(saved, tmp_path, monkeypatch):
 
     monkeypatch.setattr(TorchNetwork, "walk", no_walk)
     q = GreedyPathQuantizer(n_bits=3)
-    with pytest.raises(ValueError, match=r"output='.*' is a folder"):
-        quantize_model(model, q, X, output=tmp_path)
-    with pytest.raises(ValueError, match=r"output='.*' is in a folder that does not"):
+    for folder in (tmp_path, "", f"{tmp_path / 'new'}/"):
+        with pytest.raises(ValueError, match=r"output='.*' is a folder \(or empty\)"):
+            quantize_model(model, q, X, output=folder)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match=r"its folder '.*afile' is not a folder"):
+        quantize_model(model, q, X, output=tmp_path / "afile" / "q.skq")
+    with pytest.raises(ValueError, match=r"output='.*': its folder .* does not exist"):
         quantize_model(model, q, X, output=tmp_path / "no" / "q.skq")
     with pytest.raises(ValueError, match=r"runtime='float' sets how the returned"):
         quantize_model(model, q, X, output=tmp_path / "q.skq", runtime="float")
@@ -668,3 +681,31 @@ def test_load_into_refuses_meta_buffers_no_file_holds(saved, tmp_path):
     assert is_meta(skeleton.fc.weight)  # left as it was
     skeleton.inv_freq = torch.ones(3)  # computed by the user: then it loads
     assert type(load_into(skeleton, out).fc) is QuantLinear
+
+
+def test_a_module_writing_its_buffer_gives_the_in_memory_codes(tmp_path):
+    """The lean walk's quantized copy does not share the float side's buffers: a
+    streaming module's state, written by every forward, stays its own."""
+
+    class Stream(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.register_buffer("prev", torch.zeros(d))
+
+        def forward(self, x):
+            out = x + self.prev
+            self.prev.copy_(x[-1].detach())
+            return out
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Linear(8, 16), nn.ReLU(), Stream(16), nn.Linear(16, 4)
+        ).eval()
+
+    X = torch.randn(128, 8)
+    q = GreedyPathQuantizer(n_bits=3)
+    ref = quantize_model(make(), q, X, batch_size=32)
+    out = tmp_path / "q.skq"
+    quantize_model(make(), q, X, batch_size=32, output=out)
+    assert_same_codes(ref, load_into(make(), out))

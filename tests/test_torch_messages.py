@@ -527,6 +527,11 @@ def test_a_mapping_leaves_an_embedding_it_does_not_name_float():
         quantize_model(model, {"0": UniformQuantizer(n_bits=4)}, X)
     with pytest.raises(ValueError, match=r"layer '0' \(Embedding\) is not supported"):
         quantize_model(model, {"*": UniformQuantizer(n_bits=4)}, X)
+    attention = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 3))
+    with pytest.raises(
+        ValueError, match=r"layer '0' \(MultiheadAttention\) is not supported"
+    ):  # a layer inside it, named: the module is refused, not skipped
+        quantize_model(attention, {"0.out_proj": UniformQuantizer(n_bits=4)})
 
 
 @pytest.mark.parametrize("generic", [False, True])

@@ -54,3 +54,16 @@ def test_a_forward_warning_points_at_the_call():
         _ANNOUNCED.clear()
     ours = [w for w in seen if w.category is RuntimeFallbackWarning]
     assert ours and all(w.filename == __file__ for w in ours)
+
+
+def test_user_code_under_a_folder_named_torch_nn_is_the_users(tmp_path, monkeypatch):
+    folder = tmp_path / "torch" / "nn"
+    folder.mkdir(parents=True)
+    (folder / "userfit.py").write_text(
+        "from skquant._common._warn import warn\n\n\ndef go():\n    warn('x')\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    import userfit
+
+    seen = _caught(userfit.go)
+    assert [w.filename for w in seen] == [str(folder / "userfit.py")]

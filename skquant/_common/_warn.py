@@ -12,13 +12,19 @@ _INSIDE = tuple(
     os.path.dirname(os.path.abspath(m.__file__)) + os.sep
     for m in (sys.modules[__name__.partition(".")[0]], sklearn)
 )
-#: and torch's module calls (a quantized layer's forward), found by path: torch
-#: is not imported with skquant
-_TORCH_CALLS = os.sep.join(("", "torch", "nn", ""))
 
 
 def _inside(filename):
-    return filename.startswith(_INSIDE) or _TORCH_CALLS in filename
+    """Whether a frame of ``filename`` is skquant's, scikit-learn's or torch's
+    module calls (a quantized layer's forward; torch is not imported with
+    skquant: its folder is looked up once it is)."""
+    if filename.startswith(_INSIDE):
+        return True
+    torch = sys.modules.get("torch")
+    where = getattr(torch, "__file__", None)
+    return where is not None and filename.startswith(
+        os.path.join(os.path.dirname(os.path.abspath(where)), "nn", "")
+    )
 
 
 def warn(message, category=UserWarning):

@@ -387,15 +387,16 @@ def _check_target(path, name):
     naming parameter ``name`` when ``path`` is a folder or its folder is not
     there: said before any work, not when the file is moved in place)."""
     path = os.fspath(path)
+    seps = tuple({os.sep, os.altsep or os.sep, "/"})
+    if not path or os.path.isdir(path) or path.endswith(seps):
+        raise ValueError(
+            f"{name}={path!r} is a folder (or empty); give the path of the file "
+            "to write."
+        )
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(
-            f"{name}={path!r} is a folder; give the path of the file to write."
-        )
     if not os.path.isdir(folder):
-        raise ValueError(
-            f"{name}={path!r} is in a folder that does not exist ({folder!r})."
-        )
+        what = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise ValueError(f"{name}={path!r}: its folder {folder!r} {what}.")
     return folder
 
 

@@ -166,12 +166,19 @@ class Checkpoint:
     def hint(self, missing):
         """What the checkpoint's names say about state entries it lacks (by the
         model's names): a prefix to give, or to drop, or ``""``."""
-        names = [*self._where, *(self.prefix + k for k in self._where)]
-        names += self._outside
+        names = [*(self.prefix + k for k in self._where), *self._outside]
+        held = set(names)
         for key in missing:
             for name in names:
                 lead = name[: -len(key)] if name.endswith("." + key) else None
-                if lead:  # e.g. 'model.' + key
+                # a prefix of the checkpoint's names (most start with it), under
+                # which every missing entry is, and not the one given
+                if (
+                    lead
+                    and lead != self.prefix
+                    and 2 * sum(n.startswith(lead) for n in names) >= len(names)
+                    and all(lead + k in held for k in missing)
+                ):
                     return (
                         f" Its tensor {name!r} looks like {key!r} under the prefix "
                         f"{lead!r}: pass checkpoint=Checkpoint(path, prefix={lead!r})."

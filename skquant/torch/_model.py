@@ -240,7 +240,11 @@ def quantize_model(
         and isinstance(skip, list | tuple | set | frozenset | str | type)
     ):  # layers a mapping does not name stay float, whatever their kind
         skip = [skip] if isinstance(skip, str | type) else list(skip)
-        skip += [n for n in refused_layers(model) if n not in quantizer]
+        skip += [  # (one the mapping names, or names a layer in, is refused)
+            n
+            for n in refused_layers(model)
+            if not any(k == n or k.startswith(n + ".") for k in quantizer)
+        ]
     network = TorchNetwork(
         model,
         skip=skip,

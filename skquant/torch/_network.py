@@ -403,12 +403,11 @@ class TorchNetwork(Network):
         self._device = device
         inputs = input_batches(data, self.batch_size, dtype, device)
         sampler = RowSampler(sum(x.shape[0] for x in inputs), max_rows, random_state)
-        # a lean walk's quantized copy shares the float model's other state (an
-        # embedding left float is held once): neither side writes to it
+        # a lean walk's quantized copy shares the float model's other parameters
+        # (an embedding left float is held once; a forward does not write to
+        # them), not its buffers (a streaming module's state is written)
         memo = {
-            id(t): t
-            for t in [*self.model.parameters(), *self.model.buffers()]
-            if self._lean and not is_meta(t)
+            id(t): t for t in self.model.parameters() if self._lean and not is_meta(t)
         }
         qmodel = copy.deepcopy(self.model, memo)
         qmods = dict(qmodel.named_modules(remove_duplicate=False))
