@@ -497,8 +497,8 @@ def test_a_weight_tied_to_a_float_embedding(tmp_path, stored):
 
 @pytest.mark.filterwarnings("ignore:.*are the weights of layers:UserWarning")
 def test_the_walk_holds_the_float_state_once(tmp_path, monkeypatch):
-    """The lean walk's quantized copy shares the float side's other state (an
-    embedding left float is held once), and nothing writes to it."""
+    """The lean walk's quantized copy shares the float side's parameters (an
+    embedding left float is held once), and nothing writes to them."""
     torch.manual_seed(0)
     model = TiedEmbedding().eval()
     X = torch.randint(0, 20, (64, 5))

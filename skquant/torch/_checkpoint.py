@@ -96,7 +96,7 @@ class Checkpoint:
         if not self.path.exists():
             raise ValueError(f"checkpoint={str(path)!r} does not exist.")
         self._where = {}
-        self._outside = []  # the names without the prefix (for error messages)
+        self._unprefixed = []  # the names without the prefix (for error messages)
         if self.path.is_file():
             self._add(self.path, _read_header(self.path))
             return
@@ -149,7 +149,7 @@ class Checkpoint:
     def _add(self, file, entries):
         for key, entry in entries.items():
             if not key.startswith(self.prefix):
-                self._outside.append(key)
+                self._unprefixed.append(key)
                 continue
             key = key[len(self.prefix) :]
             if key in self._where:
@@ -166,7 +166,7 @@ class Checkpoint:
     def hint(self, missing):
         """What the checkpoint's names say about state entries it lacks (by the
         model's names): a prefix to give, or to drop, or ``""``."""
-        names = [*(self.prefix + k for k in self._where), *self._outside]
+        names = [*(self.prefix + k for k in self._where), *self._unprefixed]
         held = set(names)
         for key in missing:
             for name in names:
@@ -183,7 +183,7 @@ class Checkpoint:
                         f" Its tensor {name!r} looks like {key!r} under the prefix "
                         f"{lead!r}: pass checkpoint=Checkpoint(path, prefix={lead!r})."
                     )
-            if self.prefix and key in self._outside:
+            if self.prefix and key in self._unprefixed:
                 return (
                     f" {key!r} is in the checkpoint without the prefix "
                     f"{self.prefix!r}, which Checkpoint(path, prefix=...) then "
@@ -192,7 +192,7 @@ class Checkpoint:
         if self.prefix and not self._where:
             return (
                 f" No tensor name starts with prefix={self.prefix!r}; the names "
-                f"include {sorted(self._outside)[:5]}."
+                f"include {sorted(self._unprefixed)[:5]}."
             )
         return ""
 

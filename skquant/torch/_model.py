@@ -25,7 +25,7 @@ from ._checkpoint import (
 )
 from ._data import input_batches, is_rows, model_device, model_dtype, replayable
 from ._layout import layer_kind, refused_layers
-from ._network import TorchNetwork
+from ._network import TorchNetwork, skip_names
 from ._qlayers import (
     QuantConv1d,
     QuantConv2d,
@@ -234,13 +234,10 @@ def quantize_model(
     device = model_device(model)
     if device.type == "cuda":  # the layer kernels where the model lives
         quantizer = on_device(quantizer, device)
-    if (
-        isinstance(quantizer, dict)
-        and "*" not in quantizer
-        and isinstance(skip, list | tuple | set | frozenset | str | type)
-    ):  # layers a mapping does not name stay float, whatever their kind
-        skip = [skip] if isinstance(skip, str | type) else list(skip)
-        skip += [  # (one the mapping names, or names a layer in, is refused)
+    if isinstance(quantizer, dict) and "*" not in quantizer:
+        # layers a mapping does not name stay float, whatever their kind (a
+        # module the mapping names, or names a layer in, is refused as before)
+        skip = skip_names(model, skip) + [
             n
             for n in refused_layers(model)
             if not any(k == n or k.startswith(n + ".") for k in quantizer)

@@ -102,7 +102,7 @@ def _ties_outside(model, layers, tied):
     return outside
 
 
-def _skip_names(model, skip):
+def skip_names(model, skip):
     """``skip`` as module names: a name stays, a module class names the modules
     of ``model`` that are instances of it (none, if it has none)."""
     if isinstance(skip, str | type):
@@ -178,7 +178,7 @@ class TorchNetwork(Network):
             raise TypeError(
                 f"model must be a torch.nn.Module, got {type(model).__name__} instead."
             )
-        skip = _skip_names(model, skip)
+        skip = skip_names(model, skip)
         names = {n for n, _ in model.named_modules(remove_duplicate=False)}
         unknown = [s for s in skip if s not in names]
         if unknown:
