@@ -738,3 +738,51 @@ def test_dynamic_axes_errors(tmp_path, axes, error, match):
         export_onnx(
             qnet, torch.randint(0, 30, (4, 12)), tmp_path / "m.onnx", dynamic_axes=axes
         )
+
+
+def test_a_gemm_without_a_bias_input_gets_no_add(tmp_path):
+    """A ``Gemm`` may leave its optional bias input empty (``""``): its
+    replacement adds no bias, and a ``Gemm`` naming one adds it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((3, 16)).astype(np.float32)  # (n_out, n_in)
+    qt = UniformQuantizer(n_bits=4).fit(W.T).compress(W.T)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "W", ""], ["y0"], transB=1),
+            helper.make_node("Gemm", ["x", "W", "b"], ["y1"], transB=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [
+            helper.make_tensor_value_info(y, TensorProto.FLOAT, [2, 3])
+            for y in ("y0", "y1")
+        ],
+        [
+            numpy_helper.from_array(W, "W"),
+            numpy_helper.from_array(np.ones(3, np.float32), "b"),
+        ],
+    )
+    codes = np.asarray(qt.codes).T
+    assert export_module._matmul_nbits(
+        graph, "W", codes, qt, "int4", 0, helper, numpy_helper
+    )
+    assert [n.op_type for n in graph.node].count("Add") == 1
+    assert all(name for n in graph.node for name in n.input)
+    model = helper.make_model(
+        graph,
+        opset_imports=[
+            helper.make_opsetid("", 17),
+            helper.make_opsetid("com.microsoft", 1),
+        ],
+    )
+    onnx.save(model, tmp_path / "g.onnx")
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    s = ort.InferenceSession(
+        str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"]
+    )
+    y0, y1 = s.run(None, {"x": x})
+    expected = x @ qt.dequantize()
+    np.testing.assert_allclose(y0, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y1, expected + 1, rtol=1e-5, atol=1e-5)

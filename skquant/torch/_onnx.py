@@ -668,8 +668,6 @@ def _integer_linear(
     sites = list(zip(consumers(graph, key), quantized_inputs, strict=True))
     for k, ((index, node), (q, s, z)) in reversed(list(enumerate(sites))):
         prefix = f"{key}_integer{k or ''}"
-        out = node.output[0]
-        biased = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
         new = [
             helper.make_node(
                 "MatMulInteger",
@@ -681,14 +679,10 @@ def _integer_linear(
             helper.make_node(
                 "Mul",
                 [f"{prefix}_float", f"{prefix}_scale"],
-                [f"{prefix}_product" if biased else out],
+                [node.output[0]],
             ),
         ]
-        if biased:
-            new.append(
-                helper.make_node("Add", [f"{prefix}_product", node.input[2]], [out])
-            )
-        replace_product(graph, index, key, new)
+        replace_product(graph, index, key, new, helper)
 
 
 def _numpy_type(kind):
@@ -752,14 +746,11 @@ def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
         )
         inputs.append(f"{key}_zero_point")
     for k, (index, node) in reversed(list(enumerate(sites))):
-        out = node.output[0]
-        biased = node.op_type == "Gemm" and len(node.input) > 2
-        product = f"{out}_nbits" if biased else out
         new = [
             helper.make_node(
                 "MatMulNBits",
                 [node.input[0], *inputs],
-                [product],
+                [node.output[0]],
                 name=f"{key}_matmul_nbits{k or ''}",
                 domain="com.microsoft",
                 K=n_in,
@@ -769,7 +760,5 @@ def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
                 accuracy_level=level,
             )
         ]
-        if product != out:
-            new.append(helper.make_node("Add", [product, node.input[2]], [out]))
-        replace_product(graph, index, key, new)
+        replace_product(graph, index, key, new, helper)
     return True

@@ -61,9 +61,22 @@ def read_elsewhere(graph, key):
     )
 
 
-def replace_product(graph, index, key, nodes):
+def replace_product(graph, index, key, nodes, helper):
     """Put ``nodes`` in place of node ``index`` (the product by weight ``key``),
-    dropping the ``Transpose`` of ``key`` it leaves unused."""
+    dropping the ``Transpose`` of ``key`` it leaves unused.
+
+    The last of ``nodes`` writes the replaced node's output; where that node is
+    a ``Gemm`` with a bias (its third input, when named), the product is written
+    under another name and an ``Add`` of the bias gives the output.
+    """
+    old = graph.node[index]
+    if old.op_type == "Gemm" and len(old.input) > 2 and old.input[2]:
+        out = nodes[-1].output[0]
+        nodes[-1].output[0] = f"{out}_unbiased"
+        nodes = [
+            *nodes,
+            helper.make_node("Add", [f"{out}_unbiased", old.input[2]], [out]),
+        ]
     ts = [graph.node[i] for i in transposes(graph, key)]
     del graph.node[index]
     for n in reversed(nodes):
