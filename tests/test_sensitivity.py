@@ -384,6 +384,76 @@ def test_run_tasks_streams_results_in_order_on_every_backend():
             assert list(out) == [i * i for i in range(7)]
 
 
+def _warns_and_reads_settings(i):
+    import sklearn
+
+    from skquant import get_config
+
+    warnings.warn(f"task {i}", UserWarning)
+    return get_config()["progress"], sklearn.get_config()["assume_finite"]
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_tasks_run_under_the_callers_settings_and_warnings(backend):
+    """A sweep's tasks on workers see the caller's skquant and scikit-learn
+    settings, and their warnings reach the caller as in a serial run: seen
+    (and caught by ``pytest.warns``), filtered away, or raised."""
+    import sklearn
+    from joblib import delayed, parallel_config
+
+    from skquant import config_context
+    from skquant._common._jobs import run_tasks
+
+    def tasks():
+        return (delayed(_warns_and_reads_settings)(i) for i in range(4))
+
+    with parallel_config(backend=backend):
+        with config_context(progress=False), sklearn.config_context(assume_finite=True):
+            with pytest.warns(UserWarning) as seen:
+                out = list(run_tasks(tasks(), 2))
+            assert out == [(False, True)] * 4
+            mine = sorted(str(w.message) for w in seen if str(w.message)[:4] == "task")
+            assert mine == [f"task {i}" for i in range(4)]
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                warnings.filterwarnings("ignore", message="task")
+                assert len(list(run_tasks(tasks(), 2))) == 4
+            assert not [w for w in seen if str(w.message)[:4] == "task"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                warnings.filterwarnings("error", message="task 2")
+                with pytest.raises(UserWarning, match="task 2"):
+                    list(run_tasks(tasks(), 2))
+
+
+def test_a_parallel_sweep_gives_the_serial_runs_warnings():
+    """NullSpaceQuantizer's warning that a layer's data leaves no freedom comes
+    from the sweep's workers to the caller, as serially."""
+    from sklearn.neural_network import MLPClassifier
+
+    from skquant import NullSpaceQuantizer
+    from skquant._quantizers._nullspace import NoFreedomWarning
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 6))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((5,), max_iter=200, random_state=0).fit(X, y)
+    quantizer = NullSpaceQuantizer(rank=6)
+    messages = []
+    for n_jobs in (None, 2):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            measure_sensitivity(
+                mlp, X, y, quantizer=quantizer, bits=(2, 3), n_jobs=n_jobs
+            )
+        found = [w for w in seen if issubclass(w.category, NoFreedomWarning)]
+        assert found and all(w.filename == __file__ for w in found)
+        messages.append(sorted(str(w.message) for w in found))
+    assert messages[0] == messages[1]
+
+
 def test_each_layer_goes_out_as_enough_tasks():
     """A layer's choices go out as one task in this process (its float prefix runs
     once), and with workers in groups for about two tasks a worker over the

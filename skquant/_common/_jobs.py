@@ -3,10 +3,17 @@
 import ctypes
 import multiprocessing
 import numbers
+import os
 import sys
+import uuid
+import warnings
 
+import sklearn
 from joblib import Parallel
 from sklearn.utils._param_validation import Interval
+
+from ._config import config_context, get_config
+from ._warn import warn
 
 __all__ = ["N_JOBS", "check_n_jobs", "hold_freed_memory", "run_tasks", "shippable"]
 
@@ -46,11 +53,56 @@ def run_tasks(tasks, n_jobs):
     and those before it are done (all at the end on a backend that cannot)."""
     if n_jobs is None or n_jobs == 1:
         return (task(*args, **kw) for task, args, kw in tasks)
+    caller = _caller()
+    tasks = ((_in_worker, (task, args, kw, caller), {}) for task, args, kw in tasks)
     try:
         parallel = Parallel(n_jobs=n_jobs, return_as="generator")
     except ValueError:  # e.g. the "multiprocessing" backend
-        return iter(Parallel(n_jobs=n_jobs)(tasks))
-    return parallel(tasks)
+        return _delivered(iter(Parallel(n_jobs=n_jobs)(tasks)))
+    return _delivered(parallel(tasks))
+
+
+#: this process, as told apart from a copy of it forked (the pid) and from a
+#: process on another machine (the token)
+_TOKEN = uuid.uuid4().hex
+
+
+def _caller():
+    """What a task takes from the calling process: who it is, skquant's and
+    scikit-learn's settings in force, and its warning filters."""
+    return {
+        "process": (os.getpid(), _TOKEN),
+        "skquant": get_config(),
+        "sklearn": sklearn.get_config(),
+        "filters": list(warnings.filters),
+    }
+
+
+def _in_worker(task, args, kw, caller):
+    """``(task's result, its warnings)`` run under the caller's settings.
+
+    In another process the task runs under the caller's warning filters and
+    its warnings come back, to be given again in the calling process
+    (:func:`_delivered`): a warning is seen, caught (``pytest.warns``) or
+    filtered as in a serial run. In the calling process (joblib's threads) the
+    warnings are given as they come: the filters are the process's.
+    """
+    settings = sklearn.config_context(**caller["sklearn"])
+    with config_context(**caller["skquant"]), settings:
+        if caller["process"] == (os.getpid(), _TOKEN):
+            return task(*args, **kw), []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.filters[:] = caller["filters"]
+            result = task(*args, **kw)
+    return result, [(str(w.message), w.category) for w in caught]
+
+
+def _delivered(results):
+    """The results of :func:`_in_worker`, each task's warnings given here."""
+    for result, caught in results:
+        for message, category in caught:
+            warn(message, category)
+        yield result
 
 
 def shippable(X):
