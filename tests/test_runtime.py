@@ -241,6 +241,39 @@ def test_every_alphabet_runs_the_dequantized_function(name, runtime):
         )
 
 
+@pytest.mark.parametrize("name", [*quantizers(), "adaptive"])
+def test_every_runtime_stores_the_codes_it_was_given(name, tmp_path):
+    """A layer writes its codes to a file from the form it holds (packed once,
+    not through a QuantizedTensor): the entry is the tensor's, and the files
+    of the three runtimes hold the same arrays."""
+    from safetensors.numpy import load_file
+
+    from skquant._tensor._io import _tensor_entry
+
+    net = mlp()
+    X = torch.randn(300, 37)
+    files = []
+    for runtime in ("auto", "int8", "float"):
+        if name == "adaptive":  # (fixed-point codes: one runtime)
+            y = torch.randint(0, 5, (300,), generator=torch.Generator().manual_seed(0))
+            q = AdaptivePrecisionQuantizer(max_bits=6)
+            qnet = quantize_model(net, q, X, targets=y, runtime=runtime)
+        else:
+            qnet = quantize_model(net, quantizers()[name], X, runtime=runtime)
+        for i in (0, 2):
+            meta, arrays = qnet[i].stored_entry()
+            want_meta, want = _tensor_entry(qnet[i].quantized_tensor())
+            assert meta == want_meta and list(arrays) == list(want)
+            for key, a in want.items():
+                np.testing.assert_array_equal(arrays[key], a)
+        save_model(qnet, tmp_path / f"{runtime}.skq")
+        files.append(load_file(tmp_path / f"{runtime}.skq"))
+    for other in files[1:]:
+        assert other.keys() == files[0].keys()
+        for key, a in files[0].items():
+            np.testing.assert_array_equal(other[key], a)
+
+
 def test_runtime_packed_refuses_wide_codes():
     with pytest.raises(ValueError, match="runtime='packed' holds codes of at most 4"):
         quantize_model(mlp(), UniformQuantizer(n_bits=6), runtime="packed")

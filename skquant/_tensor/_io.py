@@ -63,7 +63,9 @@ def register_model(cls):
 
 
 # ----------------------------------------------------------------- tensors
-def _tensor_entry(qt):
+def _tensor_entry(qt, codes=True):
+    """``(header entry, arrays)`` of ``qt`` as a file stores it; ``codes=False``
+    leaves a fixed-width grid's packed codes out (the small arrays only)."""
     if qt.precision_bits is not None:
         coded, arrays = qt.encoded()
         meta = {
@@ -94,7 +96,8 @@ def _tensor_entry(qt):
         "codes_dtype": qt.codes.dtype.str,
         "zero_point": qt.zero_point is not None,
     }
-    arrays = {"codes": qt.pack(), "scale": np.ascontiguousarray(qt.scale)}
+    arrays = {"codes": qt.pack()} if codes else {}
+    arrays["scale"] = np.ascontiguousarray(qt.scale)
     if qt.zero_point is not None:
         arrays["zero_point"] = np.asarray(qt.zero_point).astype(
             code_dtype(qt.qmin, qt.qmax)
@@ -234,7 +237,10 @@ class Writer:
         self.tensors, self.arrays, self.data = {}, {}, {}
 
     def tensor(self, name, qt):
-        meta, arrays = _tensor_entry(qt)
+        self.entry(name, *_tensor_entry(qt))
+
+    def entry(self, name, meta, arrays):
+        """A tensor already in its stored form (``_tensor_entry``'s)."""
         self.tensors[name] = meta
         for k, a in arrays.items():
             self._store(f"{name}/{k}", np.asarray(a))

@@ -154,10 +154,8 @@ class RuntimeWeights:
                 u -= work.type(base)
                 u //= work.type(mult)
                 _k.pack_rows(u.astype(np.uint8), self.bits, self.packed[rows])
-        meta, arrays = (
-            _tensor_entry(qt) if qt.precision_bits is not None else (_grid_meta(qt))
-        )
-        self._meta, self._arrays = meta, arrays
+        # (a fixed-width grid's codes are packed from these when stored)
+        self._meta, self._arrays = _tensor_entry(qt, codes=False)
 
     @property
     def n_pad(self):
@@ -189,18 +187,17 @@ class RuntimeWeights:
 
     def tensor(self):
         """The :class:`~skquant.QuantizedTensor` these codes came from."""
+        return tensor_from(*self.entry(), "a runtime weight")
+
+    def entry(self):
+        """``(header entry, arrays)`` of these codes as a file stores them
+        (``Writer.entry``): the codes packed once, from this layout."""
         if self._meta.get("alphabet") == "fixed_point":
-            return tensor_from(self._meta, self._arrays, "a runtime weight")
-        record = Alphabet(
-            self._meta["alphabet"],
-            self._meta["qmin"],
-            self._meta["qmax"],
-            self._meta["n_bits"],
-        )
+            return self._meta, self._arrays
+        m = self._meta
+        record = Alphabet(m["alphabet"], m["qmin"], m["qmax"], m["n_bits"])
         stored, qmin = record.stored(self.codes())
-        arrays = dict(self._arrays)
-        arrays["codes"] = pack_codes(stored, record.n_bits, qmin)
-        return tensor_from(self._meta, arrays, "a runtime weight")
+        return m, {"codes": pack_codes(stored, record.n_bits, qmin), **self._arrays}
 
     def dequantize_rows(self, start, stop, dtype=np.float32, out=None):
         """Rows ``start:stop`` of the float matrix, ``(stop - start, n_pad)``.
@@ -342,13 +339,6 @@ class WideWeights:
         """``x @ W`` in ``x``'s dtype, from the codes dequantized for the call."""
         x = np.asarray(x)
         return x @ self.dequantize(x.dtype)
-
-
-def _grid_meta(qt):
-    """The header and small arrays of a fixed-width tensor (codes are re-packed)."""
-    meta, arrays = _tensor_entry(qt)
-    del arrays["codes"]
-    return meta, arrays
 
 
 class InputGrid:

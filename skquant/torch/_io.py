@@ -84,7 +84,7 @@ def save_model(model, path):
         name: m for name, m in model.named_modules() if isinstance(m, QuantMixin)
     }
     for name, m in quantized.items():
-        writer.tensor(name or "<root>", m.quantized_tensor())
+        writer.entry(name or "<root>", *m.stored_entry())
         layers[name] = {"kind": layer_kind(m), "shape": list(m._wshape)}
         act = m.get_extra_state()["activations"]
         if act is not None:

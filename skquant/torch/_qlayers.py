@@ -35,7 +35,7 @@ from torch import nn
 from .._common._warn import warn
 from .._tensor._alphabets import Alphabet
 from .._tensor._bits import pack_codes
-from .._tensor._io import tensor_from
+from .._tensor._io import _tensor_entry, tensor_from
 from .._tensor._qtensor import QuantizedTensor
 from .._tensor._runtime import RuntimeWeights, runtime_bits
 from ._int8 import (
@@ -328,20 +328,29 @@ class QuantMixin:
             return self._int8.tensor()
         if self._float_tensor is not None:
             return self._float_tensor
+        return tensor_from(*self.stored_entry(), type(self).__name__)
+
+    def stored_entry(self):
+        """``(header entry, arrays)`` of the layer's codes as a file stores them
+        (``Writer.entry``), packed once from the form the layer holds."""
+        if self._rt is not None:
+            return self._rt.entry()
+        if self._int8 is not None or self._float_tensor is not None:
+            return _tensor_entry(self.quantized_tensor())
         meta = dict(
             self._qmeta, shape=[int(np.prod(self._wshape[1:])), self._wshape[0]]
         )
         meta["zero_point"] = "weight_zero_point" in self._buffers
-        codes = to_numpy(self._codes).astype(np.int64)
         record = Alphabet(meta["alphabet"], meta["qmin"], meta["qmax"], meta["n_bits"])
-        stored, qmin = record.stored(np.ascontiguousarray(codes.T))
+        codes = np.ascontiguousarray(to_numpy(self._codes).T)
+        stored, qmin = record.stored(codes)
         arrays = {
             "codes": pack_codes(stored, meta["n_bits"], qmin),
             "scale": to_numpy(self.weight_scale),
         }
         if meta["zero_point"]:
             arrays["zero_point"] = to_numpy(self.weight_zero_point)
-        return tensor_from(meta, arrays, type(self).__name__)
+        return meta, arrays
 
     def _dequantize_codes(self):
         """The float runtime's weight: ``(codes - zero_point) * scale`` on its device.
