@@ -1025,6 +1025,34 @@ def test_property_walk_oracles_random_layers(m, n_in, seed):
     assert np.all(q.calibration_error_ <= q.bound_ * (1 + 1e-9) + 1e-12)
 
 
+@settings(deadline=None, max_examples=60)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.sampled_from(["grid", "path"]),
+    st.sampled_from(["nearest", "greedy"]),
+    st.integers(0, 10**6),
+)
+def test_property_bound_holds_on_low_rank_data_with_silent_neurons(
+    rank, n_zero, variant, rounding, seed
+):
+    """The bound holds for every neuron when some neurons are zero (their set S
+    of off-grid coordinates is empty) and others have a single coordinate off
+    the grid: an S of one coordinate was once taken for the empty one."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((10, rank)) @ rng.standard_normal((rank, 20))
+    W = rng.standard_normal((20, 5))
+    W[:, :n_zero] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = NullSpaceQuantizer(n_bits=3, variant=variant, rounding=rounding)
+        q.fit(W, activations=X)
+    Q = q.transform(W)
+    norm = np.linalg.norm(X @ W, axis=0)
+    err = np.linalg.norm(X @ (W - Q), axis=0) / np.where(norm > 0, norm, 1.0)
+    assert np.all(err <= q.bound_ * (1 + 1e-9) + 1e-12)
+
+
 @pytest.mark.parametrize(
     "est", [GreedyPathQuantizer(n_bits=3), NullSpaceQuantizer(n_bits=3, rank=6)]
 )

@@ -774,11 +774,19 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             counts = self.n_off_grid_.astype(np.int64)
             # neurons with the same set S share its norm (without freedom, every
             # neuron's S is every input: one eigenvalue problem, not n_out)
-            first, which = np.unique(
-                [np.sort(idx[:c, j]).tobytes() for j, c in enumerate(counts)],
-                return_index=True,
-                return_inverse=True,
-            )[1:]
+            # (keys as Python bytes: NumPy's bytes dtype drops trailing NULs,
+            # which made S = {0} the empty set)
+            groups = {}
+            which = np.array(
+                [
+                    groups.setdefault(np.sort(idx[:c, j]).tobytes(), (len(groups), j))[
+                        0
+                    ]
+                    for j, c in enumerate(counts)
+                ],
+                dtype=np.int64,
+            )
+            first = np.array([j for _, j in groups.values()], dtype=np.int64)
             idx, counts = np.ascontiguousarray(idx[:, first]), counts[first]
             norms = np.empty(counts.size)
             kernel = kernel_for(_rounding, "subset_norms", self._walk_jobs())
