@@ -378,6 +378,34 @@ def test_tied_weights_quantized_once_counted_once():
     assert type(qnet[2]) is QuantLinear
 
 
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm", "quantized"])
+def test_layers_whose_weight_is_computed_are_not_taken_as_tied(wrap):
+    """A weight computed when read (a parametrization, a quantized layer) is a
+    new tensor each time, freed at once: its ``id`` says nothing about ties
+    (it is reused by the next layer's), and each layer keeps its own codes."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        *[m for _ in range(3) for m in (nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())]
+    ).eval()
+    x = torch.randn(8, 4, 6, 6)
+    if wrap == "quantized":
+        net = quantize_model(net, UniformQuantizer(n_bits=8), x)
+    else:
+        for i in (0, 2, 4):
+            net[i] = getattr(parametrizations, wrap)(net[i]).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no tie is announced
+        qnet = quantize_model(net, UniformQuantizer(n_bits=8), x)
+    for i in (0, 2, 4):
+        W = net[i].weight.detach()
+        assert float((qnet[i].weight - W).norm() / W.norm()) < 0.01
+    with torch.no_grad():
+        ref = net(x)
+        assert float((qnet(x) - ref).norm() / ref.norm()) < 0.02
+
+
 def test_quantized_copy_shares_no_tensor_with_the_float_model():
     """The quantized model is built from a copy that does not copy the weights it
     drops (a second float model, held through the build), and keeps none of the

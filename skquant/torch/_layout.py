@@ -76,6 +76,19 @@ def check_supported(name, module):
     return False
 
 
+def weight_identity(module):
+    """What tells a layer's weight apart from other layers': its weight
+    parameter's ``id`` (layers sharing one are tied), or, for a weight computed
+    when read (a parametrization such as ``weight_norm``, a quantized layer),
+    the module's own (tied only to itself under another name). The ``id`` of a
+    computed weight is not: the tensor is freed at once and its ``id`` reused
+    by the next layer's."""
+    weight = module._parameters.get("weight")
+    if weight is not None:
+        return id(weight)
+    return ("module", id(module))
+
+
 def to_numpy(t):
     """``t.detach().cpu().numpy()``: the boundary conversion.
 

@@ -46,7 +46,13 @@ from ._data import (
     output_tensor,
 )
 from ._gradients import loss_gradients
-from ._layout import check_supported, matrix_to_weight, to_numpy, weight_to_matrix
+from ._layout import (
+    check_supported,
+    matrix_to_weight,
+    to_numpy,
+    weight_identity,
+    weight_to_matrix,
+)
 from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
 from ._state import kept_state
 
@@ -85,7 +91,7 @@ def _ties_outside(model, layers, tied):
     """``{state key: layer}`` of the weight layers' weights that are also the
     parameter of a module left float (an embedding tied to its decoder), with a
     warning that the quantized model unties them."""
-    weights = {id(m.weight): n for n, m in layers.items()}
+    weights = {weight_identity(m): n for n, m in layers.items()}
     own = {weight_key(n) for n in [*layers, *tied]}
     outside = {
         key: weights[id(p)]
@@ -206,7 +212,7 @@ class TorchNetwork(Network):
                 continue
             if not check_supported(name, mod):
                 continue
-            key = id(mod.weight)
+            key = weight_identity(mod)
             if key in owner:
                 self.tied[name] = owner[key]
                 continue
