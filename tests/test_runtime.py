@@ -538,12 +538,18 @@ def test_empty_and_non_finite_batches_give_what_the_float_model_gives(
         q = quantize_model(net, UniformQuantizer(n_bits=8), x, activations=activations)
     with torch.no_grad():
         assert q(x[:0]).shape == net(x[:0]).shape
-        bad = x.clone()
-        bad[0].view(-1)[3] = float("nan")  # one value of one sample
-        got = q(bad)  # no error: NaN goes on the grid as torch's int8 kernels put it
-        assert got.shape == net(bad).shape
-        if activations != "dynamic":  # a static grid: the other samples as they were
-            torch.testing.assert_close(got[1:], q(x[1:]), rtol=1e-5, atol=1e-5)
+        for value in (float("nan"), float("inf"), -float("inf")):
+            bad = x.clone()
+            bad[0].view(-1)[3] = value  # one value of one sample
+            got = q(bad)  # no error (a static grid puts it on the grid)
+            assert got.shape == net(bad).shape
+            assert bool(torch.isfinite(got[1:]).all())  # no other sample harmed
+            if activations != "dynamic":  # a static grid: the others as they were
+                torch.testing.assert_close(got[1:], q(x[1:]), rtol=1e-5, atol=1e-5)
+            else:  # the grid of the finite values (0 is on every dynamic grid)
+                clean = bad.clone()
+                clean[0].view(-1)[3] = 0.0
+                torch.testing.assert_close(got[1:], q(clean)[1:], rtol=1e-5, atol=1e-5)
 
 
 def test_fake_dynamic_grid():

@@ -139,14 +139,27 @@ def dynamic_reduce_range(largest_code):
 
 
 def fake_dynamic(x, reduce_range):
-    """``x`` on the per-call (per-tensor) 8-bit grid of the dynamic int8 kernel."""
+    """``x`` on the per-call (per-tensor) 8-bit grid of the dynamic int8 kernel.
+
+    The grid spans the finite values; NaN and inf entries stay as they are, so
+    they reach the outputs they reach in the float model and no other (one NaN
+    made every sample of the batch NaN).
+    """
     top = 127 if reduce_range else 255
     if x.numel() == 0:  # no value, no grid
         return x
-    lo = torch.clamp(x.min().detach(), max=0.0)
-    hi = torch.clamp(x.max().detach(), min=0.0)
+    lo, hi = x.min().detach(), x.max().detach()
+    finite = None
+    if not bool(torch.isfinite(lo + hi)):  # (a NaN or inf in x)
+        finite = torch.isfinite(x)
+        values = x.detach()[finite]
+        if values.numel() == 0:
+            return x
+        lo, hi = values.min(), values.max()
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
     scale = (hi - lo) / top
     if float(scale) == 0.0:
         return x
     zp = torch.clamp(torch.round(-lo / scale), 0, top)
-    return (torch.clamp(torch.round(x / scale) + zp, 0, top) - zp) * scale
+    y = (torch.clamp(torch.round(x / scale) + zp, 0, top) - zp) * scale
+    return y if finite is None else torch.where(finite, y, x)

@@ -585,17 +585,23 @@ class QuantMixin:
         )
 
     def _try_int8(self, x):
-        """The integer GEMM's output, or ``None`` when the kernel cannot run
-        because ``x`` holds NaN or inf (a convolution's dynamic grid: the
-        simulated path then gives what the float model gives). Otherwise such
-        values are put on the grid as torch's own int8 kernels put them (no
-        check costs a pass over every input)."""
+        """The integer GEMM's output, or ``None`` when ``x`` holds NaN or inf
+        and the kernel cannot run on them (a convolution's dynamic grid) or
+        spreads them (a dynamic grid spanning an inf, or a NaN, gives every
+        sample NaN): the simulated path then gives what the float model gives
+        (:func:`fake_dynamic`). A static grid puts them on the grid as torch's
+        own int8 kernels do (no check costs a pass over every input; a dynamic
+        grid's output is looked at, not its input)."""
         try:
-            return self._int8_forward(x)
+            y = self._int8_forward(x)
         except (RuntimeError, ValueError):
             if bool(torch.isfinite(x).all()):
                 raise
             return None
+        if self._act_mode == "dynamic" and not bool(torch.isfinite(y).all()):
+            if not bool(torch.isfinite(x).all()):
+                return None
+        return y
 
     def _check_input(self, x):
         """TypeError for an integer input (weights rounded to ints, NaN grids)."""
