@@ -60,6 +60,31 @@ def test_exact_allocation_equals_brute_force(data, by_budget):
     assert got == pytest.approx(best, rel=1e-6, abs=1e-6)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-3, 3), min_size=2, max_size=4),
+    st.lists(st.integers(10, 10**6), min_size=4, max_size=4),
+    st.floats(0, 1),
+)
+def test_exact_allocation_is_optimal_at_tiny_costs(log_p, n_params, where):
+    """Zhou's noise model up to 16 bits: totals far below HiGHS's absolute gap
+    (1e-6), which once stopped it at 15x the optimal noise."""
+    bits = np.array([2, 3, 4, 6, 8, 10, 12, 16])
+    n = len(log_p)
+    cost = 10.0 ** np.array(log_p)[:, None] * 4.0 ** -bits[None, :]
+    size = np.array(n_params[:n])[:, None] * bits[None, :]
+    lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
+    budget = lo + where * (hi - lo)
+    choice = allocate_bits(cost, size, budget=budget)
+    assert size[np.arange(n), choice].sum() <= budget
+    best = _brute(cost, size, budget, True)
+    assert cost[np.arange(n), choice].sum() <= best * (1 + 1e-9)
+    target = best * 1.5  # and the smallest size that meets a tiny noise target
+    choice = allocate_bits(cost, size, max_cost=target)
+    assert cost[np.arange(n), choice].sum() <= target
+    assert size[np.arange(n), choice].sum() == _brute(cost, size, target, False)
+
+
 def test_monotone_in_the_budget():
     rng = np.random.default_rng(0)
     bits = np.arange(2, 9)
