@@ -36,6 +36,27 @@ def test_multilabel_predictions_survive_a_pickle_and_a_file(n_labels, tmp_path):
     )
 
 
+def test_a_poisson_regressor_survives_a_pickle_and_a_file(tmp_path):
+    """``MLPRegressor(loss="poisson")`` ends in ``exp``: the file and pickles
+    of its quantized model load back (the loader refused ``exp``)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((150, 6))
+    y = rng.poisson(np.exp(0.5 * X[:, 0]))
+    q = _fit(
+        MLPRegressor(
+            hidden_layer_sizes=(8,), loss="poisson", max_iter=300, random_state=0
+        ),
+        X,
+        y,
+    )
+    assert q.estimator_.out_activation_ == "exp"
+    want = q.predict(X)
+    assert (want > 0).all()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(q)).predict(X), want)
+    skquant.save(q, tmp_path / "m.skq")
+    np.testing.assert_array_equal(skquant.load(tmp_path / "m.skq").predict(X), want)
+
+
 def test_refit_as_a_regressor_drops_classes():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((100, 10))

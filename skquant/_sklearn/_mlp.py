@@ -512,7 +512,7 @@ class QuantizedMLP(BaseEstimator):
         mlp.n_outputs_ = coefs[-1].shape[1]
         mlp.n_features_in_ = coefs[0].shape[0]
         mlp.out_activation_ = model.get("out_activation")
-        if mlp.out_activation_ not in ("softmax", "logistic", "identity"):
+        if mlp.out_activation_ not in ("softmax", "logistic", "identity", "exp"):
             raise bad(f"output activation {mlp.out_activation_!r} is unknown")
         if mlp.activation not in ("identity", "logistic", "tanh", "relu"):
             raise bad(f"activation {mlp.activation!r} is unknown")
