@@ -27,6 +27,8 @@ the result is the same function. A bias that needs gradients gets them through t
 kernels too (added to their output as ``bias - bias.detach()``, a zero).
 """
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -590,17 +592,19 @@ class QuantMixin:
         spreads them (a dynamic grid spanning an inf, or a NaN, gives every
         sample NaN): the simulated path then gives what the float model gives
         (:func:`fake_dynamic`). A static grid puts them on the grid as torch's
-        own int8 kernels do (no check costs a pass over every input; a dynamic
-        grid's output is looked at, not its input)."""
+        own int8 kernels do (no check costs a pass over every input: a grid
+        spanning a NaN or inf makes every output NaN, so a dynamic grid's first
+        output tells)."""
         try:
             y = self._int8_forward(x)
         except (RuntimeError, ValueError):
             if bool(torch.isfinite(x).all()):
                 raise
             return None
-        if self._act_mode == "dynamic" and not bool(torch.isfinite(y).all()):
-            if not bool(torch.isfinite(x).all()):
-                return None
+        if self._act_mode == "dynamic" and y.numel():
+            if not math.isfinite(float(y.reshape(-1)[0])):
+                if not bool(torch.isfinite(x).all()):
+                    return None
         return y
 
     def _check_input(self, x):
