@@ -786,3 +786,27 @@ def test_a_gemm_without_a_bias_input_gets_no_add(tmp_path):
     expected = x @ qt.dequantize()
     np.testing.assert_allclose(y0, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y1, expected + 1, rtol=1e-5, atol=1e-5)
+
+
+def test_a_one_sample_example_leaves_the_batch_free(tmp_path):
+    """An example of one sample is exported as two copies of it: the file takes
+    any batch. A model that refuses two copies gets a file of batch 1, and a
+    warning that says how to free it."""
+    net = cnn()
+    x = torch.randn(4, 1, 8, 8)
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        export_onnx(qnet, x[:1], tmp_path / "one.onnx")
+    dims = onnx.load(str(tmp_path / "one.onnx")).graph.input[0].type.tensor_type
+    assert dims.shape.dim[0].dim_param and not dims.shape.dim[0].dim_value
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            run(tmp_path / "one.onnx", x), qnet(x).numpy(), rtol=1e-5, atol=1e-5
+        )
+    flat = nn.Sequential(nn.Flatten(0), nn.Linear(10, 3)).eval()  # no batch axis
+    qflat = quantize_model(flat, UniformQuantizer(n_bits=4))
+    with pytest.warns(UserWarning, match="batch size is 1"):
+        export_onnx(qflat, torch.randn(1, 10), tmp_path / "flat.onnx")
+    dims = onnx.load(str(tmp_path / "flat.onnx")).graph.input[0].type.tensor_type
+    assert dims.shape.dim[0].dim_value == 1

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .._common._checks import check_int, check_positive
+from .._common._warn import warn
 from ._int8 import dynamic_reduce_range
 from ._onnxcheck import check_file
 from ._onnxgraph import (
@@ -134,9 +135,11 @@ def export_onnx(
     model : torch.nn.Module
         A model returned by :func:`quantize_model` (or :func:`load_into`).
     example_input : torch.Tensor or ndarray
-        One input batch of the model (a batch of at least 2 samples keeps the batch
-        size dynamic); the export traces the model on it and checks the file on
-        it. Never written to, whatever the forward does to its input.
+        One input batch of the model; the export traces the model on it (a
+        batch of one sample as two copies of it, so that the batch size stays
+        free in the file; where the model refuses two, the file's batch is 1,
+        with a warning) and checks the file on it. Never written to, whatever
+        the forward does to its input.
     path : str or path-like
         The ``.onnx`` file to write.
     opset : int, default=None
@@ -292,25 +295,19 @@ def export_onnx(
             parent, _, attr = name.rpartition(".")
             setattr(mods[parent] if parent else stand, attr, twin)
     free = _check_dynamic_axes(dynamic_axes, x)
-    if x.dim() > 0 and x.shape[0] > 1:
-        free = {0: "batch", **free}
-    shapes = ({a: torch.export.Dim(n) for a, n in free.items()},) if free else None
-    if shapes and _takes_varargs(stand):  # forward(*xs), as DataParallel's: a tuple
-        shapes = (shapes,)
-    with torch.no_grad(), warnings.catch_warnings():
-        # the exporter's own deprecation notices are not the caller's business
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            stand,
-            (x.clone(),),
-            dynamo=True,
-            dynamic_shapes=shapes,
-            verbose=False,
-            opset_version=opset,
-            # the exporter's optimiser folds BatchNorm into the weights before it:
-            # the weights in the graph must stay the layers' own
-            optimize=False,
-        )
+    program = None
+    if x.dim() > 0 and x.shape[0] == 1:  # the exporter fixes an axis of size 1
+        try:
+            program = _export(stand, torch.cat([x, x]), free, opset, batch=True)
+        except Exception:  # e.g. an unbatched input: its first axis is no batch
+            warn(
+                "export_onnx: the model does not run on two copies of the example's "
+                "one sample, so the file's batch size is 1: pass an example of "
+                "two samples or more to leave it free.",
+                UserWarning,
+            )
+    if program is None:
+        program = _export(stand, x, free, opset, batch=x.dim() > 0 and x.shape[0] > 1)
     proto = program.model_proto
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
@@ -479,6 +476,29 @@ def export_onnx(
                 for k, v in more.items():
                     report[k] = max(report[k], v)
     return report
+
+
+def _export(model, x, free, opset, batch):
+    """``torch.onnx.export``'s program of ``model`` on ``x`` with axes ``free``
+    (``{axis: name}``) left free, and the batch with ``batch``."""
+    free = {0: "batch", **free} if batch else free
+    shapes = ({a: torch.export.Dim(n) for a, n in free.items()},) if free else None
+    if shapes and _takes_varargs(model):  # forward(*xs), as DataParallel's: a tuple
+        shapes = (shapes,)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the exporter's own deprecation notices are not the caller's business
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            model,
+            (x.clone(),),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            verbose=False,
+            opset_version=opset,
+            # the exporter's optimiser folds BatchNorm into the weights before it:
+            # the weights in the graph must stay the layers' own
+            optimize=False,
+        )
 
 
 def _check_dynamic_axes(dynamic_axes, x):
