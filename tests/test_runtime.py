@@ -634,6 +634,22 @@ def test_bytes_held_are_the_codes():
     assert qnet[0].nbytes_held <= 1024 * 512 * 1.05
 
 
+@pytest.mark.parametrize("n_bits", [1, 2, 4, 8])
+def test_few_inputs_an_output_hold_one_padded_block(n_bits):
+    """What runtime.rst says of small layers: the kernels' codes of each output
+    take whole 32-byte blocks, so a 3x3 depthwise convolution holds 32 bytes of
+    codes an output; 1024 inputs at 4 bits, 512 bytes (no padding)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, groups=16), nn.Flatten(), nn.Linear(16, 4))
+    q = BinaryQuantizer() if n_bits == 1 else UniformQuantizer(n_bits=n_bits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qnet = quantize_model(net, q, runtime="packed" if n_bits < 8 else "int8")
+    assert qnet[0]._rt.packed.nbytes == 32 * 16
+    wide = quantize_model(nn.Linear(1024, 8), UniformQuantizer(n_bits=4))
+    assert wide._rt.packed.nbytes == 512 * 8
+
+
 # -- the NumPy side: integer products and QuantizedMLP ---------------------------------
 
 

@@ -113,7 +113,8 @@ def quantize_model(
         layer name (``model.named_modules()`` names) to quantizer: layers not
         named stay float unless the key ``"*"`` gives a default.
     calibration_data : torch.Tensor, ndarray or iterable, default=None
-        Calibration inputs (cast to the model's dtype and device; a list of rows,
+        Calibration inputs (floating point, cast to the model's dtype and device:
+        integer inputs such as ``uint8`` images are refused; a list of rows,
         of numbers or 1-D float arrays, counts as one array; so does the ``X``
         of an ``(X, y)`` pair), a torch ``Dataset``
         of samples (read ``batch_size`` at a time), or an iterable of batches
