@@ -127,6 +127,38 @@ def test_pack_rows_round_trip_and_padding(bits):
     np.testing.assert_allclose(out[0], u.sum(axis=1), rtol=1e-6)
 
 
+@given(
+    n_in=st.integers(1, 300),
+    n_out=st.integers(1, 140),
+    bits=st.sampled_from([1, 2, 4, 8]),
+    binary=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_pack_columns_is_pack_rows_of_the_transposed_codes(
+    n_in, n_out, bits, binary, seed
+):
+    """The kernels that pack (and unpack) a QuantizedTensor's (n_in, n_out)
+    codes in place of a transposed copy give pack_rows' bytes, and back."""
+    rng = np.random.default_rng(seed)
+    if binary:  # codes {-1, +1}: u = (c + 1) // 2
+        base, mult = -1, 2
+        codes = (2 * rng.integers(0, 2, (n_in, n_out)) - 1).astype(np.int8)
+    else:
+        base, mult = -(2 ** (bits - 1)), 1
+        codes = rng.integers(base, base + 2**bits, (n_in, n_out)).astype(np.int16)
+    width = -(-n_in // (kernels.BLOCK * (8 // bits))) * kernels.BLOCK
+    want = np.empty((n_out, width), np.uint8)
+    kernels.pack_rows(
+        ((codes.T.astype(np.int64) - base) // mult).astype(np.uint8), bits, want
+    )
+    got = np.full((n_out, width), 255, np.uint8)  # overwritten, padding included
+    kernels.pack_columns(codes, base, mult, bits, got)
+    np.testing.assert_array_equal(got, want)
+    back = np.empty_like(codes)
+    kernels.unpack_columns(got, bits, mult, base, back)
+    np.testing.assert_array_equal(back, codes)
+
+
 def test_runtime_bits_and_sizes():
     rng = np.random.default_rng(0)
     ts = tensors(rng, 256, 16)

@@ -54,6 +54,53 @@ def unpack_rows(packed, bits, n_in, out):  # pragma: no cover
                     out[j, k] = (byte >> (s * bits)) & mask
 
 
+#: outputs a thread packs or unpacks at a time (reading a row of the
+#: ``(n_in, n_out)`` codes runs along them)
+_TILE = 64
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def pack_columns(codes, base, mult, bits, out):  # pragma: no cover
+    """:func:`pack_rows` of ``u = (codes - base) // mult`` from ``codes`` of
+    shape (n_in, n_out), as a QuantizedTensor holds them, without a transposed
+    copy: each thread takes :data:`_TILE` outputs and reads the codes along
+    their rows. ``out`` (n_out, n_bytes) is overwritten."""
+    per = 8 // bits
+    n_in, n_out = codes.shape
+    for tile in nb.prange((n_out + _TILE - 1) // _TILE):
+        j0 = tile * _TILE
+        j1 = min(j0 + _TILE, n_out)
+        out[j0:j1, :] = 0
+        for k in range(n_in):
+            blk = k // (BLOCK * per)
+            rest = k - blk * BLOCK * per
+            s = rest // BLOCK
+            i = blk * BLOCK + rest - s * BLOCK
+            for j in range(j0, j1):
+                u = (np.int64(codes[k, j]) - base) // mult
+                out[j, i] |= np.uint8(u << (s * bits))
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def unpack_columns(packed, bits, mult, base, out):  # pragma: no cover
+    """Inverse of :func:`pack_columns`: ``out`` (n_in, n_out) gets the codes
+    ``u * mult + base`` (in its own dtype)."""
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    n_in, n_out = out.shape
+    for tile in nb.prange((n_out + _TILE - 1) // _TILE):
+        j0 = tile * _TILE
+        j1 = min(j0 + _TILE, n_out)
+        for k in range(n_in):
+            blk = k // (BLOCK * per)
+            rest = k - blk * BLOCK * per
+            s = rest // BLOCK
+            i = blk * BLOCK + rest - s * BLOCK
+            for j in range(j0, j1):
+                u = (np.int64(packed[j, i]) >> (s * bits)) & mask
+                out[k, j] = u * mult + base
+
+
 @nb.njit(inline="always", fastmath=True)
 def _dot_row(x, row, j, per, bits, mult, off_j, acc, out):  # pragma: no cover
     """``out[:, j]`` from row ``row``: its codes are peeled off each byte in float.

@@ -14,7 +14,7 @@ import numpy as np
 from .._common._blocks import row_blocks
 from .._kernels import _runtime as _k
 from .._kernels._threads import numba_threads
-from ._alphabets import SCALE_DTYPE, Alphabet, code_dtype, safe_scale
+from ._alphabets import SCALE_DTYPE, Alphabet, safe_scale
 from ._bits import pack_codes
 from ._io import _tensor_entry, tensor_from
 
@@ -47,12 +47,6 @@ def _levels(qt):
     if record.is_binary:
         return 1, 2, -1
     return int(qt.qmax) - int(qt.qmin), 1, int(qt.qmin)
-
-
-def _work_dtype(low, high):
-    """A signed dtype of at least 16 bits holding ``[low, high]`` (and the
-    unsigned codes, up to 255)."""
-    return np.promote_types(code_dtype(min(low, -1), max(high, 255)), np.int16)
 
 
 def runtime_bits(qt):
@@ -144,16 +138,13 @@ class RuntimeWeights:
         self.offset = (base - zp).astype(np.float32)
         per = 8 // self.bits
         width = -(-self.n_in // (_k.BLOCK * per)) * _k.BLOCK
-        # the unsigned codes, worked out in a dtype that holds the codes and 255,
-        # a tile of outputs at a time (not three work copies of the whole matrix)
-        work = _work_dtype(base, base + mult * span)
+        # the unsigned codes packed straight from the tensor's (n_in, n_out)
+        # layout (no transposed work copy)
         self.packed = np.empty((self.n_out, width), dtype=np.uint8)
         with numba_threads(-1):
-            for rows in row_blocks((self.n_out, self.n_in), TILE_ENTRIES):
-                u = np.ascontiguousarray(qt.codes[:, rows].T, dtype=work)
-                u -= work.type(base)
-                u //= work.type(mult)
-                _k.pack_rows(u.astype(np.uint8), self.bits, self.packed[rows])
+            _k.pack_columns(
+                np.ascontiguousarray(qt.codes), base, mult, self.bits, self.packed
+            )
         # (a fixed-width grid's codes are packed from these when stored)
         self._meta, self._arrays = _tensor_entry(qt, codes=False)
 
@@ -172,17 +163,9 @@ class RuntimeWeights:
         """The integer codes, ``(n_in, n_out)``, as a QuantizedTensor holds them
         (a fixed-width grid's, in their dtype; worked out a tile of outputs at a
         time)."""
-        work = _work_dtype(self._meta["qmin"], self._meta["qmax"])
         out = np.empty((self.n_in, self.n_out), np.dtype(self._meta["codes_dtype"]))
-        blocks, tile = _output_tiles(self.n_out, self.n_in)
-        u = np.empty((tile, self.n_in), dtype=work)
         with numba_threads(-1):
-            for rows in blocks:
-                t = u[: rows.stop - rows.start]
-                _k.unpack_rows(self.packed[rows], self.bits, self.n_in, t)
-                t *= work.type(self.mult)
-                t += work.type(self._base)
-                out[:, rows] = t.T
+            _k.unpack_columns(self.packed, self.bits, self.mult, self._base, out)
         return out
 
     def tensor(self):
