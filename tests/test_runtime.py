@@ -109,13 +109,28 @@ def test_runtime_matmul_is_the_dequantized_product(n_in, n_out, m, seed):
         assert back.size_bits == qt.size_bits
 
 
+def _packed_reference(u, bits):
+    """Rows of unsigned codes ``u`` (n_out, n_in) packed as the kernels' module
+    says: byte ``t`` of block ``b`` holds in slot ``s`` the code of input
+    ``b * BLOCK * per + s * BLOCK + t``; rows padded with code 0."""
+    per, block = 8 // bits, kernels.BLOCK
+    n_out, n_in = u.shape
+    n_blocks = -(-n_in // (block * per))
+    padded = np.zeros((n_out, n_blocks * block * per), np.int64)
+    padded[:, :n_in] = u
+    slots = padded.reshape(n_out, n_blocks, per, block)
+    packed = sum(slots[:, :, s, :] << (s * bits) for s in range(per))
+    return packed.reshape(n_out, n_blocks * block).astype(np.uint8)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_pack_rows_round_trip_and_padding(bits):
+def test_packed_rows_round_trip_and_padding(bits):
     rng = np.random.default_rng(bits)
     u = rng.integers(0, 2**bits, (3, 70)).astype(np.uint8)
     width = -(-70 // (kernels.BLOCK * (8 // bits))) * kernels.BLOCK
     packed = np.empty((3, width), np.uint8)
-    kernels.pack_rows(u, bits, packed)
+    kernels.pack_columns(np.ascontiguousarray(u.T), 0, 1, bits, packed)
+    np.testing.assert_array_equal(packed, _packed_reference(u, bits))
     back = np.empty((3, 70), np.int64)
     kernels.unpack_rows(packed, bits, 70, back)
     np.testing.assert_array_equal(back, u)
@@ -134,11 +149,9 @@ def test_pack_rows_round_trip_and_padding(bits):
     binary=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_pack_columns_is_pack_rows_of_the_transposed_codes(
-    n_in, n_out, bits, binary, seed
-):
-    """The kernels that pack (and unpack) a QuantizedTensor's (n_in, n_out)
-    codes in place of a transposed copy give pack_rows' bytes, and back."""
+def test_pack_columns_packs_the_tensors_codes_and_back(n_in, n_out, bits, binary, seed):
+    """The kernels pack (and unpack) a QuantizedTensor's (n_in, n_out) codes
+    with no transposed copy, as the module's layout says."""
     rng = np.random.default_rng(seed)
     if binary:  # codes {-1, +1}: u = (c + 1) // 2
         base, mult = -1, 2
@@ -147,12 +160,9 @@ def test_pack_columns_is_pack_rows_of_the_transposed_codes(
         base, mult = -(2 ** (bits - 1)), 1
         codes = rng.integers(base, base + 2**bits, (n_in, n_out)).astype(np.int16)
     width = -(-n_in // (kernels.BLOCK * (8 // bits))) * kernels.BLOCK
-    want = np.empty((n_out, width), np.uint8)
-    kernels.pack_rows(
-        ((codes.T.astype(np.int64) - base) // mult).astype(np.uint8), bits, want
-    )
     got = np.full((n_out, width), 255, np.uint8)  # overwritten, padding included
     kernels.pack_columns(codes, base, mult, bits, got)
+    want = _packed_reference((codes.T.astype(np.int64) - base) // mult, bits)
     np.testing.assert_array_equal(got, want)
     back = np.empty_like(codes)
     kernels.unpack_columns(got, bits, mult, base, back)

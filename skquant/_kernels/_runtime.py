@@ -22,25 +22,9 @@ BLOCK = 32
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def pack_rows(u, bits, out):  # pragma: no cover
-    """Pack unsigned codes ``u`` (n_out, n_in) into ``out`` (n_out, n_bytes)."""
-    per = 8 // bits
-    n_in = u.shape[1]
-    for j in nb.prange(u.shape[0]):
-        for i in range(out.shape[1]):
-            blk = i // BLOCK
-            t = i - blk * BLOCK
-            byte = 0
-            for s in range(per):
-                k = blk * BLOCK * per + s * BLOCK + t
-                if k < n_in:
-                    byte |= np.int64(u[j, k]) << (s * bits)
-            out[j, i] = np.uint8(byte)
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
 def unpack_rows(packed, bits, n_in, out):  # pragma: no cover
-    """Inverse of :func:`pack_rows`: the unsigned codes (n_out, n_in) into ``out``."""
+    """The unsigned codes (n_out, n_in) of rows packed as the module says, into
+    ``out``."""
     per = 8 // bits
     mask = (1 << bits) - 1
     for j in nb.prange(packed.shape[0]):
@@ -61,10 +45,10 @@ _TILE = 64
 
 @nb.njit(cache=True, nogil=True, parallel=True)
 def pack_columns(codes, base, mult, bits, out):  # pragma: no cover
-    """:func:`pack_rows` of ``u = (codes - base) // mult`` from ``codes`` of
-    shape (n_in, n_out), as a QuantizedTensor holds them, without a transposed
-    copy: each thread takes :data:`_TILE` outputs and reads the codes along
-    their rows. ``out`` (n_out, n_bytes) is overwritten."""
+    """Rows of ``u = (codes - base) // mult`` packed as the module says, into
+    ``out`` (n_out, n_bytes, overwritten), from ``codes`` of shape (n_in, n_out)
+    as a QuantizedTensor holds them, without a transposed copy: each thread
+    takes :data:`_TILE` outputs and reads the codes along their rows."""
     per = 8 // bits
     n_in, n_out = codes.shape
     for tile in nb.prange((n_out + _TILE - 1) // _TILE):
