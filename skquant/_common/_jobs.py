@@ -10,6 +10,7 @@ import warnings
 
 import sklearn
 from joblib import Parallel
+from joblib.externals import cloudpickle
 from sklearn.utils._param_validation import Interval
 
 from ._config import config_context, get_config
@@ -74,8 +75,18 @@ def _caller():
         "process": (os.getpid(), _TOKEN),
         "skquant": get_config(),
         "sklearn": sklearn.get_config(),
-        "filters": list(warnings.filters),
+        "filters": [f for f in warnings.filters if _pickles(f)],
     }
+
+
+def _pickles(value):
+    """Whether ``value`` travels to a worker process as joblib sends tasks
+    (cloudpickle); a warning filter that does not stays behind."""
+    try:
+        cloudpickle.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def _in_worker(task, args, kw, caller):
