@@ -10,7 +10,6 @@ import warnings
 
 import sklearn
 from joblib import Parallel
-from joblib.externals import cloudpickle
 from sklearn.utils._param_validation import Interval
 
 from ._config import config_context, get_config
@@ -82,8 +81,12 @@ def _caller():
 def _pickles(value):
     """Whether ``value`` travels to a worker process as joblib sends tasks
     (cloudpickle); a warning filter that does not stays behind."""
+    try:  # (loky's dependency; without it, tasks travel as pickles)
+        from cloudpickle import dumps
+    except ImportError:  # pragma: no cover
+        from pickle import dumps
     try:
-        cloudpickle.dumps(value)
+        dumps(value)
     except Exception:
         return False
     return True
