@@ -43,6 +43,15 @@ def unpack_rows(packed, bits, n_in, out):  # pragma: no cover
 _TILE = 64
 
 
+@nb.njit(inline="always")
+def _slot(k, per, bits):  # pragma: no cover
+    """``(byte, bit shift)`` of input ``k``'s code in its row."""
+    blk = k // (BLOCK * per)
+    rest = k - blk * BLOCK * per
+    s = rest // BLOCK
+    return blk * BLOCK + rest - s * BLOCK, s * bits
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
 def pack_columns(codes, base, mult, bits, out):  # pragma: no cover
     """Rows of ``u = (codes - base) // mult`` packed as the module says, into
@@ -56,13 +65,10 @@ def pack_columns(codes, base, mult, bits, out):  # pragma: no cover
         j1 = min(j0 + _TILE, n_out)
         out[j0:j1, :] = 0
         for k in range(n_in):
-            blk = k // (BLOCK * per)
-            rest = k - blk * BLOCK * per
-            s = rest // BLOCK
-            i = blk * BLOCK + rest - s * BLOCK
+            i, shift = _slot(k, per, bits)
             for j in range(j0, j1):
                 u = (np.int64(codes[k, j]) - base) // mult
-                out[j, i] |= np.uint8(u << (s * bits))
+                out[j, i] |= np.uint8(u << shift)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
@@ -76,12 +82,9 @@ def unpack_columns(packed, bits, mult, base, out):  # pragma: no cover
         j0 = tile * _TILE
         j1 = min(j0 + _TILE, n_out)
         for k in range(n_in):
-            blk = k // (BLOCK * per)
-            rest = k - blk * BLOCK * per
-            s = rest // BLOCK
-            i = blk * BLOCK + rest - s * BLOCK
+            i, shift = _slot(k, per, bits)
             for j in range(j0, j1):
-                u = (np.int64(packed[j, i]) >> (s * bits)) & mask
+                u = (np.int64(packed[j, i]) >> shift) & mask
                 out[k, j] = u * mult + base
 
 
