@@ -614,7 +614,8 @@ class QuantMixin:
             raise TypeError(f"{kind} takes floating-point inputs, got {x.dtype}.")
 
     def _float_weight_for(self, x):
-        if self.runtime != "float" and not self._wants_grad(x):
+        # (an empty batch takes this path by design: nothing to announce)
+        if self.runtime != "float" and not self._wants_grad(x) and x.numel():
             announce(
                 ("input", type(self).__name__, str(x.dtype), x.device.type),
                 f"{type(self).__name__}: no integer kernel for {x.dtype} inputs on "
