@@ -587,24 +587,20 @@ class QuantMixin:
         )
 
     def _try_int8(self, x):
-        """The integer GEMM's output, or ``None`` when ``x`` holds NaN or inf
-        and the kernel cannot run on them (a convolution's dynamic grid) or
-        spreads them (a dynamic grid spanning an inf, or a NaN, gives every
-        sample NaN): the simulated path then gives what the float model gives
-        (:func:`fake_dynamic`). A static grid puts them on the grid as torch's
-        own int8 kernels do (no check costs a pass over every input: a grid
-        spanning a NaN or inf makes every output NaN, so a dynamic grid's first
-        output tells)."""
+        """The integer GEMM's output, or ``None`` (the simulated path, see
+        :func:`fake_dynamic`) when ``x`` holds NaN or inf that the kernel cannot
+        run on (a convolution's dynamic grid) or spreads (a dynamic grid spanning
+        one makes every output NaN: its first output tells, with no pass over the
+        input). A static grid puts them on the grid as torch's kernels do."""
         try:
             y = self._int8_forward(x)
         except (RuntimeError, ValueError):
             if bool(torch.isfinite(x).all()):
                 raise
             return None
-        if self._act_mode == "dynamic" and y.numel():
-            if not math.isfinite(float(y.reshape(-1)[0])):
-                if not bool(torch.isfinite(x).all()):
-                    return None
+        spread = self._act_mode == "dynamic" and y.numel()
+        if spread and not math.isfinite(float(y.reshape(-1)[0])):
+            return y if bool(torch.isfinite(x).all()) else None
         return y
 
     def _check_input(self, x):
