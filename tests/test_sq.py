@@ -417,3 +417,119 @@ def test_train_sq_names_its_bad_arguments_and_a_collapsed_level(digits):
         SQClassifier(max_epochs=1.5).fit(X.numpy(), y.numpy())
     with pytest.raises(ValueError, match="random_state must be an int >= 0 or None"):
         SQClassifier(random_state="x").fit(X.numpy(), y.numpy())
+
+
+def test_training_leaves_the_callers_generators_alone(digits):
+    """The trainers seed torch in their own fork of its generators: what the
+    caller draws afterwards is what it would have drawn without the call."""
+    from skquant.torch import SQClassifier
+
+    X, y = digits[0][:200], digits[1][:200]
+    nets = [_net(), _net()]
+    calls = [
+        lambda: train_baseline(nets[0], (X, y), epochs=1, verbose=False),
+        lambda: train_sq(nets[1], (X, y), epochs=1, verbose=False),
+        lambda: SQClassifier(max_epochs=1).fit(X.numpy(), y.numpy()),
+    ]
+    for call in calls:
+        torch.manual_seed(7)
+        want = torch.rand(3)
+        torch.manual_seed(7)
+        call()
+        assert torch.equal(torch.rand(3), want)
+
+
+def test_class_scores_train_as_class_indices(digits):
+    """One-hot float labels are what cross-entropy takes for class indices: the
+    same training, and accuracy counted against their largest score."""
+    X, y = digits[0][:300], digits[1][:300]
+    one_hot = torch.nn.functional.one_hot(y, 10).float()
+    runs = [
+        train_baseline(
+            _net(), (X, labels), epochs=2, verbose=False, validation_data=(X, labels)
+        )
+        for labels in (y, one_hot)
+    ]
+    for a, b in zip(runs[0].history, runs[1].history, strict=True):
+        assert a["accuracy"] == b["accuracy"] and a["val_accuracy"] == b["val_accuracy"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+
+
+def test_other_losses_and_outputs_train_without_an_accuracy(digits):
+    """A loss_fn of the caller's takes what the model gives and the targets as
+    they are: a regression (no class, so no accuracy) and a tuple output."""
+    X = digits[0][:200]
+    target = X[:, :3].sum(1, keepdim=True)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+    )
+    res = train_baseline(
+        net, (X, target), loss_fn=torch.nn.MSELoss(), epochs=2, verbose=False
+    )
+    assert all(math.isnan(r["accuracy"]) for r in res.history)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _net()
+
+        def forward(self, x):
+            out = self.body(x)
+            return out, out.abs().mean()
+
+    y = digits[1][:200]
+    res = train_sq(
+        Pair(),
+        (X, y.int()),  # int32 labels too
+        loss_fn=lambda out, t: torch.nn.functional.cross_entropy(out[0], t.long()),
+        epochs=1,
+        verbose=False,
+    )
+    assert set(res.alphabets.values()) <= {"binary", "ternary"}
+
+
+def test_data_the_trainers_cannot_read_twice_is_refused_by_name(digits):
+    X, y = digits[0][:64], digits[1][:64]
+    batches = ((X[i : i + 32], y[i : i + 32]) for i in range(0, 64, 32))
+    with pytest.raises(ValueError, match="no batch in epoch 2.*generator"):
+        train_baseline(_net(), batches, epochs=2, verbose=False)
+    with pytest.raises(ValueError, match="no batch in epoch 1"):
+        train_baseline(_net(), [], epochs=1, verbose=False)
+    for train in (train_sq, train_baseline):
+        with pytest.raises(ValueError, match=r"layers=\[\] selects no layer"):
+            train(_net(), (X, y), layers=[], epochs=1, verbose=False)
+    res = train_baseline(_net(), (X, y), epochs=1, verbose=False, random_state=None)
+    assert len(res.history) == 1
+
+
+@pytest.mark.parametrize("kind", ["batchnorm", "float64"])
+def test_sq_classifier_takes_batchnorm_and_float64_modules(kind):
+    from skquant.torch import SQClassifier
+
+    class Net(torch.nn.Module):
+        def __init__(self, n_features, n_classes):
+            super().__init__()
+            layers = [torch.nn.Linear(n_features, 16)]
+            if kind == "batchnorm":
+                layers.append(torch.nn.BatchNorm1d(16))
+            layers += [torch.nn.ReLU(), torch.nn.Linear(16, n_classes)]
+            self.body = torch.nn.Sequential(*layers)
+            if kind == "float64":
+                self.double()
+
+        def forward(self, x):
+            return self.body(x)
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    clf = SQClassifier(module=Net, max_epochs=8, random_state=0).fit(X[:600], y[:600])
+    np.testing.assert_allclose(clf.predict_proba(X[:5]).sum(axis=1), 1.0, rtol=1e-6)
+    if kind == "float64":  # as the float32 module trains (the same start)
+        kind = "float32"
+        ref = SQClassifier(module=Net, max_epochs=8, random_state=0).fit(
+            X[:600], y[:600]
+        )
+        assert abs(clf.score(X[600:], y[600:]) - ref.score(X[600:], y[600:])) <= 0.05
+    else:
+        assert clf.score(X[600:], y[600:]) > 0.5

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .._common._checks import check_int, check_positive
+from ._sq._loop import seeded
 from ._sq._train import train_sq
 
 __all__ = ["SQClassifier"]
@@ -209,16 +210,27 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = self._encoder.classes_
         codes = self._encoder.transform(y)
         seed = 0 if self.random_state is None else int(self.random_state)
-        torch.manual_seed(seed)
+        with seeded(seed, self.device):  # the caller's generators left alone
+            res = self._train(X, codes, seed)
+        self.model_ = res.model.cpu().eval()
+        self.layer_alphabets_ = res.alphabets
+        self.size_bits_ = res.size_bits
+        self.history_ = res.history
+        return self
+
+    def _train(self, X, codes, seed):
         model = self._build(X.shape[1], len(self.classes_))
-        with torch.no_grad():
-            out = model(torch.from_numpy(X[:1]))
+        dtype = next(model.parameters()).dtype  # (a float64 module takes float64)
+        was = model.training
+        with torch.no_grad():  # (in eval mode: BatchNorm takes one row)
+            out = model.eval()(torch.from_numpy(X[:1]).to(dtype))
+        model.train(was)
         if out.ndim != 2 or out.shape[1] != len(self.classes_):
             raise ValueError(
                 f"the module has {out.shape[-1]} outputs but y holds "
                 f"{len(self.classes_)} classes."
             )
-        res = train_sq(
+        return train_sq(
             model,
             (torch.from_numpy(X), torch.from_numpy(codes.astype(np.int64))),
             gamma=self.gamma,
@@ -233,17 +245,13 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
             random_state=seed,
             verbose=bool(self.verbose),
         )
-        self.model_ = res.model.cpu().eval()
-        self.layer_alphabets_ = res.alphabets
-        self.size_bits_ = res.size_bits
-        self.history_ = res.history
-        return self
 
     def _logits(self, X):
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
+        dtype = next(self.model_.parameters()).dtype
         with torch.no_grad():
-            return self.model_(torch.from_numpy(X)).numpy()
+            return self.model_(torch.from_numpy(X).to(dtype)).numpy()
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the quantized network's logits).

@@ -12,4 +12,6 @@ def covered_layers(model, layers, skip):
         layers = [layers] if isinstance(layers, str) else list(layers)
         network.check_layer_names(layers, "layers")
         names = [n for n in names if n in layers]
+        if not names:
+            raise ValueError(f"layers={layers!r} selects no layer of the model.")
     return network, names

@@ -3,6 +3,7 @@
 import copy
 import math
 import time
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -13,9 +14,43 @@ from .._gradients import gradients_enabled
 from ._checks import covered_layers
 
 
+def n_correct(out, y):
+    """Samples whose largest output is their class, ``y`` class indices or a row
+    of class probabilities a sample (one-hot, soft labels); ``None`` where
+    ``out`` is no ``(n, classes)`` tensor or ``y`` gives no class (a
+    regression's)."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        return None
+    if y.is_floating_point():  # class scores: probabilities over the outputs
+        if y.shape != out.shape or out.shape[1] < 2 or not _probabilities(y):
+            return None
+        y = y.argmax(1)
+    return int((out.argmax(1) == y.to(out.device)).sum())
+
+
+def _probabilities(y):
+    """Whether every row of ``y`` is a distribution (one-hot, soft labels)."""
+    sums = y.sum(1)
+    return bool((y >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums)))
+
+
+@contextmanager
+def seeded(seed, device):
+    """torch's generators (the CPU's, and ``device``'s if a GPU) seeded with
+    ``seed`` in the block (``None``: left as they are); the caller's state back
+    after, so that a caller's later draws do not depend on the training."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
 def accuracy(model, data, device, weights=None):
-    """Accuracy of ``model`` (some weights replaced) on ``(X, y)``."""
+    """Accuracy of ``model`` (some weights replaced) on ``(X, y)``; NaN where
+    the outputs or the labels give no class (see :func:`n_correct`)."""
     X, y = data
     was = model.training
     model.eval()
@@ -28,10 +63,11 @@ def accuracy(model, data, device, weights=None):
             if weights is None
             else torch.func.functional_call(model, weights, (xb,))
         )
-        correct += int((out.argmax(1).cpu() == yb).sum())
+        right = n_correct(out, yb)
+        correct = None if right is None or correct is None else correct + right
         seen += len(yb)
     model.train(was)
-    return correct / seen
+    return math.nan if correct is None else correct / seen
 
 
 def straight_through(names, modules, project):
@@ -73,6 +109,7 @@ class Loop:
             raise TypeError(
                 f"model must be a torch.nn.Module, got {type(model).__name__} instead."
             )
+        self.seed = check_int(random_state, "random_state", low=0, none=True)
         _, self.names = covered_layers(model, layers, skip)
         check_int(epochs, "epochs")
         check_int(finetune_epochs, "finetune_epochs", low=0)
@@ -93,11 +130,16 @@ class Loop:
             self.finetune_lr = check_positive(finetune_lr, "finetune_lr")
         self.model, self.data, self.batch_size = model, data, batch_size
         self.loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
+        # class indices are checked against the outputs under the default loss
+        self.classes = loss_fn is None
         check_pair(validation_data, "validation_data")
         self.validation_data = validation_data
         self.device = torch.device(device)
-        torch.manual_seed(random_state)
-        self.generator = torch.Generator().manual_seed(random_state)
+        self.generator = torch.Generator()
+        if self.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(self.seed)
         model.to(self.device)
         self.dtype = next(model.parameters()).dtype
         self.history = []
@@ -106,16 +148,19 @@ class Loop:
     def snapshot(self):
         self.last_good = [copy.deepcopy(m.state_dict()) for m in self.keep]
 
+    @contextmanager
     def gradients(self, where):
         """The context of the training: grad mode on, the covered layers' weights
-        and biases trainable whatever their flags; on leaving it (also by an
-        exception), the flags, ``.grad`` and modes are the user's again."""
+        and biases trainable whatever their flags, torch's generators seeded
+        (:func:`seeded`); on leaving it (also by an exception), the flags,
+        ``.grad``, modes and the generators' states are the user's again."""
         modules = dict(self.model.named_modules())
-        return gradients_enabled(
-            self.model,
-            where,
-            [p for n in self.names for p in modules[n].parameters(recurse=False)],
-        )
+        params = [p for n in self.names for p in modules[n].parameters(recurse=False)]
+        with (
+            seeded(self.seed, self.device),
+            gradients_enabled(self.model, where, params),
+        ):
+            yield
 
     def epoch_lr(self, epoch, phase):
         """Learning rate of epoch ``epoch`` (1-based, counted over both phases):
@@ -145,17 +190,16 @@ class Loop:
         start = time.perf_counter()
         for xb, yb in batches(self.data, self.batch_size, generator=self.generator):
             xb, yb = xb.to(device, self.dtype), yb.to(device)
+            if self.classes and not yb.is_floating_point():
+                yb = yb.long()  # class indices as cross-entropy takes them
             opt.zero_grad()
             out = (
                 model(xb)
                 if weights is None
                 else torch.func.functional_call(model, weights(), (xb,))
             )
-            if out.ndim != 2 or yb.max() >= out.shape[1] or yb.min() < 0:
-                raise ValueError(
-                    f"labels must be class indices below the model's {out.shape[-1]} "
-                    f"outputs, got labels from {int(yb.min())} to {int(yb.max())}."
-                )
+            if self.classes:
+                _check_classes(out, yb)
             loss = self.loss_fn(out, yb)
             pen = (
                 torch.zeros((), dtype=self.dtype, device=device)
@@ -175,14 +219,20 @@ class Loop:
             opt.step()
             total += float(loss.detach()) * len(xb)
             penalty_total += float(pen.detach()) * len(xb)
-            correct += int((out.argmax(1) == yb).sum())
+            right = n_correct(out, yb)
+            correct = None if right is None or correct is None else correct + right
             seen += len(xb)
+        if not seen:
+            raise ValueError(
+                f"data gave no batch in epoch {epoch}: pass (X, y), a Dataset or a "
+                "DataLoader (a generator of batches is used up after one epoch)."
+            )
         row = {
             "epoch": epoch,
             "phase": phase,
             "loss": total / seen,
             "penalty": penalty_total / seen,
-            "accuracy": correct / seen,
+            "accuracy": math.nan if correct is None else correct / seen,
             "lr": lr,
             "seconds": time.perf_counter() - start,
         }
@@ -196,3 +246,25 @@ class Loop:
         self.history.append(row)
         self.snapshot()
         return row
+
+
+def _check_classes(out, y):
+    """ValueError unless ``y`` are class indices (or rows of class scores) of
+    the ``(n, classes)`` ``out``."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)
+        raise ValueError(
+            f"the model's output must be (batch, classes) logits under the default "
+            f"cross-entropy loss, got {shape}: pass a loss_fn that takes it."
+        )
+    if y.is_floating_point():  # class scores (one-hot, soft labels)
+        if y.shape != out.shape:
+            raise ValueError(
+                f"float labels must be one row of class scores a sample, "
+                f"{tuple(out.shape)} as the outputs, got {tuple(y.shape)}."
+            )
+    elif y.numel() and (y.max() >= out.shape[1] or y.min() < 0):
+        raise ValueError(
+            f"labels must be class indices below the model's {out.shape[1]} "
+            f"outputs, got labels from {int(y.min())} to {int(y.max())}."
+        )

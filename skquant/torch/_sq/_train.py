@@ -80,11 +80,17 @@ def train_sq(
     ----------
     model : torch.nn.Module
         A classifier (outputs: logits).
-    data : tuple of (X, y) or iterable of (x, y) batches
-        Training data: tensors or arrays (shuffled every epoch with the seed), or
-        a ``DataLoader``.
+    data : tuple of (X, y), Dataset or iterable of (x, y) batches
+        Training data: tensors or arrays (shuffled every epoch with the seed), a
+        torch ``Dataset``, or batches read once an epoch (a ``DataLoader``; a
+        generator, used up after one epoch, is refused in the second).
     loss_fn : callable, default=None
-        ``nn.CrossEntropyLoss()`` when ``None``.
+        ``nn.CrossEntropyLoss()`` when ``None``: the model gives ``(batch,
+        classes)`` logits and the labels are class indices (any integer dtype)
+        or rows of class probabilities (one-hot, soft labels), checked against
+        the outputs. A loss of the caller's takes the model's output and the
+        labels as they are; the history's accuracy is NaN where they give no
+        class (a regression, a tuple output).
     gamma : float, default=1e-3
         The memory knob: weight of ``sum |cot beta|`` (larger: more binary
         layers).
@@ -123,8 +129,10 @@ def train_sq(
         Accuracy on it is recorded per epoch.
     device : str or torch.device, default="cpu"
         Where to train (``"cuda"`` for a GPU).
-    random_state : int, default=0
-        Seed of the shuffling (and of torch's generator).
+    random_state : int or None, default=0
+        Seed of the shuffling and of torch's generators during the training (in
+        a fork of them: what the caller draws afterwards is unchanged); ``None``
+        seeds nothing.
     verbose : bool, default=True
         Progress bar over the epochs.
 
