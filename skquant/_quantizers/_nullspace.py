@@ -773,20 +773,12 @@ class NullSpaceQuantizer(BaseDataQuantizer):
             drift, dist, idx, G = self._bound_terms
             counts = self.n_off_grid_.astype(np.int64)
             # neurons with the same set S share its norm (without freedom, every
-            # neuron's S is every input: one eigenvalue problem, not n_out)
-            # (keys as Python bytes: NumPy's bytes dtype drops trailing NULs,
-            # which made S = {0} the empty set)
+            # neuron's S is every input: one eigenvalue problem, not n_out); keyed
+            # by Python bytes (NumPy's drop trailing NULs: S = {0} was S = {})
             groups = {}
-            which = np.array(
-                [
-                    groups.setdefault(np.sort(idx[:c, j]).tobytes(), (len(groups), j))[
-                        0
-                    ]
-                    for j, c in enumerate(counts)
-                ],
-                dtype=np.int64,
-            )
-            first = np.array([j for _, j in groups.values()], dtype=np.int64)
+            keys = [np.sort(idx[:c, j]).tobytes() for j, c in enumerate(counts)]
+            which = np.array([groups.setdefault(k, len(groups)) for k in keys])
+            first = np.unique(which, return_index=True)[1]
             idx, counts = np.ascontiguousarray(idx[:, first]), counts[first]
             norms = np.empty(counts.size)
             kernel = kernel_for(_rounding, "subset_norms", self._walk_jobs())
