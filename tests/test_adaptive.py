@@ -291,3 +291,40 @@ def test_a_torch_model_is_pointed_to_the_torch_functions():
         adaptive_quantize_mlp(torch.nn.Linear(3, 2), X, y)
     with pytest.raises(TypeError, match="a fitted MLPClassifier.*measure_sensitivity"):
         measure_sensitivity(torch.nn.Linear(3, 2), X, y)
+
+
+def test_torch_driver_reads_datasets_in_batches_and_evaluates_in_eval_mode():
+    """A Dataset's samples are read in batches of ``batch_size`` (the same run
+    as the pair of tensors), and ``evaluate`` gets the model in eval mode, as
+    the loss is measured, whatever mode the caller's model is in."""
+    torch = pytest.importorskip("torch")
+    from skquant.torch import adaptive_quantize_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(16, 3),
+    ).train()
+    X, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
+    seen = []
+
+    def evaluate(model):
+        seen.append([m.training for m in model.modules()])
+        with torch.no_grad():
+            return float((model(X).argmax(1) == y).float().mean())
+
+    loss_fn = torch.nn.CrossEntropyLoss()
+    kwargs = {"loss_bound": 0.2, "max_iter": 2, "batch_size": 32}
+    pair = adaptive_quantize_model(net, loss_fn, (X, y), evaluate=evaluate, **kwargs)
+    dataset = torch.utils.data.TensorDataset(X, y)
+    from_set = adaptive_quantize_model(net, loss_fn, dataset, **kwargs)
+    assert seen and not any(any(modes) for modes in seen)
+    want = evaluate(net.eval())  # the float model's accuracy, no dropout
+    net.train()
+    assert pair.history[0]["accuracy"] == want
+    for a, b in zip(pair.history, from_set.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    assert all(m.training for m in net.modules())  # the caller's modes

@@ -1,9 +1,13 @@
 """Khoram & Li's adaptive precision on torch models (the front end of the driver)."""
 
+import torch
+
 from .._network._adaptive import adaptive_quantize_network
 from .._precision._options import loop_options, shared_loop_docs
+from ._data import batches
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
+from ._state import kept_state
 
 
 @shared_loop_docs
@@ -44,8 +48,9 @@ def adaptive_quantize_model(
         The float model (left unchanged; it may be frozen, see Notes).
     loss_fn : callable
         ``loss_fn(output, target)``, a mean over the batch.
-    data : tuple of (X, y) tensors, or iterable of (x, y) batches
-        Data for the loss and its gradient.
+    data : tuple of (X, y) tensors, Dataset, or iterable of (x, y) batches
+        Data for the loss and its gradient (a ``Dataset``'s samples in batches
+        of ``batch_size``).
     {loop_options}
     retrain_batch_size : int, default=None
         Rows per fine-tune step, shuffled minibatches of a pair ``(X, y)`` (a list
@@ -53,7 +58,8 @@ def adaptive_quantize_model(
     retrain_data : tuple of (X, y) tensors, or iterable of batches, default=None
         Data of the fine-tune (the training set, say); ``None``: ``data``.
     evaluate : callable, default=None
-        ``evaluate(model) -> accuracy``, recorded in the history.
+        ``evaluate(model) -> accuracy``, recorded in the history; it gets the
+        model in eval mode, as the loss is measured (its modes back after).
     batch_size : int, default=256
         Batch size when ``data`` is a pair of tensors.
     verbose : bool, default=False
@@ -88,7 +94,9 @@ def adaptive_quantize_model(
     >>> res.history[-1]["loss"] <= 1.2 * res.history[0]["loss"]
     True
     """
-    data = data if isinstance(data, tuple) else list(data)
+    data = _batched(data, batch_size)
+    if isinstance(retrain_data, torch.utils.data.Dataset):  # (others as they are)
+        retrain_data = _batched(retrain_data, batch_size)
     options = loop_options(locals())
     network = TorchNetwork(model, loss_fn=loss_fn, batch_size=batch_size)
     # the gradients are taken on copies (loss_gradients on the network's scratch
@@ -99,7 +107,28 @@ def adaptive_quantize_model(
             network,
             data,
             **options,
-            evaluate=evaluate,
+            evaluate=None if evaluate is None else _in_eval_mode(evaluate),
             verbose=verbose,
             n_jobs=n_jobs,
         )
+
+
+def _batched(data, batch_size):
+    """``data`` as the loop reads it again and again: a pair as it is, a
+    ``Dataset``'s samples in batches of ``batch_size``, other batches listed."""
+    if isinstance(data, tuple):
+        return data
+    if isinstance(data, torch.utils.data.Dataset):
+        return list(batches(data, batch_size))
+    return list(data)
+
+
+def _in_eval_mode(evaluate):
+    """``evaluate`` called on the model in eval mode, its modes back after."""
+
+    def run(model):
+        with kept_state(model):
+            model.eval()
+            return evaluate(model)
+
+    return run
