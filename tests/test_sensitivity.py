@@ -314,6 +314,28 @@ def test_parallel_sweeps_of_torch_models_give_the_serial_tables(held_out):
     _same_tables(serial, parallel, rtol=1e-5)
 
 
+def test_torch_sweeps_read_datasets_and_loaders_of_labelled_samples(held_out):
+    """A Dataset or DataLoader of (x, y) is gathered: the tables and the
+    allocator's bits are those of the tensors (X, y)."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from skquant import LayerBitAllocator
+    from skquant.torch import measure_sensitivity as measure_torch
+
+    mlp, X, y = held_out
+    model = _torch_copy(torch, mlp)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    want = measure_torch(model, Xt, yt, bits=(3, 6), additivity=False)
+    bits = LayerBitAllocator(model, bits=(3, 6)).fit(Xt, yt).bits_
+    for data in (TensorDataset(Xt, yt), DataLoader(TensorDataset(Xt, yt), 64)):
+        got = measure_torch(model, data, bits=(3, 6), additivity=False)
+        _same_tables(want, got, rtol=1e-12)
+        assert LayerBitAllocator(model, bits=(3, 6)).fit(data).bits_ == bits
+    with pytest.raises(ValueError, match="y must be None when X is a DataLoader"):
+        measure_torch(model, DataLoader(TensorDataset(Xt, yt), 64), yt)
+
+
 def test_tasks_carry_compact_inputs():
     """What the sweep's tasks carry: a tensor sliced from a larger one is cloned
     into storage of its own (a tensor pickles its whole storage); other inputs

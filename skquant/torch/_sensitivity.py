@@ -9,6 +9,7 @@ from .._network._sensitivity import (
     sensitivity,
     subsample,
 )
+from ._data import batches
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
 from ._state import kept_state
@@ -55,8 +56,10 @@ def measure_sensitivity(
     ----------
     model : torch.nn.Module
         The float model (not modified).
-    X : torch.Tensor or ndarray
-        Inputs (a batch dimension first).
+    X : torch.Tensor, ndarray, Dataset or DataLoader
+        Inputs (a batch dimension first), or a ``Dataset`` of ``(x, y)`` samples
+        or a ``DataLoader`` of ``(x, y)`` batches, gathered (their labels are
+        ``y``; the sweep holds the measured inputs, at most ``max_samples``).
     y : torch.Tensor or ndarray of int, default=None
         Class indices (needed by ``hessian=True``); without them accuracy is the
         agreement with the float model's decisions.
@@ -123,10 +126,7 @@ def measure_sensitivity(
     (['0', '2'], (2, 3))
     """
     network = TorchNetwork(model, skip=skip, loss_fn=loss_fn, batch_size=batch_size)
-    if not isinstance(X, torch.Tensor):
-        X = torch.as_tensor(np.asarray(X))
-    if y is not None and not isinstance(y, torch.Tensor):
-        y = torch.as_tensor(np.asarray(y))
+    X, y = _tensors(X, y, batch_size)
     Xs, ys = subsample(X, y, max_samples, random_state)
     if hessian and ys is None:
         raise ValueError("hessian=True needs the labels y for the loss.")
@@ -191,3 +191,23 @@ def class_labels(y, n_classes):
             f"model's {n_classes} outputs [0, {n_classes - 1}]."
         )
     return torch.from_numpy(labels)
+
+
+def _tensors(X, y, batch_size):
+    """``(X, y)`` as tensors; a ``Dataset`` or ``DataLoader`` of ``(x, y)``
+    gathered, its labels ``y``."""
+    loader = isinstance(X, torch.utils.data.Dataset | torch.utils.data.DataLoader)
+    if not loader:
+        X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
+        if y is not None and not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(np.asarray(y))
+        return X, y
+    if y is not None:
+        raise ValueError(
+            f"y must be None when X is a {type(X).__name__}: the labels come from "
+            "its (x, y) samples."
+        )
+    pairs = list(batches(X, batch_size, copy=False))
+    if not pairs:
+        raise ValueError(f"X ({type(X).__name__}) holds no sample.")
+    return torch.cat([x for x, _ in pairs]), torch.cat([t for _, t in pairs])
