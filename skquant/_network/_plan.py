@@ -63,8 +63,9 @@ def resolve_quantizers(layer_names, quantizer):
         unknown = [k for k in quantizer if k != DEFAULT_KEY and k not in layer_names]
         if unknown:
             raise ValueError(
-                f"quantizer names layers {unknown} that the network does not have; "
-                f"its layers are {layer_names}."
+                f"quantizer names layers {unknown} that are not among the layers to "
+                "quantize (not in the model, or left out by skip); they are "
+                f"{layer_names}."
             )
         default = quantizer.get(DEFAULT_KEY)
         plan = {}
