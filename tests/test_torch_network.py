@@ -997,3 +997,58 @@ def test_mlp_layer_outputs_are_the_outputs_with_that_weight():
         assert_array_equal(run(V), net.outputs(X[:50], {name: V}))
         assert_array_equal(run(W), net.outputs(X[:50]))
     assert_array_equal(mlp.coefs_[0], net.weight("layer_0"))
+
+
+def test_hooks_on_quantized_layers_run_on_their_quantized_twins(tmp_path):
+    """Forward hooks and pre-hooks registered on a layer run on the layer that
+    replaces it: in quantize_model (also from a checkpoint) and in load_into,
+    where the caller's handle still removes them. None of skquant's own hooks
+    are left behind."""
+    from safetensors.torch import save_file
+
+    from skquant.torch import load_into, save_model
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+
+    def hooked(model):
+        handles = [
+            model[0].register_forward_hook(lambda m, i, o: 2 * o),
+            model[2].register_forward_pre_hook(lambda m, i: (i[0] + 1,)),
+        ]
+        return model, handles
+
+    net, _ = hooked(build())
+    x = torch.randn(32, 6)
+    with torch.no_grad():
+        ref = net(x)
+    save_file(build().state_dict(), str(tmp_path / "ckpt.safetensors"))
+    with torch.device("meta"):
+        skeleton, _ = hooked(build())
+    runs = [
+        quantize_model(net, UniformQuantizer(n_bits=8)),
+        quantize_model(net, GreedyPathQuantizer(n_bits=8), x),
+        quantize_model(
+            skeleton,
+            GreedyPathQuantizer(n_bits=8),
+            x,
+            checkpoint=tmp_path / "ckpt.safetensors",
+        ),
+    ]
+    for qnet in runs:
+        assert [
+            len(qnet[i]._forward_hooks) + len(qnet[i]._forward_pre_hooks)
+            for i in (0, 2)
+        ] == [1, 1]
+        with torch.no_grad():
+            assert float((qnet(x) - ref).norm() / ref.norm()) < 0.02
+    save_model(runs[0], tmp_path / "q.skq")
+    fresh, handles = hooked(build())
+    loaded = load_into(fresh, tmp_path / "q.skq")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), runs[0](x))
+        for h in handles:
+            h.remove()
+        plain = load_into(build(), tmp_path / "q.skq")
+        torch.testing.assert_close(loaded(x), plain(x))

@@ -192,3 +192,20 @@ def layer_kind(module):
         if isinstance(module, cls):
             return cls.__name__
     raise TypeError(f"no quantized layer for {type(module).__name__}.")
+
+
+def conv_args(module):
+    """The positional arguments that rebuild a convolution like ``module``."""
+    return module.in_channels, module.out_channels, module.kernel_size
+
+
+def conv_kwargs(module):
+    """The keyword arguments (but device and dtype) that rebuild ``module``."""
+    return {
+        "stride": module.stride,
+        "padding": module.padding,
+        "dilation": module.dilation,
+        "groups": module.groups,
+        "bias": module.bias is not None,
+        "padding_mode": module.padding_mode,
+    }

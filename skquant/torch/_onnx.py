@@ -24,6 +24,7 @@ from torch import nn
 from .._common._checks import check_int, check_positive
 from .._common._warn import warn
 from ._int8 import dynamic_reduce_range
+from ._layout import conv_args, conv_kwargs
 from ._onnxcheck import check_file
 from ._onnxgraph import (
     consumers,
@@ -31,7 +32,7 @@ from ._onnxgraph import (
     read_elsewhere,
     replace_product,
 )
-from ._qlayers import QuantMixin, conv_args, conv_kwargs
+from ._qlayers import QuantMixin
 from ._state import kept_state
 
 __all__ = ["export_onnx"]

@@ -47,8 +47,9 @@ from ._int8 import (
     int8_gemm_available,
     largest_code,
 )
-from ._layout import to_numpy
+from ._layout import conv_args, conv_kwargs, to_numpy
 from ._runtimes import check_runtime
+from ._state import take_hooks
 
 __all__ = [
     "QuantConv1d",
@@ -106,6 +107,7 @@ class QuantMixin:
                 self.bias.copy_(module.bias)
             self.bias.requires_grad_(module.bias.requires_grad)  # frozen stays so
         self.train(module.training)
+        take_hooks(self, module)  # the caller's hooks run on the quantized layer
         self._runtime_request = check_runtime(runtime)
         self._set_tensor(tensor)
         return self
@@ -673,23 +675,6 @@ class QuantLinear(QuantMixin, nn.Linear):
                 self._fake_input(flat), scale, zp, params
             )
         return y.reshape(*x.shape[:-1], self.out_features)
-
-
-def conv_args(module):
-    """The positional arguments that rebuild a convolution like ``module``."""
-    return module.in_channels, module.out_channels, module.kernel_size
-
-
-def conv_kwargs(module):
-    """The keyword arguments (but device and dtype) that rebuild ``module``."""
-    return {
-        "stride": module.stride,
-        "padding": module.padding,
-        "dilation": module.dilation,
-        "groups": module.groups,
-        "bias": module.bias is not None,
-        "padding_mode": module.padding_mode,
-    }
 
 
 class QuantConvMixin(QuantMixin):

@@ -33,3 +33,26 @@ def kept_state(model):
             p.requires_grad_(flag)
             # a grad saved before the model moved (train's device=) follows it
             p.grad = grad if grad is None else grad.to(p)
+
+
+#: a module's hook tables
+_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_is_full_backward_hook",
+)
+
+
+def take_hooks(new, old):
+    """Give ``new`` the hook tables of ``old``, the module it replaces: the
+    hooks registered on ``old`` run on ``new`` (the same tables, so the
+    caller's handles still remove them)."""
+    for attr in _HOOKS:
+        if hasattr(old, attr):
+            setattr(new, attr, getattr(old, attr))
+    return new
