@@ -1052,3 +1052,34 @@ def test_hooks_on_quantized_layers_run_on_their_quantized_twins(tmp_path):
             h.remove()
         plain = load_into(build(), tmp_path / "q.skq")
         torch.testing.assert_close(loaded(x), plain(x))
+
+
+def test_parametrized_layers_are_read_without_change_and_load_strictly(tmp_path):
+    """spectral_norm's power iteration runs when its weight is read in train
+    mode: quantize_model reads it in eval mode, leaving the caller's buffers
+    alone. A file of a weight_norm model loads strictly into a fresh one."""
+    from torch.nn.utils import parametrizations
+
+    from skquant.torch import load_into, save_model
+
+    torch.manual_seed(0)
+    sn = nn.Sequential(parametrizations.spectral_norm(nn.Linear(16, 32)), nn.ReLU())
+    before = {k: v.clone() for k, v in sn.state_dict().items()}
+    x = torch.randn(8, 16)
+    for q in (UniformQuantizer(n_bits=4), GreedyPathQuantizer(n_bits=4)):
+        quantize_model(sn, q, x)
+        for k, v in sn.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        assert sn.training and sn[0].parametrizations.weight.training
+
+    def wn():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            parametrizations.weight_norm(nn.Linear(16, 32)), nn.ReLU(), nn.Linear(32, 5)
+        ).eval()
+
+    qnet = quantize_model(wn(), UniformQuantizer(n_bits=4))
+    save_model(qnet, tmp_path / "wn.skq")
+    loaded = load_into(wn(), tmp_path / "wn.skq")  # strict
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qnet(x))

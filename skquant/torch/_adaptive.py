@@ -7,10 +7,11 @@ from .._precision._options import loop_options, shared_loop_docs
 from ._data import batches
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
-from ._state import kept_state
+from ._state import kept_state, still_parametrizations
 
 
 @shared_loop_docs
+@still_parametrizations
 def adaptive_quantize_model(
     model,
     loss_fn,

@@ -243,11 +243,12 @@ def _check_entries(path, dtypes, data, before, strict, replaced):
                 f"{path!s} is not a file of this model: {key!r} has shape {shape} in "
                 f"the file and {tuple(target.shape)} in the model."
             )
-    missing = [  # a replaced layer's own entries go with it, but its bias
-        k
+    missing = [  # a replaced layer's own entries go with it (those of its
+        k  # weight's parametrization too: weight_norm's), but its bias
         for k in before
         if k not in dtypes
         and (k.rpartition(".")[0] not in replaced or k.rpartition(".")[2] == "bias")
+        and k.partition(".parametrizations.weight.")[0] not in replaced
     ]
     meta = [k for k in missing if is_meta(before[k])]
     if meta:

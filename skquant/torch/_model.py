@@ -34,7 +34,7 @@ from ._qlayers import (
     quantized_module,
 )
 from ._runtimes import check_runtime, runtime_of
-from ._state import kept_state
+from ._state import kept_state, still_parametrizations
 
 __all__ = [
     "QuantConv1d",
@@ -75,6 +75,7 @@ def keep_own_forwards(model):
     return model
 
 
+@still_parametrizations
 def quantize_model(
     model,
     quantizer,

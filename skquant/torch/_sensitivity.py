@@ -12,9 +12,10 @@ from .._network._sensitivity import (
 from ._data import batches
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
-from ._state import kept_state
+from ._state import kept_state, still_parametrizations
 
 
+@still_parametrizations
 def measure_sensitivity(
     model,
     X,

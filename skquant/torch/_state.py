@@ -1,6 +1,7 @@
 """A user's model given back as it was: flags, gradients and modes."""
 
 import contextlib
+import functools
 
 
 @contextlib.contextmanager
@@ -56,3 +57,28 @@ def take_hooks(new, old):
         if hasattr(old, attr):
             setattr(new, attr, getattr(old, attr))
     return new
+
+
+def still_parametrizations(func):
+    """Run ``func(model, ...)`` with the model's parametrizations (such as
+    ``spectral_norm``'s, ``weight_norm``'s) in eval mode: reading a weight then
+    changes no buffer of the caller's model (spectral norm's power iteration
+    runs in train mode). Their modes come back after."""
+
+    @functools.wraps(func)
+    def run(model, *args, **kwargs):
+        from torch.nn.utils.parametrize import ParametrizationList
+
+        modes = []
+        for holder in getattr(model, "modules", list)():
+            if isinstance(holder, ParametrizationList):
+                modes += [(m, m.training) for m in holder.modules()]
+        try:
+            for m, _ in modes:
+                m.training = False
+            return func(model, *args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    return run
