@@ -376,6 +376,9 @@ def test_tied_weights_quantized_once_counted_once():
     assert [r["name"] for r in report.rows] == ["0"]
     assert torch.equal(qnet[0].weight, qnet[2].weight)
     assert type(qnet[2]) is QuantLinear
+    with pytest.warns(UserWarning, match="share their weight"):
+        with pytest.raises(ValueError, match=r"names layers \['2'\] whose weight"):
+            quantize_model(net, {"2": UniformQuantizer(n_bits=4)})
 
 
 @pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm", "quantized"])

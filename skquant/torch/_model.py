@@ -254,6 +254,18 @@ def quantize_model(
         else Checkpoint(checkpoint),
         lean=lean,
     )
+    tied = (
+        sorted(set(quantizer) & set(network.tied))
+        if isinstance(quantizer, dict)
+        else []
+    )
+    if tied:
+        pairs = ", ".join(f"{t!r} shares {network.tied[t]!r}'s" for t in tied)
+        raise ValueError(
+            f"quantizer names layers {tied} whose weight is another layer's "
+            f"({pairs}): a shared weight is quantized once, by its first layer's "
+            "quantizer; name that one."
+        )
     if isinstance(runtime, dict):
         known = set(network.layer_names) | set(network.tied) | {"*"}
         unknown = [k for k in runtime if k not in known]
