@@ -810,3 +810,20 @@ def test_a_one_sample_example_leaves_the_batch_free(tmp_path):
         export_onnx(qflat, torch.randn(1, 10), tmp_path / "flat.onnx")
     dims = onnx.load(str(tmp_path / "flat.onnx")).graph.input[0].type.tensor_type
     assert dims.shape.dim[0].dim_value == 1
+
+
+def test_a_forward_torch_export_cannot_trace_gets_a_hint(tmp_path):
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            if h.mean().item() > 0.0:  # Python control flow on a value
+                h = 2 * h
+            return self.b(h)
+
+    qnet = quantize_model(DataDependent().eval(), UniformQuantizer(n_bits=4))
+    with pytest.raises(RuntimeError, match="could not trace the model's forward"):
+        export_onnx(qnet, torch.randn(4, 6), tmp_path / "dd.onnx")

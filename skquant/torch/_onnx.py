@@ -308,7 +308,20 @@ def export_onnx(
                 UserWarning,
             )
     if program is None:
-        program = _export(stand, x, free, opset, batch=x.dim() > 0 and x.shape[0] > 1)
+        try:
+            program = _export(
+                stand, x, free, opset, batch=x.dim() > 0 and x.shape[0] > 1
+            )
+        except Exception as exc:  # (torch's TorchExportError, with a graph dump)
+            if type(exc).__name__ != "TorchExportError":
+                raise
+            raise RuntimeError(
+                "export_onnx: torch.export could not trace the model's forward "
+                "(the quantized layers are not the cause: they are exported as float "
+                "twins). Data-dependent Python control flow (.item(), early exits) "
+                "does not trace: express it with tensor operations or torch.cond, or "
+                "export the part of the model that traces. torch's error follows."
+            ) from exc
     proto = program.model_proto
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
