@@ -111,7 +111,7 @@ def test_a_fitted_mlp_refuses_columns_in_another_order():
         call(df)  # the right order passes
 
 
-def test_a_fitted_mlp_checks_y_and_refuses_sample_weight():
+def test_a_fitted_mlp_checks_y_and_sample_weight():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((80, 4))
     y = (X[:, 0] > 0).astype(int)
@@ -126,8 +126,10 @@ def test_a_fitted_mlp_checks_y_and_refuses_sample_weight():
         q.fit(X, y[:5])
     with pytest.raises(ValueError, match=r"labels \[100, 101\] that the MLP"):
         q.fit(X, y + 100)
-    with pytest.raises(ValueError, match="sample_weight weighs the network's"):
-        q.fit(X, y, sample_weight=np.ones(80))
+    with pytest.raises(ValueError, match="at least one non-zero"):
+        q.fit(X, y, sample_weight=np.zeros(80))
+    with pytest.raises(ValueError, match="[Nn]egative"):
+        q.fit(X, y, sample_weight=-np.ones(80))
     with pytest.raises(ValueError, match=r"2 target\(s\) per row .*=\(80,\)"):
         QuantizedMLP(reg, UniformQuantizer(n_bits=8)).fit(X, X[:, 0])
     assert abs(q.fit(X, y).score(X, y) - mlp.score(X, y)) <= 0.05
@@ -164,3 +166,46 @@ def test_x_is_checked_before_the_network_trains(monkeypatch):
         QuantizedMLP(MLPClassifier((4,))).fit(X, np.arange(20) % 2)
     with pytest.raises(ValueError, match="NaN"):
         QuantizedMLP(MLPClassifier((4,))).fit(np.full((20, 4), np.nan), np.zeros(20))
+
+
+def test_sample_weight_draws_the_calibration_rows():
+    """A fitted network is not trained: the weights draw its calibration rows,
+    and a row of weight 0 never calibrates (the rows of garbage below leave
+    the quantization as if they were not there, with all rows drawn)."""
+    from skquant import GreedyPathQuantizer
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 6))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((8,), max_iter=300, random_state=0).fit(X, y)
+    garbage = 50 * rng.standard_normal((200, 6))
+    Xg, yg = np.vstack([X, garbage]), np.concatenate([y, y])
+    w = np.r_[np.ones(200), np.zeros(200)]
+    q = GreedyPathQuantizer(n_bits=3)
+    weighted = QuantizedMLP(mlp, q, n_calibration=400).fit(Xg, yg, sample_weight=w)
+    clean = QuantizedMLP(mlp, q, n_calibration=400).fit(X, y)
+    for a, b in zip(weighted.tensors_, clean.tensors_):
+        np.testing.assert_array_equal(a.codes, b.codes)
+    unweighted = QuantizedMLP(mlp, q, n_calibration=400).fit(Xg, yg)
+    assert any(
+        not np.array_equal(a.codes, b.codes)
+        for a, b in zip(unweighted.tensors_, clean.tensors_)
+    )
+
+
+def test_a_deep_copy_keeps_the_fitted_network():
+    """copy.deepcopy keeps everything (a pickle goes through the file): the
+    copy's estimator is still the fitted MLP, and a refit quantizes it."""
+    import copy
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 5))
+    y = (X[:, 0] > 0).astype(int)
+    q = _fit(MLPClassifier((8,), max_iter=300, random_state=0), X, y)
+    twin = copy.deepcopy(q)
+    assert hasattr(twin.estimator, "coefs_") and hasattr(twin, "float_estimator_")
+    np.testing.assert_array_equal(twin.predict(X), q.predict(X))
+    for a, b in zip(twin.fit(X, y).tensors_, q.tensors_):
+        np.testing.assert_array_equal(a.codes, b.codes)

@@ -11,7 +11,11 @@ from sklearn.neural_network._base import ACTIVATIONS
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
 
 from .._common._warn import warn
 from .._network._dense import MLPNetwork, check_feature_names, check_mlp
@@ -169,7 +173,9 @@ class QuantizedMLP(BaseEstimator):
     (not its calibration data, not the float network), and an unpickled one has
     no ``float_estimator_`` nor ``quantizers_``; an MLP given as ``estimator``
     comes back unfitted, as after ``clone`` (a ``FrozenEstimator`` stays as it
-    is).
+    is). Models fitted in joblib's worker processes come back pickled, so
+    (``cross_validate(..., return_estimator=True, n_jobs=2)``);
+    ``copy.deepcopy`` keeps everything.
 
     Examples
     --------
@@ -224,8 +230,11 @@ class QuantizedMLP(BaseEstimator):
             gradient's (``AdaptivePrecisionQuantizer``); checked against a fitted
             network (one per row, labels it knows).
         sample_weight : array-like of shape (n_samples,), default=None
-            Weights of the network's training (passed to its ``fit``); a fitted
-            network is not trained, so it does not take them.
+            Weights of the samples: they weigh the network's training when it is
+            trained (passed to its ``fit``), and draw the calibration rows (with
+            probability proportional to the weight, without replacement; a row
+            of weight 0 is never drawn). They do not weigh the layers' least
+            squares: a weight of 2 is not the row twice.
 
         Returns
         -------
@@ -241,10 +250,16 @@ class QuantizedMLP(BaseEstimator):
         # float32 rows stay as they are: only the calibration rows are copied
         # to float64 (a wide X is not copied whole). Checked before any training.
         Xv = validate_data(self, X, dtype=(np.float64, np.float32), reset=True)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, Xv, ensure_non_negative=True
+            )  # (also refuses weights all 0)
         try:
             check_is_fitted(estimator, "coefs_")
             base = copy.deepcopy(estimator)
+            fitted = True
         except NotFittedError:
+            fitted = False
             if y is None:
                 raise ValueError(
                     "QuantizedMLP.fit needs y to train the unfitted estimator; got "
@@ -252,13 +267,7 @@ class QuantizedMLP(BaseEstimator):
                 ) from None
             weights = {} if sample_weight is None else {"sample_weight": sample_weight}
             base = clone(estimator).fit(X, y, **weights)
-        else:
-            if sample_weight is not None:
-                raise ValueError(
-                    "sample_weight weighs the network's training, and the estimator "
-                    "is fitted already (it is not trained again): got sample_weight "
-                    "with a fitted estimator."
-                )
+        if fitted:
             check_feature_names(base, X)
             if y is not None:
                 MLPNetwork(base).check_y(y, Xv.shape[0])
@@ -268,10 +277,7 @@ class QuantizedMLP(BaseEstimator):
                 f"X must have {base.coefs_[0].shape[0]} features (the network's "
                 f"inputs), got X.shape={X.shape} instead."
             )
-        rng = check_random_state(self.random_state)
-        idx = np.sort(
-            rng.choice(X.shape[0], min(self.n_calibration, X.shape[0]), replace=False)
-        )
+        idx = self._calibration_rows(X.shape[0], sample_weight)
         network = MLPNetwork(base)
         calibration = np.asarray(X[idx], dtype=np.float64)
 
@@ -359,6 +365,25 @@ class QuantizedMLP(BaseEstimator):
                 hidden(h)
 
     # ------------------------------------------------------------ storage
+    def _calibration_rows(self, n, w):
+        """Sorted indices of the calibration rows, drawn with ``random_state``
+        (in proportion to the sample weights ``w`` when given)."""
+        rng = check_random_state(self.random_state)
+        k = min(self.n_calibration, n)
+        if w is None:
+            return np.sort(rng.choice(n, k, replace=False))
+        drawn = np.flatnonzero(w > 0)
+        p = w[drawn] / w[drawn].sum()
+        return np.sort(rng.choice(drawn, min(k, drawn.size), replace=False, p=p))
+
+    def __deepcopy__(self, memo):
+        """A copy of everything, the fitted state included (a pickle goes through
+        the skquant file, which holds the quantized model only)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        vars(new).update(copy.deepcopy(vars(self), memo))
+        return new
+
     def __getstate__(self):
         """Pickle a fitted model as its skquant file (packed codes, no data)."""
         state = {k: v for k, v in vars(self).items() if not k.endswith("_")}
