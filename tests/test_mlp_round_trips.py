@@ -209,3 +209,12 @@ def test_a_deep_copy_keeps_the_fitted_network():
     np.testing.assert_array_equal(twin.predict(X), q.predict(X))
     for a, b in zip(twin.fit(X, y).tensors_, q.tensors_):
         np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_a_frozen_unfitted_network_is_not_trained():
+    from sklearn.frozen import FrozenEstimator
+
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    q = QuantizedMLP(FrozenEstimator(MLPClassifier((4,))), UniformQuantizer(n_bits=8))
+    with pytest.raises(ValueError, match="FrozenEstimator of an unfitted MLP"):
+        q.fit(X, (X[:, 0] > 0).astype(int))

@@ -220,6 +220,10 @@ class QuantizedMLP(BaseEstimator):
     def fit(self, X, y=None, sample_weight=None):
         """Train the network if needed, then quantize it on calibration rows of ``X``.
 
+        An unfitted network is trained as a fresh clone in every call (its
+        ``warm_start`` does not carry over between calls); a fitted one, or a
+        ``FrozenEstimator`` of one, is quantized as it is.
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
@@ -260,6 +264,12 @@ class QuantizedMLP(BaseEstimator):
             fitted = True
         except NotFittedError:
             fitted = False
+            if type(self.estimator).__name__ == "FrozenEstimator":
+                raise ValueError(
+                    "estimator is a FrozenEstimator of an unfitted MLP: a frozen "
+                    "network is not trained; freeze a fitted one, or pass the MLP "
+                    "itself to have it trained."
+                ) from None
             if y is None:
                 raise ValueError(
                     "QuantizedMLP.fit needs y to train the unfitted estimator; got "
