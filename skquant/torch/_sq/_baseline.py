@@ -52,18 +52,12 @@ def train_baseline(
     model : torch.nn.Module
         A classifier (outputs: logits), trained in place.
     data : tuple of (X, y), Dataset or iterable of (x, y) batches
-        Training data: tensors or arrays (shuffled every epoch with the seed), a
-        torch ``Dataset``, or batches read once an epoch (a ``DataLoader``; a
-        generator, used up after one epoch, is refused in the second).
+        Training data, as in :func:`train_sq`.
     alphabet : {"float", "binary", "ternary"}, default="ternary"
         The baseline.
     loss_fn : callable, default=None
-        ``nn.CrossEntropyLoss()`` when ``None``: the model gives ``(batch,
-        classes)`` logits and the labels are class indices (any integer dtype)
-        or rows of class probabilities (one-hot, soft labels), checked against
-        the outputs. A loss of the caller's takes the model's output and the
-        labels as they are; the history's accuracy is NaN where they give no
-        class (a regression, a tuple output).
+        ``nn.CrossEntropyLoss()`` when ``None``; the labels and a loss of the
+        caller's are read as in :func:`train_sq`.
     epochs : int, default=12
         Training epochs (give ``train_sq``'s ``epochs + finetune_epochs`` for
         the same budget).
