@@ -218,3 +218,21 @@ def test_a_frozen_unfitted_network_is_not_trained():
     q = QuantizedMLP(FrozenEstimator(MLPClassifier((4,))), UniformQuantizer(n_bits=8))
     with pytest.raises(ValueError, match="FrozenEstimator of an unfitted MLP"):
         q.fit(X, (X[:, 0] > 0).astype(int))
+
+
+def test_weights_of_ones_are_no_weights():
+    from skquant import GreedyPathQuantizer
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 5))
+    y = (X[:, 0] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((8,), max_iter=200, random_state=0).fit(X, y)
+    q = QuantizedMLP(
+        mlp, GreedyPathQuantizer(n_bits=3), n_calibration=100, random_state=0
+    )
+    a = q.fit(X, y).tensors_
+    b = q.fit(X, y, sample_weight=np.full(300, 2.5)).tensors_
+    for ta, tb in zip(a, b):
+        np.testing.assert_array_equal(ta.codes, tb.codes)

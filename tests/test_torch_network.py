@@ -1086,3 +1086,54 @@ def test_parametrized_layers_are_read_without_change_and_load_strictly(tmp_path)
     loaded = load_into(wn(), tmp_path / "wn.skq")  # strict
     with torch.no_grad():
         assert torch.equal(loaded(x), qnet(x))
+
+
+def test_torchs_own_weight_hooks_stay_with_the_float_layer(tmp_path):
+    """Pruning and the old weight_norm rebuild a layer's weight in a pre-hook
+    from tensors the quantized layer does not have: those hooks are not
+    carried over (a forward raised), the caller's are."""
+    from torch.nn.utils import prune
+
+    from skquant.torch import load_into, save_model
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+
+    x = torch.randn(4, 8)
+    save_model(quantize_model(build(), UniformQuantizer(n_bits=8)), tmp_path / "q.skq")
+    plain = load_into(build(), tmp_path / "q.skq")
+    for wrap in (
+        lambda m: prune.l1_unstructured(m, "weight", 0.5),
+        lambda m: torch.nn.utils.weight_norm(m),
+    ):
+        model = build()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the old weight_norm
+            wrap(model[0])
+        model[0].register_forward_hook(lambda m, i, o: o)
+        loaded = load_into(model, tmp_path / "q.skq", strict=False)
+        assert len(loaded[0]._forward_hooks) == 1
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), plain(x))
+
+
+def test_the_result_keeps_its_parametrizations_modes_and_a_root_layer_loads(tmp_path):
+    from torch.nn.utils import parametrizations
+
+    from skquant.torch import load_into, save_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(6, 8), nn.ReLU(), parametrizations.spectral_norm(nn.Linear(8, 3))
+    )  # train mode; the spectral layer stays float
+    qnet = quantize_model(net, {"0": UniformQuantizer(n_bits=4)})
+    assert all(m.training for m in qnet.modules())
+
+    def root():
+        torch.manual_seed(0)
+        return parametrizations.weight_norm(nn.Linear(6, 3)).eval()
+
+    save_model(quantize_model(root(), UniformQuantizer(n_bits=4)), tmp_path / "r.skq")
+    loaded = load_into(root(), tmp_path / "r.skq")  # strict
+    assert type(loaded).__name__ == "QuantLinear"

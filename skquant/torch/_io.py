@@ -248,7 +248,7 @@ def _check_entries(path, dtypes, data, before, strict, replaced):
         for k in before
         if k not in dtypes
         and (k.rpartition(".")[0] not in replaced or k.rpartition(".")[2] == "bias")
-        and k.partition(".parametrizations.weight.")[0] not in replaced
+        and f".{k}".partition(".parametrizations.weight.")[0][1:] not in replaced
     ]
     meta = [k for k in missing if is_meta(before[k])]
     if meta:

@@ -296,17 +296,12 @@ def export_onnx(
             parent, _, attr = name.rpartition(".")
             setattr(mods[parent] if parent else stand, attr, twin)
     free = _check_dynamic_axes(dynamic_axes, x)
-    program = None
-    if x.dim() > 0 and x.shape[0] == 1:  # the exporter fixes an axis of size 1
+    program, doubled = None, x.dim() > 0 and x.shape[0] == 1
+    if doubled:  # the exporter fixes an axis of size 1: trace two copies
         try:
             program = _export(stand, torch.cat([x, x]), free, opset, batch=True)
         except Exception:  # e.g. an unbatched input: its first axis is no batch
-            warn(
-                "export_onnx: the model does not run on two copies of the example's "
-                "one sample, so the file's batch size is 1: pass an example of "
-                "two samples or more to leave it free.",
-                UserWarning,
-            )
+            pass
     if program is None:
         try:
             program = _export(
@@ -322,6 +317,13 @@ def export_onnx(
                 "does not trace: express it with tensor operations or torch.cond, or "
                 "export the part of the model that traces. torch's error follows."
             ) from exc
+        if doubled:  # (the one sample traced; two copies did not)
+            warn(
+                "export_onnx: the model does not run on two copies of the example's "
+                "one sample, so the file's batch size is 1: pass an example of "
+                "two samples or more to leave it free.",
+                UserWarning,
+            )
     proto = program.model_proto
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}

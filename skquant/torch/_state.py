@@ -52,10 +52,22 @@ _HOOKS = (
 def take_hooks(new, old):
     """Give ``new`` the hook tables of ``old``, the module it replaces: the
     hooks registered on ``old`` run on ``new`` (the same tables, so the
-    caller's handles still remove them)."""
+    caller's handles still remove them). torch's own hooks that rebuild a
+    weight from other tensors (pruning, the old ``weight_norm`` and
+    ``spectral_norm``) are left behind: the quantized layer holds its codes."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    own = (BasePruningMethod, WeightNorm, SpectralNorm)
     for attr in _HOOKS:
-        if hasattr(old, attr):
-            setattr(new, attr, getattr(old, attr))
+        table = getattr(old, attr, None)
+        if table is None:
+            continue
+        if isinstance(table, dict) and any(isinstance(h, own) for h in table.values()):
+            kept = [(k, h) for k, h in table.items() if not isinstance(h, own)]
+            table = type(table)(kept)
+        setattr(new, attr, table)
     return new
 
 
@@ -76,9 +88,21 @@ def still_parametrizations(func):
         try:
             for m, _ in modes:
                 m.training = False
-            return func(model, *args, **kwargs)
+            result = func(model, *args, **kwargs)
         finally:
             for m, training in modes:
                 m.training = training
+        for out in result if isinstance(result, tuple) else [result]:
+            _owners_modes(getattr(out, "model", out))  # (copies made in the block)
+        return result
 
     return run
+
+
+def _owners_modes(model):
+    """Each parametrization of ``model`` in the mode of the module it belongs to."""
+    for owner in getattr(model, "modules", list)():
+        holder = getattr(owner, "parametrizations", None)
+        if holder is not None and hasattr(holder, "modules"):
+            for m in holder.modules():
+                m.training = owner.training
