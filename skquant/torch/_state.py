@@ -1,4 +1,5 @@
-"""A user's model given back as it was: flags, gradients and modes."""
+"""A user's model given back as it was (flags, gradients, modes, the
+parametrizations' buffers), and a replaced layer's hooks on its replacement."""
 
 import contextlib
 import functools
