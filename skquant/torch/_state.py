@@ -1,5 +1,6 @@
-"""A user's model given back as it was (flags, gradients, modes, the
-parametrizations' buffers), and a replaced layer's hooks on its replacement."""
+"""A user's model given back as it was (flags, gradients, modes; its
+parametrizations held in eval mode while it is read), and a replaced layer's
+hooks on its replacement."""
 
 import contextlib
 import functools
