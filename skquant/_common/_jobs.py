@@ -10,6 +10,11 @@ import warnings
 
 import sklearn
 from joblib import Parallel
+
+try:  # how joblib's process workers get their tasks (loky's dependency)
+    from cloudpickle import dumps as _dumps
+except ImportError:  # pragma: no cover
+    from pickle import dumps as _dumps
 from sklearn.utils._param_validation import Interval
 
 from ._config import config_context, get_config
@@ -81,12 +86,8 @@ def _caller():
 def _pickles(value):
     """Whether ``value`` travels to a worker process as joblib sends tasks
     (cloudpickle); a warning filter that does not stays behind."""
-    try:  # (loky's dependency; without it, tasks travel as pickles)
-        from cloudpickle import dumps
-    except ImportError:  # pragma: no cover
-        from pickle import dumps
     try:
-        dumps(value)
+        _dumps(value)
     except Exception:
         return False
     return True

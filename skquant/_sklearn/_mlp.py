@@ -383,9 +383,8 @@ class QuantizedMLP(BaseEstimator):
         if w is None:
             return np.sort(rng.choice(n, k, replace=False))
         drawn = np.flatnonzero(w > 0)
-        p = w[drawn] / w[drawn].sum()
-        if np.ptp(w[drawn]) == 0:  # equal weights: the unweighted draw of them
-            p = None
+        # (equal weights: the unweighted draw of those rows)
+        p = None if np.ptp(w[drawn]) == 0 else w[drawn] / w[drawn].sum()
         return np.sort(rng.choice(drawn, min(k, drawn.size), replace=False, p=p))
 
     def __deepcopy__(self, memo):

@@ -115,13 +115,11 @@ def adaptive_quantize_model(
 
 
 def _batched(data, batch_size):
-    """``data`` as the loop reads it again and again: a pair as it is, a
-    ``Dataset``'s samples in batches of ``batch_size``, other batches listed."""
+    """``data`` as the loop reads it again and again: a pair as it is, else its
+    batches listed (a ``Dataset``'s samples in batches of ``batch_size``)."""
     if isinstance(data, tuple):
         return data
-    if isinstance(data, torch.utils.data.Dataset):
-        return list(batches(data, batch_size))
-    return list(data)
+    return list(batches(data, batch_size, copy=False))
 
 
 def _in_eval_mode(evaluate):

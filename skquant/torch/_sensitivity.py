@@ -9,7 +9,7 @@ from .._network._sensitivity import (
     sensitivity,
     subsample,
 )
-from ._data import batches
+from ._data import as_tensor, batches
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
 from ._state import kept_state, still_parametrizations
@@ -199,10 +199,7 @@ def _tensors(X, y, batch_size):
     gathered, its labels ``y``."""
     loader = isinstance(X, torch.utils.data.Dataset | torch.utils.data.DataLoader)
     if not loader:
-        X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
-        if y is not None and not isinstance(y, torch.Tensor):
-            y = torch.as_tensor(np.asarray(y))
-        return X, y
+        return as_tensor(X), None if y is None else as_tensor(y)
     if y is not None:
         raise ValueError(
             f"y must be None when X is a {type(X).__name__}: the labels come from "

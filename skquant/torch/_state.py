@@ -5,6 +5,11 @@ hooks on its replacement."""
 import contextlib
 import functools
 
+from torch.nn.utils.parametrize import ParametrizationList
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
+
 
 @contextlib.contextmanager
 def kept_state(model):
@@ -57,10 +62,6 @@ def take_hooks(new, old):
     caller's handles still remove them). torch's own hooks that rebuild a
     weight from other tensors (pruning, the old ``weight_norm`` and
     ``spectral_norm``) are left behind: the quantized layer holds its codes."""
-    from torch.nn.utils.prune import BasePruningMethod
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
     own = (BasePruningMethod, WeightNorm, SpectralNorm)
     for attr in _HOOKS:
         table = getattr(old, attr, None)
@@ -81,8 +82,6 @@ def still_parametrizations(func):
 
     @functools.wraps(func)
     def run(model, *args, **kwargs):
-        from torch.nn.utils.parametrize import ParametrizationList
-
         modes = []
         for holder in getattr(model, "modules", list)():
             if isinstance(holder, ParametrizationList):

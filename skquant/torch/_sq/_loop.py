@@ -40,7 +40,10 @@ def seeded(seed, device):
     ``seed`` in the block (``None``: left as they are); the caller's state back
     after, so that a caller's later draws do not depend on the training."""
     device = torch.device(device)
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        index = device.index
+        devices = [torch.cuda.current_device() if index is None else index]
     with torch.random.fork_rng(devices=devices):
         if seed is not None:
             torch.manual_seed(seed)
