@@ -533,3 +533,20 @@ def test_sq_classifier_takes_batchnorm_and_float64_modules(kind):
         assert abs(clf.score(X[600:], y[600:]) - ref.score(X[600:], y[600:])) <= 0.05
     else:
         assert clf.score(X[600:], y[600:]) > 0.5
+
+
+def test_sq_classifier_leaves_x_alone_with_an_in_place_module():
+    # a module that works in place (ReLU(inplace=True) first) wrote to the
+    # caller's float32 X in fit (its first row) and in predict
+    from skquant.torch import SQClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    net = torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.Linear(6, 3))
+    X0 = X.copy()
+    clf = SQClassifier(module=net, max_epochs=1, finetune_epochs=1).fit(X, y)
+    np.testing.assert_array_equal(X, X0)
+    clf.predict(X)
+    clf.predict_proba(X)
+    np.testing.assert_array_equal(X, X0)

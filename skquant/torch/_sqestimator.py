@@ -221,9 +221,11 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
     def _train(self, X, codes, seed):
         model = self._build(X.shape[1], len(self.classes_))
         dtype = next(model.parameters()).dtype  # (a float64 module takes float64)
+        # torch.tensor copies: a module that works in place (ReLU(inplace=True))
+        # must not write to the caller's X, here or in _logits
         was = model.training
         with torch.no_grad():  # (in eval mode: BatchNorm takes one row)
-            out = model.eval()(torch.from_numpy(X[:1]).to(dtype))
+            out = model.eval()(torch.tensor(X[:1], dtype=dtype))
         model.train(was)
         if out.ndim != 2 or out.shape[1] != len(self.classes_):
             raise ValueError(
@@ -232,7 +234,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
             )
         return train_sq(
             model,
-            (torch.from_numpy(X), torch.from_numpy(codes.astype(np.int64))),
+            (torch.tensor(X), torch.from_numpy(codes.astype(np.int64))),
             gamma=self.gamma,
             lam=self.lam,
             p=self.p,
@@ -251,7 +253,7 @@ class SQClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float32, reset=False)
         dtype = next(self.model_.parameters()).dtype
         with torch.no_grad():
-            return self.model_(torch.from_numpy(X).to(dtype)).numpy()
+            return self.model_(torch.tensor(X, dtype=dtype)).numpy()
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the quantized network's logits).
