@@ -182,6 +182,22 @@ def test_save_errors(tmp_path):
         skquant.save({"a": [1, 2]}, tmp_path / "x")
 
 
+def test_a_file_descriptor_is_not_a_path(tmp_path):
+    # open() takes an int for a file descriptor, and closed it after reading
+    path = tmp_path / "t.skq"
+    skquant.save(skquant.quantize(np.eye(4)), path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(TypeError, match=r"path must be a str or path-like, got \d"):
+            skquant.load(fd)
+        with pytest.raises(TypeError, match="path must be a str or path-like"):
+            skquant.save(skquant.quantize(np.eye(4)), fd)
+        os.fstat(fd)  # still open
+    finally:
+        os.close(fd)
+    assert skquant.load(os.fsencode(path)).shape == (4, 4)  # bytes paths are paths
+
+
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, digits_mlp):
     mlp, X, y = digits_mlp

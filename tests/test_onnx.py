@@ -150,6 +150,10 @@ def test_clear_errors(tmp_path, monkeypatch):
         export_onnx(qnet, x, tmp_path / "m.onnx", rtol=-1)
     with pytest.raises(TypeError, match="check must be True or False, got check='x'"):
         export_onnx(qnet, x, tmp_path / "m.onnx", check="x")
+    with pytest.raises(ValueError, match="path=.* is a folder"):  # (IsADirectoryError)
+        export_onnx(qnet, x, tmp_path)
+    with pytest.raises(TypeError, match="path must be a str or path-like, got 3"):
+        export_onnx(qnet, x, 3)
     nan = x.clone()
     nan[0, 0, 0, 0] = float("nan")  # the check's deviation would be NaN
     with pytest.raises(ValueError, match="example_input holds NaN or inf"):

@@ -622,6 +622,8 @@ def test_load_into_errors(tmp_path):
         load_into(nn.Sequential(nn.Conv1d(6, 4, 1)), path)
     with pytest.raises(ValueError, match="holds a torch model"):
         skquant.load(path)
+    with pytest.raises(TypeError, match="path must be a str or path-like, got 0"):
+        load_into(net, 0)  # (not stdin's file descriptor, read and closed)
     blob = bytearray(path.read_bytes())
     blob[-3] ^= 0x55
     path.write_bytes(bytes(blob))

@@ -1,6 +1,7 @@
 """Checks of plain arguments, with errors that name the argument and its value."""
 
 import numbers
+import os
 
 import numpy as np
 
@@ -8,6 +9,7 @@ __all__ = [
     "check_float_dtype",
     "check_int",
     "check_pair",
+    "check_path",
     "check_positive",
     "check_rng",
 ]
@@ -135,3 +137,26 @@ def check_pair(value, name):
             kind = f"a {kind} of {len(value)}"
         raise TypeError(f"{name} must be a pair (X, y) or None, got {kind} instead.")
     return value
+
+
+def check_path(path, name="path"):
+    """``path`` (a ``str`` or path-like) as a ``str``, else a ``TypeError`` naming
+    ``name``: an int, which ``open`` would take for a file descriptor (and close),
+    is refused.
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_path
+    >>> check_path("model.skq")
+    'model.skq'
+    >>> check_path(3)
+    Traceback (most recent call last):
+    ...
+    TypeError: path must be a str or path-like, got 3 (int) instead.
+    """
+    if not isinstance(path, str | bytes | os.PathLike):
+        raise TypeError(
+            f"{name} must be a str or path-like, got {path!r:.80} "
+            f"({type(path).__name__}) instead."
+        )
+    return os.fsdecode(os.fspath(path))

@@ -34,6 +34,7 @@ import struct
 
 import numpy as np
 
+from .._common._checks import check_path
 from . import _fixedpoint, _safetensors
 from ._alphabets import GRID_KINDS, Alphabet, code_dtype
 from ._bits import unpack_codes
@@ -290,8 +291,8 @@ class SpooledWriter(Writer):
 
     def __init__(self, path, name="path"):
         super().__init__()
-        self.path = os.fspath(path)
-        folder = _check_target(self.path, name)
+        self.path = check_path(path, name)
+        folder = check_target(self.path, name)
         fd, self._spool_path = _create_temp(folder, readable=True)
         self._spool = os.fdopen(fd, "w+b")
         self._entries = {}  # name -> (offset, nbytes, dtype, shape)
@@ -388,11 +389,11 @@ def serialize(kind, writer, model=None):
     )
 
 
-def _check_target(path, name):
+def check_target(path, name):
     """The folder of the file ``path`` is to be written to (a ``ValueError``
     naming parameter ``name`` when ``path`` is a folder or its folder is not
     there: said before any work, not when the file is moved in place)."""
-    path = os.fspath(path)
+    path = check_path(path, name)
     seps = tuple({os.sep, os.altsep or os.sep, "/"})
     if not path or os.path.isdir(path) or path.endswith(seps):
         raise ValueError(
@@ -439,8 +440,8 @@ def write_file(path, kind, writer, model=None):
 
 def _replace_file(path, emit):
     """``emit(f)`` into a temporary file next to ``path``, then move it there."""
-    path = os.fspath(path)
-    folder = _check_target(path, "path")
+    path = check_path(path)
+    folder = check_target(path, "path")
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:  # no file there yet (or none we may read): umask applies
@@ -460,7 +461,7 @@ def _replace_file(path, emit):
 
 def read_file(path):
     """``(header, arrays)`` of a file, checked end to end."""
-    with open(path, "rb") as f:
+    with open(check_path(path), "rb") as f:
         blob = bytearray(os.fstat(f.fileno()).st_size)
         n = f.readinto(blob)
     return parse(memoryview(blob)[:n], path)

@@ -2,15 +2,14 @@
 
 The model's quantized layers are swapped for float twins, the copy is exported with
 ``torch.onnx.export``, and each twin's float weight in the graph is replaced by its
-codes, stored as the narrowest ONNX integer type that holds them (INT2, INT4, INT8 or
-INT16; UINT types for affine grids), followed by a ``DequantizeLinear`` with the
-per-channel scales. Layers with static activation grids get a
-``QuantizeLinear -> DequantizeLinear`` pair on their input (with a ``Clip`` first for
-grids narrower than 8 bits); dynamic grids are computed in the graph
-(``DynamicQuantizeLinear``, or its 7-bit form from reductions). Linear layers may
-instead run ONNX Runtime's ``MatMulNBits`` (``matmul_nbits=``). The file is then
-checked: ``onnx.checker`` and ONNX Runtime on the example input against the torch
-model; a deviation names the first layer that differs.
+codes in the narrowest ONNX integer type that holds them (INT2, INT4, INT8 or INT16;
+UINT for affine grids), then a ``DequantizeLinear`` with the per-channel scales.
+Layers with static activation grids get a ``QuantizeLinear -> DequantizeLinear``
+pair on their input (with a ``Clip`` first for grids narrower than 8 bits); dynamic
+grids are computed in the graph (``DynamicQuantizeLinear``, or its 7-bit form from
+reductions). Linear layers may instead run ONNX Runtime's ``MatMulNBits``
+(``matmul_nbits=``). The file is checked by ``onnx.checker`` and in ONNX Runtime
+on the example input; a deviation from torch names the first layer that differs.
 """
 
 import copy
@@ -23,6 +22,7 @@ from torch import nn
 
 from .._common._checks import check_int, check_positive
 from .._common._warn import warn
+from .._tensor._io import check_target
 from ._int8 import dynamic_reduce_range
 from ._layout import conv_args, conv_kwargs
 from ._onnxcheck import check_file
@@ -170,7 +170,6 @@ def export_onnx(
         The codes are packed in the operator's unsigned layout with one scale per
         block of 128 columns (the channel's scale, repeated). ``None`` writes
         ``DequantizeLinear`` for every layer.
-
     integer_products : bool, default=True
         Linear layers with quantized inputs (static grids of at most 8 bits, or
         dynamic ones) multiply the integer codes: ``QuantizeLinear ->
@@ -227,6 +226,7 @@ def export_onnx(
         raise TypeError(
             f"integer_products must be True or False, got {integer_products!r} instead."
         )
+    check_target(path, "path")  # (a folder or a missing folder: said before work)
     if matmul_nbits is not None and matmul_nbits not in _NBITS_LEVELS:
         raise ValueError(
             f"matmul_nbits must be None, 'float' or 'int8', got {matmul_nbits!r}."
