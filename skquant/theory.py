@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from ._common._checks import check_int, check_positive, check_rng
+from ._common._checks import check_int, check_positive, check_rng, check_squares
 from ._common._progress import progress
 from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._nullspace import NullSpaceQuantizer
@@ -51,6 +51,10 @@ def _as2d(X):
             f"X must be finite, got {int(np.sum(~np.isfinite(X)))} NaN or infinite "
             "entries."
         )
+    # (large X is told by the bound that overflows, see _out)
+    check_squares(
+        X, "X", "scale X up: the bounds follow a common scale of X.", high=False
+    )
     return X
 
 
@@ -76,6 +80,13 @@ def _steps(step):
             f"{arr.ravel()[:4].tolist()} instead."
         )
     return arr
+
+
+def _scaled(X):
+    """``(X / top, top)``, ``top`` the largest magnitude in ``X`` (1 when all are
+    0): sums of squares of ``X / top`` do not overflow where ``X``'s would."""
+    top = float(np.abs(X).max()) or 1.0
+    return X / top, top
 
 
 def _out(bound):
@@ -142,7 +153,8 @@ def msq_bound(X, step, *, variant="grid"):
     X = _as2d(X)
     step = _steps(step)
     per = step if _is_binary(variant) else step / 2
-    return _out(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * per)
+    with np.errstate(over="ignore"):  # (told by _out)
+        return _out(np.linalg.norm(X, 2) * np.sqrt(X.shape[1]) * per)
 
 
 def max_subset_norm_bound(X, r):
@@ -177,8 +189,9 @@ def max_subset_norm_bound(X, r):
     """
     X = _as2d(X)
     r = _subset_size(r, X, "r")
-    col = np.sort(np.einsum("ij,ij->j", X, X))[::-1]
-    frob = np.sqrt(col[:r].sum())
+    Xs, top = _scaled(X)
+    col = np.sort(np.einsum("ij,ij->j", Xs, Xs))[::-1]
+    frob = np.sqrt(col[:r].sum()) * top
     return float(min(np.linalg.norm(X, 2), frob))
 
 
@@ -246,10 +259,11 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
                 f"cannot exceed it), got rank={rank!r}."
             )
     per = step if binary else step / 2
-    bound = max_subset_norm_bound(X, r) * np.sqrt(r) * per
-    if r < full:  # the directions left out drift: sigma_{r+1} ||w - z||
-        bound = bound + s[r] * np.sqrt(X.shape[1]) * (2 * step if binary else step)
-    return _out(bound)
+    with np.errstate(over="ignore"):  # (told by _out)
+        bound = max_subset_norm_bound(X, r) * np.sqrt(r) * per
+        if r < full:  # the directions left out drift: sigma_{r+1} ||w - z||
+            bound = bound + s[r] * np.sqrt(X.shape[1]) * (2 * step if binary else step)
+        return _out(bound)
 
 
 def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
@@ -358,13 +372,15 @@ def lp_scale_bound(X, w):
             f"w must be a finite vector of length n_in={X.shape[1]}, got "
             f"w.shape={w.shape}."
         )
+    X = _scaled(X)[0]  # (the bound does not depend on a common scale of X)
     s = np.linalg.svd(X, compute_uv=False)
     if s[0] == 0:
         raise ValueError(
             "X is all zeros: it has no range, so the LP scale is not defined."
         )
     s = s[s > max(X.shape) * np.finfo(float).eps * s[0]]
-    return float(np.linalg.norm(X @ w) / s[-1])
+    with np.errstate(over="ignore"):  # (a huge w: told by _out)
+        return _out(np.linalg.norm(X @ w) / s[-1])
 
 
 def gpfq_bound(X, step, *, variant="grid"):
@@ -408,7 +424,9 @@ def gpfq_bound(X, step, *, variant="grid"):
     X = _as2d(X)
     step = _steps(step)
     per = step if _is_binary(variant) else step / 2
-    return _out(np.linalg.norm(X) * per)
+    Xs, top = _scaled(X)
+    with np.errstate(over="ignore"):  # (told by _out)
+        return _out(np.linalg.norm(Xs) * top * per)
 
 
 def predicted_rate(method, m, n_in):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.base import clone
 
 import skquant._quantizers._gptq as gptq_module
 from skquant import GPTQQuantizer
@@ -204,3 +205,48 @@ def test_data_whose_squares_overflow_is_refused():
             est.fit(W, activations=X)
     fine = GreedyPathQuantizer(4).fit(W, activations=X * 1e-200)
     assert np.all(np.isfinite(fine.calibration_error_))
+
+
+def test_data_whose_squares_underflow_is_refused():
+    """Activations around 1e-170 gave errors and bounds of 0 (below the measured
+    error) and round-to-nearest codes: the sums of squares underflowed."""
+    from skquant import GreedyPathQuantizer, NullSpaceQuantizer
+
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal((16, 32)), rng.standard_normal((32, 3))
+    for est in (GreedyPathQuantizer(4), NullSpaceQuantizer(4), GPTQQuantizer(4)):
+        with pytest.raises(ValueError, match="activations holds values of at most"):
+            est.fit(W, activations=X * 1e-170)
+        with pytest.raises(ValueError, match="target_activations holds values of"):
+            est.fit(W, activations=X, target_activations=X * 1e-170)
+        # where the squares are still normal, the codes are those of X itself
+        ref = clone(est).fit(W, activations=X)
+        tiny = clone(est).fit(W, activations=X * 2.0**-500)
+        np.testing.assert_array_equal(tiny.codes_, ref.codes_)
+        np.testing.assert_allclose(tiny.calibration_error_, ref.calibration_error_)
+    zeros = GreedyPathQuantizer(4).fit(W, activations=np.zeros_like(X))
+    assert zeros.codes_.shape == W.shape  # no signal at all is not refused
+
+
+@pytest.mark.parametrize("variant", [None, "grid", "lp"])
+def test_a_dead_neuron_stays_near_zero_under_the_binary_alphabet(variant):
+    """An all-zero column got the step 1 under the data-driven quantizers' binary
+    alphabet (its codes +-1: an output larger than the live neuron's), where the
+    memoryless BinaryQuantizer gives it float32's eps."""
+    from skquant import BinaryQuantizer, GreedyPathQuantizer, NullSpaceQuantizer
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 64))
+    W = rng.standard_normal((64, 2)) / 8
+    W[:, 0] = 0.0
+    eps = np.finfo(np.float32).eps
+    assert BinaryQuantizer().fit(W).scale_[0] == eps
+    if variant is None:
+        ests = [GreedyPathQuantizer(n_bits="binary"), GPTQQuantizer(n_bits="binary")]
+    else:
+        ests = [NullSpaceQuantizer(n_bits="binary", variant=variant, rank=None)]
+    for est in ests:
+        Q = est.fit_transform(W, activations=X)
+        assert est.scale_[0] == eps
+        np.testing.assert_array_equal(np.abs(Q[:, 0]), eps)
+        assert np.linalg.norm(X @ Q[:, 0]) < 1e-4 * np.linalg.norm(X @ W[:, 1])

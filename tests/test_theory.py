@@ -189,6 +189,18 @@ def test_bad_input_names_the_parameter():
             predicted_rate("grid", m, 100)
     with pytest.raises(TypeError, match="result must be the dict error_decay returns"):
         plot_error_decay({})
+    # squares below float64's normal range made every bound 0
+    for fn in (msq_bound, gpfq_bound, nullspace_bound):
+        with pytest.raises(ValueError, match="X holds values of at most .* underflow"):
+            fn(X * 1e-170, 0.1)
+    # entries whose squares overflow, where the bound does not: it is computed
+    big = 2.0**700  # (exact: a power of two)
+    assert gpfq_bound(X * big, 0.1) == pytest.approx(gpfq_bound(X, 0.1) * big)
+    w = np.ones(X.shape[1])
+    assert lp_scale_bound(X * big, w) == pytest.approx(lp_scale_bound(X, w))
+    assert max_subset_norm_bound(X * big, 2) == pytest.approx(
+        max_subset_norm_bound(X, 2) * big
+    )
     # the edges that stay valid: no data signal gives a zero bound, not an error
     assert msq_bound(np.zeros((3, 4)), 0.1) == 0.0
     # rank=0 keeps no direction: nothing is off the alphabet, all is drift

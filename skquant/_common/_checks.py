@@ -11,6 +11,7 @@ __all__ = [
     "check_pair",
     "check_path",
     "check_positive",
+    "check_squares",
     "check_rng",
 ]
 
@@ -160,3 +161,28 @@ def check_path(path, name="path"):
             f"({type(path).__name__}) instead."
         )
     return os.fsdecode(os.fspath(path))
+
+
+# below this (about 1.5e-154), the square of the largest entry is subnormal and
+# loses float64's precision: sums of squares, and the errors and bounds made of
+# them, came out 0 from about 1e-170
+SQUARES_LOW = float(np.sqrt(np.finfo(np.float64).tiny))
+
+
+def check_squares(X, name, advice, *, high=True):
+    """A ``ValueError`` naming ``name`` when the sums of squares of the float64
+    array ``X``'s entries underflow (its largest magnitude, if not 0, is below
+    :data:`SQUARES_LOW`) or, with ``high``, overflow float64 (the largest square
+    times ``4 X.size`` above its largest number); ``advice`` ends the message."""
+    top = max(float(X.max()), -float(X.min())) if X.size else 0.0
+    if high and top > np.sqrt(np.finfo(np.float64).max / (4.0 * X.size)):
+        raise ValueError(
+            f"{name} holds values up to {top:.3g}: sums of their squares overflow "
+            f"float64; {advice}"
+        )
+    if 0 < top < SQUARES_LOW:
+        raise ValueError(
+            f"{name} holds values of at most {top:.3g}: their squares underflow "
+            f"float64 (below {SQUARES_LOW:.1e}), and errors made of them come out 0; "
+            f"{advice}"
+        )

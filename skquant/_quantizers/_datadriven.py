@@ -17,9 +17,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._common._blocks import row_blocks
+from .._common._checks import check_squares
 from .._kernels import _rounding
 from .._kernels._threads import numba_threads
-from .._tensor._alphabets import kernel_for
+from .._tensor._alphabets import kernel_for, stored_scale
 from ._base import BaseWeightQuantizer
 from ._uniform import UniformQuantizer, level_quantizer
 
@@ -43,15 +44,15 @@ def check_activations(activations, n_in, cls_name, name="activations", order=Non
             f"{name} must have W.shape[0]={n_in} columns (one per input of the "
             f"layer), got {name}.shape={X.shape} instead."
         )
-    # sums of m squares must stay finite (Gram matrices, norms): beyond, the
-    # fits returned zero codes or NaN errors without a word
-    top = max(float(X.max()), -float(X.min()))
-    if top > np.sqrt(np.finfo(np.float64).max / (4.0 * X.shape[0] * n_in)):
-        raise ValueError(
-            f"{name} holds values up to {top:.3g}: sums of their squares overflow "
-            "float64; rescale them (activations and target_activations by the "
-            "same factor: the fits do not depend on a common scale of the data)."
-        )
+    # sums of m squares must stay finite (Gram matrices, norms) and normal:
+    # beyond, the fits returned zero codes or NaN errors without a word, and
+    # below, errors and bounds of 0 and round-to-nearest codes
+    check_squares(
+        X,
+        name,
+        "rescale them (activations and target_activations by the same factor: "
+        "the fits do not depend on a common scale of the data).",
+    )
     return X
 
 
@@ -112,8 +113,9 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         if isinstance(n_bits, str):  # an alphabet's name (the constraint checked it)
             cls = level_quantizer(n_bits)
             if scale == "maxabs":  # the level is the largest |w|: nothing is clipped
-                level = np.abs(W).max(axis=0)
-                msq = cls(scale=np.where(level > 0, level, 1.0))
+                # (an all-zero column: the step eps, as the memoryless quantizers
+                # give it, not 1, which made its binary codes +-1)
+                msq = cls(scale=stored_scale(np.abs(W).max(axis=0)))
             else:  # the memoryless quantizer's own L2-optimal level
                 msq = cls(n_jobs=self.n_jobs)
         else:
