@@ -22,10 +22,22 @@ __all__ = [
 
 def _items(tensors):
     if isinstance(tensors, QuantizedTensor | np.ndarray):
-        return [tensors]
-    if isinstance(tensors, Mapping):  # a state dict: its tensors, not its names
-        return list(tensors.values())
-    return list(tensors)
+        items = [tensors]
+    elif isinstance(tensors, Mapping):  # a state dict: its tensors, not its names
+        items = list(tensors.values())
+    elif isinstance(tensors, str | bytes) or not hasattr(tensors, "__iter__"):
+        items = None  # (a string counted one float a character)
+    else:
+        items = list(tensors)
+    if items is None or not all(
+        isinstance(t, QuantizedTensor) or np.asarray(t).dtype.kind in "biuf"
+        for t in items
+    ):  # (a nested list of tensors counted one float for each tensor)
+        raise TypeError(
+            "tensors must be a QuantizedTensor, an array, or a list or dict of "
+            f"them, got {tensors!r:.80} instead."
+        )
+    return items
 
 
 def model_size_bits(tensors, *, float_bits=32):

@@ -19,6 +19,18 @@ def test_relative_error_by_hand():
     assert relative_error(np.zeros((2, 1)), np.ones((2, 1))) == np.inf
 
 
+@pytest.mark.parametrize("scale", [2.0**600, 2.0**-600, 1e300, 1e-300])
+def test_errors_do_not_depend_on_a_common_scale(scale):
+    # squares of 1e200 overflowed (NaN) and those of 1e-170 underflowed (0)
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((6, 3))
+    Q = W + rng.standard_normal((6, 3)) / 10
+    X = rng.standard_normal((5, 6))
+    assert relative_error(W * scale, Q * scale) == pytest.approx(relative_error(W, Q))
+    assert relative_error(W, Q, X * scale) == pytest.approx(relative_error(W, Q, X))
+    assert sqnr(W * scale, Q * scale) == pytest.approx(sqnr(W, Q))
+
+
 def test_sqnr_by_hand():
     assert sqnr(np.array([[10.0]]), np.array([[9.0]])) == pytest.approx(20.0)
     assert sqnr(np.ones((2, 2)), np.ones((2, 2))) == np.inf
@@ -33,6 +45,15 @@ def test_metric_errors():
         relative_error(np.ones((2, 1)), np.ones((2, 1)), X=np.ones((4, 3)))
     with pytest.raises(ValueError, match="Input W contains NaN"):
         sqnr(np.array([[np.nan]]), np.array([[1.0]]))
+
+
+def test_model_size_refuses_what_is_not_tensors():
+    qt = quantize(np.ones((4, 4)))
+    # a string counted one float a character; a nested list one float a tensor
+    for bad in ("abc", [[qt]], None, 3, [qt, "b"]):
+        with pytest.raises(TypeError, match="tensors must be a QuantizedTensor, an"):
+            model_size_bits(bad)
+    assert model_size_bits([qt, [0.5, 1.0]]) == qt.size_bits + 64
 
 
 def test_model_size_and_compression_with_biases():

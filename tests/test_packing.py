@@ -208,15 +208,48 @@ def _fields(**changes):
         (
             {"scale": np.ones(3)},
             ValueError,
-            re.escape("scale must hold 1 or n_cols=4 floats, got scale.dtype=float64, ")
+            re.escape("scale must hold 1 or n_cols=4 float32 or float64 values, got ")
+            + re.escape("scale.dtype=float64, ")
             + re.escape("scale.shape=(3,)"),
         ),
         (
             {"scale": np.ones(4, int)},
             ValueError,
-            "scale must hold 1 or n_cols=4 floats, got scale.dtype=int64",
+            "float32 or float64 values, got scale.dtype=int",
         ),
         ({"scale": np.ones((1, 4))}, ValueError, re.escape("scale.shape=(1, 4)")),
+        # a NaN, zero or negative step was made eps, an inf one gave inf
+        *[
+            ({"scale": np.array([1, bad, 1, 1], np.float32)}, ValueError, match)
+            for bad, match in [
+                (np.nan, r"scale must hold finite steps > 0, got \[nan\]"),
+                (-2.0, r"finite steps > 0, got \[-2.0\]"),
+                (0.0, r"finite steps > 0, got \[0.0\]"),
+                (np.inf, r"finite steps > 0, got \[inf\]"),
+            ]
+        ],
+        ({"scale": np.ones(4, np.float16)}, ValueError, "scale.dtype=float16"),
+        (
+            {
+                "alphabet": "affine",
+                "qmin": 0,
+                "qmax": 15,
+                "codes": np.ones((3, 4), np.int8),
+                "zero_point": np.array([np.nan, 1, 1, 1]),
+            },
+            ValueError,
+            "zero_point must be finite",
+        ),
+        (
+            {"float_dtype": np.float16},
+            ValueError,
+            "float_dtype must be float32, float64 or None",
+        ),
+        (
+            {"n_bits": 2},
+            ValueError,
+            re.escape("n_bits=2 cannot hold the codes of [qmin, qmax]=[-7, 7]: they "),
+        ),
         (
             {"alphabet": "foo"},
             ValueError,

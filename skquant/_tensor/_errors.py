@@ -18,7 +18,17 @@ def _pair(W, Q):
             f"W and Q must have the same shape, got W.shape={W.shape} and "
             f"Q.shape={Q.shape} instead."
         )
-    return W.astype(np.float64, copy=False), Q.astype(np.float64, copy=False)
+    # both by one power of two (exact), so that squares and sums neither
+    # overflow nor underflow: the errors do not depend on a common scale
+    f = _unit_factor(W, Q)
+    return W.astype(np.float64) * f, Q.astype(np.float64) * f
+
+
+def _unit_factor(*arrays):
+    """The power of two that brings the largest magnitude in ``arrays`` into
+    ``[0.5, 1)`` (1 when they are all zero)."""
+    top = max(float(np.abs(a).max(initial=0.0)) for a in arrays)
+    return np.ldexp(1.0, -int(np.frexp(top)[1])) if top > 0 else 1.0
 
 
 def relative_error(W, Q, X=None):
@@ -64,7 +74,7 @@ def relative_error(W, Q, X=None):
                 f"X must have W.shape[0]={W.shape[0]} columns, got X.shape={X.shape} "
                 "instead."
             )
-        X = X.astype(np.float64, copy=False)
+        X = X.astype(np.float64) * _unit_factor(X)
         D, W = X @ D, X @ W
     num, den = np.linalg.norm(D), np.linalg.norm(W)
     if den == 0:

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._common._checks import check_int
+from .._common._checks import check_float_dtype, check_int
 from .._kernels import _msq
 from . import _fixedpoint
 from ._alphabets import GRID_KINDS, Alphabet, safe_scale
@@ -122,6 +122,14 @@ class QuantizedTensor:
                 f"qmin must be at most qmax, got qmin={self.qmin!r} and "
                 f"qmax={self.qmax!r} instead."
             )
+        # (binary codes -1, +1 are stored as one bit)
+        wide = self.qmax - self.qmin >= 1 << self.n_bits
+        if not fixed and self.alphabet != "binary" and wide:
+            raise ValueError(
+                f"n_bits={self.n_bits!r} cannot hold the codes of [qmin, qmax]="
+                f"[{self.qmin}, {self.qmax}]: they need "
+                f"{int(self.qmax - self.qmin).bit_length()} bits."
+            )
         record, scale = self.alphabet_record, self.scale
         codes = record.check_codes(self.codes, "QuantizedTensor", values=False)
         if codes.ndim != 2:
@@ -135,11 +143,25 @@ class QuantizedTensor:
                 f"precision_bits must have the codes' shape {codes.shape}, got "
                 f"precision_bits.shape={np.shape(self.precision_bits)} instead."
             )
-        if scale.dtype.kind != "f" or scale.ndim > 1 or scale.size not in (1, n_cols):
+        if (
+            scale.dtype not in (np.float32, np.float64)
+            or scale.ndim > 1
+            or scale.size not in (1, n_cols)
+        ):
             raise ValueError(
-                f"scale must hold 1 or n_cols={n_cols} floats, got "
-                f"scale.dtype={scale.dtype!s}, scale.shape={scale.shape} instead."
+                f"scale must hold 1 or n_cols={n_cols} float32 or float64 values, "
+                f"got scale.dtype={scale.dtype!s}, scale.shape={scale.shape} instead."
             )
+        # (a NaN or negative step was made eps when the codes were dequantized)
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ValueError(
+                "scale must hold finite steps > 0, got "
+                f"{scale[~(np.isfinite(scale) & (scale > 0))][:4].tolist()} instead."
+            )
+        zp = self.zero_point
+        if zp is not None and not np.all(np.isfinite(np.asarray(zp, np.float64))):
+            raise ValueError(f"zero_point must be finite, got {zp!r:.80} instead.")
+        check_float_dtype(self.float_dtype, "float_dtype")
         record.check_codes(codes, "QuantizedTensor")  # the one pass over the codes
 
     @property
