@@ -239,3 +239,38 @@ def test_n_jobs_zero_is_refused_by_name(make):
             est.fit(W, gradient=W)
         else:
             est.fit(W)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda a: skquant.UniformQuantizer().fit(a), "W"),
+        (
+            lambda a: skquant.GreedyPathQuantizer().fit(np.ones((3, 2)), activations=a),
+            "activations",
+        ),
+        (
+            lambda a: skquant.AdaptivePrecisionQuantizer().fit(
+                np.ones((3, 2)), gradient=a
+            ),
+            "gradient",
+        ),
+        (lambda a: skquant.metrics.relative_error(np.ones((3, 2)), a), "Q"),
+        (
+            lambda a: skquant.metrics.relative_error(
+                np.ones((3, 2)), np.ones((3, 2)), X=a
+            ),
+            "X",
+        ),
+    ],
+)
+def test_array_errors_name_the_parameter(call, name):
+    # scikit-learn's messages for these ("Expected 2D array", "Complex data not
+    # supported") named neither the parameter nor the array
+    for bad, match in [
+        (np.ones(3), "Expected 2D array"),
+        (np.ones((2, 3)) + 1j, "Complex data not supported"),
+        (np.ones((2, 3, 1)), "Found array with dim 3"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{name}: {match}"):
+            call(bad)

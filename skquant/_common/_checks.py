@@ -2,12 +2,15 @@
 
 import numbers
 import os
+import re
 
 import numpy as np
+from sklearn.utils import check_array
 
 __all__ = [
     "check_float_dtype",
     "check_int",
+    "check_matrix",
     "check_pair",
     "check_path",
     "check_positive",
@@ -186,3 +189,24 @@ def check_squares(X, name, advice, *, high=True):
             f"float64 (below {SQUARES_LOW:.1e}), and errors made of them come out 0; "
             f"{advice}"
         )
+
+
+def check_matrix(array, name, **kwargs):
+    """scikit-learn's ``check_array(array, input_name=name, **kwargs)``, its
+    errors naming ``name`` where its message does not ("Expected 2D array, got
+    1D array instead", "Complex data not supported", sparse input).
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_matrix
+    >>> check_matrix([1.0, 2.0], "W")
+    Traceback (most recent call last):
+    ...
+    ValueError: W: Expected 2D array, got 1D array instead:...
+    """
+    try:
+        return check_array(array, input_name=name, **kwargs)
+    except (ValueError, TypeError) as exc:
+        if re.search(rf"\b{re.escape(name)}\b", str(exc)):
+            raise
+        raise type(exc)(f"{name}: {exc}") from None

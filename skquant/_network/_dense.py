@@ -5,10 +5,9 @@ import copy
 import numpy as np
 from scipy.special import expit, xlogy
 from sklearn.neural_network import MLPClassifier, MLPRegressor
-from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
-from .._common._checks import check_rng
+from .._common._checks import check_matrix, check_rng
 from ._protocol import LayerStep, Network
 
 __all__ = ["mlp_loss_gradient", "DenseNetwork", "MLPNetwork"]
@@ -322,8 +321,9 @@ class MLPNetwork(DenseNetwork):
                 f"len(y)={y.shape[0] if y.ndim else 0} instead."
             )
         if not isinstance(self.mlp, MLPClassifier):
-            y = check_array(
-                y, ensure_2d=False, dtype=np.float64, input_name="y"
+            # (finite numbers)
+            y = check_matrix(
+                y, "y", ensure_2d=False, dtype=np.float64
             )  # finite numbers
             n_out = getattr(self.mlp, "n_outputs_", None)
             if n_out is not None and y.reshape(y.shape[0], -1).shape[1] != n_out:

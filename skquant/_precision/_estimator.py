@@ -6,12 +6,12 @@ import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils import check_array, metadata_routing
+from sklearn.utils import metadata_routing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._common._blocks import row_blocks
-from .._common._checks import check_float_dtype
+from .._common._checks import check_float_dtype, check_matrix
 from .._common._jobs import N_JOBS
 from .._tensor._alphabets import code_dtype
 from .._tensor._fixedpoint import group_starts
@@ -183,7 +183,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def _validate_W(self, W, reset):
-        W = check_array(W, dtype=[np.float64, np.float32], input_name="W")
+        W = check_matrix(W, "W", dtype=[np.float64, np.float32])
         return validate_data(self, W, reset=reset, skip_check_array=True)
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -210,7 +210,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
                 "AdaptivePrecisionQuantizer.fit requires the loss gradient: pass "
                 f"gradient=G with G of shape {W.shape}; got gradient=None instead."
             )
-        G = check_array(gradient, dtype=np.float64, input_name="gradient")
+        G = check_matrix(gradient, "gradient", dtype=np.float64)
         if G.shape != W.shape:
             raise ValueError(
                 f"gradient must have the shape of W {W.shape}, got gradient.shape="

@@ -4,9 +4,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import metadata_routing
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._common._checks import check_float_dtype, check_int
+from .._common._checks import check_float_dtype, check_int, check_matrix
 from .._common._jobs import N_JOBS
 from .._kernels import _msq, check_device
 from .._kernels._threads import numba_threads
@@ -76,7 +76,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
     def _validate_W(self, W, reset):
         # validate_data names every input "X"; check W under its own name first
         # (with the same checks), then let validate_data do the feature bookkeeping.
-        W = check_array(W, dtype=list(FLOAT_DTYPES), input_name="W")
+        W = check_matrix(W, "W", dtype=list(FLOAT_DTYPES))
         n = getattr(self, "n_features_in_", None)
         if not reset and n is not None and W.shape[1] != n:
             name = type(self).__name__

@@ -12,12 +12,11 @@ import numbers
 
 import numpy as np
 from sklearn.base import _fit_context
-from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._common._blocks import row_blocks
-from .._common._checks import check_squares
+from .._common._checks import check_matrix, check_squares
 from .._kernels import _rounding
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import kernel_for, stored_scale
@@ -38,7 +37,7 @@ def check_activations(activations, n_in, cls_name, name="activations", order=Non
             f"{cls_name}.fit requires calibration data: pass {name}=X with X of shape "
             f"(n_samples, {n_in}); got {name}=None instead."
         )
-    X = check_array(activations, dtype=np.float64, order=order, input_name=name)
+    X = check_matrix(activations, name, dtype=np.float64, order=order)
     if X.shape[1] != n_in:
         raise ValueError(
             f"{name} must have W.shape[0]={n_in} columns (one per input of the "

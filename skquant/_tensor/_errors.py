@@ -5,14 +5,15 @@ Weights have shape ``(n_in, n_out)`` and activations ``(m, n_in)``; a layer comp
 """
 
 import numpy as np
-from sklearn.utils import check_array
+
+from .._common._checks import check_matrix
 
 __all__ = ["relative_error", "sqnr"]
 
 
 def _pair(W, Q):
-    W = check_array(W, dtype=[np.float64, np.float32], input_name="W")
-    Q = check_array(Q, dtype=[np.float64, np.float32], input_name="Q")
+    W = check_matrix(W, "W", dtype=[np.float64, np.float32])
+    Q = check_matrix(Q, "Q", dtype=[np.float64, np.float32])
     if W.shape != Q.shape:
         raise ValueError(
             f"W and Q must have the same shape, got W.shape={W.shape} and "
@@ -68,7 +69,7 @@ def relative_error(W, Q, X=None):
     W, Q = _pair(W, Q)
     D = W - Q
     if X is not None:
-        X = check_array(X, dtype=[np.float64, np.float32], input_name="X")
+        X = check_matrix(X, "X", dtype=[np.float64, np.float32])
         if X.shape[1] != W.shape[0]:
             raise ValueError(
                 f"X must have W.shape[0]={W.shape[0]} columns, got X.shape={X.shape} "
