@@ -358,11 +358,23 @@ def test_fake_quantization_refuses_impossible_grids():
     for step in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="step must hold finite steps > 0"):
             fake_quantize_ste(x, torch.tensor(step), -7, 7)
-    with pytest.raises(ValueError, match="qmin must be <= qmax, got qmin=7"):
+    with pytest.raises(ValueError, match="qmin <= qmax, got qmin=7 and qmax=-7"):
         fake_quantize_ste(x, torch.tensor(1.0), 7, -7)
+    with pytest.raises(ValueError, match="qmin and qmax must be finite"):
+        fake_quantize_ste(x, torch.tensor(1.0), float("nan"), 7)  # (NaN outputs)
     assert torch.equal(fake_quantize_ste(x, 0.5, -7, 7), torch.tensor([0.5, 1.5, -2.5]))
+    # an integer x took the step in its dtype (0.5 became 0, all outputs 0)
+    with pytest.raises(TypeError, match="x must be a floating-point torch.Tensor"):
+        fake_quantize_ste(torch.tensor([1, 2, 3]), torch.tensor(0.5), -7, 7)
+    # a number as the zero point raised AttributeError
+    shifted = fake_quantize_ste(x, 0.5, -7, 7, zero_point=1.0)
+    assert torch.equal(shifted, fake_quantize_ste(x, 0.5, -7, 7, torch.tensor(1.0)))
     with pytest.raises(ValueError, match="scale must hold finite steps > 0"):
         FakeQuantize(torch.tensor([0.1, 0.0]), -7, 7)
+    with pytest.raises(ValueError, match="qmin must be an int, got qmin=-7.5"):
+        FakeQuantize(torch.tensor([0.1]), -7.5, 7)  # (was made -7)
+    with pytest.raises(ValueError, match="zero_point must be finite"):
+        FakeQuantize(torch.tensor([0.1]), -7, 7, zero_point=torch.tensor([np.nan]))
     rng = np.random.default_rng(0)
     W, G = rng.standard_normal((8, 4)), rng.standard_normal((8, 4))
     apq = AdaptivePrecisionQuantizer().fit(W, gradient=G)

@@ -7,11 +7,14 @@ step`` on ordinary float tensors (torch's own quantized dtypes are deprecated);
 clipped straight-through estimator: 1 where the value is inside the grid, 0 outside.
 """
 
+import math
+
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._common._checks import check_int
 from .._tensor._alphabets import safe_scale
 
 
@@ -72,9 +75,18 @@ def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
     >>> x.grad
     tensor([1., 1., 1., 0.])
     """
-    if float(qmin) > float(qmax):
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+        # (an integer x took the step in its own dtype: 0.5 became 0)
+        raise TypeError(
+            "x must be a floating-point torch.Tensor, got "
+            f"{getattr(x, 'dtype', type(x).__name__)} instead."
+        )
+    if not (math.isfinite(float(qmin)) and math.isfinite(float(qmax))) or float(
+        qmin
+    ) > float(qmax):
         raise ValueError(
-            f"qmin must be <= qmax, got qmin={qmin!r} and qmax={qmax!r} instead."
+            "qmin and qmax must be finite with qmin <= qmax, got "
+            f"qmin={qmin!r} and qmax={qmax!r} instead."
         )
     if not isinstance(step, torch.Tensor):  # a number: in x's dtype, not float32
         step = torch.as_tensor(step, dtype=x.dtype)
@@ -93,7 +105,7 @@ def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
     zp = (
         torch.zeros((), dtype=x.dtype, device=x.device)
         if zero_point is None
-        else zero_point.to(x.dtype)
+        else torch.as_tensor(zero_point, dtype=x.dtype, device=x.device)
     )
     return _RoundSTE.apply(x, inv, step, zp, float(qmin), float(qmax))
 
@@ -133,7 +145,8 @@ class FakeQuantize(nn.Module):
         super().__init__()
         scale = torch.as_tensor(scale)
         _check_steps(scale, "scale")
-        if int(qmin) > int(qmax):
+        # (qmin=-7.5 was made -7 in silence)
+        if check_int(qmin, "qmin", low=None) > check_int(qmax, "qmax", low=None):
             raise ValueError(
                 f"qmin must be <= qmax, got qmin={qmin!r} and qmax={qmax!r} instead."
             )
@@ -143,6 +156,8 @@ class FakeQuantize(nn.Module):
             if zero_point is None
             else torch.as_tensor(zero_point)
         )
+        if not bool(torch.all(torch.isfinite(zp))):
+            raise ValueError(f"zero_point must be finite, got {zp!r:.80} instead.")
         self.register_buffer("zero_point", zp)
         self.qmin = int(qmin)
         self.qmax = int(qmax)
