@@ -198,6 +198,12 @@ def test_load_into_and_the_sensitivity_check_their_arguments(tmp_path):
         ValueError, match="n_probes must be an int >= 1, got n_probes=0"
     ):
         measure_sensitivity(_mlp(), X, y, bits=(2, 4), hessian=True, n_probes=0)
+    bad = X.clone()
+    bad[0, 0] = float("nan")  # (every noise and exponent came out NaN)
+    with pytest.raises(ValueError, match="X holds 1 NaN or inf values"):
+        measure_sensitivity(_mlp(), bad, y, bits=(2, 4))
+    with pytest.raises(ValueError, match="X does not fit the model: mat1 and mat2"):
+        measure_sensitivity(_mlp(), X[:, :3], y, bits=(2, 4))  # (a RuntimeError)
 
 
 def test_a_load_that_does_not_fit_leaves_the_model_as_it_was(tmp_path):

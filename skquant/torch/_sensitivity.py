@@ -128,6 +128,12 @@ def measure_sensitivity(
     """
     network = TorchNetwork(model, skip=skip, loss_fn=loss_fn, batch_size=batch_size)
     X, y = _tensors(X, y, batch_size)
+    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
+        # (every noise and exponent came out NaN)
+        raise ValueError(
+            f"X holds {int((~torch.isfinite(X)).sum())} NaN or inf values: the "
+            "measured outputs would be NaN."
+        )
     Xs, ys = subsample(X, y, max_samples, random_state)
     if hessian and ys is None:
         raise ValueError("hessian=True needs the labels y for the loss.")
@@ -139,7 +145,10 @@ def measure_sensitivity(
         if hessian
         else kept_state(model)
     ):
-        out = network.outputs(Xs[:1])
+        try:
+            out = network.outputs(Xs[:1])
+        except (RuntimeError, IndexError) as exc:  # (torch's own, from the forward)
+            raise ValueError(f"X does not fit the model: {exc}") from exc
         if classifier is None:
             classifier = out.ndim == 2 and out.shape[1] >= 2
         if classifier and ys is not None:
