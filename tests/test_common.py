@@ -189,6 +189,28 @@ def test_parameter_constraints_are_well_formed(name_cls):
 
 
 @pytest.mark.parametrize("name_cls", all_estimators(), ids=lambda p: p[0])
+def test_numeric_parameters_refuse_bools(name_cls):
+    """bool is an Integral: scikit-learn's Interval took scale=True for 1.0,
+    n_jobs=True for 1, damp=True, rank=True, ..."""
+    from sklearn.utils._param_validation import Interval, InvalidParameterError
+
+    name, cls = name_cls
+    numeric = [
+        param
+        for param, constraints in cls._parameter_constraints.items()
+        if isinstance(constraints, list)
+        and any(isinstance(c, Interval) for c in constraints)
+        and not any(c == "boolean" or c is bool for c in constraints)
+    ]
+    assert numeric, name  # (every estimator has one: n_jobs, n_bits, ...)
+    for param in numeric:
+        for bad in (True, np.bool_(False)):
+            est = cls().set_params(**{param: bad})
+            with pytest.raises(InvalidParameterError, match=f"'{param}' parameter"):
+                est._validate_params()
+
+
+@pytest.mark.parametrize("name_cls", all_estimators(), ids=lambda p: p[0])
 def test_docstring_has_example(name_cls):
     _, cls = name_cls
     assert ">>> " in (cls.__doc__ or ""), f"{cls.__name__} has no doctest example"

@@ -368,6 +368,9 @@ def test_network_loop_groups_per_neuron(digits_mlp):
         adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_lr=-1.0)
     with pytest.raises(ValueError, match="retrain_steps=0"):
         adaptive_quantize_mlp(mlp, X, y, retrain="ste", retrain_steps=0)
+    for n_jobs in (0, 1.5, True, "x"):  # (taken, or a bare TypeError for "x")
+        with pytest.raises(ValueError, match="n_jobs must be None or a non-zero int"):
+            adaptive_quantize_mlp(mlp, X, y, n_jobs=n_jobs)
 
 
 def test_torch_driver_retrains_on_minibatches(tmp_path):

@@ -6,8 +6,10 @@ import re
 
 import numpy as np
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval as _SklearnInterval
 
 __all__ = [
+    "Interval",
     "check_float_dtype",
     "check_int",
     "check_matrix",
@@ -210,3 +212,12 @@ def check_matrix(array, name, **kwargs):
         if re.search(rf"\b{re.escape(name)}\b", str(exc)):
             raise
         raise type(exc)(f"{name}: {exc}") from None
+
+
+class Interval(_SklearnInterval):
+    """scikit-learn's ``Interval`` constraint that refuses ``True`` and ``False``
+    (``bool`` is an ``Integral``: ``scale=True`` was taken for 1.0 and
+    ``n_jobs=True`` for 1). Every estimator's numeric constraints use it."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)

@@ -15,8 +15,7 @@ try:  # how joblib's process workers get their tasks (loky's dependency)
     from cloudpickle import dumps as _dumps
 except ImportError:  # pragma: no cover
     from pickle import dumps as _dumps
-from sklearn.utils._param_validation import Interval
-
+from ._checks import Interval
 from ._config import config_context, get_config
 from ._warn import warn
 

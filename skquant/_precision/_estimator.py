@@ -7,11 +7,11 @@ import numbers
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import metadata_routing
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._common._blocks import row_blocks
-from .._common._checks import check_float_dtype, check_matrix
+from .._common._checks import Interval, check_float_dtype, check_matrix
 from .._common._jobs import N_JOBS
 from .._tensor._alphabets import code_dtype
 from .._tensor._fixedpoint import group_starts

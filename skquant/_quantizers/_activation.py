@@ -9,9 +9,10 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._common._checks import Interval
 from .._common._jobs import N_JOBS
 from .._common._warn import warn
 from .._kernels import _msq

@@ -12,11 +12,11 @@ import numbers
 
 import numpy as np
 from sklearn.base import _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .._common._blocks import row_blocks
-from .._common._checks import check_matrix, check_squares
+from .._common._checks import Interval, check_matrix, check_squares
 from .._kernels import _rounding
 from .._kernels._threads import numba_threads
 from .._tensor._alphabets import kernel_for, stored_scale

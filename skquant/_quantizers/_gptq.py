@@ -5,8 +5,9 @@ import numbers
 
 import numpy as np
 from scipy import linalg
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 
+from .._common._checks import Interval
 from .._kernels import _gptq, check_device, torch_kernels
 from .._tensor._alphabets import round_on_grid
 from ._datadriven import BaseDataQuantizer

@@ -4,9 +4,10 @@ import numbers
 
 import numpy as np
 from scipy import sparse
-from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+from sklearn.utils._param_validation import RealNotInt, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._common._checks import Interval
 from .._common._progress import run_in_batches
 from .._common._warn import warn
 from .._kernels import _rounding

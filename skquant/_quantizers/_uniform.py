@@ -3,8 +3,9 @@
 import numbers
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 
+from .._common._checks import Interval
 from .._kernels import _msq, check_device, torch_kernels
 from .._tensor import _alphabets
 from ._base import BaseWeightQuantizer

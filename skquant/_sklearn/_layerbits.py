@@ -5,9 +5,10 @@ from collections.abc import Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .._common._checks import Interval
 from .._common._jobs import N_JOBS
 from .._layerbits._allocation import allocate_bits, greedy_bits, pareto_choices
 from .._layerbits._choices import (
