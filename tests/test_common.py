@@ -296,3 +296,15 @@ def test_array_errors_name_the_parameter(call, name):
     ]:
         with pytest.raises(ValueError, match=f"^{name}: {match}"):
             call(bad)
+
+
+
+def test_a_torch_tensor_that_needs_gradients_is_read():
+    torch = pytest.importorskip("torch")
+    W = torch.randn(8, 3, requires_grad=True)  # (NumPy's conversion refused it)
+    q = skquant.UniformQuantizer().fit(W)
+    ref = skquant.UniformQuantizer().fit(W.detach().numpy())
+    np.testing.assert_array_equal(q.transform(W), ref.transform(W.detach().numpy()))
+    X = torch.randn(5, 8, requires_grad=True)
+    gp = skquant.GreedyPathQuantizer().fit(W, activations=X)
+    assert gp.codes_.shape == (8, 3)

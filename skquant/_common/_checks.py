@@ -196,7 +196,8 @@ def check_squares(X, name, advice, *, high=True):
 def check_matrix(array, name, **kwargs):
     """scikit-learn's ``check_array(array, input_name=name, **kwargs)``, its
     errors naming ``name`` where its message does not ("Expected 2D array, got
-    1D array instead", "Complex data not supported", sparse input).
+    1D array instead", "Complex data not supported", sparse input); a torch
+    tensor is read detached, on the CPU.
 
     Examples
     --------
@@ -206,6 +207,14 @@ def check_matrix(array, name, **kwargs):
     ...
     ValueError: W: Expected 2D array, got 1D array instead:...
     """
+    if type(array).__module__.startswith("torch") and hasattr(array, "detach"):
+        # a torch tensor that needs gradients (a layer's weight) refused NumPy's
+        # conversion with "Can't call numpy() on Tensor that requires grad"
+        # (and one read through NumPy keeps its float32, as its array would)
+        array = array.detach().cpu()
+        array = (
+            array.float() if str(array.dtype) == "torch.bfloat16" else array
+        ).numpy()
     try:
         return check_array(array, input_name=name, **kwargs)
     except (ValueError, TypeError) as exc:
