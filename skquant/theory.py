@@ -586,6 +586,10 @@ def error_decay(
             )
     for value, name in ((m, "m"), (n_out, "n_out"), (n_test, "n_test")):
         check_int(value, name)
+    if rounding not in ("nearest", "greedy"):  # (ignored without a null-space method)
+        raise ValueError(
+            f"rounding must be 'nearest' or 'greedy', got rounding={rounding!r}."
+        )
     rng = check_rng(random_state)
     rows = []
     # the LP variant is ternary whatever n_bits: run it once per width

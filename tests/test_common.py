@@ -298,7 +298,6 @@ def test_array_errors_name_the_parameter(call, name):
             call(bad)
 
 
-
 def test_a_torch_tensor_that_needs_gradients_is_read():
     torch = pytest.importorskip("torch")
     W = torch.randn(8, 3, requires_grad=True)  # (NumPy's conversion refused it)

@@ -232,6 +232,8 @@ def test_posterior_bound_needs_finite_values(name, bad):
         ({"m": 0}, ValueError, "m must be an int >= 1, got m=0"),
         ({"random_state": "x"}, ValueError, "random_state must be an int >= 0 or"),
         ({"random_state": -1}, ValueError, "random_state=-1"),
+        # (ignored when no null-space method ran)
+        ({"rounding": "bogus"}, ValueError, "rounding must be 'nearest' or 'greedy'"),
     ],
 )
 def test_error_decay_checks_its_arguments_by_name(kwargs, error, match):
