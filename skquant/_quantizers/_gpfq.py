@@ -62,7 +62,8 @@ class GreedyPathQuantizer(BaseDataQuantizer):
     codes_ : ndarray of int of shape (n_in, n_out)
         Codes of the fitted weights (the calibration activations are not kept).
     calibration_error_ : ndarray of shape (n_out,)
-        Relative error ``||Xf w - Xq q|| / ||Xf w||`` of each neuron.
+        Relative error ``||Xf w - Xq q|| / ||Xf w||`` of each neuron (absolute,
+        ``||Xq q||``, where ``Xf w = 0``).
     n_features_in_ : int
         Number of output channels (columns of ``W``).
 

@@ -96,7 +96,8 @@ class GPTQQuantizer(BaseDataQuantizer):
     codes_ : ndarray of int of shape (n_in, n_out)
         Codes of the fitted weights (the calibration activations are not kept).
     calibration_error_ : ndarray of shape (n_out,)
-        Relative error ``||Xf w - Xq q|| / ||Xf w||`` of each neuron.
+        Relative error ``||Xf w - Xq q|| / ||Xf w||`` of each neuron (absolute,
+        ``||Xq q||``, where ``Xf w = 0``).
     order_ : ndarray of int of shape (n_in,)
         The order the inputs were quantized in.
     n_features_in_ : int

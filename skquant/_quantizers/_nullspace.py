@@ -246,11 +246,11 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     preprocessing_residual_ : float
         Largest relative violation ``||X z - X w|| / ||X w||`` of the equality
         after the pre-processing (round-off without a rank cap; more on data with
-        nearly duplicate columns, whose bases can be nearly singular: the walk
-        then keeps every coordinate in its cell rather than restore the equality
-        exactly).
+        nearly duplicate columns, whose bases can be nearly singular: the walk then
+        keeps every coordinate in its cell rather than restore the equality).
     calibration_error_ : ndarray of shape (n_out,)
-        Relative error ``||X w - X q|| / ||X w||`` of each neuron on the data.
+        Relative error ``||X w - X q|| / ||X w||`` of each neuron on the data
+        (absolute, ``||X q||``, where ``X w = 0``).
     bound_ : ndarray of shape (n_out,)
         A-posteriori bound on ``calibration_error_`` (see Notes); computed on first
         access (one eigenvalue problem per neuron, with a progress bar when it
