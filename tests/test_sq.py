@@ -550,3 +550,13 @@ def test_sq_classifier_leaves_x_alone_with_an_in_place_module():
     clf.predict(X)
     clf.predict_proba(X)
     np.testing.assert_array_equal(X, X0)
+
+
+def test_alphabet_threshold_is_checked_by_name():
+    reg = SQRegularizer(_net(torch.float64))
+    assert set(reg.alphabets(0.0).values()) == {"binary"}  # beta >= 0 always
+    for bad in (float("nan"), -1.0):  # (NaN made every layer ternary in silence)
+        with pytest.raises(ValueError, match="threshold must be a finite number >= 0"):
+            reg.alphabets(bad)
+        with pytest.raises(ValueError, match="threshold must be"):
+            reg.quantizers(bad)

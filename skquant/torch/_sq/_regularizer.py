@@ -212,6 +212,7 @@ class SQRegularizer(nn.Module):
 
     def _alphabets(self, threshold):
         """:data:`BINARY` or :data:`TERNARY` by layer, as :meth:`alphabets` says."""
+        threshold = check_positive(threshold, "threshold", zero=True)  # (NaN: ternary)
         beta = self.beta().detach().cpu().numpy()
         return {
             n: BINARY if b >= threshold else TERNARY
