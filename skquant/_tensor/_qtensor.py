@@ -124,7 +124,7 @@ class QuantizedTensor:
             )
         # (binary codes -1, +1 are stored as one bit)
         wide = self.qmax - self.qmin >= 1 << self.n_bits
-        if not fixed and self.alphabet != "binary" and wide:
+        if wide and not fixed and not self.alphabet_record.is_binary:
             raise ValueError(
                 f"n_bits={self.n_bits!r} cannot hold the codes of [qmin, qmax]="
                 f"[{self.qmin}, {self.qmax}]: they need "
