@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._common._warn import warn
 from .._tensor import _safetensors
 
 #: torch dtypes of safetensors' dtype names
@@ -317,3 +318,45 @@ def check_default_device(owner):
             "new tensor is a meta tensor without data. Build the model there, and "
             f"call {owner} after the block."
         )
+
+
+def check_meta(model, checkpoint):
+    """Raise when state on the meta device (no data) has nowhere to come from:
+    any of it without a checkpoint, and buffers a checkpoint does not hold
+    (``persistent=False``) with one."""
+    state = model.state_dict(keep_vars=True)
+    if checkpoint is None:
+        empty = [k for k, v in state.items() if is_meta(v)]
+        if empty:
+            raise ValueError(
+                f"the model's {empty[:5]}{' ...' if len(empty) > 5 else ''} are on "
+                "the meta device (built inside `with torch.device('meta'):`, so they "
+                "hold no data): pass checkpoint= to read them, or build the model "
+                "with its weights."
+            )
+    check_unsaved_buffers(model, "checkpoint")
+
+
+def ties_outside(model, layers, tied):
+    """``{state key: layer}`` of the weight layers' weights that are also the
+    parameter of a module left float (an embedding tied to its decoder), with a
+    warning that the quantized model unties them."""
+    weights = {  # (a weight computed when read is no parameter of another)
+        id(m._parameters["weight"]): n
+        for n, m in layers.items()
+        if m._parameters.get("weight") is not None
+    }
+    own = {weight_key(n) for n in [*layers, *tied]}
+    outside = {
+        key: weights[id(p)]
+        for key, p in model.named_parameters(remove_duplicate=False)
+        if id(p) in weights and key not in own
+    }
+    if outside:
+        warn(
+            f"{sorted(outside)} are the weights of layers "
+            f"{sorted(set(outside.values()))}: they stay float there while those "
+            "layers are quantized (the quantized model no longer ties them).",
+            UserWarning,
+        )
+    return outside

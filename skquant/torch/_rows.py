@@ -179,15 +179,19 @@ class RowSampler:
             starts[offset], total = total, total + n
         self._plans[name] = (starts, self._draw(total))
 
-    def plan(self, name, module, batches):
+    def plan(self, name, module, batches, offsets=None):
         """Draw ``name``'s rows from the row counts of all its input ``batches``
-        (nothing when it has a plan already)."""
+        (nothing when it has a plan already); ``offsets``: each batch's first
+        sample's index, when they are not one after another from 0."""
         if name in self._plans:
             return
-        counts, offset = {}, 0
-        for x in batches:
-            counts[offset] = x.shape[0] * rows_per_sample(module, x)
-            offset += x.shape[0]
+        if offsets is None:
+            sizes = [x.shape[0] for x in batches]
+            offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        counts = {
+            offset: x.shape[0] * rows_per_sample(module, x)
+            for offset, x in zip(offsets, batches)
+        }
         self._counted(name, counts)
 
     def unsettled(self):
