@@ -562,6 +562,52 @@ def test_a_weight_tied_to_a_float_embedding(tmp_path, stored):
             quantize_model(skeleton(), q, X, checkpoint=path, skip=["emb"])
 
 
+class SharedModule(nn.Module):
+    """A module registered under two names (a layer used twice)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.a = self.b = nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = torch.relu(self.a(torch.relu(self.inp(x))))
+        return self.out(torch.relu(self.b(h)))
+
+
+@pytest.mark.filterwarnings("ignore:layers .* share their weight")
+@pytest.mark.parametrize(
+    "make,skip,dropped",
+    [
+        (TiedEmbedding, ["emb", "dec"], "dec.weight"),  # both float
+        (TiedEmbedding, ["emb", "dec"], "emb.weight"),
+        (SharedModule, [], "b.bias"),  # safetensors' save_model keeps 'a.'
+        (SharedModule, [], "a.bias"),
+    ],
+)
+def test_every_tied_tensor_is_read_from_the_name_stored(tmp_path, make, skip, dropped):
+    """Any parameter or buffer under several names (not only a quantized
+    layer's weight) is read from whichever name the checkpoint stores, once,
+    and stays one tensor, giving the in-memory codes."""
+    torch.manual_seed(0)
+    model = make().eval()
+    X = torch.randint(0, 20, (64, 5)) if make is TiedEmbedding else torch.randn(64, 8)
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != dropped}
+    path = tmp_path / "m.safetensors"
+    safetensors_torch.save_file(state, path)
+    q = GreedyPathQuantizer(n_bits=3)
+    ref = quantize_model(model, q, X, skip=skip)
+    with torch.device("meta"):
+        skeleton = make().eval()
+    got = quantize_model(skeleton, q, X, checkpoint=path, skip=skip)
+    assert_same_codes(ref, got)
+    assert torch.equal(ref(X), got(X))
+    if make is TiedEmbedding:
+        assert got.dec.weight is got.emb.weight
+    else:
+        assert got.a is got.b
+
+
 @pytest.mark.filterwarnings("ignore:.*are the weights of layers:UserWarning")
 def test_the_walk_holds_the_float_state_once(tmp_path, monkeypatch):
     """The lean walk's quantized copy shares the float side's parameters (an

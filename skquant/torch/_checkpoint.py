@@ -252,6 +252,22 @@ def put(module, attr, value):
         module._buffers[attr] = value
 
 
+def put_all(model, keys, value):
+    """Set the state entries ``keys`` of ``model`` (the names of one tensor) to
+    the tensor ``value``: one parameter or buffer under all of them, so that
+    they stay tied."""
+    first = None
+    for key in keys:
+        mod, attr = owner(model, key)
+        if first is None:
+            put(mod, attr, value)
+            first = getattr(mod, attr)
+        elif attr in mod._parameters:
+            mod._parameters[attr] = first
+        else:
+            mod._buffers[attr] = first
+
+
 def drop(module, attr):
     """Put a meta tensor of the same shape and dtype in ``module``'s ``attr``."""
     old = getattr(module, attr)

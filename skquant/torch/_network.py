@@ -36,6 +36,7 @@ from ._checkpoint import (
     is_meta,
     owner,
     put,
+    put_all,
     ties_outside,
     weight_key,
 )
@@ -234,25 +235,29 @@ class TorchNetwork(Network):
 
     def _read_state(self, ckpt):
         """Read every state entry but the weight layers' weights from ``ckpt``,
-        after checking that it holds them all. A weight held under several names
-        (tied) may be stored under any one of them, as checkpoints that drop
-        tied copies store it: ``self._stored`` records which."""
+        after checking that it holds them all. A tensor held under several names
+        (tied: a weight shared by layers or with a module left float, any
+        parameter or buffer of a module registered under two names) may be
+        stored under any one of them, as checkpoints that drop tied copies store
+        it: it is read once and stays one tensor. ``self._stored`` records which
+        name each weight layer's weight is read from."""
         names = {name: [weight_key(name)] for name in self._modules}
         for t, first in self.tied.items():
             names[first].append(weight_key(t))
         for key, name in self._outside.items():
             names[name].append(key)
-        self._stored = {
-            name: next((k for k in keys if k in ckpt), None)
-            for name, keys in names.items()
-        }
         aliases = {k for keys in names.values() for k in keys}
         state = self.model.state_dict(keep_vars=True)
-        keys = [k for k in state if k not in aliases]
-        missing = sorted(
-            [weight_key(n) for n, k in self._stored.items() if k is None]
-            + [k for k in keys if k not in ckpt]
-        )
+        shared = {}  # every other entry, by tensor: its names
+        for key, value in state.items():
+            if key not in aliases:
+                shared.setdefault(id(value), []).append(key)
+        groups = [*names.values(), *shared.values()]
+        stored = {
+            keys[0]: next((k for k in keys if k in ckpt), None) for keys in groups
+        }
+        self._stored = {name: stored[weight_key(name)] for name in names}
+        missing = sorted(k for k, found in stored.items() if found is None)
         if missing:
             raise ValueError(
                 f"checkpoint={str(ckpt.path)!r} lacks {len(missing)} of the model's "
@@ -269,10 +274,8 @@ class TorchNetwork(Network):
                 "Checkpoint(path, prefix=...)).",
                 UserWarning,
             )
-        for key in keys:
-            mod, attr = owner(self.model, key)
-            old = getattr(mod, attr)
-            put(mod, attr, self._read(key, old))
+        for keys in shared.values():
+            put_all(self.model, keys, self._read(stored[keys[0]], state[keys[0]]))
 
     def _read(self, key, like):
         """Checkpoint entry ``key`` as ``like``'s dtype, its shape checked."""
