@@ -608,6 +608,25 @@ def test_every_tied_tensor_is_read_from_the_name_stored(tmp_path, make, skip, dr
         assert got.a is got.b
 
 
+def test_load_into_a_meta_model_keeps_its_ties(tmp_path):
+    """A float weight under two names (an embedding tied to its decoder) is one
+    tensor after load_into on a meta-built model, as on a model built with its
+    weights."""
+    torch.manual_seed(0)
+    model = TiedEmbedding().eval()
+    X = torch.randint(0, 20, (16, 5))
+    qmodel = quantize_model(model, UniformQuantizer(n_bits=4), skip=["emb", "dec"])
+    path = tmp_path / "q.skq"
+    save_model(qmodel, path)
+    with torch.device("meta"):
+        skeleton = TiedEmbedding().eval()
+    for target in (TiedEmbedding().eval(), skeleton):
+        loaded = load_into(target, path)
+        assert loaded.dec.weight is loaded.emb.weight
+        assert type(loaded.mid) is QuantLinear
+        assert torch.equal(loaded(X), qmodel(X))
+
+
 @pytest.mark.filterwarnings("ignore:.*are the weights of layers:UserWarning")
 def test_the_walk_holds_the_float_state_once(tmp_path, monkeypatch):
     """The lean walk's quantized copy shares the float side's parameters (an

@@ -120,7 +120,8 @@ def load_into(model, path, *, runtime="auto", strict=True):
         built on the meta device (``with torch.device("meta"): Net()``), which
         then holds only what the file gives it: no float weight of a quantized
         layer is ever materialised, and each layer's tensor is decoded when its
-        turn comes.
+        turn comes. A tensor the model holds under several names (an embedding
+        tied to its decoder) stays one tensor either way.
     path : str or path-like
         A file written by :func:`save_model` (or by :func:`quantize_model` with
         ``output=``).
@@ -267,12 +268,17 @@ def _check_entries(path, dtypes, data, before, strict, replaced):
 def _swap_layers(path, model, header, data, layers, runtime, undo):
     """Give the model room for the file's values (meta entries materialised) and
     its quantized layers, logging in ``undo`` how to take each change back."""
+    made = {}  # a tensor under several names (tied): one for all of them
     for key, value in model.state_dict(keep_vars=True).items():
         if is_meta(value):  # a model built on the meta device: room for the file's
             mod, attr = owner(model, key)
             table = mod._parameters if attr in mod._parameters else mod._buffers
             undo.append(lambda t=table, a=attr, v=value: t.__setitem__(a, v))
-            put(mod, attr, torch.empty(value.shape, dtype=value.dtype))
+            if id(value) in made:
+                table[attr] = made[id(value)]
+            else:
+                put(mod, attr, torch.empty(value.shape, dtype=value.dtype))
+                made[id(value)] = table[attr]
     mods = dict(model.named_modules())
     every = dict(model.named_modules(remove_duplicate=False))
     aliases = {}  # a module registered under several names: the other names
