@@ -771,6 +771,29 @@ def test_names_under_a_prefix_are_pointed_at(saved, tmp_path):
         )
 
 
+@pytest.mark.filterwarnings("ignore:.*are the weights of layers:UserWarning")
+@pytest.mark.parametrize("dropped", ["dec.weight", "emb.weight"])
+def test_a_prefix_is_pointed_at_with_a_tied_name_dropped(tmp_path, dropped):
+    """Published checkpoints store a tied weight under one name: the other,
+    missing under the prefix, does not hide the prefix hint."""
+    model = TiedEmbedding().eval()
+    state = {
+        f"model.{k}": v.clone() for k, v in model.state_dict().items() if k != dropped
+    }
+    path = tmp_path / "wrapped.safetensors"
+    safetensors_torch.save_file(state, path)
+    with torch.device("meta"):
+        skeleton = TiedEmbedding().eval()
+    X = torch.randint(0, 20, (16, 5))
+    q = UniformQuantizer(n_bits=4)
+    with pytest.raises(ValueError, match=re.escape("prefix='model.')")):
+        quantize_model(skeleton, q, X, checkpoint=path, skip=["emb"])
+    got = quantize_model(
+        skeleton, q, X, checkpoint=Checkpoint(path, prefix="model."), skip=["emb"]
+    )
+    assert type(got.dec) is QuantLinear
+
+
 def test_output_is_checked_before_the_walk(saved, tmp_path, monkeypatch):
     model, X, path = saved("mlp")
 

@@ -164,11 +164,13 @@ class Checkpoint:
         """The names of the tensors."""
         return self._where.keys()
 
-    def hint(self, missing):
+    def hint(self, missing, tied=()):
         """What the checkpoint's names say about state entries it lacks (by the
-        model's names): a prefix to give, or to drop, or ``""``."""
+        model's names): a prefix to give, or to drop, or ``""``. ``tied``: lists
+        of the names of one tensor, any of which the checkpoint may store."""
         names = [*(self.prefix + k for k in self._where), *self._unprefixed]
         held = set(names)
+        others = {k: keys for keys in tied for k in keys}
         for key in missing:
             for name in names:
                 lead = name[: -len(key)] if name.endswith("." + key) else None
@@ -178,7 +180,10 @@ class Checkpoint:
                     lead
                     and lead != self.prefix
                     and 2 * sum(n.startswith(lead) for n in names) >= len(names)
-                    and all(lead + k in held for k in missing)
+                    and all(
+                        any(lead + t in held for t in others.get(k, [k]))
+                        for k in missing
+                    )
                 ):
                     return (
                         f" Its tensor {name!r} looks like {key!r} under the prefix "

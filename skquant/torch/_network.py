@@ -262,7 +262,7 @@ class TorchNetwork(Network):
             raise ValueError(
                 f"checkpoint={str(ckpt.path)!r} lacks {len(missing)} of the model's "
                 f"state entries: {missing[:8]} (its tensors include "
-                f"{sorted(ckpt.keys())[:8]}).{ckpt.hint(missing)}"
+                f"{sorted(ckpt.keys())[:8]}).{ckpt.hint(missing, groups)}"
             )
         unread = sorted(set(ckpt.keys()) - set(state) - aliases)
         if unread:
