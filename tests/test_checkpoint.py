@@ -389,6 +389,37 @@ def test_a_forward_looping_over_blocks_holds_one_layer_s_inputs(tmp_path, monkey
     assert all(not m._forward_pre_hooks for m in model.modules())
 
 
+def test_a_parametrized_weight_layer_is_refused_by_name(tmp_path):
+    """A weight layer whose weight a parametrization computes (weight_norm) has
+    no weight entry of its own: checkpoint= and output= refuse it by name and
+    say what they support; left float (skip), it is read from its originals."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    def make():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+        weight_norm(net[0])
+        return net
+
+    model, X = make(), torch.randn(64, 8)
+    path = tmp_path / "wn.safetensors"
+    safetensors_torch.save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, path
+    )
+    q = GPTQQuantizer(n_bits=3)
+    with torch.device("meta"):
+        skeleton = make()
+    refused = r"layers \['0'\] compute their weight .*original0.*plain weight"
+    with pytest.raises(ValueError, match=refused):
+        quantize_model(skeleton, q, X, checkpoint=path)
+    with pytest.raises(ValueError, match=refused):
+        quantize_model(model, q, X, output=tmp_path / "q.skq")
+    ref = quantize_model(model, q, X, skip=["0"])
+    got = quantize_model(skeleton, q, X, checkpoint=path, skip=["0"])
+    assert_same_codes(ref, got)
+    assert torch.equal(ref(X), got(X))
+
+
 def test_checkpoint_refusals(saved, tmp_path):
     model, X, path = saved("mlp")
     with pytest.raises(ValueError, match="ActivationQuantizer.* cannot be combined"):

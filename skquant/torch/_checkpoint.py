@@ -381,3 +381,32 @@ def ties_outside(model, layers, tied):
             UserWarning,
         )
     return outside
+
+
+def check_stored_weights(model, layers):
+    """Raise when a weight layer of ``layers`` ({name: layer} of ``model``)
+    computes its weight when it is read (a parametrization, torch's
+    weight-rebuilding hooks): a walk over a checkpoint, or one writing a file,
+    holds a layer's weight as its own state entry, which such a layer has not."""
+    computed = [n for n, m in layers.items() if m._parameters.get("weight") is None]
+    if not computed:
+        return
+    name = computed[0]
+    entries = [
+        k
+        for k in model.state_dict(keep_vars=True)
+        if k.startswith(f"{name}.") and k != f"{name}.bias"
+    ]
+    raise ValueError(
+        f"layers {computed[:8]} compute their weight when it is read (a "
+        "parametrization such as torch.nn.utils.parametrizations.weight_norm, or "
+        "torch's weight-rebuilding hooks: pruning, the older weight_norm and "
+        f"spectral_norm), from the state entries {entries[:4]} (layer {name!r}), "
+        "not a weight entry of their own: checkpoint= and output= read and hold a "
+        "weight layer's weight as its entry '<layer>.weight', so they support "
+        "layers with a plain weight parameter only. Remove the parametrization "
+        "before saving the checkpoint (torch.nn.utils.parametrize."
+        "remove_parametrizations(layer, 'weight'), torch.nn.utils.prune.remove, "
+        "torch.nn.utils.remove_weight_norm), or quantize the model in memory "
+        "(without checkpoint= and output=)."
+    )

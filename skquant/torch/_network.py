@@ -32,6 +32,7 @@ from . import _graph
 from ._capture import PausedPasses, capture
 from ._checkpoint import (
     check_meta,
+    check_stored_weights,
     drop,
     is_meta,
     owner,
@@ -207,6 +208,7 @@ class TorchNetwork(Network):
         self._checkpoint = checkpoint
         self._held = {}
         if self._lean:
+            check_stored_weights(model, self._modules)
             self._lean_copy()
 
     # ------------------------------------------------------------- lean walks
