@@ -68,6 +68,9 @@ class Int8Weights:
                 )
                 b = None if bias is None else bias[rows].contiguous()
                 self.params.append(torch.ops.quantized.linear_prepack(q, b))
+        # the kernel reads this bias's memory (no copy): the layer checks that its
+        # own bias is still that memory (see ``QuantMixin._packed_params``)
+        self.bias_ptr = None if bias is None else bias.data_ptr()
         self._meta = {
             "alphabet": qt.alphabet,
             "n_bits": int(qt.n_bits),

@@ -270,6 +270,21 @@ class QuantMixin:
     def _bias_or_none(self):
         return None if self.bias is None else self.bias.detach().float().cpu()
 
+    def _bias_linked(self):
+        """Whether the int8 GEMM adds the layer's own bias. Its prepacked weights
+        read the memory of the bias they were packed with: where ``bias`` is now
+        another tensor (a copy, a pickle, ``.double().float()``), they are packed
+        again, once. ``False`` for a bias the kernel cannot take (not float32 on
+        the CPU): the simulated path adds it."""
+        b = self._parameters.get("bias")  # (not ``self.bias``: 10x slower)
+        if (None if b is None else b.data_ptr()) == self._int8.bias_ptr:
+            return True
+        if b is not None and (b.dtype != torch.float32 or not b.is_cpu):
+            return False
+        groups = getattr(self, "groups", 1)
+        self._int8 = Int8Weights(self._int8.tensor(), self._bias_or_none(), groups)
+        return True
+
     @property
     def nbytes_held(self):
         """Bytes this layer holds: codes in their runtime form, scales, bias."""
@@ -579,13 +594,14 @@ class QuantMixin:
         )
 
     def _runs_int8(self, x):
-        """Whether ``x`` goes through the integer GEMM (float32 CPU, no gradient;
-        an empty batch takes the simulated path)."""
+        """Whether ``x`` goes through the integer GEMM (float32 CPU, no gradient,
+        the bias linked; an empty batch takes the simulated path)."""
         return (
             self._int8 is not None
             and x.dtype == torch.float32
             and self._kernel_input(x)
             and x.numel() > 0
+            and self._bias_linked()
         )
 
     def _try_int8(self, x):

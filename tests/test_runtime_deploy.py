@@ -1,0 +1,73 @@
+"""What a quantized model keeps after it is deployed: copies, casts, loads, tracing."""
+
+import copy
+import io
+import pickle
+import warnings
+
+import pytest
+
+from skquant import ActivationQuantizer, UniformQuantizer
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from skquant.torch import quantize_model  # noqa: E402
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+
+def quantized(net, x, runtime="auto", activations=None, n_bits=4):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_model(
+            net,
+            UniformQuantizer(n_bits=n_bits),
+            x,
+            runtime=runtime,
+            activations=activations,
+        )
+
+
+def _reload(model):
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+COPIES = {
+    "deepcopy": copy.deepcopy,
+    "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+    "torch.save": _reload,
+    "double-float": lambda m: m.double().float(),
+}
+
+
+@pytest.mark.parametrize("how", list(COPIES))
+@pytest.mark.parametrize("activations", ["dynamic", "static"])
+def test_int8_kernel_adds_the_current_bias_after_copies(how, activations):
+    """The int8 GEMM's prepacked weights hold a bias: after a copy, a pickle or a
+    cast the layer's ``bias`` is another tensor, and changing it (``zero_``, an
+    optimizer step) changes the output, as in the float runtime."""
+    x = torch.randn(16, 32)
+    acts = ActivationQuantizer(n_bits=7) if activations == "static" else "dynamic"
+    model = COPIES[how](quantized(mlp(), x, "int8", acts))
+    assert model[2]._int8 is not None
+    with torch.no_grad():
+        model[2].bias.add_(1.0)
+        bias = model[2].bias.clone()
+        before = model(x)
+        model[2].bias.zero_()
+        after = model(x)
+    assert torch.allclose(before - after, bias.expand_as(before), atol=1e-5)
+    # an optimizer step on the bias reaches the kernel too
+    model[2].bias.requires_grad_(True)
+    opt = torch.optim.SGD([model[2].bias], lr=1.0)
+    model[2].bias.grad = torch.ones_like(model[2].bias)
+    opt.step()
+    with torch.no_grad():
+        assert torch.allclose(model(x), after - 1.0, atol=1e-5)
