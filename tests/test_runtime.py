@@ -522,7 +522,8 @@ def test_convolutions_run_int8_gemms_over_patches(groups, activations):
     q = GreedyPathQuantizer(n_bits=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeFallbackWarning)
-        qnet = quantize_model(net, q, X, activations=activations)
+        # (runtime="auto" runs grouped convolutions weight-only: asked for here)
+        qnet = quantize_model(net, q, X, activations=activations, runtime="int8")
         with torch.no_grad():
             got = qnet(X)
     sim = quantize_model(net, q, X, activations=activations, runtime="float")
@@ -675,7 +676,9 @@ def test_bytes_held_are_the_codes():
         )
         with torch.no_grad():
             qnet(torch.randn(2, 1024))
-    assert qnet[0].nbytes_held <= 1024 * 512 * 1.05
+    # the prepacked codes, a byte each, padded by fbgemm (512 outputs to 528 on
+    # AVX-512: 1.068 times the codes measured as resident memory), and ~5 kB
+    assert 1024 * 512 < qnet[0].nbytes_held <= 1024 * 512 * 1.1
 
 
 @pytest.mark.parametrize("n_bits", [1, 2, 4, 8])
@@ -822,7 +825,7 @@ def test_runtime_per_layer(tmp_path):
     assert [qnet[i].runtime for i in (0, 2, 4, 6)] == [
         "packed",
         "int8",
-        "int8",
+        "packed",  # "auto" runs a grouped (depthwise) convolution weight-only
         "float",
     ]
     assert qnet[0]._int8 is None and qnet[2]._int8 is not None

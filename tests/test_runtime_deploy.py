@@ -12,7 +12,11 @@ from skquant import ActivationQuantizer, UniformQuantizer
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from skquant.torch import quantize_model  # noqa: E402
+from skquant.torch import (  # noqa: E402
+    RuntimeFallbackWarning,
+    _qlayers,
+    quantize_model,
+)
 
 
 def mlp():
@@ -71,3 +75,35 @@ def test_int8_kernel_adds_the_current_bias_after_copies(how, activations):
     opt.step()
     with torch.no_grad():
         assert torch.allclose(model(x), after - 1.0, atol=1e-5)
+
+
+def test_grouped_convolutions_auto_runtime_and_bytes_held():
+    """The int8 GEMM holds one prepacked object per group (some 5 kB each for a
+    3x3 depthwise channel of 9 codes): ``runtime="auto"`` runs grouped
+    convolutions weight-only (inputs simulated) and says so; asked for,
+    ``runtime="int8"`` runs them and ``nbytes_held`` counts the objects."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Conv2d(64, 8, 1)
+    ).eval()
+    x = torch.randn(4, 64, 6, 6)
+    acts = ActivationQuantizer(n_bits=7)
+    for key in [k for k in _qlayers._ANNOUNCED if "grouped" in str(k)]:
+        _qlayers._ANNOUNCED.discard(key)  # (said once a process)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        auto = quantize_model(net, UniformQuantizer(n_bits=4), x, activations=acts)
+    assert auto[0]._int8 is None and auto[0].runtime == "packed"
+    assert auto[1]._int8 is not None  # groups=1: the integer GEMM
+    said = [str(w.message) for w in seen if w.category is RuntimeFallbackWarning]
+    assert any("grouped convolutions" in m for m in said)
+    assert "simulated" in repr(auto[0])
+    assert auto[0].nbytes_held < 64 * 100  # 32 bytes of codes an output, scales
+    explicit = quantized(net, x, "int8", acts)
+    assert len(explicit[0]._int8.params) == 64
+    assert explicit[0].nbytes_held >= 64 * 4000  # (measured: 5.7 kB a group)
+    sim = quantized(net, x, "float", acts)
+    with torch.no_grad():
+        want = sim(x)
+        for got in (auto(x), explicit(x)):
+            assert float((got - want).norm() / want.norm()) < 0.01

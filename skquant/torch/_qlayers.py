@@ -18,8 +18,10 @@ forward computes, is its *runtime*, chosen per layer:
     forward (any device, any float dtype, every layer).
 
 ``"auto"`` (the default) takes ``"packed"`` for codes of at most 4 bits, ``"int8"``
-otherwise, and ``"float"`` where the integer kernels cannot run (another device,
-bfloat16 or float16, codes wider than 8 bits); a layer that falls back to
+otherwise (the integer GEMM for quantized activations, but for grouped
+convolutions: one prepacked object per group costs more than it saves), and
+``"float"`` where the integer kernels cannot run (another device, bfloat16 or
+float16, codes wider than 8 bits); a layer that falls back to
 ``"float"`` says so once (:class:`RuntimeFallbackWarning`).
 
 Inputs that need gradients take the float path (the kernels are inference kernels);
@@ -44,7 +46,7 @@ from ._int8 import (
     Int8Weights,
     dynamic_reduce_range,
     fake_dynamic,
-    int8_gemm_available,
+    int8_gemm_reason,
     largest_code,
 )
 from ._layout import conv_args, conv_kwargs, to_numpy
@@ -164,7 +166,7 @@ class QuantMixin:
         if reason:
             announce(reason, f"{type(self).__name__}: {reason}")
         asked = self._runtime_request
-        gemm, why = self._int8_gemm(tensor, "int8" if asked == "auto" else asked)
+        gemm, why = self._int8_gemm(tensor, asked)
         if why is not None and self.runtime != "float":
             announce(why, f"{type(self).__name__}: {why}")
         if self.runtime == "packed":
@@ -209,63 +211,15 @@ class QuantMixin:
                 "runtime='int8' or 'auto'."
             )
         if asked == "auto":
-            if self._act_mode is not None and self._int8_gemm(tensor, "int8")[0]:
+            if self._act_mode is not None and self._int8_gemm(tensor, "auto")[0]:
                 return "int8", None
             return ("packed" if bits <= 4 else "int8"), None
         return asked, None
 
     def _int8_gemm(self, tensor, runtime):
-        """``(whether this layer runs torch's int8 GEMM, why not)``.
-
-        The GEMM runs quantized activations of Linear layers: a per-tensor input
-        grid of at most 8 bits, a fixed-width weight grid, float32. Otherwise the
-        input is put on its grid (simulated) before a weight-only product, and the
-        reason is given (``None`` when activations are float).
-        """
-        if self._act_mode is None:
-            return False, None
-        simulated = "; its quantized input is simulated (put on its grid in float)."
-        if getattr(self, "padding_mode", "zeros") != "zeros":
-            return False, (
-                f"padding_mode={self.padding_mode!r} pads with values off the input "
-                "grid" + simulated
-            )
-        if isinstance(getattr(self, "padding", 0), str):
-            return False, (
-                f"padding={self.padding!r}: the patches are formed with explicit "
-                "padding only" + simulated
-            )
-        if runtime == "packed":
-            return False, "runtime='packed' runs weight-only kernels" + simulated
-        meta = self._act_meta or {}
-        if meta.get("n_bits", 8) > 8:
-            return False, (
-                f"the integer GEMM takes inputs of at most 8 bits, not "
-                f"{meta['n_bits']}-bit ones" + simulated
-            )
-        if meta.get("n_bits", 7) == 8 and self._largest_code > 64:
-            return False, (
-                "8-bit inputs with weight codes above 64 in magnitude could saturate "
-                "the x86 integer GEMM (it sums pairs of uint8 x int8 products in "
-                "int16); inputs of at most 7 bits, or activations='dynamic' (7-bit "
-                "for such weights), run on it" + simulated
-            )
-        if meta.get("per_channel"):
-            return (
-                False,
-                "the integer GEMM takes one input scale, not per-feature ones"
-                + simulated,
-            )
-        if tensor.precision_bits is not None:
-            return False, "per-parameter precision has no integer GEMM" + simulated
-        if getattr(self, "_wdtype", torch.float32) != torch.float32:
-            return (
-                False,
-                f"the integer GEMM runs float32, not {self._wdtype}" + simulated,
-            )
-        if not int8_gemm_available():
-            return False, "this torch has no quantized int8 linear operator" + simulated
-        return True, None
+        """``(whether this layer runs torch's int8 GEMM, why not)``: see
+        :func:`~._int8.int8_gemm_reason`."""
+        return int8_gemm_reason(self, tensor, runtime)
 
     def _bias_or_none(self):
         return None if self.bias is None else self.bias.detach().float().cpu()
@@ -287,7 +241,9 @@ class QuantMixin:
 
     @property
     def nbytes_held(self):
-        """Bytes this layer holds: codes in their runtime form, scales, bias."""
+        """Bytes this layer holds: codes in their runtime form, scales, bias (the
+        int8 GEMM's prepacked objects: an estimate with their padding, see
+        :func:`~._int8.prepacked_nbytes`)."""
         total = sum(b.numel() * b.element_size() for b in self._buffers.values())
         if self.bias is not None:
             total += self.bias.numel() * self.bias.element_size()
