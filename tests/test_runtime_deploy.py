@@ -107,3 +107,26 @@ def test_grouped_convolutions_auto_runtime_and_bytes_held():
         want = sim(x)
         for got in (auto(x), explicit(x)):
             assert float((got - want).norm() / want.norm()) < 0.01
+
+
+@pytest.mark.parametrize("runtime", ["packed", "int8", "float"])
+def test_half_float_round_trip_keeps_the_scales_computed_with(runtime):
+    """``.half().float()``: the ``packed`` and ``int8`` layers compute with their
+    float32 scales, and ``weight_scale`` keeps them, so the model's state_dict
+    loads into a model that gives its outputs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 5)
+    ).eval()
+    x = torch.randn(4, 3, 8, 8)
+    model = quantized(net, x, runtime)
+    scale = model[0].weight_scale.clone()
+    model.half()
+    model.float()
+    if runtime != "float":  # (the float runtime computes with the cast buffers)
+        assert model[0].weight_scale.dtype == torch.float32
+        assert torch.equal(model[0].weight_scale, scale)
+    back = quantized(net, x, runtime, n_bits=2)
+    back.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))

@@ -239,6 +239,23 @@ class QuantMixin:
         self._int8 = Int8Weights(self._int8.tensor(), self._bias_or_none(), groups)
         return True
 
+    def _apply(self, fn, recurse=True):
+        """torch's ``_apply`` (``.half()``, ``.to()``), but the ``packed`` and
+        ``int8`` runtimes keep ``weight_scale`` and ``weight_zero_point`` in their
+        dtype (moved, not cast): their kernels compute with the scales as held, and
+        ``state_dict`` must give those back."""
+        kept = {}
+        if self._rt is not None or self._int8 is not None:
+            for key in ("weight_scale", "weight_zero_point"):
+                if self._buffers.get(key) is not None:
+                    kept[key] = self._buffers[key]
+        out = super()._apply(fn, recurse)
+        for key, old in kept.items():
+            new = self._buffers.get(key)
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[key] = old.to(new.device)
+        return out
+
     @property
     def nbytes_held(self):
         """Bytes this layer holds: codes in their runtime form, scales, bias (the
