@@ -130,3 +130,37 @@ def test_half_float_round_trip_keeps_the_scales_computed_with(runtime):
     back.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
+
+
+def test_a_checkpoint_of_another_width_is_refused_before_loading():
+    """torch's size mismatch error, naming the key, the checkpoint's shape and the
+    model's; the model is left as it was and its own state_dict still loads."""
+    x = torch.randn(8, 32)
+    wide = quantized(mlp(), x)  # Linear(32, 64) -> Linear(64, 10)
+    torch.manual_seed(1)
+
+    def narrow_net():
+        return nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 10))
+
+    narrow = quantized(narrow_net(), x)
+    before = {
+        k: v.clone()
+        for k, v in narrow.state_dict().items()
+        if isinstance(v, torch.Tensor)
+    }
+    with torch.no_grad():
+        y = narrow(x)
+    with pytest.raises(RuntimeError, match="size mismatch") as info:
+        narrow.load_state_dict(wide.state_dict())
+    said = str(info.value)
+    assert "0.weight_scale" in said and "(64,)" in said and "(48,)" in said
+    assert "0.weight_packed" in said and "(1024,)" in said and "(768,)" in said
+    after = narrow.state_dict()
+    for key, value in before.items():
+        assert after[key].shape == value.shape and torch.equal(after[key], value)
+    with torch.no_grad():
+        assert torch.equal(narrow(x), y)
+    again = quantized(narrow_net(), x, n_bits=2)
+    again.load_state_dict(narrow.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), y)

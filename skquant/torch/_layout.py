@@ -209,3 +209,49 @@ def conv_kwargs(module):
         "bias": module.bias is not None,
         "padding_mode": module.padding_mode,
     }
+
+
+def size_mismatches(layer, state_dict, prefix):
+    """torch's ``size mismatch for KEY`` messages for the entries of ``state_dict``
+    under ``prefix`` that do not fit the quantized ``layer``'s shape (empty: they
+    fit), found before anything is loaded."""
+    from .._tensor._bits import packed_size
+
+    wshape = tuple(layer._weight_shape())
+    n_out, n_in = wshape[0], int(np.prod(wshape[1:]))
+    n_ch = getattr(layer, "in_features", None) or getattr(layer, "in_channels", 1)
+    errors = []
+
+    def mismatch(key, got, want, what="buffer"):
+        errors.append(
+            f"size mismatch for {prefix}{key}: copying a {what} with shape "
+            f"{tuple(got)} from checkpoint, the shape in current model is {want}."
+        )
+
+    for key, count in (
+        ("weight_scale", n_out),
+        ("weight_zero_point", n_out),
+        ("input_scale", n_ch),
+        ("input_zero_point", n_ch),
+    ):
+        value = state_dict.get(prefix + key)
+        if value is not None and value.numel() not in (1, count):
+            mismatch(key, value.shape, f"({count},) or (1,) (the weight's {wshape})")
+    bias = state_dict.get(prefix + "bias")
+    if bias is not None and layer.bias is not None and bias.shape != layer.bias.shape:
+        mismatch("bias", bias.shape, tuple(layer.bias.shape), "param")
+    for key in ("weight_codes", "weight_bits"):
+        value = state_dict.get(prefix + key)
+        if value is not None and value.numel() != n_out * n_in:
+            mismatch(key, value.shape, wshape)
+    packed = state_dict.get(prefix + "weight_packed")
+    meta = state_dict.get(prefix + "_extra_state")
+    if packed is not None and isinstance(meta, dict) and "n_bits" in meta:
+        want = packed_size(n_out * n_in, int(meta["n_bits"]))
+        if packed.numel() != want:
+            mismatch(
+                "weight_packed",
+                packed.shape,
+                f"({want},) ({meta['n_bits']}-bit codes of the weight's {wshape})",
+            )
+    return errors

@@ -49,7 +49,7 @@ from ._int8 import (
     int8_gemm_reason,
     largest_code,
 )
-from ._layout import conv_args, conv_kwargs, to_numpy
+from ._layout import conv_args, conv_kwargs, size_mismatches, to_numpy
 from ._runtimes import check_runtime
 from ._state import take_hooks
 
@@ -395,6 +395,9 @@ class QuantMixin:
         stored = {
             k: state_dict[prefix + k] for k in self._STORED if prefix + k in state_dict
         }
+        if stored and (mismatched := size_mismatches(self, state_dict, prefix)):
+            errors.extend(mismatched)  # (torch raises them all; nothing changed)
+            return
         if stored:
             self._pending = stored
             if "weight" in self._parameters:  # a fresh layer: its float weight goes
