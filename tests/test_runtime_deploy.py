@@ -164,3 +164,27 @@ def test_a_checkpoint_of_another_width_is_refused_before_loading():
     again.load_state_dict(narrow.state_dict())
     with torch.no_grad():
         assert torch.equal(again(x), y)
+
+
+@pytest.mark.parametrize("how", ["jit.trace", "export"])
+def test_tracing_the_kernels_says_to_use_the_float_runtime(how):
+    """A trace of the ``packed``/``int8`` kernels would hold the example's output
+    (they run outside torch's operators): tracing and exporting raise, naming
+    runtime='float', which traces."""
+    x = torch.randn(4, 32)
+
+    def trace(model):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # (torch.jit)
+            if how == "jit.trace":
+                return torch.jit.trace(model, x, check_trace=False)
+            return torch.export.export(model, (x,)).module()
+
+    for runtime, acts in (("packed", None), ("int8", "dynamic")):
+        with pytest.raises(RuntimeError, match="runtime='float'"):
+            trace(quantized(mlp(), x, runtime, acts))
+    model = quantized(mlp(), x, "float")
+    traced = trace(model)
+    x2 = torch.randn(4, 32) * 5
+    with torch.no_grad():
+        assert torch.allclose(traced(x2), model(x2), atol=1e-5)

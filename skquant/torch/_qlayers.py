@@ -598,10 +598,23 @@ class QuantMixin:
         return y
 
     def _check_input(self, x):
-        """TypeError for an integer input (weights rounded to ints, NaN grids)."""
+        """TypeError for an integer input (weights rounded to ints, NaN grids);
+        RuntimeError under ``torch.jit.trace`` or ``torch.export`` but for the
+        ``float`` runtime (the kernels run outside torch's ops: a trace would
+        hold this input's output as a constant)."""
         if not x.dtype.is_floating_point:
             kind = type(self).__name__
             raise TypeError(f"{kind} takes floating-point inputs, got {x.dtype}.")
+        if self.runtime != "float" and (
+            torch.jit.is_tracing() or torch.compiler.is_exporting()
+        ):
+            raise RuntimeError(
+                f"{type(self).__name__} (runtime={self.runtime!r}) cannot be traced "
+                "by torch.jit.trace or torch.export: its kernels run outside "
+                "torch's operators, so a trace would hold this input's output. "
+                "Quantize or load the model with runtime='float' to trace or "
+                "export it, or use skquant.torch.export_onnx."
+            )
 
     def _float_weight_for(self, x):
         # (an empty batch takes this path by design: nothing to announce)
