@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._tensor._bits import packed_size
+
 SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -215,8 +217,6 @@ def size_mismatches(layer, state_dict, prefix):
     """torch's ``size mismatch for KEY`` messages for the entries of ``state_dict``
     under ``prefix`` that do not fit the quantized ``layer``'s shape (empty: they
     fit), found before anything is loaded."""
-    from .._tensor._bits import packed_size
-
     wshape = tuple(layer._weight_shape())
     n_out, n_in = wshape[0], int(np.prod(wshape[1:]))
     n_ch = getattr(layer, "in_features", None) or getattr(layer, "in_channels", 1)
