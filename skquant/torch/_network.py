@@ -382,7 +382,7 @@ class TorchNetwork(Network):
             )
         self._device = device
         inputs = input_batches(data, self.batch_size, dtype, device)
-        sampler = RowSampler(sum(x.shape[0] for x in inputs), max_rows, random_state)
+        sampler = RowSampler(max_rows, random_state)
         # a lean walk's quantized copy shares the float model's other parameters
         # (an embedding left float is held once; a forward does not write to
         # them), not its buffers (a streaming module's state is written)
