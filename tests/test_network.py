@@ -341,3 +341,18 @@ def test_lp_variant_is_refused_in_networks(digits):
         .shape
         == W.shape
     )
+
+
+def test_complex_inputs_are_refused_by_the_network_front_ends(digits_mlp):
+    # their imaginary part was dropped, with only NumPy's ComplexWarning
+    import skquant
+
+    mlp, X, y = digits_mlp
+    Xc = X[:64] + 1j
+    for call in (
+        lambda: skquant.measure_sensitivity(mlp, Xc, y[:64], bits=(2, 4)),
+        lambda: skquant.adaptive_quantize_mlp(mlp, Xc, y[:64], max_iter=1),
+        lambda: skquant.LayerBitAllocator(mlp, bits=(2, 4)).fit(Xc, y[:64]),
+    ):
+        with pytest.raises(ValueError, match="X must be real, got complex values"):
+            call()

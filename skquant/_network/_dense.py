@@ -76,6 +76,8 @@ class DenseNetwork(Network):
 
     def _check_X(self, X):
         n_in = self._layers[0][0].shape[0]
+        if np.iscomplexobj(X):  # (its imaginary part was dropped, with a warning)
+            raise ValueError("X must be real, got complex values.")
         Xf = np.asarray(X, dtype=np.float64)
         if Xf.ndim != 2 or Xf.shape[1] != n_in:
             raise ValueError(
