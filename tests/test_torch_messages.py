@@ -290,6 +290,8 @@ def test_a_quantized_layer_refuses_integer_inputs():
 
 
 def test_layout_helpers_check_the_layer_and_the_shape():
+    import numpy as np
+
     from skquant.torch import TorchNetwork, matrix_to_weight, weight_to_matrix
 
     lin = nn.Linear(3, 2)
@@ -303,6 +305,16 @@ def test_layout_helpers_check_the_layer_and_the_shape():
         weight_to_matrix(nn.ConvTranspose2d(2, 3, 2))
     with pytest.raises(ValueError, match=r"got weight of shape \(5,\)"):
         weight_to_matrix(lin, torch.ones(5))
+    with pytest.raises(
+        TypeError, match="weight must be a torch.Tensor or None, got nd"
+    ):
+        weight_to_matrix(lin, np.ones((2, 3)))  # (an AttributeError)
+    # NaN, and float64 values beyond float32's range, were made inf or NaN
+    for bad in (np.full((3, 2), 1e300), np.full((3, 2), np.nan)):
+        with pytest.raises(ValueError, match="W must hold finite values within"):
+            matrix_to_weight(bad, lin)
+    with pytest.raises(TypeError, match="W must hold real numbers, got W.dtype=comp"):
+        matrix_to_weight(np.ones((3, 2)) + 1j, lin)
     W = weight_to_matrix(lin)
     assert torch.equal(matrix_to_weight(W, lin), lin.weight.detach())
 

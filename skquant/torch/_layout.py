@@ -129,6 +129,11 @@ def weight_to_matrix(module, weight=None, *, copy=True):
     (75, 8)
     """
     _check_layer(module, "module")
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise TypeError(
+            f"weight must be a torch.Tensor or None, got {type(weight).__name__} "
+            "instead."
+        )
     if weight is not None and tuple(weight.shape) != tuple(module.weight.shape):
         raise ValueError(
             f"weight must have the layer's weight shape {tuple(module.weight.shape)}, "
@@ -178,13 +183,22 @@ def matrix_to_weight(W, module, device=None):
             f"W must be the layer's (n_in, n_out) matrix, of shape {expected} (its "
             f"weight {shape} is (n_out, ...)), got W of shape {W.shape} instead."
         )
+    if W.dtype.kind not in "biuf":  # (complex values lost their imaginary part)
+        raise TypeError(f"W must hold real numbers, got W.dtype={W.dtype} instead.")
     Wt = W.T
     # a read-only matrix may be a view of a model's weight: never alias it
     w = torch.from_numpy(
         np.ascontiguousarray(Wt) if Wt.flags.writeable else np.array(Wt, order="C")
     )
     device = module.weight.device if device is None else device
-    return w.reshape(module.weight.shape).to(device, module.weight.dtype)
+    dtype = module.weight.dtype
+    top = float(np.abs(W).max(initial=0)) if W.size else 0.0
+    if dtype.is_floating_point and not top <= torch.finfo(dtype).max:
+        raise ValueError(  # (NaN, or 1e300 made inf in a float32 layer)
+            f"W must hold finite values within {dtype}'s range, got values up to "
+            f"{top!r} instead."
+        )
+    return w.reshape(module.weight.shape).to(device, dtype)
 
 
 def layer_kind(module):
