@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 
 from ._common._checks import check_int, check_positive, check_rng, check_squares
+from ._common._plot import axes
 from ._common._progress import progress
 from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._nullspace import NullSpaceQuantizer
@@ -664,16 +665,13 @@ def plot_error_decay(result, ax=None, *, test=False):
     --------
     error_decay : Produces the result.
     """
-    import matplotlib.pyplot as plt
-
     if not isinstance(result, dict) or not {"rows", "slopes", "m"} <= set(result):
         raise TypeError(
             "result must be the dict error_decay returns (keys 'rows', 'slopes', "
             f"'m', ...), got {type(result).__name__} with keys "
             f"{sorted(result) if isinstance(result, dict) else None} instead."
         )
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 5))
+    ax = axes(ax, (7, 5))
     rows = result["rows"]
     keys = list(dict.fromkeys((r["method"], r["n_bits"]) for r in rows))
     for i, (meth, b) in enumerate(keys):

@@ -200,3 +200,19 @@ def test_column_vector_labels_are_raveled(digits_mlp):
     np.testing.assert_array_equal(col.cost_, ref.cost_)
     with pytest.raises(ValueError, match=r"got y.shape=\(597, 10\) instead"):
         alloc().fit(X[1200:], np.eye(10)[y[1200:]])
+
+
+def test_plots_draw_and_check_their_axes(fitted, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = fitted.sensitivity_.plot()
+    assert len(ax.get_lines()) >= 3  # each layer's measured noise at least
+    ax = fitted.plot_pareto()
+    ax.figure.savefig(tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    # ax="x" raised AttributeError from the first drawing call
+    for plot in (fitted.sensitivity_.plot, fitted.plot_pareto):
+        with pytest.raises(TypeError, match="ax must be a matplotlib Axes or None"):
+            plot(ax="x")

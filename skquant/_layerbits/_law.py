@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import ndtr
 
+from .._common._plot import axes
 from ._choices import CRITERIA
 
 __all__ = [
@@ -332,10 +333,7 @@ class SensitivityResult:
         ax : matplotlib.axes.Axes
             The axes drawn on.
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 4))
+        ax = axes(ax, (6, 4))
         for i, name in enumerate(self.layer_names):
             b = self.code_bits[i]
             (line,) = ax.semilogy(b, self.noise[i], "o", label=name)

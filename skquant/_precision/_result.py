@@ -1,3 +1,4 @@
+from .._common._plot import axes
 from .._tensor._io import save
 
 """The record of an adaptive-precision run: history, bits, tensors; saving and
@@ -83,10 +84,7 @@ class AdaptiveQuantizationResult:
         ax : matplotlib Axes
             The loss axes.
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 4))
+        ax = axes(ax, (6, 4))
         it = range(len(self.history))
         ax.plot(it, [h["loss"] for h in self.history], "o-", color="C0")
         ax.set_xlabel("iteration")

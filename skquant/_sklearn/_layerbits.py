@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._common._checks import Interval
 from .._common._jobs import N_JOBS
+from .._common._plot import axes
 from .._layerbits._allocation import allocate_bits, greedy_bits, pareto_choices
 from .._layerbits._choices import (
     CRITERIA,
@@ -398,10 +399,7 @@ class LayerBitAllocator(BaseEstimator):
         ax : matplotlib.axes.Axes
             The axes drawn on; the fitted allocation is marked.
         """
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.5))
+        ax = axes(ax, (5, 3.5))
         front = self.pareto_front(n_points)
         n = self.sensitivity_.n_params.sum()
         ax.semilogy(front["size"] / n, front["cost"], "o-", ms=3, label="front")
