@@ -814,8 +814,8 @@ def test_walk_of_a_traced_model_runs_it_once(monkeypatch):
     """The walk of a model whose forward is not a sequence carries its quantized
     copy layer to layer on torch.fx's graph (one float pass and one quantized
     pass, the counted input once each per batch, and the graph checked against
-    the forward on one batch); where fx cannot trace it, in passes paused at
-    each layer (one per batch, as the float passes); both give the same codes."""
+    the forward on one batch) instead of a pass stopped at each layer, and gives
+    the codes those passes give."""
     torch.manual_seed(0)
     model = Residual().eval()
     x = torch.rand(12, 1, 8, 8)
@@ -826,7 +826,7 @@ def test_walk_of_a_traced_model_runs_it_once(monkeypatch):
     monkeypatch.setattr(_graph, "trace", lambda block, sample: None)
     COUNTED[0] = 0
     stopped = quantize_model(model, quantizer, x, batch_size=6)
-    assert COUNTED[0] == 2 + 2  # the float passes, the quantized copy's
+    assert COUNTED[0] == 2 * 6  # the float pass, then one per later layer
 
     assert _graph.same(qnet.state_dict(), stopped.state_dict())
     with torch.no_grad():

@@ -147,7 +147,7 @@ def quantize_layers(
         if est is not None:
             start = time.perf_counter()
             inputs = step.inputs() if requires(est, "data") else None
-            if inputs is not None:  # its calls, as the step counts them so far
+            if inputs is not None and step.calls > 1:
                 first_calls[step.name] = step.calls
             if inputs is not None and not all(np.isfinite(X).all() for X in inputs):
                 raise ValueError(
@@ -199,12 +199,6 @@ def quantize_layers(
         if sink is not None:  # hold no layer while the walk makes the next one
             step.weight = W = None
             release_heap()
-    counted = getattr(network, "calls", {})  # as the walk counted them at its end
-    first_calls = {
-        name: max(calls, counted.get(name, 1))
-        for name, calls in first_calls.items()
-        if max(calls, counted.get(name, 1)) > 1
-    }
     if first_calls:
         warn(
             f"layers {first_calls} (name: calls) run more than once in a forward "

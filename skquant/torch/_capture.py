@@ -1,7 +1,6 @@
 """Forward passes that hand chosen layers' inputs to a callback: the one capture."""
 
 import re
-import threading
 
 import torch
 from torch import nn
@@ -81,161 +80,26 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
                     block(cloned(x))
                 except StopForward:
                     pass
-                except (RuntimeError, IndexError, TypeError) as exc:
-                    explained = _explained(exc, x)
-                    if explained is exc:  # (a TypeError from inside it)
+                except (RuntimeError, IndexError) as exc:  # (IndexError: token ids
+                    # past an embedding's size)
+                    raise ValueError(
+                        f"calibration data of shape {tuple(x.shape)} (one batch) "
+                        f"does not fit the model: {exc}"
+                    ) from exc
+                except TypeError as exc:
+                    if not _CALL_MISMATCH.search(str(exc)):  # (from inside it)
                         raise
-                    raise explained from exc
+                    raise TypeError(
+                        f"the model's forward does not take one tensor ({exc}): "
+                        "skquant calls model(x) on each batch x (the x of (x, y) "
+                        "pairs); wrap a model with several inputs in a module "
+                        "whose forward takes one tensor."
+                    ) from exc
                 offset += x.shape[0]
     finally:
         for h in hooks:
             h.remove()
     return calls
-
-
-def _explained(exc, x):
-    """The error to raise for ``exc``, raised by a forward pass on batch ``x``:
-    one that says the batch does not fit the model (a ``RuntimeError``, or an
-    ``IndexError``: token ids past an embedding's size), or that the forward
-    does not take one tensor; ``exc`` itself for any other."""
-    if isinstance(exc, RuntimeError | IndexError):
-        return ValueError(
-            f"calibration data of shape {tuple(x.shape)} (one batch) does not fit "
-            f"the model: {exc}"
-        )
-    if isinstance(exc, TypeError) and _CALL_MISMATCH.search(str(exc)):
-        return TypeError(
-            f"the model's forward does not take one tensor ({exc}): skquant calls "
-            "model(x) on each batch x (the x of (x, y) pairs); wrap a model with "
-            "several inputs in a module whose forward takes one tensor."
-        )
-    return exc
-
-
-class _Pass:
-    """One batch's forward pass, in its own thread."""
-
-    def __init__(self, x, offset):
-        self.x, self.offset = x, offset
-        self.thread = None
-        self.go, self.back = threading.Semaphore(0), threading.Semaphore(0)
-        self.at = self.input = self.error = None
-        self.done = self.stop = False
-        self.seen = {}
-
-
-class PausedPasses:
-    """The forward passes of ``block`` on ``batches``, each paused at the first
-    call of every module of ``modules`` (a dict name -> module) until the caller
-    has taken the inputs there.
-
-    Each batch's pass runs in a thread of its own, one thread at a time (the
-    caller waits while one runs): a module's inputs on every batch are at hand
-    with no other module's kept, and each pass holds only its own live values.
-    A pass runs as ``block(x)`` does (a copy of the batch, without gradients),
-    every operation once; a module called again in a pass runs on.
-
-    Use :meth:`next` for the next module whose inputs are at hand (the first
-    batch's forward order), :meth:`inputs` for them, :meth:`taken` once they are
-    used (those of ``taken`` from the start), and :meth:`close` at the end
-    (passes still paused are stopped).
-    ``calls`` counts the most times a pass called each module (complete once
-    every pass has ended).
-    """
-
-    def __init__(self, block, modules, batches, taken=()):
-        self.block = block
-        self.calls = {}
-        self._taken = set(taken)
-        self._local = threading.local()
-        self._passes, offset = [], 0
-        for x in batches:
-            self._passes.append(_Pass(x, offset))
-            offset += x.shape[0]
-        self._hooks = [
-            m.register_forward_pre_hook(
-                lambda m, args, kwargs, n=n: self._hook(n, args, kwargs),
-                with_kwargs=True,
-                prepend=True,  # before the others (a lean walk's weight reads)
-            )
-            for n, m in modules.items()
-        ]
-
-    def _hook(self, name, args, kwargs):
-        run = getattr(self._local, "run", None)
-        if run is None:  # a call from outside the passes
-            return
-        if run.stop:
-            raise StopForward
-        run.seen[name] = run.seen.get(name, 0) + 1
-        self.calls[name] = max(self.calls.get(name, 0), run.seen[name])
-        if run.seen[name] > 1 or name in self._taken:
-            return
-        run.at, run.input = name, layer_input(args, kwargs)
-        run.back.release()  # the caller's turn
-        run.go.acquire()
-        run.at = run.input = None
-        if run.stop:
-            raise StopForward
-
-    def _run(self, run):
-        self._local.run = run
-        try:
-            with torch.no_grad():
-                self.block(cloned(run.x))
-        except StopForward:
-            pass
-        except BaseException as exc:  # raised in the caller's thread
-            run.error = exc
-        finally:
-            run.done = True
-            run.back.release()
-
-    def _resume(self, run):
-        if run.thread is None:
-            run.thread = threading.Thread(target=self._run, args=(run,), daemon=True)
-            run.thread.start()
-        else:
-            run.go.release()
-        run.back.acquire()
-        if run.error is not None:
-            exc, run.error = run.error, None
-            explained = _explained(exc, run.x)
-            if explained is exc:
-                raise exc
-            raise explained from exc
-
-    def next(self):
-        """The name of the next module whose inputs are at hand, or ``None``
-        when every pass has ended."""
-        for run in self._passes:
-            if not run.done and (run.thread is None or run.at in self._taken):
-                self._resume(run)
-        return next((run.at for run in self._passes if not run.done), None)
-
-    def inputs(self, name):
-        """``(offsets, inputs)``: the input of module ``name`` in each pass paused
-        at it, and the index of the pass's first sample."""
-        runs = [run for run in self._passes if run.at == name and not run.done]
-        return [run.offset for run in runs], [run.input for run in runs]
-
-    def taken(self, name):
-        """The passes paused at module ``name`` run on at the next :meth:`next`."""
-        self._taken.add(name)
-
-    def close(self):
-        """Stop the passes still paused, and remove the hooks."""
-        try:
-            for run in self._passes:
-                if run.thread is not None and not run.done:
-                    run.stop = True
-                    run.go.release()
-                    run.back.acquire()
-                if run.thread is not None:
-                    run.thread.join()
-        finally:
-            for h in self._hooks:
-                h.remove()
 
 
 def repeated_calls(model, modules, batch):

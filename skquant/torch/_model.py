@@ -165,8 +165,12 @@ def quantize_model(
         too large for memory: build ``model`` on the meta device (``with
         torch.device("meta"): model = Net()``); every state entry but the weight
         layers' weights is read at the start, and each weight layer's weight when
-        the walk reaches it, then dropped. The walk holds one layer at a time
-        (:class:`TorchNetwork`'s ``lean`` mode).
+        the walk reaches it, then dropped: one layer's weight is held at a time
+        (:class:`TorchNetwork`'s ``lean`` mode). Inside an ``nn.Sequential`` so
+        are its inputs; a module with its own ``forward`` (a language model
+        looping over its blocks) runs in float once first, and the sampled
+        inputs of all its layers wait for their turn (see
+        :ref:`checkpoints`).
     output : str or path-like, default=None
         Write the quantized model to this skquant file as the walk goes (each
         layer's codes when it is quantized, the other state at the end; the

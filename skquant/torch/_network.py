@@ -11,9 +11,7 @@ them and as the already quantized prefix does, and is built to be cheap:
 * inside an ``nn.Sequential`` the activations of both models are carried from
   child to child, so each child runs once per model (the quantized prefix's
   output is reused by the next layer);
-* any other module runs in float once, each batch's pass in a thread of its
-  own, paused at each layer in turn (:class:`~skquant.torch._capture.PausedPasses`):
-  a layer's inputs are gathered at its turn, one layer's at a time; its
+* any other module runs once in float to capture all its layers' inputs; its
   quantized copy, when ``torch.fx`` traces it into a graph that gives its
   outputs on a batch, is carried from layer to layer on the graph (each
   operation once, in the graph's order; each value dropped once read), else run
@@ -29,7 +27,7 @@ from torch import nn
 from .._common._warn import warn
 from .._network._protocol import LayerStep, Network
 from . import _graph
-from ._capture import PausedPasses, capture
+from ._capture import capture
 from ._checkpoint import (
     check_meta,
     check_stored_weights,
@@ -135,9 +133,6 @@ class TorchNetwork(Network):
     tied : dict of {str: str}
         Layers whose weight is the same tensor as an earlier layer's: quantized
         once (with the first), counted once.
-    calls : dict of {str: int}
-        The layers a forward pass of the last walk ran more than once, and how
-        many times (complete once the walk has ended).
     """
 
     def __init__(
@@ -201,7 +196,6 @@ class TorchNetwork(Network):
                 UserWarning,
             )
         self.layer_names = list(self._modules)
-        self.calls = {}
         self._lean = lean or checkpoint is not None
         self._outside = ties_outside(model, self._modules, self.tied)
         check_meta(model, checkpoint)
@@ -382,7 +376,7 @@ class TorchNetwork(Network):
             )
         self._device = device
         inputs = input_batches(data, self.batch_size, dtype, device)
-        sampler = RowSampler(max_rows, random_state)
+        sampler = RowSampler(sum(x.shape[0] for x in inputs), max_rows, random_state)
         # a lean walk's quantized copy shares the float model's other parameters
         # (an embedding left float is held once; a forward does not write to
         # them), not its buffers (a streaming module's state is written)
@@ -394,7 +388,6 @@ class TorchNetwork(Network):
         qmodel.eval()
         order = []
         self._quantized = set()
-        self.calls = {}
         handles = self._lean_hooks(qmods) if self._lean else []
         try:
             with kept_state(self.model):
@@ -563,65 +556,57 @@ class TorchNetwork(Network):
         return out, qcache
 
     def _walk_generic(self, fblock, qblock, prefix, fcache, qcache, sampler, qmods):
-        """Any module: its float passes paused at each layer in turn (the inputs
-        of one layer held at a time), its quantized copy carried on its graph,
-        or in passes paused likewise."""
-        inner = {
-            n: self._modules[n]
+        """Any module: one float pass for all its layers, one stopped pass per layer."""
+        inner = [
+            n
             for n in self._modules
             if n == prefix or n.startswith(prefix + ".") or not prefix
-        }
-        passes = PausedPasses(fblock, inner, fcache)
-        walk, done = None, []  # the quantized copy's, when a layer first needs it
-        try:
-            while (name := passes.next()) is not None:
-                offsets, batches = passes.inputs(name)
-                Xf = self._rows_of(inner[name], name, batches, sampler, offsets)
-                batches = None  # the passes' own
-                if not done and qcache is fcache:
-                    Xq = Xf  # nothing before this layer is quantized yet
-                else:
-                    if walk is None:  # once: a graph walk, else paused passes
-                        traced = _graph.trace(qblock, qcache[0])
-                        walk = _graph.GraphWalk(traced, qcache) if traced else None
-                        walk = walk or PausedPasses(
-                            qblock, {n: qmods[n] for n in inner}, qcache, done
-                        )
-                    Xq = self._quantized_rows(walk, prefix, name, qmods[name], sampler)
-                    if Xq is None:
-                        Xq = self._stopped_rows(
-                            qblock, qmods[name], name, qcache, sampler
-                        )
-                done.append(name)
-                step = self._step(name, lambda Xq=Xq, Xf=Xf: (Xq, Xf))
-                step.calls = passes.calls[name]  # so far: counted at the end
-                step.inputs()
-                Xq = Xf = None
-                yield step
-                self._apply(qmods, step)
-                for p in (passes, walk):
-                    if isinstance(p, PausedPasses):
-                        p.taken(name)
-                step = None
-        finally:
-            passes.close()
-            if isinstance(walk, PausedPasses):
-                walk.close()
-        self.calls.update({n: c for n, c in passes.calls.items() if c > 1})
+        ]
+        fmods = {n: self._modules[n] for n in inner}
+        store, order = {}, []
 
-    def _quantized_rows(self, walk, prefix, name, qmod, sampler):
-        """The layer's sampled input rows in the quantized copy, from its graph
-        walk or its paused passes (``None`` when they do not reach the layer)."""
-        if isinstance(walk, PausedPasses):
-            offsets, batches = walk.inputs(name) if walk.next() == name else (0, None)
-        else:
-            offsets, batches = (
-                None,
-                walk.inputs(name[len(prefix) + 1 :] if prefix else name, qmod),
+        def take(name, module, x, offset):
+            if name not in store:
+                order.append(name)
+                check_layer_input(name, module, x)
+            rows = sampler.rows(name, module, x, offset)
+            store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
+
+        calls = capture(fblock, fmods, fcache, take)
+        missing = [n for n in inner if n not in store]
+        if missing:
+            raise ValueError(
+                f"layers {missing} did not run in the model's forward pass on the "
+                "calibration data; leave them out with skip=[...]."
             )
-        if not batches:
-            return None
-        return self._rows_of(qmod, name, batches, sampler, offsets)
+        again = sampler.unsettled()  # sequences of several lengths: counted now
+        if again:
+            for name in again:
+                sampler.settle(name)
+                store[name] = []
+            capture(fblock, {n: fmods[n] for n in again}, fcache, take)
+        first, walk = True, None  # the traced graph, when a layer first needs it
+        for name in order:
+            Xf = as_float64(store.pop(name))  # in float64
+            if first and qcache is fcache:
+                Xq = Xf  # nothing before this layer is quantized yet
+            else:
+                if walk is None:  # once: a graph walk, or False (stopped passes)
+                    traced = _graph.trace(qblock, qcache[0])
+                    walk = _graph.GraphWalk(traced, qcache) if traced else False
+                local = name[len(prefix) + 1 :] if prefix else name
+                batches = walk.inputs(local, qmods[name]) if walk else None
+                Xq = (
+                    self._rows_of(qmods[name], name, batches, sampler)
+                    if batches is not None  # the graph, carried layer to layer
+                    else self._stopped_rows(qblock, qmods[name], name, qcache, sampler)
+                )
+            first = False
+            step = self._step(name, lambda Xq=Xq, Xf=Xf: (Xq, Xf))
+            step.calls = calls[name]
+            step.inputs()
+            yield step
+            self._apply(qmods, step)
 
     def _stopped_rows(self, qblock, qmod, name, qcache, sampler):
         """The layer's sampled input rows in the quantized copy (stopped passes)."""
@@ -635,20 +620,16 @@ class TorchNetwork(Network):
         capture(qblock, {name: qmod}, qcache, take, stop=True)
         return as_float64(chunks)
 
-    def _rows_of(self, mod, name, cache, sampler, offsets=None):
-        """The layer's sampled rows of its input batches ``cache`` (``offsets``:
-        their first samples' indices, when not one after another from 0)."""
+    def _rows_of(self, mod, name, cache, sampler):
+        chunks, offset = [], 0
         for x in cache:
             check_layer_input(name, mod, x)
-        sampler.plan(name, mod, cache, offsets)
-        if offsets is None:
-            sizes = [x.shape[0] for x in cache]
-            offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        sampler.plan(name, mod, cache)
         with torch.no_grad():
-            chunks = [
-                gather_rows(mod, x, sampler.rows(name, mod, x, offset)).cpu()
-                for x, offset in zip(cache, offsets)
-            ]
+            for x in cache:
+                rows = sampler.rows(name, mod, x, offset)
+                chunks.append(gather_rows(mod, x, rows).cpu())
+                offset += x.shape[0]
         return as_float64(chunks)
 
     # ------------------------------------------------------- copies, loss

@@ -151,14 +151,22 @@ class RowSampler:
     (the layer's float and quantized inputs). One generator draws for all
     layers, in the order their draws are made.
 
-    A draw needs ``n``: :meth:`plan` counts it from all of a layer's input
-    batches (the walk has them at hand before it asks for any layer's rows).
+    A draw needs ``n``. :meth:`plan` counts it when a layer's input batches are
+    all at hand. A pass that meets them one at a time (:meth:`rows` before any
+    plan) takes the first batch's rows per sample for all; a batch that has
+    another number (sequences of several lengths) leaves the layer in
+    :meth:`unsettled`: its rows from that pass are not to be kept, and after
+    :meth:`settle` (a draw from the counts that pass saw) the caller runs it
+    again.
     """
 
-    def __init__(self, max_rows, random_state):
+    def __init__(self, n_samples, max_rows, random_state):
+        self.n_samples = n_samples
         self.max_rows = max_rows
         self.rng = check_rng(random_state)
-        self._plans = {}  # name -> (row start by sample offset, draw)
+        self._plans = {}  # name -> (starts by offset or rows per sample, draw)
+        self._seen = {}  # name -> {sample offset: rows}, while the plan assumes
+        self._unsettled = set()
 
     def _draw(self, total):
         if self.max_rows is not None and total > self.max_rows:
@@ -171,26 +179,43 @@ class RowSampler:
             starts[offset], total = total, total + n
         self._plans[name] = (starts, self._draw(total))
 
-    def plan(self, name, module, batches, offsets=None):
+    def plan(self, name, module, batches):
         """Draw ``name``'s rows from the row counts of all its input ``batches``
-        (nothing when it has a plan already); ``offsets``: each batch's first
-        sample's index, when they are not one after another from 0."""
+        (nothing when it has a plan already)."""
         if name in self._plans:
             return
-        if offsets is None:
-            sizes = [x.shape[0] for x in batches]
-            offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        counts = {
-            offset: x.shape[0] * rows_per_sample(module, x)
-            for offset, x in zip(offsets, batches)
-        }
+        counts, offset = {}, 0
+        for x in batches:
+            counts[offset] = x.shape[0] * rows_per_sample(module, x)
+            offset += x.shape[0]
         self._counted(name, counts)
 
+    def unsettled(self):
+        """Layers whose last pass met batches of several rows per sample."""
+        return sorted(self._unsettled)
+
+    def settle(self, name):
+        """Draw ``name``'s rows from the counts its last pass saw."""
+        self._unsettled.discard(name)
+        self._counted(name, self._seen.pop(name))
+
     def rows(self, name, module, x, sample_offset):
-        """Kept row indices within this batch (a tensor), from ``name``'s plan."""
+        """Kept row indices within this batch (a tensor)."""
         n = x.shape[0] * rows_per_sample(module, x)
+        if name not in self._plans:  # the first batch's rows per sample for all
+            per = rows_per_sample(module, x)
+            self._plans[name] = (per, self._draw(per * self.n_samples))
+            self._seen[name] = {}
         starts, idx = self._plans[name]
-        lo = starts[sample_offset]
+        if isinstance(starts, dict):
+            lo = starts[sample_offset]
+        else:
+            self._seen[name][sample_offset] = n
+            if n != starts * x.shape[0]:
+                self._unsettled.add(name)
+            if name in self._unsettled:  # gathered again once settled
+                return torch.zeros(0, dtype=torch.int64, device=x.device)
+            lo = sample_offset * starts
         if idx is None:
             return torch.arange(n, device=x.device)
         sel = idx[np.searchsorted(idx, lo) : np.searchsorted(idx, lo + n)] - lo
