@@ -107,6 +107,14 @@ def test_grouped_convolutions_auto_runtime_and_bytes_held():
         want = sim(x)
         for got in (auto(x), explicit(x)):
             assert float((got - want).norm() / want.norm()) < 0.01
+    # a few wide groups run the GEMM under auto (weight-only, a groups=2
+    # 1024-channel convolution dequantized its weight in every call: 20x slower)
+    wide = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, groups=2)).eval()
+    xw = torch.randn(2, 128, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = quantize_model(wide, UniformQuantizer(n_bits=4), xw, activations=acts)
+    assert auto[0]._int8 is not None and len(auto[0]._int8.params) == 2
 
 
 @pytest.mark.parametrize("runtime", ["packed", "int8", "float"])
@@ -188,3 +196,37 @@ def test_tracing_the_kernels_says_to_use_the_float_runtime(how):
     x2 = torch.randn(4, 32) * 5
     with torch.no_grad():
         assert torch.allclose(traced(x2), model(x2), atol=1e-5)
+
+
+def test_a_bias_the_gemm_cannot_read_in_place_takes_the_simulated_path():
+    """A strided bias was copied by the prepack (later in-place changes were not
+    seen: rel. error 0.89); a parametrized one was packed again in every call."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, b):
+            return 2 * b
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8)).eval()
+    x = torch.randn(4, 16)
+    acts = ActivationQuantizer(n_bits=7)
+    q = quantized(net, x, "int8", acts)
+    ref = quantized(net, x, "float", acts)
+    strided = torch.randn(16)
+    for m in (q[0], ref[0]):
+        m.bias = nn.Parameter(strided[::2], requires_grad=False)  # (a view, stride 2)
+    assert not q[0].bias.is_contiguous()
+    with torch.no_grad():
+        q(x)
+        for m in (q[0], ref[0]):
+            m.bias.add_(1.0)
+        assert torch.allclose(q(x), ref(x), atol=1e-5)
+    p, pref = quantized(net, x, "int8", acts), quantized(net, x, "float", acts)
+    for m in (p[0], pref[0]):
+        parametrize.register_parametrization(m, "bias", Doubled())
+    packed = p[0]._int8
+    with torch.no_grad():
+        p(x)
+        assert torch.allclose(p(x), pref(x), atol=1e-5)
+    assert p[0]._int8 is packed  # not packed again

@@ -17,6 +17,9 @@ from torch import nn
 from .._common._checks import check_int
 from .._tensor._alphabets import safe_scale
 
+#: torch.compiler's flag where this torch has it (from 2.3; none compiles so before)
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
 
 def _check_steps(step, name):
     """ValueError unless every entry of the tensor ``step`` is finite and > 0."""
@@ -96,7 +99,7 @@ def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
     if (
         step.device.type == "cpu"
         and type(step) in (torch.Tensor, nn.Parameter)
-        and not torch.compiler.is_compiling()
+        and not _is_compiling()
         and not torch.jit.is_tracing()
     ):
         _check_steps(step, "step")

@@ -34,6 +34,13 @@ def int8_gemm_available():
     )
 
 
+#: codes a group below which ``runtime="auto"`` runs a grouped convolution
+#: weight-only: a prepacked object (some 5 kB) then outweighs the group's codes
+#: (a depthwise 3x3 group holds 9), where a few wide groups (groups=2 of a
+#: 1024-channel conv) ran 20x slower weight-only at batch 1
+SMALL_GROUP = 4096
+
+
 def int8_gemm_reason(layer, tensor, runtime):
     """``(whether this layer runs torch's int8 GEMM, why not)``.
 
@@ -58,12 +65,13 @@ def int8_gemm_reason(layer, tensor, runtime):
         )
     if runtime == "packed":
         return False, "runtime='packed' runs weight-only kernels" + simulated
-    if runtime == "auto" and getattr(layer, "groups", 1) > 1:
+    groups = getattr(layer, "groups", 1)
+    if runtime == "auto" and groups > 1 and tensor.codes.size < SMALL_GROUP * groups:
         return False, (
-            "runtime='auto' runs grouped convolutions on weight-only kernels: "
-            "the integer GEMM takes one prepacked object per group (some 5 kB "
-            "each, however few its codes) and runs slower; runtime='int8' runs "
-            "it" + simulated
+            f"runtime='auto' runs grouped convolutions of under {SMALL_GROUP} codes "
+            "a group on weight-only kernels: the integer GEMM takes one prepacked "
+            "object per group (some 5 kB each, however few its codes); "
+            "runtime='int8' runs it" + simulated
         )
     meta = layer._act_meta or {}
     if meta.get("n_bits", 8) > 8:
@@ -131,9 +139,12 @@ class Int8Weights:
                 )
                 b = None if bias is None else bias[rows].contiguous()
                 self.params.append(torch.ops.quantized.linear_prepack(q, b))
-        # the kernel reads this bias's memory (no copy): the layer checks that its
-        # own bias is still that memory (see ``QuantMixin._packed_params``)
-        self.bias_ptr = None if bias is None else bias.data_ptr()
+        # the kernel reads this bias's memory (no copy; a strided bias is copied:
+        # -1, never the layer's): the layer checks that its own bias is still
+        # that memory (see ``QuantMixin._bias_linked``)
+        self.bias_ptr = (
+            None if bias is None else bias.data_ptr() if bias.is_contiguous() else -1
+        )
         self._meta = {
             "alphabet": qt.alphabet,
             "n_bits": int(qt.n_bits),

@@ -49,7 +49,12 @@ from ._int8 import (
     int8_gemm_reason,
     largest_code,
 )
-from ._layout import conv_args, conv_kwargs, size_mismatches, to_numpy
+from ._layout import (
+    conv_args,
+    conv_kwargs,
+    size_mismatches,
+    to_numpy,
+)
 from ._runtimes import check_runtime
 from ._state import take_hooks
 
@@ -64,6 +69,9 @@ __all__ = [
 
 #: the activation modes a quantized layer can run
 ACTIVATION_MODES = (None, "dynamic", "static")
+
+#: torch.compiler's flag where this torch has it (from 2.6; none exports so before)
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 class RuntimeFallbackWarning(UserWarning):
@@ -229,11 +237,16 @@ class QuantMixin:
         read the memory of the bias they were packed with: where ``bias`` is now
         another tensor (a copy, a pickle, ``.double().float()``), they are packed
         again, once. ``False`` for a bias the kernel cannot take (not float32 on
-        the CPU): the simulated path adds it."""
+        the CPU, strided, or computed by a parametrization): the simulated path
+        adds it."""
         b = self._parameters.get("bias")  # (not ``self.bias``: 10x slower)
         if (None if b is None else b.data_ptr()) == self._int8.bias_ptr:
             return True
-        if b is not None and (b.dtype != torch.float32 or not b.is_cpu):
+        if b is None and self.bias is not None:  # (it was packed again each call)
+            return False
+        if b is not None and not (b.dtype == torch.float32 and b.is_cpu):
+            return False
+        if b is not None and not b.is_contiguous():  # (the kernel holds a copy)
             return False
         groups = getattr(self, "groups", 1)
         self._int8 = Int8Weights(self._int8.tensor(), self._bias_or_none(), groups)
@@ -605,9 +618,7 @@ class QuantMixin:
         if not x.dtype.is_floating_point:
             kind = type(self).__name__
             raise TypeError(f"{kind} takes floating-point inputs, got {x.dtype}.")
-        if self.runtime != "float" and (
-            torch.jit.is_tracing() or torch.compiler.is_exporting()
-        ):
+        if self.runtime != "float" and (torch.jit.is_tracing() or _is_exporting()):
             raise RuntimeError(
                 f"{type(self).__name__} (runtime={self.runtime!r}) cannot be traced "
                 "by torch.jit.trace or torch.export: its kernels run outside "
