@@ -18,8 +18,8 @@ forward computes, is its *runtime*, chosen per layer:
     forward (any device, any float dtype, every layer).
 
 ``"auto"`` (the default) takes ``"packed"`` for codes of at most 4 bits, ``"int8"``
-otherwise (the integer GEMM for quantized activations, but for grouped
-convolutions: one prepacked object per group costs more than it saves), and
+otherwise (the integer GEMM for quantized activations, but for convolutions of
+small groups, where one prepacked object a group costs more than it saves), and
 ``"float"`` where the integer kernels cannot run (another device, bfloat16 or
 float16, codes wider than 8 bits); a layer that falls back to
 ``"float"`` says so once (:class:`RuntimeFallbackWarning`).
