@@ -22,6 +22,7 @@ from ._quantizers._gpfq import GreedyPathQuantizer
 from ._quantizers._nullspace import NullSpaceQuantizer
 from ._quantizers._uniform import UniformQuantizer
 from ._tensor._alphabets import alphabet_from
+from ._tensor._errors import unit_factor
 from .datasets import make_gaussian_layer
 from .metrics import relative_error
 
@@ -81,13 +82,6 @@ def _steps(step):
             f"{arr.ravel()[:4].tolist()} instead."
         )
     return arr
-
-
-def _scaled(X):
-    """``(X / top, top)``, ``top`` the largest magnitude in ``X`` (1 when all are
-    0): sums of squares of ``X / top`` do not overflow where ``X``'s would."""
-    top = float(np.abs(X).max()) or 1.0
-    return X / top, top
 
 
 def _out(bound):
@@ -190,9 +184,10 @@ def max_subset_norm_bound(X, r):
     """
     X = _as2d(X)
     r = _subset_size(r, X, "r")
-    Xs, top = _scaled(X)
+    f = unit_factor(X)  # (a power of two: exact, and no sum of squares overflows)
+    Xs = X * f
     col = np.sort(np.einsum("ij,ij->j", Xs, Xs))[::-1]
-    frob = np.sqrt(col[:r].sum()) * top
+    frob = np.sqrt(col[:r].sum()) / f
     return float(min(np.linalg.norm(X, 2), frob))
 
 
@@ -373,7 +368,7 @@ def lp_scale_bound(X, w):
             f"w must be a finite vector of length n_in={X.shape[1]}, got "
             f"w.shape={w.shape}."
         )
-    X = _scaled(X)[0]  # (the bound does not depend on a common scale of X)
+    X = X * unit_factor(X)  # (the bound does not depend on a common scale of X)
     s = np.linalg.svd(X, compute_uv=False)
     if s[0] == 0:
         raise ValueError(
@@ -425,9 +420,9 @@ def gpfq_bound(X, step, *, variant="grid"):
     X = _as2d(X)
     step = _steps(step)
     per = step if _is_binary(variant) else step / 2
-    Xs, top = _scaled(X)
+    f = unit_factor(X)
     with np.errstate(over="ignore"):  # (told by _out)
-        return _out(np.linalg.norm(Xs) * top * per)
+        return _out(np.linalg.norm(X * f) / f * per)
 
 
 def predicted_rate(method, m, n_in):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._common._checks import check_matrix
 
-__all__ = ["relative_error", "sqnr"]
+__all__ = ["relative_error", "sqnr", "unit_factor"]
 
 
 def _pair(W, Q):
@@ -21,11 +21,11 @@ def _pair(W, Q):
         )
     # both by one power of two (exact), so that squares and sums neither
     # overflow nor underflow: the errors do not depend on a common scale
-    f = _unit_factor(W, Q)
+    f = unit_factor(W, Q)
     return W.astype(np.float64) * f, Q.astype(np.float64) * f
 
 
-def _unit_factor(*arrays):
+def unit_factor(*arrays):
     """The power of two that brings the largest magnitude in ``arrays`` into
     ``[0.5, 1)`` (1 when they are all zero)."""
     top = max(float(np.abs(a).max(initial=0.0)) for a in arrays)
@@ -75,7 +75,7 @@ def relative_error(W, Q, X=None):
                 f"X must have W.shape[0]={W.shape[0]} columns, got X.shape={X.shape} "
                 "instead."
             )
-        X = X.astype(np.float64) * _unit_factor(X)
+        X = X.astype(np.float64) * unit_factor(X)
         D, W = X @ D, X @ W
     num, den = np.linalg.norm(D), np.linalg.norm(W)
     if den == 0:

@@ -192,7 +192,7 @@ def matrix_to_weight(W, module, device=None):
     )
     device = module.weight.device if device is None else device
     dtype = module.weight.dtype
-    top = float(np.abs(W).max(initial=0)) if W.size else 0.0
+    top = float(np.abs(W).max(initial=0))
     if dtype.is_floating_point and not top <= torch.finfo(dtype).max:
         raise ValueError(  # (NaN, or 1e300 made inf in a float32 layer)
             f"W must hold finite values within {dtype}'s range, got values up to "

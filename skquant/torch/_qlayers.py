@@ -174,7 +174,7 @@ class QuantMixin:
         if reason:
             announce(reason, f"{type(self).__name__}: {reason}")
         asked = self._runtime_request
-        gemm, why = self._int8_gemm(tensor, asked)
+        gemm, why = int8_gemm_reason(self, tensor, asked)
         if why is not None and self.runtime != "float":
             announce(why, f"{type(self).__name__}: {why}")
         if self.runtime == "packed":
@@ -219,15 +219,10 @@ class QuantMixin:
                 "runtime='int8' or 'auto'."
             )
         if asked == "auto":
-            if self._act_mode is not None and self._int8_gemm(tensor, "auto")[0]:
+            if self._act_mode is not None and int8_gemm_reason(self, tensor, "auto")[0]:
                 return "int8", None
             return ("packed" if bits <= 4 else "int8"), None
         return asked, None
-
-    def _int8_gemm(self, tensor, runtime):
-        """``(whether this layer runs torch's int8 GEMM, why not)``: see
-        :func:`~._int8.int8_gemm_reason`."""
-        return int8_gemm_reason(self, tensor, runtime)
 
     def _bias_or_none(self):
         return None if self.bias is None else self.bias.detach().float().cpu()
