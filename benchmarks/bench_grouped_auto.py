@@ -1,0 +1,108 @@
+"""``runtime="auto"`` on grouped convolutions, end to end on a convolutional network.
+
+A MobileNet-style network (random weights, 3x64x64 inputs): a stem conv, then six
+inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project; the last two
+with ``groups=2`` 3x3 convs of 256 channels, 147,456 codes a group) and a
+classifier, quantized at 4 bits with static 7-bit inputs
+(``ActivationQuantizer(n_bits=7)``, 64 calibration images). Printed, for the
+float model, ``runtime="auto"`` (depthwise layers weight-only, wide groups on the
+integer GEMM) and ``runtime="int8"`` (every layer on the GEMM): the layers'
+``nbytes_held`` summed, and the median forward time at batch 1 and 32 under
+``torch.inference_mode`` (interleaved rounds), with the ratio to the float
+model in the same run.
+
+Run:
+    .venv/bin/python benchmarks/bench_grouped_auto.py --rounds 15
+"""
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from skquant import ActivationQuantizer, UniformQuantizer
+from skquant.torch import quantize_model
+
+
+def block(c_in, c_out, expand=4, groups=None):
+    mid = c_in * expand
+    return nn.Sequential(
+        nn.Conv2d(c_in, mid, 1),
+        nn.ReLU(),
+        nn.Conv2d(mid, mid, 3, padding=1, groups=groups or mid),
+        nn.ReLU(),
+        nn.Conv2d(mid, c_out, 1),
+        nn.ReLU(),
+    )
+
+
+def network():
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        block(16, 24),
+        nn.MaxPool2d(2),
+        block(24, 32),
+        block(32, 32),
+        nn.MaxPool2d(2),
+        block(32, 64),
+        block(64, 64, groups=2),
+        block(64, 64, groups=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    ).eval()
+
+
+def held(model):
+    return sum(getattr(m, "nbytes_held", 0) for m in model.modules())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    net = network()
+    calib = torch.randn(64, 3, 64, 64)
+    models = {"float": net}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (auto says which layers it simulates)
+        for runtime in ("auto", "int8"):
+            models[runtime] = quantize_model(
+                net,
+                UniformQuantizer(n_bits=4),
+                calib,
+                activations=ActivationQuantizer(n_bits=7),
+                runtime=runtime,
+            )
+    float_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name, model in models.items():
+        n = float_bytes if name == "float" else held(model)
+        print(f"{name:6s} held {n / 1e6:7.3f} MB")
+    for batch in (1, 32):
+        x = torch.randn(batch, 3, 64, 64)
+        times = {name: [] for name in models}
+        with torch.inference_mode():
+            for model in models.values():
+                model(x)  # warm-up
+            for _ in range(args.rounds):
+                for name, model in models.items():
+                    start = time.perf_counter()
+                    model(x)
+                    times[name].append(time.perf_counter() - start)
+        base = statistics.median(times["float"])
+        for name, t in times.items():
+            med = statistics.median(t)
+            print(
+                f"batch {batch:3d} {name:6s} {1e3 * med:8.2f} ms  "
+                f"({med / base:5.2f}x float)"
+            )
+
+
+if __name__ == "__main__":
+    main()
