@@ -18,11 +18,22 @@ under the embedding's name (as published checkpoints do), ``skip=["emb"]``: the
 embedding stays float (read at the start and held once in the walk) while the
 decoder is quantized.
 
+``--model blocks`` is a stack of residual MLP blocks (768 -> 3072 -> 768, GELU)
+in an ``nn.ModuleList`` that the forward loops over, as language models' are,
+on 16 sequences of 256 tokens (4096 rows a layer, ``max_rows``' default): a
+module that is not a sequence, whose layers' sampled inputs come from float
+passes. ``--held-rows-bytes`` sets the most bytes of those inputs the walk holds
+(``skquant.torch._capture.HELD_ROWS_BYTES``; ``all`` for one pass that holds
+every layer's, as before it had a bound); one row per value.
+
 Run (about 15 minutes; 5 GB of disk in a temporary folder):
     PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py \\
         --json benchmarks/results/bench_checkpoint.json
     PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py --model lm \\
         --quantizers gpfq-4 --json benchmarks/results/bench_checkpoint_lm.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py --model blocks \
+        --quantizers uniform-4 gptq-4 --forms file --held-rows-bytes all default \
+        --json benchmarks/results/bench_checkpoint_blocks.json
     # the docs' table, from the stored rows:
     PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py \\
         --json benchmarks/results/bench_checkpoint.json --rst
@@ -37,12 +48,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from skquant import GreedyPathQuantizer, UniformQuantizer
+from skquant import GPTQQuantizer, GreedyPathQuantizer, UniformQuantizer
 
 N_LAYERS, WIDTH, ROWS = 24, 4096, 256
 QUANTIZERS = {
     "uniform-4": lambda: UniformQuantizer(n_bits=4),
     "gpfq-4": lambda: GreedyPathQuantizer(n_bits=4),
+    "gptq-4": lambda: GPTQQuantizer(n_bits=4),
 }
 
 
@@ -67,6 +79,35 @@ def build_lm(n_layers=LM_LAYERS, width=LM_WIDTH, vocab=LM_VOCAB):
     return LM()
 
 
+BLOCKS, BLOCK_WIDTH, BLOCK_TOKENS = 12, 768, (16, 256)
+
+
+def build_blocks(n_blocks=BLOCKS, width=BLOCK_WIDTH):
+    """Residual MLP blocks in an nn.ModuleList that the forward loops over."""
+    import torch
+    from torch import nn
+
+    class Blocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(
+                nn.ModuleDict(
+                    {
+                        "up": nn.Linear(width, 4 * width),
+                        "down": nn.Linear(4 * width, width),
+                    }
+                )
+                for _ in range(n_blocks)
+            )
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = x + block["down"](torch.nn.functional.gelu(block["up"](x)))
+            return x
+
+    return Blocks()
+
+
 def build(n_layers=N_LAYERS, width=WIDTH):
     import torch
 
@@ -78,8 +119,10 @@ def build(n_layers=N_LAYERS, width=WIDTH):
     return torch.nn.Sequential(*layers)
 
 
-MODELS = {"mlp": build, "lm": build_lm}
-SKIP = {"mlp": [], "lm": ["emb"]}
+MODELS = {"mlp": build, "lm": build_lm, "blocks": build_blocks}
+SKIP = {"mlp": [], "lm": ["emb"], "blocks": []}
+LAYERS = {"mlp": N_LAYERS, "lm": LM_LAYERS, "blocks": BLOCKS}
+WEIGHT_LAYERS = {"mlp": lambda n: n, "lm": lambda n: n + 1, "blocks": lambda n: 2 * n}
 
 
 def calibration(kind, width=WIDTH, rows=ROWS):
@@ -88,6 +131,8 @@ def calibration(kind, width=WIDTH, rows=ROWS):
     gen = torch.Generator().manual_seed(0)
     if kind == "lm":  # rows tokens: 4 sequences of rows // 4
         return torch.randint(0, LM_VOCAB, (4, rows // 4), generator=gen)
+    if kind == "blocks":
+        return torch.randn(*BLOCK_TOKENS, BLOCK_WIDTH, generator=gen)
     return torch.randn(rows, width, generator=gen)
 
 
@@ -136,8 +181,11 @@ def child(args):
     """One measured run (in its own process)."""
     import torch
 
-    from skquant.torch import quantize_model
+    from skquant.torch import _capture, quantize_model
 
+    (held,) = args.held_rows_bytes
+    if held != "default":
+        _capture.HELD_ROWS_BYTES = float("inf") if held == "all" else int(held)
     quantizer = QUANTIZERS[args.quantizer]()
     # warm up: the kernels this run will use, on a small model
     small = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
@@ -179,7 +227,7 @@ def in_memory_codes(kind, single, quantizer_name, out, n_layers):
         skeleton = MODELS[kind](n_layers)
     got = dict(load_into(skeleton, out).named_modules())
     layers = {n: m for n, m in ref.named_modules() if hasattr(m, "weight_codes")}
-    same = len(layers) == n_layers + (kind == "lm") and all(
+    same = len(layers) == WEIGHT_LAYERS[kind](n_layers) and all(
         torch.equal(m.weight_codes, got[n].weight_codes)
         and torch.equal(m.weight_scale, got[n].weight_scale)
         for n, m in layers.items()
@@ -193,9 +241,11 @@ def in_memory_codes(kind, single, quantizer_name, out, n_layers):
 def print_rst(rows):
     from bench_runtime import print_rst_table
 
+    held = any("held_rows_bytes" in r for r in rows)  # (rows stored before it)
     cols = [
         "quantizer",
         "checkpoint",
+        *(["rows held"] if held else []),
         "peak above footprint",
         "of the checkpoint",
         "seconds",
@@ -207,6 +257,7 @@ def print_rst(rows):
         [
             r["quantizer"],
             r["checkpoint"],
+            *([r.get("held_rows_bytes", "default")] if held else []),
             f"{r['above_bytes'] / 1e9:.2f} GB",
             f"{r['above_bytes'] / r['checkpoint_bytes']:.2f}",
             f"{r['seconds']:.0f}",
@@ -231,6 +282,13 @@ def main():
     p.add_argument("--quantizers", nargs="+", default=list(QUANTIZERS))
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
     p.add_argument("--layers", type=int, default=None, help="default: the model's")
+    p.add_argument("--forms", nargs="+", default=["file", "shards"])
+    p.add_argument(
+        "--held-rows-bytes",
+        nargs="+",
+        default=["default"],
+        help="bounds on the sampled inputs a walk holds: bytes, 'all' or 'default'",
+    )
     p.add_argument("--rst", action="store_true", help="print --json's rows as reST")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--quantizer", help=argparse.SUPPRESS)
@@ -244,54 +302,63 @@ def main():
         print_rst(json.loads(args.json.read_text()))
         return
     if args.layers is None:
-        args.layers = {"mlp": N_LAYERS, "lm": LM_LAYERS}[args.model]
+        args.layers = LAYERS[args.model]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         single, shards, size = write_checkpoints(folder, args.model, args.layers)
         print(f"checkpoint: {size / 1e9:.2f} GB float32", flush=True)
-        for qname in args.quantizers:
-            for form, ckpt in (("file", single), ("shards", shards)):
-                out = folder / f"{qname}-{form}.skq"
-                res = subprocess.run(
-                    [sys.executable, __file__, "--child", "--quantizer", qname]
-                    + ["--model", args.model, "--layers", str(args.layers)]
-                    + ["--checkpoint", str(ckpt), "--out", str(out)],
-                    capture_output=True,
-                    text=True,
-                    env={**os.environ, "PYTHONPATH": os.getcwd()},
-                )
-                if res.returncode:
-                    raise RuntimeError(res.stderr)
-                run = json.loads(res.stdout.strip().splitlines()[-1])
-                same, outputs, mem_seconds = in_memory_codes(
-                    args.model, single, qname, out, args.layers
-                )
-                row = {
-                    "model": args.model,
-                    "quantizer": qname,
-                    "checkpoint": form,
-                    "checkpoint_bytes": size,
-                    "file_bytes": out.stat().st_size,
-                    "footprint_bytes": run["base"],
-                    "peak_bytes": run["peak"],
-                    "above_bytes": run["peak"] - run["base"],
-                    "seconds": run["seconds"],
-                    "in_memory_seconds": mem_seconds,
-                    "same_codes": same,
-                    "same_outputs": outputs,
-                }
-                rows.append(row)
-                print(
-                    f"{qname:<10} {form:<7} footprint {run['base'] / 1e9:.2f} GB, "
-                    f"peak +{row['above_bytes'] / 1e9:.2f} GB "
-                    f"({row['above_bytes'] / size:.2f} of the checkpoint), "
-                    f"{run['seconds']:.0f} s (in memory {mem_seconds:.0f} s), "
-                    f"file {row['file_bytes'] / 1e6:.0f} MB, codes "
-                    f"{'equal' if same else 'DIFFERENT'}, outputs "
-                    f"{'equal' if outputs else 'DIFFERENT'}",
-                    flush=True,
-                )
+        forms = {"file": single, "shards": shards}
+        for qname, form, held in (
+            (q, f, h)
+            for q in args.quantizers
+            for f in args.forms
+            for h in args.held_rows_bytes
+        ):
+            ckpt = forms[form]
+            out = folder / f"{qname}-{form}.skq"
+            res = subprocess.run(
+                [sys.executable, __file__, "--child", "--quantizer", qname]
+                + ["--model", args.model, "--layers", str(args.layers)]
+                + ["--checkpoint", str(ckpt), "--out", str(out)]
+                + ["--held-rows-bytes", held],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": os.getcwd()},
+            )
+            if res.returncode:
+                raise RuntimeError(res.stderr)
+            run = json.loads(res.stdout.strip().splitlines()[-1])
+            same, outputs, mem_seconds = in_memory_codes(
+                args.model, single, qname, out, args.layers
+            )
+            row = {
+                "model": args.model,
+                "quantizer": qname,
+                "checkpoint": form,
+                "held_rows_bytes": held,
+                "checkpoint_bytes": size,
+                "file_bytes": out.stat().st_size,
+                "footprint_bytes": run["base"],
+                "peak_bytes": run["peak"],
+                "above_bytes": run["peak"] - run["base"],
+                "seconds": run["seconds"],
+                "in_memory_seconds": mem_seconds,
+                "same_codes": same,
+                "same_outputs": outputs,
+            }
+            rows.append(row)
+            print(
+                f"{qname:<10} {form:<7} rows held {held:<8} "
+                f"footprint {run['base'] / 1e9:.2f} GB, "
+                f"peak +{row['above_bytes'] / 1e9:.2f} GB "
+                f"({row['above_bytes'] / size:.2f} of the checkpoint), "
+                f"{run['seconds']:.0f} s (in memory {mem_seconds:.0f} s), "
+                f"file {row['file_bytes'] / 1e6:.0f} MB, codes "
+                f"{'equal' if same else 'DIFFERENT'}, outputs "
+                f"{'equal' if outputs else 'DIFFERENT'}",
+                flush=True,
+            )
     args.json.write_text(json.dumps(rows, indent=1))
 
 

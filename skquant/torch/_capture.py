@@ -1,13 +1,25 @@
 """Forward passes that hand chosen layers' inputs to a callback: the one capture."""
 
+import math
 import re
 
 import torch
 from torch import nn
 
 from ._data import cloned, input_batches, model_device, model_dtype
-from ._rows import layer_inputs_matrix
+from ._rows import (
+    as_float64,
+    check_layer_input,
+    gather_rows,
+    layer_inputs_matrix,
+    rows_per_sample,
+)
 from ._state import kept_state
+
+#: Most bytes of sampled layer inputs that :func:`sampled_inputs` holds at once
+#: (as estimated from each layer's first batch); past it, the layers are
+#: captured a window at a time, each window in its own stopped passes.
+HELD_ROWS_BYTES = 1 << 28
 
 #: torch's message when ``model(x)`` does not match the forward's signature
 _CALL_MISMATCH = re.compile(
@@ -100,6 +112,128 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
         for h in hooks:
             h.remove()
     return calls
+
+
+def _row_bytes(module, x, sampler):
+    """Bytes of the rows ``sampler`` keeps of ``module``'s inputs, estimated from
+    one input batch ``x`` (every batch taken to have its rows per sample)."""
+    n = rows_per_sample(module, x) * sampler.n_samples
+    if sampler.max_rows is not None:
+        n = min(n, sampler.max_rows)
+    if isinstance(module, nn.Linear):
+        width = x.shape[-1]
+    else:
+        width = module.in_channels * math.prod(module.kernel_size)
+    return n * width * x.element_size()
+
+
+def sampled_inputs(block, modules, batches, sampler, budget=None):
+    """Yield ``(name, X, calls)`` for each layer of ``modules`` (a dict name ->
+    layer inside ``block``), in the order the forward first calls them: its
+    input rows kept by ``sampler`` (a float64 array; conv patches as rows; the
+    first call's input) and the most times a pass called it.
+
+    A first pass over ``batches`` runs the first batch whole, which makes every
+    layer's draw of rows, in forward order, and keeps the rows of the layers that
+    come first and whose estimated rows fit in ``budget`` bytes together (``None``:
+    :data:`HELD_ROWS_BYTES`): all of them, usually. Past it, the later layers are
+    taken in windows of consecutive layers that fit (one layer at least), each in
+    passes of its own, run when the caller asks for the window's first layer (the
+    previous window's rows are gone by then) and stopped, batch by batch, once every
+    layer of the window has had its input. A deep module's walk then holds about
+    ``budget`` bytes of rows, for extra float passes over its prefix; the rows are
+    the same (for sequences of several lengths, rows drawn in another order when
+    several windows hold such layers).
+
+    Raises
+    ------
+    ValueError
+        When a layer does not run on the calibration data, or a batch does not
+        fit it.
+    """
+    budget = HELD_ROWS_BYTES if budget is None else budget
+    order, store, calls, cost = [], {}, {}, {}
+    window = set()
+    state = {"held": 0, "closed": False, "late": False, "at": None, "seen": set()}
+
+    def keep(name, module, x, offset):
+        rows = sampler.rows(name, module, x, offset)  # the draw, at its first call
+        if name in window:
+            store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
+
+    def complete(wanted, name, offset):
+        """Whether every layer of ``wanted`` has had this batch's input."""
+        if state["at"] != offset:
+            state["at"], state["seen"] = offset, set()
+        state["seen"].add(name)
+        return wanted <= state["seen"]
+
+    def stopping(wanted):
+        def take(name, module, x, offset):
+            keep(name, module, x, offset)
+            if complete(wanted, name, offset):
+                raise StopForward
+
+        return take
+
+    def first(name, module, x, offset):
+        """The first pass (and the one over layers it did not reach)."""
+        if name not in cost:
+            order.append(name)
+            check_layer_input(name, module, x)
+            cost[name] = _row_bytes(module, x, sampler)
+            if offset == 0 and not state["closed"]:
+                over = state["held"] + cost[name] > budget
+                state["closed"] = bool(window) and over
+            if not state["closed"] or state["late"]:
+                window.add(name)
+                state["held"] += cost[name]
+        keep(name, module, x, offset)
+        if offset > 0 and state["closed"] and not state["late"]:
+            if complete(window, name, offset):
+                raise StopForward
+
+    def run(wanted, take):
+        state["at"] = None
+        got = capture(block, {n: modules[n] for n in wanted}, batches, take)
+        for n, k in got.items():
+            calls[n] = max(calls.get(n, 0), k)
+
+    run(modules, first)
+    done = set()
+    while True:
+        if not state["closed"] or state["late"]:  # the pass ran every batch whole
+            missing = [n for n in modules if n not in cost]
+            if missing:
+                raise ValueError(
+                    f"layers {missing} did not run in the model's forward pass on "
+                    "the calibration data; leave them out with skip=[...]."
+                )
+        again = [n for n in sampler.unsettled() if n in window]
+        for name in again:  # their rows drawn from every batch's count
+            sampler.settle(name)
+            store[name] = []
+        if again:
+            run(again, stopping(set(again)))
+        for name in [n for n in order if n in window]:
+            done.add(name)
+            yield name, as_float64(store.pop(name)), calls[name]
+        window.clear()
+        pending = [n for n in order if n not in done]
+        if not pending:
+            unseen = [n for n in modules if n not in cost]
+            if not unseen or state["late"] or not state["closed"]:
+                return
+            state["late"] = True  # the layers the stopped passes did not reach
+            run(unseen, first)
+            continue
+        state["held"] = 0
+        for name in pending:
+            if window and state["held"] + cost[name] > budget:
+                break
+            window.add(name)
+            state["held"] += cost[name]
+        run(window, stopping(set(window)))
 
 
 def repeated_calls(model, modules, batch):

@@ -11,11 +11,12 @@ them and as the already quantized prefix does, and is built to be cheap:
 * inside an ``nn.Sequential`` the activations of both models are carried from
   child to child, so each child runs once per model (the quantized prefix's
   output is reused by the next layer);
-* any other module runs once in float to capture all its layers' inputs; its
-  quantized copy, when ``torch.fx`` traces it into a graph that gives its
-  outputs on a batch, is carried from layer to layer on the graph (each
-  operation once, in the graph's order; each value dropped once read), else run
-  once per layer, stopped at that layer.
+* any other module runs once in float to capture all its layers' inputs (in windows
+  of layers, one stopped pass each, when their sampled rows would be more than
+  ``_capture.HELD_ROWS_BYTES``); its quantized copy, when ``torch.fx`` traces it
+  into a graph that gives its outputs on a batch, is carried from layer to layer on
+  the graph (each operation once, in the graph's order; each value dropped once
+  read), else run once per layer, stopped at that layer.
 """
 
 import copy
@@ -27,7 +28,7 @@ from torch import nn
 from .._common._warn import warn
 from .._network._protocol import LayerStep, Network
 from . import _graph
-from ._capture import capture
+from ._capture import capture, sampled_inputs
 from ._checkpoint import (
     check_meta,
     check_stored_weights,
@@ -556,38 +557,17 @@ class TorchNetwork(Network):
         return out, qcache
 
     def _walk_generic(self, fblock, qblock, prefix, fcache, qcache, sampler, qmods):
-        """Any module: one float pass for all its layers, one stopped pass per layer."""
+        """Any module: its layers' float inputs from float passes
+        (:func:`~skquant.torch._capture.sampled_inputs`: usually one), their
+        quantized inputs on its graph or from one stopped pass per layer."""
         inner = [
             n
             for n in self._modules
             if n == prefix or n.startswith(prefix + ".") or not prefix
         ]
         fmods = {n: self._modules[n] for n in inner}
-        store, order = {}, []
-
-        def take(name, module, x, offset):
-            if name not in store:
-                order.append(name)
-                check_layer_input(name, module, x)
-            rows = sampler.rows(name, module, x, offset)
-            store.setdefault(name, []).append(gather_rows(module, x, rows).cpu())
-
-        calls = capture(fblock, fmods, fcache, take)
-        missing = [n for n in inner if n not in store]
-        if missing:
-            raise ValueError(
-                f"layers {missing} did not run in the model's forward pass on the "
-                "calibration data; leave them out with skip=[...]."
-            )
-        again = sampler.unsettled()  # sequences of several lengths: counted now
-        if again:
-            for name in again:
-                sampler.settle(name)
-                store[name] = []
-            capture(fblock, {n: fmods[n] for n in again}, fcache, take)
         first, walk = True, None  # the traced graph, when a layer first needs it
-        for name in order:
-            Xf = as_float64(store.pop(name))  # in float64
+        for name, Xf, calls in sampled_inputs(fblock, fmods, fcache, sampler):
             if first and qcache is fcache:
                 Xq = Xf  # nothing before this layer is quantized yet
             else:
@@ -603,7 +583,7 @@ class TorchNetwork(Network):
                 )
             first = False
             step = self._step(name, lambda Xq=Xq, Xf=Xf: (Xq, Xf))
-            step.calls = calls[name]
+            step.calls = calls
             step.inputs()
             yield step
             self._apply(qmods, step)
