@@ -289,6 +289,26 @@ def test_a_quantized_layer_refuses_integer_inputs():
             qnet(x)
 
 
+def test_a_quantized_layer_refuses_a_new_weight():
+    """torch's fuse_conv_bn_eval sets a float weight on a copy of the conv: it
+    raised KeyError("attribute 'weight' already exists"); the message now says
+    to fuse before quantizing, and the layer keeps its codes."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).eval()
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), torch.randn(4, 3, 8, 8))
+    codes = qnet[0].weight_codes
+    with pytest.raises(TypeError, match="QuantConv2d .*fuse BatchNorm into the"):
+        fuse_conv_bn_eval(qnet[0], qnet[1])
+    for value in (nn.Parameter(torch.zeros(8, 3, 3, 3)), torch.zeros(8, 3, 3, 3)):
+        with pytest.raises(TypeError, match="takes no new one"):
+            qnet[0].weight = value
+    assert torch.equal(qnet[0].weight_codes, codes)
+    qnet[0].bias = nn.Parameter(torch.ones(8))  # a new bias is taken
+    assert torch.equal(qnet[0].bias, torch.ones(8))
+
+
 def test_layout_helpers_check_the_layer_and_the_shape():
     import numpy as np
 

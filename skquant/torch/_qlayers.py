@@ -21,8 +21,8 @@ forward computes, is its *runtime*, chosen per layer:
 otherwise (the integer GEMM for quantized activations, but for convolutions of
 small groups, where one prepacked object a group costs more than it saves), and
 ``"float"`` where the integer kernels cannot run (another device, bfloat16 or
-float16, codes wider than 8 bits); a layer that falls back to
-``"float"`` says so once (:class:`RuntimeFallbackWarning`).
+float16, codes wider than 8 bits); a layer that falls back to ``"float"`` says so
+once (:class:`RuntimeFallbackWarning`).
 
 Inputs that need gradients take the float path (the kernels are inference kernels);
 the result is the same function. A bias that needs gradients gets them through the
@@ -49,12 +49,7 @@ from ._int8 import (
     int8_gemm_reason,
     largest_code,
 )
-from ._layout import (
-    conv_args,
-    conv_kwargs,
-    size_mismatches,
-    to_numpy,
-)
+from ._layout import conv_args, conv_kwargs, size_mismatches, to_numpy
 from ._runtimes import check_runtime
 from ._state import take_hooks
 
@@ -301,6 +296,16 @@ class QuantMixin:
         if "weight" in self._parameters:  # while nn.Linear.__init__ runs
             return self._parameters["weight"]
         return self._dequantized(self._wdtype, self._device)
+
+    def __setattr__(self, name, value):
+        if name == "weight" and "_wshape" in self.__dict__:  # (built)
+            raise TypeError(
+                f"{type(self).__name__} holds its weight as codes and scales and "
+                "takes no new one (as fuse_conv_bn_eval sets): fuse BatchNorm into "
+                "the float model before quantizing (torch.ao.quantization."
+                "fuse_modules), or quantize the new float layer."
+            )
+        super().__setattr__(name, value)
 
     def _dequantized(self, dtype, device):
         if self._rt is not None:
