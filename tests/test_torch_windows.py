@@ -60,20 +60,105 @@ def layer_bytes(rows, n_in):
     return rows * n_in * 4  # float32
 
 
+def same_codes_under_budgets(monkeypatch, make, X, budgets=(1,), **kwargs):
+    """Codes of GPFQ (which reads the float inputs) and of GPTQ aiming at the
+    float outputs, at each budget, against one float pass (no bound); torch's
+    generator seeded the same before each run."""
+    for q in (
+        GreedyPathQuantizer(n_bits=3),
+        GPTQQuantizer(n_bits=3, target="float_output"),
+    ):
+        runs = []
+        for budget in (float("inf"), *budgets):
+            monkeypatch.setattr(_capture, "HELD_ROWS_BYTES", budget)
+            torch.manual_seed(123)
+            runs.append(codes(quantize_model(make(), q, X, **kwargs)))
+        for got in runs[1:]:
+            assert_same(runs[0], got)
+
+
 @pytest.mark.parametrize("fx_proof", [False, True])
-@pytest.mark.parametrize("budget", [1, layer_bytes(64, 2 * D) + 1])
-def test_windows_give_the_codes_of_one_pass(monkeypatch, fx_proof, budget):
+def test_windows_give_the_codes_of_one_pass(monkeypatch, fx_proof):
     """A budget that fits one or two layers at a time (several windows, the
     later ones in stopped passes) gives every layer the codes that one float
     pass over all of them gives, with the quantized copy walked on its graph or
     in stopped passes (a module fx cannot trace)."""
-    torch.manual_seed(0)
-    model = Looped(fx_proof=fx_proof).eval()
+
+    def make():
+        torch.manual_seed(0)
+        return Looped(fx_proof=fx_proof).eval()
+
     X = torch.randn(64, D)
-    q = GPTQQuantizer(n_bits=3)
-    whole = codes(quantize_model(model, q, X, batch_size=16))
+    budgets = (1, layer_bytes(64, 2 * D) + 1)
+    same_codes_under_budgets(monkeypatch, make, X, budgets, batch_size=16)
+
+
+class Streaming(nn.Module):
+    """Blocks each reading the last sample of the previous batch from a buffer
+    (streaming state), a depth counter reset at the end of the forward only,
+    and a noise drawn from torch's generator in eval mode: what a stopped pass
+    or an extra pass would change."""
+
+    def __init__(self, n=4, d=D):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
+        for i in range(n):
+            self.register_buffer(f"prev{i}", torch.zeros(d))
+        self.depth = 0
+
+    def forward(self, x):
+        for i, block in enumerate(self.blocks):
+            self.depth += 1
+            prev = getattr(self, f"prev{i}")
+            h = block(x + prev) / self.depth
+            prev.copy_(x[-1].detach())
+            x = torch.tanh(h + 0.1 * torch.randn_like(h))
+        self.depth = 0
+        return x
+
+
+def test_a_forward_that_keeps_state_gets_the_codes_of_one_pass(monkeypatch):
+    """Each batch of a window's pass starts from the state (buffers, attributes,
+    torch's generator) the first pass started it in: the codes of one pass,
+    where stopped passes over the state the last pass left gave others (34% to
+    91% of a layer's codes)."""
+    torch.manual_seed(1)
+    X = torch.randn(128, D)
+    same_codes_under_budgets(
+        monkeypatch, lambda: Streaming().eval(), X, (1, 3000), batch_size=32
+    )
+
+
+@pytest.mark.parametrize("budget", [float("inf"), 1])
+def test_the_callers_model_keeps_its_state(monkeypatch, budget):
+    """The calibration passes wrote the streaming buffers of the caller's model
+    (left holding the last batch's samples); they are given back as they were,
+    and so are its other attributes."""
+    torch.manual_seed(1)
+    X = torch.randn(128, D)
+    model = Streaming().eval()
+    with torch.no_grad():
+        model.prev1.fill_(0.5)
+    model.depth = 0
     monkeypatch.setattr(_capture, "HELD_ROWS_BYTES", budget)
-    assert_same(whole, codes(quantize_model(model, q, X, batch_size=16)))
+    quantize_model(model, GreedyPathQuantizer(n_bits=3), X, batch_size=32)
+    assert model.depth == 0
+    assert torch.equal(model.prev2, torch.zeros(D))
+    assert torch.equal(model.prev1, torch.full((D,), 0.5))
+
+
+def test_sequences_of_several_lengths_get_the_codes_of_one_pass(monkeypatch):
+    """Batches of sequences of several lengths, rows sampled: their draws are
+    made after the first pass whatever the windows, so the codes are those of
+    one pass."""
+    torch.manual_seed(2)
+    X = [torch.randn(2, t, D) for t in (3, 7, 2, 5)]
+
+    def make():
+        torch.manual_seed(0)
+        return Looped(n=5).eval()
+
+    same_codes_under_budgets(monkeypatch, make, X, (1, 3000), max_rows=20)
 
 
 def test_windows_give_the_codes_of_one_pass_from_a_checkpoint(monkeypatch, tmp_path):

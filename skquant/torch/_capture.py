@@ -14,7 +14,7 @@ from ._rows import (
     layer_inputs_matrix,
     rows_per_sample,
 )
-from ._state import kept_state
+from ._state import ForwardState, kept_state
 
 #: Most bytes of sampled layer inputs that :func:`sampled_inputs` holds at once
 #: (as estimated from each layer's first batch); past it, the layers are
@@ -28,8 +28,9 @@ _CALL_MISMATCH = re.compile(
 )
 
 
-class StopForward(Exception):
-    """Raised by a capture hook to stop a forward pass at a layer."""
+class StopForward(BaseException):
+    """Raised by a capture hook to stop a forward pass at a layer (not an
+    ``Exception``: a forward's ``except Exception`` does not catch it)."""
 
 
 def layer_input(args, kwargs):
@@ -38,7 +39,7 @@ def layer_input(args, kwargs):
     return args[0] if args else kwargs.get("input", next(iter(kwargs.values()), None))
 
 
-def capture(block, modules, batches, take, *, stop=False, every=False):
+def capture(block, modules, batches, take, *, stop=False, every=False, before=None):
     """Run ``block`` on each batch and hand ``modules``' inputs to ``take``.
 
     Without gradients, ``block(x)`` runs for a copy of every ``x`` of ``batches``
@@ -48,7 +49,8 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
     being the index of the batch's first sample.
     A module called more than once in a pass gives its first call's input
     (``every``: each call's). With ``stop``, a pass ends at the first input
-    captured (what follows does not run).
+    captured (what follows does not run). ``before(i)``, if given, runs before
+    the pass over batch ``i``.
 
     Returns
     -------
@@ -85,7 +87,9 @@ def capture(block, modules, batches, take, *, stop=False, every=False):
     try:
         with torch.no_grad():
             offset = 0
-            for x in batches:
+            for i, x in enumerate(batches):
+                if before is not None:
+                    before(i)
                 state["offset"] = offset
                 state["seen"] = {}
                 try:
@@ -133,28 +137,31 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
     input rows kept by ``sampler`` (a float64 array; conv patches as rows; the
     first call's input) and the most times a pass called it.
 
-    A first pass over ``batches`` runs the first batch whole, which makes every
-    layer's draw of rows, in forward order, and keeps the rows of the layers that
-    come first and whose estimated rows fit in ``budget`` bytes together (``None``:
-    :data:`HELD_ROWS_BYTES`): all of them, usually. Past it, the later layers are
-    taken in windows of consecutive layers that fit (one layer at least), each in
-    passes of its own, run when the caller asks for the window's first layer (the
-    previous window's rows are gone by then) and stopped, batch by batch, once every
-    layer of the window has had its input. A deep module's walk then holds about
-    ``budget`` bytes of rows, for extra float passes over its prefix; the rows are
-    the same (for sequences of several lengths, rows drawn in another order when
-    several windows hold such layers).
+    A first pass runs every batch whole: it draws every layer's rows, in forward
+    order, records the forward's state at the start of each batch
+    (:class:`~skquant.torch._state.ForwardState`) and keeps the rows of the
+    layers that come first and whose estimated rows fit in ``budget`` bytes
+    together (``None``: :data:`HELD_ROWS_BYTES`): all of them, usually. Past
+    it, the later layers are taken in windows of consecutive layers that fit
+    (one layer at least), each in a pass of its own, run when the caller asks
+    for the window's first layer (the previous window's rows are gone by then):
+    each batch starts from the state the first pass started it in and stops
+    once every layer of the window has had its input; the state the first pass
+    left, and the caller's random number generators, come back after. A deep
+    module's walk then holds about ``budget`` bytes of rows, for extra float
+    passes over its prefix, and every layer gets the rows it gets in one pass.
 
     Raises
     ------
     ValueError
         When a layer does not run on the calibration data, or a batch does not
-        fit it.
+        fit it (before any layer is yielded).
     """
     budget = HELD_ROWS_BYTES if budget is None else budget
     order, store, calls, cost = [], {}, {}, {}
     window = set()
-    state = {"held": 0, "closed": False, "late": False, "at": None, "seen": set()}
+    state = {"held": 0, "closed": False, "at": None, "seen": set()}
+    forward, starts = ForwardState(block), []
 
     def keep(name, module, x, offset):
         rows = sampler.rows(name, module, x, offset)  # the draw, at its first call
@@ -168,72 +175,74 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
         state["seen"].add(name)
         return wanted <= state["seen"]
 
-    def stopping(wanted):
+    def first(name, module, x, offset):
+        if name not in cost:
+            order.append(name)
+            check_layer_input(name, module, x)
+            cost[name] = _row_bytes(module, x, sampler)
+            if not state["closed"]:
+                over = state["held"] + cost[name] > budget
+                state["closed"] = bool(window) and over
+            if not state["closed"]:
+                window.add(name)
+                state["held"] += cost[name]
+        keep(name, module, x, offset)
+
+    def run(wanted, take, before):
+        state["at"] = None
+        got = capture(
+            block, {n: modules[n] for n in wanted}, batches, take, before=before
+        )
+        for n, k in got.items():
+            calls[n] = max(calls.get(n, 0), k)
+
+    def again(wanted):
+        """A stopped pass over every batch for the layers ``wanted``."""
+        wanted = set(wanted)
+
         def take(name, module, x, offset):
             keep(name, module, x, offset)
             if complete(wanted, name, offset):
                 raise StopForward
 
-        return take
+        for name in wanted:
+            store[name] = []
+        rng = forward.rng()
+        try:
+            run(wanted, take, lambda i: forward.restore(starts[i]))
+        finally:
+            forward.restore(end)
+            forward.set_rng(rng)
 
-    def first(name, module, x, offset):
-        """The first pass (and the one over layers it did not reach)."""
-        if name not in cost:
-            order.append(name)
-            check_layer_input(name, module, x)
-            cost[name] = _row_bytes(module, x, sampler)
-            if offset == 0 and not state["closed"]:
-                over = state["held"] + cost[name] > budget
-                state["closed"] = bool(window) and over
-            if not state["closed"] or state["late"]:
-                window.add(name)
-                state["held"] += cost[name]
-        keep(name, module, x, offset)
-        if offset > 0 and state["closed"] and not state["late"]:
-            if complete(window, name, offset):
-                raise StopForward
-
-    def run(wanted, take):
-        state["at"] = None
-        got = capture(block, {n: modules[n] for n in wanted}, batches, take)
-        for n, k in got.items():
-            calls[n] = max(calls.get(n, 0), k)
-
-    run(modules, first)
+    run(modules, first, lambda i: starts.append(forward.save()))
+    end = forward.save()
+    missing = [n for n in modules if n not in cost]
+    if missing:
+        raise ValueError(
+            f"layers {missing} did not run in the model's forward pass on the "
+            "calibration data; leave them out with skip=[...]."
+        )
+    unsettled = sampler.unsettled()  # drawn now, whatever the windows
+    for name in unsettled:  # (rows from every batch's count)
+        sampler.settle(name)
+    if any(n in window for n in unsettled):
+        again([n for n in unsettled if n in window])
     done = set()
     while True:
-        if not state["closed"] or state["late"]:  # the pass ran every batch whole
-            missing = [n for n in modules if n not in cost]
-            if missing:
-                raise ValueError(
-                    f"layers {missing} did not run in the model's forward pass on "
-                    "the calibration data; leave them out with skip=[...]."
-                )
-        again = [n for n in sampler.unsettled() if n in window]
-        for name in again:  # their rows drawn from every batch's count
-            sampler.settle(name)
-            store[name] = []
-        if again:
-            run(again, stopping(set(again)))
         for name in [n for n in order if n in window]:
             done.add(name)
             yield name, as_float64(store.pop(name)), calls[name]
-        window.clear()
         pending = [n for n in order if n not in done]
         if not pending:
-            unseen = [n for n in modules if n not in cost]
-            if not unseen or state["late"] or not state["closed"]:
-                return
-            state["late"] = True  # the layers the stopped passes did not reach
-            run(unseen, first)
-            continue
-        state["held"] = 0
+            return
+        window.clear()
+        held = 0
         for name in pending:
-            if window and state["held"] + cost[name] > budget:
+            if window and held + cost[name] > budget:
                 break
             window.add(name)
-            state["held"] += cost[name]
-        run(window, stopping(set(window)))
+            held += cost[name]
+        again(window)
 
 
 def repeated_calls(model, modules, batch):

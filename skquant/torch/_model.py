@@ -168,9 +168,10 @@ def quantize_model(
         the walk reaches it, then dropped: one layer's weight is held at a time
         (:class:`TorchNetwork`'s ``lean`` mode). Inside an ``nn.Sequential`` so
         are its inputs; a module with its own ``forward`` (a language model
-        looping over its blocks) runs in float once first, and the sampled
-        inputs of all its layers wait for their turn (see
-        :ref:`checkpoints`).
+        looping over its blocks) runs in float first, and the sampled inputs
+        of its layers wait for their turn, up to 256 MiB of them: past it, a
+        window of layers at a time, each window's taken by float passes of
+        its own (see :ref:`checkpoints`).
     output : str or path-like, default=None
         Write the quantized model to this skquant file as the walk goes (each
         layer's codes when it is quantized, the other state at the end; the
