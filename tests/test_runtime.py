@@ -32,6 +32,7 @@ from skquant.torch import (  # noqa: E402
     QuantConv1d,
     QuantConv2d,
     QuantLinear,
+    _int8,  # noqa: E402
     load_into,
     quantize_model,
     save_model,
@@ -514,9 +515,17 @@ def test_activation_bits_the_kernels_cannot_run_are_announced():
         )
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "gemm"])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("activations", ["dynamic", ActivationQuantizer(8)])
-def test_convolutions_run_int8_gemms_over_patches(groups, activations):
+def test_convolutions_run_int8_kernels(monkeypatch, groups, activations, kernel):
+    """oneDNN's quantized convolution (all groups in one call) where torch has
+    it, else int8 GEMMs over the patches (one per group): both compute the
+    simulated layer's function (exact integer sums, rescaled in float32)."""
+    if kernel == "onednn" and not _int8.onednn_conv_available():
+        pytest.skip("this torch has no oneDNN quantized convolution")
+    if kernel == "gemm":
+        monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
     net = cnn(groups)
     X = torch.randn(32, 3, 8, 8)
     q = GreedyPathQuantizer(n_bits=4)
@@ -527,11 +536,14 @@ def test_convolutions_run_int8_gemms_over_patches(groups, activations):
         with torch.no_grad():
             got = qnet(X)
     sim = quantize_model(net, q, X, activations=activations, runtime="float")
-    assert all(qnet[i]._int8 is not None for i in (0, 2, 4, 6))
-    assert len(qnet[4]._int8.params) == 8  # depthwise: one GEMM per group
+    want = _int8.Int8Conv if kernel == "onednn" else _int8.Int8Weights
+    assert all(type(qnet[i]._int8) is want for i in (0, 2, 4))
+    assert type(qnet[6]._int8) is _int8.Int8Weights  # (a Linear's)
+    if kernel == "gemm":
+        assert len(qnet[4]._int8.params) == 8  # depthwise: one GEMM per group
     with torch.no_grad():
-        assert _relative(got, sim(X)) <= 0.01
-        assert _relative(qnet(X[:1]), sim(X[:1])) <= 0.01
+        assert _relative(got, sim(X)) <= 1e-5
+        assert _relative(qnet(X[:1]), sim(X[:1])) <= 1e-5
 
 
 def test_conv1d_int8_and_padding_modes():
@@ -822,10 +834,13 @@ def test_runtime_per_layer(tmp_path):
         qnet = quantize_model(
             net, UniformQuantizer(4), X, activations=acts, runtime=runtime
         )
+    # "auto" runs a grouped (depthwise) convolution on oneDNN's convolution
+    # where torch has it, else weight-only (its GEMMs would hold a kB a group)
+    depthwise = "int8" if _int8.onednn_conv_available() else "packed"
     assert [qnet[i].runtime for i in (0, 2, 4, 6)] == [
         "packed",
         "int8",
-        "packed",  # "auto" runs a grouped (depthwise) convolution weight-only
+        depthwise,
         "float",
     ]
     assert qnet[0]._int8 is None and qnet[2]._int8 is not None

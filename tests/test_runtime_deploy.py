@@ -14,6 +14,7 @@ from torch import nn  # noqa: E402
 
 from skquant.torch import (  # noqa: E402
     RuntimeFallbackWarning,
+    _int8,
     _qlayers,
     quantize_model,
 )
@@ -77,11 +78,13 @@ def test_int8_kernel_adds_the_current_bias_after_copies(how, activations):
         assert torch.allclose(model(x), after - 1.0, atol=1e-5)
 
 
-def test_grouped_convolutions_auto_runtime_and_bytes_held():
-    """The int8 GEMM holds one prepacked object per group (some 5 kB each for a
-    3x3 depthwise channel of 9 codes): ``runtime="auto"`` runs grouped
-    convolutions weight-only (inputs simulated) and says so; asked for,
-    ``runtime="int8"`` runs them and ``nbytes_held`` counts the objects."""
+def test_grouped_convolutions_on_gemms_auto_runtime_and_bytes_held(monkeypatch):
+    """Without oneDNN's convolution, the int8 GEMM holds one prepacked object per
+    group (some 5 kB each for a 3x3 depthwise channel of 9 codes):
+    ``runtime="auto"`` runs grouped convolutions weight-only (inputs simulated)
+    and says so; asked for, ``runtime="int8"`` runs them and ``nbytes_held``
+    counts the objects."""
+    monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Conv2d(64, 8, 1)
@@ -115,6 +118,31 @@ def test_grouped_convolutions_auto_runtime_and_bytes_held():
         warnings.simplefilter("ignore")
         auto = quantize_model(wide, UniformQuantizer(n_bits=4), xw, activations=acts)
     assert auto[0]._int8 is not None and len(auto[0]._int8.params) == 2
+
+
+@pytest.mark.skipif(
+    not _int8.onednn_conv_available(), reason="no oneDNN quantized convolution"
+)
+def test_grouped_convolutions_on_onednn_auto_runtime_and_bytes_held():
+    """oneDNN's convolution takes every group in one object: ``runtime="auto"``
+    runs a depthwise convolution on it, holding about a byte a code (the
+    per-group GEMMs held 5.7 kB a group), and computes the simulated function."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Conv2d(64, 8, 1)
+    ).eval()
+    x = torch.randn(4, 64, 6, 6)
+    acts = ActivationQuantizer(n_bits=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeFallbackWarning)
+        auto = quantize_model(net, UniformQuantizer(n_bits=4), x, activations=acts)
+    assert type(auto[0]._int8) is _int8.Int8Conv and auto[0].runtime == "int8"
+    assert auto[0].nbytes_held < 64 * 100
+    assert "simulated" not in repr(auto[0])
+    sim = quantized(net, x, "float", acts)
+    with torch.no_grad():
+        want = sim(x)
+        assert float((auto(x) - want).norm() / want.norm()) < 1e-5
 
 
 @pytest.mark.parametrize("runtime", ["packed", "int8", "float"])

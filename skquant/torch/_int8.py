@@ -6,18 +6,25 @@ rescaled to float. Its weights live in a prepacked object; :class:`Int8Weights`
 holds them (one per group of a grouped convolution) and gives the
 :class:`~skquant.QuantizedTensor` back. The dynamic input grid
 (:func:`fake_dynamic`) is the one the operator computes.
+
+Convolutions run on oneDNN's quantized convolution where torch has it
+(:class:`Int8Conv`: ``uint8`` inputs, ``int8`` weights, float32 outputs, all
+groups in one call), else as GEMMs over their patches (:meth:`Int8Weights.conv`).
 """
 
 import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .._tensor._alphabets import safe_scale
 from .._tensor._qtensor import QuantizedTensor
 
 __all__ = [
+    "Int8Conv",
     "Int8Weights",
+    "int8_weights",
     "dynamic_reduce_range",
     "fake_dynamic",
     "int8_gemm_available",
@@ -35,7 +42,9 @@ def int8_gemm_available():
 
 
 #: codes a group below which ``runtime="auto"`` runs a grouped convolution
-#: weight-only: a prepacked object (some 5 kB) then outweighs the group's codes
+#: weight-only where oneDNN's convolution does not serve it (GEMMs over its
+#: patches, one a group): a prepacked object (some 5 kB) then outweighs the
+#: group's codes
 #: (a depthwise 3x3 group holds 9), where a few wide groups (groups=2 of a
 #: 1024-channel conv) ran 20x slower weight-only at batch 1
 SMALL_GROUP = 4096
@@ -45,7 +54,8 @@ def int8_gemm_reason(layer, tensor, runtime):
     """``(whether this layer runs torch's int8 GEMM, why not)``.
 
     The GEMM runs quantized activations of Linear layers and convolutions (a
-    grouped one where ``runtime="int8"`` asks for it, not ``"auto"``): a
+    grouped one of small groups on GEMMs over its patches where
+    ``runtime="int8"`` asks for it, not ``"auto"``): a
     per-tensor input grid of at most 8 bits, a fixed-width weight grid, float32.
     Otherwise the input is put on its grid (simulated) before a weight-only
     product, and the reason is given (``None`` when activations are float).
@@ -66,7 +76,8 @@ def int8_gemm_reason(layer, tensor, runtime):
     if runtime == "packed":
         return False, "runtime='packed' runs weight-only kernels" + simulated
     groups = getattr(layer, "groups", 1)
-    if runtime == "auto" and groups > 1 and tensor.codes.size < SMALL_GROUP * groups:
+    small = groups > 1 and tensor.codes.size < SMALL_GROUP * groups
+    if runtime == "auto" and small and not onednn_takes(tensor):
         return False, (
             f"runtime='auto' runs grouped convolutions of under {SMALL_GROUP} codes "
             "a group on weight-only kernels: the integer GEMM takes one prepacked "
@@ -111,7 +122,8 @@ class Int8Weights:
     :class:`QuantizedTensor`; pickles as that tensor.
     """
 
-    def __init__(self, qt, bias, groups=1):
+    def __init__(self, qt, bias, groups=1, geometry=None):
+        self.geometry = geometry
         self._set(qt, bias, groups)
 
     def _set(self, qt, bias, groups):
@@ -181,15 +193,162 @@ class Int8Weights:
             float_dtype=m["float_dtype"],
         )
 
+    def conv(self, x, scale, zp, bounds):
+        """A convolution's output (``geometry``: see :func:`int8_weights`) as
+        int8 GEMMs over its patches (``unfold``), one per group, on the input
+        grid ``(scale, zp)`` of codes in ``bounds`` (``x``: a Conv2d's input)."""
+        x = grid_codes(x, scale, zp, bounds).sub_(zp).mul_(scale)
+        kernel, stride, padding, dilation = self.geometry
+        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        n, _, n_pos = cols.shape
+        per = cols.shape[1] // len(self.params)
+        outs = []
+        for g, params in enumerate(self.params):
+            a = cols[:, g * per : (g + 1) * per, :].transpose(1, 2).reshape(-1, per)
+            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                a.contiguous(), scale, zp, params
+            )
+            outs.append(y.reshape(n, n_pos, -1))
+        y = torch.cat(outs, dim=2).transpose(1, 2)
+        size = [
+            (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1)
+            // stride[i]
+            + 1
+            for i in range(2)
+        ]
+        return y.reshape(n, y.shape[1], *size)
+
     def __getstate__(self):
         return {
             "tensor": self.tensor(),
             "bias": self._unpacked()[1],
             "groups": len(self.params),
+            "geometry": self.geometry,
         }
 
     def __setstate__(self, state):
+        self.geometry = state.get("geometry")
         self._set(state["tensor"], state["bias"], state.get("groups", 1))
+
+
+def grid_codes(x, scale, zp, bounds):
+    """``x``'s codes on the grid ``(scale, zp)`` of codes in ``bounds`` (a new
+    float tensor; a NaN takes the lowest code): ``round(x / scale) + zp``
+    clamped, in place after the division (a tensor a step: 10x slower on
+    activations of several MB, each a fresh allocation)."""
+    q = x / scale
+    return q.round_().add_(zp).clamp_(*bounds).nan_to_num_(nan=float(bounds[0]))
+
+
+def onednn_conv_available():
+    """Whether this torch has oneDNN's quantized convolution operators."""
+    ops = torch.ops.onednn
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "qconv_prepack")
+        and hasattr(ops, "qconv2d_pointwise")
+    )
+
+
+def int8_weights(qt, bias, groups=1, geometry=None):
+    """The integer kernels' form of ``qt`` (and ``bias``): for a convolution
+    (``geometry``: ``(kernel, stride, padding, dilation)``, pairs, a Conv1d's as
+    a Conv2d's of height 1), :class:`Int8Conv` where oneDNN's convolution runs
+    (signed 8-bit codes without zero points), else :class:`Int8Weights`."""
+    if geometry is not None and onednn_takes(qt):
+        try:
+            return Int8Conv(qt, bias, groups, geometry)
+        except RuntimeError:  # (a CPU or build that oneDNN does not serve)
+            pass
+    return Int8Weights(qt, bias, groups, geometry)
+
+
+def onednn_takes(qt):
+    """Whether oneDNN's convolution takes ``qt``'s codes: signed 8-bit ones
+    without zero points, where torch has it."""
+    zp = qt.zero_point
+    signed = qt.qmin >= -128 and qt.qmax <= 127
+    return (
+        signed
+        and (zp is None or not np.any(np.asarray(zp)))
+        and onednn_conv_available()
+    )
+
+
+class Int8Conv:
+    """A convolution's weights in oneDNN's prepacked int8 form (all groups in one
+    object, about a byte a code): ``uint8`` inputs on a per-tensor grid, float32
+    outputs, the bias added by the kernel. Same interface as
+    :class:`Int8Weights`."""
+
+    def __init__(self, qt, bias, groups, geometry):
+        self.geometry, self.groups, self.bias = geometry, groups, bias
+        self.bias_ptr = (
+            None if bias is None else bias.data_ptr() if bias.is_contiguous() else -1
+        )
+        if bias is not None and not bias.is_contiguous():
+            self.bias = bias.contiguous()
+        kernel = geometry[0]
+        codes = np.ascontiguousarray(qt.codes.T).astype(np.int8)
+        n_out = codes.shape[0]
+        self.scale = torch.from_numpy(
+            np.broadcast_to(safe_scale(qt.scale, np.float64), (n_out,)).copy()
+        )
+        self.zero_points = torch.zeros(n_out, dtype=torch.int64)
+        weight = torch.from_numpy(codes).reshape(n_out, -1, *kernel)
+        _, stride, padding, dilation = (list(v) for v in geometry)
+        self.weight = torch.ops.onednn.qconv_prepack(
+            weight, self.scale, 1.0, 0, stride, padding, dilation, groups, None
+        )
+        self._meta = {
+            "alphabet": qt.alphabet,
+            "n_bits": int(qt.n_bits),
+            "qmin": int(qt.qmin),
+            "qmax": int(qt.qmax),
+            "scale": np.array(qt.scale, copy=True),
+            "zero_point": None if qt.zero_point is None else np.array(qt.zero_point),
+            "float_dtype": qt.float_dtype,
+            "codes_dtype": qt.codes.dtype,
+        }
+        self.nbytes = onednn_nbytes(n_out, codes.shape[1])
+
+    def conv(self, x, scale, zp, bounds):
+        """The convolution of ``x`` (a Conv2d's input, float32) on the input grid
+        ``(scale, zp)`` of codes in ``bounds`` (:func:`grid_codes`)."""
+        q = grid_codes(x, scale, zp, bounds).to(torch.uint8)
+        _, stride, padding, dilation = (list(v) for v in self.geometry)
+        return torch.ops.onednn.qconv2d_pointwise(
+            q, scale, zp, self.weight, self.scale, self.zero_points, self.bias,
+            stride, padding, dilation, self.groups, 1.0, 0, torch.float32,
+            "none", [], "",
+        )  # fmt: skip
+
+    def tensor(self):
+        m = self._meta
+        codes = self.weight.to_dense().reshape(self.weight.shape[0], -1).numpy()
+        return QuantizedTensor(
+            codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
+            scale=m["scale"],
+            n_bits=m["n_bits"],
+            qmin=m["qmin"],
+            qmax=m["qmax"],
+            alphabet=m["alphabet"],
+            zero_point=m["zero_point"],
+            float_dtype=m["float_dtype"],
+        )
+
+    def __getstate__(self):
+        return {
+            "tensor": self.tensor(),
+            "bias": self.bias,
+            "groups": self.groups,
+            "geometry": self.geometry,
+        }
+
+    def __setstate__(self, state):
+        self.__init__(
+            state["tensor"], state["bias"], state["groups"], state["geometry"]
+        )
 
 
 #: bytes of one prepacked object beside its packed codes (torch's and fbgemm's
@@ -211,6 +370,15 @@ def prepacked_nbytes(n_out, n_in, groups=1):
     block = 8 if torch.backends.cpu.get_cpu_capability() == "AVX2" else 48
     padded = -(-n_in // 4) * 4 * (-(-n_out // block) * block)
     return int(groups * (padded + 12 * n_out + PREPACKED_OBJECT_BYTES))
+
+
+def onednn_nbytes(n_out, n_in):
+    """Estimated bytes held by oneDNN's prepacked ``(n_out, n_in)`` int8 weights:
+    the codes (inputs padded to runs of 4), 32 bytes an output (scales,
+    compensation) and 2 kB an object: 1.00 to 1.03 times the bytes malloc gave
+    them for 512 x 4608, 64 x 576 and 256 x 64 codes, 1.17 for a 1024-channel
+    3x3 depthwise convolution (``benchmarks/bench_int8_conv_bytes.py``)."""
+    return int(n_out * (-(-n_in // 4) * 4) + 32 * n_out + 2048)
 
 
 def largest_code(qt):

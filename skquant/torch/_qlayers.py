@@ -43,10 +43,10 @@ from .._tensor._io import _tensor_entry, tensor_from
 from .._tensor._qtensor import QuantizedTensor
 from .._tensor._runtime import RuntimeWeights, runtime_bits
 from ._int8 import (
-    Int8Weights,
     dynamic_reduce_range,
     fake_dynamic,
     int8_gemm_reason,
+    int8_weights,
     largest_code,
 )
 from ._layout import conv_args, conv_kwargs, size_mismatches, to_numpy
@@ -175,9 +175,7 @@ class QuantMixin:
         if self.runtime == "packed":
             self._rt = RuntimeWeights(tensor)
         elif self.runtime == "int8" and gemm:
-            self._int8 = Int8Weights(
-                tensor, self._bias_or_none(), getattr(self, "groups", 1)
-            )
+            self._int8 = self._int8_weights(tensor)
         elif self.runtime == "int8":
             self._rt = RuntimeWeights(tensor, bits=8)
         else:
@@ -238,9 +236,22 @@ class QuantMixin:
             return False
         if b is not None and not b.is_contiguous():  # (the kernel holds a copy)
             return False
-        groups = getattr(self, "groups", 1)
-        self._int8 = Int8Weights(self._int8.tensor(), self._bias_or_none(), groups)
+        self._int8 = self._int8_weights(self._int8.tensor())
         return True
+
+    def _int8_weights(self, tensor):
+        geometry = None
+        if not isinstance(self, nn.Linear):  # (a Conv1d's as a Conv2d's)
+            one_d = len(self.kernel_size) == 1
+            geometry = tuple(
+                (unit, v[0]) if one_d else tuple(v)
+                for v, unit in zip(
+                    (self.kernel_size, self.stride, self.padding, self.dilation),
+                    (1, 1, 0, 1),
+                )
+            )
+        groups = getattr(self, "groups", 1)
+        return int8_weights(tensor, self._bias_or_none(), groups, geometry)
 
     def _apply(self, fn, recurse=True):
         """torch's ``_apply`` (``.half()``, ``.to()``), but the ``packed`` and
@@ -726,39 +737,17 @@ class QuantConvMixin(QuantMixin):
         return self._conv_forward(x, w, bias)
 
     def _int8_forward(self, x):
-        """The convolution as int8 GEMMs over its patches (one per group)."""
+        """The convolution on the integer kernels (:mod:`._int8`)."""
         x = x.detach()
         scale, zp = self._input_qparams(x)
-        if self._act_mode == "static":
-            x = self._fake_input(x)
-        one_d = len(self.kernel_size) == 1
-        if one_d:  # a Conv1d is a Conv2d of height 1
-            x = x.unsqueeze(2)
-
-        def pair(v, unit):
-            return (unit, v[0]) if one_d else tuple(v)
-
-        kernel, stride = pair(self.kernel_size, 1), pair(self.stride, 1)
-        padding, dilation = pair(self.padding, 0), pair(self.dilation, 1)
-        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-        n, _, n_pos = cols.shape
-        per = cols.shape[1] // self.groups
-        outs = []
-        for g, params in enumerate(self._int8.params):
-            a = cols[:, g * per : (g + 1) * per, :].transpose(1, 2).reshape(-1, per)
-            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                a.contiguous(), scale, zp, params
-            )
-            outs.append(y.reshape(n, n_pos, -1))
-        y = torch.cat(outs, dim=2).transpose(1, 2)
-        size = [
-            (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1)
-            // stride[i]
-            + 1
-            for i in range(2)
-        ]
-        y = y.reshape(n, self.out_channels, *size)
-        return y.squeeze(2) if one_d else y
+        if self._act_mode == "static":  # the grid's codes, moved to unsigned
+            shift = max(-self._act_meta["qmin"], 0)
+            bounds = (self._act_meta["qmin"] + shift, self._act_meta["qmax"] + shift)
+        else:
+            bounds = (0, 127 if dynamic_reduce_range(self._largest_code) else 255)
+        if len(self.kernel_size) == 1:  # a Conv1d is a Conv2d of height 1
+            return self._int8.conv(x.unsqueeze(2), scale, zp, bounds).squeeze(2)
+        return self._int8.conv(x, scale, zp, bounds)
 
 
 class QuantConv1d(QuantConvMixin, nn.Conv1d):
