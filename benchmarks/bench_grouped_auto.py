@@ -24,13 +24,13 @@ Run:
 """
 
 import argparse
-import copy
 import io
 import statistics
 import time
 import warnings
 
 import torch
+from bench_runtime import torch_int8
 from torch import nn
 
 from skquant import ActivationQuantizer, UniformQuantizer
@@ -76,20 +76,6 @@ def held(model):
     return sum(getattr(m, "nbytes_held", 0) for m in model.modules())
 
 
-def torch_int8(net, calib):
-    """torch's own static int8 quantization of ``net`` (FX graph mode)."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    engine = torch.backends.quantized.engine
-    mapping = get_default_qconfig_mapping(engine)
-    prepared = prepare_fx(copy.deepcopy(net), mapping, example_inputs=(calib[:1],))
-    with torch.no_grad():
-        for chunk in calib.split(16):
-            prepared(chunk)
-    return convert_fx(prepared)
-
-
 def saved_bytes(model):
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -114,7 +100,7 @@ def main():
                 activations=ActivationQuantizer(n_bits=7),
                 runtime=runtime,
             )
-        models["torch int8"] = torch_int8(net, calib)
+        models["torch int8"] = torch_int8(net, calib)  # (bench_runtime's)
     float_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -9,6 +9,12 @@ and ``vgg8`` on Fashion-MNIST; see ``_models.py``; they need the data of
 * ``float``: the float32 model;
 * ``torch dyn int8``: ``torch.ao.quantization.quantize_dynamic`` (Linear layers,
   int8 weights per tensor, dynamic int8 activations: fbgemm/x86);
+* ``torch int8``: torch's own static quantization
+  (``torch.ao.quantization.quantize_fx``, the default qconfig of the machine's
+  engine: int8 weights per channel, static uint8 activations calibrated on the
+  same 1024 inputs (256 in the memory child, which loads it from its file),
+  convolutions and Linear layers
+  kept quantized between layers, fused with their ReLU);
 * ``torchao dyn int8``: torchao's ``Int8DynamicActivationInt8WeightConfig`` (eager;
   only where torchao is installed: ``pip install -e .[peers]``);
 * ``W8 dynA8``: skquant, 8-bit weights (per channel), ``activations="dynamic"``;
@@ -69,6 +75,7 @@ from skquant.torch._qlayers import QuantMixin  # noqa: E402
 VARIANTS = [
     "float",
     "torch dyn int8",
+    "torch int8",
     "torchao dyn int8",
     "W8 dynA8",
     "W8A8",
@@ -117,6 +124,28 @@ def weights(net, bits):
     return GreedyPathQuantizer(n_bits=bits)
 
 
+#: the variants that are not skquant's
+TORCH_VARIANTS = ("torch dyn int8", "torch int8", "torchao dyn int8")
+
+
+def torch_int8(model, calib):
+    """torch's own static int8 quantization of ``model`` (FX graph mode),
+    calibrated on ``calib``."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    mapping = get_default_qconfig_mapping(torch.backends.quantized.engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(
+            copy.deepcopy(model), mapping, example_inputs=(calib[:1],)
+        )
+        with torch.no_grad():
+            for chunk in calib.split(256):
+                prepared(chunk)
+        return convert_fx(prepared)
+
+
 def build(net, variant, model, calib):
     """The variant of ``model`` (a new module; ``model`` is left as it was)."""
     if variant == "float":
@@ -127,6 +156,8 @@ def build(net, variant, model, calib):
             return torch.ao.quantization.quantize_dynamic(
                 copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
             )
+    if variant == "torch int8":
+        return torch_int8(model, calib)
     if variant == "torchao dyn int8":
         from torchao.quantization import (
             Int8DynamicActivationInt8WeightConfig,
@@ -186,8 +217,10 @@ def child(net, variant, path):
     """Print the bytes held by ``variant`` and the peak of one forward (JSON).
 
     skquant's variants are loaded from their file (``load_into`` a fresh float
-    model, as a deployed model is), torch's are built from a fresh float model: no
-    calibration pass runs in this process.
+    model, as a deployed model is); torch's static int8 model is built and
+    calibrated here (on 256 inputs), traced and saved (TorchScript, torch's
+    way to deploy it) and loaded back; torch's dynamic ones are built from a
+    fresh float model.
     """
     from skquant.torch import load_into
 
@@ -207,12 +240,24 @@ def child(net, variant, path):
     if path:  # a first load warms every code path of loading and running
         with torch.no_grad():
             load_into(fresh(net, state), path)(x256[:2])
+    saved = None
+    if variant == "torch int8":  # built and calibrated here, then loaded whole
+        # from its file as deployed (the calibration's leftovers not counted)
+        saved = Path(tempfile.mkdtemp()) / "torch_int8.pt"
+        for _ in range(2):  # (the first load warms its code paths)
+            built = build(net, variant, fresh(net, state), x256)
+            with torch.no_grad():
+                torch.jit.save(torch.jit.trace(built, x256[:2]), saved)
+            del built
+            torch.jit.load(saved)(x256[:2])
     del model, tiny, t, calib
     gc.collect()
     rss0 = _status("VmRSS")
     model = fresh(net, state)
     if path:
         m = load_into(model, path)
+    elif saved is not None:
+        m = torch.jit.load(saved)
     else:
         m = build(net, variant, model, None)
     del model
@@ -298,7 +343,7 @@ def run_net(net, rounds):
         row = {
             "net": net,
             "variant": v,
-            "counted": counted_bytes(models[v]) if v not in VARIANTS[1:3] else None,
+            "counted": counted_bytes(models[v]) if v not in TORCH_VARIANTS else None,
             "held": mem["held"],
             "peak_fwd": mem["peak_fwd"],
             "batch1_ms": 1e3 * t1[v],
@@ -413,7 +458,7 @@ def print_rst(rows):
             cells = [
                 r["variant"],
                 "-" if r["counted"] is None else f"{r['counted'] / 1e6:.2f}",
-                f"{r['held'] / 1e6:.2f}",
+                f"{max(r['held'], 0) / 1e6:.2f}",  # (noise below 0 reads as 0)
                 f"{r['peak_fwd'] / 1e6:.1f}",
                 f"{r['batch1_ms']:.3f}",
                 f"{r['batch256_ms']:.1f}",

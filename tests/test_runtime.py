@@ -546,6 +546,34 @@ def test_convolutions_run_int8_kernels(monkeypatch, groups, activations, kernel)
         assert _relative(qnet(X[:1]), sim(X[:1])) <= 1e-5
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "gemm"])
+def test_int8_convolution_outputs_are_laid_out_as_documented(monkeypatch, kernel):
+    """An int8 convolution's output is laid out as its kernel gives it (oneDNN's:
+    channels last; the GEMMs': output positions first), as runtime.rst says:
+    ``reshape`` and ``torch.flatten`` give the float layer's values, ``view``
+    refuses the layout."""
+    if kernel == "onednn" and not _int8.onednn_conv_available():
+        pytest.skip("this torch has no oneDNN quantized convolution")
+    if kernel == "gemm":
+        monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1)).eval()
+    x = torch.randn(3, 4, 7, 5)
+    acts = ActivationQuantizer(7)
+    q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+    sim = quantize_model(net, UniformQuantizer(4), x, activations=acts, runtime="float")
+    assert q[0]._int8 is not None
+    with torch.no_grad():
+        got, want = q(x), sim(x)
+        assert not got.is_contiguous()
+        if kernel == "onednn":
+            assert got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got.reshape(3, -1), want.reshape(3, -1))
+        torch.testing.assert_close(torch.flatten(got, 1), want.view(3, -1))
+        with pytest.raises(RuntimeError, match="view size is not compatible"):
+            got.view(3, -1)
+
+
 def test_conv1d_int8_and_padding_modes():
     torch.manual_seed(0)
     net = nn.Sequential(

@@ -78,6 +78,15 @@ def test_int8_kernel_adds_the_current_bias_after_copies(how, activations):
         assert torch.allclose(model(x), after - 1.0, atol=1e-5)
 
 
+def depthwise():
+    """A 3x3 depthwise convolution and a 1x1 one, inputs, 7-bit static grids."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Conv2d(64, 8, 1)
+    ).eval()
+    return net, torch.randn(4, 64, 6, 6), ActivationQuantizer(n_bits=7)
+
+
 def test_grouped_convolutions_on_gemms_auto_runtime_and_bytes_held(monkeypatch):
     """Without oneDNN's convolution, the int8 GEMM holds one prepacked object per
     group (some 5 kB each for a 3x3 depthwise channel of 9 codes):
@@ -85,12 +94,7 @@ def test_grouped_convolutions_on_gemms_auto_runtime_and_bytes_held(monkeypatch):
     and says so; asked for, ``runtime="int8"`` runs them and ``nbytes_held``
     counts the objects."""
     monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Conv2d(64, 8, 1)
-    ).eval()
-    x = torch.randn(4, 64, 6, 6)
-    acts = ActivationQuantizer(n_bits=7)
+    net, x, acts = depthwise()
     for key in [k for k in _qlayers._ANNOUNCED if "grouped" in str(k)]:
         _qlayers._ANNOUNCED.discard(key)  # (said once a process)
     with warnings.catch_warnings(record=True) as seen:
@@ -127,12 +131,7 @@ def test_grouped_convolutions_on_onednn_auto_runtime_and_bytes_held():
     """oneDNN's convolution takes every group in one object: ``runtime="auto"``
     runs a depthwise convolution on it, holding about a byte a code (the
     per-group GEMMs held 5.7 kB a group), and computes the simulated function."""
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.Conv2d(64, 8, 1)
-    ).eval()
-    x = torch.randn(4, 64, 6, 6)
-    acts = ActivationQuantizer(n_bits=7)
+    net, x, acts = depthwise()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeFallbackWarning)
         auto = quantize_model(net, UniformQuantizer(n_bits=4), x, activations=acts)

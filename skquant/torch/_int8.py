@@ -114,7 +114,44 @@ def int8_gemm_reason(layer, tensor, runtime):
     return True, None
 
 
-class Int8Weights:
+class _Prepacked:
+    """What the prepacked forms share: the bias they were packed with, and what
+    rebuilds the :class:`QuantizedTensor` beside its codes."""
+
+    def _keep(self, qt, bias):
+        # the kernel reads this bias's memory (no copy; a strided bias is copied:
+        # -1, never the layer's): the layer checks that its own bias is still
+        # that memory (see ``QuantMixin._bias_linked``)
+        self.bias_ptr = (
+            None if bias is None else bias.data_ptr() if bias.is_contiguous() else -1
+        )
+        self._meta = {
+            "alphabet": qt.alphabet,
+            "n_bits": int(qt.n_bits),
+            "qmin": int(qt.qmin),
+            "qmax": int(qt.qmax),
+            "scale": np.array(qt.scale, copy=True),
+            "zero_point": None if qt.zero_point is None else np.array(qt.zero_point),
+            "float_dtype": qt.float_dtype,
+            "codes_dtype": qt.codes.dtype,
+        }
+
+    def _rebuilt(self, codes):
+        """The :class:`QuantizedTensor` of ``codes`` (``(n_out, n_in)``)."""
+        m = self._meta
+        return QuantizedTensor(
+            codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
+            scale=m["scale"],
+            n_bits=m["n_bits"],
+            qmin=m["qmin"],
+            qmax=m["qmax"],
+            alphabet=m["alphabet"],
+            zero_point=m["zero_point"],
+            float_dtype=m["float_dtype"],
+        )
+
+
+class Int8Weights(_Prepacked):
     """Weights in torch's prepacked int8 form, for ``int8 x int8`` products.
 
     Holds the prepacked weights (one byte per weight, inside torch), one block of
@@ -151,23 +188,8 @@ class Int8Weights:
                 )
                 b = None if bias is None else bias[rows].contiguous()
                 self.params.append(torch.ops.quantized.linear_prepack(q, b))
-        # the kernel reads this bias's memory (no copy; a strided bias is copied:
-        # -1, never the layer's): the layer checks that its own bias is still
-        # that memory (see ``QuantMixin._bias_linked``)
-        self.bias_ptr = (
-            None if bias is None else bias.data_ptr() if bias.is_contiguous() else -1
-        )
-        self._meta = {
-            "alphabet": qt.alphabet,
-            "n_bits": int(qt.n_bits),
-            "qmin": int(qt.qmin),
-            "qmax": int(qt.qmax),
-            "scale": np.array(qt.scale, copy=True),
-            "zero_point": None if qt.zero_point is None else np.array(qt.zero_point),
-            "float_dtype": qt.float_dtype,
-            "codes_dtype": qt.codes.dtype,
-            "shift": shift,
-        }
+        self._keep(qt, bias)
+        self._meta["shift"] = shift
         self.nbytes = prepacked_nbytes(per, codes.shape[1], groups)
 
     def _unpacked(self):
@@ -180,18 +202,7 @@ class Int8Weights:
         return codes.astype(np.int64) + self._meta["shift"], bias
 
     def tensor(self):
-        codes, _ = self._unpacked()
-        m = self._meta
-        return QuantizedTensor(
-            codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
-            scale=m["scale"],
-            n_bits=m["n_bits"],
-            qmin=m["qmin"],
-            qmax=m["qmax"],
-            alphabet=m["alphabet"],
-            zero_point=m["zero_point"],
-            float_dtype=m["float_dtype"],
-        )
+        return self._rebuilt(self._unpacked()[0])
 
     def conv(self, x, scale, zp, bounds):
         """A convolution's output (``geometry``: see :func:`int8_weights`) as
@@ -275,7 +286,7 @@ def onednn_takes(qt):
     )
 
 
-class Int8Conv:
+class Int8Conv(_Prepacked):
     """A convolution's weights in oneDNN's prepacked int8 form (all groups in one
     object, about a byte a code): ``uint8`` inputs on a per-tensor grid, float32
     outputs, the bias added by the kernel. Same interface as
@@ -283,9 +294,7 @@ class Int8Conv:
 
     def __init__(self, qt, bias, groups, geometry):
         self.geometry, self.groups, self.bias = geometry, groups, bias
-        self.bias_ptr = (
-            None if bias is None else bias.data_ptr() if bias.is_contiguous() else -1
-        )
+        self._keep(qt, bias)
         if bias is not None and not bias.is_contiguous():
             self.bias = bias.contiguous()
         kernel = geometry[0]
@@ -300,16 +309,6 @@ class Int8Conv:
         self.weight = torch.ops.onednn.qconv_prepack(
             weight, self.scale, 1.0, 0, stride, padding, dilation, groups, None
         )
-        self._meta = {
-            "alphabet": qt.alphabet,
-            "n_bits": int(qt.n_bits),
-            "qmin": int(qt.qmin),
-            "qmax": int(qt.qmax),
-            "scale": np.array(qt.scale, copy=True),
-            "zero_point": None if qt.zero_point is None else np.array(qt.zero_point),
-            "float_dtype": qt.float_dtype,
-            "codes_dtype": qt.codes.dtype,
-        }
         self.nbytes = onednn_nbytes(n_out, codes.shape[1])
 
     def conv(self, x, scale, zp, bounds):
@@ -324,17 +323,8 @@ class Int8Conv:
         )  # fmt: skip
 
     def tensor(self):
-        m = self._meta
-        codes = self.weight.to_dense().reshape(self.weight.shape[0], -1).numpy()
-        return QuantizedTensor(
-            codes=np.ascontiguousarray(codes.T).astype(m["codes_dtype"]),
-            scale=m["scale"],
-            n_bits=m["n_bits"],
-            qmin=m["qmin"],
-            qmax=m["qmax"],
-            alphabet=m["alphabet"],
-            zero_point=m["zero_point"],
-            float_dtype=m["float_dtype"],
+        return self._rebuilt(
+            self.weight.to_dense().reshape(self.weight.shape[0], -1).numpy()
         )
 
     def __getstate__(self):
