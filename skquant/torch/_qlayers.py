@@ -11,8 +11,8 @@ forward computes, is its *runtime*, chosen per layer:
 ``"int8"``
     codes of any grid of at most 8 bits, one byte each. Weight-only, the products
     are computed as for ``"packed"``; with quantized activations they are torch's
-    integer GEMM (``int8 x int8 -> int32``, then rescaled): a convolution's over its
-    patches (``unfold``), one GEMM per group.
+    integer kernels (``int8 x int8 -> int32``, then rescaled): a convolution's on
+    oneDNN's int8 convolution, or GEMMs over its patches (:mod:`._int8`).
 ``"float"``
     the codes as an integer tensor on the layer's device, dequantized in every
     forward (any device, any float dtype, every layer).
