@@ -26,6 +26,10 @@ SHAPES = {
     "3x3 64 -> 64": (64, 64, 3, 1),
     "1x1 64 -> 256": (256, 64, 1, 1),
     "3x3 depthwise 1024": (1024, 1024, 3, 1024),
+    "3x3 32 -> 64, groups=32": (64, 32, 3, 32),
+    "7x7 3 -> 64": (64, 3, 7, 1),
+    "1x1 16 -> 24": (24, 16, 1, 1),
+    "3x3 3 -> 64": (64, 3, 3, 1),
 }
 
 
@@ -56,7 +60,7 @@ def allocated():
 
 def main(n=32):
     rng = np.random.default_rng(0)
-    print(f"{'layer':20s} {'codes':>9s} {'bytes held':>11s} {'estimate':>9s} ratio")
+    print(f"{'layer':24s} {'codes':>9s} {'bytes held':>11s} {'estimate':>9s} ratio")
     for name, (n_out, n_in, k, groups) in SHAPES.items():
         codes = rng.integers(-8, 8, (n_in // groups * k * k, n_out)).astype(np.int8)
         qt = QuantizedTensor(
@@ -70,7 +74,7 @@ def main(n=32):
         gc.collect()
         per = (allocated() - before) / n
         est = objs[0].nbytes
-        print(f"{name:20s} {codes.size:9d} {per:11.0f} {est:9d} {est / per:5.2f}")
+        print(f"{name:24s} {codes.size:9d} {per:11.0f} {est:9d} {est / per:5.2f}")
         del warm, objs
 
 

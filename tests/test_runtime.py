@@ -574,6 +574,57 @@ def test_int8_convolution_outputs_are_laid_out_as_documented(monkeypatch, kernel
             got.view(3, -1)
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "gemm"])
+def test_int8_convolutions_refuse_what_torch_refuses(monkeypatch, kernel):
+    """An input smaller than the kernel, or of other channels or dimensions,
+    raises torch's own error (oneDNN gave an empty output or an error naming
+    its primitive), and a forward that calls ``.view`` on an int8
+    convolution's output is told why at calibration."""
+    if kernel == "onednn" and not _int8.onednn_conv_available():
+        pytest.skip("this torch has no oneDNN quantized convolution")
+    if kernel == "gemm":
+        monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
+    torch.manual_seed(0)
+    acts = ActivationQuantizer(7)
+    for conv, x, bad in (
+        (nn.Conv2d(8, 16, 3), torch.randn(2, 8, 6, 6), torch.randn(2, 8, 2, 2)),
+        (
+            nn.Conv2d(8, 16, 3, groups=8),
+            torch.randn(2, 8, 6, 6),
+            torch.randn(2, 8, 2, 9),
+        ),
+        (nn.Conv1d(4, 6, 5), torch.randn(2, 4, 9), torch.randn(2, 4, 3)),
+        (nn.Conv2d(8, 16, 3), torch.randn(2, 8, 6, 6), torch.randn(2, 4, 6, 6)),
+    ):
+        net = nn.Sequential(conv).eval()
+        q = quantize_model(
+            net, UniformQuantizer(4), x, activations=acts, runtime="int8"
+        )
+        assert q[0]._int8 is not None
+        with torch.no_grad():
+            with pytest.raises(RuntimeError) as want:
+                net(bad)
+            with pytest.raises(RuntimeError) as got:
+                q(bad)
+        assert str(got.value) == str(want.value)
+
+    class Viewed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).view(-1, 4 * 6 * 6))
+
+    with pytest.raises(ValueError, match=r"\(channels-last\) output.*\.reshape"):
+        quantize_model(
+            Viewed().eval(),
+            UniformQuantizer(4),
+            torch.randn(8, 3, 8, 8),
+            activations=acts,
+        )
+
+
 def test_conv1d_int8_and_padding_modes():
     torch.manual_seed(0)
     net = nn.Sequential(

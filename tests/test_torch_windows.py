@@ -129,22 +129,85 @@ def test_a_forward_that_keeps_state_gets_the_codes_of_one_pass(monkeypatch):
     )
 
 
-@pytest.mark.parametrize("budget", [float("inf"), 1])
-def test_the_callers_model_keeps_its_state(monkeypatch, budget):
-    """The calibration passes wrote the streaming buffers of the caller's model
-    (left holding the last batch's samples); they are given back as they were,
-    and so are its other attributes."""
+class Holding(nn.Module):
+    """Blocks a forward loops over, whose state a snapshot must leave as it is
+    or put back in place: a buffer made under inference mode, an expanded
+    buffer (overlapping memory), a sparse buffer, a dict shared by two
+    modules, a list a forward appends to, a plain tensor attribute updated in
+    place, and a generator of its own."""
+
+    def __init__(self, n=4, d=D):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
+        with torch.inference_mode():
+            frozen = torch.ones(d)
+        self.register_buffer("frozen", frozen)
+        self.register_buffer("wide", torch.arange(float(d)).expand(2, -1))
+        self.register_buffer("sparse", torch.eye(d).to_sparse())
+        self.registry = {"calls": 0}
+        self.blocks[0].registry = self.registry
+        self.seen = []
+        self.acc = torch.zeros(d)
+        self.gen = torch.Generator().manual_seed(7)
+
+    def forward(self, x):
+        self.registry["calls"] += 1
+        self.seen.append(x.shape[0])
+        x = torch.sparse.mm(self.sparse, x.T).T + self.wide[0] * 0 + self.frozen * 0
+        for block in self.blocks:
+            x = torch.tanh(block(x + 0.1 * self.acc))
+            self.acc.add_(x.mean(0).detach())
+            x = x + 0.01 * torch.randn(x.shape, generator=self.gen)
+        return x
+
+
+def test_snapshots_leave_or_put_back_what_they_cannot_copy(monkeypatch):
+    """Under windows, a model with buffers that cannot be copied into (made
+    under inference mode, expanded, sparse), shared containers, a tensor
+    attribute updated in place and a generator of its own gets the codes of
+    one pass, and keeps its objects: the shared dict is the same object in
+    both modules (each raised, or came back as copies, in a first version)."""
     torch.manual_seed(1)
-    X = torch.randn(128, D)
-    model = Streaming().eval()
-    with torch.no_grad():
-        model.prev1.fill_(0.5)
-    model.depth = 0
-    monkeypatch.setattr(_capture, "HELD_ROWS_BYTES", budget)
-    quantize_model(model, GreedyPathQuantizer(n_bits=3), X, batch_size=32)
-    assert model.depth == 0
-    assert torch.equal(model.prev2, torch.zeros(D))
-    assert torch.equal(model.prev1, torch.full((D,), 0.5))
+    X = torch.randn(64, D)
+    same_codes_under_budgets(
+        monkeypatch, lambda: Holding().eval(), X, (1,), batch_size=16
+    )
+    model = Holding().eval()
+    registry, seen = model.registry, model.seen
+    monkeypatch.setattr(_capture, "HELD_ROWS_BYTES", 1)
+    quantize_model(model, GreedyPathQuantizer(n_bits=3), X, batch_size=16)
+    assert model.registry is registry and model.blocks[0].registry is registry
+    assert model.seen is seen
+
+
+def test_no_snapshot_where_no_window_can_come(monkeypatch):
+    """Where every layer's rows fit in the budget at ``max_rows``, no state is
+    saved (a copy of every buffer, and a version check a batch, saved for
+    nothing)."""
+    saves = []
+
+    class Counted(_capture.ForwardState):
+        def save(self):
+            saves.append(1)
+            return super().save()
+
+    monkeypatch.setattr(_capture, "ForwardState", Counted)  # (the walk's, not fx's)
+    torch.manual_seed(0)
+    quantize_model(
+        Looped().eval(),
+        GreedyPathQuantizer(n_bits=3),
+        torch.randn(64, D),
+        batch_size=16,
+    )
+    assert saves == []
+    monkeypatch.setattr(_capture, "HELD_ROWS_BYTES", 1)
+    quantize_model(
+        Looped().eval(),
+        GreedyPathQuantizer(n_bits=3),
+        torch.randn(64, D),
+        batch_size=16,
+    )
+    assert len(saves) == 5  # one a batch, and the state the first pass leaves
 
 
 def test_sequences_of_several_lengths_get_the_codes_of_one_pass(monkeypatch):

@@ -153,7 +153,7 @@ def _greedy_block(
     ``coords``) together: for each column, the same operations in the same
     order (no sum reordered, so the same codes and residuals), but one pass over
     a coordinate's inputs serves them all, and the innermost loops run across
-    the columns. (3x the per-column kernel on ResNet-18's layers.)"""
+    the columns (``benchmarks/bench_layer_kernels.py``, ``gpfq-path``)."""
     m = XqT.shape[1]
     B = c1 - c0
     Ub = np.empty((m, B))  # the columns' residuals, row by row

@@ -98,9 +98,17 @@ def capture(block, modules, batches, take, *, stop=False, every=False, before=No
                     pass
                 except (RuntimeError, IndexError) as exc:  # (IndexError: token ids
                     # past an embedding's size)
+                    hint = ""
+                    if "view size is not compatible" in str(exc):
+                        hint = (
+                            " (a quantized convolution running on int8 gives a "
+                            "non-contiguous (channels-last) output, which .view "
+                            "refuses: use .reshape or torch.flatten in the "
+                            "forward, or runtime='float' for that layer)"
+                        )
                     raise ValueError(
                         f"calibration data of shape {tuple(x.shape)} (one batch) "
-                        f"does not fit the model: {exc}"
+                        f"does not fit the model: {exc}{hint}"
                     ) from exc
                 except TypeError as exc:
                     if not _CALL_MISMATCH.search(str(exc)):  # (from inside it)
@@ -131,6 +139,20 @@ def _row_bytes(module, x, sampler):
     return n * width * x.element_size()
 
 
+def _most_bytes(modules, sampler):
+    """The most bytes of rows ``sampler`` can keep of ``modules``' inputs."""
+    if sampler.max_rows is None:
+        return math.inf
+    total = 0
+    for module in modules.values():
+        if isinstance(module, nn.Linear):
+            width = module.in_features
+        else:
+            width = module.in_channels * math.prod(module.kernel_size)
+        total += sampler.max_rows * width * module.weight.element_size()
+    return total
+
+
 def sampled_inputs(block, modules, batches, sampler, budget=None):
     """Yield ``(name, X, calls)`` for each layer of ``modules`` (a dict name ->
     layer inside ``block``), in the order the forward first calls them: its
@@ -138,8 +160,9 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
     first call's input) and the most times a pass called it.
 
     A first pass runs every batch whole: it draws every layer's rows, in forward
-    order, records the forward's state at the start of each batch
-    (:class:`~skquant.torch._state.ForwardState`) and keeps the rows of the
+    order, records the forward's state at the start of each batch where windows
+    may come (the layers' rows at ``max_rows`` are more than ``budget``;
+    :class:`~skquant.torch._state.ForwardState`) and keeps the rows of the
     layers that come first and whose estimated rows fit in ``budget`` bytes
     together (``None``: :data:`HELD_ROWS_BYTES`): all of them, usually. Past
     it, the later layers are taken in windows of consecutive layers that fit
@@ -182,7 +205,7 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
             cost[name] = _row_bytes(module, x, sampler)
             if not state["closed"]:
                 over = state["held"] + cost[name] > budget
-                state["closed"] = bool(window) and over
+                state["closed"] = record and bool(window) and over
             if not state["closed"]:
                 window.add(name)
                 state["held"] += cost[name]
@@ -207,6 +230,9 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
 
         for name in wanted:
             store[name] = []
+        if not record:  # (one window: sequences of several lengths, drawn again)
+            run(wanted, take, None)
+            return
         rng = forward.rng()
         try:
             run(wanted, take, lambda i: forward.restore(starts[i]))
@@ -214,8 +240,11 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
             forward.restore(end)
             forward.set_rng(rng)
 
-    run(modules, first, lambda i: starts.append(forward.save()))
-    end = forward.save()
+    # the state at each batch's start, where windows may come (rows of at most
+    # max_rows a layer could pass the budget)
+    record = _most_bytes(modules, sampler) > budget
+    run(modules, first, (lambda i: starts.append(forward.save())) if record else None)
+    end = forward.save() if record else None
     missing = [n for n in modules if n not in cost]
     if missing:
         raise ValueError(

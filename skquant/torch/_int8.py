@@ -245,8 +245,8 @@ class Int8Weights(_Prepacked):
 def grid_codes(x, scale, zp, bounds):
     """``x``'s codes on the grid ``(scale, zp)`` of codes in ``bounds`` (a new
     float tensor; a NaN takes the lowest code): ``round(x / scale) + zp``
-    clamped, in place after the division (a tensor a step: 10x slower on
-    activations of several MB, each a fresh allocation)."""
+    clamped, in place after the division (not a fresh tensor a step, each an
+    allocation of the activation's size)."""
     q = x / scale
     return q.round_().add_(zp).clamp_(*bounds).nan_to_num_(nan=float(bounds[0]))
 
@@ -261,11 +261,22 @@ def onednn_conv_available():
     )
 
 
-def int8_weights(qt, bias, groups=1, geometry=None):
-    """The integer kernels' form of ``qt`` (and ``bias``): for a convolution
-    (``geometry``: ``(kernel, stride, padding, dilation)``, pairs, a Conv1d's as
-    a Conv2d's of height 1), :class:`Int8Conv` where oneDNN's convolution runs
-    (signed 8-bit codes without zero points), else :class:`Int8Weights`."""
+def int8_weights(qt, bias, layer):
+    """The integer kernels' form of ``qt`` (and ``bias``) for ``layer``: for a
+    convolution (its geometry ``(kernel, stride, padding, dilation)`` in pairs,
+    a Conv1d's as a Conv2d's of height 1), :class:`Int8Conv` where oneDNN's
+    convolution runs (signed 8-bit codes without zero points), else
+    :class:`Int8Weights`."""
+    groups, geometry = getattr(layer, "groups", 1), None
+    if hasattr(layer, "kernel_size"):
+        one_d = len(layer.kernel_size) == 1
+        geometry = tuple(
+            (unit, v[0]) if one_d else tuple(v)
+            for v, unit in zip(
+                (layer.kernel_size, layer.stride, layer.padding, layer.dilation),
+                (1, 1, 0, 1),
+            )
+        )
     if geometry is not None and onednn_takes(qt):
         try:
             return Int8Conv(qt, bias, groups, geometry)
@@ -365,9 +376,11 @@ def prepacked_nbytes(n_out, n_in, groups=1):
 def onednn_nbytes(n_out, n_in):
     """Estimated bytes held by oneDNN's prepacked ``(n_out, n_in)`` int8 weights:
     the codes (inputs padded to runs of 4), 32 bytes an output (scales,
-    compensation) and 2 kB an object: 1.00 to 1.03 times the bytes malloc gave
+    compensation) and 2 kB an object: 1.00 to 1.02 times the bytes malloc gave
     them for 512 x 4608, 64 x 576 and 256 x 64 codes, 1.17 for a 1024-channel
-    3x3 depthwise convolution (``benchmarks/bench_int8_conv_bytes.py``)."""
+    3x3 depthwise convolution, and 0.55 to 0.92 for narrow ones (a grouped 32 ->
+    64, a 7x7 or 3x3 stem of 3 channels, 1x1 16 -> 24: oneDNN pads the channels
+    at each kernel offset; ``benchmarks/bench_int8_conv_bytes.py``)."""
     return int(n_out * (-(-n_in // 4) * 4) + 32 * n_out + 2048)
 
 

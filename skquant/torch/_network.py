@@ -58,7 +58,7 @@ from ._layout import (
     weight_to_matrix,
 )
 from ._rows import RowSampler, as_float64, check_layer_input, gather_rows
-from ._state import ForwardState, kept_state
+from ._state import kept_state
 
 
 def _fresh(x, cache, module):
@@ -390,8 +390,6 @@ class TorchNetwork(Network):
         order = []
         self._quantized = set()
         handles = self._lean_hooks(qmods) if self._lean else []
-        forward = ForwardState(self.model)  # what the passes change, given back
-        start = forward.save()
         try:
             with kept_state(self.model):
                 self.model.eval()
@@ -405,7 +403,6 @@ class TorchNetwork(Network):
             for h in handles:
                 h.remove()
             self._held.clear()
-            forward.restore(start, rng=False)
         missing = [n for n in self.layer_names if n not in order]
         if missing:
             raise ValueError(

@@ -241,18 +241,7 @@ class QuantMixin:
         return True
 
     def _int8_weights(self, tensor):
-        geometry = None
-        if not isinstance(self, nn.Linear):  # (a Conv1d's as a Conv2d's)
-            one_d = len(self.kernel_size) == 1
-            geometry = tuple(
-                (unit, v[0]) if one_d else tuple(v)
-                for v, unit in zip(
-                    (self.kernel_size, self.stride, self.padding, self.dilation),
-                    (1, 1, 0, 1),
-                )
-            )
-        groups = getattr(self, "groups", 1)
-        return int8_weights(tensor, self._bias_or_none(), groups, geometry)
+        return int8_weights(tensor, self._bias_or_none(), layer=self)
 
     def _apply(self, fn, recurse=True):
         """torch's ``_apply`` (``.half()``, ``.to()``), but the ``packed`` and
@@ -617,6 +606,8 @@ class QuantMixin:
             if bool(torch.isfinite(x).all()):
                 raise
             return None
+        if y is None:
+            return None
         spread = self._act_mode == "dynamic" and y.numel()
         if spread and not math.isfinite(float(y.reshape(-1)[0])):
             return y if bool(torch.isfinite(x).all()) else None
@@ -738,7 +729,16 @@ class QuantConvMixin(QuantMixin):
         return self._conv_forward(x, w, bias)
 
     def _int8_forward(self, x):
-        """The convolution on the integer kernels (:mod:`._int8`)."""
+        """The convolution on the integer kernels (:mod:`._int8`), or ``None``
+        for an input it cannot take (torch's own layer then says why)."""
+        if x.dim() != len(self.kernel_size) + 2 or x.shape[1] != self.in_channels:
+            return None
+        geo = (self.kernel_size, self.stride, self.padding, self.dilation)
+        if any(
+            (n + 2 * p - d * (k - 1) - 1) // s < 0
+            for n, k, s, p, d in zip(x.shape[2:], *geo)
+        ):
+            return None  # (no output)
         x = x.detach()
         scale, zp = self._input_qparams(x)
         if self._act_mode == "static":  # the grid's codes, moved to unsigned

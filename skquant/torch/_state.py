@@ -117,31 +117,66 @@ def _owners_modes(model):
 _MODULE_KEYS = frozenset(vars(nn.Module()))
 
 
-def _copied(value):
-    """``value``, its containers copied one level (a forward appends to lists)."""
-    return copy.copy(value) if isinstance(value, list | dict | set) else value
+def _tracked(t):
+    """Whether ``t`` is a tensor whose in-place changes can be seen (its version
+    counter) and undone (a copy into it): strided, with data, not an inference
+    tensor (which cannot change outside inference mode)."""
+    return (
+        isinstance(t, torch.Tensor)
+        and t.layout == torch.strided
+        and t.device.type != "meta"
+        and not t.is_inference()
+    )
 
 
-def _same(a, b):
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return a is b
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # values that do not compare (containers of tensors)
-        return False
+def _entry(value, last):
+    """How a snapshot keeps ``value``: ``(value, version, saved)``. A tensor's
+    copy is made once and kept while it is the same tensor at the same version
+    (``last``: the previous snapshot's entry); a list, dict or set keeps a copy
+    of its items, a generator its state; anything else is kept by reference."""
+    if _tracked(value):
+        version = value._version
+        if last is not None and last[0] is value and last[1] == version:
+            return last
+        return value, version, value.detach().clone()
+    if isinstance(value, list | dict | set):
+        return value, None, copy.copy(value)
+    if isinstance(value, torch.Generator):
+        return value, None, value.get_state()
+    return value, None, None
+
+
+def _put_back(entry):
+    """``entry``'s value as it was when saved (tensors and containers changed
+    in place are set back in place, so that they stay the same objects)."""
+    value, version, saved = entry
+    if version is not None and value._version != version:
+        with torch.no_grad():
+            value.copy_(saved)
+    elif isinstance(value, list):
+        value[:] = saved
+    elif isinstance(value, dict | set):
+        value.clear()
+        value.update(saved)
+    elif isinstance(value, torch.Generator):
+        value.set_state(saved)
+    return value
 
 
 class ForwardState:
     """What forward passes of ``block`` may change besides their outputs, saved
-    and put back: every module's buffers (cloned; meta ones left out) and its
-    other attributes (containers copied one level; tensors by reference, as a
-    forward assigns them), and torch's random number generators (CPU, and CUDA
-    once initialised).
+    and put back: every module's buffers and other attributes, and torch's
+    random number generators (CPU, and CUDA once initialised).
 
-    :meth:`save` gives a snapshot (the previous one again when nothing
-    changed, so that passes over many batches of a stateless forward hold one);
-    :meth:`restore` puts one back (buffers copied into the module's own tensors
-    where shapes match, so that tensors shared between modules stay shared).
+    :meth:`save` gives a snapshot; a tensor is copied once and its copy reused
+    while its version counter says it has not changed (a stateless forward's
+    snapshots share one copy of the buffers). :meth:`restore` puts a snapshot
+    back: each attribute and buffer the same object as when saved, a tensor or
+    container changed in place set back in place (tied buffers stay tied), a
+    public attribute made since deleted. Left as they are: tensors that cannot
+    change outside inference mode or are not strided, objects other than
+    tensors, containers and generators (by reference), and what containers
+    hold beyond one level.
     """
 
     def __init__(self, block):
@@ -159,60 +194,33 @@ class ForwardState:
             torch.cuda.set_rng_state_all(cuda)
 
     def save(self):
+        last_buffers, last_attrs = self._last or ({}, {})
         buffers, attrs = {}, {}
         for i, m in enumerate(self.modules):
             for k, b in m._buffers.items():
-                if b is not None and b.device.type != "meta":
-                    buffers[i, k] = b
+                if b is not None:
+                    buffers[i, k] = _entry(b, last_buffers.get((i, k)))
+            old = last_attrs.get(i, {})
             attrs[i] = {
-                k: _copied(v) for k, v in vars(m).items() if k not in _MODULE_KEYS
+                k: _entry(v, old.get(k))
+                for k, v in vars(m).items()
+                if k not in _MODULE_KEYS
             }
-        rng = self.rng()
-        last = self._last
-        if last is not None and self._unchanged(last, buffers, attrs, rng):
-            return last
-        self._last = ({k: b.clone() for k, b in buffers.items()}, attrs, rng)
-        return self._last
-
-    @staticmethod
-    def _unchanged(last, buffers, attrs, rng):
-        old_buffers, old_attrs, old_rng = last
-        if old_buffers.keys() != buffers.keys() or old_attrs.keys() != attrs.keys():
-            return False
-        for k, b in buffers.items():
-            o = old_buffers[k]
-            if o.shape != b.shape or o.dtype != b.dtype or not torch.equal(o, b):
-                return False
-        for i, now in attrs.items():
-            before = old_attrs[i]
-            if before.keys() != now.keys():
-                return False
-            if not all(_same(before[k], now[k]) for k in now):
-                return False
-        same_cuda = (rng[1] is None) == (old_rng[1] is None) and (
-            rng[1] is None or all(map(torch.equal, rng[1], old_rng[1]))
-        )
-        return torch.equal(rng[0], old_rng[0]) and same_cuda
+        self._last = (buffers, attrs)
+        return buffers, attrs, self.rng()
 
     def restore(self, snapshot, rng=True):
         """Put ``snapshot`` back (torch's generators too, with ``rng``)."""
         buffers, attrs, generators = snapshot
-        for (i, k), saved in buffers.items():
-            m = self.modules[i]
-            b = m._buffers.get(k)
-            if b is not None and b.shape == saved.shape and b.dtype == saved.dtype:
-                with torch.no_grad():
-                    b.copy_(saved)
-            else:
-                m._buffers[k] = saved.clone()
+        for (i, k), entry in buffers.items():
+            self.modules[i]._buffers[k] = _put_back(entry)
         for i, saved in attrs.items():
             m = self.modules[i]
             made = [k for k in vars(m) if k not in _MODULE_KEYS and k not in saved]
             for k in made:  # a forward's own, made after the snapshot (not a
                 if not k.startswith("_"):  # table torch makes when first used)
                     delattr(m, k)
-            for k, v in saved.items():
-                object.__setattr__(m, k, _copied(v))
+            for k, entry in saved.items():
+                object.__setattr__(m, k, _put_back(entry))
         if rng:
             self.set_rng(generators)
-        self._last = None
