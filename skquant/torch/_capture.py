@@ -230,8 +230,8 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
 
         for name in wanted:
             store[name] = []
-        if not record:  # (one window: sequences of several lengths, drawn again)
-            run(wanted, take, None)
+        if not record:  # one window (sequences of several lengths, drawn
+            run(wanted, keep, None)  # again): whole passes, as the first
             return
         rng = forward.rng()
         try:
