@@ -31,8 +31,9 @@ Run (about 15 minutes; 5 GB of disk in a temporary folder):
         --json benchmarks/results/bench_checkpoint.json
     PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py --model lm \\
         --quantizers gpfq-4 --json benchmarks/results/bench_checkpoint_lm.json
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py --model blocks \
-        --quantizers uniform-4 gptq-4 --forms file --held-rows-bytes all default \
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py --model blocks \\
+        --quantizers gptq-4 --forms file \\
+        --held-rows-bytes all default 67108864 \\
         --json benchmarks/results/bench_checkpoint_blocks.json
     # the docs' table, from the stored rows:
     PYTHONPATH=. .venv/bin/python benchmarks/bench_checkpoint.py \\

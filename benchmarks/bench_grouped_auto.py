@@ -6,8 +6,9 @@ inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project; the last two
 with ``groups=2`` 3x3 convs of 256 channels, 147,456 codes a group) and a
 classifier, quantized at 4 bits with static 7-bit inputs
 (``ActivationQuantizer(n_bits=7)``, 64 calibration images). Printed, for the
-float model, ``runtime="auto"`` (depthwise layers weight-only, wide groups on the
-integer GEMM) and ``runtime="int8"`` (every layer on the GEMM): the layers'
+float model, ``runtime="auto"`` (where oneDNN's int8 convolution runs, every
+layer on the integer kernels; else depthwise layers weight-only, wide groups on
+the GEMMs) and ``runtime="int8"`` (every layer on the integer kernels): the layers'
 ``nbytes_held`` summed, and the median forward time at batch 1 and 32 under
 ``torch.inference_mode`` (interleaved rounds), with the ratio to the float
 model in the same run. Beside them, ``torch int8``: what a torch user would run

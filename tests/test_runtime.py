@@ -625,6 +625,26 @@ def test_int8_convolutions_refuse_what_torch_refuses(monkeypatch, kernel):
         )
 
 
+def test_an_int8_convolution_unpickles_where_onednn_does_not_run(monkeypatch):
+    """A model pickled with oneDNN's convolutions loads where torch lacks them
+    (another machine): its convolutions run as GEMMs, with the same outputs."""
+    if not _int8.onednn_conv_available():
+        pytest.skip("this torch has no oneDNN quantized convolution")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8))
+    x = torch.randn(4, 3, 10, 10)
+    q = quantize_model(
+        net.eval(), UniformQuantizer(4), x, activations=ActivationQuantizer(7)
+    )
+    assert type(q[0]._int8) is _int8.Int8Conv
+    blob = pickle.dumps(q)
+    monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
+    back = pickle.loads(blob)
+    assert type(back[0]._int8) is _int8.Int8Weights
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), q(x), rtol=1e-5, atol=1e-6)
+
+
 def test_conv1d_int8_and_padding_modes():
     torch.manual_seed(0)
     net = nn.Sequential(

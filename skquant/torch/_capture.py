@@ -99,7 +99,11 @@ def capture(block, modules, batches, take, *, stop=False, every=False, before=No
                 except (RuntimeError, IndexError) as exc:  # (IndexError: token ids
                     # past an embedding's size)
                     hint = ""
-                    if "view size is not compatible" in str(exc):
+                    if "view size is not compatible" in str(exc) and any(
+                        getattr(m, "_int8", None) is not None
+                        and hasattr(m, "kernel_size")
+                        for m in block.modules()
+                    ):
                         hint = (
                             " (a quantized convolution running on int8 gives a "
                             "non-contiguous (channels-last) output, which .view "

@@ -1,4 +1,4 @@
-"""torch's int8 GEMM for quantized layers: prepacked weights and input grids.
+"""torch's int8 kernels for quantized layers: prepacked weights and input grids.
 
 The CPU's fastest integer product in torch is the quantized linear operator
 (fbgemm / x86): ``uint8`` inputs times ``int8`` weights, accumulated in int32,
@@ -277,11 +277,8 @@ def int8_weights(qt, bias, layer):
                 (1, 1, 0, 1),
             )
         )
-    if geometry is not None and onednn_takes(qt):
-        try:
-            return Int8Conv(qt, bias, groups, geometry)
-        except RuntimeError:  # (a CPU or build that oneDNN does not serve)
-            pass
+    if geometry is not None:
+        return _int8_conv(qt, bias, groups, geometry)
     return Int8Weights(qt, bias, groups, geometry)
 
 
@@ -338,18 +335,20 @@ class Int8Conv(_Prepacked):
             self.weight.to_dense().reshape(self.weight.shape[0], -1).numpy()
         )
 
-    def __getstate__(self):
-        return {
-            "tensor": self.tensor(),
-            "bias": self.bias,
-            "groups": self.groups,
-            "geometry": self.geometry,
-        }
+    def __reduce__(self):  # rebuilt where oneDNN runs, else as GEMMs
+        args = (self.tensor(), self.bias, self.groups, self.geometry)
+        return _int8_conv, args
 
-    def __setstate__(self, state):
-        self.__init__(
-            state["tensor"], state["bias"], state["groups"], state["geometry"]
-        )
+
+def _int8_conv(qt, bias, groups, geometry):
+    """:class:`Int8Conv` where this torch and CPU run it, else :class:`Int8Weights`
+    (an unpickled or copied layer on another machine)."""
+    if onednn_takes(qt):
+        try:
+            return Int8Conv(qt, bias, groups, geometry)
+        except RuntimeError:
+            pass
+    return Int8Weights(qt, bias, groups, geometry)
 
 
 #: bytes of one prepacked object beside its packed codes (torch's and fbgemm's

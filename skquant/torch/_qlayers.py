@@ -18,8 +18,9 @@ forward computes, is its *runtime*, chosen per layer:
     forward (any device, any float dtype, every layer).
 
 ``"auto"`` (the default) takes ``"packed"`` for codes of at most 4 bits, ``"int8"``
-otherwise (the integer GEMM for quantized activations, but for convolutions of
-small groups, where one prepacked object a group costs more than it saves), and
+otherwise (the integer kernels for quantized activations, but for convolutions
+of small groups on GEMMs over their patches, where one prepacked object a group
+costs more than it saves), and
 ``"float"`` where the integer kernels cannot run (another device, bfloat16 or
 float16, codes wider than 8 bits); a layer that falls back to ``"float"`` says so
 once (:class:`RuntimeFallbackWarning`).
@@ -264,7 +265,7 @@ class QuantMixin:
     def nbytes_held(self):
         """Bytes this layer holds: codes in their runtime form, scales, bias (the
         int8 GEMM's prepacked objects: an estimate with their padding, see
-        :func:`~._int8.prepacked_nbytes`)."""
+        :func:`~._int8.prepacked_nbytes`, :func:`~._int8.onednn_nbytes`)."""
         total = sum(b.numel() * b.element_size() for b in self._buffers.values())
         if self.bias is not None:
             total += self.bias.numel() * self.bias.element_size()
@@ -609,7 +610,7 @@ class QuantMixin:
         if y is None:
             return None
         spread = self._act_mode == "dynamic" and y.numel()
-        if spread and not math.isfinite(float(y.reshape(-1)[0])):
+        if spread and not math.isfinite(float(y[(0,) * y.dim()])):  # (no copy)
             return y if bool(torch.isfinite(x).all()) else None
         return y
 

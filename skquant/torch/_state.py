@@ -129,15 +129,21 @@ def _tracked(t):
     )
 
 
-def _entry(value, last):
-    """How a snapshot keeps ``value``: ``(value, version, saved)``. A tensor's
-    copy is made once and kept while it is the same tensor at the same version
-    (``last``: the previous snapshot's entry); a list, dict or set keeps a copy
-    of its items, a generator its state; anything else is kept by reference."""
+def _entry(value, last, copied=True):
+    """How a snapshot keeps ``value``: ``(value, version, saved)``. A tensor is
+    copied, and the copy kept while it is the same tensor at the same version
+    (``last``: the previous snapshot's entry); one assigned since the last
+    snapshot is kept by reference unless ``copied`` (a tensor attribute, which
+    a forward may assign every batch: copied once it is changed in place). A
+    list, dict or set keeps a copy of its items, a generator its state;
+    anything else is kept by reference."""
     if _tracked(value):
         version = value._version
-        if last is not None and last[0] is value and last[1] == version:
-            return last
+        if last is not None and last[0] is value:
+            if last[1] == version:
+                return last
+        elif not copied:
+            return value, None, None
         return value, version, value.detach().clone()
     if isinstance(value, list | dict | set):
         return value, None, copy.copy(value)
@@ -171,12 +177,15 @@ class ForwardState:
     :meth:`save` gives a snapshot; a tensor is copied once and its copy reused
     while its version counter says it has not changed (a stateless forward's
     snapshots share one copy of the buffers). :meth:`restore` puts a snapshot
-    back: each attribute and buffer the same object as when saved, a tensor or
+    back: each attribute and buffer the same object as when saved, a buffer or
     container changed in place set back in place (tied buffers stay tied), a
-    public attribute made since deleted. Left as they are: tensors that cannot
-    change outside inference mode or are not strided, objects other than
-    tensors, containers and generators (by reference), and what containers
-    hold beyond one level.
+    public attribute made since deleted. Left as they are: buffers that cannot
+    change outside inference mode or are not strided, changes through
+    ``.data`` (no version counted), a tensor attribute assigned by a forward
+    and changed in place before the next snapshot (kept by reference when
+    assigned: a forward that assigns one each batch would otherwise hold a
+    copy of each), other objects (by reference), what containers hold beyond
+    one level, private attributes and buffers made since.
     """
 
     def __init__(self, block):
@@ -195,14 +204,14 @@ class ForwardState:
 
     def save(self):
         last_buffers, last_attrs = self._last or ({}, {})
-        buffers, attrs = {}, {}
+        buffers, attrs, first = {}, {}, self._last is None
         for i, m in enumerate(self.modules):
             for k, b in m._buffers.items():
                 if b is not None:
                     buffers[i, k] = _entry(b, last_buffers.get((i, k)))
             old = last_attrs.get(i, {})
             attrs[i] = {
-                k: _entry(v, old.get(k))
+                k: _entry(v, old.get(k), copied=first)
                 for k, v in vars(m).items()
                 if k not in _MODULE_KEYS
             }
