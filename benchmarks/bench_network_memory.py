@@ -36,6 +36,8 @@ Run:
     .venv/bin/python benchmarks/bench_network_memory.py                # both cases
     .venv/bin/python benchmarks/bench_network_memory.py --cases three-conv
     .venv/bin/python benchmarks/bench_network_memory.py --cases resnet18 --trace
+    .venv/bin/python benchmarks/bench_network_memory.py --cases resnet18 \\
+        --held-rows-bytes all   # one float pass holding every layer's inputs
 """
 
 import argparse
@@ -151,15 +153,18 @@ def _build(case):
     raise ValueError(f"unknown case {case!r}")
 
 
-def child(case, threads, interval, trace_tm):
+def child(case, threads, interval, trace_tm, held="default"):
     import numpy as np
     import torch
 
     from skquant import GreedyPathQuantizer
-    from skquant.torch import quantize_model
+    from skquant.torch import _capture, quantize_model
+
+    if held != "default":  # the bound on the sampled inputs a walk holds
+        _capture.HELD_ROWS_BYTES = float("inf") if held == "all" else int(held)
 
     torch.set_num_threads(threads)
-    out = {"case": case, "threads": threads, "load": os.getloadavg()}
+    out = {"case": case, "threads": threads, "load": os.getloadavg(), "held": held}
     out["rss_after_import_kb"] = _status_kb("VmRSS")
     # compile numba's kernels outside the measurement
     rng = np.random.default_rng(0)
@@ -238,6 +243,8 @@ def run_case(case, args):
         str(args.threads),
         "--interval",
         str(args.interval),
+        "--held-rows-bytes",
+        args.held_rows_bytes,
     ]
     if args.tracemalloc:
         cmd.append("--tracemalloc")
@@ -248,7 +255,10 @@ def run_case(case, args):
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             res = json.loads(line[len("RESULT ") :])
-    print(f"\n=== {case} (child wall {wall:.1f} s, exit {proc.returncode}) ===")
+    print(
+        f"\n=== {case}, rows held {args.held_rows_bytes} (child wall {wall:.1f} s, "
+        f"exit {proc.returncode}) ==="
+    )
     if res is None:
         print("child gave no result; its stderr:")
         print(proc.stderr[-6000:])
@@ -316,10 +326,19 @@ def main(argv=None):
     p.add_argument(
         "--tracemalloc", action="store_true", help="also trace Python allocations"
     )
+    p.add_argument(
+        "--held-rows-bytes",
+        default="default",
+        help="bound on the sampled inputs a walk holds (skquant.torch._capture."
+        "HELD_ROWS_BYTES): bytes, 'all' (one float pass) or 'default'",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.child, args.threads, args.interval, args.tracemalloc)
+        child(
+            args.child, args.threads, args.interval, args.tracemalloc,
+            args.held_rows_bytes,
+        )  # fmt: skip
         return
     print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
     for case in args.cases:

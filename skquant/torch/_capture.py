@@ -12,6 +12,7 @@ from ._rows import (
     check_layer_input,
     gather_rows,
     layer_inputs_matrix,
+    row_width,
     rows_per_sample,
 )
 from ._state import ForwardState, kept_state
@@ -136,25 +137,14 @@ def _row_bytes(module, x, sampler):
     n = rows_per_sample(module, x) * sampler.n_samples
     if sampler.max_rows is not None:
         n = min(n, sampler.max_rows)
-    if isinstance(module, nn.Linear):
-        width = x.shape[-1]
-    else:
-        width = module.in_channels * math.prod(module.kernel_size)
-    return n * width * x.element_size()
+    return n * row_width(module) * x.element_size()
 
 
-def _most_bytes(modules, sampler):
+def _most_bytes(modules, sampler, itemsize):
     """The most bytes of rows ``sampler`` can keep of ``modules``' inputs."""
     if sampler.max_rows is None:
         return math.inf
-    total = 0
-    for module in modules.values():
-        if isinstance(module, nn.Linear):
-            width = module.in_features
-        else:
-            width = module.in_channels * math.prod(module.kernel_size)
-        total += sampler.max_rows * width * module.weight.element_size()
-    return total
+    return sum(sampler.max_rows * row_width(m) * itemsize for m in modules.values())
 
 
 def sampled_inputs(block, modules, batches, sampler, budget=None):
@@ -246,7 +236,7 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
 
     # the state at each batch's start, where windows may come (rows of at most
     # max_rows a layer could pass the budget)
-    record = _most_bytes(modules, sampler) > budget
+    record = _most_bytes(modules, sampler, batches[0].element_size()) > budget
     run(modules, first, (lambda i: starts.append(forward.save())) if record else None)
     end = forward.save() if record else None
     missing = [n for n in modules if n not in cost]

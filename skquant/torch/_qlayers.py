@@ -51,6 +51,7 @@ from ._int8 import (
     largest_code,
 )
 from ._layout import conv_args, conv_kwargs, size_mismatches, to_numpy
+from ._rows import output_sizes
 from ._runtimes import check_runtime
 from ._state import take_hooks
 
@@ -734,12 +735,8 @@ class QuantConvMixin(QuantMixin):
         for an input it cannot take (torch's own layer then says why)."""
         if x.dim() != len(self.kernel_size) + 2 or x.shape[1] != self.in_channels:
             return None
-        geo = (self.kernel_size, self.stride, self.padding, self.dilation)
-        if any(
-            (n + 2 * p - d * (k - 1) - 1) // s < 0
-            for n, k, s, p, d in zip(x.shape[2:], *geo)
-        ):
-            return None  # (no output)
+        if min(output_sizes(self, x)) < 1:
+            return None  # (an input smaller than the kernel)
         x = x.detach()
         scale, zp = self._input_qparams(x)
         if self._act_mode == "static":  # the grid's codes, moved to unsigned

@@ -7,6 +7,8 @@ offsets (``torch.nn.functional.unfold``'s layout), so that the layer is
 it gathers chosen rows only, and :func:`layer_inputs_matrix` all of them.
 """
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -15,12 +17,12 @@ from .._common._checks import check_rng
 from ._layout import to_numpy
 
 
-def rows_per_sample(module, x):
-    """Rows one sample contributes to the layer's input matrix."""
-    if isinstance(module, nn.Linear):
-        return int(x[0].numel() // x.shape[-1]) if x.dim() > 1 else 1
+def output_sizes(module, x):
+    """The output positions of convolution ``module`` along each spatial
+    dimension of its input ``x`` (below 1 where the input is smaller than the
+    kernel)."""
     spatial = x.shape[2:]
-    out = 1
+    sizes = []
     conv1d = isinstance(module, nn.Conv1d)
     pads = module._reversed_padding_repeated_twice
     for i, size in enumerate(spatial):
@@ -30,8 +32,23 @@ def rows_per_sample(module, x):
         k = module.kernel_size[0 if conv1d else i]
         s = module.stride[0 if conv1d else i]
         d = module.dilation[0 if conv1d else i]
-        out *= (size - d * (k - 1) - 1) // s + 1
-    return out
+        sizes.append((size - d * (k - 1) - 1) // s + 1)
+    return sizes
+
+
+def rows_per_sample(module, x):
+    """Rows one sample contributes to the layer's input matrix."""
+    if isinstance(module, nn.Linear):
+        return int(x[0].numel() // x.shape[-1]) if x.dim() > 1 else 1
+    return math.prod(output_sizes(module, x))
+
+
+def row_width(module):
+    """Entries of one row of the layer's input matrix (conv patches: every
+    input channel's kernel window)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.in_channels * math.prod(module.kernel_size)
 
 
 def gather_rows(module, x, rows):

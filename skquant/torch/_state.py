@@ -218,8 +218,8 @@ class ForwardState:
         self._last = (buffers, attrs)
         return buffers, attrs, self.rng()
 
-    def restore(self, snapshot, rng=True):
-        """Put ``snapshot`` back (torch's generators too, with ``rng``)."""
+    def restore(self, snapshot):
+        """Put ``snapshot`` back, torch's generators too."""
         buffers, attrs, generators = snapshot
         for (i, k), entry in buffers.items():
             self.modules[i]._buffers[k] = _put_back(entry)
@@ -231,5 +231,4 @@ class ForwardState:
                     delattr(m, k)
             for k, entry in saved.items():
                 object.__setattr__(m, k, _put_back(entry))
-        if rng:
-            self.set_rng(generators)
+        self.set_rng(generators)
