@@ -27,6 +27,7 @@ from skquant._tensor._runtime import RuntimeWeights, runtime_bits
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 from skquant.torch import (  # noqa: E402
     QuantConv1d,
@@ -608,13 +609,16 @@ def test_int8_convolutions_refuse_what_torch_refuses(monkeypatch, kernel):
                 q(bad)
         assert str(got.value) == str(want.value)
 
-    class Viewed(nn.Module):
+    class Viewed(nn.Module):  # (a forward fx cannot trace: branches on values)
         def __init__(self):
             super().__init__()
             self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
 
         def forward(self, x):
-            return self.fc(self.conv(x).view(-1, 4 * 6 * 6))
+            y = self.conv(x)
+            if bool(y.sum() > -1e9):
+                y = y.view(-1, 4 * 6 * 6)
+            return self.fc(y)
 
     with pytest.raises(ValueError, match=r"\(channels-last\) output.*\.reshape"):
         quantize_model(
@@ -623,6 +627,84 @@ def test_int8_convolutions_refuse_what_torch_refuses(monkeypatch, kernel):
             torch.randn(8, 3, 8, 8),
             activations=acts,
         )
+
+
+class _LeNet(nn.Module):
+    """Convolutions, pools and ``.view`` before the classifier, as in tutorials."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.f1 = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)
+        return self.f1(x.view(x.size(0), -1))
+
+
+def test_viewed_outputs_follow_a_layer_output_up_to_the_next_layer():
+    """A layer's output counts as viewed where ``.view``/``.view_as`` reads it
+    or what operations make of it, not past another of the layers, nor through
+    a read of its shape; a forward fx cannot trace gives none."""
+    from skquant.torch._graph import viewed_outputs
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+            self.c, self.d = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            a = self.a(x)
+            b = F.relu(self.b(a)) + 1
+            c = self.c(b)
+            d = self.d(c)
+            flat = b.view(b.size(0), -1)  # b: viewed; a only through b
+            other = x.view(d.size(0), -1) + d.reshape(d.size(0), -1).sum()
+            return flat.sum() + other.sum() + c.view_as(c).sum()  # d: not viewed
+
+    net = Net()
+    layers = dict(net.named_children())
+    assert viewed_outputs(net, layers) == {"b", "c"}
+    assert viewed_outputs(net, {"a": net.a}) == {"a"}  # (b not a layer then)
+
+    class Branching(Net):
+        def forward(self, x):
+            return super().forward(x) if bool(x.sum() > 0) else x
+
+    assert viewed_outputs(Branching(), layers) == set()
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "gemm"])
+@pytest.mark.parametrize("activations", ["dynamic", "static"])
+def test_a_forward_that_views_an_int8_convolution_output_runs(
+    monkeypatch, tmp_path, kernel, activations
+):
+    """A forward that calls ``.view`` on what an int8 convolution's output
+    becomes runs (with and without gradients, after save/load and pickling),
+    with the values of ``runtime="float"``: that convolution's output is
+    contiguous, the others' stay as their kernel lays them out."""
+    if kernel == "onednn" and not _int8.onednn_conv_available():
+        pytest.skip("this torch has no oneDNN quantized convolution")
+    if kernel == "gemm":
+        monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
+    torch.manual_seed(0)
+    net, x = _LeNet().eval(), torch.randn(16, 1, 28, 28)
+    acts = ActivationQuantizer(8) if activations == "static" else "dynamic"
+    q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+    sim = quantize_model(net, UniformQuantizer(4), x, activations=acts, runtime="float")
+    assert q.c1._int8 is not None and q.c2._int8 is not None
+    with torch.no_grad():
+        want = sim(x)
+        assert not q.c1(x).is_contiguous()  # (the fast layout where no view reads)
+        assert q.c2(F.max_pool2d(q.c1(x), 2)).is_contiguous()
+    path = tmp_path / "lenet.skq"
+    save_model(q, path)
+    for model in (q, pickle.loads(pickle.dumps(q)), load_into(_LeNet(), path)):
+        with torch.no_grad():
+            assert _relative(model(x), want) <= 1e-5
+        assert _relative(model(x).detach(), want) <= 1e-5  # (grad mode: float path)
 
 
 def test_an_int8_convolution_unpickles_where_onednn_does_not_run(monkeypatch):

@@ -14,7 +14,8 @@ lines before its own, never a module of its own line, this package or
    gradients on a model, grad mode and flags);
 3. ``_capture`` (forward passes handing layers' inputs to a callback);
 4. ``_int8`` (torch's int8 kernels), ``_graph`` (runs on a model's ``torch.fx``
-   graph: a layer's outputs from it on, the walk of a traced module);
+   graph: a layer's outputs from it on, the walk of a traced module, the
+   layers whose outputs it views);
 5. ``_network`` (:class:`TorchNetwork`: the adapter and its walk), ``_qlayers``
    (the quantized layers and their runtimes);
 6. ``_model`` (:func:`quantize_model`), ``_adaptive``

@@ -7,6 +7,8 @@
 * Layer to layer on a ``torch.fx`` graph (:class:`GraphWalk`, the walk's
   quantized copy of a module that is not a sequence): each operation once, each
   value dropped once read (:class:`GraphRun`).
+* Which layers' outputs a forward calls ``.view`` on (:func:`viewed_outputs`:
+  those need torch's layout for a contiguous input).
 """
 
 import operator
@@ -21,7 +23,7 @@ from ._data import cloned, output_tensor
 from ._layout import matrix_to_weight, to_numpy
 from ._state import ForwardState
 
-__all__ = ["GraphWalk", "layer_outputs", "trace"]
+__all__ = ["GraphWalk", "layer_outputs", "trace", "viewed_outputs"]
 
 
 #: Most bytes :func:`layer_outputs` keeps of what does not depend on the
@@ -353,3 +355,54 @@ def layer_outputs(model, name, inputs):
             return to_numpy(torch.cat(out)).astype(np.float64)
 
     return outputs
+
+
+#: the tensor methods that need a layout (strides) their input may not have
+VIEWS = ("view", "view_as")
+#: the tensor methods that read a tensor's shape, not its values or layout
+SHAPE_READS = ("size", "dim", "numel", "stride", "is_contiguous")
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """torch.fx's tracer with the modules ``leaves`` kept as calls."""
+
+    def __init__(self, leaves):
+        super().__init__()
+        self.leaves = {id(m) for m in leaves}
+
+    def is_leaf_module(self, m, qualname):
+        return id(m) in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def viewed_outputs(model, layers):
+    """The names of ``layers`` (name to module, modules of ``model``) whose
+    output ``model``'s forward calls ``.view`` or ``.view_as`` on, directly or
+    through operations other than another of ``layers`` (read on its
+    ``torch.fx`` graph, those layers as calls); an empty set where fx cannot
+    trace it. The model's state comes back as it was."""
+    state = ForwardState(model)
+    before = state.save()
+    try:
+        graph = _LeafTracer(layers.values()).trace(model)
+    except Exception:  # a forward fx cannot trace: nothing is known
+        return set()
+    finally:
+        state.restore(before)
+
+    def after(node):  # what a layer's output flows into, up to another layer
+        if node.op == "call_method" and node.target in SHAPE_READS:
+            return ()
+        return [
+            u for u in node.users if not (u.op == "call_module" and u.target in layers)
+        ]
+
+    viewed = set()
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in layers:
+            flow = reached(after(node), after) | {node}
+            if any(
+                n.op == "call_method" and n.target in VIEWS and n.args[0] in flow
+                for n in flow
+            ):
+                viewed.add(node.target)
+    return viewed

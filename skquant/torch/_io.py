@@ -16,7 +16,7 @@ from ._checkpoint import (
     store_entry,
 )
 from ._layout import layer_kind
-from ._model import keep_own_forwards
+from ._model import contiguous_where_viewed, keep_own_forwards
 from ._qlayers import (
     QuantConv1d,
     QuantConv2d,
@@ -310,6 +310,8 @@ def _swap_layers(path, model, header, data, layers, runtime, undo):
             setattr(holder, attr, new)
         mods[name] = new
     keep_own_forwards(model)
+    if any(getattr(m, "_act_mode", None) is not None for m in model.modules()):
+        contiguous_where_viewed(model)
     return model
 
 

@@ -24,11 +24,13 @@ from ._checkpoint import (
     weight_key,
 )
 from ._data import input_batches, is_rows, model_device, model_dtype, replayable
+from ._graph import viewed_outputs
 from ._layout import layer_kind, refused_layers
 from ._network import TorchNetwork, skip_names
 from ._qlayers import (
     QuantConv1d,
     QuantConv2d,
+    QuantConvMixin,
     QuantLinear,
     QuantMixin,
     quantized_module,
@@ -72,6 +74,22 @@ def keep_own_forwards(model):
                 module.register_forward_pre_hook(_own_forwards)
         elif isinstance(module, nn.TransformerEncoder):
             module.use_nested_tensor = False
+    return model
+
+
+def contiguous_where_viewed(model):
+    """Give the quantized convolutions of ``model`` whose output its forward
+    calls ``.view`` on (:func:`~._graph.viewed_outputs`) their int8 outputs in
+    torch's layout for a contiguous input, the others as their kernel lays them
+    out (channels last, which ``.view(n, -1)`` refuses). For a model whose
+    layers have (or are about to have) quantized activations: the int8 kernels
+    run only then. The model is changed in place."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantMixin)}
+    if any(isinstance(m, QuantConvMixin) for m in layers.values()):
+        viewed = viewed_outputs(model, layers)
+        for name, m in layers.items():
+            if isinstance(m, QuantConvMixin):
+                m._contiguous_out = name in viewed
     return model
 
 
@@ -366,6 +384,7 @@ def quantize_model(
         setattr(qlayers[parent] if parent else qmodel, attr, new)
     keep_own_forwards(qmodel)
     if activations is not None:
+        contiguous_where_viewed(qmodel)  # before calibration runs int8 kernels
         names = list(replace)  # a tied layer's input gets its own grid too
         if act_quantizer is None:
             qlayers = dict(qmodel.named_modules(remove_duplicate=False))

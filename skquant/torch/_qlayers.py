@@ -699,6 +699,10 @@ class QuantLinear(QuantMixin, nn.Linear):
 
 
 class QuantConvMixin(QuantMixin):
+    #: whether an int8 run gives its output in torch's layout for a contiguous
+    #: input (set where the model's forward calls ``.view`` on it)
+    _contiguous_out = False
+
     def _weight_shape(self):
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
@@ -720,15 +724,21 @@ class QuantConvMixin(QuantMixin):
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
-            return self._bias_grad(y)
-        if self._act_mode is not None:
-            x = self._fake_input(x)
-        if self._kernel_input(x) and self.runtime != "float":
-            w = self._dequantized(x.dtype, x.device)
+            y = self._bias_grad(y)
         else:
-            w = self._float_weight_for(x)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return self._conv_forward(x, w, bias)
+            if self._act_mode is not None:
+                x = self._fake_input(x)
+            if self._kernel_input(x) and self.runtime != "float":
+                w = self._dequantized(x.dtype, x.device)
+            else:
+                w = self._float_weight_for(x)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            y = self._conv_forward(x, w, bias)  # (laid out as x is)
+        # (int8 outputs are laid out as the kernel gives them, channels last,
+        # and so is what a layer computes from them, unless .view reads it:
+        # torch's layout for a contiguous input everywhere cost 2x to 3x the
+        # forward's time on the benchmarks)
+        return y.contiguous() if self._contiguous_out else y
 
     def _int8_forward(self, x):
         """The convolution on the integer kernels (:mod:`._int8`), or ``None``
@@ -746,8 +756,6 @@ class QuantConvMixin(QuantMixin):
             bounds = (0, 127 if dynamic_reduce_range(self._largest_code) else 255)
         if len(self.kernel_size) == 1:  # a Conv1d is a Conv2d of height 1
             return self._int8.conv(x.unsqueeze(2), scale, zp, bounds).squeeze(2)
-        # (laid out as the kernel gives it, channels last: torch's layout for a
-        # contiguous input cost 2x to 3x the forward's time on the benchmarks)
         return self._int8.conv(x, scale, zp, bounds)
 
 
