@@ -20,6 +20,12 @@ threads (BLAS for GPTQ and the Gram form; numba's for the per-neuron kernels,
 
 Run: ``python benchmarks/bench_layer_kernels.py`` (``--no-big`` leaves out the
 4096 x 4096 layer).
+
+``--crossover`` times instead GPFQ's two forms, each forced, on layers around
+the cost rule's boundary (``use_gram``: ``n_in (m + n_out) < GRAM_RATIO m
+n_out``; a 3x3 convolution of C -> C channels on m = 4096 rows has ``9 (1 + C /
+4096)``), and prints the path's time over the Gram form's next to the rule's
+choice.
 """
 
 import argparse
@@ -67,10 +73,32 @@ def methods(with_ns):
     return out
 
 
-def time_fit(make, W, X, forced_path):
+#: (n_in, n_out, m) around the Gram rule's boundary: 3x3 and 1x1 convolutions,
+#: projections, classifier heads
+CROSSOVER = [
+    (144, 16, 4096),
+    (288, 32, 4096),
+    (576, 64, 4096),
+    (1152, 128, 4096),
+    (2304, 256, 4096),
+    (4608, 512, 4096),
+    (576, 32, 4096),
+    (1152, 64, 4096),
+    (2304, 128, 4096),
+    (1152, 32, 4096),
+    (2304, 64, 4096),
+    (4608, 128, 4096),
+    (3136, 128, 1024),
+    (1024, 64, 1024),
+    (2048, 64, 1024),
+    (4096, 128, 1024),
+]
+
+
+def time_fit(make, W, X, forced_path, forced_gram=False):
     original = gpfq_module.use_gram
-    if forced_path:
-        gpfq_module.use_gram = lambda *a: False
+    if forced_path or forced_gram:
+        gpfq_module.use_gram = lambda *a: forced_gram
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -90,7 +118,14 @@ def main():
         action="store_true",
         help="also run the null-space method on the 4096 layer",
     )
+    p.add_argument(
+        "--crossover",
+        action="store_true",
+        help="time GPFQ's two forms around the Gram rule's boundary",
+    )
     args = p.parse_args()
+    if args.crossover:
+        return crossover(args.repeat)
     groups = list(LAYERS.items()) + ([] if args.no_big else [BIG])
     rng = np.random.default_rng(0)
     # warm the numba caches and BLAS
@@ -114,6 +149,34 @@ def main():
                 cells.append(f"{t:8.3f}s {t / ref:5.2f}x")
             label = f"{net} {n_in}x{n_out} m={m}"
             print(f"{label:<28}" + "".join(f"{c:>16}" for c in cells), flush=True)
+
+
+def crossover(repeat):
+    """GPFQ's per-neuron path against its Gram form on :data:`CROSSOVER`."""
+    rng = np.random.default_rng(0)
+    make = methods(False)["gpfq"]
+    Xw, Ww = rng.standard_normal((16, 32)), rng.standard_normal((32, 4))
+    time_fit(make, Ww, Xw, True)
+    time_fit(make, Ww, Xw, False, True)
+    print(
+        f"{'layer':<24}{'cost ratio':>11}{'rule':>6}{'Gram':>9}{'path':>9}"
+        f"{'path/Gram':>11}"
+    )
+    for n_in, n_out, m in CROSSOVER:
+        X = rng.standard_normal((m, n_in))
+        W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        gram = statistics.median(
+            time_fit(make, W, X, False, True) for _ in range(repeat)
+        )
+        path = statistics.median(time_fit(make, W, X, True) for _ in range(repeat))
+        rule = "Gram" if gpfq_module.use_gram(m, n_in, n_out) else "path"
+        ratio = n_in * (m + n_out) / (m * n_out)
+        label = f"{n_in}x{n_out} m={m}"
+        print(
+            f"{label:<24}{ratio:>11.1f}{rule:>6}{gram:>8.3f}s{path:>8.3f}s"
+            f"{path / gram:>10.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

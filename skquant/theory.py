@@ -8,7 +8,9 @@ here is on the absolute error ``||X w - X q||_2`` unless its name says relative.
 A-priori bounds hold for any ``w`` before quantizing; a-posteriori bounds use what the
 quantizer did (which coordinates it left off the alphabet). Where an exact constant
 is intractable (a maximum over subsets of columns), the functions return a certified
-upper bound and say so.
+upper bound and say so. The bounds are on exact arithmetic: a quantizer that
+computes ``q`` in float32 rounds it once more (relative ``2**-24``), which shows
+where the bound is tight (weights halfway between grid points, ``X = I``).
 """
 
 import numbers
@@ -39,10 +41,23 @@ __all__ = [
 ]
 
 
+def _floats(value, name):
+    """``value`` as a float64 array, else a TypeError naming ``name`` (strings,
+    sparse matrices, ragged lists, complex values)."""
+    if np.iscomplexobj(value):
+        raise TypeError(f"{name} must be real, got a complex array.")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} must be a dense array of real numbers, got "
+            f"{type(value).__name__} ({exc})."
+        ) from None
+    return arr
+
+
 def _as2d(X):
-    if np.iscomplexobj(X):
-        raise TypeError("X must be real, got a complex array.")
-    X = np.asarray(X, dtype=np.float64)
+    X = _floats(X, "X")
     if X.ndim != 2 or X.size == 0:
         raise ValueError(
             f"X must be a non-empty 2-D array of shape (m, n_in), got X.shape="
@@ -74,7 +89,7 @@ def _steps(step):
     quantizer's ``scale_``), each finite and > 0; else a ValueError naming it."""
     if np.ndim(step) == 0:
         return check_positive(step, "step")
-    arr = np.asarray(step, dtype=np.float64)
+    arr = _floats(step, "step")
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
         raise ValueError(
             "step must be a finite number > 0 or a 1-D array of them (one per "
@@ -84,13 +99,13 @@ def _steps(step):
     return arr
 
 
-def _out(bound):
+def _out(bound, other="step"):
     """A bound as a float, or an array for per-column steps (ValueError when it
-    overflows float64)."""
+    overflows float64, naming X and ``other``, the input it scales with)."""
     if not np.all(np.isfinite(bound)):
         raise ValueError(
-            "the bound overflows float64: X's entries are too large (scale X and "
-            "step down together; the bound scales with their product)."
+            f"the bound overflows float64: it scales with the product of X's and "
+            f"{other}'s magnitudes (scale X or {other} down)."
         )
     return float(bound) if np.ndim(bound) == 0 else np.asarray(bound, np.float64)
 
@@ -117,7 +132,9 @@ def msq_bound(X, step, *, variant="grid"):
     ``||X (w - q)|| <= ||X||_2 * sqrt(n_in) * step / 2``. It holds when no weight
     is clipped (within the grid's range; ``|w| <= 2a`` for binary): max-abs scales
     (``scale="maxabs"``); scales that clip the largest weights (``"mse"``,
-    ``"percentile"``) can exceed it.
+    ``"percentile"``) can exceed it, and so can
+    :class:`~skquant.BinaryQuantizer`'s ``scale="mean"`` (``a`` the mean of
+    ``|w|``, below half of the largest weights of most neurons).
 
     Parameters
     ----------
@@ -204,7 +221,10 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
     being how far ``z`` may move within a coordinate's cell (``step``, or ``2 *
     step`` for binary). That drift term is the grid variant's, whose point ``z``
     stays in ``w``'s cells: the LP variant's ``z`` does not, and with a rank cap
-    the bound does not hold for it (its fitted ``bound_`` does).
+    the bound does not hold for it (its fitted ``bound_`` does). It is the
+    bound of the walk (:class:`~skquant.NullSpaceQuantizer`'s ``variant="grid"``
+    and ``"lp"``), not of ``variant="path"``, whose basis coordinates leave their
+    cells: only the fitted ``bound_`` holds there.
 
     Parameters
     ----------
@@ -305,14 +325,19 @@ def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
     S = np.asarray(S)
     if S.size and S.dtype.kind not in "iu":
         raise TypeError(f"S must hold integer column indices, got dtype {S.dtype}.")
+    if S.ndim > 1 or len(np.unique(S)) != S.size:
+        raise ValueError(
+            "S must be a 1-D sequence of distinct column indices, got "
+            f"S={S.tolist()!r}."
+        )
     S = S.astype(int).ravel()
     if S.size and (S.min() < 0 or S.max() >= X.shape[1]):
         raise ValueError(
             f"S must index columns of X in [0, {X.shape[1] - 1}], got indices from "
             f"{S.min()} to {S.max()}."
         )
-    z_S = np.asarray(z_S, dtype=float).ravel()
-    q_S = np.asarray(q_S, dtype=float).ravel()
+    z_S = _floats(z_S, "z_S").ravel()
+    q_S = _floats(q_S, "q_S").ravel()
     if z_S.shape != S.shape or q_S.shape != S.shape:
         raise ValueError(
             f"z_S and q_S must have one value per index of S ({S.size}), got "
@@ -336,7 +361,12 @@ def lp_scale_bound(X, w):
     By LP duality ``c = max {<X w, v> : ||X^T v||_1 <= 1}``, hence
     ``c <= ||X w||_2 / min_{||v||=1, v in range(X)} ||X^T v||_1``; since
     ``||X^T v||_1 >= ||X^T v||_2 >= sigma_min`` on the range of ``X``, the returned
-    ``||X w|| / sigma_min`` is certified (the exact minimum is intractable).
+    ``||X w|| / sigma_min`` is certified (the exact minimum is intractable). Singular
+    values at round-off level (below ``max(m, n_in) eps sigma_max``, numpy's rank
+    cut-off) are not divided by: ``c`` being a norm of ``X w``, the part of ``X w``
+    along their directions adds at most ``|v_i^T w|`` each (``v_i`` the right
+    singular vector), so the bound stays certified on (numerically) rank-deficient
+    data.
 
     Parameters
     ----------
@@ -362,21 +392,23 @@ def lp_scale_bound(X, w):
     5.0
     """
     X = _as2d(X)
-    w = np.asarray(w, dtype=float)
+    w = _floats(w, "w")
     if w.shape != (X.shape[1],) or not np.all(np.isfinite(w)):
         raise ValueError(
             f"w must be a finite vector of length n_in={X.shape[1]}, got "
             f"w.shape={w.shape}."
         )
     X = X * unit_factor(X)  # (the bound does not depend on a common scale of X)
-    s = np.linalg.svd(X, compute_uv=False)
+    _, s, Vt = np.linalg.svd(X, full_matrices=False)
     if s[0] == 0:
         raise ValueError(
             "X is all zeros: it has no range, so the LP scale is not defined."
         )
-    s = s[s > max(X.shape) * np.finfo(float).eps * s[0]]
+    kept = s > max(X.shape) * np.finfo(float).eps * s[0]
     with np.errstate(over="ignore"):  # (a huge w: told by _out)
-        return _out(np.linalg.norm(X @ w) / s[-1])
+        vw = Vt @ w  # X w = U diag(s) Vt w: its part along each direction
+        bound = np.linalg.norm(s[kept] * vw[kept]) / s[kept][-1]
+        return _out(bound + np.abs(vw[~kept]).sum(), "w")
 
 
 def gpfq_bound(X, step, *, variant="grid"):
@@ -385,8 +417,9 @@ def gpfq_bound(X, step, *, variant="grid"):
     Each step picks the grid point nearest to the projection, so
     ``||u_t||^2 <= ||u_{t-1}||^2 + (step / 2)^2 ||X_t||^2`` and
     ``||X w - X q|| <= ||X||_F * step / 2`` (``step`` in place of ``step / 2`` for
-    the binary ``{-a, a}``). The argument assumes no projection is clipped (it
-    lies in the grid's range); scales that clip the largest weights
+    the binary ``{-a, a}``). It holds when no weight is clipped (max-abs scales:
+    a projection past the grid's range is then clipped towards ``w``, which
+    only shrinks the step's error); scales that clip the largest weights
     (``scale="mse"``, ``"percentile"``) can exceed it. (For Gaussian data the error
     is much smaller, of order ``sqrt(m log n_in)`` steps: see
     :func:`predicted_rate`.)
@@ -433,7 +466,7 @@ def predicted_rate(method, m, n_in):
     null-space grid variant at fixed bits): ``sqrt(m / n_in)``; ``"gpfq"``:
     ``sqrt(m log n_in / n_in)``; ``"lp"`` (scale-free ternary):
     ``m sqrt(log(n_in / m)) / n_in``, the logarithm taken at least 1 (``n_in / m``
-    raised to ``e``: the rate is asymptotic, for ``n_in >> m``).
+    clamped to at least ``e``: the rate is asymptotic, for ``n_in >> m``).
 
     Parameters
     ----------
@@ -465,9 +498,13 @@ def predicted_rate(method, m, n_in):
         raise TypeError(f"m must be a number >= 1, got m={m!r}.")
     if not (np.isfinite(m) and m >= 1):
         raise ValueError(f"m must be a number >= 1, got m={m!r}.")
+    if isinstance(n_in, str | bool) or np.asarray(n_in).dtype.kind not in "iuf":
+        raise TypeError(f"n_in must be a number or a 1-D array of them, got {n_in!r}.")
     n = np.asarray(n_in, dtype=float)
-    if n.size == 0 or not np.all(np.isfinite(n)) or np.any(n < 1):
-        raise ValueError(f"n_in must be numbers >= 1, got n_in={n_in!r}.")
+    if n.ndim > 1 or n.size == 0 or not np.all(np.isfinite(n)) or np.any(n < 1):
+        raise ValueError(
+            f"n_in must be a number >= 1 or a 1-D array of them, got n_in={n_in!r}."
+        )
     if method == "msq":
         return np.ones_like(n)
     if method == "grid":
@@ -573,6 +610,13 @@ def error_decay(
                 f"{n_in_values!r} instead."
             )
     n_bits = _sequence(n_bits, "n_bits", "bit-widths")
+    for b in n_bits:
+        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 2:
+            raise ValueError(
+                f"n_bits must hold ints >= 2 (bit-widths of the grid; the LP "
+                f"variant is ternary whatever they are), got n_bits={n_bits!r} "
+                "instead."
+            )
     methods = _sequence(methods, "methods", "'msq', 'gpfq', 'grid', 'lp'")
     for meth in methods:
         if meth not in ("msq", "gpfq", "grid", "lp"):
@@ -580,6 +624,17 @@ def error_decay(
                 "methods must be among 'msq', 'gpfq', 'grid', 'lp', got "
                 f"{meth!r} in methods={methods!r} instead."
             )
+    for name, values in (
+        ("n_in_values", n_in_values),
+        ("n_bits", n_bits),
+        ("methods", methods),
+    ):
+        if len(set(values)) != len(values):  # (a slope fitted on one width)
+            raise ValueError(
+                f"{name} must not repeat a value, got {name}={values!r} instead."
+            )
+    if not isinstance(verbose, bool | np.bool_ | numbers.Integral):
+        raise TypeError(f"verbose must be a bool, got verbose={verbose!r} instead.")
     for value, name in ((m, "m"), (n_out, "n_out"), (n_test, "n_test")):
         check_int(value, name)
     if rounding not in ("nearest", "greedy"):  # (ignored without a null-space method)
@@ -666,8 +721,17 @@ def plot_error_decay(result, ax=None, *, test=False):
             f"'m', ...), got {type(result).__name__} with keys "
             f"{sorted(result) if isinstance(result, dict) else None} instead."
         )
-    ax = axes(ax, (7, 5))
+    if not isinstance(test, bool | np.bool_):
+        raise TypeError(f"test must be a bool, got test={test!r} instead.")
     rows = result["rows"]
+    need = {"method", "n_bits", "n_in", "error", "test_error", "bound"}
+    bad = [r for r in rows if not isinstance(r, dict) or not need <= set(r)]
+    if bad:
+        raise ValueError(
+            f"result['rows'] must hold error_decay's rows (keys {sorted(need)}), "
+            f"got {bad[0]!r} among them."
+        )
+    ax = axes(ax, (7, 5))
     keys = list(dict.fromkeys((r["method"], r["n_bits"]) for r in rows))
     for i, (meth, b) in enumerate(keys):
         sub = [r for r in rows if (r["method"], r["n_bits"]) == (meth, b)]

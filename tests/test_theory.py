@@ -172,7 +172,7 @@ def test_bad_input_names_the_parameter():
         posterior_nullspace_bound(X, [1], [0.1], [0.0], drift=-1.0)
     with pytest.raises(ValueError, match="m must be a number >= 1"):
         predicted_rate("grid", 0, 100)
-    with pytest.raises(ValueError, match="n_in must be numbers >= 1"):
+    with pytest.raises(ValueError, match="n_in must be a number >= 1"):
         predicted_rate("grid", 4, [100, 0])
     for fn in (msq_bound, gpfq_bound):
         with pytest.raises(ValueError, match="variant must be 'grid', 'ternary' or"):
@@ -283,3 +283,54 @@ def test_binary_bounds_allow_a_whole_step_a_coordinate():
     b1 = BinaryQuantizer(scale=1.0).fit(w1)
     e1 = np.linalg.norm(X1 @ (w1 - b1.transform(w1)))
     assert e1 > msq_bound(X1, 1.0) and e1 <= msq_bound(X1, 1.0, variant="binary")
+
+
+def test_lp_scale_bound_is_certified_on_rank_deficient_data():
+    """X = [[1, 0, 0], [0, e, e]], w = e_2: X z = X w asks z_1 = 0 and z_2 + z_3 =
+    1, so c = 1/2 whatever e > 0. At e = 1e-16 the second singular value is below
+    numpy's rank cut-off: the bound divided only by the first gave 1e-16."""
+    w = np.array([0.0, 1.0, 0.0])
+    for eps in (1e-3, 1e-12, 1e-16):
+        X = np.array([[1.0, 0.0, 0.0], [0.0, eps, eps]])
+        assert lp_scale_bound(X, w) >= 0.5
+    X = np.array([[1.0, 0.0, 0.0], [0.0, 1e-16, 1e-16]])
+    assert lp_scale_bound(X, np.array([2.0, 0.0, 0.0])) == pytest.approx(2.0)
+
+
+def test_theory_inputs_are_refused_by_name():
+    """Strings, sparse matrices, repeated values and wrong types raise errors
+    naming the parameter (NumPy's conversion errors named none; repeated widths
+    gave a slope fitted on one width, a non-int bit-width ran)."""
+    sparse = pytest.importorskip("scipy.sparse")
+    X = np.random.default_rng(0).standard_normal((6, 10))
+    for bad in (sparse.csr_matrix(X), [["a"] * 10] * 6):
+        with pytest.raises(TypeError, match="X must be a dense array of real numbers"):
+            msq_bound(bad, 0.1)
+    with pytest.raises(TypeError, match="step must be a dense array"):
+        msq_bound(X, ["0.1", "a"])
+    with pytest.raises(TypeError, match="w must be a dense array"):
+        lp_scale_bound(X, ["a"] * 10)
+    with pytest.raises(ValueError, match="overflows .* X's and w's magnitudes"):
+        lp_scale_bound(X, np.full(10, 1e308))
+    with pytest.raises(ValueError, match="S must be a 1-D sequence of distinct"):
+        posterior_nullspace_bound(X, [1, 1], [0.1, 0.1], [0.0, 0.0])
+    with pytest.raises(TypeError, match="n_in must be a number or a 1-D array"):
+        predicted_rate("grid", 4, "100")
+    with pytest.raises(ValueError, match="n_in must be a number >= 1 or a 1-D"):
+        predicted_rate("grid", 4, [[100]])
+    small = dict(m=4, n_out=2, n_test=5)
+    for kwargs, match in (
+        (dict(n_in_values=[16, 16]), "n_in_values must not repeat"),
+        (dict(n_in_values=[16, 32], methods=("msq", "msq")), "methods must not"),
+        (dict(n_in_values=[16, 32], n_bits=("ternary",)), "n_bits must hold ints"),
+        (dict(n_in_values=[16, 32], n_bits=(1,)), "n_bits must hold ints >= 2"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            error_decay(**kwargs, **small)
+    with pytest.raises(TypeError, match="verbose must be a bool"):
+        error_decay([16, 32], verbose="yes", **small)
+    res = error_decay([16, 32], n_bits=(4,), methods=("msq",), **small)
+    with pytest.raises(TypeError, match="test must be a bool"):
+        plot_error_decay(res, test="yes")
+    with pytest.raises(ValueError, match=r"result\['rows'\] must hold"):
+        plot_error_decay({**res, "rows": [{"method": "msq"}]})
