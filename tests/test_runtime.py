@@ -399,6 +399,36 @@ def test_gradients_flow_to_the_biases(kind, runtime, activations):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("runtime", ["auto", "float"])
+@pytest.mark.parametrize("activations", ["dynamic", "static"])
+def test_input_grids_pass_gradients_straight_through(runtime, activations):
+    """An input grid passes gradients straight through inside its range, as
+    FakeQuantize does (torch.round gave every input and every bias before the
+    last layer a gradient of 0): on a network linear in its input, the
+    gradients are those of the weight-only model; a static grid gives 0 to an
+    input past its range."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 16, 3))
+    calib = torch.randn(64, 3, 6, 6)
+    acts = ActivationQuantizer(8) if activations == "static" else "dynamic"
+    q = quantize_model(
+        net, UniformQuantizer(4), calib, activations=acts, runtime=runtime
+    )
+    plain = quantize_model(net, UniformQuantizer(4), calib, runtime=runtime)
+    x, x0 = calib[:8].clone().requires_grad_(), calib[:8].clone().requires_grad_()
+    q(x).sum().backward()
+    plain(x0).sum().backward()
+    torch.testing.assert_close(x.grad, x0.grad)
+    assert float(x.grad.abs().sum()) > 0
+    torch.testing.assert_close(q[0].bias.grad, plain[0].bias.grad)
+    if activations == "static":
+        far = calib[:1].clone()
+        far[0, 0, 0, 0] = 1e3  # past the calibrated range: clipped
+        far.requires_grad_()
+        q(far).sum().backward()
+        assert far.grad[0, 0, 0, 0] == 0 and float(far.grad.abs().sum()) > 0
+
+
 @pytest.mark.parametrize("frozen", [True, False])
 def test_grad_mode_runs_the_kernels(monkeypatch, frozen):
     net = mlp().eval().requires_grad_(not frozen)
@@ -1099,3 +1129,42 @@ def test_codes_come_back_in_their_own_dtype(make, tmp_path):
         assert a is None or a.base is None or a.base.base is None
     save({"b": np.arange(3.0)}, tmp_path / "a.skq")
     assert load(tmp_path / "a.skq")["b"].flags.owndata
+
+
+def test_other_quantized_engines_run_the_simulated_path(monkeypatch):
+    """Under a quantized engine whose packed weights the int8 GEMM's operator
+    does not take (qnnpack, torch's default on ARM), quantize_model and a model
+    quantized under x86 run the simulated path and say why (both raised
+    "not implemented for this packed parameter type", the first blaming the
+    calibration data); back under x86, the GEMM runs again."""
+    engines = torch.backends.quantized.supported_engines
+    if "qnnpack" not in engines or "x86" not in engines:
+        pytest.skip("this torch lacks the qnnpack or the x86 engine")
+    monkeypatch.setattr(torch.backends.quantized, "engine", "x86")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x, acts = torch.randn(64, 16), ActivationQuantizer(8)
+    sim = quantize_model(net, UniformQuantizer(4), x, activations=acts, runtime="float")
+    built = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+    blob = pickle.dumps(built)
+    with torch.no_grad():
+        want = sim(x)
+    torch.backends.quantized.engine = "qnnpack"
+    with pytest.warns(RuntimeFallbackWarning, match="quantized engine is 'qnnpack'"):
+        q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+    assert q[0]._int8 is None
+    with torch.no_grad():
+        assert _relative(q(x), want) <= 1e-6
+        for model in (built, pickle.loads(blob)):
+            assert _relative(model(x), want) <= 1e-5
+    torch.backends.quantized.engine = "x86"
+    calls = []
+    real = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
+    monkeypatch.setattr(
+        torch.ops.quantized,
+        "linear_with_input_q_dq_qweight_dq_output_fp32",
+        lambda *a: calls.append(1) or real(*a),
+    )
+    with torch.no_grad():
+        assert _relative(built(x), want) <= 1e-5
+    assert calls

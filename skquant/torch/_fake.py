@@ -45,6 +45,19 @@ class _RoundSTE(torch.autograd.Function):
         return grad * inside.to(grad.dtype), None, None, None, None, None
 
 
+def straight_through(x, y, inside=None):
+    """``y`` (``x`` put on a grid, values for values) with the clipped
+    straight-through gradient: that of ``x`` where ``inside()`` (a mask: the
+    code fell in the grid's range; ``None``: every finite value), 0 elsewhere.
+    Only where ``x`` needs gradients (else ``y`` itself, no mask computed);
+    NaN and inf entries must be outside."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return y
+    mask = torch.isfinite(x) if inside is None else inside()
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return y.detach() + torch.where(mask, x - x.detach(), zero)
+
+
 def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):
     """Fake-quantize ``x`` on the grid ``step * [qmin, qmax]`` with a clipped STE.
 

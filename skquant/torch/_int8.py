@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .._tensor._alphabets import safe_scale
 from .._tensor._qtensor import QuantizedTensor
+from ._fake import straight_through
 
 __all__ = [
     "Int8Conv",
@@ -38,6 +39,25 @@ def int8_gemm_available():
     """Whether this torch has the quantized linear operators."""
     return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(
         torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
+    )
+
+
+#: torch's quantized engines (``torch.backends.quantized.engine``) whose
+#: prepacked weights the int8 GEMM's operator runs on (fbgemm's); others
+#: (``"qnnpack"``, the default of torch's ARM builds, ``"onednn"``) lack it
+GEMM_ENGINES = ("x86", "fbgemm")
+
+
+def engine_reason():
+    """Why torch's quantized engine now cannot run the int8 GEMM (``None``: it
+    can)."""
+    engine = torch.backends.quantized.engine
+    if engine in GEMM_ENGINES:
+        return None
+    return (
+        f"torch's quantized engine is {engine!r}: the integer GEMM runs on "
+        f"{GEMM_ENGINES[0]!r} or {GEMM_ENGINES[1]!r} "
+        "(torch.backends.quantized.engine)"
     )
 
 
@@ -111,6 +131,9 @@ def int8_gemm_reason(layer, tensor, runtime):
         )
     if not int8_gemm_available():
         return False, "this torch has no quantized int8 linear operator" + simulated
+    engine = engine_reason()
+    if engine and not (hasattr(layer, "kernel_size") and onednn_takes(tensor)):
+        return False, engine + simulated  # (oneDNN's convolution runs on any)
     return True, None
 
 
@@ -188,6 +211,7 @@ class Int8Weights(_Prepacked):
                 )
                 b = None if bias is None else bias[rows].contiguous()
                 self.params.append(torch.ops.quantized.linear_prepack(q, b))
+        self.engine = torch.backends.quantized.engine  # (its packing's)
         self._keep(qt, bias)
         self._meta["shift"] = shift
         self.nbytes = prepacked_nbytes(per, codes.shape[1], groups)
@@ -411,7 +435,7 @@ def fake_dynamic(x, reduce_range):
 
     The grid spans the finite values; NaN and inf entries stay as they are, so
     they reach the outputs they reach in the float model and no other (one NaN
-    made every sample of the batch NaN).
+    made every sample of the batch NaN). Gradients pass straight through.
     """
     top = 127 if reduce_range else 255
     if x.numel() == 0:  # no value, no grid
@@ -430,4 +454,7 @@ def fake_dynamic(x, reduce_range):
         return x
     zp = torch.clamp(torch.round(-lo / scale), 0, top)
     y = (torch.clamp(torch.round(x / scale) + zp, 0, top) - zp) * scale
-    return y if finite is None else torch.where(finite, y, x)
+    if finite is not None:
+        y = torch.where(finite, y, x)
+    # (the grid spans every finite value: their gradients pass straight through)
+    return straight_through(x, y)

@@ -43,8 +43,12 @@ from .._tensor._bits import pack_codes
 from .._tensor._io import _tensor_entry, tensor_from
 from .._tensor._qtensor import QuantizedTensor
 from .._tensor._runtime import RuntimeWeights, runtime_bits
+from ._fake import straight_through
 from ._int8 import (
+    GEMM_ENGINES,
+    Int8Weights,
     dynamic_reduce_range,
+    engine_reason,
     fake_dynamic,
     int8_gemm_reason,
     int8_weights,
@@ -529,7 +533,8 @@ class QuantMixin:
         return self._act_meta["n_bits"]
 
     def _fake_input(self, x):
-        """``x`` on the input grid (the simulated form of the integer kernels)."""
+        """``x`` on the input grid (the simulated form of the integer kernels),
+        its gradient passed straight through inside the grid's range."""
         if self._act_mode == "dynamic":
             return fake_dynamic(x, dynamic_reduce_range(self._largest_code))
         scale = self.input_scale.to(x.dtype)
@@ -537,10 +542,10 @@ class QuantMixin:
         if self._act_meta["per_channel"] and not isinstance(self, nn.Linear):
             shape = (1, -1) + (1,) * (x.dim() - 2)  # one per input channel
             scale, zp = scale.reshape(shape), zp.reshape(shape)
-        q = torch.clamp(
-            torch.round(x / scale) + zp, self._act_meta["qmin"], self._act_meta["qmax"]
-        )
-        return (q - zp) * scale
+        q = torch.round(x / scale) + zp
+        lo, hi = self._act_meta["qmin"], self._act_meta["qmax"]
+        y = (torch.clamp(q, lo, hi) - zp) * scale
+        return straight_through(x, y, lambda: (q >= lo) & (q <= hi))
 
     def _input_qparams(self, x):
         """``(scale, zero point)`` of the input grid on the kernel's unsigned 8 bits.
@@ -593,8 +598,31 @@ class QuantMixin:
             and x.dtype == torch.float32
             and self._kernel_input(x)
             and x.numel() > 0
+            and self._engine_ready()
             and self._bias_linked()
         )
+
+    def _engine_ready(self):
+        """Whether the int8 weights run on torch's quantized engine now: oneDNN's
+        convolutions on any; the GEMMs' weights on :data:`~._int8.GEMM_ENGINES`,
+        packed again (once) where they were packed under another engine (an
+        unpickled model, a switched engine). Under other engines the simulated
+        path runs, and says so once."""
+        w = self._int8
+        if not isinstance(w, Int8Weights):
+            return True
+        engine = torch.backends.quantized.engine
+        if engine == w.engine and engine in GEMM_ENGINES:
+            return True
+        why = engine_reason()
+        if why is not None:
+            why += (
+                "; the layer's quantized input is simulated (put on its grid in float)."
+            )
+            announce(why, f"{type(self).__name__}: {why}")
+            return False
+        self._int8 = self._int8_weights(w.tensor())
+        return True
 
     def _try_int8(self, x):
         """The integer GEMM's output, or ``None`` (the simulated path, see
@@ -633,8 +661,14 @@ class QuantMixin:
             )
 
     def _float_weight_for(self, x):
-        # (an empty batch takes this path by design: nothing to announce)
-        if self.runtime != "float" and not self._wants_grad(x) and x.numel():
+        # (an empty batch takes this path by design: nothing to announce; nor
+        # does a float32 CPU input, which comes here for reasons said elsewhere)
+        if (
+            self.runtime != "float"
+            and not self._wants_grad(x)
+            and x.numel()
+            and (x.dtype != torch.float32 or x.device.type != "cpu")
+        ):
             announce(
                 ("input", type(self).__name__, str(x.dtype), x.device.type),
                 f"{type(self).__name__}: no integer kernel for {x.dtype} inputs on "
