@@ -249,10 +249,20 @@ def greedy_path_gram(A, G, fallback, alphabet, scale, block_size=128, keep=None)
     return alphabet.final_codes(codes)
 
 
+#: the Gram form runs where ``n_in (m + n_out) < GRAM_RATIO m n_out``. Measured
+#: with ``benchmarks/bench_layer_kernels.py --crossover`` (2 threads, medians of
+#: 5): at a ratio ``n_in (m + n_out) / (m n_out)`` of 9 to 10 (3x3 convolutions
+#: of C -> C channels on 4096 rows, 144x16 to 4608x512) the path took 1.05x to
+#: 3.45x the Gram form's time; at 17 to 19, 0.39x to 1.13x; from 27 on, 0.26x
+#: to 0.50x (and 1.08x once)
+GRAM_RATIO = 12
+
+
 def use_gram(m, n_in, n_out):
     """Whether the Gram form is cheaper than the per-neuron path.
 
-    The path costs about ``4 m n_in n_out`` flops in a serial loop per neuron; the
-    Gram form ``2 (m + n_out) n_in^2`` in BLAS, several times faster per flop.
+    The path costs about ``4 m n_in n_out`` flops in a loop per neuron (16
+    neurons a pass); the Gram form ``2 (m + n_out) n_in^2`` in BLAS, several
+    times faster per flop (:data:`GRAM_RATIO`).
     """
-    return n_in * (m + n_out) < 8 * m * n_out
+    return n_in * (m + n_out) < GRAM_RATIO * m * n_out
