@@ -766,14 +766,13 @@ def test_conv1d_int8_and_padding_modes():
     ).eval()
     X = torch.randn(16, 2, 11)
     acts = ActivationQuantizer(8)
-    with pytest.warns(RuntimeFallbackWarning, match="padding_mode='reflect'"):
-        qnet = quantize_model(net, UniformQuantizer(n_bits=4), X, activations=acts)
-    assert qnet[0]._int8 is not None and qnet[2]._int8 is None
+    qnet = quantize_model(net, UniformQuantizer(n_bits=4), X, activations=acts)
+    assert qnet[0]._int8 is not None and qnet[2]._int8 is not None
     sim = quantize_model(
         net, UniformQuantizer(n_bits=4), X, activations=acts, runtime="float"
     )
     with torch.no_grad():
-        assert _relative(qnet(X), sim(X)) <= 0.01
+        assert _relative(qnet(X), sim(X)) <= 1e-5
 
 
 @pytest.mark.parametrize("activations", [None, "dynamic", ActivationQuantizer(8)])
@@ -1168,3 +1167,44 @@ def test_other_quantized_engines_run_the_simulated_path(monkeypatch):
     with torch.no_grad():
         assert _relative(built(x), want) <= 1e-5
     assert calls
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        lambda: nn.Conv2d(4, 6, 3, padding="valid"),
+        lambda: nn.Conv2d(4, 6, 3, padding="same"),
+        lambda: nn.Conv2d(4, 6, (2, 3), padding="same"),  # (uneven: 0 | 1 rows)
+        lambda: nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
+        lambda: nn.Conv2d(4, 6, 3, padding=(1, 2), padding_mode="circular"),
+        lambda: nn.Conv2d(4, 6, 3, padding=2, padding_mode="replicate", dilation=2),
+        lambda: nn.Conv1d(4, 6, 5, padding="same"),
+        lambda: nn.Conv1d(4, 6, 4, padding="same", padding_mode="reflect"),
+    ],
+)
+@pytest.mark.parametrize("activations", ["dynamic", "static"])
+@pytest.mark.parametrize("kernel", ["onednn", "gemm"])
+def test_every_padding_runs_on_the_int8_kernels(monkeypatch, conv, activations, kernel):
+    """padding='valid'/'same' and the padding modes run on the integer kernels
+    (the input padded as torch's layer pads it, the kernel without padding),
+    with the values of ``runtime="float"``; they ran simulated, and said the
+    patches took explicit zero padding only."""
+    if kernel == "onednn" and not _int8.onednn_conv_available():
+        pytest.skip("this torch has no oneDNN quantized convolution")
+    if kernel == "gemm":
+        monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
+    torch.manual_seed(0)
+    layer = conv()
+    net = nn.Sequential(layer).eval()
+    shape = (8, 4, 9) if isinstance(layer, nn.Conv1d) else (8, 4, 7, 9)
+    x = torch.randn(*shape)
+    acts = ActivationQuantizer(7) if activations == "static" else "dynamic"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeFallbackWarning)
+        q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+    sim = quantize_model(net, UniformQuantizer(4), x, activations=acts, runtime="float")
+    assert q[0]._int8 is not None
+    with torch.no_grad():
+        got, want = q(x), sim(x)
+    assert got.shape == want.shape == net(x).shape
+    assert _relative(got, want) <= 1e-5

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .._tensor._alphabets import safe_scale
 from .._tensor._qtensor import QuantizedTensor
 from ._fake import straight_through
+from ._rows import kernel_padding
 
 __all__ = [
     "Int8Conv",
@@ -83,16 +84,6 @@ def int8_gemm_reason(layer, tensor, runtime):
     if layer._act_mode is None:
         return False, None
     simulated = "; its quantized input is simulated (put on its grid in float)."
-    if getattr(layer, "padding_mode", "zeros") != "zeros":
-        return False, (
-            f"padding_mode={layer.padding_mode!r} pads with values off the input "
-            "grid" + simulated
-        )
-    if isinstance(getattr(layer, "padding", 0), str):
-        return False, (
-            f"padding={layer.padding!r}: the patches are formed with explicit "
-            "padding only" + simulated
-        )
     if runtime == "packed":
         return False, "runtime='packed' runs weight-only kernels" + simulated
     groups = getattr(layer, "groups", 1)
@@ -292,12 +283,13 @@ def int8_weights(qt, bias, layer):
     convolution runs (signed 8-bit codes without zero points), else
     :class:`Int8Weights`."""
     groups, geometry = getattr(layer, "groups", 1), None
-    if hasattr(layer, "kernel_size"):
+    if hasattr(layer, "kernel_size"):  # (other padding: see kernel_padding)
         one_d = len(layer.kernel_size) == 1
+        padding = kernel_padding(layer)[0]
         geometry = tuple(
             (unit, v[0]) if one_d else tuple(v)
             for v, unit in zip(
-                (layer.kernel_size, layer.stride, layer.padding, layer.dilation),
+                (layer.kernel_size, layer.stride, padding, layer.dilation),
                 (1, 1, 0, 1),
             )
         )

@@ -55,7 +55,7 @@ from ._int8 import (
     largest_code,
 )
 from ._layout import conv_args, conv_kwargs, size_mismatches, to_numpy
-from ._rows import output_sizes
+from ._rows import kernel_padding, output_sizes
 from ._runtimes import check_runtime
 from ._state import take_hooks
 
@@ -174,11 +174,11 @@ class QuantMixin:
             del self._buffers["_codes"]
         self.runtime, reason = self._choose(tensor)
         if reason:
-            announce(reason, f"{type(self).__name__}: {reason}")
+            announce((type(self), reason), f"{type(self).__name__}: {reason}")
         asked = self._runtime_request
         gemm, why = int8_gemm_reason(self, tensor, asked)
         if why is not None and self.runtime != "float":
-            announce(why, f"{type(self).__name__}: {why}")
+            announce((type(self), why), f"{type(self).__name__}: {why}")
         if self.runtime == "packed":
             self._rt = RuntimeWeights(tensor)
         elif self.runtime == "int8" and gemm:
@@ -632,7 +632,7 @@ class QuantMixin:
             why += (
                 "; the layer's quantized input is simulated (put on its grid in float)."
             )
-            announce(why, f"{type(self).__name__}: {why}")
+            announce((type(self), why), f"{type(self).__name__}: {why}")
             return False
         self._int8 = self._int8_weights(w.tensor())
         return True
@@ -795,7 +795,11 @@ class QuantConvMixin(QuantMixin):
         if min(output_sizes(self, x)) < 1:
             return None  # (an input smaller than the kernel)
         x = x.detach()
-        scale, zp = self._input_qparams(x)
+        scale, zp = self._input_qparams(x)  # (padding adds no value outside x's)
+        pads = kernel_padding(self)[1]
+        if pads is not None:  # padded as torch's layer pads, the kernel not
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, pads, mode=mode)
         if self._act_mode == "static":  # the grid's codes, moved to unsigned
             shift = max(-self._act_meta["qmin"], 0)
             bounds = (self._act_meta["qmin"] + shift, self._act_meta["qmax"] + shift)

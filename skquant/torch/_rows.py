@@ -36,6 +36,20 @@ def output_sizes(module, x):
     return sizes
 
 
+def kernel_padding(module):
+    """``(padding, pads)`` of convolution ``module`` for a kernel that pads with
+    zeros on both sides alike: its ``padding`` per spatial dimension, and
+    ``None``; or, where the module pads otherwise (``padding="same"`` of an
+    even total, ``padding_mode="reflect"``...), zeros and the ``pads`` of
+    ``F.pad(x, pads, mode)`` to apply before it (torch's own layer does the
+    same)."""
+    pads = list(module._reversed_padding_repeated_twice)  # last dimension first
+    pairs = [(pads[2 * j], pads[2 * j + 1]) for j in reversed(range(len(pads) // 2))]
+    if module.padding_mode == "zeros" and all(a == b for a, b in pairs):
+        return tuple(a for a, _ in pairs), None
+    return (0,) * len(pairs), pads
+
+
 def rows_per_sample(module, x):
     """Rows one sample contributes to the layer's input matrix."""
     if isinstance(module, nn.Linear):
