@@ -264,6 +264,28 @@ def test_tracing_the_kernels_says_to_use_the_float_runtime(how):
         assert torch.allclose(traced(x2), model(x2), atol=1e-5)
 
 
+@pytest.mark.parametrize("activations", [None, "dynamic", "static"])
+def test_the_float_runtime_traces_with_its_check_and_exports_to_onnx(activations):
+    """runtime='float' traces as any torch layer, in grad mode and with
+    torch.jit.trace's check (a device constant pooled in another order, and the
+    input grid's gradient ops, made the retrace differ), and torch's TorchScript
+    ONNX exporter takes it (it read the extra state, a dict, as a tensor)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4))
+    x = torch.randn(16, 3, 8, 8)
+    acts = ActivationQuantizer(n_bits=8) if activations == "static" else activations
+    model = quantized(net.eval(), x, "float", acts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (torch.jit)
+        traced = torch.jit.trace(model, x[:2])  # (check_trace: on)
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+    pytest.importorskip("onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x[:1],), io.BytesIO(), dynamo=False)
+
+
 def test_a_bias_the_gemm_cannot_read_in_place_takes_the_simulated_path():
     """A strided bias was copied by the prepack (later in-place changes were not
     seen: rel. error 0.89); a parametrized one was packed again in every call."""

@@ -49,13 +49,13 @@ def straight_through(x, y, inside=None):
     """``y`` (``x`` put on a grid, values for values) with the clipped
     straight-through gradient: that of ``x`` where ``inside()`` (a mask: the
     code fell in the grid's range; ``None``: every finite value), 0 elsewhere.
-    Only where ``x`` needs gradients (else ``y`` itself, no mask computed);
-    NaN and inf entries must be outside."""
-    if not (x.requires_grad and torch.is_grad_enabled()):
+    Only where ``x`` needs gradients (else ``y`` itself, no mask computed), and
+    not under ``torch.jit.trace`` (its check retraces without gradients: the
+    graphs would differ); NaN and inf entries must be outside."""
+    if not (x.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing():
         return y
     mask = torch.isfinite(x) if inside is None else inside()
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    return y.detach() + torch.where(mask, x - x.detach(), zero)
+    return y.detach() + torch.where(mask, x - x.detach(), x.new_zeros(()))
 
 
 def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):

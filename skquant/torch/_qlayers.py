@@ -335,7 +335,10 @@ class QuantMixin:
         elif self._float_tensor is not None:
             W = self._float_tensor.dequantize()
         else:
-            return self._dequantize_codes().to(device=device, dtype=dtype)
+            w = self._dequantize_codes()
+            # (no device in a trace where none moves: torch.jit.trace's check
+            # found a device constant pooled in another order on a retrace)
+            return w.to(dtype) if w.device == device else w.to(device, dtype)
         w = torch.from_numpy(np.ascontiguousarray(W.T)).reshape(self._wshape)
         return w.to(device=device, dtype=dtype)
 
@@ -411,6 +414,9 @@ class QuantMixin:
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
+        if torch.onnx.is_in_onnx_export():  # (torch's TorchScript exporter reads
+            # every entry as a tensor: the extra state, a dict, stopped it)
+            destination.pop(prefix + "_extra_state", None)
         qt = self.quantized_tensor()
         if qt.precision_bits is not None:
             for key, a in (
