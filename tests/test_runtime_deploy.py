@@ -318,3 +318,22 @@ def test_a_bias_the_gemm_cannot_read_in_place_takes_the_simulated_path():
         p(x)
         assert torch.allclose(p(x), pref(x), atol=1e-5)
     assert p[0]._int8 is packed  # not packed again
+
+
+def test_torch_fx_traces_a_quantized_model_with_its_layers_as_calls():
+    """torch.fx (feature extractors, graph passes) traces a model holding
+    quantized layers, each one call that runs its kernels (their forwards
+    branch on values: fx raised on every runtime); a lone layer says to trace
+    the model around it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4))
+    x = torch.randn(16, 3, 8, 8)
+    model = quantized(net.eval(), x, activations=ActivationQuantizer(n_bits=7))
+    graph = torch.fx.symbolic_trace(model)
+    calls = [n.target for n in graph.graph.nodes if n.op == "call_module"]
+    assert calls == ["0", "1", "2", "3"]
+    assert graph.get_submodule("0") is model[0] and model[0]._int8 is not None
+    with torch.no_grad():
+        assert torch.equal(graph(x), model(x))
+    with pytest.raises(TypeError, match="trace that model"):
+        torch.fx.symbolic_trace(model[3])

@@ -585,6 +585,23 @@ class QuantMixin:
 
     # -- forward --------------------------------------------------------------
 
+    def _fx_call(self, x):
+        """This layer's call in a ``torch.fx`` trace of a model that holds it, as
+        fx records torch's own layers (its forward branches on values, which
+        fx cannot trace): fx-based tools see one call of the layer, which runs
+        its kernels."""
+        tracer = x.tracer
+        try:
+            name = tracer.path_of_module(self)
+        except NameError:
+            name = ""
+        if not name:  # (the traced module itself, or one outside it)
+            raise TypeError(
+                f"torch.fx traces a {type(self).__name__} as a call of the model "
+                "that holds it: trace that model (or a module around the layer)."
+            )
+        return tracer.create_proxy("call_module", name, (x,), {})
+
     def _wants_grad(self, x):
         """Whether the input needs gradients in this call (the kernels are
         inference kernels: such inputs take the float path)."""
@@ -722,6 +739,8 @@ class QuantLinear(QuantMixin, nn.Linear):
 
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
+        if isinstance(x, torch.fx.Proxy):
+            return self._fx_call(x)
         self._check_input(x)
         if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
             return self._bias_grad(y)
@@ -773,6 +792,8 @@ class QuantConvMixin(QuantMixin):
 
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
+        if isinstance(x, torch.fx.Proxy):
+            return self._fx_call(x)
         self._check_input(x)
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
