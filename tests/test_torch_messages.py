@@ -605,3 +605,20 @@ def test_a_runtime_error_names_the_layer():
     net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"layer '0': runtime='packed' holds codes"):
         quantize_model(net, UniformQuantizer(n_bits=8), runtime="packed")
+
+
+def test_static_calibration_data_that_does_not_fit_is_named():
+    """Static activation calibration checks each layer's input as the weights'
+    walk does: uint8 images raised the layer's TypeError, and an unbatched
+    sample the float model cannot run was taken (grids fitted on it)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4))
+    acts = ActivationQuantizer(n_bits=8)
+    for data, what in (
+        (torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8), "of a floating dtype"),
+        (torch.randn(3, 8, 8), r"4-D with 3 channels, got shape \(3, 8, 8\)"),
+    ):
+        with pytest.raises(ValueError, match=f"calibration data does not fit .*{what}"):
+            quantize_model(
+                net.eval(), UniformQuantizer(n_bits=4), data, activations=acts
+            )

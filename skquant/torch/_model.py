@@ -35,6 +35,7 @@ from ._qlayers import (
     QuantMixin,
     quantized_module,
 )
+from ._rows import check_layer_input
 from ._runtimes import check_runtime, runtime_of
 from ._state import kept_state, still_parametrizations
 
@@ -542,6 +543,7 @@ def calibrate_activations(qmodel, names, quantizer, data, batch_size, every=()):
             got = []
 
             def take(n, module, x, offset, got=got):
+                check_layer_input(n, module, x)  # (as the weights' walk does)
                 if not isinstance(module, nn.Linear):  # one column per channel
                     x = x.movedim(1, -1)
                 got.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
