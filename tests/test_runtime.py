@@ -429,6 +429,49 @@ def test_input_grids_pass_gradients_straight_through(runtime, activations):
         assert far.grad[0, 0, 0, 0] == 0 and float(far.grad.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("activations", [None, "dynamic", "static"])
+def test_grad_mode_runs_every_layer_on_its_kernels(monkeypatch, activations):
+    """In grad mode every layer's output needs gradients (its bias's), and each
+    layer after the first took the simulated path (the kernels are inference
+    kernels): they run the kernels now, with the simulated path's gradient
+    recomputed in backward (input grid straight through)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 16), nn.ReLU(),
+        nn.Linear(16, 4),
+    )  # fmt: skip
+    x = torch.randn(32, 3, 6, 6)
+    acts = ActivationQuantizer(7) if activations == "static" else activations
+    q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+    sim = quantize_model(net, UniformQuantizer(4), x, activations=acts, runtime="float")
+    runs = []
+    for cls in (QuantLinear, QuantConv2d):
+        real = cls._run
+        monkeypatch.setattr(
+            cls,
+            "_run",
+            lambda self, x, real=real: (
+                runs.append((self, x.requires_grad)) or real(self, x)
+            ),
+        )
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = q(xa), sim(xb)
+    kernels = [  # (a weight-only convolution computes on dequantized weights)
+        m
+        for m in (q[0], q[3], q[5])
+        if m._int8 is not None or (m._rt is not None and isinstance(m, nn.Linear))
+    ]
+    assert len(kernels) >= 2
+    assert {m for m, grad in runs if not grad} == set(kernels)  # (no gradient:
+    # the kernels ran; before, every layer after the first took the float path)
+    assert _relative(ya.detach(), yb.detach()) <= 1e-5
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    assert _relative(xa.grad, xb.grad) <= 1e-4
+    for i in (0, 3, 5):
+        assert _relative(q[i].bias.grad, sim[i].bias.grad) <= 1e-4
+
+
 @pytest.mark.parametrize("frozen", [True, False])
 def test_grad_mode_runs_the_kernels(monkeypatch, frozen):
     net = mlp().eval().requires_grad_(not frozen)

@@ -11,7 +11,8 @@ lines before its own, never a module of its own line, this package or
    quantization with autograd), ``_checkpoint`` (safetensors checkpoints read a
    tensor at a time, state slots filled and emptied);
 2. ``_rows`` (a layer's input rows: conv patches, sampled), ``_gradients`` (loss
-   gradients on a model, grad mode and flags);
+   gradients on a model, grad mode and flags), ``_qstate`` (a quantized layer's
+   stored form: its tensor, file entry and ``state_dict``);
 3. ``_capture`` (forward passes handing layers' inputs to a callback);
 4. ``_int8`` (torch's int8 kernels), ``_graph`` (runs on a model's ``torch.fx``
    graph: a layer's outputs from it on, the walk of a traced module, the

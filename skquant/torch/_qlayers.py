@@ -38,12 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._common._warn import warn
-from .._tensor._alphabets import Alphabet
-from .._tensor._bits import pack_codes
-from .._tensor._io import _tensor_entry, tensor_from
-from .._tensor._qtensor import QuantizedTensor
 from .._tensor._runtime import RuntimeWeights, runtime_bits
-from ._fake import straight_through
+from ._fake import _is_compiling, straight_through
 from ._int8 import (
     GEMM_ENGINES,
     Int8Weights,
@@ -54,7 +50,8 @@ from ._int8 import (
     int8_weights,
     largest_code,
 )
-from ._layout import conv_args, conv_kwargs, size_mismatches, to_numpy
+from ._layout import conv_args, conv_kwargs
+from ._qstate import StoredForm
 from ._rows import kernel_padding, output_sizes
 from ._runtimes import check_runtime
 from ._state import take_hooks
@@ -96,7 +93,7 @@ def _torch_gemm(a, b):
     return torch.from_numpy(a).matmul(torch.from_numpy(b)).numpy()
 
 
-class QuantMixin:
+class QuantMixin(StoredForm):
     """What a quantized layer holds: its codes in a runtime form, and scales.
 
     ``state_dict`` entries (as before this runtime): ``weight_packed`` (the
@@ -342,161 +339,6 @@ class QuantMixin:
         w = torch.from_numpy(np.ascontiguousarray(W.T)).reshape(self._wshape)
         return w.to(device=device, dtype=dtype)
 
-    def quantized_tensor(self):
-        """The layer's :class:`~skquant.QuantizedTensor` (``(n_in, n_out)`` layout).
-
-        Returns
-        -------
-        qt : QuantizedTensor
-            The codes this layer holds, with ``weight_scale``.
-        """
-        if self._rt is not None:
-            return self._rt.tensor()
-        if self._int8 is not None:
-            return self._int8.tensor()
-        if self._float_tensor is not None:
-            return self._float_tensor
-        return tensor_from(*self.stored_entry(), type(self).__name__)
-
-    def stored_entry(self):
-        """``(header entry, arrays)`` of the layer's codes as a file stores them
-        (``Writer.entry``), packed once from the form the layer holds."""
-        if self._rt is not None:
-            return self._rt.entry()
-        if self._int8 is not None or self._float_tensor is not None:
-            return _tensor_entry(self.quantized_tensor())
-        meta = dict(
-            self._qmeta, shape=[int(np.prod(self._wshape[1:])), self._wshape[0]]
-        )
-        meta["zero_point"] = "weight_zero_point" in self._buffers
-        record = Alphabet(meta["alphabet"], meta["qmin"], meta["qmax"], meta["n_bits"])
-        codes = np.ascontiguousarray(to_numpy(self._codes).T)
-        stored, qmin = record.stored(codes)
-        arrays = {
-            "codes": pack_codes(stored, meta["n_bits"], qmin),
-            "scale": to_numpy(self.weight_scale),
-        }
-        if meta["zero_point"]:
-            arrays["zero_point"] = to_numpy(self.weight_zero_point)
-        return meta, arrays
-
-    def _dequantize_codes(self):
-        """The float runtime's weight: ``(codes - zero_point) * scale`` on its device.
-
-        Computed in the tensor's float dtype, as :meth:`QuantizedTensor.dequantize`.
-        """
-        name = self._qmeta.get("float_dtype")
-        tdtype = (
-            self.weight_scale.dtype
-            if name is None
-            else torch.from_numpy(np.empty(0, np.dtype(name))).dtype
-        )
-        info = torch.finfo(tdtype)
-        level = self.weight_scale.to(tdtype)
-        level = torch.where(level >= info.tiny, level, torch.full_like(level, info.eps))
-        codes = self._codes.to(tdtype)
-        if "weight_zero_point" in self._buffers:
-            codes = codes - self.weight_zero_point.to(tdtype).reshape(-1, 1)
-        return (codes * level.reshape(-1, 1)).reshape(self._wshape)
-
-    # -- state ----------------------------------------------------------------
-
-    _STORED = ("weight_packed", "weight_codes", "weight_bits")
-    _SIZED = ("weight_scale", "weight_zero_point", "input_scale", "input_zero_point")
-
-    def get_extra_state(self):
-        """The alphabet and the activation mode (plain values: ``weights_only``)."""
-        state = dict(self._qmeta)
-        state["activations"] = None
-        if self._act_mode is not None:
-            state["activations"] = dict(self._act_meta or {}, mode=self._act_mode)
-        return state
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if torch.onnx.is_in_onnx_export():  # (torch's TorchScript exporter reads
-            # every entry as a tensor: the extra state, a dict, stopped it)
-            destination.pop(prefix + "_extra_state", None)
-        qt = self.quantized_tensor()
-        if qt.precision_bits is not None:
-            for key, a in (
-                ("weight_codes", qt.codes),
-                ("weight_bits", qt.precision_bits),
-            ):
-                rows = np.ascontiguousarray(a.T).reshape(self._wshape)
-                destination[prefix + key] = torch.from_numpy(rows)
-        else:
-            destination[prefix + "weight_packed"] = torch.from_numpy(qt.pack())
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
-    ):
-        stored = {
-            k: state_dict[prefix + k] for k in self._STORED if prefix + k in state_dict
-        }
-        if stored and (mismatched := size_mismatches(self, state_dict, prefix)):
-            errors.extend(mismatched)  # (torch raises them all; nothing changed)
-            return
-        if stored:
-            self._pending = stored
-            if "weight" in self._parameters:  # a fresh layer: its float weight goes
-                w = self._parameters.pop("weight")
-                self._wdtype, self._device = w.dtype, w.device
-                self._wshape = tuple(self._weight_shape())
-            for key in self._SIZED:
-                value = state_dict.get(prefix + key)
-                self._buffers.pop(key, None)
-                if value is not None:
-                    self.register_buffer(
-                        key, torch.empty_like(value, device=self._device)
-                    )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing, unexpected, errors
-        )
-        for k in stored:
-            if prefix + k in unexpected:
-                unexpected.remove(prefix + k)
-
-    def set_extra_state(self, state):
-        """Take the alphabet, activation mode and codes of a loaded state."""
-        state = dict(state)
-        act = state.pop("activations", None)
-        self._qmeta = state
-        stored = self.__dict__.pop("_pending", {})
-        shape = [int(np.prod(self._wshape[1:])), self._wshape[0]]
-        scale = to_numpy(self.weight_scale)
-        if "weight_bits" in stored:
-            rows = [
-                to_numpy(stored[k]).reshape(shape[1], -1).T
-                for k in ("weight_codes", "weight_bits")
-            ]
-            qt = QuantizedTensor(
-                codes=np.ascontiguousarray(rows[0]),
-                scale=scale,
-                n_bits=state["n_bits"],
-                qmin=state["qmin"],
-                qmax=state["qmax"],
-                alphabet=state["alphabet"],
-                precision_bits=np.ascontiguousarray(rows[1]),
-                group_size=state.get("group_size"),
-                map_coder=state.get("map_coder", "auto"),
-                payload_coder=state.get("payload_coder", "range"),
-            )
-        else:
-            meta = dict(state, shape=shape)
-            meta["zero_point"] = "weight_zero_point" in self._buffers
-            arrays = {"codes": to_numpy(stored["weight_packed"]), "scale": scale}
-            if meta["zero_point"]:
-                arrays["zero_point"] = to_numpy(self.weight_zero_point)
-            qt = tensor_from(meta, arrays, type(self).__name__)
-        if act is None:
-            self._act_mode, self._act_meta = None, None
-        else:
-            act = dict(act)
-            self._act_mode = act.pop("mode")
-            self._act_meta = act or None
-        self._set_tensor(qt)
-
     # -- activations ----------------------------------------------------------
 
     _act_mode = None
@@ -604,8 +446,25 @@ class QuantMixin:
 
     def _wants_grad(self, x):
         """Whether the input needs gradients in this call (the kernels are
-        inference kernels: such inputs take the float path)."""
+        inference kernels: such inputs take the float path, or run the kernels
+        inside :class:`_KernelGrad`)."""
         return x.requires_grad and torch.is_grad_enabled()
+
+    def _grad_kernels(self, x):
+        """Whether ``x``, which needs gradients, runs this layer's kernels with
+        the simulated path's gradient (:class:`_KernelGrad`): in grad mode the
+        output of any trainable layer needs gradients, so without it every
+        layer after the first ran simulated (2x to 4x slower)."""
+        kernels = self._int8 is not None or (
+            self._rt is not None and isinstance(self, nn.Linear)
+        )
+        return (
+            kernels
+            and self._wants_grad(x)
+            and x.device.type == "cpu"
+            and x.numel() > 0
+            and not _is_compiling()
+        )
 
     def _bias_grad(self, y):
         """``y``, a kernel's output (the bias added as a constant), with the
@@ -713,6 +572,29 @@ class QuantMixin:
         return self._dequantized(x.dtype, x.device)
 
 
+class _KernelGrad(torch.autograd.Function):
+    """A quantized layer's kernels forward, and backward the gradient of its
+    simulated path (the input grid's straight-through one, the dequantized
+    weights'), recomputed from the input when asked for. The bias's gradient
+    is the caller's (``_bias_grad``)."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return layer._run(x.detach())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_()
+            (gx,) = torch.autograd.grad(ctx.layer._run(xd), xd, grad)
+        return gx, None
+
+
 class QuantLinear(QuantMixin, nn.Linear):
     """``nn.Linear`` that holds its weight as codes and computes from them.
 
@@ -742,6 +624,12 @@ class QuantLinear(QuantMixin, nn.Linear):
         if isinstance(x, torch.fx.Proxy):
             return self._fx_call(x)
         self._check_input(x)
+        if self._grad_kernels(x):
+            return self._bias_grad(_KernelGrad.apply(x, self))
+        return self._run(x)
+
+    def _run(self, x):
+        """The output on the kernels (``x`` without gradients) or simulated."""
         if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
             return self._bias_grad(y)
         if self._act_mode is not None:
@@ -797,22 +685,29 @@ class QuantConvMixin(QuantMixin):
         self._check_input(x)
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
-            y = self._bias_grad(y)
+        if self._grad_kernels(x):
+            y = self._bias_grad(_KernelGrad.apply(x, self))
         else:
-            if self._act_mode is not None:
-                x = self._fake_input(x)
-            if self._kernel_input(x) and self.runtime != "float":
-                w = self._dequantized(x.dtype, x.device)
-            else:
-                w = self._float_weight_for(x)
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            y = self._conv_forward(x, w, bias)  # (laid out as x is)
+            y = self._run(x)
         # (int8 outputs are laid out as the kernel gives them, channels last,
         # and so is what a layer computes from them, unless .view reads it:
         # torch's layout for a contiguous input everywhere cost 2x to 3x the
         # forward's time on the benchmarks)
         return y.contiguous() if self._contiguous_out else y
+
+    def _run(self, x):
+        """The output on the int8 kernels (``x`` without gradients) or
+        simulated."""
+        if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
+            return self._bias_grad(y)
+        if self._act_mode is not None:
+            x = self._fake_input(x)
+        if self._kernel_input(x) and self.runtime != "float":
+            w = self._dequantized(x.dtype, x.device)
+        else:
+            w = self._float_weight_for(x)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv_forward(x, w, bias)  # (laid out as x is)
 
     def _int8_forward(self, x):
         """The convolution on the integer kernels (:mod:`._int8`), or ``None``
