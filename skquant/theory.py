@@ -366,7 +366,7 @@ def lp_scale_bound(X, w):
     cut-off) are not divided by: ``c`` being a norm of ``X w``, the part of ``X w``
     along their directions adds at most ``|v_i^T w|`` each (``v_i`` the right
     singular vector), so the bound stays certified on (numerically) rank-deficient
-    data.
+    data. It is capped at ``||w||_inf`` (``z = w`` is feasible).
 
     Parameters
     ----------
@@ -389,7 +389,7 @@ def lp_scale_bound(X, w):
     >>> import numpy as np
     >>> from skquant.theory import lp_scale_bound
     >>> float(lp_scale_bound(np.eye(2), np.array([3.0, 4.0])))
-    5.0
+    4.0
     """
     X = _as2d(X)
     w = _floats(w, "w")
@@ -408,7 +408,8 @@ def lp_scale_bound(X, w):
     with np.errstate(over="ignore"):  # (a huge w: told by _out)
         vw = Vt @ w  # X w = U diag(s) Vt w: its part along each direction
         bound = np.linalg.norm(s[kept] * vw[kept]) / s[kept][-1]
-        return _out(bound + np.abs(vw[~kept]).sum(), "w")
+        bound = bound + np.abs(vw[~kept]).sum()
+        return _out(min(bound, np.abs(w).max()), "w")  # (z = w is feasible)
 
 
 def gpfq_bound(X, step, *, variant="grid"):

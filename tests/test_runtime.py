@@ -631,14 +631,14 @@ def test_int8_convolution_outputs_are_laid_out_as_documented(monkeypatch, kernel
     if kernel == "gemm":
         monkeypatch.setattr(_int8, "onednn_conv_available", lambda: False)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1)).eval()
+    net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.Flatten(), nn.Linear(210, 2))
     x = torch.randn(3, 4, 7, 5)
     acts = ActivationQuantizer(7)
-    q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+    q = quantize_model(net.eval(), UniformQuantizer(4), x, activations=acts)
     sim = quantize_model(net, UniformQuantizer(4), x, activations=acts, runtime="float")
-    assert q[0]._int8 is not None
+    assert q[0]._int8 is not None and not q[0]._contiguous_out
     with torch.no_grad():
-        got, want = q(x), sim(x)
+        got, want = q[0](x), sim[0](x)
         assert not got.is_contiguous()
         if kernel == "onednn":
             assert got.is_contiguous(memory_format=torch.channels_last)
@@ -734,13 +734,24 @@ def test_viewed_outputs_follow_a_layer_output_up_to_the_next_layer():
             c = self.c(b)
             d = self.d(c)
             flat = b.view(b.size(0), -1)  # b: viewed; a only through b
-            other = x.view(d.size(0), -1) + d.reshape(d.size(0), -1).sum()
-            return flat.sum() + other.sum() + c.view_as(c).sum()  # d: not viewed
+            other = x.view(d.size(0), -1)  # d: its size read only
+            return flat + other[:, :1] + c.view_as(c).sum()
 
     net = Net()
     layers = dict(net.named_children())
     assert viewed_outputs(net, layers) == {"b", "c"}
     assert viewed_outputs(net, {"a": net.a}) == {"a"}  # (b not a layer then)
+
+    class Returned(nn.Module):  # (the caller may view what it returns)
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    returned = Returned()
+    assert viewed_outputs(returned, dict(returned.named_children())) == {"b"}
 
     class Branching(Net):
         def forward(self, x):
@@ -1251,3 +1262,45 @@ def test_every_padding_runs_on_the_int8_kernels(monkeypatch, conv, activations, 
         got, want = q(x), sim(x)
     assert got.shape == want.shape == net(x).shape
     assert _relative(got, want) <= 1e-5
+
+
+def test_what_the_model_returns_from_an_int8_convolution_is_contiguous():
+    """A convolution whose output the model returns gives it in torch's layout
+    (the caller may ``.view`` it: a fully convolutional net's output raised on
+    ``out.view(n, -1)``); one whose output a later layer reads keeps the
+    kernel's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(1, 8, 9, padding=4), nn.ReLU(), nn.Conv1d(8, 4, 1))
+    x = torch.randn(8, 1, 64)
+    q = quantize_model(net.eval(), UniformQuantizer(4), x, activations="dynamic")
+    assert q[0]._int8 is not None and q[2]._int8 is not None
+    assert not q[0]._contiguous_out and q[2]._contiguous_out
+    with torch.no_grad():
+        out = q(x)
+    assert out.is_contiguous()
+    assert out.view(8, -1).shape == (8, 256)
+
+
+def test_static_calibration_takes_unbatched_calls_inside_the_forward():
+    """A forward may call a layer on an unbatched input (a per-sample loop, a
+    gate from x.mean(0)), as torch's layers take it: the calibration's input
+    check accepts it (it refused such models, which calibrated before)."""
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.g = nn.Conv2d(3, 8, 3), nn.Linear(8, 8)
+
+        def forward(self, x):
+            y = torch.stack([self.c(s) for s in x])  # (3-D inputs)
+            gate = torch.sigmoid(self.g(y.mean(dim=(0, 2, 3))))  # (a 1-D input)
+            return y * gate[:, None, None]
+
+    torch.manual_seed(0)
+    net, x = Gated().eval(), torch.randn(4, 3, 8, 8)
+    q = quantize_model(net, UniformQuantizer(4), x, activations=ActivationQuantizer(8))
+    with torch.no_grad():
+        assert _relative(q(x), net(x)) < 0.2
+    acts = ActivationQuantizer(8)
+    with pytest.raises(ValueError, match="expects input 4-D with 3 channels"):
+        quantize_model(net, UniformQuantizer(4), x[:, :2], activations=acts)

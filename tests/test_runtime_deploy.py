@@ -337,3 +337,41 @@ def test_torch_fx_traces_a_quantized_model_with_its_layers_as_calls():
         assert torch.equal(graph(x), model(x))
     with pytest.raises(TypeError, match="trace that model"):
         torch.fx.symbolic_trace(model[3])
+
+
+def test_casts_follow_the_device_and_bring_the_kernels_back():
+    """A layer's device follows ``.to()`` (``.to("meta").float()`` of a float64
+    model raised: the runtime was chosen again from codes on the meta device),
+    and a weight-only model loaded in float16 and cast back runs its kernels
+    again (it stayed on the float runtime)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    x = torch.randn(8, 16)
+    acts = ActivationQuantizer(n_bits=7)
+    model = quantized(net.double().eval(), x.double(), activations=acts)
+    model.to("meta").float()
+    assert model[0]._device.type == "meta" and model[0].weight.is_meta
+    plain = quantized(net.float().eval(), x)
+    state = plain.state_dict()
+    assert plain[0].runtime == "packed"
+    plain.half()
+    plain.load_state_dict(state)
+    plain.float()
+    assert plain[0].runtime == "packed" and plain[0]._rt is not None
+    plain.load_state_dict(state)  # (the float16 round trip rounded the biases)
+    with torch.no_grad():
+        assert torch.equal(plain(x), quantized(net, x)(x))
+
+
+def test_a_bias_the_int8_gemm_cannot_add_is_said():
+    """A strided bias makes the layer simulate its input grid; it says so (the
+    generic message it gave went with the change that muted float32 inputs)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8)).eval()
+    x = torch.randn(4, 16)
+    q = quantized(net, x, "int8", ActivationQuantizer(n_bits=7))
+    q[0].bias = nn.Parameter(torch.randn(16)[::2], requires_grad=False)
+    _qlayers._ANNOUNCED.clear()  # (said once a process)
+    with pytest.warns(RuntimeFallbackWarning, match="adds a contiguous float32"):
+        with torch.no_grad():
+            q(x)

@@ -376,18 +376,21 @@ class _LeafTracer(torch.fx.Tracer):
 
 def viewed_outputs(model, layers):
     """The names of ``layers`` (name to module, modules of ``model``) whose
-    output ``model``'s forward calls ``.view`` or ``.view_as`` on, directly or
-    through operations other than another of ``layers`` (read on its
-    ``torch.fx`` graph, those layers as calls); an empty set where fx cannot
-    trace it. The model's state comes back as it was."""
-    state = ForwardState(model)
-    before = state.save()
+    output ``model``'s forward calls ``.view`` or ``.view_as`` on, or returns,
+    directly or through operations other than another of ``layers`` (read on
+    its ``torch.fx`` graph, those layers as calls); an empty set where fx
+    cannot trace it. The attributes the trace's run of the forward assigns
+    come back as they were (a symbolic trace computes on no tensor: the
+    modules' tensors are not copied)."""
+    kept = [(m, dict(m.__dict__)) for m in model.modules()]
     try:
         graph = _LeafTracer(layers.values()).trace(model)
     except Exception:  # a forward fx cannot trace: nothing is known
         return set()
     finally:
-        state.restore(before)
+        for m, attrs in kept:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
 
     def after(node):  # what a layer's output flows into, up to another layer
         if node.op == "call_method" and node.target in SHAPE_READS:
@@ -396,13 +399,14 @@ def viewed_outputs(model, layers):
             u for u in node.users if not (u.op == "call_module" and u.target in layers)
         ]
 
+    def views(n, flow):  # (the caller may view what the model returns)
+        method = n.op == "call_method" and n.target in VIEWS
+        return n.op == "output" or (method and n.args[0] in flow)
+
     viewed = set()
     for node in graph.nodes:
         if node.op == "call_module" and node.target in layers:
             flow = reached(after(node), after) | {node}
-            if any(
-                n.op == "call_method" and n.target in VIEWS and n.args[0] in flow
-                for n in flow
-            ):
+            if any(views(n, flow) for n in flow):
                 viewed.add(node.target)
     return viewed

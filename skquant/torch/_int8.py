@@ -29,6 +29,7 @@ __all__ = [
     "int8_weights",
     "dynamic_reduce_range",
     "fake_dynamic",
+    "SIMULATED",
     "int8_gemm_available",
     "int8_gemm_reason",
     "largest_code",
@@ -42,6 +43,9 @@ def int8_gemm_available():
         torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"
     )
 
+
+#: what a fallback's message ends with
+SIMULATED = "; its quantized input is simulated (put on its grid in float)."
 
 #: torch's quantized engines (``torch.backends.quantized.engine``) whose
 #: prepacked weights the int8 GEMM's operator runs on (fbgemm's); others
@@ -83,7 +87,7 @@ def int8_gemm_reason(layer, tensor, runtime):
     """
     if layer._act_mode is None:
         return False, None
-    simulated = "; its quantized input is simulated (put on its grid in float)."
+    simulated = SIMULATED
     if runtime == "packed":
         return False, "runtime='packed' runs weight-only kernels" + simulated
     groups = getattr(layer, "groups", 1)
@@ -203,6 +207,7 @@ class Int8Weights(_Prepacked):
                 b = None if bias is None else bias[rows].contiguous()
                 self.params.append(torch.ops.quantized.linear_prepack(q, b))
         self.engine = torch.backends.quantized.engine  # (its packing's)
+        self.engine_id = torch._C._get_qengine()
         self._keep(qt, bias)
         self._meta["shift"] = shift
         self.nbytes = prepacked_nbytes(per, codes.shape[1], groups)

@@ -543,7 +543,7 @@ def calibrate_activations(qmodel, names, quantizer, data, batch_size, every=()):
             got = []
 
             def take(n, module, x, offset, got=got):
-                check_layer_input(n, module, x)  # (as the weights' walk does)
+                check_layer_input(n, module, x, unbatched=True)  # (as the layer)
                 if not isinstance(module, nn.Linear):  # one column per channel
                     x = x.movedim(1, -1)
                 got.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())

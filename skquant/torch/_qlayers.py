@@ -42,6 +42,7 @@ from .._tensor._runtime import RuntimeWeights, runtime_bits
 from ._fake import _is_compiling, straight_through
 from ._int8 import (
     GEMM_ENGINES,
+    SIMULATED,
     Int8Weights,
     dynamic_reduce_range,
     engine_reason,
@@ -234,11 +235,17 @@ class QuantMixin(StoredForm):
         b = self._parameters.get("bias")  # (not ``self.bias``: 10x slower)
         if (None if b is None else b.data_ptr()) == self._int8.bias_ptr:
             return True
-        if b is None and self.bias is not None:  # (it was packed again each call)
-            return False
-        if b is not None and not (b.dtype == torch.float32 and b.is_cpu):
-            return False
-        if b is not None and not b.is_contiguous():  # (the kernel holds a copy)
+        if (
+            (b is None and self.bias is not None)  # (it was packed again each call)
+            or (b is not None and not (b.dtype == torch.float32 and b.is_cpu))
+            or (b is not None and not b.is_contiguous())  # (the kernel holds a copy)
+        ):
+            why = (
+                "the integer GEMM adds a contiguous float32 CPU bias, not this "
+                "one (strided, computed by a parametrization, or of another "
+                "dtype)" + SIMULATED
+            )
+            announce((type(self), why), f"{type(self).__name__}: {why}")
             return False
         self._int8 = self._int8_weights(self._int8.tensor())
         return True
@@ -252,9 +259,10 @@ class QuantMixin(StoredForm):
         ``input_scale`` in their dtype (moved, not cast): their kernels compute
         with the scales as held, and ``state_dict`` must give those back
         (``.half().float()`` moved a static input grid by up to 0.4%). The
-        layer's dtype follows the cast (``weight`` is read in it), and a layer
-        with quantized activations chooses its runtime again for a float32 or
-        float64 one (a float64 model cast to float32 runs the int8 GEMM)."""
+        layer's dtype and device follow the cast (``weight`` is read in them),
+        and on a cast to float32 or float64 on the CPU the layer chooses its
+        runtime again (a float64 model cast to float32 runs the int8 GEMM; a
+        weight-only one loaded in float16 and cast back, its kernels)."""
         kept = {}
         if self._rt is not None or self._int8 is not None:
             for key in ("weight_scale", "weight_zero_point", "input_scale"):
@@ -266,14 +274,20 @@ class QuantMixin(StoredForm):
             new = self._buffers.get(key)
             if new is not None and new.dtype != old.dtype:
                 self._buffers[key] = old.to(new.device)
+        device = getattr(self, "_device", None)
         try:
-            after = None if before is None else fn(torch.empty(0, dtype=before)).dtype
+            probe = fn(torch.empty(0, dtype=before or torch.float32, device=device))
         except Exception:  # (a function for the module's tensors only)
-            after = before
-        if after is not None and after != before and after.is_floating_point:
-            self._wdtype = after
-            if self._act_mode is not None and after in (torch.float32, torch.float64):
-                self._hold(self.quantized_tensor())
+            probe = None
+        if probe is not None and before is not None and probe.dtype.is_floating_point:
+            self._device = probe.device
+            if probe.dtype != before:
+                self._wdtype = probe.dtype
+                if probe.device.type == "cpu" and probe.dtype in (
+                    torch.float32,
+                    torch.float64,
+                ):
+                    self._hold(self.quantized_tensor())
         return out
 
     @property
@@ -506,14 +520,12 @@ class QuantMixin(StoredForm):
         w = self._int8
         if not isinstance(w, Int8Weights):
             return True
-        engine = torch.backends.quantized.engine
-        if engine == w.engine and engine in GEMM_ENGINES:
+        engine = torch._C._get_qengine()  # (an int: the engine's name costs 0.6 us)
+        if engine == w.engine_id and w.engine in GEMM_ENGINES:
             return True
         why = engine_reason()
         if why is not None:
-            why += (
-                "; the layer's quantized input is simulated (put on its grid in float)."
-            )
+            why += SIMULATED
             announce((type(self), why), f"{type(self).__name__}: {why}")
             return False
         self._int8 = self._int8_weights(w.tensor())

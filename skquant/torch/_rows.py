@@ -40,7 +40,7 @@ def kernel_padding(module):
     """``(padding, pads)`` of convolution ``module`` for a kernel that pads with
     zeros on both sides alike: its ``padding`` per spatial dimension, and
     ``None``; or, where the module pads otherwise (``padding="same"`` of an
-    even total, ``padding_mode="reflect"``...), zeros and the ``pads`` of
+    odd total, ``padding_mode="reflect"``...), zeros and the ``pads`` of
     ``F.pad(x, pads, mode)`` to apply before it (torch's own layer does the
     same)."""
     pads = list(module._reversed_padding_repeated_twice)  # last dimension first
@@ -151,17 +151,22 @@ def layer_inputs_matrix(module, x):
     return gather_rows(module, x, torch.arange(n, device=x.device))
 
 
-def check_layer_input(name, module, x):
-    """Raise a clear error when ``x`` cannot be the input of ``module``."""
+def check_layer_input(name, module, x, *, unbatched=False):
+    """Raise a clear error when ``x`` cannot be the input of ``module``
+    (``unbatched``: an input without the batch dimension, as torch's layers
+    take it, is one too)."""
     if isinstance(module, nn.Linear):
+        low = 1 if unbatched else 2
         ok, want = (
-            x.dim() >= 2 and x.shape[-1] == module.in_features,
-            (f"a batch (2-D or more) with last dimension {module.in_features}"),
+            x.dim() >= low and x.shape[-1] == module.in_features,
+            (f"a batch ({low}-D or more) with last dimension {module.in_features}"),
         )
     else:
         dims = 3 if isinstance(module, nn.Conv1d) else 4
-        ok = x.dim() == dims and x.shape[1] == module.in_channels
+        ok = x.dim() in ((dims - 1, dims) if unbatched else (dims,))
+        ok = ok and x.shape[-dims + 1] == module.in_channels
         want = f"{dims}-D with {module.in_channels} channels"
+        want += f" (or {dims - 1}-D, unbatched)" if unbatched else ""
     if ok and not x.is_floating_point():
         ok, want = False, f"of a floating dtype (not {x.dtype}), {want}"
     if not ok:
