@@ -3,8 +3,8 @@
 In grad mode the output of every trainable layer needs gradients (its bias's), so
 each layer after the first gets an input that needs gradients. A small CNN (two
 3x3 convolutions, two Linear layers; 64 images of 3x16x16), 4-bit weights, weight
-only / dynamic 8-bit / static 7-bit activations; medians of ``--rounds`` forwards,
-one torch thread. Prints both times and their ratio.
+only / dynamic 8-bit / static 7-bit activations; medians of ``--rounds`` forwards
+of each, taken in turn, one torch thread. Prints both times and their ratio.
 
 Run: ``PYTHONPATH=. python benchmarks/bench_grad_mode.py``; to compare with an
 older checkout, the same with ``PYTHONPATH`` at it.
@@ -30,19 +30,23 @@ def net():
     ).eval()  # fmt: skip
 
 
-def median_ms(fn, rounds):
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+def median_ms(fns, rounds):
+    """Medians (ms) of ``fns``' times, taken in turn ``rounds`` times (a drift in
+    the machine's load reaches all alike)."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, got in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            got.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(t) for t in times]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=51)
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -64,8 +68,7 @@ def main():
             with torch.no_grad():
                 return q(x)
 
-        grad = median_ms(plain, args.rounds)
-        no_grad = median_ms(frozen, args.rounds)
+        grad, no_grad = median_ms([plain, frozen], args.rounds)
         print(f"{name:<14}{grad:>9.2f}ms{no_grad:>8.2f}ms{grad / no_grad:>7.2f}x")
 
 
