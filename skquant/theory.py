@@ -17,7 +17,13 @@ import numbers
 
 import numpy as np
 
-from ._common._checks import check_int, check_positive, check_rng, check_squares
+from ._common._checks import (
+    check_int,
+    check_positive,
+    check_rng,
+    check_squares,
+    float_array,
+)
 from ._common._plot import axes
 from ._common._progress import progress
 from ._quantizers._gpfq import GreedyPathQuantizer
@@ -41,23 +47,8 @@ __all__ = [
 ]
 
 
-def _floats(value, name):
-    """``value`` as a float64 array, else a TypeError naming ``name`` (strings,
-    sparse matrices, ragged lists, complex values)."""
-    if np.iscomplexobj(value):
-        raise TypeError(f"{name} must be real, got a complex array.")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{name} must be a dense array of real numbers, got "
-            f"{type(value).__name__} ({exc})."
-        ) from None
-    return arr
-
-
 def _as2d(X):
-    X = _floats(X, "X")
+    X = float_array(X, "X")
     if X.ndim != 2 or X.size == 0:
         raise ValueError(
             f"X must be a non-empty 2-D array of shape (m, n_in), got X.shape="
@@ -89,7 +80,7 @@ def _steps(step):
     quantizer's ``scale_``), each finite and > 0; else a ValueError naming it."""
     if np.ndim(step) == 0:
         return check_positive(step, "step")
-    arr = _floats(step, "step")
+    arr = float_array(step, "step")
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
         raise ValueError(
             "step must be a finite number > 0 or a 1-D array of them (one per "
@@ -336,8 +327,8 @@ def posterior_nullspace_bound(X, S, z_S, q_S, drift=0.0):
             f"S must index columns of X in [0, {X.shape[1] - 1}], got indices from "
             f"{S.min()} to {S.max()}."
         )
-    z_S = _floats(z_S, "z_S").ravel()
-    q_S = _floats(q_S, "q_S").ravel()
+    z_S = float_array(z_S, "z_S").ravel()
+    q_S = float_array(q_S, "q_S").ravel()
     if z_S.shape != S.shape or q_S.shape != S.shape:
         raise ValueError(
             f"z_S and q_S must have one value per index of S ({S.size}), got "
@@ -392,7 +383,7 @@ def lp_scale_bound(X, w):
     4.0
     """
     X = _as2d(X)
-    w = _floats(w, "w")
+    w = float_array(w, "w")
     if w.shape != (X.shape[1],) or not np.all(np.isfinite(w)):
         raise ValueError(
             f"w must be a finite vector of length n_in={X.shape[1]}, got "

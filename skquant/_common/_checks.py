@@ -18,6 +18,7 @@ __all__ = [
     "check_positive",
     "check_squares",
     "check_rng",
+    "float_array",
 ]
 
 
@@ -48,6 +49,31 @@ def check_int(value, name, *, low=1, none=False):
             f"{name}={value!r} instead."
         )
     return int(value)
+
+
+def float_array(value, name, what="a dense array of real numbers"):
+    """``value`` as a float64 array, else a ``TypeError`` naming ``name`` and
+    ``what`` it must be (strings, sparse matrices, ragged lists, complex
+    values: NumPy's own errors name neither).
+
+    Examples
+    --------
+    >>> from skquant._common._checks import float_array
+    >>> float_array([1, 2], "w")
+    array([1., 2.])
+    >>> float_array(["a"], "w")
+    Traceback (most recent call last):
+    ...
+    TypeError: w must be a dense array of real numbers, got list (could not ...
+    """
+    if np.iscomplexobj(value):
+        raise TypeError(f"{name} must be real, got a complex array.")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} must be {what}, got {type(value).__name__} ({exc})."
+        ) from None
 
 
 def check_positive(value, name, *, zero=False):

@@ -18,20 +18,14 @@ from joblib import delayed
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from .._common._checks import check_int, check_positive
+from .._common._checks import check_int, check_positive, float_array
 from .._common._jobs import check_n_jobs, run_tasks
 
 __all__ = ["allocate_bits", "closed_form_bits", "greedy_bits", "pareto_choices"]
 
 
 def _check_table(table, name):
-    try:
-        arr = np.asarray(table, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{name} must be an array of numbers of shape (n_layers, n_choices), got "
-            f"{type(table).__name__} instead."
-        ) from exc
+    arr = float_array(table, name, "an array of numbers of shape (n_layers, n_choices)")
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(
             f"{name} must have shape (n_layers, n_choices) with at least one layer "
