@@ -1206,6 +1206,7 @@ def test_other_quantized_engines_run_the_simulated_path(monkeypatch):
     with pytest.warns(RuntimeFallbackWarning, match="quantized engine is 'qnnpack'"):
         q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
     assert q[0]._int8 is None
+    assert repr(built[0]).endswith("simulated)")  # (packed under x86, not run)
     with torch.no_grad():
         assert _relative(q(x), want) <= 1e-6
         for model in (built, pickle.loads(blob)):

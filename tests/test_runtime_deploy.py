@@ -375,3 +375,4 @@ def test_a_bias_the_int8_gemm_cannot_add_is_said():
     with pytest.warns(RuntimeFallbackWarning, match="adds a contiguous float32"):
         with torch.no_grad():
             q(x)
+    assert repr(q[0]).endswith("simulated)")  # (as runtime.rst says)

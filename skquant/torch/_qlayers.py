@@ -394,7 +394,7 @@ class QuantMixin(StoredForm):
         ``simulated``: the quantized input put on its grid in float)."""
         act = self.activation_bits
         tail = "" if act is None else f", activation_bits={act}"
-        tail += ", simulated" if act is not None and self._int8 is None else ""
+        tail += ", simulated" if act is not None and not self._int8_runs() else ""
         head = f"{super().extra_repr()}, n_bits={self.n_bits}"
         return f"{head}, runtime={self.runtime!r}{tail}"
 
@@ -510,6 +510,19 @@ class QuantMixin(StoredForm):
             and self._engine_ready()
             and self._bias_linked()
         )
+
+    def _int8_runs(self):
+        """Whether float32 CPU inputs run the int8 kernels now (nothing changed:
+        the checks of :meth:`_engine_ready` and :meth:`_bias_linked`)."""
+        if self._int8 is None:
+            return False
+        gemm = isinstance(self._int8, Int8Weights)
+        if gemm and torch.backends.quantized.engine not in GEMM_ENGINES:
+            return False
+        b = self._parameters.get("bias")
+        if b is None:
+            return self.bias is None  # (a parametrized bias: computed each call)
+        return b.dtype == torch.float32 and b.is_cpu and b.is_contiguous()
 
     def _engine_ready(self):
         """Whether the int8 weights run on torch's quantized engine now: oneDNN's
