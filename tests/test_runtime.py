@@ -1305,3 +1305,124 @@ def test_static_calibration_takes_unbatched_calls_inside_the_forward():
     acts = ActivationQuantizer(8)
     with pytest.raises(ValueError, match="expects input 4-D with 3 channels"):
         quantize_model(net, UniformQuantizer(4), x[:, :2], activations=acts)
+
+
+def _grad_nets():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4)).eval()
+    x = torch.randn(8, 16)
+    q = quantize_model(net, UniformQuantizer(4), x, activations="dynamic")
+    sim = quantize_model(
+        net, UniformQuantizer(4), x, activations="dynamic", runtime="float"
+    )
+    return q, sim, x
+
+
+def test_grad_mode_kernels_take_in_place_ops_and_second_order_gradients():
+    """The kernels' output in grad mode is no view (ReLU(inplace=True) after a
+    frozen layer raised), and a gradient of the gradient (a gradient penalty)
+    is the simulated path's (once_differentiable raised, jvp gave zeros)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(inplace=True), nn.Linear(32, 4))
+    x = torch.randn(8, 16)
+    for acts in (None, "dynamic"):
+        q = quantize_model(net.eval(), UniformQuantizer(4), x, activations=acts)
+        q.requires_grad_(False)
+        xi = x.clone().requires_grad_()
+        q(xi).square().sum().backward()
+        assert float(xi.grad.abs().sum()) > 0
+    q, sim, x = _grad_nets()
+    got = []
+    for model in (q, sim):
+        model.zero_grad()
+        xi = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(model(xi).sum(), xi, create_graph=True)
+        gx.square().sum().backward()
+        got.append([p.grad for p in model.parameters()])
+    assert [a is None for a in got[0]] == [b is None for b in got[1]] != [True] * 2
+    for a, b in zip(*got):
+        assert a is None or _relative(a, b) <= 1e-4
+
+
+def test_grad_mode_kernels_backward_with_the_forward_tensors():
+    """The backward recomputes with the layer's tensors of the forward:
+    functional_call's swapped-in scale (the gradient was off by 1.5 relative),
+    and an in-place change in between raises; a hook holding the layer's
+    output does not keep the layer alive (a reference cycle through the
+    graph); torch.func.grad of a weight-only model runs (it raised)."""
+    import gc
+    import weakref
+
+    q, sim, x = _grad_nets()
+    grads = []
+    for model in (q, sim):
+        xi = x.clone().requires_grad_()
+        swapped = {"2.bias": model[2].bias.detach() * 3}
+        torch.func.functional_call(model, swapped, (xi,)).square().sum().backward()
+        grads.append(xi.grad)
+    assert _relative(grads[0], grads[1]) <= 1e-4
+    xi = x.clone().requires_grad_()
+    y = q(xi)
+    with torch.no_grad():
+        q[2].bias.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place between the forward"):
+        y.sum().backward()
+    q, _, x = _grad_nets()
+    q[2].register_forward_hook(lambda m, a, out: setattr(m, "kept", out))
+    q(x.clone().requires_grad_())
+    alive = weakref.ref(q[2])
+    del q
+    gc.collect()
+    assert alive() is None
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
+    plain = quantize_model(net, UniformQuantizer(4))
+    ref = quantize_model(net, UniformQuantizer(4), runtime="float")
+    g = [torch.func.grad(lambda v, m=m: m(v).square().sum())(x) for m in (plain, ref)]
+    assert _relative(g[0], g[1]) <= 1e-5
+
+
+def test_reading_the_graph_leaves_a_forward_s_containers_as_they_were():
+    """quantize_model reads the model's fx graph (``.view`` readers): a forward
+    that appends to a list or sets a dict entry left fx's proxies in them."""
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.seen, self.stats = nn.Conv2d(3, 4, 3), [], {}
+
+        def forward(self, x):
+            y = self.c(x)
+            self.seen.append(y.shape[0])
+            self.stats["last"] = y.shape[0]
+            return y.flatten(1)
+
+    torch.manual_seed(0)
+    q = quantize_model(
+        Recording().eval(), UniformQuantizer(4), torch.randn(4, 3, 6, 6),
+        activations="dynamic",
+    )  # fmt: skip
+    assert all(isinstance(v, int) for v in q.seen)
+    assert all(isinstance(v, int) for v in q.stats.values())
+
+
+def test_per_feature_grids_of_unbatched_convolution_calls():
+    """A convolution called unbatched inside the forward gets its per-channel
+    grid on its channels (the calibration took the second axis: H)."""
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.stack([self.c(s) for s in x])
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 8) * torch.tensor([1.0, 10.0, 100.0])[:, None, None]
+    acts = ActivationQuantizer(8, granularity="per_feature")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeFallbackWarning)
+        q = quantize_model(Loop().eval(), UniformQuantizer(4), x, activations=acts)
+    scale = q.c.input_scale
+    assert scale.shape == (3,) and bool(torch.all(scale[1:] > 5 * scale[:-1]))

@@ -5,9 +5,14 @@ step`` on ordinary float tensors (torch's own quantized dtypes are deprecated);
 ``torch.round`` rounds half to even like ``np.rint``, and with every buffer cast to
 ``x.dtype`` the result equals the numba ``transform`` bit for bit. The gradient is the
 clipped straight-through estimator: 1 where the value is inside the grid, 0 outside.
+
+The quantized layers' autograd pieces live here too: ``straight_through`` (an input
+grid's gradient) and ``KernelGrad`` (a layer's kernels forward, its simulated
+path's gradient backward).
 """
 
 import math
+import weakref
 
 import numpy as np
 import torch
@@ -56,6 +61,60 @@ def straight_through(x, y, inside=None):
         return y
     mask = torch.isfinite(x) if inside is None else inside()
     return y.detach() + torch.where(mask, x - x.detach(), x.new_zeros(()))
+
+
+def functorch_wrapped(x):
+    """Whether ``x`` is a tensor of torch.func's transforms (``grad``, ``vmap``)."""
+    test = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return test is not None and test(x)
+
+
+class KernelGrad(torch.autograd.Function):
+    """A quantized layer's kernels forward, and backward the gradient of its
+    simulated path (the input grid's straight-through one, the dequantized
+    weights'), recomputed from the input when asked for, with the layer's
+    tensors of the forward (``functional_call``'s among them); differentiable
+    again under ``create_graph``. The bias's gradient is the caller's
+    (its ``_bias_grad``)."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = weakref.ref(layer)  # (no cycle through a hook's outputs)
+        ctx.tensors = {**layer._buffers, **layer._parameters}
+        ctx.versions = {k: t._version for k, t in ctx.tensors.items() if t is not None}
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            y = layer._run(x.detach())
+        return y.detach()  # (not a view of the kernel's output: in-place ops
+        # after the layer, ReLU(inplace=True), refused a view)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer()
+        if layer is None:
+            raise RuntimeError("the quantized layer of this graph was deleted.")
+        for key, t in ctx.tensors.items():
+            if t is not None and t._version != ctx.versions[key]:
+                raise RuntimeError(
+                    f"{type(layer).__name__}.{key}, needed for the gradient, was "
+                    "modified in place between the forward and the backward."
+                )
+        now = (dict(layer._buffers), dict(layer._parameters))
+        layer._buffers.update({k: v for k, v in ctx.tensors.items() if k in now[0]})
+        layer._parameters.update({k: v for k, v in ctx.tensors.items() if k in now[1]})
+        higher = torch.is_grad_enabled()  # (create_graph: x's graph kept)
+        try:
+            with torch.enable_grad():
+                xd = x if higher else x.detach().requires_grad_()
+                y = layer._run(xd)
+            (gx,) = torch.autograd.grad(y, xd, grad, create_graph=higher)
+        finally:
+            layer._buffers.clear()
+            layer._buffers.update(now[0])
+            layer._parameters.clear()
+            layer._parameters.update(now[1])
+        return gx, None
 
 
 def fake_quantize_ste(x, step, qmin, qmax, zero_point=None):

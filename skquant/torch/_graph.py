@@ -11,6 +11,7 @@
   those need torch's layout for a contiguous input).
 """
 
+import copy
 import operator
 
 import numpy as np
@@ -374,6 +375,15 @@ class _LeafTracer(torch.fx.Tracer):
         return id(m) in self.leaves or super().is_leaf_module(m, qualname)
 
 
+def _containers(module):
+    """``module``'s plain list, dict and set attributes (not torch's own)."""
+    return [
+        (k, v)
+        for k, v in module.__dict__.items()
+        if type(v) in (list, dict, set) and not k.startswith("_")
+    ]
+
+
 def viewed_outputs(model, layers):
     """The names of ``layers`` (name to module, modules of ``model``) whose
     output ``model``'s forward calls ``.view`` or ``.view_as`` on, or returns,
@@ -382,15 +392,24 @@ def viewed_outputs(model, layers):
     cannot trace it. The attributes the trace's run of the forward assigns
     come back as they were (a symbolic trace computes on no tensor: the
     modules' tensors are not copied)."""
-    kept = [(m, dict(m.__dict__)) for m in model.modules()]
+    kept = [  # each module's attributes, and the contents of its containers
+        (m, dict(m.__dict__), {k: copy.copy(v) for k, v in _containers(m)})
+        for m in model.modules()
+    ]
     try:
         graph = _LeafTracer(layers.values()).trace(model)
     except Exception:  # a forward fx cannot trace: nothing is known
         return set()
     finally:
-        for m, attrs in kept:
+        for m, attrs, contents in kept:
             m.__dict__.clear()
             m.__dict__.update(attrs)
+            for k, v in contents.items():  # (a list a forward appends to)
+                attrs[k].clear()
+                if isinstance(v, list):
+                    attrs[k].extend(v)
+                else:
+                    attrs[k].update(v)
 
     def after(node):  # what a layer's output flows into, up to another layer
         if node.op == "call_method" and node.target in SHAPE_READS:

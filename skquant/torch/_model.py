@@ -545,7 +545,7 @@ def calibrate_activations(qmodel, names, quantizer, data, batch_size, every=()):
             def take(n, module, x, offset, got=got):
                 check_layer_input(n, module, x, unbatched=True)  # (as the layer)
                 if not isinstance(module, nn.Linear):  # one column per channel
-                    x = x.movedim(1, -1)
+                    x = x.movedim(x.dim() - len(module.kernel_size) - 1, -1)
                 got.append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
 
             repeated = name in every

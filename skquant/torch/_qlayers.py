@@ -25,9 +25,10 @@ costs more than it saves), and
 float16, codes wider than 8 bits); a layer that falls back to ``"float"`` says so
 once (:class:`RuntimeFallbackWarning`).
 
-Inputs that need gradients take the float path (the kernels are inference kernels);
-the result is the same function. A bias that needs gradients gets them through the
-kernels too (added to their output as ``bias - bias.detach()``, a zero).
+Inputs that need gradients run the kernels too, and get the gradient of the
+simulated path (``_fake.KernelGrad``, recomputed in backward); the result is the
+same function. A bias that needs gradients gets them through the kernels too
+(added to their output as ``bias - bias.detach()``, a zero).
 """
 
 import math
@@ -39,7 +40,7 @@ from torch import nn
 
 from .._common._warn import warn
 from .._tensor._runtime import RuntimeWeights, runtime_bits
-from ._fake import _is_compiling, straight_through
+from ._fake import KernelGrad, _is_compiling, functorch_wrapped, straight_through
 from ._int8 import (
     GEMM_ENGINES,
     SIMULATED,
@@ -461,14 +462,16 @@ class QuantMixin(StoredForm):
     def _wants_grad(self, x):
         """Whether the input needs gradients in this call (the kernels are
         inference kernels: such inputs take the float path, or run the kernels
-        inside :class:`_KernelGrad`)."""
+        inside ``_fake.KernelGrad``)."""
         return x.requires_grad and torch.is_grad_enabled()
 
     def _grad_kernels(self, x):
         """Whether ``x``, which needs gradients, runs this layer's kernels with
-        the simulated path's gradient (:class:`_KernelGrad`): in grad mode the
+        the simulated path's gradient (``_fake.KernelGrad``): in grad mode the
         output of any trainable layer needs gradients, so without it every
-        layer after the first ran simulated (2x to 4x slower)."""
+        layer after the first ran simulated (5x the time with quantized
+        activations, ``benchmarks/bench_grad_mode.py``). Not under torch.func's
+        transforms (their tensors reach no kernel)."""
         kernels = self._int8 is not None or (
             self._rt is not None and isinstance(self, nn.Linear)
         )
@@ -478,6 +481,7 @@ class QuantMixin(StoredForm):
             and x.device.type == "cpu"
             and x.numel() > 0
             and not _is_compiling()
+            and not functorch_wrapped(x)
         )
 
     def _bias_grad(self, y):
@@ -493,10 +497,13 @@ class QuantMixin(StoredForm):
         return y + zero
 
     def _kernel_input(self, x):
+        """Whether the kernels take ``x`` (no gradient; a CPU float32/float64
+        tensor with storage: not one of torch.func's transforms)."""
         return (
             x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
             and not self._wants_grad(x)
+            and not functorch_wrapped(x)
         )
 
     def _runs_int8(self, x):
@@ -597,29 +604,6 @@ class QuantMixin(StoredForm):
         return self._dequantized(x.dtype, x.device)
 
 
-class _KernelGrad(torch.autograd.Function):
-    """A quantized layer's kernels forward, and backward the gradient of its
-    simulated path (the input grid's straight-through one, the dequantized
-    weights'), recomputed from the input when asked for. The bias's gradient
-    is the caller's (``_bias_grad``)."""
-
-    @staticmethod
-    def forward(ctx, x, layer):
-        ctx.layer = layer
-        ctx.save_for_backward(x)
-        with torch.no_grad():
-            return layer._run(x.detach())
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            xd = x.detach().requires_grad_()
-            (gx,) = torch.autograd.grad(ctx.layer._run(xd), xd, grad)
-        return gx, None
-
-
 class QuantLinear(QuantMixin, nn.Linear):
     """``nn.Linear`` that holds its weight as codes and computes from them.
 
@@ -650,7 +634,7 @@ class QuantLinear(QuantMixin, nn.Linear):
             return self._fx_call(x)
         self._check_input(x)
         if self._grad_kernels(x):
-            return self._bias_grad(_KernelGrad.apply(x, self))
+            return self._bias_grad(KernelGrad.apply(x, self))
         return self._run(x)
 
     def _run(self, x):
@@ -711,7 +695,7 @@ class QuantConvMixin(QuantMixin):
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._grad_kernels(x):
-            y = self._bias_grad(_KernelGrad.apply(x, self))
+            y = self._bias_grad(KernelGrad.apply(x, self))
         else:
             y = self._run(x)
         # (int8 outputs are laid out as the kernel gives them, channels last,
