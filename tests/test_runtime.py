@@ -1347,7 +1347,7 @@ def test_grad_mode_kernels_take_in_place_ops_and_second_order_gradients():
 def test_grad_mode_kernels_backward_with_the_forward_tensors():
     """The backward recomputes with the layer's tensors of the forward:
     functional_call's swapped-in scale (the gradient was off by 1.5 relative),
-    and an in-place change in between raises; a hook holding the layer's
+    and an in-place change of a buffer in between raises (not of the bias); a hook holding the layer's
     output does not keep the layer alive (a reference cycle through the
     graph); torch.func.grad of a weight-only model runs (it raised)."""
     import gc
@@ -1364,8 +1364,11 @@ def test_grad_mode_kernels_backward_with_the_forward_tensors():
     xi = x.clone().requires_grad_()
     y = q(xi)
     with torch.no_grad():
-        q[2].bias.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified in place between the forward"):
+        q[2].bias.add_(1.0)  # (an optimizer step: the bias is not in x's gradient)
+    y.sum().backward(retain_graph=True)
+    with torch.no_grad():
+        q[2].weight_scale.mul_(2.0)
+    with pytest.raises(RuntimeError, match="weight_scale, needed for the gradient"):
         y.sum().backward()
     q, _, x = _grad_nets()
     q[2].register_forward_hook(lambda m, a, out: setattr(m, "kept", out))

@@ -11,6 +11,7 @@ grid's gradient) and ``KernelGrad`` (a layer's kernels forward, its simulated
 path's gradient backward).
 """
 
+import copy
 import math
 import weakref
 
@@ -73,15 +74,16 @@ class KernelGrad(torch.autograd.Function):
     """A quantized layer's kernels forward, and backward the gradient of its
     simulated path (the input grid's straight-through one, the dequantized
     weights'), recomputed from the input when asked for, with the layer's
-    tensors of the forward (``functional_call``'s among them); differentiable
-    again under ``create_graph``. The bias's gradient is the caller's
-    (its ``_bias_grad``)."""
+    buffers of the forward (codes, scales, input grid: ``functional_call``'s
+    among them); differentiable again under ``create_graph``. The bias's
+    gradient is the caller's (its ``_bias_grad``): the bias does not enter the
+    input's gradient, so it may change in between (an optimizer step)."""
 
     @staticmethod
     def forward(ctx, x, layer):
         ctx.layer = weakref.ref(layer)  # (no cycle through a hook's outputs)
-        ctx.tensors = {**layer._buffers, **layer._parameters}
-        ctx.versions = {k: t._version for k, t in ctx.tensors.items() if t is not None}
+        ctx.buffers = dict(layer._buffers)
+        ctx.versions = {k: t._version for k, t in ctx.buffers.items() if t is not None}
         ctx.save_for_backward(x)
         with torch.no_grad():
             y = layer._run(x.detach())
@@ -93,27 +95,27 @@ class KernelGrad(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         layer = ctx.layer()
         if layer is None:
-            raise RuntimeError("the quantized layer of this graph was deleted.")
-        for key, t in ctx.tensors.items():
+            raise RuntimeError(
+                "the quantized layer this output came from was deleted before the "
+                "backward, which recomputes its gradient from the layer: keep the "
+                "model alive until then."
+            )
+        for key, t in ctx.buffers.items():
             if t is not None and t._version != ctx.versions[key]:
                 raise RuntimeError(
                     f"{type(layer).__name__}.{key}, needed for the gradient, was "
                     "modified in place between the forward and the backward."
                 )
-        now = (dict(layer._buffers), dict(layer._parameters))
-        layer._buffers.update({k: v for k, v in ctx.tensors.items() if k in now[0]})
-        layer._parameters.update({k: v for k, v in ctx.tensors.items() if k in now[1]})
+        if any(layer._buffers.get(k) is not v for k, v in ctx.buffers.items()):
+            # (a forward under functional_call: the recompute runs on a shallow
+            # copy holding its tensors; the layer itself is never changed)
+            layer = copy.copy(layer)
+            layer._buffers = dict(ctx.buffers)
         higher = torch.is_grad_enabled()  # (create_graph: x's graph kept)
-        try:
-            with torch.enable_grad():
-                xd = x if higher else x.detach().requires_grad_()
-                y = layer._run(xd)
-            (gx,) = torch.autograd.grad(y, xd, grad, create_graph=higher)
-        finally:
-            layer._buffers.clear()
-            layer._buffers.update(now[0])
-            layer._parameters.clear()
-            layer._parameters.update(now[1])
+        with torch.enable_grad():
+            xd = x if higher else x.detach().requires_grad_()
+            y = layer._run(xd)
+        (gx,) = torch.autograd.grad(y, xd, grad, create_graph=higher)
         return gx, None
 
 

@@ -498,12 +498,14 @@ class QuantMixin(StoredForm):
 
     def _kernel_input(self, x):
         """Whether the kernels take ``x`` (no gradient; a CPU float32/float64
-        tensor with storage: not one of torch.func's transforms)."""
+        tensor with storage: not one of torch.func's transforms, nor the bias)."""
+        b = self._parameters.get("bias")
         return (
             x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
             and not self._wants_grad(x)
             and not functorch_wrapped(x)
+            and not (b is not None and functorch_wrapped(b))
         )
 
     def _runs_int8(self, x):
