@@ -1347,9 +1347,10 @@ def test_grad_mode_kernels_take_in_place_ops_and_second_order_gradients():
 def test_grad_mode_kernels_backward_with_the_forward_tensors():
     """The backward recomputes with the layer's tensors of the forward:
     functional_call's swapped-in scale (the gradient was off by 1.5 relative),
-    and an in-place change of a buffer in between raises (not of the bias); a hook holding the layer's
-    output does not keep the layer alive (a reference cycle through the
-    graph); torch.func.grad of a weight-only model runs (it raised)."""
+    and an in-place change of a buffer in between raises (not of the bias); a
+    hook holding the layer's output does not keep the layer alive (a reference
+    cycle through the graph); torch.func.grad of a weight-only model runs (it
+    raised)."""
     import gc
     import weakref
 
