@@ -1362,6 +1362,21 @@ def test_grad_mode_kernels_backward_with_the_forward_tensors():
         torch.func.functional_call(model, swapped, (xi,)).square().sum().backward()
         grads.append(xi.grad)
     assert _relative(grads[0], grads[1]) <= 1e-4
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4)).eval()
+    acts = ActivationQuantizer(7)
+    static = [
+        quantize_model(net, UniformQuantizer(4), x, activations=acts, runtime=r)
+        for r in ("auto", "float")
+    ]
+    grads = []
+    for model in static:
+        xi = x.clone().requires_grad_()
+        swapped = {"2.input_scale": model[2].input_scale * 3}
+        torch.func.functional_call(model, swapped, (xi,)).square().sum().backward()
+        grads.append(xi.grad)
+    assert static[0][2]._int8 is not None
+    assert _relative(grads[0], grads[1]) <= 1e-4
     xi = x.clone().requires_grad_()
     y = q(xi)
     with torch.no_grad():
