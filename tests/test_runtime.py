@@ -1349,8 +1349,8 @@ def test_grad_mode_kernels_backward_with_the_forward_tensors():
     functional_call's swapped-in scale (the gradient was off by 1.5 relative),
     and an in-place change of a buffer in between raises (not of the bias); a
     hook holding the layer's output does not keep the layer alive (a reference
-    cycle through the graph); torch.func.grad of a weight-only model runs (it
-    raised)."""
+    cycle through the graph); torch.func.grad of weight-only and int8 models
+    runs (it raised)."""
     import gc
     import weakref
 
@@ -1395,10 +1395,15 @@ def test_grad_mode_kernels_backward_with_the_forward_tensors():
     assert alive() is None
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 2)).eval()
-    plain = quantize_model(net, UniformQuantizer(4))
-    ref = quantize_model(net, UniformQuantizer(4), runtime="float")
-    g = [torch.func.grad(lambda v, m=m: m(v).square().sum())(x) for m in (plain, ref)]
-    assert _relative(g[0], g[1]) <= 1e-5
+    for acts in (None, ActivationQuantizer(7)):  # (int8 layers raised too)
+        plain = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+        ref = quantize_model(
+            net, UniformQuantizer(4), x, activations=acts, runtime="float"
+        )
+        g = [
+            torch.func.grad(lambda v, m=m: m(v).square().sum())(x) for m in (plain, ref)
+        ]
+        assert _relative(g[0], g[1]) <= 1e-5
 
 
 def test_reading_the_graph_leaves_a_forward_s_containers_as_they_were():

@@ -31,6 +31,7 @@ same function. A bias that needs gradients gets them through the kernels too
 (added to their output as ``bias - bias.detach()``, a zero).
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -88,6 +89,13 @@ def announce(key, message):
         return
     _ANNOUNCED.add(key)
     warn(message, RuntimeFallbackWarning)
+
+
+def _outside_functorch():
+    """A context where torch.func's transforms do not wrap new tensors (the
+    int8 weights are read out of torch's prepacked objects as arrays)."""
+    disable = getattr(torch._C, "_DisableFuncTorch", None)
+    return disable() if disable is not None else contextlib.nullcontext()
 
 
 def _torch_gemm(a, b):
@@ -343,7 +351,8 @@ class QuantMixin(StoredForm):
         if self._rt is not None:
             W = self._rt.dequantize()
         elif self._int8 is not None:
-            W = self._int8.tensor().dequantize()
+            with _outside_functorch():  # (its prepacked objects read as arrays)
+                W = self._int8.tensor().dequantize()
         elif self._float_tensor is not None:
             W = self._float_tensor.dequantize()
         else:
