@@ -230,3 +230,78 @@ def test_read_only_inputs_are_read_without_a_warning():
         T = as_tensor(A)
     assert T.data_ptr() == A.ctypes.data
     np.testing.assert_array_equal(T.numpy(), A)
+
+
+class _Block(nn.Module):
+    """Conv-BN-ReLU, and a residual whose convolution's output two reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.side, self.side_bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 36, 4), nn.BatchNorm1d(4))
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        s = self.side(y)
+        y = self.side_bn(s) + s  # (s read twice: not folded)
+        return self.head(y)
+
+
+def _trained_statistics(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    return model.eval()
+
+
+def test_fold_batchnorm_folds_what_only_reads_a_convolution(tmp_path):
+    """fold_batchnorm=True folds a BatchNorm that alone reads a convolution's
+    output (the folded float model computes the model's outputs), leaves the
+    others (a convolution read twice, a BatchNorm after a Linear) and the
+    caller's model as they were; the quantized model holds nn.Identity there."""
+    from skquant.torch._fold import fold_batchnorms, foldable_pairs
+
+    torch.manual_seed(0)
+    model = _trained_statistics(_Block())
+    x = torch.randn(16, 3, 6, 6)
+    assert foldable_pairs(model) == [("conv", "bn")]
+    folded, pairs = fold_batchnorms(model)
+    assert pairs == [("conv", "bn")] and isinstance(model.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    q = quantize_model(
+        model, UniformQuantizer(n_bits=8), x, activations="dynamic", fold_batchnorm=True
+    )
+    assert isinstance(q.bn, nn.Identity) and isinstance(q.side_bn, nn.BatchNorm2d)
+    assert isinstance(model.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        want = model(x)
+        assert float((q(x) - want).norm() / want.norm()) < 0.05
+    seq = _trained_statistics(  # (fx traces it not: branches on values)
+        nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.ReLU())
+    )
+
+    class Branching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = seq
+
+        def forward(self, x):
+            return self.body(x) if bool(x.sum() > -1e9) else x
+
+    assert foldable_pairs(Branching()) == [("body.0", "body.1")]
+    with pytest.raises(TypeError, match="fold_batchnorm must be a bool"):
+        quantize_model(model, UniformQuantizer(n_bits=8), fold_batchnorm="yes")
+    with pytest.raises(ValueError, match="cannot be combined with checkpoint="):
+        quantize_model(
+            model,
+            UniformQuantizer(n_bits=8),
+            output=tmp_path / "m.skq",
+            fold_batchnorm=True,
+        )

@@ -18,7 +18,8 @@ lines before its own, never a module of its own line, this package or
    graph: a layer's outputs from it on, the walk of a traced module, the
    layers whose outputs it views);
 5. ``_network`` (:class:`TorchNetwork`: the adapter and its walk), ``_qlayers``
-   (the quantized layers and their runtimes);
+   (the quantized layers and their runtimes), ``_fold`` (BatchNorm folded into
+   the convolution before it);
 6. ``_model`` (:func:`quantize_model`), ``_adaptive``
    (:func:`adaptive_quantize_model`), ``_sensitivity``
    (:func:`measure_sensitivity`), ``_onnxcheck`` (an exported file run in ONNX

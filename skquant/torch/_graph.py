@@ -24,7 +24,7 @@ from ._data import cloned, output_tensor
 from ._layout import matrix_to_weight, to_numpy
 from ._state import ForwardState
 
-__all__ = ["GraphWalk", "layer_outputs", "trace", "viewed_outputs"]
+__all__ = ["GraphWalk", "layer_outputs", "leaf_graph", "trace", "viewed_outputs"]
 
 
 #: Most bytes :func:`layer_outputs` keeps of what does not depend on the
@@ -384,22 +384,20 @@ def _containers(module):
     ]
 
 
-def viewed_outputs(model, layers):
-    """The names of ``layers`` (name to module, modules of ``model``) whose
-    output ``model``'s forward calls ``.view`` or ``.view_as`` on, or returns,
-    directly or through operations other than another of ``layers`` (read on
-    its ``torch.fx`` graph, those layers as calls); an empty set where fx
-    cannot trace it. The attributes the trace's run of the forward assigns
-    come back as they were (a symbolic trace computes on no tensor: the
-    modules' tensors are not copied)."""
+def leaf_graph(model, leaves):
+    """``model``'s ``torch.fx`` graph with the modules ``leaves`` (and torch's
+    own) kept as calls, or ``None`` where fx cannot trace it. The attributes the
+    trace's run of the forward assigns, and the contents of its lists, dicts
+    and sets, come back as they were (a symbolic trace computes on no tensor:
+    the modules' tensors are not copied)."""
     kept = [  # each module's attributes, and the contents of its containers
         (m, dict(m.__dict__), {k: copy.copy(v) for k, v in _containers(m)})
         for m in model.modules()
     ]
     try:
-        graph = _LeafTracer(layers.values()).trace(model)
-    except Exception:  # a forward fx cannot trace: nothing is known
-        return set()
+        return _LeafTracer(leaves).trace(model)
+    except Exception:  # a forward fx cannot trace
+        return None
     finally:
         for m, attrs, contents in kept:
             m.__dict__.clear()
@@ -410,6 +408,17 @@ def viewed_outputs(model, layers):
                     attrs[k].extend(v)
                 else:
                     attrs[k].update(v)
+
+
+def viewed_outputs(model, layers):
+    """The names of ``layers`` (name to module, modules of ``model``) whose
+    output ``model``'s forward calls ``.view`` or ``.view_as`` on, or returns,
+    directly or through operations other than another of ``layers`` (read on
+    its ``torch.fx`` graph, those layers as calls); an empty set where fx
+    cannot trace it (:func:`leaf_graph`)."""
+    graph = leaf_graph(model, layers.values())
+    if graph is None:  # a forward fx cannot trace: nothing is known
+        return set()
 
     def after(node):  # what a layer's output flows into, up to another layer
         if node.op == "call_method" and node.target in SHAPE_READS:

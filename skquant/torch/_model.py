@@ -24,6 +24,7 @@ from ._checkpoint import (
     weight_key,
 )
 from ._data import input_batches, is_rows, model_device, model_dtype, replayable
+from ._fold import fold_batchnorms
 from ._graph import viewed_outputs
 from ._layout import layer_kind, refused_layers
 from ._network import TorchNetwork, skip_names
@@ -112,6 +113,7 @@ def quantize_model(
     runtime="auto",
     checkpoint=None,
     output=None,
+    fold_batchnorm=False,
 ):
     """Quantize the Linear, Conv1d and Conv2d layers of a torch model, in order.
 
@@ -191,6 +193,14 @@ def quantize_model(
         of its layers wait for their turn, up to 256 MiB of them: past it, a
         window of layers at a time, each window's taken by float passes of
         its own (see :ref:`checkpoints`).
+    fold_batchnorm : bool, default=False
+        Fold each BatchNorm1d/2d that reads a convolution's output (and that
+        output nothing else) into the convolution before quantizing, as torch's
+        own int8 flow does: the weights rounded are those that run, and the
+        returned model holds ``nn.Identity`` in the BatchNorm's place (it
+        computes the model in eval mode; ``model`` is left as it was). With
+        quantized activations this removes the BatchNorm's float pass between
+        the integer kernels. Not with ``checkpoint`` or ``output``.
     output : str or path-like, default=None
         Write the quantized model to this skquant file as the walk goes (each
         layer's codes when it is quantized, the other state at the end; the
@@ -248,6 +258,19 @@ def quantize_model(
             "none is returned (the file holds the codes): pass runtime= to "
             "load_into when reading the file."
         )
+    if not isinstance(fold_batchnorm, bool):
+        raise TypeError(
+            f"fold_batchnorm must be a bool, got fold_batchnorm={fold_batchnorm!r}."
+        )
+    if lean and fold_batchnorm:
+        raise ValueError(
+            "fold_batchnorm=True folds the BatchNorms into a copy of the model, "
+            "held in memory: it cannot be combined with checkpoint= or output=."
+        )
+    if fold_batchnorm:
+        model, folded = fold_batchnorms(model)
+        if verbose:
+            print(f"quantize_model: {len(folded)} BatchNorm(s) folded: {folded}")
     if lean:
         check_default_device("quantize_model")
     if lean and act_quantizer is not None:

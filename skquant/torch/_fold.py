@@ -1,0 +1,110 @@
+"""BatchNorm folded into the convolution before it, for
+:func:`~skquant.torch.quantize_model`'s ``fold_batchnorm=True``.
+
+A BatchNorm in eval mode is an affine map per channel; after a convolution whose
+output only it reads, it folds into that convolution's weight and bias (torch's
+``fuse_conv_bn_eval``), and the quantizer then rounds the weights that run. The
+pairs are read on the model's ``torch.fx`` graph (torch's layers as calls), or,
+where fx cannot trace it, from neighbours in ``nn.Sequential`` containers.
+"""
+
+import collections
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ._graph import leaf_graph
+
+__all__ = ["fold_batchnorms", "foldable_pairs"]
+
+CONVS = (nn.Conv1d, nn.Conv2d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _fits(conv, norm):
+    """Whether ``norm`` (with running statistics) matches ``conv``'s outputs."""
+    return (
+        isinstance(conv, CONVS)
+        and isinstance(norm, NORMS)
+        and norm.running_mean is not None
+        and norm.num_features == conv.out_channels
+        and len(conv.kernel_size) + 1 == (2 if isinstance(norm, nn.BatchNorm1d) else 3)
+    )
+
+
+def foldable_pairs(model):
+    """``(convolution name, BatchNorm name)`` pairs of ``model`` to fold: the
+    norm reads the convolution's output and nothing else does, each is called
+    once in a forward and held under one name."""
+    names = collections.Counter(
+        n for n, _ in model.named_modules(remove_duplicate=False)
+    )
+    held = collections.Counter(
+        id(m) for _, m in model.named_modules(remove_duplicate=False)
+    )
+    mods = dict(model.named_modules())
+
+    def single(name):
+        return names[name] == 1 and held[id(mods[name])] == 1
+
+    graph = leaf_graph(model, ())
+    pairs = []
+    if graph is not None:
+        calls = collections.Counter(
+            n.target for n in graph.nodes if n.op == "call_module"
+        )
+        for node in graph.nodes:
+            src = node.args[0] if node.op == "call_module" and node.args else None
+            if (
+                isinstance(src, torch.fx.Node)
+                and src.op == "call_module"
+                and len(node.args) == 1
+                and not node.kwargs
+                and len(src.users) == 1
+                and calls[node.target] == calls[src.target] == 1
+                and _fits(mods.get(src.target), mods.get(node.target))
+                and single(src.target)
+                and single(node.target)
+            ):
+                pairs.append((src.target, node.target))
+        return pairs
+    for name, seq in mods.items():  # (no graph: neighbours in sequences)
+        if isinstance(seq, nn.Sequential):
+            keys = list(seq._modules)
+            for a, b in zip(keys, keys[1:]):
+                conv_name = f"{name}.{a}" if name else a
+                norm_name = f"{name}.{b}" if name else b
+                fits = _fits(seq._modules[a], seq._modules[b])
+                if fits and single(conv_name) and single(norm_name):
+                    pairs.append((conv_name, norm_name))
+    return pairs
+
+
+def fold_batchnorms(model):
+    """A copy of ``model`` with its :func:`foldable_pairs` folded: each
+    convolution takes its BatchNorm's affine map (running statistics, eval
+    mode), and the BatchNorm becomes ``nn.Identity``. ``model`` is left as it
+    was.
+
+    Returns
+    -------
+    folded : torch.nn.Module
+        The copy (in ``model``'s training mode).
+    pairs : list of (str, str)
+        The ``(convolution, BatchNorm)`` names folded.
+    """
+    pairs = foldable_pairs(model)
+    folded = copy.deepcopy(model)
+    for conv_name, norm_name in pairs:
+        conv = folded.get_submodule(conv_name)
+        norm = folded.get_submodule(norm_name)
+        fused = fuse_conv_bn_eval(
+            copy.deepcopy(conv).eval(), copy.deepcopy(norm).eval()
+        )
+        fused.train(conv.training)
+        for name, new in ((conv_name, fused), (norm_name, nn.Identity())):
+            parent, _, attr = name.rpartition(".")
+            setattr(folded.get_submodule(parent) if parent else folded, attr, new)
+    return folded, pairs
