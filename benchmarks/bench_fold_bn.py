@@ -12,9 +12,7 @@ Run: ``PYTHONPATH=. python benchmarks/bench_fold_bn.py``.
 """
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _models  # noqa: E402
+from bench_grad_mode import median_ms  # noqa: E402
 from bench_runtime import torch_int8  # noqa: E402
 
 from skquant import ActivationQuantizer, UniformQuantizer  # noqa: E402
@@ -33,9 +32,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=21)
     args = p.parse_args()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # (the weights' and the statistics' draws)
     model = _models.vgg8().eval()
+    torch.set_num_threads(2)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -58,22 +57,22 @@ def main():
             ),
             "torch int8": torch_int8(model, x[:64]),
         }  # fmt: skip
-    times = {k: [] for k in models}
     with torch.no_grad():
         want = model(x)
         errors = {
             k: float((m(x) - want).norm() / want.norm()) for k, m in models.items()
         }
-        for _ in range(args.rounds):
-            for name, m in models.items():
-                start = time.perf_counter()
-                m(x)
-                times[name].append(time.perf_counter() - start)
-    ref = statistics.median(times["torch int8"])
+
+    def forward(m):
+        with torch.no_grad():
+            m(x)
+
+    calls = [lambda m=m: forward(m) for m in models.values()]
+    medians = dict(zip(models, median_ms(calls, args.rounds)))
+    ref = medians["torch int8"]
     print(f"{'variant':<14}{'batch 256 ms':>13}{'/ torch int8':>14}{'rel. error':>12}")
-    for name, t in times.items():
-        t = statistics.median(t)
-        print(f"{name:<14}{1e3 * t:>13.2f}{t / ref:>13.2f}x{errors[name]:>12.4f}")
+    for name, t in medians.items():
+        print(f"{name:<14}{t:>13.2f}{t / ref:>13.2f}x{errors[name]:>12.4f}")
 
 
 if __name__ == "__main__":
