@@ -295,7 +295,13 @@ def test_fold_batchnorm_folds_what_only_reads_a_convolution(tmp_path):
         def forward(self, x):
             return self.body(x) if bool(x.sum() > -1e9) else x
 
-    assert foldable_pairs(Branching()) == [("body.0", "body.1")]
+    assert foldable_pairs(Branching()) == []  # (how the forward uses them: unknown)
+    hooked = _trained_statistics(_Block())
+    hooked.bn.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    assert foldable_pairs(hooked) == []  # (the hook would be dropped with the norm)
+    wn = _trained_statistics(_Block())
+    nn.utils.parametrizations.weight_norm(wn.conv)
+    assert foldable_pairs(wn) == []
     with pytest.raises(TypeError, match="fold_batchnorm must be a bool"):
         quantize_model(model, UniformQuantizer(n_bits=8), fold_batchnorm="yes")
     with pytest.raises(ValueError, match="cannot be combined with checkpoint="):

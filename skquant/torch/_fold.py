@@ -4,8 +4,9 @@
 A BatchNorm in eval mode is an affine map per channel; after a convolution whose
 output only it reads, it folds into that convolution's weight and bias (torch's
 ``fuse_conv_bn_eval``), and the quantizer then rounds the weights that run. The
-pairs are read on the model's ``torch.fx`` graph (torch's layers as calls), or,
-where fx cannot trace it, from neighbours in ``nn.Sequential`` containers.
+pairs are read on the model's ``torch.fx`` graph (torch's layers as calls);
+where fx cannot trace it nothing is folded (neighbours in a container say
+nothing of how the forward uses them), nor where a hook would see the fold.
 """
 
 import collections
@@ -13,9 +14,10 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ._graph import leaf_graph
+from ._graph import global_hooks, leaf_graph
 
 __all__ = ["fold_batchnorms", "foldable_pairs"]
 
@@ -23,10 +25,25 @@ CONVS = (nn.Conv1d, nn.Conv2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
+def _hooked(module):
+    """Whether ``module`` has hooks (they would see the fold) or a
+    parametrization (torch's fusion cannot write its weight)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+        or parametrize.is_parametrized(module)
+    )
+
+
 def _fits(conv, norm):
-    """Whether ``norm`` (with running statistics) matches ``conv``'s outputs."""
+    """Whether ``norm`` (with running statistics) matches ``conv``'s outputs,
+    neither hooked."""
     return (
         isinstance(conv, CONVS)
+        and not _hooked(conv)
+        and not _hooked(norm)
         and isinstance(norm, NORMS)
         and norm.running_mean is not None
         and norm.num_features == conv.out_channels
@@ -37,7 +54,8 @@ def _fits(conv, norm):
 def foldable_pairs(model):
     """``(convolution name, BatchNorm name)`` pairs of ``model`` to fold: the
     norm reads the convolution's output and nothing else does, each is called
-    once in a forward and held under one name."""
+    once in a forward and held under one name, neither hooked. None where fx
+    cannot trace the model, or hooks on every module are in force."""
     names = collections.Counter(
         n for n, _ in model.named_modules(remove_duplicate=False)
     )
@@ -49,36 +67,25 @@ def foldable_pairs(model):
     def single(name):
         return names[name] == 1 and held[id(mods[name])] == 1
 
-    graph = leaf_graph(model, ())
+    graph = None if global_hooks() else leaf_graph(model, ())
+    if graph is None:
+        return []
+    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
     pairs = []
-    if graph is not None:
-        calls = collections.Counter(
-            n.target for n in graph.nodes if n.op == "call_module"
-        )
-        for node in graph.nodes:
-            src = node.args[0] if node.op == "call_module" and node.args else None
-            if (
-                isinstance(src, torch.fx.Node)
-                and src.op == "call_module"
-                and len(node.args) == 1
-                and not node.kwargs
-                and len(src.users) == 1
-                and calls[node.target] == calls[src.target] == 1
-                and _fits(mods.get(src.target), mods.get(node.target))
-                and single(src.target)
-                and single(node.target)
-            ):
-                pairs.append((src.target, node.target))
-        return pairs
-    for name, seq in mods.items():  # (no graph: neighbours in sequences)
-        if isinstance(seq, nn.Sequential):
-            keys = list(seq._modules)
-            for a, b in zip(keys, keys[1:]):
-                conv_name = f"{name}.{a}" if name else a
-                norm_name = f"{name}.{b}" if name else b
-                fits = _fits(seq._modules[a], seq._modules[b])
-                if fits and single(conv_name) and single(norm_name):
-                    pairs.append((conv_name, norm_name))
+    for node in graph.nodes:
+        src = node.args[0] if node.op == "call_module" and node.args else None
+        if (
+            isinstance(src, torch.fx.Node)
+            and src.op == "call_module"
+            and len(node.args) == 1
+            and not node.kwargs
+            and len(src.users) == 1
+            and calls[node.target] == calls[src.target] == 1
+            and _fits(mods.get(src.target), mods.get(node.target))
+            and single(src.target)
+            and single(node.target)
+        ):
+            pairs.append((src.target, node.target))
     return pairs
 
 

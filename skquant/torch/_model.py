@@ -198,9 +198,15 @@ def quantize_model(
         output nothing else) into the convolution before quantizing, as torch's
         own int8 flow does: the weights rounded are those that run, and the
         returned model holds ``nn.Identity`` in the BatchNorm's place (it
-        computes the model in eval mode; ``model`` is left as it was). With
-        quantized activations this removes the BatchNorm's float pass between
-        the integer kernels. Not with ``checkpoint`` or ``output``.
+        computes the model in eval mode, in either mode; ``model`` is left as
+        it was). With quantized activations this removes the BatchNorm's float
+        pass between the integer kernels. Pairs are read on the model's
+        ``torch.fx`` graph: nothing is folded where fx cannot trace it, nor
+        where the convolution or the BatchNorm has hooks or a
+        parametrization. A saved folded model loads into the architecture
+        built with ``nn.Identity`` in those places (into the original one,
+        with ``strict=False``, pretrained BatchNorms would apply twice). Not
+        with ``checkpoint`` or ``output``.
     output : str or path-like, default=None
         Write the quantized model to this skquant file as the walk goes (each
         layer's codes when it is quantized, the other state at the end; the
