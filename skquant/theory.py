@@ -90,13 +90,13 @@ def _steps(step):
     return arr
 
 
-def _out(bound, other="step"):
+def _out(bound):
     """A bound as a float, or an array for per-column steps (ValueError when it
-    overflows float64, naming X and ``other``, the input it scales with)."""
+    overflows float64, naming X and ``step``, which it scales with)."""
     if not np.all(np.isfinite(bound)):
         raise ValueError(
-            f"the bound overflows float64: it scales with the product of X's and "
-            f"{other}'s magnitudes (scale X or {other} down)."
+            "the bound overflows float64: it scales with the product of X's and "
+            "step's magnitudes (scale X or step down)."
         )
     return float(bound) if np.ndim(bound) == 0 else np.asarray(bound, np.float64)
 
@@ -396,11 +396,11 @@ def lp_scale_bound(X, w):
             "X is all zeros: it has no range, so the LP scale is not defined."
         )
     kept = s > max(X.shape) * np.finfo(float).eps * s[0]
-    with np.errstate(over="ignore"):  # (a huge w: told by _out)
+    with np.errstate(over="ignore"):  # (an overflow: the cap below is finite)
         vw = Vt @ w  # X w = U diag(s) Vt w: its part along each direction
         bound = np.linalg.norm(s[kept] * vw[kept]) / s[kept][-1]
         bound = bound + np.abs(vw[~kept]).sum()
-        return _out(min(bound, np.abs(w).max()), "w")  # (z = w is feasible)
+    return float(min(bound, np.abs(w).max()))  # (z = w is feasible)
 
 
 def gpfq_bound(X, step, *, variant="grid"):

@@ -280,6 +280,9 @@ def test_fold_batchnorm_folds_what_only_reads_a_convolution(tmp_path):
     )
     assert isinstance(q.bn, nn.Identity) and isinstance(q.side_bn, nn.BatchNorm2d)
     assert isinstance(model.bn, nn.BatchNorm2d)
+    # (the folded copy shares the caller's tensors; the returned model not)
+    assert folded.side_bn.running_mean is model.side_bn.running_mean
+    assert q.side_bn.running_mean is not model.side_bn.running_mean
     with torch.no_grad():
         want = model(x)
         assert float((q(x) - want).norm() / want.norm()) < 0.05

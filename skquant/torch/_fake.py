@@ -11,6 +11,7 @@ grid's gradient) and ``KernelGrad`` (a layer's kernels forward, its simulated
 path's gradient backward).
 """
 
+import contextlib
 import copy
 import math
 import weakref
@@ -64,10 +65,22 @@ def straight_through(x, y, inside=None):
     return y.detach() + torch.where(mask, x - x.detach(), x.new_zeros(()))
 
 
+#: torch.func's test of its transforms' tensors, and its context that stops
+#: them wrapping new tensors (``None`` where this torch lacks them)
+_WRAPPED = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+_UNWRAPPED = getattr(torch._C, "_DisableFuncTorch", None)
+
+
 def functorch_wrapped(x):
     """Whether ``x`` is a tensor of torch.func's transforms (``grad``, ``vmap``)."""
-    test = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return test is not None and test(x)
+    return _WRAPPED is not None and _WRAPPED(x)
+
+
+def outside_functorch():
+    """A context where torch.func's transforms do not wrap new tensors (a
+    quantized layer's int8 weights are read out of torch's prepacked objects
+    as arrays)."""
+    return _UNWRAPPED() if _UNWRAPPED is not None else contextlib.nullcontext()
 
 
 class KernelGrad(torch.autograd.Function):

@@ -103,7 +103,10 @@ def fold_batchnorms(model):
         The ``(convolution, BatchNorm)`` names folded.
     """
     pairs = foldable_pairs(model)
-    folded = copy.deepcopy(model)
+    # the copy shares the model's tensors (nothing here writes to them; the
+    # folded convolutions get new ones), not a second float copy of them all
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    folded = copy.deepcopy(model, memo)
     for conv_name, norm_name in pairs:
         conv = folded.get_submodule(conv_name)
         norm = folded.get_submodule(norm_name)

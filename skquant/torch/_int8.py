@@ -87,9 +87,8 @@ def int8_gemm_reason(layer, tensor, runtime):
     """
     if layer._act_mode is None:
         return False, None
-    simulated = SIMULATED
     if runtime == "packed":
-        return False, "runtime='packed' runs weight-only kernels" + simulated
+        return False, "runtime='packed' runs weight-only kernels" + SIMULATED
     groups = getattr(layer, "groups", 1)
     small = groups > 1 and tensor.codes.size < SMALL_GROUP * groups
     if runtime == "auto" and small and not onednn_takes(tensor):
@@ -97,38 +96,38 @@ def int8_gemm_reason(layer, tensor, runtime):
             f"runtime='auto' runs grouped convolutions of under {SMALL_GROUP} codes "
             "a group on weight-only kernels: the integer GEMM takes one prepacked "
             "object per group (some 5 kB each, however few its codes); "
-            "runtime='int8' runs it" + simulated
+            "runtime='int8' runs it" + SIMULATED
         )
     meta = layer._act_meta or {}
     if meta.get("n_bits", 8) > 8:
         return False, (
             f"the integer GEMM takes inputs of at most 8 bits, not "
-            f"{meta['n_bits']}-bit ones" + simulated
+            f"{meta['n_bits']}-bit ones" + SIMULATED
         )
     if meta.get("n_bits", 7) == 8 and layer._largest_code > 64:
         return False, (
             "8-bit inputs with weight codes above 64 in magnitude could saturate "
             "the x86 integer GEMM (it sums pairs of uint8 x int8 products in "
             "int16); inputs of at most 7 bits, or activations='dynamic' (7-bit "
-            "for such weights), run on it" + simulated
+            "for such weights), run on it" + SIMULATED
         )
     if meta.get("per_channel"):
         return (
             False,
-            "the integer GEMM takes one input scale, not per-feature ones" + simulated,
+            "the integer GEMM takes one input scale, not per-feature ones" + SIMULATED,
         )
     if tensor.precision_bits is not None:
-        return False, "per-parameter precision has no integer GEMM" + simulated
+        return False, "per-parameter precision has no integer GEMM" + SIMULATED
     if getattr(layer, "_wdtype", torch.float32) != torch.float32:
         return (
             False,
-            f"the integer GEMM runs float32, not {layer._wdtype}" + simulated,
+            f"the integer GEMM runs float32, not {layer._wdtype}" + SIMULATED,
         )
     if not int8_gemm_available():
-        return False, "this torch has no quantized int8 linear operator" + simulated
+        return False, "this torch has no quantized int8 linear operator" + SIMULATED
     engine = engine_reason()
     if engine and not (hasattr(layer, "kernel_size") and onednn_takes(tensor)):
-        return False, engine + simulated  # (oneDNN's convolution runs on any)
+        return False, engine + SIMULATED  # (oneDNN's convolution runs on any)
     return True, None
 
 
@@ -206,8 +205,9 @@ class Int8Weights(_Prepacked):
                 )
                 b = None if bias is None else bias[rows].contiguous()
                 self.params.append(torch.ops.quantized.linear_prepack(q, b))
-        self.engine = torch.backends.quantized.engine  # (its packing's)
-        self.engine_id = torch._C._get_qengine()
+        # the engine it was packed under where the GEMM runs on it (an int:
+        # compared in every forward), else None
+        self.engine_id = None if engine_reason() else torch._C._get_qengine()
         self._keep(qt, bias)
         self._meta["shift"] = shift
         self.nbytes = prepacked_nbytes(per, codes.shape[1], groups)

@@ -31,7 +31,6 @@ same function. A bias that needs gradients gets them through the kernels too
 (added to their output as ``bias - bias.detach()``, a zero).
 """
 
-import contextlib
 import math
 
 import numpy as np
@@ -41,9 +40,14 @@ from torch import nn
 
 from .._common._warn import warn
 from .._tensor._runtime import RuntimeWeights, runtime_bits
-from ._fake import KernelGrad, _is_compiling, functorch_wrapped, straight_through
+from ._fake import (
+    KernelGrad,
+    _is_compiling,
+    functorch_wrapped,
+    outside_functorch,
+    straight_through,
+)
 from ._int8 import (
-    GEMM_ENGINES,
     SIMULATED,
     Int8Weights,
     dynamic_reduce_range,
@@ -89,13 +93,6 @@ def announce(key, message):
         return
     _ANNOUNCED.add(key)
     warn(message, RuntimeFallbackWarning)
-
-
-def _outside_functorch():
-    """A context where torch.func's transforms do not wrap new tensors (the
-    int8 weights are read out of torch's prepacked objects as arrays)."""
-    disable = getattr(torch._C, "_DisableFuncTorch", None)
-    return disable() if disable is not None else contextlib.nullcontext()
 
 
 def _torch_gemm(a, b):
@@ -244,11 +241,7 @@ class QuantMixin(StoredForm):
         b = self._parameters.get("bias")  # (not ``self.bias``: 10x slower)
         if (None if b is None else b.data_ptr()) == self._int8.bias_ptr:
             return True
-        if (
-            (b is None and self.bias is not None)  # (it was packed again each call)
-            or (b is not None and not (b.dtype == torch.float32 and b.is_cpu))
-            or (b is not None and not b.is_contiguous())  # (the kernel holds a copy)
-        ):
+        if not self._bias_readable():
             why = (
                 "the integer GEMM adds a contiguous float32 CPU bias, not this "
                 "one (strided, computed by a parametrization, or of another "
@@ -258,6 +251,15 @@ class QuantMixin(StoredForm):
             return False
         self._int8 = self._int8_weights(self._int8.tensor())
         return True
+
+    def _bias_readable(self):
+        """Whether the int8 GEMM can add the layer's bias: none, or a contiguous
+        float32 CPU one (a parametrized bias, computed each call, would be
+        packed again each call; a strided one, copied by the prepack)."""
+        b = self._parameters.get("bias")
+        if b is None:
+            return self.bias is None
+        return b.dtype == torch.float32 and b.is_cpu and b.is_contiguous()
 
     def _int8_weights(self, tensor):
         return int8_weights(tensor, self._bias_or_none(), layer=self)
@@ -351,7 +353,7 @@ class QuantMixin(StoredForm):
         if self._rt is not None:
             W = self._rt.dequantize()
         elif self._int8 is not None:
-            with _outside_functorch():  # (its prepacked objects read as arrays)
+            with outside_functorch():  # (its prepacked objects read as arrays)
                 W = self._int8.tensor().dequantize()
         elif self._float_tensor is not None:
             W = self._float_tensor.dequantize()
@@ -535,12 +537,7 @@ class QuantMixin(StoredForm):
         if self._int8 is None:
             return False
         gemm = isinstance(self._int8, Int8Weights)
-        if gemm and torch.backends.quantized.engine not in GEMM_ENGINES:
-            return False
-        b = self._parameters.get("bias")
-        if b is None:
-            return self.bias is None  # (a parametrized bias: computed each call)
-        return b.dtype == torch.float32 and b.is_cpu and b.is_contiguous()
+        return not (gemm and engine_reason()) and self._bias_readable()
 
     def _engine_ready(self):
         """Whether the int8 weights run on torch's quantized engine now: oneDNN's
@@ -551,8 +548,7 @@ class QuantMixin(StoredForm):
         w = self._int8
         if not isinstance(w, Int8Weights):
             return True
-        engine = torch._C._get_qengine()  # (an int: the engine's name costs 0.6 us)
-        if engine == w.engine_id and w.engine in GEMM_ENGINES:
+        if torch._C._get_qengine() == w.engine_id:  # (an int: the name costs 0.6 us)
             return True
         why = engine_reason()
         if why is not None:
