@@ -314,3 +314,52 @@ def test_fold_batchnorm_folds_what_only_reads_a_convolution(tmp_path):
             output=tmp_path / "m.skq",
             fold_batchnorm=True,
         )
+
+
+def test_saved_folded_model_loads_into_the_float_architecture(tmp_path):
+    """A folded model's file records where its BatchNorms were: load_into the
+    architecture it was made from (BatchNorms, a convolution with
+    bias=False; built normally or on the meta device) puts the identity there
+    and gives the convolution its folded bias; the outputs are the quantized
+    model's. A model with something else there is refused, left as it was."""
+    from skquant.torch import FoldedBatchNorm, load_into, save_model
+
+    def build():
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * 16, 4),
+        )
+
+    torch.manual_seed(0)
+    model = _trained_statistics(build())
+    x = torch.randn(8, 3, 6, 6)
+    q = quantize_model(
+        model, UniformQuantizer(n_bits=4), x, activations="dynamic", fold_batchnorm=True
+    )
+    assert q[1].into == "0" and q[0].bias is not None
+    save_model(q, tmp_path / "q.skq")
+    with torch.device("meta"):
+        skeleton = build()
+    for fresh in (build().eval(), skeleton.eval()):
+        loaded = load_into(fresh, tmp_path / "q.skq")  # strict
+        assert isinstance(loaded[1], FoldedBatchNorm) and loaded[1].into == "0"
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), q(x), rtol=0, atol=0)
+    save_model(loaded, tmp_path / "again.skq")  # (the record survives a reload)
+    again = load_into(build().eval(), tmp_path / "again.skq")
+    assert isinstance(again[1], FoldedBatchNorm)
+    other = build().eval()
+    other[1] = nn.Conv2d(8, 8, 1)
+    state = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match=r"BatchNorm '1' was folded.*has Conv2d"):
+        load_into(other, tmp_path / "q.skq")
+    assert all(torch.equal(v, state[k]) for k, v in other.state_dict().items())
+    assert type(other[0]) is nn.Conv2d and other[0].bias is None
+    plain = quantize_model(model, UniformQuantizer(n_bits=4))  # (not folded:
+    plain[0].bias = nn.Parameter(torch.zeros(8))  # a bias of a file is no fold)
+    save_model(plain, tmp_path / "plain.skq")
+    with pytest.raises(ValueError, match=r"entry '0.bias' has no place"):
+        load_into(build().eval(), tmp_path / "plain.skq")

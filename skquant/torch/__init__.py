@@ -41,6 +41,7 @@ from ._adaptive import adaptive_quantize_model
 from ._capture import capture_inputs
 from ._checkpoint import Checkpoint
 from ._fake import FakeQuantize, fake_quantize_ste
+from ._fold import FoldedBatchNorm
 from ._gradients import check_autograd, loss_gradients
 from ._io import load_into, save_model
 from ._layout import matrix_to_weight, weight_to_matrix
@@ -58,6 +59,7 @@ from ._sqestimator import SQClassifier
 __all__ = [
     "Checkpoint",
     "FakeQuantize",
+    "FoldedBatchNorm",
     "SQClassifier",
     "SQRegularizer",
     "SQResult",

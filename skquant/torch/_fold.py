@@ -19,10 +19,30 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ._graph import global_hooks, leaf_graph
 
-__all__ = ["fold_batchnorms", "foldable_pairs"]
+__all__ = ["FoldedBatchNorm", "fold_batchnorms", "foldable_pairs"]
 
 CONVS = (nn.Conv1d, nn.Conv2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class FoldedBatchNorm(nn.Identity):
+    """Where a BatchNorm was before it was folded into the convolution before
+    it: the identity. :func:`~skquant.torch.save_model` records these places,
+    and :func:`~skquant.torch.load_into` puts one in each of them (a model
+    built with its BatchNorms, as the float architecture is, takes the file).
+
+    Parameters
+    ----------
+    into : str
+        The name of the convolution it was folded into.
+    """
+
+    def __init__(self, into):
+        super().__init__()
+        self.into = into
+
+    def extra_repr(self):
+        return f"into={self.into!r}"
 
 
 def _hooked(module):
@@ -92,8 +112,8 @@ def foldable_pairs(model):
 def fold_batchnorms(model):
     """A copy of ``model`` with its :func:`foldable_pairs` folded: each
     convolution takes its BatchNorm's affine map (running statistics, eval
-    mode), and the BatchNorm becomes ``nn.Identity``. ``model`` is left as it
-    was.
+    mode), and the BatchNorm becomes a :class:`FoldedBatchNorm` (the
+    identity). ``model`` is left as it was.
 
     Returns
     -------
@@ -114,7 +134,7 @@ def fold_batchnorms(model):
             copy.deepcopy(conv).eval(), copy.deepcopy(norm).eval()
         )
         fused.train(conv.training)
-        for name, new in ((conv_name, fused), (norm_name, nn.Identity())):
+        for name, new in ((conv_name, fused), (norm_name, FoldedBatchNorm(conv_name))):
             parent, _, attr = name.rpartition(".")
             setattr(folded.get_submodule(parent) if parent else folded, attr, new)
     return folded, pairs

@@ -1,5 +1,7 @@
 """Quantized torch models in skquant's file format (see :mod:`skquant._tensor._io`)."""
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from ._checkpoint import (
     put,
     store_entry,
 )
+from ._fold import NORMS, FoldedBatchNorm
 from ._layout import layer_kind
 from ._model import contiguous_where_viewed, keep_own_forwards
 from ._qlayers import (
@@ -102,7 +105,13 @@ def save_model(model, path):
     for key, value in plain_state(model).items():  # the codes are written above
         if key not in skip:
             store_entry(writer, dtypes, key, value)
-    _io.write_file(path, "torch", writer, {"layers": layers, "dtypes": dtypes})
+    meta = {"layers": layers, "dtypes": dtypes}
+    folded = {  # BatchNorms folded into convolutions: load_into drops them
+        n: m.into for n, m in model.named_modules() if isinstance(m, FoldedBatchNorm)
+    }
+    if folded:
+        meta["folded"] = folded
+    _io.write_file(path, "torch", writer, meta)
 
 
 def load_into(model, path, *, runtime="auto", strict=True):
@@ -121,7 +130,10 @@ def load_into(model, path, *, runtime="auto", strict=True):
         then holds only what the file gives it: no float weight of a quantized
         layer is ever materialised, and each layer's tensor is decoded when its
         turn comes. A tensor the model holds under several names (an embedding
-        tied to its decoder) stays one tensor either way.
+        tied to its decoder) stays one tensor either way. Where the file's
+        model had its BatchNorms folded into the convolutions
+        (``quantize_model(..., fold_batchnorm=True)``), those BatchNorms
+        become the identity and the convolutions take the folded bias.
     path : str or path-like
         A file written by :func:`save_model` (or by :func:`quantize_model` with
         ``output=``).
@@ -165,19 +177,36 @@ def load_into(model, path, *, runtime="auto", strict=True):
         )
     meta = header["model"]
     layers, dtypes = meta.get("layers"), meta.get("dtypes")
-    if not isinstance(layers, dict) or not isinstance(dtypes, dict):
+    folded = meta.get("folded", {})
+    if (
+        not isinstance(layers, dict)
+        or not isinstance(dtypes, dict)
+        or not isinstance(folded, dict)
+        or not all(isinstance(n, str) and n for n in folded)
+        or not all(c in layers for c in folded.values())
+    ):
         raise _io.FileFormatError(f"{path!s} has no valid model description.")
     # everything is checked before the model is touched: a file that does not fit
     # leaves it as it was
     mods = dict(model.named_modules())
     every = dict(model.named_modules(remove_duplicate=False))
     _check_layers(path, layers, mods, every)
-    before = plain_state(model)
-    swapped = {id(mods[n]) for n in layers if n in mods}
-    replaced = {n for n, m in every.items() if id(m) in swapped}  # every name
-    _check_entries(path, dtypes, data, before, strict, replaced)
+    _check_folded(path, folded, mods)
+
+    def names(of):  # every name of the modules named ``of``
+        ids = {id(mods[n]) for n in of if n in mods}
+        return {n for n, m in every.items() if id(m) in ids}
+
+    gone = names(folded)
+    before = {  # what the model keeps: a folded BatchNorm's entries go with it
+        k: v for k, v in plain_state(model).items() if k.rpartition(".")[0] not in gone
+    }
+    replaced = names(layers)
+    _check_entries(path, dtypes, data, before, strict, replaced, names(folded.values()))
     undo = []
     try:
+        for name, into in folded.items():
+            _replace(model, every, name, FoldedBatchNorm(into), undo)
         model = _swap_layers(path, model, header, data, layers, runtime, undo)
         _copy_entries(path, model, dtypes, data, before)
     except BaseException:
@@ -221,9 +250,38 @@ def _check_layers(path, layers, mods, every):
             )
 
 
-def _check_entries(path, dtypes, data, before, strict, replaced):
+def _check_folded(path, folded, mods):
+    """ValueError unless each place the file's model had a BatchNorm folded
+    (``folded``: its name, the convolution's) holds a BatchNorm (or the
+    identity) in the model."""
+    for name in folded:
+        module = mods.get(name)
+        if not isinstance(module, (*NORMS, nn.Identity)):
+            raise ValueError(
+                f"{path!s} is not a file of this model: its BatchNorm {name!r} was "
+                "folded into the convolution before it, the model has "
+                f"{type(module).__name__ if module is not None else 'no such layer'}"
+                " there."
+            )
+
+
+def _replace(model, every, name, new, undo):
+    """Put ``new`` in place of the module named ``name`` in ``model`` (under
+    each of its names; ``every``: the model's modules, duplicates included),
+    logging in ``undo`` how to take it back."""
+    old = every[name]
+    for n, m in every.items():
+        if m is old:
+            parent, _, attr = n.rpartition(".")
+            holder = every[parent] if parent else model
+            undo.append(lambda h=holder, a=attr, m=old: setattr(h, a, m))
+            setattr(holder, attr, new)
+
+
+def _check_entries(path, dtypes, data, before, strict, replaced, biased):
     """ValueError unless every plain entry of the file has a place of its shape in
-    the model (a quantized layer's activation scales come with the layer), and,
+    the model (a quantized layer's activation scales come with the layer, and a
+    bias with a convolution named in ``biased``, a BatchNorm folded into it), and,
     with ``strict``, every entry of the model a value in the file, but those of
     the modules the file's quantized layers replace (named ``replaced``)."""
     for key in dtypes:
@@ -232,8 +290,12 @@ def _check_entries(path, dtypes, data, before, strict, replaced):
         target = before.get(key)
         prefix, _, attr = key.rpartition(".")
         if target is None:
-            if prefix in replaced and attr in ACTIVATION_ENTRIES:  # made with the
-                continue  # quantized layer
+            if (
+                prefix in replaced
+                and attr in ACTIVATION_ENTRIES
+                or (prefix in biased and attr == "bias")
+            ):
+                continue  # made with the quantized layer
             raise ValueError(
                 f"{path!s} is not a file of this model: its entry {key!r} has no "
                 "place in the model."
@@ -281,15 +343,13 @@ def _swap_layers(path, model, header, data, layers, runtime, undo):
                 made[id(value)] = table[attr]
     mods = dict(model.named_modules())
     every = dict(model.named_modules(remove_duplicate=False))
-    aliases = {}  # a module registered under several names: the other names
-    for n, m in every.items():
-        if n not in mods:
-            aliases.setdefault(id(m), []).append(n)
     root = model
     for name, info in layers.items():
         if name not in mods and name in every:
             continue
         module = mods[name]
+        if module.bias is None and (f"{name}.bias" if name else "bias") in data:
+            module = _with_bias(module)  # a convolution a BatchNorm was folded into
         tensor = _io.tensor_named(header, data, path, name or "<root>")
         new = quantized_module(module, tensor, runtime_of(runtime, name), name)
         del tensor
@@ -303,16 +363,25 @@ def _swap_layers(path, model, header, data, layers, runtime, undo):
             model = new
             mods = dict(model.named_modules())
             continue
-        for n in [name, *aliases.get(id(module), [])]:
-            parent, _, attr = n.rpartition(".")
-            holder = every[parent] if parent else root
-            undo.append(lambda h=holder, a=attr, m=module: setattr(h, a, m))
-            setattr(holder, attr, new)
+        _replace(root, every, name, new, undo)
         mods[name] = new
     keep_own_forwards(model)
     if any(getattr(m, "_act_mode", None) is not None for m in model.modules()):
         contiguous_where_viewed(model)
     return model
+
+
+def _with_bias(module):
+    """A shallow copy of the bias-less layer ``module`` with a bias (zeros, the
+    file's values come later), for the quantized layer to be made from."""
+    w = module.weight
+    src = copy.copy(module)
+    src._parameters = dict(module._parameters)
+    src.bias = nn.Parameter(
+        torch.zeros(w.shape[0], dtype=w.dtype, device=w.device),
+        requires_grad=w.requires_grad,
+    )
+    return src
 
 
 def _copy_entries(path, model, dtypes, data, before):

@@ -197,16 +197,17 @@ def quantize_model(
         Fold each BatchNorm1d/2d that reads a convolution's output (and that
         output nothing else) into the convolution before quantizing, as torch's
         own int8 flow does: the weights rounded are those that run, and the
-        returned model holds ``nn.Identity`` in the BatchNorm's place (it
-        computes the model in eval mode, in either mode; ``model`` is left as
-        it was). With quantized activations this removes the BatchNorm's float
-        pass between the integer kernels. Pairs are read on the model's
-        ``torch.fx`` graph: nothing is folded where fx cannot trace it, nor
-        where the convolution or the BatchNorm has hooks or a
-        parametrization. A saved folded model loads into the architecture
-        built with ``nn.Identity`` in those places (into the original one,
-        with ``strict=False``, pretrained BatchNorms would apply twice). Not
-        with ``checkpoint`` or ``output``.
+        returned model holds a :class:`FoldedBatchNorm` (an ``nn.Identity``) in
+        the BatchNorm's place (it computes the model in eval mode, in either
+        mode; ``model`` is left as it was). With quantized activations this
+        removes the BatchNorm's float pass between the integer kernels. Pairs
+        are read on the model's ``torch.fx`` graph: nothing is folded where fx
+        cannot trace it, nor where the convolution or the BatchNorm has hooks
+        or a parametrization. A saved folded model records the places:
+        :func:`load_into` a model built as the float one (with its
+        BatchNorms, convolutions with ``bias=False``) puts the identity there
+        and gives the convolutions their folded bias. Not with ``checkpoint``
+        or ``output``.
     output : str or path-like, default=None
         Write the quantized model to this skquant file as the walk goes (each
         layer's codes when it is quantized, the other state at the end; the
