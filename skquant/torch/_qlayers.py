@@ -444,8 +444,8 @@ class QuantMixin(StoredForm):
             shift = max(-self._act_meta["qmin"], 0)
             return float(self.input_scale[0]), int(self.input_zero_point[0]) + shift
         top = 127 if dynamic_reduce_range(self._largest_code) else 255
-        lo = min(float(x.min()), 0.0)
-        hi = max(float(x.max()), 0.0)
+        lo, hi = torch.aminmax(x)  # (one pass)
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
         scale = (hi - lo) / top
         if scale == 0.0:
             return 1.0, 0
