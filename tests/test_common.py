@@ -242,6 +242,31 @@ def test_scale_is_the_grid_step(cls):
     )
 
 
+@pytest.mark.parametrize("cls", WEIGHT_QUANTIZERS, ids=lambda c: c.__name__)
+def test_weight_quantizers_know_their_channels_names(cls):
+    """A DataFrame's column names are the channels' names: recorded at fit,
+    checked later (reordered channels took the wrong channels' scales: a
+    100x error, silently), given back by get_feature_names_out and by
+    set_output(transform="pandas")."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(4)
+    W = pd.DataFrame(
+        rng.standard_normal((40, 3)) * [0.01, 1.0, 100.0], columns=["s", "m", "b"]
+    )
+    needs = cls._fit_requires != "weights"
+    q = (_with_calibration(cls)() if needs else cls()).fit(W)
+    assert list(q.feature_names_in_) == ["s", "m", "b"]
+    assert list(q.get_feature_names_out()) == ["s", "m", "b"]
+    for call in (q.transform, q.encode, q.compress):
+        with pytest.raises(ValueError, match=r"W's columns \(output channels\)"):
+            call(W[["b", "m", "s"]])
+    out = q.set_output(transform="pandas").transform(W)
+    assert list(out.columns) == ["s", "m", "b"] and out.index.equals(W.index)
+    np.testing.assert_array_equal(
+        out.to_numpy(), q.set_output(transform="default").transform(W.to_numpy())
+    )
+
+
 @pytest.mark.parametrize(
     "make",
     [

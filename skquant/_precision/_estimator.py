@@ -5,14 +5,20 @@ weight matrix.
 import numbers
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    OneToOneFeatureMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils import metadata_routing
 from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from .._common._blocks import row_blocks
 from .._common._checks import Interval, check_float_dtype, check_matrix
 from .._common._jobs import N_JOBS
+from .._quantizers._base import validate_weights
 from .._tensor._alphabets import code_dtype
 from .._tensor._fixedpoint import group_starts
 from .._tensor._qtensor import QuantizedTensor
@@ -30,7 +36,7 @@ __all__ = ["AdaptivePrecisionQuantizer"]
 BLOCK_ENTRIES = 1 << 16
 
 
-class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
+class AdaptivePrecisionQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Per-parameter fixed-point precision from loss gradients (Khoram & Li).
 
     Gives every weight its own number of fractional bits so that the total is small
@@ -115,6 +121,9 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         ``size_bits_`` per weight.
     n_features_in_ : int
         Number of columns of ``W``.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        The channels' names: ``W``'s column names in :meth:`fit`, where it was
+        a DataFrame with string column names.
 
     See Also
     --------
@@ -183,8 +192,7 @@ class AdaptivePrecisionQuantizer(TransformerMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def _validate_W(self, W, reset):
-        W = check_matrix(W, "W", dtype=[np.float64, np.float32])
-        return validate_data(self, W, reset=reset, skip_check_array=True)
+        return validate_weights(self, W, reset)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, W, y=None, *, gradient=None):

@@ -1,7 +1,12 @@
 """Shared machinery of skquant's weight quantizers."""
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    OneToOneFeatureMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils import metadata_routing
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -42,13 +47,40 @@ def check_user_scale(scale, n_channels, name, cls_name, dtype):
     return arr.astype(dtype)
 
 
-class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
+def validate_weights(estimator, W, reset):
+    """``W`` (a weight matrix, one column per output channel) checked for
+    ``estimator``'s ``fit`` (``reset``) or a later call: a float array, with
+    the columns, and their names where ``W`` is a DataFrame, of ``fit``."""
+    # validate_data names every input "X"; check W under its own name first
+    # (with the same checks), then let validate_data do the feature bookkeeping
+    # on W as given (a DataFrame's column names: the channels')
+    given, W = W, check_matrix(W, "W", dtype=list(FLOAT_DTYPES))
+    n = getattr(estimator, "n_features_in_", None)
+    if not reset and n is not None and W.shape[1] != n:
+        name = type(estimator).__name__
+        raise ValueError(
+            f"W must have the {n} columns (output channels) {name} was fitted "
+            f"on, got W.shape={W.shape} instead (in scikit-learn's words: X has "
+            f"{W.shape[1]} features, but {name} is expecting {n} features as "
+            "input)."
+        )
+    try:
+        validate_data(estimator, given, reset=reset, skip_check_array=True)
+    except ValueError as exc:  # (the column names: said of W, not of "X")
+        raise ValueError(f"W's columns (output channels): {exc}") from exc
+    return W
+
+
+class BaseWeightQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Base of the memoryless scalar quantizers of weight matrices.
 
     A weight matrix ``W`` has shape ``(n_in, n_out)``: one **column per output
     channel**, scikit-learn's ``coefs_`` layout, so a layer computes ``X @ W``. In
     scikit-learn's vocabulary the rows of ``W`` are the samples and its columns the
-    features: ``n_features_in_`` is the number of output channels.
+    features: ``n_features_in_`` is the number of output channels, and a
+    DataFrame's column names are its channels' names (``feature_names_in_``,
+    checked by every later call; ``get_feature_names_out`` and
+    ``set_output(transform="pandas")`` give them back).
 
     Subclasses implement ``_code_range`` (codes and bits of the alphabet) and
     ``_fit_scale`` (the scale rules named by the ``scale`` parameter).
@@ -74,19 +106,7 @@ class BaseWeightQuantizer(TransformerMixin, BaseEstimator):
     __metadata_request__transform = {"W": metadata_routing.UNUSED}
 
     def _validate_W(self, W, reset):
-        # validate_data names every input "X"; check W under its own name first
-        # (with the same checks), then let validate_data do the feature bookkeeping.
-        W = check_matrix(W, "W", dtype=list(FLOAT_DTYPES))
-        n = getattr(self, "n_features_in_", None)
-        if not reset and n is not None and W.shape[1] != n:
-            name = type(self).__name__
-            raise ValueError(
-                f"W must have the {n} columns (output channels) {name} was fitted "
-                f"on, got W.shape={W.shape} instead (in scikit-learn's words: X has "
-                f"{W.shape[1]} features, but {name} is expecting {n} features as "
-                "input)."
-            )
-        return validate_data(self, W, reset=reset, skip_check_array=True)
+        return validate_weights(self, W, reset)
 
     def _fit_common(self, W):
         """Validate ``W`` and store the scales and the code range; return ``W``."""

@@ -102,6 +102,9 @@ class GPTQQuantizer(BaseDataQuantizer):
         The order the inputs were quantized in.
     n_features_in_ : int
         Number of output channels (columns of ``W``).
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        The channels' names: ``W``'s column names in :meth:`fit`, where it was
+        a DataFrame with string column names.
 
     See Also
     --------

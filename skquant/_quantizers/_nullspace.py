@@ -258,6 +258,9 @@ class NullSpaceQuantizer(BaseDataQuantizer):
         ``skquant.set_config(progress=False)``), then kept.
     n_features_in_ : int
         Number of output channels (columns of ``W``).
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        The channels' names: ``W``'s column names in :meth:`fit`, where it was
+        a DataFrame with string column names.
 
     See Also
     --------

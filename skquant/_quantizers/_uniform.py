@@ -64,6 +64,9 @@ class UniformQuantizer(BaseWeightQuantizer):
         Bits stored per weight.
     n_features_in_ : int
         Number of output channels (columns of ``W``) seen in :meth:`fit`.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        The channels' names: ``W``'s column names in :meth:`fit`, where it was
+        a DataFrame with string column names.
 
     See Also
     --------
@@ -200,6 +203,9 @@ class TernaryQuantizer(BaseWeightQuantizer):
         Bits stored per weight, 2 (the entropy bound is ``log2(3) = 1.585``).
     n_features_in_ : int
         Number of output channels (columns of ``W``) seen in :meth:`fit`.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        The channels' names: ``W``'s column names in :meth:`fit`, where it was
+        a DataFrame with string column names.
 
     See Also
     --------
@@ -281,6 +287,9 @@ class BinaryQuantizer(BaseWeightQuantizer):
         Bits stored per weight, 1.
     n_features_in_ : int
         Number of output channels (columns of ``W``) seen in :meth:`fit`.
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        The channels' names: ``W``'s column names in :meth:`fit`, where it was
+        a DataFrame with string column names.
 
     See Also
     --------
