@@ -236,3 +236,51 @@ def test_weights_of_ones_are_no_weights():
     b = q.fit(X, y, sample_weight=np.full(300, 2.5)).tensors_
     for ta, tb in zip(a, b):
         np.testing.assert_array_equal(ta.codes, tb.codes)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "binary", "regressor"])
+def test_sample_weight_weighs_the_loss_gradient(monkeypatch, kind):
+    """The loss gradient with integer weights is that of the rows repeated
+    (a weight of 2: the row twice), in blocks of rows or whole; in
+    QuantizedMLP, AdaptivePrecisionQuantizer's codes do not depend on the
+    labels of rows of weight 0 (they moved predict_proba by 0.2)."""
+    import skquant._sklearn._mlp as mlp_module
+    from skquant import AdaptivePrecisionQuantizer
+    from skquant._network._dense import MLPNetwork
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((60, 5))
+    y = {
+        "classifier": rng.integers(0, 3, 60),
+        "binary": (X[:, 0] > 0).astype(int),
+        "regressor": X[:, :2] @ [1.0, -2.0],
+    }[kind]
+    est = MLPRegressor if kind == "regressor" else MLPClassifier
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = est(hidden_layer_sizes=(7,), max_iter=100, random_state=0).fit(X, y)
+    net = MLPNetwork(mlp)
+    w = rng.integers(0, 4, 60).astype(float)
+    loss, g = net.loss_gradients((X, y), sample_weight=w)
+    rep = np.repeat(np.arange(60), w.astype(int))
+    loss_rep, g_rep = net.loss_gradients((X[rep], y[rep]))
+    assert loss == pytest.approx(loss_rep, rel=1e-12)
+    for k in g:
+        np.testing.assert_allclose(g[k], g_rep[k], rtol=1e-10, atol=1e-14)
+    whole = QuantizedMLP._loss_gradients(net, X, y, w)
+    monkeypatch.setattr(mlp_module, "GRADIENT_BLOCK_ENTRIES", 7)  # (blocks of 1)
+    for grads in (whole, QuantizedMLP._loss_gradients(net, X, y, w)):
+        for n in net.layer_names:
+            np.testing.assert_allclose(grads[n], g[f"{n}.weight"], rtol=1e-10)
+    if kind == "regressor":
+        return
+    noisy = y.copy()
+    noisy[w == 0] = (noisy[w == 0] + 1) % 2
+    fits = [
+        QuantizedMLP(mlp, AdaptivePrecisionQuantizer(), random_state=0).fit(
+            X, labels, sample_weight=w
+        )
+        for labels in (y, noisy)
+    ]
+    for a, b in zip(fits[0].tensors_, fits[1].tensors_):
+        np.testing.assert_array_equal(a.codes, b.codes)

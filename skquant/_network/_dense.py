@@ -348,7 +348,7 @@ class MLPNetwork(DenseNetwork):
                 )
         return y
 
-    def loss_gradients(self, data, params=None):
+    def loss_gradients(self, data, params=None, sample_weight=None):
         """Mean loss of the MLP and its gradient (NumPy).
 
         For an ``MLPClassifier``, the mean cross-entropy of the output (softmax for
@@ -363,11 +363,14 @@ class MLPNetwork(DenseNetwork):
             Inputs and labels.
         params : dict of {str: ndarray}, default=None
             Parameters to evaluate at (by name); ``None`` takes the MLP's own.
+        sample_weight : ndarray of shape (n_samples,), default=None
+            Weights of the samples (non-negative, not all 0): the mean is
+            weighted by them, as scikit-learn trains with them.
 
         Returns
         -------
         loss : float
-            The mean log-loss.
+            The (weighted) mean loss.
         grads : dict of {str: ndarray}
             Gradient of every parameter, by name (as :meth:`parameters`).
         """
@@ -378,6 +381,15 @@ class MLPNetwork(DenseNetwork):
         n_layers = len(mlp.coefs_)
         Z = acts[-1]
         n = Z.shape[0]
+        if sample_weight is None:
+            share = None
+        else:  # each sample's share of the mean
+            w = np.asarray(sample_weight, np.float64)
+            share = (w / w.sum())[:, None]
+
+        def mean(E):  # over the samples (rows of E), summed over the outputs
+            return float(np.sum(E) / n if share is None else np.sum(share * E))
+
         eps = np.finfo(np.float64).eps
         if mlp.out_activation_ in ("identity", "exp"):  # a regressor
             Y = np.asarray(y, dtype=np.float64).reshape(n, -1)
@@ -388,22 +400,22 @@ class MLPNetwork(DenseNetwork):
                 )
             if mlp.out_activation_ == "identity":  # half the squared error
                 P = Z
-                loss = float(np.sum((P - Y) ** 2) / (2 * n))
+                loss = mean((P - Y) ** 2) / 2
             else:  # half the Poisson deviance, log link
                 P = np.exp(Z)
-                loss = float(np.sum(xlogy(Y, Y) - Y * Z - Y + P) / n)
+                loss = mean(xlogy(Y, Y) - Y * Z - Y + P)
         elif mlp.out_activation_ == "softmax":
             Y = mlp._label_binarizer.transform(y).astype(np.float64)
             Z = Z - Z.max(axis=1, keepdims=True)
             P = np.exp(Z)
             P /= P.sum(axis=1, keepdims=True)
-            loss = float(-np.sum(Y * np.log(np.clip(P, eps, 1))) / n)
+            loss = -mean(Y * np.log(np.clip(P, eps, 1)))
         else:
             Y = mlp._label_binarizer.transform(y).astype(np.float64)
             P = 1.0 / (1.0 + np.exp(-Z))
             Pc = np.clip(P, eps, 1 - eps)
-            loss = float(-np.sum(Y * np.log(Pc) + (1 - Y) * np.log(1 - Pc)) / n)
-        delta = (P - Y) / n
+            loss = -mean(Y * np.log(Pc) + (1 - Y) * np.log(1 - Pc))
+        delta = (P - Y) / n if share is None else (P - Y) * share
         grads = {}
         for i in range(n_layers - 1, -1, -1):
             name = self.layer_names[i]

@@ -35,6 +35,9 @@ from ..metrics import compression_ratio, model_size_bits
 
 __all__ = ["QuantizedMLP"]
 
+#: entries of X copied to float64 at a time for the loss gradients (32 MB)
+GRADIENT_BLOCK_ENTRIES = 1 << 22
+
 #: the quantizers a saved model names and a loaded one rebuilds, by class name
 QUANTIZERS = {
     cls.__name__: cls
@@ -236,7 +239,8 @@ class QuantizedMLP(BaseEstimator):
             network (one per row, labels it knows).
         sample_weight : array-like of shape (n_samples,), default=None
             Weights of the samples: they weigh the network's training when it is
-            trained (passed to its ``fit``), and draw the calibration rows (with
+            trained (passed to its ``fit``) and the loss gradient
+            (``AdaptivePrecisionQuantizer``), and draw the calibration rows (with
             probability proportional to the weight, without replacement; a row
             of weight 0 is never drawn). They do not weigh the layers' least
             squares: a weight of 2 is not the row twice.
@@ -298,9 +302,7 @@ class QuantizedMLP(BaseEstimator):
                     "AdaptivePrecisionQuantizer needs the loss gradient: pass y to "
                     "QuantizedMLP.fit; got y=None instead."
                 )
-            data = network.check_targets(np.asarray(X, dtype=np.float64), y)
-            _, grads = network.loss_gradients(data)
-            return {n: grads[f"{n}.weight"] for n in network.layer_names}
+            return self._loss_gradients(network, X, y, sample_weight)
 
         res = quantize_layers(
             network, quantizer, calibration, gradients=gradients, calibrate=True
@@ -376,6 +378,27 @@ class QuantizedMLP(BaseEstimator):
                 hidden(h)
 
     # ------------------------------------------------------------ storage
+    @staticmethod
+    def _loss_gradients(network, X, y, w):
+        """The layers' loss gradients over ``(X, y)``, weighted by ``w`` (rows of
+        weight 0 read not), in blocks of rows copied to float64 (a wide float32
+        X is not copied whole)."""
+        y = network.check_y(y, X.shape[0])
+        rows = np.arange(X.shape[0]) if w is None else np.flatnonzero(w > 0)
+        per = max(1, GRADIENT_BLOCK_ENTRIES // X.shape[1])
+        total = w[rows].sum() if w is not None else rows.size
+        grads = {}
+        for start in range(0, rows.size, per):
+            block = rows[start : start + per]
+            data = (np.asarray(X[block], dtype=np.float64), y[block])
+            weights = None if w is None else w[block]
+            _, g = network.loss_gradients(data, sample_weight=weights)
+            share = (block.size if w is None else weights.sum()) / total
+            for n in network.layer_names:
+                G = g[f"{n}.weight"] if share == 1 else g[f"{n}.weight"] * share
+                grads[n] = G if n not in grads else grads[n] + G
+        return grads
+
     def _calibration_rows(self, n, w):
         """Sorted indices of the calibration rows, drawn with ``random_state``
         (in proportion to the sample weights ``w`` when given)."""
