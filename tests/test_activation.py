@@ -166,3 +166,11 @@ def test_decode_rejects_codes_off_the_calibrated_grid():
         with pytest.raises(ValueError, match=re.escape("codes must lie in [0, 15]")):
             q.decode(np.full((1, 3), code))
     assert_array_equal(q.decode(q.encode(X)), q.transform(X))
+
+
+def test_code_range_is_python_ints_whatever_the_bit_width_type():
+    X = np.random.default_rng(0).random((10, 3))
+    for n_bits in (4, np.int64(4), np.int32(4)):
+        q = ActivationQuantizer(n_bits=n_bits).fit(X)
+        assert (type(q.qmin_), type(q.qmax_)) == (int, int)
+        assert (q.qmin_, q.qmax_) == (0, 15)

@@ -147,8 +147,11 @@ def test_allocator_errors(digits_mlp, fitted):
         LayerBitAllocator(mlp, criterion="hessian", budget=1e5).fit(X)
     with pytest.raises(ValueError, match="below the smallest possible total size"):
         LayerBitAllocator(mlp, budget=10.0).fit(X, y)
-    with pytest.raises(ValueError, match="max_cost=1e-09 is below"):
+    with pytest.raises(ValueError, match="max_cost=1e-09 is below") as given:
         LayerBitAllocator(mlp, max_cost=1e-9).fit(X, y)
+    assert "was not given" not in str(given.value)
+    with pytest.raises(ValueError, match="max_cost was not given: its default"):
+        LayerBitAllocator(mlp, bits=(2, 3)).fit(X[1200:], y[1200:])
     with pytest.raises(ValueError, match=re.escape("criterion")):
         LayerBitAllocator(mlp, criterion="fast").fit(X, y)
     with pytest.raises(ValueError, match="at least one row"):

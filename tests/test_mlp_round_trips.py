@@ -162,7 +162,8 @@ def test_x_is_checked_before_the_network_trains(monkeypatch):
 
     monkeypatch.setattr(MLPClassifier, "fit", no_training)
     X = scipy_sparse.random(20, 4, density=0.5, format="csr", random_state=0)
-    with pytest.raises(TypeError, match="Sparse data"):
+    X.data[0] = np.inf  # (a sparse X is taken, and checked)
+    with pytest.raises(ValueError, match="infinity"):
         QuantizedMLP(MLPClassifier((4,))).fit(X, np.arange(20) % 2)
     with pytest.raises(ValueError, match="NaN"):
         QuantizedMLP(MLPClassifier((4,))).fit(np.full((20, 4), np.nan), np.zeros(20))
@@ -284,3 +285,36 @@ def test_sample_weight_weighs_the_loss_gradient(monkeypatch, kind):
     ]
     for a, b in zip(fits[0].tensors_, fits[1].tensors_):
         np.testing.assert_array_equal(a.codes, b.codes)
+
+
+def test_sparse_inputs_give_what_dense_ones_give(monkeypatch):
+    """A SciPy sparse X (the MLP takes one) fits, predicts and scores as the
+    dense X does, code for code, in blocks of rows; predict_log_proba is the
+    log of predict_proba (cross_val_predict asks for it)."""
+    sparse = pytest.importorskip("scipy.sparse")
+    import skquant._sklearn._mlp as mlp_module
+    from skquant import GreedyPathQuantizer
+
+    rng = np.random.default_rng(0)
+    Xs = sparse.random(150, 40, density=0.1, format="csc", random_state=0)
+    X = Xs.toarray()
+    y = rng.integers(0, 3, 150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier((8,), max_iter=50, random_state=0).fit(X, y)
+    make = lambda: QuantizedMLP(  # noqa: E731
+        mlp, GreedyPathQuantizer(n_bits=3), n_calibration=64, random_state=0
+    )
+    dense = make().fit(X, y)
+    monkeypatch.setattr(mlp_module, "GRADIENT_BLOCK_ENTRIES", 400)  # (10 rows)
+    sparse_fit = make().fit(Xs, y)
+    for a, b in zip(dense.tensors_, sparse_fit.tensors_):
+        np.testing.assert_array_equal(a.codes, b.codes)
+    for model in (dense, sparse_fit):
+        np.testing.assert_array_equal(model.predict(Xs), dense.predict(X))
+        np.testing.assert_array_equal(model.predict_proba(Xs), dense.predict_proba(X))
+        assert model.score(Xs, y) == dense.score(X, y)
+    np.testing.assert_allclose(
+        dense.predict_log_proba(X), np.log(dense.predict_proba(X)), rtol=1e-12
+    )
+    assert not hasattr(QuantizedMLP(MLPRegressor()), "predict_log_proba")

@@ -207,9 +207,10 @@ class ActivationQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
             lo, hi = lo * shrink, hi * shrink
         self.data_min_ = np.asarray(lo, dtype=X.dtype)
         self.data_max_ = np.asarray(hi, dtype=X.dtype)
-        scale, zero_point, self.qmin_, self.qmax_ = _grid(
+        scale, zero_point, qmin, qmax = _grid(
             self.data_min_, self.data_max_, self.n_bits, self.symmetric
         )
+        self.qmin_, self.qmax_ = int(qmin), int(qmax)  # (n_bits may be np.int64)
         zero_point = zero_point.astype(np.int64)
         degenerate = np.flatnonzero(scale == 0)
         if degenerate.size:

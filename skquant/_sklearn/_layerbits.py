@@ -242,7 +242,18 @@ class LayerBitAllocator(BaseEstimator):
         self.layer_names_ = list(res.layer_names)
         self.cost_ = res.cost(self.criterion, self.threshold)
         self.float_size_bits_ = int(32 * res.n_params.sum())
-        self._set_choice(self._choose(self.budget, self._default_max_cost()))
+        max_cost = self._default_max_cost()
+        try:
+            self._set_choice(self._choose(self.budget, max_cost))
+        except ValueError as exc:
+            if self.budget is not None or self.max_cost is not None:
+                raise
+            raise ValueError(  # (the user set neither: say where the limit came from)
+                f"{exc} max_cost was not given: its default for "
+                f"criterion={self.criterion!r} is {max_cost!r}. Give budget (total "
+                "bits) or a larger max_cost, or offer more bits (larger ones "
+                "cost less)."
+            ) from exc
         return self
 
     def _default_max_cost(self):

@@ -4,8 +4,10 @@ import copy
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, _fit_context, clone, is_classifier
 from sklearn.exceptions import NotFittedError
+from sklearn.metrics import accuracy_score, r2_score
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.neural_network._base import ACTIVATIONS
 from sklearn.utils import check_random_state
@@ -37,6 +39,13 @@ __all__ = ["QuantizedMLP"]
 
 #: entries of X copied to float64 at a time for the loss gradients (32 MB)
 GRADIENT_BLOCK_ENTRIES = 1 << 22
+
+
+def dense_rows(X, rows):
+    """Rows ``rows`` of ``X`` (an array or a sparse matrix) as a float64 array."""
+    part = X[rows]
+    return np.asarray(part.toarray() if sp.issparse(part) else part, np.float64)
+
 
 #: the quantizers a saved model names and a loaded one rebuilds, by class name
 QUANTIZERS = {
@@ -178,8 +187,12 @@ class QuantizedMLP(BaseEstimator):
     no ``float_estimator_`` nor ``quantizers_``; an MLP given as ``estimator``
     comes back unfitted, as after ``clone`` (a ``FrozenEstimator`` stays as it
     is). Models fitted in joblib's worker processes come back pickled, so
-    (``cross_validate(..., return_estimator=True, n_jobs=2)``);
+    without them (``cross_validate(..., return_estimator=True, n_jobs=2)``);
     ``copy.deepcopy`` keeps everything.
+
+    ``X`` may be a SciPy sparse matrix (as the MLP takes): the calibration
+    rows, the loss gradient's and the predictions' are made dense a block of
+    rows at a time, so they are those of the dense ``X``.
 
     Examples
     --------
@@ -258,7 +271,9 @@ class QuantizedMLP(BaseEstimator):
         )
         # float32 rows stay as they are: only the calibration rows are copied
         # to float64 (a wide X is not copied whole). Checked before any training.
-        Xv = validate_data(self, X, dtype=(np.float64, np.float32), reset=True)
+        Xv = validate_data(
+            self, X, accept_sparse="csr", dtype=(np.float64, np.float32), reset=True
+        )
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 sample_weight, Xv, ensure_non_negative=True
@@ -294,7 +309,7 @@ class QuantizedMLP(BaseEstimator):
             )
         idx = self._calibration_rows(X.shape[0], sample_weight)
         network = MLPNetwork(base)
-        calibration = np.asarray(X[idx], dtype=np.float64)
+        calibration = dense_rows(X, idx)
 
         def gradients():
             if y is None:
@@ -390,7 +405,7 @@ class QuantizedMLP(BaseEstimator):
         grads = {}
         for start in range(0, rows.size, per):
             block = rows[start : start + per]
-            data = (np.asarray(X[block], dtype=np.float64), y[block])
+            data = (dense_rows(X, block), y[block])
             weights = None if w is None else w[block]
             _, g = network.loss_gradients(data, sample_weight=weights)
             share = (block.size if w is None else weights.sum()) / total
@@ -623,7 +638,22 @@ class QuantizedMLP(BaseEstimator):
         check_is_fitted(self)
         # float32 inputs are not copied to float64: the quantized layers compute
         # in float32, and a float layer's product upcasts them exactly
-        return validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return validate_data(
+            self, X, accept_sparse="csr", dtype=(np.float64, np.float32), reset=False
+        )
+
+    def _in_blocks(self, method, X):
+        """``estimator_.method`` of ``X`` (checked); a sparse ``X`` a block of
+        dense rows at a time (the quantized layers' products are dense)."""
+        X = self._check_X(X)
+        fn = getattr(self.estimator_, method)
+        if not sp.issparse(X):
+            return fn(X)
+        per = max(1, GRADIENT_BLOCK_ENTRIES // max(X.shape[1], 1))
+        parts = [
+            fn(X[i : i + per].toarray()) for i in range(0, max(X.shape[0], 1), per)
+        ]
+        return np.concatenate(parts)
 
     def predict(self, X):
         """Predict with the quantized network.
@@ -638,8 +668,7 @@ class QuantizedMLP(BaseEstimator):
         y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
             Predictions.
         """
-        X = self._check_X(X)
-        return self.estimator_.predict(X)
+        return self._in_blocks("predict", X)
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
@@ -655,8 +684,24 @@ class QuantizedMLP(BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
             Probabilities.
         """
-        X = self._check_X(X)
-        return self.estimator_.predict_proba(X)
+        return self._in_blocks("predict_proba", X)
+
+    @available_if(_estimator_has("predict_log_proba"))
+    def predict_log_proba(self, X):
+        """Logarithms of the class probabilities of the quantized network
+        (classifiers).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            ``log(predict_proba(X))``.
+        """
+        return self._in_blocks("predict_log_proba", X)
 
     def score(self, X, y, sample_weight=None):
         """Accuracy (classifiers) or R^2 (regressors) of the quantized network.
@@ -676,7 +721,10 @@ class QuantizedMLP(BaseEstimator):
             The score.
         """
         X = self._check_X(X)
-        return self.estimator_.score(X, y, sample_weight=sample_weight)
+        if not sp.issparse(X):
+            return self.estimator_.score(X, y, sample_weight=sample_weight)
+        score = accuracy_score if is_classifier(self.estimator_) else r2_score
+        return score(y, self._in_blocks("predict", X), sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -686,4 +734,5 @@ class QuantizedMLP(BaseEstimator):
         tags.classifier_tags = inner.classifier_tags
         tags.regressor_tags = inner.regressor_tags
         tags.target_tags.required = False
+        tags.input_tags.sparse = True
         return tags
