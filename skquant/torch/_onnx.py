@@ -27,8 +27,10 @@ from ._int8 import dynamic_reduce_range
 from ._layout import conv_args, conv_kwargs
 from ._onnxcheck import check_file
 from ._onnxgraph import (
+    bias_apart,
     consumers,
     find_weight,
+    plain_gemm,
     read_elsewhere,
     replace_product,
 )
@@ -366,7 +368,7 @@ def export_onnx(
             and qt.zero_point is None
             and qt.precision_bits is None
             and (layer._act_mode == "dynamic" or layer._act_meta["n_bits"] <= 8)
-            and all(n.op_type == "MatMul" or _plain_gemm(n, helper) for n in sites)
+            and all(n.op_type == "MatMul" or plain_gemm(n, helper) for n in sites)
             and not elsewhere
         )
         # 8-bit input codes times weight codes beyond +-64: an unsigned product
@@ -410,6 +412,8 @@ def export_onnx(
             continue
         nodes[name] = "DequantizeLinear"
         version = max(version, need)
+        if layer._act_mode == "static":  # (see bias_apart)
+            bias_apart(graph, key, len(layer._wshape) - 2, helper, numpy_helper)
         axis = 0
         if transposed:
             codes, axis = np.ascontiguousarray(codes.T), 1
@@ -553,19 +557,6 @@ def _takes_varargs(model):
     return bool(params) and params[0].kind is inspect.Parameter.VAR_POSITIONAL
 
 
-def _plain_gemm(node, helper):
-    """Whether ``node`` is ``Gemm(x, W, b)`` computing ``x W^T + b``."""
-    if node.op_type != "Gemm":
-        return False
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return (
-        not attrs.get("transA", 0)
-        and bool(attrs.get("transB", 0))
-        and attrs.get("alpha", 1.0) == 1.0
-        and attrs.get("beta", 1.0) == 1.0
-    )
-
-
 def _quantize_input(graph, key, layer, helper, numpy_helper, integer=False):
     """Put the input of each product by weight ``key`` on the layer's grid.
 
@@ -676,7 +667,7 @@ def _integer_linear(
     codes narrower than INT8 are stored as their type and cast to INT8 in the
     graph (ONNX Runtime folds the cast at load); ``kind="uint8"`` stores them
     moved up by 128 with zero point 128. The nodes must be ``MatMul`` or plain
-    ``Gemm`` (:func:`_plain_gemm`).
+    ``Gemm`` (:func:`~._onnxgraph.plain_gemm`).
     """
     weights = np.ascontiguousarray(codes.T).astype(np.int16)  # (n_in, n_out)
     weight_inputs = [f"{key}_q"]
@@ -748,7 +739,7 @@ def _matmul_nbits(graph, key, codes, qt, kind, level, helper, numpy_helper):
     the exporter wrote the product in a form this does not rewrite.
     """
     sites = consumers(graph, key)
-    if not all(n.op_type == "MatMul" or _plain_gemm(n, helper) for _, n in sites):
+    if not all(n.op_type == "MatMul" or plain_gemm(n, helper) for _, n in sites):
         return False
     bits = int(kind.removeprefix("u").removeprefix("int"))
     n_out, n_in = codes.shape
