@@ -18,6 +18,7 @@ import numbers
 import numpy as np
 
 from ._common._checks import (
+    check_bool,
     check_int,
     check_positive,
     check_rng,
@@ -713,8 +714,7 @@ def plot_error_decay(result, ax=None, *, test=False):
             f"'m', ...), got {type(result).__name__} with keys "
             f"{sorted(result) if isinstance(result, dict) else None} instead."
         )
-    if not isinstance(test, bool | np.bool_):
-        raise TypeError(f"test must be a bool, got test={test!r} instead.")
+    check_bool(test, "test")
     rows = result["rows"]
     need = {"method", "n_bits", "n_in", "error", "test_error", "bound"}
     bad = [r for r in rows if not isinstance(r, dict) or not need <= set(r)]

@@ -862,3 +862,55 @@ def test_a_module_writing_its_buffer_gives_the_in_memory_codes(tmp_path):
     out = tmp_path / "q.skq"
     quantize_model(make(), q, X, batch_size=32, output=out)
     assert_same_codes(ref, load_into(make(), out))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_a_layers_batches_read_its_weight_once(saved, monkeypatch, kind):
+    """Each weight is read from the checkpoint once however many calibration
+    batches the walk runs (each batch read it again: 58 times the
+    checkpoint's bytes over 64 batches), with the codes of the model in memory."""
+    model, X, path = saved(kind)
+    reads = []
+    read = Checkpoint.read
+
+    def spy(self, key, dtype=None):
+        reads.append(key)
+        return read(self, key, dtype)
+
+    monkeypatch.setattr(Checkpoint, "read", spy)
+    q = GreedyPathQuantizer(n_bits=3)
+    got = quantize_model(meta(kind), q, X, batch_size=8, checkpoint=path)
+    assert reads and len(reads) == len(set(reads))
+    assert_same_codes(got, quantize_model(model, q, X, batch_size=8))
+
+
+def test_checkpoint_problems_are_said_before_the_walk(saved, tmp_path, monkeypatch):
+    """An output that is a file of the checkpoint (it would replace the float
+    weights being read), and a weight of a dtype skquant does not read in
+    the last layer, are refused before any weight is read or file written."""
+    model, X, path = saved("mlp")
+    _, _, shards = saved("mlp", sharded=True)
+    before = path.read_bytes()
+    for ckpt, out in (
+        (path, path),
+        (shards, shards / "model-00002-of-00002.safetensors"),
+        (shards, shards / "model.safetensors.index.json"),
+    ):
+        with pytest.raises(ValueError, match=r"output=.* is a file of checkpoint="):
+            quantize_model(meta("mlp"), UniformQuantizer(), checkpoint=ckpt, output=out)
+    assert path.read_bytes() == before
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["4.weight"] = state["4.weight"].to(torch.float8_e4m3fn)
+    f8 = tmp_path / "f8.safetensors"
+    safetensors_torch.save_file(state, f8)
+    reads = []
+    monkeypatch.setattr(
+        Checkpoint, "read", lambda self, key, dtype=None: reads.append(key)
+    )
+    with pytest.raises(ValueError, match=r"'4.weight' has dtype F8_E4M3"):
+        quantize_model(
+            meta("mlp"), UniformQuantizer(), X, checkpoint=f8, output=tmp_path / "o.skq"
+        )
+    assert reads == [] and not (tmp_path / "o.skq").exists()
+    with pytest.raises(TypeError, match="checkpoint must be a str or path-like, got 5"):
+        quantize_model(meta("mlp"), UniformQuantizer(), checkpoint=5)

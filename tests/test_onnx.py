@@ -148,8 +148,10 @@ def test_clear_errors(tmp_path, monkeypatch):
         export_onnx(qnet, x, tmp_path / "m.onnx", opset="x")
     with pytest.raises(ValueError, match="rtol must be a finite number > 0, got rtol"):
         export_onnx(qnet, x, tmp_path / "m.onnx", rtol=-1)
-    with pytest.raises(TypeError, match="check must be True or False, got check='x'"):
+    with pytest.raises(TypeError, match="check must be a bool, got check='x'"):
         export_onnx(qnet, x, tmp_path / "m.onnx", check="x")
+    with pytest.raises(ValueError, match=r"example_input has dtype torch.float64"):
+        export_onnx(qnet, x.double(), tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="path=.* is a folder"):  # (IsADirectoryError)
         export_onnx(qnet, x, tmp_path)
     with pytest.raises(TypeError, match="path must be a str or path-like, got 3"):
@@ -862,3 +864,15 @@ def test_a_forward_torch_export_cannot_trace_gets_a_hint(tmp_path):
             warnings.simplefilter("error", UserWarning)
             with pytest.raises(RuntimeError, match="could not trace the model's"):
                 export_onnx(qnet, torch.randn(batch, 6), tmp_path / "dd.onnx")
+
+
+def test_export_leaves_torchs_random_numbers_alone(tmp_path):
+    """The float twins are made without torch's initialisation (it drew from
+    the global generator: a seeded script's later draws changed)."""
+    qnet = quantize_model(cnn(), UniformQuantizer(n_bits=4))
+    state = torch.get_rng_state()
+    export_onnx(qnet, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
+    after = torch.get_rng_state()
+    torch.set_rng_state(state)
+    torch.randn(2, 1, 8, 8)  # (the example input's own draw)
+    assert torch.equal(after, torch.get_rng_state())

@@ -112,8 +112,11 @@ def test_a_list_of_rows_is_an_array():
         ({"runtime": {"7": "float"}}, ValueError, r"runtime names layers \['7'\]"),
         ({"skip": 5}, TypeError, "skip must be a module name, a module class"),
         ({"random_state": "a"}, ValueError, "random_state must be an int >= 0 or"),
+        # ("no" is truthy: it gave a tuple back)
+        ({"return_report": "no"}, TypeError, "return_report must be a bool, got"),
+        ({"verbose": "no"}, TypeError, "verbose must be a bool, got verbose='no'"),
     ],
-    ids=["batch_size", "max_rows", "runtime", "skip", "random_state"],
+    ids=["batch_size", "max_rows", "runtime", "skip", "random_state", "report", "v"],
 )
 def test_arguments_are_checked_by_name(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -193,6 +196,10 @@ def test_load_into_and_the_sensitivity_check_their_arguments(tmp_path):
     save_model(quantize_model(_mlp(), UniformQuantizer(n_bits=4)), tmp_path / "m.skq")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module .*got str"):
         load_into("m", tmp_path / "m.skq")
+    with pytest.raises(TypeError, match="strict must be a bool, got strict='no'"):
+        load_into(_mlp(), tmp_path / "m.skq", strict="no")  # (it read as True)
+    with pytest.raises(TypeError, match="got the class UniformQuantizer: pass an"):
+        quantize_model(_mlp(), UniformQuantizer)
     X, y = torch.randn(30, 8), torch.arange(30) % 3
     with pytest.raises(
         ValueError, match="n_probes must be an int >= 1, got n_probes=0"

@@ -171,6 +171,25 @@ def check_pair(value, name):
     return value
 
 
+def check_bool(value, name):
+    """``value`` as a ``bool`` (a Python or NumPy one), else a ``TypeError``
+    naming ``name`` (``"no"`` is truthy: a string is refused, not read).
+
+    Examples
+    --------
+    >>> from skquant._common._checks import check_bool
+    >>> check_bool(True, "strict")
+    True
+    >>> check_bool("no", "strict")
+    Traceback (most recent call last):
+    ...
+    TypeError: strict must be a bool, got strict='no' instead.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {name}={value!r:.80} instead.")
+    return bool(value)
+
+
 def check_path(path, name="path"):
     """``path`` (a ``str`` or path-like) as a ``str``, else a ``TypeError`` naming
     ``name``: an int, which ``open`` would take for a file descriptor (and close),

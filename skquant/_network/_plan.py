@@ -25,6 +25,11 @@ FIT_REQUIRES = ("weights", "data", "gradient")
 
 
 def _check_quantizer(est, where):
+    if isinstance(est, type):
+        raise TypeError(
+            f"{where} must be a quantizer, got the class {est.__name__}: pass an "
+            f"instance, such as {est.__name__}()."
+        )
     if getattr(est, "_fit_requires", None) not in FIT_REQUIRES or not hasattr(
         est, "compress"
     ):

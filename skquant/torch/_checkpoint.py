@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._common._checks import check_path
 from .._common._warn import warn
 from .._tensor import _safetensors
 
@@ -92,7 +93,7 @@ class Checkpoint:
     def __init__(self, path, *, prefix=""):
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}.")
-        self.path = Path(path)
+        self.path = Path(check_path(path, "checkpoint"))
         self.prefix = prefix
         if not self.path.exists():
             raise ValueError(f"checkpoint={str(path)!r} does not exist.")
@@ -164,6 +165,36 @@ class Checkpoint:
         """The names of the tensors."""
         return self._where.keys()
 
+    def files(self):
+        """The files read: the safetensors files, and the index of shards."""
+        found = {file for file, *_ in self._where.values()}
+        if self.path.is_dir():
+            return found | set(self.path.glob("*.safetensors.index.json"))
+        return found | {self.path}
+
+    def check_apart(self, output):
+        """A ``ValueError`` when the file ``output`` is one this checkpoint
+        reads (writing it would replace the float weights the walk reads)."""
+        out = check_path(output, "output")
+        for file in self.files():
+            if os.path.realpath(file) == os.path.realpath(out) or (
+                os.path.exists(out) and os.path.samefile(file, out)
+            ):
+                raise ValueError(
+                    f"output={out!r} is a file of checkpoint={str(self.path)!r}, "
+                    "which the walk reads: give output another path."
+                )
+
+    def check_readable(self, key):
+        """A ``ValueError`` unless tensor ``key`` has a dtype skquant reads
+        (said from the header, before anything is read)."""
+        name = self._where[key][3]
+        if name not in DTYPES:
+            raise ValueError(
+                f"checkpoint={str(self.path)!r}: tensor {key!r} has dtype {name}, "
+                f"which skquant does not read (it reads {sorted(DTYPES)})."
+            )
+
     def hint(self, missing, tied=()):
         """What the checkpoint's names say about state entries it lacks (by the
         model's names): a prefix to give, or to drop, or ``""``. ``tied``: lists
@@ -219,12 +250,8 @@ class Checkpoint:
             raise TypeError(
                 f"dtype must be a torch.dtype or None, got dtype={dtype!r} instead."
             )
+        self.check_readable(key)
         file, begin, end, name, shape = self._where[key]
-        if name not in DTYPES:
-            raise ValueError(
-                f"checkpoint={str(self.path)!r}: tensor {key!r} has dtype {name}, "
-                f"which skquant does not read (it reads {sorted(DTYPES)})."
-            )
         t = torch.empty(shape, dtype=DTYPES[name])
         if end > begin:
             buf = t.reshape(-1).view(torch.uint8).numpy()

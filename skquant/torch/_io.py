@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._common._checks import check_bool
 from .._common._heap import release_heap
 from .._tensor import _io
 from ._checkpoint import (
@@ -167,6 +168,7 @@ def load_into(model, path, *, runtime="auto", strict=True):
             f"model must be a torch.nn.Module (the architecture to load into), got "
             f"{type(model).__name__} instead."
         )
+    check_bool(strict, "strict")
     check_default_device("load_into")
     check_unsaved_buffers(model, "file")
     header, data = _io.read_file(path)

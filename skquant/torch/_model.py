@@ -8,7 +8,7 @@ import torch
 from sklearn.base import clone
 from torch import nn
 
-from .._common._checks import check_int
+from .._common._checks import check_bool, check_int
 from .._common._heap import release_heap
 from .._network._layers import quantize_layers
 from .._quantizers._activation import ActivationQuantizer
@@ -265,10 +265,12 @@ def quantize_model(
             "none is returned (the file holds the codes): pass runtime= to "
             "load_into when reading the file."
         )
-    if not isinstance(fold_batchnorm, bool):
-        raise TypeError(
-            f"fold_batchnorm must be a bool, got fold_batchnorm={fold_batchnorm!r}."
-        )
+    for flag, name in (
+        (fold_batchnorm, "fold_batchnorm"),
+        (return_report, "return_report"),
+        (verbose, "verbose"),
+    ):
+        check_bool(flag, name)
     if lean and fold_batchnorm:
         raise ValueError(
             "fold_batchnorm=True folds the BatchNorms into a copy of the model, "
@@ -298,14 +300,16 @@ def quantize_model(
             for n in refused_layers(model)
             if not any(k == n or k.startswith(n + ".") for k in quantizer)
         ]
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(checkpoint)
+    if checkpoint is not None and output is not None:
+        checkpoint.check_apart(output)
     network = TorchNetwork(
         model,
         skip=skip,
         loss_fn=loss_fn,
         batch_size=batch_size,
-        checkpoint=checkpoint
-        if checkpoint is None or isinstance(checkpoint, Checkpoint)
-        else Checkpoint(checkpoint),
+        checkpoint=checkpoint,
         lean=lean,
     )
     tied = (

@@ -202,6 +202,7 @@ class TorchNetwork(Network):
         check_meta(model, checkpoint)
         self._checkpoint = checkpoint
         self._held = {}
+        self._last_read = None  # (name, float weight) last read from the checkpoint
         if self._lean:
             check_stored_weights(model, self._modules)
             self._lean_copy()
@@ -261,6 +262,8 @@ class TorchNetwork(Network):
                 f"state entries: {missing[:8]} (its tensors include "
                 f"{sorted(ckpt.keys())[:8]}).{ckpt.hint(missing, groups)}"
             )
+        for key in stored.values():  # (said before the walk, not at the layer)
+            ckpt.check_readable(key)
         unread = sorted(set(ckpt.keys()) - set(state) - aliases)
         if unread:
             warn(
@@ -291,7 +294,12 @@ class TorchNetwork(Network):
         if self._lean and self._checkpoint is None:
             return self._source[name].weight.detach()
         if is_meta(mod.weight):
-            return self._read(self._stored[name], mod.weight)
+            # the last one read is kept: a layer's batches read it once (each
+            # read it from disk: 58 times the checkpoint's bytes over 64 batches)
+            if self._last_read is None or self._last_read[0] != name:
+                self._last_read = None  # (not two at once)
+                self._last_read = (name, self._read(self._stored[name], mod.weight))
+            return self._last_read[1]
         return mod.weight.detach()
 
     def _lean_hooks(self, qmods):
@@ -403,6 +411,7 @@ class TorchNetwork(Network):
             for h in handles:
                 h.remove()
             self._held.clear()
+            self._last_read = None
         missing = [n for n in self.layer_names if n not in order]
         if missing:
             raise ValueError(

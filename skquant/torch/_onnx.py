@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._common._checks import check_int, check_positive
+from .._common._checks import check_bool, check_int, check_positive
 from .._common._warn import warn
 from .._tensor._io import check_target
+from ._data import model_dtype
 from ._int8 import dynamic_reduce_range
 from ._layout import conv_args, conv_kwargs
 from ._onnxcheck import check_file
@@ -93,11 +94,13 @@ def onnx_type(codes):
 def _float_twin(layer):
     """A plain Linear/Conv layer with the dequantized weight of ``layer``."""
     bias = layer.bias is not None
-    if isinstance(layer, nn.Linear):
-        twin = nn.Linear(layer.in_features, layer.out_features, bias=bias)
+    if isinstance(layer, nn.Linear):  # (skip_init: torch's RNG not drawn from)
+        twin = nn.utils.skip_init(
+            nn.Linear, layer.in_features, layer.out_features, bias=bias
+        )
     else:
         cls = nn.Conv1d if isinstance(layer, nn.Conv1d) else nn.Conv2d
-        twin = cls(*conv_args(layer), **conv_kwargs(layer))
+        twin = nn.utils.skip_init(cls, *conv_args(layer), **conv_kwargs(layer))
     with torch.no_grad():
         twin.weight.copy_(layer.weight.detach().float().cpu())
         if bias:
@@ -273,8 +276,13 @@ def export_onnx(
             f"{type(example_input).__name__} instead."
         )
     check_int(opset, "opset", none=True)
-    if not isinstance(check, bool | np.bool_):
-        raise TypeError(f"check must be True or False, got check={check!r} instead.")
+    check_bool(check, "check")
+    want = model_dtype(model)
+    if example_input.is_floating_point() and example_input.dtype != want:
+        raise ValueError(
+            f"example_input has dtype {example_input.dtype}, the model's parameters "
+            f"{want}: pass example_input.to({want})."
+        )
     if (
         check
         and example_input.is_floating_point()
