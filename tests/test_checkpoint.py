@@ -205,6 +205,11 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
     )
     with pytest.raises(ValueError, match="missing"):
         Checkpoint(empty)
+    (empty / "model.safetensors.index.json").write_text(  # (a file outside it)
+        json.dumps({"weight_map": {"w": "../good.safetensors"}})
+    )
+    with pytest.raises(ValueError, match="not a file of its folder"):
+        Checkpoint(empty)
     dup = tmp_path / "dup"
     dup.mkdir()
     for name in ("a", "b"):

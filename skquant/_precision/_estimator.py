@@ -122,8 +122,7 @@ class AdaptivePrecisionQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEst
     n_features_in_ : int
         Number of columns of ``W``.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        The channels' names: ``W``'s column names in :meth:`fit`, where it was
-        a DataFrame with string column names.
+        The channels' names: ``W``'s string column names in :meth:`fit`.
 
     See Also
     --------

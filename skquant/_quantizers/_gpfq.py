@@ -67,8 +67,7 @@ class GreedyPathQuantizer(BaseDataQuantizer):
     n_features_in_ : int
         Number of output channels (columns of ``W``).
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        The channels' names: ``W``'s column names in :meth:`fit`, where it was
-        a DataFrame with string column names.
+        The channels' names: ``W``'s string column names in :meth:`fit`.
 
     See Also
     --------

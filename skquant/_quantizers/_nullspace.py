@@ -208,10 +208,8 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     ----------
     scale_ : ndarray of shape (n_out,)
         Step (or level ``a``) of each neuron's alphabet.
-    qmin_ : int
-        Smallest code.
-    qmax_ : int
-        Largest code.
+    qmin_, qmax_ : int
+        Smallest and largest code.
     n_bits_ : int
         Bits stored per weight.
     components_ : ndarray of shape (n_in, k)
@@ -259,8 +257,7 @@ class NullSpaceQuantizer(BaseDataQuantizer):
     n_features_in_ : int
         Number of output channels (columns of ``W``).
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        The channels' names: ``W``'s column names in :meth:`fit`, where it was
-        a DataFrame with string column names.
+        The channels' names: ``W``'s string column names in :meth:`fit`.
 
     See Also
     --------

@@ -65,8 +65,7 @@ class UniformQuantizer(BaseWeightQuantizer):
     n_features_in_ : int
         Number of output channels (columns of ``W``) seen in :meth:`fit`.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        The channels' names: ``W``'s column names in :meth:`fit`, where it was
-        a DataFrame with string column names.
+        The channels' names: ``W``'s string column names in :meth:`fit`.
 
     See Also
     --------
@@ -204,8 +203,7 @@ class TernaryQuantizer(BaseWeightQuantizer):
     n_features_in_ : int
         Number of output channels (columns of ``W``) seen in :meth:`fit`.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        The channels' names: ``W``'s column names in :meth:`fit`, where it was
-        a DataFrame with string column names.
+        The channels' names: ``W``'s string column names in :meth:`fit`.
 
     See Also
     --------
@@ -288,8 +286,7 @@ class BinaryQuantizer(BaseWeightQuantizer):
     n_features_in_ : int
         Number of output channels (columns of ``W``) seen in :meth:`fit`.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        The channels' names: ``W``'s column names in :meth:`fit`, where it was
-        a DataFrame with string column names.
+        The channels' names: ``W``'s string column names in :meth:`fit`.
 
     See Also
     --------

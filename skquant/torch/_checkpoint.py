@@ -134,6 +134,11 @@ class Checkpoint:
             files.setdefault(str(name), []).append(key)
         for name, keys in files.items():
             shard = self.path / name
+            if Path(name).name != name:  # (a path: "../x.safetensors", "/etc/x")
+                raise ValueError(
+                    f"checkpoint index {str(index)!r} names shard {name!r}, not a "
+                    "file of its folder."
+                )
             if not shard.is_file():
                 raise ValueError(
                     f"checkpoint index {str(index)!r} names shard {name!r}, which "
