@@ -38,11 +38,7 @@ from skquant.torch import (  # noqa: E402
     quantize_model,
     save_model,
 )
-from skquant.torch._int8 import (  # noqa: E402
-    fake_dynamic,
-    grid_codes,
-    grid_codes_uint8,
-)
+from skquant.torch._int8 import fake_dynamic  # noqa: E402
 from skquant.torch._qlayers import (  # noqa: E402
     _ANNOUNCED,
     RuntimeFallbackWarning,
@@ -883,38 +879,6 @@ def test_fake_dynamic_grid():
     step = 4.0 / 255
     assert float((y - x).abs().max()) <= step / 2 + 1e-7
     assert float(y[0, 1]) == 0.0  # zero is on the grid
-
-
-@given(
-    shape=st.tuples(*[st.integers(1, 5)] * 4),
-    layout=st.sampled_from(["contiguous", "channels_last", "strided"]),
-    values=st.lists(
-        st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=1
-    ),
-    scale=st.floats(1e-6, 1e3),  # (a double, as the layers pass it)
-    zp=st.integers(0, 127),
-    top=st.sampled_from([127, 255]),
-    seed=st.integers(0, 2**16),
-)
-def test_grid_codes_uint8_are_torchs_codes(shape, layout, values, scale, zp, top, seed):
-    """The one-pass uint8 codes equal grid_codes' (torch's division, rounding
-    half to even, clamp; a NaN the lowest code) code for code, ties,
-    infinities and NaN included, and keep the input's memory layout."""
-    rng = np.random.default_rng(seed)
-    n = int(np.prod(shape))
-    pool = np.array(values, dtype=np.float32)
-    data = rng.choice(pool, n) if rng.random() < 0.5 else rng.normal(0, 50, n)
-    x = torch.from_numpy(data.astype(np.float32).reshape(shape))
-    x[..., 0] = torch.round(x[..., 0] / scale) * scale + scale / 2  # (near ties)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":
-        x = x.transpose(1, 3)
-    before = x.clone()
-    got = grid_codes_uint8(x, scale, zp, (0, top))
-    assert got.dtype == torch.uint8 and got.stride() == x.stride()
-    assert torch.equal(got, grid_codes(x, scale, zp, (0, top)).to(torch.uint8))
-    torch.testing.assert_close(x, before, rtol=0, atol=0, equal_nan=True)
 
 
 # -- state, files, copies ---------------------------------------------------------

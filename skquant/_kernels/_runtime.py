@@ -197,24 +197,3 @@ def unpack_float_rows(
                 xo = base + s * BLOCK
                 for t in range(BLOCK):
                     dst[xo + t] = (mult * ((row[off + t] >> shift) & mask) + oj) * sj
-
-
-#: inputs a thread puts on their grid at a time
-_GRID_CHUNK = 1 << 15
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def grid_codes_u8(x, scale, zp, lo, hi, out):  # pragma: no cover
-    """``out[i] = clamp(rint(x[i] / scale) + zp, lo, hi)`` as ``uint8``, a NaN
-    ``lo``: the codes of an input on its 8-bit grid in one pass (``x`` float32,
-    1-D; ``scale``, ``zp``, ``lo``, ``hi`` float32). The division is float32's
-    and ``rint`` rounds half to even, as ``torch.round(x / scale)``; what
-    follows is exact on integers, so the codes are those of the same steps
-    in torch, bit for bit."""
-    n = x.shape[0]
-    for c in nb.prange((n + _GRID_CHUNK - 1) // _GRID_CHUNK):
-        for i in range(c * _GRID_CHUNK, min(n, (c + 1) * _GRID_CHUNK)):
-            v = np.rint(x[i] / scale) + zp
-            v = hi if v > hi else v
-            v = lo if not v >= lo else v  # (a NaN too)
-            out[i] = np.uint8(v)

@@ -18,8 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._kernels._runtime import grid_codes_u8
-from .._kernels._threads import numba_threads
 from .._tensor._alphabets import safe_scale
 from .._tensor._qtensor import QuantizedTensor
 from ._fake import straight_through
@@ -273,31 +271,6 @@ def grid_codes(x, scale, zp, bounds):
     return q.round_().add_(zp).clamp_(*bounds).nan_to_num_(nan=float(bounds[0]))
 
 
-def grid_codes_uint8(x, scale, zp, bounds):
-    """:func:`grid_codes` as ``uint8`` (``bounds`` within 0 .. 255), in ``x``'s
-    memory layout: one pass of a compiled loop over a float32 CPU tensor laid
-    out contiguous or channels-last (six passes of torch's, else), on torch's
-    thread count."""
-    if x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4:
-        if x.is_contiguous():
-            flat = x.detach().view(-1)
-        elif x.is_contiguous(memory_format=torch.channels_last):
-            flat = x.detach().permute(0, 2, 3, 1).reshape(-1)  # (a view)
-        else:
-            flat = None
-        if flat is not None:
-            out = torch.empty_like(x, dtype=torch.uint8)  # (x's strides)
-            dest = out.view(-1) if x.is_contiguous() else out.permute(0, 2, 3, 1)
-            f32 = np.float32
-            with numba_threads(torch.get_num_threads()):
-                grid_codes_u8(
-                    flat.numpy(), f32(scale), f32(zp), f32(bounds[0]),
-                    f32(bounds[1]), dest.reshape(-1).numpy(),
-                )  # fmt: skip
-            return out
-    return grid_codes(x, scale, zp, bounds).to(torch.uint8)
-
-
 def onednn_conv_available():
     """Whether this torch has oneDNN's quantized convolution operators."""
     ops = torch.ops.onednn
@@ -370,7 +343,7 @@ class Int8Conv(_Prepacked):
     def conv(self, x, scale, zp, bounds):
         """The convolution of ``x`` (a Conv2d's input, float32) on the input grid
         ``(scale, zp)`` of codes in ``bounds`` (:func:`grid_codes`)."""
-        q = grid_codes_uint8(x, scale, zp, bounds)
+        q = grid_codes(x, scale, zp, bounds).to(torch.uint8)
         _, stride, padding, dilation = (list(v) for v in self.geometry)
         return torch.ops.onednn.qconv2d_pointwise(
             q, scale, zp, self.weight, self.scale, self.zero_points, self.bias,
