@@ -3,6 +3,7 @@
 import itertools
 import os
 import re
+import warnings
 
 import numba
 import numpy as np
@@ -457,11 +458,28 @@ def test_unfitted_use(cls):
         ([1.0, np.nan], "must be positive and finite"),
         ([1.0, 2.0, 3.0], "array of shape (2,)"),
         ("median", "The 'scale' parameter"),
+        # (it was stored as float32's eps, silently)
+        (1e-42, "must be at least float32's smallest normal number"),
     ],
 )
 def test_bad_user_scale(scale, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):
         UniformQuantizer(scale=scale).fit(np.ones((3, 2)))
+
+
+def test_steps_below_float32s_range_are_warned_about():
+    """Channels of weights below about 1e-38 quantize to 0 (their step is
+    below float32's smallest normal): said, with the channels; an all-zero
+    channel is no loss."""
+    W = np.zeros((8, 3))
+    W[:, 1] = 1e-40
+    W[:, 2] = 1.0
+    with pytest.warns(UserWarning, match=r"channels \[1\] is below float32"):
+        Q = UniformQuantizer(n_bits=4).fit_transform(W)
+    assert not Q[:, :2].any() and Q[:, 2].all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        UniformQuantizer(n_bits=4).fit(W[:, [0, 2]])
 
 
 def test_decode_rejects_bad_codes():

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._common._checks import check_float_dtype, check_int, check_matrix
 from .._common._jobs import N_JOBS
+from .._common._warn import warn
 from .._kernels import _msq, check_device
 from .._kernels._threads import numba_threads
 from .._tensor import _alphabets
@@ -43,6 +44,13 @@ def check_user_scale(scale, n_channels, name, cls_name, dtype):
         raise ValueError(
             f"{name} of {cls_name} must be positive and finite, got {name}={scale!r} "
             "instead."
+        )
+    tiny = float(np.finfo(np.float32).tiny)
+    if np.any(arr < tiny):  # (it became float32's eps, silently)
+        raise ValueError(
+            f"{name} of {cls_name} must be at least float32's smallest normal "
+            f"number {tiny:.4g} (steps are stored in float32), got "
+            f"{name}={scale!r:.80} instead."
         )
     return arr.astype(dtype)
 
@@ -123,6 +131,20 @@ class BaseWeightQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
                 scale, Wc.shape[1], "scale", type(self).__name__, W.dtype
             )
         self.scale_ = stored_scale(level)
+        small = np.asarray(level) < np.finfo(np.float32).tiny
+        lost = (  # (steps of zero channels are no loss)
+            np.flatnonzero(small & (np.abs(Wc).max(axis=0) > 0))
+            if small.any()
+            else small[:0]
+        )
+        if lost.size:
+            warn(
+                f"{type(self).__name__}: the step of channels {lost[:8].tolist()}"
+                f"{' ...' if lost.size > 8 else ''} is below float32's smallest "
+                "normal number (weights below about 1e-38): they quantize to 0 "
+                "(scale the weights up, or leave the layer float).",
+                UserWarning,
+            )
         self._fit_dtype = W.dtype
         self.qmin_, self.qmax_, self.n_bits_ = int(qmin), int(qmax), int(n_bits)
         return W

@@ -81,9 +81,10 @@ class UniformQuantizer(BaseWeightQuantizer):
     relative change below ``2**-23``; max-abs still clips nothing), and every code
     and dequantized value is computed against the stored step, converted exactly
     to ``W``'s dtype. An all-zero
-    channel (or one whose step would be below float32's smallest normal number)
-    gets the step ``finfo(float32).eps``: weights below about ``1e-38`` quantize
-    to 0 (to ``+-eps`` under the binary alphabet, which has no 0). A step beyond
+    channel (or one whose step would be below float32's smallest normal number,
+    with a warning) gets the step ``finfo(float32).eps``: weights below about
+    ``1e-38`` quantize to 0 (to ``+-eps`` under the binary alphabet, which has
+    no 0); a ``scale`` given below that number is refused. A step beyond
     float32's largest number (float64 weights above about ``3e38 * K``) is that
     number, and the weights beyond ``K`` times it are clipped.
 
