@@ -919,3 +919,34 @@ def test_checkpoint_problems_are_said_before_the_walk(saved, tmp_path, monkeypat
     assert reads == [] and not (tmp_path / "o.skq").exists()
     with pytest.raises(TypeError, match="checkpoint must be a str or path-like, got 5"):
         quantize_model(meta("mlp"), UniformQuantizer(), checkpoint=5)
+
+
+@pytest.mark.parametrize("data", [False, True])
+@pytest.mark.parametrize("output", [False, True])
+def test_no_float_weight_is_kept_after_the_layers(
+    saved, tmp_path, monkeypatch, data, output
+):
+    """The walk keeps the last float weight it read (a layer's batches read it
+    once) only while it runs: the model's state is put together, or the file's
+    rest written, without it (the memoryless path, which runs no walk, kept
+    the last layer's: a language model's head)."""
+    import skquant.torch._model as model_module
+
+    model, X, path = saved("mlp")
+    seen = []
+    for name, at in (("_write_rest", 1), ("_materialize", 0)):
+        real = getattr(model_module, name)
+
+        def spy(*args, _real=real, _at=at):
+            seen.append(args[_at]._last_read)
+            return _real(*args)
+
+        monkeypatch.setattr(model_module, name, spy)
+    quantize_model(
+        meta("mlp"),
+        GreedyPathQuantizer(n_bits=3) if data else UniformQuantizer(n_bits=3),
+        X if data else None,
+        checkpoint=path,
+        output=tmp_path / "o.skq" if output else None,
+    )
+    assert seen == [None]

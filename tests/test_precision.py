@@ -1,6 +1,7 @@
 """Per-parameter adaptive precision: the method's oracles for the numba core."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -345,3 +346,24 @@ def test_decode_dtype_is_checked_by_name(dtype):
     ):
         q.decode(q.encode(W), dtype=dtype)
     assert q.decode(q.encode(W), dtype=np.float32).dtype == np.float32
+
+
+def test_a_dataframe_gradient_must_name_ws_channels_in_order():
+    """The gradient's columns are W's channels: reordered ones are refused
+    (used by position, they gave each channel another's precision), and
+    compress of the fitted DataFrame says nothing about feature names."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    cols = ["a", "b", "c", "d"]
+    W = pd.DataFrame(rng.standard_normal((50, 4)), columns=cols)
+    G = pd.DataFrame(
+        rng.standard_normal((50, 4)) * [1e-4, 1e-4, 1e-4, 1.0], columns=cols
+    )
+    q = AdaptivePrecisionQuantizer(budget=0.05)
+    with pytest.raises(ValueError, match=r"gradient's columns must be W's"):
+        q.fit(W, gradient=G[cols[::-1]])
+    q.fit(W, gradient=G)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qt = q.compress(W)
+    np.testing.assert_array_equal(qt.dequantize(), q.transform(W))

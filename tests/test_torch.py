@@ -358,6 +358,27 @@ def test_saved_folded_model_loads_into_the_float_architecture(tmp_path):
         load_into(other, tmp_path / "q.skq")
     assert all(torch.equal(v, state[k]) for k, v in other.state_dict().items())
     assert type(other[0]) is nn.Conv2d and other[0].bias is None
+    # the convolution left float, and files saved from a model holding the
+    # folded one or from part of it (the fold's names are the saved model's)
+    kept = quantize_model(
+        model, UniformQuantizer(n_bits=4), x, skip=["0"], fold_batchnorm=True
+    )
+    outer = quantize_model(  # (its fold named there: "1.1" into "1.0")
+        nn.Sequential(nn.Identity(), model),
+        UniformQuantizer(n_bits=4),
+        x,
+        fold_batchnorm=True,
+    )
+    cases = (
+        (kept, build, kept),
+        (nn.Sequential(q), lambda: nn.Sequential(build()), q),
+        (outer[1], build, outer[1]),
+    )
+    for saved, skeleton, want in cases:
+        save_model(saved, tmp_path / "s.skq")
+        loaded = load_into(skeleton().eval(), tmp_path / "s.skq")
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), want(x), rtol=0, atol=0)
     plain = quantize_model(model, UniformQuantizer(n_bits=4))  # (not folded:
     plain[0].bias = nn.Parameter(torch.zeros(8))  # a bias of a file is no fold)
     save_model(plain, tmp_path / "plain.skq")

@@ -217,6 +217,14 @@ class AdaptivePrecisionQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEst
                 "AdaptivePrecisionQuantizer.fit requires the loss gradient: pass "
                 f"gradient=G with G of shape {W.shape}; got gradient=None instead."
             )
+        names = getattr(gradient, "columns", None)
+        if names is not None and hasattr(self, "feature_names_in_"):
+            if list(map(str, names)) != list(self.feature_names_in_):
+                raise ValueError(  # (used by position: the channels mixed up)
+                    f"gradient's columns must be W's, in W's order "
+                    f"({list(self.feature_names_in_)[:8]}), got "
+                    f"{list(names)[:8]} instead."
+                )
         G = check_matrix(gradient, "gradient", dtype=np.float64)
         if G.shape != W.shape:
             raise ValueError(
@@ -350,7 +358,10 @@ class AdaptivePrecisionQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEst
             The codes, in the smallest integer dtype that holds them.
         """
         check_is_fitted(self)
-        W = self._validate_W(W, reset=False)
+        return self._encode(self._validate_W(W, reset=False))
+
+    def _encode(self, W):
+        """:meth:`encode` of a checked ``W``."""
         self._check_fitted_shape(W)
         qmin, qmax = self._code_range()
         codes = self._codes(W)
@@ -452,7 +463,7 @@ class AdaptivePrecisionQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEst
         True
         """
         W = self._validate_W(W, reset=False)
-        qt = self.compress_codes(self.encode(W), W.dtype)
+        qt = self.compress_codes(self._encode(W), W.dtype)
         try:
             qt.encoded()  # (kept by the tensor: its size and file need it)
         except ValueError as exc:

@@ -35,11 +35,30 @@ class FoldedBatchNorm(nn.Identity):
     ----------
     into : str
         The name of the convolution it was folded into.
+    at : str, default=None
+        This module's name in the model where ``into`` names the convolution
+        (``None``: the same model, whatever it is named).
     """
 
-    def __init__(self, into):
+    def __init__(self, into, at=None):
         super().__init__()
-        self.into = into
+        self.into, self.at = into, at
+
+    def conv_name(self, name):
+        """The name of the convolution, for this module named ``name`` in the
+        model at hand (which may hold the model it was folded in, or be part
+        of it); ``None`` where the convolution is outside it."""
+        if self.at is None or self.at == name:
+            return self.into
+        at, into = self.at.split("."), self.into.split(".")
+        k = 0  # (the path the two names share)
+        while k < min(len(at) - 1, len(into)) and at[k] == into[k]:
+            k += 1
+        here = name.split(".") if name else []
+        up = len(at) - k
+        if len(here) < up:
+            return None
+        return ".".join(here[: len(here) - up] + into[k:])
 
     def extra_repr(self):
         return f"into={self.into!r}"
@@ -134,7 +153,10 @@ def fold_batchnorms(model):
             copy.deepcopy(conv).eval(), copy.deepcopy(norm).eval()
         )
         fused.train(conv.training)
-        for name, new in ((conv_name, fused), (norm_name, FoldedBatchNorm(conv_name))):
+        for name, new in (
+            (conv_name, fused),
+            (norm_name, FoldedBatchNorm(conv_name, norm_name)),
+        ):
             parent, _, attr = name.rpartition(".")
             setattr(folded.get_submodule(parent) if parent else folded, attr, new)
     return folded, pairs

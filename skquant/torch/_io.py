@@ -18,7 +18,7 @@ from ._checkpoint import (
     put,
     store_entry,
 )
-from ._fold import NORMS, FoldedBatchNorm
+from ._fold import CONVS, NORMS, FoldedBatchNorm
 from ._layout import layer_kind
 from ._model import contiguous_where_viewed, keep_own_forwards
 from ._qlayers import (
@@ -107,9 +107,11 @@ def save_model(model, path):
         if key not in skip:
             store_entry(writer, dtypes, key, value)
     meta = {"layers": layers, "dtypes": dtypes}
+    mods = dict(model.named_modules())
     folded = {  # BatchNorms folded into convolutions: load_into drops them
-        n: m.into for n, m in model.named_modules() if isinstance(m, FoldedBatchNorm)
+        n: m.conv_name(n) for n, m in mods.items() if isinstance(m, FoldedBatchNorm)
     }
+    folded = {n: c if c in mods else None for n, c in folded.items()}
     if folded:
         meta["folded"] = folded
     _io.write_file(path, "torch", writer, meta)
@@ -185,7 +187,7 @@ def load_into(model, path, *, runtime="auto", strict=True):
         or not isinstance(dtypes, dict)
         or not isinstance(folded, dict)
         or not all(isinstance(n, str) and n for n in folded)
-        or not all(c in layers for c in folded.values())
+        or not all(c is None or isinstance(c, str) for c in folded.values())
     ):
         raise _io.FileFormatError(f"{path!s} has no valid model description.")
     # everything is checked before the model is touched: a file that does not fit
@@ -204,11 +206,17 @@ def load_into(model, path, *, runtime="auto", strict=True):
         k: v for k, v in plain_state(model).items() if k.rpartition(".")[0] not in gone
     }
     replaced = names(layers)
-    _check_entries(path, dtypes, data, before, strict, replaced, names(folded.values()))
+    convs = {c for c in folded.values() if c is not None}
+    _check_entries(path, dtypes, data, before, strict, replaced, names(convs))
     undo = []
     try:
         for name, into in folded.items():
-            _replace(model, every, name, FoldedBatchNorm(into), undo)
+            _replace(model, every, name, FoldedBatchNorm(into, name), undo)
+        for name in convs - set(layers):  # a float convolution's folded bias
+            conv = mods[name]
+            if conv.bias is None and f"{name}.bias" in dtypes:
+                undo.append(lambda m=conv: setattr(m, "bias", None))
+                conv.bias = _zero_bias(conv)
         model = _swap_layers(path, model, header, data, layers, runtime, undo)
         _copy_entries(path, model, dtypes, data, before)
     except BaseException:
@@ -255,16 +263,19 @@ def _check_layers(path, layers, mods, every):
 def _check_folded(path, folded, mods):
     """ValueError unless each place the file's model had a BatchNorm folded
     (``folded``: its name, the convolution's) holds a BatchNorm (or the
-    identity) in the model."""
-    for name in folded:
-        module = mods.get(name)
-        if not isinstance(module, (*NORMS, nn.Identity)):
-            raise ValueError(
-                f"{path!s} is not a file of this model: its BatchNorm {name!r} was "
-                "folded into the convolution before it, the model has "
-                f"{type(module).__name__ if module is not None else 'no such layer'}"
-                " there."
-            )
+    identity) in the model, and the convolution a convolution."""
+    for name, into in folded.items():
+        for at, want, what in (
+            (name, (*NORMS, nn.Identity), f"its BatchNorm {name!r} was folded"),
+            (into, CONVS, f"BatchNorm {name!r} was folded into its convolution"),
+        ):
+            module = mods.get(at)
+            if at is not None and not isinstance(module, want):
+                has = type(module).__name__ if module is not None else "no such layer"
+                raise ValueError(
+                    f"{path!s} is not a file of this model: {what} {at!r}, the "
+                    f"model has {has} there."
+                )
 
 
 def _replace(model, every, name, new, undo):
@@ -373,16 +384,22 @@ def _swap_layers(path, model, header, data, layers, runtime, undo):
     return model
 
 
-def _with_bias(module):
-    """A shallow copy of the bias-less layer ``module`` with a bias (zeros, the
-    file's values come later), for the quantized layer to be made from."""
+def _zero_bias(module):
+    """A bias for the bias-less layer ``module`` (zeros, the file's values come
+    later), on its weight's dtype and device."""
     w = module.weight
-    src = copy.copy(module)
-    src._parameters = dict(module._parameters)
-    src.bias = nn.Parameter(
+    return nn.Parameter(
         torch.zeros(w.shape[0], dtype=w.dtype, device=w.device),
         requires_grad=w.requires_grad,
     )
+
+
+def _with_bias(module):
+    """A shallow copy of the bias-less layer ``module`` with a bias
+    (:func:`_zero_bias`), for the quantized layer to be made from."""
+    src = copy.copy(module)
+    src._parameters = dict(module._parameters)
+    src.bias = _zero_bias(module)
     return src
 
 

@@ -202,7 +202,9 @@ class TorchNetwork(Network):
         check_meta(model, checkpoint)
         self._checkpoint = checkpoint
         self._held = {}
-        self._last_read = None  # (name, float weight) last read from the checkpoint
+        # [name, float weight] last read from the checkpoint while the walk
+        # runs (None outside it: nothing kept)
+        self._last_read = None
         if self._lean:
             check_stored_weights(model, self._modules)
             self._lean_copy()
@@ -294,12 +296,16 @@ class TorchNetwork(Network):
         if self._lean and self._checkpoint is None:
             return self._source[name].weight.detach()
         if is_meta(mod.weight):
-            # the last one read is kept: a layer's batches read it once (each
-            # read it from disk: 58 times the checkpoint's bytes over 64 batches)
-            if self._last_read is None or self._last_read[0] != name:
-                self._last_read = None  # (not two at once)
-                self._last_read = (name, self._read(self._stored[name], mod.weight))
-            return self._last_read[1]
+            # in the walk, the last one read is kept: a layer's batches read it
+            # once (each read it from disk: 58 times the checkpoint's bytes
+            # over 64 batches)
+            last = self._last_read
+            if last is None:  # (outside the walk)
+                return self._read(self._stored[name], mod.weight)
+            if not last or last[0] != name:
+                last.clear()  # (not two at once)
+                last.extend((name, self._read(self._stored[name], mod.weight)))
+            return last[1]
         return mod.weight.detach()
 
     def _lean_hooks(self, qmods):
@@ -398,6 +404,7 @@ class TorchNetwork(Network):
         order = []
         self._quantized = set()
         handles = self._lean_hooks(qmods) if self._lean else []
+        self._last_read = []
         try:
             with kept_state(self.model):
                 self.model.eval()
