@@ -220,18 +220,20 @@ def test_progress_bar_reports_loss_and_size(digits_mlp, capsys):
             {"random_state": -1, "retrain": "ste", "retrain_batch_size": 4},
             "got random_state=-1 instead",
         ),
+        ({"relative": "no"}, "relative must be a bool, got relative='no'"),
+        ({"verbose": "no"}, "verbose must be a bool, got verbose='no'"),
     ],
 )
 def test_driver_parameter_errors(digits_mlp, kwargs, match):
     mlp, X, y = digits_mlp
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         adaptive_quantize_mlp(mlp, X, y, **kwargs)
     torch = pytest.importorskip("torch")
     from skquant.torch import adaptive_quantize_model
 
     net = torch.nn.Linear(4, 3)
     data = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         adaptive_quantize_model(net, torch.nn.CrossEntropyLoss(), data, **kwargs)
 
 
@@ -328,3 +330,29 @@ def test_torch_driver_reads_datasets_in_batches_and_evaluates_in_eval_mode():
     for a, b in zip(pair.history, from_set.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert all(m.training for m in net.modules())  # the caller's modes
+
+
+def test_torch_driver_takes_skip_for_layers_it_does_not_quantize():
+    """A model with an embedding: refused with the advice skip=[...], which
+    the driver now takes (it had no such parameter); the embedding's weights
+    are then the loop's other parameters (their own precision, as biases)."""
+    torch = pytest.importorskip("torch")
+    from skquant.torch import adaptive_quantize_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Embedding(50, 8),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 3),
+    )
+    X, y = torch.randint(0, 50, (64, 4)), torch.randint(0, 3, (64,))
+    loss = torch.nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"skip=\['0'\]"):
+        adaptive_quantize_model(net, loss, (X, y))
+    res = adaptive_quantize_model(net, loss, (X, y), skip=[torch.nn.Embedding])
+    assert res.history[-1]["loss"] <= res.history[0]["loss"] + 0.1 * abs(
+        res.history[0]["loss"]
+    )
+    assert res.model(X).shape == (64, 3)

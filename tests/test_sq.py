@@ -50,6 +50,22 @@ def test_ternary_wells_at_pi_over_4():
     assert torch.all((r < inner)[w.abs() > 0.35 + 1e-9])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_beta_stays_below_pi_over_2_in_its_dtype(dtype):
+    """float32 rounds pi/4 + pi/4 sigmoid(theta) up past pi/2 for theta above
+    about 17 (beta_init near pi/2): tan(beta) was -2.3e7, the penalty -1.6e8.
+    beta is at most the largest number of its dtype below pi/2."""
+    reg = SQRegularizer(_net(dtype), beta_init=math.pi / 2 - 1e-8)
+    with torch.no_grad():
+        reg.theta.fill_(40.0)
+    beta = reg.beta()
+    assert beta.dtype == dtype and bool((beta.double() < math.pi / 2).all())
+    assert bool((torch.tan(beta) > 0).all())
+    penalty = reg()
+    assert torch.isfinite(penalty) and float(penalty) >= 0
+    assert bool((reg.zero_well() >= 0).all())
+
+
 @pytest.mark.parametrize("p", [1.5, 2.0, 3.0])
 @pytest.mark.parametrize("beta", [BETA_LOW + 0.01, 1.0, 1.3, 1.5])
 def test_zero_well_edge_formula(p, beta):
@@ -417,6 +433,13 @@ def test_train_sq_names_its_bad_arguments_and_a_collapsed_level(digits):
         SQClassifier(max_epochs=1.5).fit(X.numpy(), y.numpy())
     with pytest.raises(ValueError, match="random_state must be an int >= 0 or None"):
         SQClassifier(random_state="x").fit(X.numpy(), y.numpy())
+    # ("no" froze beta; "gpu" gave torch's error, naming nothing)
+    with pytest.raises(TypeError, match="freeze_beta must be a bool, got"):
+        train_sq(_net(), (X, y), epochs=1, finetune_epochs=0, freeze_beta="no")
+    with pytest.raises(TypeError, match="verbose must be a bool, got verbose='no'"):
+        train_baseline(_net(), (X, y), alphabet="binary", epochs=1, verbose="no")
+    with pytest.raises(ValueError, match="device must be a torch device .*'gpu'"):
+        train_sq(_net(), (X, y), epochs=1, finetune_epochs=0, device="gpu")
 
 
 def test_training_leaves_the_callers_generators_alone(digits):
@@ -560,3 +583,34 @@ def test_alphabet_threshold_is_checked_by_name():
             reg.alphabets(bad)
         with pytest.raises(ValueError, match="threshold must be"):
             reg.quantizers(bad)
+
+
+def test_token_ids_stay_integers_and_a_last_row_joins_its_batch():
+    """A model that takes token ids (an embedding) trains: the ids are not made
+    floats (they were, and the embedding refused them); with BatchNorm, a last
+    batch of one row joins the one before (BatchNorm refused it, in 1 of 64
+    fold sizes of a grid search)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Embedding(30, 4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 3),
+    )
+    X = torch.randint(0, 30, (33, 3))  # (33 = 2 batches of 16 and a row)
+    y = torch.randint(0, 3, (33,))
+    for train, more in ((train_sq, {"finetune_epochs": 0}), (train_baseline, {})):
+        res = train(
+            net,
+            (X, y),
+            epochs=1,
+            **more,
+            batch_size=16,
+            skip=[torch.nn.Embedding],
+            validation_data=(X, y),
+            verbose=False,
+        )
+        assert set(res.alphabets) == {"2", "5"}
+        assert res.model(X).shape == (33, 3)

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._common._checks import check_int, check_positive, check_rng
+from .._common._checks import check_bool, check_int, check_positive, check_rng
 from .._common._jobs import check_n_jobs
 from .._common._progress import progress
 from .._precision._allocate import allocate_precision, precision_map_bits, round_fixed
@@ -115,6 +115,8 @@ def adaptive_precision_loop(
     check_map_coder(map_coder)
     check_payload_coder(payload_coder)
     check_n_jobs(n_jobs)  # (0, 1.5 and True were taken; "x" raised a bare TypeError)
+    check_bool(relative, "relative")  # ("no" read as True)
+    check_bool(verbose, "verbose")
     if retrain not in (None, "ste", "pruned"):
         raise ValueError(
             f"retrain must be None, 'ste' or 'pruned', got retrain={retrain!r} instead."

@@ -6,7 +6,7 @@ from .._network._adaptive import adaptive_quantize_network
 from .._precision._options import loop_options, shared_loop_docs
 from ._data import batches
 from ._gradients import gradients_enabled
-from ._network import TorchNetwork
+from ._network import TorchNetwork, skip_names
 from ._state import kept_state, still_parametrizations
 
 
@@ -34,6 +34,7 @@ def adaptive_quantize_model(
     retrain_data=None,
     evaluate=None,
     batch_size=256,
+    skip=(),
     verbose=False,
     n_jobs=None,
 ):
@@ -63,6 +64,10 @@ def adaptive_quantize_model(
         model in eval mode, as the loss is measured (its modes back after).
     batch_size : int, default=256
         Batch size when ``data`` is a pair of tensors.
+    skip : sequence of str or module classes, default=()
+        Modules whose layers to leave to the loop's other parameters, by name
+        or by class, as in :func:`quantize_model` (``skip=[nn.Embedding]`` for
+        a model whose embedding is not a layer skquant quantizes).
     verbose : bool, default=False
         Progress bar with the loss and the size.
     n_jobs : int, default=None
@@ -99,7 +104,9 @@ def adaptive_quantize_model(
     if isinstance(retrain_data, torch.utils.data.Dataset):  # (others as they are)
         retrain_data = _batched(retrain_data, batch_size)
     options = loop_options(locals())
-    network = TorchNetwork(model, loss_fn=loss_fn, batch_size=batch_size)
+    network = TorchNetwork(
+        model, skip=skip_names(model, skip), loss_fn=loss_fn, batch_size=batch_size
+    )
     # the gradients are taken on copies (loss_gradients on the network's scratch
     # model): nothing of the user's model needs grad, but the checks and the
     # restored state hold for the whole run

@@ -81,7 +81,13 @@ def _inputs_of_pair(data):
     return x if labels else None
 
 
-def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
+def on_model(t, device, dtype):
+    """``t`` on the model's ``device``, in its ``dtype`` when it holds floats
+    (token ids, masks and class labels keep their integer dtype)."""
+    return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
+
+def batches(data, batch_size, *, labelled=True, generator=None, copy=True, single=True):
     """Mini-batches of ``data`` as tensors.
 
     ``data`` is a pair ``(X, y)`` (``labelled``) or a tensor or array ``X``
@@ -94,7 +100,9 @@ def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
     ``torch.inference_mode()``) are copied into normal ones, which autograd
     accepts. With ``copy``, each ``x`` holds memory of its own (a copy of the
     caller's), so a model whose forward writes to its input leaves the caller's
-    data as it was; without, ``x`` may be a view of the caller's data.
+    data as it was; without, ``x`` may be a view of the caller's data. Without
+    ``single``, a last slice of one row of ``(X, y)`` or ``X`` goes with the
+    one before (training: BatchNorm takes no batch of one row).
 
     Yields
     ------
@@ -125,12 +133,15 @@ def batches(data, batch_size, *, labelled=True, generator=None, copy=True):
         return
     n = len(arrays[0])
     order = None if generator is None else torch.randperm(n, generator=generator)
-    for i in range(0, n, batch_size):
+    starts = list(range(0, n, batch_size))
+    if not single and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()  # (the last row joins the slice before)
+    for i, stop in zip(starts, [*starts[1:], n]):
         if order is None:
-            batch = [a[i : i + batch_size] for a in arrays]
+            batch = [a[i:stop] for a in arrays]
             batch = [t.clone() if copy else autograd_tensor(t) for t in batch]
         else:
-            idx = order[i : i + batch_size]
+            idx = order[i:stop]
             batch = [autograd_tensor(a[idx]) for a in arrays]
         yield tuple(batch) if labelled else batch[0]
 
@@ -292,9 +303,7 @@ def input_batches(data, batch_size, dtype, device):
     for x in batches(data, batch_size, labelled=False, copy=False):
         if x.dim() > 0 and x.shape[0] == 0:
             continue
-        out.append(
-            x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
-        )
+        out.append(on_model(x, device, dtype))
     if not out or sum(x.shape[0] for x in out) == 0:
         raise ValueError("calibration data holds no sample.")
     return out

@@ -11,7 +11,7 @@ import contextlib
 import numpy as np
 import torch
 
-from ._data import batches, model_device, model_dtype
+from ._data import batches, model_device, model_dtype, on_model
 from ._layout import to_numpy
 from ._state import kept_state
 
@@ -128,10 +128,8 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
         model.eval()
         model.zero_grad(set_to_none=True)
         for xb, yb in batches(data, batch_size):
-            xb, yb = (  # floats in the model's dtype, as the walk gives them
-                t.to(device, dtype) if t.is_floating_point() else t.to(device)
-                for t in (xb, yb)
-            )
+            # floats in the model's dtype, as the walk gives them
+            xb, yb = on_model(xb, device, dtype), on_model(yb, device, dtype)
             out = model(xb)
             try:
                 loss = loss_fn(out, yb)

@@ -2,6 +2,7 @@
 
 import torch
 
+from ..._common._checks import check_bool
 from ..._common._progress import progress
 from ..._quantizers._uniform import level_quantizer
 from ..._tensor._alphabets import alphabet_from
@@ -108,6 +109,7 @@ def train_baseline(
     True
     """
     record = alphabet_from(alphabet, allow_float=True)  # None: float
+    check_bool(verbose, "verbose")
     loop = Loop(
         model,
         data,

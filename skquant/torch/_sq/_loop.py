@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..._common._checks import check_int, check_pair, check_positive
-from .._data import batches
+from .._data import batches, on_model
 from .._gradients import gradients_enabled
 from ._checks import covered_layers
 
@@ -60,7 +60,7 @@ def accuracy(model, data, device, weights=None):
     dtype = next(model.parameters()).dtype
     correct = seen = 0
     for xb, yb in batches((X, y), 1024):
-        xb = xb.to(device, dtype)
+        xb = on_model(xb, device, dtype)  # (token ids stay integers)
         out = (
             model(xb)
             if weights is None
@@ -137,7 +137,13 @@ class Loop:
         self.classes = loss_fn is None
         check_pair(validation_data, "validation_data")
         self.validation_data = validation_data
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                "device must be a torch device such as 'cpu' or 'cuda', got "
+                f"device={device!r} instead."
+            ) from exc
         self.generator = torch.Generator()
         if self.seed is None:
             self.generator.seed()
@@ -191,8 +197,10 @@ class Loop:
         total = penalty_total = 0.0
         correct = seen = 0
         start = time.perf_counter()
-        for xb, yb in batches(self.data, self.batch_size, generator=self.generator):
-            xb, yb = xb.to(device, self.dtype), yb.to(device)
+        for xb, yb in batches(
+            self.data, self.batch_size, generator=self.generator, single=False
+        ):
+            xb, yb = on_model(xb, device, self.dtype), yb.to(device)
             if self.classes and not yb.is_floating_point():
                 yb = yb.long()  # class indices as cross-entropy takes them
             opt.zero_grad()

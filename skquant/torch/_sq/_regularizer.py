@@ -10,6 +10,7 @@ from torch.autograd.function import once_differentiable
 
 from ..._common._checks import check_positive
 from ..._kernels import _sq as _sq_kernels
+from ..._kernels._threads import numba_threads
 from ..._quantizers._uniform import TernaryQuantizer, level_quantizer
 from ..._tensor._alphabets import BINARY, TERNARY
 from ._alphabet import as_alphabet, project_onto
@@ -30,9 +31,12 @@ class _FusedWells(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, a, t, p, scale):
         flat = w.detach().reshape(-1).contiguous().numpy()
-        total, grad, d_a, d_t = _sq_kernels.wells_sum(
-            flat, float(a), float(t), p, scale
-        )
+        # on torch's thread count (numba's pool, started unguarded, set torch's
+        # to its own: a caller's torch.set_num_threads(1) became 2)
+        with numba_threads(torch.get_num_threads()):
+            total, grad, d_a, d_t = _sq_kernels.wells_sum(
+                flat, float(a), float(t), p, scale
+            )
         ctx.save_for_backward(
             torch.from_numpy(grad).view(w.shape),
             torch.tensor(d_a, dtype=a.dtype),
@@ -54,7 +58,9 @@ class SQRegularizer(nn.Module):
 
     Holds, per weight layer, a trainable scale ``a > 0`` (``a = exp(log_a)``) and a
     trainable switch ``beta = pi/4 + (pi/4) sigmoid(theta)`` in ``[pi/4, pi/2)``
-    (kept inside by the reparametrisation, never clipped). Calling it returns
+    (kept inside by the reparametrisation; at most the largest number of its
+    dtype below ``pi/2``, which float32 rounded up past it, where ``tan``
+    changes sign: a penalty of -1.6e8). Calling it returns
 
     ``R = lambda / n_layers * sum_layers sum_w r(w) + gamma * sum_layers |cot beta|``
 
@@ -150,7 +156,11 @@ class SQRegularizer(nn.Module):
     # ----------------------------------------------------------- quantities
     def beta(self):
         """The switches, in ``[pi/4, pi/2)``."""
-        return BETA_LOW + (BETA_HIGH - BETA_LOW) * torch.sigmoid(self.theta)
+        beta = BETA_LOW + (BETA_HIGH - BETA_LOW) * torch.sigmoid(self.theta)
+        top = torch.tensor(BETA_HIGH, dtype=beta.dtype, device=beta.device)
+        if top >= BETA_HIGH:  # (rounded up: the number below it)
+            top = torch.nextafter(top, torch.zeros_like(top))
+        return torch.minimum(beta, top)
 
     def scale(self):
         """The scales ``a > 0``."""

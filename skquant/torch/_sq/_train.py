@@ -5,7 +5,7 @@ import numbers
 
 import torch
 
-from ..._common._checks import check_positive
+from ..._common._checks import check_bool, check_positive
 from ..._common._progress import progress
 from .._model import quantize_model
 from ._loop import Loop, accuracy, straight_through
@@ -198,6 +198,8 @@ def train_sq(
         layers=layers,
         skip=skip,
     )
+    check_bool(freeze_beta, "freeze_beta")  # ("no" froze beta)
+    check_bool(verbose, "verbose")
     schedule = lambda_schedule(lam, epochs)
     reg = SQRegularizer(
         model,
