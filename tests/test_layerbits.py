@@ -219,3 +219,50 @@ def test_plots_draw_and_check_their_axes(fitted, tmp_path):
     for plot in (fitted.sensitivity_.plot, fitted.plot_pareto):
         with pytest.raises(TypeError, match="ax must be a matplotlib Axes or None"):
             plot(ax="x")
+
+
+def test_a_torch_regressor_with_several_outputs_is_no_classifier(digits_mlp):
+    """Float targets of the outputs' shape make a regressor (its argmax was
+    taken for decisions); LayerBitAllocator takes classifier= for a torch
+    model without targets (it had none), and refuses it for an MLP."""
+    torch = pytest.importorskip("torch")
+    from skquant.torch import measure_sensitivity
+
+    torch.manual_seed(0)
+    X = torch.randn(200, 10)
+    Y = X[:, :3] * 2
+    net = torch.nn.Sequential(
+        torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+    assert measure_sensitivity(net, X, Y, bits=(2, 4)).reference_accuracy is None
+    assert measure_sensitivity(net, X, bits=(2, 4)).reference_accuracy == 1.0
+    with pytest.raises(ValueError, match="regression model: give budget"):
+        LayerBitAllocator(net, bits=(2, 4), classifier=False).fit(X)
+    fitted = LayerBitAllocator(net, bits=(2, 4), classifier=False, budget=1500).fit(X)
+    assert fitted.sensitivity_.reference_accuracy is None
+    mlp, Xd, yd = digits_mlp
+    with pytest.raises(ValueError, match="classifier is for torch models"):
+        LayerBitAllocator(mlp, classifier=True).fit(Xd, yd)
+
+
+def test_a_shuffling_loader_gives_the_same_table_for_a_seed():
+    """The subsample draws rows of the gathered data, in the order a shuffling
+    DataLoader gives them: that order is now seeded by random_state (two fits
+    gave 6.95 and 6.01), and the caller's generator is left as it was."""
+    torch = pytest.importorskip("torch")
+    from skquant.torch import measure_sensitivity
+
+    torch.manual_seed(0)
+    X, y = torch.randn(300, 6), torch.randint(0, 3, (300,))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3)
+    )
+    data = torch.utils.data.TensorDataset(X, y)
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True)
+    state = torch.get_rng_state()
+    runs = [
+        measure_sensitivity(net, loader, bits=(2, 4), max_samples=100, random_state=3)
+        for _ in range(2)
+    ]
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(runs[0].noise, runs[1].noise)

@@ -71,6 +71,10 @@ class LayerBitAllocator(BaseEstimator):
     skip : sequence of str or module classes, default=()
         Torch modules left float, by name or by class (a scikit-learn MLP has
         no such modules: it refuses a ``skip``).
+    classifier : bool, default=None
+        Whether a torch model's outputs are a classifier's logits (see
+        :func:`skquant.torch.measure_sensitivity`; ``None``: guessed from
+        their shape and ``y``); a scikit-learn MLP's kind is its own.
     batch_size : int, default=256
         Torch batch size.
     random_state : int, default=0
@@ -135,6 +139,7 @@ class LayerBitAllocator(BaseEstimator):
         "solver": [StrOptions({"exact", "greedy"})],
         "max_samples": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "skip": ["array-like", str, type],
+        "classifier": [None, "boolean"],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["boolean"],
@@ -155,6 +160,7 @@ class LayerBitAllocator(BaseEstimator):
         solver="exact",
         max_samples=2000,
         skip=(),
+        classifier=None,
         batch_size=256,
         random_state=0,
         verbose=False,
@@ -171,6 +177,7 @@ class LayerBitAllocator(BaseEstimator):
         self.solver = solver
         self.max_samples = max_samples
         self.skip = skip
+        self.classifier = classifier
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
@@ -228,6 +235,7 @@ class LayerBitAllocator(BaseEstimator):
                 y,
                 skip=self.skip,
                 batch_size=self.batch_size,
+                classifier=self.classifier,
                 **kwargs,
             )
         else:
@@ -236,6 +244,11 @@ class LayerBitAllocator(BaseEstimator):
                     "skip names torch modules left float; a scikit-learn MLP has "
                     "none (every layer gets bits), got "
                     f"skip={self.skip!r} instead."
+                )
+            if self.classifier is not None:
+                raise ValueError(
+                    "classifier is for torch models; a scikit-learn MLP is a "
+                    f"classifier or a regressor, got classifier={self.classifier!r}."
                 )
             self.sensitivity_ = measure_sensitivity(self.estimator, X, y, **kwargs)
         res = self.sensitivity_

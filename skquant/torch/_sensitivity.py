@@ -1,5 +1,7 @@
 """Per-layer sensitivity of torch models (the front end of the shared driver)."""
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -12,7 +14,7 @@ from .._network._sensitivity import (
 from ._data import as_tensor, batches
 from ._gradients import gradients_enabled
 from ._network import TorchNetwork
-from ._state import kept_state, still_parametrizations
+from ._state import kept_state, seeded, still_parametrizations
 
 
 @still_parametrizations
@@ -87,7 +89,8 @@ def measure_sensitivity(
         Largest number of samples of ``X`` measured on.
     classifier : bool, default=None
         Whether the outputs are a classifier's logits; ``None``: when they have
-        at least two columns.
+        at least two columns, unless ``y`` holds float targets of their shape
+        (a regressor's several outputs).
     skip : sequence of str or module classes, default=()
         Modules left out (with their children), by name or by class.
     loss_fn : callable, default=None
@@ -97,7 +100,8 @@ def measure_sensitivity(
     max_rows : int, default=4096
         Calibration rows per layer for data-driven quantizers.
     random_state : int, default=0
-        Seed of the subset, the noise and the probes.
+        Seed of the subset, the noise and the probes (and of the order in
+        which a shuffling DataLoader gives its samples).
     verbose : bool, default=False
         Progress bar over the layers.
     n_jobs : int, default=None
@@ -127,7 +131,7 @@ def measure_sensitivity(
     (['0', '2'], (2, 3))
     """
     network = TorchNetwork(model, skip=skip, loss_fn=loss_fn, batch_size=batch_size)
-    X, y = _tensors(X, y, batch_size)
+    X, y = _tensors(X, y, batch_size, random_state)
     if X.is_floating_point() and not bool(torch.isfinite(X).all()):
         # (every noise and exponent came out NaN)
         raise ValueError(
@@ -149,8 +153,16 @@ def measure_sensitivity(
             out = network.outputs(Xs[:1])
         except (RuntimeError, IndexError) as exc:  # (torch's own, from the forward)
             raise ValueError(f"X does not fit the model: {exc}") from exc
-        if classifier is None:
-            classifier = out.ndim == 2 and out.shape[1] >= 2
+        if classifier is None:  # (float targets of the outputs' shape: regression)
+            classifier = (
+                out.ndim == 2
+                and out.shape[1] >= 2
+                and not (
+                    ys is not None
+                    and ys.is_floating_point()
+                    and tuple(ys.shape[1:]) == tuple(out.shape[1:])
+                )
+            )
         if classifier and ys is not None:
             # (n, C) logits, or (n, C, 1, 1); one logit is a binary classifier
             ys = class_labels(ys, max(out.shape[1], 2) if out.ndim >= 2 else 2)
@@ -203,9 +215,11 @@ def class_labels(y, n_classes):
     return torch.from_numpy(labels)
 
 
-def _tensors(X, y, batch_size):
+def _tensors(X, y, batch_size, seed):
     """``(X, y)`` as tensors; a ``Dataset`` or ``DataLoader`` of ``(x, y)``
-    gathered, its labels ``y``."""
+    gathered, its labels ``y``, with torch's generators seeded with ``seed``
+    (a shuffling loader's order, which the subsample draws rows of, is then
+    the same from run to run; the caller's generators are left as they were)."""
     loader = isinstance(X, torch.utils.data.Dataset | torch.utils.data.DataLoader)
     if not loader:
         return as_tensor(X), None if y is None else as_tensor(y)
@@ -214,7 +228,8 @@ def _tensors(X, y, batch_size):
             f"y must be None when X is a {type(X).__name__}: the labels come from "
             "its (x, y) samples."
         )
-    pairs = list(batches(X, batch_size, copy=False))
+    with seeded(int(seed) if isinstance(seed, numbers.Integral) else None, "cpu"):
+        pairs = list(batches(X, batch_size, copy=False))
     if not pairs:
         raise ValueError(f"X ({type(X).__name__}) holds no sample.")
     return torch.cat([x for x, _ in pairs]), torch.cat([t for _, t in pairs])

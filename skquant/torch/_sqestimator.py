@@ -13,8 +13,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .._common._checks import check_int, check_positive
-from ._sq._loop import seeded
 from ._sq._train import train_sq
+from ._state import seeded
 
 __all__ = ["SQClassifier"]
 

@@ -232,3 +232,19 @@ class ForwardState:
             for k, entry in saved.items():
                 object.__setattr__(m, k, _put_back(entry))
         self.set_rng(generators)
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """torch's generators (the CPU's, and ``device``'s if a GPU) seeded with
+    ``seed`` in the block (``None``: left as they are); the caller's state back
+    after, so that a caller's later draws do not depend on the training."""
+    device = torch.device(device)
+    devices = []
+    if device.type == "cuda":
+        index = device.index
+        devices = [torch.cuda.current_device() if index is None else index]
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield

@@ -11,6 +11,7 @@ from torch import nn
 from ..._common._checks import check_int, check_pair, check_positive
 from .._data import batches, on_model
 from .._gradients import gradients_enabled
+from .._state import seeded
 from ._checks import covered_layers
 
 
@@ -32,22 +33,6 @@ def _probabilities(y):
     """Whether every row of ``y`` is a distribution (one-hot, soft labels)."""
     sums = y.sum(1)
     return bool((y >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums)))
-
-
-@contextmanager
-def seeded(seed, device):
-    """torch's generators (the CPU's, and ``device``'s if a GPU) seeded with
-    ``seed`` in the block (``None``: left as they are); the caller's state back
-    after, so that a caller's later draws do not depend on the training."""
-    device = torch.device(device)
-    devices = []
-    if device.type == "cuda":
-        index = device.index
-        devices = [torch.cuda.current_device() if index is None else index]
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
 
 
 @torch.no_grad()
