@@ -118,10 +118,12 @@ def test_gradients_reach_weights_scale_and_switch():
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-@pytest.mark.parametrize("p", [1.5, 2.0, 3.0])
+@pytest.mark.parametrize("p", [0.5, 1.5, 2.0, 3.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_penalty_equals_autograd_of_the_wells(p, dtype, parallel, monkeypatch):
-    """The compiled one-pass sum (CPU) against autograd through ``wells``."""
+    """The compiled one-pass sum (CPU) against autograd through ``wells`` (the
+    path off the CPU), a weight at zero included: for p < 1 autograd's
+    gradient there was NaN."""
     from skquant._kernels import _sq as kernels
 
     if parallel:  # the chunked kernel on these small layers
@@ -440,6 +442,10 @@ def test_train_sq_names_its_bad_arguments_and_a_collapsed_level(digits):
         train_baseline(_net(), (X, y), alphabet="binary", epochs=1, verbose="no")
     with pytest.raises(ValueError, match="device must be a torch device .*'gpu'"):
         train_sq(_net(), (X, y), epochs=1, finetune_epochs=0, device="gpu")
+    bad = X.clone()
+    bad[3, 2] = float("nan")  # (the error said: lower lr or lam)
+    with pytest.raises(ValueError, match="inputs hold NaN or inf: clean"):
+        train_sq(_net(), (bad, y), epochs=1, finetune_epochs=0, verbose=False)
 
 
 def test_training_leaves_the_callers_generators_alone(digits):

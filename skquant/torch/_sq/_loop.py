@@ -206,10 +206,21 @@ class Loop:
             if not torch.isfinite(objective):
                 for m, state in zip(self.keep, self.last_good):
                     m.load_state_dict(state)
+                bad = [  # (the data's fault, not the step's)
+                    name
+                    for name, t in (("inputs", xb), ("targets", yb))
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all())
+                ]
                 raise ValueError(
                     f"the loss became {float(objective.detach())} in epoch {epoch} "
                     f"({phase}); training stopped and the model keeps the weights "
-                    "of the last good epoch. Lower lr or lam."
+                    "of the last good epoch. "
+                    + (
+                        f"The batch's {' and '.join(bad)} hold NaN or inf: clean "
+                        "the training data."
+                        if bad
+                        else "Lower lr or lam."
+                    )
                 )
             objective.backward()
             opt.step()

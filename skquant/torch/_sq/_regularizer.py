@@ -23,6 +23,13 @@ def _fusable(w):
     return w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64)
 
 
+def _power(x, p):
+    """``x ** p`` of ``x >= 0`` with the gradient 0 where ``x`` is 0, as the
+    fused kernel's (autograd's is ``inf * 0``, NaN, for ``p < 1``)."""
+    pos = x > 0
+    return torch.where(pos, torch.where(pos, x, torch.ones_like(x)) ** p, 0.0)
+
+
 class _FusedWells(torch.autograd.Function):
     """``scale * sum_w min(|(|w| - a)|^p, t |w|^p)`` and its gradients in one
     compiled pass (first derivatives only). ``scale`` (a float) is folded into
@@ -172,7 +179,8 @@ class SQRegularizer(nn.Module):
         if self.p == 2.0:
             outer, inner = (aw - a) ** 2, torch.tan(beta) * aw**2
         else:
-            outer, inner = (aw - a).abs() ** self.p, torch.tan(beta) * aw**self.p
+            outer = _power((aw - a).abs(), self.p)
+            inner = torch.tan(beta) * _power(aw, self.p)
         return torch.minimum(outer, inner)
 
     def layer_penalties(self):
