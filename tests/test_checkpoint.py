@@ -950,3 +950,15 @@ def test_no_float_weight_is_kept_after_the_layers(
         output=tmp_path / "o.skq" if output else None,
     )
     assert seen == [None]
+
+
+def test_integer_values_for_a_float_entry_are_refused(saved, tmp_path):
+    """A checkpoint holding integers under a float weight's name (another
+    tool's packed codes) was cast to floats silently; refused before the walk."""
+    model, X, path = saved("mlp")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["2.weight"] = (state["2.weight"] * 100).to(torch.int32)
+    ints = tmp_path / "ints.safetensors"
+    safetensors_torch.save_file(state, ints)
+    with pytest.raises(ValueError, match=r"'2.weight' holds torch.int32 values"):
+        quantize_model(meta("mlp"), UniformQuantizer(), X, checkpoint=ints)

@@ -241,6 +241,13 @@ class Checkpoint:
     def __contains__(self, key):
         return key in self._where
 
+    def dtype(self, key):
+        """The torch dtype of tensor ``key``, from the header (``None`` for one
+        skquant does not read)."""
+        if key not in self._where:
+            raise KeyError(f"checkpoint={str(self.path)!r} has no tensor {key!r}.")
+        return DTYPES.get(self._where[key][3])
+
     def shape(self, key):
         """The shape of tensor ``key``, from the header (nothing is read)."""
         if key not in self._where:

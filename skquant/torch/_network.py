@@ -264,8 +264,15 @@ class TorchNetwork(Network):
                 f"state entries: {missing[:8]} (its tensors include "
                 f"{sorted(ckpt.keys())[:8]}).{ckpt.hint(missing, groups)}"
             )
-        for key in stored.values():  # (said before the walk, not at the layer)
+        for first, key in stored.items():  # (said before the walk, not at the layer)
             ckpt.check_readable(key)
+            kind = ckpt.dtype(key)
+            if state[first].is_floating_point() and not kind.is_floating_point:
+                raise ValueError(  # (another tool's packed codes, read as numbers)
+                    f"checkpoint={str(ckpt.path)!r}: {key!r} holds {kind} values, "
+                    f"the model's {first!r} is {state[first].dtype}: skquant reads "
+                    "float weights."
+                )
         unread = sorted(set(ckpt.keys()) - set(state) - aliases)
         if unread:
             warn(
