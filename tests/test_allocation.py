@@ -262,3 +262,13 @@ def test_closed_form_bits_checks_alpha(alpha):
 def test_closed_form_bits_checks_target(target):
     with pytest.raises(ValueError, match=r"target must be a finite number > 0, got"):
         closed_form_bits([1, 1], [1, 1], [10, 100], target)
+
+
+def test_a_budget_met_only_at_the_floor_takes_the_cheapest_of_its_choices():
+    """Hypothesis's find: with sizes of 0, 0, 1 and 2e-16 and a budget of 0,
+    HiGHS's tolerance admitted the 2e-16 choice, the tightened bound could not
+    move, and the fallback took the first size-0 choice (cost 1), not the
+    cheaper one (cost 0)."""
+    cost = np.array([[1.0, 0.0, 0.0, 0.0]])
+    size = np.array([[0.0, 0.0, 1.0, 2.220446049250313e-16]])
+    assert allocate_bits(cost, size, budget=0.0).tolist() == [1]

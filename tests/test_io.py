@@ -508,3 +508,65 @@ def test_stored_codes_off_the_grid_are_a_file_format_error():
         r"in \[8, 8\]",
     ):
         _io.tensors_from(header, arrays, "f.skq")
+
+
+def test_tensors_refuse_what_a_file_could_not_hold():
+    """Binary codes other than -1/+1 (a file kept their sign), zero points that
+    are no integers of the code range or have another length (a file cast them:
+    7.5 came back 7, 300 came back 44), a zero point on a fixed-point tensor (a
+    file dropped it), and fixed-point fields refused at construction (repr
+    raised later); NumPy ints are Python ints (int8 qmax - qmin wrapped)."""
+    from skquant import QuantizedTensor
+
+    one = np.ones(3, np.float32)
+    with pytest.raises(
+        ValueError, match=r"binary tensor's codes are -1 and \+1 \(qmin"
+    ):
+        QuantizedTensor(np.array([[-3, 2, 5]]), one, 1, -5, 5, alphabet="binary")
+    with pytest.raises(ValueError, match=r"must be -1 or \+1, got a 0 code"):
+        QuantizedTensor(np.array([[-1, 0, 1]]), one, 1, -1, 1, alphabet="binary")
+    codes = np.array([[0, 7, 15]])
+    for zp in (np.full(3, 7.5), np.full(3, 300.0), np.zeros(2), np.zeros((3, 1))):
+        with pytest.raises(ValueError, match=r"zero_point must be integers in \[qmin"):
+            QuantizedTensor(codes, one, 4, 0, 15, zero_point=zp)
+    good = QuantizedTensor(codes, one, 4, 0, 15, zero_point=np.array([7, 8, 9]))
+    assert good.dequantize().shape == (1, 3)
+    q = QuantizedTensor(
+        np.array([[-7, 7]]), np.ones(2, np.float32), 8, np.int8(-128), np.int8(127)
+    )
+    assert (type(q.qmin), type(q.qmax), q.qmax - q.qmin) == (int, int, 255)
+    with pytest.raises(ValueError, match=r"n_bits=1 cannot hold"):
+        QuantizedTensor(
+            np.array([[-7, 7]]), np.ones(2, np.float32), 1, np.int8(-128), np.int8(127)
+        )
+    big = QuantizedTensor(np.array([[-7, 0, 7]], ">i2"), one, 4, -7, 7)
+    np.testing.assert_array_equal(big.dequantize(), [[-7.0, 0.0, 7.0]])
+
+
+def test_save_refuses_special_files_and_replaces_a_links_target(tmp_path):
+    """A pipe (or a device) at the path became a regular file; a link was
+    replaced by a file and its target left as it was."""
+    qt = skquant.quantize(np.random.default_rng(0).random((4, 3)), n_bits=4)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="exists and is not a regular file"):
+        skquant.save(qt, fifo)
+    target, link = tmp_path / "target.skq", tmp_path / "link.skq"
+    skquant.save({"a": np.zeros(2)}, target)
+    link.symlink_to(target)
+    skquant.save(qt, link)
+    assert link.is_symlink()
+    np.testing.assert_array_equal(skquant.load(target).dequantize(), qt.dequantize())
+
+
+def test_an_arrays_recorded_dtype_and_shape_are_checked(tmp_path):
+    """The digest covers the bytes, not the safetensors entry's dtype and
+    shape: a flipped byte there loaded a float32 bias as int32, silently."""
+    path = tmp_path / "a.skq"
+    skquant.save({"bias": np.arange(4, dtype=np.float32)}, path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b'"F32"')
+    raw[at : at + 5] = b'"I32"'
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FileFormatError, match="array 'bias' is int32 of shape"):
+        skquant.load(path)

@@ -238,7 +238,7 @@ def _fields(**changes):
                 "zero_point": np.array([np.nan, 1, 1, 1]),
             },
             ValueError,
-            "zero_point must be finite",
+            r"zero_point must be integers in \[qmin, qmax\]",
         ),
         (
             {"float_dtype": np.float16},

@@ -186,8 +186,9 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
         # HiGHS accepts constraint violations within its feasibility tolerance
         # (1e-6): tighten the bound by what was exceeded and solve again
         bound = max(floor, bound - 2 * scale * (used - limit) - 1e-9)
-    # pragma: no cover - the cheapest-limit choice is always feasible
-    return np.argmin(limit_row, axis=1)
+    # the cheapest-limit choices, always feasible, and of those the best (a bound
+    # at the floor left only them; argmin took the first, whatever its objective)
+    return np.lexsort((objective, limit_row), axis=1)[:, 0]
 
 
 def greedy_bits(cost, size, *, budget=None, max_cost=None):

@@ -1,5 +1,6 @@
 """Bit-packing of integer codes: ``n_bits`` bits per code, a whole number of bytes."""
 
+import math
 import numbers
 
 import numpy as np
@@ -162,14 +163,16 @@ def unpack_codes(packed, n_bits, qmin, shape, dtype=None, *, n_jobs=None):
     shape = _check_shape(shape)
     qmin = check_int(qmin, "qmin", low=None)
     check_n_jobs(n_jobs)
-    n = int(np.prod(shape))
+    n = math.prod(shape)  # (Python ints: np.prod wrapped around at 2**64)
     if packed.size != packed_size(n, n_bits):
         raise ValueError(
             f"packed must hold {packed_size(n, n_bits)} bytes for shape={shape} at "
             f"n_bits={n_bits}, got {packed.size} bytes instead."
         )
     qmax = qmin + 2**n_bits - 1
+    # (codes in the machine's byte order: numba's kernels take no other)
     dtype = code_dtype(qmin, qmax) if dtype is None else np.dtype(dtype)
+    dtype = dtype.newbyteorder("=") if dtype.byteorder in "<>" else dtype
     if dtype.kind not in "iu" or not (
         np.iinfo(dtype).min <= qmin and qmax <= np.iinfo(dtype).max
     ):

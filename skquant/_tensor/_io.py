@@ -28,8 +28,6 @@ import hashlib
 import json
 import numbers
 import os
-import secrets
-import stat
 import struct
 
 import numpy as np
@@ -38,6 +36,7 @@ from .._common._checks import check_path
 from . import _fixedpoint, _safetensors
 from ._alphabets import GRID_KINDS, Alphabet, code_dtype
 from ._bits import unpack_codes
+from ._files import check_target, create_temp, replace_file
 from ._qtensor import QuantizedTensor
 from ._safetensors import MAX_HEADER, ST_DTYPES, FileFormatError
 
@@ -250,8 +249,8 @@ class Writer:
         a = _storable(np.asarray(a))
         if a.dtype.kind not in "fiub" or a.dtype.str[1:] not in ST_DTYPES:
             raise TypeError(f"cannot store an array of dtype {a.dtype} ({name!r}).")
+        self._store(name, a)  # (first: a refused write records nothing)
         self.arrays[name] = {"dtype": a.dtype.str, "shape": list(a.shape)}
-        self._store(name, a)
 
     def _store(self, name, a):
         self.data[name] = _storable(a)
@@ -293,7 +292,7 @@ class SpooledWriter(Writer):
         super().__init__()
         self.path = check_path(path, name)
         folder = check_target(self.path, name)
-        fd, self._spool_path = _create_temp(folder, readable=True)
+        fd, self._spool_path = create_temp(folder, readable=True)
         self._spool = os.fdopen(fd, "w+b")
         self._entries = {}  # name -> (offset, nbytes, dtype, shape)
         self._size = 0
@@ -354,7 +353,7 @@ class SpooledWriter(Writer):
             for block in self._chunks(0, self._size):
                 f.write(block)
 
-        _replace_file(self.path, emit)
+        replace_file(self.path, emit)
 
 
 def _digest(text, data):
@@ -389,45 +388,6 @@ def serialize(kind, writer, model=None):
     )
 
 
-def check_target(path, name):
-    """The folder of the file ``path`` is to be written to (a ``ValueError``
-    naming parameter ``name`` when ``path`` is a folder or its folder is not
-    there: said before any work, not when the file is moved in place)."""
-    path = check_path(path, name)
-    seps = tuple({os.sep, os.altsep or os.sep, "/"})
-    if not path or os.path.isdir(path) or path.endswith(seps):
-        raise ValueError(
-            f"{name}={path!r} is a folder (or empty); give the path of the file "
-            "to write."
-        )
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        what = "is not a folder" if os.path.exists(folder) else "does not exist"
-        raise ValueError(f"{name}={path!r}: its folder {folder!r} {what}.")
-    return folder
-
-
-def _create_temp(folder, readable=False):
-    """``(fd, path)`` of a new empty file in ``folder``, with the mode a new file
-    gets: ``0o666`` less the umask (the OS applies it, and default ACLs)."""
-    flags = (
-        (os.O_RDWR if readable else os.O_WRONLY)
-        | os.O_CREAT
-        | os.O_EXCL
-        | getattr(os, "O_BINARY", 0)
-        | getattr(os, "O_NOFOLLOW", 0)
-    )
-    for _ in range(100):
-        tmp = os.path.join(folder, f".skquant-{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:  # pragma: no cover - 2**64 names
-            continue
-    raise FileExistsError(  # pragma: no cover
-        f"no unused temporary file name in {folder!s}."
-    )
-
-
 def write_file(path, kind, writer, model=None):
     """Write atomically: a temporary file in the same folder, then ``os.replace``.
 
@@ -435,28 +395,7 @@ def write_file(path, kind, writer, model=None):
     e.g. ``0o644``); a file that is replaced keeps its permission bits.
     """
     blob = serialize(kind, writer, model)
-    _replace_file(path, lambda f: f.write(blob))
-
-
-def _replace_file(path, emit):
-    """``emit(f)`` into a temporary file next to ``path``, then move it there."""
-    path = check_path(path)
-    folder = check_target(path, "path")
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:  # no file there yet (or none we may read): umask applies
-        mode = None
-    fd, tmp = _create_temp(folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                os.chmod(tmp, mode)
-            emit(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_file(path, lambda f: f.write(blob))
 
 
 def read_file(path):
@@ -639,7 +578,18 @@ def arrays_from(header, data, path):
     for name, meta in header["arrays"].items():
         if name not in data:
             raise FileFormatError(f"{path!s}: array {name!r} is missing.")
-        out[name] = np.array(data[name])  # its own memory, not the file's
+        a = data[name]
+        # (the digest covers the bytes and the skquant header, not the
+        # safetensors entry's dtype and shape: they must be the recorded ones)
+        if not isinstance(meta, dict) or (
+            np.dtype(a.dtype).newbyteorder("<").str,
+            list(a.shape),
+        ) != (meta.get("dtype"), meta.get("shape")):
+            raise FileFormatError(
+                f"{path!s} is corrupted: array {name!r} is {a.dtype} of shape "
+                f"{tuple(a.shape)}, recorded as {meta!r:.80}."
+            )
+        out[name] = np.array(a)  # its own memory, not the file's
     return out
 
 

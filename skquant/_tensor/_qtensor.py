@@ -101,6 +101,11 @@ class QuantizedTensor:
         for name in ("codes", "scale"):
             if not isinstance(getattr(self, name), np.ndarray):
                 object.__setattr__(self, name, np.asarray(getattr(self, name)))
+            value = getattr(self, name)
+            if not value.dtype.isnative:  # (numba's kernels take native order)
+                object.__setattr__(
+                    self, name, value.astype(value.dtype.newbyteorder("="))
+                )
         fixed = self.precision_bits is not None
         if self.alphabet not in (*GRID_KINDS, "fixed_point") or fixed != (
             self.alphabet == "fixed_point"
@@ -111,9 +116,12 @@ class QuantizedTensor:
                 f"alphabet={self.alphabet!r} with "
                 f"{'' if fixed else 'no '}precision_bits instead."
             )
-        check_int(self.qmin, "qmin", low=None)
-        check_int(self.qmax, "qmax", low=None)
-        if check_int(self.n_bits, "n_bits") > 16 and not fixed:
+        for name, low in (("qmin", None), ("qmax", None), ("n_bits", 1)):
+            # (as Python ints: NumPy's int8 qmax - qmin wrapped around)
+            object.__setattr__(
+                self, name, int(check_int(getattr(self, name), name, low=low))
+            )
+        if self.n_bits > 16 and not fixed:
             raise ValueError(
                 f"n_bits must be at most 16, got n_bits={self.n_bits!r} instead."
             )
@@ -122,7 +130,12 @@ class QuantizedTensor:
                 f"qmin must be at most qmax, got qmin={self.qmin!r} and "
                 f"qmax={self.qmax!r} instead."
             )
-        # (binary codes -1, +1 are stored as one bit)
+        # (binary codes -1, +1 are stored as one bit: its sign)
+        if self.alphabet_record.is_binary and (self.qmin, self.qmax) != (-1, 1):
+            raise ValueError(
+                "a binary tensor's codes are -1 and +1 (qmin=-1, qmax=1), got "
+                f"qmin={self.qmin!r} and qmax={self.qmax!r} instead."
+            )
         wide = self.qmax - self.qmin >= 1 << self.n_bits
         if wide and not fixed and not self.alphabet_record.is_binary:
             raise ValueError(
@@ -143,6 +156,11 @@ class QuantizedTensor:
                 f"precision_bits must have the codes' shape {codes.shape}, got "
                 f"precision_bits.shape={np.shape(self.precision_bits)} instead."
             )
+        if fixed:  # (said here, not at the first encoding: repr raised then)
+            group = _fixedpoint.check_group_size(self.group_size)
+            object.__setattr__(self, "group_size", group)  # (a NumPy int: an int)
+            _fixedpoint.check_map_coder(self.map_coder)
+            _fixedpoint.check_payload_coder(self.payload_coder)
         if (
             scale.dtype not in (np.float32, np.float64)
             or scale.ndim > 1
@@ -158,11 +176,36 @@ class QuantizedTensor:
                 "scale must hold finite steps > 0, got "
                 f"{scale[~(np.isfinite(scale) & (scale > 0))][:4].tolist()} instead."
             )
-        zp = self.zero_point
-        if zp is not None and not np.all(np.isfinite(np.asarray(zp, np.float64))):
-            raise ValueError(f"zero_point must be finite, got {zp!r:.80} instead.")
+        self._check_zero_point(n_cols, fixed)
         check_float_dtype(self.float_dtype, "float_dtype")
         record.check_codes(codes, "QuantizedTensor")  # the one pass over the codes
+
+    def _check_zero_point(self, n_cols, fixed):
+        """ValueError unless the zero point is ``None``, or integers in ``[qmin,
+        qmax]``, one or one per column (a file stores them as codes)."""
+        zp = self.zero_point
+        if zp is None:
+            return
+        if fixed:  # (the fixed-point form has none: a file would drop it)
+            raise ValueError(
+                "zero_point must be None for a fixed_point tensor, got "
+                f"zero_point={zp!r:.80} instead."
+            )
+        arr = np.asarray(zp)
+        ok = (
+            arr.dtype.kind in "iuf"
+            and arr.ndim <= 1
+            and arr.size in (1, n_cols)
+            and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))
+            and np.all((arr >= self.qmin) & (arr <= self.qmax))
+        )
+        if not ok:
+            raise ValueError(
+                f"zero_point must be integers in [qmin, qmax]=[{self.qmin}, "
+                f"{self.qmax}], one or one per column ({n_cols}), got "
+                f"zero_point={zp!r:.80} instead."
+            )
 
     @property
     def shape(self):
