@@ -437,8 +437,10 @@ def _fuzz_setup():
 _fuzz_setup()
 
 
-def test_load_errors_are_value_errors():
+def test_load_errors_are_value_errors(tmp_path):
     assert issubclass(FileFormatError, ValueError)
+    with pytest.raises(ValueError, match="is a folder; give a skquant file"):
+        skquant.load(tmp_path)  # (IsADirectoryError, as its docstring did not say)
 
 
 def test_big_endian_arrays_are_stored_little_endian(tmp_path):

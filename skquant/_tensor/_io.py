@@ -400,6 +400,8 @@ def write_file(path, kind, writer, model=None):
 
 def read_file(path):
     """``(header, arrays)`` of a file, checked end to end."""
+    if os.path.isdir(check_path(path)):  # (open raised IsADirectoryError)
+        raise ValueError(f"path={path!s} is a folder; give a skquant file's path.")
     with open(check_path(path), "rb") as f:
         blob = bytearray(os.fstat(f.fileno()).st_size)
         n = f.readinto(blob)
