@@ -269,7 +269,7 @@ def test_sample_weight_weighs_the_loss_gradient(monkeypatch, kind):
     for k in g:
         np.testing.assert_allclose(g[k], g_rep[k], rtol=1e-10, atol=1e-14)
     whole = QuantizedMLP._loss_gradients(net, X, y, w)
-    monkeypatch.setattr(mlp_module, "GRADIENT_BLOCK_ENTRIES", 7)  # (blocks of 1)
+    monkeypatch.setattr(mlp_module, "BLOCK_ENTRIES", 7)  # (blocks of 1)
     for grads in (whole, QuantizedMLP._loss_gradients(net, X, y, w)):
         for n in net.layer_names:
             np.testing.assert_allclose(grads[n], g[f"{n}.weight"], rtol=1e-10)
@@ -306,7 +306,7 @@ def test_sparse_inputs_give_what_dense_ones_give(monkeypatch):
         mlp, GreedyPathQuantizer(n_bits=3), n_calibration=64, random_state=0
     )
     dense = make().fit(X, y)
-    monkeypatch.setattr(mlp_module, "GRADIENT_BLOCK_ENTRIES", 400)  # (10 rows)
+    monkeypatch.setattr(mlp_module, "BLOCK_ENTRIES", 400)  # (10 rows)
     sparse_fit = make().fit(Xs, y)
     for a, b in zip(dense.tensors_, sparse_fit.tensors_):
         np.testing.assert_array_equal(a.codes, b.codes)

@@ -37,8 +37,9 @@ from ..metrics import compression_ratio, model_size_bits
 
 __all__ = ["QuantizedMLP"]
 
-#: entries of X copied to float64 at a time for the loss gradients (32 MB)
-GRADIENT_BLOCK_ENTRIES = 1 << 22
+#: entries of X made dense float64 at a time (32 MB): the loss gradient's rows,
+#: a sparse X's rows to predict
+BLOCK_ENTRIES = 1 << 22
 
 
 def dense_rows(X, rows):
@@ -400,7 +401,7 @@ class QuantizedMLP(BaseEstimator):
         X is not copied whole)."""
         y = network.check_y(y, X.shape[0])
         rows = np.arange(X.shape[0]) if w is None else np.flatnonzero(w > 0)
-        per = max(1, GRADIENT_BLOCK_ENTRIES // X.shape[1])
+        per = max(1, BLOCK_ENTRIES // X.shape[1])
         total = w[rows].sum() if w is not None else rows.size
         grads = {}
         for start in range(0, rows.size, per):
@@ -649,7 +650,7 @@ class QuantizedMLP(BaseEstimator):
         fn = getattr(self.estimator_, method)
         if not sp.issparse(X):
             return fn(X)
-        per = max(1, GRADIENT_BLOCK_ENTRIES // max(X.shape[1], 1))
+        per = max(1, BLOCK_ENTRIES // max(X.shape[1], 1))
         parts = [
             fn(X[i : i + per].toarray()) for i in range(0, max(X.shape[0], 1), per)
         ]

@@ -193,10 +193,10 @@ class Checkpoint:
     def check_readable(self, key):
         """A ``ValueError`` unless tensor ``key`` has a dtype skquant reads
         (said from the header, before anything is read)."""
-        name = self._where[key][3]
-        if name not in DTYPES:
+        if self.dtype(key) is None:
             raise ValueError(
-                f"checkpoint={str(self.path)!r}: tensor {key!r} has dtype {name}, "
+                f"checkpoint={str(self.path)!r}: tensor {key!r} has dtype "
+                f"{self._where[key][3]}, "
                 f"which skquant does not read (it reads {sorted(DTYPES)})."
             )
 

@@ -227,10 +227,7 @@ def export_onnx(
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
         )
-    if not isinstance(integer_products, bool | np.bool_):
-        raise TypeError(
-            f"integer_products must be True or False, got {integer_products!r} instead."
-        )
+    check_bool(integer_products, "integer_products")
     check_target(path, "path")  # (a folder or a missing folder: said before work)
     if matmul_nbits is not None and matmul_nbits not in _NBITS_LEVELS:
         raise ValueError(
