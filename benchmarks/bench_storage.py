@@ -10,6 +10,13 @@ Prints, for the cases of the storage issue:
   file, the counted ``size_bits_ / 8``, and the float ``MLPClassifier``'s pickle.
 
 Run: .venv/bin/python benchmarks/bench_storage.py
+
+The "before" rows of ``docs/storage.rst`` are this script run on the code of commit
+``578a077`` (the last before the file format; it has no ``save_model`` and no
+``skquant.save``, whose rows then print as absent)::
+
+    git worktree add /tmp/skquant-578a077 578a077
+    PYTHONPATH=/tmp/skquant-578a077 .venv/bin/python benchmarks/bench_storage.py
 """
 
 import io
@@ -24,8 +31,13 @@ from sklearn.datasets import load_digits
 from sklearn.neural_network import MLPClassifier
 
 import skquant
+import skquant.torch
 from skquant import GreedyPathQuantizer, QuantizedMLP, UniformQuantizer
-from skquant.torch import quantize_model, save_model
+from skquant.torch import quantize_model
+
+# absent before the file format (the "before" rows: see above)
+save_model = getattr(skquant.torch, "save_model", None)
+save = getattr(skquant, "save", None)
 
 
 def nbytes_torch(obj):
@@ -42,7 +54,8 @@ def main():
     )
     qnet = quantize_model(net, UniformQuantizer(n_bits=2))
     path = os.path.join(folder, "net.skq")
-    save_model(qnet, path)
+    if save_model is not None:
+        save_model(qnet, path)
     counted = sum(m.size_bits for m in qnet.modules() if hasattr(m, "size_bits")) // 8
     print("784-512-10 nn.Sequential, UniformQuantizer(n_bits=2):")
     print(
@@ -53,7 +66,10 @@ def main():
         "  quantized state_dict (torch.save)   "
         f"{nbytes_torch(qnet.state_dict()):>10,d} B"
     )
-    print(f"  skquant.torch.save_model file       {os.path.getsize(path):>10,d} B")
+    if save_model is not None:
+        print(f"  skquant.torch.save_model file       {os.path.getsize(path):>10,d} B")
+    else:
+        print("  skquant.torch.save_model file       (absent in this code)")
     print(f"  counted: weights {counted:,d} B + float32 biases {4 * 522:,d} B")
 
     X, y = load_digits(return_X_y=True)
@@ -67,17 +83,20 @@ def main():
         q = QuantizedMLP(
             mlp, GreedyPathQuantizer(n_bits=2), n_calibration=m, random_state=0
         ).fit(X, y)
-        path = os.path.join(folder, "mlp.skq")
-        skquant.save(q, path)
-        with open(path, "rb") as f:  # safetensors: 8 bytes of length, the header
-            header = int.from_bytes(f.read(8), "little")
-        print(
-            f"  m={m:<5d} QuantizedMLP pickle         {len(pickle.dumps(q)):>10,d} B;"
-            f" skquant.save file {os.path.getsize(path):,d} B (header {header:,d} B);"
-            f" counted size_bits_/8 {q.size_bits_ // 8:,d} B"
-        )
-        back = skquant.load(path)
-        assert np.array_equal(back.predict_proba(X), q.predict_proba(X))
+        size = len(pickle.dumps(q))
+        line = f"  m={m:<5d} QuantizedMLP pickle         {size:>10,d} B;"
+        if save is not None:
+            path = os.path.join(folder, "mlp.skq")
+            save(q, path)
+            with open(path, "rb") as f:  # safetensors: 8 bytes of length, the header
+                header = int.from_bytes(f.read(8), "little")
+            line += (
+                f" skquant.save file {os.path.getsize(path):,d} B"
+                f" (header {header:,d} B);"
+            )
+            back = skquant.load(path)
+            assert np.array_equal(back.predict_proba(X), q.predict_proba(X))
+        print(f"{line} counted size_bits_/8 {q.size_bits_ // 8:,d} B")
 
 
 if __name__ == "__main__":
