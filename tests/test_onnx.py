@@ -846,6 +846,28 @@ def test_a_one_sample_example_leaves_the_batch_free(tmp_path):
     assert dims.shape.dim[0].dim_value == 1
 
 
+def test_an_unbatched_example_gets_a_warning_that_its_shape_is_fixed(tmp_path):
+    """An example without a batch axis (a Linear's one feature vector, a conv's
+    one image) traces a file of that one shape: the batch asked for is not free,
+    and the warning says so and how to free it. A batch of the same model gives
+    a free batch and no warning."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    for net, x in ((mlp, torch.randn(16)), (conv, torch.randn(3, 8, 8))):
+        qnet = quantize_model(net, UniformQuantizer(n_bits=4))
+        path = tmp_path / "unbatched.onnx"
+        with pytest.warns(UserWarning, match=r"fixes the input's axis 0 \('batch'\)"):
+            export_onnx(qnet, x, path)
+        dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims] == list(x.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            export_onnx(qnet, x[None].expand(3, *x.shape), tmp_path / "batch.onnx")
+        dims = onnx.load(str(tmp_path / "batch.onnx")).graph.input[0]
+        assert dims.type.tensor_type.shape.dim[0].dim_param
+
+
 def test_a_forward_torch_export_cannot_trace_gets_a_hint(tmp_path):
     class DataDependent(nn.Module):
         def __init__(self):

@@ -34,6 +34,7 @@ from ._onnxgraph import (
     plain_gemm,
     read_elsewhere,
     replace_product,
+    warn_fixed,
 )
 from ._qlayers import QuantMixin
 from ._state import kept_state
@@ -144,8 +145,9 @@ def export_onnx(
         One input batch of the model; the export traces the model on it (a
         batch of one sample as two copies of it, so that the batch size stays
         free in the file; where the model refuses two, the file's batch is 1,
-        with a warning) and checks the file on it. Never written to, whatever
-        the forward does to its input.
+        with a warning, as is an axis the forward fixes: an example without a
+        batch axis gives a file of its one shape) and checks the file on it.
+        Never written to, whatever the forward does to its input.
     path : str or path-like
         The ``.onnx`` file to write.
     opset : int, default=None
@@ -333,6 +335,7 @@ def export_onnx(
             )
     proto = program.model_proto
     graph = proto.graph
+    warn_fixed(graph, {0: "batch", **free} if x.dim() > 0 and x.shape[0] > 1 else free)
     inits = {i.name: i for i in graph.initializer}
     version = max(
         op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")

@@ -4,6 +4,8 @@ replacement of a product."""
 
 import numpy as np
 
+from .._common._warn import warn
+
 
 def find_weight(name, layer, inits, numpy_helper):
     """``(initializer name, transposed)`` of a layer's float weight in the graph."""
@@ -131,3 +133,25 @@ def bias_apart(graph, key, spatial, helper, numpy_helper):
         new.append(helper.make_node("Add", [f"{out}_unbiased", bias], [out]))
         for k, n in enumerate(new):
             graph.node.insert(index + 1 + k, n)
+
+
+def warn_fixed(graph, free):
+    """Warn about the axes of ``free`` (``{axis: name}``) that the file's input
+    fixes: the model's forward gave them one size (the first axis of an unbatched
+    example is a feature axis)."""
+    dims = graph.input[0].type.tensor_type.shape.dim
+    fixed = {
+        a: dims[a].dim_value
+        for a in free
+        if a < len(dims) and not dims[a].dim_param and dims[a].dim_value
+    }
+    if fixed:
+        axes, them = ("axes", "them") if len(fixed) > 1 else ("axis", "it")
+        warn(
+            f"export_onnx: the file fixes the input's {axes} "
+            + ", ".join(f"{a} ({free[a]!r}) at {n}" for a, n in fixed.items())
+            + f": the model's forward gives {them} one size. An example without a "
+            "batch axis does that to its first axis (its sizes are the features): "
+            "pass a batch (x[None] for one sample) to leave the batch free.",
+            UserWarning,
+        )
