@@ -156,6 +156,21 @@ def test_dequantize_columns_refuses_what_is_not_a_slice():
             qt.dequantize(bad)
 
 
+@given(tensors_and_columns())
+def test_numpy_reads_a_tensor_as_its_dequantized_values(case):
+    """np.asarray(qt) is a new array equal to qt.dequantize(), in a dtype asked
+    for; copy=False (no view of codes can be floats) raises."""
+    qt, _ = case
+    whole = qt.dequantize()
+    got = np.asarray(qt)
+    assert got.dtype == whole.dtype
+    assert_array_equal(got, whole)
+    assert not np.shares_memory(got, qt.codes)
+    assert_array_equal(np.asarray(qt, dtype=np.float32), whole.astype(np.float32))
+    with pytest.raises(ValueError, match="copy=False"):
+        np.array(qt, copy=False)
+
+
 def test_quantize_rejects_unknown_alphabet():
     with pytest.raises(ValueError, match="got alphabet='quaternary'"):
         quantize(np.ones((2, 2)), alphabet="quaternary")

@@ -346,6 +346,30 @@ class QuantizedTensor:
         _msq.dequantize(codes, np.ascontiguousarray(level), zp, out)
         return out
 
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(qt)``: the dequantized values (as :meth:`dequantize`), so
+        that NumPy functions take a tensor where they take its floats.
+
+        Always a new array: ``copy=False`` raises ``ValueError``, as NumPy asks of
+        an object that cannot give a view.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skquant import quantize
+        >>> W = np.random.default_rng(0).standard_normal((16, 8))
+        >>> qt = quantize(W, n_bits=8)
+        >>> bool(np.allclose(qt, W, atol=0.05)), np.asarray(qt).dtype.name
+        (True, 'float64')
+        """
+        if copy is False:
+            raise ValueError(
+                "copy=False: a QuantizedTensor holds codes, not its float values; "
+                "np.asarray(qt) dequantizes them into a new array."
+            )
+        out = self.dequantize()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def summary(self, W=None, X=None):
         """Size and, given the original weights, the quantization error.
 
