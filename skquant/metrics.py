@@ -20,6 +20,13 @@ __all__ = [
 ]
 
 
+def _holds_tensors(t):
+    """Whether ``t`` is a list or tuple that holds a QuantizedTensor, at any depth."""
+    return isinstance(t, list | tuple) and any(
+        isinstance(u, QuantizedTensor) or _holds_tensors(u) for u in t
+    )
+
+
 def _items(tensors):
     if isinstance(tensors, QuantizedTensor | np.ndarray):
         items = [tensors]
@@ -30,9 +37,11 @@ def _items(tensors):
     else:
         items = list(tensors)
     if items is None or not all(
-        isinstance(t, QuantizedTensor) or np.asarray(t).dtype.kind in "biuf"
+        isinstance(t, QuantizedTensor)
+        or (not _holds_tensors(t) and np.asarray(t).dtype.kind in "biuf")
         for t in items
-    ):  # (a nested list of tensors counted one float for each tensor)
+    ):  # (a nested list of tensors counted one float for each tensor, or their
+        # dequantized values: np.asarray reads a QuantizedTensor's floats)
         raise TypeError(
             "tensors must be a QuantizedTensor, an array, or a list or dict of "
             f"them, got {tensors!r:.80} instead."

@@ -450,8 +450,8 @@ def test_grad_mode_runs_every_layer_on_its_kernels(monkeypatch, activations):
         monkeypatch.setattr(
             cls,
             "_run",
-            lambda self, x, real=real: (
-                runs.append((self, x.requires_grad)) or real(self, x)
+            lambda self, x, real=real, **kw: (
+                runs.append((self, x.requires_grad)) or real(self, x, **kw)
             ),
         )
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()

@@ -20,7 +20,8 @@ lines before its own, never a module of its own line, this package or
 5. ``_network`` (:class:`TorchNetwork`: the adapter and its walk), ``_qlayers``
    (the quantized layers and their runtimes), ``_fold`` (BatchNorm folded into
    the convolution before it);
-6. ``_model`` (:func:`quantize_model`), ``_adaptive``
+6. ``_model`` (:func:`quantize_model`), ``_chain`` (:func:`chain_int8`: int8
+   convolutions that pass codes to the next layer), ``_adaptive``
    (:func:`adaptive_quantize_model`), ``_sensitivity``
    (:func:`measure_sensitivity`), ``_onnxcheck`` (an exported file run in ONNX
    Runtime against the model);
@@ -39,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._network._adapters import register_adapter
 from ._adaptive import adaptive_quantize_model
 from ._capture import capture_inputs
+from ._chain import chain_int8
 from ._checkpoint import Checkpoint
 from ._fake import FakeQuantize, fake_quantize_ste
 from ._fold import FoldedBatchNorm
@@ -71,6 +73,7 @@ __all__ = [
     "QuantLinear",
     "RuntimeFallbackWarning",
     "capture_inputs",
+    "chain_int8",
     "export_onnx",
     "fake_quantize_ste",
     "load_into",

@@ -64,7 +64,7 @@ class FoldedBatchNorm(nn.Identity):
         return f"into={self.into!r}"
 
 
-def _hooked(module):
+def hooked(module):
     """Whether ``module`` has hooks (they would see the fold) or a
     parametrization (torch's fusion cannot write its weight)."""
     return bool(
@@ -81,8 +81,8 @@ def _fits(conv, norm):
     neither hooked."""
     return (
         isinstance(conv, CONVS)
-        and not _hooked(conv)
-        and not _hooked(norm)
+        and not hooked(conv)
+        and not hooked(norm)
         and isinstance(norm, NORMS)
         and norm.running_mean is not None
         and norm.num_features == conv.out_channels

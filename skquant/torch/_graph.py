@@ -438,3 +438,21 @@ def viewed_outputs(model, layers):
             if any(views(n, flow) for n in flow):
                 viewed.add(node.target)
     return viewed
+
+
+def fx_call(layer, x):
+    """A quantized layer's call in a ``torch.fx`` trace (``x``: a proxy) of a
+    model that holds it, as fx records torch's own layers (its forward branches
+    on values, which fx cannot trace): fx-based tools see one call of the
+    layer, which runs its kernels."""
+    tracer = x.tracer
+    try:
+        name = tracer.path_of_module(layer)
+    except NameError:
+        name = ""
+    if not name:  # (the traced module itself, or one outside it)
+        raise TypeError(
+            f"torch.fx traces a {type(layer).__name__} as a call of the model "
+            "that holds it: trace that model (or a module around the layer)."
+        )
+    return tracer.create_proxy("call_module", name, (x,), {})

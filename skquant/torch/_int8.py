@@ -26,6 +26,7 @@ from ._rows import kernel_padding
 __all__ = [
     "Int8Conv",
     "Int8Weights",
+    "chained_codes",
     "int8_weights",
     "dynamic_reduce_range",
     "fake_dynamic",
@@ -224,10 +225,14 @@ class Int8Weights(_Prepacked):
     def tensor(self):
         return self._rebuilt(self._unpacked()[0])
 
-    def conv(self, x, scale, zp, bounds):
+    def conv(self, x, scale, zp, bounds, out=None):
         """A convolution's output (``geometry``: see :func:`int8_weights`) as
         int8 GEMMs over its patches (``unfold``), one per group, on the input
-        grid ``(scale, zp)`` of codes in ``bounds`` (``x``: a Conv2d's input)."""
+        grid ``(scale, zp)`` of codes in ``bounds`` (``x``: a Conv2d's input).
+        float32 outputs only (``out``: ``None``, as :meth:`Int8Conv.conv` takes
+        it)."""
+        if out is not None:
+            raise ValueError(f"the GEMMs give float32 outputs only, got out={out!r}")
         x = grid_codes(x, scale, zp, bounds).sub_(zp).mul_(scale)
         kernel, stride, padding, dilation = self.geometry
         cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
@@ -269,6 +274,22 @@ def grid_codes(x, scale, zp, bounds):
     allocation of the activation's size)."""
     q = x / scale
     return q.round_().add_(zp).clamp_(*bounds).nan_to_num_(nan=float(bounds[0]))
+
+
+def chained_codes(x, scale, zp, bounds):
+    """The ``uint8`` codes of ``x``, a ``quint8`` tensor a chained layer gave
+    (:func:`~._chain.chain_int8`), where its grid is ``(scale, zp)``, clamped to
+    ``bounds`` (a narrower grid than the kernel's 0..255); ``None`` where it is
+    on another grid."""
+    if (
+        x.dtype != torch.quint8
+        or x.qscheme() != torch.per_tensor_affine
+        or x.q_scale() != scale
+        or x.q_zero_point() != zp
+    ):
+        return None
+    q = x.int_repr()
+    return q if tuple(bounds) == (0, 255) else q.clamp_(*bounds)
 
 
 def onednn_conv_available():
@@ -340,16 +361,25 @@ class Int8Conv(_Prepacked):
         )
         self.nbytes = onednn_nbytes(n_out, codes.shape[1])
 
-    def conv(self, x, scale, zp, bounds):
-        """The convolution of ``x`` (a Conv2d's input, float32) on the input grid
-        ``(scale, zp)`` of codes in ``bounds`` (:func:`grid_codes`)."""
-        q = grid_codes(x, scale, zp, bounds).to(torch.uint8)
+    def conv(self, x, scale, zp, bounds, out=None):
+        """The convolution of ``x`` (a Conv2d's input, float32, or its ``uint8``
+        codes) on the input grid ``(scale, zp)`` of codes in ``bounds``
+        (:func:`grid_codes`): float32 outputs, or with ``out`` (a grid ``(scale,
+        zero point)``) a ``quint8`` tensor of the outputs on it, rounded and
+        clamped to 0..255 by the kernel (:func:`~._chain.chain_int8`)."""
+        q = x if x.dtype == torch.uint8 else grid_codes(x, scale, zp, bounds)
         _, stride, padding, dilation = (list(v) for v in self.geometry)
-        return torch.ops.onednn.qconv2d_pointwise(
-            q, scale, zp, self.weight, self.scale, self.zero_points, self.bias,
-            stride, padding, dilation, self.groups, 1.0, 0, torch.float32,
+        o_scale, o_zp, o_dtype = (
+            (1.0, 0, torch.float32) if out is None else (*out, None)
+        )
+        y = torch.ops.onednn.qconv2d_pointwise(
+            q.to(torch.uint8), scale, zp, self.weight, self.scale, self.zero_points,
+            self.bias, stride, padding, dilation, self.groups, o_scale, o_zp, o_dtype,
             "none", [], "",
         )  # fmt: skip
+        if out is None:
+            return y
+        return torch._make_per_tensor_quantized_tensor(y, o_scale, o_zp)
 
     def tensor(self):
         return self._rebuilt(

@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._common._warn import warn
 from .._tensor._runtime import RuntimeWeights, runtime_bits
 from ._fake import (
     KernelGrad,
@@ -47,9 +46,12 @@ from ._fake import (
     outside_functorch,
     straight_through,
 )
+from ._graph import fx_call
 from ._int8 import (
     SIMULATED,
+    Int8Conv,
     Int8Weights,
+    chained_codes,
     dynamic_reduce_range,
     engine_reason,
     fake_dynamic,
@@ -60,7 +62,12 @@ from ._int8 import (
 from ._layout import conv_args, conv_kwargs
 from ._qstate import StoredForm
 from ._rows import kernel_padding, output_sizes
-from ._runtimes import check_runtime
+from ._runtimes import (  # noqa: F401 (_ANNOUNCED: the tests clear it)
+    _ANNOUNCED,
+    RuntimeFallbackWarning,
+    announce,
+    check_runtime,
+)
 from ._state import take_hooks
 
 __all__ = [
@@ -78,21 +85,6 @@ ACTIVATION_MODES = (None, "dynamic", "static")
 
 #: torch.compiler's flag where this torch has it (from 2.6; none exports so before)
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-
-
-class RuntimeFallbackWarning(UserWarning):
-    """A quantized layer runs a slower path than asked for (said once per reason)."""
-
-
-_ANNOUNCED = set()
-
-
-def announce(key, message):
-    """Warn ``message`` once per process and ``key``."""
-    if key in _ANNOUNCED:
-        return
-    _ANNOUNCED.add(key)
-    warn(message, RuntimeFallbackWarning)
 
 
 def _torch_gemm(a, b):
@@ -115,6 +107,9 @@ class QuantMixin(StoredForm):
     _float_tensor = None
     _rt = None
     _int8 = None
+    #: the next layer's input grid ``(scale, zero point)`` this layer gives its
+    #: outputs on, as ``quint8`` tensors (:func:`~._chain.chain_int8`)
+    _chain = None
 
     def _attach(self, module, tensor, runtime="auto"):
         """Take ``module``'s bias and ``tensor``'s codes and scales."""
@@ -453,23 +448,6 @@ class QuantMixin(StoredForm):
 
     # -- forward --------------------------------------------------------------
 
-    def _fx_call(self, x):
-        """This layer's call in a ``torch.fx`` trace of a model that holds it, as
-        fx records torch's own layers (its forward branches on values, which
-        fx cannot trace): fx-based tools see one call of the layer, which runs
-        its kernels."""
-        tracer = x.tracer
-        try:
-            name = tracer.path_of_module(self)
-        except NameError:
-            name = ""
-        if not name:  # (the traced module itself, or one outside it)
-            raise TypeError(
-                f"torch.fx traces a {type(self).__name__} as a call of the model "
-                "that holds it: trace that model (or a module around the layer)."
-            )
-        return tracer.create_proxy("call_module", name, (x,), {})
-
     def _wants_grad(self, x):
         """Whether the input needs gradients in this call (the kernels are
         inference kernels: such inputs take the float path, or run the kernels
@@ -558,14 +536,14 @@ class QuantMixin(StoredForm):
         self._int8 = self._int8_weights(w.tensor())
         return True
 
-    def _try_int8(self, x):
+    def _try_int8(self, x, chain=False):
         """The integer GEMM's output, or ``None`` (the simulated path, see
         :func:`fake_dynamic`) when ``x`` holds NaN or inf that the kernel cannot
         run on (a convolution's dynamic grid) or spreads (a dynamic grid spanning
         one makes every output NaN: its first output tells, with no pass over the
         input). A static grid puts them on the grid as torch's kernels do."""
         try:
-            y = self._int8_forward(x)
+            y = self._int8_forward(x, chain)
         except (RuntimeError, ValueError):
             if bool(torch.isfinite(x).all()):
                 raise
@@ -638,7 +616,9 @@ class QuantLinear(QuantMixin, nn.Linear):
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
         if isinstance(x, torch.fx.Proxy):
-            return self._fx_call(x)
+            return fx_call(self, x)
+        if x.is_quantized:  # a chained convolution's outputs (its codes exact)
+            x = x.dequantize()
         self._check_input(x)
         if self._grad_kernels(x):
             return self._bias_grad(KernelGrad.apply(x, self))
@@ -659,7 +639,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self._float_weight_for(x), bias)
 
-    def _int8_forward(self, x):
+    def _int8_forward(self, x, chain=False):
         flat = x.detach().reshape(-1, self.in_features).contiguous()
         params = self._int8.params[0]
         if self._act_mode == "dynamic":
@@ -697,24 +677,30 @@ class QuantConvMixin(QuantMixin):
     def forward(self, input):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
         if isinstance(x, torch.fx.Proxy):
-            return self._fx_call(x)
+            return fx_call(self, x)
+        if x.is_quantized:  # a chained convolution's outputs
+            codes = self._chained_input(x)
+            if codes is not None and (y := self._int8_forward(codes, True)) is not None:
+                y = self._bias_grad(y)  # (codes only where no gradient is needed)
+                return y.contiguous() if self._contiguous_out else y
+            x = x.dequantize()  # (on another grid or kernel: its values)
         self._check_input(x)
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if self._grad_kernels(x):
             y = self._bias_grad(KernelGrad.apply(x, self))
         else:
-            y = self._run(x)
+            y = self._run(x, chain=True)  # (KernelGrad's run gives floats)
         # (int8 outputs are laid out as the kernel gives them, channels last,
         # and so is what a layer computes from them, unless .view reads it:
         # torch's layout for a contiguous input everywhere cost 2x to 3x the
         # forward's time on the benchmarks)
         return y.contiguous() if self._contiguous_out else y
 
-    def _run(self, x):
-        """The output on the int8 kernels (``x`` without gradients) or
-        simulated."""
-        if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
+    def _run(self, x, chain=False):
+        """The output on the int8 kernels (``x`` without gradients; ``chain``:
+        codes where chained) or simulated."""
+        if self._runs_int8(x) and (y := self._try_int8(x, chain)) is not None:
             return self._bias_grad(y)
         if self._act_mode is not None:
             x = self._fake_input(x)
@@ -725,9 +711,10 @@ class QuantConvMixin(QuantMixin):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return self._conv_forward(x, w, bias)  # (laid out as x is)
 
-    def _int8_forward(self, x):
+    def _int8_forward(self, x, chain=False):
         """The convolution on the integer kernels (:mod:`._int8`), or ``None``
-        for an input it cannot take (torch's own layer then says why)."""
+        for an input it cannot take (torch's own layer then says why); with
+        ``chain``, on the next layer's codes where chained."""
         if x.dim() != len(self.kernel_size) + 2 or x.shape[1] != self.in_channels:
             return None
         if min(output_sizes(self, x)) < 1:
@@ -738,14 +725,41 @@ class QuantConvMixin(QuantMixin):
         if pads is not None:  # padded as torch's layer pads, the kernel not
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, pads, mode=mode)
-        if self._act_mode == "static":  # the grid's codes, moved to unsigned
-            shift = max(-self._act_meta["qmin"], 0)
-            bounds = (self._act_meta["qmin"] + shift, self._act_meta["qmax"] + shift)
-        else:
-            bounds = (0, 127 if dynamic_reduce_range(self._largest_code) else 255)
+        bounds = self._kernel_bounds()
         if len(self.kernel_size) == 1:  # a Conv1d is a Conv2d of height 1
             return self._int8.conv(x.unsqueeze(2), scale, zp, bounds).squeeze(2)
-        return self._int8.conv(x, scale, zp, bounds)
+        out = self._chain_out() if chain else None
+        return self._int8.conv(x, scale, zp, bounds, out)
+
+    def _kernel_bounds(self):
+        """The input codes' range on the kernel's unsigned 8 bits."""
+        if self._act_mode == "static":  # the grid's codes, moved to unsigned
+            shift = max(-self._act_meta["qmin"], 0)
+            return (self._act_meta["qmin"] + shift, self._act_meta["qmax"] + shift)
+        return (0, 127 if dynamic_reduce_range(self._largest_code) else 255)
+
+    def _chains(self):
+        """Whether oneDNN's convolution runs this layer on static input codes
+        (the ends of a chain)."""
+        return (
+            self._act_mode == "static"
+            and isinstance(self._int8, Int8Conv)
+            and len(self.kernel_size) == 2
+            and kernel_padding(self)[1] is None
+            and self._bias_linked()
+        )
+
+    def _chained_input(self, x):
+        """The codes of ``x`` (``quint8``) if on this layer's grid, else ``None``."""
+        grid = self._input_qparams(x) if self._chains() else None
+        return grid and chained_codes(x, *grid, self._kernel_bounds())
+
+    def _chain_out(self):
+        """The grid this call gives its outputs on (``None``: float32, as where
+        the bias needs gradients)."""
+        b, off = self.bias, self._chain is None or self.training or _is_compiling()
+        grad = b is not None and b.requires_grad and torch.is_grad_enabled()
+        return None if off or grad or not self._chains() else self._chain
 
 
 class QuantConv1d(QuantConvMixin, nn.Conv1d):

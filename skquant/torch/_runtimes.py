@@ -1,5 +1,7 @@
 """The ``runtime=`` option of the quantized layers: its values, checked, and
-resolved per layer."""
+resolved per layer; the warning a layer gives when it runs a slower path."""
+
+from .._common._warn import warn
 
 #: the runtimes a quantized layer can run
 RUNTIMES = ("auto", "packed", "int8", "float")
@@ -23,3 +25,18 @@ def runtime_of(runtime, name):
     if isinstance(runtime, dict):
         return runtime.get(name, runtime.get("*", "auto"))
     return runtime
+
+
+class RuntimeFallbackWarning(UserWarning):
+    """A quantized layer runs a slower path than asked for (said once per reason)."""
+
+
+_ANNOUNCED = set()
+
+
+def announce(key, message):
+    """Warn ``message`` once per process and ``key``."""
+    if key in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(key)
+    warn(message, RuntimeFallbackWarning)

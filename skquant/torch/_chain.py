@@ -1,0 +1,151 @@
+"""Chains of int8 convolutions that pass their activations as codes.
+
+A quantized convolution with static activations takes float32 inputs, puts them
+on its grid and gives float32 outputs; the ReLU and pooling after it, and the
+next layer's rounding, are passes over float32 tensors, most of the forward's
+time on small convolutional networks (:ref:`runtime`). In a chain, a
+convolution gives its outputs on the next quantized layer's input grid as a
+``quint8`` tensor (oneDNN's kernel rounds and clamps them), the modules between
+run on those bytes (torch's quantized ReLU and max pooling), and the next layer
+takes the codes as they are. ReLU and max pooling commute with rounding to a
+grid, so the codes are those the float path rounds to, but where the kernel's
+rescaling and the float path round a value on the two sides of a step's half
+(a difference of one code).
+"""
+
+from torch import nn
+
+from .._common._checks import check_bool
+from ._fold import FoldedBatchNorm, hooked
+from ._graph import global_hooks
+from ._qlayers import QuantConv2d, QuantLinear, QuantMixin
+
+__all__ = ["chain_int8"]
+
+#: modules a chain passes through: they run on ``quint8`` tensors as on floats
+#: (exact types: a subclass may have another forward)
+BETWEEN = (
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.Flatten,
+    nn.Identity,
+    FoldedBatchNorm,
+    nn.Dropout,
+)
+
+
+def _starts(layer):
+    """Whether ``layer`` can give its outputs as codes: a 2-D convolution on
+    oneDNN's int8 kernel with a static input grid, nothing hooked on it."""
+    return type(layer) is QuantConv2d and layer._chains() and not hooked(layer)
+
+
+def _ends(layer):
+    """The input grid ``(scale, zero point)`` on the kernel's unsigned 8 bits
+    that ``layer`` takes codes on (``None``: it takes none)."""
+    if type(layer) not in (QuantConv2d, QuantLinear) or hooked(layer):
+        return None
+    meta = layer._act_meta
+    if layer._act_mode != "static" or meta["per_channel"] or meta["n_bits"] > 8:
+        return None
+    return layer._input_qparams(None)
+
+
+def _passes(module):
+    return type(module) in BETWEEN and not hooked(module)
+
+
+def chain_int8(model, enable=True):
+    """Let the int8 convolutions of ``model``'s ``nn.Sequential`` containers
+    give their outputs to the next quantized layer as codes.
+
+    Where a :class:`~skquant.torch.QuantConv2d` that runs oneDNN's int8
+    convolution on a static input grid is followed, in the same
+    ``nn.Sequential``, by ReLUs, 2-D max poolings, flattens, identities
+    (folded BatchNorms included) or dropouts, then by a quantized layer with a
+    static per-tensor input grid of at most 8 bits, the convolution gives that
+    layer's codes: a ``quint8`` tensor on its grid (torch's quantized tensor:
+    ``.dequantize()`` gives its values), which the modules between run on,
+    and which a convolution takes as it is (a Linear dequantizes it). A
+    chain runs in eval mode, with nothing that needs gradients (under
+    ``torch.no_grad`` or ``torch.inference_mode``, or frozen biases); otherwise
+    its layers run as before. The model's output stays float32.
+
+    The codes are those the unchained layers round to but where the kernel's
+    rescaling and the float path fall on the two sides of half a step: a code
+    apart (tested; none on the benchmarks' networks). Every layer called by
+    itself gives float32 but a chain's first, which gives the codes.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A model returned by :func:`quantize_model` or :func:`load_into`; changed
+        in place (``save_model`` does not record the chains: chain a loaded
+        model again). Calibrating a layer's grid again after chaining needs a
+        new call.
+    enable : bool, default=True
+        ``False`` unchains every layer.
+
+    Returns
+    -------
+    links : list of (str, str)
+        The ``(convolution, next quantized layer)`` names chained.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from skquant import ActivationQuantizer, UniformQuantizer
+    >>> from skquant.torch import chain_int8, quantize_model
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2),
+    ...                     nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+    ...                     nn.Linear(8 * 9, 10)).eval()
+    >>> x = torch.randn(32, 1, 12, 12)
+    >>> qnet = quantize_model(net, UniformQuantizer(n_bits=4), x,
+    ...                       activations=ActivationQuantizer(n_bits=8))
+    >>> with torch.no_grad():
+    ...     before = qnet(x)
+    >>> chain_int8(qnet)
+    [('0', '3'), ('3', '6')]
+    >>> with torch.no_grad():
+    ...     after = qnet(x)
+    >>> after.dtype, bool((after - before).abs().max() < 1e-3)
+    (torch.float32, True)
+    """
+    enable = check_bool(enable, "enable")
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__} instead."
+        )
+    for mod in model.modules():
+        if isinstance(mod, QuantMixin):
+            mod._chain = None
+    if not enable or global_hooks():
+        return []
+    # a convolution held in two places runs in both: it gives codes in neither
+    # (the modules after it take floats too)
+    seen = {}
+    for _, mod in model.named_modules(remove_duplicate=False):
+        seen[id(mod)] = seen.get(id(mod), 0) + 1
+    links = []
+    for name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential) or (
+            type(seq).forward is not nn.Sequential.forward or hooked(seq)
+        ):
+            continue
+        children = list(seq._modules.items())
+        for i, (key, layer) in enumerate(children):
+            if seen[id(layer)] > 1 or not _starts(layer):
+                continue
+            j = i + 1
+            while j < len(children) and _passes(children[j][1]):
+                j += 1
+            if j == len(children):
+                continue
+            grid = _ends(children[j][1])
+            if grid is not None:
+                layer._chain = grid
+                prefix = f"{name}." if name else ""
+                links.append((prefix + key, prefix + children[j][0]))
+    return links
