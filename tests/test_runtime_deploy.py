@@ -376,3 +376,61 @@ def test_a_bias_the_int8_gemm_cannot_add_is_said():
         with torch.no_grad():
             q(x)
     assert repr(q[0]).endswith("simulated)")  # (as runtime.rst says)
+
+
+@pytest.mark.parametrize("runtime", ["packed", "int8"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_an_edited_weight_scale_is_what_every_runtime_computes_and_saves(
+    tmp_path, runtime, kind
+):
+    """weight_scale is the layer's state: an edit in place, or another tensor
+    put there by functional_call, is what the packed and int8 forms compute
+    with (they held their own copy, and state_dict wrote the edited buffer, so
+    that the model and its file computed different functions), as the float
+    runtime does."""
+    from torch.func import functional_call
+
+    from skquant.torch import load_into, save_model
+
+    def net():
+        torch.manual_seed(0)
+        if kind == "conv":
+            return nn.Sequential(
+                nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4)
+            ).eval()
+        return mlp()
+
+    x = torch.randn(8, 3, 6, 6) if kind == "conv" else torch.randn(8, 32)
+    acts = ActivationQuantizer(n_bits=8)
+    q = quantized(net(), x, runtime, acts)
+    ref = quantized(net(), x, "float", acts)
+    with torch.no_grad():
+        before = q(x)
+        for m in (q, ref):
+            m[0].weight_scale.mul_(1.5)
+        after = q(x)
+        assert not torch.equal(after, before)
+        torch.testing.assert_close(after, ref(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            q[0].weight,
+            q[0].weight_codes.float()
+            * q[0].weight_scale.reshape((-1,) + (1,) * (q[0].weight.dim() - 1)),
+        )
+        again = copy.deepcopy(q)
+        again.load_state_dict(q.state_dict())
+        assert torch.equal(again(x), after)
+        save_model(q, tmp_path / "m.skq")
+        assert torch.equal(
+            load_into(net(), tmp_path / "m.skq", runtime=runtime)(x), after
+        )
+        swapped = dict(q.named_buffers())
+        swapped["0.weight_scale"] = swapped["0.weight_scale"] * 2
+        ref_swapped = dict(ref.named_buffers())
+        ref_swapped["0.weight_scale"] = ref_swapped["0.weight_scale"] * 2
+        torch.testing.assert_close(
+            functional_call(q, swapped, (x,)),
+            functional_call(ref, ref_swapped, (x,)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        assert torch.equal(q(x), after)  # its own scale again

@@ -190,6 +190,7 @@ class QuantMixin(StoredForm):
                 "_codes", torch.from_numpy(codes).to(self._device), persistent=False
             )
             self._float_tensor = tensor if tensor.precision_bits is not None else None
+        self._held_scales = self._scale_state()
 
     def _choose(self, tensor):
         """``(runtime, reason for a fallback or None)``."""
@@ -259,43 +260,6 @@ class QuantMixin(StoredForm):
     def _int8_weights(self, tensor):
         return int8_weights(tensor, self._bias_or_none(), layer=self)
 
-    def _apply(self, fn, recurse=True):
-        """torch's ``_apply`` (``.half()``, ``.to()``), but the ``packed`` and
-        ``int8`` runtimes keep ``weight_scale``, ``weight_zero_point`` and
-        ``input_scale`` in their dtype (moved, not cast): their kernels compute
-        with the scales as held, and ``state_dict`` must give those back
-        (``.half().float()`` moved a static input grid by up to 0.4%). The
-        layer's dtype and device follow the cast (``weight`` is read in them),
-        and on a cast to float32 or float64 on the CPU the layer chooses its
-        runtime again (a float64 model cast to float32 runs the int8 GEMM; a
-        weight-only one loaded in float16 and cast back, its kernels)."""
-        kept = {}
-        if self._rt is not None or self._int8 is not None:
-            for key in ("weight_scale", "weight_zero_point", "input_scale"):
-                if self._buffers.get(key) is not None:
-                    kept[key] = self._buffers[key]
-        before = getattr(self, "_wdtype", None)
-        out = super()._apply(fn, recurse)
-        for key, old in kept.items():
-            new = self._buffers.get(key)
-            if new is not None and new.dtype != old.dtype:
-                self._buffers[key] = old.to(new.device)
-        device = getattr(self, "_device", None)
-        try:
-            probe = fn(torch.empty(0, dtype=before or torch.float32, device=device))
-        except Exception:  # (a function for the module's tensors only)
-            probe = None
-        if probe is not None and before is not None and probe.dtype.is_floating_point:
-            self._device = probe.device
-            if probe.dtype != before:
-                self._wdtype = probe.dtype
-                if probe.device.type == "cpu" and probe.dtype in (
-                    torch.float32,
-                    torch.float64,
-                ):
-                    self._hold(self.quantized_tensor())
-        return out
-
     @property
     def nbytes_held(self):
         """Bytes this layer holds: codes in their runtime form, scales, bias (the
@@ -345,6 +309,7 @@ class QuantMixin(StoredForm):
         super().__setattr__(name, value)
 
     def _dequantized(self, dtype, device):
+        self._sync_scales()
         if self._rt is not None:
             W = self._rt.dequantize()
         elif self._int8 is not None:
@@ -617,6 +582,7 @@ class QuantLinear(QuantMixin, nn.Linear):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
         if isinstance(x, torch.fx.Proxy):
             return fx_call(self, x)
+        self._sync_scales()  # (weight_scale edited or swapped: held again)
         if x.is_quantized:  # a chained convolution's outputs (its codes exact)
             x = x.dequantize()
         self._check_input(x)
@@ -678,6 +644,7 @@ class QuantConvMixin(QuantMixin):
         x = input  # torch's layers name it so: ``layer(input=x)`` works
         if isinstance(x, torch.fx.Proxy):
             return fx_call(self, x)
+        self._sync_scales()  # (weight_scale edited or swapped: held again)
         if x.is_quantized:  # a chained convolution's outputs
             codes = self._chained_input(x)
             if codes is not None and (y := self._int8_forward(codes, True)) is not None:

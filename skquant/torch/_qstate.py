@@ -3,6 +3,8 @@ file entry of its codes, and its ``state_dict`` (packed codes, scales, the
 alphabet and activation mode as extra state), loaded into a layer of any
 runtime."""
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -10,6 +12,7 @@ from .._tensor._alphabets import Alphabet
 from .._tensor._bits import pack_codes
 from .._tensor._io import _tensor_entry, tensor_from
 from .._tensor._qtensor import QuantizedTensor
+from ._fake import functorch_wrapped
 from ._layout import size_mismatches, to_numpy
 
 __all__ = ["StoredForm"]
@@ -28,6 +31,50 @@ class StoredForm:
         qt : QuantizedTensor
             The codes this layer holds, with ``weight_scale``.
         """
+        self._sync_scales()
+        return self._held_tensor()
+
+    def _scale_state(self):
+        """``weight_scale`` and ``weight_zero_point`` as held now, with their
+        versions (``None`` where a tensor keeps none: an inference tensor)."""
+        state = []
+        for key in ("weight_scale", "weight_zero_point"):
+            t = self._buffers.get(key)
+            try:
+                version = None if t is None else t._version
+            except RuntimeError:
+                version = None
+            state += [t, version]
+        return state
+
+    def _sync_scales(self):
+        """Hold the codes again with ``weight_scale`` and ``weight_zero_point``
+        where they changed since the layer took them (an edit in place, another
+        tensor put there): the ``packed`` and ``int8`` forms hold their own
+        copies, and ``state_dict`` and files write the buffers."""
+        held = getattr(self, "_held_scales", None)
+        now = self._scale_state()
+        if held is None or all(
+            (a is b) if i % 2 == 0 else (a == b)
+            for i, (a, b) in enumerate(zip(now, held))
+        ):
+            return
+        scale, zp = now[0], now[2]
+        if any(
+            t is not None and (t.requires_grad or functorch_wrapped(t))
+            for t in (scale, zp)
+        ):
+            return  # (a transform's tensors: the simulated path reads them)
+        qt = self._held_tensor()
+        qt = dataclasses.replace(
+            qt,
+            scale=to_numpy(scale).copy(),
+            zero_point=None if zp is None else to_numpy(zp).copy(),
+        )
+        self._hold(qt)
+
+    def _held_tensor(self):
+        """The tensor of the form the layer holds (its scales as taken)."""
         if self._rt is not None:
             return self._rt.tensor()
         if self._int8 is not None:
@@ -76,6 +123,43 @@ class StoredForm:
         if "weight_zero_point" in self._buffers:
             codes = codes - self.weight_zero_point.to(tdtype).reshape(-1, 1)
         return (codes * level.reshape(-1, 1)).reshape(self._wshape)
+
+    def _apply(self, fn, recurse=True):
+        """torch's ``_apply`` (``.half()``, ``.to()``), but the ``packed`` and
+        ``int8`` runtimes keep ``weight_scale``, ``weight_zero_point`` and
+        ``input_scale`` in their dtype (moved, not cast): their kernels compute
+        with the scales as held, and ``state_dict`` must give those back
+        (``.half().float()`` moved a static input grid by up to 0.4%). The
+        layer's dtype and device follow the cast (``weight`` is read in them),
+        and on a cast to float32 or float64 on the CPU the layer chooses its
+        runtime again (a float64 model cast to float32 runs the int8 GEMM; a
+        weight-only one loaded in float16 and cast back, its kernels)."""
+        kept = {}
+        if self._rt is not None or self._int8 is not None:
+            for key in ("weight_scale", "weight_zero_point", "input_scale"):
+                if self._buffers.get(key) is not None:
+                    kept[key] = self._buffers[key]
+        before = getattr(self, "_wdtype", None)
+        out = super()._apply(fn, recurse)
+        for key, old in kept.items():
+            new = self._buffers.get(key)
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[key] = old.to(new.device)
+        device = getattr(self, "_device", None)
+        try:
+            probe = fn(torch.empty(0, dtype=before or torch.float32, device=device))
+        except Exception:  # (a function for the module's tensors only)
+            probe = None
+        if probe is not None and before is not None and probe.dtype.is_floating_point:
+            self._device = probe.device
+            if probe.dtype != before:
+                self._wdtype = probe.dtype
+                if probe.device.type == "cpu" and probe.dtype in (
+                    torch.float32,
+                    torch.float64,
+                ):
+                    self._hold(self.quantized_tensor())
+        return out
 
     # -- state ----------------------------------------------------------------
 
