@@ -53,6 +53,8 @@ class StoredForm:
         tensor put there): the ``packed`` and ``int8`` forms hold their own
         copies, and ``state_dict`` and files write the buffers."""
         held = getattr(self, "_held_scales", None)
+        if self._rt is None and self._int8 is None and self._float_tensor is None:
+            return  # (the float runtime computes from the buffers)
         now = self._scale_state()
         if held is None or all(
             (a is b) if i % 2 == 0 else (a == b)
@@ -61,10 +63,16 @@ class StoredForm:
             return
         scale, zp = now[0], now[2]
         if any(
-            t is not None and (t.requires_grad or functorch_wrapped(t))
+            t is not None
+            and (
+                type(t) is not torch.Tensor  # (a trace's fake tensors)
+                or t.is_meta
+                or t.requires_grad
+                or functorch_wrapped(t)
+            )
             for t in (scale, zp)
         ):
-            return  # (a transform's tensors: the simulated path reads them)
+            return  # (no values to hold: the simulated path reads them)
         qt = self._held_tensor()
         qt = dataclasses.replace(
             qt,
