@@ -266,3 +266,46 @@ def test_a_shuffling_loader_gives_the_same_table_for_a_seed():
     ]
     assert torch.equal(torch.get_rng_state(), state)
     np.testing.assert_array_equal(runs[0].noise, runs[1].noise)
+
+
+@pytest.mark.parametrize(
+    "quantizer, name",
+    [
+        (UniformQuantizer(scale="bogus"), "scale"),
+        (UniformQuantizer(granularity="per_row"), "granularity"),
+        (UniformQuantizer(n_jobs="2"), "n_jobs"),
+        (NullSpaceQuantizer(rank=-5), "rank"),
+        (GreedyPathQuantizer(scale="MSE"), "scale"),
+    ],
+)
+def test_the_quantizers_parameters_are_checked(digits_mlp, quantizer, name):
+    """The allocator checks its quantizer's parameters, as QuantizedMLP does: its
+    fit skips nested checks, and a misspelt scale was fitted as 'mse' (a grid
+    search then chose the misspelling)."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    mlp, X, y = digits_mlp
+    with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of"):
+        LayerBitAllocator(mlp, quantizer, bits=(2, 4)).fit(X[1200:], y[1200:])
+
+
+def test_sparse_data_gives_the_dense_datas_table_and_bits(digits_mlp):
+    """SciPy sparse X (which the MLP takes) is measured on the rows the dense X
+    gives: the same table, the same bits."""
+    import scipy.sparse as sp
+
+    from skquant import measure_sensitivity
+
+    mlp, X, y = digits_mlp
+    dense = measure_sensitivity(mlp, X[1200:], y[1200:], bits=(2, 4), max_samples=300)
+    for fmt in (sp.csr_matrix, sp.csc_array):
+        got = measure_sensitivity(
+            mlp, fmt(X[1200:]), y[1200:], bits=(2, 4), max_samples=300
+        )
+        np.testing.assert_array_equal(got.noise, dense.noise)
+    budget = 3.5 * sum(c.size for c in mlp.coefs_)
+    a = LayerBitAllocator(mlp, bits=(2, 3, 4), budget=budget).fit(X[1200:], y[1200:])
+    b = LayerBitAllocator(mlp, bits=(2, 3, 4), budget=budget).fit(
+        sp.csr_matrix(X[1200:]), y[1200:]
+    )
+    assert a.bits_ == b.bits_

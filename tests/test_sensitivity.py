@@ -406,6 +406,18 @@ def test_run_tasks_streams_results_in_order_on_every_backend():
             assert list(out) == [i * i for i in range(7)]
 
 
+def test_joblibs_multiprocessing_backend_measures_mlps(digits_mlp):
+    """The scikit-learn front end's tasks pickle for joblib's multiprocessing
+    backend (an identity activation was a lambda), with the serial table."""
+    from joblib import parallel_config
+
+    mlp, X, y = digits_mlp
+    serial = measure_sensitivity(mlp, X[1200:], y[1200:], bits=(2, 4))
+    with parallel_config(backend="multiprocessing"):
+        got = measure_sensitivity(mlp, X[1200:], y[1200:], bits=(2, 4), n_jobs=2)
+    np.testing.assert_array_equal(got.noise, serial.noise)
+
+
 def _warns_and_reads_settings(i):
     import sklearn
 

@@ -61,6 +61,9 @@ def check_quantizer(quantizer):
             "(UniformQuantizer, GreedyPathQuantizer or NullSpaceQuantizer), got "
             f"{quantizer!r:.80} instead."
         )
+    # its parameters, checked here: a caller that skips nested validation (the
+    # allocator's fit) took a misspelt one, which the clones fitted silently
+    quantizer._validate_params()
     return quantizer
 
 

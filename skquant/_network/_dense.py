@@ -17,13 +17,17 @@ def _relu(Z):
     return np.maximum(Z, 0)
 
 
+def _identity(Z):  # (a function, not a lambda: joblib's multiprocessing pickles it)
+    return Z
+
+
 #: the hidden activations of dense networks (scikit-learn's definitions)
 ACTIVATIONS = {
-    "identity": lambda Z: Z,
+    "identity": _identity,
     "relu": _relu,
     "tanh": np.tanh,
     "logistic": expit,
-    None: lambda Z: Z,
+    None: _identity,
 }
 
 

@@ -376,7 +376,7 @@ def subsample(X, y, max_samples, random_state):
     """At most ``max_samples`` rows of ``X`` (and ``y``), drawn without replacement."""
     check_int(max_samples, "max_samples", none=True)
     rng = check_rng(random_state)
-    n = len(X)
+    n = X.shape[0]  # (len() of a SciPy sparse matrix raises)
     if n == 0:
         raise ValueError("X holds no sample: the measurement needs at least one row.")
     if y is not None and len(y) != n:

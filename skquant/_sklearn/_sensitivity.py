@@ -1,6 +1,7 @@
 """measure_sensitivity: the per-layer sensitivity of a fitted scikit-learn MLP."""
 
 import numpy as np
+from scipy.sparse import issparse
 
 from .._network._dense import MLPNetwork, check_mlp
 from .._network._sensitivity import (
@@ -49,8 +50,9 @@ def measure_sensitivity(
         A fitted network (or one wrapped in ``FrozenEstimator``). For a
         regressor the output is the measured ``Z`` and no accuracy or ``t`` is
         measured.
-    X : array-like of shape (n_samples, n_features)
-        Data to measure on (held out from training ideally).
+    X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        Data to measure on (held out from training ideally). Sparse X has its
+        ``max_samples`` rows drawn first, then made dense.
     y : array-like of shape (n_samples,), default=None
         Labels (a column vector is raveled, with a ``DataConversionWarning``, as
         scikit-learn does): accuracy is measured on them (and they are needed by
@@ -146,11 +148,15 @@ def measure_sensitivity(
             "sample), which the sensitivity does not support: it measures the "
             "margin between the classes of one label per sample."
         )
-    X = network._check_X(X)
+    sparse = issparse(X)  # (the MLP takes SciPy sparse X: its rows drawn first,
+    # then made dense, the rows the dense X gives)
+    X = X.tocsr() if sparse else network._check_X(X)
     y = None if y is None else np.asarray(y)
     if classifier and y is not None:
         y = labels_1d(y)
     Xs, ys = subsample(X, y, max_samples, random_state)
+    if sparse:
+        Xs = network._check_X(Xs.toarray())
     labels = None
     if classifier and ys is not None:
         Xs, ys = network.check_targets(Xs, ys)
