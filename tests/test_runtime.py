@@ -791,6 +791,29 @@ def test_a_forward_that_views_an_int8_convolution_output_runs(
         assert _relative(model(x).detach(), want) <= 1e-5  # (grad mode: float path)
 
 
+def test_a_hook_that_views_an_int8_convolutions_output_runs():
+    """A forward hook on an int8 convolution (a feature extractor's, Grad-CAM's)
+    may .view its output: a hooked layer gives it contiguous (it raised 'view
+    size is not compatible'); without hooks, the kernel's layout stays."""
+    if not _int8.onednn_conv_available():
+        pytest.skip("this torch has no oneDNN quantized convolution")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    for acts in (ActivationQuantizer(7), "dynamic"):
+        q = quantize_model(net, UniformQuantizer(4), x, activations=acts)
+        with torch.no_grad():
+            assert not q[0](x).is_contiguous()
+            feats = []
+            handle = q[0].register_forward_hook(
+                lambda m, i, o: feats.append(o.view(o.size(0), -1))
+            )
+            out = q(x)
+            handle.remove()
+            assert torch.equal(feats[0], q[0](x).reshape(4, -1))
+            assert torch.equal(out, q(x))
+
+
 def test_an_int8_convolution_unpickles_where_onednn_does_not_run(monkeypatch):
     """A model pickled with oneDNN's convolutions loads where torch lacks them
     (another machine): its convolutions run as GEMMs, with the same outputs."""

@@ -316,6 +316,28 @@ def test_fold_batchnorm_folds_what_only_reads_a_convolution(tmp_path):
         )
 
 
+def test_a_folded_bias_is_trainable_where_the_batchnorms_shift_was():
+    """The folded bias holds the BatchNorm's shift (and the convolution's bias):
+    it needs gradients where either did, also after a bias-less convolution
+    (torch's fusion froze it), and stays frozen where both were."""
+    for conv_bias in (False, True):
+        for frozen in (False, True):
+            torch.manual_seed(0)
+            model = _trained_statistics(
+                nn.Sequential(nn.Conv2d(3, 4, 3, bias=conv_bias), nn.BatchNorm2d(4))
+            ).eval()
+            for p in model.parameters():
+                p.requires_grad_(not frozen)
+            x = torch.randn(8, 3, 6, 6)
+            q = quantize_model(
+                model, UniformQuantizer(n_bits=8), x, fold_batchnorm=True
+            )
+            assert q[0].bias.requires_grad is not frozen
+            if not frozen:
+                q(x).sum().backward()
+                assert q[0].bias.grad is not None
+
+
 def test_saved_folded_model_loads_into_the_float_architecture(tmp_path):
     """A folded model's file records where its BatchNorms were: load_into the
     architecture it was made from (BatchNorms, a convolution with

@@ -153,6 +153,12 @@ def fold_batchnorms(model):
             copy.deepcopy(conv).eval(), copy.deepcopy(norm).eval()
         )
         fused.train(conv.training)
+        # the folded bias is the BatchNorm's shift and the convolution's bias:
+        # trainable where either was (torch's fusion took a bias-less
+        # convolution's zeros, frozen)
+        fused.bias.requires_grad_(
+            any(b is not None and b.requires_grad for b in (conv.bias, norm.bias))
+        )
         for name, new in (
             (conv_name, fused),
             (norm_name, FoldedBatchNorm(conv_name, norm_name)),

@@ -46,7 +46,7 @@ from ._fake import (
     outside_functorch,
     straight_through,
 )
-from ._graph import fx_call
+from ._graph import fx_call, global_hooks
 from ._int8 import (
     SIMULATED,
     Int8Conv,
@@ -661,8 +661,10 @@ class QuantConvMixin(QuantMixin):
         # (int8 outputs are laid out as the kernel gives them, channels last,
         # and so is what a layer computes from them, unless .view reads it:
         # torch's layout for a contiguous input everywhere cost 2x to 3x the
-        # forward's time on the benchmarks)
-        return y.contiguous() if self._contiguous_out else y
+        # forward's time on the benchmarks); a hook, which may .view it, gets
+        # torch's layout
+        hooked = self._forward_hooks or global_hooks()
+        return y.contiguous() if self._contiguous_out or hooked else y
 
     def _run(self, x, chain=False):
         """The output on the int8 kernels (``x`` without gradients; ``chain``:
