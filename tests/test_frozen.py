@@ -375,3 +375,39 @@ def test_paths_without_gradients_keep_mixed_modes():
     TorchNetwork(model).predict(X)
     _assert_state(model, before)
     assert [m.training for m in model.modules()] == [True, True, False, True, True]
+
+
+def test_quantize_model_under_inference_mode_gives_a_plain_model(tmp_path):
+    """quantize_model called under torch.inference_mode (a natural wrapper for
+    a call that needs no autograd) gives the model a plain call gives, whose
+    tensors are no inference tensors: it gives input gradients and updates a
+    BatchNorm's statistics in train mode (both raised)."""
+    from skquant import UniformQuantizer
+    from skquant.torch import quantize_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 10),
+    ).eval()  # fmt: skip
+    X = torch.randn(32, 3, 8, 8)
+    plain = quantize_model(net, UniformQuantizer(4), X, activations="dynamic")
+    with torch.inference_mode():
+        q = quantize_model(net, UniformQuantizer(4), X, activations="dynamic")
+    assert not any(t.is_inference() for t in (*q.parameters(), *q.buffers()))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), plain(x), rtol=0, atol=0)
+    q(x).sum().backward()
+    assert x.grad is not None
+    q.train()
+    before = q[1].running_mean.clone()
+    q(x.detach())
+    assert not torch.equal(q[1].running_mean, before)
+    from skquant.torch import load_into, save_model
+
+    save_model(plain, tmp_path / "m.skq")
+    fresh = copy.deepcopy(net)
+    with torch.inference_mode():  # (the file's tensors, not inference ones)
+        loaded = load_into(fresh, tmp_path / "m.skq")
+    assert not any(t.is_inference() for t in (*loaded.parameters(), *loaded.buffers()))

@@ -2,11 +2,13 @@
 
 Also the one place that makes gradients possible on a user's model:
 :func:`gradients_enabled` (grad mode on, chosen parameters made to require
-grad, the model restored after by :func:`kept_state`) and
-:func:`check_autograd` (the clear error under ``torch.inference_mode()``).
+grad, the model restored after by :func:`kept_state`),
+:func:`check_autograd` (the clear error under ``torch.inference_mode()``) and
+:func:`outside_inference_mode` (models built with inference mode off).
 """
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
@@ -157,3 +159,20 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
             for name, p in model.named_parameters()
         }
     return total / n, grads
+
+
+def outside_inference_mode(function):
+    """``function`` (a builder of models: :func:`~._model.quantize_model`,
+    :func:`~._io.load_into`) run with inference mode off: under
+    ``torch.inference_mode`` the tensors it makes would be inference tensors,
+    and the model it gives could neither give gradients nor update a
+    BatchNorm's statistics."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        if not torch.is_inference_mode_enabled():
+            return function(*args, **kwargs)
+        with torch.inference_mode(False):  # (grad mode as a plain call has it)
+            return function(*args, **kwargs)
+
+    return run

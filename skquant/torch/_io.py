@@ -19,6 +19,7 @@ from ._checkpoint import (
     store_entry,
 )
 from ._fold import CONVS, NORMS, FoldedBatchNorm
+from ._gradients import outside_inference_mode
 from ._layout import layer_kind
 from ._model import contiguous_where_viewed, keep_own_forwards
 from ._qlayers import (
@@ -117,6 +118,7 @@ def save_model(model, path):
     _io.write_file(path, "torch", writer, meta)
 
 
+@outside_inference_mode
 def load_into(model, path, *, runtime="auto", strict=True):
     """Load a file from :func:`save_model` into a float model of the same layers.
 

@@ -25,6 +25,7 @@ from ._checkpoint import (
 )
 from ._data import input_batches, is_rows, model_device, model_dtype, replayable
 from ._fold import fold_batchnorms
+from ._gradients import outside_inference_mode
 from ._graph import viewed_outputs
 from ._layout import layer_kind, refused_layers
 from ._network import TorchNetwork, skip_names
@@ -96,6 +97,7 @@ def contiguous_where_viewed(model):
 
 
 @still_parametrizations
+@outside_inference_mode
 def quantize_model(
     model,
     quantizer,
@@ -125,6 +127,8 @@ def quantize_model(
     per layer as they are produced. Memoryless quantizers need no calibration
     data and run no forward pass. Weightless layers (BatchNorm, pooling, ...)
     pass through; grouped and depthwise convolutions are quantized group by group.
+    Called under ``torch.inference_mode``, it builds the model with inference mode
+    off: the model it gives holds no inference tensors (it can give gradients).
 
     Parameters
     ----------
