@@ -309,3 +309,11 @@ def test_sparse_data_gives_the_dense_datas_table_and_bits(digits_mlp):
         sp.csr_matrix(X[1200:]), y[1200:]
     )
     assert a.bits_ == b.bits_
+
+
+def test_a_solver_set_after_fit_is_checked(fitted):
+    """allocate() checks the solver set after fit (a misspelt one ran greedy)."""
+    alloc = clone(fitted).set_params(solver="bogus")
+    alloc.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    with pytest.raises(ValueError, match="got solver='bogus' instead"):
+        alloc.allocate(max_cost=1.0)

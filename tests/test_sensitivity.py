@@ -543,3 +543,27 @@ def test_random_state_is_checked_by_name(held_out, seed):
     mlp, X, y = held_out
     with pytest.raises(ValueError, match=f"got random_state={re.escape(repr(seed))}"):
         measure_sensitivity(mlp, X, y, bits=(3, 4), random_state=seed)
+
+
+def test_n_jobs_none_takes_a_parallel_configs(digits_mlp, monkeypatch):
+    """n_jobs=None means what it means to scikit-learn's estimators: the
+    n_jobs of a joblib.parallel_config in force (the sweep ran in the calling
+    process), else this process; the table is the serial one either way."""
+    from joblib import parallel_config
+
+    from skquant._common import _jobs
+
+    mlp, X, y = digits_mlp
+    seen = []
+    real = _jobs.run_tasks
+    monkeypatch.setattr(
+        "skquant._network._sensitivity.run_tasks",
+        lambda tasks, n_jobs: seen.append(n_jobs) or real(tasks, n_jobs),
+    )
+    serial = measure_sensitivity(mlp, X[1200:], y[1200:], bits=(2, 4))
+    assert set(seen) == {None}
+    seen.clear()
+    with parallel_config(backend="threading", n_jobs=2):
+        got = measure_sensitivity(mlp, X[1200:], y[1200:], bits=(2, 4))
+    assert set(seen) == {2}
+    np.testing.assert_array_equal(got.noise, serial.noise)

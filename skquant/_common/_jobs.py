@@ -19,7 +19,14 @@ from ._checks import Interval
 from ._config import config_context, get_config
 from ._warn import warn
 
-__all__ = ["N_JOBS", "check_n_jobs", "hold_freed_memory", "run_tasks", "shippable"]
+__all__ = [
+    "N_JOBS",
+    "check_n_jobs",
+    "configured_n_jobs",
+    "hold_freed_memory",
+    "run_tasks",
+    "shippable",
+]
 
 #: glibc's mallopt parameters, and the threshold given to both (1 GiB)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _HOLD = -1, -3, 1 << 30
@@ -46,6 +53,22 @@ def check_n_jobs(n_jobs):
             f"n_jobs must be None or a non-zero int, got n_jobs={n_jobs!r} instead."
         )
     return n_jobs
+
+
+def configured_n_jobs(n_jobs):
+    """The workers of a sweep's ``n_jobs`` (checked): ``None`` takes the
+    ``n_jobs`` of a ``joblib.parallel_config`` in force, as scikit-learn's
+    estimators do (``None`` again without one: this process)."""
+    check_n_jobs(n_jobs)
+    if n_jobs is not None:
+        return n_jobs
+    try:
+        from joblib.parallel import get_active_backend
+
+        configured = get_active_backend()[1]
+    except (ImportError, TypeError, IndexError):  # pragma: no cover (old joblib)
+        return None
+    return check_n_jobs(configured) if configured not in (None, 1) else None
 
 
 def run_tasks(tasks, n_jobs):

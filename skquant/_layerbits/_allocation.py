@@ -19,7 +19,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from .._common._checks import check_int, check_positive, float_array
-from .._common._jobs import check_n_jobs, run_tasks
+from .._common._jobs import configured_n_jobs, run_tasks
 
 __all__ = ["allocate_bits", "closed_form_bits", "greedy_bits", "pareto_choices"]
 
@@ -300,7 +300,9 @@ def pareto_choices(
         :func:`allocate_bits` or :func:`greedy_bits`.
     n_jobs : int, default=None
         Solve the targets as joblib tasks on this many workers (any joblib
-        backend, Dask's included); ``None`` solves them here, one after another.
+        backend, Dask's included); ``None`` takes the ``n_jobs`` of a
+        ``joblib.parallel_config`` in force, else solves them here, one after
+        another.
         The allocations are the same.
 
     Returns
@@ -328,7 +330,7 @@ def pareto_choices(
         low = max(cost.min(axis=1).sum(), high * 1e-12)
         # (1 + 1e-9): the lowest target stays feasible under rounding
         targets = np.geomspace(low, max(high, low), n_points) * (1 + 1e-9)
-    check_n_jobs(n_jobs)
+    n_jobs = configured_n_jobs(n_jobs)  # (None: a parallel_config's)
     tasks = (delayed(solve)(cost, size, max_cost=float(m)) for m in targets)
     seen = {}
     for choice in run_tasks(tasks, n_jobs):

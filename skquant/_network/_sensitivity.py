@@ -34,7 +34,13 @@ from joblib import delayed, effective_n_jobs
 from sklearn.utils.validation import column_or_1d
 
 from .._common._checks import check_int, check_rng
-from .._common._jobs import check_n_jobs, hold_freed_memory, run_tasks, shippable
+from .._common._jobs import (
+    check_n_jobs,
+    configured_n_jobs,
+    hold_freed_memory,
+    run_tasks,
+    shippable,
+)
 from .._common._progress import progress
 from .._layerbits._choices import check_choices, check_quantizer, choice_quantizer
 from .._layerbits._law import (
@@ -233,6 +239,7 @@ def sensitivity(
     keep = {} if additivity else None
     data = X if requires(quantizer, "data") else None
     steps = layer_steps(network, data, max_rows=max_rows, random_state=random_state)
+    n_jobs = configured_n_jobs(n_jobs)  # (None: a parallel_config's)
     X_task = X if n_jobs is None or n_jobs == 1 else shippable(X)
     layers = []  # (name, weight) of each layer, in the order its tasks go out
     measure = delayed(_measure_choices)

@@ -84,7 +84,8 @@ class LayerBitAllocator(BaseEstimator):
     n_jobs : int, default=None
         Parallel workers (joblib) for the sensitivity sweep (see
         :func:`~skquant.measure_sensitivity`) and the solves of
-        :meth:`pareto_front`; ``None`` runs them in this process.
+        :meth:`pareto_front`; ``None`` takes the ``n_jobs`` of a
+        ``joblib.parallel_config`` in force, else runs them in this process.
 
     Attributes
     ----------
@@ -289,6 +290,11 @@ class LayerBitAllocator(BaseEstimator):
         return np.nan_to_num(self.cost_, posinf=np.finfo(np.float64).max / 1e6)
 
     def _choose(self, budget, max_cost):
+        if self.solver not in ("exact", "greedy"):  # (set after fit)
+            raise ValueError(
+                "solver must be 'exact' or 'greedy', got "
+                f"solver={self.solver!r} instead."
+            )
         solve = allocate_bits if self.solver == "exact" else greedy_bits
         return solve(
             self._finite_cost(),

@@ -93,9 +93,11 @@ def measure_sensitivity(
         Parallel workers (joblib) for the choices of each layer, which are
         independent fits and passes (a layer's choices go out as one task, or
         as a few where there are more workers than about half the layers; each
-        task runs the layers before it once): ``None`` runs them in this
-        process, ``-1`` uses every core. The workers follow joblib's backend, so under
-        ``joblib.parallel_config(backend="dask")`` they run on a Dask cluster.
+        task runs the layers before it once): ``None`` takes the ``n_jobs`` of
+        a ``joblib.parallel_config`` in force (scikit-learn's meaning), else
+        runs them in this process; ``-1`` uses every core. The workers follow
+        joblib's backend, so under ``joblib.parallel_config(backend="dask")``
+        they run on a Dask cluster.
         The results are the serial run's (to floating-point summation order,
         which a worker's thread count can change). Workers pay off where each has
         cores of its own: on one machine whose cores every pass already uses
