@@ -190,7 +190,9 @@ class QuantMixin(StoredForm):
                 "_codes", torch.from_numpy(codes).to(self._device), persistent=False
             )
             self._float_tensor = tensor if tensor.precision_bits is not None else None
-        self._held_scales = self._scale_state()
+        held = self._rt is not None or self._int8 is not None
+        held = held or self._float_tensor is not None
+        self._held_scales = self._scale_state() if held else None
 
     def _choose(self, tensor):
         """``(runtime, reason for a fallback or None)``."""

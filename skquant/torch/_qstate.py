@@ -34,6 +34,10 @@ class StoredForm:
         self._sync_scales()
         return self._held_tensor()
 
+    #: ``[weight_scale, its version, weight_zero_point, its version]`` as the
+    #: held form took them (``None``: the float runtime, which reads the buffers)
+    _held_scales = None
+
     def _scale_state(self):
         """``weight_scale`` and ``weight_zero_point`` as held now, with their
         versions (``None`` where a tensor keeps none: an inference tensor)."""
@@ -51,17 +55,24 @@ class StoredForm:
         """Hold the codes again with ``weight_scale`` and ``weight_zero_point``
         where they changed since the layer took them (an edit in place, another
         tensor put there): the ``packed`` and ``int8`` forms hold their own
-        copies, and ``state_dict`` and files write the buffers."""
-        held = getattr(self, "_held_scales", None)
-        if self._rt is None and self._int8 is None and self._float_tensor is None:
-            return  # (the float runtime computes from the buffers)
-        now = self._scale_state()
-        if held is None or all(
-            (a is b) if i % 2 == 0 else (a == b)
-            for i, (a, b) in enumerate(zip(now, held))
-        ):
+        copies, and ``state_dict`` and files write the buffers. (Every forward
+        calls it: the unchanged case costs two lookups and a version read.)"""
+        held = self._held_scales
+        if held is None:
             return
-        scale, zp = now[0], now[2]
+        buffers = self._buffers
+        scale, zp = buffers.get("weight_scale"), buffers.get("weight_zero_point")
+        try:
+            if (
+                scale is held[0]
+                and zp is held[2]
+                and scale._version == held[1]
+                and (zp is None or zp._version == held[3])
+            ):
+                return
+        except RuntimeError:  # (inference tensors keep no version)
+            if scale is held[0] and zp is held[2]:
+                return
         if any(
             t is not None
             and (
