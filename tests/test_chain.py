@@ -240,3 +240,45 @@ def test_bad_arguments_are_named():
         chain_int8(nn.Sequential(), enable="yes")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         chain_int8([1, 2])
+
+
+def test_where_torch_makes_no_quantized_tensors_nothing_is_chained(monkeypatch):
+    from skquant.torch import _chain
+
+    q = quantized(cnn(), data())
+    monkeypatch.setattr(_chain, "_quantized_tensors", lambda: False)
+    with pytest.warns(UserWarning, match="makes no quint8 tensors"):
+        assert chain_int8(q) == []
+    assert all(getattr(m, "_chain", None) is None for m in q.modules())
+
+
+def test_a_chained_forward_gives_the_user_no_torch_deprecation_warning():
+    """torch 2.13 warns once a process at the first quint8 tensor made, naming
+    skquant's kernel: chain_int8 takes that warning, not the user's forward
+    (a fresh process, warnings as errors)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, torch\n"
+        "from torch import nn\n"
+        "from skquant import ActivationQuantizer, UniformQuantizer\n"
+        "from skquant.torch import chain_int8, quantize_model\n"
+        "torch.manual_seed(0)\n"
+        "net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))\n"
+        "net = net.eval()\n"
+        "x = torch.randn(4, 3, 8, 8)\n"
+        "with warnings.catch_warnings():\n"
+        "    warnings.simplefilter('ignore')\n"
+        "    q = quantize_model(net, UniformQuantizer(4), x,\n"
+        "                       activations=ActivationQuantizer(8))\n"
+        "warnings.simplefilter('error')\n"
+        "assert chain_int8(q) == [('0', '2')]\n"
+        "with torch.no_grad():\n"
+        "    assert q[0](x).is_quantized\n"
+        "    q(x)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

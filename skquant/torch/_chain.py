@@ -13,9 +13,13 @@ rescaling and the float path round a value on the two sides of a step's half
 (a difference of one code).
 """
 
+import warnings
+
+import torch
 from torch import nn
 
 from .._common._checks import check_bool
+from .._common._warn import warn
 from ._fold import FoldedBatchNorm, hooked
 from ._graph import global_hooks
 from ._qlayers import QuantConv2d, QuantLinear, QuantMixin
@@ -70,6 +74,9 @@ def chain_int8(model, enable=True):
     chain runs in eval mode, with nothing that needs gradients (under
     ``torch.no_grad`` or ``torch.inference_mode``, or frozen biases); otherwise
     its layers run as before. The model's output stays float32.
+
+    torch 2.13 deprecates its quantized tensor types; where a torch makes none,
+    nothing is chained (with a warning).
 
     The codes are those the unchained layers round to but where the kernel's
     rescaling and the float path fall on the two sides of half a step: a code
@@ -148,4 +155,28 @@ def chain_int8(model, enable=True):
                 layer._chain = grid
                 prefix = f"{name}." if name else ""
                 links.append((prefix + key, prefix + children[j][0]))
+    if links and not _quantized_tensors():
+        for mod in model.modules():
+            if isinstance(mod, QuantMixin):
+                mod._chain = None
+        warn(
+            "chain_int8: this torch makes no quint8 tensors (torch 2.13 deprecates "
+            "them), which chains pass codes in: no layer is chained.",
+            UserWarning,
+        )
+        return []
     return links
+
+
+def _quantized_tensors():
+    """Whether this torch makes ``quint8`` tensors. torch 2.13 deprecates them,
+    with one warning a process at the first one made: taken here, where the
+    caller asked for them (it named this module's kernels, not the call)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            codes = torch.zeros(1, dtype=torch.uint8)
+            torch._make_per_tensor_quantized_tensor(codes, 1.0, 0)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
