@@ -98,9 +98,9 @@ def test_chained_convolutions_give_the_next_layers_codes():
         assert codes.q_scale() == scale and codes.q_zero_point() == zp
         # the float path's codes of the same values: the next layer's grid
         with torch.no_grad():
-            q[0]._chain = None
+            link, q[0]._chain = q[0]._chain, None
             unchained = q[0](x)
-            q[0]._chain = (scale, zp)
+            q[0]._chain = link
         expected = torch.clamp(torch.round(unchained / scale) + zp, 0, 255)
         got = codes.int_repr().float()
         assert (got - expected).abs().max() <= 1
@@ -192,21 +192,54 @@ def test_what_does_not_chain():
     assert chain_int8(q) == []
 
 
-def test_a_stale_grid_is_dequantized_not_misread():
-    """A next layer whose grid changed after chaining takes the codes'
-    values (on their own grid), not the codes as its own."""
+def test_a_chain_follows_the_next_layers_grid_as_it_is_at_the_call():
+    """A next layer whose grid changed after chaining (a load_state_dict of a
+    model calibrated on other data) gets its codes on its grid as it is now:
+    the chained model is the unchained one (it gave codes on the old grid,
+    dequantized: clipped activations, a third of the predictions changed)."""
     x = data()
     q = quantized(cnn(), x)
+    other = quantized(cnn(), 4 * data(seed=2))  # wider grids
     chain_int8(q)
     with torch.no_grad():
-        q[3].input_scale.mul_(2.0)
-        got = q(x)
-        codes = q[:3](x)  # the first conv's codes, on the grid it was chained to
-        assert codes.is_quantized
-        assert codes.q_scale() != q[3]._input_qparams(None)[0]
+        q.load_state_dict(other.state_dict())
+        scale, zp = q[3]._input_qparams(None)
+        codes = q[:3](x)
+        assert codes.q_scale() == scale and codes.q_zero_point() == zp
+        assert_near(q(x), other(x))
+        q[3].input_scale.mul_(2.0)  # an edit in place: the same
+        assert q[:3](x).q_scale() == 2 * scale
         chain_int8(q, enable=False)
-        expected = q[3:](codes.dequantize())
-    assert_near(got, expected)
+        expected = q(x)
+        chain_int8(q)
+        assert_near(q(x), expected)
+
+
+def test_hooks_and_monte_carlo_dropout_added_after_chaining_get_floats():
+    """What the chain would show codes to, when it runs: a hook on the
+    convolution, on a module between or on the next layer, and a dropout in
+    train mode (Monte-Carlo dropout: it raised on quint8) make the call give
+    float32; without them, codes again."""
+    x = data()
+    net = nn.Sequential(*cnn()[:2], nn.Dropout(0.5), *cnn()[2:]).eval()
+    q = quantized(net, x)
+    assert chain_int8(q) == [("0", "4"), ("4", "8")]
+    with torch.no_grad():
+        seen = []
+        for module in (q[0], q[1], q[4]):
+            handle = module.register_forward_hook(
+                lambda m, i, o: seen.append(o.is_quantized or i[0].is_quantized)
+            )
+            q(x)
+            handle.remove()
+        assert seen and not any(seen)
+        assert q[0](x).is_quantized
+        q[2].train()  # Monte-Carlo dropout
+        assert not q[0](x).is_quantized
+        out = q(x)
+        assert out.dtype == torch.float32 and out.shape == (64, 10)
+        q[2].eval()
+        assert q[0](x).is_quantized
 
 
 def test_copies_keep_their_chains():

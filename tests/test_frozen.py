@@ -382,7 +382,7 @@ def test_quantize_model_under_inference_mode_gives_a_plain_model(tmp_path):
     a call that needs no autograd) gives the model a plain call gives, whose
     tensors are no inference tensors: it gives input gradients and updates a
     BatchNorm's statistics in train mode (both raised)."""
-    from skquant import UniformQuantizer
+    from skquant import GreedyPathQuantizer, UniformQuantizer
     from skquant.torch import quantize_model
 
     torch.manual_seed(0)
@@ -411,3 +411,11 @@ def test_quantize_model_under_inference_mode_gives_a_plain_model(tmp_path):
     with torch.inference_mode():  # (the file's tensors, not inference ones)
         loaded = load_into(fresh, tmp_path / "m.skq")
     assert not any(t.is_inference() for t in (*loaded.parameters(), *loaded.buffers()))
+    # a model built under inference mode, quantized there, as before: its own
+    # tensors are inference tensors, which torch refuses to touch outside it
+    with torch.inference_mode():
+        inner = copy.deepcopy(net).to(torch.float64).float()
+        assert next(inner.parameters()).is_inference()
+        for quantizer in (UniformQuantizer(4), GreedyPathQuantizer(n_bits=4)):
+            got = quantize_model(inner, quantizer, X, activations="dynamic")
+            assert got(X).shape == (32, 10)

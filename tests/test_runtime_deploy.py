@@ -434,3 +434,28 @@ def test_an_edited_weight_scale_is_what_every_runtime_computes_and_saves(
             atol=1e-5,
         )
         assert torch.equal(q(x), after)  # its own scale again
+        # edits that keep the version counter (.data, a NumPy view) are seen
+        # too, and a copy of the same values holds nothing again
+        q[0].weight_scale.data.mul_(0.5)
+        ref[0].weight_scale.data.mul_(0.5)
+        torch.testing.assert_close(q(x), ref(x), rtol=1e-5, atol=1e-5)
+        q[0].weight_scale.numpy()[:] *= 2
+        ref[0].weight_scale.numpy()[:] *= 2
+        torch.testing.assert_close(q(x), ref(x), rtol=1e-5, atol=1e-5)
+        held = q[0]._int8 if runtime == "int8" else q[0]._rt
+        q[0].weight_scale.copy_(q[0].weight_scale.clone())
+        q(x)
+        assert (q[0]._int8 if runtime == "int8" else q[0]._rt) is held
+    # a replacement that needs gradients gives its values (no gradient: the
+    # kernels give the scale none)
+    grad_scale = dict(q.named_buffers())
+    grad_scale["0.weight_scale"] = (3 * grad_scale["0.weight_scale"]).requires_grad_()
+    ref_scale = dict(ref.named_buffers())
+    ref_scale["0.weight_scale"] = 3 * ref_scale["0.weight_scale"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            functional_call(q, grad_scale, (x,)),
+            functional_call(ref, ref_scale, (x,)),
+            rtol=1e-5,
+            atol=1e-5,
+        )

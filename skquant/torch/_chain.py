@@ -22,6 +22,7 @@ from .._common._checks import check_bool
 from .._common._warn import warn
 from ._fold import FoldedBatchNorm, hooked
 from ._graph import global_hooks
+from ._int8 import ChainLink, takes_codes
 from ._qlayers import QuantConv2d, QuantLinear, QuantMixin
 
 __all__ = ["chain_int8"]
@@ -45,14 +46,11 @@ def _starts(layer):
 
 
 def _ends(layer):
-    """The input grid ``(scale, zero point)`` on the kernel's unsigned 8 bits
-    that ``layer`` takes codes on (``None``: it takes none)."""
+    """Whether ``layer`` can take a chain's codes: a quantized layer, nothing
+    hooked on it, with a static per-tensor grid of at most 8 bits."""
     if type(layer) not in (QuantConv2d, QuantLinear) or hooked(layer):
-        return None
-    meta = layer._act_meta
-    if layer._act_mode != "static" or meta["per_channel"] or meta["n_bits"] > 8:
-        return None
-    return layer._input_qparams(None)
+        return False
+    return takes_codes(layer) is not None
 
 
 def _passes(module):
@@ -72,8 +70,11 @@ def chain_int8(model, enable=True):
     ``.dequantize()`` gives its values), which the modules between run on,
     and which a convolution takes as it is (a Linear dequantizes it). A
     chain runs in eval mode, with nothing that needs gradients (under
-    ``torch.no_grad`` or ``torch.inference_mode``, or frozen biases); otherwise
-    its layers run as before. The model's output stays float32.
+    ``torch.no_grad`` or ``torch.inference_mode``, or frozen biases), on the
+    next layer's grid as it is at the call (a ``load_state_dict`` may change
+    it); where a hook is on the convolution, a module between or the next
+    layer, or a dropout between is in train mode (Monte-Carlo dropout), the
+    call gives float32 as before. The model's output stays float32.
 
     torch 2.13 deprecates its quantized tensor types; where a torch makes none,
     nothing is chained (with a warning).
@@ -88,8 +89,7 @@ def chain_int8(model, enable=True):
     model : torch.nn.Module
         A model returned by :func:`quantize_model` or :func:`load_into`; changed
         in place (``save_model`` does not record the chains: chain a loaded
-        model again). Calibrating a layer's grid again after chaining needs a
-        new call.
+        model again).
     enable : bool, default=True
         ``False`` unchains every layer.
 
@@ -150,9 +150,9 @@ def chain_int8(model, enable=True):
                 j += 1
             if j == len(children):
                 continue
-            grid = _ends(children[j][1])
-            if grid is not None:
-                layer._chain = grid
+            if _ends(children[j][1]):
+                between = [m for _, m in children[i + 1 : j]]
+                layer._chain = ChainLink(between, children[j][1])
                 prefix = f"{name}." if name else ""
                 links.append((prefix + key, prefix + children[j][0]))
     if links and not _quantized_tensors():

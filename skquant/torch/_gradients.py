@@ -162,15 +162,21 @@ def loss_gradients(model, loss_fn, data, *, batch_size=256):
 
 
 def outside_inference_mode(function):
-    """``function`` (a builder of models: :func:`~._model.quantize_model`,
-    :func:`~._io.load_into`) run with inference mode off: under
-    ``torch.inference_mode`` the tensors it makes would be inference tensors,
-    and the model it gives could neither give gradients nor update a
-    BatchNorm's statistics."""
+    """``function`` (a builder of models from the model given first:
+    :func:`~._model.quantize_model`, :func:`~._io.load_into`) run with
+    inference mode off: under ``torch.inference_mode`` the tensors it makes
+    would be inference tensors, and the model it gives could neither give
+    gradients nor update a BatchNorm's statistics. A model that holds inference
+    tensors itself (built under inference mode) is built on as it was, in
+    inference mode (outside it, torch refuses to touch them)."""
 
     @functools.wraps(function)
     def run(*args, **kwargs):
-        if not torch.is_inference_mode_enabled():
+        model = args[0] if args else kwargs.get("model")
+        if not torch.is_inference_mode_enabled() or (
+            isinstance(model, torch.nn.Module)
+            and any(t.is_inference() for t in (*model.parameters(), *model.buffers()))
+        ):
             return function(*args, **kwargs)
         with torch.inference_mode(False):  # (grad mode as a plain call has it)
             return function(*args, **kwargs)

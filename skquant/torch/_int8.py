@@ -24,9 +24,11 @@ from ._fake import straight_through
 from ._rows import kernel_padding
 
 __all__ = [
+    "ChainLink",
     "Int8Conv",
     "Int8Weights",
     "chained_codes",
+    "takes_codes",
     "int8_weights",
     "dynamic_reduce_range",
     "fake_dynamic",
@@ -274,6 +276,37 @@ def grid_codes(x, scale, zp, bounds):
     allocation of the activation's size)."""
     q = x / scale
     return q.round_().add_(zp).clamp_(*bounds).nan_to_num_(nan=float(bounds[0]))
+
+
+class ChainLink:
+    """Where a chained convolution's outputs go (:func:`~._chain.chain_int8`):
+    the modules between and the next quantized layer, read at each call."""
+
+    def __init__(self, between, consumer):
+        self.between, self.consumer = tuple(between), consumer
+
+    def grid(self):
+        """The next layer's input grid ``(scale, zero point)`` on the kernel's
+        unsigned 8 bits, as it is now (a ``load_state_dict`` may have changed
+        it), or ``None`` where the chain does not run now: hooks on a module
+        between or on the next layer (they would see codes), a dropout in train
+        mode (Monte-Carlo dropout), a grid not static per tensor of at most 8
+        bits."""
+        for m in (*self.between, self.consumer):
+            if m._forward_hooks or m._forward_pre_hooks:
+                return None
+            if isinstance(m, torch.nn.Dropout) and m.training:
+                return None
+        return takes_codes(self.consumer)
+
+
+def takes_codes(layer):
+    """The input grid ``(scale, zero point)`` on the kernel's unsigned 8 bits
+    that quantized ``layer`` takes codes on (``None``: it takes none)."""
+    meta = layer._act_meta
+    if layer._act_mode != "static" or meta["per_channel"] or meta["n_bits"] > 8:
+        return None
+    return layer._input_qparams(None)
 
 
 def chained_codes(x, scale, zp, bounds):

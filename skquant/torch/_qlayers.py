@@ -107,8 +107,8 @@ class QuantMixin(StoredForm):
     _float_tensor = None
     _rt = None
     _int8 = None
-    #: the next layer's input grid ``(scale, zero point)`` this layer gives its
-    #: outputs on, as ``quint8`` tensors (:func:`~._chain.chain_int8`)
+    #: where this layer gives its outputs as codes (:class:`~._int8.ChainLink`:
+    #: the next layer's grid, as ``quint8`` tensors; :func:`~._chain.chain_int8`)
     _chain = None
 
     def _attach(self, module, tensor, runtime="auto"):
@@ -192,7 +192,7 @@ class QuantMixin(StoredForm):
             self._float_tensor = tensor if tensor.precision_bits is not None else None
         held = self._rt is not None or self._int8 is not None
         held = held or self._float_tensor is not None
-        self._held_scales = self._scale_state() if held else None
+        self._held_scales = self._scale_copies() if held else None
 
     def _choose(self, tensor):
         """``(runtime, reason for a fallback or None)``."""
@@ -727,10 +727,11 @@ class QuantConvMixin(QuantMixin):
 
     def _chain_out(self):
         """The grid this call gives its outputs on (``None``: float32, as where
-        the bias needs gradients)."""
+        the bias needs gradients or hooks would see the codes)."""
         b, off = self.bias, self._chain is None or self.training or _is_compiling()
+        off = off or bool(self._forward_hooks) or global_hooks()
         grad = b is not None and b.requires_grad and torch.is_grad_enabled()
-        return None if off or grad or not self._chains() else self._chain
+        return None if off or grad or not self._chains() else self._chain.grid()
 
 
 class QuantConv1d(QuantConvMixin, nn.Conv1d):

@@ -34,59 +34,42 @@ class StoredForm:
         self._sync_scales()
         return self._held_tensor()
 
-    #: ``[weight_scale, its version, weight_zero_point, its version]`` as the
+    #: copies of ``weight_scale`` and ``weight_zero_point`` (or ``None``) as the
     #: held form took them (``None``: the float runtime, which reads the buffers)
     _held_scales = None
 
-    def _scale_state(self):
-        """``weight_scale`` and ``weight_zero_point`` as held now, with their
-        versions (``None`` where a tensor keeps none: an inference tensor)."""
-        state = []
-        for key in ("weight_scale", "weight_zero_point"):
-            t = self._buffers.get(key)
-            try:
-                version = None if t is None else t._version
-            except RuntimeError:
-                version = None
-            state += [t, version]
-        return state
+    def _scale_copies(self):
+        """Copies of ``weight_scale`` and ``weight_zero_point`` as held now."""
+        return tuple(
+            None if t is None else t.detach().clone()
+            for t in map(self._buffers.get, ("weight_scale", "weight_zero_point"))
+        )
 
     def _sync_scales(self):
         """Hold the codes again with ``weight_scale`` and ``weight_zero_point``
-        where they changed since the layer took them (an edit in place, another
-        tensor put there): the ``packed`` and ``int8`` forms hold their own
-        copies, and ``state_dict`` and files write the buffers. (Every forward
-        calls it: the unchanged case costs two lookups and a version read.)"""
+        where their values differ from those the layer took (an edit in place,
+        through ``.data`` or NumPy included, another tensor put there): the
+        ``packed`` and ``int8`` forms hold their own copies, and ``state_dict``
+        and files write the buffers. Every forward calls it: the unchanged case
+        is a comparison of the scales (about a microsecond), and a copy of the
+        same values holds nothing again. A tensor that needs gradients gives its
+        values (the kernels give it no gradient: the float runtime does)."""
         held = self._held_scales
         if held is None:
             return
-        buffers = self._buffers
-        scale, zp = buffers.get("weight_scale"), buffers.get("weight_zero_point")
-        try:
-            if (
-                scale is held[0]
-                and zp is held[2]
-                and scale._version == held[1]
-                and (zp is None or zp._version == held[3])
-            ):
-                return
-        except RuntimeError:  # (inference tensors keep no version)
-            if scale is held[0] and zp is held[2]:
-                return
-        if any(
-            t is not None
-            and (
-                type(t) is not torch.Tensor  # (a trace's fake tensors)
+        now = tuple(map(self._buffers.get, ("weight_scale", "weight_zero_point")))
+        for t in now:
+            if t is not None and (
+                type(t) not in (torch.Tensor, torch.nn.Parameter)  # (fake tensors)
                 or t.is_meta
-                or t.requires_grad
                 or functorch_wrapped(t)
-            )
-            for t in (scale, zp)
-        ):
-            return  # (no values to hold: the simulated path reads them)
-        qt = self._held_tensor()
+            ):
+                return  # (no values to hold: a trace's, a transform's)
+        if all(_same(t, h) for t, h in zip(now, held)):
+            return
+        scale, zp = (None if t is None else t.detach() for t in now)
         qt = dataclasses.replace(
-            qt,
+            self._held_tensor(),
             scale=to_numpy(scale).copy(),
             zero_point=None if zp is None else to_numpy(zp).copy(),
         )
@@ -277,3 +260,15 @@ class StoredForm:
             self._act_mode = act.pop("mode")
             self._act_meta = act or None
         self._set_tensor(qt)
+
+
+def _same(t, held):
+    """Whether buffer ``t`` holds the values of the copy ``held`` (both ``None``)."""
+    if t is None or held is None:
+        return t is held
+    return (
+        t.shape == held.shape
+        and t.dtype == held.dtype
+        and t.device == held.device
+        and torch.equal(t.detach(), held)
+    )
