@@ -249,6 +249,7 @@ def test_copies_keep_their_chains():
     with torch.no_grad():
         out = q(x)
         for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+            assert other[0]._chain.consumer is other[3]  # (the copy's, not q's)
             assert other[0](x).is_quantized
             torch.testing.assert_close(other(x), out, rtol=0, atol=0)
 
