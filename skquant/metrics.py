@@ -56,8 +56,9 @@ def model_size_bits(tensors, *, float_bits=32):
     ----------
     tensors : QuantizedTensor, ndarray, or iterable or dict of them
         Quantized tensors count their :attr:`~skquant.QuantizedTensor.size_bits`
-        (codes packed at ``n_bits`` each, padded to whole bytes, plus every scale at
-        its dtype's width and every zero point); plain arrays (biases, unquantized
+        (codes packed at ``n_bits`` each in blocks of 8 codes, ``n_bits`` bytes a
+        block, the last block padded, plus every scale at its dtype's width and
+        every zero point); plain arrays (biases, unquantized
         layers) count ``float_bits`` per entry. A dict counts its values.
     float_bits : int, default=32
         Bits per entry of a plain array.

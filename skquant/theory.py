@@ -80,6 +80,8 @@ def _steps(step):
     """``step`` as a float, or a 1-D float64 array of per-column steps (a fitted
     quantizer's ``scale_``), each finite and > 0; else a ValueError naming it."""
     if np.ndim(step) == 0:
+        if isinstance(step, np.ndarray):  # (a 0-d array: its number)
+            step = step[()]
         return check_positive(step, "step")
     arr = float_array(step, "step")
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):

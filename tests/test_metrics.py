@@ -1,5 +1,7 @@
 """Metrics: relative error, SQNR, model size."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -34,6 +36,9 @@ def test_errors_do_not_depend_on_a_common_scale(scale):
 def test_sqnr_by_hand():
     assert sqnr(np.array([[10.0]]), np.array([[9.0]])) == pytest.approx(20.0)
     assert sqnr(np.ones((2, 2)), np.ones((2, 2))) == np.inf
+    with warnings.catch_warnings():  # no signal, only noise: -inf, no warning
+        warnings.simplefilter("error")
+        assert sqnr(np.zeros((2, 2)), np.ones((2, 2))) == -np.inf
 
 
 def test_metric_errors():

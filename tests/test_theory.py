@@ -338,3 +338,10 @@ def test_theory_inputs_are_refused_by_name():
         plot_error_decay(res, test="yes")
     with pytest.raises(ValueError, match=r"result\['rows'\] must hold"):
         plot_error_decay({**res, "rows": [{"method": "msq"}]})
+
+
+def test_a_0d_array_step_is_its_number():
+    """A 0-d array step (np.float64(0.5) kept as an array) is the number it
+    holds: it was refused as 'got step=array(0.5)'."""
+    X = np.random.default_rng(0).standard_normal((8, 16))
+    assert msq_bound(X, np.array(0.5)) == msq_bound(X, 0.5)

@@ -98,7 +98,8 @@ def sqnr(W, Q):
     Returns
     -------
     sqnr_db : float
-        The ratio in dB (``inf`` when ``Q == W``).
+        The ratio in dB (``inf`` when ``Q == W``; ``-inf`` when ``W`` is zero
+        and ``Q`` is not: no signal, only noise).
 
     See Also
     --------
@@ -115,4 +116,7 @@ def sqnr(W, Q):
     noise = np.sum((W - Q) ** 2)
     if noise == 0:
         return float("inf")
-    return float(10 * np.log10(np.sum(W**2) / noise))
+    signal = np.sum(W**2)
+    if signal == 0:  # (log10(0) warned, then gave -inf)
+        return float("-inf")
+    return float(10 * np.log10(signal / noise))

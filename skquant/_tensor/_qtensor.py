@@ -20,8 +20,9 @@ class QuantizedTensor:
 
     Made by a fitted quantizer's ``compress`` method or by :func:`skquant.quantize`.
     ``dequantize()`` gives the same floats as the quantizer's ``transform``, and
-    :attr:`size_bits` counts what storing it really takes: the packed codes (padded
-    to whole bytes) plus every scale (and zero point) at its dtype's width.
+    :attr:`size_bits` counts what storing it really takes: the packed codes (in
+    blocks of 8 codes, ``n_bits`` bytes a block, the last one padded) plus every
+    scale (and zero point) at its dtype's width.
 
     The fields are checked when the tensor is made (a ``ValueError`` or
     ``TypeError`` names the field): integer 2-D codes within ``[qmin, qmax]``,
