@@ -321,8 +321,9 @@ def chained_codes(x, scale, zp, bounds):
         or x.q_zero_point() != zp
     ):
         return None
-    q = x.int_repr()
-    return q if tuple(bounds) == (0, 255) else q.clamp_(*bounds)
+    if tuple(bounds) == (0, 255):
+        return x.view(torch.uint8)  # (its bytes, not a copy as int_repr makes)
+    return x.int_repr().clamp_(*bounds)
 
 
 def onednn_conv_available():
