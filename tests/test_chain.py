@@ -316,3 +316,41 @@ def test_a_chained_forward_gives_the_user_no_torch_deprecation_warning():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_module_swapped_in_after_chaining_gets_floats():
+    """A module put in a chained one's place later (another calibration's
+    layer, a dropout in train mode, a float convolution) breaks the chain:
+    floats, as the unchained model gives (the new layer got codes on the old
+    grid, a train-mode dropout and a float convolution raised on quint8)."""
+    x = data()
+    for swap in ("consumer", "dropout", "float"):
+        q = quantized(cnn(), x)
+        other = quantized(cnn(), 4 * data(seed=2))
+        chain_int8(q)
+        if swap == "consumer":
+            q[3] = other[3]
+        elif swap == "dropout":
+            q[1] = nn.Dropout(0.1).train()
+        else:
+            q[3] = cnn()[3]
+        with torch.no_grad():
+            assert not q[0](x).is_quantized
+            got = q(x)
+            chain_int8(q, enable=False)
+            if swap != "dropout":
+                torch.testing.assert_close(got, q(x), rtol=0, atol=0)
+
+
+def test_quint8_inputs_of_any_layout_are_read_by_value():
+    """A quint8 tensor on a layer's grid, in any layout (sliced, transposed,
+    contiguous), is read as its values: the bytes of one not dense channels
+    last once crashed the process."""
+    x = data()
+    q = quantized(cnn(), x)
+    chain_int8(q)
+    with torch.no_grad():
+        codes = q[:3](x)
+        q[3]._chain = None  # (its float32 outputs, compared)
+        for c in (codes.contiguous(), codes[:, :, ::2, ::2], codes.transpose(2, 3)):
+            torch.testing.assert_close(q[3](c), q[3](c.dequantize()), rtol=0, atol=0)

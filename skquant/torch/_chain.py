@@ -73,8 +73,9 @@ def chain_int8(model, enable=True):
     ``torch.no_grad`` or ``torch.inference_mode``, or frozen biases), on the
     next layer's grid as it is at the call (a ``load_state_dict`` may change
     it); where a hook is on the convolution, a module between or the next
-    layer, or a dropout between is in train mode (Monte-Carlo dropout), the
-    call gives float32 as before. The model's output stays float32.
+    layer, a dropout between is in train mode (Monte-Carlo dropout), or
+    another module was put in the place of one of them, the call gives float32
+    as before. The model's output stays float32.
 
     torch 2.13 deprecates its quantized tensor types; where a torch makes none,
     nothing is chained (with a warning).
@@ -152,7 +153,8 @@ def chain_int8(model, enable=True):
                 continue
             if _ends(children[j][1]):
                 between = [m for _, m in children[i + 1 : j]]
-                layer._chain = ChainLink(between, children[j][1])
+                keys = [k for k, _ in children[i + 1 : j + 1]]
+                layer._chain = ChainLink(between, children[j][1], seq, keys)
                 prefix = f"{name}." if name else ""
                 links.append((prefix + key, prefix + children[j][0]))
     if links and not _quantized_tensors():

@@ -282,8 +282,11 @@ class ChainLink:
     """Where a chained convolution's outputs go (:func:`~._chain.chain_int8`):
     the modules between and the next quantized layer, read at each call."""
 
-    def __init__(self, between, consumer):
+    def __init__(self, between, consumer, parent=None, keys=()):
         self.between, self.consumer = tuple(between), consumer
+        # the container and the names the chain's modules were found under: a
+        # module put in their place later breaks the chain
+        self.parent, self.keys = parent, tuple(keys)
 
     def grid(self):
         """The next layer's input grid ``(scale, zero point)`` on the kernel's
@@ -292,7 +295,12 @@ class ChainLink:
         between or on the next layer (they would see codes), a dropout in train
         mode (Monte-Carlo dropout), a grid not static per tensor of at most 8
         bits."""
-        for m in (*self.between, self.consumer):
+        modules = (*self.between, self.consumer)
+        if self.parent is not None and any(
+            self.parent._modules.get(k) is not m for k, m in zip(self.keys, modules)
+        ):
+            return None  # (a module swapped in since chain_int8: floats)
+        for m in modules:
             if m._forward_hooks or m._forward_pre_hooks:
                 return None
             if isinstance(m, torch.nn.Dropout) and m.training:
@@ -321,9 +329,9 @@ def chained_codes(x, scale, zp, bounds):
         or x.q_zero_point() != zp
     ):
         return None
-    if tuple(bounds) == (0, 255):
-        return x.view(torch.uint8)  # (its bytes, not a copy as int_repr makes)
-    return x.int_repr().clamp_(*bounds)
+    q = x.int_repr()  # (a copy: a uint8 view of a quint8 tensor keeps the
+    # quantized dispatch, and the kernel crashed on one not dense channels last)
+    return q if tuple(bounds) == (0, 255) else q.clamp_(*bounds)
 
 
 def onednn_conv_available():

@@ -51,8 +51,8 @@ class StoredForm:
         through ``.data`` or NumPy included, another tensor put there): the
         ``packed`` and ``int8`` forms hold their own copies, and ``state_dict``
         and files write the buffers. Every forward calls it: the unchanged case
-        is a comparison of the scales (about a microsecond), and a copy of the
-        same values holds nothing again. A tensor that needs gradients gives its
+        is one comparison of the scales, and a copy of the same values holds
+        nothing again. A tensor that needs gradients gives its
         values (the kernels give it no gradient: the float runtime does)."""
         held = self._held_scales
         if held is None:
