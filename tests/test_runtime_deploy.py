@@ -459,3 +459,18 @@ def test_an_edited_weight_scale_is_what_every_runtime_computes_and_saves(
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+@pytest.mark.parametrize("runtime", ["packed", "int8"])
+def test_a_weight_scale_made_a_parameter_is_what_the_layer_computes_with(runtime):
+    """weight_scale made an nn.Parameter (a step being learned) is read as the
+    buffer was: its values (it raised AttributeError: the check read buffers
+    only)."""
+    x = torch.randn(8, 32)
+    acts = ActivationQuantizer(n_bits=8)
+    q = quantized(mlp(), x, runtime, acts)
+    ref = quantized(mlp(), x, "float", acts)
+    for m in (q, ref):
+        m[0].weight_scale = nn.Parameter(m[0].weight_scale.clone() * 2)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), ref(x), rtol=1e-5, atol=1e-5)

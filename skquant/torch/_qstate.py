@@ -57,7 +57,10 @@ class StoredForm:
         held = self._held_scales
         if held is None:
             return
-        now = tuple(map(self._buffers.get, ("weight_scale", "weight_zero_point")))
+        now = tuple(  # (a buffer, or a parameter: a scale being learned)
+            self._buffers.get(k, self._parameters.get(k))
+            for k in ("weight_scale", "weight_zero_point")
+        )
         for t in now:
             if t is not None and (
                 type(t) not in (torch.Tensor, torch.nn.Parameter)  # (fake tensors)
