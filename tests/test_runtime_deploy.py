@@ -474,3 +474,6 @@ def test_a_weight_scale_made_a_parameter_is_what_the_layer_computes_with(runtime
         m[0].weight_scale = nn.Parameter(m[0].weight_scale.clone() * 2)
     with torch.no_grad():
         torch.testing.assert_close(q(x), ref(x), rtol=1e-5, atol=1e-5)
+        held = q[0]._int8 if runtime == "int8" else q[0]._rt
+        q(x)  # (held once: the copy it compares with is the parameter's)
+        assert (q[0]._int8 if runtime == "int8" else q[0]._rt) is held

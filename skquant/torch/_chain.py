@@ -20,10 +20,11 @@ from torch import nn
 
 from .._common._checks import check_bool
 from .._common._warn import warn
-from ._fold import FoldedBatchNorm, hooked
+from ._fold import FoldedBatchNorm
 from ._graph import global_hooks
 from ._int8 import ChainLink, takes_codes
 from ._qlayers import QuantConv2d, QuantLinear, QuantMixin
+from ._state import hooked
 
 __all__ = ["chain_int8"]
 
@@ -126,9 +127,7 @@ def chain_int8(model, enable=True):
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
         )
-    for mod in model.modules():
-        if isinstance(mod, QuantMixin):
-            mod._chain = None
+    _unchain(model)
     if not enable or global_hooks():
         return []
     # a convolution held in two places runs in both: it gives codes in neither
@@ -158,9 +157,7 @@ def chain_int8(model, enable=True):
                 prefix = f"{name}." if name else ""
                 links.append((prefix + key, prefix + children[j][0]))
     if links and not _quantized_tensors():
-        for mod in model.modules():
-            if isinstance(mod, QuantMixin):
-                mod._chain = None
+        _unchain(model)
         warn(
             "chain_int8: this torch makes no quint8 tensors (torch 2.13 deprecates "
             "them), which chains pass codes in: no layer is chained.",
@@ -168,6 +165,12 @@ def chain_int8(model, enable=True):
         )
         return []
     return links
+
+
+def _unchain(model):
+    for mod in model.modules():
+        if isinstance(mod, QuantMixin):
+            mod._chain = None
 
 
 def _quantized_tensors():

@@ -14,10 +14,10 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ._graph import global_hooks, leaf_graph
+from ._state import hooked
 
 __all__ = ["FoldedBatchNorm", "fold_batchnorms", "foldable_pairs"]
 
@@ -62,18 +62,6 @@ class FoldedBatchNorm(nn.Identity):
 
     def extra_repr(self):
         return f"into={self.into!r}"
-
-
-def hooked(module):
-    """Whether ``module`` has hooks (they would see the fold) or a
-    parametrization (torch's fusion cannot write its weight)."""
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or getattr(module, "_backward_pre_hooks", None)
-        or parametrize.is_parametrized(module)
-    )
 
 
 def _fits(conv, norm):

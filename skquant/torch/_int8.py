@@ -22,6 +22,7 @@ from .._tensor._alphabets import safe_scale
 from .._tensor._qtensor import QuantizedTensor
 from ._fake import straight_through
 from ._rows import kernel_padding
+from ._state import hooked
 
 __all__ = [
     "ChainLink",
@@ -301,9 +302,7 @@ class ChainLink:
         ):
             return None  # (a module swapped in since chain_int8: floats)
         for m in modules:
-            if m._forward_hooks or m._forward_pre_hooks:
-                return None
-            if isinstance(m, torch.nn.Dropout) and m.training:
+            if hooked(m) or (isinstance(m, torch.nn.Dropout) and m.training):
                 return None
         return takes_codes(self.consumer)
 

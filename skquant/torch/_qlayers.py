@@ -298,6 +298,7 @@ class QuantMixin(StoredForm):
         """The dequantized weight (computed when read, not held)."""
         if "weight" in self._parameters:  # while nn.Linear.__init__ runs
             return self._parameters["weight"]
+        self._sync_scales()  # (a forward syncs once, at its start)
         return self._dequantized(self._wdtype, self._device)
 
     def __setattr__(self, name, value):
@@ -311,7 +312,6 @@ class QuantMixin(StoredForm):
         super().__setattr__(name, value)
 
     def _dequantized(self, dtype, device):
-        self._sync_scales()
         if self._rt is not None:
             W = self._rt.dequantize()
         elif self._int8 is not None:

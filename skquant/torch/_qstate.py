@@ -38,11 +38,18 @@ class StoredForm:
     #: held form took them (``None``: the float runtime, which reads the buffers)
     _held_scales = None
 
+    def _scale_tensors(self):
+        """``weight_scale`` and ``weight_zero_point`` (or ``None``): buffers, or
+        parameters (a scale being learned)."""
+        return tuple(
+            self._buffers.get(k, self._parameters.get(k))
+            for k in ("weight_scale", "weight_zero_point")
+        )
+
     def _scale_copies(self):
         """Copies of ``weight_scale`` and ``weight_zero_point`` as held now."""
         return tuple(
-            None if t is None else t.detach().clone()
-            for t in map(self._buffers.get, ("weight_scale", "weight_zero_point"))
+            None if t is None else t.detach().clone() for t in self._scale_tensors()
         )
 
     def _sync_scales(self):
@@ -57,10 +64,7 @@ class StoredForm:
         held = self._held_scales
         if held is None:
             return
-        now = tuple(  # (a buffer, or a parameter: a scale being learned)
-            self._buffers.get(k, self._parameters.get(k))
-            for k in ("weight_scale", "weight_zero_point")
-        )
+        now = self._scale_tensors()
         for t in now:
             if t is not None and (
                 type(t) not in (torch.Tensor, torch.nn.Parameter)  # (fake tensors)

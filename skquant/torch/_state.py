@@ -9,7 +9,7 @@ import functools
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrize import ParametrizationList
+from torch.nn.utils.parametrize import ParametrizationList, is_parametrized
 from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
@@ -58,6 +58,19 @@ _HOOKS = (
     "_backward_hooks",
     "_is_full_backward_hook",
 )
+
+
+def hooked(module):
+    """Whether ``module`` has hooks or a parametrization (a change of the
+    module, a fold or a chain of codes, would be seen, or could not be
+    written)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None)
+        or is_parametrized(module)
+    )
 
 
 def take_hooks(new, old):
