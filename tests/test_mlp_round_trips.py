@@ -132,6 +132,15 @@ def test_a_fitted_mlp_checks_y_and_sample_weight():
         q.fit(X, y, sample_weight=-np.ones(80))
     with pytest.raises(ValueError, match=r"2 target\(s\) per row .*=\(80,\)"):
         QuantizedMLP(reg, UniformQuantizer(n_bits=8)).fit(X, X[:, 0])
+    # labels of another shape (they were taken, or refused by scikit-learn's
+    # label binarizer without naming y)
+    with pytest.raises(ValueError, match=r"one label per row .*y.shape=\(80, 2\)"):
+        q.fit(X, np.c_[y, 1 - y])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        multi = MLPClassifier((8,), max_iter=50, random_state=0).fit(X, np.c_[y, y])
+    with pytest.raises(ValueError, match=r"2 labels per row .*y.shape=\(80,\)"):
+        QuantizedMLP(multi, UniformQuantizer(n_bits=8)).fit(X, y)
     assert abs(q.fit(X, y).score(X, y) - mlp.score(X, y)) <= 0.05
 
 
@@ -318,3 +327,31 @@ def test_sparse_inputs_give_what_dense_ones_give(monkeypatch):
         dense.predict_log_proba(X), np.log(dense.predict_proba(X)), rtol=1e-12
     )
     assert not hasattr(QuantizedMLP(MLPRegressor()), "predict_log_proba")
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_the_quantized_network_holds_no_training_state(solver):
+    """The quantized network keeps what predicts: not the float copies of its
+    weights that training left (early stopping's best weights, the optimizer's
+    moments: 36x the codes' bytes on a digits MLP), which the float network
+    keeps; its predictions are those of the codes."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (few iterations)
+        mlp = MLPClassifier(
+            (32,), solver=solver, max_iter=20, early_stopping=True, random_state=0
+        ).fit(X, y)
+    q = QuantizedMLP(mlp, UniformQuantizer(n_bits=4)).fit(X, y)
+    assert hasattr(q.float_estimator_, "_optimizer")
+    floats = [
+        k
+        for k, v in vars(q.estimator_).items()
+        if isinstance(v, list) and any(isinstance(a, np.ndarray) for a in v)
+    ]
+    assert floats == ["intercepts_"]  # (coefs_ hold codes)
+    assert not hasattr(q.estimator_, "_optimizer")
+    before = q.predict(X)
+    q.estimator_.coefs_ = [np.asarray(W) for W in q.estimator_.coefs_]
+    assert np.array_equal(q.estimator_.predict(X), before)

@@ -716,6 +716,32 @@ class _LeNet(nn.Module):
         return self.f1(x.view(x.size(0), -1))
 
 
+@pytest.mark.parametrize("acts", ["dynamic", "static"])
+def test_int8_linear_layers_refuse_other_widths_as_torch_does(acts):
+    """An input of another width raises torch's own error ("mat1 and mat2
+    shapes cannot be multiplied"; the int8 GEMM's reshape gave "shape '[4,
+    120]' is invalid for input of size 960"), a chain's codes included."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(40, 12)).eval()
+    acts = ActivationQuantizer(7) if acts == "static" else acts
+    q = quantize_model(net, UniformQuantizer(4), torch.randn(64, 40), activations=acts)
+    assert q[0]._int8 is not None
+    for bad in (torch.randn(4, 80), torch.randn(4, 20), torch.randn(3, 10)):
+        with torch.no_grad():
+            with pytest.raises(RuntimeError) as want:
+                net(bad)
+            with pytest.raises(RuntimeError) as got:
+                q(bad)
+        assert str(got.value) == str(want.value)
+    if acts != "dynamic" and _int8.onednn_conv_available():  # (quint8 tensors)
+        scale, zp = q[0]._input_qparams(None)
+        codes = torch._make_per_tensor_quantized_tensor(
+            torch.zeros(4, 80, dtype=torch.uint8), scale, zp
+        )
+        with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be multi"):
+            q(codes)
+
+
 def test_viewed_outputs_follow_a_layer_output_up_to_the_next_layer():
     """A layer's output counts as viewed where ``.view``/``.view_as`` reads it
     or what operations make of it, not past another of the layers, nor through

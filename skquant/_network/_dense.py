@@ -21,6 +21,10 @@ def _identity(Z):  # (a function, not a lambda: joblib's multiprocessing pickles
     return Z
 
 
+#: what a scikit-learn MLP keeps from training beyond its fitted attributes:
+#: float copies of its weights (``_optimizer``: adam's moments or sgd's velocities)
+MLP_TRAINING_STATE = ("_best_coefs", "_best_intercepts", "_optimizer")
+
 #: the hidden activations of dense networks (scikit-learn's definitions)
 ACTIVATIONS = {
     "identity": _identity,
@@ -267,14 +271,27 @@ class MLPNetwork(DenseNetwork):
         """The scikit-learn estimator."""
         return self.mlp
 
+    def _copy(self):
+        """A copy of the MLP but its weights and biases (the caller sets them)
+        and its training state: the float copies of its weights that training
+        keeps (the best weights of early stopping, the optimizer's moments:
+        three more float64 copies of every weight, held by every quantized
+        copy before), which predictions do not read."""
+        skip = {"coefs_", "intercepts_", *MLP_TRAINING_STATE}
+        mlp = type(self.mlp).__new__(type(self.mlp))
+        state = {k: v for k, v in vars(self.mlp).items() if k not in skip}
+        vars(mlp).update(copy.deepcopy(state))
+        return mlp
+
     def with_weights(self, weights):
         """A copy of the MLP (as a network) with some ``coefs_`` replaced."""
         self.check_layer_names(list(weights), "weights")
-        mlp = copy.deepcopy(self.mlp)
+        mlp = self._copy()
         mlp.coefs_ = [
             np.asarray(weights.get(n, W)).astype(W.dtype)
             for n, W in zip(self.layer_names, self.mlp.coefs_)
         ]
+        mlp.intercepts_ = [b.copy() for b in self.mlp.intercepts_]
         return MLPNetwork(mlp)
 
     def parameters(self):
@@ -291,7 +308,7 @@ class MLPNetwork(DenseNetwork):
 
     def with_parameters(self, params):
         """A copy of the MLP with its weights and biases replaced."""
-        mlp = copy.deepcopy(self.mlp)
+        mlp = self._copy()
         mlp.coefs_ = [
             np.asarray(params.get(f"{n}.weight", W)).astype(W.dtype)
             for n, W in zip(self.layer_names, self.mlp.coefs_)
@@ -343,6 +360,19 @@ class MLPNetwork(DenseNetwork):
                     f"min(y)={float(y.min())!r} instead."
                 )
         else:
+            binarizer = getattr(self.mlp, "_label_binarizer", None)
+            multilabel = getattr(binarizer, "y_type_", "") == "multilabel-indicator"
+            n_out = getattr(self.mlp, "n_outputs_", None)
+            if multilabel and (y.ndim != 2 or y.shape[1] != n_out):
+                raise ValueError(
+                    f"y must have {n_out} labels per row (the MLPClassifier's "
+                    f"multilabel outputs), got y.shape={y.shape} instead."
+                )
+            if not multilabel and y.reshape(y.shape[0], -1).shape[1] != 1:
+                raise ValueError(
+                    "y must have one label per row (the MLPClassifier was trained "
+                    f"on one), got y.shape={y.shape} instead."
+                )
             unseen = np.setdiff1d(np.unique(y), self.mlp.classes_)
             if unseen.size:
                 raise ValueError(

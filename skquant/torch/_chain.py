@@ -1,16 +1,16 @@
-"""Chains of int8 convolutions that pass their activations as codes.
+"""Chains of int8 layers that pass their activations as codes.
 
-A quantized convolution with static activations takes float32 inputs, puts them
-on its grid and gives float32 outputs; the ReLU and pooling after it, and the
-next layer's rounding, are passes over float32 tensors, most of the forward's
-time on small convolutional networks (:ref:`runtime`). In a chain, a
-convolution gives its outputs on the next quantized layer's input grid as a
-``quint8`` tensor (oneDNN's kernel rounds and clamps them), the modules between
-run on those bytes (torch's quantized ReLU and max pooling), and the next layer
-takes the codes as they are. ReLU and max pooling commute with rounding to a
-grid, so the codes are those the float path rounds to, but where the kernel's
-rescaling and the float path round a value on the two sides of a step's half
-(a difference of one code).
+A quantized layer with static activations takes float32 inputs, puts them on
+its grid and gives float32 outputs; the ReLU and pooling after it, and the next
+layer's rounding, are passes over float32 tensors, most of the forward's time
+on small convolutional networks (:ref:`runtime`). In a chain, a convolution or
+Linear gives its outputs on the next quantized layer's input grid as a
+``quint8`` tensor (oneDNN's convolution or fbgemm's GEMM rounds them), the
+modules between run on those bytes (torch's quantized ReLU and max pooling),
+and the next layer takes the codes as they are. ReLU and max pooling commute
+with rounding to a grid, so the codes are those the float path rounds to, but
+where the kernel's rescaling and the float path round a value on the two sides
+of a step's half (a difference of one code).
 """
 
 import warnings
@@ -21,8 +21,7 @@ from torch import nn
 from .._common._checks import check_bool
 from .._common._warn import warn
 from ._fold import FoldedBatchNorm
-from ._graph import global_hooks
-from ._int8 import ChainLink, takes_codes
+from ._int8 import ChainLink, chains, takes_codes
 from ._qlayers import QuantConv2d, QuantLinear, QuantMixin
 from ._state import hooked
 
@@ -42,8 +41,11 @@ BETWEEN = (
 
 def _starts(layer):
     """Whether ``layer`` can give its outputs as codes: a 2-D convolution on
-    oneDNN's int8 kernel with a static input grid, nothing hooked on it."""
-    return type(layer) is QuantConv2d and layer._chains() and not hooked(layer)
+    oneDNN's int8 kernel or a Linear on torch's int8 GEMM, with a static input
+    grid, nothing hooked on it."""
+    if type(layer) not in (QuantConv2d, QuantLinear) or hooked(layer):
+        return False
+    return chains(layer)
 
 
 def _ends(layer):
@@ -59,24 +61,27 @@ def _passes(module):
 
 
 def chain_int8(model, enable=True):
-    """Let the int8 convolutions of ``model``'s ``nn.Sequential`` containers
-    give their outputs to the next quantized layer as codes.
+    """Let the int8 convolutions and Linear layers of ``model``'s
+    ``nn.Sequential`` containers give their outputs to the next quantized
+    layer as codes.
 
     Where a :class:`~skquant.torch.QuantConv2d` that runs oneDNN's int8
-    convolution on a static input grid is followed, in the same
+    convolution, or a :class:`~skquant.torch.QuantLinear` that runs torch's
+    int8 GEMM, on a static input grid is followed, in the same
     ``nn.Sequential``, by ReLUs, 2-D max poolings, flattens, identities
     (folded BatchNorms included) or dropouts, then by a quantized layer with a
-    static per-tensor input grid of at most 8 bits, the convolution gives that
+    static per-tensor input grid of at most 8 bits, the layer gives that
     layer's codes: a ``quint8`` tensor on its grid (torch's quantized tensor:
     ``.dequantize()`` gives its values), which the modules between run on,
-    and which a convolution takes as it is (a Linear dequantizes it). A
-    chain runs in eval mode, with nothing that needs gradients (under
-    ``torch.no_grad`` or ``torch.inference_mode``, or frozen biases), on the
-    next layer's grid as it is at the call (a ``load_state_dict`` may change
-    it); where a hook is on the convolution, a module between or the next
-    layer, a dropout between is in train mode (Monte-Carlo dropout), or
-    another module was put in the place of one of them, the call gives float32
-    as before. The model's output stays float32.
+    and which the next layer takes as they are. A chain runs in eval mode,
+    with nothing that needs gradients (under ``torch.no_grad`` or
+    ``torch.inference_mode``, or frozen biases), on the next layer's grid as
+    it is at the call (a ``load_state_dict`` may change it); where a hook is
+    on the layer, a module between or the next layer (or on every module),
+    a dropout between is in train mode (Monte-Carlo dropout), another module
+    was put in the place of one of them, the input is one unbatched image, or
+    (for a Linear) torch's deterministic algorithms are on, the call gives
+    float32 as before. The model's output stays float32.
 
     torch 2.13 deprecates its quantized tensor types; where a torch makes none,
     nothing is chained (with a warning).
@@ -84,21 +89,24 @@ def chain_int8(model, enable=True):
     The codes are those the unchained layers round to but where the kernel's
     rescaling and the float path fall on the two sides of half a step: a code
     apart (tested; none on the benchmarks' networks). Every layer called by
-    itself gives float32 but a chain's first, which gives the codes.
+    itself gives float32 but a chain's first, which gives the codes: code that
+    calls the layers itself (a loop over the ``nn.Sequential``, a slice of it,
+    another container built of its modules) sees ``quint8`` tensors.
 
     Parameters
     ----------
     model : torch.nn.Module
         A model returned by :func:`quantize_model` or :func:`load_into`; changed
-        in place (``save_model`` does not record the chains: chain a loaded
-        model again).
+        in place. Files, pickles and copies do not record the chains (a layer
+        copied into another model gives floats there): chain a loaded or
+        copied model again.
     enable : bool, default=True
         ``False`` unchains every layer.
 
     Returns
     -------
     links : list of (str, str)
-        The ``(convolution, next quantized layer)`` names chained.
+        The ``(layer, next quantized layer)`` names chained.
 
     Examples
     --------
@@ -109,14 +117,15 @@ def chain_int8(model, enable=True):
     >>> _ = torch.manual_seed(0)
     >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2),
     ...                     nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
-    ...                     nn.Linear(8 * 9, 10)).eval()
+    ...                     nn.Linear(8 * 9, 32), nn.ReLU(),
+    ...                     nn.Linear(32, 10)).eval()
     >>> x = torch.randn(32, 1, 12, 12)
     >>> qnet = quantize_model(net, UniformQuantizer(n_bits=4), x,
     ...                       activations=ActivationQuantizer(n_bits=8))
     >>> with torch.no_grad():
     ...     before = qnet(x)
     >>> chain_int8(qnet)
-    [('0', '3'), ('3', '6')]
+    [('0', '3'), ('3', '6'), ('6', '8')]
     >>> with torch.no_grad():
     ...     after = qnet(x)
     >>> after.dtype, bool((after - before).abs().max() < 1e-3)
@@ -128,7 +137,7 @@ def chain_int8(model, enable=True):
             f"model must be a torch.nn.Module, got {type(model).__name__} instead."
         )
     _unchain(model)
-    if not enable or global_hooks():
+    if not enable:
         return []
     # a convolution held in two places runs in both: it gives codes in neither
     # (the modules after it take floats too)

@@ -13,6 +13,7 @@ groups in one call), else as GEMMs over their patches (:meth:`Int8Weights.conv`)
 """
 
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -29,10 +30,13 @@ __all__ = [
     "Int8Conv",
     "Int8Weights",
     "chained_codes",
+    "chains",
+    "kernel_bounds",
     "takes_codes",
     "int8_weights",
     "dynamic_reduce_range",
     "fake_dynamic",
+    "grid_codes",
     "SIMULATED",
     "int8_gemm_available",
     "int8_gemm_reason",
@@ -280,14 +284,22 @@ def grid_codes(x, scale, zp, bounds):
 
 
 class ChainLink:
-    """Where a chained convolution's outputs go (:func:`~._chain.chain_int8`):
-    the modules between and the next quantized layer, read at each call."""
+    """Where a chained layer's outputs go (:func:`~._chain.chain_int8`): the
+    modules between and the next quantized layer, read at each call.
 
-    def __init__(self, between, consumer, parent=None, keys=()):
-        self.between, self.consumer = tuple(between), consumer
+    It holds them weakly and is not copied: a layer pickled, copied or saved,
+    alone or in its model, comes unchained (a copy of one layer carried a
+    hidden copy of its whole model, and gave codes wherever it was put);
+    ``chain_int8`` chains a copy again."""
+
+    def __init__(self, between, consumer, parent, keys):
         # the container and the names the chain's modules were found under: a
         # module put in their place later breaks the chain
-        self.parent, self.keys = parent, tuple(keys)
+        self._refs = tuple(weakref.ref(m) for m in (*between, consumer, parent))
+        self.keys = tuple(keys)
+
+    def __reduce__(self):
+        return _unchained, ()
 
     def grid(self):
         """The next layer's input grid ``(scale, zero point)`` on the kernel's
@@ -295,16 +307,45 @@ class ChainLink:
         it), or ``None`` where the chain does not run now: hooks on a module
         between or on the next layer (they would see codes), a dropout in train
         mode (Monte-Carlo dropout), a grid not static per tensor of at most 8
-        bits."""
-        modules = (*self.between, self.consumer)
-        if self.parent is not None and any(
-            self.parent._modules.get(k) is not m for k, m in zip(self.keys, modules)
+        bits, a module of the chain gone or another in its place."""
+        *modules, parent = (r() for r in self._refs)
+        if parent is None or any(
+            m is None or parent._modules.get(k) is not m
+            for k, m in zip(self.keys, modules)
         ):
             return None  # (a module swapped in since chain_int8: floats)
         for m in modules:
             if hooked(m) or (isinstance(m, torch.nn.Dropout) and m.training):
                 return None
-        return takes_codes(self.consumer)
+        return takes_codes(modules[-1])
+
+
+def _unchained():
+    return None
+
+
+def kernel_bounds(layer):
+    """The input codes' range of quantized ``layer`` on the kernel's unsigned 8
+    bits."""
+    if layer._act_mode == "static":  # the grid's codes, moved to unsigned
+        shift = max(-layer._act_meta["qmin"], 0)
+        return (layer._act_meta["qmin"] + shift, layer._act_meta["qmax"] + shift)
+    return (0, 127 if dynamic_reduce_range(layer._largest_code) else 255)
+
+
+def chains(layer):
+    """Whether quantized ``layer``'s int8 kernel runs on static input codes
+    now (the ends of a chain): oneDNN's 2-D convolution, or torch's GEMM in
+    one group (a Linear)."""
+    w = layer._int8
+    if layer._act_mode != "static" or w is None:
+        return False
+    if isinstance(layer, torch.nn.Linear):
+        ok = type(w) is Int8Weights and len(w.params) == 1 and layer._engine_ready()
+    else:
+        ok = isinstance(w, Int8Conv) and len(layer.kernel_size) == 2
+        ok = ok and kernel_padding(layer)[1] is None
+    return ok and layer._bias_linked()
 
 
 def takes_codes(layer):

@@ -49,14 +49,15 @@ from ._fake import (
 from ._graph import fx_call, global_hooks
 from ._int8 import (
     SIMULATED,
-    Int8Conv,
     Int8Weights,
     chained_codes,
+    chains,
     dynamic_reduce_range,
     engine_reason,
     fake_dynamic,
     int8_gemm_reason,
     int8_weights,
+    kernel_bounds,
     largest_code,
 )
 from ._layout import conv_args, conv_kwargs
@@ -522,6 +523,20 @@ class QuantMixin(StoredForm):
             return y if bool(torch.isfinite(x).all()) else None
         return y
 
+    def _chained_input(self, x):
+        """The codes of ``x`` (``quint8``: a chained layer's outputs) if on this
+        layer's grid and its kernel takes them now, else ``None``."""
+        grid = self._input_qparams(x) if chains(self) else None
+        return grid and chained_codes(x, *grid, kernel_bounds(self))
+
+    def _chain_out(self):
+        """The grid this call gives its outputs on (``None``: float32, as where
+        the bias needs gradients or hooks would see the codes)."""
+        b, off = self.bias, self._chain is None or self.training or _is_compiling()
+        off = off or bool(self._forward_hooks) or global_hooks()
+        grad = b is not None and b.requires_grad and torch.is_grad_enabled()
+        return None if off or grad or not chains(self) else self._chain.grid()
+
     def _check_input(self, x):
         """TypeError for an integer input (weights rounded to ints, NaN grids);
         RuntimeError under ``torch.jit.trace`` or ``torch.export`` but for the
@@ -585,16 +600,20 @@ class QuantLinear(QuantMixin, nn.Linear):
         if isinstance(x, torch.fx.Proxy):
             return fx_call(self, x)
         self._sync_scales()  # (weight_scale edited or swapped: held again)
-        if x.is_quantized:  # a chained convolution's outputs (its codes exact)
-            x = x.dequantize()
+        if x.is_quantized:  # a chained layer's outputs
+            codes = self._chained_input(x)
+            if codes is not None and (y := self._int8_forward(codes, True)) is not None:
+                return self._bias_grad(y)
+            x = x.dequantize()  # (on another grid or kernel: its values)
         self._check_input(x)
         if self._grad_kernels(x):
             return self._bias_grad(KernelGrad.apply(x, self))
-        return self._run(x)
+        return self._run(x, chain=True)  # (KernelGrad's run gives floats)
 
-    def _run(self, x):
-        """The output on the kernels (``x`` without gradients) or simulated."""
-        if self._runs_int8(x) and (y := self._try_int8(x)) is not None:
+    def _run(self, x, chain=False):
+        """The output on the kernels (``x`` without gradients; ``chain``: codes
+        where chained) or simulated."""
+        if self._runs_int8(x) and (y := self._try_int8(x, chain)) is not None:
             return self._bias_grad(y)
         if self._act_mode is not None:
             x = self._fake_input(x)
@@ -608,16 +627,36 @@ class QuantLinear(QuantMixin, nn.Linear):
         return F.linear(x, self._float_weight_for(x), bias)
 
     def _int8_forward(self, x, chain=False):
+        """The product on torch's int8 GEMM, or ``None`` for an input it cannot
+        take (the simulated path then says why); ``x``: float32, or ``uint8``
+        codes on the input grid (a chain's); with ``chain``, on the next
+        layer's codes where chained (fbgemm's ``quint8`` GEMM rounds them)."""
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            return None
         flat = x.detach().reshape(-1, self.in_features).contiguous()
-        params = self._int8.params[0]
+        params, op = self._int8.params[0], torch.ops.quantized
         if self._act_mode == "dynamic":
-            y = torch.ops.quantized.linear_dynamic(
+            return op.linear_dynamic(
                 flat, params, dynamic_reduce_range(self._largest_code)
-            )
+            ).reshape(*x.shape[:-1], self.out_features)
+        scale, zp = self._input_qparams(flat)
+        # (fbgemm's quint8 GEMM resizes its output: not under torch's
+        # deterministic algorithms)
+        out = self._chain_out() if chain else None
+        if out is not None and torch.are_deterministic_algorithms_enabled():
+            out = None
+        if flat.dtype == torch.uint8:  # (on the grid: the GEMM reads the codes)
+            codes = torch._make_per_tensor_quantized_tensor(flat, scale, zp)
+            flat = codes if out is not None else codes.dequantize()
+        else:  # (rounded as unchained: NaN and inf take the same codes)
+            flat = self._fake_input(flat)
+            if out is not None:
+                flat = torch.quantize_per_tensor(flat, scale, zp, torch.quint8)
+        if out is not None:  # (the chain's grid: its ReLU runs on the codes)
+            y = op.linear(flat, params, *out)
         else:
-            scale, zp = self._input_qparams(flat)
-            y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-                self._fake_input(flat), scale, zp, params
+            y = op.linear_with_input_q_dq_qweight_dq_output_fp32(
+                flat, scale, zp, params
             )
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -642,12 +681,14 @@ class QuantConvMixin(QuantMixin):
         )
         return new._attach(module, tensor, runtime)
 
-    def forward(self, input):
-        x = input  # torch's layers name it so: ``layer(input=x)`` works
+    def forward(self, input):  # torch's layers name it so: ``layer(input=x)``
+        return self._forward(input, chain=True)
+
+    def _forward(self, x, chain):
         if isinstance(x, torch.fx.Proxy):
             return fx_call(self, x)
         self._sync_scales()  # (weight_scale edited or swapped: held again)
-        if x.is_quantized:  # a chained convolution's outputs
+        if x.is_quantized:  # a chained layer's outputs
             codes = self._chained_input(x)
             if codes is not None and (y := self._int8_forward(codes, True)) is not None:
                 y = self._bias_grad(y)  # (codes only where no gradient is needed)
@@ -655,11 +696,12 @@ class QuantConvMixin(QuantMixin):
             x = x.dequantize()  # (on another grid or kernel: its values)
         self._check_input(x)
         if x.dim() == len(self.kernel_size) + 1:  # unbatched, as torch's take it
-            return self.forward(x.unsqueeze(0)).squeeze(0)
+            # (floats: qnnpack's quantized pooling refuses one image's codes)
+            return self._forward(x.unsqueeze(0), False).squeeze(0)
         if self._grad_kernels(x):
             y = self._bias_grad(KernelGrad.apply(x, self))
         else:
-            y = self._run(x, chain=True)  # (KernelGrad's run gives floats)
+            y = self._run(x, chain=chain)  # (KernelGrad's run gives floats)
         # (int8 outputs are laid out as the kernel gives them, channels last,
         # and so is what a layer computes from them, unless .view reads it:
         # torch's layout for a contiguous input everywhere cost 2x to 3x the
@@ -696,42 +738,11 @@ class QuantConvMixin(QuantMixin):
         if pads is not None:  # padded as torch's layer pads, the kernel not
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, pads, mode=mode)
-        bounds = self._kernel_bounds()
+        bounds = kernel_bounds(self)
         if len(self.kernel_size) == 1:  # a Conv1d is a Conv2d of height 1
             return self._int8.conv(x.unsqueeze(2), scale, zp, bounds).squeeze(2)
         out = self._chain_out() if chain else None
         return self._int8.conv(x, scale, zp, bounds, out)
-
-    def _kernel_bounds(self):
-        """The input codes' range on the kernel's unsigned 8 bits."""
-        if self._act_mode == "static":  # the grid's codes, moved to unsigned
-            shift = max(-self._act_meta["qmin"], 0)
-            return (self._act_meta["qmin"] + shift, self._act_meta["qmax"] + shift)
-        return (0, 127 if dynamic_reduce_range(self._largest_code) else 255)
-
-    def _chains(self):
-        """Whether oneDNN's convolution runs this layer on static input codes
-        (the ends of a chain)."""
-        return (
-            self._act_mode == "static"
-            and isinstance(self._int8, Int8Conv)
-            and len(self.kernel_size) == 2
-            and kernel_padding(self)[1] is None
-            and self._bias_linked()
-        )
-
-    def _chained_input(self, x):
-        """The codes of ``x`` (``quint8``) if on this layer's grid, else ``None``."""
-        grid = self._input_qparams(x) if self._chains() else None
-        return grid and chained_codes(x, *grid, self._kernel_bounds())
-
-    def _chain_out(self):
-        """The grid this call gives its outputs on (``None``: float32, as where
-        the bias needs gradients or hooks would see the codes)."""
-        b, off = self.bias, self._chain is None or self.training or _is_compiling()
-        off = off or bool(self._forward_hooks) or global_hooks()
-        grad = b is not None and b.requires_grad and torch.is_grad_enabled()
-        return None if off or grad or not self._chains() else self._chain.grid()
 
 
 class QuantConv1d(QuantConvMixin, nn.Conv1d):
