@@ -344,7 +344,8 @@ def chains(layer):
         ok = type(w) is Int8Weights and len(w.params) == 1 and layer._engine_ready()
     else:
         ok = isinstance(w, Int8Conv) and len(layer.kernel_size) == 2
-        ok = ok and kernel_padding(layer)[1] is None
+        alike = layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+        ok = ok and (alike or kernel_padding(layer)[1] is None)  # (the same pads)
     return ok and layer._bias_linked()
 
 
@@ -357,11 +358,11 @@ def takes_codes(layer):
     return layer._input_qparams(None)
 
 
-def chained_codes(x, scale, zp, bounds):
+def chained_codes(x, scale, zp, bounds, keep=False):
     """The ``uint8`` codes of ``x``, a ``quint8`` tensor a chained layer gave
     (:func:`~._chain.chain_int8`), where its grid is ``(scale, zp)``, clamped to
     ``bounds`` (a narrower grid than the kernel's 0..255); ``None`` where it is
-    on another grid."""
+    on another grid. ``keep``: ``x`` itself where the bounds are 0..255."""
     if (
         x.dtype != torch.quint8
         or x.qscheme() != torch.per_tensor_affine
@@ -369,6 +370,8 @@ def chained_codes(x, scale, zp, bounds):
         or x.q_zero_point() != zp
     ):
         return None
+    if keep and tuple(bounds) == (0, 255):
+        return x
     q = x.int_repr()  # (a copy: a uint8 view of a quint8 tensor keeps the
     # quantized dispatch, and the kernel crashed on one not dense channels last)
     return q if tuple(bounds) == (0, 255) else q.clamp_(*bounds)

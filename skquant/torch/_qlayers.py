@@ -403,9 +403,12 @@ class QuantMixin(StoredForm):
         Static: the layer's grid (a signed one moved up by ``-qmin``). Dynamic: the
         grid :func:`fake_dynamic` puts ``x`` on (one per call).
         """
-        if self._act_mode == "static":
+        if self._act_mode == "static":  # (.item(): 0.1 us, indexing 0.9 us)
             shift = max(-self._act_meta["qmin"], 0)
-            return float(self.input_scale[0]), int(self.input_zero_point[0]) + shift
+            scale, zp = (self._buffers[k] for k in ("input_scale", "input_zero_point"))
+            if scale.numel() != 1:  # (per channel: no kernel takes it)
+                scale, zp = scale[:1], zp[:1]
+            return float(scale.item()), int(zp.item()) + shift
         top = 127 if dynamic_reduce_range(self._largest_code) else 255
         lo, hi = torch.aminmax(x)  # (one pass)
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
@@ -523,19 +526,24 @@ class QuantMixin(StoredForm):
             return y if bool(torch.isfinite(x).all()) else None
         return y
 
-    def _chained_input(self, x):
+    def _chained_input(self, x, keep=False):
         """The codes of ``x`` (``quint8``: a chained layer's outputs) if on this
-        layer's grid and its kernel takes them now, else ``None``."""
+        layer's grid and its kernel takes them now, else ``None``; ``keep``:
+        ``x`` itself where its codes need no clamping."""
         grid = self._input_qparams(x) if chains(self) else None
-        return grid and chained_codes(x, *grid, kernel_bounds(self))
+        return grid and chained_codes(x, *grid, kernel_bounds(self), keep)
 
     def _chain_out(self):
         """The grid this call gives its outputs on (``None``: float32, as where
         the bias needs gradients or hooks would see the codes)."""
-        b, off = self.bias, self._chain is None or self.training or _is_compiling()
-        off = off or bool(self._forward_hooks) or global_hooks()
-        grad = b is not None and b.requires_grad and torch.is_grad_enabled()
-        return None if off or grad or not chains(self) else self._chain.grid()
+        if self._chain is None or self.training or self._forward_hooks:
+            return None
+        b = self._parameters.get("bias")
+        if b is not None and b.requires_grad and torch.is_grad_enabled():
+            return None
+        if _is_compiling() or global_hooks() or not chains(self):
+            return None
+        return self._chain.grid()
 
     def _check_input(self, x):
         """TypeError for an integer input (weights rounded to ints, NaN grids);
@@ -601,7 +609,7 @@ class QuantLinear(QuantMixin, nn.Linear):
             return fx_call(self, x)
         self._sync_scales()  # (weight_scale edited or swapped: held again)
         if x.is_quantized:  # a chained layer's outputs
-            codes = self._chained_input(x)
+            codes = self._chained_input(x, keep=True)
             if codes is not None and (y := self._int8_forward(codes, True)) is not None:
                 return self._bias_grad(y)
             x = x.dequantize()  # (on another grid or kernel: its values)
@@ -645,9 +653,10 @@ class QuantLinear(QuantMixin, nn.Linear):
         out = self._chain_out() if chain else None
         if out is not None and torch.are_deterministic_algorithms_enabled():
             out = None
-        if flat.dtype == torch.uint8:  # (on the grid: the GEMM reads the codes)
-            codes = torch._make_per_tensor_quantized_tensor(flat, scale, zp)
-            flat = codes if out is not None else codes.dequantize()
+        if flat.dtype in (torch.uint8, torch.quint8):  # (codes on the grid)
+            if not flat.is_quantized:
+                flat = torch._make_per_tensor_quantized_tensor(flat, scale, zp)
+            flat = flat if out is not None else flat.dequantize()
         else:  # (rounded as unchained: NaN and inf take the same codes)
             flat = self._fake_input(flat)
             if out is not None:
