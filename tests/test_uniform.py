@@ -482,6 +482,21 @@ def test_steps_below_float32s_range_are_warned_about():
         UniformQuantizer(n_bits=4).fit(W[:, [0, 2]])
 
 
+def test_steps_above_float32s_range_are_warned_about():
+    """float64 weights whose step passes float32's largest number (steps are
+    stored in float32) are clipped: said, with the channels (silently before,
+    where max-abs steps clip nothing)."""
+    W = np.ones((4, 2))
+    W[0, 1] = 1e40
+    for q in (UniformQuantizer(n_bits=4), TernaryQuantizer()):
+        with pytest.warns(UserWarning, match=r"channels \[1\] is above float32"):
+            Q = q.fit_transform(W)
+        assert Q[0, 1] < 1e40 and np.isfinite(Q).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        UniformQuantizer(n_bits=4).fit(np.full((4, 2), 1e38))
+
+
 def test_decode_rejects_bad_codes():
     q = UniformQuantizer(n_bits=3).fit(np.ones((3, 2)))
     with pytest.raises(TypeError, match="must be integers"):

@@ -145,6 +145,16 @@ class BaseWeightQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
                 "(scale the weights up, or leave the layer float).",
                 UserWarning,
             )
+        big = np.flatnonzero(np.asarray(level) > np.finfo(np.float32).max)
+        if big.size:  # (float64 weights past float32's range: clipped)
+            warn(
+                f"{type(self).__name__}: the step of channels {big[:8].tolist()}"
+                f"{' ...' if big.size > 8 else ''} is above float32's largest "
+                f"number (steps are stored in float32): its weights are clipped to "
+                f"{max(abs(qmin), abs(qmax))} times that number (scale the weights "
+                "down, or leave the layer float).",
+                UserWarning,
+            )
         self._fit_dtype = W.dtype
         self.qmin_, self.qmax_, self.n_bits_ = int(qmin), int(qmax), int(n_bits)
         return W

@@ -180,7 +180,10 @@ class QuantizedMLP(BaseEstimator):
     -----
     Biases, and layers a quantizer mapping leaves float, are float32 values (what
     ``size_bits_`` counts). :func:`skquant.save` writes a fitted model to a file
-    of ``size_bits_ / 8`` bytes plus a header; :func:`skquant.load` reads it back
+    of ``size_bits_ / 8`` bytes plus a header (and, with activations on static
+    grids, each quantized layer's input scales and zero points: 16 bytes a
+    grid, or a feature with ``granularity="per_feature"``, which ``size_bits_``
+    does not count); :func:`skquant.load` reads it back
     with the same predictions, without ``float_estimator_`` and ``quantizers_``
     (the file holds the quantized model only). Pickling goes through the same
     file: a pickled fitted model holds packed codes, scales and float32 biases
