@@ -1499,3 +1499,49 @@ def test_per_feature_grids_of_unbatched_convolution_calls():
         q = quantize_model(Loop().eval(), UniformQuantizer(4), x, activations=acts)
     scale = q.c.input_scale
     assert scale.shape == (3,) and bool(torch.all(scale[1:] > 5 * scale[:-1]))
+
+
+@given(
+    values=st.lists(
+        st.floats(-1e3, 1e3, allow_nan=False, width=32)
+        | st.sampled_from([0.0, -0.0, float("nan"), float("inf"), -float("inf")]),
+        min_size=8,
+        max_size=8,
+    ),
+    half_steps=st.lists(st.integers(-600, 600), min_size=8, max_size=8),
+    n_bits=st.integers(2, 8),
+    symmetric=st.booleans(),
+)
+def test_the_int8_gemm_reads_the_simulated_paths_codes(
+    values, half_steps, n_bits, symmetric
+):
+    """A Linear's int8 GEMM puts its input on the grid in four passes
+    (grid_values), not the simulated path's nine: the same values but for a
+    zero's sign, so the GEMM gives the same outputs bit for bit, values on a
+    step's half, NaN and inf included."""
+    net = nn.Sequential(nn.Linear(16, 3)).eval()
+    torch.manual_seed(0)
+    calib = torch.randn(64, 16) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize_model(
+            net,
+            UniformQuantizer(4),
+            calib,
+            activations=ActivationQuantizer(n_bits, symmetric=symmetric),
+        )
+    layer = q[0]
+    assert layer._int8 is not None
+    scale, zp = layer._input_qparams(None)
+    x = torch.tensor(values + [h * scale / 2 for h in half_steps], dtype=torch.float32)
+    x = x.reshape(1, 16)
+    got = _int8.grid_values(x, scale, zp, _int8.kernel_bounds(layer))
+    want = layer._fake_input(x)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())  # (+0 == -0)
+    op = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
+    params = layer._int8.params[0]
+    a, b = op(got, scale, zp, params), op(want, scale, zp, params)
+    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(
+        a.nan_to_num(), b.nan_to_num()
+    )

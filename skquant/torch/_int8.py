@@ -37,6 +37,7 @@ __all__ = [
     "dynamic_reduce_range",
     "fake_dynamic",
     "grid_codes",
+    "grid_values",
     "SIMULATED",
     "int8_gemm_available",
     "int8_gemm_reason",
@@ -281,6 +282,15 @@ def grid_codes(x, scale, zp, bounds):
     allocation of the activation's size)."""
     q = x / scale
     return q.round_().add_(zp).clamp_(*bounds).nan_to_num_(nan=float(bounds[0]))
+
+
+def grid_values(x, scale, zp, bounds):
+    """``x`` put on the grid ``(scale, zp)`` of codes in ``bounds`` (a new
+    tensor): the values ``(code - zp) * scale`` that the simulated path gives
+    (``QuantMixin._fake_input``: NaN stays NaN, a zero's sign may differ), in
+    four passes (nine there), for a GEMM that reads the codes back from them."""
+    lo, hi = bounds
+    return (x / scale).round_().clamp_(lo - zp, hi - zp).mul_(scale)
 
 
 class ChainLink:

@@ -55,6 +55,7 @@ from ._int8 import (
     dynamic_reduce_range,
     engine_reason,
     fake_dynamic,
+    grid_values,
     int8_gemm_reason,
     int8_weights,
     kernel_bounds,
@@ -657,8 +658,8 @@ class QuantLinear(QuantMixin, nn.Linear):
             if not flat.is_quantized:
                 flat = torch._make_per_tensor_quantized_tensor(flat, scale, zp)
             flat = flat if out is not None else flat.dequantize()
-        else:  # (rounded as unchained: NaN and inf take the same codes)
-            flat = self._fake_input(flat)
+        else:  # (the simulated path's values: NaN and inf take its codes)
+            flat = grid_values(flat, scale, zp, kernel_bounds(self))
             if out is not None:
                 flat = torch.quantize_per_tensor(flat, scale, zp, torch.quint8)
         if out is not None:  # (the chain's grid: its ReLU runs on the codes)
