@@ -345,13 +345,36 @@ def test_the_quantized_network_holds_no_training_state(solver):
         ).fit(X, y)
     q = QuantizedMLP(mlp, UniformQuantizer(n_bits=4)).fit(X, y)
     assert hasattr(q.float_estimator_, "_optimizer")
-    floats = [
-        k
-        for k, v in vars(q.estimator_).items()
-        if isinstance(v, list) and any(isinstance(a, np.ndarray) for a in v)
-    ]
-    assert floats == ["intercepts_"]  # (coefs_ hold codes)
+    held = {  # the arrays the network's lists hold: the biases only
+        id(a)
+        for v in vars(q.estimator_).values()
+        if isinstance(v, list)
+        for a in v
+        if type(a) is np.ndarray and a.ndim  # (codes, and sgd's 0-d losses, left)
+    }
+    assert held == {id(b) for b in q.estimator_.intercepts_}  # (coefs_: codes)
     assert not hasattr(q.estimator_, "_optimizer")
     before = q.predict(X)
     q.estimator_.coefs_ = [np.asarray(W) for W in q.estimator_.coefs_]
     assert np.array_equal(q.estimator_.predict(X), before)
+
+
+def test_a_quantized_copy_trained_with_early_stopping_refits_warm():
+    """A quantized copy of an MLP trained with early stopping refits warm
+    (its best weights are its own: the copy dropped the float ones and raised
+    where no epoch beat the float model's best score)."""
+    from skquant import adaptive_quantize_mlp
+
+    rng = np.random.RandomState(0)
+    X = rng.randn(300, 6)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlp = MLPClassifier(
+            (16,), max_iter=300, early_stopping=True, random_state=0
+        ).fit(X, y)
+        res = adaptive_quantize_mlp(mlp, X, y, loss_bound=0.5, max_iter=2)
+        model = res.model
+        assert model.coefs_[0] is model._best_coefs[0]  # (no float copies)
+        model.set_params(warm_start=True, max_iter=5).fit(X, y)
+    assert model.score(X, y) > 0.5

@@ -1545,3 +1545,30 @@ def test_the_int8_gemm_reads_the_simulated_paths_codes(
     assert torch.equal(a.isnan(), b.isnan()) and torch.equal(
         a.nan_to_num(), b.nan_to_num()
     )
+
+
+def test_an_input_scale_made_a_parameter_or_parametrized_is_read():
+    """An input grid's scale made an nn.Parameter (a step being learned) or
+    computed by a parametrization is read on the int8 kernels (a KeyError
+    once the scale was read from the buffers only)."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    q = quantize_model(net, UniformQuantizer(4), x, activations=ActivationQuantizer(7))
+    with torch.no_grad():
+        before = q(x)
+    assert q[2]._int8 is not None
+    scale = q[2].input_scale.detach().clone()
+    q[2].input_scale = nn.Parameter(scale, requires_grad=False)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), before, rtol=0, atol=0)
+
+    class Same(nn.Module):
+        def forward(self, s):
+            return s * 1.0
+
+    parametrize.register_parametrization(q[2], "input_scale", Same())
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), before, rtol=0, atol=0)

@@ -271,28 +271,31 @@ class MLPNetwork(DenseNetwork):
         """The scikit-learn estimator."""
         return self.mlp
 
-    def _copy(self):
-        """A copy of the MLP but its weights and biases (the caller sets them)
-        and its training state: the float copies of its weights that training
-        keeps (the best weights of early stopping, the optimizer's moments:
-        three more float64 copies of every weight, held by every quantized
-        copy before), which predictions do not read."""
+    def _copy(self, coefs, intercepts):
+        """A copy of the MLP with ``coefs`` and ``intercepts``, without the
+        float copies of its weights that training keeps (the best weights of
+        early stopping, the optimizer's moments: three more float64 copies of
+        every weight, held by every quantized copy before), which predictions
+        do not read. Early stopping's best weights are the copy's own (the same
+        lists: a warm refit that finds none better ends on its weights, as
+        scikit-learn ends on its best); its optimizer starts afresh."""
         skip = {"coefs_", "intercepts_", *MLP_TRAINING_STATE}
         mlp = type(self.mlp).__new__(type(self.mlp))
         state = {k: v for k, v in vars(self.mlp).items() if k not in skip}
         vars(mlp).update(copy.deepcopy(state))
+        mlp.coefs_, mlp.intercepts_ = coefs, intercepts
+        if hasattr(self.mlp, "_best_coefs"):
+            mlp._best_coefs, mlp._best_intercepts = mlp.coefs_, mlp.intercepts_
         return mlp
 
     def with_weights(self, weights):
         """A copy of the MLP (as a network) with some ``coefs_`` replaced."""
         self.check_layer_names(list(weights), "weights")
-        mlp = self._copy()
-        mlp.coefs_ = [
+        coefs = [
             np.asarray(weights.get(n, W)).astype(W.dtype)
             for n, W in zip(self.layer_names, self.mlp.coefs_)
         ]
-        mlp.intercepts_ = [b.copy() for b in self.mlp.intercepts_]
-        return MLPNetwork(mlp)
+        return MLPNetwork(self._copy(coefs, [b.copy() for b in self.mlp.intercepts_]))
 
     def parameters(self):
         """``layer_i.weight`` for every layer, then ``layer_i.bias``."""
@@ -308,16 +311,15 @@ class MLPNetwork(DenseNetwork):
 
     def with_parameters(self, params):
         """A copy of the MLP with its weights and biases replaced."""
-        mlp = self._copy()
-        mlp.coefs_ = [
+        coefs = [
             np.asarray(params.get(f"{n}.weight", W)).astype(W.dtype)
             for n, W in zip(self.layer_names, self.mlp.coefs_)
         ]
-        mlp.intercepts_ = [
+        intercepts = [
             np.asarray(params.get(f"{n}.bias", b)).astype(b.dtype)
             for n, b in zip(self.layer_names, self.mlp.intercepts_)
         ]
-        return MLPNetwork(mlp)
+        return MLPNetwork(self._copy(coefs, intercepts))
 
     def predict(self, X):
         """The MLP's predictions."""

@@ -334,7 +334,7 @@ class QuantizedMLP(BaseEstimator):
             for n, W in zip(network.layer_names, base.coefs_)
         }
         qmlp = network.with_weights(weights).model
-        qmlp.intercepts_ = [
+        qmlp.intercepts_[:] = [  # (in place: the list early stopping's best shares)
             b.astype(np.float32).astype(b.dtype) for b in base.intercepts_
         ]
         self._hold_codes(qmlp, network.layer_names, res.tensors, calibration)
