@@ -648,6 +648,16 @@ def test_int8_convolution_outputs_are_laid_out_as_documented(monkeypatch, kernel
             got.view(3, -1)
 
 
+def assert_raises_as_torch(net, q, bad):
+    """Quantized ``q`` raises on ``bad`` the error float ``net`` raises."""
+    with torch.no_grad():
+        with pytest.raises(RuntimeError) as want:
+            net(bad)
+        with pytest.raises(RuntimeError) as got:
+            q(bad)
+    assert str(got.value) == str(want.value)
+
+
 @pytest.mark.parametrize("kernel", ["onednn", "gemm"])
 def test_int8_convolutions_refuse_what_torch_refuses(monkeypatch, kernel):
     """An input smaller than the kernel, or of other channels or dimensions,
@@ -675,12 +685,7 @@ def test_int8_convolutions_refuse_what_torch_refuses(monkeypatch, kernel):
             net, UniformQuantizer(4), x, activations=acts, runtime="int8"
         )
         assert q[0]._int8 is not None
-        with torch.no_grad():
-            with pytest.raises(RuntimeError) as want:
-                net(bad)
-            with pytest.raises(RuntimeError) as got:
-                q(bad)
-        assert str(got.value) == str(want.value)
+        assert_raises_as_torch(net, q, bad)
 
     class Viewed(nn.Module):  # (a forward fx cannot trace: branches on values)
         def __init__(self):
@@ -727,12 +732,7 @@ def test_int8_linear_layers_refuse_other_widths_as_torch_does(acts):
     q = quantize_model(net, UniformQuantizer(4), torch.randn(64, 40), activations=acts)
     assert q[0]._int8 is not None
     for bad in (torch.randn(4, 80), torch.randn(4, 20), torch.randn(3, 10)):
-        with torch.no_grad():
-            with pytest.raises(RuntimeError) as want:
-                net(bad)
-            with pytest.raises(RuntimeError) as got:
-                q(bad)
-        assert str(got.value) == str(want.value)
+        assert_raises_as_torch(net, q, bad)
     if acts != "dynamic" and _int8.onednn_conv_available():  # (quint8 tensors)
         scale, zp = q[0]._input_qparams(None)
         codes = torch._make_per_tensor_quantized_tensor(
