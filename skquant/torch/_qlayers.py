@@ -407,9 +407,10 @@ class QuantMixin(StoredForm):
         if self._act_mode == "static":  # (.item(): 0.1 us, indexing 0.9 us)
             shift = max(-self._act_meta["qmin"], 0)
             b = self._buffers  # (a scale made a parameter is read as one)
-            scale = b["input_scale"] if "input_scale" in b else self.input_scale
-            zp = b.get("input_zero_point", None)
-            zp = self.input_zero_point if zp is None else zp
+            scale, zp = (
+                b[k] if k in b else getattr(self, k)
+                for k in ("input_scale", "input_zero_point")
+            )
             if scale.numel() != 1:  # (per channel: no kernel takes it)
                 scale, zp = scale[:1], zp[:1]
             return float(scale.item()), int(zp.item()) + shift
