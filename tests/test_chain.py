@@ -233,15 +233,19 @@ def test_what_does_not_chain():
         warnings.simplefilter("ignore")
         q = quantize_model(cnn(), UniformQuantizer(n_bits=4), x, activations="dynamic")
     assert chain_int8(q) == []
-    # 8-bit weights with 8-bit inputs run simulated on the GEMM (no codes)
+    # 8-bit weights with 8-bit inputs run simulated where the kernels' pair sums
+    # saturate (no codes), on the GEMM where they are exact
     flat = torch.randn(64, 48)
     assert chain_int8(quantized(mlp(), flat, n_bits=7)) == [("0", "2"), ("2", "5")]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = quantize_model(
-            mlp(), UniformQuantizer(n_bits=8), flat, activations=ActivationQuantizer()
-        )
-    assert chain_int8(q) == []
+    for exact in (False, True):
+        with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not exact:
+                mp.setattr(_int8, "exact_pair_sums", lambda: False)
+            w8 = UniformQuantizer(n_bits=8)
+            q = quantize_model(mlp(), w8, flat, activations=ActivationQuantizer())
+        want = [("0", "2"), ("2", "5")] if _int8.exact_pair_sums() and exact else []
+        assert chain_int8(q) == want
 
 
 def test_a_chain_follows_the_next_layers_grid_as_it_is_at_the_call():

@@ -522,11 +522,15 @@ def _relative(a, b):
     "activations",
     ["dynamic", ActivationQuantizer(n_bits=8), ActivationQuantizer(4, symmetric=True)],
 )
-def test_int8_kernels_match_their_simulation(n_bits, activations):
+@pytest.mark.parametrize("exact", [True, False])
+def test_int8_kernels_match_their_simulation(n_bits, activations, exact, monkeypatch):
     net = mlp()
     X = torch.randn(512, 37)
     q = UniformQuantizer(n_bits=n_bits)
+    if not exact:  # (a CPU without VNNI: its pair sums saturate)
+        monkeypatch.setattr(_int8, "exact_pair_sums", lambda: False)
     saturates = n_bits == 8 and activations != "dynamic" and activations.n_bits == 8
+    saturates = saturates and not _int8.exact_pair_sums()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         qnet = quantize_model(net, q, X, activations=activations)
@@ -1176,12 +1180,14 @@ def test_a_per_layer_bit_table_runs_each_layer_at_its_width():
         assert _relative(qnet(X), floated(X)) <= 1e-5
 
 
-def test_repr_says_bits_runtime_and_activations():
+def test_repr_says_bits_runtime_and_activations(monkeypatch):
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4))
     assert "n_bits=4, runtime='packed'" in repr(qnet[0])
     qnet = quantize_model(mlp(), UniformQuantizer(n_bits=4), activations="dynamic")
     assert repr(qnet[2]).endswith("runtime='int8', activation_bits=8)")
-    # 8-bit inputs with 8-bit weight codes: put on their grid in float, and said so
+    # 8-bit inputs with 8-bit weight codes where the kernels' pair sums saturate
+    # (a CPU without VNNI): put on their grid in float, and said so
+    monkeypatch.setattr(_int8, "exact_pair_sums", lambda: False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeFallbackWarning)  # (once a process)
         qnet = quantize_model(

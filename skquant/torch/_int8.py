@@ -12,6 +12,7 @@ Convolutions run on oneDNN's quantized convolution where torch has it
 groups in one call), else as GEMMs over their patches (:meth:`Int8Weights.conv`).
 """
 
+import functools
 import warnings
 import weakref
 
@@ -40,6 +41,8 @@ __all__ = [
     "grid_values",
     "SIMULATED",
     "int8_gemm_available",
+    "exact_pair_sums",
+    "saturates_here",
     "int8_gemm_reason",
     "largest_code",
     "prepacked_nbytes",
@@ -113,12 +116,12 @@ def int8_gemm_reason(layer, tensor, runtime):
             f"the integer GEMM takes inputs of at most 8 bits, not "
             f"{meta['n_bits']}-bit ones" + SIMULATED
         )
-    if meta.get("n_bits", 7) == 8 and layer._largest_code > 64:
+    if saturates_here(layer):
         return False, (
             "8-bit inputs with weight codes above 64 in magnitude could saturate "
-            "the x86 integer GEMM (it sums pairs of uint8 x int8 products in "
-            "int16); inputs of at most 7 bits, or activations='dynamic' (7-bit "
-            "for such weights), run on it" + SIMULATED
+            "this CPU's integer kernels (without VNNI they sum pairs of uint8 x "
+            "int8 products in int16); inputs of at most 7 bits, or "
+            "activations='dynamic' (7-bit for such weights), run on them" + SIMULATED
         )
     if meta.get("per_channel"):
         return (
@@ -138,6 +141,79 @@ def int8_gemm_reason(layer, tensor, runtime):
     if engine and not (hasattr(layer, "kernel_size") and onednn_takes(tensor)):
         return False, engine + SIMULATED  # (oneDNN's convolution runs on any)
     return True, None
+
+
+def saturates_here(layer):
+    """Whether ``layer``'s static 8-bit inputs times its weight codes (some
+    beyond +-64) could leave int16 in a pair of products on this CPU's int8
+    kernels (:func:`exact_pair_sums`)."""
+    meta = layer._act_meta or {}
+    wide = meta.get("n_bits", 7) == 8 and layer._largest_code > 64
+    return wide and not exact_pair_sums()
+
+
+@functools.cache
+def exact_pair_sums():
+    """Whether this CPU's int8 kernels (fbgemm's GEMM, oneDNN's convolution)
+    sum 8-bit inputs times 8-bit weight codes exactly.
+
+    x86 CPUs without VNNI sum pairs of ``uint8 x int8`` products in int16,
+    which inputs of 255 times codes beyond +-64 saturate; VNNI's instruction
+    sums them in int32. Run once a process: the kernels multiply the largest
+    products (255 times 127 and -128, in pairs and alternating) and random
+    codes, in the shapes the layers give them (a row and many; a 3x3, 1x1,
+    depthwise and strided 7x7 convolution), and must give the integer sums.
+    """
+    gen = torch.Generator().manual_seed(0)
+
+    def codes(*shape):
+        w = torch.randint(-128, 128, shape, generator=gen, dtype=torch.int64)
+        w[0], w[1] = 127, -128  # (every pair at its largest sum)
+        w[2, ::2], w[2, 1::2] = 127, -128
+        return w
+
+    def qt(w):  # (n_out, n_in) codes as the layers hold them
+        return QuantizedTensor(
+            codes=w.T.numpy().astype(np.int8), scale=np.ones(1, np.float32),
+            n_bits=8, qmin=-128, qmax=127,
+        )  # fmt: skip
+
+    def inputs(*shape):
+        x = torch.randint(0, 256, shape, generator=gen).float()
+        x[: max(1, len(x) // 2)] = 255.0
+        return x
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gemm = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
+            for n_in in (2, 64, 257):
+                w = codes(16, n_in)
+                params = Int8Weights(qt(w), None).params[0]
+                for m in (1, 33):
+                    x = inputs(m, n_in)
+                    y = gemm(x, 1.0, 0, params)
+                    if not torch.equal(y.double(), x.double() @ w.T.double()):
+                        return False
+            if not onednn_conv_available():
+                return True
+            for c_in, kernel, stride, groups in (
+                (8, 3, 1, 1), (64, 1, 1, 1), (16, 3, 1, 16), (3, 7, 2, 1)
+            ):  # fmt: skip
+                w = codes(16, c_in // groups * kernel * kernel)
+                geometry = ((kernel,) * 2, (stride,) * 2, (0, 0), (1, 1))
+                conv = Int8Conv(qt(w), None, groups, geometry)
+                x = inputs(2, c_in, 9, 9)
+                y = conv.conv(x.to(torch.uint8), 1.0, 0, (0, 255))
+                ref = F.conv2d(
+                    x.double(), w.double().reshape(16, -1, kernel, kernel),
+                    stride=stride, groups=groups,
+                )  # fmt: skip
+                if not torch.equal(y.double(), ref):
+                    return False
+    except RuntimeError:  # (a kernel this torch or CPU lacks: no claim)
+        return False
+    return True
 
 
 class _Prepacked:

@@ -18,12 +18,11 @@ forward computes, is its *runtime*, chosen per layer:
     forward (any device, any float dtype, every layer).
 
 ``"auto"`` (the default) takes ``"packed"`` for codes of at most 4 bits, ``"int8"``
-otherwise (the integer kernels for quantized activations, but for convolutions
-of small groups on GEMMs over their patches, where one prepacked object a group
-costs more than it saves), and
-``"float"`` where the integer kernels cannot run (another device, bfloat16 or
-float16, codes wider than 8 bits); a layer that falls back to ``"float"`` says so
-once (:class:`RuntimeFallbackWarning`).
+otherwise (the integer kernels for quantized activations, but for convolutions of
+small groups on GEMMs over their patches, where one prepacked object a group costs
+more than it saves), and ``"float"`` where the integer kernels cannot run (another
+device, bfloat16 or float16, codes wider than 8 bits); a layer that falls back to
+``"float"`` says so once (:class:`RuntimeFallbackWarning`).
 
 Inputs that need gradients run the kernels too, and get the gradient of the
 simulated path (``_fake.KernelGrad``, recomputed in backward); the result is the
@@ -60,6 +59,7 @@ from ._int8 import (
     int8_weights,
     kernel_bounds,
     largest_code,
+    saturates_here,
 )
 from ._layout import conv_args, conv_kwargs
 from ._qstate import StoredForm
@@ -112,6 +112,11 @@ class QuantMixin(StoredForm):
     #: where this layer gives its outputs as codes (:class:`~._int8.ChainLink`:
     #: the next layer's grid, as ``quint8`` tensors; :func:`~._chain.chain_int8`)
     _chain = None
+
+    def __setstate__(self, state):  # (packed on a CPU with VNNI, loaded on one
+        super().__setstate__(state)  # without: simulated, see exact_pair_sums)
+        if self._int8 is not None and saturates_here(self):
+            self._hold(self._held_tensor())
 
     def _attach(self, module, tensor, runtime="auto"):
         """Take ``module``'s bias and ``tensor``'s codes and scales."""
@@ -350,18 +355,12 @@ class QuantMixin(StoredForm):
         self._act_meta = None
         if mode == "static":
             self._act_meta = dict(meta)
-            self.register_buffer(
-                "input_scale",
-                torch.as_tensor(np.asarray(scale, np.float32).reshape(-1).copy()).to(
-                    self._device
-                ),
-            )
-            self.register_buffer(
-                "input_zero_point",
-                torch.as_tensor(np.asarray(zero_point, np.int32).reshape(-1).copy()).to(
-                    self._device
-                ),
-            )
+            for key, value, dtype in (
+                ("input_scale", scale, np.float32),
+                ("input_zero_point", zero_point, np.int32),
+            ):
+                value = np.asarray(value, dtype).reshape(-1).copy()
+                self.register_buffer(key, torch.as_tensor(value).to(self._device))
         # the runtime depends on the activations: hold the codes again
         self._hold(self.quantized_tensor())
 
