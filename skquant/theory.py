@@ -232,8 +232,11 @@ def nullspace_bound(X, step, *, variant="grid", rank=None):
         ``step`` for binary.
     rank : int, default=None
         The rank cap ``k`` of the quantizer (``r = k`` coordinates off the
-        alphabet, and the drift term when ``k`` is below the rank of ``X``);
-        ``None`` takes the numerical rank of ``X``.
+        alphabet, and the drift term when ``k`` is below the rank of ``X``),
+        between 1 and the rank of ``X``: a fitted quantizer's ``rank_`` (its
+        ``rank`` parameter may be a fraction of the energy, ``"auto"``, or
+        above the rank, which it caps); ``None`` takes the numerical rank of
+        ``X``.
 
     Returns
     -------
@@ -353,9 +356,13 @@ def lp_scale_bound(X, w):
     """Certified upper bound on the LP scale ``c = min {||z||_inf : X z = X w}``.
 
     By LP duality ``c = max {<X w, v> : ||X^T v||_1 <= 1}``, hence
-    ``c <= ||X w||_2 / min_{||v||=1, v in range(X)} ||X^T v||_1``; since
-    ``||X^T v||_1 >= ||X^T v||_2 >= sigma_min`` on the range of ``X``, the returned
-    ``||X w|| / sigma_min`` is certified (the exact minimum is intractable). Singular
+    ``c <= ||X w||_2 / min_{||v||=1, v in range(X)} ||X^T v||_1`` (the exact
+    minimum is intractable). With ``y = X^T v``, ``||y||_1 >= ||y||_2 >=
+    sigma_min`` and ``||y||_1 >= ||y||_2^2 / ||y||_inf >= sigma_min^2 / max_i
+    ||X_i||_2`` (``X_i`` the columns of ``X``: ``|y_i| <= ||X_i||``); the returned
+    ``||X w|| / max(sigma_min, sigma_min^2 / max_i ||X_i||)`` is certified. The
+    second term is the larger on wide data, where it falls as ``c`` does (about
+    ``n_in^-1`` on Gaussian data, against ``n_in^-1/2`` for the first). Singular
     values at round-off level (below ``max(m, n_in) eps sigma_max``, numpy's rank
     cut-off) are not divided by: ``c`` being a norm of ``X w``, the part of ``X w``
     along their directions adds at most ``|v_i^T w|`` each (``v_i`` the right
@@ -401,7 +408,9 @@ def lp_scale_bound(X, w):
     kept = s > max(X.shape) * np.finfo(float).eps * s[0]
     with np.errstate(over="ignore"):  # (an overflow: the cap below is finite)
         vw = Vt @ w  # X w = U diag(s) Vt w: its part along each direction
-        bound = np.linalg.norm(s[kept] * vw[kept]) / s[kept][-1]
+        low = s[kept][-1]
+        columns = np.linalg.norm(s[kept, None] * Vt[kept], axis=0).max()
+        bound = np.linalg.norm(s[kept] * vw[kept]) / max(low, low * (low / columns))
         bound = bound + np.abs(vw[~kept]).sum()
     return float(min(bound, np.abs(w).max()))  # (z = w is feasible)
 

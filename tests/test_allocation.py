@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from skquant import allocate_bits, closed_form_bits
+from skquant._layerbits._allocation import greedy_bits
 
 
 @st.composite
@@ -83,6 +84,50 @@ def test_exact_allocation_is_optimal_at_tiny_costs(log_p, n_params, where):
     choice = allocate_bits(cost, size, max_cost=target)
     assert cost[np.arange(n), choice].sum() <= target
     assert size[np.arange(n), choice].sum() == _brute(cost, size, target, False)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(st.floats(-6, 6), min_size=2, max_size=5),
+    st.lists(st.integers(1, 10**6), min_size=5, max_size=5),
+    st.sets(st.integers(1, 16), min_size=2, max_size=4),
+    st.floats(0, 1),
+)
+def test_exact_allocation_is_optimal_where_costs_span_many_decades(
+    log_p, n_params, bits, where
+):
+    """One layer's low-bit noise 1e9 times the others': scaled to its largest
+    entry, the objective hid the others' differences in HiGHS' gap (4e-4 above
+    the optimum, and above greedy's answer, on 213 of 28,640 random tables)."""
+    bits = np.array(sorted(bits))
+    n = len(log_p)
+    cost = 10.0 ** np.array(log_p)[:, None] * 4.0 ** -bits[None, :]
+    size = np.array(n_params[:n], float)[:, None] * bits[None, :] + 32.0
+    lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
+    budget = lo + where * (hi - lo)
+    choice = allocate_bits(cost, size, budget=budget)
+    assert size[np.arange(n), choice].sum() <= budget
+    best = _brute(cost, size, budget, True)
+    assert cost[np.arange(n), choice].sum() <= best * (1 + 1e-9)
+    greedy = greedy_bits(cost, size, budget=budget)
+    assert cost[np.arange(n), choice].sum() <= cost[np.arange(n), greedy].sum()
+
+
+def test_exact_allocation_on_a_table_where_a_binary_layer_hid_the_others():
+    """A table the random search above rarely draws (0.7% of such tables): five
+    layers at 1, 11, 12 or 16 bits, one layer's 1-bit noise 1e9 times the
+    others' 11-bit noise. The solver gave [3 2 1 3 3], 3.6e-4 above the optimum
+    [3 2 2 3 3] (brute force), which greedy found."""
+    bits = np.array([1, 11, 12, 16])
+    p = np.array([323.03, 2.7026, 0.088957, 184909.6, 3996.8])
+    cost = p[:, None] * 4.0 ** -bits[None, :]
+    size = np.array([6058, 8391, 8836, 3120, 886])[:, None] * bits[None, :] + 32.0
+    budget = 372231.76
+    choice = allocate_bits(cost, size, budget=budget)
+    assert size[np.arange(5), choice].sum() <= budget
+    assert cost[np.arange(5), choice].sum() <= _brute(cost, size, budget, True) * (
+        1 + 1e-12
+    )
 
 
 def test_monotone_in_the_budget():

@@ -314,6 +314,8 @@ def test_compress_codes_and_decode_check_their_input():
     W, G = rng.standard_normal((10, 4)), rng.standard_normal((10, 4)) * 1e-2
     with pytest.raises(NotFittedError):
         AdaptivePrecisionQuantizer().compress_codes(np.zeros((2, 2), int))
+    with pytest.raises(NotFittedError):  # (AttributeError on 'bits_' before)
+        AdaptivePrecisionQuantizer().compress(W)
     q = AdaptivePrecisionQuantizer().fit(W, gradient=G)
     with pytest.raises(
         ValueError,

@@ -164,31 +164,42 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     # HiGHS also stops within an absolute gap (1e-6) of the best bound: with
     # objective values far below it (the noise of layers at 10 to 16 bits) it
     # stopped at 15x the optimal noise. Each layer takes one choice, so less its
-    # row's smallest value the objective changes by a constant; scaled to a
-    # largest entry of 1e6, what the gap ignores is below 1e-12 of that entry
+    # row's smallest value the objective changes by a constant. A feasible
+    # answer (greedy's, or each layer's cheapest-limit choice: the better)
+    # bounds the optimum: a choice whose objective alone is above its total is
+    # in no better answer (held at 0), and the objective is scaled to make that
+    # total 1e6: what the gap ignores is below 1e-12 of it (scaled to its
+    # largest entry instead, a binary layer's noise 1e9 times the others' hid
+    # their differences: 4e-4 above the optimum, and above greedy's answer)
     objective = objective - objective.min(axis=1, keepdims=True)
-    top = float(objective.max())
-    if top > 0:
-        objective = objective * min(1e6 / top, 1e300)
+    at = np.arange(n)
+    safe = np.lexsort((objective, limit_row), axis=1)[:, 0]
+    greedy = greedy_bits(cost, size, budget=budget, max_cost=max_cost)
+    if limit_row[at, greedy].sum() <= limit:
+        safe = min(safe, greedy, key=lambda c: objective[at, c].sum())
+    best = float(objective[at, safe].sum())
+    if best == 0.0:  # (the lowest objective there is)
+        return safe
+    upper = (objective <= best).ravel().astype(float)
+    objective = objective * min(1e6 / best, 1e300)
     for _ in range(8):
         constraints = [
             LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n)),
             LinearConstraint(flat.reshape(1, -1), ub=np.array([bound])),
         ]
         with _quiet_c_stdout():
-            res = _solve(objective, constraints, n * k)
+            res = _solve(objective, constraints, n * k, upper)
         if res.status != 0 or res.x is None:  # pragma: no cover - checked above
             raise ValueError(f"the allocation has no solution: {res.message}")
         choice = np.argmax(res.x.reshape(n, k), axis=1)
-        used = limit_row[np.arange(n), choice].sum()
+        used = limit_row[at, choice].sum()
         if used <= limit:
-            return choice
+            better = objective[at, choice].sum() <= objective[at, safe].sum()
+            return choice if better else safe
         # HiGHS accepts constraint violations within its feasibility tolerance
         # (1e-6): tighten the bound by what was exceeded and solve again
         bound = max(floor, bound - 2 * scale * (used - limit) - 1e-9)
-    # the cheapest-limit choices, always feasible, and of those the best (a bound
-    # at the floor left only them; argmin took the first, whatever its objective)
-    return np.lexsort((objective, limit_row), axis=1)[:, 0]
+    return safe
 
 
 def greedy_bits(cost, size, *, budget=None, max_cost=None):
@@ -339,12 +350,12 @@ def pareto_choices(
     return sorted(seen.values(), key=lambda c: size[rows, c].sum())
 
 
-def _solve(objective, constraints, n_vars):
+def _solve(objective, constraints, n_vars, upper=1):
     return milp(
         objective.ravel(),
         constraints=constraints,
         integrality=np.ones(n_vars),
-        bounds=Bounds(0, 1),
+        bounds=Bounds(0, upper),
         options={"mip_rel_gap": 0.0},  # exact, not within HiGHS' default 0.01%
     )
 

@@ -462,6 +462,7 @@ class AdaptivePrecisionQuantizer(OneToOneFeatureMixin, TransformerMixin, BaseEst
         >>> back.size_bits == q.size_bits_
         True
         """
+        check_is_fitted(self)
         W = self._validate_W(W, reset=False)
         qt = self.compress_codes(self._encode(W), W.dtype)
         try:

@@ -239,12 +239,7 @@ def sampled_inputs(block, modules, batches, sampler, budget=None):
     record = _most_bytes(modules, sampler, batches[0].element_size()) > budget
     run(modules, first, (lambda i: starts.append(forward.save())) if record else None)
     end = forward.save() if record else None
-    missing = [n for n in modules if n not in cost]
-    if missing:
-        raise ValueError(
-            f"layers {missing} did not run in the model's forward pass on the "
-            "calibration data; leave them out with skip=[...]."
-        )
+    check_ran(modules, cost)
     unsettled = sampler.unsettled()  # drawn now, whatever the windows
     for name in unsettled:  # (rows from every batch's count)
         sampler.settle(name)
@@ -329,13 +324,19 @@ def capture_inputs(model, modules, data, *, batch_size=256, device=None):
     with kept_state(model):
         model.eval()
         capture(model, modules, batches, take)
-    missing = [name for name in modules if name not in store]
+    check_ran(modules, store)
+    return {name: torch.cat(rows) for name, rows in store.items()}
+
+
+def check_ran(names, ran):
+    """ValueError naming the layers of ``names`` not in ``ran``: those the
+    model's forward did not call on the calibration data."""
+    missing = [n for n in names if n not in ran]
     if missing:
         raise ValueError(
-            f"layers {missing} did not run on the calibration data; quantize_model "
-            "needs every Linear/Conv2d layer to run in forward (or name it in skip)."
+            f"layers {missing} did not run in the model's forward pass on the "
+            "calibration data; leave them out with skip=[...]."
         )
-    return {name: torch.cat(rows) for name, rows in store.items()}
 
 
 def _describe(modules):

@@ -20,7 +20,7 @@ from ._checkpoint import (
 )
 from ._fold import CONVS, NORMS, FoldedBatchNorm
 from ._gradients import outside_inference_mode
-from ._layout import layer_kind
+from ._layout import layer_kind, own_forward
 from ._model import contiguous_where_viewed, keep_own_forwards
 from ._qlayers import (
     QuantConv1d,
@@ -29,7 +29,7 @@ from ._qlayers import (
     QuantMixin,
     quantized_module,
 )
-from ._runtimes import runtime_of
+from ._runtimes import check_runtime_names, runtime_of
 
 
 def _quant_classes():
@@ -208,6 +208,7 @@ def load_into(model, path, *, runtime="auto", strict=True):
         k: v for k, v in plain_state(model).items() if k.rpartition(".")[0] not in gone
     }
     replaced = names(layers)
+    check_runtime_names(runtime, sorted(replaced))
     convs = {c for c in folded.values() if c is not None}
     _check_entries(path, dtypes, data, before, strict, replaced, names(convs))
     undo = []
@@ -253,6 +254,13 @@ def _check_layers(path, layers, mods, every):
                 f"{path!s} is not a file of this model: it has a quantized {kind} "
                 f"layer {name!r}, the model has "
                 f"{type(module).__name__ if module is not None else 'no such layer'}."
+            )
+        if own_forward(module) is not None:
+            raise ValueError(
+                f"layer {name!r} of the model ({type(module).__name__}) computes with "
+                f"a forward of its own, which the quantized layer of {path!s} would "
+                f"not run (it computes as nn.{kind} does): load the file into a "
+                f"model with an nn.{kind} there."
             )
         if list(module.weight.shape) != info.get("shape"):
             raise ValueError(

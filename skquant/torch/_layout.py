@@ -26,13 +26,39 @@ def _check_layer(module, name):
         )
 
 
+def own_forward(module):
+    """The subclass of torch's Linear or convolution that ``module`` is, where it
+    computes its own way (a ``forward`` or ``_conv_forward`` of its own: weight
+    standardisation, an adapter's extra product, padding of its own), which a
+    quantized layer would not; else ``None``. skquant's quantized layers (they
+    quantize again) are not such."""
+    kind = type(module)
+    if hasattr(kind, "quantized_tensor"):
+        return None
+    for base in SUPPORTED:
+        if isinstance(module, base):
+            ours = (kind.forward, getattr(kind, "_conv_forward", None))
+            if ours != (base.forward, getattr(base, "_conv_forward", None)):
+                return kind
+    return None
+
+
+def _quantizable(module):
+    return (
+        isinstance(module, SUPPORTED)
+        and not getattr(module, "transposed", False)
+        and own_forward(module) is None
+    )
+
+
 def _refused(module):
     """Whether ``module`` has weights skquant cannot quantize."""
-    if isinstance(module, SUPPORTED) and not getattr(module, "transposed", False):
+    if _quantizable(module):
         return False
     return isinstance(
         module,
-        nn.modules.conv._ConvNd
+        nn.Linear
+        | nn.modules.conv._ConvNd
         | nn.Embedding
         | nn.EmbeddingBag
         | nn.RNNBase
@@ -56,10 +82,18 @@ def check_supported(name, module):
     supported; layers without a weight matrix pass through (``False``); layers
     with weights that skquant cannot quantize raise a clear error naming them.
     """
-    if isinstance(module, SUPPORTED) and not getattr(module, "transposed", False):
+    if _quantizable(module):
         return True
     if _refused(module):
         kind = type(module).__name__
+        if own_forward(module) is not None:  # (the same class, its forward dropped)
+            base = next(b for b in SUPPORTED if isinstance(module, b)).__name__
+            raise ValueError(
+                f"layer {name!r} ({kind}) is a subclass of nn.{base} with a forward "
+                f"of its own, which its quantized layer would not run (it computes "
+                f"as nn.{base} does): leave it float with skip=[{name!r}] (or "
+                f"skip=[{kind}]), or quantize a model that holds nn.{base} layers."
+            )
         if name == "":  # the model itself: skip=[''] would leave nothing
             raise ValueError(
                 f"the model itself ({kind}) is a layer type that skquant cannot "

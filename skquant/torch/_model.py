@@ -13,7 +13,7 @@ from .._common._heap import release_heap
 from .._network._layers import quantize_layers
 from .._quantizers._activation import ActivationQuantizer
 from .._tensor import _io
-from ._capture import capture, repeated_calls
+from ._capture import capture, check_ran, repeated_calls
 from ._checkpoint import (
     Checkpoint,
     check_default_device,
@@ -38,7 +38,7 @@ from ._qlayers import (
     quantized_module,
 )
 from ._rows import check_layer_input
-from ._runtimes import check_runtime, runtime_of
+from ._runtimes import check_runtime, check_runtime_names, runtime_of
 from ._state import kept_state, still_parametrizations
 
 __all__ = [
@@ -128,7 +128,14 @@ def quantize_model(
     data and run no forward pass. Weightless layers (BatchNorm, pooling, ...)
     pass through; grouped and depthwise convolutions are quantized group by group.
     Called under ``torch.inference_mode``, it builds the model with inference mode
-    off: the model it gives holds no inference tensors (it can give gradients).
+    off: the model it gives holds no inference tensors (it can give gradients),
+    but where ``model`` holds some itself (built under inference mode), which
+    torch lets only inference mode touch: the copy is built in it, as they are.
+    Hooks registered on ``model``'s modules are copied with it, as
+    ``copy.deepcopy`` copies them, and run on the quantized layers (and in the
+    calibration passes): the handles ``register_forward_hook`` gave remove them
+    from ``model`` only (remove the copy's from ``layer._forward_hooks``, or
+    register them after quantizing).
 
     Parameters
     ----------
@@ -328,15 +335,7 @@ def quantize_model(
             f"({pairs}): a shared weight is quantized once, by its first layer's "
             "quantizer; name that one."
         )
-    if isinstance(runtime, dict):
-        known = set(network.layer_names) | set(network.tied) | {"*"}
-        unknown = [k for k in runtime if k not in known]
-        if unknown:
-            raise ValueError(
-                f"runtime names layers {unknown} that are not quantized layers of "
-                f"the model; its layers are {network.layer_names[:12]} (and '*' "
-                "for the others)."
-            )
+    check_runtime_names(runtime, [*network.layer_names, *network.tied])
 
     repeated = {}  # layers called more than once a pass: their calls' grid
     if act_quantizer is not None:
@@ -590,6 +589,7 @@ def calibrate_activations(qmodel, names, quantizer, data, batch_size, every=()):
             capture(
                 qmodel, {name: layer}, batches, take, stop=not repeated, every=repeated
             )
+            check_ran([name], [name] if got else ())
             X = torch.cat(got).numpy()
             if not np.isfinite(X).all():
                 raise ValueError(

@@ -28,7 +28,7 @@ from torch import nn
 from .._common._warn import warn
 from .._network._protocol import LayerStep, Network
 from . import _graph
-from ._capture import capture, sampled_inputs
+from ._capture import capture, check_ran, sampled_inputs
 from ._checkpoint import (
     check_meta,
     check_stored_weights,
@@ -426,12 +426,7 @@ class TorchNetwork(Network):
                 h.remove()
             self._held.clear()
             self._last_read = None
-        missing = [n for n in self.layer_names if n not in order]
-        if missing:
-            raise ValueError(
-                f"layers {missing} did not run in the model's forward pass on the "
-                "calibration data; leave them out with skip=[...]."
-            )
+        check_ran(self.layer_names, order)
         self.layer_names = order
 
     def _next_step(self, steps):

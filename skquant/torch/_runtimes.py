@@ -27,6 +27,19 @@ def runtime_of(runtime, name):
     return runtime
 
 
+def check_runtime_names(runtime, names):
+    """ValueError where ``runtime``, a dict, names a layer not among the
+    quantized layers ``names`` (nor ``"*"``)."""
+    if isinstance(runtime, dict):
+        unknown = [k for k in runtime if k not in {*names, "*"}]
+        if unknown:
+            raise ValueError(
+                f"runtime names layers {unknown} that are not quantized layers of "
+                f"the model; its layers are {list(names)[:12]} (and '*' for the "
+                "others)."
+            )
+
+
 class RuntimeFallbackWarning(UserWarning):
     """A quantized layer runs a slower path than asked for (said once per reason)."""
 

@@ -42,7 +42,9 @@ def kept_state(model):
         for m, training in modes:
             m.training = training
         for p, flag, grad in saved:
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:  # (an inference tensor's flag is set
+                with torch.inference_mode(p.is_inference()):  # only in it)
+                    p.requires_grad_(flag)
             # a grad saved before the model moved (train's device=) follows it
             p.grad = grad if grad is None else grad.to(p)
 
