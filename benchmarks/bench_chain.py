@@ -20,7 +20,8 @@ made as on a CPU whose int8 kernels saturate 8-bit pair sums: what W8A8 ran on
 before ``exact_pair_sums``), with the predictions the kernels change against it.
 ``--nets resnet18``: torchvision's ResNet-18 (random weights, BatchNorms folded;
 64 random 3x224x224 calibration images, 32 test images: batch 1 and 32, no
-accuracy; its blocks' forward is not an ``nn.Sequential``, so nothing chains).
+accuracy; in each residual block ``conv1`` chains to ``conv2``, read on the
+block's ``torch.fx`` graph, and the residual sums stay float).
 
 Run (the data: ``bash benchmarks/get_data.sh``)::
 
@@ -28,6 +29,8 @@ Run (the data: ``bash benchmarks/get_data.sh``)::
         --json benchmarks/results/bench_chain.json
     .venv/bin/python benchmarks/bench_chain.py --bits 8 --rounds 15 \\
         --nets mlp lenet5 cnn vgg8 resnet18 --json benchmarks/results/bench_w8a8.json
+    .venv/bin/python benchmarks/bench_chain.py --bits 8 --rounds 15 \\
+        --nets resnet18 --json benchmarks/results/bench_w8a8_resnet18.json
 """
 
 import argparse

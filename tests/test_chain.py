@@ -508,3 +508,86 @@ def test_quint8_inputs_of_any_layout_are_read_by_value():
         assert flat.is_quantized  # a Linear reads them without rounding them again
         for c in (flat, flat[::2], torch.cat([flat, flat], 1)[:, ::2]):
             torch.testing.assert_close(q[7](c), q[7](c.dequantize()), rtol=0, atol=0)
+
+
+class Block(nn.Module):
+    """A residual block: conv-BN-ReLU-conv-BN, plus its input, ReLU; then a
+    classifier head (a Linear-ReLU-Linear called from the forward)."""
+
+    def __init__(self, returns=False, twice=False, branch=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc1, self.fc2 = nn.Linear(32, 16), nn.Linear(16, 10)
+        self.act = nn.ReLU()
+        self.returns, self.twice, self.branch = returns, twice, branch
+        for bn in (self.bn1, self.bn2):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+        self.eval()
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        a = self.conv1(x)
+        if self.twice:  # (a layer called twice: one call's output reads floats)
+            a = a + self.conv1(x)
+        out = self.conv2(self.relu(self.bn1(a)))
+        out = self.relu(self.bn2(out) + x)
+        h = self.fc2(self.act(self.fc1(self.pool(out).flatten(1))))
+        if self.branch and self.training:  # (a path eval mode does not take)
+            h = h + self.fc1(self.pool(out).flatten(1)).sum(1, keepdim=True)
+        return (h, a) if self.returns else h
+
+
+def test_layers_chain_in_a_forward_of_their_own():
+    """In a module's own forward (not an nn.Sequential), read on its torch.fx
+    graph: a layer whose output flows only through modules a chain passes (a
+    folded BatchNorm, an in-place ReLU also used after the residual sum) to the
+    next quantized layer gives that layer's codes; the block's output, and
+    what the residual sum reads, stay float; the model's predictions are the
+    unchained model's."""
+    x = data(256)
+    q = quantized(Block(), x, fold_batchnorm=True)
+    with torch.no_grad():
+        before = q(x)
+        assert chain_int8(q) == [("conv1", "conv2"), ("fc1", "fc2")]
+        after = q(x)
+        assert q.conv1(q.relu(q.stem(x))).dtype == torch.quint8
+        assert q.stem(x).dtype == torch.float32  # (its output: the residual's too)
+    assert_near(after, before)
+    assert (after.argmax(1) != before.argmax(1)).sum() <= 2
+    assert q.training is False and q.conv1.training is False
+    q.train()
+    with torch.no_grad():  # (train mode: nothing chains)
+        assert q.conv1(q.relu(q.stem(x))).dtype == torch.float32
+
+
+def test_what_does_not_chain_in_a_forward_of_its_own():
+    """A layer whose output the forward also returns, a layer called twice, a
+    BatchNorm left unfolded between, and a forward fx cannot trace (it branches
+    on values): no chain there. A branch taken only in train mode is traced
+    in eval mode, where chains run; the model was in train mode and stays so."""
+    x = data(64)
+    for block in (Block(returns=True), Block(twice=True)):
+        assert chain_int8(quantized(block, x, fold_batchnorm=True)) == [("fc1", "fc2")]
+    assert chain_int8(quantized(Block(), x)) == [("fc1", "fc2")]  # (BN between)
+
+    class Valued(Block):
+        def forward(self, x):
+            return super().forward(x) if x.sum() > 0 else -super().forward(x)
+
+    assert chain_int8(quantized(Valued(), x, fold_batchnorm=True)) == []
+    q = quantized(Block(branch=True), x, fold_batchnorm=True)
+    q.train()
+    assert chain_int8(q) == [("conv1", "conv2"), ("fc1", "fc2")]
+    assert q.training and q.fc1.training
+    for layer in (q.conv1, q.fc1, q.fc2):  # (mixed modes: the block's decides)
+        layer.eval()
+    with torch.no_grad():  # (fc1 called twice: its codes read as floats raised)
+        assert torch.isfinite(q(x)).all()

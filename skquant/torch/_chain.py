@@ -21,9 +21,10 @@ from torch import nn
 from .._common._checks import check_bool
 from .._common._warn import warn
 from ._fold import FoldedBatchNorm
+from ._graph import leaf_graph
 from ._int8 import ChainLink, chains, takes_codes
 from ._qlayers import QuantConv2d, QuantLinear, QuantMixin
-from ._state import hooked
+from ._state import hooked, kept_state
 
 __all__ = ["chain_int8"]
 
@@ -61,9 +62,8 @@ def _passes(module):
 
 
 def chain_int8(model, enable=True):
-    """Let the int8 convolutions and Linear layers of ``model``'s
-    ``nn.Sequential`` containers give their outputs to the next quantized
-    layer as codes.
+    """Let the int8 convolutions and Linear layers of ``model`` give their
+    outputs to the next quantized layer as codes.
 
     Where a :class:`~skquant.torch.QuantConv2d` that runs oneDNN's int8
     convolution, or a :class:`~skquant.torch.QuantLinear` that runs torch's
@@ -73,7 +73,13 @@ def chain_int8(model, enable=True):
     static per-tensor input grid of at most 8 bits, the layer gives that
     layer's codes: a ``quint8`` tensor on its grid (torch's quantized tensor:
     ``.dequantize()`` gives its values), which the modules between run on,
-    and which the next layer takes as they are. A chain runs in eval mode,
+    and which the next layer takes as they are. In the forward of another
+    module (a residual block), read on its ``torch.fx`` graph in eval mode,
+    the same holds where the layer is called once and its output, and each
+    module's between, is read by the next module alone, all children of that
+    module (its output stays float); a forward fx cannot trace chains nothing,
+    and one that takes another path after ``chain_int8`` (a flag changed)
+    should be chained again. A chain runs in eval mode (its container's too),
     with nothing that needs gradients (under ``torch.no_grad`` or
     ``torch.inference_mode``, or frozen biases), on the next layer's grid as
     it is at the call (a ``load_state_dict`` may change it); where a hook is
@@ -145,26 +151,19 @@ def chain_int8(model, enable=True):
     for _, mod in model.named_modules(remove_duplicate=False):
         seen[id(mod)] = seen.get(id(mod), 0) + 1
     links = []
-    for name, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential) or (
-            type(seq).forward is not nn.Sequential.forward or hooked(seq)
-        ):
+    for name, parent in model.named_modules():
+        sequence = isinstance(parent, nn.Sequential)
+        if sequence and (type(parent).forward is not nn.Sequential.forward):
+            continue  # (a forward of its own: its order is not known)
+        if hooked(parent) or not any(map(_starts, parent.children())):
             continue
-        children = list(seq._modules.items())
-        for i, (key, layer) in enumerate(children):
-            if seen[id(layer)] > 1 or not _starts(layer):
-                continue
-            j = i + 1
-            while j < len(children) and _passes(children[j][1]):
-                j += 1
-            if j == len(children):
-                continue
-            if _ends(children[j][1]):
-                between = [m for _, m in children[i + 1 : j]]
-                keys = [k for k, _ in children[i + 1 : j + 1]]
-                layer._chain = ChainLink(between, children[j][1], seq, keys)
-                prefix = f"{name}." if name else ""
-                links.append((prefix + key, prefix + children[j][0]))
+        found = _sequence_links if sequence else _forward_links
+        for key, keys in found(parent, seen):
+            children = parent._modules
+            *between, consumer = (children[k] for k in keys)
+            children[key]._chain = ChainLink(between, consumer, parent, keys)
+            prefix = f"{name}." if name else ""
+            links.append((prefix + key, prefix + keys[-1]))
     if links and not _quantized_tensors():
         _unchain(model)
         warn(
@@ -174,6 +173,66 @@ def chain_int8(model, enable=True):
         )
         return []
     return links
+
+
+def _sequence_links(seq, seen):
+    """``(layer, keys of the modules between and of the next layer)`` of the
+    chains among ``seq``'s children, one after another."""
+    children = list(seq._modules.items())
+    for i, (key, layer) in enumerate(children):
+        if seen[id(layer)] > 1 or not _starts(layer):
+            continue
+        j = i + 1
+        while j < len(children) and _passes(children[j][1]):
+            j += 1
+        if j < len(children) and _ends(children[j][1]):
+            yield key, [k for k, _ in children[i + 1 : j + 1]]
+
+
+def _forward_links(parent, seen):
+    """The chains of :func:`_sequence_links` in the forward of ``parent``, a
+    module other than a sequence, read on its ``torch.fx`` graph (traced in
+    eval mode, its children as calls; none where fx cannot trace it): a layer
+    called once whose output only a module to pass through reads, whose output
+    only the next reads, ..., up to a quantized layer, all children of
+    ``parent`` (the output of ``parent`` is never codes). A forward that takes
+    another path later (a flag changed since) would give codes to what reads
+    floats: chain the model again."""
+    children = {k: m for k, m in parent._modules.items() if m is not None}
+    with kept_state(parent):
+        parent.eval()  # (the branches the chains run in)
+        graph = leaf_graph(parent, list(children.values()))
+    if graph is None:
+        return
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    times = {}
+    for n in calls:
+        times[n.target] = times.get(n.target, 0) + 1
+
+    def child(node, of):  # the child ``node`` calls on ``of`` alone, or None
+        if node.op != "call_module" or node.args != (of,) or node.kwargs:
+            return None
+        return children.get(node.target)
+
+    for node in calls:
+        layer = children.get(node.target)
+        if layer is None or times[node.target] > 1 or seen[id(layer)] > 1:
+            continue
+        if not _starts(layer):
+            continue
+        keys, at = [], node
+        while len(at.users) == 1:
+            nxt = next(iter(at.users))
+            module = child(nxt, at)
+            if module is None:
+                break
+            keys.append(nxt.target)
+            if _passes(module):
+                at = nxt
+                continue
+            if _ends(module):
+                yield node.target, keys
+            break
 
 
 def _unchain(model):

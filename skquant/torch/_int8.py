@@ -393,11 +393,16 @@ class ChainLink:
         it), or ``None`` where the chain does not run now: hooks on a module
         between or on the next layer (they would see codes), a dropout in train
         mode (Monte-Carlo dropout), a grid not static per tensor of at most 8
-        bits, a module of the chain gone or another in its place."""
+        bits, a module of the chain gone or another in its place, the module
+        that holds them in train mode (its forward may take another path)."""
         *modules, parent = (r() for r in self._refs)
-        if parent is None or any(
-            m is None or parent._modules.get(k) is not m
-            for k, m in zip(self.keys, modules)
+        if (
+            parent is None
+            or parent.training
+            or any(
+                m is None or parent._modules.get(k) is not m
+                for k, m in zip(self.keys, modules)
+            )
         ):
             return None  # (a module swapped in since chain_int8: floats)
         for m in modules:
