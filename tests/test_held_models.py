@@ -3,6 +3,7 @@ tensors, hooks registered before quantizing, layers the forward never calls."""
 
 import math
 import re
+import warnings
 
 import pytest
 
@@ -172,3 +173,49 @@ def test_load_into_refuses_runtimes_for_layers_it_does_not_have(tmp_path):
     assert type(skeleton[0]) is nn.Linear  # (left as it was)
     q = load_into(skeleton, path, runtime={"0": "float"})
     assert [q[0].runtime, q[2].runtime] == ["float", "packed"]
+
+
+@pytest.mark.parametrize("runtime", ["packed", "int8"])
+def test_a_scale_edited_to_an_invalid_step_is_refused_by_name(runtime):
+    """A ``weight_scale`` edited to 0 or NaN (pruning a channel) is refused by
+    the held runtimes with the buffer's name (a FileFormatError about 'a
+    runtime weight' before), and the layer keeps its held form: the scale set
+    back runs as before."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5)).eval()
+    x = torch.randn(8, 20)
+    q = quantize_model(net, UniformQuantizer(n_bits=4), runtime=runtime)
+    with torch.no_grad():
+        before = q(x)
+        kept = float(q[0].weight_scale[3])
+        for bad in (0.0, float("nan")):
+            q[0].weight_scale[3] = bad
+            with pytest.raises(ValueError, match=r"QuantLinear.weight_scale must hold"):
+                q(x)
+        q[0].weight_scale[3] = kept
+        assert torch.equal(q(x), before)
+
+
+@pytest.mark.parametrize("first", [nn.Conv2d(3, 8, 3), nn.Flatten()])
+def test_a_float64_input_of_int8_kernels_is_said_by_convolutions_too(first):
+    """A float64 input of a float32 layer with int8 kernels runs simulated, and
+    a convolution says so as a Linear does (it said nothing)."""
+    from skquant.torch import RuntimeFallbackWarning, _qlayers
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 10, 10)
+    tail = [] if isinstance(first, nn.Conv2d) else [nn.Linear(300, 8)]
+    net = nn.Sequential(first, *tail).eval()
+    q = quantize_model(
+        net, UniformQuantizer(n_bits=4), x, activations=ActivationQuantizer(n_bits=7)
+    )
+    kind = type(q[-1]).__name__
+    for key in [k for k in _qlayers._ANNOUNCED if kind in str(k)]:
+        _qlayers._ANNOUNCED.discard(key)  # (said once a process)
+    with warnings.catch_warnings(record=True) as seen, torch.no_grad():
+        warnings.simplefilter("always")
+        y = q(x.double())
+    said = [str(w.message) for w in seen if w.category is RuntimeFallbackWarning]
+    assert any(f"{kind}: no integer kernel for torch.float64" in m for m in said)
+    with torch.no_grad():
+        assert torch.allclose(y.float(), q(x), rtol=1e-3, atol=1e-4)

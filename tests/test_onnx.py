@@ -162,6 +162,10 @@ def test_clear_errors(tmp_path, monkeypatch):
         export_onnx(qnet, nan, tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="opset=1000 is above what torch's exporter"):
         export_onnx(qnet, x, tmp_path / "m.onnx", opset=1000)
+    # an input the model does not take: its own error (the exporter's blamed
+    # data-dependent control flow)
+    with pytest.raises(ValueError, match=r"example_input of shape \(2, 5\) does not"):
+        export_onnx(qnet, torch.randn(2, 5), tmp_path / "m.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant features; simulated inputs
         per_feature = quantize_model(

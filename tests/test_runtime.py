@@ -321,6 +321,9 @@ def test_every_runtime_stores_the_codes_it_was_given(name, tmp_path):
 def test_runtime_packed_refuses_wide_codes():
     with pytest.raises(ValueError, match="runtime='packed' holds codes of at most 4"):
         quantize_model(mlp(), UniformQuantizer(n_bits=6), runtime="packed")
+    # codes past 8 bits too (they fell back to 'float' with a warning)
+    with pytest.raises(ValueError, match=r"\[-2047, 2047\] \(over 8 bits\)"):
+        quantize_model(mlp(), UniformQuantizer(n_bits=12), runtime="packed")
     with pytest.raises(ValueError, match="runtime must be one of"):
         quantize_model(mlp(), UniformQuantizer(n_bits=4), runtime="gpu")
 

@@ -26,7 +26,7 @@ from .._tensor._io import check_target
 from ._data import model_dtype
 from ._int8 import dynamic_reduce_range
 from ._layout import conv_args, conv_kwargs
-from ._onnxcheck import check_file
+from ._onnxcheck import check_dynamic_axes, check_file
 from ._onnxgraph import (
     bias_apart,
     consumers,
@@ -304,7 +304,15 @@ def export_onnx(
             twin = twins.setdefault(id(mod), _float_twin(mod))
             parent, _, attr = name.rpartition(".")
             setattr(mods[parent] if parent else stand, attr, twin)
-    free = _check_dynamic_axes(dynamic_axes, x)
+    try:  # (its own error, not the exporter's on a graph it cannot trace)
+        with torch.no_grad():
+            stand(x.clone())
+    except Exception as exc:
+        raise ValueError(
+            f"example_input of shape {tuple(x.shape)} does not run through the "
+            f"model: {type(exc).__name__}: {exc}"
+        ) from exc
+    free = check_dynamic_axes(dynamic_axes, x)
     program, doubled = None, x.dim() > 0 and x.shape[0] == 1
     if doubled:  # the exporter fixes an axis of size 1: trace two copies
         try:
@@ -527,33 +535,6 @@ def _export(model, x, free, opset, batch):
             # the weights in the graph must stay the layers' own
             optimize=False,
         )
-
-
-def _check_dynamic_axes(dynamic_axes, x):
-    """``dynamic_axes`` checked against the input ``x`` (``{}`` for ``None``)."""
-    if dynamic_axes is None:
-        return {}
-    if not isinstance(dynamic_axes, dict) or not all(
-        isinstance(a, int) and not isinstance(a, bool) and isinstance(n, str)
-        for a, n in dynamic_axes.items()
-    ):
-        raise TypeError(
-            "dynamic_axes must be a dict {axis: name} of ints to strs (e.g. "
-            f"{{1: 'sequence'}}), got dynamic_axes={dynamic_axes!r} instead."
-        )
-    for a, n in dynamic_axes.items():
-        if not 1 <= a < x.dim() or x.shape[a] < 2 or not n.isidentifier():
-            raise ValueError(
-                f"dynamic_axes={dynamic_axes!r}: axis {a} ({n!r}) must be an axis of "
-                f"example_input past the batch (1 to {x.dim() - 1}) of size at least "
-                f"2, named by an identifier; example_input has shape "
-                f"{tuple(x.shape)}."
-            )
-    if len(set(dynamic_axes.values()) | {"batch"}) != len(dynamic_axes) + 1:
-        raise ValueError(
-            f"dynamic_axes={dynamic_axes!r} names two axes alike (or one 'batch')."
-        )
-    return dict(dynamic_axes)
 
 
 def _takes_varargs(model):

@@ -1,5 +1,5 @@
-"""The check of an exported file: ONNX Runtime against the torch model, and the
-first quantized layer whose output deviates."""
+"""The check of an exported file: ONNX Runtime against the torch model, the
+first quantized layer whose output deviates, and the axes left free in it."""
 
 import copy
 
@@ -8,7 +8,7 @@ import torch
 
 from .._common._warn import warn
 
-__all__ = ["check_file", "session"]
+__all__ = ["check_dynamic_axes", "check_file", "session"]
 
 
 def session(ort, model_bytes, optimise):
@@ -109,3 +109,30 @@ def _first_off(model, x, proto, probes, rtol, ort, helper):
         f"the inputs of all quantized layers agree: the last one, {order[-1]!r}, "
         "or what follows it differs."
     )
+
+
+def check_dynamic_axes(dynamic_axes, x):
+    """``dynamic_axes`` checked against the input ``x`` (``{}`` for ``None``)."""
+    if dynamic_axes is None:
+        return {}
+    if not isinstance(dynamic_axes, dict) or not all(
+        isinstance(a, int) and not isinstance(a, bool) and isinstance(n, str)
+        for a, n in dynamic_axes.items()
+    ):
+        raise TypeError(
+            "dynamic_axes must be a dict {axis: name} of ints to strs (e.g. "
+            f"{{1: 'sequence'}}), got dynamic_axes={dynamic_axes!r} instead."
+        )
+    for a, n in dynamic_axes.items():
+        if not 1 <= a < x.dim() or x.shape[a] < 2 or not n.isidentifier():
+            raise ValueError(
+                f"dynamic_axes={dynamic_axes!r}: axis {a} ({n!r}) must be an axis of "
+                f"example_input past the batch (1 to {x.dim() - 1}) of size at least "
+                f"2, named by an identifier; example_input has shape "
+                f"{tuple(x.shape)}."
+            )
+    if len(set(dynamic_axes.values()) | {"batch"}) != len(dynamic_axes) + 1:
+        raise ValueError(
+            f"dynamic_axes={dynamic_axes!r} names two axes alike (or one 'batch')."
+        )
+    return dict(dynamic_axes)

@@ -209,6 +209,12 @@ class QuantMixin(StoredForm):
         dtype = getattr(self, "_wdtype", torch.float32)
         if asked == "float":
             return "float", None
+        if asked == "packed" and (bits is None or bits > 4):
+            raise ValueError(
+                f"runtime='packed' holds codes of at most 4 bits; this layer's "
+                f"codes span [{tensor.qmin}, {tensor.qmax}] ({bits or 'over 8'} "
+                "bits): use runtime='int8' or 'auto'."
+            )
         if bits is None:
             why = (
                 f"codes in [{tensor.qmin}, {tensor.qmax}] need more than 8 bits; "
@@ -221,12 +227,6 @@ class QuantMixin(StoredForm):
                 "its codes in every forward (runtime 'float')."
             )
             return "float", why
-        if asked == "packed" and bits > 4:
-            raise ValueError(
-                f"runtime='packed' holds codes of at most 4 bits; this layer's "
-                f"codes span [{tensor.qmin}, {tensor.qmax}] ({bits} bits): use "
-                "runtime='int8' or 'auto'."
-            )
         if asked == "auto":
             if self._act_mode is not None and int8_gemm_reason(self, tensor, "auto")[0]:
                 return "int8", None
@@ -730,9 +730,9 @@ class QuantConvMixin(QuantMixin):
             return self._bias_grad(y)
         if self._act_mode is not None:
             x = self._fake_input(x)
-        if self._kernel_input(x) and self.runtime != "float":
+        if self._kernel_input(x) and self.runtime != "float" and self._int8 is None:
             w = self._dequantized(x.dtype, x.device)
-        else:
+        else:  # (a float64 input of int8 kernels: said, as by a Linear)
             w = self._float_weight_for(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return self._conv_forward(x, w, bias)  # (laid out as x is)

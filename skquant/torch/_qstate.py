@@ -75,6 +75,14 @@ class StoredForm:
         if all(_same(t, h) for t, h in zip(now, held)):
             return
         scale, zp = (None if t is None else t.detach() for t in now)
+        steps = to_numpy(scale).astype(np.float64).reshape(-1)
+        bad = np.flatnonzero(~(np.isfinite(steps) & (steps > 0)))
+        if bad.size:  # (the held form is kept: a fixed scale is held next call)
+            raise ValueError(
+                f"{type(self).__name__}.weight_scale must hold finite steps > 0 for "
+                f"its {self.runtime!r} runtime, got {steps[bad[:4]].tolist()} at "
+                f"{bad[:4].tolist()}: only runtime='float' reads other values."
+            )
         qt = dataclasses.replace(
             self._held_tensor(),
             scale=to_numpy(scale).copy(),
