@@ -10,6 +10,7 @@ from skquant import (
     BinaryQuantizer,
     GPTQQuantizer,
     GreedyPathQuantizer,
+    NullSpaceQuantizer,
     QuantizedMLP,
     TernaryQuantizer,
     UniformQuantizer,
@@ -238,3 +239,29 @@ def test_calibration_error_on_tall_data_matches_the_data(act_order):
     Q = q.transform(W)
     expect = np.linalg.norm(X @ (W - Q), axis=0) / np.linalg.norm(X @ W, axis=0)
     np.testing.assert_allclose(q.calibration_error_, expect, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "cls", [GreedyPathQuantizer, NullSpaceQuantizer, GPTQQuantizer]
+)
+def test_dataframe_activations_must_name_ws_inputs_in_order(cls):
+    """Activations' columns name the layer's inputs, W's rows: reordered ones
+    are refused (used by position, every input met another's weights), for
+    target_activations too; names that are not strings are not compared."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    names = [f"in{i}" for i in range(12)]
+    W = pd.DataFrame(rng.standard_normal((12, 3)), index=names)
+    X = pd.DataFrame(rng.standard_normal((40, 12)), columns=names)
+    backwards = X[names[::-1]]
+    for kwargs in (
+        {"activations": backwards},
+        {"activations": X, "target_activations": backwards},
+    ):
+        with pytest.raises(ValueError, match=r"activations' columns must be W's row"):
+            cls(n_bits=3).fit(W, **kwargs)
+    Q = cls(n_bits=3).fit(W, activations=X).transform(W)
+    np.testing.assert_array_equal(
+        Q, cls(n_bits=3).fit(W.to_numpy(), activations=X.to_numpy()).transform(W)
+    )
+    cls(n_bits=3).fit(W, activations=pd.DataFrame(X.to_numpy()))  # (0..11: unnamed)

@@ -55,6 +55,20 @@ def check_activations(activations, n_in, cls_name, name="activations", order=Non
     return X
 
 
+def _string_names(obj, attr):
+    """``obj``'s labels ``attr`` (a data frame's ``index`` or ``columns``) as a
+    list where all are strings (names, as scikit-learn's
+    ``feature_names_in_``), else ``None``."""
+    labels = getattr(obj, attr, None)
+    if labels is None or callable(labels) or isinstance(labels, str | bytes):
+        return None  # (a list's or an array's method of that name)
+    try:
+        labels = list(labels)
+    except TypeError:
+        return None
+    return labels if labels and all(isinstance(v, str) for v in labels) else None
+
+
 def _fingerprint(W, dtype=None, rows=1 << 20):
     """Shape, dtype and digest of ``W``'s values: which weights were fitted.
 
@@ -150,6 +164,18 @@ class BaseDataQuantizer(BaseWeightQuantizer):
             )
 
     def _validate_fit(self, W, activations, target_activations, order=None):
+        rows = _string_names(W, "index")
+        for data, what in (
+            (activations, "activations"),
+            (target_activations, "target_activations"),
+        ):
+            names = _string_names(data, "columns")
+            if rows is not None and names is not None and names != rows:
+                raise ValueError(  # (used by position: the inputs mixed up)
+                    f"{what}' columns must be W's row names (the layer's inputs), "
+                    f"in W's order ({rows[:8]}), got {names[:8]} instead: pass "
+                    f"{what}[W.index]."
+                )
         W = self._validate_W(W, reset=True)
         self.n_in_ = W.shape[0]
         name = type(self).__name__
