@@ -130,6 +130,61 @@ def test_exact_allocation_on_a_table_where_a_binary_layer_hid_the_others():
     )
 
 
+#: tables whose optimum lies exactly at the limit (a target that is a reachable
+#: total), which HiGHS' presolve cut off (by tolerance, or by a bound tightened
+#: below it), or of extreme magnitudes that overflowed the scaling
+AT_THE_LIMIT = [
+    (
+        [[22003398.992302377, 0.003562258818243587, 0.0002226411761402242],
+         [672.6602823935214, 4.602003390477717e-06, 2.876252119048573e-07],
+         [520.4162036562561, 0.00011891775704177413, 7.432359815110883e-06]],
+        [[862897.0, 5177382.0, 6903176.0], [174317.0, 1045902.0, 1394536.0],
+         [813929.0, 4883574.0, 6511432.0]],
+        {"max_cost": 22003919.40850632},
+    ),
+    (
+        [[0.4867411735067967, 0.37418670809377874],
+         [0.9528434968358851, 0.8486063457753799],
+         [0.44157502192807196, 0.8277087155700561]],
+        [[0.159624314641721, 0.28861316145001814],
+         [0.38130461978012786, 0.4315404388257722],
+         [0.3881093047742662, 0.6787189659907059]],
+        {"max_cost": 1.7769225412102485},
+    ),
+    (
+        [[2.4725034033356287e-05, 1.819887732413643e-12],
+         [4.81338385562957e-05, 0.5424274133253025],
+         [0.004821276194941865, 1.765427578768005e-09]],
+        [[95402046867.62978, 75568823143.59668],
+         [9.569230405604035, 5025.25692397398],
+         [1.5931838666074365, 313.13195006837225]],
+        {"budget": 75568823466.29785},
+    ),
+    (
+        [[0.08727981014315765, 7.226786430141012e-05],
+         [0.0015916619040582175, 0.00023694665796345957],
+         [535444500.406757, 0.3516238359833451],
+         [6965.605458168605, 1.3123633021284788]],
+        [[265965.0, 531930.0], [32335.0, 64670.0], [298775.0, 597550.0],
+         [435040.0, 870080.0]],
+        {"max_cost": 535451466.01252437},
+    ),
+    ([[0.0, 1e-290, 1e100]], [[3.0, 2.0, 1.0]], {"budget": 2.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cost, size, limit", AT_THE_LIMIT)
+def test_exact_allocation_at_the_limit_and_at_extreme_magnitudes(cost, size, limit):
+    cost, size = np.array(cost), np.array(size)
+    ((kind, value),) = limit.items()
+    by_budget = kind == "budget"
+    choice = allocate_bits(cost, size, **limit)
+    at = np.arange(len(choice))
+    assert (size if by_budget else cost)[at, choice].sum() <= value
+    got = (cost if by_budget else size)[at, choice].sum()
+    assert got == _brute(cost, size, value, by_budget)
+
+
 def test_monotone_in_the_budget():
     rng = np.random.default_rng(0)
     bits = np.arange(2, 9)

@@ -583,6 +583,50 @@ def test_what_does_not_chain_in_a_forward_of_its_own():
             return super().forward(x) if x.sum() > 0 else -super().forward(x)
 
     assert chain_int8(quantized(Valued(), x, fold_batchnorm=True)) == []
+
+    class Optional(Block):  # (fx traces the default None as a value)
+        def forward(self, x, scale=None):
+            h = super().forward(x)
+            return h if scale is None else h * scale
+
+    class Stores(Block):  # (a stored value is read outside the graph)
+        def forward(self, x):
+            self.stem_out = self.relu(self.stem(x))
+            return super().forward(x)
+
+    class Kept(Block):
+        def __init__(self):
+            super().__init__()
+            self.kept = []
+
+        def forward(self, x):
+            self.kept.append(self.stem(x))
+            return super().forward(x)
+
+    class Outer(nn.Module):  # (the block's conv1 called by the model around it)
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            h = self.block.relu(self.block.stem(x))
+            return self.block(x) + self.block.conv1(h).mean((1, 2, 3))[:, None]
+
+    for net, want in (
+        (Optional(), []),
+        (Stores(), []),
+        (Kept(), []),
+        (Outer().eval(), [("block.fc1", "block.fc2")]),  # (not conv1)
+    ):
+        q = quantized(net, x, fold_batchnorm=True)
+        assert chain_int8(q) == want, type(net).__name__
+        with torch.no_grad():
+            q(x)
+    q = quantized(Stores(), x, fold_batchnorm=True)
+    chain_int8(q)
+    with torch.no_grad():
+        q(x)
+    assert q.stem_out.dtype == torch.float32
     q = quantized(Block(branch=True), x, fold_batchnorm=True)
     q.train()
     assert chain_int8(q) == [("conv1", "conv2"), ("fc1", "fc2")]

@@ -83,6 +83,19 @@ def test_a_layer_subclass_with_its_own_forward_is_refused_by_name(layer, x):
             assert torch.equal(q[0](x), layer(x))
 
 
+def test_a_forward_set_on_a_layer_is_refused_by_name():
+    """A forward set on the layer itself (not its class's) is its own too."""
+    import types
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    net[0].forward = types.MethodType(lambda self, x: 7.0 + 0 * x[..., :8], net[0])
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) computes with a"):
+        quantize_model(net, UniformQuantizer(n_bits=8))
+    q = quantize_model(net, UniformQuantizer(n_bits=8), skip=["0"])
+    assert torch.equal(q[0](torch.zeros(1, 16)), torch.full((1, 8), 7.0))
+
+
 def test_a_subclass_that_keeps_torchs_forward_is_quantized():
     """A subclass that changes nothing torch computes (its repr here) is
     quantized as its base class is; so is a quantized model, again."""
@@ -219,3 +232,34 @@ def test_a_float64_input_of_int8_kernels_is_said_by_convolutions_too(first):
     assert any(f"{kind}: no integer kernel for torch.float64" in m for m in said)
     with torch.no_grad():
         assert torch.allclose(y.float(), q(x), rtol=1e-3, atol=1e-4)
+
+
+class Alias(nn.Module):
+    """A layer under two names, and a layer whose weight is another's."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.alias = self.a
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.alias(self.a(x)))
+
+
+def test_runtimes_name_a_layer_by_its_first_name(tmp_path):
+    """A layer under two names takes its first name's runtime: ``runtime``
+    naming the other is refused and says which (it was ignored); a layer
+    whose weight is another's takes its own."""
+    x, asked = torch.randn(8, 16), {"alias": "float"}
+    for how in ("quantize", "load"):
+        with pytest.raises(ValueError, match="'alias', another name of layer 'a'"):
+            if how == "quantize":
+                quantize_model(Alias(), UniformQuantizer(4), x, runtime=asked)
+            else:
+                path = tmp_path / "m.skq"
+                save_model(quantize_model(Alias(), UniformQuantizer(4)), path)
+                load_into(Alias(), path, runtime=asked)
+    q = quantize_model(Alias(), UniformQuantizer(4), x, runtime={"b": "float"})
+    assert [q.a.runtime, q.alias.runtime, q.b.runtime] == ["packed", "packed", "float"]

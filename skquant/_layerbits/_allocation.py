@@ -77,7 +77,8 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     minimise the total cost ``sum cost[i, j] x[i, j]`` subject to the total size
     ``sum size[i, j] x[i, j] <= budget``, or minimise the total size subject to the
     total cost ``<= max_cost``. Solved as an integer program (HiGHS), so the answer
-    is optimal, not greedy.
+    is optimal, not greedy (to HiGHS' tolerances, scaled to 1e-12 of what a
+    feasible answer takes; never worse than :func:`greedy_bits`).
 
     Parameters
     ----------
@@ -154,25 +155,37 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
         objective, limit_row, limit = size, cost, max_cost
     rows = np.repeat(np.arange(n), k)
     one_each = coo_matrix((np.ones(n * k), (rows, np.arange(n * k))), shape=(n, n * k))
-    # HiGHS accepts violations within an absolute tolerance (1e-6): scale the limit
-    # row so that differences far below its values still count
-    top = max(float(np.abs(limit_row).max()), abs(limit))
-    scale = min(1e6 / top, 1e300) if top > 0 else 1.0  # (subnormal tops: no inf)
-    flat = limit_row.ravel() * scale
-    bound = limit * scale
-    floor = limit_row.min(axis=1).sum() * scale
+    # HiGHS accepts violations within an absolute tolerance (1e-6): the limit
+    # row, less each row's smallest value (the room left above the smallest
+    # total), is scaled to make that room 1e6; a choice that alone would take
+    # more than twice the room is in no feasible answer, and is given twice it
+    # (scaled to its largest entry instead, one layer's binary noise hid the
+    # others' differences at an exactly reachable target)
+    base = limit_row.min(axis=1, keepdims=True)
+    room = limit - float(base.sum())
+    at = np.arange(n)
+    if room <= 0:  # (the smallest total only: each layer's smallest choice)
+        return np.lexsort((objective, limit_row), axis=1)[:, 0]
+    flat = (np.minimum(limit_row - base, 2 * room) / room * 1e6).ravel()
+    # (with room to spare, 1e-9 of it and the rounding of sums as large as the
+    # limit: HiGHS' presolve cut off optima exactly at the limit, and an
+    # answer over it is repaired or solved again below)
+    spare = 1e-9 * room + 4 * (n + 1) * float(np.spacing(abs(limit)))
+    bound = (room + spare) / room * 1e6  # (divided: a subnormal room's 1e6 /
+    # room is inf)
     # HiGHS also stops within an absolute gap (1e-6) of the best bound: with
     # objective values far below it (the noise of layers at 10 to 16 bits) it
     # stopped at 15x the optimal noise. Each layer takes one choice, so less its
     # row's smallest value the objective changes by a constant. A feasible
     # answer (greedy's, or each layer's cheapest-limit choice: the better)
-    # bounds the optimum: a choice whose objective alone is above its total is
-    # in no better answer (held at 0), and the objective is scaled to make that
-    # total 1e6: what the gap ignores is below 1e-12 of it (scaled to its
-    # largest entry instead, a binary layer's noise 1e9 times the others' hid
-    # their differences: 4e-4 above the optimum, and above greedy's answer)
+    # bounds the optimum: a choice whose objective alone is above twice its
+    # total is in no answer as good, and is given twice that total (no better
+    # answer changes), and the objective is scaled to make that total 1e6:
+    # what the gap ignores is below 1e-12 of it (scaled to its largest entry
+    # instead, a binary layer's noise 1e9 times the others' hid their
+    # differences: 4e-4 above the optimum, and above greedy's answer; held at
+    # 0 by bounds instead, HiGHS' presolve missed optima at the limit)
     objective = objective - objective.min(axis=1, keepdims=True)
-    at = np.arange(n)
     safe = np.lexsort((objective, limit_row), axis=1)[:, 0]
     greedy = greedy_bits(cost, size, budget=budget, max_cost=max_cost)
     if limit_row[at, greedy].sum() <= limit:
@@ -180,25 +193,39 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     best = float(objective[at, safe].sum())
     if best == 0.0:  # (the lowest objective there is)
         return safe
-    upper = (objective <= best).ravel().astype(float)
-    objective = objective * min(1e6 / best, 1e300)
+    plain = objective
+    objective = np.minimum(objective, 2 * best) / best * 1e6
+
+    def total(c):
+        return plain[at, c].sum()
+
+    constraints = [
+        LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n)),
+        LinearConstraint(flat.reshape(1, -1), ub=np.array([bound])),
+    ]
     for _ in range(8):
-        constraints = [
-            LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n)),
-            LinearConstraint(flat.reshape(1, -1), ub=np.array([bound])),
-        ]
         with _quiet_c_stdout():
-            res = _solve(objective, constraints, n * k, upper)
-        if res.status != 0 or res.x is None:  # pragma: no cover - checked above
-            raise ValueError(f"the allocation has no solution: {res.message}")
+            res = _solve(objective, constraints, n * k)
+        if res.status != 0 or res.x is None:  # (every answer left cut off)
+            return safe
         choice = np.argmax(res.x.reshape(n, k), axis=1)
-        used = limit_row[at, choice].sum()
-        if used <= limit:
-            better = objective[at, choice].sum() <= objective[at, safe].sum()
-            return choice if better else safe
-        # HiGHS accepts constraint violations within its feasibility tolerance
-        # (1e-6): tighten the bound by what was exceeded and solve again
-        bound = max(floor, bound - 2 * scale * (used - limit) - 1e-9)
+        if limit_row[at, choice].sum() <= limit:
+            return choice if total(choice) <= total(safe) else safe
+        # HiGHS accepts violations within its feasibility and integrality
+        # tolerances (a 0-1 variable 1e-7 off, times an entry of 1e6), and the
+        # bound has room to spare: of the answers one layer's change away, the
+        # best that fits, and solve again without this answer (a cut that
+        # only it violates: a bound tightened below it cut off optima at the
+        # limit)
+        for i, j in np.ndindex(n, k):
+            near = choice.copy()
+            near[i] = j
+            fits = limit_row[at, near].sum() <= limit
+            if fits and total(near) < total(safe):
+                safe = near
+        picked = np.zeros(n * k)
+        picked[at * k + choice] = 1.0
+        constraints.append(LinearConstraint(picked.reshape(1, -1), ub=n - 1))
     return safe
 
 
@@ -350,12 +377,12 @@ def pareto_choices(
     return sorted(seen.values(), key=lambda c: size[rows, c].sum())
 
 
-def _solve(objective, constraints, n_vars, upper=1):
+def _solve(objective, constraints, n_vars):
     return milp(
         objective.ravel(),
         constraints=constraints,
         integrality=np.ones(n_vars),
-        bounds=Bounds(0, upper),
+        bounds=Bounds(0, 1),
         options={"mip_rel_gap": 0.0},  # exact, not within HiGHS' default 0.01%
     )
 

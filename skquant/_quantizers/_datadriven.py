@@ -217,7 +217,9 @@ class BaseDataQuantizer(BaseWeightQuantizer):
         y : None
             Ignored.
         activations : array-like of shape (m, n_in)
-            Calibration inputs of the layer, as the quantized network computes them.
+            Calibration inputs of the layer, as the quantized network computes them
+            (a data frame whose columns are named, where ``W``'s rows are too:
+            in ``W``'s order).
         target_activations : array-like of shape (m, n_in), default=None
             Inputs of the float network, whose output ``target_activations @ W`` the
             quantized layer should reproduce; ``None`` means ``activations``.

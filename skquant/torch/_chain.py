@@ -13,6 +13,7 @@ where the kernel's rescaling and the float path round a value on the two sides
 of a step's half (a difference of one code).
 """
 
+import inspect
 import warnings
 
 import torch
@@ -75,12 +76,15 @@ def chain_int8(model, enable=True):
     ``.dequantize()`` gives its values), which the modules between run on,
     and which the next layer takes as they are. In the forward of another
     module (a residual block), read on its ``torch.fx`` graph in eval mode,
-    the same holds where the layer is called once and its output, and each
-    module's between, is read by the next module alone, all children of that
-    module (its output stays float); a forward fx cannot trace chains nothing,
-    and one that takes another path after ``chain_int8`` (a flag changed)
-    should be chained again. A chain runs in eval mode (its container's too),
-    with nothing that needs gradients (under ``torch.no_grad`` or
+    the same holds where the layer is called once, by that forward alone,
+    and its output, and each module's between, is read by the next module
+    alone, all children of that module (its output stays float); a forward
+    that takes more than its input, stores values (``self.h = h``) or that fx
+    cannot trace (or one around it) chains nothing, and one that takes
+    another path after ``chain_int8`` (a flag changed) or keeps a value fx
+    does not see (a global list) should be chained again, or not chained. A
+    chain runs in eval mode (its container's too), with nothing that needs
+    gradients (under ``torch.no_grad`` or
     ``torch.inference_mode``, or frozen biases), on the next layer's grid as
     it is at the call (a ``load_state_dict`` may change it); where a hook is
     on the layer, a module between or the next layer (or on every module),
@@ -151,14 +155,18 @@ def chain_int8(model, enable=True):
     for _, mod in model.named_modules(remove_duplicate=False):
         seen[id(mod)] = seen.get(id(mod), 0) + 1
     links = []
+    traces = _Traces(model)
     for name, parent in model.named_modules():
         sequence = isinstance(parent, nn.Sequential)
         if sequence and (type(parent).forward is not nn.Sequential.forward):
             continue  # (a forward of its own: its order is not known)
         if hooked(parent) or not any(map(_starts, parent.children())):
             continue
-        found = _sequence_links if sequence else _forward_links
-        for key, keys in found(parent, seen):
+        if sequence:
+            found = _sequence_links(parent, seen)
+        else:
+            found = traces.links(name, parent, seen)
+        for key, keys in found:
             children = parent._modules
             *between, consumer = (children[k] for k in keys)
             children[key]._chain = ChainLink(between, consumer, parent, keys)
@@ -189,50 +197,100 @@ def _sequence_links(seq, seen):
             yield key, [k for k, _ in children[i + 1 : j + 1]]
 
 
-def _forward_links(parent, seen):
-    """The chains of :func:`_sequence_links` in the forward of ``parent``, a
-    module other than a sequence, read on its ``torch.fx`` graph (traced in
-    eval mode, its children as calls; none where fx cannot trace it): a layer
-    called once whose output only a module to pass through reads, whose output
-    only the next reads, ..., up to a quantized layer, all children of
-    ``parent`` (the output of ``parent`` is never codes). A forward that takes
-    another path later (a flag changed since) would give codes to what reads
-    floats: chain the model again."""
-    children = {k: m for k, m in parent._modules.items() if m is not None}
-    with kept_state(parent):
-        parent.eval()  # (the branches the chains run in)
-        graph = leaf_graph(parent, list(children.values()))
-    if graph is None:
-        return
-    calls = [n for n in graph.nodes if n.op == "call_module"]
-    times = {}
-    for n in calls:
-        times[n.target] = times.get(n.target, 0) + 1
+def _plain(module):
+    """Whether ``module``'s forward calls its children alone, or no forward
+    runs it (a plain ``nn.Sequential``; ``nn.ModuleList``, ``nn.ModuleDict``)."""
+    forward = type(module).forward
+    return forward is nn.Sequential.forward or forward is nn.Module.forward
 
-    def child(node, of):  # the child ``node`` calls on ``of`` alone, or None
-        if node.op != "call_module" or node.args != (of,) or node.kwargs:
-            return None
-        return children.get(node.target)
 
-    for node in calls:
-        layer = children.get(node.target)
-        if layer is None or times[node.target] > 1 or seen[id(layer)] > 1:
-            continue
-        if not _starts(layer):
-            continue
-        keys, at = [], node
-        while len(at.users) == 1:
-            nxt = next(iter(at.users))
-            module = child(nxt, at)
-            if module is None:
-                break
-            keys.append(nxt.target)
-            if _passes(module):
-                at = nxt
+class _Traces:
+    """The ``torch.fx`` graphs of ``model``'s modules with forwards of their own
+    (each traced in eval mode, its children as calls), read for chains in a
+    forward: which layers a forward calls that are not its children's (a
+    layer a block holds, called by the model around it, gave codes there),
+    and which forwards fx cannot trace (what they call is not known: no
+    chain in the modules they hold)."""
+
+    def __init__(self, model):
+        self.graphs, self.outside, self.unknown = {}, set(), set()
+        for name, module in model.named_modules():
+            if _plain(module) or not any(_starts(m) for m in module.modules()):
                 continue
-            if _ends(module):
-                yield node.target, keys
-            break
+            graph = self.graph(module)[0]
+            if graph is None:
+                self.unknown.add(name)
+                continue
+            for n in graph.nodes:
+                if n.op == "call_module" and "." in n.target:  # (not a child)
+                    self.outside.add(id(module.get_submodule(n.target)))
+
+    def graph(self, module):
+        """``(graph or None, whether its run stores values)``."""
+        if id(module) not in self.graphs:
+            stores = []
+            with kept_state(module):
+                module.eval()  # (the branches the chains run in)
+                graph = leaf_graph(module, list(module.children()), stores)
+            self.graphs[id(module)] = graph, stores[0]
+        return self.graphs[id(module)]
+
+    def links(self, name, parent, seen):
+        """The chains of :func:`_sequence_links` in the forward of ``parent``, a
+        module other than a sequence: a layer called once, by ``parent`` alone,
+        whose output only a module to pass through reads, whose output only the
+        next reads, ..., up to a quantized layer, all children of ``parent``
+        (the output of ``parent`` is never codes). None where the forward takes
+        other inputs than one (fx traces a default ``None`` as a value: a
+        branch on it took the other path), stores values (``self.h = h``, a
+        list's ``append``: the stored codes), or fx cannot trace it or a
+        forward around it. A forward that takes another path later (a flag
+        changed since) would give codes to what reads floats: chain again."""
+        above = name.split(".")[:-1]
+        if any(".".join(above[:i]) in self.unknown for i in range(len(above) + 1)):
+            return
+        try:
+            params = list(inspect.signature(parent.forward).parameters.values())
+        except (TypeError, ValueError):
+            return
+        if len(params) != 1 or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            return
+        graph, stores = self.graph(parent)
+        if graph is None or stores:
+            return
+        children = {k: m for k, m in parent._modules.items() if m is not None}
+        calls = [n for n in graph.nodes if n.op == "call_module"]
+        times = {}
+        for n in calls:
+            times[n.target] = times.get(n.target, 0) + 1
+
+        def child(node, of):  # the child ``node`` calls on ``of`` alone, or None
+            if node.op != "call_module" or node.args != (of,) or node.kwargs:
+                return None
+            return children.get(node.target)
+
+        for node in calls:
+            layer = children.get(node.target)
+            if layer is None or times[node.target] > 1 or seen[id(layer)] > 1:
+                continue
+            if id(layer) in self.outside or not _starts(layer):
+                continue
+            keys, at = [], node
+            while len(at.users) == 1:
+                nxt = next(iter(at.users))
+                module = child(nxt, at)
+                if module is None:
+                    break
+                keys.append(nxt.target)
+                if _passes(module):
+                    at = nxt
+                    continue
+                if _ends(module):
+                    yield node.target, keys
+                break
 
 
 def _unchain(model):

@@ -384,12 +384,13 @@ def _containers(module):
     ]
 
 
-def leaf_graph(model, leaves):
+def leaf_graph(model, leaves, stores=None):
     """``model``'s ``torch.fx`` graph with the modules ``leaves`` (and torch's
     own) kept as calls, or ``None`` where fx cannot trace it. The attributes the
     trace's run of the forward assigns, and the contents of its lists, dicts
     and sets, come back as they were (a symbolic trace computes on no tensor:
-    the modules' tensors are not copied)."""
+    the modules' tensors are not copied); ``stores``, a list, gets whether
+    there were any (values the graph does not show being read)."""
     kept = [  # each module's attributes, and the contents of its containers
         (m, dict(m.__dict__), {k: copy.copy(v) for k, v in _containers(m)})
         for m in model.modules()
@@ -399,6 +400,8 @@ def leaf_graph(model, leaves):
     except Exception:  # a forward fx cannot trace
         return None
     finally:
+        if stores is not None:
+            stores.append(_stored(kept))
         for m, attrs, contents in kept:
             m.__dict__.clear()
             m.__dict__.update(attrs)
@@ -408,6 +411,25 @@ def leaf_graph(model, leaves):
                     attrs[k].extend(v)
                 else:
                     attrs[k].update(v)
+
+
+def _stored(kept):
+    """Whether a module's attributes or containers differ from ``kept``
+    (:func:`leaf_graph`'s record of them)."""
+    for m, attrs, contents in kept:
+        now = m.__dict__
+        if now.keys() != attrs.keys() or any(now[k] is not v for k, v in attrs.items()):
+            return True
+        for k, v in contents.items():
+            held = attrs[k]
+            if len(held) != len(v):
+                return True
+            pairs = zip(held, v) if isinstance(v, list) else ()
+            if isinstance(v, dict):
+                pairs = ((held.get(x), y) for x, y in v.items())
+            if any(a is not b for a, b in pairs) or (isinstance(v, set) and held != v):
+                return True
+    return False
 
 
 def viewed_outputs(model, layers):

@@ -208,7 +208,11 @@ def load_into(model, path, *, runtime="auto", strict=True):
         k: v for k, v in plain_state(model).items() if k.rpartition(".")[0] not in gone
     }
     replaced = names(layers)
-    check_runtime_names(runtime, sorted(replaced))
+    first = {id(mods[k]): k for k in layers if k in mods}  # (its other names:
+    other = {n: first[id(m)] for n, m in every.items() if id(m) in first}  # its
+    check_runtime_names(  # runtime, not theirs)
+        runtime, list(first.values()), {n: k for n, k in other.items() if n != k}
+    )
     convs = {c for c in folded.values() if c is not None}
     _check_entries(path, dtypes, data, before, strict, replaced, names(convs))
     undo = []

@@ -27,19 +27,20 @@ def _check_layer(module, name):
 
 
 def own_forward(module):
-    """The subclass of torch's Linear or convolution that ``module`` is, where it
-    computes its own way (a ``forward`` or ``_conv_forward`` of its own: weight
-    standardisation, an adapter's extra product, padding of its own), which a
-    quantized layer would not; else ``None``. skquant's quantized layers (they
-    quantize again) are not such."""
+    """The class of ``module``, a Linear or convolution, where it computes its
+    own way (a ``forward`` or ``_conv_forward`` of its own, its subclass's or
+    set on it: weight standardisation, an adapter's extra product, padding of
+    its own), which a quantized layer would not; else ``None``. skquant's
+    quantized layers (they quantize again) are not such."""
     kind = type(module)
     if hasattr(kind, "quantized_tensor"):
         return None
     for base in SUPPORTED:
         if isinstance(module, base):
             ours = (kind.forward, getattr(kind, "_conv_forward", None))
-            if ours != (base.forward, getattr(base, "_conv_forward", None)):
-                return kind
+            own = {"forward", "_conv_forward"} & module.__dict__.keys()
+            if own or ours != (base.forward, getattr(base, "_conv_forward", None)):
+                return kind  # (or a forward set on the layer itself)
     return None
 
 
@@ -89,10 +90,11 @@ def check_supported(name, module):
         if own_forward(module) is not None:  # (the same class, its forward dropped)
             base = next(b for b in SUPPORTED if isinstance(module, b)).__name__
             raise ValueError(
-                f"layer {name!r} ({kind}) is a subclass of nn.{base} with a forward "
-                f"of its own, which its quantized layer would not run (it computes "
-                f"as nn.{base} does): leave it float with skip=[{name!r}] (or "
-                f"skip=[{kind}]), or quantize a model that holds nn.{base} layers."
+                f"layer {name!r} ({kind}) computes with a forward of its own (a "
+                f"subclass's of nn.{base}, or one set on the layer), which its "
+                f"quantized layer would not run (it computes as nn.{base} does): "
+                f"leave it float with skip=[{name!r}] (or skip=[{kind}]), or "
+                f"quantize a model that holds nn.{base} layers."
             )
         if name == "":  # the model itself: skip=[''] would leave nothing
             raise ValueError(

@@ -335,7 +335,10 @@ def quantize_model(
             f"({pairs}): a shared weight is quantized once, by its first layer's "
             "quantizer; name that one."
         )
-    check_runtime_names(runtime, [*network.layer_names, *network.tied])
+    every = dict(model.named_modules(remove_duplicate=False))
+    alias = {t: f for t, f in network.tied.items() if every[t] is every[f]}
+    known = [*network.layer_names, *(t for t in network.tied if t not in alias)]
+    check_runtime_names(runtime, known, alias)  # (a tied layer: its own runtime)
 
     repeated = {}  # layers called more than once a pass: their calls' grid
     if act_quantizer is not None:

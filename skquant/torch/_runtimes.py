@@ -27,17 +27,27 @@ def runtime_of(runtime, name):
     return runtime
 
 
-def check_runtime_names(runtime, names):
+def check_runtime_names(runtime, names, shared=None):
     """ValueError where ``runtime``, a dict, names a layer not among the
-    quantized layers ``names`` (nor ``"*"``)."""
-    if isinstance(runtime, dict):
-        unknown = [k for k in runtime if k not in {*names, "*"}]
-        if unknown:
+    quantized layers ``names`` (nor ``"*"``); ``shared`` maps the other names
+    of those layers (a layer under two names, which takes its first name's
+    runtime) to theirs."""
+    if not isinstance(runtime, dict):
+        return
+    for key in runtime:
+        if key in (shared or {}):
             raise ValueError(
-                f"runtime names layers {unknown} that are not quantized layers of "
-                f"the model; its layers are {list(names)[:12]} (and '*' for the "
-                "others)."
+                f"runtime names layer {key!r}, another name of layer "
+                f"{shared[key]!r} (one quantized layer, one runtime): name "
+                f"{shared[key]!r}."
             )
+    unknown = [k for k in runtime if k not in {*names, "*"}]
+    if unknown:
+        raise ValueError(
+            f"runtime names layers {unknown} that are not quantized layers of "
+            f"the model; its layers are {list(names)[:12]} (and '*' for the "
+            "others)."
+        )
 
 
 class RuntimeFallbackWarning(UserWarning):
