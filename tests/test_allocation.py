@@ -61,6 +61,26 @@ def test_exact_allocation_equals_brute_force(data, by_budget):
     assert got == pytest.approx(best, rel=1e-6, abs=1e-6)
 
 
+def _noise_table(log_p, n_params, bits, header=0.0):
+    """Zhou's noise model ``p 4^-b`` and sizes ``n b`` (plus a header)."""
+    cost = 10.0 ** np.array(log_p)[:, None] * 4.0 ** -bits[None, :]
+    return cost, np.array(n_params, float)[:, None] * bits[None, :] + header
+
+
+def _optimal_within_budget(cost, size, where):
+    """``(choice, budget, optimum)`` under the budget ``where`` of the way from
+    the smallest total size to the largest, the choice checked to fit and to
+    cost no more than brute force's optimum."""
+    lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
+    budget = lo + where * (hi - lo)
+    choice = allocate_bits(cost, size, budget=budget)
+    at = np.arange(len(choice))
+    assert size[at, choice].sum() <= budget
+    best = _brute(cost, size, budget, True)
+    assert cost[at, choice].sum() <= best * (1 + 1e-9)
+    return choice, budget, best
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(-3, 3), min_size=2, max_size=4),
@@ -72,14 +92,8 @@ def test_exact_allocation_is_optimal_at_tiny_costs(log_p, n_params, where):
     (1e-6), which once stopped it at 15x the optimal noise."""
     bits = np.array([2, 3, 4, 6, 8, 10, 12, 16])
     n = len(log_p)
-    cost = 10.0 ** np.array(log_p)[:, None] * 4.0 ** -bits[None, :]
-    size = np.array(n_params[:n])[:, None] * bits[None, :]
-    lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
-    budget = lo + where * (hi - lo)
-    choice = allocate_bits(cost, size, budget=budget)
-    assert size[np.arange(n), choice].sum() <= budget
-    best = _brute(cost, size, budget, True)
-    assert cost[np.arange(n), choice].sum() <= best * (1 + 1e-9)
+    cost, size = _noise_table(log_p, n_params[:n], bits)
+    best = _optimal_within_budget(cost, size, where)[2]
     target = best * 1.5  # and the smallest size that meets a tiny noise target
     choice = allocate_bits(cost, size, max_cost=target)
     assert cost[np.arange(n), choice].sum() <= target
@@ -99,16 +113,9 @@ def test_exact_allocation_is_optimal_where_costs_span_many_decades(
     """One layer's low-bit noise 1e9 times the others': scaled to its largest
     entry, the objective hid the others' differences in HiGHS' gap (4e-4 above
     the optimum, and above greedy's answer, on 213 of 28,640 random tables)."""
-    bits = np.array(sorted(bits))
     n = len(log_p)
-    cost = 10.0 ** np.array(log_p)[:, None] * 4.0 ** -bits[None, :]
-    size = np.array(n_params[:n], float)[:, None] * bits[None, :] + 32.0
-    lo, hi = size.min(axis=1).sum(), size.max(axis=1).sum()
-    budget = lo + where * (hi - lo)
-    choice = allocate_bits(cost, size, budget=budget)
-    assert size[np.arange(n), choice].sum() <= budget
-    best = _brute(cost, size, budget, True)
-    assert cost[np.arange(n), choice].sum() <= best * (1 + 1e-9)
+    cost, size = _noise_table(log_p, n_params[:n], np.array(sorted(bits)), 32.0)
+    choice, budget, _ = _optimal_within_budget(cost, size, where)
     greedy = greedy_bits(cost, size, budget=budget)
     assert cost[np.arange(n), choice].sum() <= cost[np.arange(n), greedy].sum()
 
