@@ -635,3 +635,26 @@ def test_what_does_not_chain_in_a_forward_of_its_own():
         layer.eval()
     with torch.no_grad():  # (fc1 called twice: its codes read as floats raised)
         assert torch.isfinite(q(x)).all()
+
+
+def test_blocks_in_a_module_list_chain():
+    """Blocks a model's forward calls from an nn.ModuleList chain inside (their
+    layers were taken for layers called from outside their block: no link)."""
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+
+        def forward(self, x):
+            return sum(b(x) for b in self.blocks)
+
+    x = data(64)
+    q = quantized(Stack().eval(), x, fold_batchnorm=True)
+    with torch.no_grad():
+        before = q(x)
+        links = chain_int8(q)
+        after = q(x)
+    assert ("blocks.0.conv1", "blocks.0.conv2") in links
+    assert ("blocks.1.conv1", "blocks.1.conv2") in links
+    assert_near(after, before)

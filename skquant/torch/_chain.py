@@ -231,7 +231,9 @@ class _Traces:
             stores = []
             with kept_state(module):
                 module.eval()  # (the branches the chains run in)
-                graph = leaf_graph(module, list(module.children()), stores)
+                leaves = [m for m in module.modules() if m is not module]
+                leaves = [m for m in leaves if not _plain(m)]  # (its forward's:
+                graph = leaf_graph(module, leaves, stores)  # a list's blocks too)
             self.graphs[id(module)] = graph, stores[0]
         return self.graphs[id(module)]
 
