@@ -79,10 +79,11 @@ def chain_int8(model, enable=True):
     the same holds where the layer is called once, by that forward alone,
     and its output, and each module's between, is read by the next module
     alone, all children of that module (its output stays float); a forward
-    that takes more than its input, stores values (``self.h = h``) or that fx
-    cannot trace (or one around it) chains nothing, and one that takes
-    another path after ``chain_int8`` (a flag changed) or keeps a value fx
-    does not see (a global list) should be chained again, or not chained. A
+    that takes more than its input, stores values on the module (an
+    attribute, a public list, dict or set) or that fx cannot trace (or one
+    around it) chains nothing; one that keeps values elsewhere (a private or
+    nested container, a deque, a global list) or whose instance has a forward
+    of its own is not seen: do not chain it. A
     chain runs in eval mode (its container's too), with nothing that needs
     gradients (under ``torch.no_grad`` or
     ``torch.inference_mode``, or frozen biases), on the next layer's grid as
