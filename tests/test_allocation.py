@@ -177,6 +177,62 @@ AT_THE_LIMIT = [
         {"max_cost": 535451466.01252437},
     ),
     ([[0.0, 1e-290, 1e100]], [[3.0, 2.0, 1.0]], {"budget": 2.0}),
+    # sizes of 1e15 plus small integers: the room above the smallest total (3)
+    # was below the rounding of the sums, and the answer fell back to greedy's
+    (
+        [[0.28026558351518016, 0.34970269716520663,
+          0.6925279613486232, 0.6865781592059041],
+         [0.0538307811046721, 0.12490594224592688,
+          0.3780212478484173, 0.6981995532138703],
+         [0.41845526158751434, 0.13702035047487604,
+          0.8666663256130867, 0.7174129745075478],
+         [0.4545342826983002, 0.22170350814220696,
+          0.6511531448153225, 0.5650430214495664],
+         [0.5862027880931978, 0.07382746718628963,
+          0.27161101627155526, 0.4184466678984886],
+         [0.8527879445512486, 0.3605614082668225,
+          0.7037668272240081, 0.45241465586047835]],
+        (1e15 + np.array([[5, 4, 5, 8], [7, 7, 5, 7], [6, 6, 8, 7], [6, 8, 6, 7],
+                          [7, 6, 5, 6], [4, 5, 7, 5]])).tolist(),
+        {"budget": 6e15 + 33},
+    ),
+    # an optimum that fits only as the sums round (its exact total is 3e-5 over)
+    (
+        [[0.34715885201908014, 0.8985632748977526,
+          0.12580739529798746, 0.06155791579411107],
+         [0.14936063062196814, 0.218806826579783,
+          0.023185572339393667, 0.9762091110148952],
+         [0.32204581054981396, 0.7637276549678981,
+          0.004751012714284131, 0.6614691991209609]],
+        [[247216264756.8116, 247216264758.8116, 247216264755.8116, 247216264755.8116],
+         [247216264759.8116, 247216264755.8116, 247216264759.8116, 247216264757.8116],
+         [247216264755.8116, 247216264756.8116, 247216264756.8116, 247216264756.8116]],
+        {"budget": 741648794272.4348},
+    ),
+    # one layer: scaled to greedy's answer (2.6e8), the optimum's 1.2e-10 and
+    # the next best's 3.4e-10 were within HiGHS' gap
+    (
+        [[3.7183069405235065e+256, 3.069334549492938e+230, 7.57604641125805e-209,
+          1.6231001407617335e-107]],
+        [[253694800.019312, 1.228875508854499e-10, 258575189.22690904,
+          3.3694395115502697e-10]],
+        {"max_cost": 1.0541611387713427e+256},
+    ),
+    # no room in exact arithmetic, but a smaller choice fits as the sums round
+    (
+        [[1.0115611545360003e+69, 3.519451135054865e+171, 1.3648403238563318e-12],
+         [1.6039462163304858e-284, 1.4221304178487392e+22, 0.0]],
+        [[454538706277860.75, 1126150644601106.5, 3.1461197858561864e+18],
+         [2.6736481704100056e-15, 4.1219290090295047e-16, 5765995037652549.0]],
+        {"max_cost": 1.3648403238563318e-12},
+    ),
+    (
+        [[4.197041787920743e+90, 7.5074390423926e+160],
+         [8.433369143019054e+196, 5.420788391719341e+116]],
+        [[7069917379271559.0, 486.0665422266313],
+         [3.569473906775851e-18, 5.846126903039458e-18]],
+        {"budget": 486.0665422266313},
+    ),
 ]  # fmt: skip
 
 
@@ -190,6 +246,63 @@ def test_exact_allocation_at_the_limit_and_at_extreme_magnitudes(cost, size, lim
     assert (size if by_budget else cost)[at, choice].sum() <= value
     got = (cost if by_budget else size)[at, choice].sum()
     assert got == _brute(cost, size, value, by_budget)
+
+
+def test_never_worse_than_greedy_as_a_user_sums_it():
+    """Compared by row-shifted sums, the answer was one ulp above greedy's."""
+    cost = np.array(
+        [[2e-08, 1e-08, 2e-08], [2e-08, 3e-08, 2e-08], [2e-08, 1e-08, 2e-08]]
+    )
+    size = np.array([[5e3, 4e3, 1e3], [3e3, 3e3, 4e3], [1e3, 2e3, 4e3]])
+    at = np.arange(3)
+    choice = allocate_bits(cost, size, budget=8000.0)
+    greedy = greedy_bits(cost, size, budget=8000.0)
+    assert size[at, choice].sum() <= 8000.0
+    assert cost[at, choice].sum() <= cost[at, greedy].sum()
+
+
+def _hard_table():
+    """40 layers at 1 to 16 bits, the 1-bit noise 1e9 times the rest: HiGHS
+    takes over a minute to prove the best answer at a tight target."""
+    rng = np.random.default_rng(0)
+    bits = np.array([1, 2, 3, 4, 5, 6, 8, 16])
+    p = rng.integers(10**3, 10**7, (40, 1)).astype(float)
+    cost = p * 4.0**-bits
+    cost[:, 0] *= 1e9
+    lo, hi = cost.min(axis=1).sum(), cost.max(axis=1).sum()
+    return cost, p * bits, lo + 0.3 * (hi - lo)
+
+
+def test_time_limit_returns_the_best_answer_found_with_a_warning():
+    from sklearn.exceptions import ConvergenceWarning
+
+    cost, size, target = _hard_table()
+    at = np.arange(len(cost))
+    with pytest.warns(ConvergenceWarning, match=r"time_limit=0\.5 s"):
+        choice = allocate_bits(cost, size, max_cost=target, time_limit=0.5)
+    greedy = greedy_bits(cost, size, max_cost=target)
+    assert cost[at, choice].sum() <= target
+    assert size[at, choice].sum() <= size[at, greedy].sum()
+
+
+def test_pareto_sweep_checks_the_solver_and_passes_the_time_limit():
+    from sklearn.exceptions import ConvergenceWarning
+
+    from skquant._layerbits._allocation import pareto_choices
+
+    cost, size, target = _hard_table()
+    with pytest.raises(ValueError, match="solver='Exact'"):
+        pareto_choices(cost, size, solver="Exact")
+    with pytest.warns(ConvergenceWarning, match=r"time_limit=0\.2 s"):
+        pareto_choices(cost, size, targets=[target], time_limit=0.2)
+
+
+@pytest.mark.parametrize("time_limit", [0, -1.0, float("nan"), "10"])
+def test_time_limit_errors(time_limit):
+    cost = np.array([[1.0, 0.5], [1.0, 0.25]])
+    size = np.array([[100.0, 200.0], [50.0, 100.0]])
+    with pytest.raises(ValueError, match="time_limit must be a finite number > 0"):
+        allocate_bits(cost, size, budget=250.0, time_limit=time_limit)
 
 
 def test_monotone_in_the_budget():

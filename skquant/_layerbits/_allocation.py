@@ -8,15 +8,19 @@ differ in size; :func:`allocate_bits` solves it exactly as a small integer progr
 """
 
 import contextlib
+import functools
 import math
 import numbers
 import os
 import sys
+import time
+import warnings
 
 import numpy as np
 from joblib import delayed
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
+from sklearn.exceptions import ConvergenceWarning
 
 from .._common._checks import check_int, check_positive, float_array
 from .._common._jobs import configured_n_jobs, run_tasks
@@ -70,7 +74,7 @@ def _quiet_c_stdout():
         os.close(saved)
 
 
-def allocate_bits(cost, size, *, budget=None, max_cost=None):
+def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     """The exactly optimal choice per layer under a size budget or a noise target.
 
     With ``x[i, j] = 1`` when layer ``i`` takes choice ``j`` (one per layer), either
@@ -78,7 +82,8 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     ``sum size[i, j] x[i, j] <= budget``, or minimise the total size subject to the
     total cost ``<= max_cost``. Solved as an integer program (HiGHS), so the answer
     is optimal, not greedy (to HiGHS' tolerances, scaled to 1e-12 of what a
-    feasible answer takes; never worse than :func:`greedy_bits`).
+    feasible answer takes; never worse than :func:`greedy_bits`), unless
+    ``time_limit`` ends the search first.
 
     Parameters
     ----------
@@ -91,11 +96,23 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
         Largest total size. Give exactly one of ``budget`` and ``max_cost``.
     max_cost : float, default=None
         Largest total cost.
+    time_limit : float or None, default=10.0
+        Seconds the integer program may take, all solves together. Most tables
+        solve in milliseconds; a hard one (tens of layers with nearly equal
+        trade-offs) can take minutes to prove optimal. When the time runs out,
+        the best answer found so far (never worse than :func:`greedy_bits`) is
+        returned with a ``ConvergenceWarning`` that gives HiGHS' remaining gap.
+        ``None``: no limit.
 
     Returns
     -------
     choice : ndarray of int of shape (n_layers,)
         The chosen column of every layer.
+
+    Warns
+    -----
+    ConvergenceWarning
+        When ``time_limit`` ends the search before the answer is proven optimal.
 
     Raises
     ------
@@ -130,6 +147,8 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
             "give exactly one of budget and max_cost, got "
             f"budget={budget!r}, max_cost={max_cost!r} instead."
         )
+    if time_limit is not None:
+        time_limit = check_positive(time_limit, "time_limit")
     n, k = cost.shape
     if budget is not None:
         budget = _check_limit(budget, "budget")
@@ -162,17 +181,28 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     # (scaled to its largest entry instead, one layer's binary noise hid the
     # others' differences at an exactly reachable target)
     base = limit_row.min(axis=1, keepdims=True)
-    room = limit - float(base.sum())
+    # (the room summed exactly: rounded at the limit's scale, sizes of 1e15
+    # plus small integers left a room below its own rounding error)
+    room = math.fsum([limit, *(-base.ravel())])
     at = np.arange(n)
-    if room <= 0:  # (the smallest total only: each layer's smallest choice)
+    # (with room to spare, 1e-9 of it and its last digits: HiGHS' presolve cut
+    # off optima exactly at the limit, and an answer over it is repaired or
+    # solved again below); then, where the rounding of sums as large as the
+    # limit is more than that spare (sizes of 1e15 plus small numbers, or no
+    # room at all), once more with it added, for answers no worse that fit as
+    # the sums round
+    rounding = 4 * (n + 1) * float(np.spacing(abs(limit)))
+    if room + rounding <= 0:  # (each layer's smallest choice)
         return np.lexsort((objective, limit_row), axis=1)[:, 0]
-    flat = (np.minimum(limit_row - base, 2 * room) / room * 1e6).ravel()
-    # (with room to spare, 1e-9 of it and the rounding of sums as large as the
-    # limit: HiGHS' presolve cut off optima exactly at the limit, and an
-    # answer over it is repaired or solved again below)
-    spare = 1e-9 * room + 4 * (n + 1) * float(np.spacing(abs(limit)))
-    bound = (room + spare) / room * 1e6  # (divided: a subnormal room's 1e6 /
-    # room is inf)
+    scale = room if room > 0 else rounding
+    cap = 2 * (max(room, 0.0) + rounding)
+    flat = (np.minimum(limit_row - base, cap) / scale * 1e6).ravel()
+    spare = 1e-9 * scale + 4 * (n + 1) * float(np.spacing(scale))
+    bounds = []  # (divided: a subnormal room's 1e6 / room is inf)
+    if room > 0:
+        bounds.append((False, (room + spare) / scale * 1e6))
+    if rounding > spare or room <= 0:
+        bounds.append((True, (room + spare + rounding) / scale * 1e6))
     # HiGHS also stops within an absolute gap (1e-6) of the best bound: with
     # objective values far below it (the noise of layers at 10 to 16 bits) it
     # stopped at 15x the optimal noise. Each layer takes one choice, so less its
@@ -185,48 +215,84 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None):
     # instead, a binary layer's noise 1e9 times the others' hid their
     # differences: 4e-4 above the optimum, and above greedy's answer; held at
     # 0 by bounds instead, HiGHS' presolve missed optima at the limit)
-    objective = objective - objective.min(axis=1, keepdims=True)
-    safe = np.lexsort((objective, limit_row), axis=1)[:, 0]
+    given = objective
+
+    def total(c):  # (as a user sums it: the shifted sums' rounding differs)
+        return given[at, c].sum()
+
+    shifted = objective - objective.min(axis=1, keepdims=True)
+    safe = np.lexsort((shifted, limit_row), axis=1)[:, 0]
     greedy = greedy_bits(cost, size, budget=budget, max_cost=max_cost)
     if limit_row[at, greedy].sum() <= limit:
-        safe = min(safe, greedy, key=lambda c: objective[at, c].sum())
-    best = float(objective[at, safe].sum())
+        safe = min(safe, greedy, key=total)
+    best = float(shifted[at, safe].sum())
     if best == 0.0:  # (the lowest objective there is)
         return safe
-    plain = objective
-    objective = np.minimum(objective, 2 * best) / best * 1e6
+    objective = np.minimum(shifted, 2 * best) / best * 1e6
+    deadline = None if time_limit is None else time.monotonic() + time_limit
 
-    def total(c):
-        return plain[at, c].sum()
-
-    constraints = [
-        LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n)),
-        LinearConstraint(flat.reshape(1, -1), ub=np.array([bound])),
-    ]
-    for _ in range(8):
-        with _quiet_c_stdout():
-            res = _solve(objective, constraints, n * k)
-        if res.status != 0 or res.x is None:  # (every answer left cut off)
-            return safe
-        choice = np.argmax(res.x.reshape(n, k), axis=1)
-        if limit_row[at, choice].sum() <= limit:
-            return choice if total(choice) <= total(safe) else safe
-        # HiGHS accepts violations within its feasibility and integrality
-        # tolerances (a 0-1 variable 1e-7 off, times an entry of 1e6), and the
-        # bound has room to spare: of the answers one layer's change away, the
-        # best that fits, and solve again without this answer (a cut that
-        # only it violates: a bound tightened below it cut off optima at the
-        # limit)
-        for i, j in np.ndindex(n, k):
-            near = choice.copy()
-            near[i] = j
-            fits = limit_row[at, near].sum() <= limit
-            if fits and total(near) < total(safe):
-                safe = near
-        picked = np.zeros(n * k)
-        picked[at * k + choice] = 1.0
-        constraints.append(LinearConstraint(picked.reshape(1, -1), ub=n - 1))
+    one_each = LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n))
+    cuts = []
+    for loose, bound in bounds:
+        for _ in range(16):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                _warn_time(time_limit, None)
+                return safe
+            rows = [one_each, LinearConstraint(flat.reshape(1, -1), ub=bound), *cuts]
+            if loose:  # (no worse than the answer so far)
+                scaled = objective.ravel()
+                rows.append(LinearConstraint(scaled, ub=objective[at, safe].sum()))
+            with _quiet_c_stdout():
+                res = _solve(objective, rows, n * k, left)
+            if res.status == 1:  # (the time ran out: HiGHS' best answer, if any)
+                _warn_time(time_limit, getattr(res, "mip_gap", None))
+            elif res.status != 0:  # (every answer left cut off)
+                break
+            if res.x is None:
+                return safe
+            choice = np.argmax(res.x.reshape(n, k), axis=1)
+            fits = limit_row[at, choice].sum() <= limit
+            if fits and total(choice) <= total(safe):
+                safe = choice
+            if not fits:
+                # HiGHS accepts violations within its feasibility and
+                # integrality tolerances (a 0-1 variable 1e-7 off, times an
+                # entry of 1e6), and the bound has room to spare: of the
+                # answers one layer's change away, the best that fits, and
+                # solve again without this answer (a cut that only it
+                # violates: a bound tightened below it cut off optima at the
+                # limit)
+                for i, j in np.ndindex(n, k):
+                    near = choice.copy()
+                    near[i] = j
+                    if limit_row[at, near].sum() <= limit and total(near) < total(safe):
+                        safe = near
+                picked = np.zeros(n * k)
+                picked[at * k + choice] = 1.0
+                cuts.append(LinearConstraint(picked.reshape(1, -1), ub=n - 1))
+            now = float(shifted[at, safe].sum())
+            if res.status == 1 or now == 0.0:
+                return safe
+            if now < best / 2:  # scaled to an answer far above the optimum,
+                # the gap hid differences near it (one layer's 1e-10 against
+                # greedy's 1e8): scaled again to the better answer, solved again
+                best = now
+                objective = np.minimum(shifted, 2 * best) / best * 1e6
+            elif fits:
+                break
     return safe
+
+
+def _warn_time(time_limit, gap):
+    found = "" if gap is None else f" (HiGHS' relative gap to its bound: {gap:.2g})"
+    warnings.warn(
+        f"allocate_bits reached time_limit={time_limit!r} s before proving its "
+        f"answer optimal{found}; it returns the best answer found, never worse "
+        "than greedy_bits'. Give a larger time_limit, or None for no limit.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def greedy_bits(cost, size, *, budget=None, max_cost=None):
@@ -305,7 +371,8 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
             extra = d_size if up else d_cost
             if used + extra > limit or d_size <= 0:
                 continue
-            ratio = d_cost / d_size  # drop per bit (up) / increase per bit (down)
+            with np.errstate(over="ignore"):  # (an infinite ratio is the largest)
+                ratio = d_cost / d_size  # drop per bit (up) / rise per bit (down)
             if best is None or (ratio > best_ratio if up else ratio < best_ratio):
                 best, best_ratio = i, ratio
         if best is None or (up and best_ratio <= 0):
@@ -317,7 +384,14 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
 
 
 def pareto_choices(
-    cost, size, *, n_points=30, targets=None, solver="exact", n_jobs=None
+    cost,
+    size,
+    *,
+    n_points=30,
+    targets=None,
+    solver="exact",
+    n_jobs=None,
+    time_limit=10.0,
 ):
     """Allocations along the size-cost trade-off, by increasing size.
 
@@ -342,6 +416,8 @@ def pareto_choices(
         ``joblib.parallel_config`` in force, else solves them here, one after
         another.
         The allocations are the same.
+    time_limit : float or None, default=10.0
+        Seconds each exact solve may take (:func:`allocate_bits`).
 
     Returns
     -------
@@ -358,7 +434,14 @@ def pareto_choices(
     >>> [c.tolist() for c in pareto_choices(noise, np.array([[1000], [10]]) * bits)]
     [[0, 0], [0, 1], [1, 1], [1, 2], [2, 2]]
     """
-    solve = allocate_bits if solver == "exact" else greedy_bits
+    if solver not in ("exact", "greedy"):
+        raise ValueError(
+            f"solver must be 'exact' or 'greedy', got solver={solver!r} instead."
+        )
+    if solver == "exact":
+        solve = functools.partial(allocate_bits, time_limit=time_limit)
+    else:
+        solve = greedy_bits
     cost = _check_table(cost, "cost")
     size = _check_table(size, "size")
     if targets is None:
@@ -377,13 +460,16 @@ def pareto_choices(
     return sorted(seen.values(), key=lambda c: size[rows, c].sum())
 
 
-def _solve(objective, constraints, n_vars):
+def _solve(objective, constraints, n_vars, time_limit=None):
+    options = {"mip_rel_gap": 0.0}  # exact, not within HiGHS' default 0.01%
+    if time_limit is not None:
+        options["time_limit"] = time_limit
     return milp(
         objective.ravel(),
         constraints=constraints,
         integrality=np.ones(n_vars),
         bounds=Bounds(0, 1),
-        options={"mip_rel_gap": 0.0},  # exact, not within HiGHS' default 0.01%
+        options=options,
     )
 
 
