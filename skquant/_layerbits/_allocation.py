@@ -109,17 +109,17 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     choice : ndarray of int of shape (n_layers,)
         The chosen column of every layer.
 
-    Warns
-    -----
-    ConvergenceWarning
-        When ``time_limit`` ends the search before the answer is proven optimal.
-
     Raises
     ------
     ValueError
         For invalid tables, a budget below the smallest possible total size, or a
         cost target that no choice meets. (A budget of at least the largest total
         size constrains nothing: every layer takes its cheapest choice.)
+
+    Warns
+    -----
+    ConvergenceWarning
+        When ``time_limit`` ends the search before the answer is proven optimal.
 
     See Also
     --------
