@@ -1,7 +1,9 @@
 """Chains of int8 convolutions that pass codes to the next layer (chain_int8)."""
 
+import collections
 import copy
 import pickle
+import types
 import warnings
 
 import pytest
@@ -658,3 +660,194 @@ def test_blocks_in_a_module_list_chain():
     assert ("blocks.0.conv1", "blocks.0.conv2") in links
     assert ("blocks.1.conv1", "blocks.1.conv2") in links
     assert_near(after, before)
+
+
+class Stored(Block):
+    """A Block whose forward keeps conv1's output where the graph shows no read:
+    ``how`` names the place."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self._list, self.nested = [], {"feats": []}
+        self.queue = collections.deque(maxlen=4)
+        self.ordered, self.by_key = (
+            collections.OrderedDict(),
+            collections.defaultdict(list),
+        )
+        self.space = types.SimpleNamespace(h=None)
+        object.__setattr__(self, "sink", nn.Module())  # (not registered)
+
+    def forward(self, x):
+        a = self.conv1(self.relu(self.stem(x)))
+        {
+            "private list": lambda: self._list.append(a),
+            "nested list": lambda: self.nested["feats"].append(a),
+            "deque": lambda: self.queue.append(a),
+            "OrderedDict": lambda: self.ordered.__setitem__("a", a),
+            "defaultdict": lambda: self.by_key["a"].append(a),
+            "namespace": lambda: setattr(self.space, "h", a),
+            "unregistered module": lambda: setattr(self.sink, "h", a),
+            "child": lambda: setattr(self.conv2, "seen", a),
+        }[self.how]()
+        out = self.conv2(self.relu(self.bn1(a)))
+        return self.fc2(self.act(self.fc1(self.pool(out).flatten(1))))
+
+
+STORED = [
+    "private list",
+    "nested list",
+    "deque",
+    "OrderedDict",
+    "defaultdict",
+    "namespace",
+    "unregistered module",
+    "child",
+]
+
+
+@pytest.mark.parametrize("how", STORED)
+def test_a_forward_that_stores_a_value_anywhere_chains_nothing_there(how):
+    """Values a forward keeps in a private or nested container, a deque, an
+    OrderedDict, a defaultdict, a namespace, a module it does not register or
+    on a child: conv1's codes reached them (and the trace's placeholders were
+    left in the model's containers). Now that forward chains nothing, what it
+    keeps is float32, and the model's containers hold nothing of the trace."""
+    x = data(64)
+    q = quantized(Stored(how), x, fold_batchnorm=True)
+    for kept in (q._list, q.nested["feats"], q.queue, q.ordered, q.by_key):
+        kept.clear()  # (what the quantizing passes kept)
+    q.space.h = None
+    q.sink.__dict__.pop("h", None)
+    q.conv2.__dict__.pop("seen", None)
+    assert chain_int8(q) == []
+    for kept in (q._list, q.nested["feats"], q.queue, q.ordered, q.by_key):
+        assert len(kept) == 0  # (the trace left nothing behind)
+    assert q.space.h is None and not hasattr(q.sink, "h")
+    assert not hasattr(q.conv2, "seen")
+    with torch.no_grad():
+        q(x)
+    stored = {
+        "private list": lambda: q._list[0],
+        "nested list": lambda: q.nested["feats"][0],
+        "deque": lambda: q.queue[0],
+        "OrderedDict": lambda: q.ordered["a"],
+        "defaultdict": lambda: q.by_key["a"][0],
+        "namespace": lambda: q.space.h,
+        "unregistered module": lambda: q.sink.h,
+        "child": lambda: q.conv2.seen,
+    }[how]()
+    assert stored.dtype == torch.float32
+
+
+class Packed(Block):
+    """A block given one tuple (or dict) whose second item may be None."""
+
+    def forward(self, inp):
+        x, skip = (inp["x"], inp.get("skip")) if isinstance(inp, dict) else inp
+        a = self.conv1(self.relu(self.stem(x)))
+        skip = a if skip is None else skip
+        out = self.conv2(self.relu(self.bn1(a))) + skip
+        return self.fc2(self.act(self.fc1(self.pool(out).flatten(1))))
+
+
+class Caller(nn.Module):
+    def __init__(self, block, as_dict):
+        super().__init__()
+        self.block, self.as_dict = block, as_dict
+
+    def forward(self, x):
+        return self.block({"x": x} if self.as_dict else (x, None))
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_forward_given_one_tuple_or_dict_chains_nothing(as_dict):
+    """fx traced the None of ``(x, None)`` as a value: conv1 chained, and its
+    codes reached the sum (a torch error)."""
+    x = data(64)
+    q = quantized(Caller(Packed(), as_dict).eval(), x, fold_batchnorm=True)
+    with torch.no_grad():
+        before = q(x)
+        assert chain_int8(q) == []
+        assert_near(q(x), before)
+
+
+def test_a_forward_set_on_an_instance_chains_nothing_it_holds():
+    """fx traces the class's forward: one set on a block, or on an
+    nn.Sequential, that keeps an output or calls layers in another order gave
+    codes to what reads floats."""
+    x = data(64)
+    block = Block()
+    kept = []
+
+    def tapped(self, x):
+        x = self.relu(self.stem(x))
+        a = self.conv1(x)
+        kept.append(a)
+        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(a)))) + x)
+        return self.fc2(self.act(self.fc1(self.pool(out).flatten(1))))
+
+    q = quantized(block, x, fold_batchnorm=True)
+    q.forward = types.MethodType(tapped, q)
+    assert chain_int8(q) == []
+    with torch.no_grad():
+        q(x)
+    assert kept[-1].dtype == torch.float32
+    seq = quantized(cnn(), x)
+    taps = []
+
+    def tapping(self, x):
+        for m in self:
+            x = m(x)
+            taps.append(x)
+        return x
+
+    seq.forward = types.MethodType(tapping, seq)
+    assert chain_int8(seq) == []
+    with torch.no_grad():
+        seq(x)
+    assert all(t.dtype == torch.float32 for t in taps)
+
+
+class Features(nn.Module):
+    """A VGG-like model: its forward calls a sequence of features and one of
+    classifier layers (``loop``: calls the features' layers itself)."""
+
+    def __init__(self, loop=False, untraceable=False):
+        super().__init__()
+        net = cnn()
+        self.features, self.classifier = net[:7], net[7:]
+        self.loop, self.untraceable = loop, untraceable
+        self.outputs = []
+
+    def forward(self, x):
+        if self.untraceable and x.dim() == 3:  # (fx cannot branch on it)
+            x = x[None]
+        if self.loop:
+            for layer in self.features:
+                x = layer(x)
+                self.outputs.append(x)
+        else:
+            x = self.features(x)
+        return self.classifier(x)
+
+
+def test_sequences_chain_under_a_forward_unless_it_calls_their_layers():
+    """Sequences a forward calls chain; a forward that loops over a sequence's
+    layers itself (its list keeps every output), or that fx cannot trace, had
+    the layers chained regardless: codes in the list."""
+    x = data(64)
+    q = quantized(Features().eval(), x)
+    with torch.no_grad():
+        before = q(x)
+        links = chain_int8(q)
+        assert_near(q(x), before)
+    assert links == [("features.0", "features.3"), ("classifier.7", "classifier.9")]
+    for net in (Features(loop=True), Features(loop=True, untraceable=True)):
+        q = quantized(net.eval(), x)
+        links = chain_int8(q)
+        assert all(not a.startswith("features") for a, _ in links), links
+        q.outputs.clear()
+        with torch.no_grad():
+            q(x)
+        assert all(t.dtype == torch.float32 for t in q.outputs)

@@ -14,6 +14,7 @@ of a step's half (a difference of one code).
 """
 
 import inspect
+import operator
 import warnings
 
 import torch
@@ -78,12 +79,14 @@ def chain_int8(model, enable=True):
     module (a residual block), read on its ``torch.fx`` graph in eval mode,
     the same holds where the layer is called once, by that forward alone,
     and its output, and each module's between, is read by the next module
-    alone, all children of that module (its output stays float); a forward
-    that takes more than its input, stores values on the module (an
-    attribute, a public list, dict or set) or that fx cannot trace (or one
-    around it) chains nothing; one that keeps values elsewhere (a private or
-    nested container, a deque, a global list) or whose instance has a forward
-    of its own is not seen: do not chain it. A
+    alone, all children of that module (its output stays float). A forward
+    that takes more than one tensor (another argument, or items of one tuple
+    or dict), keeps a value anywhere the model reaches (an attribute, a
+    container, nested or not, a namespace, a module it does not register),
+    that fx cannot trace or that is set on the instance chains nothing, nor
+    do the modules it holds for the last two, nor the layers of a sequence
+    that a forward around calls itself; a value kept where the model does
+    not reach (a global list) is not seen: do not chain such a model. A
     chain runs in eval mode (its container's too), with nothing that needs
     gradients (under ``torch.no_grad`` or
     ``torch.inference_mode``, or frozen biases), on the next layer's grid as
@@ -159,12 +162,12 @@ def chain_int8(model, enable=True):
     traces = _Traces(model)
     for name, parent in model.named_modules():
         sequence = isinstance(parent, nn.Sequential)
-        if sequence and (type(parent).forward is not nn.Sequential.forward):
+        if sequence and not _plain(parent):
             continue  # (a forward of its own: its order is not known)
         if hooked(parent) or not any(map(_starts, parent.children())):
             continue
         if sequence:
-            found = _sequence_links(parent, seen)
+            found = traces.sequence_links(name, parent, seen)
         else:
             found = traces.links(name, parent, seen)
         for key, keys in found:
@@ -184,25 +187,13 @@ def chain_int8(model, enable=True):
     return links
 
 
-def _sequence_links(seq, seen):
-    """``(layer, keys of the modules between and of the next layer)`` of the
-    chains among ``seq``'s children, one after another."""
-    children = list(seq._modules.items())
-    for i, (key, layer) in enumerate(children):
-        if seen[id(layer)] > 1 or not _starts(layer):
-            continue
-        j = i + 1
-        while j < len(children) and _passes(children[j][1]):
-            j += 1
-        if j < len(children) and _ends(children[j][1]):
-            yield key, [k for k, _ in children[i + 1 : j + 1]]
-
-
 def _plain(module):
     """Whether ``module``'s forward calls its children alone, or no forward
-    runs it (a plain ``nn.Sequential``; ``nn.ModuleList``, ``nn.ModuleDict``)."""
+    runs it (a plain ``nn.Sequential``; ``nn.ModuleList``, ``nn.ModuleDict``),
+    and no forward is set on the instance."""
     forward = type(module).forward
-    return forward is nn.Sequential.forward or forward is nn.Module.forward
+    plain = forward is nn.Sequential.forward or forward is nn.Module.forward
+    return plain and "forward" not in module.__dict__
 
 
 class _Traces:
@@ -210,15 +201,18 @@ class _Traces:
     (each traced in eval mode, its children as calls), read for chains in a
     forward: which layers a forward calls that are not its children's (a
     layer a block holds, called by the model around it, gave codes there),
-    and which forwards fx cannot trace (what they call is not known: no
-    chain in the modules they hold)."""
+    and which forwards fx cannot trace, or are set on the instance (fx traces
+    the class's): what they call is not known, no chain in the modules they
+    hold."""
 
     def __init__(self, model):
         self.graphs, self.outside, self.unknown = {}, set(), set()
         for name, module in model.named_modules():
-            if _plain(module) or not any(_starts(m) for m in module.modules()):
+            if _plain(module) or not module._modules:  # (no forward that
+                continue  # calls others: a layer)
+            if not any(_starts(m) for m in module.modules()):
                 continue
-            graph = self.graph(module)[0]
+            graph = None if "forward" in module.__dict__ else self.graph(module)[0]
             if graph is None:
                 self.unknown.add(name)
                 continue
@@ -232,25 +226,56 @@ class _Traces:
             stores = []
             with kept_state(module):
                 module.eval()  # (the branches the chains run in)
-                leaves = [m for m in module.modules() if m is not module]
-                leaves = [m for m in leaves if not _plain(m)]  # (its forward's:
-                graph = leaf_graph(module, leaves, stores)  # a list's blocks too)
+                # every module with a forward is a call (a list's blocks too;
+                # a sequence too: a call of one of its layers then shows)
+                leaves = [
+                    m
+                    for m in module.modules()
+                    if m is not module
+                    and (not _plain(m) or isinstance(m, nn.Sequential))
+                ]
+                graph = leaf_graph(module, leaves, stores)
             self.graphs[id(module)] = graph, stores[0]
         return self.graphs[id(module)]
 
+    def blocked(self, name):
+        """Whether module ``name`` or one around it has a forward that is not
+        known (:attr:`unknown`)."""
+        parts = name.split(".") if name else []
+        return any(".".join(parts[:i]) in self.unknown for i in range(len(parts) + 1))
+
+    def sequence_links(self, name, seq, seen):
+        """``(layer, keys of the modules between and of the next layer)`` of the
+        chains among ``seq``'s children, one after another: none in a sequence
+        held by a forward that is not known, nor from a layer that a forward
+        around calls itself (a loop over the sequence)."""
+        if self.blocked(name):
+            return
+        children = list(seq._modules.items())
+        for i, (key, layer) in enumerate(children):
+            if seen[id(layer)] > 1 or id(layer) in self.outside:
+                continue
+            if not _starts(layer):
+                continue
+            j = i + 1
+            while j < len(children) and _passes(children[j][1]):
+                j += 1
+            if j < len(children) and _ends(children[j][1]):
+                yield key, [k for k, _ in children[i + 1 : j + 1]]
+
     def links(self, name, parent, seen):
-        """The chains of :func:`_sequence_links` in the forward of ``parent``, a
+        """The chains of :meth:`sequence_links` in the forward of ``parent``, a
         module other than a sequence: a layer called once, by ``parent`` alone,
         whose output only a module to pass through reads, whose output only the
         next reads, ..., up to a quantized layer, all children of ``parent``
         (the output of ``parent`` is never codes). None where the forward takes
-        other inputs than one (fx traces a default ``None`` as a value: a
-        branch on it took the other path), stores values (``self.h = h``, a
-        list's ``append``: the stored codes), or fx cannot trace it or a
-        forward around it. A forward that takes another path later (a flag
+        other inputs than one tensor (fx traces a default ``None``, or an
+        item of a tuple, as a value: a branch on it took the other path),
+        stores values (``self.h = h``, a list's ``append``, anywhere the
+        module reaches: the stored codes), or fx cannot trace it or a forward
+        around it. A forward that takes another path later (a flag
         changed since) would give codes to what reads floats: chain again."""
-        above = name.split(".")[:-1]
-        if any(".".join(above[:i]) in self.unknown for i in range(len(above) + 1)):
+        if self.blocked(name):
             return
         try:
             params = list(inspect.signature(parent.forward).parameters.values())
@@ -262,7 +287,7 @@ class _Traces:
         ):
             return
         graph, stores = self.graph(parent)
-        if graph is None or stores:
+        if graph is None or stores or any(map(_unpacks, graph.nodes)):
             return
         children = {k: m for k, m in parent._modules.items() if m is not None}
         calls = [n for n in graph.nodes if n.op == "call_module"]
@@ -294,6 +319,17 @@ class _Traces:
                 if _ends(module):
                     yield node.target, keys
                 break
+
+
+def _unpacks(node):
+    """Whether ``node`` takes an item of the forward's input (a tuple or dict
+    given as one argument: fx traces its items, a default ``None`` among them
+    as a value, and a branch on it took the other path)."""
+    reads = (node.op == "call_function" and node.target is operator.getitem) or (
+        node.op == "call_method" and node.target in ("get", "items", "values")
+    )
+    of = node.args[0] if node.args else None
+    return reads and isinstance(of, torch.fx.Node) and of.op == "placeholder"
 
 
 def _unchain(model):

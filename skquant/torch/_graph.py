@@ -12,7 +12,11 @@
 """
 
 import copy
+import numbers
 import operator
+import types
+from collections import deque
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -386,22 +390,39 @@ def _containers(module):
 
 def leaf_graph(model, leaves, stores=None):
     """``model``'s ``torch.fx`` graph with the modules ``leaves`` (and torch's
-    own) kept as calls, or ``None`` where fx cannot trace it. The attributes the
-    trace's run of the forward assigns, and the contents of its lists, dicts
-    and sets, come back as they were (a symbolic trace computes on no tensor:
-    the modules' tensors are not copied); ``stores``, a list, gets whether
-    there were any (values the graph does not show being read)."""
+    own) kept as calls, or ``None`` where fx cannot trace it. The trace runs the
+    forward on a copy of ``model`` that shares its tensors and ``leaves`` (a
+    symbolic trace computes on no tensor), so what the forward stores (an
+    attribute, a list's ``append``, a deque, a namespace, a nested container)
+    lands in the copy; what it assigns on ``leaves`` comes back as it was (and
+    the contents of their lists, dicts and sets). ``stores``, a list, gets
+    whether there were any: a value of the trace reachable from the copy, or a
+    change on ``leaves`` (values the graph does not show being read). A model
+    that cannot be copied is traced itself, as the leaves are."""
+    leaves = list(leaves)
+    shared = {id(m): m for m in leaves}
+    for m in model.modules():
+        for v in m.__dict__.values():
+            if isinstance(v, torch.Tensor):
+                shared[id(v)] = v
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                shared[id(t)] = t
+    try:
+        traced = copy.deepcopy(model, shared)
+    except Exception:  # (a lock, a file: traced itself)
+        traced = model
     kept = [  # each module's attributes, and the contents of its containers
         (m, dict(m.__dict__), {k: copy.copy(v) for k, v in _containers(m)})
         for m in model.modules()
     ]
     try:
-        return _LeafTracer(leaves).trace(model)
+        return _LeafTracer(leaves).trace(traced)
     except Exception:  # a forward fx cannot trace
         return None
     finally:
         if stores is not None:
-            stores.append(_stored(kept))
+            stores.append(_stored(kept) or _leaked(traced))
         for m, attrs, contents in kept:
             m.__dict__.clear()
             m.__dict__.update(attrs)
@@ -411,6 +432,44 @@ def leaf_graph(model, leaves, stores=None):
                     attrs[k].extend(v)
                 else:
                     attrs[k].update(v)
+
+
+#: what :func:`_leaked` does not look into
+_OPAQUE = (
+    torch.Tensor,
+    str,
+    bytes,
+    numbers.Number,
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+)
+
+
+def _leaked(root, most=100_000):
+    """Whether a ``torch.fx`` proxy is reachable from ``root`` through mappings,
+    lists, tuples, sets, deques and objects' attributes (past ``most`` objects,
+    taken as reachable)."""
+    stack, seen = [root], set()
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.fx.Proxy):
+            return True
+        if obj is None or isinstance(obj, _OPAQUE) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if len(seen) > most:
+            return True
+        if isinstance(obj, Mapping):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset | deque):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return False
 
 
 def _stored(kept):
