@@ -6,6 +6,7 @@ import pickle
 import types
 import warnings
 
+import numpy as np
 import pytest
 
 from skquant import ActivationQuantizer, UniformQuantizer
@@ -851,3 +852,38 @@ def test_sequences_chain_under_a_forward_unless_it_calls_their_layers():
         with torch.no_grad():
             q(x)
         assert all(t.dtype == torch.float32 for t in q.outputs)
+
+
+def test_the_traces_copy_no_hook_objects_or_arrays():
+    """The traces run on a copy of each module: a hook that is a bound method
+    of another object (a trainer holding its data), or an array the module
+    holds, is shared with the copy, not copied."""
+
+    class Trainer:
+        copies = 0
+
+        def __deepcopy__(self, memo):
+            Trainer.copies += 1
+            return Trainer()
+
+        def log(self, module, inputs, output):
+            pass
+
+    from skquant.torch._graph import leaf_graph
+
+    class Held(Block):
+        def __init__(self):
+            super().__init__()
+            self.table = np.zeros(1000)
+
+    x = data(64)
+    net = Held()
+    net.pool.register_forward_hook(Trainer().log)  # (copied with the model)
+    q = quantized(net, x, fold_batchnorm=True)
+    q.relu.register_forward_pre_hook(lambda m, i: None)
+    table = q.table
+    Trainer.copies = 0  # (quantize_model copies the model, its hooks too)
+    assert chain_int8(q) == [("fc1", "fc2")]  # (the ReLU between is hooked)
+    assert Trainer.copies == 0 and q.table is table
+    assert leaf_graph(net, ()) is not None  # (as BatchNorm folding reads it)
+    assert Trainer.copies == 0

@@ -401,9 +401,10 @@ def leaf_graph(model, leaves, stores=None):
     that cannot be copied is traced itself, as the leaves are."""
     leaves = list(leaves)
     shared = {id(m): m for m in leaves}
-    for m in model.modules():
-        for v in m.__dict__.values():
-            if isinstance(v, torch.Tensor):
+    for m in model.modules():  # (and its hook tables, and arrays: a hook
+        # that is a bound method would copy its object)
+        for k, v in m.__dict__.items():
+            if isinstance(v, torch.Tensor | np.ndarray) or "hook" in k:
                 shared[id(v)] = v
         for t in (*m._parameters.values(), *m._buffers.values()):
             if t is not None:
