@@ -32,8 +32,10 @@ class LayerBitAllocator(BaseEstimator):
     :func:`skquant.torch.measure_sensitivity` for a torch model), then picks one
     choice of ``bits`` per layer: the smallest total size whose cost is at most
     ``max_cost``, or the lowest cost within ``budget`` bits. The choice is an
-    integer program solved exactly (:func:`~skquant.allocate_bits`), or greedily
-    (``solver="greedy"``) for comparison. :meth:`quantizers` turns the table into
+    integer program solved exactly (:func:`~skquant.allocate_bits`; a table it
+    cannot prove optimal within its ``time_limit`` of 10 s gives the best answer
+    found, with a ``ConvergenceWarning``), or greedily (``solver="greedy"``) for
+    comparison. :meth:`quantizers` turns the table into
     the per-layer quantizer mapping that :class:`~skquant.QuantizedMLP` and
     :func:`skquant.torch.quantize_model` take.
 
