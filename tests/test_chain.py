@@ -2,7 +2,9 @@
 
 import collections
 import copy
+import functools
 import pickle
+import threading
 import types
 import warnings
 
@@ -663,9 +665,18 @@ def test_blocks_in_a_module_list_chain():
     assert_near(after, before)
 
 
+class Slotted:
+    __slots__ = ("h",)
+
+    def __init__(self):
+        self.h = None
+
+
 class Stored(Block):
     """A Block whose forward keeps conv1's output where the graph shows no read:
     ``how`` names the place."""
+
+    shared = []  # (on the class)
 
     def __init__(self, how):
         super().__init__()
@@ -678,6 +689,7 @@ class Stored(Block):
         )
         self.space = types.SimpleNamespace(h=None)
         object.__setattr__(self, "sink", nn.Module())  # (not registered)
+        self.slotted = Slotted()
 
     def forward(self, x):
         a = self.conv1(self.relu(self.stem(x)))
@@ -690,6 +702,10 @@ class Stored(Block):
             "namespace": lambda: setattr(self.space, "h", a),
             "unregistered module": lambda: setattr(self.sink, "h", a),
             "child": lambda: setattr(self.conv2, "seen", a),
+            "partial": lambda: setattr(self, "get", functools.partial(abs, a)),
+            "closure": lambda: setattr(self, "get", lambda: a),
+            "slots": lambda: setattr(self.slotted, "h", a),
+            "class list": lambda: Stored.shared.append(a),
         }[self.how]()
         out = self.conv2(self.relu(self.bn1(a)))
         return self.fc2(self.act(self.fc1(self.pool(out).flatten(1))))
@@ -704,6 +720,10 @@ STORED = [
     "namespace",
     "unregistered module",
     "child",
+    "partial",
+    "closure",
+    "slots",
+    "class list",
 ]
 
 
@@ -721,11 +741,15 @@ def test_a_forward_that_stores_a_value_anywhere_chains_nothing_there(how):
     q.space.h = None
     q.sink.__dict__.pop("h", None)
     q.conv2.__dict__.pop("seen", None)
+    q.slotted.h = None
+    Stored.shared.clear()
+    q.__dict__.pop("get", None)
     assert chain_int8(q) == []
     for kept in (q._list, q.nested["feats"], q.queue, q.ordered, q.by_key):
         assert len(kept) == 0  # (the trace left nothing behind)
     assert q.space.h is None and not hasattr(q.sink, "h")
-    assert not hasattr(q.conv2, "seen")
+    assert not hasattr(q.conv2, "seen") and not hasattr(q, "get")
+    assert q.slotted.h is None and Stored.shared == []
     with torch.no_grad():
         q(x)
     stored = {
@@ -737,15 +761,28 @@ def test_a_forward_that_stores_a_value_anywhere_chains_nothing_there(how):
         "namespace": lambda: q.space.h,
         "unregistered module": lambda: q.sink.h,
         "child": lambda: q.conv2.seen,
+        "partial": lambda: q.get.args[0],
+        "closure": lambda: q.get(),
+        "slots": lambda: q.slotted.h,
+        "class list": lambda: Stored.shared[-1],
     }[how]()
     assert stored.dtype == torch.float32
 
 
+Pair = collections.namedtuple("Pair", "x skip")
+
+
 class Packed(Block):
-    """A block given one tuple (or dict) whose second item may be None."""
+    """A block given one tuple, dict or namedtuple (its fields read by name)
+    whose second item may be None."""
 
     def forward(self, inp):
-        x, skip = (inp["x"], inp.get("skip")) if isinstance(inp, dict) else inp
+        if self.fields:  # (fx traces a proxy for the namedtuple)
+            x, skip = inp.x, inp.skip
+        elif isinstance(inp, dict):
+            x, skip = inp["x"], inp.get("skip")
+        else:
+            x, skip = inp
         a = self.conv1(self.relu(self.stem(x)))
         skip = a if skip is None else skip
         out = self.conv2(self.relu(self.bn1(a))) + skip
@@ -758,15 +795,19 @@ class Caller(nn.Module):
         self.block, self.as_dict = block, as_dict
 
     def forward(self, x):
+        if self.as_dict == "namedtuple":
+            return self.block(Pair(x, None))
         return self.block({"x": x} if self.as_dict else (x, None))
 
 
-@pytest.mark.parametrize("as_dict", [False, True])
+@pytest.mark.parametrize("as_dict", [False, True, "namedtuple"])
 def test_a_forward_given_one_tuple_or_dict_chains_nothing(as_dict):
     """fx traced the None of ``(x, None)`` as a value: conv1 chained, and its
     codes reached the sum (a torch error)."""
     x = data(64)
-    q = quantized(Caller(Packed(), as_dict).eval(), x, fold_batchnorm=True)
+    block = Packed()
+    block.fields = as_dict == "namedtuple"
+    q = quantized(Caller(block, as_dict).eval(), x, fold_batchnorm=True)
     with torch.no_grad():
         before = q(x)
         assert chain_int8(q) == []
@@ -887,3 +928,43 @@ def test_the_traces_copy_no_hook_objects_or_arrays():
     assert Trainer.copies == 0 and q.table is table
     assert leaf_graph(net, ()) is not None  # (as BatchNorm folding reads it)
     assert Trainer.copies == 0
+
+
+_UNSET = object()
+
+
+class Reset(Block):
+    """A block whose forward compares an attribute with a sentinel, and that
+    indexes its tensor input (its chains stay)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = 1.0  # (BatchNorms folded: conv1 has one reader)
+
+    def forward(self, x):
+        x = x[:, :3]
+        a = self.conv1(self.relu(self.stem(x)))
+        out = self.conv2(self.relu(self.bn1(a)))
+        if self.scale is _UNSET:  # (a copied sentinel took the other branch)
+            out = out + a
+        return self.fc2(self.act(self.fc1(self.pool(out).flatten(1))))
+
+
+def test_sentinels_keep_their_identity_and_tensor_indexing_chains():
+    """The trace's copy shares objects other than modules and containers: a
+    sentinel compared by identity took the other branch in a deep copy (conv1
+    chained, its codes reached the sum: a torch error); a lock the model holds
+    is no obstacle. Indexing the tensor input (``x[:, :3]``) is not reading an
+    item of a tuple: the block still chains."""
+    x = data(64)
+    q = quantized(Reset(), x, fold_batchnorm=True)
+    q.scale = _UNSET
+    q.lock = threading.Lock()
+    with torch.no_grad():
+        before = q(x)
+        assert chain_int8(q) == [("stem", "conv1"), ("fc1", "fc2")]
+        assert_near(q(x), before)
+    q.scale = 1.0
+    assert chain_int8(q) == [("stem", "conv1"), ("conv1", "conv2"), ("fc1", "fc2")]
+    with torch.no_grad():
+        assert_near(q(x), q.eval()(x))

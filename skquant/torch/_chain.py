@@ -80,13 +80,15 @@ def chain_int8(model, enable=True):
     the same holds where the layer is called once, by that forward alone,
     and its output, and each module's between, is read by the next module
     alone, all children of that module (its output stays float). A forward
-    that takes more than one tensor (another argument, or items of one tuple
-    or dict), keeps a value anywhere the model reaches (an attribute, a
-    container, nested or not, a namespace, a module it does not register),
-    that fx cannot trace or that is set on the instance chains nothing, nor
-    do the modules it holds for the last two, nor the layers of a sequence
-    that a forward around calls itself; a value kept where the model does
-    not reach (a global list) is not seen: do not chain such a model. A
+    that takes more than one tensor (another argument, or the items or fields
+    of one tuple, dict, namedtuple or dataclass), keeps a value where the
+    model reaches it (an attribute, a container, nested or not, a namespace,
+    an object's attributes or slots, a partial function or closure, a module
+    it does not register, a list on its class), that fx cannot trace or that
+    is set on the instance chains nothing, nor do the modules it holds for
+    the last two, nor the layers of a sequence that a forward around calls
+    itself; a value kept where the model does not reach (a global list) is
+    not seen: do not chain such a model. A
     chain runs in eval mode (its container's too), with nothing that needs
     gradients (under ``torch.no_grad`` or
     ``torch.inference_mode``, or frozen biases), on the next layer's grid as
@@ -322,14 +324,22 @@ class _Traces:
 
 
 def _unpacks(node):
-    """Whether ``node`` takes an item of the forward's input (a tuple or dict
-    given as one argument: fx traces its items, a default ``None`` among them
-    as a value, and a branch on it took the other path)."""
-    reads = (node.op == "call_function" and node.target is operator.getitem) or (
-        node.op == "call_method" and node.target in ("get", "items", "values")
-    )
+    """Whether ``node`` takes an item or a field of the forward's input (a
+    tuple, dict, namedtuple or dataclass given as one argument: fx traces its
+    items, a default ``None`` among them as a value, and a branch on it took
+    the other path); a tensor's indexing (slices, ``None``, ``...``) and its
+    attributes (``x.shape``) are not."""
     of = node.args[0] if node.args else None
-    return reads and isinstance(of, torch.fx.Node) and of.op == "placeholder"
+    if not (isinstance(of, torch.fx.Node) and of.op == "placeholder"):
+        return False
+    if node.op == "call_method":
+        return node.target in ("get", "items", "values", "keys")
+    if node.op != "call_function" or len(node.args) < 2:
+        return False
+    key = node.args[1]
+    if node.target is operator.getitem:
+        return isinstance(key, int | str) and not isinstance(key, bool)
+    return node.target is getattr and not hasattr(torch.Tensor, key)
 
 
 def _unchain(model):

@@ -11,12 +11,7 @@
   those need torch's layout for a contiguous input).
 """
 
-import copy
-import numbers
 import operator
-import types
-from collections import deque
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -27,6 +22,7 @@ from ._capture import StopForward, layer_input
 from ._data import cloned, output_tensor
 from ._layout import matrix_to_weight, to_numpy
 from ._state import ForwardState
+from ._tracecopy import Undo, leaked, structure_copy
 
 __all__ = ["GraphWalk", "layer_outputs", "leaf_graph", "trace", "viewed_outputs"]
 
@@ -379,117 +375,31 @@ class _LeafTracer(torch.fx.Tracer):
         return id(m) in self.leaves or super().is_leaf_module(m, qualname)
 
 
-def _containers(module):
-    """``module``'s plain list, dict and set attributes (not torch's own)."""
-    return [
-        (k, v)
-        for k, v in module.__dict__.items()
-        if type(v) in (list, dict, set) and not k.startswith("_")
-    ]
-
-
 def leaf_graph(model, leaves, stores=None):
     """``model``'s ``torch.fx`` graph with the modules ``leaves`` (and torch's
     own) kept as calls, or ``None`` where fx cannot trace it. The trace runs the
-    forward on a copy of ``model`` that shares its tensors and ``leaves`` (a
-    symbolic trace computes on no tensor), so what the forward stores (an
-    attribute, a list's ``append``, a deque, a namespace, a nested container)
-    lands in the copy; what it assigns on ``leaves`` comes back as it was (and
-    the contents of their lists, dicts and sets). ``stores``, a list, gets
-    whether there were any: a value of the trace reachable from the copy, or a
-    change on ``leaves`` (values the graph does not show being read). A model
-    that cannot be copied is traced itself, as the leaves are."""
+    forward on :func:`~._tracecopy.structure_copy` of ``model`` (its modules
+    but ``leaves`` and its built-in containers copied; tensors and every other
+    object shared), so that what the forward keeps lands in the copy; what it
+    sets on ``leaves`` and on the objects shared comes back as it was
+    (:class:`~._tracecopy.Undo`). ``stores``, a list, gets whether there were
+    any: a value of the trace reachable from the copy, or a change (values the
+    graph does not show being read)."""
     leaves = list(leaves)
-    shared = {id(m): m for m in leaves}
-    for m in model.modules():  # (and its hook tables, and arrays: a hook
-        # that is a bound method would copy its object)
-        for k, v in m.__dict__.items():
-            if isinstance(v, torch.Tensor | np.ndarray) or "hook" in k:
-                shared[id(v)] = v
-        for t in (*m._parameters.values(), *m._buffers.values()):
-            if t is not None:
-                shared[id(t)] = t
+    shared = []
     try:
-        traced = copy.deepcopy(model, shared)
-    except Exception:  # (a lock, a file: traced itself)
-        traced = model
-    kept = [  # each module's attributes, and the contents of its containers
-        (m, dict(m.__dict__), {k: copy.copy(v) for k, v in _containers(m)})
-        for m in model.modules()
-    ]
+        traced = structure_copy(model, {id(m): m for m in leaves}, shared)
+    except Exception:  # (a module that cannot be made: traced itself)
+        traced, shared = model, []
+    undo = Undo([*traced.modules(), *leaves, *shared])
     try:
         return _LeafTracer(leaves).trace(traced)
     except Exception:  # a forward fx cannot trace
         return None
     finally:
         if stores is not None:
-            stores.append(_stored(kept) or _leaked(traced))
-        for m, attrs, contents in kept:
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
-            for k, v in contents.items():  # (a list a forward appends to)
-                attrs[k].clear()
-                if isinstance(v, list):
-                    attrs[k].extend(v)
-                else:
-                    attrs[k].update(v)
-
-
-#: what :func:`_leaked` does not look into
-_OPAQUE = (
-    torch.Tensor,
-    str,
-    bytes,
-    numbers.Number,
-    type,
-    types.ModuleType,
-    types.FunctionType,
-    types.BuiltinFunctionType,
-    types.MethodType,
-)
-
-
-def _leaked(root, most=100_000):
-    """Whether a ``torch.fx`` proxy is reachable from ``root`` through mappings,
-    lists, tuples, sets, deques and objects' attributes (past ``most`` objects,
-    taken as reachable)."""
-    stack, seen = [root], set()
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, torch.fx.Proxy):
-            return True
-        if obj is None or isinstance(obj, _OPAQUE) or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if len(seen) > most:
-            return True
-        if isinstance(obj, Mapping):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, list | tuple | set | frozenset | deque):
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__"):
-            stack.extend(vars(obj).values())
-    return False
-
-
-def _stored(kept):
-    """Whether a module's attributes or containers differ from ``kept``
-    (:func:`leaf_graph`'s record of them)."""
-    for m, attrs, contents in kept:
-        now = m.__dict__
-        if now.keys() != attrs.keys() or any(now[k] is not v for k, v in attrs.items()):
-            return True
-        for k, v in contents.items():
-            held = attrs[k]
-            if len(held) != len(v):
-                return True
-            pairs = zip(held, v) if isinstance(v, list) else ()
-            if isinstance(v, dict):
-                pairs = ((held.get(x), y) for x, y in v.items())
-            if any(a is not b for a, b in pairs) or (isinstance(v, set) and held != v):
-                return True
-    return False
+            stores.append(undo.changed() or leaked(traced))
+        undo.restore()
 
 
 def viewed_outputs(model, layers):
