@@ -1,6 +1,7 @@
 """LayerBitAllocator: measured sensitivity, exact per-layer bit-widths, mapping."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -317,3 +318,22 @@ def test_a_solver_set_after_fit_is_checked(fitted):
     alloc.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
     with pytest.raises(ValueError, match="got solver='bogus' instead"):
         alloc.allocate(max_cost=1.0)
+
+
+def test_the_time_limit_reaches_each_allocation(fitted):
+    """time_limit bounds allocate() and pareto_front() (each exact solve): a
+    limit spent before the first solve returns the best answer known, with a
+    warning naming it; None lifts it."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    alloc = clone(fitted).set_params(time_limit=1e-9)
+    alloc.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+    target = 0.5 * alloc.cost_.max(axis=1).sum()
+    with pytest.warns(ConvergenceWarning, match="time_limit=1e-09"):
+        alloc.allocate(max_cost=target)
+    with pytest.warns(ConvergenceWarning, match="time_limit=1e-09"):
+        alloc.pareto_front(n_points=3)
+    alloc.set_params(time_limit=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        assert alloc.allocate(max_cost=1.0) == fitted.bits_

@@ -62,6 +62,9 @@ def test_layer_bit_allocator_pickle(expected):
     bits = np.array([alloc.bits_[k] for k in sorted(alloc.bits_)])
     np.testing.assert_array_equal(bits, expected["bits"])
     assert type(alloc.sensitivity_).__name__ == "SensitivityResult"
+    assert alloc.get_params()["time_limit"] == 10.0  # (a parameter since)
+    before = dict(alloc.bits_)
+    assert alloc.allocate(max_cost=1.0) == before  # (its default target, again)
 
 
 def test_unknown_old_name_is_an_attribute_error():

@@ -9,12 +9,14 @@ differ in size; :func:`allocate_bits` solves it exactly as a small integer progr
 
 import contextlib
 import functools
+import heapq
 import math
 import numbers
 import os
 import sys
 import time
 import warnings
+from fractions import Fraction
 
 import numpy as np
 from joblib import delayed
@@ -80,10 +82,12 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     With ``x[i, j] = 1`` when layer ``i`` takes choice ``j`` (one per layer), either
     minimise the total cost ``sum cost[i, j] x[i, j]`` subject to the total size
     ``sum size[i, j] x[i, j] <= budget``, or minimise the total size subject to the
-    total cost ``<= max_cost``. Solved as an integer program (HiGHS), so the answer
-    is optimal, not greedy (to HiGHS' tolerances, scaled to 1e-12 of what a
-    feasible answer takes; never worse than :func:`greedy_bits`), unless
-    ``time_limit`` ends the search first.
+    total cost ``<= max_cost``, the limited total summed exactly (a plain sum
+    of large entries rounds: it may fall a little below the limit where the
+    exact sum is above it). Solved as an integer program (HiGHS), so the
+    answer is optimal, not greedy (to HiGHS' tolerances, scaled to 1e-12 of
+    what a feasible answer takes; never worse than :func:`greedy_bits` where
+    greedy's answer fits), unless ``time_limit`` ends the search first.
 
     Parameters
     ----------
@@ -149,60 +153,58 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
         )
     if time_limit is not None:
         time_limit = check_positive(time_limit, "time_limit")
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     n, k = cost.shape
     if budget is not None:
         budget = _check_limit(budget, "budget")
-        smallest = float(size.min(axis=1).sum())
-        largest = float(size.max(axis=1).sum())
-        if budget < smallest:
+        if not _at_most(size.min(axis=1), budget):
             raise ValueError(
                 f"budget={budget!r} is below the smallest possible total size "
-                f"{smallest!r}: no choice fits."
+                f"{math.fsum(size.min(axis=1))!r} (summed exactly): no choice fits."
             )
-        if budget >= largest:  # it constrains nothing: each layer's cheapest
+        if _at_most(size.max(axis=1), budget):  # it constrains nothing: each
+            # layer's cheapest
             # choice (the smallest of equally cheap ones)
             return np.lexsort((size, cost), axis=1)[:, 0]
         objective, limit_row, limit = cost, size, budget
     else:
         max_cost = _check_limit(max_cost, "max_cost")
-        lowest = float(cost.min(axis=1).sum())
-        if max_cost < lowest:
+        if not _at_most(cost.min(axis=1), max_cost):
             raise ValueError(
                 f"max_cost={max_cost!r} is below the lowest possible total cost "
-                f"{lowest!r}: no choice meets it."
+                f"{math.fsum(cost.min(axis=1))!r} (summed exactly): no choice meets it."
             )
         objective, limit_row, limit = size, cost, max_cost
     rows = np.repeat(np.arange(n), k)
     one_each = coo_matrix((np.ones(n * k), (rows, np.arange(n * k))), shape=(n, n * k))
-    # HiGHS accepts violations within an absolute tolerance (1e-6): the limit
-    # row, less each row's smallest value (the room left above the smallest
-    # total), is scaled to make that room 1e6; a choice that alone would take
-    # more than twice the room is in no feasible answer, and is given twice it
+    at = np.arange(n)
+
+    def fits(c):  # (the chosen entries' exact sum)
+        return _at_most(limit_row[at, c], limit)
+
+    # HiGHS accepts violations within a tolerance (1e-6, of its own scaling of
+    # the rows): the limit row, less each row's smallest value (the room left
+    # above the smallest total, summed exactly: sizes of 1e15 plus small
+    # integers left a room below the rounding of a plain sum), is scaled to
+    # make that room (and a little: ``top``) 1e6; a choice that alone would
+    # take more than twice it is in no feasible answer, and is given twice it
     # (scaled to its largest entry instead, one layer's binary noise hid the
     # others' differences at an exactly reachable target)
     base = limit_row.min(axis=1, keepdims=True)
-    # (the room summed exactly: rounded at the limit's scale, sizes of 1e15
-    # plus small integers left a room below its own rounding error)
     room = math.fsum([limit, *(-base.ravel())])
-    at = np.arange(n)
-    # (with room to spare, 1e-9 of it and its last digits: HiGHS' presolve cut
-    # off optima exactly at the limit, and an answer over it is repaired or
-    # solved again below); then, where the rounding of sums as large as the
-    # limit is more than that spare (sizes of 1e15 plus small numbers, or no
-    # room at all), once more with it added, for answers no worse that fit as
-    # the sums round
-    rounding = 4 * (n + 1) * float(np.spacing(abs(limit)))
-    if room + rounding <= 0:  # (each layer's smallest choice)
+    if room <= 0:  # (the smallest total only: each layer's smallest choice)
         return np.lexsort((objective, limit_row), axis=1)[:, 0]
-    scale = room if room > 0 else rounding
-    cap = 2 * (max(room, 0.0) + rounding)
-    flat = (np.minimum(limit_row - base, cap) / scale * 1e6).ravel()
-    spare = 1e-9 * scale + 4 * (n + 1) * float(np.spacing(scale))
-    bounds = []  # (divided: a subnormal room's 1e6 / room is inf)
-    if room > 0:
-        bounds.append((False, (room + spare) / scale * 1e6))
-    if rounding > spare or room <= 0:
-        bounds.append((True, (room + spare + rounding) / scale * 1e6))
+    above = limit_row - base
+    # (with room to spare, 1e-9 of it and its last digits: HiGHS' presolve
+    # cut off optima exactly at the limit; an answer over it is cut off below)
+    top = room + 1e-9 * room + 4 * (n + 1) * float(np.spacing(room))
+    step = _integer_step(above)
+    if step:  # totals in whole steps (sizes in bits): the top half a step
+        # above the last whole one (a room of 4 less 3e-9 let every total of
+        # 4 in, each cut off in turn)
+        top = math.floor(room / step) * step + step / 2
+    flat = (np.minimum(above, 2 * top) / top * 1e6).ravel()
+    bound = 1e6
     # HiGHS also stops within an absolute gap (1e-6) of the best bound: with
     # objective values far below it (the noise of layers at 10 to 16 bits) it
     # stopped at 15x the optimal noise. Each layer takes one choice, so less its
@@ -223,69 +225,95 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     shifted = objective - objective.min(axis=1, keepdims=True)
     safe = np.lexsort((shifted, limit_row), axis=1)[:, 0]
     greedy = greedy_bits(cost, size, budget=budget, max_cost=max_cost)
-    if limit_row[at, greedy].sum() <= limit:
+    if fits(greedy):
         safe = min(safe, greedy, key=total)
     best = float(shifted[at, safe].sum())
     if best == 0.0:  # (the lowest objective there is)
         return safe
     objective = np.minimum(shifted, 2 * best) / best * 1e6
-    deadline = None if time_limit is None else time.monotonic() + time_limit
 
     one_each = LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n))
     cuts = []
-    for loose, bound in bounds:
-        for _ in range(16):
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                _warn_time(time_limit, None)
-                return safe
-            rows = [one_each, LinearConstraint(flat.reshape(1, -1), ub=bound), *cuts]
-            if loose:  # (no worse than the answer so far)
-                scaled = objective.ravel()
-                rows.append(LinearConstraint(scaled, ub=objective[at, safe].sum()))
-            with _quiet_c_stdout():
-                res = _solve(objective, rows, n * k, left)
-            if res.status == 1:  # (the time ran out: HiGHS' best answer, if any)
-                _warn_time(time_limit, getattr(res, "mip_gap", None))
-            elif res.status != 0:  # (every answer left cut off)
-                break
-            if res.x is None:
-                return safe
-            choice = np.argmax(res.x.reshape(n, k), axis=1)
-            fits = limit_row[at, choice].sum() <= limit
-            if fits and total(choice) <= total(safe):
-                safe = choice
-            if not fits:
-                # HiGHS accepts violations within its feasibility and
-                # integrality tolerances (a 0-1 variable 1e-7 off, times an
-                # entry of 1e6), and the bound has room to spare: of the
-                # answers one layer's change away, the best that fits, and
-                # solve again without this answer (a cut that only it
-                # violates: a bound tightened below it cut off optima at the
-                # limit)
-                for i, j in np.ndindex(n, k):
-                    near = choice.copy()
-                    near[i] = j
-                    if limit_row[at, near].sum() <= limit and total(near) < total(safe):
-                        safe = near
-                picked = np.zeros(n * k)
-                picked[at * k + choice] = 1.0
-                cuts.append(LinearConstraint(picked.reshape(1, -1), ub=n - 1))
-            now = float(shifted[at, safe].sum())
-            if res.status == 1 or now == 0.0:
-                return safe
-            if now < best / 2:  # scaled to an answer far above the optimum,
-                # the gap hid differences near it (one layer's 1e-10 against
-                # greedy's 1e8): scaled again to the better answer, solved again
-                best = now
-                objective = np.minimum(shifted, 2 * best) / best * 1e6
-            elif fits:
-                break
+    for _ in range(_SOLVES):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            _warn_time(time_limit, None)
+            return safe
+        rows = [one_each, LinearConstraint(flat.reshape(1, -1), ub=bound), *cuts]
+        with _quiet_c_stdout():
+            res = _solve(objective, rows, n * k, left)
+        if res.status == 1:  # (the time ran out: HiGHS' best answer, if any)
+            _warn_time(time_limit, getattr(res, "mip_gap", None))
+        elif res.status != 0:  # (every answer left cut off)
+            return safe
+        if res.x is None:
+            return safe
+        choice = np.argmax(res.x.reshape(n, k), axis=1)
+        fit = fits(choice)
+        if fit and total(choice) <= total(safe):
+            safe = choice
+        if not fit:
+            # HiGHS accepts violations within its feasibility and integrality
+            # tolerances (a 0-1 variable 1e-7 off, times an entry of 1e6), and
+            # the bound has room to spare: of the answers one layer's change
+            # away, the best that fits; then this answer is cut off (a cut
+            # that only it violates) and the bound comes down to half its
+            # excess (every answer as far over is over too: of integer sizes
+            # near 1e12, the spare let dozens in)
+            for i, j in np.ndindex(n, k):
+                near = choice.copy()
+                near[i] = j
+                if total(near) < total(safe) and fits(near):
+                    safe = near
+            picked = np.zeros(n * k)
+            picked[at * k + choice] = 1.0
+            cuts.append(LinearConstraint(picked.reshape(1, -1), ub=n - 1))
+            over = math.fsum([*above[at, choice], -room])
+            bound = min(bound, (room + over / 2) / top * 1e6)
+        now = float(shifted[at, safe].sum())
+        if res.status == 1 or now == 0.0:
+            return safe
+        if now < best / 2:  # scaled to an answer far above the optimum, the
+            # gap hid differences near it (one layer's 1e-10 against greedy's
+            # 1e8): scaled again to the better answer, solved again
+            best = now
+            objective = np.minimum(shifted, 2 * best) / best * 1e6
+        elif fit:
+            return safe
+    warnings.warn(
+        f"allocate_bits stopped after {_SOLVES} solves that gave answers over "
+        f"the limit {limit!r}: its answer, the best of those that fit, may not be "
+        "optimal.",
+        ConvergenceWarning,
+        stacklevel=2,
+    )
     return safe
 
 
+def _integer_step(above):
+    """The greatest common divisor of ``above``'s entries where they are whole
+    numbers below 2**53 (not all zero), else 0."""
+    if not np.all(above == np.floor(above)) or above.max() >= 2.0**53:
+        return 0
+    return int(np.gcd.reduce(above.astype(np.int64).ravel()))
+
+
+def _at_most(values, limit):
+    """Whether the exact sum of ``values`` is at most ``limit`` (``math.fsum``
+    rounds it correctly: a tie is settled in fractions)."""
+    total = math.fsum(values)
+    if total != limit:
+        return total < limit
+    return sum(map(Fraction, values)) <= Fraction(limit)
+
+
+#: most solves of :func:`allocate_bits` (each answer over the limit is cut
+#: off, and the bound comes down, before the next)
+_SOLVES = 64
+
+
 def _warn_time(time_limit, gap):
-    found = "" if gap is None else f" (HiGHS' relative gap to its bound: {gap:.2g})"
+    found = "" if gap is None else f" (HiGHS' relative gap: {gap:.2g})"
     warnings.warn(
         f"allocate_bits reached time_limit={time_limit!r} s before proving its "
         f"answer optimal{found}; it returns the best answer found, never worse "
@@ -359,28 +387,48 @@ def greedy_bits(cost, size, *, budget=None, max_cost=None):
             f"{'budget' if up else 'max_cost'}={limit!r} is below the smallest "
             f"possible total {used!r}: no choice fits."
         )
-    while True:
-        best, best_ratio = None, None
-        for i in range(n):
-            nxt = pos[i] + 1 if up else pos[i] - 1
-            if not 0 <= nxt < size.shape[1]:
-                continue
-            a, b = order[i, pos[i]], order[i, nxt]
-            d_size = abs(size[i, b] - size[i, a])
-            d_cost = cost[i, a] - cost[i, b] if up else cost[i, b] - cost[i, a]
-            extra = d_size if up else d_cost
-            if used + extra > limit or d_size <= 0:
-                continue
-            with np.errstate(over="ignore"):  # (an infinite ratio is the largest)
-                ratio = d_cost / d_size  # drop per bit (up) / rise per bit (down)
-            if best is None or (ratio > best_ratio if up else ratio < best_ratio):
-                best, best_ratio = i, ratio
-        if best is None or (up and best_ratio <= 0):
-            return order[rows, pos]
-        nxt = pos[best] + 1 if up else pos[best] - 1
-        a, b = order[best, pos[best]], order[best, nxt]
-        used += (size if up else cost)[best, b] - (size if up else cost)[best, a]
-        pos[best] = nxt
+    # the next step of each layer in a heap by its ratio (then by layer: the
+    # first of equal ones), ``(drop per bit, layer)`` up (negated: the largest
+    # first), ``(rise per bit, layer)`` down; a step that does not fit waits
+    # until the total falls (a downgrade may lower the cost)
+    values = (size if up else cost).tolist()
+    sizes, costs, order = size.tolist(), cost.tolist(), order.tolist()
+    pos = pos.tolist()
+    k = size.shape[1]
+
+    def step(i):
+        nxt = pos[i] + 1 if up else pos[i] - 1
+        if not 0 <= nxt < k:
+            return None
+        a, b = order[i][pos[i]], order[i][nxt]
+        d_size = abs(sizes[i][b] - sizes[i][a])
+        if d_size <= 0:
+            return None
+        d_cost = costs[i][a] - costs[i][b] if up else costs[i][b] - costs[i][a]
+        ratio = d_cost / d_size  # (an overflow is inf: the largest)
+        return (-ratio if up else ratio), i
+
+    heap = [entry for i in range(n) if (entry := step(i)) is not None]
+    heapq.heapify(heap)
+    waiting = []
+    while heap:
+        key, i = heapq.heappop(heap)
+        a, b = order[i][pos[i]], order[i][pos[i] + 1 if up else pos[i] - 1]
+        extra = values[i][b] - values[i][a]
+        if used + (abs(extra) if up else extra) > limit:
+            waiting.append((key, i))
+            continue
+        if up and -key <= 0:
+            break
+        used += extra
+        pos[i] += 1 if up else -1
+        if extra < 0 and waiting:  # (the total fell: they may fit now)
+            for entry in waiting:
+                heapq.heappush(heap, entry)
+            waiting = []
+        if (entry := step(i)) is not None:
+            heapq.heappush(heap, entry)
+    return np.array(order)[rows, pos]
 
 
 def pareto_choices(
@@ -438,6 +486,8 @@ def pareto_choices(
         raise ValueError(
             f"solver must be 'exact' or 'greedy', got solver={solver!r} instead."
         )
+    if time_limit is not None:
+        time_limit = check_positive(time_limit, "time_limit")
     if solver == "exact":
         solve = functools.partial(allocate_bits, time_limit=time_limit)
     else:
@@ -461,7 +511,12 @@ def pareto_choices(
 
 
 def _solve(objective, constraints, n_vars, time_limit=None):
-    options = {"mip_rel_gap": 0.0}  # exact, not within HiGHS' default 0.01%
+    # exact, not within HiGHS' default 0.01%; no presolve: it reported an
+    # answer as optimal (0.44) where one within HiGHS' tolerance of the limit
+    # (its rows scaled: 0.2% of the room) cost 0, and the optimum 0.30 (a 5 x 4
+    # table, sizes 2.1e8 plus small integers); without it, the 40 x 8 table of
+    # benchmarks/check_allocation.py is proven optimal in 10 s
+    options = {"mip_rel_gap": 0.0, "presolve": False}
     if time_limit is not None:
         options["time_limit"] = time_limit
     return milp(

@@ -1,5 +1,6 @@
 """Per-layer bit-widths as an estimator: measure the sensitivity, allocate exactly."""
 
+import inspect
 import numbers
 from collections.abc import Mapping
 
@@ -68,6 +69,10 @@ class LayerBitAllocator(BaseEstimator):
         The accuracy drop that defines ``t``.
     solver : {"exact", "greedy"}, default="exact"
         The integer program, or the greedy marginal allocation.
+    time_limit : float or None, default=10.0
+        Seconds each exact allocation may take (:func:`~skquant.allocate_bits`:
+        the best answer found by then, with a ``ConvergenceWarning``); ``None``:
+        no limit.
     max_samples : int or None, default=2000
         Rows of ``X`` measured on.
     skip : sequence of str or module classes, default=()
@@ -140,6 +145,7 @@ class LayerBitAllocator(BaseEstimator):
         "threshold": [StrOptions({"margin", "empirical"})],
         "tolerance": [Interval(numbers.Real, 0, 1, closed="neither")],
         "solver": [StrOptions({"exact", "greedy"})],
+        "time_limit": [None, Interval(numbers.Real, 0, None, closed="neither")],
         "max_samples": [None, Interval(numbers.Integral, 1, None, closed="left")],
         "skip": ["array-like", str, type],
         "classifier": [None, "boolean"],
@@ -161,6 +167,7 @@ class LayerBitAllocator(BaseEstimator):
         threshold="margin",
         tolerance=0.005,
         solver="exact",
+        time_limit=10.0,
         max_samples=2000,
         skip=(),
         classifier=None,
@@ -178,6 +185,7 @@ class LayerBitAllocator(BaseEstimator):
         self.threshold = threshold
         self.tolerance = tolerance
         self.solver = solver
+        self.time_limit = time_limit
         self.max_samples = max_samples
         self.skip = skip
         self.classifier = classifier
@@ -287,6 +295,13 @@ class LayerBitAllocator(BaseEstimator):
             "budget (total bits) or max_cost."
         )
 
+    def __setstate__(self, state):  # (pickled before some parameters were
+        # ones: their defaults)
+        for name, p in inspect.signature(type(self).__init__).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                state.setdefault(name, p.default)
+        super().__setstate__(state)
+
     def _finite_cost(self):
         """``cost_`` with infinite costs (a layer tolerating no noise) made huge."""
         return np.nan_to_num(self.cost_, posinf=np.finfo(np.float64).max / 1e6)
@@ -297,12 +312,19 @@ class LayerBitAllocator(BaseEstimator):
                 "solver must be 'exact' or 'greedy', got "
                 f"solver={self.solver!r} instead."
             )
-        solve = allocate_bits if self.solver == "exact" else greedy_bits
-        return solve(
+        if self.solver == "greedy":
+            return greedy_bits(
+                self._finite_cost(),
+                self.sensitivity_.size,
+                budget=budget,
+                max_cost=max_cost,
+            )
+        return allocate_bits(
             self._finite_cost(),
             self.sensitivity_.size,
             budget=budget,
             max_cost=max_cost,
+            time_limit=self.time_limit,
         )
 
     def _set_choice(self, choice):
@@ -403,6 +425,7 @@ class LayerBitAllocator(BaseEstimator):
             n_points=n_points,
             solver=self.solver,
             n_jobs=self.n_jobs,
+            time_limit=self.time_limit,
         ):
             size = float(res.size[rows, choice].sum())
             cost = float(self.cost_[rows, choice].sum())
