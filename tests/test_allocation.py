@@ -524,3 +524,21 @@ def test_a_budget_met_only_at_the_floor_takes_the_cheapest_of_its_choices():
     cost = np.array([[1.0, 0.0, 0.0, 0.0]])
     size = np.array([[0.0, 0.0, 1.0, 2.220446049250313e-16]])
     assert allocate_bits(cost, size, budget=0.0).tolist() == [1]
+
+
+@pytest.mark.parametrize("by_budget", [True, False])
+def test_a_limit_met_in_exact_sums_where_greedys_plain_sums_round_over(by_budget):
+    """1e16 plus six 3s is 1e16 + 18 exactly, within a limit of 1e16 + 20, but
+    its plain sum rounds to 1e16 + 24: greedy_bits' refusal escaped."""
+    size = np.array([[1e16, 2e16]] + [[3.0, 5.0]] * 6)
+    cost = np.array([[1.0, 0.0]] + [[1.0, 0.0]] * 6)
+    limit = 1e16 + 20
+    if by_budget:
+        choice = allocate_bits(cost, size, budget=limit)
+        limit_row, objective = size, cost
+    else:
+        choice = allocate_bits(size, cost, max_cost=limit)
+        limit_row, objective = size, cost
+    at = np.arange(7)
+    assert _fits(limit_row[at, choice], limit)
+    assert objective[at, choice].sum() == 6.0  # (one layer moves up by 2)

@@ -968,3 +968,75 @@ def test_sentinels_keep_their_identity_and_tensor_indexing_chains():
     assert chain_int8(q) == [("stem", "conv1"), ("conv1", "conv2"), ("fc1", "fc2")]
     with torch.no_grad():
         assert_near(q(x), q.eval()(x))
+
+
+def test_the_traces_leave_the_model_as_it_was():
+    """A hook that is a method of the module it is on, or a closure over the
+    model, or a helper object holding the module, store through the model
+    itself, not the trace's copy: the trace saw no store there (its copy was
+    unchanged) and left its proxies in the model. Modules and objects with
+    slots (one named by a string) trace as before."""
+    from skquant.torch._graph import leaf_graph
+
+    class Tapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_forward_pre_hook(self.tap)
+
+        def tap(self, module, inputs):
+            self.seen = inputs[0]
+
+        def forward(self, x):
+            return self.fc(x)
+
+    class Helper:
+        def __init__(self, owner):
+            self.owner = owner
+
+        def __call__(self, x):
+            self.owner.cache = x
+            return x
+
+    class Helped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.helper = nn.Linear(4, 4), Helper(self)
+
+        def forward(self, x):
+            return self.fc(self.helper(x))
+
+    class One:
+        __slots__ = "value"
+
+        def __init__(self):
+            self.value = 2.0
+
+        def method(self):
+            return self.value
+
+    class Slotted(nn.Module):
+        __slots__ = ("k",)
+
+        def __init__(self):
+            super().__init__()
+            self.fc, self.one, self.k = nn.Linear(4, 4), One(), 3.0
+
+        def forward(self, x):
+            return self.fc(x) * self.k * self.one.value
+
+    inner = nn.Sequential(nn.Linear(4, 4))  # (torch's own layers are calls:
+    outer = nn.Sequential(inner, nn.ReLU())  # their hooks do not run)
+    inner.register_forward_hook(lambda m, i, o: setattr(outer, "last", o))
+    for model, stores in (
+        (nn.Sequential(Tapped(), nn.ReLU()), True),
+        (outer, True),
+        (Helped(), True),
+        (Slotted(), False),
+    ):
+        before = {id(m): dict(m.__dict__) for m in model.modules()}
+        found = []
+        assert leaf_graph(model, (), found) is not None
+        assert found == [stores], model
+        for m in model.modules():
+            assert m.__dict__ == before[id(m)]  # (nothing set, nothing left)

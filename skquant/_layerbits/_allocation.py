@@ -224,7 +224,10 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
 
     shifted = objective - objective.min(axis=1, keepdims=True)
     safe = np.lexsort((shifted, limit_row), axis=1)[:, 0]
-    greedy = greedy_bits(cost, size, budget=budget, max_cost=max_cost)
+    try:  # (its plain sums may round past a limit the exact ones meet)
+        greedy = greedy_bits(cost, size, budget=budget, max_cost=max_cost)
+    except ValueError:
+        greedy = safe
     if fits(greedy):
         safe = min(safe, greedy, key=total)
     best = float(shifted[at, safe].sum())

@@ -391,7 +391,8 @@ def leaf_graph(model, leaves, stores=None):
         traced = structure_copy(model, {id(m): m for m in leaves}, shared)
     except Exception:  # (a module that cannot be made: traced itself)
         traced, shared = model, []
-    undo = Undo([*traced.modules(), *leaves, *shared])
+    # (the originals too: a hook, a closure or a helper object holds them)
+    undo = Undo([*traced.modules(), *model.modules(), *leaves, *shared])
     try:
         return _LeafTracer(leaves).trace(traced)
     except Exception:  # a forward fx cannot trace

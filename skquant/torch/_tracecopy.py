@@ -54,6 +54,9 @@ def structure_copy(obj, memo, shared):
     if isinstance(obj, nn.Module):
         new = memo[key] = obj.__class__.__new__(obj.__class__)
         new.__dict__.update({k: one(v) for k, v in obj.__dict__.items()})
+        for name in _slots(obj):  # (a module with slots of its own)
+            if (value := getattr(obj, name, _MISSING)) is not _MISSING:
+                object.__setattr__(new, name, one(value))
         return new
     if type(obj) in (dict, OrderedDict, defaultdict):
         new = memo[key] = copy.copy(obj)
@@ -80,21 +83,32 @@ def structure_copy(obj, memo, shared):
     if isinstance(obj, tuple) and hasattr(type(obj), "_make"):  # (a namedtuple)
         return type(obj)._make(one(v) for v in obj)
     memo[key] = obj
-    if hasattr(obj, "__dict__") or _slots(obj):
+    if _attrs(obj) is not None or _slots(obj):
         shared.append(obj)
     return obj
 
 
-def _slots(obj):
-    return [
-        s
-        for c in type(obj).__mro__
-        for s in getattr(c, "__slots__", ())
-        if s != "__dict__"
-    ]
-
-
 _MISSING = object()
+
+
+def _slots(obj):
+    """The names of ``obj``'s slots (a class's ``__slots__`` may be one string;
+    private names are mangled)."""
+    names = []
+    for c in type(obj).__mro__:
+        slots = c.__dict__.get("__slots__", ())
+        for s in (slots,) if isinstance(slots, str) else slots:
+            if s in ("__dict__", "__weakref__"):
+                continue
+            private = s.startswith("__") and not s.endswith("__")
+            names.append(f"_{c.__name__.lstrip('_')}{s}" if private else s)
+    return names
+
+
+def _attrs(obj):
+    """``obj``'s instance dict where it has a plain one, else ``None``."""
+    d = getattr(obj, "__dict__", None)
+    return d if type(d) is dict else None
 
 
 class Undo:
@@ -109,7 +123,8 @@ class Undo:
             if id(obj) in seen:
                 continue
             seen.add(id(obj))
-            attrs = dict(obj.__dict__) if hasattr(obj, "__dict__") else None
+            held = _attrs(obj)
+            attrs = None if held is None else dict(held)
             slots = {s: getattr(obj, s, _MISSING) for s in _slots(obj)}
             self.records.append((obj, attrs, slots, _contents(attrs or {})))
             for cls in type(obj).__mro__:
@@ -120,7 +135,7 @@ class Undo:
     def changed(self):
         for obj, attrs, slots, contents in self.records:
             if attrs is not None:
-                now = obj.__dict__
+                now = _attrs(obj) or {}
                 if now.keys() != attrs.keys():
                     return True
                 if any(now[k] is not v for k, v in attrs.items()):
@@ -141,22 +156,29 @@ class Undo:
         return False
 
     def restore(self):
-        for obj, attrs, slots, contents in self.records:
-            if attrs is not None:
-                obj.__dict__.clear()
-                obj.__dict__.update(attrs)
-            for s, v in slots.items():
-                if v is _MISSING:
-                    if hasattr(obj, s):
-                        delattr(obj, s)
-                else:
-                    setattr(obj, s, v)
-            for held, before in contents:  # (a list a forward appends to)
-                held.clear()
-                if isinstance(held, dict | set):
-                    held.update(before)
-                else:
-                    held.extend(before)
+        for record in self.records:
+            try:  # (each as far as it goes: an object may refuse a write)
+                _put_back(*record)
+            except (AttributeError, TypeError):
+                pass
+
+
+def _put_back(obj, attrs, slots, contents):
+    if attrs is not None and (now := _attrs(obj)) is not None:
+        now.clear()
+        now.update(attrs)
+    for s, v in slots.items():
+        if v is _MISSING:
+            if hasattr(obj, s):
+                object.__delattr__(obj, s)
+        elif getattr(obj, s, _MISSING) is not v:
+            object.__setattr__(obj, s, v)
+    for held, before in contents:  # (a list a forward appends to)
+        held.clear()
+        if isinstance(held, dict | set):
+            held.update(before)
+        else:
+            held.extend(before)
 
 
 def _contents(attrs):
@@ -192,8 +214,8 @@ def leaked(root, most=1_000_000):
             continue
         elif isinstance(obj, functools.partial):
             stack.extend((obj.func, *obj.args, *obj.keywords.values()))
-        if hasattr(obj, "__dict__") and not isinstance(obj, dict):
-            stack.extend(vars(obj).values())
+        if (held := _attrs(obj)) is not None and not isinstance(obj, dict):
+            stack.extend(held.values())
         stack.extend(getattr(obj, s, None) for s in _slots(obj))
     return False
 
