@@ -542,3 +542,11 @@ def test_a_limit_met_in_exact_sums_where_greedys_plain_sums_round_over(by_budget
     at = np.arange(7)
     assert _fits(limit_row[at, choice], limit)
     assert objective[at, choice].sum() == 6.0  # (one layer moves up by 2)
+
+
+def test_integers_float64_cannot_hold_are_refused():
+    """int64 sizes above 2**53 were rounded to float64: 2**53 + 1 became 2**53,
+    and an answer over an integer budget was returned."""
+    size = np.array([[2**53 + 1, 2**53]], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"size holds integers above 2\*\*53"):
+        allocate_bits(np.array([[0.0, 1.0]]), size, budget=2**53)

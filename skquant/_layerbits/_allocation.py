@@ -31,6 +31,13 @@ __all__ = ["allocate_bits", "closed_form_bits", "greedy_bits", "pareto_choices"]
 
 
 def _check_table(table, name):
+    given = np.asarray(table) if isinstance(table, np.ndarray | list) else None
+    if given is not None and given.dtype.kind in "iu" and given.size:
+        if int(np.abs(given).max()) > 2**53:  # (float64 rounds them)
+            raise ValueError(
+                f"{name} holds integers above 2**53 (largest {int(given.max())}), "
+                "which float64 cannot hold exactly: give them in larger units."
+            )
     arr = float_array(table, name, "an array of numbers of shape (n_layers, n_choices)")
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(
