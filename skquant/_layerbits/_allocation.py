@@ -108,12 +108,14 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     max_cost : float, default=None
         Largest total cost.
     time_limit : float or None, default=10.0
-        Seconds the integer program may take, all solves together. Most tables
-        solve in milliseconds; a hard one (tens of layers with nearly equal
-        trade-offs) can take minutes to prove optimal. When the time runs out,
-        the best answer found so far (never worse than :func:`greedy_bits`) is
-        returned with a ``ConvergenceWarning`` that gives HiGHS' remaining gap.
-        ``None``: no limit.
+        Seconds the call may take, counted from its start (a solve under way
+        stops when they are spent). A table of 100 layers and 10 choices takes
+        about a tenth of a second; a hard one (tens of layers with nearly equal
+        trade-offs) can take ten seconds or more to prove optimal. When the
+        time runs out, the best answer found so far (never worse than
+        :func:`greedy_bits`' where that fits) is returned with a
+        ``ConvergenceWarning`` that gives HiGHS' remaining gap. ``None``: no
+        limit.
 
     Returns
     -------
@@ -170,8 +172,7 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
                 f"{math.fsum(size.min(axis=1))!r} (summed exactly): no choice fits."
             )
         if _at_most(size.max(axis=1), budget):  # it constrains nothing: each
-            # layer's cheapest
-            # choice (the smallest of equally cheap ones)
+            # layer's cheapest choice (the smallest of equally cheap ones)
             return np.lexsort((size, cost), axis=1)[:, 0]
         objective, limit_row, limit = cost, size, budget
     else:
@@ -202,8 +203,9 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     if room <= 0:  # (the smallest total only: each layer's smallest choice)
         return np.lexsort((objective, limit_row), axis=1)[:, 0]
     above = limit_row - base
-    # (with room to spare, 1e-9 of it and its last digits: HiGHS' presolve
-    # cut off optima exactly at the limit; an answer over it is cut off below)
+    # (with room to spare, 1e-9 of it and its last digits: HiGHS' presolve, on
+    # at the time, cut off optima exactly at the limit; an answer over it is
+    # cut off below)
     top = room + 1e-9 * room + 4 * (n + 1) * float(np.spacing(room))
     step = _integer_step(above)
     if step:  # totals in whole steps (sizes in bits): the top half a step
@@ -212,6 +214,7 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
         top = math.floor(room / step) * step + step / 2
     flat = (np.minimum(above, 2 * top) / top * 1e6).ravel()
     bound = 1e6
+
     # HiGHS also stops within an absolute gap (1e-6) of the best bound: with
     # objective values far below it (the noise of layers at 10 to 16 bits) it
     # stopped at 15x the optimal noise. Each layer takes one choice, so less its
@@ -224,10 +227,8 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     # instead, a binary layer's noise 1e9 times the others' hid their
     # differences: 4e-4 above the optimum, and above greedy's answer; held at
     # 0 by bounds instead, HiGHS' presolve missed optima at the limit)
-    given = objective
-
     def total(c):  # (as a user sums it: the shifted sums' rounding differs)
-        return given[at, c].sum()
+        return objective[at, c].sum()
 
     shifted = objective - objective.min(axis=1, keepdims=True)
     safe = np.lexsort((shifted, limit_row), axis=1)[:, 0]
@@ -240,7 +241,7 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
     best = float(shifted[at, safe].sum())
     if best == 0.0:  # (the lowest objective there is)
         return safe
-    objective = np.minimum(shifted, 2 * best) / best * 1e6
+    scaled = np.minimum(shifted, 2 * best) / best * 1e6
 
     one_each = LinearConstraint(one_each, lb=np.ones(n), ub=np.ones(n))
     cuts = []
@@ -251,7 +252,7 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
             return safe
         rows = [one_each, LinearConstraint(flat.reshape(1, -1), ub=bound), *cuts]
         with _quiet_c_stdout():
-            res = _solve(objective, rows, n * k, left)
+            res = _solve(scaled, rows, n * k, left)
         if res.status == 1:  # (the time ran out: HiGHS' best answer, if any)
             _warn_time(time_limit, getattr(res, "mip_gap", None))
         elif res.status != 0:  # (every answer left cut off)
@@ -287,7 +288,7 @@ def allocate_bits(cost, size, *, budget=None, max_cost=None, time_limit=10.0):
             # gap hid differences near it (one layer's 1e-10 against greedy's
             # 1e8): scaled again to the better answer, solved again
             best = now
-            objective = np.minimum(shifted, 2 * best) / best * 1e6
+            scaled = np.minimum(shifted, 2 * best) / best * 1e6
         elif fit:
             return safe
     warnings.warn(
@@ -327,7 +328,8 @@ def _warn_time(time_limit, gap):
     warnings.warn(
         f"allocate_bits reached time_limit={time_limit!r} s before proving its "
         f"answer optimal{found}; it returns the best answer found, never worse "
-        "than greedy_bits'. Give a larger time_limit, or None for no limit.",
+        "than greedy_bits' where that fits. Give a larger time_limit, or None for "
+        "no limit.",
         ConvergenceWarning,
         stacklevel=3,
     )

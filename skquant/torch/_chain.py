@@ -255,9 +255,7 @@ class _Traces:
             return
         children = list(seq._modules.items())
         for i, (key, layer) in enumerate(children):
-            if seen[id(layer)] > 1 or id(layer) in self.outside:
-                continue
-            if not _starts(layer):
+            if seen[id(layer)] > 1 or id(layer) in self.outside or not _starts(layer):
                 continue
             j = i + 1
             while j < len(children) and _passes(children[j][1]):
